@@ -1,0 +1,56 @@
+/**
+ * A checkpoint's weights, validated against its config and converted to fp32.
+ * Linear weights keep the Hugging Face layout `[out_features, in_features]`.
+ */
+import type { ModelConfig } from "./model-config.ts";
+
+export interface WeightTensor {
+  /** The checkpoint's tensor name, e.g. `model.layers.3.self_attn.q_proj.weight`. */
+  name: string;
+  shape: number[];
+  data: Float32Array;
+}
+
+export interface ExpertWeights {
+  gateProj: WeightTensor; // w1 [intermediate, hidden]
+  upProj: WeightTensor; // w3 [intermediate, hidden]
+  downProj: WeightTensor; // w2 [hidden, intermediate]
+}
+
+export interface LayerWeights {
+  inputNorm: WeightTensor; // [hidden]
+  qProj: WeightTensor; // [heads*headDim, hidden]
+  kProj: WeightTensor; // [kvHeads*headDim, hidden]
+  vProj: WeightTensor; // [kvHeads*headDim, hidden]
+  oProj: WeightTensor; // [hidden, heads*headDim]
+  qBias?: WeightTensor;
+  kBias?: WeightTensor;
+  vBias?: WeightTensor;
+  postAttentionNorm: WeightTensor; // [hidden]
+  /** Dense MLP (llama, mistral, qwen2). */
+  gateProj?: WeightTensor; // [intermediate, hidden]
+  upProj?: WeightTensor; // [intermediate, hidden]
+  downProj?: WeightTensor; // [hidden, intermediate]
+  /** Mixtral sparse MLP. */
+  router?: WeightTensor; // [numExperts, hidden]
+  experts?: ExpertWeights[];
+}
+
+export interface ModelWeights {
+  embedTokens: WeightTensor; // [vocab, hidden]
+  layers: LayerWeights[];
+  finalNorm: WeightTensor; // [hidden]
+  /** Same object as `embedTokens` when embeddings are tied. */
+  lmHead: WeightTensor; // [vocab, hidden]
+}
+
+export interface Checkpoint {
+  /** Directory the checkpoint was loaded from. */
+  dir: string;
+  config: ModelConfig;
+  weights: ModelWeights;
+  /** sha256 (hex) over config.json and the weight files' bytes: identifies these exact weights. */
+  weightsHash: string;
+  /** Path of tokenizer.json when the checkpoint has one. */
+  tokenizerPath?: string;
+}
