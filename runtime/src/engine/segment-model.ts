@@ -1,0 +1,165 @@
+/**
+ * One segment graph loaded into an ONNX Runtime session: turns typed inputs (token ids
+ * or hidden states, per-row past KV) into one `run` and the outputs back into typed
+ * results. It keeps no per-session state; see SegmentSessions for that.
+ */
+import * as ort from "onnxruntime-node";
+import type { ModelConfig } from "../checkpoint/model-config.ts";
+import type { Checkpoint } from "../checkpoint/model-weights.ts";
+import { ensureSegmentGraph } from "../graph/graph-cache.ts";
+import { segmentExits } from "../graph/segment-graph.ts";
+import type { SegmentSpec } from "../graph/segment-spec.ts";
+import { validateSegmentSpec } from "../graph/segment-spec.ts";
+
+export interface SegmentModelOptions {
+  /** Threads ONNX Runtime uses inside one operator. @default 1 */
+  threads?: number;
+  /** Where built graphs are cached. @default defaultGraphCacheDir() */
+  cacheDir?: string;
+}
+
+/** Keys and values of one layer for a batch: [batch, kvHeads, length, headDim] each. */
+export interface LayerKv {
+  key: Float32Array;
+  value: Float32Array;
+}
+
+export interface SegmentRunInput {
+  batch: number;
+  /** New positions per row (all rows the same). */
+  seq: number;
+  /** Token ids [batch, seq] when the segment starts at layer 0. */
+  ids?: BigInt64Array;
+  /** Hidden states [batch, seq, hidden] when it starts later. */
+  hidden?: Float32Array;
+  /** Past length of each row; past tensors are right-padded to the longest. */
+  pastLengths: number[];
+  /** Past KV per layer of the segment, in layer order, [batch, kvHeads, max(pastLengths), headDim]. */
+  past: LayerKv[];
+}
+
+export interface ExitOutput {
+  /** Layers run before this exit; the final head has afterLayer = numLayers. */
+  afterLayer: number;
+  /** Per row × evaluated position (row-major [batch, positions]). */
+  token: Int32Array;
+  prob: Float32Array;
+  margin: Float32Array;
+  entropy: Float32Array;
+  /** [batch, positions, vocab] when the spec asks for logits. */
+  logits?: Float32Array;
+}
+
+export interface SegmentRunOutput {
+  /** Present KV per layer, [batch, kvHeads, max(past)+seq, headDim]. */
+  present: LayerKv[];
+  presentLength: number;
+  hidden?: Float32Array;
+  taps: Map<number, Float32Array>;
+  exits: ExitOutput[];
+}
+
+export class SegmentModel {
+  readonly config: ModelConfig;
+  readonly spec: SegmentSpec;
+  readonly weightsHash: string;
+  /** afterLayer of every exit the segment reports, ascending (the final head last). */
+  readonly exitLayers: number[];
+  readonly graphPath: string;
+
+  private constructor(
+    private readonly session: ort.InferenceSession,
+    checkpoint: Checkpoint,
+    spec: SegmentSpec,
+    graphPath: string,
+  ) {
+    this.config = checkpoint.config;
+    this.spec = spec;
+    this.weightsHash = checkpoint.weightsHash;
+    this.exitLayers = segmentExits(spec, checkpoint.config).map((e) => e.afterLayer);
+    this.graphPath = graphPath;
+  }
+
+  static async load(
+    checkpoint: Checkpoint,
+    spec: SegmentSpec,
+    options: SegmentModelOptions = {},
+  ): Promise<SegmentModel> {
+    validateSegmentSpec(spec, checkpoint.config);
+    const graphPath = await ensureSegmentGraph(checkpoint, spec, options.cacheDir);
+    const session = await ort.InferenceSession.create(graphPath, {
+      intraOpNumThreads: options.threads ?? 1,
+      interOpNumThreads: 1,
+      executionMode: "sequential",
+      graphOptimizationLevel: "all",
+    });
+    return new SegmentModel(session, checkpoint, spec, graphPath);
+  }
+
+  get layerCount(): number {
+    return this.spec.toLayer - this.spec.fromLayer;
+  }
+
+  async run(input: SegmentRunInput): Promise<SegmentRunOutput> {
+    const { config, spec } = this;
+    const { batch, seq } = input;
+    const pastLength = Math.max(0, ...input.pastLengths);
+    const kvShape = [batch, config.numKvHeads, pastLength, config.headDim];
+    const feeds: Record<string, ort.Tensor> = {
+      seqlens_k: new ort.Tensor(
+        "int32",
+        Int32Array.from(input.pastLengths, (p) => p + seq - 1),
+        [batch],
+      ),
+      total_sequence_length: new ort.Tensor("int32", Int32Array.from([pastLength + seq]), []),
+    };
+    if (spec.fromLayer === 0) {
+      if (!input.ids) throw new Error("segment starting at layer 0 needs ids");
+      feeds.input_ids = new ort.Tensor("int64", input.ids, [batch, seq]);
+    } else {
+      if (!input.hidden) throw new Error("segment starting after layer 0 needs hidden states");
+      feeds.hidden_in = new ort.Tensor("float32", input.hidden, [batch, seq, config.hiddenSize]);
+    }
+    for (let i = 0; i < this.layerCount; i++) {
+      const layer = spec.fromLayer + i;
+      feeds[`past_key.${layer}`] = new ort.Tensor("float32", input.past[i].key, kvShape);
+      feeds[`past_value.${layer}`] = new ort.Tensor("float32", input.past[i].value, kvShape);
+    }
+
+    const results = await this.session.run(feeds);
+
+    const present: LayerKv[] = [];
+    for (let i = 0; i < this.layerCount; i++) {
+      const layer = spec.fromLayer + i;
+      present.push({
+        key: results[`present_key.${layer}`].data as Float32Array,
+        value: results[`present_value.${layer}`].data as Float32Array,
+      });
+    }
+    const presentLength = results[`present_key.${spec.fromLayer}`].dims[2];
+    const taps = new Map<number, Float32Array>();
+    for (const tap of spec.hiddenTaps) taps.set(tap, results[`hidden_after.${tap}`].data as Float32Array);
+    const exits = this.exitLayers.map((k): ExitOutput => {
+      const tokens = results[`exit.${k}.token`].data as BigInt64Array;
+      return {
+        afterLayer: k,
+        token: Int32Array.from(tokens, (t) => Number(t)),
+        prob: results[`exit.${k}.prob`].data as Float32Array,
+        margin: results[`exit.${k}.margin`].data as Float32Array,
+        entropy: results[`exit.${k}.entropy`].data as Float32Array,
+        logits: spec.logits ? (results[`exit.${k}.logits`].data as Float32Array) : undefined,
+      };
+    });
+    return {
+      present,
+      presentLength,
+      hidden: spec.outputHidden ? (results.hidden_out.data as Float32Array) : undefined,
+      taps,
+      exits,
+    };
+  }
+
+  async release(): Promise<void> {
+    await this.session.release();
+  }
+}

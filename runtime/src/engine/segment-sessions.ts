@@ -1,0 +1,337 @@
+/**
+ * Sessions over one segment: each keeps the KV cache of the segment's layers for the
+ * positions it has seen. A forward appends a chunk (prompt prefill, one decoded token,
+ * or a context-sync run of hidden states); a batched step advances many sessions by
+ * one token in a single runtime call (what a cloud worker does with concurrent edges).
+ *
+ * A session's KV is replaced only after a run succeeds, so a failed or rejected call
+ * leaves it as it was.
+ */
+import { InvalidArgumentError, SessionNotFoundError } from "../errors.ts";
+import type { ExitOutput, LayerKv, SegmentModel } from "./segment-model.ts";
+
+export type SegmentInput = { ids: number[] } | { hidden: Float32Array; count: number };
+
+export interface ExitResult {
+  afterLayer: number;
+  /** One entry per evaluated position (only the last one unless the spec says "all"). */
+  token: number[];
+  prob: number[];
+  margin: number[];
+  entropy: number[];
+  logits?: Float32Array;
+}
+
+export interface SegmentStep {
+  /** Position of the chunk's first token. */
+  start: number;
+  count: number;
+  /** Hidden state after the segment's last layer, [count, hidden] (when the spec outputs it). */
+  hidden?: Float32Array;
+  taps: Map<number, Float32Array>;
+  exits: ExitResult[];
+}
+
+export interface SegmentSessionsOptions {
+  /** Largest chunk one forward accepts. @default 4096 */
+  maxChunkTokens?: number;
+}
+
+interface SessionState {
+  length: number;
+  /** Per segment layer, [kvHeads, length, headDim] each, compact. */
+  kv: LayerKv[];
+  /** Tail of the queue of calls on this session: calls on one session run in order. */
+  busy: Promise<unknown>;
+}
+
+export class SegmentSessions {
+  private readonly sessions = new Map<string, SessionState>();
+  private readonly maxChunkTokens: number;
+
+  constructor(
+    readonly model: SegmentModel,
+    options: SegmentSessionsOptions = {},
+  ) {
+    this.maxChunkTokens = options.maxChunkTokens ?? 4096;
+  }
+
+  open(id: string): void {
+    if (this.sessions.has(id)) throw new InvalidArgumentError("sessionId", `session "${id}" is already open`);
+    const empty = (): LayerKv => ({ key: new Float32Array(0), value: new Float32Array(0) });
+    this.sessions.set(id, {
+      length: 0,
+      kv: Array.from({ length: this.model.layerCount }, empty),
+      busy: Promise.resolve(),
+    });
+  }
+
+  has(id: string): boolean {
+    return this.sessions.has(id);
+  }
+
+  /** Positions the session's KV holds. */
+  length(id: string): number {
+    return this.state(id).length;
+  }
+
+  /** Bytes of KV the session holds. */
+  kvBytes(id: string): number {
+    return this.state(id).kv.reduce((sum, layer) => sum + layer.key.byteLength + layer.value.byteLength, 0);
+  }
+
+  get sessionIds(): string[] {
+    return [...this.sessions.keys()];
+  }
+
+  release(id: string): boolean {
+    return this.sessions.delete(id);
+  }
+
+  /** Runs a chunk of new positions through the segment for one session. */
+  forward(id: string, input: SegmentInput): Promise<SegmentStep> {
+    const state = this.state(id);
+    const count = this.validateInput(input, state.length);
+    const run = state.busy.then(async () => {
+      const { config } = this.model;
+      const output = await this.model.run({
+        batch: 1,
+        seq: count,
+        ids: "ids" in input ? BigInt64Array.from(input.ids, BigInt) : undefined,
+        hidden: "hidden" in input ? input.hidden : undefined,
+        pastLengths: [state.length],
+        past: state.kv,
+      });
+      // With one row the present tensors are exactly [1, kvHeads, length + count, headDim].
+      state.kv = output.present;
+      const start = state.length;
+      state.length = output.presentLength;
+      return {
+        start,
+        count,
+        hidden: output.hidden,
+        taps: output.taps,
+        exits: output.exits.map((e) => exitRow(e, 0, this.exitPositions(count), config.vocabSize)),
+      };
+    });
+    state.busy = run.catch(() => undefined);
+    return run;
+  }
+
+  /**
+   * Advances several distinct sessions by one position each in one runtime call. Rows
+   * with shorter pasts are right-padded; results come back in the order of `items`.
+   */
+  async forwardBatch(items: { id: string; input: SegmentInput }[]): Promise<SegmentStep[]> {
+    if (items.length === 0) return [];
+    const ids = new Set(items.map((item) => item.id));
+    if (ids.size !== items.length)
+      throw new InvalidArgumentError("items", "a session appears twice in one batch");
+    const states = items.map((item) => this.state(item.id));
+    items.forEach((item, row) => {
+      if (this.validateInput(item.input, states[row].length) !== 1) {
+        throw new InvalidArgumentError(
+          "items.input",
+          `batched steps take one position per session (session "${item.id}")`,
+        );
+      }
+    });
+    // Wait for calls already queued on these sessions, then hold them for this batch.
+    const ready = Promise.all(states.map((s) => s.busy));
+    const run = ready.then(() => this.runBatch(items, states));
+    for (const state of states) state.busy = run.catch(() => undefined);
+    return run;
+  }
+
+  private async runBatch(
+    items: { id: string; input: SegmentInput }[],
+    states: SessionState[],
+  ): Promise<SegmentStep[]> {
+    const { config } = this.model;
+    const batch = items.length;
+    const hiddenSize = config.hiddenSize;
+    const pastLengths = states.map((s) => s.length);
+    const maxPast = Math.max(...pastLengths);
+    const rowStride = config.numKvHeads * maxPast * config.headDim;
+    const past: LayerKv[] = [];
+    for (let layer = 0; layer < this.model.layerCount; layer++) {
+      const key = new Float32Array(batch * rowStride);
+      const value = new Float32Array(batch * rowStride);
+      states.forEach((state, row) => {
+        copyKvRows(
+          state.kv[layer].key,
+          state.length,
+          key,
+          row * rowStride,
+          maxPast,
+          config.numKvHeads,
+          config.headDim,
+        );
+        copyKvRows(
+          state.kv[layer].value,
+          state.length,
+          value,
+          row * rowStride,
+          maxPast,
+          config.numKvHeads,
+          config.headDim,
+        );
+      });
+      past.push({ key, value });
+    }
+    const first = items[0].input;
+    const output = await this.model.run({
+      batch,
+      seq: 1,
+      ids:
+        "ids" in first
+          ? BigInt64Array.from(items, (item) => BigInt((item.input as { ids: number[] }).ids[0]))
+          : undefined,
+      hidden:
+        "hidden" in first
+          ? concatRows(
+              items.map((item) => (item.input as { hidden: Float32Array }).hidden),
+              hiddenSize,
+            )
+          : undefined,
+      pastLengths,
+      past,
+    });
+
+    const total = output.presentLength;
+    const presentStride = config.numKvHeads * total * config.headDim;
+    return states.map((state, row) => {
+      const length = state.length + 1;
+      state.kv = output.present.map((layer) => ({
+        key: extractKvRow(layer.key, row * presentStride, total, length, config.numKvHeads, config.headDim),
+        value: extractKvRow(
+          layer.value,
+          row * presentStride,
+          total,
+          length,
+          config.numKvHeads,
+          config.headDim,
+        ),
+      }));
+      const start = state.length;
+      state.length = length;
+      return {
+        start,
+        count: 1,
+        hidden: output.hidden?.slice(row * hiddenSize, (row + 1) * hiddenSize),
+        taps: new Map(
+          [...output.taps].map(([k, v]) => [k, v.slice(row * hiddenSize, (row + 1) * hiddenSize)]),
+        ),
+        exits: output.exits.map((e) => exitRow(e, row, 1, config.vocabSize)),
+      };
+    });
+  }
+
+  private exitPositions(count: number): number {
+    return this.model.spec.positions === "all" ? count : 1;
+  }
+
+  private state(id: string): SessionState {
+    const state = this.sessions.get(id);
+    if (!state) throw new SessionNotFoundError(id);
+    return state;
+  }
+
+  /** Returns the number of new positions; throws InvalidArgumentError naming the bad field. */
+  private validateInput(input: SegmentInput, pastLength: number): number {
+    const { config, spec } = this.model;
+    let count: number;
+    if ("ids" in input) {
+      if (spec.fromLayer !== 0)
+        throw new InvalidArgumentError(
+          "ids",
+          `segment starts at layer ${spec.fromLayer}: send hidden states`,
+        );
+      count = input.ids.length;
+      input.ids.forEach((id, i) => {
+        if (!Number.isInteger(id) || id < 0 || id >= config.vocabSize) {
+          throw new InvalidArgumentError(
+            `ids[${i}]`,
+            `must be a token id in [0, ${config.vocabSize}), got ${id}`,
+          );
+        }
+      });
+    } else {
+      if (spec.fromLayer === 0)
+        throw new InvalidArgumentError("hidden", "segment starts at layer 0: send token ids");
+      count = input.count;
+      if (!Number.isInteger(count) || count < 1)
+        throw new InvalidArgumentError("count", `must be a positive integer, got ${count}`);
+      if (input.hidden.length !== count * config.hiddenSize) {
+        throw new InvalidArgumentError(
+          "hidden",
+          `has ${input.hidden.length} values, expected ${count} × ${config.hiddenSize}`,
+        );
+      }
+    }
+    if (count < 1) throw new InvalidArgumentError("ids", "must not be empty");
+    if (count > this.maxChunkTokens)
+      throw new InvalidArgumentError(
+        "count",
+        `${count} positions exceed the chunk limit ${this.maxChunkTokens}`,
+      );
+    if (pastLength + count > config.maxPositions) {
+      throw new InvalidArgumentError(
+        "count",
+        `session would reach ${pastLength + count} positions, the model allows ${config.maxPositions}`,
+      );
+    }
+    return count;
+  }
+}
+
+function exitRow(exit: ExitOutput, row: number, positions: number, vocab: number): ExitResult {
+  const from = row * positions;
+  const to = from + positions;
+  return {
+    afterLayer: exit.afterLayer,
+    token: Array.from(exit.token.subarray(from, to)),
+    prob: Array.from(exit.prob.subarray(from, to)),
+    margin: Array.from(exit.margin.subarray(from, to)),
+    entropy: Array.from(exit.entropy.subarray(from, to)),
+    logits: exit.logits?.slice(from * vocab, to * vocab),
+  };
+}
+
+/** Copies a compact [heads, length, dim] cache into a padded [heads, paddedLength, dim] slot. */
+function copyKvRows(
+  src: Float32Array,
+  length: number,
+  dst: Float32Array,
+  offset: number,
+  paddedLength: number,
+  heads: number,
+  dim: number,
+): void {
+  for (let h = 0; h < heads; h++) {
+    dst.set(src.subarray(h * length * dim, (h + 1) * length * dim), offset + h * paddedLength * dim);
+  }
+}
+
+/** Takes the first `length` positions of one row of a padded [batch, heads, total, dim] tensor. */
+function extractKvRow(
+  src: Float32Array,
+  offset: number,
+  total: number,
+  length: number,
+  heads: number,
+  dim: number,
+): Float32Array {
+  const out = new Float32Array(heads * length * dim);
+  for (let h = 0; h < heads; h++) {
+    const from = offset + h * total * dim;
+    out.set(src.subarray(from, from + length * dim), h * length * dim);
+  }
+  return out;
+}
+
+function concatRows(rows: Float32Array[], width: number): Float32Array {
+  const out = new Float32Array(rows.length * width);
+  rows.forEach((row, i) => out.set(row, i * width));
+  return out;
+}

@@ -1,0 +1,87 @@
+/**
+ * Built segment graphs on disk, keyed by the weights hash and the segment spec, so a
+ * program builds a graph once per checkpoint and split and later starts in milliseconds.
+ * Layout: <cacheDir>/<key>/segment.onnx + segment.weights (the external data file).
+ */
+import { createHash } from "node:crypto";
+import { existsSync } from "node:fs";
+import { mkdir, open, rename, rm, writeFile } from "node:fs/promises";
+import { homedir } from "node:os";
+import { join } from "node:path";
+import type { Checkpoint } from "../checkpoint/model-weights.ts";
+import { buildSegmentGraph, SEGMENT_GRAPH_VERSION } from "./segment-graph.ts";
+import type { SegmentSpec } from "./segment-spec.ts";
+
+export const SEGMENT_MODEL_FILE = "segment.onnx";
+export const SEGMENT_WEIGHTS_FILE = "segment.weights";
+
+/** @default $TANDEM_CACHE_DIR, else ~/.cache/tandem/graphs */
+export function defaultGraphCacheDir(): string {
+  return process.env.TANDEM_CACHE_DIR
+    ? join(process.env.TANDEM_CACHE_DIR, "graphs")
+    : join(homedir(), ".cache", "tandem", "graphs");
+}
+
+/** A stable key: builder version, weights, and every field of the spec (exit maps by content hash). */
+export function segmentCacheKey(weightsHash: string, spec: SegmentSpec): string {
+  const hash = createHash("sha256");
+  hash.update(`tandem-segment-v${SEGMENT_GRAPH_VERSION}\n${weightsHash}\n`);
+  const { exits, ...rest } = spec;
+  hash.update(JSON.stringify(rest, Object.keys(rest).sort()));
+  for (const exit of [...exits].sort((a, b) => a.afterLayer - b.afterLayer)) {
+    hash.update(`\nexit ${exit.afterLayer}`);
+    if (exit.linearMap) {
+      hash.update(
+        Buffer.from(
+          exit.linearMap.weight.buffer,
+          exit.linearMap.weight.byteOffset,
+          exit.linearMap.weight.byteLength,
+        ),
+      );
+      hash.update(
+        Buffer.from(
+          exit.linearMap.bias.buffer,
+          exit.linearMap.bias.byteOffset,
+          exit.linearMap.bias.byteLength,
+        ),
+      );
+    }
+  }
+  return hash.digest("hex").slice(0, 32);
+}
+
+/** Returns the path of the segment's .onnx file, building and writing it when not cached. */
+export async function ensureSegmentGraph(
+  checkpoint: Checkpoint,
+  spec: SegmentSpec,
+  cacheDir = defaultGraphCacheDir(),
+): Promise<string> {
+  const dir = join(cacheDir, segmentCacheKey(checkpoint.weightsHash, spec));
+  const modelPath = join(dir, SEGMENT_MODEL_FILE);
+  if (existsSync(modelPath)) return modelPath;
+
+  const graph = buildSegmentGraph(checkpoint.config, checkpoint.weights, spec, SEGMENT_WEIGHTS_FILE);
+  // Write into a private directory and rename it into place: a concurrent builder of
+  // the same key, or a crash half-way, never leaves a half-written graph under the key.
+  await mkdir(cacheDir, { recursive: true });
+  const staging = `${dir}.tmp-${process.pid}-${Date.now()}`;
+  await mkdir(staging, { recursive: true });
+  try {
+    const weights = await open(join(staging, SEGMENT_WEIGHTS_FILE), "w");
+    try {
+      for (const chunk of graph.externalData) await weights.write(chunk);
+    } finally {
+      await weights.close();
+    }
+    await writeFile(join(staging, SEGMENT_MODEL_FILE), graph.model);
+    await rename(staging, dir).catch(async (error: NodeJS.ErrnoException) => {
+      // Another process won the race: its graph is identical, keep it.
+      if (error.code !== "ENOTEMPTY" && error.code !== "EEXIST") throw error;
+      await rm(staging, { recursive: true, force: true });
+    });
+  } catch (error) {
+    await rm(staging, { recursive: true, force: true });
+    throw error;
+  }
+  return modelPath;
+}

@@ -1,0 +1,223 @@
+/**
+ * A small writer of ONNX graphs: primitives (`node`, `initializer`, `input`, `output`)
+ * that the segment builder composes into layers. Nodes are named hierarchically
+ * (`/model/layers.3/attn/qkv/MatMul`) so a graph reads well in a viewer.
+ *
+ * Weights go to a separate external-data file rather than into the protobuf: a 110M
+ * model in fp32 is 440 MB, which protobufjs would have to copy several times, and
+ * ONNX Runtime reads external data straight from disk.
+ */
+import onnxProto from "onnx-proto";
+
+const { onnx } = onnxProto;
+type IModelProto = onnxProto.onnx.IModelProto;
+type INodeProto = onnxProto.onnx.INodeProto;
+type ITensorProto = onnxProto.onnx.ITensorProto;
+type IValueInfoProto = onnxProto.onnx.IValueInfoProto;
+type IAttributeProto = onnxProto.onnx.IAttributeProto;
+
+export type ElementType = "float32" | "float16" | "int64" | "int32" | "uint8" | "int8" | "bool";
+
+const ELEMENT_TYPE_CODE: Record<ElementType, number> = {
+  float32: onnx.TensorProto.DataType.FLOAT,
+  float16: onnx.TensorProto.DataType.FLOAT16,
+  int64: onnx.TensorProto.DataType.INT64,
+  int32: onnx.TensorProto.DataType.INT32,
+  uint8: onnx.TensorProto.DataType.UINT8,
+  int8: onnx.TensorProto.DataType.INT8,
+  bool: onnx.TensorProto.DataType.BOOL,
+};
+
+/** A dimension: a fixed size or a symbolic name such as "batch". */
+export type Dim = number | string;
+
+export type AttributeValue = number | string | number[] | { floats: number[] } | { float: number };
+
+export type TensorData = Float32Array | Int32Array | Uint8Array | Int8Array | Uint16Array | BigInt64Array;
+
+/** Tensors at least this large go to the external data file; smaller ones stay inline. */
+const EXTERNAL_THRESHOLD_BYTES = 1024;
+/** Alignment of tensors in the external data file, so ONNX Runtime can map them directly. */
+const EXTERNAL_ALIGNMENT = 64;
+
+export interface BuiltGraph {
+  /** Serialized ModelProto. */
+  model: Uint8Array;
+  /** Contents of the external data file the model refers to by `externalDataName`. */
+  externalData: Buffer[];
+  externalDataBytes: number;
+}
+
+export class OnnxGraphBuilder {
+  private readonly nodes: INodeProto[] = [];
+  private readonly initializers: ITensorProto[] = [];
+  private readonly inputs: IValueInfoProto[] = [];
+  private readonly outputs: IValueInfoProto[] = [];
+  private readonly externalChunks: Buffer[] = [];
+  private externalOffset = 0;
+  private readonly usedNames = new Set<string>();
+  private readonly constantCache = new Map<string, string>();
+
+  /** @param externalDataName file name (relative to the model file) holding large initializers */
+  constructor(
+    private readonly graphName: string,
+    private readonly externalDataName: string,
+  ) {}
+
+  input(name: string, type: ElementType, shape: Dim[]): string {
+    this.inputs.push(valueInfo(name, type, shape));
+    return name;
+  }
+
+  output(name: string, type: ElementType, shape: Dim[]): string {
+    this.outputs.push(valueInfo(name, type, shape));
+    return name;
+  }
+
+  /** Adds a weight or constant tensor and returns its name. */
+  initializer(name: string, type: ElementType, dims: number[], data: TensorData): string {
+    const tensor: ITensorProto = { name, dims, dataType: ELEMENT_TYPE_CODE[type] };
+    const bytes = Buffer.from(data.buffer, data.byteOffset, data.byteLength);
+    if (bytes.length >= EXTERNAL_THRESHOLD_BYTES) {
+      const padding = (EXTERNAL_ALIGNMENT - (this.externalOffset % EXTERNAL_ALIGNMENT)) % EXTERNAL_ALIGNMENT;
+      if (padding > 0) {
+        this.externalChunks.push(Buffer.alloc(padding));
+        this.externalOffset += padding;
+      }
+      tensor.dataLocation = onnx.TensorProto.DataLocation.EXTERNAL;
+      tensor.externalData = [
+        { key: "location", value: this.externalDataName },
+        { key: "offset", value: String(this.externalOffset) },
+        { key: "length", value: String(bytes.length) },
+      ];
+      // Copy: callers may reuse their buffers after this returns.
+      this.externalChunks.push(Buffer.from(bytes));
+      this.externalOffset += bytes.length;
+    } else {
+      tensor.rawData = new Uint8Array(bytes);
+    }
+    this.initializers.push(tensor);
+    return name;
+  }
+
+  /** An int64 constant (shapes, axes, indices), deduplicated by value. */
+  int64Constant(values: number[], scalar = false): string {
+    const key = `i64:${scalar ? "s" : "v"}:${values.join(",")}`;
+    const existing = this.constantCache.get(key);
+    if (existing) return existing;
+    const name = this.uniqueName(
+      `/constants/int64_${scalar ? "scalar_" : ""}${values.join("_").replace(/-/g, "m")}`,
+    );
+    this.initializer(name, "int64", scalar ? [] : [values.length], BigInt64Array.from(values.map(BigInt)));
+    this.constantCache.set(key, name);
+    return name;
+  }
+
+  floatConstant(values: number[], scalar = false): string {
+    const key = `f32:${scalar ? "s" : "v"}:${values.join(",")}`;
+    const existing = this.constantCache.get(key);
+    if (existing) return existing;
+    const name = this.uniqueName(`/constants/float_${this.constantCache.size}`);
+    this.initializer(name, "float32", scalar ? [] : [values.length], Float32Array.from(values));
+    this.constantCache.set(key, name);
+    return name;
+  }
+
+  /**
+   * Adds a node. `name` is the node's hierarchical name; outputs default to
+   * `${name}/output_${i}`. Use "" in `inputs` for an omitted optional input.
+   */
+  node(
+    opType: string,
+    name: string,
+    inputs: string[],
+    options: {
+      outputs?: string[] | number;
+      attributes?: Record<string, AttributeValue>;
+      domain?: string;
+    } = {},
+  ): string[] {
+    const nodeName = this.uniqueName(name);
+    const outputs =
+      typeof options.outputs === "number" || options.outputs === undefined
+        ? Array.from(
+            { length: (options.outputs as number | undefined) ?? 1 },
+            (_, i) => `${nodeName}/output_${i}`,
+          )
+        : options.outputs;
+    this.nodes.push({
+      name: nodeName,
+      opType,
+      domain: options.domain ?? "",
+      input: inputs,
+      output: outputs,
+      attribute: Object.entries(options.attributes ?? {}).map(([key, value]) => attribute(key, value)),
+    });
+    return outputs;
+  }
+
+  /** Single-output convenience over `node`. */
+  op(
+    opType: string,
+    name: string,
+    inputs: string[],
+    attributes?: Record<string, AttributeValue>,
+    domain?: string,
+  ): string {
+    return this.node(opType, name, inputs, { attributes, domain })[0];
+  }
+
+  build(): BuiltGraph {
+    const model: IModelProto = {
+      irVersion: 8,
+      producerName: "tandem",
+      opsetImport: [
+        { domain: "", version: 17 },
+        { domain: "com.microsoft", version: 1 },
+      ],
+      graph: {
+        name: this.graphName,
+        node: this.nodes,
+        initializer: this.initializers,
+        input: this.inputs,
+        output: this.outputs,
+      },
+    };
+    return {
+      model: onnx.ModelProto.encode(onnx.ModelProto.fromObject(model)).finish(),
+      externalData: this.externalChunks,
+      externalDataBytes: this.externalOffset,
+    };
+  }
+
+  private uniqueName(name: string): string {
+    let candidate = name;
+    for (let i = 1; this.usedNames.has(candidate); i++) candidate = `${name}_${i}`;
+    this.usedNames.add(candidate);
+    return candidate;
+  }
+}
+
+function valueInfo(name: string, type: ElementType, shape: Dim[]): IValueInfoProto {
+  return {
+    name,
+    type: {
+      tensorType: {
+        elemType: ELEMENT_TYPE_CODE[type],
+        shape: { dim: shape.map((d) => (typeof d === "number" ? { dimValue: d } : { dimParam: d })) },
+      },
+    },
+  };
+}
+
+function attribute(name: string, value: AttributeValue): IAttributeProto {
+  const types = onnx.AttributeProto.AttributeType;
+  if (typeof value === "number") {
+    if (!Number.isInteger(value)) return { name, type: types.FLOAT, f: value };
+    return { name, type: types.INT, i: value };
+  }
+  if (typeof value === "string") return { name, type: types.STRING, s: new TextEncoder().encode(value) };
+  if (Array.isArray(value)) return { name, type: types.INTS, ints: value };
+  if ("float" in value) return { name, type: types.FLOAT, f: value.float };
+  return { name, type: types.FLOATS, floats: value.floats };
+}

@@ -1,0 +1,424 @@
+/**
+ * Builds the ONNX graph of a model segment (decoder layers [from, to)) from checkpoint
+ * weights, in the manner of onnxruntime-genai's model builder: embedding, then per layer
+ * norm → attention → norm → MLP, then exit heads and/or the final head.
+ *
+ * Graph interface (names are the contract with the segment runner):
+ *   inputs   input_ids int64 [batch, seq]           (fromLayer = 0)
+ *            hidden_in float [batch, seq, hidden]    (fromLayer > 0)
+ *            seqlens_k int32 [batch]                 total length of each row minus one
+ *            total_sequence_length int32 []          max total length over rows
+ *            past_key.L / past_value.L float [batch, kvHeads, past, headDim]
+ *   outputs  present_key.L / present_value.L float [batch, kvHeads, total, headDim]
+ *            hidden_out float [batch, seq, hidden]   (outputHidden)
+ *            hidden_after.K float [batch, seq, hidden] (hiddenTaps)
+ *            exit.K.token int64, exit.K.prob / .margin / .entropy float [batch, positions]
+ *            exit.K.logits float [batch, positions, vocab] (logits)
+ * Rows of a batch may have different past lengths: past is right-padded and row b's new
+ * keys land at position seqlens_k[b] - seq + 1 (GroupQueryAttention's convention).
+ */
+import type { ModelConfig } from "../checkpoint/model-config.ts";
+import type { LayerWeights, ModelWeights, WeightTensor } from "../checkpoint/model-weights.ts";
+import { OnnxGraphBuilder, type BuiltGraph } from "./onnx-graph-builder.ts";
+import { quantizeNBits } from "./nbits-quantizer.ts";
+import {
+  DEFAULT_QUANT_BLOCK_SIZE,
+  type ExitHeadSpec,
+  type SegmentSpec,
+  validateSegmentSpec,
+} from "./segment-spec.ts";
+
+/** Bumped whenever the graph layout changes, so cached graphs from older builders are not reused. */
+export const SEGMENT_GRAPH_VERSION = 1;
+
+/** The exits a segment reports, in order; the final head is the exit after the last layer. */
+export function segmentExits(spec: SegmentSpec, config: ModelConfig): ExitHeadSpec[] {
+  const exits = [...spec.exits].sort((a, b) => a.afterLayer - b.afterLayer);
+  if (spec.finalHead && !exits.some((e) => e.afterLayer === config.numLayers)) {
+    exits.push({ afterLayer: config.numLayers });
+  }
+  return exits;
+}
+
+export function buildSegmentGraph(
+  config: ModelConfig,
+  weights: ModelWeights,
+  spec: SegmentSpec,
+  externalDataName: string,
+): BuiltGraph {
+  validateSegmentSpec(spec, config);
+  return new SegmentGraphWriter(config, weights, spec, externalDataName).write();
+}
+
+class SegmentGraphWriter {
+  private readonly b: OnnxGraphBuilder;
+  private readonly exits: ExitHeadSpec[];
+  private readonly blockSize: number;
+  private lmHeadName?: string;
+  /** Initializers already written per weight, so heads shared by several exits are stored once. */
+  private readonly linearInitializers = new Map<string, string[]>();
+  private readonly normInitializers = new Map<string, string>();
+
+  constructor(
+    private readonly config: ModelConfig,
+    private readonly weights: ModelWeights,
+    private readonly spec: SegmentSpec,
+    externalDataName: string,
+  ) {
+    this.b = new OnnxGraphBuilder(`tandem_segment_${spec.fromLayer}_${spec.toLayer}`, externalDataName);
+    this.exits = segmentExits(spec, config);
+    this.blockSize = spec.quantBlockSize ?? DEFAULT_QUANT_BLOCK_SIZE;
+  }
+
+  write(): BuiltGraph {
+    const { b, config, spec } = this;
+    const hidden = config.hiddenSize;
+    b.input("seqlens_k", "int32", ["batch"]);
+    b.input("total_sequence_length", "int32", []);
+
+    let x: string;
+    if (spec.fromLayer === 0) {
+      const ids = b.input("input_ids", "int64", ["batch", "seq"]);
+      const table = b.initializer(
+        "model.embed_tokens.weight",
+        "float32",
+        [config.vocabSize, hidden],
+        this.weights.embedTokens.data,
+      );
+      x = b.op("Gather", "/model/embed_tokens/Gather", [table, ids]);
+    } else {
+      x = b.input("hidden_in", "float32", ["batch", "seq", hidden]);
+    }
+
+    const { cos, sin } = this.rotaryCaches();
+    for (let layer = spec.fromLayer; layer < spec.toLayer; layer++) {
+      x = this.decoderLayer(layer, x, cos, sin);
+      const after = layer + 1;
+      if (spec.hiddenTaps.includes(after))
+        this.outputAlias(x, `hidden_after.${after}`, ["batch", "seq", hidden]);
+      const exit = this.exits.find((e) => e.afterLayer === after);
+      if (exit) this.exitHead(exit, x);
+    }
+    if (spec.outputHidden) this.outputAlias(x, "hidden_out", ["batch", "seq", hidden]);
+    return b.build();
+  }
+
+  /** cos/sin tables [maxPositions, headDim/2] for GroupQueryAttention's rotary (HF rotate_half layout). */
+  private rotaryCaches(): { cos: string; sin: string } {
+    const { headDim, ropeTheta, maxPositions } = this.config;
+    const half = headDim / 2;
+    const cos = new Float32Array(maxPositions * half);
+    const sin = new Float32Array(maxPositions * half);
+    for (let i = 0; i < half; i++) {
+      const inverseFrequency = 1 / Math.pow(ropeTheta, (2 * i) / headDim);
+      for (let p = 0; p < maxPositions; p++) {
+        // Math.fround: HF computes the angle in fp32 (inv_freq is a float32 tensor).
+        const angle = Math.fround(p * Math.fround(inverseFrequency));
+        cos[p * half + i] = Math.cos(angle);
+        sin[p * half + i] = Math.sin(angle);
+      }
+    }
+    return {
+      cos: this.b.initializer("/model/rotary/cos_cache", "float32", [maxPositions, half], cos),
+      sin: this.b.initializer("/model/rotary/sin_cache", "float32", [maxPositions, half], sin),
+    };
+  }
+
+  /*
+   *   x ──► RMSNorm ──► QKV MatMul (+bias) ──► GroupQueryAttention ──► o_proj ──► (+) ──► h
+   *   └──────────────────────────────────────────────────────────────────────────┘
+   *   h ──► RMSNorm ──► gate_up MatMul ──► Split ──► silu(gate)·up ──► down ──► (+) ──► out
+   *   └──────────────────────────────────────────────────────────────────────────┘
+   */
+  private decoderLayer(layer: number, x: string, cos: string, sin: string): string {
+    const { b, config } = this;
+    const w = this.weights.layers[layer];
+    const prefix = `/model/layers.${layer}`;
+    const normed = this.rmsNorm(`${prefix}/input_layernorm`, x, w.inputNorm);
+
+    let qkv = this.linear(`${prefix}/attn/qkv_proj`, normed, concatRows([w.qProj, w.kProj, w.vProj]));
+    if (w.qBias && w.kBias && w.vBias) {
+      const bias = concatVectors([w.qBias, w.kBias, w.vBias]);
+      qkv = b.op("Add", `${prefix}/attn/qkv_proj/BiasAdd`, [
+        qkv,
+        b.initializer(`model.layers.${layer}.qkv_bias`, "float32", [bias.length], bias),
+      ]);
+    }
+    const pastKey = b.input(`past_key.${layer}`, "float32", [
+      "batch",
+      config.numKvHeads,
+      "past",
+      config.headDim,
+    ]);
+    const pastValue = b.input(`past_value.${layer}`, "float32", [
+      "batch",
+      config.numKvHeads,
+      "past",
+      config.headDim,
+    ]);
+    const presentKey = b.output(`present_key.${layer}`, "float32", [
+      "batch",
+      config.numKvHeads,
+      "total",
+      config.headDim,
+    ]);
+    const presentValue = b.output(`present_value.${layer}`, "float32", [
+      "batch",
+      config.numKvHeads,
+      "total",
+      config.headDim,
+    ]);
+    const [attention] = b.node(
+      "GroupQueryAttention",
+      `${prefix}/attn/GroupQueryAttention`,
+      [qkv, "", "", pastKey, pastValue, "seqlens_k", "total_sequence_length", cos, sin],
+      {
+        outputs: [`${prefix}/attn/GroupQueryAttention/output_0`, presentKey, presentValue],
+        domain: "com.microsoft",
+        attributes: {
+          num_heads: config.numHeads,
+          kv_num_heads: config.numKvHeads,
+          do_rotary: 1,
+          rotary_interleaved: 0,
+          scale: { float: 1 / Math.sqrt(config.headDim) },
+        },
+      },
+    );
+    const projected = this.linear(`${prefix}/attn/o_proj`, attention, asLinear(w.oProj));
+    const afterAttention = b.op("Add", `${prefix}/attn/residual/Add`, [x, projected]);
+
+    const normed2 = this.rmsNorm(`${prefix}/post_attention_layernorm`, afterAttention, w.postAttentionNorm);
+    const mlp = this.mlp(`${prefix}/mlp`, normed2, w);
+    return b.op("Add", `${prefix}/mlp/residual/Add`, [afterAttention, mlp]);
+  }
+
+  private mlp(prefix: string, x: string, w: LayerWeights): string {
+    const { b, config } = this;
+    if (!w.gateProj || !w.upProj || !w.downProj) throw new Error(`${prefix}: dense MLP weights missing`);
+    const gateUp = this.linear(`${prefix}/gate_up_proj`, x, concatRows([w.gateProj, w.upProj]));
+    const size = config.intermediateSize;
+    const [gate, up] = b.node("Split", `${prefix}/Split`, [gateUp, b.int64Constant([size, size])], {
+      outputs: 2,
+      attributes: { axis: -1 },
+    });
+    const silu = b.op("Mul", `${prefix}/act/Mul`, [gate, b.op("Sigmoid", `${prefix}/act/Sigmoid`, [gate])]);
+    const product = b.op("Mul", `${prefix}/Mul`, [silu, up]);
+    return this.linear(`${prefix}/down_proj`, product, asLinear(w.downProj));
+  }
+
+  /** x · Wᵀ for a Hugging Face [out, in] weight, in the segment's weight format. */
+  private linear(prefix: string, x: string, weight: LinearWeight): string {
+    const { b, spec } = this;
+    if (spec.weightFormat === "fp32") {
+      const name = this.linearInitializers.get(weight.name) ?? [
+        b.initializer(
+          `${weight.name}.T`,
+          "float32",
+          [weight.cols, weight.rows],
+          transpose(weight.data, weight.rows, weight.cols),
+        ),
+      ];
+      this.linearInitializers.set(weight.name, name);
+      return b.op("MatMul", `${prefix}/MatMul`, [x, name[0]]);
+    }
+    const bits = spec.weightFormat === "int8" ? 8 : 4;
+    const blocksPerRow = Math.ceil(weight.cols / this.blockSize);
+    let names = this.linearInitializers.get(weight.name);
+    if (!names) {
+      const q = quantizeNBits(weight.data, weight.rows, weight.cols, bits, this.blockSize);
+      const blob = (this.blockSize * bits) / 8;
+      names = [
+        b.initializer(`${weight.name}.q${bits}`, "uint8", [q.rows, blocksPerRow, blob], q.packed),
+        b.initializer(`${weight.name}.scales`, "float32", [q.rows * blocksPerRow], q.scales),
+      ];
+      this.linearInitializers.set(weight.name, names);
+    }
+    return b.op(
+      "MatMulNBits",
+      `${prefix}/MatMulNBits`,
+      [x, ...names],
+      // accuracy_level 4: int8 activations inside the kernel, the fast CPU path.
+      { K: weight.cols, N: weight.rows, bits, block_size: this.blockSize, accuracy_level: 4 },
+      "com.microsoft",
+    );
+  }
+
+  private rmsNorm(prefix: string, x: string, weight: WeightTensor): string {
+    const { b } = this;
+    // The final norm serves every exit: write its weight once.
+    const gamma =
+      this.normInitializers.get(weight.name) ??
+      b.initializer(weight.name, "float32", [weight.data.length], weight.data);
+    this.normInitializers.set(weight.name, gamma);
+    return b.op("SimplifiedLayerNormalization", `${prefix}/SimplifiedLayerNormalization`, [x, gamma], {
+      axis: -1,
+      epsilon: { float: this.config.rmsNormEps },
+      stash_type: 1,
+    });
+  }
+
+  private lmHead(x: string): string {
+    const { config } = this;
+    const head = this.weights.lmHead;
+    const prefix = "/model/lm_head";
+    if (this.spec.weightFormat !== "fp32") {
+      return this.linear(prefix, x, asLinear(head));
+    }
+    // Gemm with transB reads the [vocab, hidden] table as stored, so a tied LM head shares
+    // the embedding initializer instead of keeping a transposed copy.
+    const { b } = this;
+    const table =
+      this.weights.lmHead === this.weights.embedTokens && this.spec.fromLayer === 0
+        ? "model.embed_tokens.weight"
+        : (this.lmHeadName ??= b.initializer(
+            head.name,
+            "float32",
+            [config.vocabSize, config.hiddenSize],
+            head.data,
+          ));
+    const flat = b.op("Reshape", `${prefix}/flatten`, [x, b.int64Constant([-1, config.hiddenSize])]);
+    const logits2d = b.op("Gemm", `${prefix}/Gemm`, [flat, table], { transB: 1 });
+    const shape = b.op("Shape", `${prefix}/Shape`, [x], { end: -1 });
+    const outShape = b.op("Concat", `${prefix}/out_shape`, [shape, b.int64Constant([config.vocabSize])], {
+      axis: 0,
+    });
+    return b.op("Reshape", `${prefix}/unflatten`, [logits2d, outShape]);
+  }
+
+  /*
+   *   h ──► [last position] ──► [linear map] ──► final RMSNorm ──► LM head ──► logits
+   *   logits ──► TopK(2) ─┬─► token (top-1 id)
+   *                       └─► exp(top − logsumexp) ──► prob, margin = p1 − p2
+   *   logits ──► logsumexp − Σ softmax·logits ──► entropy
+   */
+  private exitHead(exit: ExitHeadSpec, x: string): void {
+    const { b, config, spec } = this;
+    const k = exit.afterLayer;
+    const prefix = `/exit.${k}`;
+    let h = x;
+    if (spec.positions === "last") {
+      h = b.op("Slice", `${prefix}/last_position`, [
+        h,
+        b.int64Constant([-1]),
+        b.int64Constant([2 ** 31 - 1]),
+        b.int64Constant([1]),
+      ]);
+    }
+    if (exit.linearMap) {
+      const weight = b.initializer(
+        `exit.${k}.linear.weight`,
+        "float32",
+        [config.hiddenSize, config.hiddenSize],
+        exit.linearMap.weight,
+      );
+      const bias = b.initializer(
+        `exit.${k}.linear.bias`,
+        "float32",
+        [config.hiddenSize],
+        exit.linearMap.bias,
+      );
+      h = b.op("Add", `${prefix}/linear/Add`, [b.op("MatMul", `${prefix}/linear/MatMul`, [h, weight]), bias]);
+    }
+    const normed = this.rmsNorm(`${prefix}/norm`, h, this.weights.finalNorm);
+    const logits = this.lmHead(normed);
+    const positions = spec.positions === "last" ? 1 : "seq";
+
+    const [topValues, topIndices] = b.node("TopK", `${prefix}/TopK`, [logits, b.int64Constant([2])], {
+      outputs: 2,
+      attributes: { axis: -1, largest: 1, sorted: 1 },
+    });
+    const logSumExp = b.op("ReduceLogSumExp", `${prefix}/ReduceLogSumExp`, [logits], {
+      axes: [-1],
+      keepdims: 1,
+    });
+    const topProbs = b.op("Exp", `${prefix}/top_probs/Exp`, [
+      b.op("Sub", `${prefix}/top_probs/Sub`, [topValues, logSumExp]),
+    ]);
+    const [p1, p2] = b.node("Split", `${prefix}/top_probs/Split`, [topProbs, b.int64Constant([1, 1])], {
+      outputs: 2,
+      attributes: { axis: -1 },
+    });
+    const squeezeAxis = b.int64Constant([-1]);
+    b.node("Squeeze", `${prefix}/prob`, [p1, squeezeAxis], {
+      outputs: [b.output(`exit.${k}.prob`, "float32", ["batch", positions])],
+    });
+    const margin = b.op("Sub", `${prefix}/margin/Sub`, [p1, p2]);
+    b.node("Squeeze", `${prefix}/margin`, [margin, squeezeAxis], {
+      outputs: [b.output(`exit.${k}.margin`, "float32", ["batch", positions])],
+    });
+    const [top1] = b.node("Split", `${prefix}/top1/Split`, [topIndices, b.int64Constant([1, 1])], {
+      outputs: 2,
+      attributes: { axis: -1 },
+    });
+    b.node("Squeeze", `${prefix}/token`, [top1, squeezeAxis], {
+      outputs: [b.output(`exit.${k}.token`, "int64", ["batch", positions])],
+    });
+
+    const probs = b.op("Softmax", `${prefix}/entropy/Softmax`, [logits], { axis: -1 });
+    const expected = b.op(
+      "ReduceSum",
+      `${prefix}/entropy/ReduceSum`,
+      [b.op("Mul", `${prefix}/entropy/Mul`, [probs, logits]), squeezeAxis],
+      { keepdims: 1 },
+    );
+    const entropy = b.op("Sub", `${prefix}/entropy/Sub`, [logSumExp, expected]);
+    b.node("Squeeze", `${prefix}/entropy`, [entropy, squeezeAxis], {
+      outputs: [b.output(`exit.${k}.entropy`, "float32", ["batch", positions])],
+    });
+
+    if (spec.logits) this.outputAlias(logits, `exit.${k}.logits`, ["batch", positions, config.vocabSize]);
+  }
+
+  private outputAlias(value: string, name: string, shape: (number | string)[]): void {
+    this.b.node("Identity", `/outputs/${name}`, [value], {
+      outputs: [this.b.output(name, "float32", shape)],
+    });
+  }
+}
+
+function transpose(data: Float32Array, rows: number, cols: number): Float32Array {
+  const out = new Float32Array(rows * cols);
+  for (let r = 0; r < rows; r++) {
+    const rowOffset = r * cols;
+    for (let c = 0; c < cols; c++) out[c * rows + r] = data[rowOffset + c];
+  }
+  return out;
+}
+
+/** A Hugging Face linear weight: row-major [rows = out_features, cols = in_features]. */
+interface LinearWeight {
+  name: string;
+  rows: number;
+  cols: number;
+  data: Float32Array;
+}
+
+function asLinear(t: WeightTensor): LinearWeight {
+  return { name: t.name, rows: t.shape[0], cols: t.shape[1], data: t.data };
+}
+
+/** Stacks [out_i, in] weights into one [Σ out_i, in] weight (fused QKV, fused gate/up). */
+function concatRows(parts: WeightTensor[]): LinearWeight {
+  const cols = parts[0].shape[1];
+  const rows = parts.reduce((sum, p) => sum + p.shape[0], 0);
+  const data = new Float32Array(rows * cols);
+  let offset = 0;
+  for (const p of parts) {
+    data.set(p.data, offset);
+    offset += p.data.length;
+  }
+  const name = parts[0].name.replace(/\.(q_proj|gate_proj)\.weight$/, (_, n: string) =>
+    n === "q_proj" ? ".qkv_proj.weight" : ".gate_up_proj.weight",
+  );
+  return { name, rows, cols, data };
+}
+
+function concatVectors(parts: WeightTensor[]): Float32Array {
+  const out = new Float32Array(parts.reduce((sum, p) => sum + p.data.length, 0));
+  let offset = 0;
+  for (const p of parts) {
+    out.set(p.data, offset);
+    offset += p.data.length;
+  }
+  return out;
+}

@@ -1,0 +1,130 @@
+/**
+ * What a segment graph computes: a range of decoder layers, what goes in (token ids or
+ * hidden states), which exits it reports, and which hidden states it hands out.
+ */
+import type { ModelConfig } from "../checkpoint/model-config.ts";
+import { InvalidArgumentError, UnsupportedError } from "../errors.ts";
+
+export type WeightFormat = "fp32" | "int8" | "int4";
+
+/** A map from an exit layer's hidden state towards the last layer's ("Jump to Conclusions"). */
+export interface LinearExitMap {
+  /** Row-major [hidden, hidden]: h' = h · weight + bias. */
+  weight: Float32Array;
+  bias: Float32Array;
+}
+
+export interface ExitHeadSpec {
+  /** Number of decoder layers run before this exit: the head reads the hidden state after layer `afterLayer - 1`. */
+  afterLayer: number;
+  /** Without a map the exit is the model's own final norm + LM head on that hidden state. */
+  linearMap?: LinearExitMap;
+}
+
+export interface SegmentSpec {
+  /** First decoder layer of the segment (0 means the segment embeds token ids). */
+  fromLayer: number;
+  /** One past the last decoder layer. */
+  toLayer: number;
+  /** Early exits inside the segment: each `afterLayer` in (fromLayer, toLayer]. */
+  exits: ExitHeadSpec[];
+  /** The model's final norm + LM head after `toLayer` (requires toLayer = numLayers). */
+  finalHead: boolean;
+  /** Output the hidden state after the segment's last layer (the split hidden state on an edge). */
+  outputHidden: boolean;
+  /** Extra hidden states to output, after these many layers (for calibration). */
+  hiddenTaps: number[];
+  /** Where exits and the head are evaluated: only the last position of each row, or every position. */
+  positions: "last" | "all";
+  /** Also output full logits for every exit and the head. */
+  logits: boolean;
+  weightFormat: WeightFormat;
+  /** MatMulNBits block size for int8/int4 weights. @default 32 */
+  quantBlockSize?: number;
+}
+
+export const DEFAULT_QUANT_BLOCK_SIZE = 32;
+
+/** A segment spec with everything optional filled in with defaults. */
+export function segmentSpec(
+  partial: Partial<SegmentSpec> & Pick<SegmentSpec, "fromLayer" | "toLayer">,
+): SegmentSpec {
+  return {
+    exits: [],
+    finalHead: false,
+    outputHidden: false,
+    hiddenTaps: [],
+    positions: "last",
+    logits: false,
+    weightFormat: "fp32",
+    ...partial,
+  };
+}
+
+/** Checks a spec against a model; throws InvalidArgumentError naming the field. */
+export function validateSegmentSpec(spec: SegmentSpec, config: ModelConfig): void {
+  const layers = config.numLayers;
+  if (!Number.isInteger(spec.fromLayer) || spec.fromLayer < 0 || spec.fromLayer >= layers) {
+    throw new InvalidArgumentError(
+      "fromLayer",
+      `must be an integer in [0, ${layers}), got ${spec.fromLayer}`,
+    );
+  }
+  if (!Number.isInteger(spec.toLayer) || spec.toLayer <= spec.fromLayer || spec.toLayer > layers) {
+    throw new InvalidArgumentError(
+      "toLayer",
+      `must be an integer in (${spec.fromLayer}, ${layers}], got ${spec.toLayer}`,
+    );
+  }
+  const seen = new Set<number>();
+  for (const exit of spec.exits) {
+    if (
+      !Number.isInteger(exit.afterLayer) ||
+      exit.afterLayer <= spec.fromLayer ||
+      exit.afterLayer > spec.toLayer
+    ) {
+      throw new InvalidArgumentError(
+        "exits.afterLayer",
+        `must be an integer in (${spec.fromLayer}, ${spec.toLayer}], got ${exit.afterLayer}`,
+      );
+    }
+    if (seen.has(exit.afterLayer)) {
+      throw new InvalidArgumentError("exits.afterLayer", `layer ${exit.afterLayer} appears twice`);
+    }
+    seen.add(exit.afterLayer);
+    if (exit.linearMap) {
+      const h = config.hiddenSize;
+      if (exit.linearMap.weight.length !== h * h || exit.linearMap.bias.length !== h) {
+        throw new InvalidArgumentError(
+          "exits.linearMap",
+          `exit after layer ${exit.afterLayer} needs a ${h}x${h} weight and ${h} bias`,
+        );
+      }
+    }
+  }
+  for (const tap of spec.hiddenTaps) {
+    if (!Number.isInteger(tap) || tap <= spec.fromLayer || tap > spec.toLayer) {
+      throw new InvalidArgumentError(
+        "hiddenTaps",
+        `must be integers in (${spec.fromLayer}, ${spec.toLayer}], got ${tap}`,
+      );
+    }
+  }
+  if (spec.finalHead && spec.toLayer !== layers) {
+    throw new InvalidArgumentError("finalHead", `needs toLayer = ${layers}, got ${spec.toLayer}`);
+  }
+  const blockSize = spec.quantBlockSize ?? DEFAULT_QUANT_BLOCK_SIZE;
+  if (!Number.isInteger(blockSize) || blockSize < 16 || (blockSize & (blockSize - 1)) !== 0) {
+    throw new InvalidArgumentError("quantBlockSize", `must be a power of two ≥ 16, got ${blockSize}`);
+  }
+  if (config.headDim % 16 !== 0) {
+    // ONNX Runtime's CPU GroupQueryAttention kernel requires it; every Llama-family
+    // release uses 64 or 128.
+    throw new UnsupportedError(
+      `head_dim ${config.headDim} is not a multiple of 16 (needed by GroupQueryAttention)`,
+    );
+  }
+  if (config.architecture === "mixtral") {
+    throw new UnsupportedError("mixtral (MoE) segments are not supported by the graph builder yet");
+  }
+}
