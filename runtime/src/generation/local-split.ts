@@ -1,0 +1,66 @@
+/**
+ * Loads a model split in two in one process: the lower segment [0, split) with its
+ * exits and the upper segment [split, L) with the final head. Used by `tandem generate`,
+ * the benchmarks and tests; the edge agent and cloud worker load one half each.
+ */
+import type { Checkpoint } from "../checkpoint/model-weights.ts";
+import { SegmentModel, type SegmentModelOptions } from "../engine/segment-model.ts";
+import { SegmentSessions } from "../engine/segment-sessions.ts";
+import { InvalidArgumentError } from "../errors.ts";
+import { segmentSpec, type ExitHeadSpec, type WeightFormat } from "../graph/segment-spec.ts";
+
+export interface LocalSplitOptions extends SegmentModelOptions {
+  /** Layers on the lower side; the whole model when equal to numLayers. @default numLayers */
+  split?: number;
+  /** Exits on the lower side (afterLayer ≤ split). @default none */
+  exits?: ExitHeadSpec[];
+  /** @default "fp32" */
+  weightFormat?: WeightFormat;
+}
+
+export interface LocalSplit {
+  lower: SegmentSessions;
+  /** Undefined when the split is the whole model. */
+  upper?: SegmentSessions;
+  release(): Promise<void>;
+}
+
+export async function loadLocalSplit(
+  checkpoint: Checkpoint,
+  options: LocalSplitOptions = {},
+): Promise<LocalSplit> {
+  const layers = checkpoint.config.numLayers;
+  const split = options.split ?? layers;
+  if (!Number.isInteger(split) || split < 1 || split > layers) {
+    throw new InvalidArgumentError("split", `must be an integer in [1, ${layers}], got ${split}`);
+  }
+  const weightFormat = options.weightFormat ?? "fp32";
+  const whole = split === layers;
+  const lowerModel = await SegmentModel.load(
+    checkpoint,
+    segmentSpec({
+      fromLayer: 0,
+      toLayer: split,
+      exits: options.exits ?? [],
+      finalHead: whole,
+      outputHidden: !whole,
+      weightFormat,
+    }),
+    options,
+  );
+  const upperModel = whole
+    ? undefined
+    : await SegmentModel.load(
+        checkpoint,
+        segmentSpec({ fromLayer: split, toLayer: layers, finalHead: true, weightFormat }),
+        options,
+      );
+  return {
+    lower: new SegmentSessions(lowerModel),
+    upper: upperModel && new SegmentSessions(upperModel),
+    async release() {
+      await lowerModel.release();
+      await upperModel?.release();
+    },
+  };
+}
