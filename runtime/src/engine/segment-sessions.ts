@@ -89,7 +89,7 @@ export class SegmentSessions {
   }
 
   /** Runs a chunk of new positions through the segment for one session. */
-  forward(id: string, input: SegmentInput): Promise<SegmentStep> {
+  async forward(id: string, input: SegmentInput): Promise<SegmentStep> {
     const state = this.state(id);
     const count = this.validateInput(input, state.length);
     const run = state.busy.then(async () => {

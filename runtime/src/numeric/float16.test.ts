@@ -1,5 +1,11 @@
 import { describe, expect, it } from "vitest";
-import { bfloat16ToFloat32, float32ToBfloat16, float32ToHalf, floatToHalfBits, halfToFloat32 } from "./float16.ts";
+import {
+  bfloat16ToFloat32,
+  float32ToBfloat16,
+  float32ToHalf,
+  floatToHalfBits,
+  halfToFloat32,
+} from "./float16.ts";
 
 describe("float16", () => {
   it("round-trips every finite half value exactly", () => {

@@ -23,7 +23,10 @@ function halfBitsToFloatSlow(h: number): number {
 }
 
 /** Decode `src` (fp16 bit patterns) into `dst` (defaults to a new Float32Array). */
-export function halfToFloat32(src: Uint16Array, dst: Float32Array = new Float32Array(src.length)): Float32Array {
+export function halfToFloat32(
+  src: Uint16Array,
+  dst: Float32Array = new Float32Array(src.length),
+): Float32Array {
   const table = (halfTable ??= buildHalfTable());
   for (let i = 0; i < src.length; i++) dst[i] = table[src[i]];
   return dst;
@@ -58,7 +61,10 @@ export function floatToHalfBits(value: number): number {
   return bits;
 }
 
-export function float32ToHalf(src: Float32Array, dst: Uint16Array = new Uint16Array(src.length)): Uint16Array {
+export function float32ToHalf(
+  src: Float32Array,
+  dst: Uint16Array = new Uint16Array(src.length),
+): Uint16Array {
   for (let i = 0; i < src.length; i++) dst[i] = floatToHalfBits(src[i]);
   return dst;
 }
@@ -74,7 +80,10 @@ export function bfloat16ToFloat32(
 }
 
 /** fp32 → bfloat16 bits, round to nearest even (NaN kept quiet). */
-export function float32ToBfloat16(src: Float32Array, dst: Uint16Array = new Uint16Array(src.length)): Uint16Array {
+export function float32ToBfloat16(
+  src: Float32Array,
+  dst: Uint16Array = new Uint16Array(src.length),
+): Uint16Array {
   const bits = new Uint32Array(src.buffer, src.byteOffset, src.length);
   for (let i = 0; i < src.length; i++) {
     const x = bits[i];

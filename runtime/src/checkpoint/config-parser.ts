@@ -1,0 +1,126 @@
+/**
+ * Reads a Hugging Face `config.json` of the Llama family into a ModelConfig. Defaults
+ * follow transformers' configuration classes; every missing or ill-typed key throws a
+ * ConfigError naming the file and the key.
+ */
+import { ConfigError, UnsupportedError } from "../errors.ts";
+import type { ModelArchitecture, ModelConfig } from "./model-config.ts";
+
+const ARCHITECTURES: ModelArchitecture[] = ["llama", "mistral", "qwen2", "mixtral"];
+
+/** transformers' defaults per family (LlamaConfig, MistralConfig, Qwen2Config, MixtralConfig). */
+const FAMILY_DEFAULTS: Record<
+  ModelArchitecture,
+  { rmsNormEps: number; ropeTheta: number; maxPositions: number; tie: boolean }
+> = {
+  llama: { rmsNormEps: 1e-6, ropeTheta: 10000, maxPositions: 2048, tie: false },
+  mistral: { rmsNormEps: 1e-6, ropeTheta: 10000, maxPositions: 4096 * 32, tie: false },
+  qwen2: { rmsNormEps: 1e-6, ropeTheta: 10000, maxPositions: 32768, tie: false },
+  mixtral: { rmsNormEps: 1e-5, ropeTheta: 1e6, maxPositions: 4096 * 32, tie: false },
+};
+
+export function parseModelConfig(json: unknown, file: string): ModelConfig {
+  if (typeof json !== "object" || json === null || Array.isArray(json))
+    throw new ConfigError(file, "(root)", "must be a JSON object");
+  const raw = json as Record<string, unknown>;
+
+  const modelType = raw.model_type;
+  if (typeof modelType !== "string") throw new ConfigError(file, "model_type", "is missing or not a string");
+  if (!ARCHITECTURES.includes(modelType as ModelArchitecture)) {
+    throw new ConfigError(
+      file,
+      "model_type",
+      `"${modelType}" is not supported (supported: ${ARCHITECTURES.join(", ")})`,
+    );
+  }
+  const architecture = modelType as ModelArchitecture;
+  const defaults = FAMILY_DEFAULTS[architecture];
+
+  const int = (key: string, fallback?: number): number => {
+    const value = raw[key] ?? fallback;
+    if (value === undefined) throw new ConfigError(file, key, "is missing");
+    if (typeof value !== "number" || !Number.isInteger(value) || value <= 0)
+      throw new ConfigError(file, key, `must be a positive integer, got ${JSON.stringify(value)}`);
+    return value;
+  };
+  const num = (key: string, fallback: number): number => {
+    const value = raw[key] ?? fallback;
+    if (typeof value !== "number" || !Number.isFinite(value) || value <= 0)
+      throw new ConfigError(file, key, `must be a positive number, got ${JSON.stringify(value)}`);
+    return value;
+  };
+  const bool = (key: string, fallback: boolean): boolean => {
+    const value = raw[key] ?? fallback;
+    if (typeof value !== "boolean")
+      throw new ConfigError(file, key, `must be true or false, got ${JSON.stringify(value)}`);
+    return value;
+  };
+
+  const hiddenSize = int("hidden_size");
+  const numHeads = int("num_attention_heads");
+  const numKvHeads = int("num_key_value_heads", numHeads);
+  if (numHeads % numKvHeads !== 0)
+    throw new ConfigError(
+      file,
+      "num_key_value_heads",
+      `${numKvHeads} does not divide num_attention_heads ${numHeads}`,
+    );
+  if (raw.head_dim === undefined && hiddenSize % numHeads !== 0) {
+    throw new ConfigError(
+      file,
+      "num_attention_heads",
+      `${numHeads} does not divide hidden_size ${hiddenSize}`,
+    );
+  }
+  const headDim = int("head_dim", hiddenSize / numHeads);
+  if (headDim % 2 !== 0)
+    throw new ConfigError(file, "head_dim", `must be even for rotary embeddings, got ${headDim}`);
+
+  if (raw.rope_scaling !== undefined && raw.rope_scaling !== null) {
+    throw new UnsupportedError(
+      `${file}: "rope_scaling" is not supported yet (got ${JSON.stringify(raw.rope_scaling)})`,
+    );
+  }
+  const hiddenAct = raw.hidden_act ?? "silu";
+  if (hiddenAct !== "silu")
+    throw new ConfigError(file, "hidden_act", `must be "silu", got ${JSON.stringify(hiddenAct)}`);
+
+  const config: ModelConfig = {
+    architecture,
+    vocabSize: int("vocab_size"),
+    hiddenSize,
+    intermediateSize: int("intermediate_size"),
+    numLayers: int("num_hidden_layers"),
+    numHeads,
+    numKvHeads,
+    headDim,
+    rmsNormEps: num("rms_norm_eps", defaults.rmsNormEps),
+    ropeTheta: num("rope_theta", defaults.ropeTheta),
+    maxPositions: int("max_position_embeddings", defaults.maxPositions),
+    tieWordEmbeddings: bool("tie_word_embeddings", defaults.tie),
+    // Qwen2 always has q/k/v biases; Llama may opt in with attention_bias.
+    attentionBias: architecture === "qwen2" ? true : bool("attention_bias", false),
+    bosTokenId: optionalTokenIds(raw.bos_token_id, file, "bos_token_id")?.[0],
+    eosTokenId: optionalTokenIds(raw.eos_token_id, file, "eos_token_id"),
+  };
+  if (architecture === "mixtral") {
+    config.numExperts = int("num_local_experts");
+    config.numExpertsPerToken = int("num_experts_per_tok", 2);
+    if (config.numExpertsPerToken > config.numExperts) {
+      throw new ConfigError(
+        file,
+        "num_experts_per_tok",
+        `${config.numExpertsPerToken} exceeds num_local_experts ${config.numExperts}`,
+      );
+    }
+  }
+  return config;
+}
+
+function optionalTokenIds(value: unknown, file: string, key: string): number[] | undefined {
+  if (value === undefined || value === null) return undefined;
+  const list = Array.isArray(value) ? value : [value];
+  if (!list.every((v) => Number.isInteger(v) && (v as number) >= 0))
+    throw new ConfigError(file, key, `must be a token id or a list of them, got ${JSON.stringify(value)}`);
+  return list as number[];
+}

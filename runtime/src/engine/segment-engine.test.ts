@@ -1,0 +1,362 @@
+/**
+ * The ONNX segment engine against the plain-TypeScript reference forward, on real
+ * checkpoints written in Hugging Face layout and loaded through the checkpoint loader.
+ */
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { loadCheckpoint } from "../checkpoint/load-checkpoint.ts";
+import type { Checkpoint } from "../checkpoint/model-weights.ts";
+import { InvalidArgumentError, SessionNotFoundError, UnsupportedError } from "../errors.ts";
+import { segmentSpec, type SegmentSpec } from "../graph/segment-spec.ts";
+import { ReferenceModel } from "../reference/reference-model.ts";
+import { writeRandomCheckpoint, type RandomCheckpointSpec } from "../testing/random-checkpoint.ts";
+import { SegmentModel } from "./segment-model.ts";
+import { SegmentSessions } from "./segment-sessions.ts";
+
+const base: RandomCheckpointSpec = {
+  architecture: "llama",
+  vocabSize: 300,
+  hiddenSize: 64,
+  intermediateSize: 112,
+  numLayers: 4,
+  numHeads: 4,
+  numKvHeads: 2,
+  tieWordEmbeddings: false,
+  seed: 11,
+  dtype: "F32",
+};
+
+/** Shapes the engine must get exactly right: GQA ratios 1, 2, 4, odd sizes, tied embeddings, biases, F16/BF16 files. */
+const SHAPES: Record<string, RandomCheckpointSpec> = {
+  "llama gqa ratio 2": base,
+  "llama gqa ratio 1 (MHA)": { ...base, numKvHeads: 4, seed: 12 },
+  "llama gqa ratio 4": { ...base, hiddenSize: 128, numHeads: 8, numKvHeads: 2, seed: 13 },
+  "odd sizes (hidden 80, 5 heads, intermediate 97)": {
+    ...base,
+    hiddenSize: 80,
+    numHeads: 5,
+    numKvHeads: 5,
+    intermediateSize: 97,
+    vocabSize: 301,
+    seed: 14,
+  },
+  "tied embeddings, mistral": { ...base, architecture: "mistral", tieWordEmbeddings: true, seed: 15 },
+  "qwen2 with q/k/v biases": { ...base, architecture: "qwen2", seed: 16 },
+  "F16 weights": { ...base, dtype: "F16", seed: 17 },
+  "BF16 weights, sharded": { ...base, dtype: "BF16", shards: 3, seed: 18 },
+};
+
+const PROMPT = [5, 17, 42, 255, 3, 99, 120, 7, 64, 200, 1];
+
+let workDir: string;
+let cacheDir: string;
+const checkpoints = new Map<string, Checkpoint>();
+
+beforeAll(async () => {
+  workDir = mkdtempSync(join(tmpdir(), "tandem-engine-"));
+  cacheDir = join(workDir, "graphs");
+  for (const [name, spec] of Object.entries(SHAPES)) {
+    const dir = join(workDir, name.replace(/[^a-z0-9]+/gi, "-"));
+    await writeRandomCheckpoint(dir, spec);
+    checkpoints.set(name, await loadCheckpoint(dir));
+  }
+});
+
+afterAll(() => rmSync(workDir, { recursive: true, force: true }));
+
+async function sessionsFor(
+  checkpoint: Checkpoint,
+  partial: Partial<SegmentSpec> & Pick<SegmentSpec, "fromLayer" | "toLayer">,
+) {
+  const model = await SegmentModel.load(checkpoint, segmentSpec(partial), { cacheDir });
+  return new SegmentSessions(model);
+}
+
+function maxAbsDiff(a: ArrayLike<number>, b: ArrayLike<number>): number {
+  expect(a.length).toBe(b.length);
+  let max = 0;
+  for (let i = 0; i < a.length; i++) max = Math.max(max, Math.abs(a[i] - b[i]));
+  return max;
+}
+
+async function fullLogits(checkpoint: Checkpoint, ids: number[]): Promise<Float32Array> {
+  const sessions = await sessionsFor(checkpoint, {
+    fromLayer: 0,
+    toLayer: checkpoint.config.numLayers,
+    finalHead: true,
+    positions: "all",
+    logits: true,
+  });
+  sessions.open("s");
+  const step = await sessions.forward("s", { ids });
+  await sessions.model.release();
+  return step.exits[0].logits!;
+}
+
+describe("segment graphs equal the reference forward", () => {
+  for (const name of Object.keys(SHAPES)) {
+    it(`${name}: logits at every position within 1e-4`, async () => {
+      const checkpoint = checkpoints.get(name)!;
+      const reference = new ReferenceModel(checkpoint.config, checkpoint.weights).logits(PROMPT);
+      expect(maxAbsDiff(await fullLogits(checkpoint, PROMPT), reference)).toBeLessThanOrEqual(1e-4);
+    });
+  }
+});
+
+describe("splitting the model", () => {
+  it("running [0,s) then [s,L) equals [0,L) for every split s", async () => {
+    const checkpoint = checkpoints.get("llama gqa ratio 2")!;
+    const layers = checkpoint.config.numLayers;
+    const whole = await fullLogits(checkpoint, PROMPT);
+    for (let s = 1; s < layers; s++) {
+      const lower = await sessionsFor(checkpoint, { fromLayer: 0, toLayer: s, outputHidden: true });
+      const upper = await sessionsFor(checkpoint, {
+        fromLayer: s,
+        toLayer: layers,
+        finalHead: true,
+        positions: "all",
+        logits: true,
+      });
+      lower.open("a");
+      upper.open("a");
+      const hidden = (await lower.forward("a", { ids: PROMPT })).hidden!;
+      const logits = (await upper.forward("a", { hidden, count: PROMPT.length })).exits[0].logits!;
+      expect(maxAbsDiff(logits, whole), `split ${s}`).toBeLessThanOrEqual(1e-5);
+    }
+  });
+
+  it("the split hidden state equals the reference hidden state after that layer", async () => {
+    const checkpoint = checkpoints.get("qwen2 with q/k/v biases")!;
+    const lower = await sessionsFor(checkpoint, {
+      fromLayer: 0,
+      toLayer: 2,
+      outputHidden: true,
+      hiddenTaps: [1],
+    });
+    lower.open("a");
+    const step = await lower.forward("a", { ids: PROMPT });
+    const reference = new ReferenceModel(checkpoint.config, checkpoint.weights);
+    const { hiddenAfterLayer } = reference.forward({ ids: PROMPT }, 0, 2, reference.newCache());
+    expect(maxAbsDiff(step.taps.get(1)!, hiddenAfterLayer[0])).toBeLessThanOrEqual(1e-4);
+    expect(maxAbsDiff(step.hidden!, hiddenAfterLayer[1])).toBeLessThanOrEqual(1e-4);
+  });
+});
+
+describe("KV cache", () => {
+  it("decoding token by token with the cache equals recomputing from scratch", async () => {
+    const checkpoint = checkpoints.get("llama gqa ratio 4")!;
+    const vocab = checkpoint.config.vocabSize;
+    const whole = await fullLogits(checkpoint, PROMPT);
+    const sessions = await sessionsFor(checkpoint, {
+      fromLayer: 0,
+      toLayer: 4,
+      finalHead: true,
+      logits: true,
+    });
+    sessions.open("s");
+    const prefill = await sessions.forward("s", { ids: PROMPT.slice(0, 5) });
+    expect(maxAbsDiff(prefill.exits[0].logits!, whole.subarray(4 * vocab, 5 * vocab))).toBeLessThanOrEqual(
+      1e-5,
+    );
+    for (let i = 5; i < PROMPT.length; i++) {
+      const step = await sessions.forward("s", { ids: [PROMPT[i]] });
+      expect(step.start).toBe(i);
+      expect(
+        maxAbsDiff(step.exits[0].logits!, whole.subarray(i * vocab, (i + 1) * vocab)),
+        `position ${i}`,
+      ).toBeLessThanOrEqual(1e-5);
+    }
+    expect(sessions.length("s")).toBe(PROMPT.length);
+    const { numKvHeads, headDim } = checkpoint.config;
+    expect(sessions.kvBytes("s")).toBe(4 * 2 * numKvHeads * PROMPT.length * headDim * 4);
+  });
+
+  it("a batched decode step across sessions equals stepping each session alone", async () => {
+    const checkpoint = checkpoints.get("odd sizes (hidden 80, 5 heads, intermediate 97)")!;
+    const spec = { fromLayer: 0, toLayer: 4, finalHead: true, logits: true, exits: [{ afterLayer: 2 }] };
+    const single = await sessionsFor(checkpoint, spec);
+    const batched = await sessionsFor(checkpoint, spec);
+    const prompts = [PROMPT.slice(0, 3), PROMPT.slice(0, 8), PROMPT.slice(2, 7), PROMPT.slice(0, 1)];
+    const next = [9, 10, 11, 12];
+    const expected = [];
+    for (const [i, prompt] of prompts.entries()) {
+      single.open(`s${i}`);
+      batched.open(`s${i}`);
+      await single.forward(`s${i}`, { ids: prompt });
+      await batched.forward(`s${i}`, { ids: prompt });
+      expected.push(await single.forward(`s${i}`, { ids: [next[i]] }));
+    }
+    const steps = await batched.forwardBatch(
+      prompts.map((_, i) => ({ id: `s${i}`, input: { ids: [next[i]] } })),
+    );
+    for (const [i, step] of steps.entries()) {
+      expect(step.start).toBe(prompts[i].length);
+      for (const [e, exit] of step.exits.entries()) {
+        expect(exit.token).toEqual(expected[i].exits[e].token);
+        expect(maxAbsDiff(exit.logits!, expected[i].exits[e].logits!)).toBeLessThanOrEqual(1e-4);
+      }
+    }
+    // Sessions keep going correctly after a batched step.
+    for (const [i] of prompts.entries()) {
+      const a = await single.forward(`s${i}`, { ids: [3] });
+      const b = await batched.forward(`s${i}`, { ids: [3] });
+      expect(maxAbsDiff(a.exits[1].logits!, b.exits[1].logits!)).toBeLessThanOrEqual(1e-4);
+    }
+  });
+});
+
+describe("exit heads", () => {
+  it("report top-1, its probability, the top-1/top-2 margin and the entropy of the exit's distribution", async () => {
+    const checkpoint = checkpoints.get("tied embeddings, mistral")!;
+    const sessions = await sessionsFor(checkpoint, {
+      fromLayer: 0,
+      toLayer: 3,
+      exits: [{ afterLayer: 2 }, { afterLayer: 3 }],
+      positions: "all",
+      logits: true,
+    });
+    sessions.open("s");
+    const step = await sessions.forward("s", { ids: PROMPT });
+    const reference = new ReferenceModel(checkpoint.config, checkpoint.weights);
+    const { hiddenAfterLayer } = reference.forward({ ids: PROMPT }, 0, 3, reference.newCache());
+    const vocab = checkpoint.config.vocabSize;
+    for (const exit of step.exits) {
+      const expectedLogits = reference.head(hiddenAfterLayer[exit.afterLayer - 1], PROMPT.length);
+      expect(maxAbsDiff(exit.logits!, expectedLogits)).toBeLessThanOrEqual(1e-4);
+      for (let p = 0; p < PROMPT.length; p++) {
+        const row = Array.from(expectedLogits.subarray(p * vocab, (p + 1) * vocab));
+        const max = Math.max(...row);
+        const z = row.reduce((sum, l) => sum + Math.exp(l - max), 0);
+        const probs = row.map((l) => Math.exp(l - max) / z);
+        const sorted = [...probs].sort((a, b) => b - a);
+        const entropy = -probs.reduce((sum, q) => sum + (q > 0 ? q * Math.log(q) : 0), 0);
+        expect(exit.token[p]).toBe(row.indexOf(max));
+        expect(exit.prob[p]).toBeCloseTo(sorted[0], 5);
+        expect(exit.margin[p]).toBeCloseTo(sorted[0] - sorted[1], 5);
+        expect(exit.entropy[p]).toBeCloseTo(entropy, 4);
+      }
+    }
+  });
+
+  it("apply a linear exit map before the final norm and LM head", async () => {
+    const checkpoint = checkpoints.get("llama gqa ratio 2")!;
+    const h = checkpoint.config.hiddenSize;
+    const weight = new Float32Array(h * h);
+    for (let i = 0; i < h; i++) weight[i * h + ((i + 1) % h)] = 2; // a permutation, scaled
+    const bias = Float32Array.from({ length: h }, (_, i) => (i % 3) * 0.1);
+    const sessions = await sessionsFor(checkpoint, {
+      fromLayer: 0,
+      toLayer: 2,
+      exits: [{ afterLayer: 2, linearMap: { weight, bias } }],
+      logits: true,
+    });
+    sessions.open("s");
+    const step = await sessions.forward("s", { ids: PROMPT });
+    const reference = new ReferenceModel(checkpoint.config, checkpoint.weights);
+    const hidden = reference
+      .forward({ ids: PROMPT }, 0, 2, reference.newCache())
+      .hiddenAfterLayer[1].subarray((PROMPT.length - 1) * h);
+    const mapped = new Float32Array(h);
+    for (let j = 0; j < h; j++) {
+      let sum = bias[j];
+      for (let i = 0; i < h; i++) sum += hidden[i] * weight[i * h + j];
+      mapped[j] = sum;
+    }
+    expect(maxAbsDiff(step.exits[0].logits!, reference.head(mapped, 1))).toBeLessThanOrEqual(1e-4);
+  });
+});
+
+describe("quantized weights (MatMulNBits)", () => {
+  for (const format of ["int8", "int4"] as const) {
+    it(`${format} logits stay close to fp32`, async () => {
+      const checkpoint = checkpoints.get("llama gqa ratio 2")!;
+      const whole = await fullLogits(checkpoint, PROMPT);
+      const sessions = await sessionsFor(checkpoint, {
+        fromLayer: 0,
+        toLayer: 4,
+        finalHead: true,
+        positions: "all",
+        logits: true,
+        weightFormat: format,
+      });
+      sessions.open("s");
+      const logits = (await sessions.forward("s", { ids: PROMPT })).exits[0].logits!;
+      const scale = Math.max(...Array.from(whole, Math.abs));
+      // Relative to the largest logit: int8 within 5%, int4 within 30%.
+      expect(maxAbsDiff(logits, whole) / scale).toBeLessThan(format === "int8" ? 0.05 : 0.3);
+      let agreement = 0;
+      const vocab = checkpoint.config.vocabSize;
+      for (let p = 0; p < PROMPT.length; p++) {
+        const a = Array.from(whole.subarray(p * vocab, (p + 1) * vocab));
+        const b = Array.from(logits.subarray(p * vocab, (p + 1) * vocab));
+        if (a.indexOf(Math.max(...a)) === b.indexOf(Math.max(...b))) agreement++;
+      }
+      expect(agreement / PROMPT.length).toBeGreaterThanOrEqual(format === "int8" ? 0.9 : 0.6);
+    });
+  }
+});
+
+describe("bad input loses nothing", () => {
+  it("rejects out-of-vocabulary ids, wrong hidden sizes and unknown sessions with named errors", async () => {
+    const checkpoint = checkpoints.get("llama gqa ratio 2")!;
+    const lower = await sessionsFor(checkpoint, { fromLayer: 0, toLayer: 2, outputHidden: true });
+    const upper = await sessionsFor(checkpoint, { fromLayer: 2, toLayer: 4, finalHead: true });
+    lower.open("s");
+    upper.open("s");
+    await expect(lower.forward("s", { ids: [1, 300] })).rejects.toThrow(/ids\[1\]/);
+    await expect(lower.forward("s", { ids: [1, 2.5] })).rejects.toBeInstanceOf(InvalidArgumentError);
+    await expect(upper.forward("s", { hidden: new Float32Array(10), count: 1 })).rejects.toThrow(/hidden/);
+    await expect(upper.forward("s", { ids: [1] })).rejects.toThrow(/ids/);
+    expect(() => lower.length("nope")).toThrow(SessionNotFoundError);
+    expect(() => lower.open("s")).toThrow(/already open/);
+    // The session is untouched: a good call afterwards sees position 0.
+    expect(lower.length("s")).toBe(0);
+    const step = await lower.forward("s", { ids: [1, 2] });
+    expect(step.start).toBe(0);
+    expect(lower.length("s")).toBe(2);
+  });
+
+  it("rejects segment specs that do not fit the model, naming the field", async () => {
+    const checkpoint = checkpoints.get("llama gqa ratio 2")!;
+    await expect(
+      SegmentModel.load(checkpoint, segmentSpec({ fromLayer: 0, toLayer: 5 }), { cacheDir }),
+    ).rejects.toThrow(/toLayer/);
+    await expect(
+      SegmentModel.load(checkpoint, segmentSpec({ fromLayer: 0, toLayer: 2, exits: [{ afterLayer: 3 }] }), {
+        cacheDir,
+      }),
+    ).rejects.toThrow(/exits.afterLayer/);
+    await expect(
+      SegmentModel.load(checkpoint, segmentSpec({ fromLayer: 0, toLayer: 2, finalHead: true }), { cacheDir }),
+    ).rejects.toThrow(/finalHead/);
+    const odd = { ...checkpoint, config: { ...checkpoint.config, headDim: 8 } };
+    await expect(
+      SegmentModel.load(odd, segmentSpec({ fromLayer: 0, toLayer: 2 }), { cacheDir }),
+    ).rejects.toBeInstanceOf(UnsupportedError);
+  });
+});
+
+describe("graph cache", () => {
+  it("reuses a built graph for the same weights and spec and builds anew for another spec", async () => {
+    const checkpoint = checkpoints.get("llama gqa ratio 2")!;
+    const a = await SegmentModel.load(
+      checkpoint,
+      segmentSpec({ fromLayer: 0, toLayer: 2, outputHidden: true }),
+      { cacheDir },
+    );
+    const b = await SegmentModel.load(
+      checkpoint,
+      segmentSpec({ fromLayer: 0, toLayer: 2, outputHidden: true }),
+      { cacheDir },
+    );
+    const c = await SegmentModel.load(
+      checkpoint,
+      segmentSpec({ fromLayer: 0, toLayer: 2, outputHidden: true, exits: [{ afterLayer: 1 }] }),
+      { cacheDir },
+    );
+    expect(b.graphPath).toBe(a.graphPath);
+    expect(c.graphPath).not.toBe(a.graphPath);
+  });
+});
