@@ -3,7 +3,18 @@ import eslint from "@eslint/js";
 import tseslint from "typescript-eslint";
 
 export default tseslint.config(
-  { ignores: ["node_modules/", "**/generated/", "models/", "bench/results/", ".cache/", "charts/"] },
+  {
+    ignores: [
+      ".scratch/",
+      "tools/",
+      "node_modules/",
+      "**/generated/",
+      "models/",
+      "bench/results/",
+      ".cache/",
+      "charts/",
+    ],
+  },
   eslint.configs.recommended,
   ...tseslint.configs.recommended,
   {
@@ -18,10 +29,7 @@ export default tseslint.config(
     // Packages by role: the runtime never reaches into programs built on it.
     files: ["runtime/**/*.ts"],
     rules: {
-      "no-restricted-imports": [
-        "error",
-        { patterns: ["**/edge-agent/**", "**/services/**", "**/cli/**"] },
-      ],
+      "no-restricted-imports": ["error", { patterns: ["**/edge-agent/**", "**/services/**", "**/cli/**"] }],
     },
   },
 );

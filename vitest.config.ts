@@ -2,7 +2,14 @@ import { defineConfig } from "vitest/config";
 
 export default defineConfig({
   test: {
-    include: ["runtime/**/*.test.ts", "edge-agent/**/*.test.ts", "services/**/*.test.ts", "cli/**/*.test.ts", "test/**/*.test.ts", "bench/**/*.test.ts"],
+    include: [
+      "runtime/**/*.test.ts",
+      "edge-agent/**/*.test.ts",
+      "services/**/*.test.ts",
+      "cli/**/*.test.ts",
+      "test/**/*.test.ts",
+      "bench/**/*.test.ts",
+    ],
     testTimeout: 120_000,
     hookTimeout: 120_000,
     // Two cores: onnxruntime sessions are CPU-heavy, so keep file-level parallelism low.

@@ -1,0 +1,109 @@
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { loadCheckpoint } from "../checkpoint/load-checkpoint.ts";
+import type { Checkpoint } from "../checkpoint/model-weights.ts";
+import { AlwaysDeferPolicy, AlwaysExitPolicy, ThresholdExitPolicy } from "../exits/exit-policy.ts";
+import { writeRandomCheckpoint } from "../testing/random-checkpoint.ts";
+import { loadLocalSplit } from "./local-split.ts";
+import { LocalUpperSegment, SplitGenerator, type UpperAnswer, type UpperSegment } from "./split-generator.ts";
+
+let dir: string;
+let checkpoint: Checkpoint;
+const options = () => ({ cacheDir: join(dir, "graphs") });
+
+beforeAll(async () => {
+  dir = mkdtempSync(join(tmpdir(), "tandem-split-"));
+  await writeRandomCheckpoint(join(dir, "model"), {
+    architecture: "llama",
+    vocabSize: 300,
+    hiddenSize: 64,
+    intermediateSize: 96,
+    numLayers: 4,
+    numHeads: 4,
+    numKvHeads: 2,
+    tieWordEmbeddings: true,
+    seed: 9,
+    dtype: "F32",
+    initScale: 2,
+  });
+  checkpoint = await loadCheckpoint(join(dir, "model"));
+});
+afterAll(() => rmSync(dir, { recursive: true, force: true }));
+
+/** Records what reaches the upper segment. */
+class RecordingUpper implements UpperSegment {
+  readonly counts: number[] = [];
+  constructor(private readonly inner: UpperSegment) {}
+  extend(hidden: Float32Array, count: number, wantToken: boolean): Promise<UpperAnswer | undefined> {
+    this.counts.push(count);
+    return this.inner.extend(hidden, count, wantToken);
+  }
+}
+
+const PROMPT = [10, 20, 30, 40, 50, 60];
+
+async function wholeModelTokens(maxTokens: number): Promise<number[]> {
+  const whole = await loadLocalSplit(checkpoint, options());
+  const tokens = [];
+  for await (const t of new SplitGenerator(whole.lower, undefined, new AlwaysExitPolicy()).generate(PROMPT, {
+    maxTokens,
+  }))
+    tokens.push(t.token);
+  await whole.release();
+  return tokens;
+}
+
+describe("SplitGenerator", () => {
+  it("with every token escalated, generates exactly the whole model's greedy tokens", async () => {
+    const expected = await wholeModelTokens(16);
+    const split = await loadLocalSplit(checkpoint, { ...options(), split: 2, exits: [{ afterLayer: 2 }] });
+    const upper = new RecordingUpper(new LocalUpperSegment(split.upper!, "s"));
+    const generator = new SplitGenerator(split.lower, upper, new AlwaysDeferPolicy());
+    const tokens = [];
+    for await (const t of generator.generate(PROMPT, { maxTokens: 16 })) {
+      expect(t.source).toBe("cloud");
+      expect(t.exitLayer).toBe(4);
+      tokens.push(t.token);
+    }
+    expect(tokens).toEqual(expected);
+    // The prompt goes up once, then one new position per escalation.
+    expect(upper.counts).toEqual([PROMPT.length, ...Array(15).fill(1)]);
+  });
+
+  it("sends the hidden states of locally answered positions with the next escalation, each exactly once", async () => {
+    const split = await loadLocalSplit(checkpoint, {
+      ...options(),
+      split: 2,
+      exits: [{ afterLayer: 1 }, { afterLayer: 2 }],
+    });
+    const upper = new RecordingUpper(new LocalUpperSegment(split.upper!, "s"));
+    const policy = new ThresholdExitPolicy([{ afterLayer: 2, metric: "prob", threshold: 0.6 }]);
+    const generator = new SplitGenerator(split.lower, upper, policy);
+    const tokens = [];
+    for await (const t of generator.generate(PROMPT, { maxTokens: 24 })) tokens.push(t);
+    const { stats } = generator;
+    expect(stats.edgeTokens).toBeGreaterThan(0);
+    expect(stats.cloudTokens).toBeGreaterThan(0);
+    expect(stats.edgeTokens + stats.cloudTokens).toBe(24);
+    // Positions sent = every position up to the last escalated token, no more, no fewer.
+    const lastCloud = tokens.map((t) => t.source).lastIndexOf("cloud");
+    expect(upper.counts.reduce((a, b) => a + b, 0)).toBe(tokens[lastCloud].position);
+    expect(stats.positionsSent).toBe(tokens[lastCloud].position);
+    tokens.forEach((t, i) => expect(t.position).toBe(PROMPT.length + i));
+  });
+
+  it("stops at a stop token", async () => {
+    const expected = await wholeModelTokens(8);
+    const whole = await loadLocalSplit(checkpoint, options());
+    const tokens = [];
+    for await (const t of new SplitGenerator(whole.lower, undefined, new AlwaysExitPolicy()).generate(
+      PROMPT,
+      { maxTokens: 8, stopTokenIds: [expected[2]] },
+    )) {
+      tokens.push(t.token);
+    }
+    expect(tokens).toEqual(expected.slice(0, expected.indexOf(expected[2]) + 1));
+  });
+});

@@ -1,0 +1,164 @@
+/**
+ * The `tandem` command as a user runs it: a real process, a checkpoint on disk.
+ */
+import { execFile } from "node:child_process";
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { promisify } from "node:util";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { loadCheckpoint } from "../runtime/src/checkpoint/load-checkpoint.ts";
+import { ReferenceModel } from "../runtime/src/reference/reference-model.ts";
+import { writeRandomCheckpoint } from "../runtime/src/testing/random-checkpoint.ts";
+
+const TANDEM = join(import.meta.dirname, "..", "bin", "tandem.mjs");
+let dir: string;
+let env: NodeJS.ProcessEnv;
+
+async function tandem(...args: string[]): Promise<{ stdout: string; stderr: string; code: number }> {
+  try {
+    const { stdout, stderr } = await promisify(execFile)(process.execPath, [TANDEM, ...args], {
+      env,
+      maxBuffer: 64 << 20,
+    });
+    return { stdout, stderr, code: 0 };
+  } catch (error) {
+    const e = error as { stdout: string; stderr: string; code: number };
+    return { stdout: e.stdout, stderr: e.stderr, code: e.code };
+  }
+}
+
+beforeAll(async () => {
+  dir = mkdtempSync(join(tmpdir(), "tandem-cli-"));
+  env = { ...process.env, TANDEM_CACHE_DIR: join(dir, "cache") };
+  await writeRandomCheckpoint(join(dir, "model"), {
+    architecture: "llama",
+    vocabSize: 300,
+    hiddenSize: 64,
+    intermediateSize: 96,
+    numLayers: 4,
+    numHeads: 4,
+    numKvHeads: 2,
+    tieWordEmbeddings: true,
+    seed: 5,
+    dtype: "F16",
+    initScale: 2,
+  });
+});
+
+afterAll(() => rmSync(dir, { recursive: true, force: true }));
+
+describe("tandem logits", () => {
+  it("prints the logits at every position, equal to the reference forward, with and without a split", async () => {
+    const ids = [3, 14, 15, 92, 65];
+    const checkpoint = await loadCheckpoint(join(dir, "model"));
+    const reference = new ReferenceModel(checkpoint.config, checkpoint.weights).logits(ids);
+    for (const extra of [[], ["--split", "2"]]) {
+      const { stdout, code } = await tandem(
+        "logits",
+        "--model",
+        join(dir, "model"),
+        "--ids",
+        ids.join(","),
+        ...extra,
+      );
+      expect(code).toBe(0);
+      const { logits } = JSON.parse(stdout) as { logits: number[][] };
+      expect(logits).toHaveLength(ids.length);
+      expect(logits[0]).toHaveLength(300);
+      logits.flat().forEach((value, i) => expect(Math.abs(value - reference[i])).toBeLessThanOrEqual(1e-4));
+    }
+  });
+
+  it("names the bad option", async () => {
+    const { stderr, code } = await tandem("logits", "--model", join(dir, "model"), "--ids", "1,x");
+    expect(code).toBe(2);
+    expect(stderr).toMatch(/--ids/);
+    const missing = await tandem("logits", "--model", join(dir, "nope"), "--ids", "1");
+    expect(missing.code).toBe(1);
+    expect(missing.stderr).toMatch(/nope.*config\.json/);
+  });
+});
+
+describe("tandem generate", () => {
+  it("continues a prompt through a split model with early exits, reporting where tokens came from", async () => {
+    const { stdout, stderr, code } = await tandem(
+      "generate",
+      "--model",
+      join(dir, "model"),
+      "--prompt",
+      "Hello",
+      "--max-tokens",
+      "12",
+      "--split",
+      "2",
+      "--exit-layers",
+      "1,2",
+      "--threshold",
+      "0.5",
+    );
+    expect(code).toBe(0);
+    expect(stdout.startsWith("Hello")).toBe(true);
+    const { stats } = JSON.parse(stderr.trim().split("\n").pop()!) as { stats: Record<string, number> };
+    expect(stats.edgeTokens + stats.cloudTokens).toBe(12);
+    // Every position reaches the upper segment exactly once, when the next escalation carries it.
+    expect(stats.positionsSent).toBeLessThanOrEqual(5 + 12);
+  });
+
+  it("generates the same text split with every token escalated as the whole model does", async () => {
+    const whole = await tandem(
+      "generate",
+      "--model",
+      join(dir, "model"),
+      "--prompt",
+      "abc",
+      "--max-tokens",
+      "10",
+    );
+    const split = await tandem(
+      "generate",
+      "--model",
+      join(dir, "model"),
+      "--prompt",
+      "abc",
+      "--max-tokens",
+      "10",
+      "--split",
+      "3",
+    );
+    expect(whole.code).toBe(0);
+    expect(split.stdout).toBe(whole.stdout);
+  });
+
+  it("rejects an unknown weight format", async () => {
+    const { stderr, code } = await tandem(
+      "generate",
+      "--model",
+      join(dir, "model"),
+      "--prompt",
+      "a",
+      "--weights",
+      "int3",
+    );
+    expect(code).toBe(2);
+    expect(stderr).toMatch(/--weights/);
+  });
+});
+
+describe("tandem bench", () => {
+  for (const name of ["codec", "runtime"]) {
+    it(`runs a smoke version of the ${name} benchmark and prints JSON last`, async () => {
+      const { stdout, code } = await tandem("bench", name, "--smoke");
+      expect(code).toBe(0);
+      const result = JSON.parse(stdout.trim().split("\n").pop()!) as { name: string; rows: unknown[] };
+      expect(result.name).toBe(name);
+      expect(result.rows.length).toBeGreaterThan(0);
+    });
+  }
+
+  it("lists the benchmarks when the name is unknown", async () => {
+    const { stderr, code } = await tandem("bench", "nope");
+    expect(code).toBe(2);
+    expect(stderr).toMatch(/available: .*runtime/);
+  });
+});

@@ -1,0 +1,208 @@
+"""Trains a Tandem demo model and writes it in Hugging Face layout.
+
+    /usr/bin/python3 tools/train/train.py --config tools/train/configs/tandem-demo.json
+
+Steps: build the corpus if missing (make_corpus.py), train or reuse the byte-level BPE
+tokenizer (.cache/corpus/tokenizer.json), train the model with auxiliary losses at the
+early-exit layers (LayerSkip / EE-LLM style; plus Mixtral's load-balancing loss), then
+write config.json, model.safetensors (F16), tokenizer.json, tandem.json, the model card
+and reference logits under the config's output directory.
+"""
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import bpe  # noqa: E402
+from model import CausalLM  # noqa: E402
+from safetensors_io import read_safetensors, write_safetensors  # noqa: E402
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+CORPUS = os.path.join(ROOT, ".cache", "corpus")
+
+
+def log(message):
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def load_tokens(vocab_size):
+    if not os.path.exists(os.path.join(CORPUS, "train.txt")):
+        subprocess.run([sys.executable, os.path.join(os.path.dirname(__file__), "make_corpus.py"), "--out", CORPUS], check=True)
+    tokenizer_path = os.path.join(CORPUS, f"tokenizer-{vocab_size}.json")
+    train_text = open(os.path.join(CORPUS, "train.txt"), encoding="utf-8").read()
+    valid_text = open(os.path.join(CORPUS, "valid.txt"), encoding="utf-8").read()
+    if os.path.exists(tokenizer_path):
+        model = json.load(open(tokenizer_path, encoding="utf-8"))["model"]
+        vocab, merges = model["vocab"], [tuple(m.split(" ")) for m in model["merges"]]
+    else:
+        log(f"training BPE tokenizer, vocab {vocab_size}")
+        vocab, merges = bpe.train(train_text, vocab_size)
+        bpe.save(tokenizer_path, vocab, merges)
+    encoder = bpe.Encoder(vocab, merges)
+    eot = vocab[bpe.END_OF_TEXT]
+    arrays = {}
+    for split, text in (("train", train_text), ("valid", valid_text)):
+        cache = os.path.join(CORPUS, f"{split}-{vocab_size}.npy")
+        if os.path.exists(cache):
+            arrays[split] = np.load(cache)
+            continue
+        ids = []
+        for doc in text.split("\n\n\n"):
+            ids.extend(encoder.encode(doc))
+            ids.append(eot)
+        arrays[split] = np.array(ids, dtype=np.int32)
+        np.save(cache, arrays[split])
+    return tokenizer_path, arrays["train"], arrays["valid"], eot
+
+
+def evaluate(model, valid, seq, exits, batch=32):
+    model.eval()
+    windows = (len(valid) - 1) // seq
+    totals = {k: 0.0 for k in list(exits) + [model.config["num_hidden_layers"]]}
+    count = 0
+    with torch.no_grad():
+        for start in range(0, windows, batch):
+            idx = range(start, min(start + batch, windows))
+            x = torch.stack([torch.from_numpy(valid[i * seq:(i + 1) * seq].astype(np.int64)) for i in idx])
+            y = torch.stack([torch.from_numpy(valid[i * seq + 1:(i + 1) * seq + 1].astype(np.int64)) for i in idx])
+            outputs = model(x, exits)
+            for k, logits in outputs.items():
+                totals[k] += F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1), reduction="sum").item()
+            count += y.numel()
+    model.train()
+    return {k: {"loss": v / count, "perplexity": math.exp(v / count)} for k, v in totals.items()}, count
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--config", required=True)
+    parser.add_argument("--minutes", type=float, help="override the config's wall-clock budget")
+    args = parser.parse_args()
+    spec = json.load(open(args.config))
+    torch.manual_seed(spec["seed"])
+    torch.set_num_threads(1)
+    model_config = spec["model"]
+    exits = spec["exit_layers"]
+    out_dir = os.path.join(ROOT, spec["output"])
+
+    tokenizer_path, train_ids, valid_ids, eot = load_tokens(model_config["vocab_size"])
+    log(f"tokens: train {len(train_ids)}, valid {len(valid_ids)}")
+    model_config = dict(model_config, bos_token_id=eot, eos_token_id=eot)
+    model = CausalLM(model_config)
+    params = sum(p.numel() for p in model.parameters())
+    log(f"parameters: {params}")
+
+    seq, batch = spec["sequence_length"], spec["batch_size"]
+    budget = (args.minutes or spec["minutes"]) * 60
+    optimizer = torch.optim.AdamW(model.parameters(), lr=spec["learning_rate"], betas=(0.9, 0.95), weight_decay=0.1)
+    rng = np.random.default_rng(spec["seed"])
+    warmup = spec["warmup_steps"]
+    total_steps = spec["max_steps"]
+    exit_weight = spec["exit_loss_weight"]
+    balance_weight = spec.get("balance_loss_weight", 0.0)
+    start = time.time()
+    step = 0
+    while step < total_steps:
+        if step == 20:
+            # Size the schedule to the wall-clock budget from the measured step time.
+            per_step = (time.time() - start) / 20
+            total_steps = min(total_steps, max(40, int(budget / per_step)))
+            log(f"{per_step:.2f} s/step -> {total_steps} steps")
+        lr_scale = min(1.0, (step + 1) / warmup) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, step / max(1, total_steps)))))
+        for group in optimizer.param_groups:
+            group["lr"] = spec["learning_rate"] * lr_scale
+        offsets = rng.integers(0, len(train_ids) - seq - 1, size=batch)
+        x = torch.from_numpy(np.stack([train_ids[o:o + seq] for o in offsets]).astype(np.int64))
+        y = torch.from_numpy(np.stack([train_ids[o + 1:o + seq + 1] for o in offsets]).astype(np.int64))
+        outputs = model(x, exits)
+        losses = {k: F.cross_entropy(v.reshape(-1, v.shape[-1]), y.reshape(-1)) for k, v in outputs.items()}
+        final = losses[model_config["num_hidden_layers"]]
+        loss = final + sum(exit_weight * losses[k] for k in exits) + balance_weight * model.balance_loss()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        step += 1
+        if step % 50 == 0 or step == 1:
+            parts = " ".join(f"L{k}={v.item():.3f}" for k, v in sorted(losses.items()))
+            log(f"step {step}/{total_steps} loss {loss.item():.3f} {parts} lr {spec['learning_rate'] * lr_scale:.2e}")
+    wall = time.time() - start
+    log(f"trained {step} steps in {wall / 60:.1f} min")
+
+    metrics, eval_tokens = evaluate(model, valid_ids, seq, exits)
+    for k, m in sorted(metrics.items()):
+        log(f"validation after {k} layers: loss {m['loss']:.4f} perplexity {m['perplexity']:.2f}")
+
+    os.makedirs(out_dir, exist_ok=True)
+    tensors = model.hf_state_dict()
+    write_safetensors(os.path.join(out_dir, "model.safetensors"), tensors, "F16")
+    hf_config = {
+        "architectures": ["MixtralForCausalLM" if model_config["model_type"] == "mixtral" else "LlamaForCausalLM"],
+        **{k: v for k, v in model_config.items()},
+        "hidden_act": "silu",
+        "torch_dtype": "float16",
+        "attention_bias": False,
+    }
+    json.dump(hf_config, open(os.path.join(out_dir, "config.json"), "w"), indent=2)
+    json.dump({"bos_token_id": eot, "eos_token_id": eot}, open(os.path.join(out_dir, "generation_config.json"), "w"), indent=2)
+    with open(tokenizer_path, encoding="utf-8") as src, open(os.path.join(out_dir, "tokenizer.json"), "w", encoding="utf-8") as dst:
+        dst.write(src.read())
+    json.dump({"exit_layers": exits, "recommended_split": spec["recommended_split"]}, open(os.path.join(out_dir, "tandem.json"), "w"), indent=2)
+
+    write_reference_logits(out_dir, model_config, valid_ids, exits)
+    stats = {
+        "parameters": params,
+        "active_parameters": active_parameters(model_config, params),
+        "steps": step,
+        "batch_size": batch,
+        "sequence_length": seq,
+        "tokens_seen": step * batch * seq,
+        "wall_minutes": round(wall / 60, 1),
+        "train_tokens": int(len(train_ids)),
+        "valid_tokens": int(len(valid_ids)),
+        "eval_tokens": eval_tokens,
+        "validation": {str(k): {"loss": round(m["loss"], 4), "perplexity": round(m["perplexity"], 2)} for k, m in sorted(metrics.items())},
+        "config": os.path.relpath(os.path.abspath(args.config), ROOT),
+    }
+    json.dump(stats, open(os.path.join(out_dir, "training-stats.json"), "w"), indent=2)
+    log(f"wrote {out_dir}")
+
+
+def active_parameters(c, total):
+    if c["model_type"] != "mixtral":
+        return total
+    expert = 3 * c["hidden_size"] * c["intermediate_size"]
+    return total - c["num_hidden_layers"] * (c["num_local_experts"] - c["num_experts_per_tok"]) * expert
+
+
+def write_reference_logits(out_dir, config, valid_ids, exits):
+    """Logits of the saved (F16-rounded) weights in fp32, for cross-checking the TypeScript engine."""
+    model = CausalLM(config)
+    tensors = read_safetensors(os.path.join(out_dir, "model.safetensors"))
+    own = model.hf_state_dict()
+    with torch.no_grad():
+        for name, value in own.items():
+            value.copy_(tensors[name])
+        if config["tie_word_embeddings"]:
+            model.lm_head.weight = model.embed_tokens.weight
+        ids = [int(i) for i in valid_ids[1000:1016]]
+        outputs = model(torch.tensor([ids]), exits)
+    final = outputs[config["num_hidden_layers"]][0]
+    json.dump({
+        "ids": ids,
+        "argmax": final.argmax(-1).tolist(),
+        "last_logits": [round(v, 6) for v in final[-1].tolist()],
+        "exit_argmax": {str(k): outputs[k][0].argmax(-1).tolist() for k in exits},
+    }, open(os.path.join(out_dir, "reference-logits.json"), "w"))
+
+
+if __name__ == "__main__":
+    main()
