@@ -16,6 +16,7 @@ const COMMANDS: Record<string, () => Promise<Command>> = {
   generate: async () => (await import("./commands/generate.ts")).generateCommand,
   logits: async () => (await import("./commands/logits.ts")).logitsCommand,
   bench: async () => (await import("./commands/bench.ts")).benchCommand,
+  calibrate: async () => (await import("./commands/calibrate.ts")).calibrateCommand,
 };
 
 const USAGE = `usage: tandem <command> [options]
@@ -24,6 +25,7 @@ commands:
   demo        generate text with the demo model, split between an edge and a cloud segment
   generate    --model DIR --prompt TEXT [--max-tokens N] [--split S --exit-layers a,b]
   logits      --model DIR --ids 1,2,3 [--split S]   print {"logits": [[...], ...]}
+  calibrate   --model DIR --split S --exit-layers a,b --text FILE --out FILE   fit exit heads and thresholds
   bench NAME  run a benchmark under bench/ and print its JSON result last
 
 Run 'tandem <command> --help' for a command's options.`;

@@ -1,5 +1,11 @@
 /** `tandem generate`: greedy generation through the runtime, optionally split with early exits. */
 import { parseArgs } from "node:util";
+import {
+  calibratedExitHeads,
+  checkCalibrationMatches,
+  policyForTarget,
+  readCalibration,
+} from "../../runtime/src/calibration/calibration-file.ts";
 import { loadCheckpoint } from "../../runtime/src/checkpoint/load-checkpoint.ts";
 import {
   AlwaysExitPolicy,
@@ -22,6 +28,8 @@ const HELP = `usage: tandem generate --model DIR --prompt TEXT [options]
   --exit-layers a,b    early exits after these many layers (each ≤ S)
   --metric M           exit confidence metric: prob, margin or entropy (default prob)
   --threshold T        answer at an exit when prob/margin ≥ T or entropy ≤ T (default 0.9)
+  --calibration FILE   exit heads and thresholds from 'tandem calibrate' (replaces --metric/--threshold)
+  --target A           with --calibration: the agreement target whose thresholds to use (default 0.99)
   --weights F          fp32, int8 or int4 (default fp32)
   --threads N          ONNX Runtime threads (default 1)`;
 
@@ -35,6 +43,8 @@ export interface GenerateRequest {
   threshold: number;
   weights: WeightFormat;
   threads: number;
+  calibration?: string;
+  target?: number;
 }
 
 export function parseGenerateArgs(args: string[]): GenerateRequest | undefined {
@@ -50,6 +60,8 @@ export function parseGenerateArgs(args: string[]): GenerateRequest | undefined {
       threshold: { type: "string" },
       weights: { type: "string" },
       threads: { type: "string" },
+      calibration: { type: "string" },
+      target: { type: "string" },
       help: { type: "boolean" },
     },
     strict: true,
@@ -73,6 +85,8 @@ export function parseGenerateArgs(args: string[]): GenerateRequest | undefined {
     threshold: parseNumberOption("--threshold", values.threshold, 0.9),
     weights,
     threads: parseIntegerOption("--threads", values.threads, 1, 1),
+    calibration: values.calibration,
+    target: values.target === undefined ? undefined : parseNumberOption("--target", values.target, 0.99),
   };
 }
 
@@ -84,18 +98,25 @@ export async function runGenerate(
   const checkpoint = await loadCheckpoint(request.model);
   if (!checkpoint.tokenizerPath) throw new CliUsageError("--model", `${request.model} has no tokenizer.json`);
   const tokenizer = await Tokenizer.fromFile(checkpoint.tokenizerPath);
-  const split = request.split ?? checkpoint.config.numLayers;
+  const calibration = request.calibration ? await readCalibration(request.calibration) : undefined;
+  if (calibration && request.calibration)
+    checkCalibrationMatches(calibration, checkpoint, request.calibration);
+  const split = request.split ?? calibration?.summary.split ?? checkpoint.config.numLayers;
+  const exits = calibration
+    ? calibratedExitHeads(calibration)
+    : request.exitLayers.map((afterLayer) => ({ afterLayer }));
   const local = await loadLocalSplit(checkpoint, {
     split,
-    exits: request.exitLayers.map((afterLayer) => ({ afterLayer })),
+    exits,
     weightFormat: request.weights,
     threads: request.threads,
   });
   try {
     const upper = local.upper && new LocalUpperSegment(local.upper, "generate");
     // Without a confident exit the deepest answer wins: the cloud's, or the final head's.
-    const policy =
-      request.exitLayers.length > 0
+    const policy = calibration
+      ? new ThresholdExitPolicy(policyForTarget(calibration, request.target ?? 0.99).thresholds)
+      : request.exitLayers.length > 0
         ? new ThresholdExitPolicy(
             request.exitLayers.map((afterLayer) => ({
               afterLayer,

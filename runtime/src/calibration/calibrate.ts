@@ -1,0 +1,299 @@
+/**
+ * Calibration of early exits on a user's text, run once per checkpoint and split:
+ *   1. run the full model over windows of the text, recording every exit's signals, the
+ *      full model's greedy token, and the hidden states at the exits and the last layer;
+ *   2. per exit, fit a ridge map from its hidden state to the last layer's (fit split);
+ *   3. keep the map where it agrees with the full model more often than the plain exit
+ *      (tuning split);
+ *   4. per target agreement, choose the metric and thresholds that answer the most tokens
+ *      at the exits (tuning split), and measure them on text neither step saw (test split).
+ * Windows are assigned round-robin: 3 of every 5 to fit, 1 to tune, 1 to test.
+ */
+import type { Checkpoint } from "../checkpoint/model-weights.ts";
+import { SegmentModel } from "../engine/segment-model.ts";
+import { SegmentSessions, type SegmentStep } from "../engine/segment-sessions.ts";
+import { InvalidArgumentError } from "../errors.ts";
+import type { ExitSignal } from "../exits/exit-policy.ts";
+import { segmentSpec } from "../graph/segment-spec.ts";
+import type { Tokenizer } from "../tokenizer/tokenizer.ts";
+import {
+  CALIBRATION_VERSION,
+  type CalibratedPolicy,
+  type Calibration,
+  type CurvePoint,
+  type ExitHeadChoice,
+} from "./calibration-file.ts";
+import { RidgeAccumulator } from "./ridge-regression.ts";
+import { evaluatePolicy, METRICS, searchThresholds, type PositionRecord } from "./threshold-search.ts";
+
+export interface CalibrateOptions {
+  /** Layers on the edge; exits must lie in [1, split]. */
+  split: number;
+  exitLayers: number[];
+  text: string;
+  /** Target agreements to choose thresholds for. @default [0.99, 0.97, 0.95] */
+  targets?: number[];
+  /** Tokens per window of text (one forward pass each). @default 128 */
+  windowTokens?: number;
+  /** Use at most this many tokens of the text. @default 32768 */
+  maxTokens?: number;
+  /** Relative ridge strength. @default 1e-3 */
+  ridge?: number;
+  threads?: number;
+  cacheDir?: string;
+  /** Called with progress lines (phase and counts). */
+  onProgress?: (message: string) => void;
+}
+
+export const DEFAULT_TARGETS = [0.99, 0.97, 0.95];
+const CURVE_TARGETS = [0.9, 0.92, 0.94, 0.95, 0.96, 0.97, 0.98, 0.985, 0.99, 0.995, 0.999];
+const MIN_WINDOWS = 5;
+
+type SplitName = "fit" | "tune" | "test";
+const splitOf = (window: number): SplitName => (window % 5 < 3 ? "fit" : window % 5 === 3 ? "tune" : "test");
+
+export async function calibrate(
+  checkpoint: Checkpoint,
+  tokenizer: Tokenizer,
+  options: CalibrateOptions,
+): Promise<Calibration> {
+  const { config } = checkpoint;
+  const layers = config.numLayers;
+  const progress = options.onProgress ?? (() => undefined);
+  const windowTokens = options.windowTokens ?? 128;
+  const ridge = options.ridge ?? 1e-3;
+  const targets = options.targets ?? DEFAULT_TARGETS;
+  if (!Number.isInteger(options.split) || options.split < 1 || options.split >= layers) {
+    throw new InvalidArgumentError("split", `must be an integer in [1, ${layers - 1}], got ${options.split}`);
+  }
+  if (options.exitLayers.length === 0)
+    throw new InvalidArgumentError("exitLayers", "name at least one exit layer");
+  for (const layer of options.exitLayers) {
+    if (!Number.isInteger(layer) || layer < 1 || layer > options.split) {
+      throw new InvalidArgumentError(
+        "exitLayers",
+        `${layer} is outside [1, ${options.split}] (exits sit on the edge, at or before the split)`,
+      );
+    }
+  }
+  for (const target of targets) {
+    if (!(target > 0 && target <= 1))
+      throw new InvalidArgumentError("targets", `agreement targets lie in (0, 1], got ${target}`);
+  }
+  const exitLayers = [...new Set(options.exitLayers)].sort((a, b) => a - b);
+
+  const ids = tokenizer.encode(options.text).slice(0, options.maxTokens ?? 32768);
+  const windowCount = Math.floor(ids.length / windowTokens);
+  const needed = Math.max(
+    MIN_WINDOWS * windowTokens,
+    Math.ceil(((config.hiddenSize + 1) * 5) / 3 / windowTokens) * windowTokens,
+  );
+  if (ids.length < needed) {
+    throw new InvalidArgumentError(
+      "text",
+      `has ${ids.length} tokens; calibration needs at least ${needed} (${Math.ceil(needed / windowTokens)} windows of ${windowTokens})`,
+    );
+  }
+  progress(
+    `calibrate: ${ids.length} tokens in ${windowCount} windows of ${windowTokens}; exits after ${exitLayers.join(", ")} of ${layers} layers`,
+  );
+  const windows = Array.from({ length: windowCount }, (_, w) =>
+    ids.slice(w * windowTokens, (w + 1) * windowTokens),
+  );
+
+  // Pass 1: the full model with plain exits and hidden taps.
+  const full = await SegmentModel.load(
+    checkpoint,
+    segmentSpec({
+      fromLayer: 0,
+      toLayer: layers,
+      exits: exitLayers.map((afterLayer) => ({ afterLayer })),
+      finalHead: true,
+      hiddenTaps: [...exitLayers, layers],
+      positions: "all",
+    }),
+    options,
+  );
+  const accumulators = new Map(exitLayers.map((layer) => [layer, new RidgeAccumulator(config.hiddenSize)]));
+  const plain: Record<SplitName, PositionRecord[]> = { fit: [], tune: [], test: [] };
+  try {
+    const sessions = new SegmentSessions(full);
+    for (const [w, window] of windows.entries()) {
+      sessions.open("calibration");
+      const step = await sessions.forward("calibration", { ids: window });
+      sessions.release("calibration");
+      const finalExit = step.exits[step.exits.length - 1];
+      plain[splitOf(w)].push(...records(step, exitLayers, finalExit.token));
+      if (splitOf(w) === "fit") {
+        const target = step.taps.get(layers)!;
+        for (const layer of exitLayers)
+          accumulators.get(layer)!.add(step.taps.get(layer)!, target, window.length);
+      }
+      if ((w + 1) % 50 === 0 || w + 1 === windows.length)
+        progress(`calibrate: full model ${w + 1}/${windows.length} windows`);
+    }
+  } finally {
+    await full.release();
+  }
+
+  const linearMaps = new Map<number, { weight: Float32Array; bias: Float32Array }>();
+  for (const layer of exitLayers) {
+    progress(`calibrate: fitting the map after layer ${layer} on ${accumulators.get(layer)!.rows} positions`);
+    linearMaps.set(layer, accumulators.get(layer)!.solve(ridge));
+  }
+
+  // Pass 2: the exits with linear maps, on the held-out windows only.
+  const mapped = await SegmentModel.load(
+    checkpoint,
+    segmentSpec({
+      fromLayer: 0,
+      toLayer: exitLayers[exitLayers.length - 1],
+      exits: exitLayers.map((afterLayer) => ({ afterLayer, linearMap: linearMaps.get(afterLayer) })),
+      positions: "all",
+    }),
+    options,
+  );
+  const linear: Record<"tune" | "test", PositionRecord[]> = { tune: [], test: [] };
+  try {
+    const sessions = new SegmentSessions(mapped);
+    for (const [w, window] of windows.entries()) {
+      const split = splitOf(w);
+      if (split === "fit") continue;
+      sessions.open("calibration");
+      const step = await sessions.forward("calibration", { ids: window });
+      sessions.release("calibration");
+      const offset = linear[split].length;
+      const finals = plain[split].slice(offset, offset + window.length).map((r) => r.finalToken);
+      linear[split].push(...records(step, exitLayers, finals));
+    }
+  } finally {
+    await mapped.release();
+  }
+
+  const heads: ExitHeadChoice[] = exitLayers.map((layer) => {
+    const plainTune = agreementAt(plain.tune, layer);
+    const linearTune = agreementAt(linear.tune, layer);
+    const choice: ExitHeadChoice = {
+      afterLayer: layer,
+      head: linearTune > plainTune ? "linear" : "plain",
+      heldOutAgreement: { plain: agreementAt(plain.test, layer), linear: agreementAt(linear.test, layer) },
+    };
+    progress(
+      `calibrate: exit after ${layer}: top-1 agreement plain ${pct(choice.heldOutAgreement.plain)}, linear ${pct(choice.heldOutAgreement.linear)} → ${choice.head}`,
+    );
+    return choice;
+  });
+  for (const head of heads) if (head.head === "plain") linearMaps.delete(head.afterLayer);
+  const calibrated = {
+    tune: combine(plain.tune, linear.tune, heads),
+    test: combine(plain.test, linear.test, heads),
+  };
+
+  const choose = (
+    sets: { tune: PositionRecord[]; test: PositionRecord[] },
+    target: number,
+  ): CalibratedPolicy => {
+    let best: CalibratedPolicy | undefined;
+    for (const metric of METRICS) {
+      const { rules, outcome } = searchThresholds(sets.tune, exitLayers, metric, target);
+      if (!best || outcome.edgeShare > best.tune.edgeShare) {
+        const test = evaluatePolicy(sets.test, rules);
+        best = {
+          targetAgreement: target,
+          metric,
+          thresholds: rules,
+          tune: { edgeShare: outcome.edgeShare, agreement: outcome.agreement },
+          test,
+        };
+      }
+    }
+    return best!;
+  };
+  const policies = targets.map((t) => choose(calibrated, t));
+  const plainPolicies = targets.map((t) => choose({ tune: plain.tune, test: plain.test }, t));
+  for (const p of policies) {
+    progress(
+      `calibrate: target ${pct(p.targetAgreement)}: ${p.metric} thresholds, edge share ${pct(p.test.edgeShare)} at agreement ${pct(p.test.agreement)} (test split)`,
+    );
+  }
+
+  const curve: CurvePoint[] = [];
+  for (const [heads, sets] of [
+    ["plain", { tune: plain.tune, test: plain.test }],
+    ["calibrated", calibrated],
+  ] as const) {
+    for (const metric of METRICS) {
+      for (const target of CURVE_TARGETS) {
+        const { rules } = searchThresholds(sets.tune, exitLayers, metric, target);
+        const outcome = evaluatePolicy(sets.test, rules);
+        curve.push({
+          heads,
+          metric,
+          targetAgreement: target,
+          edgeShare: outcome.edgeShare,
+          agreement: outcome.agreement,
+        });
+      }
+    }
+  }
+
+  return {
+    summary: {
+      version: CALIBRATION_VERSION,
+      model: { weightsHash: checkpoint.weightsHash, numLayers: layers, hiddenSize: config.hiddenSize },
+      split: options.split,
+      exitLayers,
+      heads,
+      policies,
+      plainPolicies,
+      curve,
+      text: {
+        tokens: windowCount * windowTokens,
+        windowTokens,
+        fitPositions: plain.fit.length,
+        tunePositions: plain.tune.length,
+        testPositions: plain.test.length,
+      },
+      ridge,
+    },
+    linearMaps,
+  };
+}
+
+function records(step: SegmentStep, exitLayers: number[], finalTokens: number[]): PositionRecord[] {
+  return finalTokens.map((finalToken, p) => ({
+    finalToken,
+    exits: exitLayers.map((layer): ExitSignal => {
+      const e = step.exits.find((x) => x.afterLayer === layer)!;
+      return {
+        afterLayer: layer,
+        token: e.token[p],
+        prob: e.prob[p],
+        margin: e.margin[p],
+        entropy: e.entropy[p],
+      };
+    }),
+  }));
+}
+
+function agreementAt(records: PositionRecord[], layer: number): number {
+  let agree = 0;
+  for (const r of records) if (r.exits.find((e) => e.afterLayer === layer)!.token === r.finalToken) agree++;
+  return agree / Math.max(1, records.length);
+}
+
+/** Records whose exit signals come from the chosen head of each exit. */
+function combine(
+  plain: PositionRecord[],
+  linear: PositionRecord[],
+  heads: ExitHeadChoice[],
+): PositionRecord[] {
+  return plain.map((record, i) => ({
+    finalToken: record.finalToken,
+    exits: heads.map((h) =>
+      (h.head === "linear" ? linear[i] : record).exits.find((e) => e.afterLayer === h.afterLayer)!,
+    ),
+  }));
+}
+
+const pct = (x: number) => `${(100 * x).toFixed(1)}%`;
