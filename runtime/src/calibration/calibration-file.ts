@@ -32,6 +32,8 @@ export interface CalibratedPolicy {
 
 export interface CurvePoint {
   heads: "plain" | "calibrated";
+  /** The exits the policy may answer at. */
+  exits: number[];
   metric: ConfidenceMetric;
   targetAgreement: number;
   edgeShare: number;
