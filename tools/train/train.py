@@ -85,6 +85,7 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--config", required=True)
     parser.add_argument("--minutes", type=float, help="override the config's wall-clock budget")
+    parser.add_argument("--steps", type=int, help="train exactly this many steps (no wall-clock sizing)")
     args = parser.parse_args()
     spec = json.load(open(args.config))
     torch.manual_seed(spec["seed"])
@@ -105,13 +106,13 @@ def main():
     optimizer = torch.optim.AdamW(model.parameters(), lr=spec["learning_rate"], betas=(0.9, 0.95), weight_decay=0.1)
     rng = np.random.default_rng(spec["seed"])
     warmup = spec["warmup_steps"]
-    total_steps = spec["max_steps"]
+    total_steps = args.steps or spec["max_steps"]
     exit_weight = spec["exit_loss_weight"]
     balance_weight = spec.get("balance_loss_weight", 0.0)
     start = time.time()
     step = 0
     while step < total_steps:
-        if step == 20:
+        if step == 20 and not args.steps:
             # Size the schedule to the wall-clock budget from the measured step time.
             per_step = (time.time() - start) / 20
             total_steps = min(total_steps, max(40, int(budget / per_step)))

@@ -220,13 +220,23 @@ export async function calibrate(
   // The curve: each exit alone and all exits together, plain and calibrated heads, every metric.
   const exitSets = exitLayers.length > 1 ? [...exitLayers.map((l) => [l]), exitLayers] : [exitLayers];
   const curve: CurvePoint[] = [];
-  for (const [heads, sets] of [["plain", { tune: plain.tune, test: plain.test }], ["calibrated", calibrated]] as const) {
+  for (const [heads, sets] of [
+    ["plain", { tune: plain.tune, test: plain.test }],
+    ["calibrated", calibrated],
+  ] as const) {
     for (const exits of exitSets) {
       for (const metric of METRICS) {
         for (const target of CURVE_TARGETS) {
           const { rules } = searchThresholds(sets.tune, exits, metric, target);
           const outcome = evaluatePolicy(sets.test, rules);
-          curve.push({ heads, exits, metric, targetAgreement: target, edgeShare: outcome.edgeShare, agreement: outcome.agreement });
+          curve.push({
+            heads,
+            exits,
+            metric,
+            targetAgreement: target,
+            edgeShare: outcome.edgeShare,
+            agreement: outcome.agreement,
+          });
         }
       }
     }
