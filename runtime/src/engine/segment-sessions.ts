@@ -84,6 +84,25 @@ export class SegmentSessions {
     return [...this.sessions.keys()];
   }
 
+  /**
+   * Drops positions from `length` on, so the next forward starts there. A worker that
+   * receives a frame starting before its context's end recomputes from that frame.
+   */
+  async truncate(id: string, length: number): Promise<void> {
+    const state = this.state(id);
+    await state.busy;
+    if (!Number.isInteger(length) || length < 0 || length > state.length) {
+      throw new InvalidArgumentError("length", `must be an integer in [0, ${state.length}], got ${length}`);
+    }
+    if (length === state.length) return;
+    const { numKvHeads, headDim } = this.model.config;
+    state.kv = state.kv.map((layer) => ({
+      key: extractKvRow(layer.key, 0, state.length, length, numKvHeads, headDim),
+      value: extractKvRow(layer.value, 0, state.length, length, numKvHeads, headDim),
+    }));
+    state.length = length;
+  }
+
   release(id: string): boolean {
     return this.sessions.delete(id);
   }

@@ -7,7 +7,15 @@ import type { Checkpoint } from "../checkpoint/model-weights.ts";
 import { AlwaysDeferPolicy, AlwaysExitPolicy, ThresholdExitPolicy } from "../exits/exit-policy.ts";
 import { writeRandomCheckpoint } from "../testing/random-checkpoint.ts";
 import { loadLocalSplit } from "./local-split.ts";
-import { LocalUpperSegment, SplitGenerator, type UpperAnswer, type UpperSegment } from "./split-generator.ts";
+import type { SamplingOptions } from "./sampler.ts";
+import type { SegmentSessions } from "../engine/segment-sessions.ts";
+import {
+  LocalUpperSegment,
+  SplitGenerator,
+  UpperUnavailableError,
+  type UpperAnswer,
+  type UpperSegment,
+} from "./split-generator.ts";
 
 let dir: string;
 let checkpoint: Checkpoint;
@@ -36,9 +44,18 @@ afterAll(() => rmSync(dir, { recursive: true, force: true }));
 class RecordingUpper implements UpperSegment {
   readonly counts: number[] = [];
   constructor(private readonly inner: UpperSegment) {}
-  extend(hidden: Float32Array, count: number, wantToken: boolean): Promise<UpperAnswer | undefined> {
+  extend(
+    start: number,
+    hidden: Float32Array,
+    count: number,
+    wantToken: boolean,
+    sampling: SamplingOptions,
+  ): Promise<UpperAnswer | undefined> {
     this.counts.push(count);
-    return this.inner.extend(hidden, count, wantToken);
+    return this.inner.extend(start, hidden, count, wantToken, sampling);
+  }
+  close(): Promise<void> {
+    return this.inner.close();
   }
 }
 
@@ -105,5 +122,83 @@ describe("SplitGenerator", () => {
       tokens.push(t.token);
     }
     expect(tokens).toEqual(expected.slice(0, expected.indexOf(expected[2]) + 1));
+  });
+});
+
+/** An upper segment that fails on chosen escalations: unavailable, or forgetting its context. */
+class FaultyUpper implements UpperSegment {
+  calls = 0;
+  readonly starts: number[] = [];
+  constructor(
+    private readonly inner: LocalUpperSegment,
+    private readonly sessions: SegmentSessions,
+    private readonly faults: Record<number, "unavailable" | "forget">,
+  ) {}
+  async extend(
+    start: number,
+    hidden: Float32Array,
+    count: number,
+    wantToken: boolean,
+    sampling: SamplingOptions,
+  ): Promise<UpperAnswer | undefined> {
+    const fault = this.faults[this.calls++];
+    if (fault === "unavailable") throw new UpperUnavailableError("cloud down");
+    if (fault === "forget") await this.sessions.truncate("s", 0);
+    this.starts.push(start);
+    return this.inner.extend(start, hidden, count, wantToken, sampling);
+  }
+  close(): Promise<void> {
+    return this.inner.close();
+  }
+}
+
+describe("SplitGenerator when the upper side fails", () => {
+  it("answers from the deepest exit while the upper side is down, then resends only the unsent context", async () => {
+    const split = await loadLocalSplit(checkpoint, { ...options(), split: 2, exits: [{ afterLayer: 2 }] });
+    const upper = new FaultyUpper(new LocalUpperSegment(split.upper!, "s"), split.upper!, {
+      2: "unavailable",
+      3: "unavailable",
+    });
+    const generator = new SplitGenerator(split.lower, upper, new AlwaysDeferPolicy());
+    const tokens = [];
+    for await (const t of generator.generate(PROMPT, { maxTokens: 8 })) tokens.push(t);
+    expect(tokens.map((t) => t.source)).toEqual([
+      "cloud",
+      "cloud",
+      "edge_fallback",
+      "edge_fallback",
+      "cloud",
+      "cloud",
+      "cloud",
+      "cloud",
+    ]);
+    expect(tokens.map((t) => t.position)).toEqual(Array.from({ length: 8 }, (_, i) => PROMPT.length + i));
+    // After the outage the next escalation starts where the upper side's context ended.
+    expect(upper.starts).toEqual([0, 6, 7, 10, 11, 12]);
+    expect(generator.stats.fallbackTokens).toBe(2);
+  });
+
+  it("replays the context when the upper side lost it and generates what an uninterrupted run does", async () => {
+    const reference = await loadLocalSplit(checkpoint, {
+      ...options(),
+      split: 2,
+      exits: [{ afterLayer: 2 }],
+    });
+    const expected = [];
+    for await (const t of new SplitGenerator(
+      reference.lower,
+      new LocalUpperSegment(reference.upper!, "r"),
+      new AlwaysDeferPolicy(),
+    ).generate(PROMPT, { maxTokens: 10 })) {
+      expected.push(t.token);
+    }
+    const split = await loadLocalSplit(checkpoint, { ...options(), split: 2, exits: [{ afterLayer: 2 }] });
+    const upper = new FaultyUpper(new LocalUpperSegment(split.upper!, "s"), split.upper!, { 4: "forget" });
+    const generator = new SplitGenerator(split.lower, upper, new AlwaysDeferPolicy());
+    const tokens = [];
+    for await (const t of generator.generate(PROMPT, { maxTokens: 10 })) tokens.push(t.token);
+    expect(tokens).toEqual(expected);
+    expect(generator.stats.contextReplays).toBe(1);
+    expect(upper.starts).toContain(0);
   });
 });

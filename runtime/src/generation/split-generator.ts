@@ -2,30 +2,64 @@
  * The collaborative decoding loop of CE-CoLLM, independent of transport: the lower
  * segment (on the edge) runs every token and reports its exits; the exit policy answers
  * locally or defers to the upper segment (in the cloud), which needs the split-layer
- * hidden state of every earlier position. Hidden states of locally answered positions
- * are queued and sent with the next deferral, so nothing is sent twice.
+ * hidden state of every earlier position. The generator keeps those hidden states and
+ * how far the upper side has confirmed them; a deferral sends only what is unconfirmed,
+ * so nothing is sent twice.
  *
  *   prompt ─► lower [0,s) ─► exits ─► policy ─┬─► answer at the exit (edge)
- *                              │               └─► upper [s,L) with queued hidden ─► answer (cloud)
- *                              └─► hidden state queued for the upper segment
+ *                              │               └─► upper [s,L) with unsent hidden ─► answer (cloud)
+ *                              └─► hidden state kept for the upper segment
+ *
+ * When the upper side is unreachable the deepest exit answers (marked edge_fallback) and
+ * the unsent context waits; when it reports lost context, the generator replays from
+ * where the upper side's context ends.
  */
 import { randomUUID } from "node:crypto";
 import type { ExitPolicy, ExitSignal } from "../exits/exit-policy.ts";
 import { InvalidArgumentError } from "../errors.ts";
 import type { SegmentSessions, SegmentStep } from "../engine/segment-sessions.ts";
+import { GREEDY, isGreedy, sampleToken, validateSampling, type SamplingOptions } from "./sampler.ts";
 
 /** The rest of the model past the split: in-process or a remote cloud worker. */
 export interface UpperSegment {
   /**
-   * Appends hidden states of the next `count` positions (row-major [count, hidden]) to
-   * the session's context. With `wantToken`, answers the token that follows the last one.
+   * Sends hidden states of positions [start, start + count) (row-major [count, hidden]).
+   * With `wantToken`, answers the token that follows position start + count − 1.
+   * Throws ContextLostError when the upper side lacks positions before `start`, and
+   * UpperUnavailableError when it cannot be reached in time.
    */
-  extend(hidden: Float32Array, count: number, wantToken: boolean): Promise<UpperAnswer | undefined>;
+  extend(
+    start: number,
+    hidden: Float32Array,
+    count: number,
+    wantToken: boolean,
+    sampling: SamplingOptions,
+  ): Promise<UpperAnswer | undefined>;
+  close(): Promise<void>;
 }
 
 export interface UpperAnswer {
   token: number;
   prob: number;
+}
+
+/** The upper side's context ends at `resumeFrom`: send again from there. */
+export class ContextLostError extends Error {
+  constructor(
+    readonly resumeFrom: number,
+    reason: string,
+  ) {
+    super(`upper segment lost context from position ${resumeFrom}: ${reason}`);
+    this.name = "ContextLostError";
+  }
+}
+
+/** The upper side could not answer (unreachable, deadline exceeded, shutting down). */
+export class UpperUnavailableError extends Error {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.name = "UpperUnavailableError";
+  }
 }
 
 export type TokenSource = "edge" | "cloud" | "edge_fallback";
@@ -46,28 +80,40 @@ export interface GenerateOptions {
   maxTokens?: number;
   /** Generation stops after emitting one of these (e.g. the model's EOS). */
   stopTokenIds?: number[];
+  /** @default greedy */
+  sampling?: SamplingOptions;
 }
 
 export interface SplitGeneratorStats {
+  promptTokens: number;
   edgeTokens: number;
   cloudTokens: number;
   fallbackTokens: number;
   escalations: number;
-  /** Positions whose hidden states were sent upward (each exactly once). */
+  /** Positions whose hidden states were sent upward (replays after a lost context count again). */
   positionsSent: number;
+  contextReplays: number;
 }
 
-/** One generator per session: it owns the session's queue of unsent hidden states. */
+/** How many times one escalation follows a ContextLost before giving up to the fallback. */
+const MAX_REPLAYS = 2;
+
+/** One generator per session: it owns the session's split-layer hidden states. */
 export class SplitGenerator {
   readonly stats: SplitGeneratorStats = {
+    promptTokens: 0,
     edgeTokens: 0,
     cloudTokens: 0,
     fallbackTokens: 0,
     escalations: 0,
     positionsSent: 0,
+    contextReplays: 0,
   };
-  private pending: Float32Array[] = [];
-  private pendingCount = 0;
+  /** Split-layer hidden states of every position so far, [positions, hidden]. */
+  private history = new Float32Array(0);
+  private positions = 0;
+  /** Positions the upper side has confirmed holding. */
+  private confirmed = 0;
 
   /**
    * @param lower sessions over layers [0, s) with exits and `outputHidden` (unless it is the whole model)
@@ -90,27 +136,36 @@ export class SplitGenerator {
   }
 
   async *generate(promptIds: number[], options: GenerateOptions = {}): AsyncGenerator<GeneratedToken> {
-    const sessionId = this.sessionId;
     const maxTokens = options.maxTokens ?? 64;
     const stop = new Set(options.stopTokenIds ?? []);
+    const sampling = options.sampling ?? GREEDY;
+    validateSampling(sampling);
     if (promptIds.length === 0) throw new InvalidArgumentError("prompt", "must hold at least one token");
-    this.lower.open(sessionId);
+    if (!isGreedy(sampling) && !this.lower.model.spec.logits) {
+      throw new InvalidArgumentError(
+        "sampling",
+        "the lower segment was built without logits; only greedy decoding is possible",
+      );
+    }
+    this.stats.promptTokens = promptIds.length;
+    this.lower.open(this.sessionId);
     try {
-      let step = await this.lower.forward(sessionId, { ids: promptIds });
+      let step = await this.lower.forward(this.sessionId, { ids: promptIds });
       for (let i = 0; i < maxTokens; i++) {
-        const token = await this.answer(step);
+        const token = await this.answer(step, sampling);
         yield token;
         if (stop.has(token.token) || i === maxTokens - 1) break;
-        step = await this.lower.forward(sessionId, { ids: [token.token] });
+        step = await this.lower.forward(this.sessionId, { ids: [token.token] });
       }
     } finally {
-      this.lower.release(sessionId);
+      this.lower.release(this.sessionId);
     }
   }
 
-  private async answer(step: SegmentStep): Promise<GeneratedToken> {
-    if (step.hidden) this.queue(step.hidden, step.count);
+  private async answer(step: SegmentStep, sampling: SamplingOptions): Promise<GeneratedToken> {
+    if (step.hidden) this.keep(step.hidden, step.count);
     const position = step.start + step.count;
+    const vocab = this.lower.model.config.vocabSize;
     const signals: ExitSignal[] = step.exits.map((e) => ({
       afterLayer: e.afterLayer,
       token: e.token[e.token.length - 1],
@@ -118,53 +173,92 @@ export class SplitGenerator {
       margin: e.margin[e.margin.length - 1],
       entropy: e.entropy[e.entropy.length - 1],
     }));
+    const local = (signal: ExitSignal, source: TokenSource): GeneratedToken => {
+      if (source === "edge") this.stats.edgeTokens++;
+      else this.stats.fallbackTokens++;
+      if (isGreedy(sampling))
+        return {
+          token: signal.token,
+          position,
+          source,
+          exitLayer: signal.afterLayer,
+          confidence: signal.prob,
+        };
+      const exit = step.exits.find((e) => e.afterLayer === signal.afterLayer)!;
+      const logits = exit.logits!.subarray(exit.logits!.length - vocab);
+      const sampled = sampleToken(logits, sampling, position);
+      return {
+        token: sampled.token,
+        position,
+        source,
+        exitLayer: signal.afterLayer,
+        confidence: sampled.prob,
+      };
+    };
     const decision = this.policy.decide(signals);
-    if (decision.exit) return this.local(decision.exit, position, "edge");
+    if (decision.exit) return local(decision.exit, "edge");
     const deepest = signals.reduce<ExitSignal | undefined>(
       (best, s) => (!best || s.afterLayer > best.afterLayer ? s : best),
       undefined,
     );
     if (!this.upper) {
       if (!deepest) throw new InvalidArgumentError("policy", "deferred with no exit and no upper segment");
-      return this.local(deepest, position, "edge");
+      return local(deepest, "edge");
     }
-    const hidden = this.takePending();
-    const answer = await this.upper.extend(hidden.data, hidden.count, true);
-    if (!answer) throw new Error("upper segment returned no token for a token request");
-    this.stats.escalations++;
-    this.stats.positionsSent += hidden.count;
-    this.stats.cloudTokens++;
-    return {
-      token: answer.token,
-      position,
-      source: "cloud",
-      exitLayer: this.lower.model.config.numLayers,
-      confidence: answer.prob,
-    };
-  }
-
-  private local(exit: ExitSignal, position: number, source: TokenSource): GeneratedToken {
-    if (source === "edge") this.stats.edgeTokens++;
-    else this.stats.fallbackTokens++;
-    return { token: exit.token, position, source, exitLayer: exit.afterLayer, confidence: exit.prob };
-  }
-
-  private queue(hidden: Float32Array, count: number): void {
-    this.pending.push(hidden);
-    this.pendingCount += count;
-  }
-
-  private takePending(): { data: Float32Array; count: number } {
-    const data = new Float32Array(this.pending.reduce((sum, h) => sum + h.length, 0));
-    let offset = 0;
-    for (const h of this.pending) {
-      data.set(h, offset);
-      offset += h.length;
+    try {
+      const answer = await this.escalate(sampling);
+      this.stats.cloudTokens++;
+      return {
+        token: answer.token,
+        position,
+        source: "cloud",
+        exitLayer: this.lower.model.config.numLayers,
+        confidence: answer.prob,
+      };
+    } catch (error) {
+      if (!(error instanceof UpperUnavailableError || error instanceof ContextLostError) || !deepest)
+        throw error;
+      return local(deepest, "edge_fallback");
     }
-    const count = this.pendingCount;
-    this.pending = [];
-    this.pendingCount = 0;
-    return { data, count };
+  }
+
+  /** Sends every unconfirmed position and asks for the next token; replays on lost context. */
+  private async escalate(sampling: SamplingOptions): Promise<UpperAnswer> {
+    const hidden = this.lower.model.config.hiddenSize;
+    for (let attempt = 0; ; attempt++) {
+      const start = this.confirmed;
+      const count = this.positions - start;
+      try {
+        this.stats.escalations++;
+        this.stats.positionsSent += count;
+        const answer = await this.upper!.extend(
+          start,
+          this.history.subarray(start * hidden, this.positions * hidden),
+          count,
+          true,
+          sampling,
+        );
+        if (!answer) throw new UpperUnavailableError("upper segment returned no token for a token request");
+        this.confirmed = this.positions;
+        return answer;
+      } catch (error) {
+        if (!(error instanceof ContextLostError) || attempt >= MAX_REPLAYS) throw error;
+        this.stats.contextReplays++;
+        this.confirmed = Math.min(error.resumeFrom, this.positions);
+      }
+    }
+  }
+
+  private keep(hidden: Float32Array, count: number): void {
+    const size = this.lower.model.config.hiddenSize;
+    const needed = (this.positions + count) * size;
+    if (needed > this.history.length) {
+      const grown = new Float32Array(Math.max(needed, this.history.length * 2));
+      grown.set(this.history.subarray(0, this.positions * size));
+      this.history = grown;
+    }
+    this.history.set(hidden, this.positions * size);
+    this.positions += count;
   }
 }
 
@@ -179,14 +273,29 @@ export class LocalUpperSegment implements UpperSegment {
     if (!sessions.has(sessionId)) sessions.open(sessionId);
   }
 
-  async extend(hidden: Float32Array, count: number, wantToken: boolean): Promise<UpperAnswer | undefined> {
+  async extend(
+    start: number,
+    hidden: Float32Array,
+    count: number,
+    wantToken: boolean,
+    sampling: SamplingOptions,
+  ): Promise<UpperAnswer | undefined> {
+    const length = this.sessions.length(this.sessionId);
+    if (start > length)
+      throw new ContextLostError(length, `holds ${length} positions, frame starts at ${start}`);
+    if (start < length) await this.sessions.truncate(this.sessionId, start);
     const step = await this.sessions.forward(this.sessionId, { hidden, count });
     if (!wantToken) return undefined;
     const head = step.exits[step.exits.length - 1];
-    return { token: head.token[head.token.length - 1], prob: head.prob[head.prob.length - 1] };
+    if (isGreedy(sampling))
+      return { token: head.token[head.token.length - 1], prob: head.prob[head.prob.length - 1] };
+    if (!head.logits)
+      throw new InvalidArgumentError("sampling", "the upper segment was built without logits");
+    const vocab = this.sessions.model.config.vocabSize;
+    return sampleToken(head.logits.subarray(head.logits.length - vocab), sampling, start + count);
   }
 
-  close(): void {
+  async close(): Promise<void> {
     this.sessions.release(this.sessionId);
   }
 }
