@@ -3,6 +3,7 @@ import { defineConfig } from "vitest/config";
 export default defineConfig({
   test: {
     include: [
+      "shared/**/*.test.ts",
       "runtime/**/*.test.ts",
       "edge-agent/**/*.test.ts",
       "services/**/*.test.ts",

@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { AlwaysDeferPolicy, AlwaysExitPolicy, ThresholdExitPolicy, type ExitSignal } from "./exit-policy.ts";
+import { AlwaysDeferPolicy, AlwaysExitPolicy, BudgetExitPolicy, RollingEntropyPolicy, ThresholdExitPolicy, type ExitSignal } from "./exit-policy.ts";
 
 const signal = (afterLayer: number, prob: number, margin: number, entropy: number): ExitSignal => ({
   afterLayer,
@@ -58,5 +58,32 @@ describe("fixed policies", () => {
     const signals = [signal(2, 0.1, 0, 3), signal(3, 0.2, 0, 3)];
     expect(new AlwaysDeferPolicy().decide().exit).toBeUndefined();
     expect(new AlwaysExitPolicy().decide(signals).exit?.afterLayer).toBe(3);
+  });
+});
+
+describe("RollingEntropyPolicy", () => {
+  it("answers while the rolling entropy is low and defers through a hard stretch", () => {
+    const policy = new RollingEntropyPolicy(1.0, 3);
+    const decide = (entropy: number) => policy.decide([signal(3, 0.5, 0.2, entropy)]).exit !== undefined;
+    expect([0.2, 0.3, 0.4].map(decide)).toEqual([true, true, true]);
+    // One hard token lifts the mean of (0.3, 0.4, 3) over 1: defer.
+    expect(decide(3)).toBe(false);
+    // It keeps deferring until the hard token leaves the window.
+    expect([0.1, 0.1, 0.1].map(decide)).toEqual([false, false, true]);
+  });
+});
+
+describe("BudgetExitPolicy", () => {
+  it("converges to the target escalation rate", () => {
+    const policy = new BudgetExitPolicy(0.25, "prob");
+    let seed = 1;
+    const uniform = () => ((seed = (seed * 1664525 + 1013904223) >>> 0) + 0.5) / 2 ** 32;
+    for (let i = 0; i < 4000; i++) policy.decide([signal(3, uniform(), 0, 1)]);
+    expect(policy.escalationRate).toBeGreaterThan(0.2);
+    expect(policy.escalationRate).toBeLessThan(0.3);
+  });
+
+  it("rejects a rate outside (0, 1)", () => {
+    expect(() => new BudgetExitPolicy(1.5)).toThrow(/target_escalation_rate/);
   });
 });

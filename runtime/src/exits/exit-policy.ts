@@ -82,3 +82,68 @@ export class AlwaysExitPolicy implements ExitPolicy {
     return { exit: deepest };
   }
 }
+
+/**
+ * Entropy Adaptive Decoding: the edge answers while the rolling mean entropy of its
+ * deepest exit over the last `window` tokens stays at or below `threshold`, and defers
+ * while the text is in a hard stretch. Stateful: one instance per session.
+ */
+export class RollingEntropyPolicy implements ExitPolicy {
+  private readonly recent: number[] = [];
+
+  constructor(
+    private readonly threshold: number,
+    private readonly window = 8,
+  ) {
+    if (!Number.isFinite(threshold) || threshold < 0) throw new InvalidArgumentError("threshold", `must be a finite entropy ≥ 0, got ${threshold}`);
+    if (!Number.isInteger(window) || window < 1) throw new InvalidArgumentError("window", `must be a positive integer, got ${window}`);
+  }
+
+  decide(signals: ExitSignal[]): ExitDecision {
+    const deepest = new AlwaysExitPolicy().decide(signals).exit;
+    if (!deepest) return {};
+    this.recent.push(deepest.entropy);
+    if (this.recent.length > this.window) this.recent.shift();
+    const mean = this.recent.reduce((a, b) => a + b, 0) / this.recent.length;
+    return mean <= this.threshold ? { exit: deepest } : {};
+  }
+}
+
+/**
+ * A budget: escalate about `targetRate` of tokens. The threshold on `metric` at the
+ * deepest exit follows a feedback rule — loosened while too many tokens escalate,
+ * tightened while too few — so the rate converges whatever the text. Stateful.
+ */
+export class BudgetExitPolicy implements ExitPolicy {
+  private threshold: number;
+  private escalated = 0;
+  private decided = 0;
+
+  constructor(
+    private readonly targetRate: number,
+    private readonly metric: ConfidenceMetric = "prob",
+    initialThreshold?: number,
+  ) {
+    if (!(targetRate > 0 && targetRate < 1)) throw new InvalidArgumentError("target_escalation_rate", `must be in (0, 1), got ${targetRate}`);
+    this.threshold = initialThreshold ?? (metric === "entropy" ? 1 : 0.8);
+  }
+
+  decide(signals: ExitSignal[]): ExitDecision {
+    const deepest = new AlwaysExitPolicy().decide(signals).exit;
+    if (!deepest) return {};
+    const rule: ExitThreshold = { afterLayer: deepest.afterLayer, metric: this.metric, threshold: this.threshold };
+    const escalate = !isConfident(deepest, rule);
+    this.decided++;
+    if (escalate) this.escalated++;
+    // Step towards the target: a sure token costs nothing, so move the threshold in the
+    // direction that brings the observed rate to the target.
+    const rate = this.escalated / this.decided;
+    const step = 0.05 * Math.sign(rate - this.targetRate);
+    this.threshold = this.metric === "entropy" ? this.threshold + step : this.threshold - step;
+    return escalate ? {} : { exit: deepest };
+  }
+
+  get escalationRate(): number {
+    return this.decided === 0 ? 0 : this.escalated / this.decided;
+  }
+}

@@ -93,6 +93,9 @@ export interface SplitGeneratorStats {
   /** Positions whose hidden states were sent upward (replays after a lost context count again). */
   positionsSent: number;
   contextReplays: number;
+  /** Wall time in the lower segment and waiting on the upper one, ms. */
+  lowerMs: number;
+  upperMs: number;
 }
 
 /** How many times one escalation follows a ContextLost before giving up to the fallback. */
@@ -108,6 +111,8 @@ export class SplitGenerator {
     escalations: 0,
     positionsSent: 0,
     contextReplays: 0,
+    lowerMs: 0,
+    upperMs: 0,
   };
   /** Split-layer hidden states of every position so far, [positions, hidden]. */
   private history = new Float32Array(0);
@@ -150,15 +155,24 @@ export class SplitGenerator {
     this.stats.promptTokens = promptIds.length;
     this.lower.open(this.sessionId);
     try {
-      let step = await this.lower.forward(this.sessionId, { ids: promptIds });
+      let step = await this.timedLower(promptIds);
       for (let i = 0; i < maxTokens; i++) {
         const token = await this.answer(step, sampling);
         yield token;
         if (stop.has(token.token) || i === maxTokens - 1) break;
-        step = await this.lower.forward(this.sessionId, { ids: [token.token] });
+        step = await this.timedLower([token.token]);
       }
     } finally {
       this.lower.release(this.sessionId);
+    }
+  }
+
+  private async timedLower(ids: number[]): Promise<SegmentStep> {
+    const start = performance.now();
+    try {
+      return await this.lower.forward(this.sessionId, { ids });
+    } finally {
+      this.stats.lowerMs += performance.now() - start;
     }
   }
 
@@ -205,6 +219,7 @@ export class SplitGenerator {
       if (!deepest) throw new InvalidArgumentError("policy", "deferred with no exit and no upper segment");
       return local(deepest, "edge");
     }
+    const waitStart = performance.now();
     try {
       const answer = await this.escalate(sampling);
       this.stats.cloudTokens++;
@@ -219,6 +234,8 @@ export class SplitGenerator {
       if (!(error instanceof UpperUnavailableError || error instanceof ContextLostError) || !deepest)
         throw error;
       return local(deepest, "edge_fallback");
+    } finally {
+      this.stats.upperMs += performance.now() - waitStart;
     }
   }
 

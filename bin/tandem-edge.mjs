@@ -1,0 +1,7 @@
+#!/usr/bin/env node
+// `tandem-edge`: the edge agent, serving tandem.v1.Inference on the device.
+import { register } from "tsx/esm/api";
+
+register();
+const { main } = await import("../edge-agent/src/main.ts");
+process.exitCode = await main(process.argv.slice(2));

@@ -1,0 +1,103 @@
+/**
+ * The edge agent: the device's segment [0, split) with its exits, the exit policy from
+ * calibration, a link to a cloud worker, and the public Inference API.
+ */
+import { existsSync, readFileSync } from "node:fs";
+import { basename, join } from "node:path";
+import { loadTandemProtos } from "../../proto/index.ts";
+import { calibratedExitHeads, checkCalibrationMatches, policyForTarget, readCalibration } from "../../runtime/src/calibration/calibration-file.ts";
+import { loadCheckpoint } from "../../runtime/src/checkpoint/load-checkpoint.ts";
+import type { CodecName } from "../../runtime/src/codec/hidden-state-codec.ts";
+import { SegmentModel } from "../../runtime/src/engine/segment-model.ts";
+import { SegmentSessions } from "../../runtime/src/engine/segment-sessions.ts";
+import { InvalidArgumentError } from "../../runtime/src/errors.ts";
+import { ThresholdExitPolicy, type ConfidenceMetric } from "../../runtime/src/exits/exit-policy.ts";
+import { segmentSpec, type ExitHeadSpec, type WeightFormat } from "../../runtime/src/graph/segment-spec.ts";
+import { Tokenizer } from "../../runtime/src/tokenizer/tokenizer.ts";
+import { startGrpcServer, type RunningServer } from "../../shared/src/grpc-server.ts";
+import type { Logger } from "../../shared/src/logger.ts";
+import { CloudLink } from "./cloud-link.ts";
+import type { EdgeConfig } from "./edge-config.ts";
+import { inferenceHandlers } from "./inference-service.ts";
+
+export interface EdgeAgent {
+  server: RunningServer;
+  split: number;
+  exitLayers: number[];
+  close(graceMs?: number): Promise<void>;
+}
+
+export async function startEdgeAgent(config: EdgeConfig, log: Logger, options: { cacheDir?: string } = {}): Promise<EdgeAgent> {
+  const checkpoint = await loadCheckpoint(config.model);
+  if (!checkpoint.tokenizerPath) throw new InvalidArgumentError("model", `${config.model} has no tokenizer.json`);
+  const tokenizer = await Tokenizer.fromFile(checkpoint.tokenizerPath);
+  const calibration = config.calibration ? await readCalibration(config.calibration) : undefined;
+  if (calibration && config.calibration) checkCalibrationMatches(calibration, checkpoint, config.calibration);
+
+  const deploymentPath = join(config.model, "tandem.json");
+  const deployment = existsSync(deploymentPath) ? (JSON.parse(readFileSync(deploymentPath, "utf8")) as { exit_layers: number[]; recommended_split: number }) : undefined;
+  const split = config.split ?? calibration?.summary.split ?? deployment?.recommended_split;
+  if (split === undefined) throw new InvalidArgumentError("split", "set split (no calibration file and no tandem.json to take it from)");
+  if (calibration && calibration.summary.split !== split) throw new InvalidArgumentError("split", `calibration was made for split ${calibration.summary.split}, config says ${split}`);
+  const layers = checkpoint.config.numLayers;
+  if (split < 1 || split >= layers) throw new InvalidArgumentError("split", `must be in [1, ${layers - 1}], got ${split}`);
+
+  let exits: ExitHeadSpec[];
+  let autoPolicy: () => ThresholdExitPolicy;
+  if (calibration) {
+    exits = calibratedExitHeads(calibration);
+    const thresholds = policyForTarget(calibration, config.target).thresholds;
+    autoPolicy = () => new ThresholdExitPolicy(thresholds);
+  } else {
+    const layersList = config.exitLayers ? config.exitLayers.split(",").map(Number) : deployment?.exit_layers ?? [split];
+    for (const l of layersList) if (!Number.isInteger(l) || l < 1 || l > split) throw new InvalidArgumentError("exitLayers", `${l} is outside [1, ${split}]`);
+    exits = layersList.map((afterLayer) => ({ afterLayer }));
+    autoPolicy = () => new ThresholdExitPolicy(layersList.map((afterLayer) => ({ afterLayer, metric: config.metric as ConfidenceMetric, threshold: config.threshold })));
+  }
+  const lowerModel = await SegmentModel.load(
+    checkpoint,
+    segmentSpec({ fromLayer: 0, toLayer: split, exits, outputHidden: true, logits: true, weightFormat: config.weights as WeightFormat }),
+    { threads: config.threads, cacheDir: options.cacheDir },
+  );
+  const lower = new SegmentSessions(lowerModel);
+  const cloud = config.cloudAddress
+    ? new CloudLink(
+        { address: config.cloudAddress, codec: config.codec as CodecName, deadlineMs: config.cloudDeadlineMs, keepaliveMs: config.keepaliveMs },
+        { modelId: basename(config.model), weightsHash: checkpoint.weightsHash, splitLayer: split, hiddenSize: checkpoint.config.hiddenSize },
+      )
+    : undefined;
+
+  const protos = loadTandemProtos();
+  const handlers = inferenceHandlers({
+    config: checkpoint.config,
+    lower,
+    tokenizer,
+    cloud,
+    autoPolicy,
+    exitLayers: exits.map((e) => e.afterLayer),
+    limits: {
+      maxTokensLimit: config.maxTokensLimit,
+      defaultMaxTokens: config.defaultMaxTokens,
+      maxPromptTokens: config.maxPromptTokens,
+      maxStops: 8,
+      maxStopLength: 64,
+      maxPromptChars: 64 * 1024,
+    },
+    log,
+  });
+  const server = await startGrpcServer(protos.definition, [{ name: "tandem.v1.Inference", definition: protos.tandem.v1.Inference.service, handlers: handlers as never }], {
+    host: config.host,
+    port: config.port,
+  });
+  log.info({ address: server.address, split, exits: exits.map((e) => e.afterLayer), cloud: config.cloudAddress ?? null, calibrated: Boolean(calibration) }, "edge agent serving");
+  return {
+    server,
+    split,
+    exitLayers: exits.map((e) => e.afterLayer),
+    async close(graceMs) {
+      await server.shutdown(graceMs);
+      cloud?.close();
+      await lowerModel.release();
+    },
+  };
+}

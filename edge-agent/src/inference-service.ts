@@ -1,0 +1,184 @@
+/**
+ * Inference/Generate: validates the request (INVALID_ARGUMENT naming the field), then runs
+ * the collaborative loop for one session and streams a TokenEvent per token and a
+ * summary last. A client that cancels stops the generation.
+ */
+import { randomUUID } from "node:crypto";
+import * as grpc from "@grpc/grpc-js";
+import type { GenerateEvent, GenerateRequest__Output, InferenceHandlers } from "../../proto/index.ts";
+import type { ModelConfig } from "../../runtime/src/checkpoint/model-config.ts";
+import type { SegmentSessions } from "../../runtime/src/engine/segment-sessions.ts";
+import { RuntimeError } from "../../runtime/src/errors.ts";
+import { AlwaysDeferPolicy, AlwaysExitPolicy, BudgetExitPolicy, ThresholdExitPolicy, type ConfidenceMetric, type ExitPolicy } from "../../runtime/src/exits/exit-policy.ts";
+import type { SamplingOptions } from "../../runtime/src/generation/sampler.ts";
+import { SplitGenerator, type TokenSource } from "../../runtime/src/generation/split-generator.ts";
+import { IncrementalDecoder, type Tokenizer } from "../../runtime/src/tokenizer/tokenizer.ts";
+import type { Logger } from "../../shared/src/logger.ts";
+import type { CloudLink, CloudSession } from "./cloud-link.ts";
+import { StopSequenceFilter } from "./stop-sequences.ts";
+
+export interface InferenceContext {
+  config: ModelConfig;
+  lower: SegmentSessions;
+  tokenizer: Tokenizer;
+  /** Undefined: no cloud configured (edge only). */
+  cloud?: CloudLink;
+  /** A new policy for AUTO mode, per session (policies may keep state). */
+  autoPolicy: () => ExitPolicy;
+  exitLayers: number[];
+  limits: { maxTokensLimit: number; defaultMaxTokens: number; maxPromptTokens: number; maxStops: number; maxStopLength: number; maxPromptChars: number };
+  log: Logger;
+}
+
+class RequestError extends Error {
+  constructor(
+    readonly code: grpc.status,
+    message: string,
+  ) {
+    super(message);
+  }
+}
+
+interface ValidRequest {
+  ids: number[];
+  maxTokens: number;
+  stops: string[];
+  sampling: SamplingOptions;
+  mode: "MODE_AUTO" | "MODE_EDGE_ONLY" | "MODE_CLOUD_ONLY";
+  policy: () => ExitPolicy;
+}
+
+const METRICS: Record<string, ConfidenceMetric> = {
+  CONFIDENCE_METRIC_PROB: "prob",
+  CONFIDENCE_METRIC_MARGIN: "margin",
+  CONFIDENCE_METRIC_ENTROPY: "entropy",
+};
+
+function validate(request: GenerateRequest__Output, context: InferenceContext): ValidRequest {
+  const { limits, config } = context;
+  const invalid = (message: string) => new RequestError(grpc.status.INVALID_ARGUMENT, message);
+  let ids: number[];
+  if (request.prompt === "text") {
+    if (!request.text) throw invalid("prompt.text: must not be empty");
+    if (request.text.length > limits.maxPromptChars) throw invalid(`prompt.text: ${request.text.length} characters exceed the limit ${limits.maxPromptChars}`);
+    ids = context.tokenizer.encode(request.text);
+  } else if (request.prompt === "tokenIds") {
+    ids = request.tokenIds?.ids ?? [];
+    const bad = ids.findIndex((id) => id >= config.vocabSize);
+    if (bad >= 0) throw invalid(`prompt.token_ids[${bad}]: ${ids[bad]} is outside the vocabulary [0, ${config.vocabSize})`);
+  } else {
+    throw invalid("prompt: set text or token_ids");
+  }
+  if (ids.length === 0) throw invalid("prompt: encodes to no tokens");
+  if (ids.length > limits.maxPromptTokens) throw invalid(`prompt: ${ids.length} tokens exceed the limit ${limits.maxPromptTokens}`);
+  const maxTokens = request.maxTokens === 0 ? limits.defaultMaxTokens : request.maxTokens;
+  if (maxTokens > limits.maxTokensLimit) throw invalid(`max_tokens: ${maxTokens} exceeds the limit ${limits.maxTokensLimit}`);
+  if (ids.length + maxTokens > config.maxPositions) throw invalid(`max_tokens: prompt + max_tokens = ${ids.length + maxTokens} exceeds the model's ${config.maxPositions} positions`);
+  if (request.stop.length > limits.maxStops) throw invalid(`stop: at most ${limits.maxStops} sequences, got ${request.stop.length}`);
+  request.stop.forEach((s, i) => {
+    if (s.length === 0 || s.length > limits.maxStopLength) throw invalid(`stop[${i}]: must hold 1 to ${limits.maxStopLength} characters`);
+  });
+  const sampling = request.sampling ?? { temperature: 0, topP: 0, seed: "0" };
+  if (!(sampling.temperature >= 0 && sampling.temperature <= 100)) throw invalid(`sampling.temperature: must be in [0, 100], got ${sampling.temperature}`);
+  if (!(sampling.topP >= 0 && sampling.topP <= 1)) throw invalid(`sampling.top_p: must be in [0, 1], got ${sampling.topP}`);
+  const mode = request.mode as ValidRequest["mode"];
+  if (!["MODE_AUTO", "MODE_EDGE_ONLY", "MODE_CLOUD_ONLY"].includes(mode)) throw invalid(`mode: unknown value ${request.mode}`);
+  if (mode === "MODE_CLOUD_ONLY" && !context.cloud) throw new RequestError(grpc.status.FAILED_PRECONDITION, "mode: CLOUD_ONLY needs a cloud worker, and this agent has none configured");
+
+  let policy = context.autoPolicy;
+  const override = request.exitPolicy;
+  if (override && (override.metric !== "CONFIDENCE_METRIC_UNSPECIFIED" || override.targetEscalationRate !== 0)) {
+    const metric = METRICS[override.metric] ?? "prob";
+    if (override.targetEscalationRate !== 0) {
+      if (!(override.targetEscalationRate > 0 && override.targetEscalationRate < 1)) throw invalid(`exit_policy.target_escalation_rate: must be in (0, 1), got ${override.targetEscalationRate}`);
+      policy = () => new BudgetExitPolicy(override.targetEscalationRate, metric);
+    } else {
+      if (!Number.isFinite(override.threshold)) throw invalid("exit_policy.threshold: must be finite");
+      policy = () => new ThresholdExitPolicy(context.exitLayers.map((afterLayer) => ({ afterLayer, metric, threshold: override.threshold })));
+    }
+  }
+  if (mode === "MODE_EDGE_ONLY") policy = () => new AlwaysExitPolicy();
+  if (mode === "MODE_CLOUD_ONLY") policy = () => new AlwaysDeferPolicy();
+  return { ids, maxTokens, stops: request.stop, sampling: { temperature: sampling.temperature, topP: sampling.topP, seed: BigInt(sampling.seed) }, mode, policy };
+}
+
+const SOURCES: Record<TokenSource, "TOKEN_SOURCE_EDGE" | "TOKEN_SOURCE_CLOUD" | "TOKEN_SOURCE_EDGE_FALLBACK"> = {
+  edge: "TOKEN_SOURCE_EDGE",
+  cloud: "TOKEN_SOURCE_CLOUD",
+  edge_fallback: "TOKEN_SOURCE_EDGE_FALLBACK",
+};
+
+export function inferenceHandlers(context: InferenceContext): InferenceHandlers {
+  return {
+    Generate(call) {
+      void (async () => {
+        let request: ValidRequest;
+        try {
+          request = validate(call.request, context);
+        } catch (error) {
+          const e = error instanceof RequestError ? error : new RequestError(grpc.status.INVALID_ARGUMENT, (error as Error).message);
+          call.emit("error", { code: e.code, details: e.message } as grpc.ServiceError);
+          return;
+        }
+        const sessionId = randomUUID();
+        const started = performance.now();
+        let firstTokenMs = 0;
+        let cloudSession: CloudSession | undefined;
+        if (request.mode !== "MODE_EDGE_ONLY" && context.cloud) cloudSession = context.cloud.session(sessionId);
+        const generator = new SplitGenerator(context.lower, cloudSession, request.policy(), sessionId);
+        const decoder = new IncrementalDecoder(context.tokenizer);
+        const stops = new StopSequenceFilter(request.stops);
+        let finish: "FINISH_REASON_LENGTH" | "FINISH_REASON_STOP" | "FINISH_REASON_EOS" = "FINISH_REASON_LENGTH";
+        const eos = new Set(context.config.eosTokenId ?? []);
+        // Each event is written when the next token arrives, so text held back at the end
+        // (a partial stop sequence, an unfinished character) can join the last event.
+        let previous: GenerateEvent | undefined;
+        try {
+          for await (const token of generator.generate(request.ids, { maxTokens: request.maxTokens, stopTokenIds: [...eos], sampling: request.sampling })) {
+            if (call.cancelled) break;
+            if (firstTokenMs === 0) firstTokenMs = performance.now() - started;
+            const text = eos.has(token.token) ? "" : stops.push(decoder.push(token.token));
+            if (previous) call.write(previous);
+            previous = {
+              token: { id: token.token, text, source: SOURCES[token.source], exitLayer: token.exitLayer, confidence: token.confidence, position: token.position },
+            };
+            if (eos.has(token.token)) {
+              finish = "FINISH_REASON_EOS";
+              break;
+            }
+            if (stops.stopped) {
+              finish = "FINISH_REASON_STOP";
+              break;
+            }
+          }
+          if (call.cancelled) return;
+          if (previous) {
+            previous.token!.text += stops.push(decoder.flush()) + stops.flush();
+            call.write(previous);
+          }
+          const stats = generator.stats;
+          call.write({
+            summary: {
+              promptTokens: stats.promptTokens,
+              edgeTokens: stats.edgeTokens,
+              cloudTokens: stats.cloudTokens,
+              fallbackTokens: stats.fallbackTokens,
+              escalations: stats.escalations,
+              bytesSent: String(cloudSession?.bytesSent ?? 0),
+              bytesReceived: String(cloudSession?.bytesReceived ?? 0),
+              finishReason: finish,
+              timings: { firstTokenMs, totalMs: performance.now() - started, edgeComputeMs: stats.lowerMs, cloudWaitMs: stats.upperMs },
+            },
+          });
+          call.end();
+        } catch (error) {
+          context.log.error({ sessionId, err: (error as Error).message }, "generation failed");
+          const code = error instanceof RuntimeError ? grpc.status.INVALID_ARGUMENT : grpc.status.INTERNAL;
+          call.emit("error", { code, details: (error as Error).message } as grpc.ServiceError);
+        } finally {
+          await cloudSession?.close();
+        }
+      })();
+    },
+  };
+}

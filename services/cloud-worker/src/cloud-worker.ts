@@ -1,0 +1,80 @@
+/**
+ * A cloud worker: the upper segment [split, L) of a checkpoint behind the CloudWorker
+ * gRPC service, with its context manager and decode batcher.
+ */
+import { basename } from "node:path";
+import { loadTandemProtos } from "../../../proto/index.ts";
+import { loadCheckpoint } from "../../../runtime/src/checkpoint/load-checkpoint.ts";
+import { SegmentModel } from "../../../runtime/src/engine/segment-model.ts";
+import { SegmentSessions } from "../../../runtime/src/engine/segment-sessions.ts";
+import { InvalidArgumentError } from "../../../runtime/src/errors.ts";
+import { segmentSpec, type WeightFormat } from "../../../runtime/src/graph/segment-spec.ts";
+import { startGrpcServer, type RunningServer } from "../../../shared/src/grpc-server.ts";
+import type { Logger } from "../../../shared/src/logger.ts";
+import { ContextManager } from "./context-manager.ts";
+import { DecodeBatcher } from "./decode-batcher.ts";
+import { escalationHandlers, type EscalationCounters } from "./escalation-service.ts";
+
+export interface CloudWorkerOptions {
+  modelDir: string;
+  split: number;
+  workerId: string;
+  host?: string;
+  /** 0 picks a free port. */
+  port?: number;
+  memoryBudgetBytes?: number;
+  threads?: number;
+  batching?: boolean;
+  maxBatch?: number;
+  weightFormat?: WeightFormat;
+  cacheDir?: string;
+}
+
+export interface CloudWorker {
+  server: RunningServer;
+  contexts: ContextManager;
+  batcher: DecodeBatcher;
+  counters: EscalationCounters;
+  close(graceMs?: number): Promise<void>;
+}
+
+export async function startCloudWorker(options: CloudWorkerOptions, log: Logger): Promise<CloudWorker> {
+  const checkpoint = await loadCheckpoint(options.modelDir);
+  const layers = checkpoint.config.numLayers;
+  if (!Number.isInteger(options.split) || options.split < 1 || options.split >= layers) {
+    throw new InvalidArgumentError("split", `must be in [1, ${layers - 1}] for a ${layers}-layer model, got ${options.split}`);
+  }
+  const model = await SegmentModel.load(
+    checkpoint,
+    // Logits let the worker sample; they cost little next to the layers.
+    segmentSpec({ fromLayer: options.split, toLayer: layers, finalHead: true, logits: true, weightFormat: options.weightFormat ?? "fp32" }),
+    { threads: options.threads ?? 1, cacheDir: options.cacheDir },
+  );
+  const sessions = new SegmentSessions(model);
+  const batcher = new DecodeBatcher(sessions, { enabled: options.batching ?? true, maxBatch: options.maxBatch });
+  const contexts = new ContextManager(sessions, batcher, { memoryBudgetBytes: options.memoryBudgetBytes });
+  const counters: EscalationCounters = { streams: 0, frames: 0, positions: 0, tokens: 0, rejected: 0, bytesReceived: 0 };
+  const protos = loadTandemProtos();
+  const handlers = escalationHandlers(
+    { workerId: options.workerId, modelId: basename(options.modelDir), weightsHash: checkpoint.weightsHash, split: options.split, config: checkpoint.config },
+    contexts,
+    log,
+    counters,
+  );
+  const server = await startGrpcServer(
+    protos.definition,
+    [{ name: "tandem.v1.CloudWorker", definition: protos.tandem.v1.CloudWorker.service, handlers: handlers as never }],
+    { host: options.host, port: options.port },
+  );
+  log.info({ address: server.address, split: options.split, layers, weightsHash: checkpoint.weightsHash.slice(0, 16) }, "cloud worker serving");
+  return {
+    server,
+    contexts,
+    batcher,
+    counters,
+    async close(graceMs) {
+      await server.shutdown(graceMs);
+      await model.release();
+    },
+  };
+}

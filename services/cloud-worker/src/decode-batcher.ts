@@ -1,0 +1,79 @@
+/**
+ * Batches single-position decode steps of concurrent sessions into one runtime call:
+ * requests that arrive while a batch runs (or within the same tick) form the next batch.
+ * One batched step reads the weights once for every session in it, which is what makes
+ * a memory-bound decode cheaper per token under load.
+ */
+import type { SegmentSessions, SegmentStep } from "../../../runtime/src/engine/segment-sessions.ts";
+
+interface Pending {
+  id: string;
+  hidden: Float32Array;
+  resolve: (step: SegmentStep) => void;
+  reject: (error: unknown) => void;
+}
+
+export interface DecodeBatcherOptions {
+  /** Most sessions in one runtime call. @default 16 */
+  maxBatch?: number;
+  /** Batch nothing: run each step alone (for comparison). @default true */
+  enabled?: boolean;
+}
+
+export class DecodeBatcher {
+  private queue: Pending[] = [];
+  private running = false;
+  private readonly maxBatch: number;
+  private readonly enabled: boolean;
+  /** Histogram of batch sizes, for metrics and benchmarks. */
+  readonly batchSizes = new Map<number, number>();
+
+  constructor(
+    private readonly sessions: SegmentSessions,
+    options: DecodeBatcherOptions = {},
+  ) {
+    this.maxBatch = options.maxBatch ?? 16;
+    this.enabled = options.enabled ?? true;
+  }
+
+  step(id: string, hidden: Float32Array): Promise<SegmentStep> {
+    if (!this.enabled) return this.sessions.forward(id, { hidden, count: 1 });
+    return new Promise((resolve, reject) => {
+      this.queue.push({ id, hidden, resolve, reject });
+      if (!this.running) setImmediate(() => void this.drain());
+    });
+  }
+
+  private async drain(): Promise<void> {
+    if (this.running) return;
+    this.running = true;
+    try {
+      while (this.queue.length > 0) {
+        // One entry per session per batch; a session's second request waits for the next.
+        const batch: Pending[] = [];
+        const rest: Pending[] = [];
+        const seen = new Set<string>();
+        for (const item of this.queue) {
+          if (batch.length < this.maxBatch && !seen.has(item.id)) {
+            batch.push(item);
+            seen.add(item.id);
+          } else {
+            rest.push(item);
+          }
+        }
+        this.queue = rest;
+        this.batchSizes.set(batch.length, (this.batchSizes.get(batch.length) ?? 0) + 1);
+        try {
+          const steps = await this.sessions.forwardBatch(batch.map((b) => ({ id: b.id, input: { hidden: b.hidden, count: 1 } })));
+          batch.forEach((b, i) => b.resolve(steps[i]));
+        } catch {
+          // A batch fails as a whole (e.g. one session released mid-flight): run each
+          // alone so one bad session fails only its own request, with its own error.
+          for (const b of batch) this.sessions.forward(b.id, { hidden: b.hidden, count: 1 }).then(b.resolve, b.reject);
+        }
+      }
+    } finally {
+      this.running = false;
+    }
+  }
+}

@@ -1,0 +1,67 @@
+/**
+ * What every Tandem gRPC server has: standard health checking, server reflection, a
+ * bound port, and a graceful shutdown that reports NOT_SERVING, drains open streams for
+ * a grace period, then cancels what is left.
+ */
+import * as grpc from "@grpc/grpc-js";
+import { ReflectionService } from "@grpc/reflection";
+import { HealthImplementation } from "grpc-health-check";
+import type { PackageDefinition } from "@grpc/proto-loader";
+
+export interface ServingOptions {
+  /** @default "127.0.0.1" */
+  host?: string;
+  /** 0 picks a free port. @default 0 */
+  port?: number;
+  /** Largest message accepted, bytes. @default 64 MiB */
+  maxReceiveMessageBytes?: number;
+}
+
+export interface RunningServer {
+  server: grpc.Server;
+  health: HealthImplementation;
+  port: number;
+  address: string;
+  /** Stops accepting calls, lets open ones finish for `graceMs`, then cancels them. */
+  shutdown(graceMs?: number): Promise<void>;
+}
+
+export async function startGrpcServer(
+  packageDefinition: PackageDefinition,
+  services: { name: string; definition: grpc.ServiceDefinition; handlers: grpc.UntypedServiceImplementation }[],
+  options: ServingOptions = {},
+): Promise<RunningServer> {
+  const server = new grpc.Server({
+    "grpc.max_receive_message_length": options.maxReceiveMessageBytes ?? 64 * 2 ** 20,
+    "grpc.keepalive_permit_without_calls": 1,
+    "grpc.http2.min_ping_interval_without_data_ms": 5000,
+  });
+  const health = new HealthImplementation({ "": "NOT_SERVING", ...Object.fromEntries(services.map((s) => [s.name, "NOT_SERVING" as const])) });
+  health.addToServer(server);
+  new ReflectionService(packageDefinition).addToServer(server);
+  for (const service of services) server.addService(service.definition, service.handlers);
+  const host = options.host ?? "127.0.0.1";
+  const port = await new Promise<number>((resolve, reject) =>
+    server.bindAsync(`${host}:${options.port ?? 0}`, grpc.ServerCredentials.createInsecure(), (error, bound) => (error ? reject(error) : resolve(bound))),
+  );
+  for (const name of ["", ...services.map((s) => s.name)]) health.setStatus(name, "SERVING");
+  return {
+    server,
+    health,
+    port,
+    address: `${host}:${port}`,
+    async shutdown(graceMs = 5000) {
+      for (const name of ["", ...services.map((s) => s.name)]) health.setStatus(name, "NOT_SERVING");
+      await new Promise<void>((resolve) => {
+        const timer = setTimeout(() => {
+          server.forceShutdown();
+          resolve();
+        }, graceMs);
+        server.tryShutdown(() => {
+          clearTimeout(timer);
+          resolve();
+        });
+      });
+    },
+  };
+}
