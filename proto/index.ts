@@ -21,12 +21,17 @@ export const LOADER_OPTIONS: protoLoader.Options = {
   includeDirs: [PROTO_DIR],
 };
 
-let loaded: { definition: protoLoader.PackageDefinition; tandem: (InferenceProto & CloudWorkerProto)["tandem"] } | undefined;
+let loaded:
+  | { definition: protoLoader.PackageDefinition; tandem: (InferenceProto & CloudWorkerProto)["tandem"] }
+  | undefined;
 
 /** The package definition (for reflection) and the typed `tandem.v1` namespace. */
 export function loadTandemProtos(): NonNullable<typeof loaded> {
   if (!loaded) {
-    const definition = protoLoader.loadSync(PROTO_FILES.map((f) => join(PROTO_DIR, f)), LOADER_OPTIONS);
+    const definition = protoLoader.loadSync(
+      PROTO_FILES.map((f) => join(PROTO_DIR, f)),
+      LOADER_OPTIONS,
+    );
     const root = grpc.loadPackageDefinition(definition) as unknown as InferenceProto & CloudWorkerProto;
     loaded = { definition, tandem: root.tandem };
   }

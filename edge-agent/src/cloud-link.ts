@@ -6,10 +6,24 @@
  * waiting on a dead cloud.
  */
 import * as grpc from "@grpc/grpc-js";
-import { loadTandemProtos, type CloudMessage__Output, type CloudWorkerClient, type EdgeMessage } from "../../proto/index.ts";
-import { getCodec, type CodecName, type HiddenStateCodec } from "../../runtime/src/codec/hidden-state-codec.ts";
+import {
+  loadTandemProtos,
+  type CloudMessage__Output,
+  type CloudWorkerClient,
+  type EdgeMessage,
+} from "../../proto/index.ts";
+import {
+  getCodec,
+  type CodecName,
+  type HiddenStateCodec,
+} from "../../runtime/src/codec/hidden-state-codec.ts";
 import type { SamplingOptions } from "../../runtime/src/generation/sampler.ts";
-import { ContextLostError, UpperUnavailableError, type UpperAnswer, type UpperSegment } from "../../runtime/src/generation/split-generator.ts";
+import {
+  ContextLostError,
+  UpperUnavailableError,
+  type UpperAnswer,
+  type UpperSegment,
+} from "../../runtime/src/generation/split-generator.ts";
 
 export interface CloudLinkOptions {
   /** host:port of the cloud worker. */
@@ -109,18 +123,34 @@ export class CloudSession implements UpperSegment {
     readonly sessionId: string,
   ) {}
 
-  async extend(start: number, hidden: Float32Array, count: number, wantToken: boolean, sampling: SamplingOptions): Promise<UpperAnswer | undefined> {
+  async extend(
+    start: number,
+    hidden: Float32Array,
+    count: number,
+    wantToken: boolean,
+    sampling: SamplingOptions,
+  ): Promise<UpperAnswer | undefined> {
     if (!this.link.available()) throw new UpperUnavailableError("cloud worker unreachable (backing off)");
     const contextLength = await this.ensureOpen();
     if (this.openedLength !== undefined) {
       // A fresh stream: the worker says how much of the session it holds. Send from there.
       this.openedLength = undefined;
-      if (contextLength < start) throw new ContextLostError(contextLength, "worker holds less context than expected");
+      if (contextLength < start)
+        throw new ContextLostError(contextLength, "worker holds less context than expected");
     }
     const payload = this.link.codec.encode(hidden, count, this.link.identity.hiddenSize);
     const requestId = String(this.nextRequestId++);
     const message: EdgeMessage = {
-      frame: { start, count, payload, wantToken, requestId, temperature: sampling.temperature, topP: sampling.topP, seed: sampling.seed.toString() },
+      frame: {
+        start,
+        count,
+        payload,
+        wantToken,
+        requestId,
+        temperature: sampling.temperature,
+        topP: sampling.topP,
+        seed: sampling.seed.toString(),
+      },
     };
     this.write(message);
     if (!wantToken) return undefined;
@@ -150,7 +180,11 @@ export class CloudSession implements UpperSegment {
   /** Bytes of the message on the wire (protobuf encoding; gRPC adds 5 bytes of framing). */
   private serializedSize(direction: "request" | "response", message: object): number {
     const method = loadTandemProtos().tandem.v1.CloudWorker.service.Escalate;
-    return (direction === "request" ? method.requestSerialize(message as never) : method.responseSerialize(message as never)).length;
+    return (
+      direction === "request"
+        ? method.requestSerialize(message as never)
+        : method.responseSerialize(message as never)
+    ).length;
   }
 
   /** Opens the stream if needed; resolves with the worker's context length for this session. */
@@ -160,7 +194,11 @@ export class CloudSession implements UpperSegment {
     this.stream = stream;
     this.opened = new Promise<number>((resolve, reject) => {
       const timer = setTimeout(() => {
-        fail(new UpperUnavailableError(`cloud worker did not open the session within ${this.link.deadlineMs} ms`));
+        fail(
+          new UpperUnavailableError(
+            `cloud worker did not open the session within ${this.link.deadlineMs} ms`,
+          ),
+        );
       }, this.link.deadlineMs);
       const fail = (error: Error) => {
         clearTimeout(timer);
@@ -199,12 +237,28 @@ export class CloudSession implements UpperSegment {
         }
       });
       stream.on("error", (error: grpc.ServiceError) => {
-        const invalid = error.code === grpc.status.INVALID_ARGUMENT || error.code === grpc.status.FAILED_PRECONDITION;
+        const invalid =
+          error.code === grpc.status.INVALID_ARGUMENT || error.code === grpc.status.FAILED_PRECONDITION;
         // A rejected frame is the edge's bug, not an outage: surface it as such.
-        fail(invalid ? new Error(`cloud worker rejected the session: ${error.details}`) : new UpperUnavailableError(`cloud stream failed: ${error.details || error.message}`, { cause: error }));
+        fail(
+          invalid
+            ? new Error(`cloud worker rejected the session: ${error.details}`)
+            : new UpperUnavailableError(`cloud stream failed: ${error.details || error.message}`, {
+                cause: error,
+              }),
+        );
       });
       stream.on("end", () => fail(new UpperUnavailableError("cloud worker ended the stream")));
-      stream.write({ open: { sessionId: this.sessionId, modelId: this.link.identity.modelId, weightsHash: this.link.identity.weightsHash, splitLayer: this.link.identity.splitLayer, codec: CODEC_ENUM[this.link.codec.name], hiddenSize: this.link.identity.hiddenSize } } as EdgeMessage);
+      stream.write({
+        open: {
+          sessionId: this.sessionId,
+          modelId: this.link.identity.modelId,
+          weightsHash: this.link.identity.weightsHash,
+          splitLayer: this.link.identity.splitLayer,
+          codec: CODEC_ENUM[this.link.codec.name],
+          hiddenSize: this.link.identity.hiddenSize,
+        },
+      } as EdgeMessage);
     });
     // Avoid an unhandled rejection when nobody awaits a failed open.
     this.opened.catch(() => undefined);

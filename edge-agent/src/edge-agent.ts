@@ -5,7 +5,12 @@
 import { existsSync, readFileSync } from "node:fs";
 import { basename, join } from "node:path";
 import { loadTandemProtos } from "../../proto/index.ts";
-import { calibratedExitHeads, checkCalibrationMatches, policyForTarget, readCalibration } from "../../runtime/src/calibration/calibration-file.ts";
+import {
+  calibratedExitHeads,
+  checkCalibrationMatches,
+  policyForTarget,
+  readCalibration,
+} from "../../runtime/src/calibration/calibration-file.ts";
 import { loadCheckpoint } from "../../runtime/src/checkpoint/load-checkpoint.ts";
 import type { CodecName } from "../../runtime/src/codec/hidden-state-codec.ts";
 import { SegmentModel } from "../../runtime/src/engine/segment-model.ts";
@@ -27,20 +32,39 @@ export interface EdgeAgent {
   close(graceMs?: number): Promise<void>;
 }
 
-export async function startEdgeAgent(config: EdgeConfig, log: Logger, options: { cacheDir?: string } = {}): Promise<EdgeAgent> {
+export async function startEdgeAgent(
+  config: EdgeConfig,
+  log: Logger,
+  options: { cacheDir?: string } = {},
+): Promise<EdgeAgent> {
   const checkpoint = await loadCheckpoint(config.model);
-  if (!checkpoint.tokenizerPath) throw new InvalidArgumentError("model", `${config.model} has no tokenizer.json`);
+  if (!checkpoint.tokenizerPath)
+    throw new InvalidArgumentError("model", `${config.model} has no tokenizer.json`);
   const tokenizer = await Tokenizer.fromFile(checkpoint.tokenizerPath);
   const calibration = config.calibration ? await readCalibration(config.calibration) : undefined;
   if (calibration && config.calibration) checkCalibrationMatches(calibration, checkpoint, config.calibration);
 
   const deploymentPath = join(config.model, "tandem.json");
-  const deployment = existsSync(deploymentPath) ? (JSON.parse(readFileSync(deploymentPath, "utf8")) as { exit_layers: number[]; recommended_split: number }) : undefined;
+  const deployment = existsSync(deploymentPath)
+    ? (JSON.parse(readFileSync(deploymentPath, "utf8")) as {
+        exit_layers: number[];
+        recommended_split: number;
+      })
+    : undefined;
   const split = config.split ?? calibration?.summary.split ?? deployment?.recommended_split;
-  if (split === undefined) throw new InvalidArgumentError("split", "set split (no calibration file and no tandem.json to take it from)");
-  if (calibration && calibration.summary.split !== split) throw new InvalidArgumentError("split", `calibration was made for split ${calibration.summary.split}, config says ${split}`);
+  if (split === undefined)
+    throw new InvalidArgumentError(
+      "split",
+      "set split (no calibration file and no tandem.json to take it from)",
+    );
+  if (calibration && calibration.summary.split !== split)
+    throw new InvalidArgumentError(
+      "split",
+      `calibration was made for split ${calibration.summary.split}, config says ${split}`,
+    );
   const layers = checkpoint.config.numLayers;
-  if (split < 1 || split >= layers) throw new InvalidArgumentError("split", `must be in [1, ${layers - 1}], got ${split}`);
+  if (split < 1 || split >= layers)
+    throw new InvalidArgumentError("split", `must be in [1, ${layers - 1}], got ${split}`);
 
   let exits: ExitHeadSpec[];
   let autoPolicy: () => ThresholdExitPolicy;
@@ -49,21 +73,49 @@ export async function startEdgeAgent(config: EdgeConfig, log: Logger, options: {
     const thresholds = policyForTarget(calibration, config.target).thresholds;
     autoPolicy = () => new ThresholdExitPolicy(thresholds);
   } else {
-    const layersList = config.exitLayers ? config.exitLayers.split(",").map(Number) : deployment?.exit_layers ?? [split];
-    for (const l of layersList) if (!Number.isInteger(l) || l < 1 || l > split) throw new InvalidArgumentError("exitLayers", `${l} is outside [1, ${split}]`);
+    const layersList = config.exitLayers
+      ? config.exitLayers.split(",").map(Number)
+      : (deployment?.exit_layers ?? [split]);
+    for (const l of layersList)
+      if (!Number.isInteger(l) || l < 1 || l > split)
+        throw new InvalidArgumentError("exitLayers", `${l} is outside [1, ${split}]`);
     exits = layersList.map((afterLayer) => ({ afterLayer }));
-    autoPolicy = () => new ThresholdExitPolicy(layersList.map((afterLayer) => ({ afterLayer, metric: config.metric as ConfidenceMetric, threshold: config.threshold })));
+    autoPolicy = () =>
+      new ThresholdExitPolicy(
+        layersList.map((afterLayer) => ({
+          afterLayer,
+          metric: config.metric as ConfidenceMetric,
+          threshold: config.threshold,
+        })),
+      );
   }
   const lowerModel = await SegmentModel.load(
     checkpoint,
-    segmentSpec({ fromLayer: 0, toLayer: split, exits, outputHidden: true, logits: true, weightFormat: config.weights as WeightFormat }),
+    segmentSpec({
+      fromLayer: 0,
+      toLayer: split,
+      exits,
+      outputHidden: true,
+      logits: true,
+      weightFormat: config.weights as WeightFormat,
+    }),
     { threads: config.threads, cacheDir: options.cacheDir },
   );
   const lower = new SegmentSessions(lowerModel);
   const cloud = config.cloudAddress
     ? new CloudLink(
-        { address: config.cloudAddress, codec: config.codec as CodecName, deadlineMs: config.cloudDeadlineMs, keepaliveMs: config.keepaliveMs },
-        { modelId: basename(config.model), weightsHash: checkpoint.weightsHash, splitLayer: split, hiddenSize: checkpoint.config.hiddenSize },
+        {
+          address: config.cloudAddress,
+          codec: config.codec as CodecName,
+          deadlineMs: config.cloudDeadlineMs,
+          keepaliveMs: config.keepaliveMs,
+        },
+        {
+          modelId: basename(config.model),
+          weightsHash: checkpoint.weightsHash,
+          splitLayer: split,
+          hiddenSize: checkpoint.config.hiddenSize,
+        },
       )
     : undefined;
 
@@ -85,11 +137,30 @@ export async function startEdgeAgent(config: EdgeConfig, log: Logger, options: {
     },
     log,
   });
-  const server = await startGrpcServer(protos.definition, [{ name: "tandem.v1.Inference", definition: protos.tandem.v1.Inference.service, handlers: handlers as never }], {
-    host: config.host,
-    port: config.port,
-  });
-  log.info({ address: server.address, split, exits: exits.map((e) => e.afterLayer), cloud: config.cloudAddress ?? null, calibrated: Boolean(calibration) }, "edge agent serving");
+  const server = await startGrpcServer(
+    protos.definition,
+    [
+      {
+        name: "tandem.v1.Inference",
+        definition: protos.tandem.v1.Inference.service,
+        handlers: handlers as never,
+      },
+    ],
+    {
+      host: config.host,
+      port: config.port,
+    },
+  );
+  log.info(
+    {
+      address: server.address,
+      split,
+      exits: exits.map((e) => e.afterLayer),
+      cloud: config.cloudAddress ?? null,
+      calibrated: Boolean(calibration),
+    },
+    "edge agent serving",
+  );
   return {
     server,
     split,

@@ -9,7 +9,14 @@ import type { GenerateEvent, GenerateRequest__Output, InferenceHandlers } from "
 import type { ModelConfig } from "../../runtime/src/checkpoint/model-config.ts";
 import type { SegmentSessions } from "../../runtime/src/engine/segment-sessions.ts";
 import { RuntimeError } from "../../runtime/src/errors.ts";
-import { AlwaysDeferPolicy, AlwaysExitPolicy, BudgetExitPolicy, ThresholdExitPolicy, type ConfidenceMetric, type ExitPolicy } from "../../runtime/src/exits/exit-policy.ts";
+import {
+  AlwaysDeferPolicy,
+  AlwaysExitPolicy,
+  BudgetExitPolicy,
+  ThresholdExitPolicy,
+  type ConfidenceMetric,
+  type ExitPolicy,
+} from "../../runtime/src/exits/exit-policy.ts";
 import type { SamplingOptions } from "../../runtime/src/generation/sampler.ts";
 import { SplitGenerator, type TokenSource } from "../../runtime/src/generation/split-generator.ts";
 import { IncrementalDecoder, type Tokenizer } from "../../runtime/src/tokenizer/tokenizer.ts";
@@ -26,7 +33,14 @@ export interface InferenceContext {
   /** A new policy for AUTO mode, per session (policies may keep state). */
   autoPolicy: () => ExitPolicy;
   exitLayers: number[];
-  limits: { maxTokensLimit: number; defaultMaxTokens: number; maxPromptTokens: number; maxStops: number; maxStopLength: number; maxPromptChars: number };
+  limits: {
+    maxTokensLimit: number;
+    defaultMaxTokens: number;
+    maxPromptTokens: number;
+    maxStops: number;
+    maxStopLength: number;
+    maxPromptChars: number;
+  };
   log: Logger;
 }
 
@@ -60,53 +74,110 @@ function validate(request: GenerateRequest__Output, context: InferenceContext): 
   let ids: number[];
   if (request.prompt === "text") {
     if (!request.text) throw invalid("prompt.text: must not be empty");
-    if (request.text.length > limits.maxPromptChars) throw invalid(`prompt.text: ${request.text.length} characters exceed the limit ${limits.maxPromptChars}`);
+    if (request.text.length > limits.maxPromptChars)
+      throw invalid(
+        `prompt.text: ${request.text.length} characters exceed the limit ${limits.maxPromptChars}`,
+      );
     ids = context.tokenizer.encode(request.text);
   } else if (request.prompt === "tokenIds") {
     ids = request.tokenIds?.ids ?? [];
     const bad = ids.findIndex((id) => id >= config.vocabSize);
-    if (bad >= 0) throw invalid(`prompt.token_ids[${bad}]: ${ids[bad]} is outside the vocabulary [0, ${config.vocabSize})`);
+    if (bad >= 0)
+      throw invalid(
+        `prompt.token_ids[${bad}]: ${ids[bad]} is outside the vocabulary [0, ${config.vocabSize})`,
+      );
   } else {
     throw invalid("prompt: set text or token_ids");
   }
   if (ids.length === 0) throw invalid("prompt: encodes to no tokens");
-  if (ids.length > limits.maxPromptTokens) throw invalid(`prompt: ${ids.length} tokens exceed the limit ${limits.maxPromptTokens}`);
+  if (ids.length > limits.maxPromptTokens)
+    throw invalid(`prompt: ${ids.length} tokens exceed the limit ${limits.maxPromptTokens}`);
   const maxTokens = request.maxTokens === 0 ? limits.defaultMaxTokens : request.maxTokens;
-  if (maxTokens > limits.maxTokensLimit) throw invalid(`max_tokens: ${maxTokens} exceeds the limit ${limits.maxTokensLimit}`);
-  if (ids.length + maxTokens > config.maxPositions) throw invalid(`max_tokens: prompt + max_tokens = ${ids.length + maxTokens} exceeds the model's ${config.maxPositions} positions`);
-  if (request.stop.length > limits.maxStops) throw invalid(`stop: at most ${limits.maxStops} sequences, got ${request.stop.length}`);
+  if (maxTokens > limits.maxTokensLimit)
+    throw invalid(`max_tokens: ${maxTokens} exceeds the limit ${limits.maxTokensLimit}`);
+  if (ids.length + maxTokens > config.maxPositions)
+    throw invalid(
+      `max_tokens: prompt + max_tokens = ${ids.length + maxTokens} exceeds the model's ${config.maxPositions} positions`,
+    );
+  if (request.stop.length > limits.maxStops)
+    throw invalid(`stop: at most ${limits.maxStops} sequences, got ${request.stop.length}`);
   request.stop.forEach((s, i) => {
-    if (s.length === 0 || s.length > limits.maxStopLength) throw invalid(`stop[${i}]: must hold 1 to ${limits.maxStopLength} characters`);
+    if (s.length === 0 || s.length > limits.maxStopLength)
+      throw invalid(`stop[${i}]: must hold 1 to ${limits.maxStopLength} characters`);
   });
   const sampling = request.sampling ?? { temperature: 0, topP: 0, seed: "0" };
-  if (!(sampling.temperature >= 0 && sampling.temperature <= 100)) throw invalid(`sampling.temperature: must be in [0, 100], got ${sampling.temperature}`);
-  if (!(sampling.topP >= 0 && sampling.topP <= 1)) throw invalid(`sampling.top_p: must be in [0, 1], got ${sampling.topP}`);
+  if (!(sampling.temperature >= 0 && sampling.temperature <= 100))
+    throw invalid(`sampling.temperature: must be in [0, 100], got ${sampling.temperature}`);
+  if (!(sampling.topP >= 0 && sampling.topP <= 1))
+    throw invalid(`sampling.top_p: must be in [0, 1], got ${sampling.topP}`);
   const mode = request.mode as ValidRequest["mode"];
-  if (!["MODE_AUTO", "MODE_EDGE_ONLY", "MODE_CLOUD_ONLY"].includes(mode)) throw invalid(`mode: unknown value ${request.mode}`);
-  if (mode === "MODE_CLOUD_ONLY" && !context.cloud) throw new RequestError(grpc.status.FAILED_PRECONDITION, "mode: CLOUD_ONLY needs a cloud worker, and this agent has none configured");
+  if (!["MODE_AUTO", "MODE_EDGE_ONLY", "MODE_CLOUD_ONLY"].includes(mode))
+    throw invalid(`mode: unknown value ${request.mode}`);
+  if (mode === "MODE_CLOUD_ONLY" && !context.cloud)
+    throw new RequestError(
+      grpc.status.FAILED_PRECONDITION,
+      "mode: CLOUD_ONLY needs a cloud worker, and this agent has none configured",
+    );
 
   let policy = context.autoPolicy;
   const override = request.exitPolicy;
-  if (override && (override.metric !== "CONFIDENCE_METRIC_UNSPECIFIED" || override.targetEscalationRate !== 0)) {
+  if (
+    override &&
+    (override.metric !== "CONFIDENCE_METRIC_UNSPECIFIED" || override.targetEscalationRate !== 0)
+  ) {
     const metric = METRICS[override.metric] ?? "prob";
     if (override.targetEscalationRate !== 0) {
-      if (!(override.targetEscalationRate > 0 && override.targetEscalationRate < 1)) throw invalid(`exit_policy.target_escalation_rate: must be in (0, 1), got ${override.targetEscalationRate}`);
+      if (!(override.targetEscalationRate > 0 && override.targetEscalationRate < 1))
+        throw invalid(
+          `exit_policy.target_escalation_rate: must be in (0, 1), got ${override.targetEscalationRate}`,
+        );
       policy = () => new BudgetExitPolicy(override.targetEscalationRate, metric);
     } else {
       if (!Number.isFinite(override.threshold)) throw invalid("exit_policy.threshold: must be finite");
-      policy = () => new ThresholdExitPolicy(context.exitLayers.map((afterLayer) => ({ afterLayer, metric, threshold: override.threshold })));
+      policy = () =>
+        new ThresholdExitPolicy(
+          context.exitLayers.map((afterLayer) => ({ afterLayer, metric, threshold: override.threshold })),
+        );
     }
   }
   if (mode === "MODE_EDGE_ONLY") policy = () => new AlwaysExitPolicy();
   if (mode === "MODE_CLOUD_ONLY") policy = () => new AlwaysDeferPolicy();
-  return { ids, maxTokens, stops: request.stop, sampling: { temperature: sampling.temperature, topP: sampling.topP, seed: BigInt(sampling.seed) }, mode, policy };
+  return {
+    ids,
+    maxTokens,
+    stops: request.stop,
+    sampling: { temperature: sampling.temperature, topP: sampling.topP, seed: BigInt(sampling.seed) },
+    mode,
+    policy,
+  };
 }
 
-const SOURCES: Record<TokenSource, "TOKEN_SOURCE_EDGE" | "TOKEN_SOURCE_CLOUD" | "TOKEN_SOURCE_EDGE_FALLBACK"> = {
+const SOURCES: Record<
+  TokenSource,
+  "TOKEN_SOURCE_EDGE" | "TOKEN_SOURCE_CLOUD" | "TOKEN_SOURCE_EDGE_FALLBACK"
+> = {
   edge: "TOKEN_SOURCE_EDGE",
   cloud: "TOKEN_SOURCE_CLOUD",
   edge_fallback: "TOKEN_SOURCE_EDGE_FALLBACK",
 };
+
+/**
+ * Waits until the stream can take more (HTTP/2 flow control), so a slow reader slows the
+ * generation instead of letting events pile up in memory; gives up if the call ends.
+ */
+function drained(call: grpc.ServerWritableStream<unknown, unknown>): Promise<void> {
+  return new Promise((resolve) => {
+    const done = () => {
+      call.off("drain", done);
+      call.off("cancelled", done);
+      call.off("close", done);
+      resolve();
+    };
+    call.on("drain", done);
+    call.on("cancelled", done);
+    call.on("close", done);
+  });
+}
 
 export function inferenceHandlers(context: InferenceContext): InferenceHandlers {
   return {
@@ -116,7 +187,10 @@ export function inferenceHandlers(context: InferenceContext): InferenceHandlers 
         try {
           request = validate(call.request, context);
         } catch (error) {
-          const e = error instanceof RequestError ? error : new RequestError(grpc.status.INVALID_ARGUMENT, (error as Error).message);
+          const e =
+            error instanceof RequestError
+              ? error
+              : new RequestError(grpc.status.INVALID_ARGUMENT, (error as Error).message);
           call.emit("error", { code: e.code, details: e.message } as grpc.ServiceError);
           return;
         }
@@ -124,23 +198,36 @@ export function inferenceHandlers(context: InferenceContext): InferenceHandlers 
         const started = performance.now();
         let firstTokenMs = 0;
         let cloudSession: CloudSession | undefined;
-        if (request.mode !== "MODE_EDGE_ONLY" && context.cloud) cloudSession = context.cloud.session(sessionId);
+        if (request.mode !== "MODE_EDGE_ONLY" && context.cloud)
+          cloudSession = context.cloud.session(sessionId);
         const generator = new SplitGenerator(context.lower, cloudSession, request.policy(), sessionId);
         const decoder = new IncrementalDecoder(context.tokenizer);
         const stops = new StopSequenceFilter(request.stops);
-        let finish: "FINISH_REASON_LENGTH" | "FINISH_REASON_STOP" | "FINISH_REASON_EOS" = "FINISH_REASON_LENGTH";
+        let finish: "FINISH_REASON_LENGTH" | "FINISH_REASON_STOP" | "FINISH_REASON_EOS" =
+          "FINISH_REASON_LENGTH";
         const eos = new Set(context.config.eosTokenId ?? []);
         // Each event is written when the next token arrives, so text held back at the end
         // (a partial stop sequence, an unfinished character) can join the last event.
         let previous: GenerateEvent | undefined;
         try {
-          for await (const token of generator.generate(request.ids, { maxTokens: request.maxTokens, stopTokenIds: [...eos], sampling: request.sampling })) {
+          for await (const token of generator.generate(request.ids, {
+            maxTokens: request.maxTokens,
+            stopTokenIds: [...eos],
+            sampling: request.sampling,
+          })) {
             if (call.cancelled) break;
             if (firstTokenMs === 0) firstTokenMs = performance.now() - started;
             const text = eos.has(token.token) ? "" : stops.push(decoder.push(token.token));
-            if (previous) call.write(previous);
+            if (previous && !call.write(previous)) await drained(call);
             previous = {
-              token: { id: token.token, text, source: SOURCES[token.source], exitLayer: token.exitLayer, confidence: token.confidence, position: token.position },
+              token: {
+                id: token.token,
+                text,
+                source: SOURCES[token.source],
+                exitLayer: token.exitLayer,
+                confidence: token.confidence,
+                position: token.position,
+              },
             };
             if (eos.has(token.token)) {
               finish = "FINISH_REASON_EOS";
@@ -167,7 +254,12 @@ export function inferenceHandlers(context: InferenceContext): InferenceHandlers 
               bytesSent: String(cloudSession?.bytesSent ?? 0),
               bytesReceived: String(cloudSession?.bytesReceived ?? 0),
               finishReason: finish,
-              timings: { firstTokenMs, totalMs: performance.now() - started, edgeComputeMs: stats.lowerMs, cloudWaitMs: stats.upperMs },
+              timings: {
+                firstTokenMs,
+                totalMs: performance.now() - started,
+                edgeComputeMs: stats.lowerMs,
+                cloudWaitMs: stats.upperMs,
+              },
             },
           });
           call.end();

@@ -11,7 +11,9 @@ import { startEdgeAgent } from "./edge-agent.ts";
 export async function main(argv: string[]): Promise<number> {
   const { file, help, overrides } = parseConfigArgs(EDGE_CONFIG_SCHEMA, argv);
   if (help) {
-    console.log(`usage: tandem-edge [--config FILE] [--key value ...]\n\n${describeSchema(EDGE_CONFIG_SCHEMA, "TANDEM_EDGE")}`);
+    console.log(
+      `usage: tandem-edge [--config FILE] [--key value ...]\n\n${describeSchema(EDGE_CONFIG_SCHEMA, "TANDEM_EDGE")}`,
+    );
     return 0;
   }
   const config = loadConfig(EDGE_CONFIG_SCHEMA, { file, envPrefix: "TANDEM_EDGE", overrides });

@@ -28,7 +28,11 @@ export interface RunningServer {
 
 export async function startGrpcServer(
   packageDefinition: PackageDefinition,
-  services: { name: string; definition: grpc.ServiceDefinition; handlers: grpc.UntypedServiceImplementation }[],
+  services: {
+    name: string;
+    definition: grpc.ServiceDefinition;
+    handlers: grpc.UntypedServiceImplementation;
+  }[],
   options: ServingOptions = {},
 ): Promise<RunningServer> {
   const server = new grpc.Server({
@@ -36,13 +40,20 @@ export async function startGrpcServer(
     "grpc.keepalive_permit_without_calls": 1,
     "grpc.http2.min_ping_interval_without_data_ms": 5000,
   });
-  const health = new HealthImplementation({ "": "NOT_SERVING", ...Object.fromEntries(services.map((s) => [s.name, "NOT_SERVING" as const])) });
+  const health = new HealthImplementation({
+    "": "NOT_SERVING",
+    ...Object.fromEntries(services.map((s) => [s.name, "NOT_SERVING" as const])),
+  });
   health.addToServer(server);
   new ReflectionService(packageDefinition).addToServer(server);
   for (const service of services) server.addService(service.definition, service.handlers);
   const host = options.host ?? "127.0.0.1";
   const port = await new Promise<number>((resolve, reject) =>
-    server.bindAsync(`${host}:${options.port ?? 0}`, grpc.ServerCredentials.createInsecure(), (error, bound) => (error ? reject(error) : resolve(bound))),
+    server.bindAsync(
+      `${host}:${options.port ?? 0}`,
+      grpc.ServerCredentials.createInsecure(),
+      (error, bound) => (error ? reject(error) : resolve(bound)),
+    ),
   );
   for (const name of ["", ...services.map((s) => s.name)]) health.setStatus(name, "SERVING");
   return {

@@ -5,5 +5,8 @@ export type { Logger };
 
 /** @param level from $TANDEM_LOG_LEVEL, default "info" */
 export function createLogger(component: string, fields: Record<string, unknown> = {}): Logger {
-  return pino({ level: process.env.TANDEM_LOG_LEVEL ?? "info", base: { component, ...fields } }, pino.destination(2));
+  return pino(
+    { level: process.env.TANDEM_LOG_LEVEL ?? "info", base: { component, ...fields } },
+    pino.destination(2),
+  );
 }

@@ -42,31 +42,70 @@ export async function startCloudWorker(options: CloudWorkerOptions, log: Logger)
   const checkpoint = await loadCheckpoint(options.modelDir);
   const layers = checkpoint.config.numLayers;
   if (!Number.isInteger(options.split) || options.split < 1 || options.split >= layers) {
-    throw new InvalidArgumentError("split", `must be in [1, ${layers - 1}] for a ${layers}-layer model, got ${options.split}`);
+    throw new InvalidArgumentError(
+      "split",
+      `must be in [1, ${layers - 1}] for a ${layers}-layer model, got ${options.split}`,
+    );
   }
   const model = await SegmentModel.load(
     checkpoint,
     // Logits let the worker sample; they cost little next to the layers.
-    segmentSpec({ fromLayer: options.split, toLayer: layers, finalHead: true, logits: true, weightFormat: options.weightFormat ?? "fp32" }),
+    segmentSpec({
+      fromLayer: options.split,
+      toLayer: layers,
+      finalHead: true,
+      logits: true,
+      weightFormat: options.weightFormat ?? "fp32",
+    }),
     { threads: options.threads ?? 1, cacheDir: options.cacheDir },
   );
   const sessions = new SegmentSessions(model);
-  const batcher = new DecodeBatcher(sessions, { enabled: options.batching ?? true, maxBatch: options.maxBatch });
+  const batcher = new DecodeBatcher(sessions, {
+    enabled: options.batching ?? true,
+    maxBatch: options.maxBatch,
+  });
   const contexts = new ContextManager(sessions, batcher, { memoryBudgetBytes: options.memoryBudgetBytes });
-  const counters: EscalationCounters = { streams: 0, frames: 0, positions: 0, tokens: 0, rejected: 0, bytesReceived: 0 };
+  const counters: EscalationCounters = {
+    streams: 0,
+    frames: 0,
+    positions: 0,
+    tokens: 0,
+    rejected: 0,
+    bytesReceived: 0,
+  };
   const protos = loadTandemProtos();
   const handlers = escalationHandlers(
-    { workerId: options.workerId, modelId: basename(options.modelDir), weightsHash: checkpoint.weightsHash, split: options.split, config: checkpoint.config },
+    {
+      workerId: options.workerId,
+      modelId: basename(options.modelDir),
+      weightsHash: checkpoint.weightsHash,
+      split: options.split,
+      config: checkpoint.config,
+    },
     contexts,
     log,
     counters,
   );
   const server = await startGrpcServer(
     protos.definition,
-    [{ name: "tandem.v1.CloudWorker", definition: protos.tandem.v1.CloudWorker.service, handlers: handlers as never }],
+    [
+      {
+        name: "tandem.v1.CloudWorker",
+        definition: protos.tandem.v1.CloudWorker.service,
+        handlers: handlers as never,
+      },
+    ],
     { host: options.host, port: options.port },
   );
-  log.info({ address: server.address, split: options.split, layers, weightsHash: checkpoint.weightsHash.slice(0, 16) }, "cloud worker serving");
+  log.info(
+    {
+      address: server.address,
+      split: options.split,
+      layers,
+      weightsHash: checkpoint.weightsHash.slice(0, 16),
+    },
+    "cloud worker serving",
+  );
   return {
     server,
     contexts,

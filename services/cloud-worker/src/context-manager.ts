@@ -49,9 +49,16 @@ export class ContextManager {
     this.inFlight.set(sessionId, (this.inFlight.get(sessionId) ?? 0) + 1);
     try {
       const length = this.sessions.length(sessionId);
-      if (start > length) throw new ContextLostError(length, `worker holds ${length} positions of session ${sessionId}, frame starts at ${start}`);
+      if (start > length)
+        throw new ContextLostError(
+          length,
+          `worker holds ${length} positions of session ${sessionId}, frame starts at ${start}`,
+        );
       if (start < length) await this.sessions.truncate(sessionId, start);
-      const step = count === 1 ? await this.batcher.step(sessionId, hidden) : await this.sessions.forward(sessionId, { hidden, count });
+      const step =
+        count === 1
+          ? await this.batcher.step(sessionId, hidden)
+          : await this.sessions.forward(sessionId, { hidden, count });
       return step;
     } finally {
       const left = (this.inFlight.get(sessionId) ?? 1) - 1;

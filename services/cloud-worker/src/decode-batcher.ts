@@ -64,12 +64,15 @@ export class DecodeBatcher {
         this.queue = rest;
         this.batchSizes.set(batch.length, (this.batchSizes.get(batch.length) ?? 0) + 1);
         try {
-          const steps = await this.sessions.forwardBatch(batch.map((b) => ({ id: b.id, input: { hidden: b.hidden, count: 1 } })));
+          const steps = await this.sessions.forwardBatch(
+            batch.map((b) => ({ id: b.id, input: { hidden: b.hidden, count: 1 } })),
+          );
           batch.forEach((b, i) => b.resolve(steps[i]));
         } catch {
           // A batch fails as a whole (e.g. one session released mid-flight): run each
           // alone so one bad session fails only its own request, with its own error.
-          for (const b of batch) this.sessions.forward(b.id, { hidden: b.hidden, count: 1 }).then(b.resolve, b.reject);
+          for (const b of batch)
+            this.sessions.forward(b.id, { hidden: b.hidden, count: 1 }).then(b.resolve, b.reject);
         }
       }
     } finally {

@@ -5,8 +5,18 @@
  * session's context and the worker stay as they were.
  */
 import * as grpc from "@grpc/grpc-js";
-import type { CloudMessage, CloudWorkerHandlers, EdgeMessage__Output, HiddenStateFrame__Output, OpenSession__Output } from "../../../proto/index.ts";
-import { getCodec, type CodecName, type HiddenStateCodec } from "../../../runtime/src/codec/hidden-state-codec.ts";
+import type {
+  CloudMessage,
+  CloudWorkerHandlers,
+  EdgeMessage__Output,
+  HiddenStateFrame__Output,
+  OpenSession__Output,
+} from "../../../proto/index.ts";
+import {
+  getCodec,
+  type CodecName,
+  type HiddenStateCodec,
+} from "../../../runtime/src/codec/hidden-state-codec.ts";
 import type { ModelConfig } from "../../../runtime/src/checkpoint/model-config.ts";
 import { RuntimeError } from "../../../runtime/src/errors.ts";
 import { sampleToken, type SamplingOptions } from "../../../runtime/src/generation/sampler.ts";
@@ -81,7 +91,10 @@ export function escalationHandlers(
               ? new StreamError(grpc.status.INVALID_ARGUMENT, error.message)
               : new StreamError(grpc.status.INTERNAL, `worker error: ${(error as Error).message}`);
         if (streamError.code !== grpc.status.INTERNAL) counters.rejected++;
-        log.warn({ sessionId: session?.id, code: grpc.status[streamError.code], err: streamError.message }, "escalation stream rejected");
+        log.warn(
+          { sessionId: session?.id, code: grpc.status[streamError.code], err: streamError.message },
+          "escalation stream rejected",
+        );
         call.emit("error", { code: streamError.code, details: streamError.message } as grpc.ServiceError);
       };
       const send = (message: CloudMessage) => {
@@ -89,42 +102,78 @@ export function escalationHandlers(
       };
 
       const open = (message: OpenSession__Output) => {
-        if (session) throw new StreamError(grpc.status.FAILED_PRECONDITION, "open: the stream already has a session");
+        if (session)
+          throw new StreamError(grpc.status.FAILED_PRECONDITION, "open: the stream already has a session");
         if (!message.sessionId || message.sessionId.length > limits.maxSessionIdLength) {
-          throw new StreamError(grpc.status.INVALID_ARGUMENT, `open.session_id: must hold 1 to ${limits.maxSessionIdLength} characters`);
+          throw new StreamError(
+            grpc.status.INVALID_ARGUMENT,
+            `open.session_id: must hold 1 to ${limits.maxSessionIdLength} characters`,
+          );
         }
         if (message.weightsHash !== model.weightsHash) {
-          throw new StreamError(grpc.status.FAILED_PRECONDITION, `open.weights_hash: worker serves ${model.weightsHash.slice(0, 16)}…, edge has ${message.weightsHash.slice(0, 16) || "(empty)"}…`);
+          throw new StreamError(
+            grpc.status.FAILED_PRECONDITION,
+            `open.weights_hash: worker serves ${model.weightsHash.slice(0, 16)}…, edge has ${message.weightsHash.slice(0, 16) || "(empty)"}…`,
+          );
         }
         if (message.splitLayer !== model.split) {
-          throw new StreamError(grpc.status.FAILED_PRECONDITION, `open.split_layer: worker runs layers from ${model.split}, edge split at ${message.splitLayer}`);
+          throw new StreamError(
+            grpc.status.FAILED_PRECONDITION,
+            `open.split_layer: worker runs layers from ${model.split}, edge split at ${message.splitLayer}`,
+          );
         }
         if (message.hiddenSize !== model.config.hiddenSize) {
-          throw new StreamError(grpc.status.FAILED_PRECONDITION, `open.hidden_size: model has ${model.config.hiddenSize}, edge sent ${message.hiddenSize}`);
+          throw new StreamError(
+            grpc.status.FAILED_PRECONDITION,
+            `open.hidden_size: model has ${model.config.hiddenSize}, edge sent ${message.hiddenSize}`,
+          );
         }
         const codec = CODECS[message.codec];
-        if (!codec) throw new StreamError(grpc.status.INVALID_ARGUMENT, `open.codec: must be one of ${Object.keys(CODECS).join(", ")}, got ${message.codec}`);
+        if (!codec)
+          throw new StreamError(
+            grpc.status.INVALID_ARGUMENT,
+            `open.codec: must be one of ${Object.keys(CODECS).join(", ")}, got ${message.codec}`,
+          );
         session = { id: message.sessionId, codec: getCodec(codec) };
-        send({ opened: { contextLength: contexts.contextLength(message.sessionId), workerId: model.workerId } });
+        send({
+          opened: { contextLength: contexts.contextLength(message.sessionId), workerId: model.workerId },
+        });
       };
 
       const frame = async (message: HiddenStateFrame__Output) => {
-        if (!session) throw new StreamError(grpc.status.FAILED_PRECONDITION, "frame: the stream must start with open");
+        if (!session)
+          throw new StreamError(grpc.status.FAILED_PRECONDITION, "frame: the stream must start with open");
         const { count, start } = message;
         if (count < 1 || count > limits.maxFrameTokens) {
-          throw new StreamError(grpc.status.INVALID_ARGUMENT, `frame.count: must be in [1, ${limits.maxFrameTokens}], got ${count}`);
+          throw new StreamError(
+            grpc.status.INVALID_ARGUMENT,
+            `frame.count: must be in [1, ${limits.maxFrameTokens}], got ${count}`,
+          );
         }
         if (start + count > model.config.maxPositions) {
-          throw new StreamError(grpc.status.INVALID_ARGUMENT, `frame.start: positions up to ${start + count} exceed the model's ${model.config.maxPositions}`);
+          throw new StreamError(
+            grpc.status.INVALID_ARGUMENT,
+            `frame.start: positions up to ${start + count} exceed the model's ${model.config.maxPositions}`,
+          );
         }
         const expected = session.codec.encodedBytes(count, model.config.hiddenSize);
         if (message.payload.length !== expected) {
-          throw new StreamError(grpc.status.INVALID_ARGUMENT, `frame.payload: ${session.codec.name} for ${count} positions of ${model.config.hiddenSize} needs ${expected} bytes, got ${message.payload.length}`);
+          throw new StreamError(
+            grpc.status.INVALID_ARGUMENT,
+            `frame.payload: ${session.codec.name} for ${count} positions of ${model.config.hiddenSize} needs ${expected} bytes, got ${message.payload.length}`,
+          );
         }
         if (!(message.temperature >= 0 && message.temperature <= 100)) {
-          throw new StreamError(grpc.status.INVALID_ARGUMENT, `frame.temperature: must be in [0, 100], got ${message.temperature}`);
+          throw new StreamError(
+            grpc.status.INVALID_ARGUMENT,
+            `frame.temperature: must be in [0, 100], got ${message.temperature}`,
+          );
         }
-        if (!(message.topP >= 0 && message.topP <= 1)) throw new StreamError(grpc.status.INVALID_ARGUMENT, `frame.top_p: must be in [0, 1], got ${message.topP}`);
+        if (!(message.topP >= 0 && message.topP <= 1))
+          throw new StreamError(
+            grpc.status.INVALID_ARGUMENT,
+            `frame.top_p: must be in [0, 1], got ${message.topP}`,
+          );
         let hidden: Float32Array;
         try {
           hidden = session.codec.decode(message.payload, count, model.config.hiddenSize);
@@ -138,7 +187,13 @@ export function escalationHandlers(
           step = await contexts.append(session.id, start, hidden, count);
         } catch (error) {
           if (error instanceof ContextLostError) {
-            send({ contextLost: { resumeFrom: error.resumeFrom, reason: error.message, requestId: message.requestId } });
+            send({
+              contextLost: {
+                resumeFrom: error.resumeFrom,
+                reason: error.message,
+                requestId: message.requestId,
+              },
+            });
             return;
           }
           throw error;
@@ -146,13 +201,28 @@ export function escalationHandlers(
         counters.positions += count;
         if (!message.wantToken) return;
         const head = step.exits[step.exits.length - 1];
-        const sampling: SamplingOptions = { temperature: message.temperature, topP: message.topP, seed: BigInt(message.seed) };
+        const sampling: SamplingOptions = {
+          temperature: message.temperature,
+          topP: message.topP,
+          seed: BigInt(message.seed),
+        };
         const answer =
           message.temperature === 0 || !head.logits
             ? { token: head.token[head.token.length - 1], prob: head.prob[head.prob.length - 1] }
-            : sampleToken(head.logits.subarray(head.logits.length - model.config.vocabSize), sampling, start + count);
+            : sampleToken(
+                head.logits.subarray(head.logits.length - model.config.vocabSize),
+                sampling,
+                start + count,
+              );
         counters.tokens++;
-        send({ token: { requestId: message.requestId, position: start + count, token: answer.token, prob: answer.prob } });
+        send({
+          token: {
+            requestId: message.requestId,
+            position: start + count,
+            token: answer.token,
+            prob: answer.prob,
+          },
+        });
       };
 
       call.on("data", (message: EdgeMessage__Output) => {
@@ -164,7 +234,8 @@ export function escalationHandlers(
             else if (message.message === "close") {
               if (session) contexts.release(session.id);
               session = undefined;
-            } else throw new StreamError(grpc.status.INVALID_ARGUMENT, "message: must be open, frame or close");
+            } else
+              throw new StreamError(grpc.status.INVALID_ARGUMENT, "message: must be open, frame or close");
           } catch (error) {
             fail(error);
           }

@@ -3,7 +3,12 @@
  * environment variables and flags; serves until SIGTERM/SIGINT, then drains.
  */
 import { hostname } from "node:os";
-import { describeSchema, loadConfig, parseConfigArgs, type ConfigSchema } from "../../../runtime/src/config/config-loader.ts";
+import {
+  describeSchema,
+  loadConfig,
+  parseConfigArgs,
+  type ConfigSchema,
+} from "../../../runtime/src/config/config-loader.ts";
 import { createLogger } from "../../../shared/src/logger.ts";
 import { startCloudWorker } from "./cloud-worker.ts";
 
@@ -17,13 +22,20 @@ export const WORKER_CONFIG_SCHEMA = {
   threads: { type: "integer", default: 1, min: 1, description: "ONNX Runtime threads" },
   batching: { type: "boolean", default: true, description: "batch decode steps of concurrent sessions" },
   maxBatch: { type: "integer", default: 16, min: 1, description: "most sessions in one batched step" },
-  weights: { type: "string", default: "fp32", choices: ["fp32", "int8", "int4"], description: "weight format" },
+  weights: {
+    type: "string",
+    default: "fp32",
+    choices: ["fp32", "int8", "int4"],
+    description: "weight format",
+  },
 } as const satisfies ConfigSchema;
 
 export async function main(argv: string[]): Promise<number> {
   const { file, help, overrides } = parseConfigArgs(WORKER_CONFIG_SCHEMA, argv);
   if (help) {
-    console.log(`usage: tandem-cloud-worker [--config FILE] [--key value ...]\n\n${describeSchema(WORKER_CONFIG_SCHEMA, "TANDEM_WORKER")}`);
+    console.log(
+      `usage: tandem-cloud-worker [--config FILE] [--key value ...]\n\n${describeSchema(WORKER_CONFIG_SCHEMA, "TANDEM_WORKER")}`,
+    );
     return 0;
   }
   const config = loadConfig(WORKER_CONFIG_SCHEMA, { file, envPrefix: "TANDEM_WORKER", overrides });

@@ -1,0 +1,259 @@
+/**
+ * Collaborative generation end to end: a gRPC client → an edge agent process → a cloud
+ * worker process, over loopback. Covers the three modes, equality with the whole model,
+ * a cloud worker killed and restarted mid-generation, and bad requests.
+ */
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import * as grpc from "@grpc/grpc-js";
+import * as protoLoader from "@grpc/proto-loader";
+import { protoPath as healthProtoPath } from "grpc-health-check";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { loadCheckpoint } from "../runtime/src/checkpoint/load-checkpoint.ts";
+import { AlwaysExitPolicy } from "../runtime/src/exits/exit-policy.ts";
+import { loadLocalSplit } from "../runtime/src/generation/local-split.ts";
+import { SplitGenerator } from "../runtime/src/generation/split-generator.ts";
+import { writeRandomCheckpoint } from "../runtime/src/testing/random-checkpoint.ts";
+import { Tokenizer } from "../runtime/src/tokenizer/tokenizer.ts";
+import { generate } from "./helpers/grpc-client.ts";
+import { freePort, startProgram, type RunningProcess } from "./helpers/processes.ts";
+
+let dir: string;
+let model: string;
+let workerPort: number;
+let worker: RunningProcess;
+let edge: RunningProcess;
+const env = () => ({ TANDEM_CACHE_DIR: join(dir, "cache") });
+const PROMPT = "The edge answers what it is sure of.";
+
+beforeAll(async () => {
+  dir = mkdtempSync(join(tmpdir(), "tandem-collab-"));
+  model = join(dir, "model");
+  await writeRandomCheckpoint(model, {
+    architecture: "llama",
+    vocabSize: 300,
+    hiddenSize: 128,
+    intermediateSize: 256,
+    numLayers: 6,
+    numHeads: 8,
+    numKvHeads: 4,
+    tieWordEmbeddings: true,
+    seed: 21,
+    dtype: "F32",
+    initScale: 2,
+    maxPositions: 16384,
+  });
+  workerPort = await freePort();
+  worker = await startProgram(
+    "tandem-cloud-worker",
+    { model, split: 3, port: workerPort, workerId: "w1" },
+    env(),
+  );
+  edge = await startProgram(
+    "tandem-edge",
+    {
+      model,
+      split: 3,
+      exitLayers: "2,3",
+      threshold: 0.6,
+      cloudAddress: worker.address,
+      codec: "fp32",
+      port: 0,
+      cloudDeadlineMs: 3000,
+      maxTokensLimit: 10000,
+    },
+    env(),
+  );
+});
+
+afterAll(async () => {
+  await edge?.kill();
+  await worker?.kill();
+  rmSync(dir, { recursive: true, force: true });
+});
+
+async function wholeModelTokens(promptIds: number[], maxTokens: number): Promise<number[]> {
+  const checkpoint = await loadCheckpoint(model);
+  const whole = await loadLocalSplit(checkpoint, { cacheDir: join(dir, "cache", "graphs") });
+  const tokens: number[] = [];
+  for await (const t of new SplitGenerator(whole.lower, undefined, new AlwaysExitPolicy()).generate(
+    promptIds,
+    { maxTokens },
+  ))
+    tokens.push(t.token);
+  await whole.release();
+  return tokens;
+}
+
+function expectContiguous(positions: number[], first: number): void {
+  expect(positions).toEqual(Array.from({ length: positions.length }, (_, i) => first + i));
+}
+
+describe("Generate over gRPC, edge agent → cloud worker", () => {
+  it("CLOUD_ONLY with the fp32 codec gives, token for token, the whole model's greedy output", async () => {
+    const tokenizer = await Tokenizer.fromFile(join(model, "tokenizer.json"));
+    const ids = tokenizer.encode(PROMPT);
+    const result = await generate(edge.address, { text: PROMPT, maxTokens: 40, mode: "MODE_CLOUD_ONLY" });
+    expect(result.error).toBeUndefined();
+    expect(result.tokens.every((t) => t.source === "TOKEN_SOURCE_CLOUD" && t.exitLayer === 6)).toBe(true);
+    expect(result.tokens.map((t) => t.id)).toEqual(await wholeModelTokens(ids, 40));
+    expectContiguous(
+      result.tokens.map((t) => t.position),
+      ids.length,
+    );
+    expect(result.summary?.cloudTokens).toBe(40);
+    expect(Number(result.summary?.bytesSent)).toBeGreaterThan(ids.length * 128 * 4);
+  });
+
+  it("EDGE_ONLY never contacts the cloud", async () => {
+    const before = await generate(edge.address, { text: PROMPT, maxTokens: 20, mode: "MODE_EDGE_ONLY" });
+    expect(before.tokens.every((t) => t.source === "TOKEN_SOURCE_EDGE" && t.exitLayer === 3)).toBe(true);
+    expect(before.summary?.bytesSent).toBe("0");
+    expect(before.summary?.edgeTokens).toBe(20);
+  });
+
+  it("AUTO answers confident tokens at the exits and escalates the rest, sending each position once", async () => {
+    const result = await generate(edge.address, { text: PROMPT, maxTokens: 60 });
+    const sources = new Set(result.tokens.map((t) => t.source));
+    expect(sources).toEqual(new Set(["TOKEN_SOURCE_EDGE", "TOKEN_SOURCE_CLOUD"]));
+    const summary = result.summary!;
+    expect(summary.edgeTokens + summary.cloudTokens).toBe(60);
+    expect(summary.escalations).toBe(summary.cloudTokens);
+    expect(summary.finishReason).toBe("FINISH_REASON_LENGTH");
+    for (const t of result.tokens)
+      if (t.source === "TOKEN_SOURCE_EDGE") expect([2, 3]).toContain(t.exitLayer);
+    // Bytes: each escalated position's 128 fp32 values once, plus framing.
+    const lastCloud = result.tokens.filter((t) => t.source === "TOKEN_SOURCE_CLOUD").pop()!;
+    expect(Number(summary.bytesSent)).toBeGreaterThanOrEqual(lastCloud.position * 128 * 4);
+    expect(Number(summary.bytesSent)).toBeLessThan(
+      lastCloud.position * 128 * 4 + 200 * summary.escalations + 400,
+    );
+  });
+
+  it("stops at a stop sequence without emitting it, and honours max_tokens", async () => {
+    const free = await generate(edge.address, { text: PROMPT, maxTokens: 30, mode: "MODE_EDGE_ONLY" });
+    const stop = free.text.slice(10, 12);
+    const stopped = await generate(edge.address, {
+      text: PROMPT,
+      maxTokens: 30,
+      mode: "MODE_EDGE_ONLY",
+      stop: [stop],
+    });
+    expect(stopped.summary?.finishReason).toBe("FINISH_REASON_STOP");
+    expect(stopped.text).toBe(free.text.slice(0, free.text.indexOf(stop)));
+  });
+
+  it("samples reproducibly from a seed", async () => {
+    const request = { text: PROMPT, maxTokens: 30, sampling: { temperature: 1.2, topP: 0.9, seed: "42" } };
+    const a = await generate(edge.address, request);
+    const b = await generate(edge.address, request);
+    const c = await generate(edge.address, { ...request, sampling: { ...request.sampling, seed: "43" } });
+    expect(a.tokens.map((t) => t.id)).toEqual(b.tokens.map((t) => t.id));
+    expect(a.tokens.map((t) => t.id)).not.toEqual(c.tokens.map((t) => t.id));
+  });
+
+  it("reports SERVING on standard gRPC health checks of both servers", async () => {
+    const definition = protoLoader.loadSync(healthProtoPath, { enums: String });
+    const health = grpc.loadPackageDefinition(definition) as unknown as {
+      grpc: {
+        health: {
+          v1: {
+            Health: new (
+              address: string,
+              credentials: grpc.ChannelCredentials,
+            ) => grpc.Client & {
+              check: (req: object, cb: (e: Error | null, r: { status: string }) => void) => void;
+            };
+          };
+        };
+      };
+    };
+    for (const [address, service] of [
+      [edge.address, "tandem.v1.Inference"],
+      [worker.address, "tandem.v1.CloudWorker"],
+    ]) {
+      const client = new health.grpc.health.v1.Health(address, grpc.credentials.createInsecure());
+      const status = await new Promise<string>((resolve, reject) =>
+        client.check({ service }, (e, r) => (e ? reject(e) : resolve(String(r.status)))),
+      );
+      expect(status).toBe("SERVING");
+      client.close();
+    }
+  });
+});
+
+describe("bad requests get INVALID_ARGUMENT naming the field, and the agent goes on", () => {
+  const cases: [string, object, RegExp][] = [
+    ["max_tokens over the limit", { text: "hi", maxTokens: 100000 }, /max_tokens/],
+    ["a token id outside the vocabulary", { tokenIds: { ids: [1, 2, 9999] } }, /prompt\.token_ids\[2\]/],
+    ["no prompt", { maxTokens: 5 }, /prompt/],
+    ["a negative temperature", { text: "hi", sampling: { temperature: -1 } }, /sampling\.temperature/],
+    ["a stop sequence too long", { text: "hi", stop: ["x".repeat(100)] }, /stop\[0\]/],
+    [
+      "an escalation rate outside (0, 1)",
+      { text: "hi", exitPolicy: { targetEscalationRate: 2 } },
+      /exit_policy\.target_escalation_rate/,
+    ],
+  ];
+  for (const [name, request, field] of cases) {
+    it(name, async () => {
+      const result = await generate(edge.address, request);
+      expect(result.error?.code).toBe(grpc.status.INVALID_ARGUMENT);
+      expect(result.error?.details).toMatch(field);
+    });
+  }
+
+  it("still serves after all of them", async () => {
+    const result = await generate(edge.address, { text: "ok", maxTokens: 3 });
+    expect(result.error).toBeUndefined();
+    expect(result.tokens).toHaveLength(3);
+  });
+});
+
+describe("a cloud worker killed mid-generation", () => {
+  it("the stream goes on at the edge, marked EDGE_FALLBACK, with no token lost or repeated; a restarted worker takes over again", async () => {
+    // Kill the worker after 20 tokens. Once fallback tokens flow, freeze the edge agent
+    // (SIGSTOP) while a new worker starts on the same port, then let it go on: the
+    // generation must switch back to the cloud.
+    const tokens = 8000;
+    let restarted = false;
+    const result = await generate(
+      edge.address,
+      { text: PROMPT, maxTokens: tokens, mode: "MODE_CLOUD_ONLY" },
+      async (index) => {
+        if (index === 20) await worker.kill("SIGKILL");
+        if (index > 20 && !restarted) {
+          restarted = true;
+          edge.child.kill("SIGSTOP");
+          try {
+            worker = await startProgram(
+              "tandem-cloud-worker",
+              { model, split: 3, port: workerPort, workerId: "w2" },
+              env(),
+            );
+          } finally {
+            edge.child.kill("SIGCONT");
+          }
+        }
+      },
+    );
+    expect(result.error).toBeUndefined();
+    const sources = result.tokens.map((t) => t.source);
+    expect(sources.slice(0, 20).every((s) => s === "TOKEN_SOURCE_CLOUD")).toBe(true);
+    const firstFallback = sources.indexOf("TOKEN_SOURCE_EDGE_FALLBACK");
+    expect(firstFallback).toBeGreaterThanOrEqual(20);
+    // The restarted worker answers again: it was resynced from the edge's kept context.
+    expect(sources.lastIndexOf("TOKEN_SOURCE_CLOUD")).toBeGreaterThan(firstFallback);
+    expectContiguous(
+      result.tokens.map((t) => t.position),
+      result.tokens[0].position,
+    );
+    // The random model may emit its EOS token before max_tokens.
+    const finish = result.summary!.finishReason;
+    expect(["FINISH_REASON_LENGTH", "FINISH_REASON_EOS"]).toContain(finish);
+    if (finish === "FINISH_REASON_LENGTH") expect(result.tokens).toHaveLength(tokens);
+    expect(result.summary!.fallbackTokens).toBeGreaterThan(0);
+    expect(result.summary!.cloudTokens + result.summary!.fallbackTokens).toBe(result.tokens.length);
+  });
+});
