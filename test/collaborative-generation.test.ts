@@ -3,9 +3,11 @@
  * worker process, over loopback. Covers the three modes, equality with the whole model,
  * a cloud worker killed and restarted mid-generation, and bad requests.
  */
+import { execFile } from "node:child_process";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { promisify } from "node:util";
 import * as grpc from "@grpc/grpc-js";
 import * as protoLoader from "@grpc/proto-loader";
 import { protoPath as healthProtoPath } from "grpc-health-check";
@@ -255,5 +257,24 @@ describe("a cloud worker killed mid-generation", () => {
     if (finish === "FINISH_REASON_LENGTH") expect(result.tokens).toHaveLength(tokens);
     expect(result.summary!.fallbackTokens).toBeGreaterThan(0);
     expect(result.summary!.cloudTokens + result.summary!.fallbackTokens).toBe(result.tokens.length);
+  });
+});
+
+describe("a client in another language", () => {
+  it("a Python grpcio client generated from proto/ calls Generate and gets named errors", async () => {
+    const script = join(import.meta.dirname, "python", "generate_client.py");
+    const { stdout } = await promisify(execFile)("/usr/bin/python3", [script, edge.address, PROMPT, "12"], {
+      timeout: 60_000,
+    });
+    const result = JSON.parse(stdout) as {
+      tokens: { id: number; source: string }[];
+      summary: { edge_tokens: number; cloud_tokens: number; finish_reason: string };
+      invalid: { code: string; details: string };
+    };
+    const node = await generate(edge.address, { text: PROMPT, maxTokens: 12 });
+    expect(result.tokens.map((t) => t.id)).toEqual(node.tokens.map((t) => t.id));
+    expect(result.summary.edge_tokens + result.summary.cloud_tokens).toBe(12);
+    expect(result.invalid.code).toBe("INVALID_ARGUMENT");
+    expect(result.invalid.details).toMatch(/max_tokens/);
   });
 });
