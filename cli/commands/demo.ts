@@ -1,15 +1,21 @@
 /**
- * `tandem demo`: the main job on embedded defaults. Today it runs the shipped demo model
- * split in one process: the lower layers with early exits answer confident tokens, the
- * upper layers the rest; it prints the text and how many tokens never needed the upper
- * side. (It grows into a local edge agent + cloud worker + control plane.)
+ * `tandem demo`: the main job on embedded defaults. Starts a cloud worker and an edge
+ * agent on the shipped demo model, both serving real gRPC on loopback, then asks the
+ * edge agent's public API to continue a few prompts, printing each token as it arrives
+ * (cloud-answered tokens highlighted) and what the collaboration cost.
  */
-import { readFileSync } from "node:fs";
+import { readFileSync, existsSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
-import { runGenerate } from "./generate.ts";
-import { parseIntegerOption, parseNumberOption } from "../cli-options.ts";
+import * as grpc from "@grpc/grpc-js";
+import { pino } from "pino";
+import { EDGE_CONFIG_SCHEMA } from "../../edge-agent/src/edge-config.ts";
+import { startEdgeAgent } from "../../edge-agent/src/edge-agent.ts";
+import { loadTandemProtos, type GenerateEvent__Output } from "../../proto/index.ts";
+import { loadConfig } from "../../runtime/src/config/config-loader.ts";
+import { startCloudWorker } from "../../services/cloud-worker/src/cloud-worker.ts";
+import { parseIntegerOption } from "../cli-options.ts";
 
 export const DEMO_MODEL_DIR = join(
   dirname(fileURLToPath(import.meta.url)),
@@ -18,21 +24,7 @@ export const DEMO_MODEL_DIR = join(
   "models",
   "tandem-demo",
 );
-const DEFAULT_PROMPT = "The Python standard library";
-
-/** The split and exits a shipped model was trained for (models/<name>/tandem.json). */
-export interface ModelDeployment {
-  exitLayers: number[];
-  split: number;
-}
-
-export function readModelDeployment(modelDir: string): ModelDeployment {
-  const raw = JSON.parse(readFileSync(join(modelDir, "tandem.json"), "utf8")) as {
-    exit_layers: number[];
-    recommended_split: number;
-  };
-  return { exitLayers: raw.exit_layers, split: raw.recommended_split };
-}
+const DEFAULT_PROMPTS = ["The Python standard library", "A list comprehension is", "To open a file, use"];
 
 export const demoCommand = {
   summary: "run the demo",
@@ -42,38 +34,77 @@ export const demoCommand = {
       options: {
         prompt: { type: "string" },
         "max-tokens": { type: "string" },
-        threshold: { type: "string" },
-        model: { type: "string" },
+        target: { type: "string" },
+        codec: { type: "string" },
       },
       strict: true,
     });
-    const model = values.model ?? DEMO_MODEL_DIR;
-    const deployment = readModelDeployment(model);
-    const prompt = values.prompt ?? DEFAULT_PROMPT;
-    console.error(
-      `tandem demo: ${model}, edge layers [0,${deployment.split}) with exits after ${deployment.exitLayers.join(", ")}`,
+    const calibration = join(DEMO_MODEL_DIR, "calibration.safetensors");
+    const deployment = JSON.parse(readFileSync(join(DEMO_MODEL_DIR, "tandem.json"), "utf8")) as {
+      recommended_split: number;
+    };
+    const quiet = pino({ level: "warn" });
+    console.error(`tandem demo: starting a cloud worker and an edge agent on ${DEMO_MODEL_DIR}`);
+    const worker = await startCloudWorker(
+      { modelDir: DEMO_MODEL_DIR, split: deployment.recommended_split, workerId: "demo-worker", port: 0 },
+      quiet,
     );
-    process.stdout.write(prompt);
-    const stats = await runGenerate(
-      {
-        model,
-        prompt,
-        maxTokens: parseIntegerOption("--max-tokens", values["max-tokens"], 48, 1),
-        split: deployment.split,
-        exitLayers: deployment.exitLayers,
-        metric: "prob",
-        threshold: parseNumberOption("--threshold", values.threshold, 0.8),
-        weights: "fp32",
-        threads: 1,
+    const edgeConfig = loadConfig(EDGE_CONFIG_SCHEMA, {
+      envPrefix: "TANDEM_EDGE",
+      env: {},
+      overrides: {
+        model: DEMO_MODEL_DIR,
+        calibration: existsSync(calibration) ? calibration : undefined,
+        target: values.target,
+        cloudAddress: worker.server.address,
+        codec: values.codec ?? "fp16",
+        port: "0",
       },
-      (text) => process.stdout.write(text),
+    });
+    const edge = await startEdgeAgent(edgeConfig, quiet);
+    console.error(
+      `tandem demo: edge agent ${edge.server.address} runs layers [0,${edge.split}) with exits after ${edge.exitLayers.join(", ")}; ` +
+        `cloud worker ${worker.server.address} runs the rest. Cloud-answered tokens are shown [in brackets].\n`,
     );
-    const total = stats.edgeTokens + stats.cloudTokens;
-    process.stdout.write("\n");
-    console.log(
-      `\n${stats.edgeTokens}/${total} tokens answered at the edge exits, ${stats.cloudTokens} by the upper layers ` +
-        `(${stats.escalations} escalations carrying ${stats.positionsSent} hidden states).`,
-    );
+    const { tandem } = loadTandemProtos();
+    const client = new tandem.v1.Inference(edge.server.address, grpc.credentials.createInsecure());
+    const maxTokens = parseIntegerOption("--max-tokens", values["max-tokens"], 40, 1);
+    const totals = { edge: 0, cloud: 0, fallback: 0, bytes: 0 };
+    try {
+      for (const prompt of values.prompt ? [values.prompt] : DEFAULT_PROMPTS) {
+        process.stdout.write(prompt);
+        await new Promise<void>((resolve, reject) => {
+          const call = client.Generate({ text: prompt, maxTokens });
+          call.on("data", (event: GenerateEvent__Output) => {
+            if (event.token) {
+              const cloud = event.token.source === "TOKEN_SOURCE_CLOUD";
+              process.stdout.write(cloud && event.token.text ? `[${event.token.text}]` : event.token.text);
+            }
+            if (event.summary) {
+              const s = event.summary;
+              totals.edge += s.edgeTokens;
+              totals.cloud += s.cloudTokens;
+              totals.fallback += s.fallbackTokens;
+              totals.bytes += Number(s.bytesSent);
+              process.stdout.write(
+                `\n  → ${s.edgeTokens} tokens at the edge, ${s.cloudTokens} from the cloud (${s.escalations} escalations, ` +
+                  `${s.bytesSent} bytes up), first token ${s.timings!.firstTokenMs.toFixed(1)} ms, total ${s.timings!.totalMs.toFixed(0)} ms\n\n`,
+              );
+            }
+          });
+          call.on("error", reject);
+          call.on("end", resolve);
+        });
+      }
+      const all = totals.edge + totals.cloud + totals.fallback;
+      console.log(
+        `${((100 * totals.edge) / all).toFixed(0)}% of ${all} tokens never needed the cloud; ${totals.bytes} bytes of hidden states went up.`,
+      );
+    } finally {
+      client.close();
+      await edge.close(1000);
+      await worker.close(1000);
+    }
     return 0;
   },
 };
