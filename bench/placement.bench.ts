@@ -1,0 +1,188 @@
+/**
+ * Benchmark `placement`: quality and speed of the pure placement algorithms.
+ *   Experts: 64 and 256 experts on 8, 64 and 256 workers, under Zipf-skewed and shifting
+ *   activation traces; max/mean worker load (1.0 is perfect) with one redundant replica
+ *   per worker, against the greedy baseline (one replica each, least-loaded worker) and
+ *   the lower bound; replicas moved per re-plan; planning time.
+ *   KV shards: spread of shards per worker, and shards moved when one worker is lost,
+ *   against the minimum (the lost worker's own shards).
+ * Usage: tandem bench placement [--smoke]
+ */
+import {
+  greedyBaseline,
+  maxMeanLowerBound,
+  placeExperts,
+  placementQuality,
+  replicaMoves,
+  shouldReplan,
+  type ExpertPlacement,
+  type ExpertWorker,
+} from "../services/control-plane/src/placement/expert-placement.ts";
+import {
+  placeShards,
+  shardMoves,
+  type ShardNode,
+} from "../services/control-plane/src/placement/shard-placement.ts";
+import type { BenchOptions, BenchResult } from "./bench-types.ts";
+
+function seeded(seed: number): () => number {
+  let state = seed >>> 0 || 1;
+  return () => {
+    state = (state + 0x6d2b79f5) >>> 0;
+    let t = Math.imul(state ^ (state >>> 15), state | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+/** Activation counts of one window: Zipf(s) over a permutation of the experts, with sampling noise. */
+function zipfWindow(
+  experts: number,
+  s: number,
+  permutation: number[],
+  random: () => number,
+  tokens = 100_000,
+): number[] {
+  const weights = permutation.map((_, rank) => 1 / Math.pow(rank + 1, s));
+  const total = weights.reduce((a, b) => a + b, 0);
+  const loads = new Array<number>(experts).fill(0);
+  permutation.forEach((expert, rank) => {
+    const mean = (tokens * weights[rank]) / total;
+    loads[expert] = Math.max(0, Math.round(mean + Math.sqrt(mean) * (random() - 0.5) * 3.46));
+  });
+  return loads;
+}
+
+function shuffle(n: number, random: () => number): number[] {
+  const a = Array.from({ length: n }, (_, i) => i);
+  for (let i = n - 1; i > 0; i--) {
+    const j = Math.floor(random() * (i + 1));
+    [a[i], a[j]] = [a[j], a[i]];
+  }
+  return a;
+}
+
+export default async function placementBenchmark(options: BenchOptions): Promise<BenchResult> {
+  const expertCounts = options.smoke ? [64] : [64, 256];
+  const workerCounts = options.smoke ? [8] : [8, 64, 256];
+  const windows = options.smoke ? 3 : 8;
+  const rows = [];
+  let worst = 0;
+  let worstOverBound = 0;
+  let time256 = 0;
+  for (const experts of expertCounts) {
+    for (const workerCount of workerCounts) {
+      const replicas = experts + workerCount;
+      const slots = Math.ceil((2 * replicas) / workerCount);
+      const workers: ExpertWorker[] = Array.from({ length: workerCount }, (_, i) => ({
+        id: `w${String(i).padStart(3, "0")}`,
+        slots,
+      }));
+      const ids = workers.map((w) => w.id);
+      for (const trace of ["zipf", "shifting"] as const) {
+        const random = seeded(experts * 1000 + workerCount + (trace === "zipf" ? 0 : 7));
+        let permutation = shuffle(experts, random);
+        let current: ExpertPlacement | undefined;
+        let maxMean = 0;
+        let lowerBound = 1;
+        let greedyMaxMean = 0;
+        let moves = 0;
+        let replans = 0;
+        let ms = 0;
+        for (let w = 0; w < windows; w++) {
+          // Shifting: each window half of the hot ranks trade places.
+          if (trace === "shifting" && w > 0) {
+            const next = [...permutation];
+            for (let k = 0; k < Math.max(2, experts / 8); k += 2)
+              [next[k], next[k + 1 + Math.floor(random() * 8)]] = [
+                next[k + 1 + Math.floor(random() * 8)] ?? next[k],
+                next[k],
+              ];
+            permutation = next;
+          }
+          const loads = zipfWindow(experts, 1.1, permutation, random);
+          const start = performance.now();
+          const planned = placeExperts(loads, workers, current);
+          ms = Math.max(ms, performance.now() - start);
+          const plannedQuality = placementQuality(loads, planned, ids).maxMeanLoad;
+          // Hysteresis: keep the current map unless it has become clearly worse.
+          if (!current || shouldReplan(placementQuality(loads, current, ids).maxMeanLoad, plannedQuality)) {
+            if (current) moves += replicaMoves(current, planned);
+            current = planned;
+          }
+          if (w > 0) replans++;
+          maxMean = Math.max(maxMean, placementQuality(loads, current, ids).maxMeanLoad);
+          lowerBound = Math.max(lowerBound, maxMeanLowerBound(loads, workerCount));
+          greedyMaxMean = Math.max(
+            greedyMaxMean,
+            placementQuality(loads, greedyBaseline(loads, workers), ids).maxMeanLoad,
+          );
+        }
+        worst = Math.max(worst, maxMean);
+        worstOverBound = Math.max(worstOverBound, maxMean / lowerBound);
+        if (experts === 256 && workerCount === 256) time256 = Math.max(time256, ms);
+        rows.push({
+          experts,
+          workers: workerCount,
+          trace,
+          slots_per_worker: slots,
+          max_mean_load: maxMean,
+          greedy_max_mean_load: greedyMaxMean,
+          lower_bound: lowerBound,
+          replicas_moved_per_replan: replans ? moves / replans : 0,
+          replicas_total: replicas,
+          placement_ms: ms,
+        });
+        process.stderr.write(`placement bench: ${JSON.stringify(rows[rows.length - 1])}\n`);
+      }
+    }
+  }
+
+  const shardRows = [];
+  let worstMovesRatio = 0;
+  for (const workerCount of options.smoke ? [8] : [8, 64, 256]) {
+    const shards = 4096;
+    const nodes: ShardNode[] = Array.from({ length: workerCount }, (_, i) => ({
+      id: `w${String(i).padStart(3, "0")}`,
+      weight: i % 4 === 0 ? 2 : 1,
+    }));
+    const start = performance.now();
+    const before = placeShards(shards, nodes);
+    const placeMs = performance.now() - start;
+    const perNode = new Map<string, number>();
+    for (const node of before.values()) perNode.set(node, (perNode.get(node) ?? 0) + 1);
+    const totalWeight = nodes.reduce((a, n) => a + n.weight, 0);
+    const spread = nodes.map((n) => (perNode.get(n.id) ?? 0) / ((shards * n.weight) / totalWeight));
+    const lost = nodes[Math.floor(workerCount / 3)];
+    const after = placeShards(
+      shards,
+      nodes.filter((n) => n !== lost),
+      before,
+    );
+    const minimum = perNode.get(lost.id) ?? 0;
+    const moved = shardMoves(before, after);
+    worstMovesRatio = Math.max(worstMovesRatio, moved / Math.max(1, minimum));
+    const joined = placeShards(shards, [...nodes, { id: "w-new", weight: 1 }], before);
+    shardRows.push({
+      workers: workerCount,
+      shards,
+      max_over_fair_share: Math.max(...spread),
+      min_over_fair_share: Math.min(...spread),
+      moves_on_loss: moved,
+      minimum_moves_on_loss: minimum,
+      moves_on_join: shardMoves(before, joined),
+      fair_share_of_new_worker: Math.round(shards / (totalWeight + 1)),
+      placement_ms: placeMs,
+    });
+    process.stderr.write(`placement bench: ${JSON.stringify(shardRows[shardRows.length - 1])}\n`);
+  }
+  return {
+    name: "placement",
+    expert_max_mean_load: worst,
+    expert_max_mean_over_lower_bound: worstOverBound,
+    placement_ms_256_experts_256_workers: options.smoke ? undefined : time256,
+    shard_moves_vs_minimum: worstMovesRatio,
+    rows,
+    shard_rows: shardRows,
+  };
+}

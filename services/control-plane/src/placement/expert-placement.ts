@@ -1,0 +1,220 @@
+/**
+ * Placement of MoE experts on cloud workers from measured activation load, after
+ * DeepSeek's EPLB: give hot experts more replicas (each new replica goes to the expert
+ * with the highest load per replica), then pack replicas onto workers largest first,
+ * each onto the least-loaded worker with a free slot and no replica of that expert yet.
+ * To move few experts, a replica goes back to a worker that held the expert before when
+ * that costs at most `stickiness` of balance. Pure and deterministic.
+ */
+
+export interface ExpertWorker {
+  id: string;
+  /** Expert replicas the worker's memory holds. */
+  slots: number;
+}
+
+/** Expert id → worker ids holding a replica. */
+export type ExpertPlacement = Map<number, string[]>;
+
+export interface ExpertPlacementOptions {
+  /** Replicas beyond one per expert. @default workers.length (one redundant replica per worker) */
+  redundantReplicas?: number;
+  /**
+   * A previous holder is preferred when its load is within this fraction of a mean
+   * worker's load of the least-loaded candidate. 0 ignores the previous placement.
+   * @default 0.05
+   */
+  stickiness?: number;
+}
+
+export interface PlacementQuality {
+  /** Max over workers of expected load ÷ mean load (1.0 is perfect). */
+  maxMeanLoad: number;
+  workerLoads: number[];
+}
+
+/**
+ * The best max/mean any placement with this many replicas can reach: a worker holds at
+ * least one replica, so the heaviest replica (after the best split of load over replicas)
+ * bounds the maximum from below, as does the mean.
+ */
+export function maxMeanLowerBound(
+  loads: number[],
+  workerCount: number,
+  redundantReplicas = workerCount,
+): number {
+  const counts = replicaCounts(loads, loads.length + redundantReplicas, workerCount);
+  const heaviest = Math.max(...loads.map((l, e) => l / counts[e]));
+  const mean = loads.reduce((a, b) => a + b, 0) / workerCount;
+  return Math.max(1, heaviest / mean);
+}
+
+/** Max-heap by key, over indices. */
+class MaxHeap {
+  private readonly items: number[] = [];
+  constructor(private readonly key: (i: number) => number) {}
+  push(i: number): void {
+    this.items.push(i);
+    let c = this.items.length - 1;
+    while (c > 0) {
+      const p = (c - 1) >> 1;
+      if (this.before(this.items[p], this.items[c])) break;
+      [this.items[p], this.items[c]] = [this.items[c], this.items[p]];
+      c = p;
+    }
+  }
+  pop(): number {
+    const top = this.items[0];
+    const last = this.items.pop()!;
+    if (this.items.length > 0) {
+      this.items[0] = last;
+      let p = 0;
+      for (;;) {
+        const l = 2 * p + 1;
+        const r = l + 1;
+        let best = p;
+        if (l < this.items.length && !this.before(this.items[best], this.items[l])) best = l;
+        if (r < this.items.length && !this.before(this.items[best], this.items[r])) best = r;
+        if (best === p) break;
+        [this.items[p], this.items[best]] = [this.items[best], this.items[p]];
+        p = best;
+      }
+    }
+    return top;
+  }
+  /** Ties by lower index first, for determinism. */
+  private before(a: number, b: number): boolean {
+    const ka = this.key(a);
+    const kb = this.key(b);
+    return ka > kb || (ka === kb && a < b);
+  }
+}
+
+/** Replica counts per expert: start at one, give each extra replica to the highest load per replica. */
+export function replicaCounts(loads: number[], totalReplicas: number, maxPerExpert: number): number[] {
+  const counts = loads.map(() => 1);
+  const heap = new MaxHeap((e) => (counts[e] < maxPerExpert ? loads[e] / counts[e] : -1));
+  loads.forEach((_, e) => heap.push(e));
+  for (let extra = totalReplicas - loads.length; extra > 0; extra--) {
+    const e = heap.pop();
+    if (counts[e] >= maxPerExpert) break;
+    counts[e]++;
+    heap.push(e);
+  }
+  return counts;
+}
+
+export function placeExperts(
+  loads: number[],
+  workers: ExpertWorker[],
+  previous?: ExpertPlacement,
+  options: ExpertPlacementOptions = {},
+): ExpertPlacement {
+  const sortedWorkers = [...workers].sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
+  const totalSlots = sortedWorkers.reduce((sum, w) => sum + w.slots, 0);
+  if (totalSlots < loads.length)
+    throw new Error(
+      `placeExperts: ${loads.length} experts need ${loads.length} slots, workers have ${totalSlots}`,
+    );
+  const replicas = Math.min(totalSlots, loads.length + (options.redundantReplicas ?? sortedWorkers.length));
+  const counts = replicaCounts(loads, replicas, sortedWorkers.length);
+  const totalLoad = loads.reduce((a, b) => a + b, 0);
+  const meanWorkerLoad = totalLoad / sortedWorkers.length;
+  const tolerance = (options.stickiness ?? 0.05) * meanWorkerLoad;
+
+  // Replicas largest first (LPT), ties by expert id.
+  const items: { expert: number; load: number }[] = [];
+  counts.forEach((count, expert) => {
+    for (let r = 0; r < count; r++) items.push({ expert, load: loads[expert] / count });
+  });
+  items.sort((a, b) => b.load - a.load || a.expert - b.expert);
+
+  const workerIndex = new Map(sortedWorkers.map((w, i) => [w.id, i]));
+  const previousHolders = new Map<number, Set<number>>();
+  for (const [expert, ids] of previous ?? []) {
+    previousHolders.set(
+      expert,
+      new Set(ids.map((id) => workerIndex.get(id)).filter((i): i is number => i !== undefined)),
+    );
+  }
+  const workerLoad = new Float64Array(sortedWorkers.length);
+  const used = new Int32Array(sortedWorkers.length);
+  const holders = new Map<number, Set<number>>();
+  for (const item of items) {
+    const held = holders.get(item.expert) ?? new Set<number>();
+    let best = -1;
+    for (let w = 0; w < sortedWorkers.length; w++) {
+      if (used[w] >= sortedWorkers[w].slots || held.has(w)) continue;
+      if (best < 0 || workerLoad[w] < workerLoad[best]) best = w;
+    }
+    if (best < 0) throw new Error(`placeExperts: no free slot for a replica of expert ${item.expert}`);
+    const before = previousHolders.get(item.expert);
+    if (before && tolerance > 0 && !before.has(best)) {
+      let sticky = -1;
+      for (const w of before) {
+        if (used[w] >= sortedWorkers[w].slots || held.has(w)) continue;
+        if (
+          workerLoad[w] <= workerLoad[best] + tolerance &&
+          (sticky < 0 || workerLoad[w] < workerLoad[sticky])
+        )
+          sticky = w;
+      }
+      if (sticky >= 0) best = sticky;
+    }
+    workerLoad[best] += item.load;
+    used[best]++;
+    held.add(best);
+    holders.set(item.expert, held);
+  }
+  const placement: ExpertPlacement = new Map();
+  for (let e = 0; e < loads.length; e++)
+    placement.set(
+      e,
+      [...(holders.get(e) ?? [])].sort((a, b) => a - b).map((w) => sortedWorkers[w].id),
+    );
+  return placement;
+}
+
+/** Expected load per worker when each expert's load splits evenly over its replicas. */
+export function placementQuality(
+  loads: number[],
+  placement: ExpertPlacement,
+  workerIds: string[],
+): PlacementQuality {
+  const index = new Map(workerIds.map((id, i) => [id, i]));
+  const workerLoads = new Array<number>(workerIds.length).fill(0);
+  for (const [expert, ids] of placement) {
+    for (const id of ids) workerLoads[index.get(id)!] += loads[expert] / ids.length;
+  }
+  const mean = loads.reduce((a, b) => a + b, 0) / workerIds.length;
+  return { maxMeanLoad: Math.max(...workerLoads) / mean, workerLoads };
+}
+
+/** Replicas added: (expert, worker) pairs in `after` that were not in `before`. */
+export function replicaMoves(before: ExpertPlacement | undefined, after: ExpertPlacement): number {
+  let moves = 0;
+  for (const [expert, ids] of after) {
+    const old = new Set(before?.get(expert) ?? []);
+    for (const id of ids) if (!old.has(id)) moves++;
+  }
+  return moves;
+}
+
+/**
+ * Re-planning with hysteresis: a new plan replaces the current one only when the current
+ * placement's imbalance under the latest load window exceeds `threshold` and the new
+ * plan improves it by at least `minGain`, so the map does not flap on noise.
+ */
+export function shouldReplan(
+  currentMaxMean: number,
+  plannedMaxMean: number,
+  threshold = 1.05,
+  minGain = 0.02,
+): boolean {
+  return currentMaxMean > threshold && currentMaxMean - plannedMaxMean >= minGain;
+}
+
+/** The greedy baseline: one replica per expert, each onto the least-loaded worker (LPT). */
+export function greedyBaseline(loads: number[], workers: ExpertWorker[]): ExpertPlacement {
+  return placeExperts(loads, workers, undefined, { redundantReplicas: 0, stickiness: 0 });
+}
