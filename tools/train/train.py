@@ -22,6 +22,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bpe  # noqa: E402
+import model_card  # noqa: E402
 from model import CausalLM  # noqa: E402
 from safetensors_io import read_safetensors, write_safetensors  # noqa: E402
 
@@ -174,6 +175,7 @@ def main():
         "config": os.path.relpath(os.path.abspath(args.config), ROOT),
     }
     json.dump(stats, open(os.path.join(out_dir, "training-stats.json"), "w"), indent=2)
+    model_card.main(out_dir)
     log(f"wrote {out_dir}")
 
 

@@ -1,0 +1,134 @@
+/**
+ * The trained demo models Tandem ships: they load, match PyTorch's logits, generate, and
+ * calibration on them behaves as promised.
+ */
+import { readFileSync } from "node:fs";
+import { join } from "node:path";
+import { describe, expect, it } from "vitest";
+import { calibrate } from "../runtime/src/calibration/calibrate.ts";
+import { evaluatePolicy } from "../runtime/src/calibration/threshold-search.ts";
+import { loadCheckpoint } from "../runtime/src/checkpoint/load-checkpoint.ts";
+import { getCodec, type CodecName } from "../runtime/src/codec/hidden-state-codec.ts";
+import { SegmentModel } from "../runtime/src/engine/segment-model.ts";
+import { SegmentSessions } from "../runtime/src/engine/segment-sessions.ts";
+import { segmentSpec } from "../runtime/src/graph/segment-spec.ts";
+import { ReferenceModel } from "../runtime/src/reference/reference-model.ts";
+import { Tokenizer } from "../runtime/src/tokenizer/tokenizer.ts";
+import { computeLogits } from "../cli/commands/logits.ts";
+import { runGenerate } from "../cli/commands/generate.ts";
+
+const MODELS = join(import.meta.dirname, "..", "models");
+const DENSE = join(MODELS, "tandem-demo");
+const MOE = join(MODELS, "tandem-demo-moe");
+
+interface ReferenceLogits {
+  ids: number[];
+  argmax: number[];
+  last_logits: number[];
+  exit_argmax: Record<string, number[]>;
+}
+const referenceOf = (dir: string) => JSON.parse(readFileSync(join(dir, "reference-logits.json"), "utf8")) as ReferenceLogits;
+const argmax = (row: ArrayLike<number>) => {
+  let best = 0;
+  for (let i = 1; i < row.length; i++) if (row[i] > row[best]) best = i;
+  return best;
+};
+
+describe("models/tandem-demo (dense)", () => {
+  it("the ONNX engine reproduces PyTorch's logits from the shipped weights", async () => {
+    const reference = referenceOf(DENSE);
+    const logits = await computeLogits(DENSE, reference.ids);
+    expect(logits.map(argmax)).toEqual(reference.argmax);
+    const last = logits[logits.length - 1];
+    last.forEach((v, i) => expect(Math.abs(v - reference.last_logits[i])).toBeLessThan(1e-3));
+  });
+
+  it("generates readable text through the split with its exits", async () => {
+    let text = "";
+    const deployment = JSON.parse(readFileSync(join(DENSE, "tandem.json"), "utf8")) as { exit_layers: number[]; recommended_split: number };
+    const stats = await runGenerate(
+      { model: DENSE, prompt: "The Python", maxTokens: 24, split: deployment.recommended_split, exitLayers: deployment.exit_layers, metric: "prob", threshold: 0.5, weights: "fp32", threads: 1 },
+      (piece) => (text += piece),
+    );
+    expect(stats.edgeTokens + stats.cloudTokens).toBeGreaterThan(0);
+    expect(text.length).toBeGreaterThan(10);
+    expect(text).not.toMatch(/\uFFFD/);
+  });
+
+  it("hidden states through fp16 and int8 keep ≥ 99.5% agreement with the full model on held-out text", async () => {
+    const checkpoint = await loadCheckpoint(DENSE);
+    const tokenizer = await Tokenizer.fromFile(checkpoint.tokenizerPath!);
+    const split = 3;
+    const lower = new SegmentSessions(await SegmentModel.load(checkpoint, segmentSpec({ fromLayer: 0, toLayer: split, outputHidden: true })));
+    const upper = new SegmentSessions(await SegmentModel.load(checkpoint, segmentSpec({ fromLayer: split, toLayer: 6, finalHead: true, positions: "all" })));
+    const ids = tokenizer.encode(readFileSync(join(DENSE, "heldout.txt"), "utf8")).slice(0, 16 * 128);
+    const agree: Record<CodecName, number> = { fp32: 0, fp16: 0, int8: 0, int4: 0 };
+    for (let w = 0; w < ids.length / 128; w++) {
+      const window = ids.slice(w * 128, (w + 1) * 128);
+      lower.open("w");
+      const hidden = (await lower.forward("w", { ids: window })).hidden!;
+      lower.release("w");
+      const tokens: Partial<Record<CodecName, number[]>> = {};
+      for (const codec of ["fp32", "fp16", "int8", "int4"] as const) {
+        const c = getCodec(codec);
+        upper.open("w");
+        tokens[codec] = (await upper.forward("w", { hidden: c.decode(c.encode(hidden, 128, 256), 128, 256), count: 128 })).exits[0].token;
+        upper.release("w");
+        agree[codec] += tokens[codec]!.filter((t, i) => t === tokens.fp32![i]).length;
+      }
+    }
+    expect(agree.fp16 / ids.length).toBeGreaterThanOrEqual(0.995);
+    expect(agree.int8 / ids.length).toBeGreaterThanOrEqual(0.995);
+    expect(agree.int4 / ids.length).toBeGreaterThan(0.8);
+  });
+});
+
+describe("calibration on the demo model", () => {
+  const run = async (text: string) => {
+    const checkpoint = await loadCheckpoint(DENSE);
+    const tokenizer = await Tokenizer.fromFile(checkpoint.tokenizerPath!);
+    return calibrate(checkpoint, tokenizer, { split: 3, exitLayers: [2, 3], text, targets: [0.99, 0.95], maxTokens: 12800 });
+  };
+  const heldout = readFileSync(join(DENSE, "heldout.txt"), "utf8");
+
+  it("is deterministic, a fitted linear head beats the plain exit, and thresholds hold their target on unseen text", async () => {
+    const a = await run(heldout);
+    const b = await run(heldout);
+    expect(JSON.stringify(a.summary)).toBe(JSON.stringify(b.summary));
+    expect([...a.linearMaps.keys()]).toEqual([...b.linearMaps.keys()]);
+
+    // The map after 2 layers (the shallowest, where the plain head is weakest) wins on held-out text.
+    const exit2 = a.summary.heads.find((h) => h.afterLayer === 2)!;
+    expect(exit2.heldOutAgreement.linear).toBeGreaterThan(exit2.heldOutAgreement.plain);
+
+    // Thresholds chosen on the tuning split keep agreement near the target on the test split.
+    for (const policy of a.summary.policies) {
+      expect(policy.test.agreement).toBeGreaterThanOrEqual(policy.targetAgreement - 0.015);
+      expect(policy.test.edgeShare).toBeGreaterThan(0);
+    }
+    expect(a.summary.policies[0].test.edgeShare).toBeLessThanOrEqual(a.summary.policies[1].test.edgeShare);
+    expect(evaluatePolicy([], [])).toEqual({ edgeShare: 0, agreement: 0, perExit: {} });
+  });
+
+  it("says clearly when the text is too short or a layer is out of range", async () => {
+    await expect(run("too short")).rejects.toThrow(/text: has \d+ tokens; calibration needs at least/);
+    const checkpoint = await loadCheckpoint(DENSE);
+    const tokenizer = await Tokenizer.fromFile(checkpoint.tokenizerPath!);
+    await expect(calibrate(checkpoint, tokenizer, { split: 3, exitLayers: [4], text: heldout })).rejects.toThrow(/exitLayers: 4 is outside \[1, 3\]/);
+    await expect(calibrate(checkpoint, tokenizer, { split: 6, exitLayers: [2], text: heldout })).rejects.toThrow(/split/);
+  });
+});
+
+describe("models/tandem-demo-moe (Mixtral-style)", () => {
+  it("loads with 8 experts per layer and its plain-TypeScript forward matches PyTorch's logits", async () => {
+    const checkpoint = await loadCheckpoint(MOE);
+    expect(checkpoint.config.architecture).toBe("mixtral");
+    expect(checkpoint.weights.layers[0].experts).toHaveLength(8);
+    const reference = referenceOf(MOE);
+    const logits = new ReferenceModel(checkpoint.config, checkpoint.weights).logits(reference.ids);
+    const vocab = checkpoint.config.vocabSize;
+    const rows = Array.from({ length: reference.ids.length }, (_, p) => logits.subarray(p * vocab, (p + 1) * vocab));
+    expect(rows.map(argmax)).toEqual(reference.argmax);
+    rows[rows.length - 1].forEach((v, i) => expect(Math.abs(v - reference.last_logits[i])).toBeLessThan(1e-3));
+  });
+});
