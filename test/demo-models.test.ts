@@ -27,7 +27,8 @@ interface ReferenceLogits {
   last_logits: number[];
   exit_argmax: Record<string, number[]>;
 }
-const referenceOf = (dir: string) => JSON.parse(readFileSync(join(dir, "reference-logits.json"), "utf8")) as ReferenceLogits;
+const referenceOf = (dir: string) =>
+  JSON.parse(readFileSync(join(dir, "reference-logits.json"), "utf8")) as ReferenceLogits;
 const argmax = (row: ArrayLike<number>) => {
   let best = 0;
   for (let i = 1; i < row.length; i++) if (row[i] > row[best]) best = i;
@@ -45,9 +46,22 @@ describe("models/tandem-demo (dense)", () => {
 
   it("generates readable text through the split with its exits", async () => {
     let text = "";
-    const deployment = JSON.parse(readFileSync(join(DENSE, "tandem.json"), "utf8")) as { exit_layers: number[]; recommended_split: number };
+    const deployment = JSON.parse(readFileSync(join(DENSE, "tandem.json"), "utf8")) as {
+      exit_layers: number[];
+      recommended_split: number;
+    };
     const stats = await runGenerate(
-      { model: DENSE, prompt: "The Python", maxTokens: 24, split: deployment.recommended_split, exitLayers: deployment.exit_layers, metric: "prob", threshold: 0.5, weights: "fp32", threads: 1 },
+      {
+        model: DENSE,
+        prompt: "The Python",
+        maxTokens: 24,
+        split: deployment.recommended_split,
+        exitLayers: deployment.exit_layers,
+        metric: "prob",
+        threshold: 0.5,
+        weights: "fp32",
+        threads: 1,
+      },
       (piece) => (text += piece),
     );
     expect(stats.edgeTokens + stats.cloudTokens).toBeGreaterThan(0);
@@ -59,8 +73,15 @@ describe("models/tandem-demo (dense)", () => {
     const checkpoint = await loadCheckpoint(DENSE);
     const tokenizer = await Tokenizer.fromFile(checkpoint.tokenizerPath!);
     const split = 3;
-    const lower = new SegmentSessions(await SegmentModel.load(checkpoint, segmentSpec({ fromLayer: 0, toLayer: split, outputHidden: true })));
-    const upper = new SegmentSessions(await SegmentModel.load(checkpoint, segmentSpec({ fromLayer: split, toLayer: 6, finalHead: true, positions: "all" })));
+    const lower = new SegmentSessions(
+      await SegmentModel.load(checkpoint, segmentSpec({ fromLayer: 0, toLayer: split, outputHidden: true })),
+    );
+    const upper = new SegmentSessions(
+      await SegmentModel.load(
+        checkpoint,
+        segmentSpec({ fromLayer: split, toLayer: 6, finalHead: true, positions: "all" }),
+      ),
+    );
     const ids = tokenizer.encode(readFileSync(join(DENSE, "heldout.txt"), "utf8")).slice(0, 16 * 128);
     const agree: Record<CodecName, number> = { fp32: 0, fp16: 0, int8: 0, int4: 0 };
     for (let w = 0; w < ids.length / 128; w++) {
@@ -72,7 +93,9 @@ describe("models/tandem-demo (dense)", () => {
       for (const codec of ["fp32", "fp16", "int8", "int4"] as const) {
         const c = getCodec(codec);
         upper.open("w");
-        tokens[codec] = (await upper.forward("w", { hidden: c.decode(c.encode(hidden, 128, 256), 128, 256), count: 128 })).exits[0].token;
+        tokens[codec] = (
+          await upper.forward("w", { hidden: c.decode(c.encode(hidden, 128, 256), 128, 256), count: 128 })
+        ).exits[0].token;
         upper.release("w");
         agree[codec] += tokens[codec]!.filter((t, i) => t === tokens.fp32![i]).length;
       }
@@ -87,7 +110,13 @@ describe("calibration on the demo model", () => {
   const run = async (text: string) => {
     const checkpoint = await loadCheckpoint(DENSE);
     const tokenizer = await Tokenizer.fromFile(checkpoint.tokenizerPath!);
-    return calibrate(checkpoint, tokenizer, { split: 3, exitLayers: [2, 3], text, targets: [0.99, 0.95], maxTokens: 12800 });
+    return calibrate(checkpoint, tokenizer, {
+      split: 3,
+      exitLayers: [2, 3],
+      text,
+      targets: [0.99, 0.95],
+      maxTokens: 12800,
+    });
   };
   const heldout = readFileSync(join(DENSE, "heldout.txt"), "utf8");
 
@@ -114,8 +143,12 @@ describe("calibration on the demo model", () => {
     await expect(run("too short")).rejects.toThrow(/text: has \d+ tokens; calibration needs at least/);
     const checkpoint = await loadCheckpoint(DENSE);
     const tokenizer = await Tokenizer.fromFile(checkpoint.tokenizerPath!);
-    await expect(calibrate(checkpoint, tokenizer, { split: 3, exitLayers: [4], text: heldout })).rejects.toThrow(/exitLayers: 4 is outside \[1, 3\]/);
-    await expect(calibrate(checkpoint, tokenizer, { split: 6, exitLayers: [2], text: heldout })).rejects.toThrow(/split/);
+    await expect(
+      calibrate(checkpoint, tokenizer, { split: 3, exitLayers: [4], text: heldout }),
+    ).rejects.toThrow(/exitLayers: 4 is outside \[1, 3\]/);
+    await expect(
+      calibrate(checkpoint, tokenizer, { split: 6, exitLayers: [2], text: heldout }),
+    ).rejects.toThrow(/split/);
   });
 });
 
@@ -127,8 +160,12 @@ describe("models/tandem-demo-moe (Mixtral-style)", () => {
     const reference = referenceOf(MOE);
     const logits = new ReferenceModel(checkpoint.config, checkpoint.weights).logits(reference.ids);
     const vocab = checkpoint.config.vocabSize;
-    const rows = Array.from({ length: reference.ids.length }, (_, p) => logits.subarray(p * vocab, (p + 1) * vocab));
+    const rows = Array.from({ length: reference.ids.length }, (_, p) =>
+      logits.subarray(p * vocab, (p + 1) * vocab),
+    );
     expect(rows.map(argmax)).toEqual(reference.argmax);
-    rows[rows.length - 1].forEach((v, i) => expect(Math.abs(v - reference.last_logits[i])).toBeLessThan(1e-3));
+    rows[rows.length - 1].forEach((v, i) =>
+      expect(Math.abs(v - reference.last_logits[i])).toBeLessThan(1e-3),
+    );
   });
 });

@@ -1,0 +1,28 @@
+/**
+ * Every NATS name the control plane uses, built from the cluster name in one place, so
+ * tests (and several clusters on one NATS) stay apart by choosing a cluster name.
+ */
+export interface ControlPlaneNames {
+  cluster: string;
+  /** KV bucket: node id → NodeRecord (heartbeat). */
+  nodesBucket: string;
+  /** KV bucket: placement maps, versioned. */
+  placementBucket: string;
+  /** KV bucket: the leader lease. */
+  leaderBucket: string;
+  /** Subject a worker publishes its load on. */
+  loadSubject(nodeId: string): string;
+}
+
+const NAME = /^[A-Za-z0-9_-]{1,64}$/;
+
+export function controlPlaneNames(cluster: string): ControlPlaneNames {
+  if (!NAME.test(cluster)) throw new Error(`cluster: "${cluster}" must be 1-64 letters, digits, "_" or "-"`);
+  return {
+    cluster,
+    nodesBucket: `tandem_${cluster}_nodes`,
+    placementBucket: `tandem_${cluster}_placement`,
+    leaderBucket: `tandem_${cluster}_leader`,
+    loadSubject: (nodeId) => `tandem.${cluster}.load.${nodeId}`,
+  };
+}

@@ -1,0 +1,125 @@
+/**
+ * A control-plane replica. Every tick it renews or contends for the leader lease; the
+ * leader reads the alive nodes and, when the set changed, writes the next placement
+ * version (sticky bounded-load consistent hashing: a dead node's shards move, others
+ * stay; draining nodes get none). Several replicas run; at most one acts.
+ */
+import type { NatsConnection } from "@nats-io/transport-node";
+import { Kvm } from "@nats-io/kv";
+import type { Logger } from "../../../shared/src/logger.ts";
+import { controlPlaneNames } from "./control-plane-names.ts";
+import { LeaderLease } from "./leader-lease.ts";
+import { NodeRegistry } from "./node-registry.ts";
+import { placeShards } from "./placement/shard-placement.ts";
+import { PlacementStore, type ShardMapRecord } from "./placement-store.ts";
+
+export interface ControllerOptions {
+  cluster: string;
+  replicaId: string;
+  /** @default 4096 */
+  shardCount?: number;
+  /** @default 500 */
+  tickMs?: number;
+  /** @default 3000 */
+  leaseTtlMs?: number;
+  /** @default 3000 */
+  heartbeatTtlMs?: number;
+}
+
+export class Controller {
+  private timer?: NodeJS.Timeout;
+  private running = false;
+  /** Maps this replica wrote (for tests and status). */
+  written = 0;
+
+  private constructor(
+    private readonly registry: NodeRegistry,
+    private readonly store: PlacementStore,
+    readonly lease: LeaderLease,
+    private readonly options: Required<ControllerOptions>,
+    private readonly log: Logger,
+  ) {}
+
+  static async start(nc: NatsConnection, options: ControllerOptions, log: Logger): Promise<Controller> {
+    const full: Required<ControllerOptions> = {
+      shardCount: 4096,
+      tickMs: 500,
+      leaseTtlMs: 3000,
+      heartbeatTtlMs: 3000,
+      ...options,
+    };
+    const names = controlPlaneNames(full.cluster);
+    const registry = await NodeRegistry.open(nc, names, { heartbeatTtlMs: full.heartbeatTtlMs });
+    const store = await PlacementStore.open(nc, names);
+    const leaseKv = await new Kvm(nc).create(names.leaderBucket, { history: 1 });
+    const controller = new Controller(
+      registry,
+      store,
+      new LeaderLease(leaseKv, full.replicaId, full.leaseTtlMs),
+      full,
+      log,
+    );
+    controller.schedule(0);
+    return controller;
+  }
+
+  private schedule(delay: number): void {
+    this.timer = setTimeout(
+      () => void this.tick().finally(() => this.timer && this.schedule(this.options.tickMs)),
+      delay,
+    );
+  }
+
+  /** One round: lease, then (as leader) re-place if membership changed. */
+  async tick(): Promise<void> {
+    if (this.running) return;
+    this.running = true;
+    try {
+      const wasLeader = this.lease.isLeader();
+      const leader = await this.lease.tick();
+      if (leader && !wasLeader)
+        this.log.info(
+          { replica: this.options.replicaId, fencingToken: this.lease.fencingToken },
+          "became leader",
+        );
+      if (!leader) return;
+      const nodes = (await this.registry.alive()).filter((n) => !n.draining);
+      const current = await this.store.read();
+      const nodeIds = nodes.map((n) => n.id).sort();
+      const currentIds = current ? [...new Set(Object.values(current.record.shards))].sort() : [];
+      if (nodes.length === 0 || JSON.stringify(nodeIds) === JSON.stringify(currentIds)) return;
+      const token = this.lease.fencingToken;
+      if (token === undefined) return; // lease ran short while reading: do not act
+      const previous = current
+        ? new Map(Object.entries(current.record.shards).map(([s, n]) => [Number(s), n]))
+        : undefined;
+      const map = placeShards(
+        this.options.shardCount,
+        nodes.map((n) => ({ id: n.id, weight: n.weight })),
+        previous,
+      );
+      const record: ShardMapRecord = {
+        version: (current?.record.version ?? 0) + 1,
+        fencingToken: token,
+        shardCount: this.options.shardCount,
+        shards: Object.fromEntries(map),
+        endpoints: Object.fromEntries(nodes.map((n) => [n.id, n.endpoint])),
+        writtenAt: Date.now(),
+      };
+      if (await this.store.write(record, current?.revision)) {
+        this.written++;
+        this.log.info({ version: record.version, nodes: nodeIds }, "placement written");
+      }
+    } catch (error) {
+      this.log.warn({ err: (error as Error).message }, "control-plane tick failed");
+    } finally {
+      this.running = false;
+    }
+  }
+
+  async stop(): Promise<void> {
+    clearTimeout(this.timer);
+    this.timer = undefined;
+    await this.lease.release().catch(() => undefined);
+  }
+}

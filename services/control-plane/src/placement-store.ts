@@ -1,0 +1,75 @@
+/**
+ * The versioned KV-shard placement map in a KV bucket. The leader writes version n+1 by
+ * compare-and-set on the revision it read, stamping its lease's fencing token; watchers
+ * (workers, edge agents) take a map only if its version and fencing token are not older
+ * than what they hold, so a deposed leader's late write is ignored.
+ */
+import type { NatsConnection } from "@nats-io/transport-node";
+import { Kvm, type KV } from "@nats-io/kv";
+import type { ControlPlaneNames } from "./control-plane-names.ts";
+import { sessionShard } from "./placement/shard-placement.ts";
+
+export interface ShardMapRecord {
+  version: number;
+  /** Lease revision of the leader that wrote it. */
+  fencingToken: number;
+  shardCount: number;
+  /** shard → node id. */
+  shards: Record<string, string>;
+  /** node id → endpoint, for clients that only read the map. */
+  endpoints: Record<string, string>;
+  writtenAt: number;
+}
+
+const KEY = "kv-shards";
+
+export class PlacementStore {
+  private constructor(readonly kv: KV) {}
+
+  static async open(nc: NatsConnection, names: ControlPlaneNames): Promise<PlacementStore> {
+    return new PlacementStore(await new Kvm(nc).create(names.placementBucket, { history: 10 }));
+  }
+
+  async read(): Promise<{ record: ShardMapRecord; revision: number } | undefined> {
+    const entry = await this.kv.get(KEY);
+    if (!entry || entry.operation !== "PUT") return undefined;
+    return { record: entry.json<ShardMapRecord>(), revision: entry.revision };
+  }
+
+  /** Writes the next version; fails (returns false) if someone wrote since `revision`. */
+  async write(record: ShardMapRecord, revision: number | undefined): Promise<boolean> {
+    try {
+      if (revision === undefined) await this.kv.create(KEY, JSON.stringify(record));
+      else await this.kv.update(KEY, JSON.stringify(record), revision);
+      return true;
+    } catch {
+      return false;
+    }
+  }
+
+  /** Calls `onMap` with every newer map, starting with the current one. */
+  async watch(onMap: (record: ShardMapRecord) => void): Promise<{ stop(): void }> {
+    const iterator = await this.kv.watch({ key: KEY });
+    let latest: ShardMapRecord | undefined;
+    void (async () => {
+      for await (const entry of iterator) {
+        if (entry.operation !== "PUT") continue;
+        const record = entry.json<ShardMapRecord>();
+        if (latest && (record.version <= latest.version || record.fencingToken < latest.fencingToken))
+          continue;
+        latest = record;
+        onMap(record);
+      }
+    })();
+    return { stop: () => iterator.stop() };
+  }
+}
+
+/** The worker that owns a session's KV shard under a map. */
+export function ownerOf(
+  record: ShardMapRecord,
+  sessionId: string,
+): { nodeId: string; endpoint: string } | undefined {
+  const nodeId = record.shards[String(sessionShard(sessionId, record.shardCount))];
+  return nodeId ? { nodeId, endpoint: record.endpoints[nodeId] } : undefined;
+}

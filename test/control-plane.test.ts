@@ -1,0 +1,152 @@
+/**
+ * The control plane on a real nats-server of the test's own: leader election with a
+ * lease, placement versions, a dead worker's shards moving, a crashed leader replaced,
+ * and a NATS restart survived.
+ */
+import { connect, type NatsConnection } from "@nats-io/transport-node";
+import { pino } from "pino";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { controlPlaneNames } from "../services/control-plane/src/control-plane-names.ts";
+import { Controller } from "../services/control-plane/src/controller.ts";
+import { NodeRegistry, type NodeRecord } from "../services/control-plane/src/node-registry.ts";
+import {
+  ownerOf,
+  PlacementStore,
+  type ShardMapRecord,
+} from "../services/control-plane/src/placement-store.ts";
+import { startNatsServer, type TestNatsServer } from "./helpers/nats-server.ts";
+
+const log = pino({ level: "silent" });
+let server: TestNatsServer;
+const connections: NatsConnection[] = [];
+const open = async () => {
+  const nc = await connect({ servers: server.url, maxReconnectAttempts: -1, reconnectTimeWait: 100 });
+  connections.push(nc);
+  return nc;
+};
+
+beforeAll(async () => {
+  server = await startNatsServer();
+});
+afterAll(async () => {
+  for (const nc of connections) await nc.close().catch(() => undefined);
+  await server.stop();
+});
+
+const worker = (id: string): Omit<NodeRecord, "heartbeatAt"> => ({
+  id,
+  role: "cloud-worker",
+  endpoint: `127.0.0.1:${5000 + Number(id.slice(1))}`,
+  weight: 1,
+  expertSlots: 8,
+  load: { sessions: 0, kvBytes: 0 },
+  draining: false,
+});
+
+async function until<T>(
+  what: string,
+  check: () => Promise<T | undefined> | T | undefined,
+  timeoutMs = 15_000,
+): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const value = await check();
+    if (value !== undefined && value !== false) return value as T;
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
+describe("control plane on NATS", () => {
+  it("elects one leader, places shards on alive workers, and moves only a dead worker's shards", async () => {
+    const cluster = `t${Date.now()}`;
+    const names = controlPlaneNames(cluster);
+    const options = { cluster, tickMs: 100, leaseTtlMs: 1000, heartbeatTtlMs: 1000, shardCount: 256 };
+    const a = await Controller.start(await open(), { ...options, replicaId: "cp-a" }, log);
+    const bConnection = await open();
+    const b = await Controller.start(bConnection, { ...options, replicaId: "cp-b" }, log);
+    let doubleLeader = false;
+    const watchdog = setInterval(() => {
+      if (a.lease.isLeader() && b.lease.isLeader()) doubleLeader = true;
+    }, 10);
+
+    const registry = await NodeRegistry.open(await open(), names, { heartbeatTtlMs: 1000 });
+    const alive = new Set(["w1", "w2", "w3"]);
+    const beat = setInterval(() => {
+      for (const id of alive) void registry.heartbeat(worker(id));
+    }, 200);
+    const store = await PlacementStore.open(await open(), names);
+    const seen: ShardMapRecord[] = [];
+    const watch = await store.watch((m) => seen.push(m));
+    try {
+      const first = await until("a map with three workers", () =>
+        seen.find((m) => Object.keys(m.endpoints).length === 3),
+      );
+      expect(new Set(Object.values(first.shards))).toEqual(new Set(["w1", "w2", "w3"]));
+      const owner = ownerOf(first, "session-42")!;
+      expect(["w1", "w2", "w3"]).toContain(owner.nodeId);
+      expect(owner.endpoint).toMatch(/^127\.0\.0\.1:500\d$/);
+
+      // w2 stops heartbeating: its shards, and only those, move.
+      alive.delete("w2");
+      const second = await until("a map without w2", () =>
+        seen.find((m) => m.version > first.version && !Object.values(m.shards).includes("w2")),
+      );
+      const moved = Object.keys(first.shards).filter((s) => first.shards[s] !== second.shards[s]);
+      expect(moved.every((s) => first.shards[s] === "w2")).toBe(true);
+      expect(moved.length).toBe(Object.values(first.shards).filter((n) => n === "w2").length);
+
+      // The leader crashes (its connection drops without releasing the lease).
+      const leader = a.lease.isLeader() ? a : b;
+      const follower = leader === a ? b : a;
+      await leader.stop().catch(() => undefined);
+      if (leader === b) await bConnection.close();
+      else await connections[0].close();
+      const tookOver = Date.now();
+      await until("the other replica leading", () => follower.lease.isLeader());
+      expect(Date.now() - tookOver).toBeLessThan(5000);
+
+      // The new leader continues the version sequence when membership changes again.
+      alive.add("w4");
+      const third = await until("a map with w4", () =>
+        seen.find((m) => Object.keys(m.endpoints).includes("w4")),
+      );
+      expect(third.version).toBe(second.version + 1);
+      expect(third.fencingToken).toBeGreaterThan(second.fencingToken);
+      expect(doubleLeader).toBe(false);
+      expect(seen.map((m) => m.version)).toEqual([...seen.map((m) => m.version)].sort((x, y) => x - y));
+    } finally {
+      clearInterval(watchdog);
+      clearInterval(beat);
+      watch.stop();
+      await a.stop();
+      await b.stop();
+    }
+  });
+
+  it("keeps working across a NATS server restart", async () => {
+    const cluster = `r${Date.now()}`;
+    const names = controlPlaneNames(cluster);
+    const options = { cluster, tickMs: 100, leaseTtlMs: 1000, heartbeatTtlMs: 1500, shardCount: 64 };
+    const controller = await Controller.start(await open(), { ...options, replicaId: "cp" }, log);
+    const registry = await NodeRegistry.open(await open(), names, { heartbeatTtlMs: 1500 });
+    const alive = new Set(["w1"]);
+    const beat = setInterval(() => {
+      for (const id of alive) void registry.heartbeat(worker(id)).catch(() => undefined);
+    }, 200);
+    const store = await PlacementStore.open(await open(), names);
+    try {
+      await until("a first map", async () => (await store.read())?.record);
+      await server.restart();
+      alive.add("w2");
+      const after = await until("a map with w2 after the restart", async () => {
+        const current = await store.read().catch(() => undefined);
+        return current && Object.keys(current.record.endpoints).includes("w2") ? current.record : undefined;
+      });
+      expect(after.version).toBeGreaterThanOrEqual(2);
+    } finally {
+      clearInterval(beat);
+      await controller.stop();
+    }
+  });
+});

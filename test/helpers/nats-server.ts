@@ -1,0 +1,64 @@
+/** A nats-server of the test's own (JetStream on, storage in a temp dir, a free port). */
+import { spawn, type ChildProcess } from "node:child_process";
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { connect as tcpConnect } from "node:net";
+import { freePort } from "./processes.ts";
+
+export interface TestNatsServer {
+  url: string;
+  port: number;
+  stop(): Promise<void>;
+  restart(): Promise<void>;
+}
+
+function waitForPort(port: number, timeoutMs = 10_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  return new Promise((resolve, reject) => {
+    const attempt = () => {
+      const socket = tcpConnect(port, "127.0.0.1");
+      socket.once("connect", () => {
+        socket.destroy();
+        resolve();
+      });
+      socket.once("error", () => {
+        socket.destroy();
+        if (Date.now() > deadline) reject(new Error(`nats-server did not listen on ${port}`));
+        else setTimeout(attempt, 50);
+      });
+    };
+    attempt();
+  });
+}
+
+export async function startNatsServer(): Promise<TestNatsServer> {
+  const port = await freePort();
+  const storage = mkdtempSync(join(tmpdir(), "tandem-nats-"));
+  let child: ChildProcess | undefined;
+  const launch = async () => {
+    child = spawn("nats-server", ["-a", "127.0.0.1", "-p", String(port), "-js", "-sd", storage], {
+      stdio: "ignore",
+    });
+    await waitForPort(port);
+  };
+  const stop = async () => {
+    if (!child || child.exitCode !== null) return;
+    const exited = new Promise<void>((r) => child!.once("exit", () => r()));
+    child.kill("SIGTERM");
+    await exited;
+  };
+  await launch();
+  return {
+    url: `nats://127.0.0.1:${port}`,
+    port,
+    stop: async () => {
+      await stop();
+      rmSync(storage, { recursive: true, force: true });
+    },
+    restart: async () => {
+      await stop();
+      await launch();
+    },
+  };
+}
