@@ -6,14 +6,10 @@
 import { connect, type NatsConnection } from "@nats-io/transport-node";
 import { pino } from "pino";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { controlPlaneNames } from "../services/control-plane/src/control-plane-names.ts";
+import { controlPlaneNames } from "../shared/src/control-plane/control-plane-names.ts";
 import { Controller } from "../services/control-plane/src/controller.ts";
 import { NodeRegistry, type NodeRecord } from "../services/control-plane/src/node-registry.ts";
-import {
-  ownerOf,
-  PlacementStore,
-  type ShardMapRecord,
-} from "../services/control-plane/src/placement-store.ts";
+import { ownerOf, PlacementStore, type ShardMapRecord } from "../shared/src/control-plane/placement-map.ts";
 import { startNatsServer, type TestNatsServer } from "./helpers/nats-server.ts";
 
 const log = pino({ level: "silent" });

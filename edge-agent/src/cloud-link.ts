@@ -6,6 +6,7 @@
  * waiting on a dead cloud.
  */
 import * as grpc from "@grpc/grpc-js";
+import type { CloudRoute } from "./cloud-route.ts";
 import {
   loadTandemProtos,
   type CloudMessage__Output,
@@ -92,10 +93,6 @@ export class CloudLink {
     this.backoffMs = this.options.backoffInitialMs ?? 250;
   }
 
-  session(sessionId: string): CloudSession {
-    return new CloudSession(this, sessionId);
-  }
-
   close(): void {
     this.client.close();
   }
@@ -107,10 +104,50 @@ interface PendingReply {
   timer: NodeJS.Timeout;
 }
 
-/** One session's Escalate stream, as the generator's upper segment. */
+/** One CloudLink per worker address, shared by the sessions routed there. */
+export class CloudLinks {
+  private readonly links = new Map<string, CloudLink>();
+
+  constructor(
+    private readonly options: Omit<CloudLinkOptions, "address">,
+    readonly identity: EdgeIdentity,
+    readonly route: CloudRoute,
+  ) {}
+
+  get(address: string): CloudLink {
+    let link = this.links.get(address);
+    if (!link) {
+      link = new CloudLink({ ...this.options, address }, this.identity);
+      this.links.set(address, link);
+    }
+    return link;
+  }
+
+  session(sessionId: string): CloudSession {
+    return new CloudSession(this, sessionId);
+  }
+
+  get deadlineMs(): number {
+    return this.options.deadlineMs ?? 2000;
+  }
+
+  async close(): Promise<void> {
+    for (const link of this.links.values()) link.close();
+    await this.route.close();
+  }
+}
+
+/**
+ * One session's Escalate stream, as the generator's upper segment. The stream goes to
+ * the worker the route names; when that worker fails and the route moves the session to
+ * another (a re-placed KV shard), the session follows within the deadline, and the new
+ * worker's empty context makes the generator replay.
+ */
 export class CloudSession implements UpperSegment {
   bytesSent = 0;
   bytesReceived = 0;
+  private link?: CloudLink;
+  private address?: string;
   private stream?: grpc.ClientDuplexStream<EdgeMessage, CloudMessage__Output>;
   private opened?: Promise<number>;
   /** Context length the worker reported when the current stream opened, until first used. */
@@ -119,7 +156,7 @@ export class CloudSession implements UpperSegment {
   private readonly pending = new Map<string, PendingReply>();
 
   constructor(
-    private readonly link: CloudLink,
+    private readonly links: CloudLinks,
     readonly sessionId: string,
   ) {}
 
@@ -130,15 +167,44 @@ export class CloudSession implements UpperSegment {
     wantToken: boolean,
     sampling: SamplingOptions,
   ): Promise<UpperAnswer | undefined> {
-    if (!this.link.available()) throw new UpperUnavailableError("cloud worker unreachable (backing off)");
-    const contextLength = await this.ensureOpen();
+    try {
+      return await this.extendOnce(start, hidden, count, wantToken, sampling);
+    } catch (error) {
+      if (!(error instanceof UpperUnavailableError)) throw error;
+      const next = await this.links.route.waitForOwnerChange(
+        this.sessionId,
+        this.address,
+        this.links.deadlineMs,
+      );
+      if (!next) throw error;
+      return await this.extendOnce(start, hidden, count, wantToken, sampling);
+    }
+  }
+
+  private async extendOnce(
+    start: number,
+    hidden: Float32Array,
+    count: number,
+    wantToken: boolean,
+    sampling: SamplingOptions,
+  ): Promise<UpperAnswer | undefined> {
+    const address = this.links.route.address(this.sessionId);
+    if (!address) throw new UpperUnavailableError("no cloud worker owns this session yet");
+    if (address !== this.address) {
+      await this.close();
+      this.address = address;
+      this.link = this.links.get(address);
+    }
+    const link = this.link!;
+    if (!link.available()) throw new UpperUnavailableError("cloud worker unreachable (backing off)");
+    const contextLength = await this.ensureOpen(link);
     if (this.openedLength !== undefined) {
       // A fresh stream: the worker says how much of the session it holds. Send from there.
       this.openedLength = undefined;
       if (contextLength < start)
         throw new ContextLostError(contextLength, "worker holds less context than expected");
     }
-    const payload = this.link.codec.encode(hidden, count, this.link.identity.hiddenSize);
+    const payload = link.codec.encode(hidden, count, link.identity.hiddenSize);
     const requestId = String(this.nextRequestId++);
     const message: EdgeMessage = {
       frame: {
@@ -157,9 +223,9 @@ export class CloudSession implements UpperSegment {
     return new Promise<UpperAnswer>((resolve, reject) => {
       const timer = setTimeout(() => {
         this.pending.delete(requestId);
-        this.link.noteFailure();
-        reject(new UpperUnavailableError(`no answer from the cloud within ${this.link.deadlineMs} ms`));
-      }, this.link.deadlineMs);
+        link.noteFailure();
+        reject(new UpperUnavailableError(`no answer from the cloud within ${link.deadlineMs} ms`));
+      }, link.deadlineMs);
       this.pending.set(requestId, { resolve, reject, timer });
     });
   }
@@ -170,6 +236,7 @@ export class CloudSession implements UpperSegment {
       this.stream.end();
     }
     this.stream = undefined;
+    this.opened = undefined;
   }
 
   private write(message: EdgeMessage): void {
@@ -188,24 +255,20 @@ export class CloudSession implements UpperSegment {
   }
 
   /** Opens the stream if needed; resolves with the worker's context length for this session. */
-  private ensureOpen(): Promise<number> {
+  private ensureOpen(link: CloudLink): Promise<number> {
     if (this.opened) return this.opened;
-    const stream = this.link.client.Escalate();
+    const stream = link.client.Escalate();
     this.stream = stream;
     this.opened = new Promise<number>((resolve, reject) => {
       const timer = setTimeout(() => {
-        fail(
-          new UpperUnavailableError(
-            `cloud worker did not open the session within ${this.link.deadlineMs} ms`,
-          ),
-        );
-      }, this.link.deadlineMs);
+        fail(new UpperUnavailableError(`cloud worker did not open the session within ${link.deadlineMs} ms`));
+      }, link.deadlineMs);
       const fail = (error: Error) => {
         clearTimeout(timer);
         if (this.stream === stream) {
           this.stream = undefined;
           this.opened = undefined;
-          this.link.noteFailure();
+          link.noteFailure();
         }
         stream.cancel();
         reject(error);
@@ -219,7 +282,7 @@ export class CloudSession implements UpperSegment {
         this.bytesReceived += this.serializedSize("response", message);
         if (message.message === "opened" && message.opened) {
           clearTimeout(timer);
-          this.link.noteSuccess();
+          link.noteSuccess();
           this.openedLength = message.opened.contextLength;
           resolve(message.opened.contextLength);
         } else if (message.message === "token" && message.token) {
@@ -252,11 +315,11 @@ export class CloudSession implements UpperSegment {
       stream.write({
         open: {
           sessionId: this.sessionId,
-          modelId: this.link.identity.modelId,
-          weightsHash: this.link.identity.weightsHash,
-          splitLayer: this.link.identity.splitLayer,
-          codec: CODEC_ENUM[this.link.codec.name],
-          hiddenSize: this.link.identity.hiddenSize,
+          modelId: link.identity.modelId,
+          weightsHash: link.identity.weightsHash,
+          splitLayer: link.identity.splitLayer,
+          codec: CODEC_ENUM[link.codec.name],
+          hiddenSize: link.identity.hiddenSize,
         },
       } as EdgeMessage);
     });

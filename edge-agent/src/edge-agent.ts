@@ -21,7 +21,8 @@ import { segmentSpec, type ExitHeadSpec, type WeightFormat } from "../../runtime
 import { Tokenizer } from "../../runtime/src/tokenizer/tokenizer.ts";
 import { startGrpcServer, type RunningServer } from "../../shared/src/grpc-server.ts";
 import type { Logger } from "../../shared/src/logger.ts";
-import { CloudLink } from "./cloud-link.ts";
+import { CloudLinks } from "./cloud-link.ts";
+import { PlacementCloudRoute, StaticCloudRoute } from "./cloud-route.ts";
 import type { EdgeConfig } from "./edge-config.ts";
 import { inferenceHandlers } from "./inference-service.ts";
 
@@ -102,22 +103,28 @@ export async function startEdgeAgent(
     { threads: config.threads, cacheDir: options.cacheDir },
   );
   const lower = new SegmentSessions(lowerModel);
-  const cloud = config.cloudAddress
-    ? new CloudLink(
-        {
-          address: config.cloudAddress,
-          codec: config.codec as CodecName,
-          deadlineMs: config.cloudDeadlineMs,
-          keepaliveMs: config.keepaliveMs,
-        },
-        {
-          modelId: basename(config.model),
-          weightsHash: checkpoint.weightsHash,
-          splitLayer: split,
-          hiddenSize: checkpoint.config.hiddenSize,
-        },
-      )
-    : undefined;
+  // The cloud: a fixed worker, or the owner of each session's shard in the placement map.
+  const route = config.natsUrl
+    ? await PlacementCloudRoute.start(config.natsUrl, config.cluster)
+    : config.cloudAddress
+      ? new StaticCloudRoute(config.cloudAddress)
+      : undefined;
+  const cloud =
+    route &&
+    new CloudLinks(
+      {
+        codec: config.codec as CodecName,
+        deadlineMs: config.cloudDeadlineMs,
+        keepaliveMs: config.keepaliveMs,
+      },
+      {
+        modelId: basename(config.model),
+        weightsHash: checkpoint.weightsHash,
+        splitLayer: split,
+        hiddenSize: checkpoint.config.hiddenSize,
+      },
+      route,
+    );
 
   const protos = loadTandemProtos();
   const handlers = inferenceHandlers({
@@ -156,7 +163,7 @@ export async function startEdgeAgent(
       address: server.address,
       split,
       exits: exits.map((e) => e.afterLayer),
-      cloud: config.cloudAddress ?? null,
+      cloud: config.natsUrl ? `placement map of cluster ${config.cluster}` : (config.cloudAddress ?? null),
       calibrated: Boolean(calibration),
     },
     "edge agent serving",
@@ -167,7 +174,7 @@ export async function startEdgeAgent(
     exitLayers: exits.map((e) => e.afterLayer),
     async close(graceMs) {
       await server.shutdown(graceMs);
-      cloud?.close();
+      await cloud?.close();
       await lowerModel.release();
     },
   };

@@ -38,6 +38,13 @@ export const EDGE_CONFIG_SCHEMA = {
     default: null,
     description: "host:port of a cloud worker (none: edge only)",
   },
+  natsUrl: {
+    type: "string",
+    default: null,
+    description:
+      "NATS of the control plane: route each session to its shard's worker (replaces cloudAddress)",
+  },
+  cluster: { type: "string", default: "default", description: "control-plane cluster name" },
   codec: {
     type: "string",
     default: "fp16",

@@ -21,7 +21,7 @@ import type { SamplingOptions } from "../../runtime/src/generation/sampler.ts";
 import { SplitGenerator, type TokenSource } from "../../runtime/src/generation/split-generator.ts";
 import { IncrementalDecoder, type Tokenizer } from "../../runtime/src/tokenizer/tokenizer.ts";
 import type { Logger } from "../../shared/src/logger.ts";
-import type { CloudLink, CloudSession } from "./cloud-link.ts";
+import type { CloudLinks, CloudSession } from "./cloud-link.ts";
 import { StopSequenceFilter } from "./stop-sequences.ts";
 
 export interface InferenceContext {
@@ -29,7 +29,7 @@ export interface InferenceContext {
   lower: SegmentSessions;
   tokenizer: Tokenizer;
   /** Undefined: no cloud configured (edge only). */
-  cloud?: CloudLink;
+  cloud?: CloudLinks;
   /** A new policy for AUTO mode, per session (policies may keep state). */
   autoPolicy: () => ExitPolicy;
   exitLayers: number[];

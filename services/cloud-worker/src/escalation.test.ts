@@ -9,7 +9,8 @@ import { join } from "node:path";
 import * as grpc from "@grpc/grpc-js";
 import { pino } from "pino";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { CloudLink } from "../../../edge-agent/src/cloud-link.ts";
+import { CloudLinks } from "../../../edge-agent/src/cloud-link.ts";
+import { StaticCloudRoute } from "../../../edge-agent/src/cloud-route.ts";
 import { loadTandemProtos, type CloudMessage__Output, type EdgeMessage } from "../../../proto/index.ts";
 import { loadCheckpoint } from "../../../runtime/src/checkpoint/load-checkpoint.ts";
 import type { Checkpoint } from "../../../runtime/src/checkpoint/model-weights.ts";
@@ -225,9 +226,10 @@ describe("Escalate", () => {
 
 describe("CloudSession (the edge side)", () => {
   it("after a broken stream, reopens and sends only what the worker does not hold", async () => {
-    const link = new CloudLink(
-      { address: worker.server.address, codec: "fp32", backoffInitialMs: 1 },
+    const link = new CloudLinks(
+      { codec: "fp32", backoffInitialMs: 1 },
       { modelId: "m", weightsHash: checkpoint.weightsHash, splitLayer: SPLIT, hiddenSize: HIDDEN },
+      new StaticCloudRoute(worker.server.address),
     );
     const session = link.session("resync");
     const first = await session.extend(0, hidden.subarray(0, 10 * HIDDEN), 10, true, GREEDY);
@@ -240,6 +242,6 @@ describe("CloudSession (the edge side)", () => {
     expect(answer).toBeDefined();
     expect(worker.counters.positions - positionsBefore).toBe(2);
     await session.close();
-    link.close();
+    await link.close();
   });
 });

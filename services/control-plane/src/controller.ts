@@ -7,11 +7,11 @@
 import type { NatsConnection } from "@nats-io/transport-node";
 import { Kvm } from "@nats-io/kv";
 import type { Logger } from "../../../shared/src/logger.ts";
-import { controlPlaneNames } from "./control-plane-names.ts";
+import { controlPlaneNames } from "../../../shared/src/control-plane/control-plane-names.ts";
 import { LeaderLease } from "./leader-lease.ts";
 import { NodeRegistry } from "./node-registry.ts";
 import { placeShards } from "./placement/shard-placement.ts";
-import { PlacementStore, type ShardMapRecord } from "./placement-store.ts";
+import { PlacementStore, type ShardMapRecord } from "../../../shared/src/control-plane/placement-map.ts";
 
 export interface ControllerOptions {
   cluster: string;

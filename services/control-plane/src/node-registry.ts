@@ -6,7 +6,7 @@
  */
 import type { NatsConnection } from "@nats-io/transport-node";
 import { Kvm, type KV } from "@nats-io/kv";
-import type { ControlPlaneNames } from "./control-plane-names.ts";
+import type { ControlPlaneNames } from "../../../shared/src/control-plane/control-plane-names.ts";
 
 export interface NodeRecord {
   id: string;

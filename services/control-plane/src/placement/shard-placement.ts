@@ -7,6 +7,10 @@
  * Pure and deterministic: same inputs, same map.
  */
 
+import { hash32 } from "../../../../shared/src/control-plane/session-shard.ts";
+
+export { hash32, sessionShard } from "../../../../shared/src/control-plane/session-shard.ts";
+
 export interface ShardNode {
   id: string;
   /** Relative capacity (e.g. KV memory); a node of weight 2 gets twice the shards. */
@@ -18,26 +22,6 @@ export interface ShardPlacementOptions {
   loadFactor?: number;
   /** Ring points per unit of weight. @default 64 */
   pointsPerWeight?: number;
-}
-
-/** 32-bit FNV-1a followed by a murmur3 finaliser: fast, well mixed, stable across runs. */
-export function hash32(text: string): number {
-  let h = 0x811c9dc5;
-  for (let i = 0; i < text.length; i++) {
-    h ^= text.charCodeAt(i);
-    h = Math.imul(h, 0x01000193);
-  }
-  h ^= h >>> 16;
-  h = Math.imul(h, 0x85ebca6b);
-  h ^= h >>> 13;
-  h = Math.imul(h, 0xc2b2ae35);
-  h ^= h >>> 16;
-  return h >>> 0;
-}
-
-/** The virtual shard a session's KV lives in. */
-export function sessionShard(sessionId: string, shardCount: number): number {
-  return hash32(`session:${sessionId}`) % shardCount;
 }
 
 interface Ring {

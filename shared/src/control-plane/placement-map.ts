@@ -7,7 +7,7 @@
 import type { NatsConnection } from "@nats-io/transport-node";
 import { Kvm, type KV } from "@nats-io/kv";
 import type { ControlPlaneNames } from "./control-plane-names.ts";
-import { sessionShard } from "./placement/shard-placement.ts";
+import { sessionShard } from "./session-shard.ts";
 
 export interface ShardMapRecord {
   version: number;

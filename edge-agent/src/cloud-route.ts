@@ -1,0 +1,95 @@
+/**
+ * Which cloud worker serves a session: one fixed address, or the owner of the session's
+ * KV shard in the control plane's placement map (watched on NATS), which changes when
+ * workers join, drain or die.
+ */
+import { connect, type NatsConnection } from "@nats-io/transport-node";
+import { controlPlaneNames } from "../../shared/src/control-plane/control-plane-names.ts";
+import {
+  ownerOf,
+  PlacementStore,
+  type ShardMapRecord,
+} from "../../shared/src/control-plane/placement-map.ts";
+
+export interface CloudRoute {
+  /** Address of the worker for the session, if any is known. */
+  address(sessionId: string): string | undefined;
+  /** Resolves with the session's next owner when the map moves it away from `from`, or undefined after `timeoutMs`. */
+  waitForOwnerChange(
+    sessionId: string,
+    from: string | undefined,
+    timeoutMs: number,
+  ): Promise<string | undefined>;
+  close(): Promise<void>;
+}
+
+export class StaticCloudRoute implements CloudRoute {
+  constructor(private readonly fixed: string) {}
+  address(): string {
+    return this.fixed;
+  }
+  async waitForOwnerChange(): Promise<undefined> {
+    return undefined;
+  }
+  async close(): Promise<void> {}
+}
+
+export class PlacementCloudRoute implements CloudRoute {
+  private map?: ShardMapRecord;
+  private readonly listeners = new Set<() => void>();
+
+  private constructor(
+    private readonly nc: NatsConnection,
+    private readonly stopWatch: () => void,
+  ) {}
+
+  static async start(servers: string, cluster: string): Promise<PlacementCloudRoute> {
+    const nc = await connect({ servers, maxReconnectAttempts: -1, reconnectTimeWait: 250 });
+    const store = await PlacementStore.open(nc, controlPlaneNames(cluster));
+    let route: PlacementCloudRoute | undefined;
+    let early: ShardMapRecord | undefined;
+    const watch = await store.watch((map) => {
+      if (!route) {
+        early = map;
+        return;
+      }
+      route.map = map;
+      for (const listener of [...route.listeners]) listener();
+    });
+    route = new PlacementCloudRoute(nc, () => watch.stop());
+    route.map = early;
+    return route;
+  }
+
+  address(sessionId: string): string | undefined {
+    return this.map ? ownerOf(this.map, sessionId)?.endpoint : undefined;
+  }
+
+  waitForOwnerChange(
+    sessionId: string,
+    from: string | undefined,
+    timeoutMs: number,
+  ): Promise<string | undefined> {
+    return new Promise((resolve) => {
+      const check = () => {
+        const now = this.address(sessionId);
+        if (now !== undefined && now !== from) {
+          done(now);
+        }
+      };
+      const done = (value: string | undefined) => {
+        clearTimeout(timer);
+        this.listeners.delete(check);
+        resolve(value);
+      };
+      const timer = setTimeout(() => done(undefined), timeoutMs);
+      this.listeners.add(check);
+      check();
+    });
+  }
+
+  async close(): Promise<void> {
+    this.stopWatch();
+    await this.nc.close();
+  }
+}
