@@ -38,26 +38,19 @@ export class PlacementCloudRoute implements CloudRoute {
   private map?: ShardMapRecord;
   private readonly listeners = new Set<() => void>();
 
-  private constructor(
-    private readonly nc: NatsConnection,
-    private readonly stopWatch: () => void,
-  ) {}
+  private stopWatch: () => void = () => undefined;
+
+  private constructor(private readonly nc: NatsConnection) {}
 
   static async start(servers: string, cluster: string): Promise<PlacementCloudRoute> {
     const nc = await connect({ servers, maxReconnectAttempts: -1, reconnectTimeWait: 250 });
+    const route = new PlacementCloudRoute(nc);
     const store = await PlacementStore.open(nc, controlPlaneNames(cluster));
-    let route: PlacementCloudRoute | undefined;
-    let early: ShardMapRecord | undefined;
     const watch = await store.watch((map) => {
-      if (!route) {
-        early = map;
-        return;
-      }
       route.map = map;
       for (const listener of [...route.listeners]) listener();
     });
-    route = new PlacementCloudRoute(nc, () => watch.stop());
-    route.map = early;
+    route.stopWatch = () => watch.stop();
     return route;
   }
 
