@@ -4,4 +4,6 @@ import { register } from "tsx/esm/api";
 
 register();
 const { main } = await import("../services/cloud-worker/src/main.ts");
-process.exitCode = await main(process.argv.slice(2));
+// Exit once main returns: a peer that stopped reading (a frozen edge) must not keep a
+// drained worker's process alive through its half-open HTTP/2 session.
+process.exit(await main(process.argv.slice(2)));

@@ -4,4 +4,5 @@ import { register } from "tsx/esm/api";
 
 register();
 const { main } = await import("../edge-agent/src/main.ts");
-process.exitCode = await main(process.argv.slice(2));
+// Exit once main returns: peers that stopped reading must not keep a stopped server alive.
+process.exit(await main(process.argv.slice(2)));

@@ -48,7 +48,7 @@ export async function startProgram(
     const timer = setTimeout(() => reject(new Error(`${program} did not start in 60 s:\n${output}`)), 60_000);
     child.stdout!.on("data", (d: Buffer) => {
       output += d.toString();
-      const match = /listening (\S+)/.exec(output);
+      const match = /(?:listening|running) (\S+)/.exec(output);
       if (match) {
         clearTimeout(timer);
         resolve(match[1]);

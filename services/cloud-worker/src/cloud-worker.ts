@@ -12,6 +12,7 @@ import { segmentSpec, type WeightFormat } from "../../../runtime/src/graph/segme
 import { startGrpcServer, type RunningServer } from "../../../shared/src/grpc-server.ts";
 import type { Logger } from "../../../shared/src/logger.ts";
 import { ContextManager } from "./context-manager.ts";
+import { ClusterMembership } from "./cluster-membership.ts";
 import { DecodeBatcher } from "./decode-batcher.ts";
 import { escalationHandlers, type EscalationCounters } from "./escalation-service.ts";
 
@@ -28,6 +29,8 @@ export interface CloudWorkerOptions {
   maxBatch?: number;
   weightFormat?: WeightFormat;
   cacheDir?: string;
+  /** Join a control plane: heartbeat and follow the placement map. */
+  cluster?: { natsUrl: string; name: string; heartbeatMs?: number; heartbeatTtlMs?: number; weight?: number };
 }
 
 export interface CloudWorker {
@@ -35,6 +38,8 @@ export interface CloudWorker {
   contexts: ContextManager;
   batcher: DecodeBatcher;
   counters: EscalationCounters;
+  membership?: ClusterMembership;
+  /** Planned stop: drain shards away first (when in a cluster), then stop serving. */
   close(graceMs?: number): Promise<void>;
 }
 
@@ -106,13 +111,35 @@ export async function startCloudWorker(options: CloudWorkerOptions, log: Logger)
     },
     "cloud worker serving",
   );
+  const membership = options.cluster
+    ? await ClusterMembership.start(
+        {
+          natsUrl: options.cluster.natsUrl,
+          cluster: options.cluster.name,
+          nodeId: options.workerId,
+          endpoint: server.address,
+          weight: options.cluster.weight,
+          heartbeatMs: options.cluster.heartbeatMs,
+          heartbeatTtlMs: options.cluster.heartbeatTtlMs,
+        },
+        contexts,
+        log,
+      )
+    : undefined;
   return {
     server,
     contexts,
     batcher,
     counters,
+    membership,
     async close(graceMs) {
+      if (membership) {
+        const drained = await membership.drain();
+        log.info({ drained }, drained ? "shards moved away" : "drain timed out");
+        await membership.stop();
+      }
       await server.shutdown(graceMs);
+      log.info("stopped serving");
       await model.release();
     },
   };

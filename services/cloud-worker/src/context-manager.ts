@@ -68,6 +68,10 @@ export class ContextManager {
     }
   }
 
+  sessionIds(): string[] {
+    return this.sessions.sessionIds;
+  }
+
   release(sessionId: string): void {
     this.sessions.release(sessionId);
     this.lastUsed.delete(sessionId);

@@ -28,6 +28,14 @@ export const WORKER_CONFIG_SCHEMA = {
     choices: ["fp32", "int8", "int4"],
     description: "weight format",
   },
+  natsUrl: {
+    type: "string",
+    default: null,
+    description: "NATS of the control plane (none: standalone worker)",
+  },
+  cluster: { type: "string", default: "default", description: "control-plane cluster name" },
+  weight: { type: "number", default: 1, min: 0.01, description: "relative KV capacity for shard placement" },
+  heartbeatMs: { type: "integer", default: 500, min: 50, description: "heartbeat interval" },
 } as const satisfies ConfigSchema;
 
 export async function main(argv: string[]): Promise<number> {
@@ -52,6 +60,15 @@ export async function main(argv: string[]): Promise<number> {
       batching: config.batching,
       maxBatch: config.maxBatch,
       weightFormat: config.weights as "fp32" | "int8" | "int4",
+      cluster: config.natsUrl
+        ? {
+            natsUrl: config.natsUrl,
+            name: config.cluster,
+            weight: config.weight,
+            heartbeatMs: config.heartbeatMs,
+            heartbeatTtlMs: config.heartbeatMs * 4,
+          }
+        : undefined,
     },
     log,
   );

@@ -1,0 +1,123 @@
+/**
+ * A worker's part in the control plane: it heartbeats its record (endpoint, capacity,
+ * load) into the node registry and watches the placement map. When a new map gives one
+ * of its sessions' shards to another worker, it drops that session's KV: the edge follows
+ * the map to the new owner and replays the context there. Draining marks the record so
+ * the leader moves every shard away; the worker stops once the map no longer names it.
+ */
+import { connect, type NatsConnection } from "@nats-io/transport-node";
+import { controlPlaneNames } from "../../../shared/src/control-plane/control-plane-names.ts";
+import {
+  ownerOf,
+  PlacementStore,
+  type ShardMapRecord,
+} from "../../../shared/src/control-plane/placement-map.ts";
+import type { Logger } from "../../../shared/src/logger.ts";
+import { NodeRegistry } from "../../control-plane/src/node-registry.ts";
+import type { ContextManager } from "./context-manager.ts";
+
+export interface MembershipOptions {
+  natsUrl: string;
+  cluster: string;
+  nodeId: string;
+  endpoint: string;
+  /** Relative KV capacity. @default 1 */
+  weight?: number;
+  /** @default 500 */
+  heartbeatMs?: number;
+  /** @default 3000 */
+  heartbeatTtlMs?: number;
+}
+
+export class ClusterMembership {
+  private draining = false;
+  private timer?: NodeJS.Timeout;
+  private map?: ShardMapRecord;
+  private readonly mapListeners = new Set<() => void>();
+
+  private constructor(
+    private readonly nc: NatsConnection,
+    private readonly registry: NodeRegistry,
+    private readonly stopWatch: () => void,
+    private readonly options: MembershipOptions,
+    private readonly contexts: ContextManager,
+    private readonly log: Logger,
+  ) {}
+
+  static async start(
+    options: MembershipOptions,
+    contexts: ContextManager,
+    log: Logger,
+  ): Promise<ClusterMembership> {
+    const nc = await connect({ servers: options.natsUrl, maxReconnectAttempts: -1, reconnectTimeWait: 250 });
+    const names = controlPlaneNames(options.cluster);
+    const registry = await NodeRegistry.open(nc, names, { heartbeatTtlMs: options.heartbeatTtlMs });
+    const store = await PlacementStore.open(nc, names);
+    let membership: ClusterMembership | undefined;
+    const watch = await store.watch((map) => membership?.onMap(map));
+    membership = new ClusterMembership(nc, registry, () => watch.stop(), options, contexts, log);
+    await membership.heartbeat();
+    membership.timer = setInterval(() => void membership!.heartbeat(), options.heartbeatMs ?? 500);
+    return membership;
+  }
+
+  private async heartbeat(): Promise<void> {
+    const stats = this.contexts.stats();
+    await this.registry
+      .heartbeat({
+        id: this.options.nodeId,
+        role: "cloud-worker",
+        endpoint: this.options.endpoint,
+        weight: this.options.weight ?? 1,
+        expertSlots: 0,
+        load: { sessions: stats.sessions, kvBytes: stats.kvBytes },
+        draining: this.draining,
+      })
+      .catch((error: Error) => this.log.warn({ err: error.message }, "heartbeat failed"));
+  }
+
+  private onMap(map: ShardMapRecord): void {
+    this.map = map;
+    let released = 0;
+    for (const sessionId of this.contexts.sessionIds()) {
+      const owner = ownerOf(map, sessionId);
+      if (owner && owner.nodeId !== this.options.nodeId) {
+        this.contexts.release(sessionId);
+        released++;
+      }
+    }
+    if (released > 0) this.log.info({ version: map.version, released }, "sessions moved to other workers");
+    for (const listener of [...this.mapListeners]) listener();
+  }
+
+  /** Whether the current map gives this worker any shard. */
+  ownsShards(): boolean {
+    return this.map !== undefined && Object.values(this.map.shards).includes(this.options.nodeId);
+  }
+
+  /** Planned removal: asks the leader to move this worker's shards away, then waits until it has. */
+  async drain(timeoutMs = 10_000): Promise<boolean> {
+    this.draining = true;
+    await this.heartbeat();
+    return new Promise((resolve) => {
+      const check = () => {
+        if (this.map && !this.ownsShards()) done(true);
+      };
+      const done = (ok: boolean) => {
+        clearTimeout(timer);
+        this.mapListeners.delete(check);
+        resolve(ok);
+      };
+      const timer = setTimeout(() => done(false), timeoutMs);
+      this.mapListeners.add(check);
+      check();
+    });
+  }
+
+  async stop(): Promise<void> {
+    clearInterval(this.timer);
+    this.stopWatch();
+    await this.registry.remove(this.options.nodeId).catch(() => undefined);
+    await this.nc.close();
+  }
+}

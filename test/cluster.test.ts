@@ -1,0 +1,165 @@
+/**
+ * A cluster on its own nats-server: a control-plane replica, two cloud workers and an
+ * edge agent, all real processes. The worker that holds a session's KV dies (or drains)
+ * mid-generation; the leader moves its shards, the edge follows the map to the new
+ * owner and replays the context, and the output is what an uninterrupted run gives.
+ */
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { connect } from "@nats-io/transport-node";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { NodeRegistry } from "../services/control-plane/src/node-registry.ts";
+import { controlPlaneNames } from "../shared/src/control-plane/control-plane-names.ts";
+import { loadCheckpoint } from "../runtime/src/checkpoint/load-checkpoint.ts";
+import { AlwaysExitPolicy } from "../runtime/src/exits/exit-policy.ts";
+import { loadLocalSplit } from "../runtime/src/generation/local-split.ts";
+import { SplitGenerator } from "../runtime/src/generation/split-generator.ts";
+import { writeRandomCheckpoint } from "../runtime/src/testing/random-checkpoint.ts";
+import { Tokenizer } from "../runtime/src/tokenizer/tokenizer.ts";
+import { generate } from "./helpers/grpc-client.ts";
+import { startNatsServer, type TestNatsServer } from "./helpers/nats-server.ts";
+import { startProgram, type RunningProcess } from "./helpers/processes.ts";
+
+let dir: string;
+let model: string;
+let nats: TestNatsServer;
+let control: RunningProcess;
+let edge: RunningProcess;
+const workers = new Map<string, RunningProcess>();
+const cluster = `c${process.pid}`;
+const env = () => ({ TANDEM_CACHE_DIR: join(dir, "cache") });
+const PROMPT = "Workers come and go; sessions stay.";
+
+async function startWorker(id: string): Promise<void> {
+  workers.set(
+    id,
+    await startProgram(
+      "tandem-cloud-worker",
+      { model, split: 2, port: 0, workerId: id, natsUrl: nats.url, cluster, heartbeatMs: 200 },
+      env(),
+    ),
+  );
+}
+
+beforeAll(async () => {
+  dir = mkdtempSync(join(tmpdir(), "tandem-cluster-"));
+  model = join(dir, "model");
+  await writeRandomCheckpoint(model, {
+    architecture: "llama",
+    vocabSize: 300,
+    hiddenSize: 64,
+    intermediateSize: 128,
+    numLayers: 4,
+    numHeads: 4,
+    numKvHeads: 2,
+    tieWordEmbeddings: true,
+    seed: 77,
+    dtype: "F32",
+    initScale: 2,
+  });
+  nats = await startNatsServer();
+  control = await startProgram(
+    "tandem-control-plane",
+    { natsUrl: nats.url, cluster, tickMs: 100, leaseTtlMs: 1000, heartbeatTtlMs: 1000, shardCount: 256 },
+    env(),
+  );
+  await startWorker("w1");
+  await startWorker("w2");
+  edge = await startProgram(
+    "tandem-edge",
+    {
+      model,
+      split: 2,
+      exitLayers: "2",
+      natsUrl: nats.url,
+      cluster,
+      codec: "fp32",
+      port: 0,
+      cloudDeadlineMs: 8000,
+    },
+    env(),
+  );
+});
+
+afterAll(async () => {
+  await edge?.kill();
+  for (const w of workers.values()) await w.kill("SIGKILL");
+  await control?.kill();
+  await nats?.stop();
+  rmSync(dir, { recursive: true, force: true });
+});
+
+async function wholeModelTokens(maxTokens: number): Promise<number[]> {
+  const tokenizer = await Tokenizer.fromFile(join(model, "tokenizer.json"));
+  const whole = await loadLocalSplit(await loadCheckpoint(model), { cacheDir: join(dir, "cache", "graphs") });
+  const tokens: number[] = [];
+  for await (const t of new SplitGenerator(whole.lower, undefined, new AlwaysExitPolicy()).generate(
+    tokenizer.encode(PROMPT),
+    { maxTokens },
+  ))
+    tokens.push(t.token);
+  await whole.release();
+  return tokens;
+}
+
+/** The worker currently holding a session (by its heartbeat's session count). */
+async function busyWorker(): Promise<string> {
+  const nc = await connect({ servers: nats.url });
+  try {
+    const registry = await NodeRegistry.open(nc, controlPlaneNames(cluster), { heartbeatTtlMs: 1000 });
+    for (let i = 0; i < 100; i++) {
+      const busy = (await registry.alive()).find((n) => n.load.sessions > 0);
+      if (busy) return busy.id;
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    throw new Error("no worker reports a session");
+  } finally {
+    await nc.close();
+  }
+}
+
+async function generateWhile(action: () => Promise<void>, maxTokens: number) {
+  let acted = false;
+  return generate(edge.address, { text: PROMPT, maxTokens, mode: "MODE_CLOUD_ONLY" }, async (index) => {
+    if (index === 8 && !acted) {
+      acted = true;
+      edge.child.kill("SIGSTOP"); // hold the edge still while the cluster changes under it
+      try {
+        await action();
+      } finally {
+        edge.child.kill("SIGCONT");
+      }
+    }
+  });
+}
+
+describe("a cluster of cloud workers under a control plane", () => {
+  it("a worker killed mid-generation: the session continues on the new owner, output identical to an uninterrupted run", async () => {
+    const expected = await wholeModelTokens(40);
+    // Wait for a placement with both workers before starting.
+    await new Promise((r) => setTimeout(r, 1500));
+    const result = await generateWhile(async () => {
+      const victim = await busyWorker();
+      await workers.get(victim)!.kill("SIGKILL");
+      workers.delete(victim);
+    }, 40);
+    expect(result.error).toBeUndefined();
+    expect(result.tokens.map((t) => t.source).every((s) => s === "TOKEN_SOURCE_CLOUD")).toBe(true);
+    expect(result.tokens.map((t) => t.id)).toEqual(expected);
+  });
+
+  it("a drained worker hands its sessions over before it stops, without losing any context", async () => {
+    await startWorker("w3");
+    await new Promise((r) => setTimeout(r, 1500));
+    const expected = await wholeModelTokens(40);
+    const result = await generateWhile(async () => {
+      const victim = await busyWorker();
+      await workers.get(victim)!.kill("SIGTERM"); // planned removal: drains, then exits
+      workers.delete(victim);
+    }, 40);
+    expect(result.error).toBeUndefined();
+    expect(result.tokens.map((t) => t.source).every((s) => s === "TOKEN_SOURCE_CLOUD")).toBe(true);
+    expect(result.tokens.map((t) => t.id)).toEqual(expected);
+  });
+});
