@@ -53,11 +53,12 @@ export class ClusterMembership {
     const names = controlPlaneNames(options.cluster);
     const registry = await NodeRegistry.open(nc, names, { heartbeatTtlMs: options.heartbeatTtlMs });
     const store = await PlacementStore.open(nc, names);
-    let membership: ClusterMembership | undefined;
-    const watch = await store.watch((map) => membership?.onMap(map));
-    membership = new ClusterMembership(nc, registry, () => watch.stop(), options, contexts, log);
+    const holder: { membership?: ClusterMembership } = {};
+    const watch = await store.watch((map) => holder.membership?.onMap(map));
+    const membership = new ClusterMembership(nc, registry, () => watch.stop(), options, contexts, log);
+    holder.membership = membership;
     await membership.heartbeat();
-    membership.timer = setInterval(() => void membership!.heartbeat(), options.heartbeatMs ?? 500);
+    membership.timer = setInterval(() => void membership.heartbeat(), options.heartbeatMs ?? 500);
     return membership;
   }
 
