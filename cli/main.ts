@@ -17,6 +17,7 @@ const COMMANDS: Record<string, () => Promise<Command>> = {
   logits: async () => (await import("./commands/logits.ts")).logitsCommand,
   bench: async () => (await import("./commands/bench.ts")).benchCommand,
   calibrate: async () => (await import("./commands/calibrate.ts")).calibrateCommand,
+  status: async () => (await import("./commands/status.ts")).statusCommand,
 };
 
 const USAGE = `usage: tandem <command> [options]
@@ -26,6 +27,7 @@ commands:
   generate    --model DIR --prompt TEXT [--max-tokens N] [--split S --exit-layers a,b]
   logits      --model DIR --ids 1,2,3 [--split S]   print {"logits": [[...], ...]}
   calibrate   --model DIR --split S --exit-layers a,b --text FILE --out FILE   fit exit heads and thresholds
+  status      [--nats URL] [--cluster NAME] [--json]   nodes, leader, placement version, shards per node
   bench NAME  run a benchmark under bench/ and print its JSON result last
 
 Run 'tandem <command> --help' for a command's options.`;

@@ -17,6 +17,7 @@ import { loadLocalSplit } from "../runtime/src/generation/local-split.ts";
 import { SplitGenerator } from "../runtime/src/generation/split-generator.ts";
 import { writeRandomCheckpoint } from "../runtime/src/testing/random-checkpoint.ts";
 import { Tokenizer } from "../runtime/src/tokenizer/tokenizer.ts";
+import { clusterStatus } from "../cli/commands/status.ts";
 import { generate } from "./helpers/grpc-client.ts";
 import { startNatsServer, type TestNatsServer } from "./helpers/nats-server.ts";
 import { startProgram, type RunningProcess } from "./helpers/processes.ts";
@@ -161,5 +162,15 @@ describe("a cluster of cloud workers under a control plane", () => {
     expect(result.error).toBeUndefined();
     expect(result.tokens.map((t) => t.source).every((s) => s === "TOKEN_SOURCE_CLOUD")).toBe(true);
     expect(result.tokens.map((t) => t.id)).toEqual(expected);
+  });
+
+  it("tandem status shows the leader, the placement version and the shards per alive worker", async () => {
+    const status = await clusterStatus(nats.url, cluster, 1000);
+    expect(status.leader?.holder).toBeDefined();
+    expect(status.placement!.version).toBeGreaterThanOrEqual(3);
+    const alive = status.nodes.filter((n) => n.alive);
+    expect(alive.map((n) => n.id).sort()).toEqual([...workers.keys()].sort());
+    expect(alive.reduce((sum, n) => sum + n.shards, 0)).toBe(256);
+    expect(status.placement!.maxOverMeanShards).toBeLessThan(1.1);
   });
 });
