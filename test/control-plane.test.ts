@@ -9,7 +9,13 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { controlPlaneNames } from "../shared/src/control-plane/control-plane-names.ts";
 import { Controller } from "../services/control-plane/src/controller.ts";
 import { NodeRegistry, type NodeRecord } from "../services/control-plane/src/node-registry.ts";
-import { ownerOf, PlacementStore, type ShardMapRecord } from "../shared/src/control-plane/placement-map.ts";
+import {
+  ownerOf,
+  PlacementStore,
+  readExpertMap,
+  type ExpertLoadReport,
+  type ShardMapRecord,
+} from "../shared/src/control-plane/placement-map.ts";
 import { startNatsServer, type TestNatsServer } from "./helpers/nats-server.ts";
 
 const log = pino({ level: "silent" });
@@ -142,6 +148,76 @@ describe("control plane on NATS", () => {
       expect(after.version).toBeGreaterThanOrEqual(2);
     } finally {
       clearInterval(beat);
+      await controller.stop();
+    }
+  });
+});
+
+describe("expert placement from published load", () => {
+  it("replicates hot experts over the workers' slots, and re-plans only when the load really shifts", async () => {
+    const cluster = `e${Date.now()}`;
+    const names = controlPlaneNames(cluster);
+    const experts = 16;
+    const controller = await Controller.start(
+      await open(),
+      {
+        cluster,
+        replicaId: "cp",
+        tickMs: 50,
+        leaseTtlMs: 1000,
+        heartbeatTtlMs: 1000,
+        shardCount: 64,
+        experts,
+        expertWindowMs: 300,
+      },
+      log,
+    );
+    const nc = await open();
+    const registry = await NodeRegistry.open(nc, names, { heartbeatTtlMs: 1000 });
+    const hosts = ["w1", "w2", "w3", "w4"];
+    const beat = setInterval(() => {
+      for (const id of hosts) void registry.heartbeat({ ...worker(id), expertSlots: 8 });
+    }, 100);
+    const store = await PlacementStore.open(nc, names);
+    await until("four hosts alive", async () => ((await registry.alive()).length === 4 ? true : undefined));
+    let hot = [0, 1];
+    const publish = setInterval(() => {
+      for (const id of hosts) {
+        const counts = Array.from(
+          { length: experts },
+          (_, e) => (hot.includes(e) ? 400 : 20) + ((e * 7 + Date.now()) % 3),
+        );
+        nc.publish(names.loadSubject(id), JSON.stringify({ nodeId: id, counts } satisfies ExpertLoadReport));
+      }
+    }, 50);
+    try {
+      const first = await until("an expert map over all four hosts", async () => {
+        const record = (await readExpertMap(store))?.record;
+        return record &&
+          new Set(Object.values(record.experts).flat()).size === 4 &&
+          record.experts["0"].length > 1
+          ? record
+          : undefined;
+      });
+      expect(Object.keys(first.experts)).toHaveLength(experts);
+      expect(first.experts["0"].length).toBeGreaterThan(first.experts["5"].length);
+      expect(first.maxMeanLoad).toBeLessThan(1.1);
+      // Noise only: once settled, several windows pass without a new version.
+      await new Promise((r) => setTimeout(r, 700));
+      const settled = (await readExpertMap(store))!.record.version;
+      await new Promise((r) => setTimeout(r, 1500));
+      expect((await readExpertMap(store))!.record.version).toBe(settled);
+      // The hot experts change: a new plan replicates the new ones.
+      hot = [9, 10];
+      const second = await until("a re-plan that replicates the new hot experts", async () => {
+        const current = (await readExpertMap(store))?.record;
+        return current && current.version > settled && current.experts["9"].length > 1 ? current : undefined;
+      });
+      expect(second.experts["10"].length).toBeGreaterThan(1);
+      expect(second.fencingToken).toBeGreaterThanOrEqual(first.fencingToken);
+    } finally {
+      clearInterval(beat);
+      clearInterval(publish);
       await controller.stop();
     }
   });

@@ -8,6 +8,7 @@ import type { NatsConnection } from "@nats-io/transport-node";
 import { Kvm } from "@nats-io/kv";
 import type { Logger } from "../../../shared/src/logger.ts";
 import { controlPlaneNames } from "../../../shared/src/control-plane/control-plane-names.ts";
+import { ExpertPlanner } from "./expert-planner.ts";
 import { LeaderLease } from "./leader-lease.ts";
 import { NodeRegistry } from "./node-registry.ts";
 import { placeShards } from "./placement/shard-placement.ts";
@@ -24,6 +25,10 @@ export interface ControllerOptions {
   leaseTtlMs?: number;
   /** @default 3000 */
   heartbeatTtlMs?: number;
+  /** Experts per MoE layer to place (0: a dense model, no expert placement). @default 0 */
+  experts?: number;
+  /** Load window of expert placement. @default 5000 */
+  expertWindowMs?: number;
 }
 
 export class Controller {
@@ -38,6 +43,7 @@ export class Controller {
     readonly lease: LeaderLease,
     private readonly options: Required<ControllerOptions>,
     private readonly log: Logger,
+    private readonly experts?: ExpertPlanner,
   ) {}
 
   static async start(nc: NatsConnection, options: ControllerOptions, log: Logger): Promise<Controller> {
@@ -46,6 +52,8 @@ export class Controller {
       tickMs: 500,
       leaseTtlMs: 3000,
       heartbeatTtlMs: 3000,
+      experts: 0,
+      expertWindowMs: 5000,
       ...options,
     };
     const names = controlPlaneNames(full.cluster);
@@ -58,6 +66,9 @@ export class Controller {
       new LeaderLease(leaseKv, full.replicaId, full.leaseTtlMs),
       full,
       log,
+      full.experts > 0
+        ? new ExpertPlanner(nc, names, store, { experts: full.experts, windowMs: full.expertWindowMs })
+        : undefined,
     );
     controller.schedule(0);
     return controller;
@@ -83,7 +94,12 @@ export class Controller {
           "became leader",
         );
       if (!leader) return;
-      const nodes = (await this.registry.alive()).filter((n) => !n.draining);
+      const alive = await this.registry.alive();
+      if (this.experts && this.lease.fencingToken !== undefined) {
+        const version = await this.experts.maybeReplan(alive, this.lease.fencingToken);
+        if (version !== undefined) this.log.info({ version }, "expert placement written");
+      }
+      const nodes = alive.filter((n) => !n.draining);
       const current = await this.store.read();
       const nodeIds = nodes.map((n) => n.id).sort();
       const currentIds = current ? [...new Set(Object.values(current.record.shards))].sort() : [];
@@ -118,6 +134,7 @@ export class Controller {
   }
 
   async stop(): Promise<void> {
+    this.experts?.stop();
     clearTimeout(this.timer);
     this.timer = undefined;
     await this.lease.release().catch(() => undefined);

@@ -73,3 +73,46 @@ export function ownerOf(
   const nodeId = record.shards[String(sessionShard(sessionId, record.shardCount))];
   return nodeId ? { nodeId, endpoint: record.endpoints[nodeId] } : undefined;
 }
+
+/** The expert placement map, versioned like the shard map. */
+export interface ExpertMapRecord {
+  version: number;
+  fencingToken: number;
+  /** expert → node ids holding a replica. */
+  experts: Record<string, string[]>;
+  /** The activation counts of the window it was planned from. */
+  loads: number[];
+  /** Expected max/mean worker load under those counts. */
+  maxMeanLoad: number;
+  writtenAt: number;
+}
+
+const EXPERTS_KEY = "experts";
+
+/** A worker's activation counts per expert over its last window, published on its load subject. */
+export interface ExpertLoadReport {
+  nodeId: string;
+  counts: number[];
+}
+
+export async function readExpertMap(
+  store: PlacementStore,
+): Promise<{ record: ExpertMapRecord; revision: number } | undefined> {
+  const entry = await store.kv.get(EXPERTS_KEY);
+  if (!entry || entry.operation !== "PUT") return undefined;
+  return { record: entry.json<ExpertMapRecord>(), revision: entry.revision };
+}
+
+export async function writeExpertMap(
+  store: PlacementStore,
+  record: ExpertMapRecord,
+  revision: number | undefined,
+): Promise<boolean> {
+  try {
+    if (revision === undefined) await store.kv.create(EXPERTS_KEY, JSON.stringify(record));
+    else await store.kv.update(EXPERTS_KEY, JSON.stringify(record), revision);
+    return true;
+  } catch {
+    return false;
+  }
+}

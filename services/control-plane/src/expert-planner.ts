@@ -1,0 +1,111 @@
+/**
+ * Expert placement from measured load: workers publish per-expert activation counts on
+ * their load subjects; the planner sums a window of them and, when the leader asks,
+ * plans a placement (EPLB-style replication and packing, sticky to the current one) and
+ * writes it only when the current placement has become clearly unbalanced under the
+ * latest window (hysteresis), so the map does not flap on noise.
+ */
+import type { NatsConnection, Subscription } from "@nats-io/transport-node";
+import type { ControlPlaneNames } from "../../../shared/src/control-plane/control-plane-names.ts";
+import {
+  readExpertMap,
+  writeExpertMap,
+  type ExpertLoadReport,
+  type PlacementStore,
+} from "../../../shared/src/control-plane/placement-map.ts";
+import type { NodeRecord } from "./node-registry.ts";
+import {
+  placeExperts,
+  placementQuality,
+  shouldReplan,
+  type ExpertPlacement,
+} from "./placement/expert-placement.ts";
+
+export interface ExpertPlannerOptions {
+  experts: number;
+  /** Length of a load window. @default 5000 */
+  windowMs?: number;
+}
+
+export class ExpertPlanner {
+  private window: number[];
+  private windowStart = Date.now();
+  private readonly subscription: Subscription;
+
+  constructor(
+    nc: NatsConnection,
+    names: ControlPlaneNames,
+    private readonly store: PlacementStore,
+    private readonly options: ExpertPlannerOptions,
+  ) {
+    this.window = new Array<number>(options.experts).fill(0);
+    const subscription = nc.subscribe(names.loadSubject("*"));
+    this.subscription = subscription;
+    void (async () => {
+      for await (const message of subscription) {
+        try {
+          const report = message.json<ExpertLoadReport>();
+          if (Array.isArray(report.counts) && report.counts.length === options.experts) {
+            report.counts.forEach((c, e) => (this.window[e] += Number.isFinite(c) && c > 0 ? c : 0));
+          }
+        } catch {
+          // A malformed report is dropped; it carries nothing the plan could use.
+        }
+      }
+    })();
+  }
+
+  /** At the end of a window (leader only): re-plan if needed. Returns the version written, if any. */
+  async maybeReplan(
+    nodes: NodeRecord[],
+    fencingToken: number,
+    now = Date.now(),
+  ): Promise<number | undefined> {
+    if (now - this.windowStart < (this.options.windowMs ?? 5000)) return undefined;
+    const loads = this.window;
+    this.window = new Array<number>(this.options.experts).fill(0);
+    this.windowStart = now;
+    const hosts = nodes.filter((n) => n.expertSlots > 0 && !n.draining);
+    if (hosts.length === 0 || loads.every((l) => l === 0)) return undefined;
+    if (hosts.reduce((s, n) => s + n.expertSlots, 0) < this.options.experts) return undefined;
+    const current = await readExpertMap(this.store);
+    const ids = hosts.map((n) => n.id).sort();
+    const workers = hosts.map((n) => ({ id: n.id, slots: n.expertSlots }));
+    const previous: ExpertPlacement | undefined = current
+      ? new Map(
+          Object.entries(current.record.experts).map(([e, w]) => [
+            Number(e),
+            w.filter((id) => ids.includes(id)),
+          ]),
+        )
+      : undefined;
+    const planned = placeExperts(loads, workers, previous);
+    const plannedQuality = placementQuality(loads, planned, ids).maxMeanLoad;
+    const membershipChanged =
+      !current || Object.values(current.record.experts).some((w) => w.some((id) => !ids.includes(id)));
+    if (
+      !membershipChanged &&
+      previous &&
+      !shouldReplan(placementQuality(loads, previous, ids).maxMeanLoad, plannedQuality)
+    )
+      return undefined;
+    const version = (current?.record.version ?? 0) + 1;
+    const written = await writeExpertMap(
+      this.store,
+      {
+        version,
+        fencingToken,
+        experts: Object.fromEntries([...planned].map(([e, w]) => [String(e), w])),
+        loads,
+        maxMeanLoad: plannedQuality,
+        writtenAt: now,
+      },
+      current?.revision,
+    );
+    return written ? version : undefined;
+  }
+
+  stop(): void {
+    this.subscription.unsubscribe();
+  }
+}
