@@ -25,7 +25,7 @@ import { startProgram, type RunningProcess } from "./helpers/processes.ts";
 let dir: string;
 let model: string;
 let nats: TestNatsServer;
-let control: RunningProcess;
+const controls = new Map<string, RunningProcess>();
 let edge: RunningProcess;
 const workers = new Map<string, RunningProcess>();
 const cluster = `c${process.pid}`;
@@ -60,11 +60,18 @@ beforeAll(async () => {
     initScale: 2,
   });
   nats = await startNatsServer();
-  control = await startProgram(
-    "tandem-control-plane",
-    { natsUrl: nats.url, cluster, tickMs: 100, leaseTtlMs: 1000, heartbeatTtlMs: 1000, shardCount: 256 },
-    env(),
-  );
+  for (const replicaId of ["cp1", "cp2"]) {
+    const flags = {
+      natsUrl: nats.url,
+      cluster,
+      replicaId,
+      tickMs: 100,
+      leaseTtlMs: 1000,
+      heartbeatTtlMs: 1000,
+      shardCount: 256,
+    };
+    controls.set(replicaId, await startProgram("tandem-control-plane", flags, env()));
+  }
   await startWorker("w1");
   await startWorker("w2");
   edge = await startProgram(
@@ -86,7 +93,7 @@ beforeAll(async () => {
 afterAll(async () => {
   await edge?.kill();
   for (const w of workers.values()) await w.kill("SIGKILL");
-  await control?.kill();
+  for (const c of controls.values()) await c.kill("SIGKILL");
   await nats?.stop();
   rmSync(dir, { recursive: true, force: true });
 });
@@ -162,6 +169,27 @@ describe("a cluster of cloud workers under a control plane", () => {
     expect(result.error).toBeUndefined();
     expect(result.tokens.map((t) => t.source).every((s) => s === "TOKEN_SOURCE_CLOUD")).toBe(true);
     expect(result.tokens.map((t) => t.id)).toEqual(expected);
+  });
+
+  it("a killed leader process is replaced within seconds and the placement version sequence goes on", async () => {
+    const before = await clusterStatus(nats.url, cluster, 1000);
+    const leader = before.leader!.holder;
+    await controls.get(leader)!.kill("SIGKILL");
+    controls.delete(leader);
+    const killedAt = Date.now();
+    let after = await clusterStatus(nats.url, cluster, 1000);
+    while (!after.leader || after.leader.holder === leader) {
+      expect(Date.now() - killedAt).toBeLessThan(5000);
+      await new Promise((r) => setTimeout(r, 100));
+      after = await clusterStatus(nats.url, cluster, 1000);
+    }
+    await startWorker("w9");
+    let placed = await clusterStatus(nats.url, cluster, 1000);
+    while (!placed.nodes.some((n) => n.id === "w9" && n.shards > 0)) {
+      await new Promise((r) => setTimeout(r, 100));
+      placed = await clusterStatus(nats.url, cluster, 1000);
+    }
+    expect(placed.placement!.version).toBe(before.placement!.version + 1);
   });
 
   it("tandem status shows the leader, the placement version and the shards per alive worker", async () => {
