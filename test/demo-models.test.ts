@@ -126,9 +126,14 @@ describe("calibration on the demo model", () => {
     expect(JSON.stringify(a.summary)).toBe(JSON.stringify(b.summary));
     expect([...a.linearMaps.keys()]).toEqual([...b.linearMaps.keys()]);
 
-    // The map after 2 layers (the shallowest, where the plain head is weakest) wins on held-out text.
-    const exit2 = a.summary.heads.find((h) => h.afterLayer === 2)!;
-    expect(exit2.heldOutAgreement.linear).toBeGreaterThan(exit2.heldOutAgreement.plain);
+    // The fitted map after 3 layers agrees with the full model more often than the plain
+    // exit on held-out text. (The demo model was trained with exit losses, so its plain
+    // exits are strong, and calibration keeps them where the map answers fewer tokens.)
+    const exit3 = a.summary.heads.find((h) => h.afterLayer === 3)!;
+    expect(exit3.heldOutAgreement.linear).toBeGreaterThan(exit3.heldOutAgreement.plain);
+    for (const head of a.summary.heads) {
+      expect(head.head).toBe(head.tuneEdgeShare.linear > head.tuneEdgeShare.plain ? "linear" : "plain");
+    }
 
     // Thresholds chosen on the tuning split keep agreement near the target on the test split.
     for (const policy of a.summary.policies) {

@@ -125,9 +125,15 @@ export async function calibrate(
       const finalExit = step.exits[step.exits.length - 1];
       plain[splitOf(w)].push(...records(step, exitLayers, finalExit.token));
       if (splitOf(w) === "fit") {
-        const target = step.taps.get(layers)!;
-        for (const layer of exitLayers)
-          accumulators.get(layer)!.add(step.taps.get(layer)!, target, window.length);
+        // On unit-RMS states (the final norm discards scale), fit the residual
+        // last − exit: the ridge then shrinks the map towards the identity, i.e. towards
+        // the plain exit, where data is scarce.
+        const last = unitRms(step.taps.get(layers)!, config.hiddenSize, config.rmsNormEps);
+        for (const layer of exitLayers) {
+          const hidden = unitRms(step.taps.get(layer)!, config.hiddenSize, config.rmsNormEps);
+          const residual = Float32Array.from(last, (v, i) => v - hidden[i]);
+          accumulators.get(layer)!.add(hidden, residual, window.length);
+        }
       }
       if ((w + 1) % 50 === 0 || w + 1 === windows.length)
         progress(`calibrate: full model ${w + 1}/${windows.length} windows`);
@@ -139,7 +145,9 @@ export async function calibrate(
   const linearMaps = new Map<number, { weight: Float32Array; bias: Float32Array }>();
   for (const layer of exitLayers) {
     progress(`calibrate: fitting the map after layer ${layer} on ${accumulators.get(layer)!.rows} positions`);
-    linearMaps.set(layer, accumulators.get(layer)!.solve(ridge));
+    const map = accumulators.get(layer)!.solve(ridge);
+    for (let i = 0; i < config.hiddenSize; i++) map.weight[i * config.hiddenSize + i] += 1;
+    linearMaps.set(layer, map);
   }
 
   // Pass 2: the exits with linear maps, on the held-out windows only.
@@ -170,16 +178,26 @@ export async function calibrate(
     await mapped.release();
   }
 
+  // A map "beats" the plain exit when, alone at that exit, it answers more tokens at the
+  // strictest target on the tuning split (what the edge is for); a better top-1 agreement
+  // with worse confidence estimates would not help.
+  const strictest = Math.max(...targets);
+  const edgeShareAlone = (records: PositionRecord[], layer: number) =>
+    Math.max(
+      ...METRICS.map((metric) => searchThresholds(records, [layer], metric, strictest).outcome.edgeShare),
+    );
   const heads: ExitHeadChoice[] = exitLayers.map((layer) => {
-    const plainTune = agreementAt(plain.tune, layer);
-    const linearTune = agreementAt(linear.tune, layer);
+    const plainShare = edgeShareAlone(plain.tune, layer);
+    const linearShare = edgeShareAlone(linear.tune, layer);
     const choice: ExitHeadChoice = {
       afterLayer: layer,
-      head: linearTune > plainTune ? "linear" : "plain",
+      head: linearShare > plainShare ? "linear" : "plain",
       heldOutAgreement: { plain: agreementAt(plain.test, layer), linear: agreementAt(linear.test, layer) },
+      tuneEdgeShare: { plain: plainShare, linear: linearShare },
     };
     progress(
-      `calibrate: exit after ${layer}: top-1 agreement plain ${pct(choice.heldOutAgreement.plain)}, linear ${pct(choice.heldOutAgreement.linear)} → ${choice.head}`,
+      `calibrate: exit after ${layer}: top-1 agreement plain ${pct(choice.heldOutAgreement.plain)}, linear ${pct(choice.heldOutAgreement.linear)}; ` +
+        `edge share alone at ${pct(strictest)}: plain ${pct(plainShare)}, linear ${pct(linearShare)} → ${choice.head}`,
     );
     return choice;
   });
@@ -263,6 +281,18 @@ export async function calibrate(
     },
     linearMaps,
   };
+}
+
+/** Each row divided by its root mean square (RMSNorm without a learned scale). */
+function unitRms(rows: Float32Array, width: number, eps: number): Float32Array {
+  const out = new Float32Array(rows.length);
+  for (let r = 0; r < rows.length / width; r++) {
+    let sum = 0;
+    for (let i = 0; i < width; i++) sum += rows[r * width + i] ** 2;
+    const inverse = 1 / Math.sqrt(sum / width + eps);
+    for (let i = 0; i < width; i++) out[r * width + i] = rows[r * width + i] * inverse;
+  }
+  return out;
 }
 
 function records(step: SegmentStep, exitLayers: number[], finalTokens: number[]): PositionRecord[] {

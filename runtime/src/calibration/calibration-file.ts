@@ -17,8 +17,10 @@ export const CALIBRATION_VERSION = 1;
 export interface ExitHeadChoice {
   afterLayer: number;
   head: "plain" | "linear";
-  /** Agreement of each head's top-1 with the full model on held-out text. */
+  /** Agreement of each head's top-1 with the full model on held-out text (test split). */
   heldOutAgreement: { plain: number; linear: number };
+  /** Share of tokens each head answers alone at the strictest target (tuning split): the choice. */
+  tuneEdgeShare: { plain: number; linear: number };
 }
 
 export interface CalibratedPolicy {

@@ -240,7 +240,7 @@ describe("exit heads", () => {
     }
   });
 
-  it("apply a linear exit map before the final norm and LM head", async () => {
+  it("apply a linear exit map to the unit-RMS hidden state before the final norm and LM head", async () => {
     const checkpoint = checkpoints.get("llama gqa ratio 2")!;
     const h = checkpoint.config.hiddenSize;
     const weight = new Float32Array(h * h);
@@ -258,10 +258,12 @@ describe("exit heads", () => {
     const hidden = reference
       .forward({ ids: PROMPT }, 0, 2, reference.newCache())
       .hiddenAfterLayer[1].subarray((PROMPT.length - 1) * h);
+    // The map applies to the unit-RMS hidden state.
+    const rms = Math.sqrt(hidden.reduce((sum, v) => sum + v * v, 0) / h + checkpoint.config.rmsNormEps);
     const mapped = new Float32Array(h);
     for (let j = 0; j < h; j++) {
       let sum = bias[j];
-      for (let i = 0; i < h; i++) sum += hidden[i] * weight[i * h + j];
+      for (let i = 0; i < h; i++) sum += (hidden[i] / rms) * weight[i * h + j];
       mapped[j] = sum;
     }
     expect(maxAbsDiff(step.exits[0].logits!, reference.head(mapped, 1))).toBeLessThanOrEqual(1e-4);

@@ -29,7 +29,7 @@ import {
 } from "./segment-spec.ts";
 
 /** Bumped whenever the graph layout changes, so cached graphs from older builders are not reused. */
-export const SEGMENT_GRAPH_VERSION = 1;
+export const SEGMENT_GRAPH_VERSION = 2;
 
 /** The exits a segment reports, in order; the final head is the exit after the last layer. */
 export function segmentExits(spec: SegmentSpec, config: ModelConfig): ExitHeadSpec[] {
@@ -243,6 +243,18 @@ class SegmentGraphWriter {
     );
   }
 
+  private onesName?: string;
+
+  /** A gamma of ones, for normalisation without a learned scale. */
+  private onesVector(): string {
+    return (this.onesName ??= this.b.initializer(
+      "/constants/ones_hidden",
+      "float32",
+      [this.config.hiddenSize],
+      new Float32Array(this.config.hiddenSize).fill(1),
+    ));
+  }
+
   private rmsNorm(prefix: string, x: string, weight: WeightTensor): string {
     const { b } = this;
     // The final norm serves every exit: write its weight once.
@@ -317,7 +329,17 @@ class SegmentGraphWriter {
         [config.hiddenSize],
         exit.linearMap.bias,
       );
-      h = b.op("Add", `${prefix}/linear/Add`, [b.op("MatMul", `${prefix}/linear/MatMul`, [h, weight]), bias]);
+      // The map works on unit-RMS hidden states (what calibration fits): the scale of a
+      // hidden state carries nothing the final RMSNorm would not remove anyway.
+      const unit = b.op("SimplifiedLayerNormalization", `${prefix}/linear/unit_rms`, [h, this.onesVector()], {
+        axis: -1,
+        epsilon: { float: config.rmsNormEps },
+        stash_type: 1,
+      });
+      h = b.op("Add", `${prefix}/linear/Add`, [
+        b.op("MatMul", `${prefix}/linear/MatMul`, [unit, weight]),
+        bias,
+      ]);
     }
     const normed = this.rmsNorm(`${prefix}/norm`, h, this.weights.finalNorm);
     const logits = this.lmHead(normed);

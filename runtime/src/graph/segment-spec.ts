@@ -7,9 +7,12 @@ import { InvalidArgumentError, UnsupportedError } from "../errors.ts";
 
 export type WeightFormat = "fp32" | "int8" | "int4";
 
-/** A map from an exit layer's hidden state towards the last layer's ("Jump to Conclusions"). */
+/**
+ * A map from an exit layer's hidden state towards the last layer's ("Jump to Conclusions"),
+ * applied to the unit-RMS hidden state: h' = (h / rms(h)) · weight + bias.
+ */
 export interface LinearExitMap {
-  /** Row-major [hidden, hidden]: h' = h · weight + bias. */
+  /** Row-major [hidden, hidden]. */
   weight: Float32Array;
   bias: Float32Array;
 }
