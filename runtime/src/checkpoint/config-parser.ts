@@ -1,22 +1,29 @@
 /**
  * Reads a Hugging Face `config.json` of the Llama family into a ModelConfig. Defaults
  * follow transformers' configuration classes; every missing or ill-typed key throws a
- * ConfigError naming the file and the key.
+ * ConfigError naming the file and the key. Sizes that define the weights' shapes have no
+ * default: a config without them is broken, not small.
  */
 import { ConfigError, UnsupportedError } from "../errors.ts";
 import type { ModelArchitecture, ModelConfig } from "./model-config.ts";
 
 const ARCHITECTURES: ModelArchitecture[] = ["llama", "mistral", "qwen2", "mixtral"];
 
+interface FamilyDefaults {
+  rmsNormEps: number;
+  ropeTheta: number;
+  maxPositions: number;
+  tie: boolean;
+  /** null: full attention. */
+  slidingWindow: number | null;
+}
+
 /** transformers' defaults per family (LlamaConfig, MistralConfig, Qwen2Config, MixtralConfig). */
-const FAMILY_DEFAULTS: Record<
-  ModelArchitecture,
-  { rmsNormEps: number; ropeTheta: number; maxPositions: number; tie: boolean }
-> = {
-  llama: { rmsNormEps: 1e-6, ropeTheta: 10000, maxPositions: 2048, tie: false },
-  mistral: { rmsNormEps: 1e-6, ropeTheta: 10000, maxPositions: 4096 * 32, tie: false },
-  qwen2: { rmsNormEps: 1e-6, ropeTheta: 10000, maxPositions: 32768, tie: false },
-  mixtral: { rmsNormEps: 1e-5, ropeTheta: 1e6, maxPositions: 4096 * 32, tie: false },
+const FAMILY_DEFAULTS: Record<ModelArchitecture, FamilyDefaults> = {
+  llama: { rmsNormEps: 1e-6, ropeTheta: 10000, maxPositions: 2048, tie: false, slidingWindow: null },
+  mistral: { rmsNormEps: 1e-6, ropeTheta: 10000, maxPositions: 4096 * 32, tie: false, slidingWindow: 4096 },
+  qwen2: { rmsNormEps: 1e-6, ropeTheta: 10000, maxPositions: 32768, tie: false, slidingWindow: null },
+  mixtral: { rmsNormEps: 1e-5, ropeTheta: 1e6, maxPositions: 4096 * 32, tie: false, slidingWindow: null },
 };
 
 export function parseModelConfig(json: unknown, file: string): ModelConfig {
@@ -36,13 +43,16 @@ export function parseModelConfig(json: unknown, file: string): ModelConfig {
   const architecture = modelType as ModelArchitecture;
   const defaults = FAMILY_DEFAULTS[architecture];
 
-  const int = (key: string, fallback?: number): number => {
+  function int(key: string, fallback?: number): number;
+  function int(key: string, fallback: undefined, nullable: true): number | null;
+  function int(key: string, fallback?: number, nullable = false): number | null {
+    if (nullable && raw[key] === null) return null;
     const value = raw[key] ?? fallback;
     if (value === undefined) throw new ConfigError(file, key, "is missing");
     if (typeof value !== "number" || !Number.isInteger(value) || value <= 0)
       throw new ConfigError(file, key, `must be a positive integer, got ${JSON.stringify(value)}`);
     return value;
-  };
+  }
   const num = (key: string, fallback: number): number => {
     const value = raw[key] ?? fallback;
     if (typeof value !== "number" || !Number.isFinite(value) || value <= 0)
@@ -65,7 +75,7 @@ export function parseModelConfig(json: unknown, file: string): ModelConfig {
       "num_key_value_heads",
       `${numKvHeads} does not divide num_attention_heads ${numHeads}`,
     );
-  if (raw.head_dim === undefined && hiddenSize % numHeads !== 0) {
+  if (raw.head_dim == null && hiddenSize % numHeads !== 0) {
     throw new ConfigError(
       file,
       "num_attention_heads",
@@ -76,14 +86,29 @@ export function parseModelConfig(json: unknown, file: string): ModelConfig {
   if (headDim % 2 !== 0)
     throw new ConfigError(file, "head_dim", `must be even for rotary embeddings, got ${headDim}`);
 
+  // Features that change the math: loading such a model and ignoring them would give
+  // plausible-looking but wrong tokens, so refuse them by name.
   if (raw.rope_scaling !== undefined && raw.rope_scaling !== null) {
     throw new UnsupportedError(
       `${file}: "rope_scaling" is not supported yet (got ${JSON.stringify(raw.rope_scaling)})`,
     );
   }
+  if (bool("mlp_bias", false))
+    throw new UnsupportedError(`${file}: "mlp_bias" true is not supported (no MLP biases are loaded)`);
+  if (architecture === "qwen2" && bool("use_sliding_window", false))
+    throw new UnsupportedError(`${file}: "use_sliding_window" true is not supported`);
   const hiddenAct = raw.hidden_act ?? "silu";
   if (hiddenAct !== "silu")
     throw new ConfigError(file, "hidden_act", `must be "silu", got ${JSON.stringify(hiddenAct)}`);
+
+  let maxPositions = int("max_position_embeddings", defaults.maxPositions);
+  // Mistral-style sliding-window attention equals full attention while the sequence fits
+  // in the window, so capping the context at the window keeps every answer exact.
+  if (architecture === "mistral" || architecture === "mixtral") {
+    const window =
+      raw.sliding_window === undefined ? defaults.slidingWindow : int("sliding_window", undefined, true);
+    if (window !== null) maxPositions = Math.min(maxPositions, window);
+  }
 
   const config: ModelConfig = {
     architecture,
@@ -96,7 +121,7 @@ export function parseModelConfig(json: unknown, file: string): ModelConfig {
     headDim,
     rmsNormEps: num("rms_norm_eps", defaults.rmsNormEps),
     ropeTheta: num("rope_theta", defaults.ropeTheta),
-    maxPositions: int("max_position_embeddings", defaults.maxPositions),
+    maxPositions,
     tieWordEmbeddings: bool("tie_word_embeddings", defaults.tie),
     // Qwen2 always has q/k/v biases; Llama may opt in with attention_bias.
     attentionBias: architecture === "qwen2" ? true : bool("attention_bias", false),

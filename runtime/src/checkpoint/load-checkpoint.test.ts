@@ -1,222 +1,489 @@
-import { mkdtempSync, readFileSync, rmSync, truncateSync, writeFileSync } from "node:fs";
+import { createHash } from "node:crypto";
+import {
+  existsSync,
+  mkdtempSync,
+  readdirSync,
+  readFileSync,
+  rmSync,
+  truncateSync,
+  unlinkSync,
+  writeFileSync,
+} from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
 import {
   CheckpointError,
   ConfigError,
+  RuntimeError,
   TensorMismatchError,
   TensorMissingError,
   UnsupportedError,
 } from "../errors.ts";
-import { writeRandomCheckpoint, type RandomCheckpointSpec } from "../testing/random-checkpoint.ts";
-import { parseModelConfig } from "./config-parser.ts";
-import { loadCheckpoint } from "./load-checkpoint.ts";
-import { encodeSafetensors, SafetensorsFile } from "./safetensors.ts";
+import { bfloat16ToFloat32, float32ToBfloat16, float32ToHalf, halfToFloat32 } from "../numeric/float16.ts";
+import {
+  ODD_HIDDEN,
+  PRESET_SPECS,
+  randomCheckpointTensors,
+  TINY_LLAMA,
+  TINY_MIXTRAL,
+  TINY_QWEN2,
+  TINY_TIED,
+  writeRandomCheckpoint,
+  type RandomCheckpointSpec,
+} from "../testing/random-checkpoint.ts";
+import { loadCheckpoint, readCheckpointConfig } from "./load-checkpoint.ts";
+import type { ModelWeights, WeightTensor } from "./model-weights.ts";
+import { encodeSafetensors, type SafetensorsDtype } from "./safetensors.ts";
 
 const root = mkdtempSync(join(tmpdir(), "tandem-checkpoint-"));
 afterAll(() => rmSync(root, { recursive: true, force: true }));
 
-const spec: RandomCheckpointSpec = {
-  architecture: "llama",
-  vocabSize: 260,
+let counter = 0;
+async function checkpointDir(spec: RandomCheckpointSpec): Promise<string> {
+  const dir = join(root, `c${counter++}`);
+  await writeRandomCheckpoint(dir, spec);
+  return dir;
+}
+
+/** A small checkpoint for the malformed-file cases. */
+const SMALL: RandomCheckpointSpec = {
+  ...TINY_LLAMA,
   hiddenSize: 32,
   intermediateSize: 48,
   numLayers: 2,
   numHeads: 2,
   numKvHeads: 1,
-  tieWordEmbeddings: false,
-  seed: 3,
-  dtype: "F32",
 };
 
-let counter = 0;
-async function checkpointDir(overrides: Partial<RandomCheckpointSpec> = {}): Promise<string> {
-  const dir = join(root, `c${counter++}`);
-  await writeRandomCheckpoint(dir, { ...spec, ...overrides });
-  return dir;
-}
+type Header = Record<string, { dtype: string; shape: number[]; data_offsets: number[] }>;
 
-/** Rewrites model.safetensors after `edit` changes its header or tensors. */
-function rewriteWeights(
-  dir: string,
-  edit: (header: Record<string, { dtype: string; shape: number[]; data_offsets: number[] }>) => void,
-): void {
-  const path = join(dir, "model.safetensors");
+function readHeader(path: string): { header: Header; dataStart: number; bytes: Buffer } {
   const bytes = readFileSync(path);
   const length = Number(bytes.readBigUInt64LE(0));
-  const header = JSON.parse(bytes.subarray(8, 8 + length).toString("utf8"));
+  return {
+    header: JSON.parse(bytes.subarray(8, 8 + length).toString("utf8")) as Header,
+    dataStart: 8 + length,
+    bytes,
+  };
+}
+
+/** Rewrites a safetensors file after `edit` changes its header (the data stays as it was). */
+function editHeader(path: string, edit: (header: Header) => void): void {
+  const { header, dataStart, bytes } = readHeader(path);
   edit(header);
   const json = Buffer.from(JSON.stringify(header));
   const prefix = Buffer.alloc(8);
   prefix.writeBigUInt64LE(BigInt(json.length));
-  writeFileSync(path, Buffer.concat([prefix, json, bytes.subarray(8 + length)]));
+  writeFileSync(path, Buffer.concat([prefix, json, bytes.subarray(dataStart)]));
 }
 
-describe("safetensors", () => {
-  for (const dtype of ["F32", "F16", "BF16"] as const) {
-    it(`round-trips ${dtype} tensors within the dtype's rounding`, () => {
-      const data = Float32Array.from({ length: 24 }, (_, i) => (i - 12) * 0.173);
-      const file = SafetensorsFile.parse(
-        "t.safetensors",
-        encodeSafetensors([{ name: "w", shape: [4, 6], data }], dtype, { format: "pt" }),
-      );
-      const back = file.read("w");
-      expect(back.shape).toEqual([4, 6]);
-      const tolerance = { F32: 0, F16: 2 ** -11, BF16: 2 ** -8 }[dtype];
-      back.data.forEach((value, i) =>
-        expect(Math.abs(value - data[i])).toBeLessThanOrEqual(Math.abs(data[i]) * tolerance),
-      );
-      expect(file.metadata).toEqual({ format: "pt" });
+async function loadError(dir: string): Promise<RuntimeError> {
+  const error = await loadCheckpoint(dir).then(
+    () => new Error("expected loadCheckpoint to fail"),
+    (e: unknown) => e,
+  );
+  if (error instanceof RuntimeError) return error;
+  throw error;
+}
+
+/** Every tensor the loader returned, by checkpoint name. */
+function loadedTensors(weights: ModelWeights): Map<string, WeightTensor> {
+  const all: WeightTensor[] = [weights.embedTokens, weights.finalNorm, weights.lmHead];
+  for (const layer of weights.layers) {
+    for (const value of Object.values(layer) as (WeightTensor | WeightTensor[] | undefined)[]) {
+      if (Array.isArray(value)) for (const expert of value) all.push(...Object.values(expert as object));
+      else if (value) all.push(value);
+    }
+  }
+  return new Map(all.map((t) => [t.name, t]));
+}
+
+const ROUNDED: Record<SafetensorsDtype, (x: Float32Array) => Float32Array> = {
+  F32: (x) => x,
+  F16: (x) => halfToFloat32(float32ToHalf(x)),
+  BF16: (x) => bfloat16ToFloat32(float32ToBfloat16(x)),
+};
+
+/** Bit-for-bit equality; much faster than a deep `toEqual` on large arrays. */
+function sameBits(a: Float32Array | undefined, b: Float32Array): boolean {
+  if (!a) return false;
+  return Buffer.from(a.buffer, a.byteOffset, a.byteLength).equals(
+    Buffer.from(b.buffer, b.byteOffset, b.byteLength),
+  );
+}
+
+/** Checks that the loaded weights are exactly the written ones after the file's rounding. */
+function expectWeightsAsWritten(weights: ModelWeights, spec: RandomCheckpointSpec): void {
+  const loaded = loadedTensors(weights);
+  const written = randomCheckpointTensors(spec);
+  for (const tensor of written) {
+    const got = loaded.get(tensor.name);
+    expect(got, tensor.name).toBeDefined();
+    expect(got?.shape, tensor.name).toEqual(tensor.shape);
+    expect(sameBits(got?.data, ROUNDED[spec.dtype](tensor.data)), tensor.name).toBe(true);
+  }
+  // Tied checkpoints write no lm_head; everything loaded was written.
+  expect(new Set(loaded.keys())).toEqual(new Set(written.map((t) => t.name)));
+}
+
+describe("loadCheckpoint on every preset", () => {
+  for (const [name, spec] of Object.entries(PRESET_SPECS)) {
+    it(`${name}: config as specified, every shape as the config implies, weights as written`, async () => {
+      const { config, weights, tokenizerPath, dir } = await loadCheckpoint(await checkpointDir(spec));
+      const headDim = spec.headDim ?? spec.hiddenSize / spec.numHeads;
+      expect(config).toMatchObject({
+        architecture: spec.architecture,
+        vocabSize: spec.vocabSize,
+        hiddenSize: spec.hiddenSize,
+        numLayers: spec.numLayers,
+        numHeads: spec.numHeads,
+        numKvHeads: spec.numKvHeads,
+        headDim,
+        tieWordEmbeddings: spec.tieWordEmbeddings,
+        attentionBias: spec.architecture === "qwen2",
+        bosTokenId: 0,
+        eosTokenId: [1],
+      });
+      const [h, m, v] = [spec.hiddenSize, spec.intermediateSize, spec.vocabSize];
+      const [q, kv] = [spec.numHeads * headDim, spec.numKvHeads * headDim];
+      expect(weights.embedTokens.shape).toEqual([v, h]);
+      expect(weights.lmHead.shape).toEqual([v, h]);
+      expect(weights.finalNorm.shape).toEqual([h]);
+      expect(weights.layers).toHaveLength(spec.numLayers);
+      for (const layer of weights.layers) {
+        expect([layer.inputNorm.shape, layer.postAttentionNorm.shape]).toEqual([[h], [h]]);
+        expect([layer.qProj.shape, layer.kProj.shape, layer.vProj.shape, layer.oProj.shape]).toEqual([
+          [q, h],
+          [kv, h],
+          [kv, h],
+          [h, q],
+        ]);
+        if (spec.architecture === "qwen2") {
+          expect([layer.qBias?.shape, layer.kBias?.shape, layer.vBias?.shape]).toEqual([[q], [kv], [kv]]);
+        } else {
+          expect(layer.qBias).toBeUndefined();
+        }
+        if (spec.architecture === "mixtral") {
+          expect(layer.gateProj).toBeUndefined();
+          expect(layer.router?.shape).toEqual([spec.numExperts, h]);
+          expect(layer.experts).toHaveLength(spec.numExperts ?? 0);
+          for (const expert of layer.experts ?? []) {
+            expect([expert.gateProj.shape, expert.upProj.shape, expert.downProj.shape]).toEqual([
+              [m, h],
+              [m, h],
+              [h, m],
+            ]);
+          }
+        } else {
+          expect([layer.gateProj?.shape, layer.upProj?.shape, layer.downProj?.shape]).toEqual([
+            [m, h],
+            [m, h],
+            [h, m],
+          ]);
+          expect(layer.experts).toBeUndefined();
+        }
+      }
+      expect(weights.lmHead === weights.embedTokens).toBe(spec.tieWordEmbeddings);
+      expectWeightsAsWritten(weights, spec);
+      expect(tokenizerPath).toBe(join(dir, "tokenizer.json"));
     });
   }
 });
 
-describe("loadCheckpoint", () => {
-  it("loads every tensor with the shapes the config implies", async () => {
-    const checkpoint = await loadCheckpoint(await checkpointDir());
-    expect(checkpoint.config).toMatchObject({
-      architecture: "llama",
-      hiddenSize: 32,
-      numKvHeads: 1,
-      headDim: 16,
+describe("loadCheckpoint dtypes, shards and names", () => {
+  const cases: [string, RandomCheckpointSpec][] = [
+    ["F16", { ...TINY_LLAMA, dtype: "F16" }],
+    ["BF16", { ...TINY_LLAMA, dtype: "BF16" }],
+    ["F16 in 3 shards", { ...TINY_LLAMA, dtype: "F16", shards: 3 }],
+    ["BF16 in 2 shards, tied", { ...TINY_TIED, dtype: "BF16", shards: 2 }],
+    ["F32 in 4 shards, mixtral", { ...TINY_MIXTRAL, shards: 4 }],
+  ];
+  for (const [name, spec] of cases) {
+    it(`${name}: weights equal the written ones rounded to the file's dtype`, async () => {
+      const dir = await checkpointDir(spec);
+      if (spec.shards) {
+        expect(readdirSync(dir).filter((f) => f.endsWith(".safetensors"))).toHaveLength(spec.shards);
+        expect(existsSync(join(dir, "model.safetensors"))).toBe(false);
+      }
+      expectWeightsAsWritten((await loadCheckpoint(dir)).weights, spec);
     });
-    expect(checkpoint.weights.layers).toHaveLength(2);
-    expect(checkpoint.weights.layers[1].kProj.shape).toEqual([16, 32]);
-    expect(checkpoint.weights.lmHead).not.toBe(checkpoint.weights.embedTokens);
-    expect(checkpoint.weightsHash).toMatch(/^[0-9a-f]{64}$/);
-    expect(checkpoint.tokenizerPath).toBeDefined();
+  }
+
+  it("maps Mixtral's w1/w3/w2 to the gate/up/down projections of each expert", async () => {
+    const { weights } = await loadCheckpoint(await checkpointDir(TINY_MIXTRAL));
+    const expert = weights.layers[1].experts?.[3];
+    expect(expert?.gateProj.name).toBe("model.layers.1.block_sparse_moe.experts.3.w1.weight");
+    expect(expert?.upProj.name).toBe("model.layers.1.block_sparse_moe.experts.3.w3.weight");
+    expect(expert?.downProj.name).toBe("model.layers.1.block_sparse_moe.experts.3.w2.weight");
+    expect(weights.layers[1].router?.name).toBe("model.layers.1.block_sparse_moe.gate.weight");
   });
 
-  it("gives the same weights from F32, F16, BF16 and sharded files, and ties embeddings", async () => {
-    const f32 = await loadCheckpoint(await checkpointDir());
-    const f16 = await loadCheckpoint(await checkpointDir({ dtype: "F16", shards: 2 }));
-    const bf16 = await loadCheckpoint(await checkpointDir({ dtype: "BF16", shards: 3 }));
-    const a = f32.weights.layers[0].qProj.data;
-    f16.weights.layers[0].qProj.data.forEach((v, i) =>
-      expect(Math.abs(v - a[i])).toBeLessThanOrEqual(Math.abs(a[i]) * 2 ** -11 + 1e-7),
-    );
-    bf16.weights.layers[0].qProj.data.forEach((v, i) =>
-      expect(Math.abs(v - a[i])).toBeLessThanOrEqual(Math.abs(a[i]) * 2 ** -8 + 1e-7),
-    );
-    expect(f16.weightsHash).not.toBe(f32.weightsHash);
-    const tied = await loadCheckpoint(await checkpointDir({ tieWordEmbeddings: true }));
-    expect(tied.weights.lmHead).toBe(tied.weights.embedTokens);
+  it("reads an explicit head_dim that differs from hidden / heads", async () => {
+    const spec = { ...TINY_LLAMA, headDim: 8 };
+    const { config, weights } = await loadCheckpoint(await checkpointDir(spec));
+    expect(config.headDim).toBe(8);
+    expect(weights.layers[0].qProj.shape).toEqual([32, 64]);
+    expect(weights.layers[0].oProj.shape).toEqual([64, 32]);
   });
 
-  it("loads qwen2 biases and mixtral experts", async () => {
-    const qwen = await loadCheckpoint(await checkpointDir({ architecture: "qwen2" }));
-    expect(qwen.weights.layers[0].qBias?.shape).toEqual([32]);
-    const mixtral = await loadCheckpoint(
-      await checkpointDir({ architecture: "mixtral", numExperts: 4, numExpertsPerToken: 2 }),
-    );
-    expect(mixtral.config.numExperts).toBe(4);
-    expect(mixtral.weights.layers[0].experts).toHaveLength(4);
-    expect(mixtral.weights.layers[0].router?.shape).toEqual([4, 32]);
+  it("ties lm_head to the embedding when the config says so, even if the file has an lm_head", async () => {
+    const dir = await checkpointDir(TINY_LLAMA);
+    const config = JSON.parse(readFileSync(join(dir, "config.json"), "utf8")) as Record<string, unknown>;
+    writeFileSync(join(dir, "config.json"), JSON.stringify({ ...config, tie_word_embeddings: true }));
+    const { weights } = await loadCheckpoint(dir);
+    expect(weights.lmHead).toBe(weights.embedTokens);
   });
 
-  it("names the file and tensor when a tensor is missing", async () => {
-    const dir = await checkpointDir();
-    rewriteWeights(dir, (header) => delete header["model.layers.1.mlp.up_proj.weight"]);
-    const error = await loadCheckpoint(dir).catch((e: unknown) => e);
-    expect(error).toBeInstanceOf(TensorMissingError);
-    expect(String(error)).toMatch(/model\.safetensors.*model\.layers\.1\.mlp\.up_proj\.weight/);
+  it("ignores tensors the model does not use (e.g. rotary inv_freq buffers)", async () => {
+    const dir = await checkpointDir(SMALL);
+    const tensors = randomCheckpointTensors(SMALL);
+    tensors.push({
+      name: "model.layers.0.self_attn.rotary_emb.inv_freq",
+      shape: [8],
+      data: new Float32Array(8),
+    });
+    writeFileSync(join(dir, "model.safetensors"), encodeSafetensors(tensors, "F32"));
+    expect((await loadCheckpoint(dir)).weights.layers).toHaveLength(2);
   });
 
-  it("names the file and tensor when a shape does not match the config", async () => {
-    const dir = await checkpointDir();
-    rewriteWeights(dir, (header) => (header["model.layers.0.self_attn.q_proj.weight"].shape = [16, 64]));
-    const error = await loadCheckpoint(dir).catch((e: unknown) => e);
+  it("has no tokenizerPath when the checkpoint has no tokenizer.json", async () => {
+    const dir = await checkpointDir({ ...SMALL, vocabSize: 200 });
+    expect(existsSync(join(dir, "tokenizer.json"))).toBe(false);
+    expect((await loadCheckpoint(dir)).tokenizerPath).toBeUndefined();
+  });
+
+  it("reads only config.json when asked for the config", async () => {
+    const dir = await checkpointDir(ODD_HIDDEN);
+    unlinkSync(join(dir, "model.safetensors"));
+    expect(await readCheckpointConfig(dir)).toMatchObject({
+      hiddenSize: 72,
+      headDim: 12,
+      intermediateSize: 97,
+    });
+  });
+});
+
+describe("weightsHash", () => {
+  it("is sha256 over config.json, then the weight files in name order", async () => {
+    const dir = await checkpointDir({ ...SMALL, shards: 2 });
+    const expected = createHash("sha256");
+    expected.update(readFileSync(join(dir, "config.json")));
+    for (const file of readdirSync(dir)
+      .filter((f) => f.endsWith(".safetensors"))
+      .sort())
+      expected.update(readFileSync(join(dir, file)));
+    expect((await loadCheckpoint(dir)).weightsHash).toBe(expected.digest("hex"));
+  });
+
+  it("is the same for the same spec and differs when the weights, the dtype or the config differ", async () => {
+    const hash = async (spec: RandomCheckpointSpec) =>
+      (await loadCheckpoint(await checkpointDir(spec))).weightsHash;
+    const base = await hash(SMALL);
+    expect(await hash(SMALL)).toBe(base);
+    expect(await hash({ ...SMALL, seed: SMALL.seed + 1 })).not.toBe(base);
+    expect(await hash({ ...SMALL, dtype: "F16" })).not.toBe(base);
+    expect(await hash({ ...SMALL, ropeTheta: 20000 })).not.toBe(base);
+  });
+});
+
+describe("loadCheckpoint rejects malformed checkpoints with named errors", () => {
+  it("a truncated weight file: CheckpointError naming the file", async () => {
+    const dir = await checkpointDir(SMALL);
+    truncateSync(join(dir, "model.safetensors"), 5000);
+    const error = await loadError(dir);
+    expect(error).toBeInstanceOf(CheckpointError);
+    expect((error as CheckpointError).file).toBe(join(dir, "model.safetensors"));
+    expect(error.message).toMatch(/model\.safetensors: is truncated: tensor "[^"]+" ends at data byte/);
+  });
+
+  it("a weight file cut inside its header: CheckpointError naming the file", async () => {
+    const dir = await checkpointDir(SMALL);
+    truncateSync(join(dir, "model.safetensors"), 100);
+    const error = await loadError(dir);
+    expect(error).toBeInstanceOf(CheckpointError);
+    expect(error.message).toMatch(/model\.safetensors: header length \d+ exceeds the file size 100/);
+  });
+
+  it("a corrupt header: CheckpointError naming the file", async () => {
+    const dir = await checkpointDir(SMALL);
+    const bytes = readFileSync(join(dir, "model.safetensors"));
+    bytes.write("#", 8); // the header's opening brace
+    writeFileSync(join(dir, "model.safetensors"), bytes);
+    const error = await loadError(dir);
+    expect(error).toBeInstanceOf(CheckpointError);
+    expect(error.message).toMatch(/model\.safetensors: header is not valid JSON/);
+  });
+
+  it("a tensor whose shape disagrees with config.json: TensorMismatchError naming file, tensor and both shapes", async () => {
+    const dir = await checkpointDir(SMALL);
+    const config = JSON.parse(readFileSync(join(dir, "config.json"), "utf8")) as Record<string, unknown>;
+    writeFileSync(join(dir, "config.json"), JSON.stringify({ ...config, intermediate_size: 40 }));
+    const error = await loadError(dir);
     expect(error).toBeInstanceOf(TensorMismatchError);
-    expect(String(error)).toMatch(/q_proj\.weight.*shape \[16, 64\], expected \[32, 32\]/);
+    expect((error as TensorMismatchError).tensor).toBe("model.layers.0.mlp.gate_proj.weight");
+    expect(error.message).toBe(
+      `${join(dir, "model.safetensors")}: tensor "model.layers.0.mlp.gate_proj.weight" has shape [48, 32], expected [40, 32]`,
+    );
   });
 
-  it("rejects a truncated file, a corrupt header and an unsupported dtype", async () => {
-    const truncated = await checkpointDir();
-    truncateSync(join(truncated, "model.safetensors"), 5000);
-    await expect(loadCheckpoint(truncated)).rejects.toThrow(/model\.safetensors.*(truncated|exceeds)/);
+  it("a tensor with a shape of the wrong rank: TensorMismatchError", async () => {
+    const dir = await checkpointDir(SMALL);
+    editHeader(join(dir, "model.safetensors"), (header) => (header["model.norm.weight"].shape = [4, 8]));
+    const error = await loadError(dir);
+    expect(error).toBeInstanceOf(TensorMismatchError);
+    expect(error.message).toMatch(
+      /model\.safetensors: tensor "model\.norm\.weight" has shape \[4, 8\], expected \[32\]/,
+    );
+  });
 
-    const corrupt = await checkpointDir();
-    const bytes = readFileSync(join(corrupt, "model.safetensors"));
-    bytes.write("#", 8); // the opening brace of the JSON header
-    writeFileSync(join(corrupt, "model.safetensors"), bytes);
-    await expect(loadCheckpoint(corrupt)).rejects.toThrow(CheckpointError);
+  it("a missing tensor: TensorMissingError naming the file and the tensor", async () => {
+    const dir = await checkpointDir(SMALL);
+    editHeader(
+      join(dir, "model.safetensors"),
+      (header) => delete header["model.layers.1.mlp.up_proj.weight"],
+    );
+    const error = await loadError(dir);
+    expect(error).toBeInstanceOf(TensorMissingError);
+    expect(error.message).toBe(
+      `${join(dir, "model.safetensors")}: tensor "model.layers.1.mlp.up_proj.weight" is missing`,
+    );
+  });
 
-    const int64 = await checkpointDir();
-    rewriteWeights(int64, (header) => {
+  it("a missing lm_head in an untied checkpoint, and a missing qwen2 bias", async () => {
+    const untied = await checkpointDir(SMALL);
+    editHeader(join(untied, "model.safetensors"), (header) => delete header["lm_head.weight"]);
+    expect(await loadError(untied)).toMatchObject({ name: "TensorMissingError", tensor: "lm_head.weight" });
+
+    const qwen = await checkpointDir({ ...TINY_QWEN2, numLayers: 1 });
+    editHeader(
+      join(qwen, "model.safetensors"),
+      (header) => delete header["model.layers.0.self_attn.k_proj.bias"],
+    );
+    expect(await loadError(qwen)).toMatchObject({
+      name: "TensorMissingError",
+      tensor: "model.layers.0.self_attn.k_proj.bias",
+    });
+  });
+
+  it("a tensor missing from every shard: TensorMissingError naming the index", async () => {
+    const dir = await checkpointDir({ ...SMALL, shards: 2 });
+    const indexPath = join(dir, "model.safetensors.index.json");
+    const index = JSON.parse(readFileSync(indexPath, "utf8")) as { weight_map: Record<string, string> };
+    delete index.weight_map["model.norm.weight"];
+    writeFileSync(indexPath, JSON.stringify(index));
+    const error = await loadError(dir);
+    expect(error).toBeInstanceOf(TensorMissingError);
+    expect(error.message).toBe(`${indexPath}: tensor "model.norm.weight" is missing`);
+  });
+
+  it("an index pointing at a shard that lacks the tensor: TensorMissingError naming the shard", async () => {
+    const dir = await checkpointDir({ ...SMALL, shards: 2 });
+    const indexPath = join(dir, "model.safetensors.index.json");
+    const index = JSON.parse(readFileSync(indexPath, "utf8")) as { weight_map: Record<string, string> };
+    index.weight_map["model.norm.weight"] = "model-00001-of-00002.safetensors";
+    writeFileSync(indexPath, JSON.stringify(index));
+    const error = await loadError(dir);
+    expect(error).toBeInstanceOf(TensorMissingError);
+    expect(error.message).toMatch(
+      /model-00001-of-00002\.safetensors: tensor "model\.norm\.weight" is missing/,
+    );
+  });
+
+  it("a missing shard, a bad index and a shard path outside the directory: CheckpointError naming the file", async () => {
+    const dir = await checkpointDir({ ...SMALL, shards: 2 });
+    const indexPath = join(dir, "model.safetensors.index.json");
+    const index = readFileSync(indexPath, "utf8");
+
+    unlinkSync(join(dir, "model-00002-of-00002.safetensors"));
+    expect(await loadError(dir)).toBeInstanceOf(CheckpointError);
+    expect((await loadError(dir)).message).toMatch(/model-00002-of-00002\.safetensors: cannot be read/);
+
+    writeFileSync(indexPath, "{ weight_map: ");
+    expect((await loadError(dir)).message).toMatch(/model\.safetensors\.index\.json: is not valid JSON/);
+    writeFileSync(indexPath, "null");
+    expect((await loadError(dir)).message).toMatch(
+      /model\.safetensors\.index\.json: has no "weight_map" object/,
+    );
+
+    const escaping = JSON.parse(index) as { weight_map: Record<string, string> };
+    escaping.weight_map["model.norm.weight"] = "../elsewhere.safetensors";
+    writeFileSync(indexPath, JSON.stringify(escaping));
+    const error = await loadError(dir);
+    expect(error).toBeInstanceOf(CheckpointError);
+    expect(error.message).toMatch(
+      /index\.json: weight_map entry for "model\.norm\.weight" is not a file name/,
+    );
+  });
+
+  it("a NaN weight: TensorMismatchError naming the tensor and the position", async () => {
+    const dir = await checkpointDir(SMALL);
+    const path = join(dir, "model.safetensors");
+    const { header, dataStart, bytes } = readHeader(path);
+    bytes.writeFloatLE(NaN, dataStart + header["model.norm.weight"].data_offsets[0] + 4 * 5);
+    writeFileSync(path, bytes);
+    const error = await loadError(dir);
+    expect(error).toBeInstanceOf(TensorMismatchError);
+    expect(error.message).toBe(
+      `${path}: tensor "model.norm.weight" has a non-finite value (NaN) at flat index 5`,
+    );
+  });
+
+  it("an infinite weight in an F16 file: TensorMismatchError naming the tensor", async () => {
+    const dir = await checkpointDir({ ...SMALL, dtype: "F16" });
+    const path = join(dir, "model.safetensors");
+    const { header, dataStart, bytes } = readHeader(path);
+    bytes.writeUInt16LE(0xfc00, dataStart + header["model.layers.1.self_attn.o_proj.weight"].data_offsets[0]);
+    writeFileSync(path, bytes);
+    const error = await loadError(dir);
+    expect(error).toBeInstanceOf(TensorMismatchError);
+    expect(error.message).toMatch(
+      /tensor "model\.layers\.1\.self_attn\.o_proj\.weight" has a non-finite value \(-Infinity\) at flat index 0/,
+    );
+  });
+
+  it("a weight stored as I64: UnsupportedError naming the file and the tensor", async () => {
+    const dir = await checkpointDir(SMALL);
+    editHeader(join(dir, "model.safetensors"), (header) => {
       const entry = header["model.norm.weight"];
       entry.dtype = "I64";
       entry.shape = [entry.shape[0] / 2];
     });
-    const error = await loadCheckpoint(int64).catch((e: unknown) => e);
+    const error = await loadError(dir);
     expect(error).toBeInstanceOf(UnsupportedError);
-    expect(String(error)).toMatch(/model\.norm\.weight.*I64/);
+    expect(error.message).toBe(
+      `${join(dir, "model.safetensors")}: tensor "model.norm.weight" has dtype I64; weights must be F32, F16, BF16`,
+    );
   });
 
-  it("rejects non-finite weights, naming the tensor", async () => {
-    const dir = await checkpointDir();
-    const path = join(dir, "model.safetensors");
-    const bytes = readFileSync(path);
-    const length = Number(bytes.readBigUInt64LE(0));
-    const header = JSON.parse(bytes.subarray(8, 8 + length).toString("utf8"));
-    const [begin] = header["model.norm.weight"].data_offsets as number[];
-    bytes.writeFloatLE(NaN, 8 + length + begin + 4);
-    writeFileSync(path, bytes);
-    await expect(loadCheckpoint(dir)).rejects.toThrow(/model\.norm\.weight.*non-finite/);
-  });
-
-  it("names config.json and the key when the config is incomplete", async () => {
-    const dir = await checkpointDir();
-    const config = JSON.parse(readFileSync(join(dir, "config.json"), "utf8"));
-    delete config.hidden_size;
+  it("a config.json without a required key: ConfigError naming config.json and the key", async () => {
+    const dir = await checkpointDir(SMALL);
+    const config = JSON.parse(readFileSync(join(dir, "config.json"), "utf8")) as Record<string, unknown>;
+    delete config.num_hidden_layers;
     writeFileSync(join(dir, "config.json"), JSON.stringify(config));
-    const error = await loadCheckpoint(dir).catch((e: unknown) => e);
+    const error = await loadError(dir);
     expect(error).toBeInstanceOf(ConfigError);
-    expect(String(error)).toMatch(/config\.json.*"hidden_size" is missing/);
+    expect(error).toMatchObject({ file: join(dir, "config.json"), key: "num_hidden_layers" });
+    expect(error.message).toBe(`${join(dir, "config.json")}: "num_hidden_layers" is missing`);
   });
 
-  it("says which files are missing from an empty directory", async () => {
-    await expect(loadCheckpoint(join(root, "nothing-here"))).rejects.toThrow(/config\.json/);
-  });
-});
-
-describe("parseModelConfig", () => {
-  const minimal = {
-    model_type: "llama",
-    vocab_size: 10,
-    hidden_size: 64,
-    intermediate_size: 128,
-    num_hidden_layers: 2,
-    num_attention_heads: 4,
-  };
-
-  it("applies transformers' defaults", () => {
-    const config = parseModelConfig(minimal, "config.json");
-    expect(config).toMatchObject({
-      numKvHeads: 4,
-      headDim: 16,
-      ropeTheta: 10000,
-      rmsNormEps: 1e-6,
-      tieWordEmbeddings: false,
-      attentionBias: false,
-    });
-    expect(parseModelConfig({ ...minimal, model_type: "qwen2" }, "config.json").attentionBias).toBe(true);
-    expect(parseModelConfig({ ...minimal, eos_token_id: [2, 3] }, "config.json").eosTokenId).toEqual([2, 3]);
+  it("a config.json that is not JSON: CheckpointError naming config.json", async () => {
+    const dir = await checkpointDir(SMALL);
+    writeFileSync(join(dir, "config.json"), "{ hidden_size: 32 ");
+    const error = await loadError(dir);
+    expect(error).toBeInstanceOf(CheckpointError);
+    expect(error.message).toMatch(/config\.json: is not valid JSON/);
   });
 
-  const bad: [string, Record<string, unknown>, RegExp][] = [
-    ["unknown model type", { ...minimal, model_type: "gpt2" }, /"model_type" "gpt2" is not supported/],
-    ["kv heads not dividing heads", { ...minimal, num_key_value_heads: 3 }, /"num_key_value_heads"/],
-    ["ill-typed size", { ...minimal, hidden_size: "64" }, /"hidden_size" must be a positive integer/],
-    ["odd head dim", { ...minimal, head_dim: 15 }, /"head_dim" must be even/],
-    ["other activation", { ...minimal, hidden_act: "gelu" }, /"hidden_act"/],
-  ];
-  for (const [name, json, message] of bad) {
-    it(`rejects ${name}`, () => expect(() => parseModelConfig(json, "config.json")).toThrow(message));
-  }
-  it("rejects rope scaling it does not implement", () => {
-    expect(() =>
-      parseModelConfig({ ...minimal, rope_scaling: { type: "linear", factor: 2 } }, "config.json"),
-    ).toThrow(UnsupportedError);
+  it("a directory without config.json or without weights: CheckpointError saying what is missing", async () => {
+    const empty = await loadError(join(root, "nothing-here"));
+    expect(empty).toBeInstanceOf(CheckpointError);
+    expect(empty.message).toMatch(/nothing-here\/config\.json: cannot be read/);
+
+    const dir = await checkpointDir(SMALL);
+    unlinkSync(join(dir, "model.safetensors"));
+    expect((await loadError(dir)).message).toMatch(
+      /has neither model\.safetensors nor model\.safetensors\.index\.json/,
+    );
   });
 });

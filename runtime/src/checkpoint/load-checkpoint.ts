@@ -19,32 +19,23 @@ export const SINGLE_WEIGHTS_FILE = "model.safetensors";
 export const WEIGHTS_INDEX_FILE = "model.safetensors.index.json";
 export const TOKENIZER_FILE = "tokenizer.json";
 
+/** Parses only config.json: cheap enough to call before deciding to load the weights. */
 export async function readCheckpointConfig(dir: string): Promise<ModelConfig> {
-  const path = join(dir, CONFIG_FILE);
-  let text: string;
-  try {
-    text = await readFile(path, "utf8");
-  } catch (error) {
-    throw new CheckpointError(path, `cannot be read (${(error as Error).message})`, { cause: error });
-  }
-  let json: unknown;
-  try {
-    json = JSON.parse(text);
-  } catch (error) {
-    throw new CheckpointError(path, `is not valid JSON (${(error as Error).message})`, { cause: error });
-  }
-  return parseModelConfig(json, path);
+  return parseConfigBytes(await readConfigBytes(dir), join(dir, CONFIG_FILE));
 }
 
 export async function loadCheckpoint(dir: string): Promise<Checkpoint> {
-  const config = await readCheckpointConfig(dir);
-  const files = await openWeightFiles(dir);
-  const hash = createHash("sha256");
-  hash.update(await readFile(join(dir, CONFIG_FILE)));
-  for (const file of [...new Set(files.values())].sort((a, b) => a.path.localeCompare(b.path)))
-    hash.update(file.bytes);
+  const configBytes = await readConfigBytes(dir);
+  const config = parseConfigBytes(configBytes, join(dir, CONFIG_FILE));
+  const reader = await openWeights(dir);
 
-  const reader = new TensorReader(files, dir);
+  // The hash identifies the exact weights (calibration files and graph caches are keyed by
+  // it), so its recipe must never change: config.json bytes, then every weight file's
+  // bytes in path order.
+  const hash = createHash("sha256");
+  hash.update(configBytes);
+  for (const file of reader.files()) hash.update(file.bytes);
+
   const weights = readWeights(config, reader);
   const tokenizerPath = join(dir, TOKENIZER_FILE);
   return {
@@ -56,81 +47,115 @@ export async function loadCheckpoint(dir: string): Promise<Checkpoint> {
   };
 }
 
-/** Maps each tensor name to the file that holds it. */
-async function openWeightFiles(dir: string): Promise<Map<string, SafetensorsFile>> {
-  const byTensor = new Map<string, SafetensorsFile>();
-  const indexPath = join(dir, WEIGHTS_INDEX_FILE);
-  if (existsSync(indexPath)) {
-    let index: { weight_map?: Record<string, string> };
-    try {
-      index = JSON.parse(await readFile(indexPath, "utf8")) as typeof index;
-    } catch (error) {
-      throw new CheckpointError(indexPath, `is not valid JSON (${(error as Error).message})`, {
-        cause: error,
-      });
-    }
-    if (typeof index.weight_map !== "object" || index.weight_map === null)
-      throw new CheckpointError(indexPath, `has no "weight_map" object`);
-    const opened = new Map<string, SafetensorsFile>();
-    for (const [tensor, fileName] of Object.entries(index.weight_map)) {
-      if (typeof fileName !== "string" || fileName.includes("/") || fileName.includes("\\")) {
-        throw new CheckpointError(
-          indexPath,
-          `weight_map entry for "${tensor}" is not a file name in the checkpoint directory`,
-        );
-      }
-      let file = opened.get(fileName);
-      if (!file) {
-        file = await SafetensorsFile.open(join(dir, fileName));
-        opened.set(fileName, file);
-      }
-      if (!file.has(tensor)) throw new TensorMissingError(file.path, tensor);
-      byTensor.set(tensor, file);
-    }
-    return byTensor;
+async function readConfigBytes(dir: string): Promise<Buffer> {
+  const path = join(dir, CONFIG_FILE);
+  try {
+    return await readFile(path);
+  } catch (error) {
+    throw new CheckpointError(path, `cannot be read (${(error as Error).message})`, { cause: error });
   }
+}
+
+function parseConfigBytes(bytes: Buffer, path: string): ModelConfig {
+  let json: unknown;
+  try {
+    json = JSON.parse(bytes.toString("utf8"));
+  } catch (error) {
+    throw new CheckpointError(path, `is not valid JSON (${(error as Error).message})`, { cause: error });
+  }
+  return parseModelConfig(json, path);
+}
+
+/** Opens model.safetensors, or every shard named by model.safetensors.index.json. */
+async function openWeights(dir: string): Promise<TensorReader> {
+  const indexPath = join(dir, WEIGHTS_INDEX_FILE);
+  if (existsSync(indexPath)) return openShards(dir, indexPath);
   const single = join(dir, SINGLE_WEIGHTS_FILE);
   if (!existsSync(single))
     throw new CheckpointError(dir, `has neither ${SINGLE_WEIGHTS_FILE} nor ${WEIGHTS_INDEX_FILE}`);
   const file = await SafetensorsFile.open(single);
+  const byTensor = new Map<string, SafetensorsFile>();
   for (const name of file.entries.keys()) byTensor.set(name, file);
-  return byTensor;
+  return new TensorReader(byTensor, single);
 }
 
+async function openShards(dir: string, indexPath: string): Promise<TensorReader> {
+  let index: unknown;
+  try {
+    index = JSON.parse(await readFile(indexPath, "utf8"));
+  } catch (error) {
+    throw new CheckpointError(indexPath, `is not valid JSON (${(error as Error).message})`, {
+      cause: error,
+    });
+  }
+  const weightMap = (index as { weight_map?: unknown } | null)?.weight_map;
+  if (typeof weightMap !== "object" || weightMap === null || Array.isArray(weightMap))
+    throw new CheckpointError(indexPath, `has no "weight_map" object`);
+
+  const entries = Object.entries(weightMap as Record<string, unknown>);
+  for (const [tensor, fileName] of entries) {
+    // Shards must sit beside the index: a path could point anywhere on the machine.
+    if (typeof fileName !== "string" || fileName === "" || /[/\\]|^\.\.?$/.test(fileName)) {
+      throw new CheckpointError(
+        indexPath,
+        `weight_map entry for "${tensor}" is not a file name in the checkpoint directory`,
+      );
+    }
+  }
+  const opened = new Map<string, SafetensorsFile>();
+  const byTensor = new Map<string, SafetensorsFile>();
+  for (const [tensor, fileName] of entries as [string, string][]) {
+    let file = opened.get(fileName);
+    if (!file) {
+      file = await SafetensorsFile.open(join(dir, fileName));
+      opened.set(fileName, file);
+    }
+    if (!file.has(tensor)) throw new TensorMissingError(file.path, tensor);
+    byTensor.set(tensor, file);
+  }
+  return new TensorReader(byTensor, indexPath);
+}
+
+/** Reads tensors by name from whichever file holds them, checking shape and values. */
 class TensorReader {
   constructor(
-    private readonly files: Map<string, SafetensorsFile>,
-    private readonly dir: string,
+    private readonly byTensor: Map<string, SafetensorsFile>,
+    /** The file a missing tensor is reported against: the single file or the index. */
+    private readonly source: string,
   ) {}
 
   has(name: string): boolean {
-    return this.files.has(name);
+    return this.byTensor.has(name);
+  }
+
+  /** Every distinct weight file, in path order. */
+  files(): SafetensorsFile[] {
+    return [...new Set(this.byTensor.values())].sort((a, b) => a.path.localeCompare(b.path));
   }
 
   read(name: string, shape: number[]): WeightTensor {
-    const file = this.files.get(name);
-    if (!file) {
-      const where =
-        this.files.size > 0 ? [...this.files.values()][0].path : join(this.dir, SINGLE_WEIGHTS_FILE);
-      throw new TensorMissingError(where, name);
-    }
-    const tensor = file.read(name);
-    if (tensor.shape.length !== shape.length || tensor.shape.some((d, i) => d !== shape[i])) {
+    const file = this.byTensor.get(name);
+    if (!file) throw new TensorMissingError(this.source, name);
+    // Check dtype and shape from the header before decoding, so a wrong tensor costs nothing.
+    const actual = file.weightEntry(name).shape;
+    if (actual.length !== shape.length || actual.some((d, i) => d !== shape[i])) {
       throw new TensorMismatchError(
         file.path,
         name,
-        `has shape [${tensor.shape.join(", ")}], expected [${shape.join(", ")}]`,
+        `has shape [${actual.join(", ")}], expected [${shape.join(", ")}]`,
       );
     }
-    for (let i = 0; i < tensor.data.length; i++) {
-      if (!Number.isFinite(tensor.data[i]))
+    const { data } = file.read(name);
+    for (let i = 0; i < data.length; i++) {
+      // NaN fails both comparisons; ±Infinity fails one.
+      if (!(data[i] > -Infinity && data[i] < Infinity))
         throw new TensorMismatchError(
           file.path,
           name,
-          `has a non-finite value (${tensor.data[i]}) at flat index ${i}`,
+          `has a non-finite value (${data[i]}) at flat index ${i}`,
         );
     }
-    return { name, shape, data: tensor.data };
+    return { name, shape, data };
   }
 }
 
@@ -169,10 +194,8 @@ function readWeights(config: ModelConfig, reader: TensorReader): ModelWeights {
     layers.push(layer);
   }
   const finalNorm = reader.read("model.norm.weight", [h]);
-  // Tied checkpoints usually omit lm_head.weight; some write it anyway (equal to the embedding).
-  const lmHead =
-    config.tieWordEmbeddings && !reader.has("lm_head.weight")
-      ? embedTokens
-      : reader.read("lm_head.weight", [v, h]);
-  return { embedTokens, layers, finalNorm, lmHead: config.tieWordEmbeddings ? embedTokens : lmHead };
+  // transformers ties lm_head to the embedding whenever the config says so, even if the
+  // file also carries an lm_head.weight; do the same.
+  const lmHead = config.tieWordEmbeddings ? embedTokens : reader.read("lm_head.weight", [v, h]);
+  return { embedTokens, layers, finalNorm, lmHead };
 }

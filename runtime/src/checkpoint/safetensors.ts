@@ -2,16 +2,24 @@
  * The safetensors format: an 8-byte little-endian header length N, N bytes of JSON
  * `{name: {dtype, shape, data_offsets: [begin, end]}, "__metadata__"?: {...}}`, then the
  * tensor bytes (offsets relative to the end of the header). Reading validates every
- * field and converts F32/F16/BF16 to fp32; anything malformed throws an error naming
- * the file (and the tensor).
+ * field before any tensor is touched and converts F32/F16/BF16 to fp32; anything
+ * malformed throws an error naming the file (and the tensor), because a checkpoint that
+ * loads "mostly" produces garbage tokens much later, far from the cause.
  */
 import { readFile, writeFile } from "node:fs/promises";
-import { CheckpointError, TensorMismatchError, UnsupportedError } from "../errors.ts";
+import { CheckpointError, InvalidArgumentError, TensorMismatchError, UnsupportedError } from "../errors.ts";
 import { bfloat16ToFloat32, float32ToBfloat16, float32ToHalf, halfToFloat32 } from "../numeric/float16.ts";
 
+/** The dtypes Tandem reads weights from and writes. */
 export type SafetensorsDtype = "F32" | "F16" | "BF16";
 
-const DTYPE_BYTES: Record<string, number> = {
+export const WEIGHT_DTYPES: readonly SafetensorsDtype[] = ["F32", "F16", "BF16"];
+
+/**
+ * Element sizes of every dtype the format defines, so a header with an integer tensor
+ * (e.g. a position-id buffer) can still be validated and its other tensors read.
+ */
+const DTYPE_BYTES: Readonly<Record<string, number>> = {
   F64: 8,
   F32: 4,
   F16: 2,
@@ -29,27 +37,37 @@ const DTYPE_BYTES: Record<string, number> = {
   F8_E5M2: 1,
 };
 
-/** A header larger than this is not a plausible checkpoint header (the format caps it at 100 MB). */
+/** The format caps headers at 100 MB; anything larger is a corrupt length field. */
 const MAX_HEADER_BYTES = 100 * 1024 * 1024;
+
+const METADATA_KEY = "__metadata__";
 
 export interface SafetensorsEntry {
   name: string;
   dtype: string;
   shape: number[];
-  /** Byte range within the data section. */
+  /** Byte range within the data section (after the header). */
   begin: number;
   end: number;
 }
 
+export interface DecodedTensor {
+  shape: number[];
+  data: Float32Array;
+}
+
+/** A parsed safetensors file held in memory; tensors are decoded on `read`. */
 export class SafetensorsFile {
   private constructor(
     readonly path: string,
     readonly bytes: Buffer,
+    /** Header entries in file order. */
     readonly entries: Map<string, SafetensorsEntry>,
     readonly metadata: Record<string, string>,
     private readonly dataStart: number,
   ) {}
 
+  /** Reads and validates the whole file; throws CheckpointError if it cannot be read. */
   static async open(path: string): Promise<SafetensorsFile> {
     let bytes: Buffer;
     try {
@@ -60,13 +78,18 @@ export class SafetensorsFile {
     return SafetensorsFile.parse(path, bytes);
   }
 
+  /** Validates `bytes` as a safetensors file; `path` only names it in errors. */
   static parse(path: string, bytes: Buffer): SafetensorsFile {
     if (bytes.length < 8)
       throw new CheckpointError(path, `is ${bytes.length} bytes, too short for a safetensors header`);
-    const headerLength = Number(bytes.readBigUInt64LE(0));
-    if (headerLength > MAX_HEADER_BYTES || 8 + headerLength > bytes.length) {
-      throw new CheckpointError(path, `header length ${headerLength} exceeds the file size ${bytes.length}`);
+    const declared = bytes.readBigUInt64LE(0);
+    if (declared > BigInt(MAX_HEADER_BYTES) || 8n + declared > BigInt(bytes.length)) {
+      throw new CheckpointError(
+        path,
+        `header length ${declared} exceeds the file size ${bytes.length} (truncated or not safetensors)`,
+      );
     }
+    const headerLength = Number(declared);
     let header: unknown;
     try {
       header = JSON.parse(bytes.subarray(8, 8 + headerLength).toString("utf8"));
@@ -75,25 +98,36 @@ export class SafetensorsFile {
         cause: error,
       });
     }
-    if (typeof header !== "object" || header === null || Array.isArray(header)) {
-      throw new CheckpointError(path, "header is not a JSON object");
-    }
+    if (!isPlainObject(header)) throw new CheckpointError(path, "header is not a JSON object");
+
     const dataStart = 8 + headerLength;
     const dataLength = bytes.length - dataStart;
     const entries = new Map<string, SafetensorsEntry>();
     let metadata: Record<string, string> = {};
-    for (const [name, raw] of Object.entries(header as Record<string, unknown>)) {
-      if (name === "__metadata__") {
-        metadata = (raw ?? {}) as Record<string, string>;
-        continue;
-      }
-      entries.set(name, parseEntry(path, name, raw, dataLength));
+    for (const [name, raw] of Object.entries(header)) {
+      if (name === METADATA_KEY) metadata = parseMetadata(path, raw);
+      else entries.set(name, parseEntry(path, name, raw));
     }
-    // Tensors must not overlap: a corrupt header could otherwise alias two weights.
-    const sorted = [...entries.values()].sort((a, b) => a.begin - b.begin);
+
+    for (const entry of entries.values()) {
+      if (entry.end > dataLength) {
+        throw new CheckpointError(
+          path,
+          `is truncated: tensor "${entry.name}" ends at data byte ${entry.end}, ` +
+            `but only ${dataLength} data bytes follow the header`,
+        );
+      }
+    }
+    // Overlapping ranges would alias two weights; a corrupt header is the only way to get them.
+    const sorted = [...entries.values()].filter((e) => e.end > e.begin).sort((a, b) => a.begin - b.begin);
     for (let i = 1; i < sorted.length; i++) {
       if (sorted[i].begin < sorted[i - 1].end) {
-        throw new TensorMismatchError(path, sorted[i].name, `overlaps tensor "${sorted[i - 1].name}"`);
+        throw new TensorMismatchError(
+          path,
+          sorted[i].name,
+          `data_offsets [${sorted[i].begin}, ${sorted[i].end}] overlap tensor "${sorted[i - 1].name}" ` +
+            `[${sorted[i - 1].begin}, ${sorted[i - 1].end}]`,
+        );
       }
     }
     return new SafetensorsFile(path, bytes, entries, metadata, dataStart);
@@ -103,66 +137,99 @@ export class SafetensorsFile {
     return this.entries.has(name);
   }
 
-  /** The tensor as fp32 (a copy). */
-  read(name: string): { shape: number[]; data: Float32Array } {
+  /** The header entry of `name`; throws TensorMismatchError if the file has no such tensor. */
+  entry(name: string): SafetensorsEntry {
     const entry = this.entries.get(name);
     if (!entry) throw new TensorMismatchError(this.path, name, "is not in this file");
+    return entry;
+  }
+
+  /** The header entry of `name`; throws UnsupportedError unless its dtype is one weights can have. */
+  weightEntry(name: string): SafetensorsEntry {
+    const entry = this.entry(name);
+    if (!WEIGHT_DTYPES.includes(entry.dtype as SafetensorsDtype)) {
+      throw new UnsupportedError(
+        `${this.path}: tensor "${name}" has dtype ${entry.dtype}; weights must be ${WEIGHT_DTYPES.join(", ")}`,
+      );
+    }
+    return entry;
+  }
+
+  /**
+   * The tensor converted to fp32, in a buffer of its own: offsets inside the file need not
+   * be aligned for typed arrays, and callers may keep or mutate the result freely.
+   */
+  read(name: string): DecodedTensor {
+    const entry = this.weightEntry(name);
     const raw = this.bytes.subarray(this.dataStart + entry.begin, this.dataStart + entry.end);
-    // Copy into an aligned buffer: offsets in the file need not be aligned for typed arrays.
     const aligned = new Uint8Array(raw.length);
     aligned.set(raw);
-    const count = entry.shape.reduce((a, b) => a * b, 1);
-    switch (entry.dtype) {
+    const count = elementCount(entry.shape);
+    const shape = [...entry.shape];
+    switch (entry.dtype as SafetensorsDtype) {
       case "F32":
-        return { shape: entry.shape, data: new Float32Array(aligned.buffer, 0, count) };
+        return { shape, data: new Float32Array(aligned.buffer, 0, count) };
       case "F16":
-        return { shape: entry.shape, data: halfToFloat32(new Uint16Array(aligned.buffer, 0, count)) };
+        return { shape, data: halfToFloat32(new Uint16Array(aligned.buffer, 0, count)) };
       case "BF16":
-        return { shape: entry.shape, data: bfloat16ToFloat32(new Uint16Array(aligned.buffer, 0, count)) };
-      default:
-        throw new UnsupportedError(
-          `${this.path}: tensor "${name}" has dtype ${entry.dtype}; weights must be F32, F16 or BF16`,
-        );
+        return { shape, data: bfloat16ToFloat32(new Uint16Array(aligned.buffer, 0, count)) };
     }
   }
 }
 
-function parseEntry(path: string, name: string, raw: unknown, dataLength: number): SafetensorsEntry {
-  const entry = raw as { dtype?: unknown; shape?: unknown; data_offsets?: unknown };
-  if (typeof entry !== "object" || entry === null)
-    throw new TensorMismatchError(path, name, "has no header entry object");
-  if (typeof entry.dtype !== "string" || !(entry.dtype in DTYPE_BYTES)) {
-    throw new TensorMismatchError(path, name, `has unknown dtype ${JSON.stringify(entry.dtype)}`);
+/** Reads every tensor of a file as fp32, in file order. */
+export async function readSafetensors(path: string): Promise<Map<string, DecodedTensor>> {
+  const file = await SafetensorsFile.open(path);
+  const tensors = new Map<string, DecodedTensor>();
+  for (const name of file.entries.keys()) tensors.set(name, file.read(name));
+  return tensors;
+}
+
+function parseMetadata(path: string, raw: unknown): Record<string, string> {
+  if (raw === null) return {};
+  if (!isPlainObject(raw) || !Object.values(raw).every((v) => typeof v === "string"))
+    throw new CheckpointError(path, `"${METADATA_KEY}" must map names to strings`);
+  return raw as Record<string, string>;
+}
+
+function parseEntry(path: string, name: string, raw: unknown): SafetensorsEntry {
+  if (!isPlainObject(raw)) throw new TensorMismatchError(path, name, "has no header entry object");
+  const { dtype, shape, data_offsets: offsets } = raw;
+  if (typeof dtype !== "string")
+    throw new TensorMismatchError(path, name, `has no dtype (got ${JSON.stringify(dtype)})`);
+  const dtypeBytes = DTYPE_BYTES[dtype];
+  if (dtypeBytes === undefined)
+    throw new UnsupportedError(`${path}: tensor "${name}" has dtype ${dtype}, which Tandem does not know`);
+  if (!Array.isArray(shape) || !shape.every((d) => Number.isSafeInteger(d) && d >= 0)) {
+    throw new TensorMismatchError(path, name, `has invalid shape ${JSON.stringify(shape)}`);
   }
-  if (!Array.isArray(entry.shape) || !entry.shape.every((d) => Number.isInteger(d) && d >= 0)) {
-    throw new TensorMismatchError(path, name, `has invalid shape ${JSON.stringify(entry.shape)}`);
-  }
-  const offsets = entry.data_offsets;
   if (
     !Array.isArray(offsets) ||
     offsets.length !== 2 ||
-    !offsets.every((o) => Number.isInteger(o) && o >= 0)
+    !offsets.every((o) => Number.isSafeInteger(o) && o >= 0) ||
+    offsets[0] > offsets[1]
   ) {
     throw new TensorMismatchError(path, name, `has invalid data_offsets ${JSON.stringify(offsets)}`);
   }
   const [begin, end] = offsets as [number, number];
-  if (begin > end || end > dataLength) {
-    throw new TensorMismatchError(
-      path,
-      name,
-      `data_offsets [${begin}, ${end}] lie outside the ${dataLength} data bytes (truncated file?)`,
-    );
-  }
-  const shape = entry.shape as number[];
-  const expected = shape.reduce((a, b) => a * b, 1) * DTYPE_BYTES[entry.dtype];
+  const dims = shape as number[];
+  const expected = elementCount(dims) * dtypeBytes;
   if (end - begin !== expected) {
     throw new TensorMismatchError(
       path,
       name,
-      `holds ${end - begin} bytes, but ${entry.dtype} ${JSON.stringify(shape)} needs ${expected}`,
+      `holds ${end - begin} bytes, but ${dtype} [${dims.join(", ")}] needs ${expected}`,
     );
   }
-  return { name, dtype: entry.dtype, shape, begin, end };
+  return { name, dtype, shape: dims, begin, end };
+}
+
+function isPlainObject(value: unknown): value is Record<string, unknown> {
+  return typeof value === "object" && value !== null && !Array.isArray(value);
+}
+
+function elementCount(shape: readonly number[]): number {
+  return shape.reduce((a, b) => a * b, 1);
 }
 
 export interface TensorToWrite {
@@ -171,29 +238,45 @@ export interface TensorToWrite {
   data: Float32Array;
 }
 
-/** Serializes fp32 tensors as F32, F16 or BF16, in the given order. */
+/**
+ * Serializes fp32 tensors as `dtype`, in the given order (the order fixes the bytes, so
+ * the same tensors always give the same file and the same weights hash).
+ */
 export function encodeSafetensors(
-  tensors: TensorToWrite[],
+  tensors: readonly TensorToWrite[],
   dtype: SafetensorsDtype,
   metadata?: Record<string, string>,
 ): Buffer {
-  const header: Record<string, unknown> = {};
-  if (metadata) header.__metadata__ = metadata;
+  if (!WEIGHT_DTYPES.includes(dtype))
+    throw new InvalidArgumentError("dtype", `must be one of ${WEIGHT_DTYPES.join(", ")}, got ${dtype}`);
+  // Entries as pairs (not assignments) so no tensor name can reach Object.prototype.
+  const entries: [string, unknown][] = metadata ? [[METADATA_KEY, metadata]] : [];
+  const names = new Set<string>([METADATA_KEY]);
   const chunks: Uint8Array[] = [];
   let offset = 0;
   for (const t of tensors) {
+    if (names.has(t.name))
+      throw new InvalidArgumentError("tensors", `tensor name "${t.name}" is reserved or repeated`);
+    names.add(t.name);
+    if (elementCount(t.shape) !== t.data.length) {
+      throw new InvalidArgumentError(
+        "tensors",
+        `tensor "${t.name}" has ${t.data.length} values, but shape [${t.shape.join(", ")}] needs ${elementCount(t.shape)}`,
+      );
+    }
     const encoded =
       dtype === "F32"
         ? new Uint8Array(t.data.buffer, t.data.byteOffset, t.data.byteLength)
         : new Uint8Array((dtype === "F16" ? float32ToHalf(t.data) : float32ToBfloat16(t.data)).buffer);
-    header[t.name] = { dtype, shape: t.shape, data_offsets: [offset, offset + encoded.length] };
+    entries.push([t.name, { dtype, shape: t.shape, data_offsets: [offset, offset + encoded.length] }]);
     chunks.push(encoded);
     offset += encoded.length;
   }
-  // Pad the header with spaces to 8 bytes, as the reference implementation does, so data is aligned.
-  let json = JSON.stringify(header);
-  json += " ".repeat((8 - (json.length % 8)) % 8);
-  const headerBytes = Buffer.from(json, "utf8");
+  // Pad the header with spaces to a multiple of 8 bytes, as the reference writer does, so
+  // the data section (and every F32 tensor in it) starts aligned.
+  let headerBytes = Buffer.from(JSON.stringify(Object.fromEntries(entries)), "utf8");
+  const padding = (8 - (headerBytes.length % 8)) % 8;
+  if (padding > 0) headerBytes = Buffer.concat([headerBytes, Buffer.alloc(padding, 0x20)]);
   const prefix = Buffer.alloc(8);
   prefix.writeBigUInt64LE(BigInt(headerBytes.length));
   return Buffer.concat([prefix, headerBytes, ...chunks]);
@@ -201,7 +284,7 @@ export function encodeSafetensors(
 
 export async function writeSafetensors(
   path: string,
-  tensors: TensorToWrite[],
+  tensors: readonly TensorToWrite[],
   dtype: SafetensorsDtype,
   metadata?: Record<string, string>,
 ): Promise<void> {

@@ -1,8 +1,17 @@
 /**
  * A minimal valid Hugging Face tokenizer.json: GPT-2 style byte-level BPE over the 256
- * byte symbols with no merges, plus two special tokens. Any text round-trips through it,
- * which is all random test checkpoints need.
+ * byte symbols plus two special tokens, optionally with merges that make whole words (or
+ * parts of a multi-byte character) single tokens. Any text round-trips through it, which
+ * is all random test checkpoints need.
  */
+import { InvalidArgumentError } from "../errors.ts";
+
+/** Token ids of the special tokens; byte b is token `FIRST_BYTE_TOKEN + b`. */
+export const BOS_TOKEN_ID = 0;
+export const EOS_TOKEN_ID = 1;
+export const FIRST_BYTE_TOKEN = 2;
+/** Special tokens plus the 256 bytes: the smallest vocabulary this tokenizer fits in. */
+export const BYTE_LEVEL_BASE_VOCAB = FIRST_BYTE_TOKEN + 256;
 
 /** GPT-2's reversible map from bytes to printable characters. */
 export function bytesToUnicode(): string[] {
@@ -18,10 +27,35 @@ export function bytesToUnicode(): string[] {
   return map;
 }
 
-/** Token ids: 0 = <|bos|>, 1 = <|endoftext|>, 2 + b = byte b. */
-export function byteLevelTokenizerJson(): Record<string, unknown> {
-  const vocab: Record<string, number> = { "<|bos|>": 0, "<|endoftext|>": 1 };
-  bytesToUnicode().forEach((symbol, byte) => (vocab[symbol] = byte + 2));
+export interface ByteLevelTokenizerOptions {
+  /**
+   * Byte strings to make single tokens, merged left to right one byte at a time; e.g.
+   * `" the"` adds " t", " th" and " the". Give a multi-byte character's first bytes
+   * (as a Uint8Array) to get tokens that end mid-character. @default []
+   */
+  words?: readonly (string | Uint8Array)[];
+}
+
+/** Token ids: 0 = <|bos|>, 1 = <|endoftext|>, 2 + b = byte b, then one id per new merge. */
+export function byteLevelTokenizerJson(options: ByteLevelTokenizerOptions = {}): Record<string, unknown> {
+  const symbols = bytesToUnicode();
+  const vocab: Record<string, number> = { "<|bos|>": BOS_TOKEN_ID, "<|endoftext|>": EOS_TOKEN_ID };
+  symbols.forEach((symbol, byte) => (vocab[symbol] = byte + FIRST_BYTE_TOKEN));
+  const merges: [string, string][] = [];
+  let nextId = BYTE_LEVEL_BASE_VOCAB;
+  for (const word of options.words ?? []) {
+    const bytes = typeof word === "string" ? new TextEncoder().encode(word) : word;
+    if (bytes.length < 2) throw new InvalidArgumentError("words", "each word needs at least two bytes");
+    let left = symbols[bytes[0]];
+    for (let i = 1; i < bytes.length; i++) {
+      const right = symbols[bytes[i]];
+      if (!Object.hasOwn(vocab, left + right)) {
+        vocab[left + right] = nextId++;
+        merges.push([left, right]);
+      }
+      left += right;
+    }
+  }
   const special = (id: number, content: string) => ({
     id,
     content,
@@ -35,7 +69,7 @@ export function byteLevelTokenizerJson(): Record<string, unknown> {
     version: "1.0",
     truncation: null,
     padding: null,
-    added_tokens: [special(0, "<|bos|>"), special(1, "<|endoftext|>")],
+    added_tokens: [special(BOS_TOKEN_ID, "<|bos|>"), special(EOS_TOKEN_ID, "<|endoftext|>")],
     normalizer: null,
     pre_tokenizer: { type: "ByteLevel", add_prefix_space: false, trim_offsets: true, use_regex: true },
     post_processor: null,
@@ -49,7 +83,7 @@ export function byteLevelTokenizerJson(): Record<string, unknown> {
       fuse_unk: false,
       byte_fallback: false,
       vocab,
-      merges: [],
+      merges,
     },
   };
 }

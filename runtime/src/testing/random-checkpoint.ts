@@ -6,9 +6,15 @@
  */
 import { mkdir, writeFile } from "node:fs/promises";
 import { join } from "node:path";
+import { InvalidArgumentError } from "../errors.ts";
 import type { ModelArchitecture } from "../checkpoint/model-config.ts";
 import { encodeSafetensors, type SafetensorsDtype, type TensorToWrite } from "../checkpoint/safetensors.ts";
-import { byteLevelTokenizerJson } from "./byte-level-tokenizer.ts";
+import {
+  BOS_TOKEN_ID,
+  BYTE_LEVEL_BASE_VOCAB,
+  byteLevelTokenizerJson,
+  EOS_TOKEN_ID,
+} from "./byte-level-tokenizer.ts";
 
 export interface RandomCheckpointSpec {
   architecture: ModelArchitecture;
@@ -18,7 +24,7 @@ export interface RandomCheckpointSpec {
   numLayers: number;
   numHeads: number;
   numKvHeads: number;
-  /** @default hiddenSize / numHeads */
+  /** Written to config.json as `head_dim`. @default hiddenSize / numHeads */
   headDim?: number;
   tieWordEmbeddings: boolean;
   /** @default 10000 */
@@ -27,17 +33,27 @@ export interface RandomCheckpointSpec {
   rmsNormEps?: number;
   /** @default 2048 */
   maxPositions?: number;
+  /** Mixtral only. @default 4 */
   numExperts?: number;
+  /** Mixtral only. @default 2 */
   numExpertsPerToken?: number;
   seed: number;
   dtype: SafetensorsDtype;
   /** Split the weights over this many files with an index. @default 1 */
   shards?: number;
-  /** Multiplies every linear weight's standard deviation 1/sqrt(in). @default 1 */
+  /**
+   * Multiplies every linear weight's standard deviation 1/sqrt(in). 1 gives untied logits
+   * of standard deviation ~1; 2 makes next-token distributions clearly peaked. @default 1
+   */
   initScale?: number;
+  /** Extra merges for tokenizer.json (see byteLevelTokenizerJson); they must fit in vocabSize. @default [] */
+  tokenizerWords?: readonly (string | Uint8Array)[];
 }
 
-/** A small, fast pseudo-random generator (mulberry32) with Gaussian samples. */
+const DEFAULT_EXPERTS = 4;
+const DEFAULT_EXPERTS_PER_TOKEN = 2;
+
+/** A small, fast pseudo-random generator (mulberry32) with Gaussian samples (Box–Muller). */
 class SeededRandom {
   private state: number;
   private spare: number | undefined;
@@ -65,35 +81,81 @@ class SeededRandom {
     this.spare = r * Math.sin(2 * Math.PI * v);
     return r * Math.cos(2 * Math.PI * v);
   }
+
+  /** `length` samples of N(mean, std²), drawn in order. */
+  normal(length: number, mean: number, std: number): Float32Array {
+    const out = new Float32Array(length);
+    for (let i = 0; i < length; i++) out[i] = mean + this.gaussian() * std;
+    return out;
+  }
 }
 
-export async function writeRandomCheckpoint(dir: string, spec: RandomCheckpointSpec): Promise<void> {
-  await mkdir(dir, { recursive: true });
+/** Throws InvalidArgumentError naming the field when a spec cannot describe a valid model. */
+export function validateRandomCheckpointSpec(spec: RandomCheckpointSpec): void {
+  const positive = (field: keyof RandomCheckpointSpec, value: number | undefined) => {
+    if (value !== undefined && !(Number.isInteger(value) && value > 0))
+      throw new InvalidArgumentError(field, `must be a positive integer, got ${value}`);
+  };
+  for (const field of [
+    "vocabSize",
+    "hiddenSize",
+    "intermediateSize",
+    "numLayers",
+    "numHeads",
+    "numKvHeads",
+    "headDim",
+    "maxPositions",
+    "numExperts",
+    "numExpertsPerToken",
+    "shards",
+  ] as const)
+    positive(field, spec[field]);
+  if (spec.numHeads % spec.numKvHeads !== 0)
+    throw new InvalidArgumentError(
+      "numKvHeads",
+      `${spec.numKvHeads} does not divide numHeads ${spec.numHeads}`,
+    );
+  if (spec.headDim === undefined && spec.hiddenSize % spec.numHeads !== 0)
+    throw new InvalidArgumentError(
+      "numHeads",
+      `${spec.numHeads} does not divide hiddenSize ${spec.hiddenSize}`,
+    );
+  if (headDimOf(spec) % 2 !== 0)
+    throw new InvalidArgumentError("headDim", `must be even for rotary embeddings, got ${headDimOf(spec)}`);
+  if (spec.architecture === "mixtral" && expertsPerTokenOf(spec) > expertsOf(spec))
+    throw new InvalidArgumentError("numExpertsPerToken", `exceeds numExperts ${expertsOf(spec)}`);
+}
+
+function headDimOf(spec: RandomCheckpointSpec): number {
+  return spec.headDim ?? spec.hiddenSize / spec.numHeads;
+}
+function expertsOf(spec: RandomCheckpointSpec): number {
+  return spec.numExperts ?? DEFAULT_EXPERTS;
+}
+function expertsPerTokenOf(spec: RandomCheckpointSpec): number {
+  return spec.numExpertsPerToken ?? DEFAULT_EXPERTS_PER_TOKEN;
+}
+
+/**
+ * The tensors `writeRandomCheckpoint` writes, in file order, as fp32 before any dtype
+ * rounding: tests compare loaded weights against these.
+ */
+export function randomCheckpointTensors(spec: RandomCheckpointSpec): TensorToWrite[] {
+  validateRandomCheckpointSpec(spec);
   const random = new SeededRandom(spec.seed);
   const { hiddenSize: h, intermediateSize: m, vocabSize: v, numHeads, numKvHeads } = spec;
-  const headDim = spec.headDim ?? h / numHeads;
+  const headDim = headDimOf(spec);
   const scale = spec.initScale ?? 1;
   const tensors: TensorToWrite[] = [];
-  const linear = (name: string, rows: number, cols: number) => {
-    const std = scale / Math.sqrt(cols);
-    tensors.push({
-      name,
-      shape: [rows, cols],
-      data: Float32Array.from({ length: rows * cols }, () => random.gaussian() * std),
-    });
-  };
+  // The draw order below fixes every checkpoint's bytes: append new tensors, never reorder.
+  const linear = (name: string, rows: number, cols: number) =>
+    tensors.push({ name, shape: [rows, cols], data: random.normal(rows * cols, 0, scale / Math.sqrt(cols)) });
   const vector = (name: string, length: number, mean: number, std: number) =>
-    tensors.push({
-      name,
-      shape: [length],
-      data: Float32Array.from({ length }, () => mean + random.gaussian() * std),
-    });
+    tensors.push({ name, shape: [length], data: random.normal(length, mean, std) });
 
-  tensors.push({
-    name: "model.embed_tokens.weight",
-    shape: [v, h],
-    data: Float32Array.from({ length: v * h }, () => random.gaussian()),
-  });
+  // Embeddings ~ N(0, 1) like a trained model's after the first norm; tied heads then give
+  // logits of standard deviation ~sqrt(hidden), i.e. confident predictions.
+  tensors.push({ name: "model.embed_tokens.weight", shape: [v, h], data: random.normal(v * h, 0, 1) });
   for (let i = 0; i < spec.numLayers; i++) {
     const p = `model.layers.${i}`;
     vector(`${p}.input_layernorm.weight`, h, 1, 0.1);
@@ -108,8 +170,8 @@ export async function writeRandomCheckpoint(dir: string, spec: RandomCheckpointS
     }
     vector(`${p}.post_attention_layernorm.weight`, h, 1, 0.1);
     if (spec.architecture === "mixtral") {
-      linear(`${p}.block_sparse_moe.gate.weight`, spec.numExperts ?? 4, h);
-      for (let e = 0; e < (spec.numExperts ?? 4); e++) {
+      linear(`${p}.block_sparse_moe.gate.weight`, expertsOf(spec), h);
+      for (let e = 0; e < expertsOf(spec); e++) {
         linear(`${p}.block_sparse_moe.experts.${e}.w1.weight`, m, h);
         linear(`${p}.block_sparse_moe.experts.${e}.w2.weight`, h, m);
         linear(`${p}.block_sparse_moe.experts.${e}.w3.weight`, m, h);
@@ -122,32 +184,63 @@ export async function writeRandomCheckpoint(dir: string, spec: RandomCheckpointS
   }
   vector("model.norm.weight", h, 1, 0.1);
   if (!spec.tieWordEmbeddings) linear("lm_head.weight", v, h);
+  return tensors;
+}
 
+/** The config.json a spec is written with. */
+export function randomCheckpointConfigJson(spec: RandomCheckpointSpec): Record<string, unknown> {
   const config: Record<string, unknown> = {
-    architectures: [architectureClass(spec.architecture)],
+    architectures: [ARCHITECTURE_CLASS[spec.architecture]],
     model_type: spec.architecture,
-    vocab_size: v,
-    hidden_size: h,
-    intermediate_size: m,
+    vocab_size: spec.vocabSize,
+    hidden_size: spec.hiddenSize,
+    intermediate_size: spec.intermediateSize,
     num_hidden_layers: spec.numLayers,
-    num_attention_heads: numHeads,
-    num_key_value_heads: numKvHeads,
-    head_dim: headDim,
+    num_attention_heads: spec.numHeads,
+    num_key_value_heads: spec.numKvHeads,
+    head_dim: headDimOf(spec),
     hidden_act: "silu",
     max_position_embeddings: spec.maxPositions ?? 2048,
     rms_norm_eps: spec.rmsNormEps ?? 1e-6,
     rope_theta: spec.ropeTheta ?? 10000,
     tie_word_embeddings: spec.tieWordEmbeddings,
-    bos_token_id: 0,
-    eos_token_id: 1,
+    bos_token_id: BOS_TOKEN_ID,
+    eos_token_id: EOS_TOKEN_ID,
     torch_dtype: { F32: "float32", F16: "float16", BF16: "bfloat16" }[spec.dtype],
   };
   if (spec.architecture === "mixtral") {
-    config.num_local_experts = spec.numExperts ?? 4;
-    config.num_experts_per_tok = spec.numExpertsPerToken ?? 2;
+    config.num_local_experts = expertsOf(spec);
+    config.num_experts_per_tok = expertsPerTokenOf(spec);
   }
-  await writeFile(join(dir, "config.json"), JSON.stringify(config, null, 2));
-  if (v >= 258) await writeFile(join(dir, "tokenizer.json"), JSON.stringify(byteLevelTokenizerJson()));
+  return config;
+}
+
+const ARCHITECTURE_CLASS: Record<ModelArchitecture, string> = {
+  llama: "LlamaForCausalLM",
+  mistral: "MistralForCausalLM",
+  qwen2: "Qwen2ForCausalLM",
+  mixtral: "MixtralForCausalLM",
+};
+
+/**
+ * Writes config.json, the weights (model.safetensors, or `shards` files
+ * model-0000k-of-0000n.safetensors with model.safetensors.index.json) and, when the
+ * vocabulary has room for the 258 byte-level tokens, tokenizer.json.
+ */
+export async function writeRandomCheckpoint(dir: string, spec: RandomCheckpointSpec): Promise<void> {
+  const tensors = randomCheckpointTensors(spec);
+  const tokenizer = byteLevelTokenizerJson({ words: spec.tokenizerWords ?? [] });
+  const tokenizerVocab = Object.keys((tokenizer.model as { vocab: object }).vocab).length;
+  if (spec.tokenizerWords?.length && tokenizerVocab > spec.vocabSize)
+    throw new InvalidArgumentError(
+      "tokenizerWords",
+      `need ${tokenizerVocab} tokens, more than vocabSize ${spec.vocabSize}`,
+    );
+
+  await mkdir(dir, { recursive: true });
+  await writeFile(join(dir, "config.json"), JSON.stringify(randomCheckpointConfigJson(spec), null, 2));
+  if (spec.vocabSize >= BYTE_LEVEL_BASE_VOCAB)
+    await writeFile(join(dir, "tokenizer.json"), JSON.stringify(tokenizer));
 
   const shards = spec.shards ?? 1;
   if (shards <= 1) {
@@ -156,30 +249,115 @@ export async function writeRandomCheckpoint(dir: string, spec: RandomCheckpointS
   }
   const weightMap: Record<string, string> = {};
   const perShard = Math.ceil(tensors.length / shards);
+  // total_size counts tensor bytes, as transformers writes it.
+  let totalSize = 0;
   for (let s = 0; s < shards; s++) {
     const fileName = `model-${String(s + 1).padStart(5, "0")}-of-${String(shards).padStart(5, "0")}.safetensors`;
     const part = tensors.slice(s * perShard, (s + 1) * perShard);
     for (const t of part) weightMap[t.name] = fileName;
+    for (const t of part) totalSize += t.data.length * (spec.dtype === "F32" ? 4 : 2);
     await writeFile(join(dir, fileName), encodeSafetensors(part, spec.dtype));
   }
   await writeFile(
     join(dir, "model.safetensors.index.json"),
-    JSON.stringify({ metadata: {}, weight_map: weightMap }, null, 2),
+    JSON.stringify({ metadata: { total_size: totalSize }, weight_map: weightMap }, null, 2),
   );
 }
 
-function architectureClass(architecture: ModelArchitecture): string {
-  return {
-    llama: "LlamaForCausalLM",
-    mistral: "MistralForCausalLM",
-    qwen2: "Qwen2ForCausalLM",
-    mixtral: "MixtralForCausalLM",
-  }[architecture];
+/** Parameters of the model a spec describes (tied embeddings counted once). */
+export function parameterCount(spec: RandomCheckpointSpec): number {
+  return randomCheckpointShapes(spec).reduce((sum, shape) => sum + shape.reduce((a, b) => a * b, 1), 0);
 }
 
+function randomCheckpointShapes(spec: RandomCheckpointSpec): number[][] {
+  const { hiddenSize: h, intermediateSize: m, vocabSize: v, numHeads, numKvHeads } = spec;
+  const q = numHeads * headDimOf(spec);
+  const kv = numKvHeads * headDimOf(spec);
+  const mlp = spec.architecture === "mixtral" ? expertsOf(spec) * 3 : 3;
+  const layer = [[h], [q, h], [kv, h], [kv, h], [h, q], [h], ...Array.from({ length: mlp }, () => [m, h])];
+  if (spec.architecture === "qwen2") layer.push([q], [kv], [kv]);
+  if (spec.architecture === "mixtral") layer.push([expertsOf(spec), h]);
+  const shapes = [[v, h], [h], ...Array.from({ length: spec.numLayers }, () => layer).flat()];
+  if (!spec.tieWordEmbeddings) shapes.push([v, h]);
+  return shapes;
+}
+
+const TINY_BASE = {
+  architecture: "llama",
+  vocabSize: 300,
+  hiddenSize: 64,
+  intermediateSize: 112,
+  numLayers: 4,
+  numHeads: 4,
+  numKvHeads: 2,
+  tieWordEmbeddings: false,
+  seed: 11,
+  dtype: "F32",
+} as const satisfies RandomCheckpointSpec;
+
+// Named shapes tests share, each catching a different indexing mistake in the engine. All
+// have a 300-token vocabulary (the byte-level tokenizer plus room) unless noted.
+
+/** Llama, hidden 64, 4 heads over 2 KV heads (GQA ratio 2), 4 layers, untied. */
+export const TINY_LLAMA: Readonly<RandomCheckpointSpec> = TINY_BASE;
+/** Multi-head attention: as many KV heads as query heads (ratio 1). */
+export const TINY_MHA: Readonly<RandomCheckpointSpec> = { ...TINY_BASE, numKvHeads: 4, seed: 12 };
+/** GQA ratio 4: hidden 128, 8 heads over 2 KV heads. */
+export const TINY_GQA4: Readonly<RandomCheckpointSpec> = {
+  ...TINY_BASE,
+  hiddenSize: 128,
+  numHeads: 8,
+  numKvHeads: 2,
+  seed: 13,
+};
+/** Sizes that are not powers of two: hidden 72 = 6 heads × 12, 3 KV heads, intermediate 97, vocab 301. */
+export const ODD_HIDDEN: Readonly<RandomCheckpointSpec> = {
+  ...TINY_BASE,
+  hiddenSize: 72,
+  numHeads: 6,
+  numKvHeads: 3,
+  headDim: 12,
+  intermediateSize: 97,
+  vocabSize: 301,
+  seed: 14,
+};
+/** Mistral with lm_head tied to the embedding (no lm_head.weight in the file). */
+export const TINY_TIED: Readonly<RandomCheckpointSpec> = {
+  ...TINY_BASE,
+  architecture: "mistral",
+  tieWordEmbeddings: true,
+  seed: 15,
+};
+/** Qwen2: biases on the q/k/v projections. */
+export const TINY_QWEN2: Readonly<RandomCheckpointSpec> = { ...TINY_BASE, architecture: "qwen2", seed: 16 };
+/** Mixtral: 4 experts, top-2 routing, expert intermediate 64, 2 layers. */
+export const TINY_MIXTRAL: Readonly<RandomCheckpointSpec> = {
+  ...TINY_BASE,
+  architecture: "mixtral",
+  intermediateSize: 64,
+  numLayers: 2,
+  numExperts: 4,
+  numExpertsPerToken: 2,
+  seed: 19,
+};
+
+/** Every preset by name, for tests that run over all of them. */
+export const PRESET_SPECS: Readonly<Record<string, Readonly<RandomCheckpointSpec>>> = {
+  TINY_LLAMA,
+  TINY_MHA,
+  TINY_GQA4,
+  ODD_HIDDEN,
+  TINY_TIED,
+  TINY_QWEN2,
+  TINY_MIXTRAL,
+};
+
 /**
- * A Llama spec of roughly `targetParams` parameters, for benchmarks: ~1M, ~25M and ~110M
- * (the last shaped like GPT-2 small / SmolLM: hidden 768, 12 layers, 32K vocabulary).
+ * A Llama spec of roughly `targetParams` parameters, for benchmarks: ≤2M gives ~1M,
+ * ≤40M gives ~24M, anything larger ~107M. All use tied embeddings and GQA (as small
+ * modern models do, e.g. SmolLM, Qwen2-0.5B) and F16 files; the largest is shaped like
+ * GPT-2 small (hidden 768, 12 layers, 12 heads) with a 32K vocabulary, 4 KV heads and
+ * intermediate 2304. The shapes are fixed: benchmark figures in the docs refer to them.
  */
 export function sizedLlamaSpec(targetParams: number): RandomCheckpointSpec {
   const common = { architecture: "llama" as const, seed: 1, dtype: "F16" as const, maxPositions: 2048 };

@@ -1,6 +1,7 @@
-import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { fileURLToPath } from "node:url";
 import { afterAll, describe, expect, it } from "vitest";
 import { CheckpointError } from "../errors.ts";
 import { byteLevelTokenizerJson } from "../testing/byte-level-tokenizer.ts";
@@ -9,38 +10,243 @@ import { IncrementalDecoder, Tokenizer } from "./tokenizer.ts";
 const dir = mkdtempSync(join(tmpdir(), "tandem-tokenizer-"));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
-async function byteLevel(): Promise<Tokenizer> {
-  const path = join(dir, "tokenizer.json");
-  writeFileSync(path, JSON.stringify(byteLevelTokenizerJson()));
+let counter = 0;
+async function load(json: unknown, tokenizerConfig?: unknown): Promise<Tokenizer> {
+  const sub = join(dir, `t${counter++}`);
+  mkdirSync(sub);
+  const path = join(sub, "tokenizer.json");
+  writeFileSync(path, JSON.stringify(json));
+  if (tokenizerConfig !== undefined)
+    writeFileSync(join(sub, "tokenizer_config.json"), JSON.stringify(tokenizerConfig));
   return Tokenizer.fromFile(path);
 }
 
+/** "東" is E6 9D B1 in UTF-8: a merge of its first two bytes gives a token that ends mid-character. */
+const TOKYO_PREFIX = new TextEncoder().encode("東").subarray(0, 2);
+
+const byteLevel = () => load(byteLevelTokenizerJson());
+const byteLevelWithMerges = () =>
+  load(byteLevelTokenizerJson({ words: ["the", " the", "ll", "llo", " wor", "é", TOKYO_PREFIX] }));
+
+/**
+ * A Llama/Mistral-style SentencePiece tokenizer: "▁" for spaces, a prepended "▁" that the
+ * decoder strips from the first token, byte fallback for anything outside the vocabulary.
+ */
+function sentencePieceJson(): Record<string, unknown> {
+  const specials = ["<unk>", "<s>", "</s>"];
+  const vocab: Record<string, number> = {};
+  specials.forEach((token, id) => (vocab[token] = id));
+  for (let b = 0; b < 256; b++) vocab[`<0x${b.toString(16).toUpperCase().padStart(2, "0")}>`] = 3 + b;
+  let id = 259;
+  for (const ch of "▁abcdehlortw") vocab[ch] = id++;
+  const merges: [string, string][] = [];
+  for (const [a, b] of [
+    ["▁", "t"],
+    ["▁t", "h"],
+    ["▁th", "e"],
+    ["h", "e"],
+    ["l", "l"],
+    ["he", "ll"],
+    ["hell", "o"],
+    ["▁", "hello"],
+  ]) {
+    vocab[a + b] = id++;
+    merges.push([a, b]);
+  }
+  return {
+    version: "1.0",
+    added_tokens: specials.map((content, i) => ({ id: i, content, normalized: false, special: true })),
+    normalizer: {
+      type: "Sequence",
+      normalizers: [
+        { type: "Prepend", prepend: "▁" },
+        { type: "Replace", pattern: { String: " " }, content: "▁" },
+      ],
+    },
+    pre_tokenizer: null,
+    post_processor: {
+      type: "TemplateProcessing",
+      single: [{ SpecialToken: { id: "<s>", type_id: 0 } }, { Sequence: { id: "A", type_id: 0 } }],
+      pair: [],
+      special_tokens: { "<s>": { id: "<s>", ids: [1], tokens: ["<s>"] } },
+    },
+    decoder: {
+      type: "Sequence",
+      decoders: [
+        { type: "Replace", pattern: { String: "▁" }, content: " " },
+        { type: "ByteFallback" },
+        { type: "Fuse" },
+        { type: "Strip", content: " ", start: 1, stop: 0 },
+      ],
+    },
+    model: { type: "BPE", unk_token: "<unk>", fuse_unk: true, byte_fallback: true, vocab, merges },
+  };
+}
+
+const TEXTS = [
+  "Hello, world!",
+  "hello the world",
+  "naïve café — 東京 🚀",
+  "  spaces\tand\nnewlines ",
+  "the the the ll llo",
+  "",
+];
+
+/** Streams `ids` through an IncrementalDecoder, returning every piece (the flush last). */
+function stream(tokenizer: Tokenizer, ids: number[]): string[] {
+  const decoder = new IncrementalDecoder(tokenizer);
+  const pieces = ids.map((id) => decoder.push(id));
+  pieces.push(decoder.flush());
+  return pieces;
+}
+
 describe("Tokenizer", () => {
-  it("round-trips ASCII and multi-byte UTF-8 text", async () => {
+  it("round-trips ASCII and multi-byte UTF-8 text through plain byte-level BPE, one token per byte", async () => {
     const tokenizer = await byteLevel();
-    for (const text of ["Hello, world!", "naïve café — 東京 🚀", "  spaces\tand\nnewlines "]) {
+    for (const text of TEXTS) {
       const ids = tokenizer.encode(text);
-      expect(ids.length).toBe(Buffer.byteLength(text));
+      expect(ids).toHaveLength(Buffer.byteLength(text));
       expect(tokenizer.decode(ids)).toBe(text);
     }
     expect(tokenizer.vocabSize).toBe(258);
   });
 
-  it("streams text whose concatenation equals the full decode, holding back split characters", async () => {
-    const tokenizer = await byteLevel();
-    const text = "héllo 東京 🚀!";
+  it("applies merges, including one that ends in the middle of a character", async () => {
+    const tokenizer = await byteLevelWithMerges();
+    const text = "the hello world 東京 é";
     const ids = tokenizer.encode(text);
-    const decoder = new IncrementalDecoder(tokenizer);
-    const pieces = ids.map((id) => decoder.push(id));
-    pieces.push(decoder.flush());
-    expect(pieces.join("")).toBe(text);
-    expect(pieces.some((p) => p.includes("\uFFFD"))).toBe(false);
+    expect(ids.length).toBeLessThan(Buffer.byteLength(text));
+    expect(tokenizer.decode(ids)).toBe(text);
+    for (const text of TEXTS) expect(tokenizer.decode(tokenizer.encode(text))).toBe(text);
+    // 258 base tokens + t·h, th·e, Ġ·t, Ġt·h, Ġth·e, l·l, ll·o, Ġ·w, Ġw·o, Ġwo·r, é, 東[0:2]
+    expect(tokenizer.vocabSize).toBe(270);
   });
 
-  it("names the file when tokenizer.json is not valid", async () => {
-    const path = join(dir, "broken.json");
-    writeFileSync(path, "{ not json");
-    await expect(Tokenizer.fromFile(path)).rejects.toThrow(CheckpointError);
-    await expect(Tokenizer.fromFile(path)).rejects.toThrow(/broken\.json/);
+  it("adds no special tokens unless asked, and skips them when decoding unless asked", async () => {
+    const tokenizer = await load(sentencePieceJson());
+    expect(tokenizer.encode("hello")[0]).not.toBe(1);
+    expect(tokenizer.encode("hello", { addSpecialTokens: true })[0]).toBe(1);
+    const ids = [1, ...tokenizer.encode("hello"), 2];
+    expect(tokenizer.decode(ids)).toBe("hello");
+    expect(tokenizer.decode(ids, { skipSpecialTokens: false })).toBe("<s> hello</s>");
+    expect(tokenizer.tokenToId("</s>")).toBe(2);
+    expect(tokenizer.tokenToId("no such token")).toBeUndefined();
+  });
+
+  it("round-trips SentencePiece-style text, leading space and byte fallback included", async () => {
+    const tokenizer = await load(sentencePieceJson());
+    for (const text of ["hello the world", "the 東京!", "a  b"]) {
+      expect(tokenizer.decode(tokenizer.encode(text))).toBe(text);
+    }
+    expect(tokenizer.vocabSize).toBe(279);
+  });
+
+  it("reads tokenizer_config.json beside tokenizer.json", async () => {
+    const tokenizer = await load(byteLevelTokenizerJson(), {
+      clean_up_tokenization_spaces: false,
+      model_max_length: 64,
+    });
+    expect(tokenizer.decode(tokenizer.encode("a ."))).toBe("a .");
+  });
+});
+
+describe("IncrementalDecoder", () => {
+  const tokenizers: [string, () => Promise<Tokenizer>][] = [
+    ["byte-level", byteLevel],
+    ["byte-level with merges", byteLevelWithMerges],
+    ["SentencePiece-style", () => load(sentencePieceJson())],
+  ];
+  for (const [name, make] of tokenizers) {
+    it(`${name}: the streamed pieces concatenate to the full decode, with no U+FFFD on the way`, async () => {
+      const tokenizer = await make();
+      for (const text of TEXTS) {
+        const ids = tokenizer.encode(text);
+        const pieces = stream(tokenizer, ids);
+        expect(pieces.join("")).toBe(tokenizer.decode(ids));
+        expect(pieces.join("")).toBe(text);
+        expect(pieces.some((p) => p.includes("\uFFFD"))).toBe(false);
+      }
+    });
+  }
+
+  it("holds back a character until its last byte arrives", async () => {
+    const tokenizer = await byteLevel();
+    const ids = tokenizer.encode("a東");
+    expect(ids).toHaveLength(4);
+    expect(stream(tokenizer, ids)).toEqual(["a", "", "", "東", ""]);
+  });
+
+  it("holds back a merged token that ends mid-character", async () => {
+    const tokenizer = await byteLevelWithMerges();
+    const ids = tokenizer.encode("東");
+    expect(ids).toHaveLength(2);
+    expect(stream(tokenizer, ids)).toEqual(["", "東", ""]);
+  });
+
+  it("keeps the space of a SentencePiece token that starts a new piece of the stream", async () => {
+    const tokenizer = await load(sentencePieceJson());
+    const ids = tokenizer.encode("hello the world");
+    const pieces = stream(tokenizer, ids);
+    expect(pieces).toContain(" the");
+    expect(pieces.join("")).toBe("hello the world");
+  });
+
+  it("gives an unfinished character at the end as U+FFFD on flush, as the full decode does", async () => {
+    const tokenizer = await byteLevel();
+    const ids = tokenizer.encode("ok東").slice(0, -1);
+    const pieces = stream(tokenizer, ids);
+    expect(pieces.join("")).toBe(tokenizer.decode(ids));
+    expect(pieces.at(-1)).toBe("\uFFFD");
+  });
+
+  it("skips special tokens in the stream, like decode", async () => {
+    const tokenizer = await byteLevel();
+    const ids = [0, ...tokenizer.encode("hi"), 1];
+    expect(stream(tokenizer, ids).join("")).toBe("hi");
+  });
+
+  const shipped = fileURLToPath(new URL("../../../models/tandem-demo-moe/tokenizer.json", import.meta.url));
+  it.skipIf(!existsSync(shipped))("streams the shipped demo tokenizer's output exactly", async () => {
+    const tokenizer = await Tokenizer.fromFile(shipped);
+    const text =
+      "The quick brown fox — jumps over the lazy dog. 東京タワー 🚀 naïve façade, 3.14159!\n\tEnd.";
+    const ids = tokenizer.encode(text);
+    expect(tokenizer.decode(ids)).toBe(text);
+    expect(stream(tokenizer, ids).join("")).toBe(text);
+  });
+});
+
+describe("Tokenizer.fromFile errors name the file", () => {
+  const cases: [string, string][] = [
+    ["not JSON", "{ not json"],
+    ["a JSON array", "[1, 2]"],
+    ["JSON without a model", JSON.stringify({ version: "1.0", decoder: null })],
+    [
+      "an unknown pre-tokenizer",
+      JSON.stringify({ ...byteLevelTokenizerJson(), pre_tokenizer: { type: "NoSuchPreTokenizer" } }),
+    ],
+  ];
+  for (const [name, content] of cases) {
+    it(`rejects ${name} with CheckpointError`, async () => {
+      const path = join(dir, `broken-${counter++}.json`);
+      writeFileSync(path, content);
+      const error = await Tokenizer.fromFile(path).catch((e: unknown) => e);
+      expect(error).toBeInstanceOf(CheckpointError);
+      expect((error as CheckpointError).file).toBe(path);
+      expect((error as Error).message.startsWith(`${path}: `)).toBe(true);
+    });
+  }
+
+  it("rejects a missing file and a broken tokenizer_config.json, naming each", async () => {
+    await expect(Tokenizer.fromFile(join(dir, "absent.json"))).rejects.toThrow(
+      /absent\.json: cannot be read/,
+    );
+    const sub = join(dir, "bad-config");
+    mkdirSync(sub);
+    writeFileSync(join(sub, "tokenizer.json"), JSON.stringify(byteLevelTokenizerJson()));
+    writeFileSync(join(sub, "tokenizer_config.json"), "{ oops");
+    await expect(Tokenizer.fromFile(join(sub, "tokenizer.json"))).rejects.toThrow(
+      /tokenizer_config\.json: cannot be read as JSON/,
+    );
   });
 });
