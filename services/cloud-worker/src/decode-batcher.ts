@@ -63,6 +63,12 @@ export class DecodeBatcher {
         }
         this.queue = rest;
         this.batchSizes.set(batch.length, (this.batchSizes.get(batch.length) ?? 0) + 1);
+        if (batch.length === 1) {
+          // A batch of one gains nothing from padding and copying KV into a batch tensor.
+          const [only] = batch;
+          await this.sessions.forward(only.id, { hidden: only.hidden, count: 1 }).then(only.resolve, only.reject);
+          continue;
+        }
         try {
           const steps = await this.sessions.forwardBatch(
             batch.map((b) => ({ id: b.id, input: { hidden: b.hidden, count: 1 } })),
