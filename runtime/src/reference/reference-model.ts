@@ -1,229 +1,536 @@
 /**
- * A plain-TypeScript forward pass of the Llama family (and Mixtral's sparse MLP) with the
- * semantics of Hugging Face transformers, in fp32. It exists to check the ONNX graphs in
- * tests and as the "plain loops" baseline of the runtime benchmark — never to serve.
+ * A plain-TypeScript forward pass of the Llama family (llama, mistral, qwen2) and Mixtral
+ * with the semantics of Hugging Face transformers, in fp32. It checks the ONNX graphs in
+ * tests and is the "plain loops" baseline of the runtime benchmark — it never serves.
+ *
+ * A forward runs a range of layers [from, to) over a chunk of new positions, so it can play
+ * an edge segment (embedding + lower layers) or a cloud segment (upper layers, fed hidden
+ * states) with a KV cache that holds only the layers the segment runs.
  */
 import type { ModelConfig } from "../checkpoint/model-config.ts";
 import type { LayerWeights, ModelWeights, WeightTensor } from "../checkpoint/model-weights.ts";
 import { InvalidArgumentError } from "../errors.ts";
+import { linear, rmsNormRows, RotaryEmbedding, siluMultiply } from "./kernels.ts";
 
-/** Keys and values per absolute layer number, [positions][kvHeads * headDim] flattened. */
-export interface ReferenceKvCache {
-  keys: Float32Array[][];
-  values: Float32Array[][];
+/** Token ids (only into layer 0: embedding lookup) or hidden states [count, hidden] row-major. */
+export type ReferenceInput = { ids: readonly number[] } | { hidden: Float32Array; count: number };
+
+export interface ReferenceForwardResult {
+  /** `hiddenAfterLayer[l - from]`: the residual stream after layer l, [count, hidden]. */
+  hiddenAfterLayer: Float32Array[];
 }
 
-export type ReferenceInput = { ids: number[] } | { hidden: Float32Array; count: number };
+/**
+ * Keys (after RoPE) and values per absolute layer number, each layer with its own length:
+ * a segment's cache fills only the layers it runs; the others stay empty.
+ */
+export class ReferenceKvCache {
+  readonly numLayers: number;
+  /** numKvHeads · headDim: the width of one position's keys (and values). */
+  readonly kvDim: number;
+  private readonly keyData: Float32Array[];
+  private readonly valueData: Float32Array[];
+  private readonly lengths: number[];
 
-export class ReferenceModel {
-  private readonly inverseFrequency: Float32Array;
-
-  constructor(
-    readonly config: ModelConfig,
-    readonly weights: ModelWeights,
-  ) {
-    const half = config.headDim / 2;
-    // float32 like HF's inv_freq buffer.
-    this.inverseFrequency = Float32Array.from(
-      { length: half },
-      (_, i) => 1 / Math.pow(config.ropeTheta, (2 * i) / config.headDim),
-    );
+  constructor(numLayers: number, kvDim: number) {
+    this.numLayers = numLayers;
+    this.kvDim = kvDim;
+    this.keyData = Array.from({ length: numLayers }, () => new Float32Array(0));
+    this.valueData = Array.from({ length: numLayers }, () => new Float32Array(0));
+    this.lengths = new Array<number>(numLayers).fill(0);
   }
 
-  newCache(): ReferenceKvCache {
-    const layers = this.config.numLayers;
-    return {
-      keys: Array.from({ length: layers }, () => []),
-      values: Array.from({ length: layers }, () => []),
-    };
+  /** Positions cached for `layer` (0 for a layer never run). */
+  length(layer: number): number {
+    return this.lengths[this.checkLayer(layer)];
+  }
+
+  /** `layer`'s keys after RoPE, [length, numKvHeads, headDim] row-major; a view valid until the next forward. */
+  keys(layer: number): Float32Array {
+    this.checkLayer(layer);
+    return this.keyData[layer].subarray(0, this.lengths[layer] * this.kvDim);
+  }
+
+  /** `layer`'s values, [length, numKvHeads, headDim] row-major; a view valid until the next forward. */
+  values(layer: number): Float32Array {
+    this.checkLayer(layer);
+    return this.valueData[layer].subarray(0, this.lengths[layer] * this.kvDim);
+  }
+
+  /** Forgets every position from `length` on, in every layer that holds more (a rollback). */
+  truncate(length: number): void {
+    if (!Number.isInteger(length) || length < 0)
+      throw new InvalidArgumentError("length", `must be a non-negative integer, got ${length}`);
+    for (let l = 0; l < this.numLayers; l++) this.lengths[l] = Math.min(this.lengths[l], length);
   }
 
   /**
-   * Runs layers [from, to) on new positions appended after what `cache` holds for those
-   * layers; returns the hidden state after each layer, [count, hidden] each.
+   * Makes room for `layer` to hold `length` positions and sets its length; returns its
+   * buffers for the caller to fill the new positions. Used by ReferenceModel.forward.
    */
-  forward(
-    input: ReferenceInput,
-    from: number,
-    to: number,
-    cache: ReferenceKvCache,
-  ): { hiddenAfterLayer: Float32Array[] } {
+  extend(layer: number, length: number): { keys: Float32Array; values: Float32Array } {
+    const needed = length * this.kvDim;
+    if (this.keyData[layer].length < needed) {
+      const capacity = Math.max(needed, this.keyData[layer].length * 2, 64 * this.kvDim);
+      const used = this.lengths[layer] * this.kvDim;
+      const keys = new Float32Array(capacity);
+      const values = new Float32Array(capacity);
+      keys.set(this.keyData[layer].subarray(0, used));
+      values.set(this.valueData[layer].subarray(0, used));
+      this.keyData[layer] = keys;
+      this.valueData[layer] = values;
+    }
+    this.lengths[layer] = length;
+    return { keys: this.keyData[layer], values: this.valueData[layer] };
+  }
+
+  private checkLayer(layer: number): number {
+    if (!Number.isInteger(layer) || layer < 0 || layer >= this.numLayers)
+      throw new InvalidArgumentError("layer", `${layer} is not a layer of a ${this.numLayers}-layer cache`);
+    return layer;
+  }
+}
+
+/** Buffers reused across forwards; grown (never shrunk) to the largest chunk seen. */
+interface Scratch {
+  tokens: number;
+  embedded: Float32Array; // [n, hidden]
+  normed: Float32Array; // [n, hidden]
+  q: Float32Array; // [n, heads·headDim]
+  attention: Float32Array; // [n, heads·headDim]
+  projected: Float32Array; // [n, hidden]: o_proj, then the MLP's output
+  gate: Float32Array; // [n, intermediate]
+  up: Float32Array; // [n, intermediate]
+  // Mixtral only.
+  routerLogits: Float32Array; // [n, experts]
+  chosenExperts: Int32Array; // [n, k]
+  chosenWeights: Float64Array; // [n, k]
+  expertRows: Int32Array; // [n]: the tokens routed to the expert being run
+  expertWeights: Float64Array; // [n]
+  expertInput: Float32Array; // [n, hidden]
+  expertOutput: Float32Array; // [n, hidden]
+  // Attention.
+  scores: Float64Array; // [positions]
+  accumulator: Float64Array; // [headDim]
+}
+
+export class ReferenceModel {
+  readonly config: ModelConfig;
+  readonly weights: ModelWeights;
+  private readonly rotary: RotaryEmbedding;
+  private readonly qDim: number;
+  private readonly kvDim: number;
+  private readonly expertsPerToken: number;
+  private scratch: Scratch;
+
+  /** Throws InvalidArgumentError when the config is inconsistent or a weight's size does not fit it. */
+  constructor(config: ModelConfig, weights: ModelWeights) {
+    checkConfig(config);
+    checkWeights(config, weights);
+    this.config = config;
+    this.weights = weights;
+    this.qDim = config.numHeads * config.headDim;
+    this.kvDim = config.numKvHeads * config.headDim;
+    this.expertsPerToken = config.numExpertsPerToken ?? 0;
+    this.rotary = new RotaryEmbedding(config.headDim, config.ropeTheta);
+    this.scratch = this.allocateScratch(0, 0);
+  }
+
+  /** An empty cache for every layer. */
+  newCache(): ReferenceKvCache {
+    return new ReferenceKvCache(this.config.numLayers, this.kvDim);
+  }
+
+  /**
+   * Runs layers [from, to) on `count` new positions, `cache.length(from)` onwards, appending
+   * their keys and values to `cache` for those layers. Every layer in the range must hold the
+   * same number of positions; the cache's other layers are neither read nor written.
+   * `input.hidden` is not modified.
+   */
+  forward(input: ReferenceInput, from: number, to: number, cache: ReferenceKvCache): ReferenceForwardResult {
     const { config } = this;
     const h = config.hiddenSize;
-    if (!Number.isInteger(from) || !Number.isInteger(to) || from < 0 || to > config.numLayers || from >= to) {
+    if (!Number.isInteger(from) || !Number.isInteger(to) || from < 0 || to > config.numLayers || from >= to)
       throw new InvalidArgumentError(
         "layers",
-        `[${from}, ${to}) is not a layer range of a ${config.numLayers}-layer model`,
+        `[${from}, ${to}) is not a non-empty layer range of a ${config.numLayers}-layer model`,
       );
-    }
-    let x: Float32Array;
+    if (
+      !(cache instanceof ReferenceKvCache) ||
+      cache.numLayers !== config.numLayers ||
+      cache.kvDim !== this.kvDim
+    )
+      throw new InvalidArgumentError("cache", "was not made by newCache() of a model of this shape");
+    const base = cache.length(from);
+    for (let l = from + 1; l < to; l++)
+      if (cache.length(l) !== base)
+        throw new InvalidArgumentError(
+          "cache",
+          `layer ${from} holds ${base} positions but layer ${l} holds ${cache.length(l)}`,
+        );
+
     let count: number;
+    let x: Float32Array;
     if ("ids" in input) {
-      if (from !== 0) throw new InvalidArgumentError("ids", "token ids enter at layer 0 only");
-      count = input.ids.length;
-      x = new Float32Array(count * h);
-      input.ids.forEach((id, t) => {
+      if (from !== 0)
+        throw new InvalidArgumentError("ids", `token ids enter at layer 0, not ${from}; pass hidden states`);
+      const ids = input.ids;
+      count = ids.length;
+      for (let t = 0; t < count; t++) {
+        const id = ids[t];
         if (!Number.isInteger(id) || id < 0 || id >= config.vocabSize)
-          throw new InvalidArgumentError(`ids[${t}]`, `out of range: ${id}`);
-        x.set(this.weights.embedTokens.data.subarray(id * h, (id + 1) * h), t * h);
-      });
+          throw new InvalidArgumentError(`ids[${t}]`, `${id} is not a token id below ${config.vocabSize}`);
+      }
+      this.reserve(count, base + count);
+      x = this.scratch.embedded;
+      const table = this.weights.embedTokens.data;
+      for (let t = 0; t < count; t++) x.set(table.subarray(ids[t] * h, (ids[t] + 1) * h), t * h);
     } else {
       count = input.count;
-      if (input.hidden.length !== count * h)
-        throw new InvalidArgumentError("hidden", `has ${input.hidden.length} values, expected ${count * h}`);
-      x = input.hidden.slice();
+      if (!Number.isInteger(count) || count < 0)
+        throw new InvalidArgumentError("count", `must be a non-negative integer, got ${count}`);
+      if (!(input.hidden instanceof Float32Array) || input.hidden.length !== count * h)
+        throw new InvalidArgumentError(
+          "hidden",
+          `must be a Float32Array of count·hidden = ${count}·${h} values, got ${input.hidden?.length}`,
+        );
+      this.reserve(count, base + count);
+      x = input.hidden;
     }
+
     const hiddenAfterLayer: Float32Array[] = [];
     for (let layer = from; layer < to; layer++) {
-      x = this.layer(layer, x, count, cache);
-      hiddenAfterLayer.push(x.slice());
+      x = this.layer(layer, x, count, base, cache);
+      hiddenAfterLayer.push(x);
     }
     return { hiddenAfterLayer };
   }
 
-  /** Final norm + LM head: [count, hidden] → [count, vocab]. */
+  /** Final norm and LM head: hidden states [count, hidden] → logits [count, vocab]. */
   head(hidden: Float32Array, count: number): Float32Array {
-    const { hiddenSize: h, vocabSize: v } = this.config;
-    const out = new Float32Array(count * v);
-    for (let t = 0; t < count; t++) {
-      const normed = rmsNorm(
-        hidden.subarray(t * h, (t + 1) * h),
-        this.weights.finalNorm.data,
-        this.config.rmsNormEps,
+    const { hiddenSize: h, vocabSize: vocab, rmsNormEps } = this.config;
+    if (!Number.isInteger(count) || count < 0)
+      throw new InvalidArgumentError("count", `must be a non-negative integer, got ${count}`);
+    if (!(hidden instanceof Float32Array) || hidden.length !== count * h)
+      throw new InvalidArgumentError(
+        "hidden",
+        `must be a Float32Array of count·hidden = ${count}·${h} values, got ${hidden?.length}`,
       );
-      out.set(matVec(this.weights.lmHead, normed), t * v);
-    }
-    return out;
+    this.reserve(count, 0);
+    const { normed } = this.scratch;
+    rmsNormRows(hidden, count, h, this.weights.finalNorm.data, rmsNormEps, normed);
+    const logits = new Float32Array(count * vocab);
+    linear(normed, count, this.weights.lmHead.data, h, vocab, logits);
+    return logits;
   }
 
-  /** Full-model logits at every position of `ids`, [ids.length, vocab]. */
-  logits(ids: number[]): Float32Array {
+  /** Full-model logits at every position of `ids`, [ids.length, vocab], from an empty cache. */
+  logits(ids: readonly number[]): Float32Array {
     const { hiddenAfterLayer } = this.forward({ ids }, 0, this.config.numLayers, this.newCache());
     return this.head(hiddenAfterLayer[hiddenAfterLayer.length - 1], ids.length);
   }
 
-  private layer(index: number, x: Float32Array, count: number, cache: ReferenceKvCache): Float32Array {
-    const { config } = this;
+  /** One decoder layer on positions base .. base+n-1; returns a new [n, hidden] array. */
+  private layer(
+    index: number,
+    x: Float32Array,
+    n: number,
+    base: number,
+    cache: ReferenceKvCache,
+  ): Float32Array {
+    const { hiddenSize: h, numHeads, numKvHeads, rmsNormEps } = this.config;
+    const { qDim, kvDim, scratch } = this;
     const w = this.weights.layers[index];
-    const h = config.hiddenSize;
-    const { numHeads, numKvHeads, headDim } = config;
+    const { normed, q, attention, projected } = scratch;
+
+    rmsNormRows(x, n, h, w.inputNorm.data, rmsNormEps, normed);
+    linear(normed, n, w.qProj.data, h, qDim, q, w.qBias?.data);
+    const { keys, values } = cache.extend(index, base + n);
+    const newKeys = keys.subarray(base * kvDim, (base + n) * kvDim);
+    const newValues = values.subarray(base * kvDim, (base + n) * kvDim);
+    linear(normed, n, w.kProj.data, h, kvDim, newKeys, w.kBias?.data);
+    linear(normed, n, w.vProj.data, h, kvDim, newValues, w.vBias?.data);
+    for (let t = 0; t < n; t++) {
+      this.rotary.apply(q, t * qDim, numHeads, base + t);
+      this.rotary.apply(keys, (base + t) * kvDim, numKvHeads, base + t);
+    }
+    this.attend(q, keys, values, n, base, attention);
+    linear(attention, n, w.oProj.data, qDim, h, projected);
+
+    const out = new Float32Array(n * h);
+    for (let i = 0; i < n * h; i++) out[i] = x[i] + projected[i];
+    rmsNormRows(out, n, h, w.postAttentionNorm.data, rmsNormEps, normed);
+    if (w.experts) this.sparseMlp(w, normed, n, projected);
+    else this.denseMlp(w.gateProj!.data, w.upProj!.data, w.downProj!.data, normed, n, projected);
+    for (let i = 0; i < n * h; i++) out[i] += projected[i];
+    return out;
+  }
+
+  /**
+   * Causal grouped-query attention of n queries at positions base.. over the cached keys
+   * 0..position: query head hd reads kv head floor(hd / (numHeads / numKvHeads)).
+   */
+  private attend(
+    q: Float32Array,
+    keys: Float32Array,
+    values: Float32Array,
+    n: number,
+    base: number,
+    out: Float32Array,
+  ): void {
+    const { numHeads, numKvHeads, headDim } = this.config;
+    const { qDim, kvDim } = this;
+    const { scores, accumulator } = this.scratch;
     const group = numHeads / numKvHeads;
-    const keys = cache.keys[index];
-    const values = cache.values[index];
-    const out = new Float32Array(count * h);
     const scale = 1 / Math.sqrt(headDim);
-
-    for (let t = 0; t < count; t++) {
-      const position = keys.length;
-      const residual = x.subarray(t * h, (t + 1) * h);
-      const normed = rmsNorm(residual, w.inputNorm.data, config.rmsNormEps);
-      const q = addBias(matVec(w.qProj, normed), w.qBias);
-      const k = addBias(matVec(w.kProj, normed), w.kBias);
-      const v = addBias(matVec(w.vProj, normed), w.vBias);
-      for (let head = 0; head < numHeads; head++) this.rotate(q, head * headDim, position);
-      for (let head = 0; head < numKvHeads; head++) this.rotate(k, head * headDim, position);
-      keys.push(k);
-      values.push(v);
-
-      const attention = new Float32Array(numHeads * headDim);
-      const scores = new Float64Array(keys.length);
+    const even = headDim & ~1;
+    for (let t = 0; t < n; t++) {
+      const last = base + t; // attends to positions 0..last
       for (let head = 0; head < numHeads; head++) {
-        const kvOffset = Math.floor(head / group) * headDim;
+        const qo = t * qDim + head * headDim;
+        const kvo = Math.floor(head / group) * headDim;
         let max = -Infinity;
-        for (let u = 0; u < keys.length; u++) {
-          let dot = 0;
-          const key = keys[u];
-          for (let d = 0; d < headDim; d++) dot += q[head * headDim + d] * key[kvOffset + d];
-          scores[u] = dot * scale;
-          if (scores[u] > max) max = scores[u];
+        for (let u = 0; u <= last; u++) {
+          const ko = u * kvDim + kvo;
+          let s0 = 0,
+            s1 = 0;
+          for (let d = 0; d < even; d += 2) {
+            s0 += q[qo + d] * keys[ko + d];
+            s1 += q[qo + d + 1] * keys[ko + d + 1];
+          }
+          if (even < headDim) s0 += q[qo + even] * keys[ko + even];
+          const score = (s0 + s1) * scale;
+          scores[u] = score;
+          if (score > max) max = score;
         }
         let sum = 0;
-        for (let u = 0; u < keys.length; u++) {
-          scores[u] = Math.exp(scores[u] - max);
-          sum += scores[u];
+        for (let u = 0; u <= last; u++) {
+          const e = Math.exp(scores[u] - max);
+          scores[u] = e;
+          sum += e;
         }
-        for (let u = 0; u < keys.length; u++) {
-          const weight = scores[u] / sum;
-          const value = values[u];
-          for (let d = 0; d < headDim; d++) attention[head * headDim + d] += weight * value[kvOffset + d];
+        accumulator.fill(0);
+        for (let u = 0; u <= last; u++) {
+          const p = scores[u] / sum;
+          const vo = u * kvDim + kvo;
+          for (let d = 0; d < headDim; d++) accumulator[d] += p * values[vo + d];
         }
+        for (let d = 0; d < headDim; d++) out[qo + d] = accumulator[d];
       }
-      const afterAttention = matVec(w.oProj, attention);
-      for (let i = 0; i < h; i++) afterAttention[i] += residual[i];
-
-      const normed2 = rmsNorm(afterAttention, w.postAttentionNorm.data, config.rmsNormEps);
-      const mlp = w.experts
-        ? this.sparseMlp(w, normed2)
-        : denseMlp(w.gateProj!, w.upProj!, w.downProj!, normed2);
-      for (let i = 0; i < h; i++) out[t * h + i] = afterAttention[i] + mlp[i];
-    }
-    return out;
-  }
-
-  /** Mixtral: softmax over all experts, keep the top k, renormalise, mix their outputs. */
-  private sparseMlp(w: LayerWeights, x: Float32Array): Float32Array {
-    const routerLogits = matVec(w.router!, x);
-    const max = Math.max(...routerLogits);
-    const probs = Array.from(routerLogits, (l) => Math.exp(l - max));
-    const total = probs.reduce((a, b) => a + b, 0);
-    const ranked = probs.map((p, e) => ({ p: p / total, e })).sort((a, b) => b.p - a.p || a.e - b.e);
-    const chosen = ranked.slice(0, this.config.numExpertsPerToken ?? 2);
-    const norm = chosen.reduce((sum, c) => sum + c.p, 0);
-    const out = new Float32Array(x.length);
-    for (const { p, e } of chosen) {
-      const expert = w.experts![e];
-      const y = denseMlp(expert.gateProj, expert.upProj, expert.downProj, x);
-      for (let i = 0; i < out.length; i++) out[i] += (p / norm) * y[i];
-    }
-    return out;
-  }
-
-  /** HF rotate_half RoPE on one head's slice, in place. */
-  private rotate(vector: Float32Array, offset: number, position: number): void {
-    const half = this.config.headDim / 2;
-    for (let i = 0; i < half; i++) {
-      const angle = Math.fround(position * this.inverseFrequency[i]);
-      const cos = Math.cos(angle);
-      const sin = Math.sin(angle);
-      const a = vector[offset + i];
-      const b = vector[offset + i + half];
-      vector[offset + i] = a * cos - b * sin;
-      vector[offset + i + half] = b * cos + a * sin;
     }
   }
-}
 
-function rmsNorm(x: Float32Array, weight: Float32Array, eps: number): Float32Array {
-  let sumSquares = 0;
-  for (let i = 0; i < x.length; i++) sumSquares += x[i] * x[i];
-  const inverse = 1 / Math.sqrt(sumSquares / x.length + eps);
-  const out = new Float32Array(x.length);
-  for (let i = 0; i < x.length; i++) out[i] = x[i] * inverse * weight[i];
-  return out;
-}
-
-/** y = W x for a Hugging Face [out, in] weight: one dot product per output row. */
-function matVec(weight: WeightTensor, x: Float32Array): Float32Array {
-  const [rows, cols] = weight.shape;
-  const data = weight.data;
-  const out = new Float32Array(rows);
-  for (let r = 0; r < rows; r++) {
-    let sum = 0;
-    const offset = r * cols;
-    for (let c = 0; c < cols; c++) sum += data[offset + c] * x[c];
-    out[r] = sum;
+  /** down(silu(gate(x)) · up(x)) for n rows of x into out [n, hidden]. */
+  private denseMlp(
+    gate: Float32Array,
+    up: Float32Array,
+    down: Float32Array,
+    x: Float32Array,
+    n: number,
+    out: Float32Array,
+  ): void {
+    const { hiddenSize: h, intermediateSize: inter } = this.config;
+    const scratch = this.scratch;
+    linear(x, n, gate, h, inter, scratch.gate);
+    linear(x, n, up, h, inter, scratch.up);
+    siluMultiply(scratch.gate, scratch.up, n * inter);
+    linear(scratch.gate, n, down, inter, h, out);
   }
-  return out;
+
+  /**
+   * Mixtral: router softmax over all experts, the top k kept (ties to the lower index) and
+   * renormalised to sum 1, their outputs mixed. As in transformers, each expert runs on the
+   * tokens routed to it, and outputs are added in ascending expert order.
+   */
+  private sparseMlp(w: LayerWeights, x: Float32Array, n: number, out: Float32Array): void {
+    const h = this.config.hiddenSize;
+    const experts = w.experts!;
+    const numExperts = experts.length;
+    const k = this.expertsPerToken;
+    const s = this.scratch;
+    linear(x, n, w.router!.data, h, numExperts, s.routerLogits);
+
+    for (let t = 0; t < n; t++) {
+      const logits = t * numExperts;
+      let max = -Infinity;
+      for (let e = 0; e < numExperts; e++) max = Math.max(max, s.routerLogits[logits + e]);
+      // Unnormalised probabilities suffice: the softmax denominator cancels in the renormalisation.
+      let chosenSum = 0;
+      for (let j = 0; j < k; j++) {
+        let best = -1;
+        let bestLogit = -Infinity;
+        for (let e = 0; e < numExperts; e++) {
+          const logit = s.routerLogits[logits + e];
+          if ((best < 0 || logit > bestLogit) && !isChosen(s.chosenExperts, t * k, j, e)) {
+            best = e;
+            bestLogit = logit;
+          }
+        }
+        const p = Math.exp(bestLogit - max);
+        s.chosenExperts[t * k + j] = best;
+        s.chosenWeights[t * k + j] = p;
+        chosenSum += p;
+      }
+      for (let j = 0; j < k; j++) s.chosenWeights[t * k + j] /= chosenSum;
+    }
+
+    out.fill(0, 0, n * h);
+    for (let e = 0; e < numExperts; e++) {
+      let m = 0;
+      for (let t = 0; t < n; t++)
+        for (let j = 0; j < k; j++)
+          if (s.chosenExperts[t * k + j] === e) {
+            s.expertRows[m] = t;
+            s.expertWeights[m] = s.chosenWeights[t * k + j];
+            s.expertInput.set(x.subarray(t * h, (t + 1) * h), m * h);
+            m++;
+          }
+      if (m === 0) continue;
+      const expert = experts[e];
+      this.denseMlp(
+        expert.gateProj.data,
+        expert.upProj.data,
+        expert.downProj.data,
+        s.expertInput,
+        m,
+        s.expertOutput,
+      );
+      for (let r = 0; r < m; r++) {
+        const p = s.expertWeights[r];
+        const o = s.expertRows[r] * h;
+        for (let i = 0; i < h; i++) out[o + i] += Math.fround(p * s.expertOutput[r * h + i]);
+      }
+    }
+  }
+
+  /** Grows the scratch buffers to hold `tokens` new positions attending over `positions`. */
+  private reserve(tokens: number, positions: number): void {
+    const s = this.scratch;
+    if (tokens > s.tokens) this.scratch = this.allocateScratch(tokens, Math.max(positions, s.scores.length));
+    else if (positions > s.scores.length)
+      s.scores = new Float64Array(Math.max(positions, 2 * s.scores.length));
+  }
+
+  private allocateScratch(tokens: number, positions: number): Scratch {
+    const { hiddenSize: h, intermediateSize: inter, headDim } = this.config;
+    const experts = this.config.numExperts ?? 0;
+    const k = this.expertsPerToken;
+    return {
+      tokens,
+      embedded: new Float32Array(tokens * h),
+      normed: new Float32Array(tokens * h),
+      q: new Float32Array(tokens * this.qDim),
+      attention: new Float32Array(tokens * this.qDim),
+      projected: new Float32Array(tokens * h),
+      gate: new Float32Array(tokens * inter),
+      up: new Float32Array(tokens * inter),
+      routerLogits: new Float32Array(tokens * experts),
+      chosenExperts: new Int32Array(tokens * k),
+      chosenWeights: new Float64Array(tokens * k),
+      expertRows: new Int32Array(experts > 0 ? tokens : 0),
+      expertWeights: new Float64Array(experts > 0 ? tokens : 0),
+      expertInput: new Float32Array(experts > 0 ? tokens * h : 0),
+      expertOutput: new Float32Array(experts > 0 ? tokens * h : 0),
+      scores: new Float64Array(positions),
+      accumulator: new Float64Array(headDim),
+    };
+  }
 }
 
-function addBias(x: Float32Array, bias: WeightTensor | undefined): Float32Array {
-  if (bias) for (let i = 0; i < x.length; i++) x[i] += bias.data[i];
-  return x;
+/** Whether `expert` is among the first `count` choices stored at chosen[offset..]. */
+function isChosen(chosen: Int32Array, offset: number, count: number, expert: number): boolean {
+  for (let j = 0; j < count; j++) if (chosen[offset + j] === expert) return true;
+  return false;
 }
 
-function denseMlp(gate: WeightTensor, up: WeightTensor, down: WeightTensor, x: Float32Array): Float32Array {
-  const g = matVec(gate, x);
-  const u = matVec(up, x);
-  for (let i = 0; i < g.length; i++) g[i] = (g[i] / (1 + Math.exp(-g[i]))) * u[i];
-  return matVec(down, g);
+function checkConfig(c: ModelConfig): void {
+  const positive = (key: keyof ModelConfig) => {
+    const value = c[key];
+    if (typeof value !== "number" || !Number.isInteger(value) || value < 1)
+      throw new InvalidArgumentError(`config.${key}`, `must be a positive integer, got ${String(value)}`);
+  };
+  for (const key of [
+    "vocabSize",
+    "hiddenSize",
+    "intermediateSize",
+    "numLayers",
+    "numHeads",
+    "numKvHeads",
+    "headDim",
+  ] as const)
+    positive(key);
+  if (c.headDim % 2 !== 0)
+    throw new InvalidArgumentError("config.headDim", `must be even for RoPE, got ${c.headDim}`);
+  if (c.numHeads % c.numKvHeads !== 0)
+    throw new InvalidArgumentError(
+      "config.numKvHeads",
+      `${c.numKvHeads} does not divide numHeads ${c.numHeads}`,
+    );
+  if (!(c.rmsNormEps >= 0))
+    throw new InvalidArgumentError("config.rmsNormEps", `must be ≥ 0, got ${c.rmsNormEps}`);
+  if (!(c.ropeTheta > 0))
+    throw new InvalidArgumentError("config.ropeTheta", `must be > 0, got ${c.ropeTheta}`);
+  if (c.architecture === "mixtral") {
+    positive("numExperts");
+    positive("numExpertsPerToken");
+    if (c.numExpertsPerToken! > c.numExperts!)
+      throw new InvalidArgumentError(
+        "config.numExpertsPerToken",
+        `${c.numExpertsPerToken} exceeds numExperts ${c.numExperts}`,
+      );
+  }
+}
+
+/** Every tensor the forward reads must exist with exactly as many values as the config implies. */
+function checkWeights(c: ModelConfig, w: ModelWeights): void {
+  const check = (field: string, tensor: WeightTensor | undefined, size: number) => {
+    if (!tensor || !(tensor.data instanceof Float32Array))
+      throw new InvalidArgumentError(field, "is missing (expected a Float32Array weight)");
+    if (tensor.data.length !== size)
+      throw new InvalidArgumentError(field, `has ${tensor.data.length} values, expected ${size}`);
+  };
+  const h = c.hiddenSize;
+  const inter = c.intermediateSize;
+  const qDim = c.numHeads * c.headDim;
+  const kvDim = c.numKvHeads * c.headDim;
+  check("weights.embedTokens", w.embedTokens, c.vocabSize * h);
+  check("weights.finalNorm", w.finalNorm, h);
+  check("weights.lmHead", w.lmHead, c.vocabSize * h);
+  if (!Array.isArray(w.layers) || w.layers.length !== c.numLayers)
+    throw new InvalidArgumentError(
+      "weights.layers",
+      `has ${w.layers?.length} layers, expected ${c.numLayers}`,
+    );
+  w.layers.forEach((layer, l) => {
+    const p = `weights.layers[${l}]`;
+    check(`${p}.inputNorm`, layer.inputNorm, h);
+    check(`${p}.qProj`, layer.qProj, qDim * h);
+    check(`${p}.kProj`, layer.kProj, kvDim * h);
+    check(`${p}.vProj`, layer.vProj, kvDim * h);
+    check(`${p}.oProj`, layer.oProj, h * qDim);
+    if (layer.qBias) check(`${p}.qBias`, layer.qBias, qDim);
+    if (layer.kBias) check(`${p}.kBias`, layer.kBias, kvDim);
+    if (layer.vBias) check(`${p}.vBias`, layer.vBias, kvDim);
+    check(`${p}.postAttentionNorm`, layer.postAttentionNorm, h);
+    if (c.architecture === "mixtral") {
+      const experts = c.numExperts!;
+      check(`${p}.router`, layer.router, experts * h);
+      if (!layer.experts || layer.experts.length !== experts)
+        throw new InvalidArgumentError(
+          `${p}.experts`,
+          `has ${layer.experts?.length ?? 0} experts, expected ${experts}`,
+        );
+      layer.experts.forEach((expert, e) => {
+        check(`${p}.experts[${e}].gateProj`, expert.gateProj, inter * h);
+        check(`${p}.experts[${e}].upProj`, expert.upProj, inter * h);
+        check(`${p}.experts[${e}].downProj`, expert.downProj, h * inter);
+      });
+    } else {
+      if (layer.experts)
+        throw new InvalidArgumentError(`${p}.experts`, `a ${c.architecture} model has no experts`);
+      check(`${p}.gateProj`, layer.gateProj, inter * h);
+      check(`${p}.upProj`, layer.upProj, inter * h);
+      check(`${p}.downProj`, layer.downProj, h * inter);
+    }
+  });
 }
