@@ -469,10 +469,11 @@ function plot(
   g.strokeStyle = "#888";
   g.strokeRect(left, top, w, h);
   g.fillStyle = "#222";
+  g.fillText("per calibrated agreement target:", left - 40, top - 30);
   g.fillText(
-    "per calibrated target: escalated share (blue), cloud compute vs cloud-only (red), agreement (green)",
+    "escalated share (blue), cloud compute ÷ cloud-only (red), agreement (green)",
     left - 40,
-    top - 20,
+    top - 12,
   );
   const x = (i: number) => left + ((i + 0.5) / sweep.length) * w;
   const y = (v: number) => top + (1 - v) * h;
