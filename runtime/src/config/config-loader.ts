@@ -52,10 +52,19 @@ export function loadConfig<S extends ConfigSchema>(
     try {
       fromFile = JSON.parse(readFileSync(options.file, "utf8")) as Record<string, unknown>;
     } catch (error) {
-      throw new ConfigValueError("config", options.file, `cannot be read as JSON: ${(error as Error).message}`);
+      throw new ConfigValueError(
+        "config",
+        options.file,
+        `cannot be read as JSON: ${(error as Error).message}`,
+      );
     }
     for (const key of Object.keys(fromFile)) {
-      if (!(key in schema)) throw new ConfigValueError(key, options.file, `is not a known key (known: ${Object.keys(schema).join(", ")})`);
+      if (!(key in schema))
+        throw new ConfigValueError(
+          key,
+          options.file,
+          `is not a known key (known: ${Object.keys(schema).join(", ")})`,
+        );
     }
   }
   const env = options.env ?? process.env;
@@ -74,7 +83,8 @@ export function loadConfig<S extends ConfigSchema>(
       raw = fromFile[key];
       source = options.file!;
     } else {
-      if (field.default === undefined) throw new ConfigValueError(key, "the configuration", `is required: ${field.description}`);
+      if (field.default === undefined)
+        throw new ConfigValueError(key, "the configuration", `is required: ${field.description}`);
       values[key] = field.default === null ? undefined : field.default;
       continue;
     }
@@ -86,8 +96,10 @@ export function loadConfig<S extends ConfigSchema>(
 function coerce(key: string, field: ConfigField, raw: unknown, source: string): string | number | boolean {
   switch (field.type) {
     case "string": {
-      if (typeof raw !== "string" || raw === "") throw new ConfigValueError(key, source, `must be a non-empty string, got ${JSON.stringify(raw)}`);
-      if (field.choices && !field.choices.includes(raw)) throw new ConfigValueError(key, source, `must be one of ${field.choices.join(", ")}, got "${raw}"`);
+      if (typeof raw !== "string" || raw === "")
+        throw new ConfigValueError(key, source, `must be a non-empty string, got ${JSON.stringify(raw)}`);
+      if (field.choices && !field.choices.includes(raw))
+        throw new ConfigValueError(key, source, `must be one of ${field.choices.join(", ")}, got "${raw}"`);
       return raw;
     }
     case "boolean": {
@@ -97,12 +109,19 @@ function coerce(key: string, field: ConfigField, raw: unknown, source: string): 
       throw new ConfigValueError(key, source, `must be true or false, got ${JSON.stringify(raw)}`);
     }
     default: {
-      const value = typeof raw === "number" ? raw : typeof raw === "string" && raw.trim() !== "" ? Number(raw) : NaN;
+      const value =
+        typeof raw === "number" ? raw : typeof raw === "string" && raw.trim() !== "" ? Number(raw) : NaN;
       if (!Number.isFinite(value) || (field.type === "integer" && !Number.isInteger(value))) {
-        throw new ConfigValueError(key, source, `must be ${field.type === "integer" ? "an integer" : "a number"}, got ${JSON.stringify(raw)}`);
+        throw new ConfigValueError(
+          key,
+          source,
+          `must be ${field.type === "integer" ? "an integer" : "a number"}, got ${JSON.stringify(raw)}`,
+        );
       }
-      if (field.min !== undefined && value < field.min) throw new ConfigValueError(key, source, `must be ≥ ${field.min}, got ${value}`);
-      if (field.max !== undefined && value > field.max) throw new ConfigValueError(key, source, `must be ≤ ${field.max}, got ${value}`);
+      if (field.min !== undefined && value < field.min)
+        throw new ConfigValueError(key, source, `must be ≥ ${field.min}, got ${value}`);
+      if (field.max !== undefined && value > field.max)
+        throw new ConfigValueError(key, source, `must be ≤ ${field.max}, got ${value}`);
       return value;
     }
   }
@@ -111,17 +130,27 @@ function coerce(key: string, field: ConfigField, raw: unknown, source: string): 
 /** A table of the schema, for --help and the README. */
 export function describeSchema(schema: ConfigSchema, envPrefix: string): string {
   return Object.entries(schema)
-    .map(([key, f]) => `  ${key.padEnd(22)} ${environmentName(envPrefix, key).padEnd(34)} ${f.description}${f.default === undefined ? " (required)" : f.default === null ? "" : ` (default ${f.default})`}`)
+    .map(
+      ([key, f]) =>
+        `  ${key.padEnd(22)} ${environmentName(envPrefix, key).padEnd(34)} ${f.description}${f.default === undefined ? " (required)" : f.default === null ? "" : ` (default ${f.default})`}`,
+    )
     .join("\n");
 }
 
 /** Command-line flags for a schema: `--config FILE`, `--help`, and `--<key> value` for each key. */
-export function parseConfigArgs(schema: ConfigSchema, argv: string[]): { file?: string; help: boolean; overrides: Record<string, string> } {
-  const options: Record<string, { type: "string" | "boolean" }> = { config: { type: "string" }, help: { type: "boolean" } };
+export function parseConfigArgs(
+  schema: ConfigSchema,
+  argv: string[],
+): { file?: string; help: boolean; overrides: Record<string, string> } {
+  const options: Record<string, { type: "string" | "boolean" }> = {
+    config: { type: "string" },
+    help: { type: "boolean" },
+  };
   for (const key of Object.keys(schema)) options[key] = { type: "string" };
   const { values } = parseArgs({ args: argv, options, strict: true });
   const flags = values as Record<string, string | boolean | undefined>;
   const overrides: Record<string, string> = {};
-  for (const key of Object.keys(schema)) if (typeof flags[key] === "string") overrides[key] = flags[key] as string;
+  for (const key of Object.keys(schema))
+    if (typeof flags[key] === "string") overrides[key] = flags[key] as string;
   return { file: flags.config as string | undefined, help: flags.help === true, overrides };
 }

@@ -1,5 +1,12 @@
 import { describe, expect, it } from "vitest";
-import { AlwaysDeferPolicy, AlwaysExitPolicy, BudgetExitPolicy, RollingEntropyPolicy, ThresholdExitPolicy, type ExitSignal } from "./exit-policy.ts";
+import {
+  AlwaysDeferPolicy,
+  AlwaysExitPolicy,
+  BudgetExitPolicy,
+  RollingEntropyPolicy,
+  ThresholdExitPolicy,
+  type ExitSignal,
+} from "./exit-policy.ts";
 
 const signal = (afterLayer: number, prob: number, margin: number, entropy: number): ExitSignal => ({
   afterLayer,

@@ -95,8 +95,10 @@ export class RollingEntropyPolicy implements ExitPolicy {
     private readonly threshold: number,
     private readonly window = 8,
   ) {
-    if (!Number.isFinite(threshold) || threshold < 0) throw new InvalidArgumentError("threshold", `must be a finite entropy ≥ 0, got ${threshold}`);
-    if (!Number.isInteger(window) || window < 1) throw new InvalidArgumentError("window", `must be a positive integer, got ${window}`);
+    if (!Number.isFinite(threshold) || threshold < 0)
+      throw new InvalidArgumentError("threshold", `must be a finite entropy ≥ 0, got ${threshold}`);
+    if (!Number.isInteger(window) || window < 1)
+      throw new InvalidArgumentError("window", `must be a positive integer, got ${window}`);
   }
 
   decide(signals: ExitSignal[]): ExitDecision {
@@ -124,14 +126,19 @@ export class BudgetExitPolicy implements ExitPolicy {
     private readonly metric: ConfidenceMetric = "prob",
     initialThreshold?: number,
   ) {
-    if (!(targetRate > 0 && targetRate < 1)) throw new InvalidArgumentError("target_escalation_rate", `must be in (0, 1), got ${targetRate}`);
+    if (!(targetRate > 0 && targetRate < 1))
+      throw new InvalidArgumentError("target_escalation_rate", `must be in (0, 1), got ${targetRate}`);
     this.threshold = initialThreshold ?? (metric === "entropy" ? 1 : 0.8);
   }
 
   decide(signals: ExitSignal[]): ExitDecision {
     const deepest = new AlwaysExitPolicy().decide(signals).exit;
     if (!deepest) return {};
-    const rule: ExitThreshold = { afterLayer: deepest.afterLayer, metric: this.metric, threshold: this.threshold };
+    const rule: ExitThreshold = {
+      afterLayer: deepest.afterLayer,
+      metric: this.metric,
+      threshold: this.threshold,
+    };
     const escalate = !isConfident(deepest, rule);
     this.decided++;
     if (escalate) this.escalated++;

@@ -66,7 +66,9 @@ export class DecodeBatcher {
         if (batch.length === 1) {
           // A batch of one gains nothing from padding and copying KV into a batch tensor.
           const [only] = batch;
-          await this.sessions.forward(only.id, { hidden: only.hidden, count: 1 }).then(only.resolve, only.reject);
+          await this.sessions
+            .forward(only.id, { hidden: only.hidden, count: 1 })
+            .then(only.resolve, only.reject);
           continue;
         }
         try {
