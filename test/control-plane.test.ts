@@ -63,7 +63,8 @@ describe("control plane on NATS", () => {
   it("elects one leader, places shards on alive workers, and moves only a dead worker's shards", async () => {
     const cluster = `t${Date.now()}`;
     const names = controlPlaneNames(cluster);
-    const options = { cluster, tickMs: 100, leaseTtlMs: 1000, heartbeatTtlMs: 1000, shardCount: 256 };
+    // Heartbeats every 200 ms; a 3 s TTL keeps a busy test machine from declaring a live worker dead.
+    const options = { cluster, tickMs: 100, leaseTtlMs: 1000, heartbeatTtlMs: 3000, shardCount: 256 };
     const a = await Controller.start(await open(), { ...options, replicaId: "cp-a" }, log);
     const bConnection = await open();
     const b = await Controller.start(bConnection, { ...options, replicaId: "cp-b" }, log);
@@ -72,7 +73,7 @@ describe("control plane on NATS", () => {
       if (a.lease.isLeader() && b.lease.isLeader()) doubleLeader = true;
     }, 10);
 
-    const registry = await NodeRegistry.open(await open(), names, { heartbeatTtlMs: 1000 });
+    const registry = await NodeRegistry.open(await open(), names, { heartbeatTtlMs: 3000 });
     const alive = new Set(["w1", "w2", "w3"]);
     const beat = setInterval(() => {
       for (const id of alive) void registry.heartbeat(worker(id));
@@ -94,9 +95,11 @@ describe("control plane on NATS", () => {
       const second = await until("a map without w2", () =>
         seen.find((m) => m.version > first.version && !Object.values(m.shards).includes("w2")),
       );
-      const moved = Object.keys(first.shards).filter((s) => first.shards[s] !== second.shards[s]);
-      expect(moved.every((s) => first.shards[s] === "w2")).toBe(true);
-      expect(moved.length).toBe(Object.values(first.shards).filter((n) => n === "w2").length);
+      const before = seen[seen.indexOf(second) - 1];
+      expect(Object.values(before.shards)).toContain("w2");
+      const moved = Object.keys(before.shards).filter((s) => before.shards[s] !== second.shards[s]);
+      expect(moved.every((s) => before.shards[s] === "w2")).toBe(true);
+      expect(moved.length).toBe(Object.values(before.shards).filter((n) => n === "w2").length);
 
       // The leader crashes (its connection drops without releasing the lease).
       const leader = a.lease.isLeader() ? a : b;

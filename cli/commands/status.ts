@@ -49,6 +49,7 @@ export async function clusterStatus(
       heartbeatAgeMs: now - n.heartbeatAt,
     }));
     const counts = [...shardsByNode.values()];
+    registry.close();
     const leaseRecord = lease && lease.operation === "PUT" ? lease.json<LeaseRecord>() : undefined;
     return {
       cluster,

@@ -119,6 +119,7 @@ export class ClusterMembership {
     clearInterval(this.timer);
     this.stopWatch();
     await this.registry.remove(this.options.nodeId).catch(() => undefined);
+    this.registry.close();
     await this.nc.close();
   }
 }

@@ -135,6 +135,7 @@ export class Controller {
 
   async stop(): Promise<void> {
     this.experts?.stop();
+    this.registry.close();
     clearTimeout(this.timer);
     this.timer = undefined;
     await this.lease.release().catch(() => undefined);

@@ -30,6 +30,9 @@ export interface NodeRegistryOptions {
 
 export class NodeRegistry {
   readonly heartbeatTtlMs: number;
+  /** Latest record per node, kept current by a watch on the bucket. */
+  private readonly records = new Map<string, NodeRecord>();
+  private stopWatch: () => void = () => undefined;
 
   private constructor(
     readonly kv: KV,
@@ -38,6 +41,11 @@ export class NodeRegistry {
     this.heartbeatTtlMs = options.heartbeatTtlMs ?? 3000;
   }
 
+  /**
+   * Opens the bucket and starts watching it. Reading membership from the watch, not by
+   * listing keys, keeps reads instant: a key listing under a stream of heartbeats can take
+   * seconds to settle, and the leader reads membership every tick.
+   */
   static async open(
     nc: NatsConnection,
     names: ControlPlaneNames,
@@ -45,7 +53,23 @@ export class NodeRegistry {
   ): Promise<NodeRegistry> {
     const ttl = options.heartbeatTtlMs ?? 3000;
     const kv = await new Kvm(nc).create(names.nodesBucket, { history: 1, ttl: Math.max(60_000, ttl * 20) });
-    return new NodeRegistry(kv, options);
+    const registry = new NodeRegistry(kv, options);
+    const existing = (await kv.status()).values;
+    const watch = await kv.watch();
+    registry.stopWatch = () => watch.stop();
+    let markReady: () => void = () => undefined;
+    const ready = new Promise<void>((resolve) => (markReady = resolve));
+    if (existing === 0) markReady();
+    void (async () => {
+      for await (const entry of watch) {
+        if (entry.operation === "PUT") registry.records.set(entry.key, entry.json<NodeRecord>());
+        else registry.records.delete(entry.key);
+        // delta is what is still pending of the initial values: 0 means they are all in.
+        if (entry.delta === 0) markReady();
+      }
+    })();
+    await Promise.race([ready, new Promise((resolve) => setTimeout(resolve, 2000))]);
+    return registry;
   }
 
   async heartbeat(record: Omit<NodeRecord, "heartbeatAt">, now = Date.now()): Promise<void> {
@@ -58,15 +82,14 @@ export class NodeRegistry {
 
   /** Every node record in the bucket, alive or not. */
   async all(): Promise<NodeRecord[]> {
-    const records: NodeRecord[] = [];
-    for await (const key of await this.kv.keys()) {
-      const entry = await this.kv.get(key);
-      if (entry && entry.operation === "PUT") records.push(entry.json<NodeRecord>());
-    }
-    return records.sort((a, b) => (a.id < b.id ? -1 : 1));
+    return [...this.records.values()].sort((a, b) => (a.id < b.id ? -1 : 1));
   }
 
   async alive(now = Date.now()): Promise<NodeRecord[]> {
     return (await this.all()).filter((n) => now - n.heartbeatAt <= this.heartbeatTtlMs);
+  }
+
+  close(): void {
+    this.stopWatch();
   }
 }
