@@ -185,6 +185,39 @@ describe("Generate over gRPC, edge agent → cloud worker", () => {
   });
 });
 
+describe("other AUTO-mode policies from the agent's configuration", () => {
+  for (const [policy, flags] of [
+    ["rolling-entropy", { threshold: 0.8, rollingWindow: 4 }],
+    ["budget", { escalationRate: 0.5 }],
+  ] as const) {
+    it(`${policy}: answers some tokens at the edge and escalates others`, async () => {
+      const agent = await startProgram(
+        "tandem-edge",
+        {
+          model,
+          split: 3,
+          exitLayers: "2,3",
+          cloudAddress: worker.address,
+          codec: "fp16",
+          port: 0,
+          policy,
+          ...flags,
+        },
+        env(),
+      );
+      try {
+        const result = await generate(agent.address, { text: PROMPT, maxTokens: 60 });
+        expect(result.error).toBeUndefined();
+        expect(result.summary!.edgeTokens).toBeGreaterThan(0);
+        expect(result.summary!.cloudTokens).toBeGreaterThan(0);
+        if (policy === "budget") expect(result.summary!.cloudTokens / 60).toBeGreaterThan(0.25);
+      } finally {
+        await agent.kill();
+      }
+    });
+  }
+});
+
 describe("bad requests get INVALID_ARGUMENT naming the field, and the agent goes on", () => {
   const cases: [string, object, RegExp][] = [
     ["max_tokens over the limit", { text: "hi", maxTokens: 100000 }, /max_tokens/],

@@ -16,7 +16,13 @@ import type { CodecName } from "../../runtime/src/codec/hidden-state-codec.ts";
 import { SegmentModel } from "../../runtime/src/engine/segment-model.ts";
 import { SegmentSessions } from "../../runtime/src/engine/segment-sessions.ts";
 import { InvalidArgumentError } from "../../runtime/src/errors.ts";
-import { ThresholdExitPolicy, type ConfidenceMetric } from "../../runtime/src/exits/exit-policy.ts";
+import {
+  BudgetExitPolicy,
+  RollingEntropyPolicy,
+  ThresholdExitPolicy,
+  type ConfidenceMetric,
+  type ExitPolicy,
+} from "../../runtime/src/exits/exit-policy.ts";
 import { segmentSpec, type ExitHeadSpec, type WeightFormat } from "../../runtime/src/graph/segment-spec.ts";
 import { Tokenizer } from "../../runtime/src/tokenizer/tokenizer.ts";
 import { startGrpcServer, type RunningServer } from "../../shared/src/grpc-server.ts";
@@ -68,11 +74,11 @@ export async function startEdgeAgent(
     throw new InvalidArgumentError("split", `must be in [1, ${layers - 1}], got ${split}`);
 
   let exits: ExitHeadSpec[];
-  let autoPolicy: () => ThresholdExitPolicy;
+  let thresholdPolicy: () => ExitPolicy;
   if (calibration) {
     exits = calibratedExitHeads(calibration);
     const thresholds = policyForTarget(calibration, config.target).thresholds;
-    autoPolicy = () => new ThresholdExitPolicy(thresholds);
+    thresholdPolicy = () => new ThresholdExitPolicy(thresholds);
   } else {
     const layersList = config.exitLayers
       ? config.exitLayers.split(",").map(Number)
@@ -81,7 +87,7 @@ export async function startEdgeAgent(
       if (!Number.isInteger(l) || l < 1 || l > split)
         throw new InvalidArgumentError("exitLayers", `${l} is outside [1, ${split}]`);
     exits = layersList.map((afterLayer) => ({ afterLayer }));
-    autoPolicy = () =>
+    thresholdPolicy = () =>
       new ThresholdExitPolicy(
         layersList.map((afterLayer) => ({
           afterLayer,
@@ -90,6 +96,14 @@ export async function startEdgeAgent(
         })),
       );
   }
+  // The policy of AUTO mode: thresholds (calibrated or configured), Entropy Adaptive
+  // Decoding's rolling entropy, or a budget of escalations. One instance per session.
+  const autoPolicy: () => ExitPolicy =
+    config.policy === "rolling-entropy"
+      ? () => new RollingEntropyPolicy(config.threshold, config.rollingWindow)
+      : config.policy === "budget"
+        ? () => new BudgetExitPolicy(config.escalationRate, config.metric as ConfidenceMetric)
+        : thresholdPolicy;
   const lowerModel = await SegmentModel.load(
     checkpoint,
     segmentSpec({

@@ -33,6 +33,26 @@ export const EDGE_CONFIG_SCHEMA = {
     description: "confidence metric without calibration",
   },
   threshold: { type: "number", default: 0.9, description: "confidence threshold without calibration" },
+  policy: {
+    type: "string",
+    default: "threshold",
+    choices: ["threshold", "rolling-entropy", "budget"],
+    description:
+      "AUTO-mode policy: thresholds (calibrated when a calibration is given), rolling entropy (EAD) or an escalation budget",
+  },
+  rollingWindow: {
+    type: "integer",
+    default: 8,
+    min: 1,
+    description: "rolling-entropy: tokens in the window (threshold = max mean entropy)",
+  },
+  escalationRate: {
+    type: "number",
+    default: 0.3,
+    min: 0.001,
+    max: 0.999,
+    description: "budget: share of tokens to escalate",
+  },
   cloudAddress: {
     type: "string",
     default: null,

@@ -1,0 +1,75 @@
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { loadCheckpoint } from "../../../runtime/src/checkpoint/load-checkpoint.ts";
+import { SegmentModel } from "../../../runtime/src/engine/segment-model.ts";
+import { SegmentSessions } from "../../../runtime/src/engine/segment-sessions.ts";
+import { ContextLostError } from "../../../runtime/src/generation/split-generator.ts";
+import { segmentSpec } from "../../../runtime/src/graph/segment-spec.ts";
+import { writeRandomCheckpoint } from "../../../runtime/src/testing/random-checkpoint.ts";
+import { ContextManager } from "./context-manager.ts";
+import { DecodeBatcher } from "./decode-batcher.ts";
+
+let dir: string;
+let sessions: SegmentSessions;
+const HIDDEN = 64;
+const hidden = (count: number, seed: number) =>
+  Float32Array.from({ length: count * HIDDEN }, (_, i) => Math.sin(i * 0.37 + seed));
+
+beforeAll(async () => {
+  dir = mkdtempSync(join(tmpdir(), "tandem-contexts-"));
+  await writeRandomCheckpoint(join(dir, "model"), {
+    architecture: "llama",
+    vocabSize: 300,
+    hiddenSize: HIDDEN,
+    intermediateSize: 96,
+    numLayers: 4,
+    numHeads: 4,
+    numKvHeads: 2,
+    tieWordEmbeddings: true,
+    seed: 3,
+    dtype: "F32",
+  });
+  const checkpoint = await loadCheckpoint(join(dir, "model"));
+  sessions = new SegmentSessions(
+    await SegmentModel.load(checkpoint, segmentSpec({ fromLayer: 2, toLayer: 4, finalHead: true }), {
+      cacheDir: join(dir, "graphs"),
+    }),
+  );
+});
+afterAll(() => rmSync(dir, { recursive: true, force: true }));
+
+describe("ContextManager", () => {
+  // Per position: 2 layers × (key + value) × 2 KV heads × 16 dims × 4 bytes = 512 bytes.
+  const perPosition = 2 * 2 * 2 * 16 * 4;
+
+  it("accounts KV bytes and evicts the least recently used idle session over its budget", async () => {
+    const contexts = new ContextManager(sessions, new DecodeBatcher(sessions), {
+      memoryBudgetBytes: 25 * perPosition,
+    });
+    await contexts.append("a", 0, hidden(10, 1), 10);
+    await contexts.append("b", 0, hidden(10, 2), 10);
+    expect(contexts.stats()).toMatchObject({ sessions: 2, kvBytes: 20 * perPosition, evictions: 0 });
+    await contexts.append("a", 10, hidden(1, 3), 1); // a is now the most recently used
+    await contexts.append("c", 0, hidden(10, 4), 10); // over budget: b goes
+    expect(contexts.stats()).toMatchObject({ sessions: 2, evictions: 1 });
+    expect(contexts.contextLength("b")).toBe(0);
+    expect(contexts.contextLength("a")).toBe(11);
+    // The evicted session comes back: the worker asks for its context from position 0.
+    await expect(contexts.append("b", 10, hidden(1, 5), 1)).rejects.toBeInstanceOf(ContextLostError);
+    await expect(contexts.append("b", 10, hidden(1, 5), 1)).rejects.toMatchObject({ resumeFrom: 0 });
+    for (const id of contexts.sessionIds()) contexts.release(id);
+  });
+
+  it("recomputes from a frame that starts before the end of the context (a resent frame)", async () => {
+    const contexts = new ContextManager(sessions, new DecodeBatcher(sessions));
+    const first = await contexts.append("r", 0, hidden(6, 7), 6);
+    await contexts.append("r", 6, hidden(2, 8), 2);
+    // The edge resends positions 4.. after a lost reply: the result equals the first run.
+    const again = await contexts.append("r", 4, hidden(6, 7).subarray(4 * HIDDEN), 2);
+    expect(contexts.contextLength("r")).toBe(6);
+    expect(again.exits[0].token).toEqual(first.exits[0].token);
+    contexts.release("r");
+  });
+});
