@@ -382,6 +382,8 @@ async function workerThroughput(ctx: Context, stepsPerSession: number) {
 }
 
 export default async function collabBenchmark(options: BenchOptions): Promise<BenchResult> {
+  // `--only throughput` runs just the worker-throughput part (quick iteration on batching).
+  const only = options.args.includes("--only") ? options.args[options.args.indexOf("--only") + 1] : undefined;
   const checkpoint = await loadCheckpoint(MODEL);
   const calibration = await readCalibration(CALIBRATION);
   const tokenizer = await Tokenizer.fromFile(checkpoint.tokenizerPath!);
@@ -404,6 +406,9 @@ export default async function collabBenchmark(options: BenchOptions): Promise<Be
     smoke: options.smoke,
   };
   const maxTokens = options.smoke ? 8 : 64;
+  if (only === "throughput") {
+    return { name: "collab", part: "throughput", worker_throughput: await workerThroughput(ctx, options.smoke ? 4 : 32) };
+  }
 
   process.stderr.write("collab bench: agreement sweep\n");
   const sweep = await agreementSweep(ctx);

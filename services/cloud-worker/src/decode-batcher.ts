@@ -1,6 +1,6 @@
 /**
  * Batches single-position decode steps of concurrent sessions into one runtime call:
- * requests that arrive while a batch runs (or within the same tick) form the next batch.
+ * requests that arrive while a batch runs (or in the same event-loop turn) form the next batch.
  * One batched step reads the weights once for every session in it, which is what makes
  * a memory-bound decode cheaper per token under load.
  */
@@ -40,7 +40,9 @@ export class DecodeBatcher {
     if (!this.enabled) return this.sessions.forward(id, { hidden, count: 1 });
     return new Promise((resolve, reject) => {
       this.queue.push({ id, hidden, resolve, reject });
-      if (!this.running) setImmediate(() => void this.drain());
+      // Continuous batching: the first request runs at once (after this microtask, so
+      // requests that arrived in the same turn join it); later ones gather while it runs.
+      if (!this.running) queueMicrotask(() => void this.drain());
     });
   }
 
