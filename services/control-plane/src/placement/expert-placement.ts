@@ -117,18 +117,70 @@ export function placeExperts(
       `placeExperts: ${loads.length} experts need ${loads.length} slots, workers have ${totalSlots}`,
     );
   const replicas = Math.min(totalSlots, loads.length + (options.redundantReplicas ?? sortedWorkers.length));
-  const counts = replicaCounts(loads, replicas, sortedWorkers.length);
   const totalLoad = loads.reduce((a, b) => a + b, 0);
   const meanWorkerLoad = totalLoad / sortedWorkers.length;
-  const tolerance = (options.stickiness ?? 0.05) * meanWorkerLoad;
+  // Two ways to choose replica counts, packed alike, the better kept. EPLB's (each extra
+  // replica to the highest load per replica) suits many experts per worker; with about
+  // one replica per worker it leaves replicas just under the mean that pair badly, and
+  // sizing each hot expert's replicas to the mean worker load packs far better.
+  const candidates = [
+    replicaCounts(loads, replicas, sortedWorkers.length),
+    meanSizedCounts(loads, replicas, sortedWorkers.length, meanWorkerLoad),
+  ];
+  let best: { placement: ExpertPlacement; max: number } | undefined;
+  for (const counts of candidates) {
+    const packed = packReplicas(
+      loads,
+      counts,
+      sortedWorkers,
+      previous,
+      (options.stickiness ?? 0.05) * meanWorkerLoad,
+    );
+    if (!best || packed.max < best.max - 1e-9) best = packed;
+  }
+  return best!.placement;
+}
 
+/** Replica counts sized so a hot expert's replicas carry about a mean worker's load each. */
+function meanSizedCounts(
+  loads: number[],
+  totalReplicas: number,
+  maxPerExpert: number,
+  mean: number,
+): number[] {
+  const counts = loads.map((l) => Math.min(maxPerExpert, Math.max(1, Math.ceil(l / mean - 1e-9))));
+  // Over budget: take replicas back where it raises the load per replica least.
+  let total = counts.reduce((a, b) => a + b, 0);
+  while (total > totalReplicas) {
+    let pick = -1;
+    for (let e = 0; e < counts.length; e++) {
+      if (counts[e] <= 1) continue;
+      if (pick < 0 || loads[e] / (counts[e] - 1) < loads[pick] / (counts[pick] - 1)) pick = e;
+    }
+    if (pick < 0) break;
+    counts[pick]--;
+    total--;
+  }
+  return counts;
+}
+
+/**
+ * Packs replicas largest first onto the least-loaded worker with a free slot and no
+ * replica of that expert, preferring a previous holder within `tolerance`.
+ */
+function packReplicas(
+  loads: number[],
+  counts: number[],
+  sortedWorkers: ExpertWorker[],
+  previous: ExpertPlacement | undefined,
+  tolerance: number,
+): { placement: ExpertPlacement; max: number } {
   // Replicas largest first (LPT), ties by expert id.
   const items: { expert: number; load: number }[] = [];
   counts.forEach((count, expert) => {
     for (let r = 0; r < count; r++) items.push({ expert, load: loads[expert] / count });
   });
   items.sort((a, b) => b.load - a.load || a.expert - b.expert);
-
   const workerIndex = new Map(sortedWorkers.map((w, i) => [w.id, i]));
   const previousHolders = new Map<number, Set<number>>();
   for (const [expert, ids] of previous ?? []) {
@@ -140,6 +192,7 @@ export function placeExperts(
   const workerLoad = new Float64Array(sortedWorkers.length);
   const used = new Int32Array(sortedWorkers.length);
   const holders = new Map<number, Set<number>>();
+  const assigned: { expert: number; load: number }[][] = sortedWorkers.map(() => []);
   for (const item of items) {
     const held = holders.get(item.expert) ?? new Set<number>();
     let best = -1;
@@ -165,14 +218,84 @@ export function placeExperts(
     used[best]++;
     held.add(best);
     holders.set(item.expert, held);
+    assigned[best].push(item);
   }
+  refine(workerLoad, assigned, holders, sortedWorkers);
   const placement: ExpertPlacement = new Map();
   for (let e = 0; e < loads.length; e++)
     placement.set(
       e,
       [...(holders.get(e) ?? [])].sort((a, b) => a - b).map((w) => sortedWorkers[w].id),
     );
-  return placement;
+  return { placement, max: Math.max(...workerLoad) };
+}
+
+/**
+ * Local search after LPT: while it lowers the maximum, move a replica off the most loaded
+ * worker, or swap it for a lighter one, with one of the least-loaded workers. LPT alone
+ * leaves replicas just under the mean paired badly when workers hold one or two each.
+ */
+function refine(
+  workerLoad: Float64Array,
+  assigned: { expert: number; load: number }[][],
+  holders: Map<number, Set<number>>,
+  workers: ExpertWorker[],
+  candidates = 16,
+): void {
+  const holds = (w: number, expert: number) => holders.get(expert)!.has(w);
+  for (let iteration = 0; iteration < 4 * workers.length; iteration++) {
+    let top = 0;
+    for (let w = 1; w < workers.length; w++) if (workerLoad[w] > workerLoad[top]) top = w;
+    const order = Array.from(workerLoad.keys())
+      .filter((w) => w !== top)
+      .sort((a, b) => workerLoad[a] - workerLoad[b] || a - b)
+      .slice(0, candidates);
+    let bestGain = 1e-9;
+    let apply: (() => void) | undefined;
+    for (const v of order) {
+      for (const [i, a] of assigned[top].entries()) {
+        // Move a from top to v.
+        if (assigned[v].length < workers[v].slots && !holds(v, a.expert)) {
+          const newMax = Math.max(workerLoad[top] - a.load, workerLoad[v] + a.load);
+          const gain = workerLoad[top] - newMax;
+          if (gain > bestGain) {
+            bestGain = gain;
+            apply = () => {
+              assigned[top].splice(i, 1);
+              assigned[v].push(a);
+              holders.get(a.expert)!.delete(top);
+              holders.get(a.expert)!.add(v);
+              workerLoad[top] -= a.load;
+              workerLoad[v] += a.load;
+            };
+          }
+        }
+        // Swap a (on top) with a lighter b (on v).
+        for (const [j, b] of assigned[v].entries()) {
+          if (b.load >= a.load || b.expert === a.expert || holds(v, a.expert) || holds(top, b.expert))
+            continue;
+          const delta = a.load - b.load;
+          const newMax = Math.max(workerLoad[top] - delta, workerLoad[v] + delta);
+          const gain = workerLoad[top] - newMax;
+          if (gain > bestGain) {
+            bestGain = gain;
+            apply = () => {
+              assigned[top][i] = b;
+              assigned[v][j] = a;
+              holders.get(a.expert)!.delete(top);
+              holders.get(a.expert)!.add(v);
+              holders.get(b.expert)!.delete(v);
+              holders.get(b.expert)!.add(top);
+              workerLoad[top] -= delta;
+              workerLoad[v] += delta;
+            };
+          }
+        }
+      }
+    }
+    if (!apply) return;
+    apply();
+  }
 }
 
 /** Expected load per worker when each expert's load splits evenly over its replicas. */
