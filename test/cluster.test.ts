@@ -11,6 +11,7 @@ import { connect } from "@nats-io/transport-node";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { NodeRegistry } from "../services/control-plane/src/node-registry.ts";
 import { controlPlaneNames } from "../shared/src/control-plane/control-plane-names.ts";
+import type { ExpertLoadReport } from "../shared/src/control-plane/placement-map.ts";
 import { loadCheckpoint } from "../runtime/src/checkpoint/load-checkpoint.ts";
 import { AlwaysExitPolicy } from "../runtime/src/exits/exit-policy.ts";
 import { loadLocalSplit } from "../runtime/src/generation/local-split.ts";
@@ -190,6 +191,23 @@ describe("a cluster of cloud workers under a control plane", () => {
       placed = await clusterStatus(nats.url, cluster, 1000);
     }
     expect(placed.placement!.version).toBe(before.placement!.version + 1);
+  });
+
+  it("workers publish their load on their NATS subjects", async () => {
+    const nc = await connect({ servers: nats.url });
+    try {
+      const names = controlPlaneNames(cluster);
+      const subscription = nc.subscribe(names.loadSubject("*"), { max: 4 });
+      const reports: ExpertLoadReport[] = [];
+      for await (const message of subscription) reports.push(message.json<ExpertLoadReport>());
+      expect(
+        reports.every(
+          (r) => workers.has(r.nodeId) && typeof r.sessions === "number" && Array.isArray(r.counts),
+        ),
+      ).toBe(true);
+    } finally {
+      await nc.close();
+    }
   });
 
   it("tandem status shows the leader, the placement version and the shards per alive worker", async () => {

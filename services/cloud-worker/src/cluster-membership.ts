@@ -6,10 +6,14 @@
  * the leader moves every shard away; the worker stops once the map no longer names it.
  */
 import { connect, type NatsConnection } from "@nats-io/transport-node";
-import { controlPlaneNames } from "../../../shared/src/control-plane/control-plane-names.ts";
+import {
+  controlPlaneNames,
+  type ControlPlaneNames,
+} from "../../../shared/src/control-plane/control-plane-names.ts";
 import {
   ownerOf,
   PlacementStore,
+  type ExpertLoadReport,
   type ShardMapRecord,
 } from "../../../shared/src/control-plane/placement-map.ts";
 import type { Logger } from "../../../shared/src/logger.ts";
@@ -37,6 +41,7 @@ export class ClusterMembership {
 
   private constructor(
     private readonly nc: NatsConnection,
+    private readonly names: ControlPlaneNames,
     private readonly registry: NodeRegistry,
     private readonly stopWatch: () => void,
     private readonly options: MembershipOptions,
@@ -55,7 +60,7 @@ export class ClusterMembership {
     const store = await PlacementStore.open(nc, names);
     const holder: { membership?: ClusterMembership } = {};
     const watch = await store.watch((map) => holder.membership?.onMap(map));
-    const membership = new ClusterMembership(nc, registry, () => watch.stop(), options, contexts, log);
+    const membership = new ClusterMembership(nc, names, registry, () => watch.stop(), options, contexts, log);
     holder.membership = membership;
     await membership.heartbeat();
     membership.timer = setInterval(() => void membership.heartbeat(), options.heartbeatMs ?? 500);
@@ -64,6 +69,15 @@ export class ClusterMembership {
 
   private async heartbeat(): Promise<void> {
     const stats = this.contexts.stats();
+    // Load on the subject too, for whoever aggregates it (the expert planner); a dense
+    // model activates no experts, so its counts stay empty.
+    const report: ExpertLoadReport = {
+      nodeId: this.options.nodeId,
+      counts: [],
+      sessions: stats.sessions,
+      kvBytes: stats.kvBytes,
+    };
+    this.nc.publish(this.names.loadSubject(this.options.nodeId), JSON.stringify(report));
     await this.registry
       .heartbeat({
         id: this.options.nodeId,

@@ -89,10 +89,15 @@ export interface ExpertMapRecord {
 
 const EXPERTS_KEY = "experts";
 
-/** A worker's activation counts per expert over its last window, published on its load subject. */
+/**
+ * What a worker publishes on its load subject every heartbeat: its sessions and KV bytes,
+ * and the activation counts per expert since its last report (empty for a dense model).
+ */
 export interface ExpertLoadReport {
   nodeId: string;
   counts: number[];
+  sessions?: number;
+  kvBytes?: number;
 }
 
 export async function readExpertMap(
