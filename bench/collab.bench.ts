@@ -407,7 +407,11 @@ export default async function collabBenchmark(options: BenchOptions): Promise<Be
   };
   const maxTokens = options.smoke ? 8 : 64;
   if (only === "throughput") {
-    return { name: "collab", part: "throughput", worker_throughput: await workerThroughput(ctx, options.smoke ? 4 : 32) };
+    return {
+      name: "collab",
+      part: "throughput",
+      worker_throughput: await workerThroughput(ctx, options.smoke ? 4 : 32),
+    };
   }
 
   process.stderr.write("collab bench: agreement sweep\n");
