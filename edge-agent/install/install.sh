@@ -1,42 +1,62 @@
 #!/usr/bin/env bash
 # Installs the Tandem edge agent on a device as one systemd service.
 #   sudo edge-agent/install/install.sh [--model DIR] [--cloud HOST:PORT] [--prefix /opt/tandem]
-# Copies the repository (with its node_modules) to the prefix, writes /etc/tandem/edge.json
-# unless it exists, creates the tandem user and enables the service.
+# Copies what the agent needs (its code, the runtime, production node_modules, the model)
+# to the prefix, writes the config unless one exists, creates the service user and
+# enables the unit. TANDEM_ETC_DIR / TANDEM_SYSTEMD_DIR / TANDEM_CACHE_DIR move the
+# system paths (the installer test uses them).
 set -euo pipefail
 here="$(cd "$(dirname "$0")/../.." && pwd)"
 prefix=/opt/tandem
-model=""
+model="$here/models/tandem-demo"
 cloud=""
+user=tandem
+etc="${TANDEM_ETC_DIR:-/etc/tandem}"
+systemd="${TANDEM_SYSTEMD_DIR:-/etc/systemd/system}"
+cache="${TANDEM_CACHE_DIR:-/var/cache/tandem}"
 while [ $# -gt 0 ]; do
   case "$1" in
     --prefix) prefix="$2"; shift 2 ;;
     --model) model="$2"; shift 2 ;;
     --cloud) cloud="$2"; shift 2 ;;
+    --user) user="$2"; shift 2 ;;
     *) echo "install.sh: unknown option $1" >&2; exit 2 ;;
   esac
 done
-command -v node >/dev/null || { echo "install.sh: node (20 or later) is required" >&2; exit 1; }
-[ -d "$here/node_modules" ] || (cd "$here" && npm ci --omit=dev)
-id tandem >/dev/null 2>&1 || useradd --system --home "$prefix" --shell /usr/sbin/nologin tandem
-mkdir -p "$prefix" /etc/tandem /var/cache/tandem
-cp -a "$here/." "$prefix/"
-chown -R tandem:tandem /var/cache/tandem
-model="${model:-$prefix/models/tandem-demo}"
-if [ ! -f /etc/tandem/edge.json ]; then
-  {
-    printf '{\n  "model": "%s",\n' "$model"
-    [ -f "$model/calibration.safetensors" ] && printf '  "calibration": "%s",\n' "$model/calibration.safetensors"
-    [ -n "$cloud" ] && printf '  "cloudAddress": "%s",\n' "$cloud"
-    printf '  "host": "127.0.0.1",\n  "port": 50051\n}\n'
-  } > /etc/tandem/edge.json
+command -v node >/dev/null || { echo "install.sh: node 20 or later is required" >&2; exit 1; }
+[ -f "$model/config.json" ] || { echo "install.sh: --model $model has no config.json" >&2; exit 1; }
+
+mkdir -p "$prefix" "$etc" "$cache" "$systemd"
+for part in package.json package-lock.json .npmrc bin edge-agent proto runtime shared; do
+  cp -a "$here/$part" "$prefix/"
+done
+if [ -d "$here/node_modules" ]; then
+  cp -a "$here/node_modules" "$prefix/"
+else
+  (cd "$prefix" && ONNXRUNTIME_NODE_INSTALL=skip npm ci --omit=dev --no-audit --no-fund)
 fi
-install -m 0644 "$here/edge-agent/install/tandem-edge.service" /etc/systemd/system/tandem-edge.service
-if command -v systemctl >/dev/null && [ -d /run/systemd/system ]; then
+mkdir -p "$prefix/models"
+installed_model="$prefix/models/$(basename "$model")"
+rm -rf "$installed_model"
+cp -a "$model" "$installed_model"
+
+id "$user" >/dev/null 2>&1 || useradd --system --home "$prefix" --shell /usr/sbin/nologin "$user"
+chown -R "$user" "$cache"
+if [ ! -f "$etc/edge.json" ]; then
+  {
+    printf '{\n  "model": "%s",\n' "$installed_model"
+    if [ -f "$installed_model/calibration.safetensors" ]; then printf '  "calibration": "%s",\n' "$installed_model/calibration.safetensors"; fi
+    if [ -n "$cloud" ]; then printf '  "cloudAddress": "%s",\n' "$cloud"; fi
+    printf '  "host": "127.0.0.1",\n  "port": 50051\n}\n'
+  } > "$etc/edge.json"
+fi
+sed -e "s#/opt/tandem#$prefix#g" -e "s#/etc/tandem#$etc#g" -e "s#/var/cache/tandem#$cache#g" -e "s#^User=tandem#User=$user#" -e "s#^Group=tandem#Group=$user#" \
+  "$here/edge-agent/install/tandem-edge.service" > "$systemd/tandem-edge.service"
+if [ "$systemd" = /etc/systemd/system ] && command -v systemctl >/dev/null && [ -d /run/systemd/system ]; then
   systemctl daemon-reload
   systemctl enable --now tandem-edge
-  echo "tandem-edge installed and started; config: /etc/tandem/edge.json"
+  echo "tandem-edge installed and started; config: $etc/edge.json"
 else
-  echo "tandem-edge installed; systemd is not running here, start it with:"
-  echo "  sudo -u tandem node $prefix/bin/tandem-edge.mjs --config /etc/tandem/edge.json"
+  echo "tandem-edge installed in $prefix; config: $etc/edge.json; unit: $systemd/tandem-edge.service"
+  echo "start it with: node $prefix/bin/tandem-edge.mjs --config $etc/edge.json"
 fi

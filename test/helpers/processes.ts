@@ -33,9 +33,10 @@ export async function startProgram(
   program: "tandem-edge" | "tandem-cloud-worker" | "tandem-control-plane",
   flags: Record<string, string | number>,
   env: NodeJS.ProcessEnv = {},
+  binDir = BIN,
 ): Promise<RunningProcess> {
   const args = [
-    join(BIN, `${program}.mjs`),
+    join(binDir, `${program}.mjs`),
     ...Object.entries(flags).flatMap(([k, v]) => [`--${k}`, String(v)]),
   ];
   const child = spawn(process.execPath, args, {

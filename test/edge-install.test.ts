@@ -1,0 +1,60 @@
+/**
+ * The edge agent installs on a device as one service: the installer copies what the agent
+ * needs, writes its config and systemd unit, and the installed agent starts and answers.
+ */
+import { execFile } from "node:child_process";
+import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { promisify } from "node:util";
+import { afterAll, describe, expect, it } from "vitest";
+import { generate } from "./helpers/grpc-client.ts";
+import { startProgram } from "./helpers/processes.ts";
+
+const ROOT = join(import.meta.dirname, "..");
+const dir = mkdtempSync(join(tmpdir(), "tandem-install-"));
+afterAll(() => rmSync(dir, { recursive: true, force: true }));
+
+describe("edge-agent/install/install.sh", () => {
+  it("installs the agent, its model, config and unit, and the installed agent serves Generate", async () => {
+    const prefix = join(dir, "opt");
+    const env = {
+      ...process.env,
+      TANDEM_ETC_DIR: join(dir, "etc"),
+      TANDEM_SYSTEMD_DIR: join(dir, "systemd"),
+      TANDEM_CACHE_DIR: join(dir, "cache"),
+    };
+    const { stdout } = await promisify(execFile)(
+      "bash",
+      [join(ROOT, "edge-agent/install/install.sh"), "--prefix", prefix, "--user", "root"],
+      { env },
+    );
+    expect(stdout).toMatch(/tandem-edge installed/);
+    const config = JSON.parse(readFileSync(join(dir, "etc", "edge.json"), "utf8")) as {
+      model: string;
+      calibration: string;
+    };
+    expect(config.model).toBe(join(prefix, "models", "tandem-demo"));
+    expect(existsSync(config.calibration)).toBe(true);
+    const unit = readFileSync(join(dir, "systemd", "tandem-edge.service"), "utf8");
+    expect(unit).toContain(
+      `ExecStart=/usr/bin/node ${prefix}/bin/tandem-edge.mjs --config ${join(dir, "etc")}/edge.json`,
+    );
+    expect(existsSync(join(prefix, "services"))).toBe(false); // the device gets the edge, not the cloud
+
+    // Run the installed copy, as the unit would.
+    const agent = await startProgram(
+      "tandem-edge",
+      { config: join(dir, "etc", "edge.json"), port: 0 },
+      { TANDEM_CACHE_DIR: join(dir, "cache") },
+      join(prefix, "bin"),
+    );
+    try {
+      const result = await generate(agent.address, { text: "The", maxTokens: 5, mode: "MODE_EDGE_ONLY" });
+      expect(result.error).toBeUndefined();
+      expect(result.tokens).toHaveLength(5);
+    } finally {
+      await agent.kill();
+    }
+  });
+});
