@@ -1,15 +1,40 @@
 """A byte-level BPE tokenizer (GPT-2 style), trained here and written as a Hugging Face
 tokenizer.json that the TypeScript side loads with @huggingface/tokenizers.
 
-Pre-tokenization follows GPT-2's pattern; Python's `re` has no \\p{L}, so letters are
-[^\\W\\d_] and numbers \\d, which agree with it on this corpus. Encoding applies merges
-by rank, as the Hugging Face BPE model does, so both sides give the same ids.
+Pre-tokenization is the ByteLevel pattern of the Hugging Face libraries (GPT-2's),
+    's|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^\\s\\p{L}\\p{N}]+|\\s+(?!\\S)|\\s+
+spelled for Python's `re`, which has no \\p{..}: the letter and number classes are built from
+unicodedata's general categories (L*, N*) and \\s is JavaScript's whitespace set (what
+@huggingface/tokenizers matches with the `u` flag). Python 3.11 knows Unicode 14; characters
+assigned later may be classed differently from Node's ICU. Encoding applies merges by rank, as
+the Hugging Face BPE model does, so both sides give the same ids
+(tools/train/check_tokenizer.py checks it).
 """
 import json
 import re
+import unicodedata
 from collections import Counter, defaultdict
 
-PATTERN = re.compile(r"""'s|'t|'re|'ve|'m|'ll|'d| ?[^\W\d_]+| ?\d+| ?(?:[^\s\w]|_)+|\s+(?!\S)|\s+""")
+
+def _char_class(predicate):
+    """A regex character class body matching the code points where predicate(char) holds."""
+    ranges, start = [], None
+    for cp in range(0x110001):
+        inside = cp <= 0x10FFFF and predicate(chr(cp))
+        if inside and start is None:
+            start = cp
+        elif not inside and start is not None:
+            ranges.append((start, cp - 1))
+            start = None
+    return "".join(re.escape(chr(a)) if a == b else f"{re.escape(chr(a))}-{re.escape(chr(b))}" for a, b in ranges)
+
+
+LETTER = _char_class(lambda ch: unicodedata.category(ch).startswith("L"))
+NUMBER = _char_class(lambda ch: unicodedata.category(ch).startswith("N"))
+SPACE = re.escape("\t\n\v\f\r \u00a0\u1680\u2028\u2029\u202f\u205f\u3000\ufeff") + "\u2000-\u200a"
+PATTERN = re.compile(
+    rf"""'s|'t|'re|'ve|'m|'ll|'d| ?[{LETTER}]+| ?[{NUMBER}]+| ?[^{SPACE}{LETTER}{NUMBER}]+|[{SPACE}]+(?![^{SPACE}])|[{SPACE}]+"""
+)
 END_OF_TEXT = "<|endoftext|>"
 
 

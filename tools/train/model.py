@@ -91,8 +91,10 @@ class SparseMoE(nn.Module):
             rows, slot = (chosen == e).nonzero(as_tuple=True)
             if rows.numel():
                 out.index_add_(0, rows, self.experts[e](flat[rows]) * weights[rows, slot].unsqueeze(-1))
-        # Switch/Mixtral load-balancing loss: fraction routed × mean router probability.
+        # Switch/Mixtral load-balancing loss: fraction routed × mean router probability
+        # (transformers' load_balancing_loss_func divided by top_k: 1.0 when balanced).
         routed = F.one_hot(chosen, self.num_experts).float().sum(1).mean(0) / self.top_k
+        self.last_counts = torch.bincount(chosen.reshape(-1), minlength=self.num_experts).detach()
         self.last_balance_loss = self.num_experts * (routed * probs.mean(0)).sum()
         return out.view(b, t, h)
 

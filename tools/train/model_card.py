@@ -27,43 +27,68 @@ def main(model_dir):
         f"- parameters: {stats['parameters']:,}" + (f" total, {stats['active_parameters']:,} active per token" if moe else ""),
         f"- weights: `model.safetensors`, F16, {size / 2**20:.1f} MiB",
     ]
+    spec = json.load(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", stats["config"])))
+    layers = config["num_hidden_layers"]
+    exits = deployment["exit_layers"]
+    heldout = "heldout.txt" if os.path.exists(os.path.join(model_dir, "heldout.txt")) else "../tandem-demo/heldout.txt"
+    loss = f"final cross-entropy + {spec['exit_loss_weight']} × cross-entropy at each exit (final norm and LM head shared)"
+    if moe:
+        loss += f" + {spec.get('balance_loss_weight', 0.0)} × load-balancing loss (Switch/Mixtral: experts × Σ routed share × mean router probability, averaged over layers)"
+    load = ""
+    if stats.get("expert_load"):
+        header = "| layer | " + " | ".join(f"e{e}" for e in range(config["num_local_experts"])) + " |"
+        rule = "|---" * (config["num_local_experts"] + 1) + "|"
+        lines = [f"| {i} | " + " | ".join(f"{share:.3f}" for share in shares) + " |" for i, shares in enumerate(stats["expert_load"])]
+        load = "\n\n" + "Share of the top-2 assignments each expert receives on the validation split (0.125 is perfectly even):\n\n" + "\n".join([header, rule, *lines])
     card = f"""# {name}
 
 A small {'Mixtral-style mixture-of-experts' if moe else 'Llama-architecture'} model that Tandem ships for its demo, tests and benchmarks,
-trained with auxiliary losses at its early exits (after {' and '.join(map(str, deployment['exit_layers']))} layers) so they are usable.
+trained with auxiliary losses at its early exits (after {' and '.join(map(str, exits))} of {layers} layers) so they are usable.
 It is a toy: it has learned the style of the Python documentation, not facts.
 
 ## Data
 - The reStructuredText sources of the Python 3.11 documentation as installed by Debian's `python3.11-doc`
-  (PSF licence), cleaned by `tools/train/make_corpus.py`; about 5% of the documents, chosen by a hash of the path,
-  are held out for validation.
-- {stats['train_tokens']:,} training tokens, {stats['valid_tokens']:,} validation tokens.
-{'- `heldout.txt`: the first 180 KB of the validation split, for calibration and benchmarks.' if os.path.exists(os.path.join(model_dir, 'heldout.txt')) else ''}
+  (`/usr/share/doc/python3.11/html/_sources`, PSF licence), cleaned by `tools/train/make_corpus.py`; documents in
+  sorted path order, about 5% of them, chosen by a hash of the path, held out for validation.
+- {stats['train_tokens']:,} training tokens, {stats['valid_tokens']:,} validation tokens. Documents are joined by a blank
+  line, with no `<|endoftext|>` between them, so the model does not learn to end a text.
+- Held-out text for calibration, tests and benchmarks: `{heldout}` (the first 180 KB of the validation split, never trained on).
 
 ## Tokenizer
-Byte-level BPE (GPT-2 style pre-tokenization), {config['vocab_size']} tokens including `<|endoftext|>`, trained on the training split by
-`tools/train/bpe.py` and written as a Hugging Face `tokenizer.json`.
+Byte-level BPE (GPT-2 style pre-tokenization and byte mapping, `add_prefix_space: false`), {config['vocab_size']} tokens
+({config['vocab_size'] - 257} merges, 256 bytes, `<|endoftext|>` = id {config['eos_token_id']} as BOS and EOS), trained on the training split
+by `tools/train/bpe.py` and written as a Hugging Face `tokenizer.json`; `tools/train/check_tokenizer.py` checks that
+`@huggingface/tokenizers` encodes exactly as the Python encoder does and round-trips.
 
 ## Shape
 {chr(10).join(shape)}
 
-## Training
-- {stats['steps']} steps of batch {stats['batch_size']} × {stats['sequence_length']} tokens ({stats['tokens_seen']:,} tokens seen), AdamW, warmup and cosine decay
-- loss: final cross-entropy + {json.load(open(os.path.join(os.path.dirname(__file__), '..', '..', stats['config'])))['exit_loss_weight']} × cross-entropy at each exit (final norm and LM head shared){' + 0.01 × load-balancing loss' if moe else ''}
-- wall time {stats['wall_minutes']} minutes on one CPU thread (`torch.set_num_threads(1)`)
+## Exits
+`tandem.json`: `{json.dumps(deployment)}`. "Exit after k layers" is the hidden state output by decoder layer
+index k−1 (after k layers), put through the model's final norm (`model.norm`) and LM head — the same heads as the
+last layer, no extra weights.
 
-## Validation ({stats['eval_tokens']:,} tokens)
+## Training
+- {stats['steps']} steps of batch {stats['batch_size']} × {stats['sequence_length']} tokens ({stats['tokens_seen']:,} tokens seen, ~{stats['tokens_seen'] / stats['train_tokens']:.2f} epochs), random windows in a seeded order (seed {spec['seed']})
+- AdamW (β 0.9/0.95, weight decay 0.1, gradient clip 1.0), learning rate {spec['learning_rate']}, {spec['warmup_steps']} warmup steps, cosine decay to 10%
+- loss: {loss}
+- wall time {stats['wall_minutes']} minutes on one CPU thread (`torch.set_num_threads(1)`){f", {stats['tokens_per_second']:,} tokens/s" if stats.get('tokens_per_second') else ''}{chr(10) + '- ' + stats['note'] if stats.get('note') else ''}
+
+## Validation ({stats['eval_tokens']:,} tokens of the validation split, windows of {stats['sequence_length']})
 | head | loss | perplexity |
 |---|---|---|
-{rows}
+{rows}{load}
 
 ## Reproduce
 ```sh
 apt-get install -y python3-torch python3-numpy libopenblas0-pthread python3.11-doc
-/usr/bin/python3 tools/train/train.py --config {stats['config']}{' --steps ' + str(stats['steps']) if name == 'tandem-demo' else ''}
+/usr/bin/python3 tools/train/train.py --config {stats['config']} --steps {stats['steps']}{f" --sized-at {stats['sized_at']}" if stats.get('sized_at') else ''}
+/usr/bin/python3 tools/train/check_checkpoint.py {os.path.relpath(os.path.abspath(model_dir), os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))}
 ```
-`reference-logits.json` holds logits that PyTorch computes from the saved F16 weights, used by the TypeScript tests to
-check Tandem's engine against an independent implementation.
+`reference-logits.json` holds, for a 16-token prompt from the validation split, the full model's argmax at every
+position, its logits at the last position and the exits' argmax, computed in float32 from the saved F16 weights; the
+TypeScript tests check Tandem's engine against it, and `tools/train/check_checkpoint.py` checks it with a separate
+numpy forward.
 """
     open(os.path.join(model_dir, "README.md"), "w").write(card)
 

@@ -55,10 +55,9 @@ def load_tokens(vocab_size):
         if os.path.exists(cache):
             arrays[split] = np.load(cache)
             continue
-        ids = []
-        for doc in text.split("\n\n\n"):
-            ids.extend(encoder.encode(doc))
-            ids.append(eot)
+        # The whole split as one text (documents are separated by a blank line only, so the
+        # model is not trained to emit <|endoftext|>), with one <|endoftext|> at the end.
+        ids = encoder.encode(text) + [eot]
         arrays[split] = np.array(ids, dtype=np.int32)
         np.save(cache, arrays[split])
     return tokenizer_path, arrays["train"], arrays["valid"], eot
@@ -68,6 +67,8 @@ def evaluate(model, valid, seq, exits, batch=32):
     model.eval()
     windows = (len(valid) - 1) // seq
     totals = {k: 0.0 for k in list(exits) + [model.config["num_hidden_layers"]]}
+    moe = [layer.block_sparse_moe for layer in model.layers if hasattr(layer, "block_sparse_moe")]
+    expert_counts = [torch.zeros(m.num_experts, dtype=torch.long) for m in moe]
     count = 0
     with torch.no_grad():
         for start in range(0, windows, batch):
@@ -75,11 +76,15 @@ def evaluate(model, valid, seq, exits, batch=32):
             x = torch.stack([torch.from_numpy(valid[i * seq:(i + 1) * seq].astype(np.int64)) for i in idx])
             y = torch.stack([torch.from_numpy(valid[i * seq + 1:(i + 1) * seq + 1].astype(np.int64)) for i in idx])
             outputs = model(x, exits)
+            for counts, m in zip(expert_counts, moe):
+                counts += m.last_counts
             for k, logits in outputs.items():
                 totals[k] += F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1), reduction="sum").item()
             count += y.numel()
     model.train()
-    return {k: {"loss": v / count, "perplexity": math.exp(v / count)} for k, v in totals.items()}, count
+    # Share of the top-k assignments each expert received, per layer (Mixtral only).
+    load = [[round(int(c) / int(counts.sum()), 4) for c in counts] for counts in expert_counts]
+    return {k: {"loss": v / count, "perplexity": math.exp(v / count)} for k, v in totals.items()}, count, load
 
 
 def main():
@@ -87,13 +92,19 @@ def main():
     parser.add_argument("--config", required=True)
     parser.add_argument("--minutes", type=float, help="override the config's wall-clock budget")
     parser.add_argument("--steps", type=int, help="train exactly this many steps (no wall-clock sizing)")
+    parser.add_argument("--sized-at", type=int, default=0, help=(
+        "with --steps: the cosine horizon is the config's max_steps before this step and --steps from it on; "
+        "reproduces runs sized by the earlier in-run wall-clock logic (the shipped tandem-demo-moe: --steps 401 --sized-at 20)"))
+    parser.add_argument("--out", help="write the model here instead of the config's output directory")
     args = parser.parse_args()
     spec = json.load(open(args.config))
     torch.manual_seed(spec["seed"])
     torch.set_num_threads(1)
     model_config = spec["model"]
     exits = spec["exit_layers"]
-    out_dir = os.path.join(ROOT, spec["output"])
+    out_dir = os.path.abspath(args.out) if args.out else os.path.join(ROOT, spec["output"])
+    if args.sized_at and not args.steps:
+        parser.error("--sized-at needs --steps")
 
     tokenizer_path, train_ids, valid_ids, eot = load_tokens(model_config["vocab_size"])
     log(f"tokens: train {len(train_ids)}, valid {len(valid_ids)}")
@@ -110,15 +121,17 @@ def main():
     total_steps = args.steps or spec["max_steps"]
     exit_weight = spec["exit_loss_weight"]
     balance_weight = spec.get("balance_loss_weight", 0.0)
+    if not args.steps:
+        # Size the run to the wall-clock budget from the step time measured on a throwaway
+        # copy, so the real run is exactly the one `--steps <printed count>` reproduces.
+        per_step = time_steps(model, spec, train_ids, exits, balance_weight=spec.get("balance_loss_weight", 0.0))
+        total_steps = min(total_steps, max(40, int(budget / per_step)))
+        log(f"{per_step:.2f} s/step -> {total_steps} steps (reproduce with --steps {total_steps})")
     start = time.time()
     step = 0
     while step < total_steps:
-        if step == 20 and not args.steps:
-            # Size the schedule to the wall-clock budget from the measured step time.
-            per_step = (time.time() - start) / 20
-            total_steps = min(total_steps, max(40, int(budget / per_step)))
-            log(f"{per_step:.2f} s/step -> {total_steps} steps")
-        lr_scale = min(1.0, (step + 1) / warmup) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, step / max(1, total_steps)))))
+        horizon = spec["max_steps"] if step < args.sized_at else total_steps
+        lr_scale = min(1.0, (step + 1) / warmup) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, step / max(1, horizon)))))
         for group in optimizer.param_groups:
             group["lr"] = spec["learning_rate"] * lr_scale
         offsets = rng.integers(0, len(train_ids) - seq - 1, size=batch)
@@ -135,13 +148,16 @@ def main():
         step += 1
         if step % 50 == 0 or step == 1:
             parts = " ".join(f"L{k}={v.item():.3f}" for k, v in sorted(losses.items()))
-            log(f"step {step}/{total_steps} loss {loss.item():.3f} {parts} lr {spec['learning_rate'] * lr_scale:.2e}")
+            rate = step * batch * seq / (time.time() - start)
+            log(f"step {step}/{total_steps} loss {loss.item():.3f} {parts} lr {spec['learning_rate'] * lr_scale:.2e} {rate:.0f} tokens/s")
     wall = time.time() - start
     log(f"trained {step} steps in {wall / 60:.1f} min")
 
-    metrics, eval_tokens = evaluate(model, valid_ids, seq, exits)
+    metrics, eval_tokens, expert_load = evaluate(model, valid_ids, seq, exits)
     for k, m in sorted(metrics.items()):
         log(f"validation after {k} layers: loss {m['loss']:.4f} perplexity {m['perplexity']:.2f}")
+    for i, shares in enumerate(expert_load):
+        log(f"layer {i} expert load on validation: {' '.join(f'{s:.3f}' for s in shares)}")
 
     os.makedirs(out_dir, exist_ok=True)
     tensors = model.hf_state_dict()
@@ -168,15 +184,42 @@ def main():
         "sequence_length": seq,
         "tokens_seen": step * batch * seq,
         "wall_minutes": round(wall / 60, 1),
+        "tokens_per_second": round(step * batch * seq / wall),
         "train_tokens": int(len(train_ids)),
         "valid_tokens": int(len(valid_ids)),
         "eval_tokens": eval_tokens,
         "validation": {str(k): {"loss": round(m["loss"], 4), "perplexity": round(m["perplexity"], 2)} for k, m in sorted(metrics.items())},
         "config": os.path.relpath(os.path.abspath(args.config), ROOT),
     }
+    if expert_load:
+        stats["expert_load"] = expert_load
+    if args.sized_at:
+        stats["sized_at"] = args.sized_at
     json.dump(stats, open(os.path.join(out_dir, "training-stats.json"), "w"), indent=2)
     model_card.main(out_dir)
     log(f"wrote {out_dir}")
+
+
+def time_steps(model, spec, train_ids, exits, balance_weight, steps=8):
+    """Seconds per training step, measured on a copy (the real model, optimizer and data order stay untouched)."""
+    import copy
+    clone = copy.deepcopy(model)
+    optimizer = torch.optim.AdamW(clone.parameters(), lr=1e-4)
+    rng = np.random.default_rng(0)
+    seq, batch = spec["sequence_length"], spec["batch_size"]
+    times = []
+    for _ in range(steps):
+        begin = time.time()
+        offsets = rng.integers(0, len(train_ids) - seq - 1, size=batch)
+        x = torch.from_numpy(np.stack([train_ids[o:o + seq] for o in offsets]).astype(np.int64))
+        y = torch.from_numpy(np.stack([train_ids[o + 1:o + seq + 1] for o in offsets]).astype(np.int64))
+        outputs = clone(x, exits)
+        loss = sum(F.cross_entropy(v.reshape(-1, v.shape[-1]), y.reshape(-1)) for v in outputs.values()) + balance_weight * clone.balance_loss()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        times.append(time.time() - begin)
+    return float(np.median(times[1:]))
 
 
 def active_parameters(c, total):
