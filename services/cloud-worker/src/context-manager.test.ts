@@ -7,7 +7,7 @@ import { SegmentModel } from "../../../runtime/src/engine/segment-model.ts";
 import { SegmentSessions } from "../../../runtime/src/engine/segment-sessions.ts";
 import { ContextLostError } from "../../../runtime/src/generation/split-generator.ts";
 import { segmentSpec } from "../../../runtime/src/graph/segment-spec.ts";
-import { writeRandomCheckpoint } from "../../../runtime/src/testing/random-checkpoint.ts";
+import { TINY_LLAMA, writeRandomCheckpoint } from "../../../runtime/src/testing/random-checkpoint.ts";
 import { ContextManager } from "./context-manager.ts";
 import { DecodeBatcher } from "./decode-batcher.ts";
 
@@ -19,18 +19,8 @@ const hidden = (count: number, seed: number) =>
 
 beforeAll(async () => {
   dir = mkdtempSync(join(tmpdir(), "tandem-contexts-"));
-  await writeRandomCheckpoint(join(dir, "model"), {
-    architecture: "llama",
-    vocabSize: 300,
-    hiddenSize: HIDDEN,
-    intermediateSize: 96,
-    numLayers: 4,
-    numHeads: 4,
-    numKvHeads: 2,
-    tieWordEmbeddings: true,
-    seed: 3,
-    dtype: "F32",
-  });
+  // The tiny Llama preset: hidden 64, 4 layers, 4 heads over 2 KV heads (head dim 16).
+  await writeRandomCheckpoint(join(dir, "model"), { ...TINY_LLAMA, tieWordEmbeddings: true, seed: 3 });
   const checkpoint = await loadCheckpoint(join(dir, "model"));
   sessions = new SegmentSessions(
     await SegmentModel.load(checkpoint, segmentSpec({ fromLayer: 2, toLayer: 4, finalHead: true }), {

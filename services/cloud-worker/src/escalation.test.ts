@@ -17,7 +17,7 @@ import type { Checkpoint } from "../../../runtime/src/checkpoint/model-weights.t
 import { getCodec } from "../../../runtime/src/codec/hidden-state-codec.ts";
 import { GREEDY } from "../../../runtime/src/generation/sampler.ts";
 import { loadLocalSplit } from "../../../runtime/src/generation/local-split.ts";
-import { writeRandomCheckpoint } from "../../../runtime/src/testing/random-checkpoint.ts";
+import { TINY_LLAMA, writeRandomCheckpoint } from "../../../runtime/src/testing/random-checkpoint.ts";
 import { startCloudWorker, type CloudWorker } from "./cloud-worker.ts";
 
 let dir: string;
@@ -29,17 +29,11 @@ const SPLIT = 2;
 
 beforeAll(async () => {
   dir = mkdtempSync(join(tmpdir(), "tandem-escalate-"));
+  // The tiny Llama preset: hidden 64, 4 layers, 4 heads over 2 KV heads (head dim 16).
   await writeRandomCheckpoint(join(dir, "model"), {
-    architecture: "llama",
-    vocabSize: 300,
-    hiddenSize: HIDDEN,
-    intermediateSize: 96,
-    numLayers: 4,
-    numHeads: 4,
-    numKvHeads: 2,
+    ...TINY_LLAMA,
     tieWordEmbeddings: true,
     seed: 31,
-    dtype: "F32",
     initScale: 2,
   });
   checkpoint = await loadCheckpoint(join(dir, "model"));
