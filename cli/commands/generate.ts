@@ -117,13 +117,7 @@ export async function runGenerate(
     const policy = calibration
       ? new ThresholdExitPolicy(policyForTarget(calibration, request.target ?? 0.99).thresholds)
       : request.exitLayers.length > 0
-        ? new ThresholdExitPolicy(
-            request.exitLayers.map((afterLayer) => ({
-              afterLayer,
-              metric: request.metric,
-              threshold: request.threshold,
-            })),
-          )
+        ? ThresholdExitPolicy.uniform(request.exitLayers, request.metric, request.threshold)
         : new AlwaysExitPolicy();
     const generator = new SplitGenerator(local.lower, upper, policy);
     const decoder = new IncrementalDecoder(tokenizer);

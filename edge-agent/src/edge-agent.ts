@@ -88,13 +88,7 @@ export async function startEdgeAgent(
         throw new InvalidArgumentError("exitLayers", `${l} is outside [1, ${split}]`);
     exits = layersList.map((afterLayer) => ({ afterLayer }));
     thresholdPolicy = () =>
-      new ThresholdExitPolicy(
-        layersList.map((afterLayer) => ({
-          afterLayer,
-          metric: config.metric as ConfidenceMetric,
-          threshold: config.threshold,
-        })),
-      );
+      ThresholdExitPolicy.uniform(layersList, config.metric as ConfidenceMetric, config.threshold);
   }
   // The policy of AUTO mode: thresholds (calibrated or configured), Entropy Adaptive
   // Decoding's rolling entropy, or a budget of escalations. One instance per session.

@@ -134,10 +134,7 @@ function validate(request: GenerateRequest__Output, context: InferenceContext): 
       policy = () => new BudgetExitPolicy(override.targetEscalationRate, metric);
     } else {
       if (!Number.isFinite(override.threshold)) throw invalid("exit_policy.threshold: must be finite");
-      policy = () =>
-        new ThresholdExitPolicy(
-          context.exitLayers.map((afterLayer) => ({ afterLayer, metric, threshold: override.threshold })),
-        );
+      policy = () => ThresholdExitPolicy.uniform(context.exitLayers, metric, override.threshold);
     }
   }
   if (mode === "MODE_EDGE_ONLY") policy = () => new AlwaysExitPolicy();

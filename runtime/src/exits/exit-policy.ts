@@ -35,6 +35,14 @@ export interface ExitPolicy {
   decide(signals: ExitSignal[]): ExitDecision;
 }
 
+/** The exit with the most layers behind it (the best an edge can answer with), if any. */
+export function deepestExit(signals: ExitSignal[]): ExitSignal | undefined {
+  return signals.reduce<ExitSignal | undefined>(
+    (best, s) => (!best || s.afterLayer > best.afterLayer ? s : best),
+    undefined,
+  );
+}
+
 export function isConfident(signal: ExitSignal, rule: ExitThreshold): boolean {
   switch (rule.metric) {
     case "prob":
@@ -53,6 +61,11 @@ export class ThresholdExitPolicy implements ExitPolicy {
       if (!Number.isFinite(rule.threshold))
         throw new InvalidArgumentError("threshold", `must be finite, got ${rule.threshold}`);
     }
+  }
+
+  /** The same metric and threshold at every exit. */
+  static uniform(exitLayers: number[], metric: ConfidenceMetric, threshold: number): ThresholdExitPolicy {
+    return new ThresholdExitPolicy(exitLayers.map((afterLayer) => ({ afterLayer, metric, threshold })));
   }
 
   decide(signals: ExitSignal[]): ExitDecision {
@@ -75,11 +88,7 @@ export class AlwaysDeferPolicy implements ExitPolicy {
 /** Always answers at the deepest available exit (edge-only mode). */
 export class AlwaysExitPolicy implements ExitPolicy {
   decide(signals: ExitSignal[]): ExitDecision {
-    const deepest = signals.reduce<ExitSignal | undefined>(
-      (best, s) => (!best || s.afterLayer > best.afterLayer ? s : best),
-      undefined,
-    );
-    return { exit: deepest };
+    return { exit: deepestExit(signals) };
   }
 }
 
@@ -102,7 +111,7 @@ export class RollingEntropyPolicy implements ExitPolicy {
   }
 
   decide(signals: ExitSignal[]): ExitDecision {
-    const deepest = new AlwaysExitPolicy().decide(signals).exit;
+    const deepest = deepestExit(signals);
     if (!deepest) return {};
     this.recent.push(deepest.entropy);
     if (this.recent.length > this.window) this.recent.shift();
@@ -132,7 +141,7 @@ export class BudgetExitPolicy implements ExitPolicy {
   }
 
   decide(signals: ExitSignal[]): ExitDecision {
-    const deepest = new AlwaysExitPolicy().decide(signals).exit;
+    const deepest = deepestExit(signals);
     if (!deepest) return {};
     const rule: ExitThreshold = {
       afterLayer: deepest.afterLayer,

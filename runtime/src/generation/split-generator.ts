@@ -15,7 +15,7 @@
  * where the upper side's context ends.
  */
 import { randomUUID } from "node:crypto";
-import type { ExitPolicy, ExitSignal } from "../exits/exit-policy.ts";
+import { deepestExit, type ExitPolicy, type ExitSignal } from "../exits/exit-policy.ts";
 import { InvalidArgumentError } from "../errors.ts";
 import type { SegmentSessions, SegmentStep } from "../engine/segment-sessions.ts";
 import { GREEDY, isGreedy, sampleToken, validateSampling, type SamplingOptions } from "./sampler.ts";
@@ -211,10 +211,7 @@ export class SplitGenerator {
     };
     const decision = this.policy.decide(signals);
     if (decision.exit) return local(decision.exit, "edge");
-    const deepest = signals.reduce<ExitSignal | undefined>(
-      (best, s) => (!best || s.afterLayer > best.afterLayer ? s : best),
-      undefined,
-    );
+    const deepest = deepestExit(signals);
     if (!this.upper) {
       if (!deepest) throw new InvalidArgumentError("policy", "deferred with no exit and no upper segment");
       return local(deepest, "edge");
