@@ -204,7 +204,12 @@ describe("expert placement from published load", () => {
       });
       expect(Object.keys(first.experts)).toHaveLength(experts);
       expect(first.experts["0"].length).toBeGreaterThan(first.experts["5"].length);
-      expect(first.maxMeanLoad).toBeLessThan(1.1);
+      expect(first.maxMeanLoad).toBeLessThanOrEqual(1.05);
+      // Each replica's share of its expert's tokens, for routers: aligned with the holders, summing to 1.
+      for (const [expert, holders] of Object.entries(first.experts)) {
+        expect(first.shares![expert]).toHaveLength(holders.length);
+        expect(first.shares![expert].reduce((a, b) => a + b, 0)).toBeCloseTo(1, 9);
+      }
       // Noise only: once settled, several windows pass without a new version.
       await new Promise((r) => setTimeout(r, 700));
       const settled = (await readExpertMap(store))!.record.version;

@@ -1,9 +1,10 @@
 /**
  * Expert placement from measured load: workers publish per-expert activation counts on
  * their load subjects; the planner sums a window of them and, when the leader asks,
- * plans a placement (EPLB-style replication and packing, sticky to the current one) and
- * writes it only when the current placement has become clearly unbalanced under the
- * latest window (hysteresis), so the map does not flap on noise.
+ * plans a placement with replica shares (expert-plan.ts, sticky to the current one). It
+ * writes a new map only when the current one has become clearly unbalanced under the
+ * latest window (hysteresis), so the map does not flap on noise; re-balancing the shares
+ * is tried before moving replicas.
  */
 import type { NatsConnection, Subscription } from "@nats-io/transport-node";
 import type { ControlPlaneNames } from "../../../shared/src/control-plane/control-plane-names.ts";
@@ -14,12 +15,9 @@ import {
   type PlacementStore,
 } from "../../../shared/src/control-plane/placement-map.ts";
 import type { NodeRecord } from "./node-registry.ts";
-import {
-  placeExperts,
-  placementQuality,
-  shouldReplan,
-  type ExpertPlacement,
-} from "./placement/expert-placement.ts";
+import { nextExpertPlan, type ExpertPlan } from "./placement/expert-plan.ts";
+import type { ExpertPlacement } from "./placement/expert-placement.ts";
+import { evenShares } from "./placement/replica-shares.ts";
 
 export interface ExpertPlannerOptions {
   experts: number;
@@ -79,25 +77,30 @@ export class ExpertPlanner {
           ]),
         )
       : undefined;
-    const planned = placeExperts(loads, workers, previous);
-    const plannedQuality = placementQuality(loads, planned, ids).maxMeanLoad;
     const membershipChanged =
       !current || Object.values(current.record.experts).some((w) => w.some((id) => !ids.includes(id)));
-    if (
-      !membershipChanged &&
-      previous &&
-      !shouldReplan(placementQuality(loads, previous, ids).maxMeanLoad, plannedQuality)
-    )
-      return undefined;
+    const held: ExpertPlan | undefined =
+      current && previous && !membershipChanged
+        ? {
+            placement: previous,
+            shares: current.record.shares
+              ? new Map(Object.entries(current.record.shares).map(([e, s]) => [Number(e), s]))
+              : evenShares(previous),
+            maxMeanLoad: current.record.maxMeanLoad,
+          }
+        : undefined;
+    const { plan, change } = nextExpertPlan(loads, workers, held);
+    if (change === "none") return undefined;
     const version = (current?.record.version ?? 0) + 1;
     const written = await writeExpertMap(
       this.store,
       {
         version,
         fencingToken,
-        experts: Object.fromEntries([...planned].map(([e, w]) => [String(e), w])),
+        experts: Object.fromEntries([...plan.placement].map(([e, w]) => [String(e), w])),
+        shares: Object.fromEntries([...plan.shares].map(([e, s]) => [String(e), s])),
         loads,
-        maxMeanLoad: plannedQuality,
+        maxMeanLoad: plan.maxMeanLoad,
         writtenAt: now,
       },
       current?.revision,

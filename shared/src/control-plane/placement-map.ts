@@ -80,6 +80,11 @@ export interface ExpertMapRecord {
   fencingToken: number;
   /** expert → node ids holding a replica. */
   experts: Record<string, string[]>;
+  /**
+   * expert → share of its tokens each replica takes, aligned with `experts`; sums to 1.
+   * A router picks a replica with these weights (absent in maps from older leaders: even).
+   */
+  shares?: Record<string, number[]>;
   /** The activation counts of the window it was planned from. */
   loads: number[];
   /** Expected max/mean worker load under those counts. */

@@ -7,6 +7,8 @@
  * that costs at most `stickiness` of balance. Pure and deterministic.
  */
 
+import type { ReplicaShares } from "./replica-shares.ts";
+
 export interface ExpertWorker {
   id: string;
   /** Expert replicas the worker's memory holds. */
@@ -298,16 +300,23 @@ function refine(
   }
 }
 
-/** Expected load per worker when each expert's load splits evenly over its replicas. */
+/**
+ * Expected load per worker when each expert's load splits over its replicas by `shares`
+ * (evenly, as EPLB routes, when none are given).
+ */
 export function placementQuality(
   loads: number[],
   placement: ExpertPlacement,
   workerIds: string[],
+  shares?: ReplicaShares,
 ): PlacementQuality {
   const index = new Map(workerIds.map((id, i) => [id, i]));
   const workerLoads = new Array<number>(workerIds.length).fill(0);
   for (const [expert, ids] of placement) {
-    for (const id of ids) workerLoads[index.get(id)!] += loads[expert] / ids.length;
+    const split = shares?.get(expert);
+    ids.forEach((id, r) => {
+      workerLoads[index.get(id)!] += loads[expert] * (split ? split[r] : 1 / ids.length);
+    });
   }
   const mean = loads.reduce((a, b) => a + b, 0) / workerIds.length;
   return { maxMeanLoad: Math.max(...workerLoads) / mean, workerLoads };
