@@ -17,6 +17,15 @@ import {
   type ShardMapRecord,
 } from "../shared/src/control-plane/placement-map.ts";
 import { startNatsServer, type TestNatsServer } from "./helpers/nats-server.ts";
+import { readFileSync } from "node:fs";
+import { join } from "node:path";
+import { loadCheckpoint } from "../runtime/src/checkpoint/load-checkpoint.ts";
+import { SegmentModel } from "../runtime/src/engine/segment-model.ts";
+import { SegmentSessions } from "../runtime/src/engine/segment-sessions.ts";
+import { segmentSpec } from "../runtime/src/graph/segment-spec.ts";
+import { Tokenizer } from "../runtime/src/tokenizer/tokenizer.ts";
+import { startCloudWorker } from "../services/cloud-worker/src/cloud-worker.ts";
+import { clusterStatus } from "../cli/commands/status.ts";
 
 const log = pino({ level: "silent" });
 let server: TestNatsServer;
@@ -229,4 +238,109 @@ describe("expert placement from published load", () => {
       await controller.stop();
     }
   });
+});
+
+describe("expert placement from a MoE model's real activations", () => {
+  it("cloud workers running the MoE demo model publish what their tokens activated, and the leader places those experts", async () => {
+    const models = join(import.meta.dirname, "..", "models");
+    const moe = join(models, "tandem-demo-moe");
+    const checkpoint = await loadCheckpoint(moe);
+    const split = 3;
+    const perLayer = checkpoint.config.numExperts!;
+    const experts = (checkpoint.config.numLayers - split) * perLayer;
+    const cluster = `moe${Date.now()}`;
+    const names = controlPlaneNames(cluster);
+    const nc = await open();
+    const reported = new Map<string, number[]>();
+    const reports = nc.subscribe(names.loadSubject("*"));
+    void (async () => {
+      for await (const message of reports) {
+        const report = message.json<ExpertLoadReport>();
+        const sum = reported.get(report.nodeId) ?? new Array<number>(experts).fill(0);
+        report.counts.forEach((c, e) => (sum[e] += c));
+        reported.set(report.nodeId, sum);
+      }
+    })();
+    const controller = await Controller.start(
+      await open(),
+      {
+        cluster,
+        replicaId: "cp",
+        tickMs: 50,
+        leaseTtlMs: 1000,
+        heartbeatTtlMs: 1000,
+        shardCount: 64,
+        experts,
+        expertWindowMs: 300,
+      },
+      log,
+    );
+    const workers = await Promise.all(
+      ["moe-a", "moe-b"].map((workerId) =>
+        startCloudWorker(
+          {
+            modelDir: moe,
+            split,
+            workerId,
+            port: 0,
+            cluster: { natsUrl: server.url, name: cluster, heartbeatMs: 100, heartbeatTtlMs: 1000 },
+          },
+          log,
+        ),
+      ),
+    );
+    const lower = new SegmentSessions(
+      await SegmentModel.load(checkpoint, segmentSpec({ fromLayer: 0, toLayer: split, outputHidden: true })),
+    );
+    try {
+      // Hidden states at the split from the model's own first layers, on held-out text.
+      const tokenizer = await Tokenizer.fromFile(checkpoint.tokenizerPath!);
+      const text = readFileSync(join(models, "tandem-demo", "heldout.txt"), "utf8");
+      const positions = 96;
+      for (const [w, worker] of workers.entries()) {
+        const ids = tokenizer.encode(text.slice(w * 2000, w * 2000 + 1500)).slice(0, positions);
+        lower.open(`s${w}`);
+        const hidden = (await lower.forward(`s${w}`, { ids })).hidden!;
+        await worker.contexts.append(`s${w}`, 0, hidden, positions);
+      }
+      // Every position activates top-2 experts in each of the three cloud layers: all of it reported.
+      await until("every activation reported", () =>
+        workers.every((_, w) => {
+          const sum = reported.get(`moe-${"ab"[w]}`);
+          return sum && sum.reduce((a, b) => a + b, 0) === 2 * 3 * positions;
+        })
+          ? true
+          : undefined,
+      );
+      const map = await until("an expert map over both workers", async () => {
+        const record = (await readExpertMap(await PlacementStore.open(nc, names)))?.record;
+        return record && new Set(Object.values(record.experts).flat()).size === 2 ? record : undefined;
+      });
+      expect(Object.keys(map.experts)).toHaveLength(experts);
+      // The plan was made from those reports: its loads are the activations of one window,
+      // holding both workers' reports or one of them (each worker reports its chunk at once).
+      const [a, b] = [...reported.values()];
+      const total = a.map((c, e) => c + b[e]);
+      expect([total, a, b]).toContainEqual(map.loads);
+      const hottest = map.loads.indexOf(Math.max(...map.loads));
+      const coldest = map.loads.indexOf(Math.min(...map.loads));
+      expect(map.experts[String(hottest)].length).toBeGreaterThanOrEqual(map.experts[String(coldest)].length);
+      expect(map.maxMeanLoad).toBeLessThanOrEqual(1.05);
+      // `tandem status` shows the replicas and expected expert load per node.
+      const status = await clusterStatus(server.url, cluster, 1000);
+      expect(status.experts?.experts).toBe(experts);
+      const byNode = status.nodes.filter((n) => n.id.startsWith("moe-"));
+      expect(byNode.map((n) => n.expertReplicas).reduce((x, y) => x + y, 0)).toBe(status.experts!.replicas);
+      expect(byNode.every((n) => n.expertReplicas > 0)).toBe(true);
+      expect(byNode.map((n) => n.expertLoadShare).reduce((x, y) => x + y, 0)).toBeCloseTo(1, 6);
+    } finally {
+      reports.unsubscribe();
+      await lower.model.release();
+      for (const worker of workers) {
+        await worker.membership!.stop();
+        await worker.server.shutdown(0);
+      }
+      await controller.stop();
+    }
+  }, 60_000);
 });

@@ -173,4 +173,12 @@ describe("models/tandem-demo-moe (Mixtral-style)", () => {
       expect(Math.abs(v - reference.last_logits[i])).toBeLessThan(1e-3),
     );
   });
+
+  it("the ONNX engine reproduces PyTorch's logits too, through the MoE blocks", async () => {
+    const reference = referenceOf(MOE);
+    const logits = await computeLogits(MOE, reference.ids);
+    expect(logits.map(argmax)).toEqual(reference.argmax);
+    const last = logits[logits.length - 1];
+    last.forEach((v, i) => expect(Math.abs(v - reference.last_logits[i])).toBeLessThan(1e-3));
+  });
 });

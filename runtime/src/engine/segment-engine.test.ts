@@ -46,6 +46,21 @@ const SHAPES: Record<string, RandomCheckpointSpec> = {
   "qwen2 with q/k/v biases": { ...base, architecture: "qwen2", seed: 16 },
   "F16 weights": { ...base, dtype: "F16", seed: 17 },
   "BF16 weights, sharded": { ...base, dtype: "BF16", shards: 3, seed: 18 },
+  "mixtral, 4 experts, top-2": {
+    ...base,
+    architecture: "mixtral",
+    numExperts: 4,
+    numExpertsPerToken: 2,
+    seed: 19,
+  },
+  "mixtral, 8 experts, top-1": {
+    ...base,
+    architecture: "mixtral",
+    intermediateSize: 48,
+    numExperts: 8,
+    numExpertsPerToken: 1,
+    seed: 20,
+  },
 };
 
 const PROMPT = [5, 17, 42, 255, 3, 99, 120, 7, 64, 200, 1];
@@ -103,6 +118,34 @@ describe("segment graphs equal the reference forward", () => {
       expect(maxAbsDiff(await fullLogits(checkpoint, PROMPT), reference)).toBeLessThanOrEqual(1e-4);
     });
   }
+});
+
+describe("MoE segments", () => {
+  it("count each token's chosen experts per layer, for the worker's load reports", async () => {
+    const checkpoint = checkpoints.get("mixtral, 4 experts, top-2")!;
+    const { numLayers, numExperts } = checkpoint.config;
+    const upper = await sessionsFor(checkpoint, { fromLayer: 2, toLayer: numLayers, finalHead: true });
+    const lower = await sessionsFor(checkpoint, { fromLayer: 0, toLayer: 2, outputHidden: true });
+    expect(lower.model.takeExpertCounts()).toEqual(new Array(2 * numExperts!).fill(0));
+    lower.open("a");
+    upper.open("a");
+    const hidden = (await lower.forward("a", { ids: PROMPT })).hidden!;
+    await upper.forward("a", { hidden, count: PROMPT.length });
+    const counts = upper.model.takeExpertCounts()!;
+    // This segment's layers 2 and 3, each choosing 2 experts per token.
+    expect(counts).toHaveLength(2 * numExperts!);
+    for (const layer of [0, 1]) {
+      const row = counts.slice(layer * numExperts!, (layer + 1) * numExperts!);
+      expect(row.reduce((a, b) => a + b, 0)).toBe(2 * PROMPT.length);
+      expect(row.filter((c) => c > 0).length).toBeGreaterThan(1);
+    }
+    // Taken: the next call starts from zero.
+    expect(upper.model.takeExpertCounts()!.every((c) => c === 0)).toBe(true);
+    expect(lower.model.takeExpertCounts()!.reduce((a, b) => a + b, 0)).toBe(2 * 2 * PROMPT.length);
+    const dense = await sessionsFor(checkpoints.get("llama gqa ratio 2")!, { fromLayer: 0, toLayer: 2 });
+    expect(dense.model.takeExpertCounts()).toBeUndefined();
+    for (const s of [upper, lower, dense]) await s.model.release();
+  });
 });
 
 describe("splitting the model", () => {

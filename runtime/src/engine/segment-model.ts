@@ -66,6 +66,8 @@ export class SegmentModel {
   /** afterLayer of every exit the segment reports, ascending (the final head last). */
   readonly exitLayers: number[];
   readonly graphPath: string;
+  /** MoE only: activations per (layer, expert) of this segment, since the last take. */
+  private expertCounts?: Float64Array;
 
   private constructor(
     private readonly session: ort.InferenceSession,
@@ -78,6 +80,20 @@ export class SegmentModel {
     this.weightsHash = checkpoint.weightsHash;
     this.exitLayers = segmentExits(spec, checkpoint.config).map((e) => e.afterLayer);
     this.graphPath = graphPath;
+    if (checkpoint.config.numExperts)
+      this.expertCounts = new Float64Array((spec.toLayer - spec.fromLayer) * checkpoint.config.numExperts);
+  }
+
+  /**
+   * How often each expert of this segment's layers was chosen (once per token and layer)
+   * since the last call, indexed (layer − fromLayer)·numExperts + expert; undefined for
+   * a dense model. What a cloud worker publishes as its expert load.
+   */
+  takeExpertCounts(): number[] | undefined {
+    if (!this.expertCounts) return undefined;
+    const counts = Array.from(this.expertCounts);
+    this.expertCounts.fill(0);
+    return counts;
   }
 
   static async load(
@@ -137,6 +153,13 @@ export class SegmentModel {
       });
     }
     const presentLength = results[`present_key.${spec.fromLayer}`].dims[2];
+    if (this.expertCounts) {
+      const experts = config.numExperts!;
+      for (let layer = spec.fromLayer; layer < spec.toLayer; layer++) {
+        for (const expert of results[`expert_choices.${layer}`].data as BigInt64Array)
+          this.expertCounts[(layer - spec.fromLayer) * experts + Number(expert)]++;
+      }
+    }
     const taps = new Map<number, Float32Array>();
     for (const tap of spec.hiddenTaps) taps.set(tap, results[`hidden_after.${tap}`].data as Float32Array);
     const exits = this.exitLayers.map((k): ExitOutput => {

@@ -188,11 +188,13 @@ class SegmentGraphWriter {
     const afterAttention = b.op("Add", `${prefix}/attn/residual/Add`, [x, projected]);
 
     const normed2 = this.rmsNorm(`${prefix}/post_attention_layernorm`, afterAttention, w.postAttentionNorm);
-    const mlp = this.mlp(`${prefix}/mlp`, normed2, w);
+    const mlp = w.experts
+      ? this.sparseMoe(`${prefix}/block_sparse_moe`, normed2, w, layer)
+      : this.mlp(`${prefix}/mlp`, normed2, w);
     return b.op("Add", `${prefix}/mlp/residual/Add`, [afterAttention, mlp]);
   }
 
-  private mlp(prefix: string, x: string, w: LayerWeights): string {
+  private mlp(prefix: string, x: string, w: Pick<LayerWeights, "gateProj" | "upProj" | "downProj">): string {
     const { b, config } = this;
     if (!w.gateProj || !w.upProj || !w.downProj) throw new Error(`${prefix}: dense MLP weights missing`);
     const gateUp = this.linear(`${prefix}/gate_up_proj`, x, concatRows([w.gateProj, w.upProj]));
@@ -204,6 +206,48 @@ class SegmentGraphWriter {
     const silu = b.op("Mul", `${prefix}/act/Mul`, [gate, b.op("Sigmoid", `${prefix}/act/Sigmoid`, [gate])]);
     const product = b.op("Mul", `${prefix}/Mul`, [silu, up]);
     return this.linear(`${prefix}/down_proj`, product, asLinear(w.downProj));
+  }
+
+  /**
+   * Mixtral's sparse MoE block: router logits, the top k experts per token with weights
+   * softmax(top-k logits) (= softmax over all, renormalised over the k kept), and the
+   * weighted sum of the chosen experts' SwiGLU outputs. Written in standard ONNX ops, it
+   * runs every expert on every token and zeroes the weights of the unchosen ones: exact,
+   * but numExperts/k times the MLP compute (ONNX Runtime 1.30's CPU MoE kernel takes only
+   * the interleaved gpt-oss SwiGLU, not Mixtral's). The chosen expert ids are a graph
+   * output, `expert_choices.L` int64 [batch, seq, k], for activation counts.
+   */
+  private sparseMoe(prefix: string, x: string, w: LayerWeights, layer: number): string {
+    const { b, config } = this;
+    const experts = w.experts!;
+    const k = config.numExpertsPerToken ?? 2;
+    const logits = this.linear(`${prefix}/gate`, x, asLinear(w.router!));
+    const [topLogits, topIndices] = b.node("TopK", `${prefix}/TopK`, [logits, b.int64Constant([k])], {
+      outputs: [`${prefix}/TopK/values`, b.output(`expert_choices.${layer}`, "int64", ["batch", "seq", k])],
+      attributes: { axis: -1, largest: 1, sorted: 1 },
+    });
+    const topWeights = b.op("Softmax", `${prefix}/routing/Softmax`, [topLogits], { axis: -1 });
+    // Dense [batch, seq, experts] weights: zero except at the chosen experts.
+    const zeros = b.op("Sub", `${prefix}/routing/zeros`, [logits, logits]);
+    const weights = b.op(
+      "ScatterElements",
+      `${prefix}/routing/ScatterElements`,
+      [zeros, topIndices, topWeights],
+      {
+        axis: -1,
+      },
+    );
+    let sum: string | undefined;
+    experts.forEach((expert, e) => {
+      const expertPrefix = `${prefix}/experts.${e}`;
+      const output = this.mlp(expertPrefix, x, expert);
+      const weight = b.op("Gather", `${expertPrefix}/weight/Gather`, [weights, b.int64Constant([e])], {
+        axis: -1,
+      });
+      const weighted = b.op("Mul", `${expertPrefix}/Mul`, [output, weight]);
+      sum = sum === undefined ? weighted : b.op("Add", `${expertPrefix}/Add`, [sum, weighted]);
+    });
+    return sum!;
   }
 
   /** x · Wᵀ for a Hugging Face [out, in] weight, in the segment's weight format. */

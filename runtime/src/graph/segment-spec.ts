@@ -127,7 +127,4 @@ export function validateSegmentSpec(spec: SegmentSpec, config: ModelConfig): voi
       `head_dim ${config.headDim} is not a multiple of 16 (needed by GroupQueryAttention)`,
     );
   }
-  if (config.architecture === "mixtral") {
-    throw new UnsupportedError("mixtral (MoE) segments are not supported by the graph builder yet");
-  }
 }

@@ -30,7 +30,15 @@ export interface CloudWorkerOptions {
   weightFormat?: WeightFormat;
   cacheDir?: string;
   /** Join a control plane: heartbeat and follow the placement map. */
-  cluster?: { natsUrl: string; name: string; heartbeatMs?: number; heartbeatTtlMs?: number; weight?: number };
+  cluster?: {
+    natsUrl: string;
+    name: string;
+    heartbeatMs?: number;
+    heartbeatTtlMs?: number;
+    weight?: number;
+    /** MoE: expert replicas the worker's memory holds. @default every expert of its layers */
+    expertSlots?: number;
+  };
 }
 
 export interface CloudWorker {
@@ -121,6 +129,9 @@ export async function startCloudWorker(options: CloudWorkerOptions, log: Logger)
           weight: options.cluster.weight,
           heartbeatMs: options.cluster.heartbeatMs,
           heartbeatTtlMs: options.cluster.heartbeatTtlMs,
+          expertSlots:
+            options.cluster.expertSlots ?? (checkpoint.config.numExperts ?? 0) * (layers - options.split),
+          takeExpertCounts: () => model.takeExpertCounts(),
         },
         contexts,
         log,

@@ -31,6 +31,10 @@ export interface MembershipOptions {
   heartbeatMs?: number;
   /** @default 3000 */
   heartbeatTtlMs?: number;
+  /** Expert replicas this worker's memory holds, for the expert planner. @default 0 (dense model) */
+  expertSlots?: number;
+  /** Expert activations since the last call (see SegmentModel.takeExpertCounts); undefined for a dense model. */
+  takeExpertCounts?: () => number[] | undefined;
 }
 
 export class ClusterMembership {
@@ -69,11 +73,11 @@ export class ClusterMembership {
 
   private async heartbeat(): Promise<void> {
     const stats = this.contexts.stats();
-    // Load on the subject too, for whoever aggregates it (the expert planner); a dense
-    // model activates no experts, so its counts stay empty.
+    // Load on the subject too, for whoever aggregates it (the expert planner): the experts
+    // this worker's tokens activated since the last report (empty for a dense model).
     const report: ExpertLoadReport = {
       nodeId: this.options.nodeId,
-      counts: [],
+      counts: this.options.takeExpertCounts?.() ?? [],
       sessions: stats.sessions,
       kvBytes: stats.kvBytes,
     };
@@ -84,7 +88,7 @@ export class ClusterMembership {
         role: "cloud-worker",
         endpoint: this.options.endpoint,
         weight: this.options.weight ?? 1,
-        expertSlots: 0,
+        expertSlots: this.options.expertSlots ?? 0,
         load: { sessions: stats.sessions, kvBytes: stats.kvBytes },
         draining: this.draining,
       })

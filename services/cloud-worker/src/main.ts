@@ -36,6 +36,13 @@ export const WORKER_CONFIG_SCHEMA = {
   cluster: { type: "string", default: "default", description: "control-plane cluster name" },
   weight: { type: "number", default: 1, min: 0.01, description: "relative KV capacity for shard placement" },
   heartbeatMs: { type: "integer", default: 500, min: 50, description: "heartbeat interval" },
+  expertSlots: {
+    type: "integer",
+    default: null,
+    min: 0,
+    description:
+      "MoE: expert replicas this worker holds, for the expert planner (default: every expert of its layers)",
+  },
 } as const satisfies ConfigSchema;
 
 export async function main(argv: string[]): Promise<number> {
@@ -67,6 +74,7 @@ export async function main(argv: string[]): Promise<number> {
             weight: config.weight,
             heartbeatMs: config.heartbeatMs,
             heartbeatTtlMs: config.heartbeatMs * 4,
+            expertSlots: config.expertSlots,
           }
         : undefined,
     },

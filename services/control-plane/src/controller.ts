@@ -25,7 +25,10 @@ export interface ControllerOptions {
   leaseTtlMs?: number;
   /** @default 3000 */
   heartbeatTtlMs?: number;
-  /** Experts per MoE layer to place (0: a dense model, no expert placement). @default 0 */
+  /**
+   * MoE experts to place: numExperts × the cloud workers' layers, expert id
+   * (layer − split)·numExperts + expert, as workers count them. 0: a dense model. @default 0
+   */
   experts?: number;
   /** Load window of expert placement. @default 5000 */
   expertWindowMs?: number;

@@ -30,6 +30,13 @@ export const CONTROL_CONFIG_SCHEMA = {
     min: 100,
     description: "a worker is dead after this long without a heartbeat",
   },
+  experts: {
+    type: "integer",
+    default: 0,
+    min: 0,
+    description: "MoE experts to place: experts per layer × cloud layers (0: dense model)",
+  },
+  expertWindowMs: { type: "integer", default: 5000, min: 50, description: "expert load window" },
 } as const satisfies ConfigSchema;
 
 export async function main(argv: string[]): Promise<number> {
