@@ -162,3 +162,24 @@ describe("tandem bench", () => {
     expect(stderr).toMatch(/available: .*runtime/);
   });
 });
+
+describe("tandem demo (the main job)", () => {
+  it("starts a cloud worker and an edge agent on the demo model and generates through them", async () => {
+    const run = await tandem("demo", "--prompt", "The Python", "--max-tokens", "12");
+    expect(run.code, run.stderr).toBe(0);
+    expect(run.stderr).toMatch(/runs layers \[0,3\) with exits after 2, 3/);
+    const summary = /→ (\d+) tokens at the edge, (\d+) from the cloud/.exec(run.stdout);
+    expect(summary).not.toBeNull();
+    expect(Number(summary![1]) + Number(summary![2])).toBe(12);
+    expect(run.stdout).toMatch(/% of 12 tokens never needed the cloud/);
+  });
+
+  it("runs the deeper split it ships a calibration for, and names --split for one it does not", async () => {
+    const deeper = await tandem("demo", "--prompt", "The Python", "--max-tokens", "6", "--split", "5");
+    expect(deeper.code, deeper.stderr).toBe(0);
+    expect(deeper.stderr).toMatch(/runs layers \[0,5\)/);
+    const missing = await tandem("demo", "--split", "4");
+    expect(missing.code).not.toBe(0);
+    expect(missing.stderr).toMatch(/--split.*ships calibrations for splits 3, 5, not 4/);
+  });
+});

@@ -6,6 +6,7 @@ import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
 import { calibrate } from "../runtime/src/calibration/calibrate.ts";
+import { readCalibration } from "../runtime/src/calibration/calibration-file.ts";
 import { evaluatePolicy } from "../runtime/src/calibration/threshold-search.ts";
 import { loadCheckpoint } from "../runtime/src/checkpoint/load-checkpoint.ts";
 import { getCodec, type CodecName } from "../runtime/src/codec/hidden-state-codec.ts";
@@ -103,6 +104,26 @@ describe("models/tandem-demo (dense)", () => {
     expect(agree.fp16 / ids.length).toBeGreaterThanOrEqual(0.995);
     expect(agree.int8 / ids.length).toBeGreaterThanOrEqual(0.995);
     expect(agree.int4 / ids.length).toBeGreaterThan(0.8);
+  });
+});
+
+describe("the calibrations shipped with the demo model", () => {
+  it("each belongs to the model and the split tandem.json lists it under, and holds its targets on its test split", async () => {
+    const checkpoint = await loadCheckpoint(DENSE);
+    const deployment = JSON.parse(readFileSync(join(DENSE, "tandem.json"), "utf8")) as {
+      calibrations: Record<string, string>;
+    };
+    expect(Object.keys(deployment.calibrations)).toEqual(["3", "5"]);
+    for (const [split, file] of Object.entries(deployment.calibrations)) {
+      const { summary, linearMaps } = await readCalibration(join(DENSE, file));
+      expect(summary.model.weightsHash).toBe(checkpoint.weightsHash);
+      expect(summary.split).toBe(Number(split));
+      expect(summary.exitLayers.every((layer) => layer <= summary.split)).toBe(true);
+      expect(summary.policies.map((p) => p.targetAgreement)).toContain(0.99);
+      for (const policy of summary.policies)
+        expect(policy.test.agreement).toBeGreaterThanOrEqual(policy.targetAgreement - 0.01);
+      for (const head of summary.heads) expect(linearMaps.has(head.afterLayer)).toBe(head.head === "linear");
+    }
   });
 });
 

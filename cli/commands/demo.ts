@@ -15,6 +15,7 @@ import { startEdgeAgent } from "../../edge-agent/src/edge-agent.ts";
 import { loadTandemProtos, type GenerateEvent__Output } from "../../proto/index.ts";
 import { loadConfig } from "../../runtime/src/config/config-loader.ts";
 import { startCloudWorker } from "../../services/cloud-worker/src/cloud-worker.ts";
+import { CliUsageError } from "../cli-errors.ts";
 import { parseIntegerOption } from "../cli-options.ts";
 
 export const DEMO_MODEL_DIR = join(
@@ -36,17 +37,27 @@ export const demoCommand = {
         "max-tokens": { type: "string" },
         target: { type: "string" },
         codec: { type: "string" },
+        split: { type: "string" },
       },
       strict: true,
     });
-    const calibration = join(DEMO_MODEL_DIR, "calibration.safetensors");
     const deployment = JSON.parse(readFileSync(join(DEMO_MODEL_DIR, "tandem.json"), "utf8")) as {
       recommended_split: number;
+      /** split → calibration file shipped for it */
+      calibrations?: Record<string, string>;
     };
+    const split = parseIntegerOption("--split", values.split, deployment.recommended_split, 1);
+    const calibrationFile = deployment.calibrations?.[String(split)];
+    if (!calibrationFile)
+      throw new CliUsageError(
+        "--split",
+        `the demo model ships calibrations for splits ${Object.keys(deployment.calibrations ?? {}).join(", ")}, not ${split}`,
+      );
+    const calibration = join(DEMO_MODEL_DIR, calibrationFile);
     const quiet = pino({ level: "warn" });
     console.error(`tandem demo: starting a cloud worker and an edge agent on ${DEMO_MODEL_DIR}`);
     const worker = await startCloudWorker(
-      { modelDir: DEMO_MODEL_DIR, split: deployment.recommended_split, workerId: "demo-worker", port: 0 },
+      { modelDir: DEMO_MODEL_DIR, split, workerId: "demo-worker", port: 0 },
       quiet,
     );
     const edgeConfig = loadConfig(EDGE_CONFIG_SCHEMA, {
