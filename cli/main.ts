@@ -18,6 +18,7 @@ const COMMANDS: Record<string, () => Promise<Command>> = {
   bench: async () => (await import("./commands/bench.ts")).benchCommand,
   calibrate: async () => (await import("./commands/calibrate.ts")).calibrateCommand,
   status: async () => (await import("./commands/status.ts")).statusCommand,
+  jobs: async () => (await import("./commands/jobs.ts")).jobsCommand,
 };
 
 const USAGE = `usage: tandem <command> [options]
@@ -28,6 +29,7 @@ commands:
   logits      --model DIR --ids 1,2,3 [--split S]   print {"logits": [[...], ...]}
   calibrate   --model DIR --split S --exit-layers a,b --text FILE --out FILE   fit exit heads and thresholds
   status      [--nats URL] [--cluster NAME] [--json]   nodes, leader, placement version, shards per node
+  jobs        submit KIND --data JSON|@FILE [--wait] | show KIND ID   batch jobs on BullMQ (generate, calibrate, build-graphs)
   bench NAME  run a benchmark under bench/ and print its JSON result last
 
 Run 'tandem <command> --help' for a command's options.`;

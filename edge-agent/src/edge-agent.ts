@@ -23,7 +23,8 @@ import {
   type ConfidenceMetric,
   type ExitPolicy,
 } from "../../runtime/src/exits/exit-policy.ts";
-import { segmentSpec, type ExitHeadSpec, type WeightFormat } from "../../runtime/src/graph/segment-spec.ts";
+import { edgeSegmentSpec } from "../../runtime/src/graph/deployment-specs.ts";
+import type { ExitHeadSpec, WeightFormat } from "../../runtime/src/graph/segment-spec.ts";
 import { Tokenizer } from "../../runtime/src/tokenizer/tokenizer.ts";
 import { startGrpcServer, type RunningServer } from "../../shared/src/grpc-server.ts";
 import type { Logger } from "../../shared/src/logger.ts";
@@ -100,14 +101,7 @@ export async function startEdgeAgent(
         : thresholdPolicy;
   const lowerModel = await SegmentModel.load(
     checkpoint,
-    segmentSpec({
-      fromLayer: 0,
-      toLayer: split,
-      exits,
-      outputHidden: true,
-      logits: true,
-      weightFormat: config.weights as WeightFormat,
-    }),
+    edgeSegmentSpec(split, exits, config.weights as WeightFormat),
     { threads: config.threads, cacheDir: options.cacheDir },
   );
   const lower = new SegmentSessions(lowerModel);

@@ -30,7 +30,7 @@ export async function freePort(): Promise<number> {
 
 /** Spawns bin/<program>.mjs with flags and resolves once it prints `listening host:port`. */
 export async function startProgram(
-  program: "tandem-edge" | "tandem-cloud-worker" | "tandem-control-plane",
+  program: "tandem-edge" | "tandem-cloud-worker" | "tandem-control-plane" | "tandem-batch-worker",
   flags: Record<string, string | number>,
   env: NodeJS.ProcessEnv = {},
   binDir = BIN,

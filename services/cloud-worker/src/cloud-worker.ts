@@ -8,7 +8,8 @@ import { loadCheckpoint } from "../../../runtime/src/checkpoint/load-checkpoint.
 import { SegmentModel } from "../../../runtime/src/engine/segment-model.ts";
 import { SegmentSessions } from "../../../runtime/src/engine/segment-sessions.ts";
 import { InvalidArgumentError } from "../../../runtime/src/errors.ts";
-import { segmentSpec, type WeightFormat } from "../../../runtime/src/graph/segment-spec.ts";
+import { cloudSegmentSpec } from "../../../runtime/src/graph/deployment-specs.ts";
+import type { WeightFormat } from "../../../runtime/src/graph/segment-spec.ts";
 import { startGrpcServer, type RunningServer } from "../../../shared/src/grpc-server.ts";
 import type { Logger } from "../../../shared/src/logger.ts";
 import { ContextManager } from "./context-manager.ts";
@@ -62,14 +63,7 @@ export async function startCloudWorker(options: CloudWorkerOptions, log: Logger)
   }
   const model = await SegmentModel.load(
     checkpoint,
-    // Logits let the worker sample; they cost little next to the layers.
-    segmentSpec({
-      fromLayer: options.split,
-      toLayer: layers,
-      finalHead: true,
-      logits: true,
-      weightFormat: options.weightFormat ?? "fp32",
-    }),
+    cloudSegmentSpec(options.split, layers, options.weightFormat ?? "fp32"),
     { threads: options.threads ?? 1, cacheDir: options.cacheDir },
   );
   const sessions = new SegmentSessions(model);

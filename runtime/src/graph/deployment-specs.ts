@@ -1,0 +1,20 @@
+/**
+ * The segments Tandem's programs load, defined once: the edge agent's lower segment and
+ * the cloud worker's upper segment. A graph built ahead of time (the batch worker's
+ * build-graphs job) is then exactly the one the programs find in the graph cache.
+ */
+import { segmentSpec, type ExitHeadSpec, type SegmentSpec, type WeightFormat } from "./segment-spec.ts";
+
+/** Layers [0, split) with the exits; hidden states out for escalation, logits for sampling at an exit. */
+export function edgeSegmentSpec(
+  split: number,
+  exits: ExitHeadSpec[],
+  weightFormat: WeightFormat,
+): SegmentSpec {
+  return segmentSpec({ fromLayer: 0, toLayer: split, exits, outputHidden: true, logits: true, weightFormat });
+}
+
+/** Layers [split, numLayers) with the final head; logits let the worker sample. */
+export function cloudSegmentSpec(split: number, numLayers: number, weightFormat: WeightFormat): SegmentSpec {
+  return segmentSpec({ fromLayer: split, toLayer: numLayers, finalHead: true, logits: true, weightFormat });
+}

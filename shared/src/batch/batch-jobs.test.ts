@@ -1,0 +1,74 @@
+import { describe, expect, it } from "vitest";
+import { batchQueueLocation } from "./batch-queues.ts";
+import { validateJobData } from "./batch-jobs.ts";
+
+describe("batch job data", () => {
+  it("accepts well-formed jobs of every kind", () => {
+    expect(() =>
+      validateJobData("generate", {
+        model: "m",
+        prompts: ["a", "b"],
+        maxTokens: 8,
+        sampling: { temperature: 0.7, topP: 0.9, seed: 3 },
+        weights: "int8",
+      }),
+    ).not.toThrow();
+    expect(() =>
+      validateJobData("calibrate", {
+        model: "m",
+        split: 3,
+        exitLayers: [2, 3],
+        textFile: "t",
+        out: "o",
+        targets: [0.99],
+      }),
+    ).not.toThrow();
+    expect(() => validateJobData("build-graphs", { model: "m", split: 3 })).not.toThrow();
+  });
+
+  it("names the bad field", () => {
+    const cases: [Parameters<typeof validateJobData>[0], unknown, RegExp][] = [
+      ["generate", null, /^data: must be an object/],
+      ["generate", { prompts: ["a"] }, /^model: is required/],
+      ["generate", { model: "m", prompts: [] }, /^prompts: must be a non-empty list/],
+      ["generate", { model: "m", prompts: ["a", 3] }, /^prompts\[1\]: must be a non-empty string/],
+      [
+        "generate",
+        { model: "m", prompts: ["a"], maxTokens: 0 },
+        /^maxTokens: must be a number in \[1, 4096\]/,
+      ],
+      ["generate", { model: "m", prompts: ["a"], maxTokens: 2.5 }, /^maxTokens: must be an integer/],
+      [
+        "generate",
+        { model: "m", prompts: ["a"], weights: "fp8" },
+        /^weights: must be one of fp32, int8, int4/,
+      ],
+      [
+        "generate",
+        { model: "m", prompts: ["a"], sampling: { topP: 0.5 } },
+        /^sampling.temperature: is required/,
+      ],
+      ["calibrate", { model: "m", split: 3, textFile: "t", out: "o" }, /^exitLayers: is required/],
+      [
+        "calibrate",
+        { model: "m", split: 3, exitLayers: [2, 0], textFile: "t", out: "o" },
+        /^exitLayers\[1\]/,
+      ],
+      [
+        "calibrate",
+        { model: "m", split: 3, exitLayers: [2], textFile: "t", out: "o", targets: [1.5] },
+        /^targets\[0\]/,
+      ],
+      ["build-graphs", { model: "m" }, /^split: is required/],
+    ];
+    for (const [kind, data, message] of cases) expect(() => validateJobData(kind, data)).toThrow(message);
+  });
+
+  it("keeps each cluster's queues under its own key prefix", () => {
+    const location = batchQueueLocation("redis://127.0.0.1:6380/2", "edge-eu");
+    expect(location.prefix).toBe("tandem:edge-eu");
+    expect(location.connection).toMatchObject({ host: "127.0.0.1", port: 6380, db: 2 });
+    expect(() => batchQueueLocation("http://x", "a")).toThrow(/^redisUrl: must be redis:\/\//);
+    expect(() => batchQueueLocation("redis://x", "a:b")).toThrow(/^cluster:/);
+  });
+});

@@ -1,0 +1,294 @@
+/**
+ * Batch work on a real redis-server (127.0.0.1:6379, queues under a key prefix of this
+ * run's own): generation, calibration and graph builds through BullMQ, bad data failing
+ * at once with the field named, and no job lost when a worker dies or stops mid-job.
+ */
+import { execFile } from "node:child_process";
+import { existsSync, mkdtempSync, rmSync, statSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { promisify } from "node:util";
+import { Job, Queue } from "bullmq";
+import { pino } from "pino";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { runGenerate } from "../cli/commands/generate.ts";
+import { showJob, submitJob, waitForJob, type SubmitOptions } from "../cli/commands/jobs.ts";
+import { readCalibration } from "../runtime/src/calibration/calibration-file.ts";
+import { loadCheckpoint } from "../runtime/src/checkpoint/load-checkpoint.ts";
+import { SegmentModel } from "../runtime/src/engine/segment-model.ts";
+import { cloudSegmentSpec } from "../runtime/src/graph/deployment-specs.ts";
+import { JOB_KINDS, type GenerateJobResult } from "../shared/src/batch/batch-jobs.ts";
+import { batchQueueLocation } from "../shared/src/batch/batch-queues.ts";
+import { startBatchWorker, type BatchWorker } from "../services/batch-worker/src/batch-worker.ts";
+import { startProgram } from "./helpers/processes.ts";
+
+const MODEL = join(import.meta.dirname, "..", "models", "tandem-demo");
+const CALIBRATION = join(MODEL, "calibration.safetensors");
+const REDIS = "redis://127.0.0.1:6379";
+const log = pino({ level: "silent" });
+let dir: string;
+
+/** A cluster name of its own per test: its queues share nothing with any other run. */
+const cluster = (name: string) => `test-${name}-${process.pid}-${Date.now()}`;
+const used: string[] = [];
+const optionsFor = (name: string): SubmitOptions => {
+  const c = cluster(name);
+  used.push(c);
+  return { redisUrl: REDIS, cluster: c };
+};
+
+beforeAll(() => {
+  dir = mkdtempSync(join(tmpdir(), "tandem-batch-"));
+});
+afterAll(async () => {
+  for (const c of used) {
+    const location = batchQueueLocation(REDIS, c);
+    for (const kind of JOB_KINDS) {
+      const queue = new Queue(kind, { connection: location.connection, prefix: location.prefix });
+      await queue.obliterate({ force: true });
+      await queue.close();
+    }
+  }
+  rmSync(dir, { recursive: true, force: true });
+});
+
+async function withWorker<T>(options: SubmitOptions, body: (worker: BatchWorker) => Promise<T>): Promise<T> {
+  const worker = await startBatchWorker({ ...options, cacheDir: join(dir, "graphs") }, log);
+  try {
+    return await body(worker);
+  } finally {
+    await worker.close();
+  }
+}
+
+describe("batch jobs on BullMQ", () => {
+  it("a generate job continues every prompt with the calibrated split, as tandem generate does", async () => {
+    const options = optionsFor("generate");
+    const prompts = ["The Python standard library", "A list comprehension is"];
+    const result = await withWorker(options, async () => {
+      const id = await submitJob(
+        "generate",
+        { model: MODEL, prompts, maxTokens: 12, calibration: CALIBRATION, target: 0.99 },
+        options,
+      );
+      const value = (await waitForJob("generate", id, options, 120_000)) as GenerateJobResult;
+      const view = await showJob("generate", id, options);
+      expect(view).toMatchObject({ state: "completed", progress: 100, attemptsMade: 1 });
+      return value;
+    });
+    expect(result.outputs.map((o) => o.prompt)).toEqual(prompts);
+    for (const output of result.outputs) {
+      let text = "";
+      const stats = await runGenerate(
+        {
+          model: MODEL,
+          prompt: output.prompt,
+          maxTokens: 12,
+          exitLayers: [],
+          metric: "prob",
+          threshold: 0.9,
+          weights: "fp32",
+          threads: 1,
+          calibration: CALIBRATION,
+          target: 0.99,
+        },
+        (t) => (text += t),
+      );
+      expect(output.text).toBe(text);
+      expect(output.tokenIds).toHaveLength(12);
+      expect([output.edgeTokens, output.cloudTokens]).toEqual([stats.edgeTokens, stats.cloudTokens]);
+    }
+    expect(result.tokens).toBe(24);
+  }, 180_000);
+
+  it("a calibrate job writes a calibration file the edge agent can load", async () => {
+    const options = optionsFor("calibrate");
+    const out = join(dir, "calibration.safetensors");
+    const result = await withWorker(options, async () => {
+      const id = await submitJob(
+        "calibrate",
+        {
+          model: MODEL,
+          split: 3,
+          exitLayers: [2, 3],
+          textFile: join(MODEL, "heldout.txt"),
+          out,
+          targets: [0.99, 0.95],
+          maxTokens: 2048,
+        },
+        options,
+      );
+      return (await waitForJob("calibrate", id, options, 120_000)) as { split: number; policies: unknown[] };
+    });
+    const calibration = await readCalibration(out);
+    expect(calibration.summary.split).toBe(3);
+    expect(calibration.summary.policies.map((p) => p.targetAgreement)).toEqual([0.99, 0.95]);
+    expect(result).toMatchObject({ out, split: 3 });
+    expect(result.policies).toHaveLength(2);
+  }, 180_000);
+
+  it("a build-graphs job puts the graphs the programs load into the cache, once", async () => {
+    const options = optionsFor("graphs");
+    const cacheDir = join(dir, "prebuilt");
+    const data = { model: MODEL, split: 3, calibration: CALIBRATION, cacheDir };
+    const [first, second] = await withWorker(options, async () => {
+      const a = await waitForJob(
+        "build-graphs",
+        await submitJob("build-graphs", data, options),
+        options,
+        120_000,
+      );
+      const b = await waitForJob(
+        "build-graphs",
+        await submitJob("build-graphs", data, options),
+        options,
+        120_000,
+      );
+      return [a, b] as {
+        edgeGraph: string;
+        cloudGraph: string;
+        alreadyCached: { edge: boolean; cloud: boolean };
+      }[];
+    });
+    expect(first.alreadyCached).toEqual({ edge: false, cloud: false });
+    expect(second.alreadyCached).toEqual({ edge: true, cloud: true });
+    expect(existsSync(first.edgeGraph) && existsSync(first.cloudGraph)).toBe(true);
+    // The cloud worker's segment is the one built: loading it finds the graph in place.
+    const checkpoint = await loadCheckpoint(MODEL);
+    const built = statSync(first.cloudGraph).mtimeMs;
+    const model = await SegmentModel.load(checkpoint, cloudSegmentSpec(3, 6, "fp32"), { cacheDir });
+    expect(model.graphPath).toBe(first.cloudGraph);
+    expect(statSync(model.graphPath).mtimeMs).toBe(built);
+    await model.release();
+  }, 180_000);
+
+  it("bad data fails at once, unretried, naming the field or file; the worker carries on", async () => {
+    const options = optionsFor("bad");
+    const location = batchQueueLocation(REDIS, options.cluster);
+    // Submitting validates: the job never reaches Redis.
+    await expect(submitJob("generate", { model: MODEL, prompts: [] }, options)).rejects.toThrow(
+      /^prompts: must be a non-empty list/,
+    );
+    // Data that reached Redis by another way is checked again by the worker.
+    const queue = new Queue("generate", { connection: location.connection, prefix: location.prefix });
+    try {
+      await withWorker(options, async (worker) => {
+        const empty = await queue.add("generate", { model: MODEL, prompts: [] }, { attempts: 3 });
+        const missing = await queue.add(
+          "generate",
+          { model: join(dir, "no-such-model"), prompts: ["x"] },
+          { attempts: 3 },
+        );
+        await expect(waitForJob("generate", empty.id!, options, 30_000)).rejects.toThrow(
+          /prompts: must be a non-empty list/,
+        );
+        await expect(waitForJob("generate", missing.id!, options, 30_000)).rejects.toThrow(/no-such-model/);
+        for (const id of [empty.id!, missing.id!]) {
+          const job = (await Job.fromId(queue, id))!;
+          expect(await job.getState()).toBe("failed");
+          expect(job.attemptsMade).toBe(1);
+        }
+        const good = await submitJob("generate", { model: MODEL, prompts: ["The"], maxTokens: 2 }, options);
+        expect(((await waitForJob("generate", good, options, 60_000)) as GenerateJobResult).tokens).toBe(2);
+        expect(worker.counts).toEqual({ completed: 1, failed: 2 });
+      });
+    } finally {
+      await queue.close();
+    }
+  }, 120_000);
+
+  it("tandem jobs submit names the bad field and runs a good job to its result", async () => {
+    const options = optionsFor("cli");
+    const tandem = (...args: string[]) =>
+      promisify(execFile)(process.execPath, [
+        join(import.meta.dirname, "..", "bin", "tandem.mjs"),
+        ...args,
+      ]).then(
+        (r) => ({ code: 0, ...r }),
+        (e: { code: number; stdout: string; stderr: string }) => e,
+      );
+    const flags = ["--redis", REDIS, "--cluster", options.cluster];
+    const bad = await tandem("jobs", "submit", "generate", "--data", `{"model":"${MODEL}"}`, ...flags);
+    expect(bad.code).toBe(2);
+    expect(bad.stderr).toMatch(/--data: prompts: must be a non-empty list/);
+    const kind = await tandem("jobs", "submit", "summarize", "--data", "{}", ...flags);
+    expect(kind.stderr).toMatch(/KIND: must be one of generate, calibrate, build-graphs/);
+    await withWorker(options, async () => {
+      const run = await tandem(
+        "jobs",
+        "submit",
+        "generate",
+        "--wait",
+        "--data",
+        JSON.stringify({ model: MODEL, prompts: ["The Python"], maxTokens: 4 }),
+        ...flags,
+      );
+      expect(run.code, run.stderr).toBe(0);
+      const printed = JSON.parse(run.stdout) as { id: string; state: string; result: GenerateJobResult };
+      expect(printed.state).toBe("completed");
+      expect(printed.result.tokens).toBe(4);
+      const shown = await tandem("jobs", "show", "generate", printed.id, ...flags);
+      expect(JSON.parse(shown.stdout)).toMatchObject({ state: "completed", progress: 100 });
+    });
+  }, 120_000);
+});
+
+describe("no job lost", () => {
+  const prompts = Array.from({ length: 24 }, (_, i) => `Example ${i}: the module`);
+  const flags = (c: string) => ({
+    redisUrl: REDIS,
+    cluster: c,
+    kinds: "generate",
+    lockDurationMs: 1000,
+    stalledIntervalMs: 500,
+  });
+  const env = () => ({ TANDEM_CACHE_DIR: join(dir, "cache") });
+
+  async function untilActive(options: SubmitOptions, id: string): Promise<void> {
+    const deadline = Date.now() + 60_000;
+    for (;;) {
+      const view = await showJob("generate", id, options);
+      if (view?.state === "active" && Number(view.progress) > 0) return;
+      if (Date.now() > deadline) throw new Error(`job ${id} never became active: ${JSON.stringify(view)}`);
+      await new Promise((r) => setTimeout(r, 100));
+    }
+  }
+
+  it("a worker killed mid-job: the job stalls, another worker runs it to the end", async () => {
+    const options = optionsFor("kill");
+    const first = await startProgram("tandem-batch-worker", flags(options.cluster), env());
+    const id = await submitJob("generate", { model: MODEL, prompts, maxTokens: 48 }, options);
+    await untilActive(options, id);
+    await first.kill("SIGKILL");
+    const second = await startProgram("tandem-batch-worker", flags(options.cluster), env());
+    try {
+      const result = (await waitForJob("generate", id, options, 120_000)) as GenerateJobResult;
+      expect(result.outputs.map((o) => o.prompt)).toEqual(prompts);
+      expect(result.tokens).toBe(prompts.length * 48);
+      // It was taken back from the dead worker as stalled, not finished by it.
+      const location = batchQueueLocation(REDIS, options.cluster);
+      const queue = new Queue("generate", { connection: location.connection, prefix: location.prefix });
+      expect((await Job.fromId(queue, id))!.stalledCounter).toBe(1);
+      await queue.close();
+    } finally {
+      await second.kill();
+    }
+  }, 180_000);
+
+  it("a worker asked to stop (SIGTERM) finishes the job in hand first", async () => {
+    const options = optionsFor("term");
+    const worker = await startProgram("tandem-batch-worker", flags(options.cluster), env());
+    const id = await submitJob(
+      "generate",
+      { model: MODEL, prompts: prompts.slice(0, 8), maxTokens: 32 },
+      options,
+    );
+    await untilActive(options, id);
+    const exited = new Promise<number | null>((resolve) => worker.child.once("exit", resolve));
+    worker.child.kill("SIGTERM");
+    expect(await exited).toBe(0);
+    const view = await showJob("generate", id, options);
+    expect(view).toMatchObject({ state: "completed", attemptsMade: 1 });
+    expect((view!.result as GenerateJobResult).tokens).toBe(8 * 32);
+  }, 120_000);
+});
