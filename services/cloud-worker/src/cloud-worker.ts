@@ -39,6 +39,8 @@ export interface CloudWorkerOptions {
     weight?: number;
     /** MoE: expert replicas the worker's memory holds. @default every expert of its layers */
     expertSlots?: number;
+    /** host:port edges reach this worker at (behind NAT, in a pod). @default the listening address */
+    advertise?: string;
   };
 }
 
@@ -119,7 +121,7 @@ export async function startCloudWorker(options: CloudWorkerOptions, log: Logger)
           natsUrl: options.cluster.natsUrl,
           cluster: options.cluster.name,
           nodeId: options.workerId,
-          endpoint: server.address,
+          endpoint: options.cluster.advertise ?? server.address,
           weight: options.cluster.weight,
           heartbeatMs: options.cluster.heartbeatMs,
           heartbeatTtlMs: options.cluster.heartbeatTtlMs,

@@ -34,6 +34,12 @@ export const WORKER_CONFIG_SCHEMA = {
     description: "NATS of the control plane (none: standalone worker)",
   },
   cluster: { type: "string", default: "default", description: "control-plane cluster name" },
+  advertise: {
+    type: "string",
+    default: null,
+    description:
+      "host:port edges and peers reach this worker at, in the node registry (default: the listening address)",
+  },
   weight: { type: "number", default: 1, min: 0.01, description: "relative KV capacity for shard placement" },
   heartbeatMs: { type: "integer", default: 500, min: 50, description: "heartbeat interval" },
   expertSlots: {
@@ -75,6 +81,7 @@ export async function main(argv: string[]): Promise<number> {
             heartbeatMs: config.heartbeatMs,
             heartbeatTtlMs: config.heartbeatMs * 4,
             expertSlots: config.expertSlots,
+            advertise: config.advertise,
           }
         : undefined,
     },

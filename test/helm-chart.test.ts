@@ -1,0 +1,187 @@
+/**
+ * The Helm chart in charts/tandem, checked with a real helm (no cluster here): it lints,
+ * renders manifests that validate against the Kubernetes 1.27 schemas, passes values
+ * through, refuses bad values by name, and configures each program only with keys the
+ * program reads, in values it accepts.
+ */
+import { execFileSync, spawnSync } from "node:child_process";
+import { existsSync } from "node:fs";
+import { join } from "node:path";
+import * as models from "kubernetes-models";
+import { parseAllDocuments } from "yaml";
+import { beforeAll, describe, expect, it } from "vitest";
+import { environmentName, loadConfig, type ConfigSchema } from "../runtime/src/config/config-loader.ts";
+import { BATCH_CONFIG_SCHEMA } from "../services/batch-worker/src/main.ts";
+import { WORKER_CONFIG_SCHEMA } from "../services/cloud-worker/src/main.ts";
+import { CONTROL_CONFIG_SCHEMA } from "../services/control-plane/src/main.ts";
+
+const ROOT = join(import.meta.dirname, "..");
+const CHART = join(ROOT, "charts", "tandem");
+let helm: string;
+
+interface Manifest {
+  apiVersion: string;
+  kind: string;
+  metadata: { name: string };
+  spec: Record<string, any>; // eslint-disable-line @typescript-eslint/no-explicit-any
+}
+interface Container {
+  name: string;
+  command: string[];
+  env: { name: string; value?: string; valueFrom?: unknown }[];
+  volumeMounts?: { name: string; mountPath: string }[];
+}
+
+beforeAll(() => {
+  helm = execFileSync(join(ROOT, "tools", "helm", "ensure-helm.sh"), { encoding: "utf8" }).trim();
+}, 120_000);
+
+function render(...sets: string[]): Manifest[] {
+  const out = execFileSync(helm, ["template", "tandem", CHART, ...sets.flatMap((s) => ["--set", s])], {
+    encoding: "utf8",
+  });
+  return parseAllDocuments(out)
+    .map((d) => d.toJSON() as Manifest | null)
+    .filter((m): m is Manifest => m !== null);
+}
+
+type ModelClass = new (data: unknown) => { validate(): void };
+
+/** The kubernetes-models class for a manifest's apiVersion and kind. */
+function modelOf(m: Manifest): ModelClass {
+  const [group, version] = m.apiVersion.includes("/") ? m.apiVersion.split("/") : ["", m.apiVersion];
+  const tree = models as unknown as Record<string, Record<string, Record<string, unknown> | undefined>>;
+  const entry = group === "" ? tree[version]?.[m.kind] : tree[group]?.[version]?.[m.kind];
+  if (typeof entry !== "function") throw new Error(`no schema for ${m.apiVersion} ${m.kind}`);
+  return entry as ModelClass;
+}
+
+const containerOf = (manifests: Manifest[], kind: string, component: string): Container => {
+  const m = manifests.find((x) => x.kind === kind && x.metadata.name.endsWith(component));
+  if (!m) throw new Error(`no ${kind} ${component}`);
+  return m.spec.template.spec.containers[0] as Container;
+};
+
+/** The environment a container gets, with the downward-API fields the kubelet would fill in. */
+function environmentOf(container: Container): NodeJS.ProcessEnv {
+  const pod = { POD_NAME: "tandem-cloud-worker-0", POD_IP: "10.1.2.3" };
+  return Object.fromEntries(
+    container.env
+      .filter((e) => e.value !== undefined)
+      .map((e) => [e.name, e.value!.replace(/\$\((POD_NAME|POD_IP)\)/g, (_, k: keyof typeof pod) => pod[k])]),
+  );
+}
+
+describe("the Helm chart", () => {
+  it("lints clean with helm --strict", () => {
+    const lint = spawnSync(helm, ["lint", CHART, "--strict"], { encoding: "utf8" });
+    expect(lint.status, lint.stdout + lint.stderr).toBe(0);
+    expect(lint.stdout).toMatch(/1 chart\(s\) linted, 0 chart\(s\) failed/);
+  });
+
+  it("renders workers, control plane and batch worker that validate against the Kubernetes schemas", () => {
+    const manifests = render();
+    expect(manifests.map((m) => `${m.kind}/${m.metadata.name}`).sort()).toEqual([
+      "Deployment/tandem-batch-worker",
+      "Deployment/tandem-control-plane",
+      "PodDisruptionBudget/tandem-cloud-worker",
+      "PodDisruptionBudget/tandem-control-plane",
+      "Service/tandem-cloud-worker",
+      "Service/tandem-cloud-worker-pods",
+      "StatefulSet/tandem-cloud-worker",
+    ]);
+    for (const m of manifests) {
+      const Model = modelOf(m);
+      expect(() => new Model(m).validate(), `${m.kind} ${m.metadata.name}`).not.toThrow();
+    }
+    // A deliberately broken manifest does fail validation: the check is real.
+    const broken = structuredClone(manifests.find((m) => m.kind === "StatefulSet")!);
+    broken.spec.replicas = "two";
+    expect(() => new (modelOf(broken))(broken).validate()).toThrow(/replicas/);
+    const worker = manifests.find((m) => m.kind === "StatefulSet")!;
+    expect(worker.spec.replicas).toBe(2);
+    expect(worker.spec.template.spec.containers[0].readinessProbe.grpc.port).toBe(50052);
+    expect(worker.spec.template.spec.terminationGracePeriodSeconds).toBe(40);
+    expect(
+      manifests.find((m) => m.metadata.name === "tandem-control-plane" && m.kind === "Deployment")!.spec
+        .replicas,
+    ).toBe(3);
+  });
+
+  it("configures each program only with keys it reads, in values it accepts", () => {
+    const manifests = render("cloudWorker.expertSlots=12", "controlPlane.experts=24");
+    const programs: [string, string, string, ConfigSchema][] = [
+      ["StatefulSet", "cloud-worker", "TANDEM_WORKER", WORKER_CONFIG_SCHEMA],
+      ["Deployment", "control-plane", "TANDEM_CONTROL", CONTROL_CONFIG_SCHEMA],
+      ["Deployment", "batch-worker", "TANDEM_BATCH", BATCH_CONFIG_SCHEMA],
+    ];
+    for (const [kind, component, prefix, schema] of programs) {
+      const container = containerOf(manifests, kind, component);
+      // The command is a program the repository ships.
+      expect(existsSync(join(ROOT, container.command[1].replace(/^\/app\//, "")))).toBe(true);
+      const known = new Set(Object.keys(schema).map((key) => environmentName(prefix, key)));
+      const set = container.env.map((e) => e.name).filter((n) => n.startsWith(`${prefix}_`));
+      expect(
+        set.filter((name) => !known.has(name)),
+        component,
+      ).toEqual([]);
+      // The program's own loader accepts the rendered environment (types, ranges, choices).
+      expect(
+        () => loadConfig(schema, { envPrefix: prefix, env: environmentOf(container) }),
+        component,
+      ).not.toThrow();
+    }
+    const worker = loadConfig(WORKER_CONFIG_SCHEMA, {
+      envPrefix: "TANDEM_WORKER",
+      env: environmentOf(containerOf(manifests, "StatefulSet", "cloud-worker")),
+    });
+    expect(worker).toMatchObject({
+      split: 3,
+      host: "0.0.0.0",
+      workerId: "tandem-cloud-worker-0",
+      advertise: "10.1.2.3:50052",
+      natsUrl: "nats://nats:4222",
+      expertSlots: 12,
+    });
+  });
+
+  it("passes values through: split, cluster, a model volume, no batch worker", () => {
+    const manifests = render(
+      "cloudWorker.split=5",
+      "cluster=eu-west",
+      "cloudWorker.port=6000",
+      "batchWorker.enabled=false",
+      "model.volume.persistentVolumeClaim.claimName=models",
+      "model.path=/models/tandem-demo",
+    );
+    expect(manifests.some((m) => m.metadata.name.endsWith("batch-worker"))).toBe(false);
+    const worker = containerOf(manifests, "StatefulSet", "cloud-worker");
+    const env = environmentOf(worker);
+    expect(env).toMatchObject({
+      TANDEM_WORKER_SPLIT: "5",
+      TANDEM_WORKER_CLUSTER: "eu-west",
+      TANDEM_WORKER_PORT: "6000",
+      TANDEM_WORKER_ADVERTISE: "10.1.2.3:6000",
+      TANDEM_WORKER_MODEL: "/models/tandem-demo",
+    });
+    expect(worker.volumeMounts).toContainEqual({ name: "models", mountPath: "/models", readOnly: true });
+    const pod = manifests.find((m) => m.kind === "StatefulSet")!.spec.template.spec;
+    expect(pod.volumes).toContainEqual({ name: "models", persistentVolumeClaim: { claimName: "models" } });
+    for (const m of manifests) expect(() => new (modelOf(m))(m).validate()).not.toThrow();
+  });
+
+  it("refuses bad values, naming them", () => {
+    const bad: [string, RegExp][] = [
+      ["cloudWorker.split=0", /cloudWorker\/split.*minimum/],
+      ["cloudWorker.weights=fp8", /cloudWorker\/weights/],
+      ["nats.url=http://nats:4222", /nats\/url/],
+      ["cluster=a:b", /cluster/],
+      ["batchWorker.kinds=generate\\,summarize", /batchWorker\/kinds/],
+    ];
+    for (const [set, message] of bad) {
+      const run = spawnSync(helm, ["template", "tandem", CHART, "--set", set], { encoding: "utf8" });
+      expect(run.status, set).not.toBe(0);
+      expect(run.stderr, set).toMatch(message);
+    }
+  });
+});
