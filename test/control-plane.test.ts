@@ -283,7 +283,14 @@ describe("expert placement from a MoE model's real activations", () => {
             split,
             workerId,
             port: 0,
-            cluster: { natsUrl: server.url, name: cluster, heartbeatMs: 100, heartbeatTtlMs: 1000 },
+            cluster: {
+              natsUrl: server.url,
+              name: cluster,
+              heartbeatMs: 100,
+              heartbeatTtlMs: 1000,
+              // As in a pod: the registry holds the address edges reach, not the listening one.
+              advertise: `${workerId}.workers.test:50052`,
+            },
           },
           log,
         ),
@@ -332,6 +339,10 @@ describe("expert placement from a MoE model's real activations", () => {
       const byNode = status.nodes.filter((n) => n.id.startsWith("moe-"));
       expect(byNode.map((n) => n.expertReplicas).reduce((x, y) => x + y, 0)).toBe(status.experts!.replicas);
       expect(byNode.every((n) => n.expertReplicas > 0)).toBe(true);
+      expect(byNode.map((n) => n.endpoint).sort()).toEqual([
+        "moe-a.workers.test:50052",
+        "moe-b.workers.test:50052",
+      ]);
       expect(byNode.map((n) => n.expertLoadShare).reduce((x, y) => x + y, 0)).toBeCloseTo(1, 6);
     } finally {
       reports.unsubscribe();
