@@ -67,6 +67,8 @@ interface Context {
   smoke: boolean;
 }
 
+const median = (values: number[]) => [...values].sort((a, b) => a - b)[Math.floor(values.length / 2)];
+
 const percentile = (values: number[], p: number) => {
   const sorted = [...values].sort((a, b) => a - b);
   return sorted[Math.min(sorted.length - 1, Math.floor(p * sorted.length))];
@@ -272,7 +274,6 @@ async function cloudCompute(ctx: Context, maxTokens: number) {
       }
     }
   }
-  const median = (values: number[]) => [...values].sort((a, b) => a - b)[Math.floor(values.length / 2)];
   const promptTokens = ctx.prompts.reduce((a, p) => a + p.length, 0);
   // Multiply-adds ×2 per position of a layer (projections and MLP; attention scores are
   // small at these lengths) and of the LM head, from the model's shape.
@@ -449,7 +450,6 @@ async function workerThroughput(ctx: Context, stepsPerSession: number) {
         );
         for (let s = 0; s < sessions; s++) contexts.release(`s${s}`);
       }
-    const median = (values: number[]) => [...values].sort((a, b) => a - b)[Math.floor(values.length / 2)];
     rows.push({
       sessions,
       unbatched_tokens_per_s: median(rates.unbatched),

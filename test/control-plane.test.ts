@@ -165,25 +165,30 @@ describe("control plane on NATS", () => {
   });
 });
 
+/** One control-plane replica with fast ticks and short expert-load windows. */
+async function startExpertPlanningLeader(cluster: string, experts: number): Promise<Controller> {
+  return Controller.start(
+    await open(),
+    {
+      cluster,
+      replicaId: "cp",
+      tickMs: 50,
+      leaseTtlMs: 1000,
+      heartbeatTtlMs: 1000,
+      shardCount: 64,
+      experts,
+      expertWindowMs: 300,
+    },
+    log,
+  );
+}
+
 describe("expert placement from published load", () => {
   it("replicates hot experts over the workers' slots, and re-plans only when the load really shifts", async () => {
     const cluster = `e${Date.now()}`;
     const names = controlPlaneNames(cluster);
     const experts = 16;
-    const controller = await Controller.start(
-      await open(),
-      {
-        cluster,
-        replicaId: "cp",
-        tickMs: 50,
-        leaseTtlMs: 1000,
-        heartbeatTtlMs: 1000,
-        shardCount: 64,
-        experts,
-        expertWindowMs: 300,
-      },
-      log,
-    );
+    const controller = await startExpertPlanningLeader(cluster, experts);
     const nc = await open();
     const registry = await NodeRegistry.open(nc, names, { heartbeatTtlMs: 1000 });
     const hosts = ["w1", "w2", "w3", "w4"];
@@ -261,20 +266,7 @@ describe("expert placement from a MoE model's real activations", () => {
         reported.set(report.nodeId, sum);
       }
     })();
-    const controller = await Controller.start(
-      await open(),
-      {
-        cluster,
-        replicaId: "cp",
-        tickMs: 50,
-        leaseTtlMs: 1000,
-        heartbeatTtlMs: 1000,
-        shardCount: 64,
-        experts,
-        expertWindowMs: 300,
-      },
-      log,
-    );
+    const controller = await startExpertPlanningLeader(cluster, experts);
     const workers = await Promise.all(
       ["moe-a", "moe-b"].map((workerId) =>
         startCloudWorker(

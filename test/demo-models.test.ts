@@ -36,14 +36,18 @@ const argmax = (row: ArrayLike<number>) => {
   return best;
 };
 
+/** The engine's logits against those PyTorch computed at export: same argmax everywhere, last row within 1e-3. */
+async function expectEngineMatchesPyTorch(dir: string): Promise<void> {
+  const reference = referenceOf(dir);
+  const logits = await computeLogits(dir, reference.ids);
+  expect(logits.map(argmax)).toEqual(reference.argmax);
+  const last = logits[logits.length - 1];
+  last.forEach((v, i) => expect(Math.abs(v - reference.last_logits[i])).toBeLessThan(1e-3));
+}
+
 describe("models/tandem-demo (dense)", () => {
-  it("the ONNX engine reproduces PyTorch's logits from the shipped weights", async () => {
-    const reference = referenceOf(DENSE);
-    const logits = await computeLogits(DENSE, reference.ids);
-    expect(logits.map(argmax)).toEqual(reference.argmax);
-    const last = logits[logits.length - 1];
-    last.forEach((v, i) => expect(Math.abs(v - reference.last_logits[i])).toBeLessThan(1e-3));
-  });
+  it("the ONNX engine reproduces PyTorch's logits from the shipped weights", () =>
+    expectEngineMatchesPyTorch(DENSE));
 
   it("generates readable text through the split with its exits", async () => {
     let text = "";
@@ -195,11 +199,6 @@ describe("models/tandem-demo-moe (Mixtral-style)", () => {
     );
   });
 
-  it("the ONNX engine reproduces PyTorch's logits too, through the MoE blocks", async () => {
-    const reference = referenceOf(MOE);
-    const logits = await computeLogits(MOE, reference.ids);
-    expect(logits.map(argmax)).toEqual(reference.argmax);
-    const last = logits[logits.length - 1];
-    last.forEach((v, i) => expect(Math.abs(v - reference.last_logits[i])).toBeLessThan(1e-3));
-  });
+  it("the ONNX engine reproduces PyTorch's logits too, through the MoE blocks", () =>
+    expectEngineMatchesPyTorch(MOE));
 });
