@@ -597,7 +597,14 @@ export default async function collabBenchmark(options: BenchOptions): Promise<Be
     worker_throughput: throughput,
     plot: options.smoke ? undefined : "bench/results/collab.png",
   };
-  if (!options.smoke) plot(best.sweep.policies, best.compute.rows, wire.latency, PLOT);
+  if (!options.smoke)
+    plot(
+      best.sweep.policies,
+      best.compute.rows,
+      wire.latency,
+      `edge runs ${best.ctx.split} of ${checkpoint.config.numLayers} layers`,
+      PLOT,
+    );
   return result;
 }
 
@@ -605,6 +612,7 @@ function plot(
   sweep: { target: number; escalated_share: number; agreement: number }[],
   compute: { target: number; cloud_compute_relative: number }[],
   latency: Record<string, { p50: number; p95: number }>,
+  deployment: string,
   path: string,
 ): void {
   const canvas = createCanvas(1100, 460);
@@ -620,7 +628,7 @@ function plot(
   g.strokeStyle = "#888";
   g.strokeRect(left, top, w, h);
   g.fillStyle = "#222";
-  g.fillText("per calibrated agreement target:", left - 40, top - 30);
+  g.fillText(`${deployment}; per calibrated agreement target:`, left - 40, top - 30);
   g.fillText(
     "escalated share (blue), cloud compute ÷ cloud-only (red), agreement (green)",
     left - 40,
