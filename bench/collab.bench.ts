@@ -509,7 +509,7 @@ export default async function collabBenchmark(options: BenchOptions): Promise<Be
     return {
       name: "collab",
       part: "throughput",
-      worker_throughput: await workerThroughput(base, options.smoke ? 4 : 32),
+      worker_throughput: await workerThroughput(base, options.smoke ? 4 : 128),
     };
   }
 
@@ -542,7 +542,7 @@ export default async function collabBenchmark(options: BenchOptions): Promise<Be
   const wire = latencies[best.ctx.split];
   const codecs = latencies[splits[0].ctx.split];
   process.stderr.write("collab bench: worker throughput\n");
-  const throughput = await workerThroughput(base, options.smoke ? 4 : 32);
+  const throughput = await workerThroughput(base, options.smoke ? 4 : 128);
 
   const result = {
     name: "collab",
