@@ -250,6 +250,57 @@ describe("KV cache", () => {
   });
 });
 
+describe("sessions that keep stepping together", () => {
+  it("match stepping alone through repeated batches, a changed batch, a lone step, a truncation and a release", async () => {
+    const checkpoint = checkpoints.get("llama gqa ratio 2")!;
+    const spec = { fromLayer: 0, toLayer: 4, finalHead: true, logits: true };
+    const single = await sessionsFor(checkpoint, spec);
+    const batched = await sessionsFor(checkpoint, spec);
+    const ids = ["a", "b", "c", "d"];
+    for (const [i, id] of ids.entries()) {
+      single.open(id);
+      batched.open(id);
+      await single.forward(id, { ids: PROMPT.slice(0, 2 + 2 * i) });
+      await batched.forward(id, { ids: PROMPT.slice(0, 2 + 2 * i) });
+    }
+    let token = 20;
+    /** One batched step of `members` (in the given order) against each stepping alone. */
+    const step = async (members: string[]) => {
+      const inputs = members.map((id) => ({ id, input: { ids: [token++] } }));
+      const got = await batched.forwardBatch(inputs);
+      for (const [k, { id, input }] of inputs.entries()) {
+        const want = await single.forward(id, input);
+        expect(got[k].start, id).toBe(want.start);
+        expect(maxAbsDiff(got[k].exits[0].logits!, want.exits[0].logits!), id).toBeLessThanOrEqual(1e-4);
+      }
+    };
+    // The same four, three times, in shuffled orders: the KV stays in the batch layout.
+    await step(["a", "b", "c", "d"]);
+    await step(["d", "b", "a", "c"]);
+    await step(["c", "a", "d", "b"]);
+    // A different set breaks the batch: each cache comes back intact.
+    await step(["a", "c"]);
+    await step(["a", "c"]);
+    await step(["b", "d", "a", "c"]);
+    // One alone, then the rest together; a truncated one; a released one.
+    const alone = await batched.forward("b", { ids: [7] });
+    expect(
+      maxAbsDiff(alone.exits[0].logits!, (await single.forward("b", { ids: [7] })).exits[0].logits!),
+    ).toBeLessThanOrEqual(1e-4);
+    await step(["a", "c", "d"]);
+    await batched.truncate("c", 5);
+    await single.truncate("c", 5);
+    await step(["a", "c", "d"]);
+    batched.release("d");
+    single.release("d");
+    await step(["a", "c", "b"]);
+    for (const id of ["a", "b", "c"]) {
+      expect(batched.length(id)).toBe(single.length(id));
+      expect(batched.kvBytes(id)).toBe(single.kvBytes(id));
+    }
+  });
+});
+
 describe("exit heads", () => {
   it("report top-1, its probability, the top-1/top-2 margin and the entropy of the exit's distribution", async () => {
     const checkpoint = checkpoints.get("tied embeddings, mistral")!;

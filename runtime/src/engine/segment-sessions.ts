@@ -6,6 +6,11 @@
  *
  * A session's KV is replaced only after a run succeeds, so a failed or rejected call
  * leaves it as it was.
+ *
+ * Sessions that take a batched step together keep their KV where the runtime put it (one
+ * padded tensor per layer) until something else touches one of them: the same sessions'
+ * next batched step feeds it straight back, where copying every session's cache into and
+ * out of a batch tensor would cost as much memory traffic as the weights at long contexts.
  */
 import { InvalidArgumentError, SessionNotFoundError } from "../errors.ts";
 import type { ExitOutput, LayerKv, SegmentModel } from "./segment-model.ts";
@@ -39,10 +44,21 @@ export interface SegmentSessionsOptions {
 
 interface SessionState {
   length: number;
-  /** Per segment layer, [kvHeads, length, headDim] each, compact. */
+  /** Per segment layer, [kvHeads, length, headDim] each, compact; stale while `resident` is set. */
   kv: LayerKv[];
   /** Tail of the queue of calls on this session: calls on one session run in order. */
   busy: Promise<unknown>;
+  /** The batch whose padded KV holds this session's cache, if it last ran in one. */
+  resident?: ResidentBatch;
+}
+
+/** KV of sessions that last stepped together, in the runtime's padded layout. */
+interface ResidentBatch {
+  /** Session ids in row order. */
+  ids: string[];
+  /** Per segment layer, [rows, kvHeads, total, headDim]; row r holds its session's first length positions. */
+  kv: LayerKv[];
+  total: number;
 }
 
 export class SegmentSessions {
@@ -75,9 +91,10 @@ export class SegmentSessions {
     return this.state(id).length;
   }
 
-  /** Bytes of KV the session holds. */
+  /** Bytes of KV the session holds (compact: keys and values of every position and layer). */
   kvBytes(id: string): number {
-    return this.state(id).kv.reduce((sum, layer) => sum + layer.key.byteLength + layer.value.byteLength, 0);
+    const { numKvHeads, headDim } = this.model.config;
+    return this.model.layerCount * 2 * numKvHeads * this.state(id).length * headDim * 4;
   }
 
   get sessionIds(): string[] {
@@ -95,6 +112,7 @@ export class SegmentSessions {
       throw new InvalidArgumentError("length", `must be an integer in [0, ${state.length}], got ${length}`);
     }
     if (length === state.length) return;
+    this.detach(state);
     const { numKvHeads, headDim } = this.model.config;
     state.kv = state.kv.map((layer) => ({
       key: extractKvRow(layer.key, 0, state.length, length, numKvHeads, headDim),
@@ -113,6 +131,7 @@ export class SegmentSessions {
     const count = this.validateInput(input, state.length);
     const run = state.busy.then(async () => {
       const { config } = this.model;
+      this.detach(state);
       const output = await this.model.run({
         batch: 1,
         seq: count,
@@ -169,47 +188,39 @@ export class SegmentSessions {
     const { config } = this.model;
     const batch = items.length;
     const hiddenSize = config.hiddenSize;
-    const pastLengths = states.map((s) => s.length);
-    const maxPast = Math.max(...pastLengths);
-    const rowStride = config.numKvHeads * maxPast * config.headDim;
-    const past: LayerKv[] = [];
-    for (let layer = 0; layer < this.model.layerCount; layer++) {
-      const key = new Float32Array(batch * rowStride);
-      const value = new Float32Array(batch * rowStride);
-      states.forEach((state, row) => {
-        copyKvRows(
-          state.kv[layer].key,
-          state.length,
-          key,
-          row * rowStride,
-          maxPast,
-          config.numKvHeads,
-          config.headDim,
-        );
-        copyKvRows(
-          state.kv[layer].value,
-          state.length,
-          value,
-          row * rowStride,
-          maxPast,
-          config.numKvHeads,
-          config.headDim,
-        );
-      });
-      past.push({ key, value });
+    // Rows in the order of the resident batch when these are exactly its sessions.
+    const resident = states[0].resident;
+    const reuse =
+      resident !== undefined &&
+      resident.ids.length === batch &&
+      states.every((state) => state.resident === resident);
+    const order = reuse
+      ? items
+          .map((_, i) => i)
+          .sort((x, y) => resident.ids.indexOf(items[x].id) - resident.ids.indexOf(items[y].id))
+      : items.map((_, i) => i);
+    const rowItems = order.map((i) => items[i]);
+    const rowStates = order.map((i) => states[i]);
+    const pastLengths = rowStates.map((s) => s.length);
+    let past: LayerKv[];
+    if (reuse) {
+      past = resident.kv;
+    } else {
+      for (const state of rowStates) this.detach(state);
+      past = this.paddedPast(rowStates);
     }
-    const first = items[0].input;
+    const first = rowItems[0].input;
     const output = await this.model.run({
       batch,
       seq: 1,
       ids:
         "ids" in first
-          ? BigInt64Array.from(items, (item) => BigInt((item.input as { ids: number[] }).ids[0]))
+          ? BigInt64Array.from(rowItems, (item) => BigInt((item.input as { ids: number[] }).ids[0]))
           : undefined,
       hidden:
         "hidden" in first
           ? concatRows(
-              items.map((item) => (item.input as { hidden: Float32Array }).hidden),
+              rowItems.map((item) => (item.input as { hidden: Float32Array }).hidden),
               hiddenSize,
             )
           : undefined,
@@ -217,23 +228,16 @@ export class SegmentSessions {
       past,
     });
 
-    const total = output.presentLength;
-    const presentStride = config.numKvHeads * total * config.headDim;
-    return states.map((state, row) => {
-      const length = state.length + 1;
-      state.kv = output.present.map((layer) => ({
-        key: extractKvRow(layer.key, row * presentStride, total, length, config.numKvHeads, config.headDim),
-        value: extractKvRow(
-          layer.value,
-          row * presentStride,
-          total,
-          length,
-          config.numKvHeads,
-          config.headDim,
-        ),
-      }));
+    const next: ResidentBatch = {
+      ids: rowItems.map((item) => item.id),
+      kv: output.present,
+      total: output.presentLength,
+    };
+    const steps = rowStates.map((state, row): SegmentStep => {
       const start = state.length;
-      state.length = length;
+      state.length += 1;
+      state.resident = next;
+      state.kv = [];
       return {
         start,
         count: 1,
@@ -243,6 +247,65 @@ export class SegmentSessions {
         ),
         exits: output.exits.map((e) => exitRow(e, row, 1, config.vocabSize)),
       };
+    });
+    // Back in the caller's order.
+    const byCaller = new Array<SegmentStep>(steps.length);
+    order.forEach((callerIndex, row) => (byCaller[callerIndex] = steps[row]));
+    return byCaller;
+  }
+
+  /** Copies compact caches into one right-padded [rows, kvHeads, maxPast, headDim] tensor per layer. */
+  private paddedPast(states: SessionState[]): LayerKv[] {
+    const { config } = this.model;
+    const maxPast = Math.max(...states.map((s) => s.length));
+    const rowStride = config.numKvHeads * maxPast * config.headDim;
+    const past: LayerKv[] = [];
+    for (let layer = 0; layer < this.model.layerCount; layer++) {
+      const key = new Float32Array(states.length * rowStride);
+      const value = new Float32Array(states.length * rowStride);
+      states.forEach((state, row) => {
+        const offset = row * rowStride;
+        copyKvRows(
+          state.kv[layer].key,
+          state.length,
+          key,
+          offset,
+          maxPast,
+          config.numKvHeads,
+          config.headDim,
+        );
+        copyKvRows(
+          state.kv[layer].value,
+          state.length,
+          value,
+          offset,
+          maxPast,
+          config.numKvHeads,
+          config.headDim,
+        );
+      });
+      past.push({ key, value });
+    }
+    return past;
+  }
+
+  /**
+   * Gives every session of `state`'s resident batch its compact cache back (the batch is
+   * broken once one of its sessions runs alone, is truncated or joins another batch).
+   */
+  private detach(state: SessionState): void {
+    const batch = state.resident;
+    if (!batch) return;
+    const { numKvHeads, headDim } = this.model.config;
+    const rowStride = numKvHeads * batch.total * headDim;
+    batch.ids.forEach((id, row) => {
+      const member = this.sessions.get(id);
+      if (!member || member.resident !== batch) return;
+      member.kv = batch.kv.map((layer) => ({
+        key: extractKvRow(layer.key, row * rowStride, batch.total, member.length, numKvHeads, headDim),
+        value: extractKvRow(layer.value, row * rowStride, batch.total, member.length, numKvHeads, headDim),
+      }));
+      member.resident = undefined;
     });
   }
 
