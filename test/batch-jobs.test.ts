@@ -183,6 +183,22 @@ describe("batch jobs on BullMQ", () => {
           /prompts: must be a non-empty list/,
         );
         await expect(waitForJob("generate", missing.id!, options, 30_000)).rejects.toThrow(/no-such-model/);
+        // A calibration that cannot be written (its directory is a file) fails once, naming `out`.
+        const unwritable = await submitJob(
+          "calibrate",
+          {
+            model: MODEL,
+            split: 3,
+            exitLayers: [3],
+            textFile: join(MODEL, "heldout.txt"),
+            out: join(MODEL, "config.json", "calibration.safetensors"),
+            maxTokens: 768,
+          },
+          options,
+        );
+        await expect(waitForJob("calibrate", unwritable, options, 60_000)).rejects.toThrow(
+          /^out: cannot write/,
+        );
         for (const id of [empty.id!, missing.id!]) {
           const job = (await Job.fromId(queue, id))!;
           expect(await job.getState()).toBe("failed");
@@ -190,7 +206,7 @@ describe("batch jobs on BullMQ", () => {
         }
         const good = await submitJob("generate", { model: MODEL, prompts: ["The"], maxTokens: 2 }, options);
         expect(((await waitForJob("generate", good, options, 60_000)) as GenerateJobResult).tokens).toBe(2);
-        expect(worker.counts).toEqual({ completed: 1, failed: 2 });
+        expect(worker.counts).toEqual({ completed: 1, failed: 3 });
       });
     } finally {
       await queue.close();

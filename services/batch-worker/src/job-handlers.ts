@@ -135,7 +135,10 @@ export async function runCalibrateJob(
       }
     },
   });
-  await writeCalibration(data.out, calibration);
+  await writeCalibration(data.out, calibration).catch((error: Error) => {
+    // A path that cannot be written stays unwritable on a retry.
+    throw new InvalidArgumentError("out", `cannot write ${data.out} (${error.message})`);
+  });
   await context.progress(1);
   return {
     out: data.out,
@@ -182,9 +185,15 @@ export async function runBuildGraphsJob(
   const cached = (spec: typeof specs.edge) =>
     existsSync(join(cacheDir, segmentCacheKey(checkpoint.weightsHash, spec)));
   const alreadyCached = { edge: cached(specs.edge), cloud: cached(specs.cloud) };
-  const edgeGraph = await ensureSegmentGraph(checkpoint, specs.edge, cacheDir);
+  const build = (spec: typeof specs.edge) =>
+    ensureSegmentGraph(checkpoint, spec, cacheDir).catch((error: NodeJS.ErrnoException) => {
+      if (error.code === "EACCES" || error.code === "ENOTDIR" || error.code === "EROFS")
+        throw new InvalidArgumentError("cacheDir", `cannot write graphs to ${cacheDir} (${error.message})`);
+      throw error;
+    });
+  const edgeGraph = await build(specs.edge);
   await context.progress(0.5);
-  const cloudGraph = await ensureSegmentGraph(checkpoint, specs.cloud, cacheDir);
+  const cloudGraph = await build(specs.cloud);
   await context.progress(1);
   return { edgeGraph, cloudGraph, alreadyCached, ms: performance.now() - started };
 }
