@@ -7,6 +7,8 @@
  *   replicas moved per re-plan; planning time.
  *   KV shards: spread of shards per worker, and shards moved when one worker is lost,
  *   against the minimum (the lost worker's own shards).
+ *   Failover, live on a nats-server of its own: time from a worker's last heartbeat to a
+ *   map without it, and from killing the leader's process to another replica leading.
  * Usage: tandem bench placement [--smoke]
  */
 import {
@@ -28,6 +30,7 @@ import {
   type ShardNode,
 } from "../services/control-plane/src/placement/shard-placement.ts";
 import type { BenchOptions, BenchResult } from "./bench-types.ts";
+import { failoverTiming } from "./failover-timing.ts";
 
 function seeded(seed: number): () => number {
   let state = seed >>> 0 || 1;
@@ -193,6 +196,14 @@ export default async function placementBenchmark(options: BenchOptions): Promise
     });
     process.stderr.write(`placement bench: ${JSON.stringify(shardRows[shardRows.length - 1])}\n`);
   }
+  process.stderr.write("placement bench: failover timing on a nats-server of its own\n");
+  const failover = await failoverTiming({
+    trials: options.smoke ? 1 : 5,
+    tickMs: 100,
+    heartbeatMs: 100,
+    heartbeatTtlMs: 1000,
+    leaseTtlMs: 1000,
+  });
   return {
     name: "placement",
     expert_max_mean_load: worst,
@@ -201,6 +212,9 @@ export default async function placementBenchmark(options: BenchOptions): Promise
     expert_max_mean_load_eplb_even_split: worstEven,
     placement_ms_256_experts_256_workers: options.smoke ? undefined : time256,
     shard_moves_vs_minimum: worstMovesRatio,
+    shard_move_after_worker_loss_ms: failover.shard_move_after_last_heartbeat_ms.max,
+    leader_takeover_ms: failover.leader_takeover_after_kill_ms.max,
+    failover,
     rows,
     shard_rows: shardRows,
   };
