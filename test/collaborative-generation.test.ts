@@ -9,8 +9,6 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { promisify } from "node:util";
 import * as grpc from "@grpc/grpc-js";
-import * as protoLoader from "@grpc/proto-loader";
-import { protoPath as healthProtoPath } from "grpc-health-check";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { loadCheckpoint } from "../runtime/src/checkpoint/load-checkpoint.ts";
 import { AlwaysExitPolicy } from "../runtime/src/exits/exit-policy.ts";
@@ -18,7 +16,7 @@ import { loadLocalSplit } from "../runtime/src/generation/local-split.ts";
 import { SplitGenerator } from "../runtime/src/generation/split-generator.ts";
 import { writeRandomCheckpoint } from "../runtime/src/testing/random-checkpoint.ts";
 import { Tokenizer } from "../runtime/src/tokenizer/tokenizer.ts";
-import { generate } from "./helpers/grpc-client.ts";
+import { generate, healthStatus } from "./helpers/grpc-client.ts";
 import { freePort, startProgram, type RunningProcess } from "./helpers/processes.ts";
 
 let dir: string;
@@ -156,32 +154,11 @@ describe("Generate over gRPC, edge agent → cloud worker", () => {
   });
 
   it("reports SERVING on standard gRPC health checks of both servers", async () => {
-    const definition = protoLoader.loadSync(healthProtoPath, { enums: String });
-    const health = grpc.loadPackageDefinition(definition) as unknown as {
-      grpc: {
-        health: {
-          v1: {
-            Health: new (
-              address: string,
-              credentials: grpc.ChannelCredentials,
-            ) => grpc.Client & {
-              check: (req: object, cb: (e: Error | null, r: { status: string }) => void) => void;
-            };
-          };
-        };
-      };
-    };
     for (const [address, service] of [
       [edge.address, "tandem.v1.Inference"],
       [worker.address, "tandem.v1.CloudWorker"],
-    ]) {
-      const client = new health.grpc.health.v1.Health(address, grpc.credentials.createInsecure());
-      const status = await new Promise<string>((resolve, reject) =>
-        client.check({ service }, (e, r) => (e ? reject(e) : resolve(String(r.status)))),
-      );
-      expect(status).toBe("SERVING");
-      client.close();
-    }
+    ])
+      expect(await healthStatus(address, service)).toBe("SERVING");
   });
 });
 

@@ -26,6 +26,7 @@ import { segmentSpec } from "../runtime/src/graph/segment-spec.ts";
 import { Tokenizer } from "../runtime/src/tokenizer/tokenizer.ts";
 import { startCloudWorker } from "../services/cloud-worker/src/cloud-worker.ts";
 import { clusterStatus } from "../cli/commands/status.ts";
+import { healthStatus } from "./helpers/grpc-client.ts";
 
 const log = pino({ level: "silent" });
 let server: TestNatsServer;
@@ -346,4 +347,27 @@ describe("expert placement from a MoE model's real activations", () => {
       await controller.stop();
     }
   }, 60_000);
+});
+
+describe("a draining worker", () => {
+  it("leaves load balancers' rotation at once and stops after drainTimeoutMs when no leader moves its shards", async () => {
+    const worker = await startCloudWorker(
+      {
+        modelDir: join(import.meta.dirname, "..", "models", "tandem-demo"),
+        split: 3,
+        workerId: "lonely",
+        port: 0,
+        cluster: { natsUrl: server.url, name: `drain${Date.now()}`, heartbeatMs: 100, drainTimeoutMs: 800 },
+      },
+      log,
+    );
+    expect(await healthStatus(worker.server.address, "tandem.v1.CloudWorker")).toBe("SERVING");
+    const started = Date.now();
+    const closing = worker.close(100);
+    // Still reachable while it drains, but reported NOT_SERVING.
+    await new Promise((r) => setTimeout(r, 200));
+    expect(await healthStatus(worker.server.address, "tandem.v1.CloudWorker")).toBe("NOT_SERVING");
+    await closing;
+    expect(Date.now() - started).toBeGreaterThanOrEqual(800);
+  });
 });

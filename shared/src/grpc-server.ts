@@ -22,6 +22,11 @@ export interface RunningServer {
   health: HealthImplementation;
   port: number;
   address: string;
+  /**
+   * Sets what health checks report, without refusing calls: NOT_SERVING while a server
+   * drains takes it out of load balancers' rotation while its peers still reach it.
+   */
+  setServing(serving: boolean): void;
   /** Stops accepting calls, lets open ones finish for `graceMs`, then cancels them. */
   shutdown(graceMs?: number): Promise<void>;
 }
@@ -55,14 +60,19 @@ export async function startGrpcServer(
       (error, bound) => (error ? reject(error) : resolve(bound)),
     ),
   );
-  for (const name of ["", ...services.map((s) => s.name)]) health.setStatus(name, "SERVING");
+  const setServing = (serving: boolean) => {
+    for (const name of ["", ...services.map((s) => s.name)])
+      health.setStatus(name, serving ? "SERVING" : "NOT_SERVING");
+  };
+  setServing(true);
   return {
     server,
     health,
     port,
     address: `${host}:${port}`,
+    setServing,
     async shutdown(graceMs = 5000) {
-      for (const name of ["", ...services.map((s) => s.name)]) health.setStatus(name, "NOT_SERVING");
+      setServing(false);
       await new Promise<void>((resolve) => {
         const timer = setTimeout(() => {
           server.forceShutdown();

@@ -1,5 +1,7 @@
-/** A real gRPC client of the edge agent's public API, collecting a Generate stream. */
+/** Real gRPC clients for tests: the edge agent's public API (collecting a Generate stream) and health checks. */
 import * as grpc from "@grpc/grpc-js";
+import * as protoLoader from "@grpc/proto-loader";
+import { protoPath as healthProtoPath } from "grpc-health-check";
 import { loadTandemProtos, type GenerateEvent__Output, type GenerateRequest } from "../../proto/index.ts";
 
 export interface GenerateResult {
@@ -53,4 +55,31 @@ export function generate(
       });
     });
   });
+}
+
+/** The status a server's standard gRPC health service reports for `service` ("" for the server). */
+export async function healthStatus(address: string, service: string): Promise<string> {
+  const definition = protoLoader.loadSync(healthProtoPath, { enums: String });
+  const health = grpc.loadPackageDefinition(definition) as unknown as {
+    grpc: {
+      health: {
+        v1: {
+          Health: new (
+            address: string,
+            credentials: grpc.ChannelCredentials,
+          ) => grpc.Client & {
+            check: (req: object, cb: (e: Error | null, r: { status: string }) => void) => void;
+          };
+        };
+      };
+    };
+  };
+  const client = new health.grpc.health.v1.Health(address, grpc.credentials.createInsecure());
+  try {
+    return await new Promise<string>((resolve, reject) =>
+      client.check({ service }, (e, r) => (e ? reject(e) : resolve(String(r.status)))),
+    );
+  } finally {
+    client.close();
+  }
 }

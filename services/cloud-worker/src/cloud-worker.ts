@@ -41,6 +41,8 @@ export interface CloudWorkerOptions {
     expertSlots?: number;
     /** host:port edges reach this worker at (behind NAT, in a pod). @default the listening address */
     advertise?: string;
+    /** Longest wait, on close, for the leader to move this worker's shards away. @default 10000 */
+    drainTimeoutMs?: number;
   };
 }
 
@@ -141,7 +143,9 @@ export async function startCloudWorker(options: CloudWorkerOptions, log: Logger)
     membership,
     async close(graceMs) {
       if (membership) {
-        const drained = await membership.drain();
+        // Out of load balancers' rotation at once; edges keep reaching it until their shards move.
+        server.setServing(false);
+        const drained = await membership.drain(options.cluster?.drainTimeoutMs);
         log.info({ drained }, drained ? "shards moved away" : "drain timed out");
         await membership.stop();
       }

@@ -34,6 +34,12 @@ export const WORKER_CONFIG_SCHEMA = {
     description: "NATS of the control plane (none: standalone worker)",
   },
   cluster: { type: "string", default: "default", description: "control-plane cluster name" },
+  drainTimeoutMs: {
+    type: "integer",
+    default: 10000,
+    min: 0,
+    description: "on SIGTERM, longest wait for the leader to move this worker's shards away",
+  },
   advertise: {
     type: "string",
     default: null,
@@ -82,6 +88,7 @@ export async function main(argv: string[]): Promise<number> {
             heartbeatTtlMs: config.heartbeatMs * 4,
             expertSlots: config.expertSlots,
             advertise: config.advertise,
+            drainTimeoutMs: config.drainTimeoutMs,
           }
         : undefined,
     },
