@@ -25,7 +25,7 @@ import { SegmentSessions } from "../runtime/src/engine/segment-sessions.ts";
 import { segmentSpec } from "../runtime/src/graph/segment-spec.ts";
 import { Tokenizer } from "../runtime/src/tokenizer/tokenizer.ts";
 import { startCloudWorker } from "../services/cloud-worker/src/cloud-worker.ts";
-import { clusterStatus } from "../cli/commands/status.ts";
+import { clusterStatus, statusCommand } from "../cli/commands/status.ts";
 import { healthStatus } from "./helpers/grpc-client.ts";
 
 const log = pino({ level: "silent" });
@@ -336,6 +336,21 @@ describe("expert placement from a MoE model's real activations", () => {
         "moe-a.workers.test:50052",
         "moe-b.workers.test:50052",
       ]);
+      // The same as people read it.
+      const lines: string[] = [];
+      const print = console.log;
+      console.log = (line: string) => lines.push(line);
+      try {
+        await statusCommand.run(["--nats", server.url, "--cluster", cluster]);
+      } finally {
+        console.log = print;
+      }
+      expect(lines.join("\n")).toMatch(
+        /experts: version \d+, 24 experts in \d+ replicas, expected max\/mean load 1\.0\d\d/,
+      );
+      expect(lines.find((l) => l.startsWith("moe-a"))).toMatch(
+        /moe-a\.workers\.test:50052 +true +false +\d+ +[\d.]+ +\d+ +\d+ +[\d.]+%/,
+      );
       expect(byNode.map((n) => n.expertLoadShare).reduce((x, y) => x + y, 0)).toBeCloseTo(1, 6);
     } finally {
       reports.unsubscribe();
