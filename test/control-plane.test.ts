@@ -8,6 +8,7 @@ import { pino } from "pino";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { controlPlaneNames } from "../shared/src/control-plane/control-plane-names.ts";
 import { Controller } from "../services/control-plane/src/controller.ts";
+import { ExpertPlanner } from "../services/control-plane/src/expert-planner.ts";
 import { NodeRegistry, type NodeRecord } from "../services/control-plane/src/node-registry.ts";
 import {
   ownerOf,
@@ -384,5 +385,34 @@ describe("a draining worker", () => {
     expect(await healthStatus(worker.server.address, "tandem.v1.CloudWorker")).toBe("NOT_SERVING");
     await closing;
     expect(Date.now() - started).toBeGreaterThanOrEqual(800);
+  });
+});
+
+describe("expert load reports of the wrong size", () => {
+  it("are ignored, and the worker sending them is named once in the log", async () => {
+    const cluster = `w${Date.now()}`;
+    const names = controlPlaneNames(cluster);
+    const nc = await open();
+    const lines: string[] = [];
+    const capture = pino({ level: "warn" }, { write: (line: string) => lines.push(line) });
+    const planner = new ExpertPlanner(
+      nc,
+      names,
+      await PlacementStore.open(nc, names),
+      { experts: 8 },
+      capture,
+    );
+    try {
+      for (let i = 0; i < 3; i++)
+        nc.publish(names.loadSubject("w9"), JSON.stringify({ nodeId: "w9", counts: [1, 2, 3] }));
+      nc.publish(names.loadSubject("w1"), JSON.stringify({ nodeId: "w1", counts: [1, 1, 1, 1, 1, 1, 1, 1] }));
+      await until("the warning", () => (lines.length > 0 ? true : undefined));
+      await nc.flush();
+      await new Promise((r) => setTimeout(r, 100));
+      expect(lines).toHaveLength(1);
+      expect(JSON.parse(lines[0])).toMatchObject({ node: "w9", counts: 3, experts: 8 });
+    } finally {
+      planner.stop();
+    }
   });
 });

@@ -70,7 +70,7 @@ export class Controller {
       full,
       log,
       full.experts > 0
-        ? new ExpertPlanner(nc, names, store, { experts: full.experts, windowMs: full.expertWindowMs })
+        ? new ExpertPlanner(nc, names, store, { experts: full.experts, windowMs: full.expertWindowMs }, log)
         : undefined,
     );
     controller.schedule(0);

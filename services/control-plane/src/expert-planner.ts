@@ -14,6 +14,7 @@ import {
   type ExpertLoadReport,
   type PlacementStore,
 } from "../../../shared/src/control-plane/placement-map.ts";
+import type { Logger } from "../../../shared/src/logger.ts";
 import type { NodeRecord } from "./node-registry.ts";
 import { nextExpertPlan, type ExpertPlan } from "./placement/expert-plan.ts";
 import type { ExpertPlacement } from "./placement/expert-placement.ts";
@@ -29,12 +30,15 @@ export class ExpertPlanner {
   private window: number[];
   private windowStart = Date.now();
   private readonly subscription: Subscription;
+  /** Nodes already warned about: a misconfigured worker is named once, not every heartbeat. */
+  private readonly warned = new Set<string>();
 
   constructor(
     nc: NatsConnection,
     names: ControlPlaneNames,
     private readonly store: PlacementStore,
     private readonly options: ExpertPlannerOptions,
+    private readonly log?: Logger,
   ) {
     this.window = new Array<number>(options.experts).fill(0);
     const subscription = nc.subscribe(names.loadSubject("*"));
@@ -45,6 +49,18 @@ export class ExpertPlanner {
           const report = message.json<ExpertLoadReport>();
           if (Array.isArray(report.counts) && report.counts.length === options.experts) {
             report.counts.forEach((c, e) => (this.window[e] += Number.isFinite(c) && c > 0 ? c : 0));
+          } else if (
+            Array.isArray(report.counts) &&
+            report.counts.length > 0 &&
+            !this.warned.has(report.nodeId)
+          ) {
+            // A worker counting a different number of experts: the control plane's `experts`
+            // or the worker's split does not match the model. Its counts cannot be placed.
+            this.warned.add(report.nodeId);
+            this.log?.warn(
+              { node: report.nodeId, counts: report.counts.length, experts: options.experts },
+              "expert counts ignored: their length differs from the configured experts",
+            );
           }
         } catch {
           // A malformed report is dropped; it carries nothing the plan could use.
