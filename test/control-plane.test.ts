@@ -13,6 +13,7 @@ import { NodeRegistry, type NodeRecord } from "../services/control-plane/src/nod
 import {
   ownerOf,
   PlacementStore,
+  expertsOf,
   readExpertMap,
   type ExpertLoadReport,
   type ShardMapRecord,
@@ -327,6 +328,23 @@ describe("expert placement from a MoE model's real activations", () => {
       const coldest = map.loads.indexOf(Math.min(...map.loads));
       expect(map.experts[String(hottest)].length).toBeGreaterThanOrEqual(map.experts[String(coldest)].length);
       expect(map.maxMeanLoad).toBeLessThanOrEqual(1.05);
+      // Each worker takes up the latest map: its replicas and shares, and reports the version.
+      const store = await PlacementStore.open(nc, names);
+      await until("both workers on the latest expert map", async () => {
+        const latest = (await readExpertMap(store))!.record;
+        const nodes = (await clusterStatus(server.url, cluster, 1000)).nodes;
+        return workers.every((w, i) => {
+          const taken = w.membership!.expertAssignment();
+          const id = `moe-${"ab"[i]}`;
+          return (
+            taken?.version === latest.version &&
+            JSON.stringify([...taken.held]) === JSON.stringify([...expertsOf(latest, id)]) &&
+            nodes.find((n) => n.id === id)?.expertMapVersion === latest.version
+          );
+        })
+          ? true
+          : undefined;
+      });
       // `tandem status` shows the replicas and expected expert load per node.
       const status = await clusterStatus(server.url, cluster, 1000);
       expect(status.experts?.experts).toBe(experts);
@@ -350,7 +368,7 @@ describe("expert placement from a MoE model's real activations", () => {
         /experts: version \d+, 24 experts in \d+ replicas, expected max\/mean load 1\.0\d\d/,
       );
       expect(lines.find((l) => l.startsWith("moe-a"))).toMatch(
-        /moe-a\.workers\.test:50052 +true +false +\d+ +[\d.]+ +\d+ +\d+ +[\d.]+%/,
+        /moe-a\.workers\.test:50052 +true +false +\d+ +[\d.]+ +\d+ +\d+ +[\d.]+% +\d+$/,
       );
       expect(byNode.map((n) => n.expertLoadShare).reduce((x, y) => x + y, 0)).toBeCloseTo(1, 6);
     } finally {

@@ -24,6 +24,8 @@ export interface ClusterStatus {
     /** Expert replicas the expert map gives the node, and its share of the expected expert load. */
     expertReplicas: number;
     expertLoadShare: number;
+    /** The expert map version the node reports having taken up. */
+    expertMapVersion?: number;
     heartbeatAgeMs: number;
   }[];
 }
@@ -66,6 +68,7 @@ export async function clusterStatus(
       shards: shardsByNode.get(n.id) ?? 0,
       expertReplicas: replicasByNode.get(n.id) ?? 0,
       expertLoadShare: expertLoadTotal > 0 ? (expertLoadByNode.get(n.id) ?? 0) / expertLoadTotal : 0,
+      expertMapVersion: n.load.expertMapVersion,
       heartbeatAgeMs: now - n.heartbeatAt,
     }));
     const counts = [...shardsByNode.values()];
@@ -125,11 +128,11 @@ export const statusCommand = {
         `experts: version ${status.experts.version}, ${status.experts.experts} experts in ${status.experts.replicas} replicas, expected max/mean load ${status.experts.maxMeanLoad.toFixed(3)}`,
       );
     console.log(
-      "node           endpoint               alive  draining  sessions  kv MiB  shards  experts  expert load",
+      "node           endpoint               alive  draining  sessions  kv MiB  shards  experts  expert load  map seen",
     );
     for (const n of status.nodes) {
       console.log(
-        `${n.id.padEnd(14)} ${n.endpoint.padEnd(22)} ${String(n.alive).padEnd(6)} ${String(n.draining).padEnd(9)} ${String(n.sessions).padStart(8)} ${(n.kvBytes / 2 ** 20).toFixed(1).padStart(7)} ${String(n.shards).padStart(7)} ${String(n.expertReplicas).padStart(8)} ${`${(100 * n.expertLoadShare).toFixed(1)}%`.padStart(12)}`,
+        `${n.id.padEnd(14)} ${n.endpoint.padEnd(22)} ${String(n.alive).padEnd(6)} ${String(n.draining).padEnd(9)} ${String(n.sessions).padStart(8)} ${(n.kvBytes / 2 ** 20).toFixed(1).padStart(7)} ${String(n.shards).padStart(7)} ${String(n.expertReplicas).padStart(8)} ${`${(100 * n.expertLoadShare).toFixed(1)}%`.padStart(12)} ${String(n.expertMapVersion ?? "-").padStart(9)}`,
       );
     }
     return 0;

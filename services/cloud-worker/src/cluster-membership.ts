@@ -11,9 +11,12 @@ import {
   type ControlPlaneNames,
 } from "../../../shared/src/control-plane/control-plane-names.ts";
 import {
+  expertsOf,
   ownerOf,
   PlacementStore,
+  watchExpertMap,
   type ExpertLoadReport,
+  type ExpertMapRecord,
   type ShardMapRecord,
 } from "../../../shared/src/control-plane/placement-map.ts";
 import type { Logger } from "../../../shared/src/logger.ts";
@@ -41,6 +44,7 @@ export class ClusterMembership {
   private draining = false;
   private timer?: NodeJS.Timeout;
   private map?: ShardMapRecord;
+  private expertMap?: { version: number; held: Map<number, number> };
   private readonly mapListeners = new Set<() => void>();
 
   private constructor(
@@ -64,7 +68,19 @@ export class ClusterMembership {
     const store = await PlacementStore.open(nc, names);
     const holder: { membership?: ClusterMembership } = {};
     const watch = await store.watch((map) => holder.membership?.onMap(map));
-    const membership = new ClusterMembership(nc, names, registry, () => watch.stop(), options, contexts, log);
+    const expertWatch = await watchExpertMap(store, (map) => holder.membership?.onExpertMap(map));
+    const membership = new ClusterMembership(
+      nc,
+      names,
+      registry,
+      () => {
+        watch.stop();
+        expertWatch.stop();
+      },
+      options,
+      contexts,
+      log,
+    );
     holder.membership = membership;
     await membership.heartbeat();
     membership.timer = setInterval(() => void membership.heartbeat(), options.heartbeatMs ?? 500);
@@ -89,7 +105,7 @@ export class ClusterMembership {
         endpoint: this.options.endpoint,
         weight: this.options.weight ?? 1,
         expertSlots: this.options.expertSlots ?? 0,
-        load: { sessions: stats.sessions, kvBytes: stats.kvBytes },
+        load: { sessions: stats.sessions, kvBytes: stats.kvBytes, expertMapVersion: this.expertMap?.version },
         draining: this.draining,
       })
       .catch((error: Error) => this.log.warn({ err: error.message }, "heartbeat failed"));
@@ -107,6 +123,22 @@ export class ClusterMembership {
     }
     if (released > 0) this.log.info({ version: map.version, released }, "sessions moved to other workers");
     for (const listener of [...this.mapListeners]) listener();
+  }
+
+  /**
+   * A new expert map: take up this worker's replicas and their token shares. Every worker
+   * holds all experts of its layers today, so taking up is recording (and reporting the
+   * version in the heartbeat, so the leader and `tandem status` see the map converge).
+   */
+  private onExpertMap(map: ExpertMapRecord): void {
+    const held = expertsOf(map, this.options.nodeId);
+    this.expertMap = { version: map.version, held };
+    this.log.info({ version: map.version, replicas: held.size }, "expert map taken up");
+  }
+
+  /** This worker's expert replicas under the latest expert map (expert → share), and its version. */
+  expertAssignment(): { version: number; held: Map<number, number> } | undefined {
+    return this.expertMap;
   }
 
   /** Whether the current map gives this worker any shard. */

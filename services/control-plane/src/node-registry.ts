@@ -17,7 +17,8 @@ export interface NodeRecord {
   weight: number;
   /** Expert replicas the node's memory holds. */
   expertSlots: number;
-  load: { sessions: number; kvBytes: number };
+  /** Current load, and the version of the expert map the node has taken up (MoE). */
+  load: { sessions: number; kvBytes: number; expertMapVersion?: number };
   /** Planned removal: the node takes no new shards and hands its shards away. */
   draining: boolean;
   heartbeatAt: number;

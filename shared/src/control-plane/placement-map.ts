@@ -113,6 +113,35 @@ export async function readExpertMap(
   return { record: entry.json<ExpertMapRecord>(), revision: entry.revision };
 }
 
+/** Calls `onMap` with every newer expert map (same ordering rule as the shard map's watch). */
+export async function watchExpertMap(
+  store: PlacementStore,
+  onMap: (record: ExpertMapRecord) => void,
+): Promise<{ stop(): void }> {
+  const iterator = await store.kv.watch({ key: EXPERTS_KEY });
+  let latest: ExpertMapRecord | undefined;
+  void (async () => {
+    for await (const entry of iterator) {
+      if (entry.operation !== "PUT") continue;
+      const record = entry.json<ExpertMapRecord>();
+      if (latest && (record.version <= latest.version || record.fencingToken < latest.fencingToken)) continue;
+      latest = record;
+      onMap(record);
+    }
+  })();
+  return { stop: () => iterator.stop() };
+}
+
+/** The replicas a node holds under an expert map: expert id → its share of that expert's tokens. */
+export function expertsOf(record: ExpertMapRecord, nodeId: string): Map<number, number> {
+  const held = new Map<number, number>();
+  for (const [expert, holders] of Object.entries(record.experts)) {
+    const row = holders.indexOf(nodeId);
+    if (row >= 0) held.set(Number(expert), record.shares?.[expert]?.[row] ?? 1 / holders.length);
+  }
+  return held;
+}
+
 export async function writeExpertMap(
   store: PlacementStore,
   record: ExpertMapRecord,
