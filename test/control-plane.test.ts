@@ -19,6 +19,7 @@ import {
   type ShardMapRecord,
 } from "../shared/src/control-plane/placement-map.ts";
 import { startNatsServer, type TestNatsServer } from "./helpers/nats-server.ts";
+import { until } from "./helpers/until.ts";
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { loadCheckpoint } from "../runtime/src/checkpoint/load-checkpoint.ts";
@@ -56,20 +57,6 @@ const worker = (id: string): Omit<NodeRecord, "heartbeatAt"> => ({
   load: { sessions: 0, kvBytes: 0 },
   draining: false,
 });
-
-async function until<T>(
-  what: string,
-  check: () => Promise<T | undefined> | T | undefined,
-  timeoutMs = 15_000,
-): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const value = await check();
-    if (value !== undefined && value !== false) return value as T;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
-}
 
 describe("control plane on NATS", () => {
   it("elects one leader, places shards on alive workers, and moves only a dead worker's shards", async () => {

@@ -48,20 +48,8 @@ export class PlacementStore {
   }
 
   /** Calls `onMap` with every newer map, starting with the current one. */
-  async watch(onMap: (record: ShardMapRecord) => void): Promise<{ stop(): void }> {
-    const iterator = await this.kv.watch({ key: KEY });
-    let latest: ShardMapRecord | undefined;
-    void (async () => {
-      for await (const entry of iterator) {
-        if (entry.operation !== "PUT") continue;
-        const record = entry.json<ShardMapRecord>();
-        if (latest && (record.version <= latest.version || record.fencingToken < latest.fencingToken))
-          continue;
-        latest = record;
-        onMap(record);
-      }
-    })();
-    return { stop: () => iterator.stop() };
+  watch(onMap: (record: ShardMapRecord) => void): Promise<{ stop(): void }> {
+    return watchVersioned(this.kv, KEY, onMap);
   }
 }
 
@@ -114,16 +102,28 @@ export async function readExpertMap(
 }
 
 /** Calls `onMap` with every newer expert map (same ordering rule as the shard map's watch). */
-export async function watchExpertMap(
+export function watchExpertMap(
   store: PlacementStore,
   onMap: (record: ExpertMapRecord) => void,
 ): Promise<{ stop(): void }> {
-  const iterator = await store.kv.watch({ key: EXPERTS_KEY });
-  let latest: ExpertMapRecord | undefined;
+  return watchVersioned(store.kv, EXPERTS_KEY, onMap);
+}
+
+/**
+ * Watches a versioned map under `key`, calling `onMap` with each map newer than the last
+ * one taken: a higher version, never an older fencing token (a deposed leader's late write).
+ */
+async function watchVersioned<R extends { version: number; fencingToken: number }>(
+  kv: KV,
+  key: string,
+  onMap: (record: R) => void,
+): Promise<{ stop(): void }> {
+  const iterator = await kv.watch({ key });
+  let latest: R | undefined;
   void (async () => {
     for await (const entry of iterator) {
       if (entry.operation !== "PUT") continue;
-      const record = entry.json<ExpertMapRecord>();
+      const record = entry.json<R>();
       if (latest && (record.version <= latest.version || record.fencingToken < latest.fencingToken)) continue;
       latest = record;
       onMap(record);
