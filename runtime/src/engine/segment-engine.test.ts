@@ -11,28 +11,25 @@ import type { Checkpoint } from "../checkpoint/model-weights.ts";
 import { InvalidArgumentError, SessionNotFoundError, UnsupportedError } from "../errors.ts";
 import { segmentSpec, type SegmentSpec } from "../graph/segment-spec.ts";
 import { ReferenceModel } from "../reference/reference-model.ts";
-import { writeRandomCheckpoint, type RandomCheckpointSpec } from "../testing/random-checkpoint.ts";
+import {
+  TINY_GQA4,
+  TINY_LLAMA,
+  TINY_MHA,
+  TINY_QWEN2,
+  TINY_TIED,
+  writeRandomCheckpoint,
+  type RandomCheckpointSpec,
+} from "../testing/random-checkpoint.ts";
 import { SegmentModel } from "./segment-model.ts";
 import { SegmentSessions } from "./segment-sessions.ts";
 
-const base: RandomCheckpointSpec = {
-  architecture: "llama",
-  vocabSize: 300,
-  hiddenSize: 64,
-  intermediateSize: 112,
-  numLayers: 4,
-  numHeads: 4,
-  numKvHeads: 2,
-  tieWordEmbeddings: false,
-  seed: 11,
-  dtype: "F32",
-};
+const base = TINY_LLAMA;
 
 /** Shapes the engine must get exactly right: GQA ratios 1, 2, 4, odd sizes, tied embeddings, biases, F16/BF16 files. */
 const SHAPES: Record<string, RandomCheckpointSpec> = {
   "llama gqa ratio 2": base,
-  "llama gqa ratio 1 (MHA)": { ...base, numKvHeads: 4, seed: 12 },
-  "llama gqa ratio 4": { ...base, hiddenSize: 128, numHeads: 8, numKvHeads: 2, seed: 13 },
+  "llama gqa ratio 1 (MHA)": TINY_MHA,
+  "llama gqa ratio 4": TINY_GQA4,
   "odd sizes (hidden 80, 5 heads, intermediate 97)": {
     ...base,
     hiddenSize: 80,
@@ -42,8 +39,8 @@ const SHAPES: Record<string, RandomCheckpointSpec> = {
     vocabSize: 301,
     seed: 14,
   },
-  "tied embeddings, mistral": { ...base, architecture: "mistral", tieWordEmbeddings: true, seed: 15 },
-  "qwen2 with q/k/v biases": { ...base, architecture: "qwen2", seed: 16 },
+  "tied embeddings, mistral": TINY_TIED,
+  "qwen2 with q/k/v biases": TINY_QWEN2,
   "F16 weights": { ...base, dtype: "F16", seed: 17 },
   "BF16 weights, sharded": { ...base, dtype: "BF16", shards: 3, seed: 18 },
   "mixtral, 4 experts, top-2": {
