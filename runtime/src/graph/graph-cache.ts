@@ -7,7 +7,7 @@ import { createHash } from "node:crypto";
 import { existsSync } from "node:fs";
 import { mkdir, open, rename, rm, writeFile } from "node:fs/promises";
 import { homedir } from "node:os";
-import { join } from "node:path";
+import { dirname, join } from "node:path";
 import type { Checkpoint } from "../checkpoint/model-weights.ts";
 import { buildSegmentGraph, SEGMENT_GRAPH_VERSION } from "./segment-graph.ts";
 import type { SegmentSpec } from "./segment-spec.ts";
@@ -50,14 +50,23 @@ export function segmentCacheKey(weightsHash: string, spec: SegmentSpec): string 
   return hash.digest("hex").slice(0, 32);
 }
 
+/** Where the segment's .onnx file is, or will be once built, in the cache. */
+export function segmentGraphPath(
+  checkpoint: Checkpoint,
+  spec: SegmentSpec,
+  cacheDir = defaultGraphCacheDir(),
+): string {
+  return join(cacheDir, segmentCacheKey(checkpoint.weightsHash, spec), SEGMENT_MODEL_FILE);
+}
+
 /** Returns the path of the segment's .onnx file, building and writing it when not cached. */
 export async function ensureSegmentGraph(
   checkpoint: Checkpoint,
   spec: SegmentSpec,
   cacheDir = defaultGraphCacheDir(),
 ): Promise<string> {
-  const dir = join(cacheDir, segmentCacheKey(checkpoint.weightsHash, spec));
-  const modelPath = join(dir, SEGMENT_MODEL_FILE);
+  const modelPath = segmentGraphPath(checkpoint, spec, cacheDir);
+  const dir = dirname(modelPath);
   if (existsSync(modelPath)) return modelPath;
 
   const graph = buildSegmentGraph(checkpoint.config, checkpoint.weights, spec, SEGMENT_WEIGHTS_FILE);

@@ -24,7 +24,7 @@ import { cloudSegmentSpec, edgeSegmentSpec } from "../../../runtime/src/graph/de
 import {
   defaultGraphCacheDir,
   ensureSegmentGraph,
-  segmentCacheKey,
+  segmentGraphPath,
 } from "../../../runtime/src/graph/graph-cache.ts";
 import { IncrementalDecoder, Tokenizer } from "../../../runtime/src/tokenizer/tokenizer.ts";
 import type {
@@ -35,7 +35,6 @@ import type {
   GenerateJobData,
   GenerateJobResult,
 } from "../../../shared/src/batch/batch-jobs.ts";
-import { join } from "node:path";
 
 export interface JobContext {
   /** Reports progress in [0, 1]. */
@@ -182,8 +181,7 @@ export async function runBuildGraphsJob(
     edge: edgeSegmentSpec(data.split, exits, weights),
     cloud: cloudSegmentSpec(data.split, layers, weights),
   };
-  const cached = (spec: typeof specs.edge) =>
-    existsSync(join(cacheDir, segmentCacheKey(checkpoint.weightsHash, spec)));
+  const cached = (spec: typeof specs.edge) => existsSync(segmentGraphPath(checkpoint, spec, cacheDir));
   const alreadyCached = { edge: cached(specs.edge), cloud: cached(specs.cloud) };
   const build = (spec: typeof specs.edge) =>
     ensureSegmentGraph(checkpoint, spec, cacheDir).catch((error: NodeJS.ErrnoException) => {
