@@ -39,6 +39,7 @@ import {
   type UpperAnswer,
   type UpperSegment,
 } from "../runtime/src/generation/split-generator.ts";
+import { loadLocalSplit } from "../runtime/src/generation/local-split.ts";
 import { segmentSpec } from "../runtime/src/graph/segment-spec.ts";
 import { Tokenizer } from "../runtime/src/tokenizer/tokenizer.ts";
 import { ContextManager } from "../services/cloud-worker/src/context-manager.ts";
@@ -190,26 +191,13 @@ async function replay(upper: SegmentSessions, calls: CloudCall[], sessionId: str
 async function cloudCompute(ctx: Context, maxTokens: number) {
   const { checkpoint, calibration, split } = ctx;
   const layers = checkpoint.config.numLayers;
-  const whole = new SegmentSessions(
-    await SegmentModel.load(checkpoint, segmentSpec({ fromLayer: 0, toLayer: layers, finalHead: true })),
-  );
-  const lowerModel = await SegmentModel.load(
-    checkpoint,
-    segmentSpec({
-      fromLayer: 0,
-      toLayer: split,
-      exits: calibratedExitHeads(calibration),
-      outputHidden: true,
-    }),
-  );
-  const upperModel = await SegmentModel.load(
-    checkpoint,
-    segmentSpec({ fromLayer: split, toLayer: layers, finalHead: true }),
-  );
-  const lower = new SegmentSessions(lowerModel);
-  const upper = new SegmentSessions(upperModel);
-  // Warm both paths once.
-  for await (const _ of new SplitGenerator(whole, undefined, new AlwaysExitPolicy()).generate(
+  // The whole model (cloud-only), and the split as edge and cloud run it.
+  const whole = await loadLocalSplit(checkpoint);
+  const edgeAndCloud = await loadLocalSplit(checkpoint, { split, exits: calibratedExitHeads(calibration) });
+  const lower = edgeAndCloud.lower;
+  const upper = edgeAndCloud.upper!;
+  // Warm the whole model's path once (recording below warms the split).
+  for await (const _ of new SplitGenerator(whole.lower, undefined, new AlwaysExitPolicy()).generate(
     ctx.prompts[0],
     { maxTokens: 4 },
   ))
@@ -262,7 +250,7 @@ async function cloudCompute(ctx: Context, maxTokens: number) {
     const totals = perRound[round];
     for (const [i, prompt] of ctx.prompts.entries()) {
       // Cloud-only: the cloud runs every layer for every token.
-      const generator = new SplitGenerator(whole, undefined, new AlwaysExitPolicy());
+      const generator = new SplitGenerator(whole.lower, undefined, new AlwaysExitPolicy());
       for await (const _ of generator.generate(prompt, { maxTokens })) totals.wholeTokens++;
       totals.wholeMs += generator.stats.lowerMs;
       for (const [j, run] of recorded[i].entries()) {
@@ -312,9 +300,8 @@ async function cloudCompute(ctx: Context, maxTokens: number) {
         ((promptTokens + wholeTokens) * layers * layerFlops + wholeTokens * headFlops),
     };
   });
-  await whole.model.release();
-  await lowerModel.release();
-  await upperModel.release();
+  await whole.release();
+  await edgeAndCloud.release();
   return {
     cloud_only_ms_per_token: median(perRound.map((r) => r.wholeMs / r.wholeTokens)),
     rounds,
