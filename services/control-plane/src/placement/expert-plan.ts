@@ -42,16 +42,19 @@ export function planExperts(
   if (chain) candidates.push(evaluate(loads, chain.placement, ids, chain.shares));
   const packed = placeExperts(loads, workers, previous, options);
   candidates.push(evaluate(loads, packed, ids, balancedShares(loads, packed, ids)));
-  candidates.sort(
-    (a, b) =>
-      a.maxMeanLoad - b.maxMeanLoad ||
-      replicaMoves(previous, a.placement) - replicaMoves(previous, b.placement),
-  );
-  const [best, other] = candidates;
-  if (other && previous && other.maxMeanLoad - best.maxMeanLoad < TIE) {
-    if (replicaMoves(previous, other.placement) < replicaMoves(previous, best.placement)) return other;
-  }
-  return best;
+  const moves = candidates.map((c) => replicaMoves(previous, c.placement));
+  const [best, other] = candidates
+    .map((_, i) => i)
+    .sort((a, b) => candidates[a].maxMeanLoad - candidates[b].maxMeanLoad || moves[a] - moves[b]);
+  // Near-ties go to the plan that moves fewer replicas from the current one.
+  if (
+    other !== undefined &&
+    previous &&
+    candidates[other].maxMeanLoad - candidates[best].maxMeanLoad < TIE &&
+    moves[other] < moves[best]
+  )
+    return candidates[other];
+  return candidates[best];
 }
 
 /** A placement's quality under `loads` once its shares are re-balanced for them (no replica moves). */
