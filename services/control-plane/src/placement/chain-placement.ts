@@ -76,11 +76,13 @@ export function chainPlacement(
   }
 
   // The chain of heavy experts, in their previous order along the workers, new ones last by load.
-  const firstWorker = (expert: number) => {
-    const ws = (previous?.get(expert) ?? []).map((id) => rank.get(id)).filter((w) => w !== undefined);
-    return ws.length > 0 ? Math.min(...ws) : Infinity;
-  };
-  heavy.sort((a, b) => firstWorker(a) - firstWorker(b) || loads[b] - loads[a] || a - b);
+  const firstWorker = new Map(
+    heavy.map((expert) => {
+      const ws = (previous?.get(expert) ?? []).map((id) => rank.get(id)).filter((w) => w !== undefined);
+      return [expert, ws.length > 0 ? Math.min(...ws) : Infinity];
+    }),
+  );
+  heavy.sort((a, b) => firstWorker.get(a)! - firstWorker.get(b)! || loads[b] - loads[a] || a - b);
   let w = 0;
   for (const expert of heavy) {
     let remaining = loads[expert];
