@@ -1,21 +1,46 @@
-# The image the Helm chart in charts/tandem runs: Tandem's programs under /app, with the
-# demo models. Not built on the development machine (it has no container engine); the
-# file list is checked by running the programs from exactly these files (see README).
+# The image the Helm chart in charts/tandem runs: Tandem's compiled programs under /app,
+# with the demo models. Not built on the development machine (it has no container engine).
+#
+# Stage 1 compiles every package (npm ci runs the `prepare` script: tsc -b).
+FROM node:20-bookworm-slim AS build
+WORKDIR /src
+ENV ONNXRUNTIME_NODE_INSTALL=skip
+COPY . .
+RUN npm ci --no-audit --no-fund
+
+# Stage 2: production dependencies and compiled JavaScript only; no TypeScript at run time.
 FROM node:20-bookworm-slim
 WORKDIR /app
 ENV NODE_ENV=production \
     ONNXRUNTIME_NODE_INSTALL=skip
-COPY package.json package-lock.json .npmrc ./
-RUN npm ci --omit=dev --no-audit --no-fund && npm cache clean --force
-COPY bin ./bin
-COPY proto ./proto
-COPY runtime ./runtime
-COPY shared ./shared
-COPY services ./services
-COPY edge-agent ./edge-agent
-COPY cli ./cli
-COPY models ./models
-# The chart runs as uid 1000 with a read-only root filesystem; graphs go to /cache, tsx's
-# compile cache to /tmp (both volumes).
+COPY --from=build /src/package.json /src/package-lock.json ./
+COPY --from=build /src/common/package.json common/
+COPY --from=build /src/proto/package.json proto/
+COPY --from=build /src/cluster/package.json cluster/
+COPY --from=build /src/runtime/package.json runtime/
+COPY --from=build /src/edge-agent/package.json edge-agent/
+COPY --from=build /src/services/cloud-worker/package.json services/cloud-worker/
+COPY --from=build /src/services/control-plane/package.json services/control-plane/
+COPY --from=build /src/services/batch-worker/package.json services/batch-worker/
+COPY --from=build /src/testkit/package.json testkit/
+COPY --from=build /src/bench/package.json bench/
+COPY --from=build /src/cli/package.json cli/
+# --ignore-scripts: the compiled code is copied below, so `prepare` (tsc) must not run here.
+RUN npm ci --omit=dev --ignore-scripts --no-audit --no-fund && npm cache clean --force
+COPY --from=build /src/bin ./bin
+COPY --from=build /src/proto/tandem ./proto/tandem
+COPY --from=build /src/common/dist ./common/dist
+COPY --from=build /src/proto/dist ./proto/dist
+COPY --from=build /src/cluster/dist ./cluster/dist
+COPY --from=build /src/runtime/dist ./runtime/dist
+COPY --from=build /src/edge-agent/dist ./edge-agent/dist
+COPY --from=build /src/services/cloud-worker/dist ./services/cloud-worker/dist
+COPY --from=build /src/services/control-plane/dist ./services/control-plane/dist
+COPY --from=build /src/services/batch-worker/dist ./services/batch-worker/dist
+COPY --from=build /src/testkit/dist ./testkit/dist
+COPY --from=build /src/bench/dist ./bench/dist
+COPY --from=build /src/cli/dist ./cli/dist
+COPY --from=build /src/models ./models
+# The chart runs as uid 1000 with a read-only root filesystem; graphs go to /cache (a volume).
 USER 1000:1000
 CMD ["node", "/app/bin/tandem.mjs", "--help"]

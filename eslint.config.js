@@ -13,6 +13,7 @@ export default tseslint.config(
       "bench/results/",
       ".cache/",
       "charts/",
+      "**/dist/",
     ],
   },
   eslint.configs.recommended,
@@ -23,13 +24,6 @@ export default tseslint.config(
       "@typescript-eslint/no-explicit-any": "error",
       "@typescript-eslint/no-unused-vars": ["error", { argsIgnorePattern: "^_", varsIgnorePattern: "^_" }],
       "no-console": "off",
-    },
-  },
-  {
-    // Packages by role: the runtime never reaches into programs built on it.
-    files: ["runtime/**/*.ts"],
-    rules: {
-      "no-restricted-imports": ["error", { patterns: ["**/edge-agent/**", "**/services/**", "**/cli/**"] }],
     },
   },
 );

@@ -1,16 +1,15 @@
 import { defineConfig } from "vitest/config";
 
 export default defineConfig({
+  // Tests import packages by name and run their TypeScript sources ("development" export
+  // condition); programs they start as processes run the compiled build, which
+  // test/global-setup.ts brings up to date first.
+  resolve: { conditions: ["development"] },
+  ssr: { resolve: { conditions: ["development"], externalConditions: ["development"] } },
   test: {
-    include: [
-      "shared/**/*.test.ts",
-      "runtime/**/*.test.ts",
-      "edge-agent/**/*.test.ts",
-      "services/**/*.test.ts",
-      "cli/**/*.test.ts",
-      "test/**/*.test.ts",
-      "bench/**/*.test.ts",
-    ],
+    include: ["**/*.test.ts"],
+    exclude: ["**/node_modules/**", "**/dist/**", ".scratch/**"],
+    globalSetup: ["test/global-setup.ts"],
     testTimeout: 120_000,
     hookTimeout: 120_000,
     // Two cores: onnxruntime sessions are CPU-heavy, so keep file-level parallelism low.

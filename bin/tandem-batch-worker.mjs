@@ -1,8 +1,8 @@
 #!/usr/bin/env node
 // `tandem-batch-worker`: takes batch jobs (generation, calibration, graph builds) from BullMQ queues on Redis.
-import { register } from "tsx/esm/api";
+// Runs the compiled program (npm ci builds it; npm run build after editing the sources).
+import { loadProgram } from "./load-program.mjs";
 
-register();
-const { main } = await import("../services/batch-worker/src/main.ts");
+const { main } = await loadProgram("@tandem/batch-worker");
 // Exit once main returns: an idle Redis connection must not keep a stopped worker alive.
 process.exit(await main(process.argv.slice(2)));

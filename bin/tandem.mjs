@@ -1,8 +1,7 @@
 #!/usr/bin/env node
-// The `tandem` command. Sources are TypeScript run through tsx, so the repository needs
-// no build step; tsx is resolved from this file's location, not the working directory.
-import { register } from "tsx/esm/api";
+// The `tandem` command.
+// Runs the compiled program (npm ci builds it; npm run build after editing the sources).
+import { loadProgram } from "./load-program.mjs";
 
-register();
-const { main } = await import("../cli/main.ts");
+const { main } = await loadProgram("@tandem/cli");
 process.exitCode = await main(process.argv.slice(2));

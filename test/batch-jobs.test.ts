@@ -11,16 +11,16 @@ import { promisify } from "node:util";
 import { Job, Queue } from "bullmq";
 import { pino } from "pino";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { runGenerate } from "../cli/commands/generate.ts";
-import { showJob, submitJob, waitForJob, type SubmitOptions } from "../cli/commands/jobs.ts";
-import { readCalibration } from "../runtime/src/calibration/calibration-file.ts";
-import { loadCheckpoint } from "../runtime/src/checkpoint/load-checkpoint.ts";
-import { SegmentModel } from "../runtime/src/engine/segment-model.ts";
-import { cloudSegmentSpec } from "../runtime/src/graph/deployment-specs.ts";
-import { JOB_KINDS, type GenerateJobResult } from "../shared/src/batch/batch-jobs.ts";
-import { batchQueueLocation } from "../shared/src/batch/batch-queues.ts";
-import { startBatchWorker, type BatchWorker } from "../services/batch-worker/src/batch-worker.ts";
-import { startProgram } from "./helpers/processes.ts";
+import { showJob, submitJob, waitForJob, type SubmitOptions } from "@tandem/batch-worker";
+import { runCli } from "@tandem/testkit";
+import { readCalibration } from "@tandem/runtime";
+import { loadCheckpoint } from "@tandem/runtime";
+import { SegmentModel } from "@tandem/runtime";
+import { cloudSegmentSpec } from "@tandem/runtime";
+import { JOB_KINDS, type GenerateJobResult } from "@tandem/batch-worker";
+import { batchQueueLocation } from "@tandem/batch-worker";
+import { startBatchWorker, type BatchWorker } from "@tandem/batch-worker";
+import { startProgram } from "@tandem/testkit";
 
 const MODEL = join(import.meta.dirname, "..", "models", "tandem-demo");
 const CALIBRATION = join(MODEL, "calibration.safetensors");
@@ -78,23 +78,16 @@ describe("batch jobs on BullMQ", () => {
     });
     expect(result.outputs.map((o) => o.prompt)).toEqual(prompts);
     for (const output of result.outputs) {
-      let text = "";
-      const stats = await runGenerate(
-        {
-          model: MODEL,
-          prompt: output.prompt,
-          maxTokens: 12,
-          exitLayers: [],
-          metric: "prob",
-          threshold: 0.9,
-          weights: "fp32",
-          threads: 1,
-          calibration: CALIBRATION,
-          target: 0.99,
-        },
-        (t) => (text += t),
-      );
-      expect(output.text).toBe(text);
+      // The same prompt through `tandem generate`: it prints the prompt and its continuation,
+      // and its statistics as the last line of stderr.
+      const cli = await runCli([
+        "generate",
+        ...["--model", MODEL, "--prompt", output.prompt, "--max-tokens", "12"],
+        ...["--calibration", CALIBRATION, "--target", "0.99"],
+      ]);
+      expect(cli.code).toBe(0);
+      const stats = JSON.parse(cli.stderr.trim().split("\n").at(-1)!).stats;
+      expect(output.prompt + output.text + "\n").toBe(cli.stdout);
       expect(output.tokenIds).toHaveLength(12);
       expect([output.edgeTokens, output.cloudTokens]).toEqual([stats.edgeTokens, stats.cloudTokens]);
     }

@@ -1,32 +1,19 @@
 /**
  * The `tandem` command as a user runs it: a real process, a checkpoint on disk.
  */
-import { execFile } from "node:child_process";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { promisify } from "node:util";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { loadCheckpoint } from "../runtime/src/checkpoint/load-checkpoint.ts";
-import { ReferenceModel } from "../runtime/src/reference/reference-model.ts";
-import { writeRandomCheckpoint } from "../runtime/src/testing/random-checkpoint.ts";
+import { loadCheckpoint } from "@tandem/runtime";
+import { ReferenceModel } from "@tandem/runtime";
+import { writeRandomCheckpoint } from "@tandem/runtime";
+import { runCli } from "@tandem/testkit";
 
-const TANDEM = join(import.meta.dirname, "..", "bin", "tandem.mjs");
 let dir: string;
 let env: NodeJS.ProcessEnv;
 
-async function tandem(...args: string[]): Promise<{ stdout: string; stderr: string; code: number }> {
-  try {
-    const { stdout, stderr } = await promisify(execFile)(process.execPath, [TANDEM, ...args], {
-      env,
-      maxBuffer: 64 << 20,
-    });
-    return { stdout, stderr, code: 0 };
-  } catch (error) {
-    const e = error as { stdout: string; stderr: string; code: number };
-    return { stdout: e.stdout, stderr: e.stderr, code: e.code };
-  }
-}
+const tandem = (...args: string[]) => runCli(args, env);
 
 beforeAll(async () => {
   dir = mkdtempSync(join(tmpdir(), "tandem-cli-"));

@@ -6,10 +6,10 @@
 import { connect, type NatsConnection } from "@nats-io/transport-node";
 import { pino } from "pino";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { controlPlaneNames } from "../shared/src/control-plane/control-plane-names.ts";
-import { Controller } from "../services/control-plane/src/controller.ts";
-import { ExpertPlanner } from "../services/control-plane/src/expert-planner.ts";
-import { NodeRegistry, type NodeRecord } from "../services/control-plane/src/node-registry.ts";
+import { controlPlaneNames } from "@tandem/cluster";
+import { Controller } from "@tandem/control-plane";
+import { ExpertPlanner } from "@tandem/control-plane";
+import { NodeRegistry, type NodeRecord } from "@tandem/cluster";
 import {
   ownerOf,
   PlacementStore,
@@ -17,19 +17,19 @@ import {
   readExpertMap,
   type ExpertLoadReport,
   type ShardMapRecord,
-} from "../shared/src/control-plane/placement-map.ts";
-import { startNatsServer, type TestNatsServer } from "./helpers/nats-server.ts";
-import { until } from "./helpers/until.ts";
+} from "@tandem/cluster";
+import { startNatsServer, type TestNatsServer } from "@tandem/testkit";
+import { until } from "@tandem/testkit";
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
-import { loadCheckpoint } from "../runtime/src/checkpoint/load-checkpoint.ts";
-import { SegmentModel } from "../runtime/src/engine/segment-model.ts";
-import { SegmentSessions } from "../runtime/src/engine/segment-sessions.ts";
-import { segmentSpec } from "../runtime/src/graph/segment-spec.ts";
-import { Tokenizer } from "../runtime/src/tokenizer/tokenizer.ts";
-import { startCloudWorker } from "../services/cloud-worker/src/cloud-worker.ts";
-import { clusterStatus, statusCommand } from "../cli/commands/status.ts";
-import { healthStatus } from "./helpers/grpc-client.ts";
+import { loadCheckpoint } from "@tandem/runtime";
+import { SegmentModel } from "@tandem/runtime";
+import { SegmentSessions } from "@tandem/runtime";
+import { segmentSpec } from "@tandem/runtime";
+import { Tokenizer } from "@tandem/runtime";
+import { startCloudWorker } from "@tandem/cloud-worker";
+import { clusterStatus } from "@tandem/cluster";
+import { healthStatus, runCli } from "@tandem/testkit";
 
 const log = pino({ level: "silent" });
 let server: TestNatsServer;
@@ -343,14 +343,9 @@ describe("expert placement from a MoE model's real activations", () => {
         "moe-b.workers.test:50052",
       ]);
       // The same as people read it.
-      const lines: string[] = [];
-      const print = console.log;
-      console.log = (line: string) => lines.push(line);
-      try {
-        await statusCommand.run(["--nats", server.url, "--cluster", cluster]);
-      } finally {
-        console.log = print;
-      }
+      const printed = await runCli(["status", "--nats", server.url, "--cluster", cluster]);
+      expect(printed.code).toBe(0);
+      const lines = printed.stdout.split("\n");
       expect(lines.join("\n")).toMatch(
         /experts: version \d+, 24 experts in \d+ replicas, expected max\/mean load 1\.0\d\d/,
       );

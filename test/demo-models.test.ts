@@ -5,18 +5,18 @@
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
-import { calibrate } from "../runtime/src/calibration/calibrate.ts";
-import { readCalibration } from "../runtime/src/calibration/calibration-file.ts";
-import { evaluatePolicy } from "../runtime/src/calibration/threshold-search.ts";
-import { loadCheckpoint } from "../runtime/src/checkpoint/load-checkpoint.ts";
-import { getCodec, type CodecName } from "../runtime/src/codec/hidden-state-codec.ts";
-import { SegmentModel } from "../runtime/src/engine/segment-model.ts";
-import { SegmentSessions } from "../runtime/src/engine/segment-sessions.ts";
-import { segmentSpec } from "../runtime/src/graph/segment-spec.ts";
-import { ReferenceModel } from "../runtime/src/reference/reference-model.ts";
-import { Tokenizer } from "../runtime/src/tokenizer/tokenizer.ts";
-import { computeLogits } from "../cli/commands/logits.ts";
-import { runGenerate } from "../cli/commands/generate.ts";
+import { calibrate } from "@tandem/runtime";
+import { readCalibration } from "@tandem/runtime";
+import { evaluatePolicy } from "@tandem/runtime";
+import { loadCheckpoint } from "@tandem/runtime";
+import { getCodec, type CodecName } from "@tandem/runtime";
+import { SegmentModel } from "@tandem/runtime";
+import { SegmentSessions } from "@tandem/runtime";
+import { segmentSpec } from "@tandem/runtime";
+import { ReferenceModel } from "@tandem/runtime";
+import { Tokenizer } from "@tandem/runtime";
+import { computeLogits } from "@tandem/runtime";
+import { runCli } from "@tandem/testkit";
 
 const MODELS = join(import.meta.dirname, "..", "models");
 const DENSE = join(MODELS, "tandem-demo");
@@ -50,25 +50,19 @@ describe("models/tandem-demo (dense)", () => {
     expectEngineMatchesPyTorch(DENSE));
 
   it("generates readable text through the split with its exits", async () => {
-    let text = "";
     const deployment = JSON.parse(readFileSync(join(DENSE, "tandem.json"), "utf8")) as {
       exit_layers: number[];
       recommended_split: number;
     };
-    const stats = await runGenerate(
-      {
-        model: DENSE,
-        prompt: "The Python",
-        maxTokens: 24,
-        split: deployment.recommended_split,
-        exitLayers: deployment.exit_layers,
-        metric: "prob",
-        threshold: 0.5,
-        weights: "fp32",
-        threads: 1,
-      },
-      (piece) => (text += piece),
-    );
+    const cli = await runCli([
+      "generate",
+      ...["--model", DENSE, "--prompt", "The Python", "--max-tokens", "24"],
+      ...["--split", String(deployment.recommended_split), "--exit-layers", deployment.exit_layers.join(",")],
+      ...["--metric", "prob", "--threshold", "0.5"],
+    ]);
+    expect(cli.code).toBe(0);
+    const stats = JSON.parse(cli.stderr.trim().split("\n").at(-1)!).stats;
+    const text = cli.stdout.slice("The Python".length);
     expect(stats.edgeTokens + stats.cloudTokens).toBeGreaterThan(0);
     expect(text.length).toBeGreaterThan(10);
     expect(text).not.toMatch(/\uFFFD/);

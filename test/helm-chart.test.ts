@@ -10,10 +10,10 @@ import { join } from "node:path";
 import * as models from "kubernetes-models";
 import { parseAllDocuments } from "yaml";
 import { beforeAll, describe, expect, it } from "vitest";
-import { environmentName, loadConfig, type ConfigSchema } from "../runtime/src/config/config-loader.ts";
-import { BATCH_CONFIG_SCHEMA } from "../services/batch-worker/src/main.ts";
-import { WORKER_CONFIG_SCHEMA } from "../services/cloud-worker/src/main.ts";
-import { CONTROL_CONFIG_SCHEMA } from "../services/control-plane/src/main.ts";
+import { environmentName, loadConfig, type ConfigSchema } from "@tandem/common";
+import { BATCH_CONFIG_SCHEMA } from "@tandem/batch-worker";
+import { WORKER_CONFIG_SCHEMA } from "@tandem/cloud-worker";
+import { CONTROL_CONFIG_SCHEMA } from "@tandem/control-plane";
 
 const ROOT = join(import.meta.dirname, "..");
 const CHART = join(ROOT, "charts", "tandem");

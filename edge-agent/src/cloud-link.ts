@@ -12,19 +12,15 @@ import {
   type CloudMessage__Output,
   type CloudWorkerClient,
   type EdgeMessage,
-} from "../../proto/index.ts";
-import {
-  getCodec,
-  type CodecName,
-  type HiddenStateCodec,
-} from "../../runtime/src/codec/hidden-state-codec.ts";
-import type { SamplingOptions } from "../../runtime/src/generation/sampler.ts";
+} from "@tandem/proto";
+import { getCodec, type CodecName, type HiddenStateCodec } from "@tandem/runtime";
+import type { SamplingOptions } from "@tandem/runtime";
 import {
   ContextLostError,
   UpperUnavailableError,
   type UpperAnswer,
   type UpperSegment,
-} from "../../runtime/src/generation/split-generator.ts";
+} from "@tandem/runtime";
 
 export interface CloudLinkOptions {
   /** host:port of the cloud worker. */

@@ -4,12 +4,8 @@
  * workers join, drain or die.
  */
 import { connect, type NatsConnection } from "@nats-io/transport-node";
-import { controlPlaneNames } from "../../shared/src/control-plane/control-plane-names.ts";
-import {
-  ownerOf,
-  PlacementStore,
-  type ShardMapRecord,
-} from "../../shared/src/control-plane/placement-map.ts";
+import { controlPlaneNames } from "@tandem/cluster";
+import { ownerOf, PlacementStore, type ShardMapRecord } from "@tandem/cluster";
 
 export interface CloudRoute {
   /** Address of the worker for the session, if any is known. */

@@ -4,30 +4,30 @@
  */
 import { existsSync, readFileSync } from "node:fs";
 import { basename, join } from "node:path";
-import { loadTandemProtos } from "../../proto/index.ts";
+import { loadTandemProtos } from "@tandem/proto";
 import {
   calibratedExitHeads,
   checkCalibrationMatches,
   policyForTarget,
   readCalibration,
-} from "../../runtime/src/calibration/calibration-file.ts";
-import { loadCheckpoint } from "../../runtime/src/checkpoint/load-checkpoint.ts";
-import type { CodecName } from "../../runtime/src/codec/hidden-state-codec.ts";
-import { SegmentModel } from "../../runtime/src/engine/segment-model.ts";
-import { SegmentSessions } from "../../runtime/src/engine/segment-sessions.ts";
-import { InvalidArgumentError } from "../../runtime/src/errors.ts";
+} from "@tandem/runtime";
+import { loadCheckpoint } from "@tandem/runtime";
+import type { CodecName } from "@tandem/runtime";
+import { SegmentModel } from "@tandem/runtime";
+import { SegmentSessions } from "@tandem/runtime";
+import { InvalidArgumentError } from "@tandem/common";
 import {
   BudgetExitPolicy,
   RollingEntropyPolicy,
   ThresholdExitPolicy,
   type ConfidenceMetric,
   type ExitPolicy,
-} from "../../runtime/src/exits/exit-policy.ts";
-import { edgeSegmentSpec } from "../../runtime/src/graph/deployment-specs.ts";
-import type { ExitHeadSpec, WeightFormat } from "../../runtime/src/graph/segment-spec.ts";
-import { Tokenizer } from "../../runtime/src/tokenizer/tokenizer.ts";
-import { startGrpcServer, type RunningServer } from "../../shared/src/grpc-server.ts";
-import type { Logger } from "../../shared/src/logger.ts";
+} from "@tandem/runtime";
+import { edgeSegmentSpec } from "@tandem/runtime";
+import type { ExitHeadSpec, WeightFormat } from "@tandem/runtime";
+import { Tokenizer } from "@tandem/runtime";
+import { startGrpcServer, type RunningServer } from "@tandem/proto";
+import type { Logger } from "@tandem/common";
 import { CloudLinks } from "./cloud-link.ts";
 import { PlacementCloudRoute, StaticCloudRoute } from "./cloud-route.ts";
 import type { EdgeConfig } from "./edge-config.ts";

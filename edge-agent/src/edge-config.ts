@@ -1,5 +1,5 @@
 /** The edge agent's configuration schema (JSON file, TANDEM_EDGE_* variables, flags). */
-import type { ConfigSchema, ConfigValues } from "../../runtime/src/config/config-loader.ts";
+import type { ConfigSchema, ConfigValues } from "@tandem/common";
 
 export const EDGE_CONFIG_SCHEMA = {
   model: { type: "string", description: "checkpoint directory (config.json, *.safetensors, tokenizer.json)" },

@@ -5,10 +5,10 @@
  */
 import { randomUUID } from "node:crypto";
 import * as grpc from "@grpc/grpc-js";
-import type { GenerateEvent, GenerateRequest__Output, InferenceHandlers } from "../../proto/index.ts";
-import type { ModelConfig } from "../../runtime/src/checkpoint/model-config.ts";
-import type { SegmentSessions } from "../../runtime/src/engine/segment-sessions.ts";
-import { RuntimeError } from "../../runtime/src/errors.ts";
+import type { GenerateEvent, GenerateRequest__Output, InferenceHandlers } from "@tandem/proto";
+import type { ModelConfig } from "@tandem/runtime";
+import type { SegmentSessions } from "@tandem/runtime";
+import { RuntimeError } from "@tandem/common";
 import {
   AlwaysDeferPolicy,
   AlwaysExitPolicy,
@@ -16,11 +16,11 @@ import {
   ThresholdExitPolicy,
   type ConfidenceMetric,
   type ExitPolicy,
-} from "../../runtime/src/exits/exit-policy.ts";
-import type { SamplingOptions } from "../../runtime/src/generation/sampler.ts";
-import { SplitGenerator, type TokenSource } from "../../runtime/src/generation/split-generator.ts";
-import { IncrementalDecoder, type Tokenizer } from "../../runtime/src/tokenizer/tokenizer.ts";
-import type { Logger } from "../../shared/src/logger.ts";
+} from "@tandem/runtime";
+import type { SamplingOptions } from "@tandem/runtime";
+import { SplitGenerator, type TokenSource } from "@tandem/runtime";
+import { IncrementalDecoder, type Tokenizer } from "@tandem/runtime";
+import type { Logger } from "@tandem/common";
 import type { CloudLinks, CloudSession } from "./cloud-link.ts";
 import { StopSequenceFilter } from "./stop-sequences.ts";
 

@@ -3,8 +3,8 @@
  * (--config), TANDEM_EDGE_* environment variables and flags; serves until SIGTERM or
  * SIGINT, then drains open streams.
  */
-import { describeSchema, loadConfig, parseConfigArgs } from "../../runtime/src/config/config-loader.ts";
-import { createLogger } from "../../shared/src/logger.ts";
+import { describeSchema, loadConfig, parseConfigArgs } from "@tandem/common";
+import { createLogger } from "@tandem/common";
 import { EDGE_CONFIG_SCHEMA } from "./edge-config.ts";
 import { startEdgeAgent } from "./edge-agent.ts";
 

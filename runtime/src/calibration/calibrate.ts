@@ -12,7 +12,7 @@
 import type { Checkpoint } from "../checkpoint/model-weights.ts";
 import { SegmentModel } from "../engine/segment-model.ts";
 import { SegmentSessions, type SegmentStep } from "../engine/segment-sessions.ts";
-import { InvalidArgumentError } from "../errors.ts";
+import { InvalidArgumentError } from "@tandem/common";
 import type { ExitSignal } from "../exits/exit-policy.ts";
 import { segmentSpec } from "../graph/segment-spec.ts";
 import type { Tokenizer } from "../tokenizer/tokenizer.ts";

@@ -5,7 +5,7 @@
  * agreement, the whole agreement-vs-edge-share curve — as JSON in the metadata entry
  * `tandem.calibration`.
  */
-import { CheckpointError, InvalidArgumentError } from "../errors.ts";
+import { CheckpointError, InvalidArgumentError } from "@tandem/common";
 import type { ConfidenceMetric, ExitThreshold } from "../exits/exit-policy.ts";
 import type { ExitHeadSpec } from "../graph/segment-spec.ts";
 import { SafetensorsFile, writeSafetensors, type TensorToWrite } from "../checkpoint/safetensors.ts";

@@ -3,7 +3,7 @@
  * ‖X·W + b − Y‖² + λ‖W‖², with X the hidden states at an exit layer and Y the last
  * layer's. The normal equations are accumulated in float64 and solved by Cholesky.
  */
-import { InvalidArgumentError } from "../errors.ts";
+import { InvalidArgumentError } from "@tandem/common";
 
 export class RidgeAccumulator {
   /** [dim+1]² Gram matrix of [x, 1]. */

@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { ConfigError, UnsupportedError } from "../errors.ts";
+import { ConfigError, UnsupportedError } from "@tandem/common";
 import { parseModelConfig } from "./config-parser.ts";
 
 const FILE = "/models/x/config.json";

@@ -4,7 +4,7 @@
  * ConfigError naming the file and the key. Sizes that define the weights' shapes have no
  * default: a config without them is broken, not small.
  */
-import { ConfigError, UnsupportedError } from "../errors.ts";
+import { ConfigError, UnsupportedError } from "@tandem/common";
 import type { ModelArchitecture, ModelConfig } from "./model-config.ts";
 
 const ARCHITECTURES: ModelArchitecture[] = ["llama", "mistral", "qwen2", "mixtral"];

@@ -19,7 +19,7 @@ import {
   TensorMismatchError,
   TensorMissingError,
   UnsupportedError,
-} from "../errors.ts";
+} from "@tandem/common";
 import { bfloat16ToFloat32, float32ToBfloat16, float32ToHalf, halfToFloat32 } from "../numeric/float16.ts";
 import {
   ODD_HIDDEN,

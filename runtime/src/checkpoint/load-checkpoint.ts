@@ -8,7 +8,7 @@ import { createHash } from "node:crypto";
 import { existsSync } from "node:fs";
 import { readFile } from "node:fs/promises";
 import { join } from "node:path";
-import { CheckpointError, TensorMismatchError, TensorMissingError } from "../errors.ts";
+import { CheckpointError, TensorMismatchError, TensorMissingError } from "@tandem/common";
 import { parseModelConfig } from "./config-parser.ts";
 import type { ModelConfig } from "./model-config.ts";
 import type { Checkpoint, ExpertWeights, LayerWeights, ModelWeights, WeightTensor } from "./model-weights.ts";

@@ -8,7 +8,7 @@ import {
   RuntimeError,
   TensorMismatchError,
   UnsupportedError,
-} from "../errors.ts";
+} from "@tandem/common";
 import { bfloat16ToFloat32, float32ToBfloat16, float32ToHalf, halfToFloat32 } from "../numeric/float16.ts";
 import {
   encodeSafetensors,

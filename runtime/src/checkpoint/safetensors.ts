@@ -7,7 +7,7 @@
  * loads "mostly" produces garbage tokens much later, far from the cause.
  */
 import { readFile, writeFile } from "node:fs/promises";
-import { CheckpointError, InvalidArgumentError, TensorMismatchError, UnsupportedError } from "../errors.ts";
+import { CheckpointError, InvalidArgumentError, TensorMismatchError, UnsupportedError } from "@tandem/common";
 import { bfloat16ToFloat32, float32ToBfloat16, float32ToHalf, halfToFloat32 } from "../numeric/float16.ts";
 
 /** The dtypes Tandem reads weights from and writes. */

@@ -4,7 +4,7 @@
  * out of range); `rangeError` then finds the offending element and builds the error,
  * so the fast path stays lean.
  */
-import { CodecError, InvalidArgumentError, UnsupportedError } from "../errors.ts";
+import { CodecError, InvalidArgumentError, UnsupportedError } from "@tandem/common";
 
 /**
  * 1.5 · 2^52: adding and subtracting it rounds a double with |v| < 2^51 to an integer,

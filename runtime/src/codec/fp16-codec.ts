@@ -8,7 +8,7 @@
  * a silently clipped state is worse than an error the caller can act on (send fp32).
  * Decode rejects infinities and NaNs, which encode never produces.
  */
-import { CodecError } from "../errors.ts";
+import { CodecError } from "@tandem/common";
 import { floatToHalfBits, halfToFloat32 } from "../numeric/float16.ts";
 import { alignedBytes, checkHidden, checkPayload, checkShape, rangeError } from "./common.ts";
 import type { HiddenStateCodec } from "./hidden-state-codec.ts";

@@ -2,7 +2,7 @@
  * fp32: the hidden state as is. Wire format: `count · dim` little-endian IEEE float32,
  * token-major (value (t, d) at byte 4·(t·dim + d)); 4·dim bytes per token. Lossless.
  */
-import { CodecError } from "../errors.ts";
+import { CodecError } from "@tandem/common";
 import { checkHidden, checkPayload, checkShape, rangeError } from "./common.ts";
 import type { HiddenStateCodec } from "./hidden-state-codec.ts";
 

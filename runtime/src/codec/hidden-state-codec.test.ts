@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { CodecError, InvalidArgumentError } from "../errors.ts";
+import { CodecError, InvalidArgumentError } from "@tandem/common";
 import { CODEC_NAMES, getCodec, isCodecName, type HiddenStateCodec } from "./hidden-state-codec.ts";
 import { activations } from "./synthetic-activations.ts";
 

@@ -35,7 +35,7 @@
  *     their output and a few typed-array views, nothing per element; decode accepts
  *     payloads at any byte offset (views into a protobuf message).
  */
-import { CodecError } from "../errors.ts";
+import { CodecError } from "@tandem/common";
 import { checkHost } from "./common.ts";
 import { Fp16Codec } from "./fp16-codec.ts";
 import { Fp32Codec } from "./fp32-codec.ts";

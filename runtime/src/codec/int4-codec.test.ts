@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { CodecError } from "../errors.ts";
+import { CodecError } from "@tandem/common";
 import { halfToFloat32 } from "../numeric/float16.ts";
 import { getCodec } from "./hidden-state-codec.ts";
 import { INT4_LIMIT, halfScale } from "./int4-codec.ts";

@@ -28,7 +28,7 @@
  * Decode rejects scales with the sign bit set, infinite or NaN (bits ≥ 0x7c00). The
  * nibble 0x8 (−8) is never produced; decode reads it as −8.
  */
-import { CodecError, InvalidArgumentError } from "../errors.ts";
+import { CodecError, InvalidArgumentError } from "@tandem/common";
 import { floatToHalfBits } from "../numeric/float16.ts";
 import { ROUND, checkHidden, checkPayload, checkShape, rangeError } from "./common.ts";
 import type { HiddenStateCodec } from "./hidden-state-codec.ts";

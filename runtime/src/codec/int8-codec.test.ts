@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { CodecError } from "../errors.ts";
+import { CodecError } from "@tandem/common";
 import { getCodec } from "./hidden-state-codec.ts";
 import { activations } from "./synthetic-activations.ts";
 

@@ -16,7 +16,7 @@
  * decodable value finite). Decode rejects scales that are negative (sign bit set), above
  * 2^120, infinite or NaN. The byte 0x80 (−128) is never produced; decode reads it as −128.
  */
-import { CodecError } from "../errors.ts";
+import { CodecError } from "@tandem/common";
 import { ROUND, checkHidden, checkPayload, checkShape, rangeError } from "./common.ts";
 import type { HiddenStateCodec } from "./hidden-state-codec.ts";
 

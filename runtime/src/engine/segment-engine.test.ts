@@ -8,7 +8,7 @@ import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { loadCheckpoint } from "../checkpoint/load-checkpoint.ts";
 import type { Checkpoint } from "../checkpoint/model-weights.ts";
-import { InvalidArgumentError, SessionNotFoundError, UnsupportedError } from "../errors.ts";
+import { InvalidArgumentError, SessionNotFoundError, UnsupportedError } from "@tandem/common";
 import { segmentSpec, type SegmentSpec } from "../graph/segment-spec.ts";
 import { ReferenceModel } from "../reference/reference-model.ts";
 import {

@@ -12,7 +12,7 @@
  * next batched step feeds it straight back, where copying every session's cache into and
  * out of a batch tensor would cost as much memory traffic as the weights at long contexts.
  */
-import { InvalidArgumentError, SessionNotFoundError } from "../errors.ts";
+import { InvalidArgumentError, SessionNotFoundError } from "@tandem/common";
 import type { ExitOutput, LayerKv, SegmentModel } from "./segment-model.ts";
 
 export type SegmentInput = { ids: number[] } | { hidden: Float32Array; count: number };

@@ -3,7 +3,7 @@
  * to the rest of the model. Pure functions of the exit statistics (no I/O), so they can
  * be chosen by calibration and tested by tables of cases.
  */
-import { InvalidArgumentError } from "../errors.ts";
+import { InvalidArgumentError } from "@tandem/common";
 
 /** What an exit head reports for one position (computed inside the graph). */
 export interface ExitSignal {

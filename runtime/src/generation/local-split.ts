@@ -6,7 +6,7 @@
 import type { Checkpoint } from "../checkpoint/model-weights.ts";
 import { SegmentModel, type SegmentModelOptions } from "../engine/segment-model.ts";
 import { SegmentSessions } from "../engine/segment-sessions.ts";
-import { InvalidArgumentError } from "../errors.ts";
+import { InvalidArgumentError } from "@tandem/common";
 import { segmentSpec, type ExitHeadSpec, type WeightFormat } from "../graph/segment-spec.ts";
 
 export interface LocalSplitOptions extends SegmentModelOptions {

@@ -4,7 +4,7 @@
  * sample the same token from the same distribution, and a retried request gives the
  * same answer.
  */
-import { InvalidArgumentError } from "../errors.ts";
+import { InvalidArgumentError } from "@tandem/common";
 
 export interface SamplingOptions {
   /** 0 means greedy. */

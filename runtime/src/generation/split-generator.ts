@@ -16,7 +16,7 @@
  */
 import { randomUUID } from "node:crypto";
 import { deepestExit, type ExitPolicy, type ExitSignal } from "../exits/exit-policy.ts";
-import { InvalidArgumentError } from "../errors.ts";
+import { InvalidArgumentError } from "@tandem/common";
 import type { SegmentSessions, SegmentStep } from "../engine/segment-sessions.ts";
 import { GREEDY, isGreedy, sampleToken, validateSampling, type SamplingOptions } from "./sampler.ts";
 

@@ -3,7 +3,7 @@
  * hidden states), which exits it reports, and which hidden states it hands out.
  */
 import type { ModelConfig } from "../checkpoint/model-config.ts";
-import { InvalidArgumentError, UnsupportedError } from "../errors.ts";
+import { InvalidArgumentError, UnsupportedError } from "@tandem/common";
 
 export type WeightFormat = "fp32" | "int8" | "int4";
 

@@ -9,7 +9,7 @@
  */
 import type { ModelConfig } from "../checkpoint/model-config.ts";
 import type { LayerWeights, ModelWeights, WeightTensor } from "../checkpoint/model-weights.ts";
-import { InvalidArgumentError } from "../errors.ts";
+import { InvalidArgumentError } from "@tandem/common";
 import { linear, rmsNormRows, RotaryEmbedding, siluMultiply } from "./kernels.ts";
 
 /** Token ids (only into layer 0: embedding lookup) or hidden states [count, hidden] row-major. */

@@ -4,7 +4,7 @@
  * parts of a multi-byte character) single tokens. Any text round-trips through it, which
  * is all random test checkpoints need.
  */
-import { InvalidArgumentError } from "../errors.ts";
+import { InvalidArgumentError } from "@tandem/common";
 
 /** Token ids of the special tokens; byte b is token `FIRST_BYTE_TOKEN + b`. */
 export const BOS_TOKEN_ID = 0;

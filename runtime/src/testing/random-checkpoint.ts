@@ -6,7 +6,7 @@
  */
 import { mkdir, writeFile } from "node:fs/promises";
 import { join } from "node:path";
-import { InvalidArgumentError } from "../errors.ts";
+import { InvalidArgumentError } from "@tandem/common";
 import type { ModelArchitecture } from "../checkpoint/model-config.ts";
 import { encodeSafetensors, type SafetensorsDtype, type TensorToWrite } from "../checkpoint/safetensors.ts";
 import {

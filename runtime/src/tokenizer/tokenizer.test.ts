@@ -3,7 +3,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { afterAll, describe, expect, it } from "vitest";
-import { CheckpointError } from "../errors.ts";
+import { CheckpointError } from "@tandem/common";
 import { byteLevelTokenizerJson } from "../testing/byte-level-tokenizer.ts";
 import { IncrementalDecoder, Tokenizer } from "./tokenizer.ts";
 

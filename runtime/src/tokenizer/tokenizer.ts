@@ -8,7 +8,7 @@ import { existsSync } from "node:fs";
 import { readFile } from "node:fs/promises";
 import { dirname, join } from "node:path";
 import { Tokenizer as HfTokenizer } from "@huggingface/tokenizers";
-import { CheckpointError } from "../errors.ts";
+import { CheckpointError } from "@tandem/common";
 
 /** Read beside tokenizer.json when present; it sets options such as `add_bos_token`. */
 export const TOKENIZER_CONFIG_FILE = "tokenizer_config.json";

@@ -6,16 +6,16 @@
  * it again. Closing waits for the jobs in progress.
  */
 import { UnrecoverableError, Worker, type Job } from "bullmq";
-import { RuntimeError } from "../../../runtime/src/errors.ts";
+import { RuntimeError } from "@tandem/common";
 import {
   JOB_KINDS,
   validateJobData,
   type JobDataByKind,
   type JobKind,
   type JobResultByKind,
-} from "../../../shared/src/batch/batch-jobs.ts";
-import { batchQueueLocation } from "../../../shared/src/batch/batch-queues.ts";
-import type { Logger } from "../../../shared/src/logger.ts";
+} from "./batch-jobs.ts";
+import { batchQueueLocation } from "./batch-queues.ts";
+import type { Logger } from "@tandem/common";
 import { runBuildGraphsJob, runCalibrateJob, runGenerateJob, type JobContext } from "./job-handlers.ts";
 
 export interface BatchWorkerOptions {

@@ -11,22 +11,18 @@ import {
   policyForTarget,
   readCalibration,
   writeCalibration,
-} from "../../../runtime/src/calibration/calibration-file.ts";
-import { calibrate } from "../../../runtime/src/calibration/calibrate.ts";
-import { loadCheckpoint } from "../../../runtime/src/checkpoint/load-checkpoint.ts";
-import type { Checkpoint } from "../../../runtime/src/checkpoint/model-weights.ts";
-import { InvalidArgumentError } from "../../../runtime/src/errors.ts";
-import { AlwaysExitPolicy, ThresholdExitPolicy } from "../../../runtime/src/exits/exit-policy.ts";
-import { loadLocalSplit } from "../../../runtime/src/generation/local-split.ts";
-import { GREEDY, type SamplingOptions } from "../../../runtime/src/generation/sampler.ts";
-import { LocalUpperSegment, SplitGenerator } from "../../../runtime/src/generation/split-generator.ts";
-import { cloudSegmentSpec, edgeSegmentSpec } from "../../../runtime/src/graph/deployment-specs.ts";
-import {
-  defaultGraphCacheDir,
-  ensureSegmentGraph,
-  segmentGraphPath,
-} from "../../../runtime/src/graph/graph-cache.ts";
-import { IncrementalDecoder, Tokenizer } from "../../../runtime/src/tokenizer/tokenizer.ts";
+} from "@tandem/runtime";
+import { calibrate } from "@tandem/runtime";
+import { loadCheckpoint } from "@tandem/runtime";
+import type { Checkpoint } from "@tandem/runtime";
+import { InvalidArgumentError } from "@tandem/common";
+import { AlwaysExitPolicy, ThresholdExitPolicy } from "@tandem/runtime";
+import { loadLocalSplit } from "@tandem/runtime";
+import { GREEDY, type SamplingOptions } from "@tandem/runtime";
+import { LocalUpperSegment, SplitGenerator } from "@tandem/runtime";
+import { cloudSegmentSpec, edgeSegmentSpec } from "@tandem/runtime";
+import { defaultGraphCacheDir, ensureSegmentGraph, segmentGraphPath } from "@tandem/runtime";
+import { IncrementalDecoder, Tokenizer } from "@tandem/runtime";
 import type {
   BuildGraphsJobData,
   BuildGraphsJobResult,
@@ -34,7 +30,7 @@ import type {
   CalibrateJobResult,
   GenerateJobData,
   GenerateJobResult,
-} from "../../../shared/src/batch/batch-jobs.ts";
+} from "./batch-jobs.ts";
 
 export interface JobContext {
   /** Reports progress in [0, 1]. */

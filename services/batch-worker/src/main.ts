@@ -3,15 +3,10 @@
  * cluster's BullMQ queues. Configuration from --config FILE, TANDEM_BATCH_* variables and
  * flags. SIGTERM finishes the jobs in progress, then exits.
  */
-import {
-  describeSchema,
-  loadConfig,
-  parseConfigArgs,
-  type ConfigSchema,
-} from "../../../runtime/src/config/config-loader.ts";
-import { InvalidArgumentError } from "../../../runtime/src/errors.ts";
-import { isJobKind, JOB_KINDS, type JobKind } from "../../../shared/src/batch/batch-jobs.ts";
-import { createLogger } from "../../../shared/src/logger.ts";
+import { describeSchema, loadConfig, parseConfigArgs, type ConfigSchema } from "@tandem/common";
+import { InvalidArgumentError } from "@tandem/common";
+import { isJobKind, JOB_KINDS, type JobKind } from "./batch-jobs.ts";
+import { createLogger } from "@tandem/common";
 import { startBatchWorker } from "./batch-worker.ts";
 
 export const BATCH_CONFIG_SCHEMA = {

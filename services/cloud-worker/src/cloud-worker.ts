@@ -3,15 +3,15 @@
  * gRPC service, with its context manager and decode batcher.
  */
 import { basename } from "node:path";
-import { loadTandemProtos } from "../../../proto/index.ts";
-import { loadCheckpoint } from "../../../runtime/src/checkpoint/load-checkpoint.ts";
-import { SegmentModel } from "../../../runtime/src/engine/segment-model.ts";
-import { SegmentSessions } from "../../../runtime/src/engine/segment-sessions.ts";
-import { InvalidArgumentError } from "../../../runtime/src/errors.ts";
-import { cloudSegmentSpec } from "../../../runtime/src/graph/deployment-specs.ts";
-import type { WeightFormat } from "../../../runtime/src/graph/segment-spec.ts";
-import { startGrpcServer, type RunningServer } from "../../../shared/src/grpc-server.ts";
-import type { Logger } from "../../../shared/src/logger.ts";
+import { loadTandemProtos } from "@tandem/proto";
+import { loadCheckpoint } from "@tandem/runtime";
+import { SegmentModel } from "@tandem/runtime";
+import { SegmentSessions } from "@tandem/runtime";
+import { InvalidArgumentError } from "@tandem/common";
+import { cloudSegmentSpec } from "@tandem/runtime";
+import type { WeightFormat } from "@tandem/runtime";
+import { startGrpcServer, type RunningServer } from "@tandem/proto";
+import type { Logger } from "@tandem/common";
 import { ContextManager } from "./context-manager.ts";
 import { ClusterMembership } from "./cluster-membership.ts";
 import { DecodeBatcher } from "./decode-batcher.ts";

@@ -6,10 +6,7 @@
  * the leader moves every shard away; the worker stops once the map no longer names it.
  */
 import { connect, type NatsConnection } from "@nats-io/transport-node";
-import {
-  controlPlaneNames,
-  type ControlPlaneNames,
-} from "../../../shared/src/control-plane/control-plane-names.ts";
+import { controlPlaneNames, type ControlPlaneNames } from "@tandem/cluster";
 import {
   expertsOf,
   ownerOf,
@@ -18,9 +15,9 @@ import {
   type ExpertLoadReport,
   type ExpertMapRecord,
   type ShardMapRecord,
-} from "../../../shared/src/control-plane/placement-map.ts";
-import type { Logger } from "../../../shared/src/logger.ts";
-import { NodeRegistry } from "../../control-plane/src/node-registry.ts";
+} from "@tandem/cluster";
+import type { Logger } from "@tandem/common";
+import { NodeRegistry } from "@tandem/cluster";
 import type { ContextManager } from "./context-manager.ts";
 
 export interface MembershipOptions {

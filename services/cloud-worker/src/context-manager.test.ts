@@ -2,12 +2,12 @@ import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { loadCheckpoint } from "../../../runtime/src/checkpoint/load-checkpoint.ts";
-import { SegmentModel } from "../../../runtime/src/engine/segment-model.ts";
-import { SegmentSessions } from "../../../runtime/src/engine/segment-sessions.ts";
-import { ContextLostError } from "../../../runtime/src/generation/split-generator.ts";
-import { segmentSpec } from "../../../runtime/src/graph/segment-spec.ts";
-import { TINY_LLAMA, writeRandomCheckpoint } from "../../../runtime/src/testing/random-checkpoint.ts";
+import { loadCheckpoint } from "@tandem/runtime";
+import { SegmentModel } from "@tandem/runtime";
+import { SegmentSessions } from "@tandem/runtime";
+import { ContextLostError } from "@tandem/runtime";
+import { segmentSpec } from "@tandem/runtime";
+import { TINY_LLAMA, writeRandomCheckpoint } from "@tandem/runtime";
 import { ContextManager } from "./context-manager.ts";
 import { DecodeBatcher } from "./decode-batcher.ts";
 

@@ -4,8 +4,8 @@
  * when it is exceeded the least recently used idle sessions are evicted, and an evicted
  * session that comes back is told to replay its context (ContextLostError).
  */
-import type { SegmentSessions, SegmentStep } from "../../../runtime/src/engine/segment-sessions.ts";
-import { ContextLostError } from "../../../runtime/src/generation/split-generator.ts";
+import type { SegmentSessions, SegmentStep } from "@tandem/runtime";
+import { ContextLostError } from "@tandem/runtime";
 import type { DecodeBatcher } from "./decode-batcher.ts";
 
 export interface ContextManagerOptions {

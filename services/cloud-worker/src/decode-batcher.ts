@@ -4,7 +4,7 @@
  * One batched step reads the weights once for every session in it, which is what makes
  * a memory-bound decode cheaper per token under load.
  */
-import type { SegmentSessions, SegmentStep } from "../../../runtime/src/engine/segment-sessions.ts";
+import type { SegmentSessions, SegmentStep } from "@tandem/runtime";
 
 interface Pending {
   id: string;

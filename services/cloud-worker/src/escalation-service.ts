@@ -11,16 +11,12 @@ import type {
   EdgeMessage__Output,
   HiddenStateFrame__Output,
   OpenSession__Output,
-} from "../../../proto/index.ts";
-import {
-  getCodec,
-  type CodecName,
-  type HiddenStateCodec,
-} from "../../../runtime/src/codec/hidden-state-codec.ts";
-import type { ModelConfig } from "../../../runtime/src/checkpoint/model-config.ts";
-import { RuntimeError } from "../../../runtime/src/errors.ts";
-import { sampleToken, type SamplingOptions } from "../../../runtime/src/generation/sampler.ts";
-import { ContextLostError } from "../../../runtime/src/generation/split-generator.ts";
+} from "@tandem/proto";
+import { getCodec, type CodecName, type HiddenStateCodec } from "@tandem/runtime";
+import type { ModelConfig } from "@tandem/runtime";
+import { RuntimeError } from "@tandem/common";
+import { sampleToken, type SamplingOptions } from "@tandem/runtime";
+import { ContextLostError } from "@tandem/runtime";
 import type { ContextManager } from "./context-manager.ts";
 import type { Logger } from "pino";
 

@@ -3,13 +3,8 @@
  * environment variables and flags; serves until SIGTERM/SIGINT, then drains.
  */
 import { hostname } from "node:os";
-import {
-  describeSchema,
-  loadConfig,
-  parseConfigArgs,
-  type ConfigSchema,
-} from "../../../runtime/src/config/config-loader.ts";
-import { createLogger } from "../../../shared/src/logger.ts";
+import { describeSchema, loadConfig, parseConfigArgs, type ConfigSchema } from "@tandem/common";
+import { createLogger } from "@tandem/common";
 import { startCloudWorker } from "./cloud-worker.ts";
 
 export const WORKER_CONFIG_SCHEMA = {

@@ -6,13 +6,13 @@
  */
 import type { NatsConnection } from "@nats-io/transport-node";
 import { Kvm } from "@nats-io/kv";
-import type { Logger } from "../../../shared/src/logger.ts";
-import { controlPlaneNames } from "../../../shared/src/control-plane/control-plane-names.ts";
+import type { Logger } from "@tandem/common";
+import { controlPlaneNames } from "@tandem/cluster";
 import { ExpertPlanner } from "./expert-planner.ts";
 import { LeaderLease } from "./leader-lease.ts";
-import { NodeRegistry } from "./node-registry.ts";
+import { NodeRegistry } from "@tandem/cluster";
 import { placeShards } from "./placement/shard-placement.ts";
-import { PlacementStore, type ShardMapRecord } from "../../../shared/src/control-plane/placement-map.ts";
+import { PlacementStore, type ShardMapRecord } from "@tandem/cluster";
 
 export interface ControllerOptions {
   cluster: string;

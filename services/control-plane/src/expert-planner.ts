@@ -7,15 +7,10 @@
  * is tried before moving replicas.
  */
 import type { NatsConnection, Subscription } from "@nats-io/transport-node";
-import type { ControlPlaneNames } from "../../../shared/src/control-plane/control-plane-names.ts";
-import {
-  readExpertMap,
-  writeExpertMap,
-  type ExpertLoadReport,
-  type PlacementStore,
-} from "../../../shared/src/control-plane/placement-map.ts";
-import type { Logger } from "../../../shared/src/logger.ts";
-import type { NodeRecord } from "./node-registry.ts";
+import type { ControlPlaneNames } from "@tandem/cluster";
+import { readExpertMap, writeExpertMap, type ExpertLoadReport, type PlacementStore } from "@tandem/cluster";
+import type { Logger } from "@tandem/common";
+import type { NodeRecord } from "@tandem/cluster";
 import { nextExpertPlan, type ExpertPlan } from "./placement/expert-plan.ts";
 import type { ExpertPlacement } from "./placement/expert-placement.ts";
 import { evenShares } from "./placement/replica-shares.ts";

@@ -7,11 +7,7 @@
  * ignore writes fenced by an older one.
  */
 import type { KV } from "@nats-io/kv";
-
-export interface LeaseRecord {
-  holder: string;
-  expiresAt: number;
-}
+import { LEASE_KEY, type LeaseRecord } from "@tandem/cluster";
 
 export interface LeaseState {
   leader: boolean;
@@ -19,8 +15,6 @@ export interface LeaseState {
   revision?: number;
   expiresAt?: number;
 }
-
-const KEY = "leader";
 
 export class LeaderLease {
   private state: LeaseState = { leader: false };
@@ -49,17 +43,17 @@ export class LeaderLease {
       JSON.stringify({ holder: this.holder, expiresAt } satisfies LeaseRecord);
     const expiresAt = now + this.ttlMs;
     try {
-      const entry = await this.kv.get(KEY);
+      const entry = await this.kv.get(LEASE_KEY);
       if (!entry || entry.operation !== "PUT") {
         const revision = entry
-          ? await this.kv.update(KEY, value(expiresAt), entry.revision)
-          : await this.kv.create(KEY, value(expiresAt));
+          ? await this.kv.update(LEASE_KEY, value(expiresAt), entry.revision)
+          : await this.kv.create(LEASE_KEY, value(expiresAt));
         this.state = { leader: true, revision, expiresAt };
         return true;
       }
       const current = entry.json<LeaseRecord>();
       if (current.holder === this.holder || current.expiresAt <= now) {
-        const revision = await this.kv.update(KEY, value(expiresAt), entry.revision);
+        const revision = await this.kv.update(LEASE_KEY, value(expiresAt), entry.revision);
         this.state = { leader: true, revision, expiresAt };
         return true;
       }
@@ -77,7 +71,7 @@ export class LeaderLease {
     if (!this.state.leader || this.state.revision === undefined) return;
     try {
       await this.kv.update(
-        KEY,
+        LEASE_KEY,
         JSON.stringify({ holder: this.holder, expiresAt: 0 } satisfies LeaseRecord),
         this.state.revision,
       );

@@ -4,13 +4,8 @@
  */
 import { hostname } from "node:os";
 import { connect } from "@nats-io/transport-node";
-import {
-  describeSchema,
-  loadConfig,
-  parseConfigArgs,
-  type ConfigSchema,
-} from "../../../runtime/src/config/config-loader.ts";
-import { createLogger } from "../../../shared/src/logger.ts";
+import { describeSchema, loadConfig, parseConfigArgs, type ConfigSchema } from "@tandem/common";
+import { createLogger } from "@tandem/common";
 import { Controller } from "./controller.ts";
 
 export const CONTROL_CONFIG_SCHEMA = {

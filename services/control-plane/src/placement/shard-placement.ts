@@ -7,9 +7,9 @@
  * Pure and deterministic: same inputs, same map.
  */
 
-import { hash32 } from "../../../../shared/src/control-plane/session-shard.ts";
+import { hash32 } from "@tandem/cluster";
 
-export { hash32, sessionShard } from "../../../../shared/src/control-plane/session-shard.ts";
+export { hash32, sessionShard } from "@tandem/cluster";
 
 export interface ShardNode {
   id: string;

@@ -1,0 +1,167 @@
+/**
+ * Benchmark `exits`: on the demo model and its shipped held-out text, how many tokens
+ * the early exits can answer at a given agreement with the full model — before
+ * calibration (plain final-norm + LM-head exits) and after (fitted linear exit maps),
+ * per exit and with both exits, for each confidence metric. Thresholds are chosen on one
+ * part of the text and measured on another. Writes bench/results/exits.png.
+ * Usage: tandem bench exits [--smoke]
+ */
+import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
+import { dirname, join } from "node:path";
+import { fileURLToPath } from "node:url";
+import { createCanvas } from "@napi-rs/canvas";
+import { calibrate } from "@tandem/runtime";
+import type { CalibratedPolicy, CurvePoint } from "@tandem/runtime";
+import { loadCheckpoint } from "@tandem/runtime";
+import { Tokenizer } from "@tandem/runtime";
+import type { BenchOptions, BenchResult } from "./bench-types.ts";
+
+const ROOT = join(dirname(fileURLToPath(import.meta.url)), "..", "..");
+export const DEMO_MODEL = join(ROOT, "models", "tandem-demo");
+export const HELDOUT_TEXT = join(DEMO_MODEL, "heldout.txt");
+const PLOT = join(ROOT, "bench", "results", "exits.png");
+
+export default async function exitsBenchmark(options: BenchOptions): Promise<BenchResult> {
+  const checkpoint = await loadCheckpoint(DEMO_MODEL);
+  const tokenizer = await Tokenizer.fromFile(checkpoint.tokenizerPath!);
+  const deployment = JSON.parse(readFileSync(join(DEMO_MODEL, "tandem.json"), "utf8")) as {
+    exit_layers: number[];
+    recommended_split: number;
+  };
+  const start = performance.now();
+  const calibration = await calibrate(checkpoint, tokenizer, {
+    split: deployment.recommended_split,
+    exitLayers: deployment.exit_layers,
+    text: readFileSync(HELDOUT_TEXT, "utf8"),
+    targets: [0.99, 0.95],
+    maxTokens: options.smoke ? 4096 : 65536,
+    onProgress: (message) => process.stderr.write(`${message}\n`),
+  });
+  const { summary } = calibration;
+  const at = (policies: CalibratedPolicy[], target: number) =>
+    policies.find((p) => p.targetAgreement === target)!;
+  const describe = (p: CalibratedPolicy) => ({
+    edge_share: p.test.edgeShare,
+    agreement: p.test.agreement,
+    metric: p.metric,
+    per_exit: p.test.perExit,
+  });
+  if (!options.smoke) plotCurves(summary.curve, summary.exitLayers, PLOT);
+  return {
+    name: "exits",
+    model: "models/tandem-demo",
+    split: summary.split,
+    exit_layers: summary.exitLayers,
+    test_positions: summary.text.testPositions,
+    edge_share_at_99pct_agreement: {
+      before: at(summary.plainPolicies, 0.99).test.edgeShare,
+      after: at(summary.policies, 0.99).test.edgeShare,
+    },
+    edge_share_at_95pct_agreement: {
+      before: at(summary.plainPolicies, 0.95).test.edgeShare,
+      after: at(summary.policies, 0.95).test.edgeShare,
+    },
+    policy_99: {
+      before: describe(at(summary.plainPolicies, 0.99)),
+      after: describe(at(summary.policies, 0.99)),
+    },
+    policy_95: {
+      before: describe(at(summary.plainPolicies, 0.95)),
+      after: describe(at(summary.policies, 0.95)),
+    },
+    exit_top1_agreement: summary.heads,
+    curve: summary.curve,
+    plot: options.smoke ? undefined : "bench/results/exits.png",
+    seconds: (performance.now() - start) / 1000,
+  };
+}
+
+const COLORS: Record<string, string> = { prob: "#1f77b4", margin: "#2ca02c", entropy: "#d62728" };
+
+/** Two panels: all exits together, and each exit alone (max-probability metric). */
+function plotCurves(curve: CurvePoint[], exitLayers: number[], path: string): void {
+  const width = 1200;
+  const height = 520;
+  const canvas = createCanvas(width, height);
+  const g = canvas.getContext("2d");
+  g.fillStyle = "white";
+  g.fillRect(0, 0, width, height);
+  const panels: {
+    title: string;
+    series: { label: string; color: string; dashed: boolean; points: CurvePoint[] }[];
+  }[] = [
+    {
+      title: `exits after ${exitLayers.join(" and ")} layers together`,
+      series: (["plain", "calibrated"] as const).flatMap((heads) =>
+        (["prob", "margin", "entropy"] as const).map((metric) => ({
+          label: `${metric}, ${heads === "plain" ? "plain heads" : "calibrated"}`,
+          color: COLORS[metric],
+          dashed: heads === "plain",
+          points: curve.filter(
+            (p) => p.heads === heads && p.metric === metric && p.exits.length === exitLayers.length,
+          ),
+        })),
+      ),
+    },
+    {
+      title: "each exit alone (max probability)",
+      series: exitLayers.flatMap((layer, i) =>
+        (["plain", "calibrated"] as const).map((heads) => ({
+          label: `after ${layer} layers, ${heads === "plain" ? "plain head" : "calibrated"}`,
+          color: ["#9467bd", "#ff7f0e", "#17becf"][i % 3],
+          dashed: heads === "plain",
+          points: curve.filter(
+            (p) => p.heads === heads && p.metric === "prob" && p.exits.length === 1 && p.exits[0] === layer,
+          ),
+        })),
+      ),
+    },
+  ];
+  panels.forEach((panel, index) => {
+    const left = 70 + index * (width / 2);
+    const top = 50;
+    const plotWidth = width / 2 - 110;
+    const plotHeight = height - 120;
+    const x = (share: number) => left + share * plotWidth;
+    const yMin = 0.9;
+    const y = (agreement: number) => top + (1 - (Math.max(agreement, yMin) - yMin) / (1 - yMin)) * plotHeight;
+    g.strokeStyle = "#888";
+    g.lineWidth = 1;
+    g.setLineDash([]);
+    g.strokeRect(left, top, plotWidth, plotHeight);
+    g.fillStyle = "#222";
+    g.font = "15px sans-serif";
+    g.fillText(panel.title, left, top - 15);
+    g.font = "12px sans-serif";
+    for (let t = 0; t <= 5; t++) {
+      g.fillText((t / 5).toFixed(1), x(t / 5) - 8, top + plotHeight + 16);
+      const a = yMin + (t / 5) * (1 - yMin);
+      g.fillText(a.toFixed(2), left - 40, y(a) + 4);
+    }
+    g.fillText(
+      "share of tokens answered at the edge (test split)",
+      left + plotWidth / 2 - 140,
+      top + plotHeight + 36,
+    );
+    g.save();
+    g.translate(left - 50, top + plotHeight / 2 + 100);
+    g.rotate(-Math.PI / 2);
+    g.fillText("agreement with the full model", 0, 0);
+    g.restore();
+    panel.series.forEach((series, s) => {
+      const points = [...series.points].sort((a, b) => a.edgeShare - b.edgeShare);
+      g.strokeStyle = series.color;
+      g.lineWidth = 2;
+      g.setLineDash(series.dashed ? [6, 4] : []);
+      g.beginPath();
+      points.forEach((p, i) =>
+        i === 0 ? g.moveTo(x(p.edgeShare), y(p.agreement)) : g.lineTo(x(p.edgeShare), y(p.agreement)),
+      );
+      g.stroke();
+      g.fillStyle = series.color;
+      g.fillText(series.label, left + plotWidth - 200, top + plotHeight - 100 + s * 15);
+    });
+  });
+  mkdirSync(dirname(path), { recursive: true });
+  writeFileSync(path, canvas.toBuffer("image/png"));
+}

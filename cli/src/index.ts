@@ -1,0 +1,2 @@
+/** @tandem/cli: the `tandem` command. Commands load on demand, so `tandem --help` loads nothing else. */
+export { main } from "./main.ts";

@@ -1,0 +1,101 @@
+/** The cluster as the control plane sees it — nodes, leader, placement and balance — read from NATS. */
+import { connect } from "@nats-io/transport-node";
+import { Kvm } from "@nats-io/kv";
+import { controlPlaneNames } from "./control-plane-names.ts";
+import type { LeaseRecord } from "./lease-record.ts";
+import { NodeRegistry } from "./node-registry.ts";
+import { PlacementStore, readExpertMap } from "./placement-map.ts";
+
+export interface ClusterStatus {
+  cluster: string;
+  leader?: { holder: string; expiresInMs: number };
+  placement?: { version: number; fencingToken: number; shardCount: number; maxOverMeanShards: number };
+  /** MoE clusters: the expert map's version and its expected max/mean worker load. */
+  experts?: { version: number; experts: number; replicas: number; maxMeanLoad: number };
+  nodes: {
+    id: string;
+    endpoint: string;
+    alive: boolean;
+    draining: boolean;
+    sessions: number;
+    kvBytes: number;
+    shards: number;
+    /** Expert replicas the expert map gives the node, and its share of the expected expert load. */
+    expertReplicas: number;
+    expertLoadShare: number;
+    /** The expert map version the node reports having taken up. */
+    expertMapVersion?: number;
+    heartbeatAgeMs: number;
+  }[];
+}
+
+export async function clusterStatus(
+  natsUrl: string,
+  cluster: string,
+  heartbeatTtlMs = 2000,
+): Promise<ClusterStatus> {
+  const nc = await connect({ servers: natsUrl });
+  try {
+    const names = controlPlaneNames(cluster);
+    const registry = await NodeRegistry.open(nc, names, { heartbeatTtlMs });
+    const store = await PlacementStore.open(nc, names);
+    const placement = await store.read();
+    const expertMap = (await readExpertMap(store))?.record;
+    const replicasByNode = new Map<string, number>();
+    const expertLoadByNode = new Map<string, number>();
+    const expertLoadTotal = expertMap?.loads.reduce((a, b) => a + b, 0) ?? 0;
+    for (const [expert, holders] of Object.entries(expertMap?.experts ?? {})) {
+      const load = expertMap!.loads[Number(expert)] ?? 0;
+      holders.forEach((node, r) => {
+        replicasByNode.set(node, (replicasByNode.get(node) ?? 0) + 1);
+        const share = expertMap!.shares?.[expert]?.[r] ?? 1 / holders.length;
+        expertLoadByNode.set(node, (expertLoadByNode.get(node) ?? 0) + load * share);
+      });
+    }
+    const lease = await (await new Kvm(nc).create(names.leaderBucket, { history: 1 })).get("leader");
+    const now = Date.now();
+    const shardsByNode = new Map<string, number>();
+    for (const node of Object.values(placement?.record.shards ?? {}))
+      shardsByNode.set(node, (shardsByNode.get(node) ?? 0) + 1);
+    const nodes = (await registry.all()).map((n) => ({
+      id: n.id,
+      endpoint: n.endpoint,
+      alive: now - n.heartbeatAt <= heartbeatTtlMs,
+      draining: n.draining,
+      sessions: n.load.sessions,
+      kvBytes: n.load.kvBytes,
+      shards: shardsByNode.get(n.id) ?? 0,
+      expertReplicas: replicasByNode.get(n.id) ?? 0,
+      expertLoadShare: expertLoadTotal > 0 ? (expertLoadByNode.get(n.id) ?? 0) / expertLoadTotal : 0,
+      expertMapVersion: n.load.expertMapVersion,
+      heartbeatAgeMs: now - n.heartbeatAt,
+    }));
+    const counts = [...shardsByNode.values()];
+    registry.close();
+    const leaseRecord = lease && lease.operation === "PUT" ? lease.json<LeaseRecord>() : undefined;
+    return {
+      cluster,
+      leader:
+        leaseRecord && leaseRecord.expiresAt > now
+          ? { holder: leaseRecord.holder, expiresInMs: leaseRecord.expiresAt - now }
+          : undefined,
+      placement: placement && {
+        version: placement.record.version,
+        fencingToken: placement.record.fencingToken,
+        shardCount: placement.record.shardCount,
+        maxOverMeanShards: counts.length
+          ? Math.max(...counts) / (placement.record.shardCount / counts.length)
+          : 0,
+      },
+      experts: expertMap && {
+        version: expertMap.version,
+        experts: Object.keys(expertMap.experts).length,
+        replicas: [...replicasByNode.values()].reduce((a, b) => a + b, 0),
+        maxMeanLoad: expertMap.maxMeanLoad,
+      },
+      nodes,
+    };
+  } finally {
+    await nc.close();
+  }
+}

@@ -1,0 +1,96 @@
+/**
+ * Cluster membership in a JetStream KV bucket: each node puts its record (endpoint,
+ * capacity, load) with a heartbeat timestamp; readers count a node alive while its last
+ * heartbeat is within the TTL. NATS 2.9 ignores per-key TTLs, so liveness comes from the
+ * timestamps, and the bucket's max age clears records of long-dead nodes.
+ */
+import type { NatsConnection } from "@nats-io/transport-node";
+import { Kvm, type KV } from "@nats-io/kv";
+import type { ControlPlaneNames } from "./control-plane-names.ts";
+
+export interface NodeRecord {
+  id: string;
+  role: "cloud-worker";
+  /** host:port of the node's gRPC service. */
+  endpoint: string;
+  /** Relative capacity for KV shards. */
+  weight: number;
+  /** Expert replicas the node's memory holds. */
+  expertSlots: number;
+  /** Current load, and the version of the expert map the node has taken up (MoE). */
+  load: { sessions: number; kvBytes: number; expertMapVersion?: number };
+  /** Planned removal: the node takes no new shards and hands its shards away. */
+  draining: boolean;
+  heartbeatAt: number;
+}
+
+export interface NodeRegistryOptions {
+  /** A node is dead when its last heartbeat is older than this. @default 3000 */
+  heartbeatTtlMs?: number;
+}
+
+export class NodeRegistry {
+  readonly heartbeatTtlMs: number;
+  /** Latest record per node, kept current by a watch on the bucket. */
+  private readonly records = new Map<string, NodeRecord>();
+  private stopWatch: () => void = () => undefined;
+
+  private constructor(
+    readonly kv: KV,
+    options: NodeRegistryOptions,
+  ) {
+    this.heartbeatTtlMs = options.heartbeatTtlMs ?? 3000;
+  }
+
+  /**
+   * Opens the bucket and starts watching it. Reading membership from the watch, not by
+   * listing keys, keeps reads instant: a key listing under a stream of heartbeats can take
+   * seconds to settle, and the leader reads membership every tick.
+   */
+  static async open(
+    nc: NatsConnection,
+    names: ControlPlaneNames,
+    options: NodeRegistryOptions = {},
+  ): Promise<NodeRegistry> {
+    const ttl = options.heartbeatTtlMs ?? 3000;
+    const kv = await new Kvm(nc).create(names.nodesBucket, { history: 1, ttl: Math.max(60_000, ttl * 20) });
+    const registry = new NodeRegistry(kv, options);
+    const existing = (await kv.status()).values;
+    const watch = await kv.watch();
+    registry.stopWatch = () => watch.stop();
+    let markReady: () => void = () => undefined;
+    const ready = new Promise<void>((resolve) => (markReady = resolve));
+    if (existing === 0) markReady();
+    void (async () => {
+      for await (const entry of watch) {
+        if (entry.operation === "PUT") registry.records.set(entry.key, entry.json<NodeRecord>());
+        else registry.records.delete(entry.key);
+        // delta is what is still pending of the initial values: 0 means they are all in.
+        if (entry.delta === 0) markReady();
+      }
+    })();
+    await Promise.race([ready, new Promise((resolve) => setTimeout(resolve, 2000))]);
+    return registry;
+  }
+
+  async heartbeat(record: Omit<NodeRecord, "heartbeatAt">, now = Date.now()): Promise<void> {
+    await this.kv.put(record.id, JSON.stringify({ ...record, heartbeatAt: now }));
+  }
+
+  async remove(id: string): Promise<void> {
+    await this.kv.delete(id);
+  }
+
+  /** Every node record in the bucket, alive or not. */
+  async all(): Promise<NodeRecord[]> {
+    return [...this.records.values()].sort((a, b) => (a.id < b.id ? -1 : 1));
+  }
+
+  async alive(now = Date.now()): Promise<NodeRecord[]> {
+    return (await this.all()).filter((n) => now - n.heartbeatAt <= this.heartbeatTtlMs);
+  }
+
+  close(): void {
+    this.stopWatch();
+  }
+}

@@ -1,0 +1,3 @@
+/** @tandem/proto: the gRPC contract (loaded .proto files and their generated types) and server plumbing. */
+export * from "./tandem-protos.ts";
+export { startGrpcServer, type RunningServer, type ServingOptions } from "./grpc-server.ts";

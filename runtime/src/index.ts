@@ -1,0 +1,105 @@
+/**
+ * @tandem/runtime: the model engine shared by edge and cloud. Checkpoints, segment graphs
+ * on ONNX Runtime, sessions with their KV, exit policies, calibration, hidden-state
+ * codecs and the collaborative loop; a reference forward and random checkpoints for tests.
+ */
+
+// Checkpoints
+export { loadCheckpoint, readCheckpointConfig } from "./checkpoint/load-checkpoint.ts";
+export type { ModelArchitecture, ModelConfig } from "./checkpoint/model-config.ts";
+export type { Checkpoint, ModelWeights, WeightTensor } from "./checkpoint/model-weights.ts";
+export { readSafetensors, writeSafetensors, type TensorToWrite } from "./checkpoint/safetensors.ts";
+
+// Segment graphs and the engine
+export {
+  DEFAULT_QUANT_BLOCK_SIZE,
+  segmentSpec,
+  validateSegmentSpec,
+  type ExitHeadSpec,
+  type LinearExitMap,
+  type SegmentSpec,
+  type WeightFormat,
+} from "./graph/segment-spec.ts";
+export { cloudSegmentSpec, edgeSegmentSpec } from "./graph/deployment-specs.ts";
+export { defaultGraphCacheDir, ensureSegmentGraph, segmentGraphPath } from "./graph/graph-cache.ts";
+export { OnnxGraphBuilder } from "./graph/onnx-graph-builder.ts";
+export { SegmentModel, type SegmentModelOptions } from "./engine/segment-model.ts";
+export {
+  SegmentSessions,
+  type ExitResult,
+  type SegmentInput,
+  type SegmentSessionsOptions,
+  type SegmentStep,
+} from "./engine/segment-sessions.ts";
+export { computeLogits } from "./engine/compute-logits.ts";
+
+// Exits and calibration
+export {
+  AlwaysDeferPolicy,
+  AlwaysExitPolicy,
+  BudgetExitPolicy,
+  RollingEntropyPolicy,
+  ThresholdExitPolicy,
+  deepestExit,
+  type ConfidenceMetric,
+  type ExitPolicy,
+  type ExitSignal,
+  type ExitThreshold,
+} from "./exits/exit-policy.ts";
+export { calibrate, type CalibrateOptions } from "./calibration/calibrate.ts";
+export {
+  calibratedExitHeads,
+  checkCalibrationMatches,
+  policyForTarget,
+  readCalibration,
+  writeCalibration,
+  type CalibratedPolicy,
+  type Calibration,
+  type CalibrationSummary,
+  type CurvePoint,
+} from "./calibration/calibration-file.ts";
+export { evaluatePolicy, type PositionRecord } from "./calibration/threshold-search.ts";
+
+// Hidden states on the wire
+export {
+  CODEC_NAMES,
+  getCodec,
+  isCodecName,
+  type CodecName,
+  type HiddenStateCodec,
+} from "./codec/hidden-state-codec.ts";
+export { activations, type ActivationOptions } from "./codec/synthetic-activations.ts";
+
+// Generation
+export {
+  GREEDY,
+  isGreedy,
+  sampleToken,
+  validateSampling,
+  type SamplingOptions,
+} from "./generation/sampler.ts";
+export {
+  ContextLostError,
+  LocalUpperSegment,
+  SplitGenerator,
+  UpperUnavailableError,
+  type GenerateOptions,
+  type GeneratedToken,
+  type SplitGeneratorStats,
+  type TokenSource,
+  type UpperAnswer,
+  type UpperSegment,
+} from "./generation/split-generator.ts";
+export { loadLocalSplit, type LocalSplit, type LocalSplitOptions } from "./generation/local-split.ts";
+export { IncrementalDecoder, Tokenizer } from "./tokenizer/tokenizer.ts";
+
+// For tests and benchmarks: the plain-TypeScript reference forward and random checkpoints
+export { ReferenceModel } from "./reference/reference-model.ts";
+export {
+  PRESET_SPECS,
+  TINY_LLAMA,
+  TINY_MIXTRAL,
+  sizedLlamaSpec,
+  writeRandomCheckpoint,
+  type RandomCheckpointSpec,
+} from "./testing/random-checkpoint.ts";

@@ -1,0 +1,40 @@
+/**
+ * Where batch jobs live in Redis: one BullMQ queue per job kind, under a key prefix per
+ * cluster, so clusters (and test runs) sharing a Redis never see each other's jobs.
+ */
+import type { ConnectionOptions } from "bullmq";
+import { InvalidArgumentError } from "@tandem/common";
+
+export interface BatchQueueLocation {
+  connection: ConnectionOptions;
+  /** BullMQ key prefix: `tandem:<cluster>`. */
+  prefix: string;
+}
+
+export function batchQueueLocation(redisUrl: string, cluster: string): BatchQueueLocation {
+  let url: URL;
+  try {
+    url = new URL(redisUrl);
+  } catch {
+    throw new InvalidArgumentError("redisUrl", `is not a URL: ${JSON.stringify(redisUrl)}`);
+  }
+  if (url.protocol !== "redis:")
+    throw new InvalidArgumentError("redisUrl", `must be redis://host:port[/db], got ${redisUrl}`);
+  if (!/^[A-Za-z0-9_-]+$/.test(cluster))
+    throw new InvalidArgumentError(
+      "cluster",
+      `must be letters, digits, '_' or '-', got ${JSON.stringify(cluster)}`,
+    );
+  const db = url.pathname.length > 1 ? Number(url.pathname.slice(1)) : 0;
+  return {
+    connection: {
+      host: url.hostname,
+      port: url.port ? Number(url.port) : 6379,
+      db,
+      password: url.password || undefined,
+      // BullMQ workers block on Redis; ioredis must not give up on those commands.
+      maxRetriesPerRequest: null,
+    },
+    prefix: `tandem:${cluster}`,
+  };
+}

@@ -1,0 +1,241 @@
+/**
+ * The CloudWorker/Escalate protocol against a real worker on loopback: a hand-rolled
+ * client sends good and bad frames; the edge's CloudSession reconnects without resending
+ * what the worker already holds.
+ */
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import * as grpc from "@grpc/grpc-js";
+import { pino } from "pino";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { CloudLinks } from "@tandem/edge-agent";
+import { StaticCloudRoute } from "@tandem/edge-agent";
+import { loadTandemProtos, type CloudMessage__Output, type EdgeMessage } from "@tandem/proto";
+import { loadCheckpoint } from "@tandem/runtime";
+import type { Checkpoint } from "@tandem/runtime";
+import { getCodec } from "@tandem/runtime";
+import { GREEDY } from "@tandem/runtime";
+import { loadLocalSplit } from "@tandem/runtime";
+import { TINY_LLAMA, writeRandomCheckpoint } from "@tandem/runtime";
+import { startCloudWorker, type CloudWorker } from "@tandem/cloud-worker";
+
+let dir: string;
+let checkpoint: Checkpoint;
+let worker: CloudWorker;
+let hidden: Float32Array; // split-layer hidden states of 12 positions
+const HIDDEN = 64;
+const SPLIT = 2;
+
+beforeAll(async () => {
+  dir = mkdtempSync(join(tmpdir(), "tandem-escalate-"));
+  // The tiny Llama preset: hidden 64, 4 layers, 4 heads over 2 KV heads (head dim 16).
+  await writeRandomCheckpoint(join(dir, "model"), {
+    ...TINY_LLAMA,
+    tieWordEmbeddings: true,
+    seed: 31,
+    initScale: 2,
+  });
+  checkpoint = await loadCheckpoint(join(dir, "model"));
+  const local = await loadLocalSplit(checkpoint, { split: SPLIT, cacheDir: join(dir, "graphs") });
+  local.lower.open("h");
+  hidden = (await local.lower.forward("h", { ids: [5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16] })).hidden!;
+  await local.release();
+  worker = await startCloudWorker(
+    { modelDir: join(dir, "model"), split: SPLIT, workerId: "test", cacheDir: join(dir, "graphs") },
+    pino({ level: "silent" }),
+  );
+});
+
+afterAll(async () => {
+  await worker?.close(100);
+  rmSync(dir, { recursive: true, force: true });
+});
+
+/** A raw Escalate stream: send messages, collect replies and the final status. */
+function rawStream() {
+  const { tandem } = loadTandemProtos();
+  const client = new tandem.v1.CloudWorker(worker.server.address, grpc.credentials.createInsecure());
+  const stream = client.Escalate();
+  const replies: CloudMessage__Output[] = [];
+  const waiters: (() => void)[] = [];
+  stream.on("data", (m: CloudMessage__Output) => {
+    replies.push(m);
+    waiters.splice(0).forEach((w) => w());
+  });
+  const status = new Promise<grpc.StatusObject | grpc.ServiceError>((resolve) => {
+    stream.on("error", (e: grpc.ServiceError) => resolve(e));
+    stream.on("status", (s: grpc.StatusObject) => resolve(s));
+  });
+  return {
+    send: (m: EdgeMessage) => stream.write(m),
+    replies,
+    async next(count: number) {
+      while (replies.length < count) await new Promise<void>((r) => waiters.push(r));
+      return replies[count - 1];
+    },
+    status,
+    end: () => {
+      stream.end();
+      client.close();
+    },
+  };
+}
+
+const open = (sessionId: string, overrides: object = {}): EdgeMessage => ({
+  open: {
+    sessionId,
+    modelId: "m",
+    weightsHash: checkpoint.weightsHash,
+    splitLayer: SPLIT,
+    codec: "HIDDEN_STATE_CODEC_FP32",
+    hiddenSize: HIDDEN,
+    ...overrides,
+  },
+});
+const frame = (start: number, count: number, overrides: object = {}): EdgeMessage => ({
+  frame: {
+    start,
+    count,
+    payload: getCodec("fp32").encode(
+      hidden.subarray(start * HIDDEN, (start + count) * HIDDEN),
+      count,
+      HIDDEN,
+    ),
+    wantToken: true,
+    requestId: String(start),
+    ...overrides,
+  },
+});
+
+describe("Escalate", () => {
+  it("opens a session, answers a token per frame, and reports the context it holds on reopen", async () => {
+    const a = rawStream();
+    a.send(open("s1"));
+    expect((await a.next(1)).opened?.contextLength).toBe(0);
+    a.send(frame(0, 5));
+    const reply = await a.next(2);
+    expect(reply.token?.position).toBe(5);
+    expect(reply.token?.requestId).toBe("0");
+    a.end();
+    const b = rawStream();
+    b.send(open("s1"));
+    expect((await b.next(1)).opened?.contextLength).toBe(5);
+    b.send(frame(8, 2));
+    expect((await b.next(2)).contextLost?.resumeFrom).toBe(5);
+    b.end();
+  });
+
+  // Messages are built lazily: the hidden states exist only after beforeAll.
+  const bad: [string, () => EdgeMessage[], grpc.status, RegExp][] = [
+    [
+      "a frame before open",
+      () => [frame(0, 1)],
+      grpc.status.FAILED_PRECONDITION,
+      /frame: the stream must start with open/,
+    ],
+    [
+      "other weights",
+      () => [open("b1", { weightsHash: "ab".repeat(32) })],
+      grpc.status.FAILED_PRECONDITION,
+      /open\.weights_hash/,
+    ],
+    [
+      "another split",
+      () => [open("b2", { splitLayer: 3 })],
+      grpc.status.FAILED_PRECONDITION,
+      /open\.split_layer/,
+    ],
+    [
+      "another hidden size",
+      () => [open("b3", { hiddenSize: 32 })],
+      grpc.status.FAILED_PRECONDITION,
+      /open\.hidden_size/,
+    ],
+    [
+      "no codec",
+      () => [open("b4", { codec: "HIDDEN_STATE_CODEC_UNSPECIFIED" })],
+      grpc.status.INVALID_ARGUMENT,
+      /open\.codec/,
+    ],
+    ["an empty session id", () => [open("")], grpc.status.INVALID_ARGUMENT, /open\.session_id/],
+    [
+      "a payload of the wrong size",
+      () => [open("b5"), frame(0, 2, { count: 3 })],
+      grpc.status.INVALID_ARGUMENT,
+      /frame\.payload: fp32 for 3 positions of 64 needs 768 bytes, got 512/,
+    ],
+    [
+      "zero positions",
+      () => [open("b6"), frame(0, 1, { count: 0, payload: new Uint8Array(0) })],
+      grpc.status.INVALID_ARGUMENT,
+      /frame\.count/,
+    ],
+    [
+      "a non-finite hidden state",
+      () => [open("b7"), frame(0, 1, { payload: new Uint8Array(new Float32Array(HIDDEN).fill(NaN).buffer) })],
+      grpc.status.INVALID_ARGUMENT,
+      /frame\.payload: .*non-finite/,
+    ],
+    [
+      "a temperature out of range",
+      () => [open("b8"), frame(0, 1, { temperature: -2 })],
+      grpc.status.INVALID_ARGUMENT,
+      /frame\.temperature/,
+    ],
+    [
+      "positions past the model's limit",
+      () => [open("b9"), frame(0, 1, { start: 5000 })],
+      grpc.status.INVALID_ARGUMENT,
+      /frame\.start/,
+    ],
+  ];
+  for (const [name, messages, code, details] of bad) {
+    it(`rejects ${name} with ${grpc.status[code]} naming the field`, async () => {
+      const s = rawStream();
+      for (const m of messages()) s.send(m);
+      const status = await s.status;
+      expect(status.code).toBe(code);
+      expect(status.details).toMatch(details);
+      s.end();
+    });
+  }
+
+  it("keeps a session's context and keeps serving after a bad frame", async () => {
+    const a = rawStream();
+    a.send(open("keep"));
+    a.send(frame(0, 4));
+    await a.next(2);
+    a.send(frame(4, 1, { count: 2 }));
+    expect((await a.status).code).toBe(grpc.status.INVALID_ARGUMENT);
+    a.end();
+    const b = rawStream();
+    b.send(open("keep"));
+    expect((await b.next(1)).opened?.contextLength).toBe(4);
+    b.send(frame(4, 1));
+    expect((await b.next(2)).token?.position).toBe(5);
+    b.end();
+  });
+});
+
+describe("CloudSession (the edge side)", () => {
+  it("after a broken stream, reopens and sends only what the worker does not hold", async () => {
+    const link = new CloudLinks(
+      { codec: "fp32", backoffInitialMs: 1 },
+      { modelId: "m", weightsHash: checkpoint.weightsHash, splitLayer: SPLIT, hiddenSize: HIDDEN },
+      new StaticCloudRoute(worker.server.address),
+    );
+    const session = link.session("resync");
+    const first = await session.extend(0, hidden.subarray(0, 10 * HIDDEN), 10, true, GREEDY);
+    expect(first).toBeDefined();
+    const positionsBefore = worker.counters.positions;
+    // Break the stream from the edge side, as a network failure would.
+    (session as unknown as { stream: grpc.ClientDuplexStream<unknown, unknown> }).stream.cancel();
+    await new Promise((r) => setTimeout(r, 50));
+    const answer = await session.extend(10, hidden.subarray(10 * HIDDEN, 12 * HIDDEN), 2, true, GREEDY);
+    expect(answer).toBeDefined();
+    expect(worker.counters.positions - positionsBefore).toBe(2);
+    await session.close();
+    await link.close();
+  });
+});

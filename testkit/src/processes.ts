@@ -1,0 +1,96 @@
+/**
+ * Starting Tandem's programs as real processes in tests: spawn, wait for the line that
+ * says they listen, and stop them (gracefully or with SIGKILL) afterwards.
+ */
+import { execFile, spawn, type ChildProcess } from "node:child_process";
+import { createServer } from "node:net";
+import { join } from "node:path";
+
+const BIN = join(import.meta.dirname, "..", "..", "bin");
+
+export interface RunningProcess {
+  child: ChildProcess;
+  address: string;
+  output: () => string;
+  kill(signal?: NodeJS.Signals): Promise<void>;
+}
+
+/** A port that was free a moment ago (the kernel picks it). */
+export async function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const server = createServer();
+    server.listen(0, "127.0.0.1", () => {
+      const address = server.address();
+      server.close(() =>
+        typeof address === "object" && address ? resolve(address.port) : reject(new Error("no port")),
+      );
+    });
+  });
+}
+
+/** Spawns bin/<program>.mjs with flags and resolves once it prints `listening host:port`. */
+export async function startProgram(
+  program: "tandem-edge" | "tandem-cloud-worker" | "tandem-control-plane" | "tandem-batch-worker",
+  flags: Record<string, string | number>,
+  env: NodeJS.ProcessEnv = {},
+  binDir = BIN,
+): Promise<RunningProcess> {
+  const args = [
+    join(binDir, `${program}.mjs`),
+    ...Object.entries(flags).flatMap(([k, v]) => [`--${k}`, String(v)]),
+  ];
+  const child = spawn(process.execPath, args, {
+    env: { ...process.env, TANDEM_LOG_LEVEL: "warn", ...env },
+    stdio: ["ignore", "pipe", "pipe"],
+  });
+  let output = "";
+  child.stderr!.on("data", (d: Buffer) => (output += d.toString()));
+  const address = await new Promise<string>((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`${program} did not start in 60 s:\n${output}`)), 60_000);
+    child.stdout!.on("data", (d: Buffer) => {
+      output += d.toString();
+      const match = /(?:listening|running) (\S+)/.exec(output);
+      if (match) {
+        clearTimeout(timer);
+        resolve(match[1]);
+      }
+    });
+    child.on("exit", (code) => {
+      clearTimeout(timer);
+      reject(new Error(`${program} exited with ${code} before listening:\n${output}`));
+    });
+  });
+  return {
+    child,
+    address,
+    output: () => output,
+    async kill(signal = "SIGTERM") {
+      if (child.exitCode !== null || child.signalCode !== null) return;
+      const exited = new Promise<void>((resolve) => child.once("exit", () => resolve()));
+      child.kill(signal);
+      await exited;
+    },
+  };
+}
+
+export interface CliResult {
+  stdout: string;
+  stderr: string;
+  /** The exit code (0 on success). */
+  code: number;
+}
+
+/** Runs `tandem …` (bin/tandem.mjs) to completion, as a user would. */
+export async function runCli(args: string[], env: NodeJS.ProcessEnv = process.env): Promise<CliResult> {
+  return new Promise((resolve) => {
+    execFile(
+      process.execPath,
+      [join(BIN, "tandem.mjs"), ...args],
+      { env, maxBuffer: 64 << 20 },
+      (error, stdout, stderr) => {
+        const code = error ? (typeof error.code === "number" ? error.code : 1) : 0;
+        resolve({ stdout, stderr, code });
+      },
+    );
+  });
+}
