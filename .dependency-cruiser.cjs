@@ -10,9 +10,9 @@ const { readFileSync } = require("node:fs");
 const { join } = require("node:path");
 
 const { packages } = JSON.parse(readFileSync(join(__dirname, "package-graph.json"), "utf8"));
-const escape = (/** @type {string} */ s) => s.replace(/[.*+?^${}()|[\]\\/]/g, "\\$&");
-const anyPackage = `^(${packages.map((/** @type {any} */ p) => escape(p.dir)).join("|")})/`;
-const entry = (/** @type {string} */ dir) => `^${escape(dir)}/src/index\\.ts$`;
+const escapeRegex = (/** @type {string} */ s) => s.replace(/[.*+?^${}()|[\]\\/]/g, "\\$&");
+const anyPackage = `^(${packages.map((/** @type {any} */ p) => escapeRegex(p.dir)).join("|")})/`;
+const entry = (/** @type {string} */ dir) => `^${escapeRegex(dir)}/src/index\\.ts$`;
 
 /** @type {import("dependency-cruiser").IForbiddenRuleType[]} */
 const forbidden = [
@@ -47,18 +47,18 @@ for (const p of packages) {
       name: `${p.name}-depends-only-on-${p.dependsOn.join("-") || "nothing"}`,
       severity: "error",
       comment: `package-graph.json lets ${p.name} depend on: ${p.dependsOn.join(", ") || "no other package"}.`,
-      from: { path: `^${escape(p.dir)}/`, pathNot: ["\\.test\\.ts$"] },
-      to: { path: `^(${notAllowed.map((/** @type {any} */ q) => escape(q.dir)).join("|")})/` },
+      from: { path: `^${escapeRegex(p.dir)}/`, pathNot: ["\\.test\\.ts$"] },
+      to: { path: `^(${notAllowed.map((/** @type {any} */ q) => escapeRegex(q.dir)).join("|")})/` },
     });
   forbidden.push({
     name: `${p.name}-tests-depend-only-on-${[...p.dependsOn, "testkit"].join("-")}`,
     severity: "error",
     comment: `Tests of ${p.name} may use what ${p.name} may, and testkit.`,
-    from: { path: `^${escape(p.dir)}/.*\\.test\\.ts$` },
+    from: { path: `^${escapeRegex(p.dir)}/.*\\.test\\.ts$` },
     to: {
       path: `^(${notAllowed
         .filter((/** @type {any} */ q) => q.name !== "testkit")
-        .map((/** @type {any} */ q) => escape(q.dir))
+        .map((/** @type {any} */ q) => escapeRegex(q.dir))
         .join("|")})/`,
     },
   });
@@ -66,10 +66,10 @@ for (const p of packages) {
     name: `${p.name}-imports-others-through-their-index`,
     severity: "error",
     comment: "Another package is reached only through its src/index.ts, never its internals.",
-    from: { path: `^${escape(p.dir)}/` },
+    from: { path: `^${escapeRegex(p.dir)}/` },
     to: {
       path: anyPackage,
-      pathNot: [`^${escape(p.dir)}/`, ...others.map((/** @type {any} */ q) => entry(q.dir))],
+      pathNot: [`^${escapeRegex(p.dir)}/`, ...others.map((/** @type {any} */ q) => entry(q.dir))],
     },
   });
 }

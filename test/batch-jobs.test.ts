@@ -11,16 +11,19 @@ import { promisify } from "node:util";
 import { Job, Queue } from "bullmq";
 import { pino } from "pino";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { showJob, submitJob, waitForJob, type SubmitOptions } from "@tandem/batch-worker";
-import { runCli } from "@tandem/testkit";
-import { readCalibration } from "@tandem/runtime";
-import { loadCheckpoint } from "@tandem/runtime";
-import { SegmentModel } from "@tandem/runtime";
-import { cloudSegmentSpec } from "@tandem/runtime";
-import { JOB_KINDS, type GenerateJobResult } from "@tandem/batch-worker";
-import { batchQueueLocation } from "@tandem/batch-worker";
-import { startBatchWorker, type BatchWorker } from "@tandem/batch-worker";
-import { startProgram } from "@tandem/testkit";
+import {
+  batchQueueLocation,
+  type BatchWorker,
+  type GenerateJobResult,
+  JOB_KINDS,
+  showJob,
+  startBatchWorker,
+  submitJob,
+  type SubmitOptions,
+  waitForJob,
+} from "@tandem/batch-worker";
+import { runCli, startProgram } from "@tandem/testkit";
+import { cloudSegmentSpec, loadCheckpoint, readCalibration, SegmentModel } from "@tandem/runtime";
 
 const MODEL = join(import.meta.dirname, "..", "models", "tandem-demo");
 const CALIBRATION = join(MODEL, "calibration.safetensors");
@@ -73,7 +76,11 @@ describe("batch jobs on BullMQ", () => {
       );
       const value = (await waitForJob("generate", id, options, 120_000)) as GenerateJobResult;
       const view = await showJob("generate", id, options);
-      expect(view).toMatchObject({ state: "completed", progress: 100, attemptsMade: 1 });
+      expect(view).toMatchObject({
+        state: "completed",
+        progress: { phase: "prompts", done: 2, total: 2 },
+        attemptsMade: 1,
+      });
       return value;
     });
     expect(result.outputs.map((o) => o.prompt)).toEqual(prompts);
@@ -160,7 +167,7 @@ describe("batch jobs on BullMQ", () => {
     const location = batchQueueLocation(REDIS, options.cluster);
     // Submitting validates: the job never reaches Redis.
     await expect(submitJob("generate", { model: MODEL, prompts: [] }, options)).rejects.toThrow(
-      /^prompts: must be a non-empty list/,
+      /^prompts: must hold at least 1 item/,
     );
     // Data that reached Redis by another way is checked again by the worker.
     const queue = new Queue("generate", { connection: location.connection, prefix: location.prefix });
@@ -173,7 +180,7 @@ describe("batch jobs on BullMQ", () => {
           { attempts: 3 },
         );
         await expect(waitForJob("generate", empty.id!, options, 30_000)).rejects.toThrow(
-          /prompts: must be a non-empty list/,
+          /prompts: must hold at least 1 item/,
         );
         await expect(waitForJob("generate", missing.id!, options, 30_000)).rejects.toThrow(/no-such-model/);
         // A calibration that cannot be written (its directory is a file) fails once, naming `out`.
@@ -219,7 +226,17 @@ describe("batch jobs on BullMQ", () => {
     const flags = ["--redis", REDIS, "--cluster", options.cluster];
     const bad = await tandem("jobs", "submit", "generate", "--data", `{"model":"${MODEL}"}`, ...flags);
     expect(bad.code).toBe(2);
-    expect(bad.stderr).toMatch(/--data: prompts: must be a non-empty list/);
+    expect(bad.stderr).toMatch(/--data: prompts: is required/);
+    const typo = await tandem(
+      "jobs",
+      "submit",
+      "generate",
+      "--data",
+      `{"model":"${MODEL}","prompts":["a"],"max_token":5}`,
+      ...flags,
+    );
+    expect(typo.code).toBe(2);
+    expect(typo.stderr).toMatch(/--data: max_token: is not a known key/);
     const kind = await tandem("jobs", "submit", "summarize", "--data", "{}", ...flags);
     expect(kind.stderr).toMatch(/KIND: must be one of generate, calibrate, build-graphs/);
     await withWorker(options, async () => {
@@ -237,7 +254,10 @@ describe("batch jobs on BullMQ", () => {
       expect(printed.state).toBe("completed");
       expect(printed.result.tokens).toBe(4);
       const shown = await tandem("jobs", "show", "generate", printed.id, ...flags);
-      expect(JSON.parse(shown.stdout)).toMatchObject({ state: "completed", progress: 100 });
+      expect(JSON.parse(shown.stdout)).toMatchObject({
+        state: "completed",
+        progress: { phase: "prompts", done: 1, total: 1 },
+      });
     });
   }, 120_000);
 });
@@ -257,7 +277,8 @@ describe("no job lost", () => {
     const deadline = Date.now() + 60_000;
     for (;;) {
       const view = await showJob("generate", id, options);
-      if (view?.state === "active" && Number(view.progress) > 0) return;
+      if (view?.state === "active" && ((view.progress as { done?: number } | undefined)?.done ?? 0) > 0)
+        return;
       if (Date.now() > deadline) throw new Error(`job ${id} never became active: ${JSON.stringify(view)}`);
       await new Promise((r) => setTimeout(r, 100));
     }

@@ -5,9 +5,7 @@ import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { loadCheckpoint } from "@tandem/runtime";
-import { ReferenceModel } from "@tandem/runtime";
-import { writeRandomCheckpoint } from "@tandem/runtime";
+import { loadCheckpoint, ReferenceModel, writeRandomCheckpoint } from "@tandem/runtime";
 import { runCli } from "@tandem/testkit";
 
 let dir: string;

@@ -9,19 +9,22 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { connect } from "@nats-io/transport-node";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { NodeRegistry } from "@tandem/cluster";
-import { controlPlaneNames } from "@tandem/cluster";
-import type { ExpertLoadReport } from "@tandem/cluster";
-import { loadCheckpoint } from "@tandem/runtime";
-import { AlwaysExitPolicy } from "@tandem/runtime";
-import { loadLocalSplit } from "@tandem/runtime";
-import { SplitGenerator } from "@tandem/runtime";
-import { writeRandomCheckpoint } from "@tandem/runtime";
-import { Tokenizer } from "@tandem/runtime";
-import { clusterStatus } from "@tandem/cluster";
-import { generate } from "@tandem/testkit";
-import { startNatsServer, type TestNatsServer } from "@tandem/testkit";
-import { startProgram, type RunningProcess } from "@tandem/testkit";
+import { clusterStatus, controlPlaneNames, type ExpertLoadReport, NodeRegistry } from "@tandem/cluster";
+import {
+  AlwaysExitPolicy,
+  loadCheckpoint,
+  loadLocalSplit,
+  SplitGenerator,
+  Tokenizer,
+  writeRandomCheckpoint,
+} from "@tandem/runtime";
+import {
+  generate,
+  type RunningProcess,
+  startNatsServer,
+  startProgram,
+  type TestNatsServer,
+} from "@tandem/testkit";
 
 let dir: string;
 let model: string;

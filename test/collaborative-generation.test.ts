@@ -10,14 +10,15 @@ import { join } from "node:path";
 import { promisify } from "node:util";
 import * as grpc from "@grpc/grpc-js";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { loadCheckpoint } from "@tandem/runtime";
-import { AlwaysExitPolicy } from "@tandem/runtime";
-import { loadLocalSplit } from "@tandem/runtime";
-import { SplitGenerator } from "@tandem/runtime";
-import { writeRandomCheckpoint } from "@tandem/runtime";
-import { Tokenizer } from "@tandem/runtime";
-import { generate, healthStatus } from "@tandem/testkit";
-import { freePort, startProgram, type RunningProcess } from "@tandem/testkit";
+import {
+  AlwaysExitPolicy,
+  loadCheckpoint,
+  loadLocalSplit,
+  SplitGenerator,
+  Tokenizer,
+  writeRandomCheckpoint,
+} from "@tandem/runtime";
+import { freePort, generate, healthStatus, type RunningProcess, startProgram } from "@tandem/testkit";
 
 let dir: string;
 let model: string;

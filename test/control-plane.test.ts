@@ -6,30 +6,25 @@
 import { connect, type NatsConnection } from "@nats-io/transport-node";
 import { pino } from "pino";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { controlPlaneNames } from "@tandem/cluster";
-import { Controller } from "@tandem/control-plane";
-import { ExpertPlanner } from "@tandem/control-plane";
-import { NodeRegistry, type NodeRecord } from "@tandem/cluster";
 import {
-  ownerOf,
-  PlacementStore,
-  expertsOf,
-  readExpertMap,
+  clusterStatus,
+  controlPlaneNames,
   type ExpertLoadReport,
+  expertsOf,
+  type NodeRecord,
+  NodeRegistry,
+  ownerOf,
+  openExpertMap,
+  openShardMap,
+  watchVersioned,
   type ShardMapRecord,
 } from "@tandem/cluster";
-import { startNatsServer, type TestNatsServer } from "@tandem/testkit";
-import { until } from "@tandem/testkit";
+import { Controller, ExpertPlanner } from "@tandem/control-plane";
+import { healthStatus, runCli, startNatsServer, type TestNatsServer, until } from "@tandem/testkit";
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
-import { loadCheckpoint } from "@tandem/runtime";
-import { SegmentModel } from "@tandem/runtime";
-import { SegmentSessions } from "@tandem/runtime";
-import { segmentSpec } from "@tandem/runtime";
-import { Tokenizer } from "@tandem/runtime";
+import { loadCheckpoint, SegmentModel, SegmentSessions, segmentSpec, Tokenizer } from "@tandem/runtime";
 import { startCloudWorker } from "@tandem/cloud-worker";
-import { clusterStatus } from "@tandem/cluster";
-import { healthStatus, runCli } from "@tandem/testkit";
 
 const log = pino({ level: "silent" });
 let server: TestNatsServer;
@@ -77,9 +72,9 @@ describe("control plane on NATS", () => {
     const beat = setInterval(() => {
       for (const id of alive) void registry.heartbeat(worker(id));
     }, 200);
-    const store = await PlacementStore.open(await open(), names);
+    const store = await openShardMap(await open(), names);
     const seen: ShardMapRecord[] = [];
-    const watch = await store.watch((m) => seen.push(m));
+    const watch = await watchVersioned(store, (m) => seen.push(m));
     try {
       const first = await until("a map with three workers", () =>
         seen.find((m) => Object.keys(m.endpoints).length === 3),
@@ -138,7 +133,7 @@ describe("control plane on NATS", () => {
     const beat = setInterval(() => {
       for (const id of alive) void registry.heartbeat(worker(id)).catch(() => undefined);
     }, 200);
-    const store = await PlacementStore.open(await open(), names);
+    const store = await openShardMap(await open(), names);
     try {
       await until("a first map", async () => (await store.read())?.record);
       await server.restart();
@@ -185,7 +180,7 @@ describe("expert placement from published load", () => {
     const beat = setInterval(() => {
       for (const id of hosts) void registry.heartbeat({ ...worker(id), expertSlots: 8 });
     }, 100);
-    const store = await PlacementStore.open(nc, names);
+    const store = await openExpertMap(nc, names);
     await until("four hosts alive", async () => ((await registry.alive()).length === 4 ? true : undefined));
     let hot = [0, 1];
     const publish = setInterval(() => {
@@ -199,7 +194,7 @@ describe("expert placement from published load", () => {
     }, 50);
     try {
       const first = await until("an expert map over all four hosts", async () => {
-        const record = (await readExpertMap(store))?.record;
+        const record = (await store.read())?.record;
         return record &&
           new Set(Object.values(record.experts).flat()).size === 4 &&
           record.experts["0"].length > 1
@@ -216,13 +211,13 @@ describe("expert placement from published load", () => {
       }
       // Noise only: once settled, several windows pass without a new version.
       await new Promise((r) => setTimeout(r, 700));
-      const settled = (await readExpertMap(store))!.record.version;
+      const settled = (await store.read())!.record.version;
       await new Promise((r) => setTimeout(r, 1500));
-      expect((await readExpertMap(store))!.record.version).toBe(settled);
+      expect((await store.read())!.record.version).toBe(settled);
       // The hot experts change: a new plan replicates the new ones.
       hot = [9, 10];
       const second = await until("a re-plan that replicates the new hot experts", async () => {
-        const current = (await readExpertMap(store))?.record;
+        const current = (await store.read())?.record;
         return current && current.version > settled && current.experts["9"].length > 1 ? current : undefined;
       });
       expect(second.experts["10"].length).toBeGreaterThan(1);
@@ -269,7 +264,6 @@ describe("expert placement from a MoE model's real activations", () => {
               natsUrl: server.url,
               name: cluster,
               heartbeatMs: 100,
-              heartbeatTtlMs: 1000,
               // As in a pod: the registry holds the address edges reach, not the listening one.
               advertise: `${workerId}.workers.test:50052`,
             },
@@ -302,7 +296,7 @@ describe("expert placement from a MoE model's real activations", () => {
           : undefined,
       );
       const map = await until("an expert map over both workers", async () => {
-        const record = (await readExpertMap(await PlacementStore.open(nc, names)))?.record;
+        const record = (await (await openExpertMap(nc, names)).read())?.record;
         return record && new Set(Object.values(record.experts).flat()).size === 2 ? record : undefined;
       });
       expect(Object.keys(map.experts)).toHaveLength(experts);
@@ -316,9 +310,9 @@ describe("expert placement from a MoE model's real activations", () => {
       expect(map.experts[String(hottest)].length).toBeGreaterThanOrEqual(map.experts[String(coldest)].length);
       expect(map.maxMeanLoad).toBeLessThanOrEqual(1.05);
       // Each worker takes up the latest map: its replicas and shares, and reports the version.
-      const store = await PlacementStore.open(nc, names);
+      const store = await openExpertMap(nc, names);
       await until("both workers on the latest expert map", async () => {
-        const latest = (await readExpertMap(store))!.record;
+        const latest = (await store.read())!.record;
         const nodes = (await clusterStatus(server.url, cluster, 1000)).nodes;
         return workers.every((w, i) => {
           const taken = w.membership!.expertAssignment();
@@ -398,8 +392,8 @@ describe("expert load reports of the wrong size", () => {
     const planner = new ExpertPlanner(
       nc,
       names,
-      await PlacementStore.open(nc, names),
-      { experts: 8 },
+      await openExpertMap(nc, names),
+      { experts: 8, windowMs: 5000 },
       capture,
     );
     try {

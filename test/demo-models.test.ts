@@ -5,17 +5,20 @@
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
-import { calibrate } from "@tandem/runtime";
-import { readCalibration } from "@tandem/runtime";
-import { evaluatePolicy } from "@tandem/runtime";
-import { loadCheckpoint } from "@tandem/runtime";
-import { getCodec, type CodecName } from "@tandem/runtime";
-import { SegmentModel } from "@tandem/runtime";
-import { SegmentSessions } from "@tandem/runtime";
-import { segmentSpec } from "@tandem/runtime";
-import { ReferenceModel } from "@tandem/runtime";
-import { Tokenizer } from "@tandem/runtime";
-import { computeLogits } from "@tandem/runtime";
+import {
+  calibrate,
+  type CodecName,
+  computeLogits,
+  evaluatePolicy,
+  getCodec,
+  loadCheckpoint,
+  readCalibration,
+  ReferenceModel,
+  SegmentModel,
+  SegmentSessions,
+  segmentSpec,
+  Tokenizer,
+} from "@tandem/runtime";
 import { runCli } from "@tandem/testkit";
 
 const MODELS = join(import.meta.dirname, "..", "models");

@@ -8,8 +8,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { promisify } from "node:util";
 import { afterAll, describe, expect, it } from "vitest";
-import { generate } from "@tandem/testkit";
-import { startProgram } from "@tandem/testkit";
+import { generate, startProgram } from "@tandem/testkit";
 
 const ROOT = join(import.meta.dirname, "..");
 const dir = mkdtempSync(join(tmpdir(), "tandem-install-"));

@@ -9,15 +9,18 @@ import { join } from "node:path";
 import * as grpc from "@grpc/grpc-js";
 import { pino } from "pino";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { CloudLinks } from "@tandem/edge-agent";
-import { StaticCloudRoute } from "@tandem/edge-agent";
+import { CLOUD_LINK_BACKOFF } from "@tandem/common";
+import { CloudLinks, DEFAULT_CLOUD_LINK_OPTIONS, StaticCloudRoute } from "@tandem/edge-agent";
 import { loadTandemProtos, type CloudMessage__Output, type EdgeMessage } from "@tandem/proto";
-import { loadCheckpoint } from "@tandem/runtime";
-import type { Checkpoint } from "@tandem/runtime";
-import { getCodec } from "@tandem/runtime";
-import { GREEDY } from "@tandem/runtime";
-import { loadLocalSplit } from "@tandem/runtime";
-import { TINY_LLAMA, writeRandomCheckpoint } from "@tandem/runtime";
+import {
+  type Checkpoint,
+  getCodec,
+  GREEDY,
+  loadCheckpoint,
+  loadLocalSplit,
+  TINY_LLAMA,
+  writeRandomCheckpoint,
+} from "@tandem/runtime";
 import { startCloudWorker, type CloudWorker } from "@tandem/cloud-worker";
 
 let dir: string;
@@ -221,8 +224,15 @@ describe("Escalate", () => {
 describe("CloudSession (the edge side)", () => {
   it("after a broken stream, reopens and sends only what the worker does not hold", async () => {
     const link = new CloudLinks(
-      { codec: "fp32", backoffInitialMs: 1 },
-      { modelId: "m", weightsHash: checkpoint.weightsHash, splitLayer: SPLIT, hiddenSize: HIDDEN },
+      { ...DEFAULT_CLOUD_LINK_OPTIONS, codec: "fp32", backoff: { ...CLOUD_LINK_BACKOFF, initialDelayMs: 1 } },
+      {
+        modelId: "m",
+        weightsHash: checkpoint.weightsHash,
+        split: SPLIT,
+        hiddenSize: HIDDEN,
+        vocabSize: checkpoint.config.vocabSize,
+        maxPositions: checkpoint.config.maxPositions,
+      },
       new StaticCloudRoute(worker.server.address),
     );
     const session = link.session("resync");

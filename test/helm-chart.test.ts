@@ -119,7 +119,7 @@ describe("the Helm chart", () => {
       const container = containerOf(manifests, kind, component);
       // The command is a program the repository ships.
       expect(existsSync(join(ROOT, container.command[1].replace(/^\/app\//, "")))).toBe(true);
-      const known = new Set(Object.keys(schema).map((key) => environmentName(prefix, key)));
+      const known = new Set(Object.keys(schema.shape).map((key) => environmentName(prefix, key)));
       const set = container.env.map((e) => e.name).filter((n) => n.startsWith(`${prefix}_`));
       expect(
         set.filter((name) => !known.has(name)),

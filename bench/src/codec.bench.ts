@@ -20,8 +20,7 @@
  *
  * Args: --dims=256,768 (hidden sizes), --tokens=N (batch size).
  */
-import { CODEC_NAMES, getCodec, type HiddenStateCodec } from "@tandem/runtime";
-import { activations } from "@tandem/runtime";
+import { activations, CODEC_NAMES, getCodec, type HiddenStateCodec } from "@tandem/runtime";
 import type { BenchOptions, BenchResult } from "./bench-types.ts";
 
 interface Timing {

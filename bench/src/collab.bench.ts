@@ -16,22 +16,32 @@ import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { createCanvas } from "@napi-rs/canvas";
-import { readCalibration, calibratedExitHeads, type Calibration } from "@tandem/runtime";
-import { loadCheckpoint } from "@tandem/runtime";
-import type { Checkpoint } from "@tandem/runtime";
-import { CODEC_NAMES, getCodec, type CodecName } from "@tandem/runtime";
-import { SegmentModel } from "@tandem/runtime";
-import { SegmentSessions } from "@tandem/runtime";
-import { AlwaysDeferPolicy, AlwaysExitPolicy, ThresholdExitPolicy, type ExitPolicy } from "@tandem/runtime";
-import type { SamplingOptions } from "@tandem/runtime";
-import { LocalUpperSegment, SplitGenerator, type UpperAnswer, type UpperSegment } from "@tandem/runtime";
-import { loadLocalSplit } from "@tandem/runtime";
-import { segmentSpec } from "@tandem/runtime";
-import { Tokenizer } from "@tandem/runtime";
-import { ContextManager } from "@tandem/cloud-worker";
-import { DecodeBatcher } from "@tandem/cloud-worker";
-import { generate } from "@tandem/testkit";
-import { freePort, startProgram } from "@tandem/testkit";
+import {
+  AlwaysDeferPolicy,
+  AlwaysExitPolicy,
+  calibratedExitHeads,
+  type Calibration,
+  type Checkpoint,
+  CODEC_NAMES,
+  type CodecName,
+  type ExitPolicy,
+  getCodec,
+  loadCheckpoint,
+  loadLocalSplit,
+  LocalUpperSegment,
+  readCalibration,
+  type SamplingOptions,
+  SegmentModel,
+  SegmentSessions,
+  segmentSpec,
+  SplitGenerator,
+  ThresholdExitPolicy,
+  Tokenizer,
+  type UpperAnswer,
+  type UpperSegment,
+} from "@tandem/runtime";
+import { ContextManager, DecodeBatcher } from "@tandem/cloud-worker";
+import { freePort, generate, startProgram } from "@tandem/testkit";
 import type { BenchOptions, BenchResult } from "./bench-types.ts";
 import { startLinkEmulator, type LinkOptions } from "./link-emulator.ts";
 

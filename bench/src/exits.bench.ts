@@ -10,10 +10,13 @@ import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { createCanvas } from "@napi-rs/canvas";
-import { calibrate } from "@tandem/runtime";
-import type { CalibratedPolicy, CurvePoint } from "@tandem/runtime";
-import { loadCheckpoint } from "@tandem/runtime";
-import { Tokenizer } from "@tandem/runtime";
+import {
+  calibrate,
+  type CalibratedPolicy,
+  type CurvePoint,
+  loadCheckpoint,
+  Tokenizer,
+} from "@tandem/runtime";
 import type { BenchOptions, BenchResult } from "./bench-types.ts";
 
 const ROOT = join(dirname(fileURLToPath(import.meta.url)), "..", "..");

@@ -4,16 +4,10 @@
  * process is killed another replica holds the lease. Part of `bench placement`.
  */
 import { connect, type NatsConnection } from "@nats-io/transport-node";
-import { Kvm } from "@nats-io/kv";
 import { pino } from "pino";
-import { controlPlaneNames } from "@tandem/cluster";
-import { PlacementStore } from "@tandem/cluster";
+import { controlPlaneNames, NodeRegistry, openLease, openShardMap } from "@tandem/cluster";
 import { Controller } from "@tandem/control-plane";
-import type { LeaseRecord } from "@tandem/cluster";
-import { NodeRegistry } from "@tandem/cluster";
-import { startNatsServer } from "@tandem/testkit";
-import { startProgram } from "@tandem/testkit";
-import { until } from "@tandem/testkit";
+import { startNatsServer, startProgram, until } from "@tandem/testkit";
 
 export interface FailoverOptions {
   trials: number;
@@ -73,7 +67,7 @@ export async function failoverTiming(options: FailoverOptions) {
           });
         }
       }, options.heartbeatMs);
-      const store = await PlacementStore.open(await open(), names);
+      const store = await openShardMap(await open(), names);
       await poll("the failover", async () => {
         const map = (await store.read())?.record;
         return map && Object.keys(map.endpoints).length === 4 ? true : undefined;
@@ -104,12 +98,9 @@ export async function failoverTiming(options: FailoverOptions) {
         await startProgram("tandem-control-plane", { ...flags, replicaId: "cp-a" }),
         await startProgram("tandem-control-plane", { ...flags, replicaId: "cp-b" }),
       ];
-      const lease = await new Kvm(await open()).create(controlPlaneNames(cluster).leaderBucket, {
-        history: 1,
-      });
+      const lease = await openLease(await open(), controlPlaneNames(cluster));
       const holder = async () => {
-        const entry = await lease.get("leader");
-        const record = entry && entry.operation === "PUT" ? entry.json<LeaseRecord>() : undefined;
+        const record = (await lease.read())?.record;
         return record && record.expiresAt > Date.now() ? record.holder : undefined;
       };
       const first = await poll("a leader", holder);

@@ -11,16 +11,20 @@
  *   map without it, and from killing the leader's process to another replica leading.
  * Usage: tandem bench placement [--smoke]
  */
-import { nextExpertPlan, planExperts, type ExpertPlan } from "@tandem/control-plane";
 import {
+  type ExpertPlan,
+  type ExpertWorker,
   greedyBaseline,
   maxMeanLowerBound,
+  nextExpertPlan,
   placeExperts,
   placementQuality,
+  placeShards,
+  planExperts,
   replicaMoves,
-  type ExpertWorker,
+  shardMoves,
+  type ShardNode,
 } from "@tandem/control-plane";
-import { placeShards, shardMoves, type ShardNode } from "@tandem/control-plane";
 import type { BenchOptions, BenchResult } from "./bench-types.ts";
 import { failoverTiming } from "./failover-timing.ts";
 

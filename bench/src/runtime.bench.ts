@@ -13,13 +13,18 @@ import { existsSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { promisify } from "node:util";
-import { loadCheckpoint } from "@tandem/runtime";
-import type { ModelConfig } from "@tandem/runtime";
-import { SegmentModel } from "@tandem/runtime";
-import { SegmentSessions } from "@tandem/runtime";
-import { DEFAULT_QUANT_BLOCK_SIZE, segmentSpec, type WeightFormat } from "@tandem/runtime";
-import { ReferenceModel } from "@tandem/runtime";
-import { sizedLlamaSpec, writeRandomCheckpoint } from "@tandem/runtime";
+import {
+  DEFAULT_QUANT_BLOCK_SIZE,
+  loadCheckpoint,
+  type ModelConfig,
+  ReferenceModel,
+  SegmentModel,
+  SegmentSessions,
+  segmentSpec,
+  sizedLlamaSpec,
+  type WeightFormat,
+  writeRandomCheckpoint,
+} from "@tandem/runtime";
 import type { BenchOptions, BenchResult } from "./bench-types.ts";
 import { measureMemoryBandwidth } from "./memory-bandwidth.ts";
 

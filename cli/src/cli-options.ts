@@ -1,5 +1,5 @@
 /** Parsing helpers for command options that give errors naming the option. */
-import { CliUsageError } from "./cli-errors.ts";
+import { UsageError } from "@tandem/common";
 
 export function parseIntegerOption(
   option: string,
@@ -10,14 +10,14 @@ export function parseIntegerOption(
   if (value === undefined) return fallback;
   const parsed = Number(value);
   if (!Number.isInteger(parsed) || parsed < min)
-    throw new CliUsageError(option, `must be an integer ≥ ${min}, got "${value}"`);
+    throw new UsageError(option, `must be an integer ≥ ${min}, got "${value}"`);
   return parsed;
 }
 
 export function parseNumberOption(option: string, value: string | undefined, fallback: number): number {
   if (value === undefined) return fallback;
   const parsed = Number(value);
-  if (!Number.isFinite(parsed)) throw new CliUsageError(option, `must be a number, got "${value}"`);
+  if (!Number.isFinite(parsed)) throw new UsageError(option, `must be a number, got "${value}"`);
   return parsed;
 }
 
@@ -30,12 +30,12 @@ export function parseIntegerList(option: string, value: string | undefined): num
   return items.map((item) => {
     const parsed = Number(item);
     if (!Number.isInteger(parsed))
-      throw new CliUsageError(option, `must be a comma-separated list of integers, got "${value}"`);
+      throw new UsageError(option, `must be a comma-separated list of integers, got "${value}"`);
     return parsed;
   });
 }
 
 export function requireOption(option: string, value: string | undefined): string {
-  if (value === undefined || value === "") throw new CliUsageError(option, "is required");
+  if (value === undefined || value === "") throw new UsageError(option, "is required");
   return value;
 }

@@ -3,8 +3,7 @@
  * module under cli/commands and returns an exit code; errors from the runtime print
  * their message (which names the file, tensor or option) without a stack trace.
  */
-import { RuntimeError } from "@tandem/common";
-import { CliUsageError } from "./cli-errors.ts";
+import { TandemError, UsageError } from "@tandem/common";
 
 interface Command {
   summary: string;
@@ -48,11 +47,11 @@ export async function main(argv: string[]): Promise<number> {
   try {
     return await (await load()).run(args);
   } catch (error) {
-    if (error instanceof CliUsageError) {
+    if (error instanceof UsageError) {
       console.error(`tandem ${name}: ${error.message}`);
       return 2;
     }
-    if (error instanceof RuntimeError) {
+    if (error instanceof TandemError) {
       console.error(`tandem ${name}: ${error.message}`);
       return 1;
     }

@@ -1,10 +1,10 @@
 /** The cluster as the control plane sees it — nodes, leader, placement and balance — read from NATS. */
-import { connect } from "@nats-io/transport-node";
-import { Kvm } from "@nats-io/kv";
+import { CLUSTER_DEFAULTS } from "./cluster-defaults.ts";
 import { controlPlaneNames } from "./control-plane-names.ts";
-import type { LeaseRecord } from "./lease-record.ts";
+import { connectNats } from "./nats-connection.ts";
+import { openLease } from "./lease-record.ts";
 import { NodeRegistry } from "./node-registry.ts";
-import { PlacementStore, readExpertMap } from "./placement-map.ts";
+import { openExpertMap, openShardMap } from "./placement-map.ts";
 
 export interface ClusterStatus {
   cluster: string;
@@ -32,15 +32,14 @@ export interface ClusterStatus {
 export async function clusterStatus(
   natsUrl: string,
   cluster: string,
-  heartbeatTtlMs = 2000,
+  heartbeatTtlMs: number = CLUSTER_DEFAULTS.heartbeatTtlMs,
 ): Promise<ClusterStatus> {
-  const nc = await connect({ servers: natsUrl });
+  const nc = await connectNats(natsUrl, { reconnect: false, name: "tandem status" });
   try {
     const names = controlPlaneNames(cluster);
     const registry = await NodeRegistry.open(nc, names, { heartbeatTtlMs });
-    const store = await PlacementStore.open(nc, names);
-    const placement = await store.read();
-    const expertMap = (await readExpertMap(store))?.record;
+    const placement = await (await openShardMap(nc, names)).read();
+    const expertMap = (await (await openExpertMap(nc, names)).read())?.record;
     const replicasByNode = new Map<string, number>();
     const expertLoadByNode = new Map<string, number>();
     const expertLoadTotal = expertMap?.loads.reduce((a, b) => a + b, 0) ?? 0;
@@ -52,7 +51,7 @@ export async function clusterStatus(
         expertLoadByNode.set(node, (expertLoadByNode.get(node) ?? 0) + load * share);
       });
     }
-    const lease = await (await new Kvm(nc).create(names.leaderBucket, { history: 1 })).get("leader");
+    const leaseRecord = (await (await openLease(nc, names)).read())?.record;
     const now = Date.now();
     const shardsByNode = new Map<string, number>();
     for (const node of Object.values(placement?.record.shards ?? {}))
@@ -72,7 +71,6 @@ export async function clusterStatus(
     }));
     const counts = [...shardsByNode.values()];
     registry.close();
-    const leaseRecord = lease && lease.operation === "PUT" ? lease.json<LeaseRecord>() : undefined;
     return {
       cluster,
       leader:

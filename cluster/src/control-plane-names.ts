@@ -2,6 +2,8 @@
  * Every NATS name the control plane uses, built from the cluster name in one place, so
  * tests (and several clusters on one NATS) stay apart by choosing a cluster name.
  */
+import { InvalidArgumentError } from "@tandem/common";
+
 export interface ControlPlaneNames {
   cluster: string;
   /** KV bucket: node id → NodeRecord (heartbeat). */
@@ -17,7 +19,8 @@ export interface ControlPlaneNames {
 const NAME = /^[A-Za-z0-9_-]{1,64}$/;
 
 export function controlPlaneNames(cluster: string): ControlPlaneNames {
-  if (!NAME.test(cluster)) throw new Error(`cluster: "${cluster}" must be 1-64 letters, digits, "_" or "-"`);
+  if (!NAME.test(cluster))
+    throw new InvalidArgumentError("cluster", `"${cluster}" must be 1-64 letters, digits, "_" or "-"`);
   return {
     cluster,
     nodesBucket: `tandem_${cluster}_nodes`,

@@ -1,17 +1,37 @@
 /** @tandem/cluster: the names, records and maps every party of a cluster shares on NATS. */
+export { CLUSTER_DEFAULTS } from "./cluster-defaults.ts";
+export { connectNats, type NatsConnectOptions } from "./nats-connection.ts";
 export { controlPlaneNames, type ControlPlaneNames } from "./control-plane-names.ts";
-export { LEASE_KEY, type LeaseRecord } from "./lease-record.ts";
-export { NodeRegistry, type NodeRecord, type NodeRegistryOptions } from "./node-registry.ts";
 export {
-  PlacementStore,
+  KvRecord,
+  isRevisionConflict,
+  watchVersioned,
+  type KvRecordOptions,
+  type StoredRecord,
+  type VersionedRecord,
+} from "./kv-record.ts";
+export { LEASE_KEY, LEASE_SCHEMA, openLease, type LeaseRecord, type LeaseStore } from "./lease-record.ts";
+export {
+  NODE_RECORD_SCHEMA,
+  NodeRegistry,
+  type NodeRecord,
+  type NodeRegistryOptions,
+} from "./node-registry.ts";
+export {
+  EXPERT_LOAD_REPORT_SCHEMA,
+  EXPERT_MAP_KEY,
+  EXPERT_MAP_SCHEMA,
+  SHARD_MAP_KEY,
+  SHARD_MAP_SCHEMA,
   expertsOf,
+  openExpertMap,
+  openShardMap,
   ownerOf,
-  readExpertMap,
-  watchExpertMap,
-  writeExpertMap,
   type ExpertLoadReport,
   type ExpertMapRecord,
+  type ExpertMapStore,
   type ShardMapRecord,
+  type ShardMapStore,
 } from "./placement-map.ts";
 export { hash32, sessionShard } from "./session-shard.ts";
 export { clusterStatus, type ClusterStatus } from "./cluster-status.ts";

@@ -5,27 +5,34 @@
  * timestamps, and the bucket's max age clears records of long-dead nodes.
  */
 import type { NatsConnection } from "@nats-io/transport-node";
-import { Kvm, type KV } from "@nats-io/kv";
+import { Kvm, type KV, type KvEntry } from "@nats-io/kv";
+import { z } from "zod";
+import { CLUSTER_DEFAULTS } from "./cluster-defaults.ts";
 import type { ControlPlaneNames } from "./control-plane-names.ts";
 
-export interface NodeRecord {
-  id: string;
-  role: "cloud-worker";
+export const NODE_RECORD_SCHEMA = z.object({
+  id: z.string().min(1).max(256),
+  role: z.literal("cloud-worker"),
   /** host:port of the node's gRPC service. */
-  endpoint: string;
+  endpoint: z.string().min(1),
   /** Relative capacity for KV shards. */
-  weight: number;
+  weight: z.number().positive(),
   /** Expert replicas the node's memory holds. */
-  expertSlots: number;
+  expertSlots: z.int().min(0),
   /** Current load, and the version of the expert map the node has taken up (MoE). */
-  load: { sessions: number; kvBytes: number; expertMapVersion?: number };
+  load: z.object({
+    sessions: z.int().min(0),
+    kvBytes: z.number().min(0),
+    expertMapVersion: z.int().min(0).optional(),
+  }),
   /** Planned removal: the node takes no new shards and hands its shards away. */
-  draining: boolean;
-  heartbeatAt: number;
-}
+  draining: z.boolean(),
+  heartbeatAt: z.number(),
+});
+export type NodeRecord = z.output<typeof NODE_RECORD_SCHEMA>;
 
 export interface NodeRegistryOptions {
-  /** A node is dead when its last heartbeat is older than this. @default 3000 */
+  /** A node is dead when its last heartbeat is older than this. @default CLUSTER_DEFAULTS.heartbeatTtlMs */
   heartbeatTtlMs?: number;
 }
 
@@ -39,7 +46,7 @@ export class NodeRegistry {
     readonly kv: KV,
     options: NodeRegistryOptions,
   ) {
-    this.heartbeatTtlMs = options.heartbeatTtlMs ?? 3000;
+    this.heartbeatTtlMs = options.heartbeatTtlMs ?? CLUSTER_DEFAULTS.heartbeatTtlMs;
   }
 
   /**
@@ -52,7 +59,7 @@ export class NodeRegistry {
     names: ControlPlaneNames,
     options: NodeRegistryOptions = {},
   ): Promise<NodeRegistry> {
-    const ttl = options.heartbeatTtlMs ?? 3000;
+    const ttl = options.heartbeatTtlMs ?? CLUSTER_DEFAULTS.heartbeatTtlMs;
     const kv = await new Kvm(nc).create(names.nodesBucket, { history: 1, ttl: Math.max(60_000, ttl * 20) });
     const registry = new NodeRegistry(kv, options);
     const existing = (await kv.status()).values;
@@ -63,7 +70,10 @@ export class NodeRegistry {
     if (existing === 0) markReady();
     void (async () => {
       for await (const entry of watch) {
-        if (entry.operation === "PUT") registry.records.set(entry.key, entry.json<NodeRecord>());
+        // A record that fails the schema (a bug, or a hostile write) counts as no record:
+        // that node is not a member until it writes a valid one.
+        const record = entry.operation === "PUT" ? decodeNodeRecord(entry) : undefined;
+        if (record && record.id === entry.key) registry.records.set(entry.key, record);
         else registry.records.delete(entry.key);
         // delta is what is still pending of the initial values: 0 means they are all in.
         if (entry.delta === 0) markReady();
@@ -92,5 +102,14 @@ export class NodeRegistry {
 
   close(): void {
     this.stopWatch();
+  }
+}
+
+function decodeNodeRecord(entry: KvEntry): NodeRecord | undefined {
+  try {
+    const parsed = NODE_RECORD_SCHEMA.safeParse(entry.json());
+    return parsed.success ? parsed.data : undefined;
+  } catch {
+    return undefined; // not JSON
   }
 }

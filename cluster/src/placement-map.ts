@@ -1,56 +1,75 @@
 /**
- * The versioned KV-shard placement map in a KV bucket. The leader writes version n+1 by
- * compare-and-set on the revision it read, stamping its lease's fencing token; watchers
- * (workers, edge agents) take a map only if its version and fencing token are not older
- * than what they hold, so a deposed leader's late write is ignored.
+ * The versioned placement maps in the cluster's placement bucket: the KV-shard map (which
+ * worker holds each session's KV) and the expert map (which workers hold each MoE
+ * expert, and the share of its tokens each replica takes). The leader writes version
+ * n+1 by compare-and-set on the revision it read, stamping its lease's fencing token;
+ * watchers (workers, edge agents) take a map only if its version and fencing token are
+ * not older than what they hold (watchVersioned), so a deposed leader's late write is
+ * ignored, and a value that fails the schema is skipped.
  */
 import type { NatsConnection } from "@nats-io/transport-node";
-import { Kvm, type KV } from "@nats-io/kv";
+import { z } from "zod";
 import type { ControlPlaneNames } from "./control-plane-names.ts";
+import { KvRecord } from "./kv-record.ts";
 import { sessionShard } from "./session-shard.ts";
 
-export interface ShardMapRecord {
-  version: number;
+const nodeId = z.string().min(1).max(256);
+
+export const SHARD_MAP_SCHEMA = z.object({
+  version: z.int().min(1),
   /** Lease revision of the leader that wrote it. */
-  fencingToken: number;
-  shardCount: number;
+  fencingToken: z.int().min(0),
+  shardCount: z.int().min(1),
   /** shard → node id. */
-  shards: Record<string, string>;
+  shards: z.record(z.string().regex(/^\d+$/), nodeId),
   /** node id → endpoint, for clients that only read the map. */
-  endpoints: Record<string, string>;
-  writtenAt: number;
+  endpoints: z.record(nodeId, z.string().min(1)),
+  writtenAt: z.number(),
+});
+export type ShardMapRecord = z.output<typeof SHARD_MAP_SCHEMA>;
+
+export const EXPERT_MAP_SCHEMA = z.object({
+  version: z.int().min(1),
+  fencingToken: z.int().min(0),
+  /** expert → node ids holding a replica. */
+  experts: z.record(z.string().regex(/^\d+$/), z.array(nodeId)),
+  /**
+   * expert → share of its tokens each replica takes, aligned with `experts`; sums to 1.
+   * A router picks a replica with these weights (absent in maps from older leaders: even).
+   */
+  shares: z.record(z.string().regex(/^\d+$/), z.array(z.number().min(0).max(1))).optional(),
+  /** The activation counts of the window it was planned from. */
+  loads: z.array(z.number().min(0)),
+  /** Expected max/mean worker load under those counts. */
+  maxMeanLoad: z.number(),
+  writtenAt: z.number(),
+});
+export type ExpertMapRecord = z.output<typeof EXPERT_MAP_SCHEMA>;
+
+/**
+ * What a worker publishes on its load subject every heartbeat: its sessions and KV bytes,
+ * and the activation counts per expert since its last report (empty for a dense model).
+ */
+export const EXPERT_LOAD_REPORT_SCHEMA = z.object({
+  nodeId,
+  counts: z.array(z.number().min(0)),
+  sessions: z.int().min(0).optional(),
+  kvBytes: z.number().min(0).optional(),
+});
+export type ExpertLoadReport = z.output<typeof EXPERT_LOAD_REPORT_SCHEMA>;
+
+export const SHARD_MAP_KEY = "kv-shards";
+export const EXPERT_MAP_KEY = "experts";
+
+export type ShardMapStore = KvRecord<typeof SHARD_MAP_SCHEMA>;
+export type ExpertMapStore = KvRecord<typeof EXPERT_MAP_SCHEMA>;
+
+export function openShardMap(nc: NatsConnection, names: ControlPlaneNames): Promise<ShardMapStore> {
+  return KvRecord.open(nc, { bucket: names.placementBucket, key: SHARD_MAP_KEY, schema: SHARD_MAP_SCHEMA });
 }
 
-const KEY = "kv-shards";
-
-export class PlacementStore {
-  private constructor(readonly kv: KV) {}
-
-  static async open(nc: NatsConnection, names: ControlPlaneNames): Promise<PlacementStore> {
-    return new PlacementStore(await new Kvm(nc).create(names.placementBucket, { history: 10 }));
-  }
-
-  async read(): Promise<{ record: ShardMapRecord; revision: number } | undefined> {
-    const entry = await this.kv.get(KEY);
-    if (!entry || entry.operation !== "PUT") return undefined;
-    return { record: entry.json<ShardMapRecord>(), revision: entry.revision };
-  }
-
-  /** Writes the next version; fails (returns false) if someone wrote since `revision`. */
-  async write(record: ShardMapRecord, revision: number | undefined): Promise<boolean> {
-    try {
-      if (revision === undefined) await this.kv.create(KEY, JSON.stringify(record));
-      else await this.kv.update(KEY, JSON.stringify(record), revision);
-      return true;
-    } catch {
-      return false;
-    }
-  }
-
-  /** Calls `onMap` with every newer map, starting with the current one. */
-  watch(onMap: (record: ShardMapRecord) => void): Promise<{ stop(): void }> {
-    return watchVersioned(this.kv, KEY, onMap);
-  }
+export function openExpertMap(nc: NatsConnection, names: ControlPlaneNames): Promise<ExpertMapStore> {
+  return KvRecord.open(nc, { bucket: names.placementBucket, key: EXPERT_MAP_KEY, schema: EXPERT_MAP_SCHEMA });
 }
 
 /** The worker that owns a session's KV shard under a map. */
@@ -58,78 +77,9 @@ export function ownerOf(
   record: ShardMapRecord,
   sessionId: string,
 ): { nodeId: string; endpoint: string } | undefined {
-  const nodeId = record.shards[String(sessionShard(sessionId, record.shardCount))];
-  return nodeId ? { nodeId, endpoint: record.endpoints[nodeId] } : undefined;
-}
-
-/** The expert placement map, versioned like the shard map. */
-export interface ExpertMapRecord {
-  version: number;
-  fencingToken: number;
-  /** expert → node ids holding a replica. */
-  experts: Record<string, string[]>;
-  /**
-   * expert → share of its tokens each replica takes, aligned with `experts`; sums to 1.
-   * A router picks a replica with these weights (absent in maps from older leaders: even).
-   */
-  shares?: Record<string, number[]>;
-  /** The activation counts of the window it was planned from. */
-  loads: number[];
-  /** Expected max/mean worker load under those counts. */
-  maxMeanLoad: number;
-  writtenAt: number;
-}
-
-const EXPERTS_KEY = "experts";
-
-/**
- * What a worker publishes on its load subject every heartbeat: its sessions and KV bytes,
- * and the activation counts per expert since its last report (empty for a dense model).
- */
-export interface ExpertLoadReport {
-  nodeId: string;
-  counts: number[];
-  sessions?: number;
-  kvBytes?: number;
-}
-
-export async function readExpertMap(
-  store: PlacementStore,
-): Promise<{ record: ExpertMapRecord; revision: number } | undefined> {
-  const entry = await store.kv.get(EXPERTS_KEY);
-  if (!entry || entry.operation !== "PUT") return undefined;
-  return { record: entry.json<ExpertMapRecord>(), revision: entry.revision };
-}
-
-/** Calls `onMap` with every newer expert map (same ordering rule as the shard map's watch). */
-export function watchExpertMap(
-  store: PlacementStore,
-  onMap: (record: ExpertMapRecord) => void,
-): Promise<{ stop(): void }> {
-  return watchVersioned(store.kv, EXPERTS_KEY, onMap);
-}
-
-/**
- * Watches a versioned map under `key`, calling `onMap` with each map newer than the last
- * one taken: a higher version, never an older fencing token (a deposed leader's late write).
- */
-async function watchVersioned<R extends { version: number; fencingToken: number }>(
-  kv: KV,
-  key: string,
-  onMap: (record: R) => void,
-): Promise<{ stop(): void }> {
-  const iterator = await kv.watch({ key });
-  let latest: R | undefined;
-  void (async () => {
-    for await (const entry of iterator) {
-      if (entry.operation !== "PUT") continue;
-      const record = entry.json<R>();
-      if (latest && (record.version <= latest.version || record.fencingToken < latest.fencingToken)) continue;
-      latest = record;
-      onMap(record);
-    }
-  })();
-  return { stop: () => iterator.stop() };
+  const owner = record.shards[String(sessionShard(sessionId, record.shardCount))];
+  const endpoint = owner === undefined ? undefined : record.endpoints[owner];
+  return owner !== undefined && endpoint !== undefined ? { nodeId: owner, endpoint } : undefined;
 }
 
 /** The replicas a node holds under an expert map: expert id → its share of that expert's tokens. */
@@ -140,18 +90,4 @@ export function expertsOf(record: ExpertMapRecord, nodeId: string): Map<number, 
     if (row >= 0) held.set(Number(expert), record.shares?.[expert]?.[row] ?? 1 / holders.length);
   }
   return held;
-}
-
-export async function writeExpertMap(
-  store: PlacementStore,
-  record: ExpertMapRecord,
-  revision: number | undefined,
-): Promise<boolean> {
-  try {
-    if (revision === undefined) await store.kv.create(EXPERTS_KEY, JSON.stringify(record));
-    else await store.kv.update(EXPERTS_KEY, JSON.stringify(record), revision);
-    return true;
-  } catch {
-    return false;
-  }
 }

@@ -1,4 +1,39 @@
-/** @tandem/common: what every Tandem package shares. */
+/**
+ * @tandem/common: what every Tandem package shares — the error hierarchy and the tables
+ * keyed on its codes, validation that names the field, program configuration, the way
+ * a service runs, logging, progress, the retry policy.
+ */
 export * from "./errors.ts";
-export * from "./config/config-loader.ts";
+export { EXIT_CODE_BY_ERROR } from "./exit-codes.ts";
+export { DEFAULT_CLUSTER_NAME } from "./cluster-name.ts";
+export {
+  fieldKind,
+  fieldName,
+  fieldSchemas,
+  fromText,
+  parseOrThrow,
+  schemaProblems,
+  type FieldKind,
+  type JsonSchemaField,
+  type SchemaProblem,
+} from "./schema-validation.ts";
+export { parseFlags, type FlagSpec, type ParsedFlags } from "./command-line.ts";
+export {
+  environmentName,
+  loadConfig,
+  type ConfigSchema,
+  type ConfigValues,
+  type LoadConfigOptions,
+} from "./config/config-loader.ts";
+export { configMarkdownTable, describeConfig, settingDocs, type SettingDoc } from "./config/config-docs.ts";
+export { programUsage, runProgram, type ProgramDefinition, type RunningProgram } from "./program.ts";
 export { createLogger, type Logger } from "./logger.ts";
+export { formatProgress, type Progress, type ProgressListener } from "./progress.ts";
+export {
+  BATCH_JOB_BACKOFF,
+  CLOUD_LINK_BACKOFF,
+  RETRYABLE_BY_CODE,
+  backoffDelayMs,
+  isRetryable,
+  type BackoffPolicy,
+} from "./retry-policy.ts";

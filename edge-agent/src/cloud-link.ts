@@ -1,92 +1,116 @@
 /**
- * The edge's connection to a cloud worker. One gRPC channel (with keepalive) per worker
- * address; one Escalate stream per session, opened on the first escalation and reopened
- * after a failure. After a failure the link backs off (exponentially, to a cap): during
- * the backoff escalations fail at once, so the edge answers from its exits without
- * waiting on a dead cloud.
+ * The edge's connection to cloud workers. One gRPC channel (with keepalive) per worker
+ * address, guarded by a circuit breaker (cockatiel) that opens on a failure and lets a
+ * test call through after a jittered, growing backoff (the retry policy's
+ * CLOUD_LINK_BACKOFF): while it is open escalations fail at once, so the edge answers
+ * from its exits without waiting on a dead cloud. One Escalate stream per session,
+ * opened on the first escalation and reopened after a failure; messages are built and
+ * replies checked by the escalation protocol (@tandem/runtime).
  */
 import * as grpc from "@grpc/grpc-js";
-import type { CloudRoute } from "./cloud-route.ts";
 import {
+  BrokenCircuitError,
+  CircuitBreakerPolicy,
+  ConsecutiveBreaker,
+  DelegateBackoff,
+  circuitBreaker,
+  handleWhen,
+  type IHalfOpenAfterBackoffContext,
+} from "cockatiel";
+import {
+  CLOUD_LINK_BACKOFF,
+  ContextLostError,
+  InternalError,
+  UnavailableError,
+  backoffDelayMs,
+  isRetryable,
+  type BackoffPolicy,
+} from "@tandem/common";
+import {
+  errorOfStatus,
   loadTandemProtos,
   type CloudMessage__Output,
   type CloudWorkerClient,
   type EdgeMessage,
 } from "@tandem/proto";
-import { getCodec, type CodecName, type HiddenStateCodec } from "@tandem/runtime";
-import type { SamplingOptions } from "@tandem/runtime";
 import {
-  ContextLostError,
-  UpperUnavailableError,
+  CLOSE_MESSAGE,
+  checkFrameReply,
+  checkOpenedReply,
+  frameMessage,
+  getCodec,
+  openMessage,
+  replyRequestId,
+  type CodecName,
+  type HiddenStateCodec,
+  type SamplingOptions,
+  type SplitIdentity,
   type UpperAnswer,
   type UpperSegment,
 } from "@tandem/runtime";
+import type { CloudRoute } from "./cloud-route.ts";
 
 export interface CloudLinkOptions {
-  /** host:port of the cloud worker. */
-  address: string;
   codec: CodecName;
-  /** Longest wait for a token (or for a stream to open). @default 2000 */
-  deadlineMs?: number;
-  /** First backoff after a failure. @default 250 */
-  backoffInitialMs?: number;
-  /** Longest backoff. @default 5000 */
-  backoffMaxMs?: number;
+  /** Longest wait for an answer, or for a stream to open. @default 2000 */
+  deadlineMs: number;
   /** Interval of HTTP/2 keepalive pings. @default 10000 */
-  keepaliveMs?: number;
+  keepaliveMs: number;
+  /** How long the circuit stays open after a failure. @default CLOUD_LINK_BACKOFF */
+  backoff: BackoffPolicy;
 }
 
-export interface EdgeIdentity {
+export const DEFAULT_CLOUD_LINK_OPTIONS = {
+  deadlineMs: 2000,
+  keepaliveMs: 10_000,
+  backoff: CLOUD_LINK_BACKOFF,
+} as const satisfies Omit<CloudLinkOptions, "codec">;
+
+/** The split this edge runs, as a worker must run it too; `modelId` is informative. */
+export interface EdgeIdentity extends SplitIdentity {
   modelId: string;
-  weightsHash: string;
-  splitLayer: number;
-  hiddenSize: number;
 }
 
-const CODEC_ENUM: Record<CodecName, string> = {
-  fp32: "HIDDEN_STATE_CODEC_FP32",
-  fp16: "HIDDEN_STATE_CODEC_FP16",
-  int8: "HIDDEN_STATE_CODEC_INT8",
-  int4: "HIDDEN_STATE_CODEC_INT4",
-};
-
+/** One worker address: its channel and its circuit. */
 export class CloudLink {
   readonly client: CloudWorkerClient;
   readonly codec: HiddenStateCodec;
-  readonly deadlineMs: number;
-  private retryAt = 0;
-  private backoffMs: number;
+  private readonly circuit: CircuitBreakerPolicy;
 
   constructor(
+    readonly address: string,
     readonly options: CloudLinkOptions,
     readonly identity: EdgeIdentity,
   ) {
     const { tandem } = loadTandemProtos();
-    this.client = new tandem.v1.CloudWorker(options.address, grpc.credentials.createInsecure(), {
-      "grpc.keepalive_time_ms": options.keepaliveMs ?? 10_000,
+    this.client = new tandem.v1.CloudWorker(address, grpc.credentials.createInsecure(), {
+      "grpc.keepalive_time_ms": options.keepaliveMs,
       "grpc.keepalive_timeout_ms": 5_000,
       "grpc.keepalive_permit_without_calls": 1,
-      "grpc.initial_reconnect_backoff_ms": 200,
-      "grpc.max_reconnect_backoff_ms": options.backoffMaxMs ?? 5000,
+      "grpc.initial_reconnect_backoff_ms": options.backoff.initialDelayMs,
+      "grpc.max_reconnect_backoff_ms": options.backoff.maxDelayMs,
     });
     this.codec = getCodec(options.codec);
-    this.deadlineMs = options.deadlineMs ?? 2000;
-    this.backoffMs = options.backoffInitialMs ?? 250;
+    this.circuit = circuitBreaker(
+      handleWhen((error) => error instanceof UnavailableError),
+      {
+        breaker: new ConsecutiveBreaker(1),
+        halfOpenAfter: new DelegateBackoff((context: IHalfOpenAfterBackoffContext) =>
+          backoffDelayMs(options.backoff, context.attempt),
+        ),
+      },
+    );
   }
 
-  /** False while backing off after a failure. */
-  available(now = Date.now()): boolean {
-    return now >= this.retryAt;
-  }
-
-  noteFailure(now = Date.now()): void {
-    this.retryAt = now + this.backoffMs;
-    this.backoffMs = Math.min(this.backoffMs * 2, this.options.backoffMaxMs ?? 5000);
-  }
-
-  noteSuccess(): void {
-    this.retryAt = 0;
-    this.backoffMs = this.options.backoffInitialMs ?? 250;
+  /** Runs an exchange with the worker through the circuit: refused at once while it is open. */
+  async execute<T>(exchange: () => Promise<T>): Promise<T> {
+    try {
+      return await this.circuit.execute(exchange);
+    } catch (error) {
+      if (error instanceof BrokenCircuitError)
+        throw new UnavailableError(`cloud worker at ${this.address} is unreachable (backing off)`);
+      throw error;
+    }
   }
 
   close(): void {
@@ -95,6 +119,7 @@ export class CloudLink {
 }
 
 interface PendingReply {
+  sent: { start: number; count: number };
   resolve: (answer: UpperAnswer) => void;
   reject: (error: Error) => void;
   timer: NodeJS.Timeout;
@@ -105,7 +130,7 @@ export class CloudLinks {
   private readonly links = new Map<string, CloudLink>();
 
   constructor(
-    private readonly options: Omit<CloudLinkOptions, "address">,
+    readonly options: CloudLinkOptions,
     readonly identity: EdgeIdentity,
     readonly route: CloudRoute,
   ) {}
@@ -113,7 +138,7 @@ export class CloudLinks {
   get(address: string): CloudLink {
     let link = this.links.get(address);
     if (!link) {
-      link = new CloudLink({ ...this.options, address }, this.identity);
+      link = new CloudLink(address, this.options, this.identity);
       this.links.set(address, link);
     }
     return link;
@@ -121,10 +146,6 @@ export class CloudLinks {
 
   session(sessionId: string): CloudSession {
     return new CloudSession(this, sessionId);
-  }
-
-  get deadlineMs(): number {
-    return this.options.deadlineMs ?? 2000;
   }
 
   async close(): Promise<void> {
@@ -143,12 +164,11 @@ export class CloudSession implements UpperSegment {
   bytesSent = 0;
   bytesReceived = 0;
   private link?: CloudLink;
-  private address?: string;
   private stream?: grpc.ClientDuplexStream<EdgeMessage, CloudMessage__Output>;
   private opened?: Promise<number>;
   /** Context length the worker reported when the current stream opened, until first used. */
   private openedLength?: number;
-  private nextRequestId = 1;
+  private nextRequestId = 1n;
   private readonly pending = new Map<string, PendingReply>();
 
   constructor(
@@ -164,20 +184,20 @@ export class CloudSession implements UpperSegment {
     sampling: SamplingOptions,
   ): Promise<UpperAnswer | undefined> {
     try {
-      return await this.extendOnce(start, hidden, count, wantToken, sampling);
+      return await this.extendThroughLink(start, hidden, count, wantToken, sampling);
     } catch (error) {
-      if (!(error instanceof UpperUnavailableError)) throw error;
+      if (!(error instanceof UnavailableError)) throw error;
       const next = await this.links.route.waitForOwnerChange(
         this.sessionId,
-        this.address,
-        this.links.deadlineMs,
+        this.link?.address,
+        this.links.options.deadlineMs,
       );
       if (!next) throw error;
-      return await this.extendOnce(start, hidden, count, wantToken, sampling);
+      return await this.extendThroughLink(start, hidden, count, wantToken, sampling);
     }
   }
 
-  private async extendOnce(
+  private async extendThroughLink(
     start: number,
     hidden: Float32Array,
     count: number,
@@ -185,50 +205,50 @@ export class CloudSession implements UpperSegment {
     sampling: SamplingOptions,
   ): Promise<UpperAnswer | undefined> {
     const address = this.links.route.address(this.sessionId);
-    if (!address) throw new UpperUnavailableError("no cloud worker owns this session yet");
-    if (address !== this.address) {
+    if (!address) throw new UnavailableError("no cloud worker owns this session yet");
+    if (address !== this.link?.address) {
       await this.close();
-      this.address = address;
       this.link = this.links.get(address);
     }
-    const link = this.link!;
-    if (!link.available()) throw new UpperUnavailableError("cloud worker unreachable (backing off)");
-    const contextLength = await this.ensureOpen(link);
-    if (this.openedLength !== undefined) {
-      // A fresh stream: the worker says how much of the session it holds. Send from there.
-      this.openedLength = undefined;
-      if (contextLength < start)
-        throw new ContextLostError(contextLength, "worker holds less context than expected");
-    }
-    const payload = link.codec.encode(hidden, count, link.identity.hiddenSize);
-    const requestId = String(this.nextRequestId++);
-    const message: EdgeMessage = {
-      frame: {
-        start,
-        count,
-        payload,
-        wantToken,
-        requestId,
-        temperature: sampling.temperature,
-        topP: sampling.topP,
-        seed: sampling.seed.toString(),
-      },
-    };
-    this.write(message);
-    if (!wantToken) return undefined;
-    return new Promise<UpperAnswer>((resolve, reject) => {
-      const timer = setTimeout(() => {
-        this.pending.delete(requestId);
-        link.noteFailure();
-        reject(new UpperUnavailableError(`no answer from the cloud within ${link.deadlineMs} ms`));
-      }, link.deadlineMs);
-      this.pending.set(requestId, { resolve, reject, timer });
+    const link = this.link;
+    return link.execute(async () => {
+      const contextLength = await this.ensureOpen(link, start + count);
+      if (this.openedLength !== undefined) {
+        // A fresh stream: the worker says how much of the session it holds. Send from there.
+        this.openedLength = undefined;
+        if (contextLength < start)
+          throw new ContextLostError(contextLength, "the worker holds less context than the edge sent it");
+      }
+      const requestId = this.nextRequestId++;
+      this.write(
+        frameMessage(link.codec, link.identity.hiddenSize, {
+          start,
+          hidden,
+          count,
+          wantToken,
+          sampling,
+          requestId,
+        }),
+      );
+      if (!wantToken) return undefined;
+      return new Promise<UpperAnswer>((resolve, reject) => {
+        const key = String(requestId);
+        const timer = setTimeout(() => {
+          this.pending.delete(key);
+          reject(
+            new UnavailableError(
+              `no answer from the cloud worker at ${link.address} within ${link.options.deadlineMs} ms`,
+            ),
+          );
+        }, link.options.deadlineMs);
+        this.pending.set(key, { sent: { start, count }, resolve, reject, timer });
+      });
     });
   }
 
   async close(): Promise<void> {
     if (this.stream && !this.stream.writableEnded) {
-      this.write({ close: {} });
+      this.write(CLOSE_MESSAGE);
       this.stream.end();
     }
     this.stream = undefined;
@@ -250,74 +270,74 @@ export class CloudSession implements UpperSegment {
     ).length;
   }
 
+  private rejectPending(error: Error): void {
+    for (const [id, reply] of this.pending) {
+      clearTimeout(reply.timer);
+      reply.reject(error);
+      this.pending.delete(id);
+    }
+  }
+
   /** Opens the stream if needed; resolves with the worker's context length for this session. */
-  private ensureOpen(link: CloudLink): Promise<number> {
+  private ensureOpen(link: CloudLink, positionsProduced: number): Promise<number> {
     if (this.opened) return this.opened;
     const stream = link.client.Escalate();
     this.stream = stream;
     this.opened = new Promise<number>((resolve, reject) => {
+      let isOpen = false;
       const timer = setTimeout(() => {
-        fail(new UpperUnavailableError(`cloud worker did not open the session within ${link.deadlineMs} ms`));
-      }, link.deadlineMs);
+        fail(
+          new UnavailableError(
+            `cloud worker at ${link.address} did not open the session within ${link.options.deadlineMs} ms`,
+          ),
+        );
+      }, link.options.deadlineMs);
       const fail = (error: Error) => {
         clearTimeout(timer);
         if (this.stream === stream) {
           this.stream = undefined;
           this.opened = undefined;
-          link.noteFailure();
         }
         stream.cancel();
         reject(error);
-        for (const [id, reply] of this.pending) {
-          clearTimeout(reply.timer);
-          reply.reject(error);
-          this.pending.delete(id);
-        }
+        this.rejectPending(error);
       };
       stream.on("data", (message: CloudMessage__Output) => {
         this.bytesReceived += this.serializedSize("response", message);
-        if (message.message === "opened" && message.opened) {
-          clearTimeout(timer);
-          link.noteSuccess();
-          this.openedLength = message.opened.contextLength;
-          resolve(message.opened.contextLength);
-        } else if (message.message === "token" && message.token) {
-          const reply = this.pending.get(message.token.requestId);
+        try {
+          if (!isOpen) {
+            const held = checkOpenedReply(message, positionsProduced);
+            isOpen = true;
+            clearTimeout(timer);
+            this.openedLength = held;
+            resolve(held);
+            return;
+          }
+          const requestId = replyRequestId(message);
+          const reply = requestId === undefined ? undefined : this.pending.get(requestId);
           if (!reply) return; // answered after its deadline: the edge already moved on
           clearTimeout(reply.timer);
-          this.pending.delete(message.token.requestId);
-          reply.resolve({ token: message.token.token, prob: message.token.prob });
-        } else if (message.message === "contextLost" && message.contextLost) {
-          const reply = this.pending.get(message.contextLost.requestId);
-          if (!reply) return;
-          clearTimeout(reply.timer);
-          this.pending.delete(message.contextLost.requestId);
-          reply.reject(new ContextLostError(message.contextLost.resumeFrom, message.contextLost.reason));
+          this.pending.delete(requestId!);
+          const outcome = checkFrameReply(message, reply.sent, link.identity.vocabSize);
+          if (outcome.kind === "token") reply.resolve({ token: outcome.token, prob: outcome.prob });
+          else reply.reject(outcome.error);
+        } catch (error) {
+          // A reply that breaks the protocol: this worker cannot be trusted with the session.
+          fail(error as Error);
         }
       });
       stream.on("error", (error: grpc.ServiceError) => {
-        const invalid =
-          error.code === grpc.status.INVALID_ARGUMENT || error.code === grpc.status.FAILED_PRECONDITION;
-        // A rejected frame is the edge's bug, not an outage: surface it as such.
+        const cause = errorOfStatus(error, `cloud worker at ${link.address}`);
+        // A refused session is the edge's bug or a mismatched deployment, not an outage:
+        // it surfaces (as our internal fault, never the client's) instead of falling back.
         fail(
-          invalid
-            ? new Error(`cloud worker rejected the session: ${error.details}`)
-            : new UpperUnavailableError(`cloud stream failed: ${error.details || error.message}`, {
-                cause: error,
-              }),
+          isRetryable(cause)
+            ? new UnavailableError(`cloud stream failed: ${cause.message}`, { cause })
+            : new InternalError(`cloud worker refused the session: ${cause.message}`, { cause }),
         );
       });
-      stream.on("end", () => fail(new UpperUnavailableError("cloud worker ended the stream")));
-      stream.write({
-        open: {
-          sessionId: this.sessionId,
-          modelId: link.identity.modelId,
-          weightsHash: link.identity.weightsHash,
-          splitLayer: link.identity.splitLayer,
-          codec: CODEC_ENUM[link.codec.name],
-          hiddenSize: link.identity.hiddenSize,
-        },
-      } as EdgeMessage);
+      stream.on("end", () => fail(new UnavailableError(`cloud worker at ${link.address} ended the stream`)));
+      stream.write(openMessage(this.sessionId, link.identity, link.codec.name, link.identity.modelId));
     });
     // Avoid an unhandled rejection when nobody awaits a failed open.
     this.opened.catch(() => undefined);

@@ -3,9 +3,16 @@
  * KV shard in the control plane's placement map (watched on NATS), which changes when
  * workers join, drain or die.
  */
-import { connect, type NatsConnection } from "@nats-io/transport-node";
-import { controlPlaneNames } from "@tandem/cluster";
-import { ownerOf, PlacementStore, type ShardMapRecord } from "@tandem/cluster";
+import type { NatsConnection } from "@nats-io/transport-node";
+import {
+  connectNats,
+  controlPlaneNames,
+  openShardMap,
+  ownerOf,
+  watchVersioned,
+  type ShardMapRecord,
+} from "@tandem/cluster";
+import type { Logger } from "@tandem/common";
 
 export interface CloudRoute {
   /** Address of the worker for the session, if any is known. */
@@ -38,14 +45,18 @@ export class PlacementCloudRoute implements CloudRoute {
 
   private constructor(private readonly nc: NatsConnection) {}
 
-  static async start(servers: string, cluster: string): Promise<PlacementCloudRoute> {
-    const nc = await connect({ servers, maxReconnectAttempts: -1, reconnectTimeWait: 250 });
+  static async start(servers: string, cluster: string, log: Logger): Promise<PlacementCloudRoute> {
+    const nc = await connectNats(servers, { name: "tandem-edge" });
     const route = new PlacementCloudRoute(nc);
-    const store = await PlacementStore.open(nc, controlPlaneNames(cluster));
-    const watch = await store.watch((map) => {
-      route.map = map;
-      for (const listener of [...route.listeners]) listener();
-    });
+    const watch = await watchVersioned(
+      await openShardMap(nc, controlPlaneNames(cluster)),
+      (map) => {
+        route.map = map;
+        for (const listener of [...route.listeners]) listener();
+      },
+      // A map that fails its schema is skipped: sessions keep following the last good one.
+      (error) => log.warn({ err: error.message }, "placement map ignored"),
+    );
     route.stopWatch = () => watch.stop();
     return route;
   }

@@ -2,36 +2,30 @@
  * The edge agent: the device's segment [0, split) with its exits, the exit policy from
  * calibration, a link to a cloud worker, and the public Inference API.
  */
-import { existsSync, readFileSync } from "node:fs";
-import { basename, join } from "node:path";
-import { loadTandemProtos } from "@tandem/proto";
-import {
-  calibratedExitHeads,
-  checkCalibrationMatches,
-  policyForTarget,
-  readCalibration,
-} from "@tandem/runtime";
-import { loadCheckpoint } from "@tandem/runtime";
-import type { CodecName } from "@tandem/runtime";
-import { SegmentModel } from "@tandem/runtime";
-import { SegmentSessions } from "@tandem/runtime";
-import { InvalidArgumentError } from "@tandem/common";
+import { basename } from "node:path";
+import { loadTandemProtos, type RunningServer, startGrpcServer } from "@tandem/proto";
 import {
   BudgetExitPolicy,
-  RollingEntropyPolicy,
-  ThresholdExitPolicy,
-  type ConfidenceMetric,
+  calibratedExitHeads,
+  checkCalibrationMatches,
+  edgeSegmentSpec,
+  type ExitHeadSpec,
   type ExitPolicy,
+  loadCheckpoint,
+  policyForTarget,
+  readCalibration,
+  readDeployment,
+  RollingEntropyPolicy,
+  SegmentModel,
+  SegmentSessions,
+  ThresholdExitPolicy,
+  Tokenizer,
 } from "@tandem/runtime";
-import { edgeSegmentSpec } from "@tandem/runtime";
-import type { ExitHeadSpec, WeightFormat } from "@tandem/runtime";
-import { Tokenizer } from "@tandem/runtime";
-import { startGrpcServer, type RunningServer } from "@tandem/proto";
-import type { Logger } from "@tandem/common";
-import { CloudLinks } from "./cloud-link.ts";
+import { InvalidArgumentError, type Logger } from "@tandem/common";
+import { CloudLinks, DEFAULT_CLOUD_LINK_OPTIONS } from "./cloud-link.ts";
 import { PlacementCloudRoute, StaticCloudRoute } from "./cloud-route.ts";
 import type { EdgeConfig } from "./edge-config.ts";
-import { inferenceHandlers } from "./inference-service.ts";
+import { DEFAULT_REQUEST_LIMITS, inferenceHandlers } from "./inference-service.ts";
 
 export interface EdgeAgent {
   server: RunningServer;
@@ -52,14 +46,8 @@ export async function startEdgeAgent(
   const calibration = config.calibration ? await readCalibration(config.calibration) : undefined;
   if (calibration && config.calibration) checkCalibrationMatches(calibration, checkpoint, config.calibration);
 
-  const deploymentPath = join(config.model, "tandem.json");
-  const deployment = existsSync(deploymentPath)
-    ? (JSON.parse(readFileSync(deploymentPath, "utf8")) as {
-        exit_layers: number[];
-        recommended_split: number;
-      })
-    : undefined;
-  const split = config.split ?? calibration?.summary.split ?? deployment?.recommended_split;
+  const deployment = readDeployment(config.model);
+  const split = config.split ?? calibration?.summary.split ?? deployment?.recommendedSplit;
   if (split === undefined)
     throw new InvalidArgumentError(
       "split",
@@ -81,15 +69,11 @@ export async function startEdgeAgent(
     const thresholds = policyForTarget(calibration, config.target).thresholds;
     thresholdPolicy = () => new ThresholdExitPolicy(thresholds);
   } else {
-    const layersList = config.exitLayers
-      ? config.exitLayers.split(",").map(Number)
-      : (deployment?.exit_layers ?? [split]);
+    const layersList = config.exitLayers ?? deployment?.exitLayers ?? [split];
     for (const l of layersList)
-      if (!Number.isInteger(l) || l < 1 || l > split)
-        throw new InvalidArgumentError("exitLayers", `${l} is outside [1, ${split}]`);
+      if (l > split) throw new InvalidArgumentError("exitLayers", `${l} is outside [1, ${split}]`);
     exits = layersList.map((afterLayer) => ({ afterLayer }));
-    thresholdPolicy = () =>
-      ThresholdExitPolicy.uniform(layersList, config.metric as ConfidenceMetric, config.threshold);
+    thresholdPolicy = () => ThresholdExitPolicy.uniform(layersList, config.metric, config.threshold);
   }
   // The policy of AUTO mode: thresholds (calibrated or configured), Entropy Adaptive
   // Decoding's rolling entropy, or a budget of escalations. One instance per session.
@@ -97,17 +81,16 @@ export async function startEdgeAgent(
     config.policy === "rolling-entropy"
       ? () => new RollingEntropyPolicy(config.threshold, config.rollingWindow)
       : config.policy === "budget"
-        ? () => new BudgetExitPolicy(config.escalationRate, config.metric as ConfidenceMetric)
+        ? () => new BudgetExitPolicy(config.escalationRate, config.metric)
         : thresholdPolicy;
-  const lowerModel = await SegmentModel.load(
-    checkpoint,
-    edgeSegmentSpec(split, exits, config.weights as WeightFormat),
-    { threads: config.threads, cacheDir: options.cacheDir },
-  );
+  const lowerModel = await SegmentModel.load(checkpoint, edgeSegmentSpec(split, exits, config.weights), {
+    threads: config.threads,
+    cacheDir: options.cacheDir,
+  });
   const lower = new SegmentSessions(lowerModel);
   // The cloud: a fixed worker, or the owner of each session's shard in the placement map.
   const route = config.natsUrl
-    ? await PlacementCloudRoute.start(config.natsUrl, config.cluster)
+    ? await PlacementCloudRoute.start(config.natsUrl, config.cluster, log)
     : config.cloudAddress
       ? new StaticCloudRoute(config.cloudAddress)
       : undefined;
@@ -115,15 +98,18 @@ export async function startEdgeAgent(
     route &&
     new CloudLinks(
       {
-        codec: config.codec as CodecName,
+        ...DEFAULT_CLOUD_LINK_OPTIONS,
+        codec: config.codec,
         deadlineMs: config.cloudDeadlineMs,
         keepaliveMs: config.keepaliveMs,
       },
       {
         modelId: basename(config.model),
         weightsHash: checkpoint.weightsHash,
-        splitLayer: split,
+        split,
         hiddenSize: checkpoint.config.hiddenSize,
+        vocabSize: checkpoint.config.vocabSize,
+        maxPositions: checkpoint.config.maxPositions,
       },
       route,
     );
@@ -137,12 +123,10 @@ export async function startEdgeAgent(
     autoPolicy,
     exitLayers: exits.map((e) => e.afterLayer),
     limits: {
+      ...DEFAULT_REQUEST_LIMITS,
       maxTokensLimit: config.maxTokensLimit,
       defaultMaxTokens: config.defaultMaxTokens,
       maxPromptTokens: config.maxPromptTokens,
-      maxStops: 8,
-      maxStopLength: 64,
-      maxPromptChars: 64 * 1024,
     },
     log,
   });

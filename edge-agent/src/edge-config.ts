@@ -1,116 +1,108 @@
-/** The edge agent's configuration schema (JSON file, TANDEM_EDGE_* variables, flags). */
-import type { ConfigSchema, ConfigValues } from "@tandem/common";
+/** The edge agent's settings (JSON file, TANDEM_EDGE_* variables, flags): one schema, every default once. */
+import { z } from "zod";
+import { CLUSTER_DEFAULTS } from "@tandem/cluster";
+import { CODEC_NAMES, CONFIDENCE_METRICS, WEIGHT_FORMATS } from "@tandem/runtime";
+import { DEFAULT_CLOUD_LINK_OPTIONS } from "./cloud-link.ts";
+import { DEFAULT_REQUEST_LIMITS } from "./inference-service.ts";
 
-export const EDGE_CONFIG_SCHEMA = {
-  model: { type: "string", description: "checkpoint directory (config.json, *.safetensors, tokenizer.json)" },
-  calibration: {
-    type: "string",
-    default: null,
-    description: "calibration file from 'tandem calibrate' (exit heads and thresholds)",
-  },
-  target: {
-    type: "number",
-    default: 0.99,
-    min: 0,
-    max: 1,
-    description: "agreement target whose calibrated thresholds to use",
-  },
-  split: {
-    type: "integer",
-    default: null,
-    min: 1,
-    description: "layers run on the device (default: the calibration's, else models' tandem.json)",
-  },
-  exitLayers: {
-    type: "string",
-    default: null,
-    description: "comma-separated exit layers when there is no calibration",
-  },
-  metric: {
-    type: "string",
-    default: "prob",
-    choices: ["prob", "margin", "entropy"],
-    description: "confidence metric without calibration",
-  },
-  threshold: { type: "number", default: 0.9, description: "confidence threshold without calibration" },
-  policy: {
-    type: "string",
-    default: "threshold",
-    choices: ["threshold", "rolling-entropy", "budget"],
-    description:
-      "AUTO-mode policy: thresholds (calibrated when a calibration is given), rolling entropy (EAD) or an escalation budget",
-  },
-  rollingWindow: {
-    type: "integer",
-    default: 8,
-    min: 1,
-    description: "rolling-entropy: tokens in the window (threshold = max mean entropy)",
-  },
-  escalationRate: {
-    type: "number",
-    default: 0.3,
-    min: 0.001,
-    max: 0.999,
-    description: "budget: share of tokens to escalate",
-  },
-  cloudAddress: {
-    type: "string",
-    default: null,
-    description: "host:port of a cloud worker (none: edge only)",
-  },
-  natsUrl: {
-    type: "string",
-    default: null,
-    description:
-      "NATS of the control plane: route each session to its shard's worker (replaces cloudAddress)",
-  },
-  cluster: { type: "string", default: "default", description: "control-plane cluster name" },
-  codec: {
-    type: "string",
-    default: "fp16",
-    choices: ["fp32", "fp16", "int8", "int4"],
-    description: "hidden-state codec on the wire",
-  },
-  cloudDeadlineMs: {
-    type: "integer",
-    default: 2000,
-    min: 1,
-    description: "longest wait for a cloud answer before answering locally",
-  },
-  keepaliveMs: {
-    type: "integer",
-    default: 10000,
-    min: 1000,
-    description: "HTTP/2 keepalive interval to the cloud",
-  },
-  host: { type: "string", default: "127.0.0.1", description: "address of the public API" },
-  port: {
-    type: "integer",
-    default: 50051,
-    min: 0,
-    max: 65535,
-    description: "port of the public API (0 picks one)",
-  },
-  maxTokensLimit: {
-    type: "integer",
-    default: 1024,
-    min: 1,
-    description: "largest max_tokens a request may ask for",
-  },
-  defaultMaxTokens: {
-    type: "integer",
-    default: 64,
-    min: 1,
-    description: "max_tokens when a request leaves it 0",
-  },
-  maxPromptTokens: { type: "integer", default: 2048, min: 1, description: "longest prompt accepted" },
-  threads: { type: "integer", default: 1, min: 1, description: "ONNX Runtime threads" },
-  weights: {
-    type: "string",
-    default: "fp32",
-    choices: ["fp32", "int8", "int4"],
-    description: "weight format of the device segment",
-  },
-} as const satisfies ConfigSchema;
+export const EDGE_ENV_PREFIX = "TANDEM_EDGE";
 
-export type EdgeConfig = ConfigValues<typeof EDGE_CONFIG_SCHEMA>;
+export const EXIT_POLICIES = ["threshold", "rolling-entropy", "budget"] as const;
+
+export const EDGE_CONFIG_SCHEMA = z
+  .object({
+    model: z
+      .string()
+      .min(1)
+      .meta({ description: "checkpoint directory (config.json, *.safetensors, tokenizer.json)" }),
+    calibration: z
+      .string()
+      .min(1)
+      .optional()
+      .meta({ description: "calibration file from `tandem calibrate` (exit heads and thresholds)" }),
+    target: z
+      .number()
+      .gt(0)
+      .max(1)
+      .default(0.99)
+      .meta({ description: "agreement target whose calibrated thresholds to use" }),
+    split: z.int().min(1).optional().meta({
+      description: "layers run on the device (default: the calibration's, else the model's tandem.json)",
+    }),
+    exitLayers: z.array(z.int().min(1)).min(1).optional().meta({
+      description: "exit layers without a calibration, comma-separated (default: the model's tandem.json)",
+    }),
+    metric: z
+      .enum(CONFIDENCE_METRICS)
+      .default("prob")
+      .meta({ description: "confidence metric without a calibration" }),
+    threshold: z.number().default(0.9).meta({
+      description: "confidence threshold without a calibration (rolling-entropy: the largest mean entropy)",
+    }),
+    policy: z.enum(EXIT_POLICIES).default("threshold").meta({
+      description:
+        "AUTO-mode policy: thresholds (calibrated when a calibration is given), rolling entropy (Entropy Adaptive Decoding) or an escalation budget",
+    }),
+    rollingWindow: z.int().min(1).default(8).meta({ description: "rolling-entropy: tokens in the window" }),
+    escalationRate: z
+      .number()
+      .gt(0)
+      .lt(1)
+      .default(0.3)
+      .meta({ description: "budget: share of tokens to escalate" }),
+    cloudAddress: z
+      .string()
+      .min(1)
+      .optional()
+      .meta({ description: "host:port of a cloud worker (none: edge only)" }),
+    natsUrl: z.string().min(1).optional().meta({
+      description:
+        "NATS of the control plane: route each session to its shard's worker (replaces cloudAddress)",
+    }),
+    cluster: z
+      .string()
+      .min(1)
+      .default(CLUSTER_DEFAULTS.cluster)
+      .meta({ description: "control-plane cluster name" }),
+    codec: z.enum(CODEC_NAMES).default("fp16").meta({ description: "hidden-state codec on the wire" }),
+    cloudDeadlineMs: z
+      .int()
+      .min(1)
+      .default(DEFAULT_CLOUD_LINK_OPTIONS.deadlineMs)
+      .meta({ description: "longest wait for a cloud answer before answering locally" }),
+    keepaliveMs: z
+      .int()
+      .min(1000)
+      .default(DEFAULT_CLOUD_LINK_OPTIONS.keepaliveMs)
+      .meta({ description: "HTTP/2 keepalive interval to the cloud" }),
+    host: z.string().min(1).default("127.0.0.1").meta({ description: "address of the public API" }),
+    port: z
+      .int()
+      .min(0)
+      .max(65535)
+      .default(50051)
+      .meta({ description: "port of the public API (0 picks one)" }),
+    maxTokensLimit: z
+      .int()
+      .min(1)
+      .default(DEFAULT_REQUEST_LIMITS.maxTokensLimit)
+      .meta({ description: "largest max_tokens a request may ask for" }),
+    defaultMaxTokens: z
+      .int()
+      .min(1)
+      .default(DEFAULT_REQUEST_LIMITS.defaultMaxTokens)
+      .meta({ description: "max_tokens when a request leaves it 0" }),
+    maxPromptTokens: z
+      .int()
+      .min(1)
+      .default(DEFAULT_REQUEST_LIMITS.maxPromptTokens)
+      .meta({ description: "longest prompt accepted, in tokens" }),
+    threads: z.int().min(1).default(1).meta({ description: "ONNX Runtime threads" }),
+    weights: z
+      .enum(WEIGHT_FORMATS)
+      .default("fp32")
+      .meta({ description: "weight format of the device segment" }),
+  })
+  .strict();
+
+export type EdgeConfig = z.output<typeof EDGE_CONFIG_SCHEMA>;

@@ -5,22 +5,29 @@
  */
 import { randomUUID } from "node:crypto";
 import * as grpc from "@grpc/grpc-js";
-import type { GenerateEvent, GenerateRequest__Output, InferenceHandlers } from "@tandem/proto";
-import type { ModelConfig } from "@tandem/runtime";
-import type { SegmentSessions } from "@tandem/runtime";
-import { RuntimeError } from "@tandem/common";
+import {
+  failCall,
+  type GenerateEvent,
+  type GenerateRequest__Output,
+  type InferenceHandlers,
+} from "@tandem/proto";
 import {
   AlwaysDeferPolicy,
   AlwaysExitPolicy,
   BudgetExitPolicy,
-  ThresholdExitPolicy,
   type ConfidenceMetric,
   type ExitPolicy,
+  IncrementalDecoder,
+  type ModelConfig,
+  type SamplingOptions,
+  type SegmentSessions,
+  SplitGenerator,
+  ThresholdExitPolicy,
+  validateSampling,
+  type Tokenizer,
+  type TokenSource,
 } from "@tandem/runtime";
-import type { SamplingOptions } from "@tandem/runtime";
-import { SplitGenerator, type TokenSource } from "@tandem/runtime";
-import { IncrementalDecoder, type Tokenizer } from "@tandem/runtime";
-import type { Logger } from "@tandem/common";
+import { FailedPreconditionError, InvalidArgumentError, type Logger } from "@tandem/common";
 import type { CloudLinks, CloudSession } from "./cloud-link.ts";
 import { StopSequenceFilter } from "./stop-sequences.ts";
 
@@ -33,25 +40,34 @@ export interface InferenceContext {
   /** A new policy for AUTO mode, per session (policies may keep state). */
   autoPolicy: () => ExitPolicy;
   exitLayers: number[];
-  limits: {
-    maxTokensLimit: number;
-    defaultMaxTokens: number;
-    maxPromptTokens: number;
-    maxStops: number;
-    maxStopLength: number;
-    maxPromptChars: number;
-  };
+  limits: RequestLimits;
   log: Logger;
 }
 
-class RequestError extends Error {
-  constructor(
-    readonly code: grpc.status,
-    message: string,
-  ) {
-    super(message);
-  }
+/** What one Generate request may ask for. */
+export interface RequestLimits {
+  /** Largest max_tokens. @default 1024 */
+  maxTokensLimit: number;
+  /** max_tokens when a request leaves it 0. @default 64 */
+  defaultMaxTokens: number;
+  /** Longest prompt, in tokens. @default 2048 */
+  maxPromptTokens: number;
+  /** Most stop sequences. @default 8 */
+  maxStops: number;
+  /** Longest stop sequence, in characters. @default 64 */
+  maxStopLength: number;
+  /** Longest prompt text, in characters (checked before tokenizing). @default 65536 */
+  maxPromptChars: number;
 }
+
+export const DEFAULT_REQUEST_LIMITS: RequestLimits = {
+  maxTokensLimit: 1024,
+  defaultMaxTokens: 64,
+  maxPromptTokens: 2048,
+  maxStops: 8,
+  maxStopLength: 64,
+  maxPromptChars: 64 * 1024,
+};
 
 interface ValidRequest {
   ids: number[];
@@ -70,7 +86,10 @@ const METRICS: Record<string, ConfidenceMetric> = {
 
 function validate(request: GenerateRequest__Output, context: InferenceContext): ValidRequest {
   const { limits, config } = context;
-  const invalid = (message: string) => new RequestError(grpc.status.INVALID_ARGUMENT, message);
+  const invalid = (message: string) => {
+    const colon = message.indexOf(": ");
+    return new InvalidArgumentError(message.slice(0, colon), message.slice(colon + 2));
+  };
   let ids: number[];
   if (request.prompt === "text") {
     if (!request.text) throw invalid("prompt.text: must not be empty");
@@ -105,18 +124,20 @@ function validate(request: GenerateRequest__Output, context: InferenceContext): 
     if (s.length === 0 || s.length > limits.maxStopLength)
       throw invalid(`stop[${i}]: must hold 1 to ${limits.maxStopLength} characters`);
   });
-  const sampling = request.sampling ?? { temperature: 0, topP: 0, seed: "0" };
-  if (!(sampling.temperature >= 0 && sampling.temperature <= 100))
-    throw invalid(`sampling.temperature: must be in [0, 100], got ${sampling.temperature}`);
-  if (!(sampling.topP >= 0 && sampling.topP <= 1))
-    throw invalid(`sampling.top_p: must be in [0, 1], got ${sampling.topP}`);
+  const wireSampling = request.sampling ?? { temperature: 0, topP: 0, seed: "0" };
+  const sampling: SamplingOptions = {
+    temperature: wireSampling.temperature,
+    topP: wireSampling.topP,
+    seed: BigInt(wireSampling.seed),
+  };
+  validateSampling(sampling, "sampling");
   const mode = request.mode as ValidRequest["mode"];
   if (!["MODE_AUTO", "MODE_EDGE_ONLY", "MODE_CLOUD_ONLY"].includes(mode))
     throw invalid(`mode: unknown value ${request.mode}`);
   if (mode === "MODE_CLOUD_ONLY" && !context.cloud)
-    throw new RequestError(
-      grpc.status.FAILED_PRECONDITION,
-      "mode: CLOUD_ONLY needs a cloud worker, and this agent has none configured",
+    throw new FailedPreconditionError(
+      "mode",
+      "CLOUD_ONLY needs a cloud worker, and this agent has none configured",
     );
 
   let policy = context.autoPolicy;
@@ -143,7 +164,7 @@ function validate(request: GenerateRequest__Output, context: InferenceContext): 
     ids,
     maxTokens,
     stops: request.stop,
-    sampling: { temperature: sampling.temperature, topP: sampling.topP, seed: BigInt(sampling.seed) },
+    sampling,
     mode,
     policy,
   };
@@ -184,11 +205,7 @@ export function inferenceHandlers(context: InferenceContext): InferenceHandlers 
         try {
           request = validate(call.request, context);
         } catch (error) {
-          const e =
-            error instanceof RequestError
-              ? error
-              : new RequestError(grpc.status.INVALID_ARGUMENT, (error as Error).message);
-          call.emit("error", { code: e.code, details: e.message } as grpc.ServiceError);
+          failCall(call, error);
           return;
         }
         const sessionId = randomUUID();
@@ -261,9 +278,11 @@ export function inferenceHandlers(context: InferenceContext): InferenceHandlers 
           });
           call.end();
         } catch (error) {
-          context.log.error({ sessionId, err: (error as Error).message }, "generation failed");
-          const code = error instanceof RuntimeError ? grpc.status.INVALID_ARGUMENT : grpc.status.INTERNAL;
-          call.emit("error", { code, details: (error as Error).message } as grpc.ServiceError);
+          const status = failCall(call, error);
+          context.log.error(
+            { sessionId, code: grpc.status[status.code], err: status.details },
+            "generation failed",
+          );
         } finally {
           await cloudSession?.close();
         }

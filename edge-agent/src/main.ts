@@ -1,30 +1,26 @@
 /**
- * `tandem-edge`: the agent installed on a device. Configuration from a JSON file
- * (--config), TANDEM_EDGE_* environment variables and flags; serves until SIGTERM or
- * SIGINT, then drains open streams.
+ * `tandem-edge`: the agent installed on a device. Settings from a JSON file (--config),
+ * TANDEM_EDGE_* variables and flags; serves until SIGTERM or SIGINT, then drains open
+ * streams.
  */
-import { describeSchema, loadConfig, parseConfigArgs } from "@tandem/common";
-import { createLogger } from "@tandem/common";
-import { EDGE_CONFIG_SCHEMA } from "./edge-config.ts";
+import { runProgram, type ProgramDefinition } from "@tandem/common";
 import { startEdgeAgent } from "./edge-agent.ts";
+import { EDGE_CONFIG_SCHEMA, EDGE_ENV_PREFIX } from "./edge-config.ts";
 
-export async function main(argv: string[]): Promise<number> {
-  const { file, help, overrides } = parseConfigArgs(EDGE_CONFIG_SCHEMA, argv);
-  if (help) {
-    console.log(
-      `usage: tandem-edge [--config FILE] [--key value ...]\n\n${describeSchema(EDGE_CONFIG_SCHEMA, "TANDEM_EDGE")}`,
-    );
-    return 0;
-  }
-  const config = loadConfig(EDGE_CONFIG_SCHEMA, { file, envPrefix: "TANDEM_EDGE", overrides });
-  const log = createLogger("edge-agent");
-  const agent = await startEdgeAgent(config, log);
-  process.stdout.write(`listening ${agent.server.address}\n`);
-  await new Promise<void>((resolve) => {
-    process.once("SIGTERM", resolve);
-    process.once("SIGINT", resolve);
-  });
-  log.info("draining");
-  await agent.close(5000);
-  return 0;
+/** Open Generate streams get this long to finish when the agent stops. */
+const DRAIN_MS = 5000;
+
+export const EDGE_PROGRAM: ProgramDefinition<typeof EDGE_CONFIG_SCHEMA> = {
+  name: "tandem-edge",
+  summary: "The edge agent: the first layers of a model with early exits, escalating to a cloud worker.",
+  schema: EDGE_CONFIG_SCHEMA,
+  envPrefix: EDGE_ENV_PREFIX,
+  async start(config, log) {
+    const agent = await startEdgeAgent(config, log);
+    return { readyLine: `listening ${agent.server.address}`, close: () => agent.close(DRAIN_MS) };
+  },
+};
+
+export function main(argv: string[]): Promise<number> {
+  return runProgram(EDGE_PROGRAM, argv);
 }

@@ -6,6 +6,7 @@
 
 // Checkpoints
 export { loadCheckpoint, readCheckpointConfig } from "./checkpoint/load-checkpoint.ts";
+export { DEPLOYMENT_FILE, readDeployment, type Deployment } from "./checkpoint/deployment-file.ts";
 export type { ModelArchitecture, ModelConfig } from "./checkpoint/model-config.ts";
 export type { Checkpoint, ModelWeights, WeightTensor } from "./checkpoint/model-weights.ts";
 export { readSafetensors, writeSafetensors, type TensorToWrite } from "./checkpoint/safetensors.ts";
@@ -13,6 +14,7 @@ export { readSafetensors, writeSafetensors, type TensorToWrite } from "./checkpo
 // Segment graphs and the engine
 export {
   DEFAULT_QUANT_BLOCK_SIZE,
+  WEIGHT_FORMATS,
   segmentSpec,
   validateSegmentSpec,
   type ExitHeadSpec,
@@ -38,6 +40,7 @@ export {
   AlwaysDeferPolicy,
   AlwaysExitPolicy,
   BudgetExitPolicy,
+  CONFIDENCE_METRICS,
   RollingEntropyPolicy,
   ThresholdExitPolicy,
   deepestExit,
@@ -73,16 +76,15 @@ export { activations, type ActivationOptions } from "./codec/synthetic-activatio
 // Generation
 export {
   GREEDY,
+  SAMPLING_LIMITS,
+  answerFromHead,
   isGreedy,
   sampleToken,
   validateSampling,
   type SamplingOptions,
 } from "./generation/sampler.ts";
 export {
-  ContextLostError,
-  LocalUpperSegment,
   SplitGenerator,
-  UpperUnavailableError,
   type GenerateOptions,
   type GeneratedToken,
   type SplitGeneratorStats,
@@ -91,6 +93,37 @@ export {
   type UpperSegment,
 } from "./generation/split-generator.ts";
 export { loadLocalSplit, type LocalSplit, type LocalSplitOptions } from "./generation/local-split.ts";
+
+// The escalation protocol (edge ↔ upper segment), its upper side, and an in-process upper segment
+export {
+  CLOSE_MESSAGE,
+  DEFAULT_ESCALATION_LIMITS,
+  InvalidReplyError,
+  applyFrame,
+  checkFrameReply,
+  checkOpenedReply,
+  codecFromWire,
+  codecToWire,
+  decodeFrame,
+  frameMessage,
+  openMessage,
+  replyRequestId,
+  type EscalationLimits,
+  type FrameOutcome,
+  type FrameTarget,
+  type SplitIdentity,
+} from "./protocol/escalation-protocol.ts";
+export {
+  EscalationSession,
+  type EscalationCounters,
+  type SessionContexts,
+  type UpperSideIdentity,
+} from "./protocol/escalation-session.ts";
+export {
+  LocalSessionContexts,
+  LocalUpperSegment,
+  type LocalUpperSegmentOptions,
+} from "./protocol/local-upper-segment.ts";
 export { IncrementalDecoder, Tokenizer } from "./tokenizer/tokenizer.ts";
 
 // For tests and benchmarks: the plain-TypeScript reference forward and random checkpoints

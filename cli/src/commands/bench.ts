@@ -1,6 +1,6 @@
 /** `tandem bench NAME [--smoke] [args…]`: runs a benchmark of @tandem/bench and prints its JSON result as the last line. */
 import { BENCHMARKS } from "@tandem/bench";
-import { CliUsageError } from "../cli-errors.ts";
+import { UsageError } from "@tandem/common";
 
 export function listBenchmarks(): string[] {
   return Object.keys(BENCHMARKS).sort();
@@ -16,7 +16,7 @@ export const benchCommand = {
     }
     const load = Object.hasOwn(BENCHMARKS, name) ? BENCHMARKS[name] : undefined;
     if (!load)
-      throw new CliUsageError("NAME", `no benchmark "${name}"; available: ${listBenchmarks().join(", ")}`);
+      throw new UsageError("NAME", `no benchmark "${name}"; available: ${listBenchmarks().join(", ")}`);
     const benchmark = await load();
     const result = await benchmark({
       smoke: rest.includes("--smoke"),

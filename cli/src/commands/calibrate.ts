@@ -1,11 +1,8 @@
 /** `tandem calibrate`: fits exit heads and thresholds on calibration text, writes the file the edge agent loads. */
 import { readFile } from "node:fs/promises";
 import { parseArgs } from "node:util";
-import { writeCalibration } from "@tandem/runtime";
-import { calibrate } from "@tandem/runtime";
-import { loadCheckpoint } from "@tandem/runtime";
-import { Tokenizer } from "@tandem/runtime";
-import { CliUsageError } from "../cli-errors.ts";
+import { calibrate, loadCheckpoint, Tokenizer, writeCalibration } from "@tandem/runtime";
+import { UsageError } from "@tandem/common";
 import { parseIntegerList, parseIntegerOption, parseNumberOption, requireOption } from "../cli-options.ts";
 
 const HELP = `usage: tandem calibrate --model DIR --split S --exit-layers a,b --text FILE --out FILE [options]
@@ -42,11 +39,11 @@ export const calibrateCommand = {
     }
     const textPath = requireOption("--text", values.text);
     const text = await readFile(textPath, "utf8").catch((error: Error) => {
-      throw new CliUsageError("--text", `cannot read ${textPath} (${error.message})`);
+      throw new UsageError("--text", `cannot read ${textPath} (${error.message})`);
     });
     const targets = values.targets?.split(",").map((t) => parseNumberOption("--targets", t, 0));
     const checkpoint = await loadCheckpoint(requireOption("--model", values.model));
-    if (!checkpoint.tokenizerPath) throw new CliUsageError("--model", "the checkpoint has no tokenizer.json");
+    if (!checkpoint.tokenizerPath) throw new UsageError("--model", "the checkpoint has no tokenizer.json");
     const tokenizer = await Tokenizer.fromFile(checkpoint.tokenizerPath);
     const out = requireOption("--out", values.out);
     const calibration = await calibrate(checkpoint, tokenizer, {

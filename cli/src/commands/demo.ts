@@ -10,12 +10,10 @@ import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
 import * as grpc from "@grpc/grpc-js";
 import { pino } from "pino";
-import { EDGE_CONFIG_SCHEMA } from "@tandem/edge-agent";
-import { startEdgeAgent } from "@tandem/edge-agent";
+import { EDGE_CONFIG_SCHEMA, startEdgeAgent } from "@tandem/edge-agent";
 import { loadTandemProtos, type GenerateEvent__Output } from "@tandem/proto";
-import { loadConfig } from "@tandem/common";
+import { loadConfig, UsageError } from "@tandem/common";
 import { startCloudWorker } from "@tandem/cloud-worker";
-import { CliUsageError } from "../cli-errors.ts";
 import { parseIntegerOption } from "../cli-options.ts";
 
 export const DEMO_MODEL_DIR = join(
@@ -50,7 +48,7 @@ export const demoCommand = {
     const split = parseIntegerOption("--split", values.split, deployment.recommended_split, 1);
     const calibrationFile = deployment.calibrations?.[String(split)];
     if (!calibrationFile)
-      throw new CliUsageError(
+      throw new UsageError(
         "--split",
         `the demo model ships calibrations for splits ${Object.keys(deployment.calibrations ?? {}).join(", ")}, not ${split}`,
       );

@@ -1,18 +1,22 @@
 /** `tandem generate`: greedy generation through the runtime, optionally split with early exits. */
 import { parseArgs } from "node:util";
 import {
+  AlwaysExitPolicy,
   calibratedExitHeads,
   checkCalibrationMatches,
+  type ConfidenceMetric,
+  IncrementalDecoder,
+  loadCheckpoint,
+  loadLocalSplit,
+  LocalUpperSegment,
   policyForTarget,
   readCalibration,
+  SplitGenerator,
+  ThresholdExitPolicy,
+  Tokenizer,
+  type WeightFormat,
 } from "@tandem/runtime";
-import { loadCheckpoint } from "@tandem/runtime";
-import { AlwaysExitPolicy, ThresholdExitPolicy, type ConfidenceMetric } from "@tandem/runtime";
-import { loadLocalSplit } from "@tandem/runtime";
-import { LocalUpperSegment, SplitGenerator } from "@tandem/runtime";
-import type { WeightFormat } from "@tandem/runtime";
-import { IncrementalDecoder, Tokenizer } from "@tandem/runtime";
-import { CliUsageError } from "../cli-errors.ts";
+import { UsageError } from "@tandem/common";
 import { parseIntegerList, parseIntegerOption, parseNumberOption, requireOption } from "../cli-options.ts";
 
 const HELP = `usage: tandem generate --model DIR --prompt TEXT [options]
@@ -65,11 +69,11 @@ export function parseGenerateArgs(args: string[]): GenerateRequest | undefined {
   if (values.help) return undefined;
   const metric = values.metric ?? "prob";
   if (metric !== "prob" && metric !== "margin" && metric !== "entropy") {
-    throw new CliUsageError("--metric", `must be prob, margin or entropy, got "${metric}"`);
+    throw new UsageError("--metric", `must be prob, margin or entropy, got "${metric}"`);
   }
   const weights = values.weights ?? "fp32";
   if (weights !== "fp32" && weights !== "int8" && weights !== "int4") {
-    throw new CliUsageError("--weights", `must be fp32, int8 or int4, got "${weights}"`);
+    throw new UsageError("--weights", `must be fp32, int8 or int4, got "${weights}"`);
   }
   return {
     model: requireOption("--model", values.model),
@@ -92,7 +96,7 @@ export async function runGenerate(
   write: (text: string) => void,
 ): Promise<SplitGenerator["stats"]> {
   const checkpoint = await loadCheckpoint(request.model);
-  if (!checkpoint.tokenizerPath) throw new CliUsageError("--model", `${request.model} has no tokenizer.json`);
+  if (!checkpoint.tokenizerPath) throw new UsageError("--model", `${request.model} has no tokenizer.json`);
   const tokenizer = await Tokenizer.fromFile(checkpoint.tokenizerPath);
   const calibration = request.calibration ? await readCalibration(request.calibration) : undefined;
   if (calibration && request.calibration)

@@ -1,7 +1,7 @@
 /** `tandem jobs`: submit batch jobs to the cluster's BullMQ queues and look at them. */
 import { readFile } from "node:fs/promises";
 import { parseArgs } from "node:util";
-import { InvalidArgumentError } from "@tandem/common";
+import { InvalidArgumentError, UsageError } from "@tandem/common";
 import {
   isJobKind,
   JOB_KINDS,
@@ -10,7 +10,6 @@ import {
   waitForJob,
   type SubmitOptions,
 } from "@tandem/batch-worker";
-import { CliUsageError } from "../cli-errors.ts";
 import { parseIntegerOption } from "../cli-options.ts";
 
 const HELP = `usage: tandem jobs submit KIND --data JSON|@FILE [--wait] [options]
@@ -25,16 +24,16 @@ const HELP = `usage: tandem jobs submit KIND --data JSON|@FILE [--wait] [options
   --cluster NAME     default "default"`;
 
 async function parseData(value: string | undefined): Promise<unknown> {
-  if (value === undefined) throw new CliUsageError("--data", "is required (JSON, or @FILE)");
+  if (value === undefined) throw new UsageError("--data", "is required (JSON, or @FILE)");
   const text = value.startsWith("@")
     ? await readFile(value.slice(1), "utf8").catch((error: Error) => {
-        throw new CliUsageError("--data", `cannot read ${value.slice(1)} (${error.message})`);
+        throw new UsageError("--data", `cannot read ${value.slice(1)} (${error.message})`);
       })
     : value;
   try {
     return JSON.parse(text);
   } catch (error) {
-    throw new CliUsageError("--data", `is not JSON (${(error as Error).message})`);
+    throw new UsageError("--data", `is not JSON (${(error as Error).message})`);
   }
 }
 
@@ -61,7 +60,7 @@ export const jobsCommand = {
       return values.help ? 0 : 2;
     }
     if (kind === undefined || !isJobKind(kind))
-      throw new CliUsageError(
+      throw new UsageError(
         "KIND",
         `must be one of ${JOB_KINDS.join(", ")}, got ${JSON.stringify(kind ?? "")}`,
       );
@@ -73,7 +72,7 @@ export const jobsCommand = {
     if (action === "submit") {
       const data = await parseData(values.data);
       const jobId = await submitJob(kind, data, options).catch((error: unknown) => {
-        if (error instanceof InvalidArgumentError) throw new CliUsageError("--data", error.message);
+        if (error instanceof InvalidArgumentError) throw new UsageError("--data", error.message);
         throw error;
       });
       if (!values.wait) {
@@ -93,7 +92,7 @@ export const jobsCommand = {
       }
     }
     if (action === "show") {
-      if (!id) throw new CliUsageError("ID", "is required");
+      if (!id) throw new UsageError("ID", "is required");
       const view = await showJob(kind, id, options);
       if (!view) {
         console.error(`tandem jobs: no ${kind} job ${id}`);
@@ -102,6 +101,6 @@ export const jobsCommand = {
       console.log(JSON.stringify(view));
       return 0;
     }
-    throw new CliUsageError("action", `must be submit or show, got ${JSON.stringify(action)}`);
+    throw new UsageError("action", `must be submit or show, got ${JSON.stringify(action)}`);
   },
 };

@@ -5,7 +5,7 @@
  */
 import { parseArgs } from "node:util";
 import { computeLogits } from "@tandem/runtime";
-import { CliUsageError } from "../cli-errors.ts";
+import { UsageError } from "@tandem/common";
 import { parseIntegerList, parseIntegerOption, requireOption } from "../cli-options.ts";
 
 const HELP = `usage: tandem logits --model DIR --ids 1,2,3 [--split S] [--threads N]
@@ -31,7 +31,7 @@ export const logitsCommand = {
       return 0;
     }
     const ids = parseIntegerList("--ids", requireOption("--ids", values.ids)) ?? [];
-    if (ids.length === 0) throw new CliUsageError("--ids", "must hold at least one token id");
+    if (ids.length === 0) throw new UsageError("--ids", "must hold at least one token id");
     const split = values.split === undefined ? undefined : parseIntegerOption("--split", values.split, 0, 1);
     const logits = await computeLogits(
       requireOption("--model", values.model),

@@ -12,7 +12,7 @@
 import type { Checkpoint } from "../checkpoint/model-weights.ts";
 import { SegmentModel } from "../engine/segment-model.ts";
 import { SegmentSessions, type SegmentStep } from "../engine/segment-sessions.ts";
-import { InvalidArgumentError } from "@tandem/common";
+import { InvalidArgumentError, type ProgressListener } from "@tandem/common";
 import type { ExitSignal } from "../exits/exit-policy.ts";
 import { segmentSpec } from "../graph/segment-spec.ts";
 import type { Tokenizer } from "../tokenizer/tokenizer.ts";
@@ -41,8 +41,8 @@ export interface CalibrateOptions {
   ridge?: number;
   threads?: number;
   cacheDir?: string;
-  /** Called with progress lines (phase and counts). */
-  onProgress?: (message: string) => void;
+  /** Called as the work advances: phase, units done, note. */
+  onProgress?: ProgressListener;
 }
 
 export const DEFAULT_TARGETS = [0.99, 0.97, 0.95];
@@ -94,9 +94,12 @@ export async function calibrate(
       `has ${ids.length} tokens; calibration needs at least ${needed} (${Math.ceil(needed / windowTokens)} windows of ${windowTokens})`,
     );
   }
-  progress(
-    `calibrate: ${ids.length} tokens in ${windowCount} windows of ${windowTokens}; exits after ${exitLayers.join(", ")} of ${layers} layers`,
-  );
+  progress({
+    phase: "full model",
+    done: 0,
+    total: windowCount,
+    note: `${ids.length} tokens in windows of ${windowTokens}; exits after ${exitLayers.join(", ")} of ${layers} layers`,
+  });
   const windows = Array.from({ length: windowCount }, (_, w) =>
     ids.slice(w * windowTokens, (w + 1) * windowTokens),
   );
@@ -136,15 +139,20 @@ export async function calibrate(
         }
       }
       if ((w + 1) % 50 === 0 || w + 1 === windows.length)
-        progress(`calibrate: full model ${w + 1}/${windows.length} windows`);
+        progress({ phase: "full model", done: w + 1, total: windows.length });
     }
   } finally {
     await full.release();
   }
 
   const linearMaps = new Map<number, { weight: Float32Array; bias: Float32Array }>();
-  for (const layer of exitLayers) {
-    progress(`calibrate: fitting the map after layer ${layer} on ${accumulators.get(layer)!.rows} positions`);
+  for (const [i, layer] of exitLayers.entries()) {
+    progress({
+      phase: "fit exit maps",
+      done: i,
+      total: exitLayers.length,
+      note: `the map after layer ${layer}, on ${accumulators.get(layer)!.rows} positions`,
+    });
     const map = accumulators.get(layer)!.solve(ridge);
     for (let i = 0; i < config.hiddenSize; i++) map.weight[i * config.hiddenSize + i] += 1;
     linearMaps.set(layer, map);
@@ -173,6 +181,8 @@ export async function calibrate(
       const offset = linear[split].length;
       const finals = plain[split].slice(offset, offset + window.length).map((r) => r.finalToken);
       linear[split].push(...records(step, exitLayers, finals));
+      if ((w + 1) % 50 === 0 || w + 1 === windows.length)
+        progress({ phase: "held-out windows with maps", done: w + 1, total: windows.length });
     }
   } finally {
     await mapped.release();
@@ -186,7 +196,7 @@ export async function calibrate(
     Math.max(
       ...METRICS.map((metric) => searchThresholds(records, [layer], metric, strictest).outcome.edgeShare),
     );
-  const heads: ExitHeadChoice[] = exitLayers.map((layer) => {
+  const heads: ExitHeadChoice[] = exitLayers.map((layer, i) => {
     const plainShare = edgeShareAlone(plain.tune, layer);
     const linearShare = edgeShareAlone(linear.tune, layer);
     const choice: ExitHeadChoice = {
@@ -195,10 +205,14 @@ export async function calibrate(
       heldOutAgreement: { plain: agreementAt(plain.test, layer), linear: agreementAt(linear.test, layer) },
       tuneEdgeShare: { plain: plainShare, linear: linearShare },
     };
-    progress(
-      `calibrate: exit after ${layer}: top-1 agreement plain ${pct(choice.heldOutAgreement.plain)}, linear ${pct(choice.heldOutAgreement.linear)}; ` +
+    progress({
+      phase: "choose heads",
+      done: i + 1,
+      total: exitLayers.length,
+      note:
+        `exit after ${layer}: top-1 agreement plain ${pct(choice.heldOutAgreement.plain)}, linear ${pct(choice.heldOutAgreement.linear)}; ` +
         `edge share alone at ${pct(strictest)}: plain ${pct(plainShare)}, linear ${pct(linearShare)} → ${choice.head}`,
-    );
+    });
     return choice;
   });
   for (const head of heads) if (head.head === "plain") linearMaps.delete(head.afterLayer);
@@ -229,10 +243,13 @@ export async function calibrate(
   };
   const policies = targets.map((t) => choose(calibrated, t));
   const plainPolicies = targets.map((t) => choose({ tune: plain.tune, test: plain.test }, t));
-  for (const p of policies) {
-    progress(
-      `calibrate: target ${pct(p.targetAgreement)}: ${p.metric} thresholds, edge share ${pct(p.test.edgeShare)} at agreement ${pct(p.test.agreement)} (test split)`,
-    );
+  for (const [i, p] of policies.entries()) {
+    progress({
+      phase: "choose thresholds",
+      done: i + 1,
+      total: policies.length,
+      note: `target ${pct(p.targetAgreement)}: ${p.metric} thresholds, edge share ${pct(p.test.edgeShare)} at agreement ${pct(p.test.agreement)} (test split)`,
+    });
   }
 
   // The curve: each exit alone and all exits together, plain and calibrated heads, every metric.

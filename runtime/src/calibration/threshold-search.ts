@@ -6,6 +6,7 @@
  * budget. Pure functions over recorded exit signals, no model in sight.
  */
 import {
+  CONFIDENCE_METRICS,
   isConfident,
   type ConfidenceMetric,
   type ExitSignal,
@@ -27,7 +28,7 @@ export interface PolicyOutcome {
   perExit: Record<number, number>;
 }
 
-export const METRICS: ConfidenceMetric[] = ["prob", "margin", "entropy"];
+export const METRICS: readonly ConfidenceMetric[] = CONFIDENCE_METRICS;
 
 /** Applies thresholds (earliest confident exit answers) to recorded positions. */
 export function evaluatePolicy(records: PositionRecord[], rules: ExitThreshold[]): PolicyOutcome {

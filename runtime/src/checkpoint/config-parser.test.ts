@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { ConfigError, UnsupportedError } from "@tandem/common";
+import { ModelConfigError, UnsupportedError } from "@tandem/common";
 import { parseModelConfig } from "./config-parser.ts";
 
 const FILE = "/models/x/config.json";
@@ -17,14 +17,14 @@ const mistral = { model_type: "mistral", ...REQUIRED };
 const qwen2 = { model_type: "qwen2", ...REQUIRED };
 const mixtral = { model_type: "mixtral", ...REQUIRED, num_local_experts: 8 };
 
-function configError(json: unknown): ConfigError {
+function configError(json: unknown): ModelConfigError {
   try {
     parseModelConfig(json, FILE);
   } catch (error) {
-    if (error instanceof ConfigError) return error;
+    if (error instanceof ModelConfigError) return error;
     throw error;
   }
-  throw new Error("expected a ConfigError");
+  throw new Error("expected a ModelConfigError");
 }
 
 describe("parseModelConfig defaults (as transformers' config classes)", () => {

@@ -1,10 +1,10 @@
 /**
  * Reads a Hugging Face `config.json` of the Llama family into a ModelConfig. Defaults
  * follow transformers' configuration classes; every missing or ill-typed key throws a
- * ConfigError naming the file and the key. Sizes that define the weights' shapes have no
+ * ModelConfigError naming the file and the key. Sizes that define the weights' shapes have no
  * default: a config without them is broken, not small.
  */
-import { ConfigError, UnsupportedError } from "@tandem/common";
+import { ModelConfigError, UnsupportedError } from "@tandem/common";
 import type { ModelArchitecture, ModelConfig } from "./model-config.ts";
 
 const ARCHITECTURES: ModelArchitecture[] = ["llama", "mistral", "qwen2", "mixtral"];
@@ -28,13 +28,14 @@ const FAMILY_DEFAULTS: Record<ModelArchitecture, FamilyDefaults> = {
 
 export function parseModelConfig(json: unknown, file: string): ModelConfig {
   if (typeof json !== "object" || json === null || Array.isArray(json))
-    throw new ConfigError(file, "(root)", "must be a JSON object");
+    throw new ModelConfigError(file, "(root)", "must be a JSON object");
   const raw = json as Record<string, unknown>;
 
   const modelType = raw.model_type;
-  if (typeof modelType !== "string") throw new ConfigError(file, "model_type", "is missing or not a string");
+  if (typeof modelType !== "string")
+    throw new ModelConfigError(file, "model_type", "is missing or not a string");
   if (!ARCHITECTURES.includes(modelType as ModelArchitecture)) {
-    throw new ConfigError(
+    throw new ModelConfigError(
       file,
       "model_type",
       `"${modelType}" is not supported (supported: ${ARCHITECTURES.join(", ")})`,
@@ -48,21 +49,21 @@ export function parseModelConfig(json: unknown, file: string): ModelConfig {
   function int(key: string, fallback?: number, nullable = false): number | null {
     if (nullable && raw[key] === null) return null;
     const value = raw[key] ?? fallback;
-    if (value === undefined) throw new ConfigError(file, key, "is missing");
+    if (value === undefined) throw new ModelConfigError(file, key, "is missing");
     if (typeof value !== "number" || !Number.isInteger(value) || value <= 0)
-      throw new ConfigError(file, key, `must be a positive integer, got ${JSON.stringify(value)}`);
+      throw new ModelConfigError(file, key, `must be a positive integer, got ${JSON.stringify(value)}`);
     return value;
   }
   const num = (key: string, fallback: number): number => {
     const value = raw[key] ?? fallback;
     if (typeof value !== "number" || !Number.isFinite(value) || value <= 0)
-      throw new ConfigError(file, key, `must be a positive number, got ${JSON.stringify(value)}`);
+      throw new ModelConfigError(file, key, `must be a positive number, got ${JSON.stringify(value)}`);
     return value;
   };
   const bool = (key: string, fallback: boolean): boolean => {
     const value = raw[key] ?? fallback;
     if (typeof value !== "boolean")
-      throw new ConfigError(file, key, `must be true or false, got ${JSON.stringify(value)}`);
+      throw new ModelConfigError(file, key, `must be true or false, got ${JSON.stringify(value)}`);
     return value;
   };
 
@@ -70,13 +71,13 @@ export function parseModelConfig(json: unknown, file: string): ModelConfig {
   const numHeads = int("num_attention_heads");
   const numKvHeads = int("num_key_value_heads", numHeads);
   if (numHeads % numKvHeads !== 0)
-    throw new ConfigError(
+    throw new ModelConfigError(
       file,
       "num_key_value_heads",
       `${numKvHeads} does not divide num_attention_heads ${numHeads}`,
     );
   if (raw.head_dim == null && hiddenSize % numHeads !== 0) {
-    throw new ConfigError(
+    throw new ModelConfigError(
       file,
       "num_attention_heads",
       `${numHeads} does not divide hidden_size ${hiddenSize}`,
@@ -84,7 +85,7 @@ export function parseModelConfig(json: unknown, file: string): ModelConfig {
   }
   const headDim = int("head_dim", hiddenSize / numHeads);
   if (headDim % 2 !== 0)
-    throw new ConfigError(file, "head_dim", `must be even for rotary embeddings, got ${headDim}`);
+    throw new ModelConfigError(file, "head_dim", `must be even for rotary embeddings, got ${headDim}`);
 
   // Features that change the math: loading such a model and ignoring them would give
   // plausible-looking but wrong tokens, so refuse them by name.
@@ -99,7 +100,7 @@ export function parseModelConfig(json: unknown, file: string): ModelConfig {
     throw new UnsupportedError(`${file}: "use_sliding_window" true is not supported`);
   const hiddenAct = raw.hidden_act ?? "silu";
   if (hiddenAct !== "silu")
-    throw new ConfigError(file, "hidden_act", `must be "silu", got ${JSON.stringify(hiddenAct)}`);
+    throw new ModelConfigError(file, "hidden_act", `must be "silu", got ${JSON.stringify(hiddenAct)}`);
 
   let maxPositions = int("max_position_embeddings", defaults.maxPositions);
   // Mistral-style sliding-window attention equals full attention while the sequence fits
@@ -132,7 +133,7 @@ export function parseModelConfig(json: unknown, file: string): ModelConfig {
     config.numExperts = int("num_local_experts");
     config.numExpertsPerToken = int("num_experts_per_tok", 2);
     if (config.numExpertsPerToken > config.numExperts) {
-      throw new ConfigError(
+      throw new ModelConfigError(
         file,
         "num_experts_per_tok",
         `${config.numExpertsPerToken} exceeds num_local_experts ${config.numExperts}`,
@@ -146,6 +147,10 @@ function optionalTokenIds(value: unknown, file: string, key: string): number[] |
   if (value === undefined || value === null) return undefined;
   const list = Array.isArray(value) ? value : [value];
   if (!list.every((v) => Number.isInteger(v) && (v as number) >= 0))
-    throw new ConfigError(file, key, `must be a token id or a list of them, got ${JSON.stringify(value)}`);
+    throw new ModelConfigError(
+      file,
+      key,
+      `must be a token id or a list of them, got ${JSON.stringify(value)}`,
+    );
   return list as number[];
 }

@@ -14,8 +14,8 @@ import { join } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
 import {
   CheckpointError,
-  ConfigError,
-  RuntimeError,
+  ModelConfigError,
+  TandemError,
   TensorMismatchError,
   TensorMissingError,
   UnsupportedError,
@@ -78,12 +78,12 @@ function editHeader(path: string, edit: (header: Header) => void): void {
   writeFileSync(path, Buffer.concat([prefix, json, bytes.subarray(dataStart)]));
 }
 
-async function loadError(dir: string): Promise<RuntimeError> {
+async function loadError(dir: string): Promise<TandemError> {
   const error = await loadCheckpoint(dir).then(
     () => new Error("expected loadCheckpoint to fail"),
     (e: unknown) => e,
   );
-  if (error instanceof RuntimeError) return error;
+  if (error instanceof TandemError) return error;
   throw error;
 }
 
@@ -456,13 +456,13 @@ describe("loadCheckpoint rejects malformed checkpoints with named errors", () =>
     );
   });
 
-  it("a config.json without a required key: ConfigError naming config.json and the key", async () => {
+  it("a config.json without a required key: ModelConfigError naming config.json and the key", async () => {
     const dir = await checkpointDir(SMALL);
     const config = JSON.parse(readFileSync(join(dir, "config.json"), "utf8")) as Record<string, unknown>;
     delete config.num_hidden_layers;
     writeFileSync(join(dir, "config.json"), JSON.stringify(config));
     const error = await loadError(dir);
-    expect(error).toBeInstanceOf(ConfigError);
+    expect(error).toBeInstanceOf(ModelConfigError);
     expect(error).toMatchObject({ file: join(dir, "config.json"), key: "num_hidden_layers" });
     expect(error.message).toBe(`${join(dir, "config.json")}: "num_hidden_layers" is missing`);
   });

@@ -5,7 +5,7 @@ import { afterAll, describe, expect, it } from "vitest";
 import {
   CheckpointError,
   InvalidArgumentError,
-  RuntimeError,
+  TandemError,
   TensorMismatchError,
   UnsupportedError,
 } from "@tandem/common";
@@ -46,11 +46,11 @@ function rawFile(header: unknown, dataBytes: number): Buffer {
   return Buffer.concat([prefix, json, Buffer.alloc(dataBytes)]);
 }
 
-function parseError(bytes: Buffer): RuntimeError {
+function parseError(bytes: Buffer): TandemError {
   try {
     SafetensorsFile.parse(FILE, bytes);
   } catch (error) {
-    if (error instanceof RuntimeError) return error;
+    if (error instanceof TandemError) return error;
     throw error;
   }
   throw new Error("expected the file to be rejected");

@@ -42,9 +42,8 @@ import { Fp32Codec } from "./fp32-codec.ts";
 import { Int4Codec } from "./int4-codec.ts";
 import { Int8Codec } from "./int8-codec.ts";
 
-export type CodecName = "fp32" | "fp16" | "int8" | "int4";
-
-export const CODEC_NAMES: readonly CodecName[] = ["fp32", "fp16", "int8", "int4"];
+export const CODEC_NAMES = ["fp32", "fp16", "int8", "int4"] as const;
+export type CodecName = (typeof CODEC_NAMES)[number];
 
 export interface HiddenStateCodec {
   readonly name: CodecName;

@@ -17,7 +17,8 @@ export interface ExitSignal {
   entropy: number;
 }
 
-export type ConfidenceMetric = "prob" | "margin" | "entropy";
+export const CONFIDENCE_METRICS = ["prob", "margin", "entropy"] as const;
+export type ConfidenceMetric = (typeof CONFIDENCE_METRICS)[number];
 
 export interface ExitThreshold {
   afterLayer: number;

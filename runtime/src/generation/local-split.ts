@@ -7,6 +7,7 @@ import type { Checkpoint } from "../checkpoint/model-weights.ts";
 import { SegmentModel, type SegmentModelOptions } from "../engine/segment-model.ts";
 import { SegmentSessions } from "../engine/segment-sessions.ts";
 import { InvalidArgumentError } from "@tandem/common";
+import { cloudSegmentSpec, edgeSegmentSpec } from "../graph/deployment-specs.ts";
 import { segmentSpec, type ExitHeadSpec, type WeightFormat } from "../graph/segment-spec.ts";
 
 export interface LocalSplitOptions extends SegmentModelOptions {
@@ -36,25 +37,25 @@ export async function loadLocalSplit(
   }
   const weightFormat = options.weightFormat ?? "fp32";
   const whole = split === layers;
+  // The graphs the edge agent and the cloud worker load (with logits, so either side can
+  // sample), or the whole model with its exits.
   const lowerModel = await SegmentModel.load(
     checkpoint,
-    segmentSpec({
-      fromLayer: 0,
-      toLayer: split,
-      exits: options.exits ?? [],
-      finalHead: whole,
-      outputHidden: !whole,
-      weightFormat,
-    }),
+    whole
+      ? segmentSpec({
+          fromLayer: 0,
+          toLayer: layers,
+          exits: options.exits ?? [],
+          finalHead: true,
+          logits: true,
+          weightFormat,
+        })
+      : edgeSegmentSpec(split, options.exits ?? [], weightFormat),
     options,
   );
   const upperModel = whole
     ? undefined
-    : await SegmentModel.load(
-        checkpoint,
-        segmentSpec({ fromLayer: split, toLayer: layers, finalHead: true, weightFormat }),
-        options,
-      );
+    : await SegmentModel.load(checkpoint, cloudSegmentSpec(split, layers, weightFormat), options);
   return {
     lower: new SegmentSessions(lowerModel),
     upper: upperModel && new SegmentSessions(upperModel),

@@ -4,7 +4,8 @@
  * sample the same token from the same distribution, and a retried request gives the
  * same answer.
  */
-import { InvalidArgumentError } from "@tandem/common";
+import { FailedPreconditionError, InvalidArgumentError } from "@tandem/common";
+import type { ExitResult } from "../engine/segment-sessions.ts";
 
 export interface SamplingOptions {
   /** 0 means greedy. */
@@ -16,11 +17,35 @@ export interface SamplingOptions {
 
 export const GREEDY: SamplingOptions = { temperature: 0, topP: 1, seed: 0n };
 
-export function validateSampling(options: SamplingOptions): void {
-  if (!(options.temperature >= 0) || options.temperature > 100)
-    throw new InvalidArgumentError("sampling.temperature", `must be in [0, 100], got ${options.temperature}`);
-  if (!(options.topP >= 0) || options.topP > 1)
-    throw new InvalidArgumentError("sampling.top_p", `must be in [0, 1], got ${options.topP}`);
+/**
+ * The one set of sampling limits: the edge's public API, the escalation protocol and
+ * batch jobs all accept exactly these.
+ */
+export const SAMPLING_LIMITS = {
+  /** 0 is greedy. */
+  temperature: { min: 0, max: 100 },
+  /** 0 or 1 keeps every token. */
+  topP: { min: 0, max: 1 },
+} as const;
+
+/** Checks sampling options; errors name `${prefix}.temperature` or `${prefix}.top_p`. */
+export function validateSampling(options: SamplingOptions, prefix = "sampling"): void {
+  const { temperature, topP } = SAMPLING_LIMITS;
+  if (!(options.temperature >= temperature.min && options.temperature <= temperature.max))
+    throw new InvalidArgumentError(
+      `${prefix}.temperature`,
+      `must be in [${temperature.min}, ${temperature.max}], got ${options.temperature}`,
+    );
+  if (!(options.topP >= topP.min && options.topP <= topP.max))
+    throw new InvalidArgumentError(
+      `${prefix}.top_p`,
+      `must be in [${topP.min}, ${topP.max}], got ${options.topP}`,
+    );
+  if (options.seed < 0n || options.seed >= 1n << 64n)
+    throw new InvalidArgumentError(
+      `${prefix}.seed`,
+      `must be an unsigned 64-bit integer, got ${options.seed}`,
+    );
 }
 
 export function isGreedy(options: SamplingOptions): boolean {
@@ -74,4 +99,27 @@ export function sampleToken(
   }
   const last = order[kept - 1];
   return { token: last, prob: probs[last] / mass };
+}
+
+/**
+ * How any head (an exit, or the final head) answers the token at `position`, the same on
+ * the edge, in the cloud and in-process: greedy takes the head's arg max and its
+ * probability; sampling draws from the head's logits of the last evaluated position, and
+ * a head built without logits cannot sample (FailedPreconditionError), never silently
+ * answering greedy instead.
+ */
+export function answerFromHead(
+  head: ExitResult,
+  sampling: SamplingOptions,
+  position: number,
+  vocabSize: number,
+): { token: number; prob: number } {
+  if (isGreedy(sampling))
+    return { token: head.token[head.token.length - 1], prob: head.prob[head.prob.length - 1] };
+  if (!head.logits)
+    throw new FailedPreconditionError(
+      "sampling",
+      `the head after layer ${head.afterLayer} was built without logits, so it can only answer greedy`,
+    );
+  return sampleToken(head.logits.subarray(head.logits.length - vocabSize), sampling, position);
 }

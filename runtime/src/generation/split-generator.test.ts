@@ -9,13 +9,9 @@ import { writeRandomCheckpoint } from "../testing/random-checkpoint.ts";
 import { loadLocalSplit } from "./local-split.ts";
 import type { SamplingOptions } from "./sampler.ts";
 import type { SegmentSessions } from "../engine/segment-sessions.ts";
-import {
-  LocalUpperSegment,
-  SplitGenerator,
-  UpperUnavailableError,
-  type UpperAnswer,
-  type UpperSegment,
-} from "./split-generator.ts";
+import { UnavailableError } from "@tandem/common";
+import { LocalUpperSegment } from "../protocol/local-upper-segment.ts";
+import { SplitGenerator, type UpperAnswer, type UpperSegment } from "./split-generator.ts";
 
 let dir: string;
 let checkpoint: Checkpoint;
@@ -142,7 +138,7 @@ class FaultyUpper implements UpperSegment {
     sampling: SamplingOptions,
   ): Promise<UpperAnswer | undefined> {
     const fault = this.faults[this.calls++];
-    if (fault === "unavailable") throw new UpperUnavailableError("cloud down");
+    if (fault === "unavailable") throw new UnavailableError("cloud down");
     if (fault === "forget") await this.sessions.truncate("s", 0);
     this.starts.push(start);
     return this.inner.extend(start, hidden, count, wantToken, sampling);

@@ -16,9 +16,14 @@
  */
 import { randomUUID } from "node:crypto";
 import { deepestExit, type ExitPolicy, type ExitSignal } from "../exits/exit-policy.ts";
-import { InvalidArgumentError } from "@tandem/common";
+import {
+  ContextLostError,
+  FailedPreconditionError,
+  InvalidArgumentError,
+  UnavailableError,
+} from "@tandem/common";
 import type { SegmentSessions, SegmentStep } from "../engine/segment-sessions.ts";
-import { GREEDY, isGreedy, sampleToken, validateSampling, type SamplingOptions } from "./sampler.ts";
+import { GREEDY, answerFromHead, isGreedy, validateSampling, type SamplingOptions } from "./sampler.ts";
 
 /** The rest of the model past the split: in-process or a remote cloud worker. */
 export interface UpperSegment {
@@ -26,7 +31,7 @@ export interface UpperSegment {
    * Sends hidden states of positions [start, start + count) (row-major [count, hidden]).
    * With `wantToken`, answers the token that follows position start + count − 1.
    * Throws ContextLostError when the upper side lacks positions before `start`, and
-   * UpperUnavailableError when it cannot be reached in time.
+   * UnavailableError when it cannot be reached in time.
    */
   extend(
     start: number,
@@ -41,25 +46,6 @@ export interface UpperSegment {
 export interface UpperAnswer {
   token: number;
   prob: number;
-}
-
-/** The upper side's context ends at `resumeFrom`: send again from there. */
-export class ContextLostError extends Error {
-  constructor(
-    readonly resumeFrom: number,
-    reason: string,
-  ) {
-    super(`upper segment lost context from position ${resumeFrom}: ${reason}`);
-    this.name = "ContextLostError";
-  }
-}
-
-/** The upper side could not answer (unreachable, deadline exceeded, shutting down). */
-export class UpperUnavailableError extends Error {
-  constructor(message: string, options?: { cause?: unknown }) {
-    super(message, options);
-    this.name = "UpperUnavailableError";
-  }
 }
 
 export type TokenSource = "edge" | "cloud" | "edge_fallback";
@@ -147,9 +133,9 @@ export class SplitGenerator {
     validateSampling(sampling);
     if (promptIds.length === 0) throw new InvalidArgumentError("prompt", "must hold at least one token");
     if (!isGreedy(sampling) && !this.lower.model.spec.logits) {
-      throw new InvalidArgumentError(
+      throw new FailedPreconditionError(
         "sampling",
-        "the lower segment was built without logits; only greedy decoding is possible",
+        "the lower segment was built without logits, so it can only answer greedy",
       );
     }
     this.stats.promptTokens = promptIds.length;
@@ -190,24 +176,9 @@ export class SplitGenerator {
     const local = (signal: ExitSignal, source: TokenSource): GeneratedToken => {
       if (source === "edge") this.stats.edgeTokens++;
       else this.stats.fallbackTokens++;
-      if (isGreedy(sampling))
-        return {
-          token: signal.token,
-          position,
-          source,
-          exitLayer: signal.afterLayer,
-          confidence: signal.prob,
-        };
       const exit = step.exits.find((e) => e.afterLayer === signal.afterLayer)!;
-      const logits = exit.logits!.subarray(exit.logits!.length - vocab);
-      const sampled = sampleToken(logits, sampling, position);
-      return {
-        token: sampled.token,
-        position,
-        source,
-        exitLayer: signal.afterLayer,
-        confidence: sampled.prob,
-      };
+      const answer = answerFromHead(exit, sampling, position, vocab);
+      return { token: answer.token, position, source, exitLayer: signal.afterLayer, confidence: answer.prob };
     };
     const decision = this.policy.decide(signals);
     if (decision.exit) return local(decision.exit, "edge");
@@ -228,8 +199,7 @@ export class SplitGenerator {
         confidence: answer.prob,
       };
     } catch (error) {
-      if (!(error instanceof UpperUnavailableError || error instanceof ContextLostError) || !deepest)
-        throw error;
+      if (!(error instanceof UnavailableError || error instanceof ContextLostError) || !deepest) throw error;
       return local(deepest, "edge_fallback");
     } finally {
       this.stats.upperMs += performance.now() - waitStart;
@@ -252,7 +222,7 @@ export class SplitGenerator {
           true,
           sampling,
         );
-        if (!answer) throw new UpperUnavailableError("upper segment returned no token for a token request");
+        if (!answer) throw new UnavailableError("upper segment returned no token for a token request");
         this.confirmed = this.positions;
         return answer;
       } catch (error) {
@@ -273,43 +243,5 @@ export class SplitGenerator {
     }
     this.history.set(hidden, this.positions * size);
     this.positions += count;
-  }
-}
-
-/** An upper segment running in this process (tests, benchmarks, `tandem generate --split`). */
-export class LocalUpperSegment implements UpperSegment {
-  constructor(
-    private readonly sessions: SegmentSessions,
-    private readonly sessionId: string,
-  ) {
-    if (!sessions.model.spec.finalHead)
-      throw new InvalidArgumentError("upper", "segment must end with the final head");
-    if (!sessions.has(sessionId)) sessions.open(sessionId);
-  }
-
-  async extend(
-    start: number,
-    hidden: Float32Array,
-    count: number,
-    wantToken: boolean,
-    sampling: SamplingOptions,
-  ): Promise<UpperAnswer | undefined> {
-    const length = this.sessions.length(this.sessionId);
-    if (start > length)
-      throw new ContextLostError(length, `holds ${length} positions, frame starts at ${start}`);
-    if (start < length) await this.sessions.truncate(this.sessionId, start);
-    const step = await this.sessions.forward(this.sessionId, { hidden, count });
-    if (!wantToken) return undefined;
-    const head = step.exits[step.exits.length - 1];
-    if (isGreedy(sampling))
-      return { token: head.token[head.token.length - 1], prob: head.prob[head.prob.length - 1] };
-    if (!head.logits)
-      throw new InvalidArgumentError("sampling", "the upper segment was built without logits");
-    const vocab = this.sessions.model.config.vocabSize;
-    return sampleToken(head.logits.subarray(head.logits.length - vocab), sampling, start + count);
-  }
-
-  async close(): Promise<void> {
-    this.sessions.release(this.sessionId);
   }
 }

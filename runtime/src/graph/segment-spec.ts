@@ -5,7 +5,8 @@
 import type { ModelConfig } from "../checkpoint/model-config.ts";
 import { InvalidArgumentError, UnsupportedError } from "@tandem/common";
 
-export type WeightFormat = "fp32" | "int8" | "int4";
+export const WEIGHT_FORMATS = ["fp32", "int8", "int4"] as const;
+export type WeightFormat = (typeof WEIGHT_FORMATS)[number];
 
 /**
  * A map from an exit layer's hidden state towards the last layer's ("Jump to Conclusions"),

@@ -26,38 +26,61 @@ describe("batch job data", () => {
     expect(() => validateJobData("build-graphs", { model: "m", split: 3 })).not.toThrow();
   });
 
+  it("fills in every default once, from the schema", () => {
+    expect(
+      validateJobData("generate", { model: "m", prompts: ["a"], sampling: { temperature: 0.5 } }),
+    ).toEqual({
+      model: "m",
+      prompts: ["a"],
+      maxTokens: 64,
+      target: 0.99,
+      sampling: { temperature: 0.5, topP: 1, seed: 0 },
+      weights: "fp32",
+    });
+  });
+
   it("names the bad field", () => {
     const cases: [Parameters<typeof validateJobData>[0], unknown, RegExp][] = [
-      ["generate", null, /^data: must be an object/],
+      ["generate", null, /^data: must be an object, got null/],
       ["generate", { prompts: ["a"] }, /^model: is required/],
-      ["generate", { model: "m", prompts: [] }, /^prompts: must be a non-empty list/],
-      ["generate", { model: "m", prompts: ["a", 3] }, /^prompts\[1\]: must be a non-empty string/],
-      [
-        "generate",
-        { model: "m", prompts: ["a"], maxTokens: 0 },
-        /^maxTokens: must be a number in \[1, 4096\]/,
-      ],
-      ["generate", { model: "m", prompts: ["a"], maxTokens: 2.5 }, /^maxTokens: must be an integer/],
+      ["generate", { model: "m", prompts: [] }, /^prompts: must hold at least 1 item/],
+      ["generate", { model: "m", prompts: ["a", 3] }, /^prompts\[1\]: must be a string, got 3/],
+      ["generate", { model: "m", prompts: ["a", ""] }, /^prompts\[1\]: must not be empty/],
+      ["generate", { model: "m", prompts: ["a"], maxTokens: 0 }, /^maxTokens: must be ≥ 1, got 0/],
+      ["generate", { model: "m", prompts: ["a"], maxTokens: 2.5 }, /^maxTokens: must be an integer, got 2.5/],
       [
         "generate",
         { model: "m", prompts: ["a"], weights: "fp8" },
-        /^weights: must be one of fp32, int8, int4/,
+        /^weights: must be one of fp32, int8, int4, got "fp8"/,
       ],
       [
         "generate",
         { model: "m", prompts: ["a"], sampling: { topP: 0.5 } },
         /^sampling.temperature: is required/,
       ],
+      // The one set of sampling limits (the edge's API and the escalation protocol take the same).
+      [
+        "generate",
+        { model: "m", prompts: ["a"], sampling: { temperature: 101 } },
+        /^sampling.temperature: must be ≤ 100/,
+      ],
+      // A typo is refused by name, not silently ignored.
+      ["generate", { model: "m", prompts: ["a"], max_token: 5 }, /^max_token: is not a known key/],
+      [
+        "generate",
+        { model: "m", prompts: ["a"], sampling: { temperature: 1, top_p: 0.5 } },
+        /^sampling.top_p: is not a known key/,
+      ],
       ["calibrate", { model: "m", split: 3, textFile: "t", out: "o" }, /^exitLayers: is required/],
       [
         "calibrate",
         { model: "m", split: 3, exitLayers: [2, 0], textFile: "t", out: "o" },
-        /^exitLayers\[1\]/,
+        /^exitLayers\[1\]: must be ≥ 1/,
       ],
       [
         "calibrate",
         { model: "m", split: 3, exitLayers: [2], textFile: "t", out: "o", targets: [1.5] },
-        /^targets\[0\]/,
+        /^targets\[0\]: must be < 1/,
       ],
       ["build-graphs", { model: "m" }, /^split: is required/],
     ];

@@ -6,7 +6,13 @@
  * it again. Closing waits for the jobs in progress.
  */
 import { UnrecoverableError, Worker, type Job } from "bullmq";
-import { RuntimeError } from "@tandem/common";
+import {
+  BATCH_JOB_BACKOFF,
+  backoffDelayMs,
+  isRetryable,
+  type BackoffPolicy,
+  type Logger,
+} from "@tandem/common";
 import {
   JOB_KINDS,
   validateJobData,
@@ -15,7 +21,6 @@ import {
   type JobResultByKind,
 } from "./batch-jobs.ts";
 import { batchQueueLocation } from "./batch-queues.ts";
-import type { Logger } from "@tandem/common";
 import { runBuildGraphsJob, runCalibrateJob, runGenerateJob, type JobContext } from "./job-handlers.ts";
 
 export interface BatchWorkerOptions {
@@ -31,24 +36,23 @@ export interface BatchWorkerOptions {
   stalledIntervalMs?: number;
   /** ONNX Runtime threads per job. @default 1 */
   threads?: number;
+  /** Waits between tries of a failed job. @default BATCH_JOB_BACKOFF */
+  backoff?: BackoffPolicy;
   cacheDir?: string;
 }
+
+export const DEFAULT_BATCH_WORKER_OPTIONS = {
+  concurrency: 1,
+  lockDurationMs: 30_000,
+  stalledIntervalMs: 30_000,
+  threads: 1,
+} as const;
 
 export interface BatchWorker {
   /** Jobs finished by this process, per outcome (for logs and tests). */
   readonly counts: { completed: number; failed: number };
   close(): Promise<void>;
 }
-
-/** Runtime errors that no retry can fix: the data or the files are wrong. */
-const PERMANENT_CODES = new Set([
-  "INVALID_ARGUMENT",
-  "CHECKPOINT_INVALID",
-  "CONFIG_INVALID",
-  "TENSOR_MISSING",
-  "TENSOR_MISMATCH",
-  "UNSUPPORTED",
-]);
 
 type Handler<K extends JobKind> = (
   data: JobDataByKind[K],
@@ -67,9 +71,14 @@ export async function startBatchWorker(options: BatchWorkerOptions, log: Logger)
     const worker = new Worker(kind, (job: Job) => processJob(kind, job, options), {
       connection: location.connection,
       prefix: location.prefix,
-      concurrency: options.concurrency ?? 1,
-      lockDuration: options.lockDurationMs ?? 30_000,
-      stalledInterval: options.stalledIntervalMs ?? 30_000,
+      concurrency: options.concurrency ?? DEFAULT_BATCH_WORKER_OPTIONS.concurrency,
+      lockDuration: options.lockDurationMs ?? DEFAULT_BATCH_WORKER_OPTIONS.lockDurationMs,
+      stalledInterval: options.stalledIntervalMs ?? DEFAULT_BATCH_WORKER_OPTIONS.stalledIntervalMs,
+      // Jobs submitted by submitJob ask for this strategy: the retry policy's jittered backoff.
+      settings: {
+        backoffStrategy: (attemptsMade: number) =>
+          backoffDelayMs(options.backoff ?? BATCH_JOB_BACKOFF, attemptsMade),
+      },
     });
     worker.on("completed", (job) => {
       counts.completed++;
@@ -100,13 +109,13 @@ async function processJob<K extends JobKind>(
   try {
     const data = validateJobData(kind, job.data);
     return await HANDLERS[kind](data, {
-      progress: (fraction) => job.updateProgress(Math.round(fraction * 100)),
-      threads: options.threads ?? 1,
+      progress: (progress) => job.updateProgress({ ...progress }),
+      threads: options.threads ?? DEFAULT_BATCH_WORKER_OPTIONS.threads,
       cacheDir: options.cacheDir,
     });
   } catch (error) {
-    if (error instanceof RuntimeError && PERMANENT_CODES.has(error.code))
-      throw new UnrecoverableError(error.message);
+    // Data or files that cannot work fail at once; anything else is tried again (the retry policy).
+    if (!isRetryable(error)) throw new UnrecoverableError((error as Error).message);
     throw error;
   }
 }

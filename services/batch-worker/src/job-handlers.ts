@@ -6,23 +6,30 @@
 import { readFile } from "node:fs/promises";
 import { existsSync } from "node:fs";
 import {
+  AlwaysExitPolicy,
+  calibrate,
   calibratedExitHeads,
   checkCalibrationMatches,
+  type Checkpoint,
+  cloudSegmentSpec,
+  defaultGraphCacheDir,
+  edgeSegmentSpec,
+  ensureSegmentGraph,
+  GREEDY,
+  IncrementalDecoder,
+  loadCheckpoint,
+  loadLocalSplit,
+  LocalUpperSegment,
   policyForTarget,
   readCalibration,
+  type SamplingOptions,
+  segmentGraphPath,
+  SplitGenerator,
+  ThresholdExitPolicy,
+  Tokenizer,
   writeCalibration,
 } from "@tandem/runtime";
-import { calibrate } from "@tandem/runtime";
-import { loadCheckpoint } from "@tandem/runtime";
-import type { Checkpoint } from "@tandem/runtime";
-import { InvalidArgumentError } from "@tandem/common";
-import { AlwaysExitPolicy, ThresholdExitPolicy } from "@tandem/runtime";
-import { loadLocalSplit } from "@tandem/runtime";
-import { GREEDY, type SamplingOptions } from "@tandem/runtime";
-import { LocalUpperSegment, SplitGenerator } from "@tandem/runtime";
-import { cloudSegmentSpec, edgeSegmentSpec } from "@tandem/runtime";
-import { defaultGraphCacheDir, ensureSegmentGraph, segmentGraphPath } from "@tandem/runtime";
-import { IncrementalDecoder, Tokenizer } from "@tandem/runtime";
+import { InvalidArgumentError, type Progress } from "@tandem/common";
 import type {
   BuildGraphsJobData,
   BuildGraphsJobResult,
@@ -33,8 +40,8 @@ import type {
 } from "./batch-jobs.ts";
 
 export interface JobContext {
-  /** Reports progress in [0, 1]. */
-  progress(fraction: number): Promise<void>;
+  /** Reports how far the job is (stored as the job's progress). */
+  progress(progress: Progress): Promise<void>;
   threads: number;
   cacheDir?: string;
 }
@@ -53,15 +60,15 @@ export async function runGenerateJob(data: GenerateJobData, context: JobContext)
   const local = await loadLocalSplit(checkpoint, {
     split: calibration?.summary.split,
     exits: calibration ? calibratedExitHeads(calibration) : [],
-    weightFormat: data.weights ?? "fp32",
+    weightFormat: data.weights,
     threads: context.threads,
     cacheDir: context.cacheDir,
   });
   const sampling: SamplingOptions = data.sampling
     ? {
         temperature: data.sampling.temperature,
-        topP: data.sampling.topP ?? 1,
-        seed: BigInt(data.sampling.seed ?? 0),
+        topP: data.sampling.topP,
+        seed: BigInt(data.sampling.seed),
       }
     : GREEDY;
   try {
@@ -70,14 +77,14 @@ export async function runGenerateJob(data: GenerateJobData, context: JobContext)
       const sessionId = `prompt-${i}`;
       const upper = local.upper && new LocalUpperSegment(local.upper, sessionId);
       const policy = calibration
-        ? new ThresholdExitPolicy(policyForTarget(calibration, data.target ?? 0.99).thresholds)
+        ? new ThresholdExitPolicy(policyForTarget(calibration, data.target).thresholds)
         : new AlwaysExitPolicy();
       const generator = new SplitGenerator(local.lower, upper, policy, sessionId);
       const decoder = new IncrementalDecoder(tokenizer);
       let text = "";
       const tokenIds: number[] = [];
       for await (const token of generator.generate(tokenizer.encode(prompt), {
-        maxTokens: data.maxTokens ?? 64,
+        maxTokens: data.maxTokens,
         stopTokenIds: checkpoint.config.eosTokenId,
         sampling,
       })) {
@@ -93,7 +100,7 @@ export async function runGenerateJob(data: GenerateJobData, context: JobContext)
         edgeTokens: generator.stats.edgeTokens,
         cloudTokens: generator.stats.cloudTokens,
       });
-      await context.progress((i + 1) / data.prompts.length);
+      await context.progress({ phase: "prompts", done: i + 1, total: data.prompts.length });
     }
     const tokens = outputs.reduce((sum, o) => sum + o.tokenIds.length, 0);
     const edge = outputs.reduce((sum, o) => sum + o.edgeTokens, 0);
@@ -112,7 +119,6 @@ export async function runCalibrateJob(
   const text = await readFile(data.textFile, "utf8").catch((error: Error) => {
     throw new InvalidArgumentError("textFile", `cannot read ${data.textFile} (${error.message})`);
   });
-  let windowsDone = 0;
   const calibration = await calibrate(checkpoint, tokenizer, {
     split: data.split,
     exitLayers: data.exitLayers,
@@ -121,20 +127,13 @@ export async function runCalibrateJob(
     maxTokens: data.maxTokens,
     threads: context.threads,
     cacheDir: context.cacheDir,
-    onProgress: (message) => {
-      // "… n/m windows" lines: progress through the forward passes, most of the work.
-      const match = / (\d+)\/(\d+) windows/.exec(message);
-      if (match && Number(match[1]) !== windowsDone) {
-        windowsDone = Number(match[1]);
-        void context.progress((0.9 * windowsDone) / Number(match[2]));
-      }
-    },
+    // Progress as calibrate reports it; the notes stay with the result, not in Redis on every step.
+    onProgress: ({ phase, done, total }) => void context.progress({ phase, done, total }),
   });
   await writeCalibration(data.out, calibration).catch((error: Error) => {
     // A path that cannot be written stays unwritable on a retry.
     throw new InvalidArgumentError("out", `cannot write ${data.out} (${error.message})`);
   });
-  await context.progress(1);
   return {
     out: data.out,
     split: calibration.summary.split,
@@ -171,7 +170,7 @@ export async function runBuildGraphsJob(
   const exits = calibration
     ? calibratedExitHeads(calibration)
     : (data.exitLayers ?? []).map((afterLayer) => ({ afterLayer }));
-  const weights = data.weights ?? "fp32";
+  const weights = data.weights;
   const cacheDir = data.cacheDir ?? context.cacheDir ?? defaultGraphCacheDir();
   const specs = {
     edge: edgeSegmentSpec(data.split, exits, weights),
@@ -186,8 +185,8 @@ export async function runBuildGraphsJob(
       throw error;
     });
   const edgeGraph = await build(specs.edge);
-  await context.progress(0.5);
+  await context.progress({ phase: "graphs", done: 1, total: 2 });
   const cloudGraph = await build(specs.cloud);
-  await context.progress(1);
+  await context.progress({ phase: "graphs", done: 2, total: 2 });
   return { edgeGraph, cloudGraph, alreadyCached, ms: performance.now() - started };
 }

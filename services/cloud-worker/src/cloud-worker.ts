@@ -2,20 +2,19 @@
  * A cloud worker: the upper segment [split, L) of a checkpoint behind the CloudWorker
  * gRPC service, with its context manager and decode batcher.
  */
-import { basename } from "node:path";
-import { loadTandemProtos } from "@tandem/proto";
-import { loadCheckpoint } from "@tandem/runtime";
-import { SegmentModel } from "@tandem/runtime";
-import { SegmentSessions } from "@tandem/runtime";
-import { InvalidArgumentError } from "@tandem/common";
-import { cloudSegmentSpec } from "@tandem/runtime";
-import type { WeightFormat } from "@tandem/runtime";
-import { startGrpcServer, type RunningServer } from "@tandem/proto";
-import type { Logger } from "@tandem/common";
+import { loadTandemProtos, type RunningServer, startGrpcServer } from "@tandem/proto";
+import {
+  cloudSegmentSpec,
+  loadCheckpoint,
+  SegmentModel,
+  SegmentSessions,
+  type WeightFormat,
+} from "@tandem/runtime";
+import { InvalidArgumentError, type Logger } from "@tandem/common";
 import { ContextManager } from "./context-manager.ts";
 import { ClusterMembership } from "./cluster-membership.ts";
 import { DecodeBatcher } from "./decode-batcher.ts";
-import { escalationHandlers, type EscalationCounters } from "./escalation-service.ts";
+import { emptyWorkerCounters, escalationHandlers, type WorkerCounters } from "./escalation-service.ts";
 
 export interface CloudWorkerOptions {
   modelDir: string;
@@ -35,7 +34,6 @@ export interface CloudWorkerOptions {
     natsUrl: string;
     name: string;
     heartbeatMs?: number;
-    heartbeatTtlMs?: number;
     weight?: number;
     /** MoE: expert replicas the worker's memory holds. @default every expert of its layers */
     expertSlots?: number;
@@ -50,7 +48,7 @@ export interface CloudWorker {
   server: RunningServer;
   contexts: ContextManager;
   batcher: DecodeBatcher;
-  counters: EscalationCounters;
+  counters: WorkerCounters;
   membership?: ClusterMembership;
   /** Planned stop: drain shards away first (when in a cluster), then stop serving. */
   close(graceMs?: number): Promise<void>;
@@ -76,22 +74,16 @@ export async function startCloudWorker(options: CloudWorkerOptions, log: Logger)
     maxBatch: options.maxBatch,
   });
   const contexts = new ContextManager(sessions, batcher, { memoryBudgetBytes: options.memoryBudgetBytes });
-  const counters: EscalationCounters = {
-    streams: 0,
-    frames: 0,
-    positions: 0,
-    tokens: 0,
-    rejected: 0,
-    bytesReceived: 0,
-  };
+  const counters = emptyWorkerCounters();
   const protos = loadTandemProtos();
   const handlers = escalationHandlers(
     {
       workerId: options.workerId,
-      modelId: basename(options.modelDir),
       weightsHash: checkpoint.weightsHash,
       split: options.split,
-      config: checkpoint.config,
+      hiddenSize: checkpoint.config.hiddenSize,
+      vocabSize: checkpoint.config.vocabSize,
+      maxPositions: checkpoint.config.maxPositions,
     },
     contexts,
     log,
@@ -126,7 +118,7 @@ export async function startCloudWorker(options: CloudWorkerOptions, log: Logger)
           endpoint: options.cluster.advertise ?? server.address,
           weight: options.cluster.weight,
           heartbeatMs: options.cluster.heartbeatMs,
-          heartbeatTtlMs: options.cluster.heartbeatTtlMs,
+          drainTimeoutMs: options.cluster.drainTimeoutMs,
           expertSlots:
             options.cluster.expertSlots ?? (checkpoint.config.numExperts ?? 0) * (layers - options.split),
           takeExpertCounts: () => model.takeExpertCounts(),
@@ -145,7 +137,7 @@ export async function startCloudWorker(options: CloudWorkerOptions, log: Logger)
       if (membership) {
         // Out of load balancers' rotation at once; edges keep reaching it until their shards move.
         server.setServing(false);
-        const drained = await membership.drain(options.cluster?.drainTimeoutMs);
+        const drained = await membership.drain();
         log.info({ drained }, drained ? "shards moved away" : "drain timed out");
         await membership.stop();
       }

@@ -5,19 +5,23 @@
  * the map to the new owner and replays the context there. Draining marks the record so
  * the leader moves every shard away; the worker stops once the map no longer names it.
  */
-import { connect, type NatsConnection } from "@nats-io/transport-node";
-import { controlPlaneNames, type ControlPlaneNames } from "@tandem/cluster";
+import type { NatsConnection } from "@nats-io/transport-node";
 import {
-  expertsOf,
-  ownerOf,
-  PlacementStore,
-  watchExpertMap,
+  CLUSTER_DEFAULTS,
+  connectNats,
+  controlPlaneNames,
+  type ControlPlaneNames,
   type ExpertLoadReport,
   type ExpertMapRecord,
+  expertsOf,
+  NodeRegistry,
+  ownerOf,
+  openExpertMap,
+  openShardMap,
   type ShardMapRecord,
+  watchVersioned,
 } from "@tandem/cluster";
 import type { Logger } from "@tandem/common";
-import { NodeRegistry } from "@tandem/cluster";
 import type { ContextManager } from "./context-manager.ts";
 
 export interface MembershipOptions {
@@ -27,15 +31,17 @@ export interface MembershipOptions {
   endpoint: string;
   /** Relative KV capacity. @default 1 */
   weight?: number;
-  /** @default 500 */
+  /** @default CLUSTER_DEFAULTS.heartbeatMs */
   heartbeatMs?: number;
-  /** @default 3000 */
-  heartbeatTtlMs?: number;
+  /** Longest wait, in drain(), for the leader to move this worker's shards away. @default 10000 */
+  drainTimeoutMs?: number;
   /** Expert replicas this worker's memory holds, for the expert planner. @default 0 (dense model) */
   expertSlots?: number;
   /** Expert activations since the last call (see SegmentModel.takeExpertCounts); undefined for a dense model. */
   takeExpertCounts?: () => number[] | undefined;
 }
+
+export const DEFAULT_MEMBERSHIP_OPTIONS = { weight: 1, drainTimeoutMs: 10_000 } as const;
 
 export class ClusterMembership {
   private draining = false;
@@ -59,13 +65,22 @@ export class ClusterMembership {
     contexts: ContextManager,
     log: Logger,
   ): Promise<ClusterMembership> {
-    const nc = await connect({ servers: options.natsUrl, maxReconnectAttempts: -1, reconnectTimeWait: 250 });
+    const nc = await connectNats(options.natsUrl, { name: `tandem-cloud-worker ${options.nodeId}` });
     const names = controlPlaneNames(options.cluster);
-    const registry = await NodeRegistry.open(nc, names, { heartbeatTtlMs: options.heartbeatTtlMs });
-    const store = await PlacementStore.open(nc, names);
+    const registry = await NodeRegistry.open(nc, names);
     const holder: { membership?: ClusterMembership } = {};
-    const watch = await store.watch((map) => holder.membership?.onMap(map));
-    const expertWatch = await watchExpertMap(store, (map) => holder.membership?.onExpertMap(map));
+    // A map that fails its schema is skipped (and named in the log): the worker keeps the last good one.
+    const invalid = (error: Error) => log.warn({ err: error.message }, "placement map ignored");
+    const watch = await watchVersioned(
+      await openShardMap(nc, names),
+      (map) => holder.membership?.onMap(map),
+      invalid,
+    );
+    const expertWatch = await watchVersioned(
+      await openExpertMap(nc, names),
+      (map) => holder.membership?.onExpertMap(map),
+      invalid,
+    );
     const membership = new ClusterMembership(
       nc,
       names,
@@ -80,7 +95,10 @@ export class ClusterMembership {
     );
     holder.membership = membership;
     await membership.heartbeat();
-    membership.timer = setInterval(() => void membership.heartbeat(), options.heartbeatMs ?? 500);
+    membership.timer = setInterval(
+      () => void membership.heartbeat(),
+      options.heartbeatMs ?? CLUSTER_DEFAULTS.heartbeatMs,
+    );
     return membership;
   }
 
@@ -100,7 +118,7 @@ export class ClusterMembership {
         id: this.options.nodeId,
         role: "cloud-worker",
         endpoint: this.options.endpoint,
-        weight: this.options.weight ?? 1,
+        weight: this.options.weight ?? DEFAULT_MEMBERSHIP_OPTIONS.weight,
         expertSlots: this.options.expertSlots ?? 0,
         load: { sessions: stats.sessions, kvBytes: stats.kvBytes, expertMapVersion: this.expertMap?.version },
         draining: this.draining,
@@ -144,7 +162,9 @@ export class ClusterMembership {
   }
 
   /** Planned removal: asks the leader to move this worker's shards away, then waits until it has. */
-  async drain(timeoutMs = 10_000): Promise<boolean> {
+  async drain(
+    timeoutMs = this.options.drainTimeoutMs ?? DEFAULT_MEMBERSHIP_OPTIONS.drainTimeoutMs,
+  ): Promise<boolean> {
     this.draining = true;
     await this.heartbeat();
     return new Promise((resolve) => {

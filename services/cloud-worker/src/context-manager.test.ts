@@ -2,12 +2,15 @@ import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { loadCheckpoint } from "@tandem/runtime";
-import { SegmentModel } from "@tandem/runtime";
-import { SegmentSessions } from "@tandem/runtime";
-import { ContextLostError } from "@tandem/runtime";
-import { segmentSpec } from "@tandem/runtime";
-import { TINY_LLAMA, writeRandomCheckpoint } from "@tandem/runtime";
+import {
+  loadCheckpoint,
+  SegmentModel,
+  SegmentSessions,
+  segmentSpec,
+  TINY_LLAMA,
+  writeRandomCheckpoint,
+} from "@tandem/runtime";
+import { ContextLostError } from "@tandem/common";
 import { ContextManager } from "./context-manager.ts";
 import { DecodeBatcher } from "./decode-batcher.ts";
 

@@ -4,8 +4,7 @@
  * when it is exceeded the least recently used idle sessions are evicted, and an evicted
  * session that comes back is told to replay its context (ContextLostError).
  */
-import type { SegmentSessions, SegmentStep } from "@tandem/runtime";
-import { ContextLostError } from "@tandem/runtime";
+import { applyFrame, type SegmentSessions, type SegmentStep, type SessionContexts } from "@tandem/runtime";
 import type { DecodeBatcher } from "./decode-batcher.ts";
 
 export interface ContextManagerOptions {
@@ -13,13 +12,15 @@ export interface ContextManagerOptions {
   memoryBudgetBytes?: number;
 }
 
+export const DEFAULT_CONTEXT_MANAGER_OPTIONS = { memoryBudgetBytes: 512 * 2 ** 20 } as const;
+
 export interface ContextManagerStats {
   sessions: number;
   kvBytes: number;
   evictions: number;
 }
 
-export class ContextManager {
+export class ContextManager implements SessionContexts {
   /** Sessions in least-recently-used order (a Map iterates in insertion order). */
   private readonly lastUsed = new Map<string, number>();
   private readonly inFlight = new Map<string, number>();
@@ -31,7 +32,7 @@ export class ContextManager {
     private readonly batcher: DecodeBatcher,
     options: ContextManagerOptions = {},
   ) {
-    this.budget = options.memoryBudgetBytes ?? 512 * 2 ** 20;
+    this.budget = options.memoryBudgetBytes ?? DEFAULT_CONTEXT_MANAGER_OPTIONS.memoryBudgetBytes;
   }
 
   /** Positions held for the session; 0 for one never seen or evicted. */
@@ -40,26 +41,28 @@ export class ContextManager {
   }
 
   /**
-   * Appends positions [start, start + count). A frame starting before the context's end
-   * replaces what follows (the edge resent it); one starting after it cannot be applied.
+   * Applies a frame of positions [start, start + count) by the escalation protocol's
+   * rules (applyFrame): a frame starting before the context's end replaces what follows
+   * (the edge resent it); one starting after it is ContextLostError.
    */
   async append(sessionId: string, start: number, hidden: Float32Array, count: number): Promise<SegmentStep> {
     if (!this.sessions.has(sessionId)) this.sessions.open(sessionId);
     this.touch(sessionId);
     this.inFlight.set(sessionId, (this.inFlight.get(sessionId) ?? 0) + 1);
     try {
-      const length = this.sessions.length(sessionId);
-      if (start > length)
-        throw new ContextLostError(
-          length,
-          `worker holds ${length} positions of session ${sessionId}, frame starts at ${start}`,
-        );
-      if (start < length) await this.sessions.truncate(sessionId, start);
-      const step =
-        count === 1
-          ? await this.batcher.step(sessionId, hidden)
-          : await this.sessions.forward(sessionId, { hidden, count });
-      return step;
+      return await applyFrame(
+        {
+          length: () => this.sessions.length(sessionId),
+          truncate: (length) => this.sessions.truncate(sessionId, length),
+          // A single position joins the decode batch; longer frames (context sync) run alone.
+          forward: (h, n) =>
+            n === 1
+              ? this.batcher.step(sessionId, h)
+              : this.sessions.forward(sessionId, { hidden: h, count: n }),
+        },
+        { start, hidden, count },
+        sessionId,
+      );
     } finally {
       const left = (this.inFlight.get(sessionId) ?? 1) - 1;
       if (left === 0) this.inFlight.delete(sessionId);

@@ -20,6 +20,8 @@ export interface DecodeBatcherOptions {
   enabled?: boolean;
 }
 
+export const DEFAULT_DECODE_BATCHER_OPTIONS = { maxBatch: 16, enabled: true } as const;
+
 export class DecodeBatcher {
   private queue: Pending[] = [];
   private running = false;
@@ -32,8 +34,8 @@ export class DecodeBatcher {
     private readonly sessions: SegmentSessions,
     options: DecodeBatcherOptions = {},
   ) {
-    this.maxBatch = options.maxBatch ?? 16;
-    this.enabled = options.enabled ?? true;
+    this.maxBatch = options.maxBatch ?? DEFAULT_DECODE_BATCHER_OPTIONS.maxBatch;
+    this.enabled = options.enabled ?? DEFAULT_DECODE_BATCHER_OPTIONS.enabled;
   }
 
   step(id: string, hidden: Float32Array): Promise<SegmentStep> {

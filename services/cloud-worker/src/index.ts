@@ -1,5 +1,16 @@
 /** @tandem/cloud-worker: `tandem-cloud-worker`, the upper layers of a model behind the CloudWorker service. */
 export { startCloudWorker, type CloudWorker, type CloudWorkerOptions } from "./cloud-worker.ts";
-export { ContextManager, type ContextManagerOptions, type ContextManagerStats } from "./context-manager.ts";
-export { DecodeBatcher, type DecodeBatcherOptions } from "./decode-batcher.ts";
-export { WORKER_CONFIG_SCHEMA, main } from "./main.ts";
+export {
+  ContextManager,
+  DEFAULT_CONTEXT_MANAGER_OPTIONS,
+  type ContextManagerOptions,
+  type ContextManagerStats,
+} from "./context-manager.ts";
+export {
+  DecodeBatcher,
+  DEFAULT_DECODE_BATCHER_OPTIONS,
+  type DecodeBatcherOptions,
+} from "./decode-batcher.ts";
+export type { WorkerCounters } from "./escalation-service.ts";
+export { WORKER_CONFIG_SCHEMA, WORKER_ENV_PREFIX, type WorkerConfig } from "./worker-config.ts";
+export { WORKER_PROGRAM, main } from "./main.ts";

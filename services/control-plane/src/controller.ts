@@ -1,29 +1,34 @@
 /**
  * A control-plane replica. Every tick it renews or contends for the leader lease; the
- * leader reads the alive nodes and, when the set changed, writes the next placement
- * version (sticky bounded-load consistent hashing: a dead node's shards move, others
- * stay; draining nodes get none). Several replicas run; at most one acts.
+ * leader reads the alive nodes and lets the planners write what changed: the shard map
+ * (ShardPlanner, when membership changed) and the expert map (ExpertPlanner, at the end
+ * of each load window). Several replicas run; at most one acts, and every write carries
+ * its lease's fencing token.
  */
 import type { NatsConnection } from "@nats-io/transport-node";
-import { Kvm } from "@nats-io/kv";
+import {
+  CLUSTER_DEFAULTS,
+  NodeRegistry,
+  controlPlaneNames,
+  openExpertMap,
+  openLease,
+  openShardMap,
+} from "@tandem/cluster";
 import type { Logger } from "@tandem/common";
-import { controlPlaneNames } from "@tandem/cluster";
 import { ExpertPlanner } from "./expert-planner.ts";
-import { LeaderLease } from "./leader-lease.ts";
-import { NodeRegistry } from "@tandem/cluster";
-import { placeShards } from "./placement/shard-placement.ts";
-import { PlacementStore, type ShardMapRecord } from "@tandem/cluster";
+import { DEFAULT_LEASE_TIMING, LeaderLease } from "./leader-lease.ts";
+import { ShardPlanner } from "./shard-planner.ts";
 
 export interface ControllerOptions {
   cluster: string;
   replicaId: string;
-  /** @default 4096 */
+  /** Virtual KV shards. @default 4096 */
   shardCount?: number;
-  /** @default 500 */
+  /** Control loop interval. @default 500 */
   tickMs?: number;
-  /** @default 3000 */
+  /** Leader lease duration. @default 3000 */
   leaseTtlMs?: number;
-  /** @default 3000 */
+  /** A worker is dead after this long without a heartbeat. @default CLUSTER_DEFAULTS.heartbeatTtlMs */
   heartbeatTtlMs?: number;
   /**
    * MoE experts to place: numExperts × the cloud workers' layers, expert id
@@ -34,15 +39,24 @@ export interface ControllerOptions {
   expertWindowMs?: number;
 }
 
+export const DEFAULT_CONTROLLER_OPTIONS = {
+  shardCount: 4096,
+  tickMs: 500,
+  leaseTtlMs: DEFAULT_LEASE_TIMING.ttlMs,
+  heartbeatTtlMs: CLUSTER_DEFAULTS.heartbeatTtlMs,
+  experts: 0,
+  expertWindowMs: 5000,
+} as const satisfies Omit<Required<ControllerOptions>, "cluster" | "replicaId">;
+
 export class Controller {
   private timer?: NodeJS.Timeout;
   private running = false;
-  /** Maps this replica wrote (for tests and status). */
+  /** Shard maps this replica wrote (for tests and status). */
   written = 0;
 
   private constructor(
     private readonly registry: NodeRegistry,
-    private readonly store: PlacementStore,
+    private readonly shards: ShardPlanner,
     readonly lease: LeaderLease,
     private readonly options: Required<ControllerOptions>,
     private readonly log: Logger,
@@ -50,27 +64,23 @@ export class Controller {
   ) {}
 
   static async start(nc: NatsConnection, options: ControllerOptions, log: Logger): Promise<Controller> {
-    const full: Required<ControllerOptions> = {
-      shardCount: 4096,
-      tickMs: 500,
-      leaseTtlMs: 3000,
-      heartbeatTtlMs: 3000,
-      experts: 0,
-      expertWindowMs: 5000,
-      ...options,
-    };
+    const full: Required<ControllerOptions> = { ...DEFAULT_CONTROLLER_OPTIONS, ...options };
     const names = controlPlaneNames(full.cluster);
     const registry = await NodeRegistry.open(nc, names, { heartbeatTtlMs: full.heartbeatTtlMs });
-    const store = await PlacementStore.open(nc, names);
-    const leaseKv = await new Kvm(nc).create(names.leaderBucket, { history: 1 });
     const controller = new Controller(
       registry,
-      store,
-      new LeaderLease(leaseKv, full.replicaId, full.leaseTtlMs),
+      new ShardPlanner(await openShardMap(nc, names), { shardCount: full.shardCount }),
+      new LeaderLease(await openLease(nc, names), full.replicaId, full.leaseTtlMs),
       full,
       log,
       full.experts > 0
-        ? new ExpertPlanner(nc, names, store, { experts: full.experts, windowMs: full.expertWindowMs }, log)
+        ? new ExpertPlanner(
+            nc,
+            names,
+            await openExpertMap(nc, names),
+            { experts: full.experts, windowMs: full.expertWindowMs },
+            log,
+          )
         : undefined,
     );
     controller.schedule(0);
@@ -84,7 +94,7 @@ export class Controller {
     );
   }
 
-  /** One round: lease, then (as leader) re-place if membership changed. */
+  /** One round: the lease, then (as leader) whatever the planners find to write. */
   async tick(): Promise<void> {
     if (this.running) return;
     this.running = true;
@@ -98,36 +108,19 @@ export class Controller {
         );
       if (!leader) return;
       const alive = await this.registry.alive();
-      if (this.experts && this.lease.fencingToken !== undefined) {
-        const version = await this.experts.maybeReplan(alive, this.lease.fencingToken);
+      const token = this.lease.fencingToken;
+      if (token === undefined) return; // the lease ran short while reading: do not act
+      if (this.experts) {
+        const version = await this.experts.maybeReplan(alive, token);
         if (version !== undefined) this.log.info({ version }, "expert placement written");
       }
-      const nodes = alive.filter((n) => !n.draining);
-      const current = await this.store.read();
-      const nodeIds = nodes.map((n) => n.id).sort();
-      const currentIds = current ? [...new Set(Object.values(current.record.shards))].sort() : [];
-      if (nodes.length === 0 || JSON.stringify(nodeIds) === JSON.stringify(currentIds)) return;
-      const token = this.lease.fencingToken;
-      if (token === undefined) return; // lease ran short while reading: do not act
-      const previous = current
-        ? new Map(Object.entries(current.record.shards).map(([s, n]) => [Number(s), n]))
-        : undefined;
-      const map = placeShards(
-        this.options.shardCount,
-        nodes.map((n) => ({ id: n.id, weight: n.weight })),
-        previous,
-      );
-      const record: ShardMapRecord = {
-        version: (current?.record.version ?? 0) + 1,
-        fencingToken: token,
-        shardCount: this.options.shardCount,
-        shards: Object.fromEntries(map),
-        endpoints: Object.fromEntries(nodes.map((n) => [n.id, n.endpoint])),
-        writtenAt: Date.now(),
-      };
-      if (await this.store.write(record, current?.revision)) {
+      const version = await this.shards.maybeReplan(alive, token);
+      if (version !== undefined) {
         this.written++;
-        this.log.info({ version: record.version, nodes: nodeIds }, "placement written");
+        this.log.info(
+          { version, nodes: alive.filter((n) => !n.draining).map((n) => n.id) },
+          "placement written",
+        );
       }
     } catch (error) {
       this.log.warn({ err: (error as Error).message }, "control-plane tick failed");
@@ -141,6 +134,7 @@ export class Controller {
     this.registry.close();
     clearTimeout(this.timer);
     this.timer = undefined;
+    // Best effort: a stopping replica whose NATS is gone cannot release; the lease then expires.
     await this.lease.release().catch(() => undefined);
   }
 }

@@ -7,10 +7,13 @@
  * is tried before moving replicas.
  */
 import type { NatsConnection, Subscription } from "@nats-io/transport-node";
-import type { ControlPlaneNames } from "@tandem/cluster";
-import { readExpertMap, writeExpertMap, type ExpertLoadReport, type PlacementStore } from "@tandem/cluster";
+import {
+  EXPERT_LOAD_REPORT_SCHEMA,
+  type ControlPlaneNames,
+  type ExpertMapStore,
+  type NodeRecord,
+} from "@tandem/cluster";
 import type { Logger } from "@tandem/common";
-import type { NodeRecord } from "@tandem/cluster";
 import { nextExpertPlan, type ExpertPlan } from "./placement/expert-plan.ts";
 import type { ExpertPlacement } from "./placement/expert-placement.ts";
 import { evenShares } from "./placement/replica-shares.ts";
@@ -18,7 +21,7 @@ import { evenShares } from "./placement/replica-shares.ts";
 export interface ExpertPlannerOptions {
   experts: number;
   /** Length of a load window. @default 5000 */
-  windowMs?: number;
+  windowMs: number;
 }
 
 export class ExpertPlanner {
@@ -31,7 +34,7 @@ export class ExpertPlanner {
   constructor(
     nc: NatsConnection,
     names: ControlPlaneNames,
-    private readonly store: PlacementStore,
+    private readonly store: ExpertMapStore,
     private readonly options: ExpertPlannerOptions,
     private readonly log?: Logger,
   ) {
@@ -40,25 +43,26 @@ export class ExpertPlanner {
     this.subscription = subscription;
     void (async () => {
       for await (const message of subscription) {
+        // A report that is not JSON or fails the schema carries nothing the plan could use.
+        let json: unknown;
         try {
-          const report = message.json<ExpertLoadReport>();
-          if (Array.isArray(report.counts) && report.counts.length === options.experts) {
-            report.counts.forEach((c, e) => (this.window[e] += Number.isFinite(c) && c > 0 ? c : 0));
-          } else if (
-            Array.isArray(report.counts) &&
-            report.counts.length > 0 &&
-            !this.warned.has(report.nodeId)
-          ) {
-            // A worker counting a different number of experts: the control plane's `experts`
-            // or the worker's split does not match the model. Its counts cannot be placed.
-            this.warned.add(report.nodeId);
-            this.log?.warn(
-              { node: report.nodeId, counts: report.counts.length, experts: options.experts },
-              "expert counts ignored: their length differs from the configured experts",
-            );
-          }
+          json = message.json();
         } catch {
-          // A malformed report is dropped; it carries nothing the plan could use.
+          continue;
+        }
+        const parsed = EXPERT_LOAD_REPORT_SCHEMA.safeParse(json);
+        if (!parsed.success) continue;
+        const report = parsed.data;
+        if (report.counts.length === options.experts) {
+          report.counts.forEach((c, e) => (this.window[e] += c));
+        } else if (report.counts.length > 0 && !this.warned.has(report.nodeId)) {
+          // A worker counting a different number of experts: the control plane's `experts`
+          // or the worker's split does not match the model. Its counts cannot be placed.
+          this.warned.add(report.nodeId);
+          this.log?.warn(
+            { node: report.nodeId, counts: report.counts.length, experts: options.experts },
+            "expert counts ignored: their length differs from the configured experts",
+          );
         }
       }
     })();
@@ -70,14 +74,14 @@ export class ExpertPlanner {
     fencingToken: number,
     now = Date.now(),
   ): Promise<number | undefined> {
-    if (now - this.windowStart < (this.options.windowMs ?? 5000)) return undefined;
+    if (now - this.windowStart < this.options.windowMs) return undefined;
     const loads = this.window;
     this.window = new Array<number>(this.options.experts).fill(0);
     this.windowStart = now;
     const hosts = nodes.filter((n) => n.expertSlots > 0 && !n.draining);
     if (hosts.length === 0 || loads.every((l) => l === 0)) return undefined;
     if (hosts.reduce((s, n) => s + n.expertSlots, 0) < this.options.experts) return undefined;
-    const current = await readExpertMap(this.store);
+    const current = await this.store.read();
     const ids = hosts.map((n) => n.id).sort();
     const workers = hosts.map((n) => ({ id: n.id, slots: n.expertSlots }));
     const previous: ExpertPlacement | undefined = current
@@ -103,8 +107,7 @@ export class ExpertPlanner {
     const { plan, change } = nextExpertPlan(loads, workers, held);
     if (change === "none") return undefined;
     const version = (current?.record.version ?? 0) + 1;
-    const written = await writeExpertMap(
-      this.store,
+    const written = await this.store.write(
       {
         version,
         fencingToken,
@@ -116,7 +119,7 @@ export class ExpertPlanner {
       },
       current?.revision,
     );
-    return written ? version : undefined;
+    return written === undefined ? undefined : version;
   }
 
   stop(): void {

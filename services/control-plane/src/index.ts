@@ -1,10 +1,13 @@
 /**
  * @tandem/control-plane: `tandem-control-plane`, a replica of the control plane (leader
- * lease, shard and expert placement), and its pure placement algorithms.
+ * lease, shard and expert planners), and its pure placement algorithms.
  */
-export { Controller, type ControllerOptions } from "./controller.ts";
+export { Controller, DEFAULT_CONTROLLER_OPTIONS, type ControllerOptions } from "./controller.ts";
 export { ExpertPlanner, type ExpertPlannerOptions } from "./expert-planner.ts";
-export { CONTROL_CONFIG_SCHEMA, main } from "./main.ts";
+export { ShardPlanner, type ShardPlannerOptions } from "./shard-planner.ts";
+export { DEFAULT_LEASE_TIMING, LeaderLease } from "./leader-lease.ts";
+export { CONTROL_CONFIG_SCHEMA, CONTROL_ENV_PREFIX, type ControlConfig } from "./control-config.ts";
+export { CONTROL_PROGRAM, main } from "./main.ts";
 export { placeShards, shardMoves, type ShardNode } from "./placement/shard-placement.ts";
 export {
   greedyBaseline,

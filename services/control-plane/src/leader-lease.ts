@@ -1,13 +1,12 @@
 /**
- * One leader at a time through a lease in a KV bucket, updated by compare-and-set on the
- * key's revision. A holder acts only while its lease has at least `marginMs` left and
- * renews well before expiry; a contender takes the lease only after it expired, with a
- * CAS on the revision it read, so two contenders cannot both win. The revision of the
+ * One leader at a time through a lease record in a KV bucket, written by compare-and-set
+ * on the key's revision. A holder acts only while its lease has at least `marginMs` left
+ * and renews well before expiry; a contender takes the lease only after it expired, with
+ * a CAS on the revision it read, so two contenders cannot both win. The revision of the
  * holder's last successful write is its fencing token: writes carry it and readers
  * ignore writes fenced by an older one.
  */
-import type { KV } from "@nats-io/kv";
-import { LEASE_KEY, type LeaseRecord } from "@tandem/cluster";
+import type { LeaseRecord, LeaseStore } from "@tandem/cluster";
 
 export interface LeaseState {
   leader: boolean;
@@ -16,14 +15,21 @@ export interface LeaseState {
   expiresAt?: number;
 }
 
+export const DEFAULT_LEASE_TIMING = {
+  /** How long a written lease lasts. */
+  ttlMs: 3000,
+  /** A holder stops acting this long before its lease expires. */
+  marginMs: 500,
+} as const;
+
 export class LeaderLease {
   private state: LeaseState = { leader: false };
 
   constructor(
-    private readonly kv: KV,
+    private readonly store: LeaseStore,
     readonly holder: string,
-    private readonly ttlMs = 3000,
-    private readonly marginMs = 500,
+    private readonly ttlMs: number = DEFAULT_LEASE_TIMING.ttlMs,
+    private readonly marginMs: number = DEFAULT_LEASE_TIMING.marginMs,
   ) {}
 
   /** True while this holder may act (lease held with margin left). */
@@ -37,32 +43,23 @@ export class LeaderLease {
     return this.isLeader() ? this.state.revision : undefined;
   }
 
-  /** Acquires or renews the lease; returns whether this holder leads now. */
+  /**
+   * Acquires or renews the lease; resolves with whether this holder leads now. Losing a
+   * compare-and-set race is not an error (another holder won); any other failure (NATS
+   * unreachable) drops the lead and is thrown.
+   */
   async tick(now = Date.now()): Promise<boolean> {
-    const value = (expiresAt: number) =>
-      JSON.stringify({ holder: this.holder, expiresAt } satisfies LeaseRecord);
     const expiresAt = now + this.ttlMs;
+    const mine: LeaseRecord = { holder: this.holder, expiresAt };
     try {
-      const entry = await this.kv.get(LEASE_KEY);
-      if (!entry || entry.operation !== "PUT") {
-        const revision = entry
-          ? await this.kv.update(LEASE_KEY, value(expiresAt), entry.revision)
-          : await this.kv.create(LEASE_KEY, value(expiresAt));
-        this.state = { leader: true, revision, expiresAt };
-        return true;
-      }
-      const current = entry.json<LeaseRecord>();
-      if (current.holder === this.holder || current.expiresAt <= now) {
-        const revision = await this.kv.update(LEASE_KEY, value(expiresAt), entry.revision);
-        this.state = { leader: true, revision, expiresAt };
-        return true;
-      }
+      const current = await this.store.read();
+      const free = !current || current.record.holder === this.holder || current.record.expiresAt <= now;
+      const revision = free ? await this.store.write(mine, current?.revision) : undefined;
+      this.state = revision === undefined ? { leader: false } : { leader: true, revision, expiresAt };
+      return this.state.leader;
+    } catch (error) {
       this.state = { leader: false };
-      return false;
-    } catch {
-      // Lost a CAS race or lost the connection: not the leader until a tick succeeds.
-      this.state = { leader: false };
-      return false;
+      throw error;
     }
   }
 
@@ -70,11 +67,7 @@ export class LeaderLease {
   async release(): Promise<void> {
     if (!this.state.leader || this.state.revision === undefined) return;
     try {
-      await this.kv.update(
-        LEASE_KEY,
-        JSON.stringify({ holder: this.holder, expiresAt: 0 } satisfies LeaseRecord),
-        this.state.revision,
-      );
+      await this.store.write({ holder: this.holder, expiresAt: 0 }, this.state.revision);
     } finally {
       this.state = { leader: false };
     }

@@ -6,6 +6,7 @@
  * To move few experts, a replica goes back to a worker that held the expert before when
  * that costs at most `stickiness` of balance. Pure and deterministic.
  */
+import { InternalError, InvalidArgumentError } from "@tandem/common";
 
 import type { ReplicaShares } from "./replica-shares.ts";
 
@@ -115,8 +116,9 @@ export function placeExperts(
   const sortedWorkers = [...workers].sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
   const totalSlots = sortedWorkers.reduce((sum, w) => sum + w.slots, 0);
   if (totalSlots < loads.length)
-    throw new Error(
-      `placeExperts: ${loads.length} experts need ${loads.length} slots, workers have ${totalSlots}`,
+    throw new InvalidArgumentError(
+      "workers",
+      `${loads.length} experts need ${loads.length} slots, the workers have ${totalSlots}`,
     );
   const replicas = Math.min(totalSlots, loads.length + (options.redundantReplicas ?? sortedWorkers.length));
   const totalLoad = loads.reduce((a, b) => a + b, 0);
@@ -202,7 +204,8 @@ function packReplicas(
       if (used[w] >= sortedWorkers[w].slots || held.has(w)) continue;
       if (best < 0 || workerLoad[w] < workerLoad[best]) best = w;
     }
-    if (best < 0) throw new Error(`placeExperts: no free slot for a replica of expert ${item.expert}`);
+    if (best < 0)
+      throw new InternalError(`placeExperts: no free slot for a replica of expert ${item.expert}`);
     const before = previousHolders.get(item.expert);
     if (before && tolerance > 0 && !before.has(best)) {
       let sticky = -1;

@@ -8,7 +8,8 @@ import {
   shouldReplan,
   type ExpertWorker,
 } from "./expert-placement.ts";
-import { placeShards, sessionShard, shardMoves, type ShardNode } from "./shard-placement.ts";
+import { sessionShard } from "@tandem/cluster";
+import { placeShards, shardMoves, type ShardNode } from "./shard-placement.ts";
 
 const nodes = (n: number, weight = (i: number) => (i % 3 === 0 ? 2 : 1)): ShardNode[] =>
   Array.from({ length: n }, (_, i) => ({ id: `n${i}`, weight: weight(i) }));

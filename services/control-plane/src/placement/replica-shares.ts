@@ -7,6 +7,7 @@
  * worker holding it → sink (capacity T) carries every expert's whole load. T is found
  * by bisection, each step a max-flow (Dinic). Pure and deterministic.
  */
+import { InvalidArgumentError } from "@tandem/common";
 import type { ExpertPlacement } from "./expert-placement.ts";
 
 /** Expert id → share of its tokens per replica, aligned with the placement's worker list; sums to 1. */
@@ -125,7 +126,8 @@ export function balancedShares(
       network.addEdge(0, 2 + i, loads[expert] ?? 0);
       return placement.get(expert)!.map((id) => {
         const w = workerIndex.get(id);
-        if (w === undefined) throw new Error(`balancedShares: expert ${expert} on unknown worker ${id}`);
+        if (w === undefined)
+          throw new InvalidArgumentError("placement", `expert ${expert} is on unknown worker ${id}`);
         return network.addEdge(2 + i, 2 + experts.length + w, Infinity);
       });
     });

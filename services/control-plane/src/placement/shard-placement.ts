@@ -8,8 +8,7 @@
  */
 
 import { hash32 } from "@tandem/cluster";
-
-export { hash32, sessionShard } from "@tandem/cluster";
+import { InvalidArgumentError } from "@tandem/common";
 
 export interface ShardNode {
   id: string;
@@ -71,7 +70,7 @@ export function placeShards(
   previous?: ReadonlyMap<number, string>,
   options: ShardPlacementOptions = {},
 ): Map<number, string> {
-  if (nodes.length === 0) throw new Error("placeShards: no nodes");
+  if (nodes.length === 0) throw new InvalidArgumentError("nodes", "placeShards needs at least one node");
   const sorted = [...nodes].sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
   const totalWeight = sorted.reduce((sum, n) => sum + n.weight, 0);
   const loadFactor = options.loadFactor ?? 1.25;
@@ -107,7 +106,8 @@ export function placeShards(
     const owner =
       walk(ring, hash32(`shard:${shard}`), (i) => load[i] < share[i]) ??
       walk(ring, hash32(`shard:${shard}`), (i) => load[i] < bound[i]);
-    if (owner === undefined) throw new Error("placeShards: no node under its bound (loadFactor too small)");
+    if (owner === undefined)
+      throw new InvalidArgumentError("loadFactor", "leaves no node under its bound (too small)");
     result.set(shard, sorted[owner].id);
     load[owner]++;
   }

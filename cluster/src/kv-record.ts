@@ -1,0 +1,151 @@
+/**
+ * One key of a JetStream KV bucket that holds a JSON record checked by a schema: read it,
+ * write it by compare-and-set on the revision read, watch it. Every versioned record of
+ * the cluster (the shard map, the expert map, the leader lease) is one of these.
+ *
+ *  - Only a revision conflict counts as a lost compare-and-set (write returns
+ *    undefined); any other failure — a lost connection, a missing bucket — surfaces.
+ *  - A stored value that is not JSON or fails the schema (a bug, or a hostile write) is a
+ *    RecordInvalidError when read, and is skipped, reported once to `onInvalid`, by
+ *    watchers: one bad write never crashes the parties that read the record.
+ */
+import { JetStreamApiCodes, JetStreamApiError } from "@nats-io/jetstream";
+import { Kvm, type KV, type KvEntry } from "@nats-io/kv";
+import type { NatsConnection } from "@nats-io/transport-node";
+import { RecordInvalidError, parseOrThrow } from "@tandem/common";
+import type { z } from "zod";
+
+export interface KvRecordOptions<S extends z.ZodType> {
+  bucket: string;
+  key: string;
+  schema: S;
+  /** Revisions the bucket keeps per key. @default 10 */
+  history?: number;
+}
+
+export interface StoredRecord<R> {
+  record: R;
+  revision: number;
+}
+
+export class KvRecord<S extends z.ZodType> {
+  private constructor(
+    readonly kv: KV,
+    readonly bucket: string,
+    readonly key: string,
+    private readonly schema: S,
+  ) {}
+
+  /** Opens (creating when needed) the bucket and binds the key. */
+  static async open<S extends z.ZodType>(
+    nc: NatsConnection,
+    options: KvRecordOptions<S>,
+  ): Promise<KvRecord<S>> {
+    const kv = await new Kvm(nc).create(options.bucket, { history: options.history ?? 10 });
+    return new KvRecord(kv, options.bucket, options.key, options.schema);
+  }
+
+  /** The current record and its revision; undefined when the key is absent or deleted. */
+  async read(): Promise<StoredRecord<z.output<S>> | undefined> {
+    const entry = await this.kv.get(this.key);
+    if (!entry || entry.operation !== "PUT") return undefined;
+    return { record: this.decode(entry), revision: entry.revision };
+  }
+
+  /**
+   * Writes `record` if the key is still at `revision` (undefined: if it does not exist).
+   * Resolves with the new revision, or undefined when someone else wrote first.
+   */
+  async write(record: z.output<S>, revision: number | undefined): Promise<number | undefined> {
+    const value = JSON.stringify(record);
+    try {
+      return revision === undefined
+        ? await this.kv.create(this.key, value)
+        : await this.kv.update(this.key, value, revision);
+    } catch (error) {
+      if (isRevisionConflict(error)) return undefined;
+      throw error;
+    }
+  }
+
+  /**
+   * Calls `onRecord` with the current record and every later one, in order. Values that
+   * fail the schema are skipped and passed to `onInvalid`.
+   */
+  async watch(
+    onRecord: (stored: StoredRecord<z.output<S>>) => void,
+    onInvalid: (error: RecordInvalidError) => void = () => undefined,
+  ): Promise<{ stop(): void }> {
+    const iterator = await this.kv.watch({ key: this.key });
+    void (async () => {
+      for await (const entry of iterator) {
+        if (entry.operation !== "PUT") continue;
+        let record: z.output<S>;
+        try {
+          record = this.decode(entry);
+        } catch (error) {
+          onInvalid(error as RecordInvalidError);
+          continue;
+        }
+        onRecord({ record, revision: entry.revision });
+      }
+    })();
+    return { stop: () => iterator.stop() };
+  }
+
+  private decode(entry: KvEntry): z.output<S> {
+    let json: unknown;
+    try {
+      json = entry.json();
+    } catch (error) {
+      throw new RecordInvalidError(this.bucket, this.key, `revision ${entry.revision} is not JSON`, {
+        cause: error,
+      });
+    }
+    try {
+      return parseOrThrow(this.schema, json);
+    } catch (error) {
+      throw new RecordInvalidError(
+        this.bucket,
+        this.key,
+        `revision ${entry.revision}: ${(error as Error).message}`,
+        {
+          cause: error,
+        },
+      );
+    }
+  }
+}
+
+/** A compare-and-set that lost: the key's revision was not the one expected. */
+export function isRevisionConflict(error: unknown): boolean {
+  return (
+    error instanceof JetStreamApiError &&
+    (error.code === JetStreamApiCodes.StreamWrongLastSequence ||
+      error.code === JetStreamApiCodes.StreamWrongLastSequenceUnknown)
+  );
+}
+
+/** A record the leader writes in versions, fenced by its lease (the shard and expert maps). */
+export interface VersionedRecord {
+  version: number;
+  /** Lease revision of the leader that wrote it. */
+  fencingToken: number;
+}
+
+/**
+ * Watches a versioned record, calling `onRecord` with each one newer than the last one
+ * taken: a higher version, never an older fencing token (a deposed leader's late write).
+ */
+export function watchVersioned<S extends z.ZodType<VersionedRecord>>(
+  store: KvRecord<S>,
+  onRecord: (record: z.output<S>) => void,
+  onInvalid?: (error: RecordInvalidError) => void,
+): Promise<{ stop(): void }> {
+  let latest: VersionedRecord | undefined;
+  return store.watch(({ record }) => {
+    if (latest && (record.version <= latest.version || record.fencingToken < latest.fencingToken)) return;
+    latest = record;
+    onRecord(record);
+  }, onInvalid);
+}

@@ -1,0 +1,368 @@
+/**
+ * The escalation protocol between the lower segment of a split (the edge) and its upper
+ * segment (a cloud worker, or one in-process): its one home. The edge's cloud session,
+ * the worker's service and the in-process LocalUpperSegment all build, check and apply
+ * messages with these functions, so the rules below hold the same everywhere.
+ *
+ * Messages: tandem.v1.CloudWorker/Escalate (proto/tandem/v1/cloud_worker.proto), one
+ * bidirectional stream per session.
+ *
+ *   OpenSession   session_id 1..maxSessionIdLength characters; weights_hash, split_layer
+ *                 and hidden_size equal to the upper side's (FAILED_PRECONDITION naming the
+ *                 field); codec one of fp32/fp16/int8/int4 (INVALID_ARGUMENT).
+ *                 → SessionOpened{context_length: positions held, worker_id}
+ *   HiddenStateFrame
+ *                 positions [start, start + count): count in [1, maxFrameTokens],
+ *                 start + count ≤ the model's positions, payload exactly the codec's
+ *                 size for count × hidden, temperature and top_p within SAMPLING_LIMITS
+ *                 (INVALID_ARGUMENT naming `frame.<field>`).
+ *   Applying a frame (applyFrame): start = held → run it; start < held → drop the
+ *                 positions from start on and run it (the edge resent them: frames are
+ *                 idempotent); start > held → ContextLost{resume_from: held}, and nothing
+ *                 changes, so the edge replays from there.
+ *   Answering     with want_token, the token after the frame's last position, from the
+ *                 final head (answerFromHead): temperature 0 → the arg max and its
+ *                 probability; otherwise a sample seeded by (seed, position) at that
+ *                 temperature and top-p, which needs the head's logits (a segment built
+ *                 without them refuses with FAILED_PRECONDITION, never answers greedy
+ *                 instead). → TokenReply{request_id, position: start + count, token, prob}
+ *   Replies, checked by the edge (checkReply): a token reply's position is the frame's
+ *                 start + count, its token inside the vocabulary, its prob in [0, 1]; a
+ *                 ContextLost's resume_from is not past the frame's start; an opened
+ *                 session's context_length not past what the edge has produced. A worker
+ *                 that breaks these is treated as unavailable.
+ *   CloseSession  releases the session's KV on the worker.
+ */
+import {
+  ContextLostError,
+  FailedPreconditionError,
+  InvalidArgumentError,
+  UnavailableError,
+  type ErrorOptions,
+} from "@tandem/common";
+import type {
+  CloudMessage__Output,
+  EdgeMessage__Output,
+  HiddenStateCodecName,
+  HiddenStateFrame__Output,
+  OpenSession__Output,
+} from "@tandem/proto";
+import { getCodec, type CodecName, type HiddenStateCodec } from "../codec/hidden-state-codec.ts";
+import type { SegmentStep } from "../engine/segment-sessions.ts";
+import { validateSampling, type SamplingOptions } from "../generation/sampler.ts";
+
+export interface EscalationLimits {
+  /** Largest frame, in positions. @default 4096 */
+  maxFrameTokens: number;
+  /** Longest session id, in characters. @default 128 */
+  maxSessionIdLength: number;
+}
+
+export const DEFAULT_ESCALATION_LIMITS: EscalationLimits = { maxFrameTokens: 4096, maxSessionIdLength: 128 };
+
+/** What both sides of a split must agree on. */
+export interface SplitIdentity {
+  /** sha256 of the checkpoint (config.json and weights). */
+  weightsHash: string;
+  /** First layer of the upper segment. */
+  split: number;
+  hiddenSize: number;
+  vocabSize: number;
+  /** Longest sequence the model takes. */
+  maxPositions: number;
+}
+
+const CODEC_TO_WIRE: Record<CodecName, HiddenStateCodecName> = {
+  fp32: "HIDDEN_STATE_CODEC_FP32",
+  fp16: "HIDDEN_STATE_CODEC_FP16",
+  int8: "HIDDEN_STATE_CODEC_INT8",
+  int4: "HIDDEN_STATE_CODEC_INT4",
+};
+
+export function codecToWire(codec: CodecName): HiddenStateCodecName {
+  return CODEC_TO_WIRE[codec];
+}
+
+/** The codec a wire enum names; anything else (UNSPECIFIED, an unknown number) is refused. */
+export function codecFromWire(wire: unknown, field = "open.codec"): CodecName {
+  const entry = Object.entries(CODEC_TO_WIRE).find(([, value]) => value === wire);
+  if (!entry)
+    throw new InvalidArgumentError(
+      field,
+      `must be one of ${Object.values(CODEC_TO_WIRE).join(", ")}, got ${JSON.stringify(wire)}`,
+    );
+  return entry[0] as CodecName;
+}
+
+// ── Edge → upper ──────────────────────────────────────────────────────────────────────
+
+export function openMessage(
+  sessionId: string,
+  identity: SplitIdentity,
+  codec: CodecName,
+  modelId = "",
+): EdgeMessage__Output {
+  return {
+    message: "open",
+    open: {
+      sessionId,
+      modelId,
+      weightsHash: identity.weightsHash,
+      splitLayer: identity.split,
+      codec: codecToWire(codec),
+      hiddenSize: identity.hiddenSize,
+    },
+  };
+}
+
+export interface FrameRequest {
+  start: number;
+  /** Hidden states of the positions, row-major [count, hidden]. */
+  hidden: Float32Array;
+  count: number;
+  wantToken: boolean;
+  sampling: SamplingOptions;
+  requestId: bigint | number;
+}
+
+/**
+ * The frame as the upper side receives it. Sampling fields are float32 on the wire, so
+ * they are rounded here: an in-process upper segment then sees exactly what a remote one
+ * would.
+ */
+export function frameMessage(
+  codec: HiddenStateCodec,
+  hiddenSize: number,
+  frame: FrameRequest,
+): EdgeMessage__Output {
+  const payload = codec.encode(frame.hidden, frame.count, hiddenSize);
+  return {
+    message: "frame",
+    frame: {
+      start: frame.start,
+      count: frame.count,
+      payload: Buffer.from(payload.buffer, payload.byteOffset, payload.byteLength),
+      wantToken: frame.wantToken,
+      requestId: String(frame.requestId),
+      temperature: Math.fround(frame.sampling.temperature),
+      topP: Math.fround(frame.sampling.topP),
+      seed: frame.sampling.seed.toString(),
+    },
+  };
+}
+
+export const CLOSE_MESSAGE: EdgeMessage__Output = { message: "close", close: {} };
+
+// ── Upper side: checking and applying ────────────────────────────────────────────────
+
+export interface OpenedSession {
+  sessionId: string;
+  codec: HiddenStateCodec;
+}
+
+export function validateOpen(
+  open: OpenSession__Output,
+  upper: SplitIdentity,
+  limits = DEFAULT_ESCALATION_LIMITS,
+): OpenedSession {
+  if (!open.sessionId || open.sessionId.length > limits.maxSessionIdLength)
+    throw new InvalidArgumentError(
+      "open.session_id",
+      `must hold 1 to ${limits.maxSessionIdLength} characters`,
+    );
+  if (open.weightsHash !== upper.weightsHash)
+    throw new FailedPreconditionError(
+      "open.weights_hash",
+      `the upper segment runs ${upper.weightsHash.slice(0, 16)}…, the edge has ${open.weightsHash.slice(0, 16) || "(empty)"}…`,
+    );
+  if (open.splitLayer !== upper.split)
+    throw new FailedPreconditionError(
+      "open.split_layer",
+      `the upper segment runs layers from ${upper.split}, the edge split at ${open.splitLayer}`,
+    );
+  if (open.hiddenSize !== upper.hiddenSize)
+    throw new FailedPreconditionError(
+      "open.hidden_size",
+      `the model has ${upper.hiddenSize}, the edge sent ${open.hiddenSize}`,
+    );
+  return { sessionId: open.sessionId, codec: getCodec(codecFromWire(open.codec)) };
+}
+
+export interface DecodedFrame {
+  start: number;
+  count: number;
+  hidden: Float32Array;
+  wantToken: boolean;
+  requestId: string;
+  sampling: SamplingOptions;
+  /** Payload bytes, for accounting. */
+  bytes: number;
+}
+
+export function decodeFrame(
+  frame: HiddenStateFrame__Output,
+  codec: HiddenStateCodec,
+  upper: SplitIdentity,
+  limits = DEFAULT_ESCALATION_LIMITS,
+): DecodedFrame {
+  const { count, start } = frame;
+  if (!Number.isInteger(count) || count < 1 || count > limits.maxFrameTokens)
+    throw new InvalidArgumentError("frame.count", `must be in [1, ${limits.maxFrameTokens}], got ${count}`);
+  if (start + count > upper.maxPositions)
+    throw new InvalidArgumentError(
+      "frame.start",
+      `positions up to ${start + count} exceed the model's ${upper.maxPositions}`,
+    );
+  const expected = codec.encodedBytes(count, upper.hiddenSize);
+  if (frame.payload.length !== expected)
+    throw new InvalidArgumentError(
+      "frame.payload",
+      `${codec.name} for ${count} positions of ${upper.hiddenSize} needs ${expected} bytes, got ${frame.payload.length}`,
+    );
+  let seed: bigint;
+  try {
+    seed = BigInt(frame.seed);
+  } catch {
+    throw new InvalidArgumentError(
+      "frame.seed",
+      `must be an unsigned 64-bit integer, got ${JSON.stringify(frame.seed)}`,
+    );
+  }
+  const sampling: SamplingOptions = { temperature: frame.temperature, topP: frame.topP, seed };
+  validateSampling(sampling, "frame");
+  let hidden: Float32Array;
+  try {
+    hidden = codec.decode(frame.payload, count, upper.hiddenSize);
+  } catch (error) {
+    throw new InvalidArgumentError("frame.payload", (error as Error).message, { cause: error });
+  }
+  return {
+    start,
+    count,
+    hidden,
+    wantToken: frame.wantToken,
+    requestId: frame.requestId,
+    sampling,
+    bytes: frame.payload.length,
+  };
+}
+
+/** A session's context on the upper side, as far as applying frames needs it. */
+export interface FrameTarget {
+  /** Positions held. */
+  length(): number;
+  /** Drops positions from `length` on. */
+  truncate(length: number): Promise<void>;
+  /** Runs positions [length(), length() + count). */
+  forward(hidden: Float32Array, count: number): Promise<SegmentStep>;
+}
+
+/** Applies positions [start, start + count): see the protocol's rules above. */
+export async function applyFrame(
+  target: FrameTarget,
+  frame: { start: number; hidden: Float32Array; count: number },
+  sessionId: string,
+): Promise<SegmentStep> {
+  const held = target.length();
+  if (frame.start > held)
+    throw new ContextLostError(
+      held,
+      `holds ${held} positions of session ${sessionId}, the frame starts at ${frame.start}`,
+    );
+  if (frame.start < held) await target.truncate(frame.start);
+  return target.forward(frame.hidden, frame.count);
+}
+
+// ── Upper → edge ──────────────────────────────────────────────────────────────────────
+
+// Replies are built in the shape the edge receives them (a valid message to send, too),
+// so an in-process upper segment's replies are read exactly as a remote one's.
+
+export function openedReply(contextLength: number, workerId: string): CloudMessage__Output {
+  return { message: "opened", opened: { contextLength, workerId } };
+}
+
+export function tokenReply(
+  requestId: string,
+  position: number,
+  answer: { token: number; prob: number },
+): CloudMessage__Output {
+  return {
+    message: "token",
+    token: { requestId, position, token: answer.token, prob: Math.fround(answer.prob) },
+  };
+}
+
+export function contextLostReply(error: ContextLostError, requestId: string): CloudMessage__Output {
+  return {
+    message: "contextLost",
+    contextLost: { resumeFrom: error.resumeFrom, reason: error.message, requestId },
+  };
+}
+
+/** What a reply to a frame means for the edge. */
+export type FrameOutcome =
+  | { kind: "token"; requestId: string; token: number; prob: number }
+  | { kind: "context-lost"; requestId: string; error: ContextLostError };
+
+/** A reply the edge cannot trust: treated as the worker being unavailable. */
+export class InvalidReplyError extends UnavailableError {
+  constructor(message: string, options?: ErrorOptions) {
+    super(`the upper segment sent an invalid reply: ${message}`, options);
+    this.name = "InvalidReplyError";
+  }
+}
+
+/**
+ * Checks a reply to the frame `sent` (as the wire delivers it) and says what it means:
+ * a token, or lost context to replay from.
+ */
+export function checkFrameReply(
+  reply: CloudMessage__Output,
+  sent: { start: number; count: number },
+  vocabSize: number,
+): FrameOutcome {
+  if (reply.message === "token" && reply.token) {
+    const { token, prob, position, requestId } = reply.token;
+    if (position !== sent.start + sent.count)
+      throw new InvalidReplyError(`token.position ${position}, expected ${sent.start + sent.count}`);
+    if (!Number.isInteger(token) || token < 0 || token >= vocabSize)
+      throw new InvalidReplyError(`token.token ${token} is outside the vocabulary [0, ${vocabSize})`);
+    if (!(prob >= 0 && prob <= 1)) throw new InvalidReplyError(`token.prob ${prob} is not in [0, 1]`);
+    return { kind: "token", requestId, token, prob };
+  }
+  if (reply.message === "contextLost" && reply.contextLost) {
+    const { resumeFrom, reason, requestId } = reply.contextLost;
+    if (!Number.isInteger(resumeFrom) || resumeFrom > sent.start)
+      throw new InvalidReplyError(
+        `context_lost.resume_from ${resumeFrom} is past the frame's start ${sent.start}`,
+      );
+    return { kind: "context-lost", requestId, error: new ContextLostError(resumeFrom, reason) };
+  }
+  throw new InvalidReplyError(`expected a token or context_lost, got ${reply.message ?? "nothing"}`);
+}
+
+/** Checks the upper side's answer to OpenSession; returns the positions it holds. */
+export function checkOpenedReply(reply: CloudMessage__Output, positionsProduced: number): number {
+  if (reply.message !== "opened" || !reply.opened)
+    throw new InvalidReplyError(`expected opened, got ${reply.message ?? "nothing"}`);
+  const held = reply.opened.contextLength;
+  if (!Number.isInteger(held) || held < 0 || held > positionsProduced)
+    throw new InvalidReplyError(
+      `opened.context_length ${held} is more than the ${positionsProduced} positions sent`,
+    );
+  return held;
+}
+
+/** Which reply a frame's answer carries the request id of, for matching on the edge. */
+export function replyRequestId(reply: CloudMessage__Output): string | undefined {
+  return reply.token?.requestId ?? reply.contextLost?.requestId;
+}
+
+/** The edge message's kind, or undefined when it carries none of the three. */
+export function edgeMessageKind(message: EdgeMessage__Output): "open" | "frame" | "close" | undefined {
+  if (message.message === "open" && message.open) return "open";
+  if (message.message === "frame" && message.frame) return "frame";
+  if (message.message === "close") return "close";
+  return undefined;
+}

@@ -1,0 +1,118 @@
+/**
+ * An upper segment running in this process (`tandem generate --split`, batch jobs,
+ * benchmarks, tests). It speaks the escalation protocol exactly as a remote worker does:
+ * each extension becomes the frame a cloud session would send (encoded with `codec`,
+ * fp32 by default, so nothing is lost), goes through the same EscalationSession a
+ * worker runs, and the reply is checked and read as the edge reads a worker's.
+ */
+import { randomUUID } from "node:crypto";
+import { InvalidArgumentError } from "@tandem/common";
+import { getCodec, type CodecName, type HiddenStateCodec } from "../codec/hidden-state-codec.ts";
+import type { SegmentSessions, SegmentStep } from "../engine/segment-sessions.ts";
+import type { SamplingOptions } from "../generation/sampler.ts";
+import type { UpperAnswer, UpperSegment } from "../generation/split-generator.ts";
+import {
+  CLOSE_MESSAGE,
+  applyFrame,
+  checkFrameReply,
+  checkOpenedReply,
+  frameMessage,
+  openMessage,
+  type SplitIdentity,
+} from "./escalation-protocol.ts";
+import { EscalationSession, type SessionContexts } from "./escalation-session.ts";
+
+/** Sessions of one segment as an upper side's contexts: frames applied by the protocol's rules. */
+export class LocalSessionContexts implements SessionContexts {
+  constructor(private readonly sessions: SegmentSessions) {}
+
+  contextLength(sessionId: string): number {
+    return this.sessions.has(sessionId) ? this.sessions.length(sessionId) : 0;
+  }
+
+  append(sessionId: string, start: number, hidden: Float32Array, count: number): Promise<SegmentStep> {
+    if (!this.sessions.has(sessionId)) this.sessions.open(sessionId);
+    const sessions = this.sessions;
+    return applyFrame(
+      {
+        length: () => sessions.length(sessionId),
+        truncate: (length) => sessions.truncate(sessionId, length),
+        forward: (h, n) => sessions.forward(sessionId, { hidden: h, count: n }),
+      },
+      { start, hidden, count },
+      sessionId,
+    );
+  }
+
+  release(sessionId: string): void {
+    this.sessions.release(sessionId);
+  }
+}
+
+export interface LocalUpperSegmentOptions {
+  /** Codec the frames go through, as on the wire. @default "fp32" (lossless) */
+  codec?: CodecName;
+}
+
+export class LocalUpperSegment implements UpperSegment {
+  private readonly codec: HiddenStateCodec;
+  private readonly identity: SplitIdentity;
+  private readonly session: EscalationSession;
+  private opened = false;
+  private nextRequestId = 1n;
+
+  constructor(
+    private readonly sessions: SegmentSessions,
+    private readonly sessionId: string = randomUUID(),
+    options: LocalUpperSegmentOptions = {},
+  ) {
+    const { spec, config, weightsHash } = sessions.model;
+    if (!spec.finalHead) throw new InvalidArgumentError("upper", "segment must end with the final head");
+    this.codec = getCodec(options.codec ?? "fp32");
+    this.identity = {
+      weightsHash,
+      split: spec.fromLayer,
+      hiddenSize: config.hiddenSize,
+      vocabSize: config.vocabSize,
+      maxPositions: config.maxPositions,
+    };
+    this.session = new EscalationSession(
+      { ...this.identity, workerId: "local" },
+      new LocalSessionContexts(sessions),
+    );
+  }
+
+  async extend(
+    start: number,
+    hidden: Float32Array,
+    count: number,
+    wantToken: boolean,
+    sampling: SamplingOptions,
+  ): Promise<UpperAnswer | undefined> {
+    if (!this.opened) {
+      const reply = await this.session.handle(openMessage(this.sessionId, this.identity, this.codec.name));
+      checkOpenedReply(reply!, start + count);
+      this.opened = true;
+    }
+    const requestId = this.nextRequestId++;
+    const message = frameMessage(this.codec, this.identity.hiddenSize, {
+      start,
+      hidden,
+      count,
+      wantToken,
+      sampling,
+      requestId,
+    });
+    const reply = await this.session.handle(message);
+    if (!reply) return undefined;
+    const outcome = checkFrameReply(reply, { start, count }, this.identity.vocabSize);
+    if (outcome.kind === "context-lost") throw outcome.error;
+    return { token: outcome.token, prob: outcome.prob };
+  }
+
+  async close(): Promise<void> {
+    if (this.opened) await this.session.handle(CLOSE_MESSAGE);
+    else if (this.sessions.has(this.sessionId)) this.sessions.release(this.sessionId);
+    this.opened = false;
+  }
+}

@@ -1,0 +1,46 @@
+/** The batch worker's settings (JSON file, TANDEM_BATCH_* variables, flags): one schema, every default once. */
+import { z } from "zod";
+import { DEFAULT_CLUSTER_NAME } from "@tandem/common";
+import { JOB_KINDS } from "./batch-jobs.ts";
+import { DEFAULT_REDIS_URL } from "./batch-queues.ts";
+import { DEFAULT_BATCH_WORKER_OPTIONS } from "./batch-worker.ts";
+
+export const BATCH_ENV_PREFIX = "TANDEM_BATCH";
+
+export const BATCH_CONFIG_SCHEMA = z
+  .object({
+    redisUrl: z.string().min(1).default(DEFAULT_REDIS_URL).meta({ description: "Redis holding the queues" }),
+    cluster: z
+      .string()
+      .min(1)
+      .default(DEFAULT_CLUSTER_NAME)
+      .meta({ description: "cluster name (namespaces the queues)" }),
+    kinds: z
+      .array(z.enum(JOB_KINDS))
+      .min(1)
+      .default([...JOB_KINDS])
+      .meta({ description: "job kinds to take, comma-separated" }),
+    concurrency: z
+      .int()
+      .min(1)
+      .default(DEFAULT_BATCH_WORKER_OPTIONS.concurrency)
+      .meta({ description: "jobs of each kind at once" }),
+    lockDurationMs: z
+      .int()
+      .min(100)
+      .default(DEFAULT_BATCH_WORKER_OPTIONS.lockDurationMs)
+      .meta({ description: "job lock lifetime; a dead worker's job is retried after it" }),
+    stalledIntervalMs: z
+      .int()
+      .min(100)
+      .default(DEFAULT_BATCH_WORKER_OPTIONS.stalledIntervalMs)
+      .meta({ description: "stalled-job check interval" }),
+    threads: z
+      .int()
+      .min(1)
+      .default(DEFAULT_BATCH_WORKER_OPTIONS.threads)
+      .meta({ description: "ONNX Runtime threads per job" }),
+  })
+  .strict();
+
+export type BatchConfig = z.output<typeof BATCH_CONFIG_SCHEMA>;

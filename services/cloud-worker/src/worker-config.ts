@@ -1,0 +1,72 @@
+/** The cloud worker's settings (JSON file, TANDEM_WORKER_* variables, flags): one schema, every default once. */
+import { z } from "zod";
+import { CLUSTER_DEFAULTS } from "@tandem/cluster";
+import { WEIGHT_FORMATS } from "@tandem/runtime";
+import { DEFAULT_MEMBERSHIP_OPTIONS } from "./cluster-membership.ts";
+import { DEFAULT_CONTEXT_MANAGER_OPTIONS } from "./context-manager.ts";
+import { DEFAULT_DECODE_BATCHER_OPTIONS } from "./decode-batcher.ts";
+
+export const WORKER_ENV_PREFIX = "TANDEM_WORKER";
+
+export const WORKER_CONFIG_SCHEMA = z
+  .object({
+    model: z.string().min(1).meta({ description: "checkpoint directory" }),
+    split: z.int().min(1).meta({ description: "first layer this worker runs (the edge runs [0, split))" }),
+    host: z.string().min(1).default("127.0.0.1").meta({ description: "address to listen on" }),
+    port: z.int().min(0).max(65535).default(50052).meta({ description: "port (0 picks a free one)" }),
+    workerId: z.string().min(1).optional().meta({
+      description: "name of this worker in the registry, logs and replies (default: the host's name)",
+    }),
+    memoryMb: z
+      .int()
+      .min(1)
+      .default(DEFAULT_CONTEXT_MANAGER_OPTIONS.memoryBudgetBytes / 2 ** 20)
+      .meta({ description: "KV-cache budget of all sessions, MiB; idle sessions beyond it are evicted LRU" }),
+    threads: z.int().min(1).default(1).meta({ description: "ONNX Runtime threads" }),
+    batching: z
+      .boolean()
+      .default(DEFAULT_DECODE_BATCHER_OPTIONS.enabled)
+      .meta({ description: "batch decode steps of concurrent sessions" }),
+    maxBatch: z
+      .int()
+      .min(1)
+      .default(DEFAULT_DECODE_BATCHER_OPTIONS.maxBatch)
+      .meta({ description: "most sessions in one batched step" }),
+    weights: z.enum(WEIGHT_FORMATS).default("fp32").meta({ description: "weight format" }),
+    natsUrl: z
+      .string()
+      .min(1)
+      .optional()
+      .meta({ description: "NATS of the control plane (none: a standalone worker)" }),
+    cluster: z
+      .string()
+      .min(1)
+      .default(CLUSTER_DEFAULTS.cluster)
+      .meta({ description: "control-plane cluster name" }),
+    drainTimeoutMs: z
+      .int()
+      .min(0)
+      .default(DEFAULT_MEMBERSHIP_OPTIONS.drainTimeoutMs)
+      .meta({ description: "on SIGTERM, the longest wait for the leader to move this worker's shards away" }),
+    advertise: z.string().min(1).optional().meta({
+      description:
+        "host:port edges and peers reach this worker at, in the node registry (default: the listening address)",
+    }),
+    weight: z
+      .number()
+      .min(0.01)
+      .default(DEFAULT_MEMBERSHIP_OPTIONS.weight)
+      .meta({ description: "relative KV capacity for shard placement" }),
+    heartbeatMs: z
+      .int()
+      .min(50)
+      .default(CLUSTER_DEFAULTS.heartbeatMs)
+      .meta({ description: "heartbeat interval" }),
+    expertSlots: z.int().min(0).optional().meta({
+      description:
+        "MoE: expert replicas this worker holds, for the expert planner (default: every expert of its layers)",
+    }),
+  })
+  .strict();
+
+export type WorkerConfig = z.output<typeof WORKER_CONFIG_SCHEMA>;

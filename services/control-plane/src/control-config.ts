@@ -1,0 +1,57 @@
+/** A control-plane replica's settings (JSON file, TANDEM_CONTROL_* variables, flags): one schema, every default once. */
+import { z } from "zod";
+import { CLUSTER_DEFAULTS } from "@tandem/cluster";
+import { DEFAULT_CONTROLLER_OPTIONS } from "./controller.ts";
+
+export const CONTROL_ENV_PREFIX = "TANDEM_CONTROL";
+
+export const CONTROL_CONFIG_SCHEMA = z
+  .object({
+    natsUrl: z
+      .string()
+      .min(1)
+      .default(CLUSTER_DEFAULTS.natsUrl)
+      .meta({ description: "NATS server(s) with JetStream" }),
+    cluster: z
+      .string()
+      .min(1)
+      .default(CLUSTER_DEFAULTS.cluster)
+      .meta({ description: "cluster name (namespaces buckets and subjects)" }),
+    replicaId: z
+      .string()
+      .min(1)
+      .optional()
+      .meta({ description: "name of this replica (default: the host's name and the process id)" }),
+    shardCount: z
+      .int()
+      .min(1)
+      .default(DEFAULT_CONTROLLER_OPTIONS.shardCount)
+      .meta({ description: "virtual KV shards" }),
+    tickMs: z
+      .int()
+      .min(10)
+      .default(DEFAULT_CONTROLLER_OPTIONS.tickMs)
+      .meta({ description: "control loop interval" }),
+    leaseTtlMs: z
+      .int()
+      .min(100)
+      .default(DEFAULT_CONTROLLER_OPTIONS.leaseTtlMs)
+      .meta({ description: "leader lease duration" }),
+    heartbeatTtlMs: z
+      .int()
+      .min(100)
+      .default(DEFAULT_CONTROLLER_OPTIONS.heartbeatTtlMs)
+      .meta({ description: "a worker is dead after this long without a heartbeat" }),
+    experts: z.int().min(0).default(DEFAULT_CONTROLLER_OPTIONS.experts).meta({
+      description:
+        "MoE experts to place: experts per layer × cloud layers, id (layer − split)·experts + expert (0: a dense model)",
+    }),
+    expertWindowMs: z
+      .int()
+      .min(50)
+      .default(DEFAULT_CONTROLLER_OPTIONS.expertWindowMs)
+      .meta({ description: "expert load window" }),
+  })
+  .strict();
+
+export type ControlConfig = z.output<typeof CONTROL_CONFIG_SCHEMA>;
