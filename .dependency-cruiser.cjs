@@ -33,8 +33,8 @@ const forbidden = [
   {
     name: "integration-tests-use-entry-points",
     severity: "error",
-    comment: "test/ sees packages as their users do: through src/index.ts only.",
-    from: { path: "^test/" },
+    comment: "test/ and scripts/ see packages as their users do: through src/index.ts only.",
+    from: { path: "^(test|scripts)/" },
     to: { path: anyPackage, pathNot: packages.map((/** @type {any} */ p) => entry(p.dir)) },
   },
 ];

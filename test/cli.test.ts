@@ -59,9 +59,11 @@ describe("tandem logits", () => {
     const { stderr, code } = await tandem("logits", "--model", join(dir, "model"), "--ids", "1,x");
     expect(code).toBe(2);
     expect(stderr).toMatch(/--ids/);
+    // A checkpoint directory that is not one is what the user gave: one line, exit 2.
     const missing = await tandem("logits", "--model", join(dir, "nope"), "--ids", "1");
-    expect(missing.code).toBe(1);
-    expect(missing.stderr).toMatch(/nope.*config\.json/);
+    expect(missing.code).toBe(2);
+    expect(missing.stderr).toMatch(/^tandem logits: .*nope.*config\.json/);
+    expect(missing.stderr.trim().split("\n")).toHaveLength(1);
   });
 });
 

@@ -1,15 +1,18 @@
 /**
- * The contract every benchmark under bench/ follows: a module `bench/<name>.bench.ts`
+ * The contract every benchmark under bench/ follows: a module `bench/src/<name>.bench.ts`
  * whose default export runs the benchmark and returns the one JSON object that
  * `tandem bench <name>` prints as its last line. Progress goes to stderr.
  */
-export interface BenchOptions {
+import type { z } from "zod";
+import type { BENCH_OPTION_SCHEMAS, BenchName } from "./bench-options.ts";
+
+export interface BenchOptions<N extends BenchName = BenchName> {
   /** A tiny run for CI: same code paths, smallest sizes, few iterations. */
   smoke: boolean;
-  /** Extra command-line arguments after the benchmark name. */
-  args: string[];
+  /** The benchmark's own options, validated (bench-options.ts). */
+  options: z.output<(typeof BENCH_OPTION_SCHEMAS)[N]>;
 }
 
 export type BenchResult = Record<string, unknown>;
 
-export type Benchmark = (options: BenchOptions) => Promise<BenchResult>;
+export type Benchmark<N extends BenchName = BenchName> = (options: BenchOptions<N>) => Promise<BenchResult>;

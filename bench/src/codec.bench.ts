@@ -73,21 +73,12 @@ function errors(x: Float32Array, y: Float32Array, dim: number) {
   };
 }
 
-function argument(args: string[], name: string): string | undefined {
-  const prefix = `--${name}=`;
-  return args.find((a) => a.startsWith(prefix))?.slice(prefix.length);
-}
-
 const round = (value: number, digits: number): number => Number(value.toPrecision(digits));
 
-export default async function codecBenchmark(options: BenchOptions): Promise<BenchResult> {
-  const dims =
-    argument(options.args, "dims")?.split(",").map(Number) ?? (options.smoke ? [256] : [256, 768, 2048]);
-  const tokens = Number(argument(options.args, "tokens") ?? (options.smoke ? 8 : 64));
+export default async function codecBenchmark(options: BenchOptions<"codec">): Promise<BenchResult> {
+  const dims = options.options.dims ?? (options.smoke ? [256] : [256, 768, 2048]);
+  const tokens = options.options.tokens ?? (options.smoke ? 8 : 64);
   const timing: Timing = options.smoke ? { samples: 3, sampleMs: 5 } : { samples: 7, sampleMs: 60 };
-  for (const dim of dims)
-    if (!Number.isInteger(dim) || dim < 1) throw new Error(`--dims: bad hidden size ${dim}`);
-  if (!Number.isInteger(tokens) || tokens < 1) throw new Error(`--tokens: bad token count ${tokens}`);
 
   const variants: { codec: HiddenStateCodec; groupSize: number | null }[] = [
     ...CODEC_NAMES.map((name) => ({

@@ -24,7 +24,7 @@ export const DEMO_MODEL = join(ROOT, "models", "tandem-demo");
 export const HELDOUT_TEXT = join(DEMO_MODEL, "heldout.txt");
 const PLOT = join(ROOT, "bench", "results", "exits.png");
 
-export default async function exitsBenchmark(options: BenchOptions): Promise<BenchResult> {
+export default async function exitsBenchmark(options: BenchOptions<"exits">): Promise<BenchResult> {
   const checkpoint = await loadCheckpoint(DEMO_MODEL);
   const tokenizer = await Tokenizer.fromFile(checkpoint.tokenizerPath!);
   const deployment = JSON.parse(readFileSync(join(DEMO_MODEL, "tandem.json"), "utf8")) as {

@@ -1,15 +1,32 @@
 /**
- * @tandem/bench: every benchmark by name. Each loads on demand, so naming one does not
- * load the others' dependencies.
+ * @tandem/bench: every benchmark by name, with its options. Each loads on demand, so
+ * naming one does not load the others' dependencies.
  */
+import type { BenchName } from "./bench-options.ts";
 import type { Benchmark } from "./bench-types.ts";
 
+export { BENCH_OPTION_SCHEMAS, isBenchName, type BenchName } from "./bench-options.ts";
 export type { BenchOptions, BenchResult, Benchmark } from "./bench-types.ts";
 
-export const BENCHMARKS: Record<string, () => Promise<Benchmark>> = {
-  codec: async () => (await import("./codec.bench.ts")).default,
-  collab: async () => (await import("./collab.bench.ts")).default,
-  exits: async () => (await import("./exits.bench.ts")).default,
-  placement: async () => (await import("./placement.bench.ts")).default,
-  runtime: async () => (await import("./runtime.bench.ts")).default,
+export const BENCHMARKS: { [N in BenchName]: { summary: string; load(): Promise<Benchmark<N>> } } = {
+  codec: {
+    summary: "hidden-state codecs: bytes, error, speed",
+    load: async () => (await import("./codec.bench.ts")).default,
+  },
+  collab: {
+    summary: "collaborative generation on the demo model: agreement, cloud compute, latency, throughput",
+    load: async () => (await import("./collab.bench.ts")).default,
+  },
+  exits: {
+    summary: "early exits of the demo model: share answered at the edge per agreement target",
+    load: async () => (await import("./exits.bench.ts")).default,
+  },
+  placement: {
+    summary: "expert and shard placement: balance, moves, planning time, failover timing",
+    load: async () => (await import("./placement.bench.ts")).default,
+  },
+  runtime: {
+    summary: "the engine on generated Llama checkpoints: prefill, decode, memory bandwidth",
+    load: async () => (await import("./runtime.bench.ts")).default,
+  },
 };

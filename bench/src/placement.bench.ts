@@ -65,7 +65,7 @@ function shuffle(n: number, random: () => number): number[] {
   return a;
 }
 
-export default async function placementBenchmark(options: BenchOptions): Promise<BenchResult> {
+export default async function placementBenchmark(options: BenchOptions<"placement">): Promise<BenchResult> {
   const expertCounts = options.smoke ? [64] : [64, 256];
   const workerCounts = options.smoke ? [8] : [8, 64, 256];
   const windows = options.smoke ? 3 : 8;

@@ -188,10 +188,9 @@ async function ensureModel(label: string, targetParams: number): Promise<string>
   return dir;
 }
 
-export default async function runtimeBenchmark(options: BenchOptions): Promise<BenchResult> {
-  const caseIndex = options.args.indexOf("--case");
-  if (caseIndex >= 0)
-    return (await runCase(JSON.parse(options.args[caseIndex + 1]) as Case)) as unknown as BenchResult;
+export default async function runtimeBenchmark(options: BenchOptions<"runtime">): Promise<BenchResult> {
+  if (options.options.case)
+    return (await runCase(JSON.parse(options.options.case) as Case)) as unknown as BenchResult;
 
   const sizes = options.smoke
     ? [{ label: "1M", params: 1e6 }]

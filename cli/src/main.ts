@@ -1,59 +1,78 @@
 /**
  * `tandem <command>`: the one entry point for people. Each command lives in its own
- * module under cli/commands and returns an exit code; errors from the runtime print
- * their message (which names the file, tensor or option) without a stack trace.
+ * module under commands/ and is loaded only when named, so `tandem --help` loads
+ * nothing else. A mistake in the command line is one line naming the flag or value,
+ * then the command's usage, and exit 2; an error Tandem knows (a bad checkpoint, a
+ * server it cannot reach) is one line and its exit code; anything else is a bug and
+ * keeps its stack trace.
  */
-import { TandemError, UsageError } from "@tandem/common";
+import type { CommandDefinition } from "./command.ts";
 
-interface Command {
-  summary: string;
-  run(args: string[]): Promise<number>;
-}
-
-const COMMANDS: Record<string, () => Promise<Command>> = {
-  demo: async () => (await import("./commands/demo.ts")).demoCommand,
-  generate: async () => (await import("./commands/generate.ts")).generateCommand,
-  logits: async () => (await import("./commands/logits.ts")).logitsCommand,
-  bench: async () => (await import("./commands/bench.ts")).benchCommand,
-  calibrate: async () => (await import("./commands/calibrate.ts")).calibrateCommand,
-  status: async () => (await import("./commands/status.ts")).statusCommand,
-  jobs: async () => (await import("./commands/jobs.ts")).jobsCommand,
+const COMMANDS: Record<string, { summary: string; load: (args: string[]) => Promise<CommandDefinition> }> = {
+  demo: {
+    summary: "generate with the demo model through a local edge agent and cloud worker",
+    load: async () => (await import("./commands/demo.ts")).demoCommand,
+  },
+  generate: {
+    summary: "continue a prompt with a model, optionally split with early exits",
+    load: async () => (await import("./commands/generate.ts")).generateCommand,
+  },
+  logits: {
+    summary: "print the logits at every position, as JSON",
+    load: async () => (await import("./commands/logits.ts")).logitsCommand,
+  },
+  calibrate: {
+    summary: "fit exit heads and thresholds on text; write the calibration file",
+    load: async () => (await import("./commands/calibrate.ts")).calibrateCommand,
+  },
+  status: {
+    summary: "the cluster: leader, placement, nodes and their load",
+    load: async () => (await import("./commands/status.ts")).statusCommand,
+  },
+  jobs: {
+    summary: "submit batch jobs to BullMQ and show them",
+    load: async () => (await import("./commands/jobs.ts")).jobsCommand,
+  },
+  bench: {
+    summary: "run a benchmark and print its JSON result last",
+    load: async (args) => (await import("./commands/bench.ts")).benchCommandFor(args[0]),
+  },
 };
 
-const USAGE = `usage: tandem <command> [options]
-
-commands:
-  demo        generate text with the demo model, split between an edge and a cloud segment
-  generate    --model DIR --prompt TEXT [--max-tokens N] [--split S --exit-layers a,b]
-  logits      --model DIR --ids 1,2,3 [--split S]   print {"logits": [[...], ...]}
-  calibrate   --model DIR --split S --exit-layers a,b --text FILE --out FILE   fit exit heads and thresholds
-  status      [--nats URL] [--cluster NAME] [--json]   nodes, leader, placement version, shards per node
-  jobs        submit KIND --data JSON|@FILE [--wait] | show KIND ID   batch jobs on BullMQ (generate, calibrate, build-graphs)
-  bench NAME  run a benchmark under bench/ and print its JSON result last
-
-Run 'tandem <command> --help' for a command's options.`;
+const USAGE = [
+  "usage: tandem <command> [options]",
+  "",
+  "commands:",
+  ...Object.entries(COMMANDS).map(([name, c]) => `  ${name.padEnd(11)} ${c.summary}`),
+  "",
+  "Run 'tandem <command> --help' for a command's options.",
+].join("\n");
 
 export async function main(argv: string[]): Promise<number> {
   const [name, ...args] = argv;
   if (!name || name === "--help" || name === "-h" || name === "help") {
-    console.log(USAGE);
+    (name ? process.stdout : process.stderr).write(USAGE + "\n");
     return name ? 0 : 2;
   }
-  const load = COMMANDS[name];
-  if (!load) {
-    console.error(`tandem: unknown command "${name}"\n\n${USAGE}`);
+  const entry = Object.hasOwn(COMMANDS, name) ? COMMANDS[name] : undefined;
+  if (!entry) {
+    process.stderr.write(`tandem: "${name}" is not a command\n\n${USAGE}\n`);
     return 2;
   }
+  const command = await entry.load(args);
   try {
-    return await (await load()).run(args);
+    const { runCommand } = await import("./command.ts");
+    return await runCommand(command, args);
   } catch (error) {
+    const { EXIT_CODE_BY_ERROR, TandemError, UsageError } = await import("@tandem/common");
     if (error instanceof UsageError) {
-      console.error(`tandem ${name}: ${error.message}`);
+      const { commandUsage } = await import("./command.ts");
+      process.stderr.write(`tandem ${name}: ${error.message}\n\n${commandUsage(command)}\n`);
       return 2;
     }
     if (error instanceof TandemError) {
-      console.error(`tandem ${name}: ${error.message}`);
-      return 1;
+      process.stderr.write(`tandem ${name}: ${error.message}\n`);
+      return EXIT_CODE_BY_ERROR[error.code];
     }
     throw error;
   }

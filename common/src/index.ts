@@ -25,7 +25,13 @@ export {
   type ConfigValues,
   type LoadConfigOptions,
 } from "./config/config-loader.ts";
-export { configMarkdownTable, describeConfig, settingDocs, type SettingDoc } from "./config/config-docs.ts";
+export {
+  configMarkdownTable,
+  describeConfig,
+  markdownDefault,
+  settingDocs,
+  type SettingDoc,
+} from "./config/config-docs.ts";
 export { programUsage, runProgram, type ProgramDefinition, type RunningProgram } from "./program.ts";
 export { createLogger, type Logger } from "./logger.ts";
 export { formatProgress, type Progress, type ProgressListener } from "./progress.ts";

@@ -26,11 +26,14 @@ export function fieldName(path: readonly PropertyKey[]): string {
 const show = (value: unknown): string =>
   typeof value === "bigint" ? `${value}` : value === undefined ? "nothing" : JSON.stringify(value);
 
-/** Every problem zod found, in Tandem's wording. */
-export function schemaProblems(
-  error: z.ZodError,
-  describe?: (field: string) => string | undefined,
-): SchemaProblem[] {
+/**
+ * Every problem zod found, in Tandem's wording. With the schema, messages can say what a
+ * field is (its description, for a missing one) and that a number must be an integer.
+ */
+export function schemaProblems(error: z.ZodError, schema?: z.ZodType): SchemaProblem[] {
+  const json = schema
+    ? (z.toJSONSchema(schema, { io: "input", unrepresentable: "any" }) as JsonSchemaField)
+    : undefined;
   const problems: SchemaProblem[] = [];
   for (const issue of error.issues) {
     const field = fieldName(issue.path);
@@ -39,17 +42,28 @@ export function schemaProblems(
         problems.push({ field: fieldName([...issue.path, key]), message: "is not a known key" });
       continue;
     }
-    problems.push({ field, message: issueMessage(issue, describe?.(field)) });
+    problems.push({ field, message: issueMessage(issue, json && schemaAt(json, issue.path)) });
   }
   return problems;
 }
 
-function issueMessage(issue: z.core.$ZodIssue, description: string | undefined): string {
+/** The JSON Schema of the value at `path` inside `root` (objects by key, lists by index). */
+function schemaAt(root: JsonSchemaField, path: readonly PropertyKey[]): JsonSchemaField | undefined {
+  let node: JsonSchemaField | undefined = root;
+  for (const part of path) {
+    const inner: JsonSchemaField | undefined = node?.anyOf?.find((f) => f.type !== "null") ?? node;
+    node = typeof part === "number" ? inner?.items : inner?.properties?.[String(part)];
+  }
+  return node;
+}
+
+function issueMessage(issue: z.core.$ZodIssue, field: JsonSchemaField | undefined): string {
   const input = (issue as { input?: unknown }).input;
   switch (issue.code) {
     case "invalid_type": {
-      if (input === undefined) return description ? `is required: ${description}` : "is required";
-      const expected = issue.expected as string;
+      if (input === undefined)
+        return field?.description ? `is required: ${field.description}` : "is required";
+      const expected = fieldKind(field) === "integer" ? "int" : (issue.expected as string);
       const what: Record<string, string> = {
         int: "an integer",
         number: "a number",
@@ -94,7 +108,7 @@ function issueMessage(issue: z.core.$ZodIssue, description: string | undefined):
 export function parseOrThrow<S extends z.ZodType>(schema: S, value: unknown, prefix = ""): z.output<S> {
   const result = schema.safeParse(value, { reportInput: true });
   if (result.success) return result.data;
-  const problems = schemaProblems(result.error);
+  const problems = schemaProblems(result.error, schema);
   const name = (field: string) => (prefix && field ? `${prefix}.${field}` : prefix || field || "value");
   const [first, ...rest] = problems;
   const others =
@@ -115,6 +129,7 @@ export function fieldSchemas(schema: z.ZodObject): Record<string, JsonSchemaFiel
 
 export interface JsonSchemaField {
   type?: string | string[];
+  properties?: Record<string, JsonSchemaField>;
   description?: string;
   default?: unknown;
   enum?: unknown[];

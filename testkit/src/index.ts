@@ -1,5 +1,12 @@
 /** @tandem/testkit: real servers and programs, started and stopped for tests and benchmarks. */
 export { generate, healthStatus } from "./grpc-client.ts";
 export { startNatsServer, type TestNatsServer } from "./nats-server.ts";
-export { freePort, runCli, startProgram, type CliResult, type RunningProcess } from "./processes.ts";
+export {
+  freePort,
+  runCli,
+  runProgram,
+  startProgram,
+  type CliResult,
+  type RunningProcess,
+} from "./processes.ts";
 export { until } from "./until.ts";

@@ -94,3 +94,22 @@ export async function runCli(args: string[], env: NodeJS.ProcessEnv = process.en
     );
   });
 }
+
+/** Runs a program (bin/<program>.mjs) to completion: for --help and for settings it refuses. */
+export async function runProgram(
+  program: "tandem-edge" | "tandem-cloud-worker" | "tandem-control-plane" | "tandem-batch-worker",
+  args: string[],
+  env: NodeJS.ProcessEnv = {},
+): Promise<CliResult> {
+  return new Promise((resolve) => {
+    execFile(
+      process.execPath,
+      [join(BIN, `${program}.mjs`), ...args],
+      { env: { ...process.env, TANDEM_LOG_LEVEL: "warn", ...env }, maxBuffer: 16 << 20, timeout: 60_000 },
+      (error, stdout, stderr) => {
+        const code = error ? (typeof error.code === "number" ? error.code : 1) : 0;
+        resolve({ stdout, stderr, code });
+      },
+    );
+  });
+}

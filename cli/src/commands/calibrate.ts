@@ -1,68 +1,63 @@
 /** `tandem calibrate`: fits exit heads and thresholds on calibration text, writes the file the edge agent loads. */
 import { readFile } from "node:fs/promises";
-import { parseArgs } from "node:util";
-import { calibrate, loadCheckpoint, Tokenizer, writeCalibration } from "@tandem/runtime";
-import { UsageError } from "@tandem/common";
-import { parseIntegerList, parseIntegerOption, parseNumberOption, requireOption } from "../cli-options.ts";
+import { z } from "zod";
+import { UsageError, formatProgress } from "@tandem/common";
+import { Tokenizer, calibrate, loadCheckpoint, writeCalibration } from "@tandem/runtime";
+import type { CommandDefinition } from "../command.ts";
 
-const HELP = `usage: tandem calibrate --model DIR --split S --exit-layers a,b --text FILE --out FILE [options]
+const CALIBRATE_OPTIONS = z
+  .object({
+    model: z.string().min(1).meta({ description: "checkpoint directory" }),
+    split: z.int().min(1).meta({ description: "layers the edge runs" }),
+    exitLayers: z
+      .array(z.int().min(1))
+      .min(1)
+      .meta({ description: "exits to calibrate, after these many layers" }),
+    text: z.string().min(1).meta({ description: "text file to calibrate on" }),
+    out: z.string().min(1).meta({ description: "calibration file to write" }),
+    targets: z
+      .array(z.number().gt(0).lt(1))
+      .min(1)
+      .optional()
+      .meta({ description: "agreement targets to choose thresholds for (default 0.99,0.97,0.95)" }),
+    window: z.int().min(8).default(128).meta({ description: "tokens per forward window" }),
+    maxTokens: z
+      .int()
+      .min(1)
+      .default(32768)
+      .meta({ description: "use at most this many tokens of the text" }),
+    ridge: z.number().gt(0).default(1e-3).meta({ description: "relative ridge strength of the exit maps" }),
+    threads: z.int().min(1).default(1).meta({ description: "ONNX Runtime threads" }),
+  })
+  .strict();
 
-  --targets 0.99,0.97,0.95   agreement targets to choose thresholds for
-  --window N                 tokens per forward window (default 128)
-  --max-tokens N             use at most N tokens of the text (default 32768)
-  --ridge R                  relative ridge strength of the exit maps (default 0.001)
-  --threads N                ONNX Runtime threads (default 1)`;
-
-export const calibrateCommand = {
-  summary: "calibrate early exits",
-  async run(args: string[]): Promise<number> {
-    const { values } = parseArgs({
-      args,
-      options: {
-        model: { type: "string" },
-        split: { type: "string" },
-        "exit-layers": { type: "string" },
-        text: { type: "string" },
-        out: { type: "string" },
-        targets: { type: "string" },
-        window: { type: "string" },
-        "max-tokens": { type: "string" },
-        ridge: { type: "string" },
-        threads: { type: "string" },
-        help: { type: "boolean" },
-      },
-      strict: true,
+export const calibrateCommand: CommandDefinition<typeof CALIBRATE_OPTIONS> = {
+  name: "calibrate",
+  summary: "fit exit heads and thresholds on text; write the calibration file",
+  options: CALIBRATE_OPTIONS,
+  async run(options) {
+    const text = await readFile(options.text, "utf8").catch((error: Error) => {
+      throw new UsageError("--text", `cannot read ${options.text} (${error.message})`);
     });
-    if (values.help) {
-      console.log(HELP);
-      return 0;
-    }
-    const textPath = requireOption("--text", values.text);
-    const text = await readFile(textPath, "utf8").catch((error: Error) => {
-      throw new UsageError("--text", `cannot read ${textPath} (${error.message})`);
-    });
-    const targets = values.targets?.split(",").map((t) => parseNumberOption("--targets", t, 0));
-    const checkpoint = await loadCheckpoint(requireOption("--model", values.model));
+    const checkpoint = await loadCheckpoint(options.model);
     if (!checkpoint.tokenizerPath) throw new UsageError("--model", "the checkpoint has no tokenizer.json");
     const tokenizer = await Tokenizer.fromFile(checkpoint.tokenizerPath);
-    const out = requireOption("--out", values.out);
     const calibration = await calibrate(checkpoint, tokenizer, {
-      split: parseIntegerOption("--split", requireOption("--split", values.split), 0, 1),
-      exitLayers:
-        parseIntegerList("--exit-layers", requireOption("--exit-layers", values["exit-layers"])) ?? [],
+      split: options.split,
+      exitLayers: options.exitLayers,
       text,
-      targets,
-      windowTokens: parseIntegerOption("--window", values.window, 128, 8),
-      maxTokens: parseIntegerOption("--max-tokens", values["max-tokens"], 32768, 1),
-      ridge: parseNumberOption("--ridge", values.ridge, 1e-3),
-      threads: parseIntegerOption("--threads", values.threads, 1, 1),
-      onProgress: (message) => console.error(message),
+      targets: options.targets,
+      windowTokens: options.window,
+      maxTokens: options.maxTokens,
+      ridge: options.ridge,
+      threads: options.threads,
+      onProgress: (progress) => console.error(formatProgress("calibrate", progress)),
     });
-    await writeCalibration(out, calibration);
+    await writeCalibration(options.out, calibration);
     const { policies, plainPolicies } = calibration.summary;
     console.log(
       JSON.stringify({
-        out,
+        out: options.out,
         heads: calibration.summary.heads,
         policies: policies.map((p, i) => ({
           target: p.targetAgreement,

@@ -4,17 +4,17 @@
  * edge agent's public API to continue a few prompts, printing each token as it arrives
  * (cloud-answered tokens highlighted) and what the collaboration cost.
  */
-import { readFileSync, existsSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
-import { parseArgs } from "node:util";
 import * as grpc from "@grpc/grpc-js";
 import { pino } from "pino";
+import { z } from "zod";
+import { UsageError } from "@tandem/common";
+import { startCloudWorker } from "@tandem/cloud-worker";
 import { EDGE_CONFIG_SCHEMA, startEdgeAgent } from "@tandem/edge-agent";
 import { loadTandemProtos, type GenerateEvent__Output } from "@tandem/proto";
-import { loadConfig, UsageError } from "@tandem/common";
-import { startCloudWorker } from "@tandem/cloud-worker";
-import { parseIntegerOption } from "../cli-options.ts";
+import { CODEC_NAMES, readDeployment } from "@tandem/runtime";
+import type { CommandDefinition } from "../command.ts";
 
 export const DEMO_MODEL_DIR = join(
   dirname(fileURLToPath(import.meta.url)),
@@ -26,50 +26,57 @@ export const DEMO_MODEL_DIR = join(
 );
 const DEFAULT_PROMPTS = ["The Python standard library", "A list comprehension is", "To open a file, use"];
 
-export const demoCommand = {
-  summary: "run the demo",
-  async run(args: string[]): Promise<number> {
-    const { values } = parseArgs({
-      args,
-      options: {
-        prompt: { type: "string" },
-        "max-tokens": { type: "string" },
-        target: { type: "string" },
-        codec: { type: "string" },
-        split: { type: "string" },
-      },
-      strict: true,
-    });
-    const deployment = JSON.parse(readFileSync(join(DEMO_MODEL_DIR, "tandem.json"), "utf8")) as {
-      recommended_split: number;
-      /** split → calibration file shipped for it */
-      calibrations?: Record<string, string>;
-    };
-    const split = parseIntegerOption("--split", values.split, deployment.recommended_split, 1);
-    const calibrationFile = deployment.calibrations?.[String(split)];
-    if (!calibrationFile)
+const DEMO_OPTIONS = z
+  .object({
+    prompt: z
+      .string()
+      .min(1)
+      .optional()
+      .meta({ description: "a prompt of your own (default: three shipped ones)" }),
+    maxTokens: z.int().min(1).default(40).meta({ description: "tokens per prompt" }),
+    target: z
+      .number()
+      .gt(0)
+      .max(1)
+      .default(0.99)
+      .meta({ description: "agreement target whose calibrated thresholds the edge uses" }),
+    codec: z.enum(CODEC_NAMES).default("fp16").meta({ description: "hidden-state codec on the wire" }),
+    split: z
+      .int()
+      .min(1)
+      .optional()
+      .meta({ description: "layers the edge runs (default: the model's recommended split)" }),
+  })
+  .strict();
+
+export const demoCommand: CommandDefinition<typeof DEMO_OPTIONS> = {
+  name: "demo",
+  summary: "generate with the demo model through a local edge agent and cloud worker",
+  description:
+    "Starts a cloud worker and an edge agent on the shipped demo model, both serving real gRPC on loopback,\nand continues prompts through the edge's public API; cloud-answered tokens are shown [in brackets].",
+  options: DEMO_OPTIONS,
+  async run(values) {
+    const deployment = readDeployment(DEMO_MODEL_DIR)!;
+    const split = values.split ?? deployment.recommendedSplit;
+    const calibration = deployment.calibrations.get(split);
+    if (!calibration)
       throw new UsageError(
         "--split",
-        `the demo model ships calibrations for splits ${Object.keys(deployment.calibrations ?? {}).join(", ")}, not ${split}`,
+        `the demo model ships calibrations for splits ${[...deployment.calibrations.keys()].join(", ")}, not ${split}`,
       );
-    const calibration = join(DEMO_MODEL_DIR, calibrationFile);
     const quiet = pino({ level: "warn" });
     console.error(`tandem demo: starting a cloud worker and an edge agent on ${DEMO_MODEL_DIR}`);
     const worker = await startCloudWorker(
       { modelDir: DEMO_MODEL_DIR, split, workerId: "demo-worker", port: 0 },
       quiet,
     );
-    const edgeConfig = loadConfig(EDGE_CONFIG_SCHEMA, {
-      envPrefix: "TANDEM_EDGE",
-      env: {},
-      overrides: {
-        model: DEMO_MODEL_DIR,
-        calibration: existsSync(calibration) ? calibration : undefined,
-        target: values.target,
-        cloudAddress: worker.server.address,
-        codec: values.codec ?? "fp16",
-        port: "0",
-      },
+    const edgeConfig = EDGE_CONFIG_SCHEMA.parse({
+      model: DEMO_MODEL_DIR,
+      calibration,
+      target: values.target,
+      cloudAddress: worker.server.address,
+      codec: values.codec,
+      port: 0,
     });
     const edge = await startEdgeAgent(edgeConfig, quiet);
     console.error(
@@ -78,7 +85,7 @@ export const demoCommand = {
     );
     const { tandem } = loadTandemProtos();
     const client = new tandem.v1.Inference(edge.server.address, grpc.credentials.createInsecure());
-    const maxTokens = parseIntegerOption("--max-tokens", values["max-tokens"], 40, 1);
+    const maxTokens = values.maxTokens;
     const totals = { edge: 0, cloud: 0, fallback: 0, bytes: 0 };
     try {
       for (const prompt of values.prompt ? [values.prompt] : DEFAULT_PROMPTS) {

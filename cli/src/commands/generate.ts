@@ -1,98 +1,64 @@
-/** `tandem generate`: greedy generation through the runtime, optionally split with early exits. */
-import { parseArgs } from "node:util";
+/** `tandem generate`: generation through the runtime in one process, optionally split with early exits. */
+import { z } from "zod";
+import { UsageError } from "@tandem/common";
 import {
   AlwaysExitPolicy,
-  calibratedExitHeads,
-  checkCalibrationMatches,
-  type ConfidenceMetric,
+  CONFIDENCE_METRICS,
   IncrementalDecoder,
-  loadCheckpoint,
-  loadLocalSplit,
   LocalUpperSegment,
-  policyForTarget,
-  readCalibration,
   SplitGenerator,
   ThresholdExitPolicy,
   Tokenizer,
-  type WeightFormat,
+  WEIGHT_FORMATS,
+  calibratedExitHeads,
+  checkCalibrationMatches,
+  loadCheckpoint,
+  loadLocalSplit,
+  policyForTarget,
+  readCalibration,
 } from "@tandem/runtime";
-import { UsageError } from "@tandem/common";
-import { parseIntegerList, parseIntegerOption, parseNumberOption, requireOption } from "../cli-options.ts";
+import type { CommandDefinition } from "../command.ts";
 
-const HELP = `usage: tandem generate --model DIR --prompt TEXT [options]
+export const GENERATE_OPTIONS = z
+  .object({
+    model: z.string().min(1).meta({
+      description: "Hugging Face checkpoint directory (config.json, *.safetensors, tokenizer.json)",
+    }),
+    prompt: z.string().min(1).meta({ description: "text to continue" }),
+    maxTokens: z.int().min(1).default(64).meta({ description: "tokens to generate" }),
+    split: z
+      .int()
+      .min(1)
+      .optional()
+      .meta({ description: "run layers [0,S) as the edge segment and [S,L) as the cloud's (default L)" }),
+    exitLayers: z
+      .array(z.int().min(1))
+      .default([])
+      .meta({ description: "early exits after these many layers (each ≤ S)" }),
+    metric: z.enum(CONFIDENCE_METRICS).default("prob").meta({ description: "exit confidence metric" }),
+    threshold: z
+      .number()
+      .default(0.9)
+      .meta({ description: "answer at an exit when prob/margin ≥ T or entropy ≤ T" }),
+    calibration: z.string().min(1).optional().meta({
+      description: "exit heads and thresholds from 'tandem calibrate' (replaces --metric/--threshold)",
+    }),
+    target: z
+      .number()
+      .gt(0)
+      .max(1)
+      .default(0.99)
+      .meta({ description: "with --calibration: the agreement target whose thresholds to use" }),
+    weights: z.enum(WEIGHT_FORMATS).default("fp32").meta({ description: "weight format" }),
+    threads: z.int().min(1).default(1).meta({ description: "ONNX Runtime threads" }),
+  })
+  .strict();
 
-  --model DIR          Hugging Face checkpoint directory (config.json, *.safetensors, tokenizer.json)
-  --prompt TEXT        text to continue
-  --max-tokens N       tokens to generate (default 64)
-  --split S            run layers [0,S) as the edge segment and [S,L) as the cloud segment (default L)
-  --exit-layers a,b    early exits after these many layers (each ≤ S)
-  --metric M           exit confidence metric: prob, margin or entropy (default prob)
-  --threshold T        answer at an exit when prob/margin ≥ T or entropy ≤ T (default 0.9)
-  --calibration FILE   exit heads and thresholds from 'tandem calibrate' (replaces --metric/--threshold)
-  --target A           with --calibration: the agreement target whose thresholds to use (default 0.99)
-  --weights F          fp32, int8 or int4 (default fp32)
-  --threads N          ONNX Runtime threads (default 1)`;
-
-export interface GenerateRequest {
-  model: string;
-  prompt: string;
-  maxTokens: number;
-  split?: number;
-  exitLayers: number[];
-  metric: ConfidenceMetric;
-  threshold: number;
-  weights: WeightFormat;
-  threads: number;
-  calibration?: string;
-  target?: number;
-}
-
-export function parseGenerateArgs(args: string[]): GenerateRequest | undefined {
-  const { values } = parseArgs({
-    args,
-    options: {
-      model: { type: "string" },
-      prompt: { type: "string" },
-      "max-tokens": { type: "string" },
-      split: { type: "string" },
-      "exit-layers": { type: "string" },
-      metric: { type: "string" },
-      threshold: { type: "string" },
-      weights: { type: "string" },
-      threads: { type: "string" },
-      calibration: { type: "string" },
-      target: { type: "string" },
-      help: { type: "boolean" },
-    },
-    strict: true,
-  });
-  if (values.help) return undefined;
-  const metric = values.metric ?? "prob";
-  if (metric !== "prob" && metric !== "margin" && metric !== "entropy") {
-    throw new UsageError("--metric", `must be prob, margin or entropy, got "${metric}"`);
-  }
-  const weights = values.weights ?? "fp32";
-  if (weights !== "fp32" && weights !== "int8" && weights !== "int4") {
-    throw new UsageError("--weights", `must be fp32, int8 or int4, got "${weights}"`);
-  }
-  return {
-    model: requireOption("--model", values.model),
-    prompt: requireOption("--prompt", values.prompt),
-    maxTokens: parseIntegerOption("--max-tokens", values["max-tokens"], 64, 1),
-    split: values.split === undefined ? undefined : parseIntegerOption("--split", values.split, 0, 1),
-    exitLayers: parseIntegerList("--exit-layers", values["exit-layers"]) ?? [],
-    metric,
-    threshold: parseNumberOption("--threshold", values.threshold, 0.9),
-    weights,
-    threads: parseIntegerOption("--threads", values.threads, 1, 1),
-    calibration: values.calibration,
-    target: values.target === undefined ? undefined : parseNumberOption("--target", values.target, 0.99),
-  };
-}
+export type GenerateOptions = z.output<typeof GENERATE_OPTIONS>;
 
 /** Generates and streams text to `write`; returns the generator's statistics. */
 export async function runGenerate(
-  request: GenerateRequest,
+  request: GenerateOptions,
   write: (text: string) => void,
 ): Promise<SplitGenerator["stats"]> {
   const checkpoint = await loadCheckpoint(request.model);
@@ -115,19 +81,17 @@ export async function runGenerate(
     const upper = local.upper && new LocalUpperSegment(local.upper, "generate");
     // Without a confident exit the deepest answer wins: the cloud's, or the final head's.
     const policy = calibration
-      ? new ThresholdExitPolicy(policyForTarget(calibration, request.target ?? 0.99).thresholds)
+      ? new ThresholdExitPolicy(policyForTarget(calibration, request.target).thresholds)
       : request.exitLayers.length > 0
         ? ThresholdExitPolicy.uniform(request.exitLayers, request.metric, request.threshold)
         : new AlwaysExitPolicy();
     const generator = new SplitGenerator(local.lower, upper, policy);
     const decoder = new IncrementalDecoder(tokenizer);
-    const promptIds = tokenizer.encode(request.prompt);
-    for await (const token of generator.generate(promptIds, {
+    for await (const token of generator.generate(tokenizer.encode(request.prompt), {
       maxTokens: request.maxTokens,
       stopTokenIds: checkpoint.config.eosTokenId,
-    })) {
+    }))
       write(decoder.push(token.token));
-    }
     write(decoder.flush());
     return generator.stats;
   } finally {
@@ -135,16 +99,15 @@ export async function runGenerate(
   }
 }
 
-export const generateCommand = {
-  summary: "generate text",
-  async run(args: string[]): Promise<number> {
-    const request = parseGenerateArgs(args);
-    if (!request) {
-      console.log(HELP);
-      return 0;
-    }
-    process.stdout.write(request.prompt);
-    const stats = await runGenerate(request, (text) => process.stdout.write(text));
+export const generateCommand: CommandDefinition<typeof GENERATE_OPTIONS> = {
+  name: "generate",
+  summary: "continue a prompt with a model, optionally split with early exits",
+  description:
+    "Continues the prompt greedily through the runtime in this process; with --split, as an edge and a cloud\nsegment would (the cloud's through the escalation protocol). Prints the text; statistics go to stderr as JSON.",
+  options: GENERATE_OPTIONS,
+  async run(options) {
+    process.stdout.write(options.prompt);
+    const stats = await runGenerate(options, (text) => process.stdout.write(text));
     process.stdout.write("\n");
     console.error(JSON.stringify({ stats }));
     return 0;

@@ -1,29 +1,52 @@
 /** `tandem jobs`: submit batch jobs to the cluster's BullMQ queues and look at them. */
 import { readFile } from "node:fs/promises";
-import { parseArgs } from "node:util";
-import { InvalidArgumentError, UsageError } from "@tandem/common";
+import { z } from "zod";
 import {
-  isJobKind,
+  BATCH_JOB_BACKOFF,
+  DEFAULT_CLUSTER_NAME,
+  InvalidArgumentError,
+  TandemError,
+  UsageError,
+} from "@tandem/common";
+import {
+  DEFAULT_REDIS_URL,
   JOB_KINDS,
+  isJobKind,
   showJob,
   submitJob,
   waitForJob,
+  type JobKind,
   type SubmitOptions,
 } from "@tandem/batch-worker";
-import { parseIntegerOption } from "../cli-options.ts";
+import type { CommandDefinition } from "../command.ts";
 
-const HELP = `usage: tandem jobs submit KIND --data JSON|@FILE [--wait] [options]
-       tandem jobs show KIND ID [options]
+const JOBS_OPTIONS = z
+  .object({
+    data: z
+      .string()
+      .min(1)
+      .optional()
+      .meta({ description: "submit: the job's data, JSON or @FILE (see the README's \"Batch jobs\")" }),
+    wait: z
+      .boolean()
+      .default(false)
+      .meta({ description: "submit: wait for the job and print its result (exit 1 if it fails)" }),
+    attempts: z
+      .int()
+      .min(1)
+      .default(BATCH_JOB_BACKOFF.attempts)
+      .meta({ description: "submit: tries before the job fails for good (bad data fails at once)" }),
+    timeoutMs: z
+      .int()
+      .min(1)
+      .default(3_600_000)
+      .meta({ description: "with --wait: give up waiting after this long" }),
+    redis: z.string().min(1).default(DEFAULT_REDIS_URL).meta({ description: "Redis holding the queues" }),
+    cluster: z.string().min(1).default(DEFAULT_CLUSTER_NAME).meta({ description: "cluster name" }),
+  })
+  .strict();
 
-  KIND               ${JOB_KINDS.join(", ")}
-  --data JSON|@FILE  the job's data (see the README's "Batch jobs")
-  --wait             wait for the job and print its result (exit 1 if it fails)
-  --attempts N       tries before the job fails for good (default 3; bad data fails at once)
-  --timeout-ms N     with --wait: give up waiting after N ms (default 3600000)
-  --redis URL        default redis://127.0.0.1:6379
-  --cluster NAME     default "default"`;
-
-async function parseData(value: string | undefined): Promise<unknown> {
+async function readData(value: string | undefined): Promise<unknown> {
   if (value === undefined) throw new UsageError("--data", "is required (JSON, or @FILE)");
   const text = value.startsWith("@")
     ? await readFile(value.slice(1), "utf8").catch((error: Error) => {
@@ -37,60 +60,27 @@ async function parseData(value: string | undefined): Promise<unknown> {
   }
 }
 
-export const jobsCommand = {
-  summary: "submit and inspect batch jobs",
-  async run(args: string[]): Promise<number> {
-    const { values, positionals } = parseArgs({
-      args,
-      options: {
-        data: { type: "string" },
-        wait: { type: "boolean" },
-        attempts: { type: "string" },
-        "timeout-ms": { type: "string" },
-        redis: { type: "string" },
-        cluster: { type: "string" },
-        help: { type: "boolean" },
-      },
-      allowPositionals: true,
-      strict: true,
-    });
-    const [action, kind, id] = positionals;
-    if (values.help || !action) {
-      console.log(HELP);
-      return values.help ? 0 : 2;
-    }
-    if (kind === undefined || !isJobKind(kind))
-      throw new UsageError(
-        "KIND",
-        `must be one of ${JOB_KINDS.join(", ")}, got ${JSON.stringify(kind ?? "")}`,
-      );
+export const jobsCommand: CommandDefinition<typeof JOBS_OPTIONS> = {
+  name: "jobs",
+  summary: "submit batch jobs to BullMQ and show them",
+  description: "tandem jobs submit KIND --data JSON|@FILE [--wait]   or   tandem jobs show KIND ID",
+  options: JOBS_OPTIONS,
+  positionals: [
+    { name: "ACTION", description: "submit or show" },
+    { name: "KIND", description: JOB_KINDS.join(", ") },
+    { name: "ID", description: "show: the job's id", required: false },
+  ],
+  async run(values, [action, kindName, id]) {
+    if (action !== "submit" && action !== "show")
+      throw new UsageError("ACTION", `must be submit or show, got ${JSON.stringify(action)}`);
+    if (!isJobKind(kindName))
+      throw new UsageError("KIND", `must be one of ${JOB_KINDS.join(", ")}, got ${JSON.stringify(kindName)}`);
+    const kind: JobKind = kindName;
     const options: SubmitOptions = {
-      redisUrl: values.redis ?? "redis://127.0.0.1:6379",
-      cluster: values.cluster ?? "default",
-      attempts: parseIntegerOption("--attempts", values.attempts, 3, 1),
+      redisUrl: values.redis,
+      cluster: values.cluster,
+      attempts: values.attempts,
     };
-    if (action === "submit") {
-      const data = await parseData(values.data);
-      const jobId = await submitJob(kind, data, options).catch((error: unknown) => {
-        if (error instanceof InvalidArgumentError) throw new UsageError("--data", error.message);
-        throw error;
-      });
-      if (!values.wait) {
-        console.log(JSON.stringify({ kind, id: jobId }));
-        return 0;
-      }
-      const timeoutMs = parseIntegerOption("--timeout-ms", values["timeout-ms"], 3_600_000, 1);
-      try {
-        const result = await waitForJob(kind, jobId, options, timeoutMs);
-        console.log(JSON.stringify({ kind, id: jobId, state: "completed", result }));
-        return 0;
-      } catch (error) {
-        console.log(
-          JSON.stringify({ kind, id: jobId, state: "failed", failedReason: (error as Error).message }),
-        );
-        return 1;
-      }
-    }
     if (action === "show") {
       if (!id) throw new UsageError("ID", "is required");
       const view = await showJob(kind, id, options);
@@ -101,6 +91,26 @@ export const jobsCommand = {
       console.log(JSON.stringify(view));
       return 0;
     }
-    throw new UsageError("action", `must be submit or show, got ${JSON.stringify(action)}`);
+    if (id !== undefined) throw new UsageError(id, "is not expected here");
+    const data = await readData(values.data);
+    const jobId = await submitJob(kind, data, options).catch((error: unknown) => {
+      if (error instanceof InvalidArgumentError) throw new UsageError("--data", error.message);
+      throw error;
+    });
+    if (!values.wait) {
+      console.log(JSON.stringify({ kind, id: jobId }));
+      return 0;
+    }
+    try {
+      const result = await waitForJob(kind, jobId, options, values.timeoutMs);
+      console.log(JSON.stringify({ kind, id: jobId, state: "completed", result }));
+      return 0;
+    } catch (error) {
+      if (error instanceof TandemError) throw error; // Redis, not the job
+      console.log(
+        JSON.stringify({ kind, id: jobId, state: "failed", failedReason: (error as Error).message }),
+      );
+      return 1;
+    }
   },
 };

@@ -3,42 +3,26 @@
  * the engine against other implementations. With --split the ids run through the lower
  * segment and its hidden states through the upper one, as between an edge and a cloud.
  */
-import { parseArgs } from "node:util";
+import { z } from "zod";
 import { computeLogits } from "@tandem/runtime";
-import { UsageError } from "@tandem/common";
-import { parseIntegerList, parseIntegerOption, requireOption } from "../cli-options.ts";
+import type { CommandDefinition } from "../command.ts";
 
-const HELP = `usage: tandem logits --model DIR --ids 1,2,3 [--split S] [--threads N]
+const LOGITS_OPTIONS = z
+  .object({
+    model: z.string().min(1).meta({ description: "checkpoint directory" }),
+    ids: z.array(z.int().min(0)).min(1).meta({ description: "token ids, comma-separated" }),
+    split: z.int().min(1).optional().meta({ description: "compute across a split after this many layers" }),
+    threads: z.int().min(1).default(1).meta({ description: "ONNX Runtime threads" }),
+  })
+  .strict();
 
-Prints {"logits": [[...], ...]}: one row of vocabulary logits per input position.`;
-
-export const logitsCommand = {
-  summary: "print logits at every position",
-  async run(args: string[]): Promise<number> {
-    const { values } = parseArgs({
-      args,
-      options: {
-        model: { type: "string" },
-        ids: { type: "string" },
-        split: { type: "string" },
-        threads: { type: "string" },
-        help: { type: "boolean" },
-      },
-      strict: true,
-    });
-    if (values.help) {
-      console.log(HELP);
-      return 0;
-    }
-    const ids = parseIntegerList("--ids", requireOption("--ids", values.ids)) ?? [];
-    if (ids.length === 0) throw new UsageError("--ids", "must hold at least one token id");
-    const split = values.split === undefined ? undefined : parseIntegerOption("--split", values.split, 0, 1);
-    const logits = await computeLogits(
-      requireOption("--model", values.model),
-      ids,
-      split,
-      parseIntegerOption("--threads", values.threads, 1, 1),
-    );
+export const logitsCommand: CommandDefinition<typeof LOGITS_OPTIONS> = {
+  name: "logits",
+  summary: "print the logits at every position, as JSON",
+  description: 'Prints {"logits": [[...], ...]}: one row of vocabulary logits per input position.',
+  options: LOGITS_OPTIONS,
+  async run(options) {
+    const logits = await computeLogits(options.model, options.ids, options.split, options.threads);
     process.stdout.write(JSON.stringify({ logits }) + "\n");
     return 0;
   },

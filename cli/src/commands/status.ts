@@ -1,16 +1,31 @@
 /** `tandem status`: the cluster as the control plane sees it — nodes, leader, placement and balance. */
-import { parseArgs } from "node:util";
-import { clusterStatus } from "@tandem/cluster";
+import { z } from "zod";
+import { CLUSTER_DEFAULTS, clusterStatus } from "@tandem/cluster";
+import type { CommandDefinition } from "../command.ts";
 
-export const statusCommand = {
-  summary: "show the cluster",
-  async run(args: string[]): Promise<number> {
-    const { values } = parseArgs({
-      args,
-      options: { nats: { type: "string" }, cluster: { type: "string" }, json: { type: "boolean" } },
-      strict: true,
-    });
-    const status = await clusterStatus(values.nats ?? "nats://127.0.0.1:4222", values.cluster ?? "default");
+const STATUS_OPTIONS = z
+  .object({
+    nats: z
+      .string()
+      .min(1)
+      .default(CLUSTER_DEFAULTS.natsUrl)
+      .meta({ description: "NATS of the control plane" }),
+    cluster: z.string().min(1).default(CLUSTER_DEFAULTS.cluster).meta({ description: "cluster name" }),
+    heartbeatTtlMs: z
+      .int()
+      .min(1)
+      .default(CLUSTER_DEFAULTS.heartbeatTtlMs)
+      .meta({ description: "a node is shown dead after this long without a heartbeat" }),
+    json: z.boolean().default(false).meta({ description: "print one JSON object instead of a table" }),
+  })
+  .strict();
+
+export const statusCommand: CommandDefinition<typeof STATUS_OPTIONS> = {
+  name: "status",
+  summary: "the cluster: leader, placement, nodes and their load",
+  options: STATUS_OPTIONS,
+  async run(values) {
+    const status = await clusterStatus(values.nats, values.cluster, values.heartbeatTtlMs);
     if (values.json) {
       console.log(JSON.stringify(status));
       return 0;

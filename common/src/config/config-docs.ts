@@ -45,18 +45,16 @@ function formatDefault(value: unknown): string {
 function allowedValues(field: JsonSchemaField): string {
   const inner = field.anyOf?.find((f) => f.type !== "null") ?? field;
   if (inner.enum) return inner.enum.join(", ");
-  const items = inner.items?.enum;
-  if (items) return `list of ${items.join(", ")}`;
-  const low = inner.minimum ?? inner.exclusiveMinimum;
-  const high =
-    inner.maximum !== undefined && inner.maximum < Number.MAX_SAFE_INTEGER ? inner.maximum : undefined;
-  const lowText =
-    low === undefined || low <= Number.MIN_SAFE_INTEGER
-      ? undefined
-      : `${inner.exclusiveMinimum !== undefined ? ">" : "≥"} ${low}`;
-  if (lowText && high !== undefined) return `${low} – ${high}`;
-  if (lowText) return lowText;
-  if (high !== undefined) return `≤ ${high}`;
+  if (inner.items?.enum) return `list of ${inner.items.enum.join(", ")}`;
+  const bounded = (value: number | undefined) =>
+    value !== undefined && Math.abs(value) < Number.MAX_SAFE_INTEGER ? value : undefined;
+  const low = bounded(inner.minimum) ?? bounded(inner.exclusiveMinimum);
+  const high = bounded(inner.maximum) ?? bounded(inner.exclusiveMaximum);
+  const open = inner.exclusiveMinimum !== undefined ? "(" : "[";
+  const close = inner.exclusiveMaximum !== undefined ? ")" : "]";
+  if (low !== undefined && high !== undefined) return `${open}${low}, ${high}${close}`;
+  if (low !== undefined) return `${open === "(" ? ">" : "≥"} ${low}`;
+  if (high !== undefined) return `${close === ")" ? "<" : "≤"} ${high}`;
   return "";
 }
 
@@ -79,7 +77,12 @@ export function describeConfig(schema: ConfigSchema, envPrefix: string): string 
 export function configMarkdownTable(schema: ConfigSchema, envPrefix: string): string {
   const rows = settingDocs(schema, envPrefix).map(
     (d) =>
-      `| \`${d.key}\` | \`${d.env}\` | ${d.default === "(required)" || d.default === "none" ? d.default : `\`${d.default}\``} | ${d.values ? `${d.values}: ` : ""}${d.description.replace(/\|/g, "\\|")} |`,
+      `| \`${d.key}\` | \`${d.env}\` | ${markdownDefault(d.default)} | ${d.values} | ${d.description.replace(/\|/g, "\\|")} |`,
   );
-  return ["| key | environment | default | meaning |", "|---|---|---|---|", ...rows].join("\n");
+  return ["| key | environment | default | values | meaning |", "|---|---|---|---|---|", ...rows].join("\n");
+}
+
+/** A default as a Markdown table cell: literal values in code font. */
+export function markdownDefault(value: string): string {
+  return value === "(required)" || value === "none" ? value : `\`${value}\``;
 }

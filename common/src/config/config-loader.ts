@@ -72,7 +72,7 @@ export function loadConfig<S extends ConfigSchema>(schema: S, options: LoadConfi
   const result = schema.safeParse(raw, { reportInput: true });
   if (result.success && errors.length === 0) return result.data;
   if (!result.success) {
-    const problems = schemaProblems(result.error, (field) => fields[field]?.description);
+    const problems = schemaProblems(result.error, schema);
     for (const problem of problems)
       errors.push(
         new ConfigValueError(problem.field, sources[problem.field] ?? "the configuration", problem.message),

@@ -3,6 +3,7 @@
  * implementations. With a split, the ids run through the lower segment and its hidden
  * states through the upper one, as between an edge and a cloud.
  */
+import { InternalError } from "@tandem/common";
 import { loadCheckpoint } from "../checkpoint/load-checkpoint.ts";
 import { segmentSpec } from "../graph/segment-spec.ts";
 import { SegmentModel } from "./segment-model.ts";
@@ -31,11 +32,11 @@ export async function computeLogits(
     sessions.forEach((s) => s.open("logits"));
     let step = await sessions[0].forward("logits", { ids });
     if (sessions.length === 2) {
-      if (!step.hidden) throw new Error("lower segment returned no hidden state");
+      if (!step.hidden) throw new InternalError("lower segment returned no hidden state");
       step = await sessions[1].forward("logits", { hidden: step.hidden, count: ids.length });
     }
     const logits = step.exits[step.exits.length - 1].logits;
-    if (!logits) throw new Error("segment returned no logits");
+    if (!logits) throw new InternalError("segment returned no logits");
     return Array.from({ length: ids.length }, (_, i) =>
       Array.from(logits.subarray(i * vocab, (i + 1) * vocab)),
     );

@@ -3,10 +3,12 @@
  * or hidden states, per-row past KV) into one `run` and the outputs back into typed
  * results. It keeps no per-session state; see SegmentSessions for that.
  */
+import { InternalError } from "@tandem/common";
 import * as ort from "onnxruntime-node";
 import type { ModelConfig } from "../checkpoint/model-config.ts";
 import type { Checkpoint } from "../checkpoint/model-weights.ts";
 import { ensureSegmentGraph } from "../graph/graph-cache.ts";
+import { GRAPH_IO } from "../graph/graph-io-names.ts";
 import { segmentExits } from "../graph/segment-graph.ts";
 import { type SegmentSpec, validateSegmentSpec } from "../graph/segment-spec.ts";
 
@@ -121,24 +123,24 @@ export class SegmentModel {
     const pastLength = Math.max(0, ...input.pastLengths);
     const kvShape = [batch, config.numKvHeads, pastLength, config.headDim];
     const feeds: Record<string, ort.Tensor> = {
-      seqlens_k: new ort.Tensor(
+      [GRAPH_IO.seqlensK]: new ort.Tensor(
         "int32",
         Int32Array.from(input.pastLengths, (p) => p + seq - 1),
         [batch],
       ),
-      total_sequence_length: new ort.Tensor("int32", Int32Array.from([pastLength + seq]), []),
+      [GRAPH_IO.totalSequenceLength]: new ort.Tensor("int32", Int32Array.from([pastLength + seq]), []),
     };
     if (spec.fromLayer === 0) {
-      if (!input.ids) throw new Error("segment starting at layer 0 needs ids");
-      feeds.input_ids = new ort.Tensor("int64", input.ids, [batch, seq]);
+      if (!input.ids) throw new InternalError("segment starting at layer 0 needs ids");
+      feeds[GRAPH_IO.inputIds] = new ort.Tensor("int64", input.ids, [batch, seq]);
     } else {
-      if (!input.hidden) throw new Error("segment starting after layer 0 needs hidden states");
-      feeds.hidden_in = new ort.Tensor("float32", input.hidden, [batch, seq, config.hiddenSize]);
+      if (!input.hidden) throw new InternalError("segment starting after layer 0 needs hidden states");
+      feeds[GRAPH_IO.hiddenIn] = new ort.Tensor("float32", input.hidden, [batch, seq, config.hiddenSize]);
     }
     for (let i = 0; i < this.layerCount; i++) {
       const layer = spec.fromLayer + i;
-      feeds[`past_key.${layer}`] = new ort.Tensor("float32", input.past[i].key, kvShape);
-      feeds[`past_value.${layer}`] = new ort.Tensor("float32", input.past[i].value, kvShape);
+      feeds[GRAPH_IO.pastKey(layer)] = new ort.Tensor("float32", input.past[i].key, kvShape);
+      feeds[GRAPH_IO.pastValue(layer)] = new ort.Tensor("float32", input.past[i].value, kvShape);
     }
 
     const results = await this.session.run(feeds);
@@ -147,35 +149,35 @@ export class SegmentModel {
     for (let i = 0; i < this.layerCount; i++) {
       const layer = spec.fromLayer + i;
       present.push({
-        key: results[`present_key.${layer}`].data as Float32Array,
-        value: results[`present_value.${layer}`].data as Float32Array,
+        key: results[GRAPH_IO.presentKey(layer)].data as Float32Array,
+        value: results[GRAPH_IO.presentValue(layer)].data as Float32Array,
       });
     }
-    const presentLength = results[`present_key.${spec.fromLayer}`].dims[2];
+    const presentLength = results[GRAPH_IO.presentKey(spec.fromLayer)].dims[2];
     if (this.expertCounts) {
       const experts = config.numExperts!;
       for (let layer = spec.fromLayer; layer < spec.toLayer; layer++) {
-        for (const expert of results[`expert_choices.${layer}`].data as BigInt64Array)
+        for (const expert of results[GRAPH_IO.expertChoices(layer)].data as BigInt64Array)
           this.expertCounts[(layer - spec.fromLayer) * experts + Number(expert)]++;
       }
     }
     const taps = new Map<number, Float32Array>();
-    for (const tap of spec.hiddenTaps) taps.set(tap, results[`hidden_after.${tap}`].data as Float32Array);
+    for (const tap of spec.hiddenTaps) taps.set(tap, results[GRAPH_IO.hiddenAfter(tap)].data as Float32Array);
     const exits = this.exitLayers.map((k): ExitOutput => {
-      const tokens = results[`exit.${k}.token`].data as BigInt64Array;
+      const tokens = results[GRAPH_IO.exitOutput(k, "token")].data as BigInt64Array;
       return {
         afterLayer: k,
         token: Int32Array.from(tokens, (t) => Number(t)),
-        prob: results[`exit.${k}.prob`].data as Float32Array,
-        margin: results[`exit.${k}.margin`].data as Float32Array,
-        entropy: results[`exit.${k}.entropy`].data as Float32Array,
-        logits: spec.logits ? (results[`exit.${k}.logits`].data as Float32Array) : undefined,
+        prob: results[GRAPH_IO.exitOutput(k, "prob")].data as Float32Array,
+        margin: results[GRAPH_IO.exitOutput(k, "margin")].data as Float32Array,
+        entropy: results[GRAPH_IO.exitOutput(k, "entropy")].data as Float32Array,
+        logits: spec.logits ? (results[GRAPH_IO.exitOutput(k, "logits")].data as Float32Array) : undefined,
       };
     });
     return {
       present,
       presentLength,
-      hidden: spec.outputHidden ? (results.hidden_out.data as Float32Array) : undefined,
+      hidden: spec.outputHidden ? (results[GRAPH_IO.hiddenOut].data as Float32Array) : undefined,
       taps,
       exits,
     };

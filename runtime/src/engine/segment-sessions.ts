@@ -11,8 +11,10 @@
  * padded tensor per layer) until something else touches one of them: the same sessions'
  * next batched step feeds it straight back, where copying every session's cache into and
  * out of a batch tensor would cost as much memory traffic as the weights at long contexts.
+ * The two layouts and the copies between them are in batch-kv-layout.ts.
  */
 import { InvalidArgumentError, SessionNotFoundError } from "@tandem/common";
+import { concatRows, extractKvRow, paddedPast } from "./batch-kv-layout.ts";
 import type { ExitOutput, LayerKv, SegmentModel } from "./segment-model.ts";
 
 export type SegmentInput = { ids: number[] } | { hidden: Float32Array; count: number };
@@ -207,7 +209,11 @@ export class SegmentSessions {
       past = resident.kv;
     } else {
       for (const state of rowStates) this.detach(state);
-      past = this.paddedPast(rowStates);
+      past = paddedPast(
+        rowStates.map((state) => state.kv),
+        pastLengths,
+        { layers: this.model.layerCount, kvHeads: config.numKvHeads, headDim: config.headDim },
+      );
     }
     const first = rowItems[0].input;
     const output = await this.model.run({
@@ -252,41 +258,6 @@ export class SegmentSessions {
     const byCaller = new Array<SegmentStep>(steps.length);
     order.forEach((callerIndex, row) => (byCaller[callerIndex] = steps[row]));
     return byCaller;
-  }
-
-  /** Copies compact caches into one right-padded [rows, kvHeads, maxPast, headDim] tensor per layer. */
-  private paddedPast(states: SessionState[]): LayerKv[] {
-    const { config } = this.model;
-    const maxPast = Math.max(...states.map((s) => s.length));
-    const rowStride = config.numKvHeads * maxPast * config.headDim;
-    const past: LayerKv[] = [];
-    for (let layer = 0; layer < this.model.layerCount; layer++) {
-      const key = new Float32Array(states.length * rowStride);
-      const value = new Float32Array(states.length * rowStride);
-      states.forEach((state, row) => {
-        const offset = row * rowStride;
-        copyKvRows(
-          state.kv[layer].key,
-          state.length,
-          key,
-          offset,
-          maxPast,
-          config.numKvHeads,
-          config.headDim,
-        );
-        copyKvRows(
-          state.kv[layer].value,
-          state.length,
-          value,
-          offset,
-          maxPast,
-          config.numKvHeads,
-          config.headDim,
-        );
-      });
-      past.push({ key, value });
-    }
-    return past;
   }
 
   /**
@@ -378,42 +349,4 @@ function exitRow(exit: ExitOutput, row: number, positions: number, vocab: number
     entropy: Array.from(exit.entropy.subarray(from, to)),
     logits: exit.logits?.slice(from * vocab, to * vocab),
   };
-}
-
-/** Copies a compact [heads, length, dim] cache into a padded [heads, paddedLength, dim] slot. */
-function copyKvRows(
-  src: Float32Array,
-  length: number,
-  dst: Float32Array,
-  offset: number,
-  paddedLength: number,
-  heads: number,
-  dim: number,
-): void {
-  for (let h = 0; h < heads; h++) {
-    dst.set(src.subarray(h * length * dim, (h + 1) * length * dim), offset + h * paddedLength * dim);
-  }
-}
-
-/** Takes the first `length` positions of one row of a padded [batch, heads, total, dim] tensor. */
-function extractKvRow(
-  src: Float32Array,
-  offset: number,
-  total: number,
-  length: number,
-  heads: number,
-  dim: number,
-): Float32Array {
-  const out = new Float32Array(heads * length * dim);
-  for (let h = 0; h < heads; h++) {
-    const from = offset + h * total * dim;
-    out.set(src.subarray(from, from + length * dim), h * length * dim);
-  }
-  return out;
-}
-
-function concatRows(rows: Float32Array[], width: number): Float32Array {
-  const out = new Float32Array(rows.length * width);
-  rows.forEach((row, i) => out.set(row, i * width));
-  return out;
 }

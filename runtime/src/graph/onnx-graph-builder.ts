@@ -7,25 +7,28 @@
  * model in fp32 is 440 MB, which protobufjs would have to copy several times, and
  * ONNX Runtime reads external data straight from disk.
  */
-import onnxProto from "onnx-proto";
-
-const { onnx } = onnxProto;
-type IModelProto = onnxProto.onnx.IModelProto;
-type INodeProto = onnxProto.onnx.INodeProto;
-type ITensorProto = onnxProto.onnx.ITensorProto;
-type IValueInfoProto = onnxProto.onnx.IValueInfoProto;
-type IAttributeProto = onnxProto.onnx.IAttributeProto;
+import {
+  ATTRIBUTE_TYPE,
+  DATA_LOCATION,
+  DATA_TYPE,
+  encodeModel,
+  type AttributeMessage,
+  type ModelMessage,
+  type NodeMessage,
+  type TensorMessage,
+  type ValueInfoMessage,
+} from "./onnx/onnx-schema.ts";
 
 export type ElementType = "float32" | "float16" | "int64" | "int32" | "uint8" | "int8" | "bool";
 
 const ELEMENT_TYPE_CODE: Record<ElementType, number> = {
-  float32: onnx.TensorProto.DataType.FLOAT,
-  float16: onnx.TensorProto.DataType.FLOAT16,
-  int64: onnx.TensorProto.DataType.INT64,
-  int32: onnx.TensorProto.DataType.INT32,
-  uint8: onnx.TensorProto.DataType.UINT8,
-  int8: onnx.TensorProto.DataType.INT8,
-  bool: onnx.TensorProto.DataType.BOOL,
+  float32: DATA_TYPE.FLOAT,
+  float16: DATA_TYPE.FLOAT16,
+  int64: DATA_TYPE.INT64,
+  int32: DATA_TYPE.INT32,
+  uint8: DATA_TYPE.UINT8,
+  int8: DATA_TYPE.INT8,
+  bool: DATA_TYPE.BOOL,
 };
 
 /** A dimension: a fixed size or a symbolic name such as "batch". */
@@ -49,10 +52,10 @@ export interface BuiltGraph {
 }
 
 export class OnnxGraphBuilder {
-  private readonly nodes: INodeProto[] = [];
-  private readonly initializers: ITensorProto[] = [];
-  private readonly inputs: IValueInfoProto[] = [];
-  private readonly outputs: IValueInfoProto[] = [];
+  private readonly nodes: NodeMessage[] = [];
+  private readonly initializers: TensorMessage[] = [];
+  private readonly inputs: ValueInfoMessage[] = [];
+  private readonly outputs: ValueInfoMessage[] = [];
   private readonly externalChunks: Buffer[] = [];
   private externalOffset = 0;
   private readonly usedNames = new Set<string>();
@@ -76,7 +79,7 @@ export class OnnxGraphBuilder {
 
   /** Adds a weight or constant tensor and returns its name. */
   initializer(name: string, type: ElementType, dims: number[], data: TensorData): string {
-    const tensor: ITensorProto = { name, dims, dataType: ELEMENT_TYPE_CODE[type] };
+    const tensor: TensorMessage = { name, dims, dataType: ELEMENT_TYPE_CODE[type] };
     const bytes = Buffer.from(data.buffer, data.byteOffset, data.byteLength);
     if (bytes.length >= EXTERNAL_THRESHOLD_BYTES) {
       const padding = (EXTERNAL_ALIGNMENT - (this.externalOffset % EXTERNAL_ALIGNMENT)) % EXTERNAL_ALIGNMENT;
@@ -84,7 +87,7 @@ export class OnnxGraphBuilder {
         this.externalChunks.push(Buffer.alloc(padding));
         this.externalOffset += padding;
       }
-      tensor.dataLocation = onnx.TensorProto.DataLocation.EXTERNAL;
+      tensor.dataLocation = DATA_LOCATION.EXTERNAL;
       tensor.externalData = [
         { key: "location", value: this.externalDataName },
         { key: "offset", value: String(this.externalOffset) },
@@ -168,7 +171,7 @@ export class OnnxGraphBuilder {
   }
 
   build(): BuiltGraph {
-    const model: IModelProto = {
+    const model: ModelMessage = {
       irVersion: 8,
       producerName: "tandem",
       opsetImport: [
@@ -184,7 +187,7 @@ export class OnnxGraphBuilder {
       },
     };
     return {
-      model: onnx.ModelProto.encode(onnx.ModelProto.fromObject(model)).finish(),
+      model: encodeModel(model),
       externalData: this.externalChunks,
       externalDataBytes: this.externalOffset,
     };
@@ -198,7 +201,7 @@ export class OnnxGraphBuilder {
   }
 }
 
-function valueInfo(name: string, type: ElementType, shape: Dim[]): IValueInfoProto {
+function valueInfo(name: string, type: ElementType, shape: Dim[]): ValueInfoMessage {
   return {
     name,
     type: {
@@ -210,8 +213,8 @@ function valueInfo(name: string, type: ElementType, shape: Dim[]): IValueInfoPro
   };
 }
 
-function attribute(name: string, value: AttributeValue): IAttributeProto {
-  const types = onnx.AttributeProto.AttributeType;
+function attribute(name: string, value: AttributeValue): AttributeMessage {
+  const types = ATTRIBUTE_TYPE;
   if (typeof value === "number") {
     if (!Number.isInteger(value)) return { name, type: types.FLOAT, f: value };
     return { name, type: types.INT, i: value };

@@ -1,24 +1,13 @@
 /**
  * Builds the ONNX graph of a model segment (decoder layers [from, to)) from checkpoint
  * weights, in the manner of onnxruntime-genai's model builder: embedding, then per layer
- * norm → attention → norm → MLP, then exit heads and/or the final head.
- *
- * Graph interface (names are the contract with the segment runner):
- *   inputs   input_ids int64 [batch, seq]           (fromLayer = 0)
- *            hidden_in float [batch, seq, hidden]    (fromLayer > 0)
- *            seqlens_k int32 [batch]                 total length of each row minus one
- *            total_sequence_length int32 []          max total length over rows
- *            past_key.L / past_value.L float [batch, kvHeads, past, headDim]
- *   outputs  present_key.L / present_value.L float [batch, kvHeads, total, headDim]
- *            hidden_out float [batch, seq, hidden]   (outputHidden)
- *            hidden_after.K float [batch, seq, hidden] (hiddenTaps)
- *            exit.K.token int64, exit.K.prob / .margin / .entropy float [batch, positions]
- *            exit.K.logits float [batch, positions, vocab] (logits)
- * Rows of a batch may have different past lengths: past is right-padded and row b's new
- * keys land at position seqlens_k[b] - seq + 1 (GroupQueryAttention's convention).
+ * norm → attention → norm → MLP, then exit heads and/or the final head. Its inputs and
+ * outputs, names and shapes, are the contract in graph-io-names.ts.
  */
+import { InternalError } from "@tandem/common";
 import type { ModelConfig } from "../checkpoint/model-config.ts";
 import type { LayerWeights, ModelWeights, WeightTensor } from "../checkpoint/model-weights.ts";
+import { GRAPH_IO } from "./graph-io-names.ts";
 import { OnnxGraphBuilder, type BuiltGraph } from "./onnx-graph-builder.ts";
 import { quantizeNBits } from "./nbits-quantizer.ts";
 import {
@@ -73,12 +62,12 @@ class SegmentGraphWriter {
   write(): BuiltGraph {
     const { b, config, spec } = this;
     const hidden = config.hiddenSize;
-    b.input("seqlens_k", "int32", ["batch"]);
-    b.input("total_sequence_length", "int32", []);
+    b.input(GRAPH_IO.seqlensK, "int32", ["batch"]);
+    b.input(GRAPH_IO.totalSequenceLength, "int32", []);
 
     let x: string;
     if (spec.fromLayer === 0) {
-      const ids = b.input("input_ids", "int64", ["batch", "seq"]);
+      const ids = b.input(GRAPH_IO.inputIds, "int64", ["batch", "seq"]);
       const table = b.initializer(
         "model.embed_tokens.weight",
         "float32",
@@ -87,7 +76,7 @@ class SegmentGraphWriter {
       );
       x = b.op("Gather", "/model/embed_tokens/Gather", [table, ids]);
     } else {
-      x = b.input("hidden_in", "float32", ["batch", "seq", hidden]);
+      x = b.input(GRAPH_IO.hiddenIn, "float32", ["batch", "seq", hidden]);
     }
 
     const { cos, sin } = this.rotaryCaches();
@@ -95,11 +84,11 @@ class SegmentGraphWriter {
       x = this.decoderLayer(layer, x, cos, sin);
       const after = layer + 1;
       if (spec.hiddenTaps.includes(after))
-        this.outputAlias(x, `hidden_after.${after}`, ["batch", "seq", hidden]);
+        this.outputAlias(x, GRAPH_IO.hiddenAfter(after), ["batch", "seq", hidden]);
       const exit = this.exits.find((e) => e.afterLayer === after);
       if (exit) this.exitHead(exit, x);
     }
-    if (spec.outputHidden) this.outputAlias(x, "hidden_out", ["batch", "seq", hidden]);
+    if (spec.outputHidden) this.outputAlias(x, GRAPH_IO.hiddenOut, ["batch", "seq", hidden]);
     return b.build();
   }
 
@@ -144,25 +133,25 @@ class SegmentGraphWriter {
         b.initializer(`model.layers.${layer}.qkv_bias`, "float32", [bias.length], bias),
       ]);
     }
-    const pastKey = b.input(`past_key.${layer}`, "float32", [
+    const pastKey = b.input(GRAPH_IO.pastKey(layer), "float32", [
       "batch",
       config.numKvHeads,
       "past",
       config.headDim,
     ]);
-    const pastValue = b.input(`past_value.${layer}`, "float32", [
+    const pastValue = b.input(GRAPH_IO.pastValue(layer), "float32", [
       "batch",
       config.numKvHeads,
       "past",
       config.headDim,
     ]);
-    const presentKey = b.output(`present_key.${layer}`, "float32", [
+    const presentKey = b.output(GRAPH_IO.presentKey(layer), "float32", [
       "batch",
       config.numKvHeads,
       "total",
       config.headDim,
     ]);
-    const presentValue = b.output(`present_value.${layer}`, "float32", [
+    const presentValue = b.output(GRAPH_IO.presentValue(layer), "float32", [
       "batch",
       config.numKvHeads,
       "total",
@@ -171,7 +160,7 @@ class SegmentGraphWriter {
     const [attention] = b.node(
       "GroupQueryAttention",
       `${prefix}/attn/GroupQueryAttention`,
-      [qkv, "", "", pastKey, pastValue, "seqlens_k", "total_sequence_length", cos, sin],
+      [qkv, "", "", pastKey, pastValue, GRAPH_IO.seqlensK, GRAPH_IO.totalSequenceLength, cos, sin],
       {
         outputs: [`${prefix}/attn/GroupQueryAttention/output_0`, presentKey, presentValue],
         domain: "com.microsoft",
@@ -196,7 +185,8 @@ class SegmentGraphWriter {
 
   private mlp(prefix: string, x: string, w: Pick<LayerWeights, "gateProj" | "upProj" | "downProj">): string {
     const { b, config } = this;
-    if (!w.gateProj || !w.upProj || !w.downProj) throw new Error(`${prefix}: dense MLP weights missing`);
+    if (!w.gateProj || !w.upProj || !w.downProj)
+      throw new InternalError(`${prefix}: dense MLP weights missing`);
     const gateUp = this.linear(`${prefix}/gate_up_proj`, x, concatRows([w.gateProj, w.upProj]));
     const size = config.intermediateSize;
     const [gate, up] = b.node("Split", `${prefix}/Split`, [gateUp, b.int64Constant([size, size])], {
@@ -215,7 +205,7 @@ class SegmentGraphWriter {
    * runs every expert on every token and zeroes the weights of the unchosen ones: exact,
    * but numExperts/k times the MLP compute (ONNX Runtime 1.30's CPU MoE kernel takes only
    * the interleaved gpt-oss SwiGLU, not Mixtral's). The chosen expert ids are a graph
-   * output, `expert_choices.L` int64 [batch, seq, k], for activation counts.
+   * output (GRAPH_IO.expertChoices), for activation counts.
    */
   private sparseMoe(prefix: string, x: string, w: LayerWeights, layer: number): string {
     const { b, config } = this;
@@ -223,7 +213,10 @@ class SegmentGraphWriter {
     const k = config.numExpertsPerToken ?? 2;
     const logits = this.linear(`${prefix}/gate`, x, asLinear(w.router!));
     const [topLogits, topIndices] = b.node("TopK", `${prefix}/TopK`, [logits, b.int64Constant([k])], {
-      outputs: [`${prefix}/TopK/values`, b.output(`expert_choices.${layer}`, "int64", ["batch", "seq", k])],
+      outputs: [
+        `${prefix}/TopK/values`,
+        b.output(GRAPH_IO.expertChoices(layer), "int64", ["batch", "seq", k]),
+      ],
       attributes: { axis: -1, largest: 1, sorted: 1 },
     });
     const topWeights = b.op("Softmax", `${prefix}/routing/Softmax`, [topLogits], { axis: -1 });
@@ -406,18 +399,18 @@ class SegmentGraphWriter {
     });
     const squeezeAxis = b.int64Constant([-1]);
     b.node("Squeeze", `${prefix}/prob`, [p1, squeezeAxis], {
-      outputs: [b.output(`exit.${k}.prob`, "float32", ["batch", positions])],
+      outputs: [b.output(GRAPH_IO.exitOutput(k, "prob"), "float32", ["batch", positions])],
     });
     const margin = b.op("Sub", `${prefix}/margin/Sub`, [p1, p2]);
     b.node("Squeeze", `${prefix}/margin`, [margin, squeezeAxis], {
-      outputs: [b.output(`exit.${k}.margin`, "float32", ["batch", positions])],
+      outputs: [b.output(GRAPH_IO.exitOutput(k, "margin"), "float32", ["batch", positions])],
     });
     const [top1] = b.node("Split", `${prefix}/top1/Split`, [topIndices, b.int64Constant([1, 1])], {
       outputs: 2,
       attributes: { axis: -1 },
     });
     b.node("Squeeze", `${prefix}/token`, [top1, squeezeAxis], {
-      outputs: [b.output(`exit.${k}.token`, "int64", ["batch", positions])],
+      outputs: [b.output(GRAPH_IO.exitOutput(k, "token"), "int64", ["batch", positions])],
     });
 
     const probs = b.op("Softmax", `${prefix}/entropy/Softmax`, [logits], { axis: -1 });
@@ -429,10 +422,11 @@ class SegmentGraphWriter {
     );
     const entropy = b.op("Sub", `${prefix}/entropy/Sub`, [logSumExp, expected]);
     b.node("Squeeze", `${prefix}/entropy`, [entropy, squeezeAxis], {
-      outputs: [b.output(`exit.${k}.entropy`, "float32", ["batch", positions])],
+      outputs: [b.output(GRAPH_IO.exitOutput(k, "entropy"), "float32", ["batch", positions])],
     });
 
-    if (spec.logits) this.outputAlias(logits, `exit.${k}.logits`, ["batch", positions, config.vocabSize]);
+    if (spec.logits)
+      this.outputAlias(logits, GRAPH_IO.exitOutput(k, "logits"), ["batch", positions, config.vocabSize]);
   }
 
   private outputAlias(value: string, name: string, shape: (number | string)[]): void {

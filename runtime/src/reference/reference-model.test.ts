@@ -2,7 +2,8 @@ import { describe, expect, it } from "vitest";
 import type { ModelConfig } from "../checkpoint/model-config.ts";
 import type { LayerWeights, ModelWeights, WeightTensor } from "../checkpoint/model-weights.ts";
 import { InvalidArgumentError } from "@tandem/common";
-import { ReferenceKvCache, ReferenceModel } from "./reference-model.ts";
+import { ReferenceKvCache } from "./reference-kv-cache.ts";
+import { ReferenceModel } from "./reference-model.ts";
 import { randomWeights, tinyConfig } from "./random-weights.ts";
 
 // ---------------------------------------------------------------------------------------------

@@ -12,14 +12,16 @@ export const JOB_KINDS = ["generate", "calibrate", "build-graphs"] as const;
 export type JobKind = (typeof JOB_KINDS)[number];
 
 const path = z.string().min(1);
-const layer = z
-  .int()
-  .min(1)
-  .max(1 << 16);
+const layer = z.int().min(1).max(65536);
+const model = path.meta({ description: "checkpoint directory, as the worker sees it" });
 
 const SAMPLING_SCHEMA = z
   .object({
-    temperature: z.number().min(SAMPLING_LIMITS.temperature.min).max(SAMPLING_LIMITS.temperature.max),
+    temperature: z
+      .number()
+      .min(SAMPLING_LIMITS.temperature.min)
+      .max(SAMPLING_LIMITS.temperature.max)
+      .meta({ description: "0 is greedy" }),
     topP: z.number().min(SAMPLING_LIMITS.topP.min).max(SAMPLING_LIMITS.topP.max).default(1),
     seed: z.int().min(0).default(0),
   })
@@ -28,49 +30,59 @@ const SAMPLING_SCHEMA = z
 /** Continue many prompts with one loaded model, split as the edge and cloud would run it. */
 export const GENERATE_JOB_SCHEMA = z
   .object({
-    /** Checkpoint directory, as the worker sees it. */
-    model: path,
-    prompts: z.array(z.string().min(1)).min(1).max(10_000),
-    maxTokens: z.int().min(1).max(4096).default(64),
-    /** Calibration file: its split, exit heads and the thresholds of `target`. Without it: the whole model. */
-    calibration: path.optional(),
-    target: z.number().gt(0).max(1).default(0.99),
-    /** Absent, or temperature 0: greedy. */
-    sampling: SAMPLING_SCHEMA.optional(),
-    weights: z.enum(WEIGHT_FORMATS).default("fp32"),
+    model,
+    prompts: z.array(z.string().min(1)).min(1).max(10_000).meta({ description: "texts to continue" }),
+    maxTokens: z.int().min(1).max(4096).default(64).meta({ description: "tokens per prompt" }),
+    calibration: path.optional().meta({
+      description:
+        "split as an edge and a cloud would: the calibration's split, exits and thresholds (else the whole model)",
+    }),
+    target: z
+      .number()
+      .gt(0)
+      .max(1)
+      .default(0.99)
+      .meta({ description: "agreement target of the calibrated thresholds" }),
+    sampling: SAMPLING_SCHEMA.optional().meta({ description: "{temperature, topP, seed}; absent: greedy" }),
+    weights: z.enum(WEIGHT_FORMATS).default("fp32").meta({ description: "weight format" }),
   })
   .strict();
 
 /** Fit exit heads and thresholds on a text file and write the calibration file. */
 export const CALIBRATE_JOB_SCHEMA = z
   .object({
-    model: path,
-    split: layer,
-    exitLayers: z.array(layer).min(1),
-    /** Text file to calibrate on. */
-    textFile: path,
-    /** Calibration file to write. */
-    out: path,
-    targets: z.array(z.number().gt(0).lt(1)).min(1).optional(),
+    model,
+    split: layer.meta({ description: "layers the edge runs" }),
+    exitLayers: z.array(layer).min(1).meta({ description: "exits to calibrate" }),
+    textFile: path.meta({ description: "text file to calibrate on" }),
+    out: path.meta({ description: "calibration file to write" }),
+    targets: z
+      .array(z.number().gt(0).lt(1))
+      .min(1)
+      .optional()
+      .meta({ description: "agreement targets (default 0.99, 0.97, 0.95)" }),
     maxTokens: z
       .int()
       .min(128)
-      .max(1 << 24)
-      .optional(),
+      .max(16_777_216)
+      .optional()
+      .meta({ description: "use at most this many tokens of the text" }),
   })
   .strict();
 
 /** Build (into the graph cache) the segment graphs an edge agent and a cloud worker will load. */
 export const BUILD_GRAPHS_JOB_SCHEMA = z
   .object({
-    model: path,
-    split: layer,
-    /** Exit heads from this calibration file; else `exitLayers` (plain heads). */
-    calibration: path.optional(),
-    exitLayers: z.array(layer).min(1).optional(),
-    weights: z.enum(WEIGHT_FORMATS).default("fp32"),
-    /** Graph cache directory. Default: the worker's. */
-    cacheDir: path.optional(),
+    model,
+    split: layer.meta({ description: "layers the edge runs" }),
+    calibration: path.optional().meta({ description: "exit heads from this calibration file" }),
+    exitLayers: z
+      .array(layer)
+      .min(1)
+      .optional()
+      .meta({ description: "plain exit heads, without a calibration" }),
+    weights: z.enum(WEIGHT_FORMATS).default("fp32").meta({ description: "weight format" }),
+    cacheDir: path.optional().meta({ description: "graph cache directory (default: the worker's)" }),
   })
   .strict();
 

@@ -1,0 +1,42 @@
+/**
+ * Each benchmark's own command-line options (`tandem bench codec --dims 256,2048`), as
+ * zod schemas: the CLI validates them (an unknown flag or a bad value is refused, naming
+ * it) before the benchmark loads. Kept apart from the benchmarks so naming one does not
+ * load any.
+ */
+import { z } from "zod";
+
+export const BENCH_OPTION_SCHEMAS = {
+  codec: z
+    .object({
+      dims: z
+        .array(z.int().min(1))
+        .min(1)
+        .optional()
+        .meta({ description: "hidden sizes (default 256,768,2048)" }),
+      tokens: z.int().min(1).optional().meta({ description: "tokens per call (default 64)" }),
+    })
+    .strict(),
+  collab: z
+    .object({
+      only: z.enum(["compute", "throughput"]).optional().meta({ description: "run only this part" }),
+    })
+    .strict(),
+  exits: z.object({}).strict(),
+  placement: z.object({}).strict(),
+  runtime: z
+    .object({
+      case: z
+        .string()
+        .min(1)
+        .optional()
+        .meta({ description: "internal: run one case (JSON) in this process" }),
+    })
+    .strict(),
+} as const;
+
+export type BenchName = keyof typeof BENCH_OPTION_SCHEMAS;
+
+export function isBenchName(name: string): name is BenchName {
+  return Object.hasOwn(BENCH_OPTION_SCHEMAS, name);
+}

@@ -1,0 +1,13 @@
+/**
+ * Order statistics for benchmark samples. Timed figures drift on a shared machine, so
+ * benchmarks report medians and percentiles of several samples rather than means.
+ */
+
+/** The middle value (the upper one of the two middles for an even count). */
+export const median = (values: number[]) => [...values].sort((a, b) => a - b)[Math.floor(values.length / 2)];
+
+/** The value below which a share `p` (0..1) of the samples fall. */
+export const percentile = (values: number[], p: number) => {
+  const sorted = [...values].sort((a, b) => a - b);
+  return sorted[Math.min(sorted.length - 1, Math.floor(p * sorted.length))];
+};

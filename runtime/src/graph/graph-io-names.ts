@@ -1,0 +1,44 @@
+/**
+ * The names of a segment graph's inputs and outputs: the contract between the graph
+ * writer (segment-graph.ts) and the engine that feeds and reads them (segment-model.ts).
+ * Both take every name from here, so a misspelt one is a compile error rather than an
+ * ONNX Runtime "invalid feed" or a missing output at run time.
+ *
+ *   inputs   input_ids int64 [batch, seq]           (fromLayer = 0)
+ *            hidden_in float [batch, seq, hidden]    (fromLayer > 0)
+ *            seqlens_k int32 [batch]                 total length of each row minus one
+ *            total_sequence_length int32 []          max total length over rows
+ *            past_key.L / past_value.L float [batch, kvHeads, past, headDim]
+ *   outputs  present_key.L / present_value.L float [batch, kvHeads, total, headDim]
+ *            hidden_out float [batch, seq, hidden]   (outputHidden)
+ *            hidden_after.K float [batch, seq, hidden] (hiddenTaps)
+ *            exit.K.token int64, exit.K.prob / .margin / .entropy float [batch, positions]
+ *            exit.K.logits float [batch, positions, vocab] (logits)
+ *            expert_choices.L int64 [batch, seq, k]  (MoE layers)
+ * Rows of a batch may have different past lengths: past is right-padded and row b's new
+ * keys land at position seqlens_k[b] - seq + 1 (GroupQueryAttention's convention).
+ *
+ * A cached graph keeps the names it was built with and its cache key does not cover
+ * them: changing a name needs a bump of SEGMENT_GRAPH_VERSION.
+ */
+
+/** What each exit head outputs, per row and evaluated position (logits only when asked for). */
+export type ExitOutputKind = "token" | "prob" | "margin" | "entropy" | "logits";
+
+export const GRAPH_IO = Object.freeze({
+  inputIds: "input_ids",
+  hiddenIn: "hidden_in",
+  seqlensK: "seqlens_k",
+  totalSequenceLength: "total_sequence_length",
+  hiddenOut: "hidden_out",
+  pastKey: (layer: number) => `past_key.${layer}` as const,
+  pastValue: (layer: number) => `past_value.${layer}` as const,
+  presentKey: (layer: number) => `present_key.${layer}` as const,
+  presentValue: (layer: number) => `present_value.${layer}` as const,
+  /** The hidden state after `layers` decoder layers (a hidden tap). */
+  hiddenAfter: (layers: number) => `hidden_after.${layers}` as const,
+  /** The experts chosen per token in an MoE layer. */
+  expertChoices: (layer: number) => `expert_choices.${layer}` as const,
+  /** An output of the exit head after `afterLayer` layers (the final head: afterLayer = numLayers). */
+  exitOutput: (afterLayer: number, kind: ExitOutputKind) => `exit.${afterLayer}.${kind}` as const,
+} as const);
