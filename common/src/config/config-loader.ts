@@ -65,7 +65,10 @@ export function loadConfig<S extends ConfigSchema>(schema: S, options: LoadConfi
       raw[key] = fromText(kind, env[envName]!, fields[key]?.items);
       sources[key] = `$${envName}`;
     } else if (fromFile[key] !== undefined) {
-      raw[key] = fromFile[key];
+      // A list may be written as text in a file too ("2,3"), as in the environment.
+      const value = fromFile[key];
+      raw[key] =
+        kind === "list" && typeof value === "string" ? fromText(kind, value, fields[key]?.items) : value;
       sources[key] = options.file!;
     }
   }
@@ -73,10 +76,10 @@ export function loadConfig<S extends ConfigSchema>(schema: S, options: LoadConfi
   if (result.success && errors.length === 0) return result.data;
   if (!result.success) {
     const problems = schemaProblems(result.error, schema);
-    for (const problem of problems)
-      errors.push(
-        new ConfigValueError(problem.field, sources[problem.field] ?? "the configuration", problem.message),
-      );
+    for (const problem of problems) {
+      const key = problem.field.split(/[.[]/)[0];
+      errors.push(new ConfigValueError(problem.field, sources[key] ?? "the configuration", problem.message));
+    }
   }
   throw new ConfigErrors(errors);
 }

@@ -1,0 +1,241 @@
+/**
+ * The escalation protocol has one home (@tandem/runtime's protocol module), and both of
+ * its paths follow it alike: the same messages sent in-process (LocalUpperSegment's
+ * EscalationSession) and over gRPC to a real cloud worker get identical replies —
+ * tokens, probabilities, lost context — and identical refusals (status and message),
+ * for every codec.
+ */
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import * as grpc from "@grpc/grpc-js";
+import { pino } from "pino";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { CLOUD_LINK_BACKOFF } from "@tandem/common";
+import { startCloudWorker, type CloudWorker } from "@tandem/cloud-worker";
+import { CloudLinks, DEFAULT_CLOUD_LINK_OPTIONS, StaticCloudRoute } from "@tandem/edge-agent";
+import {
+  loadTandemProtos,
+  statusOf,
+  type CloudMessage__Output,
+  type EdgeMessage,
+  type EdgeMessage__Output,
+} from "@tandem/proto";
+import {
+  CODEC_NAMES,
+  EscalationSession,
+  GREEDY,
+  LocalSessionContexts,
+  LocalUpperSegment,
+  TINY_LLAMA,
+  frameMessage,
+  getCodec,
+  loadCheckpoint,
+  loadLocalSplit,
+  openMessage,
+  writeRandomCheckpoint,
+  type Checkpoint,
+  type CodecName,
+  type LocalSplit,
+  type SamplingOptions,
+  type SplitIdentity,
+} from "@tandem/runtime";
+
+const SPLIT = 2;
+let dir: string;
+let checkpoint: Checkpoint;
+let local: LocalSplit;
+let worker: CloudWorker;
+let identity: SplitIdentity;
+let hidden: Float32Array; // split-layer hidden states of 12 positions
+const PROMPT = [5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16];
+
+beforeAll(async () => {
+  dir = mkdtempSync(join(tmpdir(), "tandem-protocol-"));
+  await writeRandomCheckpoint(join(dir, "model"), {
+    ...TINY_LLAMA,
+    tieWordEmbeddings: true,
+    seed: 77,
+    initScale: 2,
+  });
+  checkpoint = await loadCheckpoint(join(dir, "model"));
+  local = await loadLocalSplit(checkpoint, { split: SPLIT, cacheDir: join(dir, "graphs") });
+  local.lower.open("h");
+  hidden = (await local.lower.forward("h", { ids: PROMPT })).hidden!;
+  local.lower.release("h");
+  identity = {
+    weightsHash: checkpoint.weightsHash,
+    split: SPLIT,
+    hiddenSize: checkpoint.config.hiddenSize,
+    vocabSize: checkpoint.config.vocabSize,
+    maxPositions: checkpoint.config.maxPositions,
+  };
+  worker = await startCloudWorker(
+    { modelDir: join(dir, "model"), split: SPLIT, workerId: "same", cacheDir: join(dir, "graphs") },
+    pino({ level: "silent" }),
+  );
+});
+
+afterAll(async () => {
+  await worker?.close(100);
+  await local?.release();
+  rmSync(dir, { recursive: true, force: true });
+});
+
+/** What a path answered: each reply, then how the stream ended. */
+type Outcome = { replies: CloudMessage__Output[]; end: { code: number; details: string } | "ok" };
+
+/** In-process: the messages through the upper side's EscalationSession, as LocalUpperSegment runs it. */
+async function inProcess(messages: EdgeMessage__Output[]): Promise<Outcome> {
+  const session = new EscalationSession(
+    { ...identity, workerId: "same" },
+    new LocalSessionContexts(local.upper!),
+  );
+  const replies: CloudMessage__Output[] = [];
+  for (const message of messages) {
+    try {
+      const reply = await session.handle(message);
+      if (reply) replies.push(reply);
+    } catch (error) {
+      return { replies, end: statusOf(error) };
+    }
+  }
+  return { replies, end: "ok" };
+}
+
+/** Over gRPC to the worker: the same messages on one Escalate stream. */
+async function overGrpc(messages: EdgeMessage__Output[]): Promise<Outcome> {
+  const { tandem } = loadTandemProtos();
+  const client = new tandem.v1.CloudWorker(worker.server.address, grpc.credentials.createInsecure());
+  const stream = client.Escalate();
+  const replies: CloudMessage__Output[] = [];
+  const ended = new Promise<Outcome["end"]>((resolve) => {
+    stream.on("error", (e: grpc.ServiceError) => resolve({ code: e.code, details: e.details }));
+    stream.on("status", (s: grpc.StatusObject) => resolve(s.code === grpc.status.OK ? "ok" : s));
+  });
+  stream.on("data", (m: CloudMessage__Output) => replies.push(m));
+  for (const message of messages) stream.write(message as EdgeMessage);
+  stream.end();
+  const end = await ended;
+  client.close();
+  // The gRPC message carries only the oneof it holds; the in-process one names it too.
+  return { replies: replies.map((r) => ({ ...r, message: r.message })), end };
+}
+
+const frame = (
+  codec: CodecName,
+  start: number,
+  count: number,
+  sampling: SamplingOptions = GREEDY,
+  wantToken = true,
+) =>
+  frameMessage(getCodec(codec), identity.hiddenSize, {
+    start,
+    hidden: hidden.subarray(start * identity.hiddenSize, (start + count) * identity.hiddenSize),
+    count,
+    wantToken,
+    sampling,
+    requestId: BigInt(start * 100 + count),
+  });
+
+const SAMPLED: SamplingOptions = { temperature: 0.8, topP: 0.9, seed: 42n };
+
+describe("the escalation protocol, in-process and over gRPC", () => {
+  it.each(CODEC_NAMES)("gives identical replies to the same session through %s", async (codec) => {
+    const id = `same-${codec}`;
+    const messages = [
+      openMessage(id, identity, codec),
+      frame(codec, 0, 6), // the prompt's context and a token
+      frame(codec, 6, 1), // a decode step
+      frame(codec, 7, 2, SAMPLED), // sampled, seeded
+      frame(codec, 9, 1, GREEDY, false), // context sync without a token
+      frame(codec, 5, 5), // resent from position 5: truncate and recompute
+      frame(codec, 11, 1), // past the context's end: ContextLost from 10
+      frame(codec, 10, 2), // the replay
+    ];
+    const [a, b] = [await inProcess(messages), await overGrpc(messages)];
+    expect(b).toEqual(a);
+    expect(a.end).toBe("ok");
+    expect(a.replies.map((r) => r.message)).toEqual([
+      "opened",
+      "token",
+      "token",
+      "token",
+      "token",
+      "contextLost",
+      "token",
+    ]);
+    expect(a.replies[5].contextLost).toMatchObject({ resumeFrom: 10 });
+  });
+
+  const refusals: [string, (id: string) => EdgeMessage__Output[]][] = [
+    ["a frame before open", () => [frame("fp32", 0, 1)]],
+    ["a second open", (id) => [openMessage(id, identity, "fp32"), openMessage(id, identity, "fp32")]],
+    ["an empty session id", () => [openMessage("", identity, "fp32")]],
+    ["other weights", (id) => [openMessage(id, { ...identity, weightsHash: "0".repeat(64) }, "fp32")]],
+    ["another split", (id) => [openMessage(id, { ...identity, split: SPLIT + 1 }, "fp32")]],
+    [
+      "an unknown codec",
+      (id) => {
+        const open = openMessage(id, identity, "fp32");
+        return [{ ...open, open: { ...open.open!, codec: "HIDDEN_STATE_CODEC_UNSPECIFIED" } }];
+      },
+    ],
+    [
+      "a payload of the wrong size",
+      (id) => {
+        const bad = frame("fp32", 0, 2);
+        return [openMessage(id, identity, "fp32"), { ...bad, frame: { ...bad.frame!, count: 3 } }];
+      },
+    ],
+    [
+      "a temperature over the limit",
+      (id) => [openMessage(id, identity, "fp32"), frame("fp32", 0, 2, { ...SAMPLED, temperature: 101 })],
+    ],
+    ["an empty message", (id) => [openMessage(id, identity, "fp32"), {}]],
+  ];
+
+  it.each(refusals)("refuses %s alike: the same status and message", async (_name, build) => {
+    const messages = build(`refused-${_name.replace(/\W+/g, "-")}`);
+    const [a, b] = [await inProcess(messages), await overGrpc(messages)];
+    expect(a.end).not.toBe("ok");
+    expect(b).toEqual(a);
+    const { code } = a.end as { code: number };
+    expect([grpc.status.INVALID_ARGUMENT, grpc.status.FAILED_PRECONDITION]).toContain(code);
+  });
+
+  it("answers the edge's upper-segment calls alike: LocalUpperSegment and a CloudSession", async () => {
+    const links = new CloudLinks(
+      { ...DEFAULT_CLOUD_LINK_OPTIONS, codec: "fp16", backoff: { ...CLOUD_LINK_BACKOFF, initialDelayMs: 1 } },
+      { ...identity, modelId: "m" },
+      new StaticCloudRoute(worker.server.address),
+    );
+    const remote = links.session("upper-remote");
+    const inProc = new LocalUpperSegment(local.upper!, "upper-local", { codec: "fp16" });
+    const h = identity.hiddenSize;
+    const calls: [number, number, SamplingOptions][] = [
+      [0, 6, GREEDY],
+      [6, 1, SAMPLED],
+      [7, 3, GREEDY],
+      [4, 2, SAMPLED],
+    ];
+    try {
+      for (const [start, count, sampling] of calls) {
+        const slice = hidden.subarray(start * h, (start + count) * h);
+        const [x, y] = [
+          await inProc.extend(start, slice, count, true, sampling),
+          await remote.extend(start, slice, count, true, sampling),
+        ];
+        expect(y).toEqual(x);
+      }
+      // Past the end of what either holds: both say where to replay from.
+      const past = hidden.subarray(10 * h, 11 * h);
+      await expect(inProc.extend(10, past, 1, true, GREEDY)).rejects.toMatchObject({ resumeFrom: 6 });
+      await expect(remote.extend(10, past, 1, true, GREEDY)).rejects.toMatchObject({ resumeFrom: 6 });
+    } finally {
+      await inProc.close();
+      await remote.close();
+      await links.close();
+    }
+  });
+});
