@@ -143,6 +143,19 @@ describe("tandem bench", () => {
     });
   }
 
+  it("runs a smoke version of the startup benchmark: every program timed compiled and through tsx", async () => {
+    const { stdout, stderr, code } = await tandem("bench", "startup", "--smoke");
+    expect(code, stderr).toBe(0);
+    const result = JSON.parse(stdout.trim().split("\n").pop()!) as Record<
+      string,
+      { before: number; after: number }
+    >;
+    for (const key of ["edge_start_ms", "worker_start_ms", "cli_help_ms"]) {
+      expect(result[key].before, key).toBeGreaterThan(0);
+      expect(result[key].after, key).toBeGreaterThan(0);
+    }
+  }, 180_000);
+
   it("lists the benchmarks when the name is unknown", async () => {
     const { stderr, code } = await tandem("bench", "nope");
     expect(code).toBe(2);

@@ -24,6 +24,11 @@ export const BENCH_OPTION_SCHEMAS = {
     .strict(),
   exits: z.object({}).strict(),
   placement: z.object({}).strict(),
+  startup: z
+    .object({
+      runs: z.int().min(1).optional().meta({ description: "timed starts per program and mode (default 5)" }),
+    })
+    .strict(),
   runtime: z
     .object({
       case: z

@@ -25,6 +25,10 @@ export const BENCHMARKS: { [N in BenchName]: { summary: string; load(): Promise<
     summary: "expert and shard placement: balance, moves, planning time, failover timing",
     load: async () => (await import("./placement.bench.ts")).default,
   },
+  startup: {
+    summary: "time to ready: edge agent and cloud worker to SERVING, tandem --help to exit; compiled vs tsx",
+    load: async () => (await import("./startup.bench.ts")).default,
+  },
   runtime: {
     summary: "the engine on generated Llama checkpoints: prefill, decode, memory bandwidth",
     load: async () => (await import("./runtime.bench.ts")).default,

@@ -1,5 +1,5 @@
 /** The cluster as the control plane sees it — nodes, leader, placement and balance — read from NATS. */
-import { CLUSTER_DEFAULTS } from "./cluster-defaults.ts";
+import { CLUSTER_DEFAULTS } from "@tandem/common";
 import { controlPlaneNames } from "./control-plane-names.ts";
 import { connectNats } from "./nats-connection.ts";
 import { openLease } from "./lease-record.ts";

@@ -1,5 +1,4 @@
 /** @tandem/cluster: the names, records and maps every party of a cluster shares on NATS. */
-export { CLUSTER_DEFAULTS } from "./cluster-defaults.ts";
 export { connectNats, type NatsConnectOptions } from "./nats-connection.ts";
 export { controlPlaneNames, type ControlPlaneNames } from "./control-plane-names.ts";
 export {

@@ -7,7 +7,7 @@
 import type { NatsConnection } from "@nats-io/transport-node";
 import { Kvm, type KV, type KvEntry } from "@nats-io/kv";
 import { z } from "zod";
-import { CLUSTER_DEFAULTS } from "./cluster-defaults.ts";
+import { CLUSTER_DEFAULTS } from "@tandem/common";
 import type { ControlPlaneNames } from "./control-plane-names.ts";
 
 export const NODE_RECORD_SCHEMA = z.object({

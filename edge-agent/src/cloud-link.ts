@@ -6,17 +6,12 @@
  * from its exits without waiting on a dead cloud. One Escalate stream per session,
  * opened on the first escalation and reopened after a failure; messages are built and
  * replies checked by the escalation protocol (@tandem/runtime).
+ *
+ * cockatiel is loaded when the first link is used (and warmed once the agent serves),
+ * so an edge's start does not wait for it.
  */
 import * as grpc from "@grpc/grpc-js";
-import {
-  BrokenCircuitError,
-  CircuitBreakerPolicy,
-  ConsecutiveBreaker,
-  DelegateBackoff,
-  circuitBreaker,
-  handleWhen,
-  type IHalfOpenAfterBackoffContext,
-} from "cockatiel";
+import type { CircuitBreakerPolicy, IHalfOpenAfterBackoffContext } from "cockatiel";
 import {
   CLOUD_LINK_BACKOFF,
   ContextLostError,
@@ -71,11 +66,18 @@ export interface EdgeIdentity extends SplitIdentity {
   modelId: string;
 }
 
+/** cockatiel, loaded once on first need. */
+let cockatiel: Promise<typeof import("cockatiel")> | undefined;
+export function loadCircuitBreakers(): Promise<typeof import("cockatiel")> {
+  cockatiel ??= import("cockatiel");
+  return cockatiel;
+}
+
 /** One worker address: its channel and its circuit. */
 export class CloudLink {
   readonly client: CloudWorkerClient;
   readonly codec: HiddenStateCodec;
-  private readonly circuit: CircuitBreakerPolicy;
+  private circuit?: CircuitBreakerPolicy;
 
   constructor(
     readonly address: string,
@@ -91,19 +93,21 @@ export class CloudLink {
       "grpc.max_reconnect_backoff_ms": options.backoff.maxDelayMs,
     });
     this.codec = getCodec(options.codec);
-    this.circuit = circuitBreaker(
-      handleWhen((error) => error instanceof UnavailableError),
-      {
-        breaker: new ConsecutiveBreaker(1),
-        halfOpenAfter: new DelegateBackoff((context: IHalfOpenAfterBackoffContext) =>
-          backoffDelayMs(options.backoff, context.attempt),
-        ),
-      },
-    );
   }
 
   /** Runs an exchange with the worker through the circuit: refused at once while it is open. */
   async execute<T>(exchange: () => Promise<T>): Promise<T> {
+    const { BrokenCircuitError, ConsecutiveBreaker, DelegateBackoff, circuitBreaker, handleWhen } =
+      await loadCircuitBreakers();
+    this.circuit ??= circuitBreaker(
+      handleWhen((error) => error instanceof UnavailableError),
+      {
+        breaker: new ConsecutiveBreaker(1),
+        halfOpenAfter: new DelegateBackoff((context: IHalfOpenAfterBackoffContext) =>
+          backoffDelayMs(this.options.backoff, context.attempt),
+        ),
+      },
+    );
     try {
       return await this.circuit.execute(exchange);
     } catch (error) {

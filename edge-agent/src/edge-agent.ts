@@ -22,8 +22,8 @@ import {
   Tokenizer,
 } from "@tandem/runtime";
 import { InvalidArgumentError, type Logger } from "@tandem/common";
-import { CloudLinks, DEFAULT_CLOUD_LINK_OPTIONS } from "./cloud-link.ts";
-import { PlacementCloudRoute, StaticCloudRoute } from "./cloud-route.ts";
+import { CloudLinks, DEFAULT_CLOUD_LINK_OPTIONS, loadCircuitBreakers } from "./cloud-link.ts";
+import { StaticCloudRoute } from "./cloud-route.ts";
 import type { EdgeConfig } from "./edge-config.ts";
 import { DEFAULT_REQUEST_LIMITS, inferenceHandlers } from "./inference-service.ts";
 
@@ -90,7 +90,9 @@ export async function startEdgeAgent(
   const lower = new SegmentSessions(lowerModel);
   // The cloud: a fixed worker, or the owner of each session's shard in the placement map.
   const route = config.natsUrl
-    ? await PlacementCloudRoute.start(config.natsUrl, config.cluster, log)
+    ? await (
+        await import("./placement-cloud-route.ts")
+      ).PlacementCloudRoute.start(config.natsUrl, config.cluster, log)
     : config.cloudAddress
       ? new StaticCloudRoute(config.cloudAddress)
       : undefined;
@@ -144,6 +146,8 @@ export async function startEdgeAgent(
       port: config.port,
     },
   );
+  // Off the path to readiness: what the first escalation will need.
+  if (cloud) void loadCircuitBreakers();
   log.info(
     {
       address: server.address,

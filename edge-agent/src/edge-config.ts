@@ -1,6 +1,6 @@
 /** The edge agent's settings (JSON file, TANDEM_EDGE_* variables, flags): one schema, every default once. */
 import { z } from "zod";
-import { CLUSTER_DEFAULTS } from "@tandem/cluster";
+import { DEFAULT_CLUSTER_NAME } from "@tandem/common";
 import { CODEC_NAMES, CONFIDENCE_METRICS, WEIGHT_FORMATS } from "@tandem/runtime";
 import { DEFAULT_CLOUD_LINK_OPTIONS } from "./cloud-link.ts";
 import { DEFAULT_REQUEST_LIMITS } from "./inference-service.ts";
@@ -62,7 +62,7 @@ export const EDGE_CONFIG_SCHEMA = z
     cluster: z
       .string()
       .min(1)
-      .default(CLUSTER_DEFAULTS.cluster)
+      .default(DEFAULT_CLUSTER_NAME)
       .meta({ description: "control-plane cluster name" }),
     codec: z.enum(CODEC_NAMES).default("fp16").meta({ description: "hidden-state codec on the wire" }),
     cloudDeadlineMs: z

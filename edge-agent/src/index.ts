@@ -10,4 +10,4 @@ export {
   type CloudLinkOptions,
   type EdgeIdentity,
 } from "./cloud-link.ts";
-export { PlacementCloudRoute, StaticCloudRoute, type CloudRoute } from "./cloud-route.ts";
+export { StaticCloudRoute, type CloudRoute } from "./cloud-route.ts";

@@ -2,9 +2,11 @@
  * What every Tandem gRPC server has: standard health checking, server reflection, a
  * bound port, and a graceful shutdown that reports NOT_SERVING, drains open streams for
  * a grace period, then cancels what is left.
+ *
+ * Reflection is a tool for people (grpcurl, Postman), not on any request's path: it is
+ * loaded and added once the server reports SERVING, so it does not delay readiness.
  */
 import * as grpc from "@grpc/grpc-js";
-import { ReflectionService } from "@grpc/reflection";
 import { HealthImplementation } from "grpc-health-check";
 import type { PackageDefinition } from "@grpc/proto-loader";
 
@@ -27,6 +29,8 @@ export interface RunningServer {
    * drains takes it out of load balancers' rotation while its peers still reach it.
    */
   setServing(serving: boolean): void;
+  /** Resolves once server reflection is served too. */
+  reflection: Promise<void>;
   /** Stops accepting calls, lets open ones finish for `graceMs`, then cancels them. */
   shutdown(graceMs?: number): Promise<void>;
 }
@@ -50,7 +54,6 @@ export async function startGrpcServer(
     ...Object.fromEntries(services.map((s) => [s.name, "NOT_SERVING" as const])),
   });
   health.addToServer(server);
-  new ReflectionService(packageDefinition).addToServer(server);
   for (const service of services) server.addService(service.definition, service.handlers);
   const host = options.host ?? "127.0.0.1";
   const port = await new Promise<number>((resolve, reject) =>
@@ -65,7 +68,11 @@ export async function startGrpcServer(
       health.setStatus(name, serving ? "SERVING" : "NOT_SERVING");
   };
   setServing(true);
+  const reflection = import("@grpc/reflection").then(({ ReflectionService }) =>
+    new ReflectionService(packageDefinition).addToServer(server),
+  );
   return {
+    reflection,
     server,
     health,
     port,

@@ -83,3 +83,36 @@ export async function healthStatus(address: string, service: string): Promise<st
     client.close();
   }
 }
+
+/**
+ * Resolves once the server at `address` reports SERVING on the standard health service,
+ * polling every `pollMs`. Each poll uses a fresh channel, so none waits out a reconnect
+ * backoff from attempts refused before the server listened. Rejects after `timeoutMs`.
+ */
+export async function waitUntilServing(address: string, timeoutMs = 60_000, pollMs = 5): Promise<void> {
+  const definition = protoLoader.loadSync(healthProtoPath, { enums: String });
+  const { Health } = (
+    grpc.loadPackageDefinition(definition) as unknown as {
+      grpc: { health: { v1: { Health: grpc.ServiceClientConstructor } } };
+    }
+  ).grpc.health.v1;
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const client = new Health(address, grpc.credentials.createInsecure()) as unknown as grpc.Client & {
+      check: (
+        req: object,
+        options: grpc.CallOptions,
+        cb: (e: grpc.ServiceError | null, r: { status: string }) => void,
+      ) => void;
+    };
+    const status = await new Promise<string | undefined>((resolve) =>
+      client.check({ service: "" }, { deadline: Date.now() + 250 }, (e, r) =>
+        resolve(e ? undefined : r.status),
+      ),
+    );
+    client.close();
+    if (status === "SERVING") return;
+    if (Date.now() > deadline) throw new Error(`${address} did not report SERVING within ${timeoutMs} ms`);
+    await new Promise((r) => setTimeout(r, pollMs));
+  }
+}

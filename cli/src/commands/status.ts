@@ -1,6 +1,7 @@
 /** `tandem status`: the cluster as the control plane sees it — nodes, leader, placement and balance. */
 import { z } from "zod";
-import { CLUSTER_DEFAULTS, clusterStatus } from "@tandem/cluster";
+import { clusterStatus } from "@tandem/cluster";
+import { CLUSTER_DEFAULTS } from "@tandem/common";
 import type { CommandDefinition } from "../command.ts";
 
 const STATUS_OPTIONS = z

@@ -4,7 +4,6 @@
  * implies is checked for presence, shape and finite values; a mismatch throws an error
  * naming the file and the tensor rather than producing silent garbage later.
  */
-import { createHash } from "node:crypto";
 import { existsSync } from "node:fs";
 import { readFile } from "node:fs/promises";
 import { join } from "node:path";
@@ -13,6 +12,7 @@ import { parseModelConfig } from "./config-parser.ts";
 import type { ModelConfig } from "./model-config.ts";
 import type { Checkpoint, ExpertWeights, LayerWeights, ModelWeights, WeightTensor } from "./model-weights.ts";
 import { SafetensorsFile } from "./safetensors.ts";
+import { weightsHash } from "./weights-hash.ts";
 
 export const CONFIG_FILE = "config.json";
 export const SINGLE_WEIGHTS_FILE = "model.safetensors";
@@ -29,20 +29,26 @@ export async function loadCheckpoint(dir: string): Promise<Checkpoint> {
   const config = parseConfigBytes(configBytes, join(dir, CONFIG_FILE));
   const reader = await openWeights(dir);
 
-  // The hash identifies the exact weights (calibration files and graph caches are keyed by
-  // it), so its recipe must never change: config.json bytes, then every weight file's
-  // bytes in path order.
-  const hash = createHash("sha256");
-  hash.update(configBytes);
-  for (const file of reader.files()) hash.update(file.bytes);
+  const hash = await weightsHash(
+    configBytes,
+    reader.files().map((file) => file.path),
+  );
 
-  const weights = readWeights(config, reader);
+  // Every tensor the config implies is checked now, from the headers (presence, shape,
+  // dtype): a wrong checkpoint fails at load, naming the tensor. Decoding to fp32 (and
+  // the check for non-finite values) waits until a graph is built from the weights: a
+  // process whose graph is in the cache never decodes them.
+  readWeights(config, (name, shape) => reader.describe(name, shape));
+  let weights: ModelWeights | undefined;
   const tokenizerPath = join(dir, TOKENIZER_FILE);
   return {
     dir,
     config,
-    weights,
-    weightsHash: hash.digest("hex"),
+    get weights() {
+      weights ??= readWeights(config, (name, shape) => reader.read(name, shape));
+      return weights;
+    },
+    weightsHash: hash,
     tokenizerPath: existsSync(tokenizerPath) ? tokenizerPath : undefined,
   };
 }
@@ -133,10 +139,10 @@ class TensorReader {
     return [...new Set(this.byTensor.values())].sort((a, b) => a.path.localeCompare(b.path));
   }
 
-  read(name: string, shape: number[]): WeightTensor {
+  /** Checks a tensor's presence, dtype and shape from its file's header, without decoding it. */
+  describe(name: string, shape: number[]): WeightTensor {
     const file = this.byTensor.get(name);
     if (!file) throw new TensorMissingError(this.source, name);
-    // Check dtype and shape from the header before decoding, so a wrong tensor costs nothing.
     const actual = file.weightEntry(name).shape;
     if (actual.length !== shape.length || actual.some((d, i) => d !== shape[i])) {
       throw new TensorMismatchError(
@@ -145,6 +151,13 @@ class TensorReader {
         `has shape [${actual.join(", ")}], expected [${shape.join(", ")}]`,
       );
     }
+    return { name, shape, data: NOT_DECODED };
+  }
+
+  /** The tensor decoded to fp32; every value must be finite. */
+  read(name: string, shape: number[]): WeightTensor {
+    this.describe(name, shape);
+    const file = this.byTensor.get(name)!;
     const { data } = file.read(name);
     for (let i = 0; i < data.length; i++) {
       // NaN fails both comparisons; ±Infinity fails one.
@@ -159,43 +172,50 @@ class TensorReader {
   }
 }
 
-function readWeights(config: ModelConfig, reader: TensorReader): ModelWeights {
+/** What `describe` returns as data: the check reads headers only. */
+const NOT_DECODED = new Float32Array(0);
+
+/** The model's weights as the config lays them out, each tensor from `tensor`. */
+function readWeights(
+  config: ModelConfig,
+  tensor: (name: string, shape: number[]) => WeightTensor,
+): ModelWeights {
   const { hiddenSize: h, intermediateSize: m, vocabSize: v, numHeads, numKvHeads, headDim } = config;
-  const embedTokens = reader.read("model.embed_tokens.weight", [v, h]);
+  const embedTokens = tensor("model.embed_tokens.weight", [v, h]);
   const layers: LayerWeights[] = [];
   for (let i = 0; i < config.numLayers; i++) {
     const p = `model.layers.${i}`;
     const layer: LayerWeights = {
-      inputNorm: reader.read(`${p}.input_layernorm.weight`, [h]),
-      qProj: reader.read(`${p}.self_attn.q_proj.weight`, [numHeads * headDim, h]),
-      kProj: reader.read(`${p}.self_attn.k_proj.weight`, [numKvHeads * headDim, h]),
-      vProj: reader.read(`${p}.self_attn.v_proj.weight`, [numKvHeads * headDim, h]),
-      oProj: reader.read(`${p}.self_attn.o_proj.weight`, [h, numHeads * headDim]),
-      postAttentionNorm: reader.read(`${p}.post_attention_layernorm.weight`, [h]),
+      inputNorm: tensor(`${p}.input_layernorm.weight`, [h]),
+      qProj: tensor(`${p}.self_attn.q_proj.weight`, [numHeads * headDim, h]),
+      kProj: tensor(`${p}.self_attn.k_proj.weight`, [numKvHeads * headDim, h]),
+      vProj: tensor(`${p}.self_attn.v_proj.weight`, [numKvHeads * headDim, h]),
+      oProj: tensor(`${p}.self_attn.o_proj.weight`, [h, numHeads * headDim]),
+      postAttentionNorm: tensor(`${p}.post_attention_layernorm.weight`, [h]),
     };
     if (config.attentionBias) {
-      layer.qBias = reader.read(`${p}.self_attn.q_proj.bias`, [numHeads * headDim]);
-      layer.kBias = reader.read(`${p}.self_attn.k_proj.bias`, [numKvHeads * headDim]);
-      layer.vBias = reader.read(`${p}.self_attn.v_proj.bias`, [numKvHeads * headDim]);
+      layer.qBias = tensor(`${p}.self_attn.q_proj.bias`, [numHeads * headDim]);
+      layer.kBias = tensor(`${p}.self_attn.k_proj.bias`, [numKvHeads * headDim]);
+      layer.vBias = tensor(`${p}.self_attn.v_proj.bias`, [numKvHeads * headDim]);
     }
     if (config.architecture === "mixtral") {
       const experts = config.numExperts ?? 0;
-      layer.router = reader.read(`${p}.block_sparse_moe.gate.weight`, [experts, h]);
+      layer.router = tensor(`${p}.block_sparse_moe.gate.weight`, [experts, h]);
       layer.experts = Array.from({ length: experts }, (_, e): ExpertWeights => ({
-        gateProj: reader.read(`${p}.block_sparse_moe.experts.${e}.w1.weight`, [m, h]),
-        downProj: reader.read(`${p}.block_sparse_moe.experts.${e}.w2.weight`, [h, m]),
-        upProj: reader.read(`${p}.block_sparse_moe.experts.${e}.w3.weight`, [m, h]),
+        gateProj: tensor(`${p}.block_sparse_moe.experts.${e}.w1.weight`, [m, h]),
+        downProj: tensor(`${p}.block_sparse_moe.experts.${e}.w2.weight`, [h, m]),
+        upProj: tensor(`${p}.block_sparse_moe.experts.${e}.w3.weight`, [m, h]),
       }));
     } else {
-      layer.gateProj = reader.read(`${p}.mlp.gate_proj.weight`, [m, h]);
-      layer.upProj = reader.read(`${p}.mlp.up_proj.weight`, [m, h]);
-      layer.downProj = reader.read(`${p}.mlp.down_proj.weight`, [h, m]);
+      layer.gateProj = tensor(`${p}.mlp.gate_proj.weight`, [m, h]);
+      layer.upProj = tensor(`${p}.mlp.up_proj.weight`, [m, h]);
+      layer.downProj = tensor(`${p}.mlp.down_proj.weight`, [h, m]);
     }
     layers.push(layer);
   }
-  const finalNorm = reader.read("model.norm.weight", [h]);
+  const finalNorm = tensor("model.norm.weight", [h]);
   // transformers ties lm_head to the embedding whenever the config says so, even if the
   // file also carries an lm_head.weight; do the same.
-  const lmHead = config.tieWordEmbeddings ? embedTokens : reader.read("lm_head.weight", [v, h]);
+  const lmHead = config.tieWordEmbeddings ? embedTokens : tensor("lm_head.weight", [v, h]);
   return { embedTokens, layers, finalNorm, lmHead };
 }

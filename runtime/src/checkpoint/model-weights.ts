@@ -1,5 +1,5 @@
 /**
- * A checkpoint's weights, validated against its config and converted to fp32.
+ * A checkpoint's weights, checked against its config (presence, dtype, shape) and decoded to fp32.
  * Linear weights keep the Hugging Face layout `[out_features, in_features]`.
  */
 import type { ModelConfig } from "./model-config.ts";
@@ -48,7 +48,11 @@ export interface Checkpoint {
   /** Directory the checkpoint was loaded from. */
   dir: string;
   config: ModelConfig;
-  weights: ModelWeights;
+  /**
+   * Decoded to fp32 on first access (a process whose graphs are cached never pays for it);
+   * a non-finite value throws TensorMismatchError then.
+   */
+  readonly weights: ModelWeights;
   /** sha256 (hex) over config.json and the weight files' bytes: identifies these exact weights. */
   weightsHash: string;
   /** Path of tokenizer.json when the checkpoint has one. */

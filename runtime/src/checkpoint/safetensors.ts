@@ -6,7 +6,8 @@
  * malformed throws an error naming the file (and the tensor), because a checkpoint that
  * loads "mostly" produces garbage tokens much later, far from the cause.
  */
-import { readFile, writeFile } from "node:fs/promises";
+import { closeSync, openSync, readSync } from "node:fs";
+import { open, writeFile } from "node:fs/promises";
 import { CheckpointError, InvalidArgumentError, TensorMismatchError, UnsupportedError } from "@tandem/common";
 import { bfloat16ToFloat32, float32ToBfloat16, float32ToHalf, halfToFloat32 } from "../numeric/float16.ts";
 
@@ -56,43 +57,106 @@ export interface DecodedTensor {
   data: Float32Array;
 }
 
-/** A parsed safetensors file held in memory; tensors are decoded on `read`. */
+/** Where a file's bytes are: read from disk on demand, or already in memory. */
+interface ByteSource {
+  /** Bytes [begin, end) of the file, in a buffer of their own. */
+  read(begin: number, end: number): Uint8Array;
+}
+
+class DiskBytes implements ByteSource {
+  constructor(private readonly path: string) {}
+  read(begin: number, end: number): Uint8Array {
+    const out = new Uint8Array(end - begin);
+    let fd: number;
+    try {
+      fd = openSync(this.path, "r");
+    } catch (error) {
+      throw new CheckpointError(this.path, `cannot be read (${(error as Error).message})`, { cause: error });
+    }
+    try {
+      for (let done = 0; done < out.length;) {
+        const n = readSync(fd, out, done, out.length - done, begin + done);
+        if (n === 0)
+          throw new CheckpointError(this.path, `ended at byte ${begin + done}, before byte ${end}`);
+        done += n;
+      }
+    } finally {
+      closeSync(fd);
+    }
+    return out;
+  }
+}
+
+class MemoryBytes implements ByteSource {
+  constructor(private readonly bytes: Uint8Array) {}
+  read(begin: number, end: number): Uint8Array {
+    // A copy (Buffer#slice would be a view): typed arrays need their own aligned buffer.
+    const out = new Uint8Array(end - begin);
+    out.set(this.bytes.subarray(begin, end));
+    return out;
+  }
+}
+
+/**
+ * A safetensors file whose header has been read and validated; tensors are read (from
+ * disk, or from memory for a parsed buffer) and decoded only on `read`, so opening a
+ * checkpoint of any size costs its headers.
+ */
 export class SafetensorsFile {
   private constructor(
     readonly path: string,
-    readonly bytes: Buffer,
+    /** Bytes in the whole file. */
+    readonly size: number,
     /** Header entries in file order. */
     readonly entries: Map<string, SafetensorsEntry>,
     readonly metadata: Record<string, string>,
     private readonly dataStart: number,
+    private readonly source: ByteSource,
   ) {}
 
-  /** Reads and validates the whole file; throws CheckpointError if it cannot be read. */
+  /** Reads and validates the file's header; throws CheckpointError if it cannot be read. */
   static async open(path: string): Promise<SafetensorsFile> {
-    let bytes: Buffer;
+    let handle;
     try {
-      bytes = await readFile(path);
+      handle = await open(path, "r");
     } catch (error) {
       throw new CheckpointError(path, `cannot be read (${(error as Error).message})`, { cause: error });
     }
-    return SafetensorsFile.parse(path, bytes);
+    try {
+      const { size } = await handle.stat();
+      const prefix = Buffer.alloc(8);
+      const { bytesRead } = await handle.read(prefix, 0, 8, 0);
+      const declared = bytesRead === 8 ? prefix.readBigUInt64LE(0) : 0n;
+      const headerLength = validHeaderLength(path, size, bytesRead, declared);
+      const header = Buffer.alloc(headerLength);
+      await handle.read(header, 0, headerLength, 8);
+      return SafetensorsFile.fromHeader(path, size, header, new DiskBytes(path));
+    } finally {
+      await handle.close();
+    }
   }
 
-  /** Validates `bytes` as a safetensors file; `path` only names it in errors. */
+  /** Validates `bytes` as a whole safetensors file; `path` only names it in errors. */
   static parse(path: string, bytes: Buffer): SafetensorsFile {
-    if (bytes.length < 8)
-      throw new CheckpointError(path, `is ${bytes.length} bytes, too short for a safetensors header`);
-    const declared = bytes.readBigUInt64LE(0);
-    if (declared > BigInt(MAX_HEADER_BYTES) || 8n + declared > BigInt(bytes.length)) {
-      throw new CheckpointError(
-        path,
-        `header length ${declared} exceeds the file size ${bytes.length} (truncated or not safetensors)`,
-      );
-    }
-    const headerLength = Number(declared);
+    const declared = bytes.length >= 8 ? bytes.readBigUInt64LE(0) : 0n;
+    const headerLength = validHeaderLength(path, bytes.length, Math.min(8, bytes.length), declared);
+    return SafetensorsFile.fromHeader(
+      path,
+      bytes.length,
+      bytes.subarray(8, 8 + headerLength),
+      new MemoryBytes(bytes),
+    );
+  }
+
+  private static fromHeader(
+    path: string,
+    size: number,
+    headerBytes: Buffer,
+    source: ByteSource,
+  ): SafetensorsFile {
     let header: unknown;
     try {
-      header = JSON.parse(bytes.subarray(8, 8 + headerLength).toString("utf8"));
+      header = JSON.parse(headerBytes.toString("utf8"));
     } catch (error) {
       throw new CheckpointError(path, `header is not valid JSON (${(error as Error).message})`, {
         cause: error,
@@ -100,8 +164,8 @@ export class SafetensorsFile {
     }
     if (!isPlainObject(header)) throw new CheckpointError(path, "header is not a JSON object");
 
-    const dataStart = 8 + headerLength;
-    const dataLength = bytes.length - dataStart;
+    const dataStart = 8 + headerBytes.length;
+    const dataLength = size - dataStart;
     const entries = new Map<string, SafetensorsEntry>();
     let metadata: Record<string, string> = {};
     for (const [name, raw] of Object.entries(header)) {
@@ -130,7 +194,7 @@ export class SafetensorsFile {
         );
       }
     }
-    return new SafetensorsFile(path, bytes, entries, metadata, dataStart);
+    return new SafetensorsFile(path, size, entries, metadata, dataStart, source);
   }
 
   has(name: string): boolean {
@@ -161,9 +225,7 @@ export class SafetensorsFile {
    */
   read(name: string): DecodedTensor {
     const entry = this.weightEntry(name);
-    const raw = this.bytes.subarray(this.dataStart + entry.begin, this.dataStart + entry.end);
-    const aligned = new Uint8Array(raw.length);
-    aligned.set(raw);
+    const aligned = this.source.read(this.dataStart + entry.begin, this.dataStart + entry.end);
     const count = elementCount(entry.shape);
     const shape = [...entry.shape];
     switch (entry.dtype as SafetensorsDtype) {
@@ -183,6 +245,19 @@ export async function readSafetensors(path: string): Promise<Map<string, Decoded
   const tensors = new Map<string, DecodedTensor>();
   for (const name of file.entries.keys()) tensors.set(name, file.read(name));
   return tensors;
+}
+
+/** The header length a file's first 8 bytes declare, checked against the file's size. */
+function validHeaderLength(path: string, size: number, prefixBytes: number, declared: bigint): number {
+  if (prefixBytes < 8)
+    throw new CheckpointError(path, `is ${size} bytes, too short for a safetensors header`);
+  if (declared > BigInt(MAX_HEADER_BYTES) || 8n + declared > BigInt(size)) {
+    throw new CheckpointError(
+      path,
+      `header length ${declared} exceeds the file size ${size} (truncated or not safetensors)`,
+    );
+  }
+  return Number(declared);
 }
 
 function parseMetadata(path: string, raw: unknown): Record<string, string> {

@@ -9,8 +9,7 @@ import type { ModelConfig } from "../checkpoint/model-config.ts";
 import type { Checkpoint } from "../checkpoint/model-weights.ts";
 import { ensureSegmentGraph } from "../graph/graph-cache.ts";
 import { GRAPH_IO } from "../graph/graph-io-names.ts";
-import { segmentExits } from "../graph/segment-graph.ts";
-import { type SegmentSpec, validateSegmentSpec } from "../graph/segment-spec.ts";
+import { segmentExits, type SegmentSpec, validateSegmentSpec } from "../graph/segment-spec.ts";
 
 export interface SegmentModelOptions {
   /** Threads ONNX Runtime uses inside one operator. @default 1 */

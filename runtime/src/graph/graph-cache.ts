@@ -6,20 +6,17 @@
 import { createHash } from "node:crypto";
 import { existsSync } from "node:fs";
 import { mkdir, open, rename, rm, writeFile } from "node:fs/promises";
-import { homedir } from "node:os";
 import { dirname, join } from "node:path";
+import { cacheRoot } from "../cache-root.ts";
 import type { Checkpoint } from "../checkpoint/model-weights.ts";
-import { buildSegmentGraph, SEGMENT_GRAPH_VERSION } from "./segment-graph.ts";
-import type { SegmentSpec } from "./segment-spec.ts";
+import { SEGMENT_GRAPH_VERSION, type SegmentSpec } from "./segment-spec.ts";
 
 export const SEGMENT_MODEL_FILE = "segment.onnx";
 export const SEGMENT_WEIGHTS_FILE = "segment.weights";
 
-/** @default $TANDEM_CACHE_DIR, else ~/.cache/tandem/graphs */
+/** @default the cache root's graphs/: $TANDEM_CACHE_DIR/graphs, else ~/.cache/tandem/graphs */
 export function defaultGraphCacheDir(): string {
-  return process.env.TANDEM_CACHE_DIR
-    ? join(process.env.TANDEM_CACHE_DIR, "graphs")
-    : join(homedir(), ".cache", "tandem", "graphs");
+  return join(cacheRoot(), "graphs");
 }
 
 /** A stable key: builder version, weights, and every field of the spec (exit maps by content hash). */
@@ -69,6 +66,8 @@ export async function ensureSegmentGraph(
   const dir = dirname(modelPath);
   if (existsSync(modelPath)) return modelPath;
 
+  // The writer (and protobufjs under it) loads only when a graph must be built.
+  const { buildSegmentGraph } = await import("./segment-graph.ts");
   const graph = buildSegmentGraph(checkpoint.config, checkpoint.weights, spec, SEGMENT_WEIGHTS_FILE);
   // Write into a private directory and rename it into place: a concurrent builder of
   // the same key, or a crash half-way, never leaves a half-written graph under the key.

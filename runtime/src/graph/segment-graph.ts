@@ -12,22 +12,11 @@ import { OnnxGraphBuilder, type BuiltGraph } from "./onnx-graph-builder.ts";
 import { quantizeNBits } from "./nbits-quantizer.ts";
 import {
   DEFAULT_QUANT_BLOCK_SIZE,
+  segmentExits,
   type ExitHeadSpec,
   type SegmentSpec,
   validateSegmentSpec,
 } from "./segment-spec.ts";
-
-/** Bumped whenever the graph layout changes, so cached graphs from older builders are not reused. */
-export const SEGMENT_GRAPH_VERSION = 2;
-
-/** The exits a segment reports, in order; the final head is the exit after the last layer. */
-export function segmentExits(spec: SegmentSpec, config: ModelConfig): ExitHeadSpec[] {
-  const exits = [...spec.exits].sort((a, b) => a.afterLayer - b.afterLayer);
-  if (spec.finalHead && !exits.some((e) => e.afterLayer === config.numLayers)) {
-    exits.push({ afterLayer: config.numLayers });
-  }
-  return exits;
-}
 
 export function buildSegmentGraph(
   config: ModelConfig,

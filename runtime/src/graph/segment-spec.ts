@@ -129,3 +129,15 @@ export function validateSegmentSpec(spec: SegmentSpec, config: ModelConfig): voi
     );
   }
 }
+
+/** Bumped whenever the graph layout changes, so cached graphs from older builders are not reused. */
+export const SEGMENT_GRAPH_VERSION = 2;
+
+/** The exits a segment reports, in order; the final head is the exit after the last layer. */
+export function segmentExits(spec: SegmentSpec, config: ModelConfig): ExitHeadSpec[] {
+  const exits = [...spec.exits].sort((a, b) => a.afterLayer - b.afterLayer);
+  if (spec.finalHead && !exits.some((e) => e.afterLayer === config.numLayers)) {
+    exits.push({ afterLayer: config.numLayers });
+  }
+  return exits;
+}

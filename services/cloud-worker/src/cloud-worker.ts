@@ -12,7 +12,8 @@ import {
 } from "@tandem/runtime";
 import { InvalidArgumentError, type Logger } from "@tandem/common";
 import { ContextManager } from "./context-manager.ts";
-import { ClusterMembership } from "./cluster-membership.ts";
+// Loaded only by a worker that joins a cluster: a standalone one never loads the NATS client.
+import type { ClusterMembership } from "./cluster-membership.ts";
 import { DecodeBatcher } from "./decode-batcher.ts";
 import { emptyWorkerCounters, escalationHandlers, type WorkerCounters } from "./escalation-service.ts";
 
@@ -110,7 +111,9 @@ export async function startCloudWorker(options: CloudWorkerOptions, log: Logger)
     "cloud worker serving",
   );
   const membership = options.cluster
-    ? await ClusterMembership.start(
+    ? await (
+        await import("./cluster-membership.ts")
+      ).ClusterMembership.start(
         {
           natsUrl: options.cluster.natsUrl,
           cluster: options.cluster.name,

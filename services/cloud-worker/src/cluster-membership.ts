@@ -7,7 +7,6 @@
  */
 import type { NatsConnection } from "@nats-io/transport-node";
 import {
-  CLUSTER_DEFAULTS,
   connectNats,
   controlPlaneNames,
   type ControlPlaneNames,
@@ -21,27 +20,9 @@ import {
   type ShardMapRecord,
   watchVersioned,
 } from "@tandem/cluster";
-import type { Logger } from "@tandem/common";
+import { CLUSTER_DEFAULTS, type Logger } from "@tandem/common";
 import type { ContextManager } from "./context-manager.ts";
-
-export interface MembershipOptions {
-  natsUrl: string;
-  cluster: string;
-  nodeId: string;
-  endpoint: string;
-  /** Relative KV capacity. @default 1 */
-  weight?: number;
-  /** @default CLUSTER_DEFAULTS.heartbeatMs */
-  heartbeatMs?: number;
-  /** Longest wait, in drain(), for the leader to move this worker's shards away. @default 10000 */
-  drainTimeoutMs?: number;
-  /** Expert replicas this worker's memory holds, for the expert planner. @default 0 (dense model) */
-  expertSlots?: number;
-  /** Expert activations since the last call (see SegmentModel.takeExpertCounts); undefined for a dense model. */
-  takeExpertCounts?: () => number[] | undefined;
-}
-
-export const DEFAULT_MEMBERSHIP_OPTIONS = { weight: 1, drainTimeoutMs: 10_000 } as const;
+import { DEFAULT_MEMBERSHIP_OPTIONS, type MembershipOptions } from "./membership-options.ts";
 
 export class ClusterMembership {
   private draining = false;

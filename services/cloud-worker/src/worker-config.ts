@@ -1,8 +1,8 @@
 /** The cloud worker's settings (JSON file, TANDEM_WORKER_* variables, flags): one schema, every default once. */
 import { z } from "zod";
-import { CLUSTER_DEFAULTS } from "@tandem/cluster";
+import { CLUSTER_DEFAULTS } from "@tandem/common";
 import { WEIGHT_FORMATS } from "@tandem/runtime";
-import { DEFAULT_MEMBERSHIP_OPTIONS } from "./cluster-membership.ts";
+import { DEFAULT_MEMBERSHIP_OPTIONS } from "./membership-options.ts";
 import { DEFAULT_CONTEXT_MANAGER_OPTIONS } from "./context-manager.ts";
 import { DEFAULT_DECODE_BATCHER_OPTIONS } from "./decode-batcher.ts";
 

@@ -1,6 +1,6 @@
 /** A control-plane replica's settings (JSON file, TANDEM_CONTROL_* variables, flags): one schema, every default once. */
 import { z } from "zod";
-import { CLUSTER_DEFAULTS } from "@tandem/cluster";
+import { CLUSTER_DEFAULTS } from "@tandem/common";
 import { DEFAULT_CONTROLLER_OPTIONS } from "./controller.ts";
 
 export const CONTROL_ENV_PREFIX = "TANDEM_CONTROL";

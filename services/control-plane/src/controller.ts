@@ -6,15 +6,8 @@
  * its lease's fencing token.
  */
 import type { NatsConnection } from "@nats-io/transport-node";
-import {
-  CLUSTER_DEFAULTS,
-  NodeRegistry,
-  controlPlaneNames,
-  openExpertMap,
-  openLease,
-  openShardMap,
-} from "@tandem/cluster";
-import type { Logger } from "@tandem/common";
+import { NodeRegistry, controlPlaneNames, openExpertMap, openLease, openShardMap } from "@tandem/cluster";
+import { CLUSTER_DEFAULTS, type Logger } from "@tandem/common";
 import { ExpertPlanner } from "./expert-planner.ts";
 import { DEFAULT_LEASE_TIMING, LeaderLease } from "./leader-lease.ts";
 import { ShardPlanner } from "./shard-planner.ts";

@@ -3,10 +3,13 @@
  * the generated descriptor of onnx.proto, the plain-object shapes of the messages it
  * fills, and the protobufjs type that encodes them.
  *
- * The protobufjs types are made on first use: only building a graph needs them, and a
- * process that finds all its graphs in the cache should not pay for the reflection.
+ * protobufjs itself is loaded, and its types made, on first use: only building a graph
+ * needs them, and a process that finds all its graphs in the cache should not pay for
+ * loading the library (it is CommonJS, so it can be required synchronously, as the
+ * synchronous graph writer needs).
  */
-import protobuf from "protobufjs";
+import { createRequire } from "node:module";
+import type protobuf from "protobufjs";
 import { ONNX_SCHEMA } from "./generated/onnx-schema.ts";
 
 const onnx = ONNX_SCHEMA.nested.onnx.nested;
@@ -83,7 +86,8 @@ let modelProto: protobuf.Type | undefined;
 /** onnx.ModelProto, built from the descriptor once per process. */
 function modelProtoType(): protobuf.Type {
   // The descriptor is `as const` so the enum values above are typed; protobufjs only reads it.
-  modelProto ??= protobuf.Root.fromJSON(ONNX_SCHEMA as protobuf.INamespace).lookupType("onnx.ModelProto");
+  const { Root } = createRequire(import.meta.url)("protobufjs") as typeof protobuf;
+  modelProto ??= Root.fromJSON(ONNX_SCHEMA as protobuf.INamespace).lookupType("onnx.ModelProto");
   return modelProto;
 }
 

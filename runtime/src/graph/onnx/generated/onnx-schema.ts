@@ -16,13 +16,11 @@ export const ONNX_SCHEMA = {
             },
             "refAttrName": {
               "type": "string",
-              "id": 21,
-              "protoName": "ref_attr_name"
+              "id": 21
             },
             "docString": {
               "type": "string",
-              "id": 13,
-              "protoName": "doc_string"
+              "id": 13
             },
             "type": {
               "type": "AttributeType",
@@ -80,8 +78,7 @@ export const ONNX_SCHEMA = {
             "typeProtos": {
               "rule": "repeated",
               "type": "TypeProto",
-              "id": 15,
-              "protoName": "type_protos"
+              "id": 15
             }
           },
           "nested": {
@@ -119,8 +116,7 @@ export const ONNX_SCHEMA = {
             },
             "docString": {
               "type": "string",
-              "id": 3,
-              "protoName": "doc_string"
+              "id": 3
             }
           }
         },
@@ -143,8 +139,7 @@ export const ONNX_SCHEMA = {
             },
             "opType": {
               "type": "string",
-              "id": 4,
-              "protoName": "op_type"
+              "id": 4
             },
             "domain": {
               "type": "string",
@@ -157,8 +152,7 @@ export const ONNX_SCHEMA = {
             },
             "docString": {
               "type": "string",
-              "id": 6,
-              "protoName": "doc_string"
+              "id": 6
             }
           }
         },
@@ -167,24 +161,20 @@ export const ONNX_SCHEMA = {
           "fields": {
             "irVersion": {
               "type": "int64",
-              "id": 1,
-              "protoName": "ir_version"
+              "id": 1
             },
             "opsetImport": {
               "rule": "repeated",
               "type": "OperatorSetIdProto",
-              "id": 8,
-              "protoName": "opset_import"
+              "id": 8
             },
             "producerName": {
               "type": "string",
-              "id": 2,
-              "protoName": "producer_name"
+              "id": 2
             },
             "producerVersion": {
               "type": "string",
-              "id": 3,
-              "protoName": "producer_version"
+              "id": 3
             },
             "domain": {
               "type": "string",
@@ -192,13 +182,11 @@ export const ONNX_SCHEMA = {
             },
             "modelVersion": {
               "type": "int64",
-              "id": 5,
-              "protoName": "model_version"
+              "id": 5
             },
             "docString": {
               "type": "string",
-              "id": 6,
-              "protoName": "doc_string"
+              "id": 6
             },
             "graph": {
               "type": "GraphProto",
@@ -207,8 +195,7 @@ export const ONNX_SCHEMA = {
             "metadataProps": {
               "rule": "repeated",
               "type": "StringStringEntryProto",
-              "id": 14,
-              "protoName": "metadata_props"
+              "id": 14
             }
           }
         },
@@ -244,8 +231,7 @@ export const ONNX_SCHEMA = {
             },
             "docString": {
               "type": "string",
-              "id": 10,
-              "protoName": "doc_string"
+              "id": 10
             },
             "input": {
               "rule": "repeated",
@@ -260,8 +246,7 @@ export const ONNX_SCHEMA = {
             "valueInfo": {
               "rule": "repeated",
               "type": "ValueInfoProto",
-              "id": 13,
-              "protoName": "value_info"
+              "id": 13
             }
           }
         },
@@ -275,14 +260,12 @@ export const ONNX_SCHEMA = {
             },
             "dataType": {
               "type": "int32",
-              "id": 2,
-              "protoName": "data_type"
+              "id": 2
             },
             "floatData": {
               "rule": "repeated",
               "type": "float",
               "id": 4,
-              "protoName": "float_data",
               "options": {
                 "packed": true
               }
@@ -291,7 +274,6 @@ export const ONNX_SCHEMA = {
               "rule": "repeated",
               "type": "int32",
               "id": 5,
-              "protoName": "int32_data",
               "options": {
                 "packed": true
               }
@@ -299,14 +281,12 @@ export const ONNX_SCHEMA = {
             "stringData": {
               "rule": "repeated",
               "type": "bytes",
-              "id": 6,
-              "protoName": "string_data"
+              "id": 6
             },
             "int64Data": {
               "rule": "repeated",
               "type": "int64",
               "id": 7,
-              "protoName": "int64_data",
               "options": {
                 "packed": true
               }
@@ -317,30 +297,25 @@ export const ONNX_SCHEMA = {
             },
             "docString": {
               "type": "string",
-              "id": 12,
-              "protoName": "doc_string"
+              "id": 12
             },
             "rawData": {
               "type": "bytes",
-              "id": 9,
-              "protoName": "raw_data"
+              "id": 9
             },
             "externalData": {
               "rule": "repeated",
               "type": "StringStringEntryProto",
-              "id": 13,
-              "protoName": "external_data"
+              "id": 13
             },
             "dataLocation": {
               "type": "DataLocation",
-              "id": 14,
-              "protoName": "data_location"
+              "id": 14
             },
             "doubleData": {
               "rule": "repeated",
               "type": "double",
               "id": 10,
-              "protoName": "double_data",
               "options": {
                 "packed": true
               }
@@ -349,7 +324,6 @@ export const ONNX_SCHEMA = {
               "rule": "repeated",
               "type": "uint64",
               "id": 11,
-              "protoName": "uint64_data",
               "options": {
                 "packed": true
               }
@@ -417,13 +391,11 @@ export const ONNX_SCHEMA = {
               "fields": {
                 "dimValue": {
                   "type": "int64",
-                  "id": 1,
-                  "protoName": "dim_value"
+                  "id": 1
                 },
                 "dimParam": {
                   "type": "string",
-                  "id": 2,
-                  "protoName": "dim_param"
+                  "id": 2
                 },
                 "denotation": {
                   "type": "string",
@@ -445,8 +417,7 @@ export const ONNX_SCHEMA = {
           "fields": {
             "tensorType": {
               "type": "Tensor",
-              "id": 1,
-              "protoName": "tensor_type"
+              "id": 1
             },
             "denotation": {
               "type": "string",
@@ -458,8 +429,7 @@ export const ONNX_SCHEMA = {
               "fields": {
                 "elemType": {
                   "type": "int32",
-                  "id": 1,
-                  "protoName": "elem_type"
+                  "id": 1
                 },
                 "shape": {
                   "type": "TensorShapeProto",

@@ -1,0 +1,22 @@
+/**
+ * A worker's part in a cluster, as configured: apart from ClusterMembership so settings
+ * can name the defaults without loading the NATS client.
+ */
+export interface MembershipOptions {
+  natsUrl: string;
+  cluster: string;
+  nodeId: string;
+  endpoint: string;
+  /** Relative KV capacity. @default 1 */
+  weight?: number;
+  /** @default CLUSTER_DEFAULTS.heartbeatMs */
+  heartbeatMs?: number;
+  /** Longest wait, in drain(), for the leader to move this worker's shards away. @default 10000 */
+  drainTimeoutMs?: number;
+  /** Expert replicas this worker's memory holds, for the expert planner. @default 0 (dense model) */
+  expertSlots?: number;
+  /** Expert activations since the last call (see SegmentModel.takeExpertCounts); undefined for a dense model. */
+  takeExpertCounts?: () => number[] | undefined;
+}
+
+export const DEFAULT_MEMBERSHIP_OPTIONS = { weight: 1, drainTimeoutMs: 10_000 } as const;
