@@ -69,7 +69,8 @@ export async function startGrpcServer(
   };
   setServing(true);
   const reflection = import("@grpc/reflection").then(({ ReflectionService }) =>
-    new ReflectionService(packageDefinition).addToServer(server),
+    // Only what this server serves: edge and worker share one package definition.
+    new ReflectionService(packageDefinition, { services: services.map((s) => s.name) }).addToServer(server),
   );
   return {
     reflection,
