@@ -223,15 +223,16 @@ describe("the escalation protocol, in-process and over gRPC", () => {
       for (const [start, count, sampling] of calls) {
         const slice = hidden.subarray(start * h, (start + count) * h);
         const [x, y] = [
-          await inProc.extend(start, slice, count, true, sampling),
-          await remote.extend(start, slice, count, true, sampling),
+          await inProc.extend({ start, hidden: slice, count, wantToken: true, sampling }),
+          await remote.extend({ start, hidden: slice, count, wantToken: true, sampling }),
         ];
         expect(y).toEqual(x);
       }
       // Past the end of what either holds: both say where to replay from.
       const past = hidden.subarray(10 * h, 11 * h);
-      await expect(inProc.extend(10, past, 1, true, GREEDY)).rejects.toMatchObject({ resumeFrom: 6 });
-      await expect(remote.extend(10, past, 1, true, GREEDY)).rejects.toMatchObject({ resumeFrom: 6 });
+      const frame = { start: 10, hidden: past, count: 1, wantToken: true, sampling: GREEDY };
+      await expect(inProc.extend(frame)).rejects.toMatchObject({ resumeFrom: 6 });
+      await expect(remote.extend(frame)).rejects.toMatchObject({ resumeFrom: 6 });
     } finally {
       await inProc.close();
       await remote.close();

@@ -236,13 +236,25 @@ describe("CloudSession (the edge side)", () => {
       new StaticCloudRoute(worker.server.address),
     );
     const session = link.session("resync");
-    const first = await session.extend(0, hidden.subarray(0, 10 * HIDDEN), 10, true, GREEDY);
+    const first = await session.extend({
+      start: 0,
+      hidden: hidden.subarray(0, 10 * HIDDEN),
+      count: 10,
+      wantToken: true,
+      sampling: GREEDY,
+    });
     expect(first).toBeDefined();
     const positionsBefore = worker.counters.positions;
     // Break the stream from the edge side, as a network failure would.
     (session as unknown as { stream: grpc.ClientDuplexStream<unknown, unknown> }).stream.cancel();
     await new Promise((r) => setTimeout(r, 50));
-    const answer = await session.extend(10, hidden.subarray(10 * HIDDEN, 12 * HIDDEN), 2, true, GREEDY);
+    const answer = await session.extend({
+      start: 10,
+      hidden: hidden.subarray(10 * HIDDEN, 12 * HIDDEN),
+      count: 2,
+      wantToken: true,
+      sampling: GREEDY,
+    });
     expect(answer).toBeDefined();
     expect(worker.counters.positions - positionsBefore).toBe(2);
     await session.close();

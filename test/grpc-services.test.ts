@@ -54,7 +54,7 @@ async function listServices(address: string): Promise<string[]> {
   try {
     return await new Promise((resolve, reject) => {
       const call = client.ServerReflectionInfo();
-      call.on("data", (reply) => {
+      call.on("data", (reply: { listServicesResponse?: { service: { name: string }[] } }) => {
         resolve(reply.listServicesResponse!.service.map((s) => s.name));
         call.end();
       });

@@ -38,9 +38,9 @@ import {
   replyRequestId,
   type CodecName,
   type HiddenStateCodec,
-  type SamplingOptions,
   type SplitIdentity,
   type UpperAnswer,
+  type UpperFrame,
   type UpperSegment,
 } from "@tandem/runtime";
 import type { CloudRoute } from "./cloud-route.ts";
@@ -180,15 +180,9 @@ export class CloudSession implements UpperSegment {
     readonly sessionId: string,
   ) {}
 
-  async extend(
-    start: number,
-    hidden: Float32Array,
-    count: number,
-    wantToken: boolean,
-    sampling: SamplingOptions,
-  ): Promise<UpperAnswer | undefined> {
+  async extend(frame: UpperFrame): Promise<UpperAnswer | undefined> {
     try {
-      return await this.extendThroughLink(start, hidden, count, wantToken, sampling);
+      return await this.extendThroughLink(frame);
     } catch (error) {
       if (!(error instanceof UnavailableError)) throw error;
       const next = await this.links.route.waitForOwnerChange(
@@ -197,17 +191,11 @@ export class CloudSession implements UpperSegment {
         this.links.options.deadlineMs,
       );
       if (!next) throw error;
-      return await this.extendThroughLink(start, hidden, count, wantToken, sampling);
+      return await this.extendThroughLink(frame);
     }
   }
 
-  private async extendThroughLink(
-    start: number,
-    hidden: Float32Array,
-    count: number,
-    wantToken: boolean,
-    sampling: SamplingOptions,
-  ): Promise<UpperAnswer | undefined> {
+  private async extendThroughLink(frame: UpperFrame): Promise<UpperAnswer | undefined> {
     const address = this.links.route.address(this.sessionId);
     if (!address) throw new UnavailableError("no cloud worker owns this session yet");
     if (address !== this.link?.address) {
@@ -216,25 +204,16 @@ export class CloudSession implements UpperSegment {
     }
     const link = this.link;
     return link.execute(async () => {
-      const contextLength = await this.ensureOpen(link, start + count);
+      const contextLength = await this.ensureOpen(link, frame.start + frame.count);
       if (this.openedLength !== undefined) {
         // A fresh stream: the worker says how much of the session it holds. Send from there.
         this.openedLength = undefined;
-        if (contextLength < start)
+        if (contextLength < frame.start)
           throw new ContextLostError(contextLength, "the worker holds less context than the edge sent it");
       }
       const requestId = this.nextRequestId++;
-      this.write(
-        frameMessage(link.codec, link.identity.hiddenSize, {
-          start,
-          hidden,
-          count,
-          wantToken,
-          sampling,
-          requestId,
-        }),
-      );
-      if (!wantToken) return undefined;
+      this.write(frameMessage(link.codec, link.identity.hiddenSize, { ...frame, requestId }));
+      if (!frame.wantToken) return undefined;
       return new Promise<UpperAnswer>((resolve, reject) => {
         const key = String(requestId);
         const timer = setTimeout(() => {
@@ -245,7 +224,7 @@ export class CloudSession implements UpperSegment {
             ),
           );
         }, link.options.deadlineMs);
-        this.pending.set(key, { sent: { start, count }, resolve, reject, timer });
+        this.pending.set(key, { sent: { start: frame.start, count: frame.count }, resolve, reject, timer });
       });
     });
   }

@@ -90,6 +90,7 @@ export {
   type SplitGeneratorStats,
   type TokenSource,
   type UpperAnswer,
+  type UpperFrame,
   type UpperSegment,
 } from "./generation/split-generator.ts";
 export { loadLocalSplit, type LocalSplit, type LocalSplitOptions } from "./generation/local-split.ts";

@@ -12,37 +12,26 @@ import {
   type ExitPolicy,
   loadLocalSplit,
   LocalUpperSegment,
-  type SamplingOptions,
   type SegmentSessions,
   SplitGenerator,
   ThresholdExitPolicy,
   type UpperAnswer,
+  type UpperFrame,
   type UpperSegment,
 } from "@tandem/runtime";
 import { median } from "../statistics.ts";
 import type { Context } from "./collab-context.ts";
 
-interface CloudCall {
-  start: number;
-  hidden: Float32Array;
-  count: number;
-  wantToken: boolean;
-  sampling: SamplingOptions;
-}
+/** A recorded call: the frame, its hidden states copied (the generator reuses its buffer). */
+type CloudCall = UpperFrame;
 
 /** Records the cloud's calls during free generation, to replay them as a cloud machine would run them. */
 class RecordingUpper implements UpperSegment {
   readonly calls: CloudCall[] = [];
   constructor(private readonly inner: UpperSegment) {}
-  extend(
-    start: number,
-    hidden: Float32Array,
-    count: number,
-    wantToken: boolean,
-    sampling: SamplingOptions,
-  ): Promise<UpperAnswer | undefined> {
-    this.calls.push({ start, hidden: hidden.slice(), count, wantToken, sampling });
-    return this.inner.extend(start, hidden, count, wantToken, sampling);
+  extend(frame: UpperFrame): Promise<UpperAnswer | undefined> {
+    this.calls.push({ ...frame, hidden: frame.hidden.slice() });
+    return this.inner.extend(frame);
   }
   close() {
     return this.inner.close();
@@ -53,7 +42,7 @@ class RecordingUpper implements UpperSegment {
 async function replay(upper: SegmentSessions, calls: CloudCall[], sessionId: string): Promise<number> {
   const segment = new LocalUpperSegment(upper, sessionId);
   const start = performance.now();
-  for (const c of calls) await segment.extend(c.start, c.hidden, c.count, c.wantToken, c.sampling);
+  for (const call of calls) await segment.extend(call);
   const ms = performance.now() - start;
   await segment.close();
   return ms;

@@ -7,11 +7,10 @@ import type { Checkpoint } from "../checkpoint/model-weights.ts";
 import { AlwaysDeferPolicy, AlwaysExitPolicy, ThresholdExitPolicy } from "../exits/exit-policy.ts";
 import { writeRandomCheckpoint } from "../testing/random-checkpoint.ts";
 import { loadLocalSplit } from "./local-split.ts";
-import type { SamplingOptions } from "./sampler.ts";
 import type { SegmentSessions } from "../engine/segment-sessions.ts";
 import { UnavailableError } from "@tandem/common";
 import { LocalUpperSegment } from "../protocol/local-upper-segment.ts";
-import { SplitGenerator, type UpperAnswer, type UpperSegment } from "./split-generator.ts";
+import { SplitGenerator, type UpperAnswer, type UpperFrame, type UpperSegment } from "./split-generator.ts";
 
 let dir: string;
 let checkpoint: Checkpoint;
@@ -40,15 +39,9 @@ afterAll(() => rmSync(dir, { recursive: true, force: true }));
 class RecordingUpper implements UpperSegment {
   readonly counts: number[] = [];
   constructor(private readonly inner: UpperSegment) {}
-  extend(
-    start: number,
-    hidden: Float32Array,
-    count: number,
-    wantToken: boolean,
-    sampling: SamplingOptions,
-  ): Promise<UpperAnswer | undefined> {
-    this.counts.push(count);
-    return this.inner.extend(start, hidden, count, wantToken, sampling);
+  extend(frame: UpperFrame): Promise<UpperAnswer | undefined> {
+    this.counts.push(frame.count);
+    return this.inner.extend(frame);
   }
   close(): Promise<void> {
     return this.inner.close();
@@ -130,18 +123,12 @@ class FaultyUpper implements UpperSegment {
     private readonly sessions: SegmentSessions,
     private readonly faults: Record<number, "unavailable" | "forget">,
   ) {}
-  async extend(
-    start: number,
-    hidden: Float32Array,
-    count: number,
-    wantToken: boolean,
-    sampling: SamplingOptions,
-  ): Promise<UpperAnswer | undefined> {
+  async extend(frame: UpperFrame): Promise<UpperAnswer | undefined> {
     const fault = this.faults[this.calls++];
     if (fault === "unavailable") throw new UnavailableError("cloud down");
     if (fault === "forget") await this.sessions.truncate("s", 0);
-    this.starts.push(start);
-    return this.inner.extend(start, hidden, count, wantToken, sampling);
+    this.starts.push(frame.start);
+    return this.inner.extend(frame);
   }
   close(): Promise<void> {
     return this.inner.close();

@@ -25,21 +25,26 @@ import {
 import type { SegmentSessions, SegmentStep } from "../engine/segment-sessions.ts";
 import { GREEDY, answerFromHead, isGreedy, validateSampling, type SamplingOptions } from "./sampler.ts";
 
+/** Positions [start, start + count) of the split-layer hidden state, on their way up. */
+export interface UpperFrame {
+  start: number;
+  /** Row-major [count, hidden]. */
+  hidden: Float32Array;
+  count: number;
+  /** Answer the token that follows position start + count − 1. */
+  wantToken: boolean;
+  /** How to answer it; greedy when the temperature is 0. */
+  sampling: SamplingOptions;
+}
+
 /** The rest of the model past the split: in-process or a remote cloud worker. */
 export interface UpperSegment {
   /**
-   * Sends hidden states of positions [start, start + count) (row-major [count, hidden]).
-   * With `wantToken`, answers the token that follows position start + count − 1.
-   * Throws ContextLostError when the upper side lacks positions before `start`, and
+   * Sends a frame; with `wantToken`, answers the token after it. Throws
+   * ContextLostError when the upper side lacks positions before `start`, and
    * UnavailableError when it cannot be reached in time.
    */
-  extend(
-    start: number,
-    hidden: Float32Array,
-    count: number,
-    wantToken: boolean,
-    sampling: SamplingOptions,
-  ): Promise<UpperAnswer | undefined>;
+  extend(frame: UpperFrame): Promise<UpperAnswer | undefined>;
   close(): Promise<void>;
 }
 
@@ -215,13 +220,13 @@ export class SplitGenerator {
       try {
         this.stats.escalations++;
         this.stats.positionsSent += count;
-        const answer = await this.upper!.extend(
+        const answer = await this.upper!.extend({
           start,
-          this.history.subarray(start * hidden, this.positions * hidden),
+          hidden: this.history.subarray(start * hidden, this.positions * hidden),
           count,
-          true,
+          wantToken: true,
           sampling,
-        );
+        });
         if (!answer) throw new UnavailableError("upper segment returned no token for a token request");
         this.confirmed = this.positions;
         return answer;

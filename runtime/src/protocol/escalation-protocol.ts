@@ -50,6 +50,7 @@ import type {
 import { getCodec, type CodecName, type HiddenStateCodec } from "../codec/hidden-state-codec.ts";
 import type { SegmentStep } from "../engine/segment-sessions.ts";
 import { validateSampling, type SamplingOptions } from "../generation/sampler.ts";
+import type { UpperFrame } from "../generation/split-generator.ts";
 
 export interface EscalationLimits {
   /** Largest frame, in positions. @default 4096 */
@@ -115,13 +116,8 @@ export function openMessage(
   };
 }
 
-export interface FrameRequest {
-  start: number;
-  /** Hidden states of the positions, row-major [count, hidden]. */
-  hidden: Float32Array;
-  count: number;
-  wantToken: boolean;
-  sampling: SamplingOptions;
+export interface FrameRequest extends UpperFrame {
+  /** Echoed in the reply, so the edge can match answers to frames. */
   requestId: bigint | number;
 }
 

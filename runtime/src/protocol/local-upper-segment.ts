@@ -9,8 +9,7 @@ import { randomUUID } from "node:crypto";
 import { InvalidArgumentError } from "@tandem/common";
 import { getCodec, type CodecName, type HiddenStateCodec } from "../codec/hidden-state-codec.ts";
 import type { SegmentSessions, SegmentStep } from "../engine/segment-sessions.ts";
-import type { SamplingOptions } from "../generation/sampler.ts";
-import type { UpperAnswer, UpperSegment } from "../generation/split-generator.ts";
+import type { UpperAnswer, UpperFrame, UpperSegment } from "../generation/split-generator.ts";
 import {
   CLOSE_MESSAGE,
   applyFrame,
@@ -82,30 +81,19 @@ export class LocalUpperSegment implements UpperSegment {
     );
   }
 
-  async extend(
-    start: number,
-    hidden: Float32Array,
-    count: number,
-    wantToken: boolean,
-    sampling: SamplingOptions,
-  ): Promise<UpperAnswer | undefined> {
+  async extend(frame: UpperFrame): Promise<UpperAnswer | undefined> {
     if (!this.opened) {
       const reply = await this.session.handle(openMessage(this.sessionId, this.identity, this.codec.name));
-      checkOpenedReply(reply!, start + count);
+      checkOpenedReply(reply!, frame.start + frame.count);
       this.opened = true;
     }
-    const requestId = this.nextRequestId++;
     const message = frameMessage(this.codec, this.identity.hiddenSize, {
-      start,
-      hidden,
-      count,
-      wantToken,
-      sampling,
-      requestId,
+      ...frame,
+      requestId: this.nextRequestId++,
     });
     const reply = await this.session.handle(message);
     if (!reply) return undefined;
-    const outcome = checkFrameReply(reply, { start, count }, this.identity.vocabSize);
+    const outcome = checkFrameReply(reply, frame, this.identity.vocabSize);
     if (outcome.kind === "context-lost") throw outcome.error;
     return { token: outcome.token, prob: outcome.prob };
   }
