@@ -33,4 +33,5 @@ export {
   type ShardMapStore,
 } from "./placement-map.ts";
 export { hash32, sessionShard } from "./session-shard.ts";
+export { VersionedMapView } from "./versioned-map-view.ts";
 export { clusterStatus, type ClusterStatus } from "./cluster-status.ts";

@@ -5,42 +5,35 @@
  */
 import type { NatsConnection } from "@nats-io/transport-node";
 import {
+  VersionedMapView,
   connectNats,
   controlPlaneNames,
   openShardMap,
   ownerOf,
-  watchVersioned,
   type ShardMapRecord,
 } from "@tandem/cluster";
 import type { Logger } from "@tandem/common";
 import type { CloudRoute } from "./cloud-route.ts";
 
 export class PlacementCloudRoute implements CloudRoute {
-  private map?: ShardMapRecord;
-  private readonly listeners = new Set<() => void>();
-
-  private stopWatch: () => void = () => undefined;
-
-  private constructor(private readonly nc: NatsConnection) {}
+  private constructor(
+    private readonly nc: NatsConnection,
+    private readonly view: VersionedMapView<ShardMapRecord>,
+  ) {}
 
   static async start(servers: string, cluster: string, log: Logger): Promise<PlacementCloudRoute> {
     const nc = await connectNats(servers, { name: "tandem-edge" });
-    const route = new PlacementCloudRoute(nc);
-    const watch = await watchVersioned(
+    const view = await VersionedMapView.follow(
       await openShardMap(nc, controlPlaneNames(cluster)),
-      (map) => {
-        route.map = map;
-        for (const listener of [...route.listeners]) listener();
-      },
       // A map that fails its schema is skipped: sessions keep following the last good one.
       (error) => log.warn({ err: error.message }, "placement map ignored"),
     );
-    route.stopWatch = () => watch.stop();
-    return route;
+    return new PlacementCloudRoute(nc, view);
   }
 
   address(sessionId: string): string | undefined {
-    return this.map ? ownerOf(this.map, sessionId)?.endpoint : undefined;
+    const map = this.view.current;
+    return map ? ownerOf(map, sessionId)?.endpoint : undefined;
   }
 
   waitForOwnerChange(
@@ -48,26 +41,14 @@ export class PlacementCloudRoute implements CloudRoute {
     from: string | undefined,
     timeoutMs: number,
   ): Promise<string | undefined> {
-    return new Promise((resolve) => {
-      const check = () => {
-        const now = this.address(sessionId);
-        if (now !== undefined && now !== from) {
-          done(now);
-        }
-      };
-      const done = (value: string | undefined) => {
-        clearTimeout(timer);
-        this.listeners.delete(check);
-        resolve(value);
-      };
-      const timer = setTimeout(() => done(undefined), timeoutMs);
-      this.listeners.add(check);
-      check();
-    });
+    return this.view.waitFor((map) => {
+      const owner = ownerOf(map, sessionId)?.endpoint;
+      return owner !== undefined && owner !== from ? owner : undefined;
+    }, timeoutMs);
   }
 
   async close(): Promise<void> {
-    this.stopWatch();
+    this.view.stop();
     await this.nc.close();
   }
 }

@@ -18,7 +18,7 @@ import {
   openExpertMap,
   openShardMap,
   type ShardMapRecord,
-  watchVersioned,
+  VersionedMapView,
 } from "@tandem/cluster";
 import { CLUSTER_DEFAULTS, type Logger } from "@tandem/common";
 import type { ContextManager } from "./context-manager.ts";
@@ -27,15 +27,14 @@ import { DEFAULT_MEMBERSHIP_OPTIONS, type MembershipOptions } from "./membership
 export class ClusterMembership {
   private draining = false;
   private timer?: NodeJS.Timeout;
-  private map?: ShardMapRecord;
   private expertMap?: { version: number; held: Map<number, number> };
-  private readonly mapListeners = new Set<() => void>();
 
   private constructor(
     private readonly nc: NatsConnection,
     private readonly names: ControlPlaneNames,
     private readonly registry: NodeRegistry,
-    private readonly stopWatch: () => void,
+    private readonly shardMap: VersionedMapView<ShardMapRecord>,
+    private readonly expertMaps: VersionedMapView<ExpertMapRecord>,
     private readonly options: MembershipOptions,
     private readonly contexts: ContextManager,
     private readonly log: Logger,
@@ -49,32 +48,22 @@ export class ClusterMembership {
     const nc = await connectNats(options.natsUrl, { name: `tandem-cloud-worker ${options.nodeId}` });
     const names = controlPlaneNames(options.cluster);
     const registry = await NodeRegistry.open(nc, names);
-    const holder: { membership?: ClusterMembership } = {};
     // A map that fails its schema is skipped (and named in the log): the worker keeps the last good one.
     const invalid = (error: Error) => log.warn({ err: error.message }, "placement map ignored");
-    const watch = await watchVersioned(
-      await openShardMap(nc, names),
-      (map) => holder.membership?.onMap(map),
-      invalid,
-    );
-    const expertWatch = await watchVersioned(
-      await openExpertMap(nc, names),
-      (map) => holder.membership?.onExpertMap(map),
-      invalid,
-    );
     const membership = new ClusterMembership(
       nc,
       names,
       registry,
-      () => {
-        watch.stop();
-        expertWatch.stop();
-      },
+      await VersionedMapView.follow(await openShardMap(nc, names), invalid),
+      await VersionedMapView.follow(await openExpertMap(nc, names), invalid),
       options,
       contexts,
       log,
     );
-    holder.membership = membership;
+    membership.shardMap.onChange((map) => membership.onMap(map));
+    membership.expertMaps.onChange((map) => membership.onExpertMap(map));
+    if (membership.shardMap.current) membership.onMap(membership.shardMap.current);
+    if (membership.expertMaps.current) membership.onExpertMap(membership.expertMaps.current);
     await membership.heartbeat();
     membership.timer = setInterval(
       () => void membership.heartbeat(),
@@ -108,7 +97,6 @@ export class ClusterMembership {
   }
 
   private onMap(map: ShardMapRecord): void {
-    this.map = map;
     let released = 0;
     for (const sessionId of this.contexts.sessionIds()) {
       const owner = ownerOf(map, sessionId);
@@ -118,7 +106,6 @@ export class ClusterMembership {
       }
     }
     if (released > 0) this.log.info({ version: map.version, released }, "sessions moved to other workers");
-    for (const listener of [...this.mapListeners]) listener();
   }
 
   /**
@@ -139,7 +126,12 @@ export class ClusterMembership {
 
   /** Whether the current map gives this worker any shard. */
   ownsShards(): boolean {
-    return this.map !== undefined && Object.values(this.map.shards).includes(this.options.nodeId);
+    const map = this.shardMap.current;
+    return map !== undefined && this.holdsShards(map);
+  }
+
+  private holdsShards(map: ShardMapRecord): boolean {
+    return Object.values(map.shards).includes(this.options.nodeId);
   }
 
   /** Planned removal: asks the leader to move this worker's shards away, then waits until it has. */
@@ -148,24 +140,14 @@ export class ClusterMembership {
   ): Promise<boolean> {
     this.draining = true;
     await this.heartbeat();
-    return new Promise((resolve) => {
-      const check = () => {
-        if (this.map && !this.ownsShards()) done(true);
-      };
-      const done = (ok: boolean) => {
-        clearTimeout(timer);
-        this.mapListeners.delete(check);
-        resolve(ok);
-      };
-      const timer = setTimeout(() => done(false), timeoutMs);
-      this.mapListeners.add(check);
-      check();
-    });
+    const moved = await this.shardMap.waitFor((map) => (this.holdsShards(map) ? undefined : true), timeoutMs);
+    return moved === true;
   }
 
   async stop(): Promise<void> {
     clearInterval(this.timer);
-    this.stopWatch();
+    this.shardMap.stop();
+    this.expertMaps.stop();
     await this.registry.remove(this.options.nodeId).catch(() => undefined);
     this.registry.close();
     await this.nc.close();
