@@ -199,6 +199,15 @@ describe("batch jobs on BullMQ", () => {
         await expect(waitForJob("calibrate", unwritable, options, 60_000)).rejects.toThrow(
           /^out: cannot write/,
         );
+        // So does a graph cache that cannot be written, naming `cacheDir`.
+        const noCache = await submitJob(
+          "build-graphs",
+          { model: MODEL, split: 3, exitLayers: [3], cacheDir: join(MODEL, "config.json", "graphs") },
+          options,
+        );
+        await expect(waitForJob("build-graphs", noCache, options, 60_000)).rejects.toThrow(
+          /^cacheDir: cannot write graphs/,
+        );
         for (const id of [empty.id!, missing.id!]) {
           const job = (await Job.fromId(queue, id))!;
           expect(await job.getState()).toBe("failed");
@@ -206,7 +215,7 @@ describe("batch jobs on BullMQ", () => {
         }
         const good = await submitJob("generate", { model: MODEL, prompts: ["The"], maxTokens: 2 }, options);
         expect(((await waitForJob("generate", good, options, 60_000)) as GenerateJobResult).tokens).toBe(2);
-        expect(worker.counts).toEqual({ completed: 1, failed: 3 });
+        expect(worker.counts).toEqual({ completed: 1, failed: 4 });
       });
     } finally {
       await queue.close();
@@ -287,9 +296,18 @@ describe("no job lost", () => {
   it("a worker killed mid-job: the job stalls, another worker runs it to the end", async () => {
     const options = optionsFor("kill");
     const first = await startProgram("tandem-batch-worker", flags(options.cluster), env());
-    const id = await submitJob("generate", { model: MODEL, prompts, maxTokens: 48 }, options);
-    await untilActive(options, id);
-    await first.kill("SIGKILL");
+    try {
+      const id = await submitJob("generate", { model: MODEL, prompts, maxTokens: 48 }, options);
+      await untilActive(options, id);
+      await first.kill("SIGKILL");
+      await runsToTheEnd(options, id);
+    } finally {
+      await first.kill("SIGKILL");
+    }
+  }, 180_000);
+
+  /** A second worker takes the stalled job and finishes it: every prompt, once. */
+  async function runsToTheEnd(options: SubmitOptions, id: string): Promise<void> {
     const second = await startProgram("tandem-batch-worker", flags(options.cluster), env());
     try {
       const result = (await waitForJob("generate", id, options, 120_000)) as GenerateJobResult;
@@ -303,20 +321,25 @@ describe("no job lost", () => {
     } finally {
       await second.kill();
     }
-  }, 180_000);
+  }
 
   it("a worker asked to stop (SIGTERM) finishes the job in hand first", async () => {
     const options = optionsFor("term");
     const worker = await startProgram("tandem-batch-worker", flags(options.cluster), env());
-    const id = await submitJob(
-      "generate",
-      { model: MODEL, prompts: prompts.slice(0, 8), maxTokens: 32 },
-      options,
-    );
-    await untilActive(options, id);
-    const exited = new Promise<number | null>((resolve) => worker.child.once("exit", resolve));
-    worker.child.kill("SIGTERM");
-    expect(await exited).toBe(0);
+    let id: string;
+    try {
+      id = await submitJob(
+        "generate",
+        { model: MODEL, prompts: prompts.slice(0, 8), maxTokens: 32 },
+        options,
+      );
+      await untilActive(options, id);
+      const exited = new Promise<number | null>((resolve) => worker.child.once("exit", resolve));
+      worker.child.kill("SIGTERM");
+      expect(await exited).toBe(0);
+    } finally {
+      await worker.kill("SIGKILL");
+    }
     const view = await showJob("generate", id, options);
     expect(view).toMatchObject({ state: "completed", attemptsMade: 1 });
     expect((view!.result as GenerateJobResult).tokens).toBe(8 * 32);

@@ -18,6 +18,12 @@ import {
   type UpperAnswer,
   type UpperFrame,
   type UpperSegment,
+  CLOSE_MESSAGE,
+  EscalationSession,
+  LocalSessionContexts,
+  frameMessage,
+  getCodec,
+  openMessage,
 } from "@tandem/runtime";
 import { median } from "../statistics.ts";
 import type { Context } from "./collab-context.ts";
@@ -38,13 +44,30 @@ class RecordingUpper implements UpperSegment {
   }
 }
 
-/** Runs recorded cloud calls back to back on a fresh session; returns their wall time. */
+/**
+ * Runs recorded cloud calls back to back on a fresh session, as a worker handles them
+ * (the escalation protocol's upper side: check, decode, apply, answer); returns their
+ * wall time. The frames are encoded beforehand: encoding is the edge's work.
+ */
 async function replay(upper: SegmentSessions, calls: CloudCall[], sessionId: string): Promise<number> {
-  const segment = new LocalUpperSegment(upper, sessionId);
+  const { config, spec, weightsHash } = upper.model;
+  const identity = {
+    weightsHash,
+    split: spec.fromLayer,
+    hiddenSize: config.hiddenSize,
+    vocabSize: config.vocabSize,
+    maxPositions: config.maxPositions,
+  };
+  const session = new EscalationSession({ ...identity, workerId: "replay" }, new LocalSessionContexts(upper));
+  const codec = getCodec("fp32");
+  const messages = [
+    openMessage(sessionId, identity, codec.name),
+    ...calls.map((call, i) => frameMessage(codec, config.hiddenSize, { ...call, requestId: i })),
+  ];
   const start = performance.now();
-  for (const call of calls) await segment.extend(call);
+  for (const message of messages) await session.handle(message);
   const ms = performance.now() - start;
-  await segment.close();
+  await session.handle(CLOSE_MESSAGE);
   return ms;
 }
 

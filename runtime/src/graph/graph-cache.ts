@@ -7,6 +7,7 @@ import { createHash } from "node:crypto";
 import { existsSync } from "node:fs";
 import { mkdir, open, rename, rm, writeFile } from "node:fs/promises";
 import { dirname, join } from "node:path";
+import { GraphIoError } from "@tandem/common";
 import { cacheRoot } from "../cache-root.ts";
 import type { Checkpoint } from "../checkpoint/model-weights.ts";
 import { SEGMENT_GRAPH_VERSION, type SegmentSpec } from "./segment-spec.ts";
@@ -71,10 +72,10 @@ export async function ensureSegmentGraph(
   const graph = buildSegmentGraph(checkpoint.config, checkpoint.weights, spec, SEGMENT_WEIGHTS_FILE);
   // Write into a private directory and rename it into place: a concurrent builder of
   // the same key, or a crash half-way, never leaves a half-written graph under the key.
-  await mkdir(cacheDir, { recursive: true });
   const staging = `${dir}.tmp-${process.pid}-${Date.now()}`;
-  await mkdir(staging, { recursive: true });
   try {
+    await mkdir(cacheDir, { recursive: true });
+    await mkdir(staging, { recursive: true });
     const weights = await open(join(staging, SEGMENT_WEIGHTS_FILE), "w");
     try {
       for (const chunk of graph.externalData) await weights.write(chunk);
@@ -88,8 +89,11 @@ export async function ensureSegmentGraph(
       await rm(staging, { recursive: true, force: true });
     });
   } catch (error) {
-    await rm(staging, { recursive: true, force: true });
-    throw error;
+    // Best effort: a staging path that could not be made cannot be removed either.
+    await rm(staging, { recursive: true, force: true }).catch(() => undefined);
+    throw new GraphIoError(dir, `cannot write the segment graph (${(error as Error).message})`, {
+      cause: error,
+    });
   }
   return modelPath;
 }

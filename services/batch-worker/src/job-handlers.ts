@@ -29,7 +29,7 @@ import {
   Tokenizer,
   writeCalibration,
 } from "@tandem/runtime";
-import { InvalidArgumentError, type Progress } from "@tandem/common";
+import { GraphIoError, InvalidArgumentError, type Progress } from "@tandem/common";
 import type {
   BuildGraphsJobData,
   BuildGraphsJobResult,
@@ -179,9 +179,14 @@ export async function runBuildGraphsJob(
   const cached = (spec: typeof specs.edge) => existsSync(segmentGraphPath(checkpoint, spec, cacheDir));
   const alreadyCached = { edge: cached(specs.edge), cloud: cached(specs.cloud) };
   const build = (spec: typeof specs.edge) =>
-    ensureSegmentGraph(checkpoint, spec, cacheDir).catch((error: NodeJS.ErrnoException) => {
-      if (error.code === "EACCES" || error.code === "ENOTDIR" || error.code === "EROFS")
-        throw new InvalidArgumentError("cacheDir", `cannot write graphs to ${cacheDir} (${error.message})`);
+    ensureSegmentGraph(checkpoint, spec, cacheDir).catch((error: unknown) => {
+      // A directory that cannot be written stays so on a retry: the job's field is wrong.
+      const code = error instanceof GraphIoError ? (error.cause as NodeJS.ErrnoException).code : undefined;
+      if (code === "EACCES" || code === "ENOTDIR" || code === "EROFS" || code === "EEXIST")
+        throw new InvalidArgumentError(
+          "cacheDir",
+          `cannot write graphs to ${cacheDir} (${(error as Error).message})`,
+        );
       throw error;
     });
   const edgeGraph = await build(specs.edge);
