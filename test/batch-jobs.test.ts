@@ -8,10 +8,12 @@ import { existsSync, mkdtempSync, rmSync, statSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { promisify } from "node:util";
-import { Job, Queue } from "bullmq";
+import { Job, Queue, QueueEvents, Worker } from "bullmq";
 import { pino } from "pino";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import {
+  BACKOFF_STRATEGY,
+  batchBackoffStrategy,
   batchQueueLocation,
   type BatchWorker,
   type GenerateJobResult,
@@ -344,4 +346,50 @@ describe("no job lost", () => {
     expect(view).toMatchObject({ state: "completed", attemptsMade: 1 });
     expect((view!.result as GenerateJobResult).tokens).toBe(8 * 32);
   }, 120_000);
+});
+
+describe("the retry policy on BullMQ", () => {
+  it("retries a failing job after the policy's jittered, growing waits, up to its attempts", async () => {
+    const options = optionsFor("retry");
+    const location = batchQueueLocation(REDIS, options.cluster);
+    const policy = { attempts: 3, initialDelayMs: 300, maxDelayMs: 10_000, jitter: 0.5 };
+    const tries: number[] = [];
+    const worker = new Worker(
+      "generate",
+      async () => {
+        tries.push(Date.now());
+        if (tries.length < 3) throw new Error("a transient failure");
+        return "done";
+      },
+      {
+        connection: location.connection,
+        prefix: location.prefix,
+        settings: { backoffStrategy: batchBackoffStrategy(policy) },
+      },
+    );
+    const queue = new Queue("generate", { connection: location.connection, prefix: location.prefix });
+    const events = new QueueEvents("generate", { connection: location.connection, prefix: location.prefix });
+    try {
+      await events.waitUntilReady();
+      // As submitJob asks: the worker's strategy computes the waits.
+      const job = await queue.add(
+        "generate",
+        {},
+        { attempts: policy.attempts, backoff: { type: BACKOFF_STRATEGY } },
+      );
+      expect(await job.waitUntilFinished(events, 30_000)).toBe("done");
+      expect(tries).toHaveLength(3);
+      const [first, second] = [tries[1] - tries[0], tries[2] - tries[1]];
+      // Attempt n waits initialDelayMs·2^(n−1), drawn from its upper half (jitter 0.5).
+      expect(first).toBeGreaterThanOrEqual(150 - 20);
+      expect(first).toBeLessThan(300 + 500);
+      expect(second).toBeGreaterThanOrEqual(300 - 20);
+      expect(second).toBeLessThan(600 + 500);
+    } finally {
+      await worker.close();
+      await events.close();
+      await queue.obliterate({ force: true });
+      await queue.close();
+    }
+  }, 60_000);
 });

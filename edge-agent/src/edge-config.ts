@@ -1,7 +1,7 @@
 /** The edge agent's settings (JSON file, TANDEM_EDGE_* variables, flags): one schema, every default once. */
 import { z } from "zod";
 import { DEFAULT_CLUSTER_NAME } from "@tandem/common";
-import { CODEC_NAMES, CONFIDENCE_METRICS, WEIGHT_FORMATS } from "@tandem/runtime";
+import { CODEC_NAMES, CONFIDENCE_METRICS, RUNTIME_SETTINGS } from "@tandem/runtime";
 import { DEFAULT_CLOUD_LINK_OPTIONS } from "./cloud-link.ts";
 import { DEFAULT_REQUEST_LIMITS } from "./inference-service.ts";
 
@@ -20,12 +20,7 @@ export const EDGE_CONFIG_SCHEMA = z
       .min(1)
       .optional()
       .meta({ description: "calibration file from `tandem calibrate` (exit heads and thresholds)" }),
-    target: z
-      .number()
-      .gt(0)
-      .max(1)
-      .default(0.99)
-      .meta({ description: "agreement target whose calibrated thresholds to use" }),
+    target: RUNTIME_SETTINGS.target,
     split: z.int().min(1).optional().meta({
       description: "layers run on the device (default: the calibration's, else the model's tandem.json)",
     }),
@@ -97,11 +92,8 @@ export const EDGE_CONFIG_SCHEMA = z
       .min(1)
       .default(DEFAULT_REQUEST_LIMITS.maxPromptTokens)
       .meta({ description: "longest prompt accepted, in tokens" }),
-    threads: z.int().min(1).default(1).meta({ description: "ONNX Runtime threads" }),
-    weights: z
-      .enum(WEIGHT_FORMATS)
-      .default("fp32")
-      .meta({ description: "weight format of the device segment" }),
+    threads: RUNTIME_SETTINGS.threads,
+    weights: RUNTIME_SETTINGS.weights.meta({ description: "weight format of the device segment" }),
   })
   .strict();
 

@@ -15,6 +15,7 @@ import {
   AlwaysDeferPolicy,
   AlwaysExitPolicy,
   BudgetExitPolicy,
+  DEFAULT_GENERATE_OPTIONS,
   type ConfidenceMetric,
   type ExitPolicy,
   IncrementalDecoder,
@@ -62,7 +63,7 @@ export interface RequestLimits {
 
 export const DEFAULT_REQUEST_LIMITS: RequestLimits = {
   maxTokensLimit: 1024,
-  defaultMaxTokens: 64,
+  defaultMaxTokens: DEFAULT_GENERATE_OPTIONS.maxTokens,
   maxPromptTokens: 2048,
   maxStops: 8,
   maxStopLength: 64,

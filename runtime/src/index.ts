@@ -14,6 +14,7 @@ export { readSafetensors, writeSafetensors, type TensorToWrite } from "./checkpo
 // Segment graphs and the engine
 export {
   DEFAULT_QUANT_BLOCK_SIZE,
+  DEFAULT_WEIGHT_FORMAT,
   WEIGHT_FORMATS,
   segmentSpec,
   validateSegmentSpec,
@@ -25,7 +26,12 @@ export {
 export { cloudSegmentSpec, edgeSegmentSpec } from "./graph/deployment-specs.ts";
 export { defaultGraphCacheDir, ensureSegmentGraph, segmentGraphPath } from "./graph/graph-cache.ts";
 export { OnnxGraphBuilder } from "./graph/onnx-graph-builder.ts";
-export { SegmentModel, type SegmentModelOptions } from "./engine/segment-model.ts";
+export { RUNTIME_SETTINGS } from "./runtime-settings.ts";
+export {
+  DEFAULT_SEGMENT_MODEL_OPTIONS,
+  SegmentModel,
+  type SegmentModelOptions,
+} from "./engine/segment-model.ts";
 export {
   SegmentSessions,
   type ExitResult,
@@ -51,6 +57,7 @@ export {
 } from "./exits/exit-policy.ts";
 export { calibrate, type CalibrateOptions } from "./calibration/calibrate.ts";
 export {
+  DEFAULT_AGREEMENT_TARGET,
   calibratedExitHeads,
   checkCalibrationMatches,
   policyForTarget,
@@ -84,6 +91,7 @@ export {
   type SamplingOptions,
 } from "./generation/sampler.ts";
 export {
+  DEFAULT_GENERATE_OPTIONS,
   SplitGenerator,
   type GenerateOptions,
   type GeneratedToken,

@@ -2,7 +2,7 @@
 import { readFile } from "node:fs/promises";
 import { z } from "zod";
 import { UsageError, formatProgress } from "@tandem/common";
-import { Tokenizer, calibrate, loadCheckpoint, writeCalibration } from "@tandem/runtime";
+import { RUNTIME_SETTINGS, Tokenizer, calibrate, loadCheckpoint, writeCalibration } from "@tandem/runtime";
 import type { CommandDefinition } from "../command.ts";
 
 const CALIBRATE_OPTIONS = z
@@ -27,7 +27,7 @@ const CALIBRATE_OPTIONS = z
       .default(32768)
       .meta({ description: "use at most this many tokens of the text" }),
     ridge: z.number().gt(0).default(1e-3).meta({ description: "relative ridge strength of the exit maps" }),
-    threads: z.int().min(1).default(1).meta({ description: "ONNX Runtime threads" }),
+    threads: RUNTIME_SETTINGS.threads,
   })
   .strict();
 

@@ -13,7 +13,7 @@ import { UsageError } from "@tandem/common";
 import { startCloudWorker } from "@tandem/cloud-worker";
 import { EDGE_CONFIG_SCHEMA, startEdgeAgent } from "@tandem/edge-agent";
 import { loadTandemProtos, type GenerateEvent__Output } from "@tandem/proto";
-import { CODEC_NAMES, readDeployment } from "@tandem/runtime";
+import { CODEC_NAMES, RUNTIME_SETTINGS, readDeployment } from "@tandem/runtime";
 import type { CommandDefinition } from "../command.ts";
 
 export const DEMO_MODEL_DIR = join(
@@ -34,12 +34,7 @@ const DEMO_OPTIONS = z
       .optional()
       .meta({ description: "a prompt of your own (default: three shipped ones)" }),
     maxTokens: z.int().min(1).default(40).meta({ description: "tokens per prompt" }),
-    target: z
-      .number()
-      .gt(0)
-      .max(1)
-      .default(0.99)
-      .meta({ description: "agreement target whose calibrated thresholds the edge uses" }),
+    target: RUNTIME_SETTINGS.target,
     codec: z.enum(CODEC_NAMES).default("fp16").meta({ description: "hidden-state codec on the wire" }),
     split: z
       .int()

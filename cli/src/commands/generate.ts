@@ -9,7 +9,7 @@ import {
   SplitGenerator,
   ThresholdExitPolicy,
   Tokenizer,
-  WEIGHT_FORMATS,
+  RUNTIME_SETTINGS,
   calibratedExitHeads,
   checkCalibrationMatches,
   loadCheckpoint,
@@ -25,7 +25,7 @@ export const GENERATE_OPTIONS = z
       description: "Hugging Face checkpoint directory (config.json, *.safetensors, tokenizer.json)",
     }),
     prompt: z.string().min(1).meta({ description: "text to continue" }),
-    maxTokens: z.int().min(1).default(64).meta({ description: "tokens to generate" }),
+    maxTokens: RUNTIME_SETTINGS.maxTokens,
     split: z
       .int()
       .min(1)
@@ -43,14 +43,11 @@ export const GENERATE_OPTIONS = z
     calibration: z.string().min(1).optional().meta({
       description: "exit heads and thresholds from 'tandem calibrate' (replaces --metric/--threshold)",
     }),
-    target: z
-      .number()
-      .gt(0)
-      .max(1)
-      .default(0.99)
-      .meta({ description: "with --calibration: the agreement target whose thresholds to use" }),
-    weights: z.enum(WEIGHT_FORMATS).default("fp32").meta({ description: "weight format" }),
-    threads: z.int().min(1).default(1).meta({ description: "ONNX Runtime threads" }),
+    target: RUNTIME_SETTINGS.target.meta({
+      description: "with --calibration: the agreement target whose thresholds to use",
+    }),
+    weights: RUNTIME_SETTINGS.weights,
+    threads: RUNTIME_SETTINGS.threads,
   })
   .strict();
 

@@ -4,7 +4,7 @@
  * segment and its hidden states through the upper one, as between an edge and a cloud.
  */
 import { z } from "zod";
-import { computeLogits } from "@tandem/runtime";
+import { RUNTIME_SETTINGS, computeLogits } from "@tandem/runtime";
 import type { CommandDefinition } from "../command.ts";
 
 const LOGITS_OPTIONS = z
@@ -12,7 +12,7 @@ const LOGITS_OPTIONS = z
     model: z.string().min(1).meta({ description: "checkpoint directory" }),
     ids: z.array(z.int().min(0)).min(1).meta({ description: "token ids, comma-separated" }),
     split: z.int().min(1).optional().meta({ description: "compute across a split after this many layers" }),
-    threads: z.int().min(1).default(1).meta({ description: "ONNX Runtime threads" }),
+    threads: RUNTIME_SETTINGS.threads,
   })
   .strict();
 

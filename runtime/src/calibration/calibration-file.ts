@@ -133,6 +133,9 @@ export function calibratedExitHeads(calibration: Calibration): ExitHeadSpec[] {
 }
 
 /** The policy for a target agreement: the one with the nearest target at or above it. */
+/** The agreement target whose thresholds a deployment uses unless told otherwise. */
+export const DEFAULT_AGREEMENT_TARGET = 0.99;
+
 export function policyForTarget(calibration: Calibration, targetAgreement: number): CalibratedPolicy {
   const sorted = [...calibration.summary.policies].sort((a, b) => a.targetAgreement - b.targetAgreement);
   const policy = sorted.find((p) => p.targetAgreement >= targetAgreement - 1e-9) ?? sorted[sorted.length - 1];

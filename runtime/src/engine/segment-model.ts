@@ -11,6 +11,8 @@ import { ensureSegmentGraph } from "../graph/graph-cache.ts";
 import { GRAPH_IO } from "../graph/graph-io-names.ts";
 import { segmentExits, type SegmentSpec, validateSegmentSpec } from "../graph/segment-spec.ts";
 
+export const DEFAULT_SEGMENT_MODEL_OPTIONS = { threads: 1 } as const;
+
 export interface SegmentModelOptions {
   /** Threads ONNX Runtime uses inside one operator. @default 1 */
   threads?: number;
@@ -104,7 +106,7 @@ export class SegmentModel {
     validateSegmentSpec(spec, checkpoint.config);
     const graphPath = await ensureSegmentGraph(checkpoint, spec, options.cacheDir);
     const session = await ort.InferenceSession.create(graphPath, {
-      intraOpNumThreads: options.threads ?? 1,
+      intraOpNumThreads: options.threads ?? DEFAULT_SEGMENT_MODEL_OPTIONS.threads,
       interOpNumThreads: 1,
       executionMode: "sequential",
       graphOptimizationLevel: "all",

@@ -8,7 +8,12 @@ import { SegmentModel, type SegmentModelOptions } from "../engine/segment-model.
 import { SegmentSessions } from "../engine/segment-sessions.ts";
 import { InvalidArgumentError } from "@tandem/common";
 import { cloudSegmentSpec, edgeSegmentSpec } from "../graph/deployment-specs.ts";
-import { segmentSpec, type ExitHeadSpec, type WeightFormat } from "../graph/segment-spec.ts";
+import {
+  DEFAULT_WEIGHT_FORMAT,
+  segmentSpec,
+  type ExitHeadSpec,
+  type WeightFormat,
+} from "../graph/segment-spec.ts";
 
 export interface LocalSplitOptions extends SegmentModelOptions {
   /** Layers on the lower side; the whole model when equal to numLayers. @default numLayers */
@@ -35,7 +40,7 @@ export async function loadLocalSplit(
   if (!Number.isInteger(split) || split < 1 || split > layers) {
     throw new InvalidArgumentError("split", `must be an integer in [1, ${layers}], got ${split}`);
   }
-  const weightFormat = options.weightFormat ?? "fp32";
+  const weightFormat = options.weightFormat ?? DEFAULT_WEIGHT_FORMAT;
   const whole = split === layers;
   // The graphs the edge agent and the cloud worker load (with logits, so either side can
   // sample), or the whole model with its exits.

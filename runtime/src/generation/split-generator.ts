@@ -66,6 +66,8 @@ export interface GeneratedToken {
   confidence: number;
 }
 
+export const DEFAULT_GENERATE_OPTIONS = { maxTokens: 64 } as const;
+
 export interface GenerateOptions {
   /** @default 64 */
   maxTokens?: number;
@@ -132,7 +134,7 @@ export class SplitGenerator {
   }
 
   async *generate(promptIds: number[], options: GenerateOptions = {}): AsyncGenerator<GeneratedToken> {
-    const maxTokens = options.maxTokens ?? 64;
+    const maxTokens = options.maxTokens ?? DEFAULT_GENERATE_OPTIONS.maxTokens;
     const stop = new Set(options.stopTokenIds ?? []);
     const sampling = options.sampling ?? GREEDY;
     validateSampling(sampling);

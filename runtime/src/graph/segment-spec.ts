@@ -7,6 +7,7 @@ import { InvalidArgumentError, UnsupportedError } from "@tandem/common";
 
 export const WEIGHT_FORMATS = ["fp32", "int8", "int4"] as const;
 export type WeightFormat = (typeof WEIGHT_FORMATS)[number];
+export const DEFAULT_WEIGHT_FORMAT: WeightFormat = "fp32";
 
 /**
  * A map from an exit layer's hidden state towards the last layer's ("Jump to Conclusions"),
@@ -60,7 +61,7 @@ export function segmentSpec(
     hiddenTaps: [],
     positions: "last",
     logits: false,
-    weightFormat: "fp32",
+    weightFormat: DEFAULT_WEIGHT_FORMAT,
     ...partial,
   };
 }

@@ -6,7 +6,7 @@
  */
 import { z } from "zod";
 import { parseOrThrow } from "@tandem/common";
-import { SAMPLING_LIMITS, WEIGHT_FORMATS } from "@tandem/runtime";
+import { RUNTIME_SETTINGS, SAMPLING_LIMITS } from "@tandem/runtime";
 
 export const JOB_KINDS = ["generate", "calibrate", "build-graphs"] as const;
 export type JobKind = (typeof JOB_KINDS)[number];
@@ -32,19 +32,14 @@ export const GENERATE_JOB_SCHEMA = z
   .object({
     model,
     prompts: z.array(z.string().min(1)).min(1).max(10_000).meta({ description: "texts to continue" }),
-    maxTokens: z.int().min(1).max(4096).default(64).meta({ description: "tokens per prompt" }),
+    maxTokens: RUNTIME_SETTINGS.maxTokens.meta({ description: "tokens per prompt" }),
     calibration: path.optional().meta({
       description:
         "split as an edge and a cloud would: the calibration's split, exits and thresholds (else the whole model)",
     }),
-    target: z
-      .number()
-      .gt(0)
-      .max(1)
-      .default(0.99)
-      .meta({ description: "agreement target of the calibrated thresholds" }),
+    target: RUNTIME_SETTINGS.target,
     sampling: SAMPLING_SCHEMA.optional().meta({ description: "{temperature, topP, seed}; absent: greedy" }),
-    weights: z.enum(WEIGHT_FORMATS).default("fp32").meta({ description: "weight format" }),
+    weights: RUNTIME_SETTINGS.weights,
   })
   .strict();
 
@@ -81,7 +76,7 @@ export const BUILD_GRAPHS_JOB_SCHEMA = z
       .min(1)
       .optional()
       .meta({ description: "plain exit heads, without a calibration" }),
-    weights: z.enum(WEIGHT_FORMATS).default("fp32").meta({ description: "weight format" }),
+    weights: RUNTIME_SETTINGS.weights,
     cacheDir: path.optional().meta({ description: "graph cache directory (default: the worker's)" }),
   })
   .strict();

@@ -48,6 +48,11 @@ export const DEFAULT_BATCH_WORKER_OPTIONS = {
   threads: 1,
 } as const;
 
+/** BullMQ's backoff strategy for a failed job: the retry policy's wait after `attemptsMade` tries. */
+export function batchBackoffStrategy(policy: BackoffPolicy): (attemptsMade: number) => number {
+  return (attemptsMade) => backoffDelayMs(policy, attemptsMade);
+}
+
 export interface BatchWorker {
   /** Jobs finished by this process, per outcome (for logs and tests). */
   readonly counts: { completed: number; failed: number };
@@ -75,10 +80,7 @@ export async function startBatchWorker(options: BatchWorkerOptions, log: Logger)
       lockDuration: options.lockDurationMs ?? DEFAULT_BATCH_WORKER_OPTIONS.lockDurationMs,
       stalledInterval: options.stalledIntervalMs ?? DEFAULT_BATCH_WORKER_OPTIONS.stalledIntervalMs,
       // Jobs submitted by submitJob ask for this strategy: the retry policy's jittered backoff.
-      settings: {
-        backoffStrategy: (attemptsMade: number) =>
-          backoffDelayMs(options.backoff ?? BATCH_JOB_BACKOFF, attemptsMade),
-      },
+      settings: { backoffStrategy: batchBackoffStrategy(options.backoff ?? BATCH_JOB_BACKOFF) },
     });
     worker.on("completed", (job) => {
       counts.completed++;

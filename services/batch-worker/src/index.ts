@@ -26,6 +26,7 @@ export {
 } from "./batch-queues.ts";
 export {
   DEFAULT_BATCH_WORKER_OPTIONS,
+  batchBackoffStrategy,
   startBatchWorker,
   type BatchWorker,
   type BatchWorkerOptions,

@@ -1,7 +1,7 @@
 /** The cloud worker's settings (JSON file, TANDEM_WORKER_* variables, flags): one schema, every default once. */
 import { z } from "zod";
 import { CLUSTER_DEFAULTS } from "@tandem/common";
-import { WEIGHT_FORMATS } from "@tandem/runtime";
+import { RUNTIME_SETTINGS } from "@tandem/runtime";
 import { DEFAULT_MEMBERSHIP_OPTIONS } from "./membership-options.ts";
 import { DEFAULT_CONTEXT_MANAGER_OPTIONS } from "./context-manager.ts";
 import { DEFAULT_DECODE_BATCHER_OPTIONS } from "./decode-batcher.ts";
@@ -22,7 +22,7 @@ export const WORKER_CONFIG_SCHEMA = z
       .min(1)
       .default(DEFAULT_CONTEXT_MANAGER_OPTIONS.memoryBudgetBytes / 2 ** 20)
       .meta({ description: "KV-cache budget of all sessions, MiB; idle sessions beyond it are evicted LRU" }),
-    threads: z.int().min(1).default(1).meta({ description: "ONNX Runtime threads" }),
+    threads: RUNTIME_SETTINGS.threads,
     batching: z
       .boolean()
       .default(DEFAULT_DECODE_BATCHER_OPTIONS.enabled)
@@ -32,7 +32,7 @@ export const WORKER_CONFIG_SCHEMA = z
       .min(1)
       .default(DEFAULT_DECODE_BATCHER_OPTIONS.maxBatch)
       .meta({ description: "most sessions in one batched step" }),
-    weights: z.enum(WEIGHT_FORMATS).default("fp32").meta({ description: "weight format" }),
+    weights: RUNTIME_SETTINGS.weights,
     natsUrl: z
       .string()
       .min(1)

@@ -1,0 +1,31 @@
+/**
+ * Settings that several programs and commands take (the edge agent, the cloud worker,
+ * batch jobs, `tandem generate`…), each defined once with its default, bounds and
+ * description: schemas are built from these, so a default cannot differ between them.
+ */
+import { z } from "zod";
+import { DEFAULT_AGREEMENT_TARGET } from "./calibration/calibration-file.ts";
+import { DEFAULT_SEGMENT_MODEL_OPTIONS } from "./engine/segment-model.ts";
+import { DEFAULT_GENERATE_OPTIONS } from "./generation/split-generator.ts";
+import { DEFAULT_WEIGHT_FORMAT, WEIGHT_FORMATS } from "./graph/segment-spec.ts";
+
+export const RUNTIME_SETTINGS = {
+  threads: z
+    .int()
+    .min(1)
+    .default(DEFAULT_SEGMENT_MODEL_OPTIONS.threads)
+    .meta({ description: "ONNX Runtime threads" }),
+  weights: z.enum(WEIGHT_FORMATS).default(DEFAULT_WEIGHT_FORMAT).meta({ description: "weight format" }),
+  target: z
+    .number()
+    .gt(0)
+    .max(1)
+    .default(DEFAULT_AGREEMENT_TARGET)
+    .meta({ description: "agreement target whose calibrated thresholds to use" }),
+  maxTokens: z
+    .int()
+    .min(1)
+    .max(4096)
+    .default(DEFAULT_GENERATE_OPTIONS.maxTokens)
+    .meta({ description: "tokens to generate" }),
+} as const;
