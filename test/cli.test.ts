@@ -1,7 +1,8 @@
 /**
  * The `tandem` command as a user runs it: a real process, a checkpoint on disk.
  */
-import { mkdtempSync, rmSync } from "node:fs";
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync } from "node:fs";
+import module from "node:module";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -181,5 +182,20 @@ describe("tandem demo (the main job)", () => {
     const missing = await tandem("demo", "--split", "4");
     expect(missing.code).not.toBe(0);
     expect(missing.stderr).toMatch(/--split.*ships calibrations for splits 3, 5, not 4/);
+  });
+});
+
+describe("the bins", () => {
+  it("keep node's compile cache where node has one (22.1 and later), so later starts skip compiling", async () => {
+    // Not NODE_COMPILE_CACHE (setting it alone turns the cache on): the bins' default, the temp dir.
+    const temp = join(dir, "temp");
+    mkdirSync(temp);
+    const { NODE_COMPILE_CACHE: _unset, ...rest } = env;
+    const result = await runCli(["--help"], { ...rest, TMPDIR: temp });
+    expect(result.code).toBe(0);
+    const cacheDir = join(temp, "node-compile-cache");
+    const cached = existsSync(cacheDir) ? readdirSync(cacheDir, { recursive: true }).length : 0;
+    if ("enableCompileCache" in module) expect(cached).toBeGreaterThan(0);
+    else expect(cached).toBe(0);
   });
 });

@@ -127,6 +127,8 @@ export default async function startupBenchmark(options: BenchOptions<"startup">)
     return {
       name: "startup",
       runs,
+      // From Node 22.1 on, the bins keep a compile cache (warmed by the first start above).
+      node: process.version,
       note: "spawn to ready (the line a server prints once its gRPC health reports SERVING, then confirmed) for the servers on the demo model with the graph cache warm, spawn to exit for --help; median",
       ...result,
       bare_node_ms: Math.round(median(bare)),
