@@ -134,14 +134,18 @@ describe("tandem generate", () => {
 });
 
 describe("tandem bench", () => {
-  for (const name of ["codec", "runtime"]) {
+  for (const name of ["codec", "runtime", "exits", "collab", "placement"]) {
     it(`runs a smoke version of the ${name} benchmark and prints JSON last`, async () => {
-      const { stdout, code } = await tandem("bench", name, "--smoke");
-      expect(code).toBe(0);
-      const result = JSON.parse(stdout.trim().split("\n").pop()!) as { name: string; rows: unknown[] };
+      const { stdout, stderr, code } = await tandem("bench", name, "--smoke");
+      expect(code, stderr).toBe(0);
+      const result = JSON.parse(stdout.trim().split("\n").pop()!) as { name: string; rows?: unknown[] };
       expect(result.name).toBe(name);
-      expect(result.rows.length).toBeGreaterThan(0);
-    });
+      if (name === "codec" || name === "runtime") expect(result.rows!.length).toBeGreaterThan(0);
+      // Progress goes to stderr as text a person reads ("exits: phase done/total"), never
+      // an object's default string.
+      expect(stderr).not.toContain("[object Object]");
+      if (name === "exits") expect(stderr).toMatch(/^exits: \S.* \d+\/\d+/m);
+    }, 60_000);
   }
 
   it("runs a smoke version of the startup benchmark: every program timed compiled and through tsx", async () => {

@@ -22,6 +22,7 @@
  */
 import { activations, CODEC_NAMES, getCodec, type HiddenStateCodec } from "@tandem/runtime";
 import type { BenchOptions, BenchResult } from "./bench-types.ts";
+import { median } from "./statistics.ts";
 
 interface Timing {
   samples: number;
@@ -44,8 +45,7 @@ function msPerCall(run: () => unknown, timing: Timing): number {
     }
     perCall.push((now - start) / calls);
   }
-  perCall.sort((a, b) => a - b);
-  return perCall[Math.floor(perCall.length / 2)];
+  return median(perCall);
 }
 
 function errors(x: Float32Array, y: Float32Array, dim: number) {

@@ -20,7 +20,8 @@ import { loadCheckpoint, readCalibration, Tokenizer } from "@tandem/runtime";
 import type { BenchOptions, BenchResult } from "./bench-types.ts";
 import { agreementSweep } from "./collab/agreement.ts";
 import { cloudCompute } from "./collab/cloud-compute.ts";
-import { CALIBRATIONS, type Context, HELDOUT, LINK, MODEL, PLOT, ROOT } from "./collab/collab-context.ts";
+import { DEMO_HELDOUT_TEXT, DEMO_MODEL, REPO_ROOT } from "./bench-paths.ts";
+import { type Context, demoCalibrations, LINK, PLOT } from "./collab/collab-context.ts";
 import { plotCollab } from "./collab/collab-plot.ts";
 import { latencyAndBytes } from "./collab/latency.ts";
 import { workerThroughput } from "./collab/worker-throughput.ts";
@@ -46,10 +47,11 @@ async function measureSplit(base: Context, calibrationPath: string, maxTokens: n
 export default async function collabBenchmark(options: BenchOptions<"collab">): Promise<BenchResult> {
   // `--only throughput|compute` runs just that part (quick iteration).
   const only = options.options.only;
-  const checkpoint = await loadCheckpoint(MODEL);
-  const calibration = await readCalibration(CALIBRATIONS[0]);
+  const checkpoint = await loadCheckpoint(DEMO_MODEL);
+  const calibrations = demoCalibrations();
+  const calibration = await readCalibration(calibrations[0]);
   const tokenizer = await Tokenizer.fromFile(checkpoint.tokenizerPath!);
-  const ids = tokenizer.encode(readFileSync(HELDOUT, "utf8"));
+  const ids = tokenizer.encode(readFileSync(DEMO_HELDOUT_TEXT, "utf8"));
   const windowTokens = 128;
   const windowCount = options.smoke ? 4 : 64;
   // The end of the held-out text: calibration used its beginning.
@@ -61,7 +63,7 @@ export default async function collabBenchmark(options: BenchOptions<"collab">): 
   const base: Context = {
     checkpoint,
     calibration,
-    calibrationPath: CALIBRATIONS[0],
+    calibrationPath: calibrations[0],
     tokenizer,
     split: calibration.summary.split,
     windows,
@@ -78,7 +80,7 @@ export default async function collabBenchmark(options: BenchOptions<"collab">): 
   }
 
   const splits = [];
-  for (const path of options.smoke ? CALIBRATIONS.slice(0, 1) : CALIBRATIONS)
+  for (const path of options.smoke ? calibrations.slice(0, 1) : calibrations)
     splits.push(await measureSplit(base, path, maxTokens));
   if (only === "compute") {
     return {
@@ -145,7 +147,7 @@ export default async function collabBenchmark(options: BenchOptions<"collab">): 
     batched_speedup_16_sessions: throughput.find((r) => r.sessions === 16)?.speedup,
     by_split: splits.map((s) => ({
       split: s.ctx.split,
-      calibration: s.ctx.calibrationPath.slice(ROOT.length + 1),
+      calibration: s.ctx.calibrationPath.slice(REPO_ROOT.length + 1),
       cloud_compute_saved_at_99pct_agreement: s.atTarget ? 1 - s.atTarget.cloud_compute_relative : undefined,
       cloud_flops_saved_at_99pct_agreement: s.atTarget ? 1 - s.atTarget.cloud_flops_relative : undefined,
       operating_point: s.atTarget && {
@@ -159,15 +161,15 @@ export default async function collabBenchmark(options: BenchOptions<"collab">): 
       cloud_compute: s.compute,
     })),
     worker_throughput: throughput,
-    plot: options.smoke ? undefined : "bench/results/collab.png",
   };
-  if (!options.smoke)
-    plotCollab(
+  const plotted =
+    !options.smoke &&
+    (await plotCollab(
       best.sweep.policies,
       best.compute.rows,
       wire.latency,
       `edge runs ${best.ctx.split} of ${checkpoint.config.numLayers} layers`,
       PLOT,
-    );
-  return result;
+    ));
+  return { ...result, plot: plotted ? "bench/results/collab.png" : undefined };
 }

@@ -6,39 +6,35 @@
  * part of the text and measured on another. Writes bench/results/exits.png.
  * Usage: tandem bench exits [--smoke]
  */
-import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
-import { dirname, join } from "node:path";
-import { fileURLToPath } from "node:url";
-import { createCanvas } from "@napi-rs/canvas";
+import { readFileSync } from "node:fs";
+import { join } from "node:path";
+import { formatProgress } from "@tandem/common";
 import {
   calibrate,
   type CalibratedPolicy,
   type CurvePoint,
   loadCheckpoint,
+  readDeployment,
   Tokenizer,
 } from "@tandem/runtime";
+import { DEMO_HELDOUT_TEXT, DEMO_MODEL, RESULTS_DIR } from "./bench-paths.ts";
 import type { BenchOptions, BenchResult } from "./bench-types.ts";
+import { createPlotCanvas, writePng } from "./plot-canvas.ts";
 
-const ROOT = join(dirname(fileURLToPath(import.meta.url)), "..", "..");
-export const DEMO_MODEL = join(ROOT, "models", "tandem-demo");
-export const HELDOUT_TEXT = join(DEMO_MODEL, "heldout.txt");
-const PLOT = join(ROOT, "bench", "results", "exits.png");
+const PLOT = join(RESULTS_DIR, "exits.png");
 
 export default async function exitsBenchmark(options: BenchOptions<"exits">): Promise<BenchResult> {
   const checkpoint = await loadCheckpoint(DEMO_MODEL);
   const tokenizer = await Tokenizer.fromFile(checkpoint.tokenizerPath!);
-  const deployment = JSON.parse(readFileSync(join(DEMO_MODEL, "tandem.json"), "utf8")) as {
-    exit_layers: number[];
-    recommended_split: number;
-  };
+  const deployment = readDeployment(DEMO_MODEL)!;
   const start = performance.now();
   const calibration = await calibrate(checkpoint, tokenizer, {
-    split: deployment.recommended_split,
-    exitLayers: deployment.exit_layers,
-    text: readFileSync(HELDOUT_TEXT, "utf8"),
+    split: deployment.recommendedSplit,
+    exitLayers: deployment.exitLayers,
+    text: readFileSync(DEMO_HELDOUT_TEXT, "utf8"),
     targets: [0.99, 0.95],
     maxTokens: options.smoke ? 4096 : 65536,
-    onProgress: (message) => process.stderr.write(`${message}\n`),
+    onProgress: (progress) => process.stderr.write(`${formatProgress("exits", progress)}\n`),
   });
   const { summary } = calibration;
   const at = (policies: CalibratedPolicy[], target: number) =>
@@ -49,7 +45,7 @@ export default async function exitsBenchmark(options: BenchOptions<"exits">): Pr
     metric: p.metric,
     per_exit: p.test.perExit,
   });
-  if (!options.smoke) plotCurves(summary.curve, summary.exitLayers, PLOT);
+  const plotted = !options.smoke && (await plotCurves(summary.curve, summary.exitLayers, PLOT));
   return {
     name: "exits",
     model: "models/tandem-demo",
@@ -74,7 +70,7 @@ export default async function exitsBenchmark(options: BenchOptions<"exits">): Pr
     },
     exit_top1_agreement: summary.heads,
     curve: summary.curve,
-    plot: options.smoke ? undefined : "bench/results/exits.png",
+    plot: plotted ? "bench/results/exits.png" : undefined,
     seconds: (performance.now() - start) / 1000,
   };
 }
@@ -82,13 +78,12 @@ export default async function exitsBenchmark(options: BenchOptions<"exits">): Pr
 const COLORS: Record<string, string> = { prob: "#1f77b4", margin: "#2ca02c", entropy: "#d62728" };
 
 /** Two panels: all exits together, and each exit alone (max-probability metric). */
-function plotCurves(curve: CurvePoint[], exitLayers: number[], path: string): void {
+async function plotCurves(curve: CurvePoint[], exitLayers: number[], path: string): Promise<boolean> {
   const width = 1200;
   const height = 520;
-  const canvas = createCanvas(width, height);
+  const canvas = await createPlotCanvas(width, height);
+  if (!canvas) return false;
   const g = canvas.getContext("2d");
-  g.fillStyle = "white";
-  g.fillRect(0, 0, width, height);
   const panels: {
     title: string;
     series: { label: string; color: string; dashed: boolean; points: CurvePoint[] }[];
@@ -165,6 +160,6 @@ function plotCurves(curve: CurvePoint[], exitLayers: number[], path: string): vo
       g.fillText(series.label, left + plotWidth - 200, top + plotHeight - 100 + s * 15);
     });
   });
-  mkdirSync(dirname(path), { recursive: true });
-  writeFileSync(path, canvas.toBuffer("image/png"));
+  writePng(canvas, path);
+  return true;
 }

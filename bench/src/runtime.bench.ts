@@ -27,6 +27,8 @@ import {
 } from "@tandem/runtime";
 import type { BenchOptions, BenchResult } from "./bench-types.ts";
 import { measureMemoryBandwidth } from "./memory-bandwidth.ts";
+import { countParams, layerLinearParams } from "./model-arithmetic.ts";
+import { median } from "./statistics.ts";
 
 const ROOT = join(dirname(fileURLToPath(import.meta.url)), "..", "..");
 const MODELS_DIR = join(ROOT, ".cache", "bench-models");
@@ -54,35 +56,10 @@ interface CaseResult {
   graph_load_ms: number;
 }
 
-export function countParams(config: ModelConfig): number {
-  const {
-    hiddenSize: h,
-    intermediateSize: m,
-    vocabSize: v,
-    numHeads,
-    numKvHeads,
-    headDim,
-    numLayers,
-  } = config;
-  const attention = h * numHeads * headDim * 2 + h * numKvHeads * headDim * 2;
-  const mlp = 3 * h * m;
-  const embeddings = config.tieWordEmbeddings ? v * h : 2 * v * h;
-  return numLayers * (attention + mlp + 2 * h) + embeddings + h;
-}
-
 /** Bytes of weights a decode step reads: every linear layer and the LM head (not the embedding table). */
-export function weightBytesPerToken(config: ModelConfig, format: WeightFormat): number {
-  const {
-    hiddenSize: h,
-    intermediateSize: m,
-    vocabSize: v,
-    numHeads,
-    numKvHeads,
-    headDim,
-    numLayers,
-  } = config;
-  const linearParams =
-    numLayers * (h * (numHeads + 2 * numKvHeads) * headDim + numHeads * headDim * h + 3 * h * m) + v * h;
+function weightBytesPerToken(config: ModelConfig, format: WeightFormat): number {
+  const { hiddenSize: h, vocabSize: v, numLayers } = config;
+  const linearParams = numLayers * layerLinearParams(config, config.numExpertsPerToken ?? 1) + v * h;
   const normParams = numLayers * 2 * h + h;
   const bytesPerParam = format === "fp32" ? 4 : format === "int8" ? 1 : 0.5;
   const scaleBytes = format === "fp32" ? 0 : (linearParams / DEFAULT_QUANT_BLOCK_SIZE) * 4;
@@ -129,7 +106,6 @@ async function runCase(c: Case): Promise<CaseResult> {
   }
   const rssMb = process.memoryUsage().rss / 2 ** 20;
   await model.release();
-  stepMs.sort((a, b) => a - b);
   const decodeSeconds = stepMs.reduce((a, b) => a + b, 0) / 1000;
   return {
     params: countParams(checkpoint.config),
@@ -139,7 +115,7 @@ async function runCase(c: Case): Promise<CaseResult> {
     prefill_tokens_per_s: c.promptTokens / (prefillMs / 1000),
     first_token_latency_ms: prefillMs,
     decode_tokens_per_s: c.decodeTokens / decodeSeconds,
-    decode_ms_p50: stepMs[Math.floor(stepMs.length / 2)],
+    decode_ms_p50: median(stepMs),
     weight_bytes_per_token: weightBytesPerToken(checkpoint.config, c.weights),
     rss_mb: rssMb,
     graph_load_ms: graphLoadMs,

@@ -25,6 +25,7 @@ import {
   getCodec,
   openMessage,
 } from "@tandem/runtime";
+import { layerFlops } from "../model-arithmetic.ts";
 import { median } from "../statistics.ts";
 import type { Context } from "./collab-context.ts";
 
@@ -147,13 +148,9 @@ export async function cloudCompute(ctx: Context, maxTokens: number) {
     }
   }
   const promptTokens = ctx.prompts.reduce((a, p) => a + p.length, 0);
-  // Multiply-adds ×2 per position of a layer (projections and MLP; attention scores are
-  // small at these lengths) and of the LM head, from the model's shape.
+  // FLOPs of a position through a layer and through the LM head, from the model's shape.
   const c = checkpoint.config;
-  const mlpWidth = c.intermediateSize * (c.numExpertsPerToken ?? 1);
-  const layerFlops =
-    2 * c.hiddenSize * (2 * c.numHeads * c.headDim + 2 * c.numKvHeads * c.headDim) +
-    2 * 3 * c.hiddenSize * mlpWidth;
+  const flopsPerLayer = layerFlops(c);
   const headFlops = 2 * c.hiddenSize * c.vocabSize;
   const rows = policies.map((policy, j) => {
     const last = perRound[rounds - 1].policies[j];
@@ -176,12 +173,12 @@ export async function cloudCompute(ctx: Context, maxTokens: number) {
           .map((perPolicy) =>
             perPolicy[j].calls.reduce(
               (sum, call) =>
-                sum + call.count * (layers - split) * layerFlops + (call.wantToken ? headFlops : 0),
+                sum + call.count * (layers - split) * flopsPerLayer + (call.wantToken ? headFlops : 0),
               0,
             ),
           )
           .reduce((a, b) => a + b, 0) /
-        ((promptTokens + wholeTokens) * layers * layerFlops + wholeTokens * headFlops),
+        ((promptTokens + wholeTokens) * layers * flopsPerLayer + wholeTokens * headFlops),
     };
   });
   await whole.release();

@@ -3,21 +3,21 @@
  * and held-out text live, the emulated link, and the Context one run passes to each part
  * (checkpoint, calibration of one split, and the held-out windows and prompts).
  */
-import { dirname, join } from "node:path";
-import { fileURLToPath } from "node:url";
-import type { Calibration, Checkpoint, Tokenizer } from "@tandem/runtime";
+import { join } from "node:path";
+import { type Calibration, type Checkpoint, readDeployment, type Tokenizer } from "@tandem/runtime";
+import { DEMO_MODEL, RESULTS_DIR } from "../bench-paths.ts";
 import type { LinkOptions } from "../link-emulator.ts";
 
-/** The repository root (this file sits in bench/src/collab, or bench/dist/collab once compiled). */
-export const ROOT = join(dirname(fileURLToPath(import.meta.url)), "..", "..", "..");
-export const MODEL = join(ROOT, "models", "tandem-demo");
-/** Shipped calibrations: the default split (edge runs 3 of 6 layers) and a deeper one (5 of 6). */
-export const CALIBRATIONS = [
-  join(MODEL, "calibration.safetensors"),
-  join(MODEL, "calibration-split5.safetensors"),
-];
-export const HELDOUT = join(MODEL, "heldout.txt");
-export const PLOT = join(ROOT, "bench", "results", "collab.png");
+/**
+ * The calibrations the demo model ships (its tandem.json lists them per split), the
+ * recommended split's first: it runs in smoke runs too.
+ */
+export function demoCalibrations(): string[] {
+  const { calibrations, recommendedSplit } = readDeployment(DEMO_MODEL)!;
+  const others = [...calibrations.keys()].filter((split) => split !== recommendedSplit).sort((a, b) => a - b);
+  return [recommendedSplit, ...others].map((split) => calibrations.get(split)!);
+}
+export const PLOT = join(RESULTS_DIR, "collab.png");
 export const LINK: LinkOptions = { oneWayDelayMs: 20, rateMbit: 50 };
 
 /** What each part measures on: the model, one split's calibration, held-out windows and prompts. */

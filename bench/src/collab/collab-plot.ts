@@ -4,23 +4,23 @@
  * calibrated target beside per-token latency over the emulated link, so the trade-off
  * reads at a glance.
  */
-import { mkdirSync, writeFileSync } from "node:fs";
-import { dirname } from "node:path";
-import { createCanvas } from "@napi-rs/canvas";
+import { createPlotCanvas, writePng } from "../plot-canvas.ts";
 import { LINK } from "./collab-context.ts";
 
-/** Draws the sweep (left panel) and the latencies (right panel) into a PNG at `path`. */
-export function plotCollab(
+/**
+ * Draws the sweep (left panel) and the latencies (right panel) into a PNG at `path`;
+ * resolves with whether it did (see createPlotCanvas).
+ */
+export async function plotCollab(
   sweep: { target: number; escalated_share: number; agreement: number }[],
   compute: { target: number; cloud_compute_relative: number }[],
   latency: Record<string, { p50: number; p95: number }>,
   deployment: string,
   path: string,
-): void {
-  const canvas = createCanvas(1100, 460);
+): Promise<boolean> {
+  const canvas = await createPlotCanvas(1100, 460);
+  if (!canvas) return false;
   const g = canvas.getContext("2d");
-  g.fillStyle = "white";
-  g.fillRect(0, 0, 1100, 460);
   g.font = "14px sans-serif";
   // Panel 1: escalation share and cloud compute vs agreement target.
   const left = 70;
@@ -78,6 +78,6 @@ export function plotCollab(
     g.fillText(`${v.p50.toFixed(1)} / ${v.p95.toFixed(1)}`, bx, top + h + 36);
   });
   g.fillText("p50 (blue) / p95 (orange)", left2 + 130, top + h + 56);
-  mkdirSync(dirname(path), { recursive: true });
-  writeFileSync(path, canvas.toBuffer("image/png"));
+  writePng(canvas, path);
+  return true;
 }

@@ -9,7 +9,8 @@ import { CODEC_NAMES, type CodecName } from "@tandem/runtime";
 import { freePort, generate, startProgram } from "@tandem/testkit";
 import { startLinkEmulator } from "../link-emulator.ts";
 import { percentile } from "../statistics.ts";
-import { type Context, LINK, MODEL } from "./collab-context.ts";
+import { DEMO_MODEL } from "../bench-paths.ts";
+import { type Context, LINK } from "./collab-context.ts";
 
 /** Real processes: worker behind the emulated link, one edge agent per codec. */
 export async function latencyAndBytes(ctx: Context, maxTokens: number, everyCodec: boolean) {
@@ -17,7 +18,7 @@ export async function latencyAndBytes(ctx: Context, maxTokens: number, everyCode
   const workerPort = await freePort();
   const worker = await startProgram(
     "tandem-cloud-worker",
-    { model: MODEL, split: ctx.split, port: workerPort, workerId: "bench" },
+    { model: DEMO_MODEL, split: ctx.split, port: workerPort, workerId: "bench" },
     env,
   );
   const link = await startLinkEmulator({ host: "127.0.0.1", port: workerPort }, LINK);
@@ -32,7 +33,7 @@ export async function latencyAndBytes(ctx: Context, maxTokens: number, everyCode
       const edge = await startProgram(
         "tandem-edge",
         {
-          model: MODEL,
+          model: DEMO_MODEL,
           calibration: ctx.calibrationPath,
           target: 0.99,
           cloudAddress: link.address,
