@@ -25,27 +25,7 @@
  *   INTERNAL             ours                   a broken invariant
  */
 
-export type ErrorCode =
-  | "INVALID_ARGUMENT"
-  | "FAILED_PRECONDITION"
-  | "CODEC_INVALID"
-  | "USAGE"
-  | "CONFIG_VALUE"
-  | "SESSION_NOT_FOUND"
-  | "CONTEXT_LOST"
-  | "RESOURCE_EXHAUSTED"
-  | "UNAVAILABLE"
-  | "CANCELLED"
-  | "CHECKPOINT_INVALID"
-  | "MODEL_CONFIG_INVALID"
-  | "TENSOR_MISSING"
-  | "TENSOR_MISMATCH"
-  | "UNSUPPORTED"
-  | "RECORD_INVALID"
-  | "GRAPH_IO"
-  | "INTERNAL";
-
-export const ERROR_CODES: readonly ErrorCode[] = [
+const ERROR_CODES = [
   "INVALID_ARGUMENT",
   "FAILED_PRECONDITION",
   "CODEC_INVALID",
@@ -64,7 +44,9 @@ export const ERROR_CODES: readonly ErrorCode[] = [
   "RECORD_INVALID",
   "GRAPH_IO",
   "INTERNAL",
-];
+] as const;
+
+export type ErrorCode = (typeof ERROR_CODES)[number];
 
 export interface ErrorOptions {
   cause?: unknown;
@@ -78,10 +60,6 @@ export class TandemError extends Error {
     this.name = "TandemError";
     this.code = code;
   }
-}
-
-export function isTandemError(error: unknown): error is TandemError {
-  return error instanceof TandemError;
 }
 
 // ── The caller's fault ────────────────────────────────────────────────────────────────

@@ -53,7 +53,8 @@ export interface WireStatus {
 
 /**
  * The status to end a call with. Tandem errors by their code, with their message (it
- * names the field); anything else is a fault of ours, reported without its internals.
+ * names the field); anything else is a fault of ours: INTERNAL, with its message (so an
+ * operator can find it in the logs) but never its stack.
  */
 export function statusOf(error: unknown): WireStatus {
   if (error instanceof TandemError) return { code: STATUS_BY_CODE[error.code], details: error.message };
