@@ -9,7 +9,7 @@ import { join } from "node:path";
 import * as grpc from "@grpc/grpc-js";
 import { pino } from "pino";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { CLOUD_LINK_BACKOFF } from "@tandem/common";
+import { CLOUD_LINK_BACKOFF, UnavailableError } from "@tandem/common";
 import { CloudLinks, DEFAULT_CLOUD_LINK_OPTIONS, StaticCloudRoute } from "@tandem/edge-agent";
 import { loadTandemProtos, type CloudMessage__Output, type EdgeMessage } from "@tandem/proto";
 import {
@@ -259,5 +259,70 @@ describe("CloudSession (the edge side)", () => {
     expect(worker.counters.positions - positionsBefore).toBe(2);
     await session.close();
     await link.close();
+  });
+
+  it("treats a worker whose reply is not a CloudMessage as unavailable, not as an answer", async () => {
+    // A worker that opens the session properly, then answers a frame with bytes that no
+    // CloudMessage decodes to (wire type 7 does not exist).
+    const escalate = loadTandemProtos().tandem.v1.CloudWorker.service.Escalate;
+    const raw = (bytes: Buffer) => bytes;
+    const server = new grpc.Server();
+    server.addService(
+      {
+        Escalate: {
+          ...escalate,
+          requestSerialize: raw,
+          requestDeserialize: raw,
+          responseSerialize: raw,
+          responseDeserialize: raw,
+        },
+      },
+      {
+        Escalate(call: grpc.ServerDuplexStream<Buffer, Buffer>) {
+          let opened = false;
+          call.on("data", () => {
+            call.write(
+              opened
+                ? Buffer.from([0xff, 0xff, 0xff])
+                : escalate.responseSerialize({ opened: { contextLength: 0, workerId: "liar" } }),
+            );
+            opened = true;
+          });
+        },
+      },
+    );
+    const port = await new Promise<number>((resolve, reject) =>
+      server.bindAsync("127.0.0.1:0", grpc.ServerCredentials.createInsecure(), (e, p) =>
+        e ? reject(e) : resolve(p),
+      ),
+    );
+    const links = new CloudLinks(
+      { ...DEFAULT_CLOUD_LINK_OPTIONS, codec: "fp32" },
+      {
+        modelId: "m",
+        weightsHash: checkpoint.weightsHash,
+        split: SPLIT,
+        hiddenSize: HIDDEN,
+        vocabSize: checkpoint.config.vocabSize,
+        maxPositions: checkpoint.config.maxPositions,
+      },
+      new StaticCloudRoute(`127.0.0.1:${port}`),
+    );
+    const session = links.session("garbage");
+    try {
+      const answer = session.extend({
+        start: 0,
+        hidden: hidden.subarray(0, 2 * HIDDEN),
+        count: 2,
+        wantToken: true,
+        sampling: GREEDY,
+      });
+      await expect(answer).rejects.toBeInstanceOf(UnavailableError);
+      await expect(answer).rejects.toThrow(/invalid reply: not a CloudMessage/);
+    } finally {
+      await session.close();
+      await links.close();
+      server.forceShutdown();
+    }
   });
 });

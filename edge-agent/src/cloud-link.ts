@@ -21,15 +21,10 @@ import {
   isRetryable,
   type BackoffPolicy,
 } from "@tandem/common";
-import {
-  errorOfStatus,
-  loadTandemProtos,
-  type CloudMessage__Output,
-  type CloudWorkerClient,
-  type EdgeMessage,
-} from "@tandem/proto";
+import { errorOfStatus, loadTandemProtos, type CloudMessage__Output, type EdgeMessage } from "@tandem/proto";
 import {
   CLOSE_MESSAGE,
+  InvalidReplyError,
   checkFrameReply,
   checkOpenedReply,
   frameMessage,
@@ -73,9 +68,42 @@ export function loadCircuitBreakers(): Promise<typeof import("cockatiel")> {
   return cockatiel;
 }
 
+/**
+ * Escalate's messages, serialized by the session itself rather than by grpc-js: it counts
+ * the bytes it sends and receives from the very buffers on the wire, so no message is
+ * serialized twice (once to count, once to send) on the escalation path.
+ */
+interface EscalateMessages {
+  path: string;
+  serialize(message: EdgeMessage): Buffer;
+  deserialize(bytes: Buffer): CloudMessage__Output;
+}
+
+let escalateMessages: EscalateMessages | undefined;
+function loadEscalateMessages(): EscalateMessages {
+  const method = loadTandemProtos().tandem.v1.CloudWorker.service.Escalate;
+  return {
+    path: method.path,
+    serialize: (message) => method.requestSerialize(message),
+    deserialize: (bytes) => method.responseDeserialize(bytes),
+  };
+}
+
+/** A worker's reply from its bytes; bytes that are no CloudMessage break the protocol. */
+function decodeReply(messages: EscalateMessages, bytes: Buffer): CloudMessage__Output {
+  try {
+    return messages.deserialize(bytes);
+  } catch (error) {
+    throw new InvalidReplyError(`not a CloudMessage (${(error as Error).message})`, { cause: error });
+  }
+}
+
+const asBytes = (bytes: Buffer) => bytes;
+
 /** One worker address: its channel and its circuit. */
 export class CloudLink {
-  readonly client: CloudWorkerClient;
+  private readonly client: grpc.Client;
+  readonly messages = (escalateMessages ??= loadEscalateMessages());
   readonly codec: HiddenStateCodec;
   private circuit?: CircuitBreakerPolicy;
 
@@ -84,8 +112,7 @@ export class CloudLink {
     readonly options: CloudLinkOptions,
     readonly identity: EdgeIdentity,
   ) {
-    const { tandem } = loadTandemProtos();
-    this.client = new tandem.v1.CloudWorker(address, grpc.credentials.createInsecure(), {
+    this.client = new grpc.Client(address, grpc.credentials.createInsecure(), {
       "grpc.keepalive_time_ms": options.keepaliveMs,
       "grpc.keepalive_timeout_ms": 5_000,
       "grpc.keepalive_permit_without_calls": 1,
@@ -93,6 +120,11 @@ export class CloudLink {
       "grpc.max_reconnect_backoff_ms": options.backoff.maxDelayMs,
     });
     this.codec = getCodec(options.codec);
+  }
+
+  /** A new Escalate stream of serialized messages. */
+  escalate(): grpc.ClientDuplexStream<Buffer, Buffer> {
+    return this.client.makeBidiStreamRequest(this.messages.path, asBytes, asBytes);
   }
 
   /** Runs an exchange with the worker through the circuit: refused at once while it is open. */
@@ -168,7 +200,7 @@ export class CloudSession implements UpperSegment {
   bytesSent = 0;
   bytesReceived = 0;
   private link?: CloudLink;
-  private stream?: grpc.ClientDuplexStream<EdgeMessage, CloudMessage__Output>;
+  private stream?: grpc.ClientDuplexStream<Buffer, Buffer>;
   private opened?: Promise<number>;
   /** Context length the worker reported when the current stream opened, until first used. */
   private openedLength?: number;
@@ -239,18 +271,9 @@ export class CloudSession implements UpperSegment {
   }
 
   private write(message: EdgeMessage): void {
-    this.bytesSent += this.serializedSize("request", message);
-    this.stream!.write(message);
-  }
-
-  /** Bytes of the message on the wire (protobuf encoding; gRPC adds 5 bytes of framing). */
-  private serializedSize(direction: "request" | "response", message: object): number {
-    const method = loadTandemProtos().tandem.v1.CloudWorker.service.Escalate;
-    return (
-      direction === "request"
-        ? method.requestSerialize(message as never)
-        : method.responseSerialize(message as never)
-    ).length;
+    const bytes = this.link!.messages.serialize(message);
+    this.bytesSent += bytes.length;
+    this.stream!.write(bytes);
   }
 
   private rejectPending(error: Error): void {
@@ -264,7 +287,7 @@ export class CloudSession implements UpperSegment {
   /** Opens the stream if needed; resolves with the worker's context length for this session. */
   private ensureOpen(link: CloudLink, positionsProduced: number): Promise<number> {
     if (this.opened) return this.opened;
-    const stream = link.client.Escalate();
+    const stream = link.escalate();
     this.stream = stream;
     this.opened = new Promise<number>((resolve, reject) => {
       let isOpen = false;
@@ -285,9 +308,10 @@ export class CloudSession implements UpperSegment {
         reject(error);
         this.rejectPending(error);
       };
-      stream.on("data", (message: CloudMessage__Output) => {
-        this.bytesReceived += this.serializedSize("response", message);
+      stream.on("data", (bytes: Buffer) => {
+        this.bytesReceived += bytes.length;
         try {
+          const message = decodeReply(link.messages, bytes);
           if (!isOpen) {
             const held = checkOpenedReply(message, positionsProduced);
             isOpen = true;
@@ -320,7 +344,11 @@ export class CloudSession implements UpperSegment {
         );
       });
       stream.on("end", () => fail(new UnavailableError(`cloud worker at ${link.address} ended the stream`)));
-      stream.write(openMessage(this.sessionId, link.identity, link.codec.name, link.identity.modelId));
+      stream.write(
+        link.messages.serialize(
+          openMessage(this.sessionId, link.identity, link.codec.name, link.identity.modelId),
+        ),
+      );
     });
     // Avoid an unhandled rejection when nobody awaits a failed open.
     this.opened.catch(() => undefined);

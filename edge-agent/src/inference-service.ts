@@ -87,43 +87,48 @@ const METRICS: Record<string, ConfidenceMetric> = {
 
 function validate(request: GenerateRequest__Output, context: InferenceContext): ValidRequest {
   const { limits, config } = context;
-  const invalid = (message: string) => {
-    const colon = message.indexOf(": ");
-    return new InvalidArgumentError(message.slice(0, colon), message.slice(colon + 2));
-  };
   let ids: number[];
   if (request.prompt === "text") {
-    if (!request.text) throw invalid("prompt.text: must not be empty");
+    if (!request.text) throw new InvalidArgumentError("prompt.text", "must not be empty");
     if (request.text.length > limits.maxPromptChars)
-      throw invalid(
-        `prompt.text: ${request.text.length} characters exceed the limit ${limits.maxPromptChars}`,
+      throw new InvalidArgumentError(
+        "prompt.text",
+        `${request.text.length} characters exceed the limit ${limits.maxPromptChars}`,
       );
     ids = context.tokenizer.encode(request.text);
   } else if (request.prompt === "tokenIds") {
     ids = request.tokenIds?.ids ?? [];
     const bad = ids.findIndex((id) => id >= config.vocabSize);
     if (bad >= 0)
-      throw invalid(
-        `prompt.token_ids[${bad}]: ${ids[bad]} is outside the vocabulary [0, ${config.vocabSize})`,
+      throw new InvalidArgumentError(
+        `prompt.token_ids[${bad}]`,
+        `${ids[bad]} is outside the vocabulary [0, ${config.vocabSize})`,
       );
   } else {
-    throw invalid("prompt: set text or token_ids");
+    throw new InvalidArgumentError("prompt", "set text or token_ids");
   }
-  if (ids.length === 0) throw invalid("prompt: encodes to no tokens");
+  if (ids.length === 0) throw new InvalidArgumentError("prompt", "encodes to no tokens");
   if (ids.length > limits.maxPromptTokens)
-    throw invalid(`prompt: ${ids.length} tokens exceed the limit ${limits.maxPromptTokens}`);
+    throw new InvalidArgumentError(
+      "prompt",
+      `${ids.length} tokens exceed the limit ${limits.maxPromptTokens}`,
+    );
   const maxTokens = request.maxTokens === 0 ? limits.defaultMaxTokens : request.maxTokens;
   if (maxTokens > limits.maxTokensLimit)
-    throw invalid(`max_tokens: ${maxTokens} exceeds the limit ${limits.maxTokensLimit}`);
+    throw new InvalidArgumentError("max_tokens", `${maxTokens} exceeds the limit ${limits.maxTokensLimit}`);
   if (ids.length + maxTokens > config.maxPositions)
-    throw invalid(
-      `max_tokens: prompt + max_tokens = ${ids.length + maxTokens} exceeds the model's ${config.maxPositions} positions`,
+    throw new InvalidArgumentError(
+      "max_tokens",
+      `prompt + max_tokens = ${ids.length + maxTokens} exceeds the model's ${config.maxPositions} positions`,
     );
   if (request.stop.length > limits.maxStops)
-    throw invalid(`stop: at most ${limits.maxStops} sequences, got ${request.stop.length}`);
+    throw new InvalidArgumentError(
+      "stop",
+      `at most ${limits.maxStops} sequences, got ${request.stop.length}`,
+    );
   request.stop.forEach((s, i) => {
     if (s.length === 0 || s.length > limits.maxStopLength)
-      throw invalid(`stop[${i}]: must hold 1 to ${limits.maxStopLength} characters`);
+      throw new InvalidArgumentError(`stop[${i}]`, `must hold 1 to ${limits.maxStopLength} characters`);
   });
   const wireSampling = request.sampling ?? { temperature: 0, topP: 0, seed: "0" };
   const sampling: SamplingOptions = {
@@ -134,7 +139,7 @@ function validate(request: GenerateRequest__Output, context: InferenceContext): 
   validateSampling(sampling, "sampling");
   const mode = request.mode as ValidRequest["mode"];
   if (!["MODE_AUTO", "MODE_EDGE_ONLY", "MODE_CLOUD_ONLY"].includes(mode))
-    throw invalid(`mode: unknown value ${request.mode}`);
+    throw new InvalidArgumentError("mode", `unknown value ${request.mode}`);
   if (mode === "MODE_CLOUD_ONLY" && !context.cloud)
     throw new FailedPreconditionError(
       "mode",
@@ -150,12 +155,14 @@ function validate(request: GenerateRequest__Output, context: InferenceContext): 
     const metric = METRICS[override.metric] ?? "prob";
     if (override.targetEscalationRate !== 0) {
       if (!(override.targetEscalationRate > 0 && override.targetEscalationRate < 1))
-        throw invalid(
-          `exit_policy.target_escalation_rate: must be in (0, 1), got ${override.targetEscalationRate}`,
+        throw new InvalidArgumentError(
+          "exit_policy.target_escalation_rate",
+          `must be in (0, 1), got ${override.targetEscalationRate}`,
         );
       policy = () => new BudgetExitPolicy(override.targetEscalationRate, metric);
     } else {
-      if (!Number.isFinite(override.threshold)) throw invalid("exit_policy.threshold: must be finite");
+      if (!Number.isFinite(override.threshold))
+        throw new InvalidArgumentError("exit_policy.threshold", "must be finite");
       policy = () => ThresholdExitPolicy.uniform(context.exitLayers, metric, override.threshold);
     }
   }

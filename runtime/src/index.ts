@@ -108,7 +108,6 @@ export {
   CLOSE_MESSAGE,
   DEFAULT_ESCALATION_LIMITS,
   InvalidReplyError,
-  applyFrame,
   checkFrameReply,
   checkOpenedReply,
   codecFromWire,
@@ -129,6 +128,7 @@ export {
   type UpperSideIdentity,
 } from "./protocol/escalation-session.ts";
 export {
+  applyFrameToSession,
   LocalSessionContexts,
   LocalUpperSegment,
   type LocalUpperSegmentOptions,

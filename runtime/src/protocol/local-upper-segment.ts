@@ -17,9 +17,33 @@ import {
   checkOpenedReply,
   frameMessage,
   openMessage,
+  type FrameTarget,
   type SplitIdentity,
 } from "./escalation-protocol.ts";
 import { EscalationSession, type SessionContexts } from "./escalation-session.ts";
+
+/**
+ * Applies a frame to a session of `sessions` by the protocol's rules (applyFrame),
+ * opening the session on its first frame. `forward` runs the new positions; by default
+ * the session alone (a worker batches single positions across sessions instead).
+ */
+export function applyFrameToSession(
+  sessions: SegmentSessions,
+  sessionId: string,
+  frame: { start: number; hidden: Float32Array; count: number },
+  forward: FrameTarget["forward"] = (hidden, count) => sessions.forward(sessionId, { hidden, count }),
+): Promise<SegmentStep> {
+  if (!sessions.has(sessionId)) sessions.open(sessionId);
+  return applyFrame(
+    {
+      length: () => sessions.length(sessionId),
+      truncate: (length) => sessions.truncate(sessionId, length),
+      forward,
+    },
+    frame,
+    sessionId,
+  );
+}
 
 /** Sessions of one segment as an upper side's contexts: frames applied by the protocol's rules. */
 export class LocalSessionContexts implements SessionContexts {
@@ -30,17 +54,7 @@ export class LocalSessionContexts implements SessionContexts {
   }
 
   append(sessionId: string, start: number, hidden: Float32Array, count: number): Promise<SegmentStep> {
-    if (!this.sessions.has(sessionId)) this.sessions.open(sessionId);
-    const sessions = this.sessions;
-    return applyFrame(
-      {
-        length: () => sessions.length(sessionId),
-        truncate: (length) => sessions.truncate(sessionId, length),
-        forward: (h, n) => sessions.forward(sessionId, { hidden: h, count: n }),
-      },
-      { start, hidden, count },
-      sessionId,
-    );
+    return applyFrameToSession(this.sessions, sessionId, { start, hidden, count });
   }
 
   release(sessionId: string): void {

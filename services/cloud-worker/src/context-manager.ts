@@ -4,7 +4,12 @@
  * when it is exceeded the least recently used idle sessions are evicted, and an evicted
  * session that comes back is told to replay its context (ContextLostError).
  */
-import { applyFrame, type SegmentSessions, type SegmentStep, type SessionContexts } from "@tandem/runtime";
+import {
+  applyFrameToSession,
+  type SegmentSessions,
+  type SegmentStep,
+  type SessionContexts,
+} from "@tandem/runtime";
 import type { DecodeBatcher } from "./decode-batcher.ts";
 
 export interface ContextManagerOptions {
@@ -46,22 +51,12 @@ export class ContextManager implements SessionContexts {
    * (the edge resent it); one starting after it is ContextLostError.
    */
   async append(sessionId: string, start: number, hidden: Float32Array, count: number): Promise<SegmentStep> {
-    if (!this.sessions.has(sessionId)) this.sessions.open(sessionId);
     this.touch(sessionId);
     this.inFlight.set(sessionId, (this.inFlight.get(sessionId) ?? 0) + 1);
     try {
-      return await applyFrame(
-        {
-          length: () => this.sessions.length(sessionId),
-          truncate: (length) => this.sessions.truncate(sessionId, length),
-          // A single position joins the decode batch; longer frames (context sync) run alone.
-          forward: (h, n) =>
-            n === 1
-              ? this.batcher.step(sessionId, h)
-              : this.sessions.forward(sessionId, { hidden: h, count: n }),
-        },
-        { start, hidden, count },
-        sessionId,
+      // A single position joins the decode batch; longer frames (context sync) run alone.
+      return await applyFrameToSession(this.sessions, sessionId, { start, hidden, count }, (h, n) =>
+        n === 1 ? this.batcher.step(sessionId, h) : this.sessions.forward(sessionId, { hidden: h, count: n }),
       );
     } finally {
       const left = (this.inFlight.get(sessionId) ?? 1) - 1;
