@@ -25,7 +25,8 @@
  *   INTERNAL             ours                   a broken invariant
  */
 
-const ERROR_CODES = [
+/** Every error code, in the order of the table above. */
+export const ERROR_CODES = [
   "INVALID_ARGUMENT",
   "FAILED_PRECONDITION",
   "CODEC_INVALID",
