@@ -5,6 +5,7 @@
  * settings prints one line per setting and exits 2. Never a stack trace.
  */
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { createServer, type AddressInfo } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
@@ -152,6 +153,33 @@ describe("the services", () => {
     expect(model.code).toBe(2);
     expect(model.stderr).toMatch(/^tandem-edge: .*nowhere.*config\.json.*\n$/);
     for (const run of [required, flag, model]) noStackTrace(run.stderr);
+  });
+
+  it("name a port they cannot listen on, and a log level that is none", async () => {
+    const taken = createServer();
+    await new Promise<void>((resolve) => taken.listen(0, "127.0.0.1", resolve));
+    const port = (taken.address() as AddressInfo).port;
+    try {
+      const busy = await runProgram("tandem-edge", [
+        "--model",
+        join(import.meta.dirname, "..", "models", "tandem-demo"),
+        "--port",
+        String(port),
+      ]);
+      expect(busy.code).toBe(2);
+      expect(busy.stderr).toMatch(
+        new RegExp(`^tandem-edge: port: cannot listen on 127.0.0.1:${port}: `, "m"),
+      );
+      noStackTrace(busy.stderr);
+    } finally {
+      taken.close();
+    }
+    const level = await runProgram("tandem-control-plane", [], { TANDEM_LOG_LEVEL: "verbose" });
+    expect(level.code).toBe(2);
+    expect(level.stderr).toMatch(
+      /^tandem-control-plane: logLevel: must be one of trace, debug, info, warn, error, fatal, silent, got "verbose" \(from \$TANDEM_LOG_LEVEL\)$/m,
+    );
+    noStackTrace(level.stderr);
   });
 
   it("name the NATS they cannot reach", async () => {

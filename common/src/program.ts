@@ -78,9 +78,10 @@ export async function runProgram<S extends ConfigSchema>(
       );
     throw error;
   }
-  const log = createLogger(definition.name, definition.logFields?.(config));
   let running: RunningProgram;
+  let log: Logger;
   try {
+    log = createLogger(definition.name, definition.logFields?.(config));
     running = await definition.start(config, log);
   } catch (error) {
     if (error instanceof TandemError) return fail([error.message], EXIT_CODE_BY_ERROR[error.code]);

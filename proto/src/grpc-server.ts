@@ -8,6 +8,7 @@
  */
 import * as grpc from "@grpc/grpc-js";
 import { HealthImplementation } from "grpc-health-check";
+import { FailedPreconditionError } from "@tandem/common";
 import type { PackageDefinition } from "@grpc/proto-loader";
 
 export interface ServingOptions {
@@ -56,11 +57,17 @@ export async function startGrpcServer(
   health.addToServer(server);
   for (const service of services) server.addService(service.definition, service.handlers);
   const host = options.host ?? "127.0.0.1";
+  const address = `${host}:${options.port ?? 0}`;
   const port = await new Promise<number>((resolve, reject) =>
-    server.bindAsync(
-      `${host}:${options.port ?? 0}`,
-      grpc.ServerCredentials.createInsecure(),
-      (error, bound) => (error ? reject(error) : resolve(bound)),
+    server.bindAsync(address, grpc.ServerCredentials.createInsecure(), (error, bound) =>
+      error
+        ? // The address is the operator's to change (taken, or not this machine's).
+          reject(
+            new FailedPreconditionError("port", `cannot listen on ${address}: ${error.message}`, {
+              cause: error,
+            }),
+          )
+        : resolve(bound),
     ),
   );
   const setServing = (serving: boolean) => {
