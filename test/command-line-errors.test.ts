@@ -19,6 +19,7 @@ const PROGRAMS = [
   "tandem-batch-worker",
 ] as const;
 const dir = mkdtempSync(join(tmpdir(), "tandem-cli-errors-"));
+const DEMO_MODEL = join(import.meta.dirname, "..", "models", "tandem-demo");
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
 /** No line of a stack trace ("    at f (file:…)") anywhere in the output. */
@@ -78,6 +79,23 @@ describe("tandem", () => {
       ],
       [["jobs", "submit"], /^tandem jobs: KIND: is required$/m],
       [["jobs", "list", "generate"], /^tandem jobs: ACTION: must be submit or show, got "list"$/m],
+      [
+        // Refused before calibrating, not after.
+        [
+          "calibrate",
+          "--model",
+          DEMO_MODEL,
+          "--split",
+          "3",
+          "--exit-layers",
+          "2,3",
+          "--text",
+          "t.txt",
+          "--out",
+          join(dir, "nowhere", "c.safetensors"),
+        ],
+        /^tandem calibrate: --out: cannot write to .*nowhere \(ENOENT/m,
+      ],
       [["bench", "codec", "--dims", "0"], /^tandem bench: --dims: must be ≥ 1, got 0$/m],
       [["bench", "nope"], /^tandem bench: NAME: no benchmark "nope"; available: codec, collab/m],
     ];
@@ -160,12 +178,7 @@ describe("the services", () => {
     await new Promise<void>((resolve) => taken.listen(0, "127.0.0.1", resolve));
     const port = (taken.address() as AddressInfo).port;
     try {
-      const busy = await runProgram("tandem-edge", [
-        "--model",
-        join(import.meta.dirname, "..", "models", "tandem-demo"),
-        "--port",
-        String(port),
-      ]);
+      const busy = await runProgram("tandem-edge", ["--model", DEMO_MODEL, "--port", String(port)]);
       expect(busy.code).toBe(2);
       expect(busy.stderr).toMatch(
         new RegExp(`^tandem-edge: port: cannot listen on 127.0.0.1:${port}: `, "m"),

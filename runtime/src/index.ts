@@ -63,6 +63,7 @@ export {
   policyForTarget,
   readCalibration,
   writeCalibration,
+  calibrationOutputProblem,
   type CalibratedPolicy,
   type Calibration,
   type CalibrationSummary,

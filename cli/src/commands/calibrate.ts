@@ -2,7 +2,14 @@
 import { readFile } from "node:fs/promises";
 import { z } from "zod";
 import { UsageError, formatProgress } from "@tandem/common";
-import { RUNTIME_SETTINGS, Tokenizer, calibrate, loadCheckpoint, writeCalibration } from "@tandem/runtime";
+import {
+  calibrate,
+  calibrationOutputProblem,
+  loadCheckpoint,
+  RUNTIME_SETTINGS,
+  Tokenizer,
+  writeCalibration,
+} from "@tandem/runtime";
 import type { CommandDefinition } from "../command.ts";
 
 const CALIBRATE_OPTIONS = z
@@ -36,6 +43,8 @@ export const calibrateCommand: CommandDefinition<typeof CALIBRATE_OPTIONS> = {
   summary: "fit exit heads and thresholds on text; write the calibration file",
   options: CALIBRATE_OPTIONS,
   async run(options) {
+    const outputProblem = await calibrationOutputProblem(options.out);
+    if (outputProblem) throw new UsageError("--out", outputProblem);
     const text = await readFile(options.text, "utf8").catch((error: Error) => {
       throw new UsageError("--text", `cannot read ${options.text} (${error.message})`);
     });
@@ -53,7 +62,9 @@ export const calibrateCommand: CommandDefinition<typeof CALIBRATE_OPTIONS> = {
       threads: options.threads,
       onProgress: (progress) => console.error(formatProgress("calibrate", progress)),
     });
-    await writeCalibration(options.out, calibration);
+    await writeCalibration(options.out, calibration).catch((error: Error) => {
+      throw new UsageError("--out", `cannot write ${options.out} (${error.message})`);
+    });
     const { policies, plainPolicies } = calibration.summary;
     console.log(
       JSON.stringify({

@@ -5,8 +5,12 @@
  * agreement, the whole agreement-vs-edge-share curve — as JSON in the metadata entry
  * `tandem.calibration`.
  */
-import { CheckpointError, InvalidArgumentError } from "@tandem/common";
-import type { ConfidenceMetric, ExitThreshold } from "../exits/exit-policy.ts";
+import { constants } from "node:fs";
+import { access, stat } from "node:fs/promises";
+import { dirname, resolve } from "node:path";
+import { z } from "zod";
+import { CheckpointError, InvalidArgumentError, parseOrThrow, TensorMismatchError } from "@tandem/common";
+import { CONFIDENCE_METRICS } from "../exits/exit-policy.ts";
 import type { ExitHeadSpec } from "../graph/segment-spec.ts";
 import { SafetensorsFile, writeSafetensors, type TensorToWrite } from "../checkpoint/safetensors.ts";
 import type { Checkpoint } from "../checkpoint/model-weights.ts";
@@ -14,54 +18,69 @@ import type { Checkpoint } from "../checkpoint/model-weights.ts";
 export const CALIBRATION_METADATA_KEY = "tandem.calibration";
 export const CALIBRATION_VERSION = 1;
 
-export interface ExitHeadChoice {
-  afterLayer: number;
-  head: "plain" | "linear";
+const SHARE = z.number().min(0).max(1);
+const METRIC = z.enum(CONFIDENCE_METRICS);
+const LAYER = z.int().min(1);
+
+const EXIT_HEAD_CHOICE_SCHEMA = z.object({
+  afterLayer: LAYER,
+  head: z.enum(["plain", "linear"]),
   /** Agreement of each head's top-1 with the full model on held-out text (test split). */
-  heldOutAgreement: { plain: number; linear: number };
+  heldOutAgreement: z.object({ plain: SHARE, linear: SHARE }),
   /** Share of tokens each head answers alone at the strictest target (tuning split): the choice. */
-  tuneEdgeShare: { plain: number; linear: number };
-}
+  tuneEdgeShare: z.object({ plain: SHARE, linear: SHARE }),
+});
 
-export interface CalibratedPolicy {
-  targetAgreement: number;
-  metric: ConfidenceMetric;
-  thresholds: ExitThreshold[];
+const CALIBRATED_POLICY_SCHEMA = z.object({
+  targetAgreement: SHARE,
+  metric: METRIC,
+  thresholds: z.array(z.object({ afterLayer: LAYER, metric: METRIC, threshold: z.number() })),
   /** Measured on the tuning split (where thresholds were chosen) and on the test split. */
-  tune: { edgeShare: number; agreement: number };
-  test: { edgeShare: number; agreement: number; perExit: Record<number, number> };
-}
+  tune: z.object({ edgeShare: SHARE, agreement: SHARE }),
+  test: z.object({
+    edgeShare: SHARE,
+    agreement: SHARE,
+    /** exit layer → share of tokens it answered. */
+    perExit: z.record(z.string().regex(/^\d+$/), SHARE),
+  }),
+});
 
-export interface CurvePoint {
-  heads: "plain" | "calibrated";
+const CURVE_POINT_SCHEMA = z.object({
+  heads: z.enum(["plain", "calibrated"]),
   /** The exits the policy may answer at. */
-  exits: number[];
-  metric: ConfidenceMetric;
-  targetAgreement: number;
-  edgeShare: number;
-  agreement: number;
-}
+  exits: z.array(LAYER),
+  metric: METRIC,
+  targetAgreement: SHARE,
+  edgeShare: SHARE,
+  agreement: SHARE,
+});
 
-export interface CalibrationSummary {
-  version: number;
-  model: { weightsHash: string; numLayers: number; hiddenSize: number };
-  split: number;
-  exitLayers: number[];
-  heads: ExitHeadChoice[];
+/** The JSON in a calibration file's metadata; a file that breaks it is a CheckpointError naming the field. */
+const CALIBRATION_SUMMARY_SCHEMA = z.object({
+  version: z.literal(CALIBRATION_VERSION),
+  model: z.object({ weightsHash: z.string().min(1), numLayers: LAYER, hiddenSize: z.int().min(1) }),
+  split: LAYER,
+  exitLayers: z.array(LAYER).min(1),
+  heads: z.array(EXIT_HEAD_CHOICE_SCHEMA),
   /** Policies with the calibrated heads, one per target agreement. */
-  policies: CalibratedPolicy[];
+  policies: z.array(CALIBRATED_POLICY_SCHEMA).min(1),
   /** The same with plain heads (final norm + LM head), for comparison. */
-  plainPolicies: CalibratedPolicy[];
-  curve: CurvePoint[];
-  text: {
-    tokens: number;
-    windowTokens: number;
-    fitPositions: number;
-    tunePositions: number;
-    testPositions: number;
-  };
-  ridge: number;
-}
+  plainPolicies: z.array(CALIBRATED_POLICY_SCHEMA),
+  curve: z.array(CURVE_POINT_SCHEMA),
+  text: z.object({
+    tokens: z.int().min(0),
+    windowTokens: z.int().min(1),
+    fitPositions: z.int().min(0),
+    tunePositions: z.int().min(0),
+    testPositions: z.int().min(0),
+  }),
+  ridge: z.number().min(0),
+});
+
+export type ExitHeadChoice = z.output<typeof EXIT_HEAD_CHOICE_SCHEMA>;
+export type CalibratedPolicy = z.output<typeof CALIBRATED_POLICY_SCHEMA>;
+export type CurvePoint = z.output<typeof CURVE_POINT_SCHEMA>;
+export type CalibrationSummary = z.output<typeof CALIBRATION_SUMMARY_SCHEMA>;
 
 export interface Calibration {
   summary: CalibrationSummary;
@@ -80,6 +99,24 @@ export async function writeCalibration(path: string, calibration: Calibration): 
   });
 }
 
+/**
+ * Why a calibration cannot be written to `path`, or undefined when it can: checked before
+ * a calibration runs (minutes on a large model), so an output that cannot be written
+ * costs nothing.
+ */
+export async function calibrationOutputProblem(path: string): Promise<string | undefined> {
+  const isDirectory = await stat(path).then(
+    (s) => s.isDirectory(),
+    () => false,
+  );
+  if (isDirectory) return `${path} is a directory`;
+  const directory = dirname(resolve(path));
+  return access(directory, constants.W_OK).then(
+    () => undefined,
+    (error: Error) => `cannot write to ${directory} (${error.message})`,
+  );
+}
+
 export async function readCalibration(path: string): Promise<Calibration> {
   const file = await SafetensorsFile.open(path);
   const raw = file.metadata[CALIBRATION_METADATA_KEY];
@@ -88,25 +125,48 @@ export async function readCalibration(path: string): Promise<Calibration> {
       path,
       `has no "${CALIBRATION_METADATA_KEY}" metadata: not a Tandem calibration file`,
     );
-  let summary: CalibrationSummary;
+  let json: unknown;
   try {
-    summary = JSON.parse(raw) as CalibrationSummary;
+    json = JSON.parse(raw);
   } catch (error) {
     throw new CheckpointError(path, `calibration metadata is not valid JSON (${(error as Error).message})`, {
       cause: error,
     });
   }
-  if (summary.version !== CALIBRATION_VERSION)
-    throw new CheckpointError(path, `calibration version ${summary.version} is not ${CALIBRATION_VERSION}`);
+  const version = (json as { version?: unknown } | null)?.version;
+  if (version !== CALIBRATION_VERSION)
+    throw new CheckpointError(path, `calibration version ${String(version)} is not ${CALIBRATION_VERSION}`);
+  let summary: CalibrationSummary;
+  try {
+    summary = parseOrThrow(CALIBRATION_SUMMARY_SCHEMA, json, "calibration");
+  } catch (error) {
+    throw new CheckpointError(path, (error as Error).message, { cause: error });
+  }
+  const { split, exitLayers, model } = summary;
+  if (split >= model.numLayers)
+    throw new CheckpointError(
+      path,
+      `calibration.split: ${split} leaves no layer of ${model.numLayers} to the cloud`,
+    );
+  for (const layer of [...exitLayers, ...summary.heads.map((h) => h.afterLayer)])
+    if (layer > split)
+      throw new CheckpointError(path, `calibration: exit layer ${layer} is past the split ${split}`);
   const linearMaps = new Map<number, { weight: Float32Array; bias: Float32Array }>();
   for (const head of summary.heads) {
     if (head.head !== "linear") continue;
-    linearMaps.set(head.afterLayer, {
-      weight: file.read(`exit.${head.afterLayer}.linear.weight`).data,
-      bias: file.read(`exit.${head.afterLayer}.linear.bias`).data,
-    });
+    const weight = `exit.${head.afterLayer}.linear.weight`;
+    const bias = `exit.${head.afterLayer}.linear.bias`;
+    expectShape(file, weight, [model.hiddenSize, model.hiddenSize]);
+    expectShape(file, bias, [model.hiddenSize]);
+    linearMaps.set(head.afterLayer, { weight: file.read(weight).data, bias: file.read(bias).data });
   }
   return { summary, linearMaps };
+}
+
+function expectShape(file: SafetensorsFile, name: string, shape: number[]): void {
+  const actual = file.weightEntry(name).shape;
+  if (actual.length !== shape.length || actual.some((d, i) => d !== shape[i]))
+    throw new TensorMismatchError(file.path, name, `has shape [${actual}], expected [${shape}]`);
 }
 
 /** Checks a calibration against the checkpoint it is used with; throws naming the mismatch. */
@@ -132,10 +192,10 @@ export function calibratedExitHeads(calibration: Calibration): ExitHeadSpec[] {
   }));
 }
 
-/** The policy for a target agreement: the one with the nearest target at or above it. */
 /** The agreement target whose thresholds a deployment uses unless told otherwise. */
 export const DEFAULT_AGREEMENT_TARGET = 0.99;
 
+/** The policy for a target agreement: the one with the nearest target at or above it. */
 export function policyForTarget(calibration: Calibration, targetAgreement: number): CalibratedPolicy {
   const sorted = [...calibration.summary.policies].sort((a, b) => a.targetAgreement - b.targetAgreement);
   const policy = sorted.find((p) => p.targetAgreement >= targetAgreement - 1e-9) ?? sorted[sorted.length - 1];

@@ -1,0 +1,107 @@
+/**
+ * A calibration file is input an edge reads at every start: anything in it that breaks
+ * its schema is a CheckpointError naming the file and the field, never a TypeError later.
+ */
+import { mkdirSync, mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { CheckpointError, TensorMismatchError } from "@tandem/common";
+import { writeSafetensors } from "../checkpoint/safetensors.ts";
+import {
+  CALIBRATION_METADATA_KEY,
+  type Calibration,
+  calibrationOutputProblem,
+  readCalibration,
+  writeCalibration,
+} from "./calibration-file.ts";
+
+/** The demo model's split-5 calibration: linear maps on both exits. */
+const SHIPPED = join(
+  import.meta.dirname,
+  "..",
+  "..",
+  "..",
+  "models",
+  "tandem-demo",
+  "calibration-split5.safetensors",
+);
+let dir: string;
+let shipped: Calibration;
+
+beforeAll(async () => {
+  dir = mkdtempSync(join(tmpdir(), "tandem-calibration-file-"));
+  shipped = await readCalibration(SHIPPED);
+});
+afterAll(() => rmSync(dir, { recursive: true, force: true }));
+
+/** Writes the shipped calibration with its summary changed by `change`, and reads it back. */
+async function readChanged(name: string, change: (summary: Record<string, unknown>) => void) {
+  const summary = structuredClone(shipped.summary) as unknown as Record<string, unknown>;
+  change(summary);
+  const path = join(dir, `${name}.safetensors`);
+  await writeCalibration(path, { ...shipped, summary: summary as unknown as Calibration["summary"] });
+  return readCalibration(path);
+}
+
+describe("reading a calibration file", () => {
+  it("round-trips the shipped calibration", async () => {
+    const again = await readChanged("same", () => {});
+    expect(again.summary).toEqual(shipped.summary);
+    expect([...again.linearMaps.keys()]).toEqual([...shipped.linearMaps.keys()]);
+  });
+
+  it("names a missing or mistyped field of the summary", async () => {
+    await expect(readChanged("no-heads", (s) => delete s.heads)).rejects.toThrow(
+      /calibration\.heads: .*required/,
+    );
+    await expect(
+      readChanged("bad-metric", (s) => ((s.policies as { metric: string }[])[0].metric = "loudness")),
+    ).rejects.toThrow(/calibration\.policies\[0\]\.metric: must be one of prob, margin, entropy/);
+    await expect(readChanged("no-policies", (s) => (s.policies = []))).rejects.toBeInstanceOf(
+      CheckpointError,
+    );
+  });
+
+  it("refuses an exit past the split and a split with no layer left to the cloud", async () => {
+    await expect(readChanged("exit-past-split", (s) => (s.exitLayers = [2, 6]))).rejects.toThrow(
+      /exit layer 6 is past the split 5/,
+    );
+    await expect(readChanged("split-at-end", (s) => (s.split = 6))).rejects.toThrow(
+      /calibration\.split: 6 leaves no layer of 6 to the cloud/,
+    );
+  });
+
+  it("refuses a linear map of the wrong shape", async () => {
+    const hidden = shipped.summary.model.hiddenSize;
+    const path = join(dir, "bad-shape.safetensors");
+    const layers = [...shipped.linearMaps.keys()];
+    await writeSafetensors(
+      path,
+      layers.flatMap((layer) => [
+        {
+          name: `exit.${layer}.linear.weight`,
+          shape: [hidden, hidden - 1],
+          data: new Float32Array(hidden * (hidden - 1)),
+        },
+        { name: `exit.${layer}.linear.bias`, shape: [hidden], data: new Float32Array(hidden) },
+      ]),
+      "F32",
+      { [CALIBRATION_METADATA_KEY]: JSON.stringify(shipped.summary) },
+    );
+    const read = readCalibration(path);
+    await expect(read).rejects.toBeInstanceOf(TensorMismatchError);
+    await expect(read).rejects.toThrow(`has shape [${hidden},${hidden - 1}], expected [${hidden},${hidden}]`);
+  });
+});
+
+describe("where a calibration can be written", () => {
+  it("says why before the calibration runs: a missing directory, a directory in the way", async () => {
+    expect(await calibrationOutputProblem(join(dir, "out.safetensors"))).toBeUndefined();
+    expect(await calibrationOutputProblem(join(dir, "nowhere", "out.safetensors"))).toMatch(
+      /^cannot write to .*nowhere \(ENOENT/,
+    );
+    mkdirSync(join(dir, "a-directory"));
+    expect(await calibrationOutputProblem(join(dir, "a-directory"))).toMatch(/a-directory is a directory$/);
+  });
+});
