@@ -121,7 +121,7 @@ async function busyWorker(): Promise<string> {
   try {
     const registry = await NodeRegistry.open(nc, controlPlaneNames(cluster), { heartbeatTtlMs: 1000 });
     for (let i = 0; i < 100; i++) {
-      const busy = (await registry.alive()).find((n) => n.load.sessions > 0);
+      const busy = registry.alive().find((n) => n.load.sessions > 0);
       if (busy) return busy.id;
       await new Promise((r) => setTimeout(r, 50));
     }

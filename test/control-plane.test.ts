@@ -12,14 +12,17 @@ import {
   type ExpertLoadReport,
   expertsOf,
   type NodeRecord,
+  NodeRecordWriter,
   NodeRegistry,
   ownerOf,
   openExpertMap,
+  openLease,
   openShardMap,
   watchVersioned,
   type ShardMapRecord,
+  VersionedMapView,
 } from "@tandem/cluster";
-import { Controller, ExpertPlanner } from "@tandem/control-plane";
+import { Controller, ExpertPlanner, ShardPlanner } from "@tandem/control-plane";
 import { healthStatus, runCli, startNatsServer, type TestNatsServer, until } from "@tandem/testkit";
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
@@ -67,10 +70,10 @@ describe("control plane on NATS", () => {
       if (a.lease.isLeader() && b.lease.isLeader()) doubleLeader = true;
     }, 10);
 
-    const registry = await NodeRegistry.open(await open(), names, { heartbeatTtlMs: 3000 });
+    const workers = await NodeRecordWriter.open(await open(), names, { heartbeatTtlMs: 3000 });
     const alive = new Set(["w1", "w2", "w3"]);
     const beat = setInterval(() => {
-      for (const id of alive) void registry.heartbeat(worker(id));
+      for (const id of alive) void workers.heartbeat(worker(id));
     }, 200);
     const store = await openShardMap(await open(), names);
     const seen: ShardMapRecord[] = [];
@@ -113,7 +116,12 @@ describe("control plane on NATS", () => {
       expect(third.version).toBe(second.version + 1);
       expect(third.fencingToken).toBeGreaterThan(second.fencingToken);
       expect(doubleLeader).toBe(false);
-      expect(seen.map((m) => m.version)).toEqual([...seen.map((m) => m.version)].sort((x, y) => x - y));
+      // Every write to the key, as stored (not as a watcher filters them): one version after another.
+      const versions: number[] = [];
+      for await (const entry of await store.kv.history({ key: store.key }))
+        if (entry.operation === "PUT") versions.push(entry.json<ShardMapRecord>().version);
+      expect(versions.length).toBeGreaterThanOrEqual(3);
+      expect(versions).toEqual(versions.map((_, i) => versions[0] + i));
     } finally {
       clearInterval(watchdog);
       clearInterval(beat);
@@ -128,10 +136,10 @@ describe("control plane on NATS", () => {
     const names = controlPlaneNames(cluster);
     const options = { cluster, tickMs: 100, leaseTtlMs: 1000, heartbeatTtlMs: 1500, shardCount: 64 };
     const controller = await Controller.start(await open(), { ...options, replicaId: "cp" }, log);
-    const registry = await NodeRegistry.open(await open(), names, { heartbeatTtlMs: 1500 });
+    const workers = await NodeRecordWriter.open(await open(), names, { heartbeatTtlMs: 1500 });
     const alive = new Set(["w1"]);
     const beat = setInterval(() => {
-      for (const id of alive) void registry.heartbeat(worker(id)).catch(() => undefined);
+      for (const id of alive) void workers.heartbeat(worker(id)).catch(() => undefined);
     }, 200);
     const store = await openShardMap(await open(), names);
     try {
@@ -145,6 +153,116 @@ describe("control plane on NATS", () => {
       expect(after.version).toBeGreaterThanOrEqual(2);
     } finally {
       clearInterval(beat);
+      await controller.stop();
+    }
+  });
+});
+
+describe("shard placement with more workers than shards", () => {
+  it("is not rewritten while membership stays the same, though some workers hold no shard", async () => {
+    const store = await openShardMap(await open(), controlPlaneNames(`idle${Date.now()}`));
+    const planner = new ShardPlanner(store, { shardCount: 2 });
+    const nodes = ["w1", "w2", "w3"].map((id) => ({ ...worker(id), heartbeatAt: Date.now() }));
+    expect(await planner.maybeReplan(nodes, 1)).toBe(1);
+    const first = (await store.read())!.record;
+    expect(new Set(Object.values(first.shards)).size).toBeLessThan(3);
+    expect(Object.keys(first.endpoints).sort()).toEqual(["w1", "w2", "w3"]);
+    // Idle ticks: the same three workers.
+    expect(await planner.maybeReplan(nodes, 1)).toBeUndefined();
+    expect(await planner.maybeReplan(nodes, 1)).toBeUndefined();
+    expect((await store.read())!.record.version).toBe(1);
+  });
+});
+
+describe("a cluster record that fails its schema", () => {
+  it("in the lease key: a replica takes it over once a lease TTL has passed, leads, and names it once in the log", async () => {
+    const cluster = `gl${Date.now()}`;
+    const names = controlPlaneNames(cluster);
+    const nc = await open();
+    const lease = await openLease(nc, names);
+    await lease.kv.put(lease.key, "not json");
+    const lines: string[] = [];
+    const capture = pino({ level: "warn" }, { write: (line: string) => lines.push(line) });
+    const workers = await NodeRecordWriter.open(nc, names, { heartbeatTtlMs: 3000 });
+    const beat = setInterval(() => void workers.heartbeat(worker("w1")), 100);
+    const started = Date.now();
+    const options = { cluster, tickMs: 50, leaseTtlMs: 1000, heartbeatTtlMs: 3000, shardCount: 16 };
+    const controller = await Controller.start(await open(), { ...options, replicaId: "cp" }, capture);
+    try {
+      await until("the replica leading", () => controller.lease.isLeader() || undefined);
+      // The value may have overwritten a live lease: nobody leads before that lease could have run out.
+      expect(Date.now() - started).toBeGreaterThanOrEqual(options.leaseTtlMs);
+      expect((await lease.read())?.record.holder).toBe("cp");
+      const store = await openShardMap(nc, names);
+      const map = await until("a shard map", async () => (await store.read())?.record);
+      expect(Object.keys(map.endpoints)).toEqual(["w1"]);
+      const warnings = lines.map((line) => JSON.parse(line) as { msg: string; err: string });
+      const invalid = warnings.filter((w) => w.msg.includes("invalid lease record"));
+      expect(invalid).toHaveLength(1);
+      expect(invalid[0].err).toContain(`${names.leaderBucket}/leader`);
+    } finally {
+      clearInterval(beat);
+      await controller.stop();
+    }
+  });
+
+  it("in the shard map key: the leader writes a good map over it, and a follower of the map takes that one", async () => {
+    const cluster = `gs${Date.now()}`;
+    const names = controlPlaneNames(cluster);
+    const nc = await open();
+    const workers = await NodeRecordWriter.open(nc, names, { heartbeatTtlMs: 3000 });
+    const beat = setInterval(() => {
+      for (const id of ["w1", "w2"]) void workers.heartbeat(worker(id));
+    }, 100);
+    const options = { cluster, tickMs: 50, leaseTtlMs: 1000, heartbeatTtlMs: 3000, shardCount: 16 };
+    const controller = await Controller.start(await open(), { ...options, replicaId: "cp" }, log);
+    const store = await openShardMap(nc, names);
+    const view = await VersionedMapView.follow(store);
+    try {
+      const first = await view.waitFor(
+        (m) => (Object.keys(m.endpoints).length === 2 ? m : undefined),
+        15_000,
+      );
+      expect(first).toBeDefined();
+      await store.kv.put(store.key, JSON.stringify({ version: 1 }));
+      // The follower holds `first`: only a newer version reaches it.
+      const replaced = await view.waitFor((m) => (m.version > first!.version ? m : undefined), 15_000);
+      expect(replaced).toBeDefined();
+      expect(Object.keys(replaced!.endpoints).sort()).toEqual(["w1", "w2"]);
+      expect((await store.read())?.record).toEqual(replaced);
+    } finally {
+      clearInterval(beat);
+      view.stop();
+      await controller.stop();
+    }
+  });
+
+  it("in the expert map key: the leader plans afresh and writes a good map over it", async () => {
+    const cluster = `ge${Date.now()}`;
+    const names = controlPlaneNames(cluster);
+    const experts = 8;
+    const nc = await open();
+    const store = await openExpertMap(nc, names);
+    await store.kv.put(store.key, JSON.stringify({ version: 1 }));
+    const workers = await NodeRecordWriter.open(nc, names, { heartbeatTtlMs: 1000 });
+    const hosts = ["w1", "w2"];
+    const beat = setInterval(() => {
+      for (const id of hosts) void workers.heartbeat(worker(id));
+    }, 100);
+    const publish = setInterval(() => {
+      for (const id of hosts) {
+        const counts = Array.from({ length: experts }, (_, e) => (e === 0 ? 400 : 20));
+        nc.publish(names.loadSubject(id), JSON.stringify({ nodeId: id, counts } satisfies ExpertLoadReport));
+      }
+    }, 50);
+    const controller = await startExpertPlanningLeader(cluster, experts);
+    try {
+      const map = await until("a good expert map", async () => (await store.readForUpdate())?.record);
+      expect(Object.keys(map.experts)).toHaveLength(experts);
+      expect(new Set(Object.values(map.experts).flat())).toEqual(new Set(hosts));
+    } finally {
+      clearInterval(beat);
+      clearInterval(publish);
       await controller.stop();
     }
   });
@@ -181,7 +299,7 @@ describe("expert placement from published load", () => {
       for (const id of hosts) void registry.heartbeat({ ...worker(id), expertSlots: 8 });
     }, 100);
     const store = await openExpertMap(nc, names);
-    await until("four hosts alive", async () => ((await registry.alive()).length === 4 ? true : undefined));
+    await until("four hosts alive", () => (registry.alive().length === 4 ? true : undefined));
     let hot = [0, 1];
     const publish = setInterval(() => {
       for (const id of hosts) {

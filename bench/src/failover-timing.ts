@@ -5,7 +5,14 @@
  */
 import { connect, type NatsConnection } from "@nats-io/transport-node";
 import { pino } from "pino";
-import { controlPlaneNames, NodeRegistry, openLease, openShardMap } from "@tandem/cluster";
+import {
+  controlPlaneNames,
+  NodeRecordWriter,
+  openLease,
+  openShardMap,
+  type ShardMapRecord,
+  VersionedMapView,
+} from "@tandem/cluster";
 import { Controller } from "@tandem/control-plane";
 import { startNatsServer, startProgram, until } from "@tandem/testkit";
 
@@ -17,8 +24,18 @@ export interface FailoverOptions {
   leaseTtlMs: number;
 }
 
-/** Polls every 10 ms: the figures measured are about a second, so the polling adds ≤ 1%. */
+/** The lease is polled every 10 ms: the figures measured are about a second, so the polling adds ≤ 1%. */
 const poll = <T>(what: string, check: () => Promise<T | undefined>) => until(what, check, 30_000, 10);
+
+/** Resolves when the map the view follows first meets `check`: timed by the watch's event, not by polling. */
+async function mapWhere(
+  view: VersionedMapView<ShardMapRecord>,
+  what: string,
+  check: (map: ShardMapRecord) => boolean,
+): Promise<void> {
+  if ((await view.waitFor((map) => (check(map) ? true : undefined), 30_000)) === undefined)
+    throw new Error(`timed out waiting for ${what}`);
+}
 
 export async function failoverTiming(options: FailoverOptions) {
   const server = await startNatsServer();
@@ -48,7 +65,7 @@ export async function failoverTiming(options: FailoverOptions) {
         },
         log,
       );
-      const registry = await NodeRegistry.open(await open(), names, {
+      const workers = await NodeRecordWriter.open(await open(), names, {
         heartbeatTtlMs: options.heartbeatTtlMs,
       });
       const alive = new Set(["w1", "w2", "w3", "w4"]);
@@ -56,7 +73,7 @@ export async function failoverTiming(options: FailoverOptions) {
       const beat = setInterval(() => {
         for (const id of alive) {
           lastBeat.set(id, Date.now());
-          void registry.heartbeat({
+          void workers.heartbeat({
             id,
             role: "cloud-worker",
             endpoint: `127.0.0.1:${6000 + Number(id.slice(1))}`,
@@ -67,20 +84,14 @@ export async function failoverTiming(options: FailoverOptions) {
           });
         }
       }, options.heartbeatMs);
-      const store = await openShardMap(await open(), names);
-      await poll("the failover", async () => {
-        const map = (await store.read())?.record;
-        return map && Object.keys(map.endpoints).length === 4 ? true : undefined;
-      });
+      const view = await VersionedMapView.follow(await openShardMap(await open(), names));
+      await mapWhere(view, "a map with four workers", (map) => Object.keys(map.endpoints).length === 4);
       alive.delete("w2");
       const last = lastBeat.get("w2")!;
-      await poll("the failover", async () => {
-        const map = (await store.read())?.record;
-        return map && !Object.values(map.shards).includes("w2") ? true : undefined;
-      });
+      await mapWhere(view, "the failover", (map) => !Object.values(map.shards).includes("w2"));
       shardMoves.push(Date.now() - last);
       clearInterval(beat);
-      registry.close();
+      view.stop();
       await controller.stop();
     }
     for (let trial = 0; trial < options.trials; trial++) {

@@ -4,7 +4,7 @@ import { controlPlaneNames } from "./control-plane-names.ts";
 import { connectNats } from "./nats-connection.ts";
 import { openLease } from "./lease-record.ts";
 import { NodeRegistry } from "./node-registry.ts";
-import { openExpertMap, openShardMap } from "./placement-map.ts";
+import { expertsOf, openExpertMap, openShardMap } from "./placement-map.ts";
 
 export interface ClusterStatus {
   cluster: string;
@@ -40,35 +40,33 @@ export async function clusterStatus(
     const registry = await NodeRegistry.open(nc, names, { heartbeatTtlMs });
     const placement = await (await openShardMap(nc, names)).read();
     const expertMap = (await (await openExpertMap(nc, names)).read())?.record;
-    const replicasByNode = new Map<string, number>();
-    const expertLoadByNode = new Map<string, number>();
     const expertLoadTotal = expertMap?.loads.reduce((a, b) => a + b, 0) ?? 0;
-    for (const [expert, holders] of Object.entries(expertMap?.experts ?? {})) {
-      const load = expertMap!.loads[Number(expert)] ?? 0;
-      holders.forEach((node, r) => {
-        replicasByNode.set(node, (replicasByNode.get(node) ?? 0) + 1);
-        const share = expertMap!.shares?.[expert]?.[r] ?? 1 / holders.length;
-        expertLoadByNode.set(node, (expertLoadByNode.get(node) ?? 0) + load * share);
-      });
-    }
     const leaseRecord = (await (await openLease(nc, names)).read())?.record;
     const now = Date.now();
     const shardsByNode = new Map<string, number>();
     for (const node of Object.values(placement?.record.shards ?? {}))
       shardsByNode.set(node, (shardsByNode.get(node) ?? 0) + 1);
-    const nodes = (await registry.all()).map((n) => ({
-      id: n.id,
-      endpoint: n.endpoint,
-      alive: now - n.heartbeatAt <= heartbeatTtlMs,
-      draining: n.draining,
-      sessions: n.load.sessions,
-      kvBytes: n.load.kvBytes,
-      shards: shardsByNode.get(n.id) ?? 0,
-      expertReplicas: replicasByNode.get(n.id) ?? 0,
-      expertLoadShare: expertLoadTotal > 0 ? (expertLoadByNode.get(n.id) ?? 0) / expertLoadTotal : 0,
-      expertMapVersion: n.load.expertMapVersion,
-      heartbeatAgeMs: now - n.heartbeatAt,
-    }));
+    const alive = new Set(registry.alive(now).map((n) => n.id));
+    const nodes = registry.all().map((n) => {
+      const held = expertMap ? expertsOf(expertMap, n.id) : new Map<number, number>();
+      const expertLoad = [...held].reduce(
+        (sum, [expert, share]) => sum + (expertMap?.loads[expert] ?? 0) * share,
+        0,
+      );
+      return {
+        id: n.id,
+        endpoint: n.endpoint,
+        alive: alive.has(n.id),
+        draining: n.draining,
+        sessions: n.load.sessions,
+        kvBytes: n.load.kvBytes,
+        shards: shardsByNode.get(n.id) ?? 0,
+        expertReplicas: held.size,
+        expertLoadShare: expertLoadTotal > 0 ? expertLoad / expertLoadTotal : 0,
+        expertMapVersion: n.load.expertMapVersion,
+        heartbeatAgeMs: now - n.heartbeatAt,
+      };
+    });
     const counts = [...shardsByNode.values()];
     registry.close();
     return {
@@ -88,7 +86,7 @@ export async function clusterStatus(
       experts: expertMap && {
         version: expertMap.version,
         experts: Object.keys(expertMap.experts).length,
-        replicas: [...replicasByNode.values()].reduce((a, b) => a + b, 0),
+        replicas: Object.values(expertMap.experts).reduce((sum, holders) => sum + holders.length, 0),
         maxMeanLoad: expertMap.maxMeanLoad,
       },
       nodes,

@@ -1,27 +1,16 @@
 /** @tandem/cluster: the names, records and maps every party of a cluster shares on NATS. */
 export { connectNats, type NatsConnectOptions } from "./nats-connection.ts";
 export { controlPlaneNames, type ControlPlaneNames } from "./control-plane-names.ts";
+export { KvRecord, nextVersion, watchVersioned, type VersionedRecord } from "./kv-record.ts";
+export { openLease, type LeaseRecord, type LeaseStore } from "./lease-record.ts";
 export {
-  KvRecord,
-  isRevisionConflict,
-  watchVersioned,
-  type KvRecordOptions,
-  type StoredRecord,
-  type VersionedRecord,
-} from "./kv-record.ts";
-export { LEASE_KEY, LEASE_SCHEMA, openLease, type LeaseRecord, type LeaseStore } from "./lease-record.ts";
-export {
-  NODE_RECORD_SCHEMA,
+  NodeRecordWriter,
   NodeRegistry,
   type NodeRecord,
   type NodeRegistryOptions,
 } from "./node-registry.ts";
 export {
   EXPERT_LOAD_REPORT_SCHEMA,
-  EXPERT_MAP_KEY,
-  EXPERT_MAP_SCHEMA,
-  SHARD_MAP_KEY,
-  SHARD_MAP_SCHEMA,
   expertsOf,
   openExpertMap,
   openShardMap,

@@ -8,6 +8,9 @@
  *  - A stored value that is not JSON or fails the schema (a bug, or a hostile write) is a
  *    RecordInvalidError when read, and is skipped, reported once to `onInvalid`, by
  *    watchers: one bad write never crashes the parties that read the record.
+ *  - Writers read with readForUpdate, which returns such a value as `invalid` with its
+ *    revision instead of throwing, so they can replace it by compare-and-set: a read that
+ *    threw would stop every writer (the leader, its planners) for good.
  */
 import { JetStreamApiCodes, JetStreamApiError } from "@nats-io/jetstream";
 import { Kvm, type KV, type KvEntry } from "@nats-io/kv";
@@ -15,7 +18,7 @@ import type { NatsConnection } from "@nats-io/transport-node";
 import { RecordInvalidError, parseOrThrow } from "@tandem/common";
 import type { z } from "zod";
 
-export interface KvRecordOptions<S extends z.ZodType> {
+interface KvRecordOptions<S extends z.ZodType> {
   bucket: string;
   key: string;
   schema: S;
@@ -28,7 +31,15 @@ export interface StoredRecord<R> {
   revision: number;
 }
 
+/** What a key holds, as a compare-and-set writer sees it: a record, or a value failing the schema. */
+export type StoredValue<R> =
+  | { record: R; invalid?: undefined; revision: number }
+  | { record?: undefined; invalid: RecordInvalidError; revision: number };
+
 export class KvRecord<S extends z.ZodType> {
+  /** Revision of the last invalid value passed to readForUpdate's `onInvalid`. */
+  private reportedInvalid?: number;
+
   private constructor(
     readonly kv: KV,
     readonly bucket: string,
@@ -45,11 +56,36 @@ export class KvRecord<S extends z.ZodType> {
     return new KvRecord(kv, options.bucket, options.key, options.schema);
   }
 
-  /** The current record and its revision; undefined when the key is absent or deleted. */
+  /**
+   * The current record and its revision; undefined when the key is absent or deleted. A
+   * value that fails the schema is a RecordInvalidError.
+   */
   async read(): Promise<StoredRecord<z.output<S>> | undefined> {
+    const stored = await this.readForUpdate();
+    if (stored?.invalid) throw stored.invalid;
+    return stored;
+  }
+
+  /**
+   * For a writer about to compare-and-set: the current value and its revision, valid or
+   * not; undefined when the key is absent or deleted. `onInvalid` hears of each invalid
+   * revision once, however often it is read (a leader reads every tick).
+   */
+  async readForUpdate(
+    onInvalid?: (error: RecordInvalidError) => void,
+  ): Promise<StoredValue<z.output<S>> | undefined> {
     const entry = await this.kv.get(this.key);
     if (!entry || entry.operation !== "PUT") return undefined;
-    return { record: this.decode(entry), revision: entry.revision };
+    try {
+      return { record: this.decode(entry), revision: entry.revision };
+    } catch (error) {
+      const invalid = error as RecordInvalidError;
+      if (onInvalid && this.reportedInvalid !== entry.revision) {
+        this.reportedInvalid = entry.revision;
+        onInvalid(invalid);
+      }
+      return { invalid, revision: entry.revision };
+    }
   }
 
   /**
@@ -118,7 +154,7 @@ export class KvRecord<S extends z.ZodType> {
 }
 
 /** A compare-and-set that lost: the key's revision was not the one expected. */
-export function isRevisionConflict(error: unknown): boolean {
+function isRevisionConflict(error: unknown): boolean {
   return (
     error instanceof JetStreamApiError &&
     (error.code === JetStreamApiCodes.StreamWrongLastSequence ||
@@ -131,6 +167,18 @@ export interface VersionedRecord {
   version: number;
   /** Lease revision of the leader that wrote it. */
   fencingToken: number;
+}
+
+/**
+ * The version of the record a writer puts in place of `current`. Versions grow by one per
+ * write from 1, so no version exceeds the KV revision it was written at (revisions grow by
+ * at least one per write). A value that fails the schema is replaced by the version after
+ * its revision: above every version written before it, so watchers, which take only newer
+ * versions, take the replacement too.
+ */
+export function nextVersion(current: StoredValue<VersionedRecord> | undefined): number {
+  if (!current) return 1;
+  return current.record ? current.record.version + 1 : current.revision + 1;
 }
 
 /**

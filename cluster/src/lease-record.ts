@@ -4,7 +4,7 @@ import { z } from "zod";
 import type { ControlPlaneNames } from "./control-plane-names.ts";
 import { KvRecord } from "./kv-record.ts";
 
-export const LEASE_SCHEMA = z.object({
+const LEASE_SCHEMA = z.object({
   holder: z.string().min(1),
   /** Epoch ms; a lease with expiresAt in the past is free to take. */
   expiresAt: z.number(),
@@ -12,7 +12,7 @@ export const LEASE_SCHEMA = z.object({
 export type LeaseRecord = z.output<typeof LEASE_SCHEMA>;
 
 /** Key of the lease in the leader bucket. */
-export const LEASE_KEY = "leader";
+const LEASE_KEY = "leader";
 
 export type LeaseStore = KvRecord<typeof LEASE_SCHEMA>;
 

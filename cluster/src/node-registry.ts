@@ -10,7 +10,7 @@ import { z } from "zod";
 import { CLUSTER_DEFAULTS } from "@tandem/common";
 import type { ControlPlaneNames } from "./control-plane-names.ts";
 
-export const NODE_RECORD_SCHEMA = z.object({
+const NODE_RECORD_SCHEMA = z.object({
   id: z.string().min(1).max(256),
   role: z.literal("cloud-worker"),
   /** host:port of the node's gRPC service. */
@@ -36,17 +36,46 @@ export interface NodeRegistryOptions {
   heartbeatTtlMs?: number;
 }
 
-export class NodeRegistry {
+/** Opens (creating when needed) the nodes bucket; its max age clears long-dead nodes' records. */
+function openNodesBucket(nc: NatsConnection, names: ControlPlaneNames, heartbeatTtlMs: number): Promise<KV> {
+  return new Kvm(nc).create(names.nodesBucket, { history: 1, ttl: Math.max(60_000, heartbeatTtlMs * 20) });
+}
+
+/**
+ * A node's own side of membership: it puts its record and removes it, and reads nobody's
+ * (a worker need not watch and parse every other worker's heartbeats).
+ */
+export class NodeRecordWriter {
+  protected constructor(readonly kv: KV) {}
+
+  static async open(
+    nc: NatsConnection,
+    names: ControlPlaneNames,
+    options: NodeRegistryOptions = {},
+  ): Promise<NodeRecordWriter> {
+    const ttl = options.heartbeatTtlMs ?? CLUSTER_DEFAULTS.heartbeatTtlMs;
+    return new NodeRecordWriter(await openNodesBucket(nc, names, ttl));
+  }
+
+  async heartbeat(record: Omit<NodeRecord, "heartbeatAt">, now = Date.now()): Promise<void> {
+    await this.kv.put(record.id, JSON.stringify({ ...record, heartbeatAt: now }));
+  }
+
+  async remove(id: string): Promise<void> {
+    await this.kv.delete(id);
+  }
+}
+
+/** Membership as the leader and `tandem status` read it: every node's latest record, kept by a watch. */
+export class NodeRegistry extends NodeRecordWriter {
   readonly heartbeatTtlMs: number;
   /** Latest record per node, kept current by a watch on the bucket. */
   private readonly records = new Map<string, NodeRecord>();
   private stopWatch: () => void = () => undefined;
 
-  private constructor(
-    readonly kv: KV,
-    options: NodeRegistryOptions,
-  ) {
-    this.heartbeatTtlMs = options.heartbeatTtlMs ?? CLUSTER_DEFAULTS.heartbeatTtlMs;
+  private constructor(kv: KV, heartbeatTtlMs: number) {
+    super(kv);
+    this.heartbeatTtlMs = heartbeatTtlMs;
   }
 
   /**
@@ -54,14 +83,14 @@ export class NodeRegistry {
    * listing keys, keeps reads instant: a key listing under a stream of heartbeats can take
    * seconds to settle, and the leader reads membership every tick.
    */
-  static async open(
+  static override async open(
     nc: NatsConnection,
     names: ControlPlaneNames,
     options: NodeRegistryOptions = {},
   ): Promise<NodeRegistry> {
     const ttl = options.heartbeatTtlMs ?? CLUSTER_DEFAULTS.heartbeatTtlMs;
-    const kv = await new Kvm(nc).create(names.nodesBucket, { history: 1, ttl: Math.max(60_000, ttl * 20) });
-    const registry = new NodeRegistry(kv, options);
+    const kv = await openNodesBucket(nc, names, ttl);
+    const registry = new NodeRegistry(kv, ttl);
     const existing = (await kv.status()).values;
     const watch = await kv.watch();
     registry.stopWatch = () => watch.stop();
@@ -83,21 +112,13 @@ export class NodeRegistry {
     return registry;
   }
 
-  async heartbeat(record: Omit<NodeRecord, "heartbeatAt">, now = Date.now()): Promise<void> {
-    await this.kv.put(record.id, JSON.stringify({ ...record, heartbeatAt: now }));
-  }
-
-  async remove(id: string): Promise<void> {
-    await this.kv.delete(id);
-  }
-
   /** Every node record in the bucket, alive or not. */
-  async all(): Promise<NodeRecord[]> {
+  all(): NodeRecord[] {
     return [...this.records.values()].sort((a, b) => (a.id < b.id ? -1 : 1));
   }
 
-  async alive(now = Date.now()): Promise<NodeRecord[]> {
-    return (await this.all()).filter((n) => now - n.heartbeatAt <= this.heartbeatTtlMs);
+  alive(now = Date.now()): NodeRecord[] {
+    return this.all().filter((n) => now - n.heartbeatAt <= this.heartbeatTtlMs);
   }
 
   close(): void {

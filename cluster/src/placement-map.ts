@@ -15,7 +15,7 @@ import { sessionShard } from "./session-shard.ts";
 
 const nodeId = z.string().min(1).max(256);
 
-export const SHARD_MAP_SCHEMA = z.object({
+const SHARD_MAP_SCHEMA = z.object({
   version: z.int().min(1),
   /** Lease revision of the leader that wrote it. */
   fencingToken: z.int().min(0),
@@ -28,7 +28,7 @@ export const SHARD_MAP_SCHEMA = z.object({
 });
 export type ShardMapRecord = z.output<typeof SHARD_MAP_SCHEMA>;
 
-export const EXPERT_MAP_SCHEMA = z.object({
+const EXPERT_MAP_SCHEMA = z.object({
   version: z.int().min(1),
   fencingToken: z.int().min(0),
   /** expert → node ids holding a replica. */
@@ -58,8 +58,8 @@ export const EXPERT_LOAD_REPORT_SCHEMA = z.object({
 });
 export type ExpertLoadReport = z.output<typeof EXPERT_LOAD_REPORT_SCHEMA>;
 
-export const SHARD_MAP_KEY = "kv-shards";
-export const EXPERT_MAP_KEY = "experts";
+const SHARD_MAP_KEY = "kv-shards";
+const EXPERT_MAP_KEY = "experts";
 
 export type ShardMapStore = KvRecord<typeof SHARD_MAP_SCHEMA>;
 export type ExpertMapStore = KvRecord<typeof EXPERT_MAP_SCHEMA>;

@@ -13,7 +13,7 @@ import {
   type ExpertLoadReport,
   type ExpertMapRecord,
   expertsOf,
-  NodeRegistry,
+  NodeRecordWriter,
   ownerOf,
   openExpertMap,
   openShardMap,
@@ -32,7 +32,7 @@ export class ClusterMembership {
   private constructor(
     private readonly nc: NatsConnection,
     private readonly names: ControlPlaneNames,
-    private readonly registry: NodeRegistry,
+    private readonly nodeRecord: NodeRecordWriter,
     private readonly shardMap: VersionedMapView<ShardMapRecord>,
     private readonly expertMaps: VersionedMapView<ExpertMapRecord>,
     private readonly options: MembershipOptions,
@@ -47,13 +47,14 @@ export class ClusterMembership {
   ): Promise<ClusterMembership> {
     const nc = await connectNats(options.natsUrl, { name: `tandem-cloud-worker ${options.nodeId}` });
     const names = controlPlaneNames(options.cluster);
-    const registry = await NodeRegistry.open(nc, names);
+    // Write-only: the worker heartbeats its own record and reads no other node's.
+    const nodeRecord = await NodeRecordWriter.open(nc, names);
     // A map that fails its schema is skipped (and named in the log): the worker keeps the last good one.
     const invalid = (error: Error) => log.warn({ err: error.message }, "placement map ignored");
     const membership = new ClusterMembership(
       nc,
       names,
-      registry,
+      nodeRecord,
       await VersionedMapView.follow(await openShardMap(nc, names), invalid),
       await VersionedMapView.follow(await openExpertMap(nc, names), invalid),
       options,
@@ -83,7 +84,7 @@ export class ClusterMembership {
       kvBytes: stats.kvBytes,
     };
     this.nc.publish(this.names.loadSubject(this.options.nodeId), JSON.stringify(report));
-    await this.registry
+    await this.nodeRecord
       .heartbeat({
         id: this.options.nodeId,
         role: "cloud-worker",
@@ -148,8 +149,7 @@ export class ClusterMembership {
     clearInterval(this.timer);
     this.shardMap.stop();
     this.expertMaps.stop();
-    await this.registry.remove(this.options.nodeId).catch(() => undefined);
-    this.registry.close();
+    await this.nodeRecord.remove(this.options.nodeId).catch(() => undefined);
     await this.nc.close();
   }
 }

@@ -2,6 +2,7 @@
 import { z } from "zod";
 import { CLUSTER_DEFAULTS } from "@tandem/common";
 import { DEFAULT_CONTROLLER_OPTIONS } from "./controller.ts";
+import { DEFAULT_LEASE_TIMING } from "./leader-lease.ts";
 
 export const CONTROL_ENV_PREFIX = "TANDEM_CONTROL";
 
@@ -34,9 +35,11 @@ export const CONTROL_CONFIG_SCHEMA = z
       .meta({ description: "control loop interval" }),
     leaseTtlMs: z
       .int()
-      .min(100)
+      .min(DEFAULT_LEASE_TIMING.marginMs + 1)
       .default(DEFAULT_CONTROLLER_OPTIONS.leaseTtlMs)
-      .meta({ description: "leader lease duration" }),
+      .meta({
+        description: `leader lease duration; must exceed ${DEFAULT_LEASE_TIMING.marginMs} ms (the margin a leader keeps) + tickMs`,
+      }),
     heartbeatTtlMs: z
       .int()
       .min(100)
@@ -52,6 +55,17 @@ export const CONTROL_CONFIG_SCHEMA = z
       .default(DEFAULT_CONTROLLER_OPTIONS.expertWindowMs)
       .meta({ description: "expert load window" }),
   })
-  .strict();
-
-export type ControlConfig = z.output<typeof CONTROL_CONFIG_SCHEMA>;
+  .strict()
+  .superRefine((config, context) => {
+    // The leader acts only while its lease has marginMs left, and renews it once a tick: a
+    // shorter lease would be won every tick and never acted on (or lapse between ticks).
+    const least = DEFAULT_LEASE_TIMING.marginMs + config.tickMs;
+    // (A lease within the margin alone is already refused by the minimum, in one line.)
+    if (config.leaseTtlMs > DEFAULT_LEASE_TIMING.marginMs && config.leaseTtlMs <= least)
+      context.addIssue({
+        code: "custom",
+        path: ["leaseTtlMs"],
+        input: config.leaseTtlMs,
+        message: `must be > ${least} (the lease's ${DEFAULT_LEASE_TIMING.marginMs} ms margin + tickMs), got ${config.leaseTtlMs}`,
+      });
+  });

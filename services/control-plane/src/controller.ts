@@ -62,8 +62,14 @@ export class Controller {
     const registry = await NodeRegistry.open(nc, names, { heartbeatTtlMs: full.heartbeatTtlMs });
     const controller = new Controller(
       registry,
-      new ShardPlanner(await openShardMap(nc, names), { shardCount: full.shardCount }),
-      new LeaderLease(await openLease(nc, names), full.replicaId, full.leaseTtlMs),
+      new ShardPlanner(await openShardMap(nc, names), { shardCount: full.shardCount }, log),
+      new LeaderLease(
+        await openLease(nc, names),
+        full.replicaId,
+        full.leaseTtlMs,
+        DEFAULT_LEASE_TIMING.marginMs,
+        log,
+      ),
       full,
       log,
       full.experts > 0
@@ -100,7 +106,7 @@ export class Controller {
           "became leader",
         );
       if (!leader) return;
-      const alive = await this.registry.alive();
+      const alive = this.registry.alive();
       const token = this.lease.fencingToken;
       if (token === undefined) return; // the lease ran short while reading: do not act
       if (this.experts) {

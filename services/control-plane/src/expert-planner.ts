@@ -9,6 +9,7 @@
 import type { NatsConnection, Subscription } from "@nats-io/transport-node";
 import {
   EXPERT_LOAD_REPORT_SCHEMA,
+  nextVersion,
   type ControlPlaneNames,
   type ExpertMapStore,
   type NodeRecord,
@@ -20,7 +21,7 @@ import { evenShares } from "./placement/replica-shares.ts";
 
 export interface ExpertPlannerOptions {
   experts: number;
-  /** Length of a load window. @default 5000 */
+  /** Length of a load window. */
   windowMs: number;
 }
 
@@ -69,11 +70,8 @@ export class ExpertPlanner {
   }
 
   /** At the end of a window (leader only): re-plan if needed. Returns the version written, if any. */
-  async maybeReplan(
-    nodes: NodeRecord[],
-    fencingToken: number,
-    now = Date.now(),
-  ): Promise<number | undefined> {
+  async maybeReplan(nodes: NodeRecord[], fencingToken: number): Promise<number | undefined> {
+    const now = Date.now();
     if (now - this.windowStart < this.options.windowMs) return undefined;
     const loads = this.window;
     this.window = new Array<number>(this.options.experts).fill(0);
@@ -81,32 +79,36 @@ export class ExpertPlanner {
     const hosts = nodes.filter((n) => n.expertSlots > 0 && !n.draining);
     if (hosts.length === 0 || loads.every((l) => l === 0)) return undefined;
     if (hosts.reduce((s, n) => s + n.expertSlots, 0) < this.options.experts) return undefined;
-    const current = await this.store.read();
+    const current = await this.store.readForUpdate((error) =>
+      this.log?.warn({ err: error.message }, "invalid expert map: planning afresh over it"),
+    );
+    // A map that fails its schema counts as no map: it is planned afresh and overwritten.
+    const previousMap = current?.record;
     const ids = hosts.map((n) => n.id).sort();
     const workers = hosts.map((n) => ({ id: n.id, slots: n.expertSlots }));
-    const previous: ExpertPlacement | undefined = current
+    const previous: ExpertPlacement | undefined = previousMap
       ? new Map(
-          Object.entries(current.record.experts).map(([e, w]) => [
+          Object.entries(previousMap.experts).map(([e, w]) => [
             Number(e),
             w.filter((id) => ids.includes(id)),
           ]),
         )
       : undefined;
     const membershipChanged =
-      !current || Object.values(current.record.experts).some((w) => w.some((id) => !ids.includes(id)));
+      !previousMap || Object.values(previousMap.experts).some((w) => w.some((id) => !ids.includes(id)));
     const held: ExpertPlan | undefined =
-      current && previous && !membershipChanged
+      previousMap && previous && !membershipChanged
         ? {
             placement: previous,
-            shares: current.record.shares
-              ? new Map(Object.entries(current.record.shares).map(([e, s]) => [Number(e), s]))
+            shares: previousMap.shares
+              ? new Map(Object.entries(previousMap.shares).map(([e, s]) => [Number(e), s]))
               : evenShares(previous),
-            maxMeanLoad: current.record.maxMeanLoad,
+            maxMeanLoad: previousMap.maxMeanLoad,
           }
         : undefined;
     const { plan, change } = nextExpertPlan(loads, workers, held);
     if (change === "none") return undefined;
-    const version = (current?.record.version ?? 0) + 1;
+    const version = nextVersion(current);
     const written = await this.store.write(
       {
         version,

@@ -6,7 +6,7 @@ export { Controller, DEFAULT_CONTROLLER_OPTIONS, type ControllerOptions } from "
 export { ExpertPlanner, type ExpertPlannerOptions } from "./expert-planner.ts";
 export { ShardPlanner, type ShardPlannerOptions } from "./shard-planner.ts";
 export { DEFAULT_LEASE_TIMING, LeaderLease } from "./leader-lease.ts";
-export { CONTROL_CONFIG_SCHEMA, CONTROL_ENV_PREFIX, type ControlConfig } from "./control-config.ts";
+export { CONTROL_CONFIG_SCHEMA, CONTROL_ENV_PREFIX } from "./control-config.ts";
 export { CONTROL_PROGRAM, main } from "./main.ts";
 export { placeShards, shardMoves, type ShardNode } from "./placement/shard-placement.ts";
 export {

@@ -5,8 +5,14 @@
  * a CAS on the revision it read, so two contenders cannot both win. The revision of the
  * holder's last successful write is its fencing token: writes carry it and readers
  * ignore writes fenced by an older one.
+ *
+ * A lease value that fails its schema (a bug, or a hostile write) names no holder, but it
+ * may have overwritten a live lease. So it counts as a lease that expires `ttlMs` after
+ * this replica first saw it — by then any lease it overwrote has expired too — and is
+ * then taken over by compare-and-set on its revision like an expired one.
  */
 import type { LeaseRecord, LeaseStore } from "@tandem/cluster";
+import type { Logger } from "@tandem/common";
 
 export interface LeaseState {
   leader: boolean;
@@ -24,12 +30,15 @@ export const DEFAULT_LEASE_TIMING = {
 
 export class LeaderLease {
   private state: LeaseState = { leader: false };
+  /** The invalid lease value last read, and when this replica first saw it. */
+  private invalidSince?: { revision: number; at: number };
 
   constructor(
     private readonly store: LeaseStore,
     readonly holder: string,
     private readonly ttlMs: number = DEFAULT_LEASE_TIMING.ttlMs,
     private readonly marginMs: number = DEFAULT_LEASE_TIMING.marginMs,
+    private readonly log?: Logger,
   ) {}
 
   /** True while this holder may act (lease held with margin left). */
@@ -52,8 +61,15 @@ export class LeaderLease {
     const expiresAt = now + this.ttlMs;
     const mine: LeaseRecord = { holder: this.holder, expiresAt };
     try {
-      const current = await this.store.read();
-      const free = !current || current.record.holder === this.holder || current.record.expiresAt <= now;
+      const current = await this.store.readForUpdate((error) =>
+        this.log?.warn(
+          { err: error.message },
+          "invalid lease record: taken over once a lease TTL has passed",
+        ),
+      );
+      const free = current?.record
+        ? current.record.holder === this.holder || current.record.expiresAt <= now
+        : !current || this.invalidExpired(current.revision, now);
       const revision = free ? await this.store.write(mine, current?.revision) : undefined;
       this.state = revision === undefined ? { leader: false } : { leader: true, revision, expiresAt };
       return this.state.leader;
@@ -61,6 +77,11 @@ export class LeaderLease {
       this.state = { leader: false };
       throw error;
     }
+  }
+
+  private invalidExpired(revision: number, now: number): boolean {
+    if (this.invalidSince?.revision !== revision) this.invalidSince = { revision, at: now };
+    return now - this.invalidSince.at >= this.ttlMs;
   }
 
   /** Gives the lease up (planned shutdown) so another holder need not wait for expiry. */

@@ -1,15 +1,16 @@
 /**
  * KV-shard placement from membership: when the set of live, non-draining workers differs
- * from the workers the current map uses, the leader writes the next version (sticky
+ * from the workers the current map names, the leader writes the next version (sticky
  * bounded-load consistent hashing, placement/shard-placement.ts: a dead or draining
  * worker's shards move, the others stay). Beside ExpertPlanner; the Controller only
  * decides when either runs.
  */
-import type { NodeRecord, ShardMapRecord, ShardMapStore } from "@tandem/cluster";
+import { nextVersion, type NodeRecord, type ShardMapRecord, type ShardMapStore } from "@tandem/cluster";
+import type { Logger } from "@tandem/common";
 import { placeShards } from "./placement/shard-placement.ts";
 
 export interface ShardPlannerOptions {
-  /** Virtual shards sessions hash into. @default 4096 */
+  /** Virtual shards sessions hash into. */
   shardCount: number;
 }
 
@@ -17,6 +18,7 @@ export class ShardPlanner {
   constructor(
     private readonly store: ShardMapStore,
     private readonly options: ShardPlannerOptions,
+    private readonly log?: Logger,
   ) {}
 
   /**
@@ -24,18 +26,19 @@ export class ShardPlanner {
    * Resolves with the version written, or undefined when none was needed or another
    * writer won the compare-and-set.
    */
-  async maybeReplan(
-    alive: NodeRecord[],
-    fencingToken: number,
-    now = Date.now(),
-  ): Promise<number | undefined> {
+  async maybeReplan(alive: NodeRecord[], fencingToken: number): Promise<number | undefined> {
     const nodes = alive.filter((n) => !n.draining);
-    const current = await this.store.read();
+    const current = await this.store.readForUpdate((error) =>
+      this.log?.warn({ err: error.message }, "invalid shard map: placing shards afresh over it"),
+    );
+    // A map that fails its schema counts as no map: it is planned afresh and overwritten.
+    const previousMap = current?.record;
     const nodeIds = nodes.map((n) => n.id).sort();
-    const currentIds = current ? [...new Set(Object.values(current.record.shards))].sort() : [];
-    if (nodes.length === 0 || JSON.stringify(nodeIds) === JSON.stringify(currentIds)) return undefined;
-    const previous = current
-      ? new Map(Object.entries(current.record.shards).map(([shard, node]) => [Number(shard), node]))
+    // The map's members are its endpoints: with more workers than shards, some hold none.
+    const mapIds = previousMap ? Object.keys(previousMap.endpoints).sort() : [];
+    if (nodes.length === 0 || JSON.stringify(nodeIds) === JSON.stringify(mapIds)) return undefined;
+    const previous = previousMap
+      ? new Map(Object.entries(previousMap.shards).map(([shard, node]) => [Number(shard), node]))
       : undefined;
     const map = placeShards(
       this.options.shardCount,
@@ -43,12 +46,12 @@ export class ShardPlanner {
       previous,
     );
     const record: ShardMapRecord = {
-      version: (current?.record.version ?? 0) + 1,
+      version: nextVersion(current),
       fencingToken,
       shardCount: this.options.shardCount,
       shards: Object.fromEntries(map),
       endpoints: Object.fromEntries(nodes.map((n) => [n.id, n.endpoint])),
-      writtenAt: now,
+      writtenAt: Date.now(),
     };
     return (await this.store.write(record, current?.revision)) === undefined ? undefined : record.version;
   }
