@@ -3,28 +3,29 @@
  * run's own): generation, calibration and graph builds through BullMQ, bad data failing
  * at once with the field named, and no job lost when a worker dies or stops mid-job.
  */
-import { execFile } from "node:child_process";
+import { execFile, spawn } from "node:child_process";
 import { existsSync, mkdtempSync, rmSync, statSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { promisify } from "node:util";
-import { Job, Queue, QueueEvents, Worker } from "bullmq";
+import { Job, Queue, Worker } from "bullmq";
 import { pino } from "pino";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import {
-  BACKOFF_STRATEGY,
-  batchBackoffStrategy,
   batchQueueLocation,
+  batchWorkerOptions,
   type BatchWorker,
   type GenerateJobResult,
   JOB_KINDS,
+  type JobKind,
   showJob,
   startBatchWorker,
   submitJob,
   type SubmitOptions,
   waitForJob,
 } from "@tandem/batch-worker";
-import { runCli, startProgram } from "@tandem/testkit";
+import { UnavailableError } from "@tandem/common";
+import { freePort, runCli, startProgram, until } from "@tandem/testkit";
 import { cloudSegmentSpec, loadCheckpoint, readCalibration, SegmentModel } from "@tandem/runtime";
 
 const MODEL = join(import.meta.dirname, "..", "models", "tandem-demo");
@@ -57,6 +58,18 @@ afterAll(async () => {
   rmSync(dir, { recursive: true, force: true });
 });
 
+/** The result of a job that must complete (waitForJob's outcome otherwise fails the test). */
+async function resultOf(
+  kind: JobKind,
+  id: string,
+  options: SubmitOptions,
+  timeoutMs: number,
+): Promise<unknown> {
+  const outcome = await waitForJob(kind, id, options, timeoutMs);
+  if (outcome.state !== "completed") throw new Error(`${kind} job ${id}: ${JSON.stringify(outcome)}`);
+  return outcome.result;
+}
+
 async function withWorker<T>(options: SubmitOptions, body: (worker: BatchWorker) => Promise<T>): Promise<T> {
   const worker = await startBatchWorker({ ...options, cacheDir: join(dir, "graphs") }, log);
   try {
@@ -76,7 +89,7 @@ describe("batch jobs on BullMQ", () => {
         { model: MODEL, prompts, maxTokens: 12, calibration: CALIBRATION, target: 0.99 },
         options,
       );
-      const value = (await waitForJob("generate", id, options, 120_000)) as GenerateJobResult;
+      const value = (await resultOf("generate", id, options, 120_000)) as GenerateJobResult;
       const view = await showJob("generate", id, options);
       expect(view).toMatchObject({
         state: "completed",
@@ -120,7 +133,7 @@ describe("batch jobs on BullMQ", () => {
         },
         options,
       );
-      return (await waitForJob("calibrate", id, options, 120_000)) as { split: number; policies: unknown[] };
+      return (await resultOf("calibrate", id, options, 120_000)) as { split: number; policies: unknown[] };
     });
     const calibration = await readCalibration(out);
     expect(calibration.summary.split).toBe(3);
@@ -134,13 +147,13 @@ describe("batch jobs on BullMQ", () => {
     const cacheDir = join(dir, "prebuilt");
     const data = { model: MODEL, split: 3, calibration: CALIBRATION, cacheDir };
     const [first, second] = await withWorker(options, async () => {
-      const a = await waitForJob(
+      const a = await resultOf(
         "build-graphs",
         await submitJob("build-graphs", data, options),
         options,
         120_000,
       );
-      const b = await waitForJob(
+      const b = await resultOf(
         "build-graphs",
         await submitJob("build-graphs", data, options),
         options,
@@ -181,10 +194,14 @@ describe("batch jobs on BullMQ", () => {
           { model: join(dir, "no-such-model"), prompts: ["x"] },
           { attempts: 3 },
         );
-        await expect(waitForJob("generate", empty.id!, options, 30_000)).rejects.toThrow(
-          /prompts: must hold at least 1 item/,
-        );
-        await expect(waitForJob("generate", missing.id!, options, 30_000)).rejects.toThrow(/no-such-model/);
+        expect(await waitForJob("generate", empty.id!, options, 30_000)).toEqual({
+          state: "failed",
+          failedReason: expect.stringMatching(/prompts: must hold at least 1 item/),
+        });
+        expect(await waitForJob("generate", missing.id!, options, 30_000)).toEqual({
+          state: "failed",
+          failedReason: expect.stringMatching(/no-such-model/),
+        });
         // A calibration that cannot be written (its directory is a file) fails once, naming `out`.
         const unwritable = await submitJob(
           "calibrate",
@@ -198,25 +215,27 @@ describe("batch jobs on BullMQ", () => {
           },
           options,
         );
-        await expect(waitForJob("calibrate", unwritable, options, 60_000)).rejects.toThrow(
-          /^out: cannot write/,
-        );
+        expect(await waitForJob("calibrate", unwritable, options, 60_000)).toEqual({
+          state: "failed",
+          failedReason: expect.stringMatching(/^out: cannot write/),
+        });
         // So does a graph cache that cannot be written, naming `cacheDir`.
         const noCache = await submitJob(
           "build-graphs",
           { model: MODEL, split: 3, exitLayers: [3], cacheDir: join(MODEL, "config.json", "graphs") },
           options,
         );
-        await expect(waitForJob("build-graphs", noCache, options, 60_000)).rejects.toThrow(
-          /^cacheDir: cannot write graphs/,
-        );
+        expect(await waitForJob("build-graphs", noCache, options, 60_000)).toEqual({
+          state: "failed",
+          failedReason: expect.stringMatching(/^cacheDir: cannot write graphs/),
+        });
         for (const id of [empty.id!, missing.id!]) {
           const job = (await Job.fromId(queue, id))!;
           expect(await job.getState()).toBe("failed");
           expect(job.attemptsMade).toBe(1);
         }
         const good = await submitJob("generate", { model: MODEL, prompts: ["The"], maxTokens: 2 }, options);
-        expect(((await waitForJob("generate", good, options, 60_000)) as GenerateJobResult).tokens).toBe(2);
+        expect(((await resultOf("generate", good, options, 60_000)) as GenerateJobResult).tokens).toBe(2);
         expect(worker.counts).toEqual({ completed: 1, failed: 4 });
       });
     } finally {
@@ -226,32 +245,24 @@ describe("batch jobs on BullMQ", () => {
 
   it("tandem jobs submit names the bad field and runs a good job to its result", async () => {
     const options = optionsFor("cli");
-    const tandem = (...args: string[]) =>
-      promisify(execFile)(process.execPath, [
-        join(import.meta.dirname, "..", "bin", "tandem.mjs"),
-        ...args,
-      ]).then(
-        (r) => ({ code: 0, ...r }),
-        (e: { code: number; stdout: string; stderr: string }) => e,
-      );
     const flags = ["--redis", REDIS, "--cluster", options.cluster];
-    const bad = await tandem("jobs", "submit", "generate", "--data", `{"model":"${MODEL}"}`, ...flags);
+    const bad = await runCli(["jobs", "submit", "generate", "--data", `{"model":"${MODEL}"}`, ...flags]);
     expect(bad.code).toBe(2);
     expect(bad.stderr).toMatch(/--data: prompts: is required/);
-    const typo = await tandem(
+    const typo = await runCli([
       "jobs",
       "submit",
       "generate",
       "--data",
       `{"model":"${MODEL}","prompts":["a"],"max_token":5}`,
       ...flags,
-    );
+    ]);
     expect(typo.code).toBe(2);
     expect(typo.stderr).toMatch(/--data: max_token: is not a known key/);
-    const kind = await tandem("jobs", "submit", "summarize", "--data", "{}", ...flags);
+    const kind = await runCli(["jobs", "submit", "summarize", "--data", "{}", ...flags]);
     expect(kind.stderr).toMatch(/KIND: must be one of generate, calibrate, build-graphs/);
     await withWorker(options, async () => {
-      const run = await tandem(
+      const run = await runCli([
         "jobs",
         "submit",
         "generate",
@@ -259,12 +270,12 @@ describe("batch jobs on BullMQ", () => {
         "--data",
         JSON.stringify({ model: MODEL, prompts: ["The Python"], maxTokens: 4 }),
         ...flags,
-      );
+      ]);
       expect(run.code, run.stderr).toBe(0);
       const printed = JSON.parse(run.stdout) as { id: string; state: string; result: GenerateJobResult };
       expect(printed.state).toBe("completed");
       expect(printed.result.tokens).toBe(4);
-      const shown = await tandem("jobs", "show", "generate", printed.id, ...flags);
+      const shown = await runCli(["jobs", "show", "generate", printed.id, ...flags]);
       expect(JSON.parse(shown.stdout)).toMatchObject({
         state: "completed",
         progress: { phase: "prompts", done: 1, total: 1 },
@@ -284,15 +295,17 @@ describe("no job lost", () => {
   });
   const env = () => ({ TANDEM_CACHE_DIR: join(dir, "cache") });
 
+  /** Until the job is active and has reported progress: a worker is in the middle of it. */
   async function untilActive(options: SubmitOptions, id: string): Promise<void> {
-    const deadline = Date.now() + 60_000;
-    for (;;) {
-      const view = await showJob("generate", id, options);
-      if (view?.state === "active" && ((view.progress as { done?: number } | undefined)?.done ?? 0) > 0)
-        return;
-      if (Date.now() > deadline) throw new Error(`job ${id} never became active: ${JSON.stringify(view)}`);
-      await new Promise((r) => setTimeout(r, 100));
-    }
+    await until(
+      `job ${id} to be active, with progress`,
+      async () => {
+        const view = await showJob("generate", id, options);
+        return view?.state === "active" && ((view.progress as { done?: number } | undefined)?.done ?? 0) > 0;
+      },
+      60_000,
+      100,
+    );
   }
 
   it("a worker killed mid-job: the job stalls, another worker runs it to the end", async () => {
@@ -312,7 +325,7 @@ describe("no job lost", () => {
   async function runsToTheEnd(options: SubmitOptions, id: string): Promise<void> {
     const second = await startProgram("tandem-batch-worker", flags(options.cluster), env());
     try {
-      const result = (await waitForJob("generate", id, options, 120_000)) as GenerateJobResult;
+      const result = (await resultOf("generate", id, options, 120_000)) as GenerateJobResult;
       expect(result.outputs.map((o) => o.prompt)).toEqual(prompts);
       expect(result.tokens).toBe(prompts.length * 48);
       // It was taken back from the dead worker as stalled, not finished by it.
@@ -348,48 +361,115 @@ describe("no job lost", () => {
   }, 120_000);
 });
 
+describe("waiting for a job", () => {
+  it("a wait that runs out says so (timed-out, exit 2), and the job still completes", async () => {
+    const options = optionsFor("timeout");
+    const flags = ["--redis", REDIS, "--cluster", options.cluster];
+    const data = JSON.stringify({ model: MODEL, prompts: ["The"], maxTokens: 2 });
+    // No worker yet: nothing can finish the job in time.
+    const cli = await runCli([
+      "jobs",
+      "submit",
+      "generate",
+      "--wait",
+      "--timeout-ms",
+      "300",
+      "--data",
+      data,
+      ...flags,
+    ]);
+    expect(cli.code, cli.stderr).toBe(2);
+    const printed = JSON.parse(cli.stdout) as { id: string; state: string };
+    expect(printed.state).toBe("timed-out");
+    expect(cli.stderr).toMatch(/gave up waiting after 300 ms; the job is not finished/);
+    expect(await waitForJob("generate", printed.id, options, 200)).toEqual({ state: "timed-out" });
+    const result = await withWorker(options, () => resultOf("generate", printed.id, options, 60_000));
+    expect((result as GenerateJobResult).tokens).toBe(2);
+  }, 60_000);
+
+  // A wait that hung instead would run into these tests' own timeouts.
+  it("an unreachable Redis fails the wait at once, as UnavailableError naming it", async () => {
+    const redisUrl = `redis://127.0.0.1:${await freePort()}`;
+    const error = await waitForJob("generate", "1", { redisUrl, cluster: "nowhere" }, 60_000).catch(
+      (e: unknown) => e,
+    );
+    expect(error).toBeInstanceOf(UnavailableError);
+    expect((error as Error).message).toMatch(new RegExp(`^Redis at ${redisUrl} cannot be reached`));
+  }, 10_000);
+
+  it("a Redis that goes away mid-wait fails the wait, as UnavailableError naming it", async () => {
+    const port = await freePort();
+    const redis = spawn(
+      "redis-server",
+      ["--port", String(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+      { stdio: "ignore" },
+    );
+    const options = { redisUrl: `redis://127.0.0.1:${port}`, cluster: cluster("lost") };
+    try {
+      const id = await until(
+        "a redis-server of this test's own to take a job",
+        () => submitJob("generate", { model: MODEL, prompts: ["x"] }, options).catch(() => undefined),
+        10_000,
+      );
+      const waiting = waitForJob("generate", id, options, 60_000).catch((e: unknown) => e);
+      // The wait follows the queue's events once BullMQ's events connection ("…:qe") is open.
+      await until("the wait to follow the queue's events", async () => {
+        const { stdout } = await promisify(execFile)("redis-cli", ["-p", String(port), "CLIENT", "LIST"]);
+        return stdout.includes(":qe");
+      });
+      redis.kill("SIGKILL");
+      const error = await waiting;
+      expect(error).toBeInstanceOf(UnavailableError);
+      expect((error as Error).message).toMatch(new RegExp(`^Redis at ${options.redisUrl} cannot be reached`));
+    } finally {
+      redis.kill("SIGKILL");
+    }
+  }, 30_000);
+});
+
 describe("the retry policy on BullMQ", () => {
-  it("retries a failing job after the policy's jittered, growing waits, up to its attempts", async () => {
+  it("retries a failing job with the worker's own backoff: waits within the policy's bounds, tries up to its attempts", async () => {
     const options = optionsFor("retry");
-    const location = batchQueueLocation(REDIS, options.cluster);
     const policy = { attempts: 3, initialDelayMs: 300, maxDelayMs: 10_000, jitter: 0.5 };
-    const tries: number[] = [];
+    const tries = new Map<string, number[]>();
+    // The options tandem-batch-worker runs with (backoffStrategy included), around a processor
+    // that fails "flaky" twice, then completes it, and always fails "broken".
     const worker = new Worker(
       "generate",
-      async () => {
-        tries.push(Date.now());
-        if (tries.length < 3) throw new Error("a transient failure");
+      async (job: Job<{ prompts: string[] }>) => {
+        const times = [...(tries.get(job.id!) ?? []), Date.now()];
+        tries.set(job.id!, times);
+        if (job.data.prompts[0] === "broken" || times.length < 3) throw new Error("a transient failure");
         return "done";
       },
-      {
-        connection: location.connection,
-        prefix: location.prefix,
-        settings: { backoffStrategy: batchBackoffStrategy(policy) },
-      },
+      batchWorkerOptions({ ...options, backoff: policy }),
     );
-    const queue = new Queue("generate", { connection: location.connection, prefix: location.prefix });
-    const events = new QueueEvents("generate", { connection: location.connection, prefix: location.prefix });
     try {
-      await events.waitUntilReady();
-      // As submitJob asks: the worker's strategy computes the waits.
-      const job = await queue.add(
-        "generate",
-        {},
-        { attempts: policy.attempts, backoff: { type: BACKOFF_STRATEGY } },
-      );
-      expect(await job.waitUntilFinished(events, 30_000)).toBe("done");
-      expect(tries).toHaveLength(3);
-      const [first, second] = [tries[1] - tries[0], tries[2] - tries[1]];
+      // Submitted as tandem jobs submits: the worker's strategy computes the waits.
+      const submit = (prompt: string) =>
+        submitJob("generate", { model: MODEL, prompts: [prompt] }, { ...options, attempts: policy.attempts });
+      const flaky = await submit("flaky");
+      expect(await waitForJob("generate", flaky, options, 30_000)).toEqual({
+        state: "completed",
+        result: "done",
+      });
+      const times = tries.get(flaky)!;
+      expect(times).toHaveLength(3);
+      const [first, second] = [times[1] - times[0], times[2] - times[1]];
       // Attempt n waits initialDelayMs·2^(n−1), drawn from its upper half (jitter 0.5).
       expect(first).toBeGreaterThanOrEqual(150 - 20);
       expect(first).toBeLessThan(300 + 500);
       expect(second).toBeGreaterThanOrEqual(300 - 20);
       expect(second).toBeLessThan(600 + 500);
+      // A job that keeps failing is tried `attempts` times, then fails for good.
+      const broken = await submit("broken");
+      expect(await waitForJob("generate", broken, options, 30_000)).toEqual({
+        state: "failed",
+        failedReason: "a transient failure",
+      });
+      expect(tries.get(broken)).toHaveLength(policy.attempts);
     } finally {
       await worker.close();
-      await events.close();
-      await queue.obliterate({ force: true });
-      await queue.close();
     }
   }, 60_000);
 });

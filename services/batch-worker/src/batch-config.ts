@@ -42,5 +42,3 @@ export const BATCH_CONFIG_SCHEMA = z
       .meta({ description: "ONNX Runtime threads per job" }),
   })
   .strict();
-
-export type BatchConfig = z.output<typeof BATCH_CONFIG_SCHEMA>;

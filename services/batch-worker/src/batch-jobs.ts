@@ -28,7 +28,7 @@ const SAMPLING_SCHEMA = z
   .strict();
 
 /** Continue many prompts with one loaded model, split as the edge and cloud would run it. */
-export const GENERATE_JOB_SCHEMA = z
+const GENERATE_JOB_SCHEMA = z
   .object({
     model,
     prompts: z.array(z.string().min(1)).min(1).max(10_000).meta({ description: "texts to continue" }),
@@ -44,7 +44,7 @@ export const GENERATE_JOB_SCHEMA = z
   .strict();
 
 /** Fit exit heads and thresholds on a text file and write the calibration file. */
-export const CALIBRATE_JOB_SCHEMA = z
+const CALIBRATE_JOB_SCHEMA = z
   .object({
     model,
     split: layer.meta({ description: "layers the edge runs" }),
@@ -66,7 +66,7 @@ export const CALIBRATE_JOB_SCHEMA = z
   .strict();
 
 /** Build (into the graph cache) the segment graphs an edge agent and a cloud worker will load. */
-export const BUILD_GRAPHS_JOB_SCHEMA = z
+const BUILD_GRAPHS_JOB_SCHEMA = z
   .object({
     model,
     split: layer.meta({ description: "layers the edge runs" }),
@@ -129,7 +129,8 @@ export function isJobKind(value: string): value is JobKind {
 
 /** Checks job data of `kind` and fills in defaults; throws InvalidArgumentError naming the first bad field. */
 export function validateJobData<K extends JobKind>(kind: K, data: unknown): JobDataByKind[K] {
-  if (typeof data !== "object" || data === null || Array.isArray(data))
-    return parseOrThrow(JOB_SCHEMAS[kind], data, "data") as JobDataByKind[K];
-  return parseOrThrow(JOB_SCHEMAS[kind], data) as JobDataByKind[K];
+  // The prefix only names a value that is not an object at all ("data: must be an object"):
+  // fields of an object are named by themselves ("prompts[1]"), not "data.prompts[1]".
+  const isObject = typeof data === "object" && data !== null && !Array.isArray(data);
+  return parseOrThrow(JOB_SCHEMAS[kind], data, isObject ? "" : "data") as JobDataByKind[K];
 }

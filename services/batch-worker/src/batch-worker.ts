@@ -5,7 +5,7 @@
  * dies mid-job leaves the job stalled, and another worker (or this one, restarted) takes
  * it again. Closing waits for the jobs in progress.
  */
-import { UnrecoverableError, Worker, type Job } from "bullmq";
+import { UnrecoverableError, Worker, type Job, type WorkerOptions } from "bullmq";
 import {
   BATCH_JOB_BACKOFF,
   backoffDelayMs,
@@ -48,9 +48,22 @@ export const DEFAULT_BATCH_WORKER_OPTIONS = {
   threads: 1,
 } as const;
 
-/** BullMQ's backoff strategy for a failed job: the retry policy's wait after `attemptsMade` tries. */
-export function batchBackoffStrategy(policy: BackoffPolicy): (attemptsMade: number) => number {
-  return (attemptsMade) => backoffDelayMs(policy, attemptsMade);
+/**
+ * The BullMQ Worker options a batch worker runs each kind's queue with: where the queue
+ * lives, its limits, and the retry policy's backoff (tests build their Worker with it too).
+ */
+export function batchWorkerOptions(options: BatchWorkerOptions): WorkerOptions {
+  const location = batchQueueLocation(options.redisUrl, options.cluster);
+  const policy = options.backoff ?? BATCH_JOB_BACKOFF;
+  return {
+    connection: location.connection,
+    prefix: location.prefix,
+    concurrency: options.concurrency ?? DEFAULT_BATCH_WORKER_OPTIONS.concurrency,
+    lockDuration: options.lockDurationMs ?? DEFAULT_BATCH_WORKER_OPTIONS.lockDurationMs,
+    stalledInterval: options.stalledIntervalMs ?? DEFAULT_BATCH_WORKER_OPTIONS.stalledIntervalMs,
+    // Jobs submitted by submitJob ask for this strategy: the retry policy's jittered backoff.
+    settings: { backoffStrategy: (attemptsMade: number) => backoffDelayMs(policy, attemptsMade) },
+  };
 }
 
 export interface BatchWorker {
@@ -70,18 +83,10 @@ const HANDLERS: { [K in JobKind]: Handler<K> } = {
 };
 
 export async function startBatchWorker(options: BatchWorkerOptions, log: Logger): Promise<BatchWorker> {
-  const location = batchQueueLocation(options.redisUrl, options.cluster);
+  const workerOptions = batchWorkerOptions(options);
   const counts = { completed: 0, failed: 0 };
   const workers = (options.kinds ?? [...JOB_KINDS]).map((kind) => {
-    const worker = new Worker(kind, (job: Job) => processJob(kind, job, options), {
-      connection: location.connection,
-      prefix: location.prefix,
-      concurrency: options.concurrency ?? DEFAULT_BATCH_WORKER_OPTIONS.concurrency,
-      lockDuration: options.lockDurationMs ?? DEFAULT_BATCH_WORKER_OPTIONS.lockDurationMs,
-      stalledInterval: options.stalledIntervalMs ?? DEFAULT_BATCH_WORKER_OPTIONS.stalledIntervalMs,
-      // Jobs submitted by submitJob ask for this strategy: the retry policy's jittered backoff.
-      settings: { backoffStrategy: batchBackoffStrategy(options.backoff ?? BATCH_JOB_BACKOFF) },
-    });
+    const worker = new Worker(kind, (job: Job) => processJob(kind, job, options), workerOptions);
     worker.on("completed", (job) => {
       counts.completed++;
       log.info({ kind, job: job.id }, "job completed");
@@ -94,7 +99,7 @@ export async function startBatchWorker(options: BatchWorkerOptions, log: Logger)
     return worker;
   });
   await Promise.all(workers.map((w) => w.waitUntilReady()));
-  log.info({ prefix: location.prefix, kinds: options.kinds ?? JOB_KINDS }, "batch worker ready");
+  log.info({ prefix: workerOptions.prefix, kinds: options.kinds ?? JOB_KINDS }, "batch worker ready");
   return {
     counts,
     async close() {

@@ -6,7 +6,7 @@
 import { Job, Queue, QueueEvents } from "bullmq";
 import { BATCH_JOB_BACKOFF, InvalidArgumentError, TandemError, UnavailableError } from "@tandem/common";
 import { validateJobData, type JobInputByKind, type JobKind } from "./batch-jobs.ts";
-import { BACKOFF_STRATEGY, batchQueueLocation } from "./batch-queues.ts";
+import { BACKOFF_STRATEGY, batchQueueLocation, type BatchQueueLocation } from "./batch-queues.ts";
 
 export interface SubmitOptions {
   redisUrl: string;
@@ -15,18 +15,18 @@ export interface SubmitOptions {
   attempts?: number;
 }
 
-/** Runs `use` with the kind's queue, naming Redis when it cannot be reached. */
+/** Runs `use` with the kind's queue and its location, naming Redis when it cannot be reached. */
 async function withQueue<T>(
   kind: JobKind,
   options: SubmitOptions,
-  use: (queue: Queue) => Promise<T>,
+  use: (queue: Queue, location: BatchQueueLocation) => Promise<T>,
 ): Promise<T> {
   const location = batchQueueLocation(options.redisUrl, options.cluster);
   const queue = new Queue(kind, { connection: location.clientConnection, prefix: location.prefix });
   // Connection errors reach the caller through the failed command; the event is only noise.
   queue.on("error", () => undefined);
   try {
-    return await use(queue);
+    return await use(queue, location);
   } catch (error) {
     throw redisError(error, options.redisUrl);
   } finally {
@@ -99,23 +99,80 @@ export async function showJob(
   });
 }
 
-/** Waits until the job completes (its result) or fails for good (throws with the reason). */
+/**
+ * How waiting for a job ends: the job's result, its reason for failing for good, or the
+ * wait running out first (the job goes on; `tandem jobs show` finds it later).
+ */
+export type JobOutcome =
+  | { state: "completed"; result: unknown }
+  | { state: "failed"; failedReason: string }
+  | { state: "timed-out" };
+
+/** Reconnects tried, with these pauses, when Redis drops mid-wait; then the wait fails (about 3 s in all). */
+const WAIT_RECONNECT_DELAYS_MS = [200, 400, 600, 800, 1000];
+
+/**
+ * Waits until the job completes, fails for good, or `timeoutMs` passes, and says which.
+ * Thrown are only a job that does not exist (InvalidArgumentError) and a Redis unreachable
+ * at the start or lost mid-wait (UnavailableError naming it).
+ */
 export async function waitForJob(
   kind: JobKind,
   id: string,
   options: SubmitOptions,
   timeoutMs: number,
-): Promise<unknown> {
-  return withQueue(kind, options, async (queue) => {
-    const location = batchQueueLocation(options.redisUrl, options.cluster);
-    const events = new QueueEvents(kind, { connection: location.connection, prefix: location.prefix });
+): Promise<JobOutcome> {
+  return withQueue(kind, options, async (queue, location) => {
+    // Looked up before following events: an unreachable Redis fails here, at once.
+    const job = await Job.fromId(queue, id);
+    if (!job) throw new InvalidArgumentError("ID", `no ${kind} job ${id}`);
+    let lastError: Error | undefined;
+    let redisLost: (error: UnavailableError) => void = () => undefined;
+    const events = new QueueEvents(kind, {
+      prefix: location.prefix,
+      connection: {
+        ...location.connection,
+        retryStrategy: (times: number) => {
+          if (times <= WAIT_RECONNECT_DELAYS_MS.length) return WAIT_RECONNECT_DELAYS_MS[times - 1];
+          const cause = lastError?.message ?? "connection lost";
+          redisLost(new UnavailableError(`Redis at ${options.redisUrl} cannot be reached (${cause})`));
+          return null;
+        },
+      },
+    });
+    // Connection errors end the wait through retryStrategy; here they are only remembered for its message.
+    events.on("error", (error) => (lastError = error));
+    let timer: NodeJS.Timeout | undefined;
     try {
-      await events.waitUntilReady();
-      const job = await Job.fromId(queue, id);
-      if (!job) throw new InvalidArgumentError("ID", `no ${kind} job ${id}`);
-      return await job.waitUntilFinished(events, timeoutMs);
+      return await new Promise<JobOutcome>((resolve, reject) => {
+        redisLost = reject;
+        timer = setTimeout(() => resolve({ state: "timed-out" }), timeoutMs);
+        events.on("completed", (args) => {
+          if (args.jobId === id) resolve({ state: "completed", result: args.returnvalue });
+        });
+        events.on("failed", (args) => {
+          if (args.jobId === id) resolve({ state: "failed", failedReason: args.failedReason });
+        });
+        // The job may have finished before the events were followed: look once, now that they are.
+        events
+          .waitUntilReady()
+          .then(() => finishedOutcome(queue, job))
+          .then((outcome) => outcome && resolve(outcome), reject);
+      });
     } finally {
-      await events.close();
+      clearTimeout(timer);
+      await events.close().catch(() => undefined);
     }
   });
+}
+
+/** The outcome of a job that has finished (completed, or failed for good); undefined while it has not. */
+async function finishedOutcome(queue: Queue, job: Job): Promise<JobOutcome | undefined> {
+  const state = await job.getState();
+  if (state !== "completed" && state !== "failed") return undefined;
+  // Read after the state: a finished job's result and reason no longer change.
+  const finished = await Job.fromId(queue, job.id!);
+  return state === "completed"
+    ? { state, result: finished?.returnvalue ?? undefined }
+    : { state, failedReason: finished?.failedReason ?? "" };
 }
