@@ -9,14 +9,14 @@ import { fileURLToPath } from "node:url";
 import * as grpc from "@grpc/grpc-js";
 import { pino } from "pino";
 import { z } from "zod";
-import { UsageError } from "@tandem/common";
+import { CheckpointError, type Logger, parseOrThrow, UsageError } from "@tandem/common";
 import { startCloudWorker } from "@tandem/cloud-worker";
 import { EDGE_CONFIG_SCHEMA, startEdgeAgent } from "@tandem/edge-agent";
 import { loadTandemProtos, type GenerateEvent__Output } from "@tandem/proto";
 import { CODEC_NAMES, RUNTIME_SETTINGS, readDeployment } from "@tandem/runtime";
 import type { CommandDefinition } from "../command.ts";
 
-export const DEMO_MODEL_DIR = join(
+const DEMO_MODEL_DIR = join(
   dirname(fileURLToPath(import.meta.url)),
   "..",
   "..",
@@ -51,7 +51,9 @@ export const demoCommand: CommandDefinition<typeof DEMO_OPTIONS> = {
     "Starts a cloud worker and an edge agent on the shipped demo model, both serving real gRPC on loopback,\nand continues prompts through the edge's public API; cloud-answered tokens are shown [in brackets].",
   options: DEMO_OPTIONS,
   async run(values) {
-    const deployment = readDeployment(DEMO_MODEL_DIR)!;
+    const deployment = readDeployment(DEMO_MODEL_DIR);
+    if (!deployment)
+      throw new CheckpointError(DEMO_MODEL_DIR, "has no tandem.json: the demo model is not installed here");
     const split = values.split ?? deployment.recommendedSplit;
     const calibration = deployment.calibrations.get(split);
     if (!calibration)
@@ -65,58 +67,79 @@ export const demoCommand: CommandDefinition<typeof DEMO_OPTIONS> = {
       { modelDir: DEMO_MODEL_DIR, split, workerId: "demo-worker", port: 0 },
       quiet,
     );
-    const edgeConfig = EDGE_CONFIG_SCHEMA.parse({
-      model: DEMO_MODEL_DIR,
-      calibration,
-      target: values.target,
-      cloudAddress: worker.server.address,
-      codec: values.codec,
-      port: 0,
-    });
-    const edge = await startEdgeAgent(edgeConfig, quiet);
-    console.error(
-      `tandem demo: edge agent ${edge.server.address} runs layers [0,${edge.split}) with exits after ${edge.exitLayers.join(", ")}; ` +
-        `cloud worker ${worker.server.address} runs the rest. Cloud-answered tokens are shown [in brackets].\n`,
-    );
-    const { tandem } = loadTandemProtos();
-    const client = new tandem.v1.Inference(edge.server.address, grpc.credentials.createInsecure());
-    const maxTokens = values.maxTokens;
-    const totals = { edge: 0, cloud: 0, fallback: 0, bytes: 0 };
+    // Everything started is stopped again, whatever fails after it.
     try {
-      for (const prompt of values.prompt ? [values.prompt] : DEFAULT_PROMPTS) {
-        process.stdout.write(prompt);
-        await new Promise<void>((resolve, reject) => {
-          const call = client.Generate({ text: prompt, maxTokens });
-          call.on("data", (event: GenerateEvent__Output) => {
-            if (event.token) {
-              const cloud = event.token.source === "TOKEN_SOURCE_CLOUD";
-              process.stdout.write(cloud && event.token.text ? `[${event.token.text}]` : event.token.text);
-            }
-            if (event.summary) {
-              const s = event.summary;
-              totals.edge += s.edgeTokens;
-              totals.cloud += s.cloudTokens;
-              totals.fallback += s.fallbackTokens;
-              totals.bytes += Number(s.bytesSent);
-              process.stdout.write(
-                `\n  → ${s.edgeTokens} tokens at the edge, ${s.cloudTokens} from the cloud (${s.escalations} escalations, ` +
-                  `${s.bytesSent} bytes up), first token ${s.timings!.firstTokenMs.toFixed(1)} ms, total ${s.timings!.totalMs.toFixed(0)} ms\n\n`,
-              );
-            }
-          });
-          call.on("error", reject);
-          call.on("end", resolve);
-        });
-      }
-      const all = totals.edge + totals.cloud + totals.fallback;
-      console.log(
-        `${((100 * totals.edge) / all).toFixed(0)}% of ${all} tokens never needed the cloud; ${totals.bytes} bytes of hidden states went up.`,
-      );
+      await runOnEdge(values, calibration, worker.server.address, quiet);
     } finally {
-      client.close();
-      await edge.close(1000);
       await worker.close(1000);
     }
     return 0;
   },
 };
+
+async function runOnEdge(
+  values: z.output<typeof DEMO_OPTIONS>,
+  calibration: string,
+  cloudAddress: string,
+  log: Logger,
+): Promise<void> {
+  const edgeConfig = parseOrThrow(EDGE_CONFIG_SCHEMA, {
+    model: DEMO_MODEL_DIR,
+    calibration,
+    target: values.target,
+    cloudAddress,
+    codec: values.codec,
+    port: 0,
+  });
+  const edge = await startEdgeAgent(edgeConfig, log);
+  try {
+    console.error(
+      `tandem demo: edge agent ${edge.server.address} runs layers [0,${edge.split}) with exits after ${edge.exitLayers.join(", ")}; ` +
+        `cloud worker ${cloudAddress} runs the rest. Cloud-answered tokens are shown [in brackets].\n`,
+    );
+    await generateThroughEdge(edge.server.address, values);
+  } finally {
+    await edge.close(1000);
+  }
+}
+
+/** Continues the prompts through the edge's public API, printing tokens as they come. */
+async function generateThroughEdge(address: string, values: z.output<typeof DEMO_OPTIONS>): Promise<void> {
+  const { tandem } = loadTandemProtos();
+  const client = new tandem.v1.Inference(address, grpc.credentials.createInsecure());
+  const maxTokens = values.maxTokens;
+  const totals = { edge: 0, cloud: 0, fallback: 0, bytes: 0 };
+  try {
+    for (const prompt of values.prompt ? [values.prompt] : DEFAULT_PROMPTS) {
+      process.stdout.write(prompt);
+      await new Promise<void>((resolve, reject) => {
+        const call = client.Generate({ text: prompt, maxTokens });
+        call.on("data", (event: GenerateEvent__Output) => {
+          if (event.token) {
+            const cloud = event.token.source === "TOKEN_SOURCE_CLOUD";
+            process.stdout.write(cloud && event.token.text ? `[${event.token.text}]` : event.token.text);
+          }
+          if (event.summary) {
+            const s = event.summary;
+            totals.edge += s.edgeTokens;
+            totals.cloud += s.cloudTokens;
+            totals.fallback += s.fallbackTokens;
+            totals.bytes += Number(s.bytesSent);
+            process.stdout.write(
+              `\n  → ${s.edgeTokens} tokens at the edge, ${s.cloudTokens} from the cloud (${s.escalations} escalations, ` +
+                `${s.bytesSent} bytes up), first token ${s.timings!.firstTokenMs.toFixed(1)} ms, total ${s.timings!.totalMs.toFixed(0)} ms\n\n`,
+            );
+          }
+        });
+        call.on("error", reject);
+        call.on("end", resolve);
+      });
+    }
+    const all = totals.edge + totals.cloud + totals.fallback;
+    console.log(
+      `${((100 * totals.edge) / all).toFixed(0)}% of ${all} tokens never needed the cloud; ${totals.bytes} bytes of hidden states went up.`,
+    );
+  } finally {
+    client.close();
+  }
+}
