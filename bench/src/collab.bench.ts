@@ -50,7 +50,7 @@ export default async function collabBenchmark(options: BenchOptions<"collab">): 
   const checkpoint = await loadCheckpoint(DEMO_MODEL);
   const calibrations = demoCalibrations();
   const calibration = await readCalibration(calibrations[0]);
-  const tokenizer = await Tokenizer.fromFile(checkpoint.tokenizerPath!);
+  const tokenizer = await Tokenizer.forCheckpoint(checkpoint);
   const ids = tokenizer.encode(readFileSync(DEMO_HELDOUT_TEXT, "utf8"));
   const windowTokens = 128;
   const windowCount = options.smoke ? 4 : 64;

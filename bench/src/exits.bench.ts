@@ -25,7 +25,7 @@ const PLOT = join(RESULTS_DIR, "exits.png");
 
 export default async function exitsBenchmark(options: BenchOptions<"exits">): Promise<BenchResult> {
   const checkpoint = await loadCheckpoint(DEMO_MODEL);
-  const tokenizer = await Tokenizer.fromFile(checkpoint.tokenizerPath!);
+  const tokenizer = await Tokenizer.forCheckpoint(checkpoint);
   const deployment = readDeployment(DEMO_MODEL)!;
   const start = performance.now();
   const calibration = await calibrate(checkpoint, tokenizer, {

@@ -40,9 +40,7 @@ export async function startEdgeAgent(
   options: { cacheDir?: string } = {},
 ): Promise<EdgeAgent> {
   const checkpoint = await loadCheckpoint(config.model);
-  if (!checkpoint.tokenizerPath)
-    throw new InvalidArgumentError("model", `${config.model} has no tokenizer.json`);
-  const tokenizer = await Tokenizer.fromFile(checkpoint.tokenizerPath);
+  const tokenizer = await Tokenizer.forCheckpoint(checkpoint);
   const calibration = config.calibration ? await readCalibration(config.calibration) : undefined;
   if (calibration && config.calibration) checkCalibrationMatches(calibration, checkpoint, config.calibration);
 

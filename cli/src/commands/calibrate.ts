@@ -49,8 +49,7 @@ export const calibrateCommand: CommandDefinition<typeof CALIBRATE_OPTIONS> = {
       throw new UsageError("--text", `cannot read ${options.text} (${error.message})`);
     });
     const checkpoint = await loadCheckpoint(options.model);
-    if (!checkpoint.tokenizerPath) throw new UsageError("--model", "the checkpoint has no tokenizer.json");
-    const tokenizer = await Tokenizer.fromFile(checkpoint.tokenizerPath);
+    const tokenizer = await Tokenizer.forCheckpoint(checkpoint);
     const calibration = await calibrate(checkpoint, tokenizer, {
       split: options.split,
       exitLayers: options.exitLayers,

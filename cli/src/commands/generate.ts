@@ -1,6 +1,5 @@
 /** `tandem generate`: generation through the runtime in one process, optionally split with early exits. */
 import { z } from "zod";
-import { UsageError } from "@tandem/common";
 import {
   AlwaysExitPolicy,
   CONFIDENCE_METRICS,
@@ -59,8 +58,7 @@ export async function runGenerate(
   write: (text: string) => void,
 ): Promise<SplitGenerator["stats"]> {
   const checkpoint = await loadCheckpoint(request.model);
-  if (!checkpoint.tokenizerPath) throw new UsageError("--model", `${request.model} has no tokenizer.json`);
-  const tokenizer = await Tokenizer.fromFile(checkpoint.tokenizerPath);
+  const tokenizer = await Tokenizer.forCheckpoint(checkpoint);
   const calibration = request.calibration ? await readCalibration(request.calibration) : undefined;
   if (calibration && request.calibration)
     checkCalibrationMatches(calibration, checkpoint, request.calibration);

@@ -250,3 +250,13 @@ describe("Tokenizer.fromFile errors name the file", () => {
     );
   });
 });
+
+describe("Tokenizer.forCheckpoint", () => {
+  it("names the checkpoint directory when it has no tokenizer.json", async () => {
+    const error = await Tokenizer.forCheckpoint({ dir: "/models/no-tokenizer" }).catch((e: unknown) => e);
+    expect(error).toBeInstanceOf(CheckpointError);
+    expect((error as Error).message).toBe(
+      "/models/no-tokenizer: has no tokenizer.json (text in and out needs one)",
+    );
+  });
+});

@@ -9,6 +9,7 @@ import { readFile } from "node:fs/promises";
 import { dirname, join } from "node:path";
 import { Tokenizer as HfTokenizer } from "@huggingface/tokenizers";
 import { CheckpointError } from "@tandem/common";
+import type { Checkpoint } from "../checkpoint/model-weights.ts";
 
 /** Read beside tokenizer.json when present; it sets options such as `add_bos_token`. */
 export const TOKENIZER_CONFIG_FILE = "tokenizer_config.json";
@@ -31,6 +32,15 @@ export class Tokenizer {
   ) {}
 
   /** Loads tokenizer.json (and tokenizer_config.json beside it); throws CheckpointError naming the bad file. */
+  /** The checkpoint's tokenizer.json; a checkpoint without one is a CheckpointError naming its directory. */
+  static forCheckpoint(checkpoint: Pick<Checkpoint, "dir" | "tokenizerPath">): Promise<Tokenizer> {
+    if (!checkpoint.tokenizerPath)
+      return Promise.reject(
+        new CheckpointError(checkpoint.dir, "has no tokenizer.json (text in and out needs one)"),
+      );
+    return Tokenizer.fromFile(checkpoint.tokenizerPath);
+  }
+
   static async fromFile(path: string): Promise<Tokenizer> {
     const json = await readJsonObject(path);
     const configPath = join(dirname(path), TOKENIZER_CONFIG_FILE);

@@ -10,7 +10,6 @@ import {
   calibrate,
   calibratedExitHeads,
   checkCalibrationMatches,
-  type Checkpoint,
   cloudSegmentSpec,
   defaultGraphCacheDir,
   edgeSegmentSpec,
@@ -28,6 +27,7 @@ import {
   ThresholdExitPolicy,
   Tokenizer,
   writeCalibration,
+  calibrationOutputProblem,
 } from "@tandem/runtime";
 import { GraphIoError, InvalidArgumentError, type Progress } from "@tandem/common";
 import type {
@@ -46,15 +46,10 @@ export interface JobContext {
   cacheDir?: string;
 }
 
-async function tokenizerOf(checkpoint: Checkpoint, model: string): Promise<Tokenizer> {
-  if (!checkpoint.tokenizerPath) throw new InvalidArgumentError("model", `${model} has no tokenizer.json`);
-  return Tokenizer.fromFile(checkpoint.tokenizerPath);
-}
-
 export async function runGenerateJob(data: GenerateJobData, context: JobContext): Promise<GenerateJobResult> {
   const started = performance.now();
   const checkpoint = await loadCheckpoint(data.model);
-  const tokenizer = await tokenizerOf(checkpoint, data.model);
+  const tokenizer = await Tokenizer.forCheckpoint(checkpoint);
   const calibration = data.calibration ? await readCalibration(data.calibration) : undefined;
   if (calibration) checkCalibrationMatches(calibration, checkpoint, data.calibration!);
   const local = await loadLocalSplit(checkpoint, {
@@ -114,8 +109,11 @@ export async function runCalibrateJob(
   data: CalibrateJobData,
   context: JobContext,
 ): Promise<CalibrateJobResult> {
+  // A path that cannot be written is refused before the calibration, not after it.
+  const outputProblem = await calibrationOutputProblem(data.out);
+  if (outputProblem) throw new InvalidArgumentError("out", outputProblem);
   const checkpoint = await loadCheckpoint(data.model);
-  const tokenizer = await tokenizerOf(checkpoint, data.model);
+  const tokenizer = await Tokenizer.forCheckpoint(checkpoint);
   const text = await readFile(data.textFile, "utf8").catch((error: Error) => {
     throw new InvalidArgumentError("textFile", `cannot read ${data.textFile} (${error.message})`);
   });
