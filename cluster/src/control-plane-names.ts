@@ -2,7 +2,7 @@
  * Every NATS name the control plane uses, built from the cluster name in one place, so
  * tests (and several clusters on one NATS) stay apart by choosing a cluster name.
  */
-import { InvalidArgumentError } from "@tandem/common";
+import { checkClusterName } from "@tandem/common";
 
 export interface ControlPlaneNames {
   cluster: string;
@@ -16,11 +16,8 @@ export interface ControlPlaneNames {
   loadSubject(nodeId: string): string;
 }
 
-const NAME = /^[A-Za-z0-9_-]{1,64}$/;
-
 export function controlPlaneNames(cluster: string): ControlPlaneNames {
-  if (!NAME.test(cluster))
-    throw new InvalidArgumentError("cluster", `"${cluster}" must be 1-64 letters, digits, "_" or "-"`);
+  checkClusterName(cluster);
   return {
     cluster,
     nodesBucket: `tandem_${cluster}_nodes`,

@@ -3,14 +3,32 @@
  * name (it namespaces everything of one deployment on shared servers: NATS buckets and
  * subjects, BullMQ queues in Redis), and the heartbeat timing (workers beat every
  * heartbeatMs; readers count a node dead after heartbeatTtlMs without one, i.e. after
- * four missed beats). Plain constants, here rather than beside the NATS code, so a
- * program's settings can name them without loading a NATS client.
+ * four missed beats). Here rather than beside the NATS code, so a program's settings can
+ * name them without loading a NATS client.
  */
-export const DEFAULT_CLUSTER_NAME = "default";
+import { z } from "zod";
+import { InvalidArgumentError } from "./errors.ts";
 
 export const CLUSTER_DEFAULTS = {
   natsUrl: "nats://127.0.0.1:4222",
-  cluster: DEFAULT_CLUSTER_NAME,
+  cluster: "default",
   heartbeatMs: 500,
   heartbeatTtlMs: 2000,
 } as const;
+
+/** A cluster name goes into NATS bucket and subject names and Redis keys: it must be safe in each. */
+const CLUSTER_NAME = /^[A-Za-z0-9_-]{1,64}$/;
+const CLUSTER_NAME_RULE = 'must be 1-64 letters, digits, "_" or "-"';
+
+/** Throws InvalidArgumentError naming `cluster` unless `name` is a valid cluster name. */
+export function checkClusterName(name: string): void {
+  if (!CLUSTER_NAME.test(name))
+    throw new InvalidArgumentError("cluster", `${CLUSTER_NAME_RULE}, got ${JSON.stringify(name)}`);
+}
+
+/** The `cluster` setting every program and command that joins a cluster takes. */
+export const CLUSTER_NAME_SETTING = z
+  .string()
+  .regex(CLUSTER_NAME)
+  .default(CLUSTER_DEFAULTS.cluster)
+  .meta({ description: "cluster name: namespaces its NATS buckets and subjects and its BullMQ queues" });

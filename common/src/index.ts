@@ -5,7 +5,7 @@
  */
 export * from "./errors.ts";
 export { EXIT_CODE_BY_ERROR } from "./exit-codes.ts";
-export { CLUSTER_DEFAULTS, DEFAULT_CLUSTER_NAME } from "./cluster-defaults.ts";
+export { CLUSTER_DEFAULTS, CLUSTER_NAME_SETTING, checkClusterName } from "./cluster-defaults.ts";
 export {
   fieldKind,
   fieldName,

@@ -1,11 +1,6 @@
 import { describe, expect, it } from "vitest";
 import { InvalidArgumentError, TandemError, UnavailableError } from "./errors.ts";
-import {
-  BATCH_JOB_BACKOFF,
-  CLOUD_LINK_BACKOFF,
-  backoffDelayMs,
-  isRetryable,
-} from "./retry-policy.ts";
+import { BATCH_JOB_BACKOFF, CLOUD_LINK_BACKOFF, backoffDelayMs, isRetryable } from "./retry-policy.ts";
 
 describe("the retry policy", () => {
   it("retries outages and unknown failures, never what the caller got wrong", () => {

@@ -1,6 +1,6 @@
 /** The edge agent's settings (JSON file, TANDEM_EDGE_* variables, flags): one schema, every default once. */
 import { z } from "zod";
-import { DEFAULT_CLUSTER_NAME } from "@tandem/common";
+import { CLUSTER_NAME_SETTING } from "@tandem/common";
 import { CODEC_NAMES, CONFIDENCE_METRICS, RUNTIME_SETTINGS } from "@tandem/runtime";
 import { DEFAULT_CLOUD_LINK_OPTIONS } from "./cloud-link.ts";
 import { DEFAULT_REQUEST_LIMITS } from "./inference-service.ts";
@@ -54,11 +54,7 @@ export const EDGE_CONFIG_SCHEMA = z
       description:
         "NATS of the control plane: route each session to its shard's worker (replaces cloudAddress)",
     }),
-    cluster: z
-      .string()
-      .min(1)
-      .default(DEFAULT_CLUSTER_NAME)
-      .meta({ description: "control-plane cluster name" }),
+    cluster: CLUSTER_NAME_SETTING,
     codec: z.enum(CODEC_NAMES).default("fp16").meta({ description: "hidden-state codec on the wire" }),
     cloudDeadlineMs: z
       .int()

@@ -1,7 +1,7 @@
 /** `tandem jobs`: submit batch jobs to the cluster's BullMQ queues and look at them. */
 import { readFile } from "node:fs/promises";
 import { z } from "zod";
-import { BATCH_JOB_BACKOFF, DEFAULT_CLUSTER_NAME, InvalidArgumentError, UsageError } from "@tandem/common";
+import { BATCH_JOB_BACKOFF, CLUSTER_NAME_SETTING, InvalidArgumentError, UsageError } from "@tandem/common";
 import {
   DEFAULT_REDIS_URL,
   JOB_KINDS,
@@ -36,7 +36,7 @@ const JOBS_OPTIONS = z
       .default(3_600_000)
       .meta({ description: "with --wait: give up waiting after this long (the job carries on)" }),
     redis: z.string().min(1).default(DEFAULT_REDIS_URL).meta({ description: "Redis holding the queues" }),
-    cluster: z.string().min(1).default(DEFAULT_CLUSTER_NAME).meta({ description: "cluster name" }),
+    cluster: CLUSTER_NAME_SETTING,
   })
   .strict();
 

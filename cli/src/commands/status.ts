@@ -1,7 +1,7 @@
 /** `tandem status`: the cluster as the control plane sees it — nodes, leader, placement and balance. */
 import { z } from "zod";
 import { clusterStatus } from "@tandem/cluster";
-import { CLUSTER_DEFAULTS } from "@tandem/common";
+import { CLUSTER_DEFAULTS, CLUSTER_NAME_SETTING } from "@tandem/common";
 import type { CommandDefinition } from "../command.ts";
 
 const STATUS_OPTIONS = z
@@ -11,7 +11,7 @@ const STATUS_OPTIONS = z
       .min(1)
       .default(CLUSTER_DEFAULTS.natsUrl)
       .meta({ description: "NATS of the control plane" }),
-    cluster: z.string().min(1).default(CLUSTER_DEFAULTS.cluster).meta({ description: "cluster name" }),
+    cluster: CLUSTER_NAME_SETTING,
     heartbeatTtlMs: z
       .int()
       .min(1)

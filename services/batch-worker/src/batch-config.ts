@@ -1,6 +1,6 @@
 /** The batch worker's settings (JSON file, TANDEM_BATCH_* variables, flags): one schema, every default once. */
 import { z } from "zod";
-import { DEFAULT_CLUSTER_NAME } from "@tandem/common";
+import { CLUSTER_NAME_SETTING } from "@tandem/common";
 import { JOB_KINDS } from "./batch-jobs.ts";
 import { DEFAULT_REDIS_URL } from "./batch-queues.ts";
 import { DEFAULT_BATCH_WORKER_OPTIONS } from "./batch-worker.ts";
@@ -10,11 +10,7 @@ export const BATCH_ENV_PREFIX = "TANDEM_BATCH";
 export const BATCH_CONFIG_SCHEMA = z
   .object({
     redisUrl: z.string().min(1).default(DEFAULT_REDIS_URL).meta({ description: "Redis holding the queues" }),
-    cluster: z
-      .string()
-      .min(1)
-      .default(DEFAULT_CLUSTER_NAME)
-      .meta({ description: "cluster name (namespaces the queues)" }),
+    cluster: CLUSTER_NAME_SETTING,
     kinds: z
       .array(z.enum(JOB_KINDS))
       .min(1)

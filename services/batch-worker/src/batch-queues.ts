@@ -3,7 +3,7 @@
  * cluster, so clusters (and test runs) sharing a Redis never see each other's jobs.
  */
 import type { ConnectionOptions } from "bullmq";
-import { InvalidArgumentError } from "@tandem/common";
+import { checkClusterName, InvalidArgumentError } from "@tandem/common";
 
 export interface BatchQueueLocation {
   /** For workers: blocking commands wait on Redis, and reconnect forever. */
@@ -28,11 +28,7 @@ export function batchQueueLocation(redisUrl: string, cluster: string): BatchQueu
   }
   if (url.protocol !== "redis:")
     throw new InvalidArgumentError("redisUrl", `must be redis://host:port[/db], got ${redisUrl}`);
-  if (!/^[A-Za-z0-9_-]+$/.test(cluster))
-    throw new InvalidArgumentError(
-      "cluster",
-      `must be letters, digits, '_' or '-', got ${JSON.stringify(cluster)}`,
-    );
+  checkClusterName(cluster);
   const db = url.pathname.length > 1 ? Number(url.pathname.slice(1)) : 0;
   const server = {
     host: url.hostname,

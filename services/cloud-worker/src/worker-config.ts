@@ -1,6 +1,6 @@
 /** The cloud worker's settings (JSON file, TANDEM_WORKER_* variables, flags): one schema, every default once. */
 import { z } from "zod";
-import { CLUSTER_DEFAULTS } from "@tandem/common";
+import { CLUSTER_DEFAULTS, CLUSTER_NAME_SETTING } from "@tandem/common";
 import { RUNTIME_SETTINGS } from "@tandem/runtime";
 import { DEFAULT_MEMBERSHIP_OPTIONS } from "./membership-options.ts";
 import { DEFAULT_CONTEXT_MANAGER_OPTIONS } from "./context-manager.ts";
@@ -38,11 +38,7 @@ export const WORKER_CONFIG_SCHEMA = z
       .min(1)
       .optional()
       .meta({ description: "NATS of the control plane (none: a standalone worker)" }),
-    cluster: z
-      .string()
-      .min(1)
-      .default(CLUSTER_DEFAULTS.cluster)
-      .meta({ description: "control-plane cluster name" }),
+    cluster: CLUSTER_NAME_SETTING,
     drainTimeoutMs: z
       .int()
       .min(0)

@@ -1,6 +1,6 @@
 /** A control-plane replica's settings (JSON file, TANDEM_CONTROL_* variables, flags): one schema, every default once. */
 import { z } from "zod";
-import { CLUSTER_DEFAULTS } from "@tandem/common";
+import { CLUSTER_DEFAULTS, CLUSTER_NAME_SETTING } from "@tandem/common";
 import { DEFAULT_CONTROLLER_OPTIONS } from "./controller.ts";
 import { DEFAULT_LEASE_TIMING } from "./leader-lease.ts";
 
@@ -13,11 +13,7 @@ export const CONTROL_CONFIG_SCHEMA = z
       .min(1)
       .default(CLUSTER_DEFAULTS.natsUrl)
       .meta({ description: "NATS server(s) with JetStream" }),
-    cluster: z
-      .string()
-      .min(1)
-      .default(CLUSTER_DEFAULTS.cluster)
-      .meta({ description: "cluster name (namespaces buckets and subjects)" }),
+    cluster: CLUSTER_NAME_SETTING,
     replicaId: z
       .string()
       .min(1)
