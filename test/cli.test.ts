@@ -190,16 +190,18 @@ describe("tandem demo (the main job)", () => {
 });
 
 describe("the bins", () => {
-  it("keep node's compile cache where node has one (22.1 and later), so later starts skip compiling", async () => {
-    // Not NODE_COMPILE_CACHE (setting it alone turns the cache on): the bins' default, the temp dir.
-    const temp = join(dir, "temp");
-    mkdirSync(temp);
-    const { NODE_COMPILE_CACHE: _unset, ...rest } = env;
-    const result = await runCli(["--help"], { ...rest, TMPDIR: temp });
-    expect(result.code).toBe(0);
-    const cacheDir = join(temp, "node-compile-cache");
-    const cached = existsSync(cacheDir) ? readdirSync(cacheDir, { recursive: true }).length : 0;
-    if ("enableCompileCache" in module) expect(cached).toBeGreaterThan(0);
-    else expect(cached).toBe(0);
-  });
+  // Node 20 has no compile cache: there the test is skipped, not passed (CI runs Node 22 too).
+  it.skipIf(!("enableCompileCache" in module))(
+    "keep node's compile cache, so later starts skip compiling",
+    async () => {
+      // Not NODE_COMPILE_CACHE (setting it alone turns the cache on): the bins' default, the temp dir.
+      const temp = join(dir, "temp");
+      mkdirSync(temp);
+      const { NODE_COMPILE_CACHE: _unset, ...rest } = env;
+      const result = await runCli(["--help"], { ...rest, TMPDIR: temp });
+      expect(result.code).toBe(0);
+      const cacheDir = join(temp, "node-compile-cache");
+      expect(existsSync(cacheDir) ? readdirSync(cacheDir, { recursive: true }).length : 0).toBeGreaterThan(0);
+    },
+  );
 });
