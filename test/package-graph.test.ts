@@ -51,6 +51,23 @@ describe("package-graph.json", () => {
     }
   });
 
+  it("is what the root build references and what the image copies, package by package", () => {
+    const dirs = packages.map((p) => p.dir).sort();
+    expect(
+      readJson("tsconfig.json")
+        .references.map((r: { path: string }) => r.path)
+        .sort(),
+    ).toEqual(dirs);
+    // The image's second stage installs each package's manifest, then copies its build.
+    const dockerfile = readFileSync(join(ROOT, "Dockerfile"), "utf8");
+    const copied = (what: string) =>
+      [...dockerfile.matchAll(new RegExp(`^COPY --from=build /src/(\\S+)/${what} `, "gm"))]
+        .map((m) => m[1])
+        .sort();
+    expect(copied("package.json")).toEqual(dirs);
+    expect(copied("dist")).toEqual(dirs);
+  });
+
   it("has no cycle, and edge agent and cloud services never depend on each other", () => {
     const order: string[] = [];
     const visit = (name: string, path: string[]) => {
