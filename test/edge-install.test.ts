@@ -46,7 +46,7 @@ describe("edge-agent/install/install.sh", () => {
       "tandem-edge",
       { config: join(dir, "etc", "edge.json"), port: 0 },
       { TANDEM_CACHE_DIR: join(dir, "cache") },
-      join(prefix, "bin"),
+      { binDir: join(prefix, "bin") },
     );
     try {
       const result = await generate(agent.address, { text: "The", maxTokens: 5, mode: "MODE_EDGE_ONLY" });

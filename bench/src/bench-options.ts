@@ -27,6 +27,10 @@ export const BENCH_OPTION_SCHEMAS = {
   startup: z
     .object({
       runs: z.int().min(1).optional().meta({ description: "timed starts per program and mode (default 5)" }),
+      beforeCheckout: z.string().min(1).optional().meta({
+        description:
+          "time `before` from another checkout's bins, run as they are (e.g. a git worktree of an older commit, installed and built), instead of this checkout's sources through tsx",
+      }),
     })
     .strict(),
   runtime: z

@@ -7,6 +7,8 @@ export {
   runProgram,
   startProgram,
   type CliResult,
+  type ProgramName,
   type RunningProcess,
+  type StartOptions,
 } from "./processes.ts";
 export { until } from "./until.ts";

@@ -28,15 +28,26 @@ export async function freePort(): Promise<number> {
   });
 }
 
+export type ProgramName =
+  "tandem-edge" | "tandem-cloud-worker" | "tandem-control-plane" | "tandem-batch-worker";
+
+export interface StartOptions {
+  /** Where the bins are. @default this checkout's bin/ */
+  binDir?: string;
+  /** Flags for node itself, before the bin (e.g. to run the sources through tsx). @default [] */
+  nodeArgs?: string[];
+}
+
 /** Spawns bin/<program>.mjs with flags and resolves once it prints `listening host:port`. */
 export async function startProgram(
-  program: "tandem-edge" | "tandem-cloud-worker" | "tandem-control-plane" | "tandem-batch-worker",
+  program: ProgramName,
   flags: Record<string, string | number>,
   env: NodeJS.ProcessEnv = {},
-  binDir = BIN,
+  options: StartOptions = {},
 ): Promise<RunningProcess> {
   const args = [
-    join(binDir, `${program}.mjs`),
+    ...(options.nodeArgs ?? []),
+    join(options.binDir ?? BIN, `${program}.mjs`),
     ...Object.entries(flags).flatMap(([k, v]) => [`--${k}`, String(v)]),
   ];
   const child = spawn(process.execPath, args, {
@@ -80,13 +91,18 @@ export interface CliResult {
   code: number;
 }
 
-/** Runs `tandem …` (bin/tandem.mjs) to completion, as a user would. */
-export async function runCli(args: string[], env: NodeJS.ProcessEnv = process.env): Promise<CliResult> {
+/** Runs a bin to completion with exactly `env`. */
+function runBin(
+  bin: string,
+  args: string[],
+  env: NodeJS.ProcessEnv,
+  options: StartOptions = {},
+): Promise<CliResult> {
   return new Promise((resolve) => {
     execFile(
       process.execPath,
-      [join(BIN, "tandem.mjs"), ...args],
-      { env, maxBuffer: 64 << 20 },
+      [...(options.nodeArgs ?? []), join(options.binDir ?? BIN, `${bin}.mjs`), ...args],
+      { env, maxBuffer: 64 << 20, timeout: 300_000 },
       (error, stdout, stderr) => {
         const code = error ? (typeof error.code === "number" ? error.code : 1) : 0;
         resolve({ stdout, stderr, code });
@@ -95,21 +111,20 @@ export async function runCli(args: string[], env: NodeJS.ProcessEnv = process.en
   });
 }
 
+/** Runs `tandem …` (bin/tandem.mjs) to completion, as a user would, with exactly `env`. */
+export function runCli(
+  args: string[],
+  env: NodeJS.ProcessEnv = process.env,
+  options: StartOptions = {},
+): Promise<CliResult> {
+  return runBin("tandem", args, env, options);
+}
+
 /** Runs a program (bin/<program>.mjs) to completion: for --help and for settings it refuses. */
-export async function runProgram(
-  program: "tandem-edge" | "tandem-cloud-worker" | "tandem-control-plane" | "tandem-batch-worker",
+export function runProgram(
+  program: ProgramName,
   args: string[],
   env: NodeJS.ProcessEnv = {},
 ): Promise<CliResult> {
-  return new Promise((resolve) => {
-    execFile(
-      process.execPath,
-      [join(BIN, `${program}.mjs`), ...args],
-      { env: { ...process.env, TANDEM_LOG_LEVEL: "warn", ...env }, maxBuffer: 16 << 20, timeout: 60_000 },
-      (error, stdout, stderr) => {
-        const code = error ? (typeof error.code === "number" ? error.code : 1) : 0;
-        resolve({ stdout, stderr, code });
-      },
-    );
-  });
+  return runBin(program, args, { ...process.env, TANDEM_LOG_LEVEL: "warn", ...env });
 }
