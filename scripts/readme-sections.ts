@@ -6,7 +6,7 @@
  */
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
-import { configMarkdownTable, fieldSchemas, markdownDefault, settingDocs } from "@tandem/common";
+import { configMarkdownTable, fieldDocs, markdownCell, markdownDefault } from "@tandem/common";
 import { BATCH_PROGRAM, JOB_KINDS, JOB_SCHEMAS } from "@tandem/batch-worker";
 import { WORKER_PROGRAM } from "@tandem/cloud-worker";
 import { CONTROL_PROGRAM } from "@tandem/control-plane";
@@ -37,18 +37,12 @@ function layoutTable(): string {
 }
 
 function jobsTable(): string {
-  const rows: string[] = [];
-  for (const kind of JOB_KINDS) {
-    const schema = JOB_SCHEMAS[kind];
-    const docs = settingDocs(schema, "UNUSED");
-    const fields = fieldSchemas(schema);
-    for (const doc of docs) {
-      const list = fields[doc.key]?.type === "array" ? "[]" : "";
-      rows.push(
-        `| \`${kind}\` | \`${doc.key}${list}\` | ${markdownDefault(doc.default)} | ${doc.values} | ${doc.description} |`,
-      );
-    }
-  }
+  const rows = JOB_KINDS.flatMap((kind) =>
+    fieldDocs(JOB_SCHEMAS[kind]).map(
+      (doc) =>
+        `| \`${kind}\` | \`${doc.key}${doc.kind === "list" ? "[]" : ""}\` | ${markdownDefault(doc.default)} | ${doc.values} | ${markdownCell(doc.description)} |`,
+    ),
+  );
   return ["| kind | field | default | values | meaning |", "|---|---|---|---|---|", ...rows].join("\n");
 }
 

@@ -7,11 +7,15 @@
 import { z } from "zod";
 import {
   UsageError,
+  camelCaseWords,
+  fieldDocs,
   fieldKind,
   fieldSchemas,
   fromText,
   parseFlags,
   schemaProblems,
+  topLevelKey,
+  usageNote,
   type FlagSpec,
 } from "@tandem/common";
 
@@ -34,32 +38,18 @@ export interface CommandDefinition<S extends z.ZodObject = z.ZodObject> {
 }
 
 /** `maxTokens` → `max-tokens`. */
-export function flagName(key: string): string {
-  return key.replace(/([a-z0-9])([A-Z])/g, "$1-$2").toLowerCase();
+function flagName(key: string): string {
+  return camelCaseWords(key).join("-");
 }
 
 export function commandUsage(command: CommandDefinition): string {
-  const fields = fieldSchemas(command.options);
-  const required = (key: string) => !command.options.shape[key].safeParse(undefined).success;
   const positionals = (command.positionals ?? [])
     .map((p) => (p.required === false ? `[${p.name}]` : p.name))
     .join(" ");
-  const lines = Object.keys(command.options.shape).map((key) => {
-    const field = fields[key] ?? {};
-    const kind = fieldKind(field);
-    const flag = `--${flagName(key)}${kind === "boolean" ? "" : kind === "list" ? " a,b,…" : " VALUE"}`;
-    const allowed = field.enum ? `one of ${field.enum.join(", ")}` : undefined;
-    const extra = [
-      required(key)
-        ? "required"
-        : field.default !== undefined
-          ? `default ${formatDefault(field.default)}`
-          : undefined,
-      allowed,
-    ]
-      .filter(Boolean)
-      .join("; ");
-    return `  ${flag.padEnd(26)} ${field.description ?? ""}${extra ? ` (${extra})` : ""}`;
+  const lines = fieldDocs(command.options).map((doc) => {
+    const flag = `--${flagName(doc.key)}${doc.kind === "boolean" ? "" : doc.kind === "list" ? " a,b,…" : " VALUE"}`;
+    const note = usageNote(doc);
+    return `  ${flag.padEnd(26)} ${doc.description}${note ? ` (${note})` : ""}`;
   });
   const positionalLines = (command.positionals ?? []).map((p) => `  ${p.name.padEnd(26)} ${p.description}`);
   return [
@@ -71,10 +61,6 @@ export function commandUsage(command: CommandDefinition): string {
     ...lines,
     `  ${"--help".padEnd(26)} this text`,
   ].join("\n");
-}
-
-function formatDefault(value: unknown): string {
-  return Array.isArray(value) ? value.join(",") : typeof value === "string" ? value : JSON.stringify(value);
 }
 
 /** Parses `args` against the command, then runs it. UsageError for anything that does not fit. */
@@ -103,8 +89,7 @@ export async function runCommand(command: CommandDefinition, args: string[]): Pr
   const result = command.options.safeParse(raw, { reportInput: true });
   if (!result.success) {
     const [first] = schemaProblems(result.error, command.options);
-    const key = first.field.split(/[.[]/)[0];
-    throw new UsageError(`--${flagName(key)}`, first.message);
+    throw new UsageError(`--${flagName(topLevelKey(first.field))}`, first.message);
   }
   return command.run(result.data, parsed.positionals);
 }

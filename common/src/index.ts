@@ -7,12 +7,13 @@ export * from "./errors.ts";
 export { EXIT_CODE_BY_ERROR } from "./exit-codes.ts";
 export { CLUSTER_DEFAULTS, CLUSTER_NAME_SETTING, checkClusterName } from "./cluster-defaults.ts";
 export {
+  camelCaseWords,
   fieldKind,
-  fieldName,
   fieldSchemas,
   fromText,
   parseOrThrow,
   schemaProblems,
+  topLevelKey,
   type FieldKind,
   type JsonSchemaField,
   type SchemaProblem,
@@ -22,17 +23,18 @@ export {
   environmentName,
   loadConfig,
   type ConfigSchema,
-  type ConfigValues,
   type LoadConfigOptions,
 } from "./config/config-loader.ts";
 export {
   configMarkdownTable,
   describeConfig,
+  fieldDocs,
+  markdownCell,
   markdownDefault,
-  settingDocs,
-  type SettingDoc,
+  usageNote,
+  type FieldDoc,
 } from "./config/config-docs.ts";
-export { programUsage, runProgram, type ProgramDefinition, type RunningProgram } from "./program.ts";
+export { runProgram, type ProgramDefinition, type RunningProgram } from "./program.ts";
 export { createLogger, type Logger } from "./logger.ts";
 export { formatProgress, type Progress, type ProgressListener } from "./progress.ts";
 export {

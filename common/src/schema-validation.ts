@@ -116,6 +116,24 @@ export function parseOrThrow<S extends z.ZodType>(schema: S, value: unknown, pre
   throw new InvalidArgumentError(name(first.field), first.message + others);
 }
 
+/** Whether an object schema's `key` must be given (no default, not optional). */
+export function isRequired(schema: z.ZodObject, key: string): boolean {
+  return !schema.shape[key].safeParse(undefined).success;
+}
+
+/** The top-level key a problem's field lies under: `sampling.seed` → `sampling`, `ids[2]` → `ids`. */
+export function topLevelKey(field: string): string {
+  return field.split(/[.[]/)[0];
+}
+
+/** `cloudDeadlineMs` → `["cloud", "deadline", "ms"]`: for environment names and flags. */
+export function camelCaseWords(key: string): string[] {
+  return key
+    .replace(/([a-z0-9])([A-Z])/g, "$1 $2")
+    .toLowerCase()
+    .split(" ");
+}
+
 /** What kind of value a field of an object schema takes, for turning command-line text into it. */
 export type FieldKind = "string" | "integer" | "number" | "boolean" | "list" | "other";
 

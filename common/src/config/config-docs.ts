@@ -3,38 +3,63 @@
  * configuration tables, both generated from the schema (a test fails when the README
  * drifts from it).
  */
-import { fieldSchemas, type JsonSchemaField } from "../schema-validation.ts";
+import type { z } from "zod";
+import {
+  fieldKind,
+  fieldSchemas,
+  isRequired,
+  type FieldKind,
+  type JsonSchemaField,
+} from "../schema-validation.ts";
 import { environmentName, type ConfigSchema } from "./config-loader.ts";
 
-export interface SettingDoc {
+/** One field of an object schema as people read it, in --help and in the README. */
+export interface FieldDoc {
   key: string;
-  env: string;
   /** "(required)", "none", or the default as written in a config file. */
   default: string;
   description: string;
   /** Allowed values or range, e.g. "fp32, fp16" or "≥ 1". */
   values: string;
+  /** "list" for a list (written a,b,… on a command line), else the field's kind. */
+  kind: FieldKind;
 }
 
-export function settingDocs(schema: ConfigSchema, envPrefix: string): SettingDoc[] {
+/** A program setting: a field, and the environment variable that sets it. */
+export interface SettingDoc extends FieldDoc {
+  env: string;
+}
+
+export function fieldDocs(schema: z.ZodObject): FieldDoc[] {
   const fields = fieldSchemas(schema);
-  const required = new Set(
-    Object.keys(schema.shape).filter((k) => !schema.shape[k].safeParse(undefined).success),
-  );
   return Object.keys(schema.shape).map((key) => {
     const field = fields[key] ?? {};
     return {
       key,
-      env: environmentName(envPrefix, key),
-      default: required.has(key)
+      default: isRequired(schema, key)
         ? "(required)"
         : field.default === undefined
           ? "none"
           : formatDefault(field.default),
       description: field.description ?? "",
       values: allowedValues(field),
+      kind: fieldKind(field),
     };
   });
+}
+
+export function settingDocs(schema: ConfigSchema, envPrefix: string): SettingDoc[] {
+  return fieldDocs(schema).map((doc) => ({ ...doc, env: environmentName(envPrefix, doc.key) }));
+}
+
+/** "default 3; ≥ 1", "required", …: what a usage line says after a field's description. */
+export function usageNote(doc: FieldDoc): string {
+  return [
+    doc.default === "(required)" ? "required" : doc.default === "none" ? "" : `default ${doc.default}`,
+    doc.values,
+  ]
+    .filter(Boolean)
+    .join("; ");
 }
 
 function formatDefault(value: unknown): string {
@@ -62,13 +87,8 @@ function allowedValues(field: JsonSchemaField): string {
 export function describeConfig(schema: ConfigSchema, envPrefix: string): string {
   return settingDocs(schema, envPrefix)
     .map((d) => {
-      const extra = [
-        d.default === "(required)" ? "required" : d.default === "none" ? "" : `default ${d.default}`,
-        d.values,
-      ]
-        .filter(Boolean)
-        .join("; ");
-      return `  --${d.key.padEnd(20)} ${d.env.padEnd(34)} ${d.description}${extra ? ` (${extra})` : ""}`;
+      const note = usageNote(d);
+      return `  --${d.key.padEnd(20)} ${d.env.padEnd(34)} ${d.description}${note ? ` (${note})` : ""}`;
     })
     .join("\n");
 }
@@ -77,9 +97,14 @@ export function describeConfig(schema: ConfigSchema, envPrefix: string): string 
 export function configMarkdownTable(schema: ConfigSchema, envPrefix: string): string {
   const rows = settingDocs(schema, envPrefix).map(
     (d) =>
-      `| \`${d.key}\` | \`${d.env}\` | ${markdownDefault(d.default)} | ${d.values} | ${d.description.replace(/\|/g, "\\|")} |`,
+      `| \`${d.key}\` | \`${d.env}\` | ${markdownDefault(d.default)} | ${d.values} | ${markdownCell(d.description)} |`,
   );
   return ["| key | environment | default | values | meaning |", "|---|---|---|---|---|", ...rows].join("\n");
+}
+
+/** Text as a Markdown table cell: a "|" in it must not end the cell. */
+export function markdownCell(text: string): string {
+  return text.replace(/\|/g, "\\|");
 }
 
 /** A default as a Markdown table cell: literal values in code font. */

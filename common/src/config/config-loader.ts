@@ -7,11 +7,17 @@
 import { readFileSync } from "node:fs";
 import type { z } from "zod";
 import { ConfigErrors, ConfigValueError } from "../errors.ts";
-import { fieldKind, fieldSchemas, fromText, schemaProblems } from "../schema-validation.ts";
+import {
+  camelCaseWords,
+  fieldKind,
+  fieldSchemas,
+  fromText,
+  schemaProblems,
+  topLevelKey,
+} from "../schema-validation.ts";
 
 /** A program's configuration schema: a strict object of keys with defaults and descriptions. */
 export type ConfigSchema = z.ZodObject;
-export type ConfigValues<S extends ConfigSchema> = z.output<S>;
 
 export interface LoadConfigOptions {
   /** A JSON file of key → value. */
@@ -26,7 +32,7 @@ export interface LoadConfigOptions {
 
 /** `cloudAddress` → `TANDEM_EDGE_CLOUD_ADDRESS` for prefix `TANDEM_EDGE`. */
 export function environmentName(prefix: string, key: string): string {
-  return `${prefix}_${key.replace(/([a-z0-9])([A-Z])/g, "$1_$2").toUpperCase()}`;
+  return `${prefix}_${camelCaseWords(key).join("_").toUpperCase()}`;
 }
 
 export function loadConfig<S extends ConfigSchema>(schema: S, options: LoadConfigOptions): z.output<S> {
@@ -77,7 +83,7 @@ export function loadConfig<S extends ConfigSchema>(schema: S, options: LoadConfi
   if (!result.success) {
     const problems = schemaProblems(result.error, schema);
     for (const problem of problems) {
-      const key = problem.field.split(/[.[]/)[0];
+      const key = topLevelKey(problem.field);
       errors.push(new ConfigValueError(problem.field, sources[key] ?? "the configuration", problem.message));
     }
   }
