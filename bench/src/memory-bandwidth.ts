@@ -7,7 +7,7 @@ import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import * as ort from "onnxruntime-node";
-import { OnnxGraphBuilder } from "@tandem/runtime";
+import { loadOnnxGraphBuilder } from "@tandem/runtime";
 
 export interface BandwidthResult {
   /** Best read bandwidth over all thread counts, GB/s (10^9 bytes). */
@@ -23,6 +23,7 @@ export async function measureMemoryBandwidth(
   const repeats = options.repeats ?? 5;
   const columns = 4096;
   const rows = Math.floor((bufferMb * 1024 * 1024) / 4 / columns);
+  const OnnxGraphBuilder = await loadOnnxGraphBuilder();
   const builder = new OnnxGraphBuilder("bandwidth", "unused");
   builder.input("x", "float32", ["rows", columns]);
   builder.node("ReduceSum", "/sum", ["x", builder.int64Constant([1])], {

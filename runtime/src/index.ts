@@ -5,19 +5,15 @@
  */
 
 // Checkpoints
-export { loadCheckpoint, readCheckpointConfig } from "./checkpoint/load-checkpoint.ts";
-export { DEPLOYMENT_FILE, readDeployment, type Deployment } from "./checkpoint/deployment-file.ts";
+export { loadCheckpoint } from "./checkpoint/load-checkpoint.ts";
+export { readDeployment, type Deployment } from "./checkpoint/deployment-file.ts";
 export type { ModelArchitecture, ModelConfig } from "./checkpoint/model-config.ts";
 export type { Checkpoint, ModelWeights, WeightTensor } from "./checkpoint/model-weights.ts";
-export { readSafetensors, writeSafetensors, type TensorToWrite } from "./checkpoint/safetensors.ts";
 
 // Segment graphs and the engine
 export {
   DEFAULT_QUANT_BLOCK_SIZE,
-  DEFAULT_WEIGHT_FORMAT,
-  WEIGHT_FORMATS,
   segmentSpec,
-  validateSegmentSpec,
   type ExitHeadSpec,
   type LinearExitMap,
   type SegmentSpec,
@@ -25,13 +21,11 @@ export {
 } from "./graph/segment-spec.ts";
 export { cloudSegmentSpec, edgeSegmentSpec } from "./graph/deployment-specs.ts";
 export { defaultGraphCacheDir, ensureSegmentGraph, segmentGraphPath } from "./graph/graph-cache.ts";
-export { OnnxGraphBuilder } from "./graph/onnx-graph-builder.ts";
+/** The ONNX graph writer, loaded on demand: a process whose graphs are cached never needs it. */
+export const loadOnnxGraphBuilder = async () =>
+  (await import("./graph/onnx-graph-builder.ts")).OnnxGraphBuilder;
 export { RUNTIME_SETTINGS } from "./runtime-settings.ts";
-export {
-  DEFAULT_SEGMENT_MODEL_OPTIONS,
-  SegmentModel,
-  type SegmentModelOptions,
-} from "./engine/segment-model.ts";
+export { SegmentModel, type SegmentModelOptions } from "./engine/segment-model.ts";
 export {
   SegmentSessions,
   type ExitResult,
@@ -49,7 +43,6 @@ export {
   CONFIDENCE_METRICS,
   RollingEntropyPolicy,
   ThresholdExitPolicy,
-  deepestExit,
   type ConfidenceMetric,
   type ExitPolicy,
   type ExitSignal,
@@ -57,7 +50,6 @@ export {
 } from "./exits/exit-policy.ts";
 export { calibrate, type CalibrateOptions } from "./calibration/calibrate.ts";
 export {
-  DEFAULT_AGREEMENT_TARGET,
   calibratedExitHeads,
   checkCalibrationMatches,
   policyForTarget,
@@ -72,25 +64,11 @@ export {
 export { evaluatePolicy, type PositionRecord } from "./calibration/threshold-search.ts";
 
 // Hidden states on the wire
-export {
-  CODEC_NAMES,
-  getCodec,
-  isCodecName,
-  type CodecName,
-  type HiddenStateCodec,
-} from "./codec/hidden-state-codec.ts";
+export { CODEC_NAMES, getCodec, type CodecName, type HiddenStateCodec } from "./codec/hidden-state-codec.ts";
 export { activations, type ActivationOptions } from "./codec/synthetic-activations.ts";
 
 // Generation
-export {
-  GREEDY,
-  SAMPLING_LIMITS,
-  answerFromHead,
-  isGreedy,
-  sampleToken,
-  validateSampling,
-  type SamplingOptions,
-} from "./generation/sampler.ts";
+export { GREEDY, SAMPLING_LIMITS, validateSampling, type SamplingOptions } from "./generation/sampler.ts";
 export {
   DEFAULT_GENERATE_OPTIONS,
   SplitGenerator,
@@ -111,9 +89,7 @@ export {
   InvalidReplyError,
   checkFrameReply,
   checkOpenedReply,
-  codecFromWire,
   codecToWire,
-  decodeFrame,
   frameMessage,
   openMessage,
   replyRequestId,
@@ -139,9 +115,7 @@ export { IncrementalDecoder, Tokenizer } from "./tokenizer/tokenizer.ts";
 // For tests and benchmarks: the plain-TypeScript reference forward and random checkpoints
 export { ReferenceModel } from "./reference/reference-model.ts";
 export {
-  PRESET_SPECS,
   TINY_LLAMA,
-  TINY_MIXTRAL,
   sizedLlamaSpec,
   writeRandomCheckpoint,
   type RandomCheckpointSpec,
