@@ -78,6 +78,11 @@ describe("tandem", () => {
         /^tandem status: --heartbeat-ttl-ms: must be an integer, got "soon"$/m,
       ],
       [["jobs", "submit"], /^tandem jobs: KIND: is required$/m],
+      [
+        // Beyond what a timer can wait (setTimeout would fire at once).
+        ["jobs", "submit", "generate", "--wait", "--timeout-ms", "3000000000"],
+        /^tandem jobs: --timeout-ms: must be ≤ 2147483647, got 3000000000$/m,
+      ],
       [["jobs", "list", "generate"], /^tandem jobs: ACTION: must be submit or show, got "list"$/m],
       [
         // Refused before calibrating, not after.

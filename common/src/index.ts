@@ -7,7 +7,9 @@ export * from "./errors.ts";
 export { EXIT_CODE_BY_ERROR } from "./exit-codes.ts";
 export { CLUSTER_DEFAULTS, CLUSTER_NAME_SETTING, checkClusterName } from "./cluster-defaults.ts";
 export {
+  MAX_TIMER_MS,
   camelCaseWords,
+  durationMs,
   fieldKind,
   fieldSchemas,
   fromText,

@@ -116,6 +116,14 @@ export function parseOrThrow<S extends z.ZodType>(schema: S, value: unknown, pre
   throw new InvalidArgumentError(name(first.field), first.message + others);
 }
 
+/** The longest wait a Node timer keeps: setTimeout fires at once beyond it (with only a warning). */
+export const MAX_TIMER_MS = 2 ** 31 - 1;
+
+/** A duration setting in milliseconds: an integer from `min` up to what a timer can wait. */
+export function durationMs(min: number) {
+  return z.int().min(min).max(MAX_TIMER_MS);
+}
+
 /** Whether an object schema's `key` must be given (no default, not optional). */
 export function isRequired(schema: z.ZodObject, key: string): boolean {
   return !schema.shape[key].safeParse(undefined).success;

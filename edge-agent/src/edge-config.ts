@@ -1,6 +1,6 @@
 /** The edge agent's settings (JSON file, TANDEM_EDGE_* variables, flags): one schema, every default once. */
 import { z } from "zod";
-import { CLUSTER_NAME_SETTING } from "@tandem/common";
+import { CLUSTER_NAME_SETTING, durationMs } from "@tandem/common";
 import { CODEC_NAMES, CONFIDENCE_METRICS, RUNTIME_SETTINGS } from "@tandem/runtime";
 import { DEFAULT_CLOUD_LINK_OPTIONS } from "./cloud-link.ts";
 import { DEFAULT_REQUEST_LIMITS } from "./inference-service.ts";
@@ -56,14 +56,10 @@ export const EDGE_CONFIG_SCHEMA = z
     }),
     cluster: CLUSTER_NAME_SETTING,
     codec: z.enum(CODEC_NAMES).default("fp16").meta({ description: "hidden-state codec on the wire" }),
-    cloudDeadlineMs: z
-      .int()
-      .min(1)
+    cloudDeadlineMs: durationMs(1)
       .default(DEFAULT_CLOUD_LINK_OPTIONS.deadlineMs)
       .meta({ description: "longest wait for a cloud answer before answering locally" }),
-    keepaliveMs: z
-      .int()
-      .min(1000)
+    keepaliveMs: durationMs(1000)
       .default(DEFAULT_CLOUD_LINK_OPTIONS.keepaliveMs)
       .meta({ description: "HTTP/2 keepalive interval to the cloud" }),
     host: z.string().min(1).default("127.0.0.1").meta({ description: "address of the public API" }),

@@ -1,7 +1,13 @@
 /** `tandem jobs`: submit batch jobs to the cluster's BullMQ queues and look at them. */
 import { readFile } from "node:fs/promises";
 import { z } from "zod";
-import { BATCH_JOB_BACKOFF, CLUSTER_NAME_SETTING, InvalidArgumentError, UsageError } from "@tandem/common";
+import {
+  BATCH_JOB_BACKOFF,
+  CLUSTER_NAME_SETTING,
+  InvalidArgumentError,
+  UsageError,
+  durationMs,
+} from "@tandem/common";
 import {
   DEFAULT_REDIS_URL,
   JOB_KINDS,
@@ -30,9 +36,7 @@ const JOBS_OPTIONS = z
       .min(1)
       .default(BATCH_JOB_BACKOFF.attempts)
       .meta({ description: "submit: tries before the job fails for good (bad data fails at once)" }),
-    timeoutMs: z
-      .int()
-      .min(1)
+    timeoutMs: durationMs(1)
       .default(3_600_000)
       .meta({ description: "with --wait: give up waiting after this long (the job carries on)" }),
     redis: z.string().min(1).default(DEFAULT_REDIS_URL).meta({ description: "Redis holding the queues" }),

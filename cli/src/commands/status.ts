@@ -1,7 +1,7 @@
 /** `tandem status`: the cluster as the control plane sees it — nodes, leader, placement and balance. */
 import { z } from "zod";
 import { clusterStatus } from "@tandem/cluster";
-import { CLUSTER_DEFAULTS, CLUSTER_NAME_SETTING } from "@tandem/common";
+import { CLUSTER_DEFAULTS, CLUSTER_NAME_SETTING, durationMs } from "@tandem/common";
 import type { CommandDefinition } from "../command.ts";
 
 const STATUS_OPTIONS = z
@@ -12,9 +12,7 @@ const STATUS_OPTIONS = z
       .default(CLUSTER_DEFAULTS.natsUrl)
       .meta({ description: "NATS of the control plane" }),
     cluster: CLUSTER_NAME_SETTING,
-    heartbeatTtlMs: z
-      .int()
-      .min(1)
+    heartbeatTtlMs: durationMs(1)
       .default(CLUSTER_DEFAULTS.heartbeatTtlMs)
       .meta({ description: "a node is shown dead after this long without a heartbeat" }),
     json: z.boolean().default(false).meta({ description: "print one JSON object instead of a table" }),

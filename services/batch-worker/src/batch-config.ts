@@ -1,6 +1,6 @@
 /** The batch worker's settings (JSON file, TANDEM_BATCH_* variables, flags): one schema, every default once. */
 import { z } from "zod";
-import { CLUSTER_NAME_SETTING } from "@tandem/common";
+import { CLUSTER_NAME_SETTING, durationMs } from "@tandem/common";
 import { JOB_KINDS } from "./batch-jobs.ts";
 import { DEFAULT_REDIS_URL } from "./batch-queues.ts";
 import { DEFAULT_BATCH_WORKER_OPTIONS } from "./batch-worker.ts";
@@ -21,14 +21,10 @@ export const BATCH_CONFIG_SCHEMA = z
       .min(1)
       .default(DEFAULT_BATCH_WORKER_OPTIONS.concurrency)
       .meta({ description: "jobs of each kind at once" }),
-    lockDurationMs: z
-      .int()
-      .min(100)
+    lockDurationMs: durationMs(100)
       .default(DEFAULT_BATCH_WORKER_OPTIONS.lockDurationMs)
       .meta({ description: "job lock lifetime; a dead worker's job is retried after it" }),
-    stalledIntervalMs: z
-      .int()
-      .min(100)
+    stalledIntervalMs: durationMs(100)
       .default(DEFAULT_BATCH_WORKER_OPTIONS.stalledIntervalMs)
       .meta({ description: "stalled-job check interval" }),
     threads: z

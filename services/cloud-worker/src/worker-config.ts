@@ -1,6 +1,6 @@
 /** The cloud worker's settings (JSON file, TANDEM_WORKER_* variables, flags): one schema, every default once. */
 import { z } from "zod";
-import { CLUSTER_DEFAULTS, CLUSTER_NAME_SETTING } from "@tandem/common";
+import { CLUSTER_DEFAULTS, CLUSTER_NAME_SETTING, durationMs } from "@tandem/common";
 import { RUNTIME_SETTINGS } from "@tandem/runtime";
 import { DEFAULT_MEMBERSHIP_OPTIONS } from "./membership-options.ts";
 import { DEFAULT_CONTEXT_MANAGER_OPTIONS } from "./context-manager.ts";
@@ -39,9 +39,7 @@ export const WORKER_CONFIG_SCHEMA = z
       .optional()
       .meta({ description: "NATS of the control plane (none: a standalone worker)" }),
     cluster: CLUSTER_NAME_SETTING,
-    drainTimeoutMs: z
-      .int()
-      .min(0)
+    drainTimeoutMs: durationMs(0)
       .default(DEFAULT_MEMBERSHIP_OPTIONS.drainTimeoutMs)
       .meta({ description: "on SIGTERM, the longest wait for the leader to move this worker's shards away" }),
     advertise: z.string().min(1).optional().meta({
@@ -53,9 +51,7 @@ export const WORKER_CONFIG_SCHEMA = z
       .min(0.01)
       .default(DEFAULT_MEMBERSHIP_OPTIONS.weight)
       .meta({ description: "relative KV capacity for shard placement" }),
-    heartbeatMs: z
-      .int()
-      .min(50)
+    heartbeatMs: durationMs(50)
       .default(CLUSTER_DEFAULTS.heartbeatMs)
       .meta({ description: "heartbeat interval" }),
     expertSlots: z.int().min(0).optional().meta({

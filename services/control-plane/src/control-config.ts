@@ -1,6 +1,6 @@
 /** A control-plane replica's settings (JSON file, TANDEM_CONTROL_* variables, flags): one schema, every default once. */
 import { z } from "zod";
-import { CLUSTER_DEFAULTS, CLUSTER_NAME_SETTING } from "@tandem/common";
+import { CLUSTER_DEFAULTS, CLUSTER_NAME_SETTING, durationMs } from "@tandem/common";
 import { DEFAULT_CONTROLLER_OPTIONS } from "./controller.ts";
 import { DEFAULT_LEASE_TIMING } from "./leader-lease.ts";
 
@@ -24,30 +24,22 @@ export const CONTROL_CONFIG_SCHEMA = z
       .min(1)
       .default(DEFAULT_CONTROLLER_OPTIONS.shardCount)
       .meta({ description: "virtual KV shards" }),
-    tickMs: z
-      .int()
-      .min(10)
+    tickMs: durationMs(10)
       .default(DEFAULT_CONTROLLER_OPTIONS.tickMs)
       .meta({ description: "control loop interval" }),
-    leaseTtlMs: z
-      .int()
-      .min(DEFAULT_LEASE_TIMING.marginMs + 1)
+    leaseTtlMs: durationMs(DEFAULT_LEASE_TIMING.marginMs + 1)
       .default(DEFAULT_CONTROLLER_OPTIONS.leaseTtlMs)
       .meta({
         description: `leader lease duration; must exceed ${DEFAULT_LEASE_TIMING.marginMs} ms (the margin a leader keeps) + tickMs`,
       }),
-    heartbeatTtlMs: z
-      .int()
-      .min(100)
+    heartbeatTtlMs: durationMs(100)
       .default(DEFAULT_CONTROLLER_OPTIONS.heartbeatTtlMs)
       .meta({ description: "a worker is dead after this long without a heartbeat" }),
     experts: z.int().min(0).default(DEFAULT_CONTROLLER_OPTIONS.experts).meta({
       description:
         "MoE experts to place: experts per layer × cloud layers, id (layer − split)·experts + expert (0: a dense model)",
     }),
-    expertWindowMs: z
-      .int()
-      .min(50)
+    expertWindowMs: durationMs(50)
       .default(DEFAULT_CONTROLLER_OPTIONS.expertWindowMs)
       .meta({ description: "expert load window" }),
   })
