@@ -13,7 +13,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { execFile } from "node:child_process";
 import { runCli, startProgram, type StartOptions, waitUntilServing } from "@tandem/testkit";
-import { DEMO_MODEL, REPO_ROOT } from "./bench-paths.ts";
+import { DEMO_MODEL } from "./bench-paths.ts";
 import type { BenchOptions, BenchResult } from "./bench-types.ts";
 import { median } from "./statistics.ts";
 
@@ -102,7 +102,7 @@ export default async function startupBenchmark(options: BenchOptions<"startup">)
       // From Node 22.1 on, the bins keep a compile cache (warmed by the first start above).
       node: process.version,
       before: beforeCheckout ? `the bins of ${beforeCheckout}, as they run` : "this checkout through tsx",
-      after: REPO_ROOT,
+      after: "this checkout, compiled",
       note: "spawn to ready (the line a server prints once its gRPC health reports SERVING, then confirmed) for the servers on the demo model with the graph cache warm, spawn to exit for --help; median",
       ...result,
       bare_node_ms: Math.round(median(bare)),
