@@ -26,6 +26,7 @@ export const loadOnnxGraphBuilder = async () =>
   (await import("./graph/onnx-graph-builder.ts")).OnnxGraphBuilder;
 export { RUNTIME_SETTINGS } from "./runtime-settings.ts";
 export { SegmentModel, type SegmentModelOptions } from "./engine/segment-model.ts";
+export { KV_BLOCK_POSITIONS } from "./engine/kv-slot.ts";
 export {
   SegmentSessions,
   type ExitResult,

@@ -20,6 +20,7 @@ import {
   writeRandomCheckpoint,
   type RandomCheckpointSpec,
 } from "../testing/random-checkpoint.ts";
+import { KV_BLOCK_POSITIONS } from "./kv-slot.ts";
 import { SegmentModel } from "./segment-model.ts";
 import { SegmentSessions } from "./segment-sessions.ts";
 
@@ -50,6 +51,7 @@ const SHAPES: Record<string, RandomCheckpointSpec> = {
     numExpertsPerToken: 2,
     seed: 19,
   },
+  "a context of 70 positions, not a whole number of KV blocks": { ...base, maxPositions: 70, seed: 21 },
   "mixtral, 8 experts, top-1": {
     ...base,
     architecture: "mixtral",
@@ -209,8 +211,10 @@ describe("KV cache", () => {
       ).toBeLessThanOrEqual(1e-5);
     }
     expect(sessions.length("s")).toBe(PROMPT.length);
+    // Its memory: room for one block of positions, every layer, keys and values.
     const { numKvHeads, headDim } = checkpoint.config;
-    expect(sessions.kvBytes("s")).toBe(4 * 2 * numKvHeads * PROMPT.length * headDim * 4);
+    expect(PROMPT.length).toBeLessThanOrEqual(KV_BLOCK_POSITIONS);
+    expect(sessions.kvBytes("s")).toBe(4 * 2 * numKvHeads * KV_BLOCK_POSITIONS * headDim * 4);
   });
 
   it("a batched decode step across sessions equals stepping each session alone", async () => {
@@ -243,6 +247,103 @@ describe("KV cache", () => {
       const a = await single.forward(`s${i}`, { ids: [3] });
       const b = await batched.forward(`s${i}`, { ids: [3] });
       expect(maxAbsDiff(a.exits[1].logits!, b.exits[1].logits!)).toBeLessThanOrEqual(1e-4);
+    }
+  });
+});
+
+describe("KV cache growing past its blocks", () => {
+  /** A token sequence of `length` ids of the tiny vocabulary. */
+  const tokens = (length: number, seed: number) => Array.from({ length }, (_, i) => (i * 37 + seed) % 250);
+
+  it("a session decoding across block boundaries, then truncated back into an earlier block, equals recomputing from scratch", async () => {
+    const checkpoint = checkpoints.get("llama gqa ratio 2")!;
+    const vocab = checkpoint.config.vocabSize;
+    const sequence = tokens(2 * KV_BLOCK_POSITIONS + 10, 3);
+    const sessions = await sessionsFor(checkpoint, {
+      fromLayer: 0,
+      toLayer: 4,
+      finalHead: true,
+      logits: true,
+    });
+    sessions.open("s");
+    await sessions.forward("s", { ids: sequence.slice(0, KV_BLOCK_POSITIONS - 2) });
+    let last;
+    for (let i = KV_BLOCK_POSITIONS - 2; i < sequence.length; i++)
+      last = await sessions.forward("s", { ids: [sequence[i]] });
+    const whole = await fullLogits(checkpoint, sequence);
+    expect(
+      maxAbsDiff(
+        last!.exits[0].logits!,
+        whole.subarray((sequence.length - 1) * vocab, sequence.length * vocab),
+      ),
+    ).toBeLessThanOrEqual(1e-4);
+
+    // Back into the first block, then a different continuation.
+    await sessions.truncate("s", KV_BLOCK_POSITIONS - 5);
+    const other = [...sequence.slice(0, KV_BLOCK_POSITIONS - 5), ...tokens(12, 7)];
+    const step = await sessions.forward("s", { ids: other.slice(KV_BLOCK_POSITIONS - 5) });
+    const otherWhole = await fullLogits(checkpoint, other);
+    expect(
+      maxAbsDiff(
+        step.exits[0].logits!,
+        otherWhole.subarray((other.length - 1) * vocab, other.length * vocab),
+      ),
+    ).toBeLessThanOrEqual(1e-4);
+    await sessions.model.release();
+  });
+
+  it("a model whose context is not a whole number of blocks decodes to its last position, and no further", async () => {
+    const checkpoint = checkpoints.get("a context of 70 positions, not a whole number of KV blocks")!;
+    const vocab = checkpoint.config.vocabSize;
+    const sequence = tokens(70, 5);
+    const sessions = await sessionsFor(checkpoint, {
+      fromLayer: 0,
+      toLayer: 4,
+      finalHead: true,
+      logits: true,
+    });
+    sessions.open("s");
+    await sessions.forward("s", { ids: sequence.slice(0, 60) });
+    let last;
+    for (let i = 60; i < 70; i++) last = await sessions.forward("s", { ids: [sequence[i]] });
+    const whole = await fullLogits(checkpoint, sequence);
+    expect(maxAbsDiff(last!.exits[0].logits!, whole.subarray(69 * vocab, 70 * vocab))).toBeLessThanOrEqual(
+      1e-4,
+    );
+    await expect(sessions.forward("s", { ids: [1] })).rejects.toThrow(/count.*the model allows 70/);
+    expect(sessions.length("s")).toBe(70);
+    await sessions.model.release();
+  });
+
+  it("sessions stepping together across a block boundary equal each stepping alone", async () => {
+    const checkpoint = checkpoints.get("llama gqa ratio 4")!;
+    const spec = { fromLayer: 0, toLayer: 4, finalHead: true, logits: true };
+    const single = await sessionsFor(checkpoint, spec);
+    const batched = await sessionsFor(checkpoint, spec);
+    const lengths = [KV_BLOCK_POSITIONS - 3, KV_BLOCK_POSITIONS - 1, 5];
+    for (const [i, length] of lengths.entries()) {
+      for (const sessions of [single, batched]) {
+        sessions.open(`s${i}`);
+        await sessions.forward(`s${i}`, { ids: tokens(length, i) });
+      }
+    }
+    for (let step = 0; step < 6; step++) {
+      const inputs = lengths.map((_, i) => ({ id: `s${i}`, input: { ids: [(step * 11 + i) % 250] } }));
+      const got = await batched.forwardBatch(inputs);
+      for (const [k, { id, input }] of inputs.entries()) {
+        const want = await single.forward(id, input);
+        expect(got[k].start, `${id} step ${step}`).toBe(want.start);
+        expect(
+          maxAbsDiff(got[k].exits[0].logits!, want.exits[0].logits!),
+          `${id} step ${step}`,
+        ).toBeLessThanOrEqual(1e-4);
+      }
+    }
+    // The batch's sessions hold their own caches again after running alone.
+    for (const [i] of lengths.entries()) {
+      const a = await single.forward(`s${i}`, { ids: [9] });
+      const b = await batched.forward(`s${i}`, { ids: [9] });
+      expect(maxAbsDiff(a.exits[0].logits!, b.exits[0].logits!)).toBeLessThanOrEqual(1e-4);
     }
   });
 });
@@ -293,7 +394,6 @@ describe("sessions that keep stepping together", () => {
     await step(["a", "c", "b"]);
     for (const id of ["a", "b", "c"]) {
       expect(batched.length(id)).toBe(single.length(id));
-      expect(batched.kvBytes(id)).toBe(single.kvBytes(id));
     }
   });
 });

@@ -10,6 +10,7 @@ import type { Checkpoint } from "../checkpoint/model-weights.ts";
 import { ensureSegmentGraph } from "../graph/graph-cache.ts";
 import { GRAPH_IO } from "../graph/graph-io-names.ts";
 import { segmentExits, type SegmentSpec, validateSegmentSpec } from "../graph/segment-spec.ts";
+import { appendKv, type KvSlot } from "./kv-slot.ts";
 
 export const DEFAULT_SEGMENT_MODEL_OPTIONS = { threads: 1 } as const;
 
@@ -20,7 +21,7 @@ export interface SegmentModelOptions {
   cacheDir?: string;
 }
 
-/** Keys and values of one layer for a batch: [batch, kvHeads, length, headDim] each. */
+/** Keys and values of one layer of a KV slot: [rows, kvHeads, capacity, headDim] each. */
 export interface LayerKv {
   key: Float32Array;
   value: Float32Array;
@@ -34,10 +35,14 @@ export interface SegmentRunInput {
   ids?: BigInt64Array;
   /** Hidden states [batch, seq, hidden] when it starts later. */
   hidden?: Float32Array;
-  /** Past length of each row; past tensors are right-padded to the longest. */
+  /** Positions each row's cache holds before this run. */
   pastLengths: number[];
-  /** Past KV per layer of the segment, in layer order, [batch, kvHeads, max(pastLengths), headDim]. */
-  past: LayerKv[];
+  /**
+   * The rows' KV cache, one row per batch row, with room for max(pastLengths) + seq
+   * positions. A successful run writes each row's new positions right after its
+   * pastLengths, and nothing before them; a failed one writes nothing.
+   */
+  kv: KvSlot;
 }
 
 export interface ExitOutput {
@@ -53,9 +58,6 @@ export interface ExitOutput {
 }
 
 export interface SegmentRunOutput {
-  /** Present KV per layer, [batch, kvHeads, max(past)+seq, headDim]. */
-  present: LayerKv[];
-  presentLength: number;
   hidden?: Float32Array;
   taps: Map<number, Float32Array>;
   exits: ExitOutput[];
@@ -120,9 +122,10 @@ export class SegmentModel {
 
   async run(input: SegmentRunInput): Promise<SegmentRunOutput> {
     const { config, spec } = this;
-    const { batch, seq } = input;
+    const { batch, seq, kv } = input;
     const pastLength = Math.max(0, ...input.pastLengths);
-    const kvShape = [batch, config.numKvHeads, pastLength, config.headDim];
+    this.checkKvSlot(kv, batch, pastLength + seq);
+    const kvShape = [batch, config.numKvHeads, kv.capacity, config.headDim];
     const feeds: Record<string, ort.Tensor> = {
       [GRAPH_IO.seqlensK]: new ort.Tensor(
         "int32",
@@ -140,21 +143,25 @@ export class SegmentModel {
     }
     for (let i = 0; i < this.layerCount; i++) {
       const layer = spec.fromLayer + i;
-      feeds[GRAPH_IO.pastKey(layer)] = new ort.Tensor("float32", input.past[i].key, kvShape);
-      feeds[GRAPH_IO.pastValue(layer)] = new ort.Tensor("float32", input.past[i].value, kvShape);
+      feeds[GRAPH_IO.pastKey(layer)] = new ort.Tensor("float32", kv.layers[i].key, kvShape);
+      feeds[GRAPH_IO.pastValue(layer)] = new ort.Tensor("float32", kv.layers[i].value, kvShape);
     }
 
     const results = await this.session.run(feeds);
-
-    const present: LayerKv[] = [];
     for (let i = 0; i < this.layerCount; i++) {
       const layer = spec.fromLayer + i;
-      present.push({
-        key: results[GRAPH_IO.presentKey(layer)].data as Float32Array,
-        value: results[GRAPH_IO.presentValue(layer)].data as Float32Array,
-      });
+      appendKv(
+        kv,
+        i,
+        results[GRAPH_IO.newKey(layer)].data as Float32Array,
+        results[GRAPH_IO.newValue(layer)].data as Float32Array,
+        input.pastLengths,
+        seq,
+        config.numKvHeads,
+        config.headDim,
+      );
     }
-    const presentLength = results[GRAPH_IO.presentKey(spec.fromLayer)].dims[2];
+
     if (this.expertCounts) {
       const experts = config.numExperts!;
       for (let layer = spec.fromLayer; layer < spec.toLayer; layer++) {
@@ -176,12 +183,24 @@ export class SegmentModel {
       };
     });
     return {
-      present,
-      presentLength,
       hidden: spec.outputHidden ? (results[GRAPH_IO.hiddenOut].data as Float32Array) : undefined,
       taps,
       exits,
     };
+  }
+
+  /** The slot must be this segment's, one row per batch row, with room for `needed` positions. */
+  private checkKvSlot(kv: KvSlot, batch: number, needed: number): void {
+    const { numKvHeads, headDim, maxPositions } = this.config;
+    const size = batch * numKvHeads * kv.capacity * headDim;
+    if (kv.rows !== batch || kv.layers.length !== this.layerCount)
+      throw new InternalError(
+        `KV slot of ${kv.rows} rows × ${kv.layers.length} layers for a batch of ${batch} × ${this.layerCount}`,
+      );
+    if (kv.capacity < needed || kv.capacity > maxPositions)
+      throw new InternalError(`KV slot capacity ${kv.capacity} must be in [${needed}, ${maxPositions}]`);
+    if (kv.layers.some((layer) => layer.key.length !== size || layer.value.length !== size))
+      throw new InternalError(`KV slot tensors must hold ${size} values each`);
   }
 
   async release(): Promise<void> {

@@ -4,18 +4,18 @@
  * or a context-sync run of hidden states); a batched step advances many sessions by
  * one token in a single runtime call (what a cloud worker does with concurrent edges).
  *
- * A session's KV is replaced only after a run succeeds, so a failed or rejected call
- * leaves it as it was.
+ * A run writes a session's new positions after the ones it holds, and its length moves
+ * only when the run succeeds, so a failed or rejected call leaves the session as it was.
  *
- * Sessions that take a batched step together keep their KV where the runtime put it (one
- * padded tensor per layer) until something else touches one of them: the same sessions'
- * next batched step feeds it straight back, where copying every session's cache into and
- * out of a batch tensor would cost as much memory traffic as the weights at long contexts.
- * The two layouts and the copies between them are in batch-kv-layout.ts.
+ * Each session's cache is a KV slot of its own (kv-slot.ts). Sessions that take a batched
+ * step together share one slot, a row each, until something else touches one of them: the
+ * same sessions' next batched step runs on it as it is, where copying every session's cache
+ * into and out of a batch tensor would cost as much memory traffic as the weights at long
+ * contexts.
  */
 import { InvalidArgumentError, SessionNotFoundError } from "@tandem/common";
-import { concatRows, extractKvRow, paddedPast } from "./batch-kv-layout.ts";
-import type { ExitOutput, LayerKv, SegmentModel } from "./segment-model.ts";
+import { allocateKvSlot, copyKvRow, kvCapacity, type KvShape, type KvSlot, kvRowBytes } from "./kv-slot.ts";
+import type { ExitOutput, SegmentModel } from "./segment-model.ts";
 
 export type SegmentInput = { ids: number[] } | { hidden: Float32Array; count: number };
 
@@ -46,42 +46,42 @@ export interface SegmentSessionsOptions {
 
 interface SessionState {
   length: number;
-  /** Per segment layer, [kvHeads, length, headDim] each, compact; stale while `resident` is set. */
-  kv: LayerKv[];
+  /** The session's own cache (one row); undefined before its first forward and while `resident` is set. */
+  slot?: KvSlot;
   /** Tail of the queue of calls on this session: calls on one session run in order. */
   busy: Promise<unknown>;
   /** The batch whose padded KV holds this session's cache, if it last ran in one. */
   resident?: ResidentBatch;
 }
 
-/** KV of sessions that last stepped together, in the runtime's padded layout. */
+/** The shared cache of sessions that last stepped together. */
 interface ResidentBatch {
   /** Session ids in row order. */
   ids: string[];
-  /** Per segment layer, [rows, kvHeads, total, headDim]; row r holds its session's first length positions. */
-  kv: LayerKv[];
-  total: number;
+  /** Row r holds session ids[r]'s first length positions. */
+  slot: KvSlot;
 }
 
 export class SegmentSessions {
   private readonly sessions = new Map<string, SessionState>();
   private readonly maxChunkTokens: number;
+  private readonly kvShape: KvShape;
 
   constructor(
     readonly model: SegmentModel,
     options: SegmentSessionsOptions = {},
   ) {
     this.maxChunkTokens = options.maxChunkTokens ?? 4096;
+    this.kvShape = {
+      layers: model.layerCount,
+      kvHeads: model.config.numKvHeads,
+      headDim: model.config.headDim,
+    };
   }
 
   open(id: string): void {
     if (this.sessions.has(id)) throw new InvalidArgumentError("sessionId", `session "${id}" is already open`);
-    const empty = (): LayerKv => ({ key: new Float32Array(0), value: new Float32Array(0) });
-    this.sessions.set(id, {
-      length: 0,
-      kv: Array.from({ length: this.model.layerCount }, empty),
-      busy: Promise.resolve(),
-    });
+    this.sessions.set(id, { length: 0, busy: Promise.resolve() });
   }
 
   has(id: string): boolean {
@@ -93,10 +93,14 @@ export class SegmentSessions {
     return this.state(id).length;
   }
 
-  /** Bytes of KV the session holds (compact: keys and values of every position and layer). */
+  /**
+   * Bytes of memory the session's KV takes: its slot, room included, or its row of the
+   * slot it shares with a batch.
+   */
   kvBytes(id: string): number {
-    const { numKvHeads, headDim } = this.model.config;
-    return this.model.layerCount * 2 * numKvHeads * this.state(id).length * headDim * 4;
+    const state = this.state(id);
+    const slot = state.resident?.slot ?? state.slot;
+    return slot ? kvRowBytes(slot, this.kvShape) : 0;
   }
 
   get sessionIds(): string[] {
@@ -113,13 +117,7 @@ export class SegmentSessions {
     if (!Number.isInteger(length) || length < 0 || length > state.length) {
       throw new InvalidArgumentError("length", `must be an integer in [0, ${state.length}], got ${length}`);
     }
-    if (length === state.length) return;
-    this.detach(state);
-    const { numKvHeads, headDim } = this.model.config;
-    state.kv = state.kv.map((layer) => ({
-      key: extractKvRow(layer.key, 0, state.length, length, numKvHeads, headDim),
-      value: extractKvRow(layer.value, 0, state.length, length, numKvHeads, headDim),
-    }));
+    // The positions kept stay where they are, in the session's slot or its batch row.
     state.length = length;
   }
 
@@ -140,12 +138,10 @@ export class SegmentSessions {
         ids: "ids" in input ? BigInt64Array.from(input.ids, BigInt) : undefined,
         hidden: "hidden" in input ? input.hidden : undefined,
         pastLengths: [state.length],
-        past: state.kv,
+        kv: this.ownSlotFor(state, state.length + count),
       });
-      // With one row the present tensors are exactly [1, kvHeads, length + count, headDim].
-      state.kv = output.present;
       const start = state.length;
-      state.length = output.presentLength;
+      state.length += count;
       return {
         start,
         count,
@@ -204,16 +200,18 @@ export class SegmentSessions {
     const rowItems = order.map((i) => items[i]);
     const rowStates = order.map((i) => states[i]);
     const pastLengths = rowStates.map((s) => s.length);
-    let past: LayerKv[];
+    const needed = Math.max(...pastLengths) + 1;
+    let next: ResidentBatch;
     if (reuse) {
-      past = resident.kv;
+      next = resident;
+      if (resident.slot.capacity < needed) resident.slot = this.copyRows(resident.slot, pastLengths, needed);
     } else {
       for (const state of rowStates) this.detach(state);
-      past = paddedPast(
-        rowStates.map((state) => state.kv),
-        pastLengths,
-        { layers: this.model.layerCount, kvHeads: config.numKvHeads, headDim: config.headDim },
-      );
+      const slot = allocateKvSlot(this.kvShape, batch, kvCapacity(needed, config.maxPositions));
+      rowStates.forEach((state, row) => {
+        if (state.slot) copyKvRow(state.slot, 0, slot, row, state.length, this.kvShape);
+      });
+      next = { ids: rowItems.map((item) => item.id), slot };
     }
     const first = rowItems[0].input;
     const output = await this.model.run({
@@ -231,19 +229,14 @@ export class SegmentSessions {
             )
           : undefined,
       pastLengths,
-      past,
+      kv: next.slot,
     });
 
-    const next: ResidentBatch = {
-      ids: rowItems.map((item) => item.id),
-      kv: output.present,
-      total: output.presentLength,
-    };
     const steps = rowStates.map((state, row): SegmentStep => {
       const start = state.length;
       state.length += 1;
       state.resident = next;
-      state.kv = [];
+      state.slot = undefined;
       return {
         start,
         count: 1,
@@ -261,23 +254,37 @@ export class SegmentSessions {
   }
 
   /**
-   * Gives every session of `state`'s resident batch its compact cache back (the batch is
-   * broken once one of its sessions runs alone, is truncated or joins another batch).
+   * Gives every session of `state`'s resident batch a slot of its own again (the batch is
+   * broken once one of its sessions runs alone or joins another batch).
    */
   private detach(state: SessionState): void {
     const batch = state.resident;
     if (!batch) return;
-    const { numKvHeads, headDim } = this.model.config;
-    const rowStride = numKvHeads * batch.total * headDim;
+    const { maxPositions } = this.model.config;
     batch.ids.forEach((id, row) => {
       const member = this.sessions.get(id);
       if (!member || member.resident !== batch) return;
-      member.kv = batch.kv.map((layer) => ({
-        key: extractKvRow(layer.key, row * rowStride, batch.total, member.length, numKvHeads, headDim),
-        value: extractKvRow(layer.value, row * rowStride, batch.total, member.length, numKvHeads, headDim),
-      }));
+      member.slot = allocateKvSlot(this.kvShape, 1, kvCapacity(member.length + 1, maxPositions));
+      copyKvRow(batch.slot, row, member.slot, 0, member.length, this.kvShape);
       member.resident = undefined;
     });
+  }
+
+  /** The session's own slot, grown first if it cannot hold `needed` positions. */
+  private ownSlotFor(state: SessionState, needed: number): KvSlot {
+    if (!state.slot) {
+      state.slot = allocateKvSlot(this.kvShape, 1, kvCapacity(needed, this.model.config.maxPositions));
+    } else if (state.slot.capacity < needed) {
+      state.slot = this.copyRows(state.slot, [state.length], needed);
+    }
+    return state.slot;
+  }
+
+  /** A copy of `slot` with room for `needed` positions, row r keeping its first lengths[r]. */
+  private copyRows(slot: KvSlot, lengths: number[], needed: number): KvSlot {
+    const grown = allocateKvSlot(this.kvShape, slot.rows, kvCapacity(needed, this.model.config.maxPositions));
+    lengths.forEach((length, row) => copyKvRow(slot, row, grown, row, length, this.kvShape));
+    return grown;
   }
 
   private exitPositions(count: number): number {
@@ -349,4 +356,11 @@ function exitRow(exit: ExitOutput, row: number, positions: number, vocab: number
     entropy: Array.from(exit.entropy.subarray(from, to)),
     logits: exit.logits?.slice(from * vocab, to * vocab),
   };
+}
+
+/** Stacks one [width] row per session into a [rows, width] batch input (a batched step's hidden states). */
+function concatRows(rows: Float32Array[], width: number): Float32Array {
+  const out = new Float32Array(rows.length * width);
+  rows.forEach((row, i) => out.set(row, i * width));
+  return out;
 }

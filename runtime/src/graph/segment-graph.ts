@@ -69,8 +69,9 @@ class SegmentGraphWriter {
     }
 
     const { cos, sin } = this.rotaryCaches();
+    const newPositions = this.newPositionIndex(x);
     for (let layer = spec.fromLayer; layer < spec.toLayer; layer++) {
-      x = this.decoderLayer(layer, x, cos, sin);
+      x = this.decoderLayer(layer, x, cos, sin, newPositions);
       const after = layer + 1;
       if (spec.hiddenTaps.includes(after))
         this.outputAlias(x, GRAPH_IO.hiddenAfter(after), ["batch", "seq", hidden]);
@@ -79,6 +80,35 @@ class SegmentGraphWriter {
     }
     if (spec.outputHidden) this.outputAlias(x, GRAPH_IO.hiddenOut, ["batch", "seq", hidden]);
     return b.build();
+  }
+
+  /**
+   * Where each row's new positions sit in a present cache, as a GatherElements index over
+   * axis 2, [batch, kvHeads, seq, headDim]: row b's seq positions start at
+   * seqlens_k[b] + 1 − seq. Built once from the inputs, shared by every layer.
+   */
+  private newPositionIndex(x: string): string {
+    const { b, config } = this;
+    const prefix = "/model/new_positions";
+    const seqLength = b.op("Shape", `${prefix}/seq`, [x], { start: 1, end: 2 });
+    const lastPosition = b.op("Cast", `${prefix}/last`, [GRAPH_IO.seqlensK], { to: 7 });
+    const first = b.op("Add", `${prefix}/first`, [
+      b.op("Sub", `${prefix}/first/Sub`, [lastPosition, seqLength]),
+      b.int64Constant([1]),
+    ]);
+    const steps = b.op("Range", `${prefix}/steps`, [
+      b.int64Constant([0], true),
+      b.op("Squeeze", `${prefix}/seq/Squeeze`, [seqLength, b.int64Constant([0])]),
+      b.int64Constant([1], true),
+    ]);
+    const positions = b.op("Add", `${prefix}/positions`, [
+      b.op("Unsqueeze", `${prefix}/first/Unsqueeze`, [first, b.int64Constant([1])]),
+      b.op("Unsqueeze", `${prefix}/steps/Unsqueeze`, [steps, b.int64Constant([0])]),
+    ]);
+    return b.op("Expand", `${prefix}/index`, [
+      b.op("Unsqueeze", `${prefix}/positions/Unsqueeze`, [positions, b.int64Constant([1, 3])]),
+      b.int64Constant([1, config.numKvHeads, 1, config.headDim]),
+    ]);
   }
 
   /** cos/sin tables [maxPositions, headDim/2] for GroupQueryAttention's rotary (HF rotate_half layout). */
@@ -108,7 +138,7 @@ class SegmentGraphWriter {
    *   h ──► RMSNorm ──► gate_up MatMul ──► Split ──► silu(gate)·up ──► down ──► (+) ──► out
    *   └──────────────────────────────────────────────────────────────────────────┘
    */
-  private decoderLayer(layer: number, x: string, cos: string, sin: string): string {
+  private decoderLayer(layer: number, x: string, cos: string, sin: string, newPositions: string): string {
     const { b, config } = this;
     const w = this.weights.layers[layer];
     const prefix = `/model/layers.${layer}`;
@@ -134,18 +164,8 @@ class SegmentGraphWriter {
       "past",
       config.headDim,
     ]);
-    const presentKey = b.output(GRAPH_IO.presentKey(layer), "float32", [
-      "batch",
-      config.numKvHeads,
-      "total",
-      config.headDim,
-    ]);
-    const presentValue = b.output(GRAPH_IO.presentValue(layer), "float32", [
-      "batch",
-      config.numKvHeads,
-      "total",
-      config.headDim,
-    ]);
+    const presentKey = `${prefix}/attn/present_key`;
+    const presentValue = `${prefix}/attn/present_value`;
     const [attention] = b.node(
       "GroupQueryAttention",
       `${prefix}/attn/GroupQueryAttention`,
@@ -162,6 +182,15 @@ class SegmentGraphWriter {
         },
       },
     );
+    const newKvShape = ["batch", config.numKvHeads, "seq", config.headDim];
+    b.node("GatherElements", `${prefix}/attn/new_key`, [presentKey, newPositions], {
+      outputs: [b.output(GRAPH_IO.newKey(layer), "float32", newKvShape)],
+      attributes: { axis: 2 },
+    });
+    b.node("GatherElements", `${prefix}/attn/new_value`, [presentValue, newPositions], {
+      outputs: [b.output(GRAPH_IO.newValue(layer), "float32", newKvShape)],
+      attributes: { axis: 2 },
+    });
     const projected = this.linear(`${prefix}/attn/o_proj`, attention, asLinear(w.oProj));
     const afterAttention = b.op("Add", `${prefix}/attn/residual/Add`, [x, projected]);
 

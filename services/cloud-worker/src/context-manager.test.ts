@@ -4,6 +4,7 @@ import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import {
   loadCheckpoint,
+  KV_BLOCK_POSITIONS,
   SegmentModel,
   SegmentSessions,
   segmentSpec,
@@ -34,16 +35,17 @@ beforeAll(async () => {
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
 describe("ContextManager", () => {
-  // Per position: 2 layers × (key + value) × 2 KV heads × 16 dims × 4 bytes = 512 bytes.
-  const perPosition = 2 * 2 * 2 * 16 * 4;
+  // Per position: 2 layers × (key + value) × 2 KV heads × 16 dims × 4 bytes = 512 bytes;
+  // a session's cache takes whole blocks of positions.
+  const perBlock = 2 * 2 * 2 * 16 * 4 * KV_BLOCK_POSITIONS;
 
-  it("accounts KV bytes and evicts the least recently used idle session over its budget", async () => {
+  it("accounts the KV memory sessions take and evicts the least recently used idle session over its budget", async () => {
     const contexts = new ContextManager(sessions, new DecodeBatcher(sessions), {
-      memoryBudgetBytes: 25 * perPosition,
+      memoryBudgetBytes: 2.5 * perBlock,
     });
     await contexts.append("a", 0, hidden(10, 1), 10);
     await contexts.append("b", 0, hidden(10, 2), 10);
-    expect(contexts.stats()).toMatchObject({ sessions: 2, kvBytes: 20 * perPosition, evictions: 0 });
+    expect(contexts.stats()).toMatchObject({ sessions: 2, kvBytes: 2 * perBlock, evictions: 0 });
     await contexts.append("a", 10, hidden(1, 3), 1); // a is now the most recently used
     await contexts.append("c", 0, hidden(10, 4), 10); // over budget: b goes
     expect(contexts.stats()).toMatchObject({ sessions: 2, evictions: 1 });

@@ -13,7 +13,7 @@ import {
 import type { DecodeBatcher } from "./decode-batcher.ts";
 
 export interface ContextManagerOptions {
-  /** KV bytes all sessions may hold together. @default 512 MiB */
+  /** Memory the KV caches of all sessions may take together (each in whole blocks of positions). @default 512 MiB */
   memoryBudgetBytes?: number;
 }
 
