@@ -1,18 +1,28 @@
 // @ts-check
 /**
  * The dependency check (part of `npm test`): rules generated from package-graph.json.
- *  - a package imports another only if the table allows it, and only through its index;
+ *  - a package imports another only if the table allows it, and only through its entry
+ *    points (src/index.ts, and any subpath its package.json exports);
  *  - tests beside a package's code may reach that package's internals (and testkit),
  *    nothing else's; integration tests in test/ see only public entry points;
  *  - no import cycles.
  */
-const { readFileSync } = require("node:fs");
+const { existsSync, readFileSync } = require("node:fs");
 const { join } = require("node:path");
 
 const { packages } = JSON.parse(readFileSync(join(__dirname, "package-graph.json"), "utf8"));
 const escapeRegex = (/** @type {string} */ s) => s.replace(/[.*+?^${}()|[\]\\/]/g, "\\$&");
 const anyPackage = `^(${packages.map((/** @type {any} */ p) => escapeRegex(p.dir)).join("|")})/`;
-const entry = (/** @type {string} */ dir) => `^${escapeRegex(dir)}/src/index\\.ts$`;
+/** A package's public entry points: the source files its package.json exports (src/index.ts without one). */
+const entries = (/** @type {string} */ dir) => {
+  const manifest = join(__dirname, dir, "package.json");
+  const exported = existsSync(manifest)
+    ? Object.values(JSON.parse(readFileSync(manifest, "utf8")).exports).map((/** @type {any} */ target) =>
+        join(dir, target.development),
+      )
+    : [join(dir, "src/index.ts")];
+  return exported.map((file) => `^${escapeRegex(file)}$`);
+};
 
 /** @type {import("dependency-cruiser").IForbiddenRuleType[]} */
 const forbidden = [
@@ -33,9 +43,9 @@ const forbidden = [
   {
     name: "integration-tests-use-entry-points",
     severity: "error",
-    comment: "test/ and scripts/ see packages as their users do: through src/index.ts only.",
+    comment: "test/ and scripts/ see packages as their users do: through their entry points only.",
     from: { path: "^(test|scripts)/" },
-    to: { path: anyPackage, pathNot: packages.map((/** @type {any} */ p) => entry(p.dir)) },
+    to: { path: anyPackage, pathNot: packages.flatMap((/** @type {any} */ p) => entries(p.dir)) },
   },
 ];
 for (const p of packages) {
@@ -65,11 +75,11 @@ for (const p of packages) {
   forbidden.push({
     name: `${p.name}-imports-others-through-their-index`,
     severity: "error",
-    comment: "Another package is reached only through its src/index.ts, never its internals.",
+    comment: "Another package is reached only through its entry points, never its internals.",
     from: { path: `^${escapeRegex(p.dir)}/` },
     to: {
       path: anyPackage,
-      pathNot: [`^${escapeRegex(p.dir)}/`, ...others.map((/** @type {any} */ q) => entry(q.dir))],
+      pathNot: [`^${escapeRegex(p.dir)}/`, ...others.flatMap((/** @type {any} */ q) => entries(q.dir))],
     },
   });
 }

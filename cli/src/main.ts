@@ -33,6 +33,14 @@ const COMMANDS: Record<string, { summary: string; load: (args: string[]) => Prom
     summary: "submit batch jobs to BullMQ and show them",
     load: async () => (await import("./commands/jobs.ts")).jobsCommand,
   },
+  certs: {
+    summary: "the deployment's CA: server and device certificates, revocation",
+    load: async () => (await import("./commands/certs.ts")).certsCommand,
+  },
+  "api-key": {
+    summary: "make an API key for an edge's public API",
+    load: async () => (await import("./commands/api-key.ts")).apiKeyCommand,
+  },
   bench: {
     summary: "run a benchmark and print its JSON result last",
     load: async (args) => (await import("./commands/bench.ts")).benchCommandFor(args[0]),

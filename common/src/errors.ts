@@ -9,6 +9,8 @@
  *   FAILED_PRECONDITION  the caller's           a session opened with other weights
  *   CODEC_INVALID        the caller's           a hidden-state payload of the wrong size
  *   USAGE                the caller's           an unknown command-line flag
+ *   UNAUTHENTICATED      the caller's           no API key, or a device certificate revoked
+ *   ABORTED              the caller's (again)   a stream superseded by the same session's newer one
  *   CONFIG_VALUE         the operator's         a program setting out of range (names key and source)
  *   SESSION_NOT_FOUND    nobody's (state gone)  a session evicted or never opened
  *   CONTEXT_LOST         nobody's (state gone)  a worker holds fewer positions than a frame needs
@@ -31,6 +33,8 @@ export const ERROR_CODES = [
   "FAILED_PRECONDITION",
   "CODEC_INVALID",
   "USAGE",
+  "UNAUTHENTICATED",
+  "ABORTED",
   "CONFIG_VALUE",
   "SESSION_NOT_FOUND",
   "CONTEXT_LOST",
@@ -146,6 +150,22 @@ export class ContextLostError extends TandemError {
     super("CONTEXT_LOST", `upper segment lost context from position ${resumeFrom}: ${reason}`);
     this.name = "ContextLostError";
     this.resumeFrom = resumeFrom;
+  }
+}
+
+/** The caller did not prove who it is: a missing or unknown API key, a revoked or wrong certificate. */
+export class UnauthenticatedError extends TandemError {
+  constructor(message: string) {
+    super("UNAUTHENTICATED", message);
+    this.name = "UnauthenticatedError";
+  }
+}
+
+/** The call lost a race it started: a newer stream of the same session took it over. */
+export class AbortedError extends TandemError {
+  constructor(message: string) {
+    super("ABORTED", message);
+    this.name = "AbortedError";
   }
 }
 

@@ -25,6 +25,9 @@ export const RETRYABLE_BY_CODE: Record<ErrorCode, boolean> = {
   FAILED_PRECONDITION: false,
   CODEC_INVALID: false,
   USAGE: false,
+  UNAUTHENTICATED: false,
+  // A newer stream of the same session holds it now: retrying the old one would fight it.
+  ABORTED: false,
   CONFIG_VALUE: false,
   SESSION_NOT_FOUND: false,
   CANCELLED: false,

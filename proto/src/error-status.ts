@@ -12,6 +12,8 @@ export const STATUS_BY_CODE: Record<ErrorCode, GrpcStatus> = {
   INVALID_ARGUMENT: GrpcStatus.INVALID_ARGUMENT,
   CODEC_INVALID: GrpcStatus.INVALID_ARGUMENT,
   USAGE: GrpcStatus.INVALID_ARGUMENT,
+  UNAUTHENTICATED: GrpcStatus.UNAUTHENTICATED,
+  ABORTED: GrpcStatus.ABORTED,
   FAILED_PRECONDITION: GrpcStatus.FAILED_PRECONDITION,
   SESSION_NOT_FOUND: GrpcStatus.NOT_FOUND,
   // The escalation protocol answers lost context with a ContextLost message; a call that
@@ -44,6 +46,8 @@ const CODE_BY_STATUS: Partial<Record<GrpcStatus, ErrorCode>> = {
   // (a worker shutting down): to the caller, the peer went away.
   [GrpcStatus.CANCELLED]: "UNAVAILABLE",
   [GrpcStatus.UNIMPLEMENTED]: "UNSUPPORTED",
+  [GrpcStatus.UNAUTHENTICATED]: "UNAUTHENTICATED",
+  [GrpcStatus.ABORTED]: "ABORTED",
 };
 
 export interface WireStatus {

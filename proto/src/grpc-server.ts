@@ -10,6 +10,7 @@ import * as grpc from "@grpc/grpc-js";
 import { HealthImplementation } from "grpc-health-check";
 import { FailedPreconditionError } from "@tandem/common";
 import type { PackageDefinition } from "@grpc/proto-loader";
+import { serverCredentials, type ServerTlsFiles } from "./transport-security.ts";
 
 export interface ServingOptions {
   /** @default "127.0.0.1" */
@@ -18,6 +19,8 @@ export interface ServingOptions {
   port?: number;
   /** Largest message accepted, bytes. @default 64 MiB */
   maxReceiveMessageBytes?: number;
+  /** Serve TLS from these files (mutual TLS when it names a CA). @default plaintext */
+  tls?: ServerTlsFiles;
 }
 
 export interface RunningServer {
@@ -59,7 +62,7 @@ export async function startGrpcServer(
   const host = options.host ?? "127.0.0.1";
   const address = `${host}:${options.port ?? 0}`;
   const port = await new Promise<number>((resolve, reject) =>
-    server.bindAsync(address, grpc.ServerCredentials.createInsecure(), (error, bound) =>
+    server.bindAsync(address, serverCredentials(options.tls), (error, bound) =>
       error
         ? // The address is the operator's to change (taken, or not this machine's).
           reject(

@@ -2,3 +2,14 @@
 export * from "./tandem-protos.ts";
 export { startGrpcServer, type RunningServer, type ServingOptions } from "./grpc-server.ts";
 export { STATUS_BY_CODE, errorOfStatus, failCall, statusOf, type WireStatus } from "./error-status.ts";
+export {
+  CERTIFICATE_REFRESH_MS,
+  channelCredentials,
+  checkPlaintextListen,
+  isLoopbackHost,
+  serverCredentials,
+  type ClientTlsFiles,
+  type ServerTlsFiles,
+} from "./transport-security.ts";
+export { deviceOf, type DeviceIdentity } from "./device-identity.ts";
+export { API_KEY_HASH_PATTERN, ApiKeys, hashApiKey, newApiKey } from "./api-keys.ts";

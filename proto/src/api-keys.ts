@@ -1,0 +1,42 @@
+/**
+ * API keys of the edge's public API: a client sends `authorization: Bearer KEY`; the config
+ * holds only each key's SHA-256 (hex), so a leaked config file does not leak the keys.
+ * `tandem api-key` makes a key and prints its hash. The HTTP API uses the same header.
+ */
+import { createHash, randomBytes } from "node:crypto";
+import type * as grpc from "@grpc/grpc-js";
+import { UnauthenticatedError } from "@tandem/common";
+
+/** A SHA-256 hex digest: how keys appear in the config. */
+export const API_KEY_HASH_PATTERN = /^[0-9a-f]{64}$/;
+
+export function hashApiKey(key: string): string {
+  return createHash("sha256").update(key, "utf8").digest("hex");
+}
+
+/** A new key: 32 random bytes, base64url (43 characters). */
+export function newApiKey(): string {
+  return randomBytes(32).toString("base64url");
+}
+
+export class ApiKeys {
+  private readonly hashes: Set<string>;
+
+  constructor(hashes: readonly string[]) {
+    this.hashes = new Set(hashes.map((h) => h.toLowerCase()));
+  }
+
+  /** Throws UnauthenticatedError unless the header carries one of the keys. */
+  checkAuthorization(header: string | undefined): void {
+    const match = /^Bearer\s+(\S+)\s*$/i.exec(header ?? "");
+    if (!match) throw new UnauthenticatedError("send an API key as `authorization: Bearer KEY`");
+    // Comparing digests, not keys: the time a lookup takes says nothing about a key.
+    if (!this.hashes.has(hashApiKey(match[1]))) throw new UnauthenticatedError("the API key is not known");
+  }
+
+  /** The check for a gRPC call's metadata. */
+  check(metadata: grpc.Metadata): void {
+    const values = metadata.get("authorization");
+    this.checkAuthorization(typeof values[0] === "string" ? values[0] : undefined);
+  }
+}

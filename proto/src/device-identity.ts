@@ -1,0 +1,38 @@
+/**
+ * Who is calling a worker: the device named by the client certificate it presented over
+ * mutual TLS (its CN; the certificate must be for client authentication). Whether the
+ * deployment has revoked it since is revocation-list.ts's question.
+ */
+import type * as grpc from "@grpc/grpc-js";
+import { UnauthenticatedError } from "@tandem/common";
+
+const CLIENT_AUTH_OID = "1.3.6.1.5.5.7.3.2";
+
+export interface DeviceIdentity {
+  deviceId: string;
+  /** Serial number of its certificate, lowercase hex without leading zeros. */
+  serial: string;
+}
+
+/**
+ * The device behind a call over mutual TLS; undefined on a plaintext connection (a worker
+ * without TLS serves one anonymous namespace, on loopback or when set insecure).
+ */
+export function deviceOf(
+  call: Pick<grpc.ServerDuplexStream<unknown, unknown>, "getAuthContext">,
+): DeviceIdentity | undefined {
+  const auth = call.getAuthContext();
+  if (auth.transportSecurityType !== "ssl") return undefined;
+  const peer = auth.sslPeerCertificate;
+  const deviceId = peer?.subject?.CN;
+  if (!peer || typeof deviceId !== "string" || deviceId.length === 0)
+    throw new UnauthenticatedError("the client presented no device certificate");
+  if (!(peer.ext_key_usage ?? []).includes(CLIENT_AUTH_OID))
+    throw new UnauthenticatedError(`the certificate of "${deviceId}" is not for client authentication`);
+  return { deviceId, serial: normalizeSerial(peer.serialNumber) };
+}
+
+/** Serial numbers compare as lowercase hex without leading zeros. */
+export function normalizeSerial(serial: string): string {
+  return serial.toLowerCase().replace(/^0+(?=.)/, "");
+}
