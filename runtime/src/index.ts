@@ -94,6 +94,8 @@ export {
   frameMessage,
   openMessage,
   replyRequestId,
+  sessionContextKey,
+  sessionIdOfContextKey,
   type EscalationLimits,
   type FrameOutcome,
   type FrameTarget,

@@ -7,7 +7,7 @@
  * Messages: tandem.v1.CloudWorker/Escalate (proto/tandem/v1/cloud_worker.proto), one
  * bidirectional stream per session.
  *
- *   OpenSession   session_id 1..maxSessionIdLength characters; weights_hash, split_layer
+ *   OpenSession   session_id 1..maxSessionIdLength of A-Z a-z 0-9 . _ : - (a UUID fits); weights_hash, split_layer
  *                 and hidden_size equal to the upper side's (FAILED_PRECONDITION naming the
  *                 field); codec one of fp32/fp16/int8/int4 (INVALID_ARGUMENT).
  *                 → SessionOpened{context_length: positions held, worker_id}
@@ -151,6 +151,23 @@ export const CLOSE_MESSAGE: EdgeMessage__Output = { message: "close", close: {} 
 
 // ── Upper side: checking and applying ────────────────────────────────────────────────
 
+/** What a session id may hold: a UUID fits, and never "/", which separates a device's namespace. */
+const SESSION_ID_PATTERN = /^[A-Za-z0-9._:-]+$/;
+
+/**
+ * The key a worker keeps a session's context under: the calling device's namespace, then
+ * the session id, so one device's id names nothing of another's. Without a device (a
+ * plaintext worker) the session id alone.
+ */
+export function sessionContextKey(deviceId: string | undefined, sessionId: string): string {
+  return deviceId === undefined ? sessionId : `${deviceId}/${sessionId}`;
+}
+
+/** The session id in a context key (what placement shards by). */
+export function sessionIdOfContextKey(key: string): string {
+  return key.slice(key.indexOf("/") + 1);
+}
+
 export interface OpenedSession {
   sessionId: string;
   codec: HiddenStateCodec;
@@ -161,10 +178,14 @@ export function validateOpen(
   upper: SplitIdentity,
   limits = DEFAULT_ESCALATION_LIMITS,
 ): OpenedSession {
-  if (!open.sessionId || open.sessionId.length > limits.maxSessionIdLength)
+  if (
+    !open.sessionId ||
+    open.sessionId.length > limits.maxSessionIdLength ||
+    !SESSION_ID_PATTERN.test(open.sessionId)
+  )
     throw new InvalidArgumentError(
       "open.session_id",
-      `must hold 1 to ${limits.maxSessionIdLength} characters`,
+      `must hold 1 to ${limits.maxSessionIdLength} of A-Z a-z 0-9 . _ : -`,
     );
   if (open.weightsHash !== upper.weightsHash)
     throw new FailedPreconditionError(

@@ -18,6 +18,7 @@ import {
   decodeFrame,
   edgeMessageKind,
   openedReply,
+  sessionContextKey,
   tokenReply,
   validateOpen,
   type EscalationLimits,
@@ -48,13 +49,18 @@ export interface EscalationCounters {
 }
 
 export class EscalationSession {
-  private opened?: OpenedSession;
+  private opened?: OpenedSession & { contextKey: string };
 
+  /**
+   * `deviceId`: the authenticated device calling (mutual TLS); its sessions live in its own
+   * namespace of `contexts` (sessionContextKey). Undefined for a plaintext peer.
+   */
   constructor(
     private readonly upper: UpperSideIdentity,
     private readonly contexts: SessionContexts,
     private readonly limits: EscalationLimits = DEFAULT_ESCALATION_LIMITS,
     private readonly counters?: EscalationCounters,
+    private readonly deviceId?: string,
   ) {}
 
   /** The session id once the stream has opened one. */
@@ -62,18 +68,24 @@ export class EscalationSession {
     return this.opened?.sessionId;
   }
 
+  /** Where the opened session's context is kept (the device's namespace and the session id). */
+  get contextKey(): string | undefined {
+    return this.opened?.contextKey;
+  }
+
   /** Handles one message; resolves with the reply to send, if any. */
   async handle(message: EdgeMessage__Output): Promise<CloudMessage__Output | undefined> {
     switch (edgeMessageKind(message)) {
       case "open": {
         if (this.opened) throw new FailedPreconditionError("open", "the stream already has a session");
-        this.opened = validateOpen(message.open!, this.upper, this.limits);
-        return openedReply(this.contexts.contextLength(this.opened.sessionId), this.upper.workerId);
+        const opened = validateOpen(message.open!, this.upper, this.limits);
+        this.opened = { ...opened, contextKey: sessionContextKey(this.deviceId, opened.sessionId) };
+        return openedReply(this.contexts.contextLength(this.opened.contextKey), this.upper.workerId);
       }
       case "frame":
         return this.frame(message);
       case "close":
-        if (this.opened) this.contexts.release(this.opened.sessionId);
+        if (this.opened) this.contexts.release(this.opened.contextKey);
         this.opened = undefined;
         return undefined;
       default:
@@ -90,7 +102,7 @@ export class EscalationSession {
     }
     let step: SegmentStep;
     try {
-      step = await this.contexts.append(this.opened.sessionId, frame.start, frame.hidden, frame.count);
+      step = await this.contexts.append(this.opened.contextKey, frame.start, frame.hidden, frame.count);
     } catch (error) {
       if (error instanceof ContextLostError) return contextLostReply(error, frame.requestId);
       throw error;

@@ -2,7 +2,13 @@
  * A cloud worker: the upper segment [split, L) of a checkpoint behind the CloudWorker
  * gRPC service, with its context manager and decode batcher.
  */
-import { loadTandemProtos, type RunningServer, startGrpcServer } from "@tandem/proto";
+import {
+  checkPlaintextListen,
+  loadTandemProtos,
+  type RunningServer,
+  type ServerTlsFiles,
+  startGrpcServer,
+} from "@tandem/proto";
 import {
   cloudSegmentSpec,
   loadCheckpoint,
@@ -30,6 +36,10 @@ export interface CloudWorkerOptions {
   maxBatch?: number;
   weightFormat?: WeightFormat;
   cacheDir?: string;
+  /** Mutual TLS with devices: this worker's certificate and the deployment's CA. @default plaintext */
+  tls?: Required<ServerTlsFiles> & { crl?: string };
+  /** Serve plaintext beyond loopback (otherwise refused). @default false */
+  insecure?: boolean;
   /** Join a control plane: heartbeat and follow the placement map. */
   cluster?: {
     natsUrl: string;
@@ -56,6 +66,15 @@ export interface CloudWorker {
 }
 
 export async function startCloudWorker(options: CloudWorkerOptions, log: Logger): Promise<CloudWorker> {
+  const host = options.host ?? "127.0.0.1";
+  checkPlaintextListen(
+    host,
+    options.tls !== undefined,
+    options.insecure ?? false,
+    "tlsCert, tlsKey and tlsCa",
+  );
+  if (!options.tls && options.insecure)
+    log.warn({ host }, "serving plaintext: hidden states cross the network unencrypted");
   const checkpoint = await loadCheckpoint(options.modelDir);
   const layers = checkpoint.config.numLayers;
   if (!Number.isInteger(options.split) || options.split < 1 || options.split >= layers) {
@@ -89,6 +108,10 @@ export async function startCloudWorker(options: CloudWorkerOptions, log: Logger)
     contexts,
     log,
     counters,
+    undefined,
+    options.tls?.crl
+      ? new (await import("@tandem/proto/certificates")).RevocationList(options.tls.crl, options.tls.ca)
+      : undefined,
   );
   const server = await startGrpcServer(
     protos.definition,
@@ -99,7 +122,7 @@ export async function startCloudWorker(options: CloudWorkerOptions, log: Logger)
         handlers: handlers as never,
       },
     ],
-    { host: options.host, port: options.port },
+    { host, port: options.port, tls: options.tls },
   );
   log.info(
     {

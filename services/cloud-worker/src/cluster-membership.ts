@@ -21,6 +21,7 @@ import {
   VersionedMapView,
 } from "@tandem/cluster";
 import { CLUSTER_DEFAULTS, type Logger } from "@tandem/common";
+import { sessionIdOfContextKey } from "@tandem/runtime";
 import type { ContextManager } from "./context-manager.ts";
 import { DEFAULT_MEMBERSHIP_OPTIONS, type MembershipOptions } from "./membership-options.ts";
 
@@ -99,10 +100,10 @@ export class ClusterMembership {
 
   private onMap(map: ShardMapRecord): void {
     let released = 0;
-    for (const sessionId of this.contexts.sessionIds()) {
-      const owner = ownerOf(map, sessionId);
+    for (const contextKey of this.contexts.sessionIds()) {
+      const owner = ownerOf(map, sessionIdOfContextKey(contextKey));
       if (owner && owner.nodeId !== this.options.nodeId) {
-        this.contexts.release(sessionId);
+        this.contexts.release(contextKey);
         released++;
       }
     }

@@ -5,13 +5,28 @@
  * state; a bad one ends the stream with the status of its error code (INVALID_ARGUMENT
  * or FAILED_PRECONDITION naming the field), while the session's context and the worker
  * stay as they were.
+ *
+ * Over mutual TLS the device named by the client certificate owns its sessions: they live
+ * in its namespace of the context manager, and a revoked certificate is refused when a
+ * stream starts. One stream writes a session at a time: a newer stream opening the same
+ * session (a device reconnecting while its old stream still has frames queued) supersedes
+ * the older, which ends with ABORTED and drops what it had queued before the newer
+ * stream's open applies.
  */
 import * as grpc from "@grpc/grpc-js";
-import type { Logger } from "@tandem/common";
-import { failCall, type CloudWorkerHandlers, type EdgeMessage__Output } from "@tandem/proto";
+import { AbortedError, UnauthenticatedError, type Logger } from "@tandem/common";
+import {
+  deviceOf,
+  failCall,
+  type CloudWorkerHandlers,
+  type DeviceIdentity,
+  type EdgeMessage__Output,
+} from "@tandem/proto";
+import type { RevocationList } from "@tandem/proto/certificates";
 import {
   DEFAULT_ESCALATION_LIMITS,
   EscalationSession,
+  sessionContextKey,
   type EscalationCounters,
   type EscalationLimits,
   type SessionContexts,
@@ -29,36 +44,80 @@ export function emptyWorkerCounters(): WorkerCounters {
   return { streams: 0, frames: 0, positions: 0, tokens: 0, rejected: 0, bytesReceived: 0 };
 }
 
+/** The stream currently writing a session, so a newer one can take over from it. */
+interface SessionWriter {
+  supersede(): Promise<void>;
+}
+
 export function escalationHandlers(
   upper: UpperSideIdentity,
   contexts: SessionContexts,
   log: Logger,
   counters: WorkerCounters,
   limits: EscalationLimits = DEFAULT_ESCALATION_LIMITS,
+  revocations?: RevocationList,
 ): CloudWorkerHandlers {
+  const writers = new Map<string, SessionWriter>();
   return {
     Escalate(call) {
       counters.streams++;
-      const session = new EscalationSession(upper, contexts, limits, counters);
-      let chain: Promise<void> = Promise.resolve();
       let ended = false;
+      let device: DeviceIdentity | undefined;
+      let session: EscalationSession | undefined;
+      let writing: string | undefined;
+      const stopWriting = () => {
+        if (writing !== undefined && writers.get(writing) === writer) writers.delete(writing);
+        writing = undefined;
+      };
 
       const fail = (error: unknown) => {
         if (ended) return;
         ended = true;
+        stopWriting();
         const status = failCall(call, error);
         if (status.code !== grpc.status.INTERNAL) counters.rejected++;
         log.warn(
-          { sessionId: session.sessionId, code: grpc.status[status.code], err: status.details },
+          {
+            deviceId: device?.deviceId,
+            sessionId: session?.sessionId,
+            code: grpc.status[status.code],
+            err: status.details,
+          },
           "escalation stream rejected",
         );
       };
 
+      // Who is calling, checked before any message is read.
+      let chain: Promise<void> = (async () => {
+        device = deviceOf(call);
+        if (device && revocations && (await revocations.isRevoked(device.serial)))
+          throw new UnauthenticatedError(`the certificate of device "${device.deviceId}" is revoked`);
+        session = new EscalationSession(upper, contexts, limits, counters, device?.deviceId);
+      })().catch(fail);
+
+      const writer: SessionWriter = {
+        // Ends this stream and waits for the message it is applying; the queued ones are skipped.
+        supersede: async () => {
+          fail(new AbortedError("a newer stream opened this session"));
+          await chain;
+        },
+      };
+
       call.on("data", (message: EdgeMessage__Output) => {
         chain = chain.then(async () => {
-          if (ended) return;
+          if (ended || !session) return;
           try {
+            if (message.open?.sessionId) {
+              const key = sessionContextKey(device?.deviceId, message.open.sessionId);
+              const previous = writers.get(key);
+              if (previous && previous !== writer) await previous.supersede();
+              if (ended) return;
+              stopWriting();
+              writers.set(key, writer);
+              writing = key;
+            }
             const reply = await session.handle(message);
+            if (message.close) stopWriting();
             if (reply && !ended && !call.writableEnded) call.write(reply);
           } catch (error) {
             fail(error);
@@ -67,6 +126,7 @@ export function escalationHandlers(
       });
       call.on("end", () => {
         void chain.then(() => {
+          stopWriting();
           if (!ended) {
             ended = true;
             call.end();
@@ -75,6 +135,7 @@ export function escalationHandlers(
       });
       call.on("error", () => {
         ended = true;
+        stopWriting();
       });
     },
   };

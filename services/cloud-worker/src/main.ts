@@ -30,6 +30,11 @@ export const WORKER_PROGRAM: ProgramDefinition<typeof WORKER_CONFIG_SCHEMA> = {
         batching: config.batching,
         maxBatch: config.maxBatch,
         weightFormat: config.weights,
+        tls:
+          config.tlsCert && config.tlsKey && config.tlsCa
+            ? { cert: config.tlsCert, key: config.tlsKey, ca: config.tlsCa, crl: config.tlsCrl }
+            : undefined,
+        insecure: config.insecure,
         cluster: config.natsUrl
           ? {
               natsUrl: config.natsUrl,

@@ -58,7 +58,31 @@ export const WORKER_CONFIG_SCHEMA = z
       description:
         "MoE: expert replicas this worker holds, for the expert planner (default: every expert of its layers)",
     }),
+    tlsCert: z.string().min(1).optional().meta({
+      description: "PEM certificate of this worker; with tlsKey and tlsCa, devices connect over mutual TLS",
+    }),
+    tlsKey: z.string().min(1).optional().meta({ description: "PEM private key of tlsCert" }),
+    tlsCa: z.string().min(1).optional().meta({
+      description: "PEM CA of the deployment: devices must present a certificate it signed",
+    }),
+    tlsCrl: z.string().min(1).optional().meta({
+      description:
+        "revocation list of tlsCa (`tandem certs revoke` writes DIR/revoked.crl), re-read on change",
+    }),
+    insecure: z.boolean().default(false).meta({
+      description: "serve plaintext on an address other machines reach (logged as a warning)",
+    }),
   })
-  .strict();
+  .strict()
+  .superRefine((config, ctx) => {
+    const tls = { tlsCert: config.tlsCert, tlsKey: config.tlsKey, tlsCa: config.tlsCa };
+    const given = Object.entries(tls).filter(([, v]) => v !== undefined);
+    if (given.length > 0 && given.length < 3)
+      for (const [key, value] of Object.entries(tls))
+        if (value === undefined)
+          ctx.addIssue({ code: "custom", path: [key], message: "required with tlsCert, tlsKey and tlsCa" });
+    if (config.tlsCrl !== undefined && config.tlsCa === undefined)
+      ctx.addIssue({ code: "custom", path: ["tlsCa"], message: "required with tlsCrl" });
+  });
 
 export type WorkerConfig = z.output<typeof WORKER_CONFIG_SCHEMA>;
