@@ -153,7 +153,7 @@ describe("the services", () => {
     const lines = stderr.trim().split("\n");
     expect(lines.sort()).toEqual(
       [
-        `tandem-edge: colour: is not a known key (known: ${"model"}, calibration, target, split, exitLayers, metric, threshold, policy, rollingWindow, escalationRate, cloudAddress, natsUrl, cluster, codec, cloudDeadlineMs, keepaliveMs, host, port, maxTokensLimit, defaultMaxTokens, maxPromptTokens, threads, weights) (from ${file})`,
+        `tandem-edge: colour: is not a known key (known: ${"model"}, calibration, target, split, exitLayers, metric, threshold, policy, rollingWindow, escalationRate, cloudAddress, natsUrl, cluster, codec, cloudDeadlineMs, keepaliveMs, host, port, maxTokensLimit, defaultMaxTokens, maxPromptTokens, threads, weights, tlsCert, tlsKey, apiKeys, insecure, cloudTlsCa, cloudTlsCert, cloudTlsKey) (from ${file})`,
         `tandem-edge: codec: must be one of fp32, fp16, int8, int4, got "fp8" (from ${file})`,
         `tandem-edge: cloudDeadlineMs: must be ≥ 1, got -1 (from ${file})`,
         "tandem-edge: port: must be ≤ 65535, got 70000 (from the command line)",

@@ -21,7 +21,14 @@ import {
   isRetryable,
   type BackoffPolicy,
 } from "@tandem/common";
-import { errorOfStatus, loadTandemProtos, type CloudMessage__Output, type EdgeMessage } from "@tandem/proto";
+import {
+  channelCredentials,
+  errorOfStatus,
+  loadTandemProtos,
+  type ClientTlsFiles,
+  type CloudMessage__Output,
+  type EdgeMessage,
+} from "@tandem/proto";
 import {
   CLOSE_MESSAGE,
   InvalidReplyError,
@@ -48,6 +55,8 @@ export interface CloudLinkOptions {
   keepaliveMs: number;
   /** How long the circuit stays open after a failure. @default CLOUD_LINK_BACKOFF */
   backoff: BackoffPolicy;
+  /** TLS to workers: the deployment's CA, and this device's certificate (mutual TLS). @default plaintext */
+  tls?: ClientTlsFiles;
 }
 
 export const DEFAULT_CLOUD_LINK_OPTIONS = {
@@ -112,7 +121,7 @@ export class CloudLink {
     readonly options: CloudLinkOptions,
     readonly identity: EdgeIdentity,
   ) {
-    this.client = new grpc.Client(address, grpc.credentials.createInsecure(), {
+    this.client = new grpc.Client(address, channelCredentials(options.tls), {
       "grpc.keepalive_time_ms": options.keepaliveMs,
       "grpc.keepalive_timeout_ms": 5_000,
       "grpc.keepalive_permit_without_calls": 1,

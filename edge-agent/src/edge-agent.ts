@@ -3,7 +3,7 @@
  * calibration, a link to a cloud worker, and the public Inference API.
  */
 import { basename } from "node:path";
-import { loadTandemProtos, type RunningServer, startGrpcServer } from "@tandem/proto";
+import { checkPlaintextListen, loadTandemProtos, type RunningServer, startGrpcServer } from "@tandem/proto";
 import {
   BudgetExitPolicy,
   calibratedExitHeads,
@@ -22,6 +22,7 @@ import {
   Tokenizer,
 } from "@tandem/runtime";
 import { InvalidArgumentError, type Logger } from "@tandem/common";
+import { ApiKeys } from "@tandem/proto";
 import { CloudLinks, DEFAULT_CLOUD_LINK_OPTIONS, loadCircuitBreakers } from "./cloud-link.ts";
 import { StaticCloudRoute } from "./cloud-route.ts";
 import type { EdgeConfig } from "./edge-config.ts";
@@ -39,6 +40,11 @@ export async function startEdgeAgent(
   log: Logger,
   options: { cacheDir?: string } = {},
 ): Promise<EdgeAgent> {
+  // Beyond loopback the public API takes TLS and API keys, unless the operator opts out.
+  const secured = Boolean(config.tlsCert && config.apiKeys?.length);
+  checkPlaintextListen(config.host, secured, config.insecure, "tlsCert, tlsKey and apiKeys");
+  if (config.insecure && !secured)
+    log.warn({ host: config.host }, "public API without TLS and API keys: anyone who reaches it may use it");
   const checkpoint = await loadCheckpoint(config.model);
   const tokenizer = await Tokenizer.forCheckpoint(checkpoint);
   const calibration = config.calibration ? await readCalibration(config.calibration) : undefined;
@@ -102,6 +108,9 @@ export async function startEdgeAgent(
         codec: config.codec,
         deadlineMs: config.cloudDeadlineMs,
         keepaliveMs: config.keepaliveMs,
+        tls: config.cloudTlsCa
+          ? { ca: config.cloudTlsCa, cert: config.cloudTlsCert, key: config.cloudTlsKey }
+          : undefined,
       },
       {
         modelId: basename(config.model),
@@ -122,6 +131,7 @@ export async function startEdgeAgent(
     cloud,
     autoPolicy,
     exitLayers: exits.map((e) => e.afterLayer),
+    apiKeys: config.apiKeys?.length ? new ApiKeys(config.apiKeys) : undefined,
     limits: {
       ...DEFAULT_REQUEST_LIMITS,
       maxTokensLimit: config.maxTokensLimit,
@@ -142,6 +152,7 @@ export async function startEdgeAgent(
     {
       host: config.host,
       port: config.port,
+      tls: config.tlsCert && config.tlsKey ? { cert: config.tlsCert, key: config.tlsKey } : undefined,
     },
   );
   // Off the path to readiness: what the first escalation will need.

@@ -2,6 +2,7 @@
 import { z } from "zod";
 import { CLUSTER_NAME_SETTING, durationMs } from "@tandem/common";
 import { CODEC_NAMES, CONFIDENCE_METRICS, RUNTIME_SETTINGS } from "@tandem/runtime";
+import { API_KEY_HASH_PATTERN } from "@tandem/proto";
 import { DEFAULT_CLOUD_LINK_OPTIONS } from "./cloud-link.ts";
 import { DEFAULT_REQUEST_LIMITS } from "./inference-service.ts";
 
@@ -86,7 +87,44 @@ export const EDGE_CONFIG_SCHEMA = z
       .meta({ description: "longest prompt accepted, in tokens" }),
     threads: RUNTIME_SETTINGS.threads,
     weights: RUNTIME_SETTINGS.weights.meta({ description: "weight format of the device segment" }),
+    tlsCert: z
+      .string()
+      .min(1)
+      .optional()
+      .meta({ description: "PEM certificate of the public API (with tlsKey: clients connect over TLS)" }),
+    tlsKey: z.string().min(1).optional().meta({ description: "PEM private key of tlsCert" }),
+    apiKeys: z
+      .array(z.string().regex(API_KEY_HASH_PATTERN, "must be a SHA-256 hex digest (see `tandem api-key`)"))
+      .optional()
+      .meta({
+        description:
+          "SHA-256 (hex) of each API key the public API accepts, comma-separated; clients send `authorization: Bearer KEY`",
+      }),
+    insecure: z.boolean().default(false).meta({
+      description: "serve the public API without TLS and API keys on an address other machines reach (warns)",
+    }),
+    cloudTlsCa: z.string().min(1).optional().meta({
+      description: "PEM CA of the deployment: connect to cloud workers over TLS and verify them against it",
+    }),
+    cloudTlsCert: z.string().min(1).optional().meta({
+      description: "PEM certificate of this device (`tandem certs issue-device`), presented to workers",
+    }),
+    cloudTlsKey: z.string().min(1).optional().meta({ description: "PEM private key of cloudTlsCert" }),
   })
-  .strict();
+  .strict()
+  .superRefine((config, ctx) => {
+    const pairs: [string, unknown, string, unknown][] = [
+      ["tlsCert", config.tlsCert, "tlsKey", config.tlsKey],
+      ["cloudTlsCert", config.cloudTlsCert, "cloudTlsKey", config.cloudTlsKey],
+    ];
+    for (const [a, va, b, vb] of pairs) {
+      if (va !== undefined && vb === undefined)
+        ctx.addIssue({ code: "custom", path: [b], message: `required with ${a}` });
+      if (vb !== undefined && va === undefined)
+        ctx.addIssue({ code: "custom", path: [a], message: `required with ${b}` });
+    }
+    if (config.cloudTlsCert !== undefined && config.cloudTlsCa === undefined)
+      ctx.addIssue({ code: "custom", path: ["cloudTlsCa"], message: "required with cloudTlsCert" });
+  });
 
 export type EdgeConfig = z.output<typeof EDGE_CONFIG_SCHEMA>;

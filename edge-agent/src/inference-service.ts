@@ -4,6 +4,7 @@
  * summary last. A client that cancels stops the generation.
  */
 import { randomUUID } from "node:crypto";
+import type { ApiKeys } from "@tandem/proto";
 import * as grpc from "@grpc/grpc-js";
 import {
   failCall,
@@ -43,6 +44,8 @@ export interface InferenceContext {
   exitLayers: number[];
   limits: RequestLimits;
   log: Logger;
+  /** When set, every call must carry one of these keys. */
+  apiKeys?: ApiKeys;
 }
 
 /** What one Generate request may ask for. */
@@ -152,7 +155,12 @@ function validate(request: GenerateRequest__Output, context: InferenceContext): 
     override &&
     (override.metric !== "CONFIDENCE_METRIC_UNSPECIFIED" || override.targetEscalationRate !== 0)
   ) {
-    const metric = METRICS[override.metric] ?? "prob";
+    let metric: ConfidenceMetric = "prob";
+    if (override.metric !== "CONFIDENCE_METRIC_UNSPECIFIED") {
+      if (!Object.hasOwn(METRICS, override.metric))
+        throw new InvalidArgumentError("exit_policy.metric", `unknown value ${override.metric}`);
+      metric = METRICS[override.metric];
+    }
     if (override.targetEscalationRate !== 0) {
       if (!(override.targetEscalationRate > 0 && override.targetEscalationRate < 1))
         throw new InvalidArgumentError(
@@ -211,6 +219,7 @@ export function inferenceHandlers(context: InferenceContext): InferenceHandlers 
       void (async () => {
         let request: ValidRequest;
         try {
+          context.apiKeys?.check(call.metadata);
           request = validate(call.request, context);
         } catch (error) {
           failCall(call, error);

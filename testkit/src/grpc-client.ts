@@ -11,9 +11,15 @@ export interface GenerateResult {
   text: string;
 }
 
-export function inferenceClient(address: string) {
+export function inferenceClient(address: string, credentials = grpc.credentials.createInsecure()) {
   const { tandem } = loadTandemProtos();
-  return new tandem.v1.Inference(address, grpc.credentials.createInsecure());
+  return new tandem.v1.Inference(address, credentials);
+}
+
+/** How a test client connects: TLS credentials, and metadata such as an API key. @default plaintext, none */
+export interface Connection {
+  credentials?: grpc.ChannelCredentials;
+  metadata?: grpc.Metadata;
 }
 
 export interface StreamControl {
@@ -27,11 +33,12 @@ export function generate(
   address: string,
   request: GenerateRequest,
   onToken?: (index: number, control: StreamControl) => Promise<void> | void,
+  connection: Connection = {},
 ): Promise<GenerateResult> {
-  const client = inferenceClient(address);
+  const client = inferenceClient(address, connection.credentials);
   const result: GenerateResult = { tokens: [], text: "" };
   return new Promise((resolve) => {
-    const call = client.Generate(request);
+    const call = client.Generate(request, connection.metadata ?? new grpc.Metadata());
     let chain = Promise.resolve();
     call.on("data", (event: GenerateEvent__Output) => {
       if (event.token) {

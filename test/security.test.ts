@@ -1,0 +1,426 @@
+/**
+ * SECURITY.md's protections, tried from outside against real servers on loopback: a cloud
+ * worker serving mutual TLS with certificates from `tandem certs`, an edge agent reaching
+ * it as a device, and an edge's public API behind TLS and API keys.
+ */
+import { mkdtempSync, rmSync, statSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import * as grpc from "@grpc/grpc-js";
+import { pino } from "pino";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { FailedPreconditionError } from "@tandem/common";
+import { startCloudWorker, WORKER_CONFIG_SCHEMA, type CloudWorker } from "@tandem/cloud-worker";
+import { EDGE_CONFIG_SCHEMA, startEdgeAgent, type EdgeAgent } from "@tandem/edge-agent";
+import {
+  channelCredentials,
+  checkPlaintextListen,
+  hashApiKey,
+  loadTandemProtos,
+  type CloudMessage__Output,
+  type EdgeMessage,
+} from "@tandem/proto";
+import {
+  caPaths,
+  devicePaths,
+  initCertificateAuthority,
+  issueDeviceCertificate,
+  issueServerCertificate,
+  revokeDevice,
+  serverPaths,
+} from "@tandem/proto/certificates";
+import {
+  type Checkpoint,
+  getCodec,
+  loadCheckpoint,
+  loadLocalSplit,
+  TINY_LLAMA,
+  writeRandomCheckpoint,
+} from "@tandem/runtime";
+import { generate, runCli, until } from "@tandem/testkit";
+
+const HIDDEN = 64;
+const SPLIT = 2;
+const silent = pino({ level: "silent" });
+
+let dir: string;
+let certs: string;
+let otherCa: string;
+let checkpoint: Checkpoint;
+let worker: CloudWorker;
+let hidden: Float32Array; // split-layer hidden states of 12 positions
+
+beforeAll(async () => {
+  dir = mkdtempSync(join(tmpdir(), "tandem-security-"));
+  certs = join(dir, "certs");
+  otherCa = join(dir, "other-ca");
+  await writeRandomCheckpoint(join(dir, "model"), { ...TINY_LLAMA, tieWordEmbeddings: true, seed: 41 });
+  checkpoint = await loadCheckpoint(join(dir, "model"));
+  const local = await loadLocalSplit(checkpoint, { split: SPLIT, cacheDir: join(dir, "graphs") });
+  local.lower.open("h");
+  hidden = (await local.lower.forward("h", { ids: [5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16] })).hidden!;
+  await local.release();
+
+  await initCertificateAuthority(certs);
+  await issueServerCertificate(certs, "worker", ["127.0.0.1", "localhost"]);
+  for (const device of ["device-a", "device-b", "device-c"]) await issueDeviceCertificate(certs, device);
+  // A CA the deployment does not trust, with a device of the same name.
+  await initCertificateAuthority(otherCa);
+  await issueDeviceCertificate(otherCa, "device-a");
+
+  worker = await startCloudWorker(
+    {
+      modelDir: join(dir, "model"),
+      split: SPLIT,
+      workerId: "secure",
+      cacheDir: join(dir, "graphs"),
+      tls: { ...serverPaths(certs, "worker"), ca: caPaths(certs).cert, crl: caPaths(certs).crl },
+    },
+    silent,
+  );
+}, 60_000);
+
+afterAll(async () => {
+  await worker?.close(100);
+  rmSync(dir, { recursive: true, force: true });
+});
+
+/** Credentials of a device of `ca` (default: the deployment's CA, trusting the worker's). */
+function asDevice(device: string, ca = certs): grpc.ChannelCredentials {
+  return channelCredentials({ ca: caPaths(certs).cert, ...devicePaths(ca, device) });
+}
+
+/** A raw Escalate stream to the secure worker. */
+function rawStream(credentials: grpc.ChannelCredentials) {
+  const { tandem } = loadTandemProtos();
+  const client = new tandem.v1.CloudWorker(worker.server.address, credentials);
+  const stream = client.Escalate();
+  const replies: CloudMessage__Output[] = [];
+  const waiters: (() => void)[] = [];
+  stream.on("data", (m: CloudMessage__Output) => {
+    replies.push(m);
+    waiters.splice(0).forEach((w) => w());
+  });
+  const status = new Promise<grpc.StatusObject | grpc.ServiceError>((resolve) => {
+    stream.on("error", (e: grpc.ServiceError) => resolve(e));
+    stream.on("status", (s: grpc.StatusObject) => resolve(s));
+  });
+  void status.then(() => waiters.splice(0).forEach((w) => w()));
+  return {
+    send: (m: EdgeMessage) => stream.write(m),
+    status,
+    /** The count-th reply, or undefined if the stream ends first. */
+    async next(count: number): Promise<CloudMessage__Output | undefined> {
+      let ended = false;
+      void status.then(() => (ended = true));
+      while (replies.length < count && !ended) await new Promise<void>((r) => waiters.push(r));
+      return replies[count - 1];
+    },
+    end: () => {
+      stream.end();
+      client.close();
+    },
+  };
+}
+
+const open = (sessionId: string): EdgeMessage => ({
+  open: {
+    sessionId,
+    modelId: "m",
+    weightsHash: checkpoint.weightsHash,
+    splitLayer: SPLIT,
+    codec: "HIDDEN_STATE_CODEC_FP32",
+    hiddenSize: HIDDEN,
+  },
+});
+const frame = (start: number, count: number, states = hidden, requestId = String(start)): EdgeMessage => ({
+  frame: {
+    start,
+    count,
+    payload: getCodec("fp32").encode(
+      states.subarray(start * HIDDEN, (start + count) * HIDDEN),
+      count,
+      HIDDEN,
+    ),
+    wantToken: true,
+    requestId,
+  },
+});
+
+describe("tandem certs", () => {
+  it("writes a CA, server and device certificates with private keys only their owner reads, and refuses to overwrite a CA", async () => {
+    const cliDir = join(dir, "cli-certs");
+    expect((await runCli(["certs", "init", "--dir", cliDir])).code).toBe(0);
+    expect(
+      (await runCli(["certs", "issue-server", "w1", "--dir", cliDir, "--san", "127.0.0.1,worker.local"]))
+        .code,
+    ).toBe(0);
+    expect((await runCli(["certs", "issue-device", "phone-7", "--dir", cliDir])).code).toBe(0);
+    for (const key of [
+      caPaths(cliDir).key,
+      serverPaths(cliDir, "w1").key,
+      devicePaths(cliDir, "phone-7").key,
+    ])
+      expect(statSync(key).mode & 0o777).toBe(0o600);
+    const revoked = await runCli(["certs", "revoke", "phone-7", "--dir", cliDir]);
+    expect(revoked.code).toBe(0);
+    expect(JSON.parse(revoked.stdout)).toMatchObject({ revoked: "phone-7" });
+
+    const again = await runCli(["certs", "init", "--dir", cliDir]);
+    expect(again.code).toBe(2);
+    expect(again.stderr).toMatch(/dir: .* already holds a CA/);
+    const badName = await runCli(["certs", "issue-device", "../evil", "--dir", cliDir]);
+    expect(badName.code).toBe(2);
+    expect(badName.stderr).toMatch(/id: "\.\.\/evil" must be/);
+  }, 30_000);
+});
+
+describe("a worker serving mutual TLS", () => {
+  it("serves a device of the deployment's CA", async () => {
+    const s = rawStream(asDevice("device-a"));
+    s.send(open("s1"));
+    expect((await s.next(1))?.opened?.contextLength).toBe(0);
+    s.send(frame(0, 5));
+    expect((await s.next(2))?.token?.position).toBe(5);
+    s.end();
+  });
+
+  it("refuses a plaintext client and a device of another CA at the handshake", async () => {
+    for (const credentials of [grpc.credentials.createInsecure(), asDevice("device-a", otherCa)]) {
+      const s = rawStream(credentials);
+      s.send(open("s1"));
+      const status = await s.status;
+      expect(status.code).toBe(grpc.status.UNAVAILABLE);
+      s.end();
+    }
+  });
+
+  it("keeps each device's sessions apart: another device sees an empty session of the same id, and its writes and close touch nothing of the owner's", async () => {
+    const owner = rawStream(asDevice("device-a"));
+    owner.send(open("shared-id"));
+    await owner.next(1);
+    owner.send(frame(0, 8));
+    const ownerToken = (await owner.next(2))?.token;
+    owner.end();
+
+    const intruder = rawStream(asDevice("device-b"));
+    intruder.send(open("shared-id"));
+    expect((await intruder.next(1))?.opened?.contextLength).toBe(0);
+    intruder.send(frame(0, 3, new Float32Array(12 * HIDDEN).fill(0.5)));
+    await intruder.next(2);
+    intruder.send({ close: {} });
+    intruder.end();
+    await intruder.status;
+
+    const back = rawStream(asDevice("device-a"));
+    back.send(open("shared-id"));
+    expect((await back.next(1))?.opened?.contextLength).toBe(8);
+    // Resending the last position recomputes it from the untouched context: the same token.
+    back.send(frame(7, 1));
+    expect((await back.next(2))?.token?.token).toBe(ownerToken?.token);
+    back.end();
+  });
+
+  it("refuses a revoked device on its next stream with UNAUTHENTICATED", async () => {
+    const before = rawStream(asDevice("device-c"));
+    before.send(open("c1"));
+    expect((await before.next(1))?.opened).toBeDefined();
+    before.end();
+
+    await revokeDevice(certs, "device-c");
+    const after = rawStream(asDevice("device-c"));
+    after.send(open("c1"));
+    const status = await after.status;
+    expect(status.code).toBe(grpc.status.UNAUTHENTICATED);
+    expect(status.details).toMatch(/device-c.*revoked/);
+    after.end();
+
+    // Others are unaffected.
+    const other = rawStream(asDevice("device-b"));
+    other.send(open("b1"));
+    expect((await other.next(1))?.opened).toBeDefined();
+    other.end();
+  });
+
+  it("lets one stream write a session at a time: a newer stream supersedes one busy with a 1,000-position frame, and the session's next token is an uninterrupted run's", async () => {
+    // The uninterrupted run: 12 positions into a fresh session.
+    const reference = rawStream(asDevice("device-a"));
+    reference.send(open("uninterrupted"));
+    await reference.next(1);
+    reference.send(frame(0, 12));
+    const expected = (await reference.next(2))?.token?.token;
+    reference.end();
+
+    let seed = 7;
+    const noise = Float32Array.from({ length: 1000 * HIDDEN }, () => {
+      seed = (seed * 1103515245 + 12345) % 2 ** 31;
+      return seed / 2 ** 31 - 0.5;
+    });
+    const a = rawStream(asDevice("device-a"));
+    a.send(open("contested"));
+    await a.next(1);
+    a.send(frame(0, 1000, noise, "a"));
+    const b = rawStream(asDevice("device-a"));
+    b.send(open("contested"));
+    const opened = await b.next(1);
+    // The older stream ended, its frame applied in full or not at all.
+    expect((await a.status).code).toBe(grpc.status.ABORTED);
+    expect([0, 1000]).toContain(opened?.opened?.contextLength);
+    b.send(frame(0, 12));
+    expect((await b.next(2))?.token?.token).toBe(expected);
+    b.end();
+  }, 30_000);
+
+  it("refuses a certificate of the CA that is not for client authentication (the worker's own) at the handshake", async () => {
+    const s = rawStream(channelCredentials({ ca: caPaths(certs).cert, ...serverPaths(certs, "worker") }));
+    s.send(open("x"));
+    expect((await s.status).code).toBe(grpc.status.UNAVAILABLE);
+    s.end();
+  });
+});
+
+describe("an edge agent", () => {
+  let edge: EdgeAgent;
+  const apiKey = "test-key-0123456789";
+  const edgeConfig = (overrides: Record<string, unknown>) =>
+    EDGE_CONFIG_SCHEMA.parse({ model: join(dir, "model"), split: SPLIT, port: 0, ...overrides });
+
+  beforeAll(async () => {
+    await issueServerCertificate(certs, "edge-api", ["127.0.0.1"]);
+    edge = await startEdgeAgent(
+      edgeConfig({
+        cloudAddress: worker.server.address,
+        cloudTlsCa: caPaths(certs).cert,
+        cloudTlsCert: devicePaths(certs, "device-a").cert,
+        cloudTlsKey: devicePaths(certs, "device-a").key,
+        codec: "fp32",
+        tlsCert: serverPaths(certs, "edge-api").cert,
+        tlsKey: serverPaths(certs, "edge-api").key,
+        apiKeys: [hashApiKey(apiKey)],
+      }),
+      silent,
+      { cacheDir: join(dir, "graphs") },
+    );
+  }, 60_000);
+  afterAll(async () => edge?.close(100));
+
+  const tls = () => channelCredentials({ ca: caPaths(certs).cert });
+  const withKey = (key: string) => {
+    const metadata = new grpc.Metadata();
+    metadata.set("authorization", `Bearer ${key}`);
+    return metadata;
+  };
+  const request = { tokenIds: { ids: [5, 6, 7, 8] }, maxTokens: 4, mode: "MODE_CLOUD_ONLY" as const };
+
+  it("answers a client with TLS and an API key, from the cloud over mutual TLS as its device", async () => {
+    const result = await generate(edge.server.address, request, undefined, {
+      credentials: tls(),
+      metadata: withKey(apiKey),
+    });
+    expect(result.error).toBeUndefined();
+    expect(result.tokens).toHaveLength(4);
+    expect(result.tokens.every((t) => t.source === "TOKEN_SOURCE_CLOUD")).toBe(true);
+  });
+
+  it("refuses a call without an API key, or with an unknown one, with UNAUTHENTICATED", async () => {
+    for (const metadata of [new grpc.Metadata(), withKey("not-the-key")]) {
+      const result = await generate(edge.server.address, request, undefined, {
+        credentials: tls(),
+        metadata,
+      });
+      expect(result.error?.code).toBe(grpc.status.UNAUTHENTICATED);
+      expect(result.tokens).toHaveLength(0);
+    }
+  });
+
+  it("refuses an exit-policy metric outside the schema by name", async () => {
+    const result = await generate(
+      edge.server.address,
+      { ...request, mode: "MODE_AUTO", exitPolicy: { metric: 99 as never, threshold: 0.5 } },
+      undefined,
+      { credentials: tls(), metadata: withKey(apiKey) },
+    );
+    expect(result.error?.code).toBe(grpc.status.INVALID_ARGUMENT);
+    expect(result.error?.details).toMatch(/exit_policy\.metric: unknown value 99/);
+  });
+
+  it("refuses to start in plaintext on an address other machines reach, unless told insecure", async () => {
+    await expect(startEdgeAgent(edgeConfig({ host: "0.0.0.0" }), silent)).rejects.toThrow(
+      FailedPreconditionError,
+    );
+    await expect(startEdgeAgent(edgeConfig({ host: "0.0.0.0" }), silent)).rejects.toThrow(
+      /host: 0\.0\.0\.0 is reachable from other machines: configure tlsCert, tlsKey and apiKeys/,
+    );
+    expect(() => checkPlaintextListen("10.1.2.3", false, true, "tls")).not.toThrow();
+    expect(() => checkPlaintextListen("::1", false, false, "tls")).not.toThrow();
+    expect(() => checkPlaintextListen("worker.example", false, false, "tls")).toThrow(/worker\.example/);
+  });
+});
+
+describe("a worker's certificate", () => {
+  it("rotates without a restart: new connections get the files written last", async () => {
+    // First a certificate for another name: clients dialling 127.0.0.1 refuse it.
+    await issueServerCertificate(certs, "rotating", ["worker.elsewhere"]);
+    const paths = serverPaths(certs, "rotating");
+    const second = await startCloudWorker(
+      {
+        modelDir: join(dir, "model"),
+        split: SPLIT,
+        workerId: "rotating",
+        cacheDir: join(dir, "graphs"),
+        tls: { ...paths, ca: caPaths(certs).cert },
+      },
+      silent,
+    );
+    try {
+      const tryOpen = async () => {
+        const { tandem } = loadTandemProtos();
+        const client = new tandem.v1.CloudWorker(second.server.address, asDevice("device-a"));
+        const stream = client.Escalate();
+        const outcome = new Promise<string>((resolve) => {
+          stream.on("data", (m: CloudMessage__Output) => resolve(m.opened ? "opened" : "other"));
+          stream.on("error", (e: grpc.ServiceError) => resolve(grpc.status[e.code]));
+        });
+        stream.write(open("r1"));
+        const result = await outcome;
+        stream.cancel();
+        client.close();
+        return result;
+      };
+      expect(await tryOpen()).toBe("UNAVAILABLE");
+      await issueServerCertificate(certs, "rotating", ["127.0.0.1"]);
+      await until(
+        "the worker to serve its new certificate",
+        async () => (await tryOpen()) === "opened",
+        15_000,
+        500,
+      );
+    } finally {
+      await second.close(100);
+    }
+  }, 30_000);
+
+  it("is required to listen beyond loopback, unless told insecure", async () => {
+    await expect(
+      startCloudWorker(
+        { modelDir: join(dir, "model"), split: SPLIT, workerId: "open", host: "0.0.0.0" },
+        silent,
+      ),
+    ).rejects.toThrow(
+      /host: 0\.0\.0\.0 is reachable from other machines: configure tlsCert, tlsKey and tlsCa/,
+    );
+  });
+});
+
+describe("TLS settings", () => {
+  it("come in complete sets, each missing one named", () => {
+    const worker = WORKER_CONFIG_SCHEMA.safeParse({ model: "m", split: 1, tlsCert: "c.pem" });
+    expect(worker.success).toBe(false);
+    expect(worker.error!.issues.map((i) => i.path[0]).sort()).toEqual(["tlsCa", "tlsKey"]);
+    const edge = EDGE_CONFIG_SCHEMA.safeParse({ model: "m", cloudTlsCert: "c.pem", cloudTlsKey: "k.pem" });
+    expect(edge.success).toBe(false);
+    expect(edge.error!.issues.map((i) => i.path[0])).toEqual(["cloudTlsCa"]);
+    const key = EDGE_CONFIG_SCHEMA.safeParse({ model: "m", apiKeys: ["secret"] });
+    expect(key.error!.issues[0].message).toMatch(/SHA-256/);
+  });
+});
