@@ -13,6 +13,7 @@ import {
   expertsOf,
   type NodeRecord,
   NodeRecordWriter,
+  MAX_CLOCK_SKEW_MS,
   NodeRegistry,
   ownerOf,
   openExpertMap,
@@ -171,6 +172,19 @@ describe("shard placement with more workers than shards", () => {
     expect(await planner.maybeReplan(nodes, 1)).toBeUndefined();
     expect(await planner.maybeReplan(nodes, 1)).toBeUndefined();
     expect((await store.read())!.record.version).toBe(1);
+  });
+});
+
+describe("a node record from the future", () => {
+  it("is not a member: a heartbeat ten years ahead neither keeps a node alive nor gets it shards", async () => {
+    const names = controlPlaneNames(`future${Date.now()}`);
+    const registry = await NodeRegistry.open(await open(), names, { heartbeatTtlMs: 1000 });
+    await registry.heartbeat(worker("w1"));
+    await registry.heartbeat(worker("w9"), Date.now() + 10 * 365 * 24 * 3600 * 1000);
+    await registry.heartbeat(worker("w8"), Date.now() + MAX_CLOCK_SKEW_MS / 2); // a clock a little ahead
+    await until("both records read", () => (registry.all().length === 3 ? true : undefined));
+    expect(registry.alive().map((n) => n.id)).toEqual(["w1", "w8"]);
+    registry.close();
   });
 });
 

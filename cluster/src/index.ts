@@ -4,6 +4,7 @@ export { controlPlaneNames, type ControlPlaneNames } from "./control-plane-names
 export { KvRecord, nextVersion, watchVersioned, type VersionedRecord } from "./kv-record.ts";
 export { openLease, type LeaseRecord, type LeaseStore } from "./lease-record.ts";
 export {
+  MAX_CLOCK_SKEW_MS,
   NodeRecordWriter,
   NodeRegistry,
   type NodeRecord,

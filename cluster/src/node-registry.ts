@@ -31,6 +31,9 @@ const NODE_RECORD_SCHEMA = z.object({
 });
 export type NodeRecord = z.output<typeof NODE_RECORD_SCHEMA>;
 
+/** How far ahead of a reader's clock a heartbeat may be and still count (clocks in a cluster drift a little). */
+export const MAX_CLOCK_SKEW_MS = 5000;
+
 export interface NodeRegistryOptions {
   /** A node is dead when its last heartbeat is older than this. @default CLUSTER_DEFAULTS.heartbeatTtlMs */
   heartbeatTtlMs?: number;
@@ -117,8 +120,15 @@ export class NodeRegistry extends NodeRecordWriter {
     return [...this.records.values()].sort((a, b) => (a.id < b.id ? -1 : 1));
   }
 
+  /**
+   * Nodes whose last heartbeat is within the TTL. A heartbeat from further in the future
+   * than MAX_CLOCK_SKEW_MS is not believed (a bad clock, or a forged record that would
+   * otherwise stay alive for ever and be given shards).
+   */
   alive(now = Date.now()): NodeRecord[] {
-    return this.all().filter((n) => now - n.heartbeatAt <= this.heartbeatTtlMs);
+    return this.all().filter(
+      (n) => now - n.heartbeatAt <= this.heartbeatTtlMs && n.heartbeatAt - now <= MAX_CLOCK_SKEW_MS,
+    );
   }
 
   close(): void {
