@@ -9,6 +9,7 @@ import { createServer, type AddressInfo } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
+import { EDGE_CONFIG_SCHEMA } from "@tandem/edge-agent";
 import { freePort, runCli, runProgram } from "@tandem/testkit";
 
 const COMMANDS = ["demo", "generate", "logits", "calibrate", "status", "jobs", "bench"];
@@ -153,7 +154,7 @@ describe("the services", () => {
     const lines = stderr.trim().split("\n");
     expect(lines.sort()).toEqual(
       [
-        `tandem-edge: colour: is not a known key (known: ${"model"}, calibration, target, split, exitLayers, metric, threshold, policy, rollingWindow, escalationRate, cloudAddress, natsUrl, cluster, codec, cloudDeadlineMs, keepaliveMs, host, port, maxTokensLimit, defaultMaxTokens, maxPromptTokens, threads, weights, tlsCert, tlsKey, apiKeys, insecure, cloudTlsCa, cloudTlsCert, cloudTlsKey) (from ${file})`,
+        `tandem-edge: colour: is not a known key (known: ${Object.keys(EDGE_CONFIG_SCHEMA.shape).join(", ")}) (from ${file})`,
         `tandem-edge: codec: must be one of fp32, fp16, int8, int4, got "fp8" (from ${file})`,
         `tandem-edge: cloudDeadlineMs: must be ≥ 1, got -1 (from ${file})`,
         "tandem-edge: port: must be ≤ 65535, got 70000 (from the command line)",

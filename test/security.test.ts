@@ -412,6 +412,77 @@ describe("a worker's certificate", () => {
   });
 });
 
+describe("limits", () => {
+  it("a worker holds at most maxSessionsPerDevice sessions of one device, then answers RESOURCE_EXHAUSTED; resuming a held one still works", async () => {
+    const capped = await startCloudWorker(
+      {
+        modelDir: join(dir, "model"),
+        split: SPLIT,
+        workerId: "capped",
+        cacheDir: join(dir, "graphs"),
+        tls: { ...serverPaths(certs, "worker"), ca: caPaths(certs).cert },
+        sessionLimits: { maxSessions: 10, maxSessionsPerDevice: 1 },
+      },
+      silent,
+    );
+    try {
+      const { tandem } = loadTandemProtos();
+      const stream = (credentials: grpc.ChannelCredentials) =>
+        new tandem.v1.CloudWorker(capped.server.address, credentials).Escalate();
+      const openAndFrame = async (device: string, sessionId: string) => {
+        const call = stream(asDevice(device));
+        const replies: CloudMessage__Output[] = [];
+        const end = new Promise<grpc.ServiceError | undefined>((resolve) => {
+          call.on("data", (m: CloudMessage__Output) => {
+            replies.push(m);
+            if (m.token) resolve(undefined);
+          });
+          call.on("error", (e: grpc.ServiceError) => resolve(e));
+        });
+        call.write(open(sessionId));
+        call.write(frame(0, 2));
+        const error = await end;
+        call.cancel();
+        return { error, replies };
+      };
+      expect((await openAndFrame("device-a", "first")).error).toBeUndefined();
+      const second = await openAndFrame("device-a", "second");
+      expect(second.error?.code).toBe(grpc.status.RESOURCE_EXHAUSTED);
+      expect(second.error?.details).toMatch(/sessions: device "device-a" holds 1/);
+      expect((await openAndFrame("device-a", "first")).error).toBeUndefined();
+      expect((await openAndFrame("device-b", "first")).error).toBeUndefined();
+    } finally {
+      await capped.close(100);
+    }
+  }, 30_000);
+
+  it("an edge runs at most maxStreams generations at once, and refuses a request larger than any legal one", async () => {
+    const edge = await startEdgeAgent(
+      EDGE_CONFIG_SCHEMA.parse({ model: join(dir, "model"), split: SPLIT, port: 0, maxStreams: 1 }),
+      silent,
+      { cacheDir: join(dir, "graphs") },
+    );
+    try {
+      const long = { tokenIds: { ids: [5, 6, 7] }, maxTokens: 1000, mode: "MODE_EDGE_ONLY" as const };
+      const results = await Promise.all([0, 1, 2].map(() => generate(edge.server.address, long)));
+      const refused = results.filter((r) => r.error?.code === grpc.status.RESOURCE_EXHAUSTED);
+      expect(results.filter((r) => !r.error)).toHaveLength(1);
+      expect(refused).toHaveLength(2);
+      expect(refused[0].error?.details).toMatch(/streams: 1 generations are running, the limit is 1/);
+      // Once it is done, the next one runs.
+      expect((await generate(edge.server.address, { ...long, maxTokens: 2 })).error).toBeUndefined();
+
+      const huge = await generate(edge.server.address, { text: "x".repeat(400_000), maxTokens: 1 });
+      expect(huge.error?.code).toBe(grpc.status.RESOURCE_EXHAUSTED);
+      const large = await generate(edge.server.address, { text: "x".repeat(70_000), maxTokens: 1 });
+      expect(large.error?.code).toBe(grpc.status.INVALID_ARGUMENT);
+      expect(large.error?.details).toMatch(/prompt\.text: 70000 characters exceed the limit 65536/);
+    } finally {
+      await edge.close(100);
+    }
+  }, 30_000);
+});
+
 describe("TLS settings", () => {
   it("come in complete sets, each missing one named", () => {
     const worker = WORKER_CONFIG_SCHEMA.safeParse({ model: "m", split: 1, tlsCert: "c.pem" });

@@ -26,7 +26,7 @@ import { ApiKeys } from "@tandem/proto";
 import { CloudLinks, DEFAULT_CLOUD_LINK_OPTIONS, loadCircuitBreakers } from "./cloud-link.ts";
 import { StaticCloudRoute } from "./cloud-route.ts";
 import type { EdgeConfig } from "./edge-config.ts";
-import { DEFAULT_REQUEST_LIMITS, inferenceHandlers } from "./inference-service.ts";
+import { DEFAULT_REQUEST_LIMITS, inferenceHandlers, maxRequestBytes } from "./inference-service.ts";
 
 export interface EdgeAgent {
   server: RunningServer;
@@ -123,6 +123,15 @@ export async function startEdgeAgent(
       route,
     );
 
+  const limits = {
+    ...DEFAULT_REQUEST_LIMITS,
+    maxTokensLimit: config.maxTokensLimit,
+    defaultMaxTokens: config.defaultMaxTokens,
+    maxPromptTokens: config.maxPromptTokens,
+    maxStreams: config.maxStreams,
+    maxStreamsPerKey: config.maxStreamsPerKey,
+    stallTimeoutMs: config.stallTimeoutMs,
+  };
   const protos = loadTandemProtos();
   const handlers = inferenceHandlers({
     config: checkpoint.config,
@@ -132,12 +141,7 @@ export async function startEdgeAgent(
     autoPolicy,
     exitLayers: exits.map((e) => e.afterLayer),
     apiKeys: config.apiKeys?.length ? new ApiKeys(config.apiKeys) : undefined,
-    limits: {
-      ...DEFAULT_REQUEST_LIMITS,
-      maxTokensLimit: config.maxTokensLimit,
-      defaultMaxTokens: config.defaultMaxTokens,
-      maxPromptTokens: config.maxPromptTokens,
-    },
+    limits,
     log,
   });
   const server = await startGrpcServer(
@@ -153,6 +157,7 @@ export async function startEdgeAgent(
       host: config.host,
       port: config.port,
       tls: config.tlsCert && config.tlsKey ? { cert: config.tlsCert, key: config.tlsKey } : undefined,
+      maxReceiveMessageBytes: maxRequestBytes(limits),
     },
   );
   // Off the path to readiness: what the first escalation will need.

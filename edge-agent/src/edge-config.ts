@@ -85,6 +85,19 @@ export const EDGE_CONFIG_SCHEMA = z
       .min(1)
       .default(DEFAULT_REQUEST_LIMITS.maxPromptTokens)
       .meta({ description: "longest prompt accepted, in tokens" }),
+    maxStreams: z
+      .int()
+      .min(1)
+      .default(DEFAULT_REQUEST_LIMITS.maxStreams)
+      .meta({ description: "generations running at once; one more gets RESOURCE_EXHAUSTED" }),
+    maxStreamsPerKey: z
+      .int()
+      .min(1)
+      .default(DEFAULT_REQUEST_LIMITS.maxStreamsPerKey)
+      .meta({ description: "generations running at once per API key" }),
+    stallTimeoutMs: durationMs(100)
+      .default(DEFAULT_REQUEST_LIMITS.stallTimeoutMs)
+      .meta({ description: "a client that reads nothing for this long is cut and its session released" }),
     threads: RUNTIME_SETTINGS.threads,
     weights: RUNTIME_SETTINGS.weights.meta({ description: "weight format of the device segment" }),
     tlsCert: z

@@ -29,7 +29,13 @@ import {
   type Tokenizer,
   type TokenSource,
 } from "@tandem/runtime";
-import { FailedPreconditionError, InvalidArgumentError, type Logger } from "@tandem/common";
+import {
+  CancelledError,
+  FailedPreconditionError,
+  InvalidArgumentError,
+  ResourceExhaustedError,
+  type Logger,
+} from "@tandem/common";
 import type { CloudLinks, CloudSession } from "./cloud-link.ts";
 import { StopSequenceFilter } from "./stop-sequences.ts";
 
@@ -62,6 +68,12 @@ export interface RequestLimits {
   maxStopLength: number;
   /** Longest prompt text, in characters (checked before tokenizing). @default 65536 */
   maxPromptChars: number;
+  /** Generations running at once; one more gets RESOURCE_EXHAUSTED. @default 64 */
+  maxStreams: number;
+  /** Generations running at once per API key (when keys are configured). @default 16 */
+  maxStreamsPerKey: number;
+  /** A client that takes no event for this long is cut (CANCELLED) and its session released. @default 30000 */
+  stallTimeoutMs: number;
 }
 
 export const DEFAULT_REQUEST_LIMITS: RequestLimits = {
@@ -71,7 +83,24 @@ export const DEFAULT_REQUEST_LIMITS: RequestLimits = {
   maxStops: 8,
   maxStopLength: 64,
   maxPromptChars: 64 * 1024,
+  maxStreams: 64,
+  maxStreamsPerKey: 16,
+  stallTimeoutMs: 30_000,
 };
+
+/**
+ * The largest legal Generate request, bytes: a prompt of the most characters (up to 4
+ * bytes each in UTF-8) or token ids (up to 10 bytes each), the stop sequences, and the
+ * other fields. What the server is told to accept.
+ */
+export function maxRequestBytes(limits: RequestLimits): number {
+  return (
+    4 * limits.maxPromptChars +
+    10 * limits.maxPromptTokens +
+    4 * limits.maxStops * limits.maxStopLength +
+    4096
+  );
+}
 
 interface ValidRequest {
   ids: number[];
@@ -197,16 +226,22 @@ const SOURCES: Record<
 
 /**
  * Waits until the stream can take more (HTTP/2 flow control), so a slow reader slows the
- * generation instead of letting events pile up in memory; gives up if the call ends.
+ * generation instead of letting events pile up in memory; gives up if the call ends, and
+ * throws CancelledError if the client reads nothing for `stallMs`.
  */
-function drained(call: grpc.ServerWritableStream<unknown, unknown>): Promise<void> {
-  return new Promise((resolve) => {
+function drained(call: grpc.ServerWritableStream<unknown, unknown>, stallMs: number): Promise<void> {
+  return new Promise((resolve, reject) => {
     const done = () => {
+      clearTimeout(timer);
       call.off("drain", done);
       call.off("cancelled", done);
       call.off("close", done);
       resolve();
     };
+    const timer = setTimeout(() => {
+      done();
+      reject(new CancelledError(`the client read nothing for ${stallMs} ms`));
+    }, stallMs);
     call.on("drain", done);
     call.on("cancelled", done);
     call.on("close", done);
@@ -214,13 +249,41 @@ function drained(call: grpc.ServerWritableStream<unknown, unknown>): Promise<voi
 }
 
 export function inferenceHandlers(context: InferenceContext): InferenceHandlers {
+  let running = 0;
+  const runningByKey = new Map<string, number>();
+  /** Takes a place for one generation, or throws RESOURCE_EXHAUSTED; returns its release. */
+  const admit = (key: string | undefined): (() => void) => {
+    const { maxStreams, maxStreamsPerKey } = context.limits;
+    if (running >= maxStreams)
+      throw new ResourceExhaustedError(
+        "streams",
+        `${running} generations are running, the limit is ${maxStreams}`,
+      );
+    const mine = key === undefined ? 0 : (runningByKey.get(key) ?? 0);
+    if (key !== undefined && mine >= maxStreamsPerKey)
+      throw new ResourceExhaustedError(
+        "streams",
+        `${mine} generations of this API key are running, the limit is ${maxStreamsPerKey}`,
+      );
+    running++;
+    if (key !== undefined) runningByKey.set(key, mine + 1);
+    return () => {
+      running--;
+      if (key === undefined) return;
+      const left = (runningByKey.get(key) ?? 1) - 1;
+      if (left === 0) runningByKey.delete(key);
+      else runningByKey.set(key, left);
+    };
+  };
   return {
     Generate(call) {
       void (async () => {
         let request: ValidRequest;
+        let release: () => void;
         try {
-          context.apiKeys?.check(call.metadata);
+          const key = context.apiKeys?.check(call.metadata);
           request = validate(call.request, context);
+          release = admit(key);
         } catch (error) {
           failCall(call, error);
           return;
@@ -249,7 +312,7 @@ export function inferenceHandlers(context: InferenceContext): InferenceHandlers 
             if (call.cancelled) break;
             if (firstTokenMs === 0) firstTokenMs = performance.now() - started;
             const text = eos.has(token.token) ? "" : stops.push(decoder.push(token.token));
-            if (previous && !call.write(previous)) await drained(call);
+            if (previous && !call.write(previous)) await drained(call, context.limits.stallTimeoutMs);
             previous = {
               token: {
                 id: token.token,
@@ -301,6 +364,7 @@ export function inferenceHandlers(context: InferenceContext): InferenceHandlers 
             "generation failed",
           );
         } finally {
+          release();
           await cloudSession?.close();
         }
       })();

@@ -26,17 +26,22 @@ export class ApiKeys {
     this.hashes = new Set(hashes.map((h) => h.toLowerCase()));
   }
 
-  /** Throws UnauthenticatedError unless the header carries one of the keys. */
-  checkAuthorization(header: string | undefined): void {
+  /**
+   * The hash of the key the header carries (who is calling, for per-key limits); throws
+   * UnauthenticatedError unless it is one of the keys.
+   */
+  checkAuthorization(header: string | undefined): string {
     const match = /^Bearer\s+(\S+)\s*$/i.exec(header ?? "");
     if (!match) throw new UnauthenticatedError("send an API key as `authorization: Bearer KEY`");
     // Comparing digests, not keys: the time a lookup takes says nothing about a key.
-    if (!this.hashes.has(hashApiKey(match[1]))) throw new UnauthenticatedError("the API key is not known");
+    const hash = hashApiKey(match[1]);
+    if (!this.hashes.has(hash)) throw new UnauthenticatedError("the API key is not known");
+    return hash;
   }
 
   /** The check for a gRPC call's metadata. */
-  check(metadata: grpc.Metadata): void {
+  check(metadata: grpc.Metadata): string {
     const values = metadata.get("authorization");
-    this.checkAuthorization(typeof values[0] === "string" ? values[0] : undefined);
+    return this.checkAuthorization(typeof values[0] === "string" ? values[0] : undefined);
   }
 }

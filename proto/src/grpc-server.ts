@@ -12,13 +12,22 @@ import { FailedPreconditionError } from "@tandem/common";
 import type { PackageDefinition } from "@grpc/proto-loader";
 import { serverCredentials, type ServerTlsFiles } from "./transport-security.ts";
 
+/** How long a client connection may stay idle, live, and finish its calls once too old. */
+export const CONNECTION_LIMITS = {
+  idleMs: 5 * 60_000,
+  maxAgeMs: 60 * 60_000,
+  ageGraceMs: 10 * 60_000,
+} as const;
+
 export interface ServingOptions {
   /** @default "127.0.0.1" */
   host?: string;
   /** 0 picks a free port. @default 0 */
   port?: number;
-  /** Largest message accepted, bytes. @default 64 MiB */
+  /** Largest message accepted, bytes: the largest legal request, sized by each server. @default 4 MiB */
   maxReceiveMessageBytes?: number;
+  /** Most concurrent calls on one client connection. @default 256 */
+  maxStreamsPerConnection?: number;
   /** Serve TLS from these files (mutual TLS when it names a CA). @default plaintext */
   tls?: ServerTlsFiles;
 }
@@ -49,9 +58,16 @@ export async function startGrpcServer(
   options: ServingOptions = {},
 ): Promise<RunningServer> {
   const server = new grpc.Server({
-    "grpc.max_receive_message_length": options.maxReceiveMessageBytes ?? 64 * 2 ** 20,
+    "grpc.max_receive_message_length": options.maxReceiveMessageBytes ?? 4 * 2 ** 20,
+    "grpc.max_concurrent_streams": options.maxStreamsPerConnection ?? 256,
+    // Clients may ping to keep a quiet link up, but not more often than this.
     "grpc.keepalive_permit_without_calls": 1,
     "grpc.http2.min_ping_interval_without_data_ms": 5000,
+    // Connections do not live for ever: an idle one closes, an old one is asked to
+    // reconnect (spreading clients over new replicas), its open calls given time to end.
+    "grpc.max_connection_idle_ms": CONNECTION_LIMITS.idleMs,
+    "grpc.max_connection_age_ms": CONNECTION_LIMITS.maxAgeMs,
+    "grpc.max_connection_age_grace_ms": CONNECTION_LIMITS.ageGraceMs,
   });
   const health = new HealthImplementation({
     "": "NOT_SERVING",

@@ -10,6 +10,7 @@ import {
   startGrpcServer,
 } from "@tandem/proto";
 import {
+  DEFAULT_ESCALATION_LIMITS,
   cloudSegmentSpec,
   loadCheckpoint,
   SegmentModel,
@@ -21,7 +22,13 @@ import { ContextManager } from "./context-manager.ts";
 // Loaded only by a worker that joins a cluster: a standalone one never loads the NATS client.
 import type { ClusterMembership } from "./cluster-membership.ts";
 import { DecodeBatcher } from "./decode-batcher.ts";
-import { emptyWorkerCounters, escalationHandlers, type WorkerCounters } from "./escalation-service.ts";
+import {
+  DEFAULT_SESSION_LIMITS,
+  emptyWorkerCounters,
+  escalationHandlers,
+  type SessionLimits,
+  type WorkerCounters,
+} from "./escalation-service.ts";
 
 export interface CloudWorkerOptions {
   modelDir: string;
@@ -40,6 +47,8 @@ export interface CloudWorkerOptions {
   tls?: Required<ServerTlsFiles> & { crl?: string };
   /** Serve plaintext beyond loopback (otherwise refused). @default false */
   insecure?: boolean;
+  /** Sessions held in all and per device. @default DEFAULT_SESSION_LIMITS */
+  sessionLimits?: SessionLimits;
   /** Join a control plane: heartbeat and follow the placement map. */
   cluster?: {
     natsUrl: string;
@@ -112,6 +121,7 @@ export async function startCloudWorker(options: CloudWorkerOptions, log: Logger)
     options.tls?.crl
       ? new (await import("@tandem/proto/certificates")).RevocationList(options.tls.crl, options.tls.ca)
       : undefined,
+    options.sessionLimits ?? DEFAULT_SESSION_LIMITS,
   );
   const server = await startGrpcServer(
     protos.definition,
@@ -122,7 +132,14 @@ export async function startCloudWorker(options: CloudWorkerOptions, log: Logger)
         handlers: handlers as never,
       },
     ],
-    { host, port: options.port, tls: options.tls },
+    {
+      host,
+      port: options.port,
+      tls: options.tls,
+      // The largest legal message: a frame of the most positions, in fp32, and its fields.
+      maxReceiveMessageBytes:
+        DEFAULT_ESCALATION_LIMITS.maxFrameTokens * checkpoint.config.hiddenSize * 4 + 64 * 1024,
+    },
   );
   log.info(
     {

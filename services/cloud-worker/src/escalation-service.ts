@@ -14,7 +14,7 @@
  * stream's open applies.
  */
 import * as grpc from "@grpc/grpc-js";
-import { AbortedError, UnauthenticatedError, type Logger } from "@tandem/common";
+import { AbortedError, ResourceExhaustedError, UnauthenticatedError, type Logger } from "@tandem/common";
 import {
   deviceOf,
   failCall,
@@ -44,6 +44,19 @@ export function emptyWorkerCounters(): WorkerCounters {
   return { streams: 0, frames: 0, positions: 0, tokens: 0, rejected: 0, bytesReceived: 0 };
 }
 
+/** How many sessions a worker holds, in all and per device. */
+export interface SessionLimits {
+  /** @default 4096 */
+  maxSessions: number;
+  /** @default 64 */
+  maxSessionsPerDevice: number;
+}
+
+export const DEFAULT_SESSION_LIMITS: SessionLimits = { maxSessions: 4096, maxSessionsPerDevice: 64 };
+
+/** Messages a stream may have waiting before the worker stops reading it (HTTP/2 flow control then slows the edge). */
+const MAX_QUEUED_MESSAGES = 8;
+
 /** The stream currently writing a session, so a newer one can take over from it. */
 interface SessionWriter {
   supersede(): Promise<void>;
@@ -51,13 +64,29 @@ interface SessionWriter {
 
 export function escalationHandlers(
   upper: UpperSideIdentity,
-  contexts: SessionContexts,
+  contexts: SessionContexts & { sessionIds(): string[] },
   log: Logger,
   counters: WorkerCounters,
   limits: EscalationLimits = DEFAULT_ESCALATION_LIMITS,
   revocations?: RevocationList,
+  sessionLimits: SessionLimits = DEFAULT_SESSION_LIMITS,
 ): CloudWorkerHandlers {
   const writers = new Map<string, SessionWriter>();
+  /** Refuses a session the worker does not hold yet when it holds as many as it may. */
+  const checkRoom = (key: string, deviceId: string | undefined) => {
+    if (contexts.contextLength(key) > 0) return;
+    const held = contexts.sessionIds();
+    if (held.length >= sessionLimits.maxSessions)
+      throw new ResourceExhaustedError("sessions", `this worker holds ${held.length}, its limit`);
+    if (deviceId !== undefined) {
+      const mine = held.filter((id) => id.startsWith(`${deviceId}/`)).length;
+      if (mine >= sessionLimits.maxSessionsPerDevice)
+        throw new ResourceExhaustedError(
+          "sessions",
+          `device "${deviceId}" holds ${mine}, its limit on this worker`,
+        );
+    }
+  };
   return {
     Escalate(call) {
       counters.streams++;
@@ -103,24 +132,31 @@ export function escalationHandlers(
         },
       };
 
+      // Backpressure: past a few waiting messages the stream is not read until they are done.
+      let queued = 0;
       call.on("data", (message: EdgeMessage__Output) => {
+        if (++queued >= MAX_QUEUED_MESSAGES) call.pause();
         chain = chain.then(async () => {
-          if (ended || !session) return;
           try {
+            if (ended || !session) return;
             if (message.open?.sessionId) {
               const key = sessionContextKey(device?.deviceId, message.open.sessionId);
               const previous = writers.get(key);
               if (previous && previous !== writer) await previous.supersede();
               if (ended) return;
+              checkRoom(key, device?.deviceId);
               stopWriting();
               writers.set(key, writer);
               writing = key;
             }
             const reply = await session.handle(message);
             if (message.close) stopWriting();
-            if (reply && !ended && !call.writableEnded) call.write(reply);
+            // An edge that does not read its replies is not given more work until it does.
+            if (reply && !ended && !call.writableEnded && !call.write(reply)) await drainedOrEnded(call);
           } catch (error) {
             fail(error);
+          } finally {
+            if (--queued < MAX_QUEUED_MESSAGES && !ended) call.resume();
           }
         });
       });
@@ -139,4 +175,15 @@ export function escalationHandlers(
       });
     },
   };
+}
+
+/** Resolves once the stream takes writes again, or ends. */
+function drainedOrEnded(call: grpc.ServerDuplexStream<unknown, unknown>): Promise<void> {
+  return new Promise((resolve) => {
+    const done = () => {
+      for (const event of ["drain", "close", "error", "cancelled"]) call.off(event, done);
+      resolve();
+    };
+    for (const event of ["drain", "close", "error", "cancelled"]) call.on(event, done);
+  });
 }

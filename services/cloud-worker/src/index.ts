@@ -11,6 +11,6 @@ export {
   DEFAULT_DECODE_BATCHER_OPTIONS,
   type DecodeBatcherOptions,
 } from "./decode-batcher.ts";
-export type { WorkerCounters } from "./escalation-service.ts";
+export { DEFAULT_SESSION_LIMITS, type SessionLimits, type WorkerCounters } from "./escalation-service.ts";
 export { WORKER_CONFIG_SCHEMA, WORKER_ENV_PREFIX, type WorkerConfig } from "./worker-config.ts";
 export { WORKER_PROGRAM, main } from "./main.ts";

@@ -35,6 +35,7 @@ export const WORKER_PROGRAM: ProgramDefinition<typeof WORKER_CONFIG_SCHEMA> = {
             ? { cert: config.tlsCert, key: config.tlsKey, ca: config.tlsCa, crl: config.tlsCrl }
             : undefined,
         insecure: config.insecure,
+        sessionLimits: { maxSessions: config.maxSessions, maxSessionsPerDevice: config.maxSessionsPerDevice },
         cluster: config.natsUrl
           ? {
               natsUrl: config.natsUrl,

@@ -5,6 +5,7 @@ import { RUNTIME_SETTINGS } from "@tandem/runtime";
 import { DEFAULT_MEMBERSHIP_OPTIONS } from "./membership-options.ts";
 import { DEFAULT_CONTEXT_MANAGER_OPTIONS } from "./context-manager.ts";
 import { DEFAULT_DECODE_BATCHER_OPTIONS } from "./decode-batcher.ts";
+import { DEFAULT_SESSION_LIMITS } from "./escalation-service.ts";
 
 export const WORKER_ENV_PREFIX = "TANDEM_WORKER";
 
@@ -58,6 +59,16 @@ export const WORKER_CONFIG_SCHEMA = z
       description:
         "MoE: expert replicas this worker holds, for the expert planner (default: every expert of its layers)",
     }),
+    maxSessions: z
+      .int()
+      .min(1)
+      .default(DEFAULT_SESSION_LIMITS.maxSessions)
+      .meta({ description: "sessions this worker holds at most (a new one beyond: RESOURCE_EXHAUSTED)" }),
+    maxSessionsPerDevice: z
+      .int()
+      .min(1)
+      .default(DEFAULT_SESSION_LIMITS.maxSessionsPerDevice)
+      .meta({ description: "sessions one device (mutual TLS) may hold on this worker" }),
     tlsCert: z.string().min(1).optional().meta({
       description: "PEM certificate of this worker; with tlsKey and tlsCa, devices connect over mutual TLS",
     }),
