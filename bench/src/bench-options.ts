@@ -23,6 +23,12 @@ export const BENCH_OPTION_SCHEMAS = {
     })
     .strict(),
   exits: z.object({}).strict(),
+  fuzz: z
+    .object({
+      cases: z.int().min(1).optional().meta({ description: "calls to make (default 20000; --smoke 200)" }),
+      seed: z.int().optional().meta({ description: "fast-check seed (default 1)" }),
+    })
+    .strict(),
   placement: z.object({}).strict(),
   startup: z
     .object({

@@ -21,6 +21,10 @@ export const BENCHMARKS: { [N in BenchName]: { summary: string; load(): Promise<
     summary: "early exits of the demo model: share answered at the edge per agreement target",
     load: async () => (await import("./exits.bench.ts")).default,
   },
+  fuzz: {
+    summary: "mutated Escalate streams and Generate requests against a running edge and worker",
+    load: async () => (await import("./fuzz.bench.ts")).default,
+  },
   placement: {
     summary: "expert and shard placement: balance, moves, planning time, failover timing",
     load: async () => (await import("./placement.bench.ts")).default,

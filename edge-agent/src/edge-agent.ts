@@ -32,6 +32,8 @@ export interface EdgeAgent {
   server: RunningServer;
   split: number;
   exitLayers: number[];
+  /** Device-segment sessions open now (each generation releases its own when it ends). */
+  openSessions(): number;
   close(graceMs?: number): Promise<void>;
 }
 
@@ -176,6 +178,7 @@ export async function startEdgeAgent(
     server,
     split,
     exitLayers: exits.map((e) => e.afterLayer),
+    openSessions: () => lower.sessionIds.length,
     async close(graceMs) {
       await server.shutdown(graceMs);
       await cloud?.close();
