@@ -2,7 +2,7 @@
  * The edge agent installs on a device as one service: the installer copies what the agent
  * needs, writes its config and systemd unit, and the installed agent starts and answers.
  */
-import { execFile } from "node:child_process";
+import { execFile, execFileSync } from "node:child_process";
 import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -36,9 +36,22 @@ describe("edge-agent/install/install.sh", () => {
     expect(config.model).toBe(join(prefix, "models", "tandem-demo"));
     expect(existsSync(config.calibration)).toBe(true);
     const unit = readFileSync(join(dir, "systemd", "tandem-edge.service"), "utf8");
+    // node wherever it is installed, and the sandboxing a service on a device should have.
+    const node = execFileSync("sh", ["-c", "command -v node"], { encoding: "utf8" }).trim();
     expect(unit).toContain(
-      `ExecStart=/usr/bin/node ${prefix}/bin/tandem-edge.mjs --config ${join(dir, "etc")}/edge.json`,
+      `ExecStart=${node} ${prefix}/bin/tandem-edge.mjs --config ${join(dir, "etc")}/edge.json`,
     );
+    for (const setting of [
+      "ProtectKernelTunables=true",
+      "RestrictAddressFamilies=AF_INET AF_INET6 AF_UNIX",
+      "PrivateDevices=true",
+      "MemoryMax=",
+    ])
+      expect(unit).toContain(setting);
+    // systemd itself accepts the unit as written (where systemd is installed).
+    const analyze = "/usr/bin/systemd-analyze";
+    if (existsSync(analyze))
+      await promisify(execFile)(analyze, ["verify", join(dir, "systemd", "tandem-edge.service")]);
     expect(existsSync(join(prefix, "services"))).toBe(false); // the device gets the edge, not the cloud
 
     // Run the installed copy, as the unit would.

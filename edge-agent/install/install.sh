@@ -60,7 +60,8 @@ if [ ! -f "$etc/edge.json" ]; then
     printf '  "host": "127.0.0.1",\n  "port": 50051\n}\n'
   } > "$etc/edge.json"
 fi
-sed -e "s#/opt/tandem#$prefix#g" -e "s#/etc/tandem#$etc#g" -e "s#/var/cache/tandem#$cache#g" -e "s#^User=tandem#User=$user#" -e "s#^Group=tandem#Group=$user#" \
+node_path="$(command -v node)"
+sed -e "s#/usr/bin/node#$node_path#" -e "s#/opt/tandem#$prefix#g" -e "s#/etc/tandem#$etc#g" -e "s#/var/cache/tandem#$cache#g" -e "s#^User=tandem#User=$user#" -e "s#^Group=tandem#Group=$user#" \
   "$here/edge-agent/install/tandem-edge.service" > "$systemd/tandem-edge.service"
 if [ "$systemd" = /etc/systemd/system ] && command -v systemctl >/dev/null && [ -d /run/systemd/system ]; then
   systemctl daemon-reload
