@@ -100,7 +100,14 @@ describe("the Helm chart", () => {
     expect(() => new (modelOf(broken))(broken).validate()).toThrow(/replicas/);
     const worker = manifests.find((m) => m.kind === "StatefulSet")!;
     expect(worker.spec.replicas).toBe(2);
-    expect(worker.spec.template.spec.containers[0].readinessProbe.grpc.port).toBe(50052);
+    // TLS by default: the certificate from a Secret, probes on the TLS port's socket.
+    expect(worker.spec.template.spec.containers[0].readinessProbe.tcpSocket.port).toBe(50052);
+    expect(worker.spec.template.spec.volumes).toContainEqual({
+      name: "tls",
+      secret: { secretName: "tandem-worker-tls", defaultMode: 0o400 },
+    });
+    for (const m of manifests.filter((x) => x.spec?.template))
+      expect(m.spec.template.spec.automountServiceAccountToken, m.metadata.name).toBe(false);
     expect(worker.spec.template.spec.terminationGracePeriodSeconds).toBe(40);
     expect(
       manifests.find((m) => m.metadata.name === "tandem-control-plane" && m.kind === "Deployment")!.spec
@@ -170,6 +177,16 @@ describe("the Helm chart", () => {
     for (const m of manifests) expect(() => new (modelOf(m))(m).validate()).not.toThrow();
   });
 
+  it("serves workers in plaintext only when told insecure, with gRPC health probes then", () => {
+    const manifests = render("cloudWorker.tls.secretName=", "cloudWorker.insecure=true");
+    const worker = manifests.find((m) => m.kind === "StatefulSet")!;
+    const container = worker.spec.template.spec.containers[0];
+    expect(container.env).toContainEqual({ name: "TANDEM_WORKER_INSECURE", value: "true" });
+    expect(container.env.some((e: { name: string }) => e.name.startsWith("TANDEM_WORKER_TLS"))).toBe(false);
+    expect(container.readinessProbe.grpc.port).toBe(50052);
+    for (const m of manifests) expect(() => new (modelOf(m))(m).validate()).not.toThrow();
+  });
+
   it("refuses bad values, naming them", () => {
     const bad: [string, RegExp][] = [
       ["cloudWorker.split=0", /cloudWorker\/split.*minimum/],
@@ -177,6 +194,10 @@ describe("the Helm chart", () => {
       ["nats.url=http://nats:4222", /nats\/url/],
       ["cluster=a:b", /cluster/],
       ["batchWorker.kinds=generate\\,summarize", /batchWorker\/kinds/],
+      [
+        "cloudWorker.tls.secretName=",
+        /cloudWorker\.tls\.secretName is empty: .* or set cloudWorker\.insecure=true/,
+      ],
     ];
     for (const [set, message] of bad) {
       const run = spawnSync(helm, ["template", "tandem", CHART, "--set", set], { encoding: "utf8" });
