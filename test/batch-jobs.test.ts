@@ -243,6 +243,52 @@ describe("batch jobs on BullMQ", () => {
     }
   }, 120_000);
 
+  it("paths outside the worker's file roots, or with '..', fail at once naming the field; paths inside run", async () => {
+    const options = optionsFor("roots");
+    const roots = [join(import.meta.dirname, "..", "models"), dir];
+    const worker = await startBatchWorker(
+      { ...options, cacheDir: join(dir, "graphs"), fileRoots: roots },
+      log,
+    );
+    try {
+      const cases: [JobKind, Record<string, unknown>, RegExp][] = [
+        ["generate", { model: "/etc", prompts: ["a"] }, /^model: \/etc is outside the worker's file roots/],
+        [
+          "generate",
+          { model: `${MODEL}/../../../etc`, prompts: ["a"] },
+          /^model: ".*" must not contain "\.\."/,
+        ],
+        [
+          "calibrate",
+          {
+            model: MODEL,
+            split: 3,
+            exitLayers: [3],
+            textFile: "/etc/passwd",
+            out: join(dir, "c.safetensors"),
+          },
+          /^textFile: \/etc\/passwd is outside/,
+        ],
+        [
+          "build-graphs",
+          { model: MODEL, split: 3, exitLayers: [3], cacheDir: join(tmpdir(), "elsewhere") },
+          /^cacheDir: .* is outside/,
+        ],
+      ];
+      for (const [kind, data, reason] of cases) {
+        const id = await submitJob(kind, data, options);
+        expect(await waitForJob(kind, id, options, 30_000)).toEqual({
+          state: "failed",
+          failedReason: expect.stringMatching(reason),
+        });
+      }
+      const good = await submitJob("generate", { model: MODEL, prompts: ["The"], maxTokens: 2 }, options);
+      expect(((await resultOf("generate", good, options, 60_000)) as GenerateJobResult).tokens).toBe(2);
+    } finally {
+      await worker.close();
+    }
+  }, 120_000);
+
   it("tandem jobs submit names the bad field and runs a good job to its result", async () => {
     const options = optionsFor("cli");
     const flags = ["--redis", REDIS, "--cluster", options.cluster];

@@ -32,5 +32,9 @@ export const BATCH_CONFIG_SCHEMA = z
       .min(1)
       .default(DEFAULT_BATCH_WORKER_OPTIONS.threads)
       .meta({ description: "ONNX Runtime threads per job" }),
+    fileRoots: z.array(z.string().min(1)).min(1).default(["."]).meta({
+      description:
+        "directories the files named in jobs (models, texts, outputs, caches) must lie in, comma-separated (default: the working directory)",
+    }),
   })
   .strict();

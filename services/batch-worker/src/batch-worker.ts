@@ -21,6 +21,7 @@ import {
   type JobResultByKind,
 } from "./batch-jobs.ts";
 import { batchQueueLocation } from "./batch-queues.ts";
+import { checkJobPaths } from "./file-roots.ts";
 import { runBuildGraphsJob, runCalibrateJob, runGenerateJob, type JobContext } from "./job-handlers.ts";
 
 export interface BatchWorkerOptions {
@@ -39,6 +40,11 @@ export interface BatchWorkerOptions {
   /** Waits between tries of a failed job. @default BATCH_JOB_BACKOFF */
   backoff?: BackoffPolicy;
   cacheDir?: string;
+  /**
+   * Directories the paths in jobs' data must lie in (file-roots.ts); a job naming a path
+   * elsewhere fails at once, naming the field. @default anywhere (the program sets its own)
+   */
+  fileRoots?: string[];
 }
 
 export const DEFAULT_BATCH_WORKER_OPTIONS = {
@@ -115,6 +121,7 @@ async function processJob<K extends JobKind>(
 ): Promise<JobResultByKind[K]> {
   try {
     const data = validateJobData(kind, job.data);
+    if (options.fileRoots) checkJobPaths(kind, data, options.fileRoots);
     return await HANDLERS[kind](data, {
       progress: (progress) => job.updateProgress({ ...progress }),
       threads: options.threads ?? DEFAULT_BATCH_WORKER_OPTIONS.threads,
