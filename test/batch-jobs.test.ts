@@ -4,7 +4,8 @@
  * at once with the field named, and no job lost when a worker dies or stops mid-job.
  */
 import { execFile, spawn } from "node:child_process";
-import { existsSync, mkdtempSync, rmSync, statSync } from "node:fs";
+import { existsSync, mkdtempSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { connect } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { promisify } from "node:util";
@@ -24,7 +25,13 @@ import {
   type SubmitOptions,
   waitForJob,
 } from "@tandem/batch-worker";
-import { UnavailableError } from "@tandem/common";
+import { UnauthenticatedError, UnavailableError } from "@tandem/common";
+import {
+  caPaths,
+  initCertificateAuthority,
+  issueServerCertificate,
+  serverPaths,
+} from "@tandem/proto/certificates";
 import { freePort, runCli, startProgram, until } from "@tandem/testkit";
 import { cloudSegmentSpec, loadCheckpoint, readCalibration, SegmentModel } from "@tandem/runtime";
 
@@ -404,6 +411,100 @@ describe("no job lost", () => {
     const view = await showJob("generate", id, options);
     expect(view).toMatchObject({ state: "completed", attemptsMade: 1 });
     expect((view!.result as GenerateJobResult).tokens).toBe(8 * 32);
+  }, 120_000);
+});
+
+describe("a Redis with TLS and an ACL user", () => {
+  it("serves a worker and a client that read the password from a file and trust the CA; refuses one without the password", async () => {
+    const certs = join(dir, "redis-certs");
+    await initCertificateAuthority(certs);
+    await issueServerCertificate(certs, "redis", ["127.0.0.1"]);
+    const port = await freePort();
+    const redis = spawn(
+      "redis-server",
+      [
+        "--port",
+        "0",
+        "--tls-port",
+        String(port),
+        "--tls-cert-file",
+        serverPaths(certs, "redis").cert,
+        "--tls-key-file",
+        serverPaths(certs, "redis").key,
+        "--tls-ca-cert-file",
+        caPaths(certs).cert,
+        "--tls-auth-clients",
+        "no",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--user",
+        "tandem",
+        "on",
+        ">s3cret-pw",
+        "~*",
+        "&*",
+        "+@all",
+        "--user",
+        "default",
+        "off",
+      ],
+      { stdio: "ignore" },
+    );
+    try {
+      const passwordFile = join(dir, "redis-password");
+      writeFileSync(passwordFile, "s3cret-pw\n", { mode: 0o600 });
+      const options: SubmitOptions = {
+        redisUrl: `rediss://tandem@127.0.0.1:${port}`,
+        cluster: `tls${Date.now()}`,
+        redisSecrets: { passwordFile, caFile: caPaths(certs).cert },
+      };
+      await until(
+        "redis to listen",
+        () =>
+          new Promise<boolean>((resolve) => {
+            const socket = connect(port, "127.0.0.1");
+            socket.on("connect", () => {
+              socket.destroy();
+              resolve(true);
+            });
+            socket.on("error", () => resolve(false));
+          }),
+      );
+      const result = await withWorker(options, async () => {
+        const id = await submitJob("generate", { model: MODEL, prompts: ["The"], maxTokens: 2 }, options);
+        return (await resultOf("generate", id, options, 60_000)) as GenerateJobResult;
+      });
+      expect(result.tokens).toBe(2);
+      // The password stays out of the URL, and without it Redis refuses: UNAUTHENTICATED, exit 2.
+      await expect(
+        submitJob(
+          "generate",
+          { model: MODEL, prompts: ["a"] },
+          { ...options, redisSecrets: { caFile: caPaths(certs).cert } },
+        ),
+      ).rejects.toThrow(UnauthenticatedError);
+      const cli = await runCli([
+        "jobs",
+        "submit",
+        "generate",
+        "--data",
+        '{"model":"m","prompts":["a"]}',
+        "--redis",
+        options.redisUrl,
+        "--redis-ca",
+        caPaths(certs).cert,
+        "--cluster",
+        options.cluster,
+      ]);
+      expect(cli.code).toBe(2);
+      expect(cli.stderr).toMatch(
+        /^tandem jobs: Redis at rediss:\/\/tandem@127\.0\.0\.1:\d+ refused the credentials/,
+      );
+    } finally {
+      redis.kill("SIGKILL");
+    }
   }, 120_000);
 });
 

@@ -187,6 +187,27 @@ describe("the Helm chart", () => {
     for (const m of manifests) expect(() => new (modelOf(m))(m).validate()).not.toThrow();
   });
 
+  it("gives the batch worker Redis over TLS and its password from a Secret, never from a value", () => {
+    const manifests = render("redis.url=rediss://tandem@redis:6380", "redis.passwordSecret=redis-auth");
+    const batch = manifests.find((m) => m.kind === "Deployment" && m.metadata.name.endsWith("batch-worker"))!;
+    const container = batch.spec.template.spec.containers[0];
+    expect(container.env).toContainEqual({
+      name: "TANDEM_BATCH_REDIS_URL",
+      value: "rediss://tandem@redis:6380",
+    });
+    expect(container.env).toContainEqual({
+      name: "TANDEM_BATCH_REDIS_PASSWORD_FILE",
+      value: "/etc/tandem/redis/password",
+    });
+    expect(batch.spec.template.spec.volumes).toContainEqual(
+      expect.objectContaining({
+        name: "redis-password",
+        secret: expect.objectContaining({ secretName: "redis-auth" }),
+      }),
+    );
+    for (const m of manifests) expect(() => new (modelOf(m))(m).validate()).not.toThrow();
+  });
+
   it("refuses bad values, naming them", () => {
     const bad: [string, RegExp][] = [
       ["cloudWorker.split=0", /cloudWorker\/split.*minimum/],

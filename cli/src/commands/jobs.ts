@@ -39,7 +39,11 @@ const JOBS_OPTIONS = z
     timeoutMs: durationMs(1)
       .default(3_600_000)
       .meta({ description: "with --wait: give up waiting after this long (the job carries on)" }),
-    redis: z.string().min(1).default(DEFAULT_REDIS_URL).meta({ description: "Redis holding the queues" }),
+    redis: z.string().min(1).default(DEFAULT_REDIS_URL).meta({
+      description: "Redis holding the queues: redis://[user@]host:port[/db], or rediss:// for TLS",
+    }),
+    redisPasswordFile: z.string().min(1).optional().meta({ description: "file holding the Redis password" }),
+    redisCa: z.string().min(1).optional().meta({ description: "PEM CA of a rediss:// server" }),
     cluster: CLUSTER_NAME_SETTING,
   })
   .strict();
@@ -76,6 +80,7 @@ export const jobsCommand: CommandDefinition<typeof JOBS_OPTIONS> = {
     const kind: JobKind = kindName;
     const options: SubmitOptions = {
       redisUrl: values.redis,
+      redisSecrets: { passwordFile: values.redisPasswordFile, caFile: values.redisCa },
       cluster: values.cluster,
       attempts: values.attempts,
     };

@@ -9,7 +9,15 @@ export const BATCH_ENV_PREFIX = "TANDEM_BATCH";
 
 export const BATCH_CONFIG_SCHEMA = z
   .object({
-    redisUrl: z.string().min(1).default(DEFAULT_REDIS_URL).meta({ description: "Redis holding the queues" }),
+    redisUrl: z.string().min(1).default(DEFAULT_REDIS_URL).meta({
+      description: "Redis holding the queues: redis://[user@]host:port[/db], or rediss:// for TLS",
+    }),
+    redisPasswordFile: z.string().min(1).optional().meta({
+      description: "file holding the Redis password (e.g. a mounted Secret), instead of one in redisUrl",
+    }),
+    redisCa: z.string().min(1).optional().meta({
+      description: "PEM CA of a rediss:// server (default: the system's CAs)",
+    }),
     cluster: CLUSTER_NAME_SETTING,
     kinds: z
       .array(z.enum(JOB_KINDS))

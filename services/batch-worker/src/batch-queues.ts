@@ -2,8 +2,21 @@
  * Where batch jobs live in Redis: one BullMQ queue per job kind, under a key prefix per
  * cluster, so clusters (and test runs) sharing a Redis never see each other's jobs.
  */
+import { readFileSync } from "node:fs";
+import { isIP } from "node:net";
 import type { ConnectionOptions } from "bullmq";
-import { checkClusterName, InvalidArgumentError } from "@tandem/common";
+import { checkClusterName, FailedPreconditionError, InvalidArgumentError } from "@tandem/common";
+
+/**
+ * Secrets of a Redis connection kept out of the URL (and so out of config values, logs and
+ * process listings): files a Kubernetes Secret is mounted as.
+ */
+export interface RedisSecrets {
+  /** File whose content is the password (of the URL's user, `default` without one). */
+  passwordFile?: string;
+  /** PEM CA a `rediss://` server's certificate must chain to. @default the system's CAs */
+  caFile?: string;
+}
 
 export interface BatchQueueLocation {
   /** For workers: blocking commands wait on Redis, and reconnect forever. */
@@ -19,22 +32,44 @@ export const BACKOFF_STRATEGY = "tandem-retry-policy";
 
 export const DEFAULT_REDIS_URL = "redis://127.0.0.1:6379";
 
-export function batchQueueLocation(redisUrl: string, cluster: string): BatchQueueLocation {
+/**
+ * `redis://[user[:password]@]host:port[/db]`, or `rediss://` for TLS; a password in
+ * `secrets.passwordFile` wins over one in the URL.
+ */
+export function batchQueueLocation(
+  redisUrl: string,
+  cluster: string,
+  secrets: RedisSecrets = {},
+): BatchQueueLocation {
   let url: URL;
   try {
     url = new URL(redisUrl);
   } catch {
     throw new InvalidArgumentError("redisUrl", `is not a URL: ${JSON.stringify(redisUrl)}`);
   }
-  if (url.protocol !== "redis:")
-    throw new InvalidArgumentError("redisUrl", `must be redis://host:port[/db], got ${redisUrl}`);
+  if (url.protocol !== "redis:" && url.protocol !== "rediss:")
+    throw new InvalidArgumentError(
+      "redisUrl",
+      `must be redis://host:port[/db] or rediss://…, got ${redactedUrl(redisUrl)}`,
+    );
   checkClusterName(cluster);
   const db = url.pathname.length > 1 ? Number(url.pathname.slice(1)) : 0;
+  const host = url.hostname.replace(/^\[|\]$/g, "");
   const server = {
-    host: url.hostname,
+    host,
     port: url.port ? Number(url.port) : 6379,
     db,
-    password: url.password || undefined,
+    username: decodeURIComponent(url.username) || undefined,
+    password: secrets.passwordFile
+      ? readSecret(secrets.passwordFile, "redisPasswordFile")
+      : decodeURIComponent(url.password) || undefined,
+    tls:
+      url.protocol === "rediss:"
+        ? {
+            servername: isIP(host) ? undefined : host,
+            ca: secrets.caFile ? readSecret(secrets.caFile, "redisCa") : undefined,
+          }
+        : undefined,
   };
   return {
     // BullMQ workers block on Redis; ioredis must not give up on those commands.
@@ -42,4 +77,24 @@ export function batchQueueLocation(redisUrl: string, cluster: string): BatchQueu
     clientConnection: { ...server, maxRetriesPerRequest: 0, connectTimeout: 5000, retryStrategy: () => null },
     prefix: `tandem:${cluster}`,
   };
+}
+
+/** The URL as it may be printed: without its password. */
+export function redactedUrl(redisUrl: string): string {
+  try {
+    const url = new URL(redisUrl);
+    if (url.password) url.password = "***";
+    return url.toString();
+  } catch {
+    return redisUrl.replace(/:[^:@/]*@/, ":***@");
+  }
+}
+
+function readSecret(path: string, setting: string): string {
+  try {
+    // A trailing newline is an editor's or `echo`'s, not the secret's.
+    return readFileSync(path, "utf8").replace(/\r?\n$/, "");
+  } catch (error) {
+    throw new FailedPreconditionError(setting, `cannot read ${path} (${(error as Error).message})`);
+  }
 }

@@ -20,13 +20,15 @@ import {
   type JobKind,
   type JobResultByKind,
 } from "./batch-jobs.ts";
-import { batchQueueLocation } from "./batch-queues.ts";
+import { batchQueueLocation, type RedisSecrets } from "./batch-queues.ts";
 import { checkJobPaths } from "./file-roots.ts";
 import { runBuildGraphsJob, runCalibrateJob, runGenerateJob, type JobContext } from "./job-handlers.ts";
 
 export interface BatchWorkerOptions {
   redisUrl: string;
   cluster: string;
+  /** Password and CA files of the Redis connection. */
+  redisSecrets?: RedisSecrets;
   /** Job kinds to take. @default all */
   kinds?: JobKind[];
   /** Jobs of each kind run at once. @default 1 */
@@ -59,7 +61,7 @@ export const DEFAULT_BATCH_WORKER_OPTIONS = {
  * lives, its limits, and the retry policy's backoff (tests build their Worker with it too).
  */
 export function batchWorkerOptions(options: BatchWorkerOptions): WorkerOptions {
-  const location = batchQueueLocation(options.redisUrl, options.cluster);
+  const location = batchQueueLocation(options.redisUrl, options.cluster, options.redisSecrets);
   const policy = options.backoff ?? BATCH_JOB_BACKOFF;
   return {
     connection: location.connection,

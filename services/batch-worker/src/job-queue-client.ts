@@ -4,13 +4,27 @@
  * be reached is one UnavailableError naming it.
  */
 import { Job, Queue, QueueEvents } from "bullmq";
-import { BATCH_JOB_BACKOFF, InvalidArgumentError, TandemError, UnavailableError } from "@tandem/common";
+import {
+  BATCH_JOB_BACKOFF,
+  InvalidArgumentError,
+  TandemError,
+  UnauthenticatedError,
+  UnavailableError,
+} from "@tandem/common";
 import { validateJobData, type JobInputByKind, type JobKind } from "./batch-jobs.ts";
-import { BACKOFF_STRATEGY, batchQueueLocation, type BatchQueueLocation } from "./batch-queues.ts";
+import {
+  BACKOFF_STRATEGY,
+  batchQueueLocation,
+  redactedUrl,
+  type BatchQueueLocation,
+  type RedisSecrets,
+} from "./batch-queues.ts";
 
 export interface SubmitOptions {
   redisUrl: string;
   cluster: string;
+  /** Password and CA files of the Redis connection. */
+  redisSecrets?: RedisSecrets;
   /** Tries before the job fails for good. @default BATCH_JOB_BACKOFF.attempts */
   attempts?: number;
 }
@@ -21,7 +35,7 @@ async function withQueue<T>(
   options: SubmitOptions,
   use: (queue: Queue, location: BatchQueueLocation) => Promise<T>,
 ): Promise<T> {
-  const location = batchQueueLocation(options.redisUrl, options.cluster);
+  const location = batchQueueLocation(options.redisUrl, options.cluster, options.redisSecrets);
   const queue = new Queue(kind, { connection: location.clientConnection, prefix: location.prefix });
   // Connection errors reach the caller through the failed command; the event is only noise.
   queue.on("error", () => undefined);
@@ -44,7 +58,11 @@ function redisError(error: unknown, redisUrl: string): unknown {
     code === "ETIMEDOUT" ||
     /Connection is closed/.test(message)
   )
-    return new UnavailableError(`Redis at ${redisUrl} cannot be reached (${message})`, { cause: error });
+    return new UnavailableError(`Redis at ${redactedUrl(redisUrl)} cannot be reached (${message})`, {
+      cause: error,
+    });
+  if (/WRONGPASS|NOAUTH|NOPERM/.test(message))
+    return new UnauthenticatedError(`Redis at ${redactedUrl(redisUrl)} refused the credentials (${message})`);
   return error;
 }
 
@@ -135,7 +153,9 @@ export async function waitForJob(
         retryStrategy: (times: number) => {
           if (times <= WAIT_RECONNECT_DELAYS_MS.length) return WAIT_RECONNECT_DELAYS_MS[times - 1];
           const cause = lastError?.message ?? "connection lost";
-          redisLost(new UnavailableError(`Redis at ${options.redisUrl} cannot be reached (${cause})`));
+          redisLost(
+            new UnavailableError(`Redis at ${redactedUrl(options.redisUrl)} cannot be reached (${cause})`),
+          );
           return null;
         },
       },

@@ -15,7 +15,10 @@ export const BATCH_PROGRAM: ProgramDefinition<typeof BATCH_CONFIG_SCHEMA> = {
   envPrefix: BATCH_ENV_PREFIX,
   logFields: (config) => ({ cluster: config.cluster }),
   async start(config, log) {
-    const worker = await startBatchWorker(config, log);
+    const worker = await startBatchWorker(
+      { ...config, redisSecrets: { passwordFile: config.redisPasswordFile, caFile: config.redisCa } },
+      log,
+    );
     return {
       readyLine: `running ${config.kinds.join(",")}`,
       async close() {
