@@ -1,7 +1,7 @@
 /** The cluster as the control plane sees it — nodes, leader, placement and balance — read from NATS. */
 import { CLUSTER_DEFAULTS } from "@tandem/common";
 import { controlPlaneNames } from "./control-plane-names.ts";
-import { connectNats } from "./nats-connection.ts";
+import { connectNats, type NatsCredentials } from "./nats-connection.ts";
 import { openLease } from "./lease-record.ts";
 import { NodeRegistry } from "./node-registry.ts";
 import { expertsOf, openExpertMap, openShardMap } from "./placement-map.ts";
@@ -33,8 +33,9 @@ export async function clusterStatus(
   natsUrl: string,
   cluster: string,
   heartbeatTtlMs: number = CLUSTER_DEFAULTS.heartbeatTtlMs,
+  credentials?: NatsCredentials,
 ): Promise<ClusterStatus> {
-  const nc = await connectNats(natsUrl, { reconnect: false, name: "tandem status" });
+  const nc = await connectNats(natsUrl, { reconnect: false, name: "tandem status", credentials });
   try {
     const names = controlPlaneNames(cluster);
     const registry = await NodeRegistry.open(nc, names, { heartbeatTtlMs });

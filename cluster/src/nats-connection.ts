@@ -4,8 +4,27 @@
  * trace; once connected, programs reconnect forever, quickly, because the control plane
  * and every worker's map depend on it.
  */
-import { connect, type NatsConnection } from "@nats-io/transport-node";
-import { UnavailableError } from "@tandem/common";
+import { readFileSync } from "node:fs";
+import {
+  type Authenticator,
+  connect,
+  credsAuthenticator,
+  type NatsConnection,
+  nkeyAuthenticator,
+} from "@nats-io/transport-node";
+import { FailedPreconditionError, UnauthenticatedError, UnavailableError } from "@tandem/common";
+
+/**
+ * How a party proves itself to NATS, from files (a mounted Secret): an NKey seed, or a
+ * `.creds` file (a user JWT and its seed, as `nsc` writes). The server's permissions for that
+ * user decide what it may publish and read (see SECURITY.md).
+ */
+export interface NatsCredentials {
+  /** File holding an NKey user seed (SU…). */
+  nkeySeedFile?: string;
+  /** A `.creds` file. */
+  credsFile?: string;
+}
 
 export interface NatsConnectOptions {
   /** Keep reconnecting after a loss (services); a one-shot reader (the CLI) gives up. @default true */
@@ -14,6 +33,8 @@ export interface NatsConnectOptions {
   name?: string;
   /** Give up the first connection after this long. @default 5000 */
   timeoutMs?: number;
+  /** @default none: an anonymous connection */
+  credentials?: NatsCredentials;
 }
 
 export async function connectNats(url: string, options: NatsConnectOptions = {}): Promise<NatsConnection> {
@@ -22,12 +43,33 @@ export async function connectNats(url: string, options: NatsConnectOptions = {})
     return await connect({
       servers: url,
       name: options.name,
+      authenticator: authenticatorOf(options.credentials),
       timeout: options.timeoutMs ?? 5000,
       maxReconnectAttempts: reconnect ? -1 : 0,
       reconnectTimeWait: 250,
     });
   } catch (error) {
     const cause = (error as Error).message || String(error);
+    if (/authorization|authentication/i.test(cause))
+      throw new UnauthenticatedError(`NATS at ${url} refused the credentials (${cause})`);
     throw new UnavailableError(`NATS at ${url} cannot be reached (${cause})`, { cause: error });
+  }
+}
+
+function authenticatorOf(credentials: NatsCredentials | undefined): Authenticator | undefined {
+  if (credentials?.nkeySeedFile) {
+    const seed = readCredential(credentials.nkeySeedFile, "natsNkeySeed").trim();
+    return nkeyAuthenticator(new TextEncoder().encode(seed));
+  }
+  if (credentials?.credsFile)
+    return credsAuthenticator(new TextEncoder().encode(readCredential(credentials.credsFile, "natsCreds")));
+  return undefined;
+}
+
+function readCredential(path: string, setting: string): string {
+  try {
+    return readFileSync(path, "utf8");
+  } catch (error) {
+    throw new FailedPreconditionError(setting, `cannot read ${path} (${(error as Error).message})`);
   }
 }

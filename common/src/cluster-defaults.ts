@@ -26,6 +26,16 @@ export function checkClusterName(name: string): void {
     throw new InvalidArgumentError("cluster", `${CLUSTER_NAME_RULE}, got ${JSON.stringify(name)}`);
 }
 
+/** How a program that joins a cluster proves itself to NATS (files, e.g. a mounted Secret). */
+export const NATS_CREDENTIAL_SETTINGS = {
+  natsNkeySeed: z
+    .string()
+    .min(1)
+    .optional()
+    .meta({ description: "file holding this party's NATS NKey seed (SU…); NATS's permissions for it apply" }),
+  natsCreds: z.string().min(1).optional().meta({ description: "NATS .creds file (user JWT and seed)" }),
+};
+
 /** The `cluster` setting every program and command that joins a cluster takes. */
 export const CLUSTER_NAME_SETTING = z
   .string()

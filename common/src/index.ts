@@ -5,7 +5,12 @@
  */
 export * from "./errors.ts";
 export { EXIT_CODE_BY_ERROR } from "./exit-codes.ts";
-export { CLUSTER_DEFAULTS, CLUSTER_NAME_SETTING, checkClusterName } from "./cluster-defaults.ts";
+export {
+  CLUSTER_DEFAULTS,
+  CLUSTER_NAME_SETTING,
+  NATS_CREDENTIAL_SETTINGS,
+  checkClusterName,
+} from "./cluster-defaults.ts";
 export {
   MAX_TIMER_MS,
   camelCaseWords,

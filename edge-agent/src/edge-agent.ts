@@ -98,7 +98,10 @@ export async function startEdgeAgent(
   const route = config.natsUrl
     ? await (
         await import("./placement-cloud-route.ts")
-      ).PlacementCloudRoute.start(config.natsUrl, config.cluster, log)
+      ).PlacementCloudRoute.start(config.natsUrl, config.cluster, log, {
+        nkeySeedFile: config.natsNkeySeed,
+        credsFile: config.natsCreds,
+      })
     : config.cloudAddress
       ? new StaticCloudRoute(config.cloudAddress)
       : undefined;

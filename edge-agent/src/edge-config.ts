@@ -1,6 +1,6 @@
 /** The edge agent's settings (JSON file, TANDEM_EDGE_* variables, flags): one schema, every default once. */
 import { z } from "zod";
-import { CLUSTER_NAME_SETTING, durationMs } from "@tandem/common";
+import { CLUSTER_NAME_SETTING, durationMs, NATS_CREDENTIAL_SETTINGS } from "@tandem/common";
 import { CODEC_NAMES, CONFIDENCE_METRICS, RUNTIME_SETTINGS } from "@tandem/runtime";
 import { API_KEY_HASH_PATTERN } from "@tandem/proto";
 import { DEFAULT_CLOUD_LINK_OPTIONS } from "./cloud-link.ts";
@@ -55,6 +55,7 @@ export const EDGE_CONFIG_SCHEMA = z
       description:
         "NATS of the control plane: route each session to its shard's worker (replaces cloudAddress)",
     }),
+    ...NATS_CREDENTIAL_SETTINGS,
     cluster: CLUSTER_NAME_SETTING,
     codec: z.enum(CODEC_NAMES).default("fp16").meta({ description: "hidden-state codec on the wire" }),
     cloudDeadlineMs: durationMs(1)

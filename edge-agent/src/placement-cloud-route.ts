@@ -10,6 +10,7 @@ import {
   controlPlaneNames,
   openShardMap,
   ownerOf,
+  type NatsCredentials,
   type ShardMapRecord,
 } from "@tandem/cluster";
 import type { Logger } from "@tandem/common";
@@ -21,8 +22,13 @@ export class PlacementCloudRoute implements CloudRoute {
     private readonly view: VersionedMapView<ShardMapRecord>,
   ) {}
 
-  static async start(servers: string, cluster: string, log: Logger): Promise<PlacementCloudRoute> {
-    const nc = await connectNats(servers, { name: "tandem-edge" });
+  static async start(
+    servers: string,
+    cluster: string,
+    log: Logger,
+    credentials?: NatsCredentials,
+  ): Promise<PlacementCloudRoute> {
+    const nc = await connectNats(servers, { name: "tandem-edge", credentials });
     const view = await VersionedMapView.follow(
       await openShardMap(nc, controlPlaneNames(cluster)),
       // A map that fails its schema is skipped: sessions keep following the last good one.

@@ -1,6 +1,6 @@
 /** @tandem/testkit: real servers and programs, started and stopped for tests and benchmarks. */
 export { generate, healthStatus, waitUntilServing, type Connection } from "./grpc-client.ts";
-export { startNatsServer, type TestNatsServer } from "./nats-server.ts";
+export { startNatsServer, type NatsServerOptions, type TestNatsServer } from "./nats-server.ts";
 export {
   freePort,
   runCli,

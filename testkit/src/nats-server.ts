@@ -1,6 +1,6 @@
 /** A nats-server of the test's own (JetStream on, storage in a temp dir, a free port). */
 import { spawn, type ChildProcess } from "node:child_process";
-import { mkdtempSync, rmSync } from "node:fs";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { connect as tcpConnect } from "node:net";
@@ -32,14 +32,29 @@ function waitForPort(port: number, timeoutMs = 10_000): Promise<void> {
   });
 }
 
-export async function startNatsServer(): Promise<TestNatsServer> {
+export interface NatsServerOptions {
+  /** nats-server configuration (e.g. `authorization { users = [...] }`), besides address, port and JetStream. */
+  config?: string;
+}
+
+export async function startNatsServer(options: NatsServerOptions = {}): Promise<TestNatsServer> {
   const port = await freePort();
   const storage = mkdtempSync(join(tmpdir(), "tandem-nats-"));
+  const configArgs: string[] = [];
+  if (options.config) {
+    const file = join(storage, "nats.conf");
+    writeFileSync(file, options.config);
+    configArgs.push("-c", file);
+  }
   let child: ChildProcess | undefined;
   const launch = async () => {
-    child = spawn("nats-server", ["-a", "127.0.0.1", "-p", String(port), "-js", "-sd", storage], {
-      stdio: "ignore",
-    });
+    child = spawn(
+      "nats-server",
+      [...configArgs, "-a", "127.0.0.1", "-p", String(port), "-js", "-sd", storage],
+      {
+        stdio: "ignore",
+      },
+    );
     await waitForPort(port);
   };
   const stop = async () => {

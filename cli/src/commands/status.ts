@@ -1,7 +1,7 @@
 /** `tandem status`: the cluster as the control plane sees it — nodes, leader, placement and balance. */
 import { z } from "zod";
 import { clusterStatus } from "@tandem/cluster";
-import { CLUSTER_DEFAULTS, CLUSTER_NAME_SETTING, durationMs } from "@tandem/common";
+import { CLUSTER_DEFAULTS, CLUSTER_NAME_SETTING, durationMs, NATS_CREDENTIAL_SETTINGS } from "@tandem/common";
 import type { CommandDefinition } from "../command.ts";
 
 const STATUS_OPTIONS = z
@@ -11,6 +11,7 @@ const STATUS_OPTIONS = z
       .min(1)
       .default(CLUSTER_DEFAULTS.natsUrl)
       .meta({ description: "NATS of the control plane" }),
+    ...NATS_CREDENTIAL_SETTINGS,
     cluster: CLUSTER_NAME_SETTING,
     heartbeatTtlMs: durationMs(1)
       .default(CLUSTER_DEFAULTS.heartbeatTtlMs)
@@ -24,7 +25,10 @@ export const statusCommand: CommandDefinition<typeof STATUS_OPTIONS> = {
   summary: "the cluster: leader, placement, nodes and their load",
   options: STATUS_OPTIONS,
   async run(values) {
-    const status = await clusterStatus(values.nats, values.cluster, values.heartbeatTtlMs);
+    const status = await clusterStatus(values.nats, values.cluster, values.heartbeatTtlMs, {
+      nkeySeedFile: values.natsNkeySeed,
+      credsFile: values.natsCreds,
+    });
     if (values.json) {
       console.log(JSON.stringify(status));
       return 0;

@@ -17,6 +17,7 @@ import {
   SegmentSessions,
   type WeightFormat,
 } from "@tandem/runtime";
+import type { NatsCredentials } from "@tandem/cluster";
 import { InvalidArgumentError, type Logger } from "@tandem/common";
 import { ContextManager } from "./context-manager.ts";
 // Loaded only by a worker that joins a cluster: a standalone one never loads the NATS client.
@@ -52,6 +53,7 @@ export interface CloudWorkerOptions {
   /** Join a control plane: heartbeat and follow the placement map. */
   cluster?: {
     natsUrl: string;
+    natsCredentials?: NatsCredentials;
     name: string;
     heartbeatMs?: number;
     weight?: number;
@@ -156,6 +158,7 @@ export async function startCloudWorker(options: CloudWorkerOptions, log: Logger)
       ).ClusterMembership.start(
         {
           natsUrl: options.cluster.natsUrl,
+          natsCredentials: options.cluster.natsCredentials,
           cluster: options.cluster.name,
           nodeId: options.workerId,
           endpoint: options.cluster.advertise ?? server.address,

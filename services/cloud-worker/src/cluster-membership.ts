@@ -46,7 +46,10 @@ export class ClusterMembership {
     contexts: ContextManager,
     log: Logger,
   ): Promise<ClusterMembership> {
-    const nc = await connectNats(options.natsUrl, { name: `tandem-cloud-worker ${options.nodeId}` });
+    const nc = await connectNats(options.natsUrl, {
+      name: `tandem-cloud-worker ${options.nodeId}`,
+      credentials: options.natsCredentials,
+    });
     const names = controlPlaneNames(options.cluster);
     // Write-only: the worker heartbeats its own record and reads no other node's.
     const nodeRecord = await NodeRecordWriter.open(nc, names);

@@ -39,6 +39,7 @@ export const WORKER_PROGRAM: ProgramDefinition<typeof WORKER_CONFIG_SCHEMA> = {
         cluster: config.natsUrl
           ? {
               natsUrl: config.natsUrl,
+              natsCredentials: { nkeySeedFile: config.natsNkeySeed, credsFile: config.natsCreds },
               name: config.cluster,
               weight: config.weight,
               heartbeatMs: config.heartbeatMs,

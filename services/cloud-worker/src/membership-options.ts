@@ -2,8 +2,11 @@
  * A worker's part in a cluster, as configured: apart from ClusterMembership so settings
  * can name the defaults without loading the NATS client.
  */
+import type { NatsCredentials } from "@tandem/cluster";
 export interface MembershipOptions {
   natsUrl: string;
+  /** How the worker proves itself to NATS. @default anonymous */
+  natsCredentials?: NatsCredentials;
   cluster: string;
   nodeId: string;
   endpoint: string;

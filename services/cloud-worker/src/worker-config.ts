@@ -1,6 +1,6 @@
 /** The cloud worker's settings (JSON file, TANDEM_WORKER_* variables, flags): one schema, every default once. */
 import { z } from "zod";
-import { CLUSTER_DEFAULTS, CLUSTER_NAME_SETTING, durationMs } from "@tandem/common";
+import { CLUSTER_DEFAULTS, CLUSTER_NAME_SETTING, durationMs, NATS_CREDENTIAL_SETTINGS } from "@tandem/common";
 import { RUNTIME_SETTINGS } from "@tandem/runtime";
 import { DEFAULT_MEMBERSHIP_OPTIONS } from "./membership-options.ts";
 import { DEFAULT_CONTEXT_MANAGER_OPTIONS } from "./context-manager.ts";
@@ -39,6 +39,7 @@ export const WORKER_CONFIG_SCHEMA = z
       .min(1)
       .optional()
       .meta({ description: "NATS of the control plane (none: a standalone worker)" }),
+    ...NATS_CREDENTIAL_SETTINGS,
     cluster: CLUSTER_NAME_SETTING,
     drainTimeoutMs: durationMs(0)
       .default(DEFAULT_MEMBERSHIP_OPTIONS.drainTimeoutMs)

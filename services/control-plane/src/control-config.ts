@@ -1,6 +1,6 @@
 /** A control-plane replica's settings (JSON file, TANDEM_CONTROL_* variables, flags): one schema, every default once. */
 import { z } from "zod";
-import { CLUSTER_DEFAULTS, CLUSTER_NAME_SETTING, durationMs } from "@tandem/common";
+import { CLUSTER_DEFAULTS, CLUSTER_NAME_SETTING, durationMs, NATS_CREDENTIAL_SETTINGS } from "@tandem/common";
 import { DEFAULT_CONTROLLER_OPTIONS } from "./controller.ts";
 import { DEFAULT_LEASE_TIMING } from "./leader-lease.ts";
 
@@ -13,6 +13,7 @@ export const CONTROL_CONFIG_SCHEMA = z
       .min(1)
       .default(CLUSTER_DEFAULTS.natsUrl)
       .meta({ description: "NATS server(s) with JetStream" }),
+    ...NATS_CREDENTIAL_SETTINGS,
     cluster: CLUSTER_NAME_SETTING,
     replicaId: z
       .string()

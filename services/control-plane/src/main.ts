@@ -18,7 +18,10 @@ export const CONTROL_PROGRAM: ProgramDefinition<typeof CONTROL_CONFIG_SCHEMA> = 
   logFields: (config) => ({ replica: replicaIdOf(config.replicaId) }),
   async start(config, log) {
     const replicaId = replicaIdOf(config.replicaId);
-    const nc = await connectNats(config.natsUrl, { name: `tandem-control-plane ${replicaId}` });
+    const nc = await connectNats(config.natsUrl, {
+      name: `tandem-control-plane ${replicaId}`,
+      credentials: { nkeySeedFile: config.natsNkeySeed, credsFile: config.natsCreds },
+    });
     const controller = await Controller.start(nc, { ...config, replicaId }, log);
     return {
       readyLine: `running ${replicaId}`,
