@@ -51,7 +51,9 @@ type ModelClass = new (data: unknown) => { validate(): void };
 function modelOf(m: Manifest): ModelClass {
   const [group, version] = m.apiVersion.includes("/") ? m.apiVersion.split("/") : ["", m.apiVersion];
   const tree = models as unknown as Record<string, Record<string, Record<string, unknown> | undefined>>;
-  const entry = group === "" ? tree[version]?.[m.kind] : tree[group]?.[version]?.[m.kind];
+  // kubernetes-models names groups in camel case: networking.k8s.io → networkingK8sIo.
+  const groupKey = group.replace(/\.([a-z0-9])/g, (_, c: string) => c.toUpperCase());
+  const entry = group === "" ? tree[version]?.[m.kind] : tree[groupKey]?.[version]?.[m.kind];
   if (typeof entry !== "function") throw new Error(`no schema for ${m.apiVersion} ${m.kind}`);
   return entry as ModelClass;
 }
@@ -84,6 +86,8 @@ describe("the Helm chart", () => {
     expect(manifests.map((m) => `${m.kind}/${m.metadata.name}`).sort()).toEqual([
       "Deployment/tandem-batch-worker",
       "Deployment/tandem-control-plane",
+      "NetworkPolicy/tandem-cloud-worker",
+      "NetworkPolicy/tandem-no-ingress",
       "PodDisruptionBudget/tandem-cloud-worker",
       "PodDisruptionBudget/tandem-control-plane",
       "Service/tandem-cloud-worker",
@@ -206,6 +210,22 @@ describe("the Helm chart", () => {
       }),
     );
     for (const m of manifests) expect(() => new (modelOf(m))(m).validate()).not.toThrow();
+  });
+
+  it("lets workers take connections on their port only, from the peers named, and nothing reach the control plane or batch worker", () => {
+    const peers = "networkPolicy.workerIngressFrom[0].namespaceSelector.matchLabels.team=edge-gateway";
+    const policies = render(peers).filter((m) => m.kind === "NetworkPolicy");
+    const workers = policies.find((m) => m.metadata.name === "tandem-cloud-worker")!;
+    expect(workers.spec.ingress).toEqual([
+      {
+        ports: [{ port: 50052, protocol: "TCP" }],
+        from: [{ namespaceSelector: { matchLabels: { team: "edge-gateway" } } }],
+      },
+    ]);
+    const closed = policies.find((m) => m.metadata.name === "tandem-no-ingress")!;
+    expect(closed.spec.ingress).toBeUndefined();
+    expect(closed.spec.policyTypes).toEqual(["Ingress"]);
+    expect(render("networkPolicy.enabled=false").some((m) => m.kind === "NetworkPolicy")).toBe(false);
   });
 
   it("refuses bad values, naming them", () => {
