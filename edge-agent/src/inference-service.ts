@@ -231,15 +231,18 @@ const SOURCES: Record<
  */
 function drained(call: grpc.ServerWritableStream<unknown, unknown>, stallMs: number): Promise<void> {
   return new Promise((resolve, reject) => {
-    const done = () => {
+    const stop = () => {
       clearTimeout(timer);
       call.off("drain", done);
       call.off("cancelled", done);
       call.off("close", done);
+    };
+    const done = () => {
+      stop();
       resolve();
     };
     const timer = setTimeout(() => {
-      done();
+      stop();
       reject(new CancelledError(`the client read nothing for ${stallMs} ms`));
     }, stallMs);
     call.on("drain", done);

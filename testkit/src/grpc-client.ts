@@ -11,15 +11,21 @@ export interface GenerateResult {
   text: string;
 }
 
-export function inferenceClient(address: string, credentials = grpc.credentials.createInsecure()) {
+export function inferenceClient(
+  address: string,
+  credentials = grpc.credentials.createInsecure(),
+  channelOptions: grpc.ChannelOptions = {},
+) {
   const { tandem } = loadTandemProtos();
-  return new tandem.v1.Inference(address, credentials);
+  return new tandem.v1.Inference(address, credentials, channelOptions);
 }
 
 /** How a test client connects: TLS credentials, and metadata such as an API key. @default plaintext, none */
 export interface Connection {
   credentials?: grpc.ChannelCredentials;
   metadata?: grpc.Metadata;
+  /** e.g. a small `grpc-node.flow_control_window`, to play a client that reads slowly. */
+  channelOptions?: grpc.ChannelOptions;
 }
 
 export interface StreamControl {
@@ -35,7 +41,7 @@ export function generate(
   onToken?: (index: number, control: StreamControl) => Promise<void> | void,
   connection: Connection = {},
 ): Promise<GenerateResult> {
-  const client = inferenceClient(address, connection.credentials);
+  const client = inferenceClient(address, connection.credentials, connection.channelOptions);
   const result: GenerateResult = { tokens: [], text: "" };
   return new Promise((resolve) => {
     const call = client.Generate(request, connection.metadata ?? new grpc.Metadata());
