@@ -11,7 +11,8 @@ import { pino } from "pino";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { CLOUD_LINK_BACKOFF, UnavailableError } from "@tandem/common";
 import { CloudLinks, DEFAULT_CLOUD_LINK_OPTIONS, StaticCloudRoute } from "@tandem/edge-agent";
-import { loadTandemProtos, type CloudMessage__Output, type EdgeMessage } from "@tandem/proto";
+import { loadTandemProtos, type EdgeMessage } from "@tandem/proto";
+import { escalateStream } from "@tandem/testkit";
 import {
   type Checkpoint,
   getCodec,
@@ -55,35 +56,8 @@ afterAll(async () => {
   rmSync(dir, { recursive: true, force: true });
 });
 
-/** A raw Escalate stream: send messages, collect replies and the final status. */
-function rawStream() {
-  const { tandem } = loadTandemProtos();
-  const client = new tandem.v1.CloudWorker(worker.server.address, grpc.credentials.createInsecure());
-  const stream = client.Escalate();
-  const replies: CloudMessage__Output[] = [];
-  const waiters: (() => void)[] = [];
-  stream.on("data", (m: CloudMessage__Output) => {
-    replies.push(m);
-    waiters.splice(0).forEach((w) => w());
-  });
-  const status = new Promise<grpc.StatusObject | grpc.ServiceError>((resolve) => {
-    stream.on("error", (e: grpc.ServiceError) => resolve(e));
-    stream.on("status", (s: grpc.StatusObject) => resolve(s));
-  });
-  return {
-    send: (m: EdgeMessage) => stream.write(m),
-    replies,
-    async next(count: number) {
-      while (replies.length < count) await new Promise<void>((r) => waiters.push(r));
-      return replies[count - 1];
-    },
-    status,
-    end: () => {
-      stream.end();
-      client.close();
-    },
-  };
-}
+/** A raw Escalate stream to the worker. */
+const rawStream = () => escalateStream(worker.server.address);
 
 const open = (sessionId: string, overrides: object = {}): EdgeMessage => ({
   open: {

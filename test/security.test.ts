@@ -37,7 +37,7 @@ import {
   TINY_LLAMA,
   writeRandomCheckpoint,
 } from "@tandem/runtime";
-import { generate, runCli, until } from "@tandem/testkit";
+import { escalateStream, generate, runCli, until } from "@tandem/testkit";
 
 const HIDDEN = 64;
 const SPLIT = 2;
@@ -90,37 +90,10 @@ function asDevice(device: string, ca = certs): grpc.ChannelCredentials {
   return channelCredentials({ ca: caPaths(certs).cert, ...devicePaths(ca, device) });
 }
 
-/** A raw Escalate stream to the secure worker. */
+/** A raw Escalate stream to the secure worker; next() gives undefined once the stream has ended. */
 function rawStream(credentials: grpc.ChannelCredentials) {
-  const { tandem } = loadTandemProtos();
-  const client = new tandem.v1.CloudWorker(worker.server.address, credentials);
-  const stream = client.Escalate();
-  const replies: CloudMessage__Output[] = [];
-  const waiters: (() => void)[] = [];
-  stream.on("data", (m: CloudMessage__Output) => {
-    replies.push(m);
-    waiters.splice(0).forEach((w) => w());
-  });
-  const status = new Promise<grpc.StatusObject | grpc.ServiceError>((resolve) => {
-    stream.on("error", (e: grpc.ServiceError) => resolve(e));
-    stream.on("status", (s: grpc.StatusObject) => resolve(s));
-  });
-  void status.then(() => waiters.splice(0).forEach((w) => w()));
-  return {
-    send: (m: EdgeMessage) => stream.write(m),
-    status,
-    /** The count-th reply, or undefined if the stream ends first. */
-    async next(count: number): Promise<CloudMessage__Output | undefined> {
-      let ended = false;
-      void status.then(() => (ended = true));
-      while (replies.length < count && !ended) await new Promise<void>((r) => waiters.push(r));
-      return replies[count - 1];
-    },
-    end: () => {
-      stream.end();
-      client.close();
-    },
-  };
+  const stream = escalateStream(worker.server.address, credentials);
+  return { ...stream, next: (count: number) => stream.next(count).catch(() => undefined) };
 }
 
 const open = (sessionId: string): EdgeMessage => ({

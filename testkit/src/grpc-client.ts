@@ -2,7 +2,13 @@
 import * as grpc from "@grpc/grpc-js";
 import * as protoLoader from "@grpc/proto-loader";
 import { protoPath as healthProtoPath } from "grpc-health-check";
-import { loadTandemProtos, type GenerateEvent__Output, type GenerateRequest } from "@tandem/proto";
+import {
+  loadTandemProtos,
+  type CloudMessage__Output,
+  type EdgeMessage,
+  type GenerateEvent__Output,
+  type GenerateRequest,
+} from "@tandem/proto";
 
 export interface GenerateResult {
   tokens: NonNullable<GenerateEvent__Output["token"]>[];
@@ -128,4 +134,44 @@ export async function waitUntilServing(address: string, timeoutMs = 60_000, poll
     if (Date.now() > deadline) throw new Error(`${address} did not report SERVING within ${timeoutMs} ms`);
     await new Promise((r) => setTimeout(r, pollMs));
   }
+}
+
+/**
+ * A hand-rolled CloudWorker/Escalate stream, as an edge (or an attacker with the .proto
+ * files) would open it: send messages, read replies in order, and the status it ends with.
+ */
+export function escalateStream(address: string, credentials = grpc.credentials.createInsecure()) {
+  const { tandem } = loadTandemProtos();
+  const client = new tandem.v1.CloudWorker(address, credentials);
+  const stream = client.Escalate();
+  const replies: CloudMessage__Output[] = [];
+  const waiters: (() => void)[] = [];
+  stream.on("data", (m: CloudMessage__Output) => {
+    replies.push(m);
+    waiters.splice(0).forEach((w) => w());
+  });
+  let ended = false;
+  const status = new Promise<grpc.StatusObject | grpc.ServiceError>((resolve) => {
+    stream.on("error", (e: grpc.ServiceError) => resolve(e));
+    stream.on("status", (s: grpc.StatusObject) => resolve(s));
+  });
+  void status.then(() => {
+    ended = true;
+    waiters.splice(0).forEach((w) => w());
+  });
+  return {
+    send: (m: EdgeMessage) => stream.write(m),
+    replies,
+    /** The count-th reply; throws if the stream ends before it arrives. */
+    async next(count: number): Promise<CloudMessage__Output> {
+      while (replies.length < count && !ended) await new Promise<void>((r) => waiters.push(r));
+      if (replies.length < count) throw new Error(`the stream ended after ${replies.length} replies`);
+      return replies[count - 1];
+    },
+    status,
+    end: () => {
+      stream.end();
+      client.close();
+    },
+  };
 }

@@ -1,5 +1,5 @@
 /** @tandem/testkit: real servers and programs, started and stopped for tests and benchmarks. */
-export { generate, healthStatus, waitUntilServing, type Connection } from "./grpc-client.ts";
+export { escalateStream, generate, healthStatus, waitUntilServing, type Connection } from "./grpc-client.ts";
 export { startNatsServer, type NatsServerOptions, type TestNatsServer } from "./nats-server.ts";
 export {
   freePort,
