@@ -104,8 +104,13 @@ describe("the Helm chart", () => {
     expect(() => new (modelOf(broken))(broken).validate()).toThrow(/replicas/);
     const worker = manifests.find((m) => m.kind === "StatefulSet")!;
     expect(worker.spec.replicas).toBe(2);
-    // TLS by default: the certificate from a Secret, probes on the TLS port's socket.
+    // TLS by default: the certificate from a Secret, probes on the TLS port's socket, and
+    // workers reached by their pods' DNS names, which one wildcard certificate can name.
     expect(worker.spec.template.spec.containers[0].readinessProbe.tcpSocket.port).toBe(50052);
+    expect(worker.spec.template.spec.containers[0].env).toContainEqual({
+      name: "TANDEM_WORKER_ADVERTISE",
+      value: "$(POD_NAME).tandem-cloud-worker-pods.default.svc:50052",
+    });
     expect(worker.spec.template.spec.volumes).toContainEqual({
       name: "tls",
       secret: { secretName: "tandem-worker-tls", defaultMode: 0o400 },
@@ -150,7 +155,7 @@ describe("the Helm chart", () => {
       split: 3,
       host: "0.0.0.0",
       workerId: "tandem-cloud-worker-0",
-      advertise: "10.1.2.3:50052",
+      advertise: "tandem-cloud-worker-0.tandem-cloud-worker-pods.default.svc:50052",
       natsUrl: "nats://nats:4222",
       expertSlots: 12,
     });
@@ -172,7 +177,7 @@ describe("the Helm chart", () => {
       TANDEM_WORKER_SPLIT: "5",
       TANDEM_WORKER_CLUSTER: "eu-west",
       TANDEM_WORKER_PORT: "6000",
-      TANDEM_WORKER_ADVERTISE: "10.1.2.3:6000",
+      TANDEM_WORKER_ADVERTISE: "tandem-cloud-worker-0.tandem-cloud-worker-pods.default.svc:6000",
       TANDEM_WORKER_MODEL: "/models/tandem-demo",
     });
     expect(worker.volumeMounts).toContainEqual({ name: "models", mountPath: "/models", readOnly: true });
@@ -188,6 +193,7 @@ describe("the Helm chart", () => {
     expect(container.env).toContainEqual({ name: "TANDEM_WORKER_INSECURE", value: "true" });
     expect(container.env.some((e: { name: string }) => e.name.startsWith("TANDEM_WORKER_TLS"))).toBe(false);
     expect(container.readinessProbe.grpc.port).toBe(50052);
+    expect(container.env).toContainEqual({ name: "TANDEM_WORKER_ADVERTISE", value: "$(POD_IP):50052" });
     for (const m of manifests) expect(() => new (modelOf(m))(m).validate()).not.toThrow();
   });
 
