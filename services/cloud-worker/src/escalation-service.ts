@@ -104,7 +104,8 @@ export function escalationHandlers(
         ended = true;
         stopWriting();
         const status = failCall(call, error);
-        if (status.code !== grpc.status.INTERNAL) counters.rejected++;
+        // Streams refused for their own messages; a takeover by a newer stream, or a fault of ours, is neither.
+        if (status.code !== grpc.status.INTERNAL && status.code !== grpc.status.ABORTED) counters.rejected++;
         log.warn(
           {
             deviceId: device?.deviceId,
