@@ -1,5 +1,5 @@
 /** @tandem/cluster: the names, records and maps every party of a cluster shares on NATS. */
-export { connectNats, type NatsConnectOptions, type NatsCredentials } from "./nats-connection.ts";
+export { connectNats, kvReplicas, type NatsConnectOptions, type NatsCredentials } from "./nats-connection.ts";
 export { controlPlaneNames, type ControlPlaneNames } from "./control-plane-names.ts";
 export { KvRecord, nextVersion, watchVersioned, type VersionedRecord } from "./kv-record.ts";
 export { openLease, type LeaseRecord, type LeaseStore } from "./lease-record.ts";

@@ -15,6 +15,7 @@
 import { JetStreamApiCodes, JetStreamApiError } from "@nats-io/jetstream";
 import { Kvm, type KV, type KvEntry } from "@nats-io/kv";
 import type { NatsConnection } from "@nats-io/transport-node";
+import { kvReplicas } from "./nats-connection.ts";
 import { RecordInvalidError, parseOrThrow } from "@tandem/common";
 import type { z } from "zod";
 
@@ -52,7 +53,10 @@ export class KvRecord<S extends z.ZodType> {
     nc: NatsConnection,
     options: KvRecordOptions<S>,
   ): Promise<KvRecord<S>> {
-    const kv = await new Kvm(nc).create(options.bucket, { history: options.history ?? 10 });
+    const kv = await new Kvm(nc).create(options.bucket, {
+      history: options.history ?? 10,
+      replicas: kvReplicas(nc),
+    });
     return new KvRecord(kv, options.bucket, options.key, options.schema);
   }
 

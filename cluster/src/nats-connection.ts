@@ -41,7 +41,8 @@ export async function connectNats(url: string, options: NatsConnectOptions = {})
   const reconnect = options.reconnect ?? true;
   try {
     return await connect({
-      servers: url,
+      // Several servers, comma-separated: the client fails over between them.
+      servers: url.split(",").map((server) => server.trim()),
       name: options.name,
       authenticator: authenticatorOf(options.credentials),
       timeout: options.timeoutMs ?? 5000,
@@ -54,6 +55,15 @@ export async function connectNats(url: string, options: NatsConnectOptions = {})
       throw new UnauthenticatedError(`NATS at ${url} refused the credentials (${cause})`);
     throw new UnavailableError(`NATS at ${url} cannot be reached (${cause})`, { cause: error });
   }
+}
+
+/**
+ * Replicas for the cluster's KV buckets: 3 when the NATS servers form a cluster of at least
+ * three (so the buckets survive losing one), else 1. Read from the servers the connected
+ * one announces; applied when a bucket is created (an existing bucket keeps its own).
+ */
+export function kvReplicas(nc: NatsConnection): number {
+  return (nc.info?.connect_urls?.length ?? 1) >= 3 ? 3 : 1;
 }
 
 function authenticatorOf(credentials: NatsCredentials | undefined): Authenticator | undefined {

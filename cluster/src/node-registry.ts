@@ -9,6 +9,7 @@ import { Kvm, type KV, type KvEntry } from "@nats-io/kv";
 import { z } from "zod";
 import { CLUSTER_DEFAULTS } from "@tandem/common";
 import type { ControlPlaneNames } from "./control-plane-names.ts";
+import { kvReplicas } from "./nats-connection.ts";
 
 const NODE_RECORD_SCHEMA = z.object({
   id: z.string().min(1).max(256),
@@ -41,7 +42,11 @@ export interface NodeRegistryOptions {
 
 /** Opens (creating when needed) the nodes bucket; its max age clears long-dead nodes' records. */
 function openNodesBucket(nc: NatsConnection, names: ControlPlaneNames, heartbeatTtlMs: number): Promise<KV> {
-  return new Kvm(nc).create(names.nodesBucket, { history: 1, ttl: Math.max(60_000, heartbeatTtlMs * 20) });
+  return new Kvm(nc).create(names.nodesBucket, {
+    history: 1,
+    ttl: Math.max(60_000, heartbeatTtlMs * 20),
+    replicas: kvReplicas(nc),
+  });
 }
 
 /**

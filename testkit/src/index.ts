@@ -1,6 +1,12 @@
 /** @tandem/testkit: real servers and programs, started and stopped for tests and benchmarks. */
 export { escalateStream, generate, healthStatus, waitUntilServing, type Connection } from "./grpc-client.ts";
-export { startNatsServer, type NatsServerOptions, type TestNatsServer } from "./nats-server.ts";
+export {
+  startNatsCluster,
+  startNatsServer,
+  type NatsServerOptions,
+  type TestNatsCluster,
+  type TestNatsServer,
+} from "./nats-server.ts";
 export {
   freePort,
   runCli,

@@ -77,3 +77,58 @@ export async function startNatsServer(options: NatsServerOptions = {}): Promise<
     },
   };
 }
+
+export interface TestNatsCluster {
+  /** Every server's client URL, comma-separated: what a program's natsUrl takes. */
+  url: string;
+  servers: { port: number; stop(): Promise<void> }[];
+  stop(): Promise<void>;
+}
+
+/** `size` nats-servers with JetStream, routed into one cluster on loopback. */
+export async function startNatsCluster(size: number): Promise<TestNatsCluster> {
+  const ports = await Promise.all(Array.from({ length: size }, () => freePort()));
+  const routePorts = await Promise.all(Array.from({ length: size }, () => freePort()));
+  const monitorPorts = await Promise.all(Array.from({ length: size }, () => freePort()));
+  const routes = routePorts.map((p) => `nats://127.0.0.1:${p}`).join(",");
+  const base = mkdtempSync(join(tmpdir(), "tandem-nats-cluster-"));
+  const children = ports.map((port, i) =>
+    spawn(
+      "nats-server",
+      [
+        ...["-a", "127.0.0.1", "-p", String(port), "-js", "-sd", join(base, `n${i}`)],
+        ...["--server_name", `n${i}`, "--cluster_name", "tandem-test"],
+        ...["-cluster", `nats://127.0.0.1:${routePorts[i]}`, "-routes", routes],
+        ...["-m", String(monitorPorts[i])],
+      ],
+      { stdio: "ignore" },
+    ),
+  );
+  await Promise.all(ports.map((port) => waitForPort(port)));
+  // JetStream answers once the servers have elected its meta leader: each reports healthy.
+  const deadline = Date.now() + 30_000;
+  for (const port of monitorPorts) {
+    for (;;) {
+      const healthy = await fetch(`http://127.0.0.1:${port}/healthz`)
+        .then((r) => r.ok)
+        .catch(() => false);
+      if (healthy) break;
+      if (Date.now() > deadline) throw new Error("the NATS cluster's JetStream did not become healthy");
+      await new Promise((r) => setTimeout(r, 100));
+    }
+  }
+  const stopOne = async (child: ChildProcess) => {
+    if (child.exitCode !== null || child.signalCode !== null) return;
+    const exited = new Promise<void>((r) => child.once("exit", () => r()));
+    child.kill("SIGKILL");
+    await exited;
+  };
+  return {
+    url: ports.map((p) => `nats://127.0.0.1:${p}`).join(","),
+    servers: ports.map((port, i) => ({ port, stop: () => stopOne(children[i]) })),
+    stop: async () => {
+      await Promise.all(children.map(stopOne));
+      rmSync(base, { recursive: true, force: true });
+    },
+  };
+}
