@@ -4,7 +4,7 @@
  * summary last. A client that cancels stops the generation.
  */
 import { randomUUID } from "node:crypto";
-import type { ApiKeys } from "@tandem/proto";
+import { whenWritable, type ApiKeys } from "@tandem/proto";
 import * as grpc from "@grpc/grpc-js";
 import {
   failCall,
@@ -30,7 +30,6 @@ import {
   type TokenSource,
 } from "@tandem/runtime";
 import {
-  CancelledError,
   FailedPreconditionError,
   InvalidArgumentError,
   ResourceExhaustedError,
@@ -224,33 +223,6 @@ const SOURCES: Record<
   edge_fallback: "TOKEN_SOURCE_EDGE_FALLBACK",
 };
 
-/**
- * Waits until the stream can take more (HTTP/2 flow control), so a slow reader slows the
- * generation instead of letting events pile up in memory; gives up if the call ends, and
- * throws CancelledError if the client reads nothing for `stallMs`.
- */
-function drained(call: grpc.ServerWritableStream<unknown, unknown>, stallMs: number): Promise<void> {
-  return new Promise((resolve, reject) => {
-    const stop = () => {
-      clearTimeout(timer);
-      call.off("drain", done);
-      call.off("cancelled", done);
-      call.off("close", done);
-    };
-    const done = () => {
-      stop();
-      resolve();
-    };
-    const timer = setTimeout(() => {
-      stop();
-      reject(new CancelledError(`the client read nothing for ${stallMs} ms`));
-    }, stallMs);
-    call.on("drain", done);
-    call.on("cancelled", done);
-    call.on("close", done);
-  });
-}
-
 export function inferenceHandlers(context: InferenceContext): InferenceHandlers {
   let running = 0;
   const runningByKey = new Map<string, number>();
@@ -315,7 +287,7 @@ export function inferenceHandlers(context: InferenceContext): InferenceHandlers 
             if (call.cancelled) break;
             if (firstTokenMs === 0) firstTokenMs = performance.now() - started;
             const text = eos.has(token.token) ? "" : stops.push(decoder.push(token.token));
-            if (previous && !call.write(previous)) await drained(call, context.limits.stallTimeoutMs);
+            if (previous && !call.write(previous)) await whenWritable(call, context.limits.stallTimeoutMs);
             previous = {
               token: {
                 id: token.token,

@@ -13,3 +13,4 @@ export {
 } from "./transport-security.ts";
 export { deviceOf, type DeviceIdentity } from "./device-identity.ts";
 export { API_KEY_HASH_PATTERN, ApiKeys, hashApiKey, newApiKey } from "./api-keys.ts";
+export { whenWritable } from "./stream-flow.ts";

@@ -18,6 +18,7 @@ import { AbortedError, ResourceExhaustedError, UnauthenticatedError, type Logger
 import {
   deviceOf,
   failCall,
+  whenWritable,
   type CloudWorkerHandlers,
   type DeviceIdentity,
   type EdgeMessage__Output,
@@ -153,7 +154,7 @@ export function escalationHandlers(
             const reply = await session.handle(message);
             if (message.close) stopWriting();
             // An edge that does not read its replies is not given more work until it does.
-            if (reply && !ended && !call.writableEnded && !call.write(reply)) await drainedOrEnded(call);
+            if (reply && !ended && !call.writableEnded && !call.write(reply)) await whenWritable(call);
           } catch (error) {
             fail(error);
           } finally {
@@ -176,15 +177,4 @@ export function escalationHandlers(
       });
     },
   };
-}
-
-/** Resolves once the stream takes writes again, or ends. */
-function drainedOrEnded(call: grpc.ServerDuplexStream<unknown, unknown>): Promise<void> {
-  return new Promise((resolve) => {
-    const done = () => {
-      for (const event of ["drain", "close", "error", "cancelled"]) call.off(event, done);
-      resolve();
-    };
-    for (const event of ["drain", "close", "error", "cancelled"]) call.on(event, done);
-  });
 }
