@@ -171,10 +171,13 @@ export function escalationHandlers(
           }
         });
       });
-      call.on("error", () => {
-        ended = true;
-        stopWriting();
-      });
+      // A stream the edge cancelled (or whose deadline passed) ends here too: it must not
+      // stay registered as its session's writer.
+      for (const event of ["error", "cancelled"])
+        call.on(event, () => {
+          ended = true;
+          stopWriting();
+        });
     },
   };
 }
