@@ -4,7 +4,6 @@
  * trace; once connected, programs reconnect forever, quickly, because the control plane
  * and every worker's map depend on it.
  */
-import { readFileSync } from "node:fs";
 import {
   type Authenticator,
   connect,
@@ -12,7 +11,7 @@ import {
   type NatsConnection,
   nkeyAuthenticator,
 } from "@nats-io/transport-node";
-import { FailedPreconditionError, UnauthenticatedError, UnavailableError } from "@tandem/common";
+import { readSecretFile, UnauthenticatedError, UnavailableError } from "@tandem/common";
 
 /**
  * How a party proves itself to NATS, from files (a mounted Secret): an NKey seed, or a
@@ -68,18 +67,10 @@ export function kvReplicas(nc: NatsConnection): number {
 
 function authenticatorOf(credentials: NatsCredentials | undefined): Authenticator | undefined {
   if (credentials?.nkeySeedFile) {
-    const seed = readCredential(credentials.nkeySeedFile, "natsNkeySeed").trim();
+    const seed = readSecretFile(credentials.nkeySeedFile, "natsNkeySeed").trim();
     return nkeyAuthenticator(new TextEncoder().encode(seed));
   }
   if (credentials?.credsFile)
-    return credsAuthenticator(new TextEncoder().encode(readCredential(credentials.credsFile, "natsCreds")));
+    return credsAuthenticator(new TextEncoder().encode(readSecretFile(credentials.credsFile, "natsCreds")));
   return undefined;
-}
-
-function readCredential(path: string, setting: string): string {
-  try {
-    return readFileSync(path, "utf8");
-  } catch (error) {
-    throw new FailedPreconditionError(setting, `cannot read ${path} (${(error as Error).message})`);
-  }
 }

@@ -52,3 +52,4 @@ export {
   isRetryable,
   type BackoffPolicy,
 } from "./retry-policy.ts";
+export { readSecretFile } from "./secret-file.ts";

@@ -2,10 +2,9 @@
  * Where batch jobs live in Redis: one BullMQ queue per job kind, under a key prefix per
  * cluster, so clusters (and test runs) sharing a Redis never see each other's jobs.
  */
-import { readFileSync } from "node:fs";
 import { isIP } from "node:net";
 import type { ConnectionOptions } from "bullmq";
-import { checkClusterName, FailedPreconditionError, InvalidArgumentError } from "@tandem/common";
+import { checkClusterName, InvalidArgumentError, readSecretFile } from "@tandem/common";
 
 /**
  * Secrets of a Redis connection kept out of the URL (and so out of config values, logs and
@@ -61,13 +60,13 @@ export function batchQueueLocation(
     db,
     username: decodeURIComponent(url.username) || undefined,
     password: secrets.passwordFile
-      ? readSecret(secrets.passwordFile, "redisPasswordFile")
+      ? readSecretFile(secrets.passwordFile, "redisPasswordFile")
       : decodeURIComponent(url.password) || undefined,
     tls:
       url.protocol === "rediss:"
         ? {
             servername: isIP(host) ? undefined : host,
-            ca: secrets.caFile ? readSecret(secrets.caFile, "redisCa") : undefined,
+            ca: secrets.caFile ? readSecretFile(secrets.caFile, "redisCa") : undefined,
           }
         : undefined,
   };
@@ -87,14 +86,5 @@ export function redactedUrl(redisUrl: string): string {
     return url.toString();
   } catch {
     return redisUrl.replace(/:[^:@/]*@/, ":***@");
-  }
-}
-
-function readSecret(path: string, setting: string): string {
-  try {
-    // A trailing newline is an editor's or `echo`'s, not the secret's.
-    return readFileSync(path, "utf8").replace(/\r?\n$/, "");
-  } catch (error) {
-    throw new FailedPreconditionError(setting, `cannot read ${path} (${(error as Error).message})`);
   }
 }
