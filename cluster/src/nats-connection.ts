@@ -5,11 +5,13 @@
  * and every worker's map depend on it.
  */
 import {
+  AuthorizationError,
   type Authenticator,
   connect,
   credsAuthenticator,
   type NatsConnection,
   nkeyAuthenticator,
+  UserAuthenticationExpiredError,
 } from "@nats-io/transport-node";
 import { readSecretFile, UnauthenticatedError, UnavailableError } from "@tandem/common";
 
@@ -38,19 +40,22 @@ export interface NatsConnectOptions {
 
 export async function connectNats(url: string, options: NatsConnectOptions = {}): Promise<NatsConnection> {
   const reconnect = options.reconnect ?? true;
+  // Read before connecting: a credentials file that cannot be read names its setting,
+  // rather than passing for an unreachable server.
+  const authenticator = authenticatorOf(options.credentials);
   try {
     return await connect({
       // Several servers, comma-separated: the client fails over between them.
       servers: url.split(",").map((server) => server.trim()),
       name: options.name,
-      authenticator: authenticatorOf(options.credentials),
+      authenticator,
       timeout: options.timeoutMs ?? 5000,
       maxReconnectAttempts: reconnect ? -1 : 0,
       reconnectTimeWait: 250,
     });
   } catch (error) {
     const cause = (error as Error).message || String(error);
-    if (/authorization|authentication/i.test(cause))
+    if (error instanceof AuthorizationError || error instanceof UserAuthenticationExpiredError)
       throw new UnauthenticatedError(`NATS at ${url} refused the credentials (${cause})`);
     throw new UnavailableError(`NATS at ${url} cannot be reached (${cause})`, { cause: error });
   }
