@@ -86,6 +86,10 @@ export async function startCloudWorker(options: CloudWorkerOptions, log: Logger)
   );
   if (!options.tls && options.insecure)
     log.warn({ host }, "serving plaintext: hidden states cross the network unencrypted");
+  // Before the model loads: a missing or foreign revocation list stops the worker here.
+  const revocations = options.tls?.crl
+    ? await (await import("@tandem/proto/certificates")).RevocationList.open(options.tls.crl, options.tls.ca)
+    : undefined;
   const checkpoint = await loadCheckpoint(options.modelDir);
   const layers = checkpoint.config.numLayers;
   if (!Number.isInteger(options.split) || options.split < 1 || options.split >= layers) {
@@ -120,9 +124,7 @@ export async function startCloudWorker(options: CloudWorkerOptions, log: Logger)
     log,
     counters,
     undefined,
-    options.tls?.crl
-      ? new (await import("@tandem/proto/certificates")).RevocationList(options.tls.crl, options.tls.ca)
-      : undefined,
+    revocations,
     options.sessionLimits ?? DEFAULT_SESSION_LIMITS,
   );
   const server = await startGrpcServer(
