@@ -373,6 +373,35 @@ describe("a worker's certificate", () => {
     }
   }, 30_000);
 
+  it("must be readable when the worker starts, or it does not start, naming tlsCert", async () => {
+    await expect(
+      startCloudWorker(
+        {
+          modelDir: join(dir, "model"),
+          split: SPLIT,
+          workerId: "no-cert",
+          cacheDir: join(dir, "graphs"),
+          tls: { cert: join(dir, "missing.pem"), key: join(dir, "missing.key"), ca: caPaths(certs).cert },
+        },
+        silent,
+      ),
+    ).rejects.toThrow(/^tlsCert: cannot read .*missing\.pem/);
+  });
+
+  it("comes with a revocation list the worker can read, or the worker does not start, naming tlsCrl", async () => {
+    await expect(
+      startCloudWorker(
+        {
+          modelDir: join(dir, "model"),
+          split: SPLIT,
+          workerId: "no-crl",
+          tls: { ...serverPaths(certs, "worker"), ca: caPaths(certs).cert, crl: join(dir, "missing.crl") },
+        },
+        silent,
+      ),
+    ).rejects.toThrow(/^tlsCrl: the revocation list .*missing\.crl cannot be read/);
+  });
+
   it("is required to listen beyond loopback, unless told insecure", async () => {
     await expect(
       startCloudWorker(

@@ -77,8 +77,9 @@ export async function startGrpcServer(
   for (const service of services) server.addService(service.definition, service.handlers);
   const host = options.host ?? "127.0.0.1";
   const address = `${host}:${options.port ?? 0}`;
+  const credentials = await serverCredentials(options.tls);
   const port = await new Promise<number>((resolve, reject) =>
-    server.bindAsync(address, serverCredentials(options.tls), (error, bound) =>
+    server.bindAsync(address, credentials, (error, bound) =>
       error
         ? // The address is the operator's to change (taken, or not this machine's).
           reject(

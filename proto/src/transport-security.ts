@@ -34,7 +34,7 @@ export interface ClientTlsFiles {
   key?: string;
 }
 
-export function serverCredentials(tls: ServerTlsFiles | undefined): grpc.ServerCredentials {
+export async function serverCredentials(tls: ServerTlsFiles | undefined): Promise<grpc.ServerCredentials> {
   if (!tls) return grpc.ServerCredentials.createInsecure();
   const files = new grpc.experimental.FileWatcherCertificateProvider({
     certificateFile: tls.cert,
@@ -42,6 +42,9 @@ export function serverCredentials(tls: ServerTlsFiles | undefined): grpc.ServerC
     caCertificateFile: tls.ca,
     refreshIntervalMs: CERTIFICATE_REFRESH_MS,
   });
+  // The provider reads the files asynchronously: a server bound before they are in reports
+  // SERVING and then fails its first clients' handshakes.
+  await firstRead(files, tls);
   // grpc-js 1.14 hands this function's first argument to the credentials as the identity
   // provider and its second as the CA provider (the reverse of its parameter names), so
   // the identity goes first; test/security.test.ts fails if that ever changes.
@@ -67,6 +70,36 @@ export function channelCredentials(tls: ClientTlsFiles | undefined): grpc.Channe
         })
       : null;
   return grpc.experimental.createCertificateProviderChannelCredentials(ca, identity);
+}
+
+/**
+ * Waits for the provider's first read of the server's files; a file it cannot read is a
+ * FailedPreconditionError naming the setting, at start rather than at the first handshake.
+ */
+function firstRead(files: grpc.experimental.CertificateProvider, tls: ServerTlsFiles): Promise<void> {
+  return new Promise((resolve, reject) => {
+    let identityRead = false;
+    let caRead = tls.ca === undefined;
+    const finish = (error?: Error) => {
+      files.removeIdentityCertificateListener(onIdentity);
+      files.removeCaCertificateListener(onCa);
+      if (error) reject(error);
+      else resolve();
+    };
+    const onIdentity = (update: grpc.experimental.IdentityCertificateUpdate | null) => {
+      if (!update)
+        return finish(new FailedPreconditionError("tlsCert", `cannot read ${tls.cert} or ${tls.key}`));
+      identityRead = true;
+      if (caRead) finish();
+    };
+    const onCa = (update: grpc.experimental.CaCertificateUpdate | null) => {
+      if (!update) return finish(new FailedPreconditionError("tlsCa", `cannot read ${tls.ca}`));
+      caRead = true;
+      if (identityRead) finish();
+    };
+    files.addIdentityCertificateListener(onIdentity);
+    if (tls.ca !== undefined) files.addCaCertificateListener(onCa);
+  });
 }
 
 /** True for addresses only this machine can reach. */
