@@ -16,6 +16,7 @@ import { isIP } from "node:net";
 import { join } from "node:path";
 import * as x509 from "@peculiar/x509";
 import { FailedPreconditionError, InvalidArgumentError } from "@tandem/common";
+import { DEVICE_ID_PATTERN } from "./device-identity.ts";
 
 // @peculiar/x509 signs with the global WebCrypto (Node's, since Node 19).
 type CryptoKey = webcrypto.CryptoKey;
@@ -23,9 +24,6 @@ type CryptoKeyPair = webcrypto.CryptoKeyPair;
 
 const ALGORITHM = { name: "ECDSA", namedCurve: "P-256", hash: "SHA-256" } as const;
 const DAY_MS = 24 * 3600 * 1000;
-
-/** Device ids and server names: what a file name and a certificate CN can both carry. */
-const NAME_PATTERN = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
 
 export const DEFAULT_CERTIFICATE_DAYS = { ca: 3650, leaf: 365 } as const;
 
@@ -213,7 +211,7 @@ function randomSerial(): string {
 }
 
 function checkName(field: string, name: string): void {
-  if (!NAME_PATTERN.test(name))
+  if (!DEVICE_ID_PATTERN.test(name))
     throw new InvalidArgumentError(
       field,
       `"${name}" must be 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit`,

@@ -8,6 +8,12 @@ import { UnauthenticatedError } from "@tandem/common";
 
 const CLIENT_AUTH_OID = "1.3.6.1.5.5.7.3.2";
 
+/**
+ * Device ids (and server names): what a file name and a certificate CN can both carry, and
+ * never "/", which separates a device's namespace from its session ids on a worker.
+ */
+export const DEVICE_ID_PATTERN = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
+
 export interface DeviceIdentity {
   deviceId: string;
   /** Serial number of its certificate, lowercase hex without leading zeros. */
@@ -27,6 +33,9 @@ export function deviceOf(
   const deviceId = peer?.subject?.CN;
   if (!peer || typeof deviceId !== "string" || deviceId.length === 0)
     throw new UnauthenticatedError("the client presented no device certificate");
+  // A CA shared with other tools may have issued names Tandem cannot namespace by.
+  if (!DEVICE_ID_PATTERN.test(deviceId))
+    throw new UnauthenticatedError(`the certificate's CN "${deviceId}" is not a device id`);
   if (!(peer.ext_key_usage ?? []).includes(CLIENT_AUTH_OID))
     throw new UnauthenticatedError(`the certificate of "${deviceId}" is not for client authentication`);
   return { deviceId, serial: normalizeSerial(peer.serialNumber) };
