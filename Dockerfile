@@ -31,6 +31,7 @@ COPY --from=build /src/cli/package.json cli/
 RUN npm ci --omit=dev --ignore-scripts --no-audit --no-fund && npm cache clean --force
 COPY --from=build /src/bin ./bin
 COPY --from=build /src/proto/tandem ./proto/tandem
+COPY --from=build /src/proto/grpc ./proto/grpc
 COPY --from=build /src/common/dist ./common/dist
 COPY --from=build /src/proto/dist ./proto/dist
 COPY --from=build /src/cluster/dist ./cluster/dist

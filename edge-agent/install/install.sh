@@ -36,7 +36,8 @@ for package in common proto cluster runtime edge-agent; do
   mkdir -p "$prefix/$package"
   cp -a "$here/$package/package.json" "$here/$package/dist" "$prefix/$package/"
 done
-cp -a "$here/proto/tandem" "$prefix/proto/"
+# The .proto files: server reflection reads them (after the agent reports SERVING).
+cp -a "$here/proto/tandem" "$here/proto/grpc" "$prefix/proto/"
 # The installed copy is a workspace of just these packages.
 node -e 'const f=process.argv[1], p=JSON.parse(require("fs").readFileSync(f)); p.workspaces=process.argv.slice(2); delete p.devDependencies; delete p.scripts; require("fs").writeFileSync(f, JSON.stringify(p, null, 2))' \
   "$prefix/package.json" common proto cluster runtime edge-agent

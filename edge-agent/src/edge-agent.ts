@@ -150,7 +150,6 @@ export async function startEdgeAgent(
     log,
   });
   const server = await startGrpcServer(
-    protos.definition,
     [
       {
         name: "tandem.v1.Inference",
@@ -164,6 +163,10 @@ export async function startEdgeAgent(
       tls: config.tlsCert && config.tlsKey ? { cert: config.tlsCert, key: config.tlsKey } : undefined,
       maxReceiveMessageBytes: maxRequestBytes(limits),
     },
+  );
+  void server.reflection.then(
+    (error) =>
+      error && log.warn({ err: error }, "server reflection is off: its .proto files could not be read"),
   );
   // Off the path to readiness: what the first escalation will need.
   if (cloud) void loadCircuitBreakers();

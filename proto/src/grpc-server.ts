@@ -7,9 +7,9 @@
  * loaded and added once the server reports SERVING, so it does not delay readiness.
  */
 import * as grpc from "@grpc/grpc-js";
-import { HealthImplementation } from "grpc-health-check";
 import { FailedPreconditionError } from "@tandem/common";
-import type { PackageDefinition } from "@grpc/proto-loader";
+import { HealthService } from "./health-service.ts";
+import { loadReflectionDefinition } from "./tandem-protos.ts";
 import { serverCredentials, type ServerTlsFiles } from "./transport-security.ts";
 
 /** How long a client connection may stay idle, live, and finish its calls once too old. */
@@ -34,7 +34,7 @@ export interface ServingOptions {
 
 export interface RunningServer {
   server: grpc.Server;
-  health: HealthImplementation;
+  health: HealthService;
   port: number;
   address: string;
   /**
@@ -42,14 +42,16 @@ export interface RunningServer {
    * drains takes it out of load balancers' rotation while its peers still reach it.
    */
   setServing(serving: boolean): void;
-  /** Resolves once server reflection is served too. */
-  reflection: Promise<void>;
+  /**
+   * Resolves once server reflection is served too, or with the reason it could not be
+   * (the .proto files missing from an install, say): a tool's convenience, never fatal.
+   */
+  reflection: Promise<Error | undefined>;
   /** Stops accepting calls, lets open ones finish for `graceMs`, then cancels them. */
   shutdown(graceMs?: number): Promise<void>;
 }
 
 export async function startGrpcServer(
-  packageDefinition: PackageDefinition,
   services: {
     name: string;
     definition: grpc.ServiceDefinition;
@@ -69,7 +71,7 @@ export async function startGrpcServer(
     "grpc.max_connection_age_ms": CONNECTION_LIMITS.maxAgeMs,
     "grpc.max_connection_age_grace_ms": CONNECTION_LIMITS.ageGraceMs,
   });
-  const health = new HealthImplementation({
+  const health = new HealthService({
     "": "NOT_SERVING",
     ...Object.fromEntries(services.map((s) => [s.name, "NOT_SERVING" as const])),
   });
@@ -95,9 +97,13 @@ export async function startGrpcServer(
       health.setStatus(name, serving ? "SERVING" : "NOT_SERVING");
   };
   setServing(true);
-  const reflection = import("@grpc/reflection").then(({ ReflectionService }) =>
-    // Only what this server serves: edge and worker share one package definition.
-    new ReflectionService(packageDefinition, { services: services.map((s) => s.name) }).addToServer(server),
+  const reflection = Promise.all([import("@grpc/reflection"), loadReflectionDefinition()]).then(
+    ([{ ReflectionService }, packageDefinition]) => {
+      // Only what this server serves: edge and worker share one package definition.
+      new ReflectionService(packageDefinition, { services: services.map((s) => s.name) }).addToServer(server);
+      return undefined;
+    },
+    (error: unknown) => (error instanceof Error ? error : new Error(String(error))),
   );
   return {
     reflection,
@@ -108,6 +114,8 @@ export async function startGrpcServer(
     setServing,
     async shutdown(graceMs = 5000) {
       setServing(false);
+      // Watchers have seen NOT_SERVING; their calls would otherwise hold the drain open.
+      health.endWatches();
       await new Promise<void>((resolve) => {
         const timer = setTimeout(() => {
           server.forceShutdown();

@@ -1,6 +1,8 @@
 /** @tandem/proto: the gRPC contract (loaded .proto files and their generated types) and server plumbing. */
 export * from "./tandem-protos.ts";
 export { startGrpcServer, type RunningServer, type ServingOptions } from "./grpc-server.ts";
+export { HealthService, MAX_HEALTH_WATCHES, type ServingStatus } from "./health-service.ts";
+export type { GrpcClientConstructor, GrpcService } from "./service-definitions.ts";
 export { STATUS_BY_CODE, errorOfStatus, failCall, statusOf, type WireStatus } from "./error-status.ts";
 export {
   CERTIFICATE_REFRESH_MS,

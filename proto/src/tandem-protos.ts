@@ -1,42 +1,80 @@
 /**
- * Loads Tandem's .proto files for @grpc/grpc-js and re-exports their generated types.
- * The loader options must match the flags in proto/generate.sh, which produced the types.
+ * Tandem's gRPC services for @grpc/grpc-js, built from the generated descriptor of its
+ * .proto files, and their generated types. The conversion options must match the flags
+ * in proto/generate.sh, which produced the types.
  */
-import * as grpc from "@grpc/grpc-js";
-import * as protoLoader from "@grpc/proto-loader";
+import type * as protoLoader from "@grpc/proto-loader";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
-import type { ProtoGrpcType as CloudWorkerProto } from "./generated/cloud_worker.ts";
-import type { ProtoGrpcType as InferenceProto } from "./generated/inference.ts";
+import { TANDEM_DESCRIPTOR } from "./generated/descriptor.ts";
+import type { CloudWorkerClient, CloudWorkerDefinition } from "./generated/tandem/v1/CloudWorker.ts";
+import type { InferenceClient, InferenceDefinition } from "./generated/tandem/v1/Inference.ts";
+import type { HealthClient, HealthDefinition } from "./generated/grpc/health/v1/Health.ts";
+import {
+  clientConstructorOf,
+  type GrpcClientConstructor,
+  type MessageConversion,
+  rootOf,
+} from "./service-definitions.ts";
 
 /** The package root, where tandem/v1/*.proto live (this module runs from src/ or dist/). */
 export const PROTO_DIR = join(dirname(fileURLToPath(import.meta.url)), "..");
-export const PROTO_FILES = ["tandem/v1/inference.proto", "tandem/v1/cloud_worker.proto"];
+/** The files the descriptor was generated from (proto/write-descriptor.mjs lists the same). */
+export const PROTO_FILES = [
+  "tandem/v1/inference.proto",
+  "tandem/v1/cloud_worker.proto",
+  "grpc/health/v1/health.proto",
+];
 
-export const LOADER_OPTIONS: protoLoader.Options = {
-  keepCase: false,
+/** Decoded messages: int64 as decimal strings, enums by name, every field present, oneof names set. */
+export const MESSAGE_CONVERSION: MessageConversion = {
   longs: String,
   enums: String,
   defaults: true,
   oneofs: true,
-  includeDirs: [PROTO_DIR],
 };
 
-let loaded:
-  | { definition: protoLoader.PackageDefinition; tandem: (InferenceProto & CloudWorkerProto)["tandem"] }
-  | undefined;
+export interface TandemServices {
+  tandem: {
+    v1: {
+      Inference: GrpcClientConstructor<InferenceClient, InferenceDefinition>;
+      CloudWorker: GrpcClientConstructor<CloudWorkerClient, CloudWorkerDefinition>;
+    };
+  };
+  grpc: { health: { v1: { Health: GrpcClientConstructor<HealthClient, HealthDefinition> } } };
+}
 
-/** The package definition (for reflection) and the typed `tandem.v1` namespace. */
-export function loadTandemProtos(): NonNullable<typeof loaded> {
+let loaded: TandemServices | undefined;
+
+/** The services' client constructors, each with its server definition as `.service`. */
+export function loadTandemProtos(): TandemServices {
   if (!loaded) {
-    const definition = protoLoader.loadSync(
-      PROTO_FILES.map((f) => join(PROTO_DIR, f)),
-      LOADER_OPTIONS,
-    );
-    const root = grpc.loadPackageDefinition(definition) as unknown as InferenceProto & CloudWorkerProto;
-    loaded = { definition, tandem: root.tandem };
+    const root = rootOf(TANDEM_DESCRIPTOR);
+    loaded = {
+      tandem: {
+        v1: {
+          Inference: clientConstructorOf(root, "tandem.v1.Inference", MESSAGE_CONVERSION),
+          CloudWorker: clientConstructorOf(root, "tandem.v1.CloudWorker", MESSAGE_CONVERSION),
+        },
+      },
+      grpc: {
+        health: { v1: { Health: clientConstructorOf(root, "grpc.health.v1.Health", MESSAGE_CONVERSION) } },
+      },
+    };
   }
   return loaded;
+}
+
+/**
+ * The package definition server reflection needs (file descriptors of every message):
+ * parsed from the .proto files by @grpc/proto-loader, loaded only when asked for.
+ */
+export async function loadReflectionDefinition(): Promise<protoLoader.PackageDefinition> {
+  const protoLoader = await import("@grpc/proto-loader");
+  return protoLoader.load(
+    PROTO_FILES.map((f) => join(PROTO_DIR, f)),
+    { ...MESSAGE_CONVERSION, keepCase: false, includeDirs: [PROTO_DIR] },
+  );
 }
 
 export type { CloudWorkerClient } from "./generated/tandem/v1/CloudWorker.ts";

@@ -77,27 +77,57 @@ export function generate(
 }
 
 /** The status a server's standard gRPC health service reports for `service` ("" for the server). */
+/**
+ * A client of grpc.health.v1 from the .proto that ships with grpc-health-check, not from
+ * Tandem's own copy: a check of the server against the standard, as load balancers see it.
+ */
+type HealthTestClient = grpc.Client & {
+  check(
+    req: { service: string },
+    options: grpc.CallOptions,
+    cb: (e: grpc.ServiceError | null, r: { status: string }) => void,
+  ): void;
+  watch(req: { service: string }): grpc.ClientReadableStream<{ status: string }>;
+  list(
+    req: object,
+    options: grpc.CallOptions,
+    cb: (e: grpc.ServiceError | null, r: { statuses: Record<string, { status: string }> }) => void,
+  ): void;
+};
+
+let healthConstructor: grpc.ServiceClientConstructor | undefined;
+
+export function healthClient(address: string): HealthTestClient {
+  healthConstructor ??= (
+    grpc.loadPackageDefinition(protoLoader.loadSync(healthProtoPath, { enums: String })) as unknown as {
+      grpc: { health: { v1: { Health: grpc.ServiceClientConstructor } } };
+    }
+  ).grpc.health.v1.Health;
+  return new healthConstructor(address, grpc.credentials.createInsecure()) as unknown as HealthTestClient;
+}
+
+/** What Check answers for `service` (rejects with the call's error, e.g. NOT_FOUND). */
 export async function healthStatus(address: string, service: string): Promise<string> {
-  const definition = protoLoader.loadSync(healthProtoPath, { enums: String });
-  const health = grpc.loadPackageDefinition(definition) as unknown as {
-    grpc: {
-      health: {
-        v1: {
-          Health: new (
-            address: string,
-            credentials: grpc.ChannelCredentials,
-          ) => grpc.Client & {
-            check: (req: object, cb: (e: Error | null, r: { status: string }) => void) => void;
-          };
-        };
-      };
-    };
-  };
-  const client = new health.grpc.health.v1.Health(address, grpc.credentials.createInsecure());
+  const client = healthClient(address);
   try {
     return await new Promise<string>((resolve, reject) =>
-      client.check({ service }, (e, r) => (e ? reject(e) : resolve(String(r.status)))),
+      client.check({ service }, { deadline: Date.now() + 5000 }, (e, r) =>
+        e ? reject(e) : resolve(r.status),
+      ),
     );
+  } finally {
+    client.close();
+  }
+}
+
+/** What List answers: every service's status. */
+export async function healthList(address: string): Promise<Record<string, string>> {
+  const client = healthClient(address);
+  try {
+    const reply = await new Promise<{ statuses: Record<string, { status: string }> }>((resolve, reject) =>
+      client.list({}, { deadline: Date.now() + 5000 }, (e, r) => (e ? reject(e) : resolve(r))),
+    );
+    return Object.fromEntries(Object.entries(reply.statuses).map(([name, { status }]) => [name, status]));
   } finally {
     client.close();
   }
@@ -109,21 +139,9 @@ export async function healthStatus(address: string, service: string): Promise<st
  * backoff from attempts refused before the server listened. Rejects after `timeoutMs`.
  */
 export async function waitUntilServing(address: string, timeoutMs = 60_000, pollMs = 5): Promise<void> {
-  const definition = protoLoader.loadSync(healthProtoPath, { enums: String });
-  const { Health } = (
-    grpc.loadPackageDefinition(definition) as unknown as {
-      grpc: { health: { v1: { Health: grpc.ServiceClientConstructor } } };
-    }
-  ).grpc.health.v1;
   const deadline = Date.now() + timeoutMs;
   for (;;) {
-    const client = new Health(address, grpc.credentials.createInsecure()) as unknown as grpc.Client & {
-      check: (
-        req: object,
-        options: grpc.CallOptions,
-        cb: (e: grpc.ServiceError | null, r: { status: string }) => void,
-      ) => void;
-    };
+    const client = healthClient(address);
     const status = await new Promise<string | undefined>((resolve) =>
       client.check({ service: "" }, { deadline: Date.now() + 250 }, (e, r) =>
         resolve(e ? undefined : r.status),

@@ -1,5 +1,13 @@
 /** @tandem/testkit: real servers and programs, started and stopped for tests and benchmarks. */
-export { escalateStream, generate, healthStatus, waitUntilServing, type Connection } from "./grpc-client.ts";
+export {
+  escalateStream,
+  generate,
+  healthClient,
+  healthList,
+  healthStatus,
+  waitUntilServing,
+  type Connection,
+} from "./grpc-client.ts";
 export {
   startNatsCluster,
   startNatsServer,

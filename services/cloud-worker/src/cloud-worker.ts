@@ -128,7 +128,6 @@ export async function startCloudWorker(options: CloudWorkerOptions, log: Logger)
     options.sessionLimits ?? DEFAULT_SESSION_LIMITS,
   );
   const server = await startGrpcServer(
-    protos.definition,
     [
       {
         name: "tandem.v1.CloudWorker",
@@ -144,6 +143,10 @@ export async function startCloudWorker(options: CloudWorkerOptions, log: Logger)
       maxReceiveMessageBytes:
         DEFAULT_ESCALATION_LIMITS.maxFrameTokens * checkpoint.config.hiddenSize * 4 + 64 * 1024,
     },
+  );
+  void server.reflection.then(
+    (error) =>
+      error && log.warn({ err: error }, "server reflection is off: its .proto files could not be read"),
   );
   log.info(
     {
