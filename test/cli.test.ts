@@ -6,7 +6,8 @@ import module from "node:module";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { loadCheckpoint, ReferenceModel, writeRandomCheckpoint } from "@tandem/runtime";
+import { loadCheckpoint } from "@tandem/runtime";
+import { ReferenceModel, writeRandomCheckpoint } from "@tandem/runtime/testing";
 import { runCli } from "@tandem/testkit";
 
 let dir: string;

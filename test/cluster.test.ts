@@ -10,14 +10,8 @@ import { join } from "node:path";
 import { connect } from "@nats-io/transport-node";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { clusterStatus, controlPlaneNames, type ExpertLoadReport, NodeRegistry } from "@tandem/cluster";
-import {
-  AlwaysExitPolicy,
-  loadCheckpoint,
-  loadLocalSplit,
-  SplitGenerator,
-  Tokenizer,
-  writeRandomCheckpoint,
-} from "@tandem/runtime";
+import { AlwaysExitPolicy, loadCheckpoint, loadLocalSplit, SplitGenerator, Tokenizer } from "@tandem/runtime";
+import { writeRandomCheckpoint } from "@tandem/runtime/testing";
 import {
   generate,
   type RunningProcess,

@@ -10,14 +10,8 @@ import { join } from "node:path";
 import { promisify } from "node:util";
 import * as grpc from "@grpc/grpc-js";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import {
-  AlwaysExitPolicy,
-  loadCheckpoint,
-  loadLocalSplit,
-  SplitGenerator,
-  Tokenizer,
-  writeRandomCheckpoint,
-} from "@tandem/runtime";
+import { AlwaysExitPolicy, loadCheckpoint, loadLocalSplit, SplitGenerator, Tokenizer } from "@tandem/runtime";
+import { writeRandomCheckpoint } from "@tandem/runtime/testing";
 import { freePort, generate, healthStatus, type RunningProcess, startProgram } from "@tandem/testkit";
 
 let dir: string;

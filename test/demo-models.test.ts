@@ -13,12 +13,12 @@ import {
   getCodec,
   loadCheckpoint,
   readCalibration,
-  ReferenceModel,
   SegmentModel,
   SegmentSessions,
   segmentSpec,
   Tokenizer,
 } from "@tandem/runtime";
+import { ReferenceModel } from "@tandem/runtime/testing";
 import { runCli } from "@tandem/testkit";
 
 const MODELS = join(import.meta.dirname, "..", "models");

@@ -27,19 +27,18 @@ import {
   GREEDY,
   LocalSessionContexts,
   LocalUpperSegment,
-  TINY_LLAMA,
   frameMessage,
   getCodec,
   loadCheckpoint,
   loadLocalSplit,
   openMessage,
-  writeRandomCheckpoint,
   type Checkpoint,
   type CodecName,
   type LocalSplit,
   type SamplingOptions,
   type SplitIdentity,
 } from "@tandem/runtime";
+import { TINY_LLAMA, writeRandomCheckpoint } from "@tandem/runtime/testing";
 
 const SPLIT = 2;
 let dir: string;

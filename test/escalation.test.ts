@@ -13,15 +13,8 @@ import { CLOUD_LINK_BACKOFF, UnavailableError } from "@tandem/common";
 import { CloudLinks, DEFAULT_CLOUD_LINK_OPTIONS, StaticCloudRoute } from "@tandem/edge-agent";
 import { loadTandemProtos, type EdgeMessage } from "@tandem/proto";
 import { escalateStream } from "@tandem/testkit";
-import {
-  type Checkpoint,
-  getCodec,
-  GREEDY,
-  loadCheckpoint,
-  loadLocalSplit,
-  TINY_LLAMA,
-  writeRandomCheckpoint,
-} from "@tandem/runtime";
+import { type Checkpoint, getCodec, GREEDY, loadCheckpoint, loadLocalSplit } from "@tandem/runtime";
+import { TINY_LLAMA, writeRandomCheckpoint } from "@tandem/runtime/testing";
 import { startCloudWorker, type CloudWorker } from "@tandem/cloud-worker";
 
 let dir: string;

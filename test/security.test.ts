@@ -29,14 +29,8 @@ import {
   revokeDevice,
   serverPaths,
 } from "@tandem/proto/certificates";
-import {
-  type Checkpoint,
-  getCodec,
-  loadCheckpoint,
-  loadLocalSplit,
-  TINY_LLAMA,
-  writeRandomCheckpoint,
-} from "@tandem/runtime";
+import { type Checkpoint, getCodec, loadCheckpoint, loadLocalSplit } from "@tandem/runtime";
+import { TINY_LLAMA, writeRandomCheckpoint } from "@tandem/runtime/testing";
 import { escalateStream, generate, runCli, until } from "@tandem/testkit";
 
 const HIDDEN = 64;

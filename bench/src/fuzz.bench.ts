@@ -20,7 +20,8 @@ import { pino } from "pino";
 import { startCloudWorker } from "@tandem/cloud-worker";
 import { EDGE_CONFIG_SCHEMA, startEdgeAgent } from "@tandem/edge-agent";
 import { loadTandemProtos } from "@tandem/proto";
-import { loadCheckpoint, TINY_LLAMA, writeRandomCheckpoint } from "@tandem/runtime";
+import { loadCheckpoint } from "@tandem/runtime";
+import { TINY_LLAMA, writeRandomCheckpoint } from "@tandem/runtime/testing";
 import type { BenchOptions, BenchResult } from "./bench-types.ts";
 
 const SPLIT = 2;

@@ -17,14 +17,12 @@ import {
   DEFAULT_QUANT_BLOCK_SIZE,
   loadCheckpoint,
   type ModelConfig,
-  ReferenceModel,
   SegmentModel,
   SegmentSessions,
   segmentSpec,
-  sizedLlamaSpec,
   type WeightFormat,
-  writeRandomCheckpoint,
 } from "@tandem/runtime";
+import { ReferenceModel, sizedLlamaSpec, writeRandomCheckpoint } from "@tandem/runtime/testing";
 import type { BenchOptions, BenchResult } from "./bench-types.ts";
 import { measureMemoryBandwidth } from "./memory-bandwidth.ts";
 import { countParams, layerLinearParams } from "./model-arithmetic.ts";

@@ -1,7 +1,8 @@
 /**
  * @tandem/runtime: the model engine shared by edge and cloud. Checkpoints, segment graphs
  * on ONNX Runtime, sessions with their KV, exit policies, calibration, hidden-state
- * codecs and the collaborative loop; a reference forward and random checkpoints for tests.
+ * codecs and the collaborative loop; (tests take a reference forward and random checkpoints
+ * from @tandem/runtime/testing).
  */
 
 // Checkpoints
@@ -114,12 +115,3 @@ export {
   type LocalUpperSegmentOptions,
 } from "./protocol/local-upper-segment.ts";
 export { IncrementalDecoder, Tokenizer } from "./tokenizer/tokenizer.ts";
-
-// For tests and benchmarks: the plain-TypeScript reference forward and random checkpoints
-export { ReferenceModel } from "./reference/reference-model.ts";
-export {
-  TINY_LLAMA,
-  sizedLlamaSpec,
-  writeRandomCheckpoint,
-  type RandomCheckpointSpec,
-} from "./testing/random-checkpoint.ts";

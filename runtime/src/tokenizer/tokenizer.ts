@@ -7,7 +7,7 @@
 import { existsSync } from "node:fs";
 import { readFile } from "node:fs/promises";
 import { dirname, join } from "node:path";
-import { Tokenizer as HfTokenizer } from "@huggingface/tokenizers";
+import type { Tokenizer as HfTokenizer } from "@huggingface/tokenizers";
 import { CheckpointError } from "@tandem/common";
 import type { Checkpoint } from "../checkpoint/model-weights.ts";
 
@@ -31,7 +31,6 @@ export class Tokenizer {
     readonly vocabSize: number,
   ) {}
 
-  /** Loads tokenizer.json (and tokenizer_config.json beside it); throws CheckpointError naming the bad file. */
   /** The checkpoint's tokenizer.json; a checkpoint without one is a CheckpointError naming its directory. */
   static forCheckpoint(checkpoint: Pick<Checkpoint, "dir" | "tokenizerPath">): Promise<Tokenizer> {
     if (!checkpoint.tokenizerPath)
@@ -41,13 +40,16 @@ export class Tokenizer {
     return Tokenizer.fromFile(checkpoint.tokenizerPath);
   }
 
+  /** Loads tokenizer.json (and tokenizer_config.json beside it); throws CheckpointError naming the bad file. */
   static async fromFile(path: string): Promise<Tokenizer> {
+    // Loaded here, not at import: a cloud worker never handles text.
+    const { Tokenizer: LibraryTokenizer } = await import("@huggingface/tokenizers");
     const json = await readJsonObject(path);
     const configPath = join(dirname(path), TOKENIZER_CONFIG_FILE);
     const config = existsSync(configPath) ? await readJsonObject(configPath) : {};
     let inner: HfTokenizer;
     try {
-      inner = new HfTokenizer(json, config);
+      inner = new LibraryTokenizer(json, config);
     } catch (error) {
       const reason = (error as Error).message;
       throw new CheckpointError(path, `is not a tokenizer the library can load (${reason})`, {

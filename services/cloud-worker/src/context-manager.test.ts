@@ -8,9 +8,8 @@ import {
   SegmentModel,
   SegmentSessions,
   segmentSpec,
-  TINY_LLAMA,
-  writeRandomCheckpoint,
 } from "@tandem/runtime";
+import { TINY_LLAMA, writeRandomCheckpoint } from "@tandem/runtime/testing";
 import { ContextLostError } from "@tandem/common";
 import { ContextManager } from "./context-manager.ts";
 import { DecodeBatcher } from "./decode-batcher.ts";
