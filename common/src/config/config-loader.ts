@@ -78,7 +78,9 @@ export function loadConfig<S extends ConfigSchema>(schema: S, options: LoadConfi
       sources[key] = options.file!;
     }
   }
-  const result = schema.safeParse(raw, { reportInput: true });
+  // Parsed once per process: zod's compiled fast path would cost more to build (~10 ms
+  // for a worker's settings, at start) than it saves.
+  const result = schema.safeParse(raw, { reportInput: true, jitless: true });
   if (result.success && errors.length === 0) return result.data;
   if (!result.success) {
     const problems = schemaProblems(result.error, schema);
