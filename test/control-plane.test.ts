@@ -8,6 +8,7 @@ import { pino } from "pino";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import {
   clusterStatus,
+  connectNats,
   controlPlaneNames,
   type ExpertLoadReport,
   expertsOf,
@@ -157,6 +158,69 @@ describe("control plane on NATS", () => {
       await controller.stop();
     }
   });
+});
+
+describe("NATS restarted on an empty store (its disk lost)", () => {
+  it("the cluster reconverges: buckets re-created, the leader leads again, and a map follower that watched before the loss takes the new maps", async () => {
+    const lostServer = await startNatsServer();
+    const connect = async () => {
+      const nc = await connectNats(lostServer.url);
+      connections.push(nc);
+      return nc;
+    };
+    const cluster = `e${Date.now()}`;
+    const names = controlPlaneNames(cluster);
+    const options = { cluster, tickMs: 100, leaseTtlMs: 1000, heartbeatTtlMs: 1500, shardCount: 64 };
+    const controller = await Controller.start(await connect(), { ...options, replicaId: "cp" }, log);
+    const workers = await NodeRecordWriter.open(await connect(), names, { heartbeatTtlMs: 1500 });
+    const alive = new Set(["w1"]);
+    const beat = setInterval(() => {
+      for (const id of alive) void workers.heartbeat(worker(id)).catch(() => undefined);
+    }, 200);
+    const follower = await VersionedMapView.follow(await openShardMap(await connect(), names));
+    try {
+      const before = await until("a first map", () => follower.current);
+      // A few versions, so that the new history's versions start below the old one's.
+      alive.add("w2");
+      await until("a map with w2", () => (follower.current?.endpoints.w2 ? follower.current : undefined));
+      alive.delete("w2");
+      const last = await until("a map without w2", () =>
+        follower.current && !follower.current.endpoints.w2 ? follower.current : undefined,
+      );
+      expect(last.version).toBeGreaterThan(before.version);
+
+      await lostServer.restart({ emptyStore: true });
+      alive.add("w3");
+      // The follower takes maps of the new epoch although their versions and fencing
+      // tokens start again from 1.
+      const after = await until(
+        "the follower to take a map with w3",
+        () => (follower.current?.endpoints.w3 ? follower.current : undefined),
+        45_000,
+      );
+      expect(after.epoch).not.toBe(last.epoch);
+      expect(Object.keys(after.endpoints).sort()).toEqual(["w1", "w3"]);
+      expect(after.version).toBeLessThan(last.version);
+      // The lease and the node records live again in the re-created buckets.
+      const lease = await openLease(await connect(), names);
+      expect((await lease.read())?.record.holder).toBe("cp");
+      const registry = await NodeRegistry.open(await connect(), names, { heartbeatTtlMs: 1500 });
+      await until("both workers in the re-created nodes bucket", () =>
+        registry.alive().length === 2 ? true : undefined,
+      );
+      registry.close();
+      // And the cluster goes on: a membership change after the loss is placed too.
+      alive.delete("w3");
+      await until("a map without w3", () =>
+        follower.current && !follower.current.endpoints.w3 ? true : undefined,
+      );
+    } finally {
+      clearInterval(beat);
+      follower.stop();
+      await controller.stop();
+      await lostServer.stop();
+    }
+  }, 90_000);
 });
 
 describe("shard placement with more workers than shards", () => {

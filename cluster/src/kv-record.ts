@@ -11,11 +11,14 @@
  *  - Writers read with readForUpdate, which returns such a value as `invalid` with its
  *    revision instead of throwing, so they can replace it by compare-and-set: a read that
  *    threw would stop every writer (the leader, its planners) for good.
+ *  - The bucket outlives the loss of NATS's storage (KvBucket): reads and writes after it
+ *    re-create the bucket, watches start again.
  */
+import { randomUUID } from "node:crypto";
 import { JetStreamApiCodes, JetStreamApiError } from "@nats-io/jetstream";
-import { Kvm, type KV, type KvEntry } from "@nats-io/kv";
+import type { KV, KvEntry } from "@nats-io/kv";
 import type { NatsConnection } from "@nats-io/transport-node";
-import { kvReplicas } from "./nats-connection.ts";
+import { KvBucket } from "./kv-bucket.ts";
 import { RecordInvalidError, parseOrThrow } from "@tandem/common";
 import type { z } from "zod";
 
@@ -42,7 +45,7 @@ export class KvRecord<S extends z.ZodType> {
   private reportedInvalid?: number;
 
   private constructor(
-    readonly kv: KV,
+    private readonly store: KvBucket,
     readonly bucket: string,
     readonly key: string,
     private readonly schema: S,
@@ -53,11 +56,13 @@ export class KvRecord<S extends z.ZodType> {
     nc: NatsConnection,
     options: KvRecordOptions<S>,
   ): Promise<KvRecord<S>> {
-    const kv = await new Kvm(nc).create(options.bucket, {
-      history: options.history ?? 10,
-      replicas: kvReplicas(nc),
-    });
-    return new KvRecord(kv, options.bucket, options.key, options.schema);
+    const store = await KvBucket.open(nc, { name: options.bucket, history: options.history ?? 10 });
+    return new KvRecord(store, options.bucket, options.key, options.schema);
+  }
+
+  /** The bucket as it is now (for tests and tools that write it directly). */
+  get kv(): KV {
+    return this.store.kv;
   }
 
   /**
@@ -78,7 +83,7 @@ export class KvRecord<S extends z.ZodType> {
   async readForUpdate(
     onInvalid?: (error: RecordInvalidError) => void,
   ): Promise<StoredValue<z.output<S>> | undefined> {
-    const entry = await this.kv.get(this.key);
+    const entry = await this.store.run((kv) => kv.get(this.key));
     if (!entry || entry.operation !== "PUT") return undefined;
     try {
       return { record: this.decode(entry), revision: entry.revision };
@@ -99,9 +104,10 @@ export class KvRecord<S extends z.ZodType> {
   async write(record: z.output<S>, revision: number | undefined): Promise<number | undefined> {
     const value = JSON.stringify(record);
     try {
-      return revision === undefined
-        ? await this.kv.create(this.key, value)
-        : await this.kv.update(this.key, value, revision);
+      return await this.store.run(
+        (kv) => (revision === undefined ? kv.create(this.key, value) : kv.update(this.key, value, revision)),
+        isRevisionConflict,
+      );
     } catch (error) {
       if (isRevisionConflict(error)) return undefined;
       throw error;
@@ -116,21 +122,17 @@ export class KvRecord<S extends z.ZodType> {
     onRecord: (stored: StoredRecord<z.output<S>>) => void,
     onInvalid: (error: RecordInvalidError) => void = () => undefined,
   ): Promise<{ stop(): void }> {
-    const iterator = await this.kv.watch({ key: this.key });
-    void (async () => {
-      for await (const entry of iterator) {
-        if (entry.operation !== "PUT") continue;
-        let record: z.output<S>;
-        try {
-          record = this.decode(entry);
-        } catch (error) {
-          onInvalid(error as RecordInvalidError);
-          continue;
-        }
-        onRecord({ record, revision: entry.revision });
+    return this.store.watch(this.key, (entry) => {
+      if (entry.operation !== "PUT") return;
+      let record: z.output<S>;
+      try {
+        record = this.decode(entry);
+      } catch (error) {
+        onInvalid(error as RecordInvalidError);
+        return;
       }
-    })();
-    return { stop: () => iterator.stop() };
+      onRecord({ record, revision: entry.revision });
+    });
   }
 
   private decode(entry: KvEntry): z.output<S> {
@@ -171,23 +173,41 @@ export interface VersionedRecord {
   version: number;
   /** Lease revision of the leader that wrote it. */
   fencingToken: number;
+  /**
+   * The record's history: set when a version is written where there was none, kept by
+   * every later one. Versions and fencing tokens compare only within one epoch: after NATS
+   * lost its storage, both start again from 1 under a new epoch. "" in records from
+   * before epochs.
+   */
+  epoch: string;
 }
 
 /**
- * The version of the record a writer puts in place of `current`. Versions grow by one per
- * write from 1, so no version exceeds the KV revision it was written at (revisions grow by
- * at least one per write). A value that fails the schema is replaced by the version after
- * its revision: above every version written before it, so watchers, which take only newer
- * versions, take the replacement too.
+ * The version and epoch of the record a writer puts in place of `current`. Versions grow
+ * by one per write from 1, so no version exceeds the KV revision it was written at
+ * (revisions grow by at least one per write). A value that fails the schema is replaced
+ * by the version after its revision: above every version written before it, so watchers,
+ * which take only newer versions, take the replacement too. Where there is no record, a
+ * new epoch begins.
  */
-export function nextVersion(current: StoredValue<VersionedRecord> | undefined): number {
-  if (!current) return 1;
-  return current.record ? current.record.version + 1 : current.revision + 1;
+export function nextVersion(current: StoredValue<VersionedRecord> | undefined): {
+  version: number;
+  epoch: string;
+} {
+  if (!current) return { version: 1, epoch: newEpoch() };
+  if (!current.record) return { version: current.revision + 1, epoch: newEpoch() };
+  return { version: current.record.version + 1, epoch: current.record.epoch };
+}
+
+function newEpoch(): string {
+  return randomUUID();
 }
 
 /**
  * Watches a versioned record, calling `onRecord` with each one newer than the last one
- * taken: a higher version, never an older fencing token (a deposed leader's late write).
+ * taken: in the same epoch, a higher version, never an older fencing token (a deposed
+ * leader's late write); a record of another epoch is a new history (the store was lost
+ * and the leader began again) and is taken.
  */
 export function watchVersioned<S extends z.ZodType<VersionedRecord>>(
   store: KvRecord<S>,
@@ -196,7 +216,12 @@ export function watchVersioned<S extends z.ZodType<VersionedRecord>>(
 ): Promise<{ stop(): void }> {
   let latest: VersionedRecord | undefined;
   return store.watch(({ record }) => {
-    if (latest && (record.version <= latest.version || record.fencingToken < latest.fencingToken)) return;
+    if (
+      latest &&
+      record.epoch === latest.epoch &&
+      (record.version <= latest.version || record.fencingToken < latest.fencingToken)
+    )
+      return;
     latest = record;
     onRecord(record);
   }, onInvalid);

@@ -5,11 +5,11 @@
  * timestamps, and the bucket's max age clears records of long-dead nodes.
  */
 import type { NatsConnection } from "@nats-io/transport-node";
-import { Kvm, type KV, type KvEntry } from "@nats-io/kv";
+import type { KvEntry } from "@nats-io/kv";
 import { z } from "zod";
 import { CLUSTER_DEFAULTS } from "@tandem/common";
 import type { ControlPlaneNames } from "./control-plane-names.ts";
-import { kvReplicas } from "./nats-connection.ts";
+import { KvBucket } from "./kv-bucket.ts";
 
 const NODE_RECORD_SCHEMA = z.object({
   id: z.string().min(1).max(256),
@@ -41,11 +41,15 @@ export interface NodeRegistryOptions {
 }
 
 /** Opens (creating when needed) the nodes bucket; its max age clears long-dead nodes' records. */
-function openNodesBucket(nc: NatsConnection, names: ControlPlaneNames, heartbeatTtlMs: number): Promise<KV> {
-  return new Kvm(nc).create(names.nodesBucket, {
+function openNodesBucket(
+  nc: NatsConnection,
+  names: ControlPlaneNames,
+  heartbeatTtlMs: number,
+): Promise<KvBucket> {
+  return KvBucket.open(nc, {
+    name: names.nodesBucket,
     history: 1,
-    ttl: Math.max(60_000, heartbeatTtlMs * 20),
-    replicas: kvReplicas(nc),
+    ttlMs: Math.max(60_000, heartbeatTtlMs * 20),
   });
 }
 
@@ -54,7 +58,7 @@ function openNodesBucket(nc: NatsConnection, names: ControlPlaneNames, heartbeat
  * (a worker need not watch and parse every other worker's heartbeats).
  */
 export class NodeRecordWriter {
-  protected constructor(readonly kv: KV) {}
+  protected constructor(protected readonly store: KvBucket) {}
 
   static async open(
     nc: NatsConnection,
@@ -66,11 +70,12 @@ export class NodeRecordWriter {
   }
 
   async heartbeat(record: Omit<NodeRecord, "heartbeatAt">, now = Date.now()): Promise<void> {
-    await this.kv.put(record.id, JSON.stringify({ ...record, heartbeatAt: now }));
+    const value = JSON.stringify({ ...record, heartbeatAt: now });
+    await this.store.run((kv) => kv.put(record.id, value));
   }
 
   async remove(id: string): Promise<void> {
-    await this.kv.delete(id);
+    await this.store.run((kv) => kv.delete(id));
   }
 }
 
@@ -81,8 +86,8 @@ export class NodeRegistry extends NodeRecordWriter {
   private readonly records = new Map<string, NodeRecord>();
   private stopWatch: () => void = () => undefined;
 
-  private constructor(kv: KV, heartbeatTtlMs: number) {
-    super(kv);
+  private constructor(store: KvBucket, heartbeatTtlMs: number) {
+    super(store);
     this.heartbeatTtlMs = heartbeatTtlMs;
   }
 
@@ -97,25 +102,23 @@ export class NodeRegistry extends NodeRecordWriter {
     options: NodeRegistryOptions = {},
   ): Promise<NodeRegistry> {
     const ttl = options.heartbeatTtlMs ?? CLUSTER_DEFAULTS.heartbeatTtlMs;
-    const kv = await openNodesBucket(nc, names, ttl);
-    const registry = new NodeRegistry(kv, ttl);
-    const existing = (await kv.status()).values;
-    const watch = await kv.watch();
-    registry.stopWatch = () => watch.stop();
+    const store = await openNodesBucket(nc, names, ttl);
+    const registry = new NodeRegistry(store, ttl);
+    const existing = (await store.kv.status()).values;
     let markReady: () => void = () => undefined;
     const ready = new Promise<void>((resolve) => (markReady = resolve));
     if (existing === 0) markReady();
-    void (async () => {
-      for await (const entry of watch) {
-        // A record that fails the schema (a bug, or a hostile write) counts as no record:
-        // that node is not a member until it writes a valid one.
-        const record = entry.operation === "PUT" ? decodeNodeRecord(entry) : undefined;
-        if (record && record.id === entry.key) registry.records.set(entry.key, record);
-        else registry.records.delete(entry.key);
-        // delta is what is still pending of the initial values: 0 means they are all in.
-        if (entry.delta === 0) markReady();
-      }
-    })();
+    // A watch started again (NATS lost its storage) delivers the current records anew.
+    const watch = await store.watch(undefined, (entry) => {
+      // A record that fails the schema (a bug, or a hostile write) counts as no record:
+      // that node is not a member until it writes a valid one.
+      const record = entry.operation === "PUT" ? decodeNodeRecord(entry) : undefined;
+      if (record && record.id === entry.key) registry.records.set(entry.key, record);
+      else registry.records.delete(entry.key);
+      // delta is what is still pending of the initial values: 0 means they are all in.
+      if (entry.delta === 0) markReady();
+    });
+    registry.stopWatch = () => watch.stop();
     await Promise.race([ready, new Promise((resolve) => setTimeout(resolve, 2000))]);
     return registry;
   }

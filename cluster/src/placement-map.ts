@@ -19,6 +19,8 @@ const SHARD_MAP_SCHEMA = z.object({
   version: z.int().min(1),
   /** Lease revision of the leader that wrote it. */
   fencingToken: z.int().min(0),
+  /** The map's history (see VersionedRecord); "" in maps from before epochs. */
+  epoch: z.string().max(64).default(""),
   shardCount: z.int().min(1),
   /** shard → node id. */
   shards: z.record(z.string().regex(/^\d+$/), nodeId),
@@ -31,6 +33,7 @@ export type ShardMapRecord = z.output<typeof SHARD_MAP_SCHEMA>;
 const EXPERT_MAP_SCHEMA = z.object({
   version: z.int().min(1),
   fencingToken: z.int().min(0),
+  epoch: z.string().max(64).default(""),
   /** expert → node ids holding a replica. */
   experts: z.record(z.string().regex(/^\d+$/), z.array(nodeId)),
   /**

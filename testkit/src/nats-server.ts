@@ -10,7 +10,8 @@ export interface TestNatsServer {
   url: string;
   port: number;
   stop(): Promise<void>;
-  restart(): Promise<void>;
+  /** Stops and starts the server on the same port; `emptyStore` first deletes its JetStream storage (a lost disk). */
+  restart(options?: { emptyStore?: boolean }): Promise<void>;
 }
 
 function waitForPort(port: number, timeoutMs = 10_000): Promise<void> {
@@ -71,8 +72,9 @@ export async function startNatsServer(options: NatsServerOptions = {}): Promise<
       await stop();
       rmSync(storage, { recursive: true, force: true });
     },
-    restart: async () => {
+    restart: async (restartOptions = {}) => {
       await stop();
+      if (restartOptions.emptyStore) rmSync(join(storage, "jetstream"), { recursive: true, force: true });
       await launch();
     },
   };

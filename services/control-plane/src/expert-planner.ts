@@ -108,10 +108,11 @@ export class ExpertPlanner {
         : undefined;
     const { plan, change } = nextExpertPlan(loads, workers, held);
     if (change === "none") return undefined;
-    const version = nextVersion(current);
+    const { version, epoch } = nextVersion(current);
     const written = await this.store.write(
       {
         version,
+        epoch,
         fencingToken,
         experts: Object.fromEntries([...plan.placement].map(([e, w]) => [String(e), w])),
         shares: Object.fromEntries([...plan.shares].map(([e, s]) => [String(e), s])),

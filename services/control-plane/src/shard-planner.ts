@@ -46,7 +46,7 @@ export class ShardPlanner {
       previous,
     );
     const record: ShardMapRecord = {
-      version: nextVersion(current),
+      ...nextVersion(current),
       fencingToken,
       shardCount: this.options.shardCount,
       shards: Object.fromEntries(map),

@@ -1,0 +1,149 @@
+/**
+ * A JetStream KV bucket that survives the loss of NATS's storage. When NATS comes back
+ * with an empty store, the bucket's stream is gone: reads time out, writes find no
+ * responder, and watches end after their consumer gives up. Every party of the cluster
+ * goes through this class, which re-creates the bucket (an empty one) after a failed
+ * operation and tries that operation once more, and watches again when a watch ends on
+ * its own. Versioned records then start a new epoch (kv-record.ts), so watchers take the
+ * fresh sequence although its versions and fencing tokens start from 1 again.
+ */
+import { JetStreamApiCodes, JetStreamApiError } from "@nats-io/jetstream";
+import { Kvm, type KV, type KvEntry, type KvOptions } from "@nats-io/kv";
+import type { NatsConnection } from "@nats-io/transport-node";
+import { kvReplicas } from "./nats-connection.ts";
+
+/** How long a watch that ended on its own waits before opening the bucket and watching again. */
+export const REWATCH_DELAY_MS = 500;
+/** How often a watch checks that its bucket's stream is the one it watches. */
+export const STREAM_CHECK_MS = 2000;
+
+export interface KvBucketOptions {
+  name: string;
+  /** Revisions kept per key. */
+  history: number;
+  /** Age after which entries are dropped. @default kept for ever */
+  ttlMs?: number;
+}
+
+export interface KvWatch {
+  stop(): void;
+}
+
+export class KvBucket {
+  private constructor(
+    private readonly nc: NatsConnection,
+    readonly options: KvBucketOptions,
+    private current: KV,
+  ) {}
+
+  /** Opens the bucket, creating it when it does not exist. */
+  static async open(nc: NatsConnection, options: KvBucketOptions): Promise<KvBucket> {
+    return new KvBucket(nc, options, await createBucket(nc, options));
+  }
+
+  get kv(): KV {
+    return this.current;
+  }
+
+  /**
+   * Runs `operation` on the bucket. When it fails in a way `isOutcome` does not call an
+   * answer (a lost compare-and-set is one), the bucket is opened again — created if it
+   * is gone — and the operation tried once more; if NATS cannot be reached, the first
+   * failure is thrown.
+   */
+  async run<T>(
+    operation: (kv: KV) => Promise<T>,
+    isOutcome: (error: unknown) => boolean = () => false,
+  ): Promise<T> {
+    try {
+      return await operation(this.current);
+    } catch (error) {
+      if (isOutcome(error) || !(await this.reopen())) throw error;
+      return operation(this.current);
+    }
+  }
+
+  /**
+   * Calls `onEntry` with each entry of `key` (every key when undefined): the current
+   * values first, then every change. Every STREAM_CHECK_MS the watch checks that the
+   * bucket's stream is still the one it watches: NATS's client, when a stream is lost,
+   * keeps re-creating its consumer, and on a re-created stream it would wait for the old
+   * sequence numbers and skip the new history. When the stream is gone or another, the
+   * bucket is opened again (created if gone) and watched anew, delivering its current
+   * values.
+   */
+  async watch(key: string | undefined, onEntry: (entry: KvEntry) => void): Promise<KvWatch> {
+    let stopped = false;
+    const start = async () => {
+      const created = await this.streamCreated();
+      return { iterator: await this.current.watch(key === undefined ? {} : { key }), created };
+    };
+    let watching = await start();
+    const follow = async () => {
+      for (;;) {
+        try {
+          for await (const entry of watching.iterator) onEntry(entry);
+        } catch {
+          // A watch that fails is started again, like one whose stream is gone.
+        }
+        if (stopped) return;
+        for (;;) {
+          await new Promise((resolve) => setTimeout(resolve, REWATCH_DELAY_MS));
+          if (stopped) return;
+          try {
+            await this.reopen(true);
+            watching = await start();
+            break;
+          } catch {
+            // NATS still away: try again.
+          }
+        }
+      }
+    };
+    void follow();
+    const check = setInterval(() => {
+      void this.streamCreated().then(
+        (created) => {
+          if (!stopped && created !== watching.created) watching.iterator.stop();
+        },
+        () => undefined, // NATS away: the client reconnects, the next check looks again.
+      );
+    }, STREAM_CHECK_MS);
+    check.unref();
+    return {
+      stop: () => {
+        stopped = true;
+        clearInterval(check);
+        watching.iterator.stop();
+      },
+    };
+  }
+
+  /** When the bucket's stream was created; undefined when it does not exist. */
+  private async streamCreated(): Promise<string | undefined> {
+    try {
+      return String((await this.current.status()).streamInfo.created);
+    } catch (error) {
+      if (error instanceof JetStreamApiError && error.code === JetStreamApiCodes.StreamNotFound)
+        return undefined;
+      throw error;
+    }
+  }
+
+  /** Opens the bucket again (creating it if gone); false when NATS did not answer. */
+  private async reopen(throwOnFailure = false): Promise<boolean> {
+    try {
+      this.current = await createBucket(this.nc, this.options);
+      return true;
+    } catch (error) {
+      if (throwOnFailure) throw error;
+      return false;
+    }
+  }
+}
+
+function createBucket(nc: NatsConnection, options: KvBucketOptions): Promise<KV> {
+  const settings: Partial<KvOptions> = { history: options.history, replicas: kvReplicas(nc) };
+  if (options.ttlMs !== undefined) settings.ttl = options.ttlMs;
+  return new Kvm(nc).create(options.name, settings);
+}
