@@ -65,24 +65,31 @@ export class KvBucket {
 
   /**
    * Calls `onEntry` with each entry of `key` (every key when undefined): the current
-   * values first, then every change. Every STREAM_CHECK_MS the watch checks that the
-   * bucket's stream is still the one it watches: NATS's client, when a stream is lost,
-   * keeps re-creating its consumer, and on a re-created stream it would wait for the old
-   * sequence numbers and skip the new history. When the stream is gone or another, the
-   * bucket is opened again (created if gone) and watched anew, delivering its current
-   * values.
+   * values first, then every change.
+   *
+   * NATS's client keeps a watch alive by re-creating its consumer, but not always: when a
+   * stream is lost it re-creates the consumer at the old sequence and skips the new
+   * history, and when the server holding the consumer dies the watch can stay silent for
+   * minutes. So every STREAM_CHECK_MS the watch compares what it has delivered with the
+   * bucket: when the stream is gone or is another one, or a revision the bucket held at the
+   * previous check has still not been delivered, the bucket is opened again (created if
+   * gone) and watched anew, delivering its current values.
    */
   async watch(key: string | undefined, onEntry: (entry: KvEntry) => void): Promise<KvWatch> {
     let stopped = false;
+    let delivered = 0;
     const start = async () => {
-      const created = await this.streamCreated();
-      return { iterator: await this.current.watch(key === undefined ? {} : { key }), created };
+      const { created } = await this.streamState();
+      return { iterator: await this.current.watch(key === undefined ? {} : { key }), created, head: 0 };
     };
     let watching = await start();
     const follow = async () => {
       for (;;) {
         try {
-          for await (const entry of watching.iterator) onEntry(entry);
+          for await (const entry of watching.iterator) {
+            delivered = Math.max(delivered, entry.revision);
+            onEntry(entry);
+          }
         } catch {
           // A watch that fails is started again, like one whose stream is gone.
         }
@@ -92,6 +99,7 @@ export class KvBucket {
           if (stopped) return;
           try {
             await this.reopen(true);
+            delivered = 0;
             watching = await start();
             break;
           } catch {
@@ -101,33 +109,46 @@ export class KvBucket {
       }
     };
     void follow();
-    const check = setInterval(() => {
-      void this.streamCreated().then(
-        (created) => {
-          if (!stopped && created !== watching.created) watching.iterator.stop();
-        },
-        () => undefined, // NATS away: the client reconnects, the next check looks again.
-      );
+    const check = async () => {
+      const { created, lastRevision } = await this.streamState(key);
+      if (stopped) return;
+      const current = watching;
+      if (created !== current.created) return current.iterator.stop();
+      // A revision the bucket held a whole check ago and still not delivered: the watch
+      // has stopped delivering (one written a moment ago may just be on its way).
+      if (delivered < current.head) return current.iterator.stop();
+      current.head = lastRevision;
+    };
+    const timer = setInterval(() => {
+      // NATS away: the client reconnects, and the next check looks again.
+      check().catch(() => undefined);
     }, STREAM_CHECK_MS);
-    check.unref();
+    timer.unref();
     return {
       stop: () => {
         stopped = true;
-        clearInterval(check);
+        clearInterval(timer);
         watching.iterator.stop();
       },
     };
   }
 
-  /** When the bucket's stream was created; undefined when it does not exist. */
-  private async streamCreated(): Promise<string | undefined> {
+  /**
+   * When the bucket's stream was created (undefined: it does not exist), and the latest
+   * revision of `key` (of any key when undefined; 0 when none).
+   */
+  private async streamState(key?: string): Promise<{ created?: string; lastRevision: number }> {
+    let info;
     try {
-      return String((await this.current.status()).streamInfo.created);
+      info = (await this.current.status()).streamInfo;
     } catch (error) {
       if (error instanceof JetStreamApiError && error.code === JetStreamApiCodes.StreamNotFound)
-        return undefined;
+        return { created: undefined, lastRevision: 0 };
       throw error;
     }
+    const lastRevision =
+      key === undefined ? info.state.last_seq : ((await this.current.get(key))?.revision ?? 0);
+    return { created: String(info.created), lastRevision };
   }
 
   /** Opens the bucket again (creating it if gone); false when NATS did not answer. */
