@@ -35,7 +35,8 @@ function serializerOf(type: protobuf.Type): (value: object) => Buffer {
   return (value) => {
     if (Array.isArray(value))
       throw new TypeError(`cannot serialize an array as ${type.fullName.slice(1)}: expected an object`);
-    return Buffer.from(type.encode(type.fromObject(value)).finish());
+    // Under Node, protobufjs's writer already finishes into a Buffer: no copy of the bytes.
+    return type.encode(type.fromObject(value)).finish() as Buffer;
   };
 }
 
