@@ -1,11 +1,11 @@
 /**
- * A JetStream KV bucket that survives the loss of NATS's storage. When NATS comes back
- * with an empty store, the bucket's stream is gone: reads time out, writes find no
- * responder, and watches end after their consumer gives up. Every party of the cluster
- * goes through this class, which re-creates the bucket (an empty one) after a failed
- * operation and tries that operation once more, and watches again when a watch ends on
- * its own. Versioned records then start a new epoch (kv-record.ts), so watchers take the
- * fresh sequence although its versions and fencing tokens start from 1 again.
+ * A JetStream KV bucket that survives NATS's faults. When NATS comes back with an empty
+ * store, the bucket's stream is gone: reads time out and writes find no responder. Every
+ * party of the cluster goes through this class, which re-creates the bucket (an empty one)
+ * after a failed operation and tries that operation once more, and re-starts a watch that
+ * has stopped delivering (see `watch`). Versioned records then start a new epoch
+ * (kv-record.ts), so watchers take the fresh sequence although its versions and fencing
+ * tokens start from 1 again.
  */
 import { JetStreamApiCodes, JetStreamApiError } from "@nats-io/jetstream";
 import { Kvm, type KV, type KvEntry, type KvOptions } from "@nats-io/kv";
@@ -14,7 +14,7 @@ import { kvReplicas } from "./nats-connection.ts";
 
 /** How long a watch that ended on its own waits before opening the bucket and watching again. */
 export const REWATCH_DELAY_MS = 500;
-/** How often a watch checks that its bucket's stream is the one it watches. */
+/** How often a watch checks that it still delivers what its bucket holds. */
 export const STREAM_CHECK_MS = 2000;
 
 export interface KvBucketOptions {
@@ -58,7 +58,10 @@ export class KvBucket {
     try {
       return await operation(this.current);
     } catch (error) {
-      if (isOutcome(error) || !(await this.reopen())) throw error;
+      if (isOutcome(error)) throw error;
+      await this.reopen().catch(() => {
+        throw error;
+      });
       return operation(this.current);
     }
   }
@@ -98,9 +101,9 @@ export class KvBucket {
           await new Promise((resolve) => setTimeout(resolve, REWATCH_DELAY_MS));
           if (stopped) return;
           try {
-            await this.reopen(true);
-            delivered = 0;
+            await this.reopen();
             watching = await start();
+            delivered = 0;
             break;
           } catch {
             // NATS still away: try again.
@@ -151,15 +154,9 @@ export class KvBucket {
     return { created: String(info.created), lastRevision };
   }
 
-  /** Opens the bucket again (creating it if gone); false when NATS did not answer. */
-  private async reopen(throwOnFailure = false): Promise<boolean> {
-    try {
-      this.current = await createBucket(this.nc, this.options);
-      return true;
-    } catch (error) {
-      if (throwOnFailure) throw error;
-      return false;
-    }
+  /** Opens the bucket again, creating it if it is gone. */
+  private async reopen(): Promise<void> {
+    this.current = await createBucket(this.nc, this.options);
   }
 }
 
