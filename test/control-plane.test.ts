@@ -237,6 +237,20 @@ describe("shard placement with more workers than shards", () => {
     expect(await planner.maybeReplan(nodes, 1)).toBeUndefined();
     expect((await store.read())!.record.version).toBe(1);
   });
+
+  it("is rewritten when a worker comes back under its id at a new address, which the map then names", async () => {
+    const store = await openShardMap(await open(), controlPlaneNames(`moved${Date.now()}`));
+    const planner = new ShardPlanner(store, { shardCount: 8 });
+    const nodes = ["w1", "w2"].map((id) => ({ ...worker(id), heartbeatAt: Date.now() }));
+    expect(await planner.maybeReplan(nodes, 1)).toBe(1);
+    const first = (await store.read())!.record;
+    const moved = [nodes[0]!, { ...nodes[1]!, endpoint: "127.0.0.1:6999" }];
+    expect(await planner.maybeReplan(moved, 1)).toBe(2);
+    const second = (await store.read())!.record;
+    expect(second.endpoints.w2).toBe("127.0.0.1:6999");
+    expect(second.shards).toEqual(first.shards); // the same workers keep the same shards
+    expect(await planner.maybeReplan(moved, 1)).toBeUndefined();
+  });
 });
 
 describe("a node record from the future", () => {

@@ -22,7 +22,8 @@ export class ShardPlanner {
   ) {}
 
   /**
-   * Writes the next map if membership changed (leader only, with its fencing token).
+   * Writes the next map if membership or a member's endpoint changed (leader only, with
+   * its fencing token).
    * Resolves with the version written, or undefined when none was needed or another
    * writer won the compare-and-set.
    */
@@ -33,10 +34,14 @@ export class ShardPlanner {
     );
     // A map that fails its schema counts as no map: it is planned afresh and overwritten.
     const previousMap = current?.record;
-    const nodeIds = nodes.map((n) => n.id).sort();
-    // The map's members are its endpoints: with more workers than shards, some hold none.
-    const mapIds = previousMap ? Object.keys(previousMap.endpoints).sort() : [];
-    if (nodes.length === 0 || JSON.stringify(nodeIds) === JSON.stringify(mapIds)) return undefined;
+    // The map's members are its endpoints (with more workers than shards, some hold none).
+    // A worker back under the same id at a new address changes the map too: clients route
+    // by the endpoints it names.
+    const members = nodes.map((n) => `${n.id} ${n.endpoint}`).sort();
+    const mapMembers = Object.entries(previousMap?.endpoints ?? {})
+      .map(([id, endpoint]) => `${id} ${endpoint}`)
+      .sort();
+    if (nodes.length === 0 || JSON.stringify(members) === JSON.stringify(mapMembers)) return undefined;
     const previous = previousMap
       ? new Map(Object.entries(previousMap.shards).map(([shard, node]) => [Number(shard), node]))
       : undefined;
