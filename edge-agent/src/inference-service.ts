@@ -267,18 +267,20 @@ export function inferenceHandlers(context: InferenceContext): InferenceHandlers 
         const started = performance.now();
         let firstTokenMs = 0;
         let cloudSession: CloudSession | undefined;
-        if (request.mode !== "MODE_EDGE_ONLY" && context.cloud)
-          cloudSession = context.cloud.session(sessionId);
-        const generator = new SplitGenerator(context.lower, cloudSession, request.policy(), sessionId);
-        const decoder = new IncrementalDecoder(context.tokenizer);
-        const stops = new StopSequenceFilter(request.stops);
         let finish: "FINISH_REASON_LENGTH" | "FINISH_REASON_STOP" | "FINISH_REASON_EOS" =
           "FINISH_REASON_LENGTH";
         const eos = new Set(context.config.eosTokenId ?? []);
         // Each event is written when the next token arrives, so text held back at the end
         // (a partial stop sequence, an unfinished character) can join the last event.
         let previous: GenerateEvent | undefined;
+        // Everything from here on runs inside the try: a throw while setting up must still
+        // answer the call and give back the admitted place.
         try {
+          if (request.mode !== "MODE_EDGE_ONLY" && context.cloud)
+            cloudSession = context.cloud.session(sessionId);
+          const generator = new SplitGenerator(context.lower, cloudSession, request.policy(), sessionId);
+          const decoder = new IncrementalDecoder(context.tokenizer);
+          const stops = new StopSequenceFilter(request.stops);
           for await (const token of generator.generate(request.ids, {
             maxTokens: request.maxTokens,
             stopTokenIds: [...eos],
