@@ -137,22 +137,28 @@ function generateCase(): fc.Arbitrary<FuzzCase> {
 }
 
 const identity = (bytes: Buffer) => bytes;
+/** How grpc-js begins the status of a call it cancelled because it could not encode a message. */
+const CLIENT_SERIALIZATION_FAILURE = "Request message serialization failure";
 const deadline = () => Date.now() + CALL_DEADLINE_MS;
 
 /** Runs one case; resolves with the status the call ended with (its code's name, and details). */
 function runCase(fuzzCase: FuzzCase, clients: Clients): Promise<{ code: string; details: string }> {
   return new Promise((resolve) => {
+    // A value the client's own serializer cannot encode never reaches the server: grpc-js
+    // cancels such a call itself with INTERNAL, which must not count as a server fault.
     const ended = (status: grpc.StatusObject) =>
-      resolve({ code: grpc.status[status.code], details: status.details });
-    // A value the client's own serializer cannot encode never reaches the server.
-    const refusedHere = () => resolve({ code: "CLIENT_REFUSED", details: "" });
+      resolve(
+        status.code === grpc.status.INTERNAL && status.details.startsWith(CLIENT_SERIALIZATION_FAILURE)
+          ? { code: "CLIENT_REFUSED", details: status.details }
+          : { code: grpc.status[status.code], details: status.details },
+      );
     try {
       if (fuzzCase.kind === "escalate" || fuzzCase.kind === "escalate-bytes") {
         // Structured messages or raw bytes: either way what goes out is the case's own.
         const call: grpc.ClientDuplexStream<object, unknown> =
           fuzzCase.kind === "escalate"
             ? clients.worker.Escalate({ deadline: deadline() })
-            : (clients.raw.makeBidiStreamRequest(
+            : (clients.rawWorker.makeBidiStreamRequest(
                 "/tandem.v1.CloudWorker/Escalate",
                 identity,
                 identity,
@@ -162,21 +168,15 @@ function runCase(fuzzCase: FuzzCase, clients: Clients): Promise<{ code: string; 
         call.on("data", () => undefined);
         call.on("status", ended);
         call.on("error", () => undefined);
-        try {
-          const messages =
-            fuzzCase.kind === "escalate" ? fuzzCase.messages : fuzzCase.chunks.map((c) => Buffer.from(c));
-          for (const message of messages) call.write(message);
-        } catch {
-          call.cancel();
-          refusedHere();
-          return;
-        }
+        const messages =
+          fuzzCase.kind === "escalate" ? fuzzCase.messages : fuzzCase.chunks.map((c) => Buffer.from(c));
+        for (const message of messages) call.write(message);
         call.end();
       } else {
         const call =
           fuzzCase.kind === "generate"
             ? clients.edge.Generate(fuzzCase.request, { deadline: deadline() })
-            : clients.raw.makeServerStreamRequest(
+            : clients.rawEdge.makeServerStreamRequest(
                 "/tandem.v1.Inference/Generate",
                 identity,
                 identity,
@@ -188,8 +188,9 @@ function runCase(fuzzCase: FuzzCase, clients: Clients): Promise<{ code: string; 
         call.on("status", ended);
         call.on("error", () => undefined);
       }
-    } catch {
-      refusedHere();
+    } catch (error) {
+      // grpc-js checks a call's arguments as it starts it: a refusal there is the client's too.
+      resolve({ code: "CLIENT_REFUSED", details: (error as Error).message });
     }
   });
 }
@@ -199,7 +200,9 @@ interface Clients {
   edge: grpc.Client & {
     Generate(request: object, options: grpc.CallOptions): grpc.ClientReadableStream<object>;
   };
-  raw: grpc.Client;
+  /** Untyped clients, to send raw bytes to the worker and to the edge. */
+  rawWorker: grpc.Client;
+  rawEdge: grpc.Client;
 }
 
 export default async function fuzzBenchmark(options: BenchOptions<"fuzz">): Promise<BenchResult> {
@@ -240,9 +243,9 @@ export default async function fuzzBenchmark(options: BenchOptions<"fuzz">): Prom
     const clients: Clients = {
       worker: new tandem.v1.CloudWorker(target.workerAddress, insecure) as unknown as Clients["worker"],
       edge: new tandem.v1.Inference(target.edgeAddress, insecure) as unknown as Clients["edge"],
-      raw: new grpc.Client(target.workerAddress, insecure),
+      rawWorker: new grpc.Client(target.workerAddress, insecure),
+      rawEdge: new grpc.Client(target.edgeAddress, insecure),
     };
-    const rawEdge = new grpc.Client(target.edgeAddress, insecure);
 
     const all = fc.sample(fc.oneof(escalateCase(target), generateCase()), { numRuns: cases, seed });
     const statuses: Record<string, number> = {};
@@ -256,10 +259,7 @@ export default async function fuzzBenchmark(options: BenchOptions<"fuzz">): Prom
       Array.from({ length: CONCURRENCY }, async () => {
         while (next < all.length) {
           const fuzzCase = all[next++];
-          const { code, details } = await runCase(fuzzCase, {
-            ...clients,
-            raw: fuzzCase.kind === "generate-bytes" ? rawEdge : clients.raw,
-          });
+          const { code, details } = await runCase(fuzzCase, clients);
           if (code === "DEADLINE_EXCEEDED") unanswered++;
           statuses[code] = (statuses[code] ?? 0) + 1;
           byKind[fuzzCase.kind] ??= {};
@@ -291,7 +291,7 @@ export default async function fuzzBenchmark(options: BenchOptions<"fuzz">): Prom
       cases_per_s: all.length / seconds,
       note: "in-process edge + worker on loopback, tiny random checkpoint; CLIENT_REFUSED = the client's own serializer could not encode the value (never sent)",
     };
-    for (const client of [clients.worker, clients.edge, clients.raw, rawEdge]) client.close();
+    for (const client of Object.values(clients)) client.close();
     await edge.close(100);
     await worker.close(100);
     return result;
