@@ -12,6 +12,7 @@ import {
   fieldKind,
   fieldSchemas,
   fromText,
+  PARSE_ONCE,
   parseFlags,
   schemaProblems,
   topLevelKey,
@@ -86,7 +87,7 @@ export async function runCommand(command: CommandDefinition, args: string[]): Pr
       raw[key] =
         typeof value === "string" ? fromText(fieldKind(fields[key]), value, fields[key]?.items) : value;
   }
-  const result = command.options.safeParse(raw, { reportInput: true });
+  const result = command.options.safeParse(raw, PARSE_ONCE);
   if (!result.success) {
     const [first] = schemaProblems(result.error, command.options);
     throw new UsageError(`--${flagName(topLevelKey(first.field))}`, first.message);

@@ -13,6 +13,7 @@ export {
 } from "./cluster-defaults.ts";
 export {
   MAX_TIMER_MS,
+  PARSE_ONCE,
   camelCaseWords,
   durationMs,
   fieldKind,

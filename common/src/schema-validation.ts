@@ -102,6 +102,13 @@ function issueMessage(issue: z.core.$ZodIssue, field: JsonSchemaField | undefine
 }
 
 /**
+ * Parse options for what a process parses once (its settings, its command line): zod's
+ * compiled fast path would cost more to build (~10 ms for a worker's settings, from a CPU
+ * profile of its start) than it saves; problems report the value given.
+ */
+export const PARSE_ONCE = { reportInput: true, jitless: true } as const;
+
+/**
  * Parses `value` with `schema`; on failure throws InvalidArgumentError naming the first
  * bad field (prefixed with `prefix`, e.g. "data"), with the others in its message.
  */

@@ -12,6 +12,7 @@ import {
   fieldKind,
   fieldSchemas,
   fromText,
+  PARSE_ONCE,
   schemaProblems,
   topLevelKey,
 } from "../schema-validation.ts";
@@ -78,9 +79,7 @@ export function loadConfig<S extends ConfigSchema>(schema: S, options: LoadConfi
       sources[key] = options.file!;
     }
   }
-  // Parsed once per process: zod's compiled fast path would cost more to build (~10 ms
-  // for a worker's settings, at start) than it saves.
-  const result = schema.safeParse(raw, { reportInput: true, jitless: true });
+  const result = schema.safeParse(raw, PARSE_ONCE);
   if (result.success && errors.length === 0) return result.data;
   if (!result.success) {
     const problems = schemaProblems(result.error, schema);
