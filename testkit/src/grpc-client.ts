@@ -76,7 +76,6 @@ export function generate(
   });
 }
 
-/** The status a server's standard gRPC health service reports for `service` ("" for the server). */
 /**
  * A client of grpc.health.v1 from the .proto that ships with grpc-health-check, not from
  * Tandem's own copy: a check of the server against the standard, as load balancers see it.
@@ -106,7 +105,7 @@ export function healthClient(address: string): HealthTestClient {
   return new healthConstructor(address, grpc.credentials.createInsecure()) as unknown as HealthTestClient;
 }
 
-/** What Check answers for `service` (rejects with the call's error, e.g. NOT_FOUND). */
+/** What Check answers for `service` ("" for the server); rejects with the call's error, e.g. NOT_FOUND. */
 export async function healthStatus(address: string, service: string): Promise<string> {
   const client = healthClient(address);
   try {
