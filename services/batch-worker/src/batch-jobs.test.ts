@@ -93,5 +93,11 @@ describe("batch job data", () => {
     expect(location.connection).toMatchObject({ host: "127.0.0.1", port: 6380, db: 2 });
     expect(() => batchQueueLocation("http://x", "a")).toThrow(/^redisUrl: must be redis:\/\//);
     expect(() => batchQueueLocation("redis://x", "a:b")).toThrow(/^cluster:/);
+    expect(() => batchQueueLocation("redis://x:6379/abc", "a")).toThrow(
+      /^redisUrl: the database .* got "abc"/,
+    );
+    // A URL that does not parse is named without the password it may carry.
+    expect(() => batchQueueLocation("redis://u:secret@[x", "a")).toThrow(/^redisUrl: is not a URL/);
+    expect(() => batchQueueLocation("redis://u:secret@[x", "a")).not.toThrow(/secret/);
   });
 });

@@ -44,7 +44,7 @@ export function batchQueueLocation(
   try {
     url = new URL(redisUrl);
   } catch {
-    throw new InvalidArgumentError("redisUrl", `is not a URL: ${JSON.stringify(redisUrl)}`);
+    throw new InvalidArgumentError("redisUrl", `is not a URL: ${JSON.stringify(redactedUrl(redisUrl))}`);
   }
   if (url.protocol !== "redis:" && url.protocol !== "rediss:")
     throw new InvalidArgumentError(
@@ -52,7 +52,13 @@ export function batchQueueLocation(
       `must be redis://host:port[/db] or rediss://…, got ${redactedUrl(redisUrl)}`,
     );
   checkClusterName(cluster);
-  const db = url.pathname.length > 1 ? Number(url.pathname.slice(1)) : 0;
+  const dbText = url.pathname.slice(1);
+  if (dbText !== "" && !/^\d+$/.test(dbText))
+    throw new InvalidArgumentError(
+      "redisUrl",
+      `the database after the port must be a number, got "${dbText}"`,
+    );
+  const db = dbText === "" ? 0 : Number(dbText);
   const host = url.hostname.replace(/^\[|\]$/g, "");
   const server = {
     host,
