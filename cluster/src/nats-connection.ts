@@ -13,7 +13,12 @@ import {
   nkeyAuthenticator,
   UserAuthenticationExpiredError,
 } from "@nats-io/transport-node";
-import { readSecretFile, UnauthenticatedError, UnavailableError } from "@tandem/common";
+import {
+  FailedPreconditionError,
+  readSecretFile,
+  UnauthenticatedError,
+  UnavailableError,
+} from "@tandem/common";
 
 /**
  * How a party proves itself to NATS, from files (a mounted Secret): an NKey seed, or a
@@ -71,11 +76,35 @@ export function kvReplicas(nc: NatsConnection): number {
 }
 
 function authenticatorOf(credentials: NatsCredentials | undefined): Authenticator | undefined {
+  if (credentials?.nkeySeedFile && credentials.credsFile)
+    throw new FailedPreconditionError("natsNkeySeed", "set natsNkeySeed or natsCreds, not both");
   if (credentials?.nkeySeedFile) {
     const seed = readSecretFile(credentials.nkeySeedFile, "natsNkeySeed").trim();
-    return nkeyAuthenticator(new TextEncoder().encode(seed));
+    return checkedAuthenticator(nkeyAuthenticator(new TextEncoder().encode(seed)), "natsNkeySeed");
   }
-  if (credentials?.credsFile)
-    return credsAuthenticator(new TextEncoder().encode(readSecretFile(credentials.credsFile, "natsCreds")));
+  if (credentials?.credsFile) {
+    const creds = readSecretFile(credentials.credsFile, "natsCreds");
+    return checkedAuthenticator(credsAuthenticator(new TextEncoder().encode(creds)), "natsCreds");
+  }
   return undefined;
+}
+
+/**
+ * The client parses a seed or .creds file only when a server asks it to sign: a file that
+ * is readable but malformed would fail inside `connect` and pass for an unreachable server.
+ * Signing a test nonce now parses it, so such a file is named at start.
+ */
+function checkedAuthenticator(authenticator: Authenticator, setting: string): Authenticator {
+  try {
+    authenticator("tandem-start-check");
+  } catch (error) {
+    throw new FailedPreconditionError(
+      setting,
+      `is not a valid NATS credential (${(error as Error).message})`,
+      {
+        cause: error,
+      },
+    );
+  }
+  return authenticator;
 }
