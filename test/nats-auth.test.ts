@@ -4,10 +4,11 @@
  * maps and the lease; a worker writes its own node record and load subject; an edge reads
  * the placement map. Each forbidden write is refused by the real nats-server.
  */
-import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { nkeys, type NatsConnection } from "@nats-io/transport-node";
+import { jetstreamManager } from "@nats-io/jetstream";
 import { Kvm } from "@nats-io/kv";
 import { pino } from "pino";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -26,28 +27,42 @@ let dir: string;
 const seedFile: Partial<Record<Role, string>> = {};
 const connections: NatsConnection[] = [];
 
-/** The nats-server permissions of each role, for cluster `c` and worker `w1`. */
+/**
+ * The nats-server permissions of each role: SECURITY.md's sample block itself, for this
+ * test's cluster, with its NKeys (so the documented configuration is the tested one).
+ */
 function authorization(publicKeys: Record<Role, string>): string {
-  const kv = (bucket: string) => `$KV.tandem_${CLUSTER}_${bucket}`;
-  return `
-authorization {
-  users = [
-    { nkey: ${publicKeys.control}, permissions: { publish: ">", subscribe: ">" } }
-    { nkey: ${publicKeys.worker}, permissions: {
-        publish: { allow: ["$JS.API.>", "_INBOX.>", "${kv("nodes")}.w1", "tandem.${CLUSTER}.load.w1"] },
-        subscribe: ">" } }
-    { nkey: ${publicKeys.edge}, permissions: {
-        publish: { allow: ["$JS.API.>", "_INBOX.>"], deny: ["$KV.>"] },
-        subscribe: ">" } }
-  ]
-}
-`;
+  const security = readFileSync(join(import.meta.dirname, "..", "SECURITY.md"), "utf8");
+  const block = /## NATS permissions per role[\s\S]*?```\n([\s\S]*?)```/.exec(security)?.[1];
+  if (!block) throw new Error("SECURITY.md has no NATS permissions block");
+  return block
+    .replace("UCONTROL…", publicKeys.control)
+    .replace("UWORKER1…", publicKeys.worker)
+    .replace("UEDGE…", publicKeys.edge)
+    .replaceAll("tandem_C_", `tandem_${CLUSTER}_`)
+    .replaceAll("tandem.C.", `tandem.${CLUSTER}.`);
 }
 
 async function as(role: Role): Promise<NatsConnection> {
   const nc = await connectNats(server.url, { credentials: { nkeySeedFile: seedFile[role] } });
   connections.push(nc);
   return nc;
+}
+
+/** A stream purge and a stream delete through the JetStream API, both of which the server must refuse. */
+async function refusedStreamAdmin(nc: NatsConnection, bucket: string): Promise<Error[]> {
+  const jsm = await jetstreamManager(nc);
+  const refused = (operation: Promise<unknown>, what: string) =>
+    operation.then(
+      () => {
+        throw new Error(`${what} of ${bucket} was accepted`);
+      },
+      (error: Error) => error,
+    );
+  return [
+    await refused(jsm.streams.purge(`KV_${bucket}`), "a purge"),
+    await refused(jsm.streams.delete(`KV_${bucket}`), "a delete"),
+  ];
 }
 
 /** A KV put that the server must refuse: resolves with the error it fails with. */
@@ -134,6 +149,12 @@ describe("a NATS that authenticates each party", () => {
       const edge = await as("edge");
       expect((await refusedPut(edge, names.placementBucket, "kv-shards")).message).toMatch(/permission/i);
       expect((await refusedPut(edge, names.nodesBucket, "w9")).message).toMatch(/permission/i);
+      // Nor wipe a bucket through the JetStream API.
+      for (const nc of [worker, edge])
+        for (const bucket of [names.placementBucket, names.leaderBucket, names.nodesBucket])
+          for (const error of await refusedStreamAdmin(nc, bucket))
+            expect(error.message).toMatch(/permission/i);
+      expect((await openShardMap(edge, names).then((store) => store.read()))?.record.shards).toBeDefined();
     } finally {
       await controller.stop();
     }
