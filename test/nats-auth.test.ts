@@ -102,6 +102,17 @@ describe("a NATS that authenticates each party", () => {
     );
   });
 
+  it("names a credentials file that is readable but not a credential, before connecting", async () => {
+    const bad = join(dir, "bad.nk");
+    writeFileSync(bad, "SUnotaseed\n", { mode: 0o600 });
+    await expect(connectNats(server.url, { credentials: { nkeySeedFile: bad } })).rejects.toThrow(
+      /^natsNkeySeed: is not a valid NATS credential/,
+    );
+    await expect(
+      connectNats(server.url, { credentials: { nkeySeedFile: seedFile.edge, credsFile: bad } }),
+    ).rejects.toThrow(/^natsNkeySeed: set natsNkeySeed or natsCreds, not both/);
+  });
+
   it("lets the control plane lead and place a worker's shards, the worker write only its own record, and the edge only read", async () => {
     const controller = await Controller.start(
       await as("control"),
