@@ -11,9 +11,10 @@
  *
  * A session running alone has a slot of one row. Sessions that take batched steps together
  * share a slot with one row each until one of them runs alone or joins another batch; then
- * each row is copied back to a slot of its own. A slot grows — a copy — only when a forward
- * would pass its capacity, to whole blocks of KV_BLOCK_POSITIONS: at most one block of room
- * is kept, and a decode pays one copy of its cache per block.
+ * each row is copied back to a slot of its own, or straight into the new batch's slot for
+ * the sessions that joined it. A slot grows — a copy — only when a forward would pass its
+ * capacity, to whole blocks of KV_BLOCK_POSITIONS: at most one block of room is kept, and
+ * a decode pays one copy of its cache per block.
  */
 import type { LayerKv } from "./segment-model.ts";
 
@@ -85,6 +86,8 @@ export function copyKvRow(
 /**
  * Writes one layer's new positions, [rows, kvHeads, seq, headDim] keys and values as a
  * run returns them, into each row of the slot right after its pastLengths[row] positions.
+ * It does not check pastLengths (SegmentModel.run does, before the run): a NaN offset
+ * would write at position 0 and a negative one into the previous head.
  */
 export function appendKv(
   slot: KvSlot,

@@ -123,8 +123,8 @@ export class SegmentModel {
   async run(input: SegmentRunInput): Promise<SegmentRunOutput> {
     const { config, spec } = this;
     const { batch, seq, kv } = input;
+    this.checkKvSlot(kv, batch, seq, input.pastLengths);
     const pastLength = Math.max(0, ...input.pastLengths);
-    this.checkKvSlot(kv, batch, pastLength + seq);
     const kvShape = [batch, config.numKvHeads, kv.capacity, config.headDim];
     const feeds: Record<string, ort.Tensor> = {
       [GRAPH_IO.seqlensK]: new ort.Tensor(
@@ -189,16 +189,32 @@ export class SegmentModel {
     };
   }
 
-  /** The slot must be this segment's, one row per batch row, with room for `needed` positions. */
-  private checkKvSlot(kv: KvSlot, batch: number, needed: number): void {
+  /**
+   * The slot must be this segment's, one row per batch row, with room for every row's
+   * past and `seq` new positions. Each entry is checked, before the run, because appendKv
+   * trusts them: a missing or NaN one would be written at position 0 (a typed array takes
+   * a NaN offset as 0, and a capacity check on a NaN maximum passes), a negative one into
+   * the previous head's positions.
+   */
+  private checkKvSlot(kv: KvSlot, batch: number, seq: number, pastLengths: number[]): void {
     const { numKvHeads, headDim, maxPositions } = this.config;
     const size = batch * numKvHeads * kv.capacity * headDim;
     if (kv.rows !== batch || kv.layers.length !== this.layerCount)
       throw new InternalError(
         `KV slot of ${kv.rows} rows × ${kv.layers.length} layers for a batch of ${batch} × ${this.layerCount}`,
       );
-    if (kv.capacity < needed || kv.capacity > maxPositions)
-      throw new InternalError(`KV slot capacity ${kv.capacity} must be in [${needed}, ${maxPositions}]`);
+    if (!Number.isInteger(seq) || seq < 1)
+      throw new InternalError(`seq must be a positive integer, got ${seq}`);
+    if (pastLengths.length !== batch)
+      throw new InternalError(`pastLengths has ${pastLengths.length} entries for a batch of ${batch}`);
+    pastLengths.forEach((past, row) => {
+      if (!Number.isInteger(past) || past < 0 || past + seq > kv.capacity)
+        throw new InternalError(
+          `pastLengths[${row}] must be an integer in [0, ${kv.capacity - seq}] (KV slot capacity ${kv.capacity} − seq ${seq}), got ${past}`,
+        );
+    });
+    if (kv.capacity > maxPositions)
+      throw new InternalError(`KV slot capacity ${kv.capacity} must not exceed ${maxPositions}`);
     if (kv.layers.some((layer) => layer.key.length !== size || layer.value.length !== size))
       throw new InternalError(`KV slot tensors must hold ${size} values each`);
   }
