@@ -8,7 +8,7 @@ import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { loadCheckpoint } from "../checkpoint/load-checkpoint.ts";
 import type { Checkpoint } from "../checkpoint/model-weights.ts";
-import { InvalidArgumentError, SessionNotFoundError, UnsupportedError } from "@tandem/common";
+import { InternalError, InvalidArgumentError, SessionNotFoundError, UnsupportedError } from "@tandem/common";
 import { segmentSpec, type SegmentSpec } from "../graph/segment-spec.ts";
 import { ReferenceModel } from "../reference/reference-model.ts";
 import {
@@ -20,9 +20,9 @@ import {
   writeRandomCheckpoint,
   type RandomCheckpointSpec,
 } from "../testing/random-checkpoint.ts";
-import { KV_BLOCK_POSITIONS } from "./kv-slot.ts";
+import { allocateKvSlot, KV_BLOCK_POSITIONS } from "./kv-slot.ts";
 import { SegmentModel } from "./segment-model.ts";
-import { SegmentSessions } from "./segment-sessions.ts";
+import { SegmentSessions, type SegmentStep } from "./segment-sessions.ts";
 
 const base = TINY_LLAMA;
 
@@ -315,6 +315,69 @@ describe("KV cache growing past its blocks", () => {
     await sessions.model.release();
   });
 
+  it("a call that passes the model's limit only behind calls queued ahead of it fails with the named count error, and loses nothing", async () => {
+    const checkpoint = checkpoints.get("a context of 70 positions, not a whole number of KV blocks")!;
+    const vocab = checkpoint.config.vocabSize;
+    const sequence = tokens(70, 9);
+    const whole = await fullLogits(checkpoint, sequence);
+    const at = (position: number) => whole.subarray(position * vocab, (position + 1) * vocab);
+    /** The call failed as validateInput fails a call that is too long when made. */
+    const expectCountError = (result: PromiseSettledResult<unknown>) => {
+      expect(result.status).toBe("rejected");
+      const reason = (result as PromiseRejectedResult).reason as unknown;
+      expect(reason).toBeInstanceOf(InvalidArgumentError);
+      expect((reason as InvalidArgumentError).field).toBe("count");
+      expect((reason as Error).message).toMatch(/the model allows 70/);
+    };
+    const sessions = await sessionsFor(checkpoint, {
+      fromLayer: 0,
+      toLayer: 4,
+      finalHead: true,
+      logits: true,
+    });
+    for (const id of ["s", "t", "u"]) {
+      sessions.open(id);
+      await sessions.forward(id, { ids: sequence.slice(0, 60) });
+    }
+
+    // Two forwards of 8 at 60 of 70: each fits when called, the second not once the first has run.
+    const forwards = await Promise.allSettled([
+      sessions.forward("s", { ids: sequence.slice(60, 68) }),
+      sessions.forward("s", { ids: sequence.slice(60, 68) }),
+    ]);
+    expect(forwards[0].status).toBe("fulfilled");
+    expectCountError(forwards[1]);
+    expect(sessions.length("s")).toBe(68);
+
+    // s and t step together (sharing a batch slot from here), then two batches are queued
+    // at 69: the second fits when called, not once the first has run.
+    await sessions.forward("t", { ids: sequence.slice(60, 68) });
+    await sessions.forwardBatch(["s", "t"].map((id) => ({ id, input: { ids: [sequence[68]] } })));
+    const batches = await Promise.allSettled([
+      sessions.forwardBatch(["t", "s"].map((id) => ({ id, input: { ids: [sequence[69]] } }))),
+      sessions.forwardBatch(["u", "t", "s"].map((id) => ({ id, input: { ids: [sequence[60]] } }))),
+    ]);
+    expect(batches[0].status).toBe("fulfilled");
+    for (const step of (batches[0] as PromiseFulfilledResult<SegmentStep[]>).value) {
+      expect(step.start).toBe(69);
+      expect(maxAbsDiff(step.exits[0].logits!, at(69))).toBeLessThanOrEqual(1e-4);
+    }
+    expectCountError(batches[1]);
+    expect(["s", "t", "u"].map((id) => sessions.length(id))).toEqual([70, 70, 60]);
+
+    // Every session's cache is intact: u's own slot, s's and t's rows of their batch slot.
+    const u = await sessions.forward("u", { ids: [sequence[60]] });
+    expect(u.start).toBe(60);
+    expect(maxAbsDiff(u.exits[0].logits!, at(60))).toBeLessThanOrEqual(1e-4);
+    for (const id of ["s", "t"]) {
+      await sessions.truncate(id, 69);
+      const step = await sessions.forward(id, { ids: [sequence[69]] });
+      expect(step.start).toBe(69);
+      expect(maxAbsDiff(step.exits[0].logits!, at(69)), id).toBeLessThanOrEqual(1e-4);
+    }
+    await sessions.model.release();
+  });
+
   it("sessions stepping together across a block boundary equal each stepping alone", async () => {
     const checkpoint = checkpoints.get("llama gqa ratio 4")!;
     const spec = { fromLayer: 0, toLayer: 4, finalHead: true, logits: true };
@@ -509,6 +572,48 @@ describe("bad input loses nothing", () => {
     const step = await lower.forward("s", { ids: [1, 2] });
     expect(step.start).toBe(0);
     expect(lower.length("s")).toBe(2);
+  });
+
+  it("a segment run with pastLengths that do not fit its batch or slot throws, naming them, and writes nothing", async () => {
+    const checkpoint = checkpoints.get("llama gqa ratio 2")!;
+    const model = await SegmentModel.load(
+      checkpoint,
+      segmentSpec({ fromLayer: 0, toLayer: 2, outputHidden: true }),
+      { cacheDir },
+    );
+    const { numKvHeads, headDim } = checkpoint.config;
+    const kv = allocateKvSlot(
+      { layers: model.layerCount, kvHeads: numKvHeads, headDim },
+      2,
+      KV_BLOCK_POSITIONS,
+    );
+    // Two rows of 5 real positions each, zeros after them.
+    await model.run({
+      batch: 2,
+      seq: 5,
+      ids: BigInt64Array.from(PROMPT.slice(0, 10), BigInt),
+      pastLengths: [0, 0],
+      kv,
+    });
+    const before = kv.layers.map((layer) => [layer.key.slice(), layer.value.slice()]);
+    expect(before[0][0].some((v) => v !== 0)).toBe(true);
+    const bad = [[], [5], [5, 5, 5], [5, NaN], [NaN, NaN], [5, -1], [2.5, 5], [5, KV_BLOCK_POSITIONS]];
+    for (const pastLengths of bad) {
+      const run = model.run({ batch: 2, seq: 1, ids: BigInt64Array.from([7n, 8n]), pastLengths, kv });
+      await expect(run, `[${pastLengths.join(", ")}]`).rejects.toBeInstanceOf(InternalError);
+      await expect(run, `[${pastLengths.join(", ")}]`).rejects.toThrow(/pastLengths/);
+      expect(kv.layers.map((layer) => [layer.key, layer.value])).toEqual(before);
+    }
+    // The slot still serves a good run.
+    const good = await model.run({
+      batch: 2,
+      seq: 1,
+      ids: BigInt64Array.from([7n, 8n]),
+      pastLengths: [5, 5],
+      kv,
+    });
+    expect(good.hidden).toHaveLength(2 * checkpoint.config.hiddenSize);
+    await model.release();
   });
 
   it("rejects segment specs that do not fit the model, naming the field", async () => {

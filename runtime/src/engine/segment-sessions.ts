@@ -131,7 +131,9 @@ export class SegmentSessions {
     const count = this.validateInput(input, state.length);
     const run = state.busy.then(async () => {
       const { config } = this.model;
-      this.detach(state);
+      // Checked again now: calls queued ahead of this one may have grown the session.
+      this.checkRoom(state.length, count);
+      this.detach(state.resident);
       const output = await this.model.run({
         batch: 1,
         seq: count,
@@ -186,6 +188,8 @@ export class SegmentSessions {
     const { config } = this.model;
     const batch = items.length;
     const hiddenSize = config.hiddenSize;
+    // Checked again now: calls queued ahead of this batch may have grown its sessions.
+    for (const state of states) this.checkRoom(state.length, 1);
     // Rows in the order of the resident batch when these are exactly its sessions.
     const resident = states[0].resident;
     const reuse =
@@ -206,10 +210,16 @@ export class SegmentSessions {
       next = resident;
       if (resident.slot.capacity < needed) resident.slot = this.copyRows(resident.slot, pastLengths, needed);
     } else {
-      for (const state of rowStates) this.detach(state);
+      // Each row straight from where its cache is, its own slot or its row of a batch it
+      // leaves, so it is copied once; the batches left are broken up after the run.
       const slot = allocateKvSlot(this.kvShape, batch, kvCapacity(needed, config.maxPositions));
       rowStates.forEach((state, row) => {
-        if (state.slot) copyKvRow(state.slot, 0, slot, row, state.length, this.kvShape);
+        if (state.resident) {
+          const from = state.resident.ids.indexOf(rowItems[row].id);
+          copyKvRow(state.resident.slot, from, slot, row, state.length, this.kvShape);
+        } else if (state.slot) {
+          copyKvRow(state.slot, 0, slot, row, state.length, this.kvShape);
+        }
       });
       next = { ids: rowItems.map((item) => item.id), slot };
     }
@@ -232,6 +242,9 @@ export class SegmentSessions {
       kv: next.slot,
     });
 
+    const leftBatches = new Set<ResidentBatch>();
+    for (const state of rowStates)
+      if (state.resident && state.resident !== next) leftBatches.add(state.resident);
     const steps = rowStates.map((state, row): SegmentStep => {
       const start = state.length;
       state.length += 1;
@@ -247,6 +260,8 @@ export class SegmentSessions {
         exits: output.exits.map((e) => exitRow(e, row, 1, config.vocabSize)),
       };
     });
+    // Their other sessions get slots of their own (these ones are no longer resident there).
+    for (const left of leftBatches) this.detach(left);
     // Back in the caller's order.
     const byCaller = new Array<SegmentStep>(steps.length);
     order.forEach((callerIndex, row) => (byCaller[callerIndex] = steps[row]));
@@ -254,11 +269,10 @@ export class SegmentSessions {
   }
 
   /**
-   * Gives every session of `state`'s resident batch a slot of its own again (the batch is
+   * Gives every session still resident in `batch` a slot of its own again (a batch is
    * broken once one of its sessions runs alone or joins another batch).
    */
-  private detach(state: SessionState): void {
-    const batch = state.resident;
+  private detach(batch: ResidentBatch | undefined): void {
     if (!batch) return;
     const { maxPositions } = this.model.config;
     batch.ids.forEach((id, row) => {
@@ -335,13 +349,19 @@ export class SegmentSessions {
         "count",
         `${count} positions exceed the chunk limit ${this.maxChunkTokens}`,
       );
-    if (pastLength + count > config.maxPositions) {
+    this.checkRoom(pastLength, count);
+    return count;
+  }
+
+  /** Throws InvalidArgumentError("count") when `count` more positions would pass the model's limit. */
+  private checkRoom(pastLength: number, count: number): void {
+    const { maxPositions } = this.model.config;
+    if (pastLength + count > maxPositions) {
       throw new InvalidArgumentError(
         "count",
-        `session would reach ${pastLength + count} positions, the model allows ${config.maxPositions}`,
+        `session would reach ${pastLength + count} positions, the model allows ${maxPositions}`,
       );
     }
-    return count;
   }
 }
 
