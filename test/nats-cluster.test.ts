@@ -87,3 +87,18 @@ describe("a three-server NATS cluster", () => {
     }
   }, 120_000);
 });
+
+describe("a two-server NATS cluster", () => {
+  it("cannot place three replicas, so the buckets are created with one", async () => {
+    const two = await startNatsCluster(2);
+    try {
+      const nc = await connectNats(two.url);
+      connections.push(nc);
+      expect(kvReplicas(nc)).toBe(3);
+      const store = await openShardMap(nc, controlPlaneNames(`two${Date.now()}`));
+      expect((await store.kv.status()).replicas).toBe(1);
+    } finally {
+      await two.stop();
+    }
+  }, 60_000);
+});

@@ -160,8 +160,23 @@ export class KvBucket {
   }
 }
 
-function createBucket(nc: NatsConnection, options: KvBucketOptions): Promise<KV> {
+/** JetStream's answers to a replica count the servers cannot place. */
+const REPLICAS_NOT_PLACEABLE = new Set([
+  10005, // no suitable peers for placement: a cluster of fewer servers than replicas
+  10074, // replicas > 1 not supported in non-clustered mode
+]);
+
+async function createBucket(nc: NatsConnection, options: KvBucketOptions): Promise<KV> {
   const settings: Partial<KvOptions> = { history: options.history, replicas: kvReplicas(nc) };
   if (options.ttlMs !== undefined) settings.ttl = options.ttlMs;
-  return new Kvm(nc).create(options.name, settings);
+  try {
+    return await new Kvm(nc).create(options.name, settings);
+  } catch (error) {
+    if (
+      settings.replicas === 1 ||
+      !(error instanceof JetStreamApiError && REPLICAS_NOT_PLACEABLE.has(error.code))
+    )
+      throw error;
+    return new Kvm(nc).create(options.name, { ...settings, replicas: 1 });
+  }
 }

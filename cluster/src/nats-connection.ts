@@ -67,12 +67,14 @@ export async function connectNats(url: string, options: NatsConnectOptions = {})
 }
 
 /**
- * Replicas for the cluster's KV buckets: 3 when the NATS servers form a cluster of at least
- * three (so the buckets survive losing one), else 1. Read from the servers the connected
- * one announces; applied when a bucket is created (an existing bucket keeps its own).
+ * Replicas asked for the cluster's KV buckets: 3 when the connected server is part of a
+ * NATS cluster (so the buckets survive losing one server), else 1. Read from the cluster
+ * name the server announces, not from the peers it gossips (none under no_advertise, few
+ * while routes form). A cluster of fewer than three JetStream servers cannot place three:
+ * KvBucket then creates the bucket with one. An existing bucket keeps its own.
  */
 export function kvReplicas(nc: NatsConnection): number {
-  return (nc.info?.connect_urls?.length ?? 1) >= 3 ? 3 : 1;
+  return nc.info?.cluster ? 3 : 1;
 }
 
 function authenticatorOf(credentials: NatsCredentials | undefined): Authenticator | undefined {
