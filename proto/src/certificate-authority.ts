@@ -6,17 +6,28 @@
  *   DIR/ca.pem, ca.key                 the CA (key 0600)
  *   DIR/servers/NAME.pem, NAME.key     a server's certificate (serverAuth; its SANs)
  *   DIR/devices/ID.pem, ID.key         a device's certificate (clientAuth; CN = device id)
+ *   DIR/devices/ID.serials             every serial number issued to the device, one a line
  *   DIR/revoked.crl                    the CA's revocation list (PEM), re-signed on revoke
  *
  * Keys are ECDSA P-256, made and signed in-process (Node's WebCrypto and @peculiar/x509).
+ * Files are replaced whole (written beside, then renamed): a worker reading one while it
+ * is written sees the old file or the new one, never part of either.
  */
-import { webcrypto } from "node:crypto";
-import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
+import { randomBytes, webcrypto } from "node:crypto";
+import {
+  appendFileSync,
+  existsSync,
+  mkdirSync,
+  readFileSync,
+  renameSync,
+  rmSync,
+  writeFileSync,
+} from "node:fs";
 import { isIP } from "node:net";
 import { join } from "node:path";
 import * as x509 from "@peculiar/x509";
 import { FailedPreconditionError, InvalidArgumentError } from "@tandem/common";
-import { DEVICE_ID_PATTERN } from "./device-identity.ts";
+import { DEVICE_ID_PATTERN, normalizeSerial } from "./device-identity.ts";
 
 // @peculiar/x509 signs with the global WebCrypto (Node's, since Node 19).
 type CryptoKey = webcrypto.CryptoKey;
@@ -24,6 +35,10 @@ type CryptoKeyPair = webcrypto.CryptoKeyPair;
 
 const ALGORITHM = { name: "ECDSA", namedCurve: "P-256", hash: "SHA-256" } as const;
 const DAY_MS = 24 * 3600 * 1000;
+/** Private keys: their owner alone reads them. */
+const KEY_MODE = 0o600;
+/** Certificates and the revocation list: writeFileSync's default (less the umask). */
+const PUBLIC_MODE = 0o666;
 
 export const DEFAULT_CERTIFICATE_DAYS = { ca: 3650, leaf: 365 } as const;
 
@@ -42,6 +57,11 @@ export function serverPaths(dir: string, name: string): CertificatePaths {
 
 export function devicePaths(dir: string, id: string): CertificatePaths {
   return { cert: join(dir, "devices", `${id}.pem`), key: join(dir, "devices", `${id}.key`) };
+}
+
+/** Every serial number issued to the device, as `revokeDevice` must reach them all. */
+function deviceSerialsPath(dir: string, id: string): string {
+  return join(dir, "devices", `${id}.serials`);
 }
 
 /** Creates the CA and an empty revocation list in `dir`; refuses to overwrite an existing CA. */
@@ -98,33 +118,62 @@ export async function issueServerCertificate(
   );
 }
 
-/** Issues a device certificate: its CN is the device id workers know it by. */
+/**
+ * Issues a device certificate: its CN is the device id workers know it by. Issuing again
+ * (a new key) leaves the earlier certificates valid until they expire or are revoked;
+ * their serial numbers stay in DIR/devices/ID.serials, so revoking the device reaches them.
+ */
 export async function issueDeviceCertificate(
   dir: string,
   id: string,
   options: { days?: number } = {},
 ): Promise<CertificatePaths> {
   checkName("id", id);
-  return issueLeaf(dir, devicePaths(dir, id), id, x509.ExtendedKeyUsage.clientAuth, [], options.days);
+  return issueLeaf(
+    dir,
+    devicePaths(dir, id),
+    id,
+    x509.ExtendedKeyUsage.clientAuth,
+    [],
+    options.days,
+    deviceSerialsPath(dir, id),
+  );
 }
 
-/** Adds the device's certificate to the revocation list (re-signed); returns its serial number. */
-export async function revokeDevice(dir: string, id: string): Promise<string> {
+/**
+ * Adds every certificate issued to the device to the revocation list (re-signed): workers
+ * know a device by its CN, so a certificate issued before the current one would otherwise
+ * still pass as the device. Returns the serial numbers revoked.
+ */
+export async function revokeDevice(dir: string, id: string): Promise<string[]> {
   checkName("id", id);
   const paths = devicePaths(dir, id);
-  if (!existsSync(paths.cert))
+  const serialsPath = deviceSerialsPath(dir, id);
+  if (!existsSync(paths.cert) && !existsSync(serialsPath))
     throw new FailedPreconditionError("id", `no certificate issued for device "${id}" in ${dir}`);
-  const serial = new x509.X509Certificate(readFileSync(paths.cert, "utf8")).serialNumber;
+  const serials = existsSync(serialsPath)
+    ? readFileSync(serialsPath, "utf8")
+        .split("\n")
+        .map((line) => line.trim())
+        .filter((line) => line.length > 0)
+    : [];
+  // The current certificate too: a directory written before serials were recorded lists none.
+  if (existsSync(paths.cert))
+    serials.push(new x509.X509Certificate(readFileSync(paths.cert, "utf8")).serialNumber);
   const ca = await loadCa(dir);
   const crl = new x509.X509Crl(readFileSync(caPaths(dir).crl, "utf8"));
   const entries = crl.entries.map((e) => ({
     serialNumber: e.serialNumber,
     revocationDate: e.revocationDate,
   }));
-  if (!entries.some((e) => e.serialNumber === serial))
-    entries.push({ serialNumber: serial, revocationDate: new Date() });
+  // Serial numbers compare normalized; the list keeps each as it was issued.
+  const listed = new Set(entries.map((e) => normalizeSerial(e.serialNumber)));
+  const issued = new Map(serials.map((serial) => [normalizeSerial(serial), serial]));
+  const now = new Date();
+  for (const [normalized, serial] of issued)
+    if (!listed.has(normalized)) entries.push({ serialNumber: serial, revocationDate: now });
   await writeRevocationList(dir, ca, entries);
-  return serial;
+  return [...issued.values()];
 }
 
 async function issueLeaf(
@@ -134,6 +183,8 @@ async function issueLeaf(
   usage: x509.ExtendedKeyUsage,
   altNames: x509.JsonGeneralName[],
   days: number = DEFAULT_CERTIFICATE_DAYS.leaf,
+  /** Where the serial number is recorded (appended), if anywhere. */
+  serialsFile?: string,
 ): Promise<CertificatePaths> {
   const ca = await loadCa(dir);
   const keys = await generateKeys();
@@ -157,6 +208,8 @@ async function issueLeaf(
     extensions,
   });
   mkdirSync(join(paths.cert, ".."), { recursive: true, mode: 0o700 });
+  // Recorded before the certificate is written: no certificate leaves here unrecorded.
+  if (serialsFile) appendFileSync(serialsFile, cert.serialNumber + "\n", { mode: PUBLIC_MODE });
   await writeKeyPair(paths, cert, keys.privateKey);
   return paths;
 }
@@ -185,7 +238,7 @@ async function writeRevocationList(
     signingAlgorithm: ALGORITHM,
     signingKey: ca.key,
   });
-  writeFileSync(caPaths(dir).crl, crl.toString("pem") + "\n");
+  replaceFiles([{ path: caPaths(dir).crl, text: crl.toString("pem") + "\n", mode: PUBLIC_MODE }]);
 }
 
 async function writeKeyPair(
@@ -194,8 +247,31 @@ async function writeKeyPair(
   key: CryptoKey,
 ): Promise<void> {
   const pkcs8 = await webcrypto.subtle.exportKey("pkcs8", key);
-  writeFileSync(paths.key, x509.PemConverter.encode(pkcs8, "PRIVATE KEY") + "\n", { mode: 0o600 });
-  writeFileSync(paths.cert, cert.toString("pem") + "\n");
+  replaceFiles([
+    { path: paths.key, text: x509.PemConverter.encode(pkcs8, "PRIVATE KEY") + "\n", mode: KEY_MODE },
+    { path: paths.cert, text: cert.toString("pem") + "\n", mode: PUBLIC_MODE },
+  ]);
+}
+
+/**
+ * Replaces each file whole: all are written to temporary files in their directories, then
+ * renamed over them. A reader sees an old file or a new one, never a partial one, and a key
+ * and its certificate change one rename apart rather than one write apart. A new file
+ * takes `mode` whatever the old one had.
+ */
+function replaceFiles(files: { path: string; text: string; mode: number }[]): void {
+  const temps: string[] = [];
+  try {
+    for (const file of files) {
+      const temp = `${file.path}.${randomBytes(6).toString("hex")}.tmp`;
+      temps.push(temp);
+      writeFileSync(temp, file.text, { mode: file.mode, flag: "wx" });
+    }
+    files.forEach((file, i) => renameSync(temps[i]!, file.path));
+  } catch (error) {
+    for (const temp of temps) rmSync(temp, { force: true });
+    throw error;
+  }
 }
 
 async function generateKeys(): Promise<CryptoKeyPair> {

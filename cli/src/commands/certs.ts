@@ -80,8 +80,9 @@ export const certsCommand: CommandDefinition<typeof CERTS_OPTIONS> = {
       console.log(JSON.stringify({ device: name, ...paths, ca: caPaths(values.dir).cert }));
       return 0;
     }
-    const serial = await revokeDevice(values.dir, name);
-    console.log(JSON.stringify({ revoked: name, serial, crl: caPaths(values.dir).crl }));
+    if (values.days !== undefined) throw new UsageError("--days", `is for init and issue-*, not ${action}`);
+    const serials = await revokeDevice(values.dir, name);
+    console.log(JSON.stringify({ revoked: name, serials, crl: caPaths(values.dir).crl }));
     return 0;
   },
 };
