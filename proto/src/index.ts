@@ -5,10 +5,8 @@ export { HealthService, MAX_HEALTH_WATCHES, type ServingStatus } from "./health-
 export type { GrpcClientConstructor, GrpcService } from "./service-definitions.ts";
 export { STATUS_BY_CODE, errorOfStatus, failCall, statusOf, type WireStatus } from "./error-status.ts";
 export {
-  CERTIFICATE_REFRESH_MS,
   channelCredentials,
   checkPlaintextListen,
-  isLoopbackHost,
   serverCredentials,
   type ClientTlsFiles,
   type ServerTlsFiles,

@@ -10,12 +10,14 @@
  *
  * See SECURITY.md for what each link must protect.
  */
+import { X509Certificate } from "node:crypto";
 import { isIP } from "node:net";
+import { createSecureContext } from "node:tls";
 import * as grpc from "@grpc/grpc-js";
 import { FailedPreconditionError } from "@tandem/common";
 
 /** How often certificate files are re-read. */
-export const CERTIFICATE_REFRESH_MS = 5000;
+const CERTIFICATE_REFRESH_MS = 5000;
 
 export interface ServerTlsFiles {
   /** PEM certificate chain of this server. */
@@ -73,37 +75,76 @@ export function channelCredentials(tls: ClientTlsFiles | undefined): grpc.Channe
 }
 
 /**
- * Waits for the provider's first read of the server's files; a file it cannot read is a
- * FailedPreconditionError naming the setting, at start rather than at the first handshake.
+ * Waits for the provider's first read of the server's files and checks that TLS can use
+ * them: a file it cannot read, text that is no certificate or key, or a key that is not
+ * the certificate's is a FailedPreconditionError naming the setting, at start, rather than
+ * a server that reports SERVING and then fails every handshake.
  */
 function firstRead(files: grpc.experimental.CertificateProvider, tls: ServerTlsFiles): Promise<void> {
   return new Promise((resolve, reject) => {
-    let identityRead = false;
-    let caRead = tls.ca === undefined;
+    let identity: grpc.experimental.IdentityCertificateUpdate | undefined;
+    let ca: grpc.experimental.CaCertificateUpdate | undefined;
     const finish = (error?: Error) => {
       files.removeIdentityCertificateListener(onIdentity);
       files.removeCaCertificateListener(onCa);
       if (error) reject(error);
       else resolve();
     };
+    const finishOnceRead = () => {
+      if (!identity || (tls.ca !== undefined && !ca)) return;
+      try {
+        checkUsable(tls, identity, ca);
+      } catch (error) {
+        return finish(error as Error);
+      }
+      finish();
+    };
     const onIdentity = (update: grpc.experimental.IdentityCertificateUpdate | null) => {
       if (!update)
         return finish(new FailedPreconditionError("tlsCert", `cannot read ${tls.cert} or ${tls.key}`));
-      identityRead = true;
-      if (caRead) finish();
+      identity = update;
+      finishOnceRead();
     };
     const onCa = (update: grpc.experimental.CaCertificateUpdate | null) => {
       if (!update) return finish(new FailedPreconditionError("tlsCa", `cannot read ${tls.ca}`));
-      caRead = true;
-      if (identityRead) finish();
+      ca = update;
+      finishOnceRead();
     };
     files.addIdentityCertificateListener(onIdentity);
     if (tls.ca !== undefined) files.addCaCertificateListener(onCa);
   });
 }
 
+/**
+ * What a handshake would make of the files, one setting at a time so the error names the
+ * one to fix. The CA is parsed as a certificate too: Node takes text that holds none as
+ * an empty list of CAs, which would refuse every client.
+ */
+function checkUsable(
+  tls: ServerTlsFiles,
+  identity: grpc.experimental.IdentityCertificateUpdate,
+  ca: grpc.experimental.CaCertificateUpdate | undefined,
+): void {
+  const check = (setting: string, file: string | undefined, attempt: () => void) => {
+    try {
+      attempt();
+    } catch (error) {
+      throw new FailedPreconditionError(setting, `${file} cannot serve TLS (${(error as Error).message})`);
+    }
+  };
+  check("tlsCert", tls.cert, () => createSecureContext({ cert: identity.certificate }));
+  check("tlsKey", tls.key, () =>
+    createSecureContext({ cert: identity.certificate, key: identity.privateKey }),
+  );
+  if (ca)
+    check("tlsCa", tls.ca, () => {
+      new X509Certificate(ca.caCertificate);
+      createSecureContext({ ca: ca.caCertificate });
+    });
+}
+
 /** True for addresses only this machine can reach. */
-export function isLoopbackHost(host: string): boolean {
+function isLoopbackHost(host: string): boolean {
   const bare = host.replace(/^\[|\]$/g, "");
   if (bare === "localhost") return true;
   if (isIP(bare) === 4) return bare.startsWith("127.");
