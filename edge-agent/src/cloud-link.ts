@@ -120,8 +120,10 @@ export class CloudLink {
     readonly address: string,
     readonly options: CloudLinkOptions,
     readonly identity: EdgeIdentity,
+    /** The links' shared credentials (CloudLinks). */
+    readonly credentials: grpc.ChannelCredentials,
   ) {
-    this.client = new grpc.Client(address, channelCredentials(options.tls), {
+    this.client = new grpc.Client(address, credentials, {
       "grpc.keepalive_time_ms": options.keepaliveMs,
       "grpc.keepalive_timeout_ms": 5_000,
       "grpc.keepalive_permit_without_calls": 1,
@@ -173,17 +175,24 @@ interface PendingReply {
 /** One CloudLink per worker address, shared by the sessions routed there. */
 export class CloudLinks {
   private readonly links = new Map<string, CloudLink>();
+  /**
+   * One set of credentials for every worker: each set watches its certificate files, so
+   * one per link would re-read the same files every few seconds once per worker.
+   */
+  private readonly credentials: grpc.ChannelCredentials;
 
   constructor(
     readonly options: CloudLinkOptions,
     readonly identity: EdgeIdentity,
     readonly route: CloudRoute,
-  ) {}
+  ) {
+    this.credentials = channelCredentials(options.tls);
+  }
 
   get(address: string): CloudLink {
     let link = this.links.get(address);
     if (!link) {
-      link = new CloudLink(address, this.options, this.identity);
+      link = new CloudLink(address, this.options, this.identity, this.credentials);
       this.links.set(address, link);
     }
     return link;
