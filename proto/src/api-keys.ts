@@ -1,7 +1,8 @@
 /**
  * API keys of the edge's public API: a client sends `authorization: Bearer KEY`; the config
  * holds only each key's SHA-256 (hex), so a leaked config file does not leak the keys.
- * `tandem api-key` makes a key and prints its hash. The HTTP API uses the same header.
+ * `tandem api-key` makes a key and prints its hash. Nothing here is gRPC's but `check`, so
+ * an HTTP API, should the edge serve one, can take the same header with `checkAuthorization`.
  */
 import { createHash, randomBytes } from "node:crypto";
 import type * as grpc from "@grpc/grpc-js";
@@ -22,8 +23,9 @@ export function newApiKey(): string {
 export class ApiKeys {
   private readonly hashes: Set<string>;
 
+  /** `hashes` as the config holds them: lowercase hex (API_KEY_HASH_PATTERN), as hashApiKey makes them. */
   constructor(hashes: readonly string[]) {
-    this.hashes = new Set(hashes.map((h) => h.toLowerCase()));
+    this.hashes = new Set(hashes);
   }
 
   /**
