@@ -36,6 +36,14 @@ export const NATS_CREDENTIAL_SETTINGS = {
   natsCreds: z.string().min(1).optional().meta({ description: "NATS .creds file (user JWT and seed)" }),
 };
 
+/** The credential files those settings name, as a NATS connection takes them. */
+export function natsCredentialsOf(settings: { natsNkeySeed?: string; natsCreds?: string }): {
+  nkeySeedFile?: string;
+  credsFile?: string;
+} {
+  return { nkeySeedFile: settings.natsNkeySeed, credsFile: settings.natsCreds };
+}
+
 /** The `cluster` setting every program and command that joins a cluster takes. */
 export const CLUSTER_NAME_SETTING = z
   .string()

@@ -9,6 +9,7 @@ export {
   CLUSTER_DEFAULTS,
   CLUSTER_NAME_SETTING,
   NATS_CREDENTIAL_SETTINGS,
+  natsCredentialsOf,
   checkClusterName,
 } from "./cluster-defaults.ts";
 export {

@@ -21,7 +21,7 @@ import {
   ThresholdExitPolicy,
   Tokenizer,
 } from "@tandem/runtime";
-import { InvalidArgumentError, type Logger } from "@tandem/common";
+import { InvalidArgumentError, natsCredentialsOf, type Logger } from "@tandem/common";
 import { ApiKeys } from "@tandem/proto";
 import { CloudLinks, DEFAULT_CLOUD_LINK_OPTIONS, loadCircuitBreakers } from "./cloud-link.ts";
 import { StaticCloudRoute } from "./cloud-route.ts";
@@ -98,10 +98,7 @@ export async function startEdgeAgent(
   const route = config.natsUrl
     ? await (
         await import("./placement-cloud-route.ts")
-      ).PlacementCloudRoute.start(config.natsUrl, config.cluster, log, {
-        nkeySeedFile: config.natsNkeySeed,
-        credsFile: config.natsCreds,
-      })
+      ).PlacementCloudRoute.start(config.natsUrl, config.cluster, log, natsCredentialsOf(config))
     : config.cloudAddress
       ? new StaticCloudRoute(config.cloudAddress)
       : undefined;
@@ -162,11 +159,8 @@ export async function startEdgeAgent(
       port: config.port,
       tls: config.tlsCert && config.tlsKey ? { cert: config.tlsCert, key: config.tlsKey } : undefined,
       maxReceiveMessageBytes: maxRequestBytes(limits),
+      log,
     },
-  );
-  void server.reflection.then(
-    (error) =>
-      error && log.warn({ err: error }, "server reflection is off: its .proto files could not be read"),
   );
   // Off the path to readiness: what the first escalation will need.
   if (cloud) void loadCircuitBreakers();

@@ -1,7 +1,13 @@
 /** `tandem status`: the cluster as the control plane sees it — nodes, leader, placement and balance. */
 import { z } from "zod";
 import { clusterStatus } from "@tandem/cluster";
-import { CLUSTER_DEFAULTS, CLUSTER_NAME_SETTING, durationMs, NATS_CREDENTIAL_SETTINGS } from "@tandem/common";
+import {
+  CLUSTER_DEFAULTS,
+  CLUSTER_NAME_SETTING,
+  durationMs,
+  NATS_CREDENTIAL_SETTINGS,
+  natsCredentialsOf,
+} from "@tandem/common";
 import type { CommandDefinition } from "../command.ts";
 
 const STATUS_OPTIONS = z
@@ -25,10 +31,12 @@ export const statusCommand: CommandDefinition<typeof STATUS_OPTIONS> = {
   summary: "the cluster: leader, placement, nodes and their load",
   options: STATUS_OPTIONS,
   async run(values) {
-    const status = await clusterStatus(values.nats, values.cluster, values.heartbeatTtlMs, {
-      nkeySeedFile: values.natsNkeySeed,
-      credsFile: values.natsCreds,
-    });
+    const status = await clusterStatus(
+      values.nats,
+      values.cluster,
+      values.heartbeatTtlMs,
+      natsCredentialsOf(values),
+    );
     if (values.json) {
       console.log(JSON.stringify(status));
       return 0;

@@ -4,7 +4,7 @@
  * away first).
  */
 import { hostname } from "node:os";
-import { runProgram, type ProgramDefinition } from "@tandem/common";
+import { natsCredentialsOf, runProgram, type ProgramDefinition } from "@tandem/common";
 import { startCloudWorker } from "./cloud-worker.ts";
 import { WORKER_CONFIG_SCHEMA, WORKER_ENV_PREFIX } from "./worker-config.ts";
 
@@ -39,7 +39,7 @@ export const WORKER_PROGRAM: ProgramDefinition<typeof WORKER_CONFIG_SCHEMA> = {
         cluster: config.natsUrl
           ? {
               natsUrl: config.natsUrl,
-              natsCredentials: { nkeySeedFile: config.natsNkeySeed, credsFile: config.natsCreds },
+              natsCredentials: natsCredentialsOf(config),
               name: config.cluster,
               weight: config.weight,
               heartbeatMs: config.heartbeatMs,

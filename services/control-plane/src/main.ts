@@ -4,7 +4,7 @@
  */
 import { hostname } from "node:os";
 import { connectNats } from "@tandem/cluster";
-import { runProgram, type ProgramDefinition } from "@tandem/common";
+import { natsCredentialsOf, runProgram, type ProgramDefinition } from "@tandem/common";
 import { CONTROL_CONFIG_SCHEMA, CONTROL_ENV_PREFIX } from "./control-config.ts";
 import { Controller } from "./controller.ts";
 
@@ -20,7 +20,7 @@ export const CONTROL_PROGRAM: ProgramDefinition<typeof CONTROL_CONFIG_SCHEMA> = 
     const replicaId = replicaIdOf(config.replicaId);
     const nc = await connectNats(config.natsUrl, {
       name: `tandem-control-plane ${replicaId}`,
-      credentials: { nkeySeedFile: config.natsNkeySeed, credsFile: config.natsCreds },
+      credentials: natsCredentialsOf(config),
     });
     const controller = await Controller.start(nc, { ...config, replicaId }, log);
     return {
