@@ -7,7 +7,7 @@
  * loaded and added once the server reports SERVING, so it does not delay readiness.
  */
 import * as grpc from "@grpc/grpc-js";
-import { FailedPreconditionError } from "@tandem/common";
+import { FailedPreconditionError, type Logger } from "@tandem/common";
 import { HealthService } from "./health-service.ts";
 import { loadReflectionDefinition } from "./tandem-protos.ts";
 import { serverCredentials, type ServerTlsFiles } from "./transport-security.ts";
@@ -30,6 +30,8 @@ export interface ServingOptions {
   maxStreamsPerConnection?: number;
   /** Serve TLS from these files (mutual TLS when it names a CA). @default plaintext */
   tls?: ServerTlsFiles;
+  /** Told when server reflection cannot be served. @default not told */
+  log?: Logger;
 }
 
 export interface RunningServer {
@@ -103,7 +105,11 @@ export async function startGrpcServer(
       new ReflectionService(packageDefinition, { services: services.map((s) => s.name) }).addToServer(server);
       return undefined;
     },
-    (error: unknown) => (error instanceof Error ? error : new Error(String(error))),
+    (error: unknown) => {
+      const reason = error instanceof Error ? error : new Error(String(error));
+      options.log?.warn({ err: reason }, "server reflection is off: its .proto files could not be read");
+      return reason;
+    },
   );
   return {
     reflection,

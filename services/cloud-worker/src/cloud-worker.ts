@@ -139,14 +139,11 @@ export async function startCloudWorker(options: CloudWorkerOptions, log: Logger)
       host,
       port: options.port,
       tls: options.tls,
+      log,
       // The largest legal message: a frame of the most positions, in fp32, and its fields.
       maxReceiveMessageBytes:
         DEFAULT_ESCALATION_LIMITS.maxFrameTokens * checkpoint.config.hiddenSize * 4 + 64 * 1024,
     },
-  );
-  void server.reflection.then(
-    (error) =>
-      error && log.warn({ err: error }, "server reflection is off: its .proto files could not be read"),
   );
   log.info(
     {
