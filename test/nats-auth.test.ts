@@ -102,6 +102,12 @@ describe("a NATS that authenticates each party", () => {
     );
   });
 
+  it("names an unreachable server without the password its URL carries", async () => {
+    await expect(
+      connectNats("nats://app:pw@127.0.0.1:1", { reconnect: false, timeoutMs: 2000 }),
+    ).rejects.toThrow(/^NATS at nats:\/\/app:\*\*\*@127\.0\.0\.1:1 cannot be reached/);
+  });
+
   it("names a credentials file that is readable but not a credential, before connecting", async () => {
     const bad = join(dir, "bad.nk");
     writeFileSync(bad, "SUnotaseed\n", { mode: 0o600 });

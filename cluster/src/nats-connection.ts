@@ -16,6 +16,7 @@ import {
 import {
   FailedPreconditionError,
   readSecretFile,
+  redactedUrl,
   UnauthenticatedError,
   UnavailableError,
 } from "@tandem/common";
@@ -60,9 +61,13 @@ export async function connectNats(url: string, options: NatsConnectOptions = {})
     });
   } catch (error) {
     const cause = (error as Error).message || String(error);
+    const where = url
+      .split(",")
+      .map((server) => redactedUrl(server.trim()))
+      .join(",");
     if (error instanceof AuthorizationError || error instanceof UserAuthenticationExpiredError)
-      throw new UnauthenticatedError(`NATS at ${url} refused the credentials (${cause})`);
-    throw new UnavailableError(`NATS at ${url} cannot be reached (${cause})`, { cause: error });
+      throw new UnauthenticatedError(`NATS at ${where} refused the credentials (${cause})`);
+    throw new UnavailableError(`NATS at ${where} cannot be reached (${cause})`, { cause: error });
   }
 }
 

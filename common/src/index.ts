@@ -55,3 +55,4 @@ export {
   type BackoffPolicy,
 } from "./retry-policy.ts";
 export { readSecretFile } from "./secret-file.ts";
+export { redactedUrl } from "./redacted-url.ts";

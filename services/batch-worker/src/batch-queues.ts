@@ -4,7 +4,7 @@
  */
 import { isIP } from "node:net";
 import type { ConnectionOptions } from "bullmq";
-import { checkClusterName, InvalidArgumentError, readSecretFile } from "@tandem/common";
+import { checkClusterName, InvalidArgumentError, readSecretFile, redactedUrl } from "@tandem/common";
 
 /**
  * Secrets of a Redis connection kept out of the URL (and so out of config values, logs and
@@ -82,15 +82,4 @@ export function batchQueueLocation(
     clientConnection: { ...server, maxRetriesPerRequest: 0, connectTimeout: 5000, retryStrategy: () => null },
     prefix: `tandem:${cluster}`,
   };
-}
-
-/** The URL as it may be printed: without its password. */
-export function redactedUrl(redisUrl: string): string {
-  try {
-    const url = new URL(redisUrl);
-    if (url.password) url.password = "***";
-    return url.toString();
-  } catch {
-    return redisUrl.replace(/:[^:@/]*@/, ":***@");
-  }
 }

@@ -15,7 +15,7 @@ export {
   type JobKind,
   type JobResultByKind,
 } from "./batch-jobs.ts";
-export { DEFAULT_REDIS_URL, batchQueueLocation, redactedUrl, type RedisSecrets } from "./batch-queues.ts";
+export { DEFAULT_REDIS_URL, batchQueueLocation, type RedisSecrets } from "./batch-queues.ts";
 export {
   DEFAULT_BATCH_WORKER_OPTIONS,
   batchWorkerOptions,

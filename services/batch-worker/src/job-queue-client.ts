@@ -7,6 +7,7 @@ import { Job, Queue, QueueEvents } from "bullmq";
 import {
   BATCH_JOB_BACKOFF,
   InvalidArgumentError,
+  redactedUrl,
   TandemError,
   UnauthenticatedError,
   UnavailableError,
@@ -15,7 +16,6 @@ import { validateJobData, type JobInputByKind, type JobKind } from "./batch-jobs
 import {
   BACKOFF_STRATEGY,
   batchQueueLocation,
-  redactedUrl,
   type BatchQueueLocation,
   type RedisSecrets,
 } from "./batch-queues.ts";

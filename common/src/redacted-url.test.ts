@@ -1,0 +1,14 @@
+import { describe, expect, it } from "vitest";
+import { redactedUrl } from "./redacted-url.ts";
+
+describe("redactedUrl", () => {
+  it("masks the password a URL carries, and only that", () => {
+    expect(redactedUrl("rediss://app:s3cret@redis.example:6380/2")).toBe(
+      "rediss://app:***@redis.example:6380/2",
+    );
+    expect(redactedUrl("nats://user:pw@10.0.0.1:4222")).toBe("nats://user:***@10.0.0.1:4222");
+    expect(redactedUrl("nats://10.0.0.1:4222")).toBe("nats://10.0.0.1:4222");
+    // Text that does not parse as a URL is still masked.
+    expect(redactedUrl("redis://u:secret@[x")).toBe("redis://u:***@[x");
+  });
+});
