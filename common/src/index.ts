@@ -13,7 +13,6 @@ export {
   checkClusterName,
 } from "./cluster-defaults.ts";
 export {
-  MAX_TIMER_MS,
   PARSE_ONCE,
   camelCaseWords,
   durationMs,
