@@ -6,6 +6,7 @@
 import { mkdtempSync, rmSync, statSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { setTimeout as sleep } from "node:timers/promises";
 import * as grpc from "@grpc/grpc-js";
 import { pino } from "pino";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -100,6 +101,40 @@ const open = (sessionId: string): EdgeMessage => ({
     hiddenSize: HIDDEN,
   },
 });
+/**
+ * Holds the secure worker's frames for the context `key` in its context manager until
+ * release(), so that a stream is busy applying one for as long as a test needs (the tiny
+ * model alone is done before a second stream can arrive). restore() puts it back.
+ */
+function holdFrames(key: string) {
+  const contexts = worker.contexts;
+  const append = contexts.append.bind(contexts);
+  let entered!: () => void;
+  const applying = new Promise<void>((resolve) => (entered = resolve));
+  let release!: () => void;
+  const held = new Promise<void>((resolve) => (release = resolve));
+  contexts.append = async (id, ...rest) => {
+    if (id === key) {
+      entered();
+      await held;
+    }
+    return append(id, ...rest);
+  };
+  const restore = () => {
+    release();
+    contexts.append = append;
+  };
+  return { applying, release, restore };
+}
+
+/** Deterministic noise for `count` positions: hidden states no real prefix produces. */
+function noiseStates(count: number): Float32Array {
+  let seed = 7;
+  return Float32Array.from({ length: count * HIDDEN }, () => {
+    seed = (seed * 1103515245 + 12345) % 2 ** 31;
+    return seed / 2 ** 31 - 0.5;
+  });
+}
 const frame = (start: number, count: number, states = hidden, requestId = String(start)): EdgeMessage => ({
   frame: {
     start,
@@ -168,13 +203,15 @@ describe("a worker serving mutual TLS", () => {
     await owner.next(1);
     owner.send(frame(0, 8));
     const ownerToken = (await owner.next(2))?.token;
+    expect(ownerToken?.position).toBe(8);
     owner.end();
 
     const intruder = rawStream(asDevice("device-b"));
     intruder.send(open("shared-id"));
     expect((await intruder.next(1))?.opened?.contextLength).toBe(0);
     intruder.send(frame(0, 3, new Float32Array(12 * HIDDEN).fill(0.5)));
-    await intruder.next(2);
+    // Its frame was applied (to its own session): otherwise "touch nothing" would prove nothing.
+    expect((await intruder.next(2))?.token?.position).toBe(3);
     intruder.send({ close: {} });
     intruder.end();
     await intruder.status;
@@ -216,13 +253,10 @@ describe("a worker serving mutual TLS", () => {
     await reference.next(1);
     reference.send(frame(0, 12));
     const expected = (await reference.next(2))?.token?.token;
+    expect(expected).toBeDefined();
     reference.end();
 
-    let seed = 7;
-    const noise = Float32Array.from({ length: 1000 * HIDDEN }, () => {
-      seed = (seed * 1103515245 + 12345) % 2 ** 31;
-      return seed / 2 ** 31 - 0.5;
-    });
+    const noise = noiseStates(1000);
     const a = rawStream(asDevice("device-a"));
     a.send(open("contested"));
     await a.next(1);
@@ -236,6 +270,113 @@ describe("a worker serving mutual TLS", () => {
     b.send(frame(0, 12));
     expect((await b.next(2))?.token?.token).toBe(expected);
     b.end();
+  }, 30_000);
+
+  it("keeps exactly the newest of three streams opening a session in quick succession as its writer: the two older end ABORTED, and the session's next token is an uninterrupted run's", async () => {
+    const reference = rawStream(asDevice("device-a"));
+    reference.send(open("uninterrupted-3"));
+    await reference.next(1);
+    reference.send(frame(0, 12));
+    const expected = (await reference.next(2))?.token?.token;
+    expect(expected).toBeDefined();
+    reference.end();
+
+    // a's frame is held until b and c have opened, so that both find a still applying it.
+    const { applying, release, restore } = holdFrames("device-a/contested-3");
+    try {
+      const a = rawStream(asDevice("device-a"));
+      a.send(open("contested-3"));
+      await a.next(1);
+      a.send(frame(0, 20, noiseStates(20), "a"));
+      await applying;
+      const b = rawStream(asDevice("device-a"));
+      b.send(open("contested-3"));
+      // Never applied: b never writes the session.
+      b.send(frame(0, 12, noiseStates(12), "b"));
+      expect((await a.status).code).toBe(grpc.status.ABORTED);
+      const c = rawStream(asDevice("device-a"));
+      c.send(open("contested-3"));
+      // c takes over from b while b still waits for a. Bounded: a worker letting b through
+      // fails the checks below rather than hanging here.
+      await Promise.race([b.status, sleep(2000)]);
+      release();
+
+      const opened = await c.next(1);
+      // a's frame applied in full or not at all, b's not at all.
+      expect([0, 20]).toContain(opened?.opened?.contextLength);
+      c.send(frame(0, 12));
+      expect((await c.next(2))?.token?.token).toBe(expected);
+      // A stream still writing would end OK once half-closed; a superseded one has ended already.
+      b.end();
+      expect((await b.status).code).toBe(grpc.status.ABORTED);
+      expect(b.replies).toHaveLength(0);
+      c.end();
+      expect((await c.status).code).toBe(grpc.status.OK);
+      a.end();
+    } finally {
+      restore();
+    }
+  }, 30_000);
+
+  it("keeps a stream cancelled while it applies a frame as its session's writer until the frame is done: a newer stream's open waits for it", async () => {
+    const { applying, release, restore } = holdFrames("device-a/cancelled-busy");
+    try {
+      const { tandem } = loadTandemProtos();
+      const client = new tandem.v1.CloudWorker(worker.server.address, asDevice("device-a"));
+      const a = client.Escalate();
+      const aStatus = new Promise<unknown>((resolve) => a.on("error", resolve));
+      const aOpened = new Promise<unknown>((resolve) => a.on("data", resolve));
+      a.write(open("cancelled-busy"));
+      await aOpened;
+      a.write(frame(0, 20, noiseStates(20), "a"));
+      await applying;
+      a.cancel();
+      await aStatus;
+
+      const b = rawStream(asDevice("device-a"));
+      b.send(open("cancelled-busy"));
+      // Bounded: a worker that opens at once fails the check below rather than waiting here.
+      await Promise.race([b.next(1), sleep(300)]);
+      expect(b.replies).toHaveLength(0);
+      release();
+      // a's frame was applied in full before b's open.
+      expect((await b.next(1))?.opened?.contextLength).toBe(20);
+      b.send(frame(20, 1, noiseStates(21)));
+      expect((await b.next(2))?.token?.position).toBe(21);
+      b.end();
+      client.close();
+    } finally {
+      restore();
+    }
+  }, 30_000);
+
+  it("takes a session from its stream only for a valid open: a bad weights hash, or a second open on an open stream, is refused and the session's stream goes on", async () => {
+    const healthy = rawStream(asDevice("device-a"));
+    healthy.send(open("healthy"));
+    await healthy.next(1);
+    healthy.send(frame(0, 4));
+    expect((await healthy.next(2))?.token?.position).toBe(4);
+
+    const wrongHash = rawStream(asDevice("device-a"));
+    wrongHash.send({ open: { ...open("healthy").open, weightsHash: "0".repeat(64) } });
+    const refused = await wrongHash.status;
+    expect(refused.code).toBe(grpc.status.FAILED_PRECONDITION);
+    expect(refused.details).toMatch(/open\.weights_hash/);
+    wrongHash.end();
+
+    const reopening = rawStream(asDevice("device-a"));
+    reopening.send(open("elsewhere"));
+    expect((await reopening.next(1))?.opened).toBeDefined();
+    reopening.send(open("healthy"));
+    const again = await reopening.status;
+    expect(again.code).toBe(grpc.status.FAILED_PRECONDITION);
+    expect(again.details).toMatch(/open: the stream already has a session/);
+    reopening.end();
+
+    healthy.send(frame(4, 1));
+    expect((await healthy.next(3))?.token?.position).toBe(5);
+    healthy.end();
+    expect((await healthy.status).code).toBe(grpc.status.OK);
   }, 30_000);
 
   it("refuses a certificate of the CA that is not for client authentication (the worker's own) at the handshake", async () => {
@@ -409,44 +550,98 @@ describe("a worker's certificate", () => {
 });
 
 describe("limits", () => {
-  it("a worker holds at most maxSessionsPerDevice sessions of one device, then answers RESOURCE_EXHAUSTED; resuming a held one still works", async () => {
-    const capped = await startCloudWorker(
+  /** A worker with its own session limits, beside the shared one. */
+  const cappedWorker = (
+    workerId: string,
+    sessionLimits: { maxSessions: number; maxSessionsPerDevice: number },
+  ) =>
+    startCloudWorker(
       {
         modelDir: join(dir, "model"),
         split: SPLIT,
-        workerId: "capped",
+        workerId,
         cacheDir: join(dir, "graphs"),
         tls: { ...serverPaths(certs, "worker"), ca: caPaths(certs).cert },
-        sessionLimits: { maxSessions: 10, maxSessionsPerDevice: 1 },
+        sessionLimits,
       },
       silent,
     );
+  /** Opens `sessionId` as `device` and sends a frame; the error ending the stream, if it ends before the token. */
+  const openAndFrame = async (address: string, device: string, sessionId: string) => {
+    const { tandem } = loadTandemProtos();
+    const call = new tandem.v1.CloudWorker(address, asDevice(device)).Escalate();
+    const replies: CloudMessage__Output[] = [];
+    const end = new Promise<grpc.ServiceError | undefined>((resolve) => {
+      call.on("data", (m: CloudMessage__Output) => {
+        replies.push(m);
+        if (m.token) resolve(undefined);
+      });
+      call.on("error", (e: grpc.ServiceError) => resolve(e));
+    });
+    call.write(open(sessionId));
+    call.write(frame(0, 2));
+    const error = await end;
+    call.cancel();
+    return { error, replies };
+  };
+
+  it("a worker holds at most maxSessionsPerDevice sessions of one device, then answers RESOURCE_EXHAUSTED; resuming a held one still works", async () => {
+    const capped = await cappedWorker("capped", { maxSessions: 10, maxSessionsPerDevice: 1 });
     try {
-      const { tandem } = loadTandemProtos();
-      const stream = (credentials: grpc.ChannelCredentials) =>
-        new tandem.v1.CloudWorker(capped.server.address, credentials).Escalate();
-      const openAndFrame = async (device: string, sessionId: string) => {
-        const call = stream(asDevice(device));
-        const replies: CloudMessage__Output[] = [];
-        const end = new Promise<grpc.ServiceError | undefined>((resolve) => {
-          call.on("data", (m: CloudMessage__Output) => {
-            replies.push(m);
-            if (m.token) resolve(undefined);
-          });
-          call.on("error", (e: grpc.ServiceError) => resolve(e));
-        });
-        call.write(open(sessionId));
-        call.write(frame(0, 2));
-        const error = await end;
-        call.cancel();
-        return { error, replies };
-      };
-      expect((await openAndFrame("device-a", "first")).error).toBeUndefined();
-      const second = await openAndFrame("device-a", "second");
+      const address = capped.server.address;
+      expect((await openAndFrame(address, "device-a", "first")).error).toBeUndefined();
+      const second = await openAndFrame(address, "device-a", "second");
       expect(second.error?.code).toBe(grpc.status.RESOURCE_EXHAUSTED);
       expect(second.error?.details).toMatch(/sessions: device "device-a" holds 1/);
-      expect((await openAndFrame("device-a", "first")).error).toBeUndefined();
-      expect((await openAndFrame("device-b", "first")).error).toBeUndefined();
+      expect((await openAndFrame(address, "device-a", "first")).error).toBeUndefined();
+      expect((await openAndFrame(address, "device-b", "first")).error).toBeUndefined();
+    } finally {
+      await capped.close(100);
+    }
+  }, 30_000);
+
+  it("hold under concurrent opens: of maxSessionsPerDevice + 1 streams a device opens at once, exactly one is refused, and so is one beyond maxSessions", async () => {
+    const capped = await cappedWorker("capped-concurrent", { maxSessions: 3, maxSessionsPerDevice: 2 });
+    try {
+      /**
+       * Opens the sessions on streams of their own at once, then, once every open is
+       * answered, sends a frame on each stream still open: a session reaches the context
+       * manager only with its first frame, so no open here is checked against a held one.
+       */
+      const openAtOnce = async (device: string, sessionIds: string[]) => {
+        const streams = sessionIds.map((id) => {
+          const s = escalateStream(capped.server.address, asDevice(device));
+          s.send(open(id));
+          return s;
+        });
+        const opened = await Promise.all(
+          streams.map((s) =>
+            s.next(1).then(
+              () => true,
+              () => false,
+            ),
+          ),
+        );
+        const refused = streams.filter((_, i) => !opened[i]);
+        const served = streams.filter((_, i) => opened[i]);
+        for (const s of served) s.send(frame(0, 2));
+        for (const s of served) expect((await s.next(2)).token?.position).toBe(2);
+        return { refused: await Promise.all(refused.map((s) => s.status)), served: served.length, streams };
+      };
+
+      const mine = await openAtOnce("device-a", ["p0", "p1", "p2"]);
+      expect(mine.served).toBe(2);
+      expect(mine.refused).toHaveLength(1);
+      expect(mine.refused[0].code).toBe(grpc.status.RESOURCE_EXHAUSTED);
+      expect(mine.refused[0].details).toMatch(/sessions: device "device-a" holds 2, its limit/);
+
+      // device-a's 2 sessions are held (their streams still open): of device-b's 2, one fits under maxSessions.
+      const theirs = await openAtOnce("device-b", ["q0", "q1"]);
+      expect(theirs.served).toBe(1);
+      expect(theirs.refused).toHaveLength(1);
+      expect(theirs.refused[0].code).toBe(grpc.status.RESOURCE_EXHAUSTED);
+      expect(theirs.refused[0].details).toMatch(/sessions: this worker holds 3, its limit/);
+      for (const s of [...mine.streams, ...theirs.streams]) s.end();
     } finally {
       await capped.close(100);
     }

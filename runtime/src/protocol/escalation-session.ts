@@ -68,19 +68,26 @@ export class EscalationSession {
     return this.opened?.sessionId;
   }
 
-  /** Where the opened session's context is kept (the device's namespace and the session id). */
-  get contextKey(): string | undefined {
-    return this.opened?.contextKey;
-  }
-
-  /** Handles one message; resolves with the reply to send, if any. */
-  async handle(message: EdgeMessage__Output): Promise<CloudMessage__Output | undefined> {
+  /**
+   * Handles one message; resolves with the reply to send, if any.
+   *
+   * `claim`, when given, is awaited for an open once it has been checked and before it
+   * applies, with the key the session's context is kept under (the device's namespace and
+   * the session id): a cloud worker takes the session from an older stream there, so an
+   * open it would refuse takes nothing. A claim that throws refuses the open.
+   */
+  async handle(
+    message: EdgeMessage__Output,
+    claim?: (contextKey: string) => Promise<void>,
+  ): Promise<CloudMessage__Output | undefined> {
     switch (edgeMessageKind(message)) {
       case "open": {
         if (this.opened) throw new FailedPreconditionError("open", "the stream already has a session");
         const opened = validateOpen(message.open!, this.upper, this.limits);
-        this.opened = { ...opened, contextKey: sessionContextKey(this.deviceId, opened.sessionId) };
-        return openedReply(this.contexts.contextLength(this.opened.contextKey), this.upper.workerId);
+        const contextKey = sessionContextKey(this.deviceId, opened.sessionId);
+        if (claim) await claim(contextKey);
+        this.opened = { ...opened, contextKey };
+        return openedReply(this.contexts.contextLength(contextKey), this.upper.workerId);
       }
       case "frame":
         return this.frame(message);

@@ -11,7 +11,8 @@
  * stream starts. One stream writes a session at a time: a newer stream opening the same
  * session (a device reconnecting while its old stream still has frames queued) supersedes
  * the older, which ends with ABORTED and drops what it had queued before the newer
- * stream's open applies.
+ * stream's open applies. Only an open that passes its checks takes a session over: a
+ * refused one leaves the session's stream as it was.
  */
 import * as grpc from "@grpc/grpc-js";
 import { AbortedError, ResourceExhaustedError, UnauthenticatedError, type Logger } from "@tandem/common";
@@ -27,7 +28,6 @@ import type { RevocationList } from "@tandem/proto/certificates";
 import {
   DEFAULT_ESCALATION_LIMITS,
   EscalationSession,
-  sessionContextKey,
   type EscalationCounters,
   type EscalationLimits,
   type SessionContexts,
@@ -72,15 +72,21 @@ export function escalationHandlers(
   revocations?: RevocationList,
   sessionLimits: SessionLimits = DEFAULT_SESSION_LIMITS,
 ): CloudWorkerHandlers {
+  /** Each session's writer, by context key, from the open that claimed it until it closes or its stream ends. */
   const writers = new Map<string, SessionWriter>();
-  /** Refuses a session the worker does not hold yet when it holds as many as it may. */
+  /**
+   * Refuses a session the worker does not hold yet when it holds as many as it may. A
+   * session counts from its open (its writer), not only from its first frame (its context):
+   * otherwise streams a device opens together would all get through.
+   */
   const checkRoom = (key: string, deviceId: string | undefined) => {
-    if (contexts.contextLength(key) > 0) return;
-    const held = contexts.sessionIds();
-    if (held.length >= sessionLimits.maxSessions)
-      throw new ResourceExhaustedError("sessions", `this worker holds ${held.length}, its limit`);
+    const held = new Set([...contexts.sessionIds(), ...writers.keys()]);
+    if (held.has(key)) return;
+    if (held.size >= sessionLimits.maxSessions)
+      throw new ResourceExhaustedError("sessions", `this worker holds ${held.size}, its limit`);
     if (deviceId !== undefined) {
-      const mine = held.filter((id) => id.startsWith(`${deviceId}/`)).length;
+      let mine = 0;
+      for (const id of held) if (id.startsWith(`${deviceId}/`)) mine++;
       if (mine >= sessionLimits.maxSessionsPerDevice)
         throw new ResourceExhaustedError(
           "sessions",
@@ -94,6 +100,7 @@ export function escalationHandlers(
       let ended = false;
       let device: DeviceIdentity | undefined;
       let session: EscalationSession | undefined;
+      /** The context key this stream is registered under in `writers`, if any. */
       let writing: string | undefined;
       const stopWriting = () => {
         if (writing !== undefined && writers.get(writing) === writer) writers.delete(writing);
@@ -134,6 +141,24 @@ export function escalationHandlers(
         },
       };
 
+      /**
+       * Takes the session `key` over for this stream, once EscalationSession has checked the
+       * open and before it applies. Registering comes before waiting, so a stream opening the
+       * session after this one supersedes this one rather than the same older stream: exactly
+       * one stream, the newest, is ever the writer.
+       */
+      const claim = async (key: string) => {
+        checkRoom(key, device?.deviceId);
+        const previous = writers.get(key);
+        writers.set(key, writer);
+        writing = key;
+        // The older stream ends, and the message it is applying finishes before this open applies.
+        if (previous && previous !== writer) await previous.supersede();
+        // This stream ended meanwhile (a newer one superseded it, or the edge cancelled it):
+        // its open must not apply. Its stream has its status already; this only stops the open.
+        if (ended) throw new AbortedError("a newer stream opened this session");
+      };
+
       // Backpressure: past a few waiting messages the stream is not read until they are done.
       let queued = 0;
       call.on("data", (message: EdgeMessage__Output) => {
@@ -141,17 +166,7 @@ export function escalationHandlers(
         chain = chain.then(async () => {
           try {
             if (ended || !session) return;
-            if (message.open?.sessionId) {
-              const key = sessionContextKey(device?.deviceId, message.open.sessionId);
-              const previous = writers.get(key);
-              if (previous && previous !== writer) await previous.supersede();
-              if (ended) return;
-              checkRoom(key, device?.deviceId);
-              stopWriting();
-              writers.set(key, writer);
-              writing = key;
-            }
-            const reply = await session.handle(message);
+            const reply = await session.handle(message, claim);
             if (message.close) stopWriting();
             // An edge that does not read its replies is not given more work until it does.
             if (reply && !ended && !call.writableEnded && !call.write(reply)) await whenWritable(call);
@@ -172,11 +187,13 @@ export function escalationHandlers(
         });
       });
       // A stream the edge cancelled (or whose deadline passed) ends here too: it must not
-      // stay registered as its session's writer.
+      // stay registered as its session's writer, yet stays so until the message it is
+      // applying is done, so that a newer stream's open waits for that message and the
+      // session counts against the limits meanwhile.
       for (const event of ["error", "cancelled"])
         call.on(event, () => {
           ended = true;
-          stopWriting();
+          void chain.then(stopWriting);
         });
     },
   };
