@@ -30,12 +30,21 @@ export function deviceOf(
   const auth = call.getAuthContext();
   if (auth.transportSecurityType !== "ssl") return undefined;
   const peer = auth.sslPeerCertificate;
-  const deviceId = peer?.subject?.CN;
-  if (!peer || typeof deviceId !== "string" || deviceId.length === 0)
-    throw new UnauthenticatedError("the client presented no device certificate");
+  if (!peer) throw new UnauthenticatedError("the client presented no device certificate");
+  // Node gives an attribute the subject repeats as the array of its values.
+  const deviceId: unknown = peer.subject?.CN;
+  if (Array.isArray(deviceId))
+    throw new UnauthenticatedError(
+      "the client certificate names no device: its subject has more than one CN",
+    );
+  if (typeof deviceId !== "string" || deviceId.length === 0)
+    throw new UnauthenticatedError("the client certificate names no device: its subject has no CN");
   // A CA shared with other tools may have issued names Tandem cannot namespace by.
   if (!DEVICE_ID_PATTERN.test(deviceId))
     throw new UnauthenticatedError(`the certificate's CN "${deviceId}" is not a device id`);
+  // The handshake already refuses a certificate whose extended key usages leave out
+  // clientAuth (OpenSSL: unsuitable purpose), but accepts one with no extended key usage
+  // at all, as fit for any purpose: this refuses that one.
   if (!(peer.ext_key_usage ?? []).includes(CLIENT_AUTH_OID))
     throw new UnauthenticatedError(`the certificate of "${deviceId}" is not for client authentication`);
   return { deviceId, serial: normalizeSerial(peer.serialNumber) };
