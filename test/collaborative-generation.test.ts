@@ -211,6 +211,30 @@ describe("bad requests get INVALID_ARGUMENT naming the field, and the agent goes
     });
   }
 
+  it("bytes that are no GenerateRequest, naming the message", async () => {
+    // As a client that does not speak protobuf sends them: raw bytes, no serializer of ours.
+    const raw = (bytes: Buffer) => bytes;
+    const client = new grpc.Client(edge.address, grpc.credentials.createInsecure());
+    try {
+      const status = await new Promise<grpc.StatusObject>((resolve) => {
+        // A varint cut short: no protobuf message at all.
+        const call = client.makeServerStreamRequest(
+          "/tandem.v1.Inference/Generate",
+          raw,
+          raw,
+          Buffer.from([0xff, 0xff, 0xff]),
+        );
+        call.on("data", () => undefined);
+        call.on("error", () => undefined);
+        call.on("status", resolve);
+      });
+      expect(status.code).toBe(grpc.status.INVALID_ARGUMENT);
+      expect(status.details).toMatch(/^request: is not a valid tandem\.v1\.GenerateRequest \(.+\)$/);
+    } finally {
+      client.close();
+    }
+  });
+
   it("still serves after all of them", async () => {
     const result = await generate(edge.address, { text: "ok", maxTokens: 3 });
     expect(result.error).toBeUndefined();

@@ -171,6 +171,45 @@ describe("Escalate", () => {
     });
   }
 
+  it("refuses bytes that are no EdgeMessage with INVALID_ARGUMENT naming the message, and goes on serving", async () => {
+    // As a client that does not speak protobuf sends them: raw bytes, no serializer of ours.
+    const escalate = loadTandemProtos().tandem.v1.CloudWorker.service.Escalate;
+    const raw = (bytes: Buffer) => bytes;
+    const client = new grpc.Client(worker.server.address, grpc.credentials.createInsecure());
+    const send = (chunks: Buffer[]) =>
+      new Promise<{ replies: number; status: grpc.StatusObject }>((resolve) => {
+        let replies = 0;
+        const call = client.makeBidiStreamRequest(escalate.path, raw, raw);
+        call.on("data", () => replies++);
+        call.on("error", () => undefined);
+        call.on("status", (status: grpc.StatusObject) => resolve({ replies, status }));
+        for (const chunk of chunks) call.write(chunk);
+        call.end();
+      });
+    // A varint cut short: no protobuf message at all.
+    const garbage = Buffer.from([0xff, 0xff, 0xff]);
+    try {
+      const rejectedBefore = worker.counters.rejected;
+      const first = await send([garbage]);
+      expect(first.status.code).toBe(grpc.status.INVALID_ARGUMENT);
+      expect(first.status.details).toMatch(/^message: is not a valid tandem\.v1\.EdgeMessage \(.+\)$/);
+      // After a good open, the bad message ends the stream like any other bad one would.
+      const second = await send([escalate.requestSerialize(open("raw")), garbage]);
+      expect(second.replies).toBe(1);
+      expect(second.status.code).toBe(grpc.status.INVALID_ARGUMENT);
+      expect(second.status.details).toMatch(/^message: is not a valid tandem\.v1\.EdgeMessage/);
+      expect(worker.counters.rejected - rejectedBefore).toBe(2);
+    } finally {
+      client.close();
+    }
+    const s = rawStream();
+    s.send(open("raw"));
+    expect((await s.next(1)).opened?.contextLength).toBe(0);
+    s.send(frame(0, 2));
+    expect((await s.next(2)).token?.position).toBe(2);
+    s.end();
+  });
+
   it("keeps a session's context and keeps serving after a bad frame", async () => {
     const a = rawStream();
     a.send(open("keep"));

@@ -3,7 +3,13 @@
  * calibration, a link to a cloud worker, and the public Inference API.
  */
 import { basename } from "node:path";
-import { checkPlaintextListen, loadTandemProtos, type RunningServer, startGrpcServer } from "@tandem/proto";
+import {
+  checkPlaintextListen,
+  loadTandemProtos,
+  type RunningServer,
+  startGrpcServer,
+  withUndecodedRequests,
+} from "@tandem/proto";
 import {
   BudgetExitPolicy,
   calibratedExitHeads,
@@ -150,8 +156,9 @@ export async function startEdgeAgent(
     [
       {
         name: "tandem.v1.Inference",
-        definition: protos.tandem.v1.Inference.service,
-        handlers: handlers as never,
+        // The handler decodes each request itself, to refuse malformed bytes as the client's fault.
+        definition: withUndecodedRequests(protos.tandem.v1.Inference.service),
+        handlers,
       },
     ],
     {

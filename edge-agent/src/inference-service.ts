@@ -1,17 +1,13 @@
 /**
- * Inference/Generate: validates the request (INVALID_ARGUMENT naming the field), then runs
+ * Inference/Generate: decodes and validates the request (INVALID_ARGUMENT naming the
+ * field, or the message when its bytes are no GenerateRequest), then runs
  * the collaborative loop for one session and streams a TokenEvent per token and a
  * summary last. A client that cancels stops the generation.
  */
 import { randomUUID } from "node:crypto";
 import { whenWritable, type ApiKeys } from "@tandem/proto";
 import * as grpc from "@grpc/grpc-js";
-import {
-  failCall,
-  type GenerateEvent,
-  type GenerateRequest__Output,
-  type InferenceHandlers,
-} from "@tandem/proto";
+import { decodeRequest, failCall, type GenerateEvent, type GenerateRequest__Output } from "@tandem/proto";
 import {
   AlwaysDeferPolicy,
   AlwaysExitPolicy,
@@ -223,7 +219,12 @@ const SOURCES: Record<
   edge_fallback: "TOKEN_SOURCE_EDGE_FALLBACK",
 };
 
-export function inferenceHandlers(context: InferenceContext): InferenceHandlers {
+/** Inference's handlers, each request taken as its bytes (registered withUndecodedRequests). */
+export interface GenerateHandlers extends grpc.UntypedServiceImplementation {
+  Generate: grpc.handleServerStreamingCall<Buffer, GenerateEvent>;
+}
+
+export function inferenceHandlers(context: InferenceContext): GenerateHandlers {
   let running = 0;
   const runningByKey = new Map<string, number>();
   /** Takes a place for one generation, or throws RESOURCE_EXHAUSTED; returns its release. */
@@ -257,7 +258,7 @@ export function inferenceHandlers(context: InferenceContext): InferenceHandlers 
         let release: () => void;
         try {
           const key = context.apiKeys?.check(call.metadata);
-          request = validate(call.request, context);
+          request = validate(decodeRequest("tandem.v1.GenerateRequest", call.request, "request"), context);
           release = admit(key);
         } catch (error) {
           failCall(call, error);

@@ -44,6 +44,35 @@ function deserializerOf(type: protobuf.Type, conversion: MessageConversion): (by
   return (bytes) => type.toObject(type.decode(bytes), conversion);
 }
 
+/**
+ * A decoder of the message type `name` (e.g. `tandem.v1.EdgeMessage`) in `root`, converting
+ * exactly as the services' deserializers do: for handlers that take their requests as
+ * bytes (withUndecodedRequests) and decode them themselves.
+ */
+export function messageDecoderOf(
+  root: protobuf.Root,
+  name: string,
+  conversion: MessageConversion,
+): (bytes: Buffer) => object {
+  return deserializerOf(root.lookupType(name), conversion);
+}
+
+const asBytes = (bytes: Buffer) => bytes;
+
+/**
+ * `definition` as a server registers it when its handlers decode requests themselves: each
+ * handler gets the bytes that came. grpc-js answers bytes a request deserializer throws on
+ * with INTERNAL ("Error deserializing request") before any handler sees the call, telling
+ * the server nothing; malformed bytes are the caller's fault, and a handler can answer,
+ * count and log them as such. Clients and responses are unchanged.
+ */
+export function withUndecodedRequests(definition: grpc.ServiceDefinition): grpc.ServiceDefinition {
+  const undecoded: Record<string, grpc.MethodDefinition<unknown, unknown>> = {};
+  for (const [name, method] of Object.entries(definition))
+    undecoded[name] = { ...method, requestDeserialize: asBytes };
+  return undecoded;
+}
+
 /** The service definition of `service` (e.g. `tandem.v1.Inference`) in `root`. */
 export function serviceDefinitionOf(
   root: protobuf.Root,

@@ -3,8 +3,15 @@ import * as grpc from "@grpc/grpc-js";
 import * as protoLoader from "@grpc/proto-loader";
 import protobuf from "protobufjs";
 import { describe, expect, it } from "vitest";
+import { InvalidArgumentError } from "@tandem/common";
 import { TANDEM_DESCRIPTOR } from "./generated/descriptor.ts";
-import { loadTandemProtos, PROTO_DIR, PROTO_FILES } from "./tandem-protos.ts";
+import {
+  decodeRequest,
+  loadTandemProtos,
+  PROTO_DIR,
+  PROTO_FILES,
+  withUndecodedRequests,
+} from "./tandem-protos.ts";
 
 /** The same services as @grpc/proto-loader builds them from the .proto files. */
 function protoLoaderServices() {
@@ -107,6 +114,37 @@ describe("Tandem's gRPC services", () => {
           responseDeserialize: 0,
         });
       }
+    }
+  });
+
+  it("decode requests a server takes as bytes as the services do, and name the message the bytes are not", () => {
+    const theirs = protoLoaderServices().tandem.v1;
+    const cases = [
+      {
+        name: "tandem.v1.GenerateRequest",
+        method: theirs.Inference!.service.Generate!,
+        mine: loadTandemProtos().tandem.v1.Inference.service,
+        request: { tokenIds: { ids: [1, 2] }, sampling: { seed: "18446744073709551615" }, mode: 2 },
+      },
+      {
+        name: "tandem.v1.EdgeMessage",
+        method: theirs.CloudWorker!.service.Escalate!,
+        mine: loadTandemProtos().tandem.v1.CloudWorker.service,
+        request: { frame: { start: 1, count: 1, payload: Buffer.from([9]), requestId: "3" } },
+      },
+    ] as const;
+    for (const { name, method, mine, request } of cases) {
+      const bytes = method.requestSerialize(request);
+      expect(decodeRequest(name, bytes, "request")).toEqual(method.requestDeserialize(bytes));
+      // Registered this way, a server hands its handlers the very bytes that came.
+      const [registered] = Object.values(withUndecodedRequests(mine as unknown as grpc.ServiceDefinition));
+      expect(registered!.requestDeserialize(bytes)).toBe(bytes);
+      expect(registered!.responseSerialize).toBe(Object.values(mine)[0]!.responseSerialize);
+      // Bytes that are no protobuf message at all (a varint cut short).
+      const garbage = Buffer.from([0xff, 0xff, 0xff]);
+      expect(() => method.requestDeserialize(garbage)).toThrow();
+      expect(() => decodeRequest(name, garbage, "request")).toThrow(InvalidArgumentError);
+      expect(() => decodeRequest(name, garbage, "request")).toThrow(`request: is not a valid ${name} (`);
     }
   });
 });

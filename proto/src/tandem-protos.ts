@@ -6,16 +6,23 @@
 import type * as protoLoader from "@grpc/proto-loader";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
+import type protobuf from "protobufjs/light.js";
+import { InvalidArgumentError } from "@tandem/common";
 import { TANDEM_DESCRIPTOR } from "./generated/descriptor.ts";
 import type { CloudWorkerClient, CloudWorkerDefinition } from "./generated/tandem/v1/CloudWorker.ts";
+import type { EdgeMessage__Output } from "./generated/tandem/v1/EdgeMessage.ts";
+import type { GenerateRequest__Output } from "./generated/tandem/v1/GenerateRequest.ts";
 import type { InferenceClient, InferenceDefinition } from "./generated/tandem/v1/Inference.ts";
 import type { HealthClient, HealthDefinition } from "./generated/grpc/health/v1/Health.ts";
 import {
   clientConstructorOf,
   type GrpcClientConstructor,
   type MessageConversion,
+  messageDecoderOf,
   rootOf,
 } from "./service-definitions.ts";
+
+export { withUndecodedRequests } from "./service-definitions.ts";
 
 /** The package root, where tandem/v1/*.proto live (this module runs from src/ or dist/). */
 export const PROTO_DIR = join(dirname(fileURLToPath(import.meta.url)), "..");
@@ -44,12 +51,19 @@ export interface TandemServices {
   grpc: { health: { v1: { Health: GrpcClientConstructor<HealthClient, HealthDefinition> } } };
 }
 
+let root: protobuf.Root | undefined;
 let loaded: TandemServices | undefined;
+
+/** The root of every Tandem message, built once: services and request decoders share it. */
+function tandemRoot(): protobuf.Root {
+  root ??= rootOf(TANDEM_DESCRIPTOR);
+  return root;
+}
 
 /** The services' client constructors, each with its server definition as `.service`. */
 export function loadTandemProtos(): TandemServices {
   if (!loaded) {
-    const root = rootOf(TANDEM_DESCRIPTOR);
+    const root = tandemRoot();
     loaded = {
       tandem: {
         v1: {
@@ -63,6 +77,38 @@ export function loadTandemProtos(): TandemServices {
     };
   }
   return loaded;
+}
+
+/** The requests servers take as bytes (withUndecodedRequests) and decode with decodeRequest, by message name. */
+export interface UndecodedRequests {
+  "tandem.v1.EdgeMessage": EdgeMessage__Output;
+  "tandem.v1.GenerateRequest": GenerateRequest__Output;
+}
+
+const requestDecoders = new Map<keyof UndecodedRequests, (bytes: Buffer) => object>();
+
+/**
+ * A request a handler took as bytes, decoded as the services' own deserializers decode it.
+ * Bytes that are no such message are the caller's error: InvalidArgumentError naming
+ * `field` and the message type, so the call ends INVALID_ARGUMENT like any bad request.
+ */
+export function decodeRequest<Name extends keyof UndecodedRequests>(
+  name: Name,
+  bytes: Buffer,
+  field: string,
+): UndecodedRequests[Name] {
+  let decode = requestDecoders.get(name);
+  if (!decode) {
+    decode = messageDecoderOf(tandemRoot(), name, MESSAGE_CONVERSION);
+    requestDecoders.set(name, decode);
+  }
+  try {
+    return decode(bytes) as UndecodedRequests[Name];
+  } catch (error) {
+    throw new InvalidArgumentError(field, `is not a valid ${name} (${(error as Error).message})`, {
+      cause: error,
+    });
+  }
 }
 
 /**

@@ -8,6 +8,7 @@ import {
   type RunningServer,
   type ServerTlsFiles,
   startGrpcServer,
+  withUndecodedRequests,
 } from "@tandem/proto";
 import {
   DEFAULT_ESCALATION_LIMITS,
@@ -27,6 +28,7 @@ import {
   DEFAULT_SESSION_LIMITS,
   emptyWorkerCounters,
   escalationHandlers,
+  maxMessageBytes,
   type SessionLimits,
   type WorkerCounters,
 } from "./escalation-service.ts";
@@ -111,6 +113,8 @@ export async function startCloudWorker(options: CloudWorkerOptions, log: Logger)
   const contexts = new ContextManager(sessions, batcher, { memoryBudgetBytes: options.memoryBudgetBytes });
   const counters = emptyWorkerCounters();
   const protos = loadTandemProtos();
+  // One value for what the handlers accept and what the server lets through, so they agree.
+  const limits = DEFAULT_ESCALATION_LIMITS;
   const handlers = escalationHandlers(
     {
       workerId: options.workerId,
@@ -123,16 +127,15 @@ export async function startCloudWorker(options: CloudWorkerOptions, log: Logger)
     contexts,
     log,
     counters,
-    undefined,
-    revocations,
-    options.sessionLimits ?? DEFAULT_SESSION_LIMITS,
+    { limits, revocations, sessionLimits: options.sessionLimits ?? DEFAULT_SESSION_LIMITS },
   );
   const server = await startGrpcServer(
     [
       {
         name: "tandem.v1.CloudWorker",
-        definition: protos.tandem.v1.CloudWorker.service,
-        handlers: handlers as never,
+        // The handlers decode each message themselves, to refuse malformed bytes as the edge's fault.
+        definition: withUndecodedRequests(protos.tandem.v1.CloudWorker.service),
+        handlers,
       },
     ],
     {
@@ -140,9 +143,7 @@ export async function startCloudWorker(options: CloudWorkerOptions, log: Logger)
       port: options.port,
       tls: options.tls,
       log,
-      // The largest legal message: a frame of the most positions, in fp32, and its fields.
-      maxReceiveMessageBytes:
-        DEFAULT_ESCALATION_LIMITS.maxFrameTokens * checkpoint.config.hiddenSize * 4 + 64 * 1024,
+      maxReceiveMessageBytes: maxMessageBytes(limits, checkpoint.config.hiddenSize),
     },
   );
   log.info(

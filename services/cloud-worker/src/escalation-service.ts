@@ -4,7 +4,10 @@
  * protocol's upper side in @tandem/runtime), which checks it before it touches any
  * state; a bad one ends the stream with the status of its error code (INVALID_ARGUMENT
  * or FAILED_PRECONDITION naming the field), while the session's context and the worker
- * stay as they were.
+ * stay as they were. Messages arrive as bytes (the service is registered
+ * withUndecodedRequests) and are decoded here, in turn: bytes that are no EdgeMessage are
+ * such a bad message too, refused, counted and logged like any other, where grpc-js would
+ * answer them INTERNAL and tell no one.
  *
  * Over mutual TLS the device named by the client certificate owns its sessions: they live
  * in its namespace of the context manager, and a revoked certificate is refused when a
@@ -17,12 +20,12 @@
 import * as grpc from "@grpc/grpc-js";
 import { AbortedError, ResourceExhaustedError, UnauthenticatedError, type Logger } from "@tandem/common";
 import {
+  decodeRequest,
   deviceOf,
   failCall,
   whenWritable,
-  type CloudWorkerHandlers,
+  type CloudMessage,
   type DeviceIdentity,
-  type EdgeMessage__Output,
 } from "@tandem/proto";
 import type { RevocationList } from "@tandem/proto/certificates";
 import {
@@ -55,6 +58,29 @@ export interface SessionLimits {
 
 export const DEFAULT_SESSION_LIMITS: SessionLimits = { maxSessions: 4096, maxSessionsPerDevice: 64 };
 
+/**
+ * The largest legal message, bytes: a frame of the most positions, in fp32, and its
+ * fields. What the server is told to accept.
+ */
+export function maxMessageBytes(limits: EscalationLimits, hiddenSize: number): number {
+  return limits.maxFrameTokens * hiddenSize * 4 + 64 * 1024;
+}
+
+/** CloudWorker's handlers, each message taken as its bytes (registered withUndecodedRequests). */
+export interface EscalationHandlers extends grpc.UntypedServiceImplementation {
+  Escalate: grpc.handleBidiStreamingCall<Buffer, CloudMessage>;
+}
+
+/** What a worker's handlers may be given; each has a default. */
+export interface EscalationOptions {
+  /** Sizes a message may have. @default DEFAULT_ESCALATION_LIMITS */
+  limits?: EscalationLimits;
+  /** Refuse devices whose certificate this revokes (mutual TLS). @default none refused */
+  revocations?: RevocationList;
+  /** @default DEFAULT_SESSION_LIMITS */
+  sessionLimits?: SessionLimits;
+}
+
 /** Messages a stream may have waiting before the worker stops reading it (HTTP/2 flow control then slows the edge). */
 const MAX_QUEUED_MESSAGES = 8;
 
@@ -68,10 +94,9 @@ export function escalationHandlers(
   contexts: SessionContexts & { sessionIds(): string[] },
   log: Logger,
   counters: WorkerCounters,
-  limits: EscalationLimits = DEFAULT_ESCALATION_LIMITS,
-  revocations?: RevocationList,
-  sessionLimits: SessionLimits = DEFAULT_SESSION_LIMITS,
-): CloudWorkerHandlers {
+  options: EscalationOptions = {},
+): EscalationHandlers {
+  const { limits = DEFAULT_ESCALATION_LIMITS, revocations, sessionLimits = DEFAULT_SESSION_LIMITS } = options;
   /** Each session's writer, by context key, from the open that claimed it until it closes or its stream ends. */
   const writers = new Map<string, SessionWriter>();
   /**
@@ -161,11 +186,12 @@ export function escalationHandlers(
 
       // Backpressure: past a few waiting messages the stream is not read until they are done.
       let queued = 0;
-      call.on("data", (message: EdgeMessage__Output) => {
+      call.on("data", (bytes: Buffer) => {
         if (++queued >= MAX_QUEUED_MESSAGES) call.pause();
         chain = chain.then(async () => {
           try {
             if (ended || !session) return;
+            const message = decodeRequest("tandem.v1.EdgeMessage", bytes, "message");
             const reply = await session.handle(message, claim);
             if (message.close) stopWriting();
             // An edge that does not read its replies is not given more work until it does.
