@@ -91,7 +91,69 @@ describe("reading a calibration file", () => {
     );
     const read = readCalibration(path);
     await expect(read).rejects.toBeInstanceOf(TensorMismatchError);
-    await expect(read).rejects.toThrow(`has shape [${hidden},${hidden - 1}], expected [${hidden},${hidden}]`);
+    await expect(read).rejects.toThrow(
+      `has shape [${hidden}, ${hidden - 1}], expected [${hidden}, ${hidden}]`,
+    );
+  });
+
+  it("refuses a linear map holding NaN or an infinity, naming the tensor and where", async () => {
+    /** The shipped calibration's file with one value of one of its tensors replaced. */
+    const readWithValue = async (name: string, tensor: string, index: number, value: number) => {
+      const path = join(dir, `${name}.safetensors`);
+      const hidden = shipped.summary.model.hiddenSize;
+      await writeSafetensors(
+        path,
+        [...shipped.linearMaps].flatMap(([layer, map]) => {
+          const weight = map.weight.slice();
+          const bias = map.bias.slice();
+          if (tensor === `exit.${layer}.linear.weight`) weight[index] = value;
+          if (tensor === `exit.${layer}.linear.bias`) bias[index] = value;
+          return [
+            { name: `exit.${layer}.linear.weight`, shape: [hidden, hidden], data: weight },
+            { name: `exit.${layer}.linear.bias`, shape: [hidden], data: bias },
+          ];
+        }),
+        "F32",
+        { [CALIBRATION_METADATA_KEY]: JSON.stringify(shipped.summary) },
+      );
+      return readCalibration(path);
+    };
+    const layer = Math.max(...shipped.linearMaps.keys());
+    const nan = readWithValue("nan-weight", `exit.${layer}.linear.weight`, 7, NaN);
+    await expect(nan).rejects.toBeInstanceOf(TensorMismatchError);
+    await expect(nan).rejects.toThrow(
+      `tensor "exit.${layer}.linear.weight" has a non-finite value (NaN) at flat index 7`,
+    );
+    const infinite = readWithValue("infinite-bias", `exit.${layer}.linear.bias`, 3, -Infinity);
+    await expect(infinite).rejects.toBeInstanceOf(TensorMismatchError);
+    await expect(infinite).rejects.toThrow(
+      `tensor "exit.${layer}.linear.bias" has a non-finite value (-Infinity) at flat index 3`,
+    );
+  });
+
+  it("refuses a threshold or a curve point at a layer that is not one of its exits, naming the field", async () => {
+    const exits = `[${shipped.summary.exitLayers.join(", ")}]`;
+    const threshold = readChanged("threshold-not-an-exit", (s) => {
+      (s.policies as { thresholds: { afterLayer: number }[] }[])[0].thresholds[0].afterLayer = 2;
+    });
+    await expect(threshold).rejects.toBeInstanceOf(CheckpointError);
+    await expect(threshold).rejects.toThrow(
+      `calibration.policies[0].thresholds[0].afterLayer: 2 is not one of the exit layers ${exits}`,
+    );
+    await expect(
+      readChanged("plain-threshold-not-an-exit", (s) => {
+        (s.plainPolicies as { thresholds: { afterLayer: number }[] }[])[1].thresholds[0].afterLayer = 1;
+      }),
+    ).rejects.toThrow(
+      `calibration.plainPolicies[1].thresholds[0].afterLayer: 1 is not one of the exit layers ${exits}`,
+    );
+    const curve = readChanged("curve-not-an-exit", (s) => {
+      (s.curve as { exits: number[] }[])[4].exits = [shipped.summary.exitLayers[0], 2];
+    });
+    await expect(curve).rejects.toBeInstanceOf(CheckpointError);
+    await expect(curve).rejects.toThrow(
+      `calibration.curve[4].exits[1]: 2 is not one of the exit layers ${exits}`,
+    );
   });
 });
 

@@ -9,7 +9,7 @@ import { constants } from "node:fs";
 import { access, stat } from "node:fs/promises";
 import { dirname, resolve } from "node:path";
 import { z } from "zod";
-import { CheckpointError, InvalidArgumentError, parseOrThrow, TensorMismatchError } from "@tandem/common";
+import { CheckpointError, InvalidArgumentError, parseOrThrow } from "@tandem/common";
 import { CONFIDENCE_METRICS } from "../exits/exit-policy.ts";
 import type { ExitHeadSpec } from "../graph/segment-spec.ts";
 import { SafetensorsFile, writeSafetensors, type TensorToWrite } from "../checkpoint/safetensors.ts";
@@ -151,22 +151,43 @@ export async function readCalibration(path: string): Promise<Calibration> {
   for (const layer of [...exitLayers, ...summary.heads.map((h) => h.afterLayer)])
     if (layer > split)
       throw new CheckpointError(path, `calibration: exit layer ${layer} is past the split ${split}`);
+  checkRulesUseExits(summary, path);
   const linearMaps = new Map<number, { weight: Float32Array; bias: Float32Array }>();
   for (const head of summary.heads) {
     if (head.head !== "linear") continue;
-    const weight = `exit.${head.afterLayer}.linear.weight`;
-    const bias = `exit.${head.afterLayer}.linear.bias`;
-    expectShape(file, weight, [model.hiddenSize, model.hiddenSize]);
-    expectShape(file, bias, [model.hiddenSize]);
-    linearMaps.set(head.afterLayer, { weight: file.read(weight).data, bias: file.read(bias).data });
+    // Shape and finite values, as a checkpoint's weights: a NaN in a map would make every
+    // probability at that exit NaN at run time.
+    const h = model.hiddenSize;
+    linearMaps.set(head.afterLayer, {
+      weight: file.readChecked(`exit.${head.afterLayer}.linear.weight`, [h, h]).data,
+      bias: file.readChecked(`exit.${head.afterLayer}.linear.bias`, [h]).data,
+    });
   }
   return { summary, linearMaps };
 }
 
-function expectShape(file: SafetensorsFile, name: string, shape: number[]): void {
-  const actual = file.weightEntry(name).shape;
-  if (actual.length !== shape.length || actual.some((d, i) => d !== shape[i]))
-    throw new TensorMismatchError(file.path, name, `has shape [${actual}], expected [${shape}]`);
+/**
+ * Every layer a policy's thresholds or a curve point name must be one of exitLayers, the
+ * exits a segment is built with: a rule for any other layer would never see an exit.
+ */
+function checkRulesUseExits(summary: CalibrationSummary, path: string): void {
+  const { exitLayers } = summary;
+  const check = (field: string, layer: number) => {
+    if (!exitLayers.includes(layer))
+      throw new CheckpointError(
+        path,
+        `calibration.${field}: ${layer} is not one of the exit layers [${exitLayers.join(", ")}]`,
+      );
+  };
+  for (const list of ["policies", "plainPolicies"] as const)
+    summary[list].forEach((policy, p) =>
+      policy.thresholds.forEach((rule, t) =>
+        check(`${list}[${p}].thresholds[${t}].afterLayer`, rule.afterLayer),
+      ),
+    );
+  summary.curve.forEach((point, c) =>
+    point.exits.forEach((layer, e) => check(`curve[${c}].exits[${e}]`, layer)),
+  );
 }
 
 /** Checks a calibration against the checkpoint it is used with; throws naming the mismatch. */

@@ -7,7 +7,7 @@
 import { existsSync } from "node:fs";
 import { readFile } from "node:fs/promises";
 import { join } from "node:path";
-import { CheckpointError, TensorMismatchError, TensorMissingError } from "@tandem/common";
+import { CheckpointError, TensorMissingError } from "@tandem/common";
 import { parseModelConfig } from "./config-parser.ts";
 import type { ModelConfig } from "./model-config.ts";
 import type { Checkpoint, ExpertWeights, LayerWeights, ModelWeights, WeightTensor } from "./model-weights.ts";
@@ -141,34 +141,19 @@ class TensorReader {
 
   /** Checks a tensor's presence, dtype and shape from its file's header, without decoding it. */
   describe(name: string, shape: number[]): WeightTensor {
-    const file = this.byTensor.get(name);
-    if (!file) throw new TensorMissingError(this.source, name);
-    const actual = file.weightEntry(name).shape;
-    if (actual.length !== shape.length || actual.some((d, i) => d !== shape[i])) {
-      throw new TensorMismatchError(
-        file.path,
-        name,
-        `has shape [${actual.join(", ")}], expected [${shape.join(", ")}]`,
-      );
-    }
+    this.fileOf(name).shapedEntry(name, shape);
     return { name, shape, data: NOT_DECODED };
   }
 
-  /** The tensor decoded to fp32; every value must be finite. */
+  /** The tensor decoded to fp32, its shape checked again and every value finite (readChecked). */
   read(name: string, shape: number[]): WeightTensor {
-    this.describe(name, shape);
-    const file = this.byTensor.get(name)!;
-    const { data } = file.read(name);
-    for (let i = 0; i < data.length; i++) {
-      // NaN fails both comparisons; ±Infinity fails one.
-      if (!(data[i] > -Infinity && data[i] < Infinity))
-        throw new TensorMismatchError(
-          file.path,
-          name,
-          `has a non-finite value (${data[i]}) at flat index ${i}`,
-        );
-    }
-    return { name, shape, data };
+    return { name, shape, data: this.fileOf(name).readChecked(name, shape).data };
+  }
+
+  private fileOf(name: string): SafetensorsFile {
+    const file = this.byTensor.get(name);
+    if (!file) throw new TensorMissingError(this.source, name);
+    return file;
   }
 }
 

@@ -220,6 +220,44 @@ export class SafetensorsFile {
   }
 
   /**
+   * The header entry of `name`, a weight (weightEntry) of exactly `shape`; throws
+   * TensorMismatchError naming both shapes. Reads the header only.
+   */
+  shapedEntry(name: string, shape: readonly number[]): SafetensorsEntry {
+    const entry = this.weightEntry(name);
+    const actual = entry.shape;
+    if (actual.length !== shape.length || actual.some((d, i) => d !== shape[i])) {
+      throw new TensorMismatchError(
+        this.path,
+        name,
+        `has shape [${actual.join(", ")}], expected [${shape.join(", ")}]`,
+      );
+    }
+    return entry;
+  }
+
+  /**
+   * The tensor as `read` gives it, checked first for `shape` (shapedEntry) and then for
+   * finite values: what a model or an exit head may be built from. A NaN or infinity
+   * throws TensorMismatchError naming where, not NaN probabilities at run time.
+   */
+  readChecked(name: string, shape: readonly number[]): DecodedTensor {
+    this.shapedEntry(name, shape);
+    const tensor = this.read(name);
+    const { data } = tensor;
+    for (let i = 0; i < data.length; i++) {
+      // NaN fails both comparisons; ±Infinity fails one.
+      if (!(data[i] > -Infinity && data[i] < Infinity))
+        throw new TensorMismatchError(
+          this.path,
+          name,
+          `has a non-finite value (${data[i]}) at flat index ${i}`,
+        );
+    }
+    return tensor;
+  }
+
+  /**
    * The tensor converted to fp32, in a buffer of its own: offsets inside the file need not
    * be aligned for typed arrays, and callers may keep or mutate the result freely.
    */
