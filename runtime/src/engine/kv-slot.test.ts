@@ -13,6 +13,8 @@ import {
   type KvShape,
   type KvSlot,
   kvRowBytes,
+  kvSlotBytes,
+  shrinkKvCapacity,
 } from "./kv-slot.ts";
 
 const shape: KvShape = { layers: 2, kvHeads: 2, headDim: 3 };
@@ -58,6 +60,26 @@ describe("kvCapacity", () => {
   });
 });
 
+describe("shrinkKvCapacity", () => {
+  const block = KV_BLOCK_POSITIONS;
+
+  it("shrinks a slot left more than a block of room to the blocks its longest row needs, plus one position", () => {
+    // 4000 positions cut to 10: one block.
+    expect(shrinkKvCapacity(kvCapacity(4000, 4096), 10, 4096)).toBe(block);
+    expect(shrinkKvCapacity(3 * block, block - 1, 4096)).toBe(block);
+    // A whole block held: the next position needs a second one.
+    expect(shrinkKvCapacity(4 * block, block, 4096)).toBe(2 * block);
+  });
+
+  it("keeps a slot with at most a block of room beyond what its rows need (a model's limit included)", () => {
+    expect(shrinkKvCapacity(2 * block, block - 1, 4096)).toBeUndefined();
+    expect(shrinkKvCapacity(2 * block, 0, 4096)).toBeUndefined();
+    expect(shrinkKvCapacity(5 * block, 3 * block, 4096)).toBeUndefined();
+    expect(shrinkKvCapacity(70, 69, 70)).toBeUndefined();
+    expect(shrinkKvCapacity(70, 3, 70)).toBeUndefined();
+  });
+});
+
 describe("a slot", () => {
   it("has one [rows, kvHeads, capacity, headDim] tensor per layer, for keys and for values, all zero", () => {
     const slot = allocateKvSlot(shape, 3, 5);
@@ -67,7 +89,15 @@ describe("a slot", () => {
         expect(tensor).toHaveLength(3 * shape.kvHeads * 5 * shape.headDim);
         expect(tensor.every((v) => v === 0)).toBe(true);
       }
-    expect(kvRowBytes(slot, shape)).toBe(shape.layers * 2 * shape.kvHeads * 5 * shape.headDim * 4);
+  });
+
+  it("takes the bytes its arrays hold: kvSlotBytes all of them, kvRowBytes each row's share", () => {
+    const slot = allocateKvSlot(shape, 3, 5);
+    const held = slot.layers.reduce((sum, layer) => sum + layer.key.byteLength + layer.value.byteLength, 0);
+    // 2 layers × (key + value) × 3 rows × 2 heads × 5 positions × 3 dims × 4 bytes.
+    expect(held).toBe(1440);
+    expect(kvSlotBytes(slot, shape)).toBe(held);
+    expect(kvRowBytes(slot, shape)).toBe(held / 3);
   });
 });
 

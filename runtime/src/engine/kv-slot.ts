@@ -10,11 +10,14 @@
  * on two cores took CPU from the model's own threads.
  *
  * A session running alone has a slot of one row. Sessions that take batched steps together
- * share a slot with one row each until one of them runs alone or joins another batch; then
- * each row is copied back to a slot of its own, or straight into the new batch's slot for
- * the sessions that joined it. A slot grows — a copy — only when a forward would pass its
- * capacity, to whole blocks of KV_BLOCK_POSITIONS: at most one block of room is kept, and
- * a decode pays one copy of its cache per block.
+ * share a slot with one row each until one of them runs alone, joins another batch or is
+ * released; then each row is copied back to a slot of its own, or straight into the new
+ * batch's slot for the sessions that joined it. A slot grows — a copy — only when a forward
+ * would pass its capacity, to whole blocks of KV_BLOCK_POSITIONS: at most one block of room
+ * is kept, and a decode pays one copy of its cache per block. A truncation that leaves a
+ * slot more than a block larger than its positions need copies them into a smaller one
+ * (shrinkKvCapacity), so a session cut back from a long context does not keep, and count,
+ * the room it left.
  */
 import type { LayerKv } from "./segment-model.ts";
 
@@ -44,6 +47,17 @@ export interface KvSlot {
 export function kvCapacity(needed: number, limit: number): number {
   const blocks = Math.max(1, Math.ceil(needed / KV_BLOCK_POSITIONS));
   return Math.min(limit, blocks * KV_BLOCK_POSITIONS);
+}
+
+/**
+ * The capacity a slot should shrink to once its longest row holds `longest` positions, or
+ * undefined to keep it: it shrinks only when it has more than a block of room beyond what
+ * kvCapacity would give it now, so a truncation of a few positions (a resent frame) near a
+ * block boundary costs no copy, and a long context cut short gives its memory back.
+ */
+export function shrinkKvCapacity(capacity: number, longest: number, limit: number): number | undefined {
+  const fitted = kvCapacity(longest + 1, limit);
+  return capacity > fitted + KV_BLOCK_POSITIONS ? fitted : undefined;
 }
 
 /** A zero-filled slot. */
@@ -114,4 +128,9 @@ export function appendKv(
 /** Bytes of memory one row of a slot takes. */
 export function kvRowBytes(slot: KvSlot, shape: KvShape): number {
   return shape.layers * 2 * shape.kvHeads * slot.capacity * shape.headDim * Float32Array.BYTES_PER_ELEMENT;
+}
+
+/** Bytes of memory the whole slot takes, every row. */
+export function kvSlotBytes(slot: KvSlot, shape: KvShape): number {
+  return slot.rows * kvRowBytes(slot, shape);
 }

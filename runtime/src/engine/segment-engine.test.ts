@@ -88,6 +88,11 @@ async function sessionsFor(
   return new SegmentSessions(model);
 }
 
+/** Sessions over the whole 4-layer model, reporting the final head's logits at the last position. */
+function decodeSessions(checkpoint: Checkpoint) {
+  return sessionsFor(checkpoint, { fromLayer: 0, toLayer: 4, finalHead: true, logits: true });
+}
+
 function maxAbsDiff(a: ArrayLike<number>, b: ArrayLike<number>): number {
   expect(a.length).toBe(b.length);
   let max = 0;
@@ -107,6 +112,16 @@ async function fullLogits(checkpoint: Checkpoint, ids: number[]): Promise<Float3
   const step = await sessions.forward("s", { ids });
   await sessions.model.release();
   return step.exits[0].logits!;
+}
+
+/** Row `position` of logits for every position, [positions, vocab]. */
+function logitsAt(logits: Float32Array, position: number, vocab: number): Float32Array {
+  return logits.subarray(position * vocab, (position + 1) * vocab);
+}
+
+/** The logits a cached decode of `ids` must end with: fullLogits at its last position. */
+async function lastFullLogits(checkpoint: Checkpoint, ids: number[]): Promise<Float32Array> {
+  return logitsAt(await fullLogits(checkpoint, ids), ids.length - 1, checkpoint.config.vocabSize);
 }
 
 describe("segment graphs equal the reference forward", () => {
@@ -191,22 +206,15 @@ describe("KV cache", () => {
     const checkpoint = checkpoints.get("llama gqa ratio 4")!;
     const vocab = checkpoint.config.vocabSize;
     const whole = await fullLogits(checkpoint, PROMPT);
-    const sessions = await sessionsFor(checkpoint, {
-      fromLayer: 0,
-      toLayer: 4,
-      finalHead: true,
-      logits: true,
-    });
+    const sessions = await decodeSessions(checkpoint);
     sessions.open("s");
     const prefill = await sessions.forward("s", { ids: PROMPT.slice(0, 5) });
-    expect(maxAbsDiff(prefill.exits[0].logits!, whole.subarray(4 * vocab, 5 * vocab))).toBeLessThanOrEqual(
-      1e-5,
-    );
+    expect(maxAbsDiff(prefill.exits[0].logits!, logitsAt(whole, 4, vocab))).toBeLessThanOrEqual(1e-5);
     for (let i = 5; i < PROMPT.length; i++) {
       const step = await sessions.forward("s", { ids: [PROMPT[i]] });
       expect(step.start).toBe(i);
       expect(
-        maxAbsDiff(step.exits[0].logits!, whole.subarray(i * vocab, (i + 1) * vocab)),
+        maxAbsDiff(step.exits[0].logits!, logitsAt(whole, i, vocab)),
         `position ${i}`,
       ).toBeLessThanOrEqual(1e-5);
     }
@@ -215,6 +223,7 @@ describe("KV cache", () => {
     const { numKvHeads, headDim } = checkpoint.config;
     expect(PROMPT.length).toBeLessThanOrEqual(KV_BLOCK_POSITIONS);
     expect(sessions.kvBytes("s")).toBe(4 * 2 * numKvHeads * KV_BLOCK_POSITIONS * headDim * 4);
+    await sessions.model.release();
   });
 
   it("a batched decode step across sessions equals stepping each session alone", async () => {
@@ -248,6 +257,7 @@ describe("KV cache", () => {
       const b = await batched.forward(`s${i}`, { ids: [3] });
       expect(maxAbsDiff(a.exits[1].logits!, b.exits[1].logits!)).toBeLessThanOrEqual(1e-4);
     }
+    for (const s of [single, batched]) await s.model.release();
   });
 });
 
@@ -257,59 +267,112 @@ describe("KV cache growing past its blocks", () => {
 
   it("a session decoding across block boundaries, then truncated back into an earlier block, equals recomputing from scratch", async () => {
     const checkpoint = checkpoints.get("llama gqa ratio 2")!;
-    const vocab = checkpoint.config.vocabSize;
     const sequence = tokens(2 * KV_BLOCK_POSITIONS + 10, 3);
-    const sessions = await sessionsFor(checkpoint, {
-      fromLayer: 0,
-      toLayer: 4,
-      finalHead: true,
-      logits: true,
-    });
+    const sessions = await decodeSessions(checkpoint);
     sessions.open("s");
     await sessions.forward("s", { ids: sequence.slice(0, KV_BLOCK_POSITIONS - 2) });
     let last;
     for (let i = KV_BLOCK_POSITIONS - 2; i < sequence.length; i++)
       last = await sessions.forward("s", { ids: [sequence[i]] });
-    const whole = await fullLogits(checkpoint, sequence);
     expect(
-      maxAbsDiff(
-        last!.exits[0].logits!,
-        whole.subarray((sequence.length - 1) * vocab, sequence.length * vocab),
-      ),
+      maxAbsDiff(last!.exits[0].logits!, await lastFullLogits(checkpoint, sequence)),
     ).toBeLessThanOrEqual(1e-4);
 
     // Back into the first block, then a different continuation.
     await sessions.truncate("s", KV_BLOCK_POSITIONS - 5);
     const other = [...sequence.slice(0, KV_BLOCK_POSITIONS - 5), ...tokens(12, 7)];
     const step = await sessions.forward("s", { ids: other.slice(KV_BLOCK_POSITIONS - 5) });
-    const otherWhole = await fullLogits(checkpoint, other);
+    expect(maxAbsDiff(step.exits[0].logits!, await lastFullLogits(checkpoint, other))).toBeLessThanOrEqual(
+      1e-4,
+    );
+    await sessions.model.release();
+  });
+
+  it("a long session cut back to a short one gives its room back, and goes on as if computed from scratch", async () => {
+    const checkpoint = checkpoints.get("llama gqa ratio 2")!;
+    const { numKvHeads, headDim } = checkpoint.config;
+    const blockBytes = 4 * 2 * numKvHeads * KV_BLOCK_POSITIONS * headDim * 4;
+    const sequence = tokens(4 * KV_BLOCK_POSITIONS + 10, 11);
+    const sessions = await decodeSessions(checkpoint);
+    sessions.open("s");
+    await sessions.forward("s", { ids: sequence });
+    expect(sessions.kvBytes("s")).toBe(5 * blockBytes);
+
+    // Back across a block boundary, to no more than a block of room beyond what it needs:
+    // the slot stays as it is (no copy for a resent frame).
+    await sessions.truncate("s", 3 * KV_BLOCK_POSITIONS + 20);
+    expect(sessions.kvBytes("s")).toBe(5 * blockBytes);
+    // Back to 10 positions: one block, all that is counted.
+    await sessions.truncate("s", 10);
+    expect(sessions.length("s")).toBe(10);
+    expect(sessions.kvBytes("s")).toBe(blockBytes);
+    expect(sessions.totalKvBytes()).toBe(blockBytes);
+
+    const other = [...sequence.slice(0, 10), ...tokens(8, 5)];
+    const step = await sessions.forward("s", { ids: other.slice(10) });
+    expect(step.start).toBe(10);
+    expect(maxAbsDiff(step.exits[0].logits!, await lastFullLogits(checkpoint, other))).toBeLessThanOrEqual(
+      1e-4,
+    );
+    const decoded = await sessions.forward("s", { ids: [77] });
     expect(
-      maxAbsDiff(
-        step.exits[0].logits!,
-        otherWhole.subarray((other.length - 1) * vocab, other.length * vocab),
-      ),
+      maxAbsDiff(decoded.exits[0].logits!, await lastFullLogits(checkpoint, [...other, 77])),
     ).toBeLessThanOrEqual(1e-4);
+    await sessions.model.release();
+  });
+
+  it("sessions sharing a batch slot, truncated, shrink it once its longest row is short, and go on as if computed from scratch", async () => {
+    const checkpoint = checkpoints.get("llama gqa ratio 2")!;
+    const { numKvHeads, headDim } = checkpoint.config;
+    const blockBytes = 4 * 2 * numKvHeads * KV_BLOCK_POSITIONS * headDim * 4;
+    const sessions = await decodeSessions(checkpoint);
+    const ids = ["a", "b"];
+    const sequences = ids.map((_, i) => tokens(2 * KV_BLOCK_POSITIONS + 1, i + 1));
+    for (const [i, id] of ids.entries()) {
+      sessions.open(id);
+      await sessions.forward(id, { ids: sequences[i].slice(0, -1) });
+    }
+    // One step together: a slot of two rows, each with room for 2 blocks + 1 positions.
+    await sessions.forwardBatch(ids.map((id, i) => ({ id, input: { ids: [sequences[i].at(-1)!] } })));
+    expect(ids.map((id) => sessions.kvBytes(id))).toEqual([3 * blockBytes, 3 * blockBytes]);
+    expect(sessions.totalKvBytes()).toBe(6 * blockBytes);
+
+    // a cut short: b still fills the slot, so nothing moves.
+    await sessions.truncate("a", 10);
+    expect(ids.map((id) => sessions.kvBytes(id))).toEqual([3 * blockBytes, 3 * blockBytes]);
+    // b too: the slot shrinks to one block a row, each row keeping its positions.
+    await sessions.truncate("b", 20);
+    expect(ids.map((id) => sessions.kvBytes(id))).toEqual([blockBytes, blockBytes]);
+    expect(sessions.totalKvBytes()).toBe(2 * blockBytes);
+
+    const next = [
+      [...sequences[0].slice(0, 10), 5],
+      [...sequences[1].slice(0, 20), 6],
+    ];
+    const steps = await sessions.forwardBatch(
+      ids.map((id, i) => ({ id, input: { ids: [next[i].at(-1)!] } })),
+    );
+    for (const [i, step] of steps.entries()) {
+      expect(step.start, ids[i]).toBe(next[i].length - 1);
+      expect(
+        maxAbsDiff(step.exits[0].logits!, await lastFullLogits(checkpoint, next[i])),
+        ids[i],
+      ).toBeLessThanOrEqual(1e-4);
+    }
     await sessions.model.release();
   });
 
   it("a model whose context is not a whole number of blocks decodes to its last position, and no further", async () => {
     const checkpoint = checkpoints.get("a context of 70 positions, not a whole number of KV blocks")!;
-    const vocab = checkpoint.config.vocabSize;
     const sequence = tokens(70, 5);
-    const sessions = await sessionsFor(checkpoint, {
-      fromLayer: 0,
-      toLayer: 4,
-      finalHead: true,
-      logits: true,
-    });
+    const sessions = await decodeSessions(checkpoint);
     sessions.open("s");
     await sessions.forward("s", { ids: sequence.slice(0, 60) });
     let last;
     for (let i = 60; i < 70; i++) last = await sessions.forward("s", { ids: [sequence[i]] });
-    const whole = await fullLogits(checkpoint, sequence);
-    expect(maxAbsDiff(last!.exits[0].logits!, whole.subarray(69 * vocab, 70 * vocab))).toBeLessThanOrEqual(
-      1e-4,
-    );
+    expect(
+      maxAbsDiff(last!.exits[0].logits!, await lastFullLogits(checkpoint, sequence)),
+    ).toBeLessThanOrEqual(1e-4);
     await expect(sessions.forward("s", { ids: [1] })).rejects.toThrow(/count.*the model allows 70/);
     expect(sessions.length("s")).toBe(70);
     await sessions.model.release();
@@ -320,7 +383,7 @@ describe("KV cache growing past its blocks", () => {
     const vocab = checkpoint.config.vocabSize;
     const sequence = tokens(70, 9);
     const whole = await fullLogits(checkpoint, sequence);
-    const at = (position: number) => whole.subarray(position * vocab, (position + 1) * vocab);
+    const at = (position: number) => logitsAt(whole, position, vocab);
     /** The call failed as validateInput fails a call that is too long when made. */
     const expectCountError = (result: PromiseSettledResult<unknown>) => {
       expect(result.status).toBe("rejected");
@@ -329,12 +392,7 @@ describe("KV cache growing past its blocks", () => {
       expect((reason as InvalidArgumentError).field).toBe("count");
       expect((reason as Error).message).toMatch(/the model allows 70/);
     };
-    const sessions = await sessionsFor(checkpoint, {
-      fromLayer: 0,
-      toLayer: 4,
-      finalHead: true,
-      logits: true,
-    });
+    const sessions = await decodeSessions(checkpoint);
     for (const id of ["s", "t", "u"]) {
       sessions.open(id);
       await sessions.forward(id, { ids: sequence.slice(0, 60) });
@@ -380,9 +438,8 @@ describe("KV cache growing past its blocks", () => {
 
   it("sessions stepping together across a block boundary equal each stepping alone", async () => {
     const checkpoint = checkpoints.get("llama gqa ratio 4")!;
-    const spec = { fromLayer: 0, toLayer: 4, finalHead: true, logits: true };
-    const single = await sessionsFor(checkpoint, spec);
-    const batched = await sessionsFor(checkpoint, spec);
+    const single = await decodeSessions(checkpoint);
+    const batched = await decodeSessions(checkpoint);
     const lengths = [KV_BLOCK_POSITIONS - 3, KV_BLOCK_POSITIONS - 1, 5];
     for (const [i, length] of lengths.entries()) {
       for (const sessions of [single, batched]) {
@@ -402,21 +459,29 @@ describe("KV cache growing past its blocks", () => {
         ).toBeLessThanOrEqual(1e-4);
       }
     }
+    // Each reports its row of the batch's slot, grown to two blocks for the longest row;
+    // together they are the whole slot (what a context manager's budget counts).
+    const { numKvHeads, headDim } = checkpoint.config;
+    const blockBytes = 4 * 2 * numKvHeads * KV_BLOCK_POSITIONS * headDim * 4;
+    for (const [i] of lengths.entries()) expect(batched.kvBytes(`s${i}`), `s${i}`).toBe(2 * blockBytes);
+    expect(batched.totalKvBytes()).toBe(lengths.length * 2 * blockBytes);
     // The batch's sessions hold their own caches again after running alone.
     for (const [i] of lengths.entries()) {
       const a = await single.forward(`s${i}`, { ids: [9] });
       const b = await batched.forward(`s${i}`, { ids: [9] });
       expect(maxAbsDiff(a.exits[0].logits!, b.exits[0].logits!)).toBeLessThanOrEqual(1e-4);
     }
+    // Slots of their own, sized to each one's length: the short one is back to one block.
+    expect(lengths.map((_, i) => batched.kvBytes(`s${i}`))).toEqual([2, 2, 1].map((n) => n * blockBytes));
+    for (const s of [single, batched]) await s.model.release();
   });
 });
 
 describe("sessions that keep stepping together", () => {
   it("match stepping alone through repeated batches, a changed batch, a lone step, a truncation and a release", async () => {
     const checkpoint = checkpoints.get("llama gqa ratio 2")!;
-    const spec = { fromLayer: 0, toLayer: 4, finalHead: true, logits: true };
-    const single = await sessionsFor(checkpoint, spec);
-    const batched = await sessionsFor(checkpoint, spec);
+    const single = await decodeSessions(checkpoint);
+    const batched = await decodeSessions(checkpoint);
     const ids = ["a", "b", "c", "d"];
     for (const [i, id] of ids.entries()) {
       single.open(id);
@@ -458,6 +523,47 @@ describe("sessions that keep stepping together", () => {
     for (const id of ["a", "b", "c"]) {
       expect(batched.length(id)).toBe(single.length(id));
     }
+    for (const s of [single, batched]) await s.model.release();
+  });
+});
+
+describe("a session that stepped with others, released", () => {
+  it("leaves its row in the shared slot until the batch changes; freed now, breaks the batch: the others get slots of their own, the shared slot and its row go, and they go on as if computed from scratch", async () => {
+    const checkpoint = checkpoints.get("llama gqa ratio 2")!;
+    const { numKvHeads, headDim } = checkpoint.config;
+    const blockBytes = 4 * 2 * numKvHeads * KV_BLOCK_POSITIONS * headDim * 4;
+    const sessions = await decodeSessions(checkpoint);
+    const prompts = new Map([
+      ["a", PROMPT.slice(0, 4)],
+      ["b", PROMPT.slice(0, 7)],
+      ["c", PROMPT.slice(2, 9)],
+    ]);
+    for (const [id, prompt] of prompts) {
+      sessions.open(id);
+      await sessions.forward(id, { ids: prompt });
+    }
+    await sessions.forwardBatch([...prompts.keys()].map((id) => ({ id, input: { ids: [30] } })));
+    expect(sessions.totalKvBytes()).toBe(3 * blockBytes);
+
+    // An ordinary close copies nothing: the shared slot, the closed row included, stays.
+    expect(sessions.release("c")).toBe(true);
+    expect(sessions.totalKvBytes()).toBe(3 * blockBytes);
+    expect(sessions.release("a", { freeNow: true })).toBe(true);
+    expect(sessions.release("a")).toBe(false);
+    expect(["b"].map((id) => sessions.kvBytes(id))).toEqual([blockBytes]);
+    expect(sessions.totalKvBytes()).toBe(blockBytes);
+    sessions.open("c");
+    await sessions.forward("c", { ids: [...prompts.get("c")!, 30] });
+
+    const steps = await sessions.forwardBatch(["b", "c"].map((id) => ({ id, input: { ids: [31] } })));
+    for (const [k, id] of ["b", "c"].entries()) {
+      const ids = [...prompts.get(id)!, 30, 31];
+      expect(
+        maxAbsDiff(steps[k].exits[0].logits!, await lastFullLogits(checkpoint, ids)),
+        id,
+      ).toBeLessThanOrEqual(1e-4);
+    }
+    await sessions.model.release();
   });
 });
 

@@ -11,10 +11,19 @@
  * step together share one slot, a row each, until something else touches one of them: the
  * same sessions' next batched step runs on it as it is, where copying every session's cache
  * into and out of a batch tensor would cost as much memory traffic as the weights at long
- * contexts.
+ * contexts. Releasing one of them breaks the batch, so its row is freed when it goes.
  */
 import { InvalidArgumentError, SessionNotFoundError } from "@tandem/common";
-import { allocateKvSlot, copyKvRow, kvCapacity, type KvShape, type KvSlot, kvRowBytes } from "./kv-slot.ts";
+import {
+  allocateKvSlot,
+  copyKvRow,
+  kvCapacity,
+  type KvShape,
+  type KvSlot,
+  kvRowBytes,
+  kvSlotBytes,
+  shrinkKvCapacity,
+} from "./kv-slot.ts";
 import type { ExitOutput, SegmentModel } from "./segment-model.ts";
 
 export type SegmentInput = { ids: number[] } | { hidden: Float32Array; count: number };
@@ -103,6 +112,23 @@ export class SegmentSessions {
     return slot ? kvRowBytes(slot, this.kvShape) : 0;
   }
 
+  /**
+   * Bytes of memory the KV caches of all sessions take: every slot once, a shared one
+   * whole. It equals the sum of kvBytes over the sessions while every row of a shared
+   * slot belongs to a session still open, and counts a row left behind otherwise (a
+   * session released while a batched step of its batch was running).
+   */
+  totalKvBytes(): number {
+    const slots = new Set<KvSlot>();
+    for (const state of this.sessions.values()) {
+      const slot = state.resident?.slot ?? state.slot;
+      if (slot) slots.add(slot);
+    }
+    let bytes = 0;
+    for (const slot of slots) bytes += kvSlotBytes(slot, this.kvShape);
+    return bytes;
+  }
+
   get sessionIds(): string[] {
     return [...this.sessions.keys()];
   }
@@ -117,12 +143,25 @@ export class SegmentSessions {
     if (!Number.isInteger(length) || length < 0 || length > state.length) {
       throw new InvalidArgumentError("length", `must be an integer in [0, ${state.length}], got ${length}`);
     }
-    // The positions kept stay where they are, in the session's slot or its batch row.
+    // The positions kept stay where they are, in the session's slot or its batch row,
+    // unless that leaves the slot more than a block of room (shrinkKvCapacity).
     state.length = length;
+    this.shrinkAfterTruncate(state);
   }
 
-  release(id: string): boolean {
-    return this.sessions.delete(id);
+  /**
+   * Closes the session. A session that shares a batch slot leaves its row there until the
+   * batch next changes (its partners' next step forms a new batch, copying each once), so
+   * an ordinary close copies nothing. With `freeNow` the batch breaks at once instead (its
+   * partners get slots of their own) and the shared slot is given back: for a context
+   * manager evicting to stay under its budget, at the cost of one more copy per partner.
+   */
+  release(id: string, options: { freeNow?: boolean } = {}): boolean {
+    const state = this.sessions.get(id);
+    if (!state) return false;
+    this.sessions.delete(id);
+    if (options.freeNow) this.detach(state.resident);
+    return true;
   }
 
   /** Runs a chunk of new positions through the segment for one session. */
@@ -282,6 +321,31 @@ export class SegmentSessions {
       copyKvRow(batch.slot, row, member.slot, 0, member.length, this.kvShape);
       member.resident = undefined;
     });
+  }
+
+  /**
+   * Copies a truncated session's positions into a smaller slot when its slot has more
+   * than a block of room left. A session in a batch shrinks the batch's slot, every row
+   * keeping its positions, as growing it does; only when the batch's longest row is
+   * short enough, since a shorter row's padding up to the longest is what batching costs.
+   */
+  private shrinkAfterTruncate(state: SessionState): void {
+    const { maxPositions } = this.model.config;
+    const batch = state.resident;
+    if (batch) {
+      const lengths = batch.ids.map((id) => this.residentLength(id, batch));
+      const capacity = shrinkKvCapacity(batch.slot.capacity, Math.max(...lengths), maxPositions);
+      if (capacity !== undefined) batch.slot = this.copyRows(batch.slot, lengths, capacity);
+    } else if (state.slot) {
+      const capacity = shrinkKvCapacity(state.slot.capacity, state.length, maxPositions);
+      if (capacity !== undefined) state.slot = this.copyRows(state.slot, [state.length], capacity);
+    }
+  }
+
+  /** Positions of `id` held in `batch`: 0 for a row no session of the batch holds any more. */
+  private residentLength(id: string, batch: ResidentBatch): number {
+    const member = this.sessions.get(id);
+    return member?.resident === batch ? member.length : 0;
   }
 
   /** The session's own slot, grown first if it cannot hold `needed` positions. */

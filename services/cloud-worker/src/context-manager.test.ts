@@ -56,6 +56,43 @@ describe("ContextManager", () => {
     for (const id of contexts.sessionIds()) contexts.release(id);
   });
 
+  it("counts a batch's shared slot once, and evicting one of its sessions frees the slot (its partner gets a slot of its own)", async () => {
+    const batcher = new DecodeBatcher(sessions);
+    const contexts = new ContextManager(sessions, batcher, { memoryBudgetBytes: 2.5 * perBlock });
+    await contexts.append("a", 0, hidden(10, 1), 10);
+    await contexts.append("b", 0, hidden(10, 2), 10);
+    // One decode step each, in the same turn: one batched step, after which a and b share
+    // a slot of two rows, a block each.
+    const [, bStep] = await Promise.all([
+      contexts.append("a", 10, hidden(1, 3), 1),
+      contexts.append("b", 10, hidden(1, 4), 1),
+    ]);
+    expect(batcher.batchSizes.get(2)).toBe(1);
+    expect([sessions.kvBytes("a"), sessions.kvBytes("b")]).toEqual([perBlock, perBlock]);
+    expect(contexts.stats()).toMatchObject({ sessions: 2, kvBytes: 2 * perBlock, evictions: 0 });
+
+    // A third session passes the budget: a, the least recently used, goes, and with it the
+    // shared slot; b alone keeps its context, in one block of its own.
+    await contexts.append("c", 0, hidden(10, 5), 10);
+    expect(contexts.stats()).toMatchObject({ sessions: 2, kvBytes: 2 * perBlock, evictions: 1 });
+    expect(sessions.totalKvBytes()).toBeLessThanOrEqual(2.5 * perBlock);
+    expect(contexts.contextLength("a")).toBe(0);
+    expect(contexts.contextLength("b")).toBe(11);
+    expect(sessions.kvBytes("b")).toBe(perBlock);
+
+    // b goes on as a session given the same positions from scratch.
+    const next = await contexts.append("b", 11, hidden(1, 6), 1);
+    sessions.open("b-again");
+    await sessions.forward("b-again", { hidden: hidden(10, 2), count: 10 });
+    const again = await sessions.forward("b-again", { hidden: hidden(1, 4), count: 1 });
+    expect(again.exits[0].token).toEqual(bStep.exits[0].token);
+    const nextAgain = await sessions.forward("b-again", { hidden: hidden(1, 6), count: 1 });
+    expect(nextAgain.exits[0].token).toEqual(next.exits[0].token);
+    expect(nextAgain.exits[0].prob[0]).toBeCloseTo(next.exits[0].prob[0], 5);
+    sessions.release("b-again");
+    for (const id of contexts.sessionIds()) contexts.release(id);
+  });
+
   it("recomputes from a frame that starts before the end of the context (a resent frame)", async () => {
     const contexts = new ContextManager(sessions, new DecodeBatcher(sessions));
     const first = await contexts.append("r", 0, hidden(6, 7), 6);

@@ -70,14 +70,14 @@ export class ContextManager implements SessionContexts {
     return this.sessions.sessionIds;
   }
 
-  release(sessionId: string): void {
-    this.sessions.release(sessionId);
+  release(sessionId: string, options: { freeNow?: boolean } = {}): void {
+    this.sessions.release(sessionId, options);
     this.lastUsed.delete(sessionId);
   }
 
   stats(): ContextManagerStats {
-    let kvBytes = 0;
-    for (const id of this.sessions.sessionIds) kvBytes += this.sessions.kvBytes(id);
+    // The slots sessions hold, a batch's shared slot once: the memory the budget is about.
+    const kvBytes = this.sessions.totalKvBytes();
     return { sessions: this.sessions.sessionIds.length, kvBytes, evictions: this.evictions };
   }
 
@@ -91,9 +91,12 @@ export class ContextManager implements SessionContexts {
     for (const id of [...this.lastUsed.keys()]) {
       if (total <= this.budget) break;
       if (id === keep || this.inFlight.has(id)) continue;
-      total -= this.sessions.kvBytes(id);
-      this.release(id);
+      // Freed now: memory a shared batch slot kept would not count against the budget.
+      this.release(id, { freeNow: true });
       this.evictions++;
+      // Measured again rather than less the session's kvBytes: releasing a session that
+      // shared a batch slot gives its partners slots of their own, sized to their lengths.
+      total = this.stats().kvBytes;
     }
   }
 }
