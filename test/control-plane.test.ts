@@ -25,7 +25,14 @@ import {
   VersionedMapView,
 } from "@tandem/cluster";
 import { Controller, ExpertPlanner, ShardPlanner } from "@tandem/control-plane";
-import { healthStatus, runCli, startNatsServer, type TestNatsServer, until } from "@tandem/testkit";
+import {
+  healthStatus,
+  nodeRecord,
+  runCli,
+  startNatsServer,
+  type TestNatsServer,
+  until,
+} from "@tandem/testkit";
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { loadCheckpoint, SegmentModel, SegmentSessions, segmentSpec, Tokenizer } from "@tandem/runtime";
@@ -48,15 +55,7 @@ afterAll(async () => {
   await server.stop();
 });
 
-const worker = (id: string): Omit<NodeRecord, "heartbeatAt"> => ({
-  id,
-  role: "cloud-worker",
-  endpoint: `127.0.0.1:${5000 + Number(id.slice(1))}`,
-  weight: 1,
-  expertSlots: 8,
-  load: { sessions: 0, kvBytes: 0 },
-  draining: false,
-});
+const worker = (id: string): Omit<NodeRecord, "heartbeatAt"> => nodeRecord(id, { expertSlots: 8 });
 
 describe("control plane on NATS", () => {
   it("elects one leader, places shards on alive workers, and moves only a dead worker's shards", async () => {
@@ -180,13 +179,17 @@ describe("NATS restarted on an empty store (its disk lost)", () => {
     const follower = await VersionedMapView.follow(await openShardMap(await connect(), names));
     try {
       const before = await until("a first map", () => follower.current);
-      // A few versions, so that the new history's versions start below the old one's.
-      alive.add("w2");
-      await until("a map with w2", () => (follower.current?.endpoints.w2 ? follower.current : undefined));
-      alive.delete("w2");
-      const last = await until("a map without w2", () =>
-        follower.current && !follower.current.endpoints.w2 ? follower.current : undefined,
-      );
+      // A few versions, so that the new history's versions start below the old one's
+      // (even if, while the store comes back, the new history places w1 and w3 apart).
+      let last = before;
+      for (let round = 0; round < 3; round++) {
+        alive.add("w2");
+        await until("a map with w2", () => (follower.current?.endpoints.w2 ? follower.current : undefined));
+        alive.delete("w2");
+        last = await until("a map without w2", () =>
+          follower.current && !follower.current.endpoints.w2 ? follower.current : undefined,
+        );
+      }
       expect(last.version).toBeGreaterThan(before.version);
 
       await lostServer.restart({ emptyStore: true });
@@ -194,8 +197,9 @@ describe("NATS restarted on an empty store (its disk lost)", () => {
       // The follower takes maps of the new epoch although their versions and fencing
       // tokens start again from 1.
       const after = await until(
-        "the follower to take a map with w3",
-        () => (follower.current?.endpoints.w3 ? follower.current : undefined),
+        "the follower to take a map with w1 and w3",
+        () =>
+          follower.current?.endpoints.w1 && follower.current.endpoints.w3 ? follower.current : undefined,
         45_000,
       );
       expect(after.epoch).not.toBe(last.epoch);
