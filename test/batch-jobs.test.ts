@@ -3,9 +3,8 @@
  * run's own): generation, calibration and graph builds through BullMQ, bad data failing
  * at once with the field named, and no job lost when a worker dies or stops mid-job.
  */
-import { execFile, spawn } from "node:child_process";
+import { execFile } from "node:child_process";
 import { existsSync, mkdtempSync, rmSync, statSync, writeFileSync } from "node:fs";
-import { connect } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { promisify } from "node:util";
@@ -32,7 +31,7 @@ import {
   issueServerCertificate,
   serverPaths,
 } from "@tandem/proto/certificates";
-import { freePort, runCli, startProgram, until } from "@tandem/testkit";
+import { freePort, runCli, startProgram, startRedisServer, until } from "@tandem/testkit";
 import { cloudSegmentSpec, loadCheckpoint, readCalibration, SegmentModel } from "@tandem/runtime";
 
 const MODEL = join(import.meta.dirname, "..", "models", "tandem-demo");
@@ -419,59 +418,22 @@ describe("a Redis with TLS and an ACL user", () => {
     const certs = join(dir, "redis-certs");
     await initCertificateAuthority(certs);
     await issueServerCertificate(certs, "redis", ["127.0.0.1"]);
-    const port = await freePort();
-    const redis = spawn(
-      "redis-server",
-      [
-        "--port",
-        "0",
-        "--tls-port",
-        String(port),
-        "--tls-cert-file",
-        serverPaths(certs, "redis").cert,
-        "--tls-key-file",
-        serverPaths(certs, "redis").key,
-        "--tls-ca-cert-file",
-        caPaths(certs).cert,
-        "--tls-auth-clients",
-        "no",
-        "--save",
-        "",
-        "--appendonly",
-        "no",
-        "--user",
-        "tandem",
-        "on",
-        ">s3cret-pw",
-        "~*",
-        "&*",
-        "+@all",
-        "--user",
-        "default",
-        "off",
-      ],
-      { stdio: "ignore" },
-    );
+    const redis = await startRedisServer({
+      tls: {
+        certFile: serverPaths(certs, "redis").cert,
+        keyFile: serverPaths(certs, "redis").key,
+        caFile: caPaths(certs).cert,
+      },
+      args: ["--user", "tandem", "on", ">s3cret-pw", "~*", "&*", "+@all", "--user", "default", "off"],
+    });
     try {
       const passwordFile = join(dir, "redis-password");
       writeFileSync(passwordFile, "s3cret-pw\n", { mode: 0o600 });
       const options: SubmitOptions = {
-        redisUrl: `rediss://tandem@127.0.0.1:${port}`,
+        redisUrl: `rediss://tandem@127.0.0.1:${redis.port}`,
         cluster: `tls${Date.now()}`,
         redisSecrets: { passwordFile, caFile: caPaths(certs).cert },
       };
-      await until(
-        "redis to listen",
-        () =>
-          new Promise<boolean>((resolve) => {
-            const socket = connect(port, "127.0.0.1");
-            socket.on("connect", () => {
-              socket.destroy();
-              resolve(true);
-            });
-            socket.on("error", () => resolve(false));
-          }),
-      );
       const result = await withWorker(options, async () => {
         const id = await submitJob("generate", { model: MODEL, prompts: ["The"], maxTokens: 2 }, options);
         return (await resultOf("generate", id, options, 60_000)) as GenerateJobResult;
@@ -503,7 +465,7 @@ describe("a Redis with TLS and an ACL user", () => {
         /^tandem jobs: Redis at rediss:\/\/tandem@127\.0\.0\.1:\d+ refused the credentials/,
       );
     } finally {
-      redis.kill("SIGKILL");
+      await redis.stop();
     }
   }, 120_000);
 });
@@ -545,31 +507,23 @@ describe("waiting for a job", () => {
   }, 10_000);
 
   it("a Redis that goes away mid-wait fails the wait, as UnavailableError naming it", async () => {
-    const port = await freePort();
-    const redis = spawn(
-      "redis-server",
-      ["--port", String(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-      { stdio: "ignore" },
-    );
-    const options = { redisUrl: `redis://127.0.0.1:${port}`, cluster: cluster("lost") };
+    const redis = await startRedisServer();
+    const options = { redisUrl: redis.url, cluster: cluster("lost") };
     try {
-      const id = await until(
-        "a redis-server of this test's own to take a job",
-        () => submitJob("generate", { model: MODEL, prompts: ["x"] }, options).catch(() => undefined),
-        10_000,
-      );
+      const id = await submitJob("generate", { model: MODEL, prompts: ["x"] }, options);
       const waiting = waitForJob("generate", id, options, 60_000).catch((e: unknown) => e);
       // The wait follows the queue's events once BullMQ's events connection ("…:qe") is open.
+      const clients = ["-p", String(redis.port), "CLIENT", "LIST"];
       await until("the wait to follow the queue's events", async () => {
-        const { stdout } = await promisify(execFile)("redis-cli", ["-p", String(port), "CLIENT", "LIST"]);
+        const { stdout } = await promisify(execFile)("redis-cli", clients);
         return stdout.includes(":qe");
       });
-      redis.kill("SIGKILL");
+      await redis.stop();
       const error = await waiting;
       expect(error).toBeInstanceOf(UnavailableError);
       expect((error as Error).message).toMatch(new RegExp(`^Redis at ${options.redisUrl} cannot be reached`));
     } finally {
-      redis.kill("SIGKILL");
+      await redis.stop();
     }
   }, 30_000);
 });

@@ -9,7 +9,7 @@ import { pino } from "pino";
 import { afterAll, describe, expect, it } from "vitest";
 import { connectNats, controlPlaneNames, kvReplicas, NodeRegistry, openShardMap } from "@tandem/cluster";
 import { Controller } from "@tandem/control-plane";
-import { startNatsCluster, type TestNatsCluster, until } from "@tandem/testkit";
+import { nodeRecord, startNatsCluster, type TestNatsCluster, until } from "@tandem/testkit";
 
 const CLUSTER = `replicated${Date.now()}`;
 const names = controlPlaneNames(CLUSTER);
@@ -26,16 +26,6 @@ async function connected(): Promise<NatsConnection> {
   connections.push(nc);
   return nc;
 }
-
-const worker = (id: string) => ({
-  id,
-  role: "cloud-worker" as const,
-  endpoint: `127.0.0.1:${5000 + Number(id.slice(1))}`,
-  weight: 1,
-  expertSlots: 0,
-  load: { sessions: 0, kvBytes: 0 },
-  draining: false,
-});
 
 describe("a three-server NATS cluster", () => {
   it("holds the control plane's buckets three times over, places workers through them, and survives losing a server", async () => {
@@ -57,7 +47,7 @@ describe("a three-server NATS cluster", () => {
     const registry = await NodeRegistry.open(await connected(), names, { heartbeatTtlMs: 1000 });
     const members = new Set(["w1"]);
     const beat = setInterval(() => {
-      for (const id of members) void registry.heartbeat(worker(id)).catch(() => undefined);
+      for (const id of members) void registry.heartbeat(nodeRecord(id)).catch(() => undefined);
     }, 100);
     try {
       const map = await openShardMap(await connected(), names);

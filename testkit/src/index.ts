@@ -15,6 +15,8 @@ export {
   type TestNatsCluster,
   type TestNatsServer,
 } from "./nats-server.ts";
+export { nodeRecord, type TestNodeRecord } from "./node-record.ts";
+export { startRedisServer, type RedisServerOptions, type TestRedisServer } from "./redis-server.ts";
 export {
   freePort,
   runCli,

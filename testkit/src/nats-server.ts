@@ -3,8 +3,8 @@ import { spawn, type ChildProcess } from "node:child_process";
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { connect as tcpConnect } from "node:net";
 import { freePort } from "./processes.ts";
+import { waitForPort } from "./wait-for-port.ts";
 
 export interface TestNatsServer {
   url: string;
@@ -12,25 +12,6 @@ export interface TestNatsServer {
   stop(): Promise<void>;
   /** Stops and starts the server on the same port; `emptyStore` first deletes its JetStream storage (a lost disk). */
   restart(options?: { emptyStore?: boolean }): Promise<void>;
-}
-
-function waitForPort(port: number, timeoutMs = 10_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  return new Promise((resolve, reject) => {
-    const attempt = () => {
-      const socket = tcpConnect(port, "127.0.0.1");
-      socket.once("connect", () => {
-        socket.destroy();
-        resolve();
-      });
-      socket.once("error", () => {
-        socket.destroy();
-        if (Date.now() > deadline) reject(new Error(`nats-server did not listen on ${port}`));
-        else setTimeout(attempt, 50);
-      });
-    };
-    attempt();
-  });
 }
 
 export interface NatsServerOptions {
@@ -56,7 +37,7 @@ export async function startNatsServer(options: NatsServerOptions = {}): Promise<
         stdio: "ignore",
       },
     );
-    await waitForPort(port);
+    await waitForPort(port, "nats-server");
   };
   const stop = async () => {
     if (!child || child.exitCode !== null) return;
@@ -64,7 +45,14 @@ export async function startNatsServer(options: NatsServerOptions = {}): Promise<
     child.kill("SIGTERM");
     await exited;
   };
-  await launch();
+  try {
+    await launch();
+  } catch (error) {
+    // The caller gets no handle to stop a server that failed to start: stop it here.
+    await stop();
+    rmSync(storage, { recursive: true, force: true });
+    throw error;
+  }
   return {
     url: `nats://127.0.0.1:${port}`,
     port,
@@ -106,31 +94,38 @@ export async function startNatsCluster(size: number): Promise<TestNatsCluster> {
       { stdio: "ignore" },
     ),
   );
-  await Promise.all(ports.map((port) => waitForPort(port)));
-  // JetStream answers once the servers have elected its meta leader: each reports healthy.
-  const deadline = Date.now() + 30_000;
-  for (const port of monitorPorts) {
-    for (;;) {
-      const healthy = await fetch(`http://127.0.0.1:${port}/healthz`)
-        .then((r) => r.ok)
-        .catch(() => false);
-      if (healthy) break;
-      if (Date.now() > deadline) throw new Error("the NATS cluster's JetStream did not become healthy");
-      await new Promise((r) => setTimeout(r, 100));
-    }
-  }
   const stopOne = async (child: ChildProcess) => {
     if (child.exitCode !== null || child.signalCode !== null) return;
     const exited = new Promise<void>((r) => child.once("exit", () => r()));
     child.kill("SIGKILL");
     await exited;
   };
+  const stop = async () => {
+    await Promise.all(children.map(stopOne));
+    rmSync(base, { recursive: true, force: true });
+  };
+  try {
+    await Promise.all(ports.map((port) => waitForPort(port, "nats-server")));
+    // JetStream answers once the servers have elected its meta leader: each reports healthy.
+    const deadline = Date.now() + 30_000;
+    for (const port of monitorPorts) {
+      for (;;) {
+        const healthy = await fetch(`http://127.0.0.1:${port}/healthz`)
+          .then((r) => r.ok)
+          .catch(() => false);
+        if (healthy) break;
+        if (Date.now() > deadline) throw new Error("the NATS cluster's JetStream did not become healthy");
+        await new Promise((r) => setTimeout(r, 100));
+      }
+    }
+  } catch (error) {
+    // The caller gets no handle to stop a cluster that failed to start: stop it here.
+    await stop();
+    throw error;
+  }
   return {
     url: ports.map((p) => `nats://127.0.0.1:${p}`).join(","),
     servers: ports.map((port, i) => ({ port, stop: () => stopOne(children[i]) })),
-    stop: async () => {
-      await Promise.all(children.map(stopOne));
-      rmSync(base, { recursive: true, force: true });
-    },
+    stop,
   };
 }
