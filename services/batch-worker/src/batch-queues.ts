@@ -22,6 +22,12 @@ export interface BatchQueueLocation {
   connection: ConnectionOptions;
   /** For clients that submit or read jobs: fail at once, naming Redis, when it is down. */
   clientConnection: ConnectionOptions;
+  /**
+   * For a client following a queue's events (waiting for a job): blocking reads like a
+   * worker's, but when Redis drops it reconnects only a few times (about 3 s in all), then
+   * calls `lost` and gives up, so the wait can fail instead of hanging.
+   */
+  eventsConnection(lost: () => void): ConnectionOptions;
   /** BullMQ key prefix: `tandem:<cluster>`. */
   prefix: string;
 }
@@ -30,6 +36,9 @@ export interface BatchQueueLocation {
 export const BACKOFF_STRATEGY = "tandem-retry-policy";
 
 export const DEFAULT_REDIS_URL = "redis://127.0.0.1:6379";
+
+/** Pauses between the reconnects an events connection tries before it gives up. */
+const EVENTS_RECONNECT_DELAYS_MS = [200, 400, 600, 800, 1000];
 
 /**
  * `redis://[user[:password]@]host:port[/db]`, or `rediss://` for TLS; a password in
@@ -80,6 +89,15 @@ export function batchQueueLocation(
     // BullMQ workers block on Redis; ioredis must not give up on those commands.
     connection: { ...server, maxRetriesPerRequest: null },
     clientConnection: { ...server, maxRetriesPerRequest: 0, connectTimeout: 5000, retryStrategy: () => null },
+    eventsConnection: (lost) => ({
+      ...server,
+      maxRetriesPerRequest: null,
+      retryStrategy: (times: number) => {
+        if (times <= EVENTS_RECONNECT_DELAYS_MS.length) return EVENTS_RECONNECT_DELAYS_MS[times - 1];
+        lost();
+        return null;
+      },
+    }),
     prefix: `tandem:${cluster}`,
   };
 }

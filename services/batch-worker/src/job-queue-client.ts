@@ -58,12 +58,15 @@ function redisError(error: unknown, redisUrl: string): unknown {
     code === "ETIMEDOUT" ||
     /Connection is closed/.test(message)
   )
-    return new UnavailableError(`Redis at ${redactedUrl(redisUrl)} cannot be reached (${message})`, {
-      cause: error,
-    });
+    return unreachable(redisUrl, message, error);
   if (/WRONGPASS|NOAUTH|NOPERM/.test(message))
     return new UnauthenticatedError(`Redis at ${redactedUrl(redisUrl)} refused the credentials (${message})`);
   return error;
+}
+
+/** The one wording of a Redis that cannot be reached, at the start or mid-wait. */
+function unreachable(redisUrl: string, reason: string, cause?: unknown): UnavailableError {
+  return new UnavailableError(`Redis at ${redactedUrl(redisUrl)} cannot be reached (${reason})`, { cause });
 }
 
 /** Validates and enqueues a job; returns its id. Bad data throws InvalidArgumentError naming the field. */
@@ -126,13 +129,15 @@ export type JobOutcome =
   | { state: "failed"; failedReason: string }
   | { state: "timed-out" };
 
-/** Reconnects tried, with these pauses, when Redis drops mid-wait; then the wait fails (about 3 s in all). */
-const WAIT_RECONNECT_DELAYS_MS = [200, 400, 600, 800, 1000];
-
 /**
  * Waits until the job completes, fails for good, or `timeoutMs` passes, and says which.
  * Thrown are only a job that does not exist (InvalidArgumentError) and a Redis unreachable
  * at the start or lost mid-wait (UnavailableError naming it).
+ *
+ * Not BullMQ's Job.waitUntilFinished: it looks whether the job already finished inside an
+ * async Promise executor, so a Redis lost at that moment is an unhandled rejection (the
+ * CLI would crash) and its wait never ends; and it rejects with a plain Error for a failed
+ * job and for anything else alike.
  */
 export async function waitForJob(
   kind: JobKind,
@@ -146,21 +151,14 @@ export async function waitForJob(
     if (!job) throw new InvalidArgumentError("ID", `no ${kind} job ${id}`);
     let lastError: Error | undefined;
     let redisLost: (error: UnavailableError) => void = () => undefined;
+    // When Redis drops and the reconnects the events connection tries all fail, the wait fails.
     const events = new QueueEvents(kind, {
       prefix: location.prefix,
-      connection: {
-        ...location.connection,
-        retryStrategy: (times: number) => {
-          if (times <= WAIT_RECONNECT_DELAYS_MS.length) return WAIT_RECONNECT_DELAYS_MS[times - 1];
-          const cause = lastError?.message ?? "connection lost";
-          redisLost(
-            new UnavailableError(`Redis at ${redactedUrl(options.redisUrl)} cannot be reached (${cause})`),
-          );
-          return null;
-        },
-      },
+      connection: location.eventsConnection(() =>
+        redisLost(unreachable(options.redisUrl, lastError?.message ?? "connection lost", lastError)),
+      ),
     });
-    // Connection errors end the wait through retryStrategy; here they are only remembered for its message.
+    // Connection errors end the wait through the connection giving up; here they only give its reason.
     events.on("error", (error) => (lastError = error));
     let timer: NodeJS.Timeout | undefined;
     try {
