@@ -5,7 +5,7 @@
  * program reads, in values it accepts.
  */
 import { execFileSync, spawnSync } from "node:child_process";
-import { existsSync } from "node:fs";
+import { existsSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import * as models from "kubernetes-models";
 import { parseAllDocuments } from "yaml";
@@ -234,12 +234,32 @@ describe("the Helm chart", () => {
     expect(render("networkPolicy.enabled=false").some((m) => m.kind === "NetworkPolicy")).toBe(false);
   });
 
+  it("bounds the control plane's lease by the program's own rule: the least it takes, at the shortest tick", () => {
+    const schema = JSON.parse(readFileSync(join(CHART, "values.schema.json"), "utf8")) as {
+      properties: { controlPlane: { properties: Record<string, { minimum: number }> } };
+    };
+    const { leaseTtlMs, tickMs } = schema.properties.controlPlane.properties;
+    // JSON Schema cannot compare two values; its minimum lease is the least the program
+    // accepts with the least tick the chart allows (the lease must outlast margin + tick).
+    const load = (lease: number, tick: number) => () =>
+      loadConfig(CONTROL_CONFIG_SCHEMA, {
+        envPrefix: "TANDEM_CONTROL",
+        env: {},
+        overrides: { leaseTtlMs: lease, tickMs: tick },
+      });
+    expect(load(leaseTtlMs.minimum, tickMs.minimum)).not.toThrow();
+    expect(load(leaseTtlMs.minimum - 1, tickMs.minimum)).toThrow(/^leaseTtlMs: /);
+    expect(load(leaseTtlMs.minimum, tickMs.minimum - 1)).toThrow(/^tickMs: /);
+  });
+
   it("refuses bad values, naming them", () => {
     const bad: [string, RegExp][] = [
       ["cloudWorker.split=0", /cloudWorker\/split.*minimum/],
       ["cloudWorker.weights=fp8", /cloudWorker\/weights/],
       ["nats.url=http://nats:4222", /nats\/url/],
       ["cluster=a:b", /cluster/],
+      [`cluster=${"x".repeat(65)}`, /cluster.*maxLength/],
+      ["controlPlane.leaseTtlMs=510", /controlPlane\/leaseTtlMs.*minimum/],
       ["batchWorker.kinds=generate\\,summarize", /batchWorker\/kinds/],
       [
         "cloudWorker.tls.secretName=",

@@ -2,7 +2,7 @@
 import { z } from "zod";
 import { CLUSTER_DEFAULTS, CLUSTER_NAME_SETTING, durationMs, NATS_CREDENTIAL_SETTINGS } from "@tandem/common";
 import { DEFAULT_CONTROLLER_OPTIONS } from "./controller.ts";
-import { DEFAULT_LEASE_TIMING } from "./leader-lease.ts";
+import { DEFAULT_LEASE_TIMING, leaseTtlProblem } from "./leader-lease.ts";
 
 export const CONTROL_ENV_PREFIX = "TANDEM_CONTROL";
 
@@ -46,15 +46,9 @@ export const CONTROL_CONFIG_SCHEMA = z
   })
   .strict()
   .superRefine((config, context) => {
-    // The leader acts only while its lease has marginMs left, and renews it once a tick: a
-    // shorter lease would be won every tick and never acted on (or lapse between ticks).
-    const least = DEFAULT_LEASE_TIMING.marginMs + config.tickMs;
-    // (A lease within the margin alone is already refused by the minimum, in one line.)
-    if (config.leaseTtlMs > DEFAULT_LEASE_TIMING.marginMs && config.leaseTtlMs <= least)
-      context.addIssue({
-        code: "custom",
-        path: ["leaseTtlMs"],
-        input: config.leaseTtlMs,
-        message: `must be > ${least} (the lease's ${DEFAULT_LEASE_TIMING.marginMs} ms margin + tickMs), got ${config.leaseTtlMs}`,
-      });
+    // A lease within the margin alone is already refused by the minimum, in one line.
+    if (config.leaseTtlMs <= DEFAULT_LEASE_TIMING.marginMs) return;
+    const problem = leaseTtlProblem(config.leaseTtlMs, config.tickMs);
+    if (problem)
+      context.addIssue({ code: "custom", path: ["leaseTtlMs"], input: config.leaseTtlMs, message: problem });
   });

@@ -7,9 +7,9 @@
  */
 import type { NatsConnection } from "@nats-io/transport-node";
 import { NodeRegistry, controlPlaneNames, openExpertMap, openLease, openShardMap } from "@tandem/cluster";
-import { CLUSTER_DEFAULTS, type Logger } from "@tandem/common";
+import { CLUSTER_DEFAULTS, ConfigValueError, type Logger } from "@tandem/common";
 import { ExpertPlanner } from "./expert-planner.ts";
-import { DEFAULT_LEASE_TIMING, LeaderLease } from "./leader-lease.ts";
+import { DEFAULT_LEASE_TIMING, LeaderLease, leaseTtlProblem } from "./leader-lease.ts";
 import { ShardPlanner } from "./shard-planner.ts";
 
 export interface ControllerOptions {
@@ -58,6 +58,10 @@ export class Controller {
 
   static async start(nc: NatsConnection, options: ControllerOptions, log: Logger): Promise<Controller> {
     const full: Required<ControllerOptions> = { ...DEFAULT_CONTROLLER_OPTIONS, ...options };
+    // The settings refuse such a lease already; options passed here directly are held to the
+    // same rule, before anything is opened (a lease never acted on would leave no leader).
+    const leaseProblem = leaseTtlProblem(full.leaseTtlMs, full.tickMs);
+    if (leaseProblem) throw new ConfigValueError("leaseTtlMs", "the controller's options", leaseProblem);
     const names = controlPlaneNames(full.cluster);
     const registry = await NodeRegistry.open(nc, names, { heartbeatTtlMs: full.heartbeatTtlMs });
     const controller = new Controller(

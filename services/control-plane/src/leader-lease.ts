@@ -28,6 +28,22 @@ export const DEFAULT_LEASE_TIMING = {
   marginMs: 500,
 } as const;
 
+/**
+ * Why a lease of `ttlMs`, renewed once every `tickMs`, cannot work; undefined when it can.
+ * The holder acts only while its lease has `marginMs` left, and renews it once a tick: a
+ * lease no longer than both would be won every tick and never acted on (or lapse between
+ * ticks). The one statement of the rule: the settings and Controller.start both apply it.
+ */
+export function leaseTtlProblem(
+  ttlMs: number,
+  tickMs: number,
+  marginMs: number = DEFAULT_LEASE_TIMING.marginMs,
+): string | undefined {
+  const least = marginMs + tickMs;
+  if (ttlMs > least) return undefined;
+  return `must be > ${least} (the lease's ${marginMs} ms margin + tickMs), got ${ttlMs}`;
+}
+
 export class LeaderLease {
   private state: LeaseState = { leader: false };
   /** The invalid lease value last read, and when this replica first saw it. */
