@@ -18,7 +18,7 @@ export const CLUSTER_DEFAULTS = {
 
 /** A cluster name goes into NATS bucket and subject names and Redis keys: it must be safe in each. */
 const CLUSTER_NAME = /^[A-Za-z0-9_-]{1,64}$/;
-const CLUSTER_NAME_RULE = 'must be 1-64 letters, digits, "_" or "-"';
+const CLUSTER_NAME_RULE = `must be text matching ${CLUSTER_NAME}`; // as CLUSTER_NAME_SETTING words it
 
 /** Throws InvalidArgumentError naming `cluster` unless `name` is a valid cluster name. */
 export function checkClusterName(name: string): void {
@@ -42,6 +42,25 @@ export function natsCredentialsOf(settings: { natsNkeySeed?: string; natsCreds?:
   credsFile?: string;
 } {
   return { nkeySeedFile: settings.natsNkeySeed, credsFile: settings.natsCreds };
+}
+
+/**
+ * Settings that work only together (a certificate and its key, say), checked in a
+ * schema's superRefine: once any of `keys` is set, each one missing is an issue at its
+ * own path, "required with" the others, so the operator learns the whole set at once.
+ */
+export function requireTogether<Settings extends object>(
+  settings: Settings,
+  ctx: z.RefinementCtx,
+  keys: (keyof Settings & string)[],
+): void {
+  if (keys.every((key) => settings[key] === undefined)) return;
+  for (const key of keys) {
+    if (settings[key] !== undefined) continue;
+    const others = keys.filter((other) => other !== key);
+    const named = others.length === 1 ? others[0] : `${others.slice(0, -1).join(", ")} and ${others.at(-1)}`;
+    ctx.addIssue({ code: "custom", path: [key], message: `required with ${named}` });
+  }
 }
 
 /** The `cluster` setting every program and command that joins a cluster takes. */

@@ -11,6 +11,7 @@ export {
   NATS_CREDENTIAL_SETTINGS,
   natsCredentialsOf,
   checkClusterName,
+  requireTogether,
 } from "./cluster-defaults.ts";
 export {
   PARSE_ONCE,

@@ -1,6 +1,6 @@
 /** The edge agent's settings (JSON file, TANDEM_EDGE_* variables, flags): one schema, every default once. */
 import { z } from "zod";
-import { CLUSTER_NAME_SETTING, durationMs, NATS_CREDENTIAL_SETTINGS } from "@tandem/common";
+import { CLUSTER_NAME_SETTING, durationMs, NATS_CREDENTIAL_SETTINGS, requireTogether } from "@tandem/common";
 import { CODEC_NAMES, CONFIDENCE_METRICS, RUNTIME_SETTINGS } from "@tandem/runtime";
 import { API_KEY_HASH_PATTERN } from "@tandem/proto";
 import { DEFAULT_CLOUD_LINK_OPTIONS } from "./cloud-link.ts";
@@ -127,16 +127,9 @@ export const EDGE_CONFIG_SCHEMA = z
   })
   .strict()
   .superRefine((config, ctx) => {
-    const pairs: [string, unknown, string, unknown][] = [
-      ["tlsCert", config.tlsCert, "tlsKey", config.tlsKey],
-      ["cloudTlsCert", config.cloudTlsCert, "cloudTlsKey", config.cloudTlsKey],
-    ];
-    for (const [a, va, b, vb] of pairs) {
-      if (va !== undefined && vb === undefined)
-        ctx.addIssue({ code: "custom", path: [b], message: `required with ${a}` });
-      if (vb !== undefined && va === undefined)
-        ctx.addIssue({ code: "custom", path: [a], message: `required with ${b}` });
-    }
+    requireTogether(config, ctx, ["tlsCert", "tlsKey"]);
+    requireTogether(config, ctx, ["cloudTlsCert", "cloudTlsKey"]);
+    // The CA verifies workers without a device certificate too: it is not required back.
     if (config.cloudTlsCert !== undefined && config.cloudTlsCa === undefined)
       ctx.addIssue({ code: "custom", path: ["cloudTlsCa"], message: "required with cloudTlsCert" });
   });

@@ -3,7 +3,8 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
 import { z } from "zod";
-import { ConfigErrors } from "../errors.ts";
+import { CLUSTER_NAME_SETTING, checkClusterName } from "../cluster-defaults.ts";
+import { ConfigErrors, InvalidArgumentError } from "../errors.ts";
 import { configMarkdownTable, describeConfig } from "./config-docs.ts";
 import { environmentName, loadConfig } from "./config-loader.ts";
 
@@ -78,6 +79,17 @@ describe("program configuration", () => {
     writeFileSync(path, "{ model: ");
     expect(errorsOf(() => loadConfig(SCHEMA, { file: path, env: {}, envPrefix: "T" }))[0]).toMatch(
       new RegExp(`^config: cannot be read as JSON: .+ \\(from ${path}\\)$`),
+    );
+  });
+
+  it("words a bad cluster name as checkClusterName does, so the one rule reads the same everywhere", () => {
+    const schema = z.object({ cluster: CLUSTER_NAME_SETTING }).strict();
+    const rule = 'cluster: must be text matching /^[A-Za-z0-9_-]{1,64}$/, got "a.b"';
+    expect(
+      errorsOf(() => loadConfig(schema, { env: {}, envPrefix: "T", overrides: { cluster: "a.b" } })),
+    ).toEqual([`${rule} (from the command line)`]);
+    expect(() => checkClusterName("a.b")).toThrow(
+      new InvalidArgumentError("cluster", rule.slice("cluster: ".length)),
     );
   });
 

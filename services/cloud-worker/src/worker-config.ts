@@ -1,6 +1,12 @@
 /** The cloud worker's settings (JSON file, TANDEM_WORKER_* variables, flags): one schema, every default once. */
 import { z } from "zod";
-import { CLUSTER_DEFAULTS, CLUSTER_NAME_SETTING, durationMs, NATS_CREDENTIAL_SETTINGS } from "@tandem/common";
+import {
+  CLUSTER_DEFAULTS,
+  CLUSTER_NAME_SETTING,
+  durationMs,
+  NATS_CREDENTIAL_SETTINGS,
+  requireTogether,
+} from "@tandem/common";
 import { RUNTIME_SETTINGS } from "@tandem/runtime";
 import { DEFAULT_MEMBERSHIP_OPTIONS } from "./membership-options.ts";
 import { DEFAULT_CONTEXT_MANAGER_OPTIONS } from "./context-manager.ts";
@@ -87,12 +93,7 @@ export const WORKER_CONFIG_SCHEMA = z
   })
   .strict()
   .superRefine((config, ctx) => {
-    const tls = { tlsCert: config.tlsCert, tlsKey: config.tlsKey, tlsCa: config.tlsCa };
-    const given = Object.entries(tls).filter(([, v]) => v !== undefined);
-    if (given.length > 0 && given.length < 3)
-      for (const [key, value] of Object.entries(tls))
-        if (value === undefined)
-          ctx.addIssue({ code: "custom", path: [key], message: "required with tlsCert, tlsKey and tlsCa" });
+    requireTogether(config, ctx, ["tlsCert", "tlsKey", "tlsCa"]);
     if (config.tlsCrl !== undefined && config.tlsCa === undefined)
       ctx.addIssue({ code: "custom", path: ["tlsCa"], message: "required with tlsCrl" });
   });
