@@ -3,8 +3,8 @@
  * needs, writes its config and systemd unit, and the installed agent starts and answers.
  */
 import { execFile, execFileSync } from "node:child_process";
-import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { existsSync, mkdtempSync, readFileSync, rmSync, symlinkSync } from "node:fs";
+import { homedir, tmpdir } from "node:os";
 import { join } from "node:path";
 import { promisify } from "node:util";
 import { afterAll, describe, expect, it } from "vitest";
@@ -69,4 +69,46 @@ describe("edge-agent/install/install.sh", () => {
       await agent.kill();
     }
   });
+
+  // Needs a home directory under /home or /root to put a node in, as nvm does.
+  it.skipIf(!/^\/(home|root)\//.test(`${homedir()}/`))(
+    "refuses a node in a home directory, which the unit's ProtectHome=true hides, unless --node names it",
+    async () => {
+      const home = mkdtempSync(join(homedir(), ".tandem-install-node-"));
+      try {
+        symlinkSync(process.execPath, join(home, "node"));
+        const env = {
+          ...process.env,
+          PATH: `${home}:${process.env.PATH}`,
+          TANDEM_ETC_DIR: join(dir, "home-node", "etc"),
+          TANDEM_SYSTEMD_DIR: join(dir, "home-node", "systemd"),
+          TANDEM_CACHE_DIR: join(dir, "home-node", "cache"),
+        };
+        const install = (...args: string[]) =>
+          promisify(execFile)("bash", [join(ROOT, "edge-agent/install/install.sh"), ...args], { env }).then(
+            () => ({ code: 0, stderr: "" }),
+            (error: { code: number; stderr: string }) => error,
+          );
+        const refused = await install("--prefix", join(dir, "refused"));
+        expect(refused.code).toBe(1);
+        expect(refused.stderr).toContain(`node is ${home}/node (in a home directory)`);
+        expect(refused.stderr).toMatch(/ProtectHome=true[\s\S]*system-wide[\s\S]*--node PATH/);
+        // Refused before anything is copied or written.
+        expect(existsSync(join(dir, "refused"))).toBe(false);
+        expect(existsSync(join(dir, "home-node"))).toBe(false);
+        // Named with --node, it is taken as given: the installer goes on (here to a model it lacks).
+        const named = await install(
+          ...["--prefix", join(dir, "named"), "--node", join(home, "node")],
+          ...["--model", join(dir, "no-model")],
+        );
+        expect(named.code).toBe(1);
+        expect(named.stderr).toMatch(/--model .*no-model has no config\.json/);
+        const missing = await install("--node", join(home, "no-node"));
+        expect(missing.code).toBe(2);
+        expect(missing.stderr).toMatch(/--node .*no-node is not an executable/);
+      } finally {
+        rmSync(home, { recursive: true, force: true });
+      }
+    },
+  );
 });
