@@ -10,6 +10,7 @@ import { join } from "node:path";
 import { promisify } from "node:util";
 import * as grpc from "@grpc/grpc-js";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { CLOUD_LINK_BACKOFF } from "@tandem/common";
 import { AlwaysExitPolicy, loadCheckpoint, loadLocalSplit, SplitGenerator, Tokenizer } from "@tandem/runtime";
 import { writeRandomCheckpoint } from "@tandem/runtime/testing";
 import { freePort, generate, healthStatus, type RunningProcess, startProgram } from "@tandem/testkit";
@@ -244,24 +245,33 @@ describe("bad requests get INVALID_ARGUMENT naming the field, and the agent goes
 
 describe("a cloud worker killed mid-generation", () => {
   it("the stream goes on at the edge, marked EDGE_FALLBACK, with no token lost or repeated; a restarted worker takes over again", async () => {
-    // Kill the worker after 20 tokens. Once fallback tokens flow, freeze the edge agent
-    // (SIGSTOP) while a new worker starts on the same port, then let it go on: the
-    // generation must switch back to the cloud.
+    // Kill the worker after 20 tokens. The edge waits one deadline for it, then answers
+    // on the device. Once fallback tokens flow, freeze the edge agent (SIGSTOP) while a
+    // new worker starts on the same port, then let it go on: the generation must switch
+    // back to the cloud.
     const tokens = 8000;
     let restarted = false;
     const result = await generate(
       edge.address,
       { text: PROMPT, maxTokens: tokens, mode: "MODE_CLOUD_ONLY" },
-      async (index) => {
+      async (index, _control, token) => {
         if (index === 20) await worker.kill("SIGKILL");
-        if (index > 20 && !restarted) {
+        if (token.source === "TOKEN_SOURCE_EDGE_FALLBACK" && !restarted) {
           restarted = true;
           edge.child.kill("SIGSTOP");
+          const stoppedAt = Date.now();
           try {
             worker = await startProgram(
               "tandem-cloud-worker",
               { model, split: 3, port: workerPort, workerId: "w2" },
               env(),
+            );
+            // Frozen for longer than the link's longest backoff (CLOUD_LINK_BACKOFF): its
+            // circuit lets the session's probe through as soon as the edge goes on, before
+            // the device, far faster than the cloud, has finished the generation alone.
+            const backoff = CLOUD_LINK_BACKOFF.maxDelayMs + 200;
+            await new Promise((resolve) =>
+              setTimeout(resolve, Math.max(0, stoppedAt + backoff - Date.now())),
             );
           } finally {
             edge.child.kill("SIGCONT");

@@ -17,8 +17,8 @@ describe("README.md", () => {
   it("would notice a drifted default", () => {
     const readme = readFileSync(README, "utf8");
     const drifted = readme.replace(
-      "`TANDEM_EDGE_CLOUD_DEADLINE_MS` | `2000`",
       "`TANDEM_EDGE_CLOUD_DEADLINE_MS` | `3000`",
+      "`TANDEM_EDGE_CLOUD_DEADLINE_MS` | `4000`",
     );
     expect(drifted).not.toBe(readme);
     expect(regenerate(drifted).text).toBe(readme);

@@ -54,11 +54,16 @@ export interface BackoffPolicy {
   jitter: number;
 }
 
-/** The edge's link to a cloud worker: stays closed for a short, growing while after a failure. */
+/**
+ * The edge's link to a cloud worker: stays closed for a short, growing while after a
+ * failure. The cap bounds how long a session answers on the device after its worker is
+ * back (a session probes it in the background, through this circuit); jitter spreads the
+ * devices' probes of a returning worker over half a second.
+ */
 export const CLOUD_LINK_BACKOFF: BackoffPolicy = {
   attempts: Number.POSITIVE_INFINITY,
   initialDelayMs: 250,
-  maxDelayMs: 5000,
+  maxDelayMs: 1000,
   jitter: 0.5,
 };
 

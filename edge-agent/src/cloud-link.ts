@@ -32,12 +32,15 @@ import {
 import {
   CLOSE_MESSAGE,
   InvalidReplyError,
+  MAX_REDIRECTS,
+  SessionMovedError,
   checkFrameReply,
   checkOpenedReply,
   frameMessage,
   getCodec,
   openMessage,
   replyRequestId,
+  sessionMovedOf,
   type CodecName,
   type HiddenStateCodec,
   type SplitIdentity,
@@ -49,7 +52,12 @@ import type { CloudRoute } from "./cloud-route.ts";
 
 export interface CloudLinkOptions {
   codec: CodecName;
-  /** Longest wait for an answer, or for a stream to open. @default 2000 */
+  /**
+   * Longest wait for an answer, for a stream to open, or — when the worker is gone — for
+   * the session's new owner, from the frame's start. Covers the control plane's failover
+   * at its default timings (a node is dead after CLUSTER_DEFAULTS.heartbeatTtlMs; the
+   * leader notices within a tick). @default 3000
+   */
   deadlineMs: number;
   /** Interval of HTTP/2 keepalive pings. @default 10000 */
   keepaliveMs: number;
@@ -60,7 +68,7 @@ export interface CloudLinkOptions {
 }
 
 export const DEFAULT_CLOUD_LINK_OPTIONS = {
-  deadlineMs: 2000,
+  deadlineMs: 3000,
   keepaliveMs: 10_000,
   backoff: CLOUD_LINK_BACKOFF,
 } as const satisfies Omit<CloudLinkOptions, "codec">;
@@ -134,8 +142,17 @@ export class CloudLink {
   }
 
   /** A new Escalate stream of serialized messages. */
-  escalate(): grpc.ClientDuplexStream<Buffer, Buffer> {
-    return this.client.makeBidiStreamRequest(this.messages.path, asBytes, asBytes);
+  /**
+   * A new Escalate stream of serialized messages. `waitForReady`: while the channel is
+   * reconnecting, wait for it (up to the caller's own timer) instead of failing at once.
+   */
+  escalate(waitForReady = false): grpc.ClientDuplexStream<Buffer, Buffer> {
+    return this.client.makeBidiStreamRequest(
+      this.messages.path,
+      asBytes,
+      asBytes,
+      new grpc.Metadata({ waitForReady }),
+    );
   }
 
   /** Runs an exchange with the worker through the circuit: refused at once while it is open. */
@@ -208,11 +225,22 @@ export class CloudLinks {
   }
 }
 
+/** Pause before trying again where a try just failed, or where a redirect led to a worker that is down. */
+const RETRY_PAUSE_MS = 100;
+
+const pause = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
+
 /**
  * One session's Escalate stream, as the generator's upper segment. The stream goes to
- * the worker the route names; when that worker fails and the route moves the session to
- * another (a re-placed KV shard), the session follows within the deadline, and the new
- * worker's empty context makes the generator replay.
+ * the worker the route names; a worker that does not own the session redirects it
+ * (SessionMoved) and the session follows, within MAX_REDIRECTS per frame. When the
+ * worker fails, the session waits for another owner (the route's next address: a re-placed
+ * KV shard, or the entry worker again, which redirects to the new owner once its map has
+ * moved) for at most one deadline from the frame's start; the new worker's empty context
+ * makes the generator replay. A session that has waited a whole deadline through an
+ * outage does not wait again: until the cloud answers, its frames fail at once (the
+ * generator answers from the device) while one background probe at a time reopens the
+ * stream, so an unreachable cloud costs a session one deadline, not one per token.
  */
 export class CloudSession implements UpperSegment {
   bytesSent = 0;
@@ -224,6 +252,13 @@ export class CloudSession implements UpperSegment {
   private openedLength?: number;
   private nextRequestId = 1n;
   private readonly pending = new Map<string, PendingReply>();
+  /** Where a worker redirected this session, until a try there fails. */
+  private movedTo?: string;
+  /** When the current outage began: the first failed try since the cloud last answered. */
+  private outageSince?: number;
+  /** Positions the edge has produced so far (what an opened reply may claim at most). */
+  private positionsProduced = 0;
+  private probing = false;
 
   constructor(
     private readonly links: CloudLinks,
@@ -231,28 +266,85 @@ export class CloudSession implements UpperSegment {
   ) {}
 
   async extend(frame: UpperFrame): Promise<UpperAnswer | undefined> {
-    try {
-      return await this.extendThroughLink(frame);
-    } catch (error) {
-      if (!(error instanceof UnavailableError)) throw error;
-      const next = await this.links.route.waitForOwnerChange(
-        this.sessionId,
-        this.link?.address,
-        this.links.options.deadlineMs,
+    this.positionsProduced = Math.max(this.positionsProduced, frame.start + frame.count);
+    const deadlineMs = this.links.options.deadlineMs;
+    const started = Date.now();
+    if (this.outageSince !== undefined && started - this.outageSince >= deadlineMs) {
+      this.probe();
+      throw new UnavailableError(
+        `the cloud has not answered for ${started - this.outageSince} ms; answering on the device until it does`,
       );
-      if (!next) throw error;
-      return await this.extendThroughLink(frame);
+    }
+    let redirects = 0;
+    let firstFailure: UnavailableError | undefined;
+    for (;;) {
+      const viaRedirect = this.movedTo !== undefined;
+      const address = this.movedTo ?? this.links.route.address(this.sessionId);
+      try {
+        const answer = await this.extendAt(address, frame);
+        this.outageSince = undefined;
+        return answer;
+      } catch (error) {
+        if (error instanceof SessionMovedError) {
+          if (++redirects > MAX_REDIRECTS)
+            throw (firstFailure ??= new UnavailableError(
+              `workers redirected session ${this.sessionId} ${MAX_REDIRECTS} times: their placement maps disagree`,
+            ));
+          this.movedTo = error.address;
+          continue;
+        }
+        if (!(error instanceof UnavailableError)) throw error;
+        firstFailure ??= error;
+        this.movedTo = undefined;
+        const now = Date.now();
+        // The outage began when this frame started waiting for the cloud.
+        this.outageSince ??= started;
+        const left = this.outageSince + deadlineMs - now;
+        if (left <= 0) throw firstFailure;
+        const next = await this.links.route.waitForOwnerChange(this.sessionId, address, left);
+        if (next === undefined) throw firstFailure;
+        if (next === address || viaRedirect) await pause(Math.min(RETRY_PAUSE_MS, left));
+      }
     }
   }
 
-  private async extendThroughLink(frame: UpperFrame): Promise<UpperAnswer | undefined> {
-    const address = this.links.route.address(this.sessionId);
-    if (!address) throw new UnavailableError("no cloud worker owns this session yet");
+  /**
+   * Reopens the stream in the background during an outage (one probe at a time): once a
+   * worker opens it, the outage is over and the next frame goes to the cloud again.
+   */
+  private probe(): void {
+    if (this.probing) return;
+    this.probing = true;
+    const address = this.movedTo ?? this.links.route.address(this.sessionId);
+    void (async () => {
+      try {
+        if (!address) return;
+        const link = this.use(address);
+        // The probe may be the circuit's half-open try: it waits for the channel to
+        // reconnect, which a try that fails at once while the channel backs off never sees.
+        await link.execute(() => this.ensureOpen(link, this.positionsProduced, true));
+        this.outageSince = undefined;
+      } catch (error) {
+        // Told where the session lives: the next probe (or frame) goes there.
+        if (error instanceof SessionMovedError) this.movedTo = error.address;
+      } finally {
+        this.probing = false;
+      }
+    })();
+  }
+
+  /** The link to `address`, closing the stream to another worker first. */
+  private use(address: string): CloudLink {
     if (address !== this.link?.address) {
-      await this.close();
+      void this.close();
       this.link = this.links.get(address);
     }
-    const link = this.link;
+    return this.link;
+  }
+
+  private async extendAt(address: string | undefined, frame: UpperFrame): Promise<UpperAnswer | undefined> {
+    if (!address) throw new UnavailableError("no cloud worker owns this session yet");
+    const link = this.use(address);
     return link.execute(async () => {
       const contextLength = await this.ensureOpen(link, frame.start + frame.count);
       if (this.openedLength !== undefined) {
@@ -303,9 +395,9 @@ export class CloudSession implements UpperSegment {
   }
 
   /** Opens the stream if needed; resolves with the worker's context length for this session. */
-  private ensureOpen(link: CloudLink, positionsProduced: number): Promise<number> {
+  private ensureOpen(link: CloudLink, positionsProduced: number, waitForReady = false): Promise<number> {
     if (this.opened) return this.opened;
-    const stream = link.escalate();
+    const stream = link.escalate(waitForReady);
     this.stream = stream;
     this.opened = new Promise<number>((resolve, reject) => {
       let isOpen = false;
@@ -338,6 +430,9 @@ export class CloudSession implements UpperSegment {
             resolve(held);
             return;
           }
+          // The map moved the session away since it opened here: follow it.
+          const moved = sessionMovedOf(message);
+          if (moved) return fail(moved);
           const requestId = replyRequestId(message);
           const reply = requestId === undefined ? undefined : this.pending.get(requestId);
           if (!reply) return; // answered after its deadline: the edge already moved on

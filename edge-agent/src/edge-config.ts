@@ -46,11 +46,10 @@ export const EDGE_CONFIG_SCHEMA = z
       .lt(1)
       .default(0.3)
       .meta({ description: "budget: share of tokens to escalate" }),
-    cloudAddress: z
-      .string()
-      .min(1)
-      .optional()
-      .meta({ description: "host:port of a cloud worker (none: edge only)" }),
+    cloudAddress: z.string().min(1).optional().meta({
+      description:
+        "host:port of a cloud worker, or of a load balancer in front of them: workers redirect each session to its owner (none: edge only)",
+    }),
     natsUrl: z.string().min(1).optional().meta({
       description:
         "NATS of the control plane: route each session to its shard's worker (replaces cloudAddress)",
@@ -58,9 +57,10 @@ export const EDGE_CONFIG_SCHEMA = z
     ...NATS_CREDENTIAL_SETTINGS,
     cluster: CLUSTER_NAME_SETTING,
     codec: z.enum(CODEC_NAMES).default("fp16").meta({ description: "hidden-state codec on the wire" }),
-    cloudDeadlineMs: durationMs(1)
-      .default(DEFAULT_CLOUD_LINK_OPTIONS.deadlineMs)
-      .meta({ description: "longest wait for a cloud answer before answering locally" }),
+    cloudDeadlineMs: durationMs(1).default(DEFAULT_CLOUD_LINK_OPTIONS.deadlineMs).meta({
+      description:
+        "longest wait for a cloud answer, or for a failed worker's session to reach its new owner, before answering on the device",
+    }),
     keepaliveMs: durationMs(1000)
       .default(DEFAULT_CLOUD_LINK_OPTIONS.keepaliveMs)
       .meta({ description: "HTTP/2 keepalive interval to the cloud" }),

@@ -44,7 +44,11 @@ export interface StreamControl {
 export function generate(
   address: string,
   request: GenerateRequest,
-  onToken?: (index: number, control: StreamControl) => Promise<void> | void,
+  onToken?: (
+    index: number,
+    control: StreamControl,
+    token: NonNullable<GenerateEvent__Output["token"]>,
+  ) => Promise<void> | void,
   connection: Connection = {},
 ): Promise<GenerateResult> {
   const client = inferenceClient(address, connection.credentials, connection.channelOptions);
@@ -57,9 +61,10 @@ export function generate(
         result.tokens.push(event.token);
         result.text += event.token.text;
         const index = result.tokens.length - 1;
+        const token = event.token;
         if (onToken)
           chain = chain.then(() =>
-            onToken(index, { pause: () => call.pause(), resume: () => call.resume() }),
+            onToken(index, { pause: () => call.pause(), resume: () => call.resume() }, token),
           );
       }
       if (event.summary) result.summary = event.summary;

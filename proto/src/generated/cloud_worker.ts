@@ -9,6 +9,7 @@ import type { ContextLost as _tandem_v1_ContextLost, ContextLost__Output as _tan
 import type { EdgeMessage as _tandem_v1_EdgeMessage, EdgeMessage__Output as _tandem_v1_EdgeMessage__Output } from './tandem/v1/EdgeMessage.js';
 import type { HiddenStateFrame as _tandem_v1_HiddenStateFrame, HiddenStateFrame__Output as _tandem_v1_HiddenStateFrame__Output } from './tandem/v1/HiddenStateFrame.js';
 import type { OpenSession as _tandem_v1_OpenSession, OpenSession__Output as _tandem_v1_OpenSession__Output } from './tandem/v1/OpenSession.js';
+import type { SessionMoved as _tandem_v1_SessionMoved, SessionMoved__Output as _tandem_v1_SessionMoved__Output } from './tandem/v1/SessionMoved.js';
 import type { SessionOpened as _tandem_v1_SessionOpened, SessionOpened__Output as _tandem_v1_SessionOpened__Output } from './tandem/v1/SessionOpened.js';
 import type { TokenReply as _tandem_v1_TokenReply, TokenReply__Output as _tandem_v1_TokenReply__Output } from './tandem/v1/TokenReply.js';
 
@@ -27,6 +28,7 @@ export interface ProtoGrpcType {
       HiddenStateCodec: EnumTypeDefinition
       HiddenStateFrame: MessageTypeDefinition<_tandem_v1_HiddenStateFrame, _tandem_v1_HiddenStateFrame__Output>
       OpenSession: MessageTypeDefinition<_tandem_v1_OpenSession, _tandem_v1_OpenSession__Output>
+      SessionMoved: MessageTypeDefinition<_tandem_v1_SessionMoved, _tandem_v1_SessionMoved__Output>
       SessionOpened: MessageTypeDefinition<_tandem_v1_SessionOpened, _tandem_v1_SessionOpened__Output>
       TokenReply: MessageTypeDefinition<_tandem_v1_TokenReply, _tandem_v1_TokenReply__Output>
     }

@@ -354,7 +354,8 @@ export const TANDEM_DESCRIPTOR = {
                   "oneof": [
                     "opened",
                     "token",
-                    "contextLost"
+                    "contextLost",
+                    "moved"
                   ]
                 }
               },
@@ -370,6 +371,10 @@ export const TANDEM_DESCRIPTOR = {
                 "contextLost": {
                   "type": "ContextLost",
                   "id": 3
+                },
+                "moved": {
+                  "type": "SessionMoved",
+                  "id": 4
                 }
               }
             },
@@ -418,6 +423,18 @@ export const TANDEM_DESCRIPTOR = {
                 "requestId": {
                   "type": "uint64",
                   "id": 3
+                }
+              }
+            },
+            "SessionMoved": {
+              "fields": {
+                "address": {
+                  "type": "string",
+                  "id": 1
+                },
+                "workerId": {
+                  "type": "string",
+                  "id": 2
                 }
               }
             }

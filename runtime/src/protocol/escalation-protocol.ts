@@ -32,6 +32,11 @@
  *                 session's context_length not past what the edge has produced. A worker
  *                 that breaks these is treated as unavailable.
  *   CloseSession  releases the session's KV on the worker.
+ *   Ownership     a cloud worker in a cluster serves only the sessions the placement map
+ *                 gives it: an open (once checked) or a frame of another worker's session
+ *                 gets SessionMoved{address, worker_id} instead, nothing is applied, and
+ *                 the stream ends; the edge reopens the session at that address (within
+ *                 MAX_REDIRECTS per frame) and replays what the owner lacks.
  */
 import {
   ContextLostError,
@@ -317,6 +322,46 @@ export function contextLostReply(error: ContextLostError, requestId: string): Cl
   };
 }
 
+export function movedReply(owner: { workerId: string; address: string }): CloudMessage__Output {
+  return { message: "moved", moved: { address: owner.address, workerId: owner.workerId } };
+}
+
+/**
+ * Redirects an edge follows for one frame before it takes the workers to disagree (their
+ * placement maps are changing under them) and treats the cloud as unavailable for now.
+ */
+export const MAX_REDIRECTS = 4;
+
+/** host:port, a bracketed IPv6 host included: what an edge will dial when told to. */
+const WORKER_ADDRESS = /^(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]{1,253}):\d{1,5}$/;
+
+/**
+ * The session lives on another worker, which the edge should reopen it at. Not a failure:
+ * the redirect of the ownership rule, caught by the edge's cloud session and never sent as
+ * a status (so outside the error hierarchy, whose codes all map to one).
+ */
+export class SessionMovedError extends Error {
+  constructor(
+    readonly address: string,
+    readonly workerId: string,
+  ) {
+    super(`the session is served by worker "${workerId}" at ${address}`);
+    this.name = "SessionMovedError";
+  }
+}
+
+/**
+ * A SessionMoved reply as the edge acts on it (an address it can dial; an invalid reply
+ * otherwise), or undefined for any other reply. It may come in place of any reply.
+ */
+export function sessionMovedOf(reply: CloudMessage__Output): SessionMovedError | undefined {
+  if (reply.message !== "moved" || !reply.moved) return undefined;
+  const { address, workerId } = reply.moved;
+  if (!WORKER_ADDRESS.test(address))
+    throw new InvalidReplyError(`moved.address ${JSON.stringify(address.slice(0, 64))} is not host:port`);
+  return new SessionMovedError(address, workerId);
+}
+
 /** What a reply to a frame means for the edge. */
 export type FrameOutcome =
   | { kind: "token"; requestId: string; token: number; prob: number }
@@ -356,11 +401,18 @@ export function checkFrameReply(
       );
     return { kind: "context-lost", requestId, error: new ContextLostError(resumeFrom, reason) };
   }
+  const moved = sessionMovedOf(reply);
+  if (moved) throw moved;
   throw new InvalidReplyError(`expected a token or context_lost, got ${reply.message ?? "nothing"}`);
 }
 
-/** Checks the upper side's answer to OpenSession; returns the positions it holds. */
+/**
+ * Checks the upper side's answer to OpenSession; returns the positions it holds. Throws
+ * SessionMovedError when the worker says another one owns the session.
+ */
 export function checkOpenedReply(reply: CloudMessage__Output, positionsProduced: number): number {
+  const moved = sessionMovedOf(reply);
+  if (moved) throw moved;
   if (reply.message !== "opened" || !reply.opened)
     throw new InvalidReplyError(`expected opened, got ${reply.message ?? "nothing"}`);
   const held = reply.opened.contextLength;

@@ -115,6 +115,9 @@ export async function startCloudWorker(options: CloudWorkerOptions, log: Logger)
   const protos = loadTandemProtos();
   // One value for what the handlers accept and what the server lets through, so they agree.
   const limits = DEFAULT_ESCALATION_LIMITS;
+  // The membership starts once the server listens (its record names the address): until
+  // then, and for a standalone worker, every session is served here.
+  const joined: { membership?: ClusterMembership } = {};
   const handlers = escalationHandlers(
     {
       workerId: options.workerId,
@@ -127,7 +130,12 @@ export async function startCloudWorker(options: CloudWorkerOptions, log: Logger)
     contexts,
     log,
     counters,
-    { limits, revocations, sessionLimits: options.sessionLimits ?? DEFAULT_SESSION_LIMITS },
+    {
+      limits,
+      revocations,
+      sessionLimits: options.sessionLimits ?? DEFAULT_SESSION_LIMITS,
+      placement: { elsewhere: (sessionId) => joined.membership?.elsewhere(sessionId) },
+    },
   );
   const server = await startGrpcServer(
     [
@@ -176,6 +184,7 @@ export async function startCloudWorker(options: CloudWorkerOptions, log: Logger)
         log,
       )
     : undefined;
+  joined.membership = membership;
   return {
     server,
     contexts,

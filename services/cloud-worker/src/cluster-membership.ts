@@ -129,6 +129,19 @@ export class ClusterMembership {
     return this.expertMap;
   }
 
+  /**
+   * The owner of `sessionId` when the current map gives it to another worker (where the
+   * escalation service redirects its edge); undefined when it is this worker's, or no map
+   * names an owner yet.
+   */
+  elsewhere(sessionId: string): { workerId: string; address: string } | undefined {
+    const map = this.shardMap.current;
+    const owner = map ? ownerOf(map, sessionId) : undefined;
+    return owner && owner.nodeId !== this.options.nodeId
+      ? { workerId: owner.nodeId, address: owner.endpoint }
+      : undefined;
+  }
+
   /** Whether the current map gives this worker any shard. */
   ownsShards(): boolean {
     const map = this.shardMap.current;

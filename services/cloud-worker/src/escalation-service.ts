@@ -16,6 +16,12 @@
  * the older, which ends with ABORTED and drops what it had queued before the newer
  * stream's open applies. Only an open that passes its checks takes a session over: a
  * refused one leaves the session's stream as it was.
+ *
+ * In a cluster the worker serves only the sessions the placement map gives it: another
+ * worker's session gets SessionMoved (its owner's advertised address) at its open, or at
+ * its next frame once the map has moved it, and the stream ends without applying it. An
+ * edge outside the cluster thus needs only one address, and follows each session to its
+ * owner itself (see SECURITY.md for why a redirect rather than a relay).
  */
 import * as grpc from "@grpc/grpc-js";
 import { AbortedError, ResourceExhaustedError, UnauthenticatedError, type Logger } from "@tandem/common";
@@ -31,6 +37,9 @@ import type { RevocationList } from "@tandem/proto/certificates";
 import {
   DEFAULT_ESCALATION_LIMITS,
   EscalationSession,
+  SessionMovedError,
+  movedReply,
+  sessionIdOfContextKey,
   type EscalationCounters,
   type EscalationLimits,
   type SessionContexts,
@@ -42,10 +51,12 @@ export interface WorkerCounters extends EscalationCounters {
   streams: number;
   /** Streams ended by a bad message (the edge's fault). */
   rejected: number;
+  /** Streams sent to another worker, which owns their session. */
+  redirected: number;
 }
 
 export function emptyWorkerCounters(): WorkerCounters {
-  return { streams: 0, frames: 0, positions: 0, tokens: 0, rejected: 0, bytesReceived: 0 };
+  return { streams: 0, frames: 0, positions: 0, tokens: 0, rejected: 0, redirected: 0, bytesReceived: 0 };
 }
 
 /** How many sessions a worker holds, in all and per device. */
@@ -71,6 +82,12 @@ export interface EscalationHandlers extends grpc.UntypedServiceImplementation {
   Escalate: grpc.handleBidiStreamingCall<Buffer, CloudMessage>;
 }
 
+/** Where the cluster places sessions, as far as this worker knows (its placement map). */
+export interface SessionPlacement {
+  /** The owner of `sessionId` when the map names another worker; undefined when this one owns it, or no map says. */
+  elsewhere(sessionId: string): { workerId: string; address: string } | undefined;
+}
+
 /** What a worker's handlers may be given; each has a default. */
 export interface EscalationOptions {
   /** Sizes a message may have. @default DEFAULT_ESCALATION_LIMITS */
@@ -79,6 +96,8 @@ export interface EscalationOptions {
   revocations?: RevocationList;
   /** @default DEFAULT_SESSION_LIMITS */
   sessionLimits?: SessionLimits;
+  /** Serve only the sessions placed here, redirecting the others. @default every session served (a standalone worker) */
+  placement?: SessionPlacement;
 }
 
 /** Messages a stream may have waiting before the worker stops reading it (HTTP/2 flow control then slows the edge). */
@@ -96,7 +115,12 @@ export function escalationHandlers(
   counters: WorkerCounters,
   options: EscalationOptions = {},
 ): EscalationHandlers {
-  const { limits = DEFAULT_ESCALATION_LIMITS, revocations, sessionLimits = DEFAULT_SESSION_LIMITS } = options;
+  const {
+    limits = DEFAULT_ESCALATION_LIMITS,
+    revocations,
+    sessionLimits = DEFAULT_SESSION_LIMITS,
+    placement,
+  } = options;
   /** Each session's writer, by context key, from the open that claimed it until it closes or its stream ends. */
   const writers = new Map<string, SessionWriter>();
   /**
@@ -150,6 +174,20 @@ export function escalationHandlers(
         );
       };
 
+      /** Sends the edge to the session's owner and ends the stream; nothing of the message applied. */
+      const redirect = (owner: { workerId: string; address: string }) => {
+        if (ended) return;
+        ended = true;
+        stopWriting();
+        counters.redirected++;
+        log.debug(
+          { deviceId: device?.deviceId, sessionId: session?.sessionId, owner: owner.workerId },
+          "session redirected to its owner",
+        );
+        call.write(movedReply(owner));
+        call.end();
+      };
+
       // Who is calling, checked before any message is read.
       let chain: Promise<void> = (async () => {
         device = deviceOf(call);
@@ -173,6 +211,8 @@ export function escalationHandlers(
        * one stream, the newest, is ever the writer.
        */
       const claim = async (key: string) => {
+        const owner = placement?.elsewhere(sessionIdOfContextKey(key));
+        if (owner) throw new SessionMovedError(owner.address, owner.workerId);
         checkRoom(key, device?.deviceId);
         const previous = writers.get(key);
         writers.set(key, writer);
@@ -192,12 +232,19 @@ export function escalationHandlers(
           try {
             if (ended || !session) return;
             const message = decodeRequest("tandem.v1.EdgeMessage", bytes, "message");
+            // A session the map has moved away since its open: its frames go to the new owner.
+            const owner =
+              message.frame && session.sessionId !== undefined
+                ? placement?.elsewhere(session.sessionId)
+                : undefined;
+            if (owner) return redirect(owner);
             const reply = await session.handle(message, claim);
             if (message.close) stopWriting();
             // An edge that does not read its replies is not given more work until it does.
             if (reply && !ended && !call.writableEnded && !call.write(reply)) await whenWritable(call);
           } catch (error) {
-            fail(error);
+            if (error instanceof SessionMovedError) redirect(error);
+            else fail(error);
           } finally {
             if (--queued < MAX_QUEUED_MESSAGES && !ended) call.resume();
           }

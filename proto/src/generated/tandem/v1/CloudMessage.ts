@@ -4,17 +4,20 @@
 import type { SessionOpened as _tandem_v1_SessionOpened, SessionOpened__Output as _tandem_v1_SessionOpened__Output } from '../../tandem/v1/SessionOpened.js';
 import type { TokenReply as _tandem_v1_TokenReply, TokenReply__Output as _tandem_v1_TokenReply__Output } from '../../tandem/v1/TokenReply.js';
 import type { ContextLost as _tandem_v1_ContextLost, ContextLost__Output as _tandem_v1_ContextLost__Output } from '../../tandem/v1/ContextLost.js';
+import type { SessionMoved as _tandem_v1_SessionMoved, SessionMoved__Output as _tandem_v1_SessionMoved__Output } from '../../tandem/v1/SessionMoved.js';
 
 export interface CloudMessage {
   'opened'?: (_tandem_v1_SessionOpened | null);
   'token'?: (_tandem_v1_TokenReply | null);
   'contextLost'?: (_tandem_v1_ContextLost | null);
-  'message'?: "opened"|"token"|"contextLost";
+  'moved'?: (_tandem_v1_SessionMoved | null);
+  'message'?: "opened"|"token"|"contextLost"|"moved";
 }
 
 export interface CloudMessage__Output {
   'opened'?: (_tandem_v1_SessionOpened__Output | null);
   'token'?: (_tandem_v1_TokenReply__Output | null);
   'contextLost'?: (_tandem_v1_ContextLost__Output | null);
-  'message'?: "opened"|"token"|"contextLost";
+  'moved'?: (_tandem_v1_SessionMoved__Output | null);
+  'message'?: "opened"|"token"|"contextLost"|"moved";
 }
