@@ -25,12 +25,30 @@ interface Manifest {
   metadata: { name: string };
   spec: Record<string, any>; // eslint-disable-line @typescript-eslint/no-explicit-any
 }
+interface Probe {
+  grpc?: { port: number; service?: string };
+  tcpSocket?: { port: number };
+}
 interface Container {
   name: string;
   command: string[];
   env: { name: string; value?: string; valueFrom?: unknown }[];
-  volumeMounts?: { name: string; mountPath: string }[];
+  ports?: { name: string; containerPort: number; protocol: string }[];
+  volumeMounts?: { name: string; mountPath: string; readOnly?: boolean }[];
+  startupProbe?: Probe;
+  readinessProbe?: Probe;
+  livenessProbe?: Probe;
 }
+
+/** Every program's NATS credential and NATS's TLS from Secrets: a worker's per pod, an NKey seed. */
+const NATS_SECURED = [
+  "nats.credentials.cloudWorker.secretName=nats-workers",
+  "nats.credentials.cloudWorker.key=$(POD_NAME).nk",
+  "nats.credentials.cloudWorker.type=nkey",
+  "nats.credentials.controlPlane.secretName=nats-control",
+  "nats.tls.caSecret=nats-ca",
+  "nats.tls.clientCertSecret=nats-client",
+];
 
 beforeAll(() => {
   helm = execFileSync(join(ROOT, "tools", "helm", "ensure-helm.sh"), { encoding: "utf8" }).trim();
@@ -58,11 +76,13 @@ function modelOf(m: Manifest): ModelClass {
   return entry as ModelClass;
 }
 
-const containerOf = (manifests: Manifest[], kind: string, component: string): Container => {
+const podOf = (manifests: Manifest[], kind: string, component: string) => {
   const m = manifests.find((x) => x.kind === kind && x.metadata.name.endsWith(component));
   if (!m) throw new Error(`no ${kind} ${component}`);
-  return m.spec.template.spec.containers[0] as Container;
+  return m.spec.template.spec as { containers: Container[]; volumes: Record<string, unknown>[] };
 };
+const containerOf = (manifests: Manifest[], kind: string, component: string): Container =>
+  podOf(manifests, kind, component).containers[0];
 
 /** The environment a container gets, with the downward-API fields the kubelet would fill in. */
 function environmentOf(container: Container): NodeJS.ProcessEnv {
@@ -125,7 +145,7 @@ describe("the Helm chart", () => {
   });
 
   it("configures each program only with keys it reads, in values it accepts", () => {
-    const manifests = render("cloudWorker.expertSlots=12", "controlPlane.experts=24");
+    const manifests = render("cloudWorker.expertSlots=12", "controlPlane.experts=24", ...NATS_SECURED);
     const programs: [string, string, string, ConfigSchema][] = [
       ["StatefulSet", "cloud-worker", "TANDEM_WORKER", WORKER_CONFIG_SCHEMA],
       ["Deployment", "control-plane", "TANDEM_CONTROL", CONTROL_CONFIG_SCHEMA],
@@ -158,7 +178,146 @@ describe("the Helm chart", () => {
       advertise: "tandem-cloud-worker-0.tandem-cloud-worker-pods.default.svc:50052",
       natsUrl: "nats://nats:4222",
       expertSlots: 12,
+      natsNkeySeed: "/etc/tandem/nats/credentials/tandem-cloud-worker-0.nk",
+      natsTlsCa: "/etc/tandem/nats/ca/ca.crt",
+      natsTlsCert: "/etc/tandem/nats/client/tls.crt",
+      natsTlsKey: "/etc/tandem/nats/client/tls.key",
     });
+    const control = loadConfig(CONTROL_CONFIG_SCHEMA, {
+      envPrefix: "TANDEM_CONTROL",
+      env: environmentOf(containerOf(manifests, "Deployment", "control-plane")),
+    });
+    expect(control).toMatchObject({
+      natsCreds: "/etc/tandem/nats/credentials/nats.creds",
+      natsTlsCa: "/etc/tandem/nats/ca/ca.crt",
+      healthHost: "0.0.0.0",
+      healthPort: 50053,
+    });
+    const batch = loadConfig(BATCH_CONFIG_SCHEMA, {
+      envPrefix: "TANDEM_BATCH",
+      env: environmentOf(containerOf(manifests, "Deployment", "batch-worker")),
+    });
+    expect(batch).toMatchObject({ healthHost: "0.0.0.0", healthPort: 50054 });
+  });
+
+  it("probes the control plane and the batch worker with the kubelet's gRPC probe on their health ports", () => {
+    for (const manifests of [render(), render(...NATS_SECURED)]) {
+      const probed: [string, string, number][] = [
+        ["control-plane", "TANDEM_CONTROL", 50053],
+        ["batch-worker", "TANDEM_BATCH", 50054],
+      ];
+      for (const [component, prefix, port] of probed) {
+        const container = containerOf(manifests, "Deployment", component);
+        for (const probe of [container.startupProbe, container.readinessProbe])
+          expect(probe, component).toEqual(expect.objectContaining({ grpc: { port } }));
+        // Liveness asks the service that stays SERVING while NATS or Redis is away.
+        expect(container.livenessProbe, component).toEqual(
+          expect.objectContaining({ grpc: { port, service: "liveness" } }),
+        );
+        expect(container.ports).toEqual([{ name: "health", containerPort: port, protocol: "TCP" }]);
+        // On the pod's address, where the kubelet asks.
+        expect(environmentOf(container)).toMatchObject({
+          [`${prefix}_HEALTH_HOST`]: "0.0.0.0",
+          [`${prefix}_HEALTH_PORT`]: String(port),
+        });
+      }
+      for (const m of manifests) expect(() => new (modelOf(m))(m).validate()).not.toThrow();
+    }
+    const moved = render("controlPlane.healthPort=8081", "batchWorker.healthPort=8082");
+    expect(containerOf(moved, "Deployment", "control-plane").livenessProbe).toEqual(
+      expect.objectContaining({ grpc: { port: 8081, service: "liveness" } }),
+    );
+    expect(containerOf(moved, "Deployment", "batch-worker").readinessProbe).toEqual(
+      expect.objectContaining({ grpc: { port: 8082 } }),
+    );
+    // Still nothing may connect to them but the kubelet, from their own node.
+    const closed = moved.find((m) => m.metadata.name === "tandem-no-ingress")!;
+    expect(closed.spec.ingress).toBeUndefined();
+  });
+
+  it("gives each program that joins NATS its credential from a Secret, mounted as a file, never as a value", () => {
+    const plain = render();
+    for (const [kind, component] of [
+      ["StatefulSet", "cloud-worker"],
+      ["Deployment", "control-plane"],
+      ["Deployment", "batch-worker"],
+    ]) {
+      const pod = podOf(plain, kind, component);
+      expect(pod.containers[0].env.filter((e) => /_NATS_(CREDS|NKEY_SEED|TLS_)/.test(e.name))).toEqual([]);
+      expect(pod.volumes.filter((v) => String(v.name).startsWith("nats-"))).toEqual([]);
+    }
+    const manifests = render(...NATS_SECURED.slice(0, 4));
+    const worker = podOf(manifests, "StatefulSet", "cloud-worker");
+    // One Secret, one NKey seed per worker pod: each may write only its own node record.
+    expect(environmentOf(worker.containers[0]).TANDEM_WORKER_NATS_NKEY_SEED).toBe(
+      "/etc/tandem/nats/credentials/tandem-cloud-worker-0.nk",
+    );
+    expect(worker.containers[0].volumeMounts).toContainEqual({
+      name: "nats-credentials",
+      mountPath: "/etc/tandem/nats/credentials",
+      readOnly: true,
+    });
+    expect(worker.volumes).toContainEqual({
+      name: "nats-credentials",
+      secret: { secretName: "nats-workers", defaultMode: 0o400 },
+    });
+    const control = podOf(manifests, "Deployment", "control-plane");
+    expect(control.containers[0].env).toContainEqual({
+      name: "TANDEM_CONTROL_NATS_CREDS",
+      value: "/etc/tandem/nats/credentials/nats.creds",
+    });
+    expect(control.volumes).toContainEqual({
+      name: "nats-credentials",
+      secret: { secretName: "nats-control", defaultMode: 0o400 },
+    });
+    // The batch worker does not use NATS.
+    expect(
+      containerOf(manifests, "Deployment", "batch-worker").env.some((e) => e.name.includes("NATS")),
+    ).toBe(false);
+    for (const m of manifests) expect(() => new (modelOf(m))(m).validate()).not.toThrow();
+  });
+
+  it("connects every program to NATS over TLS, with the CA and client certificate from Secrets", () => {
+    const paths = {
+      CA: "/etc/tandem/nats/ca/ca.crt",
+      CERT: "/etc/tandem/nats/client/tls.crt",
+      KEY: "/etc/tandem/nats/client/tls.key",
+    };
+    const caOnly = render("nats.tls.caSecret=nats-ca");
+    const verified = render("nats.tls.caSecret=nats-ca", "nats.tls.clientCertSecret=nats-client");
+    for (const [kind, component, prefix] of [
+      ["StatefulSet", "cloud-worker", "TANDEM_WORKER"],
+      ["Deployment", "control-plane", "TANDEM_CONTROL"],
+    ]) {
+      const withCa = podOf(caOnly, kind, component);
+      expect(withCa.containers[0].env).toContainEqual({ name: `${prefix}_NATS_TLS_CA`, value: paths.CA });
+      expect(withCa.containers[0].env.some((e) => e.name === `${prefix}_NATS_TLS_CERT`)).toBe(false);
+      expect(withCa.volumes).toContainEqual({
+        name: "nats-ca",
+        secret: { secretName: "nats-ca", items: [{ key: "ca.crt", path: "ca.crt" }] },
+      });
+      const pod = podOf(verified, kind, component);
+      for (const [setting, path] of Object.entries(paths))
+        expect(pod.containers[0].env).toContainEqual({ name: `${prefix}_NATS_TLS_${setting}`, value: path });
+      expect(pod.containers[0].volumeMounts).toEqual(
+        expect.arrayContaining([
+          { name: "nats-ca", mountPath: "/etc/tandem/nats/ca", readOnly: true },
+          { name: "nats-client-tls", mountPath: "/etc/tandem/nats/client", readOnly: true },
+        ]),
+      );
+      expect(pod.volumes).toContainEqual({
+        name: "nats-client-tls",
+        secret: {
+          secretName: "nats-client",
+          defaultMode: 0o400,
+          items: [
+            { key: "tls.crt", path: "tls.crt" },
+            { key: "tls.key", path: "tls.key" },
+          ],
+        },
+      });
+    }
+    for (const m of [...caOnly, ...verified]) expect(() => new (modelOf(m))(m).validate()).not.toThrow();
   });
 
   it("passes values through: split, cluster, a model volume, no batch worker", () => {
@@ -265,6 +424,13 @@ describe("the Helm chart", () => {
         "cloudWorker.tls.secretName=",
         /cloudWorker\.tls\.secretName is empty: .* or set cloudWorker\.insecure=true/,
       ],
+      ["nats.tls.clientCertSecret=nats-client", /nats\.tls\.clientCertSecret needs nats\.tls\.caSecret/],
+      ["nats.credentials.controlPlane.type=password", /nats\/credentials\/controlPlane\/type/],
+      ["nats.credentials.cloudWorker.key=../seed", /nats\/credentials\/cloudWorker\/key/],
+      ["nats.credentials.batchWorker.secretName=x", /nats\/credentials.*batchWorker/],
+      ["nats.credentialz=x", /nats.*credentialz/],
+      ["controlPlane.healthPort=0", /controlPlane\/healthPort.*minimum/],
+      ["batchWorker.healthPort=70000", /batchWorker\/healthPort.*maximum/],
     ];
     for (const [set, message] of bad) {
       const run = spawnSync(helm, ["template", "tandem", CHART, "--set", set], { encoding: "utf8" });

@@ -4,6 +4,9 @@
  * trace; once connected, programs reconnect forever, quickly, because the control plane
  * and every worker's map depend on it.
  */
+import { createSecureContext, checkServerIdentity, type PeerCertificate } from "node:tls";
+import { X509Certificate } from "node:crypto";
+import { isIP } from "node:net";
 import {
   AuthorizationError,
   type Authenticator,
@@ -11,6 +14,8 @@ import {
   credsAuthenticator,
   type NatsConnection,
   nkeyAuthenticator,
+  TimeoutError,
+  type TlsOptions,
   UserAuthenticationExpiredError,
 } from "@nats-io/transport-node";
 import {
@@ -31,6 +36,20 @@ export interface NatsCredentials {
   nkeySeedFile?: string;
   /** A `.creds` file. */
   credsFile?: string;
+  /** TLS to the server. @default plaintext, unless the server asks for TLS (then the system's CAs verify it) */
+  tls?: NatsTlsFiles;
+}
+
+/**
+ * TLS to NATS from PEM files (settings natsTlsCa, natsTlsCert, natsTlsKey). With a CA the
+ * connection is TLS or nothing, and the server must present a certificate the CA signed
+ * for the address dialled; the client certificate is for a server that verifies clients
+ * (`tls { verify: true }`). Optional here so that connectNats can name what is missing.
+ */
+export interface NatsTlsFiles {
+  caFile?: string;
+  certFile?: string;
+  keyFile?: string;
 }
 
 export interface NatsConnectOptions {
@@ -46,28 +65,43 @@ export interface NatsConnectOptions {
 
 export async function connectNats(url: string, options: NatsConnectOptions = {}): Promise<NatsConnection> {
   const reconnect = options.reconnect ?? true;
-  // Read before connecting: a credentials file that cannot be read names its setting,
-  // rather than passing for an unreachable server.
+  // Several servers, comma-separated: the client fails over between them.
+  const servers = url.split(",").map((server) => server.trim());
+  // Read before connecting: a credentials or certificate file that cannot be read names its
+  // setting, rather than passing for an unreachable server.
   const authenticator = authenticatorOf(options.credentials);
+  const tlsFiles = options.credentials?.tls;
+  const tls = tlsFiles ? tlsOptionsOf(tlsFiles, servers) : undefined;
   try {
     return await connect({
-      // Several servers, comma-separated: the client fails over between them.
-      servers: url.split(",").map((server) => server.trim()),
+      servers,
       name: options.name,
       authenticator,
+      tls,
       timeout: options.timeoutMs ?? 5000,
       maxReconnectAttempts: reconnect ? -1 : 0,
       reconnectTimeWait: 250,
     });
   } catch (error) {
     const cause = (error as Error).message || String(error);
-    const where = url
-      .split(",")
-      .map((server) => redactedUrl(server.trim()))
-      .join(",");
+    const where = servers.map((server) => redactedUrl(server)).join(",");
     if (error instanceof AuthorizationError || error instanceof UserAuthenticationExpiredError)
       throw new UnauthenticatedError(`NATS at ${where} refused the credentials (${cause})`);
-    throw new UnavailableError(`NATS at ${where} cannot be reached (${cause})`, { cause: error });
+    if (isCertificateVerificationError(error))
+      throw new FailedPreconditionError(
+        "natsTlsCa",
+        tls
+          ? `NATS at ${where} presented a certificate this CA does not verify (${cause})`
+          : `NATS at ${where} asks for TLS, and its certificate is not one the system's CAs verify (${cause}): set natsTlsCa`,
+        { cause: error },
+      );
+    // A server that verifies clients closes a TLS 1.3 connection without a client
+    // certificate after the handshake: the client sees only its wait for the server run out.
+    const hint =
+      error instanceof TimeoutError && tlsFiles && tlsFiles.certFile === undefined
+        ? "; a NATS that verifies clients needs natsTlsCert and natsTlsKey"
+        : "";
+    throw new UnavailableError(`NATS at ${where} cannot be reached (${cause}${hint})`, { cause: error });
   }
 }
 
@@ -80,6 +114,89 @@ export async function connectNats(url: string, options: NatsConnectOptions = {})
  */
 export function kvReplicas(nc: NatsConnection): number {
   return nc.info?.cluster ? 3 : 1;
+}
+
+/**
+ * The TLS options of a connection, once the files are known to make a client TLS can use:
+ * a missing partner setting, a file it cannot read, text that is no certificate or key, or
+ * a key that is not the certificate's is named now, not as a handshake failing later.
+ * The client is handed the paths, not the contents: it reads them again at each reconnect,
+ * so certificates replaced on disk (a rotated Secret) take effect without a restart.
+ */
+function tlsOptionsOf(files: NatsTlsFiles, servers: string[]): TlsOptions {
+  if (files.certFile !== undefined && files.keyFile === undefined)
+    throw new FailedPreconditionError("natsTlsKey", "required with natsTlsCert");
+  if (files.keyFile !== undefined && files.certFile === undefined)
+    throw new FailedPreconditionError("natsTlsCert", "required with natsTlsKey");
+  // The CA alone makes TLS; a client certificate without one would leave the server unverified.
+  if (files.caFile === undefined)
+    throw new FailedPreconditionError(
+      "natsTlsCa",
+      files.certFile === undefined ? "required for TLS" : "required with natsTlsCert",
+    );
+  const usable = (setting: string, file: string, attempt: () => void) => {
+    try {
+      attempt();
+    } catch (error) {
+      throw new FailedPreconditionError(
+        setting,
+        `${file} cannot be used for TLS (${(error as Error).message})`,
+      );
+    }
+  };
+  const ca = readSecretFile(files.caFile, "natsTlsCa");
+  // Node takes text that holds no certificate as an empty list of CAs, which trusts nothing.
+  usable("natsTlsCa", files.caFile, () => {
+    new X509Certificate(ca);
+    createSecureContext({ ca });
+  });
+  if (files.certFile !== undefined && files.keyFile !== undefined) {
+    const cert = readSecretFile(files.certFile, "natsTlsCert");
+    const key = readSecretFile(files.keyFile, "natsTlsKey");
+    usable("natsTlsCert", files.certFile, () => createSecureContext({ cert }));
+    usable("natsTlsKey", files.keyFile, () => createSecureContext({ cert, key }));
+  }
+  // The node transport hands these options on to tls.connect, checkServerIdentity with them.
+  const options: TlsOptions & { checkServerIdentity: typeof checkServerIdentity } = {
+    caFile: files.caFile,
+    certFile: files.certFile,
+    keyFile: files.keyFile,
+    checkServerIdentity: serverIdentityCheck(servers),
+  };
+  return options;
+}
+
+/**
+ * nats.js tells Node's TLS no server name when the URL gives an IP address (SNI takes no
+ * addresses), and Node then checks the certificate against "localhost". For such a URL the
+ * certificate is checked against the addresses the URL names instead: each is a server
+ * the operator listed, verified by the same CA.
+ */
+function serverIdentityCheck(servers: string[]): typeof checkServerIdentity {
+  const addresses = servers.map(hostOf).filter((host) => isIP(host) !== 0);
+  return (hostname: string, cert: PeerCertificate) => {
+    const error = checkServerIdentity(hostname, cert);
+    if (!error || hostname !== "localhost") return error;
+    return addresses.some((address) => checkServerIdentity(address, cert) === undefined) ? undefined : error;
+  };
+}
+
+/** The host of a server as natsUrl lists it (`nats://host:port`, `host:port`, `tls://[::1]:port`). */
+function hostOf(server: string): string {
+  try {
+    return new URL(server.includes("://") ? server : `nats://${server}`).hostname.replace(/^\[|\]$/g, "");
+  } catch {
+    return "";
+  }
+}
+
+/** Node's errors for a peer certificate that does not verify (not the alerts a server sends). */
+function isCertificateVerificationError(error: unknown): boolean {
+  if (typeof error !== "object" || error === null) return false;
+  const code = (error as { code?: unknown }).code ?? (error as { cause?: { code?: unknown } }).cause?.code;
+  return (
+    typeof code === "string" && !code.includes("ALERT") && /CERT|SIGNATURE|INVALID_CA|HOSTNAME/.test(code)
+  );
 }
 
 function authenticatorOf(credentials: NatsCredentials | undefined): Authenticator | undefined {

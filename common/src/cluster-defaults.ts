@@ -26,7 +26,11 @@ export function checkClusterName(name: string): void {
     throw new InvalidArgumentError("cluster", `${CLUSTER_NAME_RULE}, got ${JSON.stringify(name)}`);
 }
 
-/** How a program that joins a cluster proves itself to NATS (files, e.g. a mounted Secret). */
+/**
+ * How a program that joins a cluster proves itself to NATS, and how it knows NATS (files,
+ * e.g. a mounted Secret). The TLS settings are checked together when the program connects
+ * (cluster's connectNats), so every program that spreads these gets the same rules.
+ */
 export const NATS_CREDENTIAL_SETTINGS = {
   natsNkeySeed: z
     .string()
@@ -34,14 +38,39 @@ export const NATS_CREDENTIAL_SETTINGS = {
     .optional()
     .meta({ description: "file holding this party's NATS NKey seed (SU…); NATS's permissions for it apply" }),
   natsCreds: z.string().min(1).optional().meta({ description: "NATS .creds file (user JWT and seed)" }),
+  natsTlsCa: z.string().min(1).optional().meta({
+    description:
+      "PEM CA of the NATS servers: connect to NATS over TLS only, and verify the server against it",
+  }),
+  natsTlsCert: z.string().min(1).optional().meta({
+    description: "PEM client certificate for a NATS that verifies clients (with natsTlsKey and natsTlsCa)",
+  }),
+  natsTlsKey: z.string().min(1).optional().meta({ description: "PEM private key of natsTlsCert" }),
 };
 
-/** The credential files those settings name, as a NATS connection takes them. */
-export function natsCredentialsOf(settings: { natsNkeySeed?: string; natsCreds?: string }): {
+/** The files those settings name, as a NATS connection (cluster's NatsCredentials) takes them. */
+export function natsCredentialsOf(settings: {
+  natsNkeySeed?: string;
+  natsCreds?: string;
+  natsTlsCa?: string;
+  natsTlsCert?: string;
+  natsTlsKey?: string;
+}): {
   nkeySeedFile?: string;
   credsFile?: string;
+  tls?: { caFile?: string; certFile?: string; keyFile?: string };
 } {
-  return { nkeySeedFile: settings.natsNkeySeed, credsFile: settings.natsCreds };
+  const tlsSet =
+    settings.natsTlsCa !== undefined ||
+    settings.natsTlsCert !== undefined ||
+    settings.natsTlsKey !== undefined;
+  return {
+    nkeySeedFile: settings.natsNkeySeed,
+    credsFile: settings.natsCreds,
+    tls: tlsSet
+      ? { caFile: settings.natsTlsCa, certFile: settings.natsTlsCert, keyFile: settings.natsTlsKey }
+      : undefined,
+  };
 }
 
 /**

@@ -2,6 +2,12 @@
 export * from "./tandem-protos.ts";
 export { startGrpcServer, type RunningServer, type ServingOptions } from "./grpc-server.ts";
 export { HealthService, MAX_HEALTH_WATCHES, type ServingStatus } from "./health-service.ts";
+export {
+  LIVENESS_SERVICE,
+  startHealthServer,
+  type HealthServer,
+  type HealthServerOptions,
+} from "./health-server.ts";
 export type { GrpcClientConstructor, GrpcService } from "./service-definitions.ts";
 export { STATUS_BY_CODE, errorOfStatus, failCall, statusOf, type WireStatus } from "./error-status.ts";
 export {

@@ -10,22 +10,47 @@ export interface TestNatsServer {
   url: string;
   port: number;
   stop(): Promise<void>;
-  /** Stops and starts the server on the same port; `emptyStore` first deletes its JetStream storage (a lost disk). */
-  restart(options?: { emptyStore?: boolean }): Promise<void>;
+  /**
+   * Stops and starts the server on the same port; `emptyStore` first deletes its JetStream
+   * storage (a lost disk); `whileStopped` runs before it starts again (to watch an outage).
+   */
+  restart(options?: { emptyStore?: boolean; whileStopped?: () => Promise<unknown> }): Promise<void>;
 }
 
 export interface NatsServerOptions {
   /** nats-server configuration (e.g. `authorization { users = [...] }`), besides address, port and JetStream. */
   config?: string;
+  /** Serve TLS only, with this certificate and key (PEM files). @default plaintext */
+  tls?: {
+    cert: string;
+    key: string;
+    /** CA of client certificates; with `verify`, a client must present one it signed. */
+    ca?: string;
+    /** Refuse clients without a certificate of `ca`. @default false */
+    verify?: boolean;
+  };
+}
+
+/** The nats-server `tls` block of those options. */
+function tlsBlock(tls: NonNullable<NatsServerOptions["tls"]>): string {
+  return [
+    "tls {",
+    `  cert_file: ${JSON.stringify(tls.cert)}`,
+    `  key_file: ${JSON.stringify(tls.key)}`,
+    ...(tls.ca ? [`  ca_file: ${JSON.stringify(tls.ca)}`] : []),
+    `  verify: ${tls.verify ?? false}`,
+    "}",
+  ].join("\n");
 }
 
 export async function startNatsServer(options: NatsServerOptions = {}): Promise<TestNatsServer> {
   const port = await freePort();
   const storage = mkdtempSync(join(tmpdir(), "tandem-nats-"));
   const configArgs: string[] = [];
-  if (options.config) {
+  const config = [options.config, options.tls && tlsBlock(options.tls)].filter(Boolean).join("\n");
+  if (config) {
     const file = join(storage, "nats.conf");
-    writeFileSync(file, options.config);
+    writeFileSync(file, config + "\n");
     configArgs.push("-c", file);
   }
   let child: ChildProcess | undefined;
@@ -63,6 +88,7 @@ export async function startNatsServer(options: NatsServerOptions = {}): Promise<
     restart: async (restartOptions = {}) => {
       await stop();
       if (restartOptions.emptyStore) rmSync(join(storage, "jetstream"), { recursive: true, force: true });
+      await restartOptions.whileStopped?.();
       await launch();
     },
   };

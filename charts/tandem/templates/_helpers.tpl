@@ -73,3 +73,77 @@ readOnlyRootFilesystem: true
 capabilities:
   drop: ["ALL"]
 {{- end -}}
+
+{{/*
+NATS credential and TLS of one program, from Secrets mounted as files (never values):
+call with (dict "root" $ "prefix" "TANDEM_WORKER" "role" "cloudWorker").
+*/}}
+{{- define "tandem.natsEnv" -}}
+{{- $credential := index .root.Values.nats.credentials .role -}}
+{{- $tls := .root.Values.nats.tls -}}
+{{- if $credential.secretName }}
+- name: {{ .prefix }}_{{ ternary "NATS_CREDS" "NATS_NKEY_SEED" (eq $credential.type "creds") }}
+  value: {{ printf "/etc/tandem/nats/credentials/%s" $credential.key | quote }}
+{{- end }}
+{{- if $tls.caSecret }}
+- name: {{ .prefix }}_NATS_TLS_CA
+  value: /etc/tandem/nats/ca/ca.crt
+{{- end }}
+{{- if $tls.clientCertSecret }}
+- name: {{ .prefix }}_NATS_TLS_CERT
+  value: /etc/tandem/nats/client/tls.crt
+- name: {{ .prefix }}_NATS_TLS_KEY
+  value: /etc/tandem/nats/client/tls.key
+{{- end }}
+{{- end -}}
+
+{{- define "tandem.natsVolumeMounts" -}}
+{{- if (index .root.Values.nats.credentials .role).secretName }}
+- name: nats-credentials
+  mountPath: /etc/tandem/nats/credentials
+  readOnly: true
+{{- end }}
+{{- if .root.Values.nats.tls.caSecret }}
+- name: nats-ca
+  mountPath: /etc/tandem/nats/ca
+  readOnly: true
+{{- end }}
+{{- if .root.Values.nats.tls.clientCertSecret }}
+- name: nats-client-tls
+  mountPath: /etc/tandem/nats/client
+  readOnly: true
+{{- end }}
+{{- end -}}
+
+{{- define "tandem.natsVolumes" -}}
+{{- $credential := index .root.Values.nats.credentials .role -}}
+{{- $tls := .root.Values.nats.tls -}}
+{{- if $credential.secretName }}
+# The whole Secret: its key may name each pod's own credential ($(POD_NAME)).
+- name: nats-credentials
+  secret:
+    secretName: {{ $credential.secretName }}
+    # 0400
+    defaultMode: 256
+{{- end }}
+{{- if $tls.caSecret }}
+- name: nats-ca
+  secret:
+    secretName: {{ $tls.caSecret }}
+    items:
+      - key: ca.crt
+        path: ca.crt
+{{- end }}
+{{- if $tls.clientCertSecret }}
+- name: nats-client-tls
+  secret:
+    secretName: {{ $tls.clientCertSecret }}
+    # 0400
+    defaultMode: 256
+    items:
+      - key: tls.crt
+        path: tls.crt
+      - key: tls.key
+        path: tls.key
+{{- end }}
+{{- end -}}

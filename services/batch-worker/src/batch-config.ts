@@ -44,5 +44,14 @@ export const BATCH_CONFIG_SCHEMA = z
       description:
         "directories the files named in jobs (models, texts, outputs, caches) must lie in, comma-separated (default: the working directory)",
     }),
+    healthHost: z
+      .string()
+      .min(1)
+      .default("127.0.0.1")
+      .meta({ description: "address of the health service (with healthPort)" }),
+    healthPort: z.int().min(1).max(65535).optional().meta({
+      description:
+        "port of a gRPC health service (grpc.health.v1, plaintext) for probes: SERVING while taking jobs with Redis connected (none: off)",
+    }),
   })
   .strict();

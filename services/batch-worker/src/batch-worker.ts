@@ -77,6 +77,8 @@ export function batchWorkerOptions(options: BatchWorkerOptions): WorkerOptions {
 export interface BatchWorker {
   /** Jobs finished by this process, per outcome (for logs and tests). */
   readonly counts: { completed: number; failed: number };
+  /** Whether every kind's worker is running with its Redis connections up (what its probe reports). */
+  healthy(): boolean;
   close(): Promise<void>;
 }
 
@@ -107,9 +109,17 @@ export async function startBatchWorker(options: BatchWorkerOptions, log: Logger)
     return worker;
   });
   await Promise.all(workers.map((w) => w.waitUntilReady()));
+  // Each worker's connections: one for commands and one for its blocking wait for jobs.
+  const clients = await Promise.all(
+    workers.flatMap((w) => {
+      const backend = w.getBackend();
+      return backend.blockingClient ? [backend.client, backend.blockingClient] : [backend.client];
+    }),
+  );
   log.info({ prefix: workerOptions.prefix, kinds: options.kinds ?? JOB_KINDS }, "batch worker ready");
   return {
     counts,
+    healthy: () => workers.every((w) => w.isRunning()) && clients.every((c) => c.status === "ready"),
     async close() {
       await Promise.all(workers.map((w) => w.close()));
     },

@@ -43,6 +43,15 @@ export const CONTROL_CONFIG_SCHEMA = z
     expertWindowMs: durationMs(50)
       .default(DEFAULT_CONTROLLER_OPTIONS.expertWindowMs)
       .meta({ description: "expert load window" }),
+    healthHost: z
+      .string()
+      .min(1)
+      .default("127.0.0.1")
+      .meta({ description: "address of the health service (with healthPort)" }),
+    healthPort: z.int().min(1).max(65535).optional().meta({
+      description:
+        "port of a gRPC health service (grpc.health.v1, plaintext) for probes: SERVING while connected to NATS and ticking (none: off)",
+    }),
   })
   .strict()
   .superRefine((config, context) => {

@@ -46,6 +46,8 @@ export class Controller {
   private running = false;
   /** Shard maps this replica wrote (for tests and status). */
   written = 0;
+  /** When the last tick that ran without error ended (epoch ms): its health check reads it. */
+  lastTickAt?: number;
 
   private constructor(
     private readonly registry: NodeRegistry,
@@ -101,6 +103,7 @@ export class Controller {
   async tick(): Promise<void> {
     if (this.running) return;
     this.running = true;
+    let failed = false;
     try {
       const wasLeader = this.lease.isLeader();
       const leader = await this.lease.tick();
@@ -126,9 +129,11 @@ export class Controller {
         );
       }
     } catch (error) {
+      failed = true;
       this.log.warn({ err: (error as Error).message }, "control-plane tick failed");
     } finally {
       this.running = false;
+      if (!failed) this.lastTickAt = Date.now();
     }
   }
 

@@ -1,14 +1,21 @@
 /**
  * `tandem-control-plane`: one control-plane replica. Run several; one leads at a time.
- * Settings from --config FILE, TANDEM_CONTROL_* variables and flags.
+ * Settings from --config FILE, TANDEM_CONTROL_* variables and flags. With healthPort it
+ * serves grpc.health.v1 for probes: SERVING while connected to NATS and ticking.
  */
 import { hostname } from "node:os";
+import type { NatsConnection } from "@nats-io/transport-node";
 import { connectNats } from "@tandem/cluster";
 import { natsCredentialsOf, runProgram, type ProgramDefinition } from "@tandem/common";
+import { startHealthServer } from "@tandem/proto";
 import { CONTROL_CONFIG_SCHEMA, CONTROL_ENV_PREFIX } from "./control-config.ts";
 import { Controller } from "./controller.ts";
 
 const replicaIdOf = (configured: string | undefined) => configured ?? `${hostname()}-${process.pid}`;
+
+/** How old a replica's last good tick may be, in ticks and slack, while it reports SERVING. */
+const HEALTHY_TICKS = 3;
+const TICK_SLACK_MS = 1000;
 
 export const CONTROL_PROGRAM: ProgramDefinition<typeof CONTROL_CONFIG_SCHEMA> = {
   name: "tandem-control-plane",
@@ -18,20 +25,65 @@ export const CONTROL_PROGRAM: ProgramDefinition<typeof CONTROL_CONFIG_SCHEMA> = 
   logFields: (config) => ({ replica: replicaIdOf(config.replicaId) }),
   async start(config, log) {
     const replicaId = replicaIdOf(config.replicaId);
-    const nc = await connectNats(config.natsUrl, {
-      name: `tandem-control-plane ${replicaId}`,
-      credentials: natsCredentialsOf(config),
-    });
-    const controller = await Controller.start(nc, { ...config, replicaId }, log);
+    // Listening first: a health port that cannot be had stops the start before NATS is touched.
+    let healthy = () => false;
+    const health =
+      config.healthPort === undefined
+        ? undefined
+        : await startHealthServer({
+            host: config.healthHost,
+            port: config.healthPort,
+            healthy: () => healthy(),
+          });
+    let nc: NatsConnection | undefined;
+    let controller: Controller;
+    try {
+      nc = await connectNats(config.natsUrl, {
+        name: `tandem-control-plane ${replicaId}`,
+        credentials: natsCredentialsOf(config),
+      });
+      controller = await Controller.start(nc, { ...config, replicaId }, log);
+    } catch (error) {
+      await nc?.close();
+      await health?.close();
+      throw error;
+    }
+    const connection = nc;
+    healthy = replicaHealth(connection, controller, config.tickMs);
+    if (health) log.info({ address: health.address }, "serving health checks");
     return {
       readyLine: `running ${replicaId}`,
       async close() {
+        health?.stopServing();
         await controller.stop();
-        await nc.close();
+        await connection.close();
+        await health?.close();
       },
     };
   },
 };
+
+/**
+ * A replica is healthy while connected to NATS and its last good tick is recent: at most
+ * HEALTHY_TICKS ticks old, plus slack for a slow one (a leader writing a large map). A
+ * loop stuck on NATS, or failing every tick, goes NOT_SERVING within seconds.
+ */
+function replicaHealth(nc: NatsConnection, controller: Controller, tickMs: number): () => boolean {
+  const tickedWithinMs = HEALTHY_TICKS * tickMs + TICK_SLACK_MS;
+  let connected = true;
+  // The client reconnects by itself; its status events say when it is away.
+  void (async () => {
+    for await (const status of nc.status()) {
+      if (status.type === "disconnect") connected = false;
+      else if (status.type === "reconnect") connected = true;
+    }
+  })().catch(() => undefined);
+  return () =>
+    connected &&
+    !nc.isClosed() &&
+    controller.lastTickAt !== undefined &&
+    Date.now() - controller.lastTickAt <= tickedWithinMs;
+}
 
 export function main(argv: string[]): Promise<number> {
   return runProgram(CONTROL_PROGRAM, argv);
