@@ -15,6 +15,14 @@ import { startCloudWorker, type CloudWorker } from "@tandem/cloud-worker";
 import { CloudLinks, DEFAULT_CLOUD_LINK_OPTIONS, StaticCloudRoute } from "@tandem/edge-agent";
 import { type Checkpoint, GREEDY, loadCheckpoint, loadLocalSplit } from "@tandem/runtime";
 import { TINY_LLAMA, writeRandomCheckpoint } from "@tandem/runtime/testing";
+import {
+  caPaths,
+  devicePaths,
+  initCertificateAuthority,
+  issueDeviceCertificate,
+  issueServerCertificate,
+  serverPaths,
+} from "@tandem/proto/certificates";
 import { freePort, startNatsServer, type TestNatsServer, until } from "@tandem/testkit";
 
 const SPLIT = 2;
@@ -25,6 +33,7 @@ let checkpoint: Checkpoint;
 let hidden: Float32Array; // split-layer hidden states of 8 positions
 let nats: TestNatsServer;
 let nc: NatsConnection;
+let certs: string;
 
 beforeAll(async () => {
   dir = mkdtempSync(join(tmpdir(), "tandem-failover-"));
@@ -36,6 +45,10 @@ beforeAll(async () => {
   await local.release();
   nats = await startNatsServer();
   nc = await connect({ servers: nats.url });
+  certs = join(dir, "certs");
+  await initCertificateAuthority(certs);
+  await issueServerCertificate(certs, "worker", ["127.0.0.1"]);
+  await issueDeviceCertificate(certs, "phone");
 });
 
 afterAll(async () => {
@@ -47,7 +60,10 @@ afterAll(async () => {
 /** Each worker's id, as the map names it. */
 const workerIds = new Map<CloudWorker, string>();
 
-const startWorker = async (workerId: string, options: { cluster?: string; port?: number } = {}) => {
+const startWorker = async (
+  workerId: string,
+  options: { cluster?: string; port?: number; mutualTls?: boolean } = {},
+) => {
   const worker = await startCloudWorker(
     {
       modelDir: join(dir, "model"),
@@ -56,6 +72,9 @@ const startWorker = async (workerId: string, options: { cluster?: string; port?:
       port: options.port ?? 0,
       cacheDir: join(dir, "graphs"),
       cluster: options.cluster ? { natsUrl: nats.url, name: options.cluster } : undefined,
+      tls: options.mutualTls
+        ? { ...serverPaths(certs, "worker"), ca: caPaths(certs).cert, crl: caPaths(certs).crl }
+        : undefined,
     },
     log,
   );
@@ -63,12 +82,17 @@ const startWorker = async (workerId: string, options: { cluster?: string; port?:
   return worker;
 };
 
-function edgeLinks(address: string, deadlineMs: number = DEFAULT_CLOUD_LINK_OPTIONS.deadlineMs): CloudLinks {
+function edgeLinks(
+  address: string,
+  deadlineMs: number = DEFAULT_CLOUD_LINK_OPTIONS.deadlineMs,
+  mutualTls = false,
+): CloudLinks {
   return new CloudLinks(
     {
       ...DEFAULT_CLOUD_LINK_OPTIONS,
       codec: "fp32",
       deadlineMs,
+      tls: mutualTls ? { ca: caPaths(certs).cert, ...devicePaths(certs, "phone") } : undefined,
       backoff: { ...CLOUD_LINK_BACKOFF, initialDelayMs: 50, maxDelayMs: 100 },
     },
     {
@@ -129,20 +153,24 @@ async function placeAllOn(
   return written;
 }
 
-describe("a session the placement map moves while its stream is open", () => {
+describe.each([
+  { link: "plaintext", mutualTls: false, key: "moving-session" },
+  // The device proves itself to the new owner too: its session lives in its namespace there.
+  { link: "mutual TLS", mutualTls: true, key: "phone/moving-session" },
+])("a session the placement map moves while its stream is open ($link)", ({ mutualTls, key }) => {
   it("is redirected at its next frame to the new owner, replays there, and the old owner applies nothing of it", async () => {
-    const cluster = `moves${process.pid}`;
-    const a = await startWorker("a", { cluster });
-    const b = await startWorker("b", { cluster });
+    const cluster = `moves${process.pid}${mutualTls ? "tls" : ""}`;
+    const a = await startWorker("a", { cluster, mutualTls });
+    const b = await startWorker("b", { cluster, mutualTls });
     const store = await openShardMap(nc, controlPlaneNames(cluster));
-    const links = edgeLinks(a.server.address);
+    const links = edgeLinks(a.server.address, DEFAULT_CLOUD_LINK_OPTIONS.deadlineMs, mutualTls);
     const session = links.session("moving-session");
     let last: number | undefined;
     try {
       const first = await placeAllOn(store, 1, a, [a, b], undefined);
       last = first;
       expect(await session.extend(frame(0, 4))).toBeDefined();
-      expect(a.contexts.contextLength("moving-session")).toBe(4);
+      expect(a.contexts.contextLength(key)).toBe(4);
 
       last = await placeAllOn(store, 2, b, [a, b], first);
       // The open stream to a gets SessionMoved instead of an answer; b holds nothing yet.
@@ -151,8 +179,8 @@ describe("a session the placement map moves while its stream is open", () => {
       await expect(moved).rejects.toMatchObject({ resumeFrom: 0 });
       // The generator replays from 0, now at b.
       expect(await session.extend(frame(0, 6))).toBeDefined();
-      expect(b.contexts.contextLength("moving-session")).toBe(6);
-      expect(a.contexts.sessionIds()).not.toContain("moving-session");
+      expect(b.contexts.contextLength(key)).toBe(6);
+      expect(a.contexts.sessionIds()).not.toContain(key);
       expect(a.counters.redirected).toBe(1);
       expect(a.counters.positions).toBe(4);
     } finally {

@@ -128,7 +128,8 @@ async function busyWorkers(): Promise<string[]> {
   const nc = await connect({ servers: nats.url });
   try {
     const registry = await NodeRegistry.open(nc, controlPlaneNames(cluster));
-    for (let i = 0; i < 60; i++) {
+    // Heartbeats come every 500 ms; a loaded machine may delay a few.
+    for (let i = 0; i < 200; i++) {
       const busy = registry.alive().filter((n) => n.load.sessions > 0);
       if (busy.length > 0) return busy.map((n) => n.id);
       await new Promise((r) => setTimeout(r, 50));
