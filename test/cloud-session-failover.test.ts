@@ -196,6 +196,42 @@ describe.each([
   });
 });
 
+describe("an owner that dies while the worker the edge knows still names it", () => {
+  it("is waited for, redirect after redirect, until the map moves the session: then it replays at the new owner", async () => {
+    const cluster = `dies${process.pid}`;
+    const entry = await startWorker("entry", { cluster });
+    const owner = await startWorker("owner", { cluster });
+    const store = await openShardMap(nc, controlPlaneNames(cluster));
+    const links = edgeLinks(entry.server.address);
+    const session = links.session("orphan");
+    try {
+      const first = await placeAllOn(store, 1, owner, [entry, owner], undefined);
+      expect(await session.extend(frame(0, 4))).toBeDefined();
+      expect(owner.contexts.contextLength("orphan")).toBe(4);
+      // The owner's server goes away at once; the map still names it for a second, so the
+      // entry keeps sending the edge there (many more redirects than MAX_REDIRECTS).
+      owner.server.server.forceShutdown();
+      const extended = session.extend(frame(4, 2));
+      await new Promise((resolve) => setTimeout(resolve, 1000));
+      await placeAllOn(store, 2, entry, [entry, owner], first);
+      await expect(extended).rejects.toMatchObject({ resumeFrom: 0 });
+      expect(await session.extend(frame(0, 6))).toBeDefined();
+      expect(entry.contexts.contextLength("orphan")).toBe(6);
+    } finally {
+      await session.close();
+      await links.close();
+      const current = await store.read();
+      if (current)
+        await store.write(
+          { ...current.record, version: current.record.version + 1, shards: {} },
+          current.revision,
+        );
+      await entry.close(100);
+      await owner.close(100).catch(() => undefined);
+    }
+  });
+});
+
 describe("a cloud that is unreachable", () => {
   it("costs a session one deadline: later frames fail at once while a background probe waits for the worker, which then serves again", async () => {
     const port = await freePort();

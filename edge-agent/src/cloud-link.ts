@@ -296,6 +296,10 @@ export class CloudSession implements UpperSegment {
         if (!(error instanceof UnavailableError)) throw error;
         firstFailure ??= error;
         this.movedTo = undefined;
+        // The limit is on redirects in a row (workers sending the session round in circles):
+        // a worker that redirects to an owner that is down, until its map moves, is paced
+        // by the wait below and bounded by the deadline.
+        redirects = 0;
         const now = Date.now();
         // The outage began when this frame started waiting for the cloud.
         this.outageSince ??= started;
