@@ -48,6 +48,36 @@ export const BENCH_OPTION_SCHEMAS = {
         .meta({ description: "internal: run one case (JSON) in this process" }),
     })
     .strict(),
+  chaos: z
+    .object({
+      runs: z.int().min(1).optional().meta({ description: "runs of each fault (default 5; --smoke 1)" }),
+      tokens: z
+        .int()
+        .min(4)
+        .max(1024)
+        .optional()
+        .meta({ description: "tokens per generation (default 40; --smoke 24)" }),
+      observeMs: z.int().min(100).optional().meta({
+        description:
+          "generations go on back to back this long after each fault (default 10000; --smoke 4000)",
+      }),
+      seed: z.int().optional().meta({ description: "seed of the fault points and targets (default 1)" }),
+      mode: z
+        .enum(["cloud-only", "auto"])
+        .optional()
+        .meta({ description: "generation mode: cloud-only (default), or auto with the demo's calibration" }),
+      faults: z
+        .array(z.enum(["worker_kill", "leader_kill", "nats_restart", "nats_server_kill", "redis_restart"]))
+        .min(1)
+        .optional()
+        .meta({ description: "faults to run, comma-separated (default: all)" }),
+      logDir: z
+        .string()
+        .min(1)
+        .optional()
+        .meta({ description: "write each program's log (level info) to this directory when it stops" }),
+    })
+    .strict(),
 } as const;
 
 export type BenchName = keyof typeof BENCH_OPTION_SCHEMAS;

@@ -1,5 +1,9 @@
-/** A redis-server of the test's own (a free port, its files in a temp dir, nothing persisted). */
-import { spawn } from "node:child_process";
+/**
+ * A redis-server of the test's own (a free port, its files in a temp dir). Nothing is
+ * persisted unless asked: `appendOnly` keeps an append-only file, so that a restart keeps
+ * what was written (a Redis deployed for BullMQ is run that way).
+ */
+import { spawn, type ChildProcess } from "node:child_process";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -11,6 +15,8 @@ export interface RedisServerOptions {
   tls?: { certFile: string; keyFile: string; caFile: string };
   /** More redis-server arguments, e.g. an ACL user: `--user tandem on >password ~* &* +@all`. */
   args?: string[];
+  /** Keep an append-only file, fsynced as named, so a restart keeps the data. @default nothing persisted */
+  appendOnly?: { fsync: "always" | "everysec" };
 }
 
 export interface TestRedisServer {
@@ -18,16 +24,21 @@ export interface TestRedisServer {
   url: string;
   port: number;
   /**
-   * Kills the server (SIGKILL: it holds nothing worth saving, and a test may play a Redis
-   * lost mid-use) and removes its files.
+   * Kills the server (SIGKILL: a test may play a Redis lost mid-use) and removes its files.
    */
   stop(): Promise<void>;
+  /**
+   * Stops the server as a service manager would (SIGTERM: Redis flushes its append-only file
+   * and exits) and starts it again on the same port and files. Without `appendOnly` the
+   * server comes back empty.
+   */
+  restart(): Promise<void>;
 }
 
 export async function startRedisServer(options: RedisServerOptions = {}): Promise<TestRedisServer> {
   const port = await freePort();
   const dir = mkdtempSync(join(tmpdir(), "tandem-redis-"));
-  const { tls } = options;
+  const { tls, appendOnly } = options;
   const listen = tls
     ? [
         ...["--port", "0", "--tls-port", String(port)],
@@ -35,49 +46,64 @@ export async function startRedisServer(options: RedisServerOptions = {}): Promis
         ...["--tls-ca-cert-file", tls.caFile, "--tls-auth-clients", "no"],
       ]
     : ["--port", String(port)];
-  const child = spawn(
-    "redis-server",
-    [
-      ...listen,
-      "--bind",
-      "127.0.0.1",
-      "--dir",
-      dir,
-      "--save",
-      "",
-      "--appendonly",
-      "no",
-      ...(options.args ?? []),
-    ],
-    { stdio: ["ignore", "pipe", "pipe"] },
-  );
-  // The log's tail, to say why a server that would not start did not.
-  let output = "";
-  const keep = (data: Buffer) => (output = (output + data.toString()).slice(-4000));
-  child.stdout!.on("data", keep);
-  child.stderr!.on("data", keep);
-  // One that cannot start (not installed, an argument refused) fails the start at once, not
-  // after the wait for its port.
-  const failed = new Promise<never>((_, reject) => {
-    child.once("error", reject);
-    child.once("exit", (code, signal) =>
-      reject(new Error(`redis-server exited (${code ?? signal}) before listening on ${port}:\n${output}`)),
-    );
-  });
-  failed.catch(() => undefined); // once it listens, its exit is the stop's
+  const persistence = appendOnly
+    ? ["--appendonly", "yes", "--appendfsync", appendOnly.fsync]
+    : ["--appendonly", "no"];
+  const args = [
+    ...listen,
+    ...["--bind", "127.0.0.1", "--dir", dir, "--save", ""],
+    ...persistence,
+    ...(options.args ?? []),
+  ];
+  let child: ChildProcess | undefined;
+
+  const launch = async () => {
+    const started = spawn("redis-server", args, { stdio: ["ignore", "pipe", "pipe"] });
+    child = started;
+    // The log's tail, to say why a server that would not start did not.
+    let output = "";
+    const keep = (data: Buffer) => (output = (output + data.toString()).slice(-4000));
+    started.stdout!.on("data", keep);
+    started.stderr!.on("data", keep);
+    // One that cannot start (not installed, an argument refused) fails the start at once, not
+    // after the wait for its port.
+    const failed = new Promise<never>((_, reject) => {
+      started.once("error", reject);
+      started.once("exit", (code, signal) =>
+        reject(new Error(`redis-server exited (${code ?? signal}) before listening on ${port}:\n${output}`)),
+      );
+    });
+    failed.catch(() => undefined); // once it listens, its exit is the stop's
+    await Promise.race([waitForPort(port, "redis-server"), failed]);
+  };
+
+  const halt = async (signal: NodeJS.Signals) => {
+    const running = child;
+    if (!running || running.pid === undefined || running.exitCode !== null || running.signalCode !== null)
+      return;
+    const exited = new Promise<void>((r) => running.once("exit", () => r()));
+    running.kill(signal);
+    await exited;
+  };
+
   const stop = async () => {
-    if (child.pid !== undefined && child.exitCode === null && child.signalCode === null) {
-      const exited = new Promise<void>((r) => child.once("exit", () => r()));
-      child.kill("SIGKILL");
-      await exited;
-    }
+    await halt("SIGKILL");
     rmSync(dir, { recursive: true, force: true });
   };
+
   try {
-    await Promise.race([waitForPort(port, "redis-server"), failed]);
+    await launch();
   } catch (error) {
     await stop();
     throw error;
   }
-  return { url: `${tls ? "rediss" : "redis"}://127.0.0.1:${port}`, port, stop };
+  return {
+    url: `${tls ? "rediss" : "redis"}://127.0.0.1:${port}`,
+    port,
+    stop,
+    restart: async () => {
+      await halt("SIGTERM");
+      await launch();
+    },
+  };
 }
