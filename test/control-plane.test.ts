@@ -25,6 +25,7 @@ import {
   VersionedMapView,
 } from "@tandem/cluster";
 import { Controller, ExpertPlanner, ShardPlanner } from "@tandem/control-plane";
+import { CLUSTER_DEFAULTS } from "@tandem/common";
 import {
   healthStatus,
   nodeRecord,
@@ -254,6 +255,41 @@ describe("shard placement with more workers than shards", () => {
     expect(second.endpoints.w2).toBe("127.0.0.1:6999");
     expect(second.shards).toEqual(first.shards); // the same workers keep the same shards
     expect(await planner.maybeReplan(moved, 1)).toBeUndefined();
+  });
+});
+
+describe("a worker heartbeating through NATS restarts", () => {
+  it("never counts dead: a heartbeat whose acknowledgement was lost in the restart is stamped anew when tried again", async () => {
+    const names = controlPlaneNames(`restarts${Date.now()}`);
+    // As the programs connect; the shipped TTL.
+    const writerConnection = await connectNats(server.url, { name: "worker" });
+    const readerConnection = await connectNats(server.url, { name: "leader" });
+    const writer = await NodeRecordWriter.open(writerConnection, names);
+    const registry = await NodeRegistry.open(readerConnection, names);
+    // Beats close together, so that some are always in flight while NATS is away.
+    const beat = setInterval(() => void writer.heartbeat(worker("w1")).catch(() => undefined), 50);
+    let oldestSeen = 0;
+    const sample = setInterval(() => {
+      const record = registry.all()[0];
+      if (record) oldestSeen = Math.max(oldestSeen, Date.now() - record.heartbeatAt);
+    }, 50);
+    try {
+      await until("the first heartbeat read", () => (registry.alive().length === 1 ? true : undefined));
+      for (let restart = 0; restart < 2; restart++) {
+        await server.restart();
+        // Longer than a request's default timeout (5 s), which a lost acknowledgement waited out.
+        await new Promise((resolve) => setTimeout(resolve, 5500));
+      }
+      // A put tried again with its first stamp landed after newer ones and took the
+      // record 5 s back (a request's timeout): the leader then took the worker for dead.
+      expect(oldestSeen).toBeLessThan(CLUSTER_DEFAULTS.heartbeatTtlMs);
+    } finally {
+      clearInterval(beat);
+      clearInterval(sample);
+      registry.close();
+      await writerConnection.close();
+      await readerConnection.close();
+    }
   });
 });
 

@@ -7,7 +7,7 @@
  * (kv-record.ts), so watchers take the fresh sequence although its versions and fencing
  * tokens start from 1 again.
  */
-import { JetStreamApiCodes, JetStreamApiError } from "@nats-io/jetstream";
+import { JetStreamApiCodes, JetStreamApiError, jetstream } from "@nats-io/jetstream";
 import { Kvm, type KV, type KvEntry, type KvOptions } from "@nats-io/kv";
 import type { NatsConnection } from "@nats-io/transport-node";
 import { kvReplicas } from "./nats-connection.ts";
@@ -16,6 +16,14 @@ import { kvReplicas } from "./nats-connection.ts";
 export const REWATCH_DELAY_MS = 500;
 /** How often a watch checks that it still delivers what its bucket holds. */
 export const STREAM_CHECK_MS = 2000;
+/**
+ * How long a KV request waits for JetStream's answer before it counts as lost and is tried
+ * again (on the bucket opened anew). The client's default is its connect timeout (5 s): an
+ * acknowledgement lost while NATS restarts then held a heartbeat or a lease renewal back
+ * for longer than the heartbeat TTL or the lease, and the cluster took a live worker for
+ * dead or a live leader for gone.
+ */
+export const KV_REQUEST_TIMEOUT_MS = 1000;
 
 export interface KvBucketOptions {
   name: string;
@@ -170,13 +178,17 @@ async function createBucket(nc: NatsConnection, options: KvBucketOptions): Promi
   const settings: Partial<KvOptions> = { history: options.history, replicas: kvReplicas(nc) };
   if (options.ttlMs !== undefined) settings.ttl = options.ttlMs;
   try {
-    return await new Kvm(nc).create(options.name, settings);
+    return await kvm(nc).create(options.name, settings);
   } catch (error) {
     if (
       settings.replicas === 1 ||
       !(error instanceof JetStreamApiError && REPLICAS_NOT_PLACEABLE.has(error.code))
     )
       throw error;
-    return new Kvm(nc).create(options.name, { ...settings, replicas: 1 });
+    return kvm(nc).create(options.name, { ...settings, replicas: 1 });
   }
+}
+
+function kvm(nc: NatsConnection): Kvm {
+  return new Kvm(jetstream(nc, { timeout: KV_REQUEST_TIMEOUT_MS }));
 }

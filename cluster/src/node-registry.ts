@@ -69,9 +69,16 @@ export class NodeRecordWriter {
     return new NodeRecordWriter(await openNodesBucket(nc, names, ttl));
   }
 
-  async heartbeat(record: Omit<NodeRecord, "heartbeatAt">, now = Date.now()): Promise<void> {
-    const value = JSON.stringify({ ...record, heartbeatAt: now });
-    await this.store.run((kv) => kv.put(record.id, value));
+  /**
+   * Puts the record with a heartbeat of now. A put tried again (its acknowledgement lost,
+   * as when NATS restarts) is stamped anew: the first try may have landed already, and the
+   * retry lands after every heartbeat put meanwhile, so an old stamp would take the node
+   * back in time and make a live node look dead. `now` fixes the stamp (for tests).
+   */
+  async heartbeat(record: Omit<NodeRecord, "heartbeatAt">, now?: number): Promise<void> {
+    await this.store.run((kv) =>
+      kv.put(record.id, JSON.stringify({ ...record, heartbeatAt: now ?? Date.now() })),
+    );
   }
 
   async remove(id: string): Promise<void> {
