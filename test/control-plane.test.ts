@@ -293,6 +293,49 @@ describe("a worker heartbeating through NATS restarts", () => {
   });
 });
 
+describe("a membership watch that has stopped delivering (a NATS server died under it)", () => {
+  it("does not make the leader take a live node for dead: it reads the record of each node that looks dead", async () => {
+    const names = controlPlaneNames(`lagging${Date.now()}`);
+    const registry = await NodeRegistry.open(await open(), names, { heartbeatTtlMs: 500 });
+    const writer = await NodeRecordWriter.open(await open(), names);
+    await writer.heartbeat(worker("w1"));
+    await until("the first heartbeat read", () => (registry.alive().length === 1 ? true : undefined));
+    registry.close(); // its view stays as it is from now on
+    const beat = setInterval(() => void writer.heartbeat(worker("w1")), 100);
+    try {
+      await new Promise((resolve) => setTimeout(resolve, 1000));
+      expect(registry.alive()).toEqual([]);
+      expect((await registry.aliveConfirmed()).map((n) => n.id)).toEqual(["w1"]);
+    } finally {
+      clearInterval(beat);
+    }
+  });
+});
+
+describe("heartbeats that stop landing", () => {
+  it("from every node at once (NATS failing) do not make the leader drop anyone; from one node while others beat, they do", async () => {
+    const names = controlPlaneNames(`silent${Date.now()}`);
+    const registry = await NodeRegistry.open(await open(), names, { heartbeatTtlMs: 500 });
+    const writer = await NodeRecordWriter.open(await open(), names);
+    const beating = new Set(["w1", "w2"]);
+    const beat = setInterval(() => {
+      for (const id of beating) void writer.heartbeat(worker(id));
+    }, 100);
+    const ids = async () => (await registry.aliveConfirmed()).map((n) => n.id);
+    try {
+      await until("both alive", async () => ((await ids()).length === 2 ? true : undefined));
+      beating.clear(); // nothing lands, as while the bucket's stream has no leader
+      await new Promise((resolve) => setTimeout(resolve, 1000));
+      expect(registry.alive()).toEqual([]);
+      expect(await ids()).toEqual(["w1", "w2"]);
+      beating.add("w2"); // heartbeats land again, but w1's do not: w1 is dead
+      await until("w1 counted dead", async () => ((await ids()).join() === "w2" ? true : undefined));
+    } finally {
+      clearInterval(beat);
+    }
+  });
+});
+
 describe("a node record from the future", () => {
   it("is not a member: a heartbeat ten years ahead neither keeps a node alive nor gets it shards", async () => {
     const names = controlPlaneNames(`future${Date.now()}`);

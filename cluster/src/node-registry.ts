@@ -92,6 +92,8 @@ export class NodeRegistry extends NodeRecordWriter {
   /** Latest record per node, kept current by a watch on the bucket. */
   private readonly records = new Map<string, NodeRecord>();
   private stopWatch: () => void = () => undefined;
+  /** The nodes alive when aliveConfirmed last saw heartbeats landing. */
+  private lastFlowing?: NodeRecord[];
 
   private constructor(store: KvBucket, heartbeatTtlMs: number) {
     super(store);
@@ -146,10 +148,42 @@ export class NodeRegistry extends NodeRecordWriter {
     );
   }
 
+  /**
+   * Membership as a leader should act on it: the nodes alive, with two guards against
+   * taking a live node for dead when it is NATS that failed.
+   *
+   * - Each node that looks dead in the watch's view (for less than RECHECK_DEAD_MS) is read
+   *   again, straight from the bucket: when a NATS server dies, a watch can lag for
+   *   seconds (until KvBucket.watch notices and starts it again) while heartbeats still
+   *   land. A read that fails throws: better no decision than one made blind.
+   * - While no node's heartbeat is younger than half the TTL, heartbeats are not landing
+   *   at all (the bucket's stream is electing a leader, say): the nodes alive at the last
+   *   call that saw heartbeats land are returned as they were. A node dies alone; when all
+   *   fall silent together, the silence is NATS's. (Nodes beat every quarter TTL by default.)
+   */
+  async aliveConfirmed(now = Date.now()): Promise<NodeRecord[]> {
+    const looksDead = this.all().filter(
+      (n) => now - n.heartbeatAt > this.heartbeatTtlMs && now - n.heartbeatAt <= RECHECK_DEAD_MS,
+    );
+    for (const node of looksDead) {
+      const entry = await this.store.run((kv) => kv.get(node.id));
+      const record = entry?.operation === "PUT" ? decodeNodeRecord(entry) : undefined;
+      if (record && record.id === node.id && record.heartbeatAt > node.heartbeatAt)
+        this.records.set(node.id, record);
+    }
+    const freshest = Math.max(...this.all().map((n) => n.heartbeatAt));
+    if (this.lastFlowing && now - freshest > this.heartbeatTtlMs / 2) return this.lastFlowing;
+    this.lastFlowing = this.alive(now);
+    return this.lastFlowing;
+  }
+
   close(): void {
     this.stopWatch();
   }
 }
+
+/** How long after its last heartbeat a node that looks dead is still read again before counting so. */
+export const RECHECK_DEAD_MS = 30_000;
 
 function decodeNodeRecord(entry: KvEntry): NodeRecord | undefined {
   try {

@@ -113,7 +113,9 @@ export class Controller {
           "became leader",
         );
       if (!leader) return;
-      const alive = this.registry.alive();
+      // Membership as the leader acts on it: a node that looks dead is read again (the
+      // watch may lag), and none counts dead while no heartbeat lands at all (NATS is down).
+      const alive = await this.registry.aliveConfirmed();
       const token = this.lease.fencingToken;
       if (token === undefined) return; // the lease ran short while reading: do not act
       if (this.experts) {
