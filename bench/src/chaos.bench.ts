@@ -41,7 +41,7 @@ import {
 import type { GenerationMode } from "./chaos/generation-record.ts";
 import { LocalCluster, SPLIT } from "./chaos/local-cluster.ts";
 import type { Reference } from "./chaos/scoring.ts";
-import { type Random, seededRandom } from "./chaos/seeded-random.ts";
+import { type Random, seededRandom } from "./seeded-random.ts";
 
 /** Documentation-flavoured prompts, as the demo model writes. */
 const PROMPTS = [

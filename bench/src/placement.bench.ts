@@ -27,16 +27,7 @@ import {
 } from "@tandem/control-plane";
 import type { BenchOptions, BenchResult } from "./bench-types.ts";
 import { failoverTiming } from "./failover-timing.ts";
-
-function seeded(seed: number): () => number {
-  let state = seed >>> 0 || 1;
-  return () => {
-    state = (state + 0x6d2b79f5) >>> 0;
-    let t = Math.imul(state ^ (state >>> 15), state | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+import { seededRandom } from "./seeded-random.ts";
 
 /** Activation counts of one window: Zipf(s) over a permutation of the experts, with sampling noise. */
 function zipfWindow(
@@ -84,7 +75,7 @@ export default async function placementBenchmark(options: BenchOptions<"placemen
       }));
       const ids = workers.map((w) => w.id);
       for (const trace of ["zipf", "shifting"] as const) {
-        const random = seeded(experts * 1000 + workerCount + (trace === "zipf" ? 0 : 7));
+        const random = seededRandom(experts * 1000 + workerCount + (trace === "zipf" ? 0 : 7));
         let permutation = shuffle(experts, random);
         let current: ExpertPlan | undefined;
         let maxMean = 0;

@@ -56,3 +56,4 @@ export {
 } from "./retry-policy.ts";
 export { readSecretFile } from "./secret-file.ts";
 export { redactedUrl } from "./redacted-url.ts";
+export { healthSettings } from "./health-settings.ts";

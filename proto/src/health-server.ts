@@ -22,8 +22,8 @@ export interface HealthServerOptions {
   /** @default "127.0.0.1" */
   host?: string;
   port: number;
-  /** Whether the program is healthy now: connected to what it needs, its loop running. */
-  healthy: () => boolean;
+  /** Whether the program is healthy now (see reportFrom). @default not yet: NOT_SERVING */
+  healthy?: () => boolean;
   /** How often `healthy` is asked. @default 500 */
   intervalMs?: number;
 }
@@ -31,10 +31,24 @@ export interface HealthServerOptions {
 export interface HealthServer {
   port: number;
   address: string;
+  /**
+   * Reports what `healthy` says from now on: a program listens for probes first (a port it
+   * cannot have stops its start early) and says how it is healthy once it has started.
+   */
+  reportFrom(healthy: () => boolean): void;
   /** Reports NOT_SERVING from now on, whatever `healthy` says (a program stopping). */
   stopServing(): void;
   /** Stops the server (NOT_SERVING first, open Watch calls ended). */
   close(): Promise<void>;
+}
+
+/** A program's health server as its settings ask (none without healthPort). */
+export function startConfiguredHealthServer(settings: {
+  healthHost: string;
+  healthPort?: number;
+}): Promise<HealthServer | undefined> {
+  if (settings.healthPort === undefined) return Promise.resolve(undefined);
+  return startHealthServer({ host: settings.healthHost, port: settings.healthPort });
 }
 
 export async function startHealthServer(options: HealthServerOptions): Promise<HealthServer> {
@@ -54,7 +68,8 @@ export async function startHealthServer(options: HealthServerOptions): Promise<H
         : resolve(bound),
     ),
   );
-  const report = () => health.setStatus("", options.healthy() ? "SERVING" : "NOT_SERVING");
+  let healthy = options.healthy ?? (() => false);
+  const report = () => health.setStatus("", healthy() ? "SERVING" : "NOT_SERVING");
   report();
   let timer: NodeJS.Timeout | undefined = setInterval(report, options.intervalMs ?? 500);
   // A probe server must not keep a program that is otherwise done alive.
@@ -68,6 +83,10 @@ export async function startHealthServer(options: HealthServerOptions): Promise<H
   return {
     port,
     address: `${host}:${port}`,
+    reportFrom(check) {
+      healthy = check;
+      if (timer) report();
+    },
     stopServing,
     async close() {
       stopServing();

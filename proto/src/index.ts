@@ -4,6 +4,7 @@ export { startGrpcServer, type RunningServer, type ServingOptions } from "./grpc
 export { HealthService, MAX_HEALTH_WATCHES, type ServingStatus } from "./health-service.ts";
 export {
   LIVENESS_SERVICE,
+  startConfiguredHealthServer,
   startHealthServer,
   type HealthServer,
   type HealthServerOptions,

@@ -13,7 +13,7 @@
 import { join } from "node:path";
 import { runCli, startProgram, startRedisServer } from "@tandem/testkit";
 import { DEMO_MODEL, REPO_ROOT } from "../bench-paths.ts";
-import { type Random, randomInt } from "./seeded-random.ts";
+import { type Random, randomInt } from "../seeded-random.ts";
 
 export interface BatchSettings {
   runs: number;

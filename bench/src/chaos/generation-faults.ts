@@ -10,7 +10,7 @@ import { TrafficSnapshot } from "./busy-worker.ts";
 import { type GenerationMode, type GenerationRecord, timedGeneration } from "./generation-record.ts";
 import type { LocalCluster } from "./local-cluster.ts";
 import { mapsWritten, type PlacementObservation } from "./placement-observation.ts";
-import { type Random, randomInt } from "./seeded-random.ts";
+import { type Random, randomInt } from "../seeded-random.ts";
 import { longestWait, type Reference, recoveryAfter, scoreGeneration } from "./scoring.ts";
 
 export const GENERATION_FAULTS = ["worker_kill", "leader_kill", "nats_restart", "nats_server_kill"] as const;

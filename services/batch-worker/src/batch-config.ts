@@ -1,6 +1,6 @@
 /** The batch worker's settings (JSON file, TANDEM_BATCH_* variables, flags): one schema, every default once. */
 import { z } from "zod";
-import { CLUSTER_NAME_SETTING, durationMs } from "@tandem/common";
+import { CLUSTER_NAME_SETTING, durationMs, healthSettings } from "@tandem/common";
 import { JOB_KINDS } from "./batch-jobs.ts";
 import { DEFAULT_REDIS_URL } from "./batch-queues.ts";
 import { DEFAULT_BATCH_WORKER_OPTIONS } from "./batch-worker.ts";
@@ -44,14 +44,6 @@ export const BATCH_CONFIG_SCHEMA = z
       description:
         "directories the files named in jobs (models, texts, outputs, caches) must lie in, comma-separated (default: the working directory)",
     }),
-    healthHost: z
-      .string()
-      .min(1)
-      .default("127.0.0.1")
-      .meta({ description: "address of the health service (with healthPort)" }),
-    healthPort: z.int().min(1).max(65535).optional().meta({
-      description:
-        "port of a gRPC health service (grpc.health.v1, plaintext) for probes: SERVING while taking jobs with Redis connected (none: off)",
-    }),
+    ...healthSettings("while taking jobs with Redis connected"),
   })
   .strict();

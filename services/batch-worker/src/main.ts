@@ -5,7 +5,7 @@
  * grpc.health.v1 for probes: SERVING while taking jobs with Redis connected.
  */
 import { runProgram, type ProgramDefinition } from "@tandem/common";
-import { startHealthServer } from "@tandem/proto";
+import { startConfiguredHealthServer } from "@tandem/proto";
 import { BATCH_CONFIG_SCHEMA, BATCH_ENV_PREFIX } from "./batch-config.ts";
 import { startBatchWorker, type BatchWorker } from "./batch-worker.ts";
 
@@ -18,15 +18,7 @@ export const BATCH_PROGRAM: ProgramDefinition<typeof BATCH_CONFIG_SCHEMA> = {
   logFields: (config) => ({ cluster: config.cluster }),
   async start(config, log) {
     // Listening first: a health port that cannot be had stops the start before any job is taken.
-    let healthy = () => false;
-    const health =
-      config.healthPort === undefined
-        ? undefined
-        : await startHealthServer({
-            host: config.healthHost,
-            port: config.healthPort,
-            healthy: () => healthy(),
-          });
+    const health = await startConfiguredHealthServer(config);
     let worker: BatchWorker;
     try {
       worker = await startBatchWorker(
@@ -37,7 +29,7 @@ export const BATCH_PROGRAM: ProgramDefinition<typeof BATCH_CONFIG_SCHEMA> = {
       await health?.close();
       throw error;
     }
-    healthy = () => worker.healthy();
+    health?.reportFrom(() => worker.healthy());
     if (health) log.info({ address: health.address }, "serving health checks");
     return {
       readyLine: `running ${config.kinds.join(",")}`,

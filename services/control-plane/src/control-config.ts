@@ -1,6 +1,12 @@
 /** A control-plane replica's settings (JSON file, TANDEM_CONTROL_* variables, flags): one schema, every default once. */
 import { z } from "zod";
-import { CLUSTER_DEFAULTS, CLUSTER_NAME_SETTING, durationMs, NATS_CREDENTIAL_SETTINGS } from "@tandem/common";
+import {
+  CLUSTER_DEFAULTS,
+  CLUSTER_NAME_SETTING,
+  durationMs,
+  healthSettings,
+  NATS_CREDENTIAL_SETTINGS,
+} from "@tandem/common";
 import { DEFAULT_CONTROLLER_OPTIONS } from "./controller.ts";
 import { DEFAULT_LEASE_TIMING, leaseTtlProblem } from "./leader-lease.ts";
 
@@ -43,15 +49,7 @@ export const CONTROL_CONFIG_SCHEMA = z
     expertWindowMs: durationMs(50)
       .default(DEFAULT_CONTROLLER_OPTIONS.expertWindowMs)
       .meta({ description: "expert load window" }),
-    healthHost: z
-      .string()
-      .min(1)
-      .default("127.0.0.1")
-      .meta({ description: "address of the health service (with healthPort)" }),
-    healthPort: z.int().min(1).max(65535).optional().meta({
-      description:
-        "port of a gRPC health service (grpc.health.v1, plaintext) for probes: SERVING while connected to NATS and ticking (none: off)",
-    }),
+    ...healthSettings("while connected to NATS and ticking"),
   })
   .strict()
   .superRefine((config, context) => {

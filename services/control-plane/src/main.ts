@@ -7,7 +7,7 @@ import { hostname } from "node:os";
 import type { NatsConnection } from "@nats-io/transport-node";
 import { connectNats } from "@tandem/cluster";
 import { natsCredentialsOf, runProgram, type ProgramDefinition } from "@tandem/common";
-import { startHealthServer } from "@tandem/proto";
+import { startConfiguredHealthServer } from "@tandem/proto";
 import { CONTROL_CONFIG_SCHEMA, CONTROL_ENV_PREFIX } from "./control-config.ts";
 import { Controller } from "./controller.ts";
 
@@ -26,15 +26,7 @@ export const CONTROL_PROGRAM: ProgramDefinition<typeof CONTROL_CONFIG_SCHEMA> = 
   async start(config, log) {
     const replicaId = replicaIdOf(config.replicaId);
     // Listening first: a health port that cannot be had stops the start before NATS is touched.
-    let healthy = () => false;
-    const health =
-      config.healthPort === undefined
-        ? undefined
-        : await startHealthServer({
-            host: config.healthHost,
-            port: config.healthPort,
-            healthy: () => healthy(),
-          });
+    const health = await startConfiguredHealthServer(config);
     let nc: NatsConnection | undefined;
     let controller: Controller;
     try {
@@ -49,7 +41,7 @@ export const CONTROL_PROGRAM: ProgramDefinition<typeof CONTROL_CONFIG_SCHEMA> = 
       throw error;
     }
     const connection = nc;
-    healthy = replicaHealth(connection, controller, config.tickMs);
+    health?.reportFrom(replicaHealth(connection, controller, config.tickMs));
     if (health) log.info({ address: health.address }, "serving health checks");
     return {
       readyLine: `running ${replicaId}`,

@@ -1,6 +1,6 @@
 /**
- * A seeded random source (mulberry32), so a chaos run's fault points can be replayed with
- * the same `--seed`.
+ * A seeded random source (mulberry32), so a benchmark's random choices (a chaos run's fault
+ * points, placement's load traces) are replayed with the same seed.
  */
 export type Random = () => number;
 
