@@ -261,7 +261,9 @@ export function inferenceHandlers(context: InferenceContext): GenerateHandlers {
           request = validate(decodeRequest("tandem.v1.GenerateRequest", call.request, "request"), context);
           release = admit(key);
         } catch (error) {
-          failCall(call, error);
+          const status = failCall(call, error);
+          if (status.code === grpc.status.INTERNAL)
+            context.log.error({ err: status.logged }, "generation refused by a fault of ours");
           return;
         }
         const sessionId = randomUUID();
@@ -338,7 +340,7 @@ export function inferenceHandlers(context: InferenceContext): GenerateHandlers {
         } catch (error) {
           const status = failCall(call, error);
           context.log.error(
-            { sessionId, code: grpc.status[status.code], err: status.details },
+            { sessionId, code: grpc.status[status.code], err: status.logged },
             "generation failed",
           );
         } finally {

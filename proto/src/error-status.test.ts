@@ -38,11 +38,22 @@ describe("errors on the wire", () => {
       });
   });
 
-  it("keep a Tandem error's message (it names the field) and hide nothing of ours but the stack", () => {
+  it("keep a Tandem error's message (it names the field); a fault of ours tells the caller only an incident id, which the log gives with the message", () => {
     expect(statusOf(new InvalidArgumentError("sampling.top_p", "must be in [0, 1], got 2")).details).toBe(
       "sampling.top_p: must be in [0, 1], got 2",
     );
-    expect(statusOf(new TypeError("boom")).details).toBe("internal error: boom");
+    for (const fault of [
+      new TypeError("boom at /srv/x.js"),
+      new CheckpointError("/m/model.safetensors", "truncated"),
+    ]) {
+      const { details, logged } = statusOf(fault);
+      const incident = /^internal error \(incident ([0-9a-f]{8}); the server's log has the details\)$/.exec(
+        details,
+      )?.[1];
+      expect(incident, details).toBeDefined();
+      expect(details).not.toContain("/");
+      expect(logged).toBe(`incident ${incident}: ${fault.message}`);
+    }
   });
 
   it("become errors a client classifies by code: retry a peer's outage, never a refusal", () => {

@@ -5,6 +5,7 @@
  * NOT_FOUND; overload RESOURCE_EXHAUSTED; a peer's outage UNAVAILABLE; the server's own
  * faults INTERNAL — so a caller can tell "fix your request" from "try again" from "our bug".
  */
+import { randomBytes } from "node:crypto";
 import { status as GrpcStatus, type ServiceError } from "@grpc/grpc-js";
 import { TandemError, type ErrorCode } from "@tandem/common";
 
@@ -52,19 +53,28 @@ const CODE_BY_STATUS: Partial<Record<GrpcStatus, ErrorCode>> = {
 
 export interface WireStatus {
   code: GrpcStatus;
+  /** What the caller is told. */
   details: string;
+  /** What the server's log says: `details`, or for a fault of ours the whole message behind its incident id. */
+  logged: string;
 }
 
 /**
  * The status to end a call with. Tandem errors by their code, with their message (it
- * names the field); anything else is a fault of ours: INTERNAL, with its message (so an
- * operator can find it in the logs) but never its stack.
+ * names the field); a fault of ours (INTERNAL: a bug, our model files, a peer that
+ * refused us) tells the caller only an incident id, which the server's log gives with the
+ * whole message: its text may name the server's files, peers or state, and the caller
+ * (a device, a client of the public API) is not to be trusted with those.
  */
 export function statusOf(error: unknown): WireStatus {
-  if (error instanceof TandemError) return { code: STATUS_BY_CODE[error.code], details: error.message };
+  const code = error instanceof TandemError ? STATUS_BY_CODE[error.code] : GrpcStatus.INTERNAL;
+  const message = error instanceof Error ? error.message : String(error);
+  if (code !== GrpcStatus.INTERNAL) return { code, details: message, logged: message };
+  const incident = randomBytes(4).toString("hex");
   return {
-    code: GrpcStatus.INTERNAL,
-    details: `internal error: ${(error as Error)?.message ?? String(error)}`,
+    code,
+    details: `internal error (incident ${incident}; the server's log has the details)`,
+    logged: `incident ${incident}: ${message}`,
   };
 }
 

@@ -168,7 +168,7 @@ export function escalationHandlers(
             deviceId: device?.deviceId,
             sessionId: session?.sessionId,
             code: grpc.status[status.code],
-            err: status.details,
+            err: status.logged,
           },
           "escalation stream rejected",
         );
