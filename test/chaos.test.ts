@@ -1,9 +1,13 @@
 /**
  * `tandem bench chaos --smoke` as a user runs it: a local cluster of real processes, one
  * run of every fault, the JSON last. Checked: its shape, that every fault ran as asked,
- * that its figures are consistent with one another, and that nothing it started is left
- * running. No timing is asserted (this machine is shared); the targets are the
- * benchmark's to report, not this test's.
+ * that its figures are consistent with one another, that nothing it started is left
+ * running — and what must hold whatever the timing: no token lost or repeated under any
+ * fault, no batch job lost, and generations across the faults that leave every worker
+ * running (the leader killed, NATS restarted, one of three NATS servers killed) exactly
+ * the uninterrupted ones. Whether a killed worker's session reaches its new owner within
+ * the edge's deadline is a matter of timing: the benchmark reports it, no test asserts it
+ * (this machine is shared).
  */
 import { randomUUID } from "node:crypto";
 import { readdirSync, readFileSync } from "node:fs";
@@ -94,6 +98,10 @@ describe("tandem bench chaos --smoke", () => {
       expect(run.fault_token, name).toBeGreaterThanOrEqual(1);
       expect(run.fault_token, name).toBeLessThan(result.tokens);
       expect(run.recovery_ms, name).toBe(fault.recovery_ms_p50);
+      // The edge's replay and fallback never skip or repeat a position.
+      expect(fault.tokens_lost, name).toBe(0);
+      expect(fault.tokens_repeated, name).toBe(0);
+      if (name !== "worker_kill") expect(fault.outputs_different, name).toBe(0);
     }
     // Each fault hit what it names, and the cluster noticed: the serving worker (a map
     // without it was written), the lease holder (another replica holds the lease).
@@ -108,8 +116,7 @@ describe("tandem bench chaos --smoke", () => {
     expect(batch.runs).toBe(1);
     expect(batch.per_run).toHaveLength(1);
     expect(batch.jobs).toBeGreaterThan(0);
-    expect(batch.jobs_lost).toBeGreaterThanOrEqual(0);
-    expect(batch.jobs_lost).toBeLessThanOrEqual(batch.jobs);
+    expect(batch.jobs_lost).toBe(0);
     expect(result.jobs_lost).toBe(batch.jobs_lost);
 
     expect(processesMarked(marker)).toEqual([]);
