@@ -96,7 +96,9 @@ async function inProcess(messages: EdgeMessage__Output[]): Promise<Outcome> {
       const reply = await session.handle(message);
       if (reply) replies.push(reply);
     } catch (error) {
-      return { replies, end: statusOf(error) };
+      // What the caller is told (the log's text is not on the wire).
+      const { code, details } = statusOf(error);
+      return { replies, end: { code, details } };
     }
   }
   return { replies, end: "ok" };
