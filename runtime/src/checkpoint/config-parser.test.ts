@@ -79,6 +79,72 @@ describe("parseModelConfig defaults (as transformers' config classes)", () => {
     });
   });
 
+  it("llama 3.2 1B's real config.json: GQA, tied, rope_theta 500000, llama3 rope scaling", () => {
+    const llama32 = {
+      architectures: ["LlamaForCausalLM"],
+      attention_bias: false,
+      attention_dropout: 0.0,
+      bos_token_id: 128000,
+      eos_token_id: 128001,
+      head_dim: 64,
+      hidden_act: "silu",
+      hidden_size: 2048,
+      initializer_range: 0.02,
+      intermediate_size: 8192,
+      max_position_embeddings: 131072,
+      mlp_bias: false,
+      model_type: "llama",
+      num_attention_heads: 32,
+      num_hidden_layers: 16,
+      num_key_value_heads: 8,
+      pretraining_tp: 1,
+      rms_norm_eps: 1e-5,
+      rope_scaling: {
+        factor: 32.0,
+        high_freq_factor: 4.0,
+        low_freq_factor: 1.0,
+        original_max_position_embeddings: 8192,
+        rope_type: "llama3",
+      },
+      rope_theta: 500000.0,
+      tie_word_embeddings: true,
+      torch_dtype: "bfloat16",
+      transformers_version: "4.45.0.dev0",
+      use_cache: true,
+      vocab_size: 128256,
+    };
+    expect(parseModelConfig(llama32, FILE)).toMatchObject({
+      hiddenSize: 2048,
+      numHeads: 32,
+      numKvHeads: 8,
+      headDim: 64,
+      vocabSize: 128256,
+      tieWordEmbeddings: true,
+      ropeTheta: 500000,
+      maxPositions: 131072,
+      ropeScaling: {
+        type: "llama3",
+        factor: 32,
+        lowFreqFactor: 1,
+        highFreqFactor: 4,
+        originalMaxPositions: 8192,
+      },
+    });
+  });
+
+  it('rope_scaling: linear with its factor (older configs say `type`); "default" and null scale nothing', () => {
+    expect(
+      parseModelConfig({ ...llama, rope_scaling: { type: "linear", factor: 4 } }, FILE).ropeScaling,
+    ).toEqual({
+      type: "linear",
+      factor: 4,
+    });
+    expect(
+      parseModelConfig({ ...llama, rope_scaling: { rope_type: "default" } }, FILE).ropeScaling,
+    ).toBeUndefined();
+    expect(parseModelConfig({ ...llama, rope_scaling: null }, FILE).ropeScaling).toBeUndefined();
+  });
+
   it("llama: a single eos_token_id becomes a one-element list", () => {
     expect(parseModelConfig({ ...llama, eos_token_id: 2 }, FILE).eosTokenId).toEqual([2]);
   });
@@ -137,6 +203,35 @@ describe("parseModelConfig errors name the file and the key", () => {
 
   const cases: [string, unknown, string, RegExp][] = [
     ["a non-object config", [1, 2], "(root)", /must be a JSON object/],
+    [
+      "llama3 rope scaling without its factor",
+      {
+        ...llama,
+        rope_scaling: {
+          rope_type: "llama3",
+          low_freq_factor: 1,
+          high_freq_factor: 4,
+          original_max_position_embeddings: 8192,
+        },
+      },
+      "rope_scaling.factor",
+      /must be a positive number, got undefined/,
+    ],
+    [
+      "llama3 rope scaling whose high frequency factor is not above the low",
+      {
+        ...llama,
+        rope_scaling: {
+          rope_type: "llama3",
+          factor: 8,
+          low_freq_factor: 4,
+          high_freq_factor: 1,
+          original_max_position_embeddings: 8192,
+        },
+      },
+      "rope_scaling.high_freq_factor",
+      /must exceed low_freq_factor 4, got 1/,
+    ],
     ["no model_type", { ...REQUIRED }, "model_type", /is missing or not a string/],
     [
       "an unsupported model_type",
@@ -226,9 +321,9 @@ describe("parseModelConfig errors name the file and the key", () => {
 
   const unsupported: [string, Record<string, unknown>, RegExp][] = [
     [
-      "rope_scaling",
-      { ...llama, rope_scaling: { rope_type: "llama3", factor: 8 } },
-      /"rope_scaling" is not supported/,
+      "rope_scaling of a type not built (yarn)",
+      { ...llama, rope_scaling: { rope_type: "yarn", factor: 4, original_max_position_embeddings: 4096 } },
+      /"rope_scaling" of type "yarn" is not supported \(supported: linear, llama3\)/,
     ],
     ["mlp_bias", { ...llama, mlp_bias: true }, /"mlp_bias" true is not supported/],
     [

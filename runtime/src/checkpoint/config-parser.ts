@@ -5,7 +5,7 @@
  * default: a config without them is broken, not small.
  */
 import { ModelConfigError, UnsupportedError } from "@tandem/common";
-import type { ModelArchitecture, ModelConfig } from "./model-config.ts";
+import type { ModelArchitecture, ModelConfig, RopeScaling } from "./model-config.ts";
 
 const ARCHITECTURES: ModelArchitecture[] = ["llama", "mistral", "qwen2", "mixtral"];
 
@@ -89,11 +89,7 @@ export function parseModelConfig(json: unknown, file: string): ModelConfig {
 
   // Features that change the math: loading such a model and ignoring them would give
   // plausible-looking but wrong tokens, so refuse them by name.
-  if (raw.rope_scaling !== undefined && raw.rope_scaling !== null) {
-    throw new UnsupportedError(
-      `${file}: "rope_scaling" is not supported yet (got ${JSON.stringify(raw.rope_scaling)})`,
-    );
-  }
+  const ropeScaling = parseRopeScaling(raw.rope_scaling, file);
   if (bool("mlp_bias", false))
     throw new UnsupportedError(`${file}: "mlp_bias" true is not supported (no MLP biases are loaded)`);
   if (architecture === "qwen2" && bool("use_sliding_window", false))
@@ -122,6 +118,7 @@ export function parseModelConfig(json: unknown, file: string): ModelConfig {
     headDim,
     rmsNormEps: num("rms_norm_eps", defaults.rmsNormEps),
     ropeTheta: num("rope_theta", defaults.ropeTheta),
+    ...(ropeScaling ? { ropeScaling } : {}),
     maxPositions,
     tieWordEmbeddings: bool("tie_word_embeddings", defaults.tie),
     // Qwen2 always has q/k/v biases; Llama may opt in with attention_bias.
@@ -153,4 +150,65 @@ function optionalTokenIds(value: unknown, file: string, key: string): number[] |
       `must be a token id or a list of them, got ${JSON.stringify(value)}`,
     );
   return list as number[];
+}
+
+/**
+ * `rope_scaling` as transformers reads it (`rope_type`, or the older `type`): none or
+ * "default" → unscaled; "linear" and "llama3" with their keys; any other type (dynamic,
+ * yarn, longrope…) changes the math in ways not built, so it is refused by name.
+ */
+function parseRopeScaling(value: unknown, file: string): RopeScaling | undefined {
+  if (value === undefined || value === null) return undefined;
+  if (typeof value !== "object" || Array.isArray(value))
+    throw new ModelConfigError(
+      file,
+      "rope_scaling",
+      `must be an object or null, got ${JSON.stringify(value)}`,
+    );
+  const scaling = value as Record<string, unknown>;
+  const type = scaling.rope_type ?? scaling.type;
+  const positive = (key: string): number => {
+    const number = scaling[key];
+    if (typeof number !== "number" || !Number.isFinite(number) || number <= 0)
+      throw new ModelConfigError(
+        file,
+        `rope_scaling.${key}`,
+        `must be a positive number, got ${JSON.stringify(number)}`,
+      );
+    return number;
+  };
+  switch (type) {
+    case "default":
+      return undefined;
+    case "linear":
+      return { type: "linear", factor: positive("factor") };
+    case "llama3": {
+      const lowFreqFactor = positive("low_freq_factor");
+      const highFreqFactor = positive("high_freq_factor");
+      if (highFreqFactor <= lowFreqFactor)
+        throw new ModelConfigError(
+          file,
+          "rope_scaling.high_freq_factor",
+          `must exceed low_freq_factor ${lowFreqFactor}, got ${highFreqFactor}`,
+        );
+      const originalMaxPositions = positive("original_max_position_embeddings");
+      if (!Number.isInteger(originalMaxPositions))
+        throw new ModelConfigError(
+          file,
+          "rope_scaling.original_max_position_embeddings",
+          `must be a positive integer, got ${originalMaxPositions}`,
+        );
+      return {
+        type: "llama3",
+        factor: positive("factor"),
+        lowFreqFactor,
+        highFreqFactor,
+        originalMaxPositions,
+      };
+    }
+    default:
+      throw new UnsupportedError(
+        `${file}: "rope_scaling" of type ${JSON.stringify(type)} is not supported (supported: linear, llama3)`,
+      );
+  }
 }

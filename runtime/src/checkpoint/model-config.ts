@@ -5,6 +5,18 @@
 
 export type ModelArchitecture = "llama" | "mistral" | "qwen2" | "mixtral";
 
+/** The `rope_scaling` types Tandem computes (rope-frequencies.ts); any other is refused by name. */
+export type RopeScaling =
+  | { type: "linear"; factor: number }
+  | {
+      type: "llama3";
+      factor: number;
+      lowFreqFactor: number;
+      highFreqFactor: number;
+      /** `original_max_position_embeddings`: the context the model was pre-trained at. */
+      originalMaxPositions: number;
+    };
+
 export interface ModelConfig {
   architecture: ModelArchitecture;
   vocabSize: number;
@@ -17,6 +29,8 @@ export interface ModelConfig {
   headDim: number;
   rmsNormEps: number;
   ropeTheta: number;
+  /** How the rotary frequencies are scaled for a longer context (config.json's `rope_scaling`). @default none */
+  ropeScaling?: RopeScaling;
   maxPositions: number;
   tieWordEmbeddings: boolean;
   /** Qwen2 has biases on q/k/v projections; Llama may set `attention_bias`. */

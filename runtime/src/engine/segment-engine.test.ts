@@ -52,6 +52,21 @@ const SHAPES: Record<string, RandomCheckpointSpec> = {
     seed: 19,
   },
   "a context of 70 positions, not a whole number of KV blocks": { ...base, maxPositions: 70, seed: 21 },
+  // Llama 3.2's rope: theta 500000, llama3 scaling 32 / 1 / 4 / 8192; at head_dim 16 its
+  // frequencies fall in all three bands (kept, blended, divided by the factor).
+  "llama 3 rope scaling (Llama 3.2's)": {
+    ...base,
+    ropeTheta: 500000,
+    ropeScaling: {
+      type: "llama3",
+      factor: 32,
+      lowFreqFactor: 1,
+      highFreqFactor: 4,
+      originalMaxPositions: 8192,
+    },
+    seed: 22,
+  },
+  "linear rope scaling": { ...base, ropeScaling: { type: "linear", factor: 4 }, seed: 23 },
   "mixtral, 8 experts, top-1": {
     ...base,
     architecture: "mixtral",

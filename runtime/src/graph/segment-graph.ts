@@ -6,6 +6,7 @@
  */
 import { InternalError } from "@tandem/common";
 import type { ModelConfig } from "../checkpoint/model-config.ts";
+import { rotaryInverseFrequencies } from "../checkpoint/rope-frequencies.ts";
 import type { LayerWeights, ModelWeights, WeightTensor } from "../checkpoint/model-weights.ts";
 import { GRAPH_IO } from "./graph-io-names.ts";
 import { OnnxGraphBuilder, type BuiltGraph } from "./onnx-graph-builder.ts";
@@ -113,15 +114,16 @@ class SegmentGraphWriter {
 
   /** cos/sin tables [maxPositions, headDim/2] for GroupQueryAttention's rotary (HF rotate_half layout). */
   private rotaryCaches(): { cos: string; sin: string } {
-    const { headDim, ropeTheta, maxPositions } = this.config;
+    const { headDim, maxPositions } = this.config;
     const half = headDim / 2;
     const cos = new Float32Array(maxPositions * half);
     const sin = new Float32Array(maxPositions * half);
+    const inverseFrequencies = rotaryInverseFrequencies(this.config);
     for (let i = 0; i < half; i++) {
-      const inverseFrequency = 1 / Math.pow(ropeTheta, (2 * i) / headDim);
+      const inverseFrequency = inverseFrequencies[i];
       for (let p = 0; p < maxPositions; p++) {
         // Math.fround: HF computes the angle in fp32 (inv_freq is a float32 tensor).
-        const angle = Math.fround(p * Math.fround(inverseFrequency));
+        const angle = Math.fround(p * inverseFrequency);
         cos[p * half + i] = Math.cos(angle);
         sin[p * half + i] = Math.sin(angle);
       }

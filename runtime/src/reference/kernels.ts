@@ -2,6 +2,8 @@
  * The numeric kernels of the reference forward: plain loops over Float32Array, no
  * allocation inside them, sums in JS doubles. Exported so tests can check each one by hand.
  */
+import type { RopeScaling } from "../checkpoint/model-config.ts";
+import { rotaryInverseFrequencies } from "../checkpoint/rope-frequencies.ts";
 
 /**
  * `out[t, r] = Σ_c x[t, c] · weight[r, c] (+ bias[r])` for `count` rows of `x` ([count, inDim]
@@ -215,21 +217,17 @@ export function siluMultiply(gate: Float32Array, up: Float32Array, length: numbe
  */
 export class RotaryEmbedding {
   readonly headDim: number;
-  /** `1 / theta^(2i / headDim)` for i < headDim / 2, float32. */
+  /** `1 / theta^(2i / headDim)` for i < headDim / 2, scaled as configured; float32. */
   readonly inverseFrequency: Float32Array;
   private readonly half: number;
   private positions = 0;
   private cos = new Float32Array(0);
   private sin = new Float32Array(0);
 
-  constructor(headDim: number, theta: number) {
+  constructor(headDim: number, theta: number, scaling?: RopeScaling) {
     this.headDim = headDim;
     this.half = headDim / 2;
-    this.inverseFrequency = new Float32Array(this.half);
-    for (let i = 0; i < this.half; i++) {
-      const exponent = Math.fround((2 * i) / headDim);
-      this.inverseFrequency[i] = 1 / Math.fround(Math.pow(theta, exponent));
-    }
+    this.inverseFrequency = rotaryInverseFrequencies({ headDim, ropeTheta: theta, ropeScaling: scaling });
   }
 
   /** Rotates `heads` consecutive heads of `vector`, starting at `offset`, to `position`; in place. */

@@ -62,7 +62,7 @@ export class ReferenceModel {
     this.qDim = config.numHeads * config.headDim;
     this.kvDim = config.numKvHeads * config.headDim;
     this.expertsPerToken = config.numExpertsPerToken ?? 0;
-    this.rotary = new RotaryEmbedding(config.headDim, config.ropeTheta);
+    this.rotary = new RotaryEmbedding(config.headDim, config.ropeTheta, config.ropeScaling);
     this.scratch = this.allocateScratch(0, 0);
   }
 

@@ -7,7 +7,7 @@
 import { mkdir, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { InvalidArgumentError } from "@tandem/common";
-import type { ModelArchitecture } from "../checkpoint/model-config.ts";
+import type { ModelArchitecture, RopeScaling } from "../checkpoint/model-config.ts";
 import { encodeSafetensors, type SafetensorsDtype, type TensorToWrite } from "../checkpoint/safetensors.ts";
 import {
   BOS_TOKEN_ID,
@@ -29,6 +29,8 @@ export interface RandomCheckpointSpec {
   tieWordEmbeddings: boolean;
   /** @default 10000 */
   ropeTheta?: number;
+  /** Written to config.json as `rope_scaling`, with transformers' keys. @default none */
+  ropeScaling?: RopeScaling;
   /** @default 1e-6 */
   rmsNormEps?: number;
   /** @default 2048 */
@@ -208,11 +210,24 @@ export function randomCheckpointConfigJson(spec: RandomCheckpointSpec): Record<s
     eos_token_id: EOS_TOKEN_ID,
     torch_dtype: { F32: "float32", F16: "float16", BF16: "bfloat16" }[spec.dtype],
   };
+  if (spec.ropeScaling) config.rope_scaling = ropeScalingJson(spec.ropeScaling);
   if (spec.architecture === "mixtral") {
     config.num_local_experts = expertsOf(spec);
     config.num_experts_per_tok = expertsPerTokenOf(spec);
   }
   return config;
+}
+
+/** `rope_scaling` as transformers writes it. */
+function ropeScalingJson(scaling: RopeScaling): Record<string, unknown> {
+  if (scaling.type === "linear") return { rope_type: "linear", factor: scaling.factor };
+  return {
+    rope_type: "llama3",
+    factor: scaling.factor,
+    low_freq_factor: scaling.lowFreqFactor,
+    high_freq_factor: scaling.highFreqFactor,
+    original_max_position_embeddings: scaling.originalMaxPositions,
+  };
 }
 
 const ARCHITECTURE_CLASS: Record<ModelArchitecture, string> = {
