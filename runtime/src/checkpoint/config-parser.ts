@@ -140,7 +140,7 @@ export function parseModelConfig(json: unknown, file: string): ModelConfig {
   return config;
 }
 
-function optionalTokenIds(value: unknown, file: string, key: string): number[] | undefined {
+export function optionalTokenIds(value: unknown, file: string, key: string): number[] | undefined {
   if (value === undefined || value === null) return undefined;
   const list = Array.isArray(value) ? value : [value];
   if (!list.every((v) => Number.isInteger(v) && (v as number) >= 0))

@@ -265,6 +265,22 @@ describe("loadCheckpoint dtypes, shards and names", () => {
     expect((await loadCheckpoint(dir)).tokenizerPath).toBeUndefined();
   });
 
+  it("stops at every end token of config.json and generation_config.json (Llama 3 names three)", async () => {
+    const dir = await checkpointDir({ ...SMALL, vocabSize: 200 });
+    const configEos = (await loadCheckpoint(dir)).config.eosTokenId!;
+    writeFileSync(
+      join(dir, "generation_config.json"),
+      JSON.stringify({ bos_token_id: 1, eos_token_id: [configEos[0], 150, 151], do_sample: true }),
+    );
+    expect((await loadCheckpoint(dir)).config.eosTokenId).toEqual([configEos[0], 150, 151]);
+    writeFileSync(join(dir, "generation_config.json"), JSON.stringify({ eos_token_id: "</s>" }));
+    await expect(loadCheckpoint(dir)).rejects.toThrow(
+      /generation_config\.json: "eos_token_id" must be a token id/,
+    );
+    writeFileSync(join(dir, "generation_config.json"), "{ not json");
+    await expect(loadCheckpoint(dir)).rejects.toThrow(/generation_config\.json: cannot be read as JSON/);
+  });
+
   it("reads only config.json when asked for the config", async () => {
     const dir = await checkpointDir(ODD_HIDDEN);
     unlinkSync(join(dir, "model.safetensors"));

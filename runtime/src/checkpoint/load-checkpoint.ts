@@ -1,14 +1,15 @@
 /**
  * Loads a Hugging Face checkpoint directory: config.json, model.safetensors or a sharded
- * model.safetensors.index.json, and tokenizer.json when present. Every tensor the config
+ * model.safetensors.index.json, and tokenizer.json and generation_config.json (its end
+ * tokens) when present. Every tensor the config
  * implies is checked for presence, shape and finite values; a mismatch throws an error
  * naming the file and the tensor rather than producing silent garbage later.
  */
 import { existsSync } from "node:fs";
 import { readFile } from "node:fs/promises";
 import { join } from "node:path";
-import { CheckpointError, TensorMissingError } from "@tandem/common";
-import { parseModelConfig } from "./config-parser.ts";
+import { CheckpointError, ModelConfigError, TensorMissingError } from "@tandem/common";
+import { optionalTokenIds, parseModelConfig } from "./config-parser.ts";
 import type { ModelConfig } from "./model-config.ts";
 import type { Checkpoint, ExpertWeights, LayerWeights, ModelWeights, WeightTensor } from "./model-weights.ts";
 import { SafetensorsFile } from "./safetensors.ts";
@@ -18,6 +19,7 @@ export const CONFIG_FILE = "config.json";
 export const SINGLE_WEIGHTS_FILE = "model.safetensors";
 export const WEIGHTS_INDEX_FILE = "model.safetensors.index.json";
 export const TOKENIZER_FILE = "tokenizer.json";
+export const GENERATION_CONFIG_FILE = "generation_config.json";
 
 /** Parses only config.json: cheap enough to call before deciding to load the weights. */
 export async function readCheckpointConfig(dir: string): Promise<ModelConfig> {
@@ -27,6 +29,10 @@ export async function readCheckpointConfig(dir: string): Promise<ModelConfig> {
 export async function loadCheckpoint(dir: string): Promise<Checkpoint> {
   const configBytes = await readConfigBytes(dir);
   const config = parseConfigBytes(configBytes, join(dir, CONFIG_FILE));
+  const endTokens = await readGenerationEndTokens(dir);
+  // Generation stops at any end token either file names (Llama 3's generation_config.json
+  // adds <|eom_id|> and <|eot_id|> to config.json's <|end_of_text|>).
+  if (endTokens) config.eosTokenId = [...new Set([...(config.eosTokenId ?? []), ...endTokens])];
   const reader = await openWeights(dir);
 
   const hash = await weightsHash(
@@ -51,6 +57,21 @@ export async function loadCheckpoint(dir: string): Promise<Checkpoint> {
     weightsHash: hash,
     tokenizerPath: existsSync(tokenizerPath) ? tokenizerPath : undefined,
   };
+}
+
+/** `eos_token_id` of generation_config.json, when the checkpoint has one and it names any. */
+async function readGenerationEndTokens(dir: string): Promise<number[] | undefined> {
+  const path = join(dir, GENERATION_CONFIG_FILE);
+  if (!existsSync(path)) return undefined;
+  let json: unknown;
+  try {
+    json = JSON.parse(await readFile(path, "utf8"));
+  } catch (error) {
+    throw new CheckpointError(path, `cannot be read as JSON (${(error as Error).message})`, { cause: error });
+  }
+  if (typeof json !== "object" || json === null || Array.isArray(json))
+    throw new ModelConfigError(path, "(root)", "must be a JSON object");
+  return optionalTokenIds((json as Record<string, unknown>).eos_token_id, path, "eos_token_id");
 }
 
 async function readConfigBytes(dir: string): Promise<Buffer> {
