@@ -1,4 +1,4 @@
-import { mkdtempSync, rmSync } from "node:fs";
+import { closeSync, ftruncateSync, mkdtempSync, openSync, rmSync, writeSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
@@ -212,5 +212,40 @@ describe("safetensors validation", () => {
     const path = join(dir, "absent.safetensors");
     await expect(SafetensorsFile.open(path)).rejects.toThrow(CheckpointError);
     await expect(SafetensorsFile.open(path)).rejects.toThrow(/absent\.safetensors: cannot be read/);
+  });
+});
+
+describe("a single file over 2 GiB", () => {
+  it("is read tensor by tensor: a tensor stored past byte 2^31 comes back as written", async () => {
+    // TinyLlama's BF16 checkpoint is one 2.2 GB file. This one is sparse: a 2.8 GB tensor of
+    // zeros that takes no disk, then a small tensor beyond it.
+    const path = join(dir, "big.safetensors");
+    const bigCount = 700_000_000;
+    const header = JSON.stringify({
+      big: { dtype: "F32", shape: [bigCount], data_offsets: [0, bigCount * 4] },
+      small: { dtype: "F32", shape: [4], data_offsets: [bigCount * 4, bigCount * 4 + 16] },
+    });
+    const padded = header + " ".repeat((8 - (header.length % 8)) % 8);
+    const prefix = Buffer.alloc(8);
+    prefix.writeBigUInt64LE(BigInt(padded.length));
+    const dataStart = 8 + padded.length;
+    const fd = openSync(path, "w");
+    try {
+      writeSync(fd, prefix, 0, 8, 0);
+      writeSync(fd, Buffer.from(padded), 0, padded.length, 8);
+      ftruncateSync(fd, dataStart + bigCount * 4 + 16);
+      writeSync(
+        fd,
+        Buffer.from(new Float32Array([1.5, -2, 3.25, 4]).buffer),
+        0,
+        16,
+        dataStart + bigCount * 4,
+      );
+    } finally {
+      closeSync(fd);
+    }
+    const file = await SafetensorsFile.open(path);
+    expect(file.size).toBeGreaterThan(2 ** 31);
+    expect(Array.from(file.read("small").data)).toEqual([1.5, -2, 3.25, 4]);
   });
 });
