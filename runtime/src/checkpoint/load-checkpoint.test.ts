@@ -91,7 +91,8 @@ async function loadError(dir: string): Promise<TandemError> {
 async function decodeError(dir: string): Promise<TandemError> {
   const checkpoint = await loadCheckpoint(dir);
   try {
-    void checkpoint.weights;
+    // Each tensor is decoded, and checked, when its data is first read.
+    for (const tensor of loadedTensors(checkpoint.weights).values()) void tensor.data;
   } catch (error) {
     if (error instanceof TandemError) return error;
     throw error;
@@ -281,6 +282,22 @@ describe("loadCheckpoint dtypes, shards and names", () => {
     await expect(loadCheckpoint(dir)).rejects.toThrow(/generation_config\.json: cannot be read as JSON/);
   });
 
+  it("decodes a tensor only when its data is read, and again after releaseWeights", async () => {
+    const dir = await checkpointDir(SMALL);
+    const checkpoint = await loadCheckpoint(dir);
+    const path = join(dir, "model.safetensors");
+    const { header, dataStart, bytes } = readHeader(path);
+    // A NaN in layer 1 does not stop a process that only ever reads layer 0.
+    bytes.writeFloatLE(NaN, dataStart + header["model.layers.1.input_layernorm.weight"].data_offsets[0]);
+    writeFileSync(path, bytes);
+    const layer0 = checkpoint.weights.layers[0].inputNorm;
+    expect(layer0.data).toBe(layer0.data); // decoded once, then kept
+    expect(() => checkpoint.weights.layers[1].inputNorm.data).toThrow(TensorMismatchError);
+    checkpoint.releaseWeights!();
+    expect(checkpoint.weights.layers[0].inputNorm).not.toBe(layer0);
+    expect(checkpoint.weights.layers[0].inputNorm.data).toEqual(layer0.data);
+  });
+
   it("reads only config.json when asked for the config", async () => {
     const dir = await checkpointDir(ODD_HIDDEN);
     unlinkSync(join(dir, "model.safetensors"));
@@ -444,7 +461,7 @@ describe("loadCheckpoint rejects malformed checkpoints with named errors", () =>
     );
   });
 
-  it("a NaN weight: TensorMismatchError naming the tensor and the position, when the weights are decoded", async () => {
+  it("a NaN weight: TensorMismatchError naming the tensor and the position, when its data is decoded", async () => {
     const dir = await checkpointDir(SMALL);
     const path = join(dir, "model.safetensors");
     const { header, dataStart, bytes } = readHeader(path);

@@ -41,9 +41,10 @@ export async function loadCheckpoint(dir: string): Promise<Checkpoint> {
   );
 
   // Every tensor the config implies is checked now, from the headers (presence, shape,
-  // dtype): a wrong checkpoint fails at load, naming the tensor. Decoding to fp32 (and
-  // the check for non-finite values) waits until a graph is built from the weights: a
-  // process whose graph is in the cache never decodes them.
+  // dtype): a wrong checkpoint fails at load, naming the tensor. Each tensor is decoded to
+  // fp32 (and checked for non-finite values) only when its data is first used: a process
+  // whose graph is in the cache decodes none, and one building a segment's graph only
+  // that segment's.
   readWeights(config, (name, shape) => reader.describe(name, shape));
   let weights: ModelWeights | undefined;
   const tokenizerPath = join(dir, TOKENIZER_FILE);
@@ -51,8 +52,11 @@ export async function loadCheckpoint(dir: string): Promise<Checkpoint> {
     dir,
     config,
     get weights() {
-      weights ??= readWeights(config, (name, shape) => reader.read(name, shape));
+      weights ??= readWeights(config, (name, shape) => reader.lazy(name, shape));
       return weights;
+    },
+    releaseWeights() {
+      weights = undefined;
     },
     weightsHash: hash,
     tokenizerPath: existsSync(tokenizerPath) ? tokenizerPath : undefined,
@@ -166,9 +170,21 @@ class TensorReader {
     return { name, shape, data: NOT_DECODED };
   }
 
-  /** The tensor decoded to fp32, its shape checked again and every value finite (readChecked). */
-  read(name: string, shape: number[]): WeightTensor {
-    return { name, shape, data: this.fileOf(name).readChecked(name, shape).data };
+  /**
+   * The tensor, decoded to fp32 when its data is first read (its shape checked again and
+   * every value finite: readChecked), then kept by the returned object.
+   */
+  lazy(name: string, shape: number[]): WeightTensor {
+    const file = this.fileOf(name);
+    let data: Float32Array | undefined;
+    return {
+      name,
+      shape,
+      get data() {
+        data ??= file.readChecked(name, shape).data;
+        return data;
+      },
+    };
   }
 
   private fileOf(name: string): SafetensorsFile {

@@ -49,10 +49,16 @@ export interface Checkpoint {
   dir: string;
   config: ModelConfig;
   /**
-   * Decoded to fp32 on first access (a process whose graphs are cached never pays for it);
-   * a non-finite value throws TensorMismatchError then.
+   * Each tensor decoded to fp32 when its data is first read (a process whose graphs are
+   * cached never pays for it, one building a segment pays for that segment); a
+   * non-finite value throws TensorMismatchError then.
    */
   readonly weights: ModelWeights;
+  /**
+   * Drops the tensors decoded so far (a process that has built its graph needs them no
+   * more); `weights` decodes again on demand. For checkpoints made in memory, a no-op.
+   */
+  releaseWeights?(): void;
   /** sha256 (hex) over config.json and the weight files' bytes: identifies these exact weights. */
   weightsHash: string;
   /** Path of tokenizer.json when the checkpoint has one. */
