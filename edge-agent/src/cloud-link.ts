@@ -285,20 +285,22 @@ export class CloudSession implements UpperSegment {
         this.outageSince = undefined;
         return answer;
       } catch (error) {
+        let failure = error;
         if (error instanceof SessionMovedError) {
-          if (++redirects > MAX_REDIRECTS)
-            throw (firstFailure ??= new UnavailableError(
-              `workers redirected session ${this.sessionId} ${MAX_REDIRECTS} times: their placement maps disagree`,
-            ));
-          this.movedTo = error.address;
-          continue;
+          if (++redirects <= MAX_REDIRECTS) {
+            this.movedTo = error.address;
+            continue;
+          }
+          // Workers sending the session round in circles: their maps disagree for a moment.
+          failure = new UnavailableError(
+            `workers redirected session ${this.sessionId} ${MAX_REDIRECTS} times in a row: their placement maps disagree`,
+          );
         }
-        if (!(error instanceof UnavailableError)) throw error;
-        firstFailure ??= error;
+        if (!(failure instanceof UnavailableError)) throw failure;
+        firstFailure ??= failure;
         this.movedTo = undefined;
-        // The limit is on redirects in a row (workers sending the session round in circles):
-        // a worker that redirects to an owner that is down, until its map moves, is paced
-        // by the wait below and bounded by the deadline.
+        // The limit is on redirects in a row: a worker that redirects to an owner that is
+        // down, until its map moves, is paced by the wait below and bounded by the deadline.
         redirects = 0;
         const now = Date.now();
         // The outage began when this frame started waiting for the cloud.
