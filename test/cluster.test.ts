@@ -10,8 +10,7 @@ import { join } from "node:path";
 import { connect } from "@nats-io/transport-node";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { clusterStatus, controlPlaneNames, type ExpertLoadReport, NodeRegistry } from "@tandem/cluster";
-import { AlwaysExitPolicy, loadCheckpoint, loadLocalSplit, SplitGenerator, Tokenizer } from "@tandem/runtime";
-import { writeRandomCheckpoint } from "@tandem/runtime/testing";
+import { wholeModelTokens, writeRandomCheckpoint } from "@tandem/runtime/testing";
 import {
   generate,
   type RunningProcess,
@@ -96,19 +95,6 @@ afterAll(async () => {
   rmSync(dir, { recursive: true, force: true });
 });
 
-async function wholeModelTokens(maxTokens: number): Promise<number[]> {
-  const tokenizer = await Tokenizer.fromFile(join(model, "tokenizer.json"));
-  const whole = await loadLocalSplit(await loadCheckpoint(model), { cacheDir: join(dir, "cache", "graphs") });
-  const tokens: number[] = [];
-  for await (const t of new SplitGenerator(whole.lower, undefined, new AlwaysExitPolicy()).generate(
-    tokenizer.encode(PROMPT),
-    { maxTokens },
-  ))
-    tokens.push(t.token);
-  await whole.release();
-  return tokens;
-}
-
 /** The worker currently holding a session (by its heartbeat's session count). */
 async function busyWorker(): Promise<string> {
   const nc = await connect({ servers: nats.url });
@@ -142,7 +128,7 @@ async function generateWhile(action: () => Promise<void>, maxTokens: number) {
 
 describe("a cluster of cloud workers under a control plane", () => {
   it("a worker killed mid-generation: the session continues on the new owner, output identical to an uninterrupted run", async () => {
-    const expected = await wholeModelTokens(40);
+    const expected = await wholeModelTokens(model, PROMPT, 40, { cacheDir: join(dir, "cache", "graphs") });
     // Wait for a placement with both workers before starting.
     await new Promise((r) => setTimeout(r, 1500));
     const result = await generateWhile(async () => {
@@ -158,7 +144,7 @@ describe("a cluster of cloud workers under a control plane", () => {
   it("a drained worker hands its sessions over before it stops, without losing any context", async () => {
     await startWorker("w3");
     await new Promise((r) => setTimeout(r, 1500));
-    const expected = await wholeModelTokens(40);
+    const expected = await wholeModelTokens(model, PROMPT, 40, { cacheDir: join(dir, "cache", "graphs") });
     const result = await generateWhile(async () => {
       const victim = await busyWorker();
       await workers.get(victim)!.kill("SIGTERM"); // planned removal: drains, then exits

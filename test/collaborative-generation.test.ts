@@ -11,8 +11,8 @@ import { promisify } from "node:util";
 import * as grpc from "@grpc/grpc-js";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { CLOUD_LINK_BACKOFF } from "@tandem/common";
-import { AlwaysExitPolicy, loadCheckpoint, loadLocalSplit, SplitGenerator, Tokenizer } from "@tandem/runtime";
-import { writeRandomCheckpoint } from "@tandem/runtime/testing";
+import { Tokenizer } from "@tandem/runtime";
+import { wholeModelTokens, writeRandomCheckpoint } from "@tandem/runtime/testing";
 import { freePort, generate, healthStatus, type RunningProcess, startProgram } from "@tandem/testkit";
 
 let dir: string;
@@ -69,19 +69,6 @@ afterAll(async () => {
   rmSync(dir, { recursive: true, force: true });
 });
 
-async function wholeModelTokens(promptIds: number[], maxTokens: number): Promise<number[]> {
-  const checkpoint = await loadCheckpoint(model);
-  const whole = await loadLocalSplit(checkpoint, { cacheDir: join(dir, "cache", "graphs") });
-  const tokens: number[] = [];
-  for await (const t of new SplitGenerator(whole.lower, undefined, new AlwaysExitPolicy()).generate(
-    promptIds,
-    { maxTokens },
-  ))
-    tokens.push(t.token);
-  await whole.release();
-  return tokens;
-}
-
 function expectContiguous(positions: number[], first: number): void {
   expect(positions).toEqual(Array.from({ length: positions.length }, (_, i) => first + i));
 }
@@ -93,7 +80,9 @@ describe("Generate over gRPC, edge agent → cloud worker", () => {
     const result = await generate(edge.address, { text: PROMPT, maxTokens: 40, mode: "MODE_CLOUD_ONLY" });
     expect(result.error).toBeUndefined();
     expect(result.tokens.every((t) => t.source === "TOKEN_SOURCE_CLOUD" && t.exitLayer === 6)).toBe(true);
-    expect(result.tokens.map((t) => t.id)).toEqual(await wholeModelTokens(ids, 40));
+    expect(result.tokens.map((t) => t.id)).toEqual(
+      await wholeModelTokens(model, ids, 40, { cacheDir: join(dir, "cache", "graphs") }),
+    );
     expectContiguous(
       result.tokens.map((t) => t.position),
       ids.length,

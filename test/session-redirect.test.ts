@@ -11,8 +11,7 @@ import { join } from "node:path";
 import { connect } from "@nats-io/transport-node";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { clusterStatus, controlPlaneNames, NodeRegistry } from "@tandem/cluster";
-import { AlwaysExitPolicy, loadCheckpoint, loadLocalSplit, SplitGenerator, Tokenizer } from "@tandem/runtime";
-import { writeRandomCheckpoint } from "@tandem/runtime/testing";
+import { wholeModelTokens, writeRandomCheckpoint } from "@tandem/runtime/testing";
 import {
   generate,
   type RunningProcess,
@@ -110,19 +109,6 @@ afterAll(async () => {
   rmSync(dir, { recursive: true, force: true });
 });
 
-async function wholeModelTokens(maxTokens: number): Promise<number[]> {
-  const tokenizer = await Tokenizer.fromFile(join(model, "tokenizer.json"));
-  const whole = await loadLocalSplit(await loadCheckpoint(model), { cacheDir: join(dir, "cache", "graphs") });
-  const tokens: number[] = [];
-  for await (const t of new SplitGenerator(whole.lower, undefined, new AlwaysExitPolicy()).generate(
-    tokenizer.encode(PROMPT),
-    { maxTokens },
-  ))
-    tokens.push(t.token);
-  await whole.release();
-  return tokens;
-}
-
 /** Workers that hold a session now, by their heartbeats' session counts. */
 async function busyWorkers(): Promise<string[]> {
   const nc = await connect({ servers: nats.url });
@@ -149,7 +135,7 @@ const redirectsLogged = () =>
 
 describe("an edge that knows only one worker's address", () => {
   it("reaches every session's owner through redirects, and every token is the full model's", async () => {
-    const expected = await wholeModelTokens(12);
+    const expected = await wholeModelTokens(model, PROMPT, 12, { cacheDir: join(dir, "cache", "graphs") });
     // A session is redirected unless the entry owns it (a third of them): eight sessions
     // all owned by the entry would be one run in 6,500.
     for (let run = 0; run < 8; run++) {
@@ -162,7 +148,7 @@ describe("an edge that knows only one worker's address", () => {
   });
 
   it("the owner killed mid-generation: the entry leads the session to the new owner, where it replays; output unchanged, no token from the device", async () => {
-    const expected = await wholeModelTokens(40);
+    const expected = await wholeModelTokens(model, PROMPT, 40, { cacheDir: join(dir, "cache", "graphs") });
     let killed: string | undefined;
     // The entry must survive (it is the only address the edge has): a session the entry
     // owns is run again until one lands on another worker.

@@ -10,3 +10,4 @@ export {
   writeRandomCheckpoint,
   type RandomCheckpointSpec,
 } from "./testing/random-checkpoint.ts";
+export { wholeModelTokens } from "./testing/whole-model-tokens.ts";
