@@ -214,7 +214,8 @@ export async function runFault(
     recovery_ms: Math.round(recovery.ms),
     recovered: recovery.recovered,
     longest_wait_ms: Math.round(longestWait(records, faultAt)),
-    leader_changed: leaderAfter !== leaderBefore,
+    // A lease nobody holds (expired, or unreadable) is no change of leader.
+    leader_changed: leaderAfter !== undefined && leaderAfter !== leaderBefore,
     placement_changes: mapsWritten(placement),
     maps_without_live_worker: placement.maps.filter((map) => live.some((id) => !map.owners.has(id))).length,
   };
