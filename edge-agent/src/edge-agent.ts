@@ -99,6 +99,8 @@ export async function startEdgeAgent(
     threads: config.threads,
     cacheDir: options.cacheDir,
   });
+  // The graph is built (or was cached): a weight decoded for it is needed no more.
+  checkpoint.releaseWeights?.();
   const lower = new SegmentSessions(lowerModel);
   // The cloud: a fixed worker, or the owner of each session's shard in the placement map.
   const route = config.natsUrl

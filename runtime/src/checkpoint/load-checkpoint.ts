@@ -23,16 +23,24 @@ export const GENERATION_CONFIG_FILE = "generation_config.json";
 
 /** Parses only config.json: cheap enough to call before deciding to load the weights. */
 export async function readCheckpointConfig(dir: string): Promise<ModelConfig> {
-  return parseConfigBytes(await readConfigBytes(dir), join(dir, CONFIG_FILE));
+  return configOf(dir, await readConfigBytes(dir));
+}
+
+/**
+ * config.json, with generation_config.json's end tokens merged into `eosTokenId`:
+ * generation stops at any end token either file names (Llama 3's generation_config.json
+ * adds <|eom_id|> and <|eot_id|> to config.json's <|end_of_text|>).
+ */
+async function configOf(dir: string, configBytes: Buffer): Promise<ModelConfig> {
+  const config = parseConfigBytes(configBytes, join(dir, CONFIG_FILE));
+  const endTokens = await readGenerationEndTokens(dir);
+  if (endTokens) config.eosTokenId = [...new Set([...(config.eosTokenId ?? []), ...endTokens])];
+  return config;
 }
 
 export async function loadCheckpoint(dir: string): Promise<Checkpoint> {
   const configBytes = await readConfigBytes(dir);
-  const config = parseConfigBytes(configBytes, join(dir, CONFIG_FILE));
-  const endTokens = await readGenerationEndTokens(dir);
-  // Generation stops at any end token either file names (Llama 3's generation_config.json
-  // adds <|eom_id|> and <|eot_id|> to config.json's <|end_of_text|>).
-  if (endTokens) config.eosTokenId = [...new Set([...(config.eosTokenId ?? []), ...endTokens])];
+  const config = await configOf(dir, configBytes);
   const reader = await openWeights(dir);
 
   const hash = await weightsHash(

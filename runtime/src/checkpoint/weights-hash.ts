@@ -2,7 +2,8 @@
  * The weights hash identifies a checkpoint's exact weights: calibration files and the
  * graph cache are keyed by it, and an edge and a worker must agree on it. Its recipe
  * never changes: sha256 over config.json's bytes, then every weight file's bytes in path
- * order.
+ * order. generation_config.json is left out on purpose: its end tokens decide where the
+ * edge stops a generation, not what either side computes.
  *
  * Hashing reads every byte — seconds for a checkpoint of a few GB, at every start — so
  * the result is kept under the cache root, keyed by what identifies each file's content

@@ -61,6 +61,9 @@ export async function loadLocalSplit(
   const upperModel = whole
     ? undefined
     : await SegmentModel.load(checkpoint, cloudSegmentSpec(split, layers, weightFormat), options);
+  // Both graphs are built (each decoding only its tensors, the shared ones once): the
+  // decoded fp32 weights can go.
+  checkpoint.releaseWeights?.();
   return {
     lower: new SegmentSessions(lowerModel),
     upper: upperModel && new SegmentSessions(upperModel),

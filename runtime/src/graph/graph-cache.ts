@@ -70,8 +70,6 @@ export async function ensureSegmentGraph(
   // The writer (and protobufjs under it) loads only when a graph must be built.
   const { buildSegmentGraph } = await import("./segment-graph.ts");
   const graph = buildSegmentGraph(checkpoint.config, checkpoint.weights, spec, SEGMENT_WEIGHTS_FILE);
-  // The graph holds what it needs (in its own layout): the decoded fp32 tensors can go.
-  checkpoint.releaseWeights?.();
   // Write into a private directory and rename it into place: a concurrent builder of
   // the same key, or a crash half-way, never leaves a half-written graph under the key.
   const staging = `${dir}.tmp-${process.pid}-${Date.now()}`;

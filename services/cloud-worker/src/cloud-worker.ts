@@ -19,7 +19,7 @@ import {
   type WeightFormat,
 } from "@tandem/runtime";
 import type { NatsCredentials } from "@tandem/cluster";
-import { InvalidArgumentError, type Logger } from "@tandem/common";
+import { HOST_PORT_PATTERN, InvalidArgumentError, type Logger } from "@tandem/common";
 import { ContextManager } from "./context-manager.ts";
 // Loaded only by a worker that joins a cluster: a standalone one never loads the NATS client.
 import type { ClusterMembership } from "./cluster-membership.ts";
@@ -88,6 +88,7 @@ export async function startCloudWorker(options: CloudWorkerOptions, log: Logger)
   );
   if (!options.tls && options.insecure)
     log.warn({ host }, "serving plaintext: hidden states cross the network unencrypted");
+  if (options.cluster?.advertise !== undefined) checkAdvertise(options.cluster.advertise);
   // Before the model loads: a missing or foreign revocation list stops the worker here.
   const revocations = options.tls?.crl
     ? await (await import("@tandem/proto/certificates")).RevocationList.open(options.tls.crl, options.tls.ca)
@@ -105,6 +106,8 @@ export async function startCloudWorker(options: CloudWorkerOptions, log: Logger)
     cloudSegmentSpec(options.split, layers, options.weightFormat ?? "fp32"),
     { threads: options.threads ?? 1, cacheDir: options.cacheDir },
   );
+  // The graph is built (or was cached): a weight decoded for it is needed no more.
+  checkpoint.releaseWeights?.();
   const sessions = new SegmentSessions(model);
   const batcher = new DecodeBatcher(sessions, {
     enabled: options.batching ?? true,
@@ -204,4 +207,17 @@ export async function startCloudWorker(options: CloudWorkerOptions, log: Logger)
       await model.release();
     },
   };
+}
+
+/**
+ * The address the worker's record gives edges, who are redirected there: checked where
+ * the value is known (a pod's expanded `$(POD_IP)`), rather than by every edge sent to it.
+ * (The listening address, the default, is host:port by construction.)
+ */
+function checkAdvertise(advertise: string): void {
+  if (!HOST_PORT_PATTERN.test(advertise))
+    throw new InvalidArgumentError(
+      "advertise",
+      `edges are sent to this worker at host:port (an IPv6 host in brackets), got ${JSON.stringify(advertise)}`,
+    );
 }
