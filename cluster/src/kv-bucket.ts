@@ -157,8 +157,14 @@ export class KvBucket {
         return { created: undefined, lastRevision: 0 };
       throw error;
     }
+    // A stream whose messages have all aged out keeps its last sequence, which no watch
+    // will ever deliver again: nothing is held, so nothing is awaited.
     const lastRevision =
-      key === undefined ? info.state.last_seq : ((await this.current.get(key))?.revision ?? 0);
+      key === undefined
+        ? info.state.messages === 0
+          ? 0
+          : info.state.last_seq
+        : ((await this.current.get(key))?.revision ?? 0);
     return { created: String(info.created), lastRevision };
   }
 

@@ -94,6 +94,8 @@ export class NodeRegistry extends NodeRecordWriter {
   private stopWatch: () => void = () => undefined;
   /** The nodes alive when aliveConfirmed last saw heartbeats landing. */
   private lastFlowing?: NodeRecord[];
+  /** Nodes read from the bucket and found dead, with the heartbeat they stopped at. */
+  private readonly confirmedDead = new Map<string, number>();
 
   private constructor(store: KvBucket, heartbeatTtlMs: number) {
     super(store);
@@ -158,21 +160,35 @@ export class NodeRegistry extends NodeRecordWriter {
    *   land. A read that fails throws: better no decision than one made blind.
    * - While no node's heartbeat is younger than half the TTL, heartbeats are not landing
    *   at all (the bucket's stream is electing a leader, say): the nodes alive at the last
-   *   call that saw heartbeats land are returned as they were. A node dies alone; when all
-   *   fall silent together, the silence is NATS's. (Nodes beat every quarter TTL by default.)
+   *   call that saw heartbeats land are returned as they were, for up to RECHECK_DEAD_MS.
+   *   A node dies alone; when all fall silent together, the silence is NATS's. (Nodes beat
+   *   every quarter TTL by default.)
    */
   async aliveConfirmed(now = Date.now()): Promise<NodeRecord[]> {
     const looksDead = this.all().filter(
-      (n) => now - n.heartbeatAt > this.heartbeatTtlMs && now - n.heartbeatAt <= RECHECK_DEAD_MS,
+      (n) =>
+        now - n.heartbeatAt > this.heartbeatTtlMs &&
+        now - n.heartbeatAt <= RECHECK_DEAD_MS &&
+        this.confirmedDead.get(n.id) !== n.heartbeatAt,
     );
-    for (const node of looksDead) {
-      const entry = await this.store.run((kv) => kv.get(node.id));
-      const record = entry?.operation === "PUT" ? decodeNodeRecord(entry) : undefined;
-      if (record && record.id === node.id && record.heartbeatAt > node.heartbeatAt)
-        this.records.set(node.id, record);
-    }
-    const freshest = Math.max(...this.all().map((n) => n.heartbeatAt));
-    if (this.lastFlowing && now - freshest > this.heartbeatTtlMs / 2) return this.lastFlowing;
+    await Promise.all(
+      looksDead.map(async (node) => {
+        const entry = await this.store.run((kv) => kv.get(node.id));
+        const record = entry?.operation === "PUT" ? decodeNodeRecord(entry) : undefined;
+        if (record && record.id === node.id && record.heartbeatAt > node.heartbeatAt)
+          this.records.set(node.id, record);
+        // Read once per heartbeat it stopped at: a dead node is not read again every tick.
+        else this.confirmedDead.set(node.id, node.heartbeatAt);
+      }),
+    );
+    // A heartbeat from the future says nothing about whether heartbeats land now.
+    const believable = this.all().filter((n) => n.heartbeatAt - now <= MAX_CLOCK_SKEW_MS);
+    const freshest = Math.max(...believable.map((n) => n.heartbeatAt));
+    const silentFor = now - freshest;
+    // Silence of every node for longer than the recheck window is no NATS hiccup: they are
+    // gone (a zone lost, the only worker dead), and membership follows the records again.
+    if (this.lastFlowing && silentFor > this.heartbeatTtlMs / 2 && silentFor <= RECHECK_DEAD_MS)
+      return this.lastFlowing;
     this.lastFlowing = this.alive(now);
     return this.lastFlowing;
   }
