@@ -11,4 +11,9 @@ describe("redactedUrl", () => {
     // Text that does not parse as a URL is still masked.
     expect(redactedUrl("redis://u:secret@[x")).toBe("redis://u:***@[x");
   });
+
+  it("masks a user part standing alone: for NATS it is a token", () => {
+    expect(redactedUrl("nats://s3cr3t-token@10.0.0.1:4222")).toBe("nats://***@10.0.0.1:4222");
+    expect(redactedUrl("nats://s3cr3t-token@[x")).toBe("nats://***@[x");
+  });
 });
