@@ -196,6 +196,23 @@ describe.each([
   });
 });
 
+describe("the address a worker advertises", () => {
+  it("must be one an edge can dial (host:port): a worker refuses to join with another, naming advertise", async () => {
+    const joining = startCloudWorker(
+      {
+        modelDir: join(dir, "model"),
+        split: SPLIT,
+        workerId: "bad-address",
+        port: 0,
+        cacheDir: join(dir, "graphs"),
+        cluster: { natsUrl: nats.url, name: `advertise${process.pid}`, advertise: "$(POD_IP):50052" },
+      },
+      log,
+    );
+    await expect(joining).rejects.toThrow(/^advertise: edges are sent to this worker at host:port/);
+  });
+});
+
 describe("an owner that dies while the worker the edge knows still names it", () => {
   it("is waited for, redirect after redirect, until the map moves the session: then it replays at the new owner", async () => {
     const cluster = `dies${process.pid}`;

@@ -57,3 +57,4 @@ export {
 export { readSecretFile } from "./secret-file.ts";
 export { redactedUrl } from "./redacted-url.ts";
 export { healthSettings } from "./health-settings.ts";
+export { HOST_PORT_PATTERN, hostPort } from "./host-port.ts";

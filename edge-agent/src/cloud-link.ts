@@ -438,7 +438,11 @@ export class CloudSession implements UpperSegment {
           }
           // The map moved the session away since it opened here: follow it.
           const moved = sessionMovedOf(message);
-          if (moved) return fail(moved);
+          if (moved) {
+            // Kept for the next frame too: the one moved may be waiting on no reply.
+            this.movedTo = moved.address;
+            return fail(moved);
+          }
           const requestId = replyRequestId(message);
           const reply = requestId === undefined ? undefined : this.pending.get(requestId);
           if (!reply) return; // answered after its deadline: the edge already moved on

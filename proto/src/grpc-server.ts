@@ -7,7 +7,7 @@
  * loaded and added once the server reports SERVING, so it does not delay readiness.
  */
 import * as grpc from "@grpc/grpc-js";
-import { FailedPreconditionError, type Logger } from "@tandem/common";
+import { FailedPreconditionError, hostPort, type Logger } from "@tandem/common";
 import { HealthService } from "./health-service.ts";
 import { loadReflectionDefinition } from "./tandem-protos.ts";
 import { serverCredentials, type ServerTlsFiles } from "./transport-security.ts";
@@ -80,7 +80,7 @@ export async function startGrpcServer(
   health.addToServer(server);
   for (const service of services) server.addService(service.definition, service.handlers);
   const host = options.host ?? "127.0.0.1";
-  const address = `${host}:${options.port ?? 0}`;
+  const address = hostPort(host, options.port ?? 0);
   const credentials = await serverCredentials(options.tls);
   const port = await new Promise<number>((resolve, reject) =>
     server.bindAsync(address, credentials, (error, bound) =>
@@ -116,7 +116,7 @@ export async function startGrpcServer(
     server,
     health,
     port,
-    address: `${host}:${port}`,
+    address: hostPort(host, port),
     setServing,
     async shutdown(graceMs = 5000) {
       setServing(false);

@@ -41,6 +41,7 @@
 import {
   ContextLostError,
   FailedPreconditionError,
+  HOST_PORT_PATTERN,
   InvalidArgumentError,
   UnavailableError,
   type ErrorOptions,
@@ -332,9 +333,6 @@ export function movedReply(owner: { workerId: string; address: string }): CloudM
  */
 export const MAX_REDIRECTS = 4;
 
-/** host:port, a bracketed IPv6 host included: what an edge will dial when told to. */
-const WORKER_ADDRESS = /^(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]{1,253}):\d{1,5}$/;
-
 /**
  * The session lives on another worker, which the edge should reopen it at. Not a failure:
  * the redirect of the ownership rule, caught by the edge's cloud session and never sent as
@@ -357,7 +355,7 @@ export class SessionMovedError extends Error {
 export function sessionMovedOf(reply: CloudMessage__Output): SessionMovedError | undefined {
   if (reply.message !== "moved" || !reply.moved) return undefined;
   const { address, workerId } = reply.moved;
-  if (!WORKER_ADDRESS.test(address))
+  if (!HOST_PORT_PATTERN.test(address))
     throw new InvalidReplyError(`moved.address ${JSON.stringify(address.slice(0, 64))} is not host:port`);
   return new SessionMovedError(address, workerId);
 }
