@@ -87,7 +87,9 @@ export class ContextManager implements SessionContexts {
   }
 
   private evictOverBudget(keep: string): void {
-    let total = this.stats().kvBytes;
+    // Once per frame: under budget (the usual case) it costs one sum, no copy of the keys.
+    let total = this.sessions.totalKvBytes();
+    if (total <= this.budget) return;
     for (const id of [...this.lastUsed.keys()]) {
       if (total <= this.budget) break;
       if (id === keep || this.inFlight.has(id)) continue;
@@ -96,7 +98,7 @@ export class ContextManager implements SessionContexts {
       this.evictions++;
       // Measured again rather than less the session's kvBytes: releasing a session that
       // shared a batch slot gives its partners slots of their own, sized to their lengths.
-      total = this.stats().kvBytes;
+      total = this.sessions.totalKvBytes();
     }
   }
 }
