@@ -22,10 +22,6 @@ export interface HealthServerOptions {
   /** @default "127.0.0.1" */
   host?: string;
   port: number;
-  /** Whether the program is healthy now (see reportFrom). @default not yet: NOT_SERVING */
-  healthy?: () => boolean;
-  /** How often `healthy` is asked. @default 500 */
-  intervalMs?: number;
 }
 
 export interface HealthServer {
@@ -51,7 +47,10 @@ export function startConfiguredHealthServer(settings: {
   return startHealthServer({ host: settings.healthHost, port: settings.healthPort });
 }
 
-export async function startHealthServer(options: HealthServerOptions): Promise<HealthServer> {
+/** How often the program's health is asked. */
+const REPORT_INTERVAL_MS = 500;
+
+async function startHealthServer(options: HealthServerOptions): Promise<HealthServer> {
   const health = new HealthService({ "": "NOT_SERVING", [LIVENESS_SERVICE]: "SERVING" });
   const server = new grpc.Server();
   health.addToServer(server);
@@ -68,10 +67,11 @@ export async function startHealthServer(options: HealthServerOptions): Promise<H
         : resolve(bound),
     ),
   );
-  let healthy = options.healthy ?? (() => false);
+  // NOT_SERVING until the program says how it is healthy (reportFrom).
+  let healthy = () => false;
   const report = () => health.setStatus("", healthy() ? "SERVING" : "NOT_SERVING");
   report();
-  let timer: NodeJS.Timeout | undefined = setInterval(report, options.intervalMs ?? 500);
+  let timer: NodeJS.Timeout | undefined = setInterval(report, REPORT_INTERVAL_MS);
   // A probe server must not keep a program that is otherwise done alive.
   timer.unref();
   const stopServing = () => {

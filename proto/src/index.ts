@@ -5,7 +5,6 @@ export { HealthService, MAX_HEALTH_WATCHES, type ServingStatus } from "./health-
 export {
   LIVENESS_SERVICE,
   startConfiguredHealthServer,
-  startHealthServer,
   type HealthServer,
   type HealthServerOptions,
 } from "./health-server.ts";
