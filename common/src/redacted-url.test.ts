@@ -12,8 +12,9 @@ describe("redactedUrl", () => {
     expect(redactedUrl("redis://u:secret@[x")).toBe("redis://u:***@[x");
   });
 
-  it("masks a user part standing alone: for NATS it is a token", () => {
+  it("masks a user part standing alone in a NATS URL, where it is a token; elsewhere a user name stays", () => {
     expect(redactedUrl("nats://s3cr3t-token@10.0.0.1:4222")).toBe("nats://***@10.0.0.1:4222");
     expect(redactedUrl("nats://s3cr3t-token@[x")).toBe("nats://***@[x");
+    expect(redactedUrl("rediss://tandem@10.0.0.1:6380")).toBe("rediss://tandem@10.0.0.1:6380");
   });
 });
