@@ -23,8 +23,10 @@ export {
 export { cloudSegmentSpec, edgeSegmentSpec } from "./graph/deployment-specs.ts";
 export { defaultGraphCacheDir, ensureSegmentGraph, segmentGraphPath } from "./graph/graph-cache.ts";
 /** The ONNX graph writer, loaded on demand: a process whose graphs are cached never needs it. */
-export const loadOnnxGraphBuilder = async () =>
-  (await import("./graph/onnx-graph-builder.ts")).OnnxGraphBuilder;
+export const loadOnnxGraphBuilder = async () => {
+  const { OnnxGraphBuilder, InMemoryExternalData } = await import("./graph/onnx-graph-builder.ts");
+  return { OnnxGraphBuilder, InMemoryExternalData };
+};
 export { RUNTIME_SETTINGS } from "./runtime-settings.ts";
 export { SegmentModel, type SegmentModelOptions } from "./engine/segment-model.ts";
 export { KV_BLOCK_POSITIONS } from "./engine/kv-slot.ts";

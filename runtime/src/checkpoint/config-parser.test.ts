@@ -1,5 +1,6 @@
 import { describe, expect, it } from "vitest";
 import { ModelConfigError, UnsupportedError } from "@tandem/common";
+import { REAL_MODEL_CONFIGS } from "../testing/real-model-configs.ts";
 import { parseModelConfig } from "./config-parser.ts";
 
 const FILE = "/models/x/config.json";
@@ -15,6 +16,7 @@ const REQUIRED = {
 const llama = { model_type: "llama", ...REQUIRED };
 const mistral = { model_type: "mistral", ...REQUIRED };
 const qwen2 = { model_type: "qwen2", ...REQUIRED };
+const qwen3 = { model_type: "qwen3", ...REQUIRED };
 const mixtral = { model_type: "mixtral", ...REQUIRED, num_local_experts: 8 };
 
 function configError(json: unknown): ModelConfigError {
@@ -43,6 +45,7 @@ describe("parseModelConfig defaults (as transformers' config classes)", () => {
       maxPositions: 2048,
       tieWordEmbeddings: false,
       attentionBias: false,
+      queryKeyNorm: false,
       bosTokenId: undefined,
       eosTokenId: undefined,
     });
@@ -80,39 +83,7 @@ describe("parseModelConfig defaults (as transformers' config classes)", () => {
   });
 
   it("llama 3.2 1B's real config.json: GQA, tied, rope_theta 500000, llama3 rope scaling", () => {
-    const llama32 = {
-      architectures: ["LlamaForCausalLM"],
-      attention_bias: false,
-      attention_dropout: 0.0,
-      bos_token_id: 128000,
-      eos_token_id: 128001,
-      head_dim: 64,
-      hidden_act: "silu",
-      hidden_size: 2048,
-      initializer_range: 0.02,
-      intermediate_size: 8192,
-      max_position_embeddings: 131072,
-      mlp_bias: false,
-      model_type: "llama",
-      num_attention_heads: 32,
-      num_hidden_layers: 16,
-      num_key_value_heads: 8,
-      pretraining_tp: 1,
-      rms_norm_eps: 1e-5,
-      rope_scaling: {
-        factor: 32.0,
-        high_freq_factor: 4.0,
-        low_freq_factor: 1.0,
-        original_max_position_embeddings: 8192,
-        rope_type: "llama3",
-      },
-      rope_theta: 500000.0,
-      tie_word_embeddings: true,
-      torch_dtype: "bfloat16",
-      transformers_version: "4.45.0.dev0",
-      use_cache: true,
-      vocab_size: 128256,
-    };
+    const llama32 = REAL_MODEL_CONFIGS["Llama-3.2-1B"];
     expect(parseModelConfig(llama32, FILE)).toMatchObject({
       hiddenSize: 2048,
       numHeads: 32,
@@ -169,6 +140,61 @@ describe("parseModelConfig defaults (as transformers' config classes)", () => {
     expect(
       parseModelConfig({ ...qwen2, use_sliding_window: false, sliding_window: 4096 }, FILE).maxPositions,
     ).toBe(32768);
+  });
+
+  it("qwen3: per-head q/k norms, head_dim 128 unless given (not hidden/heads), no biases unless asked", () => {
+    expect(parseModelConfig(qwen3, FILE)).toMatchObject({
+      architecture: "qwen3",
+      headDim: 128,
+      queryKeyNorm: true,
+      attentionBias: false,
+      maxPositions: 32768,
+    });
+    expect(parseModelConfig({ ...qwen3, head_dim: 64, attention_bias: true }, FILE)).toMatchObject({
+      headDim: 64,
+      attentionBias: true,
+    });
+    // hidden 64 over 3 heads does not divide, and need not: the head size is its own key.
+    expect(parseModelConfig({ ...qwen3, num_attention_heads: 3, num_key_value_heads: 1 }, FILE).headDim).toBe(
+      128,
+    );
+    expect(() => parseModelConfig({ ...qwen3, use_sliding_window: true }, FILE)).toThrow(UnsupportedError);
+  });
+
+  it("Qwen3-0.6B's real config.json: 16 heads of 128 over a hidden of 1024, tied, rope 1e6", () => {
+    expect(parseModelConfig(REAL_MODEL_CONFIGS["Qwen3-0.6B"], FILE)).toMatchObject({
+      architecture: "qwen3",
+      hiddenSize: 1024,
+      numHeads: 16,
+      numKvHeads: 8,
+      headDim: 128,
+      queryKeyNorm: true,
+      tieWordEmbeddings: true,
+      ropeTheta: 1e6,
+      maxPositions: 40960,
+      vocabSize: 151936,
+    });
+  });
+
+  it("every real config Tandem is tested on parses, to its published shape", () => {
+    const shapes = Object.fromEntries(
+      Object.entries(REAL_MODEL_CONFIGS).map(([name, json]) => {
+        const c = parseModelConfig(json, FILE);
+        return [
+          name,
+          [c.architecture, c.hiddenSize, c.numHeads, c.numKvHeads, c.headDim, c.tieWordEmbeddings],
+        ];
+      }),
+    );
+    expect(shapes).toEqual({
+      "Llama-3.2-1B": ["llama", 2048, 32, 8, 64, true],
+      "TinyLlama-1.1B": ["llama", 2048, 32, 4, 64, false],
+      "SmolLM2-360M": ["llama", 960, 15, 5, 64, true],
+      "Qwen2.5-0.5B": ["qwen2", 896, 14, 2, 64, true],
+      "Qwen2.5-7B": ["qwen2", 3584, 28, 4, 128, false],
+      "Mistral-7B-v0.3": ["mistral", 4096, 32, 8, 128, false],
+      "Qwen3-0.6B": ["qwen3", 1024, 16, 8, 128, true],
+    });
   });
 
   it("mixtral: rope 1e6, eps 1e-5, experts and top-2 routing by default", () => {
@@ -237,7 +263,7 @@ describe("parseModelConfig errors name the file and the key", () => {
       "an unsupported model_type",
       { ...llama, model_type: "gpt2" },
       "model_type",
-      /"gpt2" is not supported \(supported: llama, mistral, qwen2, mixtral\)/,
+      /"gpt2" is not supported \(supported: llama, mistral, qwen2, qwen3, mixtral\)/,
     ],
     [
       "a size given as a string",

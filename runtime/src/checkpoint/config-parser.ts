@@ -7,7 +7,7 @@
 import { ModelConfigError, UnsupportedError } from "@tandem/common";
 import type { ModelArchitecture, ModelConfig, RopeScaling } from "./model-config.ts";
 
-const ARCHITECTURES: ModelArchitecture[] = ["llama", "mistral", "qwen2", "mixtral"];
+const ARCHITECTURES: ModelArchitecture[] = ["llama", "mistral", "qwen2", "qwen3", "mixtral"];
 
 interface FamilyDefaults {
   rmsNormEps: number;
@@ -16,13 +16,24 @@ interface FamilyDefaults {
   tie: boolean;
   /** null: full attention. */
   slidingWindow: number | null;
+  /** The head size when config.json has no `head_dim`; undefined: hidden_size / heads. */
+  headDim?: number;
 }
 
-/** transformers' defaults per family (LlamaConfig, MistralConfig, Qwen2Config, MixtralConfig). */
+/** transformers' defaults per family (LlamaConfig, MistralConfig, Qwen2Config, Qwen3Config, MixtralConfig). */
 const FAMILY_DEFAULTS: Record<ModelArchitecture, FamilyDefaults> = {
   llama: { rmsNormEps: 1e-6, ropeTheta: 10000, maxPositions: 2048, tie: false, slidingWindow: null },
   mistral: { rmsNormEps: 1e-6, ropeTheta: 10000, maxPositions: 4096 * 32, tie: false, slidingWindow: 4096 },
   qwen2: { rmsNormEps: 1e-6, ropeTheta: 10000, maxPositions: 32768, tie: false, slidingWindow: null },
+  // Qwen3's head size is its own key (128 by default), not hidden_size / heads.
+  qwen3: {
+    rmsNormEps: 1e-6,
+    ropeTheta: 10000,
+    maxPositions: 32768,
+    tie: false,
+    slidingWindow: null,
+    headDim: 128,
+  },
   mixtral: { rmsNormEps: 1e-5, ropeTheta: 1e6, maxPositions: 4096 * 32, tie: false, slidingWindow: null },
 };
 
@@ -76,14 +87,14 @@ export function parseModelConfig(json: unknown, file: string): ModelConfig {
       "num_key_value_heads",
       `${numKvHeads} does not divide num_attention_heads ${numHeads}`,
     );
-  if (raw.head_dim == null && hiddenSize % numHeads !== 0) {
+  if (raw.head_dim == null && defaults.headDim === undefined && hiddenSize % numHeads !== 0) {
     throw new ModelConfigError(
       file,
       "num_attention_heads",
       `${numHeads} does not divide hidden_size ${hiddenSize}`,
     );
   }
-  const headDim = int("head_dim", hiddenSize / numHeads);
+  const headDim = int("head_dim", defaults.headDim ?? hiddenSize / numHeads);
   if (headDim % 2 !== 0)
     throw new ModelConfigError(file, "head_dim", `must be even for rotary embeddings, got ${headDim}`);
 
@@ -92,7 +103,7 @@ export function parseModelConfig(json: unknown, file: string): ModelConfig {
   const ropeScaling = parseRopeScaling(raw.rope_scaling, file);
   if (bool("mlp_bias", false))
     throw new UnsupportedError(`${file}: "mlp_bias" true is not supported (no MLP biases are loaded)`);
-  if (architecture === "qwen2" && bool("use_sliding_window", false))
+  if ((architecture === "qwen2" || architecture === "qwen3") && bool("use_sliding_window", false))
     throw new UnsupportedError(`${file}: "use_sliding_window" true is not supported`);
   const hiddenAct = raw.hidden_act ?? "silu";
   if (hiddenAct !== "silu")
@@ -121,8 +132,9 @@ export function parseModelConfig(json: unknown, file: string): ModelConfig {
     ...(ropeScaling ? { ropeScaling } : {}),
     maxPositions,
     tieWordEmbeddings: bool("tie_word_embeddings", defaults.tie),
-    // Qwen2 always has q/k/v biases; Llama may opt in with attention_bias.
+    // Qwen2 always has q/k/v biases; Llama and Qwen3 may opt in with attention_bias.
     attentionBias: architecture === "qwen2" ? true : bool("attention_bias", false),
+    queryKeyNorm: architecture === "qwen3",
     bosTokenId: optionalTokenIds(raw.bos_token_id, file, "bos_token_id")?.[0],
     eosTokenId: optionalTokenIds(raw.eos_token_id, file, "eos_token_id"),
   };

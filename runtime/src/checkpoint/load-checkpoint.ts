@@ -180,7 +180,7 @@ class TensorReader {
 
   /**
    * The tensor, decoded to fp32 when its data is first read (its shape checked again and
-   * every value finite: readChecked), then kept by the returned object.
+   * every value finite: readChecked), then kept by the returned object until released.
    */
   lazy(name: string, shape: number[]): WeightTensor {
     const file = this.fileOf(name);
@@ -191,6 +191,9 @@ class TensorReader {
       get data() {
         data ??= file.readChecked(name, shape).data;
         return data;
+      },
+      release() {
+        data = undefined;
       },
     };
   }
@@ -227,6 +230,10 @@ function readWeights(
       layer.qBias = tensor(`${p}.self_attn.q_proj.bias`, [numHeads * headDim]);
       layer.kBias = tensor(`${p}.self_attn.k_proj.bias`, [numKvHeads * headDim]);
       layer.vBias = tensor(`${p}.self_attn.v_proj.bias`, [numKvHeads * headDim]);
+    }
+    if (config.queryKeyNorm) {
+      layer.qNorm = tensor(`${p}.self_attn.q_norm.weight`, [headDim]);
+      layer.kNorm = tensor(`${p}.self_attn.k_norm.weight`, [headDim]);
     }
     if (config.architecture === "mixtral") {
       const experts = config.numExperts ?? 0;

@@ -1,9 +1,9 @@
 /**
- * The model shape Tandem understands: the Llama family (llama, mistral, qwen2) and,
+ * The model shape Tandem understands: the Llama family (llama, mistral, qwen2, qwen3) and,
  * for the MoE demo, mixtral. Parsed from a Hugging Face `config.json`.
  */
 
-export type ModelArchitecture = "llama" | "mistral" | "qwen2" | "mixtral";
+export type ModelArchitecture = "llama" | "mistral" | "qwen2" | "qwen3" | "mixtral";
 
 /** The `rope_scaling` types Tandem computes (rope-frequencies.ts); any other is refused by name. */
 export type RopeScaling =
@@ -35,6 +35,11 @@ export interface ModelConfig {
   tieWordEmbeddings: boolean;
   /** Qwen2 has biases on q/k/v projections; Llama may set `attention_bias`. */
   attentionBias: boolean;
+  /**
+   * Qwen3: each head's query and key pass an RMSNorm over head_dim (`q_norm`, `k_norm`)
+   * before the rotary embedding.
+   */
+  queryKeyNorm: boolean;
   bosTokenId?: number;
   eosTokenId?: number[];
   /** Mixtral only. */

@@ -9,6 +9,11 @@ export interface WeightTensor {
   name: string;
   shape: number[];
   data: Float32Array;
+  /**
+   * Drops the decoded values; reading `data` again decodes them again. Present on tensors
+   * decoded from a checkpoint file, absent on tensors made in memory.
+   */
+  release?(): void;
 }
 
 export interface ExpertWeights {
@@ -26,6 +31,9 @@ export interface LayerWeights {
   qBias?: WeightTensor;
   kBias?: WeightTensor;
   vBias?: WeightTensor;
+  /** Qwen3's per-head RMSNorm weights, applied to each query and key head before rotary. */
+  qNorm?: WeightTensor; // [headDim]
+  kNorm?: WeightTensor; // [headDim]
   postAttentionNorm: WeightTensor; // [hidden]
   /** Dense MLP (llama, mistral, qwen2). */
   gateProj?: WeightTensor; // [intermediate, hidden]

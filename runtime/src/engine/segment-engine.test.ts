@@ -8,10 +8,11 @@ import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { loadCheckpoint } from "../checkpoint/load-checkpoint.ts";
 import type { Checkpoint } from "../checkpoint/model-weights.ts";
-import { InternalError, InvalidArgumentError, SessionNotFoundError, UnsupportedError } from "@tandem/common";
+import { InternalError, InvalidArgumentError, SessionNotFoundError } from "@tandem/common";
 import { segmentSpec, type SegmentSpec } from "../graph/segment-spec.ts";
 import { ReferenceModel } from "../reference/reference-model.ts";
 import {
+  ODD_HIDDEN,
   TINY_GQA4,
   TINY_LLAMA,
   TINY_MHA,
@@ -67,6 +68,39 @@ const SHAPES: Record<string, RandomCheckpointSpec> = {
     seed: 22,
   },
   "linear rope scaling": { ...base, ropeScaling: { type: "linear", factor: 4 }, seed: 23 },
+  // ONNX Runtime's fused attention takes head sizes that are multiples of 16; these run the
+  // plain-operator attention.
+  "head_dim 12: plain-operator attention (6 heads over 3 KV heads)": ODD_HIDDEN,
+  "head_dim 24, MHA, llama 3 rope scaling: plain-operator attention": {
+    ...base,
+    hiddenSize: 96,
+    numHeads: 4,
+    numKvHeads: 4,
+    ropeTheta: 500000,
+    ropeScaling: {
+      type: "llama3",
+      factor: 32,
+      lowFreqFactor: 1,
+      highFreqFactor: 4,
+      originalMaxPositions: 8192,
+    },
+    seed: 24,
+  },
+  // Qwen3: per-head q/k RMSNorm; head_dim 32 with 4 heads is 128 wide over a hidden of 64.
+  "qwen3: q/k norms, head_dim independent of hidden": {
+    ...base,
+    architecture: "qwen3",
+    headDim: 32,
+    tieWordEmbeddings: true,
+    ropeTheta: 1e6,
+    seed: 25,
+  },
+  "qwen3 with head_dim 40: q/k norms and plain-operator attention": {
+    ...base,
+    architecture: "qwen3",
+    headDim: 40,
+    seed: 26,
+  },
   "mixtral, 8 experts, top-1": {
     ...base,
     architecture: "mixtral",
@@ -241,39 +275,43 @@ describe("KV cache", () => {
     await sessions.model.release();
   });
 
-  it("a batched decode step across sessions equals stepping each session alone", async () => {
-    const checkpoint = checkpoints.get("odd sizes (hidden 80, 5 heads, intermediate 97)")!;
-    const spec = { fromLayer: 0, toLayer: 4, finalHead: true, logits: true, exits: [{ afterLayer: 2 }] };
-    const single = await sessionsFor(checkpoint, spec);
-    const batched = await sessionsFor(checkpoint, spec);
-    const prompts = [PROMPT.slice(0, 3), PROMPT.slice(0, 8), PROMPT.slice(2, 7), PROMPT.slice(0, 1)];
-    const next = [9, 10, 11, 12];
-    const expected = [];
-    for (const [i, prompt] of prompts.entries()) {
-      single.open(`s${i}`);
-      batched.open(`s${i}`);
-      await single.forward(`s${i}`, { ids: prompt });
-      await batched.forward(`s${i}`, { ids: prompt });
-      expected.push(await single.forward(`s${i}`, { ids: [next[i]] }));
-    }
-    const steps = await batched.forwardBatch(
-      prompts.map((_, i) => ({ id: `s${i}`, input: { ids: [next[i]] } })),
-    );
-    for (const [i, step] of steps.entries()) {
-      expect(step.start).toBe(prompts[i].length);
-      for (const [e, exit] of step.exits.entries()) {
-        expect(exit.token).toEqual(expected[i].exits[e].token);
-        expect(maxAbsDiff(exit.logits!, expected[i].exits[e].logits!)).toBeLessThanOrEqual(1e-4);
+  for (const name of [
+    "odd sizes (hidden 80, 5 heads, intermediate 97)",
+    "head_dim 12: plain-operator attention (6 heads over 3 KV heads)",
+  ])
+    it(`a batched decode step across sessions equals stepping each session alone: ${name}`, async () => {
+      const checkpoint = checkpoints.get(name)!;
+      const spec = { fromLayer: 0, toLayer: 4, finalHead: true, logits: true, exits: [{ afterLayer: 2 }] };
+      const single = await sessionsFor(checkpoint, spec);
+      const batched = await sessionsFor(checkpoint, spec);
+      const prompts = [PROMPT.slice(0, 3), PROMPT.slice(0, 8), PROMPT.slice(2, 7), PROMPT.slice(0, 1)];
+      const next = [9, 10, 11, 12];
+      const expected = [];
+      for (const [i, prompt] of prompts.entries()) {
+        single.open(`s${i}`);
+        batched.open(`s${i}`);
+        await single.forward(`s${i}`, { ids: prompt });
+        await batched.forward(`s${i}`, { ids: prompt });
+        expected.push(await single.forward(`s${i}`, { ids: [next[i]] }));
       }
-    }
-    // Sessions keep going correctly after a batched step.
-    for (const [i] of prompts.entries()) {
-      const a = await single.forward(`s${i}`, { ids: [3] });
-      const b = await batched.forward(`s${i}`, { ids: [3] });
-      expect(maxAbsDiff(a.exits[1].logits!, b.exits[1].logits!)).toBeLessThanOrEqual(1e-4);
-    }
-    for (const s of [single, batched]) await s.model.release();
-  });
+      const steps = await batched.forwardBatch(
+        prompts.map((_, i) => ({ id: `s${i}`, input: { ids: [next[i]] } })),
+      );
+      for (const [i, step] of steps.entries()) {
+        expect(step.start).toBe(prompts[i].length);
+        for (const [e, exit] of step.exits.entries()) {
+          expect(exit.token).toEqual(expected[i].exits[e].token);
+          expect(maxAbsDiff(exit.logits!, expected[i].exits[e].logits!)).toBeLessThanOrEqual(1e-4);
+        }
+      }
+      // Sessions keep going correctly after a batched step.
+      for (const [i] of prompts.entries()) {
+        const a = await single.forward(`s${i}`, { ids: [3] });
+        const b = await batched.forward(`s${i}`, { ids: [3] });
+        expect(maxAbsDiff(a.exits[1].logits!, b.exits[1].logits!)).toBeLessThanOrEqual(1e-4);
+      }
+      for (const s of [single, batched]) await s.model.release();
+    });
 });
 
 describe("KV cache growing past its blocks", () => {
@@ -451,45 +489,46 @@ describe("KV cache growing past its blocks", () => {
     await sessions.model.release();
   });
 
-  it("sessions stepping together across a block boundary equal each stepping alone", async () => {
-    const checkpoint = checkpoints.get("llama gqa ratio 4")!;
-    const single = await decodeSessions(checkpoint);
-    const batched = await decodeSessions(checkpoint);
-    const lengths = [KV_BLOCK_POSITIONS - 3, KV_BLOCK_POSITIONS - 1, 5];
-    for (const [i, length] of lengths.entries()) {
-      for (const sessions of [single, batched]) {
-        sessions.open(`s${i}`);
-        await sessions.forward(`s${i}`, { ids: tokens(length, i) });
+  for (const name of ["llama gqa ratio 4", "qwen3 with head_dim 40: q/k norms and plain-operator attention"])
+    it(`sessions stepping together across a block boundary equal each stepping alone: ${name}`, async () => {
+      const checkpoint = checkpoints.get(name)!;
+      const single = await decodeSessions(checkpoint);
+      const batched = await decodeSessions(checkpoint);
+      const lengths = [KV_BLOCK_POSITIONS - 3, KV_BLOCK_POSITIONS - 1, 5];
+      for (const [i, length] of lengths.entries()) {
+        for (const sessions of [single, batched]) {
+          sessions.open(`s${i}`);
+          await sessions.forward(`s${i}`, { ids: tokens(length, i) });
+        }
       }
-    }
-    for (let step = 0; step < 6; step++) {
-      const inputs = lengths.map((_, i) => ({ id: `s${i}`, input: { ids: [(step * 11 + i) % 250] } }));
-      const got = await batched.forwardBatch(inputs);
-      for (const [k, { id, input }] of inputs.entries()) {
-        const want = await single.forward(id, input);
-        expect(got[k].start, `${id} step ${step}`).toBe(want.start);
-        expect(
-          maxAbsDiff(got[k].exits[0].logits!, want.exits[0].logits!),
-          `${id} step ${step}`,
-        ).toBeLessThanOrEqual(1e-4);
+      for (let step = 0; step < 6; step++) {
+        const inputs = lengths.map((_, i) => ({ id: `s${i}`, input: { ids: [(step * 11 + i) % 250] } }));
+        const got = await batched.forwardBatch(inputs);
+        for (const [k, { id, input }] of inputs.entries()) {
+          const want = await single.forward(id, input);
+          expect(got[k].start, `${id} step ${step}`).toBe(want.start);
+          expect(
+            maxAbsDiff(got[k].exits[0].logits!, want.exits[0].logits!),
+            `${id} step ${step}`,
+          ).toBeLessThanOrEqual(1e-4);
+        }
       }
-    }
-    // Each reports its row of the batch's slot, grown to two blocks for the longest row;
-    // together they are the whole slot (what a context manager's budget counts).
-    const { numKvHeads, headDim } = checkpoint.config;
-    const blockBytes = 4 * 2 * numKvHeads * KV_BLOCK_POSITIONS * headDim * 4;
-    for (const [i] of lengths.entries()) expect(batched.kvBytes(`s${i}`), `s${i}`).toBe(2 * blockBytes);
-    expect(batched.totalKvBytes()).toBe(lengths.length * 2 * blockBytes);
-    // The batch's sessions hold their own caches again after running alone.
-    for (const [i] of lengths.entries()) {
-      const a = await single.forward(`s${i}`, { ids: [9] });
-      const b = await batched.forward(`s${i}`, { ids: [9] });
-      expect(maxAbsDiff(a.exits[0].logits!, b.exits[0].logits!)).toBeLessThanOrEqual(1e-4);
-    }
-    // Slots of their own, sized to each one's length: the short one is back to one block.
-    expect(lengths.map((_, i) => batched.kvBytes(`s${i}`))).toEqual([2, 2, 1].map((n) => n * blockBytes));
-    for (const s of [single, batched]) await s.model.release();
-  });
+      // Each reports its row of the batch's slot, grown to two blocks for the longest row;
+      // together they are the whole slot (what a context manager's budget counts).
+      const { numKvHeads, headDim } = checkpoint.config;
+      const blockBytes = 4 * 2 * numKvHeads * KV_BLOCK_POSITIONS * headDim * 4;
+      for (const [i] of lengths.entries()) expect(batched.kvBytes(`s${i}`), `s${i}`).toBe(2 * blockBytes);
+      expect(batched.totalKvBytes()).toBe(lengths.length * 2 * blockBytes);
+      // The batch's sessions hold their own caches again after running alone.
+      for (const [i] of lengths.entries()) {
+        const a = await single.forward(`s${i}`, { ids: [9] });
+        const b = await batched.forward(`s${i}`, { ids: [9] });
+        expect(maxAbsDiff(a.exits[0].logits!, b.exits[0].logits!)).toBeLessThanOrEqual(1e-4);
+      }
+      // Slots of their own, sized to each one's length: the short one is back to one block.
+      expect(lengths.map((_, i) => batched.kvBytes(`s${i}`))).toEqual([2, 2, 1].map((n) => n * blockBytes));
+      for (const s of [single, batched]) await s.model.release();
+    });
 });
 
 describe("sessions that keep stepping together", () => {
@@ -750,10 +789,6 @@ describe("bad input loses nothing", () => {
     await expect(
       SegmentModel.load(checkpoint, segmentSpec({ fromLayer: 0, toLayer: 2, finalHead: true }), { cacheDir }),
     ).rejects.toThrow(/finalHead/);
-    const odd = { ...checkpoint, config: { ...checkpoint.config, headDim: 8 } };
-    await expect(
-      SegmentModel.load(odd, segmentSpec({ fromLayer: 0, toLayer: 2 }), { cacheDir }),
-    ).rejects.toBeInstanceOf(UnsupportedError);
   });
 });
 

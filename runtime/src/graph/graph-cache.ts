@@ -5,11 +5,12 @@
  */
 import { createHash } from "node:crypto";
 import { existsSync } from "node:fs";
-import { mkdir, open, rename, rm, writeFile } from "node:fs/promises";
+import { mkdir, rename, rm, writeFile } from "node:fs/promises";
 import { dirname, join } from "node:path";
-import { GraphIoError } from "@tandem/common";
+import { GraphIoError, TandemError } from "@tandem/common";
 import { cacheRoot } from "../cache-root.ts";
 import type { Checkpoint } from "../checkpoint/model-weights.ts";
+import type { BuiltGraph } from "./onnx-graph-builder.ts";
 import { SEGMENT_GRAPH_VERSION, type SegmentSpec } from "./segment-spec.ts";
 
 export const SEGMENT_MODEL_FILE = "segment.onnx";
@@ -68,19 +69,22 @@ export async function ensureSegmentGraph(
   if (existsSync(modelPath)) return modelPath;
 
   // The writer (and protobufjs under it) loads only when a graph must be built.
-  const { buildSegmentGraph } = await import("./segment-graph.ts");
-  const graph = buildSegmentGraph(checkpoint.config, checkpoint.weights, spec, SEGMENT_WEIGHTS_FILE);
+  const [{ buildSegmentGraph }, { ExternalDataFile }] = await Promise.all([
+    import("./segment-graph.ts"),
+    import("./onnx-graph-builder.ts"),
+  ]);
   // Write into a private directory and rename it into place: a concurrent builder of
   // the same key, or a crash half-way, never leaves a half-written graph under the key.
+  // The weights stream into it as the graph is built, one tensor at a time.
   const staging = `${dir}.tmp-${process.pid}-${Date.now()}`;
   try {
-    await mkdir(cacheDir, { recursive: true });
     await mkdir(staging, { recursive: true });
-    const weights = await open(join(staging, SEGMENT_WEIGHTS_FILE), "w");
+    const weights = new ExternalDataFile(join(staging, SEGMENT_WEIGHTS_FILE), SEGMENT_WEIGHTS_FILE);
+    let graph: BuiltGraph;
     try {
-      for (const chunk of graph.externalData) await weights.write(chunk);
+      graph = buildSegmentGraph(checkpoint.config, checkpoint.weights, spec, weights);
     } finally {
-      await weights.close();
+      weights.close();
     }
     await writeFile(join(staging, SEGMENT_MODEL_FILE), graph.model);
     await rename(staging, dir).catch(async (error: NodeJS.ErrnoException) => {
@@ -91,6 +95,8 @@ export async function ensureSegmentGraph(
   } catch (error) {
     // Best effort: a staging path that could not be made cannot be removed either.
     await rm(staging, { recursive: true, force: true }).catch(() => undefined);
+    // A spec or weight the builder refused keeps its own error; anything else is the disk.
+    if (error instanceof TandemError) throw error;
     throw new GraphIoError(dir, `cannot write the segment graph (${(error as Error).message})`, {
       cause: error,
     });

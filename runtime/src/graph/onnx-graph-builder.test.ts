@@ -1,6 +1,6 @@
 import protobuf from "protobufjs";
 import { describe, expect, it } from "vitest";
-import { OnnxGraphBuilder } from "./onnx-graph-builder.ts";
+import { InMemoryExternalData, OnnxGraphBuilder } from "./onnx-graph-builder.ts";
 import { ONNX_SCHEMA } from "./onnx/generated/onnx-schema.ts";
 
 const modelProto = protobuf.Root.fromJSON(ONNX_SCHEMA as protobuf.INamespace).lookupType("onnx.ModelProto");
@@ -41,7 +41,7 @@ function decode(model: Uint8Array): Decoded {
 
 describe("OnnxGraphBuilder", () => {
   it("writes opsets, typed inputs and outputs with fixed and symbolic dimensions", () => {
-    const b = new OnnxGraphBuilder("g", "g.weights");
+    const b = new OnnxGraphBuilder("g", new InMemoryExternalData("g.weights"));
     b.input("x", "float32", ["batch", 4]);
     b.node("Identity", "/id", ["x"], { outputs: [b.output("y", "int64", [])] });
     const model = decode(b.build().model);
@@ -61,7 +61,7 @@ describe("OnnxGraphBuilder", () => {
   });
 
   it("types attributes: integers, floats, strings, int lists, float lists", () => {
-    const b = new OnnxGraphBuilder("g", "g.weights");
+    const b = new OnnxGraphBuilder("g", new InMemoryExternalData("g.weights"));
     b.op("Op", "/op", ["x"], {
       axis: -1,
       alpha: 0.5,
@@ -89,7 +89,8 @@ describe("OnnxGraphBuilder", () => {
   });
 
   it("keeps small initializers inline and puts large ones, 64-byte aligned, in the external data", () => {
-    const b = new OnnxGraphBuilder("g", "g.weights");
+    const external = new InMemoryExternalData("g.weights");
+    const b = new OnnxGraphBuilder("g", external);
     b.initializer("small", "float32", [2], Float32Array.of(1, 2));
     b.initializer("odd", "uint8", [1030], new Uint8Array(1030).fill(7));
     b.initializer("big", "float32", [16, 16], new Float32Array(256).fill(3));
@@ -114,11 +115,16 @@ describe("OnnxGraphBuilder", () => {
     });
     expect(big.externalData?.[1]).toEqual({ key: "offset", value: "1088" });
     expect(built.externalDataBytes).toBe(1088 + 1024);
-    expect(Buffer.concat(built.externalData).length).toBe(built.externalDataBytes);
+    const bytes = Buffer.concat(external.chunks);
+    expect(bytes.length).toBe(built.externalDataBytes);
+    expect(bytes.subarray(0, 1030).every((v) => v === 7)).toBe(true);
+    expect(new Float32Array(bytes.buffer.slice(bytes.byteOffset + 1088, bytes.byteOffset + 2112))).toEqual(
+      new Float32Array(256).fill(3),
+    );
   });
 
   it("stores each int64 constant once, scalars apart from vectors", () => {
-    const b = new OnnxGraphBuilder("g", "g.weights");
+    const b = new OnnxGraphBuilder("g", new InMemoryExternalData("g.weights"));
     const vector = b.int64Constant([-1, 5]);
     expect(b.int64Constant([-1, 5])).toBe(vector);
     const scalar = b.int64Constant([3], true);

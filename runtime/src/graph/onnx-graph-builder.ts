@@ -5,8 +5,10 @@
  *
  * Weights go to a separate external-data file rather than into the protobuf: a 110M
  * model in fp32 is 440 MB, which protobufjs would have to copy several times, and
- * ONNX Runtime reads external data straight from disk.
+ * ONNX Runtime reads external data straight from disk. They are appended to that file as
+ * they are added, so a build holds no copy of the weights it has written.
  */
+import { closeSync, openSync, writeSync } from "node:fs";
 import {
   ATTRIBUTE_TYPE,
   DATA_LOCATION,
@@ -46,9 +48,49 @@ const EXTERNAL_ALIGNMENT = 64;
 export interface BuiltGraph {
   /** Serialized ModelProto. */
   model: Uint8Array;
-  /** Contents of the external data file the model refers to by `externalDataName`. */
-  externalData: Buffer[];
+  /** Bytes appended to the external data file. */
   externalDataBytes: number;
+}
+
+/** Where large initializers go, in the order they are added. */
+export interface ExternalDataSink {
+  /** The file's name as the model refers to it (relative to the model file). */
+  readonly name: string;
+  /** Appends bytes; the caller may reuse its buffer once this returns. */
+  append(bytes: Uint8Array): void;
+}
+
+/** An external data file written as the graph is built. Close it when the build is done. */
+export class ExternalDataFile implements ExternalDataSink {
+  private readonly fd: number;
+
+  /** Creates (or truncates) `path`; the model refers to it as `name`. */
+  constructor(
+    path: string,
+    readonly name: string,
+  ) {
+    this.fd = openSync(path, "w");
+  }
+
+  append(bytes: Uint8Array): void {
+    for (let written = 0; written < bytes.length;)
+      written += writeSync(this.fd, bytes, written, bytes.length - written);
+  }
+
+  close(): void {
+    closeSync(this.fd);
+  }
+}
+
+/** External data kept in memory, for graphs with few or no large initializers (tests, probes). */
+export class InMemoryExternalData implements ExternalDataSink {
+  readonly chunks: Buffer[] = [];
+
+  constructor(readonly name: string) {}
+
+  append(bytes: Uint8Array): void {
+    this.chunks.push(Buffer.from(bytes));
+  }
 }
 
 export class OnnxGraphBuilder {
@@ -56,15 +98,14 @@ export class OnnxGraphBuilder {
   private readonly initializers: TensorMessage[] = [];
   private readonly inputs: ValueInfoMessage[] = [];
   private readonly outputs: ValueInfoMessage[] = [];
-  private readonly externalChunks: Buffer[] = [];
   private externalOffset = 0;
   private readonly usedNames = new Set<string>();
   private readonly constantCache = new Map<string, string>();
 
-  /** @param externalDataName file name (relative to the model file) holding large initializers */
+  /** @param externalData where initializers of EXTERNAL_THRESHOLD_BYTES or more are written */
   constructor(
     private readonly graphName: string,
-    private readonly externalDataName: string,
+    private readonly externalData: ExternalDataSink,
   ) {}
 
   input(name: string, type: ElementType, shape: Dim[]): string {
@@ -84,17 +125,16 @@ export class OnnxGraphBuilder {
     if (bytes.length >= EXTERNAL_THRESHOLD_BYTES) {
       const padding = (EXTERNAL_ALIGNMENT - (this.externalOffset % EXTERNAL_ALIGNMENT)) % EXTERNAL_ALIGNMENT;
       if (padding > 0) {
-        this.externalChunks.push(Buffer.alloc(padding));
+        this.externalData.append(new Uint8Array(padding));
         this.externalOffset += padding;
       }
       tensor.dataLocation = DATA_LOCATION.EXTERNAL;
       tensor.externalData = [
-        { key: "location", value: this.externalDataName },
+        { key: "location", value: this.externalData.name },
         { key: "offset", value: String(this.externalOffset) },
         { key: "length", value: String(bytes.length) },
       ];
-      // Copy: callers may reuse their buffers after this returns.
-      this.externalChunks.push(Buffer.from(bytes));
+      this.externalData.append(bytes);
       this.externalOffset += bytes.length;
     } else {
       tensor.rawData = new Uint8Array(bytes);
@@ -188,7 +228,6 @@ export class OnnxGraphBuilder {
     };
     return {
       model: encodeModel(model),
-      externalData: this.externalChunks,
       externalDataBytes: this.externalOffset,
     };
   }

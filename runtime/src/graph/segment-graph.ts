@@ -9,7 +9,7 @@ import type { ModelConfig } from "../checkpoint/model-config.ts";
 import { rotaryInverseFrequencies } from "../checkpoint/rope-frequencies.ts";
 import type { LayerWeights, ModelWeights, WeightTensor } from "../checkpoint/model-weights.ts";
 import { GRAPH_IO } from "./graph-io-names.ts";
-import { OnnxGraphBuilder, type BuiltGraph } from "./onnx-graph-builder.ts";
+import { OnnxGraphBuilder, type BuiltGraph, type ExternalDataSink } from "./onnx-graph-builder.ts";
 import { quantizeNBits } from "./nbits-quantizer.ts";
 import {
   DEFAULT_QUANT_BLOCK_SIZE,
@@ -19,14 +19,19 @@ import {
   validateSegmentSpec,
 } from "./segment-spec.ts";
 
+/**
+ * Writes the segment's graph; its weights go to `externalData` as they are converted,
+ * tensor by tensor, and each checkpoint tensor's decoded values are released once written
+ * (WeightTensor.release), so a build never holds the segment's weights all at once.
+ */
 export function buildSegmentGraph(
   config: ModelConfig,
   weights: ModelWeights,
   spec: SegmentSpec,
-  externalDataName: string,
+  externalData: ExternalDataSink,
 ): BuiltGraph {
   validateSegmentSpec(spec, config);
-  return new SegmentGraphWriter(config, weights, spec, externalDataName).write();
+  return new SegmentGraphWriter(config, weights, spec, externalData).write();
 }
 
 class SegmentGraphWriter {
@@ -42,9 +47,9 @@ class SegmentGraphWriter {
     private readonly config: ModelConfig,
     private readonly weights: ModelWeights,
     private readonly spec: SegmentSpec,
-    externalDataName: string,
+    externalData: ExternalDataSink,
   ) {
-    this.b = new OnnxGraphBuilder(`tandem_segment_${spec.fromLayer}_${spec.toLayer}`, externalDataName);
+    this.b = new OnnxGraphBuilder(`tandem_segment_${spec.fromLayer}_${spec.toLayer}`, externalData);
     this.exits = segmentExits(spec, config);
     this.blockSize = spec.quantBlockSize ?? DEFAULT_QUANT_BLOCK_SIZE;
   }
@@ -65,14 +70,17 @@ class SegmentGraphWriter {
         this.weights.embedTokens.data,
       );
       x = b.op("Gather", "/model/embed_tokens/Gather", [table, ids]);
+      // A tied quantized head decodes the table again: one tensor, not the whole model.
+      this.weights.embedTokens.release?.();
     } else {
       x = b.input(GRAPH_IO.hiddenIn, "float32", ["batch", "seq", hidden]);
     }
 
-    const { cos, sin } = this.rotaryCaches();
-    const newPositions = this.newPositionIndex(x);
+    const rotary = this.rotaryCaches();
+    const positions = this.newPositions(x);
     for (let layer = spec.fromLayer; layer < spec.toLayer; layer++) {
-      x = this.decoderLayer(layer, x, cos, sin, newPositions);
+      x = this.decoderLayer(layer, x, rotary, positions);
+      releaseLayer(this.weights.layers[layer]);
       const after = layer + 1;
       if (spec.hiddenTaps.includes(after))
         this.outputAlias(x, GRAPH_IO.hiddenAfter(after), ["batch", "seq", hidden]);
@@ -80,16 +88,17 @@ class SegmentGraphWriter {
       if (exit) this.exitHead(exit, x);
     }
     if (spec.outputHidden) this.outputAlias(x, GRAPH_IO.hiddenOut, ["batch", "seq", hidden]);
+    this.weights.lmHead.release?.();
+    this.weights.finalNorm.release?.();
     return b.build();
   }
 
   /**
-   * Where each row's new positions sit in a present cache, as a GatherElements index over
-   * axis 2, [batch, kvHeads, seq, headDim]: row b's seq positions start at
-   * seqlens_k[b] + 1 − seq. Built once from the inputs, shared by every layer.
+   * The positions of each row's new tokens, [batch, seq] int64: row b's seq positions
+   * start at seqlens_k[b] + 1 − seq. Built once from the inputs, shared by every layer.
    */
-  private newPositionIndex(x: string): string {
-    const { b, config } = this;
+  private newPositions(x: string): NewPositions {
+    const { b } = this;
     const prefix = "/model/new_positions";
     const seqLength = b.op("Shape", `${prefix}/seq`, [x], { start: 1, end: 2 });
     const lastPosition = b.op("Cast", `${prefix}/last`, [GRAPH_IO.seqlensK], { to: 7 });
@@ -106,14 +115,26 @@ class SegmentGraphWriter {
       b.op("Unsqueeze", `${prefix}/first/Unsqueeze`, [first, b.int64Constant([1])]),
       b.op("Unsqueeze", `${prefix}/steps/Unsqueeze`, [steps, b.int64Constant([0])]),
     ]);
-    return b.op("Expand", `${prefix}/index`, [
-      b.op("Unsqueeze", `${prefix}/positions/Unsqueeze`, [positions, b.int64Constant([1, 3])]),
+    return { positions };
+  }
+
+  /**
+   * Where each row's new positions sit in a cache, as a GatherElements/ScatterElements
+   * index over axis 2 of [batch, kvHeads, seq, headDim]. Built once, on first use.
+   */
+  private cacheIndex(positions: NewPositions): string {
+    const { b, config } = this;
+    return (positions.cacheIndex ??= b.op("Expand", "/model/new_positions/index", [
+      b.op("Unsqueeze", "/model/new_positions/positions/Unsqueeze", [
+        positions.positions,
+        b.int64Constant([1, 3]),
+      ]),
       b.int64Constant([1, config.numKvHeads, 1, config.headDim]),
-    ]);
+    ]));
   }
 
   /** cos/sin tables [maxPositions, headDim/2] for GroupQueryAttention's rotary (HF rotate_half layout). */
-  private rotaryCaches(): { cos: string; sin: string } {
+  private rotaryCaches(): RotaryCaches {
     const { headDim, maxPositions } = this.config;
     const half = headDim / 2;
     const cos = new Float32Array(maxPositions * half);
@@ -140,7 +161,7 @@ class SegmentGraphWriter {
    *   h ──► RMSNorm ──► gate_up MatMul ──► Split ──► silu(gate)·up ──► down ──► (+) ──► out
    *   └──────────────────────────────────────────────────────────────────────────┘
    */
-  private decoderLayer(layer: number, x: string, cos: string, sin: string, newPositions: string): string {
+  private decoderLayer(layer: number, x: string, rotary: RotaryCaches, positions: NewPositions): string {
     const { b, config } = this;
     const w = this.weights.layers[layer];
     const prefix = `/model/layers.${layer}`;
@@ -166,12 +187,74 @@ class SegmentGraphWriter {
       "past",
       config.headDim,
     ]);
+    const qDim = config.numHeads * config.headDim;
+    const kvDim = config.numKvHeads * config.headDim;
+    const splitQkv = (): string[] =>
+      b.node("Split", `${prefix}/attn/qkv_proj/Split`, [qkv, b.int64Constant([qDim, kvDim, kvDim])], {
+        outputs: 3,
+        attributes: { axis: -1 },
+      });
+    let query = qkv;
+    let key = "";
+    let value = "";
+    if (w.qNorm && w.kNorm) {
+      [query, key, value] = splitQkv();
+      query = this.headNorm(`${prefix}/attn/q_norm`, query, w.qNorm, config.numHeads);
+      key = this.headNorm(`${prefix}/attn/k_norm`, key, w.kNorm, config.numKvHeads);
+    }
+    let attention: string;
+    if (fusedAttentionTakes(config)) {
+      attention = this.groupQueryAttention(
+        prefix,
+        layer,
+        [query, key, value],
+        pastKey,
+        pastValue,
+        rotary,
+        positions,
+      );
+    } else {
+      if (!key) [query, key, value] = splitQkv();
+      attention = this.plainAttention(
+        prefix,
+        layer,
+        [query, key, value],
+        pastKey,
+        pastValue,
+        rotary,
+        positions,
+      );
+    }
+    const projected = this.linear(`${prefix}/attn/o_proj`, attention, asLinear(w.oProj));
+    const afterAttention = b.op("Add", `${prefix}/attn/residual/Add`, [x, projected]);
+
+    const normed2 = this.rmsNorm(`${prefix}/post_attention_layernorm`, afterAttention, w.postAttentionNorm);
+    const mlp = w.experts
+      ? this.sparseMoe(`${prefix}/block_sparse_moe`, normed2, w, layer)
+      : this.mlp(`${prefix}/mlp`, normed2, w);
+    return b.op("Add", `${prefix}/mlp/residual/Add`, [afterAttention, mlp]);
+  }
+
+  /**
+   * ONNX Runtime's fused attention: rotary, the cache update and causal GQA in one kernel.
+   * `qkv` is the fused projection, or query/key/value apart (after Qwen3's norms).
+   */
+  private groupQueryAttention(
+    prefix: string,
+    layer: number,
+    qkv: [string, string, string],
+    pastKey: string,
+    pastValue: string,
+    rotary: RotaryCaches,
+    positions: NewPositions,
+  ): string {
+    const { b, config } = this;
     const presentKey = `${prefix}/attn/present_key`;
     const presentValue = `${prefix}/attn/present_value`;
     const [attention] = b.node(
       "GroupQueryAttention",
       `${prefix}/attn/GroupQueryAttention`,
-      [qkv, "", "", pastKey, pastValue, GRAPH_IO.seqlensK, GRAPH_IO.totalSequenceLength, cos, sin],
+      [...qkv, pastKey, pastValue, GRAPH_IO.seqlensK, GRAPH_IO.totalSequenceLength, rotary.cos, rotary.sin],
       {
         outputs: [`${prefix}/attn/GroupQueryAttention/output_0`, presentKey, presentValue],
         domain: "com.microsoft",
@@ -185,22 +268,190 @@ class SegmentGraphWriter {
       },
     );
     const newKvShape = ["batch", config.numKvHeads, "seq", config.headDim];
-    b.node("GatherElements", `${prefix}/attn/new_key`, [presentKey, newPositions], {
+    const index = this.cacheIndex(positions);
+    b.node("GatherElements", `${prefix}/attn/new_key`, [presentKey, index], {
       outputs: [b.output(GRAPH_IO.newKey(layer), "float32", newKvShape)],
       attributes: { axis: 2 },
     });
-    b.node("GatherElements", `${prefix}/attn/new_value`, [presentValue, newPositions], {
+    b.node("GatherElements", `${prefix}/attn/new_value`, [presentValue, index], {
       outputs: [b.output(GRAPH_IO.newValue(layer), "float32", newKvShape)],
       attributes: { axis: 2 },
     });
-    const projected = this.linear(`${prefix}/attn/o_proj`, attention, asLinear(w.oProj));
-    const afterAttention = b.op("Add", `${prefix}/attn/residual/Add`, [x, projected]);
+    return attention;
+  }
 
-    const normed2 = this.rmsNorm(`${prefix}/post_attention_layernorm`, afterAttention, w.postAttentionNorm);
-    const mlp = w.experts
-      ? this.sparseMoe(`${prefix}/block_sparse_moe`, normed2, w, layer)
-      : this.mlp(`${prefix}/mlp`, normed2, w);
-    return b.op("Add", `${prefix}/mlp/residual/Add`, [afterAttention, mlp]);
+  /*
+   * The same attention in standard operators, for head sizes the fused kernel cannot take:
+   *   q, k ──► rotate_half rotary at each row's positions
+   *   present = past with the new keys/values scattered in at those positions
+   *   softmax(q·presentᵀ / √d, keys after a query's position masked) · present values
+   * Query heads are grouped over their KV head ([batch, kvHeads, groups, seq, d]), so no
+   * KV head is copied.
+   */
+  private plainAttention(
+    prefix: string,
+    layer: number,
+    [query, key, value]: [string, string, string],
+    pastKey: string,
+    pastValue: string,
+    rotary: RotaryCaches,
+    positions: NewPositions,
+  ): string {
+    const { b, config } = this;
+    const { numHeads, numKvHeads, headDim } = config;
+    const groups = numHeads / numKvHeads;
+    const p = `${prefix}/attn`;
+    const { cos, sin } = this.rotaryAtPositions(rotary, positions);
+    const rotated = (name: string, x: string, heads: number): string => {
+      const x4 = b.op("Reshape", `${p}/${name}/heads`, [x, b.int64Constant([0, 0, heads, headDim])]);
+      const half = headDim / 2;
+      const first = b.op("Slice", `${p}/${name}/first_half`, [
+        x4,
+        b.int64Constant([0]),
+        b.int64Constant([half]),
+        b.int64Constant([-1]),
+      ]);
+      const second = b.op("Slice", `${p}/${name}/second_half`, [
+        x4,
+        b.int64Constant([half]),
+        b.int64Constant([headDim]),
+        b.int64Constant([-1]),
+      ]);
+      const rotatedHalf = b.op(
+        "Concat",
+        `${p}/${name}/rotate_half`,
+        [b.op("Neg", `${p}/${name}/Neg`, [second]), first],
+        { axis: -1 },
+      );
+      return b.op("Add", `${p}/${name}/rotary`, [
+        b.op("Mul", `${p}/${name}/cos`, [x4, cos]),
+        b.op("Mul", `${p}/${name}/sin`, [rotatedHalf, sin]),
+      ]);
+    };
+    const toCacheLayout = [0, 2, 1, 3]; // [batch, seq, kvHeads, d] → [batch, kvHeads, seq, d]
+    const newKvShape = ["batch", numKvHeads, "seq", headDim];
+    const newKey = b.op("Transpose", `${p}/new_key/Transpose`, [rotated("key", key, numKvHeads)], {
+      perm: toCacheLayout,
+    });
+    const newValue = b.op(
+      "Transpose",
+      `${p}/new_value/Transpose`,
+      [b.op("Reshape", `${p}/value/heads`, [value, b.int64Constant([0, 0, numKvHeads, headDim])])],
+      { perm: toCacheLayout },
+    );
+    this.outputAlias(newKey, GRAPH_IO.newKey(layer), newKvShape);
+    this.outputAlias(newValue, GRAPH_IO.newValue(layer), newKvShape);
+
+    // The cache with room for the new positions, which land where each row's positions say
+    // (rows of a batch may hold different lengths; past holds the longest).
+    const index = this.cacheIndex(positions);
+    const present = (name: string, past: string, fresh: string): string =>
+      b.op(
+        "ScatterElements",
+        `${p}/${name}/Scatter`,
+        [
+          b.op("Concat", `${p}/${name}/Concat`, [past, b.op("Sub", `${p}/${name}/zeros`, [fresh, fresh])], {
+            axis: 2,
+          }),
+          index,
+          fresh,
+        ],
+        { axis: 2 },
+      );
+    const presentKey = b.op("Unsqueeze", `${p}/present_key/Unsqueeze`, [
+      present("present_key", pastKey, newKey),
+      b.int64Constant([2]),
+    ]); // [batch, kvHeads, 1, total, d]
+    const presentValue = b.op("Unsqueeze", `${p}/present_value/Unsqueeze`, [
+      present("present_value", pastValue, newValue),
+      b.int64Constant([2]),
+    ]);
+
+    const groupedQuery = b.op(
+      "Transpose",
+      `${p}/query/grouped`,
+      [
+        b.op("Reshape", `${p}/query/groups`, [
+          rotated("query", query, numHeads),
+          b.int64Constant([0, 0, numKvHeads, groups, headDim]),
+        ]),
+      ],
+      { perm: [0, 2, 3, 1, 4] },
+    ); // [batch, kvHeads, groups, seq, d]
+    const scores = b.op("Mul", `${p}/scores/scale`, [
+      b.op("MatMul", `${p}/scores/MatMul`, [
+        groupedQuery,
+        b.op("Transpose", `${p}/present_key/Transpose`, [presentKey], { perm: [0, 1, 2, 4, 3] }),
+      ]),
+      b.floatConstant([1 / Math.sqrt(headDim)], true),
+    ]); // [batch, kvHeads, groups, seq, total]
+    const probs = b.op(
+      "Softmax",
+      `${p}/Softmax`,
+      [
+        b.op("Where", `${p}/causal_mask`, [
+          this.causalMask(positions, presentKey),
+          scores,
+          b.floatConstant([-3.4028234663852886e38], true),
+        ]),
+      ],
+      { axis: -1 },
+    );
+    const context = b.op("MatMul", `${p}/context/MatMul`, [probs, presentValue]);
+    return b.op("Reshape", `${p}/context/merge_heads`, [
+      b.op("Transpose", `${p}/context/Transpose`, [context], { perm: [0, 3, 1, 2, 4] }),
+      b.int64Constant([0, 0, numHeads * headDim]),
+    ]);
+  }
+
+  /** cos and sin at each new position, [batch, seq, 1, headDim] (both halves), built once. */
+  private rotaryAtPositions(rotary: RotaryCaches, positions: NewPositions): { cos: string; sin: string } {
+    const { b } = this;
+    const at = (name: string, table: string): string => {
+      const half = b.op("Gather", `/model/rotary/${name}/Gather`, [table, positions.positions]);
+      return b.op("Unsqueeze", `/model/rotary/${name}/Unsqueeze`, [
+        b.op("Concat", `/model/rotary/${name}/Concat`, [half, half], { axis: -1 }),
+        b.int64Constant([2]),
+      ]);
+    };
+    return (positions.rotary ??= { cos: at("cos", rotary.cos), sin: at("sin", rotary.sin) });
+  }
+
+  /**
+   * True where a query may see a key, [batch, 1, 1, seq, total]: key position ≤ the query's
+   * position. Built once per graph (every layer's present has the same length).
+   */
+  private causalMask(positions: NewPositions, presentKey: string): string {
+    const { b } = this;
+    if (positions.causalMask) return positions.causalMask;
+    const prefix = "/model/causal_mask";
+    const total = b.op("Squeeze", `${prefix}/total`, [
+      b.op("Shape", `${prefix}/Shape`, [presentKey], { start: 3, end: 4 }),
+      b.int64Constant([0]),
+    ]);
+    const keyPositions = b.op("Range", `${prefix}/keys`, [
+      b.int64Constant([0], true),
+      total,
+      b.int64Constant([1], true),
+    ]);
+    const queryPositions = b.op("Unsqueeze", `${prefix}/queries`, [
+      positions.positions,
+      b.int64Constant([1, 2, 4]),
+    ]);
+    return (positions.causalMask = b.op("LessOrEqual", `${prefix}/LessOrEqual`, [
+      keyPositions,
+      queryPositions,
+    ]));
+  }
+
+  /** Qwen3's per-head RMSNorm: x [batch, seq, heads·d] normalised over each head's d values. */
+  private headNorm(prefix: string, x: string, weight: WeightTensor, heads: number): string {
+    const { b, config } = this;
+    const perHead = b.op("Reshape", `${prefix}/heads`, [x, b.int64Constant([0, 0, heads, config.headDim])]);
+    return b.op("Reshape", `${prefix}/merge_heads`, [
+      this.rmsNorm(prefix, perHead, weight),
+      b.int64Constant([0, 0, heads * config.headDim]),
+    ]);
   }
 
   private mlp(prefix: string, x: string, w: Pick<LayerWeights, "gateProj" | "upProj" | "downProj">): string {
@@ -454,6 +705,49 @@ class SegmentGraphWriter {
       outputs: [this.b.output(name, "float32", shape)],
     });
   }
+}
+
+/** Drops the decoded values of a written layer's tensors (decoded again if read again). */
+function releaseLayer(w: LayerWeights): void {
+  const tensors = [
+    w.inputNorm,
+    w.qProj,
+    w.kProj,
+    w.vProj,
+    w.oProj,
+    w.qBias,
+    w.kBias,
+    w.vBias,
+    w.qNorm,
+    w.kNorm,
+    w.postAttentionNorm,
+    w.gateProj,
+    w.upProj,
+    w.downProj,
+    w.router,
+    ...(w.experts ?? []).flatMap((e) => [e.gateProj, e.upProj, e.downProj]),
+  ];
+  for (const tensor of tensors) tensor?.release?.();
+}
+
+/** Where the fused GroupQueryAttention kernel can run a model's attention. */
+export function fusedAttentionTakes(config: ModelConfig): boolean {
+  // ONNX Runtime's CPU GroupQueryAttention requires a head size that is a multiple of 16;
+  // every Llama-family release uses 64 or 128.
+  return config.headDim % 16 === 0;
+}
+
+interface RotaryCaches {
+  cos: string;
+  sin: string;
+}
+
+/** Values derived from the new tokens' positions, each built once per graph when first needed. */
+interface NewPositions {
+  positions: string;
+  cacheIndex?: string;
+  rotary?: { cos: string; sin: string };
+  causalMask?: string;
 }
 
 function transpose(data: Float32Array, rows: number, cols: number): Float32Array {

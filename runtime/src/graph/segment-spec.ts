@@ -3,7 +3,7 @@
  * hidden states), which exits it reports, and which hidden states it hands out.
  */
 import type { ModelConfig } from "../checkpoint/model-config.ts";
-import { InvalidArgumentError, UnsupportedError } from "@tandem/common";
+import { InvalidArgumentError } from "@tandem/common";
 
 export const WEIGHT_FORMATS = ["fp32", "int8", "int4"] as const;
 export type WeightFormat = (typeof WEIGHT_FORMATS)[number];
@@ -122,17 +122,10 @@ export function validateSegmentSpec(spec: SegmentSpec, config: ModelConfig): voi
   if (!Number.isInteger(blockSize) || blockSize < 16 || (blockSize & (blockSize - 1)) !== 0) {
     throw new InvalidArgumentError("quantBlockSize", `must be a power of two ≥ 16, got ${blockSize}`);
   }
-  if (config.headDim % 16 !== 0) {
-    // ONNX Runtime's CPU GroupQueryAttention kernel requires it; every Llama-family
-    // release uses 64 or 128.
-    throw new UnsupportedError(
-      `head_dim ${config.headDim} is not a multiple of 16 (needed by GroupQueryAttention)`,
-    );
-  }
 }
 
 /** Bumped whenever the graph layout changes, so cached graphs from older builders are not reused. */
-export const SEGMENT_GRAPH_VERSION = 4;
+export const SEGMENT_GRAPH_VERSION = 5;
 
 /** The exits a segment reports, in order; the final head is the exit after the last layer. */
 export function segmentExits(spec: SegmentSpec, config: ModelConfig): ExitHeadSpec[] {

@@ -53,6 +53,7 @@ export function tinyConfig(overrides: Partial<ModelConfig> = {}): ModelConfig {
     maxPositions: 256,
     tieWordEmbeddings: false,
     attentionBias: false,
+    queryKeyNorm: overrides.architecture === "qwen3",
     ...overrides,
   };
   if (config.architecture === "mixtral") {
@@ -65,7 +66,8 @@ export function tinyConfig(overrides: Partial<ModelConfig> = {}): ModelConfig {
 /**
  * Random weights in the layout ModelWeights promises (HF `[out, in]`), scaled like a trained
  * model's: linear weights ~ N(0, 1/in), embeddings ~ N(0, 1), norm weights ~ N(1, 0.1²),
- * biases ~ N(0, 0.1²) when `config.attentionBias`. With tied embeddings `lmHead` is
+ * biases ~ N(0, 0.1²) when `config.attentionBias`, q/k norms ~ N(1, 0.1²) when
+ * `config.queryKeyNorm`. With tied embeddings `lmHead` is
  * `embedTokens` itself.
  */
 export function randomWeights(config: ModelConfig, seed: number): ModelWeights {
@@ -105,6 +107,10 @@ export function randomWeights(config: ModelConfig, seed: number): ModelWeights {
       layer.qBias = vector(`${p}.self_attn.q_proj.bias`, qDim, 0, 0.1);
       layer.kBias = vector(`${p}.self_attn.k_proj.bias`, kvDim, 0, 0.1);
       layer.vBias = vector(`${p}.self_attn.v_proj.bias`, kvDim, 0, 0.1);
+    }
+    if (config.queryKeyNorm) {
+      layer.qNorm = vector(`${p}.self_attn.q_norm.weight`, config.headDim, 1, 0.1);
+      layer.kNorm = vector(`${p}.self_attn.k_norm.weight`, config.headDim, 1, 0.1);
     }
     if (config.architecture === "mixtral") {
       const m = `${p}.block_sparse_moe`;

@@ -1,5 +1,5 @@
 /**
- * A plain-TypeScript forward pass of the Llama family (llama, mistral, qwen2) and Mixtral
+ * A plain-TypeScript forward pass of the Llama family (llama, mistral, qwen2, qwen3) and Mixtral
  * with the semantics of Hugging Face transformers, in fp32. It checks the ONNX graphs in
  * tests and is the "plain loops" baseline of the runtime benchmark — it never serves.
  *
@@ -180,6 +180,12 @@ export class ReferenceModel {
     const newValues = values.subarray(base * kvDim, (base + n) * kvDim);
     linear(normed, n, w.kProj.data, h, kvDim, newKeys, w.kBias?.data);
     linear(normed, n, w.vProj.data, h, kvDim, newValues, w.vBias?.data);
+    if (w.qNorm && w.kNorm) {
+      // Qwen3: every head's query and key normalised over head_dim, before rotary.
+      const { headDim } = this.config;
+      rmsNormRows(q, n * numHeads, headDim, w.qNorm.data, rmsNormEps, q);
+      rmsNormRows(newKeys, n * numKvHeads, headDim, w.kNorm.data, rmsNormEps, newKeys);
+    }
     for (let t = 0; t < n; t++) {
       this.rotary.apply(q, t * qDim, numHeads, base + t);
       this.rotary.apply(keys, (base + t) * kvDim, numKvHeads, base + t);
@@ -441,6 +447,10 @@ function checkWeights(c: ModelConfig, w: ModelWeights): void {
     if (layer.qBias) check(`${p}.qBias`, layer.qBias, qDim);
     if (layer.kBias) check(`${p}.kBias`, layer.kBias, kvDim);
     if (layer.vBias) check(`${p}.vBias`, layer.vBias, kvDim);
+    if (c.queryKeyNorm) {
+      check(`${p}.qNorm`, layer.qNorm, c.headDim);
+      check(`${p}.kNorm`, layer.kNorm, c.headDim);
+    }
     check(`${p}.postAttentionNorm`, layer.postAttentionNorm, h);
     if (c.architecture === "mixtral") {
       const experts = c.numExperts!;

@@ -48,6 +48,18 @@ export interface RandomCheckpointSpec {
    * of standard deviation ~1; 2 makes next-token distributions clearly peaked. @default 1
    */
   initScale?: number;
+  /**
+   * Standard deviation of the embedding table. 1 (like a trained model's embeddings after
+   * the first norm) gives tied heads logits of standard deviation ~sqrt(hidden); real
+   * shapes use ~2/sqrt(hidden), which keeps logits in a trained model's range. @default 1
+   */
+  embeddingStd?: number;
+  /**
+   * Written as config.json instead of one built from the fields above, which must describe
+   * the same shape: a real model's config with all its keys (see real-model-configs.ts).
+   * @default built from the fields
+   */
+  configJson?: Readonly<Record<string, unknown>>;
   /** Extra merges for tokenizer.json (see byteLevelTokenizerJson); they must fit in vocabSize. @default [] */
   tokenizerWords?: readonly (string | Uint8Array)[];
 }
@@ -122,6 +134,8 @@ export function validateRandomCheckpointSpec(spec: RandomCheckpointSpec): void {
       "numHeads",
       `${spec.numHeads} does not divide hiddenSize ${spec.hiddenSize}`,
     );
+  if (spec.embeddingStd !== undefined && !(Number.isFinite(spec.embeddingStd) && spec.embeddingStd > 0))
+    throw new InvalidArgumentError("embeddingStd", `must be a positive number, got ${spec.embeddingStd}`);
   if (headDimOf(spec) % 2 !== 0)
     throw new InvalidArgumentError("headDim", `must be even for rotary embeddings, got ${headDimOf(spec)}`);
   if (spec.architecture === "mixtral" && expertsPerTokenOf(spec) > expertsOf(spec))
@@ -157,7 +171,11 @@ export function randomCheckpointTensors(spec: RandomCheckpointSpec): TensorToWri
 
   // Embeddings ~ N(0, 1) like a trained model's after the first norm; tied heads then give
   // logits of standard deviation ~sqrt(hidden), i.e. confident predictions.
-  tensors.push({ name: "model.embed_tokens.weight", shape: [v, h], data: random.normal(v * h, 0, 1) });
+  tensors.push({
+    name: "model.embed_tokens.weight",
+    shape: [v, h],
+    data: random.normal(v * h, 0, spec.embeddingStd ?? 1),
+  });
   for (let i = 0; i < spec.numLayers; i++) {
     const p = `model.layers.${i}`;
     vector(`${p}.input_layernorm.weight`, h, 1, 0.1);
@@ -169,6 +187,10 @@ export function randomCheckpointTensors(spec: RandomCheckpointSpec): TensorToWri
       vector(`${p}.self_attn.q_proj.bias`, numHeads * headDim, 0, 0.1);
       vector(`${p}.self_attn.k_proj.bias`, numKvHeads * headDim, 0, 0.1);
       vector(`${p}.self_attn.v_proj.bias`, numKvHeads * headDim, 0, 0.1);
+    }
+    if (spec.architecture === "qwen3") {
+      vector(`${p}.self_attn.q_norm.weight`, headDim, 1, 0.1);
+      vector(`${p}.self_attn.k_norm.weight`, headDim, 1, 0.1);
     }
     vector(`${p}.post_attention_layernorm.weight`, h, 1, 0.1);
     if (spec.architecture === "mixtral") {
@@ -191,6 +213,7 @@ export function randomCheckpointTensors(spec: RandomCheckpointSpec): TensorToWri
 
 /** The config.json a spec is written with. */
 export function randomCheckpointConfigJson(spec: RandomCheckpointSpec): Record<string, unknown> {
+  if (spec.configJson) return { ...spec.configJson };
   const config: Record<string, unknown> = {
     architectures: [ARCHITECTURE_CLASS[spec.architecture]],
     model_type: spec.architecture,
@@ -234,6 +257,7 @@ const ARCHITECTURE_CLASS: Record<ModelArchitecture, string> = {
   llama: "LlamaForCausalLM",
   mistral: "MistralForCausalLM",
   qwen2: "Qwen2ForCausalLM",
+  qwen3: "Qwen3ForCausalLM",
   mixtral: "MixtralForCausalLM",
 };
 
@@ -291,6 +315,7 @@ function randomCheckpointShapes(spec: RandomCheckpointSpec): number[][] {
   const mlp = spec.architecture === "mixtral" ? expertsOf(spec) * 3 : 3;
   const layer = [[h], [q, h], [kv, h], [kv, h], [h, q], [h], ...Array.from({ length: mlp }, () => [m, h])];
   if (spec.architecture === "qwen2") layer.push([q], [kv], [kv]);
+  if (spec.architecture === "qwen3") layer.push([headDimOf(spec)], [headDimOf(spec)]);
   if (spec.architecture === "mixtral") layer.push([expertsOf(spec), h]);
   const shapes = [[v, h], [h], ...Array.from({ length: spec.numLayers }, () => layer).flat()];
   if (!spec.tieWordEmbeddings) shapes.push([v, h]);
