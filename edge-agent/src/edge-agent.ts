@@ -13,6 +13,7 @@ import {
 import {
   BudgetExitPolicy,
   calibratedExitHeads,
+  ChatTemplate,
   checkCalibrationMatches,
   edgeSegmentSpec,
   type ExitHeadSpec,
@@ -54,7 +55,9 @@ export async function startEdgeAgent(
   if (config.insecure && !secured)
     log.warn({ host: config.host }, "public API without TLS and API keys: anyone who reaches it may use it");
   const checkpoint = await loadCheckpoint(config.model);
+  const modelId = basename(config.model);
   const tokenizer = await Tokenizer.forCheckpoint(checkpoint);
+  const chatTemplate = await ChatTemplate.find(checkpoint.dir);
   const calibration = config.calibration ? await readCalibration(config.calibration) : undefined;
   if (calibration && config.calibration) checkCalibrationMatches(calibration, checkpoint, config.calibration);
 
@@ -123,7 +126,7 @@ export async function startEdgeAgent(
           : undefined,
       },
       {
-        modelId: basename(config.model),
+        modelId,
         weightsHash: checkpoint.weightsHash,
         split,
         hiddenSize: checkpoint.config.hiddenSize,
@@ -145,8 +148,10 @@ export async function startEdgeAgent(
   const protos = loadTandemProtos();
   const handlers = inferenceHandlers({
     config: checkpoint.config,
+    modelId,
     lower,
     tokenizer,
+    chatTemplate,
     cloud,
     autoPolicy,
     exitLayers: exits.map((e) => e.afterLayer),
@@ -180,6 +185,7 @@ export async function startEdgeAgent(
       exits: exits.map((e) => e.afterLayer),
       cloud: config.natsUrl ? `placement map of cluster ${config.cluster}` : (config.cloudAddress ?? null),
       calibrated: Boolean(calibration),
+      chatTemplate: chatTemplate?.source ?? null,
     },
     "edge agent serving",
   );

@@ -1,6 +1,8 @@
 /**
  * Inference/Generate: decodes and validates the request (INVALID_ARGUMENT naming the
- * field, or the message when its bytes are no GenerateRequest), then runs
+ * field, or the message when its bytes are no GenerateRequest), turns its prompt into
+ * token ids (text as the tokenizer's authors intend, with BOS where they add one; a
+ * conversation through the model's chat template, which writes its own BOS), then runs
  * the collaborative loop for one session and streams a TokenEvent per token and a
  * summary last. A client that cancels stops the generation.
  */
@@ -12,6 +14,8 @@ import {
   AlwaysDeferPolicy,
   AlwaysExitPolicy,
   BudgetExitPolicy,
+  type ChatMessage,
+  type ChatTemplate,
   DEFAULT_GENERATE_OPTIONS,
   type ConfidenceMetric,
   type ExitPolicy,
@@ -36,8 +40,12 @@ import { StopSequenceFilter } from "./stop-sequences.ts";
 
 export interface InferenceContext {
   config: ModelConfig;
+  /** The model's name (its directory's), as callers are told it; never its path on this device. */
+  modelId: string;
   lower: SegmentSessions;
   tokenizer: Tokenizer;
+  /** Renders `messages` prompts; undefined when the checkpoint has none (such prompts are then refused). */
+  chatTemplate?: ChatTemplate;
   /** Undefined: no cloud configured (edge only). */
   cloud?: CloudLinks;
   /** A new policy for AUTO mode, per session (policies may keep state). */
@@ -61,8 +69,10 @@ export interface RequestLimits {
   maxStops: number;
   /** Longest stop sequence, in characters. @default 64 */
   maxStopLength: number;
-  /** Longest prompt text, in characters (checked before tokenizing). @default 65536 */
+  /** Longest prompt text, in characters (checked before tokenizing); for messages, their contents together. @default 65536 */
   maxPromptChars: number;
+  /** Most messages in a `messages` prompt. @default 256 */
+  maxMessages: number;
   /** Generations running at once; one more gets RESOURCE_EXHAUSTED. @default 64 */
   maxStreams: number;
   /** Generations running at once per API key (when keys are configured). @default 16 */
@@ -78,6 +88,7 @@ export const DEFAULT_REQUEST_LIMITS: RequestLimits = {
   maxStops: 8,
   maxStopLength: 64,
   maxPromptChars: 64 * 1024,
+  maxMessages: 256,
   maxStreams: 64,
   maxStreamsPerKey: 16,
   stallTimeoutMs: 30_000,
@@ -85,13 +96,15 @@ export const DEFAULT_REQUEST_LIMITS: RequestLimits = {
 
 /**
  * The largest legal Generate request, bytes: a prompt of the most characters (up to 4
- * bytes each in UTF-8) or token ids (up to 10 bytes each), the stop sequences, and the
- * other fields. What the server is told to accept.
+ * bytes each in UTF-8), token ids (up to 10 bytes each) or messages (their framing and
+ * role, under 32 bytes each, besides the characters), the stop sequences, and the other
+ * fields. What the server is told to accept.
  */
 export function maxRequestBytes(limits: RequestLimits): number {
   return (
     4 * limits.maxPromptChars +
     10 * limits.maxPromptTokens +
+    32 * limits.maxMessages +
     4 * limits.maxStops * limits.maxStopLength +
     4096
   );
@@ -105,6 +118,13 @@ interface ValidRequest {
   mode: "MODE_AUTO" | "MODE_EDGE_ONLY" | "MODE_CLOUD_ONLY";
   policy: () => ExitPolicy;
 }
+
+/**
+ * The roles a `messages` prompt may use: those every chat template knows. "tool" (and
+ * Llama's "ipython") are left out: a tool's answer belongs to an assistant tool call,
+ * which the API cannot carry, and templates render a lone one inconsistently.
+ */
+const CHAT_ROLES: readonly string[] = ["system", "user", "assistant"];
 
 const METRICS: Record<string, ConfidenceMetric> = {
   CONFIDENCE_METRIC_PROB: "prob",
@@ -122,7 +142,17 @@ function validate(request: GenerateRequest__Output, context: InferenceContext): 
         "prompt.text",
         `${request.text.length} characters exceed the limit ${limits.maxPromptChars}`,
       );
-    ids = context.tokenizer.encode(request.text);
+    ids = context.tokenizer.encodePrompt(request.text);
+  } else if (request.prompt === "messages") {
+    if (!context.chatTemplate)
+      throw new FailedPreconditionError(
+        "prompt.messages",
+        `the model ${context.modelId} has no chat template (neither chat_template.jinja nor a chat_template in tokenizer_config.json); send text or token_ids`,
+      );
+    const messages = validMessages(request.messages?.messages ?? [], limits);
+    const text = context.chatTemplate.render(messages, { field: "prompt.messages" });
+    // The template writes BOS and every other special token itself, as transformers has it.
+    ids = context.tokenizer.encode(text);
   } else if (request.prompt === "tokenIds") {
     ids = request.tokenIds?.ids ?? [];
     const bad = ids.findIndex((id) => id >= config.vocabSize);
@@ -132,7 +162,7 @@ function validate(request: GenerateRequest__Output, context: InferenceContext): 
         `${ids[bad]} is outside the vocabulary [0, ${config.vocabSize})`,
       );
   } else {
-    throw new InvalidArgumentError("prompt", "set text or token_ids");
+    throw new InvalidArgumentError("prompt", "set text, token_ids or messages");
   }
   if (ids.length === 0) throw new InvalidArgumentError("prompt", "encodes to no tokens");
   if (ids.length > limits.maxPromptTokens)
@@ -208,6 +238,34 @@ function validate(request: GenerateRequest__Output, context: InferenceContext): 
     mode,
     policy,
   };
+}
+
+/** The messages of a request, each with a known role and some content, within the limits. */
+function validMessages(messages: readonly ChatMessage[], limits: RequestLimits): ChatMessage[] {
+  if (messages.length === 0)
+    throw new InvalidArgumentError("prompt.messages", "must hold at least one message");
+  if (messages.length > limits.maxMessages)
+    throw new InvalidArgumentError(
+      "prompt.messages",
+      `${messages.length} messages exceed the limit ${limits.maxMessages}`,
+    );
+  let chars = 0;
+  return messages.map(({ role, content }, i) => {
+    if (!role) throw new InvalidArgumentError(`prompt.messages[${i}].role`, "must not be empty");
+    if (!CHAT_ROLES.includes(role))
+      throw new InvalidArgumentError(
+        `prompt.messages[${i}].role`,
+        `must be one of ${CHAT_ROLES.join(", ")}, got ${JSON.stringify(role.slice(0, 32))}`,
+      );
+    if (!content) throw new InvalidArgumentError(`prompt.messages[${i}].content`, "must not be empty");
+    chars += content.length;
+    if (chars > limits.maxPromptChars)
+      throw new InvalidArgumentError(
+        `prompt.messages[${i}].content`,
+        `the messages' content reaches ${chars} characters here, over the limit ${limits.maxPromptChars}`,
+      );
+    return { role, content };
+  });
 }
 
 const SOURCES: Record<

@@ -121,3 +121,9 @@ export {
   type LocalUpperSegmentOptions,
 } from "./protocol/local-upper-segment.ts";
 export { IncrementalDecoder, Tokenizer } from "./tokenizer/tokenizer.ts";
+export {
+  CHAT_TEMPLATE_FILE,
+  ChatTemplate,
+  type ChatMessage,
+  type ChatRenderOptions,
+} from "./tokenizer/chat-template.ts";

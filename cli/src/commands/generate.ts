@@ -1,7 +1,11 @@
 /** `tandem generate`: generation through the runtime in one process, optionally split with early exits. */
 import { z } from "zod";
+import { FailedPreconditionError, UsageError } from "@tandem/common";
 import {
   AlwaysExitPolicy,
+  type ChatMessage,
+  ChatTemplate,
+  type Checkpoint,
   CONFIDENCE_METRICS,
   IncrementalDecoder,
   LocalUpperSegment,
@@ -23,7 +27,16 @@ export const GENERATE_OPTIONS = z
     model: z.string().min(1).meta({
       description: "Hugging Face checkpoint directory (config.json, *.safetensors, tokenizer.json)",
     }),
-    prompt: z.string().min(1).meta({ description: "text to continue" }),
+    prompt: z.string().min(1).meta({ description: "text to continue (with --chat: the user's message)" }),
+    chat: z.boolean().default(false).meta({
+      description:
+        "send the prompt as one user message through the model's chat template, and print the reply",
+    }),
+    system: z
+      .string()
+      .min(1)
+      .optional()
+      .meta({ description: "with --chat: a system message before the user's" }),
     maxTokens: RUNTIME_SETTINGS.maxTokens,
     split: z
       .int()
@@ -57,8 +70,12 @@ export async function runGenerate(
   request: GenerateOptions,
   write: (text: string) => void,
 ): Promise<SplitGenerator["stats"]> {
+  if (request.system !== undefined && !request.chat) throw new UsageError("--system", "goes with --chat");
   const checkpoint = await loadCheckpoint(request.model);
   const tokenizer = await Tokenizer.forCheckpoint(checkpoint);
+  const promptIds = request.chat
+    ? tokenizer.encode(await renderChat(checkpoint, request))
+    : tokenizer.encodePrompt(request.prompt);
   const calibration = request.calibration ? await readCalibration(request.calibration) : undefined;
   if (calibration && request.calibration)
     checkCalibrationMatches(calibration, checkpoint, request.calibration);
@@ -82,7 +99,7 @@ export async function runGenerate(
         : new AlwaysExitPolicy();
     const generator = new SplitGenerator(local.lower, upper, policy);
     const decoder = new IncrementalDecoder(tokenizer);
-    for await (const token of generator.generate(tokenizer.encode(request.prompt), {
+    for await (const token of generator.generate(promptIds, {
       maxTokens: request.maxTokens,
       stopTokenIds: checkpoint.config.eosTokenId,
     }))
@@ -94,14 +111,33 @@ export async function runGenerate(
   }
 }
 
+/**
+ * The prompt (and the system message) as the model's chat template renders them, ready to
+ * encode as is: the template writes BOS and the other special tokens itself.
+ */
+async function renderChat(checkpoint: Checkpoint, request: GenerateOptions): Promise<string> {
+  const template = await ChatTemplate.find(checkpoint.dir);
+  if (!template)
+    throw new FailedPreconditionError(
+      "--chat",
+      `${checkpoint.dir} has no chat template (neither chat_template.jinja nor a chat_template in tokenizer_config.json)`,
+    );
+  const messages: ChatMessage[] = [
+    ...(request.system ? [{ role: "system", content: request.system }] : []),
+    { role: "user", content: request.prompt },
+  ];
+  return template.render(messages, { field: "--prompt" });
+}
+
 export const generateCommand: CommandDefinition<typeof GENERATE_OPTIONS> = {
   name: "generate",
   summary: "continue a prompt with a model, optionally split with early exits",
   description:
-    "Continues the prompt greedily through the runtime in this process; with --split, as an edge and a cloud\nsegment would (the cloud's through the escalation protocol). Prints the text; statistics go to stderr as JSON.",
+    "Continues the prompt greedily through the runtime in this process; with --split, as an edge and a cloud\nsegment would (the cloud's through the escalation protocol). Prints the text; statistics go to stderr as JSON.\nWith --chat, the prompt is a user message rendered with the model's chat template, and the reply alone is printed.",
   options: GENERATE_OPTIONS,
   async run(options) {
-    process.stdout.write(options.prompt);
+    // A continuation reads on from the prompt; a chat reply stands alone.
+    if (!options.chat) process.stdout.write(options.prompt);
     const stats = await runGenerate(options, (text) => process.stdout.write(text));
     process.stdout.write("\n");
     console.error(JSON.stringify({ stats }));

@@ -21,7 +21,8 @@ export const TANDEM_DESCRIPTOR = {
                 "prompt": {
                   "oneof": [
                     "text",
-                    "tokenIds"
+                    "tokenIds",
+                    "messages"
                   ]
                 }
               },
@@ -33,6 +34,10 @@ export const TANDEM_DESCRIPTOR = {
                 "tokenIds": {
                   "type": "TokenIds",
                   "id": 2
+                },
+                "messages": {
+                  "type": "ChatMessages",
+                  "id": 8
                 },
                 "maxTokens": {
                   "type": "uint32",
@@ -63,6 +68,27 @@ export const TANDEM_DESCRIPTOR = {
                   "rule": "repeated",
                   "type": "uint32",
                   "id": 1
+                }
+              }
+            },
+            "ChatMessages": {
+              "fields": {
+                "messages": {
+                  "rule": "repeated",
+                  "type": "ChatMessage",
+                  "id": 1
+                }
+              }
+            },
+            "ChatMessage": {
+              "fields": {
+                "role": {
+                  "type": "string",
+                  "id": 1
+                },
+                "content": {
+                  "type": "string",
+                  "id": 2
                 }
               }
             },

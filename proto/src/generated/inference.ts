@@ -2,6 +2,8 @@
 import type * as grpc from '@grpc/grpc-js';
 import type { EnumTypeDefinition, MessageTypeDefinition } from '@grpc/proto-loader';
 
+import type { ChatMessage as _tandem_v1_ChatMessage, ChatMessage__Output as _tandem_v1_ChatMessage__Output } from './tandem/v1/ChatMessage.js';
+import type { ChatMessages as _tandem_v1_ChatMessages, ChatMessages__Output as _tandem_v1_ChatMessages__Output } from './tandem/v1/ChatMessages.js';
 import type { ExitPolicyOverride as _tandem_v1_ExitPolicyOverride, ExitPolicyOverride__Output as _tandem_v1_ExitPolicyOverride__Output } from './tandem/v1/ExitPolicyOverride.js';
 import type { GenerateEvent as _tandem_v1_GenerateEvent, GenerateEvent__Output as _tandem_v1_GenerateEvent__Output } from './tandem/v1/GenerateEvent.js';
 import type { GenerateRequest as _tandem_v1_GenerateRequest, GenerateRequest__Output as _tandem_v1_GenerateRequest__Output } from './tandem/v1/GenerateRequest.js';
@@ -19,6 +21,8 @@ type SubtypeConstructor<Constructor extends new (...args: any) => any, Subtype> 
 export interface ProtoGrpcType {
   tandem: {
     v1: {
+      ChatMessage: MessageTypeDefinition<_tandem_v1_ChatMessage, _tandem_v1_ChatMessage__Output>
+      ChatMessages: MessageTypeDefinition<_tandem_v1_ChatMessages, _tandem_v1_ChatMessages__Output>
       ConfidenceMetric: EnumTypeDefinition
       ExitPolicyOverride: MessageTypeDefinition<_tandem_v1_ExitPolicyOverride, _tandem_v1_ExitPolicyOverride__Output>
       FinishReason: EnumTypeDefinition

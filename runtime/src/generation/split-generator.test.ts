@@ -112,6 +112,27 @@ describe("SplitGenerator", () => {
     }
     expect(tokens).toEqual(expected.slice(0, expected.indexOf(expected[2]) + 1));
   });
+
+  it("stops at whichever of several stop tokens comes first, as a model with several end tokens (Llama 3) needs", async () => {
+    const expected = await wholeModelTokens(8);
+    const whole = await loadLocalSplit(checkpoint, options());
+    // The config's end tokens in any order, one never generated among them.
+    const unseen = [...Array(300).keys()].find((id) => !expected.includes(id))!;
+    const stopTokenIds = [expected[5], unseen, expected[3]];
+    const tokens = [];
+    for await (const t of new SplitGenerator(whole.lower, undefined, new AlwaysExitPolicy()).generate(
+      PROMPT,
+      {
+        maxTokens: 8,
+        stopTokenIds,
+      },
+    ))
+      tokens.push(t.token);
+    await whole.release();
+    const first = expected.findIndex((id) => stopTokenIds.includes(id));
+    expect(first).toBeLessThanOrEqual(3);
+    expect(tokens).toEqual(expected.slice(0, first + 1));
+  });
 });
 
 /** An upper segment that fails on chosen escalations: unavailable, or forgetting its context. */

@@ -1,10 +1,10 @@
-import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { afterAll, describe, expect, it } from "vitest";
 import { CheckpointError } from "@tandem/common";
-import { byteLevelTokenizerJson } from "../testing/byte-level-tokenizer.ts";
+import { BOS_TOKEN_ID, byteLevelTokenizerJson, EOS_TOKEN_ID } from "../testing/byte-level-tokenizer.ts";
 import { IncrementalDecoder, Tokenizer } from "./tokenizer.ts";
 
 const dir = mkdtempSync(join(tmpdir(), "tandem-tokenizer-"));
@@ -148,6 +148,90 @@ describe("Tokenizer", () => {
     });
     expect(tokenizer.decode(tokenizer.encode("a ."))).toBe("a .");
   });
+});
+
+/**
+ * byteLevelTokenizerJson with a post-processor: Llama 3's (ByteLevel offsets, then a
+ * TemplateProcessing that puts BOS first) or Qwen2.5's (ByteLevel alone, no BOS).
+ */
+function withPostProcessor(kind: "llama3" | "qwen2"): Record<string, unknown> {
+  const byteLevel = { type: "ByteLevel", add_prefix_space: false, trim_offsets: false, use_regex: true };
+  const bosFirst = {
+    type: "TemplateProcessing",
+    single: [{ SpecialToken: { id: "<|bos|>", type_id: 0 } }, { Sequence: { id: "A", type_id: 0 } }],
+    pair: [
+      { SpecialToken: { id: "<|bos|>", type_id: 0 } },
+      { Sequence: { id: "A", type_id: 0 } },
+      { SpecialToken: { id: "<|bos|>", type_id: 1 } },
+      { Sequence: { id: "B", type_id: 1 } },
+    ],
+    special_tokens: { "<|bos|>": { id: "<|bos|>", ids: [BOS_TOKEN_ID], tokens: ["<|bos|>"] } },
+  };
+  return {
+    ...byteLevelTokenizerJson(),
+    post_processor: kind === "llama3" ? { type: "Sequence", processors: [byteLevel, bosFirst] } : byteLevel,
+  };
+}
+
+describe("Tokenizer.encodePrompt: special tokens as the model's authors intend", () => {
+  const text = "Hello, world";
+
+  it("adds BOS where tokenizer.json's post-processor does (Llama 3's TemplateProcessing)", async () => {
+    const tokenizer = await load(withPostProcessor("llama3"));
+    expect(tokenizer.encodePrompt(text)).toEqual([BOS_TOKEN_ID, ...tokenizer.encode(text)]);
+  });
+
+  it("adds nothing where the post-processor adds nothing (Qwen2.5's ByteLevel)", async () => {
+    const tokenizer = await load(withPostProcessor("qwen2"), { add_bos_token: false, bos_token: null });
+    expect(tokenizer.encodePrompt(text)).toEqual(tokenizer.encode(text));
+  });
+
+  it("lets tokenizer_config.json's add_bos_token: false take BOS away", async () => {
+    const tokenizer = await load(withPostProcessor("llama3"), { add_bos_token: false, bos_token: "<|bos|>" });
+    expect(tokenizer.encodePrompt(text)).toEqual(tokenizer.encode(text));
+  });
+
+  it("lets add_bos_token / add_eos_token add tokens the post-processor does not, AddedToken objects included", async () => {
+    const tokenizer = await load(withPostProcessor("qwen2"), {
+      add_bos_token: true,
+      add_eos_token: true,
+      bos_token: { content: "<|bos|>", __type: "AddedToken" },
+      eos_token: "<|endoftext|>",
+    });
+    expect(tokenizer.encodePrompt(text)).toEqual([BOS_TOKEN_ID, ...tokenizer.encode(text), EOS_TOKEN_ID]);
+  });
+
+  it("keeps the post-processor's tokens on the side whose flag tokenizer_config.json leaves unset", async () => {
+    const tokenizer = await load(withPostProcessor("llama3"), {
+      add_eos_token: true,
+      eos_token: "<|endoftext|>",
+    });
+    expect(tokenizer.encodePrompt(text)).toEqual([BOS_TOKEN_ID, ...tokenizer.encode(text), EOS_TOKEN_ID]);
+  });
+
+  it("refuses add_bos_token without a bos_token it knows, naming tokenizer_config.json", async () => {
+    await expect(load(withPostProcessor("qwen2"), { add_bos_token: true })).rejects.toThrow(
+      /tokenizer_config\.json: "add_bos_token" is true but "bos_token" is not set/,
+    );
+    await expect(load(withPostProcessor("qwen2"), { add_bos_token: true, bos_token: "<s>" })).rejects.toThrow(
+      /tokenizer_config\.json: "bos_token" "<s>" is not in the vocabulary/,
+    );
+  });
+
+  const models = fileURLToPath(new URL("../../../models/", import.meta.url));
+  for (const name of ["tandem-demo", "tandem-demo-moe"]) {
+    const path = join(models, name, "tokenizer.json");
+    it.skipIf(!existsSync(path))(
+      `${name} (no post-processor, no tokenizer_config.json): prompts encode exactly as before`,
+      async () => {
+        expect(existsSync(join(models, name, "tokenizer_config.json"))).toBe(false);
+        const tokenizer = await Tokenizer.fromFile(path);
+        const heldout = join(models, "tandem-demo", "heldout.txt");
+        for (const prompt of [...TEXTS, "The Python", readFileSync(heldout, "utf8").slice(0, 4000)])
+          expect(tokenizer.encodePrompt(prompt)).toEqual(tokenizer.encode(prompt));
+      },
+    );
+  }
 });
 
 describe("IncrementalDecoder", () => {

@@ -5,8 +5,12 @@ import type { TokenIds as _tandem_v1_TokenIds, TokenIds__Output as _tandem_v1_To
 import type { Sampling as _tandem_v1_Sampling, Sampling__Output as _tandem_v1_Sampling__Output } from '../../tandem/v1/Sampling.js';
 import type { Mode as _tandem_v1_Mode, Mode__Output as _tandem_v1_Mode__Output } from '../../tandem/v1/Mode.js';
 import type { ExitPolicyOverride as _tandem_v1_ExitPolicyOverride, ExitPolicyOverride__Output as _tandem_v1_ExitPolicyOverride__Output } from '../../tandem/v1/ExitPolicyOverride.js';
+import type { ChatMessages as _tandem_v1_ChatMessages, ChatMessages__Output as _tandem_v1_ChatMessages__Output } from '../../tandem/v1/ChatMessages.js';
 
 export interface GenerateRequest {
+  /**
+   * Text to continue, encoded as the model's tokenizer intends (BOS where it adds one).
+   */
   'text'?: (string);
   'tokenIds'?: (_tandem_v1_TokenIds | null);
   /**
@@ -23,10 +27,17 @@ export interface GenerateRequest {
    * Replaces the agent's calibrated exit policy for this request.
    */
   'exitPolicy'?: (_tandem_v1_ExitPolicyOverride | null);
-  'prompt'?: "text"|"tokenIds";
+  /**
+   * A conversation, rendered with the model's chat template at the edge.
+   */
+  'messages'?: (_tandem_v1_ChatMessages | null);
+  'prompt'?: "text"|"tokenIds"|"messages";
 }
 
 export interface GenerateRequest__Output {
+  /**
+   * Text to continue, encoded as the model's tokenizer intends (BOS where it adds one).
+   */
   'text'?: (string);
   'tokenIds'?: (_tandem_v1_TokenIds__Output | null);
   /**
@@ -43,5 +54,9 @@ export interface GenerateRequest__Output {
    * Replaces the agent's calibrated exit policy for this request.
    */
   'exitPolicy': (_tandem_v1_ExitPolicyOverride__Output | null);
-  'prompt'?: "text"|"tokenIds";
+  /**
+   * A conversation, rendered with the model's chat template at the edge.
+   */
+  'messages'?: (_tandem_v1_ChatMessages__Output | null);
+  'prompt'?: "text"|"tokenIds"|"messages";
 }
