@@ -63,14 +63,8 @@ class SegmentGraphWriter {
     let x: string;
     if (spec.fromLayer === 0) {
       const ids = b.input(GRAPH_IO.inputIds, "int64", ["batch", "seq"]);
-      const table = b.initializer(
-        "model.embed_tokens.weight",
-        "float32",
-        [config.vocabSize, hidden],
-        this.weights.embedTokens.data,
-      );
-      x = b.op("Gather", "/model/embed_tokens/Gather", [table, ids]);
-      // A tied quantized head decodes the table again: one tensor, not the whole model.
+      x = spec.weightFormat === "fp32" ? this.embedding(ids) : this.quantizedEmbedding(ids);
+      // A tied head in another format decodes the table again: one tensor, not the model.
       this.weights.embedTokens.release?.();
     } else {
       x = b.input(GRAPH_IO.hiddenIn, "float32", ["batch", "seq", hidden]);
@@ -91,6 +85,77 @@ class SegmentGraphWriter {
     this.weights.lmHead.release?.();
     this.weights.finalNorm.release?.();
     return b.build();
+  }
+
+  private embedding(ids: string): string {
+    const { b, config } = this;
+    const table = b.initializer(
+      "model.embed_tokens.weight",
+      "float32",
+      [config.vocabSize, config.hiddenSize],
+      this.weights.embedTokens.data,
+    );
+    return b.op("Gather", "/model/embed_tokens/Gather", [table, ids]);
+  }
+
+  /**
+   * With quantized weights the table is kept in 8 bits, block-wise like MatMulNBits's B
+   * (a quarter of fp32's bytes: the table is most of a small model's edge segment), and
+   * GatherBlockQuantized dequantizes only the rows asked for. An int8 segment's tied LM
+   * head multiplies by the very same initializer.
+   */
+  private quantizedEmbedding(ids: string): string {
+    const { b, config } = this;
+    const prefix = "/model/embed_tokens";
+    const table = asLinear(this.weights.embedTokens);
+    const bits = 8;
+    const [packed, , rowScales] = this.quantizedInitializers(table, bits, true);
+    const blocks = b.op(
+      "GatherBlockQuantized",
+      `${prefix}/GatherBlockQuantized`,
+      [packed, ids, rowScales!],
+      { block_size: this.blockSize, gather_axis: 0, quantize_axis: 2, bits },
+      "com.microsoft",
+    ); // [batch, seq, blocks, blockSize]
+    const padded = b.op("Reshape", `${prefix}/merge_blocks`, [blocks, b.int64Constant([0, 0, -1])]);
+    if (config.hiddenSize % this.blockSize === 0) return padded;
+    // The last block is padded past the row's end.
+    return b.op("Slice", `${prefix}/unpad`, [
+      padded,
+      b.int64Constant([0]),
+      b.int64Constant([config.hiddenSize]),
+      b.int64Constant([-1]),
+    ]);
+  }
+
+  /**
+   * The MatMulNBits initializers of a weight, [packed [rows, blocks, blob], scales
+   * [rows·blocks]], written once per weight and bit width; with `gatherScales`, also the
+   * scales as [rows, blocks, 1], the shape GatherBlockQuantized takes.
+   */
+  private quantizedInitializers(weight: LinearWeight, bits: 4 | 8, gatherScales = false): string[] {
+    const { b } = this;
+    const key = `${weight.name}|q${bits}`;
+    let names = this.linearInitializers.get(key);
+    if (!names) {
+      const q = quantizeNBits(weight.data, weight.rows, weight.cols, bits, this.blockSize);
+      const blob = (this.blockSize * bits) / 8;
+      names = [
+        b.initializer(`${weight.name}.q${bits}`, "uint8", [q.rows, q.blocksPerRow, blob], q.packed),
+        b.initializer(`${weight.name}.q${bits}.scales`, "float32", [q.rows * q.blocksPerRow], q.scales),
+      ];
+      if (gatherScales)
+        names.push(
+          b.initializer(
+            `${weight.name}.q${bits}.row_scales`,
+            "float32",
+            [q.rows, q.blocksPerRow, 1],
+            q.scales,
+          ),
+        );
+      this.linearInitializers.set(key, names);
+    }
+    return names;
   }
 
   /**
@@ -530,21 +595,11 @@ class SegmentGraphWriter {
       return b.op("MatMul", `${prefix}/MatMul`, [x, name[0]]);
     }
     const bits = spec.weightFormat === "int8" ? 8 : 4;
-    const blocksPerRow = Math.ceil(weight.cols / this.blockSize);
-    let names = this.linearInitializers.get(weight.name);
-    if (!names) {
-      const q = quantizeNBits(weight.data, weight.rows, weight.cols, bits, this.blockSize);
-      const blob = (this.blockSize * bits) / 8;
-      names = [
-        b.initializer(`${weight.name}.q${bits}`, "uint8", [q.rows, blocksPerRow, blob], q.packed),
-        b.initializer(`${weight.name}.scales`, "float32", [q.rows * blocksPerRow], q.scales),
-      ];
-      this.linearInitializers.set(weight.name, names);
-    }
+    const [packed, scales] = this.quantizedInitializers(weight, bits);
     return b.op(
       "MatMulNBits",
       `${prefix}/MatMulNBits`,
-      [x, ...names],
+      [x, packed, scales],
       // accuracy_level 4: int8 activations inside the kernel, the fast CPU path.
       { K: weight.cols, N: weight.rows, bits, block_size: this.blockSize, accuracy_level: 4 },
       "com.microsoft",
