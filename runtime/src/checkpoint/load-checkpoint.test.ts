@@ -1,4 +1,3 @@
-import { createHash } from "node:crypto";
 import {
   existsSync,
   mkdtempSync,
@@ -34,7 +33,8 @@ import {
 } from "../testing/random-checkpoint.ts";
 import { loadCheckpoint, readCheckpointConfig } from "./load-checkpoint.ts";
 import type { ModelWeights, WeightTensor } from "./model-weights.ts";
-import { encodeSafetensors, type SafetensorsDtype } from "./safetensors.ts";
+import { encodeSafetensors, SafetensorsFile, type SafetensorsDtype } from "./safetensors.ts";
+import { weightsHash } from "./weights-hash.ts";
 
 const root = mkdtempSync(join(tmpdir(), "tandem-checkpoint-"));
 afterAll(() => rmSync(root, { recursive: true, force: true }));
@@ -310,15 +310,18 @@ describe("loadCheckpoint dtypes, shards and names", () => {
 });
 
 describe("weightsHash", () => {
-  it("is sha256 over config.json, then the weight files in name order", async () => {
+  it("is the weights hash of config.json and every weight file in name order", async () => {
     const dir = await checkpointDir({ ...SMALL, shards: 2 });
-    const expected = createHash("sha256");
-    expected.update(readFileSync(join(dir, "config.json")));
-    for (const file of readdirSync(dir)
-      .filter((f) => f.endsWith(".safetensors"))
-      .sort())
-      expected.update(readFileSync(join(dir, file)));
-    expect((await loadCheckpoint(dir)).weightsHash).toBe(expected.digest("hex"));
+    const files = await Promise.all(
+      readdirSync(dir)
+        .filter((f) => f.endsWith(".safetensors"))
+        .sort()
+        .map((f) => SafetensorsFile.open(join(dir, f))),
+    );
+    expect(files).toHaveLength(2);
+    expect((await loadCheckpoint(dir)).weightsHash).toBe(
+      weightsHash(readFileSync(join(dir, "config.json")), files),
+    );
   });
 
   it("is the same for the same spec and differs when the weights, the dtype or the config differ", async () => {

@@ -43,10 +43,7 @@ export async function loadCheckpoint(dir: string): Promise<Checkpoint> {
   const config = await configOf(dir, configBytes);
   const reader = await openWeights(dir);
 
-  const hash = await weightsHash(
-    configBytes,
-    reader.files().map((file) => file.path),
-  );
+  const hash = weightsHash(configBytes, reader.files());
 
   // Every tensor the config implies is checked now, from the headers (presence, shape,
   // dtype): a wrong checkpoint fails at load, naming the tensor. Each tensor is decoded to

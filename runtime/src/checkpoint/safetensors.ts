@@ -110,7 +110,8 @@ export class SafetensorsFile {
     /** Header entries in file order. */
     readonly entries: Map<string, SafetensorsEntry>,
     readonly metadata: Record<string, string>,
-    private readonly dataStart: number,
+    /** Where the data section starts: 8 + the header's length. */
+    readonly dataStart: number,
     private readonly source: ByteSource,
   ) {}
 
@@ -199,6 +200,11 @@ export class SafetensorsFile {
 
   has(name: string): boolean {
     return this.entries.has(name);
+  }
+
+  /** The file's bytes [begin, end), header included, undecoded (the weights hash samples them). */
+  readBytes(begin: number, end: number): Uint8Array {
+    return this.source.read(begin, end);
   }
 
   /** The header entry of `name`; throws TensorMismatchError if the file has no such tensor. */
