@@ -12,7 +12,7 @@ import { afterAll, describe, expect, it } from "vitest";
 import { EDGE_CONFIG_SCHEMA } from "@tandem/edge-agent";
 import { freePort, runCli, runProgram } from "@tandem/testkit";
 
-const COMMANDS = ["demo", "generate", "logits", "calibrate", "status", "jobs", "bench"];
+const COMMANDS = ["demo", "generate", "logits", "inspect", "calibrate", "status", "jobs", "bench"];
 const PROGRAMS = [
   "tandem-edge",
   "tandem-cloud-worker",

@@ -21,6 +21,10 @@ const COMMANDS: Record<string, { summary: string; load: (args: string[]) => Prom
     summary: "print the logits at every position, as JSON",
     load: async () => (await import("./commands/logits.ts")).logitsCommand,
   },
+  inspect: {
+    summary: "a checkpoint's family, shape, support, tokenizer, and memory per split and format",
+    load: async () => (await import("./commands/inspect.ts")).inspectCommand,
+  },
   calibrate: {
     summary: "fit exit heads and thresholds on text; write the calibration file",
     load: async () => (await import("./commands/calibrate.ts")).calibrateCommand,

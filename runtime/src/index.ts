@@ -8,6 +8,17 @@
 // Checkpoints
 export { loadCheckpoint } from "./checkpoint/load-checkpoint.ts";
 export { readDeployment, type Deployment } from "./checkpoint/deployment-file.ts";
+export {
+  DEFAULT_INSPECT_CONTEXT,
+  inspectCheckpoint,
+  representativeSplits,
+  RSS_ALLOWANCE_BYTES,
+  RSS_WEIGHT_FACTOR,
+  type CheckpointInspection,
+  type InspectOptions,
+  type SegmentEstimate,
+  type SplitEstimate,
+} from "./checkpoint/inspect-checkpoint.ts";
 export type { ModelArchitecture, ModelConfig } from "./checkpoint/model-config.ts";
 export type { Checkpoint, ModelWeights, WeightTensor } from "./checkpoint/model-weights.ts";
 
@@ -15,12 +26,19 @@ export type { Checkpoint, ModelWeights, WeightTensor } from "./checkpoint/model-
 export {
   DEFAULT_QUANT_BLOCK_SIZE,
   segmentSpec,
+  WEIGHT_FORMATS,
   type ExitHeadSpec,
   type LinearExitMap,
   type SegmentSpec,
   type WeightFormat,
 } from "./graph/segment-spec.ts";
 export { cloudSegmentSpec, edgeSegmentSpec } from "./graph/deployment-specs.ts";
+export {
+  kvBytesPerPosition,
+  linearWeightBytes,
+  segmentWeightBytes,
+  type SegmentWeightBytes,
+} from "./graph/segment-weight-bytes.ts";
 export { defaultGraphCacheDir, ensureSegmentGraph, segmentGraphPath } from "./graph/graph-cache.ts";
 /** The ONNX graph writer, loaded on demand: a process whose graphs are cached never needs it. */
 export const loadOnnxGraphBuilder = async () => {

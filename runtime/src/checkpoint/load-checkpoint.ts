@@ -50,7 +50,7 @@ export async function loadCheckpoint(dir: string): Promise<Checkpoint> {
   // fp32 (and checked for non-finite values) only when its data is first used: a process
   // whose graph is in the cache decodes none, and one building a segment's graph only
   // that segment's.
-  readWeights(config, (name, shape) => reader.describe(name, shape));
+  checkWeights(config, reader);
   let weights: ModelWeights | undefined;
   const tokenizerPath = join(dir, TOKENIZER_FILE);
   return {
@@ -68,8 +68,41 @@ export async function loadCheckpoint(dir: string): Promise<Checkpoint> {
   };
 }
 
+/** A checkpoint's weight files with their headers read, and no tensor data: what `tandem inspect` reads. */
+export interface WeightHeaders {
+  /** Every distinct weight file (model.safetensors, or every shard of the index), in path order. */
+  files: SafetensorsFile[];
+  /**
+   * Checks every tensor `config` implies against the headers (presence, dtype, shape) as
+   * loadCheckpoint does; throws TensorMissingError, TensorMismatchError or UnsupportedError
+   * naming the first that fails.
+   */
+  check(config: ModelConfig): void;
+}
+
+/** Opens the weight files as loadCheckpoint does (same errors), reading only their headers. */
+export async function readWeightHeaders(dir: string): Promise<WeightHeaders> {
+  const reader = await openWeights(dir);
+  return { files: reader.files(), check: (config) => checkWeights(config, reader) };
+}
+
+/** Every tensor `config` implies, with its shape, in checkpoint order (a tied LM head once). */
+export function expectedTensors(config: ModelConfig): { name: string; shape: number[] }[] {
+  const tensors: { name: string; shape: number[] }[] = [];
+  readWeights(config, (name, shape) => {
+    tensors.push({ name, shape });
+    return { name, shape, data: NOT_DECODED };
+  });
+  return tensors;
+}
+
+/** Checks, from the headers only, that every tensor the config implies is there as it must be. */
+function checkWeights(config: ModelConfig, reader: TensorReader): void {
+  readWeights(config, (name, shape) => reader.describe(name, shape));
+}
+
 /** `eos_token_id` of generation_config.json, when the checkpoint has one and it names any. */
-async function readGenerationEndTokens(dir: string): Promise<number[] | undefined> {
+export async function readGenerationEndTokens(dir: string): Promise<number[] | undefined> {
   const path = join(dir, GENERATION_CONFIG_FILE);
   if (!existsSync(path)) return undefined;
   let json: unknown;

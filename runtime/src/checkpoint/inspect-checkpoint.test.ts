@@ -1,0 +1,373 @@
+/**
+ * `inspectCheckpoint` reads what a checkpoint holds without loading it: real models' full
+ * shapes (their own config.json, a real safetensors header over a sparse file, so a 724 MB
+ * model costs nothing to write) and small random checkpoints; for a checkpoint Tandem
+ * refuses, the reason loading would give and every fact that could still be read.
+ */
+import {
+  closeSync,
+  ftruncateSync,
+  mkdirSync,
+  mkdtempSync,
+  openSync,
+  rmSync,
+  writeFileSync,
+  writeSync,
+} from "node:fs";
+import { readFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { afterAll, describe, expect, it } from "vitest";
+import { CheckpointError, InvalidArgumentError } from "@tandem/common";
+import { cloudSegmentSpec, edgeSegmentSpec } from "../graph/deployment-specs.ts";
+import { segmentSpec } from "../graph/segment-spec.ts";
+import { kvBytesPerPosition, segmentWeightBytes } from "../graph/segment-weight-bytes.ts";
+import {
+  ODD_HIDDEN,
+  parameterCount,
+  TINY_LLAMA,
+  TINY_QWEN2,
+  writeRandomCheckpoint,
+} from "../testing/random-checkpoint.ts";
+import { REAL_MODEL_CONFIGS, type RealModelName } from "../testing/real-model-configs.ts";
+import { parseModelConfig } from "./config-parser.ts";
+import { inspectCheckpoint, representativeSplits, RSS_ALLOWANCE_BYTES } from "./inspect-checkpoint.ts";
+import { expectedTensors } from "./load-checkpoint.ts";
+
+const workDir = mkdtempSync(join(tmpdir(), "tandem-inspect-"));
+afterAll(() => rmSync(workDir, { recursive: true, force: true }));
+
+let counter = 0;
+const newDir = (name: string) => join(workDir, `${counter++}-${name}`);
+
+interface HeaderOnlyOptions {
+  /** Leave this tensor out. */
+  drop?: string;
+  /** Give this tensor another shape. */
+  reshape?: { name: string; shape: number[] };
+}
+
+/**
+ * A real model's config.json (every key as published) and a BF16 model.safetensors of
+ * its full shape whose data section is a hole: valid for every header check.
+ */
+function writeHeaderOnlyCheckpoint(name: RealModelName, options: HeaderOnlyOptions = {}): string {
+  const dir = newDir(name);
+  mkdirSync(dir);
+  const configJson = REAL_MODEL_CONFIGS[name];
+  writeFileSync(join(dir, "config.json"), JSON.stringify(configJson));
+  const header: Record<string, unknown> = {};
+  let offset = 0;
+  for (const tensor of expectedTensors(parseModelConfig(configJson, name))) {
+    if (tensor.name === options.drop) continue;
+    const shape = tensor.name === options.reshape?.name ? options.reshape.shape : tensor.shape;
+    const bytes = 2 * shape.reduce((a, b) => a * b, 1);
+    header[tensor.name] = { dtype: "BF16", shape, data_offsets: [offset, offset + bytes] };
+    offset += bytes;
+  }
+  const headerBytes = Buffer.from(JSON.stringify(header));
+  const prefix = Buffer.alloc(8);
+  prefix.writeBigUInt64LE(BigInt(headerBytes.length));
+  const fd = openSync(join(dir, "model.safetensors"), "w");
+  writeSync(fd, prefix);
+  writeSync(fd, headerBytes);
+  ftruncateSync(fd, 8 + headerBytes.length + offset);
+  closeSync(fd);
+  return dir;
+}
+
+function writeJson(path: string, value: unknown): void {
+  writeFileSync(path, JSON.stringify(value));
+}
+
+describe("inspectCheckpoint: real models' shapes", () => {
+  it("SmolLM2-360M: family, shape, parameters, files, attention, and exact segment bytes per split and format", async () => {
+    const dir = writeHeaderOnlyCheckpoint("SmolLM2-360M");
+    const inspection = await inspectCheckpoint(dir);
+    expect(inspection).toMatchObject({
+      family: "llama",
+      architectures: ["LlamaForCausalLM"],
+      supported: true,
+      reasons: [],
+      shape: {
+        hiddenSize: 960,
+        numLayers: 32,
+        numHeads: 15,
+        numKvHeads: 5,
+        headDim: 64,
+        intermediateSize: 2560,
+        vocabSize: 49152,
+        tieWordEmbeddings: true,
+        ropeTheta: 100000,
+        ropeScaling: "none",
+        maxPositions: 8192,
+      },
+      attention: "fused",
+      bosTokenId: 0,
+      endTokenIds: [0],
+      tokenizer: { tokenizerJson: false, tokenizerConfig: false },
+      chatTemplate: {},
+    });
+    // SmolLM2-360M's published count: 361.82M (the tied head counted once).
+    expect(inspection.weights!.parameters).toBe(361_821_120);
+    expect(inspection.weights!.dtypes).toEqual([{ dtype: "BF16", tensors: 290, parameters: 361_821_120 }]);
+    expect(inspection.weights!.files).toEqual([
+      { name: "model.safetensors", bytes: inspection.weights!.bytes, tensors: 290 },
+    ]);
+
+    const config = parseModelConfig(REAL_MODEL_CONFIGS["SmolLM2-360M"], "config.json");
+    const memory = inspection.memory!;
+    expect(memory.contextPositions).toBe(2048);
+    expect(memory.formula).toBe("estimated RSS = 1.2 × weight bytes + KV of 2048 positions + 150 MiB");
+    expect(memory.splits.map((s) => `${s.split} ${s.weightFormat}`)).toEqual(
+      [8, 16, 24].flatMap((split) => ["fp32", "int8", "int4"].map((format) => `${split} ${format}`)),
+    );
+    for (const { split, weightFormat, edge, worker } of memory.splits) {
+      const edgeBytes = segmentWeightBytes(
+        config,
+        edgeSegmentSpec(split, [{ afterLayer: split }], weightFormat),
+      );
+      expect(edge).toEqual({
+        fromLayer: 0,
+        toLayer: split,
+        exitLayers: [split],
+        weightFormat,
+        weightBytes: edgeBytes.total,
+        kvBytesPer1000Positions: 1000 * 2 * split * 5 * 64 * 4,
+        estimatedRssBytes: 1.2 * edgeBytes.total + 2048 * 2 * split * 5 * 64 * 4 + 150 * 2 ** 20,
+      });
+      const workerBytes = segmentWeightBytes(config, cloudSegmentSpec(split, 32, weightFormat)).total;
+      expect(worker).toMatchObject({
+        fromLayer: split,
+        toLayer: 32,
+        exitLayers: [32],
+        weightBytes: workerBytes,
+      });
+    }
+    // The figures, to the byte: the edge's half in int4 holds the embedding table in 8 bits
+    // (a byte per value and two fp32 scales per block of 32), an int4 copy of the tied head,
+    // 16 int4 layers (4 bits and an fp32 scale per 32 values) and the rotary caches.
+    const edgeInt4 = memory.splits.find((s) => s.split === 16 && s.weightFormat === "int4")!.edge;
+    const int4 = (rows: number, cols: number) => (rows * cols * 5) / 8;
+    expect(edgeInt4.weightBytes).toBe(
+      (49152 * 960 * 40) / 32 +
+        8192 * 64 * 4 +
+        16 *
+          (2 * 960 * 4 + int4(960 + 2 * 320, 960) + int4(960, 960) + int4(2 * 2560, 960) + int4(960, 2560)) +
+        960 * 4 +
+        int4(49152, 960),
+    );
+    expect(memory.wholeModel.map((w) => w.weightFormat)).toEqual(["fp32", "int8", "int4"]);
+  });
+
+  it("Llama-3.2-1B: llama3 rope scaling, described with its parameters; end tokens of generation_config.json too", async () => {
+    const dir = writeHeaderOnlyCheckpoint("Llama-3.2-1B");
+    // Llama 3.2's generation_config.json: generation also stops at <|eom_id|> and <|eot_id|>.
+    writeJson(join(dir, "generation_config.json"), {
+      bos_token_id: 128000,
+      eos_token_id: [128001, 128008, 128009],
+    });
+    const inspection = await inspectCheckpoint(dir, {
+      splits: [8],
+      weightFormats: ["int4"],
+      contextPositions: 4096,
+    });
+    expect(inspection.supported).toBe(true);
+    expect(inspection.shape.ropeScaling).toBe(
+      "llama3, factor 32, low_freq_factor 1, high_freq_factor 4, original context 8192",
+    );
+    expect(inspection.weights!.parameters).toBe(1_235_814_400);
+    expect(inspection.endTokenIds).toEqual([128001, 128008, 128009]);
+    const [row] = inspection.memory!.splits;
+    expect(row).toMatchObject({ split: 8, weightFormat: "int4" });
+    expect(row.edge.estimatedRssBytes).toBe(
+      1.2 * row.edge.weightBytes +
+        4096 * kvBytesPerPosition(parseModelConfig(REAL_MODEL_CONFIGS["Llama-3.2-1B"], "c"), 8) +
+        RSS_ALLOWANCE_BYTES,
+    );
+  });
+
+  it("Qwen3-0.6B: the qwen3 family, head_dim 128 independent of hidden 1024", async () => {
+    const inspection = await inspectCheckpoint(writeHeaderOnlyCheckpoint("Qwen3-0.6B"), { splits: [14] });
+    expect(inspection).toMatchObject({
+      family: "qwen3",
+      supported: true,
+      shape: { hiddenSize: 1024, numHeads: 16, numKvHeads: 8, headDim: 128, numLayers: 28 },
+      attention: "fused",
+    });
+  });
+
+  it("a missing or mis-shaped tensor: not supported, named as loading names it; the estimates are still made", async () => {
+    const missing = await inspectCheckpoint(
+      writeHeaderOnlyCheckpoint("TinyLlama-1.1B", { drop: "model.layers.21.mlp.down_proj.weight" }),
+      { splits: [11] },
+    );
+    expect(missing.supported).toBe(false);
+    expect(missing.reasons).toEqual([
+      expect.stringMatching(
+        /model\.safetensors: tensor "model\.layers\.21\.mlp\.down_proj\.weight" is missing$/,
+      ),
+    ]);
+    expect(missing.memory!.splits).toHaveLength(3);
+    expect(missing.weights!.parameters).toBeGreaterThan(1e9);
+
+    const misShaped = await inspectCheckpoint(
+      writeHeaderOnlyCheckpoint("TinyLlama-1.1B", {
+        reshape: { name: "lm_head.weight", shape: [32001, 2048] },
+      }),
+    );
+    expect(misShaped.reasons).toEqual([
+      expect.stringMatching(/tensor "lm_head\.weight" has shape \[32001, 2048\], expected \[32000, 2048\]$/),
+    ]);
+  });
+});
+
+describe("inspectCheckpoint: random checkpoints", () => {
+  it("a sharded checkpoint: every shard, the parameters of the spec, tokenizer and BOS behaviour, chat template", async () => {
+    const dir = newDir("qwen2");
+    await writeRandomCheckpoint(dir, { ...TINY_QWEN2, shards: 2, dtype: "F16" });
+    writeJson(join(dir, "tokenizer_config.json"), {
+      add_bos_token: true,
+      bos_token: "<|bos|>",
+      chat_template: "{% for m in messages %}{{ m.content }}{% endfor %}",
+    });
+    const inspection = await inspectCheckpoint(dir);
+    expect(inspection).toMatchObject({
+      family: "qwen2",
+      supported: true,
+      weights: {
+        files: [{ name: "model-00001-of-00002.safetensors" }, { name: "model-00002-of-00002.safetensors" }],
+        parameters: parameterCount(TINY_QWEN2),
+        dtypes: [{ dtype: "F16", parameters: parameterCount(TINY_QWEN2) }],
+      },
+      tokenizer: {
+        tokenizerJson: true,
+        tokenizerConfig: true,
+        vocabSize: 258,
+        promptPrefix: ["<|bos|>"],
+        promptSuffix: [],
+      },
+      chatTemplate: { source: "tokenizer_config.json" },
+    });
+    // 4 layers: L/4, L/2 and 3L/4 are 1, 2 and 3.
+    expect(inspection.memory!.splits.map((s) => s.split)).toEqual([1, 1, 1, 2, 2, 2, 3, 3, 3]);
+  });
+
+  it("the plain-operator attention for a head size the fused kernel cannot take", async () => {
+    const dir = newDir("odd");
+    await writeRandomCheckpoint(dir, ODD_HIDDEN);
+    const inspection = await inspectCheckpoint(dir, { splits: [2], weightFormats: ["fp32"] });
+    expect(inspection).toMatchObject({
+      supported: true,
+      attention: "plain operators",
+      shape: { headDim: 12 },
+    });
+    expect(inspection.tokenizer).toMatchObject({ promptPrefix: [], promptSuffix: [] });
+  });
+
+  it("the edge's exits are tandem.json's within its layers, else one at the split", async () => {
+    const dir = newDir("deployed");
+    await writeRandomCheckpoint(dir, TINY_LLAMA);
+    writeJson(join(dir, "tandem.json"), { exit_layers: [1, 2], recommended_split: 2 });
+    const inspection = await inspectCheckpoint(dir, { weightFormats: ["fp32"] });
+    expect(inspection.deployment).toEqual({ exitLayers: [1, 2], recommendedSplit: 2 });
+    expect(inspection.memory!.splits.map((s) => [s.split, s.edge.exitLayers])).toEqual([
+      [1, [1]],
+      [2, [1, 2]],
+      [3, [1, 2]],
+    ]);
+    const config = parseModelConfig(JSON.parse(readFileSync(join(dir, "config.json"), "utf8")), "c");
+    expect(inspection.memory!.wholeModel[0].weightBytes).toBe(
+      segmentWeightBytes(config, segmentSpec({ fromLayer: 0, toLayer: 4, finalHead: true })).total,
+    );
+  });
+});
+
+describe("inspectCheckpoint: what Tandem does not run", () => {
+  it("another family: the parser's reason, the facts config.json and the headers give, no estimates", async () => {
+    const dir = newDir("gpt2");
+    await writeRandomCheckpoint(dir, TINY_LLAMA);
+    writeJson(join(dir, "config.json"), {
+      architectures: ["GPT2LMHeadModel"],
+      model_type: "gpt2",
+      n_embd: 768,
+      n_layer: 12,
+      vocab_size: 50257,
+      bos_token_id: 50256,
+      eos_token_id: 50256,
+    });
+    const inspection = await inspectCheckpoint(dir);
+    expect(inspection).toMatchObject({
+      family: "gpt2",
+      architectures: ["GPT2LMHeadModel"],
+      supported: false,
+      reasons: [
+        expect.stringMatching(/config\.json: "model_type" "gpt2" is not supported \(supported: llama, /),
+      ],
+      shape: { vocabSize: 50257, hiddenSize: undefined },
+      weights: { parameters: parameterCount(TINY_LLAMA) },
+      bosTokenId: 50256,
+      endTokenIds: [50256],
+      tokenizer: { tokenizerJson: true },
+    });
+    expect(inspection.memory).toBeUndefined();
+    expect(inspection.attention).toBeUndefined();
+  });
+
+  it("rope_scaling of a type not built: refused by name, the shape still read", async () => {
+    const dir = newDir("yarn");
+    await writeRandomCheckpoint(dir, TINY_LLAMA);
+    const config = JSON.parse(readFileSync(join(dir, "config.json"), "utf8")) as Record<string, unknown>;
+    writeJson(join(dir, "config.json"), { ...config, rope_scaling: { rope_type: "yarn", factor: 4 } });
+    const inspection = await inspectCheckpoint(dir);
+    expect(inspection.supported).toBe(false);
+    expect(inspection.reasons).toEqual([
+      expect.stringMatching(/"rope_scaling" of type "yarn" is not supported \(supported: linear, llama3\)$/),
+    ]);
+    expect(inspection.shape).toMatchObject({
+      hiddenSize: 64,
+      numLayers: 4,
+      numHeads: 4,
+      numKvHeads: 2,
+      headDim: 16,
+      ropeScaling: '{"rope_type":"yarn","factor":4}',
+    });
+  });
+
+  it("no weight file: the reason, and the config's facts and estimates", async () => {
+    const dir = newDir("no-weights");
+    await writeRandomCheckpoint(dir, TINY_LLAMA);
+    rmSync(join(dir, "model.safetensors"));
+    const inspection = await inspectCheckpoint(dir, { splits: [2] });
+    expect(inspection.reasons).toEqual([
+      expect.stringMatching(/has neither model\.safetensors nor model\.safetensors\.index\.json$/),
+    ]);
+    expect(inspection.weights).toBeUndefined();
+    expect(inspection.memory!.splits).toHaveLength(3);
+  });
+
+  it("a directory that is not a checkpoint is an error naming config.json; a split outside the model names --split", async () => {
+    const empty = newDir("empty");
+    mkdirSync(empty);
+    await expect(inspectCheckpoint(empty)).rejects.toThrow(CheckpointError);
+    await expect(inspectCheckpoint(empty)).rejects.toThrow(/config\.json: cannot be read/);
+    const dir = newDir("llama");
+    await writeRandomCheckpoint(dir, TINY_LLAMA);
+    await expect(inspectCheckpoint(dir, { splits: [4] })).rejects.toThrow(InvalidArgumentError);
+    await expect(inspectCheckpoint(dir, { splits: [4] })).rejects.toThrow(
+      "split: must be in [1, 3] for this 4-layer model, got 4",
+    );
+  });
+});
+
+describe("representativeSplits", () => {
+  it.each([
+    [32, undefined, [8, 16, 24]],
+    [6, 3, [2, 3, 5]],
+    [22, undefined, [6, 11, 17]],
+    [2, undefined, [1]],
+    [1, undefined, []],
+  ])("%i layers, tandem.json split %s: %j", (layers, recommended, splits) => {
+    expect(representativeSplits(layers, recommended)).toEqual(splits);
+  });
+});

@@ -1,0 +1,189 @@
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import protobuf from "protobufjs";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { loadCheckpoint } from "../checkpoint/load-checkpoint.ts";
+import type { Checkpoint } from "../checkpoint/model-weights.ts";
+import {
+  ODD_HIDDEN,
+  TINY_LLAMA,
+  TINY_MIXTRAL,
+  TINY_QWEN2,
+  TINY_TIED,
+  writeRandomCheckpoint,
+  type RandomCheckpointSpec,
+} from "../testing/random-checkpoint.ts";
+import { cloudSegmentSpec, edgeSegmentSpec } from "./deployment-specs.ts";
+import { ONNX_SCHEMA } from "./onnx/generated/onnx-schema.ts";
+import { InMemoryExternalData } from "./onnx-graph-builder.ts";
+import { buildSegmentGraph } from "./segment-graph.ts";
+import { segmentSpec, WEIGHT_FORMATS, type SegmentSpec, type WeightFormat } from "./segment-spec.ts";
+import { kvBytesPerPosition, linearWeightBytes, segmentWeightBytes } from "./segment-weight-bytes.ts";
+
+const modelProto = protobuf.Root.fromJSON(ONNX_SCHEMA as protobuf.INamespace).lookupType("onnx.ModelProto");
+
+interface DecodedInitializer {
+  name: string;
+  rawData?: Uint8Array;
+  externalData?: { key: string; value: string }[];
+}
+
+/**
+ * The bytes of a built graph's weight initializers: each external tensor's recorded length
+ * (not the file size, which has alignment padding) plus inline raw data. The builder's
+ * int64/float constants are left out, as segmentWeightBytes leaves them out.
+ */
+function graphWeightBytes(model: Uint8Array): number {
+  const decoded = modelProto.toObject(modelProto.decode(model), { bytes: Uint8Array }) as {
+    graph: { initializer: DecodedInitializer[] };
+  };
+  let bytes = 0;
+  for (const tensor of decoded.graph.initializer) {
+    if (/^\/constants\/(int64|float)_/.test(tensor.name)) continue;
+    const length = tensor.externalData?.find((entry) => entry.key === "length");
+    bytes += length ? Number(length.value) : (tensor.rawData?.length ?? 0);
+  }
+  return bytes;
+}
+
+/** Qwen3: per-head q/k norms, head_dim 32 with 4 heads over hidden 64 (heads × head_dim ≠ hidden). */
+const TINY_QWEN3: RandomCheckpointSpec = { ...TINY_LLAMA, architecture: "qwen3", headDim: 32, seed: 21 };
+
+/** A calibrated exit's map: only its size matters here. */
+const linearMap = (hidden: number) => ({
+  weight: new Float32Array(hidden * hidden),
+  bias: new Float32Array(hidden),
+});
+
+/** The segments each model is built as, for a format: the deployment's and a few more. */
+function specsOf(spec: RandomCheckpointSpec, format: WeightFormat): [string, SegmentSpec][] {
+  const layers = spec.numLayers;
+  const split = Math.max(1, Math.floor(layers / 2));
+  const exits = split > 1 ? [{ afterLayer: 1 }, { afterLayer: split }] : [{ afterLayer: split }];
+  return [
+    ["edge with its exits", edgeSegmentSpec(split, exits, format)],
+    [
+      "edge with a calibrated exit map",
+      edgeSegmentSpec(split, [{ afterLayer: split, linearMap: linearMap(spec.hiddenSize) }], format),
+    ],
+    ["worker with the final head", cloudSegmentSpec(split, layers, format)],
+    ["whole model", segmentSpec({ fromLayer: 0, toLayer: layers, finalHead: true, weightFormat: format })],
+    [
+      "whole model, blocks of 16",
+      segmentSpec({
+        fromLayer: 0,
+        toLayer: layers,
+        finalHead: true,
+        weightFormat: format,
+        quantBlockSize: 16,
+      }),
+    ],
+    [
+      "middle layers, no head",
+      segmentSpec({ fromLayer: 1, toLayer: layers, outputHidden: true, weightFormat: format }),
+    ],
+  ];
+}
+
+const MODELS: Record<string, RandomCheckpointSpec> = {
+  TINY_LLAMA,
+  TINY_QWEN2,
+  TINY_TIED,
+  TINY_MIXTRAL,
+  ODD_HIDDEN,
+  TINY_QWEN3,
+};
+
+let workDir: string;
+const checkpoints = new Map<string, Checkpoint>();
+
+beforeAll(async () => {
+  workDir = mkdtempSync(join(tmpdir(), "tandem-weight-bytes-"));
+  for (const [name, spec] of Object.entries(MODELS)) {
+    await writeRandomCheckpoint(join(workDir, name), spec);
+    checkpoints.set(name, await loadCheckpoint(join(workDir, name)));
+  }
+});
+afterAll(() => rmSync(workDir, { recursive: true, force: true }));
+
+describe("segmentWeightBytes", () => {
+  for (const [name, spec] of Object.entries(MODELS)) {
+    for (const format of WEIGHT_FORMATS) {
+      it(`equals the weight initializers of the built graph: ${name}, ${format}`, () => {
+        const checkpoint = checkpoints.get(name)!;
+        for (const [segment, segmentSpec] of specsOf(spec, format)) {
+          const built = buildSegmentGraph(
+            checkpoint.config,
+            checkpoint.weights,
+            segmentSpec,
+            new InMemoryExternalData("w.bin"),
+          );
+          expect({ segment, bytes: segmentWeightBytes(checkpoint.config, segmentSpec).total }).toEqual({
+            segment,
+            bytes: graphWeightBytes(built.model),
+          });
+        }
+      });
+    }
+  }
+
+  it("splits the bytes into embedding, rotary, layers, head and exit maps", () => {
+    const config = checkpoints.get("TINY_LLAMA")!.config;
+    const h = 64;
+    const bytes = segmentWeightBytes(
+      config,
+      edgeSegmentSpec(2, [{ afterLayer: 1, linearMap: linearMap(h) }, { afterLayer: 2 }], "fp32"),
+    );
+    expect(bytes).toEqual({
+      embedding: 300 * h * 4,
+      rotary: 2 * 2048 * 8 * 4,
+      // Two norms, q/k/v (64 + 2·32 rows), o_proj, gate/up and down (intermediate 112).
+      layers: 2 * 4 * (2 * h + (64 + 2 * 32) * h + h * 64 + 2 * 112 * h + h * 112),
+      // Untied: the final norm and the LM head, once for both exits.
+      head: 4 * (h + 300 * h),
+      exitMaps: 4 * (h * h + h + h),
+      total: bytes.embedding + bytes.rotary + bytes.layers + bytes.head + bytes.exitMaps,
+    });
+  });
+
+  it("keeps the table in 8 bits for quantized weights; a tied head shares it where the formats agree", () => {
+    const config = checkpoints.get("TINY_TIED")!.config;
+    const edge = (format: WeightFormat) =>
+      segmentWeightBytes(config, edgeSegmentSpec(2, [{ afterLayer: 2 }], format));
+    // 300 rows of 2 blocks of 32: a byte per value, and each block's scale twice.
+    const table8 = 300 * 2 * (32 + 4 + 4);
+    expect([edge("fp32").embedding, edge("int8").embedding, edge("int4").embedding]).toEqual([
+      300 * 64 * 4,
+      table8,
+      table8,
+    ]);
+    // Beside the final norm's 64 floats, the head is the table itself in fp32 and int8, a copy in int4.
+    expect(edge("fp32").head).toBe(64 * 4);
+    expect(edge("int8").head).toBe(64 * 4);
+    expect(edge("int4").head).toBe(64 * 4 + linearWeightBytes(300, 64, "int4", 32));
+    // The worker has no table to share: its head is a copy in every format.
+    expect(segmentWeightBytes(config, cloudSegmentSpec(2, 4, "fp32")).head).toBe(64 * 4 + 300 * 64 * 4);
+    expect(segmentWeightBytes(config, cloudSegmentSpec(2, 4, "int8")).head).toBe(
+      64 * 4 + table8 - 300 * 2 * 4,
+    );
+  });
+});
+
+describe("linearWeightBytes", () => {
+  it.each([
+    ["fp32", 97, 4 * 97 * 10],
+    // 97 columns: 4 blocks of 32, the last padded; 32 bytes (int8) or 16 (int4) per block plus a scale.
+    ["int8", 97, 10 * 4 * (32 + 4)],
+    ["int4", 97, 10 * 4 * (16 + 4)],
+    ["int4", 64, 10 * 2 * (16 + 4)],
+  ] as const)("%s, 10 rows × %i columns: %i bytes", (format, cols, bytes) => {
+    expect(linearWeightBytes(10, cols, format, 32)).toBe(bytes);
+  });
+});
+
+describe("kvBytesPerPosition", () => {
+  it("is a key and a value per layer and KV head, fp32", () => {
+    expect(kvBytesPerPosition(checkpoints.get("TINY_LLAMA")!.config, 3)).toBe(2 * 3 * 2 * 16 * 4);
+  });
+});

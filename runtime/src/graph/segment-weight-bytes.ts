@@ -1,0 +1,116 @@
+/**
+ * The bytes of a segment graph's weights, from the model's shape alone: exactly what
+ * buildSegmentGraph writes as initializers (segment-graph.ts), without reading or
+ * converting a single weight. This is the "weight bytes in the chosen format" of the
+ * memory target (a process's RSS ≤ 1.2 × these + its KV + 150 MB), and what
+ * `tandem inspect` reports per split and format.
+ *
+ * Counted: every weight initializer. Not counted: the builder's own int64 and float
+ * constants (shapes, axes, the attention scale), a few hundred bytes that depend on the
+ * graph's structure rather than its weights; and the 64-byte alignment padding between
+ * tensors in the external data file (under 64 bytes per tensor).
+ *
+ * Keep in step with segment-graph.ts: segment-weight-bytes.test.ts builds graphs of every
+ * family and format and compares.
+ */
+import type { ModelConfig } from "../checkpoint/model-config.ts";
+import {
+  DEFAULT_QUANT_BLOCK_SIZE,
+  segmentExits,
+  type SegmentSpec,
+  type WeightFormat,
+} from "./segment-spec.ts";
+
+const FLOAT32_BYTES = 4;
+
+/** A segment's weight bytes, by where they sit in the graph. */
+export interface SegmentWeightBytes {
+  /**
+   * The token embedding table, when the segment starts at layer 0: fp32 for fp32 weights,
+   * else 8 bits block-wise for GatherBlockQuantized (its scales written twice, flat for
+   * MatMulNBits and [rows, blocks, 1] for the gather).
+   */
+  embedding: number;
+  /** The rotary cos/sin caches, [maxPositions, headDim/2] fp32 each. */
+  rotary: number;
+  /** The decoder layers [fromLayer, toLayer): norms, attention, MLP or experts. */
+  layers: number;
+  /** The final norm and the LM head, once for every exit and the final head; 0 without either. */
+  head: number;
+  /** The exits' calibrated linear maps (hidden × hidden + hidden fp32 each, and one vector of ones). */
+  exitMaps: number;
+  /** All of the above. */
+  total: number;
+}
+
+/** The bytes of every weight initializer `buildSegmentGraph(config, …, spec)` writes. */
+export function segmentWeightBytes(config: ModelConfig, spec: SegmentSpec): SegmentWeightBytes {
+  const h = config.hiddenSize;
+  const blockSize = spec.quantBlockSize ?? DEFAULT_QUANT_BLOCK_SIZE;
+  const linear = (rows: number, cols: number) => linearWeightBytes(rows, cols, spec.weightFormat, blockSize);
+  const vector = (length: number) => length * FLOAT32_BYTES;
+
+  const vocab = config.vocabSize;
+  let embedding = 0;
+  if (spec.fromLayer === 0)
+    embedding =
+      spec.weightFormat === "fp32"
+        ? vector(vocab * h)
+        : linearWeightBytes(vocab, h, "int8", blockSize) + vector(vocab * Math.ceil(h / blockSize));
+  const rotary = 2 * vector(config.maxPositions * (config.headDim / 2));
+
+  const qRows = config.numHeads * config.headDim;
+  const kvRows = config.numKvHeads * config.headDim;
+  const m = config.intermediateSize;
+  // Fused q/k/v and gate/up projections: one weight each, so one set of scales per row.
+  let perLayer = 2 * vector(h) + linear(qRows + 2 * kvRows, h) + linear(h, qRows);
+  if (config.attentionBias) perLayer += vector(qRows + 2 * kvRows);
+  if (config.queryKeyNorm) perLayer += 2 * vector(config.headDim);
+  const expertMlp = linear(2 * m, h) + linear(h, m);
+  if (config.architecture === "mixtral") {
+    const experts = config.numExperts ?? 0;
+    perLayer += linear(experts, h) + experts * expertMlp;
+  } else {
+    perLayer += expertMlp;
+  }
+  const layers = (spec.toLayer - spec.fromLayer) * perLayer;
+
+  // Every exit and the final head share one final norm and one LM head. A head tied to the
+  // embedding reads the segment's own table where the table is in the head's format (fp32
+  // through Gemm transB, int8 through MatMulNBits); in a segment without the table, or in
+  // int4 beside an 8-bit table, it is a copy of its own.
+  const exits = segmentExits(spec, config);
+  let head = 0;
+  if (exits.length > 0) {
+    const sharesTable = config.tieWordEmbeddings && spec.fromLayer === 0 && spec.weightFormat !== "int4";
+    head = vector(h) + (sharesTable ? 0 : linear(vocab, h));
+  }
+  const maps = exits.filter((exit) => exit.linearMap).length;
+  // The maps are fp32 MatMuls in every format (calibration fits them in fp32), and their
+  // unit-RMS norm takes a gamma of ones, written once.
+  const exitMaps = maps > 0 ? maps * (vector(h * h) + vector(h)) + vector(h) : 0;
+
+  return { embedding, rotary, layers, head, exitMaps, total: embedding + rotary + layers + head + exitMaps };
+}
+
+/**
+ * The bytes of a Hugging Face [rows, cols] linear weight in `format`: fp32 transposed, or
+ * MatMulNBits' packed blocks [rows, ⌈cols / blockSize⌉, blockSize · bits / 8] (a row's last
+ * block padded) and one fp32 scale per block.
+ */
+export function linearWeightBytes(
+  rows: number,
+  cols: number,
+  format: WeightFormat,
+  blockSize: number,
+): number {
+  if (format === "fp32") return rows * cols * FLOAT32_BYTES;
+  const bits = format === "int8" ? 8 : 4;
+  const blocks = rows * Math.ceil(cols / blockSize);
+  return blocks * ((blockSize * bits) / 8) + blocks * FLOAT32_BYTES;
+}
+
+/** KV cache bytes per position over `layers` decoder layers: a key and a value per KV head, fp32. */
+export function kvBytesPerPosition(config: ModelConfig, layers: number): number {
+  return 2 * layers * config.numKvHeads * config.headDim * FLOAT32_BYTES;
+}
