@@ -101,6 +101,7 @@ export async function startEdgeAgent(
   const lowerModel = await SegmentModel.load(checkpoint, edgeSegmentSpec(split, exits, config.weights), {
     threads: config.threads,
     cacheDir: options.cacheDir,
+    onProgress: (progress) => log.info(progress, "building the segment graph"),
   });
   // The graph is built (or was cached): a weight decoded for it is needed no more.
   checkpoint.releaseWeights?.();

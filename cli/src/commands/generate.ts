@@ -1,6 +1,6 @@
 /** `tandem generate`: generation through the runtime in one process, optionally split with early exits. */
 import { z } from "zod";
-import { FailedPreconditionError, UsageError } from "@tandem/common";
+import { FailedPreconditionError, formatProgress, UsageError } from "@tandem/common";
 import {
   AlwaysExitPolicy,
   type ChatMessage,
@@ -88,6 +88,8 @@ export async function runGenerate(
     exits,
     weightFormat: request.weights,
     threads: request.threads,
+    // A first run on a large checkpoint builds its graphs for minutes: say how far.
+    onProgress: (progress) => console.error(formatProgress("model", progress)),
   });
   try {
     const upper = local.upper && new LocalUpperSegment(local.upper, "generate");

@@ -8,7 +8,7 @@ import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { loadCheckpoint } from "../checkpoint/load-checkpoint.ts";
 import type { Checkpoint } from "../checkpoint/model-weights.ts";
-import { InternalError, InvalidArgumentError, SessionNotFoundError } from "@tandem/common";
+import { InternalError, InvalidArgumentError, SessionNotFoundError, type Progress } from "@tandem/common";
 import { segmentSpec, type SegmentSpec } from "../graph/segment-spec.ts";
 import { ReferenceModel } from "../reference/reference-model.ts";
 import {
@@ -821,5 +821,21 @@ describe("graph cache", () => {
     );
     expect(b.graphPath).toBe(a.graphPath);
     expect(c.graphPath).not.toBe(a.graphPath);
+  });
+
+  it("a build reports its progress layer by layer; a cached graph loads silently", async () => {
+    const checkpoint = checkpoints.get("llama gqa ratio 4")!;
+    const spec = segmentSpec({ fromLayer: 1, toLayer: 4, finalHead: true, weightFormat: "int8" });
+    const reports: Progress[] = [];
+    const own = join(workDir, "progress-graphs");
+    await (
+      await SegmentModel.load(checkpoint, spec, { cacheDir: own, onProgress: (p) => reports.push(p) })
+    ).release();
+    expect(reports).toEqual([1, 2, 3].map((done) => ({ phase: "building [1,4) int8", done, total: 3 })));
+    reports.length = 0;
+    await (
+      await SegmentModel.load(checkpoint, spec, { cacheDir: own, onProgress: (p) => reports.push(p) })
+    ).release();
+    expect(reports).toEqual([]);
   });
 });

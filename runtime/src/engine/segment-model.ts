@@ -3,7 +3,7 @@
  * or hidden states, per-row past KV) into one `run` and the outputs back into typed
  * results. It keeps no per-session state; see SegmentSessions for that.
  */
-import { InternalError } from "@tandem/common";
+import { InternalError, type ProgressListener } from "@tandem/common";
 import * as ort from "onnxruntime-node";
 import type { ModelConfig } from "../checkpoint/model-config.ts";
 import type { Checkpoint } from "../checkpoint/model-weights.ts";
@@ -19,6 +19,8 @@ export interface SegmentModelOptions {
   threads?: number;
   /** Where built graphs are cached. @default defaultGraphCacheDir() */
   cacheDir?: string;
+  /** Told of a graph build's progress, layer by layer (minutes at 1B+); silent when cached. @default none */
+  onProgress?: ProgressListener;
 }
 
 /** Keys and values of one layer of a KV slot: [rows, kvHeads, capacity, headDim] each. */
@@ -106,7 +108,7 @@ export class SegmentModel {
     options: SegmentModelOptions = {},
   ): Promise<SegmentModel> {
     validateSegmentSpec(spec, checkpoint.config);
-    const graphPath = await ensureSegmentGraph(checkpoint, spec, options.cacheDir);
+    const graphPath = await ensureSegmentGraph(checkpoint, spec, options.cacheDir, options.onProgress);
     const session = await ort.InferenceSession.create(graphPath, {
       intraOpNumThreads: options.threads ?? DEFAULT_SEGMENT_MODEL_OPTIONS.threads,
       interOpNumThreads: 1,

@@ -7,7 +7,7 @@ import { createHash } from "node:crypto";
 import { existsSync } from "node:fs";
 import { mkdir, rename, rm, writeFile } from "node:fs/promises";
 import { dirname, join } from "node:path";
-import { GraphIoError, TandemError } from "@tandem/common";
+import { GraphIoError, TandemError, type ProgressListener } from "@tandem/common";
 import { cacheRoot } from "../cache-root.ts";
 import type { Checkpoint } from "../checkpoint/model-weights.ts";
 import type { BuiltGraph } from "./onnx-graph-builder.ts";
@@ -58,11 +58,15 @@ export function segmentGraphPath(
   return join(cacheDir, segmentCacheKey(checkpoint.weightsHash, spec), SEGMENT_MODEL_FILE);
 }
 
-/** Returns the path of the segment's .onnx file, building and writing it when not cached. */
+/**
+ * Returns the path of the segment's .onnx file, building and writing it when not cached;
+ * a build reports its progress, layer by layer, to `onProgress`.
+ */
 export async function ensureSegmentGraph(
   checkpoint: Checkpoint,
   spec: SegmentSpec,
   cacheDir = defaultGraphCacheDir(),
+  onProgress?: ProgressListener,
 ): Promise<string> {
   const modelPath = segmentGraphPath(checkpoint, spec, cacheDir);
   const dir = dirname(modelPath);
@@ -82,7 +86,7 @@ export async function ensureSegmentGraph(
     const weights = new ExternalDataFile(join(staging, SEGMENT_WEIGHTS_FILE), SEGMENT_WEIGHTS_FILE);
     let graph: BuiltGraph;
     try {
-      graph = buildSegmentGraph(checkpoint.config, checkpoint.weights, spec, weights);
+      graph = buildSegmentGraph(checkpoint.config, checkpoint.weights, spec, weights, onProgress);
     } finally {
       weights.close();
     }

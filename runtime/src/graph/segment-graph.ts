@@ -4,7 +4,7 @@
  * norm → attention → norm → MLP, then exit heads and/or the final head. Its inputs and
  * outputs, names and shapes, are the contract in graph-io-names.ts.
  */
-import { InternalError } from "@tandem/common";
+import { InternalError, type ProgressListener } from "@tandem/common";
 import type { ModelConfig } from "../checkpoint/model-config.ts";
 import { rotaryInverseFrequencies } from "../checkpoint/rope-frequencies.ts";
 import type { LayerWeights, ModelWeights, WeightTensor } from "../checkpoint/model-weights.ts";
@@ -29,9 +29,15 @@ export function buildSegmentGraph(
   weights: ModelWeights,
   spec: SegmentSpec,
   externalData: ExternalDataSink,
+  onProgress?: ProgressListener,
 ): BuiltGraph {
   validateSegmentSpec(spec, config);
-  return new SegmentGraphWriter(config, weights, spec, externalData).write();
+  return new SegmentGraphWriter(config, weights, spec, externalData, onProgress).write();
+}
+
+/** The phase a segment's build reports: `building [0,8) int4`, counted in layers. */
+export function buildPhase(spec: SegmentSpec): string {
+  return `building [${spec.fromLayer},${spec.toLayer}) ${spec.weightFormat}`;
 }
 
 class SegmentGraphWriter {
@@ -48,6 +54,7 @@ class SegmentGraphWriter {
     private readonly weights: ModelWeights,
     private readonly spec: SegmentSpec,
     externalData: ExternalDataSink,
+    private readonly onProgress: ProgressListener = () => undefined,
   ) {
     this.b = new OnnxGraphBuilder(`tandem_segment_${spec.fromLayer}_${spec.toLayer}`, externalData);
     this.exits = segmentExits(spec, config);
@@ -75,6 +82,11 @@ class SegmentGraphWriter {
     for (let layer = spec.fromLayer; layer < spec.toLayer; layer++) {
       x = this.decoderLayer(layer, x, rotary, positions);
       releaseLayer(this.weights.layers[layer]);
+      this.onProgress({
+        phase: buildPhase(spec),
+        done: layer + 1 - spec.fromLayer,
+        total: spec.toLayer - spec.fromLayer,
+      });
       const after = layer + 1;
       if (spec.hiddenTaps.includes(after))
         this.outputAlias(x, GRAPH_IO.hiddenAfter(after), ["batch", "seq", hidden]);

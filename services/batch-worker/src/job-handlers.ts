@@ -177,16 +177,18 @@ export async function runBuildGraphsJob(
   const cached = (spec: typeof specs.edge) => existsSync(segmentGraphPath(checkpoint, spec, cacheDir));
   const alreadyCached = { edge: cached(specs.edge), cloud: cached(specs.cloud) };
   const build = (spec: typeof specs.edge) =>
-    ensureSegmentGraph(checkpoint, spec, cacheDir).catch((error: unknown) => {
-      // A directory that cannot be written stays so on a retry: the job's field is wrong.
-      const code = error instanceof GraphIoError ? (error.cause as NodeJS.ErrnoException).code : undefined;
-      if (code === "EACCES" || code === "ENOTDIR" || code === "EROFS" || code === "EEXIST")
-        throw new InvalidArgumentError(
-          "cacheDir",
-          `cannot write graphs to ${cacheDir} (${(error as Error).message})`,
-        );
-      throw error;
-    });
+    ensureSegmentGraph(checkpoint, spec, cacheDir, (progress) => void context.progress(progress)).catch(
+      (error: unknown) => {
+        // A directory that cannot be written stays so on a retry: the job's field is wrong.
+        const code = error instanceof GraphIoError ? (error.cause as NodeJS.ErrnoException).code : undefined;
+        if (code === "EACCES" || code === "ENOTDIR" || code === "EROFS" || code === "EEXIST")
+          throw new InvalidArgumentError(
+            "cacheDir",
+            `cannot write graphs to ${cacheDir} (${(error as Error).message})`,
+          );
+        throw error;
+      },
+    );
   const edgeGraph = await build(specs.edge);
   await context.progress({ phase: "graphs", done: 1, total: 2 });
   const cloudGraph = await build(specs.cloud);

@@ -104,7 +104,11 @@ export async function startCloudWorker(options: CloudWorkerOptions, log: Logger)
   const model = await SegmentModel.load(
     checkpoint,
     cloudSegmentSpec(options.split, layers, options.weightFormat ?? "fp32"),
-    { threads: options.threads ?? 1, cacheDir: options.cacheDir },
+    {
+      threads: options.threads ?? 1,
+      cacheDir: options.cacheDir,
+      onProgress: (progress) => log.info(progress, "building the segment graph"),
+    },
   );
   // The graph is built (or was cached): a weight decoded for it is needed no more.
   checkpoint.releaseWeights?.();
