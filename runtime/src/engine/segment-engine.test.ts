@@ -2,9 +2,9 @@
  * The ONNX segment engine against the plain-TypeScript reference forward, on real
  * checkpoints written in Hugging Face layout and loaded through the checkpoint loader.
  */
-import { mkdtempSync, rmSync } from "node:fs";
+import { mkdtempSync, readdirSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
-import { join } from "node:path";
+import { basename, dirname, join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { loadCheckpoint } from "../checkpoint/load-checkpoint.ts";
 import type { Checkpoint } from "../checkpoint/model-weights.ts";
@@ -821,6 +821,19 @@ describe("graph cache", () => {
     );
     expect(b.graphPath).toBe(a.graphPath);
     expect(c.graphPath).not.toBe(a.graphPath);
+  });
+
+  it("two loads of one uncached segment at the same moment both build, and one graph lands", async () => {
+    const checkpoint = checkpoints.get("llama gqa ratio 2")!;
+    const spec = segmentSpec({ fromLayer: 0, toLayer: 3, outputHidden: true });
+    const own = join(workDir, "concurrent-graphs");
+    const [a, b] = await Promise.all([
+      SegmentModel.load(checkpoint, spec, { cacheDir: own }),
+      SegmentModel.load(checkpoint, spec, { cacheDir: own }),
+    ]);
+    expect(a.graphPath).toBe(b.graphPath);
+    expect(readdirSync(own)).toEqual([basename(dirname(a.graphPath))]);
+    for (const model of [a, b]) await model.release();
   });
 
   it("a build reports its progress layer by layer; a cached graph loads silently", async () => {

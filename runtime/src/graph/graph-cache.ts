@@ -3,7 +3,7 @@
  * program builds a graph once per checkpoint and split and later starts in milliseconds.
  * Layout: <cacheDir>/<key>/segment.onnx + segment.weights (the external data file).
  */
-import { createHash } from "node:crypto";
+import { createHash, randomUUID } from "node:crypto";
 import { existsSync } from "node:fs";
 import { mkdir, rename, rm, writeFile } from "node:fs/promises";
 import { dirname, join } from "node:path";
@@ -80,7 +80,8 @@ export async function ensureSegmentGraph(
   // Write into a private directory and rename it into place: a concurrent builder of
   // the same key, or a crash half-way, never leaves a half-written graph under the key.
   // The weights stream into it as the graph is built, one tensor at a time.
-  const staging = `${dir}.tmp-${process.pid}-${Date.now()}`;
+  // Unique per call: two loads of one segment in a process may build at the same moment.
+  const staging = `${dir}.tmp-${process.pid}-${randomUUID()}`;
   try {
     await mkdir(staging, { recursive: true });
     const weights = new ExternalDataFile(join(staging, SEGMENT_WEIGHTS_FILE), SEGMENT_WEIGHTS_FILE);
