@@ -1,12 +1,12 @@
 /**
  * The `tandem` command as a user runs it: a real process, a checkpoint on disk.
  */
-import { existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync } from "node:fs";
+import { cpSync, existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from "node:fs";
 import module from "node:module";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { loadCheckpoint } from "@tandem/runtime";
+import { loadCheckpoint, type CheckpointInspection } from "@tandem/runtime";
 import { ReferenceModel, writeRandomCheckpoint } from "@tandem/runtime/testing";
 import { runCli } from "@tandem/testkit";
 
@@ -134,6 +134,113 @@ describe("tandem generate", () => {
   });
 });
 
+describe("tandem generate --chat", () => {
+  const TEMPLATE =
+    "{% for m in messages %}{{ '<' + m.role + '>' + m.content + '\\n' }}{% endfor %}" +
+    "{% if add_generation_prompt %}{{ '<assistant>' }}{% endif %}";
+  let chatModel: string;
+  beforeAll(() => {
+    chatModel = join(dir, "chat-model");
+    cpSync(join(dir, "model"), chatModel, { recursive: true });
+    writeFileSync(join(chatModel, "tokenizer_config.json"), JSON.stringify({ chat_template: TEMPLATE }));
+  });
+
+  it("renders the prompt as a user message (after --system) with the model's template and prints the reply alone", async () => {
+    const reply = await tandem(
+      "generate",
+      ...["--model", chatModel, "--prompt", "Hello", "--chat", "--system", "Be brief.", "--max-tokens", "8"],
+    );
+    expect(reply.code, reply.stderr).toBe(0);
+    const rendered = "<system>Be brief.\n<user>Hello\n<assistant>";
+    const continued = await tandem(
+      "generate",
+      "--model",
+      chatModel,
+      "--prompt",
+      rendered,
+      "--max-tokens",
+      "8",
+    );
+    expect(continued.stdout).toBe(rendered + reply.stdout);
+  });
+
+  it("says which model has no chat template, and that --system needs --chat", async () => {
+    const none = await tandem("generate", "--model", join(dir, "model"), "--prompt", "Hi", "--chat");
+    expect(none.code).toBe(2);
+    expect(none.stderr).toMatch(/--chat: .*model has no chat template/);
+    const system = await tandem("generate", "--model", chatModel, "--prompt", "Hi", "--system", "x");
+    expect(system.code).toBe(2);
+    expect(system.stderr).toMatch(/--system: goes with --chat/);
+  });
+});
+
+describe("tandem inspect", () => {
+  const DEMO_MODEL = join(import.meta.dirname, "..", "models", "tandem-demo");
+
+  it("describes the demo model: family, shape, support, tokenizer, and memory per split and format", async () => {
+    const { stdout, stderr, code } = await tandem("inspect", DEMO_MODEL);
+    expect(code, stderr).toBe(0);
+    expect(stdout).toMatch(/^ {2}family {8}llama \(LlamaForCausalLM\)$/m);
+    expect(stdout).toMatch(/^ {2}supported {5}yes$/m);
+    expect(stdout).toMatch(
+      /^ {2}shape {9}hidden 256, 6 layers, 8 heads over 4 KV heads of 32, .*vocab 4096, tied$/m,
+    );
+    expect(stdout).toMatch(/^ {2}tandem\.json {3}exits after 2, 3; recommended split 3$/m);
+    expect(stdout).toContain(
+      "memory per process: estimated RSS = 1.2 × weight bytes + KV of 1024 positions + 150 MiB",
+    );
+    // Whole model, then the edge and the worker of each split (tandem.json's 3, and L/4, 3L/4), per format.
+    const rows = stdout.split("\n").filter((line) => /^ {2}(whole|edge|worker)/.test(line));
+    expect(rows).toHaveLength(3 + 3 * 3 * 2);
+    expect(rows.find((r) => r.includes("edge S=3") && r.includes("int4"))).toMatch(/\[0,3\) +2,3 +int4 /);
+  });
+
+  it("prints one JSON object with --json; --split and --weights narrow the estimates", async () => {
+    const { stdout, code } = await tandem(
+      "inspect",
+      DEMO_MODEL,
+      "--json",
+      "--split",
+      "5",
+      "--weights",
+      "int8",
+    );
+    expect(code).toBe(0);
+    const inspection = JSON.parse(stdout) as CheckpointInspection;
+    expect(inspection).toMatchObject({ family: "llama", supported: true, reasons: [], attention: "fused" });
+    expect(inspection.memory!.splits).toHaveLength(1);
+    expect(inspection.memory!.splits[0]).toMatchObject({
+      split: 5,
+      weightFormat: "int8",
+      edge: { fromLayer: 0, toLayer: 5, exitLayers: [2, 3] },
+      worker: { fromLayer: 5, toLayer: 6, exitLayers: [6] },
+    });
+  });
+
+  it("reports a checkpoint Tandem does not run with its reason (exit 2); a directory that is not one is one line", async () => {
+    const gpt2 = join(dir, "gpt2");
+    cpSync(join(dir, "model"), gpt2, { recursive: true });
+    writeFileSync(join(gpt2, "config.json"), JSON.stringify({ model_type: "gpt2", n_embd: 64 }));
+    const refused = await tandem("inspect", gpt2);
+    expect(refused.code).toBe(2);
+    expect(refused.stdout).toMatch(
+      /^ {2}supported {5}no\n {4}- .*config\.json: "model_type" "gpt2" is not supported/m,
+    );
+    expect(refused.stdout).toMatch(/^ {2}weights {7}model\.safetensors: /m);
+
+    const missing = await tandem("inspect", join(dir, "nope"));
+    expect(missing.code).toBe(2);
+    expect(missing.stderr).toMatch(/^tandem inspect: .*nope.*config\.json: cannot be read/);
+    expect(missing.stderr.trim().split("\n")).toHaveLength(1);
+
+    const split = await tandem("inspect", DEMO_MODEL, "--split", "6");
+    expect(split.code).toBe(2);
+    expect(split.stderr).toMatch(
+      /^tandem inspect: --split: must be in \[1, 5\] for this 6-layer model, got 6$/m,
+    );
+  });
+});
+
 describe("tandem bench", () => {
   for (const name of ["codec", "runtime", "exits", "collab", "placement"]) {
     it(`runs a smoke version of the ${name} benchmark and prints JSON last`, async () => {
@@ -161,6 +268,30 @@ describe("tandem bench", () => {
       expect(result[key].after, key).toBeGreaterThan(0);
     }
   }, 180_000);
+
+  it("runs a smoke version of the scale benchmark: each segment and format, loaded cold then warm, against its memory target", async () => {
+    const { stdout, stderr, code } = await tandem("bench", "scale", "--smoke");
+    expect(code, stderr).toBe(0);
+    const { rows } = JSON.parse(stdout.trim().split("\n").pop()!) as { rows: Record<string, unknown>[] };
+    expect(rows.map((r) => [r.segment, r.weights])).toEqual([
+      ["edge [0,2)", "int4"],
+      ["worker [2,4)", "int8"],
+      ["[0,4)", "fp32"],
+      ["[0,4)", "int8"],
+      ["[0,4)", "int4"],
+    ]);
+    for (const row of rows) {
+      for (const key of ["rss_mb", "graph_weights_mb", "load_ms_cold", "load_ms_warm", "decode_tokens_per_s"])
+        expect(row[key], `${String(row.segment)} ${key}`).toBeGreaterThan(0);
+      expect(row.rss_target_mb).toBeGreaterThan(1.2 * (row.graph_weights_mb as number));
+    }
+    // Quantized whole models are compared with fp32's greedy tokens; fp32 with nothing.
+    expect(rows[2].agreement_vs_fp32).toBeNull();
+    for (const row of rows.slice(3)) {
+      expect(row.agreement_vs_fp32).toBeGreaterThan(0);
+      expect(row.agreement_vs_fp32).toBeLessThanOrEqual(1);
+    }
+  }, 120_000);
 
   it("lists the benchmarks when the name is unknown", async () => {
     const { stderr, code } = await tandem("bench", "nope");

@@ -48,6 +48,19 @@ export const BENCH_OPTION_SCHEMAS = {
         .meta({ description: "internal: run one case (JSON) in this process" }),
     })
     .strict(),
+  scale: z
+    .object({
+      models: z.array(z.string().min(1)).min(1).optional().meta({
+        description:
+          "models to run (default Llama-3.2-1B,Qwen2.5-0.5B,tandem-demo; any of real-model-configs.ts, or tandem-demo: the trained demo model)",
+      }),
+      case: z
+        .string()
+        .min(1)
+        .optional()
+        .meta({ description: "internal: run one case (JSON) in this process" }),
+    })
+    .strict(),
   chaos: z
     .object({
       runs: z.int().min(1).optional().meta({ description: "runs of each fault (default 5; --smoke 1)" }),

@@ -37,6 +37,11 @@ export const BENCHMARKS: { [N in BenchName]: { summary: string; load(): Promise<
     summary: "the engine on generated Llama checkpoints: prefill, decode, memory bandwidth",
     load: async () => (await import("./runtime.bench.ts")).default,
   },
+  scale: {
+    summary:
+      "real models' shapes in one BF16 file: load cold/warm, RSS vs target, speed, int8/int4 agreement",
+    load: async () => (await import("./scale.bench.ts")).default,
+  },
   chaos: {
     summary: "faults injected during generations and batch jobs on a local cluster at the shipped timings",
     load: async () => (await import("./chaos.bench.ts")).default,

@@ -11,3 +11,9 @@ export {
   type RandomCheckpointSpec,
 } from "./testing/random-checkpoint.ts";
 export { wholeModelTokens } from "./testing/whole-model-tokens.ts";
+export {
+  REAL_MODEL_CONFIGS,
+  realShapeSpec,
+  type RealModelName,
+  type RealShapeOptions,
+} from "./testing/real-model-configs.ts";
