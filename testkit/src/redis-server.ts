@@ -5,10 +5,24 @@
  */
 import { spawn, type ChildProcess } from "node:child_process";
 import { mkdtempSync, rmSync } from "node:fs";
+import { connect } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { freePort } from "./processes.ts";
+import { until } from "./until.ts";
 import { waitForPort } from "./wait-for-port.ts";
+
+/** Whether Redis on 127.0.0.1:port answers PING with PONG (not -LOADING, not an error). */
+function pongs(port: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const socket = connect(port, "127.0.0.1", () => socket.write("PING\r\n"));
+    socket.once("data", (data) => {
+      socket.destroy();
+      resolve(data.toString().startsWith("+PONG"));
+    });
+    socket.once("error", () => resolve(false));
+  });
+}
 
 export interface RedisServerOptions {
   /** Serve TLS only, with this certificate and key; clients need not present one. @default plaintext */
@@ -75,6 +89,10 @@ export async function startRedisServer(options: RedisServerOptions = {}): Promis
     });
     failed.catch(() => undefined); // once it listens, its exit is the stop's
     await Promise.race([waitForPort(port, "redis-server"), failed]);
+    // A server replaying its append-only file listens before it serves (-LOADING): a
+    // restart is over when it answers. (TLS-only servers are not probed: none persists.)
+    if (appendOnly && !tls)
+      await Promise.race([until("redis-server to load its data", () => pongs(port)), failed]);
   };
 
   const halt = async (signal: NodeJS.Signals) => {

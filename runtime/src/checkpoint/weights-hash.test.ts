@@ -15,11 +15,14 @@ function file(name: string, tensors: Record<string, Float32Array>): SafetensorsF
   return SafetensorsFile.parse(`/models/x/${name}`, Buffer.from(bytes));
 }
 
+const BASE = {
+  small: Float32Array.from({ length: 100 }, (_, i) => i / 7),
+  large: Float32Array.from({ length: LARGE }, (_, i) => Math.sin(i)),
+};
+
+/** Fresh copies of the same weights, for a test to change. */
 function weights(): { small: Float32Array; large: Float32Array } {
-  return {
-    small: Float32Array.from({ length: 100 }, (_, i) => i / 7),
-    large: Float32Array.from({ length: LARGE }, (_, i) => Math.sin(i)),
-  };
+  return { small: BASE.small.slice(), large: BASE.large.slice() };
 }
 
 describe("the weights hash", () => {
