@@ -225,6 +225,11 @@ class TensorReader {
       release() {
         data = undefined;
       },
+      rows(begin: number, end: number) {
+        return data
+          ? data.slice(begin * shape[1], end * shape[1])
+          : file.readRowsChecked(name, shape, begin, end);
+      },
     };
   }
 

@@ -14,6 +14,11 @@ export interface WeightTensor {
    * decoded from a checkpoint file, absent on tensors made in memory.
    */
   release?(): void;
+  /**
+   * Rows [begin, end) of a 2-D tensor as fp32, decoded on their own and not kept: how a
+   * graph build converts a large table in blocks. Present on tensors of a checkpoint file.
+   */
+  rows?(begin: number, end: number): Float32Array;
 }
 
 export interface ExpertWeights {

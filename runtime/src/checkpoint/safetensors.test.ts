@@ -249,3 +249,34 @@ describe("a single file over 2 GiB", () => {
     expect(Array.from(file.read("small").data)).toEqual([1.5, -2, 3.25, 4]);
   });
 });
+
+describe("reading rows of a table on their own", () => {
+  const table = Float32Array.from({ length: 6 * 5 }, (_, i) => i / 3 - 4);
+  for (const dtype of ["F32", "F16", "BF16"] as const) {
+    it(`${dtype}: rows [begin, end) decode to the same values as the whole tensor's rows`, () => {
+      const file = SafetensorsFile.parse(
+        FILE,
+        Buffer.from(encodeSafetensors([{ name: "t", shape: [6, 5], data: table }], dtype)),
+      );
+      const whole = file.read("t").data;
+      expect(file.readRowsChecked("t", [6, 5], 2, 5)).toEqual(whole.slice(10, 25));
+      expect(file.readRowsChecked("t", [6, 5], 0, 6)).toEqual(whole);
+      expect(file.readRowsChecked("t", [6, 5], 3, 3)).toEqual(new Float32Array(0));
+    });
+  }
+
+  it("names a non-finite value by its flat index, and refuses rows the table does not have", () => {
+    const bad = table.slice();
+    bad[17] = Number.NaN;
+    const file = SafetensorsFile.parse(
+      FILE,
+      Buffer.from(encodeSafetensors([{ name: "t", shape: [6, 5], data: bad }], "F32")),
+    );
+    expect(file.readRowsChecked("t", [6, 5], 0, 3)).toHaveLength(15);
+    expect(() => file.readRowsChecked("t", [6, 5], 3, 4)).toThrow(
+      /"t".*non-finite value \(NaN\) at flat index 17/,
+    );
+    expect(() => file.readRowsChecked("t", [6, 5], 4, 7)).toThrow(TensorMismatchError);
+    expect(() => file.readRowsChecked("t", [5, 6], 0, 1)).toThrow(/has shape \[6, 5\], expected \[5, 6\]/);
+  });
+});

@@ -270,16 +270,51 @@ export class SafetensorsFile {
   read(name: string): DecodedTensor {
     const entry = this.weightEntry(name);
     const aligned = this.source.read(this.dataStart + entry.begin, this.dataStart + entry.end);
-    const count = elementCount(entry.shape);
-    const shape = [...entry.shape];
-    switch (entry.dtype as SafetensorsDtype) {
-      case "F32":
-        return { shape, data: new Float32Array(aligned.buffer, 0, count) };
-      case "F16":
-        return { shape, data: halfToFloat32(new Uint16Array(aligned.buffer, 0, count)) };
-      case "BF16":
-        return { shape, data: bfloat16ToFloat32(new Uint16Array(aligned.buffer, 0, count)) };
-    }
+    return { shape: [...entry.shape], data: decode(entry.dtype, aligned, elementCount(entry.shape)) };
+  }
+
+  /**
+   * Rows [begin, end) of a 2-D weight of exactly `shape` as fp32, read and decoded on their
+   * own (a 1 GB embedding table converts in blocks), every value checked finite; throws
+   * like readChecked, naming the row's flat index.
+   */
+  readRowsChecked(name: string, shape: readonly number[], begin: number, end: number): Float32Array {
+    const entry = this.shapedEntry(name, shape);
+    if (
+      shape.length !== 2 ||
+      !(Number.isInteger(begin) && Number.isInteger(end) && 0 <= begin && begin <= end && end <= shape[0])
+    )
+      throw new TensorMismatchError(
+        this.path,
+        name,
+        `has no rows [${begin}, ${end}) of shape [${shape.join(", ")}]`,
+      );
+    const rowBytes = (entry.end - entry.begin) / shape[0];
+    const aligned = this.source.read(
+      this.dataStart + entry.begin + begin * rowBytes,
+      this.dataStart + entry.begin + end * rowBytes,
+    );
+    const data = decode(entry.dtype, aligned, (end - begin) * shape[1]);
+    for (let i = 0; i < data.length; i++)
+      if (!(data[i] > -Infinity && data[i] < Infinity))
+        throw new TensorMismatchError(
+          this.path,
+          name,
+          `has a non-finite value (${data[i]}) at flat index ${begin * shape[1] + i}`,
+        );
+    return data;
+  }
+}
+
+/** `count` values of a weight dtype from bytes in a buffer of their own, as fp32. */
+function decode(dtype: string, aligned: Uint8Array, count: number): Float32Array {
+  switch (dtype as SafetensorsDtype) {
+    case "F32":
+      return new Float32Array(aligned.buffer, 0, count);
+    case "F16":
+      return halfToFloat32(new Uint16Array(aligned.buffer, 0, count));
+    case "BF16":
+      return bfloat16ToFloat32(new Uint16Array(aligned.buffer, 0, count));
   }
 }
 

@@ -9,6 +9,7 @@
  * they are added, so a build holds no copy of the weights it has written.
  */
 import { closeSync, openSync, writeSync } from "node:fs";
+import { InternalError } from "@tandem/common";
 import {
   ATTRIBUTE_TYPE,
   DATA_LOCATION,
@@ -120,9 +121,25 @@ export class OnnxGraphBuilder {
 
   /** Adds a weight or constant tensor and returns its name. */
   initializer(name: string, type: ElementType, dims: number[], data: TensorData): string {
+    const bytes = new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
+    return this.streamedInitializer(name, type, dims, bytes.length, (append) => append(bytes));
+  }
+
+  /**
+   * Adds a tensor whose bytes come in parts, e.g. a table converted block by block: `write`
+   * hands exactly `byteLength` bytes, in order, to the function it is given, and none is
+   * kept here once it is in the external data.
+   */
+  streamedInitializer(
+    name: string,
+    type: ElementType,
+    dims: number[],
+    byteLength: number,
+    write: (append: (bytes: Uint8Array) => void) => void,
+  ): string {
     const tensor: TensorMessage = { name, dims, dataType: ELEMENT_TYPE_CODE[type] };
-    const bytes = Buffer.from(data.buffer, data.byteOffset, data.byteLength);
-    if (bytes.length >= EXTERNAL_THRESHOLD_BYTES) {
+    let written = 0;
+    if (byteLength >= EXTERNAL_THRESHOLD_BYTES) {
       const padding = (EXTERNAL_ALIGNMENT - (this.externalOffset % EXTERNAL_ALIGNMENT)) % EXTERNAL_ALIGNMENT;
       if (padding > 0) {
         this.externalData.append(new Uint8Array(padding));
@@ -132,13 +149,23 @@ export class OnnxGraphBuilder {
       tensor.externalData = [
         { key: "location", value: this.externalData.name },
         { key: "offset", value: String(this.externalOffset) },
-        { key: "length", value: String(bytes.length) },
+        { key: "length", value: String(byteLength) },
       ];
-      this.externalData.append(bytes);
-      this.externalOffset += bytes.length;
+      write((bytes) => {
+        this.externalData.append(bytes);
+        written += bytes.length;
+      });
+      this.externalOffset += written;
     } else {
-      tensor.rawData = new Uint8Array(bytes);
+      const raw = new Uint8Array(byteLength);
+      write((bytes) => {
+        if (written + bytes.length <= byteLength) raw.set(bytes, written);
+        written += bytes.length;
+      });
+      tensor.rawData = raw;
     }
+    if (written !== byteLength)
+      throw new InternalError(`initializer ${name}: ${written} bytes written, ${byteLength} declared`);
     this.initializers.push(tensor);
     return name;
   }

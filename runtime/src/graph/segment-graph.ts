@@ -100,14 +100,19 @@ class SegmentGraphWriter {
   }
 
   private embedding(ids: string): string {
-    const { b, config } = this;
-    const table = b.initializer(
-      "model.embed_tokens.weight",
-      "float32",
-      [config.vocabSize, config.hiddenSize],
-      this.weights.embedTokens.data,
-    );
-    return b.op("Gather", "/model/embed_tokens/Gather", [table, ids]);
+    const table = this.streamedTable("model.embed_tokens.weight", asLinear(this.weights.embedTokens));
+    return this.b.op("Gather", "/model/embed_tokens/Gather", [table, ids]);
+  }
+
+  /** A [rows, cols] fp32 table as stored, converted and written a block of rows at a time. */
+  private streamedTable(name: string, table: LinearWeight): string {
+    const { rows, cols } = table;
+    return this.b.streamedInitializer(name, "float32", [rows, cols], rows * cols * 4, (append) => {
+      for (const [begin, end] of rowBlocks(rows, cols)) {
+        const part = table.read(begin, end);
+        append(new Uint8Array(part.buffer, part.byteOffset, part.byteLength));
+      }
+    });
   }
 
   /**
@@ -143,27 +148,35 @@ class SegmentGraphWriter {
   /**
    * The MatMulNBits initializers of a weight, [packed [rows, blocks, blob], scales
    * [rows·blocks]], written once per weight and bit width; with `gatherScales`, also the
-   * scales as [rows, blocks, 1], the shape GatherBlockQuantized takes.
+   * scales as [rows, blocks, 1], the shape GatherBlockQuantized takes. Quantized a block
+   * of rows at a time (each row's blocks are its own), so a 1 GB table is never whole.
    */
   private quantizedInitializers(weight: LinearWeight, bits: 4 | 8, gatherScales = false): string[] {
-    const { b } = this;
+    const { b, blockSize } = this;
     const key = `${weight.name}|q${bits}`;
     let names = this.linearInitializers.get(key);
     if (!names) {
-      const q = quantizeNBits(weight.data, weight.rows, weight.cols, bits, this.blockSize);
-      const blob = (this.blockSize * bits) / 8;
-      names = [
-        b.initializer(`${weight.name}.q${bits}`, "uint8", [q.rows, q.blocksPerRow, blob], q.packed),
-        b.initializer(`${weight.name}.q${bits}.scales`, "float32", [q.rows * q.blocksPerRow], q.scales),
-      ];
+      const { rows, cols } = weight;
+      const blocksPerRow = Math.ceil(cols / blockSize);
+      const blob = (blockSize * bits) / 8;
+      const scales = new Float32Array(rows * blocksPerRow);
+      const packed = b.streamedInitializer(
+        `${weight.name}.q${bits}`,
+        "uint8",
+        [rows, blocksPerRow, blob],
+        rows * blocksPerRow * blob,
+        (append) => {
+          for (const [begin, end] of rowBlocks(rows, cols)) {
+            const q = quantizeNBits(weight.read(begin, end), end - begin, cols, bits, blockSize);
+            scales.set(q.scales, begin * blocksPerRow);
+            append(q.packed);
+          }
+        },
+      );
+      names = [packed, b.initializer(`${weight.name}.q${bits}.scales`, "float32", [scales.length], scales)];
       if (gatherScales)
         names.push(
-          b.initializer(
-            `${weight.name}.q${bits}.row_scales`,
-            "float32",
-            [q.rows, q.blocksPerRow, 1],
-            q.scales,
-          ),
+          b.initializer(`${weight.name}.q${bits}.row_scales`, "float32", [rows, blocksPerRow, 1], scales),
         );
       this.linearInitializers.set(key, names);
     }
@@ -600,7 +613,7 @@ class SegmentGraphWriter {
           `${weight.name}.T`,
           "float32",
           [weight.cols, weight.rows],
-          transpose(weight.data, weight.rows, weight.cols),
+          transpose(weight.read(0, weight.rows), weight.rows, weight.cols),
         ),
       ];
       this.linearInitializers.set(weight.name, name);
@@ -657,12 +670,7 @@ class SegmentGraphWriter {
     const table =
       this.weights.lmHead === this.weights.embedTokens && this.spec.fromLayer === 0
         ? "model.embed_tokens.weight"
-        : (this.lmHeadName ??= b.initializer(
-            head.name,
-            "float32",
-            [config.vocabSize, config.hiddenSize],
-            head.data,
-          ));
+        : (this.lmHeadName ??= this.streamedTable(head.name, asLinear(head)));
     const flat = b.op("Reshape", `${prefix}/flatten`, [x, b.int64Constant([-1, config.hiddenSize])]);
     const logits2d = b.op("Gemm", `${prefix}/Gemm`, [flat, table], { transB: 1 });
     const shape = b.op("Shape", `${prefix}/Shape`, [x], { end: -1 });
@@ -826,16 +834,35 @@ function transpose(data: Float32Array, rows: number, cols: number): Float32Array
   return out;
 }
 
-/** A Hugging Face linear weight: row-major [rows = out_features, cols = in_features]. */
+/** A Hugging Face linear weight: row-major [rows = out_features, cols = in_features], read by rows. */
 interface LinearWeight {
   name: string;
   rows: number;
   cols: number;
-  data: Float32Array;
+  /** Rows [begin, end) as fp32; the caller may not keep a view into a checkpoint's own data. */
+  read(begin: number, end: number): Float32Array;
 }
 
+/** A checkpoint tensor as a linear weight: rows decoded on their own where the file allows. */
 function asLinear(t: WeightTensor): LinearWeight {
-  return { name: t.name, rows: t.shape[0], cols: t.shape[1], data: t.data };
+  const cols = t.shape[1];
+  return {
+    name: t.name,
+    rows: t.shape[0],
+    cols,
+    read: (begin, end) => (t.rows ? t.rows(begin, end) : t.data.subarray(begin * cols, end * cols)),
+  };
+}
+
+/** Values converted at once when a table goes block by block: 16 MB of fp32. */
+const ROW_BLOCK_VALUES = 4 * 2 ** 20;
+
+/** [begin, end) row ranges of about ROW_BLOCK_VALUES values each, covering [0, rows). */
+function rowBlocks(rows: number, cols: number): [number, number][] {
+  const step = Math.max(1, Math.floor(ROW_BLOCK_VALUES / cols));
+  const blocks: [number, number][] = [];
+  for (let begin = 0; begin < rows; begin += step) blocks.push([begin, Math.min(rows, begin + step)]);
+  return blocks;
 }
 
 /** Stacks [out_i, in] weights into one [Σ out_i, in] weight (fused QKV, fused gate/up). */
@@ -851,7 +878,7 @@ function concatRows(parts: WeightTensor[]): LinearWeight {
   const name = parts[0].name.replace(/\.(q_proj|gate_proj)\.weight$/, (_, n: string) =>
     n === "q_proj" ? ".qkv_proj.weight" : ".gate_up_proj.weight",
   );
-  return { name, rows, cols, data };
+  return { name, rows, cols, read: (begin, end) => data.subarray(begin * cols, end * cols) };
 }
 
 function concatVectors(parts: WeightTensor[]): Float32Array {
