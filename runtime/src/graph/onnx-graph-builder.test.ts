@@ -123,6 +123,25 @@ describe("OnnxGraphBuilder", () => {
     );
   });
 
+  it("streams an initializer given in parts, and refuses parts that do not add up to its declared size", () => {
+    const external = new InMemoryExternalData("g.weights");
+    const b = new OnnxGraphBuilder("g", external);
+    b.streamedInitializer("parts", "uint8", [2, 1024], 2048, (append) => {
+      append(new Uint8Array(1024).fill(1));
+      append(new Uint8Array(1024).fill(2));
+    });
+    const built = b.build();
+    expect(built.externalDataBytes).toBe(2048);
+    const bytes = Buffer.concat(external.chunks);
+    expect([bytes[0], bytes[1023], bytes[1024], bytes[2047]]).toEqual([1, 1, 2, 2]);
+    expect(() =>
+      b.streamedInitializer("short", "uint8", [2048], 2048, (append) => append(new Uint8Array(1024))),
+    ).toThrow(/short: 1024 bytes written, 2048 declared/);
+    expect(() =>
+      b.streamedInitializer("small", "uint8", [4], 4, (append) => append(Uint8Array.of(1, 2, 3))),
+    ).toThrow(/small: 3 bytes written, 4 declared/);
+  });
+
   it("stores each int64 constant once, scalars apart from vectors", () => {
     const b = new OnnxGraphBuilder("g", new InMemoryExternalData("g.weights"));
     const vector = b.int64Constant([-1, 5]);
