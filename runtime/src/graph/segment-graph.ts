@@ -292,29 +292,10 @@ class SegmentGraphWriter {
       query = this.headNorm(`${prefix}/attn/q_norm`, query, w.qNorm, config.numHeads);
       key = this.headNorm(`${prefix}/attn/k_norm`, key, w.kNorm, config.numKvHeads);
     }
-    let attention: string;
-    if (fusedAttentionTakes(config)) {
-      attention = this.groupQueryAttention(
-        prefix,
-        layer,
-        [query, key, value],
-        pastKey,
-        pastValue,
-        rotary,
-        positions,
-      );
-    } else {
-      if (!key) [query, key, value] = splitQkv();
-      attention = this.plainAttention(
-        prefix,
-        layer,
-        [query, key, value],
-        pastKey,
-        pastValue,
-        rotary,
-        positions,
-      );
-    }
+    const fused = fusedAttentionTakes(config);
+    if (!fused && !key) [query, key, value] = splitQkv();
+    const inputs = [prefix, layer, [query, key, value], pastKey, pastValue, rotary, positions] as const;
+    const attention = fused ? this.groupQueryAttention(...inputs) : this.plainAttention(...inputs);
     const projected = this.linear(`${prefix}/attn/o_proj`, attention, asLinear(w.oProj));
     const afterAttention = b.op("Add", `${prefix}/attn/residual/Add`, [x, projected]);
 
@@ -332,7 +313,7 @@ class SegmentGraphWriter {
   private groupQueryAttention(
     prefix: string,
     layer: number,
-    qkv: [string, string, string],
+    qkv: readonly [string, string, string],
     pastKey: string,
     pastValue: string,
     rotary: RotaryCaches,
@@ -381,7 +362,7 @@ class SegmentGraphWriter {
   private plainAttention(
     prefix: string,
     layer: number,
-    [query, key, value]: [string, string, string],
+    [query, key, value]: readonly [string, string, string],
     pastKey: string,
     pastValue: string,
     rotary: RotaryCaches,
