@@ -109,18 +109,22 @@ afterAll(async () => {
   rmSync(dir, { recursive: true, force: true });
 });
 
-/** Workers that hold a session now, by their heartbeats' session counts. */
-async function busyWorkers(): Promise<string[]> {
+/**
+ * A worker other than `entry` whose heartbeat reports a session; undefined when none does
+ * within a few beats (the session is the entry's).
+ */
+async function busyWorkerOtherThan(entry: string): Promise<string | undefined> {
   const nc = await connect({ servers: nats.url });
   try {
     const registry = await NodeRegistry.open(nc, controlPlaneNames(cluster));
-    // Heartbeats come every 500 ms; a loaded machine may delay a few.
-    for (let i = 0; i < 200; i++) {
-      const busy = registry.alive().filter((n) => n.load.sessions > 0);
-      if (busy.length > 0) return busy.map((n) => n.id);
+    // Heartbeats come every 500 ms, so the entry may still report the last run's session
+    // while the owner has not yet reported this one: wait a few beats for another worker.
+    for (let i = 0; i < 60; i++) {
+      const busy = registry.alive().filter((n) => n.load.sessions > 0 && n.id !== entry);
+      if (busy.length > 0) return busy[0].id;
       await new Promise((r) => setTimeout(r, 50));
     }
-    return [];
+    return undefined;
   } finally {
     await nc.close();
   }
@@ -153,6 +157,8 @@ describe("an edge that knows only one worker's address", () => {
     // The entry must survive (it is the only address the edge has): a session the entry
     // owns is run again until one lands on another worker.
     for (let run = 0; run < 10 && !killed; run++) {
+      // Beats (every 500 ms) old enough to show no session of the run before.
+      if (run > 0) await new Promise((r) => setTimeout(r, 1200));
       const result = await generate(
         edge.address,
         { text: PROMPT, maxTokens: 40, mode: "MODE_CLOUD_ONLY" },
@@ -160,7 +166,7 @@ describe("an edge that knows only one worker's address", () => {
           if (index !== 8) return;
           edge.child.kill("SIGSTOP"); // hold the edge still while its session's owner dies
           try {
-            const owner = (await busyWorkers()).find((id) => id !== ENTRY);
+            const owner = await busyWorkerOtherThan(ENTRY);
             if (owner) {
               await workers.get(owner)!.kill("SIGKILL");
               workers.delete(owner);
