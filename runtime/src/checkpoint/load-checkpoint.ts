@@ -8,8 +8,9 @@
 import { existsSync } from "node:fs";
 import { readFile } from "node:fs/promises";
 import { join } from "node:path";
-import { CheckpointError, ModelConfigError, TensorMissingError } from "@tandem/common";
+import { CheckpointError, TensorMissingError } from "@tandem/common";
 import { optionalTokenIds, parseModelConfig } from "./config-parser.ts";
+import { readJsonObject } from "./json-file.ts";
 import type { ModelConfig } from "./model-config.ts";
 import type { Checkpoint, ExpertWeights, LayerWeights, ModelWeights, WeightTensor } from "./model-weights.ts";
 import { SafetensorsFile } from "./safetensors.ts";
@@ -105,15 +106,7 @@ function checkWeights(config: ModelConfig, reader: TensorReader): void {
 export async function readGenerationEndTokens(dir: string): Promise<number[] | undefined> {
   const path = join(dir, GENERATION_CONFIG_FILE);
   if (!existsSync(path)) return undefined;
-  let json: unknown;
-  try {
-    json = JSON.parse(await readFile(path, "utf8"));
-  } catch (error) {
-    throw new CheckpointError(path, `cannot be read as JSON (${(error as Error).message})`, { cause: error });
-  }
-  if (typeof json !== "object" || json === null || Array.isArray(json))
-    throw new ModelConfigError(path, "(root)", "must be a JSON object");
-  return optionalTokenIds((json as Record<string, unknown>).eos_token_id, path, "eos_token_id");
+  return optionalTokenIds((await readJsonObject(path)).eos_token_id, path, "eos_token_id");
 }
 
 async function readConfigBytes(dir: string): Promise<Buffer> {

@@ -14,10 +14,10 @@
  * chat template, which writes BOS itself) goes through plain `encode`.
  */
 import { existsSync } from "node:fs";
-import { readFile } from "node:fs/promises";
 import { dirname, join } from "node:path";
 import type { Tokenizer as HfTokenizer } from "@huggingface/tokenizers";
 import { CheckpointError } from "@tandem/common";
+import { readJsonObject } from "../checkpoint/json-file.ts";
 import type { Checkpoint } from "../checkpoint/model-weights.ts";
 
 /** Read beside tokenizer.json when present; it sets options such as `add_bos_token`. */
@@ -169,18 +169,6 @@ function promptSpecialsOf(
     after:
       typeof addEos === "boolean" ? (addEos ? [idOf("eos_token")] : []) : wrapped.slice(start + plain.length),
   };
-}
-
-async function readJsonObject(path: string): Promise<Record<string, unknown>> {
-  let json: unknown;
-  try {
-    json = JSON.parse(await readFile(path, "utf8"));
-  } catch (error) {
-    throw new CheckpointError(path, `cannot be read as JSON (${(error as Error).message})`, { cause: error });
-  }
-  if (typeof json !== "object" || json === null || Array.isArray(json))
-    throw new CheckpointError(path, "is not a JSON object");
-  return json as Record<string, unknown>;
 }
 
 /**
