@@ -6,6 +6,13 @@
  */
 import { z } from "zod";
 
+/** Benchmarks that run each case in a child process pass it the case this way. */
+const CASE_OPTION = z
+  .string()
+  .min(1)
+  .optional()
+  .meta({ description: "internal: run one case (JSON) in this process" });
+
 export const BENCH_OPTION_SCHEMAS = {
   codec: z
     .object({
@@ -41,11 +48,7 @@ export const BENCH_OPTION_SCHEMAS = {
     .strict(),
   runtime: z
     .object({
-      case: z
-        .string()
-        .min(1)
-        .optional()
-        .meta({ description: "internal: run one case (JSON) in this process" }),
+      case: CASE_OPTION,
     })
     .strict(),
   scale: z
@@ -54,11 +57,7 @@ export const BENCH_OPTION_SCHEMAS = {
         description:
           "models to run (default Llama-3.2-1B,Qwen2.5-0.5B,tandem-demo; any of real-model-configs.ts, or tandem-demo: the trained demo model)",
       }),
-      case: z
-        .string()
-        .min(1)
-        .optional()
-        .meta({ description: "internal: run one case (JSON) in this process" }),
+      case: CASE_OPTION,
     })
     .strict(),
   chaos: z
