@@ -8,8 +8,32 @@ import module from "node:module";
 // A directory it cannot write only means no cache.
 module.enableCompileCache?.();
 
+/** The service.name of each program's spans (OTEL_SERVICE_NAME overrides it). */
+const SERVICE_NAMES = {
+  "@tandem/edge-agent": "tandem-edge",
+  "@tandem/cloud-worker": "tandem-cloud-worker",
+  "@tandem/control-plane": "tandem-control-plane",
+  "@tandem/batch-worker": "tandem-batch-worker",
+};
+
+/**
+ * Tracing is off unless TANDEM_TRACING=1: OTEL_TRACES_EXPORTER alone does not turn it on,
+ * since its standard default (otlp) would make an unset variable mean "on". Once on, the
+ * OTEL_* variables say where spans go. It starts here, before the program's modules load:
+ * under ESM the instrumentations patch @grpc/grpc-js and node:http only through the
+ * import hook registered before those are first imported.
+ */
+async function startTracingIfAsked(name) {
+  const serviceName = SERVICE_NAMES[name];
+  if (!serviceName || !["1", "true"].includes(process.env.TANDEM_TRACING ?? "")) return;
+  module.register("@opentelemetry/instrumentation/hook.mjs", import.meta.url);
+  const { startTracing } = await import("@tandem/common/tracing-sdk");
+  startTracing({ serviceName });
+}
+
 export async function loadProgram(name) {
   try {
+    await startTracingIfAsked(name);
     return await import(name);
   } catch (error) {
     if (error?.code === "ERR_MODULE_NOT_FOUND" && String(error.message).includes(`${name.slice(8)}/dist/`)) {

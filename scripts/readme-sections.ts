@@ -6,7 +6,7 @@
  */
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
-import { configMarkdownTable, fieldDocs, markdownCell, markdownDefault } from "@tandem/common";
+import { configMarkdownTable, fieldDocs, markdownCell, markdownDefault, programSchema } from "@tandem/common";
 import { BATCH_PROGRAM, JOB_KINDS, JOB_SCHEMAS } from "@tandem/batch-worker";
 import { WORKER_PROGRAM } from "@tandem/cloud-worker";
 import { CONTROL_PROGRAM } from "@tandem/control-plane";
@@ -54,7 +54,7 @@ export function generatedSections(): Record<string, string> {
     ...Object.fromEntries(
       programs.map((program) => [
         `settings ${program.name}`,
-        configMarkdownTable(program.schema, program.envPrefix),
+        configMarkdownTable(programSchema(program), program.envPrefix),
       ]),
     ),
     jobs: jobsTable(),

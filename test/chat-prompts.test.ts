@@ -40,7 +40,11 @@ beforeAll(async () => {
   dir = mkdtempSync(join(tmpdir(), "tandem-chat-"));
   const chatModel = join(dir, "with-template");
   plainModel = join(dir, "two-end-tokens");
-  for (const model of [chatModel, plainModel]) cpSync(DEMO, model, { recursive: true });
+  for (const model of [chatModel, plainModel]) {
+    cpSync(DEMO, model, { recursive: true });
+    // The demo's own template would take precedence over tokenizer_config.json's.
+    rmSync(join(model, "chat_template.jinja"));
+  }
   writeFileSync(
     join(chatModel, "tokenizer_config.json"),
     JSON.stringify({ eos_token: "<|endoftext|>", chat_template: TEMPLATE }),

@@ -9,7 +9,8 @@ import { createServer, type AddressInfo } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
-import { EDGE_CONFIG_SCHEMA } from "@tandem/edge-agent";
+import { programSchema } from "@tandem/common";
+import { EDGE_PROGRAM } from "@tandem/edge-agent";
 import { freePort, runCli, runProgram } from "@tandem/testkit";
 
 const COMMANDS = ["demo", "generate", "logits", "inspect", "calibrate", "status", "jobs", "bench"];
@@ -154,7 +155,7 @@ describe("the services", () => {
     const lines = stderr.trim().split("\n");
     expect(lines.sort()).toEqual(
       [
-        `tandem-edge: colour: is not a known key (known: ${Object.keys(EDGE_CONFIG_SCHEMA.shape).join(", ")}) (from ${file})`,
+        `tandem-edge: colour: is not a known key (known: ${Object.keys(programSchema(EDGE_PROGRAM).shape).join(", ")}) (from ${file})`,
         `tandem-edge: codec: must be one of fp32, fp16, int8, int4, got "fp8" (from ${file})`,
         `tandem-edge: cloudDeadlineMs: must be ≥ 1, got -1 (from ${file})`,
         "tandem-edge: port: must be ≤ 65535, got 70000 (from the command line)",

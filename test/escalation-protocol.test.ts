@@ -194,6 +194,37 @@ describe("the escalation protocol, in-process and over gRPC", () => {
       (id) => [openMessage(id, identity, "fp32"), frame("fp32", 0, 2, { ...SAMPLED, temperature: 101 })],
     ],
     ["an empty message", (id) => [openMessage(id, identity, "fp32"), {}]],
+    [
+      "token ids that are not one per position",
+      (id) => {
+        const bad = frame("fp32", 0, 2);
+        return [openMessage(id, identity, "fp32"), { ...bad, frame: { ...bad.frame!, tokenIds: [5] } }];
+      },
+    ],
+    [
+      "a token id outside the vocabulary",
+      (id) => {
+        const bad = frame("fp32", 0, 2);
+        return [
+          openMessage(id, identity, "fp32"),
+          { ...bad, frame: { ...bad.frame!, tokenIds: [5, identity.vocabSize] } },
+        ];
+      },
+    ],
+    [
+      "more alternatives than logprobs allow",
+      (id) => {
+        const bad = frame("fp32", 0, 2);
+        return [
+          openMessage(id, identity, "fp32"),
+          { ...bad, frame: { ...bad.frame!, logprobs: true, topLogprobs: 21 } },
+        ];
+      },
+    ],
+    [
+      "penalties on a context whose token ids were never sent",
+      (id) => [openMessage(id, identity, "fp32"), frame("fp32", 0, 2, { ...GREEDY, presencePenalty: 1 })],
+    ],
   ];
 
   it.each(refusals)("refuses %s alike: the same status and message", async (_name, build) => {

@@ -10,10 +10,10 @@ import { join } from "node:path";
 import * as models from "kubernetes-models";
 import { parseAllDocuments } from "yaml";
 import { beforeAll, describe, expect, it } from "vitest";
-import { environmentName, loadConfig, type ConfigSchema } from "@tandem/common";
-import { BATCH_CONFIG_SCHEMA } from "@tandem/batch-worker";
-import { WORKER_CONFIG_SCHEMA } from "@tandem/cloud-worker";
-import { CONTROL_CONFIG_SCHEMA } from "@tandem/control-plane";
+import { environmentName, loadConfig, programSchema, type ConfigSchema } from "@tandem/common";
+import { BATCH_CONFIG_SCHEMA, BATCH_PROGRAM } from "@tandem/batch-worker";
+import { WORKER_CONFIG_SCHEMA, WORKER_PROGRAM } from "@tandem/cloud-worker";
+import { CONTROL_CONFIG_SCHEMA, CONTROL_PROGRAM } from "@tandem/control-plane";
 
 const ROOT = join(import.meta.dirname, "..");
 const CHART = join(ROOT, "charts", "tandem");
@@ -22,7 +22,7 @@ let helm: string;
 interface Manifest {
   apiVersion: string;
   kind: string;
-  metadata: { name: string };
+  metadata: { name: string; labels?: Record<string, string> };
   spec: Record<string, any>; // eslint-disable-line @typescript-eslint/no-explicit-any
 }
 interface Probe {
@@ -147,9 +147,9 @@ describe("the Helm chart", () => {
   it("configures each program only with keys it reads, in values it accepts", () => {
     const manifests = render("cloudWorker.expertSlots=12", "controlPlane.experts=24", ...NATS_SECURED);
     const programs: [string, string, string, ConfigSchema][] = [
-      ["StatefulSet", "cloud-worker", "TANDEM_WORKER", WORKER_CONFIG_SCHEMA],
-      ["Deployment", "control-plane", "TANDEM_CONTROL", CONTROL_CONFIG_SCHEMA],
-      ["Deployment", "batch-worker", "TANDEM_BATCH", BATCH_CONFIG_SCHEMA],
+      ["StatefulSet", "cloud-worker", "TANDEM_WORKER", programSchema(WORKER_PROGRAM)],
+      ["Deployment", "control-plane", "TANDEM_CONTROL", programSchema(CONTROL_PROGRAM)],
+      ["Deployment", "batch-worker", "TANDEM_BATCH", programSchema(BATCH_PROGRAM)],
     ];
     for (const [kind, component, prefix, schema] of programs) {
       const container = containerOf(manifests, kind, component);
@@ -214,7 +214,10 @@ describe("the Helm chart", () => {
         expect(container.livenessProbe, component).toEqual(
           expect.objectContaining({ grpc: { port, service: "liveness" } }),
         );
-        expect(container.ports).toEqual([{ name: "health", containerPort: port, protocol: "TCP" }]);
+        expect(container.ports).toEqual([
+          { name: "health", containerPort: port, protocol: "TCP" },
+          { name: "metrics", containerPort: 9464, protocol: "TCP" },
+        ]);
         // On the pod's address, where the kubelet asks.
         expect(environmentOf(container)).toMatchObject({
           [`${prefix}_HEALTH_HOST`]: "0.0.0.0",
@@ -230,9 +233,9 @@ describe("the Helm chart", () => {
     expect(containerOf(moved, "Deployment", "batch-worker").readinessProbe).toEqual(
       expect.objectContaining({ grpc: { port: 8082 } }),
     );
-    // Still nothing may connect to them but the kubelet, from their own node.
+    // Still nothing may connect to them but the kubelet, from their own node (and Prometheus).
     const closed = moved.find((m) => m.metadata.name === "tandem-no-ingress")!;
-    expect(closed.spec.ingress).toBeUndefined();
+    expect(closed.spec.ingress).toEqual([{ ports: [{ port: 9464, protocol: "TCP" }] }]);
   });
 
   it("gives each program that joins NATS its credential from a Secret, mounted as a file, never as a value", () => {
@@ -379,7 +382,7 @@ describe("the Helm chart", () => {
 
   it("lets workers take connections on their port only, from the peers named, and nothing reach the control plane or batch worker", () => {
     const peers = "networkPolicy.workerIngressFrom[0].namespaceSelector.matchLabels.team=edge-gateway";
-    const policies = render(peers).filter((m) => m.kind === "NetworkPolicy");
+    const policies = render(peers, "metrics.enabled=false").filter((m) => m.kind === "NetworkPolicy");
     const workers = policies.find((m) => m.metadata.name === "tandem-cloud-worker")!;
     expect(workers.spec.ingress).toEqual([
       {
@@ -391,6 +394,134 @@ describe("the Helm chart", () => {
     expect(closed.spec.ingress).toBeUndefined();
     expect(closed.spec.policyTypes).toEqual(["Ingress"]);
     expect(render("networkPolicy.enabled=false").some((m) => m.kind === "NetworkPolicy")).toBe(false);
+  });
+
+  it("serves every program's metrics on the pods' metrics port, annotated for Prometheus, reachable through the policies", () => {
+    const scraper = "metrics.scrapeFrom[0].namespaceSelector.matchLabels.team=monitoring";
+    const manifests = render(scraper);
+    const programs: [string, string, string][] = [
+      ["StatefulSet", "cloud-worker", "TANDEM_WORKER"],
+      ["Deployment", "control-plane", "TANDEM_CONTROL"],
+      ["Deployment", "batch-worker", "TANDEM_BATCH"],
+    ];
+    for (const [kind, component, prefix] of programs) {
+      const workload = manifests.find((m) => m.kind === kind && m.metadata.name.endsWith(component))!;
+      expect(workload.spec.template.metadata.annotations, component).toEqual({
+        "prometheus.io/scrape": "true",
+        "prometheus.io/port": "9464",
+        "prometheus.io/path": "/metrics",
+      });
+      const container = containerOf(manifests, kind, component);
+      expect(container.ports, component).toContainEqual({
+        name: "metrics",
+        containerPort: 9464,
+        protocol: "TCP",
+      });
+      // The program listens there, on the pod's address: its own loader reads the setting.
+      expect(environmentOf(container)[`${prefix}_METRICS_ADDRESS`], component).toBe("0.0.0.0:9464");
+    }
+    const control = loadConfig(programSchema(CONTROL_PROGRAM), {
+      envPrefix: "TANDEM_CONTROL",
+      env: environmentOf(containerOf(manifests, "Deployment", "control-plane")),
+    });
+    expect(control.metricsAddress).toBe("0.0.0.0:9464");
+    const metricsRule = {
+      ports: [{ port: 9464, protocol: "TCP" }],
+      from: [{ namespaceSelector: { matchLabels: { team: "monitoring" } } }],
+    };
+    const policies = manifests.filter((m) => m.kind === "NetworkPolicy");
+    expect(policies.find((m) => m.metadata.name === "tandem-cloud-worker")!.spec.ingress).toContainEqual(
+      metricsRule,
+    );
+    expect(policies.find((m) => m.metadata.name === "tandem-no-ingress")!.spec.ingress).toEqual([
+      metricsRule,
+    ]);
+    for (const m of manifests) expect(() => new (modelOf(m))(m).validate(), m.metadata.name).not.toThrow();
+    // No ServiceMonitor unless asked for: it needs the Prometheus Operator's CRD.
+    expect(manifests.some((m) => m.kind === "ServiceMonitor")).toBe(false);
+
+    // Metrics off: no port, annotation or setting, and the policies as they were.
+    const off = render("metrics.enabled=false", "metrics.serviceMonitor.enabled=true");
+    for (const [kind, component, prefix] of programs) {
+      const workload = off.find((m) => m.kind === kind && m.metadata.name.endsWith(component))!;
+      expect(workload.spec.template.metadata.annotations, component).toBeUndefined();
+      const container = containerOf(off, kind, component);
+      expect(
+        container.ports?.map((p) => p.name),
+        component,
+      ).not.toContain("metrics");
+      expect(environmentOf(container)[`${prefix}_METRICS_ADDRESS`], component).toBeUndefined();
+    }
+    expect(off.find((m) => m.metadata.name === "tandem-no-ingress")!.spec.ingress).toBeUndefined();
+    expect(off.some((m) => m.kind === "ServiceMonitor" || m.metadata.name === "tandem-metrics")).toBe(false);
+  });
+
+  it("turns every program's tracing on when asked, naming each service and where spans go", () => {
+    const programs: [string, string, string][] = [
+      ["StatefulSet", "cloud-worker", "tandem-cloud-worker"],
+      ["Deployment", "control-plane", "tandem-control-plane"],
+      ["Deployment", "batch-worker", "tandem-batch-worker"],
+    ];
+    const on = render(
+      "tracing.enabled=true",
+      "tracing.otlpEndpoint=http://otel-collector.monitoring:4318",
+      "tracing.sampleRatio=0.25",
+    );
+    for (const [kind, component, service] of programs) {
+      expect(environmentOf(containerOf(on, kind, component)), component).toMatchObject({
+        TANDEM_TRACING: "1",
+        OTEL_SERVICE_NAME: service,
+        OTEL_EXPORTER_OTLP_ENDPOINT: "http://otel-collector.monitoring:4318",
+        OTEL_EXPORTER_OTLP_PROTOCOL: "http/protobuf",
+        OTEL_TRACES_SAMPLER: "parentbased_traceidratio",
+        OTEL_TRACES_SAMPLER_ARG: "0.25",
+      });
+    }
+    for (const m of on) expect(() => new (modelOf(m))(m).validate(), m.metadata.name).not.toThrow();
+    // Off by default: no tracing variable at all.
+    const off = render();
+    for (const [kind, component] of programs)
+      expect(
+        Object.keys(environmentOf(containerOf(off, kind, component))).filter(
+          (name) => name === "TANDEM_TRACING" || name.startsWith("OTEL_"),
+        ),
+      ).toEqual([]);
+    expect(() => render("tracing.protocol=carrier-pigeon")).toThrow(/protocol/);
+  });
+
+  it("renders a ServiceMonitor over every pod's metrics port only when asked", () => {
+    const manifests = render(
+      "metrics.serviceMonitor.enabled=true",
+      "metrics.serviceMonitor.labels.release=kube-prometheus-stack",
+      "metrics.serviceMonitor.interval=15s",
+    );
+    const service = manifests.find((m) => m.kind === "Service" && m.metadata.name === "tandem-metrics")!;
+    expect(() => new (modelOf(service))(service).validate()).not.toThrow();
+    // Headless, over every Tandem pod of the release: control plane and batch worker have no other Service.
+    expect(service.spec).toEqual({
+      clusterIP: "None",
+      selector: { "app.kubernetes.io/name": "tandem", "app.kubernetes.io/instance": "tandem" },
+      ports: [{ name: "metrics", port: 9464, targetPort: "metrics", protocol: "TCP" }],
+    });
+    for (const [kind, component] of [
+      ["StatefulSet", "cloud-worker"],
+      ["Deployment", "control-plane"],
+      ["Deployment", "batch-worker"],
+    ]) {
+      const workload = manifests.find((m) => m.kind === kind && m.metadata.name.endsWith(component))!;
+      const labels = workload.spec.template.metadata.labels as Record<string, string>;
+      for (const [key, value] of Object.entries(service.spec.selector as Record<string, string>))
+        expect(labels[key], component).toBe(value);
+    }
+    // The CRD's schema is not among the Kubernetes schemas: its fields are checked here.
+    const monitor = manifests.find((m) => m.kind === "ServiceMonitor")!;
+    expect(monitor.apiVersion).toBe("monitoring.coreos.com/v1");
+    expect(monitor.metadata.labels?.release).toBe("kube-prometheus-stack");
+    const serviceLabels = service.metadata.labels ?? {};
+    for (const [key, value] of Object.entries(monitor.spec.selector.matchLabels as Record<string, string>))
+      expect(serviceLabels[key], key).toBe(value);
+    expect(monitor.spec.endpoints).toEqual([{ port: "metrics", path: "/metrics", interval: "15s" }]);
+    expect(monitor.spec.podTargetLabels).toEqual(["app.kubernetes.io/component"]);
   });
 
   it("bounds the control plane's lease by the program's own rule: the least it takes, at the shortest tick", () => {
@@ -431,6 +562,9 @@ describe("the Helm chart", () => {
       ["nats.credentialz=x", /nats.*credentialz/],
       ["controlPlane.healthPort=0", /controlPlane\/healthPort.*minimum/],
       ["batchWorker.healthPort=70000", /batchWorker\/healthPort.*maximum/],
+      ["metrics.port=0", /metrics\/port.*minimum/],
+      ["metrics.serviceMonitor.interval=soon", /metrics\/serviceMonitor\/interval/],
+      ["metrics.serviceMonitr.enabled=true", /metrics.*serviceMonitr/],
     ];
     for (const [set, message] of bad) {
       const run = spawnSync(helm, ["template", "tandem", CHART, "--set", set], { encoding: "utf8" });

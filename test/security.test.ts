@@ -3,7 +3,8 @@
  * worker serving mutual TLS with certificates from `tandem certs`, an edge agent reaching
  * it as a device, and an edge's public API behind TLS and API keys.
  */
-import { mkdtempSync, rmSync, statSync } from "node:fs";
+import { mkdtempSync, readFileSync, rmSync, statSync } from "node:fs";
+import { request as httpsRequest } from "node:https";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
@@ -391,7 +392,13 @@ describe("an edge agent", () => {
   let edge: EdgeAgent;
   const apiKey = "test-key-0123456789";
   const edgeConfig = (overrides: Record<string, unknown>) =>
-    EDGE_CONFIG_SCHEMA.parse({ model: join(dir, "model"), split: SPLIT, port: 0, ...overrides });
+    EDGE_CONFIG_SCHEMA.parse({
+      model: join(dir, "model"),
+      split: SPLIT,
+      port: 0,
+      httpAddress: "127.0.0.1:0",
+      ...overrides,
+    });
 
   beforeAll(async () => {
     await issueServerCertificate(certs, "edge-api", ["127.0.0.1"]);
@@ -428,6 +435,48 @@ describe("an edge agent", () => {
     expect(result.error).toBeUndefined();
     expect(result.tokens).toHaveLength(4);
     expect(result.tokens.every((t) => t.source === "TOKEN_SOURCE_CLOUD")).toBe(true);
+  });
+
+  it("serves the OpenAI-compatible HTTP API over the same TLS, with the same API keys", async () => {
+    const ca = readFileSync(caPaths(certs).cert);
+    const post = (authorization?: string) =>
+      new Promise<{ status: number; body: string }>((resolve, reject) => {
+        const [host, port] = [edge.http!.address.split(":")[0], Number(edge.http!.address.split(":")[1])];
+        const call = httpsRequest(
+          {
+            host,
+            port,
+            path: "/v1/completions",
+            method: "POST",
+            ca,
+            headers: { "content-type": "application/json", ...(authorization ? { authorization } : {}) },
+          },
+          (response) => {
+            let body = "";
+            response.on("data", (d: Buffer) => (body += d.toString()));
+            response.on("end", () => resolve({ status: response.statusCode!, body }));
+          },
+        );
+        call.on("error", reject);
+        call.end(
+          JSON.stringify({
+            model: "model",
+            prompt: [5, 6, 7, 8],
+            max_tokens: 4,
+            tandem: { mode: "cloud_only" },
+          }),
+        );
+      });
+    const answered = await post(`Bearer ${apiKey}`);
+    expect(answered.status).toBe(200);
+    expect(JSON.parse(answered.body).usage.completion_tokens).toBe(4);
+    for (const authorization of [undefined, "Bearer not-the-key"]) {
+      const refused = await post(authorization);
+      expect(refused.status).toBe(401);
+      expect(JSON.parse(refused.body).error.type).toBe("authentication_error");
+    }
+    // Plaintext HTTP to the TLS port gets no answer of the API.
+    await expect(fetch(`http://${edge.http!.address}/v1/models`)).rejects.toThrow();
   });
 
   it("refuses a call without an API key, or with an unknown one, with UNAUTHENTICATED", async () => {

@@ -226,6 +226,7 @@ export default async function fuzzBenchmark(options: BenchOptions<"fuzz">): Prom
         model: join(dir, "model"),
         split: SPLIT,
         port: 0,
+        httpAddress: "",
         cloudAddress: worker.server.address,
         cloudDeadlineMs: 2000,
       }),

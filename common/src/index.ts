@@ -43,7 +43,13 @@ export {
   usageNote,
   type FieldDoc,
 } from "./config/config-docs.ts";
-export { runProgram, type ProgramDefinition, type RunningProgram } from "./program.ts";
+export {
+  programSchema,
+  runProgram,
+  type ProgramContext,
+  type ProgramDefinition,
+  type RunningProgram,
+} from "./program.ts";
 export { createLogger, type Logger } from "./logger.ts";
 export { formatProgress, type Progress, type ProgressListener } from "./progress.ts";
 export {
@@ -58,3 +64,20 @@ export { readSecretFile } from "./secret-file.ts";
 export { redactedUrl } from "./redacted-url.ts";
 export { healthSettings } from "./health-settings.ts";
 export { HOST_PORT_PATTERN, hostPort } from "./host-port.ts";
+export { METRICS_ADDRESS_SETTING, listenAddressParts } from "./metrics-settings.ts";
+export {
+  extractTraceContext,
+  inSpan,
+  injectTraceContext,
+  recordingSpan,
+  recordingSpanContext,
+  shutdownTracing,
+  SpanKind,
+  tandemTracer,
+  type Attributes,
+  type Link,
+  type Span,
+  type SpanContext,
+  type SpanOptions,
+  type TraceCarrier,
+} from "./tracing/tracing.ts";

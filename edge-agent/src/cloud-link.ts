@@ -49,6 +49,8 @@ import {
   type UpperSegment,
 } from "@tandem/runtime";
 import type { CloudRoute } from "./cloud-route.ts";
+import type { EdgeMetrics } from "./edge-metrics.ts";
+import { inEscalationSpan, traceFrame } from "./edge-tracing.ts";
 
 export interface CloudLinkOptions {
   codec: CodecName;
@@ -183,7 +185,7 @@ export class CloudLink {
 }
 
 interface PendingReply {
-  sent: { start: number; count: number };
+  sent: { start: number; count: number; topLogprobs?: number };
   resolve: (answer: UpperAnswer) => void;
   reject: (error: Error) => void;
   timer: NodeJS.Timeout;
@@ -202,6 +204,8 @@ export class CloudLinks {
     readonly options: CloudLinkOptions,
     readonly identity: EdgeIdentity,
     readonly route: CloudRoute,
+    /** Where escalations, bytes, round trips and replays are reported. @default none */
+    readonly metrics?: EdgeMetrics,
   ) {
     this.credentials = channelCredentials(options.tls);
   }
@@ -265,8 +269,13 @@ export class CloudSession implements UpperSegment {
     readonly sessionId: string,
   ) {}
 
-  async extend(frame: UpperFrame): Promise<UpperAnswer | undefined> {
+  extend(frame: UpperFrame): Promise<UpperAnswer | undefined> {
+    return inEscalationSpan(this.sessionId, frame, () => this.escalate(frame));
+  }
+
+  private async escalate(frame: UpperFrame): Promise<UpperAnswer | undefined> {
     this.positionsProduced = Math.max(this.positionsProduced, frame.start + frame.count);
+    if (frame.wantToken) this.links.metrics?.escalated();
     const deadlineMs = this.links.options.deadlineMs;
     const started = Date.now();
     if (this.outageSince !== undefined && started - this.outageSince >= deadlineMs) {
@@ -281,7 +290,9 @@ export class CloudSession implements UpperSegment {
       const viaRedirect = this.movedTo !== undefined;
       const address = this.movedTo ?? this.links.route.address(this.sessionId);
       try {
+        const sentAt = performance.now();
         const answer = await this.extendAt(address, frame);
+        if (answer) this.links.metrics?.cloudRoundTrip((performance.now() - sentAt) / 1000);
         this.outageSince = undefined;
         return answer;
       } catch (error) {
@@ -296,6 +307,7 @@ export class CloudSession implements UpperSegment {
             `workers redirected session ${this.sessionId} ${MAX_REDIRECTS} times in a row: their placement maps disagree`,
           );
         }
+        if (failure instanceof ContextLostError) this.links.metrics?.contextReplayed();
         if (!(failure instanceof UnavailableError)) throw failure;
         firstFailure ??= failure;
         this.movedTo = undefined;
@@ -360,7 +372,13 @@ export class CloudSession implements UpperSegment {
           throw new ContextLostError(contextLength, "the worker holds less context than the edge sent it");
       }
       const requestId = this.nextRequestId++;
-      this.write(frameMessage(link.codec, link.identity.hiddenSize, { ...frame, requestId }));
+      const message = frameMessage(link.codec, link.identity.hiddenSize, { ...frame, requestId });
+      traceFrame(message, link.codec.name, link.address);
+      this.write(message);
+      this.links.metrics?.hiddenStateSent(
+        link.codec.name,
+        link.codec.encodedBytes(frame.count, link.identity.hiddenSize),
+      );
       if (!frame.wantToken) return undefined;
       return new Promise<UpperAnswer>((resolve, reject) => {
         const key = String(requestId);
@@ -372,7 +390,12 @@ export class CloudSession implements UpperSegment {
             ),
           );
         }, link.options.deadlineMs);
-        this.pending.set(key, { sent: { start: frame.start, count: frame.count }, resolve, reject, timer });
+        this.pending.set(key, {
+          sent: { start: frame.start, count: frame.count, topLogprobs: frame.topLogprobs },
+          resolve,
+          reject,
+          timer,
+        });
       });
     });
   }
@@ -389,6 +412,7 @@ export class CloudSession implements UpperSegment {
   private write(message: EdgeMessage): void {
     const bytes = this.link!.messages.serialize(message);
     this.bytesSent += bytes.length;
+    this.links.metrics?.messageSent(this.link!.codec.name, bytes.length);
     this.stream!.write(bytes);
   }
 
@@ -426,6 +450,7 @@ export class CloudSession implements UpperSegment {
       };
       stream.on("data", (bytes: Buffer) => {
         this.bytesReceived += bytes.length;
+        this.links.metrics?.replyReceived(link.codec.name, bytes.length);
         try {
           const message = decodeReply(link.messages, bytes);
           if (!isOpen) {
@@ -449,7 +474,8 @@ export class CloudSession implements UpperSegment {
           clearTimeout(reply.timer);
           this.pending.delete(requestId!);
           const outcome = checkFrameReply(message, reply.sent, link.identity.vocabSize);
-          if (outcome.kind === "token") reply.resolve({ token: outcome.token, prob: outcome.prob });
+          if (outcome.kind === "token")
+            reply.resolve({ token: outcome.token, prob: outcome.prob, logprobs: outcome.logprobs });
           else reply.reject(outcome.error);
         } catch (error) {
           // A reply that breaks the protocol: this worker cannot be trusted with the session.

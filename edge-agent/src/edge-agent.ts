@@ -29,14 +29,19 @@ import {
   Tokenizer,
 } from "@tandem/runtime";
 import { InvalidArgumentError, natsCredentialsOf, type Logger } from "@tandem/common";
+import type { Registry } from "@tandem/common/metrics";
 import { ApiKeys } from "@tandem/proto";
 import { CloudLinks, DEFAULT_CLOUD_LINK_OPTIONS, loadCircuitBreakers } from "./cloud-link.ts";
 import { StaticCloudRoute } from "./cloud-route.ts";
 import type { EdgeConfig } from "./edge-config.ts";
 import { DEFAULT_REQUEST_LIMITS, inferenceHandlers, maxRequestBytes } from "./inference-service.ts";
+import { GenerationAdmission } from "./generation.ts";
+import { startHttpApi, type RunningHttpApi } from "./openai-api.ts";
 
 export interface EdgeAgent {
   server: RunningServer;
+  /** The OpenAI-compatible HTTP API; undefined when httpAddress is empty. */
+  http?: RunningHttpApi;
   split: number;
   exitLayers: number[];
   /** Device-segment sessions open now (each generation releases its own when it ends). */
@@ -47,11 +52,14 @@ export interface EdgeAgent {
 export async function startEdgeAgent(
   config: EdgeConfig,
   log: Logger,
-  options: { cacheDir?: string } = {},
+  options: { cacheDir?: string; metrics?: Registry } = {},
 ): Promise<EdgeAgent> {
   // Beyond loopback the public API takes TLS and API keys, unless the operator opts out.
   const secured = Boolean(config.tlsCert && config.apiKeys?.length);
   checkPlaintextListen(config.host, secured, config.insecure, "tlsCert, tlsKey and apiKeys");
+  const httpHost = config.httpAddress && config.httpAddress.slice(0, config.httpAddress.lastIndexOf(":"));
+  if (httpHost)
+    checkPlaintextListen(httpHost, secured, config.insecure, "tlsCert, tlsKey and apiKeys", "httpAddress");
   if (config.insecure && !secured)
     log.warn({ host: config.host }, "public API without TLS and API keys: anyone who reaches it may use it");
   const checkpoint = await loadCheckpoint(config.model);
@@ -106,6 +114,12 @@ export async function startEdgeAgent(
   // The graph is built (or was cached): a weight decoded for it is needed no more.
   checkpoint.releaseWeights?.();
   const lower = new SegmentSessions(lowerModel);
+  // prom-client loads only when metrics are on: a device without them starts faster.
+  const metrics =
+    options.metrics &&
+    new (await import("./edge-metrics.ts")).EdgeMetrics(options.metrics, {
+      layers: checkpoint.config.numLayers,
+    });
   // The cloud: a fixed worker, or the owner of each session's shard in the placement map.
   const route = config.natsUrl
     ? await (
@@ -135,6 +149,7 @@ export async function startEdgeAgent(
         maxPositions: checkpoint.config.maxPositions,
       },
       route,
+      metrics,
     );
 
   const limits = {
@@ -147,9 +162,10 @@ export async function startEdgeAgent(
     stallTimeoutMs: config.stallTimeoutMs,
   };
   const protos = loadTandemProtos();
-  const handlers = inferenceHandlers({
+  const context = {
     config: checkpoint.config,
     modelId,
+    split,
     lower,
     tokenizer,
     chatTemplate,
@@ -158,8 +174,12 @@ export async function startEdgeAgent(
     exitLayers: exits.map((e) => e.afterLayer),
     apiKeys: config.apiKeys?.length ? new ApiKeys(config.apiKeys) : undefined,
     limits,
+    metrics,
+    // One set of places for both APIs: the limits are the agent's, not each API's.
+    admission: new GenerationAdmission(limits),
     log,
-  });
+  };
+  const handlers = inferenceHandlers(context);
   const server = await startGrpcServer(
     [
       {
@@ -177,11 +197,29 @@ export async function startEdgeAgent(
       log,
     },
   );
+  let http: RunningHttpApi | undefined;
+  if (httpHost) {
+    try {
+      http = await startHttpApi(
+        context,
+        {
+          host: httpHost.replace(/^\[(.*)\]$/, "$1"),
+          port: Number(config.httpAddress.slice(config.httpAddress.lastIndexOf(":") + 1)),
+          tls: config.tlsCert && config.tlsKey ? { cert: config.tlsCert, key: config.tlsKey } : undefined,
+        },
+        log,
+      );
+    } catch (error) {
+      await server.shutdown(0);
+      throw error;
+    }
+  }
   // Off the path to readiness: what the first escalation will need.
   if (cloud) void loadCircuitBreakers();
   log.info(
     {
       address: server.address,
+      http: http?.address ?? null,
       split,
       exits: exits.map((e) => e.afterLayer),
       cloud: config.natsUrl ? `placement map of cluster ${config.cluster}` : (config.cloudAddress ?? null),
@@ -192,11 +230,12 @@ export async function startEdgeAgent(
   );
   return {
     server,
+    http,
     split,
     exitLayers: exits.map((e) => e.afterLayer),
     openSessions: () => lower.sessionIds.length,
     async close(graceMs) {
-      await server.shutdown(graceMs);
+      await Promise.all([server.shutdown(graceMs), http?.close(graceMs)]);
       await cloud?.close();
       await lowerModel.release();
     },

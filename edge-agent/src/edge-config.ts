@@ -1,6 +1,12 @@
 /** The edge agent's settings (JSON file, TANDEM_EDGE_* variables, flags): one schema, every default once. */
 import { z } from "zod";
-import { CLUSTER_NAME_SETTING, durationMs, NATS_CREDENTIAL_SETTINGS, requireTogether } from "@tandem/common";
+import {
+  CLUSTER_NAME_SETTING,
+  durationMs,
+  HOST_PORT_PATTERN,
+  NATS_CREDENTIAL_SETTINGS,
+  requireTogether,
+} from "@tandem/common";
 import { CODEC_NAMES, CONFIDENCE_METRICS, RUNTIME_SETTINGS } from "@tandem/runtime";
 import { API_KEY_HASH_PATTERN } from "@tandem/proto";
 import { DEFAULT_CLOUD_LINK_OPTIONS } from "./cloud-link.ts";
@@ -71,6 +77,13 @@ export const EDGE_CONFIG_SCHEMA = z
       .max(65535)
       .default(50051)
       .meta({ description: "port of the public API (0 picks one)" }),
+    httpAddress: z
+      .union([z.literal(""), z.string().regex(HOST_PORT_PATTERN, "must be host:port, or empty to disable")])
+      .default("127.0.0.1:8080")
+      .meta({
+        description:
+          "host:port of the OpenAI-compatible HTTP API (/v1/models, /v1/completions, /v1/chat/completions); empty disables it",
+      }),
     maxTokensLimit: z
       .int()
       .min(1)

@@ -11,3 +11,10 @@ export {
   type EdgeIdentity,
 } from "./cloud-link.ts";
 export { StaticCloudRoute, type CloudRoute } from "./cloud-route.ts";
+export {
+  EdgeMetrics,
+  type EdgeMetricsOptions,
+  type GenerationApi,
+  type GenerationOutcome,
+} from "./edge-metrics.ts";
+export { EDGE_SPANS, runInRequestSpan } from "./edge-tracing.ts";

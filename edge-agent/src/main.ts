@@ -15,9 +15,10 @@ export const EDGE_PROGRAM: ProgramDefinition<typeof EDGE_CONFIG_SCHEMA> = {
   summary: "The edge agent: the first layers of a model with early exits, escalating to a cloud worker.",
   schema: EDGE_CONFIG_SCHEMA,
   envPrefix: EDGE_ENV_PREFIX,
-  async start(config, log) {
-    const agent = await startEdgeAgent(config, log);
-    return { readyLine: `listening ${agent.server.address}`, close: () => agent.close(DRAIN_MS) };
+  async start(config, log, { metrics }) {
+    const agent = await startEdgeAgent(config, log, { metrics });
+    const http = agent.http ? ` http ${agent.http.address}` : "";
+    return { readyLine: `listening ${agent.server.address}${http}`, close: () => agent.close(DRAIN_MS) };
   },
 };
 

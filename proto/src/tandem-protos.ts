@@ -12,6 +12,7 @@ import { TANDEM_DESCRIPTOR } from "./generated/descriptor.ts";
 import type { CloudWorkerClient, CloudWorkerDefinition } from "./generated/tandem/v1/CloudWorker.ts";
 import type { EdgeMessage__Output } from "./generated/tandem/v1/EdgeMessage.ts";
 import type { GenerateRequest__Output } from "./generated/tandem/v1/GenerateRequest.ts";
+import type { ListModelsRequest__Output } from "./generated/tandem/v1/ListModelsRequest.ts";
 import type { InferenceClient, InferenceDefinition } from "./generated/tandem/v1/Inference.ts";
 import type { HealthClient, HealthDefinition } from "./generated/grpc/health/v1/Health.ts";
 import {
@@ -83,6 +84,7 @@ export function loadTandemProtos(): TandemServices {
 export interface UndecodedRequests {
   "tandem.v1.EdgeMessage": EdgeMessage__Output;
   "tandem.v1.GenerateRequest": GenerateRequest__Output;
+  "tandem.v1.ListModelsRequest": ListModelsRequest__Output;
 }
 
 const requestDecoders = new Map<keyof UndecodedRequests, (bytes: Buffer) => object>();
@@ -132,4 +134,9 @@ export type { OpenSession__Output } from "./generated/tandem/v1/OpenSession.ts";
 export type { HiddenStateFrame, HiddenStateFrame__Output } from "./generated/tandem/v1/HiddenStateFrame.ts";
 export type { GenerateRequest, GenerateRequest__Output } from "./generated/tandem/v1/GenerateRequest.ts";
 export type { GenerateEvent, GenerateEvent__Output } from "./generated/tandem/v1/GenerateEvent.ts";
+export type {
+  ListModelsResponse,
+  ListModelsResponse__Output,
+} from "./generated/tandem/v1/ListModelsResponse.ts";
+export type { ModelInfo, ModelInfo__Output } from "./generated/tandem/v1/ModelInfo.ts";
 export type { HiddenStateCodec__Output as HiddenStateCodecName } from "./generated/tandem/v1/HiddenStateCodec.ts";

@@ -157,10 +157,16 @@ function isLoopbackHost(host: string): boolean {
  * operator set `insecure` (then the caller logs a warning). `setting` names the TLS
  * settings that would fix it.
  */
-export function checkPlaintextListen(host: string, tls: boolean, insecure: boolean, setting: string): void {
+export function checkPlaintextListen(
+  host: string,
+  tls: boolean,
+  insecure: boolean,
+  setting: string,
+  field = "host",
+): void {
   if (tls || insecure || isLoopbackHost(host)) return;
   throw new FailedPreconditionError(
-    "host",
+    field,
     `${host} is reachable from other machines: configure ${setting}, or set insecure: true to serve plaintext anyway`,
   );
 }

@@ -90,7 +90,16 @@ export { CODEC_NAMES, getCodec, type CodecName, type HiddenStateCodec } from "./
 export { activations, type ActivationOptions } from "./codec/synthetic-activations.ts";
 
 // Generation
-export { GREEDY, SAMPLING_LIMITS, validateSampling, type SamplingOptions } from "./generation/sampler.ts";
+export {
+  GREEDY,
+  MAX_TOP_LOGPROBS,
+  SAMPLING_LIMITS,
+  logprobsOf,
+  validateSampling,
+  type HeadAnswer,
+  type SamplingOptions,
+  type TokenLogprobs,
+} from "./generation/sampler.ts";
 export {
   DEFAULT_GENERATE_OPTIONS,
   SplitGenerator,
@@ -138,6 +147,7 @@ export {
   LocalUpperSegment,
   type LocalUpperSegmentOptions,
 } from "./protocol/local-upper-segment.ts";
+export { SessionTokens } from "./protocol/session-tokens.ts";
 export { IncrementalDecoder, Tokenizer } from "./tokenizer/tokenizer.ts";
 export {
   CHAT_TEMPLATE_FILE,

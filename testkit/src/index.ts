@@ -5,6 +5,7 @@ export {
   healthClient,
   healthList,
   healthStatus,
+  inferenceClient,
   waitUntilServing,
   type Connection,
 } from "./grpc-client.ts";
@@ -27,4 +28,5 @@ export {
   type RunningProcess,
   type StartOptions,
 } from "./processes.ts";
+export { metricsAddressOf, parseMetrics, scrapeMetrics, type Scrape } from "./metrics.ts";
 export { until } from "./until.ts";

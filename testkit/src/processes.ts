@@ -11,6 +11,8 @@ const BIN = join(import.meta.dirname, "..", "..", "bin");
 export interface RunningProcess {
   child: ChildProcess;
   address: string;
+  /** The edge agent's OpenAI-compatible HTTP API (its ready line's `http host:port`), if it serves one. */
+  httpAddress?: string;
   output: () => string;
   kill(signal?: NodeJS.Signals): Promise<void>;
 }
@@ -38,17 +40,23 @@ export interface StartOptions {
   nodeArgs?: string[];
 }
 
-/** Spawns bin/<program>.mjs with flags and resolves once it prints `listening host:port`. */
+/**
+ * Spawns bin/<program>.mjs with flags and resolves once it prints `listening host:port`.
+ * An edge agent serves its HTTP API on a free port unless the flags say otherwise (its
+ * default, 8080, would be taken by the first of the tests running side by side).
+ */
 export async function startProgram(
   program: ProgramName,
   flags: Record<string, string | number>,
   env: NodeJS.ProcessEnv = {},
   options: StartOptions = {},
 ): Promise<RunningProcess> {
+  const withHttp =
+    program === "tandem-edge" && !("httpAddress" in flags) ? { ...flags, httpAddress: "127.0.0.1:0" } : flags;
   const args = [
     ...(options.nodeArgs ?? []),
     join(options.binDir ?? BIN, `${program}.mjs`),
-    ...Object.entries(flags).flatMap(([k, v]) => [`--${k}`, String(v)]),
+    ...Object.entries(withHttp).flatMap(([k, v]) => [`--${k}`, String(v)]),
   ];
   const child = spawn(process.execPath, args, {
     env: { ...process.env, TANDEM_LOG_LEVEL: "warn", ...env },
@@ -56,12 +64,14 @@ export async function startProgram(
   });
   let output = "";
   child.stderr!.on("data", (d: Buffer) => (output += d.toString()));
+  let httpAddress: string | undefined;
   const address = await new Promise<string>((resolve, reject) => {
     const timer = setTimeout(() => reject(new Error(`${program} did not start in 60 s:\n${output}`)), 60_000);
     child.stdout!.on("data", (d: Buffer) => {
       output += d.toString();
       const match = /(?:listening|running) (\S+)/.exec(output);
       if (match) {
+        httpAddress = /^(?:listening) \S+ http (\S+)/m.exec(output)?.[1];
         clearTimeout(timer);
         resolve(match[1]);
       }
@@ -74,6 +84,7 @@ export async function startProgram(
   return {
     child,
     address,
+    httpAddress,
     output: () => output,
     async kill(signal = "SIGTERM") {
       if (child.exitCode !== null || child.signalCode !== null) return;

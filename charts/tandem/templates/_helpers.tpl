@@ -147,3 +147,67 @@ call with (dict "root" $ "prefix" "TANDEM_WORKER" "role" "cloudWorker").
         path: tls.key
 {{- end }}
 {{- end -}}
+
+{{/*
+Metrics (values metrics.*): a pod's Prometheus scrape annotations, its container port
+named `metrics`, and the program's metricsAddress on the pod's address. Call the last
+with (dict "root" $ "prefix" "TANDEM_WORKER").
+*/}}
+{{- define "tandem.metricsAnnotations" -}}
+{{- if .Values.metrics.enabled }}
+prometheus.io/scrape: "true"
+prometheus.io/port: {{ .Values.metrics.port | quote }}
+prometheus.io/path: /metrics
+{{- end }}
+{{- end -}}
+
+{{- define "tandem.metricsPort" -}}
+{{- if .Values.metrics.enabled }}
+- name: metrics
+  containerPort: {{ .Values.metrics.port }}
+  protocol: TCP
+{{- end }}
+{{- end -}}
+
+{{- define "tandem.metricsEnv" -}}
+{{- if .root.Values.metrics.enabled }}
+- name: {{ .prefix }}_METRICS_ADDRESS
+  value: {{ printf "0.0.0.0:%v" .root.Values.metrics.port | quote }}
+{{- end }}
+{{- end -}}
+
+{{/* The metrics port's NetworkPolicy ingress rule: from metrics.scrapeFrom (empty: anyone). */}}
+{{- define "tandem.metricsIngress" -}}
+{{- if .Values.metrics.enabled }}
+- ports:
+    - port: {{ .Values.metrics.port }}
+      protocol: TCP
+  {{- with .Values.metrics.scrapeFrom }}
+  from:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+{{- end }}
+{{- end -}}
+
+{{/*
+Tracing (values tracing.*): the environment that turns a program's OpenTelemetry SDK on and
+says where its spans go. Call with (dict "root" $ "service" "tandem-cloud-worker").
+*/}}
+{{- define "tandem.tracingEnv" -}}
+{{- if .root.Values.tracing.enabled }}
+- name: TANDEM_TRACING
+  value: "1"
+- name: OTEL_SERVICE_NAME
+  value: {{ .service | quote }}
+- name: OTEL_EXPORTER_OTLP_PROTOCOL
+  value: {{ .root.Values.tracing.protocol | quote }}
+- name: OTEL_TRACES_SAMPLER
+  value: parentbased_traceidratio
+- name: OTEL_TRACES_SAMPLER_ARG
+  value: {{ .root.Values.tracing.sampleRatio | quote }}
+{{- with .root.Values.tracing.otlpEndpoint }}
+- name: OTEL_EXPORTER_OTLP_ENDPOINT
+  value: {{ . | quote }}
+{{- end }}
+{{- end }}
+{{- end -}}

@@ -90,6 +90,8 @@ async function runOnEdge(
     cloudAddress,
     codec: values.codec,
     port: 0,
+    // The demo talks to the edge over gRPC; it takes no fixed port another program may hold.
+    httpAddress: "",
   });
   const edge = await startEdgeAgent(edgeConfig, log);
   try {

@@ -64,7 +64,8 @@ export function usageNote(doc: FieldDoc): string {
 
 function formatDefault(value: unknown): string {
   if (Array.isArray(value)) return value.join(",");
-  return typeof value === "string" ? value : JSON.stringify(value);
+  // An empty text (a setting off unless given) reads as "" rather than as nothing.
+  return typeof value === "string" && value !== "" ? value : JSON.stringify(value);
 }
 
 function allowedValues(field: JsonSchemaField): string {

@@ -11,7 +11,9 @@ import type { HiddenStateFrame as _tandem_v1_HiddenStateFrame, HiddenStateFrame_
 import type { OpenSession as _tandem_v1_OpenSession, OpenSession__Output as _tandem_v1_OpenSession__Output } from './tandem/v1/OpenSession.js';
 import type { SessionMoved as _tandem_v1_SessionMoved, SessionMoved__Output as _tandem_v1_SessionMoved__Output } from './tandem/v1/SessionMoved.js';
 import type { SessionOpened as _tandem_v1_SessionOpened, SessionOpened__Output as _tandem_v1_SessionOpened__Output } from './tandem/v1/SessionOpened.js';
+import type { TokenLogprobs as _tandem_v1_TokenLogprobs, TokenLogprobs__Output as _tandem_v1_TokenLogprobs__Output } from './tandem/v1/TokenLogprobs.js';
 import type { TokenReply as _tandem_v1_TokenReply, TokenReply__Output as _tandem_v1_TokenReply__Output } from './tandem/v1/TokenReply.js';
+import type { TopLogprob as _tandem_v1_TopLogprob, TopLogprob__Output as _tandem_v1_TopLogprob__Output } from './tandem/v1/TopLogprob.js';
 
 type SubtypeConstructor<Constructor extends new (...args: any) => any, Subtype> = {
   new(...args: ConstructorParameters<Constructor>): Subtype;
@@ -30,7 +32,9 @@ export interface ProtoGrpcType {
       OpenSession: MessageTypeDefinition<_tandem_v1_OpenSession, _tandem_v1_OpenSession__Output>
       SessionMoved: MessageTypeDefinition<_tandem_v1_SessionMoved, _tandem_v1_SessionMoved__Output>
       SessionOpened: MessageTypeDefinition<_tandem_v1_SessionOpened, _tandem_v1_SessionOpened__Output>
+      TokenLogprobs: MessageTypeDefinition<_tandem_v1_TokenLogprobs, _tandem_v1_TokenLogprobs__Output>
       TokenReply: MessageTypeDefinition<_tandem_v1_TokenReply, _tandem_v1_TokenReply__Output>
+      TopLogprob: MessageTypeDefinition<_tandem_v1_TopLogprob, _tandem_v1_TopLogprob__Output>
     }
   }
 }

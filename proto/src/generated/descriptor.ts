@@ -13,6 +13,50 @@ export const TANDEM_DESCRIPTOR = {
                   "requestType": "GenerateRequest",
                   "responseType": "GenerateEvent",
                   "responseStream": true
+                },
+                "ListModels": {
+                  "requestType": "ListModelsRequest",
+                  "responseType": "ListModelsResponse"
+                }
+              }
+            },
+            "ListModelsRequest": {
+              "fields": {}
+            },
+            "ListModelsResponse": {
+              "fields": {
+                "models": {
+                  "rule": "repeated",
+                  "type": "ModelInfo",
+                  "id": 1
+                }
+              }
+            },
+            "ModelInfo": {
+              "fields": {
+                "id": {
+                  "type": "string",
+                  "id": 1
+                },
+                "layers": {
+                  "type": "uint32",
+                  "id": 2
+                },
+                "split": {
+                  "type": "uint32",
+                  "id": 3
+                },
+                "vocabSize": {
+                  "type": "uint32",
+                  "id": 4
+                },
+                "maxPositions": {
+                  "type": "uint32",
+                  "id": 5
+                },
+                "chatTemplate": {
+                  "type": "bool",
+                  "id": 6
                 }
               }
             },
@@ -59,6 +103,14 @@ export const TANDEM_DESCRIPTOR = {
                 "exitPolicy": {
                   "type": "ExitPolicyOverride",
                   "id": 7
+                },
+                "logprobs": {
+                  "type": "bool",
+                  "id": 9
+                },
+                "topLogprobs": {
+                  "type": "uint32",
+                  "id": 10
                 }
               }
             },
@@ -105,6 +157,22 @@ export const TANDEM_DESCRIPTOR = {
                 "seed": {
                   "type": "uint64",
                   "id": 3
+                },
+                "topK": {
+                  "type": "uint32",
+                  "id": 4
+                },
+                "repetitionPenalty": {
+                  "type": "float",
+                  "id": 5
+                },
+                "presencePenalty": {
+                  "type": "float",
+                  "id": 6
+                },
+                "frequencyPenalty": {
+                  "type": "float",
+                  "id": 7
                 }
               }
             },
@@ -184,6 +252,39 @@ export const TANDEM_DESCRIPTOR = {
                 "position": {
                   "type": "uint32",
                   "id": 6
+                },
+                "logprobs": {
+                  "type": "Logprobs",
+                  "id": 7
+                }
+              }
+            },
+            "Logprobs": {
+              "fields": {
+                "logprob": {
+                  "type": "float",
+                  "id": 1
+                },
+                "top": {
+                  "rule": "repeated",
+                  "type": "LogprobAlternative",
+                  "id": 2
+                }
+              }
+            },
+            "LogprobAlternative": {
+              "fields": {
+                "id": {
+                  "type": "uint32",
+                  "id": 1
+                },
+                "text": {
+                  "type": "string",
+                  "id": 2
+                },
+                "logprob": {
+                  "type": "float",
+                  "id": 3
                 }
               }
             },
@@ -368,6 +469,47 @@ export const TANDEM_DESCRIPTOR = {
                 "seed": {
                   "type": "uint64",
                   "id": 8
+                },
+                "traceparent": {
+                  "type": "string",
+                  "id": 9
+                },
+                "tracestate": {
+                  "type": "string",
+                  "id": 10
+                },
+                "topK": {
+                  "type": "uint32",
+                  "id": 11
+                },
+                "logprobs": {
+                  "type": "bool",
+                  "id": 12
+                },
+                "topLogprobs": {
+                  "type": "uint32",
+                  "id": 13
+                },
+                "tokenIds": {
+                  "rule": "repeated",
+                  "type": "uint32",
+                  "id": 14
+                },
+                "promptTokens": {
+                  "type": "uint32",
+                  "id": 15
+                },
+                "repetitionPenalty": {
+                  "type": "float",
+                  "id": 16
+                },
+                "presencePenalty": {
+                  "type": "float",
+                  "id": 17
+                },
+                "frequencyPenalty": {
+                  "type": "float",
+                  "id": 18
                 }
               }
             },
@@ -433,6 +575,35 @@ export const TANDEM_DESCRIPTOR = {
                 "prob": {
                   "type": "float",
                   "id": 4
+                },
+                "logprobs": {
+                  "type": "TokenLogprobs",
+                  "id": 5
+                }
+              }
+            },
+            "TokenLogprobs": {
+              "fields": {
+                "logprob": {
+                  "type": "float",
+                  "id": 1
+                },
+                "top": {
+                  "rule": "repeated",
+                  "type": "TopLogprob",
+                  "id": 2
+                }
+              }
+            },
+            "TopLogprob": {
+              "fields": {
+                "token": {
+                  "type": "uint32",
+                  "id": 1
+                },
+                "logprob": {
+                  "type": "float",
+                  "id": 2
                 }
               }
             },

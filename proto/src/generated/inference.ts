@@ -9,6 +9,11 @@ import type { GenerateEvent as _tandem_v1_GenerateEvent, GenerateEvent__Output a
 import type { GenerateRequest as _tandem_v1_GenerateRequest, GenerateRequest__Output as _tandem_v1_GenerateRequest__Output } from './tandem/v1/GenerateRequest.js';
 import type { GenerateSummary as _tandem_v1_GenerateSummary, GenerateSummary__Output as _tandem_v1_GenerateSummary__Output } from './tandem/v1/GenerateSummary.js';
 import type { InferenceClient as _tandem_v1_InferenceClient, InferenceDefinition as _tandem_v1_InferenceDefinition } from './tandem/v1/Inference.js';
+import type { ListModelsRequest as _tandem_v1_ListModelsRequest, ListModelsRequest__Output as _tandem_v1_ListModelsRequest__Output } from './tandem/v1/ListModelsRequest.js';
+import type { ListModelsResponse as _tandem_v1_ListModelsResponse, ListModelsResponse__Output as _tandem_v1_ListModelsResponse__Output } from './tandem/v1/ListModelsResponse.js';
+import type { LogprobAlternative as _tandem_v1_LogprobAlternative, LogprobAlternative__Output as _tandem_v1_LogprobAlternative__Output } from './tandem/v1/LogprobAlternative.js';
+import type { Logprobs as _tandem_v1_Logprobs, Logprobs__Output as _tandem_v1_Logprobs__Output } from './tandem/v1/Logprobs.js';
+import type { ModelInfo as _tandem_v1_ModelInfo, ModelInfo__Output as _tandem_v1_ModelInfo__Output } from './tandem/v1/ModelInfo.js';
 import type { Sampling as _tandem_v1_Sampling, Sampling__Output as _tandem_v1_Sampling__Output } from './tandem/v1/Sampling.js';
 import type { Timings as _tandem_v1_Timings, Timings__Output as _tandem_v1_Timings__Output } from './tandem/v1/Timings.js';
 import type { TokenEvent as _tandem_v1_TokenEvent, TokenEvent__Output as _tandem_v1_TokenEvent__Output } from './tandem/v1/TokenEvent.js';
@@ -30,7 +35,12 @@ export interface ProtoGrpcType {
       GenerateRequest: MessageTypeDefinition<_tandem_v1_GenerateRequest, _tandem_v1_GenerateRequest__Output>
       GenerateSummary: MessageTypeDefinition<_tandem_v1_GenerateSummary, _tandem_v1_GenerateSummary__Output>
       Inference: SubtypeConstructor<typeof grpc.Client, _tandem_v1_InferenceClient> & { service: _tandem_v1_InferenceDefinition }
+      ListModelsRequest: MessageTypeDefinition<_tandem_v1_ListModelsRequest, _tandem_v1_ListModelsRequest__Output>
+      ListModelsResponse: MessageTypeDefinition<_tandem_v1_ListModelsResponse, _tandem_v1_ListModelsResponse__Output>
+      LogprobAlternative: MessageTypeDefinition<_tandem_v1_LogprobAlternative, _tandem_v1_LogprobAlternative__Output>
+      Logprobs: MessageTypeDefinition<_tandem_v1_Logprobs, _tandem_v1_Logprobs__Output>
       Mode: EnumTypeDefinition
+      ModelInfo: MessageTypeDefinition<_tandem_v1_ModelInfo, _tandem_v1_ModelInfo__Output>
       Sampling: MessageTypeDefinition<_tandem_v1_Sampling, _tandem_v1_Sampling__Output>
       Timings: MessageTypeDefinition<_tandem_v1_Timings, _tandem_v1_Timings__Output>
       TokenEvent: MessageTypeDefinition<_tandem_v1_TokenEvent, _tandem_v1_TokenEvent__Output>

@@ -23,7 +23,14 @@ import {
   UnavailableError,
 } from "@tandem/common";
 import type { SegmentSessions, SegmentStep } from "../engine/segment-sessions.ts";
-import { GREEDY, answerFromHead, isGreedy, validateSampling, type SamplingOptions } from "./sampler.ts";
+import {
+  GREEDY,
+  answerFromHead,
+  isGreedy,
+  validateSampling,
+  type SamplingOptions,
+  type TokenLogprobs,
+} from "./sampler.ts";
 
 /** Positions [start, start + count) of the split-layer hidden state, on their way up. */
 export interface UpperFrame {
@@ -35,6 +42,12 @@ export interface UpperFrame {
   wantToken: boolean;
   /** How to answer it; greedy when the temperature is 0. */
   sampling: SamplingOptions;
+  /** Return the answer's log-probabilities with this many alternatives; undefined: none. */
+  topLogprobs?: number;
+  /** The token ids of the frame's positions (what the hidden states stand for): penalties need them upstairs. */
+  tokenIds?: number[];
+  /** Positions of the sequence that are its prompt (the rest were generated). */
+  promptTokens?: number;
 }
 
 /** The rest of the model past the split: in-process or a remote cloud worker. */
@@ -51,6 +64,8 @@ export interface UpperSegment {
 export interface UpperAnswer {
   token: number;
   prob: number;
+  /** When the frame asked for them. */
+  logprobs?: TokenLogprobs;
 }
 
 export type TokenSource = "edge" | "cloud" | "edge_fallback";
@@ -64,6 +79,8 @@ export interface GeneratedToken {
   exitLayer: number;
   /** Probability of the token at the layer that answered it. */
   confidence: number;
+  /** Under the layer that answered it, when asked for. */
+  logprobs?: TokenLogprobs;
 }
 
 export const DEFAULT_GENERATE_OPTIONS = { maxTokens: 64 } as const;
@@ -75,6 +92,8 @@ export interface GenerateOptions {
   stopTokenIds?: number[];
   /** @default greedy */
   sampling?: SamplingOptions;
+  /** Report each token's log-probabilities with this many alternatives. @default none */
+  topLogprobs?: number;
 }
 
 export interface SplitGeneratorStats {
@@ -109,6 +128,9 @@ export class SplitGenerator {
   };
   /** Split-layer hidden states of every position so far, [positions, hidden]. */
   private history = new Float32Array(0);
+  /** Token ids of every position so far (prompt, then generated). */
+  private readonly tokenIds: number[] = [];
+  private promptTokens = 0;
   private positions = 0;
   /** Positions the upper side has confirmed holding. */
   private confirmed = 0;
@@ -146,11 +168,12 @@ export class SplitGenerator {
       );
     }
     this.stats.promptTokens = promptIds.length;
+    this.promptTokens = promptIds.length;
     this.lower.open(this.sessionId);
     try {
       let step = await this.timedLower(promptIds);
       for (let i = 0; i < maxTokens; i++) {
-        const token = await this.answer(step, sampling);
+        const token = await this.answer(step, sampling, options.topLogprobs);
         yield token;
         if (stop.has(token.token) || i === maxTokens - 1) break;
         step = await this.timedLower([token.token]);
@@ -162,6 +185,7 @@ export class SplitGenerator {
 
   private async timedLower(ids: number[]): Promise<SegmentStep> {
     const start = performance.now();
+    this.tokenIds.push(...ids);
     try {
       return await this.lower.forward(this.sessionId, { ids });
     } finally {
@@ -169,7 +193,11 @@ export class SplitGenerator {
     }
   }
 
-  private async answer(step: SegmentStep, sampling: SamplingOptions): Promise<GeneratedToken> {
+  private async answer(
+    step: SegmentStep,
+    sampling: SamplingOptions,
+    topLogprobs: number | undefined,
+  ): Promise<GeneratedToken> {
     if (step.hidden) this.keep(step.hidden, step.count);
     const position = step.start + step.count;
     const vocab = this.lower.model.config.vocabSize;
@@ -184,8 +212,18 @@ export class SplitGenerator {
       if (source === "edge") this.stats.edgeTokens++;
       else this.stats.fallbackTokens++;
       const exit = step.exits.find((e) => e.afterLayer === signal.afterLayer)!;
-      const answer = answerFromHead(exit, sampling, position, vocab);
-      return { token: answer.token, position, source, exitLayer: signal.afterLayer, confidence: answer.prob };
+      const answer = answerFromHead(exit, sampling, position, vocab, topLogprobs, {
+        ids: this.tokenIds,
+        promptTokens: this.promptTokens,
+      });
+      return {
+        token: answer.token,
+        position,
+        source,
+        exitLayer: signal.afterLayer,
+        confidence: answer.prob,
+        logprobs: answer.logprobs,
+      };
     };
     const decision = this.policy.decide(signals);
     if (decision.exit) return local(decision.exit, "edge");
@@ -196,7 +234,7 @@ export class SplitGenerator {
     }
     const waitStart = performance.now();
     try {
-      const answer = await this.escalate(sampling);
+      const answer = await this.escalate(sampling, topLogprobs);
       this.stats.cloudTokens++;
       return {
         token: answer.token,
@@ -204,6 +242,7 @@ export class SplitGenerator {
         source: "cloud",
         exitLayer: this.lower.model.config.numLayers,
         confidence: answer.prob,
+        logprobs: answer.logprobs,
       };
     } catch (error) {
       if (!(error instanceof UnavailableError || error instanceof ContextLostError) || !deepest) throw error;
@@ -214,7 +253,7 @@ export class SplitGenerator {
   }
 
   /** Sends every unconfirmed position and asks for the next token; replays on lost context. */
-  private async escalate(sampling: SamplingOptions): Promise<UpperAnswer> {
+  private async escalate(sampling: SamplingOptions, topLogprobs: number | undefined): Promise<UpperAnswer> {
     const hidden = this.lower.model.config.hiddenSize;
     for (let attempt = 0; ; attempt++) {
       const start = this.confirmed;
@@ -228,6 +267,9 @@ export class SplitGenerator {
           count,
           wantToken: true,
           sampling,
+          topLogprobs,
+          tokenIds: this.tokenIds.slice(start, this.positions),
+          promptTokens: this.promptTokens,
         });
         if (!answer) throw new UnavailableError("upper segment returned no token for a token request");
         this.confirmed = this.positions;

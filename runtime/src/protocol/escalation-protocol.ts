@@ -14,8 +14,13 @@
  *   HiddenStateFrame
  *                 positions [start, start + count): count in [1, maxFrameTokens],
  *                 start + count ≤ the model's positions, payload exactly the codec's
- *                 size for count × hidden, temperature and top_p within SAMPLING_LIMITS
- *                 (INVALID_ARGUMENT naming `frame.<field>`).
+ *                 size for count × hidden, temperature, top_p and top_k within
+ *                 SAMPLING_LIMITS, top_logprobs ≤ MAX_TOP_LOGPROBS, token_ids one per
+ *                 position (or none) inside the vocabulary (INVALID_ARGUMENT naming
+ *                 `frame.<field>`). The worker keeps the token ids with the context
+ *                 (truncated with it); penalties are computed from them, and a frame
+ *                 asking for penalties on a context whose ids are not all known is
+ *                 FAILED_PRECONDITION.
  *   Applying a frame (applyFrame): start = held → run it; start < held → drop the
  *                 positions from start on and run it (the edge resent them: frames are
  *                 idempotent); start > held → ContextLost{resume_from: held}, and nothing
@@ -25,9 +30,13 @@
  *                 probability; otherwise a sample seeded by (seed, position) at that
  *                 temperature and top-p, which needs the head's logits (a segment built
  *                 without them refuses with FAILED_PRECONDITION, never answers greedy
- *                 instead). → TokenReply{request_id, position: start + count, token, prob}
+ *                 instead). → TokenReply{request_id, position: start + count, token, prob,
+ *                 logprobs: with `logprobs`, the token's log-probability under the head's
+ *                 untempered distribution and its top_logprobs most probable tokens}
  *   Replies, checked by the edge (checkReply): a token reply's position is the frame's
- *                 start + count, its token inside the vocabulary, its prob in [0, 1]; a
+ *                 start + count, its token inside the vocabulary, its prob in [0, 1], its
+ *                 logprobs present exactly when asked for, ≤ 0, with as many alternatives
+ *                 as asked, each inside the vocabulary; a
  *                 ContextLost's resume_from is not past the frame's start; an opened
  *                 session's context_length not past what the edge has produced. A worker
  *                 that breaks these is treated as unavailable.
@@ -55,7 +64,12 @@ import type {
 } from "@tandem/proto";
 import { getCodec, type CodecName, type HiddenStateCodec } from "../codec/hidden-state-codec.ts";
 import type { SegmentStep } from "../engine/segment-sessions.ts";
-import { validateSampling, type SamplingOptions } from "../generation/sampler.ts";
+import {
+  MAX_TOP_LOGPROBS,
+  validateSampling,
+  type SamplingOptions,
+  type TokenLogprobs,
+} from "../generation/sampler.ts";
 import type { UpperFrame } from "../generation/split-generator.ts";
 
 export interface EscalationLimits {
@@ -149,6 +163,17 @@ export function frameMessage(
       temperature: Math.fround(frame.sampling.temperature),
       topP: Math.fround(frame.sampling.topP),
       seed: frame.sampling.seed.toString(),
+      topK: frame.sampling.topK ?? 0,
+      logprobs: frame.topLogprobs !== undefined,
+      topLogprobs: frame.topLogprobs ?? 0,
+      // Set by the edge's cloud link when it traces the escalation.
+      traceparent: "",
+      tracestate: "",
+      tokenIds: frame.tokenIds ?? [],
+      promptTokens: frame.promptTokens ?? 0,
+      repetitionPenalty: Math.fround(frame.sampling.repetitionPenalty ?? 0),
+      presencePenalty: Math.fround(frame.sampling.presencePenalty ?? 0),
+      frequencyPenalty: Math.fround(frame.sampling.frequencyPenalty ?? 0),
     },
   };
 }
@@ -218,6 +243,12 @@ export interface DecodedFrame {
   wantToken: boolean;
   requestId: string;
   sampling: SamplingOptions;
+  /** Log-probabilities to answer with, and how many alternatives; undefined: none. */
+  topLogprobs?: number;
+  /** The token id of each position, when the edge sent them (else empty). */
+  tokenIds: number[];
+  /** Positions of the sequence that are its prompt. */
+  promptTokens: number;
   /** Payload bytes, for accounting. */
   bytes: number;
 }
@@ -251,8 +282,33 @@ export function decodeFrame(
       `must be an unsigned 64-bit integer, got ${JSON.stringify(frame.seed)}`,
     );
   }
-  const sampling: SamplingOptions = { temperature: frame.temperature, topP: frame.topP, seed };
+  const sampling: SamplingOptions = {
+    temperature: frame.temperature,
+    topP: frame.topP,
+    seed,
+    topK: frame.topK,
+    // The wire's 0 is "not set": no penalty.
+    repetitionPenalty: frame.repetitionPenalty || undefined,
+    presencePenalty: frame.presencePenalty || undefined,
+    frequencyPenalty: frame.frequencyPenalty || undefined,
+  };
+  if (frame.tokenIds.length !== 0 && frame.tokenIds.length !== count)
+    throw new InvalidArgumentError(
+      "frame.token_ids",
+      `must hold one id per position (${count}) or none, got ${frame.tokenIds.length}`,
+    );
+  const outside = frame.tokenIds.findIndex((id) => id >= upper.vocabSize);
+  if (outside >= 0)
+    throw new InvalidArgumentError(
+      `frame.token_ids[${outside}]`,
+      `${frame.tokenIds[outside]} is outside the vocabulary [0, ${upper.vocabSize})`,
+    );
   validateSampling(sampling, "frame");
+  if (frame.topLogprobs > MAX_TOP_LOGPROBS || (frame.topLogprobs > 0 && !frame.logprobs))
+    throw new InvalidArgumentError(
+      "frame.top_logprobs",
+      `must be at most ${MAX_TOP_LOGPROBS}, and only with logprobs; got ${frame.topLogprobs}`,
+    );
   let hidden: Float32Array;
   try {
     hidden = codec.decode(frame.payload, count, upper.hiddenSize);
@@ -266,6 +322,9 @@ export function decodeFrame(
     wantToken: frame.wantToken,
     requestId: frame.requestId,
     sampling,
+    topLogprobs: frame.logprobs ? frame.topLogprobs : undefined,
+    tokenIds: frame.tokenIds,
+    promptTokens: frame.promptTokens,
     bytes: frame.payload.length,
   };
 }
@@ -308,11 +367,21 @@ export function openedReply(contextLength: number, workerId: string): CloudMessa
 export function tokenReply(
   requestId: string,
   position: number,
-  answer: { token: number; prob: number },
+  answer: { token: number; prob: number; logprobs?: TokenLogprobs },
 ): CloudMessage__Output {
+  const logprobs = answer.logprobs && {
+    logprob: Math.fround(answer.logprobs.logprob),
+    top: answer.logprobs.top.map((t) => ({ token: t.token, logprob: Math.fround(t.logprob) })),
+  };
   return {
     message: "token",
-    token: { requestId, position, token: answer.token, prob: Math.fround(answer.prob) },
+    token: {
+      requestId,
+      position,
+      token: answer.token,
+      prob: Math.fround(answer.prob),
+      logprobs: logprobs ?? null,
+    },
   };
 }
 
@@ -362,7 +431,7 @@ export function sessionMovedOf(reply: CloudMessage__Output): SessionMovedError |
 
 /** What a reply to a frame means for the edge. */
 export type FrameOutcome =
-  | { kind: "token"; requestId: string; token: number; prob: number }
+  | { kind: "token"; requestId: string; token: number; prob: number; logprobs?: TokenLogprobs }
   | { kind: "context-lost"; requestId: string; error: ContextLostError };
 
 /** A reply the edge cannot trust: treated as the worker being unavailable. */
@@ -379,7 +448,7 @@ export class InvalidReplyError extends UnavailableError {
  */
 export function checkFrameReply(
   reply: CloudMessage__Output,
-  sent: { start: number; count: number },
+  sent: { start: number; count: number; topLogprobs?: number },
   vocabSize: number,
 ): FrameOutcome {
   if (reply.message === "token" && reply.token) {
@@ -389,7 +458,8 @@ export function checkFrameReply(
     if (!Number.isInteger(token) || token < 0 || token >= vocabSize)
       throw new InvalidReplyError(`token.token ${token} is outside the vocabulary [0, ${vocabSize})`);
     if (!(prob >= 0 && prob <= 1)) throw new InvalidReplyError(`token.prob ${prob} is not in [0, 1]`);
-    return { kind: "token", requestId, token, prob };
+    const logprobs = checkLogprobs(reply.token.logprobs ?? undefined, sent.topLogprobs, vocabSize);
+    return { kind: "token", requestId, token, prob, logprobs };
   }
   if (reply.message === "contextLost" && reply.contextLost) {
     const { resumeFrom, reason, requestId } = reply.contextLost;
@@ -402,6 +472,30 @@ export function checkFrameReply(
   const moved = sessionMovedOf(reply);
   if (moved) throw moved;
   throw new InvalidReplyError(`expected a token or context_lost, got ${reply.message ?? "nothing"}`);
+}
+
+/** A reply's logprobs: there exactly when asked for, with the alternatives asked for, each a log-probability. */
+function checkLogprobs(
+  logprobs: { logprob: number; top: { token: number; logprob: number }[] } | undefined,
+  asked: number | undefined,
+  vocabSize: number,
+): TokenLogprobs | undefined {
+  if (asked === undefined) {
+    if (logprobs) throw new InvalidReplyError("token.logprobs was not asked for");
+    return undefined;
+  }
+  if (!logprobs) throw new InvalidReplyError("token.logprobs is missing");
+  if (!(logprobs.logprob <= 0))
+    throw new InvalidReplyError(`token.logprobs.logprob ${logprobs.logprob} is not ≤ 0`);
+  if (logprobs.top.length !== Math.min(asked, vocabSize))
+    throw new InvalidReplyError(`token.logprobs.top holds ${logprobs.top.length}, asked for ${asked}`);
+  for (const t of logprobs.top)
+    if (!(Number.isInteger(t.token) && t.token >= 0 && t.token < vocabSize && t.logprob <= 0))
+      throw new InvalidReplyError(`token.logprobs.top holds token ${t.token} at ${t.logprob}`);
+  return {
+    logprob: logprobs.logprob,
+    top: logprobs.top.map((t) => ({ token: t.token, logprob: t.logprob })),
+  };
 }
 
 /**

@@ -10,6 +10,7 @@
  */
 import { ContextLostError, FailedPreconditionError, InvalidArgumentError } from "@tandem/common";
 import type { CloudMessage__Output, EdgeMessage__Output } from "@tandem/proto";
+import type { CodecName } from "../codec/hidden-state-codec.ts";
 import type { SegmentStep } from "../engine/segment-sessions.ts";
 import { answerFromHead } from "../generation/sampler.ts";
 import {
@@ -30,8 +31,19 @@ import {
 export interface SessionContexts {
   /** Positions held for the session; 0 for one never seen or evicted. */
   contextLength(sessionId: string): number;
-  /** Applies a frame (applyFrame's rules); throws ContextLostError when it cannot. */
-  append(sessionId: string, start: number, hidden: Float32Array, count: number): Promise<SegmentStep>;
+  /**
+   * Applies a frame (applyFrame's rules); throws ContextLostError when it cannot. `tokenIds`
+   * (one per position, or none) are kept with the context (SessionTokens).
+   */
+  append(
+    sessionId: string,
+    start: number,
+    hidden: Float32Array,
+    count: number,
+    tokenIds?: readonly number[],
+  ): Promise<SegmentStep>;
+  /** The token ids of the context's positions, as far as they are known without a gap. */
+  tokenHistory(sessionId: string): readonly number[];
   release(sessionId: string): void;
 }
 
@@ -46,6 +58,10 @@ export interface EscalationCounters {
   positions: number;
   tokens: number;
   bytesReceived: number;
+  /** bytesReceived by the codec of the frames' sessions (for the worker's metrics). */
+  bytesReceivedByCodec: Partial<Record<CodecName, number>>;
+  /** Frames answered ContextLost: the edge replays from where the context ends. */
+  contextLost: number;
 }
 
 export class EscalationSession {
@@ -106,12 +122,24 @@ export class EscalationSession {
     if (this.counters) {
       this.counters.frames++;
       this.counters.bytesReceived += frame.bytes;
+      const codec = this.opened.codec.name;
+      this.counters.bytesReceivedByCodec[codec] =
+        (this.counters.bytesReceivedByCodec[codec] ?? 0) + frame.bytes;
     }
     let step: SegmentStep;
     try {
-      step = await this.contexts.append(this.opened.contextKey, frame.start, frame.hidden, frame.count);
+      step = await this.contexts.append(
+        this.opened.contextKey,
+        frame.start,
+        frame.hidden,
+        frame.count,
+        frame.tokenIds,
+      );
     } catch (error) {
-      if (error instanceof ContextLostError) return contextLostReply(error, frame.requestId);
+      if (error instanceof ContextLostError) {
+        if (this.counters) this.counters.contextLost++;
+        return contextLostReply(error, frame.requestId);
+      }
       throw error;
     }
     if (this.counters) this.counters.positions += frame.count;
@@ -122,6 +150,8 @@ export class EscalationSession {
       frame.sampling,
       position,
       this.upper.vocabSize,
+      frame.topLogprobs,
+      { ids: this.contexts.tokenHistory(this.opened.contextKey), promptTokens: frame.promptTokens },
     );
     if (this.counters) this.counters.tokens++;
     return tokenReply(frame.requestId, position, answer);

@@ -20,6 +20,7 @@ import {
   type FrameTarget,
   type SplitIdentity,
 } from "./escalation-protocol.ts";
+import { SessionTokens } from "./session-tokens.ts";
 import { EscalationSession, type SessionContexts } from "./escalation-session.ts";
 
 /**
@@ -47,18 +48,33 @@ export function applyFrameToSession(
 
 /** Sessions of one segment as an upper side's contexts: frames applied by the protocol's rules. */
 export class LocalSessionContexts implements SessionContexts {
+  private readonly tokens = new SessionTokens();
+
   constructor(private readonly sessions: SegmentSessions) {}
 
   contextLength(sessionId: string): number {
     return this.sessions.has(sessionId) ? this.sessions.length(sessionId) : 0;
   }
 
-  append(sessionId: string, start: number, hidden: Float32Array, count: number): Promise<SegmentStep> {
-    return applyFrameToSession(this.sessions, sessionId, { start, hidden, count });
+  async append(
+    sessionId: string,
+    start: number,
+    hidden: Float32Array,
+    count: number,
+    tokenIds: readonly number[] = [],
+  ): Promise<SegmentStep> {
+    const step = await applyFrameToSession(this.sessions, sessionId, { start, hidden, count });
+    this.tokens.record(sessionId, start, count, tokenIds);
+    return step;
+  }
+
+  tokenHistory(sessionId: string): readonly number[] {
+    return this.tokens.history(sessionId);
   }
 
   release(sessionId: string): void {
     this.sessions.release(sessionId);
+    this.tokens.release(sessionId);
   }
 }
 
@@ -109,7 +125,7 @@ export class LocalUpperSegment implements UpperSegment {
     if (!reply) return undefined;
     const outcome = checkFrameReply(reply, frame, this.identity.vocabSize);
     if (outcome.kind === "context-lost") throw outcome.error;
-    return { token: outcome.token, prob: outcome.prob };
+    return { token: outcome.token, prob: outcome.prob, logprobs: outcome.logprobs };
   }
 
   async close(): Promise<void> {

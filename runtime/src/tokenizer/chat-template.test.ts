@@ -100,13 +100,23 @@ describe("ChatTemplate.find", () => {
     expect(chat!.render(USER_ONLY)).toBe("<s><|user|>Hi</s><|assistant|>");
   });
 
-  it("finds nothing in a checkpoint without a template, like the demo models", async () => {
+  it("finds nothing in a checkpoint without a template", async () => {
     expect(await ChatTemplate.find(tokenizerDir({}))).toBeUndefined();
     expect(
       await ChatTemplate.find(tokenizerDir({ "tokenizer_config.json": { eos_token: "</s>" } })),
     ).toBeUndefined();
+  });
+
+  it("renders the demo model's own plain template: one `Role: content` line per message", async () => {
     const demo = join(import.meta.dirname, "..", "..", "..", "models", "tandem-demo");
-    expect(await ChatTemplate.find(demo)).toBeUndefined();
+    const chat = await ChatTemplate.find(demo);
+    expect(chat?.source).toMatch(/chat_template\.jinja$/);
+    expect(
+      chat!.render([
+        { role: "system", content: "Answer briefly. " },
+        { role: "user", content: "What is a list?" },
+      ]),
+    ).toBe("System: Answer briefly.\nUser: What is a list?\nAssistant:");
   });
 
   const broken: [string, Record<string, string | object>, RegExp][] = [

@@ -13,6 +13,7 @@ import {
   type BackoffPolicy,
   type Logger,
 } from "@tandem/common";
+import type { Registry } from "@tandem/common/metrics";
 import {
   JOB_KINDS,
   validateJobData,
@@ -47,6 +48,8 @@ export interface BatchWorkerOptions {
    * elsewhere fails at once, naming the field. @default anywhere (the program sets its own)
    */
   fileRoots?: string[];
+  /** Registry to add the worker's metrics to (BatchMetrics). @default no metrics */
+  metrics?: Registry;
 }
 
 export const DEFAULT_BATCH_WORKER_OPTIONS = {
@@ -95,14 +98,26 @@ const HANDLERS: { [K in JobKind]: Handler<K> } = {
 export async function startBatchWorker(options: BatchWorkerOptions, log: Logger): Promise<BatchWorker> {
   const workerOptions = batchWorkerOptions(options);
   const counts = { completed: 0, failed: 0 };
-  const workers = (options.kinds ?? [...JOB_KINDS]).map((kind) => {
+  const kinds = options.kinds ?? [...JOB_KINDS];
+  // Loaded only by a worker that serves metrics: prom-client stays out of the others.
+  const metrics =
+    options.metrics &&
+    new (await import("./batch-metrics.ts")).BatchMetrics(
+      options.metrics,
+      kinds,
+      batchQueueLocation(options.redisUrl, options.cluster, options.redisSecrets),
+      log,
+    );
+  const workers = kinds.map((kind) => {
     const worker = new Worker(kind, (job: Job) => processJob(kind, job, options), workerOptions);
     worker.on("completed", (job) => {
       counts.completed++;
+      metrics?.jobFinished(kind, "completed", job);
       log.info({ kind, job: job.id }, "job completed");
     });
     worker.on("failed", (job, error) => {
       counts.failed++;
+      metrics?.jobFinished(kind, "failed", job);
       log.warn({ kind, job: job?.id, attempt: job?.attemptsMade, err: error.message }, "job failed");
     });
     worker.on("error", (error) => log.error({ kind, err: error.message }, "queue error"));
@@ -122,6 +137,7 @@ export async function startBatchWorker(options: BatchWorkerOptions, log: Logger)
     healthy: () => workers.every((w) => w.isRunning()) && clients.every((c) => c.status === "ready"),
     async close() {
       await Promise.all(workers.map((w) => w.close()));
+      await metrics?.close();
     },
   };
 }

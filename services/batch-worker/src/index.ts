@@ -33,3 +33,4 @@ export {
 } from "./job-queue-client.ts";
 export { BATCH_CONFIG_SCHEMA, BATCH_ENV_PREFIX } from "./batch-config.ts";
 export { BATCH_PROGRAM, main } from "./main.ts";
+export { BatchMetrics } from "./batch-metrics.ts";

@@ -16,13 +16,17 @@ export const BATCH_PROGRAM: ProgramDefinition<typeof BATCH_CONFIG_SCHEMA> = {
   schema: BATCH_CONFIG_SCHEMA,
   envPrefix: BATCH_ENV_PREFIX,
   logFields: (config) => ({ cluster: config.cluster }),
-  async start(config, log) {
+  async start(config, log, { metrics }) {
     // Listening first: a health port that cannot be had stops the start before any job is taken.
     const health = await startConfiguredHealthServer(config);
     let worker: BatchWorker;
     try {
       worker = await startBatchWorker(
-        { ...config, redisSecrets: { passwordFile: config.redisPasswordFile, caFile: config.redisCa } },
+        {
+          ...config,
+          redisSecrets: { passwordFile: config.redisPasswordFile, caFile: config.redisCa },
+          metrics,
+        },
         log,
       );
     } catch (error) {

@@ -20,6 +20,7 @@ import {
 } from "@tandem/runtime";
 import type { NatsCredentials } from "@tandem/cluster";
 import { HOST_PORT_PATTERN, InvalidArgumentError, type Logger } from "@tandem/common";
+import type { Registry } from "@tandem/common/metrics";
 import { ContextManager } from "./context-manager.ts";
 // Loaded only by a worker that joins a cluster: a standalone one never loads the NATS client.
 import type { ClusterMembership } from "./cluster-membership.ts";
@@ -32,6 +33,7 @@ import {
   type SessionLimits,
   type WorkerCounters,
 } from "./escalation-service.ts";
+import type { WorkerMetrics } from "./worker-metrics.ts";
 
 export interface CloudWorkerOptions {
   modelDir: string;
@@ -52,6 +54,8 @@ export interface CloudWorkerOptions {
   insecure?: boolean;
   /** Sessions held in all and per device. @default DEFAULT_SESSION_LIMITS */
   sessionLimits?: SessionLimits;
+  /** Registry to add the worker's metrics to (WorkerMetrics). @default no metrics */
+  metrics?: Registry;
   /** Join a control plane: heartbeat and follow the placement map. */
   cluster?: {
     natsUrl: string;
@@ -113,12 +117,23 @@ export async function startCloudWorker(options: CloudWorkerOptions, log: Logger)
   // The graph is built (or was cached): a weight decoded for it is needed no more.
   checkpoint.releaseWeights?.();
   const sessions = new SegmentSessions(model);
+  const counters = emptyWorkerCounters();
+  // Loaded only by a worker that serves metrics: prom-client stays out of the others.
+  const metrics: WorkerMetrics | undefined =
+    options.metrics &&
+    new (await import("./worker-metrics.ts")).WorkerMetrics(options.metrics, {
+      stats: () => contexts.stats(),
+      counters,
+    });
   const batcher = new DecodeBatcher(sessions, {
     enabled: options.batching ?? true,
     maxBatch: options.maxBatch,
+    metrics,
   });
-  const contexts = new ContextManager(sessions, batcher, { memoryBudgetBytes: options.memoryBudgetBytes });
-  const counters = emptyWorkerCounters();
+  const contexts = new ContextManager(sessions, batcher, {
+    memoryBudgetBytes: options.memoryBudgetBytes,
+    metrics,
+  });
   const protos = loadTandemProtos();
   // One value for what the handlers accept and what the server lets through, so they agree.
   const limits = DEFAULT_ESCALATION_LIMITS;

@@ -6,15 +6,19 @@
  */
 import {
   applyFrameToSession,
+  SessionTokens,
   type SegmentSessions,
   type SegmentStep,
   type SessionContexts,
 } from "@tandem/runtime";
 import type { DecodeBatcher } from "./decode-batcher.ts";
+import type { WorkerMetrics } from "./worker-metrics.ts";
 
 export interface ContextManagerOptions {
   /** Memory the KV caches of all sessions may take together (each in whole blocks of positions). @default 512 MiB */
   memoryBudgetBytes?: number;
+  /** Where each frame's step time is reported. @default none */
+  metrics?: WorkerMetrics;
 }
 
 export const DEFAULT_CONTEXT_MANAGER_OPTIONS = { memoryBudgetBytes: 512 * 2 ** 20 } as const;
@@ -29,7 +33,10 @@ export class ContextManager implements SessionContexts {
   /** Sessions in least-recently-used order (a Map iterates in insertion order). */
   private readonly lastUsed = new Map<string, number>();
   private readonly inFlight = new Map<string, number>();
+  /** The token ids of each session's positions, truncated with its context. */
+  private readonly tokens = new SessionTokens();
   private readonly budget: number;
+  private readonly metrics?: WorkerMetrics;
   private evictions = 0;
 
   constructor(
@@ -38,6 +45,7 @@ export class ContextManager implements SessionContexts {
     options: ContextManagerOptions = {},
   ) {
     this.budget = options.memoryBudgetBytes ?? DEFAULT_CONTEXT_MANAGER_OPTIONS.memoryBudgetBytes;
+    this.metrics = options.metrics;
   }
 
   /** Positions held for the session; 0 for one never seen or evicted. */
@@ -50,15 +58,25 @@ export class ContextManager implements SessionContexts {
    * rules (applyFrame): a frame starting before the context's end replaces what follows
    * (the edge resent it); one starting after it is ContextLostError.
    */
-  async append(sessionId: string, start: number, hidden: Float32Array, count: number): Promise<SegmentStep> {
+  async append(
+    sessionId: string,
+    start: number,
+    hidden: Float32Array,
+    count: number,
+    tokenIds: readonly number[] = [],
+  ): Promise<SegmentStep> {
     this.touch(sessionId);
     this.inFlight.set(sessionId, (this.inFlight.get(sessionId) ?? 0) + 1);
+    const stepDone = this.metrics?.stepStarted();
     try {
       // A single position joins the decode batch; longer frames (context sync) run alone.
-      return await applyFrameToSession(this.sessions, sessionId, { start, hidden, count }, (h, n) =>
+      const step = await applyFrameToSession(this.sessions, sessionId, { start, hidden, count }, (h, n) =>
         n === 1 ? this.batcher.step(sessionId, h) : this.sessions.forward(sessionId, { hidden: h, count: n }),
       );
+      this.tokens.record(sessionId, start, count, tokenIds);
+      return step;
     } finally {
+      stepDone?.();
       const left = (this.inFlight.get(sessionId) ?? 1) - 1;
       if (left === 0) this.inFlight.delete(sessionId);
       else this.inFlight.set(sessionId, left);
@@ -70,8 +88,13 @@ export class ContextManager implements SessionContexts {
     return this.sessions.sessionIds;
   }
 
+  tokenHistory(sessionId: string): readonly number[] {
+    return this.tokens.history(sessionId);
+  }
+
   release(sessionId: string, options: { freeNow?: boolean } = {}): void {
     this.sessions.release(sessionId, options);
+    this.tokens.release(sessionId);
     this.lastUsed.delete(sessionId);
   }
 

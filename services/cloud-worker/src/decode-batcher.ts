@@ -5,12 +5,17 @@
  * a memory-bound decode cheaper per token under load.
  */
 import type { SegmentSessions, SegmentStep } from "@tandem/runtime";
+import type { WorkerMetrics } from "./worker-metrics.ts";
+import { frameLink, inBatchSpan } from "./worker-tracing.ts";
+import type { SpanContext } from "@tandem/common";
 
 interface Pending {
   id: string;
   hidden: Float32Array;
   resolve: (step: SegmentStep) => void;
   reject: (error: unknown) => void;
+  /** The span of the frame this step serves, when it records: its batch's span links to it. */
+  link?: SpanContext;
 }
 
 export interface DecodeBatcherOptions {
@@ -18,6 +23,8 @@ export interface DecodeBatcherOptions {
   maxBatch?: number;
   /** Batch nothing: run each step alone (for comparison). @default true */
   enabled?: boolean;
+  /** Where each batch's size is reported. @default none */
+  metrics?: WorkerMetrics;
 }
 
 export const DEFAULT_DECODE_BATCHER_OPTIONS = { maxBatch: 16, enabled: true } as const;
@@ -27,6 +34,7 @@ export class DecodeBatcher {
   private running = false;
   private readonly maxBatch: number;
   private readonly enabled: boolean;
+  private readonly metrics?: WorkerMetrics;
   /** Histogram of batch sizes, for metrics and benchmarks. */
   readonly batchSizes = new Map<number, number>();
 
@@ -36,12 +44,13 @@ export class DecodeBatcher {
   ) {
     this.maxBatch = options.maxBatch ?? DEFAULT_DECODE_BATCHER_OPTIONS.maxBatch;
     this.enabled = options.enabled ?? DEFAULT_DECODE_BATCHER_OPTIONS.enabled;
+    this.metrics = options.metrics;
   }
 
   step(id: string, hidden: Float32Array): Promise<SegmentStep> {
     if (!this.enabled) return this.sessions.forward(id, { hidden, count: 1 });
     return new Promise((resolve, reject) => {
-      this.queue.push({ id, hidden, resolve, reject });
+      this.queue.push({ id, hidden, resolve, reject, link: frameLink() });
       // Continuous batching: the first request runs at once (after this microtask, so
       // requests that arrived in the same turn join it); later ones gather while it runs.
       if (!this.running) queueMicrotask(() => void this.drain());
@@ -67,28 +76,35 @@ export class DecodeBatcher {
         }
         this.queue = rest;
         this.batchSizes.set(batch.length, (this.batchSizes.get(batch.length) ?? 0) + 1);
-        if (batch.length === 1) {
-          // A batch of one gains nothing from padding and copying KV into a batch tensor.
-          const [only] = batch;
-          await this.sessions
-            .forward(only.id, { hidden: only.hidden, count: 1 })
-            .then(only.resolve, only.reject);
-          continue;
-        }
-        try {
-          const steps = await this.sessions.forwardBatch(
-            batch.map((b) => ({ id: b.id, input: { hidden: b.hidden, count: 1 } })),
-          );
-          batch.forEach((b, i) => b.resolve(steps[i]));
-        } catch {
-          // A batch fails as a whole (e.g. one session released mid-flight): run each
-          // alone so one bad session fails only its own request, with its own error.
-          for (const b of batch)
-            this.sessions.forward(b.id, { hidden: b.hidden, count: 1 }).then(b.resolve, b.reject);
-        }
+        this.metrics?.decodeBatchRan(batch.length);
+        await inBatchSpan(
+          batch.map((b) => b.link),
+          () => this.run(batch),
+        );
       }
     } finally {
       this.running = false;
+    }
+  }
+
+  /** Runs one batch; each request settles with its own step or error, so this never throws. */
+  private async run(batch: Pending[]): Promise<void> {
+    if (batch.length === 1) {
+      // A batch of one gains nothing from padding and copying KV into a batch tensor.
+      const [only] = batch;
+      await this.sessions.forward(only.id, { hidden: only.hidden, count: 1 }).then(only.resolve, only.reject);
+      return;
+    }
+    try {
+      const steps = await this.sessions.forwardBatch(
+        batch.map((b) => ({ id: b.id, input: { hidden: b.hidden, count: 1 } })),
+      );
+      batch.forEach((b, i) => b.resolve(steps[i]));
+    } catch {
+      // A batch fails as a whole (e.g. one session released mid-flight): run each
+      // alone so one bad session fails only its own request, with its own error.
+      for (const b of batch)
+        this.sessions.forward(b.id, { hidden: b.hidden, count: 1 }).then(b.resolve, b.reject);
     }
   }
 }

@@ -45,6 +45,7 @@ import {
   type SessionContexts,
   type UpperSideIdentity,
 } from "@tandem/runtime";
+import { inFrameSpan } from "./worker-tracing.ts";
 
 /** What the worker's streams did, for logs, heartbeats and tests. */
 export interface WorkerCounters extends EscalationCounters {
@@ -56,7 +57,17 @@ export interface WorkerCounters extends EscalationCounters {
 }
 
 export function emptyWorkerCounters(): WorkerCounters {
-  return { streams: 0, frames: 0, positions: 0, tokens: 0, rejected: 0, redirected: 0, bytesReceived: 0 };
+  return {
+    streams: 0,
+    frames: 0,
+    positions: 0,
+    tokens: 0,
+    rejected: 0,
+    redirected: 0,
+    bytesReceived: 0,
+    bytesReceivedByCodec: {},
+    contextLost: 0,
+  };
 }
 
 /** How many sessions a worker holds, in all and per device. */
@@ -238,7 +249,8 @@ export function escalationHandlers(
                 ? placement?.elsewhere(session.sessionId)
                 : undefined;
             if (owner) return redirect(owner);
-            const reply = await session.handle(message, claim);
+            const serving = session;
+            const reply = await inFrameSpan(message, serving.sessionId, () => serving.handle(message, claim));
             if (message.close) stopWriting();
             // An edge that does not read its replies is not given more work until it does.
             if (reply && !ended && !call.writableEnded && !call.write(reply)) await whenWritable(call);

@@ -17,7 +17,7 @@ export const WORKER_PROGRAM: ProgramDefinition<typeof WORKER_CONFIG_SCHEMA> = {
   schema: WORKER_CONFIG_SCHEMA,
   envPrefix: WORKER_ENV_PREFIX,
   logFields: (config) => ({ workerId: config.workerId ?? hostname() }),
-  async start(config, log) {
+  async start(config, log, { metrics }) {
     const worker = await startCloudWorker(
       {
         modelDir: config.model,
@@ -36,6 +36,7 @@ export const WORKER_PROGRAM: ProgramDefinition<typeof WORKER_CONFIG_SCHEMA> = {
             : undefined,
         insecure: config.insecure,
         sessionLimits: { maxSessions: config.maxSessions, maxSessionsPerDevice: config.maxSessionsPerDevice },
+        metrics,
         cluster: config.natsUrl
           ? {
               natsUrl: config.natsUrl,

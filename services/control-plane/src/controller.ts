@@ -8,6 +8,7 @@
 import type { NatsConnection } from "@nats-io/transport-node";
 import { NodeRegistry, controlPlaneNames, openExpertMap, openLease, openShardMap } from "@tandem/cluster";
 import { CLUSTER_DEFAULTS, ConfigValueError, type Logger } from "@tandem/common";
+import type { ControlPlaneMetrics } from "./control-plane-metrics.ts";
 import { ExpertPlanner } from "./expert-planner.ts";
 import { DEFAULT_LEASE_TIMING, LeaderLease, leaseTtlProblem } from "./leader-lease.ts";
 import { ShardPlanner } from "./shard-planner.ts";
@@ -56,9 +57,16 @@ export class Controller {
     private readonly options: Required<ControllerOptions>,
     private readonly log: Logger,
     private readonly experts?: ExpertPlanner,
+    private readonly metrics?: ControlPlaneMetrics,
   ) {}
 
-  static async start(nc: NatsConnection, options: ControllerOptions, log: Logger): Promise<Controller> {
+  /** `metrics`: where the leader's ticks report what they plan. @default none */
+  static async start(
+    nc: NatsConnection,
+    options: ControllerOptions,
+    log: Logger,
+    metrics?: ControlPlaneMetrics,
+  ): Promise<Controller> {
     const full: Required<ControllerOptions> = { ...DEFAULT_CONTROLLER_OPTIONS, ...options };
     // The settings refuse such a lease already; options passed here directly are held to the
     // same rule, before anything is opened (a lease never acted on would leave no leader).
@@ -87,6 +95,7 @@ export class Controller {
             log,
           )
         : undefined,
+      metrics,
     );
     controller.schedule(0);
     return controller;
@@ -118,11 +127,15 @@ export class Controller {
       const alive = await this.registry.aliveConfirmed();
       const token = this.lease.fencingToken;
       if (token === undefined) return; // the lease ran short while reading: do not act
+      this.metrics?.clusterNodes(alive.length);
       if (this.experts) {
         const version = await this.experts.maybeReplan(alive, token);
         if (version !== undefined) this.log.info({ version }, "expert placement written");
+        if (version !== undefined && this.experts.loadShares)
+          this.metrics?.expertLoadShares(this.experts.loadShares);
       }
       const version = await this.shards.maybeReplan(alive, token);
+      if (this.shards.version !== undefined) this.metrics?.placementVersion(this.shards.version);
       if (version !== undefined) {
         this.written++;
         this.log.info(

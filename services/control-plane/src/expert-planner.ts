@@ -16,7 +16,7 @@ import {
 } from "@tandem/cluster";
 import type { Logger } from "@tandem/common";
 import { nextExpertPlan, type ExpertPlan } from "./placement/expert-plan.ts";
-import type { ExpertPlacement } from "./placement/expert-placement.ts";
+import { placementQuality, type ExpertPlacement } from "./placement/expert-placement.ts";
 import { evenShares } from "./placement/replica-shares.ts";
 
 export interface ExpertPlannerOptions {
@@ -31,6 +31,8 @@ export class ExpertPlanner {
   private readonly subscription: Subscription;
   /** Nodes already warned about: a misconfigured worker is named once, not every heartbeat. */
   private readonly warned = new Set<string>();
+  /** Each node's share of the load under the map written last (for the metrics). */
+  loadShares?: Map<string, number>;
 
   constructor(
     nc: NatsConnection,
@@ -122,7 +124,11 @@ export class ExpertPlanner {
       },
       current?.revision,
     );
-    return written === undefined ? undefined : version;
+    if (written === undefined) return undefined;
+    const total = loads.reduce((a, b) => a + b, 0);
+    const { workerLoads } = placementQuality(loads, plan.placement, ids, plan.shares);
+    this.loadShares = new Map(ids.map((id, i) => [id, workerLoads[i] / total]));
+    return version;
   }
 
   stop(): void {

@@ -23,7 +23,7 @@ export const CONTROL_PROGRAM: ProgramDefinition<typeof CONTROL_CONFIG_SCHEMA> = 
   schema: CONTROL_CONFIG_SCHEMA,
   envPrefix: CONTROL_ENV_PREFIX,
   logFields: (config) => ({ replica: replicaIdOf(config.replicaId) }),
-  async start(config, log) {
+  async start(config, log, context) {
     const replicaId = replicaIdOf(config.replicaId);
     // Listening first: a health port that cannot be had stops the start before NATS is touched.
     const health = await startConfiguredHealthServer(config);
@@ -34,7 +34,14 @@ export const CONTROL_PROGRAM: ProgramDefinition<typeof CONTROL_CONFIG_SCHEMA> = 
         name: `tandem-control-plane ${replicaId}`,
         credentials: natsCredentialsOf(config),
       });
-      controller = await Controller.start(nc, { ...config, replicaId }, log);
+      // Loaded only by a replica that serves metrics: prom-client stays out of the others.
+      const metrics =
+        context.metrics &&
+        new (await import("./control-plane-metrics.ts")).ControlPlaneMetrics(
+          context.metrics,
+          () => controller?.lease.isLeader() ?? false,
+        );
+      controller = await Controller.start(nc, { ...config, replicaId }, log, metrics);
     } catch (error) {
       await nc?.close();
       await health?.close();

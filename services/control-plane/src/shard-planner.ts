@@ -15,6 +15,9 @@ export interface ShardPlannerOptions {
 }
 
 export class ShardPlanner {
+  /** Version of the map as last read or written (leader only): for the metrics. */
+  version?: number;
+
   constructor(
     private readonly store: ShardMapStore,
     private readonly options: ShardPlannerOptions,
@@ -34,6 +37,7 @@ export class ShardPlanner {
     );
     // A map that fails its schema counts as no map: it is planned afresh and overwritten.
     const previousMap = current?.record;
+    this.version = previousMap?.version;
     // The map's members are its endpoints (with more workers than shards, some hold none).
     // A worker back under the same id at a new address changes the map too: clients route
     // by the endpoints it names.
@@ -58,6 +62,8 @@ export class ShardPlanner {
       endpoints: Object.fromEntries(nodes.map((n) => [n.id, n.endpoint])),
       writtenAt: Date.now(),
     };
-    return (await this.store.write(record, current?.revision)) === undefined ? undefined : record.version;
+    if ((await this.store.write(record, current?.revision)) === undefined) return undefined;
+    this.version = record.version;
+    return record.version;
   }
 }

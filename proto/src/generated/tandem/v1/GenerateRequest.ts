@@ -31,6 +31,14 @@ export interface GenerateRequest {
    * A conversation, rendered with the model's chat template at the edge.
    */
   'messages'?: (_tandem_v1_ChatMessages | null);
+  /**
+   * Report each token's log-probability (under the layer that answered it) ...
+   */
+  'logprobs'?: (boolean);
+  /**
+   * ... and this many of the most probable tokens there (at most 20).
+   */
+  'topLogprobs'?: (number);
   'prompt'?: "text"|"tokenIds"|"messages";
 }
 
@@ -58,5 +66,13 @@ export interface GenerateRequest__Output {
    * A conversation, rendered with the model's chat template at the edge.
    */
   'messages'?: (_tandem_v1_ChatMessages__Output | null);
+  /**
+   * Report each token's log-probability (under the layer that answered it) ...
+   */
+  'logprobs': (boolean);
+  /**
+   * ... and this many of the most probable tokens there (at most 20).
+   */
+  'topLogprobs': (number);
   'prompt'?: "text"|"tokenIds"|"messages";
 }

@@ -24,6 +24,40 @@ export interface HiddenStateFrame {
   'temperature'?: (number | string);
   'topP'?: (number | string);
   'seed'?: (number | string | Long);
+  /**
+   * W3C trace context of the edge's escalation span (empty when the edge does not trace):
+   * per frame, since one stream carries a session's frames of many requests.
+   */
+  'traceparent'?: (string);
+  'tracestate'?: (string);
+  /**
+   * Keep only the k most probable tokens before sampling; 0 keeps all.
+   */
+  'topK'?: (number);
+  /**
+   * With want_token: also return the answered token's log-probability and this many
+   * most probable alternatives (0 with logprobs unset: none), from the final head's
+   * untempered distribution.
+   */
+  'logprobs'?: (boolean);
+  'topLogprobs'?: (number);
+  /**
+   * The token id at each of the frame's positions (count of them, or none from an edge
+   * that does not send them): the worker keeps them with the session's context, and the
+   * penalties are computed from them.
+   */
+  'tokenIds'?: (number)[];
+  /**
+   * Positions of the sequence that are its prompt; the penalties' "generated" tokens are
+   * those after them.
+   */
+  'promptTokens'?: (number);
+  /**
+   * As in tandem.v1.Sampling; 0 means none (repetition: 1).
+   */
+  'repetitionPenalty'?: (number | string);
+  'presencePenalty'?: (number | string);
+  'frequencyPenalty'?: (number | string);
 }
 
 /**
@@ -47,4 +81,38 @@ export interface HiddenStateFrame__Output {
   'temperature': (number);
   'topP': (number);
   'seed': (string);
+  /**
+   * W3C trace context of the edge's escalation span (empty when the edge does not trace):
+   * per frame, since one stream carries a session's frames of many requests.
+   */
+  'traceparent': (string);
+  'tracestate': (string);
+  /**
+   * Keep only the k most probable tokens before sampling; 0 keeps all.
+   */
+  'topK': (number);
+  /**
+   * With want_token: also return the answered token's log-probability and this many
+   * most probable alternatives (0 with logprobs unset: none), from the final head's
+   * untempered distribution.
+   */
+  'logprobs': (boolean);
+  'topLogprobs': (number);
+  /**
+   * The token id at each of the frame's positions (count of them, or none from an edge
+   * that does not send them): the worker keeps them with the session's context, and the
+   * penalties are computed from them.
+   */
+  'tokenIds': (number)[];
+  /**
+   * Positions of the sequence that are its prompt; the penalties' "generated" tokens are
+   * those after them.
+   */
+  'promptTokens': (number);
+  /**
+   * As in tandem.v1.Sampling; 0 means none (repetition: 1).
+   */
+  'repetitionPenalty': (number);
+  'presencePenalty': (number);
+  'frequencyPenalty': (number);
 }

@@ -5,6 +5,8 @@ import type * as grpc from '@grpc/grpc-js'
 import type { MethodDefinition } from '@grpc/proto-loader'
 import type { GenerateEvent as _tandem_v1_GenerateEvent, GenerateEvent__Output as _tandem_v1_GenerateEvent__Output } from '../../tandem/v1/GenerateEvent.js';
 import type { GenerateRequest as _tandem_v1_GenerateRequest, GenerateRequest__Output as _tandem_v1_GenerateRequest__Output } from '../../tandem/v1/GenerateRequest.js';
+import type { ListModelsRequest as _tandem_v1_ListModelsRequest, ListModelsRequest__Output as _tandem_v1_ListModelsRequest__Output } from '../../tandem/v1/ListModelsRequest.js';
+import type { ListModelsResponse as _tandem_v1_ListModelsResponse, ListModelsResponse__Output as _tandem_v1_ListModelsResponse__Output } from '../../tandem/v1/ListModelsResponse.js';
 
 export interface InferenceClient extends grpc.Client {
   /**
@@ -18,6 +20,21 @@ export interface InferenceClient extends grpc.Client {
   generate(argument: _tandem_v1_GenerateRequest, metadata: grpc.Metadata, options?: grpc.CallOptions): grpc.ClientReadableStream<_tandem_v1_GenerateEvent__Output>;
   generate(argument: _tandem_v1_GenerateRequest, options?: grpc.CallOptions): grpc.ClientReadableStream<_tandem_v1_GenerateEvent__Output>;
   
+  /**
+   * The model this agent serves (one per agent), as the OpenAI API's /v1/models lists it.
+   */
+  ListModels(argument: _tandem_v1_ListModelsRequest, metadata: grpc.Metadata, options: grpc.CallOptions, callback: grpc.requestCallback<_tandem_v1_ListModelsResponse__Output>): grpc.ClientUnaryCall;
+  ListModels(argument: _tandem_v1_ListModelsRequest, metadata: grpc.Metadata, callback: grpc.requestCallback<_tandem_v1_ListModelsResponse__Output>): grpc.ClientUnaryCall;
+  ListModels(argument: _tandem_v1_ListModelsRequest, options: grpc.CallOptions, callback: grpc.requestCallback<_tandem_v1_ListModelsResponse__Output>): grpc.ClientUnaryCall;
+  ListModels(argument: _tandem_v1_ListModelsRequest, callback: grpc.requestCallback<_tandem_v1_ListModelsResponse__Output>): grpc.ClientUnaryCall;
+  /**
+   * The model this agent serves (one per agent), as the OpenAI API's /v1/models lists it.
+   */
+  listModels(argument: _tandem_v1_ListModelsRequest, metadata: grpc.Metadata, options: grpc.CallOptions, callback: grpc.requestCallback<_tandem_v1_ListModelsResponse__Output>): grpc.ClientUnaryCall;
+  listModels(argument: _tandem_v1_ListModelsRequest, metadata: grpc.Metadata, callback: grpc.requestCallback<_tandem_v1_ListModelsResponse__Output>): grpc.ClientUnaryCall;
+  listModels(argument: _tandem_v1_ListModelsRequest, options: grpc.CallOptions, callback: grpc.requestCallback<_tandem_v1_ListModelsResponse__Output>): grpc.ClientUnaryCall;
+  listModels(argument: _tandem_v1_ListModelsRequest, callback: grpc.requestCallback<_tandem_v1_ListModelsResponse__Output>): grpc.ClientUnaryCall;
+  
 }
 
 export interface InferenceHandlers extends grpc.UntypedServiceImplementation {
@@ -26,8 +43,14 @@ export interface InferenceHandlers extends grpc.UntypedServiceImplementation {
    */
   Generate: grpc.handleServerStreamingCall<_tandem_v1_GenerateRequest__Output, _tandem_v1_GenerateEvent>;
   
+  /**
+   * The model this agent serves (one per agent), as the OpenAI API's /v1/models lists it.
+   */
+  ListModels: grpc.handleUnaryCall<_tandem_v1_ListModelsRequest__Output, _tandem_v1_ListModelsResponse>;
+  
 }
 
 export interface InferenceDefinition extends grpc.ServiceDefinition {
   Generate: MethodDefinition<_tandem_v1_GenerateRequest, _tandem_v1_GenerateEvent, _tandem_v1_GenerateRequest__Output, _tandem_v1_GenerateEvent__Output>
+  ListModels: MethodDefinition<_tandem_v1_ListModelsRequest, _tandem_v1_ListModelsResponse, _tandem_v1_ListModelsRequest__Output, _tandem_v1_ListModelsResponse__Output>
 }

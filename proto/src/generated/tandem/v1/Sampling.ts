@@ -16,6 +16,21 @@ export interface Sampling {
    * Seed of the sampler; the same seed and request give the same tokens.
    */
   'seed'?: (number | string | Long);
+  /**
+   * Keep only the k most probable tokens before top_p; 0 keeps all.
+   */
+  'topK'?: (number);
+  /**
+   * Divides the positive logits (multiplies the negative ones) of every token the sequence
+   * holds, prompt included, as transformers and vLLM do; 0 or 1: none; at most 10.
+   */
+  'repetitionPenalty'?: (number | string);
+  /**
+   * Subtracted from the logit of every token generated so far, once (presence) or per
+   * occurrence (frequency), as OpenAI's API does; in [-2, 2], 0: none.
+   */
+  'presencePenalty'?: (number | string);
+  'frequencyPenalty'?: (number | string);
 }
 
 export interface Sampling__Output {
@@ -31,4 +46,19 @@ export interface Sampling__Output {
    * Seed of the sampler; the same seed and request give the same tokens.
    */
   'seed': (string);
+  /**
+   * Keep only the k most probable tokens before top_p; 0 keeps all.
+   */
+  'topK': (number);
+  /**
+   * Divides the positive logits (multiplies the negative ones) of every token the sequence
+   * holds, prompt included, as transformers and vLLM do; 0 or 1: none; at most 10.
+   */
+  'repetitionPenalty': (number);
+  /**
+   * Subtracted from the logit of every token generated so far, once (presence) or per
+   * occurrence (frequency), as OpenAI's API does; in [-2, 2], 0: none.
+   */
+  'presencePenalty': (number);
+  'frequencyPenalty': (number);
 }

@@ -2,6 +2,7 @@
 // Original file: tandem/v1/inference.proto
 
 import type { TokenSource as _tandem_v1_TokenSource, TokenSource__Output as _tandem_v1_TokenSource__Output } from '../../tandem/v1/TokenSource.js';
+import type { Logprobs as _tandem_v1_Logprobs, Logprobs__Output as _tandem_v1_Logprobs__Output } from '../../tandem/v1/Logprobs.js';
 
 export interface TokenEvent {
   'id'?: (number);
@@ -22,6 +23,10 @@ export interface TokenEvent {
    * Position of the token in the session's sequence.
    */
   'position'?: (number);
+  /**
+   * Set when the request asked for logprobs.
+   */
+  'logprobs'?: (_tandem_v1_Logprobs | null);
 }
 
 export interface TokenEvent__Output {
@@ -43,4 +48,8 @@ export interface TokenEvent__Output {
    * Position of the token in the session's sequence.
    */
   'position': (number);
+  /**
+   * Set when the request asked for logprobs.
+   */
+  'logprobs': (_tandem_v1_Logprobs__Output | null);
 }

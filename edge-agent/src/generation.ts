@@ -1,0 +1,260 @@
+/**
+ * One generation on the edge, whichever API asked for it: admission against the agent's
+ * stream limits, the collaborative loop of one session (SplitGenerator with a cloud
+ * session), text decoding with stop sequences, and the summary. The gRPC service and the
+ * OpenAI-compatible HTTP API both consume these events, so both generate the same tokens
+ * for the same request.
+ *
+ * Each token event is yielded as soon as its token is produced. Text that cannot be
+ * emitted yet (a possible start of a stop sequence, an unfinished character) joins a
+ * later token's text; the last token of a generation — at max_tokens, an end token or a
+ * stop sequence, each known when the token arrives — carries everything still held.
+ */
+import { randomUUID } from "node:crypto";
+import {
+  IncrementalDecoder,
+  type ExitPolicy,
+  type ModelConfig,
+  type SegmentSessions,
+  SplitGenerator,
+  type TokenLogprobs,
+  type TokenSource,
+  type Tokenizer,
+} from "@tandem/runtime";
+import { ResourceExhaustedError } from "@tandem/common";
+import type { CloudLinks, CloudSession } from "./cloud-link.ts";
+import type { RequestLimits, ValidRequest } from "./generation-request.ts";
+import { StopSequenceFilter } from "./stop-sequences.ts";
+import type { EdgeMetrics, GenerationApi, GenerationOutcome } from "./edge-metrics.ts";
+import { EDGE_SPANS, runInRequestSpan } from "./edge-tracing.ts";
+
+export interface GeneratedTokenEvent {
+  kind: "token";
+  id: number;
+  /** Text this token completes, with any text held back before it. */
+  text: string;
+  source: TokenSource;
+  exitLayer: number;
+  confidence: number;
+  position: number;
+  logprobs?: TokenLogprobs;
+  /** The generation's last token. */
+  last: boolean;
+}
+
+export type FinishReason = "length" | "stop" | "eos";
+
+export interface GenerationSummary {
+  kind: "summary";
+  promptTokens: number;
+  completionTokens: number;
+  edgeTokens: number;
+  cloudTokens: number;
+  fallbackTokens: number;
+  escalations: number;
+  bytesSent: number;
+  bytesReceived: number;
+  finishReason: FinishReason;
+  firstTokenMs: number;
+  totalMs: number;
+  edgeComputeMs: number;
+  cloudWaitMs: number;
+}
+
+export type GenerationEvent = GeneratedTokenEvent | GenerationSummary;
+
+/** What running a generation needs of the agent. */
+export interface GenerationContext {
+  config: ModelConfig;
+  lower: SegmentSessions;
+  tokenizer: Tokenizer;
+  /** Undefined: no cloud configured (edge only). */
+  cloud?: CloudLinks;
+  limits: RequestLimits;
+  /** Undefined: metrics off. */
+  metrics?: EdgeMetrics;
+}
+
+/** How one API takes a generation's events. */
+export interface GenerationSink {
+  api: GenerationApi;
+  /**
+   * Delivers one event (waiting on the client's flow control); false when the client has
+   * gone, which ends the generation.
+   */
+  emit(event: GenerationEvent): Promise<boolean>;
+}
+
+/**
+ * Runs one generation in its request span (the root of its trace: escalations are its
+ * children), counting it in the metrics, and delivers each event to `sink` as it comes.
+ * Resolves when the generation is over: finished, ended by the client, or failed (then it
+ * rejects, and the sink reports the error in its API's terms). The device session and
+ * the cloud session are released before it settles.
+ */
+export async function runGeneration(
+  context: GenerationContext,
+  request: ValidRequest,
+  sink: GenerationSink,
+): Promise<void> {
+  const metrics = context.metrics;
+  metrics?.generationStarted(sink.api);
+  let outcome: GenerationOutcome = "error";
+  try {
+    await runInRequestSpan(
+      EDGE_SPANS.request,
+      {
+        "tandem.api": sink.api,
+        "tandem.mode": request.mode,
+        "tandem.prompt_tokens": request.ids.length,
+        "tandem.max_tokens": request.maxTokens,
+      },
+      async (span) => {
+        const events = generationEvents(context, request);
+        try {
+          for await (const event of events) {
+            if (event.kind === "token") metrics?.tokenProduced(event.source, event.exitLayer);
+            else if (span.isRecording())
+              span.setAttributes({
+                "tandem.completion_tokens": event.completionTokens,
+                "tandem.edge_tokens": event.edgeTokens,
+                "tandem.cloud_tokens": event.cloudTokens,
+                "tandem.fallback_tokens": event.fallbackTokens,
+                "tandem.escalations": event.escalations,
+                "tandem.finish_reason": event.finishReason,
+              });
+            if (!(await sink.emit(event))) {
+              outcome = "cancelled";
+              return;
+            }
+          }
+          outcome = "ok";
+        } finally {
+          // Ends the generation if it is still running (a client gone, a write that failed).
+          await events.return(undefined);
+        }
+      },
+    );
+  } finally {
+    metrics?.generationEnded(sink.api, outcome);
+  }
+}
+
+/** Places for generations running at once, overall and per API key. */
+export class GenerationAdmission {
+  private running = 0;
+  private readonly runningByKey = new Map<string, number>();
+
+  constructor(private readonly limits: Pick<RequestLimits, "maxStreams" | "maxStreamsPerKey">) {}
+
+  /** Takes a place for one generation, or throws RESOURCE_EXHAUSTED; returns its release. */
+  admit(key: string | undefined): () => void {
+    const { maxStreams, maxStreamsPerKey } = this.limits;
+    if (this.running >= maxStreams)
+      throw new ResourceExhaustedError(
+        "streams",
+        `${this.running} generations are running, the limit is ${maxStreams}`,
+      );
+    const mine = key === undefined ? 0 : (this.runningByKey.get(key) ?? 0);
+    if (key !== undefined && mine >= maxStreamsPerKey)
+      throw new ResourceExhaustedError(
+        "streams",
+        `${mine} generations of this API key are running, the limit is ${maxStreamsPerKey}`,
+      );
+    this.running++;
+    if (key !== undefined) this.runningByKey.set(key, mine + 1);
+    let released = false;
+    return () => {
+      if (released) return;
+      released = true;
+      this.running--;
+      if (key === undefined) return;
+      const left = (this.runningByKey.get(key) ?? 1) - 1;
+      if (left === 0) this.runningByKey.delete(key);
+      else this.runningByKey.set(key, left);
+    };
+  }
+}
+
+/**
+ * One generation's events: a token event per token, then the summary. A consumer that
+ * stops iterating (a client gone) ends it: the device session and the cloud session are
+ * released in the generator's `finally`.
+ */
+async function* generationEvents(
+  context: GenerationContext,
+  request: ValidRequest,
+): AsyncGenerator<GenerationEvent> {
+  const sessionId = randomUUID();
+  const started = performance.now();
+  let firstTokenMs = 0;
+  let cloudSession: CloudSession | undefined;
+  let finishReason: FinishReason = "length";
+  const eos = new Set(context.config.eosTokenId ?? []);
+  try {
+    if (request.mode !== "MODE_EDGE_ONLY" && context.cloud) cloudSession = context.cloud.session(sessionId);
+    const generator = new SplitGenerator(
+      context.lower,
+      cloudSession,
+      request.policy() satisfies ExitPolicy,
+      sessionId,
+    );
+    const decoder = new IncrementalDecoder(context.tokenizer);
+    const stops = new StopSequenceFilter(request.stops);
+    let produced = 0;
+    let lowerMs = 0;
+    for await (const token of generator.generate(request.ids, {
+      maxTokens: request.maxTokens,
+      stopTokenIds: [...eos],
+      sampling: request.sampling,
+      topLogprobs: request.topLogprobs,
+    })) {
+      produced++;
+      if (firstTokenMs === 0) {
+        firstTokenMs = performance.now() - started;
+        context.metrics?.firstToken(firstTokenMs / 1000);
+      } else {
+        // The device's step for this token (the first one's is the prompt's prefill).
+        context.metrics?.edgeStep((generator.stats.lowerMs - lowerMs) / 1000);
+      }
+      lowerMs = generator.stats.lowerMs;
+      const isEos = eos.has(token.token);
+      let text = isEos ? "" : stops.push(decoder.push(token.token));
+      if (isEos) finishReason = "eos";
+      else if (stops.stopped) finishReason = "stop";
+      const last = isEos || stops.stopped || produced === request.maxTokens;
+      if (last) text += stops.push(decoder.flush()) + stops.flush();
+      yield {
+        kind: "token",
+        id: token.token,
+        text,
+        source: token.source,
+        exitLayer: token.exitLayer,
+        confidence: token.confidence,
+        position: token.position,
+        logprobs: token.logprobs,
+        last,
+      };
+      if (last) break;
+    }
+    const stats = generator.stats;
+    yield {
+      kind: "summary",
+      promptTokens: stats.promptTokens,
+      completionTokens: produced,
+      edgeTokens: stats.edgeTokens,
+      cloudTokens: stats.cloudTokens,
+      fallbackTokens: stats.fallbackTokens,
+      escalations: stats.escalations,
+      bytesSent: cloudSession?.bytesSent ?? 0,
+      bytesReceived: cloudSession?.bytesReceived ?? 0,
+      finishReason,
+      firstTokenMs,
+      totalMs: performance.now() - started,
+      edgeComputeMs: stats.lowerMs,
+      cloudWaitMs: stats.upperMs,
+    };
+  } finally {
+    await cloudSession?.close();
+  }
+}
