@@ -16,6 +16,9 @@ const SERVICE_NAMES = {
   "@tandem/batch-worker": "tandem-batch-worker",
 };
 
+/** What the OpenTelemetry instrumentations of tracing-sdk.ts patch (gRPC, HTTP). */
+const INSTRUMENTED_MODULES = ["@grpc/grpc-js", "http", "https", "node:http", "node:https"];
+
 /**
  * Tracing is off unless TANDEM_TRACING=1: OTEL_TRACES_EXPORTER alone does not turn it on,
  * since its standard default (otlp) would make an unset variable mean "on". Once on, the
@@ -26,7 +29,12 @@ const SERVICE_NAMES = {
 async function startTracingIfAsked(name) {
   const serviceName = SERVICE_NAMES[name];
   if (!serviceName || !["1", "true"].includes(process.env.TANDEM_TRACING ?? "")) return;
-  module.register("@opentelemetry/instrumentation/hook.mjs", import.meta.url);
+  // Only the modules instrumented are wrapped: by default the hook wraps every module a
+  // program loads (zod, protobufjs, Tandem's own), which costs at start and on every call
+  // through a wrapped namespace.
+  module.register("@opentelemetry/instrumentation/hook.mjs", import.meta.url, {
+    data: { include: INSTRUMENTED_MODULES },
+  });
   const { startTracing } = await import("@tandem/common/tracing-sdk");
   startTracing({ serviceName });
 }

@@ -8,13 +8,21 @@ import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import * as grpc from "@grpc/grpc-js";
+import fc from "fast-check";
 import OpenAI from "openai";
 import { createParser, type EventSourceMessage } from "eventsource-parser";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { hashApiKey, newApiKey } from "@tandem/proto";
 import { loadCheckpoint, Tokenizer } from "@tandem/runtime";
 import { ReferenceModel } from "@tandem/runtime/testing";
-import { generate, inferenceClient, type RunningProcess, startProgram } from "@tandem/testkit";
+import {
+  generate,
+  inferenceClient,
+  metricsAddressOf,
+  type RunningProcess,
+  scrapeMetrics,
+  startProgram,
+} from "@tandem/testkit";
 
 const DEMO = join(import.meta.dirname, "..", "models", "tandem-demo");
 const MODEL = "tandem-demo";
@@ -35,6 +43,7 @@ let worker: RunningProcess;
  */
 let edge: RunningProcess;
 let client: OpenAI;
+let edgeMetrics: string;
 const env = () => ({ TANDEM_CACHE_DIR: join(dir, "cache") });
 
 beforeAll(async () => {
@@ -55,11 +64,14 @@ beforeAll(async () => {
       codec: "fp32",
       port: 0,
       maxStreams: 1,
+      metricsAddress: "127.0.0.1:0",
       // A loaded machine must not turn cloud answers into fallbacks: the tests compare them.
       cloudDeadlineMs: 20_000,
     },
-    env(),
+    // Info, for the line that gives the metrics address.
+    { ...env(), TANDEM_LOG_LEVEL: "info" },
   );
+  edgeMetrics = await metricsAddressOf(edge);
   client = new OpenAI({ baseURL: `http://${edge.httpAddress}/v1`, apiKey: "unused", maxRetries: 0 });
 });
 
@@ -280,6 +292,9 @@ describe("the OpenAI API on the edge agent, through the official client", () => 
         { timeout: 5000, interval: 100 },
       )
       .toBe(1);
+    const metrics = await scrapeMetrics(edgeMetrics);
+    expect(metrics.value("tandem_edge_active_generations", { api: "http" })).toBe(0);
+    expect(metrics.value("tandem_edge_generations_total", { api: "http", outcome: "cancelled" })).toBe(1);
   });
 
   it("refuses a second generation while the one place is taken, with 429", async () => {
@@ -378,7 +393,7 @@ describe("the OpenAI API on the edge agent, through the official client", () => 
     },
   );
 
-  it("refuses a body that is no JSON, and an unknown path, in the same shape", async () => {
+  it("refuses a body that is no JSON, too large or of another type, and an unknown path, in the same shape", async () => {
     const bad = await fetch(`http://${edge.httpAddress}/v1/completions`, {
       method: "POST",
       headers: { "content-type": "application/json" },
@@ -388,9 +403,115 @@ describe("the OpenAI API on the edge agent, through the official client", () => 
     expect(await bad.json()).toMatchObject({
       error: { type: "invalid_request_error", message: expect.any(String) },
     });
+    const tooLarge = await fetch(`http://${edge.httpAddress}/v1/completions`, {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify({ model: MODEL, prompt: "x".repeat(1 << 20) }),
+    });
+    expect(tooLarge.status).toBe(413);
+    expect(await tooLarge.json()).toMatchObject({ error: { type: "invalid_request_error" } });
+    const notJson = await fetch(`http://${edge.httpAddress}/v1/completions`, {
+      method: "POST",
+      headers: { "content-type": "text/plain" },
+      body: "The list type",
+    });
+    expect(notJson.status).toBe(415);
     const unknown = await fetch(`http://${edge.httpAddress}/v1/embeddings`, { method: "POST", body: "{}" });
     expect(unknown.status).toBe(404);
     expect(await unknown.json()).toMatchObject({ error: { code: "unknown_url" } });
+  });
+});
+
+describe("hostile bodies", () => {
+  /** Values of every JSON type, and those a request's fields expect, near their limits. */
+  const value = fc.oneof(
+    fc.jsonValue({ maxDepth: 2 }),
+    fc.integer({ min: -3, max: 3000 }),
+    fc.double({ noNaN: false }),
+    fc.string({ maxLength: 8 }),
+    fc.constantFrom(MODEL, "user", "system", "wizard", "auto", "cloud_only", "text", ""),
+  );
+  const FIELDS = [
+    "model",
+    "prompt",
+    "messages",
+    "max_tokens",
+    "max_completion_tokens",
+    "temperature",
+    "top_p",
+    "top_k",
+    "seed",
+    "stop",
+    "n",
+    "stream",
+    "stream_options",
+    "presence_penalty",
+    "frequency_penalty",
+    "repetition_penalty",
+    "logprobs",
+    "top_logprobs",
+    "logit_bias",
+    "echo",
+    "tools",
+    "response_format",
+    "tandem",
+    "user",
+    "__proto__",
+    "constructor",
+  ];
+  const message = fc.record(
+    {
+      role: value,
+      content: fc.oneof(value, fc.array(fc.record({ type: value, text: value }), { maxLength: 2 })),
+    },
+    { requiredKeys: [] },
+  );
+  /** A valid request of each endpoint with up to three fields replaced by anything, or messages by hostile ones. */
+  const body = (path: "completions" | "chat/completions") =>
+    fc
+      .tuple(
+        fc.dictionary(fc.constantFrom(...FIELDS), value, { maxKeys: 3 }),
+        fc.option(fc.array(message, { maxLength: 3 }), { freq: 4 }),
+      )
+      .map(([fields, messages]) => ({
+        model: MODEL,
+        // Short generations: a fuzz case should take milliseconds.
+        max_tokens: 3,
+        ...(path === "completions" ? { prompt: PROMPT } : { messages: messages ?? CONVERSATION }),
+        ...fields,
+      }));
+
+  it("answers every body with a status that says whose fault it is (never 5xx), in OpenAI's shape, and keeps serving", async () => {
+    const statuses = new Map<number, number>();
+    await fc.assert(
+      fc.asyncProperty(
+        fc
+          .constantFrom("completions" as const, "chat/completions" as const)
+          .chain((path) => body(path).map((request) => ({ path, request }))),
+        async ({ path, request }) => {
+          const response = await fetch(`http://${edge.httpAddress}/v1/${path}`, {
+            method: "POST",
+            headers: { "content-type": "application/json" },
+            body: JSON.stringify(request),
+          });
+          const text = await response.text();
+          statuses.set(response.status, (statuses.get(response.status) ?? 0) + 1);
+          expect([200, 400, 404], text).toContain(response.status);
+          if (response.status !== 200) {
+            const error = JSON.parse(text).error;
+            expect(typeof error.message).toBe("string");
+            expect(error.type).toBe("invalid_request_error");
+          }
+        },
+      ),
+      { numRuns: 300, seed: 12 },
+    );
+    // Both kinds happened: requests the fuzzer got right, and refusals.
+    expect(statuses.get(200)).toBeGreaterThan(0);
+    expect(statuses.get(400)).toBeGreaterThan(0);
+    expect(
+      (await client.completions.create({ model: MODEL, prompt: PROMPT, max_tokens: 2 })).choices,
+    ).toHaveLength(1);
   });
 });
 

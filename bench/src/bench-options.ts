@@ -14,6 +14,20 @@ const CASE_OPTION = z
   .meta({ description: "internal: run one case (JSON) in this process" });
 
 export const BENCH_OPTION_SCHEMAS = {
+  api: z
+    .object({
+      epochs: z
+        .int()
+        .min(1)
+        .optional()
+        .meta({ description: "times every deployment is started afresh (default 3; --smoke 1)" }),
+      rounds: z
+        .int()
+        .min(1)
+        .optional()
+        .meta({ description: "measurement rounds per epoch (default 5; --smoke 1)" }),
+    })
+    .strict(),
   codec: z
     .object({
       dims: z

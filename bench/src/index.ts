@@ -46,4 +46,8 @@ export const BENCHMARKS: { [N in BenchName]: { summary: string; load(): Promise<
     summary: "faults injected during generations and batch jobs on a local cluster at the shipped timings",
     load: async () => (await import("./chaos.bench.ts")).default,
   },
+  api: {
+    summary: "OpenAI-compatible HTTP vs gRPC latency, and tokens/s with metrics and tracing on vs off",
+    load: async () => (await import("./api.bench.ts")).default,
+  },
 };

@@ -25,6 +25,7 @@ import { status as GrpcStatus } from "@grpc/grpc-js";
 import { statusOf, whenWritable } from "@tandem/proto";
 import type { ChatMessage, ConfidenceMetric } from "@tandem/runtime";
 import {
+  CancelledError,
   FailedPreconditionError,
   InvalidArgumentError,
   TandemError,
@@ -309,6 +310,8 @@ export async function startHttpApi(
       );
     }, CERTIFICATE_REFRESH_MS).unref();
   }
+  // Bodies are JSON: any other type is 415, not a string for the schema to refuse.
+  app.removeContentTypeParser("text/plain");
   const tokenText = (id: number) => context.tokenizer.decode([id]);
 
   const send = (reply: FastifyReply, error: unknown) => {
@@ -416,8 +419,10 @@ export async function startHttpApi(
           },
         });
       } catch (error) {
+        // A client that read nothing for stallTimeoutMs would read no error either: cut it.
+        if (error instanceof CancelledError) raw.destroy();
         // Mid-stream the status is sent: the error goes as an event, then the stream ends.
-        if (!gone) await write(httpErrorOf(error, log).body).catch(() => {});
+        else if (!gone) await write(httpErrorOf(error, log).body).catch(() => {});
       } finally {
         endStream(raw);
       }

@@ -101,6 +101,8 @@ export class WorkerMetrics {
 
   /** Starts timing a frame's step; call the result when it is done. */
   stepStarted(): () => void {
-    return this.stepSeconds.startTimer();
+    // Not prom-client's startTimer: it merges label objects on every call, once per frame.
+    const started = performance.now();
+    return () => this.stepSeconds.observe((performance.now() - started) / 1000);
   }
 }
