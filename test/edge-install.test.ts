@@ -57,7 +57,7 @@ describe("edge-agent/install/install.sh", () => {
     // Run the installed copy, as the unit would.
     const agent = await startProgram(
       "tandem-edge",
-      { config: join(dir, "etc", "edge.json"), port: 0 },
+      { config: join(dir, "etc", "edge.json"), port: 0, httpAddress: "127.0.0.1:0" },
       { TANDEM_CACHE_DIR: join(dir, "cache") },
       { binDir: join(prefix, "bin") },
     );

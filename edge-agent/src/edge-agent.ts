@@ -36,7 +36,7 @@ import { StaticCloudRoute } from "./cloud-route.ts";
 import type { EdgeConfig } from "./edge-config.ts";
 import { DEFAULT_REQUEST_LIMITS, inferenceHandlers, maxRequestBytes } from "./inference-service.ts";
 import { GenerationAdmission } from "./generation.ts";
-import { startHttpApi, type RunningHttpApi } from "./openai-api.ts";
+import type { RunningHttpApi } from "./openai-api.ts";
 
 export interface EdgeAgent {
   server: RunningServer;
@@ -62,6 +62,11 @@ export async function startEdgeAgent(
     checkPlaintextListen(httpHost, secured, config.insecure, "tlsCert, tlsKey and apiKeys", "httpAddress");
   if (config.insecure && !secured)
     log.warn({ host: config.host }, "public API without TLS and API keys: anyone who reaches it may use it");
+  // The HTTP API's framework loads while the model does (module loading is this thread's
+  // work; the graph's session is built on ONNX Runtime's).
+  const httpApi = httpHost ? import("./openai-api.ts") : undefined;
+  // A failure surfaces where it is awaited; a start that fails before then leaves it unread.
+  httpApi?.catch(() => {});
   const checkpoint = await loadCheckpoint(config.model);
   const modelId = basename(config.model);
   const tokenizer = await Tokenizer.forCheckpoint(checkpoint);
@@ -198,9 +203,11 @@ export async function startEdgeAgent(
     },
   );
   let http: RunningHttpApi | undefined;
-  if (httpHost) {
+  if (httpHost && httpApi) {
     try {
-      http = await startHttpApi(
+      http = await (
+        await httpApi
+      ).startHttpApi(
         context,
         {
           host: httpHost.replace(/^\[(.*)\]$/, "$1"),

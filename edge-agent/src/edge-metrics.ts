@@ -6,8 +6,12 @@
  * The escalation rate is derived, not exported:
  *   sum(rate(tandem_edge_escalations_total[5m])) / sum(rate(tandem_edge_tokens_total[5m]))
  * (escalations count ContextLost replays too, as the generation summary's do).
+ *
+ * What happens per token (tokens, escalations, bytes, exit layers, steps, round trips) is
+ * counted in plain numbers and BucketHistograms and read at scrape time: prom-client's own
+ * inc and observe build and hash a label object per call, a cost paid per token.
  */
-import { Counter, Gauge, Histogram, type Registry } from "@tandem/common/metrics";
+import { BucketHistogram, Counter, Gauge, Histogram, type Registry } from "@tandem/common/metrics";
 import { CODEC_NAMES, type CodecName, type TokenSource } from "@tandem/runtime";
 
 export type GenerationApi = "grpc" | "http";
@@ -38,33 +42,58 @@ export interface EdgeMetricsOptions {
   layers?: number;
 }
 
+/** Counts by label value, read into a prom-client Counter when scraped. */
+type Tally<K extends string> = Record<K, number>;
+
+const tally = <K extends string>(keys: readonly K[]): Tally<K> =>
+  Object.fromEntries(keys.map((k) => [k, 0])) as Tally<K>;
+
 export class EdgeMetrics {
-  private readonly tokens: Counter<"source">;
-  private readonly exitLayer: Histogram;
+  private readonly tokens = tally(TOKEN_SOURCES);
+  private readonly hiddenStateBytesSent = tally(CODEC_NAMES);
+  private readonly escalationBytesSent = tally(CODEC_NAMES);
+  private readonly escalationBytesReceived = tally(CODEC_NAMES);
+  private escalations = 0;
+  private contextReplays = 0;
+  private readonly exitLayer: BucketHistogram;
+  private readonly stepSeconds: BucketHistogram;
+  private readonly roundTripSeconds: BucketHistogram;
   private readonly firstTokenSeconds: Histogram;
-  private readonly stepSeconds: Histogram;
   private readonly activeGenerations: Gauge<"api">;
   private readonly generations: Counter<"api" | "outcome">;
-  private readonly escalations: Counter;
-  private readonly contextReplays: Counter;
-  private readonly roundTripSeconds: Histogram;
-  private readonly hiddenStateBytesSent: Counter<"codec">;
-  private readonly escalationBytesSent: Counter<"codec">;
-  private readonly escalationBytesReceived: Counter<"codec">;
-  private readonly tokensBy: Record<TokenSource, Counter.Internal>;
-  private readonly hiddenStateBytesSentBy: Record<CodecName, Counter.Internal>;
-  private readonly escalationBytesSentBy: Record<CodecName, Counter.Internal>;
-  private readonly escalationBytesReceivedBy: Record<CodecName, Counter.Internal>;
 
   constructor(registry: Registry, options: EdgeMetricsOptions = {}) {
     const registers = [registry];
-    this.tokens = new Counter({
-      name: "tandem_edge_tokens_total",
-      help: "Tokens generated, by who answered: the edge's exits, the cloud, or the edge's deepest exit when the cloud did not answer",
-      labelNames: ["source"],
-      registers,
-    });
-    this.exitLayer = new Histogram({
+    /** A counter whose series are `counts`' entries, one per value of `label`. */
+    const countedBy = <K extends string>(name: string, help: string, label: string, counts: Tally<K>) =>
+      new Counter({
+        name,
+        help,
+        labelNames: [label],
+        registers,
+        collect() {
+          this.reset();
+          for (const [value, count] of Object.entries(counts)) this.inc({ [label]: value }, count as number);
+        },
+      });
+    /** A counter without labels whose value is `read()`. */
+    const counted = (name: string, help: string, read: () => number) =>
+      new Counter({
+        name,
+        help,
+        registers,
+        collect() {
+          this.reset();
+          this.inc(read());
+        },
+      });
+    countedBy(
+      "tandem_edge_tokens_total",
+      "Tokens generated, by who answered: the edge's exits, the cloud, or the edge's deepest exit when the cloud did not answer",
+      "source",
+      this.tokens,
+    );
+    this.exitLayer = new BucketHistogram({
       name: "tandem_edge_exit_layer",
       help: "Layer each token was answered after (the model's layer count for the cloud's)",
       buckets: options.layers
@@ -78,7 +107,7 @@ export class EdgeMetrics {
       buckets: FIRST_TOKEN_SECONDS_BUCKETS,
       registers,
     });
-    this.stepSeconds = new Histogram({
+    this.stepSeconds = new BucketHistogram({
       name: "tandem_edge_step_seconds",
       help: "One decode step of the edge's layers and exits",
       buckets: STEP_SECONDS_BUCKETS,
@@ -96,60 +125,47 @@ export class EdgeMetrics {
       labelNames: ["api", "outcome"],
       registers,
     });
-    this.escalations = new Counter({
-      name: "tandem_edge_escalations_total",
-      help: "Escalations: frames sent to the cloud asking for a token (replays after ContextLost included)",
-      registers,
-    });
-    this.contextReplays = new Counter({
-      name: "tandem_edge_context_replays_total",
-      help: "ContextLost from the cloud: the session resends its context from where the worker's ends",
-      registers,
-    });
-    this.roundTripSeconds = new Histogram({
+    counted(
+      "tandem_edge_escalations_total",
+      "Escalations: frames sent to the cloud asking for a token (replays after ContextLost included)",
+      () => this.escalations,
+    );
+    counted(
+      "tandem_edge_context_replays_total",
+      "ContextLost from the cloud: the session resends its context from where the worker's ends",
+      () => this.contextReplays,
+    );
+    this.roundTripSeconds = new BucketHistogram({
       name: "tandem_edge_cloud_round_trip_seconds",
       help: "From sending an escalation to its token (opening the session's stream included, when it opens it)",
       buckets: ROUND_TRIP_SECONDS_BUCKETS,
       registers,
     });
-    this.hiddenStateBytesSent = new Counter({
-      name: "tandem_edge_hidden_state_bytes_sent_total",
-      help: "Hidden-state payload bytes sent to the cloud, by codec",
-      labelNames: ["codec"],
-      registers,
-    });
-    this.escalationBytesSent = new Counter({
-      name: "tandem_edge_escalation_bytes_sent_total",
-      help: "Escalate messages' bytes sent (frames with their fields, closes), by codec",
-      labelNames: ["codec"],
-      registers,
-    });
-    this.escalationBytesReceived = new Counter({
-      name: "tandem_edge_escalation_bytes_received_total",
-      help: "Escalate replies' bytes received, by the session's codec",
-      labelNames: ["codec"],
-      registers,
-    });
-    // Every label value at zero from the start, so rates and dashboards see the series at
-    // once; and each series bound once, so a token's reports hash no labels.
-    this.tokensBy = Object.fromEntries(
-      TOKEN_SOURCES.map((source) => [source, this.tokens.labels({ source })]),
-    ) as Record<TokenSource, Counter.Internal>;
-    for (const series of Object.values(this.tokensBy)) series.inc(0);
+    countedBy(
+      "tandem_edge_hidden_state_bytes_sent_total",
+      "Hidden-state payload bytes sent to the cloud, by codec",
+      "codec",
+      this.hiddenStateBytesSent,
+    );
+    countedBy(
+      "tandem_edge_escalation_bytes_sent_total",
+      "Escalate messages' bytes sent (frames with their fields, closes), by codec",
+      "codec",
+      this.escalationBytesSent,
+    );
+    countedBy(
+      "tandem_edge_escalation_bytes_received_total",
+      "Escalate replies' bytes received, by the session's codec",
+      "codec",
+      this.escalationBytesReceived,
+    );
+    // Every label value at zero from the start, so rates and dashboards see the series at once.
     for (const api of GENERATION_APIS) this.activeGenerations.set({ api }, 0);
-    const byCodec = (counter: Counter<"codec">) => {
-      const bound = Object.fromEntries(CODEC_NAMES.map((codec) => [codec, counter.labels({ codec })]));
-      for (const series of Object.values(bound)) series.inc(0);
-      return bound as Record<CodecName, Counter.Internal>;
-    };
-    this.hiddenStateBytesSentBy = byCodec(this.hiddenStateBytesSent);
-    this.escalationBytesSentBy = byCodec(this.escalationBytesSent);
-    this.escalationBytesReceivedBy = byCodec(this.escalationBytesReceived);
   }
 
   /** A token answered (`exitLayer`: the layer it was answered after). */
   tokenProduced(source: TokenSource, exitLayer: number): void {
-    this.tokensBy[source].inc();
+    this.tokens[source]++;
     this.exitLayer.observe(exitLayer);
   }
 
@@ -172,11 +188,11 @@ export class EdgeMetrics {
 
   /** The cloud link's side. */
   escalated(): void {
-    this.escalations.inc();
+    this.escalations++;
   }
 
   contextReplayed(): void {
-    this.contextReplays.inc();
+    this.contextReplays++;
   }
 
   cloudRoundTrip(seconds: number): void {
@@ -184,14 +200,14 @@ export class EdgeMetrics {
   }
 
   hiddenStateSent(codec: CodecName, bytes: number): void {
-    this.hiddenStateBytesSentBy[codec].inc(bytes);
+    this.hiddenStateBytesSent[codec] += bytes;
   }
 
   messageSent(codec: CodecName, bytes: number): void {
-    this.escalationBytesSentBy[codec].inc(bytes);
+    this.escalationBytesSent[codec] += bytes;
   }
 
   replyReceived(codec: CodecName, bytes: number): void {
-    this.escalationBytesReceivedBy[codec].inc(bytes);
+    this.escalationBytesReceived[codec] += bytes;
   }
 }

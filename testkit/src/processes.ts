@@ -51,8 +51,11 @@ export async function startProgram(
   env: NodeJS.ProcessEnv = {},
   options: StartOptions = {},
 ): Promise<RunningProcess> {
+  // Only this checkout's bins know httpAddress (another checkout's, an older commit's, may not).
   const withHttp =
-    program === "tandem-edge" && !("httpAddress" in flags) ? { ...flags, httpAddress: "127.0.0.1:0" } : flags;
+    program === "tandem-edge" && !("httpAddress" in flags) && options.binDir === undefined
+      ? { ...flags, httpAddress: "127.0.0.1:0" }
+      : flags;
   const args = [
     ...(options.nodeArgs ?? []),
     join(options.binDir ?? BIN, `${program}.mjs`),

@@ -6,3 +6,4 @@
 export { Counter, Gauge, Histogram, Registry } from "prom-client";
 export { createProgramRegistry } from "./program-registry.ts";
 export { startMetricsServer, type MetricsServer, type MetricsServerOptions } from "./metrics-server.ts";
+export { BucketHistogram, type BucketHistogramOptions } from "./bucket-histogram.ts";

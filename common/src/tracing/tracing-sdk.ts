@@ -13,7 +13,8 @@ import { GrpcInstrumentation } from "@opentelemetry/instrumentation-grpc";
 import { HttpInstrumentation } from "@opentelemetry/instrumentation-http";
 import { NodeSDK, type NodeSDKConfiguration } from "@opentelemetry/sdk-node";
 import type { SpanProcessor } from "@opentelemetry/sdk-trace";
-import { setTracingShutdown } from "./tracing.ts";
+import * as OpenTelemetry from "@opentelemetry/api";
+import { setTracingShutdown, useTracingApi } from "./tracing.ts";
 
 export interface TracingOptions {
   /** The resource's service.name, e.g. `tandem-edge`, unless OTEL_SERVICE_NAME names another. */
@@ -37,5 +38,7 @@ export function startTracing(options: TracingOptions): void {
   if (options.spanProcessors) configuration.spanProcessors = options.spanProcessors;
   const sdk = new NodeSDK(configuration);
   sdk.start();
+  // Tandem's own spans go through the API only from here on (tracing.ts).
+  useTracingApi(OpenTelemetry);
   setTracingShutdown(() => sdk.shutdown());
 }

@@ -1,26 +1,49 @@
 /**
- * Spans in Tandem's code, written against @opentelemetry/api alone. Until a program
- * starts the SDK (tracing-sdk.ts, which bin/load-program.mjs runs when TANDEM_TRACING=1)
- * the api's tracer is its no-op one: spans do not record, nothing is made active, and
- * callers skip building attributes and trace context by asking `span.isRecording()`.
+ * Spans in Tandem's code, written against @opentelemetry/api. The API itself is handed
+ * over by the SDK's start (tracing-sdk.ts, which bin/load-program.mjs runs when
+ * TANDEM_TRACING=1): until then no module of OpenTelemetry is loaded — every program
+ * starts without them — and each helper is a plain call: spans do not record, nothing is
+ * made active, and callers skip building attributes and trace context by asking
+ * `span.isRecording()`.
  */
-import {
-  ROOT_CONTEXT,
-  SpanStatusCode,
-  context,
-  propagation,
-  trace,
-  type Context,
-  type Span,
-  type SpanContext,
-  type SpanOptions,
-} from "@opentelemetry/api";
+import type * as OpenTelemetry from "@opentelemetry/api";
+import type { Context, Span, SpanContext, SpanOptions, SpanKind as SpanKindEnum } from "@opentelemetry/api";
 
-export type { Attributes, Link, Span, SpanContext, SpanOptions } from "@opentelemetry/api";
-export { SpanKind } from "@opentelemetry/api";
+export type { Attributes, Context, Link, Span, SpanContext, SpanOptions } from "@opentelemetry/api";
 
-/** The tracer of Tandem's own spans; resolves to the SDK's once one is registered. */
-export const tandemTracer = trace.getTracer("tandem");
+/** @opentelemetry/api's SpanKind, by value, without loading the API. */
+export const SpanKind = {
+  INTERNAL: 0,
+  SERVER: 1,
+  CLIENT: 2,
+  PRODUCER: 3,
+  CONSUMER: 4,
+} as const satisfies Record<string, number> as unknown as typeof SpanKindEnum;
+
+/** The API, once the SDK has started; undefined while tracing is off. */
+let api: typeof OpenTelemetry | undefined;
+let tracer: OpenTelemetry.Tracer | undefined;
+
+/** Called by the SDK's start: from now on the helpers make spans through `otel`. */
+export function useTracingApi(otel: typeof OpenTelemetry): void {
+  api = otel;
+  tracer = otel.trace.getTracer("tandem");
+}
+
+/** A span that records nothing: what every helper hands out while tracing is off. */
+const NOT_RECORDING: Span = {
+  spanContext: () => ({ traceId: "0".repeat(32), spanId: "0".repeat(16), traceFlags: 0 }),
+  setAttribute: () => NOT_RECORDING,
+  setAttributes: () => NOT_RECORDING,
+  addEvent: () => NOT_RECORDING,
+  addLink: () => NOT_RECORDING,
+  addLinks: () => NOT_RECORDING,
+  setStatus: () => NOT_RECORDING,
+  updateName: () => NOT_RECORDING,
+  end: () => {},
+  isRecording: () => false,
+  recordException: () => {},
+};
 
 /**
  * Runs `fn` in a new span, a child of `parent` (the active context by default) that is
@@ -32,12 +55,15 @@ export async function inSpan<T>(
   name: string,
   options: SpanOptions,
   fn: (span: Span) => Promise<T>,
-  parent: Context = context.active(),
+  parent?: Context,
 ): Promise<T> {
-  const span = tandemTracer.startSpan(name, options, parent);
+  if (!api || !tracer) return fn(NOT_RECORDING);
+  const { context, trace, SpanStatusCode } = api;
+  const base = parent ?? context.active();
+  const span = tracer.startSpan(name, options, base);
   if (!span.isRecording()) return fn(span);
   try {
-    const result = await context.with(trace.setSpan(parent, span), fn, undefined, span);
+    const result = await context.with(trace.setSpan(base, span), fn, undefined, span);
     span.setStatus({ code: SpanStatusCode.OK });
     return result;
   } catch (error) {
@@ -63,25 +89,27 @@ export interface TraceCarrier {
  * Call it only when that span records: the carrier is built for every call.
  */
 export function injectTraceContext(): TraceCarrier {
+  if (!api) return { traceparent: "", tracestate: "" };
   const carrier: Record<string, string> = {};
-  propagation.inject(context.active(), carrier);
+  api.propagation.inject(api.context.active(), carrier);
   return { traceparent: carrier.traceparent ?? "", tracestate: carrier.tracestate ?? "" };
 }
 
 /**
  * The context a message's trace context names, as the parent of the span that serves it;
- * the empty context when the message carries none (the sender does not trace). Built on
- * the root context, not the active one: a message's parent is its sender's span, whatever
- * span the receiving stream runs in.
+ * the empty context when the message carries none (the sender does not trace), and
+ * undefined while tracing is off. Built on the root context, not the active one: a
+ * message's parent is its sender's span, whatever span the receiving stream runs in.
  */
-export function extractTraceContext(carrier: TraceCarrier): Context {
-  if (!carrier.traceparent) return ROOT_CONTEXT;
-  return propagation.extract(ROOT_CONTEXT, carrier);
+export function extractTraceContext(carrier: TraceCarrier): Context | undefined {
+  if (!api) return undefined;
+  if (!carrier.traceparent) return api.ROOT_CONTEXT;
+  return api.propagation.extract(api.ROOT_CONTEXT, carrier);
 }
 
 /** The active span when it records; undefined with tracing off. */
 export function recordingSpan(): Span | undefined {
-  const span = trace.getActiveSpan();
+  const span = api?.trace.getActiveSpan();
   return span?.isRecording() ? span : undefined;
 }
 

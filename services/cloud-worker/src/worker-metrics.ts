@@ -3,7 +3,7 @@
  * counters, the context manager's sessions, KV bytes and evictions) is read at scrape
  * time; the decode batcher and the context manager report batches and steps as they run.
  */
-import { Counter, Gauge, Histogram, type Registry } from "@tandem/common/metrics";
+import { BucketHistogram, Counter, Gauge, type Registry } from "@tandem/common/metrics";
 import { CODEC_NAMES, type CodecName } from "@tandem/runtime";
 
 /** What the scrape-time series read: the context manager's stats and the streams' counters. */
@@ -22,8 +22,9 @@ const BATCH_SIZE_BUCKETS = [1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64];
 const STEP_SECONDS_BUCKETS = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5];
 
 export class WorkerMetrics {
-  private readonly batchSize: Histogram;
-  private readonly stepSeconds: Histogram;
+  // Observed per frame: BucketHistograms, which hash no labels.
+  private readonly batchSize: BucketHistogram;
+  private readonly stepSeconds: BucketHistogram;
 
   constructor(registry: Registry, sources: WorkerMetricSources) {
     new Gauge({
@@ -81,13 +82,13 @@ export class WorkerMetrics {
           this.inc({ codec }, sources.counters.bytesReceivedByCodec[codec] ?? 0);
       },
     });
-    this.batchSize = new Histogram({
+    this.batchSize = new BucketHistogram({
       name: "tandem_worker_decode_batch_size",
       help: "Sessions in each step the decode batcher ran",
       buckets: BATCH_SIZE_BUCKETS,
       registers: [registry],
     });
-    this.stepSeconds = new Histogram({
+    this.stepSeconds = new BucketHistogram({
       name: "tandem_worker_step_seconds",
       help: "Time to apply one frame to a session's context, waiting for its decode batch included",
       buckets: STEP_SECONDS_BUCKETS,
