@@ -11,6 +11,7 @@ import type { SegmentSessions } from "../engine/segment-sessions.ts";
 import { UnavailableError } from "@tandem/common";
 import { LocalUpperSegment } from "../protocol/local-upper-segment.ts";
 import { SplitGenerator, type UpperAnswer, type UpperFrame, type UpperSegment } from "./split-generator.ts";
+import { GREEDY, type SamplingOptions } from "./sampler.ts";
 
 let dir: string;
 let checkpoint: Checkpoint;
@@ -50,11 +51,12 @@ class RecordingUpper implements UpperSegment {
 
 const PROMPT = [10, 20, 30, 40, 50, 60];
 
-async function wholeModelTokens(maxTokens: number): Promise<number[]> {
+async function wholeModelTokens(maxTokens: number, sampling?: SamplingOptions): Promise<number[]> {
   const whole = await loadLocalSplit(checkpoint, options());
   const tokens = [];
   for await (const t of new SplitGenerator(whole.lower, undefined, new AlwaysExitPolicy()).generate(PROMPT, {
     maxTokens,
+    sampling,
   }))
     tokens.push(t.token);
   await whole.release();
@@ -62,6 +64,24 @@ async function wholeModelTokens(maxTokens: number): Promise<number[]> {
 }
 
 describe("SplitGenerator", () => {
+  it("penalizes alike when the upper segment answers: the frames' token ids reach it", async () => {
+    const penalized: SamplingOptions = { ...GREEDY, repetitionPenalty: 3, frequencyPenalty: 2 };
+    const expected = await wholeModelTokens(16, penalized);
+    // The penalties matter here: without them the whole model says something else.
+    expect(expected).not.toEqual(await wholeModelTokens(16));
+    const split = await loadLocalSplit(checkpoint, { ...options(), split: 2, exits: [{ afterLayer: 2 }] });
+    const generator = new SplitGenerator(
+      split.lower,
+      new LocalUpperSegment(split.upper!, "p"),
+      new AlwaysDeferPolicy(),
+    );
+    const tokens = [];
+    for await (const t of generator.generate(PROMPT, { maxTokens: 16, sampling: penalized }))
+      tokens.push(t.token);
+    expect(tokens).toEqual(expected);
+    await split.release();
+  });
+
   it("with every token escalated, generates exactly the whole model's greedy tokens", async () => {
     const expected = await wholeModelTokens(16);
     const split = await loadLocalSplit(checkpoint, { ...options(), split: 2, exits: [{ afterLayer: 2 }] });

@@ -34,7 +34,7 @@ describe("batch job data", () => {
       prompts: ["a"],
       maxTokens: 64,
       target: 0.99,
-      sampling: { temperature: 0.5, topP: 1, seed: 0 },
+      sampling: { temperature: 0.5, topP: 1, seed: 0, topK: 0 },
       weights: "fp32",
     });
   });
@@ -63,6 +63,16 @@ describe("batch job data", () => {
         "generate",
         { model: "m", prompts: ["a"], sampling: { temperature: 101 } },
         /^sampling.temperature: must be ≤ 100/,
+      ],
+      [
+        "generate",
+        { model: "m", prompts: ["a"], sampling: { temperature: 1, presencePenalty: 2.5 } },
+        /^sampling.presencePenalty: must be ≤ 2/,
+      ],
+      [
+        "generate",
+        { model: "m", prompts: ["a"], sampling: { temperature: 1, topK: -1 } },
+        /^sampling.topK: must be ≥ 0/,
       ],
       // A typo is refused by name, not silently ignored.
       ["generate", { model: "m", prompts: ["a"], max_token: 5 }, /^max_token: is not a known key/],

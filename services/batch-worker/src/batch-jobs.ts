@@ -24,6 +24,28 @@ const SAMPLING_SCHEMA = z
       .meta({ description: "0 is greedy" }),
     topP: z.number().min(SAMPLING_LIMITS.topP.min).max(SAMPLING_LIMITS.topP.max).default(1),
     seed: z.int().min(0).default(0),
+    topK: z
+      .int()
+      .min(SAMPLING_LIMITS.topK.min)
+      .max(SAMPLING_LIMITS.topK.max)
+      .default(0)
+      .meta({ description: "0 keeps every token" }),
+    repetitionPenalty: z
+      .number()
+      .min(SAMPLING_LIMITS.repetitionPenalty.min)
+      .max(SAMPLING_LIMITS.repetitionPenalty.max)
+      .optional()
+      .meta({ description: "1 or absent: none" }),
+    presencePenalty: z
+      .number()
+      .min(SAMPLING_LIMITS.presencePenalty.min)
+      .max(SAMPLING_LIMITS.presencePenalty.max)
+      .optional(),
+    frequencyPenalty: z
+      .number()
+      .min(SAMPLING_LIMITS.frequencyPenalty.min)
+      .max(SAMPLING_LIMITS.frequencyPenalty.max)
+      .optional(),
   })
   .strict();
 
@@ -38,7 +60,10 @@ const GENERATE_JOB_SCHEMA = z
         "split as an edge and a cloud would: the calibration's split, exits and thresholds (else the whole model)",
     }),
     target: RUNTIME_SETTINGS.target,
-    sampling: SAMPLING_SCHEMA.optional().meta({ description: "{temperature, topP, seed}; absent: greedy" }),
+    sampling: SAMPLING_SCHEMA.optional().meta({
+      description:
+        "{temperature, topP, seed, topK, repetitionPenalty, presencePenalty, frequencyPenalty}; absent: greedy",
+    }),
     weights: RUNTIME_SETTINGS.weights,
   })
   .strict();

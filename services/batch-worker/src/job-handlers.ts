@@ -64,6 +64,10 @@ export async function runGenerateJob(data: GenerateJobData, context: JobContext)
         temperature: data.sampling.temperature,
         topP: data.sampling.topP,
         seed: BigInt(data.sampling.seed),
+        topK: data.sampling.topK,
+        repetitionPenalty: data.sampling.repetitionPenalty,
+        presencePenalty: data.sampling.presencePenalty,
+        frequencyPenalty: data.sampling.frequencyPenalty,
       }
     : GREEDY;
   try {
