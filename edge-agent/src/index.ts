@@ -11,10 +11,6 @@ export {
   type EdgeIdentity,
 } from "./cloud-link.ts";
 export { StaticCloudRoute, type CloudRoute } from "./cloud-route.ts";
-export {
-  EdgeMetrics,
-  type EdgeMetricsOptions,
-  type GenerationApi,
-  type GenerationOutcome,
-} from "./edge-metrics.ts";
+// Types only: a value export would load prom-client into every edge, metrics on or off.
+export type { EdgeMetrics, EdgeMetricsOptions, GenerationApi, GenerationOutcome } from "./edge-metrics.ts";
 export { EDGE_SPANS, runInRequestSpan } from "./edge-tracing.ts";

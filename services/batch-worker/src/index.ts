@@ -33,4 +33,5 @@ export {
 } from "./job-queue-client.ts";
 export { BATCH_CONFIG_SCHEMA, BATCH_ENV_PREFIX } from "./batch-config.ts";
 export { BATCH_PROGRAM, main } from "./main.ts";
-export { BatchMetrics } from "./batch-metrics.ts";
+// A type only: a value export would load prom-client into every batch worker.
+export type { BatchMetrics } from "./batch-metrics.ts";

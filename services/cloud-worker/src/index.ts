@@ -12,7 +12,8 @@ export {
   type DecodeBatcherOptions,
 } from "./decode-batcher.ts";
 export { DEFAULT_SESSION_LIMITS, type SessionLimits, type WorkerCounters } from "./escalation-service.ts";
-export { WorkerMetrics, type WorkerMetricSources } from "./worker-metrics.ts";
+// Types only: a value export would load prom-client into every worker, metrics on or off.
+export type { WorkerMetrics, WorkerMetricSources } from "./worker-metrics.ts";
 export { WORKER_CONFIG_SCHEMA, WORKER_ENV_PREFIX, type WorkerConfig } from "./worker-config.ts";
 export { WORKER_PROGRAM, main } from "./main.ts";
 export { WORKER_SPANS } from "./worker-tracing.ts";

@@ -8,7 +8,8 @@ export { ShardPlanner, type ShardPlannerOptions } from "./shard-planner.ts";
 export { DEFAULT_LEASE_TIMING, LeaderLease } from "./leader-lease.ts";
 export { CONTROL_CONFIG_SCHEMA, CONTROL_ENV_PREFIX } from "./control-config.ts";
 export { CONTROL_PROGRAM, main } from "./main.ts";
-export { ControlPlaneMetrics } from "./control-plane-metrics.ts";
+// A type only: a value export would load prom-client into every control plane.
+export type { ControlPlaneMetrics } from "./control-plane-metrics.ts";
 export { placeShards, shardMoves, type ShardNode } from "./placement/shard-placement.ts";
 export {
   greedyBaseline,
