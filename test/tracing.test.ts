@@ -184,18 +184,21 @@ describe("tracing on", () => {
     }
   });
 
-  it("links each decode batch's span to the frame spans it served", () => {
-    const batches = named(WORKER_SPANS.decodeBatch);
-    const linked = batches.flatMap((b) => b.links.map((l) => l.context.spanId));
+  it("links each decode batch of several frames to their spans; a frame that ran alone carries its batch size", () => {
     const decodeFrames = named(WORKER_SPANS.frame).filter(
       (w) => w.attributes["tandem.escalation.count"] === 1,
     );
     // Single positions go through the batcher; a prompt's several positions do not.
     expect(decodeFrames).toHaveLength(8);
-    expect(linked.sort()).toEqual(decodeFrames.map((w) => w.spanContext().spanId).sort());
+    for (const frame of decodeFrames) expect(frame.attributes["tandem.batch.size"]).toBeGreaterThanOrEqual(1);
+    const batched = decodeFrames.filter((w) => (w.attributes["tandem.batch.size"] as number) > 1);
+    const batches = named(WORKER_SPANS.decodeBatch);
+    const linked = batches.flatMap((b) => b.links.map((l) => l.context.spanId));
+    expect(linked.sort()).toEqual(batched.map((w) => w.spanContext().spanId).sort());
     for (const batch of batches) {
       // A batch belongs to no one request's trace: it starts its own.
       expect(batch.parentSpanContext).toBeUndefined();
+      expect(batch.links.length).toBeGreaterThan(1);
       expect(batch.attributes["tandem.batch.size"]).toBe(batch.links.length);
     }
   });

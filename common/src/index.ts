@@ -70,7 +70,6 @@ export {
   inSpan,
   injectTraceContext,
   recordingSpan,
-  recordingSpanContext,
   shutdownTracing,
   SpanKind,
   useTracingApi,

@@ -7,7 +7,7 @@
  * `span.isRecording()`.
  */
 import type * as OpenTelemetry from "@opentelemetry/api";
-import type { Context, Span, SpanContext, SpanOptions, SpanKind as SpanKindEnum } from "@opentelemetry/api";
+import type { Context, Span, SpanOptions, SpanKind as SpanKindEnum } from "@opentelemetry/api";
 
 export type { Attributes, Context, Link, Span, SpanContext, SpanOptions } from "@opentelemetry/api";
 
@@ -24,10 +24,10 @@ export const SpanKind = {
 let api: typeof OpenTelemetry | undefined;
 let tracer: OpenTelemetry.Tracer | undefined;
 
-/** Called by the SDK's start: from now on the helpers make spans through `otel`. */
-export function useTracingApi(otel: typeof OpenTelemetry): void {
+/** Called by the SDK's start: from now on the helpers make spans through `otel` (undefined: none again). */
+export function useTracingApi(otel: typeof OpenTelemetry | undefined): void {
   api = otel;
-  tracer = otel.trace.getTracer("tandem");
+  tracer = otel?.trace.getTracer("tandem");
 }
 
 /** A span that records nothing: what every helper hands out while tracing is off. */
@@ -111,11 +111,6 @@ export function extractTraceContext(carrier: TraceCarrier): Context | undefined 
 export function recordingSpan(): Span | undefined {
   const span = api?.trace.getActiveSpan();
   return span?.isRecording() ? span : undefined;
-}
-
-/** The active span's context when it records: what a span serving several requests links to. */
-export function recordingSpanContext(): SpanContext | undefined {
-  return recordingSpan()?.spanContext();
 }
 
 let shutdown: (() => Promise<void>) | undefined;

@@ -6,8 +6,8 @@
  */
 import type { SegmentSessions, SegmentStep } from "@tandem/runtime";
 import type { WorkerMetrics } from "./worker-metrics.ts";
-import { frameLink, inBatchSpan } from "./worker-tracing.ts";
-import type { SpanContext } from "@tandem/common";
+import { frameSpan, inBatchSpan } from "./worker-tracing.ts";
+import type { Span } from "@tandem/common";
 
 interface Pending {
   id: string;
@@ -15,7 +15,7 @@ interface Pending {
   resolve: (step: SegmentStep) => void;
   reject: (error: unknown) => void;
   /** The span of the frame this step serves, when it records: its batch's span links to it. */
-  link?: SpanContext;
+  span?: Span;
 }
 
 export interface DecodeBatcherOptions {
@@ -50,7 +50,7 @@ export class DecodeBatcher {
   step(id: string, hidden: Float32Array): Promise<SegmentStep> {
     if (!this.enabled) return this.sessions.forward(id, { hidden, count: 1 });
     return new Promise((resolve, reject) => {
-      this.queue.push({ id, hidden, resolve, reject, link: frameLink() });
+      this.queue.push({ id, hidden, resolve, reject, span: frameSpan() });
       // Continuous batching: the first request runs at once (after this microtask, so
       // requests that arrived in the same turn join it); later ones gather while it runs.
       if (!this.running) queueMicrotask(() => void this.drain());
@@ -78,7 +78,7 @@ export class DecodeBatcher {
         this.batchSizes.set(batch.length, (this.batchSizes.get(batch.length) ?? 0) + 1);
         this.metrics?.decodeBatchRan(batch.length);
         await inBatchSpan(
-          batch.map((b) => b.link),
+          batch.map((b) => b.span),
           () => this.run(batch),
         );
       }

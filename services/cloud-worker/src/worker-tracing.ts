@@ -2,17 +2,10 @@
  * The worker's spans. Each frame it serves continues the edge's trace: its span is a child
  * of the edge's escalation span, whose context the frame carries (one stream carries a
  * session's frames of many requests, so the stream's own context would not do). A decode
- * batch serves frames of several sessions, hence of several traces: its span starts a
- * trace of its own and links to the frame spans it served.
+ * batch of several frames serves several sessions, hence several traces: its span starts
+ * a trace of its own and links to the frame spans it served.
  */
-import {
-  SpanKind,
-  extractTraceContext,
-  inSpan,
-  recordingSpanContext,
-  type Link,
-  type SpanContext,
-} from "@tandem/common";
+import { SpanKind, extractTraceContext, inSpan, recordingSpan, type Link, type Span } from "@tandem/common";
 import type { CloudMessage__Output, EdgeMessage__Output } from "@tandem/proto";
 
 /** Span names, as a trace backend shows them. */
@@ -53,19 +46,22 @@ export function inFrameSpan(
   );
 }
 
-/** What a queued decode step links its batch to: the frame span it serves, if that records. */
-export function frameLink(): SpanContext | undefined {
-  return recordingSpanContext();
+/** What a queued decode step reports its batch to: the span of the frame it serves, if that records. */
+export function frameSpan(): Span | undefined {
+  return recordingSpan();
 }
 
 /**
- * Runs one batched step in its span, linked to the frame spans it serves. No span at all
- * when none of them records (tracing off, or none sampled).
+ * Runs one batched step. Several frames (of several sessions, hence traces): a span of its
+ * own, linked to their frame spans. One frame: no span of its own — the step is its frame
+ * span's work, and a span per token more would cost more than it tells. Either way each
+ * frame span records the size of the batch it ran in. No span at all when none records.
  */
-export function inBatchSpan<T>(served: (SpanContext | undefined)[], run: () => Promise<T>): Promise<T> {
-  const links: Link[] = [];
-  for (const context of served) if (context) links.push({ context });
-  if (links.length === 0) return run();
+export function inBatchSpan<T>(served: (Span | undefined)[], run: () => Promise<T>): Promise<T> {
+  const recording = served.filter((span): span is Span => span !== undefined);
+  for (const span of recording) span.setAttribute("tandem.batch.size", served.length);
+  if (recording.length === 0 || served.length === 1) return run();
+  const links: Link[] = recording.map((span) => ({ context: span.spanContext() }));
   return inSpan(
     WORKER_SPANS.decodeBatch,
     { root: true, links, attributes: { "tandem.batch.size": served.length } },
