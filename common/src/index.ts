@@ -64,7 +64,7 @@ export { readSecretFile } from "./secret-file.ts";
 export { redactedUrl } from "./redacted-url.ts";
 export { healthSettings } from "./health-settings.ts";
 export { HOST_PORT_PATTERN, hostPort } from "./host-port.ts";
-export { METRICS_ADDRESS_SETTING, listenAddressParts } from "./metrics-settings.ts";
+export { METRICS_ADDRESS_SETTING, listenAddressParts, listenAddressSetting } from "./metrics-settings.ts";
 export {
   extractTraceContext,
   inSpan,

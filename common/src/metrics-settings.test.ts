@@ -1,6 +1,6 @@
 /** The metricsAddress setting: off by default, host:port or empty, nothing else. */
 import { describe, expect, it } from "vitest";
-import { listenAddressParts, METRICS_ADDRESS_SETTING } from "./metrics-settings.ts";
+import { listenAddressParts, listenAddressSetting, METRICS_ADDRESS_SETTING } from "./metrics-settings.ts";
 
 describe("metricsAddress", () => {
   it("is empty (no metrics) unless set", () => {
@@ -21,5 +21,23 @@ describe("metricsAddress", () => {
   it("splits host and port as node's listen takes them, an IPv6 host without brackets", () => {
     expect(listenAddressParts("0.0.0.0:9464")).toEqual({ host: "0.0.0.0", port: 9464 });
     expect(listenAddressParts("[::1]:0")).toEqual({ host: "::1", port: 0 });
+  });
+});
+
+describe("a listen-address setting (the edge's httpAddress is one)", () => {
+  const setting = listenAddressSetting({
+    default: "127.0.0.1:8080",
+    example: "127.0.0.1:8080",
+    description: "",
+  });
+
+  it("has its default, and refuses a port out of range naming its example", () => {
+    expect(setting.parse(undefined)).toBe("127.0.0.1:8080");
+    expect(setting.parse("")).toBe("");
+    const refused = setting.safeParse("127.0.0.1:70000");
+    expect(refused.success).toBe(false);
+    expect(refused.error?.issues[0].message).toBe(
+      "must be host:port (e.g. 127.0.0.1:8080; port 0 picks a free one), or empty for none",
+    );
   });
 });

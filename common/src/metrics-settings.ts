@@ -1,5 +1,6 @@
 /**
- * The `metricsAddress` setting every program takes (runProgram adds it to each program's
+ * Settings of a server's listening address (`host:port`, or empty for none), and the
+ * `metricsAddress` setting every program takes (runProgram adds it to each program's
  * schema): where Prometheus scrapes GET /metrics. Off unless set: tests run many programs
  * on one machine, and a device must not open a port it was not asked to.
  */
@@ -12,15 +13,25 @@ function isListenAddress(value: string): boolean {
   return Number(value.slice(value.lastIndexOf(":") + 1)) <= 65535;
 }
 
-export const METRICS_ADDRESS_SETTING = z
-  .string()
-  .default("")
-  .refine((value) => value === "" || isListenAddress(value), {
-    message: "must be host:port (e.g. 0.0.0.0:9464; port 0 picks a free one), or empty for none",
-  })
-  .meta({
-    description: "host:port of a Prometheus endpoint, GET /metrics (port 0 picks a free one; empty: none)",
-  });
+/**
+ * A setting naming where a server listens: `host:port` (port 0 picks a free one), or empty
+ * for no server. `example` is shown in the refusal of a bad value.
+ */
+export function listenAddressSetting(options: { default: string; example: string; description: string }) {
+  return z
+    .string()
+    .default(options.default)
+    .refine((value) => value === "" || isListenAddress(value), {
+      message: `must be host:port (e.g. ${options.example}; port 0 picks a free one), or empty for none`,
+    })
+    .meta({ description: options.description });
+}
+
+export const METRICS_ADDRESS_SETTING = listenAddressSetting({
+  default: "",
+  example: "0.0.0.0:9464",
+  description: "host:port of a Prometheus endpoint, GET /metrics (port 0 picks a free one; empty: none)",
+});
 
 /** `host:port` → its parts, an IPv6 host without brackets (as node's listen takes it). */
 export function listenAddressParts(address: string): { host: string; port: number } {

@@ -28,7 +28,7 @@ import {
   ThresholdExitPolicy,
   Tokenizer,
 } from "@tandem/runtime";
-import { InvalidArgumentError, natsCredentialsOf, type Logger } from "@tandem/common";
+import { InvalidArgumentError, listenAddressParts, natsCredentialsOf, type Logger } from "@tandem/common";
 import type { Registry } from "@tandem/common/metrics";
 import { ApiKeys } from "@tandem/proto";
 import { CloudLinks, DEFAULT_CLOUD_LINK_OPTIONS, loadCircuitBreakers } from "./cloud-link.ts";
@@ -57,14 +57,20 @@ export async function startEdgeAgent(
   // Beyond loopback the public API takes TLS and API keys, unless the operator opts out.
   const secured = Boolean(config.tlsCert && config.apiKeys?.length);
   checkPlaintextListen(config.host, secured, config.insecure, "tlsCert, tlsKey and apiKeys");
-  const httpHost = config.httpAddress && config.httpAddress.slice(0, config.httpAddress.lastIndexOf(":"));
-  if (httpHost)
-    checkPlaintextListen(httpHost, secured, config.insecure, "tlsCert, tlsKey and apiKeys", "httpAddress");
+  const httpListen = config.httpAddress ? listenAddressParts(config.httpAddress) : undefined;
+  if (httpListen)
+    checkPlaintextListen(
+      httpListen.host,
+      secured,
+      config.insecure,
+      "tlsCert, tlsKey and apiKeys",
+      "httpAddress",
+    );
   if (config.insecure && !secured)
     log.warn({ host: config.host }, "public API without TLS and API keys: anyone who reaches it may use it");
   // The HTTP API's framework loads while the model does (module loading is this thread's
   // work; the graph's session is built on ONNX Runtime's).
-  const httpApi = httpHost ? import("./openai-api.ts") : undefined;
+  const httpApi = httpListen ? import("./openai-api.ts") : undefined;
   // A failure surfaces where it is awaited; a start that fails before then leaves it unread.
   httpApi?.catch(() => {});
   const checkpoint = await loadCheckpoint(config.model);
@@ -203,15 +209,14 @@ export async function startEdgeAgent(
     },
   );
   let http: RunningHttpApi | undefined;
-  if (httpHost && httpApi) {
+  if (httpListen && httpApi) {
     try {
       http = await (
         await httpApi
       ).startHttpApi(
         context,
         {
-          host: httpHost.replace(/^\[(.*)\]$/, "$1"),
-          port: Number(config.httpAddress.slice(config.httpAddress.lastIndexOf(":") + 1)),
+          ...httpListen,
           tls: config.tlsCert && config.tlsKey ? { cert: config.tlsCert, key: config.tlsKey } : undefined,
         },
         log,

@@ -3,7 +3,7 @@ import { z } from "zod";
 import {
   CLUSTER_NAME_SETTING,
   durationMs,
-  HOST_PORT_PATTERN,
+  listenAddressSetting,
   NATS_CREDENTIAL_SETTINGS,
   requireTogether,
 } from "@tandem/common";
@@ -77,13 +77,12 @@ export const EDGE_CONFIG_SCHEMA = z
       .max(65535)
       .default(50051)
       .meta({ description: "port of the public API (0 picks one)" }),
-    httpAddress: z
-      .union([z.literal(""), z.string().regex(HOST_PORT_PATTERN, "must be host:port, or empty to disable")])
-      .default("127.0.0.1:8080")
-      .meta({
-        description:
-          "host:port of the OpenAI-compatible HTTP API (/v1/models, /v1/completions, /v1/chat/completions); empty disables it",
-      }),
+    httpAddress: listenAddressSetting({
+      default: "127.0.0.1:8080",
+      example: "127.0.0.1:8080",
+      description:
+        "host:port of the OpenAI-compatible HTTP API (/v1/models, /v1/completions, /v1/chat/completions); empty disables it",
+    }),
     maxTokensLimit: z
       .int()
       .min(1)
