@@ -25,17 +25,19 @@ import { EscalationSession, type SessionContexts } from "./escalation-session.ts
 
 /**
  * Applies a frame to a session of `sessions` by the protocol's rules (applyFrame),
- * opening the session on its first frame. `forward` runs the new positions; by default
- * the session alone (a worker batches single positions across sessions instead).
+ * opening the session on its first frame, and keeps the frame's token ids in `tokens`
+ * beside the context. `forward` runs the new positions; by default the session alone (a
+ * worker batches single positions across sessions instead).
  */
-export function applyFrameToSession(
+export async function applyFrameToSession(
   sessions: SegmentSessions,
+  tokens: SessionTokens,
   sessionId: string,
-  frame: { start: number; hidden: Float32Array; count: number },
+  frame: { start: number; hidden: Float32Array; count: number; tokenIds: readonly number[] },
   forward: FrameTarget["forward"] = (hidden, count) => sessions.forward(sessionId, { hidden, count }),
 ): Promise<SegmentStep> {
   if (!sessions.has(sessionId)) sessions.open(sessionId);
-  return applyFrame(
+  const step = await applyFrame(
     {
       length: () => sessions.length(sessionId),
       truncate: (length) => sessions.truncate(sessionId, length),
@@ -44,6 +46,8 @@ export function applyFrameToSession(
     frame,
     sessionId,
   );
+  tokens.record(sessionId, frame.start, frame.count, frame.tokenIds);
+  return step;
 }
 
 /** Sessions of one segment as an upper side's contexts: frames applied by the protocol's rules. */
@@ -56,16 +60,14 @@ export class LocalSessionContexts implements SessionContexts {
     return this.sessions.has(sessionId) ? this.sessions.length(sessionId) : 0;
   }
 
-  async append(
+  append(
     sessionId: string,
     start: number,
     hidden: Float32Array,
     count: number,
     tokenIds: readonly number[] = [],
   ): Promise<SegmentStep> {
-    const step = await applyFrameToSession(this.sessions, sessionId, { start, hidden, count });
-    this.tokens.record(sessionId, start, count, tokenIds);
-    return step;
+    return applyFrameToSession(this.sessions, this.tokens, sessionId, { start, hidden, count, tokenIds });
   }
 
   tokenHistory(sessionId: string): readonly number[] {

@@ -70,11 +70,16 @@ export class ContextManager implements SessionContexts {
     const stepDone = this.metrics?.stepStarted();
     try {
       // A single position joins the decode batch; longer frames (context sync) run alone.
-      const step = await applyFrameToSession(this.sessions, sessionId, { start, hidden, count }, (h, n) =>
-        n === 1 ? this.batcher.step(sessionId, h) : this.sessions.forward(sessionId, { hidden: h, count: n }),
+      return await applyFrameToSession(
+        this.sessions,
+        this.tokens,
+        sessionId,
+        { start, hidden, count, tokenIds },
+        (h, n) =>
+          n === 1
+            ? this.batcher.step(sessionId, h)
+            : this.sessions.forward(sessionId, { hidden: h, count: n }),
       );
-      this.tokens.record(sessionId, start, count, tokenIds);
-      return step;
     } finally {
       stepDone?.();
       const left = (this.inFlight.get(sessionId) ?? 1) - 1;
