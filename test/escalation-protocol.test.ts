@@ -222,6 +222,16 @@ describe("the escalation protocol, in-process and over gRPC", () => {
       },
     ],
     [
+      "a penalty that is not a number",
+      (id) => {
+        const bad = frame("fp32", 0, 2);
+        return [
+          openMessage(id, identity, "fp32"),
+          { ...bad, frame: { ...bad.frame!, presencePenalty: NaN } },
+        ];
+      },
+    ],
+    [
       "penalties on a context whose token ids were never sent",
       (id) => [openMessage(id, identity, "fp32"), frame("fp32", 0, 2, { ...GREEDY, presencePenalty: 1 })],
     ],

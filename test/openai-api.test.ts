@@ -662,6 +662,12 @@ describe("the gRPC API's share of the same features", () => {
       sampling: { presencePenalty: 3 },
     });
     expect(refused.error?.details).toMatch(/^sampling\.presence_penalty: must be in \[-2, 2\], got 3$/);
+    // Only proto3's 0 means "not set": NaN is refused, not read as no penalty.
+    const notANumber = await generate(edge.address, {
+      tokenIds: { ids: prompt },
+      sampling: { presencePenalty: NaN },
+    });
+    expect(notANumber.error?.details).toMatch(/^sampling\.presence_penalty: must be in \[-2, 2\], got NaN$/);
   });
 
   it("sends the text held back for a stop sequence with the last token, so the events add up to the text", async () => {

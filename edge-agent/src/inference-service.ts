@@ -16,7 +16,12 @@ import {
   type ListModelsResponse,
   type ModelInfo,
 } from "@tandem/proto";
-import type { ConfidenceMetric, TokenLogprobs, TokenSource } from "@tandem/runtime";
+import {
+  penaltyFromWire,
+  type ConfidenceMetric,
+  type TokenLogprobs,
+  type TokenSource,
+} from "@tandem/runtime";
 import { InvalidArgumentError, type Logger } from "@tandem/common";
 import {
   type GenerationInput,
@@ -134,10 +139,9 @@ function inputOf(request: GenerateRequest__Output): GenerationInput {
       topP: wireSampling.topP,
       topK: wireSampling.topK,
       seed: BigInt(wireSampling.seed),
-      // proto3's 0 is "not set": no penalty.
-      repetitionPenalty: wireSampling.repetitionPenalty || undefined,
-      presencePenalty: wireSampling.presencePenalty || undefined,
-      frequencyPenalty: wireSampling.frequencyPenalty || undefined,
+      repetitionPenalty: penaltyFromWire(wireSampling.repetitionPenalty),
+      presencePenalty: penaltyFromWire(wireSampling.presencePenalty),
+      frequencyPenalty: penaltyFromWire(wireSampling.frequencyPenalty),
     },
     mode: request.mode,
     exitPolicy,

@@ -95,6 +95,7 @@ export {
   MAX_TOP_LOGPROBS,
   SAMPLING_LIMITS,
   logprobsOf,
+  penaltyFromWire,
   validateSampling,
   type HeadAnswer,
   type SamplingOptions,

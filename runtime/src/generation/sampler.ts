@@ -89,6 +89,14 @@ export function validateSampling(options: SamplingOptions, prefix = "sampling"):
       throw new InvalidArgumentError(field(name), `must be in [${range.min}, ${range.max}], got ${value}`);
 }
 
+/**
+ * A penalty as proto3 carries it: 0 is "not set" (none); any other value, NaN included, is
+ * the caller's and validateSampling checks it.
+ */
+export function penaltyFromWire(value: number): number | undefined {
+  return value === 0 ? undefined : value;
+}
+
 /** Whether any penalty would change a logit. */
 export function hasPenalties(options: SamplingOptions): boolean {
   return (

@@ -66,6 +66,7 @@ import { getCodec, type CodecName, type HiddenStateCodec } from "../codec/hidden
 import type { SegmentStep } from "../engine/segment-sessions.ts";
 import {
   MAX_TOP_LOGPROBS,
+  penaltyFromWire,
   validateSampling,
   type SamplingOptions,
   type TokenLogprobs,
@@ -287,10 +288,9 @@ export function decodeFrame(
     topP: frame.topP,
     seed,
     topK: frame.topK,
-    // The wire's 0 is "not set": no penalty.
-    repetitionPenalty: frame.repetitionPenalty || undefined,
-    presencePenalty: frame.presencePenalty || undefined,
-    frequencyPenalty: frame.frequencyPenalty || undefined,
+    repetitionPenalty: penaltyFromWire(frame.repetitionPenalty),
+    presencePenalty: penaltyFromWire(frame.presencePenalty),
+    frequencyPenalty: penaltyFromWire(frame.frequencyPenalty),
   };
   if (frame.tokenIds.length !== 0 && frame.tokenIds.length !== count)
     throw new InvalidArgumentError(
