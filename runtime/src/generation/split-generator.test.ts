@@ -39,9 +39,11 @@ afterAll(() => rmSync(dir, { recursive: true, force: true }));
 /** Records what reaches the upper segment. */
 class RecordingUpper implements UpperSegment {
   readonly counts: number[] = [];
+  readonly tokenIds: (number[] | undefined)[] = [];
   constructor(private readonly inner: UpperSegment) {}
   extend(frame: UpperFrame): Promise<UpperAnswer | undefined> {
     this.counts.push(frame.count);
+    this.tokenIds.push(frame.tokenIds);
     return this.inner.extend(frame);
   }
   close(): Promise<void> {
@@ -70,15 +72,15 @@ describe("SplitGenerator", () => {
     // The penalties matter here: without them the whole model says something else.
     expect(expected).not.toEqual(await wholeModelTokens(16));
     const split = await loadLocalSplit(checkpoint, { ...options(), split: 2, exits: [{ afterLayer: 2 }] });
-    const generator = new SplitGenerator(
-      split.lower,
-      new LocalUpperSegment(split.upper!, "p"),
-      new AlwaysDeferPolicy(),
-    );
+    const upper = new RecordingUpper(new LocalUpperSegment(split.upper!, "p"));
+    const generator = new SplitGenerator(split.lower, upper, new AlwaysDeferPolicy());
     const tokens = [];
     for await (const t of generator.generate(PROMPT, { maxTokens: 16, sampling: penalized }))
       tokens.push(t.token);
     expect(tokens).toEqual(expected);
+    // Each frame carried its positions' ids: the prompt's, then one generated token at a time.
+    expect(upper.tokenIds[0]).toEqual(PROMPT);
+    expect(upper.tokenIds.slice(1)).toEqual(tokens.slice(0, -1).map((t) => [t]));
     await split.release();
   });
 
@@ -94,8 +96,10 @@ describe("SplitGenerator", () => {
       tokens.push(t.token);
     }
     expect(tokens).toEqual(expected);
-    // The prompt goes up once, then one new position per escalation.
+    // The prompt goes up once, then one new position per escalation; without penalties the
+    // worker needs no token ids, so none are sent.
     expect(upper.counts).toEqual([PROMPT.length, ...Array(15).fill(1)]);
+    expect(upper.tokenIds.every((ids) => ids === undefined)).toBe(true);
   });
 
   it("sends the hidden states of locally answered positions with the next escalation, each exactly once", async () => {

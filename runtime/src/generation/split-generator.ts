@@ -26,6 +26,7 @@ import type { SegmentSessions, SegmentStep } from "../engine/segment-sessions.ts
 import {
   GREEDY,
   answerFromHead,
+  hasPenalties,
   isGreedy,
   validateSampling,
   type SamplingOptions,
@@ -268,8 +269,11 @@ export class SplitGenerator {
           wantToken: true,
           sampling,
           topLogprobs,
-          tokenIds: this.tokenIds.slice(start, this.positions),
-          promptTokens: this.promptTokens,
+          // Only penalties need the upper side to know the tokens: other frames stay as small
+          // as their hidden states (a request's sampling holds for its whole session).
+          ...(hasPenalties(sampling)
+            ? { tokenIds: this.tokenIds.slice(start, this.positions), promptTokens: this.promptTokens }
+            : {}),
         });
         if (!answer) throw new UnavailableError("upper segment returned no token for a token request");
         this.confirmed = this.positions;

@@ -42,9 +42,9 @@ export interface HiddenStateFrame {
   'logprobs'?: (boolean);
   'topLogprobs'?: (number);
   /**
-   * The token id at each of the frame's positions (count of them, or none from an edge
-   * that does not send them): the worker keeps them with the session's context, and the
-   * penalties are computed from them.
+   * The token id at each of the frame's positions (count of them, or none: the edge sends
+   * them for a request with penalties only): the worker keeps them with the session's
+   * context, and the penalties are computed from them.
    */
   'tokenIds'?: (number)[];
   /**
@@ -99,9 +99,9 @@ export interface HiddenStateFrame__Output {
   'logprobs': (boolean);
   'topLogprobs': (number);
   /**
-   * The token id at each of the frame's positions (count of them, or none from an edge
-   * that does not send them): the worker keeps them with the session's context, and the
-   * penalties are computed from them.
+   * The token id at each of the frame's positions (count of them, or none: the edge sends
+   * them for a request with penalties only): the worker keeps them with the session's
+   * context, and the penalties are computed from them.
    */
   'tokenIds': (number)[];
   /**
