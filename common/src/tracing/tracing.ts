@@ -24,10 +24,10 @@ export const SpanKind = {
 let api: typeof OpenTelemetry | undefined;
 let tracer: OpenTelemetry.Tracer | undefined;
 
-/** Called by the SDK's start: from now on the helpers make spans through `otel` (undefined: none again). */
-export function useTracingApi(otel: typeof OpenTelemetry | undefined): void {
+/** Called by the SDK's start: from now on the helpers make spans through `otel`. */
+export function useTracingApi(otel: typeof OpenTelemetry): void {
   api = otel;
-  tracer = otel?.trace.getTracer("tandem");
+  tracer = otel.trace.getTracer("tandem");
 }
 
 /** A span that records nothing: what every helper hands out while tracing is off. */
