@@ -8,33 +8,24 @@ import module from "node:module";
 // A directory it cannot write only means no cache.
 module.enableCompileCache?.();
 
-/** The service.name of each program's spans (OTEL_SERVICE_NAME overrides it). */
+/**
+ * The service.name of each program's spans (OTEL_SERVICE_NAME overrides it): the edge and
+ * the worker, the two that make spans (a request's, its escalations', the frames').
+ */
 const SERVICE_NAMES = {
   "@tandem/edge-agent": "tandem-edge",
   "@tandem/cloud-worker": "tandem-cloud-worker",
-  "@tandem/control-plane": "tandem-control-plane",
-  "@tandem/batch-worker": "tandem-batch-worker",
 };
-
-/** What the OpenTelemetry instrumentations of tracing-sdk.ts patch (gRPC, HTTP). */
-const INSTRUMENTED_MODULES = ["@grpc/grpc-js", "http", "https", "node:http", "node:https"];
 
 /**
  * Tracing is off unless TANDEM_TRACING=1: OTEL_TRACES_EXPORTER alone does not turn it on,
  * since its standard default (otlp) would make an unset variable mean "on". Once on, the
- * OTEL_* variables say where spans go. It starts here, before the program's modules load:
- * under ESM the instrumentations patch @grpc/grpc-js and node:http only through the
- * import hook registered before those are first imported.
+ * OTEL_* variables say where spans go. It starts before the program's modules load, so
+ * that a program's first spans find the SDK running.
  */
 async function startTracingIfAsked(name) {
   const serviceName = SERVICE_NAMES[name];
   if (!serviceName || !["1", "true"].includes(process.env.TANDEM_TRACING ?? "")) return;
-  // Only the modules instrumented are wrapped: by default the hook wraps every module a
-  // program loads (zod, protobufjs, Tandem's own), which costs at start and on every call
-  // through a wrapped namespace.
-  module.register("@opentelemetry/instrumentation/hook.mjs", import.meta.url, {
-    data: { include: INSTRUMENTED_MODULES },
-  });
   const { startTracing } = await import("@tandem/common/tracing-sdk");
   startTracing({ serviceName });
 }

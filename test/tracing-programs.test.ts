@@ -2,9 +2,10 @@
  * Tracing as the programs start it (bin/load-program.mjs): a real tandem-cloud-worker
  * process exporting OTLP/JSON to a collector this test runs. Without TANDEM_TRACING it
  * exports nothing, OTEL_* variables notwithstanding; with TANDEM_TRACING=1 the span of a
- * frame it serves is a child of the span the frame's traceparent names, gRPC calls have
- * spans of their own (the instrumentation took hold under ESM), and the spans still
- * buffered at SIGTERM are exported before the process exits.
+ * frame it serves is a child of the span the frame's traceparent names, nothing but
+ * Tandem's own spans is exported (no automatic instrumentation: no span per gRPC call or
+ * per export), and the spans still buffered at SIGTERM are exported before the process
+ * exits.
  */
 import { mkdtempSync, rmSync } from "node:fs";
 import { createServer, type Server } from "node:http";
@@ -136,7 +137,6 @@ describe("tandem-cloud-worker's traces", () => {
       parentSpanId: PARENT_SPAN_ID,
       service: "tandem-cloud-worker",
     });
-    // instrumentation-grpc's span of the Escalate stream: the import hook patched grpc-js.
-    expect(spans.map((s) => s.name)).toContain("grpc.tandem.v1.CloudWorker/Escalate");
+    expect(spans.every((s) => s.name.startsWith("tandem."))).toBe(true);
   });
 });

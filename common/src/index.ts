@@ -66,10 +66,11 @@ export { healthSettings } from "./health-settings.ts";
 export { HOST_PORT_PATTERN, hostPort } from "./host-port.ts";
 export { METRICS_ADDRESS_SETTING, listenAddressParts, listenAddressSetting } from "./metrics-settings.ts";
 export {
+  contextOf,
+  extractRequestContext,
   extractTraceContext,
   inSpan,
   injectTraceContext,
-  recordingSpan,
   shutdownTracing,
   SpanKind,
   useTracingApi,

@@ -20,6 +20,8 @@ import {
   backoffDelayMs,
   isRetryable,
   type BackoffPolicy,
+  type Context,
+  type Span,
 } from "@tandem/common";
 import {
   channelCredentials,
@@ -219,8 +221,9 @@ export class CloudLinks {
     return link;
   }
 
-  session(sessionId: string): CloudSession {
-    return new CloudSession(this, sessionId);
+  /** A session's upper segment; its escalations' spans are children of `trace` (its request's span). */
+  session(sessionId: string, trace?: Context): CloudSession {
+    return new CloudSession(this, sessionId, trace);
   }
 
   async close(): Promise<void> {
@@ -267,13 +270,15 @@ export class CloudSession implements UpperSegment {
   constructor(
     private readonly links: CloudLinks,
     readonly sessionId: string,
+    /** The parent of this session's escalation spans. */
+    private readonly trace?: Context,
   ) {}
 
   extend(frame: UpperFrame): Promise<UpperAnswer | undefined> {
-    return inEscalationSpan(this.sessionId, frame, () => this.escalate(frame));
+    return inEscalationSpan(this.trace, frame, (span) => this.escalate(frame, span));
   }
 
-  private async escalate(frame: UpperFrame): Promise<UpperAnswer | undefined> {
+  private async escalate(frame: UpperFrame, span: Span): Promise<UpperAnswer | undefined> {
     this.positionsProduced = Math.max(this.positionsProduced, frame.start + frame.count);
     if (frame.wantToken) this.links.metrics?.escalated();
     const deadlineMs = this.links.options.deadlineMs;
@@ -291,7 +296,7 @@ export class CloudSession implements UpperSegment {
       const address = this.movedTo ?? this.links.route.address(this.sessionId);
       try {
         const sentAt = performance.now();
-        const answer = await this.extendAt(address, frame);
+        const answer = await this.extendAt(address, frame, span);
         if (answer) this.links.metrics?.cloudRoundTrip((performance.now() - sentAt) / 1000);
         this.outageSince = undefined;
         return answer;
@@ -360,7 +365,11 @@ export class CloudSession implements UpperSegment {
     return this.link;
   }
 
-  private async extendAt(address: string | undefined, frame: UpperFrame): Promise<UpperAnswer | undefined> {
+  private async extendAt(
+    address: string | undefined,
+    frame: UpperFrame,
+    span: Span,
+  ): Promise<UpperAnswer | undefined> {
     if (!address) throw new UnavailableError("no cloud worker owns this session yet");
     const link = this.use(address);
     return link.execute(async () => {
@@ -373,7 +382,7 @@ export class CloudSession implements UpperSegment {
       }
       const requestId = this.nextRequestId++;
       const message = frameMessage(link.codec, link.identity.hiddenSize, { ...frame, requestId });
-      traceFrame(message, link.codec.name, link.address);
+      traceFrame(message, span, link.codec.name, link.address);
       this.write(message);
       this.links.metrics?.hiddenStateSent(
         link.codec.name,

@@ -5,10 +5,11 @@
  */
 import {
   SpanKind,
+  extractRequestContext,
   inSpan,
   injectTraceContext,
-  recordingSpan,
   type Attributes,
+  type Context,
   type Span,
 } from "@tandem/common";
 import type { EdgeMessage__Output } from "@tandem/proto";
@@ -22,49 +23,85 @@ export const EDGE_SPANS = {
   escalation: "tandem.edge.escalation",
 } as const;
 
+/** Request headers as either API holds them: gRPC metadata values or HTTP header values. */
+export type RequestHeaders = Record<string, string | string[] | Buffer | (string | Buffer)[] | undefined>;
+
+const HEADER_GETTER = {
+  keys: (headers: RequestHeaders) => Object.keys(headers),
+  get: (headers: RequestHeaders, key: string) => {
+    const value = headers[key];
+    if (value === undefined) return undefined;
+    const values = Array.isArray(value) ? value : [value];
+    return values.map((v) => v.toString());
+  },
+};
+
 /**
- * Runs a request's work in its span: everything `fn` awaits (the generation, its
- * escalations) happens with the span active, so their spans are its children. The span
+ * Runs a request's work in its span, a child of the trace context the request's headers
+ * carry (a client that traces continues its trace into Tandem's), else the root of a new
+ * trace. `fn` gets the span: the escalations of its generation are its children. The span
  * ends when `fn` settles, with status ERROR and the exception when it throws. With tracing
- * off this calls `fn`; `attributes` are then not read.
+ * off this calls `fn`; `attributes` and `headers` are then not read.
  */
 export function runInRequestSpan<T>(
   name: string,
   attributes: Attributes,
+  headers: RequestHeaders,
   fn: (span: Span) => Promise<T>,
 ): Promise<T> {
-  return inSpan(name, {}, (span) => {
-    span.setAttributes(attributes);
-    return fn(span);
-  });
+  return inSpan(
+    name,
+    {},
+    (span) => {
+      if (span.isRecording()) span.setAttributes(attributes);
+      return fn(span);
+    },
+    extractRequestContext(headers, HEADER_GETTER),
+  );
 }
 
 /**
- * Marks a frame about to be sent with the active escalation span's trace context, and
- * the span with what the frame carries. Nothing when the span does not record: no
- * carrier is built and the frame's traceparent stays empty.
+ * Marks a frame about to be sent with its escalation span's trace context, and the span
+ * with what the frame carries. Nothing when the span does not record: no carrier is built
+ * and the frame's traceparent stays empty.
  */
-export function traceFrame(message: EdgeMessage__Output, codec: CodecName, address: string): void {
-  const span = recordingSpan();
-  if (!span || !message.frame) return;
+export function traceFrame(
+  message: EdgeMessage__Output,
+  span: Span,
+  codec: CodecName,
+  address: string,
+): void {
+  if (!span.isRecording() || !message.frame) return;
   span.setAttributes({
     "tandem.escalation.codec": codec,
     "tandem.escalation.bytes": message.frame.payload.length,
     "server.address": address,
   });
-  Object.assign(message.frame, injectTraceContext());
+  Object.assign(message.frame, injectTraceContext(span));
 }
 
-/** Runs one escalation (`CloudSession.extend`, retries and redirects included) in its span. */
-export function inEscalationSpan<T>(sessionId: string, frame: UpperFrame, fn: () => Promise<T>): Promise<T> {
-  return inSpan(EDGE_SPANS.escalation, { kind: SpanKind.CLIENT }, (span) => {
-    if (span.isRecording())
-      span.setAttributes({
-        "tandem.session_id": sessionId,
-        "tandem.escalation.start": frame.start,
-        "tandem.escalation.count": frame.count,
-        "tandem.escalation.want_token": frame.wantToken,
-      });
-    return fn();
-  });
+/**
+ * Runs one escalation (`CloudSession.extend`, retries and redirects included) in its span,
+ * a child of the request span `parent`. The session id is the request span's, not repeated
+ * here: these spans come one a token.
+ */
+export function inEscalationSpan<T>(
+  parent: Context | undefined,
+  frame: UpperFrame,
+  fn: (span: Span) => Promise<T>,
+): Promise<T> {
+  return inSpan(
+    EDGE_SPANS.escalation,
+    { kind: SpanKind.CLIENT },
+    (span) => {
+      if (span.isRecording())
+        span.setAttributes({
+          "tandem.escalation.start": frame.start,
+          "tandem.escalation.count": frame.count,
+          "tandem.escalation.want_token": frame.wantToken,
+        });
+      return fn(span);
+    },
+    parent,
+  );
 }

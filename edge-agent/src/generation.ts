@@ -21,12 +21,12 @@ import {
   type TokenSource,
   type Tokenizer,
 } from "@tandem/runtime";
-import { ResourceExhaustedError } from "@tandem/common";
+import { ResourceExhaustedError, contextOf, type Context } from "@tandem/common";
 import type { CloudLinks, CloudSession } from "./cloud-link.ts";
 import type { RequestLimits, ValidRequest } from "./generation-request.ts";
 import { StopSequenceFilter } from "./stop-sequences.ts";
 import type { EdgeMetrics, GenerationApi, GenerationOutcome } from "./edge-metrics.ts";
-import { EDGE_SPANS, runInRequestSpan } from "./edge-tracing.ts";
+import { EDGE_SPANS, runInRequestSpan, type RequestHeaders } from "./edge-tracing.ts";
 
 export interface GeneratedTokenEvent {
   kind: "token";
@@ -78,6 +78,8 @@ export interface GenerationContext {
 /** How one API takes a generation's events. */
 export interface GenerationSink {
   api: GenerationApi;
+  /** The request's gRPC metadata or HTTP headers: a client's trace context, if it sent one. */
+  headers: RequestHeaders;
   /**
    * Delivers one event (waiting on the client's flow control); false when the client has
    * gone, which ends the generation.
@@ -86,8 +88,8 @@ export interface GenerationSink {
 }
 
 /**
- * Runs one generation in its request span (the root of its trace: escalations are its
- * children), counting it in the metrics, and delivers each event to `sink` as it comes.
+ * Runs one generation in its request span (the root of its trace, or a child of the
+ * client's when the request's headers carry one; escalations are its children), counting it in the metrics, and delivers each event to `sink` as it comes.
  * Resolves when the generation is over: finished, ended by the client, or failed (then it
  * rejects, and the sink reports the error in its API's terms). The device session and
  * the cloud session are released before it settles.
@@ -100,17 +102,20 @@ export async function runGeneration(
   const metrics = context.metrics;
   metrics?.generationStarted(sink.api);
   let outcome: GenerationOutcome = "error";
+  const sessionId = randomUUID();
   try {
     await runInRequestSpan(
       EDGE_SPANS.request,
       {
+        "tandem.session_id": sessionId,
         "tandem.api": sink.api,
         "tandem.mode": request.mode,
         "tandem.prompt_tokens": request.ids.length,
         "tandem.max_tokens": request.maxTokens,
       },
+      sink.headers,
       async (span) => {
-        const events = generationEvents(context, request);
+        const events = generationEvents(context, request, sessionId, contextOf(span));
         try {
           for await (const event of events) {
             if (event.kind === "token") metrics?.tokenProduced(event.source, event.exitLayer);
@@ -179,20 +184,23 @@ export class GenerationAdmission {
 /**
  * One generation's events: a token event per token, then the summary. A consumer that
  * stops iterating (a client gone) ends it: the device session and the cloud session are
- * released in the generator's `finally`.
+ * released in the generator's `finally`. The cloud session's escalation spans are
+ * children of `trace`, the request's span.
  */
 async function* generationEvents(
   context: GenerationContext,
   request: ValidRequest,
+  sessionId: string,
+  trace: Context | undefined,
 ): AsyncGenerator<GenerationEvent> {
-  const sessionId = randomUUID();
   const started = performance.now();
   let firstTokenMs = 0;
   let cloudSession: CloudSession | undefined;
   let finishReason: FinishReason = "length";
   const eos = new Set(context.config.eosTokenId ?? []);
   try {
-    if (request.mode !== "MODE_EDGE_ONLY" && context.cloud) cloudSession = context.cloud.session(sessionId);
+    if (request.mode !== "MODE_EDGE_ONLY" && context.cloud)
+      cloudSession = context.cloud.session(sessionId, trace);
     const generator = new SplitGenerator(
       context.lower,
       cloudSession,

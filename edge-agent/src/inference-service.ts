@@ -249,6 +249,7 @@ export function inferenceHandlers(context: InferenceContext): InferenceHandlers 
         try {
           await runGeneration(context, request, {
             api: "grpc",
+            headers: call.metadata.getMap(),
             emit: async (event) => {
               if (call.cancelled) return false;
               if (!call.write(eventMessage(event, context)))

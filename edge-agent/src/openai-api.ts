@@ -397,6 +397,7 @@ export async function startHttpApi(
         let summary: GenerationSummary | undefined;
         await runGeneration(context, valid, {
           api: "http",
+          headers: request.headers,
           emit: async (event) => {
             if (event.kind === "token") tokens.push(event);
             else summary = event;
@@ -424,6 +425,7 @@ export async function startHttpApi(
         if (endpoint.opening) await write(withUsage({ ...envelope(), ...endpoint.opening() }));
         await runGeneration(context, valid, {
           api: "http",
+          headers: request.headers,
           emit: async (event) => {
             if (gone) return false;
             if (event.kind === "token") {

@@ -50,7 +50,7 @@ export class DecodeBatcher {
   step(id: string, hidden: Float32Array): Promise<SegmentStep> {
     if (!this.enabled) return this.sessions.forward(id, { hidden, count: 1 });
     return new Promise((resolve, reject) => {
-      this.queue.push({ id, hidden, resolve, reject, span: frameSpan() });
+      this.queue.push({ id, hidden, resolve, reject, span: frameSpan(id) });
       // Continuous batching: the first request runs at once (after this microtask, so
       // requests that arrived in the same turn join it); later ones gather while it runs.
       if (!this.running) queueMicrotask(() => void this.drain());

@@ -8,7 +8,7 @@ import { WORKER_SPANS, inBatchSpan } from "./worker-tracing.ts";
 const exporter = new InMemorySpanExporter();
 const processor = new SimpleSpanProcessor({ exporter });
 beforeAll(() => {
-  startTracing({ serviceName: "worker-tracing-test", spanProcessors: [processor], instrument: false });
+  startTracing({ serviceName: "worker-tracing-test", spanProcessors: [processor] });
 });
 
 /** The finished spans of that name, once the processor has handed every ended span over. */

@@ -5,7 +5,7 @@
  * batch of several frames serves several sessions, hence several traces: its span starts
  * a trace of its own and links to the frame spans it served.
  */
-import { SpanKind, extractTraceContext, inSpan, recordingSpan, type Link, type Span } from "@tandem/common";
+import { SpanKind, extractTraceContext, inSpan, type Link, type Span } from "@tandem/common";
 import type { CloudMessage__Output, EdgeMessage__Output } from "@tandem/proto";
 
 /** Span names, as a trace backend shows them. */
@@ -16,7 +16,20 @@ export const WORKER_SPANS = {
   decodeBatch: "tandem.worker.decode_batch",
 } as const;
 
-/** Runs the handling of a message in the span of its frame; any other message runs as it is. */
+/**
+ * The span of the frame each session is being served for, while it records: how a decode
+ * step queued deep inside the frame's handling finds the span to report its batch to,
+ * without a context carried through every call in between. A session's frames are served
+ * one after another, so one span per session is all there is.
+ */
+const servingSpans = new Map<string, Span>();
+
+/**
+ * Runs the handling of a message in the span of its frame, a child of the span the
+ * frame's trace context names; any other message runs as it is. The frame's own numbers
+ * (start, count, bytes) are on that parent, the edge's escalation span: these spans come
+ * one a token, and repeating them would cost more than it tells.
+ */
 export function inFrameSpan(
   message: EdgeMessage__Output,
   sessionId: string | undefined,
@@ -24,31 +37,28 @@ export function inFrameSpan(
 ): Promise<CloudMessage__Output | undefined> {
   const frame = message.frame;
   if (!frame) return handle();
-  const parent = extractTraceContext(frame);
   return inSpan(
     WORKER_SPANS.frame,
     { kind: SpanKind.SERVER },
     async (span) => {
-      if (span.isRecording())
-        span.setAttributes({
-          "tandem.session_id": sessionId ?? "",
-          "tandem.escalation.start": frame.start,
-          "tandem.escalation.count": frame.count,
-          "tandem.escalation.bytes": frame.payload.length,
-          "tandem.escalation.want_token": frame.wantToken,
-        });
-      const reply = await handle();
-      // ContextLost is an answer, not a failure: the edge replays from it.
-      if (reply?.message && span.isRecording()) span.setAttribute("tandem.worker.reply", reply.message);
-      return reply;
+      const recording = span.isRecording() && sessionId !== undefined;
+      if (recording) servingSpans.set(sessionId, span);
+      try {
+        const reply = await handle();
+        // ContextLost is an answer, not a failure: the edge replays from it.
+        if (reply?.message && span.isRecording()) span.setAttribute("tandem.worker.reply", reply.message);
+        return reply;
+      } finally {
+        if (recording && servingSpans.get(sessionId) === span) servingSpans.delete(sessionId);
+      }
     },
-    parent,
+    extractTraceContext(frame),
   );
 }
 
-/** What a queued decode step reports its batch to: the span of the frame it serves, if that records. */
-export function frameSpan(): Span | undefined {
-  return recordingSpan();
+/** What a queued decode step of `sessionId` reports its batch to: the span of the frame it serves, if that records. */
+export function frameSpan(sessionId: string): Span | undefined {
+  return servingSpans.get(sessionId);
 }
 
 /**
