@@ -242,7 +242,7 @@ describe("tandem inspect", () => {
 });
 
 describe("tandem bench", () => {
-  for (const name of ["codec", "runtime", "exits", "collab", "placement", "api"]) {
+  for (const name of ["codec", "runtime", "exits", "collab", "placement", "api", "moe"]) {
     it(`runs a smoke version of the ${name} benchmark and prints JSON last`, async () => {
       const { stdout, stderr, code } = await tandem("bench", name, "--smoke");
       expect(code, stderr).toBe(0);

@@ -65,6 +65,21 @@ export const BENCH_OPTION_SCHEMAS = {
       case: CASE_OPTION,
     })
     .strict(),
+  moe: z
+    .object({
+      tokens: z
+        .int()
+        .min(2)
+        .optional()
+        .meta({ description: "decoded tokens per run (default 32; --smoke 4)" }),
+      runs: z
+        .int()
+        .min(1)
+        .optional()
+        .meta({ description: "timed runs per model and execution, alternating (default 5)" }),
+      threads: z.int().min(1).optional().meta({ description: "ONNX Runtime threads (default 2)" }),
+    })
+    .strict(),
   scale: z
     .object({
       models: z.array(z.string().min(1)).min(1).optional().meta({

@@ -8,6 +8,10 @@ import { fileURLToPath } from "node:url";
 
 export const REPO_ROOT = join(dirname(fileURLToPath(import.meta.url)), "..", "..");
 export const DEMO_MODEL = join(REPO_ROOT, "models", "tandem-demo");
+/** The Mixtral-style demo model: 8 experts per layer, top 2. */
+export const DEMO_MOE_MODEL = join(REPO_ROOT, "models", "tandem-demo-moe");
+/** Checkpoints the benchmarks generate, kept between runs. */
+export const BENCH_MODELS_DIR = join(REPO_ROOT, ".cache", "bench-models");
 /** Text the demo model never saw in training: what calibration and agreement are measured on. */
 export const DEMO_HELDOUT_TEXT = join(DEMO_MODEL, "heldout.txt");
 export const RESULTS_DIR = join(REPO_ROOT, "bench", "results");

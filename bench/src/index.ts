@@ -37,6 +37,11 @@ export const BENCHMARKS: { [N in BenchName]: { summary: string; load(): Promise<
     summary: "the engine on generated Llama checkpoints: prefill, decode, memory bandwidth",
     load: async () => (await import("./runtime.bench.ts")).default,
   },
+  moe: {
+    summary:
+      "MoE decode: experts run sparsely (only where routed) vs all on every token; MLP FLOPs per token",
+    load: async () => (await import("./moe.bench.ts")).default,
+  },
   scale: {
     summary:
       "real models' shapes in one BF16 file: load cold/warm, RSS vs target, speed, int8/int4 agreement",

@@ -25,10 +25,13 @@ export type { Checkpoint, ModelWeights, WeightTensor } from "./checkpoint/model-
 // Segment graphs and the engine
 export {
   DEFAULT_QUANT_BLOCK_SIZE,
+  MOE_EXECUTIONS,
+  moeExecutionOf,
   segmentSpec,
   WEIGHT_FORMATS,
   type ExitHeadSpec,
   type LinearExitMap,
+  type MoeExecution,
   type SegmentSpec,
   type WeightFormat,
 } from "./graph/segment-spec.ts";

@@ -186,6 +186,73 @@ describe("segment graphs equal the reference forward", () => {
 });
 
 describe("MoE segments", () => {
+  it("run their experts sparsely by default and all on every token when asked: both equal the reference", async () => {
+    for (const name of ["mixtral, 4 experts, top-2", "mixtral, 8 experts, top-1"]) {
+      const checkpoint = checkpoints.get(name)!;
+      const reference = new ReferenceModel(checkpoint.config, checkpoint.weights).logits(PROMPT);
+      const allExperts = await sessionsFor(checkpoint, {
+        fromLayer: 0,
+        toLayer: checkpoint.config.numLayers,
+        finalHead: true,
+        positions: "all",
+        logits: true,
+        moeExecution: "all-experts",
+      });
+      allExperts.open("s");
+      const logits = (await allExperts.forward("s", { ids: PROMPT })).exits[0].logits!;
+      await allExperts.model.release();
+      expect(maxAbsDiff(logits, reference), name).toBeLessThanOrEqual(1e-4);
+      expect(maxAbsDiff(await fullLogits(checkpoint, PROMPT), logits), name).toBeLessThanOrEqual(1e-5);
+    }
+  });
+
+  it("decode several sessions' rows in one batched step, each routed to its own experts, as each would alone", async () => {
+    const checkpoint = checkpoints.get("mixtral, 4 experts, top-2")!;
+    const sessions = await decodeSessions(checkpoint);
+    const prompts = [PROMPT, PROMPT.slice(0, 3).reverse(), [7, 7, 2, 9, 1]];
+    prompts.forEach((_, i) => sessions.open(`s${i}`));
+    for (const [i, prompt] of prompts.entries())
+      await sessions.forward(`s${i}`, { ids: prompt.slice(0, -1) });
+    const batched = await sessions.forwardBatch(
+      prompts.map((prompt, i) => ({ id: `s${i}`, input: { ids: [prompt[prompt.length - 1]] } })),
+    );
+    for (const [i, prompt] of prompts.entries())
+      expect(
+        maxAbsDiff(batched[i].exits[0].logits!, await lastFullLogits(checkpoint, prompt)),
+        `s${i}`,
+      ).toBeLessThanOrEqual(1e-4);
+    await sessions.model.release();
+  });
+
+  it("run quantized experts sparsely too: int8 and int4 equal their all-experts graphs", async () => {
+    const checkpoint = checkpoints.get("mixtral, 4 experts, top-2")!;
+    for (const weightFormat of ["int8", "int4"] as const) {
+      const logits: Float32Array[] = [];
+      for (const moeExecution of ["sparse", "all-experts"] as const) {
+        const sessions = await sessionsFor(checkpoint, {
+          fromLayer: 0,
+          toLayer: checkpoint.config.numLayers,
+          finalHead: true,
+          positions: "all",
+          logits: true,
+          weightFormat,
+          moeExecution,
+        });
+        sessions.open("s");
+        logits.push((await sessions.forward("s", { ids: PROMPT })).exits[0].logits!);
+        await sessions.model.release();
+      }
+      expect(maxAbsDiff(logits[0], logits[1]), weightFormat).toBeLessThanOrEqual(1e-4);
+    }
+  });
+
+  it("refuse an unknown MoE execution, naming moeExecution", async () => {
+    const checkpoint = checkpoints.get("mixtral, 4 experts, top-2")!;
+    await expect(
+      sessionsFor(checkpoint, { fromLayer: 0, toLayer: 2, moeExecution: "some" as "sparse" }),
+    ).rejects.toThrow(/moeExecution/);
+  });
+
   it("count each token's chosen experts per layer, for the worker's load reports", async () => {
     const checkpoint = checkpoints.get("mixtral, 4 experts, top-2")!;
     const { numLayers, numExperts } = checkpoint.config;

@@ -13,6 +13,7 @@ import { OnnxGraphBuilder, type BuiltGraph, type ExternalDataSink } from "./onnx
 import { quantizeNBits } from "./nbits-quantizer.ts";
 import {
   DEFAULT_QUANT_BLOCK_SIZE,
+  moeExecutionOf,
   segmentExits,
   type ExitHeadSpec,
   type SegmentSpec,
@@ -300,9 +301,11 @@ class SegmentGraphWriter {
     const afterAttention = b.op("Add", `${prefix}/attn/residual/Add`, [x, projected]);
 
     const normed2 = this.rmsNorm(`${prefix}/post_attention_layernorm`, afterAttention, w.postAttentionNorm);
-    const mlp = w.experts
-      ? this.sparseMoe(`${prefix}/block_sparse_moe`, normed2, w, layer)
-      : this.mlp(`${prefix}/mlp`, normed2, w);
+    const mlp = !w.experts
+      ? this.mlp(`${prefix}/mlp`, normed2, w)
+      : moeExecutionOf(this.spec) === "sparse"
+        ? this.sparseMoe(`${prefix}/block_sparse_moe`, normed2, w, layer)
+        : this.allExpertsMoe(`${prefix}/block_sparse_moe`, normed2, w, layer);
     return b.op("Add", `${prefix}/mlp/residual/Add`, [afterAttention, mlp]);
   }
 
@@ -542,18 +545,88 @@ class SegmentGraphWriter {
 
   /**
    * Mixtral's sparse MoE block: router logits, the top k experts per token with weights
-   * softmax(top-k logits) (= softmax over all, renormalised over the k kept), and the
-   * weighted sum of the chosen experts' SwiGLU outputs. Written in standard ONNX ops, it
-   * runs every expert on every token and zeroes the weights of the unchosen ones: exact,
-   * but numExperts/k times the MLP compute (ONNX Runtime 1.30's CPU MoE kernel takes only
-   * the interleaved gpt-oss SwiGLU, not Mixtral's). The chosen expert ids are a graph
-   * output (GRAPH_IO.expertChoices), for activation counts.
+   * softmax(top-k logits) (= softmax over all, renormalised over the k kept), and each
+   * expert's SwiGLU run only on the rows routed to it: the rows are gathered (NonZero of
+   * "routed here", GatherND), the expert's MLP runs on them — prepacked MatMul or
+   * MatMulNBits, threaded, as for a dense MLP — and its weighted output is added back into
+   * place (ScatterND, reduction add), expert by expert in ascending order as transformers
+   * adds them. An expert no row chose runs on zero rows, which costs its operators' launch,
+   * not its weights' reads. The chosen expert ids are a graph output
+   * (GRAPH_IO.expertChoices), for activation counts.
+   *
+   * ONNX Runtime's own MoE kernel (com.microsoft.MoE, whose SwiGLU is Mixtral's) was
+   * measured and not taken: it runs each expert's GEMM on one thread with a transposed,
+   * repacked B per call, and decoded the `moe` benchmark's larger shape at 1.4× the
+   * all-experts path where this one reaches the memory-bound figure.
    */
   private sparseMoe(prefix: string, x: string, w: LayerWeights, layer: number): string {
     const { b, config } = this;
     const experts = w.experts!;
     const k = config.numExpertsPerToken ?? 2;
+    const h = config.hiddenSize;
     const logits = this.linear(`${prefix}/gate`, x, asLinear(w.router!));
+    const [topLogits, topIndices] = this.expertChoices(prefix, logits, k, layer);
+    const topWeights = b.op("Softmax", `${prefix}/routing/Softmax`, [topLogits], { axis: -1 });
+    const rows = b.op("Reshape", `${prefix}/rows/Reshape`, [x, b.int64Constant([-1, h])]);
+    const rowChoices = b.op("Reshape", `${prefix}/routing/choices/Reshape`, [
+      topIndices,
+      b.int64Constant([-1, k]),
+    ]);
+    const rowWeights = b.op("Reshape", `${prefix}/routing/weights/Reshape`, [
+      topWeights,
+      b.int64Constant([-1, k]),
+    ]);
+    // Routing for all experts at once, [rows, experts]: each row's weight for each expert
+    // (0 where not chosen) and whether it was chosen.
+    const oneHot = b.op("Equal", `${prefix}/routing/Equal`, [
+      b.op("Unsqueeze", `${prefix}/routing/choices/Unsqueeze`, [rowChoices, b.int64Constant([-1])]),
+      b.int64Constant(experts.map((_, e) => e)),
+    ]);
+    const expertWeights = b.op(
+      "ReduceSum",
+      `${prefix}/routing/weights/ReduceSum`,
+      [
+        b.op("Mul", `${prefix}/routing/weights/Mul`, [
+          b.op("Cast", `${prefix}/routing/Cast`, [oneHot], { to: 1 }),
+          b.op("Unsqueeze", `${prefix}/routing/weights/Unsqueeze`, [rowWeights, b.int64Constant([-1])]),
+        ]),
+        b.int64Constant([1]),
+      ],
+      { keepdims: 0 },
+    );
+    const routedTo = b.op(
+      "ReduceMax",
+      `${prefix}/routing/routed/ReduceMax`,
+      [b.op("Cast", `${prefix}/routing/routed/Cast`, [oneHot], { to: 6 })],
+      { axes: [1], keepdims: 0 },
+    );
+    // ConstantOfShape without a value: fp32 zeros.
+    let mixed = b.op("ConstantOfShape", `${prefix}/zeros`, [b.op("Shape", `${prefix}/rows/Shape`, [rows])]);
+    experts.forEach((expert, e) => {
+      const p = `${prefix}/experts.${e}`;
+      const column = (name: string, table: string) =>
+        b.op("Gather", `${p}/${name}/Gather`, [table, b.int64Constant([e], true)], { axis: 1 });
+      // [n, 1]: the rows routed to this expert, as GatherND/ScatterND indices.
+      const indices = b.op(
+        "Transpose",
+        `${p}/rows/Transpose`,
+        [b.op("NonZero", `${p}/rows/NonZero`, [column("routed", routedTo)])],
+        { perm: [1, 0] },
+      );
+      const output = this.mlp(p, b.op("GatherND", `${p}/rows/GatherND`, [rows, indices]), expert);
+      const rowWeight = b.op("GatherND", `${p}/weight/GatherND`, [column("weight", expertWeights), indices]);
+      const weighted = b.op("Mul", `${p}/Mul`, [
+        output,
+        b.op("Unsqueeze", `${p}/weight/Unsqueeze`, [rowWeight, b.int64Constant([1])]),
+      ]);
+      mixed = b.op("ScatterND", `${p}/ScatterND`, [mixed, indices, weighted], { reduction: "add" });
+    });
+    return b.op("Reshape", `${prefix}/Reshape`, [mixed, b.op("Shape", `${prefix}/Shape`, [x])]);
+  }
+
+  /** The top k experts of each position, as the graph output GRAPH_IO.expertChoices. */
+  private expertChoices(prefix: string, logits: string, k: number, layer: number): [string, string] {
+    const { b } = this;
     const [topLogits, topIndices] = b.node("TopK", `${prefix}/TopK`, [logits, b.int64Constant([k])], {
       outputs: [
         `${prefix}/TopK/values`,
@@ -561,6 +634,20 @@ class SegmentGraphWriter {
       ],
       attributes: { axis: -1, largest: 1, sorted: 1 },
     });
+    return [topLogits, topIndices];
+  }
+
+  /**
+   * The same block with every expert run on every token and the unchosen ones' weights
+   * zero: exact, but numExperts/k times the MLP compute. What MoE segments ran before the
+   * sparse block, kept for the `moe` benchmark's comparison.
+   */
+  private allExpertsMoe(prefix: string, x: string, w: LayerWeights, layer: number): string {
+    const { b, config } = this;
+    const experts = w.experts!;
+    const k = config.numExpertsPerToken ?? 2;
+    const logits = this.linear(`${prefix}/gate`, x, asLinear(w.router!));
+    const [topLogits, topIndices] = this.expertChoices(prefix, logits, k, layer);
     const topWeights = b.op("Softmax", `${prefix}/routing/Softmax`, [topLogits], { axis: -1 });
     // Dense [batch, seq, experts] weights: zero except at the chosen experts.
     const zeros = b.op("Sub", `${prefix}/routing/zeros`, [logits, logits]);

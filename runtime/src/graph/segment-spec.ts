@@ -6,6 +6,16 @@ import type { ModelConfig } from "../checkpoint/model-config.ts";
 import { InvalidArgumentError } from "@tandem/common";
 
 export const WEIGHT_FORMATS = ["fp32", "int8", "int4"] as const;
+
+/**
+ * How an MoE block runs its experts.
+ * - `sparse`: each expert runs only on the rows routed to it: k/E of the MLP work.
+ * - `all-experts`: every expert runs on every row and the unchosen ones' weights are
+ *   zero: exact, E/k times the work. What MoE segments ran before; the `moe` benchmark
+ *   measures it against `sparse`.
+ */
+export const MOE_EXECUTIONS = ["sparse", "all-experts"] as const;
+export type MoeExecution = (typeof MOE_EXECUTIONS)[number];
 export type WeightFormat = (typeof WEIGHT_FORMATS)[number];
 export const DEFAULT_WEIGHT_FORMAT: WeightFormat = "fp32";
 
@@ -46,6 +56,13 @@ export interface SegmentSpec {
   weightFormat: WeightFormat;
   /** MatMulNBits block size for int8/int4 weights. @default 32 */
   quantBlockSize?: number;
+  /** How MoE blocks run their experts. @default "sparse" */
+  moeExecution?: MoeExecution;
+}
+
+/** The MoE execution a spec asks for, its default filled in. */
+export function moeExecutionOf(spec: SegmentSpec): MoeExecution {
+  return spec.moeExecution ?? "sparse";
 }
 
 export const DEFAULT_QUANT_BLOCK_SIZE = 32;
@@ -118,6 +135,11 @@ export function validateSegmentSpec(spec: SegmentSpec, config: ModelConfig): voi
   if (spec.finalHead && spec.toLayer !== layers) {
     throw new InvalidArgumentError("finalHead", `needs toLayer = ${layers}, got ${spec.toLayer}`);
   }
+  if (spec.moeExecution !== undefined && !MOE_EXECUTIONS.includes(spec.moeExecution))
+    throw new InvalidArgumentError(
+      "moeExecution",
+      `must be one of ${MOE_EXECUTIONS.join(", ")}, got ${String(spec.moeExecution)}`,
+    );
   const blockSize = spec.quantBlockSize ?? DEFAULT_QUANT_BLOCK_SIZE;
   if (!Number.isInteger(blockSize) || blockSize < 16 || (blockSize & (blockSize - 1)) !== 0) {
     throw new InvalidArgumentError("quantBlockSize", `must be a power of two ≥ 16, got ${blockSize}`);
@@ -125,7 +147,7 @@ export function validateSegmentSpec(spec: SegmentSpec, config: ModelConfig): voi
 }
 
 /** Bumped whenever the graph layout changes, so cached graphs from older builders are not reused. */
-export const SEGMENT_GRAPH_VERSION = 5;
+export const SEGMENT_GRAPH_VERSION = 6;
 
 /** The exits a segment reports, in order; the final head is the exit after the last layer. */
 export function segmentExits(spec: SegmentSpec, config: ModelConfig): ExitHeadSpec[] {

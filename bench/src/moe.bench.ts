@@ -1,0 +1,195 @@
+/**
+ * `tandem bench moe`: what running MoE experts sparsely buys. For the Mixtral-style demo
+ * model and a larger random Mixtral shape (hidden 1024, 8 experts of intermediate 3584,
+ * top 2, 8 layers), the whole model decodes greedily from a short prompt twice: with each
+ * expert run only on the tokens routed to it (`sparse`, ONNX Runtime's MoE kernel, the
+ * default for fp32 weights) and with every expert run on every token (`all-experts`, the
+ * standard-operator path quantized experts take, and what every MoE segment ran before).
+ *
+ * Reported per model and execution: decode tokens/s (median of the runs) and the MLP FLOPs
+ * executed per token as a fraction of all experts' — from the routing actually performed
+ * (the graph's expert choices, counted by the engine): each chosen expert runs its SwiGLU
+ * on that token once in the sparse path, every expert does in the other. Both paths give
+ * the same tokens (checked). `sparse_speedup_vs_all_experts` is the larger shape's.
+ */
+import { existsSync } from "node:fs";
+import { join } from "node:path";
+import {
+  loadCheckpoint,
+  SegmentModel,
+  SegmentSessions,
+  segmentSpec,
+  type Checkpoint,
+  type MoeExecution,
+} from "@tandem/runtime";
+import { writeRandomCheckpoint, type RandomCheckpointSpec } from "@tandem/runtime/testing";
+import type { Benchmark } from "./bench-types.ts";
+import { BENCH_MODELS_DIR, DEMO_MOE_MODEL } from "./bench-paths.ts";
+import { median } from "./statistics.ts";
+
+/** The issue's larger shape: hidden 1024, 8 experts × 3584, top 2, 8 layers. */
+const LARGE_MOE: RandomCheckpointSpec = {
+  architecture: "mixtral",
+  vocabSize: 8192,
+  hiddenSize: 1024,
+  intermediateSize: 3584,
+  numLayers: 8,
+  numHeads: 16,
+  numKvHeads: 8,
+  numExperts: 8,
+  numExpertsPerToken: 2,
+  tieWordEmbeddings: false,
+  maxPositions: 512,
+  dtype: "BF16",
+  seed: 5,
+};
+
+/** The same structure at a size a smoke run builds in a second. */
+const SMOKE_MOE: RandomCheckpointSpec = {
+  ...LARGE_MOE,
+  vocabSize: 512,
+  hiddenSize: 64,
+  intermediateSize: 160,
+  numLayers: 2,
+  numHeads: 4,
+  numKvHeads: 2,
+};
+
+const PROMPT = [3, 17, 99, 5, 42, 7, 11, 250, 31, 64, 2, 8, 150, 77, 21, 9];
+
+interface Row {
+  model: string;
+  execution: MoeExecution;
+  hidden: number;
+  experts: number;
+  k: number;
+  layers: number;
+  decode_tok_s: number;
+  mlp_flops_fraction: number;
+}
+
+/** Decodes `tokens` greedily after the prompt; tokens/s of the decode, the tokens, and the expert runs counted. */
+async function decode(
+  sessions: SegmentSessions,
+  tokens: number,
+): Promise<{ tokPerS: number; produced: number[]; expertRuns: number }> {
+  sessions.model.takeExpertCounts();
+  sessions.open("bench");
+  let step = await sessions.forward("bench", { ids: PROMPT });
+  const produced: number[] = [];
+  sessions.model.takeExpertCounts();
+  const started = performance.now();
+  for (let i = 0; i < tokens; i++) {
+    const next = step.exits[0].token[step.exits[0].token.length - 1];
+    produced.push(next);
+    step = await sessions.forward("bench", { ids: [next] });
+  }
+  const seconds = (performance.now() - started) / 1000;
+  const expertRuns = sessions.model.takeExpertCounts()!.reduce((a, b) => a + b, 0);
+  sessions.release("bench");
+  return { tokPerS: tokens / seconds, produced, expertRuns };
+}
+
+interface Loaded {
+  execution: MoeExecution;
+  sessions: SegmentSessions;
+  rates: number[];
+  produced: number[];
+  expertRuns: number;
+}
+
+/**
+ * Both executions of one model, loaded side by side and timed in alternating runs, so
+ * that the machine's drift (its memory bandwidth moves between minutes) hits both alike.
+ */
+async function measure(
+  label: string,
+  checkpoint: Checkpoint,
+  options: { tokens: number; runs: number; threads: number; cacheDir: string },
+  log: (line: string) => void,
+): Promise<(Row & { produced: number[] })[]> {
+  const { config } = checkpoint;
+  const loaded: Loaded[] = [];
+  for (const execution of ["sparse", "all-experts"] as const) {
+    const model = await SegmentModel.load(
+      checkpoint,
+      segmentSpec({ fromLayer: 0, toLayer: config.numLayers, finalHead: true, moeExecution: execution }),
+      { cacheDir: options.cacheDir, threads: options.threads },
+    );
+    const sessions = new SegmentSessions(model);
+    await decode(sessions, 2); // warm-up: first runs allocate and pack
+    loaded.push({ execution, sessions, rates: [], produced: [], expertRuns: 0 });
+  }
+  for (let run = 0; run < options.runs; run++)
+    for (const l of run % 2 === 0 ? loaded : [...loaded].reverse()) {
+      const result = await decode(l.sessions, options.tokens);
+      l.rates.push(result.tokPerS);
+      l.produced = result.produced;
+      l.expertRuns = result.expertRuns;
+    }
+  const experts = config.numExperts!;
+  const k = config.numExpertsPerToken!;
+  const rows = [];
+  for (const l of loaded) {
+    await l.sessions.model.release();
+    // Expert runs per token and layer: the routing performed (k each) in the sparse path;
+    // every expert in the other, whatever was chosen.
+    const routedPerTokenLayer = l.expertRuns / (options.tokens * config.numLayers);
+    const mlpFlopsFraction = l.execution === "sparse" ? routedPerTokenLayer / experts : 1;
+    const row: Row = {
+      model: label,
+      execution: l.execution,
+      hidden: config.hiddenSize,
+      experts,
+      k,
+      layers: config.numLayers,
+      decode_tok_s: Math.round(median(l.rates) * 10) / 10,
+      mlp_flops_fraction: Math.round(mlpFlopsFraction * 1000) / 1000,
+    };
+    log(
+      `moe: ${label} ${l.execution}: ${row.decode_tok_s} tok/s, MLP FLOPs ${row.mlp_flops_fraction} of all experts'`,
+    );
+    rows.push({ ...row, produced: l.produced });
+  }
+  return rows;
+}
+
+const moe: Benchmark<"moe"> = async ({ smoke, options }) => {
+  const log = (line: string) => process.stderr.write(line + "\n");
+  const tokens = options.tokens ?? (smoke ? 4 : 32);
+  const runs = options.runs ?? (smoke ? 1 : 5);
+  const threads = options.threads ?? 2;
+  const shape = smoke ? SMOKE_MOE : LARGE_MOE;
+  const label = smoke ? "random-mixtral-smoke" : "random-mixtral-1024x8x3584";
+  const dir = join(BENCH_MODELS_DIR, label);
+  if (!existsSync(join(dir, "config.json"))) {
+    log(`moe: writing the random checkpoint ${label} (once; kept in ${BENCH_MODELS_DIR})`);
+    await writeRandomCheckpoint(dir, shape);
+  }
+  const cacheDir = join(BENCH_MODELS_DIR, "graphs");
+  const models: [string, Checkpoint][] = [
+    ["tandem-demo-moe", await loadCheckpoint(DEMO_MOE_MODEL)],
+    [label, await loadCheckpoint(dir)],
+  ];
+  const rows: Row[] = [];
+  const speedups: Record<string, number> = {};
+  for (const [name, checkpoint] of models) {
+    const [sparse, all] = await measure(name, checkpoint, { tokens, runs, threads, cacheDir }, log);
+    if (sparse.produced.join() !== all.produced.join())
+      throw new Error(`${name}: sparse and all-experts execution decoded different tokens`);
+    for (const { produced: _, ...row } of [sparse, all]) rows.push(row);
+    speedups[name] = Math.round((sparse.decode_tok_s / all.decode_tok_s) * 100) / 100;
+  }
+  return {
+    name: "moe",
+    threads,
+    prompt_tokens: PROMPT.length,
+    decode_tokens: tokens,
+    runs,
+    rows,
+    demo_sparse_speedup: speedups["tandem-demo-moe"],
+    sparse_speedup_vs_all_experts: speedups[label],
+  };
+};
+
+export default moe;
