@@ -194,6 +194,7 @@ describe("parseModelConfig defaults (as transformers' config classes)", () => {
       "Qwen2.5-7B": ["qwen2", 3584, 28, 4, 128, false],
       "Mistral-7B-v0.3": ["mistral", 4096, 32, 8, 128, false],
       "Qwen3-0.6B": ["qwen3", 1024, 16, 8, 128, true],
+      "Qwen3-30B-A3B": ["qwen3_moe", 2048, 32, 4, 128, false],
     });
   });
 
@@ -206,6 +207,28 @@ describe("parseModelConfig defaults (as transformers' config classes)", () => {
       maxPositions: 4096 * 32,
     });
     expect(parseModelConfig({ ...mixtral, num_experts_per_tok: 1 }, FILE).numExpertsPerToken).toBe(1);
+  });
+
+  it("qwen3_moe: experts of moe_intermediate_size, 8 per token, q/k norms; norm_topk_prob false unless set", () => {
+    const qwen3Moe = { model_type: "qwen3_moe", ...REQUIRED, num_experts: 16, moe_intermediate_size: 48 };
+    expect(parseModelConfig(qwen3Moe, FILE)).toMatchObject({
+      architecture: "qwen3_moe",
+      numExperts: 16,
+      numExpertsPerToken: 8,
+      intermediateSize: 48,
+      normalizeTopK: false,
+      queryKeyNorm: true,
+      headDim: 128,
+    });
+    expect(parseModelConfig({ ...qwen3Moe, norm_topk_prob: true }, FILE).normalizeTopK).toBe(true);
+    expect(parseModelConfig(mixtral, FILE).normalizeTopK).toBe(true);
+    expect(parseModelConfig(REAL_MODEL_CONFIGS["Qwen3-30B-A3B"], FILE)).toMatchObject({
+      numExperts: 128,
+      numExpertsPerToken: 8,
+      intermediateSize: 768,
+      normalizeTopK: true,
+      numLayers: 48,
+    });
   });
 
   it("dense families carry no expert fields", () => {
@@ -263,7 +286,7 @@ describe("parseModelConfig errors name the file and the key", () => {
       "an unsupported model_type",
       { ...llama, model_type: "gpt2" },
       "model_type",
-      /"gpt2" is not supported \(supported: llama, mistral, qwen2, qwen3, mixtral\)/,
+      /"gpt2" is not supported \(supported: llama, mistral, qwen2, qwen3, mixtral, qwen3_moe\)/,
     ],
     [
       "a size given as a string",
@@ -356,6 +379,16 @@ describe("parseModelConfig errors name the file and the key", () => {
       "qwen2's use_sliding_window",
       { ...qwen2, use_sliding_window: true },
       /"use_sliding_window" true is not supported/,
+    ],
+    [
+      "qwen3_moe's dense layers among sparse ones (decoder_sparse_step)",
+      { model_type: "qwen3_moe", ...REQUIRED, num_experts: 8, decoder_sparse_step: 2 },
+      /"decoder_sparse_step" other than 1 is not supported/,
+    ],
+    [
+      "qwen3_moe's dense layers among sparse ones (mlp_only_layers)",
+      { model_type: "qwen3_moe", ...REQUIRED, num_experts: 8, mlp_only_layers: [0] },
+      /"mlp_only_layers" \(dense layers in an MoE model\) is not supported/,
     ],
   ];
   for (const [name, json, message] of unsupported) {

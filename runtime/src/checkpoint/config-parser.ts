@@ -7,7 +7,7 @@
 import { ModelConfigError, UnsupportedError } from "@tandem/common";
 import type { ModelArchitecture, ModelConfig, RopeScaling } from "./model-config.ts";
 
-const ARCHITECTURES: ModelArchitecture[] = ["llama", "mistral", "qwen2", "qwen3", "mixtral"];
+const ARCHITECTURES: ModelArchitecture[] = ["llama", "mistral", "qwen2", "qwen3", "mixtral", "qwen3_moe"];
 
 interface FamilyDefaults {
   rmsNormEps: number;
@@ -35,6 +35,14 @@ const FAMILY_DEFAULTS: Record<ModelArchitecture, FamilyDefaults> = {
     headDim: 128,
   },
   mixtral: { rmsNormEps: 1e-5, ropeTheta: 1e6, maxPositions: 4096 * 32, tie: false, slidingWindow: null },
+  qwen3_moe: {
+    rmsNormEps: 1e-6,
+    ropeTheta: 10000,
+    maxPositions: 32768,
+    tie: false,
+    slidingWindow: null,
+    headDim: 128,
+  },
 };
 
 export function parseModelConfig(json: unknown, file: string): ModelConfig {
@@ -103,7 +111,10 @@ export function parseModelConfig(json: unknown, file: string): ModelConfig {
   const ropeScaling = parseRopeScaling(raw.rope_scaling, file);
   if (bool("mlp_bias", false))
     throw new UnsupportedError(`${file}: "mlp_bias" true is not supported (no MLP biases are loaded)`);
-  if ((architecture === "qwen2" || architecture === "qwen3") && bool("use_sliding_window", false))
+  if (
+    (architecture === "qwen2" || architecture === "qwen3" || architecture === "qwen3_moe") &&
+    bool("use_sliding_window", false)
+  )
     throw new UnsupportedError(`${file}: "use_sliding_window" true is not supported`);
   const hiddenAct = raw.hidden_act ?? "silu";
   if (hiddenAct !== "silu")
@@ -134,19 +145,36 @@ export function parseModelConfig(json: unknown, file: string): ModelConfig {
     tieWordEmbeddings: bool("tie_word_embeddings", defaults.tie),
     // Qwen2 always has q/k/v biases; Llama and Qwen3 may opt in with attention_bias.
     attentionBias: architecture === "qwen2" ? true : bool("attention_bias", false),
-    queryKeyNorm: architecture === "qwen3",
+    queryKeyNorm: architecture === "qwen3" || architecture === "qwen3_moe",
     bosTokenId: optionalTokenIds(raw.bos_token_id, file, "bos_token_id")?.[0],
     eosTokenId: optionalTokenIds(raw.eos_token_id, file, "eos_token_id"),
   };
-  if (architecture === "mixtral") {
-    config.numExperts = int("num_local_experts");
-    config.numExpertsPerToken = int("num_experts_per_tok", 2);
+  if (architecture === "mixtral" || architecture === "qwen3_moe") {
+    const expertsKey = architecture === "mixtral" ? "num_local_experts" : "num_experts";
+    config.numExperts = int(expertsKey);
+    // transformers' MixtralConfig and Qwen3MoeConfig defaults.
+    config.numExpertsPerToken = int("num_experts_per_tok", architecture === "mixtral" ? 2 : 8);
     if (config.numExpertsPerToken > config.numExperts) {
       throw new ModelConfigError(
         file,
         "num_experts_per_tok",
-        `${config.numExpertsPerToken} exceeds num_local_experts ${config.numExperts}`,
+        `${config.numExpertsPerToken} exceeds ${expertsKey} ${config.numExperts}`,
       );
+    }
+    if (architecture === "mixtral") {
+      config.normalizeTopK = true;
+    } else {
+      // Every layer is sparse (checked below): the MLP width is the experts'.
+      config.intermediateSize = int("moe_intermediate_size", 768);
+      config.normalizeTopK = bool("norm_topk_prob", false);
+      // Dense layers among the sparse ones change which weights a layer has: refused by name.
+      if (int("decoder_sparse_step", 1) !== 1)
+        throw new UnsupportedError(`${file}: "decoder_sparse_step" other than 1 is not supported`);
+      const mlpOnly = raw.mlp_only_layers ?? [];
+      if (!Array.isArray(mlpOnly) || mlpOnly.length > 0)
+        throw new UnsupportedError(
+          `${file}: "mlp_only_layers" (dense layers in an MoE model) is not supported`,
+        );
     }
   }
   return config;

@@ -351,7 +351,7 @@ function shapeOfRawConfig(raw: Record<string, unknown>): ModelShape {
     ropeTheta: typeof theta === "number" ? theta : undefined,
     ropeScaling: raw.rope_scaling == null ? "none" : JSON.stringify(raw.rope_scaling),
     maxPositions: int("max_position_embeddings"),
-    numExperts: int("num_local_experts"),
+    numExperts: int("num_local_experts") ?? int("num_experts"),
     numExpertsPerToken: int("num_experts_per_tok"),
   };
 }

@@ -13,6 +13,7 @@ import { optionalTokenIds, parseModelConfig } from "./config-parser.ts";
 import { readJsonObject } from "./json-file.ts";
 import type { ModelConfig } from "./model-config.ts";
 import type { Checkpoint, ExpertWeights, LayerWeights, ModelWeights, WeightTensor } from "./model-weights.ts";
+import { moeTensorNames } from "./moe-layout.ts";
 import { SafetensorsFile } from "./safetensors.ts";
 import { weightsHash } from "./weights-hash.ts";
 
@@ -263,13 +264,13 @@ function readWeights(
       layer.qNorm = tensor(`${p}.self_attn.q_norm.weight`, [headDim]);
       layer.kNorm = tensor(`${p}.self_attn.k_norm.weight`, [headDim]);
     }
-    if (config.architecture === "mixtral") {
-      const experts = config.numExperts ?? 0;
-      layer.router = tensor(`${p}.block_sparse_moe.gate.weight`, [experts, h]);
-      layer.experts = Array.from({ length: experts }, (_, e): ExpertWeights => ({
-        gateProj: tensor(`${p}.block_sparse_moe.experts.${e}.w1.weight`, [m, h]),
-        downProj: tensor(`${p}.block_sparse_moe.experts.${e}.w2.weight`, [h, m]),
-        upProj: tensor(`${p}.block_sparse_moe.experts.${e}.w3.weight`, [m, h]),
+    const moe = moeTensorNames(config.architecture, i, config.numExperts ?? 0);
+    if (moe) {
+      layer.router = tensor(moe.router, [config.numExperts!, h]);
+      layer.experts = moe.experts.map((names): ExpertWeights => ({
+        gateProj: tensor(names.gate, [m, h]),
+        upProj: tensor(names.up, [m, h]),
+        downProj: tensor(names.down, [h, m]),
       }));
     } else {
       layer.gateProj = tensor(`${p}.mlp.gate_proj.weight`, [m, h]);

@@ -1,9 +1,9 @@
 /**
- * The model shape Tandem understands: the Llama family (llama, mistral, qwen2, qwen3) and,
- * for the MoE demo, mixtral. Parsed from a Hugging Face `config.json`.
+ * The model shape Tandem understands: the Llama family (llama, mistral, qwen2, qwen3) and
+ * its sparse MoE variants (mixtral, qwen3_moe). Parsed from a Hugging Face `config.json`.
  */
 
-export type ModelArchitecture = "llama" | "mistral" | "qwen2" | "qwen3" | "mixtral";
+export type ModelArchitecture = "llama" | "mistral" | "qwen2" | "qwen3" | "mixtral" | "qwen3_moe";
 
 /** The `rope_scaling` types Tandem computes (rope-frequencies.ts); any other is refused by name. */
 export type RopeScaling =
@@ -42,7 +42,13 @@ export interface ModelConfig {
   queryKeyNorm: boolean;
   bosTokenId?: number;
   eosTokenId?: number[];
-  /** Mixtral only. */
+  /** MoE models only (mixtral, qwen3_moe): experts per layer, and how many each token uses. */
   numExperts?: number;
   numExpertsPerToken?: number;
+  /**
+   * MoE: the k chosen experts' router probabilities are renormalised to sum 1 (Mixtral
+   * always; Qwen3-MoE's `norm_topk_prob`); otherwise each keeps its softmax probability
+   * over all experts.
+   */
+  normalizeTopK?: boolean;
 }

@@ -31,6 +31,7 @@ const FAMILIES: Partial<Record<RealModelName, string>> = {
  */
 const LARGE_FAMILIES: Partial<Record<RealModelName, string>> = {
   "Mistral-7B-v0.3": "hidden 4096, untied, no sliding window",
+  "Qwen3-30B-A3B": "128 experts of width 768, top 8 renormalised, q/k norms",
 };
 
 const PROMPT = [1, 200, 17, 255, 42, 3];

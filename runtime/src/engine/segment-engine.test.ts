@@ -52,6 +52,25 @@ const SHAPES: Record<string, RandomCheckpointSpec> = {
     numExpertsPerToken: 2,
     seed: 19,
   },
+  // Qwen3-MoE: q/k norms, experts under mlp.experts, and the router's top-k probabilities
+  // kept as they are (norm_topk_prob false, Qwen3MoeConfig's default) or renormalised.
+  "qwen3_moe, 8 experts, top-3, norm_topk_prob false": {
+    ...base,
+    architecture: "qwen3_moe",
+    headDim: 24,
+    numExperts: 8,
+    numExpertsPerToken: 3,
+    normTopkProb: false,
+    seed: 22,
+  },
+  "qwen3_moe, 4 experts, top-2, norm_topk_prob true": {
+    ...base,
+    architecture: "qwen3_moe",
+    numExperts: 4,
+    numExpertsPerToken: 2,
+    normTopkProb: true,
+    seed: 23,
+  },
   "a context of 70 positions, not a whole number of KV blocks": { ...base, maxPositions: 70, seed: 21 },
   // Llama 3.2's rope: theta 500000, llama3 scaling 32 / 1 / 4 / 8192; at head_dim 16 its
   // frequencies fall in all three bands (kept, blended, divided by the factor).

@@ -566,7 +566,7 @@ class SegmentGraphWriter {
     const h = config.hiddenSize;
     const logits = this.linear(`${prefix}/gate`, x, asLinear(w.router!));
     const [topLogits, topIndices] = this.expertChoices(prefix, logits, k, layer);
-    const topWeights = b.op("Softmax", `${prefix}/routing/Softmax`, [topLogits], { axis: -1 });
+    const topWeights = this.routingWeights(prefix, logits, topLogits, topIndices);
     const rows = b.op("Reshape", `${prefix}/rows/Reshape`, [x, b.int64Constant([-1, h])]);
     const rowChoices = b.op("Reshape", `${prefix}/routing/choices/Reshape`, [
       topIndices,
@@ -624,6 +624,21 @@ class SegmentGraphWriter {
     return b.op("Reshape", `${prefix}/Reshape`, [mixed, b.op("Shape", `${prefix}/Shape`, [x])]);
   }
 
+  /**
+   * The chosen experts' weights: softmax over the top k logits (= softmax over all,
+   * renormalised over the k kept; Mixtral, Qwen3-MoE with norm_topk_prob), or each chosen
+   * expert's softmax probability over all experts (Qwen3-MoE without it).
+   */
+  private routingWeights(prefix: string, logits: string, topLogits: string, topIndices: string): string {
+    const { b, config } = this;
+    if (config.normalizeTopK !== false)
+      return b.op("Softmax", `${prefix}/routing/Softmax`, [topLogits], { axis: -1 });
+    const probabilities = b.op("Softmax", `${prefix}/routing/Softmax`, [logits], { axis: -1 });
+    return b.op("GatherElements", `${prefix}/routing/GatherElements`, [probabilities, topIndices], {
+      axis: -1,
+    });
+  }
+
   /** The top k experts of each position, as the graph output GRAPH_IO.expertChoices. */
   private expertChoices(prefix: string, logits: string, k: number, layer: number): [string, string] {
     const { b } = this;
@@ -648,7 +663,7 @@ class SegmentGraphWriter {
     const k = config.numExpertsPerToken ?? 2;
     const logits = this.linear(`${prefix}/gate`, x, asLinear(w.router!));
     const [topLogits, topIndices] = this.expertChoices(prefix, logits, k, layer);
-    const topWeights = b.op("Softmax", `${prefix}/routing/Softmax`, [topLogits], { axis: -1 });
+    const topWeights = this.routingWeights(prefix, logits, topLogits, topIndices);
     // Dense [batch, seq, experts] weights: zero except at the chosen experts.
     const zeros = b.op("Sub", `${prefix}/routing/zeros`, [logits, logits]);
     const weights = b.op(

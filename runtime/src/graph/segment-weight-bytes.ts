@@ -67,8 +67,8 @@ export function segmentWeightBytes(config: ModelConfig, spec: SegmentSpec): Segm
   if (config.attentionBias) perLayer += vector(qRows + 2 * kvRows);
   if (config.queryKeyNorm) perLayer += 2 * vector(config.headDim);
   const expertMlp = linear(2 * m, h) + linear(h, m);
-  if (config.architecture === "mixtral") {
-    const experts = config.numExperts ?? 0;
+  if (config.numExperts !== undefined) {
+    const experts = config.numExperts;
     perLayer += linear(experts, h) + experts * expertMlp;
   } else {
     perLayer += expertMlp;

@@ -4,6 +4,7 @@
  * give the same weights.
  */
 import type { ModelConfig } from "../checkpoint/model-config.ts";
+import { moeTensorNames } from "../checkpoint/moe-layout.ts";
 import type { ExpertWeights, LayerWeights, ModelWeights, WeightTensor } from "../checkpoint/model-weights.ts";
 
 /** A seeded generator (mulberry32) with Gaussian samples (Box–Muller). */
@@ -56,9 +57,11 @@ export function tinyConfig(overrides: Partial<ModelConfig> = {}): ModelConfig {
     queryKeyNorm: overrides.architecture === "qwen3",
     ...overrides,
   };
-  if (config.architecture === "mixtral") {
+  if (config.architecture === "mixtral" || config.architecture === "qwen3_moe") {
     config.numExperts ??= 4;
     config.numExpertsPerToken ??= 2;
+    config.normalizeTopK ??= config.architecture === "mixtral";
+    config.queryKeyNorm = config.architecture === "qwen3_moe";
   }
   return config;
 }
@@ -112,13 +115,13 @@ export function randomWeights(config: ModelConfig, seed: number): ModelWeights {
       layer.qNorm = vector(`${p}.self_attn.q_norm.weight`, config.headDim, 1, 0.1);
       layer.kNorm = vector(`${p}.self_attn.k_norm.weight`, config.headDim, 1, 0.1);
     }
-    if (config.architecture === "mixtral") {
-      const m = `${p}.block_sparse_moe`;
-      layer.router = matrix(`${m}.gate.weight`, config.numExperts!, h);
-      layer.experts = Array.from({ length: config.numExperts! }, (_, e): ExpertWeights => ({
-        gateProj: matrix(`${m}.experts.${e}.w1.weight`, inter, h),
-        upProj: matrix(`${m}.experts.${e}.w3.weight`, inter, h),
-        downProj: matrix(`${m}.experts.${e}.w2.weight`, h, inter),
+    const moe = moeTensorNames(config.architecture, l, config.numExperts ?? 0);
+    if (moe) {
+      layer.router = matrix(moe.router, config.numExperts!, h);
+      layer.experts = moe.experts.map((names): ExpertWeights => ({
+        gateProj: matrix(names.gate, inter, h),
+        upProj: matrix(names.up, inter, h),
+        downProj: matrix(names.down, h, inter),
       }));
     } else {
       layer.gateProj = matrix(`${p}.mlp.gate_proj.weight`, inter, h);

@@ -274,8 +274,8 @@ export class ReferenceModel {
   }
 
   /**
-   * Mixtral: router softmax over all experts, the top k kept (ties to the lower index) and
-   * renormalised to sum 1, their outputs mixed. As in transformers, each expert runs on the
+   * Router softmax over all experts, the top k kept (ties to the lower index) and, for
+   * Mixtral or Qwen3-MoE with norm_topk_prob, renormalised to sum 1; their outputs mixed. As in transformers, each expert runs on the
    * tokens routed to it, and outputs are added in ascending expert order.
    */
   private sparseMlp(w: LayerWeights, x: Float32Array, n: number, out: Float32Array): void {
@@ -290,7 +290,9 @@ export class ReferenceModel {
       const logits = t * numExperts;
       let max = -Infinity;
       for (let e = 0; e < numExperts; e++) max = Math.max(max, s.routerLogits[logits + e]);
-      // Unnormalised probabilities suffice: the softmax denominator cancels in the renormalisation.
+      // Unnormalised probabilities: the softmax's denominator is divided out below.
+      let allSum = 0;
+      for (let e = 0; e < numExperts; e++) allSum += Math.exp(s.routerLogits[logits + e] - max);
       let chosenSum = 0;
       for (let j = 0; j < k; j++) {
         let best = -1;
@@ -307,7 +309,8 @@ export class ReferenceModel {
         s.chosenWeights[t * k + j] = p;
         chosenSum += p;
       }
-      for (let j = 0; j < k; j++) s.chosenWeights[t * k + j] /= chosenSum;
+      const denominator = this.config.normalizeTopK === false ? allSum : chosenSum;
+      for (let j = 0; j < k; j++) s.chosenWeights[t * k + j] /= denominator;
     }
 
     out.fill(0, 0, n * h);
@@ -406,7 +409,7 @@ function checkConfig(c: ModelConfig): void {
     throw new InvalidArgumentError("config.rmsNormEps", `must be ≥ 0, got ${c.rmsNormEps}`);
   if (!(c.ropeTheta > 0))
     throw new InvalidArgumentError("config.ropeTheta", `must be > 0, got ${c.ropeTheta}`);
-  if (c.architecture === "mixtral") {
+  if (c.architecture === "mixtral" || c.architecture === "qwen3_moe") {
     positive("numExperts");
     positive("numExpertsPerToken");
     if (c.numExpertsPerToken! > c.numExperts!)
@@ -452,8 +455,8 @@ function checkWeights(c: ModelConfig, w: ModelWeights): void {
       check(`${p}.kNorm`, layer.kNorm, c.headDim);
     }
     check(`${p}.postAttentionNorm`, layer.postAttentionNorm, h);
-    if (c.architecture === "mixtral") {
-      const experts = c.numExperts!;
+    if (c.numExperts !== undefined) {
+      const experts = c.numExperts;
       check(`${p}.router`, layer.router, experts * h);
       if (!layer.experts || layer.experts.length !== experts)
         throw new InvalidArgumentError(

@@ -8,6 +8,7 @@ import { mkdir, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { InvalidArgumentError } from "@tandem/common";
 import type { ModelArchitecture, RopeScaling } from "../checkpoint/model-config.ts";
+import { isMoeArchitecture, moeTensorNames } from "../checkpoint/moe-layout.ts";
 import { encodeSafetensors, type SafetensorsDtype, type TensorToWrite } from "../checkpoint/safetensors.ts";
 import {
   BOS_TOKEN_ID,
@@ -35,10 +36,12 @@ export interface RandomCheckpointSpec {
   rmsNormEps?: number;
   /** @default 2048 */
   maxPositions?: number;
-  /** Mixtral only. @default 4 */
+  /** MoE families (mixtral, qwen3_moe) only. @default 4 */
   numExperts?: number;
-  /** Mixtral only. @default 2 */
+  /** MoE families (mixtral, qwen3_moe) only. @default 2 */
   numExpertsPerToken?: number;
+  /** qwen3_moe only: written as `norm_topk_prob`. @default false */
+  normTopkProb?: boolean;
   seed: number;
   dtype: SafetensorsDtype;
   /** Split the weights over this many files with an index. @default 1 */
@@ -138,7 +141,7 @@ export function validateRandomCheckpointSpec(spec: RandomCheckpointSpec): void {
     throw new InvalidArgumentError("embeddingStd", `must be a positive number, got ${spec.embeddingStd}`);
   if (headDimOf(spec) % 2 !== 0)
     throw new InvalidArgumentError("headDim", `must be even for rotary embeddings, got ${headDimOf(spec)}`);
-  if (spec.architecture === "mixtral" && expertsPerTokenOf(spec) > expertsOf(spec))
+  if (isMoeArchitecture(spec.architecture) && expertsPerTokenOf(spec) > expertsOf(spec))
     throw new InvalidArgumentError("numExpertsPerToken", `exceeds numExperts ${expertsOf(spec)}`);
 }
 
@@ -188,17 +191,18 @@ export function randomCheckpointTensors(spec: RandomCheckpointSpec): TensorToWri
       vector(`${p}.self_attn.k_proj.bias`, numKvHeads * headDim, 0, 0.1);
       vector(`${p}.self_attn.v_proj.bias`, numKvHeads * headDim, 0, 0.1);
     }
-    if (spec.architecture === "qwen3") {
+    if (spec.architecture === "qwen3" || spec.architecture === "qwen3_moe") {
       vector(`${p}.self_attn.q_norm.weight`, headDim, 1, 0.1);
       vector(`${p}.self_attn.k_norm.weight`, headDim, 1, 0.1);
     }
     vector(`${p}.post_attention_layernorm.weight`, h, 1, 0.1);
-    if (spec.architecture === "mixtral") {
-      linear(`${p}.block_sparse_moe.gate.weight`, expertsOf(spec), h);
-      for (let e = 0; e < expertsOf(spec); e++) {
-        linear(`${p}.block_sparse_moe.experts.${e}.w1.weight`, m, h);
-        linear(`${p}.block_sparse_moe.experts.${e}.w2.weight`, h, m);
-        linear(`${p}.block_sparse_moe.experts.${e}.w3.weight`, m, h);
+    const moe = moeTensorNames(spec.architecture, i, expertsOf(spec));
+    if (moe) {
+      linear(moe.router, expertsOf(spec), h);
+      for (const expert of moe.experts) {
+        linear(expert.gate, m, h);
+        linear(expert.down, h, m);
+        linear(expert.up, m, h);
       }
     } else {
       linear(`${p}.mlp.gate_proj.weight`, m, h);
@@ -238,6 +242,14 @@ export function randomCheckpointConfigJson(spec: RandomCheckpointSpec): Record<s
     config.num_local_experts = expertsOf(spec);
     config.num_experts_per_tok = expertsPerTokenOf(spec);
   }
+  if (spec.architecture === "qwen3_moe") {
+    config.num_experts = expertsOf(spec);
+    config.num_experts_per_tok = expertsPerTokenOf(spec);
+    config.moe_intermediate_size = spec.intermediateSize;
+    config.norm_topk_prob = spec.normTopkProb ?? false;
+    config.decoder_sparse_step = 1;
+    config.mlp_only_layers = [];
+  }
   return config;
 }
 
@@ -259,6 +271,7 @@ const ARCHITECTURE_CLASS: Record<ModelArchitecture, string> = {
   qwen2: "Qwen2ForCausalLM",
   qwen3: "Qwen3ForCausalLM",
   mixtral: "MixtralForCausalLM",
+  qwen3_moe: "Qwen3MoeForCausalLM",
 };
 
 /**
@@ -312,11 +325,12 @@ function randomCheckpointShapes(spec: RandomCheckpointSpec): number[][] {
   const { hiddenSize: h, intermediateSize: m, vocabSize: v, numHeads, numKvHeads } = spec;
   const q = numHeads * headDimOf(spec);
   const kv = numKvHeads * headDimOf(spec);
-  const mlp = spec.architecture === "mixtral" ? expertsOf(spec) * 3 : 3;
+  const mlp = isMoeArchitecture(spec.architecture) ? expertsOf(spec) * 3 : 3;
   const layer = [[h], [q, h], [kv, h], [kv, h], [h, q], [h], ...Array.from({ length: mlp }, () => [m, h])];
   if (spec.architecture === "qwen2") layer.push([q], [kv], [kv]);
-  if (spec.architecture === "qwen3") layer.push([headDimOf(spec)], [headDimOf(spec)]);
-  if (spec.architecture === "mixtral") layer.push([expertsOf(spec), h]);
+  if (spec.architecture === "qwen3" || spec.architecture === "qwen3_moe")
+    layer.push([headDimOf(spec)], [headDimOf(spec)]);
+  if (isMoeArchitecture(spec.architecture)) layer.push([expertsOf(spec), h]);
   const shapes = [[v, h], [h], ...Array.from({ length: spec.numLayers }, () => layer).flat()];
   if (!spec.tieWordEmbeddings) shapes.push([v, h]);
   return shapes;

@@ -15,7 +15,8 @@ export type RealModelName =
   | "Qwen2.5-0.5B"
   | "Qwen2.5-7B"
   | "Mistral-7B-v0.3"
-  | "Qwen3-0.6B";
+  | "Qwen3-0.6B"
+  | "Qwen3-30B-A3B";
 
 export const REAL_MODEL_CONFIGS: Readonly<Record<RealModelName, Readonly<Record<string, unknown>>>> = {
   "Llama-3.2-1B": {
@@ -209,6 +210,43 @@ export const REAL_MODEL_CONFIGS: Readonly<Record<RealModelName, Readonly<Record<
     use_sliding_window: false,
     vocab_size: 151936,
   },
+  // Qwen3's MoE: 128 experts of width 768 per layer, 8 per token, renormalised.
+  "Qwen3-30B-A3B": {
+    architectures: ["Qwen3MoeForCausalLM"],
+    attention_bias: false,
+    attention_dropout: 0.0,
+    bos_token_id: 151643,
+    decoder_sparse_step: 1,
+    eos_token_id: 151645,
+    head_dim: 128,
+    hidden_act: "silu",
+    hidden_size: 2048,
+    initializer_range: 0.02,
+    intermediate_size: 6144,
+    max_position_embeddings: 40960,
+    max_window_layers: 48,
+    mlp_only_layers: [],
+    model_type: "qwen3_moe",
+    moe_intermediate_size: 768,
+    norm_topk_prob: true,
+    num_attention_heads: 32,
+    num_experts: 128,
+    num_experts_per_tok: 8,
+    num_hidden_layers: 48,
+    num_key_value_heads: 4,
+    output_router_logits: false,
+    rms_norm_eps: 1e-6,
+    rope_scaling: null,
+    rope_theta: 1000000.0,
+    router_aux_loss_coef: 0.001,
+    sliding_window: null,
+    tie_word_embeddings: false,
+    torch_dtype: "bfloat16",
+    transformers_version: "4.51.0",
+    use_cache: true,
+    use_sliding_window: false,
+    vocab_size: 151936,
+  },
 };
 
 export interface RealShapeOptions {
@@ -244,6 +282,13 @@ export function realShapeSpec(name: RealModelName, options: RealShapeOptions = {
     rmsNormEps: config.rmsNormEps,
     maxPositions: config.maxPositions,
     embeddingStd: 2 / Math.sqrt(config.hiddenSize),
+    ...(config.numExperts
+      ? {
+          numExperts: config.numExperts,
+          numExpertsPerToken: config.numExpertsPerToken,
+          normTopkProb: config.normalizeTopK,
+        }
+      : {}),
     seed: options.seed ?? 1,
     dtype: options.dtype ?? "BF16",
     configJson,
