@@ -195,6 +195,7 @@ describe("parseModelConfig defaults (as transformers' config classes)", () => {
       "Mistral-7B-v0.3": ["mistral", 4096, 32, 8, 128, false],
       "Qwen3-0.6B": ["qwen3", 1024, 16, 8, 128, true],
       "Qwen3-30B-A3B": ["qwen3_moe", 2048, 32, 4, 128, false],
+      "Mixtral-8x7B-v0.1": ["mixtral", 4096, 32, 8, 128, false],
     });
   });
 

@@ -20,29 +20,24 @@ interface FamilyDefaults {
   headDim?: number;
 }
 
+/** Qwen3Config's and Qwen3MoeConfig's: the head size is its own key (128), not hidden_size / heads. */
+const QWEN3_DEFAULTS: FamilyDefaults = {
+  rmsNormEps: 1e-6,
+  ropeTheta: 10000,
+  maxPositions: 32768,
+  tie: false,
+  slidingWindow: null,
+  headDim: 128,
+};
+
 /** transformers' defaults per family (LlamaConfig, MistralConfig, Qwen2Config, Qwen3Config, MixtralConfig). */
 const FAMILY_DEFAULTS: Record<ModelArchitecture, FamilyDefaults> = {
   llama: { rmsNormEps: 1e-6, ropeTheta: 10000, maxPositions: 2048, tie: false, slidingWindow: null },
   mistral: { rmsNormEps: 1e-6, ropeTheta: 10000, maxPositions: 4096 * 32, tie: false, slidingWindow: 4096 },
   qwen2: { rmsNormEps: 1e-6, ropeTheta: 10000, maxPositions: 32768, tie: false, slidingWindow: null },
-  // Qwen3's head size is its own key (128 by default), not hidden_size / heads.
-  qwen3: {
-    rmsNormEps: 1e-6,
-    ropeTheta: 10000,
-    maxPositions: 32768,
-    tie: false,
-    slidingWindow: null,
-    headDim: 128,
-  },
+  qwen3: QWEN3_DEFAULTS,
   mixtral: { rmsNormEps: 1e-5, ropeTheta: 1e6, maxPositions: 4096 * 32, tie: false, slidingWindow: null },
-  qwen3_moe: {
-    rmsNormEps: 1e-6,
-    ropeTheta: 10000,
-    maxPositions: 32768,
-    tie: false,
-    slidingWindow: null,
-    headDim: 128,
-  },
+  qwen3_moe: QWEN3_DEFAULTS,
 };
 
 export function parseModelConfig(json: unknown, file: string): ModelConfig {

@@ -25,13 +25,14 @@ const FAMILIES: Partial<Record<RealModelName, string>> = {
 };
 
 /**
- * Shapes whose one layer alone is ~0.5B parameters (over a minute each here): run with
- * TANDEM_LARGE_SHAPES=1. Mistral's graph is Llama's; its config's own keys (sliding_window
+ * Shapes whose one layer alone is 0.2–1.4B parameters (one to several minutes each here):
+ * run with TANDEM_LARGE_SHAPES=1. Mistral's graph is Llama's; its config's own keys (sliding_window
  * null) are parsed in config-parser.test.ts.
  */
 const LARGE_FAMILIES: Partial<Record<RealModelName, string>> = {
   "Mistral-7B-v0.3": "hidden 4096, untied, no sliding window",
   "Qwen3-30B-A3B": "128 experts of width 768, top 8 renormalised, q/k norms",
+  "Mixtral-8x7B-v0.1": "8 experts of width 14336, top 2, hidden 4096",
 };
 
 const PROMPT = [1, 200, 17, 255, 42, 3];

@@ -170,13 +170,19 @@ function maxAbsDiff(a: ArrayLike<number>, b: ArrayLike<number>): number {
   return max;
 }
 
-async function fullLogits(checkpoint: Checkpoint, ids: number[]): Promise<Float32Array> {
+/** Logits at every position of the whole model; `spec` overrides the segment's defaults. */
+async function fullLogits(
+  checkpoint: Checkpoint,
+  ids: number[],
+  spec: Partial<SegmentSpec> = {},
+): Promise<Float32Array> {
   const sessions = await sessionsFor(checkpoint, {
     fromLayer: 0,
     toLayer: checkpoint.config.numLayers,
     finalHead: true,
     positions: "all",
     logits: true,
+    ...spec,
   });
   sessions.open("s");
   const step = await sessions.forward("s", { ids });
@@ -209,17 +215,7 @@ describe("MoE segments", () => {
     for (const name of ["mixtral, 4 experts, top-2", "mixtral, 8 experts, top-1"]) {
       const checkpoint = checkpoints.get(name)!;
       const reference = new ReferenceModel(checkpoint.config, checkpoint.weights).logits(PROMPT);
-      const allExperts = await sessionsFor(checkpoint, {
-        fromLayer: 0,
-        toLayer: checkpoint.config.numLayers,
-        finalHead: true,
-        positions: "all",
-        logits: true,
-        moeExecution: "all-experts",
-      });
-      allExperts.open("s");
-      const logits = (await allExperts.forward("s", { ids: PROMPT })).exits[0].logits!;
-      await allExperts.model.release();
+      const logits = await fullLogits(checkpoint, PROMPT, { moeExecution: "all-experts" });
       expect(maxAbsDiff(logits, reference), name).toBeLessThanOrEqual(1e-4);
       expect(maxAbsDiff(await fullLogits(checkpoint, PROMPT), logits), name).toBeLessThanOrEqual(1e-5);
     }
@@ -247,20 +243,8 @@ describe("MoE segments", () => {
     const checkpoint = checkpoints.get("mixtral, 4 experts, top-2")!;
     for (const weightFormat of ["int8", "int4"] as const) {
       const logits: Float32Array[] = [];
-      for (const moeExecution of ["sparse", "all-experts"] as const) {
-        const sessions = await sessionsFor(checkpoint, {
-          fromLayer: 0,
-          toLayer: checkpoint.config.numLayers,
-          finalHead: true,
-          positions: "all",
-          logits: true,
-          weightFormat,
-          moeExecution,
-        });
-        sessions.open("s");
-        logits.push((await sessions.forward("s", { ids: PROMPT })).exits[0].logits!);
-        await sessions.model.release();
-      }
+      for (const moeExecution of ["sparse", "all-experts"] as const)
+        logits.push(await fullLogits(checkpoint, PROMPT, { weightFormat, moeExecution }));
       expect(maxAbsDiff(logits[0], logits[1]), weightFormat).toBeLessThanOrEqual(1e-4);
     }
   });

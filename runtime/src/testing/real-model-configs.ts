@@ -16,7 +16,8 @@ export type RealModelName =
   | "Qwen2.5-7B"
   | "Mistral-7B-v0.3"
   | "Qwen3-0.6B"
-  | "Qwen3-30B-A3B";
+  | "Qwen3-30B-A3B"
+  | "Mixtral-8x7B-v0.1";
 
 export const REAL_MODEL_CONFIGS: Readonly<Record<RealModelName, Readonly<Record<string, unknown>>>> = {
   "Llama-3.2-1B": {
@@ -209,6 +210,34 @@ export const REAL_MODEL_CONFIGS: Readonly<Record<RealModelName, Readonly<Record<
     use_cache: true,
     use_sliding_window: false,
     vocab_size: 151936,
+  },
+  // 8 experts of width 14336 per layer, top 2; Mistral's attention without its window.
+  "Mixtral-8x7B-v0.1": {
+    architectures: ["MixtralForCausalLM"],
+    attention_dropout: 0.0,
+    bos_token_id: 1,
+    eos_token_id: 2,
+    hidden_act: "silu",
+    hidden_size: 4096,
+    initializer_range: 0.02,
+    intermediate_size: 14336,
+    max_position_embeddings: 32768,
+    model_type: "mixtral",
+    num_attention_heads: 32,
+    num_experts_per_tok: 2,
+    num_hidden_layers: 32,
+    num_key_value_heads: 8,
+    num_local_experts: 8,
+    output_router_logits: false,
+    rms_norm_eps: 1e-5,
+    rope_theta: 1000000.0,
+    router_aux_loss_coef: 0.02,
+    sliding_window: null,
+    tie_word_embeddings: false,
+    torch_dtype: "bfloat16",
+    transformers_version: "4.36.0.dev0",
+    use_cache: true,
+    vocab_size: 32000,
   },
   // Qwen3's MoE: 128 experts of width 768 per layer, 8 per token, renormalised.
   "Qwen3-30B-A3B": {
