@@ -55,7 +55,8 @@ describe("random checkpoints of real models' shapes, with their config.json: gra
   const large = process.env.TANDEM_LARGE_SHAPES === "1";
   const families = { ...FAMILIES, ...(large ? LARGE_FAMILIES : {}) };
   for (const [name, exercises] of Object.entries(families) as [RealModelName, string][]) {
-    it(`${name} (${exercises}): logits at every position within 1e-4`, { timeout: 240_000 }, async () => {
+    const timeout = name in LARGE_FAMILIES ? 900_000 : 240_000;
+    it(`${name} (${exercises}): logits at every position within 1e-4`, { timeout }, async () => {
       const dir = join(workDir, name);
       await writeRandomCheckpoint(dir, realShapeSpec(name, { numLayers: 1 }));
       const checkpoint = await loadCheckpoint(dir);
