@@ -154,6 +154,12 @@ describe("Escalate", () => {
       /frame\.temperature/,
     ],
     [
+      "a tracestate longer than W3C allows",
+      () => [open("b10"), frame(0, 1, { tracestate: "k=" + "v".repeat(600) })],
+      grpc.status.INVALID_ARGUMENT,
+      /frame\.tracestate: must be at most 512 characters, got 602/,
+    ],
+    [
       "positions past the model's limit",
       () => [open("b9"), frame(0, 1, { start: 5000 })],
       grpc.status.INVALID_ARGUMENT,

@@ -25,8 +25,6 @@ export type { Checkpoint, ModelWeights, WeightTensor } from "./checkpoint/model-
 // Segment graphs and the engine
 export {
   DEFAULT_QUANT_BLOCK_SIZE,
-  MOE_EXECUTIONS,
-  moeExecutionOf,
   segmentSpec,
   WEIGHT_FORMATS,
   type ExitHeadSpec,
@@ -132,6 +130,7 @@ export {
   openMessage,
   replyRequestId,
   sessionContextKey,
+  traceContextError,
   sessionIdOfContextKey,
   sessionMovedOf,
   type EscalationLimits,

@@ -254,6 +254,30 @@ export interface DecodedFrame {
   bytes: number;
 }
 
+/**
+ * Bounds of a frame's W3C trace context: a traceparent is 55 characters in version 00 and
+ * may grow in later versions; a tracestate holds at most 512 (W3C's limit, which the
+ * edge's propagator keeps).
+ */
+const TRACE_CONTEXT_LIMITS = { traceparent: 256, tracestate: 512 } as const;
+
+/**
+ * What is wrong with a frame's trace context, if anything: an error naming the field, for
+ * decodeFrame to throw and for a tracer to read the context only when it is undefined.
+ */
+export function traceContextError(frame: {
+  traceparent: string;
+  tracestate: string;
+}): InvalidArgumentError | undefined {
+  for (const field of ["traceparent", "tracestate"] as const)
+    if (frame[field].length > TRACE_CONTEXT_LIMITS[field])
+      return new InvalidArgumentError(
+        `frame.${field}`,
+        `must be at most ${TRACE_CONTEXT_LIMITS[field]} characters, got ${frame[field].length}`,
+      );
+  return undefined;
+}
+
 export function decodeFrame(
   frame: HiddenStateFrame__Output,
   codec: HiddenStateCodec,
@@ -304,6 +328,8 @@ export function decodeFrame(
       `${frame.tokenIds[outside]} is outside the vocabulary [0, ${upper.vocabSize})`,
     );
   validateSampling(sampling, "frame");
+  const traceError = traceContextError(frame);
+  if (traceError) throw traceError;
   if (frame.topLogprobs > MAX_TOP_LOGPROBS || (frame.topLogprobs > 0 && !frame.logprobs))
     throw new InvalidArgumentError(
       "frame.top_logprobs",

@@ -7,6 +7,7 @@
  */
 import { SpanKind, extractTraceContext, inSpan, type Link, type Span } from "@tandem/common";
 import type { CloudMessage__Output, EdgeMessage__Output } from "@tandem/proto";
+import { traceContextError } from "@tandem/runtime";
 
 /** Span names, as a trace backend shows them. */
 export const WORKER_SPANS = {
@@ -52,7 +53,8 @@ export function inFrameSpan(
         if (recording && servingSpans.get(sessionId) === span) servingSpans.delete(sessionId);
       }
     },
-    extractTraceContext(frame),
+    // Over-long fields are not read: the frame is refused for them once decoded.
+    traceContextError(frame) ? undefined : extractTraceContext(frame),
   );
 }
 
