@@ -13,7 +13,6 @@ import { OnnxGraphBuilder, type BuiltGraph, type ExternalDataSink } from "./onnx
 import { quantizeNBits } from "./nbits-quantizer.ts";
 import {
   DEFAULT_QUANT_BLOCK_SIZE,
-  moeExecutionOf,
   segmentExits,
   type ExitHeadSpec,
   type SegmentSpec,
@@ -303,7 +302,7 @@ class SegmentGraphWriter {
     const normed2 = this.rmsNorm(`${prefix}/post_attention_layernorm`, afterAttention, w.postAttentionNorm);
     const mlp = !w.experts
       ? this.mlp(`${prefix}/mlp`, normed2, w)
-      : moeExecutionOf(this.spec) === "sparse"
+      : this.spec.moeExecution === "sparse"
         ? this.sparseMoe(`${prefix}/block_sparse_moe`, normed2, w, layer)
         : this.allExpertsMoe(`${prefix}/block_sparse_moe`, normed2, w, layer);
     return b.op("Add", `${prefix}/mlp/residual/Add`, [afterAttention, mlp]);

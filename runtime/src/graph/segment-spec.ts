@@ -56,13 +56,8 @@ export interface SegmentSpec {
   weightFormat: WeightFormat;
   /** MatMulNBits block size for int8/int4 weights. @default 32 */
   quantBlockSize?: number;
-  /** How MoE blocks run their experts. @default "sparse" */
-  moeExecution?: MoeExecution;
-}
-
-/** The MoE execution a spec asks for, its default filled in. */
-export function moeExecutionOf(spec: SegmentSpec): MoeExecution {
-  return spec.moeExecution ?? "sparse";
+  /** How MoE blocks run their experts (dense models ignore it). @default "sparse" */
+  moeExecution: MoeExecution;
 }
 
 export const DEFAULT_QUANT_BLOCK_SIZE = 32;
@@ -79,6 +74,7 @@ export function segmentSpec(
     positions: "last",
     logits: false,
     weightFormat: DEFAULT_WEIGHT_FORMAT,
+    moeExecution: "sparse",
     ...partial,
   };
 }
@@ -135,7 +131,7 @@ export function validateSegmentSpec(spec: SegmentSpec, config: ModelConfig): voi
   if (spec.finalHead && spec.toLayer !== layers) {
     throw new InvalidArgumentError("finalHead", `needs toLayer = ${layers}, got ${spec.toLayer}`);
   }
-  if (spec.moeExecution !== undefined && !MOE_EXECUTIONS.includes(spec.moeExecution))
+  if (!MOE_EXECUTIONS.includes(spec.moeExecution))
     throw new InvalidArgumentError(
       "moeExecution",
       `must be one of ${MOE_EXECUTIONS.join(", ")}, got ${String(spec.moeExecution)}`,
