@@ -54,14 +54,13 @@ export function tinyConfig(overrides: Partial<ModelConfig> = {}): ModelConfig {
     maxPositions: 256,
     tieWordEmbeddings: false,
     attentionBias: false,
-    queryKeyNorm: overrides.architecture === "qwen3",
+    queryKeyNorm: overrides.architecture === "qwen3" || overrides.architecture === "qwen3_moe",
     ...overrides,
   };
   if (config.architecture === "mixtral" || config.architecture === "qwen3_moe") {
     config.numExperts ??= 4;
     config.numExpertsPerToken ??= 2;
     config.normalizeTopK ??= config.architecture === "mixtral";
-    config.queryKeyNorm = config.architecture === "qwen3_moe";
   }
   return config;
 }
