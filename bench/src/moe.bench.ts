@@ -73,7 +73,6 @@ async function decode(
   sessions: SegmentSessions,
   tokens: number,
 ): Promise<{ tokPerS: number; produced: number[]; expertRuns: number }> {
-  sessions.model.takeExpertCounts();
   sessions.open("bench");
   let step = await sessions.forward("bench", { ids: PROMPT });
   const produced: number[] = [];

@@ -10,8 +10,7 @@
  */
 import { execFile } from "node:child_process";
 import { existsSync } from "node:fs";
-import { dirname, join } from "node:path";
-import { fileURLToPath } from "node:url";
+import { join } from "node:path";
 import { promisify } from "node:util";
 import {
   DEFAULT_QUANT_BLOCK_SIZE,
@@ -24,12 +23,10 @@ import {
 } from "@tandem/runtime";
 import { ReferenceModel, sizedLlamaSpec, writeRandomCheckpoint } from "@tandem/runtime/testing";
 import type { BenchOptions, BenchResult } from "./bench-types.ts";
+import { BENCH_MODELS_DIR, REPO_ROOT } from "./bench-paths.ts";
 import { measureMemoryBandwidth } from "./memory-bandwidth.ts";
 import { countParams, layerLinearParams } from "./model-arithmetic.ts";
 import { median } from "./statistics.ts";
-
-const ROOT = join(dirname(fileURLToPath(import.meta.url)), "..", "..");
-const MODELS_DIR = join(ROOT, ".cache", "bench-models");
 
 interface Case {
   modelDir: string;
@@ -144,7 +141,7 @@ async function referenceDecode(
 async function runChild(c: Case): Promise<CaseResult> {
   const { stdout } = await promisify(execFile)(
     process.execPath,
-    [join(ROOT, "bin", "tandem.mjs"), "bench", "runtime", "--case", JSON.stringify(c)],
+    [join(REPO_ROOT, "bin", "tandem.mjs"), "bench", "runtime", "--case", JSON.stringify(c)],
     {
       maxBuffer: 1 << 20,
     },
@@ -154,7 +151,7 @@ async function runChild(c: Case): Promise<CaseResult> {
 }
 
 async function ensureModel(label: string, targetParams: number): Promise<string> {
-  const dir = join(MODELS_DIR, label);
+  const dir = join(BENCH_MODELS_DIR, label);
   if (!existsSync(join(dir, "config.json"))) {
     process.stderr.write(`runtime bench: writing ${label} checkpoint\n`);
     await writeRandomCheckpoint(dir, { ...sizedLlamaSpec(targetParams), seed: 1 });
