@@ -13,7 +13,7 @@ import { controlPlaneNames, openShardMap, type ShardMapRecord, type ShardMapStor
 import { CLOUD_LINK_BACKOFF, ContextLostError, UnavailableError } from "@tandem/common";
 import { startCloudWorker, type CloudWorker } from "@tandem/cloud-worker";
 import { CloudLinks, DEFAULT_CLOUD_LINK_OPTIONS, StaticCloudRoute } from "@tandem/edge-agent";
-import { type Checkpoint, GREEDY, loadCheckpoint, loadLocalSplit } from "@tandem/runtime";
+import { type Checkpoint, GREEDY, loadCheckpoint, loadLocalSplit, splitIdentityOf } from "@tandem/runtime";
 import { TINY_LLAMA, writeRandomCheckpoint } from "@tandem/runtime/testing";
 import {
   caPaths,
@@ -95,14 +95,7 @@ function edgeLinks(
       tls: mutualTls ? { ca: caPaths(certs).cert, ...devicePaths(certs, "phone") } : undefined,
       backoff: { ...CLOUD_LINK_BACKOFF, initialDelayMs: 50, maxDelayMs: 100 },
     },
-    {
-      modelId: "m",
-      weightsHash: checkpoint.weightsHash,
-      split: SPLIT,
-      hiddenSize: HIDDEN,
-      vocabSize: checkpoint.config.vocabSize,
-      maxPositions: checkpoint.config.maxPositions,
-    },
+    { modelId: "m", ...splitIdentityOf(checkpoint, SPLIT) },
     new StaticCloudRoute(address),
   );
 }

@@ -37,6 +37,7 @@ import {
   type LocalSplit,
   type SamplingOptions,
   type SplitIdentity,
+  splitIdentityOf,
 } from "@tandem/runtime";
 import { TINY_LLAMA, writeRandomCheckpoint } from "@tandem/runtime/testing";
 
@@ -62,13 +63,7 @@ beforeAll(async () => {
   local.lower.open("h");
   hidden = (await local.lower.forward("h", { ids: PROMPT })).hidden!;
   local.lower.release("h");
-  identity = {
-    weightsHash: checkpoint.weightsHash,
-    split: SPLIT,
-    hiddenSize: checkpoint.config.hiddenSize,
-    vocabSize: checkpoint.config.vocabSize,
-    maxPositions: checkpoint.config.maxPositions,
-  };
+  identity = splitIdentityOf(checkpoint, SPLIT);
   worker = await startCloudWorker(
     { modelDir: join(dir, "model"), split: SPLIT, workerId: "same", cacheDir: join(dir, "graphs") },
     pino({ level: "silent" }),

@@ -13,7 +13,14 @@ import { CLOUD_LINK_BACKOFF, UnavailableError } from "@tandem/common";
 import { CloudLinks, DEFAULT_CLOUD_LINK_OPTIONS, StaticCloudRoute } from "@tandem/edge-agent";
 import { loadTandemProtos, type EdgeMessage } from "@tandem/proto";
 import { escalateStream } from "@tandem/testkit";
-import { type Checkpoint, getCodec, GREEDY, loadCheckpoint, loadLocalSplit } from "@tandem/runtime";
+import {
+  type Checkpoint,
+  getCodec,
+  GREEDY,
+  loadCheckpoint,
+  loadLocalSplit,
+  splitIdentityOf,
+} from "@tandem/runtime";
 import { TINY_LLAMA, writeRandomCheckpoint } from "@tandem/runtime/testing";
 import { startCloudWorker, type CloudWorker } from "@tandem/cloud-worker";
 
@@ -237,14 +244,7 @@ describe("CloudSession (the edge side)", () => {
   it("after a broken stream, reopens and sends only what the worker does not hold", async () => {
     const link = new CloudLinks(
       { ...DEFAULT_CLOUD_LINK_OPTIONS, codec: "fp32", backoff: { ...CLOUD_LINK_BACKOFF, initialDelayMs: 1 } },
-      {
-        modelId: "m",
-        weightsHash: checkpoint.weightsHash,
-        split: SPLIT,
-        hiddenSize: HIDDEN,
-        vocabSize: checkpoint.config.vocabSize,
-        maxPositions: checkpoint.config.maxPositions,
-      },
+      { modelId: "m", ...splitIdentityOf(checkpoint, SPLIT) },
       new StaticCloudRoute(worker.server.address),
     );
     const session = link.session("resync");
@@ -310,14 +310,7 @@ describe("CloudSession (the edge side)", () => {
     );
     const links = new CloudLinks(
       { ...DEFAULT_CLOUD_LINK_OPTIONS, codec: "fp32" },
-      {
-        modelId: "m",
-        weightsHash: checkpoint.weightsHash,
-        split: SPLIT,
-        hiddenSize: HIDDEN,
-        vocabSize: checkpoint.config.vocabSize,
-        maxPositions: checkpoint.config.maxPositions,
-      },
+      { modelId: "m", ...splitIdentityOf(checkpoint, SPLIT) },
       new StaticCloudRoute(`127.0.0.1:${port}`),
     );
     const session = links.session("garbage");

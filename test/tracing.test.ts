@@ -22,7 +22,7 @@ import {
   runInRequestSpan,
   startEdgeAgent,
 } from "@tandem/edge-agent";
-import { GREEDY, loadCheckpoint, loadLocalSplit, type Checkpoint } from "@tandem/runtime";
+import { GREEDY, loadCheckpoint, loadLocalSplit, type Checkpoint, splitIdentityOf } from "@tandem/runtime";
 import { TINY_LLAMA, writeRandomCheckpoint } from "@tandem/runtime/testing";
 import { WORKER_SPANS, startCloudWorker, type CloudWorker } from "@tandem/cloud-worker";
 import * as grpc from "@grpc/grpc-js";
@@ -58,14 +58,7 @@ beforeAll(async () => {
   );
   links = new CloudLinks(
     { ...DEFAULT_CLOUD_LINK_OPTIONS, codec: "fp32" },
-    {
-      modelId: "m",
-      weightsHash: checkpoint.weightsHash,
-      split: SPLIT,
-      hiddenSize: HIDDEN,
-      vocabSize: checkpoint.config.vocabSize,
-      maxPositions: checkpoint.config.maxPositions,
-    },
+    { modelId: "m", ...splitIdentityOf(checkpoint, SPLIT) },
     new StaticCloudRoute(worker.server.address),
   );
   // The one serializer of every link: what it is given is what goes on the wire.

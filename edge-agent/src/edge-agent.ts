@@ -27,6 +27,7 @@ import {
   SegmentSessions,
   ThresholdExitPolicy,
   Tokenizer,
+  splitIdentityOf,
 } from "@tandem/runtime";
 import { InvalidArgumentError, listenAddressParts, natsCredentialsOf, type Logger } from "@tandem/common";
 import type { Registry } from "@tandem/common/metrics";
@@ -153,11 +154,7 @@ export async function startEdgeAgent(
       },
       {
         modelId,
-        weightsHash: checkpoint.weightsHash,
-        split,
-        hiddenSize: checkpoint.config.hiddenSize,
-        vocabSize: checkpoint.config.vocabSize,
-        maxPositions: checkpoint.config.maxPositions,
+        ...splitIdentityOf(checkpoint, split),
       },
       route,
       metrics,

@@ -22,6 +22,7 @@ import {
   ThresholdExitPolicy,
   Tokenizer,
   type Checkpoint,
+  splitIdentityOf,
 } from "@tandem/runtime";
 import {
   freePort,
@@ -68,14 +69,7 @@ beforeAll(async () => {
     ),
   );
   lower = new SegmentSessions(model);
-  identity = {
-    modelId: "tandem-demo",
-    weightsHash: checkpoint.weightsHash,
-    split: SPLIT,
-    hiddenSize: checkpoint.config.hiddenSize,
-    vocabSize: checkpoint.config.vocabSize,
-    maxPositions: checkpoint.config.maxPositions,
-  };
+  identity = { modelId: "tandem-demo", ...splitIdentityOf(checkpoint, SPLIT) };
 });
 
 afterAll(async () => {

@@ -133,6 +133,7 @@ export {
   traceContextError,
   sessionIdOfContextKey,
   sessionMovedOf,
+  splitIdentityOf,
   type EscalationLimits,
   type FrameOutcome,
   type FrameTarget,

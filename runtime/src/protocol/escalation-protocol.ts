@@ -62,6 +62,7 @@ import type {
   HiddenStateFrame__Output,
   OpenSession__Output,
 } from "@tandem/proto";
+import type { Checkpoint } from "../checkpoint/model-weights.ts";
 import { getCodec, type CodecName, type HiddenStateCodec } from "../codec/hidden-state-codec.ts";
 import type { SegmentStep } from "../engine/segment-sessions.ts";
 import {
@@ -92,6 +93,17 @@ export interface SplitIdentity {
   vocabSize: number;
   /** Longest sequence the model takes. */
   maxPositions: number;
+}
+
+/** A checkpoint split at `split`, as both sides of the escalation protocol name it. */
+export function splitIdentityOf(checkpoint: Checkpoint, split: number): SplitIdentity {
+  return {
+    weightsHash: checkpoint.weightsHash,
+    split,
+    hiddenSize: checkpoint.config.hiddenSize,
+    vocabSize: checkpoint.config.vocabSize,
+    maxPositions: checkpoint.config.maxPositions,
+  };
 }
 
 const CODEC_TO_WIRE: Record<CodecName, HiddenStateCodecName> = {

@@ -17,6 +17,7 @@ import {
   SegmentModel,
   SegmentSessions,
   type WeightFormat,
+  splitIdentityOf,
 } from "@tandem/runtime";
 import type { NatsCredentials } from "@tandem/cluster";
 import { HOST_PORT_PATTERN, InvalidArgumentError, type Logger } from "@tandem/common";
@@ -143,11 +144,7 @@ export async function startCloudWorker(options: CloudWorkerOptions, log: Logger)
   const handlers = escalationHandlers(
     {
       workerId: options.workerId,
-      weightsHash: checkpoint.weightsHash,
-      split: options.split,
-      hiddenSize: checkpoint.config.hiddenSize,
-      vocabSize: checkpoint.config.vocabSize,
-      maxPositions: checkpoint.config.maxPositions,
+      ...splitIdentityOf(checkpoint, options.split),
     },
     contexts,
     log,
