@@ -5,7 +5,12 @@
  * default: a config without them is broken, not small.
  */
 import { ModelConfigError, UnsupportedError } from "@tandem/common";
-import type { ModelArchitecture, ModelConfig, RopeScaling } from "./model-config.ts";
+import {
+  hasQueryKeyNorm,
+  type ModelArchitecture,
+  type ModelConfig,
+  type RopeScaling,
+} from "./model-config.ts";
 
 const ARCHITECTURES: ModelArchitecture[] = ["llama", "mistral", "qwen2", "qwen3", "mixtral", "qwen3_moe"];
 
@@ -140,7 +145,7 @@ export function parseModelConfig(json: unknown, file: string): ModelConfig {
     tieWordEmbeddings: bool("tie_word_embeddings", defaults.tie),
     // Qwen2 always has q/k/v biases; Llama and Qwen3 may opt in with attention_bias.
     attentionBias: architecture === "qwen2" ? true : bool("attention_bias", false),
-    queryKeyNorm: architecture === "qwen3" || architecture === "qwen3_moe",
+    queryKeyNorm: hasQueryKeyNorm(architecture),
     bosTokenId: optionalTokenIds(raw.bos_token_id, file, "bos_token_id")?.[0],
     eosTokenId: optionalTokenIds(raw.eos_token_id, file, "eos_token_id"),
   };

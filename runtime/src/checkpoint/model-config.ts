@@ -5,6 +5,11 @@
 
 export type ModelArchitecture = "llama" | "mistral" | "qwen2" | "qwen3" | "mixtral" | "qwen3_moe";
 
+/** Families whose attention norms each head's query and key (Qwen3's `q_norm`/`k_norm`). */
+export function hasQueryKeyNorm(architecture: ModelArchitecture): boolean {
+  return architecture === "qwen3" || architecture === "qwen3_moe";
+}
+
 /** The `rope_scaling` types Tandem computes (rope-frequencies.ts); any other is refused by name. */
 export type RopeScaling =
   | { type: "linear"; factor: number }

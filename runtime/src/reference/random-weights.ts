@@ -3,7 +3,7 @@
  * against it, built in memory (no checkpoint files, no loader): the same config and seed
  * give the same weights.
  */
-import type { ModelConfig } from "../checkpoint/model-config.ts";
+import { hasQueryKeyNorm, type ModelConfig } from "../checkpoint/model-config.ts";
 import { moeTensorNames } from "../checkpoint/moe-layout.ts";
 import type { ExpertWeights, LayerWeights, ModelWeights, WeightTensor } from "../checkpoint/model-weights.ts";
 
@@ -54,7 +54,7 @@ export function tinyConfig(overrides: Partial<ModelConfig> = {}): ModelConfig {
     maxPositions: 256,
     tieWordEmbeddings: false,
     attentionBias: false,
-    queryKeyNorm: overrides.architecture === "qwen3" || overrides.architecture === "qwen3_moe",
+    queryKeyNorm: hasQueryKeyNorm(overrides.architecture ?? "llama"),
     ...overrides,
   };
   if (config.architecture === "mixtral" || config.architecture === "qwen3_moe") {

@@ -7,7 +7,7 @@
 import { mkdir, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { InvalidArgumentError } from "@tandem/common";
-import type { ModelArchitecture, RopeScaling } from "../checkpoint/model-config.ts";
+import { hasQueryKeyNorm, type ModelArchitecture, type RopeScaling } from "../checkpoint/model-config.ts";
 import { isMoeArchitecture, moeTensorNames } from "../checkpoint/moe-layout.ts";
 import { encodeSafetensors, type SafetensorsDtype, type TensorToWrite } from "../checkpoint/safetensors.ts";
 import {
@@ -191,7 +191,7 @@ export function randomCheckpointTensors(spec: RandomCheckpointSpec): TensorToWri
       vector(`${p}.self_attn.k_proj.bias`, numKvHeads * headDim, 0, 0.1);
       vector(`${p}.self_attn.v_proj.bias`, numKvHeads * headDim, 0, 0.1);
     }
-    if (spec.architecture === "qwen3" || spec.architecture === "qwen3_moe") {
+    if (hasQueryKeyNorm(spec.architecture)) {
       vector(`${p}.self_attn.q_norm.weight`, headDim, 1, 0.1);
       vector(`${p}.self_attn.k_norm.weight`, headDim, 1, 0.1);
     }
@@ -328,8 +328,7 @@ function randomCheckpointShapes(spec: RandomCheckpointSpec): number[][] {
   const mlp = isMoeArchitecture(spec.architecture) ? expertsOf(spec) * 3 : 3;
   const layer = [[h], [q, h], [kv, h], [kv, h], [h, q], [h], ...Array.from({ length: mlp }, () => [m, h])];
   if (spec.architecture === "qwen2") layer.push([q], [kv], [kv]);
-  if (spec.architecture === "qwen3" || spec.architecture === "qwen3_moe")
-    layer.push([headDimOf(spec)], [headDimOf(spec)]);
+  if (hasQueryKeyNorm(spec.architecture)) layer.push([headDimOf(spec)], [headDimOf(spec)]);
   if (isMoeArchitecture(spec.architecture)) layer.push([expertsOf(spec), h]);
   const shapes = [[v, h], [h], ...Array.from({ length: spec.numLayers }, () => layer).flat()];
   if (!spec.tieWordEmbeddings) shapes.push([v, h]);
