@@ -496,6 +496,32 @@ describe("waiting for a job", () => {
     expect((result as GenerateJobResult).tokens).toBe(2);
   }, 60_000);
 
+  it("a job that finishes just as the wait starts is seen finished, not waited on until the timeout", async () => {
+    const options = optionsFor("race");
+    // Each job takes a few milliseconds more than the one before, so that some finish while
+    // the wait is between reading the job's state and following the queue's events.
+    const worker = new Worker(
+      "generate",
+      async (job: Job<{ prompts: string[] }>) => {
+        await new Promise((resolve) => setTimeout(resolve, Number(job.data.prompts[0])));
+        return job.data.prompts[0];
+      },
+      batchWorkerOptions(options),
+    );
+    try {
+      await worker.waitUntilReady();
+      for (let delayMs = 0; delayMs < 40; delayMs++) {
+        const id = await submitJob("generate", { model: MODEL, prompts: [String(delayMs)] }, options);
+        expect(await waitForJob("generate", id, options, 5_000)).toEqual({
+          state: "completed",
+          result: String(delayMs),
+        });
+      }
+    } finally {
+      await worker.close();
+    }
+  }, 60_000);
+
   // A wait that hung instead would run into these tests' own timeouts.
   it("an unreachable Redis fails the wait at once, as UnavailableError naming it", async () => {
     const redisUrl = `redis://127.0.0.1:${await freePort()}`;

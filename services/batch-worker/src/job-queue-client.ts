@@ -138,6 +138,10 @@ export type JobOutcome =
  * async Promise executor, so a Redis lost at that moment is an unhandled rejection (the
  * CLI would crash) and its wait never ends; and it rejects with a plain Error for a failed
  * job and for anything else alike.
+ *
+ * The events are followed from the last one before the job's state was read, not from
+ * whatever is newest once the events connection reads: a job that finished between the
+ * two would otherwise be missed, and the wait would run out on a finished job.
  */
 export async function waitForJob(
   kind: JobKind,
@@ -146,14 +150,18 @@ export async function waitForJob(
   timeoutMs: number,
 ): Promise<JobOutcome> {
   return withQueue(kind, options, async (queue, location) => {
-    // Looked up before following events: an unreachable Redis fails here, at once.
+    // Read before the job: an unreachable Redis fails here, at once.
+    const lastEventId = await lastEventIdOf(queue);
     const job = await Job.fromId(queue, id);
     if (!job) throw new InvalidArgumentError("ID", `no ${kind} job ${id}`);
+    const finished = await finishedOutcome(queue, job);
+    if (finished) return finished;
     let lastError: Error | undefined;
     let redisLost: (error: UnavailableError) => void = () => undefined;
     // When Redis drops and the reconnects the events connection tries all fail, the wait fails.
     const events = new QueueEvents(kind, {
       prefix: location.prefix,
+      lastEventId,
       connection: location.eventsConnection(() =>
         redisLost(unreachable(options.redisUrl, lastError?.message ?? "connection lost", lastError)),
       ),
@@ -171,17 +179,28 @@ export async function waitForJob(
         events.on("failed", (args) => {
           if (args.jobId === id) resolve({ state: "failed", failedReason: args.failedReason });
         });
-        // The job may have finished before the events were followed: look once, now that they are.
-        events
-          .waitUntilReady()
-          .then(() => finishedOutcome(queue, job))
-          .then((outcome) => outcome && resolve(outcome), reject);
+        events.waitUntilReady().catch(reject);
       });
     } finally {
       clearTimeout(timer);
       await events.close().catch(() => undefined);
     }
   });
+}
+
+/**
+ * The id of the newest entry in the queue's event stream, or "0-0" while it has none:
+ * where following the events starts so that nothing after this moment is missed.
+ */
+async function lastEventIdOf(queue: Queue): Promise<string> {
+  // BullMQ's client declares only the commands BullMQ itself sends; XREVRANGE goes as a script.
+  const client = await queue.backend.client;
+  client.defineCommand("tandemLastEventId", {
+    numberOfKeys: 1,
+    lua: "local newest = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1) return newest[1] and newest[1][1] or '0-0'",
+    readOnly: true,
+  });
+  return (await client.runCommand("tandemLastEventId", [queue.keys.events])) as string;
 }
 
 /** The outcome of a job that has finished (completed, or failed for good); undefined while it has not. */
