@@ -99,18 +99,18 @@ export async function startGrpcServer(
       health.setStatus(name, serving ? "SERVING" : "NOT_SERVING");
   };
   setServing(true);
-  const reflection = Promise.all([import("@grpc/reflection"), loadReflectionDefinition()]).then(
-    ([{ ReflectionService }, packageDefinition]) => {
-      // Only what this server serves: edge and worker share one package definition.
+  const reflection = Promise.all([import("@grpc/reflection"), loadReflectionDefinition()])
+    .then(([{ ReflectionService }, packageDefinition]) => {
+      // Only what this server serves: edge and worker share one package definition. Adding
+      // it reads reflection's own .proto files, which can fail too: caught below, not a crash.
       new ReflectionService(packageDefinition, { services: services.map((s) => s.name) }).addToServer(server);
       return undefined;
-    },
-    (error: unknown) => {
+    })
+    .catch((error: unknown) => {
       const reason = error instanceof Error ? error : new Error(String(error));
       options.log?.warn({ err: reason }, "server reflection is off: its .proto files could not be read");
       return reason;
-    },
-  );
+    });
   return {
     reflection,
     server,
