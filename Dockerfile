@@ -3,7 +3,8 @@
 # Node 24 (LTS): Node 20 is past its end of life, and from 22.1 on node keeps a compile cache
 # of the modules a program loads (under /tmp, a volume in the chart), which cuts startup.
 #
-# Stage 1 compiles every package (npm ci runs the `prepare` script: tsc -b).
+# Stage 1 builds every package (npm ci runs the `prepare` script: tsc -b, then the servers'
+# bundles, each package's dist/bundle/).
 FROM node:24-bookworm-slim AS build
 WORKDIR /src
 ENV ONNXRUNTIME_NODE_INSTALL=skip

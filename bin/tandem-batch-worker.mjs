@@ -1,8 +1,8 @@
 #!/usr/bin/env node
 // `tandem-batch-worker`: takes batch jobs (generation, calibration, graph builds) from BullMQ queues on Redis.
-// Runs the compiled program (npm ci builds it; npm run build after editing the sources).
+// Runs the program's bundle (npm ci builds it; npm run build after editing the sources).
 import { loadProgram } from "./load-program.mjs";
 
-const { main } = await loadProgram("@tandem/batch-worker");
+const { run } = await loadProgram("@tandem/batch-worker/program");
 // Exit once main returns: an idle Redis connection must not keep a stopped worker alive.
-process.exit(await main(process.argv.slice(2)));
+process.exit(await run(process.argv.slice(2)));

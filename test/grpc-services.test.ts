@@ -14,8 +14,9 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { startCloudWorker, type CloudWorker } from "@tandem/cloud-worker";
 import { TINY_LLAMA, writeRandomCheckpoint } from "@tandem/runtime/testing";
 import { startGrpcServer } from "@tandem/proto";
-import { healthClient, healthList, healthStatus } from "@tandem/testkit";
+import { healthClient, healthList, healthStatus, startProgram, until } from "@tandem/testkit";
 
+const DEMO_MODEL = join(import.meta.dirname, "..", "models", "tandem-demo");
 let dir: string;
 let worker: CloudWorker;
 
@@ -114,5 +115,21 @@ describe("a Tandem gRPC server", () => {
   it("lists the services it serves through server reflection", async () => {
     await worker.server.reflection;
     expect(await listServices(worker.server.address)).toEqual(["tandem.v1.CloudWorker"]);
+  });
+
+  it("lists its services through reflection as its program runs it too, from the build's bundle", async () => {
+    // The bundle holds every module but @grpc/reflection's, which reads its own .proto files.
+    const edge = await startProgram("tandem-edge", { model: DEMO_MODEL });
+    try {
+      let services: string[] = [];
+      await until("reflection to answer", async () => {
+        services = await listServices(edge.address).catch(() => []);
+        return services.length > 0;
+      });
+      expect(services).toEqual(["tandem.v1.Inference"]);
+      expect(edge.output()).not.toMatch(/server reflection is off/);
+    } finally {
+      await edge.kill();
+    }
   });
 });

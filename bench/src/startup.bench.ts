@@ -2,10 +2,10 @@
  * Benchmark `startup`: how long Tandem's programs take to be ready, as a supervisor sees
  * it — from spawning the process to SERVING on gRPC health for `tandem-edge` and
  * `tandem-cloud-worker` on the demo model (graph cache warm), and to exit for
- * `tandem --help`. `after` is this checkout compiled (node running dist/, what the bins,
- * the image and the systemd unit run); `before` is the same sources compiled at start by
- * tsx (how every program ran until it had a build) or, with --before-checkout, another
- * checkout's bins as they are, on the same model. Alternating, median of the runs.
+ * `tandem --help`. `after` is this checkout as built (the servers' bundles and the CLI's
+ * dist/: what the bins, the image and the systemd unit run); `before` is the same sources
+ * compiled at start by tsx (how every program ran until it had a build) or, with
+ * --before-checkout, another checkout's bins as they are, on the same model. Alternating, median of the runs.
  * Usage: tandem bench startup [--smoke] [--runs N] [--before-checkout DIR]
  */
 import { mkdtempSync, rmSync } from "node:fs";
@@ -102,7 +102,7 @@ export default async function startupBenchmark(options: BenchOptions<"startup">)
       // From Node 22.1 on, the bins keep a compile cache (warmed by the first start above).
       node: process.version,
       before: beforeCheckout ? `the bins of ${beforeCheckout}, as they run` : "this checkout through tsx",
-      after: "this checkout, compiled",
+      after: "this checkout as built: servers bundled, the CLI compiled",
       note: "spawn to ready (the line a server prints once its gRPC health reports SERVING, then confirmed) for the servers on the demo model with the graph cache warm, spawn to exit for --help; median",
       ...result,
       bare_node_ms: Math.round(median(bare)),

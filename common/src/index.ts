@@ -82,3 +82,4 @@ export {
   type SpanOptions,
   type TraceCarrier,
 } from "./tracing/tracing.ts";
+export { startTracingIfAsked } from "./tracing/start-tracing.ts";

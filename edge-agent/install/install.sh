@@ -46,8 +46,9 @@ fi
 [ -f "$model/config.json" ] || { echo "install.sh: --model $model has no config.json" >&2; exit 1; }
 
 mkdir -p "$prefix" "$etc" "$cache" "$systemd"
-# The compiled packages the agent runs (npm ci builds them), not their sources or tests.
-[ -f "$here/edge-agent/dist/index.js" ] || { echo "install.sh: build first (npm ci, or npm run build)" >&2; exit 1; }
+# The compiled packages the agent runs (npm ci builds them), not their sources or tests:
+# its bundle, edge-agent/dist/bundle/program.mjs, with the packages it finds by name.
+[ -f "$here/edge-agent/dist/bundle/program.mjs" ] || { echo "install.sh: build first (npm ci, or npm run build)" >&2; exit 1; }
 cp -a "$here/package.json" "$here/package-lock.json" "$prefix/"
 mkdir -p "$prefix/bin"
 cp -a "$here/bin/tandem-edge.mjs" "$here/bin/load-program.mjs" "$prefix/bin/"

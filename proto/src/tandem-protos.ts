@@ -4,8 +4,8 @@
  * in proto/generate.sh, which produced the types.
  */
 import type * as protoLoader from "@grpc/proto-loader";
+import { createRequire } from "node:module";
 import { dirname, join } from "node:path";
-import { fileURLToPath } from "node:url";
 import type protobuf from "protobufjs/light.js";
 import { InvalidArgumentError } from "@tandem/common";
 import { TANDEM_DESCRIPTOR } from "./generated/descriptor.ts";
@@ -25,8 +25,12 @@ import {
 
 export { withUndecodedRequests } from "./service-definitions.ts";
 
-/** The package root, where tandem/v1/*.proto live (this module runs from src/ or dist/). */
-export const PROTO_DIR = join(dirname(fileURLToPath(import.meta.url)), "..");
+/**
+ * The package root, where tandem/v1/*.proto live: one up from its entry module (src/ or
+ * dist/), found by the package's name rather than from this module's own path, which
+ * inside a program's bundle is the bundle's.
+ */
+export const PROTO_DIR = join(dirname(createRequire(import.meta.url).resolve("@tandem/proto")), "..");
 /** The files the descriptor was generated from (proto/write-descriptor.mjs lists the same). */
 export const PROTO_FILES = [
   "tandem/v1/inference.proto",

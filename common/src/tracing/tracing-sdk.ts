@@ -11,7 +11,7 @@
  * (gRPC metadata, HTTP headers) is read by the request's own span instead.
  *
  * A module apart from the package's index, because loading it loads the SDK and its
- * exporters: bin/load-program.mjs imports it only when tracing is on.
+ * exporters: start-tracing.ts imports it only when tracing is on.
  */
 import { NodeSDK, type NodeSDKConfiguration } from "@opentelemetry/sdk-node";
 import { W3CTraceContextPropagator } from "@opentelemetry/core";

@@ -1,6 +1,6 @@
 /**
  * Spans in Tandem's code, written against @opentelemetry/api. The API itself is handed
- * over by the SDK's start (tracing-sdk.ts, which bin/load-program.mjs runs when
+ * over by the SDK's start (tracing-sdk.ts, which start-tracing.ts loads when
  * TANDEM_TRACING=1): until then no module of OpenTelemetry is loaded — every program
  * starts without them — and each helper is a plain call: spans do not record, and callers
  * skip building attributes and trace context by asking `span.isRecording()`.

@@ -1,0 +1,5 @@
+/**
+ * What bin/tandem-batch-worker.mjs runs. The build compiles it, with everything it imports,
+ * into one file (dist/program.bundle.mjs), as it does each server program.
+ */
+export { main as run } from "./main.ts";
