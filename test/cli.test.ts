@@ -253,6 +253,15 @@ describe("tandem bench", () => {
       // an object's default string.
       expect(stderr).not.toContain("[object Object]");
       if (name === "exits") expect(stderr).toMatch(/^exits: \S.* \d+\/\d+/m);
+      // Side by side with llama.cpp on the same weights: a figure from each engine, per format.
+      if (name === "runtime") {
+        const anchor = (result as { llama_cpp_anchor?: Record<string, number | string>[] }).llama_cpp_anchor!;
+        expect(anchor.map((a) => [a.weights, a.gguf_type])).toEqual([
+          ["fp32", "F32"],
+          ["int4", "Q4_0"],
+        ]);
+        for (const a of anchor) expect(a.llama_cpp_decode_tokens_per_s).toBeGreaterThan(0);
+      }
     }, 60_000);
   }
 

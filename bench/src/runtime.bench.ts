@@ -3,7 +3,9 @@
  * of the ONNX Runtime engine on generated Llama checkpoints of ~1M, 25M and 110M
  * parameters, at 1 and 2 threads, for fp32, int8 and int4 weights; against the plain
  * TypeScript reference forward on the same weights; decode as a fraction of this
- * machine's memory-bandwidth limit (weight bytes read per token ÷ bandwidth).
+ * machine's memory-bandwidth limit (weight bytes read per token ÷ bandwidth); and against
+ * llama.cpp (node-llama-cpp's prebuilt CPU build, tools/llama-cpp/) on the same weights
+ * written as GGUF — fp32 as F32, int8 as Q8_0, int4 as Q4_0 — same prompt, same threads.
  *
  * Each case runs in a child process so its RSS and thread pool are its own.
  * Usage: tandem bench runtime [--smoke]
@@ -24,11 +26,18 @@ import {
 import { ReferenceModel, sizedLlamaSpec, writeRandomCheckpoint } from "@tandem/runtime/testing";
 import type { BenchOptions, BenchResult } from "./bench-types.ts";
 import { BENCH_MODELS_DIR, REPO_ROOT } from "./bench-paths.ts";
+import { ensureCheckpointGguf } from "./llama-cpp/bench-gguf.ts";
+import type { GgufFileType } from "./llama-cpp/gguf-writer.ts";
+import { type LlamaCppMeasurement, measureLlamaCpp } from "./llama-cpp/llama-cpp-runner.ts";
 import { measureMemoryBandwidth } from "./memory-bandwidth.ts";
 import { countParams, layerLinearParams } from "./model-arithmetic.ts";
 import { median } from "./statistics.ts";
 
-interface Case {
+/** One measurement, run in a child process: Tandem's engine, or llama.cpp on a GGUF. */
+type Case = TandemCase | LlamaCppCase;
+
+interface TandemCase {
+  engine: "tandem";
   modelDir: string;
   label: string;
   threads: number;
@@ -36,6 +45,21 @@ interface Case {
   promptTokens: number;
   decodeTokens: number;
 }
+
+interface LlamaCppCase {
+  engine: "llama.cpp";
+  gguf: string;
+  threads: number;
+  promptTokens: number;
+  decodeTokens: number;
+}
+
+/** The GGUF type llama.cpp runs for each of Tandem's weight formats. */
+const GGUF_TYPE_OF: Record<WeightFormat, GgufFileType> = { fp32: "F32", int8: "Q8_0", int4: "Q4_0" };
+
+/** The benchmark's prompt, for both engines: token i is (i·7919 + 13) mod vocab. */
+const benchPrompt = (length: number, vocabSize: number): number[] =>
+  Array.from({ length }, (_, i) => (i * 7919 + 13) % vocabSize);
 
 interface CaseResult {
   params: number;
@@ -61,7 +85,7 @@ function weightBytesPerToken(config: ModelConfig, format: WeightFormat): number 
   return linearParams * bytesPerParam + scaleBytes + normParams * 4;
 }
 
-async function runCase(c: Case): Promise<CaseResult> {
+async function runCase(c: TandemCase): Promise<CaseResult> {
   const checkpoint = await loadCheckpoint(c.modelDir);
   const loadStart = performance.now();
   const model = await SegmentModel.load(
@@ -78,10 +102,7 @@ async function runCase(c: Case): Promise<CaseResult> {
   );
   const graphLoadMs = performance.now() - loadStart;
   const sessions = new SegmentSessions(model);
-  const prompt = Array.from(
-    { length: c.promptTokens },
-    (_, i) => (i * 7919 + 13) % checkpoint.config.vocabSize,
-  );
+  const prompt = benchPrompt(c.promptTokens, checkpoint.config.vocabSize);
 
   // Warm-up: the first run of a session allocates and packs weights.
   sessions.open("warmup");
@@ -138,7 +159,23 @@ async function referenceDecode(
   return decodeTokens / ((performance.now() - start) / 1000);
 }
 
-async function runChild(c: Case): Promise<CaseResult> {
+async function runLlamaCppCase(c: LlamaCppCase): Promise<LlamaCppResult> {
+  const measurement: Partial<LlamaCppMeasurement> = await measureLlamaCpp({
+    ggufPath: c.gguf,
+    threads: c.threads,
+    promptTokens: c.promptTokens,
+    prompt: (vocabSize) => benchPrompt(c.promptTokens, vocabSize),
+    decodeTokens: c.decodeTokens,
+  });
+  // The greedy tokens are the test's business (gguf-writer.test.ts), not the benchmark's.
+  delete measurement.tokens;
+  return measurement as LlamaCppResult;
+}
+
+type LlamaCppResult = Omit<LlamaCppMeasurement, "tokens">;
+
+/** Runs a case in a child process; the result is the last line it prints. */
+async function runChild(c: Case): Promise<unknown> {
   const { stdout } = await promisify(execFile)(
     process.execPath,
     [join(REPO_ROOT, "bin", "tandem.mjs"), "bench", "runtime", "--case", JSON.stringify(c)],
@@ -147,7 +184,7 @@ async function runChild(c: Case): Promise<CaseResult> {
     },
   );
   const lines = stdout.trim().split("\n");
-  return JSON.parse(lines[lines.length - 1]) as CaseResult;
+  return JSON.parse(lines[lines.length - 1]);
 }
 
 async function ensureModel(label: string, targetParams: number): Promise<string> {
@@ -160,8 +197,11 @@ async function ensureModel(label: string, targetParams: number): Promise<string>
 }
 
 export default async function runtimeBenchmark(options: BenchOptions<"runtime">): Promise<BenchResult> {
-  if (options.options.case)
-    return (await runCase(JSON.parse(options.options.case) as Case)) as unknown as BenchResult;
+  if (options.options.case) {
+    const c = JSON.parse(options.options.case) as Case;
+    const result = c.engine === "tandem" ? await runCase(c) : await runLlamaCppCase(c);
+    return result as unknown as BenchResult;
+  }
 
   const sizes = options.smoke
     ? [{ label: "1M", params: 1e6 }]
@@ -178,20 +218,20 @@ export default async function runtimeBenchmark(options: BenchOptions<"runtime">)
   const bandwidth = await measureMemoryBandwidth(options.smoke ? { bufferMb: 64, repeats: 2 } : {});
   process.stderr.write(`runtime bench: memory read bandwidth ${bandwidth.readGbPerS.toFixed(1)} GB/s\n`);
   const rows: Record<string, unknown>[] = [];
+  const anchor: Record<string, unknown>[] = [];
   for (const size of sizes) {
     const modelDir = await ensureModel(size.label, size.params);
     const referenceTokens = size.params > 50e6 ? 3 : options.smoke ? 4 : 16;
     const reference = await referenceDecode(modelDir, options.smoke ? 8 : 32, referenceTokens);
     for (const weights of formats) {
+      const gguf = await ensureCheckpointGguf(modelDir, GGUF_TYPE_OF[weights]);
+      const formatRows: { tandem: CaseResult; llamaCpp: LlamaCppResult }[] = [];
       for (const threads of threadCounts) {
-        const result = await runChild({
-          modelDir,
-          label: size.label,
-          threads,
-          weights,
-          promptTokens,
-          decodeTokens,
-        });
+        const shared = { threads, promptTokens, decodeTokens };
+        const tandemCase: TandemCase = { engine: "tandem", modelDir, label: size.label, weights, ...shared };
+        const result = (await runChild(tandemCase)) as CaseResult;
+        const llamaCpp = (await runChild({ engine: "llama.cpp", gguf, ...shared })) as LlamaCppResult;
+        formatRows.push({ tandem: result, llamaCpp });
         // The limit: a decode step cannot go faster than reading its weights once from memory.
         const limitTokensPerS = (bandwidth.readGbPerS * 1e9) / result.weight_bytes_per_token;
         const row = {
@@ -199,11 +239,37 @@ export default async function runtimeBenchmark(options: BenchOptions<"runtime">)
           ...result,
           decode_bandwidth_fraction: result.decode_tokens_per_s / limitTokensPerS,
           reference_decode_tokens_per_s: reference,
+          llama_cpp: { gguf_type: GGUF_TYPE_OF[weights], ...llamaCpp },
         };
         process.stderr.write(`runtime bench: ${JSON.stringify(row)}\n`);
         rows.push(row);
       }
+      // As the issue states the anchor: each engine at its best thread count (on two cores,
+      // llama.cpp's spinning workers can make its 2-thread decode slower than its 1-thread).
+      const best = (pick: (r: { tandem: CaseResult; llamaCpp: LlamaCppResult }) => number) =>
+        Math.max(...formatRows.map(pick));
+      const tandemDecode = best((r) => r.tandem.decode_tokens_per_s);
+      const llamaCppDecode = best((r) => r.llamaCpp.decode_tokens_per_s);
+      const tandemPrefill = best((r) => r.tandem.prefill_tokens_per_s);
+      const llamaCppPrefill = best((r) => r.llamaCpp.prefill_tokens_per_s);
+      anchor.push({
+        model: size.label,
+        weights,
+        gguf_type: GGUF_TYPE_OF[weights],
+        tandem_decode_tokens_per_s: tandemDecode,
+        llama_cpp_decode_tokens_per_s: llamaCppDecode,
+        decode_ratio: tandemDecode / llamaCppDecode,
+        tandem_prefill_tokens_per_s: tandemPrefill,
+        llama_cpp_prefill_tokens_per_s: llamaCppPrefill,
+        prefill_ratio: tandemPrefill / llamaCppPrefill,
+      });
     }
   }
-  return { name: "runtime", memory_bandwidth_gb_s: bandwidth.readGbPerS, memory_bandwidth: bandwidth, rows };
+  return {
+    name: "runtime",
+    memory_bandwidth_gb_s: bandwidth.readGbPerS,
+    memory_bandwidth: bandwidth,
+    rows,
+    llama_cpp_anchor: anchor,
+  };
 }

@@ -11,6 +11,8 @@ export {
   type RandomCheckpointSpec,
 } from "./testing/random-checkpoint.ts";
 export { wholeModelTokens } from "./testing/whole-model-tokens.ts";
+/** fp32 → IEEE fp16 bits, rounding to nearest even: what writers of other formats (GGUF) need. */
+export { floatToHalfBits, halfToFloat32 } from "./numeric/float16.ts";
 export {
   REAL_MODEL_CONFIGS,
   realShapeSpec,
