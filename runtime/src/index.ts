@@ -20,6 +20,7 @@ export {
   type SplitEstimate,
 } from "./checkpoint/inspect-checkpoint.ts";
 export type { ModelArchitecture, ModelConfig } from "./checkpoint/model-config.ts";
+export { rotaryInverseFrequencies } from "./checkpoint/rope-frequencies.ts";
 export type { Checkpoint, ModelWeights, WeightTensor } from "./checkpoint/model-weights.ts";
 
 // Segment graphs and the engine

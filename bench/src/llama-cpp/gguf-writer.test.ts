@@ -1,6 +1,6 @@
 import { mkdtempSync, readFileSync, rmSync, statSync } from "node:fs";
 import { tmpdir } from "node:os";
-import { join } from "node:path";
+import { basename, join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { UnsupportedError } from "@tandem/common";
 import { type Checkpoint, loadCheckpoint, SegmentModel, SegmentSessions, segmentSpec } from "@tandem/runtime";
@@ -389,8 +389,69 @@ const nodeLlamaCpp = (() => {
   }
 })();
 
+/** Tandem's fp32 engine on a checkpoint: the whole model as one segment, greedy, its own KV cache. */
+async function tandemGreedy(
+  dir: string,
+  prompt: readonly number[],
+  count: number,
+): Promise<{ tokens: number[]; firstLogits: Float32Array }> {
+  const checkpoint = await loadCheckpoint(dir);
+  const spec = segmentSpec({
+    fromLayer: 0,
+    toLayer: checkpoint.config.numLayers,
+    finalHead: true,
+    weightFormat: "fp32",
+    logits: true,
+  });
+  const model = await SegmentModel.load(checkpoint, spec, { threads: 1 });
+  try {
+    const sessions = new SegmentSessions(model);
+    sessions.open("greedy");
+    let step = await sessions.forward("greedy", { ids: [...prompt] });
+    const firstLogits = step.exits[0].logits!;
+    const tokens = [step.exits[0].token[0]];
+    while (tokens.length < count) {
+      step = await sessions.forward("greedy", { ids: [tokens[tokens.length - 1]] });
+      tokens.push(step.exits[0].token[0]);
+    }
+    return { tokens, firstLogits };
+  } finally {
+    await model.release();
+  }
+}
+
+/** llama.cpp on the checkpoint written as GGUF of `fileType`, greedy. */
+async function llamaCppGreedyOn(
+  dir: string,
+  fileType: GgufFileType,
+  prompt: readonly number[],
+  count: number,
+): Promise<{ tokens: number[]; firstLogits: Float32Array }> {
+  const path = join(root, `${basename(dir)}-${fileType}.gguf`);
+  await writeCheckpointGguf(await loadCheckpoint(dir), path, { fileType });
+  // F32 keys and values and no flash attention (llama.cpp's CPU flash attention works
+  // in fp16): llama.cpp's arithmetic is then fp32 throughout, like Tandem's.
+  const model = await LlamaCppModel.open({
+    ggufPath: path,
+    threads: 1,
+    contextSize: prompt.length + count + 1,
+    kvCacheType: "F32",
+    flashAttention: false,
+    packageDir: nodeLlamaCpp.dir,
+  });
+  try {
+    return await llamaCppGreedy(model, prompt, count);
+  } finally {
+    await model.close();
+  }
+}
+
+/** The largest difference between two logit vectors. */
+const worstDifference = (a: Float32Array, b: Float32Array) =>
+  Math.max(...a.map((v, i) => Math.abs(v - b[i])));
+
 describe.skipIf(!nodeLlamaCpp.dir)(
-  `llama.cpp runs the demo model's GGUF as Tandem's engine does${nodeLlamaCpp.dir ? "" : ` (skipped: node-llama-cpp not installable: ${nodeLlamaCpp.reason})`}`,
+  `llama.cpp on a checkpoint written as GGUF computes what Tandem's engine does${nodeLlamaCpp.dir ? "" : ` (skipped: node-llama-cpp not installable: ${nodeLlamaCpp.reason})`}`,
   () => {
     const prompt = Array.from({ length: 16 }, (_, i) => (i * 7919 + 13) % 4096);
     const greedySteps = 16;
@@ -401,57 +462,16 @@ describe.skipIf(!nodeLlamaCpp.dir)(
       Math.sqrt(a.reduce((sum, v, i) => sum + (v - b[i]) ** 2, 0) / a.length);
 
     beforeAll(async () => {
-      // Tandem's fp32 engine: the whole model as one segment, greedy, its own KV cache.
-      const checkpoint = await loadCheckpoint(DEMO_MODEL);
-      const spec = segmentSpec({
-        fromLayer: 0,
-        toLayer: checkpoint.config.numLayers,
-        finalHead: true,
-        weightFormat: "fp32",
-        logits: true,
-      });
-      const model = await SegmentModel.load(checkpoint, spec, { threads: 1 });
-      try {
-        const sessions = new SegmentSessions(model);
-        sessions.open("greedy");
-        let step = await sessions.forward("greedy", { ids: prompt });
-        const firstLogits = step.exits[0].logits!;
-        const tokens = [step.exits[0].token[0]];
-        while (tokens.length < greedySteps) {
-          step = await sessions.forward("greedy", { ids: [tokens[tokens.length - 1]] });
-          tokens.push(step.exits[0].token[0]);
-        }
-        tandem = { tokens, firstLogits };
-      } finally {
-        await model.release();
-      }
+      tandem = await tandemGreedy(DEMO_MODEL, prompt, greedySteps);
     });
 
-    async function runGguf(fileType: GgufFileType) {
-      const path = join(root, `demo-${fileType}.gguf`);
-      await writeCheckpointGguf(await loadCheckpoint(DEMO_MODEL), path, { fileType });
-      // F32 keys and values and no flash attention (llama.cpp's CPU flash attention works
-      // in fp16): llama.cpp's arithmetic is then fp32 throughout, like Tandem's.
-      const model = await LlamaCppModel.open({
-        ggufPath: path,
-        threads: 1,
-        contextSize: 64,
-        kvCacheType: "F32",
-        flashAttention: false,
-        packageDir: nodeLlamaCpp.dir,
-      });
-      try {
-        return await llamaCppGreedy(model, prompt, greedySteps);
-      } finally {
-        await model.close();
-      }
-    }
+    const runGguf = async (fileType: GgufFileType) =>
+      llamaCppGreedyOn(DEMO_MODEL, fileType, prompt, greedySteps);
 
     it("F32: the same 16 greedy tokens, and the first position's logits within 1e-3", async () => {
       const llamaCpp = await runGguf("F32");
       expect(llamaCpp.tokens).toEqual(tandem.tokens);
-      const worst = Math.max(...llamaCpp.firstLogits.map((v, i) => Math.abs(v - tandem.firstLogits[i])));
-      expect(worst).toBeLessThan(1e-3);
+      expect(worstDifference(llamaCpp.firstLogits, tandem.firstLogits)).toBeLessThan(1e-3);
     });
 
     it("Q8_0 and Q4_0: the same first token, logits off by quantization only", async () => {
@@ -465,6 +485,34 @@ describe.skipIf(!nodeLlamaCpp.dir)(
         expect(llamaCpp.tokens[0]).toBe(tandem.tokens[0]);
         expect(rms(llamaCpp.firstLogits, tandem.firstLogits)).toBeLessThan(bound);
       }
+    });
+
+    it("llama3 rope scaling: rope_freqs makes llama.cpp rotate by Tandem's scaled frequencies", async () => {
+      // Pre-trained context 32: over a 48-token prompt every band of the scaling is in play
+      // (wavelengths under 8 kept, over 32 divided by the factor, the band between blended).
+      const scaled: RandomCheckpointSpec = {
+        ...TINY_LLAMA,
+        seed: 21,
+        ropeScaling: {
+          type: "llama3",
+          factor: 8,
+          lowFreqFactor: 1,
+          highFreqFactor: 4,
+          originalMaxPositions: 32,
+        },
+      };
+      await writeRandomCheckpoint(join(root, "llama3-scaled"), scaled);
+      await writeRandomCheckpoint(join(root, "unscaled"), { ...scaled, ropeScaling: undefined });
+      const longPrompt = Array.from({ length: 48 }, (_, i) => (i * 7919 + 13) % TINY_LLAMA.vocabSize);
+      const tandemScaled = await tandemGreedy(join(root, "llama3-scaled"), longPrompt, 1);
+      const tandemUnscaled = await tandemGreedy(join(root, "unscaled"), longPrompt, 1);
+      const llamaCpp = await llamaCppGreedyOn(join(root, "llama3-scaled"), "F32", longPrompt, 1);
+      const agreement = worstDifference(llamaCpp.firstLogits, tandemScaled.firstLogits);
+      expect(agreement).toBeLessThan(1e-3);
+      // The scaling moves these logits far more than the engines differ: the check has teeth.
+      expect(worstDifference(tandemUnscaled.firstLogits, tandemScaled.firstLogits)).toBeGreaterThan(
+        20 * agreement,
+      );
     });
   },
 );

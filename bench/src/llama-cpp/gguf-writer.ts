@@ -21,6 +21,9 @@
  * the head is transformers' row j·headDim/2 + i; then llama.cpp computes exactly
  * transformers' attention scores.
  *
+ * Rope scaling: `linear` as llama.rope.scaling.*; Llama 3's `llama3` as the tensor
+ * rope_freqs.weight (one divisor per rotary frequency), as the converter writes it.
+ *
  * Tensor types by file type: norms stay F32 always. In a Q8_0 file every matrix is Q8_0
  * (as the converter's --outtype q8_0 and llama-quantize Q8_0 both do). In a Q4_0 file the
  * matrices are Q4_0 except the LM head (output.weight, or token_embd when tied), which
@@ -31,7 +34,12 @@
 import { readFile } from "node:fs/promises";
 import { basename } from "node:path";
 import { CheckpointError, UnsupportedError } from "@tandem/common";
-import type { Checkpoint, ModelConfig, WeightTensor } from "@tandem/runtime";
+import {
+  type Checkpoint,
+  type ModelConfig,
+  rotaryInverseFrequencies,
+  type WeightTensor,
+} from "@tandem/runtime";
 import { encodeValues, fitsRows, type GgmlTypeName } from "./ggml-blocks.ts";
 import {
   bool,
@@ -105,10 +113,11 @@ function checkWritable(config: ModelConfig): void {
     );
   if (config.attentionBias)
     throw new UnsupportedError("GGUF export: attention biases (attention_bias) are not written");
-  if (config.ropeScaling && config.ropeScaling.type !== "linear")
-    throw new UnsupportedError(
-      `GGUF export: rope_scaling ${config.ropeScaling.type} is not written (it needs a rope_freqs tensor)`,
-    );
+  // Linear and llama3 are the scalings ModelConfig admits; both are written (llama3 as
+  // rope_freqs). A new one must be added here before it is exported.
+  const scaling = config.ropeScaling?.type;
+  if (scaling && scaling !== "linear" && scaling !== "llama3")
+    throw new UnsupportedError(`GGUF export: rope_scaling ${scaling as string} is not written`);
 }
 
 function llamaMetadata(checkpoint: Checkpoint, fileType: GgufFileType): [string, GgufValue][] {
@@ -209,13 +218,15 @@ function llamaTensors(checkpoint: Checkpoint, options: GgufWriteOptions): GgufTe
   const { config } = checkpoint;
   const w = checkpoint.weights;
   const tied = config.tieWordEmbeddings;
-  const tensors: GgufTensor[] = [
+  const tensors: GgufTensor[] = [];
+  if (config.ropeScaling?.type === "llama3") tensors.push(ropeFrequencyFactors(config));
+  tensors.push(
     matrix(
       "token_embd.weight",
       w.embedTokens,
       matrixType(options, tied ? "lm-head" : "embedding", config.hiddenSize),
     ),
-  ];
+  );
   const linear = (name: string, t: WeightTensor, heads?: number) =>
     matrix(name, t, matrixType(options, "linear", t.shape[1]), heads);
   for (const [i, layer] of w.layers.entries()) {
@@ -240,6 +251,26 @@ function llamaTensors(checkpoint: Checkpoint, options: GgufWriteOptions): GgufTe
   if (!tied)
     tensors.push(matrix("output.weight", w.lmHead, matrixType(options, "lm-head", config.hiddenSize)));
   return tensors;
+}
+
+/**
+ * Llama 3's rope scaling as llama.cpp takes it: rope_freqs.weight, one divisor per rotary
+ * frequency (llama.cpp rotates by position · base frequency ÷ divisor), as the converter's
+ * generate_extra_tensors writes it — here each base frequency over the scaled one that
+ * Tandem's engine rotates by, so the two engines turn by the same angles.
+ */
+function ropeFrequencyFactors(config: ModelConfig): GgufTensor {
+  const base = rotaryInverseFrequencies({ ...config, ropeScaling: undefined });
+  const scaled = rotaryInverseFrequencies(config);
+  const factors = base.map((frequency, i) => frequency / scaled[i]);
+  return {
+    name: "rope_freqs.weight",
+    ne: [factors.length],
+    type: "F32",
+    *chunks() {
+      yield encodeValues("F32", factors);
+    },
+  };
 }
 
 /** A 1-D weight (a norm), F32. */
