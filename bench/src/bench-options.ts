@@ -62,6 +62,10 @@ export const BENCH_OPTION_SCHEMAS = {
     .strict(),
   runtime: z
     .object({
+      models: z.array(z.string().min(1)).min(1).optional().meta({
+        description:
+          "models to run (default 1M,25M,110M: generated Llama checkpoints of those sizes; also any of real-model-configs.ts, e.g. Llama-3.2-1B)",
+      }),
       case: CASE_OPTION,
     })
     .strict(),

@@ -23,13 +23,20 @@ import {
   segmentSpec,
   type WeightFormat,
 } from "@tandem/runtime";
-import { ReferenceModel, sizedLlamaSpec, writeRandomCheckpoint } from "@tandem/runtime/testing";
+import {
+  REAL_MODEL_CONFIGS,
+  ReferenceModel,
+  sizedLlamaSpec,
+  writeRandomCheckpoint,
+} from "@tandem/runtime/testing";
+import { UsageError } from "@tandem/common";
 import type { BenchOptions, BenchResult } from "./bench-types.ts";
 import { BENCH_MODELS_DIR, REPO_ROOT } from "./bench-paths.ts";
 import { ensureCheckpointGguf } from "./llama-cpp/bench-gguf.ts";
 import type { GgufFileType } from "./llama-cpp/gguf-writer.ts";
 import { type LlamaCppMeasurement, measureLlamaCpp } from "./llama-cpp/llama-cpp-runner.ts";
 import { measureMemoryBandwidth } from "./memory-bandwidth.ts";
+import { ensureRealShapeCheckpoint, isRealModelName } from "./real-shape-checkpoints.ts";
 import { countParams, layerLinearParams } from "./model-arithmetic.ts";
 import { median } from "./statistics.ts";
 
@@ -187,11 +194,17 @@ async function runChild(c: Case): Promise<unknown> {
   return JSON.parse(lines[lines.length - 1]);
 }
 
-async function ensureModel(label: string, targetParams: number): Promise<string> {
+/** Generated checkpoints by size: the benchmark's own models. */
+const SIZED_MODELS: Record<string, number> = { "1M": 1e6, "25M": 25e6, "110M": 110e6 };
+
+/** The model's directory, its checkpoint written first when missing: a size or a real shape. */
+async function ensureModel(label: string): Promise<string> {
+  const log = (line: string) => process.stderr.write(`runtime bench: ${line}\n`);
+  if (isRealModelName(label)) return ensureRealShapeCheckpoint(label, log);
   const dir = join(BENCH_MODELS_DIR, label);
   if (!existsSync(join(dir, "config.json"))) {
-    process.stderr.write(`runtime bench: writing ${label} checkpoint\n`);
-    await writeRandomCheckpoint(dir, { ...sizedLlamaSpec(targetParams), seed: 1 });
+    log(`writing ${label} checkpoint`);
+    await writeRandomCheckpoint(dir, { ...sizedLlamaSpec(SIZED_MODELS[label]), seed: 1 });
   }
   return dir;
 }
@@ -203,13 +216,13 @@ export default async function runtimeBenchmark(options: BenchOptions<"runtime">)
     return result as unknown as BenchResult;
   }
 
-  const sizes = options.smoke
-    ? [{ label: "1M", params: 1e6 }]
-    : [
-        { label: "1M", params: 1e6 },
-        { label: "25M", params: 25e6 },
-        { label: "110M", params: 110e6 },
-      ];
+  const models = options.smoke ? ["1M"] : (options.options.models ?? Object.keys(SIZED_MODELS));
+  for (const [i, name] of models.entries())
+    if (!(name in SIZED_MODELS) && !isRealModelName(name))
+      throw new UsageError(
+        `models[${i}]`,
+        `no model "${name}"; known: ${[...Object.keys(SIZED_MODELS), ...Object.keys(REAL_MODEL_CONFIGS)].join(", ")}`,
+      );
   const formats: WeightFormat[] = options.smoke ? ["fp32", "int4"] : ["fp32", "int8", "int4"];
   const threadCounts = options.smoke ? [1] : [1, 2];
   const promptTokens = options.smoke ? 16 : 128;
@@ -219,23 +232,27 @@ export default async function runtimeBenchmark(options: BenchOptions<"runtime">)
   process.stderr.write(`runtime bench: memory read bandwidth ${bandwidth.readGbPerS.toFixed(1)} GB/s\n`);
   const rows: Record<string, unknown>[] = [];
   const anchor: Record<string, unknown>[] = [];
-  for (const size of sizes) {
-    const modelDir = await ensureModel(size.label, size.params);
-    const referenceTokens = size.params > 50e6 ? 3 : options.smoke ? 4 : 16;
-    const reference = await referenceDecode(modelDir, options.smoke ? 8 : 32, referenceTokens);
+  for (const label of models) {
+    const modelDir = await ensureModel(label);
+    const params = countParams((await loadCheckpoint(modelDir)).config);
+    // The plain-TypeScript forward holds every weight in fp32 and runs ~100× slower: a few
+    // tokens up to the 110M model, none past it.
+    const referenceTokens = params > 200e6 ? 0 : params > 50e6 ? 3 : options.smoke ? 4 : 16;
+    const reference =
+      referenceTokens > 0 ? await referenceDecode(modelDir, options.smoke ? 8 : 32, referenceTokens) : null;
     for (const weights of formats) {
       const gguf = await ensureCheckpointGguf(modelDir, GGUF_TYPE_OF[weights]);
       const formatRows: { tandem: CaseResult; llamaCpp: LlamaCppResult }[] = [];
       for (const threads of threadCounts) {
         const shared = { threads, promptTokens, decodeTokens };
-        const tandemCase: TandemCase = { engine: "tandem", modelDir, label: size.label, weights, ...shared };
+        const tandemCase: TandemCase = { engine: "tandem", modelDir, label, weights, ...shared };
         const result = (await runChild(tandemCase)) as CaseResult;
         const llamaCpp = (await runChild({ engine: "llama.cpp", gguf, ...shared })) as LlamaCppResult;
         formatRows.push({ tandem: result, llamaCpp });
         // The limit: a decode step cannot go faster than reading its weights once from memory.
         const limitTokensPerS = (bandwidth.readGbPerS * 1e9) / result.weight_bytes_per_token;
         const row = {
-          model: size.label,
+          model: label,
           ...result,
           decode_bandwidth_fraction: result.decode_tokens_per_s / limitTokensPerS,
           reference_decode_tokens_per_s: reference,
@@ -253,7 +270,7 @@ export default async function runtimeBenchmark(options: BenchOptions<"runtime">)
       const tandemPrefill = best((r) => r.tandem.prefill_tokens_per_s);
       const llamaCppPrefill = best((r) => r.llamaCpp.prefill_tokens_per_s);
       anchor.push({
-        model: size.label,
+        model: label,
         weights,
         gguf_type: GGUF_TYPE_OF[weights],
         tandem_decode_tokens_per_s: tandemDecode,

@@ -34,7 +34,6 @@ import {
 } from "@tandem/runtime";
 import {
   REAL_MODEL_CONFIGS,
-  realShapeSpec,
   sizedLlamaSpec,
   writeRandomCheckpoint,
   type RealModelName,
@@ -42,6 +41,7 @@ import {
 import { UsageError } from "@tandem/common";
 import type { BenchOptions, BenchResult } from "./bench-types.ts";
 import { DEMO_HELDOUT_TEXT, DEMO_MODEL, REPO_ROOT } from "./bench-paths.ts";
+import { ensureRealShapeCheckpoint } from "./real-shape-checkpoints.ts";
 
 const MODELS_DIR = join(REPO_ROOT, ".cache", "bench-models");
 const GRAPHS_DIR = join(REPO_ROOT, ".cache", "scale-graphs");
@@ -189,13 +189,12 @@ const TRAINED = "tandem-demo";
 
 async function ensureModel(name: string, smoke: boolean): Promise<string> {
   if (name === TRAINED) return DEMO_MODEL;
-  const dir = join(MODELS_DIR, smoke ? "scale-smoke" : `scale-${name}`);
+  const log = (line: string) => process.stderr.write(`scale bench: ${line}\n`);
+  if (!smoke) return ensureRealShapeCheckpoint(name as RealModelName, log);
+  const dir = join(MODELS_DIR, "scale-smoke");
   if (!existsSync(join(dir, "config.json"))) {
-    process.stderr.write(`scale bench: writing the ${name} checkpoint (one BF16 file)\n`);
-    const spec = smoke
-      ? { ...sizedLlamaSpec(1e6), dtype: "BF16" as const }
-      : realShapeSpec(name as RealModelName, { dtype: "BF16" });
-    await writeRandomCheckpoint(dir, spec);
+    log("writing the smoke checkpoint (one BF16 file)");
+    await writeRandomCheckpoint(dir, { ...sizedLlamaSpec(1e6), dtype: "BF16" as const });
   }
   return dir;
 }
