@@ -72,7 +72,7 @@ describe("tandem", () => {
       [["logits", "--model", "m", "--ids", "1,x"], /^tandem logits: --ids: must be an integer, got "x"$/m],
       [
         ["demo", "--codec", "fp8"],
-        /^tandem demo: --codec: must be one of fp32, fp16, int8, int4, got "fp8"$/m,
+        /^tandem demo: --codec: must be one of fp32, fp16, int8, int4, int8-rotated, int4-rotated, got "fp8"$/m,
       ],
       [["demo", "--max-tokens"], /^tandem demo: --max-tokens: needs a value$/m],
       [
@@ -156,7 +156,7 @@ describe("the services", () => {
     expect(lines.sort()).toEqual(
       [
         `tandem-edge: colour: is not a known key (known: ${Object.keys(programSchema(EDGE_PROGRAM).shape).join(", ")}) (from ${file})`,
-        `tandem-edge: codec: must be one of fp32, fp16, int8, int4, got "fp8" (from ${file})`,
+        `tandem-edge: codec: must be one of fp32, fp16, int8, int4, int8-rotated, int4-rotated, got "fp8" (from ${file})`,
         `tandem-edge: cloudDeadlineMs: must be ≥ 1, got -1 (from ${file})`,
         "tandem-edge: port: must be ≤ 65535, got 70000 (from the command line)",
         'tandem-edge: threads: must be an integer, got "many" (from $TANDEM_EDGE_THREADS)',

@@ -7,6 +7,7 @@ import { join } from "node:path";
 import { describe, expect, it } from "vitest";
 import {
   calibrate,
+  CODEC_NAMES,
   type CodecName,
   computeLogits,
   evaluatePolicy,
@@ -85,14 +86,14 @@ describe("models/tandem-demo (dense)", () => {
       ),
     );
     const ids = tokenizer.encode(readFileSync(join(DENSE, "heldout.txt"), "utf8")).slice(0, 16 * 128);
-    const agree: Record<CodecName, number> = { fp32: 0, fp16: 0, int8: 0, int4: 0 };
+    const agree = Object.fromEntries(CODEC_NAMES.map((codec) => [codec, 0])) as Record<CodecName, number>;
     for (let w = 0; w < ids.length / 128; w++) {
       const window = ids.slice(w * 128, (w + 1) * 128);
       lower.open("w");
       const hidden = (await lower.forward("w", { ids: window })).hidden!;
       lower.release("w");
       const tokens: Partial<Record<CodecName, number[]>> = {};
-      for (const codec of ["fp32", "fp16", "int8", "int4"] as const) {
+      for (const codec of CODEC_NAMES) {
         const c = getCodec(codec);
         upper.open("w");
         tokens[codec] = (
@@ -105,6 +106,8 @@ describe("models/tandem-demo (dense)", () => {
     expect(agree.fp16 / ids.length).toBeGreaterThanOrEqual(0.995);
     expect(agree.int8 / ids.length).toBeGreaterThanOrEqual(0.995);
     expect(agree.int4 / ids.length).toBeGreaterThan(0.8);
+    expect(agree["int8-rotated"] / ids.length).toBeGreaterThanOrEqual(0.995);
+    expect(agree["int4-rotated"] / ids.length).toBeGreaterThan(0.8);
   });
 });
 

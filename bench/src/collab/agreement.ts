@@ -42,7 +42,7 @@ export async function agreementSweep(ctx: Context) {
   );
   const policies = calibration.summary.policies;
   const perPolicy = policies.map(() => ({ local: 0, agree: 0 }));
-  const codecAgree: Record<CodecName, number> = { fp32: 0, fp16: 0, int8: 0, int4: 0 };
+  const codecAgree = Object.fromEntries(CODEC_NAMES.map((codec) => [codec, 0])) as Record<CodecName, number>;
   let positions = 0;
   for (const window of ctx.windows) {
     lower.open("w");

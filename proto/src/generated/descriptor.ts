@@ -380,7 +380,9 @@ export const TANDEM_DESCRIPTOR = {
                 "HIDDEN_STATE_CODEC_FP32": 1,
                 "HIDDEN_STATE_CODEC_FP16": 2,
                 "HIDDEN_STATE_CODEC_INT8": 3,
-                "HIDDEN_STATE_CODEC_INT4": 4
+                "HIDDEN_STATE_CODEC_INT4": 4,
+                "HIDDEN_STATE_CODEC_INT8_ROTATED": 5,
+                "HIDDEN_STATE_CODEC_INT4_ROTATED": 6
               }
             },
             "EdgeMessage": {

@@ -21,7 +21,7 @@ function thrown(run: () => unknown): unknown {
 describe("getCodec", () => {
   it("builds each named codec", () => {
     for (const name of CODEC_NAMES) expect(getCodec(name).name).toBe(name);
-    expect(CODEC_NAMES).toEqual(["fp32", "fp16", "int8", "int4"]);
+    expect(CODEC_NAMES).toEqual(["fp32", "fp16", "int8", "int4", "int8-rotated", "int4-rotated"]);
     expect(isCodecName("int8")).toBe(true);
     expect(isCodecName("int2")).toBe(false);
   });

@@ -1,6 +1,6 @@
 /**
  * Hidden states on the wire between edge and cloud (the `payload` of a
- * HiddenStateFrame): `count` tokens × `dim` floats, row-major Float32Array. Four
+ * HiddenStateFrame): `count` tokens × `dim` floats, row-major Float32Array. Six
  * codecs trade bytes for error (CE-CoLLM sends quantized states):
  *
  *   codec  bytes per token                      |x̂ − x| bound
@@ -8,6 +8,8 @@
  *   fp16   2·dim                                2^-11·|x| (normal range), 2^-25 below
  *   int8   dim + 4                              absmax(token)/254 · (1 + 2^-15) + 2^-148
  *   int4   dim/2 + 2·dim/G  (G = groupSize)     absmax(group)/14 · (1 + 2^-10) + 2^-25
+ *   int8-rotated, int4-rotated: int8's and int4's sizes; their bounds hold for the
+ *          rotated state y = H·D·x, and ‖x̂ − x‖₂ = ‖ŷ − y‖₂ (the rotation is orthonormal)
  *
  * Wire formats (all little-endian; byte-exact layouts in each codec's file):
  *   fp32  value (t, d) as float32 at byte 4·(t·dim + d)                 fp32-codec.ts
@@ -15,6 +17,7 @@
  *   int8  per token: float32 scale, then dim int8                       int8-codec.ts
  *   int4  per token, per group of G values: binary16 scale, then the   int4-codec.ts
  *         values as 4-bit nibbles, two per byte, low nibble first
+ *   int8-rotated, int4-rotated  int8's, int4's layout of y = H·D·x     rotated-codec.ts
  * Every format is a sequence of fixed-size per-token records, so the payload of
  * tokens a‖b is encode(a)‖encode(b): the edge may encode a token as soon as it has
  * it and concatenate the queued context later. There is no header: the codec, dim
@@ -41,8 +44,9 @@ import { Fp16Codec } from "./fp16-codec.ts";
 import { Fp32Codec } from "./fp32-codec.ts";
 import { Int4Codec } from "./int4-codec.ts";
 import { Int8Codec } from "./int8-codec.ts";
+import { RotatedCodec } from "./rotated-codec.ts";
 
-export const CODEC_NAMES = ["fp32", "fp16", "int8", "int4"] as const;
+export const CODEC_NAMES = ["fp32", "fp16", "int8", "int4", "int8-rotated", "int4-rotated"] as const;
 export type CodecName = (typeof CODEC_NAMES)[number];
 
 export interface HiddenStateCodec {
@@ -79,6 +83,10 @@ export function getCodec(name: string, options: CodecOptions = {}): HiddenStateC
       return new Int8Codec();
     case "int4":
       return new Int4Codec(options.groupSize ?? DEFAULT_INT4_GROUP_SIZE);
+    case "int8-rotated":
+      return new RotatedCodec("int8-rotated", new Int8Codec());
+    case "int4-rotated":
+      return new RotatedCodec("int4-rotated", new Int4Codec(options.groupSize ?? DEFAULT_INT4_GROUP_SIZE));
     default:
       throw new CodecError(`unknown codec "${name}" (known: ${CODEC_NAMES.join(", ")})`);
   }

@@ -111,6 +111,8 @@ const CODEC_TO_WIRE: Record<CodecName, HiddenStateCodecName> = {
   fp16: "HIDDEN_STATE_CODEC_FP16",
   int8: "HIDDEN_STATE_CODEC_INT8",
   int4: "HIDDEN_STATE_CODEC_INT4",
+  "int8-rotated": "HIDDEN_STATE_CODEC_INT8_ROTATED",
+  "int4-rotated": "HIDDEN_STATE_CODEC_INT4_ROTATED",
 };
 
 export function codecToWire(codec: CodecName): HiddenStateCodecName {

@@ -7,6 +7,12 @@ export const HiddenStateCodec = {
   HIDDEN_STATE_CODEC_FP16: 'HIDDEN_STATE_CODEC_FP16',
   HIDDEN_STATE_CODEC_INT8: 'HIDDEN_STATE_CODEC_INT8',
   HIDDEN_STATE_CODEC_INT4: 'HIDDEN_STATE_CODEC_INT4',
+  /**
+   * int8 and int4 of the states turned by a fixed randomized Hadamard rotation
+   * (runtime/src/codec/rotated-codec.ts): the same payload sizes, outliers spread.
+   */
+  HIDDEN_STATE_CODEC_INT8_ROTATED: 'HIDDEN_STATE_CODEC_INT8_ROTATED',
+  HIDDEN_STATE_CODEC_INT4_ROTATED: 'HIDDEN_STATE_CODEC_INT4_ROTATED',
 } as const;
 
 export type HiddenStateCodec =
@@ -20,5 +26,13 @@ export type HiddenStateCodec =
   | 3
   | 'HIDDEN_STATE_CODEC_INT4'
   | 4
+  /**
+   * int8 and int4 of the states turned by a fixed randomized Hadamard rotation
+   * (runtime/src/codec/rotated-codec.ts): the same payload sizes, outliers spread.
+   */
+  | 'HIDDEN_STATE_CODEC_INT8_ROTATED'
+  | 5
+  | 'HIDDEN_STATE_CODEC_INT4_ROTATED'
+  | 6
 
 export type HiddenStateCodec__Output = typeof HiddenStateCodec[keyof typeof HiddenStateCodec]
