@@ -40,6 +40,15 @@ export function buildPhase(spec: SegmentSpec): string {
   return `building [${spec.fromLayer},${spec.toLayer}) ${spec.weightFormat}`;
 }
 
+/** A quantized weight's initializers: its packed blocks, and its scales as each operator takes them. */
+interface QuantizedWeight {
+  packed: string;
+  /** [rows·blocks], MatMulNBits's shape; written on first use. */
+  flatScales(): string;
+  /** [rows, blocks, 1], GatherBlockQuantized's shape; written on first use. */
+  rowScales(): string;
+}
+
 class SegmentGraphWriter {
   private readonly b: OnnxGraphBuilder;
   private readonly exits: ExitHeadSpec[];
@@ -47,6 +56,7 @@ class SegmentGraphWriter {
   private lmHeadName?: string;
   /** Initializers already written per weight, so heads shared by several exits are stored once. */
   private readonly linearInitializers = new Map<string, string[]>();
+  private readonly quantizedWeights = new Map<string, QuantizedWeight>();
   private readonly normInitializers = new Map<string, string>();
 
   constructor(
@@ -126,11 +136,11 @@ class SegmentGraphWriter {
     const prefix = "/model/embed_tokens";
     const table = asLinear(this.weights.embedTokens);
     const bits = 8;
-    const [packed, , rowScales] = this.quantizedInitializers(table, bits, true);
+    const quantized = this.quantizedWeight(table, bits);
     const blocks = b.op(
       "GatherBlockQuantized",
       `${prefix}/GatherBlockQuantized`,
-      [packed, ids, rowScales!],
+      [quantized.packed, ids, quantized.rowScales()],
       { block_size: this.blockSize, gather_axis: 0, quantize_axis: 2, bits },
       "com.microsoft",
     ); // [batch, seq, blocks, blockSize]
@@ -146,19 +156,23 @@ class SegmentGraphWriter {
   }
 
   /**
-   * The MatMulNBits initializers of a weight, [packed [rows, blocks, blob], scales
-   * [rows·blocks]], written once per weight and bit width; with `gatherScales`, also the
-   * scales as [rows, blocks, 1], the shape GatherBlockQuantized takes. Quantized a block
-   * of rows at a time (each row's blocks are its own), so a 1 GB table is never whole.
+   * A weight quantized for MatMulNBits and GatherBlockQuantized: its packed blocks
+   * [rows, blocks, blob], written once per weight and bit width, and its fp32 block scales
+   * as each operator takes them — flat [rows·blocks] for MatMulNBits, [rows, blocks, 1] for
+   * GatherBlockQuantized — each written only once an operator asks for it (an int4
+   * segment's 8-bit embedding table is only gathered from; an int8 one's tied head also
+   * multiplies by it). Quantized a block of rows at a time (each row's blocks are its own),
+   * so a 1 GB table is never whole.
    */
-  private quantizedInitializers(weight: LinearWeight, bits: 4 | 8, gatherScales = false): string[] {
+  private quantizedWeight(weight: LinearWeight, bits: 4 | 8): QuantizedWeight {
     const { b, blockSize } = this;
     const key = `${weight.name}|q${bits}`;
-    let names = this.linearInitializers.get(key);
-    if (!names) {
+    let quantized = this.quantizedWeights.get(key);
+    if (!quantized) {
       const { rows, cols } = weight;
       const blocksPerRow = Math.ceil(cols / blockSize);
       const blob = (blockSize * bits) / 8;
+      // Filled as the packed blocks stream out, before any initializer is serialized.
       const scales = new Float32Array(rows * blocksPerRow);
       const packed = b.streamedInitializer(
         `${weight.name}.q${bits}`,
@@ -173,14 +187,23 @@ class SegmentGraphWriter {
           }
         },
       );
-      names = [packed, b.initializer(`${weight.name}.q${bits}.scales`, "float32", [scales.length], scales)];
-      if (gatherScales)
-        names.push(
-          b.initializer(`${weight.name}.q${bits}.row_scales`, "float32", [rows, blocksPerRow, 1], scales),
-        );
-      this.linearInitializers.set(key, names);
+      let flat: string | undefined;
+      let perRow: string | undefined;
+      quantized = {
+        packed,
+        flatScales: () =>
+          (flat ??= b.initializer(`${weight.name}.q${bits}.scales`, "float32", [scales.length], scales)),
+        rowScales: () =>
+          (perRow ??= b.initializer(
+            `${weight.name}.q${bits}.row_scales`,
+            "float32",
+            [rows, blocksPerRow, 1],
+            scales,
+          )),
+      };
+      this.quantizedWeights.set(key, quantized);
     }
-    return names;
+    return quantized;
   }
 
   /**
@@ -702,11 +725,11 @@ class SegmentGraphWriter {
       return b.op("MatMul", `${prefix}/MatMul`, [x, name[0]]);
     }
     const bits = spec.weightFormat === "int8" ? 8 : 4;
-    const [packed, scales] = this.quantizedInitializers(weight, bits);
+    const quantized = this.quantizedWeight(weight, bits);
     return b.op(
       "MatMulNBits",
       `${prefix}/MatMulNBits`,
-      [x, packed, scales],
+      [x, quantized.packed, quantized.flatScales()],
       // accuracy_level 4: int8 activations inside the kernel, the fast CPU path.
       { K: weight.cols, N: weight.rows, bits, block_size: this.blockSize, accuracy_level: 4 },
       "com.microsoft",

@@ -128,6 +128,33 @@ describe("segmentWeightBytes", () => {
     }
   }
 
+  it("every initializer a graph holds is read by one of its nodes (none is written for nothing)", () => {
+    for (const [name, spec] of Object.entries(MODELS)) {
+      const checkpoint = checkpoints.get(name)!;
+      for (const format of WEIGHT_FORMATS) {
+        for (const [segment, segmentSpec] of specsOf(spec, format)) {
+          const built = buildSegmentGraph(
+            checkpoint.config,
+            checkpoint.weights,
+            segmentSpec,
+            new InMemoryExternalData("w.bin"),
+          );
+          const { graph } = modelProto.toObject(modelProto.decode(built.model)) as {
+            graph: { initializer: { name: string }[]; node: { input?: string[] }[] };
+          };
+          const read = new Set(graph.node.flatMap((node) => node.input ?? []));
+          const unread = graph.initializer.map((tensor) => tensor.name).filter((n) => !read.has(n));
+          expect({ model: name, format, segment, unread }).toEqual({
+            model: name,
+            format,
+            segment,
+            unread: [],
+          });
+        }
+      }
+    }
+  });
+
   it("splits the bytes into embedding, rotary, layers, head and exit maps", () => {
     const config = checkpoints.get("TINY_LLAMA")!.config;
     const h = 64;
@@ -151,22 +178,21 @@ describe("segmentWeightBytes", () => {
     const config = checkpoints.get("TINY_TIED")!.config;
     const edge = (format: WeightFormat) =>
       segmentWeightBytes(config, edgeSegmentSpec(2, [{ afterLayer: 2 }], format));
-    // 300 rows of 2 blocks of 32: a byte per value, and each block's scale twice.
-    const table8 = 300 * 2 * (32 + 4 + 4);
+    // 300 rows of 2 blocks of 32: a byte per value and each block's scale.
+    const table8 = 300 * 2 * (32 + 4);
     expect([edge("fp32").embedding, edge("int8").embedding, edge("int4").embedding]).toEqual([
       300 * 64 * 4,
       table8,
       table8,
     ]);
-    // Beside the final norm's 64 floats, the head is the table itself in fp32 and int8, a copy in int4.
+    // Beside the final norm's 64 floats, the head is the table itself in fp32; in int8 the
+    // table too, with its scales once more in MatMulNBits's shape; in int4 a copy.
     expect(edge("fp32").head).toBe(64 * 4);
-    expect(edge("int8").head).toBe(64 * 4);
+    expect(edge("int8").head).toBe(64 * 4 + 300 * 2 * 4);
     expect(edge("int4").head).toBe(64 * 4 + linearWeightBytes(300, 64, "int4", 32));
     // The worker has no table to share: its head is a copy in every format.
     expect(segmentWeightBytes(config, cloudSegmentSpec(2, 4, "fp32")).head).toBe(64 * 4 + 300 * 64 * 4);
-    expect(segmentWeightBytes(config, cloudSegmentSpec(2, 4, "int8")).head).toBe(
-      64 * 4 + table8 - 300 * 2 * 4,
-    );
+    expect(segmentWeightBytes(config, cloudSegmentSpec(2, 4, "int8")).head).toBe(64 * 4 + table8);
   });
 });
 

@@ -52,11 +52,10 @@ export function segmentWeightBytes(config: ModelConfig, spec: SegmentSpec): Segm
 
   const vocab = config.vocabSize;
   let embedding = 0;
+  // A quantized table: 8-bit blocks and their scales in GatherBlockQuantized's shape.
   if (spec.fromLayer === 0)
     embedding =
-      spec.weightFormat === "fp32"
-        ? vector(vocab * h)
-        : linearWeightBytes(vocab, h, "int8", blockSize) + vector(vocab * Math.ceil(h / blockSize));
+      spec.weightFormat === "fp32" ? vector(vocab * h) : linearWeightBytes(vocab, h, "int8", blockSize);
   const rotary = 2 * vector(config.maxPositions * (config.headDim / 2));
 
   const qRows = config.numHeads * config.headDim;
@@ -77,13 +76,15 @@ export function segmentWeightBytes(config: ModelConfig, spec: SegmentSpec): Segm
 
   // Every exit and the final head share one final norm and one LM head. A head tied to the
   // embedding reads the segment's own table where the table is in the head's format (fp32
-  // through Gemm transB, int8 through MatMulNBits); in a segment without the table, or in
-  // int4 beside an 8-bit table, it is a copy of its own.
+  // through Gemm transB; int8 through MatMulNBits, which takes the table's scales in a shape
+  // of its own); in a segment without the table, or in int4 beside an 8-bit table, it is a
+  // copy of its own.
   const exits = segmentExits(spec, config);
   let head = 0;
   if (exits.length > 0) {
     const sharesTable = config.tieWordEmbeddings && spec.fromLayer === 0 && spec.weightFormat !== "int4";
-    head = vector(h) + (sharesTable ? 0 : linear(vocab, h));
+    const sharedTableScales = spec.weightFormat === "int8" ? vector(vocab * Math.ceil(h / blockSize)) : 0;
+    head = vector(h) + (sharesTable ? sharedTableScales : linear(vocab, h));
   }
   const maps = exits.filter((exit) => exit.linearMap).length;
   // The maps are fp32 MatMuls in every format (calibration fits them in fp32), and their
