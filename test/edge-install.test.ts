@@ -3,12 +3,12 @@
  * needs, writes its config and systemd unit, and the installed agent starts and answers.
  */
 import { execFile, execFileSync } from "node:child_process";
-import { existsSync, mkdtempSync, readFileSync, rmSync, symlinkSync } from "node:fs";
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, symlinkSync } from "node:fs";
 import { homedir, tmpdir } from "node:os";
 import { join } from "node:path";
 import { promisify } from "node:util";
 import { afterAll, describe, expect, it } from "vitest";
-import { generate, startProgram } from "@tandem/testkit";
+import { generate, listServices, startProgram, until } from "@tandem/testkit";
 
 const ROOT = join(import.meta.dirname, "..");
 const dir = mkdtempSync(join(tmpdir(), "tandem-install-"));
@@ -53,6 +53,15 @@ describe("edge-agent/install/install.sh", () => {
     if (existsSync(analyze))
       await promisify(execFile)(analyze, ["verify", join(dir, "systemd", "tandem-edge.service")]);
     expect(existsSync(join(prefix, "services"))).toBe(false); // the device gets the edge, not the cloud
+    // The agent's bundle and the packages it loads, not the checkout's node_modules: no dev
+    // tools, onnxruntime-node's binaries for this platform only, ~85 MB with the demo model.
+    expect(existsSync(join(prefix, "edge-agent", "dist", "bundle", "program.mjs"))).toBe(true);
+    for (const devTool of ["vitest", "typescript", "esbuild", "eslint"])
+      expect(existsSync(join(prefix, "node_modules", devTool))).toBe(false);
+    const binaries = readdirSync(join(prefix, "node_modules", "onnxruntime-node", "bin", "napi-v6"));
+    expect(binaries).toEqual([process.platform]);
+    const installedMb = Number(execFileSync("du", ["-sm", prefix], { encoding: "utf8" }).split("\t")[0]);
+    expect(installedMb).toBeLessThan(150);
 
     // Run the installed copy, as the unit would.
     const agent = await startProgram(
@@ -65,6 +74,13 @@ describe("edge-agent/install/install.sh", () => {
       const result = await generate(agent.address, { text: "The", maxTokens: 5, mode: "MODE_EDGE_ONLY" });
       expect(result.error).toBeUndefined();
       expect(result.tokens).toHaveLength(5);
+      // Server reflection, which loads its packages from the install's node_modules, answers.
+      let services: string[] = [];
+      await until("reflection to answer", async () => {
+        services = await listServices(agent.address).catch(() => []);
+        return services.length > 0;
+      });
+      expect(services).toEqual(["tandem.v1.Inference"]);
     } finally {
       await agent.kill();
     }

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs the Tandem edge agent on a device as one systemd service.
 #   sudo edge-agent/install/install.sh [--model DIR] [--cloud HOST:PORT] [--prefix /opt/tandem] [--node PATH]
-# Copies what the agent needs (its compiled packages, production node_modules, the model)
+# Copies what the agent needs (its bundle, the packages it loads, the model)
 # to the prefix, writes the config unless one exists, creates the service user and
 # enables the unit. TANDEM_ETC_DIR / TANDEM_SYSTEMD_DIR / TANDEM_CACHE_DIR move the
 # system paths (the installer test uses them).
@@ -46,26 +46,10 @@ fi
 [ -f "$model/config.json" ] || { echo "install.sh: --model $model has no config.json" >&2; exit 1; }
 
 mkdir -p "$prefix" "$etc" "$cache" "$systemd"
-# The compiled packages the agent runs (npm ci builds them), not their sources or tests:
-# its bundle, edge-agent/dist/bundle/program.mjs, with the packages it finds by name.
+# The agent's bundle and the few packages it loads from node_modules (npm ci builds the
+# bundle), not the checkout's sources, tests or dev tools.
 [ -f "$here/edge-agent/dist/bundle/program.mjs" ] || { echo "install.sh: build first (npm ci, or npm run build)" >&2; exit 1; }
-cp -a "$here/package.json" "$here/package-lock.json" "$prefix/"
-mkdir -p "$prefix/bin"
-cp -a "$here/bin/tandem-edge.mjs" "$here/bin/load-program.mjs" "$prefix/bin/"
-for package in common proto cluster runtime edge-agent; do
-  mkdir -p "$prefix/$package"
-  cp -a "$here/$package/package.json" "$here/$package/dist" "$prefix/$package/"
-done
-# The .proto files: server reflection reads them (after the agent reports SERVING).
-cp -a "$here/proto/tandem" "$here/proto/grpc" "$prefix/proto/"
-# The installed copy is a workspace of just these packages.
-node -e 'const f=process.argv[1], p=JSON.parse(require("fs").readFileSync(f)); p.workspaces=process.argv.slice(2); delete p.devDependencies; delete p.scripts; require("fs").writeFileSync(f, JSON.stringify(p, null, 2))' \
-  "$prefix/package.json" common proto cluster runtime edge-agent
-if [ -d "$here/node_modules" ]; then
-  cp -a "$here/node_modules" "$prefix/"
-else
-  (cd "$prefix" && ONNXRUNTIME_NODE_INSTALL=skip npm install --omit=dev --no-audit --no-fund)
-fi
+node "$here/edge-agent/install/copy-agent-files.mjs" "$here" "$prefix"
 mkdir -p "$prefix/models"
 installed_model="$prefix/models/$(basename "$model")"
 rm -rf "$installed_model"

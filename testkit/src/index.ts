@@ -30,3 +30,4 @@ export {
 } from "./processes.ts";
 export { metricsAddressOf, parseMetrics, scrapeMetrics, type Scrape } from "./metrics.ts";
 export { until } from "./until.ts";
+export { listServices } from "./reflection.ts";
