@@ -166,20 +166,15 @@ async function referenceDecode(
   return decodeTokens / ((performance.now() - start) / 1000);
 }
 
-async function runLlamaCppCase(c: LlamaCppCase): Promise<LlamaCppResult> {
-  const measurement: Partial<LlamaCppMeasurement> = await measureLlamaCpp({
+async function runLlamaCppCase(c: LlamaCppCase): Promise<LlamaCppMeasurement> {
+  return measureLlamaCpp({
     ggufPath: c.gguf,
     threads: c.threads,
     promptTokens: c.promptTokens,
     prompt: (vocabSize) => benchPrompt(c.promptTokens, vocabSize),
     decodeTokens: c.decodeTokens,
   });
-  // The greedy tokens are the test's business (gguf-writer.test.ts), not the benchmark's.
-  delete measurement.tokens;
-  return measurement as LlamaCppResult;
 }
-
-type LlamaCppResult = Omit<LlamaCppMeasurement, "tokens">;
 
 /** Runs a case in a child process; the result is the last line it prints. */
 async function runChild(c: Case): Promise<unknown> {
@@ -242,12 +237,12 @@ export default async function runtimeBenchmark(options: BenchOptions<"runtime">)
       referenceTokens > 0 ? await referenceDecode(modelDir, options.smoke ? 8 : 32, referenceTokens) : null;
     for (const weights of formats) {
       const gguf = await ensureCheckpointGguf(modelDir, GGUF_TYPE_OF[weights]);
-      const formatRows: { tandem: CaseResult; llamaCpp: LlamaCppResult }[] = [];
+      const formatRows: { tandem: CaseResult; llamaCpp: LlamaCppMeasurement }[] = [];
       for (const threads of threadCounts) {
         const shared = { threads, promptTokens, decodeTokens };
         const tandemCase: TandemCase = { engine: "tandem", modelDir, label, weights, ...shared };
         const result = (await runChild(tandemCase)) as CaseResult;
-        const llamaCpp = (await runChild({ engine: "llama.cpp", gguf, ...shared })) as LlamaCppResult;
+        const llamaCpp = (await runChild({ engine: "llama.cpp", gguf, ...shared })) as LlamaCppMeasurement;
         formatRows.push({ tandem: result, llamaCpp });
         // The limit: a decode step cannot go faster than reading its weights once from memory.
         const limitTokensPerS = (bandwidth.readGbPerS * 1e9) / result.weight_bytes_per_token;
@@ -263,7 +258,7 @@ export default async function runtimeBenchmark(options: BenchOptions<"runtime">)
       }
       // As the issue states the anchor: each engine at its best thread count (on two cores,
       // llama.cpp's spinning workers can make its 2-thread decode slower than its 1-thread).
-      const best = (pick: (r: { tandem: CaseResult; llamaCpp: LlamaCppResult }) => number) =>
+      const best = (pick: (r: { tandem: CaseResult; llamaCpp: LlamaCppMeasurement }) => number) =>
         Math.max(...formatRows.map(pick));
       const tandemDecode = best((r) => r.tandem.decode_tokens_per_s);
       const llamaCppDecode = best((r) => r.llamaCpp.decode_tokens_per_s);

@@ -40,10 +40,9 @@ import {
 } from "@tandem/runtime/testing";
 import { UsageError } from "@tandem/common";
 import type { BenchOptions, BenchResult } from "./bench-types.ts";
-import { DEMO_HELDOUT_TEXT, DEMO_MODEL, REPO_ROOT } from "./bench-paths.ts";
-import { ensureRealShapeCheckpoint } from "./real-shape-checkpoints.ts";
+import { BENCH_MODELS_DIR, DEMO_HELDOUT_TEXT, DEMO_MODEL, REPO_ROOT } from "./bench-paths.ts";
+import { ensureRealShapeCheckpoint, isRealModelName } from "./real-shape-checkpoints.ts";
 
-const MODELS_DIR = join(REPO_ROOT, ".cache", "bench-models");
 const GRAPHS_DIR = join(REPO_ROOT, ".cache", "scale-graphs");
 const DEFAULT_MODELS: string[] = ["Llama-3.2-1B", "Qwen2.5-0.5B", "tandem-demo"];
 /** What the memory target allows a process beyond its weights and KV: Node, ONNX Runtime, buffers. */
@@ -191,7 +190,7 @@ async function ensureModel(name: string, smoke: boolean): Promise<string> {
   if (name === TRAINED) return DEMO_MODEL;
   const log = (line: string) => process.stderr.write(`scale bench: ${line}\n`);
   if (!smoke) return ensureRealShapeCheckpoint(name as RealModelName, log);
-  const dir = join(MODELS_DIR, "scale-smoke");
+  const dir = join(BENCH_MODELS_DIR, "scale-smoke");
   if (!existsSync(join(dir, "config.json"))) {
     log("writing the smoke checkpoint (one BF16 file)");
     await writeRandomCheckpoint(dir, { ...sizedLlamaSpec(1e6), dtype: "BF16" as const });
@@ -216,7 +215,7 @@ export default async function scaleBenchmark(options: BenchOptions<"scale">): Pr
   const smoke = options.smoke;
   const models = smoke ? ["smoke (1M llama)"] : (options.options.models ?? DEFAULT_MODELS);
   for (const [i, name] of models.entries())
-    if (!smoke && !(name in REAL_MODEL_CONFIGS) && name !== TRAINED)
+    if (!smoke && !isRealModelName(name) && name !== TRAINED)
       throw new UsageError(
         `models[${i}]`,
         `no real shape "${name}"; known: ${Object.keys(REAL_MODEL_CONFIGS).join(", ")}`,

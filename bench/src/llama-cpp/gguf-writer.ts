@@ -54,6 +54,9 @@ import {
   writeGgufFile,
 } from "./gguf-file.ts";
 
+/** Bumped whenever what the writer puts in a file changes, so cached copies are written anew. */
+export const GGUF_WRITER_VERSION = 2;
+
 /** What the matrices of a file are stored as (general.file_type). */
 export type GgufFileType = "F32" | "Q8_0" | "Q4_0";
 export const GGUF_FILE_TYPES: readonly GgufFileType[] = ["F32", "Q8_0", "Q4_0"];

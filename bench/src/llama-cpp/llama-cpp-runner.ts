@@ -214,8 +214,6 @@ export interface LlamaCppMeasurement {
   rss_mb: number;
   kv_cache_type: KvCacheType;
   flash_attention: boolean | "auto";
-  /** The greedy tokens: the prefill's, then one per decode step. */
-  tokens: number[];
 }
 
 /**
@@ -249,13 +247,11 @@ export async function measureLlamaCpp(
     const prefillStart = performance.now();
     let step = await model.next(prompt);
     const prefillMs = performance.now() - prefillStart;
-    const tokens = [step.token];
     const stepMs: number[] = [];
     for (let i = 0; i < decodeTokens; i++) {
       const start = performance.now();
       step = await model.next([step.token]);
       stepMs.push(performance.now() - start);
-      tokens.push(step.token);
     }
     const decodeSeconds = stepMs.reduce((a, b) => a + b, 0) / 1000;
     return {
@@ -271,7 +267,6 @@ export async function measureLlamaCpp(
       rss_mb: process.memoryUsage().rss / 2 ** 20,
       kv_cache_type: options.kvCacheType ?? "F16",
       flash_attention: model.flashAttention,
-      tokens,
     };
   } finally {
     await model.close();
