@@ -6,15 +6,15 @@
 // ~300 ms start resolving, reading and linking some five hundred module files; one file
 // spares most of that.
 //
-// Left outside, loaded from node_modules as before: onnxruntime-node (its native addon is
-// found by path), and @grpc/reflection with @grpc/proto-loader, which read .proto files by
-// path after SERVING. Modules a program imports only when it needs them (prom-client with
-// metrics on, the NATS client in a cluster, OpenTelemetry's SDK with TANDEM_TRACING=1) are
-// in the bundle but not run until then.
+// Left outside, loaded from node_modules as before: BUNDLE_EXTERNALS (packages that read
+// their own files by path). Modules a program imports only when it needs them (prom-client
+// with metrics on, the NATS client in a cluster, OpenTelemetry's SDK with TANDEM_TRACING=1)
+// are in the bundle but not run until then.
 import { build } from "esbuild";
 import { rm } from "node:fs/promises";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
+import { BUNDLE_EXTERNALS } from "./bundle-externals.mjs";
 
 const ROOT = join(dirname(fileURLToPath(import.meta.url)), "..");
 
@@ -52,7 +52,7 @@ await Promise.all(
       platform: "node",
       format: "esm",
       target: "node20",
-      external: ["onnxruntime-node", "@grpc/reflection", "@grpc/proto-loader"],
+      external: BUNDLE_EXTERNALS,
       banner: { js: COMMONJS_SHIMS },
       // Whitespace and syntax only: names stay as written, for stack traces and error names.
       minifyWhitespace: true,

@@ -7,6 +7,7 @@
 // node_modules (dev tools and every platform's binaries: ~580 MB).
 import { cpSync, existsSync, mkdirSync, readFileSync, symlinkSync } from "node:fs";
 import { dirname, join, relative, sep } from "node:path";
+import { BUNDLE_EXTERNALS, LOADED_BY_NAME } from "../../scripts/bundle-externals.mjs";
 
 const [checkout, prefix] = process.argv.slice(2);
 if (!checkout || !prefix) {
@@ -15,16 +16,10 @@ if (!checkout || !prefix) {
 }
 
 /**
- * Packages the bundle loads from node_modules (scripts/bundle-programs.mjs leaves them
- * outside), and protobufjs, which the ONNX graph writer loads by name to write a graph.
+ * The packages the bundle loads from node_modules; @grpc/reflection's peer dependency,
+ * @grpc/grpc-js, comes with it (a peer is copied like a dependency).
  */
-const EXTERNAL_PACKAGES = [
-  "onnxruntime-node",
-  "@grpc/reflection",
-  "@grpc/proto-loader",
-  "@grpc/grpc-js",
-  "protobufjs",
-];
+const RUNTIME_PACKAGES = [...BUNDLE_EXTERNALS, ...LOADED_BY_NAME];
 
 const copy = (path) => {
   mkdirSync(dirname(join(prefix, path)), { recursive: true });
@@ -68,7 +63,7 @@ function keep(source) {
 }
 
 // The packages and, transitively, their dependencies, each copied to where it was found.
-const pending = EXTERNAL_PACKAGES.map((name) => packageDir(name, checkout));
+const pending = RUNTIME_PACKAGES.map((name) => packageDir(name, checkout));
 const copied = new Set();
 while (pending.length > 0) {
   const dir = pending.pop();
@@ -76,12 +71,13 @@ while (pending.length > 0) {
   copied.add(dir);
   cpSync(dir, join(prefix, relative(checkout, dir)), { recursive: true, filter: keep });
   const manifest = JSON.parse(readFileSync(join(dir, "package.json"), "utf8"));
-  for (const dependency of Object.keys({ ...manifest.dependencies, ...manifest.optionalDependencies })) {
+  const needed = { ...manifest.dependencies, ...manifest.peerDependencies };
+  for (const dependency of Object.keys({ ...needed, ...manifest.optionalDependencies })) {
     try {
       pending.push(packageDir(dependency, dir));
     } catch (error) {
       // An optional dependency for another platform is not installed: nothing to copy.
-      if (!(dependency in (manifest.optionalDependencies ?? {}))) throw error;
+      if (dependency in needed) throw error;
     }
   }
 }
