@@ -29,17 +29,32 @@ interface DecodedInitializer {
   externalData?: { key: string; value: string }[];
 }
 
+/** A segment's graph as the engine builds it, decoded: its initializers and its nodes. */
+function builtGraph(checkpoint: Checkpoint, spec: SegmentSpec): DecodedGraph {
+  const built = buildSegmentGraph(
+    checkpoint.config,
+    checkpoint.weights,
+    spec,
+    new InMemoryExternalData("w.bin"),
+  );
+  return (
+    modelProto.toObject(modelProto.decode(built.model), { bytes: Uint8Array }) as { graph: DecodedGraph }
+  ).graph;
+}
+
+interface DecodedGraph {
+  initializer: DecodedInitializer[];
+  node: { input?: string[] }[];
+}
+
 /**
  * The bytes of a built graph's weight initializers: each external tensor's recorded length
  * (not the file size, which has alignment padding) plus inline raw data. The builder's
  * int64/float constants are left out, as segmentWeightBytes leaves them out.
  */
-function graphWeightBytes(model: Uint8Array): number {
-  const decoded = modelProto.toObject(modelProto.decode(model), { bytes: Uint8Array }) as {
-    graph: { initializer: DecodedInitializer[] };
-  };
+function graphWeightBytes(graph: DecodedGraph): number {
   let bytes = 0;
-  for (const tensor of decoded.graph.initializer) {
+  for (const tensor of graph.initializer) {
     if (/^\/constants\/(int64|float)_/.test(tensor.name)) continue;
     const length = tensor.externalData?.find((entry) => entry.key === "length");
     bytes += length ? Number(length.value) : (tensor.rawData?.length ?? 0);
@@ -113,15 +128,9 @@ describe("segmentWeightBytes", () => {
       it(`equals the weight initializers of the built graph: ${name}, ${format}`, () => {
         const checkpoint = checkpoints.get(name)!;
         for (const [segment, segmentSpec] of specsOf(spec, format)) {
-          const built = buildSegmentGraph(
-            checkpoint.config,
-            checkpoint.weights,
-            segmentSpec,
-            new InMemoryExternalData("w.bin"),
-          );
           expect({ segment, bytes: segmentWeightBytes(checkpoint.config, segmentSpec).total }).toEqual({
             segment,
-            bytes: graphWeightBytes(built.model),
+            bytes: graphWeightBytes(builtGraph(checkpoint, segmentSpec)),
           });
         }
       });
@@ -133,15 +142,7 @@ describe("segmentWeightBytes", () => {
       const checkpoint = checkpoints.get(name)!;
       for (const format of WEIGHT_FORMATS) {
         for (const [segment, segmentSpec] of specsOf(spec, format)) {
-          const built = buildSegmentGraph(
-            checkpoint.config,
-            checkpoint.weights,
-            segmentSpec,
-            new InMemoryExternalData("w.bin"),
-          );
-          const { graph } = modelProto.toObject(modelProto.decode(built.model)) as {
-            graph: { initializer: { name: string }[]; node: { input?: string[] }[] };
-          };
+          const graph = builtGraph(checkpoint, segmentSpec);
           const read = new Set(graph.node.flatMap((node) => node.input ?? []));
           const unread = graph.initializer.map((tensor) => tensor.name).filter((n) => !read.has(n));
           expect({ model: name, format, segment, unread }).toEqual({
