@@ -12,9 +12,9 @@
  * 9 × 64). The rotation is orthonormal, so it keeps Euclidean norms: the error a codec
  * makes on y is the error of x̂ in L2.
  *
- * The signs: bit i of the sequence of 32-bit words drawn from SplitMix32 seeded with
- * SIGN_SEED — the same on every edge and worker of every version, part of the wire
- * format of the rotated codecs.
+ * The signs: bit i of a sequence of 32-bit words — a Weyl sequence from SIGN_SEED (step
+ * 0x9e3779b9), each term through MurmurHash3's 32-bit finalizer — the same on every edge
+ * and worker of every version, part of the wire format of the rotated codecs.
  */
 
 /** Largest block rotated as one: its transform costs log2(b) passes over the token. */
@@ -28,7 +28,7 @@ export function rotationBlock(dim: number): number {
   return Math.min(MAX_BLOCK, dim & -dim);
 }
 
-/** ±1 per coordinate of a token of `dim` values, from SplitMix32 seeded with SIGN_SEED. */
+/** ±1 per coordinate of a token of `dim` values, from the seeded sequence described above. */
 export function rotationSigns(dim: number): Float32Array {
   const signs = new Float32Array(dim);
   let state = SIGN_SEED >>> 0;
