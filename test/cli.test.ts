@@ -187,7 +187,7 @@ describe("tandem inspect", () => {
     );
     expect(stdout).toMatch(/^ {2}tandem\.json {3}exits after 2, 3; recommended split 3$/m);
     expect(stdout).toContain(
-      "memory per process: estimated RSS = 1.2 × weight bytes + KV of 1024 positions + 150 MiB",
+      "memory per process: estimated RSS = 1.2 × weight bytes held + KV of 1024 positions + 150 MiB",
     );
     // Whole model, then the edge and the worker of each split (tandem.json's 3, and L/4, 3L/4), per format.
     const rows = stdout.split("\n").filter((line) => /^ {2}(whole|edge|worker)/.test(line));

@@ -123,7 +123,11 @@ function formatInspection(inspection: CheckpointInspection): string[] {
     );
 
   if (memory) {
-    lines.push("", `memory per process: ${memory.formula} (MiB = 2^20 bytes)`);
+    lines.push(
+      "",
+      `memory per process: ${memory.formula} (MiB = 2^20 bytes)`,
+      "  held: every weight but an embedding table no head multiplies by (its rows are read as tokens need them)",
+    );
     const rows: string[][] = [
       ["process", "layers", "exits after", "weights", "weight MiB", "KV MiB/1k pos", "est. RSS MiB"],
     ];

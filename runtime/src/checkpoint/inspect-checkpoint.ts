@@ -8,8 +8,9 @@
  * their messages as its reasons, and still every fact that could be read.
  *
  * Memory per process is estimated for a few splits and each weight format from the
- * segment's exact graph weight bytes (segmentWeightBytes) against the memory target:
- * RSS ≈ 1.2 × weight bytes + KV for the stated context + 150 MiB.
+ * segment's exact graph weight bytes (segmentWeightBytes) as the memory target counts
+ * them: RSS ≈ 1.2 × the weight bytes the process holds (all but an embedding table it
+ * reads rows of on demand) + KV for the stated context + 150 MiB.
  */
 import { existsSync } from "node:fs";
 import { readFile } from "node:fs/promises";
@@ -115,7 +116,10 @@ export interface SegmentEstimate {
   /** Bytes of the segment graph's weights (segmentWeightBytes). */
   weightBytes: number;
   kvBytesPer1000Positions: number;
-  /** RSS_WEIGHT_FACTOR × weightBytes + KV of contextPositions + RSS_ALLOWANCE_BYTES. */
+  /**
+   * RSS_WEIGHT_FACTOR × the weight bytes held (weightBytes less an embedding table read on
+   * demand: segmentWeightBytes's readOnDemand) + KV of contextPositions + RSS_ALLOWANCE_BYTES.
+   */
   estimatedRssBytes: number;
 }
 
@@ -248,7 +252,8 @@ function memoryEstimates(
     throw new InvalidArgumentError("contextPositions", `must be a positive integer, got ${context}`);
 
   const estimate = (spec: SegmentSpec): SegmentEstimate => {
-    const weightBytes = segmentWeightBytes(config, spec).total;
+    const bytes = segmentWeightBytes(config, spec);
+    const weightBytes = bytes.total;
     const kvPerPosition = kvBytesPerPosition(config, spec.toLayer - spec.fromLayer);
     const exitLayers = [...spec.exits.map((e) => e.afterLayer), ...(spec.finalHead ? [layers] : [])];
     return {
@@ -258,7 +263,10 @@ function memoryEstimates(
       weightFormat: spec.weightFormat,
       weightBytes,
       kvBytesPer1000Positions: 1000 * kvPerPosition,
-      estimatedRssBytes: RSS_WEIGHT_FACTOR * weightBytes + context * kvPerPosition + RSS_ALLOWANCE_BYTES,
+      estimatedRssBytes:
+        RSS_WEIGHT_FACTOR * (weightBytes - bytes.readOnDemand) +
+        context * kvPerPosition +
+        RSS_ALLOWANCE_BYTES,
     };
   };
   // The edge agent's exits: tandem.json's within the edge's layers, else one at the split.
@@ -269,7 +277,7 @@ function memoryEstimates(
   };
   return {
     contextPositions: context,
-    formula: `estimated RSS = ${RSS_WEIGHT_FACTOR} × weight bytes + KV of ${context} positions + ${RSS_ALLOWANCE_BYTES / 2 ** 20} MiB`,
+    formula: `estimated RSS = ${RSS_WEIGHT_FACTOR} × weight bytes held + KV of ${context} positions + ${RSS_ALLOWANCE_BYTES / 2 ** 20} MiB`,
     wholeModel: formats.map((format) =>
       estimate(segmentSpec({ fromLayer: 0, toLayer: layers, finalHead: true, weightFormat: format })),
     ),

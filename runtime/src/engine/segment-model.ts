@@ -1,15 +1,19 @@
 /**
  * One segment graph loaded into an ONNX Runtime session: turns typed inputs (token ids
  * or hidden states, per-row past KV) into one `run` and the outputs back into typed
- * results. It keeps no per-session state; see SegmentSessions for that.
+ * results; token ids are embedded here, from the table in the graph's weights file. It
+ * keeps no per-session state; see SegmentSessions for that.
  */
 import { InternalError, type ProgressListener } from "@tandem/common";
 import * as ort from "onnxruntime-node";
 import type { ModelConfig } from "../checkpoint/model-config.ts";
 import type { Checkpoint } from "../checkpoint/model-weights.ts";
-import { ensureSegmentGraph } from "../graph/graph-cache.ts";
+import { dirname, join } from "node:path";
+import { EMBEDDING_LAYOUT_FILE, readEmbeddingLayout } from "../graph/embedding-table-layout.ts";
+import { ensureSegmentGraph, SEGMENT_WEIGHTS_FILE } from "../graph/graph-cache.ts";
 import { GRAPH_IO } from "../graph/graph-io-names.ts";
 import { segmentExits, type SegmentSpec, validateSegmentSpec } from "../graph/segment-spec.ts";
+import { EmbeddingTable } from "./embedding-table.ts";
 import { appendKv, type KvSlot } from "./kv-slot.ts";
 
 export const DEFAULT_SEGMENT_MODEL_OPTIONS = { threads: 1 } as const;
@@ -80,6 +84,8 @@ export class SegmentModel {
     checkpoint: Checkpoint,
     spec: SegmentSpec,
     graphPath: string,
+    /** Where token ids become hidden states, when the segment starts at layer 0. */
+    private readonly embedding: EmbeddingTable | undefined,
   ) {
     this.config = checkpoint.config;
     this.spec = spec;
@@ -109,13 +115,26 @@ export class SegmentModel {
   ): Promise<SegmentModel> {
     validateSegmentSpec(spec, checkpoint.config);
     const graphPath = await ensureSegmentGraph(checkpoint, spec, options.cacheDir, options.onProgress);
-    const session = await ort.InferenceSession.create(graphPath, {
-      intraOpNumThreads: options.threads ?? DEFAULT_SEGMENT_MODEL_OPTIONS.threads,
-      interOpNumThreads: 1,
-      executionMode: "sequential",
-      graphOptimizationLevel: "all",
-    });
-    return new SegmentModel(session, checkpoint, spec, graphPath);
+    const graphDir = dirname(graphPath);
+    const embedding =
+      spec.fromLayer === 0
+        ? EmbeddingTable.open(
+            join(graphDir, SEGMENT_WEIGHTS_FILE),
+            readEmbeddingLayout(join(graphDir, EMBEDDING_LAYOUT_FILE)),
+          )
+        : undefined;
+    try {
+      const session = await ort.InferenceSession.create(graphPath, {
+        intraOpNumThreads: options.threads ?? DEFAULT_SEGMENT_MODEL_OPTIONS.threads,
+        interOpNumThreads: 1,
+        executionMode: "sequential",
+        graphOptimizationLevel: "all",
+      });
+      return new SegmentModel(session, checkpoint, spec, graphPath, embedding);
+    } catch (error) {
+      embedding?.close();
+      throw error;
+    }
   }
 
   get layerCount(): number {
@@ -136,13 +155,15 @@ export class SegmentModel {
       ),
       [GRAPH_IO.totalSequenceLength]: new ort.Tensor("int32", Int32Array.from([pastLength + seq]), []),
     };
-    if (spec.fromLayer === 0) {
+    let hidden = input.hidden;
+    if (this.embedding) {
       if (!input.ids) throw new InternalError("segment starting at layer 0 needs ids");
-      feeds[GRAPH_IO.inputIds] = new ort.Tensor("int64", input.ids, [batch, seq]);
-    } else {
-      if (!input.hidden) throw new InternalError("segment starting after layer 0 needs hidden states");
-      feeds[GRAPH_IO.hiddenIn] = new ort.Tensor("float32", input.hidden, [batch, seq, config.hiddenSize]);
+      if (input.ids.length !== batch * seq)
+        throw new InternalError(`${input.ids.length} token ids for a batch of ${batch} × ${seq}`);
+      hidden = this.embedding.lookup(input.ids);
     }
+    if (!hidden) throw new InternalError("segment starting after layer 0 needs hidden states");
+    feeds[GRAPH_IO.hiddenIn] = new ort.Tensor("float32", hidden, [batch, seq, config.hiddenSize]);
     for (let i = 0; i < this.layerCount; i++) {
       const layer = spec.fromLayer + i;
       feeds[GRAPH_IO.pastKey(layer)] = new ort.Tensor("float32", kv.layers[i].key, kvShape);
@@ -222,6 +243,7 @@ export class SegmentModel {
   }
 
   async release(): Promise<void> {
+    this.embedding?.close();
     await this.session.release();
   }
 }

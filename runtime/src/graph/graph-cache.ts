@@ -1,7 +1,8 @@
 /**
  * Built segment graphs on disk, keyed by the weights hash and the segment spec, so a
  * program builds a graph once per checkpoint and split and later starts in milliseconds.
- * Layout: <cacheDir>/<key>/segment.onnx + segment.weights (the external data file).
+ * Layout: <cacheDir>/<key>/segment.onnx + segment.weights (the external data file), and
+ * embedding.json where the segment starts at layer 0 (where its table is in the weights).
  */
 import { createHash, randomUUID } from "node:crypto";
 import { existsSync } from "node:fs";
@@ -10,7 +11,8 @@ import { dirname, join } from "node:path";
 import { GraphIoError, TandemError, type ProgressListener } from "@tandem/common";
 import { cacheRoot } from "../cache-root.ts";
 import type { Checkpoint } from "../checkpoint/model-weights.ts";
-import type { BuiltGraph } from "./onnx-graph-builder.ts";
+import { EMBEDDING_LAYOUT_FILE } from "./embedding-table-layout.ts";
+import type { SegmentGraph } from "./segment-graph.ts";
 import { SEGMENT_GRAPH_VERSION, type SegmentSpec } from "./segment-spec.ts";
 
 export const SEGMENT_MODEL_FILE = "segment.onnx";
@@ -85,12 +87,14 @@ export async function ensureSegmentGraph(
   try {
     await mkdir(staging, { recursive: true });
     const weights = new ExternalDataFile(join(staging, SEGMENT_WEIGHTS_FILE), SEGMENT_WEIGHTS_FILE);
-    let graph: BuiltGraph;
+    let graph: SegmentGraph;
     try {
       graph = buildSegmentGraph(checkpoint.config, checkpoint.weights, spec, weights, onProgress);
     } finally {
       weights.close();
     }
+    if (graph.embedding)
+      await writeFile(join(staging, EMBEDDING_LAYOUT_FILE), JSON.stringify(graph.embedding, null, 2));
     await writeFile(join(staging, SEGMENT_MODEL_FILE), graph.model);
     await rename(staging, dir).catch(async (error: NodeJS.ErrnoException) => {
       // Another process won the race: its graph is identical, keep it.

@@ -4,8 +4,8 @@
  * Both take every name from here, so a misspelt one is a compile error rather than an
  * ONNX Runtime "invalid feed" or a missing output at run time.
  *
- *   inputs   input_ids int64 [batch, seq]           (fromLayer = 0)
- *            hidden_in float [batch, seq, hidden]    (fromLayer > 0)
+ *   inputs   hidden_in float [batch, seq, hidden]    the embedded tokens where fromLayer = 0
+ *                                                   (the engine looks them up: embedding-table-layout.ts)
  *            seqlens_k int32 [batch]                 total length of each row minus one
  *            total_sequence_length int32 []          max total length over rows
  *            past_key.L / past_value.L float [batch, kvHeads, past, headDim]
@@ -30,7 +30,6 @@
 export type ExitOutputKind = "token" | "prob" | "margin" | "entropy" | "logits";
 
 export const GRAPH_IO = Object.freeze({
-  inputIds: "input_ids",
   hiddenIn: "hidden_in",
   seqlensK: "seqlens_k",
   totalSequenceLength: "total_sequence_length",

@@ -53,6 +53,12 @@ export interface BuiltGraph {
   externalDataBytes: number;
 }
 
+/** Bytes in the external data file: where they start and how many. */
+export interface ExternalRegion {
+  offset: number;
+  length: number;
+}
+
 /** Where large initializers go, in the order they are added. */
 export interface ExternalDataSink {
   /** The file's name as the model refers to it (relative to the model file). */
@@ -138,36 +144,67 @@ export class OnnxGraphBuilder {
     write: (append: (bytes: Uint8Array) => void) => void,
   ): string {
     const tensor: TensorMessage = { name, dims, dataType: ELEMENT_TYPE_CODE[type] };
-    let written = 0;
     if (byteLength >= EXTERNAL_THRESHOLD_BYTES) {
-      const padding = (EXTERNAL_ALIGNMENT - (this.externalOffset % EXTERNAL_ALIGNMENT)) % EXTERNAL_ALIGNMENT;
-      if (padding > 0) {
-        this.externalData.append(new Uint8Array(padding));
-        this.externalOffset += padding;
-      }
-      tensor.dataLocation = DATA_LOCATION.EXTERNAL;
-      tensor.externalData = [
-        { key: "location", value: this.externalData.name },
-        { key: "offset", value: String(this.externalOffset) },
-        { key: "length", value: String(byteLength) },
-      ];
-      write((bytes) => {
-        this.externalData.append(bytes);
-        written += bytes.length;
-      });
-      this.externalOffset += written;
+      this.setExternal(tensor, this.externalBytes(`initializer ${name}`, byteLength, write));
     } else {
       const raw = new Uint8Array(byteLength);
+      let written = 0;
       write((bytes) => {
         if (written + bytes.length <= byteLength) raw.set(bytes, written);
         written += bytes.length;
       });
+      if (written !== byteLength)
+        throw new InternalError(`initializer ${name}: ${written} bytes written, ${byteLength} declared`);
       tensor.rawData = raw;
     }
-    if (written !== byteLength)
-      throw new InternalError(`initializer ${name}: ${written} bytes written, ${byteLength} declared`);
     this.initializers.push(tensor);
     return name;
+  }
+
+  /**
+   * Appends bytes to the external data file that no initializer holds (yet): data the
+   * engine reads itself, such as the embedding table it looks rows up in. `write` hands
+   * exactly `byteLength` bytes, in order; returns where they went (aligned like every
+   * tensor, so an initializer may later name them: externalInitializer). `what` names the
+   * bytes in an error.
+   */
+  externalBytes(
+    what: string,
+    byteLength: number,
+    write: (append: (bytes: Uint8Array) => void) => void,
+  ): ExternalRegion {
+    const padding = (EXTERNAL_ALIGNMENT - (this.externalOffset % EXTERNAL_ALIGNMENT)) % EXTERNAL_ALIGNMENT;
+    if (padding > 0) {
+      this.externalData.append(new Uint8Array(padding));
+      this.externalOffset += padding;
+    }
+    const offset = this.externalOffset;
+    let written = 0;
+    write((bytes) => {
+      this.externalData.append(bytes);
+      written += bytes.length;
+    });
+    this.externalOffset += written;
+    if (written !== byteLength)
+      throw new InternalError(`${what}: ${written} bytes written, ${byteLength} declared`);
+    return { offset, length: byteLength };
+  }
+
+  /** An initializer whose bytes are already in the external data file, at `region`. */
+  externalInitializer(name: string, type: ElementType, dims: number[], region: ExternalRegion): string {
+    const tensor: TensorMessage = { name, dims, dataType: ELEMENT_TYPE_CODE[type] };
+    this.setExternal(tensor, region);
+    this.initializers.push(tensor);
+    return name;
+  }
+
+  private setExternal(tensor: TensorMessage, region: ExternalRegion): void {
+    tensor.dataLocation = DATA_LOCATION.EXTERNAL;
+    tensor.externalData = [
+      { key: "location", value: this.externalData.name },
+      { key: "offset", value: String(region.offset) },
+      { key: "length", value: String(region.length) },
+    ];
   }
 
   /** An int64 constant (shapes, axes, indices), deduplicated by value. */

@@ -9,7 +9,13 @@ import type { ModelConfig } from "../checkpoint/model-config.ts";
 import { rotaryInverseFrequencies } from "../checkpoint/rope-frequencies.ts";
 import type { LayerWeights, ModelWeights, WeightTensor } from "../checkpoint/model-weights.ts";
 import { GRAPH_IO } from "./graph-io-names.ts";
-import { OnnxGraphBuilder, type BuiltGraph, type ExternalDataSink } from "./onnx-graph-builder.ts";
+import type { EmbeddingTableLayout } from "./embedding-table-layout.ts";
+import {
+  OnnxGraphBuilder,
+  type BuiltGraph,
+  type ExternalDataSink,
+  type ExternalRegion,
+} from "./onnx-graph-builder.ts";
 import { quantizeNBits } from "./nbits-quantizer.ts";
 import {
   DEFAULT_QUANT_BLOCK_SIZE,
@@ -18,6 +24,16 @@ import {
   type SegmentSpec,
   validateSegmentSpec,
 } from "./segment-spec.ts";
+
+/** A built segment graph, and where its embedding table is when it starts at layer 0. */
+export interface SegmentGraph extends BuiltGraph {
+  /**
+   * The token embedding table in the external data file, which the engine reads rows from
+   * (embedding-table-layout.ts); the graph itself starts from hidden states. Present when
+   * the segment starts at layer 0.
+   */
+  embedding?: EmbeddingTableLayout;
+}
 
 /**
  * Writes the segment's graph; its weights go to `externalData` as they are converted,
@@ -30,7 +46,7 @@ export function buildSegmentGraph(
   spec: SegmentSpec,
   externalData: ExternalDataSink,
   onProgress?: ProgressListener,
-): BuiltGraph {
+): SegmentGraph {
   validateSegmentSpec(spec, config);
   return new SegmentGraphWriter(config, weights, spec, externalData, onProgress).write();
 }
@@ -40,13 +56,12 @@ export function buildPhase(spec: SegmentSpec): string {
   return `building [${spec.fromLayer},${spec.toLayer}) ${spec.weightFormat}`;
 }
 
-/** A quantized weight's initializers: its packed blocks, and its scales as each operator takes them. */
+/** A quantized weight's initializers, in MatMulNBits's shapes: its packed blocks and their scales. */
 interface QuantizedWeight {
-  packed: string;
-  /** [rows·blocks], MatMulNBits's shape; written on first use. */
-  flatScales(): string;
-  /** [rows, blocks, 1], GatherBlockQuantized's shape; written on first use. */
-  rowScales(): string;
+  /** [rows, blocks, blob] uint8. */
+  packed(): string;
+  /** [rows·blocks] fp32. */
+  scales(): string;
 }
 
 class SegmentGraphWriter {
@@ -54,6 +69,9 @@ class SegmentGraphWriter {
   private readonly exits: ExitHeadSpec[];
   private readonly blockSize: number;
   private lmHeadName?: string;
+  /** The fp32 table as an initializer, for a tied fp32 head; made on first use. */
+  private tableInitializer?: () => string;
+  private embeddingLayout?: EmbeddingTableLayout;
   /** Initializers already written per weight, so heads shared by several exits are stored once. */
   private readonly linearInitializers = new Map<string, string[]>();
   private readonly quantizedWeights = new Map<string, QuantizedWeight>();
@@ -71,20 +89,20 @@ class SegmentGraphWriter {
     this.blockSize = spec.quantBlockSize ?? DEFAULT_QUANT_BLOCK_SIZE;
   }
 
-  write(): BuiltGraph {
+  write(): SegmentGraph {
     const { b, config, spec } = this;
     const hidden = config.hiddenSize;
     b.input(GRAPH_IO.seqlensK, "int32", ["batch"]);
     b.input(GRAPH_IO.totalSequenceLength, "int32", []);
 
-    let x: string;
+    // A segment from layer 0 starts from the embedded tokens too: the engine looks them up
+    // in the table written here (embedding-table-layout.ts says why not the graph).
+    let x = b.input(GRAPH_IO.hiddenIn, "float32", ["batch", "seq", hidden]);
     if (spec.fromLayer === 0) {
-      const ids = b.input(GRAPH_IO.inputIds, "int64", ["batch", "seq"]);
-      x = spec.weightFormat === "fp32" ? this.embedding(ids) : this.quantizedEmbedding(ids);
+      this.embeddingLayout =
+        spec.weightFormat === "fp32" ? this.embeddingTable() : this.quantizedEmbeddingTable();
       // A tied head in another format decodes the table again: one tensor, not the model.
       this.weights.embedTokens.release?.();
-    } else {
-      x = b.input(GRAPH_IO.hiddenIn, "float32", ["batch", "seq", hidden]);
     }
 
     const rotary = this.rotaryCaches();
@@ -106,12 +124,28 @@ class SegmentGraphWriter {
     if (spec.outputHidden) this.outputAlias(x, GRAPH_IO.hiddenOut, ["batch", "seq", hidden]);
     this.weights.lmHead.release?.();
     this.weights.finalNorm.release?.();
-    return b.build();
+    return { ...b.build(), embedding: this.embeddingLayout };
   }
 
-  private embedding(ids: string): string {
-    const table = this.streamedTable("model.embed_tokens.weight", asLinear(this.weights.embedTokens));
-    return this.b.op("Gather", "/model/embed_tokens/Gather", [table, ids]);
+  /**
+   * The fp32 table, [vocab, hidden] as stored, written a block of rows at a time. No node
+   * reads it unless a tied fp32 head does (Gemm with transB reads it as stored), through
+   * an initializer over the same bytes.
+   */
+  private embeddingTable(): EmbeddingTableLayout {
+    const { b } = this;
+    const table = asLinear(this.weights.embedTokens);
+    const { rows, cols } = table;
+    const values = b.externalBytes("the embedding table", rows * cols * 4, (append) => {
+      for (const [begin, end] of rowBlocks(rows, cols)) {
+        const part = table.read(begin, end);
+        append(new Uint8Array(part.buffer, part.byteOffset, part.byteLength));
+      }
+    });
+    let name: string | undefined;
+    this.tableInitializer = () =>
+      (name ??= b.externalInitializer(table.name, "float32", [rows, cols], values));
+    return { rows, cols, encoding: "float32", values };
   }
 
   /** A [rows, cols] fp32 table as stored, converted and written a block of rows at a time. */
@@ -126,84 +160,85 @@ class SegmentGraphWriter {
   }
 
   /**
-   * With quantized weights the table is kept in 8 bits, block-wise like MatMulNBits's B
-   * (a quarter of fp32's bytes: the table is most of a small model's edge segment), and
-   * GatherBlockQuantized dequantizes only the rows asked for. An int8 segment's tied LM
-   * head multiplies by the very same initializer.
+   * With quantized weights the table is kept in 8 bits, block-wise in MatMulNBits's layout
+   * (a quarter of fp32's bytes). An int8 segment's tied LM head multiplies by the very
+   * same bytes, through initializers made when the head asks for them.
    */
-  private quantizedEmbedding(ids: string): string {
-    const { b, config } = this;
-    const prefix = "/model/embed_tokens";
+  private quantizedEmbeddingTable(): EmbeddingTableLayout {
     const table = asLinear(this.weights.embedTokens);
-    const bits = 8;
-    const quantized = this.quantizedWeight(table, bits);
-    const blocks = b.op(
-      "GatherBlockQuantized",
-      `${prefix}/GatherBlockQuantized`,
-      [quantized.packed, ids, quantized.rowScales()],
-      { block_size: this.blockSize, gather_axis: 0, quantize_axis: 2, bits },
-      "com.microsoft",
-    ); // [batch, seq, blocks, blockSize]
-    const padded = b.op("Reshape", `${prefix}/merge_blocks`, [blocks, b.int64Constant([0, 0, -1])]);
-    if (config.hiddenSize % this.blockSize === 0) return padded;
-    // The last block is padded past the row's end.
-    return b.op("Slice", `${prefix}/unpad`, [
-      padded,
-      b.int64Constant([0]),
-      b.int64Constant([config.hiddenSize]),
-      b.int64Constant([-1]),
-    ]);
+    const quantized = this.quantizedRegions(table, 8);
+    this.quantizedWeights.set(quantizedKey(table, 8), quantized.weight);
+    return {
+      rows: table.rows,
+      cols: table.cols,
+      encoding: "int8-blocks",
+      values: quantized.packed,
+      scales: quantized.scales,
+      blockSize: this.blockSize,
+    };
   }
 
   /**
-   * A weight quantized for MatMulNBits and GatherBlockQuantized: its packed blocks
-   * [rows, blocks, blob], written once per weight and bit width, and its fp32 block scales
-   * as each operator takes them — flat [rows·blocks] for MatMulNBits, [rows, blocks, 1] for
-   * GatherBlockQuantized — each written only once an operator asks for it (an int4
-   * segment's 8-bit embedding table is only gathered from; an int8 one's tied head also
-   * multiplies by it). Quantized a block of rows at a time (each row's blocks are its own),
-   * so a 1 GB table is never whole.
+   * A weight quantized for MatMulNBits: its packed blocks [rows, blocks, blob] and their
+   * fp32 scales [rows·blocks], written once per weight and bit width. Quantized a block of
+   * rows at a time (each row's blocks are its own), so a 1 GB table is never whole.
    */
   private quantizedWeight(weight: LinearWeight, bits: 4 | 8): QuantizedWeight {
-    const { b, blockSize } = this;
-    const key = `${weight.name}|q${bits}`;
+    const key = quantizedKey(weight, bits);
     let quantized = this.quantizedWeights.get(key);
     if (!quantized) {
-      const { rows, cols } = weight;
-      const blocksPerRow = Math.ceil(cols / blockSize);
-      const blob = (blockSize * bits) / 8;
-      // Filled as the packed blocks stream out, before any initializer is serialized.
-      const scales = new Float32Array(rows * blocksPerRow);
-      const packed = b.streamedInitializer(
-        `${weight.name}.q${bits}`,
-        "uint8",
-        [rows, blocksPerRow, blob],
-        rows * blocksPerRow * blob,
-        (append) => {
-          for (const [begin, end] of rowBlocks(rows, cols)) {
-            const q = quantizeNBits(weight.read(begin, end), end - begin, cols, bits, blockSize);
-            scales.set(q.scales, begin * blocksPerRow);
-            append(q.packed);
-          }
-        },
-      );
-      let flat: string | undefined;
-      let perRow: string | undefined;
-      quantized = {
-        packed,
-        flatScales: () =>
-          (flat ??= b.initializer(`${weight.name}.q${bits}.scales`, "float32", [scales.length], scales)),
-        rowScales: () =>
-          (perRow ??= b.initializer(
-            `${weight.name}.q${bits}.row_scales`,
-            "float32",
-            [rows, blocksPerRow, 1],
-            scales,
-          )),
-      };
+      quantized = this.quantizedRegions(weight, bits).weight;
       this.quantizedWeights.set(key, quantized);
     }
     return quantized;
+  }
+
+  /**
+   * Quantizes `weight` into the external data (packed blocks, then scales) and hands back
+   * where they went, and initializers over them made on first use: no node need read them.
+   */
+  private quantizedRegions(
+    weight: LinearWeight,
+    bits: 4 | 8,
+  ): { packed: ExternalRegion; scales: ExternalRegion; weight: QuantizedWeight } {
+    const { b, blockSize } = this;
+    const { rows, cols } = weight;
+    const blocksPerRow = Math.ceil(cols / blockSize);
+    const blob = (blockSize * bits) / 8;
+    // Filled as the packed blocks stream out, written after them.
+    const scales = new Float32Array(rows * blocksPerRow);
+    const packed = b.externalBytes(`${weight.name}.q${bits}`, rows * blocksPerRow * blob, (append) => {
+      for (const [begin, end] of rowBlocks(rows, cols)) {
+        const q = quantizeNBits(weight.read(begin, end), end - begin, cols, bits, blockSize);
+        scales.set(q.scales, begin * blocksPerRow);
+        append(q.packed);
+      }
+    });
+    const scaleRegion = b.externalBytes(`${weight.name}.q${bits}.scales`, scales.byteLength, (append) =>
+      append(new Uint8Array(scales.buffer)),
+    );
+    let packedName: string | undefined;
+    let scalesName: string | undefined;
+    return {
+      packed,
+      scales: scaleRegion,
+      weight: {
+        packed: () =>
+          (packedName ??= b.externalInitializer(
+            `${weight.name}.q${bits}`,
+            "uint8",
+            [rows, blocksPerRow, blob],
+            packed,
+          )),
+        scales: () =>
+          (scalesName ??= b.externalInitializer(
+            `${weight.name}.q${bits}.scales`,
+            "float32",
+            [scales.length],
+            scaleRegion,
+          )),
+      },
+    };
   }
 
   /**
@@ -729,7 +764,7 @@ class SegmentGraphWriter {
     return b.op(
       "MatMulNBits",
       `${prefix}/MatMulNBits`,
-      [x, quantized.packed, quantized.flatScales()],
+      [x, quantized.packed(), quantized.scales()],
       // accuracy_level 4: int8 activations inside the kernel, the fast CPU path.
       { K: weight.cols, N: weight.rows, bits, block_size: this.blockSize, accuracy_level: 4 },
       "com.microsoft",
@@ -770,11 +805,11 @@ class SegmentGraphWriter {
       return this.linear(prefix, x, asLinear(head));
     }
     // Gemm with transB reads the [vocab, hidden] table as stored, so a tied LM head shares
-    // the embedding initializer instead of keeping a transposed copy.
+    // the embedding table's bytes instead of keeping a transposed copy.
     const { b } = this;
     const table =
-      this.weights.lmHead === this.weights.embedTokens && this.spec.fromLayer === 0
-        ? "model.embed_tokens.weight"
+      this.weights.lmHead === this.weights.embedTokens && this.tableInitializer
+        ? this.tableInitializer()
         : (this.lmHeadName ??= this.streamedTable(head.name, asLinear(head)));
     const flat = b.op("Reshape", `${prefix}/flatten`, [x, b.int64Constant([-1, config.hiddenSize])]);
     const logits2d = b.op("Gemm", `${prefix}/Gemm`, [flat, table], { transB: 1 });
@@ -949,6 +984,11 @@ interface LinearWeight {
 }
 
 /** A checkpoint tensor as a linear weight: rows decoded on their own where the file allows. */
+/** What a quantized weight is cached under: one copy per weight and bit width. */
+function quantizedKey(weight: LinearWeight, bits: 4 | 8): string {
+  return `${weight.name}|q${bits}`;
+}
+
 function asLinear(t: WeightTensor): LinearWeight {
   const cols = t.shape[1];
   return {

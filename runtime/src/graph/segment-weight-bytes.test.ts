@@ -16,6 +16,7 @@ import {
 } from "../testing/random-checkpoint.ts";
 import { cloudSegmentSpec, edgeSegmentSpec } from "./deployment-specs.ts";
 import { ONNX_SCHEMA } from "./onnx/generated/onnx-schema.ts";
+import type { EmbeddingTableLayout } from "./embedding-table-layout.ts";
 import { InMemoryExternalData } from "./onnx-graph-builder.ts";
 import { buildSegmentGraph } from "./segment-graph.ts";
 import { segmentSpec, WEIGHT_FORMATS, type SegmentSpec, type WeightFormat } from "./segment-spec.ts";
@@ -29,7 +30,10 @@ interface DecodedInitializer {
   externalData?: { key: string; value: string }[];
 }
 
-/** A segment's graph as the engine builds it, decoded: its initializers and its nodes. */
+/**
+ * A segment's graph as the engine builds it, decoded: its initializers and its nodes, and
+ * where its embedding table is in the weights (from layer 0).
+ */
 function builtGraph(checkpoint: Checkpoint, spec: SegmentSpec): DecodedGraph {
   const built = buildSegmentGraph(
     checkpoint.config,
@@ -37,23 +41,44 @@ function builtGraph(checkpoint: Checkpoint, spec: SegmentSpec): DecodedGraph {
     spec,
     new InMemoryExternalData("w.bin"),
   );
-  return (
-    modelProto.toObject(modelProto.decode(built.model), { bytes: Uint8Array }) as { graph: DecodedGraph }
-  ).graph;
+  const decoded = modelProto.toObject(modelProto.decode(built.model), { bytes: Uint8Array }) as {
+    graph: Omit<DecodedGraph, "embedding">;
+  };
+  return { ...decoded.graph, embedding: built.embedding };
 }
 
 interface DecodedGraph {
   initializer: DecodedInitializer[];
   node: { input?: string[] }[];
+  embedding?: EmbeddingTableLayout;
+}
+
+/** Where each external initializer's bytes start in the weights file. */
+function externalOffsets(graph: DecodedGraph): Set<number> {
+  const offsets = graph.initializer.flatMap((tensor) =>
+    (tensor.externalData ?? []).filter((entry) => entry.key === "offset").map((entry) => Number(entry.value)),
+  );
+  return new Set(offsets);
+}
+
+/** The embedding table's bytes that no initializer holds: what the engine reads on demand. */
+function tableBytesReadOnDemand(graph: DecodedGraph): number {
+  if (!graph.embedding) return 0;
+  const held = externalOffsets(graph);
+  const { values, scales } = graph.embedding;
+  return [values, ...(scales ? [scales] : [])]
+    .filter((region) => !held.has(region.offset))
+    .reduce((sum, region) => sum + region.length, 0);
 }
 
 /**
- * The bytes of a built graph's weight initializers: each external tensor's recorded length
- * (not the file size, which has alignment padding) plus inline raw data. The builder's
- * int64/float constants are left out, as segmentWeightBytes leaves them out.
+ * The bytes of a built graph's weights: each external tensor's recorded length (not the
+ * file size, which has alignment padding) plus inline raw data, and the embedding table
+ * where no initializer holds it. The builder's int64/float constants are left out, as
+ * segmentWeightBytes leaves them out.
  */
 function graphWeightBytes(graph: DecodedGraph): number {
-  let bytes = 0;
+  let bytes = tableBytesReadOnDemand(graph);
   for (const tensor of graph.initializer) {
     if (/^\/constants\/(int64|float)_/.test(tensor.name)) continue;
     const length = tensor.externalData?.find((entry) => entry.key === "length");
@@ -128,9 +153,12 @@ describe("segmentWeightBytes", () => {
       it(`equals the weight initializers of the built graph: ${name}, ${format}`, () => {
         const checkpoint = checkpoints.get(name)!;
         for (const [segment, segmentSpec] of specsOf(spec, format)) {
-          expect({ segment, bytes: segmentWeightBytes(checkpoint.config, segmentSpec).total }).toEqual({
+          const bytes = segmentWeightBytes(checkpoint.config, segmentSpec);
+          const graph = builtGraph(checkpoint, segmentSpec);
+          expect({ segment, total: bytes.total, readOnDemand: bytes.readOnDemand }).toEqual({
             segment,
-            bytes: graphWeightBytes(builtGraph(checkpoint, segmentSpec)),
+            total: graphWeightBytes(graph),
+            readOnDemand: tableBytesReadOnDemand(graph),
           });
         }
       });
@@ -172,6 +200,8 @@ describe("segmentWeightBytes", () => {
       head: 4 * (h + 300 * h),
       exitMaps: 4 * (h * h + h + h),
       total: bytes.embedding + bytes.rotary + bytes.layers + bytes.head + bytes.exitMaps,
+      // No head multiplies by the table: its rows are read as tokens need them.
+      readOnDemand: bytes.embedding,
     });
   });
 
@@ -186,11 +216,12 @@ describe("segmentWeightBytes", () => {
       table8,
       table8,
     ]);
-    // Beside the final norm's 64 floats, the head is the table itself in fp32; in int8 the
-    // table too, with its scales once more in MatMulNBits's shape; in int4 a copy.
+    // Beside the final norm's 64 floats, the head is the table itself in fp32 and int8
+    // (which the process then holds); in int4 a copy, and the 8-bit table is read on demand.
     expect(edge("fp32").head).toBe(64 * 4);
-    expect(edge("int8").head).toBe(64 * 4 + 300 * 2 * 4);
+    expect(edge("int8").head).toBe(64 * 4);
     expect(edge("int4").head).toBe(64 * 4 + linearWeightBytes(300, 64, "int4", 32));
+    expect(["fp32", "int8", "int4"].map((f) => edge(f as WeightFormat).readOnDemand)).toEqual([0, 0, table8]);
     // The worker has no table to share: its head is a copy in every format.
     expect(segmentWeightBytes(config, cloudSegmentSpec(2, 4, "fp32")).head).toBe(64 * 4 + 300 * 64 * 4);
     expect(segmentWeightBytes(config, cloudSegmentSpec(2, 4, "int8")).head).toBe(64 * 4 + table8);

@@ -5,7 +5,9 @@
  * memory target (a process's RSS ≤ 1.2 × these + its KV + 150 MB), and what
  * `tandem inspect` reports per split and format.
  *
- * Counted: every weight initializer. Not counted: the builder's own int64 and float
+ * Counted: every weight initializer, and the embedding table of a segment from layer 0,
+ * which the engine reads rows from itself (no initializer holds it unless a tied head
+ * multiplies by it). Not counted: the builder's own int64 and float
  * constants (shapes, axes, the attention scale), a few hundred bytes that depend on the
  * graph's structure rather than its weights; and the 64-byte alignment padding between
  * tensors in the external data file (under 64 bytes per tensor).
@@ -27,8 +29,7 @@ const FLOAT32_BYTES = 4;
 export interface SegmentWeightBytes {
   /**
    * The token embedding table, when the segment starts at layer 0: fp32 for fp32 weights,
-   * else 8 bits block-wise for GatherBlockQuantized (its scales written twice, flat for
-   * MatMulNBits and [rows, blocks, 1] for the gather).
+   * else 8 bits block-wise with a scale per block (MatMulNBits's layout).
    */
   embedding: number;
   /** The rotary cos/sin caches, [maxPositions, headDim/2] fp32 each. */
@@ -41,6 +42,12 @@ export interface SegmentWeightBytes {
   exitMaps: number;
   /** All of the above. */
   total: number;
+  /**
+   * What of `total` the process does not hold: the embedding table, whose rows the engine
+   * reads from the weights file as tokens need them (engine/embedding-table.ts), unless a
+   * tied head in the table's format multiplies by it — then the head's kernel holds it.
+   */
+  readOnDemand: number;
 }
 
 /** The bytes of every weight initializer `buildSegmentGraph(config, …, spec)` writes. */
@@ -52,7 +59,7 @@ export function segmentWeightBytes(config: ModelConfig, spec: SegmentSpec): Segm
 
   const vocab = config.vocabSize;
   let embedding = 0;
-  // A quantized table: 8-bit blocks and their scales in GatherBlockQuantized's shape.
+  // A quantized table: 8-bit blocks and a scale per block.
   if (spec.fromLayer === 0)
     embedding =
       spec.weightFormat === "fp32" ? vector(vocab * h) : linearWeightBytes(vocab, h, "int8", blockSize);
@@ -76,22 +83,28 @@ export function segmentWeightBytes(config: ModelConfig, spec: SegmentSpec): Segm
 
   // Every exit and the final head share one final norm and one LM head. A head tied to the
   // embedding reads the segment's own table where the table is in the head's format (fp32
-  // through Gemm transB; int8 through MatMulNBits, which takes the table's scales in a shape
-  // of its own); in a segment without the table, or in int4 beside an 8-bit table, it is a
-  // copy of its own.
+  // through Gemm transB; int8 through MatMulNBits, the table's blocks and scales as they
+  // are); in a segment without the table, or in int4 beside an 8-bit table, it is a copy
+  // of its own.
   const exits = segmentExits(spec, config);
   let head = 0;
-  if (exits.length > 0) {
-    const sharesTable = config.tieWordEmbeddings && spec.fromLayer === 0 && spec.weightFormat !== "int4";
-    const sharedTableScales = spec.weightFormat === "int8" ? vector(vocab * Math.ceil(h / blockSize)) : 0;
-    head = vector(h) + (sharesTable ? sharedTableScales : linear(vocab, h));
-  }
+  const sharesTable =
+    exits.length > 0 && config.tieWordEmbeddings && spec.fromLayer === 0 && spec.weightFormat !== "int4";
+  if (exits.length > 0) head = vector(h) + (sharesTable ? 0 : linear(vocab, h));
   const maps = exits.filter((exit) => exit.linearMap).length;
   // The maps are fp32 MatMuls in every format (calibration fits them in fp32), and their
   // unit-RMS norm takes a gamma of ones, written once.
   const exitMaps = maps > 0 ? maps * (vector(h * h) + vector(h)) + vector(h) : 0;
 
-  return { embedding, rotary, layers, head, exitMaps, total: embedding + rotary + layers + head + exitMaps };
+  return {
+    embedding,
+    rotary,
+    layers,
+    head,
+    exitMaps,
+    total: embedding + rotary + layers + head + exitMaps,
+    readOnDemand: sharesTable ? 0 : embedding,
+  };
 }
 
 /**
