@@ -202,40 +202,30 @@ class SegmentGraphWriter {
     bits: 4 | 8,
   ): { packed: ExternalRegion; scales: ExternalRegion; weight: QuantizedWeight } {
     const { b, blockSize } = this;
-    const { rows, cols } = weight;
+    const { name, rows, cols } = weight;
     const blocksPerRow = Math.ceil(cols / blockSize);
     const blob = (blockSize * bits) / 8;
-    // Filled as the packed blocks stream out, written after them.
-    const scales = new Float32Array(rows * blocksPerRow);
-    const packed = b.externalBytes(`${weight.name}.q${bits}`, rows * blocksPerRow * blob, (append) => {
-      for (const [begin, end] of rowBlocks(rows, cols)) {
-        const q = quantizeNBits(weight.read(begin, end), end - begin, cols, bits, blockSize);
-        scales.set(q.scales, begin * blocksPerRow);
-        append(q.packed);
-      }
-    });
-    const scaleRegion = b.externalBytes(`${weight.name}.q${bits}.scales`, scales.byteLength, (append) =>
-      append(new Uint8Array(scales.buffer)),
-    );
+    // The initializers are made later, if at all: what their closures hold is small.
+    const { packed, scales } = writeQuantized(b, weight, bits, blockSize);
     let packedName: string | undefined;
     let scalesName: string | undefined;
     return {
       packed,
-      scales: scaleRegion,
+      scales,
       weight: {
         packed: () =>
           (packedName ??= b.externalInitializer(
-            `${weight.name}.q${bits}`,
+            `${name}.q${bits}`,
             "uint8",
             [rows, blocksPerRow, blob],
             packed,
           )),
         scales: () =>
           (scalesName ??= b.externalInitializer(
-            `${weight.name}.q${bits}.scales`,
+            `${name}.q${bits}.scales`,
             "float32",
-            [scales.length],
-            scaleRegion,
+            [rows * blocksPerRow],
+            scales,
           )),
       },
     };
@@ -984,6 +974,35 @@ interface LinearWeight {
 }
 
 /** A checkpoint tensor as a linear weight: rows decoded on their own where the file allows. */
+/**
+ * Quantizes `weight` into the external data, a block of rows at a time (each row's blocks
+ * are its own, so a 1 GB table is never whole): its packed blocks, then their scales. A
+ * function of its own so that no closure that outlives the call holds the weight's values.
+ */
+function writeQuantized(
+  b: OnnxGraphBuilder,
+  weight: LinearWeight,
+  bits: 4 | 8,
+  blockSize: number,
+): { packed: ExternalRegion; scales: ExternalRegion } {
+  const { rows, cols } = weight;
+  const blocksPerRow = Math.ceil(cols / blockSize);
+  const blob = (blockSize * bits) / 8;
+  // Filled as the packed blocks stream out, written after them.
+  const scales = new Float32Array(rows * blocksPerRow);
+  const packed = b.externalBytes(`${weight.name}.q${bits}`, rows * blocksPerRow * blob, (append) => {
+    for (const [begin, end] of rowBlocks(rows, cols)) {
+      const q = quantizeNBits(weight.read(begin, end), end - begin, cols, bits, blockSize);
+      scales.set(q.scales, begin * blocksPerRow);
+      append(q.packed);
+    }
+  });
+  const scaleRegion = b.externalBytes(`${weight.name}.q${bits}.scales`, scales.byteLength, (append) =>
+    append(new Uint8Array(scales.buffer)),
+  );
+  return { packed, scales: scaleRegion };
+}
+
 /** What a quantized weight is cached under: one copy per weight and bit width. */
 function quantizedKey(weight: LinearWeight, bits: 4 | 8): string {
   return `${weight.name}|q${bits}`;
