@@ -781,14 +781,28 @@ describe("quantized weights (MatMulNBits; the embedding table in 8 bits, shared 
         const scale = Math.max(...Array.from(whole, Math.abs));
         // Relative to the largest logit: int8 within 5%, int4 within 30%.
         expect(maxAbsDiff(logits, whole) / scale).toBeLessThan(format === "int8" ? 0.05 : 0.3);
-        let agreement = 0;
-        const vocab = checkpoint.config.vocabSize;
-        for (let p = 0; p < PROMPT.length; p++) {
-          const a = Array.from(whole.subarray(p * vocab, (p + 1) * vocab));
-          const b = Array.from(logits.subarray(p * vocab, (p + 1) * vocab));
-          if (a.indexOf(Math.max(...a)) === b.indexOf(Math.max(...b))) agreement++;
+        // The logits' RMS error relative to their RMS: what quantization controls (measured
+        // on these shapes: int8 ~0.02; int4 0.20–0.22, and 0.23–0.26 with the symmetric
+        // 15-level grid the 16-level one replaced).
+        let squaredError = 0;
+        let squared = 0;
+        whole.forEach((value, i) => {
+          squaredError += (logits[i] - value) ** 2;
+          squared += value ** 2;
+        });
+        expect(Math.sqrt(squaredError / squared)).toBeLessThan(format === "int8" ? 0.03 : 0.225);
+        // Top-1 on a random model's near-flat distributions flips on small errors, so only
+        // int8 is held to it (int4 keeps 6–10 of these 11 positions).
+        if (format === "int8") {
+          let agreement = 0;
+          const vocab = checkpoint.config.vocabSize;
+          for (let p = 0; p < PROMPT.length; p++) {
+            const a = Array.from(whole.subarray(p * vocab, (p + 1) * vocab));
+            const b = Array.from(logits.subarray(p * vocab, (p + 1) * vocab));
+            if (a.indexOf(Math.max(...a)) === b.indexOf(Math.max(...b))) agreement++;
+          }
+          expect(agreement / PROMPT.length).toBeGreaterThanOrEqual(0.9);
         }
-        expect(agreement / PROMPT.length).toBeGreaterThanOrEqual(format === "int8" ? 0.9 : 0.6);
         await sessions.model.release();
       });
 });

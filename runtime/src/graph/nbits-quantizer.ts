@@ -2,8 +2,15 @@
  * Block-wise weight quantization in the layout of ONNX Runtime's MatMulNBits:
  * B is [N, blocksPerRow, blockSize * bits / 8] bytes, scales are [N * blocksPerRow],
  * and with no zero-point input the kernel dequantizes as (q - 2^(bits-1)) * scale.
- * Quantization is symmetric per block (scale = absmax / (2^(bits-1) - 1)); for 4 bits
- * two values share a byte, the even element in the low nibble.
+ *
+ * 8 bits: symmetric per block, scale = absmax / 127 (ggml's Q8_0). 4 bits: all 16 levels,
+ * as ggml's Q4_0 makes them — the block's largest-magnitude value m maps to level −8, so
+ * scale = m / −8 (negative when m is positive) and values run from −8 to 7 steps of
+ * |m| / 8; a value of m's opposite sign beyond 7/8 of |m| is clipped to 7 steps. Against
+ * a symmetric absmax / 7 (15 levels) the step is 7/8 as large: on the demo model, greedy
+ * agreement with fp32 over 512 held-out positions rose from 0.895 to 0.934 (llama.cpp's
+ * Q4_0 file, whose LM head is 8-bit: 0.943). Two 4-bit values share a byte, the even
+ * element in the low nibble.
  */
 
 export interface NBitsWeight {
@@ -32,21 +39,26 @@ export function quantizeNBits(
   const scales = new Float32Array(rows * blocksPerRow);
   const zeroPoint = 1 << (bits - 1);
   const maxLevel = zeroPoint - 1;
+  const minLevel = bits === 4 ? -zeroPoint : -maxLevel;
   for (let r = 0; r < rows; r++) {
     const rowOffset = r * cols;
     for (let b = 0; b < blocksPerRow; b++) {
       const start = b * blockSize;
       const end = Math.min(start + blockSize, cols);
-      let absmax = 0;
-      for (let c = start; c < end; c++) absmax = Math.max(absmax, Math.abs(weight[rowOffset + c]));
-      const scale = absmax / maxLevel;
-      const inverse = scale > 0 ? 1 / scale : 0;
+      // The value of largest magnitude, with its sign.
+      let extreme = 0;
+      for (let c = start; c < end; c++) {
+        const value = weight[rowOffset + c];
+        if (Math.abs(value) > Math.abs(extreme)) extreme = value;
+      }
+      const scale = extreme === 0 ? 0 : bits === 4 ? extreme / minLevel : Math.abs(extreme) / maxLevel;
+      const inverse = scale !== 0 ? 1 / scale : 0;
       scales[r * blocksPerRow + b] = scale;
       const blobOffset = (r * blocksPerRow + b) * blobSize;
       for (let c = start; c < start + blockSize; c++) {
         // Padding past the row end quantizes to the zero point (value 0).
         const value = c < end ? weight[rowOffset + c] : 0;
-        const level = Math.max(-maxLevel, Math.min(maxLevel, Math.round(value * inverse))) + zeroPoint;
+        const level = Math.max(minLevel, Math.min(maxLevel, Math.round(value * inverse))) + zeroPoint;
         const index = c - start;
         if (bits === 8) {
           packed[blobOffset + index] = level;
