@@ -11,7 +11,7 @@
  * Usage: tandem bench runtime [--smoke]
  */
 import { execFile } from "node:child_process";
-import { existsSync } from "node:fs";
+import { existsSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import { promisify } from "node:util";
 import {
@@ -21,6 +21,7 @@ import {
   SegmentModel,
   SegmentSessions,
   segmentSpec,
+  Tokenizer,
   type WeightFormat,
 } from "@tandem/runtime";
 import {
@@ -31,10 +32,10 @@ import {
 } from "@tandem/runtime/testing";
 import { UsageError } from "@tandem/common";
 import type { BenchOptions, BenchResult } from "./bench-types.ts";
-import { BENCH_MODELS_DIR, REPO_ROOT } from "./bench-paths.ts";
+import { BENCH_MODELS_DIR, DEMO_HELDOUT_TEXT, DEMO_MODEL, REPO_ROOT } from "./bench-paths.ts";
 import { ensureCheckpointGguf } from "./llama-cpp/bench-gguf.ts";
 import type { GgufFileType } from "./llama-cpp/gguf-writer.ts";
-import { type LlamaCppMeasurement, measureLlamaCpp } from "./llama-cpp/llama-cpp-runner.ts";
+import { LlamaCppModel, type LlamaCppMeasurement, measureLlamaCpp } from "./llama-cpp/llama-cpp-runner.ts";
 import { measureMemoryBandwidth } from "./memory-bandwidth.ts";
 import { ensureRealShapeCheckpoint, isRealModelName } from "./real-shape-checkpoints.ts";
 import { countParams, layerLinearParams } from "./model-arithmetic.ts";
@@ -49,6 +50,8 @@ interface TandemCase {
   label: string;
   threads: number;
   weights: WeightFormat;
+  /** Quantization block size of int8/int4 weights. */
+  blockSize: number;
   promptTokens: number;
   decodeTokens: number;
 }
@@ -72,6 +75,8 @@ interface CaseResult {
   params: number;
   threads: number;
   weights: WeightFormat;
+  /** Quantization block size (int8/int4; null for fp32). */
+  block_size: number | null;
   prompt_tokens: number;
   prefill_tokens_per_s: number;
   first_token_latency_ms: number;
@@ -83,12 +88,12 @@ interface CaseResult {
 }
 
 /** Bytes of weights a decode step reads: every linear layer and the LM head (not the embedding table). */
-function weightBytesPerToken(config: ModelConfig, format: WeightFormat): number {
+function weightBytesPerToken(config: ModelConfig, format: WeightFormat, blockSize: number): number {
   const { hiddenSize: h, vocabSize: v, numLayers } = config;
   const linearParams = numLayers * layerLinearParams(config, config.numExpertsPerToken ?? 1) + v * h;
   const normParams = numLayers * 2 * h + h;
   const bytesPerParam = format === "fp32" ? 4 : format === "int8" ? 1 : 0.5;
-  const scaleBytes = format === "fp32" ? 0 : (linearParams / DEFAULT_QUANT_BLOCK_SIZE) * 4;
+  const scaleBytes = format === "fp32" ? 0 : (linearParams / blockSize) * 4;
   return linearParams * bytesPerParam + scaleBytes + normParams * 4;
 }
 
@@ -102,6 +107,7 @@ async function runCase(c: TandemCase): Promise<CaseResult> {
       toLayer: checkpoint.config.numLayers,
       finalHead: true,
       weightFormat: c.weights,
+      quantBlockSize: c.blockSize,
     }),
     {
       threads: c.threads,
@@ -134,12 +140,13 @@ async function runCase(c: TandemCase): Promise<CaseResult> {
     params: countParams(checkpoint.config),
     threads: c.threads,
     weights: c.weights,
+    block_size: c.weights === "fp32" ? null : c.blockSize,
     prompt_tokens: c.promptTokens,
     prefill_tokens_per_s: c.promptTokens / (prefillMs / 1000),
     first_token_latency_ms: prefillMs,
     decode_tokens_per_s: c.decodeTokens / decodeSeconds,
     decode_ms_p50: median(stepMs),
-    weight_bytes_per_token: weightBytesPerToken(checkpoint.config, c.weights),
+    weight_bytes_per_token: weightBytesPerToken(checkpoint.config, c.weights, c.blockSize),
     rss_mb: rssMb,
     graph_load_ms: graphLoadMs,
   };
@@ -174,6 +181,95 @@ async function runLlamaCppCase(c: LlamaCppCase): Promise<LlamaCppMeasurement> {
     prompt: (vocabSize) => benchPrompt(c.promptTokens, vocabSize),
     decodeTokens: c.decodeTokens,
   });
+}
+
+interface QualityRow {
+  engine: "tandem" | "llama.cpp";
+  weights: WeightFormat;
+  /** Tandem's quantization block size (int8/int4). */
+  block_size?: number;
+  gguf_type?: GgufFileType;
+  /** Bits per weight of the format's linear weights: values and their block scales. */
+  bits_per_weight: number;
+  /** Share of positions whose greedy token equals Tandem fp32's. */
+  agreement_with_fp32: number;
+}
+
+/**
+ * What each format costs in quality, on the one model here whose predictions mean
+ * something (the trained demo model; a random model's near-flat distributions flip on any
+ * error): the greedy token at every position of its held-out text, teacher forced, against
+ * Tandem's fp32 — for Tandem at each block size and for llama.cpp's GGUF types. Both
+ * engines' fp32 should agree on (nearly) every position; the quantized rows then say
+ * whether a block size gives up more than llama.cpp's own format does.
+ */
+async function demoModelQuality(
+  positions: number,
+  formats: WeightFormat[],
+  blockSizes: number[],
+): Promise<QualityRow[]> {
+  const checkpoint = await loadCheckpoint(DEMO_MODEL);
+  const text = readFileSync(DEMO_HELDOUT_TEXT, "utf8").slice(0, 40_000);
+  const ids = (await Tokenizer.forCheckpoint(checkpoint)).encode(text).slice(0, positions);
+  const tandemTokens = async (weightFormat: WeightFormat, quantBlockSize: number): Promise<number[]> => {
+    const model = await SegmentModel.load(
+      checkpoint,
+      segmentSpec({
+        fromLayer: 0,
+        toLayer: checkpoint.config.numLayers,
+        finalHead: true,
+        positions: "all",
+        weightFormat,
+        quantBlockSize,
+      }),
+      { threads: 2 },
+    );
+    try {
+      const sessions = new SegmentSessions(model);
+      sessions.open("quality");
+      const step = await sessions.forward("quality", { ids });
+      return Array.from(step.exits[0].token);
+    } finally {
+      await model.release();
+    }
+  };
+  const reference = await tandemTokens("fp32", DEFAULT_QUANT_BLOCK_SIZE);
+  const agreement = (tokens: number[]) =>
+    tokens.filter((token, i) => token === reference[i]).length / reference.length;
+  const bits = (weights: WeightFormat, blockSize: number) =>
+    weights === "fp32" ? 32 : (weights === "int8" ? 8 : 4) + 32 / blockSize;
+  /** llama.cpp's bits per weight: Q8_0 and Q4_0 blocks of 32 with an fp16 scale. */
+  const GGUF_BITS: Record<GgufFileType, number> = { F32: 32, Q8_0: 8.5, Q4_0: 4.5 };
+  const rows: QualityRow[] = [];
+  for (const weights of formats) {
+    for (const blockSize of weights === "fp32" ? [] : blockSizes)
+      rows.push({
+        engine: "tandem",
+        weights,
+        block_size: blockSize,
+        bits_per_weight: bits(weights, blockSize),
+        agreement_with_fp32: agreement(await tandemTokens(weights, blockSize)),
+      });
+    const ggufType = GGUF_TYPE_OF[weights];
+    const model = await LlamaCppModel.open({
+      ggufPath: await ensureCheckpointGguf(DEMO_MODEL, ggufType),
+      threads: 2,
+      contextSize: ids.length,
+      kvCacheType: "F32",
+    });
+    try {
+      rows.push({
+        engine: "llama.cpp",
+        weights,
+        gguf_type: ggufType,
+        bits_per_weight: GGUF_BITS[ggufType],
+        agreement_with_fp32: agreement(await model.greedyAtEveryPosition(ids)),
+      });
+    } finally {
+      await model.close();
+    }
+  }
+  return rows;
 }
 
 /** Runs a case in a child process; the result is the last line it prints. */
@@ -218,7 +314,9 @@ export default async function runtimeBenchmark(options: BenchOptions<"runtime">)
         `models[${i}]`,
         `no model "${name}"; known: ${[...Object.keys(SIZED_MODELS), ...Object.keys(REAL_MODEL_CONFIGS)].join(", ")}`,
       );
-  const formats: WeightFormat[] = options.smoke ? ["fp32", "int4"] : ["fp32", "int8", "int4"];
+  const formats: WeightFormat[] =
+    options.options.formats ?? (options.smoke ? ["fp32", "int4"] : ["fp32", "int8", "int4"]);
+  const blockSizes = options.options.blockSizes ?? [DEFAULT_QUANT_BLOCK_SIZE];
   const threadCounts = options.smoke ? [1] : [1, 2];
   const promptTokens = options.smoke ? 16 : 128;
   const decodeTokens = options.smoke ? 8 : 64;
@@ -237,51 +335,64 @@ export default async function runtimeBenchmark(options: BenchOptions<"runtime">)
       referenceTokens > 0 ? await referenceDecode(modelDir, options.smoke ? 8 : 32, referenceTokens) : null;
     for (const weights of formats) {
       const gguf = await ensureCheckpointGguf(modelDir, GGUF_TYPE_OF[weights]);
-      const formatRows: { tandem: CaseResult; llamaCpp: LlamaCppMeasurement }[] = [];
-      for (const threads of threadCounts) {
-        const shared = { threads, promptTokens, decodeTokens };
-        const tandemCase: TandemCase = { engine: "tandem", modelDir, label, weights, ...shared };
-        const result = (await runChild(tandemCase)) as CaseResult;
-        const llamaCpp = (await runChild({ engine: "llama.cpp", gguf, ...shared })) as LlamaCppMeasurement;
-        formatRows.push({ tandem: result, llamaCpp });
-        // The limit: a decode step cannot go faster than reading its weights once from memory.
-        const limitTokensPerS = (bandwidth.readGbPerS * 1e9) / result.weight_bytes_per_token;
-        const row = {
+      // llama.cpp runs once per format and thread count; Tandem at each block size beside it.
+      const llamaCppRows = new Map<number, LlamaCppMeasurement>();
+      for (const blockSize of weights === "fp32" ? [DEFAULT_QUANT_BLOCK_SIZE] : blockSizes) {
+        const formatRows: { tandem: CaseResult; llamaCpp: LlamaCppMeasurement }[] = [];
+        for (const threads of threadCounts) {
+          const shared = { threads, promptTokens, decodeTokens };
+          const tandemCase: TandemCase = { engine: "tandem", modelDir, label, weights, blockSize, ...shared };
+          const result = (await runChild(tandemCase)) as CaseResult;
+          let llamaCpp = llamaCppRows.get(threads);
+          if (!llamaCpp) {
+            llamaCpp = (await runChild({ engine: "llama.cpp", gguf, ...shared })) as LlamaCppMeasurement;
+            llamaCppRows.set(threads, llamaCpp);
+          }
+          formatRows.push({ tandem: result, llamaCpp });
+          // The limit: a decode step cannot go faster than reading its weights once from memory.
+          const limitTokensPerS = (bandwidth.readGbPerS * 1e9) / result.weight_bytes_per_token;
+          const row = {
+            model: label,
+            ...result,
+            decode_bandwidth_fraction: result.decode_tokens_per_s / limitTokensPerS,
+            reference_decode_tokens_per_s: reference,
+            llama_cpp: { gguf_type: GGUF_TYPE_OF[weights], ...llamaCpp },
+          };
+          process.stderr.write(`runtime bench: ${JSON.stringify(row)}\n`);
+          rows.push(row);
+        }
+        // As the issue states the anchor: each engine at its best thread count (on two cores,
+        // llama.cpp's spinning workers can make its 2-thread decode slower than its 1-thread).
+        const best = (pick: (r: { tandem: CaseResult; llamaCpp: LlamaCppMeasurement }) => number) =>
+          Math.max(...formatRows.map(pick));
+        const tandemDecode = best((r) => r.tandem.decode_tokens_per_s);
+        const llamaCppDecode = best((r) => r.llamaCpp.decode_tokens_per_s);
+        const tandemPrefill = best((r) => r.tandem.prefill_tokens_per_s);
+        const llamaCppPrefill = best((r) => r.llamaCpp.prefill_tokens_per_s);
+        anchor.push({
           model: label,
-          ...result,
-          decode_bandwidth_fraction: result.decode_tokens_per_s / limitTokensPerS,
-          reference_decode_tokens_per_s: reference,
-          llama_cpp: { gguf_type: GGUF_TYPE_OF[weights], ...llamaCpp },
-        };
-        process.stderr.write(`runtime bench: ${JSON.stringify(row)}\n`);
-        rows.push(row);
+          weights,
+          block_size: weights === "fp32" ? null : blockSize,
+          gguf_type: GGUF_TYPE_OF[weights],
+          tandem_decode_tokens_per_s: tandemDecode,
+          llama_cpp_decode_tokens_per_s: llamaCppDecode,
+          decode_ratio: tandemDecode / llamaCppDecode,
+          tandem_prefill_tokens_per_s: tandemPrefill,
+          llama_cpp_prefill_tokens_per_s: llamaCppPrefill,
+          prefill_ratio: tandemPrefill / llamaCppPrefill,
+        });
       }
-      // As the issue states the anchor: each engine at its best thread count (on two cores,
-      // llama.cpp's spinning workers can make its 2-thread decode slower than its 1-thread).
-      const best = (pick: (r: { tandem: CaseResult; llamaCpp: LlamaCppMeasurement }) => number) =>
-        Math.max(...formatRows.map(pick));
-      const tandemDecode = best((r) => r.tandem.decode_tokens_per_s);
-      const llamaCppDecode = best((r) => r.llamaCpp.decode_tokens_per_s);
-      const tandemPrefill = best((r) => r.tandem.prefill_tokens_per_s);
-      const llamaCppPrefill = best((r) => r.llamaCpp.prefill_tokens_per_s);
-      anchor.push({
-        model: label,
-        weights,
-        gguf_type: GGUF_TYPE_OF[weights],
-        tandem_decode_tokens_per_s: tandemDecode,
-        llama_cpp_decode_tokens_per_s: llamaCppDecode,
-        decode_ratio: tandemDecode / llamaCppDecode,
-        tandem_prefill_tokens_per_s: tandemPrefill,
-        llama_cpp_prefill_tokens_per_s: llamaCppPrefill,
-        prefill_ratio: tandemPrefill / llamaCppPrefill,
-      });
     }
   }
+  const qualityPositions = options.smoke ? 32 : 512;
+  process.stderr.write(`runtime bench: quality on the demo model, ${qualityPositions} positions\n`);
+  const quality = await demoModelQuality(qualityPositions, formats, blockSizes);
   return {
     name: "runtime",
     memory_bandwidth_gb_s: bandwidth.readGbPerS,
     memory_bandwidth: bandwidth,
     rows,
     llama_cpp_anchor: anchor,
+    demo_model_quality: { positions: qualityPositions, rows: quality },
   };
 }

@@ -166,6 +166,20 @@ export class LlamaCppModel {
     return { token, logits: output?.next.logits ? this.denseLogits(output.next.logits) : undefined };
   }
 
+  /**
+   * Teacher forcing: runs `ids` after what the sequence holds, in one batch, and returns the
+   * greedy next token at every position (what the model would say after each prefix).
+   */
+  async greedyAtEveryPosition(ids: readonly number[]): Promise<number[]> {
+    const generate = { token: true as const, options: { temperature: 0 as const, topK: 0 as const } };
+    const outputs = await this.sequence.controlledEvaluate(ids.map((id) => [id, { generateNext: generate }]));
+    return outputs.map((output, i) => {
+      const token = output?.next.token;
+      if (token === undefined || token === null) throw new Error(`llama.cpp returned no token at ${i}`);
+      return token;
+    });
+  }
+
   /** Empties the sequence: the next call starts at position 0. */
   async reset(): Promise<void> {
     await this.sequence.clearHistory();
