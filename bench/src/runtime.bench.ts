@@ -97,21 +97,30 @@ function weightBytesPerToken(config: ModelConfig, format: WeightFormat, blockSiz
   return linearParams * bytesPerParam + scaleBytes + normParams * 4;
 }
 
+/** The whole model as one segment with its final head, evaluated at the last or every position. */
+function wholeModelSpec(
+  config: ModelConfig,
+  weightFormat: WeightFormat,
+  quantBlockSize: number,
+  positions: "last" | "all",
+) {
+  return segmentSpec({
+    fromLayer: 0,
+    toLayer: config.numLayers,
+    finalHead: true,
+    positions,
+    weightFormat,
+    quantBlockSize,
+  });
+}
+
 async function runCase(c: TandemCase): Promise<CaseResult> {
   const checkpoint = await loadCheckpoint(c.modelDir);
   const loadStart = performance.now();
   const model = await SegmentModel.load(
     checkpoint,
-    segmentSpec({
-      fromLayer: 0,
-      toLayer: checkpoint.config.numLayers,
-      finalHead: true,
-      weightFormat: c.weights,
-      quantBlockSize: c.blockSize,
-    }),
-    {
-      threads: c.threads,
-    },
+    wholeModelSpec(checkpoint.config, c.weights, c.blockSize, "last"),
+    { threads: c.threads },
   );
   const graphLoadMs = performance.now() - loadStart;
   const sessions = new SegmentSessions(model);
@@ -214,14 +223,7 @@ async function demoModelQuality(
   const tandemTokens = async (weightFormat: WeightFormat, quantBlockSize: number): Promise<number[]> => {
     const model = await SegmentModel.load(
       checkpoint,
-      segmentSpec({
-        fromLayer: 0,
-        toLayer: checkpoint.config.numLayers,
-        finalHead: true,
-        positions: "all",
-        weightFormat,
-        quantBlockSize,
-      }),
+      wholeModelSpec(checkpoint.config, weightFormat, quantBlockSize, "all"),
       { threads: 2 },
     );
     try {
