@@ -261,6 +261,24 @@ describe("tandem bench", () => {
           ["int4", "Q4_0"],
         ]);
         for (const a of anchor) expect(a.llama_cpp_decode_tokens_per_s).toBeGreaterThan(0);
+        // Quality on the trained demo model: each engine's formats against Tandem fp32.
+        const quality = (result as { demo_model_quality?: { rows: Record<string, number | string>[] } })
+          .demo_model_quality!.rows;
+        expect(quality.map((q) => `${q.engine} ${q.weights}`)).toEqual([
+          "llama.cpp fp32",
+          "tandem int4",
+          "llama.cpp int4",
+        ]);
+        for (const q of quality) expect(q.agreement_with_fp32).toBeGreaterThan(0.5);
+      }
+      // Overheads measured by CPU time per token too, beside tokens/s.
+      if (name === "api") {
+        const cpu = (result as { cpu_us_per_token?: Record<string, number> }).cpu_us_per_token!;
+        // A smoke round is a few tokens, a few 10 ms clock ticks: some deployment's may be 0.
+        const deployments = ["plain", "plain_again", "metrics", "tracing"];
+        for (const deployment of deployments) expect(cpu[deployment], deployment).toBeGreaterThanOrEqual(0);
+        expect(deployments.reduce((sum, d) => sum + cpu[d], 0)).toBeGreaterThan(0);
+        expect(typeof (result as { tracing_cpu_overhead?: number }).tracing_cpu_overhead).toBe("number");
       }
     }, 60_000);
   }

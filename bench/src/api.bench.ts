@@ -17,7 +17,7 @@
  * plain deployments in the same round); negative means noise was larger.
  */
 import { createServer, type Server } from "node:http";
-import { readFileSync } from "node:fs";
+import { existsSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import { createParser } from "eventsource-parser";
 import { generate, startProgram, type RunningProcess } from "@tandem/testkit";
@@ -129,6 +129,27 @@ async function viaHttp(edge: RunningProcess, prompt: string, maxTokens: number):
 
 const round3 = (x: number) => Math.round(x * 1000) / 1000;
 
+/**
+ * CPU time a process has used, user + system, in ms (Linux: /proc/<pid>/stat, in clock
+ * ticks of 10 ms); undefined where there is no /proc. What a deployment spends per token
+ * does not depend on which moment of the machine it ran in, as tokens/s does: the
+ * overheads' steadier measure.
+ */
+function cpuMs(process: RunningProcess): number | undefined {
+  const path = `/proc/${process.child.pid}/stat`;
+  if (!existsSync(path)) return undefined;
+  // Fields after the command name's closing parenthesis: utime and stime are the 12th and 13th.
+  const fields = readFileSync(path, "utf8").split(") ")[1].split(" ");
+  return (Number(fields[11]) + Number(fields[12])) * 10;
+}
+
+/** CPU ms of a deployment's edge and worker together; undefined without /proc. */
+function deploymentCpuMs(d: Deployment): number | undefined {
+  const edge = cpuMs(d.edge);
+  const worker = cpuMs(d.worker);
+  return edge === undefined || worker === undefined ? undefined : edge + worker;
+}
+
 /** Deployments measured for throughput, side by side. */
 const DEPLOYMENTS = ["plain", "plain_again", "metrics", "tracing"] as const;
 /**
@@ -167,6 +188,12 @@ const api: Benchmark<"api"> = async ({ smoke, options }) => {
     grpc_gap: [] as number[],
     tps: Object.fromEntries(DEPLOYMENTS.map((n) => [n, [] as number[]])) as Record<DeploymentName, number[]>,
   };
+  /** CPU ms (edge + worker) and tokens per deployment, over every round. */
+  const cpu = Object.fromEntries(DEPLOYMENTS.map((n) => [n, { ms: 0, tokens: 0 }])) as Record<
+    DeploymentName,
+    { ms: number; tokens: number }
+  >;
+  let cpuMeasured = true;
   let round = 0;
   // Each epoch starts every deployment afresh (in a rotating order): what one process's
   // placement and warm-up give it is then not all one deployment's.
@@ -203,6 +230,9 @@ const api: Benchmark<"api"> = async ({ smoke, options }) => {
         // moment of the machine falls on all of them alike.
         const tokens = Object.fromEntries(DEPLOYMENTS.map((n) => [n, 0])) as Record<DeploymentName, number>;
         const ms = Object.fromEntries(DEPLOYMENTS.map((n) => [n, 0])) as Record<DeploymentName, number>;
+        // Each deployment's CPU over the whole round, its idle turns included: what it does
+        // between its own requests (a batch of spans exported, timers) is its cost too.
+        const cpuBefore = measured.map(deploymentCpuMs);
         for (const [p, prompt] of prompts.entries()) {
           const shift = (round + p) % measured.length;
           for (const d of [...measured.slice(shift), ...measured.slice(0, shift)]) {
@@ -212,6 +242,16 @@ const api: Benchmark<"api"> = async ({ smoke, options }) => {
           }
         }
         for (const name of DEPLOYMENTS) perRound.tps[name].push((tokens[name] / ms[name]) * 1000);
+        measured.forEach((d, i) => {
+          const before = cpuBefore[i];
+          const after = deploymentCpuMs(d);
+          const name = d.name as (typeof DEPLOYMENTS)[number];
+          if (before === undefined || after === undefined) cpuMeasured = false;
+          else {
+            cpu[name].ms += after - before;
+            cpu[name].tokens += tokens[name];
+          }
+        });
         log(
           `api: epoch ${epoch + 1}/${epochs} round ${r + 1}/${rounds}: ` +
             `ttft http ${perRound.http_ttft.at(-1)!.toFixed(2)} / grpc ${perRound.grpc_ttft.at(-1)!.toFixed(2)} ms, ` +
@@ -234,6 +274,10 @@ const api: Benchmark<"api"> = async ({ smoke, options }) => {
   const baseline = perRound.tps.plain.map((tps, i) => (tps + perRound.tps.plain_again[i]) / 2);
   const overhead = (name: (typeof DEPLOYMENTS)[number]) =>
     round3(median(perRound.tps[name].map((tps, i) => 1 - tps / baseline[i])));
+  /** CPU per token of each deployment, and `name`'s against the two plain deployments' mean. */
+  const cpuPerToken = (name: (typeof DEPLOYMENTS)[number]) => (cpu[name].ms * 1000) / cpu[name].tokens;
+  const plainCpu = (cpuPerToken("plain") + cpuPerToken("plain_again")) / 2;
+  const cpuOverhead = (name: (typeof DEPLOYMENTS)[number]) => round3(cpuPerToken(name) / plainCpu - 1);
   /** The same of the second plain deployment against the first: what noise alone gives. */
   const noise = round3(median(perRound.tps.plain_again.map((tps, i) => 1 - tps / perRound.tps.plain[i])));
   return {
@@ -256,6 +300,14 @@ const api: Benchmark<"api"> = async ({ smoke, options }) => {
     // Two identical deployments measured the same way: how far apart noise alone puts them.
     noise_overhead: noise,
     span_exports_received: sink.requests(),
+    // CPU time (edge + worker, user + system) per token over all rounds: steadier than
+    // tokens/s, which moves with whatever else the machine does. Null without /proc.
+    cpu_us_per_token: cpuMeasured
+      ? Object.fromEntries(DEPLOYMENTS.map((n) => [n, Math.round(cpuPerToken(n))]))
+      : null,
+    metrics_cpu_overhead: cpuMeasured ? cpuOverhead("metrics") : null,
+    tracing_cpu_overhead: cpuMeasured ? cpuOverhead("tracing") : null,
+    noise_cpu_overhead: cpuMeasured ? round3(cpuPerToken("plain_again") / cpuPerToken("plain") - 1) : null,
   };
 };
 
