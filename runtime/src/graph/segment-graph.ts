@@ -128,35 +128,28 @@ class SegmentGraphWriter {
   }
 
   /**
-   * The fp32 table, [vocab, hidden] as stored, written a block of rows at a time. No node
-   * reads it unless a tied fp32 head does (Gemm with transB reads it as stored), through
-   * an initializer over the same bytes.
+   * The fp32 table, [vocab, hidden] as stored. No node reads it unless a tied fp32 head
+   * does (Gemm with transB reads it as stored), through an initializer over the same bytes.
    */
   private embeddingTable(): EmbeddingTableLayout {
     const { b } = this;
     const table = asLinear(this.weights.embedTokens);
-    const { rows, cols } = table;
-    const values = b.externalBytes("the embedding table", rows * cols * 4, (append) => {
-      for (const [begin, end] of rowBlocks(rows, cols)) {
-        const part = table.read(begin, end);
-        append(new Uint8Array(part.buffer, part.byteOffset, part.byteLength));
-      }
-    });
-    let name: string | undefined;
+    const { name, rows, cols } = table;
+    const values = writeFloatRows(b, table);
+    let initializer: string | undefined;
     this.tableInitializer = () =>
-      (name ??= b.externalInitializer(table.name, "float32", [rows, cols], values));
+      (initializer ??= b.externalInitializer(name, "float32", [rows, cols], values));
     return { rows, cols, encoding: "float32", values };
   }
 
-  /** A [rows, cols] fp32 table as stored, converted and written a block of rows at a time. */
+  /** A [rows, cols] fp32 table as stored, as an initializer. */
   private streamedTable(name: string, table: LinearWeight): string {
-    const { rows, cols } = table;
-    return this.b.streamedInitializer(name, "float32", [rows, cols], rows * cols * 4, (append) => {
-      for (const [begin, end] of rowBlocks(rows, cols)) {
-        const part = table.read(begin, end);
-        append(new Uint8Array(part.buffer, part.byteOffset, part.byteLength));
-      }
-    });
+    return this.b.externalInitializer(
+      name,
+      "float32",
+      [table.rows, table.cols],
+      writeFloatRows(this.b, table),
+    );
   }
 
   /**
@@ -974,6 +967,21 @@ interface LinearWeight {
 }
 
 /** A checkpoint tensor as a linear weight: rows decoded on their own where the file allows. */
+/**
+ * Writes a [rows, cols] fp32 table as stored into the external data, converted a block of
+ * rows at a time (so a 1 GB table is never whole). A function of its own so that no
+ * closure that outlives the call holds the table.
+ */
+function writeFloatRows(b: OnnxGraphBuilder, table: LinearWeight): ExternalRegion {
+  const { rows, cols } = table;
+  return b.externalBytes(table.name, rows * cols * 4, (append) => {
+    for (const [begin, end] of rowBlocks(rows, cols)) {
+      const part = table.read(begin, end);
+      append(new Uint8Array(part.buffer, part.byteOffset, part.byteLength));
+    }
+  });
+}
+
 /**
  * Quantizes `weight` into the external data, a block of rows at a time (each row's blocks
  * are its own, so a 1 GB table is never whole): its packed blocks, then their scales. A
