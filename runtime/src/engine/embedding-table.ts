@@ -19,6 +19,8 @@ export class EmbeddingTable {
   /** One row's packed values and scales, reused across lookups (int8-blocks only). */
   private readonly rowValues: Uint8Array;
   private readonly rowScales: Float32Array;
+  /** rowScales' bytes, what a read fills. */
+  private readonly rowScaleBytes: Uint8Array;
 
   private constructor(
     private readonly path: string,
@@ -30,6 +32,7 @@ export class EmbeddingTable {
     const int8 = layout.encoding === "int8-blocks";
     this.rowValues = new Uint8Array(int8 ? this.blocksPerRow * blockSize : 0);
     this.rowScales = new Float32Array(int8 ? this.blocksPerRow : 0);
+    this.rowScaleBytes = new Uint8Array(this.rowScales.buffer);
   }
 
   /** Opens the weights file at `path`, whose table `layout` describes. */
@@ -80,7 +83,7 @@ export class EmbeddingTable {
     const { cols, values, scales } = this.layout;
     const { rowValues, rowScales, blocksPerRow } = this;
     this.readFully(rowValues, values.offset + id * rowValues.length);
-    this.readFully(new Uint8Array(rowScales.buffer), scales!.offset + id * blocksPerRow * 4);
+    this.readFully(this.rowScaleBytes, scales!.offset + id * blocksPerRow * 4);
     const blockSize = rowValues.length / blocksPerRow;
     for (let c = 0; c < cols; c++)
       out[at + c] = (rowValues[c] - INT8_ZERO_POINT) * rowScales[(c / blockSize) | 0];
