@@ -67,6 +67,9 @@ interface LlamaCppCase {
 /** The GGUF type llama.cpp runs for each of Tandem's weight formats. */
 const GGUF_TYPE_OF: Record<WeightFormat, GgufFileType> = { fp32: "F32", int8: "Q8_0", int4: "Q4_0" };
 
+/** Bits per weight of each GGUF type: Q8_0 and Q4_0 are blocks of 32 with an fp16 scale. */
+const GGUF_BITS: Record<GgufFileType, number> = { F32: 32, Q8_0: 8.5, Q4_0: 4.5 };
+
 /** The benchmark's prompt, for both engines: token i is (i·7919 + 13) mod vocab. */
 const benchPrompt = (length: number, vocabSize: number): number[] =>
   Array.from({ length }, (_, i) => (i * 7919 + 13) % vocabSize);
@@ -240,8 +243,6 @@ async function demoModelQuality(
     tokens.filter((token, i) => token === reference[i]).length / reference.length;
   const bits = (weights: WeightFormat, blockSize: number) =>
     weights === "fp32" ? 32 : (weights === "int8" ? 8 : 4) + 32 / blockSize;
-  /** llama.cpp's bits per weight: Q8_0 and Q4_0 blocks of 32 with an fp16 scale. */
-  const GGUF_BITS: Record<GgufFileType, number> = { F32: 32, Q8_0: 8.5, Q4_0: 4.5 };
   const rows: QualityRow[] = [];
   for (const weights of formats) {
     for (const blockSize of weights === "fp32" ? [] : blockSizes)
