@@ -45,8 +45,9 @@ export interface SegmentRunInput {
   pastLengths: number[];
   /**
    * The rows' KV cache, one row per batch row, with room for max(pastLengths) + seq
-   * positions. A successful run writes each row's new positions right after its
-   * pastLengths, and nothing before them; a failed one writes nothing.
+   * positions. A run writes each row's new positions right after its pastLengths and
+   * nothing before them; a failed one may have written some of them, which lie past
+   * the row's length and so hold nothing it reads.
    */
   kv: KvSlot;
 }
@@ -78,6 +79,11 @@ export class SegmentModel {
   readonly graphPath: string;
   /** MoE only: activations per (layer, expert) of this segment, since the last take. */
   private expertCounts?: Float64Array;
+  /**
+   * Per segment layer: whether its attention writes new positions into the slot itself
+   * (fused, present bound to past) or returns them for appendKv (plain operators).
+   */
+  private readonly inPlaceKv: boolean[];
 
   private constructor(
     private readonly session: ort.InferenceSession,
@@ -92,6 +98,10 @@ export class SegmentModel {
     this.weightsHash = checkpoint.weightsHash;
     this.exitLayers = segmentExits(spec, checkpoint.config).map((e) => e.afterLayer);
     this.graphPath = graphPath;
+    const outputs = new Set(session.outputNames);
+    this.inPlaceKv = Array.from({ length: spec.toLayer - spec.fromLayer }, (_, i) =>
+      outputs.has(GRAPH_IO.presentKey(spec.fromLayer + i)),
+    );
     if (checkpoint.config.numExperts)
       this.expertCounts = new Float64Array((spec.toLayer - spec.fromLayer) * checkpoint.config.numExperts);
   }
@@ -170,9 +180,20 @@ export class SegmentModel {
       feeds[GRAPH_IO.pastValue(layer)] = new ort.Tensor("float32", kv.layers[i].value, kvShape);
     }
 
-    const results = await this.session.run(feeds);
+    // Every output is fetched; a fused layer's present cache is bound to its past's
+    // buffer, which the kernel then updates in place (past_present_share_buffer).
+    const fetches: Record<string, ort.Tensor | null> = {};
+    for (const name of this.session.outputNames) fetches[name] = null;
     for (let i = 0; i < this.layerCount; i++) {
       const layer = spec.fromLayer + i;
+      if (!this.inPlaceKv[i]) continue;
+      fetches[GRAPH_IO.presentKey(layer)] = feeds[GRAPH_IO.pastKey(layer)];
+      fetches[GRAPH_IO.presentValue(layer)] = feeds[GRAPH_IO.pastValue(layer)];
+    }
+    const results = await this.session.run(feeds, fetches);
+    for (let i = 0; i < this.layerCount; i++) {
+      const layer = spec.fromLayer + i;
+      if (this.inPlaceKv[i]) continue;
       appendKv(
         kv,
         i,

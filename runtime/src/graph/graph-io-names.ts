@@ -9,8 +9,13 @@
  *            seqlens_k int32 [batch]                 total length of each row minus one
  *            total_sequence_length int32 []          max total length over rows
  *            past_key.L / past_value.L float [batch, kvHeads, past, headDim]
- *   outputs  new_key.L / new_value.L float [batch, kvHeads, seq, headDim]  the keys (rotated)
- *                                                   and values of each row's new positions
+ *   outputs  present_key.L / present_value.L float [batch, kvHeads, past, headDim]
+ *                                                   (fused attention) the past with each row's
+ *                                                   new positions written in: the engine binds
+ *                                                   it to the past's own buffer
+ *            new_key.L / new_value.L float [batch, kvHeads, seq, headDim]  (plain-operator
+ *                                                   attention) the keys (rotated) and values of
+ *                                                   each row's new positions, for the engine to append
  *            hidden_out float [batch, seq, hidden]   (outputHidden)
  *            hidden_after.K float [batch, seq, hidden] (hiddenTaps)
  *            exit.K.token int64, exit.K.prob / .margin / .entropy float [batch, positions]
@@ -18,9 +23,9 @@
  *            expert_choices.L int64 [batch, seq, k]  (MoE layers)
  * Rows of a batch may have different past lengths: past is right-padded (and may be longer
  * than any row: a cache with room) and row b's new keys belong at position
- * seqlens_k[b] - seq + 1 (GroupQueryAttention's convention). The full present cache stays
- * inside the graph: only the new positions leave it, so a decode step hands back a few KB
- * instead of a copy of every layer's whole cache.
+ * seqlens_k[b] - seq + 1 (GroupQueryAttention's convention). Either way no run hands back
+ * a copy of a layer's whole cache: GroupQueryAttention writes into the buffer it reads
+ * (present bound to past), the plain path returns only the new positions.
  *
  * A cached graph keeps the names it was built with and its cache key does not cover
  * them: changing a name needs a bump of SEGMENT_GRAPH_VERSION.
@@ -39,6 +44,9 @@ export const GRAPH_IO = Object.freeze({
   /** Keys of the positions a run adds, per row: what the caller appends to its cache. */
   newKey: (layer: number) => `new_key.${layer}` as const,
   newValue: (layer: number) => `new_value.${layer}` as const,
+  /** The cache with the run's positions written in (fused attention): bound to past_key's buffer. */
+  presentKey: (layer: number) => `present_key.${layer}` as const,
+  presentValue: (layer: number) => `present_value.${layer}` as const,
   /** The hidden state after `layers` decoder layers (a hidden tap). */
   hiddenAfter: (layers: number) => `hidden_after.${layers}` as const,
   /** The experts chosen per token in an MoE layer. */

@@ -335,8 +335,10 @@ class SegmentGraphWriter {
     }
     const fused = fusedAttentionTakes(config);
     if (!fused && !key) [query, key, value] = splitQkv();
-    const inputs = [prefix, layer, [query, key, value], pastKey, pastValue, rotary, positions] as const;
-    const attention = fused ? this.groupQueryAttention(...inputs) : this.plainAttention(...inputs);
+    const inputs = [prefix, layer, [query, key, value], pastKey, pastValue, rotary] as const;
+    const attention = fused
+      ? this.groupQueryAttention(...inputs)
+      : this.plainAttention(...inputs, positions);
     const projected = this.linear(`${prefix}/attn/o_proj`, attention, asLinear(w.oProj));
     const afterAttention = b.op("Add", `${prefix}/attn/residual/Add`, [x, projected]);
 
@@ -360,11 +362,14 @@ class SegmentGraphWriter {
     pastKey: string,
     pastValue: string,
     rotary: RotaryCaches,
-    positions: NewPositions,
   ): string {
     const { b, config } = this;
-    const presentKey = `${prefix}/attn/present_key`;
-    const presentValue = `${prefix}/attn/present_value`;
+    // The present cache is a graph output the engine binds to the past's own buffer, so
+    // the kernel writes each row's new positions in place (its shared-buffer mode) instead
+    // of copying the whole past into a new present every step.
+    const presentShape = ["batch", config.numKvHeads, "past", config.headDim];
+    const presentKey = b.output(GRAPH_IO.presentKey(layer), "float32", presentShape);
+    const presentValue = b.output(GRAPH_IO.presentValue(layer), "float32", presentShape);
     const [attention] = b.node(
       "GroupQueryAttention",
       `${prefix}/attn/GroupQueryAttention`,
@@ -381,16 +386,6 @@ class SegmentGraphWriter {
         },
       },
     );
-    const newKvShape = ["batch", config.numKvHeads, "seq", config.headDim];
-    const index = this.cacheIndex(positions);
-    b.node("GatherElements", `${prefix}/attn/new_key`, [presentKey, index], {
-      outputs: [b.output(GRAPH_IO.newKey(layer), "float32", newKvShape)],
-      attributes: { axis: 2 },
-    });
-    b.node("GatherElements", `${prefix}/attn/new_value`, [presentValue, index], {
-      outputs: [b.output(GRAPH_IO.newValue(layer), "float32", newKvShape)],
-      attributes: { axis: 2 },
-    });
     return attention;
   }
 

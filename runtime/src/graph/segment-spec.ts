@@ -143,7 +143,7 @@ export function validateSegmentSpec(spec: SegmentSpec, config: ModelConfig): voi
 }
 
 /** Bumped whenever the graph layout changes, so cached graphs from older builders are not reused. */
-export const SEGMENT_GRAPH_VERSION = 9;
+export const SEGMENT_GRAPH_VERSION = 10;
 
 /** The exits a segment reports, in order; the final head is the exit after the last layer. */
 export function segmentExits(spec: SegmentSpec, config: ModelConfig): ExitHeadSpec[] {
