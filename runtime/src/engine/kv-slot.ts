@@ -9,15 +9,12 @@
  * 110M parameters, growing with the context) for V8 to allocate, copy and collect, which
  * on two cores took CPU from the model's own threads.
  *
- * A session running alone has a slot of one row. Sessions that take batched steps together
- * share a slot with one row each until one of them runs alone, joins another batch or is
- * released; then each row is copied back to a slot of its own, or straight into the new
- * batch's slot for the sessions that joined it. A slot grows — a copy — only when a forward
- * would pass its capacity, to whole blocks of KV_BLOCK_POSITIONS: at most one block of room
- * is kept, and a decode pays one copy of its cache per block. A truncation that leaves a
- * slot more than a block larger than its positions need copies them into a smaller one
- * (shrinkKvCapacity), so a session cut back from a long context does not keep, and count,
- * the room it left.
+ * Slots are held by KV pools (kv-pool.ts), one row per session. A slot grows — a copy —
+ * only when a forward would pass its capacity, to whole blocks of KV_BLOCK_POSITIONS: at
+ * most one block of room is kept, and a decode pays one copy of its cache per block. A
+ * truncation that leaves a slot more than a block larger than its positions need copies
+ * them into a smaller one (shrinkKvCapacity), so a session cut back from a long context
+ * does not keep, and count, the room it left.
  */
 import type { LayerKv } from "./segment-model.ts";
 

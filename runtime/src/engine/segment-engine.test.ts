@@ -23,7 +23,8 @@ import {
 } from "../testing/random-checkpoint.ts";
 import { allocateKvSlot, KV_BLOCK_POSITIONS } from "./kv-slot.ts";
 import { SegmentModel } from "./segment-model.ts";
-import { SegmentSessions, type SegmentStep } from "./segment-sessions.ts";
+import { KvPool } from "./kv-pool.ts";
+import { SegmentSessions, type SegmentSessionsOptions, type SegmentStep } from "./segment-sessions.ts";
 
 const base = TINY_LLAMA;
 
@@ -153,14 +154,20 @@ afterAll(() => rmSync(workDir, { recursive: true, force: true }));
 async function sessionsFor(
   checkpoint: Checkpoint,
   partial: Partial<SegmentSpec> & Pick<SegmentSpec, "fromLayer" | "toLayer">,
+  options: SegmentSessionsOptions = {},
 ) {
   const model = await SegmentModel.load(checkpoint, segmentSpec(partial), { cacheDir });
-  return new SegmentSessions(model);
+  return new SegmentSessions(model, options);
 }
 
 /** Sessions over the whole 4-layer model, reporting the final head's logits at the last position. */
-function decodeSessions(checkpoint: Checkpoint) {
-  return sessionsFor(checkpoint, { fromLayer: 0, toLayer: 4, finalHead: true, logits: true });
+function decodeSessions(checkpoint: Checkpoint, options: SegmentSessionsOptions = {}) {
+  return sessionsFor(checkpoint, { fromLayer: 0, toLayer: 4, finalHead: true, logits: true }, options);
+}
+
+/** The first layer's key tensor of the pool holding a session: the same object while nothing is copied. */
+function poolKeys(sessions: SegmentSessions, id: string): Float32Array {
+  return (sessions.batchGroup(id) as KvPool).slot.layers[0].key;
 }
 
 function maxAbsDiff(a: ArrayLike<number>, b: ArrayLike<number>): number {
@@ -223,7 +230,7 @@ describe("MoE segments", () => {
 
   it("decode several sessions' rows in one batched step, each routed to its own experts, as each would alone", async () => {
     const checkpoint = checkpoints.get("mixtral, 4 experts, top-2")!;
-    const sessions = await decodeSessions(checkpoint);
+    const sessions = await decodeSessions(checkpoint, { batchRows: 4 });
     const prompts = [PROMPT, PROMPT.slice(0, 3).reverse(), [7, 7, 2, 9, 1]];
     prompts.forEach((_, i) => sessions.open(`s${i}`));
     for (const [i, prompt] of prompts.entries())
@@ -277,9 +284,18 @@ describe("MoE segments", () => {
     // Taken: the next call starts from zero.
     expect(upper.model.takeExpertCounts()!.every((c) => c === 0)).toBe(true);
     expect(lower.model.takeExpertCounts()!.reduce((a, b) => a + b, 0)).toBe(2 * 2 * PROMPT.length);
+    // A batched step over rows 0–2 of a pool, row 1 idle: only the two real tokens count.
+    const pooled = await sessionsFor(checkpoint, { fromLayer: 0, toLayer: 2 }, { batchRows: 3 });
+    for (const id of ["x", "idle", "z"]) {
+      pooled.open(id);
+      await pooled.forward(id, { ids: PROMPT.slice(0, 3) });
+    }
+    pooled.model.takeExpertCounts();
+    await pooled.forwardBatch(["x", "z"].map((id) => ({ id, input: { ids: [4] } })));
+    expect(pooled.model.takeExpertCounts()!.reduce((a, b) => a + b, 0)).toBe(2 * 2 * 2);
     const dense = await sessionsFor(checkpoints.get("llama gqa ratio 2")!, { fromLayer: 0, toLayer: 2 });
     expect(dense.model.takeExpertCounts()).toBeUndefined();
-    for (const s of [upper, lower, dense]) await s.model.release();
+    for (const s of [upper, lower, pooled, dense]) await s.model.release();
   });
 });
 
@@ -355,7 +371,7 @@ describe("KV cache", () => {
       const checkpoint = checkpoints.get(name)!;
       const spec = { fromLayer: 0, toLayer: 4, finalHead: true, logits: true, exits: [{ afterLayer: 2 }] };
       const single = await sessionsFor(checkpoint, spec);
-      const batched = await sessionsFor(checkpoint, spec);
+      const batched = await sessionsFor(checkpoint, spec, { batchRows: 4 });
       const prompts = [PROMPT.slice(0, 3), PROMPT.slice(0, 8), PROMPT.slice(2, 7), PROMPT.slice(0, 1)];
       const next = [9, 10, 11, 12];
       const expected = [];
@@ -446,18 +462,18 @@ describe("KV cache growing past its blocks", () => {
     await sessions.model.release();
   });
 
-  it("sessions sharing a batch slot, truncated, shrink it once its longest row is short, and go on as if computed from scratch", async () => {
+  it("sessions sharing a KV pool, truncated, shrink it once its longest row is short, and go on as if computed from scratch", async () => {
     const checkpoint = checkpoints.get("llama gqa ratio 2")!;
     const { numKvHeads, headDim } = checkpoint.config;
     const blockBytes = 4 * 2 * numKvHeads * KV_BLOCK_POSITIONS * headDim * 4;
-    const sessions = await decodeSessions(checkpoint);
+    const sessions = await decodeSessions(checkpoint, { batchRows: 2 });
     const ids = ["a", "b"];
     const sequences = ids.map((_, i) => tokens(2 * KV_BLOCK_POSITIONS + 1, i + 1));
     for (const [i, id] of ids.entries()) {
       sessions.open(id);
       await sessions.forward(id, { ids: sequences[i].slice(0, -1) });
     }
-    // One step together: a slot of two rows, each with room for 2 blocks + 1 positions.
+    // One step together: a pool of two rows, each with room for 2 blocks + 1 positions.
     await sessions.forwardBatch(ids.map((id, i) => ({ id, input: { ids: [sequences[i].at(-1)!] } })));
     expect(ids.map((id) => sessions.kvBytes(id))).toEqual([3 * blockBytes, 3 * blockBytes]);
     expect(sessions.totalKvBytes()).toBe(6 * blockBytes);
@@ -565,7 +581,7 @@ describe("KV cache growing past its blocks", () => {
     it(`sessions stepping together across a block boundary equal each stepping alone: ${name}`, async () => {
       const checkpoint = checkpoints.get(name)!;
       const single = await decodeSessions(checkpoint);
-      const batched = await decodeSessions(checkpoint);
+      const batched = await decodeSessions(checkpoint, { batchRows: 3 });
       const lengths = [KV_BLOCK_POSITIONS - 3, KV_BLOCK_POSITIONS - 1, 5];
       for (const [i, length] of lengths.entries()) {
         for (const sessions of [single, batched]) {
@@ -585,20 +601,20 @@ describe("KV cache growing past its blocks", () => {
           ).toBeLessThanOrEqual(1e-4);
         }
       }
-      // Each reports its row of the batch's slot, grown to two blocks for the longest row;
-      // together they are the whole slot (what a context manager's budget counts).
+      // Each reports its row of the pool, grown once to two blocks for the longest row;
+      // together they are the whole pool (what a context manager's budget counts).
       const { numKvHeads, headDim } = checkpoint.config;
       const blockBytes = 4 * 2 * numKvHeads * KV_BLOCK_POSITIONS * headDim * 4;
       for (const [i] of lengths.entries()) expect(batched.kvBytes(`s${i}`), `s${i}`).toBe(2 * blockBytes);
       expect(batched.totalKvBytes()).toBe(lengths.length * 2 * blockBytes);
-      // The batch's sessions hold their own caches again after running alone.
+      // Stepping alone runs each on its own row, where it is: no copy.
+      const keys = poolKeys(batched, "s0");
       for (const [i] of lengths.entries()) {
         const a = await single.forward(`s${i}`, { ids: [9] });
         const b = await batched.forward(`s${i}`, { ids: [9] });
         expect(maxAbsDiff(a.exits[0].logits!, b.exits[0].logits!)).toBeLessThanOrEqual(1e-4);
+        expect(poolKeys(batched, `s${i}`)).toBe(keys);
       }
-      // Slots of their own, sized to each one's length: the short one is back to one block.
-      expect(lengths.map((_, i) => batched.kvBytes(`s${i}`))).toEqual([2, 2, 1].map((n) => n * blockBytes));
       for (const s of [single, batched]) await s.model.release();
     });
 });
@@ -653,42 +669,129 @@ describe("sessions that keep stepping together", () => {
   });
 });
 
-describe("a session that stepped with others, released", () => {
-  it("leaves its row in the shared slot until the batch changes; freed now, breaks the batch: the others get slots of their own, the shared slot and its row go, and they go on as if computed from scratch", async () => {
+describe("sessions joining and leaving a KV pool (continuous batching)", () => {
+  it("a released session's row goes to the next session with no copy; freed now, the pool shrinks to its longest row; an emptied pool is freed; every step equals computing from scratch", async () => {
     const checkpoint = checkpoints.get("llama gqa ratio 2")!;
     const { numKvHeads, headDim } = checkpoint.config;
     const blockBytes = 4 * 2 * numKvHeads * KV_BLOCK_POSITIONS * headDim * 4;
-    const sessions = await decodeSessions(checkpoint);
-    const prompts = new Map([
+    const sessions = await decodeSessions(checkpoint, { batchRows: 3 });
+    const history = new Map([
       ["a", PROMPT.slice(0, 4)],
       ["b", PROMPT.slice(0, 7)],
-      ["c", PROMPT.slice(2, 9)],
+      ["c", Array.from({ length: 2 * KV_BLOCK_POSITIONS + 5 }, (_, i) => (i * 29 + 3) % 250)],
     ]);
-    for (const [id, prompt] of prompts) {
+    for (const [id, prompt] of history) {
       sessions.open(id);
       await sessions.forward(id, { ids: prompt });
     }
-    await sessions.forwardBatch([...prompts.keys()].map((id) => ({ id, input: { ids: [30] } })));
-    expect(sessions.totalKvBytes()).toBe(3 * blockBytes);
+    // One pool of three rows, grown to c's three blocks.
+    expect(sessions.totalKvBytes()).toBe(3 * 3 * blockBytes);
+    const keys = poolKeys(sessions, "a");
+    /** One batched step of `ids`, each checked against the whole model on its history. */
+    const step = async (ids: string[], token: number) => {
+      const steps = await sessions.forwardBatch(ids.map((id) => ({ id, input: { ids: [token] } })));
+      for (const [k, id] of ids.entries()) {
+        history.get(id)!.push(token);
+        expect(steps[k].start, id).toBe(history.get(id)!.length - 1);
+        expect(
+          maxAbsDiff(steps[k].exits[0].logits!, await lastFullLogits(checkpoint, history.get(id)!)),
+          id,
+        ).toBeLessThanOrEqual(1e-4);
+      }
+    };
+    await step(["a", "b", "c"], 30);
+    // a and c step with b between them idle: b's row runs a dummy step and keeps its cache.
+    await step(["c", "a"], 31);
+    await step(["b"], 32);
 
-    // An ordinary close copies nothing: the shared slot, the closed row included, stays.
-    expect(sessions.release("c")).toBe(true);
-    expect(sessions.totalKvBytes()).toBe(3 * blockBytes);
-    expect(sessions.release("a", { freeNow: true })).toBe(true);
-    expect(sessions.release("a")).toBe(false);
-    expect(["b"].map((id) => sessions.kvBytes(id))).toEqual([blockBytes]);
-    expect(sessions.totalKvBytes()).toBe(blockBytes);
-    sessions.open("c");
-    await sessions.forward("c", { ids: [...prompts.get("c")!, 30] });
+    // b leaves; d joins in its row: nothing is copied, the pool stays whole.
+    expect(sessions.release("b")).toBe(true);
+    expect(sessions.totalKvBytes()).toBe(3 * 3 * blockBytes);
+    sessions.open("d");
+    history.set("d", PROMPT.slice(1, 6));
+    await sessions.forward("d", { ids: history.get("d")! });
+    expect(sessions.batchGroup("d")).toBe(sessions.batchGroup("a"));
+    await step(["d", "a", "c"], 33);
+    expect(poolKeys(sessions, "a")).toBe(keys);
 
-    const steps = await sessions.forwardBatch(["b", "c"].map((id) => ({ id, input: { ids: [31] } })));
-    for (const [k, id] of ["b", "c"].entries()) {
-      const ids = [...prompts.get(id)!, 30, 31];
-      expect(
-        maxAbsDiff(steps[k].exits[0].logits!, await lastFullLogits(checkpoint, ids)),
-        id,
-      ).toBeLessThanOrEqual(1e-4);
+    // c, the long one, evicted (freed now): the pool shrinks to one block a row, a and d
+    // keeping their positions.
+    expect(sessions.release("c", { freeNow: true })).toBe(true);
+    expect(sessions.release("c")).toBe(false);
+    await sessions.settled();
+    expect(sessions.totalKvBytes()).toBe(3 * blockBytes);
+    await step(["a", "d"], 34);
+    sessions.release("a");
+    sessions.release("d");
+    expect(sessions.totalKvBytes()).toBe(0);
+    await sessions.model.release();
+  });
+
+  it("sessions of several pools in one batched step run one call per pool, each as it would alone", async () => {
+    const checkpoint = checkpoints.get("llama gqa ratio 4")!;
+    const single = await decodeSessions(checkpoint);
+    const batched = await decodeSessions(checkpoint, { batchRows: 2 });
+    const ids = ["s0", "s1", "s2", "s3", "s4"];
+    for (const [i, id] of ids.entries())
+      for (const sessions of [single, batched]) {
+        sessions.open(id);
+        await sessions.forward(id, { ids: PROMPT.slice(0, 2 + i) });
+      }
+    expect(new Set(ids.map((id) => batched.batchGroup(id))).size).toBe(3);
+    for (const order of [ids, ["s4", "s1", "s2"], ["s3", "s0"]]) {
+      const inputs = order.map((id, k) => ({ id, input: { ids: [40 + k] } }));
+      const got = await batched.forwardBatch(inputs);
+      for (const [k, { id, input }] of inputs.entries()) {
+        const want = await single.forward(id, input);
+        expect(got[k].start, id).toBe(want.start);
+        expect(maxAbsDiff(got[k].exits[0].logits!, want.exits[0].logits!), id).toBeLessThanOrEqual(1e-4);
+      }
     }
+    for (const s of [single, batched]) await s.model.release();
+  });
+
+  it("a row full to the model's limit between two that step is not run along: the range splits around it, and it can still be cut back and go on", async () => {
+    const checkpoint = checkpoints.get("a context of 70 positions, not a whole number of KV blocks")!;
+    const sequence = Array.from({ length: 70 }, (_, i) => (i * 13 + 1) % 250);
+    const sessions = await decodeSessions(checkpoint, { batchRows: 3 });
+    for (const [id, length] of [
+      ["a", 20],
+      ["full", 70],
+      ["c", 30],
+    ] as const) {
+      sessions.open(id);
+      await sessions.forward(id, { ids: sequence.slice(0, length) });
+    }
+    const steps = await sessions.forwardBatch(["a", "c"].map((id) => ({ id, input: { ids: [5] } })));
+    for (const [k, length] of [20, 30].entries())
+      expect(
+        maxAbsDiff(
+          steps[k].exits[0].logits!,
+          await lastFullLogits(checkpoint, [...sequence.slice(0, length), 5]),
+        ),
+      ).toBeLessThanOrEqual(1e-4);
+    await sessions.truncate("full", 69);
+    const last = await sessions.forward("full", { ids: [sequence[69]] });
+    expect(maxAbsDiff(last.exits[0].logits!, await lastFullLogits(checkpoint, sequence))).toBeLessThanOrEqual(
+      1e-4,
+    );
+    await sessions.model.release();
+  });
+
+  it("a session released while its call waits in the queue fails that call with SessionNotFoundError; the others' calls go on", async () => {
+    const checkpoint = checkpoints.get("llama gqa ratio 2")!;
+    const sessions = await decodeSessions(checkpoint, { batchRows: 2 });
+    for (const id of ["a", "b"]) {
+      sessions.open(id);
+      await sessions.forward(id, { ids: PROMPT.slice(0, 5) });
+    }
+    const pending = [sessions.forward("a", { ids: [7] }), sessions.forward("b", { ids: [7] })];
+    sessions.release("b");
+    const [a, b] = await Promise.allSettled(pending);
+    expect(a.status).toBe("fulfilled");
+    expect(b.status).toBe("rejected");
+    expect((b as PromiseRejectedResult).reason).toBeInstanceOf(SessionNotFoundError);
+    expect(sessions.length("a")).toBe(6);
     await sessions.model.release();
   });
 });

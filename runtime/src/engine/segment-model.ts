@@ -50,6 +50,11 @@ export interface SegmentRunInput {
    * the row's length and so hold nothing it reads.
    */
   kv: KvSlot;
+  /**
+   * Rows whose results count, per batch row; the others run a dummy input whose results
+   * are thrown away (rows of a KV pool between two that step). @default every row
+   */
+  active?: boolean[];
 }
 
 export interface ExitOutput {
@@ -209,8 +214,12 @@ export class SegmentModel {
     if (this.expertCounts) {
       const experts = config.numExperts!;
       for (let layer = spec.fromLayer; layer < spec.toLayer; layer++) {
-        for (const expert of results[GRAPH_IO.expertChoices(layer)].data as BigInt64Array)
-          this.expertCounts[(layer - spec.fromLayer) * experts + Number(expert)]++;
+        const choices = results[GRAPH_IO.expertChoices(layer)].data as BigInt64Array;
+        const perRow = choices.length / batch;
+        choices.forEach((expert, i) => {
+          if (input.active?.[Math.floor(i / perRow)] === false) return;
+          this.expertCounts![(layer - spec.fromLayer) * experts + Number(expert)]++;
+        });
       }
     }
     const taps = new Map<number, Float32Array>();

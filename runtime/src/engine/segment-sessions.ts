@@ -7,23 +7,16 @@
  * A run writes a session's new positions after the ones it holds, and its length moves
  * only when the run succeeds, so a failed or rejected call leaves the session as it was.
  *
- * Each session's cache is a KV slot of its own (kv-slot.ts). Sessions that take a batched
- * step together share one slot, a row each, until something else touches one of them: the
- * same sessions' next batched step runs on it as it is, where copying every session's cache
- * into and out of a batch tensor would cost as much memory traffic as the weights at long
- * contexts. Releasing one of them breaks the batch, so its row is freed when it goes.
+ * Each session's cache is a row of a KV pool (kv-pool.ts), which it keeps until it is
+ * released. With `batchRows` above 1, sessions share pools of that many rows, and a
+ * batched step of sessions in one pool runs on their rows where they are: joining or
+ * leaving the running batch copies no one's cache. Runs are serialised (ONNX Runtime
+ * runs them one at a time on this thread anyway), so a pool is never resized under a
+ * run that has its rows.
  */
 import { InvalidArgumentError, SessionNotFoundError } from "@tandem/common";
-import {
-  allocateKvSlot,
-  copyKvRow,
-  kvCapacity,
-  type KvShape,
-  type KvSlot,
-  kvRowBytes,
-  kvSlotBytes,
-  shrinkKvCapacity,
-} from "./kv-slot.ts";
+import { KvPool, kvSlotRows } from "./kv-pool.ts";
+import { copyKvRow, kvCapacity, type KvShape, kvRowBytes, kvSlotBytes, shrinkKvCapacity } from "./kv-slot.ts";
 import type { ExitOutput, SegmentModel } from "./segment-model.ts";
 
 export type SegmentInput = { ids: number[] } | { hidden: Float32Array; count: number };
@@ -51,36 +44,41 @@ export interface SegmentStep {
 export interface SegmentSessionsOptions {
   /** Largest chunk one forward accepts. @default 4096 */
   maxChunkTokens?: number;
+  /**
+   * Rows of each KV pool: the most sessions a batched step runs together with no copy of
+   * their caches. A pool is allocated whole, so 1 (a slot per session) suits a device
+   * with one session; a cloud worker uses its batch size. @default 1
+   */
+  batchRows?: number;
 }
+
+export const DEFAULT_SEGMENT_SESSIONS_OPTIONS = { maxChunkTokens: 4096, batchRows: 1 } as const;
 
 interface SessionState {
+  id: string;
   length: number;
-  /** The session's own cache (one row); undefined before its first forward and while `resident` is set. */
-  slot?: KvSlot;
-  /** Tail of the queue of calls on this session: calls on one session run in order. */
-  busy: Promise<unknown>;
-  /** The batch whose padded KV holds this session's cache, if it last ran in one. */
-  resident?: ResidentBatch;
-}
-
-/** The shared cache of sessions that last stepped together. */
-interface ResidentBatch {
-  /** Session ids in row order. */
-  ids: string[];
-  /** Row r holds session ids[r]'s first length positions. */
-  slot: KvSlot;
+  /** The pool and row holding the session's cache; undefined before its first forward. */
+  pool?: KvPool;
+  row: number;
 }
 
 export class SegmentSessions {
   private readonly sessions = new Map<string, SessionState>();
+  private readonly pools: KvPool[] = [];
   private readonly maxChunkTokens: number;
+  private readonly batchRows: number;
   private readonly kvShape: KvShape;
+  /** Tail of the queue of runs: calls run one at a time, in the order they were made. */
+  private tail: Promise<unknown> = Promise.resolve();
 
   constructor(
     readonly model: SegmentModel,
     options: SegmentSessionsOptions = {},
   ) {
-    this.maxChunkTokens = options.maxChunkTokens ?? 4096;
+    this.maxChunkTokens = options.maxChunkTokens ?? DEFAULT_SEGMENT_SESSIONS_OPTIONS.maxChunkTokens;
+    this.batchRows = options.batchRows ?? DEFAULT_SEGMENT_SESSIONS_OPTIONS.batchRows;
+    if (!Number.isInteger(this.batchRows) || this.batchRows < 1)
+      throw new InvalidArgumentError("batchRows", `must be a positive integer, got ${this.batchRows}`);
     this.kvShape = {
       layers: model.layerCount,
       kvHeads: model.config.numKvHeads,
@@ -90,7 +88,7 @@ export class SegmentSessions {
 
   open(id: string): void {
     if (this.sessions.has(id)) throw new InvalidArgumentError("sessionId", `session "${id}" is already open`);
-    this.sessions.set(id, { length: 0, busy: Promise.resolve() });
+    this.sessions.set(id, { id, length: 0, row: -1 });
   }
 
   has(id: string): boolean {
@@ -103,30 +101,25 @@ export class SegmentSessions {
   }
 
   /**
-   * Bytes of memory the session's KV takes: its slot, room included, or its row of the
-   * slot it shares with a batch.
+   * Which sessions can step together in one runtime call: those with the same group.
+   * Undefined for a session with no cache yet (it joins a pool on its first forward).
    */
+  batchGroup(id: string): object | undefined {
+    return this.state(id).pool;
+  }
+
+  /** Bytes of memory the session's KV takes: its row of its pool, room included. */
   kvBytes(id: string): number {
-    const state = this.state(id);
-    const slot = state.resident?.slot ?? state.slot;
-    return slot ? kvRowBytes(slot, this.kvShape) : 0;
+    const { pool } = this.state(id);
+    return pool ? kvRowBytes(pool.slot, this.kvShape) : 0;
   }
 
   /**
-   * Bytes of memory the KV caches of all sessions take: every slot once, a shared one
-   * whole. It equals the sum of kvBytes over the sessions while every row of a shared
-   * slot belongs to a session still open, and counts a row left behind otherwise (a
-   * session released while a batched step of its batch was running).
+   * Bytes of memory the KV caches take: every pool whole, free rows included, since a
+   * pool is allocated whole (what a context manager's budget is about).
    */
   totalKvBytes(): number {
-    const slots = new Set<KvSlot>();
-    for (const state of this.sessions.values()) {
-      const slot = state.resident?.slot ?? state.slot;
-      if (slot) slots.add(slot);
-    }
-    let bytes = 0;
-    for (const slot of slots) bytes += kvSlotBytes(slot, this.kvShape);
-    return bytes;
+    return this.pools.reduce((bytes, pool) => bytes + kvSlotBytes(pool.slot, this.kvShape), 0);
   }
 
   get sessionIds(): string[] {
@@ -139,65 +132,66 @@ export class SegmentSessions {
    */
   async truncate(id: string, length: number): Promise<void> {
     const state = this.state(id);
-    await state.busy;
-    if (!Number.isInteger(length) || length < 0 || length > state.length) {
-      throw new InvalidArgumentError("length", `must be an integer in [0, ${state.length}], got ${length}`);
-    }
-    // The positions kept stay where they are, in the session's slot or its batch row,
-    // unless that leaves the slot more than a block of room (shrinkKvCapacity).
-    state.length = length;
-    this.shrinkAfterTruncate(state);
+    return this.enqueue(() => {
+      if (!Number.isInteger(length) || length < 0 || length > state.length) {
+        throw new InvalidArgumentError("length", `must be an integer in [0, ${state.length}], got ${length}`);
+      }
+      // The positions kept stay where they are, unless that leaves the pool more than a
+      // block of room beyond its longest row (shrinkKvCapacity).
+      state.length = length;
+      if (state.pool) this.shrink(state.pool);
+    });
   }
 
   /**
-   * Closes the session. A session that shares a batch slot leaves its row there until the
-   * batch next changes (its partners' next step forms a new batch, copying each once), so
-   * an ordinary close copies nothing. With `freeNow` the batch breaks at once instead (its
-   * partners get slots of their own) and the shared slot is given back: for a context
-   * manager evicting to stay under its budget, at the cost of one more copy per partner.
+   * Closes the session: its row is free for the next session to join, with no copy, and
+   * a pool left empty is freed. With `freeNow` (a context manager evicting to stay under
+   * its budget) the memory is given back where rows can move: the least occupied pool is
+   * emptied into the others' free rows and freed, and the released one shrinks to its
+   * longest row — copies, made in the queue of calls (settled() waits for them).
    */
   release(id: string, options: { freeNow?: boolean } = {}): boolean {
     const state = this.sessions.get(id);
     if (!state) return false;
     this.sessions.delete(id);
-    if (options.freeNow) this.detach(state.resident);
+    const { pool } = state;
+    if (!pool) return true;
+    pool.members[state.row] = undefined;
+    if (pool.occupied === 0) this.pools.splice(this.pools.indexOf(pool), 1);
+    else if (options.freeNow) void this.enqueue(() => this.compact(pool));
     return true;
+  }
+
+  /** Resolves once every call made so far has run, a freeNow release's copies included. */
+  async settled(): Promise<void> {
+    await this.tail;
   }
 
   /** Runs a chunk of new positions through the segment for one session. */
   async forward(id: string, input: SegmentInput): Promise<SegmentStep> {
     const state = this.state(id);
     const count = this.validateInput(input, state.length);
-    const run = state.busy.then(async () => {
-      const { config } = this.model;
+    return this.enqueue(async () => {
+      this.checkOpen([state]);
       // Checked again now: calls queued ahead of this one may have grown the session.
       this.checkRoom(state.length, count);
-      this.detach(state.resident);
-      const output = await this.model.run({
-        batch: 1,
-        seq: count,
-        ids: "ids" in input ? BigInt64Array.from(input.ids, BigInt) : undefined,
-        hidden: "hidden" in input ? input.hidden : undefined,
-        pastLengths: [state.length],
-        kv: this.ownSlotFor(state, state.length + count),
-      });
-      const start = state.length;
-      state.length += count;
-      return {
-        start,
+      this.place(state, state.length + count);
+      const [step] = await this.runRows(
+        state.pool!,
+        state.row,
+        state.row,
+        new Map([[state.row, input]]),
         count,
-        hidden: output.hidden,
-        taps: output.taps,
-        exits: output.exits.map((e) => exitRow(e, 0, this.exitPositions(count), config.vocabSize)),
-      };
+      );
+      return step!;
     });
-    state.busy = run.catch(() => undefined);
-    return run;
   }
 
   /**
-   * Advances several distinct sessions by one position each in one runtime call. Rows
-   * with shorter pasts are right-padded; results come back in the order of `items`.
+   * Advances several distinct sessions by one position each; results come back in the
+   * order of `items`. Sessions of one pool run in one runtime call, on a contiguous range
+   * of its rows (rows between them run a dummy input); sessions of different pools in one
+   * call per pool.
    */
   async forwardBatch(items: { id: string; input: SegmentInput }[]): Promise<SegmentStep[]> {
     if (items.length === 0) return [];
@@ -213,156 +207,194 @@ export class SegmentSessions {
         );
       }
     });
-    // Wait for calls already queued on these sessions, then hold them for this batch.
-    const ready = Promise.all(states.map((s) => s.busy));
-    const run = ready.then(() => this.runBatch(items, states));
-    for (const state of states) state.busy = run.catch(() => undefined);
+    return this.enqueue(async () => {
+      this.checkOpen(states);
+      // Checked again now: calls queued ahead of this batch may have grown its sessions.
+      for (const state of states) this.checkRoom(state.length, 1);
+      for (const state of states) this.place(state, state.length + 1);
+      const results = new Array<SegmentStep>(items.length);
+      const byPool = new Map<KvPool, number[]>();
+      states.forEach((state, i) => byPool.set(state.pool!, [...(byPool.get(state.pool!) ?? []), i]));
+      for (const [pool, members] of byPool) {
+        const inputs = new Map(members.map((i) => [states[i].row, items[i].input]));
+        for (const [first, last] of this.rowRanges(pool, [...inputs.keys()])) {
+          const steps = await this.runRows(pool, first, last, inputs, 1);
+          for (const i of members) {
+            const { row } = states[i];
+            if (row >= first && row <= last) results[i] = steps[row - first]!;
+          }
+        }
+      }
+      return results;
+    });
+  }
+
+  /**
+   * Runs rows [first, last] of a pool: rows with an input advance by `seq` positions, the
+   * others run a dummy input (seq must be 1 then) whose keys land past their length.
+   * Returns each row's step, undefined for a dummy row.
+   */
+  private async runRows(
+    pool: KvPool,
+    first: number,
+    last: number,
+    inputs: Map<number, SegmentInput>,
+    seq: number,
+  ): Promise<(SegmentStep | undefined)[]> {
+    const { config } = this.model;
+    const rows = last - first + 1;
+    const hiddenSize = config.hiddenSize;
+    const rowStates = Array.from({ length: rows }, (_, r) => this.memberState(pool, first + r));
+    const pastLengths = rowStates.map((state) => state?.length ?? 0);
+    const needed = Math.max(...pastLengths) + seq;
+    if (pool.capacity < needed) this.resize(pool, kvCapacity(needed, config.maxPositions));
+    const rowInputs = Array.from({ length: rows }, (_, r) => inputs.get(first + r));
+    const takesIds = this.model.spec.fromLayer === 0;
+    const output = await this.model.run({
+      batch: rows,
+      seq,
+      ids: takesIds
+        ? BigInt64Array.from({ length: rows * seq }, (_, i) => {
+            const input = rowInputs[Math.floor(i / seq)] as { ids: number[] } | undefined;
+            return BigInt(input ? input.ids[i % seq] : 0);
+          })
+        : undefined,
+      hidden: takesIds
+        ? undefined
+        : concatRows(
+            rowInputs.map((input) => (input as { hidden: Float32Array } | undefined)?.hidden),
+            seq * hiddenSize,
+          ),
+      pastLengths,
+      kv: kvSlotRows(pool.slot, first, rows),
+      active: rowInputs.map((input) => input !== undefined),
+    });
+    const width = seq * hiddenSize;
+    return rowInputs.map((input, r): SegmentStep | undefined => {
+      if (!input) return undefined;
+      const state = rowStates[r]!;
+      const start = state.length;
+      state.length += seq;
+      return {
+        start,
+        count: seq,
+        hidden: output.hidden?.slice(r * width, (r + 1) * width),
+        taps: new Map([...output.taps].map(([k, v]) => [k, v.slice(r * width, (r + 1) * width)])),
+        exits: output.exits.map((e) => exitRow(e, r, this.exitPositions(seq), config.vocabSize)),
+      };
+    });
+  }
+
+  /**
+   * Contiguous ranges of a pool's rows covering `rows` in as few runs as possible: a row
+   * between two is run along (a dummy step) unless it is full to the model's limit, where
+   * a dummy key would have no room; such a row splits the range.
+   */
+  private rowRanges(pool: KvPool, rows: number[]): [number, number][] {
+    const sorted = [...rows].sort((a, b) => a - b);
+    const { maxPositions } = this.model.config;
+    const ranges: [number, number][] = [];
+    let first = sorted[0];
+    let last = sorted[0];
+    for (const row of sorted.slice(1)) {
+      let gapFits = true;
+      for (let between = last + 1; between < row; between++)
+        if ((this.memberState(pool, between)?.length ?? 0) >= maxPositions) gapFits = false;
+      if (gapFits) last = row;
+      else {
+        ranges.push([first, last]);
+        first = last = row;
+      }
+    }
+    ranges.push([first, last]);
+    return ranges;
+  }
+
+  /**
+   * Gives a session without a cache a row — in the pool with a free row whose capacity
+   * fits it most closely, or a new pool — and grows its pool to hold `needed` positions.
+   */
+  private place(state: SessionState, needed: number): void {
+    const limit = this.model.config.maxPositions;
+    if (!state.pool) {
+      const open = this.pools.filter((pool) => pool.freeRow() !== undefined);
+      const fitting = open.filter((pool) => pool.capacity >= needed).sort((a, b) => a.capacity - b.capacity);
+      let pool = fitting[0] ?? open.sort((a, b) => b.capacity - a.capacity)[0];
+      if (!pool) {
+        pool = new KvPool(this.kvShape, this.batchRows, kvCapacity(needed, limit));
+        this.pools.push(pool);
+      }
+      state.pool = pool;
+      state.row = pool.freeRow()!;
+      pool.members[state.row] = state.id;
+    }
+    if (state.pool.capacity < needed) this.resize(state.pool, kvCapacity(needed, limit));
+  }
+
+  /**
+   * Frees a pool's worth of memory after a release where rows can move: empties the
+   * least occupied pool into free rows of the others that hold its sessions' positions,
+   * longest session first into the smallest room that takes it, or moves nothing when
+   * they do not all fit; then shrinks `released` to its longest row.
+   */
+  private compact(released: KvPool): void {
+    const [emptied] = [...this.pools].sort((a, b) => a.occupied - b.occupied);
+    const movers = emptied.members
+      .map((_, row) => this.memberState(emptied, row))
+      .filter((state): state is SessionState => state !== undefined)
+      .sort((a, b) => b.length - a.length);
+    const rooms = this.pools
+      .filter((pool) => pool !== emptied)
+      .flatMap((pool) => pool.members.flatMap((member, row) => (member === undefined ? [{ pool, row }] : [])))
+      .sort((a, b) => a.pool.capacity - b.pool.capacity);
+    const moves: { state: SessionState; pool: KvPool; row: number }[] = [];
+    for (const state of movers) {
+      const room = rooms.findIndex((r) => r.pool.capacity >= state.length);
+      if (room < 0) break;
+      moves.push({ state, ...rooms.splice(room, 1)[0] });
+    }
+    if (movers.length > 0 && moves.length === movers.length) {
+      for (const { state, pool, row } of moves) {
+        copyKvRow(emptied.slot, state.row, pool.slot, row, state.length, this.kvShape);
+        pool.members[row] = state.id;
+        state.pool = pool;
+        state.row = row;
+      }
+      this.pools.splice(this.pools.indexOf(emptied), 1);
+    }
+    this.shrink(released);
+  }
+
+  /** Shrinks a pool to its longest row when it has more than a block of room beyond it. */
+  private shrink(pool: KvPool): void {
+    if (!this.pools.includes(pool)) return;
+    const longest = Math.max(0, ...pool.members.map((_, row) => this.memberState(pool, row)?.length ?? 0));
+    const capacity = shrinkKvCapacity(pool.capacity, longest, this.model.config.maxPositions);
+    if (capacity !== undefined) this.resize(pool, capacity);
+  }
+
+  private resize(pool: KvPool, capacity: number): void {
+    const lengths = pool.members.map((_, row) => this.memberState(pool, row)?.length ?? 0);
+    pool.resize(this.kvShape, capacity, lengths);
+  }
+
+  /** The open session holding a row of the pool, or undefined for a free row. */
+  private memberState(pool: KvPool, row: number): SessionState | undefined {
+    const id = pool.members[row];
+    return id === undefined ? undefined : this.sessions.get(id);
+  }
+
+  /** Queues a call behind every call made before it; a failed one does not stop the queue. */
+  private enqueue<T>(call: () => T | Promise<T>): Promise<T> {
+    const run = this.tail.then(call);
+    this.tail = run.catch(() => undefined);
     return run;
   }
 
-  private async runBatch(
-    items: { id: string; input: SegmentInput }[],
-    states: SessionState[],
-  ): Promise<SegmentStep[]> {
-    const { config } = this.model;
-    const batch = items.length;
-    const hiddenSize = config.hiddenSize;
-    // Checked again now: calls queued ahead of this batch may have grown its sessions.
-    for (const state of states) this.checkRoom(state.length, 1);
-    // Rows in the order of the resident batch when these are exactly its sessions.
-    const resident = states[0].resident;
-    const reuse =
-      resident !== undefined &&
-      resident.ids.length === batch &&
-      states.every((state) => state.resident === resident);
-    const order = reuse
-      ? items
-          .map((_, i) => i)
-          .sort((x, y) => resident.ids.indexOf(items[x].id) - resident.ids.indexOf(items[y].id))
-      : items.map((_, i) => i);
-    const rowItems = order.map((i) => items[i]);
-    const rowStates = order.map((i) => states[i]);
-    const pastLengths = rowStates.map((s) => s.length);
-    const needed = Math.max(...pastLengths) + 1;
-    let next: ResidentBatch;
-    if (reuse) {
-      next = resident;
-      if (resident.slot.capacity < needed) resident.slot = this.copyRows(resident.slot, pastLengths, needed);
-    } else {
-      // Each row straight from where its cache is, its own slot or its row of a batch it
-      // leaves, so it is copied once; the batches left are broken up after the run.
-      const slot = allocateKvSlot(this.kvShape, batch, kvCapacity(needed, config.maxPositions));
-      rowStates.forEach((state, row) => {
-        if (state.resident) {
-          const from = state.resident.ids.indexOf(rowItems[row].id);
-          copyKvRow(state.resident.slot, from, slot, row, state.length, this.kvShape);
-        } else if (state.slot) {
-          copyKvRow(state.slot, 0, slot, row, state.length, this.kvShape);
-        }
-      });
-      next = { ids: rowItems.map((item) => item.id), slot };
-    }
-    const first = rowItems[0].input;
-    const output = await this.model.run({
-      batch,
-      seq: 1,
-      ids:
-        "ids" in first
-          ? BigInt64Array.from(rowItems, (item) => BigInt((item.input as { ids: number[] }).ids[0]))
-          : undefined,
-      hidden:
-        "hidden" in first
-          ? concatRows(
-              rowItems.map((item) => (item.input as { hidden: Float32Array }).hidden),
-              hiddenSize,
-            )
-          : undefined,
-      pastLengths,
-      kv: next.slot,
-    });
-
-    const leftBatches = new Set<ResidentBatch>();
-    for (const state of rowStates)
-      if (state.resident && state.resident !== next) leftBatches.add(state.resident);
-    const steps = rowStates.map((state, row): SegmentStep => {
-      const start = state.length;
-      state.length += 1;
-      state.resident = next;
-      state.slot = undefined;
-      return {
-        start,
-        count: 1,
-        hidden: output.hidden?.slice(row * hiddenSize, (row + 1) * hiddenSize),
-        taps: new Map(
-          [...output.taps].map(([k, v]) => [k, v.slice(row * hiddenSize, (row + 1) * hiddenSize)]),
-        ),
-        exits: output.exits.map((e) => exitRow(e, row, 1, config.vocabSize)),
-      };
-    });
-    // Their other sessions get slots of their own (these ones are no longer resident there).
-    for (const left of leftBatches) this.detach(left);
-    // Back in the caller's order.
-    const byCaller = new Array<SegmentStep>(steps.length);
-    order.forEach((callerIndex, row) => (byCaller[callerIndex] = steps[row]));
-    return byCaller;
-  }
-
-  /**
-   * Gives every session still resident in `batch` a slot of its own again (a batch is
-   * broken once one of its sessions runs alone or joins another batch).
-   */
-  private detach(batch: ResidentBatch | undefined): void {
-    if (!batch) return;
-    const { maxPositions } = this.model.config;
-    batch.ids.forEach((id, row) => {
-      const member = this.sessions.get(id);
-      if (!member || member.resident !== batch) return;
-      member.slot = allocateKvSlot(this.kvShape, 1, kvCapacity(member.length + 1, maxPositions));
-      copyKvRow(batch.slot, row, member.slot, 0, member.length, this.kvShape);
-      member.resident = undefined;
-    });
-  }
-
-  /**
-   * Copies a truncated session's positions into a smaller slot when its slot has more
-   * than a block of room left. A session in a batch shrinks the batch's slot, every row
-   * keeping its positions, as growing it does; only when the batch's longest row is
-   * short enough, since a shorter row's padding up to the longest is what batching costs.
-   */
-  private shrinkAfterTruncate(state: SessionState): void {
-    const { maxPositions } = this.model.config;
-    const batch = state.resident;
-    if (batch) {
-      const lengths = batch.ids.map((id) => this.residentLength(id, batch));
-      const capacity = shrinkKvCapacity(batch.slot.capacity, Math.max(...lengths), maxPositions);
-      if (capacity !== undefined) batch.slot = this.copyRows(batch.slot, lengths, capacity);
-    } else if (state.slot) {
-      const capacity = shrinkKvCapacity(state.slot.capacity, state.length, maxPositions);
-      if (capacity !== undefined) state.slot = this.copyRows(state.slot, [state.length], capacity);
-    }
-  }
-
-  /** Positions of `id` held in `batch`: 0 for a row no session of the batch holds any more. */
-  private residentLength(id: string, batch: ResidentBatch): number {
-    const member = this.sessions.get(id);
-    return member?.resident === batch ? member.length : 0;
-  }
-
-  /** The session's own slot, grown first if it cannot hold `needed` positions. */
-  private ownSlotFor(state: SessionState, needed: number): KvSlot {
-    if (!state.slot) {
-      state.slot = allocateKvSlot(this.kvShape, 1, kvCapacity(needed, this.model.config.maxPositions));
-    } else if (state.slot.capacity < needed) {
-      state.slot = this.copyRows(state.slot, [state.length], needed);
-    }
-    return state.slot;
-  }
-
-  /** A copy of `slot` with room for `needed` positions, row r keeping its first lengths[r]. */
-  private copyRows(slot: KvSlot, lengths: number[], needed: number): KvSlot {
-    const grown = allocateKvSlot(this.kvShape, slot.rows, kvCapacity(needed, this.model.config.maxPositions));
-    lengths.forEach((length, row) => copyKvRow(slot, row, grown, row, length, this.kvShape));
-    return grown;
+  /** A session released while its call waited in the queue fails that call. */
+  private checkOpen(states: SessionState[]): void {
+    for (const state of states)
+      if (this.sessions.get(state.id) !== state) throw new SessionNotFoundError(state.id);
   }
 
   private exitPositions(count: number): number {
@@ -442,9 +474,13 @@ function exitRow(exit: ExitOutput, row: number, positions: number, vocab: number
   };
 }
 
-/** Stacks one [width] row per session into a [rows, width] batch input (a batched step's hidden states). */
-function concatRows(rows: Float32Array[], width: number): Float32Array {
+/**
+ * Stacks one [width] row per session into a [rows, width] batch input (a batched step's
+ * hidden states); a missing row (a dummy step) stays zero.
+ */
+function concatRows(rows: (Float32Array | undefined)[], width: number): Float32Array {
+  if (rows.length === 1 && rows[0]) return rows[0];
   const out = new Float32Array(rows.length * width);
-  rows.forEach((row, i) => out.set(row, i * width));
+  rows.forEach((row, i) => row && out.set(row, i * width));
   return out;
 }

@@ -336,9 +336,7 @@ class SegmentGraphWriter {
     const fused = fusedAttentionTakes(config);
     if (!fused && !key) [query, key, value] = splitQkv();
     const inputs = [prefix, layer, [query, key, value], pastKey, pastValue, rotary] as const;
-    const attention = fused
-      ? this.groupQueryAttention(...inputs)
-      : this.plainAttention(...inputs, positions);
+    const attention = fused ? this.groupQueryAttention(...inputs) : this.plainAttention(...inputs, positions);
     const projected = this.linear(`${prefix}/attn/o_proj`, attention, asLinear(w.oProj));
     const afterAttention = b.op("Add", `${prefix}/attn/residual/Add`, [x, projected]);
 
