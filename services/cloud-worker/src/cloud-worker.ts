@@ -25,7 +25,7 @@ import type { Registry } from "@tandem/common/metrics";
 import { ContextManager } from "./context-manager.ts";
 // Loaded only by a worker that joins a cluster: a standalone one never loads the NATS client.
 import type { ClusterMembership } from "./cluster-membership.ts";
-import { DecodeBatcher } from "./decode-batcher.ts";
+import { DecodeBatcher, DEFAULT_DECODE_BATCHER_OPTIONS } from "./decode-batcher.ts";
 import {
   DEFAULT_SESSION_LIMITS,
   emptyWorkerCounters,
@@ -46,7 +46,10 @@ export interface CloudWorkerOptions {
   memoryBudgetBytes?: number;
   threads?: number;
   batching?: boolean;
+  /** Most sessions in one batched step, and the rows of each KV pool. @default 16 */
   maxBatch?: number;
+  /** Positions one step runs (DecodeBatcherOptions.stepTokenBudget). @default 256 */
+  stepTokenBudget?: number;
   weightFormat?: WeightFormat;
   cacheDir?: string;
   /** Mutual TLS with devices: this worker's certificate and the deployment's CA. @default plaintext */
@@ -117,7 +120,10 @@ export async function startCloudWorker(options: CloudWorkerOptions, log: Logger)
   );
   // The graph is built (or was cached): a weight decoded for it is needed no more.
   checkpoint.releaseWeights?.();
-  const sessions = new SegmentSessions(model);
+  const batching = options.batching ?? true;
+  const maxBatch = options.maxBatch ?? DEFAULT_DECODE_BATCHER_OPTIONS.maxBatch;
+  // KV pools of a batch's rows, so sessions join and leave the running batch copying nothing.
+  const sessions = new SegmentSessions(model, { batchRows: batching ? maxBatch : 1 });
   const counters = emptyWorkerCounters();
   // Loaded only by a worker that serves metrics: prom-client stays out of the others.
   const metrics: WorkerMetrics | undefined =
@@ -127,8 +133,9 @@ export async function startCloudWorker(options: CloudWorkerOptions, log: Logger)
       counters,
     });
   const batcher = new DecodeBatcher(sessions, {
-    enabled: options.batching ?? true,
-    maxBatch: options.maxBatch,
+    enabled: batching,
+    maxBatch,
+    stepTokenBudget: options.stepTokenBudget,
     metrics,
   });
   const contexts = new ContextManager(sessions, batcher, {

@@ -56,32 +56,35 @@ describe("ContextManager", () => {
     for (const id of contexts.sessionIds()) contexts.release(id);
   });
 
-  it("counts a batch's shared slot once, and evicting one of its sessions frees the slot (its partner gets a slot of its own)", async () => {
-    const batcher = new DecodeBatcher(sessions);
-    const contexts = new ContextManager(sessions, batcher, { memoryBudgetBytes: 2.5 * perBlock });
+  it("counts each KV pool whole; evicting a session moves the rows of the least occupied pool into the freed row and frees that pool, so one eviction makes room", async () => {
+    // Pools of two rows over the same model: a and b share one, c needs a second.
+    const pooled = new SegmentSessions(sessions.model, { batchRows: 2 });
+    const batcher = new DecodeBatcher(pooled, { maxBatch: 2 });
+    const contexts = new ContextManager(pooled, batcher, { memoryBudgetBytes: 2.5 * perBlock });
     await contexts.append("a", 0, hidden(10, 1), 10);
     await contexts.append("b", 0, hidden(10, 2), 10);
-    // One decode step each, in the same turn: one batched step, after which a and b share
-    // a slot of two rows, a block each.
+    // One decode step each, in the same turn: one batched step on their rows of the pool.
     const [, bStep] = await Promise.all([
       contexts.append("a", 10, hidden(1, 3), 1),
       contexts.append("b", 10, hidden(1, 4), 1),
     ]);
     expect(batcher.batchSizes.get(2)).toBe(1);
-    expect([sessions.kvBytes("a"), sessions.kvBytes("b")]).toEqual([perBlock, perBlock]);
+    expect([pooled.kvBytes("a"), pooled.kvBytes("b")]).toEqual([perBlock, perBlock]);
     expect(contexts.stats()).toMatchObject({ sessions: 2, kvBytes: 2 * perBlock, evictions: 0 });
 
-    // A third session passes the budget: a, the least recently used, goes, and with it the
-    // shared slot; b alone keeps its context, in one block of its own.
-    await contexts.append("c", 0, hidden(10, 5), 10);
+    // A third session needs a second pool and passes the budget: a, the least recently
+    // used, goes; c moves into its row and the second pool is freed. b keeps its context.
+    const cFirst = await contexts.append("c", 0, hidden(10, 5), 10);
     expect(contexts.stats()).toMatchObject({ sessions: 2, kvBytes: 2 * perBlock, evictions: 1 });
-    expect(sessions.totalKvBytes()).toBeLessThanOrEqual(2.5 * perBlock);
     expect(contexts.contextLength("a")).toBe(0);
-    expect(contexts.contextLength("b")).toBe(11);
-    expect(sessions.kvBytes("b")).toBe(perBlock);
+    expect([contexts.contextLength("b"), contexts.contextLength("c")]).toEqual([11, 10]);
+    expect(pooled.batchGroup("c")).toBe(pooled.batchGroup("b"));
 
-    // b goes on as a session given the same positions from scratch.
-    const next = await contexts.append("b", 11, hidden(1, 6), 1);
+    // b and c go on as sessions given the same positions from scratch (c's cache moved).
+    const [next, cNext] = await Promise.all([
+      contexts.append("b", 11, hidden(1, 6), 1),
+      contexts.append("c", 10, hidden(1, 7), 1),
+    ]);
     sessions.open("b-again");
     await sessions.forward("b-again", { hidden: hidden(10, 2), count: 10 });
     const again = await sessions.forward("b-again", { hidden: hidden(1, 4), count: 1 });
@@ -89,8 +92,15 @@ describe("ContextManager", () => {
     const nextAgain = await sessions.forward("b-again", { hidden: hidden(1, 6), count: 1 });
     expect(nextAgain.exits[0].token).toEqual(next.exits[0].token);
     expect(nextAgain.exits[0].prob[0]).toBeCloseTo(next.exits[0].prob[0], 5);
-    sessions.release("b-again");
+    sessions.open("c-again");
+    const cAgain = await sessions.forward("c-again", { hidden: hidden(10, 5), count: 10 });
+    expect(cAgain.exits[0].prob[0]).toBeCloseTo(cFirst.exits[0].prob[0], 5);
+    const cNextAgain = await sessions.forward("c-again", { hidden: hidden(1, 7), count: 1 });
+    expect(cNextAgain.exits[0].token).toEqual(cNext.exits[0].token);
+    expect(cNextAgain.exits[0].prob[0]).toBeCloseTo(cNext.exits[0].prob[0], 5);
+    for (const id of ["b-again", "c-again"]) sessions.release(id);
     for (const id of contexts.sessionIds()) contexts.release(id);
+    expect(pooled.totalKvBytes()).toBe(0);
   });
 
   it("recomputes from a frame that starts before the end of the context (a resent frame)", async () => {

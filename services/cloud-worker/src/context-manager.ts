@@ -69,23 +69,21 @@ export class ContextManager implements SessionContexts {
     this.inFlight.set(sessionId, (this.inFlight.get(sessionId) ?? 0) + 1);
     const stepDone = this.metrics?.stepStarted();
     try {
-      // A single position joins the decode batch; longer frames (context sync) run alone.
+      // A single position joins the decode batch; longer frames (context sync) run a
+      // chunk a step beside it.
       return await applyFrameToSession(
         this.sessions,
         this.tokens,
         sessionId,
         { start, hidden, count, tokenIds },
-        (h, n) =>
-          n === 1
-            ? this.batcher.step(sessionId, h)
-            : this.sessions.forward(sessionId, { hidden: h, count: n }),
+        (h, n) => this.batcher.step(sessionId, h, n),
       );
     } finally {
       stepDone?.();
       const left = (this.inFlight.get(sessionId) ?? 1) - 1;
       if (left === 0) this.inFlight.delete(sessionId);
       else this.inFlight.set(sessionId, left);
-      this.evictOverBudget(sessionId);
+      await this.evictOverBudget(sessionId);
     }
   }
 
@@ -114,18 +112,20 @@ export class ContextManager implements SessionContexts {
     this.lastUsed.set(sessionId, Date.now());
   }
 
-  private evictOverBudget(keep: string): void {
+  private async evictOverBudget(keep: string): Promise<void> {
     // Once per frame: under budget (the usual case) it costs one sum, no copy of the keys.
     let total = this.sessions.totalKvBytes();
     if (total <= this.budget) return;
     for (const id of [...this.lastUsed.keys()]) {
       if (total <= this.budget) break;
-      if (id === keep || this.inFlight.has(id)) continue;
-      // Freed now: memory a shared batch slot kept would not count against the budget.
+      // Checked after each wait too: a session may have sent a frame meanwhile.
+      if (id === keep || this.inFlight.has(id) || !this.sessions.has(id)) continue;
+      // Freed now: a pool gives memory back only when rows move out of it or it shrinks.
       this.release(id, { freeNow: true });
       this.evictions++;
-      // Measured again rather than less the session's kvBytes: releasing a session that
-      // shared a batch slot gives its partners slots of their own, sized to their lengths.
+      // Measured again rather than less the session's kvBytes: its row frees memory only
+      // once the pools are compacted (in the sessions' queue of calls).
+      await this.sessions.settled();
       total = this.sessions.totalKvBytes();
     }
   }

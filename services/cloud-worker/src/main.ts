@@ -29,6 +29,7 @@ export const WORKER_PROGRAM: ProgramDefinition<typeof WORKER_CONFIG_SCHEMA> = {
         threads: config.threads,
         batching: config.batching,
         maxBatch: config.maxBatch,
+        stepTokenBudget: config.stepTokenBudget,
         weightFormat: config.weights,
         tls:
           config.tlsCert && config.tlsKey && config.tlsCa

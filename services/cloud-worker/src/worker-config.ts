@@ -10,7 +10,7 @@ import {
 import { RUNTIME_SETTINGS } from "@tandem/runtime";
 import { DEFAULT_MEMBERSHIP_OPTIONS } from "./membership-options.ts";
 import { DEFAULT_CONTEXT_MANAGER_OPTIONS } from "./context-manager.ts";
-import { DEFAULT_DECODE_BATCHER_OPTIONS } from "./decode-batcher.ts";
+import { DEFAULT_DECODE_BATCHER_OPTIONS, MIN_PREFILL_CHUNK } from "./decode-batcher.ts";
 import { DEFAULT_SESSION_LIMITS } from "./escalation-service.ts";
 
 export const WORKER_ENV_PREFIX = "TANDEM_WORKER";
@@ -38,7 +38,14 @@ export const WORKER_CONFIG_SCHEMA = z
       .int()
       .min(1)
       .default(DEFAULT_DECODE_BATCHER_OPTIONS.maxBatch)
-      .meta({ description: "most sessions in one batched step" }),
+      .meta({ description: "most sessions in one batched step: the rows of each KV pool, allocated whole" }),
+    stepTokenBudget: z
+      .int()
+      .min(1)
+      .default(DEFAULT_DECODE_BATCHER_OPTIONS.stepTokenBudget)
+      .meta({
+        description: `positions one step runs: its decode batch plus a chunk (≥ ${MIN_PREFILL_CHUNK}) of a catch-up frame`,
+      }),
     weights: RUNTIME_SETTINGS.weights,
     natsUrl: z
       .string()
