@@ -9,7 +9,8 @@
  *     per generated and per escalated token (from the agent's own accounting);
  *   - per-token latency p50/p95 for edge-only, collaborative and cloud-only, with real
  *     edge-agent and cloud-worker processes over an emulated link;
- *   - cloud-worker decode throughput with 1, 4 and 16 concurrent sessions, batched vs not.
+ *   - cloud-worker decode throughput (continuous batching) with 1, 16 and 64 concurrent
+ *     sessions and with sessions joining and leaving, on the 110M bench checkpoint.
  * Usage: tandem bench collab [--smoke] [--only compute|throughput]
  *
  * This module composes the parts (one measurement per module under collab/) into one run
@@ -75,7 +76,7 @@ export default async function collabBenchmark(options: BenchOptions<"collab">): 
     return {
       name: "collab",
       part: "throughput",
-      worker_throughput: await workerThroughput(base, options.smoke ? 4 : 128),
+      worker_throughput: await workerThroughput(base),
     };
   }
 
@@ -108,7 +109,7 @@ export default async function collabBenchmark(options: BenchOptions<"collab">): 
   const wire = latencies[best.ctx.split];
   const codecs = latencies[splits[0].ctx.split];
   process.stderr.write("collab bench: worker throughput\n");
-  const throughput = await workerThroughput(base, options.smoke ? 4 : 128);
+  const throughput = await workerThroughput(base);
 
   const result = {
     name: "collab",
@@ -144,7 +145,9 @@ export default async function collabBenchmark(options: BenchOptions<"collab">): 
       Object.entries(codecs.bytes).map(([k, v]) => [k, v.per_generated_token]),
     ),
     agreement: splits[0].sweep.codecAgreement,
-    batched_speedup_16_sessions: throughput.find((r) => r.sessions === 16)?.speedup,
+    batched_speedup_16_sessions: throughput.batched_speedup_16_sessions,
+    batched_speedup_64_sessions: throughput.batched_speedup_64_sessions,
+    churn_vs_steady: throughput.churn_vs_steady,
     by_split: splits.map((s) => ({
       split: s.ctx.split,
       calibration: s.ctx.calibrationPath.slice(REPO_ROOT.length + 1),

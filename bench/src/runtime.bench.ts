@@ -11,7 +11,7 @@
  * Usage: tandem bench runtime [--smoke]
  */
 import { execFile } from "node:child_process";
-import { existsSync, readFileSync } from "node:fs";
+import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { promisify } from "node:util";
 import {
@@ -24,21 +24,17 @@ import {
   Tokenizer,
   type WeightFormat,
 } from "@tandem/runtime";
-import {
-  REAL_MODEL_CONFIGS,
-  ReferenceModel,
-  sizedLlamaSpec,
-  writeRandomCheckpoint,
-} from "@tandem/runtime/testing";
+import { REAL_MODEL_CONFIGS, ReferenceModel } from "@tandem/runtime/testing";
 import { UsageError } from "@tandem/common";
 import type { BenchOptions, BenchResult } from "./bench-types.ts";
-import { BENCH_MODELS_DIR, DEMO_HELDOUT_TEXT, DEMO_MODEL, REPO_ROOT } from "./bench-paths.ts";
+import { DEMO_HELDOUT_TEXT, DEMO_MODEL, REPO_ROOT } from "./bench-paths.ts";
 import { ensureCheckpointGguf } from "./llama-cpp/bench-gguf.ts";
 import type { GgufFileType } from "./llama-cpp/gguf-writer.ts";
 import { LlamaCppModel, type LlamaCppMeasurement, measureLlamaCpp } from "./llama-cpp/llama-cpp-runner.ts";
 import { measureMemoryBandwidth } from "./memory-bandwidth.ts";
 import { ensureRealShapeCheckpoint, isRealModelName } from "./real-shape-checkpoints.ts";
 import { countParams, layerLinearParams } from "./model-arithmetic.ts";
+import { ensureSizedModel, isSizedModelName, SIZED_MODELS } from "./sized-models.ts";
 import { median } from "./statistics.ts";
 
 /** One measurement, run in a child process: Tandem's engine, or llama.cpp on a GGUF. */
@@ -288,19 +284,10 @@ async function runChild(c: Case): Promise<unknown> {
   return JSON.parse(lines[lines.length - 1]);
 }
 
-/** Generated checkpoints by size: the benchmark's own models. */
-const SIZED_MODELS: Record<string, number> = { "1M": 1e6, "25M": 25e6, "110M": 110e6 };
-
 /** The model's directory, its checkpoint written first when missing: a size or a real shape. */
 async function ensureModel(label: string): Promise<string> {
   const log = (line: string) => process.stderr.write(`runtime bench: ${line}\n`);
-  if (isRealModelName(label)) return ensureRealShapeCheckpoint(label, log);
-  const dir = join(BENCH_MODELS_DIR, label);
-  if (!existsSync(join(dir, "config.json"))) {
-    log(`writing ${label} checkpoint`);
-    await writeRandomCheckpoint(dir, { ...sizedLlamaSpec(SIZED_MODELS[label]), seed: 1 });
-  }
-  return dir;
+  return isRealModelName(label) ? ensureRealShapeCheckpoint(label, log) : ensureSizedModel(label, log);
 }
 
 export default async function runtimeBenchmark(options: BenchOptions<"runtime">): Promise<BenchResult> {
@@ -312,7 +299,7 @@ export default async function runtimeBenchmark(options: BenchOptions<"runtime">)
 
   const models = options.smoke ? ["1M"] : (options.options.models ?? Object.keys(SIZED_MODELS));
   for (const [i, name] of models.entries())
-    if (!(name in SIZED_MODELS) && !isRealModelName(name))
+    if (!isSizedModelName(name) && !isRealModelName(name))
       throw new UsageError(
         `models[${i}]`,
         `no model "${name}"; known: ${[...Object.keys(SIZED_MODELS), ...Object.keys(REAL_MODEL_CONFIGS)].join(", ")}`,
