@@ -15,6 +15,7 @@
 import { existsSync } from "node:fs";
 import { join } from "node:path";
 import {
+  HostRoutedMoeModel,
   loadCheckpoint,
   SegmentModel,
   SegmentSessions,
@@ -72,11 +73,13 @@ interface Row {
 async function decode(
   sessions: SegmentSessions,
   tokens: number,
+  beforeTimed: () => void = () => undefined,
 ): Promise<{ tokPerS: number; produced: number[]; expertRuns: number }> {
   sessions.open("bench");
   let step = await sessions.forward("bench", { ids: PROMPT });
   const produced: number[] = [];
   sessions.model.takeExpertCounts();
+  beforeTimed();
   const started = performance.now();
   for (let i = 0; i < tokens; i++) {
     const next = step.exits[0].token[step.exits[0].token.length - 1];
@@ -153,6 +156,91 @@ async function measure(
   return rows;
 }
 
+/** Budgets of the edge's expert cache, as fractions of all experts' bytes. */
+const EDGE_BUDGETS = [0.25, 0.5, 1] as const;
+
+interface EdgeCacheRow {
+  model: string;
+  budget_fraction: number;
+  budget_mb: number;
+  all_experts_mb: number;
+  /** Expert runs whose expert was loaded already, over the timed decodes. */
+  hit_rate: number;
+  /** Experts loaded (from disk) per decoded token. */
+  loads_per_token: number;
+  tokens_per_s: number;
+}
+
+/**
+ * The whole model host-routed (experts outside the graphs, EdgeMoE-style) with an expert
+ * cache of each budget: decode tokens/s and hit rate once warm (a warm-up decode, then the
+ * timed ones). Every budget must decode the very tokens the unbudgeted cache does, and
+ * those the in-graph sparse path decoded (`expected`).
+ */
+async function edgeCache(
+  label: string,
+  checkpoint: Checkpoint,
+  expected: number[] | undefined,
+  options: { tokens: number; runs: number; threads: number; cacheDir: string },
+  log: (line: string) => void,
+): Promise<EdgeCacheRow[]> {
+  const spec = segmentSpec({
+    fromLayer: 0,
+    toLayer: checkpoint.config.numLayers,
+    finalHead: true,
+    moeExecution: "host",
+  });
+  const load = (budgetBytes?: number) =>
+    HostRoutedMoeModel.load(checkpoint, spec, {
+      cacheDir: options.cacheDir,
+      threads: options.threads,
+      experts: { budgetBytes },
+    });
+  const probe = await load();
+  const allBytes = probe.experts.stats().allExpertBytes;
+  await probe.release();
+  const rows: EdgeCacheRow[] = [];
+  let reference: number[] | undefined;
+  for (const fraction of EDGE_BUDGETS) {
+    const model = await load(Math.ceil(allBytes * fraction));
+    const sessions = new SegmentSessions(model);
+    await decode(sessions, options.tokens); // warm-up: the cache fills
+    const rates: number[] = [];
+    let lookups = 0;
+    let hits = 0;
+    let misses = 0;
+    for (let run = 0; run < options.runs; run++) {
+      let before = model.experts.stats();
+      const result = await decode(sessions, options.tokens, () => (before = model.experts.stats()));
+      const after = model.experts.stats();
+      hits += after.hits - before.hits;
+      misses += after.misses - before.misses;
+      lookups += after.hits + after.misses - before.hits - before.misses;
+      rates.push(result.tokPerS);
+      reference ??= result.produced;
+      if (result.produced.join() !== reference.join())
+        throw new Error(`${label}: the expert cache at ${fraction} of the experts decoded other tokens`);
+    }
+    await model.release();
+    const row: EdgeCacheRow = {
+      model: label,
+      budget_fraction: fraction,
+      budget_mb: Math.round((allBytes * fraction) / 2 ** 20),
+      all_experts_mb: Math.round(allBytes / 2 ** 20),
+      hit_rate: Math.round((hits / lookups) * 1000) / 1000,
+      loads_per_token: Math.round((misses / (options.runs * options.tokens)) * 100) / 100,
+      tokens_per_s: Math.round(median(rates) * 10) / 10,
+    };
+    log(
+      `moe: ${label} edge cache at ${fraction}: ${row.tokens_per_s} tok/s, hit rate ${row.hit_rate}, ${row.loads_per_token} loads/token`,
+    );
+    rows.push(row);
+  }
+  if (expected && reference && expected.join() !== reference.join())
+    throw new Error(`${label}: host-routed experts decoded other tokens than the in-graph sparse block`);
+  return rows;
+}
+
 const moe: Benchmark<"moe"> = async ({ smoke, options }) => {
   const log = (line: string) => process.stderr.write(line + "\n");
   const tokens = options.tokens ?? (smoke ? 4 : 32);
@@ -172,12 +260,24 @@ const moe: Benchmark<"moe"> = async ({ smoke, options }) => {
   ];
   const rows: Row[] = [];
   const speedups: Record<string, number> = {};
+  const edgeRows: EdgeCacheRow[] = [];
   for (const [name, checkpoint] of models) {
-    const [sparse, all] = await measure(name, checkpoint, { tokens, runs, threads, cacheDir }, log);
-    if (sparse.produced.join() !== all.produced.join())
-      throw new Error(`${name}: sparse and all-experts execution decoded different tokens`);
-    for (const { produced: _, ...row } of [sparse, all]) rows.push(row);
-    speedups[name] = Math.round((sparse.decode_tok_s / all.decode_tok_s) * 100) / 100;
+    let produced: number[] | undefined;
+    if (options.only !== "edge-cache") {
+      const [sparse, all] = await measure(name, checkpoint, { tokens, runs, threads, cacheDir }, log);
+      if (sparse.produced.join() !== all.produced.join())
+        throw new Error(`${name}: sparse and all-experts execution decoded different tokens`);
+      for (const { produced: _, ...row } of [sparse, all]) rows.push(row);
+      speedups[name] = Math.round((sparse.decode_tok_s / all.decode_tok_s) * 100) / 100;
+      produced = sparse.produced;
+    }
+    if (options.only !== "sparse") {
+      // The large shape's misses each read and pack a 42 MB expert: fewer runs.
+      const edgeRuns = name === "tandem-demo-moe" ? runs : Math.min(runs, 2);
+      edgeRows.push(
+        ...(await edgeCache(name, checkpoint, produced, { tokens, runs: edgeRuns, threads, cacheDir }, log)),
+      );
+    }
   }
   return {
     name: "moe",
@@ -188,6 +288,7 @@ const moe: Benchmark<"moe"> = async ({ smoke, options }) => {
     rows,
     demo_sparse_speedup: speedups["tandem-demo-moe"],
     sparse_speedup_vs_all_experts: speedups[label],
+    edge_cache: edgeRows,
   };
 };
 

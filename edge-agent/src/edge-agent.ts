@@ -18,18 +18,26 @@ import {
   edgeSegmentSpec,
   type ExitHeadSpec,
   type ExitPolicy,
+  HostRoutedMoeModel,
   loadCheckpoint,
   policyForTarget,
   readCalibration,
   readDeployment,
   RollingEntropyPolicy,
   SegmentModel,
+  type SegmentRunner,
   SegmentSessions,
   ThresholdExitPolicy,
   Tokenizer,
   splitIdentityOf,
 } from "@tandem/runtime";
-import { InvalidArgumentError, listenAddressParts, natsCredentialsOf, type Logger } from "@tandem/common";
+import {
+  InvalidArgumentError,
+  listenAddressParts,
+  natsCredentialsOf,
+  type Logger,
+  type Progress,
+} from "@tandem/common";
 import type { Registry } from "@tandem/common/metrics";
 import { ApiKeys } from "@tandem/proto";
 import { CloudLinks, DEFAULT_CLOUD_LINK_OPTIONS, loadCircuitBreakers } from "./cloud-link.ts";
@@ -118,11 +126,25 @@ export async function startEdgeAgent(
       : config.policy === "budget"
         ? () => new BudgetExitPolicy(config.escalationRate, config.metric)
         : thresholdPolicy;
-  const lowerModel = await SegmentModel.load(checkpoint, edgeSegmentSpec(split, exits, config.weights), {
+  const modelOptions = {
     threads: config.threads,
     cacheDir: options.cacheDir,
-    onProgress: (progress) => log.info(progress, "building the segment graph"),
-  });
+    onProgress: (progress: Progress) => log.info(progress, "building the segment graph"),
+  };
+  const lowerSpec = edgeSegmentSpec(split, exits, config.weights);
+  let lowerModel: SegmentRunner;
+  if (config.expertBudgetMb !== undefined) {
+    if (!checkpoint.config.numExperts)
+      throw new InvalidArgumentError("expertBudgetMb", "applies to MoE models; this one is dense");
+    // The experts run outside the graphs, from a cache under the budget (EdgeMoE).
+    lowerModel = await HostRoutedMoeModel.load(
+      checkpoint,
+      { ...lowerSpec, moeExecution: "host" },
+      { ...modelOptions, experts: { budgetBytes: config.expertBudgetMb * 2 ** 20 } },
+    );
+  } else {
+    lowerModel = await SegmentModel.load(checkpoint, lowerSpec, modelOptions);
+  }
   // The graph is built (or was cached): a weight decoded for it is needed no more.
   checkpoint.releaseWeights?.();
   const lower = new SegmentSessions(lowerModel);

@@ -113,6 +113,10 @@ export const EDGE_CONFIG_SCHEMA = z
       .meta({ description: "a client that reads nothing for this long is cut and its session released" }),
     threads: RUNTIME_SETTINGS.threads,
     weights: RUNTIME_SETTINGS.weights.meta({ description: "weight format of the device segment" }),
+    expertBudgetMb: z.number().gt(0).optional().meta({
+      description:
+        "MoE models: MB of expert weights the device keeps loaded; it loads others from disk as tokens are routed to them, least recently used out (unset: every expert in the segment's graph)",
+    }),
     tlsCert: z
       .string()
       .min(1)

@@ -48,7 +48,14 @@ export const loadOnnxGraphBuilder = async () => {
   return { OnnxGraphBuilder, InMemoryExternalData };
 };
 export { RUNTIME_SETTINGS } from "./runtime-settings.ts";
-export { SegmentModel, type SegmentModelOptions } from "./engine/segment-model.ts";
+export {
+  SegmentModel,
+  type MoeRouting,
+  type SegmentModelOptions,
+  type SegmentRunner,
+} from "./engine/segment-model.ts";
+export { HostRoutedMoeModel, type HostRoutedMoeOptions } from "./engine/host-routed-moe-model.ts";
+export { ExpertCache, type ExpertCacheOptions, type ExpertCacheStats } from "./engine/expert-cache.ts";
 export { KV_BLOCK_POSITIONS } from "./engine/kv-slot.ts";
 export {
   SegmentSessions,

@@ -12,7 +12,12 @@ import { dirname, join } from "node:path";
 import { EMBEDDING_LAYOUT_FILE, readEmbeddingLayout } from "../graph/embedding-table-layout.ts";
 import { ensureSegmentGraph, SEGMENT_WEIGHTS_FILE } from "../graph/graph-cache.ts";
 import { GRAPH_IO } from "../graph/graph-io-names.ts";
-import { segmentExits, type SegmentSpec, validateSegmentSpec } from "../graph/segment-spec.ts";
+import {
+  segmentExits,
+  type SegmentSpec,
+  validateHostMoePiece,
+  validateSegmentSpec,
+} from "../graph/segment-spec.ts";
 import { EmbeddingTable } from "./embedding-table.ts";
 import { appendKv, type KvSlot } from "./kv-slot.ts";
 
@@ -25,6 +30,11 @@ export interface SegmentModelOptions {
   cacheDir?: string;
   /** Told of a graph build's progress, layer by layer (minutes at 1B+); silent when cached. @default none */
   onProgress?: ProgressListener;
+  /**
+   * Whether ONNX Runtime's threads spin between operators rather than sleep: faster for
+   * one session, ruinous for many sessions on few cores (each has its own pool). @default true
+   */
+  spinning?: boolean;
 }
 
 /** Keys and values of one layer of a KV slot: [rows, kvHeads, capacity, headDim] each. */
@@ -69,13 +79,45 @@ export interface ExitOutput {
   logits?: Float32Array;
 }
 
+/** What a host-routed MoE piece hands out for its last layer's experts (row-major [batch, seq, …]). */
+export interface MoeRouting {
+  layer: number;
+  /** The experts' input, [batch·seq, hidden]. */
+  input: Float32Array;
+  /** The residual stream the weighted experts' sum is added to, [batch·seq, hidden]. */
+  residual: Float32Array;
+  /** The k chosen experts per position, [batch·seq, k]. */
+  choices: BigInt64Array;
+  /** Their router weights, [batch·seq, k]. */
+  weights: Float32Array;
+}
+
 export interface SegmentRunOutput {
   hidden?: Float32Array;
   taps: Map<number, Float32Array>;
   exits: ExitOutput[];
+  /** Present when the spec's moeExecution is `host` and the segment ends in an MoE layer. */
+  moe?: MoeRouting;
 }
 
-export class SegmentModel {
+/**
+ * What SegmentSessions drives: a segment's layers as one run per step. A SegmentModel is
+ * one graph; a HostRoutedMoeModel chains one graph per layer with its experts run outside.
+ */
+export interface SegmentRunner {
+  readonly config: ModelConfig;
+  readonly spec: SegmentSpec;
+  readonly weightsHash: string;
+  /** afterLayer of every exit the segment reports, ascending (the final head last). */
+  readonly exitLayers: number[];
+  readonly layerCount: number;
+  run(input: SegmentRunInput): Promise<SegmentRunOutput>;
+  /** Expert activations per (layer − fromLayer)·numExperts + expert since the last call; undefined when dense. */
+  takeExpertCounts(): number[] | undefined;
+  release(): Promise<void>;
+}
+
+export class SegmentModel implements SegmentRunner {
   readonly config: ModelConfig;
   readonly spec: SegmentSpec;
   readonly weightsHash: string;
@@ -128,7 +170,8 @@ export class SegmentModel {
     spec: SegmentSpec,
     options: SegmentModelOptions = {},
   ): Promise<SegmentModel> {
-    validateSegmentSpec(spec, checkpoint.config);
+    if (spec.moeExecution === "host") validateHostMoePiece(spec, checkpoint.config);
+    else validateSegmentSpec(spec, checkpoint.config);
     const graphPath = await ensureSegmentGraph(checkpoint, spec, options.cacheDir, options.onProgress);
     const graphDir = dirname(graphPath);
     const embedding =
@@ -144,6 +187,7 @@ export class SegmentModel {
         interOpNumThreads: 1,
         executionMode: "sequential",
         graphOptimizationLevel: "all",
+        ...(options.spinning === false && { extra: { session: { intra_op: { allow_spinning: "0" } } } }),
       });
       return new SegmentModel(session, checkpoint, spec, graphPath, embedding);
     } catch (error) {
@@ -235,10 +279,21 @@ export class SegmentModel {
         logits: spec.logits ? (results[GRAPH_IO.exitOutput(k, "logits")].data as Float32Array) : undefined,
       };
     });
+    const moeLayer = spec.toLayer - 1;
+    const hostRouted = spec.moeExecution === "host" && spec.toLayer > spec.fromLayer;
     return {
       hidden: spec.outputHidden ? (results[GRAPH_IO.hiddenOut].data as Float32Array) : undefined,
       taps,
       exits,
+      moe: hostRouted
+        ? {
+            layer: moeLayer,
+            input: results[GRAPH_IO.moeInput(moeLayer)].data as Float32Array,
+            residual: results[GRAPH_IO.moeResidual(moeLayer)].data as Float32Array,
+            choices: results[GRAPH_IO.expertChoices(moeLayer)].data as BigInt64Array,
+            weights: results[GRAPH_IO.expertWeights(moeLayer)].data as Float32Array,
+          }
+        : undefined,
     };
   }
 

@@ -17,7 +17,7 @@
 import { InvalidArgumentError, SessionNotFoundError } from "@tandem/common";
 import { KvPool, kvSlotRows } from "./kv-pool.ts";
 import { copyKvRow, kvCapacity, type KvShape, kvRowBytes, kvSlotBytes, shrinkKvCapacity } from "./kv-slot.ts";
-import type { ExitOutput, SegmentModel } from "./segment-model.ts";
+import type { ExitOutput, SegmentRunner } from "./segment-model.ts";
 
 export type SegmentInput = { ids: number[] } | { hidden: Float32Array; count: number };
 
@@ -72,7 +72,7 @@ export class SegmentSessions {
   private tail: Promise<unknown> = Promise.resolve();
 
   constructor(
-    readonly model: SegmentModel,
+    readonly model: SegmentRunner,
     options: SegmentSessionsOptions = {},
   ) {
     this.maxChunkTokens = options.maxChunkTokens ?? DEFAULT_SEGMENT_SESSIONS_OPTIONS.maxChunkTokens;

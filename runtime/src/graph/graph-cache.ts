@@ -12,8 +12,13 @@ import { GraphIoError, TandemError, type ProgressListener } from "@tandem/common
 import { cacheRoot } from "../cache-root.ts";
 import type { Checkpoint } from "../checkpoint/model-weights.ts";
 import { EMBEDDING_LAYOUT_FILE } from "./embedding-table-layout.ts";
-import type { SegmentGraph } from "./segment-graph.ts";
-import { SEGMENT_GRAPH_VERSION, type SegmentSpec } from "./segment-spec.ts";
+import type { BuiltGraph, ExternalDataSink } from "./onnx-graph-builder.ts";
+import {
+  DEFAULT_QUANT_BLOCK_SIZE,
+  SEGMENT_GRAPH_VERSION,
+  type SegmentSpec,
+  type WeightFormat,
+} from "./segment-spec.ts";
 
 export const SEGMENT_MODEL_FILE = "segment.onnx";
 export const SEGMENT_WEIGHTS_FILE = "segment.weights";
@@ -75,26 +80,87 @@ export async function ensureSegmentGraph(
   if (existsSync(modelPath)) return modelPath;
 
   // The writer (and protobufjs under it) loads only when a graph must be built.
-  const [{ buildSegmentGraph }, { ExternalDataFile }] = await Promise.all([
-    import("./segment-graph.ts"),
-    import("./onnx-graph-builder.ts"),
-  ]);
-  // Write into a private directory and rename it into place: a concurrent builder of
-  // the same key, or a crash half-way, never leaves a half-written graph under the key.
-  // The weights stream into it as the graph is built, one tensor at a time.
-  // Unique per call: two loads of one segment in a process may build at the same moment.
+  const { buildSegmentGraph } = await import("./segment-graph.ts");
+  await buildIntoCache(dir, async (staging, weights) => {
+    const graph = buildSegmentGraph(checkpoint.config, checkpoint.weights, spec, weights, onProgress);
+    if (graph.embedding)
+      await writeFile(join(staging, EMBEDDING_LAYOUT_FILE), JSON.stringify(graph.embedding, null, 2));
+    return graph;
+  });
+  return modelPath;
+}
+
+/** What identifies an expert graph: one expert of one layer of these weights, in a format. */
+export interface ExpertGraphKey {
+  layer: number;
+  expert: number;
+  weightFormat: WeightFormat;
+  /** @default DEFAULT_QUANT_BLOCK_SIZE */
+  quantBlockSize?: number;
+}
+
+/** Where an expert's .onnx file is, or will be once built, in the cache. */
+export function expertGraphPath(
+  weightsHash: string,
+  key: ExpertGraphKey,
+  cacheDir = defaultGraphCacheDir(),
+): string {
+  const block = key.quantBlockSize ?? DEFAULT_QUANT_BLOCK_SIZE;
+  const digest = createHash("sha256")
+    .update(`tandem-expert-v${SEGMENT_GRAPH_VERSION}\n${weightsHash}\n`)
+    .update(`${key.layer} ${key.expert} ${key.weightFormat} ${block}`)
+    .digest("hex")
+    .slice(0, 32);
+  return join(cacheDir, digest, SEGMENT_MODEL_FILE);
+}
+
+/**
+ * The path of one expert's graph (host-routed MoE), built when not cached: it reads that
+ * expert's three tensors and nothing else of the checkpoint.
+ */
+export async function ensureExpertGraph(
+  checkpoint: Checkpoint,
+  key: ExpertGraphKey,
+  cacheDir = defaultGraphCacheDir(),
+): Promise<string> {
+  const modelPath = expertGraphPath(checkpoint.weightsHash, key, cacheDir);
+  if (existsSync(modelPath)) return modelPath;
+  const { buildExpertGraph } = await import("./segment-graph.ts");
+  await buildIntoCache(dirname(modelPath), async (_staging, weights) =>
+    buildExpertGraph(
+      checkpoint.config,
+      checkpoint.weights,
+      key.layer,
+      key.expert,
+      key.weightFormat,
+      key.quantBlockSize,
+      weights,
+    ),
+  );
+  return modelPath;
+}
+
+/**
+ * Builds a graph into a private directory and renames it to `dir`: a concurrent builder of
+ * the same key, or a crash half-way, never leaves a half-written graph under the key. The
+ * weights stream into its external data file as `build` writes them, one tensor at a time.
+ */
+async function buildIntoCache(
+  dir: string,
+  build: (staging: string, weights: ExternalDataSink) => Promise<BuiltGraph>,
+): Promise<void> {
+  const { ExternalDataFile } = await import("./onnx-graph-builder.ts");
+  // Unique per call: two loads of one graph in a process may build at the same moment.
   const staging = `${dir}.tmp-${process.pid}-${randomUUID()}`;
   try {
     await mkdir(staging, { recursive: true });
     const weights = new ExternalDataFile(join(staging, SEGMENT_WEIGHTS_FILE), SEGMENT_WEIGHTS_FILE);
-    let graph: SegmentGraph;
+    let graph: BuiltGraph;
     try {
-      graph = buildSegmentGraph(checkpoint.config, checkpoint.weights, spec, weights, onProgress);
+      graph = await build(staging, weights);
     } finally {
       weights.close();
     }
-    if (graph.embedding)
-      await writeFile(join(staging, EMBEDDING_LAYOUT_FILE), JSON.stringify(graph.embedding, null, 2));
     await writeFile(join(staging, SEGMENT_MODEL_FILE), graph.model);
     await rename(staging, dir).catch(async (error: NodeJS.ErrnoException) => {
       // Another process won the race: its graph is identical, keep it.
@@ -106,9 +172,8 @@ export async function ensureSegmentGraph(
     await rm(staging, { recursive: true, force: true }).catch(() => undefined);
     // A spec or weight the builder refused keeps its own error; anything else is the disk.
     if (error instanceof TandemError) throw error;
-    throw new GraphIoError(dir, `cannot write the segment graph (${(error as Error).message})`, {
+    throw new GraphIoError(dir, `cannot write the graph (${(error as Error).message})`, {
       cause: error,
     });
   }
-  return modelPath;
 }

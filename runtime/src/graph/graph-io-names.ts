@@ -21,6 +21,13 @@
  *            exit.K.token int64, exit.K.prob / .margin / .entropy float [batch, positions]
  *            exit.K.logits float [batch, positions, vocab] (logits)
  *            expert_choices.L int64 [batch, seq, k]  (MoE layers)
+ *            expert_weights.L float [batch, seq, k]  (host-routed MoE layer) the router's
+ *                                                   weight of each chosen expert
+ *            moe_input.L float [batch, seq, hidden]  (host-routed) the experts' input (normed)
+ *            moe_residual.L float [batch, seq, hidden] (host-routed) the hidden state after
+ *                                                   attention, which the experts' sum is added to
+ * An expert graph (one expert of one layer, host-routed MoE) maps expert_in float [rows,
+ * hidden] to expert_out float [rows, hidden]: the expert's SwiGLU, unweighted.
  * Rows of a batch may have different past lengths: past is right-padded (and may be longer
  * than any row: a cache with room) and row b's new keys belong at position
  * seqlens_k[b] - seq + 1 (GroupQueryAttention's convention). Either way no run hands back
@@ -51,6 +58,14 @@ export const GRAPH_IO = Object.freeze({
   hiddenAfter: (layers: number) => `hidden_after.${layers}` as const,
   /** The experts chosen per token in an MoE layer. */
   expertChoices: (layer: number) => `expert_choices.${layer}` as const,
+  /** Host-routed MoE: the router's weight of each chosen expert, [batch, seq, k]. */
+  expertWeights: (layer: number) => `expert_weights.${layer}` as const,
+  /** Host-routed MoE: the experts' input (the post-attention norm's output). */
+  moeInput: (layer: number) => `moe_input.${layer}` as const,
+  /** Host-routed MoE: the residual stream after attention. */
+  moeResidual: (layer: number) => `moe_residual.${layer}` as const,
+  expertIn: "expert_in",
+  expertOut: "expert_out",
   /** An output of the exit head after `afterLayer` layers (the final head: afterLayer = numLayers). */
   exitOutput: (afterLayer: number, kind: ExitOutputKind) => `exit.${afterLayer}.${kind}` as const,
 } as const);

@@ -20,8 +20,10 @@ import { quantizeNBits } from "./nbits-quantizer.ts";
 import {
   DEFAULT_QUANT_BLOCK_SIZE,
   segmentExits,
+  segmentSpec,
   type ExitHeadSpec,
   type SegmentSpec,
+  validateHostMoePiece,
   validateSegmentSpec,
 } from "./segment-spec.ts";
 
@@ -47,8 +49,29 @@ export function buildSegmentGraph(
   externalData: ExternalDataSink,
   onProgress?: ProgressListener,
 ): SegmentGraph {
-  validateSegmentSpec(spec, config);
+  if (spec.moeExecution === "host") validateHostMoePiece(spec, config);
+  else validateSegmentSpec(spec, config);
   return new SegmentGraphWriter(config, weights, spec, externalData, onProgress).write();
+}
+
+/**
+ * Writes one expert of an MoE layer as a graph of its own (host-routed MoE), in the
+ * given weight format; only that expert's tensors are read.
+ */
+export function buildExpertGraph(
+  config: ModelConfig,
+  weights: ModelWeights,
+  layer: number,
+  expert: number,
+  format: SegmentSpec["weightFormat"],
+  quantBlockSize: number | undefined,
+  externalData: ExternalDataSink,
+): BuiltGraph {
+  const spec = segmentSpec({ fromLayer: layer, toLayer: layer + 1, weightFormat: format, quantBlockSize });
+  validateSegmentSpec(spec, config);
+  if (!config.numExperts || !Number.isInteger(expert) || expert < 0 || expert >= config.numExperts)
+    throw new InternalError(`expert ${expert} is not one of the model's ${config.numExperts ?? 0}`);
+  return new SegmentGraphWriter(config, weights, spec, externalData).writeExpert(layer, expert);
 }
 
 /** The phase a segment's build reports: `building [0,8) int4`, counted in layers. */
@@ -105,11 +128,18 @@ class SegmentGraphWriter {
       this.weights.embedTokens.release?.();
     }
 
+    if (spec.fromLayer === spec.toLayer) return this.writeHeadPiece(x);
     const rotary = this.rotaryCaches();
     const positions = this.newPositions(x);
     for (let layer = spec.fromLayer; layer < spec.toLayer; layer++) {
-      x = this.decoderLayer(layer, x, rotary, positions);
+      const out = this.decoderLayer(layer, x, rotary, positions);
       releaseLayer(this.weights.layers[layer]);
+      if (out === undefined) {
+        // A host-routed MoE layer ends the piece: validation allows nothing after it.
+        this.onProgress({ phase: buildPhase(spec), done: 1, total: 1 });
+        break;
+      }
+      x = out;
       this.onProgress({
         phase: buildPhase(spec),
         done: layer + 1 - spec.fromLayer,
@@ -125,6 +155,20 @@ class SegmentGraphWriter {
     this.weights.lmHead.release?.();
     this.weights.finalNorm.release?.();
     return { ...b.build(), embedding: this.embeddingLayout };
+  }
+
+  /**
+   * A piece of no layers (host-routed MoE, after the last MoE layer): its exits and the
+   * final head read its input, the hidden state the engine combined.
+   */
+  private writeHeadPiece(x: string): SegmentGraph {
+    const { b, spec } = this;
+    const exit = this.exits.find((e) => e.afterLayer === spec.fromLayer);
+    if (exit) this.exitHead(exit, x);
+    if (spec.outputHidden) this.outputAlias(x, GRAPH_IO.hiddenOut, ["batch", "seq", this.config.hiddenSize]);
+    this.weights.lmHead.release?.();
+    this.weights.finalNorm.release?.();
+    return b.build();
   }
 
   /**
@@ -292,7 +336,12 @@ class SegmentGraphWriter {
    *   h ──► RMSNorm ──► gate_up MatMul ──► Split ──► silu(gate)·up ──► down ──► (+) ──► out
    *   └──────────────────────────────────────────────────────────────────────────┘
    */
-  private decoderLayer(layer: number, x: string, rotary: RotaryCaches, positions: NewPositions): string {
+  private decoderLayer(
+    layer: number,
+    x: string,
+    rotary: RotaryCaches,
+    positions: NewPositions,
+  ): string | undefined {
     const { b, config } = this;
     const w = this.weights.layers[layer];
     const prefix = `/model/layers.${layer}`;
@@ -341,6 +390,10 @@ class SegmentGraphWriter {
     const afterAttention = b.op("Add", `${prefix}/attn/residual/Add`, [x, projected]);
 
     const normed2 = this.rmsNorm(`${prefix}/post_attention_layernorm`, afterAttention, w.postAttentionNorm);
+    if (w.experts && this.spec.moeExecution === "host") {
+      this.hostRoutedMoe(`${prefix}/block_sparse_moe`, afterAttention, normed2, w, layer);
+      return undefined;
+    }
     const mlp = !w.experts
       ? this.mlp(`${prefix}/mlp`, normed2, w)
       : this.spec.moeExecution === "sparse"
@@ -655,6 +708,38 @@ class SegmentGraphWriter {
       mixed = b.op("ScatterND", `${p}/ScatterND`, [mixed, indices, weighted], { reduction: "add" });
     });
     return b.op("Reshape", `${prefix}/Reshape`, [mixed, b.op("Shape", `${prefix}/Shape`, [x])]);
+  }
+
+  /**
+   * An MoE block whose experts run outside the graph: the router and its choices, and what
+   * the experts and the combine need, as outputs (graph-io-names.ts). The engine adds
+   * Σ weight·expert(moe_input) to moe_residual, in ascending expert order as sparseMoe.
+   */
+  private hostRoutedMoe(prefix: string, residual: string, x: string, w: LayerWeights, layer: number): void {
+    const { config } = this;
+    const k = config.numExpertsPerToken ?? 2;
+    const h = config.hiddenSize;
+    const logits = this.linear(`${prefix}/gate`, x, asLinear(w.router!));
+    const [topLogits, topIndices] = this.expertChoices(prefix, logits, k, layer);
+    const topWeights = this.routingWeights(prefix, logits, topLogits, topIndices);
+    this.outputAlias(topWeights, GRAPH_IO.expertWeights(layer), ["batch", "seq", k]);
+    this.outputAlias(x, GRAPH_IO.moeInput(layer), ["batch", "seq", h]);
+    this.outputAlias(residual, GRAPH_IO.moeResidual(layer), ["batch", "seq", h]);
+  }
+
+  /**
+   * One expert of one layer as a graph of its own, expert_in [rows, hidden] → expert_out:
+   * the same SwiGLU operators (and weight format) as the sparse block runs in-graph.
+   */
+  writeExpert(layer: number, expert: number): BuiltGraph {
+    const { b, config } = this;
+    const weights = this.weights.layers[layer].experts?.[expert];
+    if (!weights) throw new InternalError(`layer ${layer} has no expert ${expert}`);
+    const x = b.input(GRAPH_IO.expertIn, "float32", ["rows", config.hiddenSize]);
+    const out = this.mlp(`/model/layers.${layer}/block_sparse_moe/experts.${expert}`, x, weights);
+    this.outputAlias(out, GRAPH_IO.expertOut, ["rows", config.hiddenSize]);
+    for (const t of [weights.gateProj, weights.upProj, weights.downProj]) t.release?.();
+    return b.build();
   }
 
   /**

@@ -13,8 +13,14 @@ export const WEIGHT_FORMATS = ["fp32", "int8", "int4"] as const;
  * - `all-experts`: every expert runs on every row and the unchosen ones' weights are
  *   zero: exact, E/k times the work. What MoE segments ran before; the `moe` benchmark
  *   measures it against `sparse`.
+ * - `host`: the experts are not in the graph. The segment ends at its last layer's router
+ *   and hands out what the experts need (GRAPH_IO.moe*); the engine runs the chosen
+ *   experts elsewhere (an expert cache under a memory budget, other workers) and the next
+ *   piece of the model takes the combined hidden state. Only the segment's last layer may
+ *   be MoE, and nothing may be read after it; a piece of no layers (fromLayer = toLayer)
+ *   evaluates exits and the final head on its input. See engine/host-moe-segment.ts.
  */
-export const MOE_EXECUTIONS = ["sparse", "all-experts"] as const;
+export const MOE_EXECUTIONS = ["sparse", "all-experts", "host"] as const;
 export type MoeExecution = (typeof MOE_EXECUTIONS)[number];
 export type WeightFormat = (typeof WEIGHT_FORMATS)[number];
 export const DEFAULT_WEIGHT_FORMAT: WeightFormat = "fp32";
@@ -82,28 +88,38 @@ export function segmentSpec(
 /** Checks a spec against a model; throws InvalidArgumentError naming the field. */
 export function validateSegmentSpec(spec: SegmentSpec, config: ModelConfig): void {
   const layers = config.numLayers;
-  if (!Number.isInteger(spec.fromLayer) || spec.fromLayer < 0 || spec.fromLayer >= layers) {
+  if (!MOE_EXECUTIONS.includes(spec.moeExecution))
+    throw new InvalidArgumentError(
+      "moeExecution",
+      `must be one of ${MOE_EXECUTIONS.join(", ")}, got ${String(spec.moeExecution)}`,
+    );
+  // A host-routed MoE model runs as pieces; the piece after its last MoE layer has no layers.
+  const headPiece = spec.moeExecution === "host" && spec.fromLayer === spec.toLayer;
+  const maxFrom = headPiece ? layers : layers - 1;
+  const minFrom = headPiece ? 1 : 0;
+  if (!Number.isInteger(spec.fromLayer) || spec.fromLayer < minFrom || spec.fromLayer > maxFrom) {
     throw new InvalidArgumentError(
       "fromLayer",
-      `must be an integer in [0, ${layers}), got ${spec.fromLayer}`,
+      `must be an integer in [${minFrom}, ${maxFrom}], got ${spec.fromLayer}`,
     );
   }
-  if (!Number.isInteger(spec.toLayer) || spec.toLayer <= spec.fromLayer || spec.toLayer > layers) {
+  if (
+    !headPiece &&
+    (!Number.isInteger(spec.toLayer) || spec.toLayer <= spec.fromLayer || spec.toLayer > layers)
+  ) {
     throw new InvalidArgumentError(
       "toLayer",
       `must be an integer in (${spec.fromLayer}, ${layers}], got ${spec.toLayer}`,
     );
   }
+  // Exits read the hidden state after a layer of the segment, or a head piece's input.
+  const firstExit = headPiece ? spec.fromLayer : spec.fromLayer + 1;
   const seen = new Set<number>();
   for (const exit of spec.exits) {
-    if (
-      !Number.isInteger(exit.afterLayer) ||
-      exit.afterLayer <= spec.fromLayer ||
-      exit.afterLayer > spec.toLayer
-    ) {
+    if (!Number.isInteger(exit.afterLayer) || exit.afterLayer < firstExit || exit.afterLayer > spec.toLayer) {
       throw new InvalidArgumentError(
         "exits.afterLayer",
-        `must be an integer in (${spec.fromLayer}, ${spec.toLayer}], got ${exit.afterLayer}`,
+        `must be an integer in [${firstExit}, ${spec.toLayer}], got ${exit.afterLayer}`,
       );
     }
     if (seen.has(exit.afterLayer)) {
@@ -131,15 +147,41 @@ export function validateSegmentSpec(spec: SegmentSpec, config: ModelConfig): voi
   if (spec.finalHead && spec.toLayer !== layers) {
     throw new InvalidArgumentError("finalHead", `needs toLayer = ${layers}, got ${spec.toLayer}`);
   }
-  if (!MOE_EXECUTIONS.includes(spec.moeExecution))
-    throw new InvalidArgumentError(
-      "moeExecution",
-      `must be one of ${MOE_EXECUTIONS.join(", ")}, got ${String(spec.moeExecution)}`,
-    );
+  if (spec.moeExecution === "host" && !config.numExperts)
+    throw new InvalidArgumentError("moeExecution", "host routing needs an MoE model, this one is dense");
   const blockSize = spec.quantBlockSize ?? DEFAULT_QUANT_BLOCK_SIZE;
   if (!Number.isInteger(blockSize) || blockSize < 16 || (blockSize & (blockSize - 1)) !== 0) {
     throw new InvalidArgumentError("quantBlockSize", `must be a power of two ≥ 16, got ${blockSize}`);
   }
+}
+
+/**
+ * A host-routed segment runs as pieces, each one graph: one layer ending at its router, or
+ * no layers (exits and the head on the combined hidden state). Since the hidden state after
+ * a piece's layer is made outside its graph, nothing in the graph may read it.
+ */
+export function validateHostMoePiece(spec: SegmentSpec, config: ModelConfig): void {
+  validateSegmentSpec(spec, config);
+  // Every layer of the MoE families Tandem loads is MoE: a piece is one layer or none.
+  if (spec.toLayer - spec.fromLayer > 1)
+    throw new InvalidArgumentError(
+      "toLayer",
+      `a host-routed MoE piece holds one layer (its MoE block runs outside), got [${spec.fromLayer}, ${spec.toLayer})`,
+    );
+  if (spec.fromLayer === spec.toLayer) return;
+  const after = spec.toLayer;
+  if (spec.finalHead || spec.exits.some((e) => e.afterLayer === after))
+    throw new InvalidArgumentError(
+      "exits.afterLayer",
+      `the hidden state after MoE layer ${after - 1} is made outside a host-routed piece: its exits belong to the next piece`,
+    );
+  if (spec.outputHidden)
+    throw new InvalidArgumentError(
+      "outputHidden",
+      "a host-routed MoE piece hands out its router's inputs, not a hidden state",
+    );
+  if (spec.hiddenTaps.length > 0)
+    throw new InvalidArgumentError("hiddenTaps", "a host-routed MoE piece has no hidden state to tap");
 }
 
 /** Bumped whenever the graph layout changes, so cached graphs from older builders are not reused. */

@@ -1,0 +1,203 @@
+/**
+ * The experts of host-routed MoE layers (EdgeMoE-style offload): each expert is a graph of
+ * its own on disk (graph-cache.ts, built once), loaded into an ONNX Runtime session when a
+ * token is routed to it and kept under a memory budget, least recently used first out. A
+ * device runs an MoE model whose experts do not all fit: what it holds is the router,
+ * attention and the experts it used lately.
+ *
+ * An expert's bytes are its weights file's size in its format, what its session holds
+ * (ONNX Runtime's prepacked copy of fp32 weights replaces the file's, it does not add to
+ * it once the file is closed). Loads and runs are synchronous inside onnxruntime-node, so
+ * a load costs the step that needs it: there is no prefetch, since a load ahead of need
+ * would take the same main thread the step runs on.
+ */
+import { statSync } from "node:fs";
+import { join, dirname } from "node:path";
+import { InternalError, InvalidArgumentError } from "@tandem/common";
+import * as ort from "onnxruntime-node";
+import type { Checkpoint } from "../checkpoint/model-weights.ts";
+import { ensureExpertGraph, SEGMENT_WEIGHTS_FILE } from "../graph/graph-cache.ts";
+import { GRAPH_IO } from "../graph/graph-io-names.ts";
+import { DEFAULT_WEIGHT_FORMAT, WEIGHT_FORMATS, type WeightFormat } from "../graph/segment-spec.ts";
+
+export interface ExpertCacheOptions {
+  /**
+   * Bytes of expert weights kept loaded; beyond it the least recently used experts are
+   * dropped. Must hold a layer's k experts. @default Infinity (every expert stays once loaded)
+   */
+  budgetBytes?: number;
+  /** Each expert's weight format (e.g. by activation frequency). @default the segment's format */
+  formatOf?: (layer: number, expert: number) => WeightFormat;
+  /** Threads ONNX Runtime uses inside an expert's operators. @default 1 */
+  threads?: number;
+  /** Where built graphs are cached. @default defaultGraphCacheDir() */
+  cacheDir?: string;
+}
+
+export interface ExpertCacheStats {
+  /** Expert runs whose expert was loaded already. */
+  hits: number;
+  /** Expert runs that had to load their expert first. */
+  misses: number;
+  evictions: number;
+  residentBytes: number;
+  budgetBytes: number;
+  /** Bytes of every expert of the cached layers, in their formats. */
+  allExpertBytes: number;
+}
+
+interface ExpertFile {
+  path: string;
+  bytes: number;
+}
+
+const expertKey = (layer: number, expert: number) => `${layer}:${expert}`;
+
+export class ExpertCache {
+  /** Loaded experts in least-recently-used-first order (a Map keeps insertion order). */
+  private readonly resident = new Map<string, ort.InferenceSession>();
+  private residentBytes = 0;
+  private tail: Promise<void> = Promise.resolve();
+  private readonly counters = { hits: 0, misses: 0, evictions: 0 };
+
+  private constructor(
+    private readonly files: Map<string, ExpertFile>,
+    private readonly hiddenSize: number,
+    private readonly budgetBytes: number,
+    private readonly threads: number,
+  ) {}
+
+  /**
+   * Builds (once, on disk) the graphs of every expert of `layers` and loads none of them.
+   * Throws InvalidArgumentError when the budget cannot hold the k experts a token needs.
+   */
+  static async open(
+    checkpoint: Checkpoint,
+    layers: number[],
+    defaultFormat: WeightFormat = DEFAULT_WEIGHT_FORMAT,
+    quantBlockSize: number | undefined,
+    options: ExpertCacheOptions = {},
+  ): Promise<ExpertCache> {
+    const { numExperts, numExpertsPerToken } = checkpoint.config;
+    if (!numExperts) throw new InternalError("an expert cache needs an MoE model");
+    const budgetBytes = options.budgetBytes ?? Infinity;
+    if (!(budgetBytes > 0)) throw new InvalidArgumentError("budgetBytes", `must be > 0, got ${budgetBytes}`);
+    const files = new Map<string, ExpertFile>();
+    for (const layer of layers) {
+      for (let expert = 0; expert < numExperts; expert++) {
+        const weightFormat = options.formatOf?.(layer, expert) ?? defaultFormat;
+        if (!WEIGHT_FORMATS.includes(weightFormat))
+          throw new InvalidArgumentError(
+            "formatOf",
+            `expert ${layer}:${expert}: unknown format ${weightFormat}`,
+          );
+        const path = await ensureExpertGraph(
+          checkpoint,
+          { layer, expert, weightFormat, quantBlockSize },
+          options.cacheDir,
+        );
+        const bytes = statSync(join(dirname(path), SEGMENT_WEIGHTS_FILE)).size;
+        files.set(expertKey(layer, expert), { path, bytes });
+      }
+    }
+    const k = numExpertsPerToken ?? 2;
+    const largest = [...files.values()].map((f) => f.bytes).sort((a, b) => b - a);
+    const needed = largest.slice(0, k).reduce((a, b) => a + b, 0);
+    if (budgetBytes < needed)
+      throw new InvalidArgumentError(
+        "budgetBytes",
+        `must hold the ${k} experts a token is routed to (${needed} bytes), got ${budgetBytes}`,
+      );
+    return new ExpertCache(files, checkpoint.config.hiddenSize, budgetBytes, options.threads ?? 1);
+  }
+
+  /** The expert's output, unweighted, for `rows` rows of its input ([rows, hidden]). */
+  run(layer: number, expert: number, input: Float32Array, rows: number): Promise<Float32Array> {
+    return this.serialized(async () => {
+      const session = await this.acquire(layer, expert);
+      const results = await session.run({
+        [GRAPH_IO.expertIn]: new ort.Tensor("float32", input, [rows, this.hiddenSize]),
+      });
+      return results[GRAPH_IO.expertOut].data as Float32Array;
+    });
+  }
+
+  /** Whether the expert is loaded now. */
+  isResident(layer: number, expert: number): boolean {
+    return this.resident.has(expertKey(layer, expert));
+  }
+
+  stats(): ExpertCacheStats {
+    let allExpertBytes = 0;
+    for (const file of this.files.values()) allExpertBytes += file.bytes;
+    return {
+      ...this.counters,
+      residentBytes: this.residentBytes,
+      budgetBytes: this.budgetBytes,
+      allExpertBytes,
+    };
+  }
+
+  release(): Promise<void> {
+    return this.serialized(() => this.releaseNow());
+  }
+
+  /**
+   * Runs `operation` after every one before it: a load or an eviction between another
+   * caller's lookup and its run would release a session under it.
+   */
+  private serialized<T>(operation: () => Promise<T>): Promise<T> {
+    const result = this.tail.then(operation);
+    this.tail = result.then(
+      () => undefined,
+      () => undefined,
+    );
+    return result;
+  }
+
+  private async releaseNow(): Promise<void> {
+    const sessions = [...this.resident.values()];
+    this.resident.clear();
+    this.residentBytes = 0;
+    await Promise.all(sessions.map((s) => s.release()));
+  }
+
+  private fileOf(layer: number, expert: number): ExpertFile {
+    const file = this.files.get(expertKey(layer, expert));
+    if (!file) throw new InternalError(`expert ${expert} of layer ${layer} is not in this cache`);
+    return file;
+  }
+
+  /** The expert's session, loaded (after making room) if it is not; now most recently used. */
+  private async acquire(layer: number, expert: number): Promise<ort.InferenceSession> {
+    const key = expertKey(layer, expert);
+    const loaded = this.resident.get(key);
+    if (loaded) {
+      this.counters.hits++;
+      this.resident.delete(key);
+      this.resident.set(key, loaded);
+      return loaded;
+    }
+    this.counters.misses++;
+    const file = this.fileOf(layer, expert);
+    while (this.residentBytes + file.bytes > this.budgetBytes && this.resident.size > 0) {
+      const [oldestKey, oldest] = this.resident.entries().next().value!;
+      this.resident.delete(oldestKey);
+      this.residentBytes -= this.files.get(oldestKey)!.bytes;
+      this.counters.evictions++;
+      await oldest.release();
+    }
+    const session = await ort.InferenceSession.create(file.path, {
+      intraOpNumThreads: this.threads,
+      interOpNumThreads: 1,
+      executionMode: "sequential",
+      graphOptimizationLevel: "all",
+      // Each session has its own intra-op pool: dozens of pools whose idle threads spin
+      // would take the cores from the one that runs.
+      extra: { session: { intra_op: { allow_spinning: "0" } } },
+    });
+    this.resident.set(key, session);
+    this.residentBytes += file.bytes;
+    return session;
+  }
+}

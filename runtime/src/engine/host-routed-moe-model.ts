@@ -1,0 +1,208 @@
+/**
+ * An MoE segment whose experts run outside its graphs (moeExecution `host`): a chain of one
+ * graph per layer, each ending at its router, with the chosen experts run between them from
+ * an ExpertCache under a memory budget, and graphs of no layers for the exits and the head.
+ * It runs as a SegmentModel does (SegmentSessions drives either), so an edge agent holds an
+ * MoE model bigger than its memory: attention, routers and the experts it used lately.
+ *
+ *   ids/hidden ─► [layer f … router] ─► experts ─► + ─► [layer f+1 … router] ─► experts ─► + ─► … ─► [exits, head]
+ *                        │ residual ──────────────────┘
+ *
+ * The combine adds each chosen expert's weighted output in ascending expert order, rounded
+ * to fp32 at each step as the in-graph sparse block's ScatterND does, so the output equals
+ * the single graph's (within 1e-4: the expert's MatMuls run in a graph of their own).
+ */
+import { InvalidArgumentError } from "@tandem/common";
+import type { ModelConfig } from "../checkpoint/model-config.ts";
+import type { Checkpoint } from "../checkpoint/model-weights.ts";
+import { segmentExits, segmentSpec, type SegmentSpec, validateSegmentSpec } from "../graph/segment-spec.ts";
+import { ExpertCache, type ExpertCacheOptions } from "./expert-cache.ts";
+import {
+  type ExitOutput,
+  type MoeRouting,
+  SegmentModel,
+  type SegmentModelOptions,
+  type SegmentRunInput,
+  type SegmentRunner,
+  type SegmentRunOutput,
+} from "./segment-model.ts";
+
+export interface HostRoutedMoeOptions extends SegmentModelOptions {
+  /** The expert cache: budget, per-expert formats. @default every expert resident once used */
+  experts?: ExpertCacheOptions;
+}
+
+export class HostRoutedMoeModel implements SegmentRunner {
+  readonly config: ModelConfig;
+  readonly weightsHash: string;
+  readonly exitLayers: number[];
+
+  private constructor(
+    readonly spec: SegmentSpec,
+    checkpoint: Checkpoint,
+    /** One per layer of the segment, in order. */
+    private readonly layers: SegmentModel[],
+    /** Per exit layer (the final head's is numLayers): the graph that evaluates it. */
+    private readonly heads: Map<number, SegmentModel>,
+    readonly experts: ExpertCache,
+  ) {
+    this.config = checkpoint.config;
+    this.weightsHash = checkpoint.weightsHash;
+    this.exitLayers = segmentExits(spec, checkpoint.config).map((e) => e.afterLayer);
+  }
+
+  static async load(
+    checkpoint: Checkpoint,
+    spec: SegmentSpec,
+    options: HostRoutedMoeOptions = {},
+  ): Promise<HostRoutedMoeModel> {
+    validateSegmentSpec(spec, checkpoint.config);
+    if (spec.moeExecution !== "host")
+      throw new InvalidArgumentError(
+        "moeExecution",
+        `a host-routed model needs "host", got ${spec.moeExecution}`,
+      );
+    const piece = (partial: Partial<SegmentSpec> & Pick<SegmentSpec, "fromLayer" | "toLayer">) =>
+      segmentSpec({
+        moeExecution: "host",
+        weightFormat: spec.weightFormat,
+        quantBlockSize: spec.quantBlockSize,
+        positions: spec.positions,
+        logits: spec.logits,
+        ...partial,
+      });
+    // One session per layer and per expert, each with its own thread pool: none may spin.
+    options = { ...options, spinning: false };
+    const loaded: SegmentModel[] = [];
+    try {
+      const layers: SegmentModel[] = [];
+      for (let layer = spec.fromLayer; layer < spec.toLayer; layer++) {
+        layers.push(
+          await SegmentModel.load(checkpoint, piece({ fromLayer: layer, toLayer: layer + 1 }), options),
+        );
+        loaded.push(layers.at(-1)!);
+      }
+      const heads = new Map<number, SegmentModel>();
+      for (const exit of segmentExits(spec, checkpoint.config)) {
+        const at = exit.afterLayer;
+        const head = await SegmentModel.load(
+          checkpoint,
+          piece({ fromLayer: at, toLayer: at, exits: [exit] }),
+          options,
+        );
+        loaded.push(head);
+        heads.set(at, head);
+      }
+      const layerNumbers = Array.from(
+        { length: spec.toLayer - spec.fromLayer },
+        (_, i) => spec.fromLayer + i,
+      );
+      const experts = await ExpertCache.open(
+        checkpoint,
+        layerNumbers,
+        spec.weightFormat,
+        spec.quantBlockSize,
+        {
+          threads: options.threads,
+          cacheDir: options.cacheDir,
+          ...options.experts,
+        },
+      );
+      return new HostRoutedMoeModel(spec, checkpoint, layers, heads, experts);
+    } catch (error) {
+      await Promise.all(loaded.map((m) => m.release()));
+      throw error;
+    }
+  }
+
+  get layerCount(): number {
+    return this.spec.toLayer - this.spec.fromLayer;
+  }
+
+  async run(input: SegmentRunInput): Promise<SegmentRunOutput> {
+    const { spec } = this;
+    const { batch, seq, kv, pastLengths, active } = input;
+    let hidden = input.hidden;
+    const taps = new Map<number, Float32Array>();
+    const exits: ExitOutput[] = [];
+    for (let i = 0; i < this.layers.length; i++) {
+      const out = await this.layers[i].run({
+        batch,
+        seq,
+        ids: i === 0 ? input.ids : undefined,
+        hidden: i === 0 && input.ids ? undefined : hidden,
+        pastLengths,
+        kv: { rows: kv.rows, capacity: kv.capacity, layers: [kv.layers[i]] },
+        active,
+      });
+      hidden = await this.combine(out.moe!, batch, seq, active);
+      const after = spec.fromLayer + i + 1;
+      if (spec.hiddenTaps.includes(after)) taps.set(after, hidden);
+      const head = this.heads.get(after);
+      if (head) {
+        const headOut = await head.run({
+          batch,
+          seq,
+          hidden,
+          pastLengths,
+          kv: { rows: kv.rows, capacity: kv.capacity, layers: [] },
+          active,
+        });
+        exits.push(...headOut.exits);
+      }
+    }
+    return { hidden: spec.outputHidden ? hidden : undefined, taps, exits };
+  }
+
+  /**
+   * residual + Σ weight · expert(input) over each position's chosen experts: each expert
+   * runs once on the rows routed to it (rows of inactive batch rows are left out).
+   */
+  private async combine(
+    moe: MoeRouting,
+    batch: number,
+    seq: number,
+    active: boolean[] | undefined,
+  ): Promise<Float32Array> {
+    const h = this.config.hiddenSize;
+    const positions = batch * seq;
+    const k = moe.choices.length / positions;
+    const routed = new Map<number, { rows: number[]; weights: number[] }>();
+    for (let row = 0; row < positions; row++) {
+      if (active?.[Math.floor(row / seq)] === false) continue;
+      for (let j = 0; j < k; j++) {
+        const expert = Number(moe.choices[row * k + j]);
+        let entry = routed.get(expert);
+        if (!entry) routed.set(expert, (entry = { rows: [], weights: [] }));
+        entry.rows.push(row);
+        entry.weights.push(moe.weights[row * k + j]);
+      }
+    }
+    const mixed = new Float32Array(positions * h);
+    for (const expert of [...routed.keys()].sort((a, b) => a - b)) {
+      const { rows, weights } = routed.get(expert)!;
+      const input = new Float32Array(rows.length * h);
+      rows.forEach((row, r) => input.set(moe.input.subarray(row * h, (row + 1) * h), r * h));
+      const output = await this.experts.run(moe.layer, expert, input, rows.length);
+      rows.forEach((row, r) => {
+        const weight = weights[r];
+        const base = row * h;
+        const outBase = r * h;
+        // Rounded to fp32 before the add, as the graph's Mul then ScatterND add.
+        for (let d = 0; d < h; d++) mixed[base + d] += Math.fround(weight * output[outBase + d]);
+      });
+    }
+    const hidden = new Float32Array(positions * h);
+    for (let i = 0; i < hidden.length; i++) hidden[i] = moe.residual[i] + mixed[i];
+    return hidden;
+  }
+
+  takeExpertCounts(): number[] | undefined {
+    return this.layers.flatMap((layer) => layer.takeExpertCounts() ?? []);
+  }
+
+  async release(): Promise<void> {
+    await Promise.all([...this.layers, ...this.heads.values()].map((m) => m.release()));
+    await this.experts.release();
+  }
+}
