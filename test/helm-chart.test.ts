@@ -537,6 +537,41 @@ describe("the Helm chart", () => {
     expect(load(leaseTtlMs.minimum, tickMs.minimum - 1)).toThrow(/^tickMs: /);
   });
 
+  it("turns expert parallelism on in plaintext, its Experts port reachable by the workers alone", () => {
+    const manifests = render(
+      "cloudWorker.tls.secretName=",
+      "cloudWorker.insecure=true",
+      "cloudWorker.expertParallel=true",
+      "networkPolicy.enabled=true",
+      "networkPolicy.workerIngressFrom[0].ipBlock.cidr=10.0.0.0/8",
+    );
+    const container = containerOf(manifests, "StatefulSet", "cloud-worker");
+    expect(environmentOf(container)).toMatchObject({
+      TANDEM_WORKER_EXPERT_PARALLEL: "true",
+      TANDEM_WORKER_EXPERT_PORT: "50053",
+    });
+    expect(container.ports).toContainEqual({ name: "experts", containerPort: 50053, protocol: "TCP" });
+    // The Experts port takes the workers only; the devices' port keeps its peers.
+    const policy = manifests.find(
+      (m) => m.kind === "NetworkPolicy" && m.metadata.name.endsWith("cloud-worker"),
+    )!;
+    const workerLabels = manifests.find((m) => m.kind === "StatefulSet")!.spec.selector.matchLabels;
+    expect(policy.spec.ingress).toContainEqual({
+      ports: [{ port: 50053, protocol: "TCP" }],
+      from: [{ podSelector: { matchLabels: workerLabels } }],
+    });
+    expect(policy.spec.ingress).toContainEqual({
+      ports: [{ port: 50052, protocol: "TCP" }],
+      from: [{ ipBlock: { cidr: "10.0.0.0/8" } }],
+    });
+    for (const m of manifests) expect(() => new (modelOf(m))(m).validate()).not.toThrow();
+    // Off by default: no variable, no port, no extra rule.
+    const plain = render("cloudWorker.tls.secretName=", "cloudWorker.insecure=true");
+    const plainContainer = containerOf(plain, "StatefulSet", "cloud-worker");
+    expect(environmentOf(plainContainer).TANDEM_WORKER_EXPERT_PARALLEL).toBeUndefined();
+    expect((plainContainer.ports ?? []).some((p: { name: string }) => p.name === "experts")).toBe(false);
+  });
+
   it("refuses bad values, naming them", () => {
     const bad: [string, RegExp][] = [
       ["cloudWorker.split=0", /cloudWorker\/split.*minimum/],
@@ -560,6 +595,8 @@ describe("the Helm chart", () => {
       ["metrics.port=0", /metrics\/port.*minimum/],
       ["metrics.serviceMonitor.interval=soon", /metrics\/serviceMonitor\/interval/],
       ["metrics.serviceMonitr.enabled=true", /metrics.*serviceMonitr/],
+      ["cloudWorker.expertParallel=true", /cloudWorker\.expertParallel is not offered over TLS yet/],
+      ["cloudWorker.expertParallel=yes", /cloudWorker\/expertParallel/],
     ];
     for (const [set, message] of bad) {
       const run = spawnSync(helm, ["template", "tandem", CHART, "--set", set], { encoding: "utf8" });

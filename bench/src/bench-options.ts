@@ -91,10 +91,10 @@ export const BENCH_OPTION_SCHEMAS = {
         .optional()
         .meta({ description: "timed runs per model and execution, alternating (default 5)" }),
       threads: z.int().min(1).optional().meta({ description: "ONNX Runtime threads (default 2)" }),
-      only: z
-        .enum(["sparse", "edge-cache"])
-        .optional()
-        .meta({ description: "run only this part: sparse vs all-experts, or the edge's expert cache" }),
+      only: z.enum(["sparse", "edge-cache", "distributed"]).optional().meta({
+        description:
+          "run only this part: sparse vs all-experts, the edge's expert cache, or experts across three workers",
+      }),
     })
     .strict(),
   scale: z

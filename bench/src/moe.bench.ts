@@ -11,6 +11,13 @@
  * (the graph's expert choices, counted by the engine): each chosen expert runs its SwiGLU
  * on that token once in the sparse path, every expert does in the other. Both paths give
  * the same tokens (checked). `sparse_speedup_vs_all_experts` is the larger shape's.
+ *
+ * `edge_cache`: the same models host-routed (experts outside the graphs) with an expert
+ * cache of 25%, 50% and 100% of all experts' bytes: decode tokens/s and hit rate once warm.
+ * `distributed` (moe/distributed-experts.ts): experts across three workers on the demo
+ * MoE — logits against a single process, expert-call bytes per token, live expert load,
+ * and a host lost mid-generation.
+ * Usage: tandem bench moe [--smoke] [--only sparse|edge-cache|distributed]
  */
 import { existsSync } from "node:fs";
 import { join } from "node:path";
@@ -27,6 +34,10 @@ import { writeRandomCheckpoint, type RandomCheckpointSpec } from "@tandem/runtim
 import type { Benchmark } from "./bench-types.ts";
 import { BENCH_MODELS_DIR, DEMO_MOE_MODEL } from "./bench-paths.ts";
 import { median } from "./statistics.ts";
+import { distributedExperts } from "./moe/distributed-experts.ts";
+
+/** The demo MoE's recommended split (its tandem.json): the workers run layers [3, 6). */
+const DEMO_MOE_SPLIT = 3;
 
 /** The issue's larger shape: hidden 1024, 8 experts × 3584, top 2, 8 layers. */
 const LARGE_MOE: RandomCheckpointSpec = {
@@ -261,7 +272,7 @@ const moe: Benchmark<"moe"> = async ({ smoke, options }) => {
   const rows: Row[] = [];
   const speedups: Record<string, number> = {};
   const edgeRows: EdgeCacheRow[] = [];
-  for (const [name, checkpoint] of models) {
+  for (const [name, checkpoint] of options.only === "distributed" ? [] : models) {
     let produced: number[] | undefined;
     if (options.only !== "edge-cache") {
       const [sparse, all] = await measure(name, checkpoint, { tokens, runs, threads, cacheDir }, log);
@@ -271,7 +282,7 @@ const moe: Benchmark<"moe"> = async ({ smoke, options }) => {
       speedups[name] = Math.round((sparse.decode_tok_s / all.decode_tok_s) * 100) / 100;
       produced = sparse.produced;
     }
-    if (options.only !== "sparse") {
+    if (options.only === undefined || options.only === "edge-cache") {
       // The large shape's misses each read and pack a 42 MB expert: fewer runs.
       const edgeRuns = name === "tandem-demo-moe" ? runs : Math.min(runs, 2);
       edgeRows.push(
@@ -279,6 +290,12 @@ const moe: Benchmark<"moe"> = async ({ smoke, options }) => {
       );
     }
   }
+  // Experts across three workers, on the demo MoE at its recommended split.
+  const distributed =
+    options.only === undefined || options.only === "distributed"
+      ? await distributedExperts(DEMO_MOE_MODEL, models[0][1], DEMO_MOE_SPLIT, smoke ? 4 : tokens, log)
+      : undefined;
+  const largeSparse = rows.find((r) => r.model === label && r.execution === "sparse");
   return {
     name: "moe",
     threads,
@@ -288,7 +305,15 @@ const moe: Benchmark<"moe"> = async ({ smoke, options }) => {
     rows,
     demo_sparse_speedup: speedups["tandem-demo-moe"],
     sparse_speedup_vs_all_experts: speedups[label],
+    mlp_flops_vs_all_experts: largeSparse?.mlp_flops_fraction,
     edge_cache: edgeRows,
+    distributed,
+    ...(distributed && {
+      distributed_max_abs_logit_diff: distributed.distributed_max_abs_logit_diff,
+      expert_bytes_per_token: distributed.expert_bytes_per_token,
+      live_expert_load_max_mean: distributed.live_expert_load_max_mean,
+      host_loss_outputs_identical: distributed.host_loss_outputs_identical,
+    }),
   };
 };
 

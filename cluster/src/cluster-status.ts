@@ -15,6 +15,8 @@ export interface ClusterStatus {
   nodes: {
     id: string;
     endpoint: string;
+    /** Its Experts service (expert parallelism), where it has one. */
+    expertEndpoint?: string;
     alive: boolean;
     draining: boolean;
     sessions: number;
@@ -25,6 +27,8 @@ export interface ClusterStatus {
     expertLoadShare: number;
     /** The expert map version the node reports having taken up. */
     expertMapVersion?: number;
+    /** Experts the node reports having loaded (expert parallelism); undefined when it does not say. */
+    expertsHeld?: number;
     heartbeatAgeMs: number;
   }[];
 }
@@ -57,6 +61,7 @@ export async function clusterStatus(
       return {
         id: n.id,
         endpoint: n.endpoint,
+        expertEndpoint: n.expertEndpoint,
         alive: alive.has(n.id),
         draining: n.draining,
         sessions: n.load.sessions,
@@ -65,6 +70,7 @@ export async function clusterStatus(
         expertReplicas: held.size,
         expertLoadShare: expertLoadTotal > 0 ? expertLoad / expertLoadTotal : 0,
         expertMapVersion: n.load.expertMapVersion,
+        expertsHeld: n.load.heldExperts?.length,
         heartbeatAgeMs: now - n.heartbeatAt,
       };
     });

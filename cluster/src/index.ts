@@ -13,6 +13,7 @@ export {
 export {
   EXPERT_LOAD_REPORT_SCHEMA,
   expertsOf,
+  replicasOf,
   openExpertMap,
   openShardMap,
   ownerOf,

@@ -16,6 +16,8 @@ const NODE_RECORD_SCHEMA = z.object({
   role: z.literal("cloud-worker"),
   /** host:port of the node's gRPC service. */
   endpoint: z.string().min(1),
+  /** host:port of its tandem.v1.Experts service, for other workers only (expert parallelism). */
+  expertEndpoint: z.string().min(1).optional(),
   /** Relative capacity for KV shards. */
   weight: z.number().positive(),
   /** Expert replicas the node's memory holds. */
@@ -25,6 +27,14 @@ const NODE_RECORD_SCHEMA = z.object({
     sessions: z.int().min(0),
     kvBytes: z.number().min(0),
     expertMapVersion: z.int().min(0).optional(),
+    /**
+     * MoE with expert parallelism: the experts the node has loaded, by expert-map id
+     * ((layer − split)·experts + expert) — what it holds, beside what the map assigns it.
+     */
+    heldExperts: z
+      .array(z.int().min(0))
+      .max(1 << 16)
+      .optional(),
   }),
   /** Planned removal: the node takes no new shards and hands its shards away. */
   draining: z.boolean(),

@@ -41,6 +41,8 @@ const EXPERT_MAP_SCHEMA = z.object({
    * A router picks a replica with these weights (absent in maps from older leaders: even).
    */
   shares: z.record(z.string().regex(/^\d+$/), z.array(z.number().min(0).max(1))).optional(),
+  /** node id → its Experts service, for workers that call other workers' experts (absent in older maps). */
+  endpoints: z.record(nodeId, z.string().min(1)).optional(),
   /** The activation counts of the window it was planned from. */
   loads: z.array(z.number().min(0)),
   /** Expected max/mean worker load under those counts. */
@@ -83,6 +85,19 @@ export function ownerOf(
   const owner = record.shards[String(sessionShard(sessionId, record.shardCount))];
   const endpoint = owner === undefined ? undefined : record.endpoints[owner];
   return owner !== undefined && endpoint !== undefined ? { nodeId: owner, endpoint } : undefined;
+}
+
+/** The replicas of an expert under a map, each with its node's endpoint and share; [] when none. */
+export function replicasOf(
+  record: ExpertMapRecord,
+  expert: number,
+): { nodeId: string; endpoint?: string; share: number }[] {
+  const holders = record.experts[String(expert)] ?? [];
+  return holders.map((nodeId, row) => ({
+    nodeId,
+    endpoint: record.endpoints?.[nodeId],
+    share: record.shares?.[String(expert)]?.[row] ?? 1 / holders.length,
+  }));
 }
 
 /** The replicas a node holds under an expert map: expert id → its share of that expert's tokens. */

@@ -18,6 +18,8 @@ import {
   edgeSegmentSpec,
   type ExitHeadSpec,
   type ExitPolicy,
+  FREED_MEMORY_ENV,
+  freedExpertMemoryReturned,
   HostRoutedMoeModel,
   loadCheckpoint,
   policyForTarget,
@@ -136,6 +138,11 @@ export async function startEdgeAgent(
   if (config.expertBudgetMb !== undefined) {
     if (!checkpoint.config.numExperts)
       throw new InvalidArgumentError("expertBudgetMb", "applies to MoE models; this one is dense");
+    if (!freedExpertMemoryReturned())
+      log.warn(
+        { env: `${FREED_MEMORY_ENV.name}=${FREED_MEMORY_ENV.value}` },
+        "experts the agent drops will stay in its memory: start it with this variable (the systemd unit sets it)",
+      );
     // The experts run outside the graphs, from a cache under the budget (EdgeMoE).
     lowerModel = await HostRoutedMoeModel.load(
       checkpoint,

@@ -10,6 +10,8 @@ import type protobuf from "protobufjs/light.js";
 import { InvalidArgumentError } from "@tandem/common";
 import { TANDEM_DESCRIPTOR } from "./generated/descriptor.ts";
 import type { CloudWorkerClient, CloudWorkerDefinition } from "./generated/tandem/v1/CloudWorker.ts";
+import type { ExpertsClient, ExpertsDefinition } from "./generated/tandem/v1/Experts.ts";
+import type { ExpertRunRequest__Output } from "./generated/tandem/v1/ExpertRunRequest.ts";
 import type { EdgeMessage__Output } from "./generated/tandem/v1/EdgeMessage.ts";
 import type { GenerateRequest__Output } from "./generated/tandem/v1/GenerateRequest.ts";
 import type { ListModelsRequest__Output } from "./generated/tandem/v1/ListModelsRequest.ts";
@@ -51,6 +53,7 @@ export interface TandemServices {
     v1: {
       Inference: GrpcClientConstructor<InferenceClient, InferenceDefinition>;
       CloudWorker: GrpcClientConstructor<CloudWorkerClient, CloudWorkerDefinition>;
+      Experts: GrpcClientConstructor<ExpertsClient, ExpertsDefinition>;
     };
   };
   grpc: { health: { v1: { Health: GrpcClientConstructor<HealthClient, HealthDefinition> } } };
@@ -74,6 +77,7 @@ export function loadTandemProtos(): TandemServices {
         v1: {
           Inference: clientConstructorOf(root, "tandem.v1.Inference", MESSAGE_CONVERSION),
           CloudWorker: clientConstructorOf(root, "tandem.v1.CloudWorker", MESSAGE_CONVERSION),
+          Experts: clientConstructorOf(root, "tandem.v1.Experts", MESSAGE_CONVERSION),
         },
       },
       grpc: {
@@ -87,6 +91,7 @@ export function loadTandemProtos(): TandemServices {
 /** The requests servers take as bytes (withUndecodedRequests) and decode with decodeRequest, by message name. */
 export interface UndecodedRequests {
   "tandem.v1.EdgeMessage": EdgeMessage__Output;
+  "tandem.v1.ExpertRunRequest": ExpertRunRequest__Output;
   "tandem.v1.GenerateRequest": GenerateRequest__Output;
   "tandem.v1.ListModelsRequest": ListModelsRequest__Output;
 }
@@ -131,6 +136,9 @@ export async function loadReflectionDefinition(): Promise<protoLoader.PackageDef
 
 export type { CloudWorkerClient } from "./generated/tandem/v1/CloudWorker.ts";
 export type { CloudWorkerHandlers } from "./generated/tandem/v1/CloudWorker.ts";
+export type { ExpertsClient, ExpertsHandlers } from "./generated/tandem/v1/Experts.ts";
+export type { ExpertRunRequest, ExpertRunRequest__Output } from "./generated/tandem/v1/ExpertRunRequest.ts";
+export type { ExpertRunReply, ExpertRunReply__Output } from "./generated/tandem/v1/ExpertRunReply.ts";
 export type { InferenceClient, InferenceHandlers } from "./generated/tandem/v1/Inference.ts";
 export type { EdgeMessage, EdgeMessage__Output } from "./generated/tandem/v1/EdgeMessage.ts";
 export type { CloudMessage, CloudMessage__Output } from "./generated/tandem/v1/CloudMessage.ts";

@@ -54,8 +54,18 @@ export {
   type SegmentModelOptions,
   type SegmentRunner,
 } from "./engine/segment-model.ts";
-export { HostRoutedMoeModel, type HostRoutedMoeOptions } from "./engine/host-routed-moe-model.ts";
-export { ExpertCache, type ExpertCacheOptions, type ExpertCacheStats } from "./engine/expert-cache.ts";
+export {
+  type ExpertRunner,
+  HostRoutedMoeModel,
+  type HostRoutedMoeOptions,
+} from "./engine/host-routed-moe-model.ts";
+export {
+  ExpertCache,
+  type ExpertCacheOptions,
+  type ExpertCacheStats,
+  FREED_MEMORY_ENV,
+  freedExpertMemoryReturned,
+} from "./engine/expert-cache.ts";
 export { KV_BLOCK_POSITIONS } from "./engine/kv-slot.ts";
 export {
   SegmentSessions,
@@ -132,6 +142,7 @@ export {
   SessionMovedError,
   checkFrameReply,
   checkOpenedReply,
+  codecFromWire,
   codecToWire,
   frameMessage,
   movedReply,

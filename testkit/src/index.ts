@@ -2,6 +2,7 @@
 export {
   escalateStream,
   generate,
+  type GenerateResult,
   healthClient,
   healthList,
   healthStatus,

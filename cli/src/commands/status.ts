@@ -55,11 +55,11 @@ export const statusCommand: CommandDefinition<typeof STATUS_OPTIONS> = {
         `experts: version ${status.experts.version}, ${status.experts.experts} experts in ${status.experts.replicas} replicas, expected max/mean load ${status.experts.maxMeanLoad.toFixed(3)}`,
       );
     console.log(
-      "node           endpoint               alive  draining  sessions  kv MiB  shards  experts  expert load  map seen",
+      "node           endpoint               alive  draining  sessions  kv MiB  shards  experts  held  expert load  map seen",
     );
     for (const n of status.nodes) {
       console.log(
-        `${n.id.padEnd(14)} ${n.endpoint.padEnd(22)} ${String(n.alive).padEnd(6)} ${String(n.draining).padEnd(9)} ${String(n.sessions).padStart(8)} ${(n.kvBytes / 2 ** 20).toFixed(1).padStart(7)} ${String(n.shards).padStart(7)} ${String(n.expertReplicas).padStart(8)} ${`${(100 * n.expertLoadShare).toFixed(1)}%`.padStart(12)} ${String(n.expertMapVersion ?? "-").padStart(9)}`,
+        `${n.id.padEnd(14)} ${n.endpoint.padEnd(22)} ${String(n.alive).padEnd(6)} ${String(n.draining).padEnd(9)} ${String(n.sessions).padStart(8)} ${(n.kvBytes / 2 ** 20).toFixed(1).padStart(7)} ${String(n.shards).padStart(7)} ${String(n.expertReplicas).padStart(8)} ${String(n.expertsHeld ?? "-").padStart(5)} ${`${(100 * n.expertLoadShare).toFixed(1)}%`.padStart(12)} ${String(n.expertMapVersion ?? "-").padStart(9)}`,
       );
     }
     return 0;

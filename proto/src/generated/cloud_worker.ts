@@ -7,6 +7,9 @@ import type { CloudMessage as _tandem_v1_CloudMessage, CloudMessage__Output as _
 import type { CloudWorkerClient as _tandem_v1_CloudWorkerClient, CloudWorkerDefinition as _tandem_v1_CloudWorkerDefinition } from './tandem/v1/CloudWorker.js';
 import type { ContextLost as _tandem_v1_ContextLost, ContextLost__Output as _tandem_v1_ContextLost__Output } from './tandem/v1/ContextLost.js';
 import type { EdgeMessage as _tandem_v1_EdgeMessage, EdgeMessage__Output as _tandem_v1_EdgeMessage__Output } from './tandem/v1/EdgeMessage.js';
+import type { ExpertRunReply as _tandem_v1_ExpertRunReply, ExpertRunReply__Output as _tandem_v1_ExpertRunReply__Output } from './tandem/v1/ExpertRunReply.js';
+import type { ExpertRunRequest as _tandem_v1_ExpertRunRequest, ExpertRunRequest__Output as _tandem_v1_ExpertRunRequest__Output } from './tandem/v1/ExpertRunRequest.js';
+import type { ExpertsClient as _tandem_v1_ExpertsClient, ExpertsDefinition as _tandem_v1_ExpertsDefinition } from './tandem/v1/Experts.js';
 import type { HiddenStateFrame as _tandem_v1_HiddenStateFrame, HiddenStateFrame__Output as _tandem_v1_HiddenStateFrame__Output } from './tandem/v1/HiddenStateFrame.js';
 import type { OpenSession as _tandem_v1_OpenSession, OpenSession__Output as _tandem_v1_OpenSession__Output } from './tandem/v1/OpenSession.js';
 import type { SessionMoved as _tandem_v1_SessionMoved, SessionMoved__Output as _tandem_v1_SessionMoved__Output } from './tandem/v1/SessionMoved.js';
@@ -27,6 +30,15 @@ export interface ProtoGrpcType {
       CloudWorker: SubtypeConstructor<typeof grpc.Client, _tandem_v1_CloudWorkerClient> & { service: _tandem_v1_CloudWorkerDefinition }
       ContextLost: MessageTypeDefinition<_tandem_v1_ContextLost, _tandem_v1_ContextLost__Output>
       EdgeMessage: MessageTypeDefinition<_tandem_v1_EdgeMessage, _tandem_v1_EdgeMessage__Output>
+      ExpertRunReply: MessageTypeDefinition<_tandem_v1_ExpertRunReply, _tandem_v1_ExpertRunReply__Output>
+      ExpertRunRequest: MessageTypeDefinition<_tandem_v1_ExpertRunRequest, _tandem_v1_ExpertRunRequest__Output>
+      /**
+       * Expert parallelism between cloud workers: the worker running a session's attention and
+       * routers sends the rows routed to an expert it does not hold to a worker that does (a
+       * replica in the expert map), one call per expert and step, and combines the answers.
+       * Callers are other workers; over mutual TLS the service is not offered (see SECURITY.md).
+       */
+      Experts: SubtypeConstructor<typeof grpc.Client, _tandem_v1_ExpertsClient> & { service: _tandem_v1_ExpertsDefinition }
       HiddenStateCodec: EnumTypeDefinition
       HiddenStateFrame: MessageTypeDefinition<_tandem_v1_HiddenStateFrame, _tandem_v1_HiddenStateFrame__Output>
       OpenSession: MessageTypeDefinition<_tandem_v1_OpenSession, _tandem_v1_OpenSession__Output>

@@ -636,6 +636,58 @@ export const TANDEM_DESCRIPTOR = {
                   "id": 2
                 }
               }
+            },
+            "Experts": {
+              "methods": {
+                "Run": {
+                  "requestType": "ExpertRunRequest",
+                  "responseType": "ExpertRunReply"
+                }
+              }
+            },
+            "ExpertRunRequest": {
+              "fields": {
+                "weightsHash": {
+                  "type": "string",
+                  "id": 1
+                },
+                "layer": {
+                  "type": "uint32",
+                  "id": 2
+                },
+                "expert": {
+                  "type": "uint32",
+                  "id": 3
+                },
+                "rows": {
+                  "type": "uint32",
+                  "id": 4
+                },
+                "hiddenSize": {
+                  "type": "uint32",
+                  "id": 5
+                },
+                "codec": {
+                  "type": "HiddenStateCodec",
+                  "id": 6
+                },
+                "payload": {
+                  "type": "bytes",
+                  "id": 7
+                }
+              }
+            },
+            "ExpertRunReply": {
+              "fields": {
+                "payload": {
+                  "type": "bytes",
+                  "id": 1
+                },
+                "workerId": {
+                  "type": "string",
+                  "id": 2
+                }
+              }
             }
           }
         }

@@ -27,9 +27,22 @@ import {
   type SegmentRunOutput,
 } from "./segment-model.ts";
 
+/** Runs one expert on rows of its input ([rows, hidden] → [rows, hidden], unweighted). */
+export type ExpertRunner = (
+  layer: number,
+  expert: number,
+  input: Float32Array,
+  rows: number,
+) => Promise<Float32Array>;
+
 export interface HostRoutedMoeOptions extends SegmentModelOptions {
   /** The expert cache: budget, per-expert formats. @default every expert resident once used */
   experts?: ExpertCacheOptions;
+  /**
+   * Where experts run, given the local cache: e.g. on the workers an expert map places
+   * them (expert parallelism). @default the local cache
+   */
+  expertRunner?: (local: ExpertCache) => ExpertRunner;
 }
 
 export class HostRoutedMoeModel implements SegmentRunner {
@@ -45,6 +58,7 @@ export class HostRoutedMoeModel implements SegmentRunner {
     /** Per exit layer (the final head's is numLayers): the graph that evaluates it. */
     private readonly heads: Map<number, SegmentModel>,
     readonly experts: ExpertCache,
+    private readonly runExpert: ExpertRunner,
   ) {
     this.config = checkpoint.config;
     this.weightsHash = checkpoint.weightsHash;
@@ -108,7 +122,10 @@ export class HostRoutedMoeModel implements SegmentRunner {
           ...options.experts,
         },
       );
-      return new HostRoutedMoeModel(spec, checkpoint, layers, heads, experts);
+      const runner: ExpertRunner =
+        options.expertRunner?.(experts) ??
+        ((layer, expert, input, rows) => experts.run(layer, expert, input, rows));
+      return new HostRoutedMoeModel(spec, checkpoint, layers, heads, experts, runner);
     } catch (error) {
       await Promise.all(loaded.map((m) => m.release()));
       throw error;
@@ -179,11 +196,19 @@ export class HostRoutedMoeModel implements SegmentRunner {
       }
     }
     const mixed = new Float32Array(positions * h);
-    for (const expert of [...routed.keys()].sort((a, b) => a - b)) {
+    const experts = [...routed.keys()].sort((a, b) => a - b);
+    // All at once (remote experts answer in parallel), combined in ascending order.
+    const outputs = await Promise.all(
+      experts.map((expert) => {
+        const { rows } = routed.get(expert)!;
+        const input = new Float32Array(rows.length * h);
+        rows.forEach((row, r) => input.set(moe.input.subarray(row * h, (row + 1) * h), r * h));
+        return this.runExpert(moe.layer, expert, input, rows.length);
+      }),
+    );
+    for (const [i, expert] of experts.entries()) {
       const { rows, weights } = routed.get(expert)!;
-      const input = new Float32Array(rows.length * h);
-      rows.forEach((row, r) => input.set(moe.input.subarray(row * h, (row + 1) * h), r * h));
-      const output = await this.experts.run(moe.layer, expert, input, rows.length);
+      const output = outputs[i];
       rows.forEach((row, r) => {
         const weight = weights[r];
         const base = row * h;

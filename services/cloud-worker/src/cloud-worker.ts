@@ -13,14 +13,18 @@ import {
 import {
   DEFAULT_ESCALATION_LIMITS,
   cloudSegmentSpec,
+  FREED_MEMORY_ENV,
+  freedExpertMemoryReturned,
+  HostRoutedMoeModel,
   loadCheckpoint,
   SegmentModel,
+  type SegmentRunner,
   SegmentSessions,
   type WeightFormat,
   splitIdentityOf,
 } from "@tandem/runtime";
 import type { NatsCredentials } from "@tandem/cluster";
-import { HOST_PORT_PATTERN, InvalidArgumentError, type Logger } from "@tandem/common";
+import { HOST_PORT_PATTERN, InvalidArgumentError, type Logger, type Progress } from "@tandem/common";
 import type { Registry } from "@tandem/common/metrics";
 import { ContextManager } from "./context-manager.ts";
 // Loaded only by a worker that joins a cluster: a standalone one never loads the NATS client.
@@ -35,6 +39,8 @@ import {
   type WorkerCounters,
 } from "./escalation-service.ts";
 import type { WorkerMetrics } from "./worker-metrics.ts";
+import { ExpertParallelism, type ExpertParallelismOptions } from "./expert-parallelism.ts";
+import { expertsHandlers, type ExpertsServiceCounters, maxExpertRequestBytes } from "./experts-service.ts";
 
 export interface CloudWorkerOptions {
   modelDir: string;
@@ -51,6 +57,17 @@ export interface CloudWorkerOptions {
   /** Positions one step runs (DecodeBatcherOptions.stepTokenBudget). @default 256 */
   stepTokenBudget?: number;
   weightFormat?: WeightFormat;
+  /**
+   * MoE: run experts where the expert map places them (this worker's in-process, others'
+   * over Experts/Run) and hold only this worker's. Plaintext only. @default every expert here
+   */
+  expertParallel?: ExpertParallelismOptions & {
+    /**
+     * Port of the Experts service, a server of its own on `host` so that only other workers
+     * reach it (the chart's network policy), never the devices of the public port. @default 0 (a free port)
+     */
+    port?: number;
+  };
   cacheDir?: string;
   /** Mutual TLS with devices: this worker's certificate and the deployment's CA. @default plaintext */
   tls?: Required<ServerTlsFiles> & { crl?: string };
@@ -82,6 +99,8 @@ export interface CloudWorker {
   batcher: DecodeBatcher;
   counters: WorkerCounters;
   membership?: ClusterMembership;
+  /** With expertParallel: where this worker's experts ran, and the calls it answered for others. */
+  experts?: { parallelism: ExpertParallelism; served: ExpertsServiceCounters; server: RunningServer };
   /** Planned stop: drain shards away first (when in a cluster), then stop serving. */
   close(graceMs?: number): Promise<void>;
 }
@@ -109,15 +128,49 @@ export async function startCloudWorker(options: CloudWorkerOptions, log: Logger)
       `must be in [1, ${layers - 1}] for a ${layers}-layer model, got ${options.split}`,
     );
   }
-  const model = await SegmentModel.load(
-    checkpoint,
-    cloudSegmentSpec(options.split, layers, options.weightFormat ?? "fp32"),
-    {
-      threads: options.threads ?? 1,
-      cacheDir: options.cacheDir,
-      onProgress: (progress) => log.info(progress, "building the segment graph"),
-    },
-  );
+  const spec = cloudSegmentSpec(options.split, layers, options.weightFormat ?? "fp32");
+  const modelOptions = {
+    threads: options.threads ?? 1,
+    cacheDir: options.cacheDir,
+    onProgress: (progress: Progress) => log.info(progress, "building the segment graph"),
+  };
+  let model: SegmentRunner;
+  let expertParallelism: ExpertParallelism | undefined;
+  if (options.expertParallel) {
+    const { numExperts } = checkpoint.config;
+    if (!numExperts)
+      throw new InvalidArgumentError("expertParallel", "applies to MoE models; this one is dense");
+    // Workers would call each other with device-style certificates, which only devices get.
+    if (options.tls)
+      throw new InvalidArgumentError(
+        "expertParallel",
+        "is not offered over TLS yet (workers hold no client certificates)",
+      );
+    if (!freedExpertMemoryReturned())
+      log.warn(
+        { env: `${FREED_MEMORY_ENV.name}=${FREED_MEMORY_ENV.value}` },
+        "experts this worker drops will stay in its memory: start it with this variable (the image sets it)",
+      );
+    expertParallelism = new ExpertParallelism(
+      {
+        workerId: options.workerId,
+        weightsHash: checkpoint.weightsHash,
+        hiddenSize: checkpoint.config.hiddenSize,
+        split: options.split,
+        numLayers: layers,
+        numExperts,
+      },
+      options.expertParallel,
+      log,
+    );
+    model = await HostRoutedMoeModel.load(
+      checkpoint,
+      { ...spec, moeExecution: "host" },
+      { ...modelOptions, expertRunner: expertParallelism.runnerFor },
+    );
+  } else {
+    model = await SegmentModel.load(checkpoint, spec, modelOptions);
+  }
   // The graph is built (or was cached): a weight decoded for it is needed no more.
   checkpoint.releaseWeights?.();
   const batching = options.batching ?? true;
@@ -180,6 +233,24 @@ export async function startCloudWorker(options: CloudWorkerOptions, log: Logger)
       maxReceiveMessageBytes: maxMessageBytes(limits, checkpoint.config.hiddenSize),
     },
   );
+  const expertCounters: ExpertsServiceCounters = { calls: 0, rows: 0, refused: 0 };
+  const expertServer =
+    expertParallelism &&
+    (await startGrpcServer(
+      [
+        {
+          name: "tandem.v1.Experts",
+          definition: withUndecodedRequests(protos.tandem.v1.Experts.service),
+          handlers: expertsHandlers(expertParallelism.host(), expertCounters, log),
+        },
+      ],
+      {
+        host,
+        port: options.expertParallel?.port ?? 0,
+        log,
+        maxReceiveMessageBytes: maxExpertRequestBytes(checkpoint.config.hiddenSize),
+      },
+    ));
   log.info(
     {
       address: server.address,
@@ -189,6 +260,10 @@ export async function startCloudWorker(options: CloudWorkerOptions, log: Logger)
     },
     "cloud worker serving",
   );
+  if (expertServer) log.info({ address: expertServer.address }, "experts served to other workers");
+  // Other workers reach the Experts service at the advertised host, on its own port.
+  const advertised = options.cluster?.advertise ?? server.address;
+  const expertEndpoint = expertServer && withPort(advertised, expertServer.port);
   const membership = options.cluster
     ? await (
         await import("./cluster-membership.ts")
@@ -198,13 +273,16 @@ export async function startCloudWorker(options: CloudWorkerOptions, log: Logger)
           natsCredentials: options.cluster.natsCredentials,
           cluster: options.cluster.name,
           nodeId: options.workerId,
-          endpoint: options.cluster.advertise ?? server.address,
+          endpoint: advertised,
+          expertEndpoint,
           weight: options.cluster.weight,
           heartbeatMs: options.cluster.heartbeatMs,
           drainTimeoutMs: options.cluster.drainTimeoutMs,
           expertSlots:
             options.cluster.expertSlots ?? (checkpoint.config.numExperts ?? 0) * (layers - options.split),
           takeExpertCounts: () => model.takeExpertCounts(),
+          heldExperts: expertParallelism && (() => expertParallelism.heldExperts()),
+          onExpertMap: expertParallelism && ((map, held) => expertParallelism.onExpertMap(map, held)),
         },
         contexts,
         log,
@@ -217,6 +295,8 @@ export async function startCloudWorker(options: CloudWorkerOptions, log: Logger)
     batcher,
     counters,
     membership,
+    experts: expertParallelism &&
+      expertServer && { parallelism: expertParallelism, served: expertCounters, server: expertServer },
     async close(graceMs) {
       if (membership) {
         // Out of load balancers' rotation at once; edges keep reaching it until their shards move.
@@ -226,10 +306,17 @@ export async function startCloudWorker(options: CloudWorkerOptions, log: Logger)
         await membership.stop();
       }
       await server.shutdown(graceMs);
+      await expertServer?.shutdown(graceMs);
       log.info("stopped serving");
+      expertParallelism?.close();
       await model.release();
     },
   };
+}
+
+/** `address` (host:port, an IPv6 host in brackets) with another port. */
+function withPort(address: string, port: number): string {
+  return `${address.slice(0, address.lastIndexOf(":"))}:${port}`;
 }
 
 /**

@@ -29,6 +29,7 @@ export class ClusterMembership {
   private draining = false;
   private timer?: NodeJS.Timeout;
   private expertMap?: { version: number; held: Map<number, number> };
+  private expertMapRecord?: ExpertMapRecord;
 
   private constructor(
     private readonly nc: NatsConnection,
@@ -93,9 +94,15 @@ export class ClusterMembership {
         id: this.options.nodeId,
         role: "cloud-worker",
         endpoint: this.options.endpoint,
+        expertEndpoint: this.options.expertEndpoint,
         weight: this.options.weight ?? DEFAULT_MEMBERSHIP_OPTIONS.weight,
         expertSlots: this.options.expertSlots ?? 0,
-        load: { sessions: stats.sessions, kvBytes: stats.kvBytes, expertMapVersion: this.expertMap?.version },
+        load: {
+          sessions: stats.sessions,
+          kvBytes: stats.kvBytes,
+          expertMapVersion: this.expertMap?.version,
+          heldExperts: this.options.heldExperts?.(),
+        },
         draining: this.draining,
       })
       .catch((error: Error) => this.log.warn({ err: error.message }, "heartbeat failed"));
@@ -114,14 +121,22 @@ export class ClusterMembership {
   }
 
   /**
-   * A new expert map: take up this worker's replicas and their token shares. Every worker
-   * holds all experts of its layers today, so taking up is recording (and reporting the
-   * version in the heartbeat, so the leader and `tandem status` see the map converge).
+   * A new expert map: take up this worker's replicas and their token shares (reported by
+   * version in the heartbeat, so the leader and `tandem status` see the map converge). A
+   * worker with expert parallelism loads the experts it gained and later frees those it
+   * lost (onExpertMap); one without holds every expert of its layers.
    */
   private onExpertMap(map: ExpertMapRecord): void {
     const held = expertsOf(map, this.options.nodeId);
     this.expertMap = { version: map.version, held };
+    this.expertMapRecord = map;
     this.log.info({ version: map.version, replicas: held.size }, "expert map taken up");
+    this.options.onExpertMap?.(map, held);
+  }
+
+  /** The latest expert map taken up, whole: where other workers' experts are. */
+  currentExpertMap(): ExpertMapRecord | undefined {
+    return this.expertMapRecord;
   }
 
   /** This worker's expert replicas under the latest expert map (expert → share), and its version. */

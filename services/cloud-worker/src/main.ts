@@ -31,6 +31,14 @@ export const WORKER_PROGRAM: ProgramDefinition<typeof WORKER_CONFIG_SCHEMA> = {
         maxBatch: config.maxBatch,
         stepTokenBudget: config.stepTokenBudget,
         weightFormat: config.weights,
+        expertParallel: config.expertParallel
+          ? {
+              port: config.expertPort,
+              codec: config.expertCodec,
+              deadlineMs: config.expertDeadlineMs,
+              handoverMs: config.expertHandoverMs,
+            }
+          : undefined,
         tls:
           config.tlsCert && config.tlsKey && config.tlsCa
             ? { cert: config.tlsCert, key: config.tlsKey, ca: config.tlsCa, crl: config.tlsCrl }

@@ -7,7 +7,8 @@ import {
   NATS_CREDENTIAL_SETTINGS,
   requireTogether,
 } from "@tandem/common";
-import { RUNTIME_SETTINGS } from "@tandem/runtime";
+import { CODEC_NAMES, RUNTIME_SETTINGS } from "@tandem/runtime";
+import { DEFAULT_EXPERT_PARALLELISM_OPTIONS } from "./expert-parallelism.ts";
 import { DEFAULT_MEMBERSHIP_OPTIONS } from "./membership-options.ts";
 import { DEFAULT_CONTEXT_MANAGER_OPTIONS } from "./context-manager.ts";
 import { DEFAULT_DECODE_BATCHER_OPTIONS, MIN_PREFILL_CHUNK } from "./decode-batcher.ts";
@@ -72,6 +73,25 @@ export const WORKER_CONFIG_SCHEMA = z
     expertSlots: z.int().min(0).optional().meta({
       description:
         "MoE: expert replicas this worker holds, for the expert planner (default: every expert of its layers)",
+    }),
+    expertParallel: z.boolean().default(false).meta({
+      description:
+        "MoE: hold only the experts the expert map assigns this worker and call other workers for the rest (Experts/Run; plaintext only)",
+    }),
+    expertPort: z.int().min(0).max(65535).default(50053).meta({
+      description:
+        "expertParallel: port of tandem.v1.Experts on host, a server of its own for other workers only (0 picks one)",
+    }),
+    expertCodec: z.enum(CODEC_NAMES).default(DEFAULT_EXPERT_PARALLELISM_OPTIONS.codec).meta({
+      description:
+        "expertParallel: codec of expert calls between workers (fp32: outputs equal a single process's)",
+    }),
+    expertDeadlineMs: durationMs(1).default(DEFAULT_EXPERT_PARALLELISM_OPTIONS.deadlineMs).meta({
+      description: "expertParallel: longest wait for another worker's expert answer before the next replica",
+    }),
+    expertHandoverMs: durationMs(0).default(DEFAULT_EXPERT_PARALLELISM_OPTIONS.handoverMs).meta({
+      description:
+        "expertParallel: how long experts a new map moved away are still served before they are freed",
     }),
     maxSessions: z
       .int()

@@ -118,6 +118,8 @@ export class ExpertPlanner {
         fencingToken,
         experts: Object.fromEntries([...plan.placement].map(([e, w]) => [String(e), w])),
         shares: Object.fromEntries([...plan.shares].map(([e, s]) => [String(e), s])),
+        // Where other workers call a host's experts: its Experts service.
+        endpoints: Object.fromEntries(hosts.map((n) => [n.id, n.expertEndpoint ?? n.endpoint])),
         loads,
         maxMeanLoad: plan.maxMeanLoad,
         writtenAt: now,
