@@ -537,7 +537,7 @@ describe("the Helm chart", () => {
     expect(load(leaseTtlMs.minimum, tickMs.minimum - 1)).toThrow(/^tickMs: /);
   });
 
-  it("turns expert parallelism on in plaintext, its Experts port reachable by the workers alone", () => {
+  it("turns expert parallelism on, its Experts port reachable by the workers alone", () => {
     const manifests = render(
       "cloudWorker.tls.secretName=",
       "cloudWorker.insecure=true",
@@ -565,6 +565,14 @@ describe("the Helm chart", () => {
       from: [{ ipBlock: { cidr: "10.0.0.0/8" } }],
     });
     for (const m of manifests) expect(() => new (modelOf(m))(m).validate()).not.toThrow();
+    // Over TLS too: the same Secret serves both ports.
+    const secured = environmentOf(
+      containerOf(render("cloudWorker.expertParallel=true"), "StatefulSet", "cloud-worker"),
+    );
+    expect(secured).toMatchObject({
+      TANDEM_WORKER_EXPERT_PARALLEL: "true",
+      TANDEM_WORKER_TLS_CERT: "/etc/tandem/tls/tls.crt",
+    });
     // Off by default: no variable, no port, no extra rule.
     const plain = render("cloudWorker.tls.secretName=", "cloudWorker.insecure=true");
     const plainContainer = containerOf(plain, "StatefulSet", "cloud-worker");
@@ -595,7 +603,6 @@ describe("the Helm chart", () => {
       ["metrics.port=0", /metrics\/port.*minimum/],
       ["metrics.serviceMonitor.interval=soon", /metrics\/serviceMonitor\/interval/],
       ["metrics.serviceMonitr.enabled=true", /metrics.*serviceMonitr/],
-      ["cloudWorker.expertParallel=true", /cloudWorker\.expertParallel is not offered over TLS yet/],
       ["cloudWorker.expertParallel=yes", /cloudWorker\/expertParallel/],
     ];
     for (const [set, message] of bad) {

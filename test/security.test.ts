@@ -380,10 +380,12 @@ describe("a worker serving mutual TLS", () => {
     expect((await healthy.status).code).toBe(grpc.status.OK);
   }, 30_000);
 
-  it("refuses a certificate of the CA that is not for client authentication (the worker's own) at the handshake", async () => {
+  it("refuses a certificate of the CA that is a server's, not a device's (the worker's own): UNAUTHENTICATED", async () => {
     const s = rawStream(channelCredentials({ ca: caPaths(certs).cert, ...serverPaths(certs, "worker") }));
     s.send(open("x"));
-    expect((await s.status).code).toBe(grpc.status.UNAVAILABLE);
+    const status = await s.status;
+    expect(status.code).toBe(grpc.status.UNAUTHENTICATED);
+    expect(status.details).toMatch(/the certificate of "worker" is a server's, not a device's/);
     s.end();
   });
 });

@@ -4,7 +4,8 @@
  * What `tandem certs` writes; the tests issue their certificates the same way.
  *
  *   DIR/ca.pem, ca.key                 the CA (key 0600)
- *   DIR/servers/NAME.pem, NAME.key     a server's certificate (serverAuth; its SANs)
+ *   DIR/servers/NAME.pem, NAME.key     a server's certificate (serverAuth, and clientAuth so a
+ *                                      worker can call other workers' Experts; its SANs)
  *   DIR/devices/ID.pem, ID.key         a device's certificate (clientAuth; CN = device id)
  *   DIR/devices/ID.serials             every serial number issued to the device, one a line
  *   DIR/revoked.crl                    the CA's revocation list (PEM), re-signed on revoke
@@ -112,7 +113,8 @@ export async function issueServerCertificate(
     dir,
     serverPaths(dir, name),
     name,
-    x509.ExtendedKeyUsage.serverAuth,
+    // clientAuth too: a worker presents it when it calls another worker's Experts service.
+    [x509.ExtendedKeyUsage.serverAuth, x509.ExtendedKeyUsage.clientAuth],
     altNames,
     options.days,
   );
@@ -133,7 +135,7 @@ export async function issueDeviceCertificate(
     dir,
     devicePaths(dir, id),
     id,
-    x509.ExtendedKeyUsage.clientAuth,
+    [x509.ExtendedKeyUsage.clientAuth],
     [],
     options.days,
     deviceSerialsPath(dir, id),
@@ -180,7 +182,7 @@ async function issueLeaf(
   dir: string,
   paths: CertificatePaths,
   commonName: string,
-  usage: x509.ExtendedKeyUsage,
+  usages: x509.ExtendedKeyUsage[],
   altNames: x509.JsonGeneralName[],
   days: number = DEFAULT_CERTIFICATE_DAYS.leaf,
   /** Where the serial number is recorded (appended), if anywhere. */
@@ -192,7 +194,7 @@ async function issueLeaf(
   const extensions: x509.Extension[] = [
     new x509.BasicConstraintsExtension(false, undefined, true),
     new x509.KeyUsagesExtension(x509.KeyUsageFlags.digitalSignature, true),
-    new x509.ExtendedKeyUsageExtension([usage]),
+    new x509.ExtendedKeyUsageExtension(usages),
     await x509.AuthorityKeyIdentifierExtension.create(ca.cert),
   ];
   if (altNames.length > 0) extensions.push(new x509.SubjectAlternativeNameExtension(altNames));

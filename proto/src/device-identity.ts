@@ -7,6 +7,7 @@ import type * as grpc from "@grpc/grpc-js";
 import { UnauthenticatedError } from "@tandem/common";
 
 const CLIENT_AUTH_OID = "1.3.6.1.5.5.7.3.2";
+const SERVER_AUTH_OID = "1.3.6.1.5.5.7.3.1";
 
 /**
  * Device ids (and server names): what a file name and a certificate CN can both carry, and
@@ -47,10 +48,45 @@ export function deviceOf(
   // at all, as fit for any purpose: this refuses that one.
   if (!(peer.ext_key_usage ?? []).includes(CLIENT_AUTH_OID))
     throw new UnauthenticatedError(`the certificate of "${deviceId}" is not for client authentication`);
+  // Workers' certificates are for client authentication too (they call each other's
+  // Experts); a worker is not a device.
+  if ((peer.ext_key_usage ?? []).includes(SERVER_AUTH_OID))
+    throw new UnauthenticatedError(`the certificate of "${deviceId}" is a server's, not a device's`);
   return { deviceId, serial: normalizeSerial(peer.serialNumber) };
 }
 
 /** Serial numbers compare as lowercase hex without leading zeros. */
 export function normalizeSerial(serial: string): string {
   return serial.toLowerCase().replace(/^0+(?=.)/, "");
+}
+
+/** A worker calling another worker over mutual TLS (expert parallelism). */
+export interface WorkerPeer {
+  /** Its certificate's CN (the name `tandem certs issue-server` gave it). */
+  name: string;
+  serial: string;
+}
+
+/**
+ * The worker behind a call over mutual TLS: a certificate for server authentication (what
+ * only workers are issued; devices' are for client authentication alone) that is also for
+ * client authentication. Undefined on a plaintext connection; UnauthenticatedError for a
+ * device's certificate or one without a CN.
+ */
+export function workerPeerOf(
+  call: Pick<grpc.ServerUnaryCall<unknown, unknown>, "getAuthContext">,
+): WorkerPeer | undefined {
+  const auth = call.getAuthContext();
+  if (auth.transportSecurityType !== "ssl") return undefined;
+  const peer = auth.sslPeerCertificate;
+  if (!peer) throw new UnauthenticatedError("the caller presented no certificate");
+  const name: unknown = peer.subject?.CN;
+  if (typeof name !== "string" || name.length === 0)
+    throw new UnauthenticatedError("the caller's certificate has no single CN");
+  const usages = peer.ext_key_usage ?? [];
+  if (!usages.includes(SERVER_AUTH_OID) || !usages.includes(CLIENT_AUTH_OID))
+    throw new UnauthenticatedError(
+      `the certificate of "${name}" is not a worker's (server and client authentication)`,
+    );
+  return { name, serial: normalizeSerial(peer.serialNumber) };
 }

@@ -29,6 +29,8 @@ import {
 import { startNatsServer, until } from "@tandem/testkit";
 
 const PROMPT = [3, 17, 99, 5, 42, 7, 11, 250, 31, 64, 2, 8, 150, 77, 21, 9];
+/** The traffic the plan is made from: other text than the measured generation's. */
+const PLANNING_PROMPT = [12, 400, 88, 6, 1000, 23, 57, 3, 710, 45, 19, 260, 91, 4, 333, 70];
 const CLUSTER = `bench-moe-${process.pid}`;
 
 export interface DistributedExpertsResult {
@@ -41,6 +43,8 @@ export interface DistributedExpertsResult {
   /** Share of expert runs made on another worker. */
   remote_expert_share: number;
   live_expert_load_max_mean: number;
+  /** Rows each host ran for w1 in the measured generation: what the live load is made of. */
+  host_rows: Record<string, number>;
   planned_expert_load_max_mean: number;
   host_loss_outputs_identical: boolean;
   host_loss_max_abs_logit_diff: number;
@@ -99,11 +103,11 @@ export async function distributedExperts(
     const w1 = workers.get("w1")!;
 
     /** Greedy generation: the reference's logits and w1's for each generated token. */
-    const generate = async (session: string, onStep?: (step: number) => Promise<void>) => {
+    const generate = async (session: string, prompt: number[], onStep?: (step: number) => Promise<void>) => {
       lower.open(session);
       reference.open(session);
       let position = 0;
-      let next = PROMPT;
+      let next = prompt;
       const diffs: number[] = [];
       const produced: number[] = [];
       for (let step = 0; step < tokens; step++) {
@@ -126,10 +130,10 @@ export async function distributedExperts(
 
     // The routing the model performs on this text: what the planner places experts by.
     reference.model.takeExpertCounts();
-    await generate("warm-up");
+    await generate("warm-up", PLANNING_PROMPT);
     const loads = reference.model.takeExpertCounts()!;
-    // Each host has room for three quarters of the experts: the hot ones get two replicas.
-    const slots = Math.ceil((ids * 3) / 4);
+    // Each host has room for 60% of the experts: a fifth of them (the hot ones) get two replicas.
+    const slots = Math.ceil(ids * 0.6);
     const plan = planExperts(loads, [
       { id: "w2", slots },
       { id: "w3", slots },
@@ -174,7 +178,7 @@ export async function distributedExperts(
     const before = { ...parallelism.counters };
     const served = (id: string) => workers.get(id)!.experts!.served.rows;
     const servedBefore = { w2: served("w2"), w3: served("w3") };
-    const split1 = await generate("measured");
+    const split1 = await generate("measured", PROMPT);
     const sent = parallelism.counters.bytesSent - before.bytesSent;
     const received = parallelism.counters.bytesReceived - before.bytesReceived;
     const remote = parallelism.counters.remoteCalls - before.remoteCalls;
@@ -185,7 +189,7 @@ export async function distributedExperts(
 
     // A host lost part-way through: w3 stops serving (as a crash would, without a drain).
     const w3 = workers.get("w3")!;
-    const lost = await generate("host-loss", async (step) => {
+    const lost = await generate("host-loss", PROMPT, async (step) => {
       if (step !== Math.floor(tokens / 3)) return;
       await Promise.all([w3.server.shutdown(0), w3.experts!.server.shutdown(0)]);
     });
@@ -198,6 +202,7 @@ export async function distributedExperts(
       expert_bytes_per_token: Math.round((sent + received) / tokens),
       remote_expert_share: Math.round((remote / Math.max(1, remote + local)) * 1000) / 1000,
       live_expert_load_max_mean: Math.round((Math.max(...hostRows) / meanRows) * 1000) / 1000,
+      host_rows: { w2: hostRows[0], w3: hostRows[1] },
       planned_expert_load_max_mean: Math.round(plan.maxMeanLoad * 1000) / 1000,
       host_loss_outputs_identical: lost.maxDiff <= 1e-4,
       host_loss_max_abs_logit_diff: lost.maxDiff,

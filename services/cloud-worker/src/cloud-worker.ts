@@ -2,6 +2,8 @@
  * A cloud worker: the upper segment [split, L) of a checkpoint behind the CloudWorker
  * gRPC service, with its context manager and decode batcher.
  */
+import { X509Certificate } from "node:crypto";
+import { readFileSync } from "node:fs";
 import {
   checkPlaintextListen,
   loadTandemProtos,
@@ -59,9 +61,10 @@ export interface CloudWorkerOptions {
   weightFormat?: WeightFormat;
   /**
    * MoE: run experts where the expert map places them (this worker's in-process, others'
-   * over Experts/Run) and hold only this worker's. Plaintext only. @default every expert here
+   * over Experts/Run) and hold only this worker's. With `tls`, Experts takes mutual TLS from
+   * workers' certificates only, and this worker calls the others with its own. @default every expert here
    */
-  expertParallel?: ExpertParallelismOptions & {
+  expertParallel?: Omit<ExpertParallelismOptions, "tls"> & {
     /**
      * Port of the Experts service, a server of its own on `host` so that only other workers
      * reach it (the chart's network policy), never the devices of the public port. @default 0 (a free port)
@@ -140,12 +143,8 @@ export async function startCloudWorker(options: CloudWorkerOptions, log: Logger)
     const { numExperts } = checkpoint.config;
     if (!numExperts)
       throw new InvalidArgumentError("expertParallel", "applies to MoE models; this one is dense");
-    // Workers would call each other with device-style certificates, which only devices get.
-    if (options.tls)
-      throw new InvalidArgumentError(
-        "expertParallel",
-        "is not offered over TLS yet (workers hold no client certificates)",
-      );
+    // Over TLS a worker calls the others' Experts with its own certificate.
+    if (options.tls) checkWorkerCertificate(options.tls.cert);
     if (!freedExpertMemoryReturned())
       log.warn(
         { env: `${FREED_MEMORY_ENV.name}=${FREED_MEMORY_ENV.value}` },
@@ -160,7 +159,10 @@ export async function startCloudWorker(options: CloudWorkerOptions, log: Logger)
         numLayers: layers,
         numExperts,
       },
-      options.expertParallel,
+      {
+        ...options.expertParallel,
+        tls: options.tls && { ca: options.tls.ca, cert: options.tls.cert, key: options.tls.key },
+      },
       log,
     );
     model = await HostRoutedMoeModel.load(
@@ -241,12 +243,16 @@ export async function startCloudWorker(options: CloudWorkerOptions, log: Logger)
         {
           name: "tandem.v1.Experts",
           definition: withUndecodedRequests(protos.tandem.v1.Experts.service),
-          handlers: expertsHandlers(expertParallelism.host(), expertCounters, log),
+          handlers: expertsHandlers(expertParallelism.host(), expertCounters, log, {
+            tls: options.tls !== undefined,
+            revocations,
+          }),
         },
       ],
       {
         host,
         port: options.expertParallel?.port ?? 0,
+        tls: options.tls,
         log,
         maxReceiveMessageBytes: maxExpertRequestBytes(checkpoint.config.hiddenSize),
       },
@@ -312,6 +318,21 @@ export async function startCloudWorker(options: CloudWorkerOptions, log: Logger)
       await model.release();
     },
   };
+}
+
+const CLIENT_AUTH_OID = "1.3.6.1.5.5.7.3.2";
+
+/**
+ * A worker's certificate must authenticate it as a client too, to call the other workers'
+ * Experts: `tandem certs issue-server` issues such certificates; older ones are refused here.
+ */
+function checkWorkerCertificate(certFile: string): void {
+  const certificate = new X509Certificate(readFileSync(certFile));
+  if (!(certificate.keyUsage ?? []).includes(CLIENT_AUTH_OID))
+    throw new InvalidArgumentError(
+      "tlsCert",
+      "is not for client authentication, which expertParallel needs to call other workers: issue it again with `tandem certs issue-server`",
+    );
 }
 
 /** `address` (host:port, an IPv6 host in brackets) with another port. */

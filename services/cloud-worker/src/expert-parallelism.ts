@@ -10,11 +10,17 @@
  * On a new map the worker loads the experts it gained at once and frees those it lost
  * after a handover period, serving both meanwhile, so workers still routing by the older
  * map are answered. It serves another worker's call for an expert it holds or is assigned;
- * any other is refused (FAILED_PRECONDITION), and the caller moves on.
+ * any other is refused (FAILED_PRECONDITION), and the caller moves on. Over mutual TLS the
+ * worker calls the others with its own certificate (server and client authentication).
  */
-import * as grpc from "@grpc/grpc-js";
 import { type ExpertMapRecord, replicasOf } from "@tandem/cluster";
-import { errorOfStatus, loadTandemProtos, type ExpertsClient } from "@tandem/proto";
+import {
+  channelCredentials,
+  type ClientTlsFiles,
+  errorOfStatus,
+  loadTandemProtos,
+  type ExpertsClient,
+} from "@tandem/proto";
 import { InvalidArgumentError, type Logger } from "@tandem/common";
 import {
   type CodecName,
@@ -35,9 +41,11 @@ export interface ExpertParallelismOptions {
   handoverMs?: number;
   /** How long a replica that failed a call is passed over. @default 2000 */
   retryAfterMs?: number;
+  /** Mutual TLS to the other workers' Experts, with this worker's own certificate. @default plaintext */
+  tls?: ClientTlsFiles;
 }
 
-export const DEFAULT_EXPERT_PARALLELISM_OPTIONS: Required<ExpertParallelismOptions> = {
+export const DEFAULT_EXPERT_PARALLELISM_OPTIONS: Required<Omit<ExpertParallelismOptions, "tls">> = {
   codec: "fp32",
   deadlineMs: 2000,
   handoverMs: 3000,
@@ -72,7 +80,8 @@ export interface ExpertParallelismCounters {
 export class ExpertParallelism {
   private local?: ExpertCache;
   private map?: ExpertMapRecord;
-  private readonly options: Required<ExpertParallelismOptions>;
+  private readonly options: Required<Omit<ExpertParallelismOptions, "tls">> &
+    Pick<ExpertParallelismOptions, "tls">;
   private readonly codec: HiddenStateCodec;
   private readonly clients = new Map<string, ExpertsClient>();
   /** node id → when it may be tried again after a failed call. */
@@ -276,7 +285,7 @@ export class ExpertParallelism {
     let client = this.clients.get(endpoint);
     if (!client) {
       const bytes = maxExpertRequestBytes(this.identity.hiddenSize);
-      client = new (loadTandemProtos().tandem.v1.Experts)(endpoint, grpc.credentials.createInsecure(), {
+      client = new (loadTandemProtos().tandem.v1.Experts)(endpoint, channelCredentials(this.options.tls), {
         "grpc.max_send_message_length": bytes,
         "grpc.max_receive_message_length": bytes,
       });

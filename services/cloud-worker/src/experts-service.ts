@@ -3,11 +3,19 @@
  * this worker holds, and gets the expert's outputs back (expert parallelism). A request is
  * checked whole before anything runs: the weights, layer, expert, sizes and payload, each
  * named when wrong (INVALID_ARGUMENT; FAILED_PRECONDITION for other weights, or an expert
- * this worker neither holds nor is assigned, so the caller tries another replica).
+ * this worker neither holds nor is assigned, so the caller tries another replica). Over
+ * mutual TLS only workers may call: a certificate for server and client authentication,
+ * which devices' certificates (client authentication alone) are not.
  */
 import type * as grpc from "@grpc/grpc-js";
-import { FailedPreconditionError, InvalidArgumentError, type Logger } from "@tandem/common";
-import { decodeRequest, statusOf, type ExpertRunReply } from "@tandem/proto";
+import {
+  FailedPreconditionError,
+  InvalidArgumentError,
+  type Logger,
+  UnauthenticatedError,
+} from "@tandem/common";
+import { decodeRequest, statusOf, workerPeerOf, type ExpertRunReply } from "@tandem/proto";
+import type { RevocationList } from "@tandem/proto/certificates";
 import { codecFromWire, getCodec } from "@tandem/runtime";
 
 /** What a worker offers the experts service. */
@@ -45,14 +53,31 @@ export function maxExpertRequestBytes(hiddenSize: number): number {
   return MAX_EXPERT_ROWS * hiddenSize * 4 + 1024;
 }
 
+/** Who may call, over mutual TLS: other workers only, and none whose certificate is revoked. */
+export interface ExpertsCallers {
+  /** Whether the server runs mutual TLS (then a caller must present a worker's certificate). */
+  tls: boolean;
+  revocations?: RevocationList;
+}
+
 export function expertsHandlers(
   host: ExpertHost,
   counters: ExpertsServiceCounters,
   log: Logger,
+  callers: ExpertsCallers = { tls: false },
 ): ExpertsServiceHandlers {
+  /** A device's certificate, or none over TLS, is refused: only workers call experts. */
+  const authorize = async (call: grpc.ServerUnaryCall<Buffer, ExpertRunReply>): Promise<void> => {
+    if (!callers.tls) return;
+    const peer = workerPeerOf(call);
+    if (!peer) throw new UnauthenticatedError("expert calls take mutual TLS");
+    if (callers.revocations && (await callers.revocations.isRevoked(peer.serial)))
+      throw new UnauthenticatedError(`the certificate of "${peer.name}" is revoked`);
+  };
   return {
     Run(call, callback) {
-      runExpert(host, call.request)
+      authorize(call)
+        .then(() => runExpert(host, call.request))
         .then(({ payload, rows }) => {
           counters.calls++;
           counters.rows += rows;

@@ -76,7 +76,7 @@ export const WORKER_CONFIG_SCHEMA = z
     }),
     expertParallel: z.boolean().default(false).meta({
       description:
-        "MoE: hold only the experts the expert map assigns this worker and call other workers for the rest (Experts/Run; plaintext only)",
+        "MoE: hold only the experts the expert map assigns this worker and call other workers for the rest (Experts/Run, on expertPort; with TLS, workers' certificates only)",
     }),
     expertPort: z.int().min(0).max(65535).default(50053).meta({
       description:
