@@ -9,6 +9,7 @@ import { join } from "node:path";
 import pino from "pino";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { EDGE_CONFIG_SCHEMA, startEdgeAgent } from "@tandem/edge-agent";
+import { Registry } from "@tandem/common/metrics";
 import { generate } from "@tandem/testkit";
 
 const MOE = join(import.meta.dirname, "..", "models", "tandem-demo-moe");
@@ -20,8 +21,21 @@ beforeAll(() => {
 });
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
-/** The token ids an edge agent answers alone, with or without an expert budget. */
-async function edgeOnlyTokens(expertBudgetMb?: number): Promise<number[]> {
+/** The expert cache's metrics of an agent, as Prometheus would scrape them. */
+async function expertCacheMetrics(registry: Registry) {
+  const value = async (name: string) =>
+    (await registry.getSingleMetric(`tandem_edge_expert_cache_${name}`)!.get()).values[0].value;
+  return {
+    hits: await value("hits_total"),
+    misses: await value("misses_total"),
+    evictions: await value("evictions_total"),
+    residentBytes: await value("resident_bytes"),
+  };
+}
+
+/** The token ids an edge agent answers alone, with or without an expert budget, and its metrics. */
+async function edgeOnly(expertBudgetMb?: number) {
+  const registry = new Registry();
   const edge = await startEdgeAgent(
     EDGE_CONFIG_SCHEMA.parse({
       model: MOE,
@@ -32,7 +46,7 @@ async function edgeOnlyTokens(expertBudgetMb?: number): Promise<number[]> {
       expertBudgetMb,
     }),
     pino({ level: "silent" }),
-    { cacheDir: join(dir, "graphs") },
+    { cacheDir: join(dir, "graphs"), metrics: registry },
   );
   try {
     const result = await generate(edge.server.address, {
@@ -42,7 +56,8 @@ async function edgeOnlyTokens(expertBudgetMb?: number): Promise<number[]> {
     });
     expect(result.error).toBeUndefined();
     expect(result.tokens).toHaveLength(24);
-    return result.tokens.map((t) => t.id);
+    const tokens = result.tokens.map((t) => t.id);
+    return { tokens, metrics: expertBudgetMb === undefined ? undefined : await expertCacheMetrics(registry) };
   } finally {
     await edge.close();
   }
@@ -51,8 +66,18 @@ async function edgeOnlyTokens(expertBudgetMb?: number): Promise<number[]> {
 describe("an edge agent with an expert budget (models/tandem-demo-moe)", () => {
   it("generates, with a quarter of its segment's experts in memory, the tokens it generates with all of them in its graph", async () => {
     // Layers [0, 3): 24 experts of 3 × 256 × 192 fp32 weights, 0.5625 MB each, 13.5 MB in all.
-    const expected = await edgeOnlyTokens();
-    expect(await edgeOnlyTokens(13.5 / 4)).toEqual(expected);
+    const budgetMb = 13.5 / 4;
+    const expected = await edgeOnly();
+    const budgeted = await edgeOnly(budgetMb);
+    expect(budgeted.tokens).toEqual(expected.tokens);
+    // Its metrics tell how the budget fits the traffic: every expert run counted, some
+    // loaded from disk and some dropped, and never more in memory than the budget.
+    const { hits, misses, evictions, residentBytes } = budgeted.metrics!;
+    expect(hits + misses).toBeGreaterThanOrEqual(24 * 3 * 2); // ≥ a run per token, layer and chosen expert
+    expect(misses).toBeGreaterThan(0);
+    expect(evictions).toBeGreaterThan(0);
+    expect(residentBytes).toBeGreaterThan(0);
+    expect(residentBytes).toBeLessThanOrEqual(budgetMb * 2 ** 20);
   });
 
   it("refuses an expert budget on a dense model, naming expertBudgetMb", async () => {

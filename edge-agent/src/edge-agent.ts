@@ -160,6 +160,10 @@ export async function startEdgeAgent(
     options.metrics &&
     new (await import("./edge-metrics.ts")).EdgeMetrics(options.metrics, {
       layers: checkpoint.config.numLayers,
+      expertCache:
+        lowerModel instanceof HostRoutedMoeModel
+          ? () => (lowerModel as HostRoutedMoeModel).experts.stats()
+          : undefined,
     });
   // The cloud: a fixed worker, or the owner of each session's shard in the placement map.
   const route = config.natsUrl

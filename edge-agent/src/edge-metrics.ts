@@ -12,7 +12,7 @@
  * inc and observe build and hash a label object per call, a cost paid per token.
  */
 import { BucketHistogram, Counter, Gauge, Histogram, type Registry } from "@tandem/common/metrics";
-import { CODEC_NAMES, type CodecName, type TokenSource } from "@tandem/runtime";
+import { CODEC_NAMES, type CodecName, type ExpertCacheStats, type TokenSource } from "@tandem/runtime";
 
 export type GenerationApi = "grpc" | "http";
 export type GenerationOutcome = "ok" | "error" | "cancelled";
@@ -40,6 +40,8 @@ const FIRST_TOKEN_SECONDS_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1
 export interface EdgeMetricsOptions {
   /** The model's layers: the exit-layer histogram gets one bucket per layer. @default buckets for up to 128 layers */
   layers?: number;
+  /** MoE with expertBudgetMb: the expert cache's counters, read at scrape time. @default no expert metrics */
+  expertCache?: () => ExpertCacheStats;
 }
 
 /** Counts by label value, read into a prom-client Counter when scraped. */
@@ -159,6 +161,33 @@ export class EdgeMetrics {
       "codec",
       this.escalationBytesReceived,
     );
+    const expertCache = options.expertCache;
+    if (expertCache) {
+      // How well expertBudgetMb fits the traffic: the hit rate is hits ÷ (hits + misses).
+      counted(
+        "tandem_edge_expert_cache_hits_total",
+        "Expert runs whose expert was in memory (expertBudgetMb)",
+        () => expertCache().hits,
+      );
+      counted(
+        "tandem_edge_expert_cache_misses_total",
+        "Expert runs that loaded their expert from disk first (expertBudgetMb)",
+        () => expertCache().misses,
+      );
+      counted(
+        "tandem_edge_expert_cache_evictions_total",
+        "Experts dropped to make room under expertBudgetMb",
+        () => expertCache().evictions,
+      );
+      new Gauge({
+        name: "tandem_edge_expert_cache_resident_bytes",
+        help: "Bytes of expert weights in memory (at most expertBudgetMb)",
+        registers,
+        collect() {
+          this.set(expertCache().residentBytes);
+        },
+      });
+    }
     // Every label value at zero from the start, so rates and dashboards see the series at once.
     for (const api of GENERATION_APIS) this.activeGenerations.set({ api }, 0);
   }
