@@ -3,13 +3,14 @@
  * segment's experts take (expertBudgetMb): it generates what the agent with every expert
  * in its graph generates, over the public gRPC API.
  */
-import { mkdtempSync, rmSync } from "node:fs";
+import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import pino from "pino";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { EDGE_CONFIG_SCHEMA, startEdgeAgent } from "@tandem/edge-agent";
 import { Registry } from "@tandem/common/metrics";
+import { calibrate, loadCheckpoint, Tokenizer, writeCalibration } from "@tandem/runtime";
 import { generate } from "@tandem/testkit";
 
 const MOE = join(import.meta.dirname, "..", "models", "tandem-demo-moe");
@@ -30,11 +31,12 @@ async function expertCacheMetrics(registry: Registry) {
     misses: await value("misses_total"),
     evictions: await value("evictions_total"),
     residentBytes: await value("resident_bytes"),
+    expertsBytes: await value("experts_bytes"),
   };
 }
 
 /** The token ids an edge agent answers alone, with or without an expert budget, and its metrics. */
-async function edgeOnly(expertBudgetMb?: number) {
+async function edgeOnly(expertBudgetMb?: number, settings: Record<string, unknown> = {}) {
   const registry = new Registry();
   const edge = await startEdgeAgent(
     EDGE_CONFIG_SCHEMA.parse({
@@ -44,6 +46,7 @@ async function edgeOnly(expertBudgetMb?: number) {
       port: 0,
       httpAddress: "",
       expertBudgetMb,
+      ...settings,
     }),
     pino({ level: "silent" }),
     { cacheDir: join(dir, "graphs"), metrics: registry },
@@ -78,6 +81,42 @@ describe("an edge agent with an expert budget (models/tandem-demo-moe)", () => {
     expect(evictions).toBeGreaterThan(0);
     expect(residentBytes).toBeGreaterThan(0);
     expect(residentBytes).toBeLessThanOrEqual(budgetMb * 2 ** 20);
+  });
+
+  it("keeps rarely chosen experts in int4 by the activations its calibration measured, decoding what the same mix all in memory decodes", async () => {
+    const checkpoint = await loadCheckpoint(MOE);
+    const tokenizer = await Tokenizer.fromFile(checkpoint.tokenizerPath!);
+    const text = readFileSync(join(MOE, "..", "tandem-demo", "heldout.txt"), "utf8");
+    const calibration = await calibrate(checkpoint, tokenizer, {
+      split: 3,
+      exitLayers: [3],
+      text,
+      maxTokens: 1280,
+      cacheDir: join(dir, "graphs"),
+    });
+    // Every position of the text chose 2 experts in each of the 6 layers.
+    const activations = calibration.summary.expertActivations!;
+    expect(activations).toHaveLength(6 * 8);
+    expect(activations.reduce((a, b) => a + b, 0)).toBe(calibration.summary.text.tokens * 6 * 2);
+    const file = join(dir, "moe.calibration.safetensors");
+    await writeCalibration(file, calibration);
+
+    const settings = { calibration: file, expertColdWeights: "int4", expertHotShare: 0.6 };
+    const allInMemory = await edgeOnly(1000, settings);
+    const budgeted = await edgeOnly(13.5 / 4, settings);
+    expect(budgeted.tokens).toEqual(allInMemory.tokens);
+    expect(budgeted.metrics!.evictions).toBeGreaterThan(0);
+    // The cold experts are int4 (under a sixth of fp32's bytes), the hot ones fp32: the
+    // segment's 24 experts take less than their 13.5 MB in fp32, more than in int4 alone.
+    const { expertsBytes } = allInMemory.metrics!;
+    expect(expertsBytes).toBeLessThan(13.5 * 2 ** 20 * 0.9);
+    expect(expertsBytes).toBeGreaterThan((13.5 * 2 ** 20) / 6);
+    await expect(edgeOnly(undefined, { expertColdWeights: "int4" })).rejects.toThrow(
+      /expertColdWeights: applies with expertBudgetMb/,
+    );
+    await expect(edgeOnly(4, { expertColdWeights: "int4" })).rejects.toThrow(
+      /expertColdWeights: needs a calibration that measured the experts' activations/,
+    );
   });
 
   it("refuses an expert budget on a dense model, naming expertBudgetMb", async () => {

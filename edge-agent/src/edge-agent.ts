@@ -18,6 +18,9 @@ import {
   edgeSegmentSpec,
   type ExitHeadSpec,
   type ExitPolicy,
+  type Calibration,
+  expertFormatsByActivation,
+  type WeightFormat,
   FREED_MEMORY_ENV,
   freedExpertMemoryReturned,
   HostRoutedMoeModel,
@@ -135,6 +138,11 @@ export async function startEdgeAgent(
   };
   const lowerSpec = edgeSegmentSpec(split, exits, config.weights);
   let lowerModel: SegmentRunner;
+  if (config.expertColdWeights !== undefined && config.expertBudgetMb === undefined)
+    throw new InvalidArgumentError(
+      "expertColdWeights",
+      "applies with expertBudgetMb (experts run outside the graph)",
+    );
   if (config.expertBudgetMb !== undefined) {
     if (!checkpoint.config.numExperts)
       throw new InvalidArgumentError("expertBudgetMb", "applies to MoE models; this one is dense");
@@ -147,7 +155,15 @@ export async function startEdgeAgent(
     lowerModel = await HostRoutedMoeModel.load(
       checkpoint,
       { ...lowerSpec, moeExecution: "host" },
-      { ...modelOptions, experts: { budgetBytes: config.expertBudgetMb * 2 ** 20 } },
+      {
+        ...modelOptions,
+        experts: {
+          budgetBytes: config.expertBudgetMb * 2 ** 20,
+          formatOf:
+            config.expertColdWeights &&
+            expertFormatsFromCalibration(config, calibration, checkpoint.config.numExperts),
+        },
+      },
     );
   } else {
     lowerModel = await SegmentModel.load(checkpoint, lowerSpec, modelOptions);
@@ -282,4 +298,26 @@ export async function startEdgeAgent(
       await lowerModel.release();
     },
   };
+}
+
+/**
+ * Each expert's format from the calibration's measured activations: the experts carrying
+ * expertHotShare of their layer's tokens keep `weights`, the rest take expertColdWeights.
+ */
+function expertFormatsFromCalibration(
+  config: EdgeConfig,
+  calibration: Calibration | undefined,
+  numExperts: number,
+): (layer: number, expert: number) => WeightFormat {
+  const activations = calibration?.summary.expertActivations;
+  if (!activations)
+    throw new InvalidArgumentError(
+      "expertColdWeights",
+      "needs a calibration that measured the experts' activations (`tandem calibrate` on this MoE model)",
+    );
+  return expertFormatsByActivation(activations, numExperts, {
+    hot: config.weights,
+    cold: config.expertColdWeights!,
+    hotShare: config.expertHotShare,
+  });
 }

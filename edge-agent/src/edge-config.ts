@@ -7,7 +7,13 @@ import {
   NATS_CREDENTIAL_SETTINGS,
   requireTogether,
 } from "@tandem/common";
-import { CODEC_NAMES, CONFIDENCE_METRICS, RUNTIME_SETTINGS } from "@tandem/runtime";
+import {
+  CODEC_NAMES,
+  CONFIDENCE_METRICS,
+  DEFAULT_HOT_SHARE,
+  RUNTIME_SETTINGS,
+  WEIGHT_FORMATS,
+} from "@tandem/runtime";
 import { API_KEY_HASH_PATTERN } from "@tandem/proto";
 import { DEFAULT_CLOUD_LINK_OPTIONS } from "./cloud-link.ts";
 import { DEFAULT_REQUEST_LIMITS } from "./inference-service.ts";
@@ -113,6 +119,13 @@ export const EDGE_CONFIG_SCHEMA = z
       .meta({ description: "a client that reads nothing for this long is cut and its session released" }),
     threads: RUNTIME_SETTINGS.threads,
     weights: RUNTIME_SETTINGS.weights.meta({ description: "weight format of the device segment" }),
+    expertColdWeights: z.enum(WEIGHT_FORMATS).optional().meta({
+      description:
+        "MoE with expertBudgetMb: format of the experts that carry the least traffic (beyond expertHotShare of their layer's activations in the calibration); the others keep `weights`",
+    }),
+    expertHotShare: z.number().gt(0).max(1).default(DEFAULT_HOT_SHARE).meta({
+      description: "expertColdWeights: share of each layer's activations the experts kept in `weights` carry",
+    }),
     expertBudgetMb: z.number().gt(0).optional().meta({
       description:
         "MoE models: MB of expert weights the device keeps loaded; it loads others from disk as tokens are routed to them, least recently used out (unset: every expert in the segment's graph)",

@@ -180,6 +180,14 @@ export class EdgeMetrics {
         () => expertCache().evictions,
       );
       new Gauge({
+        name: "tandem_edge_expert_cache_experts_bytes",
+        help: "Bytes of all the segment's experts in their formats: what expertBudgetMb holds a share of",
+        registers,
+        collect() {
+          this.set(expertCache().allExpertBytes);
+        },
+      });
+      new Gauge({
         name: "tandem_edge_expert_cache_resident_bytes",
         help: "Bytes of expert weights in memory (at most expertBudgetMb)",
         registers,

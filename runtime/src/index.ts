@@ -60,6 +60,11 @@ export {
   type HostRoutedMoeOptions,
 } from "./engine/host-routed-moe-model.ts";
 export {
+  type ActivationFormatOptions,
+  DEFAULT_HOT_SHARE,
+  expertFormatsByActivation,
+} from "./engine/expert-formats.ts";
+export {
   ExpertCache,
   type ExpertCacheOptions,
   type ExpertCacheStats,

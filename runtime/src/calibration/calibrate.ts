@@ -118,6 +118,7 @@ export async function calibrate(
     options,
   );
   const accumulators = new Map(exitLayers.map((layer) => [layer, new RidgeAccumulator(config.hiddenSize)]));
+  let expertActivations: number[] | undefined;
   const plain: Record<SplitName, PositionRecord[]> = { fit: [], tune: [], test: [] };
   try {
     const sessions = new SegmentSessions(full);
@@ -141,6 +142,8 @@ export async function calibrate(
       if ((w + 1) % 50 === 0 || w + 1 === windows.length)
         progress({ phase: "full model", done: w + 1, total: windows.length });
     }
+    // MoE: how often the routers chose each expert over the text, for per-expert formats.
+    expertActivations = full.takeExpertCounts();
   } finally {
     await full.release();
   }
@@ -295,6 +298,7 @@ export async function calibrate(
         testPositions: plain.test.length,
       },
       ridge,
+      ...(expertActivations && { expertActivations }),
     },
     linearMaps,
   };

@@ -75,6 +75,12 @@ const CALIBRATION_SUMMARY_SCHEMA = z.object({
     testPositions: z.int().min(0),
   }),
   ridge: z.number().min(0),
+  /**
+   * MoE: how often the routers chose each expert over the calibration text, indexed
+   * layer·numExperts + expert over the whole model (absent for dense models and in files
+   * from before it was recorded).
+   */
+  expertActivations: z.array(z.number().min(0)).optional(),
 });
 
 export type ExitHeadChoice = z.output<typeof EXIT_HEAD_CHOICE_SCHEMA>;
