@@ -22,6 +22,8 @@
 import { existsSync } from "node:fs";
 import { join } from "node:path";
 import {
+  DEFAULT_HOT_SHARE,
+  expertFormatsByActivation,
   HostRoutedMoeModel,
   loadCheckpoint,
   SegmentModel,
@@ -29,6 +31,7 @@ import {
   segmentSpec,
   type Checkpoint,
   type MoeExecution,
+  type WeightFormat,
 } from "@tandem/runtime";
 import { writeRandomCheckpoint, type RandomCheckpointSpec } from "@tandem/runtime/testing";
 import type { Benchmark } from "./bench-types.ts";
@@ -85,9 +88,10 @@ async function decode(
   sessions: SegmentSessions,
   tokens: number,
   beforeTimed: () => void = () => undefined,
-): Promise<{ tokPerS: number; produced: number[]; expertRuns: number }> {
+  prompt: number[] = PROMPT,
+): Promise<{ tokPerS: number; produced: number[]; expertRuns: number; expertCounts: number[] }> {
   sessions.open("bench");
-  let step = await sessions.forward("bench", { ids: PROMPT });
+  let step = await sessions.forward("bench", { ids: prompt });
   const produced: number[] = [];
   sessions.model.takeExpertCounts();
   beforeTimed();
@@ -98,9 +102,10 @@ async function decode(
     step = await sessions.forward("bench", { ids: [next] });
   }
   const seconds = (performance.now() - started) / 1000;
-  const expertRuns = sessions.model.takeExpertCounts()!.reduce((a, b) => a + b, 0);
+  const expertCounts = sessions.model.takeExpertCounts()!;
+  const expertRuns = expertCounts.reduce((a, b) => a + b, 0);
   sessions.release("bench");
-  return { tokPerS: tokens / seconds, produced, expertRuns };
+  return { tokPerS: tokens / seconds, produced, expertRuns, expertCounts };
 }
 
 interface Loaded {
@@ -170,8 +175,19 @@ async function measure(
 /** Budgets of the edge's expert cache, as fractions of all experts' bytes. */
 const EDGE_BUDGETS = [0.25, 0.5, 1] as const;
 
+/** Text the per-expert formats' activation counts are taken on: not the measured prompt. */
+const PROFILE_PROMPT = [12, 400, 88, 6, 1000, 23, 57, 3, 710, 45, 19, 260, 91, 4, 333, 70];
+
+/** The experts' formats in an edge cache: all the segment's, or some chosen per expert. */
+interface ExpertFormats {
+  name: string;
+  formatOf?: (layer: number, expert: number) => WeightFormat;
+}
+
 interface EdgeCacheRow {
   model: string;
+  /** "fp32", or e.g. "fp32 hot + int4 cold" (by activation frequency). */
+  formats: string;
   budget_fraction: number;
   budget_mb: number;
   all_experts_mb: number;
@@ -180,6 +196,8 @@ interface EdgeCacheRow {
   /** Experts loaded (from disk) per decoded token. */
   loads_per_token: number;
   tokens_per_s: number;
+  /** Share of the decoded tokens equal to the all-fp32 cache's (per-expert formats only). */
+  agreement_with_fp32?: number;
 }
 
 /**
@@ -194,7 +212,10 @@ async function edgeCache(
   expected: number[] | undefined,
   options: { tokens: number; runs: number; threads: number; cacheDir: string },
   log: (line: string) => void,
-): Promise<EdgeCacheRow[]> {
+  formats: ExpertFormats = { name: "fp32" },
+  /** What the budgets are fractions of (default: these experts' bytes), and the fp32 cache's tokens. */
+  fp32?: { allBytes: number; produced: number[] },
+): Promise<{ rows: EdgeCacheRow[]; allBytes: number; produced: number[] }> {
   const spec = segmentSpec({
     fromLayer: 0,
     toLayer: checkpoint.config.numLayers,
@@ -205,11 +226,12 @@ async function edgeCache(
     HostRoutedMoeModel.load(checkpoint, spec, {
       cacheDir: options.cacheDir,
       threads: options.threads,
-      experts: { budgetBytes },
+      experts: { budgetBytes, formatOf: formats.formatOf },
     });
   const probe = await load();
-  const allBytes = probe.experts.stats().allExpertBytes;
+  const ownBytes = probe.experts.stats().allExpertBytes;
   await probe.release();
+  const allBytes = fp32?.allBytes ?? ownBytes;
   const rows: EdgeCacheRow[] = [];
   let reference: number[] | undefined;
   for (const fraction of EDGE_BUDGETS) {
@@ -233,23 +255,69 @@ async function edgeCache(
         throw new Error(`${label}: the expert cache at ${fraction} of the experts decoded other tokens`);
     }
     await model.release();
+    const produced = reference!;
     const row: EdgeCacheRow = {
       model: label,
+      formats: formats.name,
       budget_fraction: fraction,
       budget_mb: Math.round((allBytes * fraction) / 2 ** 20),
-      all_experts_mb: Math.round(allBytes / 2 ** 20),
+      all_experts_mb: Math.round(ownBytes / 2 ** 20),
       hit_rate: Math.round((hits / lookups) * 1000) / 1000,
       loads_per_token: Math.round((misses / (options.runs * options.tokens)) * 100) / 100,
       tokens_per_s: Math.round(median(rates) * 10) / 10,
+      ...(fp32 && {
+        agreement_with_fp32:
+          Math.round((produced.filter((t, i) => t === fp32.produced[i]).length / produced.length) * 1000) /
+          1000,
+      }),
     };
     log(
-      `moe: ${label} edge cache at ${fraction}: ${row.tokens_per_s} tok/s, hit rate ${row.hit_rate}, ${row.loads_per_token} loads/token`,
+      `moe: ${label} edge cache (${formats.name}) at ${fraction}: ${row.tokens_per_s} tok/s, hit rate ${row.hit_rate}, ${row.loads_per_token} loads/token`,
     );
     rows.push(row);
   }
   if (expected && reference && expected.join() !== reference.join())
     throw new Error(`${label}: host-routed experts decoded other tokens than the in-graph sparse block`);
-  return rows;
+  return { rows, allBytes, produced: reference! };
+}
+
+/**
+ * The demo model's cache with per-expert formats as an edge with `expertColdWeights` int4
+ * runs it: the experts carrying 80% of each layer's activations (counted on other text)
+ * in fp32, the rest in int4, under the same budgets in MB as the all-fp32 cache.
+ */
+async function edgeCacheByActivation(
+  label: string,
+  checkpoint: Checkpoint,
+  options: { tokens: number; runs: number; threads: number; cacheDir: string },
+  log: (line: string) => void,
+  fp32: { allBytes: number; produced: number[] },
+): Promise<EdgeCacheRow[]> {
+  const profile = await HostRoutedMoeModel.load(
+    checkpoint,
+    segmentSpec({
+      fromLayer: 0,
+      toLayer: checkpoint.config.numLayers,
+      finalHead: true,
+      moeExecution: "host",
+    }),
+    { cacheDir: options.cacheDir, threads: options.threads },
+  );
+  // The routing of a decode on other text than the measured prompt.
+  const { expertCounts: activations } = await decode(
+    new SegmentSessions(profile),
+    options.tokens,
+    undefined,
+    PROFILE_PROMPT,
+  );
+  await profile.release();
+  const formatOf = expertFormatsByActivation(activations, checkpoint.config.numExperts!, {
+    hot: "fp32",
+    cold: "int4",
+    hotShare: DEFAULT_HOT_SHARE,
+  });
+  const name = `fp32 hot + int4 cold, hot share ${DEFAULT_HOT_SHARE}`;
+  return (await edgeCache(label, checkpoint, undefined, options, log, { name, formatOf }, fp32)).rows;
 }
 
 const moe: Benchmark<"moe"> = async ({ smoke, options }) => {
@@ -285,9 +353,13 @@ const moe: Benchmark<"moe"> = async ({ smoke, options }) => {
     if (options.only === undefined || options.only === "edge-cache") {
       // The large shape's misses each read and pack a 42 MB expert: fewer runs.
       const edgeRuns = name === "tandem-demo-moe" ? runs : Math.min(runs, 2);
-      edgeRows.push(
-        ...(await edgeCache(name, checkpoint, produced, { tokens, runs: edgeRuns, threads, cacheDir }, log)),
-      );
+      const edgeOptions = { tokens, runs: edgeRuns, threads, cacheDir };
+      const fp32 = await edgeCache(name, checkpoint, produced, edgeOptions, log);
+      edgeRows.push(...fp32.rows);
+      // Per-expert formats pay where routing is skewed: the trained demo router (a random
+      // router spreads tokens evenly, so most experts stay hot).
+      if (name === "tandem-demo-moe")
+        edgeRows.push(...(await edgeCacheByActivation(name, checkpoint, edgeOptions, log, fp32)));
     }
   }
   // Experts across three workers, on the demo MoE at its recommended split.
