@@ -87,25 +87,19 @@ export class HostRoutedMoeModel implements SegmentRunner {
       });
     // One session per layer and per expert, each with its own thread pool: none may spin.
     options = { ...options, spinning: false };
-    const loaded: SegmentModel[] = [];
+    const layers: SegmentModel[] = [];
+    const heads = new Map<number, SegmentModel>();
     try {
-      const layers: SegmentModel[] = [];
-      for (let layer = spec.fromLayer; layer < spec.toLayer; layer++) {
+      for (let layer = spec.fromLayer; layer < spec.toLayer; layer++)
         layers.push(
           await SegmentModel.load(checkpoint, piece({ fromLayer: layer, toLayer: layer + 1 }), options),
         );
-        loaded.push(layers.at(-1)!);
-      }
-      const heads = new Map<number, SegmentModel>();
       for (const exit of segmentExits(spec, checkpoint.config)) {
         const at = exit.afterLayer;
-        const head = await SegmentModel.load(
-          checkpoint,
-          piece({ fromLayer: at, toLayer: at, exits: [exit] }),
-          options,
+        heads.set(
+          at,
+          await SegmentModel.load(checkpoint, piece({ fromLayer: at, toLayer: at, exits: [exit] }), options),
         );
-        loaded.push(head);
-        heads.set(at, head);
       }
       const layerNumbers = Array.from(
         { length: spec.toLayer - spec.fromLayer },
@@ -127,7 +121,7 @@ export class HostRoutedMoeModel implements SegmentRunner {
         ((layer, expert, input, rows) => experts.run(layer, expert, input, rows));
       return new HostRoutedMoeModel(spec, checkpoint, layers, heads, experts, runner);
     } catch (error) {
-      await Promise.all(loaded.map((m) => m.release()));
+      await Promise.all([...layers, ...heads.values()].map((m) => m.release()));
       throw error;
     }
   }

@@ -134,17 +134,14 @@ class SegmentGraphWriter {
     for (let layer = spec.fromLayer; layer < spec.toLayer; layer++) {
       const out = this.decoderLayer(layer, x, rotary, positions);
       releaseLayer(this.weights.layers[layer]);
-      if (out === undefined) {
-        // A host-routed MoE layer ends the piece: validation allows nothing after it.
-        this.onProgress({ phase: buildPhase(spec), done: 1, total: 1 });
-        break;
-      }
-      x = out;
       this.onProgress({
         phase: buildPhase(spec),
         done: layer + 1 - spec.fromLayer,
         total: spec.toLayer - spec.fromLayer,
       });
+      // A host-routed MoE layer ends the piece: validation allows nothing after it.
+      if (out === undefined) break;
+      x = out;
       const after = layer + 1;
       if (spec.hiddenTaps.includes(after))
         this.outputAlias(x, GRAPH_IO.hiddenAfter(after), ["batch", "seq", hidden]);
@@ -648,11 +645,8 @@ class SegmentGraphWriter {
   private sparseMoe(prefix: string, x: string, w: LayerWeights, layer: number): string {
     const { b, config } = this;
     const experts = w.experts!;
-    const k = config.numExpertsPerToken ?? 2;
     const h = config.hiddenSize;
-    const logits = this.linear(`${prefix}/gate`, x, asLinear(w.router!));
-    const [topLogits, topIndices] = this.expertChoices(prefix, logits, k, layer);
-    const topWeights = this.routingWeights(prefix, logits, topLogits, topIndices);
+    const { k, topIndices, topWeights } = this.router(prefix, x, w, layer);
     const rows = b.op("Reshape", `${prefix}/rows/Reshape`, [x, b.int64Constant([-1, h])]);
     const rowChoices = b.op("Reshape", `${prefix}/routing/choices/Reshape`, [
       topIndices,
@@ -716,12 +710,8 @@ class SegmentGraphWriter {
    * Σ weight·expert(moe_input) to moe_residual, in ascending expert order as sparseMoe.
    */
   private hostRoutedMoe(prefix: string, residual: string, x: string, w: LayerWeights, layer: number): void {
-    const { config } = this;
-    const k = config.numExpertsPerToken ?? 2;
-    const h = config.hiddenSize;
-    const logits = this.linear(`${prefix}/gate`, x, asLinear(w.router!));
-    const [topLogits, topIndices] = this.expertChoices(prefix, logits, k, layer);
-    const topWeights = this.routingWeights(prefix, logits, topLogits, topIndices);
+    const h = this.config.hiddenSize;
+    const { k, topWeights } = this.router(prefix, x, w, layer);
     this.outputAlias(topWeights, GRAPH_IO.expertWeights(layer), ["batch", "seq", k]);
     this.outputAlias(x, GRAPH_IO.moeInput(layer), ["batch", "seq", h]);
     this.outputAlias(residual, GRAPH_IO.moeResidual(layer), ["batch", "seq", h]);
@@ -740,6 +730,22 @@ class SegmentGraphWriter {
     this.outputAlias(out, GRAPH_IO.expertOut, ["rows", config.hiddenSize]);
     for (const t of [weights.gateProj, weights.upProj, weights.downProj]) t.release?.();
     return b.build();
+  }
+
+  /**
+   * An MoE block's router, as every execution of the block has it: the gate's logits, the
+   * top k experts of each position (a graph output) and their weights.
+   */
+  private router(
+    prefix: string,
+    x: string,
+    w: LayerWeights,
+    layer: number,
+  ): { k: number; logits: string; topIndices: string; topWeights: string } {
+    const k = this.config.numExpertsPerToken ?? 2;
+    const logits = this.linear(`${prefix}/gate`, x, asLinear(w.router!));
+    const [topLogits, topIndices] = this.expertChoices(prefix, logits, k, layer);
+    return { k, logits, topIndices, topWeights: this.routingWeights(prefix, logits, topLogits, topIndices) };
   }
 
   /**
@@ -776,12 +782,9 @@ class SegmentGraphWriter {
    * sparse block, kept for the `moe` benchmark's comparison.
    */
   private allExpertsMoe(prefix: string, x: string, w: LayerWeights, layer: number): string {
-    const { b, config } = this;
+    const { b } = this;
     const experts = w.experts!;
-    const k = config.numExpertsPerToken ?? 2;
-    const logits = this.linear(`${prefix}/gate`, x, asLinear(w.router!));
-    const [topLogits, topIndices] = this.expertChoices(prefix, logits, k, layer);
-    const topWeights = this.routingWeights(prefix, logits, topLogits, topIndices);
+    const { logits, topIndices, topWeights } = this.router(prefix, x, w, layer);
     // Dense [batch, seq, experts] weights: zero except at the chosen experts.
     const zeros = b.op("Sub", `${prefix}/routing/zeros`, [logits, logits]);
     const weights = b.op(

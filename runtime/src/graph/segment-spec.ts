@@ -18,7 +18,7 @@ export const WEIGHT_FORMATS = ["fp32", "int8", "int4"] as const;
  *   experts elsewhere (an expert cache under a memory budget, other workers) and the next
  *   piece of the model takes the combined hidden state. Only the segment's last layer may
  *   be MoE, and nothing may be read after it; a piece of no layers (fromLayer = toLayer)
- *   evaluates exits and the final head on its input. See engine/host-moe-segment.ts.
+ *   evaluates exits and the final head on its input. See engine/host-routed-moe-model.ts.
  */
 export const MOE_EXECUTIONS = ["sparse", "all-experts", "host"] as const;
 export type MoeExecution = (typeof MOE_EXECUTIONS)[number];
