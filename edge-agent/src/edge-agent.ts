@@ -19,10 +19,10 @@ import {
   type ExitHeadSpec,
   type ExitPolicy,
   type Calibration,
+  type ExpertCacheStats,
   expertFormatsByActivation,
   type WeightFormat,
-  FREED_MEMORY_ENV,
-  freedExpertMemoryReturned,
+  warnUnlessFreedMemoryReturned,
   HostRoutedMoeModel,
   loadCheckpoint,
   policyForTarget,
@@ -138,6 +138,8 @@ export async function startEdgeAgent(
   };
   const lowerSpec = edgeSegmentSpec(split, exits, config.weights);
   let lowerModel: SegmentRunner;
+  /** With expertBudgetMb: the expert cache's counters, for the metrics. */
+  let expertCacheStats: (() => ExpertCacheStats) | undefined;
   if (config.expertColdWeights !== undefined && config.expertBudgetMb === undefined)
     throw new InvalidArgumentError(
       "expertColdWeights",
@@ -146,13 +148,9 @@ export async function startEdgeAgent(
   if (config.expertBudgetMb !== undefined) {
     if (!checkpoint.config.numExperts)
       throw new InvalidArgumentError("expertBudgetMb", "applies to MoE models; this one is dense");
-    if (!freedExpertMemoryReturned())
-      log.warn(
-        { env: `${FREED_MEMORY_ENV.name}=${FREED_MEMORY_ENV.value}` },
-        "experts the agent drops will stay in its memory: start it with this variable (the systemd unit sets it)",
-      );
+    warnUnlessFreedMemoryReturned(log, "the systemd unit");
     // The experts run outside the graphs, from a cache under the budget (EdgeMoE).
-    lowerModel = await HostRoutedMoeModel.load(
+    const hostRouted = await HostRoutedMoeModel.load(
       checkpoint,
       { ...lowerSpec, moeExecution: "host" },
       {
@@ -161,10 +159,15 @@ export async function startEdgeAgent(
           budgetBytes: config.expertBudgetMb * 2 ** 20,
           formatOf:
             config.expertColdWeights &&
-            expertFormatsFromCalibration(config, calibration, checkpoint.config.numExperts),
+            expertFormatsFromCalibration(config, calibration, {
+              numLayers: checkpoint.config.numLayers,
+              numExperts: checkpoint.config.numExperts,
+            }),
         },
       },
     );
+    lowerModel = hostRouted;
+    expertCacheStats = () => hostRouted.experts.stats();
   } else {
     lowerModel = await SegmentModel.load(checkpoint, lowerSpec, modelOptions);
   }
@@ -176,10 +179,7 @@ export async function startEdgeAgent(
     options.metrics &&
     new (await import("./edge-metrics.ts")).EdgeMetrics(options.metrics, {
       layers: checkpoint.config.numLayers,
-      expertCache:
-        lowerModel instanceof HostRoutedMoeModel
-          ? () => (lowerModel as HostRoutedMoeModel).experts.stats()
-          : undefined,
+      expertCache: expertCacheStats,
     });
   // The cloud: a fixed worker, or the owner of each session's shard in the placement map.
   const route = config.natsUrl
@@ -307,7 +307,7 @@ export async function startEdgeAgent(
 function expertFormatsFromCalibration(
   config: EdgeConfig,
   calibration: Calibration | undefined,
-  numExperts: number,
+  model: { numLayers: number; numExperts: number },
 ): (layer: number, expert: number) => WeightFormat {
   const activations = calibration?.summary.expertActivations;
   if (!activations)
@@ -315,7 +315,7 @@ function expertFormatsFromCalibration(
       "expertColdWeights",
       "needs a calibration that measured the experts' activations (`tandem calibrate` on this MoE model)",
     );
-  return expertFormatsByActivation(activations, numExperts, {
+  return expertFormatsByActivation(activations, model, {
     hot: config.weights,
     cold: config.expertColdWeights!,
     hotShare: config.expertHotShare,

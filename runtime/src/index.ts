@@ -69,7 +69,7 @@ export {
   type ExpertCacheOptions,
   type ExpertCacheStats,
   FREED_MEMORY_ENV,
-  freedExpertMemoryReturned,
+  warnUnlessFreedMemoryReturned,
 } from "./engine/expert-cache.ts";
 export { KV_BLOCK_POSITIONS } from "./engine/kv-slot.ts";
 export {

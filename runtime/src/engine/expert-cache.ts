@@ -13,7 +13,7 @@
  */
 import { statSync } from "node:fs";
 import { join, dirname } from "node:path";
-import { InternalError, InvalidArgumentError } from "@tandem/common";
+import { InternalError, InvalidArgumentError, type Logger } from "@tandem/common";
 import * as ort from "onnxruntime-node";
 import type { Checkpoint } from "../checkpoint/model-weights.ts";
 import { ensureExpertGraph, SEGMENT_WEIGHTS_FILE } from "../graph/graph-cache.ts";
@@ -29,9 +29,20 @@ import { DEFAULT_WEIGHT_FORMAT, WEIGHT_FORMATS, type WeightFormat } from "../gra
  */
 export const FREED_MEMORY_ENV = { name: "MALLOC_MMAP_THRESHOLD_", value: "131072" } as const;
 
-/** Whether experts this process drops give their memory back to the system (FREED_MEMORY_ENV). */
-export function freedExpertMemoryReturned(env: NodeJS.ProcessEnv = process.env): boolean {
-  return env[FREED_MEMORY_ENV.name] !== undefined;
+/**
+ * Warns, for a program about to drop experts, when they would not give their memory back
+ * (FREED_MEMORY_ENV unset); `setBy` names what sets it in a deployment.
+ */
+export function warnUnlessFreedMemoryReturned(
+  log: Logger,
+  setBy: string,
+  env: NodeJS.ProcessEnv = process.env,
+): void {
+  if (env[FREED_MEMORY_ENV.name] !== undefined) return;
+  log.warn(
+    { env: `${FREED_MEMORY_ENV.name}=${FREED_MEMORY_ENV.value}` },
+    `experts this process drops will stay in its memory: start it with this variable (${setBy} sets it)`,
+  );
 }
 
 export interface ExpertCacheOptions {
@@ -73,13 +84,17 @@ export class ExpertCache {
   private residentBytes = 0;
   private tail: Promise<void> = Promise.resolve();
   private readonly counters = { hits: 0, misses: 0, evictions: 0 };
+  /** Bytes of every expert the cache may load, in their formats. */
+  private readonly allExpertBytes: number;
 
   private constructor(
     private readonly files: Map<string, ExpertFile>,
     private readonly hiddenSize: number,
     private readonly budgetBytes: number,
     private readonly threads: number,
-  ) {}
+  ) {
+    this.allExpertBytes = [...files.values()].reduce((sum, file) => sum + file.bytes, 0);
+  }
 
   /**
    * Builds (once, on disk) the graphs of every expert of `layers` and loads none of them.
@@ -169,13 +184,11 @@ export class ExpertCache {
   }
 
   stats(): ExpertCacheStats {
-    let allExpertBytes = 0;
-    for (const file of this.files.values()) allExpertBytes += file.bytes;
     return {
       ...this.counters,
       residentBytes: this.residentBytes,
       budgetBytes: this.budgetBytes,
-      allExpertBytes,
+      allExpertBytes: this.allExpertBytes,
     };
   }
 

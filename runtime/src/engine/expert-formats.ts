@@ -19,14 +19,16 @@ export interface ActivationFormatOptions {
 export const DEFAULT_HOT_SHARE = 0.8;
 
 /**
- * `(layer, expert) → format` from activations indexed layer·numExperts + expert (a layer
- * with no activations keeps every expert hot). Ties go to the lower expert id.
+ * `(layer, expert) → format` from activations indexed layer·numExperts + expert over every
+ * layer of the model (a layer with no activations keeps every expert hot). Ties go to the
+ * lower expert id.
  */
 export function expertFormatsByActivation(
   activations: readonly number[],
-  numExperts: number,
+  model: { numLayers: number; numExperts: number },
   options: ActivationFormatOptions,
 ): (layer: number, expert: number) => WeightFormat {
+  const { numLayers, numExperts } = model;
   const hotShare = options.hotShare ?? DEFAULT_HOT_SHARE;
   if (!(hotShare > 0 && hotShare <= 1))
     throw new InvalidArgumentError("expertHotShare", `must be in (0, 1], got ${hotShare}`);
@@ -36,13 +38,14 @@ export function expertFormatsByActivation(
   ] as const)
     if (!WEIGHT_FORMATS.includes(format))
       throw new InvalidArgumentError(field, `must be one of ${WEIGHT_FORMATS.join(", ")}, got ${format}`);
-  if (activations.length % numExperts !== 0)
+  // A calibration of another model (or a damaged file) would otherwise leave layers cold.
+  if (activations.length !== numLayers * numExperts)
     throw new InvalidArgumentError(
       "expertActivations",
-      `${activations.length} counts are not a whole number of layers of ${numExperts} experts`,
+      `must count ${numLayers} layers × ${numExperts} experts = ${numLayers * numExperts}, got ${activations.length}`,
     );
   const hot = new Set<string>();
-  for (let layer = 0; layer < activations.length / numExperts; layer++) {
+  for (let layer = 0; layer < numLayers; layer++) {
     const counts = activations.slice(layer * numExperts, (layer + 1) * numExperts);
     const total = counts.reduce((a, b) => a + b, 0);
     const order = counts
