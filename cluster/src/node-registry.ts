@@ -7,7 +7,7 @@
 import type { NatsConnection } from "@nats-io/transport-node";
 import type { KvEntry } from "@nats-io/kv";
 import { z } from "zod";
-import { CLUSTER_DEFAULTS } from "@tandem/common";
+import { CLUSTER_DEFAULTS, HOST_PORT_PATTERN } from "@tandem/common";
 import type { ControlPlaneNames } from "./control-plane-names.ts";
 import { KvBucket } from "./kv-bucket.ts";
 
@@ -17,7 +17,7 @@ const NODE_RECORD_SCHEMA = z.object({
   /** host:port of the node's gRPC service. */
   endpoint: z.string().min(1),
   /** host:port of its tandem.v1.Experts service, for other workers only (expert parallelism). */
-  expertEndpoint: z.string().min(1).optional(),
+  expertEndpoint: z.string().regex(HOST_PORT_PATTERN).optional(),
   /** Relative capacity for KV shards. */
   weight: z.number().positive(),
   /** Expert replicas the node's memory holds. */

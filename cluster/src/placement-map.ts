@@ -9,6 +9,7 @@
  */
 import type { NatsConnection } from "@nats-io/transport-node";
 import { z } from "zod";
+import { HOST_PORT_PATTERN } from "@tandem/common";
 import type { ControlPlaneNames } from "./control-plane-names.ts";
 import { KvRecord } from "./kv-record.ts";
 import { sessionShard } from "./session-shard.ts";
@@ -42,7 +43,7 @@ const EXPERT_MAP_SCHEMA = z.object({
    */
   shares: z.record(z.string().regex(/^\d+$/), z.array(z.number().min(0).max(1))).optional(),
   /** node id → its Experts service, for workers that call other workers' experts (absent in older maps). */
-  endpoints: z.record(nodeId, z.string().min(1)).optional(),
+  endpoints: z.record(nodeId, z.string().regex(HOST_PORT_PATTERN)).optional(),
   /** The activation counts of the window it was planned from. */
   loads: z.array(z.number().min(0)),
   /** Expected max/mean worker load under those counts. */

@@ -3,6 +3,7 @@
  * mutual TLS (its CN; the certificate must be for client authentication). Whether the
  * deployment has revoked it since is revocation-list.ts's question.
  */
+import { X509Certificate } from "node:crypto";
 import type * as grpc from "@grpc/grpc-js";
 import { UnauthenticatedError } from "@tandem/common";
 
@@ -89,4 +90,14 @@ export function workerPeerOf(
       `the certificate of "${name}" is not a worker's (server and client authentication)`,
     );
   return { name, serial: normalizeSerial(peer.serialNumber) };
+}
+
+/**
+ * Whether a PEM certificate may act as a worker towards other workers: for server and
+ * client authentication, as `tandem certs issue-server` issues them (older ones were for
+ * server authentication alone).
+ */
+export function isWorkerCertificate(pem: string | Buffer): boolean {
+  const usages = new X509Certificate(pem).keyUsage ?? [];
+  return usages.includes(SERVER_AUTH_OID) && usages.includes(CLIENT_AUTH_OID);
 }

@@ -17,6 +17,12 @@ export {
   type ClientTlsFiles,
   type ServerTlsFiles,
 } from "./transport-security.ts";
-export { deviceOf, workerPeerOf, type DeviceIdentity, type WorkerPeer } from "./device-identity.ts";
+export {
+  deviceOf,
+  isWorkerCertificate,
+  workerPeerOf,
+  type DeviceIdentity,
+  type WorkerPeer,
+} from "./device-identity.ts";
 export { API_KEY_HASH_PATTERN, ApiKeys, hashApiKey, newApiKey } from "./api-keys.ts";
 export { whenWritable } from "./stream-flow.ts";

@@ -2,10 +2,10 @@
  * A cloud worker: the upper segment [split, L) of a checkpoint behind the CloudWorker
  * gRPC service, with its context manager and decode batcher.
  */
-import { X509Certificate } from "node:crypto";
 import { readFileSync } from "node:fs";
 import {
   checkPlaintextListen,
+  isWorkerCertificate,
   loadTandemProtos,
   type RunningServer,
   type ServerTlsFiles,
@@ -15,18 +15,24 @@ import {
 import {
   DEFAULT_ESCALATION_LIMITS,
   cloudSegmentSpec,
-  FREED_MEMORY_ENV,
-  freedExpertMemoryReturned,
   HostRoutedMoeModel,
   loadCheckpoint,
   SegmentModel,
   type SegmentRunner,
   SegmentSessions,
+  warnUnlessFreedMemoryReturned,
   type WeightFormat,
   splitIdentityOf,
 } from "@tandem/runtime";
 import type { NatsCredentials } from "@tandem/cluster";
-import { HOST_PORT_PATTERN, InvalidArgumentError, type Logger, type Progress } from "@tandem/common";
+import {
+  HOST_PORT_PATTERN,
+  hostPort,
+  InvalidArgumentError,
+  listenAddressParts,
+  type Logger,
+  type Progress,
+} from "@tandem/common";
 import type { Registry } from "@tandem/common/metrics";
 import { ContextManager } from "./context-manager.ts";
 // Loaded only by a worker that joins a cluster: a standalone one never loads the NATS client.
@@ -145,11 +151,7 @@ export async function startCloudWorker(options: CloudWorkerOptions, log: Logger)
       throw new InvalidArgumentError("expertParallel", "applies to MoE models; this one is dense");
     // Over TLS a worker calls the others' Experts with its own certificate.
     if (options.tls) checkWorkerCertificate(options.tls.cert);
-    if (!freedExpertMemoryReturned())
-      log.warn(
-        { env: `${FREED_MEMORY_ENV.name}=${FREED_MEMORY_ENV.value}` },
-        "experts this worker drops will stay in its memory: start it with this variable (the image sets it)",
-      );
+    warnUnlessFreedMemoryReturned(log, "the image");
     expertParallelism = new ExpertParallelism(
       {
         workerId: options.workerId,
@@ -269,7 +271,7 @@ export async function startCloudWorker(options: CloudWorkerOptions, log: Logger)
   if (expertServer) log.info({ address: expertServer.address }, "experts served to other workers");
   // Other workers reach the Experts service at the advertised host, on its own port.
   const advertised = options.cluster?.advertise ?? server.address;
-  const expertEndpoint = expertServer && withPort(advertised, expertServer.port);
+  const expertEndpoint = expertServer && hostPort(listenAddressParts(advertised).host, expertServer.port);
   const membership = options.cluster
     ? await (
         await import("./cluster-membership.ts")
@@ -320,24 +322,16 @@ export async function startCloudWorker(options: CloudWorkerOptions, log: Logger)
   };
 }
 
-const CLIENT_AUTH_OID = "1.3.6.1.5.5.7.3.2";
-
 /**
  * A worker's certificate must authenticate it as a client too, to call the other workers'
  * Experts: `tandem certs issue-server` issues such certificates; older ones are refused here.
  */
 function checkWorkerCertificate(certFile: string): void {
-  const certificate = new X509Certificate(readFileSync(certFile));
-  if (!(certificate.keyUsage ?? []).includes(CLIENT_AUTH_OID))
+  if (!isWorkerCertificate(readFileSync(certFile)))
     throw new InvalidArgumentError(
       "tlsCert",
       "is not for client authentication, which expertParallel needs to call other workers: issue it again with `tandem certs issue-server`",
     );
-}
-
-/** `address` (host:port, an IPv6 host in brackets) with another port. */
-function withPort(address: string, port: number): string {
-  return `${address.slice(0, address.lastIndexOf(":"))}:${port}`;
 }
 
 /**

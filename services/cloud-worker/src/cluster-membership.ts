@@ -29,7 +29,6 @@ export class ClusterMembership {
   private draining = false;
   private timer?: NodeJS.Timeout;
   private expertMap?: { version: number; held: Map<number, number> };
-  private expertMapRecord?: ExpertMapRecord;
 
   private constructor(
     private readonly nc: NatsConnection,
@@ -129,14 +128,8 @@ export class ClusterMembership {
   private onExpertMap(map: ExpertMapRecord): void {
     const held = expertsOf(map, this.options.nodeId);
     this.expertMap = { version: map.version, held };
-    this.expertMapRecord = map;
     this.log.info({ version: map.version, replicas: held.size }, "expert map taken up");
     this.options.onExpertMap?.(map, held);
-  }
-
-  /** The latest expert map taken up, whole: where other workers' experts are. */
-  currentExpertMap(): ExpertMapRecord | undefined {
-    return this.expertMapRecord;
   }
 
   /** This worker's expert replicas under the latest expert map (expert → share), and its version. */

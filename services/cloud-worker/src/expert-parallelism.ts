@@ -21,7 +21,7 @@ import {
   loadTandemProtos,
   type ExpertsClient,
 } from "@tandem/proto";
-import { InvalidArgumentError, type Logger } from "@tandem/common";
+import { InvalidArgumentError, type Logger, UnavailableError } from "@tandem/common";
 import {
   type CodecName,
   codecToWire,
@@ -64,10 +64,9 @@ export interface ExpertParallelIdentity {
 }
 
 export interface ExpertParallelismCounters {
-  /** Expert runs in this process, and calls answered by other workers (with their rows). */
+  /** Expert runs in this process, and calls answered by other workers. */
   localRuns: number;
   remoteCalls: number;
-  remoteRows: number;
   /** Calls to another worker that failed (each then tried elsewhere). */
   failedCalls: number;
   /** Runs made here because no replica answered. */
@@ -92,7 +91,6 @@ export class ExpertParallelism {
   readonly counters: ExpertParallelismCounters = {
     localRuns: 0,
     remoteCalls: 0,
-    remoteRows: 0,
     failedCalls: 0,
     fallbacks: 0,
     bytesSent: 0,
@@ -207,7 +205,6 @@ export class ExpertParallelism {
       try {
         const output = await this.call(replica.endpoint, layer, expert, input, rows);
         this.counters.remoteCalls++;
-        this.counters.remoteRows += rows;
         const key = `${this.mapId(layer, expert)}:${replica.nodeId}`;
         this.sentRows.set(key, (this.sentRows.get(key) ?? 0) + rows);
         return output;
@@ -269,10 +266,19 @@ export class ExpertParallelism {
         { deadline: Date.now() + this.options.deadlineMs },
         (error, reply) => {
           if (error) return reject(errorOfStatus(error, endpoint));
+          // A peer's answer is checked like any input: a bad one is that replica failing,
+          // never an exception thrown out of this callback.
           const bytes = reply!.payload as Buffer;
-          if (bytes.length !== this.codec.encodedBytes(rows, hiddenSize))
-            return reject(new Error(`${endpoint} answered ${bytes.length} bytes for ${rows} rows`));
-          const output = this.codec.decode(bytes, rows, hiddenSize);
+          let output: Float32Array;
+          try {
+            output = this.codec.decode(bytes, rows, hiddenSize);
+          } catch (decodeError) {
+            return reject(
+              new UnavailableError(
+                `${endpoint} answered an invalid expert output: ${(decodeError as Error).message}`,
+              ),
+            );
+          }
           this.counters.bytesSent += payload.byteLength;
           this.counters.bytesReceived += bytes.length;
           resolve(output);

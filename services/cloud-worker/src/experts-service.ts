@@ -115,13 +115,13 @@ async function runExpert(host: ExpertHost, bytes: Buffer): Promise<{ payload: Bu
       "payload",
       `must be ${expected} bytes for ${request.rows} rows, got ${request.payload.length}`,
     );
-  // The codec refuses a payload with a value that is not finite (CodecError: INVALID_ARGUMENT).
-  const input = codec.decode(request.payload, request.rows, host.hiddenSize);
   if (!host.serves(request.layer, request.expert))
     throw new FailedPreconditionError(
       "expert",
       `expert ${request.expert} of layer ${request.layer} is not held by worker ${host.workerId}`,
     );
+  // The codec refuses a payload with a value that is not finite (CodecError: INVALID_ARGUMENT).
+  const input = codec.decode(request.payload, request.rows, host.hiddenSize);
   const output = await host.run(request.layer, request.expert, input, request.rows);
   const encoded = codec.encode(output, request.rows, host.hiddenSize);
   return { payload: Buffer.from(encoded.buffer, encoded.byteOffset, encoded.byteLength), rows: request.rows };
