@@ -23,6 +23,7 @@ import { existsSync } from "node:fs";
 import { join } from "node:path";
 import {
   DEFAULT_HOT_SHARE,
+  ExpertCache,
   expertFormatsByActivation,
   HostRoutedMoeModel,
   loadCheckpoint,
@@ -228,9 +229,13 @@ async function edgeCache(
       threads: options.threads,
       experts: { budgetBytes, formatOf: formats.formatOf },
     });
-  const probe = await load();
-  const ownBytes = probe.experts.stats().allExpertBytes;
-  await probe.release();
+  // The experts' bytes in their formats: the cache alone, which builds graphs but loads none.
+  const layers = Array.from({ length: checkpoint.config.numLayers }, (_, layer) => layer);
+  const probe = await ExpertCache.open(checkpoint, layers, spec.weightFormat, undefined, {
+    cacheDir: options.cacheDir,
+    formatOf: formats.formatOf,
+  });
+  const ownBytes = probe.stats().allExpertBytes;
   const allBytes = fp32?.allBytes ?? ownBytes;
   const rows: EdgeCacheRow[] = [];
   let reference: number[] | undefined;
@@ -239,7 +244,6 @@ async function edgeCache(
     const sessions = new SegmentSessions(model);
     await decode(sessions, options.tokens); // warm-up: the cache fills
     const rates: number[] = [];
-    let lookups = 0;
     let hits = 0;
     let misses = 0;
     for (let run = 0; run < options.runs; run++) {
@@ -248,7 +252,6 @@ async function edgeCache(
       const after = model.experts.stats();
       hits += after.hits - before.hits;
       misses += after.misses - before.misses;
-      lookups += after.hits + after.misses - before.hits - before.misses;
       rates.push(result.tokPerS);
       reference ??= result.produced;
       if (result.produced.join() !== reference.join())
@@ -262,7 +265,7 @@ async function edgeCache(
       budget_fraction: fraction,
       budget_mb: Math.round((allBytes * fraction) / 2 ** 20),
       all_experts_mb: Math.round(ownBytes / 2 ** 20),
-      hit_rate: Math.round((hits / lookups) * 1000) / 1000,
+      hit_rate: Math.round((hits / (hits + misses)) * 1000) / 1000,
       loads_per_token: Math.round((misses / (options.runs * options.tokens)) * 100) / 100,
       tokens_per_s: Math.round(median(rates) * 10) / 10,
       ...(fp32 && {
@@ -311,11 +314,18 @@ async function edgeCacheByActivation(
     PROFILE_PROMPT,
   );
   await profile.release();
-  const formatOf = expertFormatsByActivation(activations, checkpoint.config.numExperts!, {
-    hot: "fp32",
-    cold: "int4",
-    hotShare: DEFAULT_HOT_SHARE,
-  });
+  const formatOf = expertFormatsByActivation(
+    activations,
+    {
+      numLayers: checkpoint.config.numLayers,
+      numExperts: checkpoint.config.numExperts!,
+    },
+    {
+      hot: "fp32",
+      cold: "int4",
+      hotShare: DEFAULT_HOT_SHARE,
+    },
+  );
   const name = `fp32 hot + int4 cold, hot share ${DEFAULT_HOT_SHARE}`;
   return (await edgeCache(label, checkpoint, undefined, options, log, { name, formatOf }, fp32)).rows;
 }
