@@ -154,6 +154,7 @@ export class HostRoutedMoeModel implements SegmentRunner {
         const headOut = await head.run({
           batch,
           seq,
+          headPositions: input.headPositions,
           hidden,
           pastLengths,
           kv: { rows: kv.rows, capacity: kv.capacity, layers: [] },

@@ -61,6 +61,11 @@ export interface SegmentRunInput {
    */
   kv: KvSlot;
   /**
+   * With the spec's positions "tail": how many of each row's last positions the exits and
+   * the head evaluate, in [1, seq]. @default 1
+   */
+  headPositions?: number;
+  /**
    * Rows whose results count, per batch row; the others run a dummy input whose results
    * are thrown away (rows of a KV pool between two that step). @default every row
    */
@@ -214,6 +219,12 @@ export class SegmentModel implements SegmentRunner {
       ),
       [GRAPH_IO.totalSequenceLength]: new ort.Tensor("int32", Int32Array.from([pastLength + seq]), []),
     };
+    if (spec.positions === "tail" && this.exitLayers.length > 0) {
+      const n = input.headPositions ?? 1;
+      if (!Number.isInteger(n) || n < 1 || n > seq)
+        throw new InternalError(`head positions ${n} for a run of ${seq} positions`);
+      feeds[GRAPH_IO.headPositions] = new ort.Tensor("int64", BigInt64Array.from([BigInt(n)]), [1]);
+    }
     let hidden = input.hidden;
     if (this.embedding) {
       if (!input.ids) throw new InternalError("segment starting at layer 0 needs ids");

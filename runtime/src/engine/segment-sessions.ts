@@ -19,7 +19,14 @@ import { KvPool, kvSlotRows } from "./kv-pool.ts";
 import { copyKvRow, kvCapacity, type KvShape, kvRowBytes, kvSlotBytes, shrinkKvCapacity } from "./kv-slot.ts";
 import type { ExitOutput, SegmentRunner } from "./segment-model.ts";
 
-export type SegmentInput = { ids: number[] } | { hidden: Float32Array; count: number };
+/**
+ * A chunk of new positions: token ids (a segment from layer 0) or hidden states. With a
+ * spec whose positions are "tail", `headPositions` says how many of the chunk's last
+ * positions the exits and head evaluate (default 1).
+ */
+export type SegmentInput = ({ ids: number[] } | { hidden: Float32Array; count: number }) & {
+  headPositions?: number;
+};
 
 export interface ExitResult {
   afterLayer: number;
@@ -182,6 +189,7 @@ export class SegmentSessions {
         state.row,
         new Map([[state.row, input]]),
         count,
+        input.headPositions,
       );
       return step!;
     });
@@ -240,6 +248,7 @@ export class SegmentSessions {
     last: number,
     inputs: Map<number, SegmentInput>,
     seq: number,
+    headPositions = 1,
   ): Promise<(SegmentStep | undefined)[]> {
     const { config } = this.model;
     const rows = last - first + 1;
@@ -266,6 +275,7 @@ export class SegmentSessions {
             seq * hiddenSize,
           ),
       pastLengths,
+      headPositions,
       kv: kvSlotRows(pool.slot, first, rows),
       active: rowInputs.map((input) => input !== undefined),
     });
@@ -280,7 +290,9 @@ export class SegmentSessions {
         count: seq,
         hidden: output.hidden?.slice(r * width, (r + 1) * width),
         taps: new Map([...output.taps].map(([k, v]) => [k, v.slice(r * width, (r + 1) * width)])),
-        exits: output.exits.map((e) => exitRow(e, r, this.exitPositions(seq), config.vocabSize)),
+        exits: output.exits.map((e) =>
+          exitRow(e, r, this.exitPositions(seq, headPositions), config.vocabSize),
+        ),
       };
     });
   }
@@ -397,8 +409,9 @@ export class SegmentSessions {
       if (this.sessions.get(state.id) !== state) throw new SessionNotFoundError(state.id);
   }
 
-  private exitPositions(count: number): number {
-    return this.model.spec.positions === "all" ? count : 1;
+  private exitPositions(count: number, headPositions: number): number {
+    const { positions } = this.model.spec;
+    return positions === "all" ? count : positions === "tail" ? headPositions : 1;
   }
 
   private state(id: string): SessionState {
@@ -440,6 +453,18 @@ export class SegmentSessions {
       }
     }
     if (count < 1) throw new InvalidArgumentError("ids", "must not be empty");
+    if (input.headPositions !== undefined) {
+      if (spec.positions !== "tail")
+        throw new InvalidArgumentError(
+          "headPositions",
+          `the segment evaluates its head at positions "${spec.positions}", not a tail of its choosing`,
+        );
+      if (!Number.isInteger(input.headPositions) || input.headPositions < 1 || input.headPositions > count)
+        throw new InvalidArgumentError(
+          "headPositions",
+          `must be an integer in [1, ${count}], got ${input.headPositions}`,
+        );
+    }
     if (count > this.maxChunkTokens)
       throw new InvalidArgumentError(
         "count",

@@ -9,6 +9,8 @@
  *            seqlens_k int32 [batch]                 total length of each row minus one
  *            total_sequence_length int32 []          max total length over rows
  *            past_key.L / past_value.L float [batch, kvHeads, past, headDim]
+ *            head_positions int64 [1]              (positions "tail") how many of each row's
+ *                                                   last positions the exits and head evaluate
  *   outputs  present_key.L / present_value.L float [batch, kvHeads, past, headDim]
  *                                                   (fused attention) the past with each row's
  *                                                   new positions written in: the engine binds
@@ -19,6 +21,7 @@
  *            hidden_out float [batch, seq, hidden]   (outputHidden)
  *            hidden_after.K float [batch, seq, hidden] (hiddenTaps)
  *            exit.K.token int64, exit.K.prob / .margin / .entropy float [batch, positions]
+ *                                                   (positions: 1, seq or head_positions)
  *            exit.K.logits float [batch, positions, vocab] (logits)
  *            expert_choices.L int64 [batch, seq, k]  (MoE layers)
  *            expert_weights.L float [batch, seq, k]  (host-routed MoE layer) the router's
@@ -45,6 +48,7 @@ export const GRAPH_IO = Object.freeze({
   hiddenIn: "hidden_in",
   seqlensK: "seqlens_k",
   totalSequenceLength: "total_sequence_length",
+  headPositions: "head_positions",
   hiddenOut: "hidden_out",
   pastKey: (layer: number) => `past_key.${layer}` as const,
   pastValue: (layer: number) => `past_value.${layer}` as const,

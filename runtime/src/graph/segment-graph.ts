@@ -117,6 +117,7 @@ class SegmentGraphWriter {
     const hidden = config.hiddenSize;
     b.input(GRAPH_IO.seqlensK, "int32", ["batch"]);
     b.input(GRAPH_IO.totalSequenceLength, "int32", []);
+    if (spec.positions === "tail" && this.exits.length > 0) b.input(GRAPH_IO.headPositions, "int64", [1]);
 
     // A segment from layer 0 starts from the embedded tokens too: the engine looks them up
     // in the table written here (embedding-table-layout.ts says why not the graph).
@@ -895,10 +896,15 @@ class SegmentGraphWriter {
     const k = exit.afterLayer;
     const prefix = `/exit.${k}`;
     let h = x;
-    if (spec.positions === "last") {
-      h = b.op("Slice", `${prefix}/last_position`, [
+    if (spec.positions !== "all") {
+      // The last position, or the last head_positions of each row (from −n to the end).
+      const from =
+        spec.positions === "last"
+          ? b.int64Constant([-1])
+          : b.op("Neg", `${prefix}/tail_positions/Neg`, [GRAPH_IO.headPositions]);
+      h = b.op("Slice", `${prefix}/last_positions`, [
         h,
-        b.int64Constant([-1]),
+        from,
         b.int64Constant([2 ** 31 - 1]),
         b.int64Constant([1]),
       ]);
@@ -930,7 +936,7 @@ class SegmentGraphWriter {
     }
     const normed = this.rmsNorm(`${prefix}/norm`, h, this.weights.finalNorm);
     const logits = this.lmHead(normed);
-    const positions = spec.positions === "last" ? 1 : "seq";
+    const positions = { last: 1, all: "seq", tail: "head_positions" }[spec.positions];
 
     const [topValues, topIndices] = b.node("TopK", `${prefix}/TopK`, [logits, b.int64Constant([2])], {
       outputs: 2,

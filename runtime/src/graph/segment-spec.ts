@@ -5,6 +5,9 @@
 import type { ModelConfig } from "../checkpoint/model-config.ts";
 import { InvalidArgumentError } from "@tandem/common";
 
+export const HEAD_POSITIONS = ["last", "all", "tail"] as const;
+export type HeadPositions = (typeof HEAD_POSITIONS)[number];
+
 export const WEIGHT_FORMATS = ["fp32", "int8", "int4"] as const;
 
 /**
@@ -55,8 +58,13 @@ export interface SegmentSpec {
   outputHidden: boolean;
   /** Extra hidden states to output, after these many layers (for calibration). */
   hiddenTaps: number[];
-  /** Where exits and the head are evaluated: only the last position of each row, or every position. */
-  positions: "last" | "all";
+  /**
+   * Where exits and the head are evaluated: only the last position of each row, every
+   * position, or the last `headPositions` of each row, a number each run gives (a cloud
+   * worker checks the edge's drafted tokens on the rows before them; see
+   * protocol/escalation-protocol.ts).
+   */
+  positions: HeadPositions;
   /** Also output full logits for every exit and the head. */
   logits: boolean;
   weightFormat: WeightFormat;
@@ -88,6 +96,11 @@ export function segmentSpec(
 /** Checks a spec against a model; throws InvalidArgumentError naming the field. */
 export function validateSegmentSpec(spec: SegmentSpec, config: ModelConfig): void {
   const layers = config.numLayers;
+  if (!HEAD_POSITIONS.includes(spec.positions))
+    throw new InvalidArgumentError(
+      "positions",
+      `must be one of ${HEAD_POSITIONS.join(", ")}, got ${String(spec.positions)}`,
+    );
   if (!MOE_EXECUTIONS.includes(spec.moeExecution))
     throw new InvalidArgumentError(
       "moeExecution",

@@ -100,6 +100,41 @@ describe("DecodeBatcher: catch-up frames in chunks beside the decode batch (chun
     expect(batcher.batchSizes.get(3)).toBe(3);
   });
 
+  it("evaluates a frame's last head positions across its chunks (positions \"tail\"), equal to those rows of every position's head", async () => {
+    const checkpoint = await loadCheckpoint(join(dir, "model"));
+    const tail = await SegmentModel.load(
+      checkpoint,
+      segmentSpec({ fromLayer: 2, toLayer: 4, finalHead: true, logits: true, positions: "tail" }),
+      { cacheDir: join(dir, "graphs") },
+    );
+    try {
+      const sessions = new SegmentSessions(tail);
+      // Chunks of 20: the frame's last 25 positions span its last two chunks (of 40 and 60).
+      const batcher = new DecodeBatcher(sessions, { stepTokenBudget: 20 });
+      sessions.open("s");
+      const step = await batcher.step("s", hidden(60, 8), 60, 25);
+      const everyRow = new SegmentSessions(model);
+      everyRow.open("s");
+      const want = (await everyRow.forward("s", { hidden: hidden(60, 8), count: 60 })).exits[0];
+      const vocab = checkpoint.config.vocabSize;
+      expect(step.exits[0].token).toEqual(want.token.slice(35));
+      expect(maxAbsDiff(step.exits[0].logits!, want.logits!.subarray(35 * vocab))).toBeLessThanOrEqual(1e-4);
+      // One position's head alone, as every decode step and an unverified frame ask.
+      const decode = await batcher.step("s", hidden(1, 9));
+      expect(decode.exits[0].token).toHaveLength(1);
+      await expect(
+        sessions.forward("s", { hidden: hidden(2, 9), count: 2, headPositions: 3 }),
+      ).rejects.toThrow(/headPositions/);
+      const last = new SegmentSessions(model);
+      last.open("x");
+      await expect(last.forward("x", { hidden: hidden(2, 9), count: 2, headPositions: 1 })).rejects.toThrow(
+        /not a tail/,
+      );
+    } finally {
+      await tail.release();
+    }
+  });
+
   it("undoes a frame whose later chunk fails, so the session is as it was, and fails it with that chunk's error", async () => {
     const sessions = new SegmentSessions(model);
     const batcher = new DecodeBatcher(sessions, { stepTokenBudget: 32 });

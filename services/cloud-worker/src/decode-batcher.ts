@@ -21,10 +21,14 @@ interface Pending {
   /** The frame's hidden states, [count, hidden]. */
   hidden: Float32Array;
   count: number;
+  /** The head evaluates the frame's last this many positions (a segment of positions "tail"). */
+  headPositions?: number;
   /** Positions of the frame already run (a catch-up frame runs a chunk a step). */
   done: number;
   /** The steps of the chunks run so far. */
   chunks: SegmentStep[];
+  /** Those of them whose exits count: each chunk for positions "all", the chunks of the frame's head positions for "tail", the last for "last". */
+  headChunks: SegmentStep[];
   resolve: (step: SegmentStep) => void;
   reject: (error: unknown) => void;
   /** The span of the frame this step serves, when it records: its batch's span links to it. */
@@ -70,11 +74,25 @@ export class DecodeBatcher {
     this.metrics = options.metrics;
   }
 
-  /** Runs a frame of `count` positions ([count, hidden] states) for the session. */
-  step(id: string, hidden: Float32Array, count = 1): Promise<SegmentStep> {
-    if (!this.enabled) return this.sessions.forward(id, { hidden, count });
+  /**
+   * Runs a frame of `count` positions ([count, hidden] states) for the session; with a
+   * segment of head positions "tail", the head evaluates its last `headPositions`.
+   */
+  step(id: string, hidden: Float32Array, count = 1, headPositions?: number): Promise<SegmentStep> {
+    if (!this.enabled) return this.sessions.forward(id, { hidden, count, headPositions });
     return new Promise((resolve, reject) => {
-      this.queue.push({ id, hidden, count, done: 0, chunks: [], resolve, reject, span: frameSpan(id) });
+      this.queue.push({
+        id,
+        hidden,
+        count,
+        headPositions,
+        done: 0,
+        chunks: [],
+        headChunks: [],
+        resolve,
+        reject,
+        span: frameSpan(id),
+      });
       // The first request runs at once (after this microtask, so requests that arrived
       // in the same turn join it); later ones gather while it runs.
       if (!this.running) queueMicrotask(() => void this.drain());
@@ -165,18 +183,25 @@ export class DecodeBatcher {
       frame.count - frame.done,
       Math.max(MIN_PREFILL_CHUNK, this.stepTokenBudget - decoded),
     );
+    // The frame's head positions are its last ones: the part of them in this chunk is the chunk's tail.
+    const evaluate = this.sessions.model.spec.positions;
+    const headFrom = frame.count - (frame.headPositions ?? 1);
+    const inChunk = frame.done + size - Math.max(frame.done, headFrom);
     try {
       const step = await inBatchSpan([frame.span], () =>
         this.sessions.forward(frame.id, {
           hidden: frame.hidden.subarray(frame.done * hiddenSize, (frame.done + size) * hiddenSize),
           count: size,
+          headPositions: evaluate === "tail" ? Math.max(1, inChunk) : undefined,
         }),
       );
       frame.chunks.push(step);
       frame.done += size;
-      if (frame.done < frame.count) return;
+      const last = frame.done === frame.count;
+      if (evaluate === "all" || (evaluate === "tail" ? inChunk > 0 : last)) frame.headChunks.push(step);
+      if (!last) return;
       this.queue = this.queue.filter((p) => p !== frame);
-      frame.resolve(concatSteps(frame.chunks, this.sessions.model.spec.positions === "all"));
+      frame.resolve(concatSteps(frame.chunks, frame.headChunks));
     } catch (error) {
       this.queue = this.queue.filter((p) => p !== frame);
       if (frame.chunks.length > 0 && this.sessions.has(frame.id))
@@ -188,10 +213,10 @@ export class DecodeBatcher {
 
 /**
  * The step of a whole frame from the steps of its chunks, in order: states concatenated;
- * exits per position concatenated when the segment reports every position, else the
- * last chunk's (the frame's last position).
+ * exits those of `headChunks` (the chunks whose evaluated positions belong to the frame's
+ * head positions), concatenated.
  */
-export function concatSteps(chunks: SegmentStep[], everyPosition: boolean): SegmentStep {
+export function concatSteps(chunks: SegmentStep[], headChunks: SegmentStep[]): SegmentStep {
   if (chunks.length === 1) return chunks[0];
   const last = chunks[chunks.length - 1];
   const concat = (parts: (Float32Array | undefined)[]): Float32Array | undefined => {
@@ -209,15 +234,16 @@ export function concatSteps(chunks: SegmentStep[], everyPosition: boolean): Segm
     count: chunks.reduce((n, c) => n + c.count, 0),
     hidden: concat(chunks.map((c) => c.hidden)),
     taps: new Map([...last.taps.keys()].map((k) => [k, concat(chunks.map((c) => c.taps.get(k)))!])),
-    exits: everyPosition
-      ? last.exits.map((exit, e) => ({
-          afterLayer: exit.afterLayer,
-          token: chunks.flatMap((c) => c.exits[e].token),
-          prob: chunks.flatMap((c) => c.exits[e].prob),
-          margin: chunks.flatMap((c) => c.exits[e].margin),
-          entropy: chunks.flatMap((c) => c.exits[e].entropy),
-          logits: concat(chunks.map((c) => c.exits[e].logits)),
-        }))
-      : last.exits,
+    exits:
+      headChunks.length === 1
+        ? headChunks[0].exits
+        : last.exits.map((exit, e) => ({
+            afterLayer: exit.afterLayer,
+            token: headChunks.flatMap((c) => c.exits[e].token),
+            prob: headChunks.flatMap((c) => c.exits[e].prob),
+            margin: headChunks.flatMap((c) => c.exits[e].margin),
+            entropy: headChunks.flatMap((c) => c.exits[e].entropy),
+            logits: concat(headChunks.map((c) => c.exits[e].logits)),
+          })),
   };
 }
