@@ -13,7 +13,15 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { CLOUD_LINK_BACKOFF } from "@tandem/common";
 import { Tokenizer } from "@tandem/runtime";
 import { wholeModelTokens, writeRandomCheckpoint } from "@tandem/runtime/testing";
-import { freePort, generate, healthStatus, type RunningProcess, startProgram } from "@tandem/testkit";
+import {
+  freePort,
+  generate,
+  healthStatus,
+  metricsAddressOf,
+  type RunningProcess,
+  scrapeMetrics,
+  startProgram,
+} from "@tandem/testkit";
 
 let dir: string;
 let model: string;
@@ -180,6 +188,68 @@ describe("other AUTO-mode policies from the agent's configuration", () => {
   }
 });
 
+describe("verified edge tokens (verify EXACT and ROLLBACK)", () => {
+  const PROMPTS = [PROMPT, "Tokens the cloud checks.", "a b c d e f", "Rollback"];
+
+  it("EXACT streams, token for token, what CLOUD_ONLY streams, for every prompt, in fewer round trips", async () => {
+    let accepted = 0;
+    for (const text of PROMPTS) {
+      const cloud = await generate(edge.address, { text, maxTokens: 48, mode: "MODE_CLOUD_ONLY" });
+      const exact = await generate(edge.address, { text, maxTokens: 48, verify: "VERIFY_EXACT" });
+      expect(exact.error).toBeUndefined();
+      expect(exact.rollbacks).toEqual([]);
+      expect(exact.tokens.map((t) => t.id)).toEqual(cloud.tokens.map((t) => t.id));
+      expect(exact.text).toBe(cloud.text);
+      const summary = exact.summary!;
+      expect(summary.acceptedTokens).toBeLessThanOrEqual(summary.draftedTokens);
+      expect(summary.edgeTokens + summary.cloudTokens).toBe(exact.tokens.length);
+      // Each accepted draft saved the round trip CLOUD_ONLY spends on its token.
+      expect(summary.escalations).toBeLessThanOrEqual(
+        cloud.summary!.escalations - summary.acceptedTokens + 1,
+      );
+      accepted += summary.acceptedTokens;
+    }
+    expect(accepted).toBeGreaterThan(0);
+  });
+
+  it("ROLLBACK streams at once, and with its rollbacks applied shows what CLOUD_ONLY shows", async () => {
+    let rollbacks = 0;
+    for (const text of PROMPTS) {
+      const cloud = await generate(edge.address, { text, maxTokens: 48, mode: "MODE_CLOUD_ONLY" });
+      const rolled = await generate(edge.address, {
+        text,
+        maxTokens: 48,
+        verify: "VERIFY_ROLLBACK",
+        maxDraftTokens: 4,
+        exitPolicy: { metric: "CONFIDENCE_METRIC_PROB", threshold: 0.2 },
+      });
+      expect(rolled.error).toBeUndefined();
+      expect(rolled.standing.map((t) => t.id)).toEqual(cloud.tokens.map((t) => t.id));
+      expect(rolled.text).toBe(cloud.text);
+      expectContiguous(
+        rolled.standing.map((t) => t.position),
+        cloud.tokens[0].position,
+      );
+      expect(rolled.summary!.rolledBackTokens).toBe(rolled.tokens.length - rolled.standing.length);
+      rollbacks += rolled.rollbacks.length;
+    }
+    expect(rollbacks).toBeGreaterThan(0);
+  });
+
+  it("refuses verify with EDGE_ONLY, and a draft limit out of range, naming the field", async () => {
+    const edgeOnly = await generate(edge.address, {
+      text: "hi",
+      mode: "MODE_EDGE_ONLY",
+      verify: "VERIFY_EXACT",
+    });
+    expect(edgeOnly.error?.code).toBe(grpc.status.INVALID_ARGUMENT);
+    expect(edgeOnly.error?.details).toMatch(/^verify: /);
+    const tooMany = await generate(edge.address, { text: "hi", verify: "VERIFY_EXACT", maxDraftTokens: 65 });
+    expect(tooMany.error?.code).toBe(grpc.status.INVALID_ARGUMENT);
+    expect(tooMany.error?.details).toMatch(/^max_draft_tokens: /);
+  });
+});
+
 describe("bad requests get INVALID_ARGUMENT naming the field, and the agent goes on", () => {
   const cases: [string, object, RegExp][] = [
     ["max_tokens over the limit", { text: "hi", maxTokens: 100000 }, /max_tokens/],
@@ -285,6 +355,42 @@ describe("a cloud worker killed mid-generation", () => {
     if (finish === "FINISH_REASON_LENGTH") expect(result.tokens).toHaveLength(tokens);
     expect(result.summary!.fallbackTokens).toBeGreaterThan(0);
     expect(result.summary!.cloudTokens + result.summary!.fallbackTokens).toBe(result.tokens.length);
+  });
+});
+
+describe("a cloud worker killed mid-generation under verify EXACT", () => {
+  it("the generation waits for the restarted worker, replays its context there, and streams what CLOUD_ONLY streams", async () => {
+    // Long enough that the edge is still generating when the new worker is up: the
+    // tokens after the kill can only come from it (EXACT streams no unchecked token).
+    const tokens = 3000;
+    const cloud = await generate(edge.address, { text: PROMPT, maxTokens: tokens, mode: "MODE_CLOUD_ONLY" });
+    let killed = false;
+    const exact = await generate(
+      edge.address,
+      { text: PROMPT, maxTokens: tokens, verify: "VERIFY_EXACT" },
+      async (index) => {
+        if (index !== 10 || killed) return;
+        killed = true;
+        await worker.kill("SIGKILL");
+        worker = await startProgram(
+          "tandem-cloud-worker",
+          { model, split: 3, port: workerPort, workerId: "w3", metricsAddress: "127.0.0.1:0" },
+          { ...env(), TANDEM_LOG_LEVEL: "info" },
+        );
+      },
+    );
+    expect(killed).toBe(true);
+    expect(exact.error).toBeUndefined();
+    expect(exact.tokens.map((t) => t.id)).toEqual(cloud.tokens.map((t) => t.id));
+    expect(exact.tokens.some((t) => t.source === "TOKEN_SOURCE_EDGE_FALLBACK")).toBe(false);
+    // The restarted worker got every position from the first (the context generated before
+    // it started, replayed), and checked the edge's drafts from there.
+    const metrics = await scrapeMetrics(await metricsAddressOf(worker));
+    const positions = exact.summary!.promptTokens + exact.tokens.length - 1;
+    expect(
+      metrics.value("tandem_worker_hidden_state_bytes_received_total", { codec: "fp32" }),
+    ).toBeGreaterThanOrEqual(positions * 128 * 4);
+    expect(metrics.value("tandem_worker_checked_tokens_total", { outcome: "accepted" })).toBeGreaterThan(0);
   });
 });
 

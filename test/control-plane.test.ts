@@ -577,7 +577,7 @@ describe("expert placement from a MoE model's real activations", () => {
         const ids = tokenizer.encode(text.slice(w * 2000, w * 2000 + 1500)).slice(0, positions);
         lower.open(`s${w}`);
         const hidden = (await lower.forward(`s${w}`, { ids })).hidden!;
-        await worker.contexts.append(`s${w}`, 0, hidden, positions);
+        await worker.contexts.append(`s${w}`, { start: 0, hidden: hidden, count: positions });
       }
       // Every position activates top-2 experts in each of the three cloud layers: all of it reported.
       await until("every activation reported", () =>

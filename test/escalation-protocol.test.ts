@@ -227,6 +227,33 @@ describe("the escalation protocol, in-process and over gRPC", () => {
       },
     ],
     [
+      "a check starting at the frame's first position (its predecessor is not in the frame)",
+      (id) => {
+        const bad = frame("fp32", 0, 4);
+        return [
+          openMessage(id, identity, "fp32"),
+          { ...bad, frame: { ...bad.frame!, tokenIds: PROMPT.slice(0, 4), verifyFrom: 0 + 5 } },
+        ];
+      },
+    ],
+    [
+      "a check without the token ids it checks",
+      (id) => {
+        const bad = frame("fp32", 0, 4);
+        return [openMessage(id, identity, "fp32"), { ...bad, frame: { ...bad.frame!, verifyFrom: 2 } }];
+      },
+    ],
+    [
+      "a check that asks for no token",
+      (id) => {
+        const bad = frame("fp32", 0, 4, GREEDY, false);
+        return [
+          openMessage(id, identity, "fp32"),
+          { ...bad, frame: { ...bad.frame!, tokenIds: PROMPT.slice(0, 4), verifyFrom: 2 } },
+        ];
+      },
+    ],
+    [
       "penalties on a context whose token ids were never sent",
       (id) => [openMessage(id, identity, "fp32"), frame("fp32", 0, 2, { ...GREEDY, presencePenalty: 1 })],
     ],
@@ -239,6 +266,43 @@ describe("the escalation protocol, in-process and over gRPC", () => {
     expect(b).toEqual(a);
     const { code } = a.end as { code: number };
     expect([grpc.status.INVALID_ARGUMENT, grpc.status.FAILED_PRECONDITION]).toContain(code);
+  });
+
+  it("checks the edge's tokens alike: answers at the first one the head answers differently, and the context ends there", async () => {
+    // The head's own answers at positions 3..12, one frame each (a session of its own).
+    const answers = new Map<number, number>();
+    const probe = [openMessage("probe", identity, "fp32")];
+    for (let end = 3; end <= 12; end++) probe.push(frame("fp32", 0, end));
+    (await inProcess(probe)).replies.slice(1).forEach((r, i) => answers.set(3 + i, r.token!.token));
+    // Token ids the head agrees with at 3..7 and not at 8.
+    const tokenIds = PROMPT.map((id, p) =>
+      p < 3 ? id : p === 8 ? (answers.get(8)! + 1) % identity.vocabSize : answers.get(p)!,
+    );
+    const check = (id: string, verifyFrom: number, ids = tokenIds) => {
+      const message = frame("fp32", 0, 12);
+      return [
+        openMessage(id, identity, "fp32"),
+        { ...message, frame: { ...message.frame!, tokenIds: ids, verifyFrom } },
+      ];
+    };
+    for (const path of [inProcess, overGrpc]) {
+      const disagreed = await path(check(`check-${path.name}`, 3));
+      expect(disagreed.end).toBe("ok");
+      expect(disagreed.replies[1].token).toMatchObject({ position: 8, token: answers.get(8) });
+      // Every token agreed with: the answer after the frame, as without a check.
+      const agreed = await path(
+        check(
+          `agreed-${path.name}`,
+          3,
+          tokenIds.map((id, p) => (p === 8 ? answers.get(8)! : id)),
+        ),
+      );
+      expect(agreed.replies[1].token).toMatchObject({ position: 12, token: answers.get(12) });
+    }
+    // The worker's context of the session that disagreed ends before the refused token:
+    // an edge reopening it resends from there.
+    const reopened = await overGrpc([openMessage("check-overGrpc", identity, "fp32")]);
+    expect(reopened.replies[0].opened).toMatchObject({ contextLength: 8 });
   });
 
   it("answers the edge's upper-segment calls alike: LocalUpperSegment and a CloudSession", async () => {

@@ -135,7 +135,7 @@ describe("expert parallelism over mutual TLS", () => {
     for (const s of [lower, reference]) s.open("s");
     const hidden = (await lower.forward("s", { ids: [5, 17, 42, 99, 3] })).hidden!;
     const expected = (await reference.forward("s", { hidden, count: 5 })).exits[0].logits!;
-    const actual = (await w1.contexts.append("s", 0, hidden, 5)).exits[0].logits!;
+    const actual = (await w1.contexts.append("s", { start: 0, hidden, count: 5 })).exits[0].logits!;
     expect(Array.from(actual)).toEqual(Array.from(expected));
     expect(w1.experts!.parallelism.counters.remoteCalls).toBeGreaterThan(0);
     expect(w1.experts!.parallelism.counters.fallbacks).toBe(0);

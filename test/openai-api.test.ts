@@ -113,6 +113,27 @@ describe("the OpenAI API on the edge agent, through the official client", () => 
     expect(new Set(tandem.tokens.map((t) => t.source))).toEqual(new Set(["edge", "cloud"]));
   });
 
+  it("verifies the edge's tokens: exact (streamed) and rollback (applied before the answer) give the cloud-only text", async () => {
+    const create = (tandem: object, stream = false) =>
+      client.completions.create({ model: MODEL, prompt: PROMPT, max_tokens: 32, stream, tandem } as never);
+    const cloud = (await create({ mode: "cloud_only" })) as unknown as OpenAI.Completion;
+    let streamed = "";
+    for await (const chunk of (await create(
+      { verify: "exact" },
+      true,
+    )) as unknown as AsyncIterable<OpenAI.Completion>)
+      streamed += chunk.choices[0]?.text ?? "";
+    expect(streamed).toBe(cloud.choices[0].text);
+    const rolled = (await create({
+      verify: "rollback",
+      max_draft_tokens: 2,
+    })) as unknown as OpenAI.Completion & {
+      tandem: { tokens: { token_id: number }[] };
+    };
+    expect(rolled.choices[0].text).toBe(cloud.choices[0].text);
+    expect(rolled.tandem.tokens).toHaveLength(32);
+  });
+
   it("answers a conversation through the model's chat template, as gRPC answers its rendered text", async () => {
     const chat = await client.chat.completions.create({
       model: MODEL,
@@ -368,6 +389,20 @@ describe("the OpenAI API on the edge agent, through the official client", () => 
       /tool calls are not supported/,
     ],
     ["an unknown Tandem mode", { tandem: { mode: "warp" } }, 400, "tandem.mode", /./],
+    [
+      "verify rollback on a stream, whose chunks cannot withdraw text",
+      { stream: true, tandem: { verify: "rollback" } },
+      400,
+      "tandem.verify",
+      /use "exact", or stream: false/,
+    ],
+    [
+      "a draft limit out of range",
+      { tandem: { verify: "exact", max_draft_tokens: 99 } },
+      400,
+      "tandem.max_draft_tokens",
+      /\[0, 64\]/,
+    ],
     [
       "stream_options without stream",
       { stream_options: { include_usage: true } },

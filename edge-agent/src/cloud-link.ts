@@ -187,7 +187,7 @@ export class CloudLink {
 }
 
 interface PendingReply {
-  sent: { start: number; count: number; topLogprobs?: number };
+  sent: { start: number; count: number; topLogprobs?: number; verifyFrom?: number };
   resolve: (answer: UpperAnswer) => void;
   reject: (error: Error) => void;
   timer: NodeJS.Timeout;
@@ -400,7 +400,12 @@ export class CloudSession implements UpperSegment {
           );
         }, link.options.deadlineMs);
         this.pending.set(key, {
-          sent: { start: frame.start, count: frame.count, topLogprobs: frame.topLogprobs },
+          sent: {
+            start: frame.start,
+            count: frame.count,
+            topLogprobs: frame.topLogprobs,
+            verifyFrom: frame.verifyFrom,
+          },
           resolve,
           reject,
           timer,
@@ -484,7 +489,12 @@ export class CloudSession implements UpperSegment {
           this.pending.delete(requestId!);
           const outcome = checkFrameReply(message, reply.sent, link.identity.vocabSize);
           if (outcome.kind === "token")
-            reply.resolve({ token: outcome.token, prob: outcome.prob, logprobs: outcome.logprobs });
+            reply.resolve({
+              position: outcome.position,
+              token: outcome.token,
+              prob: outcome.prob,
+              logprobs: outcome.logprobs,
+            });
           else reply.reject(outcome.error);
         } catch (error) {
           // A reply that breaks the protocol: this worker cannot be trusted with the session.

@@ -107,7 +107,7 @@ describe("EdgeMetrics", () => {
         ThresholdExitPolicy.uniform(EXITS, "prob", 0.6),
         "metrics-generation",
       );
-      for await (const token of generator.generate(tokenizer.encode("The edge answers what it is sure of."), {
+      for await (const token of generator.tokens(tokenizer.encode("The edge answers what it is sure of."), {
         maxTokens: 32,
       }))
         metrics.tokenProduced(token.source, token.exitLayer);

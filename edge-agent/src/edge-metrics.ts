@@ -57,6 +57,8 @@ export class EdgeMetrics {
   private readonly escalationBytesReceived = tally(CODEC_NAMES);
   private escalations = 0;
   private contextReplays = 0;
+  private readonly checkedTokens = tally(["accepted", "rejected"] as const);
+  private rolledBackTokens = 0;
   private readonly exitLayer: BucketHistogram;
   private readonly stepSeconds: BucketHistogram;
   private readonly roundTripSeconds: BucketHistogram;
@@ -137,6 +139,17 @@ export class EdgeMetrics {
       "ContextLost from the cloud: the session resends its context from where the worker's ends",
       () => this.contextReplays,
     );
+    countedBy(
+      "tandem_edge_checked_tokens_total",
+      "Edge tokens the cloud checked (verify rollback/exact), by whether it answered them alike",
+      "outcome",
+      this.checkedTokens,
+    );
+    counted(
+      "tandem_edge_rolled_back_tokens_total",
+      "Tokens streamed and then withdrawn by a Rollback (verify rollback)",
+      () => this.rolledBackTokens,
+    );
     this.roundTripSeconds = new BucketHistogram({
       name: "tandem_edge_cloud_round_trip_seconds",
       help: "From sending an escalation to its token (opening the session's stream included, when it opens it)",
@@ -204,6 +217,13 @@ export class EdgeMetrics {
   tokenProduced(source: TokenSource, exitLayer: number): void {
     this.tokens[source]++;
     this.exitLayer.observe(exitLayer);
+  }
+
+  /** A generation's checks of its edge tokens (verified modes). */
+  tokensChecked(drafted: number, accepted: number, rolledBack: number): void {
+    this.checkedTokens.accepted += accepted;
+    this.checkedTokens.rejected += drafted - accepted;
+    this.rolledBackTokens += rolledBack;
   }
 
   firstToken(seconds: number): void {

@@ -15,11 +15,13 @@ import {
   type ConfidenceMetric,
   type ExitPolicy,
   MAX_TOP_LOGPROBS,
+  MAX_DRAFT_TOKENS,
   type ModelConfig,
   type SamplingOptions,
   ThresholdExitPolicy,
   validateSampling,
   type Tokenizer,
+  type VerifyMode,
 } from "@tandem/runtime";
 import { FailedPreconditionError, InvalidArgumentError } from "@tandem/common";
 import type { CloudLinks } from "./cloud-link.ts";
@@ -64,6 +66,13 @@ export const DEFAULT_REQUEST_LIMITS: RequestLimits = {
 export type GenerationMode = "MODE_AUTO" | "MODE_EDGE_ONLY" | "MODE_CLOUD_ONLY";
 export const GENERATION_MODES: readonly GenerationMode[] = ["MODE_AUTO", "MODE_EDGE_ONLY", "MODE_CLOUD_ONLY"];
 
+/** The public API's verify modes (tandem.v1.Verify), and what the generator runs for each. */
+export const VERIFY_BY_NAME: Readonly<Record<string, VerifyMode>> = {
+  VERIFY_NONE: "none",
+  VERIFY_ROLLBACK: "rollback",
+  VERIFY_EXACT: "exact",
+};
+
 /** A request as it arrived, in the API's own terms but its types already checked. */
 export interface GenerationInput {
   prompt: { text: string } | { tokenIds: number[] } | { messages: ChatMessage[] } | undefined;
@@ -75,6 +84,10 @@ export interface GenerationInput {
   exitPolicy?: { metric?: ConfidenceMetric; threshold?: number; targetEscalationRate?: number };
   /** Report each token's log-probability and this many alternatives (0: the token's only). */
   topLogprobs?: number;
+  /** A key of VERIFY_BY_NAME; undefined: VERIFY_NONE. */
+  verify?: string;
+  /** 0 or undefined: the default (8). */
+  maxDraftTokens?: number;
 }
 
 /** How an API spells each field in its errors. */
@@ -91,6 +104,8 @@ export interface RequestFieldNames {
   /** Prefix of metric, threshold and target_escalation_rate. */
   exitPolicy: string;
   topLogprobs: string;
+  verify: string;
+  maxDraftTokens: string;
 }
 
 /** The request, checked and resolved against the agent: what the generation runs. */
@@ -103,6 +118,8 @@ export interface ValidRequest {
   policy: () => ExitPolicy;
   /** undefined: no log-probabilities. */
   topLogprobs?: number;
+  verify: VerifyMode;
+  maxDraftTokens: number;
 }
 
 /** What validation needs of the agent. */
@@ -236,6 +253,25 @@ export function validateRequest(
   }
   if (mode === "MODE_EDGE_ONLY") policy = () => new AlwaysExitPolicy();
   if (mode === "MODE_CLOUD_ONLY") policy = () => new AlwaysDeferPolicy();
+
+  const verify = VERIFY_BY_NAME[input.verify ?? "VERIFY_NONE"];
+  if (!verify) throw new InvalidArgumentError(fields.verify, `unknown value ${input.verify}`);
+  if (verify !== "none" && mode === "MODE_EDGE_ONLY")
+    throw new InvalidArgumentError(
+      fields.verify,
+      "EDGE_ONLY never contacts the cloud, which is what checks the tokens; use MODE_AUTO",
+    );
+  if (verify !== "none" && !context.cloud)
+    throw new FailedPreconditionError(
+      fields.verify,
+      "checking the edge's tokens needs a cloud worker, and this agent has none configured",
+    );
+  const maxDraftTokens = input.maxDraftTokens || DEFAULT_GENERATE_OPTIONS.maxDraftTokens;
+  if (!(Number.isInteger(maxDraftTokens) && maxDraftTokens >= 1 && maxDraftTokens <= MAX_DRAFT_TOKENS))
+    throw new InvalidArgumentError(
+      fields.maxDraftTokens,
+      `must be an integer in [0, ${MAX_DRAFT_TOKENS}] (0: ${DEFAULT_GENERATE_OPTIONS.maxDraftTokens}), got ${input.maxDraftTokens}`,
+    );
   return {
     ids,
     maxTokens,
@@ -244,6 +280,9 @@ export function validateRequest(
     mode,
     policy,
     topLogprobs: input.topLogprobs,
+    // With every token the cloud's there is nothing of the edge's to check.
+    verify: mode === "MODE_CLOUD_ONLY" ? "none" : verify,
+    maxDraftTokens,
   };
 }
 

@@ -9,6 +9,12 @@
  * emitted yet (a possible start of a stop sequence, an unfinished character) joins a
  * later token's text; the last token of a generation — at max_tokens, an end token or a
  * stop sequence, each known when the token arrives — carries everything still held.
+ *
+ * With verify "rollback" a rollback event may follow (even after a token marked last):
+ * the tokens from its position on are withdrawn with their text, and generation goes on
+ * from the cloud's token there. The text state is rebuilt from the tokens that stand, so
+ * the tokens that replace them carry exactly the text a run without the withdrawn ones
+ * would have.
  */
 import { randomUUID } from "node:crypto";
 import {
@@ -42,6 +48,12 @@ export interface GeneratedTokenEvent {
   last: boolean;
 }
 
+/** The tokens at `position` and after it are withdrawn (verify "rollback"). */
+export interface GenerationRollback {
+  kind: "rollback";
+  position: number;
+}
+
 export type FinishReason = "length" | "stop" | "eos";
 
 export interface GenerationSummary {
@@ -59,9 +71,13 @@ export interface GenerationSummary {
   totalMs: number;
   edgeComputeMs: number;
   cloudWaitMs: number;
+  /** Verified modes: edge tokens checked by the cloud, those it answered alike, tokens withdrawn. */
+  draftedTokens: number;
+  acceptedTokens: number;
+  rolledBackTokens: number;
 }
 
-export type GenerationEvent = GeneratedTokenEvent | GenerationSummary;
+export type GenerationEvent = GeneratedTokenEvent | GenerationRollback | GenerationSummary;
 
 /** What running a generation needs of the agent. */
 export interface GenerationContext {
@@ -119,15 +135,22 @@ export async function runGeneration(
         try {
           for await (const event of events) {
             if (event.kind === "token") metrics?.tokenProduced(event.source, event.exitLayer);
-            else if (span.isRecording())
-              span.setAttributes({
-                "tandem.completion_tokens": event.completionTokens,
-                "tandem.edge_tokens": event.edgeTokens,
-                "tandem.cloud_tokens": event.cloudTokens,
-                "tandem.fallback_tokens": event.fallbackTokens,
-                "tandem.escalations": event.escalations,
-                "tandem.finish_reason": event.finishReason,
-              });
+            else if (event.kind === "summary") {
+              metrics?.tokensChecked(event.draftedTokens, event.acceptedTokens, event.rolledBackTokens);
+              if (span.isRecording())
+                span.setAttributes({
+                  "tandem.completion_tokens": event.completionTokens,
+                  "tandem.edge_tokens": event.edgeTokens,
+                  "tandem.cloud_tokens": event.cloudTokens,
+                  "tandem.fallback_tokens": event.fallbackTokens,
+                  "tandem.escalations": event.escalations,
+                  "tandem.finish_reason": event.finishReason,
+                  "tandem.verify": request.verify,
+                  "tandem.drafted_tokens": event.draftedTokens,
+                  "tandem.accepted_tokens": event.acceptedTokens,
+                  "tandem.rolled_back_tokens": event.rolledBackTokens,
+                });
+            }
             if (!(await sink.emit(event))) {
               outcome = "cancelled";
               return;
@@ -207,17 +230,31 @@ async function* generationEvents(
       request.policy() satisfies ExitPolicy,
       sessionId,
     );
-    const decoder = new IncrementalDecoder(context.tokenizer);
-    const stops = new StopSequenceFilter(request.stops);
-    let produced = 0;
+    const promptTokens = request.ids.length;
+    /** The generated tokens that stand (withdrawn ones removed), and the text state after them. */
+    const generated: number[] = [];
+    let decoder = new IncrementalDecoder(context.tokenizer);
+    let stops = new StopSequenceFilter(request.stops);
     let lowerMs = 0;
-    for await (const token of generator.generate(request.ids, {
+    for await (const item of generator.generate(request.ids, {
       maxTokens: request.maxTokens,
       stopTokenIds: [...eos],
       sampling: request.sampling,
       topLogprobs: request.topLogprobs,
+      verify: request.verify,
+      maxDraftTokens: request.maxDraftTokens,
     })) {
-      produced++;
+      if (item.kind === "rollback") {
+        generated.length = item.position - promptTokens;
+        decoder = new IncrementalDecoder(context.tokenizer);
+        stops = new StopSequenceFilter(request.stops);
+        for (const id of generated) if (!eos.has(id)) stops.push(decoder.push(id));
+        finishReason = "length";
+        yield { kind: "rollback", position: item.position };
+        continue;
+      }
+      const token = item;
+      generated.push(token.token);
       if (firstTokenMs === 0) {
         firstTokenMs = performance.now() - started;
         context.metrics?.firstToken(firstTokenMs / 1000);
@@ -230,8 +267,12 @@ async function* generationEvents(
       let text = isEos ? "" : stops.push(decoder.push(token.token));
       if (isEos) finishReason = "eos";
       else if (stops.stopped) finishReason = "stop";
-      const last = isEos || stops.stopped || produced === request.maxTokens;
-      if (last) text += stops.push(decoder.flush()) + stops.flush();
+      const last = isEos || stops.stopped || generated.length === request.maxTokens;
+      if (last) {
+        text += stops.push(decoder.flush()) + stops.flush();
+        // Over unless a check withdraws tokens (verify "rollback"): then generation goes on.
+        generator.finish();
+      }
       yield {
         kind: "token",
         id: token.token,
@@ -243,13 +284,12 @@ async function* generationEvents(
         logprobs: token.logprobs,
         last,
       };
-      if (last) break;
     }
     const stats = generator.stats;
     yield {
       kind: "summary",
       promptTokens: stats.promptTokens,
-      completionTokens: produced,
+      completionTokens: generated.length,
       edgeTokens: stats.edgeTokens,
       cloudTokens: stats.cloudTokens,
       fallbackTokens: stats.fallbackTokens,
@@ -261,6 +301,9 @@ async function* generationEvents(
       totalMs: performance.now() - started,
       edgeComputeMs: stats.lowerMs,
       cloudWaitMs: stats.upperMs,
+      draftedTokens: stats.draftedTokens,
+      acceptedTokens: stats.acceptedTokens,
+      rolledBackTokens: stats.rolledBackTokens,
     };
   } finally {
     await cloudSession?.close();

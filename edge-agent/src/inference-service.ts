@@ -91,6 +91,8 @@ const GRPC_FIELDS: RequestFieldNames = {
   mode: "mode",
   exitPolicy: "exit_policy",
   topLogprobs: "top_logprobs",
+  verify: "verify",
+  maxDraftTokens: "max_draft_tokens",
 };
 
 const METRICS: Record<string, ConfidenceMetric> = {
@@ -146,6 +148,8 @@ function inputOf(request: GenerateRequest__Output): GenerationInput {
     mode: request.mode,
     exitPolicy,
     topLogprobs: request.logprobs ? request.topLogprobs : undefined,
+    verify: request.verify,
+    maxDraftTokens: request.maxDraftTokens,
   };
 }
 
@@ -184,6 +188,7 @@ function eventMessage(event: GenerationEvent, context: InferenceContext): Genera
         logprobs: wireLogprobs(event.logprobs, context),
       },
     };
+  if (event.kind === "rollback") return { rollback: { position: event.position } };
   return {
     summary: {
       promptTokens: event.promptTokens,
@@ -194,6 +199,9 @@ function eventMessage(event: GenerationEvent, context: InferenceContext): Genera
       bytesSent: String(event.bytesSent),
       bytesReceived: String(event.bytesReceived),
       finishReason: FINISH_REASONS[event.finishReason],
+      draftedTokens: event.draftedTokens,
+      acceptedTokens: event.acceptedTokens,
+      rolledBackTokens: event.rolledBackTokens,
       timings: {
         firstTokenMs: event.firstTokenMs,
         totalMs: event.totalMs,

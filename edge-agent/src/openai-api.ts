@@ -33,6 +33,7 @@ import {
   CancelledError,
   FailedPreconditionError,
   InvalidArgumentError,
+  InternalError,
   TandemError,
   hostPort,
   type Logger,
@@ -171,6 +172,8 @@ function fieldsOf(
     mode: "tandem.mode",
     exitPolicy: "tandem.exit_policy",
     topLogprobs: topLogprobsField,
+    verify: "tandem.verify",
+    maxDraftTokens: "tandem.max_draft_tokens",
   };
 }
 
@@ -192,6 +195,8 @@ function commonInput(
       frequencyPenalty: body.frequency_penalty ?? undefined,
     },
     mode: MODES[body.tandem?.mode ?? "auto"],
+    verify: `VERIFY_${(body.tandem?.verify ?? "none").toUpperCase()}`,
+    maxDraftTokens: body.tandem?.max_draft_tokens,
     exitPolicy: policy && {
       metric: policy.metric as ConfidenceMetric | undefined,
       threshold: policy.threshold,
@@ -382,6 +387,11 @@ export async function startHttpApi(
     if (body.model !== context.modelId) throw new ModelNotFoundError(body.model, context.modelId);
     if (!body.stream && body.stream_options)
       throw new InvalidArgumentError("stream_options", "only with stream: true");
+    if (body.stream && body.tandem?.verify === "rollback")
+      throw new InvalidArgumentError(
+        "tandem.verify",
+        'streamed chunks cannot withdraw text, which "rollback" needs: use "exact", or stream: false (rollbacks are applied before the answer)',
+      );
     const valid: ValidRequest = validateRequest(input, context, fields);
     const release = context.admission.admit(key);
     const id = `${endpoint.idPrefix}-${randomUUID().replaceAll("-", "")}`;
@@ -400,7 +410,11 @@ export async function startHttpApi(
           headers: request.headers,
           emit: async (event) => {
             if (event.kind === "token") tokens.push(event);
-            else summary = event;
+            // Withdrawn tokens leave the answer (verify "rollback").
+            else if (event.kind === "rollback") {
+              const withdrawn = tokens.findIndex((t) => t.position >= event.position);
+              if (withdrawn >= 0) tokens.length = withdrawn;
+            } else summary = event;
             return !gone;
           },
         });
@@ -430,6 +444,9 @@ export async function startHttpApi(
             if (gone) return false;
             if (event.kind === "token") {
               await write(withUsage({ ...envelope(), ...endpoint.chunk(event) }));
+            } else if (event.kind === "rollback") {
+              // Refused above: a stream is never asked for rollbacks.
+              throw new InternalError("a rollback in an HTTP stream");
             } else {
               await write(withUsage({ ...envelope(), ...endpoint.closing(event) }));
               if (includeUsage) await write({ ...envelope(), choices: [], usage: usageOf(event) });

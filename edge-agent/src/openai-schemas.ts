@@ -16,6 +16,9 @@ const STOP = z.union([z.string(), z.array(z.string())]).nullish();
 const TANDEM_OPTIONS = z
   .object({
     mode: z.enum(["auto", "edge_only", "cloud_only"]).optional(),
+    /** tandem.v1.Verify: "rollback" only without stream (OpenAI's chunks cannot withdraw text). */
+    verify: z.enum(["none", "rollback", "exact"]).optional(),
+    max_draft_tokens: z.int().optional(),
     exit_policy: z
       .object({
         metric: z.enum(["prob", "margin", "entropy"]).optional(),

@@ -127,10 +127,15 @@ export {
 } from "./generation/sampler.ts";
 export {
   DEFAULT_GENERATE_OPTIONS,
+  MAX_DRAFT_TOKENS,
   SplitGenerator,
+  VERIFY_MODES,
   type GenerateOptions,
   type GeneratedToken,
+  type GenerationItem,
+  type Rollback,
   type SplitGeneratorStats,
+  type VerifyMode,
   type TokenSource,
   type UpperAnswer,
   type UpperFrame,
@@ -161,6 +166,7 @@ export {
   type EscalationLimits,
   type FrameOutcome,
   type FrameTarget,
+  type FrameToApply,
   type SplitIdentity,
 } from "./protocol/escalation-protocol.ts";
 export {

@@ -10,10 +10,18 @@ import {
   type GenerateRequest,
 } from "@tandem/proto";
 
+type TokenEvent = NonNullable<GenerateEvent__Output["token"]>;
+
 export interface GenerateResult {
-  tokens: NonNullable<GenerateEvent__Output["token"]>[];
+  /** Every token event, as streamed. */
+  tokens: TokenEvent[];
+  /** The positions of the Rollback events (verify ROLLBACK), in order. */
+  rollbacks: number[];
+  /** The tokens left once each rollback has withdrawn its tokens: what a client shows. */
+  standing: TokenEvent[];
   summary?: GenerateEvent__Output["summary"];
   error?: grpc.ServiceError;
+  /** The standing tokens' text. */
   text: string;
 }
 
@@ -52,13 +60,20 @@ export function generate(
   connection: Connection = {},
 ): Promise<GenerateResult> {
   const client = inferenceClient(address, connection.credentials, connection.channelOptions);
-  const result: GenerateResult = { tokens: [], text: "" };
+  const result: GenerateResult = { tokens: [], rollbacks: [], standing: [], text: "" };
   return new Promise((resolve) => {
     const call = client.Generate(request, connection.metadata ?? new grpc.Metadata());
     let chain = Promise.resolve();
     call.on("data", (event: GenerateEvent__Output) => {
+      if (event.rollback) {
+        const { position } = event.rollback;
+        result.rollbacks.push(position);
+        result.standing = result.standing.filter((t) => t.position < position);
+        result.text = result.standing.map((t) => t.text).join("");
+      }
       if (event.token) {
         result.tokens.push(event.token);
+        result.standing.push(event.token);
         result.text += event.token.text;
         const index = result.tokens.length - 1;
         const token = event.token;

@@ -72,14 +72,14 @@ async function steadyRate(setup: Setup, mode: Mode, sessions: number, steps: num
   const contexts = workerContexts(setup, mode);
   await Promise.all(
     Array.from({ length: sessions }, (_, s) =>
-      contexts.append(`s${s}`, 0, frame(setup, s, STEADY_CONTEXT), STEADY_CONTEXT),
+      contexts.append(`s${s}`, { start: 0, hidden: frame(setup, s, STEADY_CONTEXT), count: STEADY_CONTEXT }),
     ),
   );
   const start = performance.now();
   await Promise.all(
     Array.from({ length: sessions }, async (_, s) => {
       for (let p = STEADY_CONTEXT; p < STEADY_CONTEXT + steps; p++)
-        await contexts.append(`s${s}`, p, frame(setup, s + p, 1), 1);
+        await contexts.append(`s${s}`, { start: p, hidden: frame(setup, s + p, 1), count: 1 });
     }),
   );
   const rate = (sessions * steps) / ((performance.now() - start) / 1000);
@@ -103,9 +103,9 @@ async function churnRates(setup: Setup, mode: Mode, steps: number, seed: number)
       while (decoded < steps) {
         const id = `lane${lane}-${joins++}`;
         const length = Math.min(steps - decoded, randomInt(random, CHURN_STEPS[0], CHURN_STEPS[1]));
-        await contexts.append(id, 0, frame(setup, lane, JOIN_FRAME), JOIN_FRAME);
+        await contexts.append(id, { start: 0, hidden: frame(setup, lane, JOIN_FRAME), count: JOIN_FRAME });
         for (let p = JOIN_FRAME; p < JOIN_FRAME + length; p++)
-          await contexts.append(id, p, frame(setup, lane + p, 1), 1);
+          await contexts.append(id, { start: p, hidden: frame(setup, lane + p, 1), count: 1 });
         decoded += length;
         contexts.release(id);
       }

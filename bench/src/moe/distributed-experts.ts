@@ -114,7 +114,9 @@ export async function distributedExperts(
         await onStep?.(step);
         const hidden = (await lower.forward(session, { ids: next })).hidden!;
         const expected = (await reference.forward(session, { hidden, count: next.length })).exits[0].logits!;
-        const actual = (await w1.contexts.append(session, position, hidden, next.length)).exits[0].logits!;
+        const actual = (
+          await w1.contexts.append(session, { start: position, hidden: hidden, count: next.length })
+        ).exits[0].logits!;
         diffs.push(maxAbsDiff(actual, expected));
         position += next.length;
         const token = argmax(expected);

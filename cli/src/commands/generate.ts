@@ -101,7 +101,7 @@ export async function runGenerate(
         : new AlwaysExitPolicy();
     const generator = new SplitGenerator(local.lower, upper, policy);
     const decoder = new IncrementalDecoder(tokenizer);
-    for await (const token of generator.generate(promptIds, {
+    for await (const token of generator.tokens(promptIds, {
       maxTokens: request.maxTokens,
       stopTokenIds: checkpoint.config.eosTokenId,
     }))

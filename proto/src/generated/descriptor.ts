@@ -111,7 +111,22 @@ export const TANDEM_DESCRIPTOR = {
                 "topLogprobs": {
                   "type": "uint32",
                   "id": 10
+                },
+                "verify": {
+                  "type": "Verify",
+                  "id": 11
+                },
+                "maxDraftTokens": {
+                  "type": "uint32",
+                  "id": 12
                 }
+              }
+            },
+            "Verify": {
+              "values": {
+                "VERIFY_NONE": 0,
+                "VERIFY_ROLLBACK": 1,
+                "VERIFY_EXACT": 2
               }
             },
             "TokenIds": {
@@ -212,7 +227,8 @@ export const TANDEM_DESCRIPTOR = {
                 "event": {
                   "oneof": [
                     "token",
-                    "summary"
+                    "summary",
+                    "rollback"
                   ]
                 }
               },
@@ -224,6 +240,18 @@ export const TANDEM_DESCRIPTOR = {
                 "summary": {
                   "type": "GenerateSummary",
                   "id": 2
+                },
+                "rollback": {
+                  "type": "Rollback",
+                  "id": 3
+                }
+              }
+            },
+            "Rollback": {
+              "fields": {
+                "position": {
+                  "type": "uint32",
+                  "id": 1
                 }
               }
             },
@@ -333,6 +361,18 @@ export const TANDEM_DESCRIPTOR = {
                 "timings": {
                   "type": "Timings",
                   "id": 9
+                },
+                "draftedTokens": {
+                  "type": "uint32",
+                  "id": 10
+                },
+                "acceptedTokens": {
+                  "type": "uint32",
+                  "id": 11
+                },
+                "rolledBackTokens": {
+                  "type": "uint32",
+                  "id": 12
                 }
               }
             },
@@ -512,6 +552,10 @@ export const TANDEM_DESCRIPTOR = {
                 "frequencyPenalty": {
                   "type": "float",
                   "id": 18
+                },
+                "verifyFrom": {
+                  "type": "uint32",
+                  "id": 19
                 }
               }
             },

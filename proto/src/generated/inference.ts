@@ -14,6 +14,7 @@ import type { ListModelsResponse as _tandem_v1_ListModelsResponse, ListModelsRes
 import type { LogprobAlternative as _tandem_v1_LogprobAlternative, LogprobAlternative__Output as _tandem_v1_LogprobAlternative__Output } from './tandem/v1/LogprobAlternative.js';
 import type { Logprobs as _tandem_v1_Logprobs, Logprobs__Output as _tandem_v1_Logprobs__Output } from './tandem/v1/Logprobs.js';
 import type { ModelInfo as _tandem_v1_ModelInfo, ModelInfo__Output as _tandem_v1_ModelInfo__Output } from './tandem/v1/ModelInfo.js';
+import type { Rollback as _tandem_v1_Rollback, Rollback__Output as _tandem_v1_Rollback__Output } from './tandem/v1/Rollback.js';
 import type { Sampling as _tandem_v1_Sampling, Sampling__Output as _tandem_v1_Sampling__Output } from './tandem/v1/Sampling.js';
 import type { Timings as _tandem_v1_Timings, Timings__Output as _tandem_v1_Timings__Output } from './tandem/v1/Timings.js';
 import type { TokenEvent as _tandem_v1_TokenEvent, TokenEvent__Output as _tandem_v1_TokenEvent__Output } from './tandem/v1/TokenEvent.js';
@@ -41,11 +42,13 @@ export interface ProtoGrpcType {
       Logprobs: MessageTypeDefinition<_tandem_v1_Logprobs, _tandem_v1_Logprobs__Output>
       Mode: EnumTypeDefinition
       ModelInfo: MessageTypeDefinition<_tandem_v1_ModelInfo, _tandem_v1_ModelInfo__Output>
+      Rollback: MessageTypeDefinition<_tandem_v1_Rollback, _tandem_v1_Rollback__Output>
       Sampling: MessageTypeDefinition<_tandem_v1_Sampling, _tandem_v1_Sampling__Output>
       Timings: MessageTypeDefinition<_tandem_v1_Timings, _tandem_v1_Timings__Output>
       TokenEvent: MessageTypeDefinition<_tandem_v1_TokenEvent, _tandem_v1_TokenEvent__Output>
       TokenIds: MessageTypeDefinition<_tandem_v1_TokenIds, _tandem_v1_TokenIds__Output>
       TokenSource: EnumTypeDefinition
+      Verify: EnumTypeDefinition
     }
   }
 }

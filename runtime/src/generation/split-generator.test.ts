@@ -56,7 +56,7 @@ const PROMPT = [10, 20, 30, 40, 50, 60];
 async function wholeModelTokens(maxTokens: number, sampling?: SamplingOptions): Promise<number[]> {
   const whole = await loadLocalSplit(checkpoint, options());
   const tokens = [];
-  for await (const t of new SplitGenerator(whole.lower, undefined, new AlwaysExitPolicy()).generate(PROMPT, {
+  for await (const t of new SplitGenerator(whole.lower, undefined, new AlwaysExitPolicy()).tokens(PROMPT, {
     maxTokens,
     sampling,
   }))
@@ -75,7 +75,7 @@ describe("SplitGenerator", () => {
     const upper = new RecordingUpper(new LocalUpperSegment(split.upper!, "p"));
     const generator = new SplitGenerator(split.lower, upper, new AlwaysDeferPolicy());
     const tokens = [];
-    for await (const t of generator.generate(PROMPT, { maxTokens: 16, sampling: penalized }))
+    for await (const t of generator.tokens(PROMPT, { maxTokens: 16, sampling: penalized }))
       tokens.push(t.token);
     expect(tokens).toEqual(expected);
     // Each frame carried its positions' ids: the prompt's, then one generated token at a time.
@@ -90,7 +90,7 @@ describe("SplitGenerator", () => {
     const upper = new RecordingUpper(new LocalUpperSegment(split.upper!, "s"));
     const generator = new SplitGenerator(split.lower, upper, new AlwaysDeferPolicy());
     const tokens = [];
-    for await (const t of generator.generate(PROMPT, { maxTokens: 16 })) {
+    for await (const t of generator.tokens(PROMPT, { maxTokens: 16 })) {
       expect(t.source).toBe("cloud");
       expect(t.exitLayer).toBe(4);
       tokens.push(t.token);
@@ -112,7 +112,7 @@ describe("SplitGenerator", () => {
     const policy = new ThresholdExitPolicy([{ afterLayer: 2, metric: "prob", threshold: 0.6 }]);
     const generator = new SplitGenerator(split.lower, upper, policy);
     const tokens = [];
-    for await (const t of generator.generate(PROMPT, { maxTokens: 24 })) tokens.push(t);
+    for await (const t of generator.tokens(PROMPT, { maxTokens: 24 })) tokens.push(t);
     const { stats } = generator;
     expect(stats.edgeTokens).toBeGreaterThan(0);
     expect(stats.cloudTokens).toBeGreaterThan(0);
@@ -128,10 +128,10 @@ describe("SplitGenerator", () => {
     const expected = await wholeModelTokens(8);
     const whole = await loadLocalSplit(checkpoint, options());
     const tokens = [];
-    for await (const t of new SplitGenerator(whole.lower, undefined, new AlwaysExitPolicy()).generate(
-      PROMPT,
-      { maxTokens: 8, stopTokenIds: [expected[2]] },
-    )) {
+    for await (const t of new SplitGenerator(whole.lower, undefined, new AlwaysExitPolicy()).tokens(PROMPT, {
+      maxTokens: 8,
+      stopTokenIds: [expected[2]],
+    })) {
       tokens.push(t.token);
     }
     expect(tokens).toEqual(expected.slice(0, expected.indexOf(expected[2]) + 1));
@@ -144,13 +144,10 @@ describe("SplitGenerator", () => {
     const unseen = [...Array(300).keys()].find((id) => !expected.includes(id))!;
     const stopTokenIds = [expected[5], unseen, expected[3]];
     const tokens = [];
-    for await (const t of new SplitGenerator(whole.lower, undefined, new AlwaysExitPolicy()).generate(
-      PROMPT,
-      {
-        maxTokens: 8,
-        stopTokenIds,
-      },
-    ))
+    for await (const t of new SplitGenerator(whole.lower, undefined, new AlwaysExitPolicy()).tokens(PROMPT, {
+      maxTokens: 8,
+      stopTokenIds,
+    }))
       tokens.push(t.token);
     await whole.release();
     const first = expected.findIndex((id) => stopTokenIds.includes(id));
@@ -189,7 +186,7 @@ describe("SplitGenerator when the upper side fails", () => {
     });
     const generator = new SplitGenerator(split.lower, upper, new AlwaysDeferPolicy());
     const tokens = [];
-    for await (const t of generator.generate(PROMPT, { maxTokens: 8 })) tokens.push(t);
+    for await (const t of generator.tokens(PROMPT, { maxTokens: 8 })) tokens.push(t);
     expect(tokens.map((t) => t.source)).toEqual([
       "cloud",
       "cloud",
@@ -217,14 +214,14 @@ describe("SplitGenerator when the upper side fails", () => {
       reference.lower,
       new LocalUpperSegment(reference.upper!, "r"),
       new AlwaysDeferPolicy(),
-    ).generate(PROMPT, { maxTokens: 10 })) {
+    ).tokens(PROMPT, { maxTokens: 10 })) {
       expected.push(t.token);
     }
     const split = await loadLocalSplit(checkpoint, { ...options(), split: 2, exits: [{ afterLayer: 2 }] });
     const upper = new FaultyUpper(new LocalUpperSegment(split.upper!, "s"), split.upper!, { 4: "forget" });
     const generator = new SplitGenerator(split.lower, upper, new AlwaysDeferPolicy());
     const tokens = [];
-    for await (const t of generator.generate(PROMPT, { maxTokens: 10 })) tokens.push(t.token);
+    for await (const t of generator.tokens(PROMPT, { maxTokens: 10 })) tokens.push(t.token);
     expect(tokens).toEqual(expected);
     expect(generator.stats.contextReplays).toBe(1);
     expect(upper.starts).toContain(0);

@@ -14,7 +14,18 @@ export function edgeSegmentSpec(
   return segmentSpec({ fromLayer: 0, toLayer: split, exits, outputHidden: true, logits: true, weightFormat });
 }
 
-/** Layers [split, numLayers) with the final head; logits let the worker sample. */
+/**
+ * Layers [split, numLayers) with the final head; logits let the worker sample, and the
+ * head evaluates a tail of each frame of the frame's choosing, so the worker can check the
+ * edge's tokens (verified decoding) in the run that extends its context.
+ */
 export function cloudSegmentSpec(split: number, numLayers: number, weightFormat: WeightFormat): SegmentSpec {
-  return segmentSpec({ fromLayer: split, toLayer: numLayers, finalHead: true, logits: true, weightFormat });
+  return segmentSpec({
+    fromLayer: split,
+    toLayer: numLayers,
+    finalHead: true,
+    logits: true,
+    positions: "tail",
+    weightFormat,
+  });
 }

@@ -25,6 +25,13 @@
  *                 positions from start on and run it (the edge resent them: frames are
  *                 idempotent); start > held → ContextLost{resume_from: held}, and nothing
  *                 changes, so the edge replays from there.
+ *   Verifying     verify_from in [start + 1, start + count] (0: none), with want_token and
+ *                 token_ids (INVALID_ARGUMENT naming frame.verify_from): the head
+ *                 evaluates positions verify_from − 1 … start + count − 1 (a segment of
+ *                 head positions "tail"); each edge token at [verify_from, start + count)
+ *                 is compared with the answer the worker gives there (below); at the
+ *                 first difference the context is truncated to that position and the
+ *                 reply is the worker's token there. → TokenReply{position: that position}
  *   Answering     with want_token, the token after the frame's last position, from the
  *                 final head (answerFromHead): temperature 0 → the arg max and its
  *                 probability; otherwise a sample seeded by (seed, position) at that
@@ -34,7 +41,7 @@
  *                 logprobs: with `logprobs`, the token's log-probability under the head's
  *                 untempered distribution and its top_logprobs most probable tokens}
  *   Replies, checked by the edge (checkReply): a token reply's position is the frame's
- *                 start + count, its token inside the vocabulary, its prob in [0, 1], its
+ *                 start + count (or, verifying, in [verify_from, start + count]), its token inside the vocabulary, its prob in [0, 1], its
  *                 logprobs present exactly when asked for, ≤ 0, with as many alternatives
  *                 as asked, each inside the vocabulary; a
  *                 ContextLost's resume_from is not past the frame's start; an opened
@@ -189,6 +196,7 @@ export function frameMessage(
       repetitionPenalty: Math.fround(frame.sampling.repetitionPenalty ?? 0),
       presencePenalty: Math.fround(frame.sampling.presencePenalty ?? 0),
       frequencyPenalty: Math.fround(frame.sampling.frequencyPenalty ?? 0),
+      verifyFrom: frame.verifyFrom ?? 0,
     },
   };
 }
@@ -264,6 +272,8 @@ export interface DecodedFrame {
   tokenIds: number[];
   /** Positions of the sequence that are its prompt. */
   promptTokens: number;
+  /** First position whose (edge) token to check; undefined: none. */
+  verifyFrom?: number;
   /** Payload bytes, for accounting. */
   bytes: number;
 }
@@ -341,6 +351,18 @@ export function decodeFrame(
       `frame.token_ids[${outside}]`,
       `${frame.tokenIds[outside]} is outside the vocabulary [0, ${upper.vocabSize})`,
     );
+  if (frame.verifyFrom !== 0) {
+    if (!(frame.verifyFrom > start && frame.verifyFrom <= start + count))
+      throw new InvalidArgumentError(
+        "frame.verify_from",
+        `must be 0 or in [${start + 1}, ${start + count}] (a position of the frame after its first, or its end), got ${frame.verifyFrom}`,
+      );
+    if (!frame.wantToken || frame.tokenIds.length !== count)
+      throw new InvalidArgumentError(
+        "frame.verify_from",
+        "checking the edge's tokens needs want_token and the token id of each position (token_ids)",
+      );
+  }
   validateSampling(sampling, "frame");
   const traceError = traceContextError(frame);
   if (traceError) throw traceError;
@@ -365,6 +387,7 @@ export function decodeFrame(
     topLogprobs: frame.logprobs ? frame.topLogprobs : undefined,
     tokenIds: frame.tokenIds,
     promptTokens: frame.promptTokens,
+    verifyFrom: frame.verifyFrom === 0 ? undefined : frame.verifyFrom,
     bytes: frame.payload.length,
   };
 }
@@ -375,14 +398,28 @@ export interface FrameTarget {
   length(): number;
   /** Drops positions from `length` on. */
   truncate(length: number): Promise<void>;
-  /** Runs positions [length(), length() + count). */
-  forward(hidden: Float32Array, count: number): Promise<SegmentStep>;
+  /**
+   * Runs positions [length(), length() + count); a segment whose head positions are
+   * "tail" evaluates its head on the last `headPositions` of them.
+   */
+  forward(hidden: Float32Array, count: number, headPositions?: number): Promise<SegmentStep>;
+}
+
+/** A frame as the upper side applies it to a session's context. */
+export interface FrameToApply {
+  start: number;
+  hidden: Float32Array;
+  count: number;
+  /** One per position, or none (SessionTokens). @default none */
+  tokenIds?: readonly number[];
+  /** The head evaluates the frame's last this many positions (a segment of positions "tail"). @default 1 */
+  headPositions?: number;
 }
 
 /** Applies positions [start, start + count): see the protocol's rules above. */
 export async function applyFrame(
   target: FrameTarget,
-  frame: { start: number; hidden: Float32Array; count: number },
+  frame: FrameToApply,
   sessionId: string,
 ): Promise<SegmentStep> {
   const held = target.length();
@@ -392,7 +429,7 @@ export async function applyFrame(
       `holds ${held} positions of session ${sessionId}, the frame starts at ${frame.start}`,
     );
   if (frame.start < held) await target.truncate(frame.start);
-  return target.forward(frame.hidden, frame.count);
+  return target.forward(frame.hidden, frame.count, frame.headPositions);
 }
 
 // ── Upper → edge ──────────────────────────────────────────────────────────────────────
@@ -471,7 +508,15 @@ export function sessionMovedOf(reply: CloudMessage__Output): SessionMovedError |
 
 /** What a reply to a frame means for the edge. */
 export type FrameOutcome =
-  | { kind: "token"; requestId: string; token: number; prob: number; logprobs?: TokenLogprobs }
+  | {
+      kind: "token";
+      requestId: string;
+      /** Where the token goes: the frame's end, or (verifying) the first edge token the upper side answered differently. */
+      position: number;
+      token: number;
+      prob: number;
+      logprobs?: TokenLogprobs;
+    }
   | { kind: "context-lost"; requestId: string; error: ContextLostError };
 
 /** A reply the edge cannot trust: treated as the worker being unavailable. */
@@ -488,18 +533,22 @@ export class InvalidReplyError extends UnavailableError {
  */
 export function checkFrameReply(
   reply: CloudMessage__Output,
-  sent: { start: number; count: number; topLogprobs?: number },
+  sent: { start: number; count: number; topLogprobs?: number; verifyFrom?: number },
   vocabSize: number,
 ): FrameOutcome {
   if (reply.message === "token" && reply.token) {
     const { token, prob, position, requestId } = reply.token;
-    if (position !== sent.start + sent.count)
-      throw new InvalidReplyError(`token.position ${position}, expected ${sent.start + sent.count}`);
+    const end = sent.start + sent.count;
+    const earliest = sent.verifyFrom ?? end;
+    if (!(Number.isInteger(position) && position >= earliest && position <= end))
+      throw new InvalidReplyError(
+        `token.position ${position}, expected ${earliest === end ? end : `one in [${earliest}, ${end}]`}`,
+      );
     if (!Number.isInteger(token) || token < 0 || token >= vocabSize)
       throw new InvalidReplyError(`token.token ${token} is outside the vocabulary [0, ${vocabSize})`);
     if (!(prob >= 0 && prob <= 1)) throw new InvalidReplyError(`token.prob ${prob} is not in [0, 1]`);
     const logprobs = checkLogprobs(reply.token.logprobs ?? undefined, sent.topLogprobs, vocabSize);
-    return { kind: "token", requestId, token, prob, logprobs };
+    return { kind: "token", requestId, position, token, prob, logprobs };
   }
   if (reply.message === "contextLost" && reply.contextLost) {
     const { resumeFrom, reason, requestId } = reply.contextLost;

@@ -11,7 +11,7 @@
 import { ContextLostError, FailedPreconditionError, InvalidArgumentError } from "@tandem/common";
 import type { CloudMessage__Output, EdgeMessage__Output } from "@tandem/proto";
 import type { CodecName } from "../codec/hidden-state-codec.ts";
-import type { SegmentStep } from "../engine/segment-sessions.ts";
+import type { ExitResult, SegmentStep } from "../engine/segment-sessions.ts";
 import { answerFromHead } from "../generation/sampler.ts";
 import {
   DEFAULT_ESCALATION_LIMITS,
@@ -23,6 +23,7 @@ import {
   tokenReply,
   validateOpen,
   type EscalationLimits,
+  type FrameToApply,
   type OpenedSession,
   type SplitIdentity,
 } from "./escalation-protocol.ts";
@@ -32,16 +33,12 @@ export interface SessionContexts {
   /** Positions held for the session; 0 for one never seen or evicted. */
   contextLength(sessionId: string): number;
   /**
-   * Applies a frame (applyFrame's rules); throws ContextLostError when it cannot. `tokenIds`
-   * (one per position, or none) are kept with the context (SessionTokens).
+   * Applies a frame (applyFrame's rules); throws ContextLostError when it cannot. Its
+   * token ids (one per position, or none) are kept with the context (SessionTokens).
    */
-  append(
-    sessionId: string,
-    start: number,
-    hidden: Float32Array,
-    count: number,
-    tokenIds?: readonly number[],
-  ): Promise<SegmentStep>;
+  append(sessionId: string, frame: FrameToApply): Promise<SegmentStep>;
+  /** Drops the context's positions from `length` on (a drafted token the head disagreed with, and what followed it). */
+  truncate(sessionId: string, length: number): Promise<void>;
   /** The token ids of the context's positions, as far as they are known without a gap. */
   tokenHistory(sessionId: string): readonly number[];
   release(sessionId: string): void;
@@ -62,6 +59,22 @@ export interface EscalationCounters {
   bytesReceivedByCodec: Partial<Record<CodecName, number>>;
   /** Frames answered ContextLost: the edge replays from where the context ends. */
   contextLost: number;
+  /** Edge tokens checked and found to be the model's own answer (verified decoding). */
+  verifiedTokens: number;
+  /** Checks that found an edge token the model answers differently (the context was truncated there). */
+  verifyRejections: number;
+}
+
+/** The head's answer at one of its evaluated positions, as a head of that one position. */
+function headRow(head: ExitResult, row: number, vocabSize: number): ExitResult {
+  return {
+    afterLayer: head.afterLayer,
+    token: [head.token[row]],
+    prob: [head.prob[row]],
+    margin: [head.margin[row]],
+    entropy: [head.entropy[row]],
+    logits: head.logits?.subarray(row * vocabSize, (row + 1) * vocabSize),
+  };
 }
 
 export class EscalationSession {
@@ -126,15 +139,17 @@ export class EscalationSession {
       this.counters.bytesReceivedByCodec[codec] =
         (this.counters.bytesReceivedByCodec[codec] ?? 0) + frame.bytes;
     }
+    const end = frame.start + frame.count;
     let step: SegmentStep;
     try {
-      step = await this.contexts.append(
-        this.opened.contextKey,
-        frame.start,
-        frame.hidden,
-        frame.count,
-        frame.tokenIds,
-      );
+      step = await this.contexts.append(this.opened.contextKey, {
+        start: frame.start,
+        hidden: frame.hidden,
+        count: frame.count,
+        tokenIds: frame.tokenIds,
+        // The rows answering the checked positions, and the last one (the token after the frame).
+        headPositions: frame.verifyFrom === undefined ? undefined : end - frame.verifyFrom + 1,
+      });
     } catch (error) {
       if (error instanceof ContextLostError) {
         if (this.counters) this.counters.contextLost++;
@@ -144,16 +159,39 @@ export class EscalationSession {
     }
     if (this.counters) this.counters.positions += frame.count;
     if (!frame.wantToken) return undefined;
-    const position = frame.start + frame.count;
-    const answer = answerFromHead(
-      step.exits[step.exits.length - 1],
-      frame.sampling,
-      position,
-      this.upper.vocabSize,
-      frame.topLogprobs,
-      { ids: this.contexts.tokenHistory(this.opened.contextKey), promptTokens: frame.promptTokens },
-    );
-    if (this.counters) this.counters.tokens++;
+    const head = step.exits[step.exits.length - 1];
+    const history = this.contexts.tokenHistory(this.opened.contextKey);
+    const answerAt = (position: number, row: number, topLogprobs?: number) =>
+      answerFromHead(
+        headRow(head, row, this.upper.vocabSize),
+        frame.sampling,
+        position,
+        this.upper.vocabSize,
+        topLogprobs,
+        {
+          ids: history.slice(0, position),
+          promptTokens: frame.promptTokens,
+        },
+      );
+    // The head's rows answer positions from verifyFrom on (the last row: the frame's end).
+    const first = frame.verifyFrom ?? end;
+    let position = end;
+    for (let at = first; at < end; at++) {
+      if (answerAt(at, at - first).token !== frame.tokenIds[at - frame.start]) {
+        position = at;
+        break;
+      }
+    }
+    const answer = answerAt(position, position - first, frame.topLogprobs);
+    if (this.counters) {
+      this.counters.tokens++;
+      if (frame.verifyFrom !== undefined) {
+        this.counters.verifiedTokens += position - first;
+        if (position < end) this.counters.verifyRejections++;
+      }
+    }
+    // The edge's token there was not the model's: the context ends before it.
+    if (position < end) await this.contexts.truncate(this.opened.contextKey, position);
     return tokenReply(frame.requestId, position, answer);
   }
 }

@@ -18,6 +18,7 @@ import {
   frameMessage,
   openMessage,
   type FrameTarget,
+  type FrameToApply,
   type SplitIdentity,
 } from "./escalation-protocol.ts";
 import { SessionTokens } from "./session-tokens.ts";
@@ -33,8 +34,9 @@ export async function applyFrameToSession(
   sessions: SegmentSessions,
   tokens: SessionTokens,
   sessionId: string,
-  frame: { start: number; hidden: Float32Array; count: number; tokenIds: readonly number[] },
-  forward: FrameTarget["forward"] = (hidden, count) => sessions.forward(sessionId, { hidden, count }),
+  frame: FrameToApply,
+  forward: FrameTarget["forward"] = (hidden, count, headPositions) =>
+    sessions.forward(sessionId, { hidden, count, headPositions }),
 ): Promise<SegmentStep> {
   if (!sessions.has(sessionId)) sessions.open(sessionId);
   const step = await applyFrame(
@@ -46,7 +48,7 @@ export async function applyFrameToSession(
     frame,
     sessionId,
   );
-  tokens.record(sessionId, frame.start, frame.count, frame.tokenIds);
+  tokens.record(sessionId, frame.start, frame.count, frame.tokenIds ?? []);
   return step;
 }
 
@@ -60,14 +62,13 @@ export class LocalSessionContexts implements SessionContexts {
     return this.sessions.has(sessionId) ? this.sessions.length(sessionId) : 0;
   }
 
-  append(
-    sessionId: string,
-    start: number,
-    hidden: Float32Array,
-    count: number,
-    tokenIds: readonly number[] = [],
-  ): Promise<SegmentStep> {
-    return applyFrameToSession(this.sessions, this.tokens, sessionId, { start, hidden, count, tokenIds });
+  append(sessionId: string, frame: FrameToApply): Promise<SegmentStep> {
+    return applyFrameToSession(this.sessions, this.tokens, sessionId, frame);
+  }
+
+  async truncate(sessionId: string, length: number): Promise<void> {
+    await this.sessions.truncate(sessionId, length);
+    this.tokens.truncate(sessionId, length);
   }
 
   tokenHistory(sessionId: string): readonly number[] {
@@ -127,7 +128,12 @@ export class LocalUpperSegment implements UpperSegment {
     if (!reply) return undefined;
     const outcome = checkFrameReply(reply, frame, this.identity.vocabSize);
     if (outcome.kind === "context-lost") throw outcome.error;
-    return { token: outcome.token, prob: outcome.prob, logprobs: outcome.logprobs };
+    return {
+      position: outcome.position,
+      token: outcome.token,
+      prob: outcome.prob,
+      logprobs: outcome.logprobs,
+    };
   }
 
   async close(): Promise<void> {

@@ -17,6 +17,12 @@ export class SessionTokens {
     this.ids.set(sessionId, known);
   }
 
+  /** Keeps the ids of positions [0, length) only, as the context is truncated. */
+  truncate(sessionId: string, length: number): void {
+    const known = this.ids.get(sessionId);
+    if (known && known.length > length) known.length = length;
+  }
+
   /** The ids of the session's positions [0, n) as far as they are known without a gap. */
   history(sessionId: string): readonly number[] {
     return this.ids.get(sessionId) ?? [];

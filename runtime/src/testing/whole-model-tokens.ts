@@ -21,7 +21,7 @@ export async function wholeModelTokens(
   const whole = await loadLocalSplit(checkpoint, { cacheDir: options.cacheDir });
   try {
     const tokens: number[] = [];
-    for await (const t of new SplitGenerator(whole.lower, undefined, new AlwaysExitPolicy()).generate(ids, {
+    for await (const t of new SplitGenerator(whole.lower, undefined, new AlwaysExitPolicy()).tokens(ids, {
       maxTokens,
     }))
       tokens.push(t.token);

@@ -82,7 +82,7 @@ export async function runGenerateJob(data: GenerateJobData, context: JobContext)
       const decoder = new IncrementalDecoder(tokenizer);
       let text = "";
       const tokenIds: number[] = [];
-      for await (const token of generator.generate(tokenizer.encodePrompt(prompt), {
+      for await (const token of generator.tokens(tokenizer.encodePrompt(prompt), {
         maxTokens: data.maxTokens,
         stopTokenIds: checkpoint.config.eosTokenId,
         sampling,

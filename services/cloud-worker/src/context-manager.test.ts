@@ -42,17 +42,21 @@ describe("ContextManager", () => {
     const contexts = new ContextManager(sessions, new DecodeBatcher(sessions), {
       memoryBudgetBytes: 2.5 * perBlock,
     });
-    await contexts.append("a", 0, hidden(10, 1), 10);
-    await contexts.append("b", 0, hidden(10, 2), 10);
+    await contexts.append("a", { start: 0, hidden: hidden(10, 1), count: 10 });
+    await contexts.append("b", { start: 0, hidden: hidden(10, 2), count: 10 });
     expect(contexts.stats()).toMatchObject({ sessions: 2, kvBytes: 2 * perBlock, evictions: 0 });
-    await contexts.append("a", 10, hidden(1, 3), 1); // a is now the most recently used
-    await contexts.append("c", 0, hidden(10, 4), 10); // over budget: b goes
+    await contexts.append("a", { start: 10, hidden: hidden(1, 3), count: 1 }); // a is now the most recently used
+    await contexts.append("c", { start: 0, hidden: hidden(10, 4), count: 10 }); // over budget: b goes
     expect(contexts.stats()).toMatchObject({ sessions: 2, evictions: 1 });
     expect(contexts.contextLength("b")).toBe(0);
     expect(contexts.contextLength("a")).toBe(11);
     // The evicted session comes back: the worker asks for its context from position 0.
-    await expect(contexts.append("b", 10, hidden(1, 5), 1)).rejects.toBeInstanceOf(ContextLostError);
-    await expect(contexts.append("b", 10, hidden(1, 5), 1)).rejects.toMatchObject({ resumeFrom: 0 });
+    await expect(contexts.append("b", { start: 10, hidden: hidden(1, 5), count: 1 })).rejects.toBeInstanceOf(
+      ContextLostError,
+    );
+    await expect(contexts.append("b", { start: 10, hidden: hidden(1, 5), count: 1 })).rejects.toMatchObject({
+      resumeFrom: 0,
+    });
     for (const id of contexts.sessionIds()) contexts.release(id);
   });
 
@@ -61,12 +65,12 @@ describe("ContextManager", () => {
     const pooled = new SegmentSessions(sessions.model, { batchRows: 2 });
     const batcher = new DecodeBatcher(pooled, { maxBatch: 2 });
     const contexts = new ContextManager(pooled, batcher, { memoryBudgetBytes: 2.5 * perBlock });
-    await contexts.append("a", 0, hidden(10, 1), 10);
-    await contexts.append("b", 0, hidden(10, 2), 10);
+    await contexts.append("a", { start: 0, hidden: hidden(10, 1), count: 10 });
+    await contexts.append("b", { start: 0, hidden: hidden(10, 2), count: 10 });
     // One decode step each, in the same turn: one batched step on their rows of the pool.
     const [, bStep] = await Promise.all([
-      contexts.append("a", 10, hidden(1, 3), 1),
-      contexts.append("b", 10, hidden(1, 4), 1),
+      contexts.append("a", { start: 10, hidden: hidden(1, 3), count: 1 }),
+      contexts.append("b", { start: 10, hidden: hidden(1, 4), count: 1 }),
     ]);
     expect(batcher.batchSizes.get(2)).toBe(1);
     expect([pooled.kvBytes("a"), pooled.kvBytes("b")]).toEqual([perBlock, perBlock]);
@@ -74,7 +78,7 @@ describe("ContextManager", () => {
 
     // A third session needs a second pool and passes the budget: a, the least recently
     // used, goes; c moves into its row and the second pool is freed. b keeps its context.
-    const cFirst = await contexts.append("c", 0, hidden(10, 5), 10);
+    const cFirst = await contexts.append("c", { start: 0, hidden: hidden(10, 5), count: 10 });
     expect(contexts.stats()).toMatchObject({ sessions: 2, kvBytes: 2 * perBlock, evictions: 1 });
     expect(contexts.contextLength("a")).toBe(0);
     expect([contexts.contextLength("b"), contexts.contextLength("c")]).toEqual([11, 10]);
@@ -82,8 +86,8 @@ describe("ContextManager", () => {
 
     // b and c go on as sessions given the same positions from scratch (c's cache moved).
     const [next, cNext] = await Promise.all([
-      contexts.append("b", 11, hidden(1, 6), 1),
-      contexts.append("c", 10, hidden(1, 7), 1),
+      contexts.append("b", { start: 11, hidden: hidden(1, 6), count: 1 }),
+      contexts.append("c", { start: 10, hidden: hidden(1, 7), count: 1 }),
     ]);
     sessions.open("b-again");
     await sessions.forward("b-again", { hidden: hidden(10, 2), count: 10 });
@@ -105,10 +109,14 @@ describe("ContextManager", () => {
 
   it("recomputes from a frame that starts before the end of the context (a resent frame)", async () => {
     const contexts = new ContextManager(sessions, new DecodeBatcher(sessions));
-    const first = await contexts.append("r", 0, hidden(6, 7), 6);
-    await contexts.append("r", 6, hidden(2, 8), 2);
+    const first = await contexts.append("r", { start: 0, hidden: hidden(6, 7), count: 6 });
+    await contexts.append("r", { start: 6, hidden: hidden(2, 8), count: 2 });
     // The edge resends positions 4.. after a lost reply: the result equals the first run.
-    const again = await contexts.append("r", 4, hidden(6, 7).subarray(4 * HIDDEN), 2);
+    const again = await contexts.append("r", {
+      start: 4,
+      hidden: hidden(6, 7).subarray(4 * HIDDEN),
+      count: 2,
+    });
     expect(contexts.contextLength("r")).toBe(6);
     expect(again.exits[0].token).toEqual(first.exits[0].token);
     contexts.release("r");

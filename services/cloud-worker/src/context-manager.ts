@@ -8,6 +8,7 @@ import {
   applyFrameToSession,
   SessionTokens,
   type SegmentSessions,
+  type FrameToApply,
   type SegmentStep,
   type SessionContexts,
 } from "@tandem/runtime";
@@ -58,25 +59,15 @@ export class ContextManager implements SessionContexts {
    * rules (applyFrame): a frame starting before the context's end replaces what follows
    * (the edge resent it); one starting after it is ContextLostError.
    */
-  async append(
-    sessionId: string,
-    start: number,
-    hidden: Float32Array,
-    count: number,
-    tokenIds: readonly number[] = [],
-  ): Promise<SegmentStep> {
+  async append(sessionId: string, frame: FrameToApply): Promise<SegmentStep> {
     this.touch(sessionId);
     this.inFlight.set(sessionId, (this.inFlight.get(sessionId) ?? 0) + 1);
     const stepDone = this.metrics?.stepStarted();
     try {
       // A single position joins the decode batch; longer frames (context sync) run a
       // chunk a step beside it.
-      return await applyFrameToSession(
-        this.sessions,
-        this.tokens,
-        sessionId,
-        { start, hidden, count, tokenIds },
-        (h, n) => this.batcher.step(sessionId, h, n),
+      return await applyFrameToSession(this.sessions, this.tokens, sessionId, frame, (h, n, headPositions) =>
+        this.batcher.step(sessionId, h, n, headPositions),
       );
     } finally {
       stepDone?.();
@@ -85,6 +76,11 @@ export class ContextManager implements SessionContexts {
       else this.inFlight.set(sessionId, left);
       await this.evictOverBudget(sessionId);
     }
+  }
+
+  async truncate(sessionId: string, length: number): Promise<void> {
+    await this.sessions.truncate(sessionId, length);
+    this.tokens.truncate(sessionId, length);
   }
 
   sessionIds(): string[] {

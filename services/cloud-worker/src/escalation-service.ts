@@ -67,6 +67,8 @@ export function emptyWorkerCounters(): WorkerCounters {
     bytesReceived: 0,
     bytesReceivedByCodec: {},
     contextLost: 0,
+    verifiedTokens: 0,
+    verifyRejections: 0,
   };
 }
 

@@ -12,6 +12,8 @@ export interface WorkerMetricSources {
   counters: {
     tokens: number;
     contextLost: number;
+    verifiedTokens: number;
+    verifyRejections: number;
     bytesReceivedByCodec: Partial<Record<CodecName, number>>;
   };
 }
@@ -69,6 +71,17 @@ export class WorkerMetrics {
       collect() {
         this.reset();
         this.inc(sources.counters.tokens);
+      },
+    });
+    new Counter({
+      name: "tandem_worker_checked_tokens_total",
+      help: "Edge tokens checked against this worker's head (verified decoding), by whether it answered them alike",
+      labelNames: ["outcome"],
+      registers: [registry],
+      collect() {
+        this.reset();
+        this.inc({ outcome: "accepted" }, sources.counters.verifiedTokens);
+        this.inc({ outcome: "rejected" }, sources.counters.verifyRejections);
       },
     });
     new Counter({

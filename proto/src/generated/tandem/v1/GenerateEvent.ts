@@ -3,15 +3,18 @@
 
 import type { TokenEvent as _tandem_v1_TokenEvent, TokenEvent__Output as _tandem_v1_TokenEvent__Output } from '../../tandem/v1/TokenEvent.js';
 import type { GenerateSummary as _tandem_v1_GenerateSummary, GenerateSummary__Output as _tandem_v1_GenerateSummary__Output } from '../../tandem/v1/GenerateSummary.js';
+import type { Rollback as _tandem_v1_Rollback, Rollback__Output as _tandem_v1_Rollback__Output } from '../../tandem/v1/Rollback.js';
 
 export interface GenerateEvent {
   'token'?: (_tandem_v1_TokenEvent | null);
   'summary'?: (_tandem_v1_GenerateSummary | null);
-  'event'?: "token"|"summary";
+  'rollback'?: (_tandem_v1_Rollback | null);
+  'event'?: "token"|"summary"|"rollback";
 }
 
 export interface GenerateEvent__Output {
   'token'?: (_tandem_v1_TokenEvent__Output | null);
   'summary'?: (_tandem_v1_GenerateSummary__Output | null);
-  'event'?: "token"|"summary";
+  'rollback'?: (_tandem_v1_Rollback__Output | null);
+  'event'?: "token"|"summary"|"rollback";
 }

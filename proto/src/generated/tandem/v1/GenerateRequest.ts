@@ -6,6 +6,7 @@ import type { Sampling as _tandem_v1_Sampling, Sampling__Output as _tandem_v1_Sa
 import type { Mode as _tandem_v1_Mode, Mode__Output as _tandem_v1_Mode__Output } from '../../tandem/v1/Mode.js';
 import type { ExitPolicyOverride as _tandem_v1_ExitPolicyOverride, ExitPolicyOverride__Output as _tandem_v1_ExitPolicyOverride__Output } from '../../tandem/v1/ExitPolicyOverride.js';
 import type { ChatMessages as _tandem_v1_ChatMessages, ChatMessages__Output as _tandem_v1_ChatMessages__Output } from '../../tandem/v1/ChatMessages.js';
+import type { Verify as _tandem_v1_Verify, Verify__Output as _tandem_v1_Verify__Output } from '../../tandem/v1/Verify.js';
 
 export interface GenerateRequest {
   /**
@@ -39,6 +40,17 @@ export interface GenerateRequest {
    * ... and this many of the most probable tokens there (at most 20).
    */
   'topLogprobs'?: (number);
+  /**
+   * Whether the cloud checks the tokens the edge answers (MODE_AUTO; with MODE_CLOUD_ONLY
+   * every token is the cloud's already, and MODE_EDGE_ONLY refuses it).
+   */
+  'verify'?: (_tandem_v1_Verify);
+  /**
+   * VERIFY_EXACT: the most tokens the edge drafts before the cloud checks them;
+   * VERIFY_ROLLBACK: the most it streams unchecked before it sends them for a check.
+   * 0 means 8; at most 64.
+   */
+  'maxDraftTokens'?: (number);
   'prompt'?: "text"|"tokenIds"|"messages";
 }
 
@@ -74,5 +86,16 @@ export interface GenerateRequest__Output {
    * ... and this many of the most probable tokens there (at most 20).
    */
   'topLogprobs': (number);
+  /**
+   * Whether the cloud checks the tokens the edge answers (MODE_AUTO; with MODE_CLOUD_ONLY
+   * every token is the cloud's already, and MODE_EDGE_ONLY refuses it).
+   */
+  'verify': (_tandem_v1_Verify__Output);
+  /**
+   * VERIFY_EXACT: the most tokens the edge drafts before the cloud checks them;
+   * VERIFY_ROLLBACK: the most it streams unchecked before it sends them for a check.
+   * 0 means 8; at most 64.
+   */
+  'maxDraftTokens': (number);
   'prompt'?: "text"|"tokenIds"|"messages";
 }

@@ -15,6 +15,13 @@ export interface GenerateSummary {
   'bytesReceived'?: (number | string | Long);
   'finishReason'?: (_tandem_v1_FinishReason);
   'timings'?: (_tandem_v1_Timings | null);
+  /**
+   * Verified modes: the edge's tokens the cloud checked, those it answered alike, and the
+   * tokens Rollback events withdrew. Withdrawn tokens are not in the counts above.
+   */
+  'draftedTokens'?: (number);
+  'acceptedTokens'?: (number);
+  'rolledBackTokens'?: (number);
 }
 
 export interface GenerateSummary__Output {
@@ -27,4 +34,11 @@ export interface GenerateSummary__Output {
   'bytesReceived': (string);
   'finishReason': (_tandem_v1_FinishReason__Output);
   'timings': (_tandem_v1_Timings__Output | null);
+  /**
+   * Verified modes: the edge's tokens the cloud checked, those it answered alike, and the
+   * tokens Rollback events withdrew. Withdrawn tokens are not in the counts above.
+   */
+  'draftedTokens': (number);
+  'acceptedTokens': (number);
+  'rolledBackTokens': (number);
 }

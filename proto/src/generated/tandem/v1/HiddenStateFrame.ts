@@ -58,6 +58,18 @@ export interface HiddenStateFrame {
   'repetitionPenalty'?: (number | string);
   'presencePenalty'?: (number | string);
   'frequencyPenalty'?: (number | string);
+  /**
+   * Check the edge's own tokens (verified decoding): the tokens at positions
+   * [verify_from, start + count) are ones the edge answered, and token_ids carries them.
+   * The worker answers each of those positions with its own head, as it would have
+   * answered a frame ending just before it (arg max, or the sample seeded by (seed,
+   * position)), and replies at the first one it answers differently, with its own token;
+   * its context then ends there (the edge's token and what followed it are dropped).
+   * When it agrees with all of them it answers the token after the frame, as without
+   * verify_from. 0: check nothing; else in [start + 1, start + count], with want_token
+   * and token_ids set.
+   */
+  'verifyFrom'?: (number);
 }
 
 /**
@@ -115,4 +127,16 @@ export interface HiddenStateFrame__Output {
   'repetitionPenalty': (number);
   'presencePenalty': (number);
   'frequencyPenalty': (number);
+  /**
+   * Check the edge's own tokens (verified decoding): the tokens at positions
+   * [verify_from, start + count) are ones the edge answered, and token_ids carries them.
+   * The worker answers each of those positions with its own head, as it would have
+   * answered a frame ending just before it (arg max, or the sample seeded by (seed,
+   * position)), and replies at the first one it answers differently, with its own token;
+   * its context then ends there (the edge's token and what followed it are dropped).
+   * When it agrees with all of them it answers the token after the frame, as without
+   * verify_from. 0: check nothing; else in [start + 1, start + count], with want_token
+   * and token_ids set.
+   */
+  'verifyFrom': (number);
 }

@@ -7,7 +7,8 @@ import type { Long } from '@grpc/proto-loader';
 export interface TokenReply {
   'requestId'?: (number | string | Long);
   /**
-   * The position the token will occupy (the frame's last position + 1).
+   * The position the token will occupy: the frame's last position + 1, or, for a frame
+   * with verify_from, the first position whose edge token the worker answered differently.
    */
   'position'?: (number);
   'token'?: (number);
@@ -21,7 +22,8 @@ export interface TokenReply {
 export interface TokenReply__Output {
   'requestId': (string);
   /**
-   * The position the token will occupy (the frame's last position + 1).
+   * The position the token will occupy: the frame's last position + 1, or, for a frame
+   * with verify_from, the first position whose edge token the worker answered differently.
    */
   'position': (number);
   'token': (number);
