@@ -253,6 +253,16 @@ describe("tandem bench", () => {
       // an object's default string.
       expect(stderr).not.toContain("[object Object]");
       if (name === "exits") expect(stderr).toMatch(/^exits: \S.* \d+\/\d+/m);
+      // Verified decoding: EXACT leaves the cloud-only tokens standing, measured in-process and over the link.
+      if (name === "collab") {
+        const exact = (result as { exact_mode_by_split?: Record<string, Record<string, number>> })
+          .exact_mode_by_split!;
+        for (const split of Object.values(exact)) {
+          expect(split.agreement_with_cloud_only).toBe(1);
+          expect(split.agreement_with_cloud_only_over_link).toBe(1);
+          expect(split.mean_ms_per_token).toBeGreaterThan(0);
+        }
+      }
       // Side by side with llama.cpp on the same weights: a figure from each engine, per format.
       if (name === "runtime") {
         const anchor = (result as { llama_cpp_anchor?: Record<string, number | string>[] }).llama_cpp_anchor!;

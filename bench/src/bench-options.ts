@@ -40,7 +40,10 @@ export const BENCH_OPTION_SCHEMAS = {
     .strict(),
   collab: z
     .object({
-      only: z.enum(["compute", "throughput"]).optional().meta({ description: "run only this part" }),
+      only: z
+        .enum(["compute", "throughput", "verified"])
+        .optional()
+        .meta({ description: "run only this part" }),
     })
     .strict(),
   exits: z.object({}).strict(),

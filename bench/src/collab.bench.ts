@@ -11,7 +11,9 @@
  *     edge-agent and cloud-worker processes over an emulated link;
  *   - cloud-worker decode throughput (continuous batching) with 1, 16 and 64 concurrent
  *     sessions and with sessions joining and leaving, on the 110M bench checkpoint.
- * Usage: tandem bench collab [--smoke] [--only compute|throughput]
+ *   - verified decoding (verify EXACT and ROLLBACK) per split: agreement with cloud-only,
+ *     latency over the emulated link, cloud compute, edge tokens accepted per round trip.
+ * Usage: tandem bench collab [--smoke] [--only compute|throughput|verified]
  *
  * This module composes the parts (one measurement per module under collab/) into one run
  * and builds the JSON it prints.
@@ -25,6 +27,7 @@ import { DEMO_HELDOUT_TEXT, DEMO_MODEL, REPO_ROOT } from "./bench-paths.ts";
 import { type Context, demoCalibrations, LINK, PLOT } from "./collab/collab-context.ts";
 import { plotCollab } from "./collab/collab-plot.ts";
 import { latencyAndBytes } from "./collab/latency.ts";
+import { verifiedDecoding } from "./collab/verified.ts";
 import { workerThroughput } from "./collab/worker-throughput.ts";
 
 /** Agreement sweep and cloud compute for one calibration (one split). */
@@ -43,6 +46,20 @@ async function measureSplit(base: Context, calibrationPath: string, maxTokens: n
     .filter((r) => r.agreement >= 0.99)
     .sort((x, y) => x.cloud_compute_relative - y.cloud_compute_relative)[0];
   return { ctx, sweep, compute, atTarget };
+}
+
+/** The JSON's exact_mode_by_split and rollback_by_split. */
+function verifiedFigures(bySplit: Record<string, Awaited<ReturnType<typeof verifiedDecoding>>>) {
+  const pick = (mode: "exact" | "rollback") =>
+    Object.fromEntries(Object.entries(bySplit).map(([split, v]) => [split, v[mode]]));
+  return {
+    verified_draft_policy_target: Object.values(bySplit)[0]?.draft_policy_target,
+    cloud_only_latency_by_split: Object.fromEntries(
+      Object.entries(bySplit).map(([s, v]) => [s, v.cloud_only]),
+    ),
+    exact_mode_by_split: pick("exact"),
+    rollback_by_split: pick("rollback"),
+  };
 }
 
 export default async function collabBenchmark(options: BenchOptions<"collab">): Promise<BenchResult> {
@@ -80,6 +97,19 @@ export default async function collabBenchmark(options: BenchOptions<"collab">): 
     };
   }
 
+  if (only === "verified") {
+    const bySplit: Record<string, Awaited<ReturnType<typeof verifiedDecoding>>> = {};
+    for (const path of options.smoke ? calibrations.slice(0, 1) : calibrations) {
+      const calibration = await readCalibration(path);
+      const split = calibration.summary.split;
+      bySplit[split] = await verifiedDecoding(
+        { ...base, calibration, calibrationPath: path, split },
+        maxTokens,
+      );
+    }
+    return { name: "collab", part: "verified", ...verifiedFigures(bySplit) };
+  }
+
   const splits = [];
   for (const path of options.smoke ? calibrations.slice(0, 1) : calibrations)
     splits.push(await measureSplit(base, path, maxTokens));
@@ -106,6 +136,8 @@ export default async function collabBenchmark(options: BenchOptions<"collab">): 
     process.stderr.write(`collab bench: split ${s.ctx.split}: latency and bytes over the emulated link\n`);
     latencies[s.ctx.split] = await latencyAndBytes(s.ctx, maxTokens, s === splits[0] || options.smoke);
   }
+  const verified: Record<string, Awaited<ReturnType<typeof verifiedDecoding>>> = {};
+  for (const s of splits) verified[s.ctx.split] = await verifiedDecoding(s.ctx, maxTokens);
   const wire = latencies[best.ctx.split];
   const codecs = latencies[splits[0].ctx.split];
   process.stderr.write("collab bench: worker throughput\n");
@@ -145,6 +177,7 @@ export default async function collabBenchmark(options: BenchOptions<"collab">): 
       Object.entries(codecs.bytes).map(([k, v]) => [k, v.per_generated_token]),
     ),
     agreement: splits[0].sweep.codecAgreement,
+    ...verifiedFigures(verified),
     batched_speedup_16_sessions: throughput.batched_speedup_16_sessions,
     batched_speedup_64_sessions: throughput.batched_speedup_64_sessions,
     churn_vs_steady: throughput.churn_vs_steady,

@@ -33,7 +33,7 @@ import type { Context } from "./collab-context.ts";
 type CloudCall = UpperFrame;
 
 /** Records the cloud's calls during free generation, to replay them as a cloud machine would run them. */
-class RecordingUpper implements UpperSegment {
+export class RecordingUpper implements UpperSegment {
   readonly calls: CloudCall[] = [];
   constructor(private readonly inner: UpperSegment) {}
   extend(frame: UpperFrame): Promise<UpperAnswer | undefined> {
@@ -50,7 +50,7 @@ class RecordingUpper implements UpperSegment {
  * (the escalation protocol's upper side: check, decode, apply, answer); returns their
  * wall time. The frames are encoded beforehand: encoding is the edge's work.
  */
-async function replay(upper: SegmentSessions, calls: CloudCall[], sessionId: string): Promise<number> {
+export async function replay(upper: SegmentSessions, calls: CloudCall[], sessionId: string): Promise<number> {
   const { config, spec, weightsHash } = upper.model;
   const identity = {
     weightsHash,
@@ -82,7 +82,7 @@ export async function cloudCompute(ctx: Context, maxTokens: number) {
   const lower = edgeAndCloud.lower;
   const upper = edgeAndCloud.upper!;
   // Warm the whole model's path once (recording below warms the split).
-  for await (const _ of new SplitGenerator(whole.lower, undefined, new AlwaysExitPolicy()).generate(
+  for await (const _ of new SplitGenerator(whole.lower, undefined, new AlwaysExitPolicy()).tokens(
     ctx.prompts[0],
     { maxTokens: 4 },
   ))
@@ -113,7 +113,7 @@ export async function cloudCompute(ctx: Context, maxTokens: number) {
       const recording = new RecordingUpper(new LocalUpperSegment(upper, `r${i}.${j}`));
       const collaborative = new SplitGenerator(lower, recording, policy.make());
       let tokens = 0;
-      for await (const _ of collaborative.generate(prompt, { maxTokens })) tokens++;
+      for await (const _ of collaborative.tokens(prompt, { maxTokens })) tokens++;
       await recording.close();
       perPolicy.push({
         calls: recording.calls,
@@ -136,7 +136,7 @@ export async function cloudCompute(ctx: Context, maxTokens: number) {
     for (const [i, prompt] of ctx.prompts.entries()) {
       // Cloud-only: the cloud runs every layer for every token.
       const generator = new SplitGenerator(whole.lower, undefined, new AlwaysExitPolicy());
-      for await (const _ of generator.generate(prompt, { maxTokens })) totals.wholeTokens++;
+      for await (const _ of generator.tokens(prompt, { maxTokens })) totals.wholeTokens++;
       totals.wholeMs += generator.stats.lowerMs;
       for (const [j, run] of recorded[i].entries()) {
         const t = totals.policies[j];

@@ -1,0 +1,255 @@
+/**
+ * Verified decoding in the collab benchmark (verify EXACT and ROLLBACK), for one split:
+ *   - in-process, on every prompt: agreement of the tokens that stand with cloud-only
+ *     decoding (EXACT must be 1.0), edge tokens accepted per round trip, rollbacks per 100
+ *     tokens, and the cloud's compute per generated token against a cloud-only deployment
+ *     (the cloud's calls recorded and replayed back to back, as cloud-compute.ts times them);
+ *   - over the emulated link with real edge-agent and cloud-worker processes: per-token
+ *     latency as the client sees it (p50 of the gaps between token events, and the mean
+ *     time per token, first token included), against cloud-only on the same link.
+ * The edge drafts with the calibrated policy of DRAFT_TARGET: checked tokens need not be
+ * right, so a laxer policy than AUTO's 99% drafts more and is still exact.
+ */
+import {
+  AlwaysDeferPolicy,
+  AlwaysExitPolicy,
+  calibratedExitHeads,
+  type GenerationItem,
+  loadLocalSplit,
+  LocalUpperSegment,
+  policyForTarget,
+  SplitGenerator,
+  ThresholdExitPolicy,
+  type VerifyMode,
+} from "@tandem/runtime";
+import { freePort, generate, startProgram } from "@tandem/testkit";
+import { startLinkEmulator } from "../link-emulator.ts";
+import { median, percentile } from "../statistics.ts";
+import { DEMO_MODEL } from "../bench-paths.ts";
+import { type Context, LINK } from "./collab-context.ts";
+import { RecordingUpper, replay } from "./cloud-compute.ts";
+
+/** The calibrated agreement target whose thresholds decide how far the edge drafts. */
+export const DRAFT_TARGET = 0.9;
+
+const VERIFIED: VerifyMode[] = ["exact", "rollback"];
+
+/** The tokens a client shows once it has applied the rollbacks. */
+function standing(items: GenerationItem[]): number[] {
+  const tokens: number[] = [];
+  let first: number | undefined;
+  for (const item of items) {
+    if (item.kind === "rollback") tokens.length = item.position - first!;
+    else {
+      first ??= item.position;
+      tokens.push(item.token);
+    }
+  }
+  return tokens;
+}
+
+function agreement(a: number[], b: number[]): number {
+  let same = 0;
+  for (let i = 0; i < Math.max(a.length, b.length); i++) if (a[i] === b[i]) same++;
+  return same / Math.max(a.length, b.length, 1);
+}
+
+/** In-process: what each verified mode leaves standing, how much it drafts and keeps, and the cloud's compute. */
+async function inProcess(ctx: Context, maxTokens: number) {
+  const { checkpoint, calibration, split } = ctx;
+  const whole = await loadLocalSplit(checkpoint);
+  const local = await loadLocalSplit(checkpoint, { split, exits: calibratedExitHeads(calibration) });
+  const thresholds = policyForTarget(calibration, DRAFT_TARGET).thresholds;
+  try {
+    const cloudOnly: number[][] = [];
+    const runs = new Map<
+      VerifyMode,
+      { calls: RecordingUpper["calls"]; tokens: number[]; items: GenerationItem[] }[]
+    >();
+    const stats = new Map<
+      VerifyMode,
+      { drafted: number; accepted: number; rolledBack: number; escalations: number }
+    >();
+    for (const [i, prompt] of ctx.prompts.entries()) {
+      const reference = new SplitGenerator(
+        local.lower,
+        new LocalUpperSegment(local.upper!, `cloud-${i}`),
+        new AlwaysDeferPolicy(),
+      );
+      const tokens: number[] = [];
+      for await (const t of reference.tokens(prompt, { maxTokens })) tokens.push(t.token);
+      cloudOnly.push(tokens);
+      for (const verify of VERIFIED) {
+        const recording = new RecordingUpper(new LocalUpperSegment(local.upper!, `${verify}-${i}`));
+        const generator = new SplitGenerator(local.lower, recording, new ThresholdExitPolicy(thresholds));
+        const items: GenerationItem[] = [];
+        for await (const item of generator.generate(prompt, { maxTokens, verify })) items.push(item);
+        await recording.close();
+        const s = generator.stats;
+        const total = stats.get(verify) ?? { drafted: 0, accepted: 0, rolledBack: 0, escalations: 0 };
+        stats.set(verify, {
+          drafted: total.drafted + s.draftedTokens,
+          accepted: total.accepted + s.acceptedTokens,
+          rolledBack: total.rolledBack + s.rolledBackTokens,
+          escalations: total.escalations + s.escalations,
+        });
+        runs.set(verify, [
+          ...(runs.get(verify) ?? []),
+          { calls: recording.calls, tokens: standing(items), items },
+        ]);
+      }
+    }
+    // The cloud's calls replayed back to back against the whole model decoding the same
+    // prompts, interleaved in rounds (cloud-compute.ts says why).
+    const rounds = ctx.smoke ? 1 : 3;
+    const relative = new Map<VerifyMode, number[]>();
+    for (let round = 0; round < rounds; round++) {
+      let wholeMs = 0;
+      let wholeTokens = 0;
+      const ms = new Map<VerifyMode, number>();
+      const tokens = new Map<VerifyMode, number>();
+      for (const [i, prompt] of ctx.prompts.entries()) {
+        const generator = new SplitGenerator(whole.lower, undefined, new AlwaysExitPolicy());
+        for await (const _ of generator.tokens(prompt, { maxTokens })) wholeTokens++;
+        wholeMs += generator.stats.lowerMs;
+        for (const verify of VERIFIED) {
+          const run = runs.get(verify)![i];
+          ms.set(
+            verify,
+            (ms.get(verify) ?? 0) + (await replay(local.upper!, run.calls, `v${round}.${i}.${verify}`)),
+          );
+          tokens.set(verify, (tokens.get(verify) ?? 0) + run.tokens.length);
+        }
+      }
+      for (const verify of VERIFIED)
+        relative.set(verify, [
+          ...(relative.get(verify) ?? []),
+          ms.get(verify)! / tokens.get(verify)! / (wholeMs / wholeTokens),
+        ]);
+    }
+    return Object.fromEntries(
+      VERIFIED.map((verify) => {
+        const s = stats.get(verify)!;
+        const tokens = runs.get(verify)!.reduce((n, r) => n + r.tokens.length, 0);
+        const agreements = runs.get(verify)!.map((r, i) => agreement(r.tokens, cloudOnly[i]));
+        return [
+          verify,
+          {
+            agreement_with_cloud_only: agreements.reduce((a, b) => a + b, 0) / agreements.length,
+            cloud_compute_saved: 1 - median(relative.get(verify)!),
+            cloud_compute_relative_per_round: relative.get(verify),
+            mean_accepted_per_round_trip: s.accepted / Math.max(1, s.escalations),
+            drafted_tokens: s.drafted,
+            accepted_tokens: s.accepted,
+            round_trips_per_token: s.escalations / tokens,
+            rollbacks_per_100_tokens:
+              (100 *
+                runs
+                  .get(verify)!
+                  .reduce((n, r) => n + r.items.filter((x) => x.kind === "rollback").length, 0)) /
+              tokens,
+            rolled_back_tokens: s.rolledBack,
+          },
+        ];
+      }),
+    );
+  } finally {
+    await whole.release();
+    await local.release();
+  }
+}
+
+/** Over the emulated link: per-token latency of cloud-only, EXACT and ROLLBACK as a client sees them. */
+async function overLink(ctx: Context, maxTokens: number) {
+  const env = { TANDEM_LOG_LEVEL: "error" };
+  const workerPort = await freePort();
+  const worker = await startProgram(
+    "tandem-cloud-worker",
+    { model: DEMO_MODEL, split: ctx.split, port: workerPort, workerId: "bench" },
+    env,
+  );
+  const link = await startLinkEmulator({ host: "127.0.0.1", port: workerPort }, LINK);
+  const edge = await startProgram(
+    "tandem-edge",
+    {
+      model: DEMO_MODEL,
+      calibration: ctx.calibrationPath,
+      target: DRAFT_TARGET,
+      cloudAddress: link.address,
+      codec: "fp16",
+      port: 0,
+      cloudDeadlineMs: 5000,
+    },
+    env,
+  );
+  const modes = {
+    cloud_only: { mode: "MODE_CLOUD_ONLY" },
+    exact: { verify: "VERIFY_EXACT" },
+    rollback: { verify: "VERIFY_ROLLBACK" },
+  } as const;
+  const out: Record<
+    string,
+    { p50_token_latency_ms: number; mean_ms_per_token: number; agreement_with_cloud_only?: number }
+  > = {};
+  try {
+    const reference: number[][] = [];
+    for (const [name, fields] of Object.entries(modes)) {
+      const gaps: number[] = [];
+      let totalMs = 0;
+      let tokens = 0;
+      const agreements: number[] = [];
+      for (const [i, prompt] of ctx.prompts.entries()) {
+        const start = performance.now();
+        let last = start;
+        const result = await generate(
+          edge.address,
+          { text: ctx.tokenizer.decode(prompt), maxTokens, ...fields },
+          () => {
+            const now = performance.now();
+            gaps.push(now - last);
+            last = now;
+          },
+        );
+        if (result.error) throw new Error(`generate failed: ${result.error.details}`);
+        totalMs += last - start;
+        tokens += result.standing.length;
+        const ids = result.standing.map((t) => t.id);
+        if (name === "cloud_only") reference.push(ids);
+        else agreements.push(agreement(ids, reference[i]));
+      }
+      out[name] = {
+        p50_token_latency_ms: percentile(gaps, 0.5),
+        mean_ms_per_token: totalMs / tokens,
+        agreement_with_cloud_only:
+          agreements.length > 0 ? agreements.reduce((a, b) => a + b, 0) / agreements.length : undefined,
+      };
+    }
+  } finally {
+    await edge.kill();
+    await link.close();
+    await worker.kill();
+  }
+  return out;
+}
+
+/** `exact` and `rollback` figures of one split, and cloud-only's latency on the same link. */
+export async function verifiedDecoding(ctx: Context, maxTokens: number) {
+  process.stderr.write(`collab bench: split ${ctx.split}: verified decoding in-process\n`);
+  const local = await inProcess(ctx, maxTokens);
+  process.stderr.write(`collab bench: split ${ctx.split}: verified decoding over the emulated link\n`);
+  const link = await overLink(ctx, maxTokens);
+  const row = (verify: "exact" | "rollback") => ({
+    ...local[verify],
+    p50_token_latency_ms: link[verify].p50_token_latency_ms,
+    mean_ms_per_token: link[verify].mean_ms_per_token,
+    agreement_with_cloud_only_over_link: link[verify].agreement_with_cloud_only,
+    p50_latency_vs_cloud_only: link[verify].p50_token_latency_ms / link.cloud_only.p50_token_latency_ms,
+    mean_latency_vs_cloud_only: link[verify].mean_ms_per_token / link.cloud_only.mean_ms_per_token,
+  });
+  return {
+    draft_policy_target: DRAFT_TARGET,
+    cloud_only: link.cloud_only,
+    exact: row("exact"),
+    rollback: row("rollback"),
+  };
+}
