@@ -237,6 +237,22 @@ describe("the escalation protocol, in-process and over gRPC", () => {
       },
     ],
     [
+      "a check of more than 64 tokens (each a row of the worker's head)",
+      (id) => {
+        const long = frameMessage(getCodec("fp32"), identity.hiddenSize, {
+          start: 0,
+          hidden: new Float32Array(70 * identity.hiddenSize),
+          count: 70,
+          wantToken: true,
+          sampling: GREEDY,
+          requestId: 1n,
+          tokenIds: Array.from({ length: 70 }, (_, i) => i),
+          verifyFrom: 5,
+        });
+        return [openMessage(id, identity, "fp32"), long];
+      },
+    ],
+    [
       "a check without the token ids it checks",
       (id) => {
         const bad = frame("fp32", 0, 4);
@@ -264,8 +280,10 @@ describe("the escalation protocol, in-process and over gRPC", () => {
     const [a, b] = [await inProcess(messages), await overGrpc(messages)];
     expect(a.end).not.toBe("ok");
     expect(b).toEqual(a);
-    const { code } = a.end as { code: number };
+    const { code, details } = a.end as { code: number; details: string };
     expect([grpc.status.INVALID_ARGUMENT, grpc.status.FAILED_PRECONDITION]).toContain(code);
+    // A check is refused for what is wrong with the check, not for something else of the frame.
+    if (_name.includes("check")) expect(details).toMatch(/^frame\.verify_from: /);
   });
 
   it("checks the edge's tokens alike: answers at the first one the head answers differently, and the context ends there", async () => {

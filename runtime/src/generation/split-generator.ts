@@ -131,6 +131,13 @@ export const DEFAULT_GENERATE_OPTIONS = {
 /** The most tokens a request may have the edge draft before the cloud checks them. */
 export const MAX_DRAFT_TOKENS = 64;
 
+/**
+ * The most edge tokens one frame may have checked (a protocol limit: each checked token
+ * is a row of the worker's head, logits and all). A run of unchecked tokens longer than
+ * this (fallback tokens while the cloud was away) is checked in several frames.
+ */
+export const MAX_CHECKED_TOKENS = MAX_DRAFT_TOKENS;
+
 export interface GenerateOptions {
   /** @default 64 */
   maxTokens?: number;
@@ -382,6 +389,24 @@ export class SplitGenerator {
             continue;
           }
         }
+        // A frame checks at most MAX_CHECKED_TOKENS: longer unchecked runs (fallback
+        // tokens) are checked first, a frame at a time.
+        let detour: "rolled-back" | "unreachable" | undefined;
+        while (!detour && this.positions - this.verifiedUpTo > MAX_CHECKED_TOKENS) {
+          const outcome = yield* this.settle(await this.awaitCheck(this.startCheck(run)), run);
+          if (outcome.kind === "ended") return;
+          if (outcome.kind === "rolled-back") step = outcome.step;
+          if (outcome.kind !== "agreed") detour = outcome.kind === "failed" ? "unreachable" : "rolled-back";
+        }
+        if (detour === "rolled-back") continue;
+        if (detour === "unreachable") {
+          // Still away: this token is the edge's too, as CE-CoLLM falls back.
+          token = this.local(step, deepestExit(this.signals(step))!, "edge_fallback", run);
+          yield this.emit(token);
+          if (this.ends(token, run)) return;
+          step = await this.timedLower([token.token]);
+          continue;
+        }
         const answered = await this.checkedAnswer(step, run);
         if (answered.rollback) yield this.withdraw(answered.rollback.position);
         token = answered.token;
@@ -436,10 +461,10 @@ export class SplitGenerator {
    * waiting for the answer.
    */
   private startCheck(run: RunOptions): PendingCheck {
-    const end = this.positions;
+    const end = Math.min(this.positions, this.verifiedUpTo + MAX_CHECKED_TOKENS);
     const check: PendingCheck = {
       verifyFrom: this.verifiedUpTo,
-      drafted: this.sequence.length - this.verifiedUpTo,
+      drafted: end + 1 - this.verifiedUpTo,
       answer: this.escalate(run, end, this.verifiedUpTo < end ? this.verifiedUpTo : undefined),
     };
     this.stats.draftedTokens += check.drafted;

@@ -237,6 +237,32 @@ describe('verify "rollback"', () => {
     expect(standing(items, prompt.length)).toEqual(expected);
   });
 
+  it("checks a long run of fallback tokens a frame at a time once the cloud is back, and leaves the cloud-only tokens standing", async () => {
+    const prompt = PROMPTS[0];
+    const expected = await cloudOnly(prompt, { maxTokens: 100 });
+    let calls = 0;
+    const checked: number[] = [];
+    const awayThenBack = (inner: UpperSegment) => ({
+      extend: (frame: UpperFrame) => {
+        if (++calls <= 90) return Promise.reject(new UnavailableError("cloud away"));
+        if (frame.verifyFrom !== undefined) checked.push(frame.start + frame.count - frame.verifyFrom);
+        return inner.extend(frame);
+      },
+      close: () => inner.close(),
+    });
+    const { items, stats } = await generate(
+      prompt,
+      { maxTokens: 100, verify: "rollback" },
+      0.6,
+      awayThenBack,
+    );
+    expect(stats.fallbackTokens + stats.edgeTokens + stats.cloudTokens).toBe(100);
+    expect(standing(items, prompt.length)).toEqual(expected);
+    // More than a frame's worth was waiting: it went up in frames of at most 64.
+    expect(Math.max(...checked)).toBeLessThanOrEqual(64);
+    expect(checked.filter((n) => n === 64).length).toBeGreaterThan(0);
+  });
+
   it("keeps the edge's tokens (marked as it answered them) when the cloud cannot check them", async () => {
     const down = () => ({
       extend: (): Promise<UpperAnswer> => Promise.reject(new UnavailableError("cloud down")),

@@ -25,7 +25,8 @@
  *                 positions from start on and run it (the edge resent them: frames are
  *                 idempotent); start > held → ContextLost{resume_from: held}, and nothing
  *                 changes, so the edge replays from there.
- *   Verifying     verify_from in [start + 1, start + count] (0: none), with want_token and
+ *   Verifying     verify_from in [start + 1, start + count] (0: none), checking at most
+ *                 MAX_CHECKED_TOKENS (64) positions, with want_token and
  *                 token_ids (INVALID_ARGUMENT naming frame.verify_from): the head
  *                 evaluates positions verify_from − 1 … start + count − 1 (a segment of
  *                 head positions "tail"); each edge token at [verify_from, start + count)
@@ -79,7 +80,7 @@ import {
   type SamplingOptions,
   type TokenLogprobs,
 } from "../generation/sampler.ts";
-import type { UpperFrame } from "../generation/split-generator.ts";
+import { MAX_CHECKED_TOKENS, type UpperFrame } from "../generation/split-generator.ts";
 
 export interface EscalationLimits {
   /** Largest frame, in positions. @default 4096 */
@@ -356,6 +357,11 @@ export function decodeFrame(
       throw new InvalidArgumentError(
         "frame.verify_from",
         `must be 0 or in [${start + 1}, ${start + count}] (a position of the frame after its first, or its end), got ${frame.verifyFrom}`,
+      );
+    if (start + count - frame.verifyFrom > MAX_CHECKED_TOKENS)
+      throw new InvalidArgumentError(
+        "frame.verify_from",
+        `checks at most ${MAX_CHECKED_TOKENS} tokens per frame, got ${start + count - frame.verifyFrom}`,
       );
     if (!frame.wantToken || frame.tokenIds.length !== count)
       throw new InvalidArgumentError(
