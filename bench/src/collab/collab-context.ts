@@ -6,7 +6,8 @@
 import { join } from "node:path";
 import { type Calibration, type Checkpoint, readDeployment, type Tokenizer } from "@tandem/runtime";
 import { DEMO_MODEL, RESULTS_DIR } from "../bench-paths.ts";
-import type { LinkOptions } from "../link-emulator.ts";
+import { freePort, type RunningProcess, startProgram } from "@tandem/testkit";
+import { type EmulatedLink, type LinkOptions, startLinkEmulator } from "../link-emulator.ts";
 
 /**
  * The calibrations the demo model ships (its tandem.json lists them per split), the
@@ -30,4 +31,26 @@ export interface Context {
   windows: number[][];
   prompts: number[][];
   smoke: boolean;
+}
+
+/** A cloud-worker process on the demo model at `split`, reached through the emulated link. */
+export async function cloudBehindLink(
+  split: number,
+  env: Record<string, string>,
+): Promise<{ worker: RunningProcess; link: EmulatedLink; close(): Promise<void> }> {
+  const port = await freePort();
+  const worker = await startProgram(
+    "tandem-cloud-worker",
+    { model: DEMO_MODEL, split, port, workerId: "bench" },
+    env,
+  );
+  const link = await startLinkEmulator({ host: "127.0.0.1", port }, LINK);
+  return {
+    worker,
+    link,
+    async close() {
+      await link.close();
+      await worker.kill();
+    },
+  };
 }

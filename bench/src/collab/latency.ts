@@ -6,22 +6,16 @@
  * accounting.
  */
 import { CODEC_NAMES, type CodecName } from "@tandem/runtime";
-import { freePort, generate, startProgram } from "@tandem/testkit";
-import { startLinkEmulator } from "../link-emulator.ts";
+import { generate, startProgram } from "@tandem/testkit";
 import { percentile } from "../statistics.ts";
 import { DEMO_MODEL } from "../bench-paths.ts";
-import { type Context, LINK } from "./collab-context.ts";
+import { cloudBehindLink, type Context } from "./collab-context.ts";
 
 /** Real processes: worker behind the emulated link, one edge agent per codec. */
 export async function latencyAndBytes(ctx: Context, maxTokens: number, everyCodec: boolean) {
   const env = { TANDEM_LOG_LEVEL: "error" };
-  const workerPort = await freePort();
-  const worker = await startProgram(
-    "tandem-cloud-worker",
-    { model: DEMO_MODEL, split: ctx.split, port: workerPort, workerId: "bench" },
-    env,
-  );
-  const link = await startLinkEmulator({ host: "127.0.0.1", port: workerPort }, LINK);
+  const cloud = await cloudBehindLink(ctx.split, env);
+  const link = cloud.link;
   const text = (prompt: number[]) => ctx.tokenizer.decode(prompt);
   const latency: Record<string, { p50: number; p95: number; first_token_ms: number }> = {};
   const bytes: Record<
@@ -88,8 +82,7 @@ export async function latencyAndBytes(ctx: Context, maxTokens: number, everyCode
       }
     }
   } finally {
-    await link.close();
-    await worker.kill();
+    await cloud.close();
   }
   return { latency, bytes };
 }

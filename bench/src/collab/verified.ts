@@ -22,11 +22,10 @@ import {
   ThresholdExitPolicy,
   type VerifyMode,
 } from "@tandem/runtime";
-import { freePort, generate, startProgram } from "@tandem/testkit";
-import { startLinkEmulator } from "../link-emulator.ts";
+import { generate, startProgram } from "@tandem/testkit";
 import { median, percentile } from "../statistics.ts";
 import { DEMO_MODEL } from "../bench-paths.ts";
-import { type Context, LINK } from "./collab-context.ts";
+import { cloudBehindLink, type Context } from "./collab-context.ts";
 import { RecordingUpper, replay } from "./cloud-compute.ts";
 
 /** The calibrated agreement target whose thresholds decide how far the edge drafts. */
@@ -162,13 +161,8 @@ async function inProcess(ctx: Context, maxTokens: number) {
 /** Over the emulated link: per-token latency of cloud-only, EXACT and ROLLBACK as a client sees them. */
 async function overLink(ctx: Context, maxTokens: number) {
   const env = { TANDEM_LOG_LEVEL: "error" };
-  const workerPort = await freePort();
-  const worker = await startProgram(
-    "tandem-cloud-worker",
-    { model: DEMO_MODEL, split: ctx.split, port: workerPort, workerId: "bench" },
-    env,
-  );
-  const link = await startLinkEmulator({ host: "127.0.0.1", port: workerPort }, LINK);
+  const cloud = await cloudBehindLink(ctx.split, env);
+  const link = cloud.link;
   const edge = await startProgram(
     "tandem-edge",
     {
@@ -226,8 +220,7 @@ async function overLink(ctx: Context, maxTokens: number) {
     }
   } finally {
     await edge.kill();
-    await link.close();
-    await worker.kill();
+    await cloud.close();
   }
   return out;
 }
