@@ -4,7 +4,10 @@
 
 Steps: build the corpus if missing (make_corpus.py), train or reuse the byte-level BPE
 tokenizer (.cache/corpus/tokenizer.json), train the model with auxiliary losses at the
-early-exit layers (LayerSkip / EE-LLM style; plus Mixtral's load-balancing loss), then
+early-exit layers (LayerSkip / EE-LLM style), optionally self-distillation of each exit
+towards the final layer's distribution (CALM / "Jump to Conclusions": the config's
+`distill_weight`, KL(final ‖ exit) at `distill_temperature`, the final layer's side
+detached), plus Mixtral's load-balancing loss, then
 write config.json, model.safetensors (F16), tokenizer.json, tandem.json, the model card
 and reference logits under the config's output directory.
 """
@@ -121,6 +124,12 @@ def main():
     total_steps = args.steps or spec["max_steps"]
     exit_weight = spec["exit_loss_weight"]
     balance_weight = spec.get("balance_loss_weight", 0.0)
+    # 0 (the shipped demo models' training): next-token losses alone.
+    distill_weight = spec.get("distill_weight", 0.0)
+    distill_temperature = spec.get("distill_temperature", 1.0)
+    # The share of a batch's positions the distillation loss reads (sampled each step):
+    # KL over the whole vocabulary at every position made a step ~3× slower here.
+    distill_share = spec.get("distill_positions", 1.0)
     if not args.steps:
         # Size the run to the wall-clock budget from the step time measured on a throwaway
         # copy, so the real run is exactly the one `--steps <printed count>` reproduces.
@@ -141,6 +150,13 @@ def main():
         losses = {k: F.cross_entropy(v.reshape(-1, v.shape[-1]), y.reshape(-1)) for k, v in outputs.items()}
         final = losses[model_config["num_hidden_layers"]]
         loss = final + sum(exit_weight * losses[k] for k in exits) + balance_weight * model.balance_loss()
+        if distill_weight:
+            vocab = model_config["vocab_size"]
+            rows = torch.from_numpy(rng.choice(batch * seq, size=max(1, int(distill_share * batch * seq)), replace=False))
+            teacher = outputs[model_config["num_hidden_layers"]].detach().reshape(-1, vocab)[rows]
+            for k in exits:
+                student = outputs[k].reshape(-1, vocab)[rows]
+                loss = loss + distill_weight * distillation_loss(student, teacher, distill_temperature)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -198,6 +214,18 @@ def main():
     json.dump(stats, open(os.path.join(out_dir, "training-stats.json"), "w"), indent=2)
     model_card.main(out_dir)
     log(f"wrote {out_dir}")
+
+
+def distillation_loss(student, teacher, temperature):
+    """KL(teacher ‖ student) per token at `temperature`, scaled by its square (Hinton et al.)."""
+    t = temperature
+    vocab = student.shape[-1]
+    return F.kl_div(
+        F.log_softmax(student.reshape(-1, vocab) / t, dim=-1),
+        F.log_softmax(teacher.reshape(-1, vocab) / t, dim=-1),
+        log_target=True,
+        reduction="batchmean",
+    ) * t * t
 
 
 def time_steps(model, spec, train_ids, exits, balance_weight, steps=8):
