@@ -79,6 +79,9 @@ function escalateCase(target: Target): fc.Arbitrary<FuzzCase> {
       temperature: anyDouble,
       topP: anyDouble,
       seed: uint64Text,
+      tokenIds: fc.array(fc.oneof(fc.nat(300), uint32), { maxLength: 6 }),
+      // Checks of the edge's tokens: within the frame, at its edges, and anywhere.
+      verifyFrom: fc.oneof(fc.nat(24), uint32),
     }),
   });
   const close = fc.constant({ close: {} });
@@ -115,6 +118,8 @@ function generateCase(): fc.Arbitrary<FuzzCase> {
           stop: fc.array(fc.string({ maxLength: 80 }), { maxLength: 10 }),
           sampling: fc.record({ temperature: anyDouble, topP: anyDouble, seed: uint64Text }),
           mode: fc.integer({ min: 0, max: 6 }),
+          verify: fc.integer({ min: 0, max: 4 }),
+          maxDraftTokens: fc.oneof(fc.nat(70), uint32),
           exitPolicy: fc.record({
             metric: fc.integer({ min: 0, max: 6 }),
             threshold: anyDouble,
