@@ -119,6 +119,37 @@ describe("tandem generate", () => {
     expect(split.stdout).toBe(whole.stdout);
   });
 
+  it("--verify exact prints what every token escalated prints, and needs a split", async () => {
+    const args = [
+      "generate",
+      "--model",
+      join(dir, "model"),
+      "--prompt",
+      "abc",
+      "--max-tokens",
+      "10",
+      "--split",
+      "2",
+    ];
+    const escalated = await tandem(...args, "--exit-layers", "1,2", "--threshold", "2");
+    const exact = await tandem(...args, "--exit-layers", "1,2", "--threshold", "0.1", "--verify", "exact");
+    expect(exact.code, exact.stderr).toBe(0);
+    expect(exact.stdout).toBe(escalated.stdout);
+    const { stats } = JSON.parse(exact.stderr.trim().split("\n").pop()!) as { stats: Record<string, number> };
+    expect(stats.draftedTokens).toBeGreaterThan(0);
+    const whole = await tandem(
+      "generate",
+      "--model",
+      join(dir, "model"),
+      "--prompt",
+      "a",
+      "--verify",
+      "exact",
+    );
+    expect(whole.code).toBe(2);
+    expect(whole.stderr).toMatch(/--verify: needs a cloud segment/);
+  });
+
   it("rejects an unknown weight format", async () => {
     const { stderr, code } = await tandem(
       "generate",
@@ -348,6 +379,15 @@ describe("tandem demo (the main job)", () => {
     expect(summary).not.toBeNull();
     expect(Number(summary![1]) + Number(summary![2])).toBe(12);
     expect(run.stdout).toMatch(/% of 12 tokens never needed the cloud/);
+  });
+
+  it("--verify exact and rollback: the cloud checks the edge's tokens and the summary says how many it kept", async () => {
+    for (const verify of ["exact", "rollback"]) {
+      const run = await tandem("demo", "--prompt", "The Python", "--max-tokens", "16", "--verify", verify);
+      expect(run.code, run.stderr).toBe(0);
+      expect(run.stdout).toMatch(/the cloud checked \d+ edge tokens, agreed with \d+/);
+      if (verify === "rollback") expect(run.stdout).toMatch(/, \d+ withdrawn\)/);
+    }
   });
 
   it("runs the deeper split it ships a calibration for, and names --split for one it does not", async () => {

@@ -41,6 +41,10 @@ const DEMO_OPTIONS = z
       .min(1)
       .optional()
       .meta({ description: "layers the edge runs (default: the model's recommended split)" }),
+    verify: z.enum(["none", "rollback", "exact"]).default("none").meta({
+      description:
+        "the cloud checks the edge's tokens: rollback shows them at once and marks a withdrawal with ⟲, exact shows only checked ones",
+    }),
   })
   .strict();
 
@@ -115,21 +119,30 @@ async function generateThroughEdge(address: string, values: z.output<typeof DEMO
     for (const prompt of values.prompt ? [values.prompt] : DEFAULT_PROMPTS) {
       process.stdout.write(prompt);
       await new Promise<void>((resolve, reject) => {
-        const call = client.Generate({ text: prompt, maxTokens });
+        const verify = `VERIFY_${values.verify.toUpperCase()}` as
+          "VERIFY_NONE" | "VERIFY_ROLLBACK" | "VERIFY_EXACT";
+        const call = client.Generate({ text: prompt, maxTokens, verify });
         call.on("data", (event: GenerateEvent__Output) => {
           if (event.token) {
             const cloud = event.token.source === "TOKEN_SOURCE_CLOUD";
             process.stdout.write(cloud && event.token.text ? `[${event.token.text}]` : event.token.text);
           }
+          // The text since the last mark is withdrawn from this position on: what follows replaces it.
+          if (event.rollback) process.stdout.write(" ⟲ ");
           if (event.summary) {
             const s = event.summary;
             totals.edge += s.edgeTokens;
             totals.cloud += s.cloudTokens;
             totals.fallback += s.fallbackTokens;
             totals.bytes += Number(s.bytesSent);
+            const checked =
+              values.verify === "none"
+                ? ""
+                : `; the cloud checked ${s.draftedTokens} edge tokens, agreed with ${s.acceptedTokens}` +
+                  (values.verify === "rollback" ? `, ${s.rolledBackTokens} withdrawn` : "");
             process.stdout.write(
               `\n  → ${s.edgeTokens} tokens at the edge, ${s.cloudTokens} from the cloud (${s.escalations} escalations, ` +
-                `${s.bytesSent} bytes up), first token ${s.timings!.firstTokenMs.toFixed(1)} ms, total ${s.timings!.totalMs.toFixed(0)} ms\n\n`,
+                `${s.bytesSent} bytes up${checked}), first token ${s.timings!.firstTokenMs.toFixed(1)} ms, total ${s.timings!.totalMs.toFixed(0)} ms\n\n`,
             );
           }
         });

@@ -58,6 +58,10 @@ export const GENERATE_OPTIONS = z
     target: RUNTIME_SETTINGS.target.meta({
       description: "with --calibration: the agreement target whose thresholds to use",
     }),
+    verify: z.enum(["none", "exact"]).default("none").meta({
+      description:
+        "exact: the cloud segment checks the edge's tokens before they are printed, so the text is the whole model's (needs --split)",
+    }),
     weights: RUNTIME_SETTINGS.weights,
     threads: RUNTIME_SETTINGS.threads,
   })
@@ -80,6 +84,11 @@ export async function runGenerate(
   if (calibration && request.calibration)
     checkCalibrationMatches(calibration, checkpoint, request.calibration);
   const split = request.split ?? calibration?.summary.split ?? checkpoint.config.numLayers;
+  if (request.verify !== "none" && split >= checkpoint.config.numLayers)
+    throw new UsageError(
+      "--verify",
+      "needs a cloud segment to check the tokens: give --split below the model's layers",
+    );
   const exits = calibration
     ? calibratedExitHeads(calibration)
     : request.exitLayers.map((afterLayer) => ({ afterLayer }));
@@ -104,6 +113,7 @@ export async function runGenerate(
     for await (const token of generator.tokens(promptIds, {
       maxTokens: request.maxTokens,
       stopTokenIds: checkpoint.config.eosTokenId,
+      verify: request.verify,
     }))
       write(decoder.push(token.token));
     write(decoder.flush());
