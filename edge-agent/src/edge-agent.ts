@@ -112,10 +112,14 @@ export async function startEdgeAgent(
 
   let exits: ExitHeadSpec[];
   let thresholdPolicy: () => ExitPolicy;
+  // Verified requests: the cloud checks what the edge answers, so it may answer more.
+  let draftPolicy: (() => ExitPolicy) | undefined;
   if (calibration) {
     exits = calibratedExitHeads(calibration);
     const thresholds = policyForTarget(calibration, config.target).thresholds;
     thresholdPolicy = () => new ThresholdExitPolicy(thresholds);
+    const draftThresholds = policyForTarget(calibration, config.draftTarget).thresholds;
+    draftPolicy = () => new ThresholdExitPolicy(draftThresholds);
   } else {
     const layersList = config.exitLayers ?? deployment?.exitLayers ?? [split];
     for (const l of layersList)
@@ -228,6 +232,7 @@ export async function startEdgeAgent(
     chatTemplate,
     cloud,
     autoPolicy,
+    draftPolicy: draftPolicy ?? autoPolicy,
     exitLayers: exits.map((e) => e.afterLayer),
     apiKeys: config.apiKeys?.length ? new ApiKeys(config.apiKeys) : undefined,
     limits,

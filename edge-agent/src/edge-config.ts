@@ -34,6 +34,10 @@ export const EDGE_CONFIG_SCHEMA = z
       .optional()
       .meta({ description: "calibration file from `tandem calibrate` (exit heads and thresholds)" }),
     target: RUNTIME_SETTINGS.target,
+    draftTarget: z.number().gt(0).max(1).default(0.9).meta({
+      description:
+        "requests with verify (EXACT, ROLLBACK): the agreement target whose calibrated thresholds decide which tokens the edge answers; laxer than target, since the cloud checks them",
+    }),
     split: z.int().min(1).optional().meta({
       description: "layers run on the device (default: the calibration's, else the model's tandem.json)",
     }),

@@ -130,6 +130,8 @@ export interface RequestContext {
   chatTemplate?: ChatTemplate;
   cloud?: CloudLinks;
   autoPolicy: () => ExitPolicy;
+  /** The policy of verified requests (verify EXACT or ROLLBACK) that do not override it. */
+  draftPolicy: () => ExitPolicy;
   exitLayers: number[];
   limits: RequestLimits;
 }
@@ -232,7 +234,9 @@ export function validateRequest(
       "CLOUD_ONLY needs a cloud worker, and this agent has none configured",
     );
 
-  let policy = context.autoPolicy;
+  const verify = VERIFY_BY_NAME[input.verify ?? "VERIFY_NONE"];
+  if (!verify) throw new InvalidArgumentError(fields.verify, `unknown value ${input.verify}`);
+  let policy = verify === "none" ? context.autoPolicy : context.draftPolicy;
   const override = input.exitPolicy;
   if (override && (override.metric !== undefined || override.targetEscalationRate)) {
     const metric: ConfidenceMetric = override.metric ?? "prob";
@@ -254,8 +258,6 @@ export function validateRequest(
   if (mode === "MODE_EDGE_ONLY") policy = () => new AlwaysExitPolicy();
   if (mode === "MODE_CLOUD_ONLY") policy = () => new AlwaysDeferPolicy();
 
-  const verify = VERIFY_BY_NAME[input.verify ?? "VERIFY_NONE"];
-  if (!verify) throw new InvalidArgumentError(fields.verify, `unknown value ${input.verify}`);
   if (verify !== "none" && mode === "MODE_EDGE_ONLY")
     throw new InvalidArgumentError(
       fields.verify,

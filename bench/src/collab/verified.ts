@@ -7,8 +7,9 @@
  *   - over the emulated link with real edge-agent and cloud-worker processes: per-token
  *     latency as the client sees it (p50 of the gaps between token events, and the mean
  *     time per token, first token included), against cloud-only on the same link.
- * The edge drafts with the calibrated policy of DRAFT_TARGET: checked tokens need not be
- * right, so a laxer policy than AUTO's 99% drafts more and is still exact.
+ * The edge drafts with the calibrated policy of DRAFT_TARGET (the edge's `draftTarget`, its
+ * default): checked tokens need not be right, so a laxer policy than AUTO's 99% drafts more
+ * and is still exact.
  */
 import {
   AlwaysDeferPolicy,
@@ -28,7 +29,7 @@ import { DEMO_MODEL } from "../bench-paths.ts";
 import { cloudBehindLink, type Context } from "./collab-context.ts";
 import { RecordingUpper, replay } from "./cloud-compute.ts";
 
-/** The calibrated agreement target whose thresholds decide how far the edge drafts. */
+/** The calibrated agreement target whose thresholds decide how far the edge drafts (tandem-edge's default draftTarget). */
 export const DRAFT_TARGET = 0.9;
 
 const VERIFIED: VerifyMode[] = ["exact", "rollback"];
@@ -168,7 +169,7 @@ async function overLink(ctx: Context, maxTokens: number) {
     {
       model: DEMO_MODEL,
       calibration: ctx.calibrationPath,
-      target: DRAFT_TARGET,
+      draftTarget: DRAFT_TARGET,
       cloudAddress: link.address,
       codec: "fp16",
       port: 0,

@@ -1,0 +1,103 @@
+/** Which exit policy a request runs: the agent's AUTO policy, its laxer one for verified requests, or the request's own. */
+import { describe, expect, it } from "vitest";
+import { FailedPreconditionError, InvalidArgumentError } from "@tandem/common";
+import {
+  AlwaysDeferPolicy,
+  AlwaysExitPolicy,
+  GREEDY,
+  ThresholdExitPolicy,
+  type ExitPolicy,
+  type ModelConfig,
+  type Tokenizer,
+} from "@tandem/runtime";
+import type { CloudLinks } from "./cloud-link.ts";
+import {
+  DEFAULT_REQUEST_LIMITS,
+  validateRequest,
+  type GenerationInput,
+  type RequestContext,
+  type RequestFieldNames,
+} from "./generation-request.ts";
+
+/** Two policies told apart by their answer to a signal no threshold below 1 turns down. */
+const AUTO = new AlwaysDeferPolicy();
+const DRAFT = new AlwaysExitPolicy();
+const SIGNAL = { afterLayer: 2, token: 1, prob: 0.5, margin: 0.1, entropy: 1 };
+const answersAtExit = (policy: ExitPolicy) => policy.decide([SIGNAL]).exit !== undefined;
+
+function context(cloud: boolean): RequestContext {
+  return {
+    config: { vocabSize: 100, maxPositions: 512 } as ModelConfig,
+    modelId: "m",
+    tokenizer: {} as Tokenizer,
+    // Validation only asks whether a cloud is configured.
+    cloud: cloud ? ({} as CloudLinks) : undefined,
+    autoPolicy: () => AUTO,
+    draftPolicy: () => DRAFT,
+    exitLayers: [2],
+    limits: DEFAULT_REQUEST_LIMITS,
+  };
+}
+
+const FIELDS: RequestFieldNames = {
+  prompt: "prompt",
+  text: "prompt.text",
+  tokenIds: "prompt.token_ids",
+  messages: "prompt.messages",
+  maxTokens: "max_tokens",
+  stop: "stop",
+  sampling: "sampling",
+  mode: "mode",
+  exitPolicy: "exit_policy",
+  topLogprobs: "top_logprobs",
+  verify: "verify",
+  maxDraftTokens: "max_draft_tokens",
+};
+
+const request = (fields: Partial<GenerationInput>): GenerationInput => ({
+  prompt: { tokenIds: [1, 2, 3] },
+  stop: [],
+  sampling: GREEDY,
+  mode: "MODE_AUTO",
+  ...fields,
+});
+
+describe("a request's exit policy", () => {
+  it("is the agent's AUTO policy without verify, and its draft policy with EXACT or ROLLBACK", () => {
+    expect(answersAtExit(validateRequest(request({}), context(true), FIELDS).policy())).toBe(false);
+    for (const verify of ["VERIFY_EXACT", "VERIFY_ROLLBACK"]) {
+      const valid = validateRequest(request({ verify }), context(true), FIELDS);
+      expect(answersAtExit(valid.policy())).toBe(true);
+      expect(valid.verify).toBe(verify === "VERIFY_EXACT" ? "exact" : "rollback");
+    }
+  });
+
+  it("is the request's own override, verified or not", () => {
+    const valid = validateRequest(
+      request({ verify: "VERIFY_EXACT", exitPolicy: { metric: "prob", threshold: 0.9 } }),
+      context(true),
+      FIELDS,
+    );
+    expect(valid.policy()).toBeInstanceOf(ThresholdExitPolicy);
+    expect(answersAtExit(valid.policy())).toBe(false);
+  });
+
+  it("checks nothing with CLOUD_ONLY, and refuses verify with EDGE_ONLY or without a cloud, naming it", () => {
+    expect(
+      validateRequest(request({ verify: "VERIFY_EXACT", mode: "MODE_CLOUD_ONLY" }), context(true), FIELDS)
+        .verify,
+    ).toBe("none");
+    expect(() =>
+      validateRequest(request({ verify: "VERIFY_EXACT", mode: "MODE_EDGE_ONLY" }), context(true), FIELDS),
+    ).toThrow(InvalidArgumentError);
+    expect(() => validateRequest(request({ verify: "VERIFY_ROLLBACK" }), context(false), FIELDS)).toThrow(
+      FailedPreconditionError,
+    );
+    expect(() => validateRequest(request({ verify: "VERIFY_SOMETIMES" }), context(true), FIELDS)).toThrow(
+      /^verify: /,
+    );
+    expect(() =>
+      validateRequest(request({ verify: "VERIFY_EXACT", maxDraftTokens: 65 }), context(true), FIELDS),
+    ).toThrow(/^max_draft_tokens: /);
+  });
+});
