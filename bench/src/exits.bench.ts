@@ -3,7 +3,9 @@
  * the early exits can answer at a given agreement with the full model — before
  * calibration (plain final-norm + LM-head exits) and after (fitted linear exit maps),
  * per exit and with both exits, for each confidence metric. Thresholds are chosen on one
- * part of the text and measured on another. Writes bench/results/exits.png.
+ * part of the text and measured on another. The recommended split in full; every other
+ * split the model ships a calibration for (its exit layers) for the edge share at 99%
+ * agreement by split. Writes bench/results/exits.png.
  * Usage: tandem bench exits [--smoke]
  */
 import { readFileSync } from "node:fs";
@@ -14,6 +16,7 @@ import {
   type CalibratedPolicy,
   type CurvePoint,
   loadCheckpoint,
+  readCalibration,
   readDeployment,
   Tokenizer,
 } from "@tandem/runtime";
@@ -28,6 +31,8 @@ export default async function exitsBenchmark(options: BenchOptions<"exits">): Pr
   const tokenizer = await Tokenizer.forCheckpoint(checkpoint);
   const deployment = readDeployment(DEMO_MODEL)!;
   const start = performance.now();
+  const at = (policies: CalibratedPolicy[], target: number) =>
+    policies.find((p) => p.targetAgreement === target)!;
   const calibration = await calibrate(checkpoint, tokenizer, {
     split: deployment.recommendedSplit,
     exitLayers: deployment.exitLayers,
@@ -37,8 +42,31 @@ export default async function exitsBenchmark(options: BenchOptions<"exits">): Pr
     onProgress: (progress) => process.stderr.write(`${formatProgress("exits", progress)}\n`),
   });
   const { summary } = calibration;
-  const at = (policies: CalibratedPolicy[], target: number) =>
-    policies.find((p) => p.targetAgreement === target)!;
+  // The other shipped splits, each with the exits of its own calibration (not in smoke runs).
+  const bySplit: Record<string, { before: number; after: number }> = {
+    [summary.split]: {
+      before: at(summary.plainPolicies, 0.99).test.edgeShare,
+      after: at(summary.policies, 0.99).test.edgeShare,
+    },
+  };
+  const others = options.smoke
+    ? []
+    : [...deployment.calibrations.keys()].filter((split) => split !== summary.split).sort((a, b) => a - b);
+  for (const split of others) {
+    const shipped = await readCalibration(deployment.calibrations.get(split)!);
+    const other = await calibrate(checkpoint, tokenizer, {
+      split,
+      exitLayers: shipped.summary.exitLayers,
+      text: readFileSync(DEMO_HELDOUT_TEXT, "utf8"),
+      targets: [0.99],
+      maxTokens: 65536,
+      onProgress: (progress) => process.stderr.write(`${formatProgress(`exits split ${split}`, progress)}\n`),
+    });
+    bySplit[split] = {
+      before: at(other.summary.plainPolicies, 0.99).test.edgeShare,
+      after: at(other.summary.policies, 0.99).test.edgeShare,
+    };
+  }
   const describe = (p: CalibratedPolicy) => ({
     edge_share: p.test.edgeShare,
     agreement: p.test.agreement,
@@ -56,6 +84,8 @@ export default async function exitsBenchmark(options: BenchOptions<"exits">): Pr
       before: at(summary.plainPolicies, 0.99).test.edgeShare,
       after: at(summary.policies, 0.99).test.edgeShare,
     },
+    // Per shipped split: the calibrated policies (`after`) and the plain heads' (`before`).
+    edge_share_at_99pct_agreement_by_split: bySplit,
     edge_share_at_95pct_agreement: {
       before: at(summary.plainPolicies, 0.95).test.edgeShare,
       after: at(summary.policies, 0.95).test.edgeShare,
