@@ -229,10 +229,20 @@ describe("the escalation protocol, in-process and over gRPC", () => {
     [
       "a check starting at the frame's first position (its predecessor is not in the frame)",
       (id) => {
+        const bad = frame("fp32", 2, 4);
+        return [
+          openMessage(id, identity, "fp32"),
+          { ...bad, frame: { ...bad.frame!, tokenIds: PROMPT.slice(2, 6), verifyFrom: 2 } },
+        ];
+      },
+    ],
+    [
+      "a check past the frame's end",
+      (id) => {
         const bad = frame("fp32", 0, 4);
         return [
           openMessage(id, identity, "fp32"),
-          { ...bad, frame: { ...bad.frame!, tokenIds: PROMPT.slice(0, 4), verifyFrom: 0 + 5 } },
+          { ...bad, frame: { ...bad.frame!, tokenIds: PROMPT.slice(0, 4), verifyFrom: 5 } },
         ];
       },
     ],
