@@ -12,7 +12,7 @@ import { ContextLostError, FailedPreconditionError, InvalidArgumentError } from 
 import type { CloudMessage__Output, EdgeMessage__Output } from "@tandem/proto";
 import type { CodecName } from "../codec/hidden-state-codec.ts";
 import type { ExitResult, SegmentStep } from "../engine/segment-sessions.ts";
-import { answerFromHead } from "../generation/sampler.ts";
+import { answerFromHead, hasPenalties } from "../generation/sampler.ts";
 import {
   DEFAULT_ESCALATION_LIMITS,
   contextLostReply,
@@ -160,7 +160,10 @@ export class EscalationSession {
     if (this.counters) this.counters.positions += frame.count;
     if (!frame.wantToken) return undefined;
     const head = step.exits[step.exits.length - 1];
-    const history = this.contexts.tokenHistory(this.opened.contextKey);
+    // Only penalties read the token history: other frames copy none of it.
+    const history = hasPenalties(frame.sampling)
+      ? this.contexts.tokenHistory(this.opened.contextKey)
+      : undefined;
     const answerAt = (position: number, row: number, topLogprobs?: number) =>
       answerFromHead(
         headRow(head, row, this.upper.vocabSize),
@@ -168,8 +171,8 @@ export class EscalationSession {
         position,
         this.upper.vocabSize,
         topLogprobs,
-        {
-          ids: history.slice(0, position),
+        history && {
+          ids: position === history.length ? history : history.slice(0, position),
           promptTokens: frame.promptTokens,
         },
       );
