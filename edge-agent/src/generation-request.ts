@@ -234,8 +234,10 @@ export function validateRequest(
       "CLOUD_ONLY needs a cloud worker, and this agent has none configured",
     );
 
-  const verify = VERIFY_BY_NAME[input.verify ?? "VERIFY_NONE"];
-  if (!verify) throw new InvalidArgumentError(fields.verify, `unknown value ${input.verify}`);
+  const verifyName = input.verify ?? "VERIFY_NONE";
+  if (!Object.hasOwn(VERIFY_BY_NAME, verifyName))
+    throw new InvalidArgumentError(fields.verify, `unknown value ${verifyName}`);
+  const verify = VERIFY_BY_NAME[verifyName];
   let policy = verify === "none" ? context.autoPolicy : context.draftPolicy;
   const override = input.exitPolicy;
   if (override && (override.metric !== undefined || override.targetEscalationRate)) {
