@@ -11,12 +11,12 @@ import {
   type Tokenizer,
 } from "@tandem/runtime";
 import type { CloudLinks } from "./cloud-link.ts";
+import { GRPC_FIELDS } from "./inference-service.ts";
 import {
   DEFAULT_REQUEST_LIMITS,
   validateRequest,
   type GenerationInput,
   type RequestContext,
-  type RequestFieldNames,
 } from "./generation-request.ts";
 
 /** Two policies told apart by their answer to a signal no threshold below 1 turns down. */
@@ -39,20 +39,8 @@ function context(cloud: boolean): RequestContext {
   };
 }
 
-const FIELDS: RequestFieldNames = {
-  prompt: "prompt",
-  text: "prompt.text",
-  tokenIds: "prompt.token_ids",
-  messages: "prompt.messages",
-  maxTokens: "max_tokens",
-  stop: "stop",
-  sampling: "sampling",
-  mode: "mode",
-  exitPolicy: "exit_policy",
-  topLogprobs: "top_logprobs",
-  verify: "verify",
-  maxDraftTokens: "max_draft_tokens",
-};
+/** As the gRPC API spells them. */
+const FIELDS = GRPC_FIELDS;
 
 const request = (fields: Partial<GenerationInput>): GenerationInput => ({
   prompt: { tokenIds: [1, 2, 3] },
@@ -94,6 +82,10 @@ describe("a request's exit policy", () => {
       FailedPreconditionError,
     );
     expect(() => validateRequest(request({ verify: "VERIFY_SOMETIMES" }), context(true), FIELDS)).toThrow(
+      /^verify: /,
+    );
+    // A name the lookup table inherits is no verify mode either.
+    expect(() => validateRequest(request({ verify: "constructor" }), context(true), FIELDS)).toThrow(
       /^verify: /,
     );
     expect(() =>

@@ -80,7 +80,8 @@ export function modelInfo(context: InferenceContext): ModelInfo {
   };
 }
 
-const GRPC_FIELDS: RequestFieldNames = {
+/** How the gRPC API spells each request field in its errors. */
+export const GRPC_FIELDS: RequestFieldNames = {
   prompt: "prompt",
   text: "prompt.text",
   tokenIds: "prompt.token_ids",
