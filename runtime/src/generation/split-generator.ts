@@ -378,29 +378,18 @@ export class SplitGenerator {
       if (confident) {
         token = this.local(step, confident, "edge", run);
       } else {
-        // The cloud answers this one, and its frame checks the edge's tokens before it;
-        // a check on its way is applied first.
-        if (check) {
-          const outcome = yield* this.settle(await this.awaitCheck(check), run);
-          check = undefined;
-          if (outcome.kind === "ended") return;
-          if (outcome.kind === "rolled-back") {
-            step = outcome.step;
-            continue;
-          }
+        // The cloud answers this one, and its frame checks the edge's tokens before it: a
+        // check on its way is applied first, and (a frame checks at most
+        // MAX_CHECKED_TOKENS) a longer unchecked run, fallback tokens, a frame at a time.
+        const outcome = yield* this.checkUntil(MAX_CHECKED_TOKENS, check, run);
+        check = undefined;
+        if (outcome.kind === "ended") return;
+        if (outcome.kind === "rolled-back") {
+          step = outcome.step;
+          continue;
         }
-        // A frame checks at most MAX_CHECKED_TOKENS: longer unchecked runs (fallback
-        // tokens) are checked first, a frame at a time.
-        let detour: "rolled-back" | "unreachable" | undefined;
-        while (!detour && this.positions - this.verifiedUpTo > MAX_CHECKED_TOKENS) {
-          const outcome = yield* this.settle(await this.awaitCheck(this.startCheck(run)), run);
-          if (outcome.kind === "ended") return;
-          if (outcome.kind === "rolled-back") step = outcome.step;
-          if (outcome.kind !== "agreed") detour = outcome.kind === "failed" ? "unreachable" : "rolled-back";
-        }
-        if (detour === "rolled-back") continue;
-        if (detour === "unreachable") {
-          // Still away: this token is the edge's too, as CE-CoLLM falls back.
+        // Still away with more than a frame to check: this token is the edge's too, as CE-CoLLM falls back.
+        if (outcome.kind === "failed" && this.unchecked() > MAX_CHECKED_TOKENS) {
           token = this.local(step, deepestExit(this.signals(step))!, "edge_fallback", run);
           yield this.emit(token);
           if (this.ends(token, run)) return;
@@ -413,11 +402,12 @@ export class SplitGenerator {
       }
       yield this.emit(token);
       if (this.ends(token, run)) {
-        // At the end every token is checked: what the client keeps is the cloud's.
-        const goesOn = yield* this.checkAll(check, run);
+        // At the end every token is checked: what the client keeps is the cloud's (or, the
+        // cloud unreachable, the edge's as it answered them).
+        const outcome = yield* this.checkUntil(0, check, run);
         check = undefined;
-        if (!goesOn) return;
-        step = goesOn;
+        if (outcome.kind !== "rolled-back") return;
+        step = outcome.step;
         continue;
       }
       if (!check && this.unchecked() >= run.maxDraft) check = this.startCheck(run);
@@ -432,20 +422,20 @@ export class SplitGenerator {
   }
 
   /**
-   * Checks every token yielded and not yet checked (`check`: one on its way). Returns the
-   * lower segment's step to go on from after a rollback; undefined when the generation is
-   * over: all checked, or the cloud unreachable (the tokens stay as the edge answered them).
+   * Checks the tokens yielded and not yet checked until at most `limit` remain, a frame at
+   * a time (`check`: one on its way, applied first). Stops at the first outcome other than
+   * "agreed"; "agreed" when done.
    */
-  private async *checkAll(
+  private async *checkUntil(
+    limit: number,
     check: PendingCheck | undefined,
     run: RunOptions,
-  ): AsyncGenerator<GenerationItem, SegmentStep | undefined> {
+  ): AsyncGenerator<GenerationItem, CheckOutcome> {
     for (;;) {
-      check ??= this.unchecked() > 0 ? this.startCheck(run) : undefined;
-      if (!check) return undefined;
+      check ??= this.unchecked() > limit ? this.startCheck(run) : undefined;
+      if (!check) return { kind: "agreed" };
       const outcome = yield* this.settle(await this.awaitCheck(check), run);
-      if (outcome.kind === "rolled-back") return outcome.step;
-      if (outcome.kind !== "agreed") return undefined;
+      if (outcome.kind !== "agreed") return outcome;
       check = undefined;
     }
   }
@@ -467,7 +457,6 @@ export class SplitGenerator {
       drafted: end + 1 - this.verifiedUpTo,
       answer: this.escalate(run, end, this.verifiedUpTo < end ? this.verifiedUpTo : undefined),
     };
-    this.stats.draftedTokens += check.drafted;
     check.answer.then(
       (answer) => (check.settled = { answer }),
       (error: unknown) => (check.settled = { error }),
@@ -493,10 +482,10 @@ export class SplitGenerator {
     const settled = check.settled!;
     if ("error" in settled) {
       if (!isUnreachable(settled.error)) throw settled.error;
-      this.stats.draftedTokens -= check.drafted;
       return { kind: "failed" };
     }
     const { answer } = settled;
+    this.stats.draftedTokens += check.drafted;
     const at = answer.position;
     const agreed = this.sequence[at] === answer.token;
     this.stats.acceptedTokens += at - check.verifyFrom + (agreed ? 1 : 0);
