@@ -12,7 +12,7 @@ import { InvalidArgumentError, UnavailableError } from "@tandem/common";
 import { loadCheckpoint } from "../checkpoint/load-checkpoint.ts";
 import { AlwaysDeferPolicy, ThresholdExitPolicy } from "../exits/exit-policy.ts";
 import { LocalUpperSegment } from "../protocol/local-upper-segment.ts";
-import { writeRandomCheckpoint } from "../testing/random-checkpoint.ts";
+import { TINY_LLAMA, writeRandomCheckpoint } from "../testing/random-checkpoint.ts";
 import { loadLocalSplit, type LocalSplit } from "./local-split.ts";
 import { GREEDY, type SamplingOptions } from "./sampler.ts";
 import {
@@ -32,16 +32,10 @@ beforeAll(async () => {
   // A random model whose exit after layer 2 often disagrees with its final head: the
   // checks find differences to roll back.
   await writeRandomCheckpoint(join(dir, "model"), {
-    architecture: "llama",
-    vocabSize: 300,
-    hiddenSize: 64,
+    ...TINY_LLAMA,
     intermediateSize: 96,
-    numLayers: 4,
-    numHeads: 4,
-    numKvHeads: 2,
     tieWordEmbeddings: true,
     seed: 9,
-    dtype: "F32",
     initScale: 2,
   });
   split = await loadLocalSplit(await loadCheckpoint(join(dir, "model")), {
