@@ -13,6 +13,7 @@ import { join } from "node:path";
 import { formatProgress } from "@tandem/common";
 import {
   calibrate,
+  type Calibration,
   type CalibratedPolicy,
   type CurvePoint,
   loadCheckpoint,
@@ -33,39 +34,36 @@ export default async function exitsBenchmark(options: BenchOptions<"exits">): Pr
   const start = performance.now();
   const at = (policies: CalibratedPolicy[], target: number) =>
     policies.find((p) => p.targetAgreement === target)!;
-  const calibration = await calibrate(checkpoint, tokenizer, {
-    split: deployment.recommendedSplit,
-    exitLayers: deployment.exitLayers,
-    text: readFileSync(DEMO_HELDOUT_TEXT, "utf8"),
-    targets: [0.99, 0.95],
-    maxTokens: options.smoke ? 4096 : 65536,
-    onProgress: (progress) => process.stderr.write(`${formatProgress("exits", progress)}\n`),
+  const text = readFileSync(DEMO_HELDOUT_TEXT, "utf8");
+  const calibrateSplit = (split: number, exitLayers: number[], targets: number[], label: string) =>
+    calibrate(checkpoint, tokenizer, {
+      split,
+      exitLayers,
+      text,
+      targets,
+      maxTokens: options.smoke ? 4096 : 65536,
+      onProgress: (progress) => process.stderr.write(`${formatProgress(label, progress)}\n`),
+    });
+  const shareAt99 = (s: Calibration["summary"]) => ({
+    before: at(s.plainPolicies, 0.99).test.edgeShare,
+    after: at(s.policies, 0.99).test.edgeShare,
   });
+  const calibration = await calibrateSplit(
+    deployment.recommendedSplit,
+    deployment.exitLayers,
+    [0.99, 0.95],
+    "exits",
+  );
   const { summary } = calibration;
   // The other shipped splits, each with the exits of its own calibration (not in smoke runs).
-  const bySplit: Record<string, { before: number; after: number }> = {
-    [summary.split]: {
-      before: at(summary.plainPolicies, 0.99).test.edgeShare,
-      after: at(summary.policies, 0.99).test.edgeShare,
-    },
-  };
+  const bySplit: Record<string, { before: number; after: number }> = { [summary.split]: shareAt99(summary) };
   const others = options.smoke
     ? []
     : [...deployment.calibrations.keys()].filter((split) => split !== summary.split).sort((a, b) => a - b);
   for (const split of others) {
     const shipped = await readCalibration(deployment.calibrations.get(split)!);
-    const other = await calibrate(checkpoint, tokenizer, {
-      split,
-      exitLayers: shipped.summary.exitLayers,
-      text: readFileSync(DEMO_HELDOUT_TEXT, "utf8"),
-      targets: [0.99],
-      maxTokens: 65536,
-      onProgress: (progress) => process.stderr.write(`${formatProgress(`exits split ${split}`, progress)}\n`),
-    });
-    bySplit[split] = {
-      before: at(other.summary.plainPolicies, 0.99).test.edgeShare,
-      after: at(other.summary.policies, 0.99).test.edgeShare,
-    };
+    const other = await calibrateSplit(split, shipped.summary.exitLayers, [0.99], `exits split ${split}`);
+    bySplit[split] = shareAt99(other.summary);
   }
   const describe = (p: CalibratedPolicy) => ({
     edge_share: p.test.edgeShare,
