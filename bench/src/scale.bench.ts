@@ -42,6 +42,7 @@ import { UsageError } from "@tandem/common";
 import type { BenchOptions, BenchResult } from "./bench-types.ts";
 import { BENCH_MODELS_DIR, DEMO_HELDOUT_TEXT, DEMO_MODEL, REPO_ROOT } from "./bench-paths.ts";
 import { ensureRealShapeCheckpoint, isRealModelName } from "./real-shape-checkpoints.ts";
+import { tokenAgreement } from "./statistics.ts";
 
 const GRAPHS_DIR = join(REPO_ROOT, ".cache", "scale-graphs");
 const DEFAULT_MODELS: string[] = ["Llama-3.2-1B", "Qwen2.5-0.5B", "tandem-demo"];
@@ -202,12 +203,6 @@ async function ensureModel(name: string, smoke: boolean): Promise<string> {
 const mb = (bytes: number) => Math.round((bytes / 2 ** 20) * 10) / 10;
 const oneDecimal = (value: number) => Math.round(value * 10) / 10;
 
-function agreement(a: number[], b: number[]): number {
-  let same = 0;
-  for (let i = 0; i < a.length; i++) if (a[i] === b[i]) same++;
-  return same / a.length;
-}
-
 export default async function scaleBenchmark(options: BenchOptions<"scale">): Promise<BenchResult> {
   if (options.options.case)
     return (await runCase(JSON.parse(options.options.case) as Case)) as unknown as BenchResult;
@@ -292,7 +287,7 @@ export default async function scaleBenchmark(options: BenchOptions<"scale">): Pr
           decode_tokens_per_s: oneDecimal(warm.decode_tokens_per_s),
           agreement_vs_fp32:
             weights !== "fp32" && warm.agreement_tokens && fp32Tokens
-              ? Math.round(agreement(warm.agreement_tokens, fp32Tokens) * 1000) / 1000
+              ? Math.round(tokenAgreement(warm.agreement_tokens, fp32Tokens) * 1000) / 1000
               : null,
         };
         process.stderr.write(`scale bench: ${JSON.stringify(row)}\n`);

@@ -24,7 +24,7 @@ import {
   type VerifyMode,
 } from "@tandem/runtime";
 import { generate, startProgram } from "@tandem/testkit";
-import { median, percentile } from "../statistics.ts";
+import { median, percentile, tokenAgreement } from "../statistics.ts";
 import { DEMO_MODEL } from "../bench-paths.ts";
 import { cloudBehindLink, type Context } from "./collab-context.ts";
 import { RecordingUpper, replay } from "./cloud-compute.ts";
@@ -46,12 +46,6 @@ function standing(items: GenerationItem[]): number[] {
     }
   }
   return tokens;
-}
-
-function agreement(a: number[], b: number[]): number {
-  let same = 0;
-  for (let i = 0; i < Math.max(a.length, b.length); i++) if (a[i] === b[i]) same++;
-  return same / Math.max(a.length, b.length, 1);
 }
 
 /** In-process: what each verified mode leaves standing, how much it drafts and keeps, and the cloud's compute. */
@@ -131,7 +125,7 @@ async function inProcess(ctx: Context, maxTokens: number) {
       VERIFIED.map((verify) => {
         const s = stats.get(verify)!;
         const tokens = runs.get(verify)!.reduce((n, r) => n + r.tokens.length, 0);
-        const agreements = runs.get(verify)!.map((r, i) => agreement(r.tokens, cloudOnly[i]));
+        const agreements = runs.get(verify)!.map((r, i) => tokenAgreement(r.tokens, cloudOnly[i]));
         return [
           verify,
           {
@@ -210,7 +204,7 @@ async function overLink(ctx: Context, maxTokens: number) {
         tokens += result.standing.length;
         const ids = result.standing.map((t) => t.id);
         if (name === "cloud_only") reference.push(ids);
-        else agreements.push(agreement(ids, reference[i]));
+        else agreements.push(tokenAgreement(ids, reference[i]));
       }
       out[name] = {
         p50_token_latency_ms: percentile(gaps, 0.5),
