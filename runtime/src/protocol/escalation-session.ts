@@ -67,6 +67,8 @@ export interface EscalationCounters {
 
 /** The head's answer at one of its evaluated positions, as a head of that one position. */
 function headRow(head: ExitResult, row: number, vocabSize: number): ExitResult {
+  // One evaluated position (every frame that checks nothing): the head as it is.
+  if (head.token.length === 1) return head;
   return {
     afterLayer: head.afterLayer,
     token: [head.token[row]],
