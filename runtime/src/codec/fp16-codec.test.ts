@@ -25,7 +25,8 @@ describe("fp16 codec", () => {
     for (let a = 0x38780000; a < 0x38880000; a += 17) patterns.push(a);
     patterns.push(0x477fefff, 0x33000000, 0x33000001, 0x80000000);
     const x = new Float32Array(new Uint32Array(patterns).buffer);
-    const halves = new Uint16Array(codec.encode(x, 1, x.length).buffer);
+    const encoded = codec.encode(x, 1, x.length);
+    const halves = new Uint16Array(encoded.buffer, encoded.byteOffset, x.length);
     for (let i = 0; i < x.length; i++) {
       if (halves[i] !== floatToHalfBits(x[i]))
         throw new Error(`fp32 bits 0x${patterns[i].toString(16)}: ${halves[i]} ≠ ${floatToHalfBits(x[i])}`);
@@ -68,7 +69,7 @@ describe("fp16 codec", () => {
   it("rejects a payload holding an infinity or NaN, naming where", () => {
     for (const bits of [0x7c00, 0xfc00, 0x7e00]) {
       const bytes = codec.encode(new Float32Array(6), 2, 3);
-      new Uint16Array(bytes.buffer)[3 + 1] = bits;
+      new Uint16Array(bytes.buffer, bytes.byteOffset, 6)[3 + 1] = bits;
       expect(() => codec.decode(bytes, 2, 3)).toThrow(CodecError);
       expect(() => codec.decode(bytes, 2, 3)).toThrow(/non-finite value at token 1, dim 1/);
     }

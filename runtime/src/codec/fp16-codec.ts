@@ -12,6 +12,7 @@ import { CodecError } from "@tandem/common";
 import { floatToHalfBits, halfToFloat32 } from "../numeric/float16.ts";
 import { alignedBytes, checkHidden, checkPayload, checkShape, rangeError } from "./common.ts";
 import type { HiddenStateCodec } from "./hidden-state-codec.ts";
+import { pooledFloat32Array, pooledUint8Array } from "./pooled-arrays.ts";
 
 /** The largest fp32 below 65520, the midpoint between fp16's largest finite 65504 and the next step. */
 const FP16_LIMIT = 65520 - 2 ** -8;
@@ -37,7 +38,8 @@ export class Fp16Codec implements HiddenStateCodec {
   encode(hidden: Float32Array, count: number, dim: number): Uint8Array {
     checkHidden(hidden, count, dim);
     const n = count * dim;
-    const out = new Uint16Array(n);
+    const bytes = pooledUint8Array(2 * n);
+    const out = new Uint16Array(bytes.buffer, bytes.byteOffset, n);
     const bits = new Uint32Array(hidden.buffer, hidden.byteOffset, n);
     for (let i = 0; i < n; i++) {
       const x = bits[i];
@@ -52,7 +54,7 @@ export class Fp16Codec implements HiddenStateCodec {
         out[i] = a === 0 ? x >>> 16 : floatToHalfBits(hidden[i]);
       }
     }
-    return new Uint8Array(out.buffer);
+    return bytes;
   }
 
   decode(bytes: Uint8Array, count: number, dim: number): Float32Array {
@@ -66,6 +68,6 @@ export class Fp16Codec implements HiddenStateCodec {
           `fp16 payload holds a non-finite value at token ${Math.floor(i / dim)}, dim ${i % dim}`,
         );
     }
-    return halfToFloat32(halves, new Float32Array(n));
+    return halfToFloat32(halves, pooledFloat32Array(n));
   }
 }

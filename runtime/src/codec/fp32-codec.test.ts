@@ -25,7 +25,7 @@ describe("fp32 codec", () => {
 
   it("rejects a payload holding a non-finite value, naming where", () => {
     const bytes = codec.encode(activations(2, 8), 2, 8);
-    new Float32Array(bytes.buffer)[8 + 3] = NaN;
+    new Float32Array(bytes.buffer, bytes.byteOffset, 16)[8 + 3] = NaN;
     expect(() => codec.decode(bytes, 2, 8)).toThrow(CodecError);
     expect(() => codec.decode(bytes, 2, 8)).toThrow(/token 1, dim 3/);
   });

@@ -53,7 +53,8 @@ describe("int8 codec", () => {
 
   it("uses the full range: each token's largest value maps to ±127", () => {
     const x = activations(4, 100, { seed: 8 });
-    const q = new Int8Array(codec.encode(x, 4, 100).buffer);
+    const encoded = codec.encode(x, 4, 100);
+    const q = new Int8Array(encoded.buffer, encoded.byteOffset, encoded.length);
     for (let t = 0; t < 4; t++) {
       const values = Array.from(q.subarray(t * 104 + 4, (t + 1) * 104));
       expect(Math.max(...values.map(Math.abs))).toBe(127);
@@ -128,7 +129,7 @@ describe("int8 codec", () => {
   it("rejects a negative, infinite, NaN or too large scale, naming the token", () => {
     for (const scale of [-1, -0, Infinity, NaN, 2 ** 121]) {
       const bytes = codec.encode(activations(2, 16), 2, 16);
-      new DataView(bytes.buffer).setFloat32(20, scale, true);
+      new DataView(bytes.buffer, bytes.byteOffset).setFloat32(20, scale, true);
       expect(() => codec.decode(bytes, 2, 16)).toThrow(CodecError);
       expect(() => codec.decode(bytes, 2, 16)).toThrow(/invalid scale .* for token 1/);
     }

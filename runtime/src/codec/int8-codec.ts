@@ -19,6 +19,7 @@
 import { CodecError } from "@tandem/common";
 import { ROUND, checkHidden, checkPayload, checkShape, rangeError } from "./common.ts";
 import type { HiddenStateCodec } from "./hidden-state-codec.ts";
+import { pooledFloat32Array, pooledUint8Array } from "./pooled-arrays.ts";
 
 /**
  * Range: |x| < 2^126, so scales stay ≤ 2^120 and even a −128 byte times the largest
@@ -44,8 +45,8 @@ export class Int8Codec implements HiddenStateCodec {
   encode(hidden: Float32Array, count: number, dim: number): Uint8Array {
     checkHidden(hidden, count, dim);
     const stride = 4 + dim;
-    const out = new Uint8Array(count * stride);
-    const q = new Int8Array(out.buffer);
+    const out = pooledUint8Array(count * stride);
+    const q = new Int8Array(out.buffer, out.byteOffset, out.length);
     const bits = new Uint32Array(hidden.buffer, hidden.byteOffset, hidden.length);
     for (let t = 0; t < count; t++) {
       const base = t * dim;
@@ -79,7 +80,7 @@ export class Int8Codec implements HiddenStateCodec {
     checkPayload("int8", bytes, this.encodedBytes(count, dim), count, dim);
     const stride = 4 + dim;
     const q = new Int8Array(bytes.buffer, bytes.byteOffset, bytes.length);
-    const out = new Float32Array(count * dim);
+    const out = pooledFloat32Array(count * dim);
     for (let t = 0; t < count; t++) {
       const o = t * stride;
       scratchU8[0] = bytes[o];

@@ -42,14 +42,20 @@ export class RotatedCodec implements HiddenStateCodec {
 
   encode(hidden: Float32Array, count: number, dim: number): Uint8Array {
     checkHidden(hidden, count, dim);
-    // A NaN or ±∞ would fill its whole block once rotated: name it where the caller put it.
-    for (let i = 0; i < hidden.length; i++)
-      if (hidden[i] - hidden[i] !== 0) throw rangeError(this.name, hidden, dim, i, i + 1, Infinity, "");
     // The rotated state lives only until the inner codec has read it: one buffer serves
     // every call (encode is synchronous), sparing the garbage collector a state per token.
     if (this.scratch.length < hidden.length) this.scratch = new Float32Array(hidden.length);
     const rotated = this.rotationFor(dim).rotateInto(this.scratch.subarray(0, hidden.length), hidden, count);
-    return this.inner.encode(rotated, count, dim);
+    try {
+      return this.inner.encode(rotated, count, dim);
+    } catch (error) {
+      // A NaN or ±∞ fills its whole block once rotated, and the inner codec refuses the
+      // block: name the value where the caller put it. Looked for only on this error path,
+      // so a finite state pays no extra pass.
+      const nonFinite = hidden.findIndex((v) => !Number.isFinite(v));
+      if (nonFinite >= 0) throw rangeError(this.name, hidden, dim, nonFinite, nonFinite + 1, Infinity, "");
+      throw error;
+    }
   }
 
   decode(bytes: Uint8Array, count: number, dim: number): Float32Array {
