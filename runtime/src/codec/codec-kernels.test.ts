@@ -4,6 +4,7 @@ import { describe, expect, it } from "vitest";
 import { HadamardRotation, rotationBlock, rotationSigns } from "./hadamard-rotation.ts";
 import { getCodec } from "./hidden-state-codec.ts";
 import { Int4Codec, INT4_LIMIT } from "./int4-codec.ts";
+import { Int8Codec } from "./int8-codec.ts";
 import { pooledFloat32Array, pooledUint8Array } from "./pooled-arrays.ts";
 import { activations } from "./synthetic-activations.ts";
 // @ts-expect-error: a plain .mjs helper of the generator, without types
@@ -111,6 +112,46 @@ describe("the codec kernels (WebAssembly)", () => {
     const bytes = kernels.encode(x, 40, dim);
     expect(bytes).toEqual(javascript.encode(x, 40, dim));
     expect(kernels.decode(bytes, 40, dim)).toEqual(javascript.decode(bytes, 40, dim));
+  });
+
+  it("give int8 the JavaScript loops' bytes and values, ties and extremes included", () => {
+    const value = fc.oneof(
+      fc.float({ noNaN: true, noDefaultInfinity: true, min: -1e6, max: 1e6 }),
+      fc.integer({ min: -255, max: 255 }).map((k) => k / 2),
+      fc.constantFrom(0, -0, 2 ** -130, -(2 ** -140), 2 ** 125, -(2 ** 125)),
+    );
+    const shape = fc
+      .record({ vectors: fc.integer({ min: 1, max: 8 }), count: fc.integer({ min: 1, max: 3 }) })
+      .chain(({ vectors, count }) =>
+        fc.record({
+          dim: fc.constant(16 * vectors),
+          count: fc.constant(count),
+          values: fc.array(value, { minLength: 16 * vectors * count, maxLength: 16 * vectors * count }),
+        }),
+      );
+    fc.assert(
+      fc.property(shape, ({ dim, count, values }) => {
+        const x = Float32Array.from(values);
+        const kernels = new Int8Codec();
+        const javascript = new Int8Codec({ kernels: false });
+        const bytes = kernels.encode(x, count, dim);
+        expect(bytes).toEqual(javascript.encode(x, count, dim));
+        const decoded = kernels.decode(bytes, count, dim);
+        const expected = javascript.decode(bytes, count, dim);
+        for (let i = 0; i < decoded.length; i++) expect(Object.is(decoded[i], expected[i])).toBe(true);
+      }),
+      { numRuns: 300 },
+    );
+  });
+
+  it("give int8 the same bytes and values for a frame larger than their scratch", () => {
+    const dim = 2048;
+    const x = activations(40, dim, { seed: 10, outlierChannels: 6, tokenScaleSpread: 0.5 });
+    const bytes = new Int8Codec().encode(x, 40, dim);
+    expect(bytes).toEqual(new Int8Codec({ kernels: false }).encode(x, 40, dim));
+    expect(new Int8Codec().decode(bytes, 40, dim)).toEqual(
+      new Int8Codec({ kernels: false }).decode(bytes, 40, dim),
+    );
   });
 
   it("name the token and group of an invalid int4 scale past the first chunk", () => {

@@ -26,6 +26,8 @@ interface KernelExports {
   group_absmax_bits(src: number, groups: number, g: number, out: number): void;
   int4_quantize(src: number, groups: number, g: number, scales: number, inverses: number, dst: number): void;
   int4_dequantize(src: number, groups: number, g: number, dst: number): number;
+  int8_quantize(src: number, count: number, dim: number, scales: number, inverses: number, dst: number): void;
+  int8_dequantize(src: number, count: number, dim: number, dst: number): void;
 }
 
 export class CodecKernels {

@@ -289,4 +289,67 @@
       (local.set $index (i32.add (local.get $index) (i32.const 1)))
       (br_if $group (i32.lt_u (local.get $index) (local.get $groups))))
     (i32.const -1))
+;; ── int8 (int8-codec.ts) ─────────────────────────────────────────────────────────
+;; For tokens of a multiple of 16 values. The codec computes each token's absmax with
+;; group_absmax_bits (a group = the token) and its float32 scale in JavaScript; the
+;; per-value work is here, in float64 as the JavaScript loop: q = nearest-even(x · (1/s)).
+
+  ;; $count tokens of $dim floats at $src into int8 records at $dst: per token its scale
+  ;; (4 bytes from $scales), then dim int8 values; $inverses holds 1/scale (float64, 0
+  ;; for a zero scale) per token.
+  (func (export "int8_quantize")
+    (param $src i32) (param $count i32) (param $dim i32) (param $scales i32) (param $inverses i32) (param $dst i32)
+    (local $p i32) (local $end i32) (local $inverse v128)
+    (if (i32.eqz (local.get $count)) (then (return)))
+    (local.set $p (local.get $src))
+    (loop $token
+      (i32.store (local.get $dst) (i32.load (local.get $scales)))
+      (local.set $dst (i32.add (local.get $dst) (i32.const 4)))
+      (local.set $inverse (f64x2.splat (f64.load (local.get $inverses))))
+      (local.set $end (i32.add (local.get $p) (i32.shl (local.get $dim) (i32.const 2))))
+      (loop $sixteen
+        ;; values are within ±127: the narrowing never saturates
+        (v128.store (local.get $dst)
+          (i8x16.narrow_i16x8_s
+            (i16x8.narrow_i32x4_s
+              (call $quantize4 (v128.load (local.get $p)) (local.get $inverse))
+              (call $quantize4 (v128.load offset=16 (local.get $p)) (local.get $inverse)))
+            (i16x8.narrow_i32x4_s
+              (call $quantize4 (v128.load offset=32 (local.get $p)) (local.get $inverse))
+              (call $quantize4 (v128.load offset=48 (local.get $p)) (local.get $inverse)))))
+        (local.set $dst (i32.add (local.get $dst) (i32.const 16)))
+        (local.set $p (i32.add (local.get $p) (i32.const 64)))
+        (br_if $sixteen (i32.lt_u (local.get $p) (local.get $end))))
+      (local.set $scales (i32.add (local.get $scales) (i32.const 4)))
+      (local.set $inverses (i32.add (local.get $inverses) (i32.const 8)))
+      (local.set $count (i32.sub (local.get $count) (i32.const 1)))
+      (br_if $token (local.get $count))))
+
+  ;; $count int8 records of $dim values at $src into floats at $dst: q · scale, with the
+  ;; product rounded to float32 as the JavaScript loop stores it. Scales are checked by
+  ;; the caller before the call.
+  (func (export "int8_dequantize") (param $src i32) (param $count i32) (param $dim i32) (param $dst i32)
+    (local $end i32) (local $scale v128) (local $values v128) (local $words v128)
+    (if (i32.eqz (local.get $count)) (then (return)))
+    (loop $token
+      (local.set $scale (f32x4.splat (f32.load (local.get $src))))
+      (local.set $src (i32.add (local.get $src) (i32.const 4)))
+      (local.set $end (i32.add (local.get $dst) (i32.shl (local.get $dim) (i32.const 2))))
+      (loop $sixteen
+        (local.set $values (v128.load (local.get $src)))
+        (local.set $words (i16x8.extend_low_i8x16_s (local.get $values)))
+        (v128.store (local.get $dst)
+          (f32x4.mul (f32x4.convert_i32x4_s (i32x4.extend_low_i16x8_s (local.get $words))) (local.get $scale)))
+        (v128.store offset=16 (local.get $dst)
+          (f32x4.mul (f32x4.convert_i32x4_s (i32x4.extend_high_i16x8_s (local.get $words))) (local.get $scale)))
+        (local.set $words (i16x8.extend_high_i8x16_s (local.get $values)))
+        (v128.store offset=32 (local.get $dst)
+          (f32x4.mul (f32x4.convert_i32x4_s (i32x4.extend_low_i16x8_s (local.get $words))) (local.get $scale)))
+        (v128.store offset=48 (local.get $dst)
+          (f32x4.mul (f32x4.convert_i32x4_s (i32x4.extend_high_i16x8_s (local.get $words))) (local.get $scale)))
+        (local.set $src (i32.add (local.get $src) (i32.const 16)))
+        (local.set $dst (i32.add (local.get $dst) (i32.const 64)))
+        (br_if $sixteen (i32.lt_u (local.get $dst) (local.get $end))))
+      (local.set $count (i32.sub (local.get $count) (i32.const 1)))
+      (br_if $token (local.get $count))))
 )
