@@ -275,6 +275,20 @@ describe("tandem inspect", () => {
 // The benchmarks' smoke runs check the benchmarks' own code: .ci/run's second pass (another
 // Node version) skips them, as everything they drive is tested on that version by the rest.
 describe.skipIf(process.env.TANDEM_CI_SECOND_PASS === "1")("tandem bench", () => {
+  it("runs a smoke version of collab's codec-bits part: agreement per bits on the wire, fp32 exact", async () => {
+    const { stdout, stderr, code } = await tandem("bench", "collab", "--smoke", "--only", "codec-bits");
+    expect(code, stderr).toBe(0);
+    const result = JSON.parse(stdout.trim().split("\n").pop()!) as {
+      part: string;
+      by_split: { rows: { codec: string; bits_per_value: number; agreement: number }[] }[];
+    };
+    expect(result.part).toBe("codec-bits");
+    const rows = result.by_split[0].rows;
+    expect(rows.map((r) => r.codec)).toContain("rotated int4, groups of 32");
+    expect(rows.find((r) => r.codec === "fp32")!.agreement).toBe(1);
+    for (const r of rows) expect(r.agreement).toBeGreaterThan(0.5);
+  });
+
   for (const name of ["codec", "runtime", "exits", "collab", "placement", "api", "moe"]) {
     it(`runs a smoke version of the ${name} benchmark and prints JSON last`, async () => {
       const { stdout, stderr, code } = await tandem("bench", name, "--smoke");

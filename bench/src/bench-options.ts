@@ -40,10 +40,9 @@ export const BENCH_OPTION_SCHEMAS = {
     .strict(),
   collab: z
     .object({
-      only: z
-        .enum(["compute", "throughput", "verified"])
-        .optional()
-        .meta({ description: "run only this part" }),
+      only: z.enum(["compute", "throughput", "verified", "codec-bits"]).optional().meta({
+        description: "run only this part (codec-bits: agreement by bits per value, only run alone)",
+      }),
     })
     .strict(),
   exits: z.object({}).strict(),

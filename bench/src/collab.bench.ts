@@ -20,6 +20,7 @@
  */
 import { readFileSync } from "node:fs";
 import { loadCheckpoint, readCalibration, Tokenizer } from "@tandem/runtime";
+import { codecBits } from "./collab/codec-bits.ts";
 import type { BenchOptions, BenchResult } from "./bench-types.ts";
 import { agreementSweep } from "./collab/agreement.ts";
 import { cloudCompute } from "./collab/cloud-compute.ts";
@@ -108,6 +109,17 @@ export default async function collabBenchmark(options: BenchOptions<"collab">): 
       );
     }
     return { name: "collab", part: "verified", ...verifiedFigures(bySplit) };
+  }
+
+  if (only === "codec-bits") {
+    const bySplit = [];
+    for (const path of options.smoke ? calibrations.slice(0, 1) : calibrations) {
+      const calibration = await readCalibration(path);
+      bySplit.push(
+        await codecBits({ ...base, calibration, calibrationPath: path, split: calibration.summary.split }),
+      );
+    }
+    return { name: "collab", part: "codec-bits", by_split: bySplit };
   }
 
   const splits = [];

@@ -112,6 +112,7 @@ export { evaluatePolicy, type PositionRecord } from "./calibration/threshold-sea
 // Hidden states on the wire
 export { CODEC_NAMES, getCodec, type CodecName, type HiddenStateCodec } from "./codec/hidden-state-codec.ts";
 export { activations, type ActivationOptions } from "./codec/synthetic-activations.ts";
+export { HadamardRotation } from "./codec/hadamard-rotation.ts";
 
 // Generation
 export {
