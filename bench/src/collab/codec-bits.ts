@@ -50,9 +50,7 @@ export interface CodecBitsRow {
 }
 
 /** Agreement per quantizer at the context's split, over its held-out windows. */
-export async function codecBits(
-  ctx: Context,
-): Promise<{ split: number; positions: number; rows: CodecBitsRow[] }> {
+export async function codecBits(ctx: Context) {
   const { checkpoint, split } = ctx;
   const hiddenSize = checkpoint.config.hiddenSize;
   const lower = new SegmentSessions(
@@ -115,16 +113,61 @@ export async function codecBits(
     }
     positions += window.length;
   }
+  const whereFlipsComeFrom = await flipSources(ctx, lower, upper, tokensOf);
   await lower.model.release();
   await upper.model.release();
   return {
     split,
     positions,
+    int4_rotated_where_flips_come_from: whereFlipsComeFrom,
     rows: quantizers.map((q, i) => ({
       codec: q.codec,
       bits_per_value: q.bits,
       bytes_per_value: q.bytes,
       agreement: agree[i] / positions,
     })),
+  };
+}
+
+/**
+ * int4-rotated in only part of what the cloud sees, per position p: the context (positions
+ * before p) through the codec and p exact, then the reverse. Says whether the flips come
+ * from the escalated position's own error or from the context's KV. One upper-segment run
+ * per position and case, so on the first windows' positions only.
+ */
+async function flipSources(
+  ctx: Context,
+  lower: SegmentSessions,
+  upper: SegmentSessions,
+  tokensOf: (hidden: Float32Array, count: number) => Promise<number[]>,
+) {
+  const hiddenSize = ctx.checkpoint.config.hiddenSize;
+  const codec = getCodec("int4-rotated");
+  const windows = ctx.windows.slice(0, ctx.smoke ? 1 : 12).map((w) => w.slice(0, 64));
+  const firstPosition = 8;
+  let positions = 0;
+  let contextInt4 = 0;
+  let positionInt4 = 0;
+  for (const window of windows) {
+    lower.open("w");
+    const exact = (await lower.forward("w", { ids: window })).hidden!;
+    lower.release("w");
+    const coded = codec.decode(codec.encode(exact, window.length, hiddenSize), window.length, hiddenSize);
+    const full = await tokensOf(exact, window.length);
+    for (let p = firstPosition; p < window.length; p++) {
+      const row = (v: Float32Array) => v.subarray(p * hiddenSize, (p + 1) * hiddenSize);
+      const onlyContext = Float32Array.from(coded);
+      onlyContext.set(row(exact), p * hiddenSize);
+      const onlyPosition = Float32Array.from(exact);
+      onlyPosition.set(row(coded), p * hiddenSize);
+      if ((await tokensOf(onlyContext, window.length))[p] === full[p]) contextInt4++;
+      if ((await tokensOf(onlyPosition, window.length))[p] === full[p]) positionInt4++;
+      positions++;
+    }
+  }
+  return {
+    positions,
+    agreement_context_int4_position_exact: contextInt4 / positions,
+    agreement_context_exact_position_int4: positionInt4 / positions,
   };
 }
