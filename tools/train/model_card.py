@@ -8,6 +8,31 @@ import os
 import sys
 
 
+
+# The shipped models' data paragraph, kept as their cards have it.
+PYTHON_DOCS_DATA = """- The reStructuredText sources of the Python 3.11 documentation as installed by Debian's `python3.11-doc`
+  (`/usr/share/doc/python3.11/html/_sources`, PSF licence), cleaned by `tools/train/make_corpus.py`; documents in
+  sorted path order, about 5% of them, chosen by a hash of the path, held out for validation.
+- {train_tokens:,} training tokens, {valid_tokens:,} validation tokens. Documents are joined by a blank
+  line, with no `<|endoftext|>` between them, so the model does not learn to end a text.
+- Held-out text for calibration, tests and benchmarks: `{heldout}` (the first 180 KB of the validation split, never trained on).
+"""
+
+
+def sources_data(corpus):
+    """The data paragraph of a model trained on a corpus of several sources: each named with its licence."""
+    lines = [f"- Corpus `{corpus['name']}` of `tools/train/make_corpus.py`, from documentation Debian installs (no network):"]
+    for source in corpus["sources"]:
+        lines.append(f"  - {source['name']}: Debian's `{source['package']}`, {source['licence']} licence")
+    lines += [
+        "- Documents in sorted path order per source, about 5% of them, chosen by a hash of the path, held out for",
+        "  validation (the Python documentation's held-out documents as for the first demo models); each document ends",
+        "  with `<|endoftext|>`.",
+        "- {train_tokens:,} training tokens, {valid_tokens:,} validation tokens.",
+        "- Held-out text for calibration, tests and benchmarks: `{heldout}` (Python documentation held out above, never trained on).",
+    ]
+    return "\n".join(lines) + "\n"
+
 def main(model_dir):
     config = json.load(open(os.path.join(model_dir, "config.json")))
     stats = json.load(open(os.path.join(model_dir, "training-stats.json")))
@@ -40,20 +65,18 @@ def main(model_dir):
         rule = "|---" * (config["num_local_experts"] + 1) + "|"
         lines = [f"| {i} | " + " | ".join(f"{share:.3f}" for share in shares) + " |" for i, shares in enumerate(stats["expert_load"])]
         load = "\n\n" + "Share of the top-2 assignments each expert receives on the validation split (0.125 is perfectly even):\n\n" + "\n".join([header, rule, *lines])
+    python_docs = stats.get("corpus", {}).get("name", "python-docs") == "python-docs"
+    data = PYTHON_DOCS_DATA if python_docs else sources_data(stats["corpus"])
+    style = "the Python documentation" if python_docs else "software documentation"
+    data = data.format(train_tokens=stats["train_tokens"], valid_tokens=stats["valid_tokens"], heldout=heldout)
     card = f"""# {name}
 
 A small {'Mixtral-style mixture-of-experts' if moe else 'Llama-architecture'} model that Tandem ships for its demo, tests and benchmarks,
 trained with auxiliary losses at its early exits (after {' and '.join(map(str, exits))} of {layers} layers) so they are usable.
-It is a toy: it has learned the style of the Python documentation, not facts.
+It is a toy: it has learned the style of {style}, not facts.
 
 ## Data
-- The reStructuredText sources of the Python 3.11 documentation as installed by Debian's `python3.11-doc`
-  (`/usr/share/doc/python3.11/html/_sources`, PSF licence), cleaned by `tools/train/make_corpus.py`; documents in
-  sorted path order, about 5% of them, chosen by a hash of the path, held out for validation.
-- {stats['train_tokens']:,} training tokens, {stats['valid_tokens']:,} validation tokens. Documents are joined by a blank
-  line, with no `<|endoftext|>` between them, so the model does not learn to end a text.
-- Held-out text for calibration, tests and benchmarks: `{heldout}` (the first 180 KB of the validation split, never trained on).
-
+{data}
 ## Tokenizer
 Byte-level BPE (GPT-2 style pre-tokenization and byte mapping, `add_prefix_space: false`), {config['vocab_size']} tokens
 ({config['vocab_size'] - 257} merges, 256 bytes, `<|endoftext|>` = id {config['eos_token_id']} as BOS and EOS), trained on the training split

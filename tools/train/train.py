@@ -2,8 +2,9 @@
 
     /usr/bin/python3 tools/train/train.py --config tools/train/configs/tandem-demo.json
 
-Steps: build the corpus if missing (make_corpus.py), train or reuse the byte-level BPE
-tokenizer (.cache/corpus/tokenizer.json), train the model with auxiliary losses at the
+Steps: build the corpus if missing (make_corpus.py; the config's `corpus`, default
+python-docs), train or reuse the byte-level BPE tokenizer (.cache/corpus/tokenizer-4096.json;
+the config's `tokenizer_corpus` names another corpus's), train the model with auxiliary losses at the
 early-exit layers (LayerSkip / EE-LLM style), optionally self-distillation of each exit
 towards the final layer's distribution (CALM / "Jump to Conclusions": the config's
 `distill_weight`, KL(final ‖ exit) at `distill_temperature`, the final layer's side
@@ -12,6 +13,7 @@ write config.json, model.safetensors (F16), tokenizer.json, tandem.json, the mod
 and reference logits under the config's output directory.
 """
 import argparse
+import hashlib
 import json
 import math
 import os
@@ -25,6 +27,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bpe  # noqa: E402
+import make_corpus  # noqa: E402
 import model_card  # noqa: E402
 from model import CausalLM  # noqa: E402
 from safetensors_io import read_safetensors, write_safetensors  # noqa: E402
@@ -37,33 +40,98 @@ def log(message):
     print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
-def load_tokens(vocab_size):
-    if not os.path.exists(os.path.join(CORPUS, "train.txt")):
-        subprocess.run([sys.executable, os.path.join(os.path.dirname(__file__), "make_corpus.py"), "--out", CORPUS], check=True)
-    tokenizer_path = os.path.join(CORPUS, f"tokenizer-{vocab_size}.json")
-    train_text = open(os.path.join(CORPUS, "train.txt"), encoding="utf-8").read()
-    valid_text = open(os.path.join(CORPUS, "valid.txt"), encoding="utf-8").read()
+def corpus_dir(name):
+    """python-docs, the shipped models' corpus, keeps its old place: .cache/corpus."""
+    return CORPUS if name == "python-docs" else f"{CORPUS}-{name}"
+
+
+def ensure_corpus(name):
+    directory = corpus_dir(name)
+    if not os.path.exists(os.path.join(directory, "train.txt")):
+        script = os.path.join(os.path.dirname(__file__), "make_corpus.py")
+        subprocess.run([sys.executable, script, "--corpus", name, "--out", directory], check=True)
+    return directory
+
+
+def load_tokens(vocab_size, corpus="python-docs", tokenizer_corpus=None):
+    """Token arrays of a corpus's splits, with the BPE tokenizer trained on
+    `tokenizer_corpus` (default: the same corpus). docs-v2 keeps python-docs' tokenizer,
+    so its models' perplexities compare with the shipped ones' on the same held-out text."""
+    directory = ensure_corpus(corpus)
+    tokenizer_dir = ensure_corpus(tokenizer_corpus or corpus)
+    tokenizer_path = os.path.join(tokenizer_dir, f"tokenizer-{vocab_size}.json")
+    train_text = open(os.path.join(directory, "train.txt"), encoding="utf-8").read()
+    valid_text = open(os.path.join(directory, "valid.txt"), encoding="utf-8").read()
     if os.path.exists(tokenizer_path):
         model = json.load(open(tokenizer_path, encoding="utf-8"))["model"]
         vocab, merges = model["vocab"], [tuple(m.split(" ")) for m in model["merges"]]
     else:
         log(f"training BPE tokenizer, vocab {vocab_size}")
-        vocab, merges = bpe.train(train_text, vocab_size)
+        tokenizer_text = open(os.path.join(tokenizer_dir, "train.txt"), encoding="utf-8").read()
+        vocab, merges = bpe.train(tokenizer_text, vocab_size)
         bpe.save(tokenizer_path, vocab, merges)
     encoder = bpe.Encoder(vocab, merges)
     eot = vocab[bpe.END_OF_TEXT]
     arrays = {}
     for split, text in (("train", train_text), ("valid", valid_text)):
-        cache = os.path.join(CORPUS, f"{split}-{vocab_size}.npy")
+        cache = os.path.join(directory, f"{split}-{vocab_size}.npy")
         if os.path.exists(cache):
             arrays[split] = np.load(cache)
             continue
-        # The whole split as one text (documents are separated by a blank line only, so the
-        # model is not trained to emit <|endoftext|>), with one <|endoftext|> at the end.
-        ids = encoder.encode(text) + [eot]
+        if corpus == "python-docs":
+            # The whole split as one text (documents are separated by a blank line only, so
+            # the model is not trained to emit <|endoftext|>), with one <|endoftext|> at the end.
+            ids = encoder.encode(text) + [eot]
+        else:
+            # Each document followed by <|endoftext|>: the model learns where a text ends.
+            ids = []
+            for document in text.split(make_corpus.DOCUMENT_SEPARATOR):
+                if document.strip():
+                    ids += encoder.encode(document) + [eot]
         arrays[split] = np.array(ids, dtype=np.int32)
         np.save(cache, arrays[split])
     return tokenizer_path, arrays["train"], arrays["valid"], eot
+
+
+def corpus_stats(spec):
+    """The corpus and its sources, for training-stats.json and the model card (python-docs,
+    the shipped models' corpus, is left out: their files are frozen and their cards say it)."""
+    name = spec.get("corpus", "python-docs")
+    if name == "python-docs":
+        return {}
+    sources = [{"name": s[0], "package": s[1], "licence": s[4]} for s in make_corpus.CORPORA[name]["sources"]]
+    return {"corpus": {"name": name, "tokenizer_corpus": spec.get("tokenizer_corpus", name), "sources": sources}}
+
+
+def training_state_path(config_path, spec, total_steps, out_dir):
+    """Where a run's training state lives: per config content, step count and output, so a
+    changed config or another --steps never resumes from the wrong run."""
+    key = hashlib.sha256(json.dumps([spec, total_steps, out_dir], sort_keys=True).encode()).hexdigest()[:16]
+    name = os.path.splitext(os.path.basename(config_path))[0]
+    return os.path.join(ROOT, ".cache", "train-state", f"{name}-{total_steps}-{key}.pt")
+
+
+def save_training_state(path, model, optimizer, rng, step):
+    """Everything the next step depends on, written whole or not at all."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    state = {
+        "step": step,
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "numpy_rng": rng.bit_generator.state,
+        "torch_rng": torch.get_rng_state(),
+    }
+    torch.save(state, path + ".tmp")
+    os.replace(path + ".tmp", path)
+
+
+def load_training_state(path, model, optimizer, rng):
+    state = torch.load(path)
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    rng.bit_generator.state = state["numpy_rng"]
+    torch.set_rng_state(state["torch_rng"])
+    return state["step"]
 
 
 def evaluate(model, valid, seq, exits, batch=32):
@@ -99,6 +167,12 @@ def main():
         "with --steps: the cosine horizon is the config's max_steps before this step and --steps from it on; "
         "reproduces runs sized by the earlier in-run wall-clock logic (the shipped tandem-demo-moe: --steps 401 --sized-at 20)"))
     parser.add_argument("--out", help="write the model here instead of the config's output directory")
+    parser.add_argument("--state-every", type=int, default=50, help=(
+        "with --steps: save the training state (weights, optimizer, random generators, step) every this "
+        "many steps, so a run stopped by the end of a session goes on with --resume"))
+    parser.add_argument("--resume", action="store_true", help=(
+        "go on from the saved training state of this config and step count (same weights as an unbroken run)"))
+    parser.add_argument("--stop-after", type=int, help="save the state and stop after this many steps (tests --resume)")
     args = parser.parse_args()
     spec = json.load(open(args.config))
     torch.manual_seed(spec["seed"])
@@ -109,7 +183,8 @@ def main():
     if args.sized_at and not args.steps:
         parser.error("--sized-at needs --steps")
 
-    tokenizer_path, train_ids, valid_ids, eot = load_tokens(model_config["vocab_size"])
+    tokenizer_path, train_ids, valid_ids, eot = load_tokens(
+        model_config["vocab_size"], spec.get("corpus", "python-docs"), spec.get("tokenizer_corpus"))
     log(f"tokens: train {len(train_ids)}, valid {len(valid_ids)}")
     model_config = dict(model_config, bos_token_id=eot, eos_token_id=eot)
     model = CausalLM(model_config)
@@ -136,8 +211,15 @@ def main():
         per_step = time_steps(model, spec, train_ids, exits, balance_weight=spec.get("balance_loss_weight", 0.0))
         total_steps = min(total_steps, max(40, int(budget / per_step)))
         log(f"{per_step:.2f} s/step -> {total_steps} steps (reproduce with --steps {total_steps})")
+    state_path = training_state_path(args.config, spec, total_steps, out_dir)
     start = time.time()
     step = 0
+    if args.resume:
+        if not os.path.exists(state_path):
+            raise SystemExit(f"no training state to resume at {state_path}")
+        step = load_training_state(state_path, model, optimizer, rng)
+        log(f"resumed at step {step}/{total_steps} from {state_path}")
+    first_step = step
     while step < total_steps:
         horizon = spec["max_steps"] if step < args.sized_at else total_steps
         lr_scale = min(1.0, (step + 1) / warmup) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, step / max(1, horizon)))))
@@ -162,12 +244,19 @@ def main():
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         step += 1
+        if args.steps and (step % args.state_every == 0 or step == args.stop_after) and step < total_steps:
+            save_training_state(state_path, model, optimizer, rng, step)
+        if args.stop_after and step == args.stop_after and step < total_steps:
+            log(f"stopped after step {step}; go on with --resume")
+            return
         if step % 50 == 0 or step == 1:
             parts = " ".join(f"L{k}={v.item():.3f}" for k, v in sorted(losses.items()))
-            rate = step * batch * seq / (time.time() - start)
+            rate = (step - first_step) * batch * seq / (time.time() - start)
             log(f"step {step}/{total_steps} loss {loss.item():.3f} {parts} lr {spec['learning_rate'] * lr_scale:.2e} {rate:.0f} tokens/s")
     wall = time.time() - start
-    log(f"trained {step} steps in {wall / 60:.1f} min")
+    if os.path.exists(state_path):
+        os.remove(state_path)  # the run is whole: its weights are written below
+    log(f"trained {step} steps in {wall / 60:.1f} min" + (f" (this process: from step {first_step})" if first_step else ""))
 
     metrics, eval_tokens, expert_load = evaluate(model, valid_ids, seq, exits)
     for k, m in sorted(metrics.items()):
@@ -200,7 +289,9 @@ def main():
         "sequence_length": seq,
         "tokens_seen": step * batch * seq,
         "wall_minutes": round(wall / 60, 1),
-        "tokens_per_second": round(step * batch * seq / wall),
+        "tokens_per_second": round((step - first_step) * batch * seq / wall),
+        **({"resumed_at_step": first_step} if first_step else {}),
+        **corpus_stats(spec),
         "train_tokens": int(len(train_ids)),
         "valid_tokens": int(len(valid_ids)),
         "eval_tokens": eval_tokens,
