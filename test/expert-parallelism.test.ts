@@ -12,6 +12,7 @@ import { join } from "node:path";
 import { connect, type NatsConnection } from "@nats-io/transport-node";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { clusterStatus, controlPlaneNames, type ExpertMapRecord, openExpertMap } from "@tandem/cluster";
+import { DEFAULT_EXPERT_PARALLELISM_OPTIONS } from "@tandem/cloud-worker";
 import * as grpc from "@grpc/grpc-js";
 import { loadTandemProtos } from "@tandem/proto";
 import { FREED_MEMORY_ENV, loadCheckpoint } from "@tandem/runtime";
@@ -308,4 +309,52 @@ describe("expert parallelism across three workers", () => {
       10_000,
     );
   });
+
+  it("treats a broken expert host's answers — non-finite, the wrong size, none at all — as that replica failing; the output is the same", async () => {
+    const expected = await generate(referenceEdge.address, REQUEST);
+    // A peer that answers every call, badly: its node id sorts first, so it is tried first.
+    let mode: "nan" | "short" | "silent" = "nan";
+    let calls = 0;
+    const server = new grpc.Server();
+    server.addService(loadTandemProtos().tandem.v1.Experts.service, {
+      Run(
+        call: grpc.ServerUnaryCall<{ rows: number; hiddenSize: number }, unknown>,
+        reply: grpc.sendUnaryData<unknown>,
+      ) {
+        calls++;
+        const values = call.request.rows * call.request.hiddenSize;
+        if (mode === "silent") return; // past the caller's deadline
+        const payload =
+          mode === "nan"
+            ? Buffer.from(new Float32Array(values).fill(Number.NaN).buffer)
+            : Buffer.alloc(values * 4 - 4);
+        reply(null, { payload, workerId: "ep-0broken" });
+      },
+    });
+    const port = await new Promise<number>((resolve, reject) =>
+      server.bindAsync("127.0.0.1:0", grpc.ServerCredentials.createInsecure(), (error, bound) =>
+        error ? reject(error) : resolve(bound),
+      ),
+    );
+    try {
+      expertEndpoints.set("ep-0broken", `127.0.0.1:${port}`);
+      // Even experts on the broken peer and ep-c, odd ones on the broken peer alone (ep-b is
+      // gone since the last test): the session's worker must get every answer elsewhere.
+      await publishMap((id) => (id % 2 === 0 ? ["ep-0broken", "ep-c"] : ["ep-0broken"]));
+      await untilHeld({ "ep-c": MAP_IDS / 2 });
+      for (const next of ["nan", "short", "silent"] as const) {
+        mode = next;
+        // A replica that failed is skipped for DEFAULT_EXPERT_PARALLELISM_OPTIONS.retryAfterMs.
+        await new Promise((resolve) =>
+          setTimeout(resolve, DEFAULT_EXPERT_PARALLELISM_OPTIONS.retryAfterMs + 100),
+        );
+        const before = calls;
+        expectSameGeneration(await generate(edge.address, REQUEST), expected);
+        expect(calls, `the broken peer was called (${next})`).toBeGreaterThan(before);
+      }
+    } finally {
+      expertEndpoints.delete("ep-0broken");
+      server.forceShutdown();
+    }
+  }, 60_000);
 });

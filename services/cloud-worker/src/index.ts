@@ -11,6 +11,7 @@ export {
   DEFAULT_DECODE_BATCHER_OPTIONS,
   type DecodeBatcherOptions,
 } from "./decode-batcher.ts";
+export { DEFAULT_EXPERT_PARALLELISM_OPTIONS } from "./expert-parallelism.ts";
 export { DEFAULT_SESSION_LIMITS, type SessionLimits, type WorkerCounters } from "./escalation-service.ts";
 // Types only: a value export would load prom-client into every worker, metrics on or off.
 export type { WorkerMetrics, WorkerMetricSources } from "./worker-metrics.ts";
