@@ -2,7 +2,7 @@ import { readFileSync } from "node:fs";
 import fc from "fast-check";
 import { describe, expect, it } from "vitest";
 import { HadamardRotation, rotationBlock, rotationSigns } from "./hadamard-rotation.ts";
-import { getCodec } from "./hidden-state-codec.ts";
+import { getCodec, type HiddenStateCodec } from "./hidden-state-codec.ts";
 import { Int4Codec, INT4_LIMIT } from "./int4-codec.ts";
 import { Int8Codec } from "./int8-codec.ts";
 import { pooledFloat32Array, pooledUint8Array } from "./pooled-arrays.ts";
@@ -29,6 +29,24 @@ function denseRotation(x: Float32Array, count: number, dim: number): Float64Arra
         y[t * dim + start + i] = sum / Math.sqrt(block);
       }
   return y;
+}
+
+/**
+ * The kernels' codec and the JavaScript loops' codec give the same bytes for `x`, and the
+ * same values (−0 included) when decoding them.
+ */
+function expectSameAsJavaScript(
+  kernels: HiddenStateCodec,
+  javascript: HiddenStateCodec,
+  x: Float32Array,
+  count: number,
+  dim: number,
+): void {
+  const bytes = kernels.encode(x, count, dim);
+  expect(bytes).toEqual(javascript.encode(x, count, dim));
+  const decoded = kernels.decode(bytes, count, dim);
+  const expected = javascript.decode(bytes, count, dim);
+  for (let i = 0; i < decoded.length; i++) expect(Object.is(decoded[i], expected[i])).toBe(true);
 }
 
 describe("the codec kernels (WebAssembly)", () => {
@@ -90,16 +108,15 @@ describe("the codec kernels (WebAssembly)", () => {
         }),
       );
     fc.assert(
-      fc.property(shape, ({ groupSize, dim, count, values }) => {
-        const x = Float32Array.from(values);
-        const kernels = new Int4Codec(groupSize);
-        const javascript = new Int4Codec(groupSize, { kernels: false });
-        const bytes = kernels.encode(x, count, dim);
-        expect(bytes).toEqual(javascript.encode(x, count, dim));
-        const decoded = kernels.decode(bytes, count, dim);
-        const expected = javascript.decode(bytes, count, dim);
-        for (let i = 0; i < decoded.length; i++) expect(Object.is(decoded[i], expected[i])).toBe(true);
-      }),
+      fc.property(shape, ({ groupSize, dim, count, values }) =>
+        expectSameAsJavaScript(
+          new Int4Codec(groupSize),
+          new Int4Codec(groupSize, { kernels: false }),
+          Float32Array.from(values),
+          count,
+          dim,
+        ),
+      ),
       { numRuns: 300 },
     );
   });
@@ -107,11 +124,7 @@ describe("the codec kernels (WebAssembly)", () => {
   it("give int4 the same bytes for a frame larger than their scratch", () => {
     const dim = 2048;
     const x = activations(40, dim, { seed: 9, outlierChannels: 6, tokenScaleSpread: 0.5 });
-    const kernels = new Int4Codec(32);
-    const javascript = new Int4Codec(32, { kernels: false });
-    const bytes = kernels.encode(x, 40, dim);
-    expect(bytes).toEqual(javascript.encode(x, 40, dim));
-    expect(kernels.decode(bytes, 40, dim)).toEqual(javascript.decode(bytes, 40, dim));
+    expectSameAsJavaScript(new Int4Codec(32), new Int4Codec(32, { kernels: false }), x, 40, dim);
   });
 
   it("give int8 the JavaScript loops' bytes and values, ties and extremes included", () => {
@@ -130,16 +143,15 @@ describe("the codec kernels (WebAssembly)", () => {
         }),
       );
     fc.assert(
-      fc.property(shape, ({ dim, count, values }) => {
-        const x = Float32Array.from(values);
-        const kernels = new Int8Codec();
-        const javascript = new Int8Codec({ kernels: false });
-        const bytes = kernels.encode(x, count, dim);
-        expect(bytes).toEqual(javascript.encode(x, count, dim));
-        const decoded = kernels.decode(bytes, count, dim);
-        const expected = javascript.decode(bytes, count, dim);
-        for (let i = 0; i < decoded.length; i++) expect(Object.is(decoded[i], expected[i])).toBe(true);
-      }),
+      fc.property(shape, ({ dim, count, values }) =>
+        expectSameAsJavaScript(
+          new Int8Codec(),
+          new Int8Codec({ kernels: false }),
+          Float32Array.from(values),
+          count,
+          dim,
+        ),
+      ),
       { numRuns: 300 },
     );
   });
@@ -147,11 +159,7 @@ describe("the codec kernels (WebAssembly)", () => {
   it("give int8 the same bytes and values for a frame larger than their scratch", () => {
     const dim = 2048;
     const x = activations(40, dim, { seed: 10, outlierChannels: 6, tokenScaleSpread: 0.5 });
-    const bytes = new Int8Codec().encode(x, 40, dim);
-    expect(bytes).toEqual(new Int8Codec({ kernels: false }).encode(x, 40, dim));
-    expect(new Int8Codec().decode(bytes, 40, dim)).toEqual(
-      new Int8Codec({ kernels: false }).decode(bytes, 40, dim),
-    );
+    expectSameAsJavaScript(new Int8Codec(), new Int8Codec({ kernels: false }), x, 40, dim);
   });
 
   it("name the token and group of an invalid int4 scale past the first chunk", () => {

@@ -112,14 +112,7 @@ export class Int8Codec implements HiddenStateCodec {
   private decodeWithKernels(bytes: Uint8Array, count: number, dim: number): Float32Array {
     const kernels = codecKernels();
     const stride = 4 + dim;
-    for (let t = 0; t < count; t++) {
-      const o = t * stride;
-      scratchU8[0] = bytes[o];
-      scratchU8[1] = bytes[o + 1];
-      scratchU8[2] = bytes[o + 2];
-      scratchU8[3] = bytes[o + 3];
-      if (scratchU32[0] > MAX_SCALE_BITS) throw invalidScale(t);
-    }
+    for (let t = 0; t < count; t++) checkedScale(bytes, t * stride, t);
     const out = pooledFloat32Array(count * dim);
     const tokenScratch = stride + 4 * dim;
     const chunkTokens = Math.max(1, Math.floor((SCRATCH_BYTES - 16) / tokenScratch));
@@ -173,12 +166,7 @@ export class Int8Codec implements HiddenStateCodec {
     const out = pooledFloat32Array(count * dim);
     for (let t = 0; t < count; t++) {
       const o = t * stride;
-      scratchU8[0] = bytes[o];
-      scratchU8[1] = bytes[o + 1];
-      scratchU8[2] = bytes[o + 2];
-      scratchU8[3] = bytes[o + 3];
-      if (scratchU32[0] > MAX_SCALE_BITS) throw invalidScale(t);
-      const scale = scratchF32[0];
+      const scale = checkedScale(bytes, o, t);
       for (let i = t * dim, j = o + 4, end = i + dim; i < end; i++, j++) out[i] = q[j] * scale;
     }
     return out;
@@ -197,9 +185,15 @@ function scaleFor(maxBits: number): number {
   return scratchF32[0];
 }
 
-/** The error for token `t`, whose scale bytes are in scratchU8. */
-function invalidScale(t: number): CodecError {
-  return new CodecError(
-    `int8 payload has an invalid scale (fp32 bits 0x${scratchU32[0].toString(16)}: ${scratchF32[0]}) for token ${t}`,
-  );
+/** Token `t`'s scale, read from its record at `at`; a CodecError when decode must refuse it. */
+function checkedScale(bytes: Uint8Array, at: number, t: number): number {
+  scratchU8[0] = bytes[at];
+  scratchU8[1] = bytes[at + 1];
+  scratchU8[2] = bytes[at + 2];
+  scratchU8[3] = bytes[at + 3];
+  if (scratchU32[0] > MAX_SCALE_BITS)
+    throw new CodecError(
+      `int8 payload has an invalid scale (fp32 bits 0x${scratchU32[0].toString(16)}: ${scratchF32[0]}) for token ${t}`,
+    );
+  return scratchF32[0];
 }

@@ -75,10 +75,6 @@ export class CodecKernels {
     return new Float32Array(this.buffer, at, length);
   }
 
-  u8(at: number, length: number): Uint8Array {
-    return new Uint8Array(this.buffer, at, length);
-  }
-
   private ensureBytes(scratchBytes: number): void {
     const { memory } = this.exports;
     const needed = this.tablesEnd + scratchBytes;
