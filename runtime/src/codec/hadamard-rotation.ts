@@ -58,11 +58,18 @@ export class HadamardRotation {
   private readonly kernels = codecKernels();
   /** Tokens per call into the kernels: as many as scratch holds (at least one). */
   private readonly chunkTokens: number;
+  /** Where D's signs, and D's signs · norm, sit in the kernels' memory (tables never move). */
+  private readonly signsAt: number;
+  private readonly factorsAt: number;
 
   constructor(readonly dim: number) {
     this.block = rotationBlock(dim);
-    this.norm = 1 / Math.sqrt(this.block);
+    const norm = (this.norm = 1 / Math.sqrt(this.block));
     this.chunkTokens = Math.max(1, Math.floor(SCRATCH_BYTES / (4 * dim)));
+    this.signsAt = this.kernels.table(`rotation-signs-${dim}`, () => rotationSigns(dim));
+    this.factorsAt = this.kernels.table(`rotation-factors-${dim}`, () =>
+      rotationSigns(dim).map((sign) => sign * norm),
+    );
   }
 
   /** y = H·D·x for each of `count` tokens, into a new array. */
@@ -72,14 +79,13 @@ export class HadamardRotation {
 
   /** y = H·D·x into `y` (count × dim values, not `x`), which is returned. */
   rotateInto(y: Float32Array, x: Float32Array, count: number): Float32Array {
-    const { dim, block, norm, kernels } = this;
-    const signs = kernels.table(`rotation-signs-${dim}`, () => rotationSigns(dim));
+    const { dim, block, norm, kernels, signsAt } = this;
     for (let t = 0; t < count; t += this.chunkTokens) {
       const tokens = Math.min(this.chunkTokens, count - t);
       const at = kernels.scratch(4 * tokens * dim);
       const data = kernels.f32(at, tokens * dim);
       data.set(x.subarray(t * dim, (t + tokens) * dim));
-      kernels.exports.rotate(at, signs, dim, tokens, block, norm);
+      kernels.exports.rotate(at, signsAt, dim, tokens, block, norm);
       y.set(data, t * dim);
     }
     return y;
@@ -87,15 +93,14 @@ export class HadamardRotation {
 
   /** x = D·H·y for each token, in place (H is its own inverse): the array is returned. */
   unrotateInPlace(y: Float32Array, count: number): Float32Array {
-    const { dim, block, norm, kernels } = this;
-    const factors = kernels.table(`rotation-factors-${dim}`, () => rotationSigns(dim).map((s) => s * norm));
+    const { dim, block, kernels, factorsAt } = this;
     for (let t = 0; t < count; t += this.chunkTokens) {
       const tokens = Math.min(this.chunkTokens, count - t);
       const chunk = y.subarray(t * dim, (t + tokens) * dim);
       const at = kernels.scratch(4 * tokens * dim);
       const data = kernels.f32(at, tokens * dim);
       data.set(chunk);
-      kernels.exports.unrotate(at, factors, dim, tokens, block);
+      kernels.exports.unrotate(at, factorsAt, dim, tokens, block);
       chunk.set(data);
     }
     return y;
