@@ -142,9 +142,13 @@ class CausalLM(nn.Module):
         cos, sin = self.cos[:t], self.sin[:t]
         x = self.embed_tokens(ids)
         outputs = {}
+        # Each exit's hidden state before the shared norm, for a distillation loss that must
+        # not reach the shared norm and head (train.py, `distill_through_head: false`).
+        self.exit_states = {}
         for i, layer in enumerate(self.layers):
             x = layer(x, cos, sin)
             if (i + 1) in exit_layers:
+                self.exit_states[i + 1] = x
                 outputs[i + 1] = self.lm_head(self.norm(x))
         outputs[len(self.layers)] = self.lm_head(self.norm(x))
         return outputs

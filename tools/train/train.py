@@ -205,6 +205,9 @@ def main():
     # The share of a batch's positions the distillation loss reads (sampled each step):
     # KL over the whole vocabulary at every position made a step ~3× slower here.
     distill_share = spec.get("distill_positions", 1.0)
+    # true (the distilled A/B's run): the KL's gradient reaches the norm and LM head that the
+    # exits share with the final layer; false: it stops at the exit's hidden state.
+    distill_through_head = spec.get("distill_through_head", True)
     if not args.steps:
         # Size the run to the wall-clock budget from the step time measured on a throwaway
         # copy, so the real run is exactly the one `--steps <printed count>` reproduces.
@@ -237,7 +240,14 @@ def main():
             rows = torch.from_numpy(rng.choice(batch * seq, size=max(1, int(distill_share * batch * seq)), replace=False))
             teacher = outputs[model_config["num_hidden_layers"]].detach().reshape(-1, vocab)[rows]
             for k in exits:
-                student = outputs[k].reshape(-1, vocab)[rows]
+                if distill_through_head:
+                    student = outputs[k].reshape(-1, vocab)[rows]
+                else:
+                    # The exit's logits through a frozen copy of the shared norm and head: the
+                    # KL moves only the layers below the exit, not what the final layer reads out with.
+                    hidden = model.exit_states[k].reshape(-1, model_config["hidden_size"])[rows]
+                    normed = hidden * torch.rsqrt(hidden.pow(2).mean(-1, keepdim=True) + model.norm.eps) * model.norm.weight.detach()
+                    student = F.linear(normed, model.lm_head.weight.detach())
                 loss = loss + distill_weight * distillation_loss(student, teacher, distill_temperature)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
