@@ -26,6 +26,9 @@ const PROGRAM_PACKAGES = [
   "services/batch-worker",
 ];
 
+/** The programs that may run a host-routed MoE segment with expert threads. */
+const PROGRAMS_WITH_EXPERT_THREADS = ["edge-agent", "services/cloud-worker"];
+
 /**
  * CommonJS dependencies call require() for node's modules and read their own path; an ES
  * module has neither, so the bundle defines them for its own scope.
@@ -43,7 +46,14 @@ await Promise.all(
     const outdir = join(ROOT, pkg, "dist", "bundle");
     await rm(outdir, { recursive: true, force: true });
     await build({
-      entryPoints: { program: join(ROOT, pkg, "dist", "program.js") },
+      entryPoints: {
+        program: join(ROOT, pkg, "dist", "program.js"),
+        // The program of the expert threads (runtime's expert-threads.ts starts it from the
+        // directory of the module that asks, here the bundle's).
+        ...(PROGRAMS_WITH_EXPERT_THREADS.includes(pkg) && {
+          "expert-host-worker": join(ROOT, "runtime", "dist", "engine", "expert-host-worker.js"),
+        }),
+      },
       outdir,
       outExtension: { ".js": ".mjs" },
       // One file, no chunks: with code splitting, esbuild hands a dynamic import of a

@@ -11,7 +11,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { EDGE_CONFIG_SCHEMA, startEdgeAgent } from "@tandem/edge-agent";
 import { Registry } from "@tandem/common/metrics";
 import { calibrate, loadCheckpoint, Tokenizer, writeCalibration } from "@tandem/runtime";
-import { generate } from "@tandem/testkit";
+import { generate, startProgram } from "@tandem/testkit";
 
 const MOE = join(import.meta.dirname, "..", "models", "tandem-demo-moe");
 const PROMPT = "Once upon a time, the little fox";
@@ -30,6 +30,8 @@ async function expertCacheMetrics(registry: Registry) {
     hits: await value("hits_total"),
     misses: await value("misses_total"),
     evictions: await value("evictions_total"),
+    prefetches: await value("prefetches_total"),
+    prefetchHits: await value("prefetch_hits_total"),
     residentBytes: await value("resident_bytes"),
     expertsBytes: await value("experts_bytes"),
   };
@@ -81,6 +83,36 @@ describe("an edge agent with an expert budget (models/tandem-demo-moe)", () => {
     expect(evictions).toBeGreaterThan(0);
     expect(residentBytes).toBeGreaterThan(0);
     expect(residentBytes).toBeLessThanOrEqual(budgetMb * 2 ** 20);
+  });
+
+  it("loads its experts in threads of their own, predicting each next layer's, and generates what one thread generates", async () => {
+    const budgetMb = 13.5 / 4;
+    const inOneThread = await edgeOnly(budgetMb, { expertThreads: 0 });
+    const threaded = await edgeOnly(budgetMb); // expertThreads: 2, the default
+    expect(threaded.tokens).toEqual(inOneThread.tokens);
+    expect(inOneThread.metrics!.prefetches).toBe(0);
+    // The trained routers make the next layer's choice predictable from the layer before:
+    // most experts loaded ahead are then run.
+    const { prefetches, prefetchHits } = threaded.metrics!;
+    expect(prefetches).toBeGreaterThan(0);
+    expect(prefetchHits / prefetches).toBeGreaterThan(0.5);
+  });
+
+  it("runs its expert threads as the installed program too (the threads' program is bundled beside the agent's)", async () => {
+    const expected = await edgeOnly(13.5 / 4);
+    const edge = await startProgram(
+      "tandem-edge",
+      { model: MOE, split: 3, exitLayers: "3", port: 0, expertBudgetMb: 13.5 / 4 },
+      { TANDEM_CACHE_DIR: dir, MALLOC_MMAP_THRESHOLD_: "131072" },
+    );
+    try {
+      const result = await generate(edge.address, { text: PROMPT, maxTokens: 24, mode: "MODE_EDGE_ONLY" });
+      expect(result.error).toBeUndefined();
+      expect(result.tokens.map((t) => t.id)).toEqual(expected.tokens);
+    } finally {
+      await edge.kill();
+    }
+    expect(edge.output()).not.toMatch(/expert thread/);
   });
 
   it("keeps rarely chosen experts in int4 by the activations its calibration measured, decoding what the same mix all in memory decodes", async () => {

@@ -175,6 +175,8 @@ async function measure(
 
 /** Budgets of the edge's expert cache, as fractions of all experts' bytes. */
 const EDGE_BUDGETS = [0.25, 0.5, 1] as const;
+/** The edge's expertThreads measured: 0 (loads in the decoding thread) and the default, 2. */
+const EDGE_EXPERT_THREADS = [0, 2] as const;
 
 /** Text the per-expert formats' activation counts are taken on: not the measured prompt. */
 const PROFILE_PROMPT = [12, 400, 88, 6, 1000, 23, 57, 3, 710, 45, 19, 260, 91, 4, 333, 70];
@@ -190,12 +192,18 @@ interface EdgeCacheRow {
   /** "fp32", or e.g. "fp32 hot + int4 cold" (by activation frequency). */
   formats: string;
   budget_fraction: number;
+  /** Threads holding the experts (0: the decoding thread; else parallel loads and prefetch). */
+  expert_threads: number;
   budget_mb: number;
   all_experts_mb: number;
   /** Expert runs whose expert was loaded already, over the timed decodes. */
   hit_rate: number;
-  /** Experts loaded (from disk) per decoded token. */
+  /** Experts loaded (from disk) per decoded token, at need; prefetched ones not counted. */
   loads_per_token: number;
+  /** Experts loaded ahead of need per decoded token (expert threads). */
+  prefetches_per_token: number;
+  /** Share of the prefetched experts that were then run: the predictor's precision. */
+  prefetch_precision: number | null;
   tokens_per_s: number;
   /** Share of the decoded tokens equal to the all-fp32 cache's (per-expert formats only). */
   agreement_with_fp32?: number;
@@ -223,11 +231,11 @@ async function edgeCache(
     finalHead: true,
     moeExecution: "host",
   });
-  const load = (budgetBytes?: number) =>
+  const load = (budgetBytes: number, expertThreads: number) =>
     HostRoutedMoeModel.load(checkpoint, spec, {
       cacheDir: options.cacheDir,
       threads: options.threads,
-      experts: { budgetBytes, formatOf: formats.formatOf },
+      experts: { budgetBytes, formatOf: formats.formatOf, expertThreads },
     });
   // The experts' bytes in their formats: the cache alone, which builds graphs but loads none.
   const layers = Array.from({ length: checkpoint.config.numLayers }, (_, layer) => layer);
@@ -239,46 +247,54 @@ async function edgeCache(
   const allBytes = fp32?.allBytes ?? ownBytes;
   const rows: EdgeCacheRow[] = [];
   let reference: number[] | undefined;
-  for (const fraction of EDGE_BUDGETS) {
-    const model = await load(Math.ceil(allBytes * fraction));
-    const sessions = new SegmentSessions(model);
-    await decode(sessions, options.tokens); // warm-up: the cache fills
-    const rates: number[] = [];
-    let hits = 0;
-    let misses = 0;
-    for (let run = 0; run < options.runs; run++) {
-      let before = model.experts.stats();
-      const result = await decode(sessions, options.tokens, () => (before = model.experts.stats()));
-      const after = model.experts.stats();
-      hits += after.hits - before.hits;
-      misses += after.misses - before.misses;
-      rates.push(result.tokPerS);
-      reference ??= result.produced;
-      if (result.produced.join() !== reference.join())
-        throw new Error(`${label}: the expert cache at ${fraction} of the experts decoded other tokens`);
+  for (const fraction of EDGE_BUDGETS)
+    for (const expertThreads of EDGE_EXPERT_THREADS) {
+      const model = await load(Math.ceil(allBytes * fraction), expertThreads);
+      const sessions = new SegmentSessions(model);
+      await decode(sessions, options.tokens); // warm-up: the cache fills
+      const rates: number[] = [];
+      let hits = 0;
+      let misses = 0;
+      let prefetches = 0;
+      let prefetchHits = 0;
+      for (let run = 0; run < options.runs; run++) {
+        let before = model.experts.stats();
+        const result = await decode(sessions, options.tokens, () => (before = model.experts.stats()));
+        const after = model.experts.stats();
+        hits += after.hits - before.hits;
+        misses += after.misses - before.misses;
+        prefetches += after.prefetches - before.prefetches;
+        prefetchHits += after.prefetchHits - before.prefetchHits;
+        rates.push(result.tokPerS);
+        reference ??= result.produced;
+        if (result.produced.join() !== reference.join())
+          throw new Error(`${label}: the expert cache at ${fraction} of the experts decoded other tokens`);
+      }
+      await model.release();
+      const produced = reference!;
+      const row: EdgeCacheRow = {
+        model: label,
+        formats: formats.name,
+        budget_fraction: fraction,
+        expert_threads: expertThreads,
+        budget_mb: Math.round((allBytes * fraction) / 2 ** 20),
+        all_experts_mb: Math.round(ownBytes / 2 ** 20),
+        hit_rate: Math.round((hits / (hits + misses)) * 1000) / 1000,
+        loads_per_token: Math.round((misses / (options.runs * options.tokens)) * 100) / 100,
+        prefetches_per_token: Math.round((prefetches / (options.runs * options.tokens)) * 100) / 100,
+        prefetch_precision: prefetches > 0 ? Math.round((prefetchHits / prefetches) * 1000) / 1000 : null,
+        tokens_per_s: Math.round(median(rates) * 10) / 10,
+        ...(fp32 && {
+          agreement_with_fp32:
+            Math.round((produced.filter((t, i) => t === fp32.produced[i]).length / produced.length) * 1000) /
+            1000,
+        }),
+      };
+      log(
+        `moe: ${label} edge cache (${formats.name}) at ${fraction}, ${expertThreads} expert threads: ${row.tokens_per_s} tok/s, hit rate ${row.hit_rate}, ${row.loads_per_token} loads/token, ${row.prefetches_per_token} prefetches/token (precision ${row.prefetch_precision})`,
+      );
+      rows.push(row);
     }
-    await model.release();
-    const produced = reference!;
-    const row: EdgeCacheRow = {
-      model: label,
-      formats: formats.name,
-      budget_fraction: fraction,
-      budget_mb: Math.round((allBytes * fraction) / 2 ** 20),
-      all_experts_mb: Math.round(ownBytes / 2 ** 20),
-      hit_rate: Math.round((hits / (hits + misses)) * 1000) / 1000,
-      loads_per_token: Math.round((misses / (options.runs * options.tokens)) * 100) / 100,
-      tokens_per_s: Math.round(median(rates) * 10) / 10,
-      ...(fp32 && {
-        agreement_with_fp32:
-          Math.round((produced.filter((t, i) => t === fp32.produced[i]).length / produced.length) * 1000) /
-          1000,
-      }),
-    };
-    log(
-      `moe: ${label} edge cache (${formats.name}) at ${fraction}: ${row.tokens_per_s} tok/s, hit rate ${row.hit_rate}, ${row.loads_per_token} loads/token`,
-    );
-    rows.push(row);
-  }
   if (expected && reference && expected.join() !== reference.join())
     throw new Error(`${label}: host-routed experts decoded other tokens than the in-graph sparse block`);
   return { rows, allBytes, produced: reference! };

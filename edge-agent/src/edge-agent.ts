@@ -161,6 +161,7 @@ export async function startEdgeAgent(
         ...modelOptions,
         experts: {
           budgetBytes: config.expertBudgetMb * 2 ** 20,
+          expertThreads: config.expertThreads,
           formatOf:
             config.expertColdWeights &&
             expertFormatsFromCalibration(config, calibration, {

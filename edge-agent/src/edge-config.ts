@@ -22,6 +22,12 @@ export const EDGE_ENV_PREFIX = "TANDEM_EDGE";
 
 export const EXIT_POLICIES = ["threshold", "rolling-entropy", "budget"] as const;
 
+/**
+ * Expert threads with expertBudgetMb: two, so that the k = 2 experts a token of the
+ * common MoE families misses load side by side.
+ */
+export const DEFAULT_EXPERT_THREADS = 2;
+
 export const EDGE_CONFIG_SCHEMA = z
   .object({
     model: z
@@ -133,6 +139,10 @@ export const EDGE_CONFIG_SCHEMA = z
     expertBudgetMb: z.number().gt(0).optional().meta({
       description:
         "MoE models: MB of expert weights the device keeps loaded; it loads others from disk as tokens are routed to them, least recently used out (unset: every expert in the segment's graph)",
+    }),
+    expertThreads: z.number().int().min(0).max(16).default(DEFAULT_EXPERT_THREADS).meta({
+      description:
+        "With expertBudgetMb: threads that hold and run the experts, so that a step's missing experts load in parallel and the next layer's likely experts load while its attention runs (0: in the agent's own thread, where a load stops everything)",
     }),
     tlsCert: z
       .string()

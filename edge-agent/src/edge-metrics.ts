@@ -188,6 +188,16 @@ export class EdgeMetrics {
         () => expertCache().misses,
       );
       counted(
+        "tandem_edge_expert_cache_prefetches_total",
+        "Experts loaded ahead of need, predicted from the layer before (expertThreads)",
+        () => expertCache().prefetches,
+      );
+      counted(
+        "tandem_edge_expert_cache_prefetch_hits_total",
+        "Runs whose expert a prefetch had loaded: predictions that came true",
+        () => expertCache().prefetchHits,
+      );
+      counted(
         "tandem_edge_expert_cache_evictions_total",
         "Experts dropped to make room under expertBudgetMb",
         () => expertCache().evictions,

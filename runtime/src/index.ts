@@ -68,9 +68,12 @@ export {
   ExpertCache,
   type ExpertCacheOptions,
   type ExpertCacheStats,
+  type ExpertStore,
   FREED_MEMORY_ENV,
   warnUnlessFreedMemoryReturned,
 } from "./engine/expert-cache.ts";
+export { ExpertThreads } from "./engine/expert-threads.ts";
+export { RouterPredictor } from "./engine/expert-predictor.ts";
 export { KV_BLOCK_POSITIONS } from "./engine/kv-slot.ts";
 export {
   SegmentSessions,

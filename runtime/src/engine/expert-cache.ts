@@ -7,9 +7,9 @@
  *
  * An expert's bytes are its weights file's size in its format, what its session holds
  * (ONNX Runtime's prepacked copy of fp32 weights replaces the file's, it does not add to
- * it once the file is closed). Loads and runs are synchronous inside onnxruntime-node, so
- * a load costs the step that needs it: there is no prefetch, since a load ahead of need
- * would take the same main thread the step runs on.
+ * it once the file is closed). Loads and runs are synchronous inside onnxruntime-node: in
+ * this class a load costs the step that needs it. With `expertThreads`, a host-routed model
+ * keeps its experts in ExpertThreads instead, where they load in parallel and ahead of need.
  */
 import { statSync } from "node:fs";
 import { join, dirname } from "node:path";
@@ -18,6 +18,7 @@ import * as ort from "onnxruntime-node";
 import type { Checkpoint } from "../checkpoint/model-weights.ts";
 import { ensureExpertGraph, SEGMENT_WEIGHTS_FILE } from "../graph/graph-cache.ts";
 import { GRAPH_IO } from "../graph/graph-io-names.ts";
+import { createExpertSession } from "./expert-session.ts";
 import { DEFAULT_WEIGHT_FORMAT, WEIGHT_FORMATS, type WeightFormat } from "../graph/segment-spec.ts";
 
 /**
@@ -57,6 +58,13 @@ export interface ExpertCacheOptions {
   threads?: number;
   /** Where built graphs are cached. @default defaultGraphCacheDir() */
   cacheDir?: string;
+  /**
+   * Threads of their own that hold and run the experts (ExpertThreads): a step's missing
+   * experts load in parallel, and a host-routed model's predictions of its next layer's
+   * experts load ahead of need. 0: the experts load and run in the calling thread, and a
+   * load stops it. @default 0
+   */
+  expertThreads?: number;
 }
 
 export interface ExpertCacheStats {
@@ -69,31 +77,72 @@ export interface ExpertCacheStats {
   budgetBytes: number;
   /** Bytes of every expert of the cached layers, in their formats. */
   allExpertBytes: number;
+  /** Experts loaded ahead of need (prefetch). */
+  prefetches: number;
+  /** Runs that found their expert loaded by a prefetch and not run since: correct predictions. */
+  prefetchHits: number;
 }
 
-interface ExpertFile {
+/**
+ * What a model asks of its experts, wherever they live: in this thread (ExpertCache) or in
+ * a thread of their own (ExpertThread). `residentExperts`, `isResident` and `stats` answer
+ * at once, from the last state the store saw.
+ */
+export interface ExpertStore {
+  /** The expert's output, unweighted, for `rows` rows of its input ([rows, hidden]). */
+  run(layer: number, expert: number, input: Float32Array, rows: number): Promise<Float32Array>;
+  /**
+   * A hint that these experts of `layer` will be run soon, most likely first: a store that
+   * can load them without delaying the caller does; the others ignore it.
+   */
+  prefetch(layer: number, experts: readonly number[]): void;
+  /** Loads the expert now if it is not loaded (making room as a run would). */
+  hold(layer: number, expert: number): Promise<void>;
+  /** Unloads the expert if it is loaded; a later run loads it again. */
+  drop(layer: number, expert: number): Promise<void>;
+  /** The loaded experts, as [layer, expert] pairs, least recently used first. */
+  residentExperts(): [number, number][];
+  isResident(layer: number, expert: number): boolean;
+  stats(): ExpertCacheStats;
+  release(): Promise<void>;
+}
+
+export interface ExpertFile {
   path: string;
   bytes: number;
 }
 
+/** Everything an ExpertCache is made from: plain data, so another thread can make one too. */
+export interface ExpertCacheLayout {
+  /** Each expert's graph, by `layer:expert`. */
+  files: [string, ExpertFile][];
+  hiddenSize: number;
+  budgetBytes: number;
+  threads: number;
+}
+
 const expertKey = (layer: number, expert: number) => `${layer}:${expert}`;
 
-export class ExpertCache {
+export class ExpertCache implements ExpertStore {
   /** Loaded experts in least-recently-used-first order (a Map keeps insertion order). */
   private readonly resident = new Map<string, ort.InferenceSession>();
   private residentBytes = 0;
   private tail: Promise<void> = Promise.resolve();
-  private readonly counters = { hits: 0, misses: 0, evictions: 0 };
+  private readonly counters = { hits: 0, misses: 0, evictions: 0, prefetches: 0, prefetchHits: 0 };
   /** Bytes of every expert the cache may load, in their formats. */
   private readonly allExpertBytes: number;
+  private readonly files: Map<string, ExpertFile>;
+  private readonly hiddenSize: number;
+  private readonly budgetBytes: number;
+  private readonly threads: number;
 
-  private constructor(
-    private readonly files: Map<string, ExpertFile>,
-    private readonly hiddenSize: number,
-    private readonly budgetBytes: number,
-    private readonly threads: number,
-  ) {
-    this.allExpertBytes = [...files.values()].reduce((sum, file) => sum + file.bytes, 0);
+  /** A cache of graphs built already (ExpertCache.layout): loads none of them. */
+  constructor(layout: ExpertCacheLayout) {
+    this.files = new Map(layout.files);
+    this.hiddenSize = layout.hiddenSize;
+    this.budgetBytes = layout.budgetBytes;
+    this.threads = layout.threads;
+    this.allExpertBytes = [...this.files.values()].reduce((sum, file) => sum + file.bytes, 0);
   }
 
   /**
@@ -107,6 +156,23 @@ export class ExpertCache {
     quantBlockSize: number | undefined,
     options: ExpertCacheOptions = {},
   ): Promise<ExpertCache> {
+    return new ExpertCache(
+      await ExpertCache.layout(checkpoint, layers, defaultFormat, quantBlockSize, options),
+    );
+  }
+
+  /**
+   * Builds (once, on disk) the graphs of every expert of `layers`, and says what a cache of
+   * them is made from. Throws InvalidArgumentError when the budget cannot hold the k
+   * experts a token needs.
+   */
+  static async layout(
+    checkpoint: Checkpoint,
+    layers: number[],
+    defaultFormat: WeightFormat = DEFAULT_WEIGHT_FORMAT,
+    quantBlockSize: number | undefined,
+    options: ExpertCacheOptions = {},
+  ): Promise<ExpertCacheLayout> {
     const { numExperts, numExpertsPerToken } = checkpoint.config;
     if (!numExperts) throw new InternalError("an expert cache needs an MoE model");
     const budgetBytes = options.budgetBytes ?? Infinity;
@@ -137,7 +203,12 @@ export class ExpertCache {
         "budgetBytes",
         `must hold the ${k} experts a token is routed to (${needed} bytes), got ${budgetBytes}`,
       );
-    return new ExpertCache(files, checkpoint.config.hiddenSize, budgetBytes, options.threads ?? 1);
+    return {
+      files: [...files],
+      hiddenSize: checkpoint.config.hiddenSize,
+      budgetBytes,
+      threads: options.threads ?? 1,
+    };
   }
 
   /** The expert's output, unweighted, for `rows` rows of its input ([rows, hidden]). */
@@ -149,6 +220,14 @@ export class ExpertCache {
       });
       return results[GRAPH_IO.expertOut].data as Float32Array;
     });
+  }
+
+  /**
+   * Ignored: in this thread a load ahead of need would delay the caller as much as the load
+   * at need (ExpertThreads act on it).
+   */
+  prefetch(): void {
+    return;
   }
 
   /**
@@ -247,15 +326,7 @@ export class ExpertCache {
       this.counters.evictions++;
       await oldest.release();
     }
-    const session = await ort.InferenceSession.create(file.path, {
-      intraOpNumThreads: this.threads,
-      interOpNumThreads: 1,
-      executionMode: "sequential",
-      graphOptimizationLevel: "all",
-      // Each session has its own intra-op pool: dozens of pools whose idle threads spin
-      // would take the cores from the one that runs.
-      extra: { session: { intra_op: { allow_spinning: "0" } } },
-    });
+    const session = await createExpertSession(file.path, this.threads);
     this.resident.set(key, session);
     this.residentBytes += file.bytes;
     return session;

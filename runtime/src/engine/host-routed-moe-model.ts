@@ -16,7 +16,9 @@ import { InvalidArgumentError } from "@tandem/common";
 import type { ModelConfig } from "../checkpoint/model-config.ts";
 import type { Checkpoint } from "../checkpoint/model-weights.ts";
 import { segmentExits, segmentSpec, type SegmentSpec, validateSegmentSpec } from "../graph/segment-spec.ts";
-import { ExpertCache, type ExpertCacheOptions } from "./expert-cache.ts";
+import { ExpertCache, type ExpertCacheOptions, type ExpertStore } from "./expert-cache.ts";
+import { RouterPredictor } from "./expert-predictor.ts";
+import { ExpertThreads } from "./expert-threads.ts";
 import {
   type ExitOutput,
   type MoeRouting,
@@ -42,7 +44,7 @@ export interface HostRoutedMoeOptions extends SegmentModelOptions {
    * Where experts run, given the local cache: e.g. on the workers an expert map places
    * them (expert parallelism). @default the local cache
    */
-  expertRunner?: (local: ExpertCache) => ExpertRunner;
+  expertRunner?: (local: ExpertStore) => ExpertRunner;
 }
 
 export class HostRoutedMoeModel implements SegmentRunner {
@@ -57,8 +59,10 @@ export class HostRoutedMoeModel implements SegmentRunner {
     private readonly layers: SegmentModel[],
     /** Per exit layer (the final head's is numLayers): the graph that evaluates it. */
     private readonly heads: Map<number, SegmentModel>,
-    readonly experts: ExpertCache,
+    readonly experts: ExpertStore,
     private readonly runExpert: ExpertRunner,
+    /** With expert threads: guesses each next layer's experts, which load meanwhile. */
+    private readonly predictor: RouterPredictor | undefined,
   ) {
     this.config = checkpoint.config;
     this.weightsHash = checkpoint.weightsHash;
@@ -89,6 +93,7 @@ export class HostRoutedMoeModel implements SegmentRunner {
     options = { ...options, spinning: false };
     const layers: SegmentModel[] = [];
     const heads = new Map<number, SegmentModel>();
+    let experts: ExpertStore | undefined;
     try {
       for (let layer = spec.fromLayer; layer < spec.toLayer; layer++)
         layers.push(
@@ -105,23 +110,29 @@ export class HostRoutedMoeModel implements SegmentRunner {
         { length: spec.toLayer - spec.fromLayer },
         (_, i) => spec.fromLayer + i,
       );
-      const experts = await ExpertCache.open(
+      const expertOptions: ExpertCacheOptions = {
+        threads: options.threads,
+        cacheDir: options.cacheDir,
+        ...options.experts,
+      };
+      const layout = await ExpertCache.layout(
         checkpoint,
         layerNumbers,
         spec.weightFormat,
         spec.quantBlockSize,
-        {
-          threads: options.threads,
-          cacheDir: options.cacheDir,
-          ...options.experts,
-        },
+        expertOptions,
       );
+      const expertThreads = expertOptions.expertThreads ?? 0;
+      experts =
+        expertThreads > 0 ? await ExpertThreads.start(layout, expertThreads) : new ExpertCache(layout);
+      const predictor = expertThreads > 0 ? new RouterPredictor(checkpoint, layerNumbers) : undefined;
       const runner: ExpertRunner =
         options.expertRunner?.(experts) ??
-        ((layer, expert, input, rows) => experts.run(layer, expert, input, rows));
-      return new HostRoutedMoeModel(spec, checkpoint, layers, heads, experts, runner);
+        ((layer, expert, input, rows) => experts!.run(layer, expert, input, rows));
+      return new HostRoutedMoeModel(spec, checkpoint, layers, heads, experts, runner, predictor);
     } catch (error) {
       await Promise.all([...layers, ...heads.values()].map((m) => m.release()));
+      await experts?.release();
       throw error;
     }
   }
@@ -148,6 +159,8 @@ export class HostRoutedMoeModel implements SegmentRunner {
       });
       hidden = await this.combine(out.moe!, batch, seq, active);
       const after = spec.fromLayer + i + 1;
+      if (this.predictor?.covers(after))
+        this.experts.prefetch(after, this.predictor.predict(after, hidden, activeRows(batch, seq, active)));
       if (spec.hiddenTaps.includes(after)) taps.set(after, hidden);
       const head = this.heads.get(after);
       if (head) {
@@ -225,4 +238,14 @@ export class HostRoutedMoeModel implements SegmentRunner {
     await Promise.all([...this.layers, ...this.heads.values()].map((m) => m.release()));
     await this.experts.release();
   }
+}
+
+/** The rows ([batch·seq]) of the batch rows that run this step. */
+function activeRows(batch: number, seq: number, active: boolean[] | undefined): number[] {
+  const rows: number[] = [];
+  for (let b = 0; b < batch; b++) {
+    if (active?.[b] === false) continue;
+    for (let t = 0; t < seq; t++) rows.push(b * seq + t);
+  }
+  return rows;
 }

@@ -2,11 +2,11 @@
  * Host-routed MoE: a segment whose experts run outside its graphs, from an expert cache
  * under a memory budget, computes what the single sparse graph computes.
  */
-import { mkdtempSync, rmSync } from "node:fs";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { InvalidArgumentError } from "@tandem/common";
+import { InternalError, InvalidArgumentError } from "@tandem/common";
 import { loadCheckpoint } from "../checkpoint/load-checkpoint.ts";
 import type { Checkpoint } from "../checkpoint/model-weights.ts";
 import { segmentSpec, type SegmentSpec, type WeightFormat } from "../graph/segment-spec.ts";
@@ -15,7 +15,8 @@ import {
   writeRandomCheckpoint,
   type RandomCheckpointSpec,
 } from "../testing/random-checkpoint.ts";
-import type { ExpertCacheOptions } from "./expert-cache.ts";
+import { ExpertCache, type ExpertCacheOptions } from "./expert-cache.ts";
+import { ExpertThreads } from "./expert-threads.ts";
 import { HostRoutedMoeModel } from "./host-routed-moe-model.ts";
 import { SegmentModel, type SegmentRunner } from "./segment-model.ts";
 import { SegmentSessions } from "./segment-sessions.ts";
@@ -237,5 +238,74 @@ describe("a host-routed MoE segment", () => {
         cacheDir,
       }),
     ).rejects.toThrow(/toLayer/);
+  });
+});
+
+describe("a host-routed MoE segment with expert threads", () => {
+  const QWEN3 = "qwen3_moe, 8 experts, top-3, norm_topk_prob false";
+
+  it("under a budget of a quarter of its experts decodes exactly what one thread decodes, never holds more, and loads predicted experts ahead", async () => {
+    const checkpoint = checkpoints.get(QWEN3)!;
+    const spec = { ...whole(checkpoint), positions: "last" as const };
+    const inProcess = await hostModel(checkpoint, spec);
+    const expected = await decodeLogits(inProcess, PROMPT, 12);
+    const allExpertBytes = inProcess.experts.stats().allExpertBytes;
+    await inProcess.release();
+
+    const budgetBytes = Math.ceil(allExpertBytes / 4);
+    const threaded = await hostModel(checkpoint, spec, { budgetBytes, expertThreads: 2 });
+    const logits = await decodeLogits(threaded, PROMPT, 12);
+    logits.forEach((l, i) => expect(maxAbsDiff(l, expected[i]), `step ${i}`).toBe(0));
+    const stats = threaded.experts.stats();
+    expect(stats.residentBytes).toBeLessThanOrEqual(budgetBytes);
+    expect(stats.evictions).toBeGreaterThan(0);
+    expect(stats.prefetches).toBeGreaterThan(0);
+    expect(stats.prefetchHits).toBeLessThanOrEqual(stats.prefetches);
+    await threaded.release();
+  });
+
+  it("takes up and lets go of experts on request, as the in-process cache does", async () => {
+    const checkpoint = checkpoints.get(MIXTRAL)!;
+    const model = await hostModel(checkpoint, whole(checkpoint), { expertThreads: 2 });
+    const store = model.experts;
+    await store.hold(1, 2);
+    await store.hold(0, 3);
+    expect(store.residentExperts()).toEqual([
+      [1, 2],
+      [0, 3],
+    ]);
+    expect(store.isResident(1, 2)).toBe(true);
+    await store.drop(1, 2);
+    expect(store.residentExperts()).toEqual([[0, 3]]);
+    const { residentBytes, misses } = store.stats();
+    expect(residentBytes).toBeGreaterThan(0);
+    expect(misses).toBe(0);
+    await model.release();
+  });
+
+  it("fails a run whose expert will not load with an InternalError naming it and why, and goes on serving the others", async () => {
+    const checkpoint = checkpoints.get(MIXTRAL)!;
+    const layout = await ExpertCache.layout(checkpoint, [0], "fp32", undefined, { cacheDir });
+    const garbage = join(workDir, "garbage.onnx");
+    writeFileSync(garbage, "not a graph");
+    layout.files = layout.files.map(([key, file]) => [
+      key,
+      key === "0:1" ? { ...file, path: garbage } : file,
+    ]);
+    const store = await ExpertThreads.start(layout, 1);
+    const h = checkpoint.config.hiddenSize;
+    const input = () => Float32Array.from({ length: 2 * h }, (_, i) => Math.sin(i));
+    const good = await store.run(0, 0, input(), 2);
+    expect(good.length).toBe(2 * h);
+
+    const error = await store.run(0, 1, input(), 2).catch((e: unknown) => e);
+    expect(error).toBeInstanceOf(InternalError);
+    expect(String(error)).toMatch(/0:1.*could not be loaded/);
+    expect(store.isResident(0, 1)).toBe(false);
+    await expect(store.run(0, 99, input(), 2)).rejects.toThrow(/0:99/);
+
+    expect(maxAbsDiff(await store.run(0, 0, input(), 2), good)).toBe(0);
+    expect((await store.run(0, 2, input(), 2)).length).toBe(2 * h);
+    await store.release();
   });
 });

@@ -25,7 +25,7 @@ import { InvalidArgumentError, type Logger, UnavailableError } from "@tandem/com
 import {
   type CodecName,
   codecToWire,
-  type ExpertCache,
+  type ExpertStore,
   type ExpertRunner,
   getCodec,
   type HiddenStateCodec,
@@ -77,7 +77,7 @@ export interface ExpertParallelismCounters {
 }
 
 export class ExpertParallelism {
-  private local?: ExpertCache;
+  private local?: ExpertStore;
   private map?: ExpertMapRecord;
   private readonly options: Required<Omit<ExpertParallelismOptions, "tls">> &
     Pick<ExpertParallelismOptions, "tls">;
@@ -109,7 +109,7 @@ export class ExpertParallelism {
   }
 
   /** For HostRoutedMoeOptions.expertRunner: where the model's experts run. */
-  readonly runnerFor = (local: ExpertCache): ExpertRunner => {
+  readonly runnerFor = (local: ExpertStore): ExpertRunner => {
     this.local = local;
     return (layer, expert, input, rows) => this.run(layer, expert, input, rows);
   };
@@ -179,7 +179,7 @@ export class ExpertParallelism {
     this.clients.clear();
   }
 
-  private localCache(): ExpertCache {
+  private localCache(): ExpertStore {
     if (!this.local) throw new Error("expert parallelism used before its model was loaded");
     return this.local;
   }
