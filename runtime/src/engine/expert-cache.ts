@@ -49,7 +49,7 @@ export function warnUnlessFreedMemoryReturned(
 export interface ExpertCacheOptions {
   /**
    * Bytes of expert weights kept loaded; beyond it the least recently used experts are
-   * dropped. Must hold a layer's k experts. @default Infinity (every expert stays once loaded)
+   * dropped (with expertThreads, a prefetch drops by expert-eviction.ts). Must hold a layer's k experts. @default Infinity (every expert stays once loaded)
    */
   budgetBytes?: number;
   /** Each expert's weight format (e.g. by activation frequency). @default the segment's format */
@@ -62,7 +62,8 @@ export interface ExpertCacheOptions {
    * Threads of their own that hold and run the experts (ExpertThreads): a step's missing
    * experts load in parallel, and a host-routed model's predictions of its next layer's
    * experts load ahead of need. 0: the experts load and run in the calling thread, and a
-   * load stops it. @default 0
+   * load stops it. A host-routed model whose budget holds all its experts uses none.
+   * @default 0
    */
   expertThreads?: number;
 }
@@ -320,11 +321,12 @@ export class ExpertCache implements ExpertStore {
     const key = expertKey(layer, expert);
     const file = this.fileOf(layer, expert);
     while (this.residentBytes + file.bytes > this.budgetBytes && this.resident.size > 0) {
-      const [oldestKey, oldest] = this.resident.entries().next().value!;
-      this.resident.delete(oldestKey);
-      this.residentBytes -= this.files.get(oldestKey)!.bytes;
+      const victimKey = this.resident.keys().next().value!;
+      const victim = this.resident.get(victimKey)!;
+      this.resident.delete(victimKey);
+      this.residentBytes -= this.files.get(victimKey)!.bytes;
       this.counters.evictions++;
-      await oldest.release();
+      await victim.release();
     }
     const session = await createExpertSession(file.path, this.threads);
     this.resident.set(key, session);

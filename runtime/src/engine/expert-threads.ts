@@ -11,8 +11,8 @@
  *   experts that are all on disk waits for about one load, not k);
  * - `prefetch`: the model predicts the next layer's experts (expert-predictor.ts) and they
  *   load while the main thread runs that layer's attention and router (EdgeMoE's and
- *   ExpertFlow's idea). A wrong guess costs a thread's time and may push out an expert
- *   that was needed, so a prefetch loads at most half the budget.
+ *   ExpertFlow's idea). A wrong guess costs a thread's time, so a prefetch loads at most
+ *   half the budget, and never in place of the predicted layer's own experts.
  *
  * A thread works through its commands in the order they were sent, so a run sent after a
  * load finds its session and a drop sent after a run waits for it: the main thread never
@@ -24,6 +24,7 @@ import { pathToFileURL } from "node:url";
 import { Worker } from "node:worker_threads";
 import { InternalError } from "@tandem/common";
 import type { ExpertCacheLayout, ExpertCacheStats, ExpertFile, ExpertStore } from "./expert-cache.ts";
+import { evictionOrder, layerOfKey, layersOf } from "./expert-eviction.ts";
 
 /** What the main thread asks of an expert thread. */
 export type ExpertHostCommand =
@@ -97,12 +98,15 @@ export class ExpertThreads implements ExpertStore {
   private readonly counters = { hits: 0, misses: 0, evictions: 0, prefetches: 0, prefetchHits: 0 };
   private readonly files: Map<string, ExpertFile>;
   private readonly allExpertBytes: number;
+  /** The layers of the experts, in the order a step runs them. */
+  private readonly layers: number[];
 
   private constructor(
     private readonly layout: ExpertCacheLayout,
     private readonly threads: HostThread[],
   ) {
     this.files = new Map(layout.files);
+    this.layers = layersOf(this.files.keys());
     this.allExpertBytes = [...this.files.values()].reduce((sum, file) => sum + file.bytes, 0);
     for (const thread of threads) {
       thread.worker.on("message", (reply: ExpertHostReply) => this.answer(thread, reply));
@@ -167,19 +171,33 @@ export class ExpertThreads implements ExpertStore {
     ]).then((reply) => (reply as { output: Float32Array }).output);
   }
 
+  /**
+   * Loads the predicted experts of `layer` that are not loaded, most likely first, into free
+   * budget or in place of the experts whose layer the step reaches last (the layer just
+   * run first), never of `layer`'s own: a wrong guess must not push out the expert the
+   * router then chooses. Stops at the first that finds no room.
+   */
   prefetch(layer: number, experts: readonly number[]): void {
+    const predicted = new Set(experts.map((expert) => expertKey(layer, expert)));
     let bytes = 0;
-    for (const expert of experts) {
-      const key = expertKey(layer, expert);
+    for (const key of predicted) {
       const held = this.resident.get(key);
       if (held) {
-        // Most recently used now, so this prefetch's own loads do not push it out.
+        // Most recently used now: the next run of the layer wants it.
         this.resident.delete(key);
         this.resident.set(key, held);
         continue;
       }
-      const file = this.fileOf(key);
+      const file = this.files.get(key);
+      if (!file) return;
       if (bytes + file.bytes > PREFETCH_BUDGET_SHARE * this.layout.budgetBytes) return;
+      while (this.residentBytes + file.bytes > this.layout.budgetBytes) {
+        const others = [...this.resident.keys()].filter((other) => layerOfKey(other) !== layer);
+        const victimKey = evictionOrder(others, layer, this.layers)[0];
+        if (victimKey === undefined) return;
+        this.counters.evictions++;
+        void this.unload(victimKey, this.resident.get(victimKey)!).catch(() => undefined);
+      }
       bytes += file.bytes;
       this.counters.prefetches++;
       this.load(key, true);
@@ -235,9 +253,10 @@ export class ExpertThreads implements ExpertStore {
   private load(key: string, prefetched: boolean): ResidentExpert {
     const file = this.fileOf(key);
     while (this.residentBytes + file.bytes > this.layout.budgetBytes && this.resident.size > 0) {
-      const [oldestKey, oldest] = this.resident.entries().next().value!;
+      const victimKey = this.resident.keys().next().value!;
       this.counters.evictions++;
-      void this.unload(oldestKey, oldest).catch(() => undefined);
+      // Its runs sent before still run: the thread takes the drop after them.
+      void this.unload(victimKey, this.resident.get(victimKey)!).catch(() => undefined);
     }
     const thread = this.liveThreads().sort((a, b) => a.loading - b.loading || a.queued - b.queued)[0];
     thread.loading++;

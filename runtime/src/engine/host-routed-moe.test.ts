@@ -266,8 +266,11 @@ describe("a host-routed MoE segment with expert threads", () => {
 
   it("takes up and lets go of experts on request, as the in-process cache does", async () => {
     const checkpoint = checkpoints.get(MIXTRAL)!;
-    const model = await hostModel(checkpoint, whole(checkpoint), { expertThreads: 2 });
-    const store = model.experts;
+    const layers = [0, 1, 2, 3];
+    const store = await ExpertThreads.start(
+      await ExpertCache.layout(checkpoint, layers, "fp32", undefined, { cacheDir }),
+      2,
+    );
     await store.hold(1, 2);
     await store.hold(0, 3);
     expect(store.residentExperts()).toEqual([
@@ -280,7 +283,7 @@ describe("a host-routed MoE segment with expert threads", () => {
     const { residentBytes, misses } = store.stats();
     expect(residentBytes).toBeGreaterThan(0);
     expect(misses).toBe(0);
-    await model.release();
+    await store.release();
   });
 
   it("fails a run whose expert will not load with an InternalError naming it and why, and goes on serving the others", async () => {
