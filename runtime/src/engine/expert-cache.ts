@@ -18,6 +18,7 @@ import * as ort from "onnxruntime-node";
 import type { Checkpoint } from "../checkpoint/model-weights.ts";
 import { ensureExpertGraph, SEGMENT_WEIGHTS_FILE } from "../graph/graph-cache.ts";
 import { GRAPH_IO } from "../graph/graph-io-names.ts";
+import { expertKey, expertPairs } from "./expert-key.ts";
 import { createExpertSession } from "./expert-session.ts";
 import { DEFAULT_WEIGHT_FORMAT, WEIGHT_FORMATS, type WeightFormat } from "../graph/segment-spec.ts";
 
@@ -121,8 +122,6 @@ export interface ExpertCacheLayout {
   budgetBytes: number;
   threads: number;
 }
-
-const expertKey = (layer: number, expert: number) => `${layer}:${expert}`;
 
 export class ExpertCache implements ExpertStore {
   /** Loaded experts in least-recently-used-first order (a Map keeps insertion order). */
@@ -255,7 +254,7 @@ export class ExpertCache implements ExpertStore {
 
   /** The loaded experts, as [layer, expert] pairs, least recently used first. */
   residentExperts(): [number, number][] {
-    return [...this.resident.keys()].map((key) => key.split(":").map(Number) as [number, number]);
+    return expertPairs(this.resident.keys());
   }
 
   /** Whether the expert is loaded now. */

@@ -10,15 +10,11 @@
  * under a quarter of its experts, this order for every eviction hit 31% of expert runs,
  * LRU 48%; LRU for runs and this order for prefetches, with prefetch, 81%.
  */
+import { layerOfKey } from "./expert-key.ts";
 
 /** The distinct layers of `layer:expert` keys, ascending: the order a step runs them. */
 export function layersOf(keys: Iterable<string>): number[] {
   return [...new Set([...keys].map(layerOfKey))].sort((a, b) => a - b);
-}
-
-/** `layer:expert` → layer. */
-export function layerOfKey(key: string): number {
-  return Number(key.slice(0, key.indexOf(":")));
 }
 
 /**

@@ -24,7 +24,8 @@ import { pathToFileURL } from "node:url";
 import { Worker } from "node:worker_threads";
 import { InternalError } from "@tandem/common";
 import type { ExpertCacheLayout, ExpertCacheStats, ExpertFile, ExpertStore } from "./expert-cache.ts";
-import { evictionOrder, layerOfKey, layersOf } from "./expert-eviction.ts";
+import { evictionOrder, layersOf } from "./expert-eviction.ts";
+import { expertKey, expertPairs, layerOfKey } from "./expert-key.ts";
 
 /** What the main thread asks of an expert thread. */
 export type ExpertHostCommand =
@@ -67,8 +68,6 @@ interface PendingCommand {
 
 /** The share of the budget one prefetch may load: the rest keeps experts in use. */
 const PREFETCH_BUDGET_SHARE = 0.5;
-
-const expertKey = (layer: number, expert: number) => `${layer}:${expert}`;
 
 /**
  * A worker running the host program beside this module, in the same form: the compiled
@@ -218,7 +217,7 @@ export class ExpertThreads implements ExpertStore {
   }
 
   residentExperts(): [number, number][] {
-    return [...this.resident.keys()].map((key) => key.split(":").map(Number) as [number, number]);
+    return expertPairs(this.resident.keys());
   }
 
   isResident(layer: number, expert: number): boolean {
