@@ -57,6 +57,12 @@ def main(model_dir):
     exits = deployment["exit_layers"]
     heldout = "heldout.txt" if os.path.exists(os.path.join(model_dir, "heldout.txt")) else "../tandem-demo/heldout.txt"
     loss = f"final cross-entropy + {spec['exit_loss_weight']} × cross-entropy at each exit (final norm and LM head shared)"
+    if spec.get("distill_weight"):
+        frozen = "" if spec.get("distill_through_head", True) else "; the exit's logits through a frozen copy of the norm and head, so it moves only the layers below the exit"
+        loss += (
+            f" + {spec['distill_weight']} × KL(final ‖ exit) at each exit (self-distillation, temperature"
+            f" {spec.get('distill_temperature', 1.0):g}, on a sampled {spec.get('distill_positions', 1.0):g} of each batch's positions{frozen})"
+        )
     if moe:
         loss += f" + {spec.get('balance_loss_weight', 0.0)} × load-balancing loss (Switch/Mixtral: experts × Σ routed share × mean router probability, averaged over layers)"
     load = ""
