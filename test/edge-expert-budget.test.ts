@@ -87,8 +87,8 @@ describe("an edge agent with an expert budget (models/tandem-demo-moe)", () => {
 
   it("loads its experts in threads of their own, predicting each next layer's, and generates what one thread generates", async () => {
     const budgetMb = 13.5 / 4;
-    const inOneThread = await edgeOnly(budgetMb, { expertThreads: 0 });
-    const threaded = await edgeOnly(budgetMb); // expertThreads: 2, the default
+    const inOneThread = await edgeOnly(budgetMb); // expertThreads: 0, the default
+    const threaded = await edgeOnly(budgetMb, { expertThreads: 2 });
     expect(threaded.tokens).toEqual(inOneThread.tokens);
     expect(inOneThread.metrics!.prefetches).toBe(0);
     // The trained routers make the next layer's choice predictable from the layer before:
@@ -102,7 +102,7 @@ describe("an edge agent with an expert budget (models/tandem-demo-moe)", () => {
     const expected = await edgeOnly(13.5 / 4);
     const edge = await startProgram(
       "tandem-edge",
-      { model: MOE, split: 3, exitLayers: "3", port: 0, expertBudgetMb: 13.5 / 4 },
+      { model: MOE, split: 3, exitLayers: "3", port: 0, expertBudgetMb: 13.5 / 4, expertThreads: 2 },
       { TANDEM_CACHE_DIR: dir, MALLOC_MMAP_THRESHOLD_: "131072" },
     );
     try {
