@@ -66,7 +66,7 @@ describe("tandem", () => {
       ],
       [
         ["generate", "--model", "m", "--prompt", "p", "--weights", "fp8"],
-        /^tandem generate: --weights: must be one of fp32, int8, int4, got "fp8"$/m,
+        /^tandem generate: --weights: must be one of fp32, int8, w8a8, int4, got "fp8"$/m,
       ],
       [["generate", "--prompt", "p"], /^tandem generate: --model: is required/m],
       [["logits", "--model", "m", "--ids", "1,x"], /^tandem logits: --ids: must be an integer, got "x"$/m],

@@ -5,6 +5,7 @@
  * load any.
  */
 import { z } from "zod";
+import { WEIGHT_FORMATS } from "@tandem/runtime";
 
 /** Benchmarks that run each case in a child process pass it the case this way. */
 const CASE_OPTION = z
@@ -69,13 +70,13 @@ export const BENCH_OPTION_SCHEMAS = {
           "models to run (default 1M,25M,110M: generated Llama checkpoints of those sizes; also any of real-model-configs.ts, e.g. Llama-3.2-1B)",
       }),
       formats: z
-        .array(z.enum(["fp32", "int8", "int4"]))
+        .array(z.enum(WEIGHT_FORMATS))
         .min(1)
         .optional()
-        .meta({ description: "weight formats to run (default fp32,int8,int4)" }),
+        .meta({ description: "weight formats to run (default fp32,int8,w8a8,int4)" }),
       blockSizes: z.array(z.int().min(16).max(256)).min(1).optional().meta({
         description:
-          "Tandem's quantization block sizes to run int8/int4 at, each beside llama.cpp's Q8_0/Q4_0 (default 32, Q4_0's own)",
+          "Tandem's quantization block sizes to run int8/int4 at (w8a8: its LM head), each beside llama.cpp's Q8_0/Q4_0 (default 32, Q4_0's own)",
       }),
       case: CASE_OPTION,
     })

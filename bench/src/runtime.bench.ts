@@ -61,7 +61,12 @@ interface LlamaCppCase {
 }
 
 /** The GGUF type llama.cpp runs for each of Tandem's weight formats. */
-const GGUF_TYPE_OF: Record<WeightFormat, GgufFileType> = { fp32: "F32", int8: "Q8_0", int4: "Q4_0" };
+const GGUF_TYPE_OF: Record<WeightFormat, GgufFileType> = {
+  fp32: "F32",
+  int8: "Q8_0",
+  w8a8: "Q8_0",
+  int4: "Q4_0",
+};
 
 /** Bits per weight of each GGUF type: Q8_0 and Q4_0 are blocks of 32 with an fp16 scale. */
 const GGUF_BITS: Record<GgufFileType, number> = { F32: 32, Q8_0: 8.5, Q4_0: 4.5 };
@@ -89,11 +94,18 @@ interface CaseResult {
 /** Bytes of weights a decode step reads: every linear layer and the LM head (not the embedding table). */
 function weightBytesPerToken(config: ModelConfig, format: WeightFormat, blockSize: number): number {
   const { hiddenSize: h, vocabSize: v, numLayers } = config;
-  const linearParams = numLayers * layerLinearParams(config, config.numExpertsPerToken ?? 1) + v * h;
+  const layerParams = numLayers * layerLinearParams(config, config.numExpertsPerToken ?? 1);
   const normParams = numLayers * 2 * h + h;
-  const bytesPerParam = format === "fp32" ? 4 : format === "int8" ? 1 : 0.5;
-  const scaleBytes = format === "fp32" ? 0 : (linearParams / blockSize) * 4;
-  return linearParams * bytesPerParam + scaleBytes + normParams * 4;
+  const blocks = (params: number, bits: number) => params * (bits / 8 + 4 / blockSize);
+  // w8a8's layers: a byte per weight (its per-channel scales are under 0.2% more); its head
+  // is 8-bit blocks.
+  const linearBytes =
+    format === "fp32"
+      ? (layerParams + v * h) * 4
+      : format === "w8a8"
+        ? layerParams + blocks(v * h, 8)
+        : blocks(layerParams + v * h, format === "int8" ? 8 : 4);
+  return linearBytes + normParams * 4;
 }
 
 /** The whole model as one segment with its final head, evaluated at the last or every position. */
@@ -237,8 +249,9 @@ async function demoModelQuality(
   const reference = await tandemTokens("fp32", DEFAULT_QUANT_BLOCK_SIZE);
   const agreement = (tokens: number[]) =>
     tokens.filter((token, i) => token === reference[i]).length / reference.length;
+  // w8a8: a byte per weight, and one scale per output channel (a few hundredths of a bit).
   const bits = (weights: WeightFormat, blockSize: number) =>
-    weights === "fp32" ? 32 : (weights === "int8" ? 8 : 4) + 32 / blockSize;
+    weights === "fp32" ? 32 : weights === "w8a8" ? 8 : (weights === "int8" ? 8 : 4) + 32 / blockSize;
   const rows: QualityRow[] = [];
   for (const weights of formats) {
     for (const blockSize of weights === "fp32" ? [] : blockSizes)
@@ -250,6 +263,8 @@ async function demoModelQuality(
         agreement_with_fp32: agreement(await tandemTokens(weights, blockSize)),
       });
     const ggufType = GGUF_TYPE_OF[weights];
+    // int8 and w8a8 share Q8_0: one row for it.
+    if (rows.some((row) => row.gguf_type === ggufType)) continue;
     const model = await LlamaCppModel.open({
       ggufPath: await ensureCheckpointGguf(DEMO_MODEL, ggufType),
       threads: 2,
@@ -305,7 +320,7 @@ export default async function runtimeBenchmark(options: BenchOptions<"runtime">)
         `no model "${name}"; known: ${[...Object.keys(SIZED_MODELS), ...Object.keys(REAL_MODEL_CONFIGS)].join(", ")}`,
       );
   const formats: WeightFormat[] =
-    options.options.formats ?? (options.smoke ? ["fp32", "int4"] : ["fp32", "int8", "int4"]);
+    options.options.formats ?? (options.smoke ? ["fp32", "w8a8", "int4"] : ["fp32", "int8", "w8a8", "int4"]);
   const blockSizes = options.options.blockSizes ?? [DEFAULT_QUANT_BLOCK_SIZE];
   const threadCounts = options.smoke ? [1] : [1, 2];
   const promptTokens = options.smoke ? 16 : 128;

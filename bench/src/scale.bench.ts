@@ -234,7 +234,8 @@ export default async function scaleBenchmark(options: BenchOptions<"scale">): Pr
     const plan: { segment: SegmentKind; weights: WeightFormat; threads: number[] }[] = [
       { segment: "edge", weights: "int4", threads: [2] },
       { segment: "worker", weights: "int8", threads: [2] },
-      ...(["fp32", "int8", "int4"] as const).map((weights) => ({
+      { segment: "worker", weights: "w8a8", threads: [2] },
+      ...(["fp32", "int8", "w8a8", "int4"] as const).map((weights) => ({
         segment: "whole" as const,
         weights,
         threads: smoke ? [1] : [1, 2],

@@ -120,7 +120,7 @@ describe("inspectCheckpoint: real models' shapes", () => {
     expect(memory.contextPositions).toBe(2048);
     expect(memory.formula).toBe("estimated RSS = 1.2 × weight bytes held + KV of 2048 positions + 150 MiB");
     expect(memory.splits.map((s) => `${s.split} ${s.weightFormat}`)).toEqual(
-      [8, 16, 24].flatMap((split) => ["fp32", "int8", "int4"].map((format) => `${split} ${format}`)),
+      [8, 16, 24].flatMap((split) => ["fp32", "int8", "w8a8", "int4"].map((format) => `${split} ${format}`)),
     );
     for (const { split, weightFormat, edge, worker } of memory.splits) {
       const edgeBytes = segmentWeightBytes(
@@ -162,7 +162,7 @@ describe("inspectCheckpoint: real models' shapes", () => {
         960 * 4 +
         int4(49152, 960),
     );
-    expect(memory.wholeModel.map((w) => w.weightFormat)).toEqual(["fp32", "int8", "int4"]);
+    expect(memory.wholeModel.map((w) => w.weightFormat)).toEqual(["fp32", "int8", "w8a8", "int4"]);
   });
 
   it("Llama-3.2-1B: llama3 rope scaling, described with its parameters; end tokens of generation_config.json too", async () => {
@@ -214,7 +214,8 @@ describe("inspectCheckpoint: real models' shapes", () => {
         /model\.safetensors: tensor "model\.layers\.21\.mlp\.down_proj\.weight" is missing$/,
       ),
     ]);
-    expect(missing.memory!.splits).toHaveLength(3);
+    // One split, each format.
+    expect(missing.memory!.splits).toHaveLength(4);
     expect(missing.weights!.parameters).toBeGreaterThan(1e9);
 
     const misShaped = await inspectCheckpoint(
@@ -256,7 +257,7 @@ describe("inspectCheckpoint: random checkpoints", () => {
       chatTemplate: { source: "tokenizer_config.json" },
     });
     // 4 layers: L/4, L/2 and 3L/4 are 1, 2 and 3.
-    expect(inspection.memory!.splits.map((s) => s.split)).toEqual([1, 1, 1, 2, 2, 2, 3, 3, 3]);
+    expect(inspection.memory!.splits.map((s) => s.split)).toEqual([1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3]);
   });
 
   it("the plain-operator attention for a head size the fused kernel cannot take", async () => {
@@ -349,7 +350,7 @@ describe("inspectCheckpoint: what Tandem does not run", () => {
       expect.stringMatching(/has neither model\.safetensors nor model\.safetensors\.index\.json$/),
     ]);
     expect(inspection.weights).toBeUndefined();
-    expect(inspection.memory!.splits).toHaveLength(3);
+    expect(inspection.memory!.splits).toHaveLength(4);
   });
 
   it("a directory that is not a checkpoint is an error naming config.json; a split outside the model names --split", async () => {

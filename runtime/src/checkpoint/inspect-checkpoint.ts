@@ -45,7 +45,7 @@ export interface InspectOptions {
    * @default tandem.json's recommended split and L/4, L/2, 3L/4 (rounded), within [1, L − 1]
    */
   splits?: number[];
-  /** Weight formats to estimate memory for. @default every format: fp32, int8, int4 */
+  /** Weight formats to estimate memory for. @default every format: fp32, int8, w8a8, int4 */
   weightFormats?: WeightFormat[];
   /** KV positions of one sequence in the RSS estimate. @default 2048, or the model's context if shorter */
   contextPositions?: number;

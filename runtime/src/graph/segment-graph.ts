@@ -17,6 +17,7 @@ import {
   type ExternalRegion,
 } from "./onnx-graph-builder.ts";
 import { quantizeNBits } from "./nbits-quantizer.ts";
+import { channelInt8Weight, INT8_MAX_LEVEL, quantizeChannelRows } from "./channel-int8-quantizer.ts";
 import {
   DEFAULT_QUANT_BLOCK_SIZE,
   segmentExits,
@@ -809,7 +810,10 @@ class SegmentGraphWriter {
     return sum!;
   }
 
-  /** x · Wᵀ for a Hugging Face [out, in] weight, in the segment's weight format. */
+  /**
+   * x · Wᵀ for a Hugging Face [out, in] weight, in the segment's weight format: fp32
+   * MatMul, int8 or int4 blocks (MatMulNBits), or w8a8 (channelInt8Linear).
+   */
   private linear(prefix: string, x: string, weight: LinearWeight): string {
     const { b, spec } = this;
     if (spec.weightFormat === "fp32") {
@@ -824,7 +828,13 @@ class SegmentGraphWriter {
       this.linearInitializers.set(weight.name, name);
       return b.op("MatMul", `${prefix}/MatMul`, [x, name[0]]);
     }
-    const bits = spec.weightFormat === "int8" ? 8 : 4;
+    if (spec.weightFormat === "w8a8") return this.channelInt8Linear(prefix, x, weight);
+    return this.nbitsLinear(prefix, x, weight, spec.weightFormat === "int8" ? 8 : 4);
+  }
+
+  /** x · Wᵀ through MatMulNBits: W in blocks of `bits`, one scale per block. */
+  private nbitsLinear(prefix: string, x: string, weight: LinearWeight, bits: 4 | 8): string {
+    const { b } = this;
     const quantized = this.quantizedWeight(weight, bits);
     return b.op(
       "MatMulNBits",
@@ -834,6 +844,70 @@ class SegmentGraphWriter {
       { K: weight.cols, N: weight.rows, bits, block_size: this.blockSize, accuracy_level: 4 },
       "com.microsoft",
     );
+  }
+
+  /**
+   * x · Wᵀ with W in int8 per output channel (channel-int8-quantizer.ts) and x quantized
+   * per row in the graph, symmetric around 128 in uint8 (MLAS's fast GEMM is u8 × s8):
+   *
+   *   s = max|x_row| / 127;  q = round(x / s) + 128;  y = (q − 128) · B · diag(scales) · s
+   *
+   * MatMulIntegerToFloat applies the column scales; the row scale follows. Per row, not
+   * per tensor (DynamicQuantizeMatMul, as fast here): one outlier position of a prompt
+   * must not coarsen every other position, and a session's logits must not depend on
+   * which sessions share its batch.
+   */
+  private channelInt8Linear(prefix: string, x: string, weight: LinearWeight): string {
+    const { b } = this;
+    const [levels, channelScales] =
+      this.linearInitializers.get(weight.name) ?? this.channelInt8Initializers(weight);
+    this.linearInitializers.set(weight.name, [levels, channelScales]);
+    const absmax = b.op("ReduceMax", `${prefix}/row_absmax`, [b.op("Abs", `${prefix}/Abs`, [x])], {
+      axes: [-1],
+      keepdims: 1,
+    });
+    // The tiny term keeps an all-zero row's scale finite; it is below any real absmax / 127.
+    const rowScale = b.op("Add", `${prefix}/row_scale`, [
+      b.op("Mul", `${prefix}/row_scale/Mul`, [absmax, b.floatConstant([1 / INT8_MAX_LEVEL], true)]),
+      b.floatConstant([1e-30], true),
+    ]);
+    const shifted = b.op("Add", `${prefix}/quantize/Add`, [
+      b.op("Round", `${prefix}/quantize/Round`, [b.op("Div", `${prefix}/quantize/Div`, [x, rowScale])]),
+      b.floatConstant([UINT8_ZERO_POINT], true),
+    ]);
+    const quantized = b.op("Cast", `${prefix}/quantize/Cast`, [shifted], { to: ONNX_UINT8 });
+    const product = b.op(
+      "MatMulIntegerToFloat",
+      `${prefix}/MatMulIntegerToFloat`,
+      [quantized, levels, b.floatConstant([1], true), channelScales, this.uint8ZeroPoint()],
+      {},
+      "com.microsoft",
+    );
+    return b.op("Mul", `${prefix}/row_scale/apply`, [product, rowScale]);
+  }
+
+  /** A weight's [cols, rows] int8 levels and [rows] scales, quantized a block of rows at a time. */
+  private channelInt8Initializers(weight: LinearWeight): string[] {
+    const { b } = this;
+    const quantized = channelInt8Weight(weight.rows, weight.cols);
+    for (const [begin, end] of rowBlocks(weight.rows, weight.cols))
+      quantizeChannelRows(quantized, begin, weight.read(begin, end));
+    return [
+      b.initializer(`${weight.name}.c8`, "int8", [weight.cols, weight.rows], quantized.transposed),
+      b.initializer(`${weight.name}.c8.scales`, "float32", [weight.rows], quantized.scales),
+    ];
+  }
+
+  private uint8ZeroPointName?: string;
+
+  /** The activations' zero point, one uint8 scalar shared by every int8 linear. */
+  private uint8ZeroPoint(): string {
+    return (this.uint8ZeroPointName ??= this.b.initializer(
+      "/constants/uint8_zero_point",
+      "uint8",
+      [],
+      new Uint8Array([UINT8_ZERO_POINT]),
+    ));
   }
 
   private onesName?: string;
@@ -866,8 +940,10 @@ class SegmentGraphWriter {
     const { config } = this;
     const head = this.weights.lmHead;
     const prefix = "/model/lm_head";
+    // A quantized head is in MatMulNBits's blocks, w8a8's too: a tied one multiplies by
+    // the embedding table's own 8-bit bytes.
     if (this.spec.weightFormat !== "fp32") {
-      return this.linear(prefix, x, asLinear(head));
+      return this.nbitsLinear(prefix, x, asLinear(head), this.spec.weightFormat === "int4" ? 4 : 8);
     }
     // Gemm with transB reads the [vocab, hidden] table as stored, so a tied LM head shares
     // the embedding table's bytes instead of keeping a transposed copy.
@@ -1112,6 +1188,11 @@ function asLinear(t: WeightTensor): LinearWeight {
     read: (begin, end) => (t.rows ? t.rows(begin, end) : t.data.subarray(begin * cols, end * cols)),
   };
 }
+
+/** The zero point of per-row uint8 activations: levels 1..255 around it. */
+const UINT8_ZERO_POINT = 128;
+/** ONNX TensorProto.DataType UINT8, for Cast. */
+const ONNX_UINT8 = 2;
 
 /** Values converted at once when a table goes block by block: 16 MB of fp32. */
 const ROW_BLOCK_VALUES = 4 * 2 ** 20;

@@ -20,7 +20,13 @@ import type { EmbeddingTableLayout } from "./embedding-table-layout.ts";
 import { InMemoryExternalData } from "./onnx-graph-builder.ts";
 import { buildSegmentGraph } from "./segment-graph.ts";
 import { segmentSpec, WEIGHT_FORMATS, type SegmentSpec, type WeightFormat } from "./segment-spec.ts";
-import { kvBytesPerPosition, linearWeightBytes, segmentWeightBytes } from "./segment-weight-bytes.ts";
+import {
+  headWeightBytes,
+  kvBytesPerPosition,
+  linearWeightBytes,
+  nbitsWeightBytes,
+  segmentWeightBytes,
+} from "./segment-weight-bytes.ts";
 
 const modelProto = protobuf.Root.fromJSON(ONNX_SCHEMA as protobuf.INamespace).lookupType("onnx.ModelProto");
 
@@ -80,7 +86,7 @@ function tableBytesReadOnDemand(graph: DecodedGraph): number {
 function graphWeightBytes(graph: DecodedGraph): number {
   let bytes = tableBytesReadOnDemand(graph);
   for (const tensor of graph.initializer) {
-    if (/^\/constants\/(int64|float)_/.test(tensor.name)) continue;
+    if (/^\/constants\/(int64|float|uint8)_/.test(tensor.name)) continue;
     const length = tensor.externalData?.find((entry) => entry.key === "length");
     bytes += length ? Number(length.value) : (tensor.rawData?.length ?? 0);
   }
@@ -220,11 +226,18 @@ describe("segmentWeightBytes", () => {
     // (which the process then holds); in int4 a copy, and the 8-bit table is read on demand.
     expect(edge("fp32").head).toBe(64 * 4);
     expect(edge("int8").head).toBe(64 * 4);
-    expect(edge("int4").head).toBe(64 * 4 + linearWeightBytes(300, 64, "int4", 32));
-    expect(["fp32", "int8", "int4"].map((f) => edge(f as WeightFormat).readOnDemand)).toEqual([0, 0, table8]);
+    expect(edge("w8a8").head).toBe(64 * 4);
+    expect(edge("int4").head).toBe(64 * 4 + nbitsWeightBytes(300, 64, 4, 32));
+    expect(["fp32", "int8", "w8a8", "int4"].map((f) => edge(f as WeightFormat).readOnDemand)).toEqual([
+      0,
+      0,
+      0,
+      table8,
+    ]);
     // The worker has no table to share: its head is a copy in every format.
     expect(segmentWeightBytes(config, cloudSegmentSpec(2, 4, "fp32")).head).toBe(64 * 4 + 300 * 64 * 4);
     expect(segmentWeightBytes(config, cloudSegmentSpec(2, 4, "int8")).head).toBe(64 * 4 + table8);
+    expect(segmentWeightBytes(config, cloudSegmentSpec(2, 4, "w8a8")).head).toBe(64 * 4 + table8);
   });
 });
 
@@ -234,9 +247,23 @@ describe("linearWeightBytes", () => {
     // 97 columns: 4 blocks of 32, the last padded; 32 bytes (int8) or 16 (int4) per block plus a scale.
     ["int8", 97, 10 * 4 * (32 + 4)],
     ["int4", 97, 10 * 4 * (16 + 4)],
+    // w8a8: a byte per value and a scale per row (output channel).
+    ["w8a8", 97, 10 * 97 + 10 * 4],
     ["int4", 64, 10 * 2 * (16 + 4)],
   ] as const)("%s, 10 rows × %i columns: %i bytes", (format, cols, bytes) => {
     expect(linearWeightBytes(10, cols, format, 32)).toBe(bytes);
+  });
+});
+
+describe("headWeightBytes", () => {
+  it.each([
+    ["fp32", 4 * 97 * 10],
+    // The head keeps MatMulNBits's blocks: 4 blocks of 32 per row, the last padded.
+    ["int8", 10 * 4 * (32 + 4)],
+    ["w8a8", 10 * 4 * (32 + 4)],
+    ["int4", 10 * 4 * (16 + 4)],
+  ] as const)("%s, 10 rows × 97 columns: %i bytes", (format, bytes) => {
+    expect(headWeightBytes(10, 97, format, 32)).toBe(bytes);
   });
 });
 

@@ -61,8 +61,7 @@ export function segmentWeightBytes(config: ModelConfig, spec: SegmentSpec): Segm
   let embedding = 0;
   // A quantized table: 8-bit blocks and a scale per block.
   if (spec.fromLayer === 0)
-    embedding =
-      spec.weightFormat === "fp32" ? vector(vocab * h) : linearWeightBytes(vocab, h, "int8", blockSize);
+    embedding = spec.weightFormat === "fp32" ? vector(vocab * h) : nbitsWeightBytes(vocab, h, 8, blockSize);
   const rotary = 2 * vector(config.maxPositions * (config.headDim / 2));
 
   const qRows = config.numHeads * config.headDim;
@@ -90,7 +89,8 @@ export function segmentWeightBytes(config: ModelConfig, spec: SegmentSpec): Segm
   let head = 0;
   const sharesTable =
     exits.length > 0 && config.tieWordEmbeddings && spec.fromLayer === 0 && spec.weightFormat !== "int4";
-  if (exits.length > 0) head = vector(h) + (sharesTable ? 0 : linear(vocab, h));
+  if (exits.length > 0)
+    head = vector(h) + (sharesTable ? 0 : headWeightBytes(vocab, h, spec.weightFormat, blockSize));
   const maps = exits.filter((exit) => exit.linearMap).length;
   // The maps are fp32 MatMuls in every format (calibration fits them in fp32), and their
   // unit-RMS norm takes a gamma of ones, written once.
@@ -108,9 +108,9 @@ export function segmentWeightBytes(config: ModelConfig, spec: SegmentSpec): Segm
 }
 
 /**
- * The bytes of a Hugging Face [rows, cols] linear weight in `format`: fp32 transposed, or
- * MatMulNBits' packed blocks [rows, ⌈cols / blockSize⌉, blockSize · bits / 8] (a row's last
- * block padded) and one fp32 scale per block.
+ * The bytes of a decoder layer's Hugging Face [rows, cols] linear weight in `format`:
+ * fp32 transposed; int8 and int4 in MatMulNBits' blocks (nbitsWeightBytes); w8a8
+ * transposed with one fp32 scale per row (channel-int8-quantizer.ts).
  */
 export function linearWeightBytes(
   rows: number,
@@ -119,7 +119,24 @@ export function linearWeightBytes(
   blockSize: number,
 ): number {
   if (format === "fp32") return rows * cols * FLOAT32_BYTES;
-  const bits = format === "int8" ? 8 : 4;
+  if (format === "w8a8") return rows * cols + rows * FLOAT32_BYTES;
+  return nbitsWeightBytes(rows, cols, format === "int8" ? 8 : 4, blockSize);
+}
+
+/**
+ * The bytes of the LM head: fp32 as stored, else MatMulNBits' blocks of 4 bits (int4) or
+ * 8 (int8, w8a8) — the head keeps blocks in every quantized format (segment-graph.ts).
+ */
+export function headWeightBytes(rows: number, cols: number, format: WeightFormat, blockSize: number): number {
+  if (format === "fp32") return rows * cols * FLOAT32_BYTES;
+  return nbitsWeightBytes(rows, cols, format === "int4" ? 4 : 8, blockSize);
+}
+
+/**
+ * MatMulNBits' packed blocks [rows, ⌈cols / blockSize⌉, blockSize · bits / 8] (a row's
+ * last block padded) and one fp32 scale per block.
+ */
+export function nbitsWeightBytes(rows: number, cols: number, bits: 4 | 8, blockSize: number): number {
   const blocks = rows * Math.ceil(cols / blockSize);
   return blocks * ((blockSize * bits) / 8) + blocks * FLOAT32_BYTES;
 }

@@ -51,7 +51,7 @@ describe("batch job data", () => {
       [
         "generate",
         { model: "m", prompts: ["a"], weights: "fp8" },
-        /^weights: must be one of fp32, int8, int4, got "fp8"/,
+        /^weights: must be one of fp32, int8, w8a8, int4, got "fp8"/,
       ],
       [
         "generate",

@@ -1,0 +1,60 @@
+/**
+ * The weights of the `w8a8` format, in the layout of ONNX Runtime's MatMulIntegerToFloat:
+ * B is [K, N] int8 (the Hugging Face [out, in] weight transposed), symmetric, one fp32
+ * scale per output channel (column of B), scale = absmax / 127 and no zero point. The
+ * activations are quantized per row in the graph (segment-graph.ts, channelInt8Linear).
+ *
+ * Why a format beside int8's MatMulNBits blocks: on an AVX2 CPU without VNNI, MLAS's u8×s8
+ * GEMM behind MatMulIntegerToFloat ran a 2048×8192 linear at 280 GFLOPS for 128 rows on
+ * one thread where 8-bit MatMulNBits ran it at 108, and a single row no slower. What it
+ * gives up: one activation scale per row instead of per 32 values, so a row with outlier
+ * channels loses precision everywhere (on the demo model, greedy agreement with fp32 0.98
+ * against int8's 0.99, nearly all of it at down_proj's input). Per-channel weight scales
+ * cost one fp32 per row: 1.004 bytes per weight at hidden 1024 instead of 1.125.
+ */
+
+/** The largest level of a symmetric int8 value. */
+export const INT8_MAX_LEVEL = 127;
+
+export interface ChannelInt8Weight {
+  /** N: output features (rows of the Hugging Face [out, in] weight). */
+  rows: number;
+  /** K: input features. */
+  cols: number;
+  /** [cols, rows] int8: the weight transposed, as MatMul's B. */
+  transposed: Int8Array;
+  /** [rows] fp32: one scale per output channel. */
+  scales: Float32Array;
+}
+
+/** An empty [cols, rows] weight to fill a block of rows at a time (quantizeChannelRows). */
+export function channelInt8Weight(rows: number, cols: number): ChannelInt8Weight {
+  return { rows, cols, transposed: new Int8Array(rows * cols), scales: new Float32Array(rows) };
+}
+
+/**
+ * Quantizes rows [begin, begin + count) of a row-major Hugging Face weight, given as
+ * `values` ([count, cols] fp32), into `into`: each row's scale is its absmax / 127.
+ */
+export function quantizeChannelRows(into: ChannelInt8Weight, begin: number, values: Float32Array): void {
+  const { rows, cols, transposed, scales } = into;
+  const count = values.length / cols;
+  for (let r = 0; r < count; r++) {
+    const offset = r * cols;
+    let absmax = 0;
+    for (let c = 0; c < cols; c++) absmax = Math.max(absmax, Math.abs(values[offset + c]));
+    const scale = absmax / INT8_MAX_LEVEL;
+    const inverse = scale !== 0 ? 1 / scale : 0;
+    const row = begin + r;
+    scales[row] = scale;
+    for (let c = 0; c < cols; c++) transposed[c * rows + row] = Math.round(values[offset + c] * inverse);
+  }
+}
+
+/** The fp32 [rows, cols] weight the kernel effectively multiplies by; for tests and error figures. */
+export function dequantizeChannelInt8(q: ChannelInt8Weight): Float32Array {
+  const out = new Float32Array(q.rows * q.cols);
+  for (let r = 0; r < q.rows; r++)
+    for (let c = 0; c < q.cols; c++) out[r * q.cols + c] = q.transposed[c * q.rows + r] * q.scales[r];
+  return out;
+}
