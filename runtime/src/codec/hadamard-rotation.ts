@@ -52,6 +52,29 @@ export function rotationSigns(dim: number): Float32Array {
   return signs;
 }
 
+/**
+ * The orthonormal Walsh–Hadamard matrix of a power-of-two `block`, row-major [block, block]:
+ * entry (i, j) = (−1)^popcount(i & j) / √block — the matrix the transform multiplies by,
+ * for a graph that rotates with a MatMul (segment-graph.ts, w8a8). It is symmetric.
+ */
+export function hadamardMatrix(block: number): Float32Array {
+  if (block < 1 || (block & (block - 1)) !== 0)
+    throw new RangeError(`a Hadamard block is a power of two, got ${block}`);
+  const norm = 1 / Math.sqrt(block);
+  const matrix = new Float32Array(block * block);
+  for (let i = 0; i < block; i++)
+    for (let j = 0; j < block; j++) {
+      let bits = i & j;
+      let parity = 0;
+      while (bits) {
+        parity ^= bits & 1;
+        bits >>>= 1;
+      }
+      matrix[i * block + j] = parity ? -norm : norm;
+    }
+  return matrix;
+}
+
 export class HadamardRotation {
   readonly block: number;
   private readonly norm: number;
@@ -62,8 +85,15 @@ export class HadamardRotation {
   private readonly signsAt: number;
   private readonly factorsAt: number;
 
-  constructor(readonly dim: number) {
-    this.block = rotationBlock(dim);
+  /**
+   * @param maxBlock the largest block rotated as one (a power of two), below MAX_BLOCK where
+   *   the rotation's cost matters more than its spread (a graph's dense MatMul)
+   */
+  constructor(
+    readonly dim: number,
+    maxBlock = MAX_BLOCK,
+  ) {
+    this.block = Math.min(maxBlock, rotationBlock(dim));
     const norm = (this.norm = 1 / Math.sqrt(this.block));
     this.chunkTokens = Math.max(1, Math.floor(SCRATCH_BYTES / (4 * dim)));
     this.signsAt = this.kernels.table(`rotation-signs-${dim}`, () => rotationSigns(dim));

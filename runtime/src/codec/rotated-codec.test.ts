@@ -1,6 +1,6 @@
 import { createHash } from "node:crypto";
 import { describe, expect, it } from "vitest";
-import { HadamardRotation, rotationBlock, rotationSigns } from "./hadamard-rotation.ts";
+import { HadamardRotation, hadamardMatrix, rotationBlock, rotationSigns } from "./hadamard-rotation.ts";
 import { getCodec } from "./hidden-state-codec.ts";
 import { activations } from "./synthetic-activations.ts";
 
@@ -25,6 +25,38 @@ describe("the randomized Hadamard rotation", () => {
       }
       expect(l2Error(rotation.unrotateInPlace(y, 3), x) / norm(x)).toBeLessThan(1e-6);
     }
+  });
+
+  it("with a smaller maxBlock, equals x·D·H per block with H from hadamardMatrix (what a graph multiplies by)", () => {
+    const dim = 704; // 11 blocks of 64
+    const rotation = new HadamardRotation(dim, 128);
+    expect(rotation.block).toBe(64);
+    expect(new HadamardRotation(8192, 128).block).toBe(128);
+    const x = activations(2, dim, { seed: 5, outlierChannels: 3 });
+    const y = rotation.rotate(x, 2);
+    const h = hadamardMatrix(64);
+    const signs = rotationSigns(dim);
+    let worst = 0;
+    for (let t = 0; t < 2; t++)
+      for (let start = 0; start < dim; start += 64)
+        for (let j = 0; j < 64; j++) {
+          let sum = 0;
+          for (let i = 0; i < 64; i++) sum += x[t * dim + start + i] * signs[start + i] * h[i * 64 + j];
+          worst = Math.max(worst, Math.abs(sum - y[t * dim + start + j]));
+        }
+    expect(worst / absmax(x)).toBeLessThan(1e-5);
+  });
+
+  it("hadamardMatrix is symmetric and orthonormal, and refuses a block that is not a power of two", () => {
+    const h = hadamardMatrix(8);
+    for (let i = 0; i < 8; i++)
+      for (let j = 0; j < 8; j++) {
+        expect(h[i * 8 + j]).toBe(h[j * 8 + i]);
+        let dot = 0;
+        for (let k = 0; k < 8; k++) dot += h[i * 8 + k] * h[j * 8 + k];
+        expect(dot).toBeCloseTo(i === j ? 1 : 0, 6);
+      }
+    expect(() => hadamardMatrix(12)).toThrow(/power of two/);
   });
 
   it("spreads a massive activation over its block", () => {

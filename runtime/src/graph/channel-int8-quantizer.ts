@@ -7,11 +7,19 @@
  * Why a format beside int8's MatMulNBits blocks: on an AVX2 CPU without VNNI, MLAS's u8×s8
  * GEMM behind MatMulIntegerToFloat ran a 2048×8192 linear at 280 GFLOPS for 128 rows on
  * one thread where 8-bit MatMulNBits ran it at 108, and a single row no slower. What it
- * gives up: one activation scale per row instead of per 32 values, so a row with outlier
- * channels loses precision everywhere (on the demo model, greedy agreement with fp32 0.98
- * against int8's 0.99, nearly all of it at down_proj's input). Per-channel weight scales
- * cost one fp32 per row: 1.004 bytes per weight at hidden 1024 instead of 1.125.
+ * gives up: one activation scale per row instead of per 32 values, so a row's outliers
+ * coarsen all of it. Unrotated that cost the demo model's greedy agreement with fp32 0.982
+ * against int8's 0.992 over 4,000 held-out positions, nearly all of it at down_proj's
+ * input; with that input rotated (segment-graph.ts) w8a8 agrees 0.990. Per-channel
+ * weight scales cost one fp32 per row: 1.004 bytes per weight at hidden 1024, not 1.125.
  */
+
+/**
+ * The largest block w8a8's in-graph rotation of down_proj's input turns as one
+ * (segment-graph.ts, channelInt8Linear): its MatMul costs `block` multiply-adds per input
+ * value — at Llama-3.2-1B's down_proj, 128 against the linear's 2048 per input.
+ */
+export const W8A8_ROTATION_BLOCK = 128;
 
 /** The largest level of a symmetric int8 value. */
 export const INT8_MAX_LEVEL = 127;

@@ -16,6 +16,8 @@
  * family and format and compares.
  */
 import type { ModelConfig } from "../checkpoint/model-config.ts";
+import { rotationBlock } from "../codec/hadamard-rotation.ts";
+import { W8A8_ROTATION_BLOCK } from "./channel-int8-quantizer.ts";
 import {
   DEFAULT_QUANT_BLOCK_SIZE,
   segmentExits,
@@ -78,7 +80,11 @@ export function segmentWeightBytes(config: ModelConfig, spec: SegmentSpec): Segm
   } else {
     perLayer += expertMlp;
   }
-  const layers = (spec.toLayer - spec.fromLayer) * perLayer;
+  let layers = (spec.toLayer - spec.fromLayer) * perLayer;
+  // w8a8 rotates down_proj's input: D's signs and one Hadamard matrix, once per segment.
+  const downRotationBlock = Math.min(W8A8_ROTATION_BLOCK, rotationBlock(m));
+  if (spec.weightFormat === "w8a8" && spec.toLayer > spec.fromLayer && downRotationBlock > 1)
+    layers += vector(m) + vector(downRotationBlock * downRotationBlock);
 
   // Every exit and the final head share one final norm and one LM head. A head tied to the
   // embedding reads the segment's own table where the table is in the head's format (fp32
