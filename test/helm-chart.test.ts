@@ -14,6 +14,7 @@ import { environmentName, loadConfig, programSchema, type ConfigSchema } from "@
 import { BATCH_CONFIG_SCHEMA, BATCH_PROGRAM } from "@tandem/batch-worker";
 import { WORKER_CONFIG_SCHEMA, WORKER_PROGRAM } from "@tandem/cloud-worker";
 import { CONTROL_CONFIG_SCHEMA, CONTROL_PROGRAM } from "@tandem/control-plane";
+import { WEIGHT_FORMATS } from "@tandem/runtime";
 
 const ROOT = join(import.meta.dirname, "..");
 const CHART = join(ROOT, "charts", "tandem");
@@ -535,6 +536,15 @@ describe("the Helm chart", () => {
     expect(load(leaseTtlMs.minimum, tickMs.minimum)).not.toThrow();
     expect(load(leaseTtlMs.minimum - 1, tickMs.minimum)).toThrow(/^leaseTtlMs: /);
     expect(load(leaseTtlMs.minimum, tickMs.minimum - 1)).toThrow(/^tickMs: /);
+  });
+
+  it("offers the worker every weight format the runtime builds, and no other", () => {
+    const schema = JSON.parse(readFileSync(join(CHART, "values.schema.json"), "utf8")) as {
+      properties: { cloudWorker: { properties: { weights: { enum: string[] } } } };
+    };
+    expect(schema.properties.cloudWorker.properties.weights.enum).toEqual([...WEIGHT_FORMATS]);
+    const rendered = JSON.stringify(render("cloudWorker.weights=w8a8"));
+    expect(rendered).toContain(JSON.stringify({ name: "TANDEM_WORKER_WEIGHTS", value: "w8a8" }));
   });
 
   it("turns expert parallelism on, its Experts port reachable by the workers alone", () => {
