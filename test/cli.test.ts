@@ -222,7 +222,7 @@ describe("tandem inspect", () => {
     );
     // Whole model, then the edge and the worker of each split (tandem.json's 3, and L/4, 3L/4), per format.
     const rows = stdout.split("\n").filter((line) => /^ {2}(whole|edge|worker)/.test(line));
-    expect(rows).toHaveLength(3 + 3 * 3 * 2);
+    expect(rows).toHaveLength(4 + 3 * 4 * 2);
     expect(rows.find((r) => r.includes("edge S=3") && r.includes("int4"))).toMatch(/\[0,3\) +2,3 +int4 /);
   });
 
@@ -315,6 +315,7 @@ describe.skipIf(process.env.TANDEM_CI_SECOND_PASS === "1")("tandem bench", () =>
         const anchor = (result as { llama_cpp_anchor?: Record<string, number | string>[] }).llama_cpp_anchor!;
         expect(anchor.map((a) => [a.weights, a.gguf_type])).toEqual([
           ["fp32", "F32"],
+          ["w8a8", "Q8_0"],
           ["int4", "Q4_0"],
         ]);
         for (const a of anchor) expect(a.llama_cpp_decode_tokens_per_s).toBeGreaterThan(0);
@@ -323,6 +324,8 @@ describe.skipIf(process.env.TANDEM_CI_SECOND_PASS === "1")("tandem bench", () =>
           .demo_model_quality!.rows;
         expect(quality.map((q) => `${q.engine} ${q.weights}`)).toEqual([
           "llama.cpp fp32",
+          "tandem w8a8",
+          "llama.cpp w8a8",
           "tandem int4",
           "llama.cpp int4",
         ]);
@@ -360,8 +363,10 @@ describe.skipIf(process.env.TANDEM_CI_SECOND_PASS === "1")("tandem bench", () =>
     expect(rows.map((r) => [r.segment, r.weights])).toEqual([
       ["edge [0,2)", "int4"],
       ["worker [2,4)", "int8"],
+      ["worker [2,4)", "w8a8"],
       ["[0,4)", "fp32"],
       ["[0,4)", "int8"],
+      ["[0,4)", "w8a8"],
       ["[0,4)", "int4"],
     ]);
     for (const row of rows) {
@@ -370,8 +375,8 @@ describe.skipIf(process.env.TANDEM_CI_SECOND_PASS === "1")("tandem bench", () =>
       expect(row.rss_target_mb).toBeGreaterThan(1.2 * (row.graph_weights_mb as number));
     }
     // Quantized whole models are compared with fp32's greedy tokens; fp32 with nothing.
-    expect(rows[2].agreement_vs_fp32).toBeNull();
-    for (const row of rows.slice(3)) {
+    expect(rows[3].agreement_vs_fp32).toBeNull();
+    for (const row of rows.slice(4)) {
       expect(row.agreement_vs_fp32).toBeGreaterThan(0);
       expect(row.agreement_vs_fp32).toBeLessThanOrEqual(1);
     }
