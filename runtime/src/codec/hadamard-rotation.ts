@@ -29,9 +29,12 @@ export const MAX_BLOCK = 1024;
 /** The seed of the sign pattern D; changing it changes the rotated codecs' wire format. */
 export const SIGN_SEED = 0x7a6e_d3e1;
 
-/** The rotation's block size for `dim`: the largest power of two dividing it, at most MAX_BLOCK. */
-export function rotationBlock(dim: number): number {
-  return Math.min(MAX_BLOCK, dim & -dim);
+/**
+ * The rotation's block size for `dim`: the largest power of two dividing it, at most
+ * `maxBlock` (a power of two; MAX_BLOCK unless a caller caps it, as w8a8's graph does).
+ */
+export function rotationBlock(dim: number, maxBlock = MAX_BLOCK): number {
+  return Math.min(maxBlock, dim & -dim);
 }
 
 /** ±1 per coordinate of a token of `dim` values, from the seeded sequence described above. */
@@ -93,7 +96,7 @@ export class HadamardRotation {
     readonly dim: number,
     maxBlock = MAX_BLOCK,
   ) {
-    this.block = Math.min(maxBlock, rotationBlock(dim));
+    this.block = rotationBlock(dim, maxBlock);
     const norm = (this.norm = 1 / Math.sqrt(this.block));
     this.chunkTokens = Math.max(1, Math.floor(SCRATCH_BYTES / (4 * dim)));
     this.signsAt = this.kernels.table(`rotation-signs-${dim}`, () => rotationSigns(dim));

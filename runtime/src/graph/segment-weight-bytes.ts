@@ -82,7 +82,7 @@ export function segmentWeightBytes(config: ModelConfig, spec: SegmentSpec): Segm
   }
   let layers = (spec.toLayer - spec.fromLayer) * perLayer;
   // w8a8 rotates down_proj's input: D's signs and one Hadamard matrix, once per segment.
-  const downRotationBlock = Math.min(W8A8_ROTATION_BLOCK, rotationBlock(m));
+  const downRotationBlock = rotationBlock(m, W8A8_ROTATION_BLOCK);
   if (spec.weightFormat === "w8a8" && spec.toLayer > spec.fromLayer && downRotationBlock > 1)
     layers += vector(m) + vector(downRotationBlock * downRotationBlock);
 
