@@ -23,7 +23,12 @@ import {
   quantizeChannelRows,
   W8A8_ROTATION_BLOCK,
 } from "./channel-int8-quantizer.ts";
-import { HadamardRotation, hadamardMatrix, rotationSigns } from "../codec/hadamard-rotation.ts";
+import {
+  HadamardRotation,
+  hadamardMatrix,
+  rotationBlock,
+  rotationSigns,
+} from "../codec/hadamard-rotation.ts";
 import {
   DEFAULT_QUANT_BLOCK_SIZE,
   segmentExits,
@@ -874,11 +879,15 @@ class SegmentGraphWriter {
    */
   private channelInt8Linear(prefix: string, x: string, weight: LinearWeight, rotate: boolean): string {
     const { b } = this;
-    const rotation = rotate ? new HadamardRotation(weight.cols, W8A8_ROTATION_BLOCK) : undefined;
-    const input = rotation && rotation.block > 1 ? this.rotated(`${prefix}/rotate`, x, rotation) : x;
+    // A width with no even factor has nothing to rotate (a block of 1 is the identity).
+    const rotation =
+      rotate && rotationBlock(weight.cols, W8A8_ROTATION_BLOCK) > 1
+        ? new HadamardRotation(weight.cols, W8A8_ROTATION_BLOCK)
+        : undefined;
+    const input = rotation ? this.rotated(`${prefix}/rotate`, x, rotation) : x;
     const [levels, channelScales] =
       this.linearInitializers.get(weight.name) ??
-      this.channelInt8Initializers(rotation && rotation.block > 1 ? rotatedRows(weight, rotation) : weight);
+      this.channelInt8Initializers(rotation ? rotatedRows(weight, rotation) : weight);
     this.linearInitializers.set(weight.name, [levels, channelScales]);
     const absmax = b.op("ReduceMax", `${prefix}/row_absmax`, [b.op("Abs", `${prefix}/Abs`, [input])], {
       axes: [-1],
