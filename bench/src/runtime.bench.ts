@@ -16,6 +16,7 @@ import { join } from "node:path";
 import { promisify } from "node:util";
 import {
   DEFAULT_QUANT_BLOCK_SIZE,
+  headWeightBytes,
   loadCheckpoint,
   type ModelConfig,
   SegmentModel,
@@ -96,15 +97,15 @@ function weightBytesPerToken(config: ModelConfig, format: WeightFormat, blockSiz
   const { hiddenSize: h, vocabSize: v, numLayers } = config;
   const layerParams = numLayers * layerLinearParams(config, config.numExpertsPerToken ?? 1);
   const normParams = numLayers * 2 * h + h;
-  const blocks = (params: number, bits: number) => params * (bits / 8 + 4 / blockSize);
-  // w8a8's layers: a byte per weight (its per-channel scales are under 0.2% more); its head
-  // is 8-bit blocks.
-  const linearBytes =
+  // The layers by parameter count (w8a8: a byte per weight; its per-channel scales are
+  // under 0.2% more); the head as the graph stores it (8-bit blocks beside int8 and w8a8).
+  const layerBytes =
     format === "fp32"
-      ? (layerParams + v * h) * 4
+      ? layerParams * 4
       : format === "w8a8"
-        ? layerParams + blocks(v * h, 8)
-        : blocks(layerParams + v * h, format === "int8" ? 8 : 4);
+        ? layerParams
+        : layerParams * ((format === "int8" ? 1 : 0.5) + 4 / blockSize);
+  const linearBytes = layerBytes + headWeightBytes(v, h, format, blockSize);
   return linearBytes + normParams * 4;
 }
 

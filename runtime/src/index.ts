@@ -36,6 +36,7 @@ export {
 } from "./graph/segment-spec.ts";
 export { cloudSegmentSpec, edgeSegmentSpec } from "./graph/deployment-specs.ts";
 export {
+  headWeightBytes,
   kvBytesPerPosition,
   linearWeightBytes,
   segmentWeightBytes,
