@@ -11,7 +11,9 @@ const absmax = (v: Float32Array) => v.reduce((m, x) => Math.max(m, Math.abs(x)),
 
 describe("the randomized Hadamard rotation", () => {
   it("rotates blocks of the largest power of two dividing dim, at most 1024", () => {
-    expect([256, 2048, 896, 576, 1536, 37].map((dim) => rotationBlock(dim))).toEqual([256, 1024, 128, 64, 512, 1]);
+    expect([256, 2048, 896, 576, 1536, 37].map((dim) => rotationBlock(dim))).toEqual([
+      256, 1024, 128, 64, 512, 1,
+    ]);
   });
 
   it("is orthonormal: it keeps each token's norm, and undoing it gives the token back", () => {
