@@ -885,15 +885,17 @@ describe("quantized weights (the embedding table in 8 bits, shared with a tied i
         // Relative to the largest logit: int8 within 5%, int4 within 30%.
         expect(maxAbsDiff(logits, whole) / scale).toBeLessThan(format === "int4" ? 0.3 : 0.05);
         // The logits' RMS error relative to their RMS: what quantization controls (measured
-        // on these shapes: int8 ~0.02; int4 0.20–0.22, and 0.23–0.26 with the symmetric
-        // 15-level grid the 16-level one replaced).
+        // on these shapes: int8 ~0.02; w8a8, its weights in 7 bits, up to 0.032; int4
+        // 0.20–0.22, and 0.23–0.26 with the symmetric 15-level grid the 16-level one replaced).
         let squaredError = 0;
         let squared = 0;
         whole.forEach((value, i) => {
           squaredError += (logits[i] - value) ** 2;
           squared += value ** 2;
         });
-        expect(Math.sqrt(squaredError / squared)).toBeLessThan(format === "int4" ? 0.225 : 0.03);
+        expect(Math.sqrt(squaredError / squared)).toBeLessThan(
+          format === "int4" ? 0.225 : format === "w8a8" ? 0.035 : 0.03,
+        );
         // Top-1 on a random model's near-flat distributions flips on small errors, so only
         // int8 and w8a8 are held to it (int4 keeps 6–10 of these 11 positions).
         if (format !== "int4") {

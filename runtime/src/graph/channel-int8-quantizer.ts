@@ -1,7 +1,8 @@
 /**
  * The weights of the `w8a8` format, in the layout of ONNX Runtime's MatMulIntegerToFloat:
  * B is [K, N] int8 (the Hugging Face [out, in] weight transposed), symmetric, one fp32
- * scale per output channel (column of B), scale = absmax / 127 and no zero point. The
+ * scale per output channel (column of B), scale = absmax / 63 (W8A8_WEIGHT_MAX_LEVEL) and
+ * no zero point. The
  * activations are quantized per row in the graph (segment-graph.ts, channelInt8Linear).
  *
  * Why a format beside int8's MatMulNBits blocks: on an AVX2 CPU without VNNI, a 2048×8192
@@ -26,8 +27,18 @@
  */
 export const W8A8_ROTATION_BLOCK = 64;
 
-/** The largest level of a symmetric int8 value. */
+/** The largest level of a symmetric int8 value (w8a8's activations use the full range). */
 export const INT8_MAX_LEVEL = 127;
+
+/**
+ * The largest level of a w8a8 weight: 7 bits, not 8 (ONNX Runtime's "reduce_range"). On
+ * AVX2 without VNNI, MLAS's u8×s8 GEMM sums pairs of products in int16 (VPMADDUBSW), which
+ * saturates at 32767: two activations of up to 255 (uint8 around 128) by weights of 127
+ * reach 64770. Measured on an AMD EPYC (AVX2 only): with 127, logits erred by up to 25% of
+ * the largest; with 63 (2 × 255 × 63 = 32130 fits) they agree as int8's do, at the cost of
+ * a coarser weight grid (the logits' RMS error ~0.02 → ~0.03).
+ */
+export const W8A8_WEIGHT_MAX_LEVEL = 63;
 
 export interface ChannelInt8Weight {
   /** N: output features (rows of the Hugging Face [out, in] weight). */
@@ -47,7 +58,8 @@ export function channelInt8Weight(rows: number, cols: number): ChannelInt8Weight
 
 /**
  * Quantizes rows [begin, begin + count) of a row-major Hugging Face weight, given as
- * `values` ([count, cols] fp32), into `into`: each row's scale is its absmax / 127.
+ * `values` ([count, cols] fp32), into `into`: each row's scale is its absmax /
+ * W8A8_WEIGHT_MAX_LEVEL.
  */
 export function quantizeChannelRows(into: ChannelInt8Weight, begin: number, values: Float32Array): void {
   const { rows, cols, transposed, scales } = into;
@@ -56,7 +68,7 @@ export function quantizeChannelRows(into: ChannelInt8Weight, begin: number, valu
     const offset = r * cols;
     let absmax = 0;
     for (let c = 0; c < cols; c++) absmax = Math.max(absmax, Math.abs(values[offset + c]));
-    const scale = absmax / INT8_MAX_LEVEL;
+    const scale = absmax / W8A8_WEIGHT_MAX_LEVEL;
     const inverse = scale !== 0 ? 1 / scale : 0;
     const row = begin + r;
     scales[row] = scale;
