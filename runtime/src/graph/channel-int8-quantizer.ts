@@ -12,7 +12,8 @@
  * gives up: one activation scale per row instead of per 32 values, so a row's outliers
  * coarsen all of it. Unrotated that cost the demo model's greedy agreement with fp32 0.982
  * against int8's 0.992 over 4,000 held-out positions, nearly all of it at down_proj's
- * input; with that input rotated (segment-graph.ts) w8a8 agrees 0.990. Per-channel
+ * input; with that input rotated (segment-graph.ts) w8a8 agreed 0.990 with 8-bit weights
+ * and 0.986 with the 7-bit ones below (int8 0.993 in that run). Per-channel
  * weight scales cost one fp32 per row: 1.004 bytes per weight at hidden 1024, not 1.125.
  */
 
@@ -35,8 +36,9 @@ export const INT8_MAX_LEVEL = 127;
  * AVX2 without VNNI, MLAS's u8×s8 GEMM sums pairs of products in int16 (VPMADDUBSW), which
  * saturates at 32767: two activations of up to 255 (uint8 around 128) by weights of 127
  * reach 64770. Measured on an AMD EPYC (AVX2 only): with 127, logits erred by up to 25% of
- * the largest; with 63 (2 × 255 × 63 = 32130 fits) they agree as int8's do, at the cost of
- * a coarser weight grid (the logits' RMS error ~0.02 → ~0.03).
+ * the largest; with 63 (2 × 255 × 63 = 32130 fits) they stay within int8's bound (5% of
+ * the largest), at the cost of a coarser weight grid: the logits' RMS error, relative to
+ * their RMS, up to 0.032 on the test models where int8's is ~0.02.
  */
 export const W8A8_WEIGHT_MAX_LEVEL = 63;
 
