@@ -5,7 +5,9 @@
  * per exit and with both exits, for each confidence metric. Thresholds are chosen on one
  * part of the text and measured on another. The recommended split in full; every other
  * split the model ships a calibration for (its exit layers) for the edge share at 99%
- * agreement by split. Writes bench/results/exits.png.
+ * agreement by split. Writes bench/results/exits.png. "Plain" exits are the model's own:
+ * its exit adapters where it has them (checkpoint/exit-adapters.ts); the recommended split
+ * is calibrated once more without them, on the same weights, for the adapters' A/B.
  * Usage: tandem bench exits [--smoke]
  */
 import { readFileSync } from "node:fs";
@@ -35,8 +37,14 @@ export default async function exitsBenchmark(options: BenchOptions<"exits">): Pr
   const at = (policies: CalibratedPolicy[], target: number) =>
     policies.find((p) => p.targetAgreement === target)!;
   const text = readFileSync(DEMO_HELDOUT_TEXT, "utf8");
-  const calibrateSplit = (split: number, exitLayers: number[], targets: number[], label: string) =>
-    calibrate(checkpoint, tokenizer, {
+  const calibrateSplit = (
+    split: number,
+    exitLayers: number[],
+    targets: number[],
+    label: string,
+    model = checkpoint,
+  ) =>
+    calibrate(model, tokenizer, {
       split,
       exitLayers,
       text,
@@ -65,6 +73,17 @@ export default async function exitsBenchmark(options: BenchOptions<"exits">): Pr
     const other = await calibrateSplit(split, shipped.summary.exitLayers, [0.99], `exits split ${split}`);
     bySplit[split] = shareAt99(other.summary);
   }
+  const withoutAdapters = checkpoint.exitAdaptersHash
+    ? (
+        await calibrateSplit(
+          summary.split,
+          summary.exitLayers,
+          [0.99],
+          "exits without adapters",
+          await loadCheckpoint(DEMO_MODEL, { exitAdapters: false }),
+        )
+      ).summary
+    : undefined;
   const describe = (p: CalibratedPolicy) => ({
     edge_share: p.test.edgeShare,
     agreement: p.test.agreement,
@@ -84,6 +103,12 @@ export default async function exitsBenchmark(options: BenchOptions<"exits">): Pr
     },
     // Per shipped split: the calibrated policies (`after`) and the plain heads' (`before`).
     edge_share_at_99pct_agreement_by_split: bySplit,
+    // The same split and exits with the model's exit adapters left out (absent: it has none).
+    exit_adapters: withoutAdapters && {
+      with: shareAt99(summary),
+      without: shareAt99(withoutAdapters),
+      exit_top1_agreement_without: withoutAdapters.heads,
+    },
     edge_share_at_95pct_agreement: {
       before: at(summary.plainPolicies, 0.95).test.edgeShare,
       after: at(summary.policies, 0.95).test.edgeShare,

@@ -6,7 +6,7 @@
  */
 
 // Checkpoints
-export { loadCheckpoint } from "./checkpoint/load-checkpoint.ts";
+export { loadCheckpoint, type LoadCheckpointOptions } from "./checkpoint/load-checkpoint.ts";
 export { readDeployment, type Deployment } from "./checkpoint/deployment-file.ts";
 export {
   DEFAULT_INSPECT_CONTEXT,
@@ -22,6 +22,7 @@ export {
 export type { ModelArchitecture, ModelConfig } from "./checkpoint/model-config.ts";
 export { rotaryInverseFrequencies } from "./checkpoint/rope-frequencies.ts";
 export type { Checkpoint, ModelWeights, WeightTensor } from "./checkpoint/model-weights.ts";
+export type { ExitAdapterWeights } from "./checkpoint/exit-adapters.ts";
 
 // Segment graphs and the engine
 export {

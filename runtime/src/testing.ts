@@ -8,7 +8,9 @@ export {
   TINY_LLAMA,
   sizedLlamaSpec,
   writeRandomCheckpoint,
+  writeRandomExitAdapters,
   type RandomCheckpointSpec,
+  type RandomExitAdaptersSpec,
 } from "./testing/random-checkpoint.ts";
 export { wholeModelTokens } from "./testing/whole-model-tokens.ts";
 /** fp32 → IEEE fp16 bits, rounding to nearest even: what writers of other formats (GGUF) need. */

@@ -119,7 +119,8 @@ function formatInspection(inspection: CheckpointInspection): string[] {
       "tandem.json",
       "problem" in deployment
         ? deployment.problem
-        : `exits after ${deployment.exitLayers.join(", ")}; recommended split ${deployment.recommendedSplit}`,
+        : `exits after ${deployment.exitLayers.join(", ")}; recommended split ${deployment.recommendedSplit}` +
+            adapterText(deployment.exitAdapterWidths),
     );
 
   if (memory) {
@@ -188,4 +189,11 @@ function count(n: number): string {
   if (n >= 1e6) return `${(n / 1e6).toFixed(2)}M`;
   if (n >= 1e3) return `${(n / 1e3).toFixed(1)}K`;
   return String(n);
+}
+
+/** "; exit adapters: after 2 (width 704), after 3 (width 704)", or nothing for plain exits. */
+function adapterText(widths: Record<string, number> | undefined): string {
+  if (!widths) return "";
+  const adapters = Object.entries(widths).map(([layer, width]) => `after ${layer} (width ${width})`);
+  return `; exit adapters: ${adapters.join(", ")}`;
 }

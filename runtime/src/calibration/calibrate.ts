@@ -283,7 +283,12 @@ export async function calibrate(
   return {
     summary: {
       version: CALIBRATION_VERSION,
-      model: { weightsHash: checkpoint.weightsHash, numLayers: layers, hiddenSize: config.hiddenSize },
+      model: {
+        weightsHash: checkpoint.weightsHash,
+        ...(checkpoint.exitAdaptersHash && { exitAdaptersHash: checkpoint.exitAdaptersHash }),
+        numLayers: layers,
+        hiddenSize: config.hiddenSize,
+      },
       split: options.split,
       exitLayers,
       heads,

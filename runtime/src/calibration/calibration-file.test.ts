@@ -6,12 +6,14 @@ import { mkdirSync, mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { CheckpointError, TensorMismatchError } from "@tandem/common";
+import { CheckpointError, InvalidArgumentError, TensorMismatchError } from "@tandem/common";
+import type { Checkpoint } from "../checkpoint/model-weights.ts";
 import { writeSafetensors } from "../checkpoint/safetensors.ts";
 import {
   CALIBRATION_METADATA_KEY,
   type Calibration,
   calibrationOutputProblem,
+  checkCalibrationMatches,
   readCalibration,
   writeCalibration,
 } from "./calibration-file.ts";
@@ -154,6 +156,45 @@ describe("reading a calibration file", () => {
     await expect(curve).rejects.toThrow(
       `calibration.curve[4].exits[1]: 2 is not one of the exit layers ${exits}`,
     );
+  });
+});
+
+describe("a calibration belongs to the weights and the exits it was measured on", () => {
+  const model = (weightsHash: string, exitAdaptersHash?: string) =>
+    ({ weightsHash, exitAdaptersHash }) as unknown as Checkpoint;
+  const calibrationFor = (weightsHash: string, exitAdaptersHash?: string): Calibration => ({
+    ...shipped,
+    summary: { ...shipped.summary, model: { ...shipped.summary.model, weightsHash, exitAdaptersHash } },
+  });
+
+  it("matches the same weights with the same exit adapters, or plain exits on both sides", () => {
+    expect(() => checkCalibrationMatches(calibrationFor("w1", "a1"), model("w1", "a1"), "c")).not.toThrow();
+    expect(() => checkCalibrationMatches(calibrationFor("w1"), model("w1"), "c")).not.toThrow();
+  });
+
+  it("refuses other weights, other adapters, adapters where it had none and none where it had them", () => {
+    const cases: [Calibration, Checkpoint, RegExp][] = [
+      [calibrationFor("w1", "a1"), model("w2", "a1"), /c was made for weights w1…, the checkpoint is w2…/],
+      [
+        calibrationFor("w1", "a1"),
+        model("w1", "a2"),
+        /made with exit adapters a1…, the checkpoint has exit adapters a2…/,
+      ],
+      [
+        calibrationFor("w1"),
+        model("w1", "a1"),
+        /made with plain exits, the checkpoint has exit adapters a1…/,
+      ],
+      [
+        calibrationFor("w1", "a1"),
+        model("w1"),
+        /made with exit adapters a1…, the checkpoint has plain exits/,
+      ],
+    ];
+    for (const [calibration, checkpoint, message] of cases) {
+      expect(() => checkCalibrationMatches(calibration, checkpoint, "c")).toThrow(InvalidArgumentError);
+      expect(() => checkCalibrationMatches(calibration, checkpoint, "c")).toThrow(message);
+    }
   });
 });
 

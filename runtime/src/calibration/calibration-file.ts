@@ -58,7 +58,13 @@ const CURVE_POINT_SCHEMA = z.object({
 /** The JSON in a calibration file's metadata; a file that breaks it is a CheckpointError naming the field. */
 const CALIBRATION_SUMMARY_SCHEMA = z.object({
   version: z.literal(CALIBRATION_VERSION),
-  model: z.object({ weightsHash: z.string().min(1), numLayers: LAYER, hiddenSize: z.int().min(1) }),
+  model: z.object({
+    weightsHash: z.string().min(1),
+    /** The exit adapters the exits ran with (Checkpoint.exitAdaptersHash); absent: plain exits. */
+    exitAdaptersHash: z.string().min(1).optional(),
+    numLayers: LAYER,
+    hiddenSize: z.int().min(1),
+  }),
   split: LAYER,
   exitLayers: z.array(LAYER).min(1),
   heads: z.array(EXIT_HEAD_CHOICE_SCHEMA),
@@ -207,6 +213,15 @@ export function checkCalibrationMatches(
     throw new InvalidArgumentError(
       "calibration",
       `${path} was made for weights ${model.weightsHash.slice(0, 12)}…, the checkpoint is ${checkpoint.weightsHash.slice(0, 12)}…`,
+    );
+  }
+  // Thresholds and edge shares hold only for the exits they were measured on.
+  if (model.exitAdaptersHash !== checkpoint.exitAdaptersHash) {
+    const adapters = (hash: string | undefined) =>
+      hash ? `exit adapters ${hash.slice(0, 12)}…` : "plain exits";
+    throw new InvalidArgumentError(
+      "calibration",
+      `${path} was made with ${adapters(model.exitAdaptersHash)}, the checkpoint has ${adapters(checkpoint.exitAdaptersHash)}`,
     );
   }
 }

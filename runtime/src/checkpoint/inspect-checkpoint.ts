@@ -23,6 +23,7 @@ import { segmentSpec, WEIGHT_FORMATS, type SegmentSpec, type WeightFormat } from
 import { kvBytesPerPosition, segmentWeightBytes } from "../graph/segment-weight-bytes.ts";
 import { optionalTokenIds, parseModelConfig } from "./config-parser.ts";
 import { readDeployment, type Deployment } from "./deployment-file.ts";
+import { openExitAdapters } from "./exit-adapters.ts";
 import {
   CONFIG_FILE,
   readGenerationEndTokens,
@@ -153,7 +154,14 @@ export interface CheckpointInspection {
   tokenizer: TokenizerFacts;
   chatTemplate: ChatTemplateFacts;
   /** tandem.json: the exits it was trained with and its split; `problem` when malformed. */
-  deployment?: { exitLayers: number[]; recommendedSplit: number } | { problem: string };
+  deployment?:
+    | {
+        exitLayers: number[];
+        recommendedSplit: number;
+        /** Exit layer (as a string) → the width of its adapter (exit-adapters.ts); absent: none. */
+        exitAdapterWidths?: Record<string, number>;
+      }
+    | { problem: string };
   /** The memory estimates; absent when the config cannot be parsed. */
   memory?: {
     contextPositions: number;
@@ -192,6 +200,12 @@ export async function inspectCheckpoint(
   const generationEndTokens = await attempt(() => readGenerationEndTokens(dir));
   const headers = await attempt(() => readWeightHeaders(dir));
   if (config && headers) await attempt(() => headers.check(config));
+  const deployment = deploymentFacts(dir);
+  if (config && deployment && "exitLayers" in deployment) {
+    const adaptersPath = readDeployment(dir)?.exitAdaptersPath;
+    const adapters = adaptersPath ? await attempt(() => openExitAdapters(adaptersPath, config)) : undefined;
+    if (adapters) deployment.exitAdapterWidths = Object.fromEntries(adapters.widths);
+  }
 
   const configEndTokens = config ? config.eosTokenId : lenientTokenIds(raw.eos_token_id, configPath);
   const inspection: CheckpointInspection = {
@@ -208,7 +222,7 @@ export async function inspectCheckpoint(
     endTokenIds: [...new Set([...(configEndTokens ?? []), ...(generationEndTokens ?? [])])],
     tokenizer: await tokenizerFacts(dir),
     chatTemplate: await chatTemplateFacts(dir),
-    deployment: deploymentFacts(dir),
+    deployment,
   };
   if (config) {
     // Loaded on demand, as graph-cache.ts loads it: the graph writer is large.
@@ -251,8 +265,13 @@ function memoryEstimates(
   if (!Number.isInteger(context) || context < 1)
     throw new InvalidArgumentError("contextPositions", `must be a positive integer, got ${context}`);
 
+  const adapterWidths = new Map(
+    Object.entries((deployment && "exitLayers" in deployment && deployment.exitAdapterWidths) || {}).map(
+      ([layer, width]) => [Number(layer), width],
+    ),
+  );
   const estimate = (spec: SegmentSpec): SegmentEstimate => {
-    const bytes = segmentWeightBytes(config, spec);
+    const bytes = segmentWeightBytes(config, spec, adapterWidths);
     const weightBytes = bytes.total;
     const kvPerPosition = kvBytesPerPosition(config, spec.toLayer - spec.fromLayer);
     const exitLayers = [...spec.exits.map((e) => e.afterLayer), ...(spec.finalHead ? [layers] : [])];

@@ -29,6 +29,7 @@ import {
   TINY_QWEN2,
   TINY_TIED,
   writeRandomCheckpoint,
+  writeRandomExitAdapters,
   type RandomCheckpointSpec,
 } from "../testing/random-checkpoint.ts";
 import { loadCheckpoint, readCheckpointConfig } from "./load-checkpoint.ts";
@@ -332,6 +333,119 @@ describe("weightsHash", () => {
     expect(await hash({ ...SMALL, seed: SMALL.seed + 1 })).not.toBe(base);
     expect(await hash({ ...SMALL, dtype: "F16" })).not.toBe(base);
     expect(await hash({ ...SMALL, ropeTheta: 20000 })).not.toBe(base);
+  });
+});
+
+describe("exit adapters named by tandem.json", () => {
+  const ADAPTERS = { layers: [1], width: 8, seed: 5 };
+  const withAdapters = async () => {
+    const dir = await checkpointDir(SMALL);
+    await writeRandomExitAdapters(dir, SMALL, ADAPTERS);
+    return dir;
+  };
+  const adapterFile = (dir: string) => join(dir, "exit-adapters.safetensors");
+  const tandemJson = (dir: string, json: Record<string, unknown>) =>
+    writeFileSync(
+      join(dir, "tandem.json"),
+      JSON.stringify({ exit_layers: [1], recommended_split: 1, ...json }),
+    );
+
+  it("load with the checkpoint, each of its own width, decoded only when read", async () => {
+    const checkpoint = await loadCheckpoint(await withAdapters());
+    const adapter = checkpoint.weights.exitAdapters?.get(1);
+    expect([...checkpoint.weights.exitAdapters!.keys()]).toEqual([1]);
+    expect(adapter!.norm.shape).toEqual([32]);
+    expect(adapter!.gateProj.shape).toEqual([8, 32]);
+    expect(adapter!.upProj.shape).toEqual([8, 32]);
+    expect(adapter!.downProj.shape).toEqual([32, 8]);
+    expect(adapter!.downProj.data).toHaveLength(32 * 8);
+  });
+
+  it("have a hash of their own; the weights hash an edge and a worker agree on stays the model's", async () => {
+    const dir = await withAdapters();
+    const plain = await checkpointDir(SMALL);
+    const other = await checkpointDir(SMALL);
+    await writeRandomExitAdapters(other, SMALL, { ...ADAPTERS, seed: 6 });
+    const [a, none, b] = await Promise.all([dir, plain, other].map((d) => loadCheckpoint(d)));
+    expect(new Set([a.weightsHash, none.weightsHash, b.weightsHash]).size).toBe(1);
+    expect(none.exitAdaptersHash).toBeUndefined();
+    expect(a.exitAdaptersHash).toMatch(/^[0-9a-f]{64}$/);
+    expect(b.exitAdaptersHash).not.toBe(a.exitAdaptersHash);
+    expect((await loadCheckpoint(dir)).exitAdaptersHash).toBe(a.exitAdaptersHash);
+  });
+
+  it("a checkpoint without them has no adapters and the weights hash it always had", async () => {
+    const dir = await checkpointDir(SMALL);
+    const files = [await SafetensorsFile.open(join(dir, "model.safetensors"))];
+    const checkpoint = await loadCheckpoint(dir);
+    expect(checkpoint.weights.exitAdapters).toBeUndefined();
+    expect(checkpoint.weightsHash).toBe(weightsHash(readFileSync(join(dir, "config.json")), files));
+  });
+
+  it("a file of the wrong tensors, an adapter after the last layer, a missing part: CheckpointError naming it", async () => {
+    let dir = await withAdapters();
+    editHeader(adapterFile(dir), (header) => {
+      header["exit_adapters.1.mlp.extra.weight"] = header["exit_adapters.1.norm.weight"];
+      delete header["exit_adapters.1.norm.weight"];
+    });
+    let error = await loadError(dir);
+    expect(error).toBeInstanceOf(CheckpointError);
+    expect(error.message).toMatch(
+      /exit-adapters\.safetensors: tensor "exit_adapters\.1\.mlp\.extra\.weight" is not an exit adapter's/,
+    );
+
+    dir = await withAdapters();
+    editHeader(adapterFile(dir), (header) => {
+      for (const part of ["norm", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"]) {
+        header[`exit_adapters.2.${part}.weight`] = header[`exit_adapters.1.${part}.weight`];
+        delete header[`exit_adapters.1.${part}.weight`];
+      }
+    });
+    error = await loadError(dir);
+    expect(error.message).toMatch(
+      /"exit_adapters\.2\.norm\.weight": no exit follows layer 2 of a 2-layer model/,
+    );
+
+    dir = await withAdapters();
+    editHeader(adapterFile(dir), (header) => delete header["exit_adapters.1.mlp.up_proj.weight"]);
+    error = await loadError(dir);
+    expect(error.message).toMatch(/the adapter of exit 1 has no "exit_adapters\.1\.mlp\.up_proj\.weight"/);
+
+    dir = await withAdapters();
+    unlinkSync(adapterFile(dir));
+    error = await loadError(dir);
+    expect(error).toBeInstanceOf(CheckpointError);
+    expect(error.message).toMatch(/exit-adapters\.safetensors: cannot be read/);
+  });
+
+  it("shapes that disagree with the model or with each other: TensorMismatchError naming the tensor", async () => {
+    let dir = await withAdapters();
+    editHeader(adapterFile(dir), (header) => {
+      header["exit_adapters.1.mlp.down_proj.weight"].shape = [8, 32];
+    });
+    let error = await loadError(dir);
+    expect(error).toBeInstanceOf(TensorMismatchError);
+    expect(error.message).toMatch(
+      /"exit_adapters\.1\.mlp\.down_proj\.weight" has shape \[8, 32\], expected \[32, 8\]/,
+    );
+
+    dir = await withAdapters();
+    editHeader(adapterFile(dir), (header) => {
+      header["exit_adapters.1.norm.weight"].shape = [4, 8];
+    });
+    error = await loadError(dir);
+    expect(error).toBeInstanceOf(TensorMismatchError);
+    expect(error.message).toMatch(/"exit_adapters\.1\.norm\.weight" has shape \[4, 8\], expected \[32\]/);
+  });
+
+  it("a file name that leaves the model directory: CheckpointError naming tandem.json's field", async () => {
+    for (const name of ["../exit-adapters.safetensors", "/etc/passwd", ".."]) {
+      const dir = await withAdapters();
+      tandemJson(dir, { exit_adapters: name });
+      const error = await loadError(dir);
+      expect(error).toBeInstanceOf(CheckpointError);
+      expect(error.message).toMatch(/tandem\.json: exit_adapters: must be text matching/);
+    }
   });
 });
 

@@ -1,7 +1,7 @@
 /**
  * Loads a Hugging Face checkpoint directory: config.json, model.safetensors or a sharded
- * model.safetensors.index.json, and tokenizer.json and generation_config.json (its end
- * tokens) when present. Every tensor the config
+ * model.safetensors.index.json, and tokenizer.json, generation_config.json (its end
+ * tokens) and the exit adapters tandem.json names (exit-adapters.ts) when present. Every tensor the config
  * implies is checked for presence, shape and finite values; a mismatch throws an error
  * naming the file and the tensor rather than producing silent garbage later.
  */
@@ -10,6 +10,8 @@ import { readFile } from "node:fs/promises";
 import { join } from "node:path";
 import { CheckpointError, TensorMissingError } from "@tandem/common";
 import { optionalTokenIds, parseModelConfig } from "./config-parser.ts";
+import { readDeployment } from "./deployment-file.ts";
+import { openExitAdapters } from "./exit-adapters.ts";
 import { readJsonObject } from "./json-file.ts";
 import type { ModelConfig } from "./model-config.ts";
 import type { Checkpoint, ExpertWeights, LayerWeights, ModelWeights, WeightTensor } from "./model-weights.ts";
@@ -22,6 +24,8 @@ export const SINGLE_WEIGHTS_FILE = "model.safetensors";
 export const WEIGHTS_INDEX_FILE = "model.safetensors.index.json";
 export const TOKENIZER_FILE = "tokenizer.json";
 export const GENERATION_CONFIG_FILE = "generation_config.json";
+/** Stands for config.json in the exit adapters' hash (weights-hash.ts reads their file as it reads weights). */
+const EXIT_ADAPTERS_HASH_PREFIX = new TextEncoder().encode("exit adapters\n");
 
 /** Parses only config.json: cheap enough to call before deciding to load the weights. */
 export async function readCheckpointConfig(dir: string): Promise<ModelConfig> {
@@ -40,10 +44,23 @@ async function configOf(dir: string, configBytes: Buffer): Promise<ModelConfig> 
   return config;
 }
 
-export async function loadCheckpoint(dir: string): Promise<Checkpoint> {
+export interface LoadCheckpointOptions {
+  /**
+   * Load the exit adapters tandem.json names. false: plain exits, as if it named none (an
+   * A/B of the adapters on the same weights). @default true
+   */
+  exitAdapters?: boolean;
+}
+
+export async function loadCheckpoint(dir: string, options: LoadCheckpointOptions = {}): Promise<Checkpoint> {
   const configBytes = await readConfigBytes(dir);
   const config = await configOf(dir, configBytes);
   const reader = await openWeights(dir);
+  const deployment = readDeployment(dir);
+  const adapters =
+    options.exitAdapters !== false && deployment?.exitAdaptersPath
+      ? await openExitAdapters(deployment.exitAdaptersPath, config)
+      : undefined;
 
   const hash = weightsHash(configBytes, reader.files());
 
@@ -59,13 +76,17 @@ export async function loadCheckpoint(dir: string): Promise<Checkpoint> {
     dir,
     config,
     get weights() {
-      weights ??= readWeights(config, (name, shape) => reader.lazy(name, shape));
+      weights ??= {
+        ...readWeights(config, (name, shape) => reader.lazy(name, shape)),
+        exitAdapters: adapters?.weights(lazyTensor),
+      };
       return weights;
     },
     releaseWeights() {
       weights = undefined;
     },
     weightsHash: hash,
+    exitAdaptersHash: adapters && weightsHash(EXIT_ADAPTERS_HASH_PREFIX, [adapters.file]),
     tokenizerPath: existsSync(tokenizerPath) ? tokenizerPath : undefined,
   };
 }
@@ -207,24 +228,7 @@ class TensorReader {
    * every value finite: readChecked), then kept by the returned object until released.
    */
   lazy(name: string, shape: number[]): WeightTensor {
-    const file = this.fileOf(name);
-    let data: Float32Array | undefined;
-    return {
-      name,
-      shape,
-      get data() {
-        data ??= file.readChecked(name, shape).data;
-        return data;
-      },
-      release() {
-        data = undefined;
-      },
-      rows(begin: number, end: number) {
-        return data
-          ? data.slice(begin * shape[1], end * shape[1])
-          : file.readRowsChecked(name, shape, begin, end);
-      },
-    };
+    return lazyTensor(this.fileOf(name), name, shape);
   }
 
   private fileOf(name: string): SafetensorsFile {
@@ -232,6 +236,30 @@ class TensorReader {
     if (!file) throw new TensorMissingError(this.source, name);
     return file;
   }
+}
+
+/**
+ * A tensor of `file`, decoded to fp32 when its data is first read (its shape checked again
+ * and every value finite: readChecked), then kept by the returned object until released.
+ */
+function lazyTensor(file: SafetensorsFile, name: string, shape: number[]): WeightTensor {
+  let data: Float32Array | undefined;
+  return {
+    name,
+    shape,
+    get data() {
+      data ??= file.readChecked(name, shape).data;
+      return data;
+    },
+    release() {
+      data = undefined;
+    },
+    rows(begin: number, end: number) {
+      return data
+        ? data.slice(begin * shape[1], end * shape[1])
+        : file.readRowsChecked(name, shape, begin, end);
+    },
+  };
 }
 
 /** What `describe` returns as data: the check reads headers only. */

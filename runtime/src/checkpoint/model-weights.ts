@@ -2,6 +2,7 @@
  * A checkpoint's weights, checked against its config (presence, dtype, shape) and decoded to fp32.
  * Linear weights keep the Hugging Face layout `[out_features, in_features]`.
  */
+import type { ExitAdapterWeights } from "./exit-adapters.ts";
 import type { ModelConfig } from "./model-config.ts";
 
 export interface WeightTensor {
@@ -55,6 +56,8 @@ export interface ModelWeights {
   finalNorm: WeightTensor; // [hidden]
   /** Same object as `embedTokens` when embeddings are tied. */
   lmHead: WeightTensor; // [vocab, hidden]
+  /** exit layer → its adapter (exit-adapters.ts); absent or empty: plain exits. */
+  exitAdapters?: ReadonlyMap<number, ExitAdapterWeights>;
 }
 
 export interface Checkpoint {
@@ -72,8 +75,14 @@ export interface Checkpoint {
    * more); `weights` decodes again on demand. For checkpoints made in memory, a no-op.
    */
   releaseWeights?(): void;
-  /** sha256 (hex) over config.json and the weight files' bytes: identifies these exact weights. */
+  /**
+   * sha256 (hex) over config.json and the weight files' bytes: identifies these exact
+   * weights. An edge and a worker must agree on it; exit adapters, which only the edge
+   * runs, are not in it.
+   */
   weightsHash: string;
+  /** The same over the exit adapters' file, when the model has one: graphs with exits and calibrations are keyed by it too. */
+  exitAdaptersHash?: string;
   /** Path of tokenizer.json when the checkpoint has one. */
   tokenizerPath?: string;
 }

@@ -19,6 +19,7 @@ import {
   TINY_QWEN2,
   TINY_TIED,
   writeRandomCheckpoint,
+  writeRandomExitAdapters,
   type RandomCheckpointSpec,
 } from "../testing/random-checkpoint.ts";
 import { allocateKvSlot, KV_BLOCK_POSITIONS } from "./kv-slot.ts";
@@ -857,6 +858,106 @@ describe("exit heads", () => {
     }
     expect(maxAbsDiff(step.exits[0].logits!, reference.head(mapped, 1))).toBeLessThanOrEqual(1e-4);
   });
+});
+
+describe("exit adapters (checkpoint/exit-adapters.ts)", () => {
+  // Width 24 against the model's intermediate 112: an adapter's width is its own.
+  const adapters = { layers: [2, 3], width: 24, seed: 31 };
+  let checkpoint: Checkpoint;
+  beforeAll(async () => {
+    const dir = join(workDir, "tiny-with-exit-adapters");
+    await writeRandomCheckpoint(dir, TINY_TIED);
+    await writeRandomExitAdapters(dir, TINY_TIED, adapters);
+    checkpoint = await loadCheckpoint(dir);
+  });
+
+  // The weights are those of "tied embeddings, mistral", whose plain exits "exit heads"
+  // built above with this very spec: the graph cache must not hand that graph out here.
+  it("run the model's adapter at each exit, before the final norm and LM head, at every position", async () => {
+    const sessions = await sessionsFor(checkpoint, {
+      fromLayer: 0,
+      toLayer: 3,
+      exits: [{ afterLayer: 2 }, { afterLayer: 3 }],
+      positions: "all",
+      logits: true,
+    });
+    sessions.open("s");
+    const step = await sessions.forward("s", { ids: PROMPT });
+    const reference = new ReferenceModel(checkpoint.config, checkpoint.weights);
+    const { hiddenAfterLayer } = reference.forward({ ids: PROMPT }, 0, 3, reference.newCache());
+    for (const exit of step.exits) {
+      const hidden = hiddenAfterLayer[exit.afterLayer - 1];
+      const adapted = reference.exitHead(hidden, PROMPT.length, exit.afterLayer);
+      expect(maxAbsDiff(exit.logits!, adapted)).toBeLessThanOrEqual(1e-4);
+      // The adapter matters: the plain head on the same state is far from it.
+      expect(maxAbsDiff(adapted, reference.head(hidden, PROMPT.length))).toBeGreaterThan(0.1);
+    }
+    await sessions.model.release();
+  });
+
+  it("leave the final head alone: the full model's logits are the checkpoint's without adapters", async () => {
+    const plainDir = join(workDir, "tiny-without-exit-adapters");
+    await writeRandomCheckpoint(plainDir, TINY_TIED);
+    const plain = await loadCheckpoint(plainDir);
+    expect(plain.weightsHash).toBe(checkpoint.weightsHash);
+    expect(plain.exitAdaptersHash).toBeUndefined();
+    // The segment runs the exit after 3 (with its adapter) on the way to the final head.
+    const sessions = await sessionsFor(checkpoint, {
+      fromLayer: 0,
+      toLayer: 4,
+      exits: [{ afterLayer: 3 }],
+      finalHead: true,
+      positions: "all",
+      logits: true,
+    });
+    sessions.open("s");
+    const finalHead = (await sessions.forward("s", { ids: PROMPT })).exits.at(-1)!;
+    expect(finalHead.afterLayer).toBe(4);
+    expect(maxAbsDiff(finalHead.logits!, await fullLogits(plain, PROMPT))).toBe(0);
+    await sessions.model.release();
+  });
+
+  it("give way to a calibrated linear map at the same exit", async () => {
+    const h = checkpoint.config.hiddenSize;
+    const identity = new Float32Array(h * h);
+    for (let i = 0; i < h; i++) identity[i * h + i] = 1;
+    const sessions = await sessionsFor(checkpoint, {
+      fromLayer: 0,
+      toLayer: 3,
+      exits: [{ afterLayer: 3, linearMap: { weight: identity, bias: new Float32Array(h) } }],
+      logits: true,
+    });
+    sessions.open("s");
+    const step = await sessions.forward("s", { ids: PROMPT });
+    const reference = new ReferenceModel(checkpoint.config, checkpoint.weights);
+    const last = reference
+      .forward({ ids: PROMPT }, 0, 3, reference.newCache())
+      .hiddenAfterLayer[2].subarray((PROMPT.length - 1) * h);
+    // The identity map on the unit-RMS state: the plain head's logits, no adapter.
+    expect(maxAbsDiff(step.exits[0].logits!, reference.head(last, 1))).toBeLessThanOrEqual(1e-4);
+    await sessions.model.release();
+  });
+
+  for (const format of ["int8", "w8a8", "int4"] as const)
+    it(`run in the segment's weight format: ${format} exit logits stay near fp32's`, async () => {
+      const spec = {
+        fromLayer: 0,
+        toLayer: 3,
+        exits: [{ afterLayer: 3 }],
+        positions: "all" as const,
+        logits: true,
+      };
+      const fp32 = await sessionsFor(checkpoint, spec);
+      const quantized = await sessionsFor(checkpoint, { ...spec, weightFormat: format });
+      fp32.open("s");
+      quantized.open("s");
+      const want = (await fp32.forward("s", { ids: PROMPT })).exits[0].logits!;
+      const got = (await quantized.forward("s", { ids: PROMPT })).exits[0].logits!;
+      const scale = Math.max(...Array.from(want, Math.abs));
+      expect(maxAbsDiff(got, want) / scale).toBeLessThan(format === "int4" ? 0.3 : 0.05);
+      await fp32.model.release();
+      await quantized.model.release();
+    });
 });
 
 describe("quantized weights (the embedding table in 8 bits, shared with a tied int8 or w8a8 head)", () => {

@@ -28,10 +28,15 @@ export function defaultGraphCacheDir(): string {
   return join(cacheRoot(), "graphs");
 }
 
-/** A stable key: builder version, weights, and every field of the spec (exit maps by content hash). */
-export function segmentCacheKey(weightsHash: string, spec: SegmentSpec): string {
+/**
+ * A stable key: builder version, weights, and every field of the spec (exit maps by
+ * content hash); for a segment with exits, the exit adapters' hash too (a segment without
+ * exits runs none, so the same graph serves a checkpoint with or without them).
+ */
+export function segmentCacheKey(weightsHash: string, spec: SegmentSpec, exitAdaptersHash?: string): string {
   const hash = createHash("sha256");
   hash.update(`tandem-segment-v${SEGMENT_GRAPH_VERSION}\n${weightsHash}\n`);
+  if (exitAdaptersHash && spec.exits.length > 0) hash.update(`exit adapters ${exitAdaptersHash}\n`);
   const { exits, ...rest } = spec;
   hash.update(JSON.stringify(rest, Object.keys(rest).sort()));
   for (const exit of [...exits].sort((a, b) => a.afterLayer - b.afterLayer)) {
@@ -62,7 +67,11 @@ export function segmentGraphPath(
   spec: SegmentSpec,
   cacheDir = defaultGraphCacheDir(),
 ): string {
-  return join(cacheDir, segmentCacheKey(checkpoint.weightsHash, spec), SEGMENT_MODEL_FILE);
+  return join(
+    cacheDir,
+    segmentCacheKey(checkpoint.weightsHash, spec, checkpoint.exitAdaptersHash),
+    SEGMENT_MODEL_FILE,
+  );
 }
 
 /**

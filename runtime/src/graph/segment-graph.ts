@@ -162,6 +162,8 @@ class SegmentGraphWriter {
       if (exit) this.exitHead(exit, x);
     }
     if (spec.outputHidden) this.outputAlias(x, GRAPH_IO.hiddenOut, ["batch", "seq", hidden]);
+    for (const adapter of this.weights.exitAdapters?.values() ?? [])
+      for (const tensor of Object.values(adapter)) tensor.release?.();
     this.weights.lmHead.release?.();
     this.weights.finalNorm.release?.();
     return { ...b.build(), embedding: this.embeddingLayout };
@@ -625,11 +627,12 @@ class SegmentGraphWriter {
   }
 
   private mlp(prefix: string, x: string, w: Pick<LayerWeights, "gateProj" | "upProj" | "downProj">): string {
-    const { b, config } = this;
+    const { b } = this;
     if (!w.gateProj || !w.upProj || !w.downProj)
       throw new InternalError(`${prefix}: dense MLP weights missing`);
     const gateUp = this.linear(`${prefix}/gate_up_proj`, x, concatRows([w.gateProj, w.upProj]));
-    const size = config.intermediateSize;
+    // An exit adapter's width is its own (exit-adapters.ts); a layer's is the config's.
+    const size = w.gateProj.shape[0];
     const [gate, up] = b.node("Split", `${prefix}/Split`, [gateUp, b.int64Constant([size, size])], {
       outputs: 2,
       attributes: { axis: -1 },
@@ -1021,7 +1024,7 @@ class SegmentGraphWriter {
   }
 
   /*
-   *   h ──► [last position] ──► [linear map] ──► final RMSNorm ──► LM head ──► logits
+   *   h ──► [last position] ──► [linear map | adapter] ──► final RMSNorm ──► LM head ──► logits
    *   logits ──► TopK(2) ─┬─► token (top-1 id)
    *                       └─► exp(top − logsumexp) ──► prob, margin = p1 − p2
    *   logits ──► logsumexp − Σ softmax·logits ──► entropy
@@ -1042,6 +1045,15 @@ class SegmentGraphWriter {
         from,
         b.int64Constant([2 ** 31 - 1]),
         b.int64Constant([1]),
+      ]);
+    }
+    const adapter = this.weights.exitAdapters?.get(k);
+    if (adapter && !exit.linearMap) {
+      // The model's own exit block: h + SwiGLU(RMSNorm(h)), in the segment's weight format.
+      const normed = this.rmsNorm(`${prefix}/adapter/norm`, h, adapter.norm);
+      h = b.op("Add", `${prefix}/adapter/residual/Add`, [
+        h,
+        this.mlp(`${prefix}/adapter/mlp`, normed, adapter),
       ]);
     }
     if (exit.linearMap) {

@@ -12,6 +12,7 @@ import {
   TINY_QWEN2,
   TINY_TIED,
   writeRandomCheckpoint,
+  writeRandomExitAdapters,
   type RandomCheckpointSpec,
 } from "../testing/random-checkpoint.ts";
 import { cloudSegmentSpec, edgeSegmentSpec } from "./deployment-specs.ts";
@@ -190,6 +191,38 @@ describe("segmentWeightBytes", () => {
     }
   });
 
+  // Widths 24 (its own w8a8 rotation) and 112 (the layers' intermediate: rotation shared).
+  for (const width of [24, 112])
+    it(`counts exit adapters of width ${width} as the built graph holds them, in every format`, async () => {
+      const dir = join(workDir, `adapters-${width}`);
+      await writeRandomCheckpoint(dir, TINY_LLAMA);
+      await writeRandomExitAdapters(dir, TINY_LLAMA, { layers: [1, 2], width, seed: 3 });
+      const checkpoint = await loadCheckpoint(dir);
+      const widths = new Map(
+        [...checkpoint.weights.exitAdapters!].map(([layer, a]) => [layer, a.gateProj.shape[0]]),
+      );
+      for (const format of WEIGHT_FORMATS)
+        for (const [segment, spec] of [
+          ["edge with both exits", edgeSegmentSpec(2, [{ afterLayer: 1 }, { afterLayer: 2 }], format)],
+          [
+            "edge with a map at one exit",
+            edgeSegmentSpec(2, [{ afterLayer: 1 }, { afterLayer: 2, linearMap: linearMap(64) }], format),
+          ],
+          [
+            "one layer and its exit",
+            segmentSpec({ fromLayer: 1, toLayer: 2, exits: [{ afterLayer: 2 }], weightFormat: format }),
+          ],
+        ] as const) {
+          const bytes = segmentWeightBytes(checkpoint.config, spec, widths);
+          expect(bytes.exitAdapters, `${format}, ${segment}`).toBeGreaterThan(0);
+          expect({ format, segment, total: bytes.total }).toEqual({
+            format,
+            segment,
+            total: graphWeightBytes(builtGraph(checkpoint, spec)),
+          });
+        }
+    });
+
   it("splits the bytes into embedding, rotary, layers, head and exit maps", () => {
     const config = checkpoints.get("TINY_LLAMA")!.config;
     const h = 64;
@@ -205,6 +238,7 @@ describe("segmentWeightBytes", () => {
       // Untied: the final norm and the LM head, once for both exits.
       head: 4 * (h + 300 * h),
       exitMaps: 4 * (h * h + h + h),
+      exitAdapters: 0,
       total: bytes.embedding + bytes.rotary + bytes.layers + bytes.head + bytes.exitMaps,
       // No head multiplies by the table: its rows are read as tokens need them.
       readOnDemand: bytes.embedding,

@@ -42,6 +42,8 @@ export interface SegmentWeightBytes {
   head: number;
   /** The exits' calibrated linear maps (hidden × hidden + hidden fp32 each, and one vector of ones). */
   exitMaps: number;
+  /** The exits' adapters (exit-adapters.ts): a norm and a SwiGLU block each, in the segment's format. */
+  exitAdapters: number;
   /** All of the above. */
   total: number;
   /**
@@ -52,8 +54,16 @@ export interface SegmentWeightBytes {
   readOnDemand: number;
 }
 
-/** The bytes of every weight initializer `buildSegmentGraph(config, …, spec)` writes. */
-export function segmentWeightBytes(config: ModelConfig, spec: SegmentSpec): SegmentWeightBytes {
+/**
+ * The bytes of every weight initializer `buildSegmentGraph(config, …, spec)` writes.
+ * @param exitAdapterWidths exit layer → the width of its adapter, for a model with exit
+ *   adapters (the widths are in their file's header). @default none
+ */
+export function segmentWeightBytes(
+  config: ModelConfig,
+  spec: SegmentSpec,
+  exitAdapterWidths: ReadonlyMap<number, number> = new Map(),
+): SegmentWeightBytes {
   const h = config.hiddenSize;
   const blockSize = spec.quantBlockSize ?? DEFAULT_QUANT_BLOCK_SIZE;
   const linear = (rows: number, cols: number) => linearWeightBytes(rows, cols, spec.weightFormat, blockSize);
@@ -101,6 +111,24 @@ export function segmentWeightBytes(config: ModelConfig, spec: SegmentSpec): Segm
   // The maps are fp32 MatMuls in every format (calibration fits them in fp32), and their
   // unit-RMS norm takes a gamma of ones, written once.
   const exitMaps = maps > 0 ? maps * (vector(h * h) + vector(h)) + vector(h) : 0;
+  // An exit with a map runs the map instead of its adapter.
+  let exitAdapters = 0;
+  const rotations = new Set<string>();
+  if (spec.weightFormat === "w8a8" && spec.toLayer > spec.fromLayer && downRotationBlock > 1)
+    rotations.add(`signs ${m}`).add(`block ${downRotationBlock}`);
+  for (const exit of exits) {
+    const width = exitAdapterWidths.get(exit.afterLayer);
+    if (width === undefined || exit.linearMap) continue;
+    exitAdapters += vector(h) + linear(2 * width, h) + linear(h, width);
+    // w8a8 rotates the adapter's down_proj input too; its signs and Hadamard matrix are
+    // written once per width and block, shared with the layers' where they match.
+    const block = rotationBlock(width, W8A8_ROTATION_BLOCK);
+    if (spec.weightFormat === "w8a8" && block > 1) {
+      if (!rotations.has(`signs ${width}`)) exitAdapters += vector(width);
+      if (!rotations.has(`block ${block}`)) exitAdapters += vector(block * block);
+      rotations.add(`signs ${width}`).add(`block ${block}`);
+    }
+  }
 
   return {
     embedding,
@@ -108,7 +136,8 @@ export function segmentWeightBytes(config: ModelConfig, spec: SegmentSpec): Segm
     layers,
     head,
     exitMaps,
-    total: embedding + rotary + layers + head + exitMaps,
+    exitAdapters,
+    total: embedding + rotary + layers + head + exitMaps + exitAdapters,
     readOnDemand: sharesTable ? 0 : embedding,
   };
 }

@@ -154,6 +154,34 @@ export class ReferenceModel {
     return logits;
   }
 
+  /**
+   * The exit after `afterLayer` layers: its adapter where the model has one
+   * (h + down(silu(gate(n)) · up(n)), n = RMSNorm(h)), then the final norm and LM head.
+   * hidden [count, hidden] → logits [count, vocab].
+   */
+  exitHead(hidden: Float32Array, count: number, afterLayer: number): Float32Array {
+    const adapter = this.weights.exitAdapters?.get(afterLayer);
+    if (!adapter) return this.head(hidden, count);
+    const { hiddenSize: h, rmsNormEps } = this.config;
+    if (!(hidden instanceof Float32Array) || hidden.length !== count * h)
+      throw new InvalidArgumentError(
+        "hidden",
+        `must be a Float32Array of count·hidden = ${count}·${h} values, got ${hidden?.length}`,
+      );
+    const width = adapter.gateProj.shape[0];
+    const normed = new Float32Array(count * h);
+    rmsNormRows(hidden, count, h, adapter.norm.data, rmsNormEps, normed);
+    const gate = new Float32Array(count * width);
+    const up = new Float32Array(count * width);
+    linear(normed, count, adapter.gateProj.data, h, width, gate);
+    linear(normed, count, adapter.upProj.data, h, width, up);
+    siluMultiply(gate, up, count * width);
+    const adapted = new Float32Array(count * h);
+    linear(gate, count, adapter.downProj.data, width, h, adapted);
+    for (let i = 0; i < adapted.length; i++) adapted[i] += hidden[i];
+    return this.head(adapted, count);
+  }
+
   /** Full-model logits at every position of `ids`, [ids.length, vocab], from an empty cache. */
   logits(ids: readonly number[]): Float32Array {
     const { hiddenAfterLayer } = this.forward({ ids }, 0, this.config.numLayers, this.newCache());

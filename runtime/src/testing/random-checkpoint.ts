@@ -449,3 +449,52 @@ export function sizedLlamaSpec(targetParams: number): RandomCheckpointSpec {
     tieWordEmbeddings: true,
   };
 }
+
+export interface RandomExitAdaptersSpec {
+  /** Exit layers to give an adapter; tandem.json lists them as the model's exit_layers. */
+  layers: readonly number[];
+  /** Each adapter's SwiGLU width. */
+  width: number;
+  seed: number;
+  /** @default "F32" */
+  dtype?: SafetensorsDtype;
+}
+
+/**
+ * Writes random exit adapters (checkpoint/exit-adapters.ts) beside a checkpoint written by
+ * writeRandomCheckpoint: exit-adapters.safetensors, and a tandem.json that names it with
+ * `layers` as the exits. down_proj is drawn like any linear (not zero, as training starts
+ * it), so an adapter visibly changes its exit's logits.
+ */
+export async function writeRandomExitAdapters(
+  dir: string,
+  model: RandomCheckpointSpec,
+  spec: RandomExitAdaptersSpec,
+): Promise<void> {
+  const random = new SeededRandom(spec.seed);
+  const h = model.hiddenSize;
+  const tensors: TensorToWrite[] = [];
+  for (const layer of spec.layers) {
+    const p = `exit_adapters.${layer}`;
+    tensors.push({ name: `${p}.norm.weight`, shape: [h], data: random.normal(h, 1, 0.1) });
+    for (const [name, rows, cols] of [
+      ["gate_proj", spec.width, h],
+      ["up_proj", spec.width, h],
+      ["down_proj", h, spec.width],
+    ] as const)
+      tensors.push({
+        name: `${p}.mlp.${name}.weight`,
+        shape: [rows, cols],
+        data: random.normal(rows * cols, 0, 1 / Math.sqrt(cols)),
+      });
+  }
+  await writeFile(join(dir, "exit-adapters.safetensors"), encodeSafetensors(tensors, spec.dtype ?? "F32"));
+  await writeFile(
+    join(dir, "tandem.json"),
+    JSON.stringify({
+      exit_layers: spec.layers,
+      recommended_split: Math.max(...spec.layers),
+      exit_adapters: "exit-adapters.safetensors",
+    }),
+  );
+}
