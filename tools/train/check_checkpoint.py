@@ -101,7 +101,9 @@ def softmax(x, axis=-1):
 
 
 def forward(c, w, ids, exit_layers=(), dtype=np.float32):
-    """Logits [T, vocab] after each exit layer and after the last layer: {layers_run: logits}."""
+    """Logits [T, vocab] after each exit layer and after the last layer: {layers_run: logits}.
+    An exit with an adapter in `w` (exit_adapters.K.*, from exit-adapters.safetensors) runs
+    it first: h + down(silu(gate(n)) * up(n)), n = RMSNorm(h)."""
     W = lambda name: w[name].astype(dtype)  # noqa: E731
     T = len(ids)
     h, heads, kv = c["hidden_size"], c["num_attention_heads"], c["num_key_value_heads"]
@@ -150,7 +152,12 @@ def forward(c, w, ids, exit_layers=(), dtype=np.float32):
             ffn = (silu(m @ W(f"{p}.mlp.gate_proj.weight").T) * (m @ W(f"{p}.mlp.up_proj.weight").T)) @ W(f"{p}.mlp.down_proj.weight").T
         x = x + ffn
         if i + 1 in exit_layers:
-            outputs[i + 1] = head(x)
+            a = f"exit_adapters.{i + 1}"
+            if f"{a}.norm.weight" in w:
+                n = rms_norm(x, W(f"{a}.norm.weight"), eps)
+                outputs[i + 1] = head(x + (silu(n @ W(f"{a}.mlp.gate_proj.weight").T) * (n @ W(f"{a}.mlp.up_proj.weight").T)) @ W(f"{a}.mlp.down_proj.weight").T)
+            else:
+                outputs[i + 1] = head(x)
     outputs[c["num_hidden_layers"]] = head(x)
     return outputs
 
@@ -184,6 +191,20 @@ def check(model_dir):
     expect(all(np.isfinite(a).all() for _, a in tensors.values()), "all weights finite")
     expect(all(1 <= k < c["num_hidden_layers"] for k in exits) and 1 <= deployment["recommended_split"] < c["num_hidden_layers"], f"tandem.json exits {exits}, split {deployment['recommended_split']} inside 1..{c['num_hidden_layers'] - 1}")
     weights = {n: a for n, (_, a) in tensors.items()}
+    adapters = {}
+    if "exit_adapters" in deployment:
+        adapters = read_safetensors(os.path.join(model_dir, deployment["exit_adapters"]))
+        h = c["hidden_size"]
+        layers = sorted({int(n.split(".")[1]) for n in adapters})
+        expect(all(1 <= k < c["num_hidden_layers"] for k in layers), f"{deployment['exit_adapters']}: adapters after {layers}, each an exit's layer (1..{c['num_hidden_layers'] - 1})")
+        widths = {k: adapters[f"exit_adapters.{k}.mlp.gate_proj.weight"][1].shape[0] for k in layers}
+        want = {}
+        for k in layers:
+            want.update({f"exit_adapters.{k}.norm.weight": [h], f"exit_adapters.{k}.mlp.gate_proj.weight": [widths[k], h],
+                         f"exit_adapters.{k}.mlp.up_proj.weight": [widths[k], h], f"exit_adapters.{k}.mlp.down_proj.weight": [h, widths[k]]})
+        expect({n: list(a.shape) for n, (_, a) in adapters.items()} == want, f"{deployment['exit_adapters']}: four tensors per adapter, shapes as the model's hidden size implies (widths {widths})")
+        expect(all(np.isfinite(a).all() for _, a in adapters.values()), f"{deployment['exit_adapters']}: all weights finite")
+        weights.update({n: a for n, (_, a) in adapters.items()})
 
     # 1. Against the logits written at export.
     reference = json.load(open(os.path.join(model_dir, "reference-logits.json")))
@@ -217,6 +238,8 @@ def check(model_dir):
             value.copy_(torch.from_numpy(weights[name]))
         if c["tie_word_embeddings"]:
             model.lm_head.weight = model.embed_tokens.weight
+        if adapters:
+            model.add_exit_adapters({n: torch.from_numpy(a.astype(np.float32)) for n, (_, a) in adapters.items()})
         theirs = {k: v[0].numpy() for k, v in model(torch.tensor([window[:128]]), exits).items()}
     ours = forward(c, weights, window[:128], exits)
     targets = np.asarray(window[1:129])

@@ -32,7 +32,8 @@ ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 
 def load(model_dir):
     config = json.load(open(os.path.join(model_dir, "config.json")))
-    exits = json.load(open(os.path.join(model_dir, "tandem.json")))["exit_layers"]
+    tandem = json.load(open(os.path.join(model_dir, "tandem.json")))
+    exits = tandem["exit_layers"]
     model = CausalLM(config)
     tensors = read_safetensors(os.path.join(model_dir, "model.safetensors"))
     with torch.no_grad():
@@ -40,6 +41,8 @@ def load(model_dir):
             value.copy_(tensors[name])
         if config["tie_word_embeddings"]:
             model.lm_head.weight = model.embed_tokens.weight
+    if "exit_adapters" in tandem:
+        model.add_exit_adapters(read_safetensors(os.path.join(model_dir, tandem["exit_adapters"])))
     model.eval()
     tokenizer = json.load(open(os.path.join(model_dir, "tokenizer.json"), encoding="utf-8"))["model"]
     encoder = bpe.Encoder(tokenizer["vocab"], [tuple(m.split(" ")) for m in tokenizer["merges"]])

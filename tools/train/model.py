@@ -1,7 +1,8 @@
 """Llama and Mixtral in plain PyTorch with Hugging Face transformers' exact semantics
 (RMSNorm, rotate_half RoPE, grouped-query attention, SwiGLU, Mixtral top-k routing), so a
 checkpoint written from it loads in Tandem's TypeScript runtime unchanged. Exit heads
-share the final norm and LM head: exit k reads the hidden state after k layers.
+share the final norm and LM head: exit k reads the hidden state after k layers, through
+its exit adapter first where the model has one (train_exit_adapters.py).
 """
 import math
 
@@ -99,6 +100,31 @@ class SparseMoE(nn.Module):
         return out.view(b, t, h)
 
 
+class ExitAdapter(nn.Module):
+    """A pre-norm SwiGLU block with a residual, of the exit's own: x + mlp(norm(x)). The
+    final layer never reads it, so training it moves nothing the full model computes.
+    down_proj starts at zero: an untrained adapter is the identity (the plain exit)."""
+
+    def __init__(self, hidden, intermediate, eps):
+        super().__init__()
+        self.norm = RMSNorm(hidden, eps)
+        self.mlp = MLP(hidden, intermediate)
+        for linear in (self.mlp.gate_proj, self.mlp.up_proj):
+            nn.init.normal_(linear.weight, std=0.02)
+        nn.init.zeros_(self.mlp.down_proj.weight)
+
+    def forward(self, x):
+        return x + self.mlp(self.norm(x))
+
+    def tensors(self, layer):
+        """Its tensors under the names of exit-adapters.safetensors."""
+        p = f"exit_adapters.{layer}"
+        return {
+            f"{p}.norm.weight": self.norm.weight,
+            **{f"{p}.mlp.{n}.weight": getattr(self.mlp, n).weight for n in ("gate_proj", "up_proj", "down_proj")},
+        }
+
+
 class DecoderLayer(nn.Module):
     def __init__(self, c):
         super().__init__()
@@ -127,6 +153,8 @@ class CausalLM(nn.Module):
         if c["tie_word_embeddings"]:
             self.lm_head.weight = self.embed_tokens.weight
         self.apply(self._init)
+        # exit layer (as a string) -> ExitAdapter; empty for models trained without them
+        self.exit_adapters = nn.ModuleDict()
         cos, sin = rotary_tables(c["hidden_size"] // c["num_attention_heads"], c["rope_theta"], c["max_position_embeddings"])
         self.register_buffer("cos", cos, persistent=False)
         self.register_buffer("sin", sin, persistent=False)
@@ -149,9 +177,22 @@ class CausalLM(nn.Module):
             x = layer(x, cos, sin)
             if (i + 1) in exit_layers:
                 self.exit_states[i + 1] = x
-                outputs[i + 1] = self.lm_head(self.norm(x))
+                adapter = self.exit_adapters[str(i + 1)] if str(i + 1) in self.exit_adapters else None
+                outputs[i + 1] = self.lm_head(self.norm(adapter(x) if adapter is not None else x))
         outputs[len(self.layers)] = self.lm_head(self.norm(x))
         return outputs
+
+    def add_exit_adapters(self, tensors):
+        """Exit adapters from exit-adapters.safetensors' tensors (name -> tensor)."""
+        layers = sorted({int(name.split(".")[1]) for name in tensors if name.startswith("exit_adapters.")})
+        for layer in layers:
+            gate = tensors[f"exit_adapters.{layer}.mlp.gate_proj.weight"]
+            adapter = ExitAdapter(gate.shape[1], gate.shape[0], self.config["rms_norm_eps"])
+            with torch.no_grad():
+                for name, value in adapter.tensors(layer).items():
+                    value.copy_(tensors[name])
+            self.exit_adapters[str(layer)] = adapter
+        return layers
 
     def balance_loss(self):
         losses = [l.block_sparse_moe.last_balance_loss for l in self.layers if hasattr(l, "block_sparse_moe")]
