@@ -216,7 +216,9 @@ describe("tandem inspect", () => {
     expect(stdout).toMatch(
       /^ {2}shape {9}hidden 256, 6 layers, 8 heads over 4 KV heads of 32, .*vocab 4096, tied$/m,
     );
-    expect(stdout).toMatch(/^ {2}tandem\.json {3}exits after 2, 3; recommended split 3$/m);
+    expect(stdout).toMatch(
+      /^ {2}tandem\.json {3}exits after 2, 3; recommended split 3; exit adapters: after 2 \(width 704\), after 3 \(width 704\)$/m,
+    );
     expect(stdout).toContain(
       "memory per process: estimated RSS = 1.2 × weight bytes held + KV of 1024 positions + 150 MiB",
     );

@@ -132,8 +132,9 @@ describe("the calibrations shipped with the demo model", () => {
 });
 
 describe("calibration on the demo model", () => {
-  const run = async (text: string) => {
-    const checkpoint = await loadCheckpoint(DENSE);
+  /** Calibrates split 3; `exitAdapters: false` leaves the model's exit adapters out (plain exits). */
+  const run = async (text: string, exitAdapters = true) => {
+    const checkpoint = await loadCheckpoint(DENSE, { exitAdapters });
     const tokenizer = await Tokenizer.fromFile(checkpoint.tokenizerPath!);
     return calibrate(checkpoint, tokenizer, {
       split: 3,
@@ -146,8 +147,8 @@ describe("calibration on the demo model", () => {
   const heldout = readFileSync(join(DENSE, "heldout.txt"), "utf8");
 
   it("is deterministic, a fitted linear head beats the plain exit, and thresholds hold their target on unseen text", async () => {
-    const a = await run(heldout);
-    const b = await run(heldout);
+    const a = await run(heldout, false);
+    const b = await run(heldout, false);
     expect(JSON.stringify(a.summary)).toBe(JSON.stringify(b.summary));
     expect([...a.linearMaps.keys()]).toEqual([...b.linearMaps.keys()]);
 
@@ -167,6 +168,20 @@ describe("calibration on the demo model", () => {
     }
     expect(a.summary.policies[0].test.edgeShare).toBeLessThanOrEqual(a.summary.policies[1].test.edgeShare);
     expect(evaluatePolicy([], [])).toEqual({ edgeShare: 0, agreement: 0, perExit: {} });
+  });
+
+  it("with the model's exit adapters, the exit after 3 agrees more than a fitted map and answers more at 99%", async () => {
+    const plain = await run(heldout, false);
+    const adapted = await run(heldout);
+    const exit3 = (summary: typeof plain.summary) => summary.heads.find((h) => h.afterLayer === 3)!;
+    // The adapter is the exit's own head ("plain" in a calibration of the model as shipped).
+    expect(exit3(adapted.summary).heldOutAgreement.plain).toBeGreaterThan(
+      Math.max(exit3(plain.summary).heldOutAgreement.plain, exit3(plain.summary).heldOutAgreement.linear),
+    );
+    expect(exit3(adapted.summary).head).toBe("plain");
+    const at99 = (summary: typeof plain.summary) => summary.policies.find((p) => p.targetAgreement === 0.99)!;
+    expect(at99(adapted.summary).test.edgeShare).toBeGreaterThan(at99(plain.summary).test.edgeShare);
+    expect(at99(adapted.summary).test.agreement).toBeGreaterThanOrEqual(0.99 - 0.015);
   });
 
   it("says clearly when the text is too short or a layer is out of range", async () => {

@@ -649,12 +649,12 @@ describe("the gRPC API's share of the same features", () => {
     const vocab = checkpoint.config.vocabSize;
     const prompt = (await Tokenizer.forCheckpoint(checkpoint)).encode("The list type");
     const penalties = { repetitionPenalty: 3, presencePenalty: 2, frequencyPenalty: 1.5 };
-    /** Greedy decoding of the first `layers` layers (and the shared head), penalized here, independently. */
+    /** Greedy decoding of the first `layers` layers and their exit (its adapter, then the shared head), penalized here, independently. */
     const expected = (layers: number, steps: number, p: typeof penalties | undefined) => {
       const ids = [...prompt];
       for (let step = 0; step < steps; step++) {
         const { hiddenAfterLayer } = reference.forward({ ids }, 0, layers, reference.newCache());
-        const all = reference.head(hiddenAfterLayer[hiddenAfterLayer.length - 1], ids.length);
+        const all = reference.exitHead(hiddenAfterLayer[hiddenAfterLayer.length - 1], ids.length, layers);
         const logits = Array.from(all.subarray((ids.length - 1) * vocab));
         if (p) {
           for (const id of new Set(ids))
