@@ -223,10 +223,7 @@ class TensorReader {
     return { name, shape, data: NOT_DECODED };
   }
 
-  /**
-   * The tensor, decoded to fp32 when its data is first read (its shape checked again and
-   * every value finite: readChecked), then kept by the returned object until released.
-   */
+  /** The tensor `name` of whichever file holds it, decoded on first read (lazyTensor). */
   lazy(name: string, shape: number[]): WeightTensor {
     return lazyTensor(this.fileOf(name), name, shape);
   }

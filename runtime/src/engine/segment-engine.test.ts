@@ -797,20 +797,27 @@ describe("sessions joining and leaving a KV pool (continuous batching)", () => {
   });
 });
 
+/** The exits after 2 and 3 layers at every position of PROMPT, and the reference forward's hidden states there. */
+async function exitsAfter2And3(checkpoint: Checkpoint) {
+  const sessions = await sessionsFor(checkpoint, {
+    fromLayer: 0,
+    toLayer: 3,
+    exits: [{ afterLayer: 2 }, { afterLayer: 3 }],
+    positions: "all",
+    logits: true,
+  });
+  sessions.open("s");
+  const step = await sessions.forward("s", { ids: PROMPT });
+  await sessions.model.release();
+  const reference = new ReferenceModel(checkpoint.config, checkpoint.weights);
+  const { hiddenAfterLayer } = reference.forward({ ids: PROMPT }, 0, 3, reference.newCache());
+  return { step, reference, hiddenAfterLayer };
+}
+
 describe("exit heads", () => {
   it("report top-1, its probability, the top-1/top-2 margin and the entropy of the exit's distribution", async () => {
     const checkpoint = checkpoints.get("tied embeddings, mistral")!;
-    const sessions = await sessionsFor(checkpoint, {
-      fromLayer: 0,
-      toLayer: 3,
-      exits: [{ afterLayer: 2 }, { afterLayer: 3 }],
-      positions: "all",
-      logits: true,
-    });
-    sessions.open("s");
-    const step = await sessions.forward("s", { ids: PROMPT });
-    const reference = new ReferenceModel(checkpoint.config, checkpoint.weights);
-    const { hiddenAfterLayer } = reference.forward({ ids: PROMPT }, 0, 3, reference.newCache());
+    const { step, reference, hiddenAfterLayer } = await exitsAfter2And3(checkpoint);
     const vocab = checkpoint.config.vocabSize;
     for (const exit of step.exits) {
       const expectedLogits = reference.head(hiddenAfterLayer[exit.afterLayer - 1], PROMPT.length);
@@ -874,17 +881,7 @@ describe("exit adapters (checkpoint/exit-adapters.ts)", () => {
   // The weights are those of "tied embeddings, mistral", whose plain exits "exit heads"
   // built above with this very spec: the graph cache must not hand that graph out here.
   it("run the model's adapter at each exit, before the final norm and LM head, at every position", async () => {
-    const sessions = await sessionsFor(checkpoint, {
-      fromLayer: 0,
-      toLayer: 3,
-      exits: [{ afterLayer: 2 }, { afterLayer: 3 }],
-      positions: "all",
-      logits: true,
-    });
-    sessions.open("s");
-    const step = await sessions.forward("s", { ids: PROMPT });
-    const reference = new ReferenceModel(checkpoint.config, checkpoint.weights);
-    const { hiddenAfterLayer } = reference.forward({ ids: PROMPT }, 0, 3, reference.newCache());
+    const { step, reference, hiddenAfterLayer } = await exitsAfter2And3(checkpoint);
     for (const exit of step.exits) {
       const hidden = hiddenAfterLayer[exit.afterLayer - 1];
       const adapted = reference.exitHead(hidden, PROMPT.length, exit.afterLayer);
@@ -892,7 +889,6 @@ describe("exit adapters (checkpoint/exit-adapters.ts)", () => {
       // The adapter matters: the plain head on the same state is far from it.
       expect(maxAbsDiff(adapted, reference.head(hidden, PROMPT.length))).toBeGreaterThan(0.1);
     }
-    await sessions.model.release();
   });
 
   it("leave the final head alone: the full model's logits are the checkpoint's without adapters", async () => {
