@@ -241,6 +241,11 @@ describe("tandem inspect", () => {
     expect(code).toBe(0);
     const inspection = JSON.parse(stdout) as CheckpointInspection;
     expect(inspection).toMatchObject({ family: "llama", supported: true, reasons: [], attention: "fused" });
+    expect(inspection.deployment).toEqual({
+      exitLayers: [2, 3],
+      recommendedSplit: 3,
+      exitAdapterWidths: { "2": 704, "3": 704 },
+    });
     expect(inspection.memory!.splits).toHaveLength(1);
     expect(inspection.memory!.splits[0]).toMatchObject({
       split: 5,

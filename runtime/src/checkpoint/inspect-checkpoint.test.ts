@@ -28,6 +28,7 @@ import {
   TINY_LLAMA,
   TINY_QWEN2,
   writeRandomCheckpoint,
+  writeRandomExitAdapters,
 } from "../testing/random-checkpoint.ts";
 import { REAL_MODEL_CONFIGS, type RealModelName } from "../testing/real-model-configs.ts";
 import { parseModelConfig } from "./config-parser.ts";
@@ -287,6 +288,39 @@ describe("inspectCheckpoint: random checkpoints", () => {
     expect(inspection.memory!.wholeModel[0].weightBytes).toBe(
       segmentWeightBytes(config, segmentSpec({ fromLayer: 0, toLayer: 4, finalHead: true })).total,
     );
+  });
+
+  it("exit adapters: their widths, in the edge's bytes; a broken adapters file is the reason it does not run", async () => {
+    const dir = newDir("adapters");
+    await writeRandomCheckpoint(dir, TINY_LLAMA);
+    await writeRandomExitAdapters(dir, TINY_LLAMA, { layers: [1, 2], width: 24, seed: 4 });
+    const inspection = await inspectCheckpoint(dir, { weightFormats: ["int8"], splits: [2] });
+    expect(inspection.supported).toBe(true);
+    expect(inspection.deployment).toEqual({
+      exitLayers: [1, 2],
+      recommendedSplit: 2,
+      exitAdapterWidths: { "1": 24, "2": 24 },
+    });
+    const config = parseModelConfig(JSON.parse(readFileSync(join(dir, "config.json"), "utf8")), "c");
+    const edgeSpec = edgeSegmentSpec(2, [{ afterLayer: 1 }, { afterLayer: 2 }], "int8");
+    const [{ edge, worker }] = inspection.memory!.splits;
+    expect(edge.weightBytes).toBe(
+      segmentWeightBytes(
+        config,
+        edgeSpec,
+        new Map([
+          [1, 24],
+          [2, 24],
+        ]),
+      ).total,
+    );
+    expect(edge.weightBytes).toBeGreaterThan(segmentWeightBytes(config, edgeSpec).total);
+    expect(worker.weightBytes).toBe(segmentWeightBytes(config, cloudSegmentSpec(2, 4, "int8")).total);
+
+    writeFileSync(join(dir, "exit-adapters.safetensors"), "not safetensors");
+    const broken = await inspectCheckpoint(dir, { weightFormats: ["int8"], splits: [2] });
+    expect(broken.supported).toBe(false);
+    expect(broken.reasons.join("\n")).toMatch(/exit-adapters\.safetensors: /);
   });
 });
 
