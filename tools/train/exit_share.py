@@ -30,7 +30,9 @@ from safetensors_io import read_safetensors  # noqa: E402
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 
 
-def load(model_dir):
+def load(model_dir, exit_adapters=True):
+    """The model of `model_dir` (with the exit adapters its tandem.json names, unless
+    exit_adapters is False), its config, exit layers and encoder."""
     config = json.load(open(os.path.join(model_dir, "config.json")))
     tandem = json.load(open(os.path.join(model_dir, "tandem.json")))
     exits = tandem["exit_layers"]
@@ -41,7 +43,7 @@ def load(model_dir):
             value.copy_(tensors[name])
         if config["tie_word_embeddings"]:
             model.lm_head.weight = model.embed_tokens.weight
-    if "exit_adapters" in tandem:
+    if exit_adapters and "exit_adapters" in tandem:
         model.add_exit_adapters(read_safetensors(os.path.join(model_dir, tandem["exit_adapters"])))
     model.eval()
     tokenizer = json.load(open(os.path.join(model_dir, "tokenizer.json"), encoding="utf-8"))["model"]

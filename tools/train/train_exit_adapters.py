@@ -80,7 +80,9 @@ def main():
     torch.set_num_threads(1)
 
     model_dir = os.path.abspath(args.model)
-    model, config, exits, _ = load(model_dir)
+    # Without any adapters the directory already has: building them would draw from the
+    # seeded generator, and a rerun in place would start its adapters elsewhere.
+    model, config, exits, _ = load(model_dir, exit_adapters=False)
     for p in model.parameters():
         p.requires_grad_(False)
     hidden, final_layer = config["hidden_size"], config["num_hidden_layers"]
@@ -151,12 +153,13 @@ def main():
     json.dump(stats, open(os.path.join(out_dir, "exit-adapters-stats.json"), "w"), indent=2)
     # The exits' argmax in reference-logits.json now comes through the adapters, as saved (F16).
     reference_path = os.path.join(out_dir, "reference-logits.json")
-    reference = json.load(open(reference_path))
-    model.add_exit_adapters(read_safetensors(os.path.join(out_dir, ADAPTERS_FILE)))
-    with torch.no_grad():
-        outputs = model(torch.tensor([reference["ids"]]), exits)
-    reference["exit_argmax"] = {str(k): outputs[k][0].argmax(-1).tolist() for k in exits}
-    json.dump(reference, open(reference_path, "w"))
+    if os.path.exists(reference_path):
+        reference = json.load(open(reference_path))
+        model.add_exit_adapters(read_safetensors(os.path.join(out_dir, ADAPTERS_FILE)))
+        with torch.no_grad():
+            outputs = model(torch.tensor([reference["ids"]]), exits)
+        reference["exit_argmax"] = {str(k): outputs[k][0].argmax(-1).tolist() for k in exits}
+        json.dump(reference, open(reference_path, "w"))
     log(f"trained {args.steps} steps in {wall / 60:.1f} min; wrote {os.path.join(out_dir, ADAPTERS_FILE)}")
 
 
