@@ -200,12 +200,7 @@ export async function inspectCheckpoint(
   const generationEndTokens = await attempt(() => readGenerationEndTokens(dir));
   const headers = await attempt(() => readWeightHeaders(dir));
   if (config && headers) await attempt(() => headers.check(config));
-  const deployment = deploymentFacts(dir);
-  if (config && deployment && "exitLayers" in deployment) {
-    const adaptersPath = readDeployment(dir)?.exitAdaptersPath;
-    const adapters = adaptersPath ? await attempt(() => openExitAdapters(adaptersPath, config)) : undefined;
-    if (adapters) deployment.exitAdapterWidths = Object.fromEntries(adapters.widths);
-  }
+  const deployment = await deploymentFacts(dir, config, attempt);
 
   const configEndTokens = config ? config.eosTokenId : lenientTokenIds(raw.eos_token_id, configPath);
   const inspection: CheckpointInspection = {
@@ -455,7 +450,16 @@ async function chatTemplateFacts(dir: string): Promise<ChatTemplateFacts> {
   }
 }
 
-function deploymentFacts(dir: string): CheckpointInspection["deployment"] {
+/**
+ * tandem.json's facts, read once; a malformed one is its problem here (loadCheckpoint
+ * refuses it too). Its exit adapters' file is opened with `attempt`, so one that cannot be
+ * loaded is a reason the model does not run.
+ */
+async function deploymentFacts(
+  dir: string,
+  config: ModelConfig | undefined,
+  attempt: <T>(read: () => T | Promise<T>) => Promise<T | undefined>,
+): Promise<CheckpointInspection["deployment"]> {
   let deployment: Deployment | undefined;
   try {
     deployment = readDeployment(dir);
@@ -463,5 +467,13 @@ function deploymentFacts(dir: string): CheckpointInspection["deployment"] {
     if (!(error instanceof TandemError)) throw error;
     return { problem: error.message };
   }
-  return deployment && { exitLayers: deployment.exitLayers, recommendedSplit: deployment.recommendedSplit };
+  if (!deployment) return undefined;
+  const facts: NonNullable<CheckpointInspection["deployment"]> & { exitLayers: number[] } = {
+    exitLayers: deployment.exitLayers,
+    recommendedSplit: deployment.recommendedSplit,
+  };
+  const path = deployment.exitAdaptersPath;
+  const adapters = config && path ? await attempt(() => openExitAdapters(path, config)) : undefined;
+  if (adapters) facts.exitAdapterWidths = Object.fromEntries(adapters.widths);
+  return facts;
 }
