@@ -7,7 +7,9 @@
  * split the model ships a calibration for (its exit layers) for the edge share at 99%
  * agreement by split. Writes bench/results/exits.png. "Plain" exits are the model's own:
  * its exit adapters where it has them (checkpoint/exit-adapters.ts); the recommended split
- * is calibrated once more without them, on the same weights, for the adapters' A/B.
+ * is calibrated once more without them, on the same weights, for the adapters' A/B. The
+ * calibrated policy picks its metric; `by_metric` gives each metric's share on the same
+ * heads and test split, for the learned confidence's A/B against the signals' own.
  * Usage: tandem bench exits [--smoke]
  */
 import { readFileSync } from "node:fs";
@@ -15,6 +17,8 @@ import { join } from "node:path";
 import { formatProgress } from "@tandem/common";
 import {
   calibrate,
+  CONFIDENCE_METRICS,
+  EXIT_METRICS,
   type Calibration,
   type CalibratedPolicy,
   type CurvePoint,
@@ -84,6 +88,18 @@ export default async function exitsBenchmark(options: BenchOptions<"exits">): Pr
         )
       ).summary
     : undefined;
+  // Each metric on the calibrated heads and all exits, thresholds from the tuning split.
+  const byMetric = (target: number) =>
+    Object.fromEntries(
+      summary.curve
+        .filter(
+          (p) =>
+            p.heads === "calibrated" &&
+            p.exits.length === summary.exitLayers.length &&
+            p.targetAgreement === target,
+        )
+        .map((p) => [p.metric, { edge_share: p.edgeShare, agreement: p.agreement }]),
+    );
   const describe = (p: CalibratedPolicy) => ({
     edge_share: p.test.edgeShare,
     agreement: p.test.agreement,
@@ -100,6 +116,7 @@ export default async function exitsBenchmark(options: BenchOptions<"exits">): Pr
     edge_share_at_99pct_agreement: {
       before: at(summary.plainPolicies, 0.99).test.edgeShare,
       after: at(summary.policies, 0.99).test.edgeShare,
+      by_metric: byMetric(0.99),
     },
     // Per shipped split: the calibrated policies (`after`) and the plain heads' (`before`).
     edge_share_at_99pct_agreement_by_split: bySplit,
@@ -112,6 +129,7 @@ export default async function exitsBenchmark(options: BenchOptions<"exits">): Pr
     edge_share_at_95pct_agreement: {
       before: at(summary.plainPolicies, 0.95).test.edgeShare,
       after: at(summary.policies, 0.95).test.edgeShare,
+      by_metric: byMetric(0.95),
     },
     policy_99: {
       before: describe(at(summary.plainPolicies, 0.99)),
@@ -128,7 +146,12 @@ export default async function exitsBenchmark(options: BenchOptions<"exits">): Pr
   };
 }
 
-const COLORS: Record<string, string> = { prob: "#1f77b4", margin: "#2ca02c", entropy: "#d62728" };
+const COLORS: Record<string, string> = {
+  prob: "#1f77b4",
+  margin: "#2ca02c",
+  entropy: "#d62728",
+  learned: "#ff7f0e",
+};
 
 /** Two panels: all exits together, and each exit alone (max-probability metric). */
 async function plotCurves(curve: CurvePoint[], exitLayers: number[], path: string): Promise<boolean> {
@@ -144,7 +167,7 @@ async function plotCurves(curve: CurvePoint[], exitLayers: number[], path: strin
     {
       title: `exits after ${exitLayers.join(" and ")} layers together`,
       series: (["plain", "calibrated"] as const).flatMap((heads) =>
-        (["prob", "margin", "entropy"] as const).map((metric) => ({
+        (heads === "plain" ? CONFIDENCE_METRICS : EXIT_METRICS).map((metric) => ({
           label: `${metric}, ${heads === "plain" ? "plain heads" : "calibrated"}`,
           color: COLORS[metric],
           dashed: heads === "plain",

@@ -25,6 +25,7 @@ import {
   warnUnlessFreedMemoryReturned,
   HostRoutedMoeModel,
   loadCheckpoint,
+  calibratedExitPolicy,
   policyForTarget,
   readCalibration,
   readDeployment,
@@ -116,10 +117,10 @@ export async function startEdgeAgent(
   let draftPolicy: (() => ExitPolicy) | undefined;
   if (calibration) {
     exits = calibratedExitHeads(calibration);
-    const thresholds = policyForTarget(calibration, config.target).thresholds;
-    thresholdPolicy = () => new ThresholdExitPolicy(thresholds);
-    const draftThresholds = policyForTarget(calibration, config.draftTarget).thresholds;
-    draftPolicy = () => new ThresholdExitPolicy(draftThresholds);
+    const calibrated = policyForTarget(calibration, config.target);
+    thresholdPolicy = () => calibratedExitPolicy(calibration, calibrated);
+    const draft = policyForTarget(calibration, config.draftTarget);
+    draftPolicy = () => calibratedExitPolicy(calibration, draft);
   } else {
     const layersList = config.exitLayers ?? deployment?.exitLayers ?? [split];
     for (const l of layersList)

@@ -55,7 +55,10 @@ export const EDGE_CONFIG_SCHEMA = z
     metric: z
       .enum(CONFIDENCE_METRICS)
       .default("prob")
-      .meta({ description: "confidence metric without a calibration" }),
+      .meta({
+        description:
+          "confidence metric without a calibration (a calibration brings its own, which may be its learned confidence)",
+      }),
     threshold: z.number().default(0.9).meta({
       description: "confidence threshold without a calibration (rolling-entropy: the largest mean entropy)",
     }),

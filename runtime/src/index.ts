@@ -92,16 +92,26 @@ export {
   AlwaysExitPolicy,
   BudgetExitPolicy,
   CONFIDENCE_METRICS,
+  EXIT_METRICS,
   RollingEntropyPolicy,
   ThresholdExitPolicy,
   type ConfidenceMetric,
+  type ExitMetric,
   type ExitPolicy,
   type ExitSignal,
   type ExitThreshold,
 } from "./exits/exit-policy.ts";
+export {
+  confidenceFeatureNames,
+  confidenceFeatures,
+  learnedConfidence,
+  type ConfidenceModel,
+} from "./exits/confidence-model.ts";
 export { calibrate, type CalibrateOptions } from "./calibration/calibrate.ts";
+export { fitLogistic, type LogisticFit, type LogisticOptions } from "./calibration/logistic-regression.ts";
 export {
   calibratedExitHeads,
+  calibratedExitPolicy,
   checkCalibrationMatches,
   policyForTarget,
   readCalibration,

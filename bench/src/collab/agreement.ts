@@ -13,7 +13,7 @@ import {
   SegmentModel,
   SegmentSessions,
   segmentSpec,
-  ThresholdExitPolicy,
+  calibratedExitPolicy,
 } from "@tandem/runtime";
 import type { Context } from "./collab-context.ts";
 
@@ -42,6 +42,7 @@ export async function agreementSweep(ctx: Context) {
   );
   const policies = calibration.summary.policies;
   const perPolicy = policies.map(() => ({ local: 0, agree: 0 }));
+  const exitPolicies = policies.map((policy) => calibratedExitPolicy(calibration, policy));
   const codecAgree = Object.fromEntries(CODEC_NAMES.map((codec) => [codec, 0])) as Record<CodecName, number>;
   let positions = 0;
   for (const window of ctx.windows) {
@@ -68,7 +69,7 @@ export async function agreementSweep(ctx: Context) {
         entropy: e.entropy[p],
       }));
       policies.forEach((policy, i) => {
-        const exit = new ThresholdExitPolicy(policy.thresholds).decide(signals).exit;
+        const exit = exitPolicies[i].decide(signals).exit;
         const token = exit ? exit.token : full[p];
         if (exit) perPolicy[i].local++;
         if (token === full[p]) perPolicy[i].agree++;

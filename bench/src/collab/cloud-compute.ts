@@ -14,7 +14,7 @@ import {
   LocalUpperSegment,
   type SegmentSessions,
   SplitGenerator,
-  ThresholdExitPolicy,
+  calibratedExitPolicy,
   type UpperAnswer,
   type UpperFrame,
   type UpperSegment,
@@ -98,7 +98,7 @@ export async function cloudCompute(ctx: Context, maxTokens: number) {
     ...ctx.calibration.summary.policies.map((p) => ({
       policy: `calibrated ${p.targetAgreement}`,
       target: p.targetAgreement,
-      make: () => new ThresholdExitPolicy(p.thresholds),
+      make: () => calibratedExitPolicy(ctx.calibration, p),
     })),
     {
       policy: "cloud-only through the edge (every token escalated)",

@@ -20,7 +20,7 @@ import {
   LocalUpperSegment,
   policyForTarget,
   SplitGenerator,
-  ThresholdExitPolicy,
+  calibratedExitPolicy,
   type VerifyMode,
 } from "@tandem/runtime";
 import { generate, startProgram } from "@tandem/testkit";
@@ -53,7 +53,7 @@ async function inProcess(ctx: Context, maxTokens: number) {
   const { checkpoint, calibration, split } = ctx;
   const whole = await loadLocalSplit(checkpoint);
   const local = await loadLocalSplit(checkpoint, { split, exits: calibratedExitHeads(calibration) });
-  const thresholds = policyForTarget(calibration, DRAFT_TARGET).thresholds;
+  const draftPolicy = policyForTarget(calibration, DRAFT_TARGET);
   try {
     const cloudOnly: number[][] = [];
     const runs = new Map<
@@ -75,7 +75,11 @@ async function inProcess(ctx: Context, maxTokens: number) {
       cloudOnly.push(tokens);
       for (const verify of VERIFIED) {
         const recording = new RecordingUpper(new LocalUpperSegment(local.upper!, `${verify}-${i}`));
-        const generator = new SplitGenerator(local.lower, recording, new ThresholdExitPolicy(thresholds));
+        const generator = new SplitGenerator(
+          local.lower,
+          recording,
+          calibratedExitPolicy(calibration, draftPolicy),
+        );
         const items: GenerationItem[] = [];
         for await (const item of generator.generate(prompt, { maxTokens, verify })) items.push(item);
         await recording.close();

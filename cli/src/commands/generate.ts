@@ -17,6 +17,7 @@ import {
   checkCalibrationMatches,
   loadCheckpoint,
   loadLocalSplit,
+  calibratedExitPolicy,
   policyForTarget,
   readCalibration,
 } from "@tandem/runtime";
@@ -104,7 +105,7 @@ export async function runGenerate(
     const upper = local.upper && new LocalUpperSegment(local.upper, "generate");
     // Without a confident exit the deepest answer wins: the cloud's, or the final head's.
     const policy = calibration
-      ? new ThresholdExitPolicy(policyForTarget(calibration, request.target).thresholds)
+      ? calibratedExitPolicy(calibration, policyForTarget(calibration, request.target))
       : request.exitLayers.length > 0
         ? ThresholdExitPolicy.uniform(request.exitLayers, request.metric, request.threshold)
         : new AlwaysExitPolicy();

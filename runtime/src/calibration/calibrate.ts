@@ -5,24 +5,30 @@
  *   2. per exit, fit a ridge map from its hidden state to the last layer's (fit split);
  *   3. keep the map where it agrees with the full model more often than the plain exit
  *      (tuning split);
- *   4. per target agreement, choose the metric and thresholds that answer the most tokens
- *      at the exits (tuning split), and measure them on text neither step saw (test split).
+ *   4. per exit, fit a confidence model (logistic regression on the exits' signals) to
+ *      whether the chosen head's token is the full model's (fit split);
+ *   5. per target agreement, choose the metric (a signal's own, or the learned confidence)
+ *      and thresholds that answer the most tokens at the exits (tuning split), and measure
+ *      them on text neither step saw (test split).
  * Windows are assigned round-robin: 3 of every 5 to fit, 1 to tune, 1 to test.
  */
 import type { Checkpoint } from "../checkpoint/model-weights.ts";
 import { SegmentModel } from "../engine/segment-model.ts";
 import { SegmentSessions, type SegmentStep } from "../engine/segment-sessions.ts";
 import { InvalidArgumentError, type ProgressListener } from "@tandem/common";
-import type { ExitSignal } from "../exits/exit-policy.ts";
+import { EXIT_METRICS, type ExitMetric, type ExitSignal } from "../exits/exit-policy.ts";
+import { previousExitLayer, withLearnedConfidence } from "../exits/confidence-model.ts";
 import { segmentSpec } from "../graph/segment-spec.ts";
 import type { Tokenizer } from "../tokenizer/tokenizer.ts";
 import {
   CALIBRATION_VERSION,
+  type CalibratedConfidenceModel,
   type CalibratedPolicy,
   type Calibration,
   type CurvePoint,
   type ExitHeadChoice,
 } from "./calibration-file.ts";
+import { fitConfidenceModel } from "./fit-confidence-model.ts";
 import { RidgeAccumulator } from "./ridge-regression.ts";
 import { evaluatePolicy, METRICS, searchThresholds, type PositionRecord } from "./threshold-search.ts";
 
@@ -161,7 +167,8 @@ export async function calibrate(
     linearMaps.set(layer, map);
   }
 
-  // Pass 2: the exits with linear maps, on the held-out windows only.
+  // Pass 2: the exits with linear maps, on every window: the held-out ones to choose and
+  // measure, the fit ones for the confidence models of exits that keep their map.
   const mapped = await SegmentModel.load(
     checkpoint,
     segmentSpec({
@@ -172,12 +179,11 @@ export async function calibrate(
     }),
     options,
   );
-  const linear: Record<"tune" | "test", PositionRecord[]> = { tune: [], test: [] };
+  const linear: Record<SplitName, PositionRecord[]> = { fit: [], tune: [], test: [] };
   try {
     const sessions = new SegmentSessions(mapped);
     for (const [w, window] of windows.entries()) {
       const split = splitOf(w);
-      if (split === "fit") continue;
       sessions.open("calibration");
       const step = await sessions.forward("calibration", { ids: window });
       sessions.release("calibration");
@@ -185,7 +191,7 @@ export async function calibrate(
       const finals = plain[split].slice(offset, offset + window.length).map((r) => r.finalToken);
       linear[split].push(...records(step, exitLayers, finals));
       if ((w + 1) % 50 === 0 || w + 1 === windows.length)
-        progress({ phase: "held-out windows with maps", done: w + 1, total: windows.length });
+        progress({ phase: "exits with maps", done: w + 1, total: windows.length });
     }
   } finally {
     await mapped.release();
@@ -219,17 +225,34 @@ export async function calibrate(
     return choice;
   });
   for (const head of heads) if (head.head === "plain") linearMaps.delete(head.afterLayer);
+  // The maps were fitted on the fit split, so there their exits look a little better than
+  // on text they never saw; the thresholds, chosen on the tuning split, absorb that level.
+  const fitRecords = combine(plain.fit, linear.fit, heads);
+  const confidence = exitLayers.map((layer, i): CalibratedConfidenceModel => {
+    const previousLayer = previousExitLayer(layer, exitLayers);
+    const { logLoss, iterations, ...model } = fitConfidenceModel(fitRecords, layer, previousLayer);
+    progress({
+      phase: "fit confidence models",
+      done: i + 1,
+      total: exitLayers.length,
+      note: `exit after ${layer}${previousLayer === undefined ? "" : ` (reading the exit after ${previousLayer})`}: log-loss ${logLoss.toFixed(3)} on ${model.fitPositions} positions, ${iterations} Newton steps`,
+    });
+    return model;
+  });
+  const scored = (records: PositionRecord[]) =>
+    records.map((r) => ({ ...r, exits: withLearnedConfidence(r.exits, confidence) }));
   const calibrated = {
-    tune: combine(plain.tune, linear.tune, heads),
-    test: combine(plain.test, linear.test, heads),
+    tune: scored(combine(plain.tune, linear.tune, heads)),
+    test: scored(combine(plain.test, linear.test, heads)),
   };
 
   const choose = (
     sets: { tune: PositionRecord[]; test: PositionRecord[] },
     target: number,
+    metrics: readonly ExitMetric[],
   ): CalibratedPolicy => {
     let best: CalibratedPolicy | undefined;
-    for (const metric of METRICS) {
+    for (const metric of metrics) {
       const { rules, outcome } = searchThresholds(sets.tune, exitLayers, metric, target);
       if (!best || outcome.edgeShare > best.tune.edgeShare) {
         const test = evaluatePolicy(sets.test, rules);
@@ -244,8 +267,8 @@ export async function calibrate(
     }
     return best!;
   };
-  const policies = targets.map((t) => choose(calibrated, t));
-  const plainPolicies = targets.map((t) => choose({ tune: plain.tune, test: plain.test }, t));
+  const policies = targets.map((t) => choose(calibrated, t, EXIT_METRICS));
+  const plainPolicies = targets.map((t) => choose({ tune: plain.tune, test: plain.test }, t, METRICS));
   for (const [i, p] of policies.entries()) {
     progress({
       phase: "choose thresholds",
@@ -255,7 +278,8 @@ export async function calibrate(
     });
   }
 
-  // The curve: each exit alone and all exits together, plain and calibrated heads, every metric.
+  // The curve: each exit alone and all exits together, plain and calibrated heads, every
+  // metric (the learned one with the calibrated heads, whose signals it was fitted on).
   const exitSets = exitLayers.length > 1 ? [...exitLayers.map((l) => [l]), exitLayers] : [exitLayers];
   const curve: CurvePoint[] = [];
   for (const [heads, sets] of [
@@ -263,7 +287,7 @@ export async function calibrate(
     ["calibrated", calibrated],
   ] as const) {
     for (const exits of exitSets) {
-      for (const metric of METRICS) {
+      for (const metric of heads === "plain" ? METRICS : EXIT_METRICS) {
         for (const target of CURVE_TARGETS) {
           const { rules } = searchThresholds(sets.tune, exits, metric, target);
           const outcome = evaluatePolicy(sets.test, rules);
@@ -294,6 +318,7 @@ export async function calibrate(
       heads,
       policies,
       plainPolicies,
+      confidence,
       curve,
       text: {
         tokens: windowCount * windowTokens,

@@ -8,6 +8,7 @@ import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { CheckpointError, InvalidArgumentError, TensorMismatchError } from "@tandem/common";
 import type { Checkpoint } from "../checkpoint/model-weights.ts";
+import type { ConfidenceModel } from "../exits/confidence-model.ts";
 import { writeSafetensors } from "../checkpoint/safetensors.ts";
 import {
   CALIBRATION_METADATA_KEY,
@@ -59,10 +60,67 @@ describe("reading a calibration file", () => {
     );
     await expect(
       readChanged("bad-metric", (s) => ((s.policies as { metric: string }[])[0].metric = "loudness")),
-    ).rejects.toThrow(/calibration\.policies\[0\]\.metric: must be one of prob, margin, entropy/);
+    ).rejects.toThrow(/calibration\.policies\[0\]\.metric: must be one of prob, margin, entropy, learned/);
     await expect(readChanged("no-policies", (s) => (s.policies = []))).rejects.toBeInstanceOf(
       CheckpointError,
     );
+  });
+
+  it("holds a confidence model per exit, each reading the exit before it, used by its learned thresholds", () => {
+    const { confidence, exitLayers, policies } = shipped.summary;
+    expect(confidence?.map((m) => [m.afterLayer, m.previousLayer])).toEqual(
+      exitLayers.map((layer, i) => [layer, exitLayers[i - 1]]),
+    );
+    expect(policies.some((p) => p.metric === "learned")).toBe(true);
+  });
+
+  it("refuses a confidence model that this runtime would score differently, or a learned rule without one", async () => {
+    const models = (s: Record<string, unknown>) => s.confidence as ConfidenceModel[];
+    const cases: [string, (s: Record<string, unknown>) => void, RegExp][] = [
+      [
+        "model-off-exit",
+        (s) => (models(s)[0].afterLayer = 1),
+        /confidence\[0\]\.afterLayer: 1 is not one of the exit layers/,
+      ],
+      [
+        "model-twice",
+        (s) => (models(s)[1].afterLayer = models(s)[0].afterLayer),
+        /confidence\[1\]\.afterLayer: a second model/,
+      ],
+      [
+        "wrong-previous",
+        (s) => delete models(s)[1].previousLayer,
+        /confidence\[1\]\.previousLayer: must be 3 .*got absent/,
+      ],
+      [
+        "renamed-feature",
+        (s) => (models(s)[0].features[0] = "loudness"),
+        /confidence\[0\]\.features: must be \[prob, margin/,
+      ],
+      [
+        "short-weights",
+        (s) => models(s)[0].weights.pop(),
+        /confidence\[0\]\.weights: has 19 entries for 20 terms \(5 features and their products\)/,
+      ],
+      ["short-mean", (s) => models(s)[0].mean.pop(), /confidence\[0\]\.mean: has 4 entries for 5 features/],
+      ["zero-scale", (s) => (models(s)[0].scale[1] = 0), /confidence\[0\]\.scale: must be positive/],
+      [
+        "no-models",
+        (s) => delete s.confidence,
+        /policies\[\d\]\.thresholds\[\d\]\.metric: "learned" without a confidence model/,
+      ],
+      [
+        "learned-plain",
+        (s) =>
+          ((s.plainPolicies as { thresholds: { metric: string }[] }[])[0].thresholds[0].metric = "learned"),
+        /plainPolicies\[0\]\.thresholds\[0\]\.metric: "learned" is for the calibrated heads only/,
+      ],
+    ];
+    for (const [name, change, message] of cases) {
+      const reading = readChanged(name, change);
+      await expect(reading, name).rejects.toBeInstanceOf(CheckpointError);
+      await expect(reading, name).rejects.toThrow(message);
+    }
   });
 
   it("refuses an exit past the split and a split with no layer left to the cloud", async () => {

@@ -10,7 +10,13 @@ import { access, stat } from "node:fs/promises";
 import { dirname, resolve } from "node:path";
 import { z } from "zod";
 import { CheckpointError, InvalidArgumentError, parseOrThrow } from "@tandem/common";
-import { CONFIDENCE_METRICS } from "../exits/exit-policy.ts";
+import { EXIT_METRICS, ThresholdExitPolicy } from "../exits/exit-policy.ts";
+import {
+  confidenceFeatureNames,
+  previousExitLayer,
+  quadraticTermCount,
+  type ConfidenceModel,
+} from "../exits/confidence-model.ts";
 import type { ExitHeadSpec } from "../graph/segment-spec.ts";
 import { SafetensorsFile, writeSafetensors, type TensorToWrite } from "../checkpoint/safetensors.ts";
 import type { Checkpoint } from "../checkpoint/model-weights.ts";
@@ -19,7 +25,7 @@ export const CALIBRATION_METADATA_KEY = "tandem.calibration";
 export const CALIBRATION_VERSION = 1;
 
 const SHARE = z.number().min(0).max(1);
-const METRIC = z.enum(CONFIDENCE_METRICS);
+const METRIC = z.enum(EXIT_METRICS);
 const LAYER = z.int().min(1);
 
 const EXIT_HEAD_CHOICE_SCHEMA = z.object({
@@ -29,6 +35,23 @@ const EXIT_HEAD_CHOICE_SCHEMA = z.object({
   heldOutAgreement: z.object({ plain: SHARE, linear: SHARE }),
   /** Share of tokens each head answers alone at the strictest target (tuning split): the choice. */
   tuneEdgeShare: z.object({ plain: SHARE, linear: SHARE }),
+});
+
+/**
+ * An exit's confidence model (exits/confidence-model.ts): `features` standardised by `mean`
+ * and `scale`, `weights` on them and their pairwise products.
+ */
+const CONFIDENCE_MODEL_SCHEMA = z.object({
+  afterLayer: LAYER,
+  previousLayer: LAYER.optional(),
+  features: z.array(z.string()),
+  mean: z.array(z.number()),
+  scale: z.array(z.number()),
+  weights: z.array(z.number()),
+  bias: z.number(),
+  /** Positions it was fitted on (fit split) and the share of them where the exit agreed. */
+  fitPositions: z.int().min(0),
+  fitAgreement: SHARE,
 });
 
 const CALIBRATED_POLICY_SCHEMA = z.object({
@@ -70,8 +93,13 @@ const CALIBRATION_SUMMARY_SCHEMA = z.object({
   heads: z.array(EXIT_HEAD_CHOICE_SCHEMA),
   /** Policies with the calibrated heads, one per target agreement. */
   policies: z.array(CALIBRATED_POLICY_SCHEMA).min(1),
-  /** The same with plain heads (final norm + LM head), for comparison. */
+  /** The same with plain heads (final norm + LM head) and the signals' own metrics, for comparison. */
   plainPolicies: z.array(CALIBRATED_POLICY_SCHEMA),
+  /**
+   * A confidence model per exit of the calibrated heads, for the `learned` metric (absent
+   * in files from before it; their policies use the signals' own metrics).
+   */
+  confidence: z.array(CONFIDENCE_MODEL_SCHEMA).optional(),
   curve: z.array(CURVE_POINT_SCHEMA),
   text: z.object({
     tokens: z.int().min(0),
@@ -92,6 +120,7 @@ const CALIBRATION_SUMMARY_SCHEMA = z.object({
 export type ExitHeadChoice = z.output<typeof EXIT_HEAD_CHOICE_SCHEMA>;
 export type CalibratedPolicy = z.output<typeof CALIBRATED_POLICY_SCHEMA>;
 export type CurvePoint = z.output<typeof CURVE_POINT_SCHEMA>;
+export type CalibratedConfidenceModel = z.output<typeof CONFIDENCE_MODEL_SCHEMA>;
 export type CalibrationSummary = z.output<typeof CALIBRATION_SUMMARY_SCHEMA>;
 
 export interface Calibration {
@@ -164,6 +193,7 @@ export async function readCalibration(path: string): Promise<Calibration> {
     if (layer > split)
       throw new CheckpointError(path, `calibration: exit layer ${layer} is past the split ${split}`);
   checkRulesUseExits(summary, path);
+  checkConfidenceModels(summary, path);
   const linearMaps = new Map<number, { weight: Float32Array; bias: Float32Array }>();
   for (const head of summary.heads) {
     if (head.head !== "linear") continue;
@@ -202,6 +232,65 @@ function checkRulesUseExits(summary: CalibrationSummary, path: string): void {
   );
 }
 
+/**
+ * Each confidence model sits at an exit, reads the exit before it (the one the policy will
+ * hand it), has the features this runtime computes and a finite weight for each; every
+ * `learned` rule has a model. A model that fails would score every position of its exit.
+ */
+function checkConfidenceModels(summary: CalibrationSummary, path: string): void {
+  const models = summary.confidence ?? [];
+  const fail = (field: string, why: string) => {
+    throw new CheckpointError(path, `calibration.${field}: ${why}`);
+  };
+  models.forEach((model, i) => {
+    const field = `confidence[${i}]`;
+    if (!summary.exitLayers.includes(model.afterLayer))
+      fail(
+        `${field}.afterLayer`,
+        `${model.afterLayer} is not one of the exit layers [${summary.exitLayers.join(", ")}]`,
+      );
+    if (models.findIndex((m) => m.afterLayer === model.afterLayer) !== i)
+      fail(`${field}.afterLayer`, `a second model for the exit after ${model.afterLayer}`);
+    const previous = previousExitLayer(model.afterLayer, summary.exitLayers);
+    if (model.previousLayer !== previous)
+      fail(
+        `${field}.previousLayer`,
+        `must be ${previous ?? "absent"} (the exit before ${model.afterLayer}), got ${model.previousLayer ?? "absent"}`,
+      );
+    const expected = confidenceFeatureNames(previous !== undefined);
+    if (model.features.join(",") !== expected.join(","))
+      fail(`${field}.features`, `must be [${expected.join(", ")}], got [${model.features.join(", ")}]`);
+    for (const key of ["mean", "scale"] as const)
+      if (model[key].length !== expected.length)
+        fail(`${field}.${key}`, `has ${model[key].length} entries for ${expected.length} features`);
+    if (!model.scale.every((s) => s > 0)) fail(`${field}.scale`, "must be positive");
+    const terms = quadraticTermCount(expected.length);
+    if (model.weights.length !== terms)
+      fail(
+        `${field}.weights`,
+        `has ${model.weights.length} entries for ${terms} terms (${expected.length} features and their products)`,
+      );
+    if (![...model.weights, ...model.mean, ...model.scale, model.bias].every(Number.isFinite))
+      fail(field, "holds a number that is not finite");
+  });
+  summary.policies.forEach((policy, p) =>
+    policy.thresholds.forEach((rule, t) => {
+      if (rule.metric === "learned" && !models.some((m) => m.afterLayer === rule.afterLayer))
+        fail(
+          `policies[${p}].thresholds[${t}].metric`,
+          `"learned" without a confidence model for the exit after ${rule.afterLayer}`,
+        );
+    }),
+  );
+  // The models were fitted on the calibrated heads' signals, not the plain heads'.
+  summary.plainPolicies.forEach((policy, p) =>
+    policy.thresholds.forEach((rule, t) => {
+      if (rule.metric === "learned")
+        fail(`plainPolicies[${p}].thresholds[${t}].metric`, `"learned" is for the calibrated heads only`);
+    }),
+  );
+}
+
 /** Checks a calibration against the checkpoint it is used with; throws naming the mismatch. */
 export function checkCalibrationMatches(
   calibration: Calibration,
@@ -236,6 +325,15 @@ export function calibratedExitHeads(calibration: Calibration): ExitHeadSpec[] {
 
 /** The agreement target whose thresholds a deployment uses unless told otherwise. */
 export const DEFAULT_AGREEMENT_TARGET = 0.99;
+
+/** The exit policy of a calibrated policy: its thresholds, with the calibration's confidence models. */
+export function calibratedExitPolicy(
+  calibration: Calibration,
+  policy: CalibratedPolicy,
+): ThresholdExitPolicy {
+  const models: ConfidenceModel[] = calibration.summary.confidence ?? [];
+  return new ThresholdExitPolicy(policy.thresholds, models);
+}
 
 /** The policy for a target agreement: the one with the nearest target at or above it. */
 export function policyForTarget(calibration: Calibration, targetAgreement: number): CalibratedPolicy {

@@ -4,6 +4,7 @@
  * layer's. The normal equations are accumulated in float64 and solved by Cholesky.
  */
 import { InvalidArgumentError } from "@tandem/common";
+import { choleskyInPlace, choleskySolveInPlace } from "../numeric/cholesky.ts";
 
 export class RidgeAccumulator {
   /** [dim+1]² Gram matrix of [x, 1]. */
@@ -66,7 +67,7 @@ export class RidgeAccumulator {
     // A tiny jitter on the bias diagonal keeps the factorisation positive definite.
     a[d * n + d] += 1e-9 * (trace / d + 1);
 
-    choleskyInPlace(a, n);
+    choleskyInPlace(a, n, "the hidden states are degenerate");
     const weight = new Float32Array(d * d);
     const bias = new Float32Array(d);
     const column = new Float64Array(n);
@@ -77,38 +78,5 @@ export class RidgeAccumulator {
       bias[j] = column[d];
     }
     return { weight, bias };
-  }
-}
-
-/** Lower-triangular L with A = L·Lᵀ, written over the lower triangle of `a`. */
-function choleskyInPlace(a: Float64Array, n: number): void {
-  for (let j = 0; j < n; j++) {
-    let diagonal = a[j * n + j];
-    for (let k = 0; k < j; k++) diagonal -= a[j * n + k] * a[j * n + k];
-    if (!(diagonal > 0))
-      throw new InvalidArgumentError(
-        "rows",
-        "the hidden states are degenerate (matrix not positive definite)",
-      );
-    const root = Math.sqrt(diagonal);
-    a[j * n + j] = root;
-    for (let i = j + 1; i < n; i++) {
-      let sum = a[i * n + j];
-      for (let k = 0; k < j; k++) sum -= a[i * n + k] * a[j * n + k];
-      a[i * n + j] = sum / root;
-    }
-  }
-}
-
-function choleskySolveInPlace(l: Float64Array, n: number, b: Float64Array): void {
-  for (let i = 0; i < n; i++) {
-    let sum = b[i];
-    for (let k = 0; k < i; k++) sum -= l[i * n + k] * b[k];
-    b[i] = sum / l[i * n + i];
-  }
-  for (let i = n - 1; i >= 0; i--) {
-    let sum = b[i];
-    for (let k = i + 1; k < n; k++) sum -= l[k * n + i] * b[k];
-    b[i] = sum / l[i * n + i];
   }
 }

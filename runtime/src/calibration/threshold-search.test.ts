@@ -1,4 +1,6 @@
 import { describe, expect, it } from "vitest";
+import { withLearnedConfidence } from "../exits/confidence-model.ts";
+import { fitConfidenceModel } from "./fit-confidence-model.ts";
 import { evaluatePolicy, searchThresholds, type PositionRecord } from "./threshold-search.ts";
 
 /** Records where exit confidence predicts correctness: correct when prob > 0.5 + noise. */
@@ -59,5 +61,30 @@ describe("threshold search", () => {
     const { outcome } = searchThresholds(records, [2, 3], "prob", 1);
     expect(outcome.edgeShare).toBe(0);
     expect(outcome.agreement).toBe(1);
+  });
+
+  it("with the learned metric, answers what no single signal can tell apart", () => {
+    // The exit after 3 is right exactly when the exit after 2 said the same token, and its
+    // own probability says nothing about it: only a model reading both exits can rank.
+    let state = 5;
+    const uniform = () => ((state = (state * 1664525 + 1013904223) >>> 0) + 0.5) / 2 ** 32;
+    const records: PositionRecord[] = Array.from({ length: 3000 }, () => {
+      const agree = uniform() < 0.6;
+      const prob = 0.3 + 0.6 * uniform();
+      return {
+        finalToken: 1,
+        exits: [
+          { afterLayer: 2, token: agree ? 1 : 2, prob: uniform(), margin: 0.1, entropy: 1 },
+          { afterLayer: 3, token: agree ? 1 : 3, prob, margin: prob / 2, entropy: 2 - prob },
+        ],
+      };
+    });
+    const model = fitConfidenceModel(records, 3, 2);
+    const scored = records.map((r) => ({ ...r, exits: withLearnedConfidence(r.exits, [model]) }));
+    const learned = searchThresholds(scored, [3], "learned", 0.99).outcome;
+    expect(learned.agreement).toBeGreaterThanOrEqual(0.99);
+    expect(learned.edgeShare).toBeGreaterThan(0.6);
+    for (const metric of ["prob", "margin", "entropy"] as const)
+      expect(searchThresholds(scored, [3], metric, 0.99).outcome.edgeShare).toBeLessThan(0.2);
   });
 });

@@ -8,7 +8,7 @@
 import {
   CONFIDENCE_METRICS,
   isConfident,
-  type ConfidenceMetric,
+  type ExitMetric,
   type ExitSignal,
   type ExitThreshold,
 } from "../exits/exit-policy.ts";
@@ -28,7 +28,8 @@ export interface PolicyOutcome {
   perExit: Record<number, number>;
 }
 
-export const METRICS: readonly ConfidenceMetric[] = CONFIDENCE_METRICS;
+/** The metrics of the signals themselves; "learned" needs records scored by confidence models. */
+export const METRICS: readonly ExitMetric[] = CONFIDENCE_METRICS;
 
 /** Applies thresholds (earliest confident exit answers) to recorded positions. */
 export function evaluatePolicy(records: PositionRecord[], rules: ExitThreshold[]): PolicyOutcome {
@@ -56,11 +57,20 @@ export function evaluatePolicy(records: PositionRecord[], rules: ExitThreshold[]
 }
 
 /** Confidence oriented so that larger always means surer. */
-function score(signal: ExitSignal, metric: ConfidenceMetric): number {
-  return metric === "entropy" ? -signal.entropy : metric === "prob" ? signal.prob : signal.margin;
+function score(signal: ExitSignal, metric: ExitMetric): number {
+  switch (metric) {
+    case "entropy":
+      return -signal.entropy;
+    case "prob":
+      return signal.prob;
+    case "margin":
+      return signal.margin;
+    case "learned":
+      return signal.learned ?? -Infinity;
+  }
 }
 
-function toThreshold(value: number, metric: ConfidenceMetric): number {
+function toThreshold(value: number, metric: ExitMetric): number {
   return metric === "entropy" ? -value : value;
 }
 
@@ -73,7 +83,7 @@ function toThreshold(value: number, metric: ConfidenceMetric): number {
 export function searchThresholds(
   records: PositionRecord[],
   exitLayers: number[],
-  metric: ConfidenceMetric,
+  metric: ExitMetric,
   targetAgreement: number,
   candidates = 64,
 ): { rules: ExitThreshold[]; outcome: PolicyOutcome } {

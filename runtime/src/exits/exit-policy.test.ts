@@ -7,6 +7,7 @@ import {
   ThresholdExitPolicy,
   type ExitSignal,
 } from "./exit-policy.ts";
+import { confidenceFeatureNames, quadraticTermCount, type ConfidenceModel } from "./confidence-model.ts";
 
 const signal = (afterLayer: number, prob: number, margin: number, entropy: number): ExitSignal => ({
   afterLayer,
@@ -57,6 +58,55 @@ describe("ThresholdExitPolicy", () => {
     expect(() => new ThresholdExitPolicy([{ afterLayer: 2, metric: "prob", threshold: NaN }])).toThrow(
       /threshold/,
     );
+  });
+
+  describe("with a learned confidence", () => {
+    // logit = −2 + 4·prob + 3·same_token (features unscaled, every other weight 0): the
+    // exit after 3 is trusted at a lower probability when the exit after 2 said the same token.
+    const features = confidenceFeatureNames(true);
+    const weights = new Array<number>(quadraticTermCount(features.length)).fill(0);
+    weights[features.indexOf("prob")] = 4;
+    weights[features.indexOf("same_token")] = 3;
+    const model: ConfidenceModel = {
+      afterLayer: 3,
+      previousLayer: 2,
+      features,
+      mean: features.map(() => 0),
+      scale: features.map(() => 1),
+      weights,
+      bias: -2,
+    };
+    const learned = new ThresholdExitPolicy([{ afterLayer: 3, metric: "learned", threshold: 1.5 }], [model]);
+    const agreeing = (prob: number) => [
+      { ...signal(2, 0.4, 0.1, 2), token: 7 },
+      { ...signal(3, prob, 0.1, 2), token: 7 },
+    ];
+    const differing = (prob: number) => [signal(2, 0.4, 0.1, 2), signal(3, prob, 0.1, 2)];
+
+    it("answers where the model's log-odds reach the threshold, reading the earlier exit too", () => {
+      const answer = learned.decide(agreeing(0.3)).exit; // −2 + 1.2 + 3 = 2.2
+      expect(answer).toMatchObject({ afterLayer: 3, token: 7 });
+      expect(answer?.learned).toBeCloseTo(2.2, 9);
+      expect(learned.decide(agreeing(0.1)).exit).toBeUndefined(); // −2 + 0.4 + 3 = 1.4
+    });
+
+    it("the same probability without the earlier exit's agreement is not enough", () => {
+      expect(learned.decide(differing(0.3)).exit).toBeUndefined(); // −2 + 1.2 = −0.8
+      expect(learned.decide(differing(0.8)).exit).toBeUndefined(); // −2 + 3.2 = 1.2
+      expect(learned.decide(differing(0.9)).exit?.afterLayer).toBe(3); // −2 + 3.6 = 1.6
+    });
+
+    it("never answers when the earlier exit it reads is missing, and leaves the signals as they were", () => {
+      const alone = [signal(3, 0.99, 0.99, 0.01)];
+      expect(learned.decide(alone).exit).toBeUndefined();
+      expect(alone[0].learned).toBeUndefined();
+    });
+
+    it("refuses a learned rule without a model for its exit", () => {
+      expect(
+        () => new ThresholdExitPolicy([{ afterLayer: 2, metric: "learned", threshold: 0 }], [model]),
+      ).toThrow(/confidence: the rule after layer 2 uses the learned metric, but no confidence model/);
+    });
   });
 });
 

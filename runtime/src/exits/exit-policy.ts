@@ -4,6 +4,7 @@
  * be chosen by calibration and tested by tables of cases.
  */
 import { InvalidArgumentError } from "@tandem/common";
+import { withLearnedConfidence, type ConfidenceModel } from "./confidence-model.ts";
 
 /** What an exit head reports for one position (computed inside the graph). */
 export interface ExitSignal {
@@ -15,15 +16,24 @@ export interface ExitSignal {
   margin: number;
   /** Entropy of the exit's distribution, in nats. */
   entropy: number;
+  /**
+   * A calibrated confidence model's log-odds that `token` is the full model's: set by the
+   * policy from its models (confidence-model.ts), never by the graph.
+   */
+  learned?: number;
 }
 
+/** The metrics a signal carries itself: what a configured (uncalibrated) threshold may use. */
 export const CONFIDENCE_METRICS = ["prob", "margin", "entropy"] as const;
 export type ConfidenceMetric = (typeof CONFIDENCE_METRICS)[number];
+/** Those and the calibrated confidence model's, which only a calibration's thresholds use. */
+export const EXIT_METRICS = [...CONFIDENCE_METRICS, "learned"] as const;
+export type ExitMetric = (typeof EXIT_METRICS)[number];
 
 export interface ExitThreshold {
   afterLayer: number;
-  metric: ConfidenceMetric;
-  /** prob/margin: confident when ≥ threshold; entropy: confident when ≤ threshold. */
+  metric: ExitMetric;
+  /** prob/margin/learned: confident when ≥ threshold; entropy: confident when ≤ threshold. */
   threshold: number;
 }
 
@@ -52,15 +62,28 @@ export function isConfident(signal: ExitSignal, rule: ExitThreshold): boolean {
       return signal.margin >= rule.threshold;
     case "entropy":
       return signal.entropy <= rule.threshold;
+    case "learned":
+      return (signal.learned ?? -Infinity) >= rule.threshold;
   }
 }
 
-/** Answers at the earliest exit whose rule is met; exits without a rule never answer. */
+/**
+ * Answers at the earliest exit whose rule is met; exits without a rule never answer. A
+ * `learned` rule reads the confidence model of its exit (from the same calibration).
+ */
 export class ThresholdExitPolicy implements ExitPolicy {
-  constructor(private readonly rules: ExitThreshold[]) {
+  constructor(
+    private readonly rules: ExitThreshold[],
+    private readonly confidence: ConfidenceModel[] = [],
+  ) {
     for (const rule of rules) {
       if (!Number.isFinite(rule.threshold))
         throw new InvalidArgumentError("threshold", `must be finite, got ${rule.threshold}`);
+      if (rule.metric === "learned" && !confidence.some((m) => m.afterLayer === rule.afterLayer))
+        throw new InvalidArgumentError(
+          "confidence",
+          `the rule after layer ${rule.afterLayer} uses the learned metric, but no confidence model is given for that exit`,
+        );
     }
   }
 
@@ -70,7 +93,8 @@ export class ThresholdExitPolicy implements ExitPolicy {
   }
 
   decide(signals: ExitSignal[]): ExitDecision {
-    const ordered = [...signals].sort((a, b) => a.afterLayer - b.afterLayer);
+    const scored = this.confidence.length > 0 ? withLearnedConfidence(signals, this.confidence) : signals;
+    const ordered = [...scored].sort((a, b) => a.afterLayer - b.afterLayer);
     for (const signal of ordered) {
       const rule = this.rules.find((r) => r.afterLayer === signal.afterLayer);
       if (rule && isConfident(signal, rule)) return { exit: signal };

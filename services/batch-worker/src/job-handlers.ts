@@ -19,12 +19,12 @@ import {
   loadCheckpoint,
   loadLocalSplit,
   LocalUpperSegment,
+  calibratedExitPolicy,
   policyForTarget,
   readCalibration,
   type SamplingOptions,
   segmentGraphPath,
   SplitGenerator,
-  ThresholdExitPolicy,
   Tokenizer,
   writeCalibration,
   calibrationOutputProblem,
@@ -76,7 +76,7 @@ export async function runGenerateJob(data: GenerateJobData, context: JobContext)
       const sessionId = `prompt-${i}`;
       const upper = local.upper && new LocalUpperSegment(local.upper, sessionId);
       const policy = calibration
-        ? new ThresholdExitPolicy(policyForTarget(calibration, data.target).thresholds)
+        ? calibratedExitPolicy(calibration, policyForTarget(calibration, data.target))
         : new AlwaysExitPolicy();
       const generator = new SplitGenerator(local.lower, upper, policy, sessionId);
       const decoder = new IncrementalDecoder(tokenizer);
