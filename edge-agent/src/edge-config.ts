@@ -52,13 +52,10 @@ export const EDGE_CONFIG_SCHEMA = z
     exitLayers: z.array(z.int().min(1)).min(1).optional().meta({
       description: "exit layers without a calibration, comma-separated (default: the model's tandem.json)",
     }),
-    metric: z
-      .enum(CONFIDENCE_METRICS)
-      .default("prob")
-      .meta({
-        description:
-          "confidence metric without a calibration (a calibration brings its own, which may be its learned confidence)",
-      }),
+    metric: z.enum(CONFIDENCE_METRICS).default("prob").meta({
+      description:
+        "confidence metric without a calibration (a calibration brings its own, which may be its learned confidence)",
+    }),
     threshold: z.number().default(0.9).meta({
       description: "confidence threshold without a calibration (rolling-entropy: the largest mean entropy)",
     }),

@@ -234,8 +234,9 @@ function checkRulesUseExits(summary: CalibrationSummary, path: string): void {
 
 /**
  * Each confidence model sits at an exit, reads the exit before it (the one the policy will
- * hand it), has the features this runtime computes and a finite weight for each; every
- * `learned` rule has a model. A model that fails would score every position of its exit.
+ * hand it), names the features this runtime computes, in its order, and has a finite
+ * weight for each term; every `learned` rule has a model. A model that broke any of these
+ * would score its exit's positions by features it was not fitted on, or not at all.
  */
 function checkConfidenceModels(summary: CalibrationSummary, path: string): void {
   const models = summary.confidence ?? [];
