@@ -16,13 +16,12 @@ import type { Checkpoint } from "../checkpoint/model-weights.ts";
 import { SegmentModel } from "../engine/segment-model.ts";
 import { SegmentSessions, type SegmentStep } from "../engine/segment-sessions.ts";
 import { InvalidArgumentError, type ProgressListener } from "@tandem/common";
-import { EXIT_METRICS, type ExitMetric, type ExitSignal } from "../exits/exit-policy.ts";
+import { CONFIDENCE_METRICS, EXIT_METRICS, type ExitMetric, type ExitSignal } from "../exits/exit-policy.ts";
 import { previousExitLayer, withLearnedConfidence } from "../exits/confidence-model.ts";
 import { segmentSpec } from "../graph/segment-spec.ts";
 import type { Tokenizer } from "../tokenizer/tokenizer.ts";
 import {
   CALIBRATION_VERSION,
-  type CalibratedConfidenceModel,
   type CalibratedPolicy,
   type Calibration,
   type CurvePoint,
@@ -30,7 +29,7 @@ import {
 } from "./calibration-file.ts";
 import { fitConfidenceModel } from "./fit-confidence-model.ts";
 import { RidgeAccumulator } from "./ridge-regression.ts";
-import { evaluatePolicy, METRICS, searchThresholds, type PositionRecord } from "./threshold-search.ts";
+import { evaluatePolicy, searchThresholds, type PositionRecord } from "./threshold-search.ts";
 
 export interface CalibrateOptions {
   /** Layers on the edge; exits must lie in [1, split]. */
@@ -203,7 +202,9 @@ export async function calibrate(
   const strictest = Math.max(...targets);
   const edgeShareAlone = (records: PositionRecord[], layer: number) =>
     Math.max(
-      ...METRICS.map((metric) => searchThresholds(records, [layer], metric, strictest).outcome.edgeShare),
+      ...CONFIDENCE_METRICS.map(
+        (metric) => searchThresholds(records, [layer], metric, strictest).outcome.edgeShare,
+      ),
     );
   const heads: ExitHeadChoice[] = exitLayers.map((layer, i) => {
     const plainShare = edgeShareAlone(plain.tune, layer);
@@ -228,9 +229,9 @@ export async function calibrate(
   // The maps were fitted on the fit split, so there their exits look a little better than
   // on text they never saw; the thresholds, chosen on the tuning split, absorb that level.
   const fitRecords = combine(plain.fit, linear.fit, heads);
-  const confidence = exitLayers.map((layer, i): CalibratedConfidenceModel => {
+  const confidence = exitLayers.map((layer, i) => {
     const previousLayer = previousExitLayer(layer, exitLayers);
-    const { logLoss, iterations, ...model } = fitConfidenceModel(fitRecords, layer, previousLayer);
+    const { model, logLoss, iterations } = fitConfidenceModel(fitRecords, layer, previousLayer);
     progress({
       phase: "fit confidence models",
       done: i + 1,
@@ -268,7 +269,9 @@ export async function calibrate(
     return best!;
   };
   const policies = targets.map((t) => choose(calibrated, t, EXIT_METRICS));
-  const plainPolicies = targets.map((t) => choose({ tune: plain.tune, test: plain.test }, t, METRICS));
+  const plainPolicies = targets.map((t) =>
+    choose({ tune: plain.tune, test: plain.test }, t, CONFIDENCE_METRICS),
+  );
   for (const [i, p] of policies.entries()) {
     progress({
       phase: "choose thresholds",
@@ -287,7 +290,7 @@ export async function calibrate(
     ["calibrated", calibrated],
   ] as const) {
     for (const exits of exitSets) {
-      for (const metric of heads === "plain" ? METRICS : EXIT_METRICS) {
+      for (const metric of heads === "plain" ? CONFIDENCE_METRICS : EXIT_METRICS) {
         for (const target of CURVE_TARGETS) {
           const { rules } = searchThresholds(sets.tune, exits, metric, target);
           const outcome = evaluatePolicy(sets.test, rules);

@@ -8,16 +8,14 @@ import {
   confidenceFeatures,
   quadraticTerms,
   standardized,
-  type ConfidenceModel,
 } from "../exits/confidence-model.ts";
-import { fitLogistic } from "./logistic-regression.ts";
+import type { CalibratedConfidenceModel } from "./calibration-file.ts";
+import { columnMoments, fitLogistic } from "./logistic-regression.ts";
 import type { PositionRecord } from "./threshold-search.ts";
 
-export interface FittedConfidenceModel extends ConfidenceModel {
-  /** Positions it was fitted on and the share of them where the exit agreed. */
-  fitPositions: number;
-  fitAgreement: number;
-  /** Mean log-loss on those positions. */
+export interface FittedConfidenceModel {
+  model: CalibratedConfidenceModel;
+  /** Mean log-loss on the positions it was fitted on, and the Newton steps it took. */
   logLoss: number;
   iterations: number;
 }
@@ -40,7 +38,7 @@ export function fitConfidenceModel(
     rows.map((row) => quadraticTerms(standardized(row, mean, scale))),
     labels,
   );
-  return {
+  const model: CalibratedConfidenceModel = {
     afterLayer,
     ...(previousLayer !== undefined && { previousLayer }),
     features: confidenceFeatureNames(previousLayer !== undefined),
@@ -50,19 +48,6 @@ export function fitConfidenceModel(
     bias: fit.bias,
     fitPositions: rows.length,
     fitAgreement: labels.filter(Boolean).length / Math.max(1, labels.length),
-    logLoss: fit.logLoss,
-    iterations: fit.iterations,
   };
-}
-
-/** Each column's mean and standard deviation (1 where the column is constant). */
-function columnMoments(rows: number[][]): { mean: number[]; scale: number[] } {
-  const width = rows[0]?.length ?? 0;
-  const n = Math.max(1, rows.length);
-  const mean = Array.from({ length: width }, (_, j) => rows.reduce((sum, row) => sum + row[j], 0) / n);
-  const scale = mean.map((m, j) => {
-    const deviation = Math.sqrt(rows.reduce((sum, row) => sum + (row[j] - m) ** 2, 0) / n);
-    return deviation > 1e-12 ? deviation : 1;
-  });
-  return { mean, scale };
+  return { model, logLoss: fit.logLoss, iterations: fit.iterations };
 }

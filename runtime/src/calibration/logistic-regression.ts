@@ -23,6 +23,17 @@ export interface LogisticFit {
   iterations: number;
 }
 
+/** Each column's mean and standard deviation (1 where the column is constant). */
+export function columnMoments(rows: number[][]): { mean: number[]; scale: number[] } {
+  const width = rows[0]?.length ?? 0;
+  const n = Math.max(1, rows.length);
+  const mean = new Array<number>(width).fill(0);
+  const variance = new Array<number>(width).fill(0);
+  for (const row of rows) for (let j = 0; j < width; j++) mean[j] += row[j] / n;
+  for (const row of rows) for (let j = 0; j < width; j++) variance[j] += (row[j] - mean[j]) ** 2 / n;
+  return { mean, scale: variance.map((v) => (v > 1e-24 ? Math.sqrt(v) : 1)) };
+}
+
 export function fitLogistic(rows: number[][], labels: boolean[], options: LogisticOptions = {}): LogisticFit {
   const l2 = options.l2 ?? 1e-4;
   const maxIterations = options.maxIterations ?? 50;
@@ -41,11 +52,7 @@ export function fitLogistic(rows: number[][], labels: boolean[], options: Logist
 
   // Standardised columns, with a constant 1 last for the bias. A constant column becomes
   // zeros (scale 1): the penalty keeps the Hessian positive definite and its weight 0.
-  const mean = new Float64Array(d);
-  const scale = new Float64Array(d);
-  for (const row of rows) for (let j = 0; j < d; j++) mean[j] += row[j] / n;
-  for (const row of rows) for (let j = 0; j < d; j++) scale[j] += (row[j] - mean[j]) ** 2 / n;
-  for (let j = 0; j < d; j++) scale[j] = scale[j] > 1e-24 ? Math.sqrt(scale[j]) : 1;
+  const { mean, scale } = columnMoments(rows);
   const m = d + 1;
   const x = new Float64Array(n * m);
   for (let r = 0; r < n; r++) {

@@ -79,7 +79,7 @@ describe("threshold search", () => {
         ],
       };
     });
-    const model = fitConfidenceModel(records, 3, 2);
+    const { model } = fitConfidenceModel(records, 3, 2);
     const scored = records.map((r) => ({ ...r, exits: withLearnedConfidence(r.exits, [model]) }));
     const learned = searchThresholds(scored, [3], "learned", 0.99).outcome;
     expect(learned.agreement).toBeGreaterThanOrEqual(0.99);

@@ -5,13 +5,7 @@
  * the search picks thresholds that answer the most tokens at the exits within that
  * budget. Pure functions over recorded exit signals, no model in sight.
  */
-import {
-  CONFIDENCE_METRICS,
-  isConfident,
-  type ExitMetric,
-  type ExitSignal,
-  type ExitThreshold,
-} from "../exits/exit-policy.ts";
+import { isConfident, type ExitMetric, type ExitSignal, type ExitThreshold } from "../exits/exit-policy.ts";
 
 /** One position of calibration text: what every exit said, and the full model's token. */
 export interface PositionRecord {
@@ -27,9 +21,6 @@ export interface PolicyOutcome {
   /** Share answered at each exit, by afterLayer. */
   perExit: Record<number, number>;
 }
-
-/** The metrics of the signals themselves; "learned" needs records scored by confidence models. */
-export const METRICS: readonly ExitMetric[] = CONFIDENCE_METRICS;
 
 /** Applies thresholds (earliest confident exit answers) to recorded positions. */
 export function evaluatePolicy(records: PositionRecord[], rules: ExitThreshold[]): PolicyOutcome {
