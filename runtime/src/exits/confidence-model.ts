@@ -96,9 +96,15 @@ export function learnedConfidence(model: ConfidenceModel, signals: ExitSignal[])
     previous = signals.find((s) => s.afterLayer === model.previousLayer);
     if (!previous) return -Infinity;
   }
-  const terms = quadraticTerms(standardized(confidenceFeatures(signal, previous), model.mean, model.scale));
+  // The weights over quadraticTerms(z), summed as the terms are formed: this runs for every
+  // token the edge decides, and the expansion's array would be its main cost.
+  const z = standardized(confidenceFeatures(signal, previous), model.mean, model.scale);
+  const { weights } = model;
   let logit = model.bias;
-  for (let i = 0; i < terms.length; i++) logit += model.weights[i] * terms[i];
+  for (let i = 0; i < z.length; i++) logit += weights[i] * z[i];
+  let term = z.length;
+  for (let i = 0; i < z.length; i++)
+    for (let j = i; j < z.length; j++) logit += weights[term++] * z[i] * z[j];
   return Number.isNaN(logit) ? -Infinity : logit;
 }
 

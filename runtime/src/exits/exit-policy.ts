@@ -4,7 +4,7 @@
  * be chosen by calibration and tested by tables of cases.
  */
 import { InvalidArgumentError } from "@tandem/common";
-import { withLearnedConfidence, type ConfidenceModel } from "./confidence-model.ts";
+import { learnedConfidence, type ConfidenceModel } from "./confidence-model.ts";
 
 /** What an exit head reports for one position (computed inside the graph). */
 export interface ExitSignal {
@@ -93,11 +93,18 @@ export class ThresholdExitPolicy implements ExitPolicy {
   }
 
   decide(signals: ExitSignal[]): ExitDecision {
-    const scored = this.confidence.length > 0 ? withLearnedConfidence(signals, this.confidence) : signals;
-    const ordered = [...scored].sort((a, b) => a.afterLayer - b.afterLayer);
+    const ordered = [...signals].sort((a, b) => a.afterLayer - b.afterLayer);
     for (const signal of ordered) {
       const rule = this.rules.find((r) => r.afterLayer === signal.afterLayer);
-      if (rule && isConfident(signal, rule)) return { exit: signal };
+      if (!rule) continue;
+      if (rule.metric !== "learned") {
+        if (isConfident(signal, rule)) return { exit: signal };
+        continue;
+      }
+      // Scored only where a learned rule is reached (the constructor checked its model exists).
+      const model = this.confidence.find((m) => m.afterLayer === signal.afterLayer)!;
+      const learned = learnedConfidence(model, signals);
+      if (learned >= rule.threshold) return { exit: { ...signal, learned } };
     }
     return {};
   }
