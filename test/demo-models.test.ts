@@ -15,6 +15,7 @@ import {
   getCodec,
   loadCheckpoint,
   readCalibration,
+  readsKlPrevious,
   SegmentModel,
   SegmentSessions,
   segmentSpec,
@@ -185,7 +186,7 @@ describe("calibration on the demo model", () => {
     expect(at99(adapted.summary).test.agreement).toBeGreaterThanOrEqual(0.99 - 0.015);
 
     // The confidence models, fitted on the fit split, answer more on the test split at 99%
-    // than the best single signal does (55.9% against the margin's 52.6% on this text).
+    // than the best single signal does (56.7% against the margin's 52.6% on this text).
     const at99With = (metric: string) =>
       adapted.summary.curve.find(
         (p) =>
@@ -198,6 +199,11 @@ describe("calibration on the demo model", () => {
     expect(at99With("learned").edgeShare).toBeGreaterThan(bestSignal + 0.01);
     expect(at99With("learned").agreement).toBeGreaterThanOrEqual(0.99 - 0.015);
     expect(at99(adapted.summary).metric).toBe("learned");
+    // The exit after 3 reads how far its distribution moved from the exit after 2's.
+    expect(adapted.summary.confidence!.map((m) => [m.afterLayer, readsKlPrevious(m)])).toEqual([
+      [2, false],
+      [3, true],
+    ]);
   });
 
   it("says clearly when the text is too short or a layer is out of range", async () => {

@@ -78,6 +78,7 @@ export { ExpertThreads } from "./engine/expert-threads.ts";
 export { RouterPredictor } from "./engine/expert-predictor.ts";
 export { KV_BLOCK_POSITIONS } from "./engine/kv-slot.ts";
 export {
+  exitSignalAt,
   SegmentSessions,
   type ExitResult,
   type SegmentInput,
@@ -105,6 +106,7 @@ export {
   confidenceFeatureNames,
   confidenceFeatures,
   learnedConfidence,
+  readsKlPrevious,
   type ConfidenceModel,
 } from "./exits/confidence-model.ts";
 export { calibrate, type CalibrateOptions } from "./calibration/calibrate.ts";

@@ -9,6 +9,7 @@ import {
   calibratedExitHeads,
   CODEC_NAMES,
   type CodecName,
+  exitSignalAt,
   getCodec,
   SegmentModel,
   SegmentSessions,
@@ -61,13 +62,7 @@ export async function agreementSweep(ctx: Context) {
     for (const codec of CODEC_NAMES)
       codecAgree[codec] += tokensBy[codec]!.filter((t, i) => t === full[i]).length;
     for (let p = 0; p < window.length; p++) {
-      const signals = step.exits.map((e) => ({
-        afterLayer: e.afterLayer,
-        token: e.token[p],
-        prob: e.prob[p],
-        margin: e.margin[p],
-        entropy: e.entropy[p],
-      }));
+      const signals = step.exits.map((e) => exitSignalAt(e, p));
       policies.forEach((policy, i) => {
         const exit = exitPolicies[i].decide(signals).exit;
         const token = exit ? exit.token : full[p];

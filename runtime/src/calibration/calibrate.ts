@@ -14,11 +14,11 @@
  */
 import type { Checkpoint } from "../checkpoint/model-weights.ts";
 import { SegmentModel } from "../engine/segment-model.ts";
-import { SegmentSessions, type SegmentStep } from "../engine/segment-sessions.ts";
+import { exitSignalAt, SegmentSessions, type SegmentStep } from "../engine/segment-sessions.ts";
 import { InvalidArgumentError, type ProgressListener } from "@tandem/common";
-import { CONFIDENCE_METRICS, EXIT_METRICS, type ExitMetric, type ExitSignal } from "../exits/exit-policy.ts";
+import { CONFIDENCE_METRICS, EXIT_METRICS, type ExitMetric } from "../exits/exit-policy.ts";
 import { previousExitLayer, withLearnedConfidence } from "../exits/confidence-model.ts";
-import { segmentSpec } from "../graph/segment-spec.ts";
+import { type ExitHeadSpec, segmentSpec } from "../graph/segment-spec.ts";
 import type { Tokenizer } from "../tokenizer/tokenizer.ts";
 import {
   CALIBRATION_VERSION,
@@ -168,33 +168,14 @@ export async function calibrate(
 
   // Pass 2: the exits with linear maps, on every window: the held-out ones to choose and
   // measure, the fit ones for the confidence models of exits that keep their map.
-  const mapped = await SegmentModel.load(
-    checkpoint,
-    segmentSpec({
-      fromLayer: 0,
-      toLayer: exitLayers[exitLayers.length - 1],
-      exits: exitLayers.map((afterLayer) => ({ afterLayer, linearMap: linearMaps.get(afterLayer) })),
-      positions: "all",
-    }),
-    options,
+  const finalOf = (split: SplitName) => plain[split].map((r) => r.finalToken);
+  const finals = { fit: finalOf("fit"), tune: finalOf("tune"), test: finalOf("test") };
+  const exitRecords = (heads: ExitHeadSpec[], phase: string) =>
+    runExits(checkpoint, heads, windows, finals, options, progress, phase);
+  const linear = await exitRecords(
+    exitLayers.map((afterLayer) => ({ afterLayer, linearMap: linearMaps.get(afterLayer) })),
+    "exits with maps",
   );
-  const linear: Record<SplitName, PositionRecord[]> = { fit: [], tune: [], test: [] };
-  try {
-    const sessions = new SegmentSessions(mapped);
-    for (const [w, window] of windows.entries()) {
-      const split = splitOf(w);
-      sessions.open("calibration");
-      const step = await sessions.forward("calibration", { ids: window });
-      sessions.release("calibration");
-      const offset = linear[split].length;
-      const finals = plain[split].slice(offset, offset + window.length).map((r) => r.finalToken);
-      linear[split].push(...records(step, exitLayers, finals));
-      if ((w + 1) % 50 === 0 || w + 1 === windows.length)
-        progress({ phase: "exits with maps", done: w + 1, total: windows.length });
-    }
-  } finally {
-    await mapped.release();
-  }
 
   // A map "beats" the plain exit when, alone at that exit, it answers more tokens at the
   // strictest target on the tuning split (what the edge is for); a better top-1 agreement
@@ -226,9 +207,21 @@ export async function calibrate(
     return choice;
   });
   for (const head of heads) if (head.head === "plain") linearMaps.delete(head.afterLayer);
+  // Each exit's signals from its chosen head. An exit's KL divergence compares it with the
+  // exit before it as the graph runs them, so heads that mix plain and linear need a pass
+  // of their own (pass 3); otherwise one pass already ran them all.
+  const mixed = new Set(heads.map((h) => h.head)).size > 1;
+  const chosen = mixed
+    ? await exitRecords(
+        heads.map((h) => ({ afterLayer: h.afterLayer, linearMap: linearMaps.get(h.afterLayer) })),
+        "exits as chosen",
+      )
+    : heads[0].head === "linear"
+      ? linear
+      : plain;
   // The maps were fitted on the fit split, so there their exits look a little better than
   // on text they never saw; the thresholds, chosen on the tuning split, absorb that level.
-  const fitRecords = combine(plain.fit, linear.fit, heads);
+  const fitRecords = chosen.fit;
   const confidence = exitLayers.map((layer, i) => {
     const previousLayer = previousExitLayer(layer, exitLayers);
     const { model, logLoss, iterations } = fitConfidenceModel(fitRecords, layer, previousLayer);
@@ -242,10 +235,7 @@ export async function calibrate(
   });
   const scored = (records: PositionRecord[]) =>
     records.map((r) => ({ ...r, exits: withLearnedConfidence(r.exits, confidence) }));
-  const calibrated = {
-    tune: scored(combine(plain.tune, linear.tune, heads)),
-    test: scored(combine(plain.test, linear.test, heads)),
-  };
+  const calibrated = { tune: scored(chosen.tune), test: scored(chosen.test) };
 
   const choose = (
     sets: { tune: PositionRecord[]; test: PositionRecord[] },
@@ -349,19 +339,53 @@ function unitRms(rows: Float32Array, width: number, eps: number): Float32Array {
   return out;
 }
 
+/**
+ * The edge's exits (`heads`) run over every window: each split's records, labelled by the
+ * full model's tokens (`finals`, from pass 1, in window order per split).
+ */
+async function runExits(
+  checkpoint: Checkpoint,
+  heads: ExitHeadSpec[],
+  windows: number[][],
+  finals: Record<SplitName, number[]>,
+  options: CalibrateOptions,
+  progress: ProgressListener,
+  phase: string,
+): Promise<Record<SplitName, PositionRecord[]>> {
+  const exitLayers = heads.map((h) => h.afterLayer);
+  const model = await SegmentModel.load(
+    checkpoint,
+    segmentSpec({ fromLayer: 0, toLayer: exitLayers[exitLayers.length - 1], exits: heads, positions: "all" }),
+    options,
+  );
+  const out: Record<SplitName, PositionRecord[]> = { fit: [], tune: [], test: [] };
+  try {
+    const sessions = new SegmentSessions(model);
+    for (const [w, window] of windows.entries()) {
+      const split = splitOf(w);
+      sessions.open("calibration");
+      const step = await sessions.forward("calibration", { ids: window });
+      sessions.release("calibration");
+      const offset = out[split].length;
+      out[split].push(...records(step, exitLayers, finals[split].slice(offset, offset + window.length)));
+      if ((w + 1) % 50 === 0 || w + 1 === windows.length)
+        progress({ phase, done: w + 1, total: windows.length });
+    }
+  } finally {
+    await model.release();
+  }
+  return out;
+}
+
 function records(step: SegmentStep, exitLayers: number[], finalTokens: number[]): PositionRecord[] {
   return finalTokens.map((finalToken, p) => ({
     finalToken,
-    exits: exitLayers.map((layer): ExitSignal => {
-      const e = step.exits.find((x) => x.afterLayer === layer)!;
-      return {
-        afterLayer: layer,
-        token: e.token[p],
-        prob: e.prob[p],
-        margin: e.margin[p],
-        entropy: e.entropy[p],
-      };
-    }),
+    exits: exitLayers.map((layer) =>
+      exitSignalAt(
+        step.exits.find((x) => x.afterLayer === layer)!,
+        p,
+      ),
+    ),
   }));
 }
 
@@ -369,20 +393,6 @@ function agreementAt(records: PositionRecord[], layer: number): number {
   let agree = 0;
   for (const r of records) if (r.exits.find((e) => e.afterLayer === layer)!.token === r.finalToken) agree++;
   return agree / Math.max(1, records.length);
-}
-
-/** Records whose exit signals come from the chosen head of each exit. */
-function combine(
-  plain: PositionRecord[],
-  linear: PositionRecord[],
-  heads: ExitHeadChoice[],
-): PositionRecord[] {
-  return plain.map((record, i) => ({
-    finalToken: record.finalToken,
-    exits: heads.map((h) =>
-      (h.head === "linear" ? linear[i] : record).exits.find((e) => e.afterLayer === h.afterLayer)!,
-    ),
-  }));
 }
 
 const pct = (x: number) => `${(100 * x).toFixed(1)}%`;

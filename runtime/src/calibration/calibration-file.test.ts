@@ -8,7 +8,12 @@ import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { CheckpointError, InvalidArgumentError, TensorMismatchError } from "@tandem/common";
 import type { Checkpoint } from "../checkpoint/model-weights.ts";
-import type { ConfidenceModel } from "../exits/confidence-model.ts";
+import {
+  confidenceFeatureNames,
+  type ConfidenceModel,
+  quadraticTermCount,
+  readsKlPrevious,
+} from "../exits/confidence-model.ts";
 import { writeSafetensors } from "../checkpoint/safetensors.ts";
 import {
   CALIBRATION_METADATA_KEY,
@@ -74,6 +79,22 @@ describe("reading a calibration file", () => {
     expect(policies.some((p) => p.metric === "learned")).toBe(true);
   });
 
+  it("reads the KL divergence at an exit with an earlier one, and still takes a model from before it", async () => {
+    const models = shipped.summary.confidence!;
+    expect(models.map((m) => readsKlPrevious(m))).toEqual(models.map((m) => m.previousLayer !== undefined));
+    const older = confidenceFeatureNames(true);
+    const again = await readChanged("before-kl", (s) => {
+      const model = (s.confidence as ConfidenceModel[])[1];
+      Object.assign(model, {
+        features: older,
+        mean: older.map(() => 0),
+        scale: older.map(() => 1),
+        weights: new Array<number>(quadraticTermCount(older.length)).fill(0),
+      });
+    });
+    expect(readsKlPrevious(again.summary.confidence![1])).toBe(false);
+  });
+
   it("refuses a confidence model that this runtime would score differently, or a learned rule without one", async () => {
     const models = (s: Record<string, unknown>) => s.confidence as ConfidenceModel[];
     const cases: [string, (s: Record<string, unknown>) => void, RegExp][] = [
@@ -96,6 +117,16 @@ describe("reading a calibration file", () => {
         "renamed-feature",
         (s) => (models(s)[0].features[0] = "loudness"),
         /confidence\[0\]\.features: must be \[prob, margin/,
+      ],
+      [
+        "kl-without-previous",
+        (s) => models(s)[0].features.push("kl_previous", "log_kl_previous"),
+        /confidence\[0\]\.features: must be \[prob, margin, entropy, log_margin, log_one_minus_prob\], got/,
+      ],
+      [
+        "kl-weights-short",
+        (s) => models(s)[1].weights.pop(),
+        /confidence\[1\]\.weights: has 103 entries for 104 terms \(13 features and their products\)/,
       ],
       [
         "short-weights",

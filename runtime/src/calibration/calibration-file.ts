@@ -258,9 +258,17 @@ function checkConfidenceModels(summary: CalibrationSummary, path: string): void 
         `${field}.previousLayer`,
         `must be ${previous ?? "absent"} (the exit before ${model.afterLayer}), got ${model.previousLayer ?? "absent"}`,
       );
-    const expected = confidenceFeatureNames(previous !== undefined);
-    if (model.features.join(",") !== expected.join(","))
-      fail(`${field}.features`, `must be [${expected.join(", ")}], got [${model.features.join(", ")}]`);
+    // With an earlier exit, the KL divergence from it is optional (files from before it).
+    const allowed =
+      previous === undefined
+        ? [confidenceFeatureNames(false)]
+        : [confidenceFeatureNames(true, true), confidenceFeatureNames(true, false)];
+    const expected = allowed.find((names) => names.join(",") === model.features.join(","));
+    if (!expected)
+      return fail(
+        `${field}.features`,
+        `must be ${allowed.map((names) => `[${names.join(", ")}]`).join(" or ")}, got [${model.features.join(", ")}]`,
+      );
     for (const key of ["mean", "scale"] as const)
       if (model[key].length !== expected.length)
         fail(`${field}.${key}`, `has ${model[key].length} entries for ${expected.length} features`);

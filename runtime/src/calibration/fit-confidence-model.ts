@@ -20,19 +20,25 @@ export interface FittedConfidenceModel {
   iterations: number;
 }
 
-/** The model of the exit after `afterLayer`, reading the exit after `previousLayer` too when given. */
+/**
+ * The model of the exit after `afterLayer`, reading the exit after `previousLayer` too when
+ * given, and the KL divergence between the two when every record has it.
+ */
 export function fitConfidenceModel(
   records: PositionRecord[],
   afterLayer: number,
   previousLayer?: number,
 ): FittedConfidenceModel {
+  const exitOf = (r: PositionRecord) => r.exits.find((e) => e.afterLayer === afterLayer)!;
+  const withKl = previousLayer !== undefined && records.every((r) => exitOf(r).klPrevious !== undefined);
   const rows = records.map((r) =>
     confidenceFeatures(
-      r.exits.find((e) => e.afterLayer === afterLayer)!,
+      exitOf(r),
       previousLayer === undefined ? undefined : r.exits.find((e) => e.afterLayer === previousLayer),
+      withKl,
     ),
   );
-  const labels = records.map((r) => r.exits.find((e) => e.afterLayer === afterLayer)!.token === r.finalToken);
+  const labels = records.map((r) => exitOf(r).token === r.finalToken);
   const { mean, scale } = columnMoments(rows);
   const fit = fitLogistic(
     rows.map((row) => quadraticTerms(standardized(row, mean, scale))),
@@ -41,7 +47,7 @@ export function fitConfidenceModel(
   const model: CalibratedConfidenceModel = {
     afterLayer,
     ...(previousLayer !== undefined && { previousLayer }),
-    features: confidenceFeatureNames(previousLayer !== undefined),
+    features: confidenceFeatureNames(previousLayer !== undefined, withKl),
     mean,
     scale,
     weights: fit.weights,

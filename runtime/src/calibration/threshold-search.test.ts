@@ -56,6 +56,37 @@ describe("threshold search", () => {
     expect(outcome.edgeShare).toBeCloseTo(best, 10);
   });
 
+  it("with a candidate at every position, finds the best thresholds of several exits (checked against brute force)", () => {
+    // A third exit, after 4, surer than the one after 3.
+    const records = synthetic(48, 5).map((r, i) => ({
+      ...r,
+      exits: [
+        ...r.exits,
+        { ...r.exits[1], afterLayer: 4, prob: Math.min(1, r.exits[1].prob + (i % 5) / 20) },
+      ],
+    }));
+    const target = 0.9;
+    const choices = (layer: number) => [
+      Infinity,
+      ...records.map((r) => r.exits.find((e) => e.afterLayer === layer)!.prob),
+    ];
+    let best = 0;
+    for (const t2 of choices(2))
+      for (const t3 of choices(3))
+        for (const t4 of choices(4)) {
+          const o = evaluatePolicy(records, [
+            { afterLayer: 2, metric: "prob" as const, threshold: t2 },
+            { afterLayer: 3, metric: "prob" as const, threshold: t3 },
+            { afterLayer: 4, metric: "prob" as const, threshold: t4 },
+          ]);
+          if (o.agreement >= target) best = Math.max(best, o.edgeShare);
+        }
+    const { outcome } = searchThresholds(records, [2, 3, 4], "prob", target, records.length);
+    expect(best).toBeGreaterThan(0);
+    expect(outcome.edgeShare).toBeCloseTo(best, 10);
+    expect(outcome.agreement).toBeGreaterThanOrEqual(target);
+  });
+
   it("answers nothing at the exits when agreement must be perfect and exits err", () => {
     const records = synthetic(500, 4).map((r) => ({ ...r, exits: r.exits.map((e) => ({ ...e, token: 8 })) }));
     const { outcome } = searchThresholds(records, [2, 3], "prob", 1);

@@ -86,51 +86,71 @@ export function searchThresholds(
     threshold: toThreshold(Infinity, metric),
   });
 
-  /** Best rules for exits layers[i..] over `remaining` positions with `errorsLeft` mistakes allowed. */
+  // Each exit's scores, and the positions in descending order of them, once: the search
+  // below only ever walks that order, skipping positions an earlier exit already took.
+  const value = layers.map((layer) =>
+    Float64Array.from(records, (r) =>
+      score(
+        r.exits.find((e) => e.afterLayer === layer)!,
+        metric,
+      ),
+    ),
+  );
+  const correct = layers.map((layer) =>
+    Uint8Array.from(records, (r) =>
+      r.exits.find((e) => e.afterLayer === layer)!.token === r.finalToken ? 1 : 0,
+    ),
+  );
+  const order = value.map((v) => Array.from(v.keys()).sort((a, b) => v[b] - v[a]));
+
+  /**
+   * Best rules for exits layers[i..] over the positions `remaining` marks (`count` of them)
+   * with `errorsLeft` mistakes allowed.
+   */
   const solve = (
     i: number,
-    remaining: PositionRecord[],
+    remaining: Uint8Array,
+    count: number,
     errorsLeft: number,
   ): { rules: ExitThreshold[]; answered: number } => {
-    if (i >= layers.length || remaining.length === 0)
-      return { rules: layers.slice(i).map(never), answered: 0 };
+    if (i >= layers.length || count === 0) return { rules: layers.slice(i).map(never), answered: 0 };
     const layer = layers[i];
-    const scored = remaining
-      .map((r) => {
-        const signal = r.exits.find((e) => e.afterLayer === layer)!;
-        return { record: r, value: score(signal, metric), correct: signal.token === r.finalToken };
-      })
-      .sort((a, b) => b.value - a.value);
-    const skip = solve(i + 1, remaining, errorsLeft);
+    const v = value[i];
+    const scored = order[i].filter((r) => remaining[r] === 1);
+    const skip = solve(i + 1, remaining, count, errorsLeft);
     let best = { rules: [never(layer), ...skip.rules], answered: skip.answered };
     const isLast = i === layers.length - 1;
     const cuts = isLast ? scored.map((_, k) => k + 1) : quantileCuts(scored.length, candidates);
+    // What the later exits see: the remaining positions less those this exit answers (the
+    // last exit has none after it, and must leave `remaining`, its caller's, as it is).
+    const rest = isLast ? undefined : remaining.slice();
     let errors = 0;
     let taken = 0;
     for (const cut of cuts) {
-      while (taken < cut) errors += scored[taken++].correct ? 0 : 1;
+      while (taken < cut) {
+        const r = scored[taken++];
+        errors += 1 - correct[i][r];
+        if (rest) rest[r] = 0;
+      }
       if (errors > errorsLeft) break;
       // A threshold must separate: skip cuts inside a run of equal scores.
-      if (cut < scored.length && scored[cut].value === scored[cut - 1].value) continue;
-      const threshold = toThreshold(scored[cut - 1].value, metric);
-      const rest = isLast
-        ? { rules: [], answered: 0 }
-        : solve(
-            i + 1,
-            scored.slice(cut).map((s) => s.record),
-            errorsLeft - errors,
-          );
-      if (cut + rest.answered > best.answered)
+      if (cut < scored.length && v[scored[cut]] === v[scored[cut - 1]]) continue;
+      const threshold = toThreshold(v[scored[cut - 1]], metric);
+      const later = rest
+        ? solve(i + 1, rest, scored.length - cut, errorsLeft - errors)
+        : { rules: [], answered: 0 };
+      if (cut + later.answered > best.answered)
         best = {
-          rules: [{ afterLayer: layer, metric, threshold }, ...rest.rules],
-          answered: cut + rest.answered,
+          rules: [{ afterLayer: layer, metric, threshold }, ...later.rules],
+          answered: cut + later.answered,
         };
     }
     return best;
   };
 
   // An exit that should never answer gets no rule (an infinite threshold would not survive JSON).
-  const rules = solve(0, records, budget).rules.filter((r) => Number.isFinite(r.threshold));
+  const all = new Uint8Array(records.length).fill(1);
+  const rules = solve(0, all, records.length, budget).rules.filter((r) => Number.isFinite(r.threshold));
   return { rules, outcome: evaluatePolicy(records, rules) };
 }
 

@@ -15,6 +15,7 @@
 import { InvalidArgumentError } from "@tandem/common";
 import type { ModelConfig } from "../checkpoint/model-config.ts";
 import type { Checkpoint } from "../checkpoint/model-weights.ts";
+import { klDivergenceRows } from "../numeric/kl-divergence.ts";
 import { segmentExits, segmentSpec, type SegmentSpec, validateSegmentSpec } from "../graph/segment-spec.ts";
 import { ExpertCache, type ExpertCacheOptions, type ExpertStore } from "./expert-cache.ts";
 import { RouterPredictor } from "./expert-predictor.ts";
@@ -99,11 +100,18 @@ export class HostRoutedMoeModel implements SegmentRunner {
         layers.push(
           await SegmentModel.load(checkpoint, piece({ fromLayer: layer, toLayer: layer + 1 }), options),
         );
-      for (const exit of segmentExits(spec, checkpoint.config)) {
+      // Each exit is a graph of its own, so the KL divergence between consecutive exits is
+      // computed here from their logits (run()), not in a graph.
+      const exits = segmentExits(spec, checkpoint.config);
+      for (const exit of exits) {
         const at = exit.afterLayer;
         heads.set(
           at,
-          await SegmentModel.load(checkpoint, piece({ fromLayer: at, toLayer: at, exits: [exit] }), options),
+          await SegmentModel.load(
+            checkpoint,
+            piece({ fromLayer: at, toLayer: at, exits: [exit], logits: spec.logits || exits.length > 1 }),
+            options,
+          ),
         );
       }
       const layerNumbers = Array.from(
@@ -179,7 +187,19 @@ export class HostRoutedMoeModel implements SegmentRunner {
         exits.push(...headOut.exits);
       }
     }
-    return { hidden: spec.outputHidden ? hidden : undefined, taps, exits };
+    return { hidden: spec.outputHidden ? hidden : undefined, taps, exits: this.withKlPrevious(exits) };
+  }
+
+  /** Each exit's kl_previous, as one graph would give it; logits only when the spec asks. */
+  private withKlPrevious(exits: ExitOutput[]): ExitOutput[] {
+    return exits.map((exit, i) => {
+      const previous = exits[i - 1] as ExitOutput | undefined;
+      const klPrevious =
+        previous?.logits && exit.logits
+          ? klDivergenceRows(exit.logits, previous.logits, this.config.vocabSize)
+          : undefined;
+      return { ...exit, klPrevious, logits: this.spec.logits ? exit.logits : undefined };
+    });
   }
 
   /**

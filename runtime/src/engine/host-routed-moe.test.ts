@@ -122,7 +122,7 @@ describe("a host-routed MoE segment", () => {
     });
   }
 
-  it("as an edge's segment: its exits, the hidden state it hands over and its expert counts equal the graph's", async () => {
+  it("as an edge's segment: its exits (KL from the earlier exit too), the hidden state it hands over and its expert counts equal the graph's", async () => {
     const checkpoint = checkpoints.get(MIXTRAL)!;
     const spec: Partial_ = {
       fromLayer: 0,
@@ -146,7 +146,19 @@ describe("a host-routed MoE segment", () => {
       host[step].exits.forEach((exit, i) => {
         expect(Array.from(exit.token), step).toEqual(Array.from(graph[step].exits[i].token));
         expect(maxAbsDiff(exit.prob, graph[step].exits[i].prob), step).toBeLessThanOrEqual(1e-5);
+        // Computed from the two heads' logits on the host; the logits stay inside.
+        expect(exit.logits, step).toBeUndefined();
       });
+      expect(host[step].exits[0].klPrevious, step).toBeUndefined();
+      const kl = host[step].exits[1].klPrevious!;
+      expect(
+        kl.every((v) => v > 0),
+        step,
+      ).toBe(true);
+      expect(
+        Math.max(...kl.map((v, p) => Math.abs(v - graph[step].exits[1].klPrevious![p]))),
+        step,
+      ).toBeLessThanOrEqual(1e-4);
       expect(maxAbsDiff(host[step].hidden!, graph[step].hidden!), step).toBeLessThanOrEqual(1e-4);
     }
     expect(host.counts).toEqual(graph.counts);

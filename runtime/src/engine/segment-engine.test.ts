@@ -815,12 +815,28 @@ async function exitsAfter2And3(checkpoint: Checkpoint) {
 }
 
 describe("exit heads", () => {
-  it("report top-1, its probability, the top-1/top-2 margin and the entropy of the exit's distribution", async () => {
+  it("report top-1, its probability, the top-1/top-2 margin, the entropy of the exit's distribution and its KL divergence from the earlier exit's", async () => {
     const checkpoint = checkpoints.get("tied embeddings, mistral")!;
     const { step, reference, hiddenAfterLayer } = await exitsAfter2And3(checkpoint);
     const vocab = checkpoint.config.vocabSize;
+    const distribution = (logits: Float32Array, p: number) => {
+      const row = Array.from(logits.subarray(p * vocab, (p + 1) * vocab));
+      const max = Math.max(...row);
+      const z = row.reduce((sum, l) => sum + Math.exp(l - max), 0);
+      return row.map((l) => Math.exp(l - max) / z);
+    };
+    let previousLogits: Float32Array | undefined;
     for (const exit of step.exits) {
       const expectedLogits = reference.head(hiddenAfterLayer[exit.afterLayer - 1], PROMPT.length);
+      // The first exit has none before it; the second reports KL(its distribution ‖ the first's).
+      if (!previousLogits) expect(exit.klPrevious).toBeUndefined();
+      for (let p = 0; p < PROMPT.length && previousLogits; p++) {
+        const [probs, earlier] = [distribution(expectedLogits, p), distribution(previousLogits, p)];
+        const kl = probs.reduce((sum, q, i) => sum + q * Math.log(q / earlier[i]), 0);
+        expect(kl).toBeGreaterThan(0);
+        expect(exit.klPrevious![p]).toBeCloseTo(kl, 4);
+      }
+      previousLogits = expectedLogits;
       expect(maxAbsDiff(exit.logits!, expectedLogits)).toBeLessThanOrEqual(1e-4);
       for (let p = 0; p < PROMPT.length; p++) {
         const row = Array.from(expectedLogits.subarray(p * vocab, (p + 1) * vocab));

@@ -80,6 +80,8 @@ export interface ExitOutput {
   prob: Float32Array;
   margin: Float32Array;
   entropy: Float32Array;
+  /** KL divergence from the nearest earlier exit of the same graph (absent at its first exit). */
+  klPrevious?: Float32Array;
   /** [batch, positions, vocab] when the spec asks for logits. */
   logits?: Float32Array;
 }
@@ -287,6 +289,7 @@ export class SegmentModel implements SegmentRunner {
         prob: results[GRAPH_IO.exitOutput(k, "prob")].data as Float32Array,
         margin: results[GRAPH_IO.exitOutput(k, "margin")].data as Float32Array,
         entropy: results[GRAPH_IO.exitOutput(k, "entropy")].data as Float32Array,
+        klPrevious: results[GRAPH_IO.exitOutput(k, "kl_previous")]?.data as Float32Array | undefined,
         logits: spec.logits ? (results[GRAPH_IO.exitOutput(k, "logits")].data as Float32Array) : undefined,
       };
     });

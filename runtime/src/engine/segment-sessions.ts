@@ -17,6 +17,7 @@
 import { InvalidArgumentError, SessionNotFoundError } from "@tandem/common";
 import { KvPool, kvSlotRows } from "./kv-pool.ts";
 import { copyKvRow, kvCapacity, type KvShape, kvRowBytes, kvSlotBytes, shrinkKvCapacity } from "./kv-slot.ts";
+import type { ExitSignal } from "../exits/exit-policy.ts";
 import type { ExitOutput, SegmentRunner } from "./segment-model.ts";
 
 /**
@@ -35,7 +36,22 @@ export interface ExitResult {
   prob: number[];
   margin: number[];
   entropy: number[];
+  /** KL divergence from the graph's nearest earlier exit (absent at its first exit). */
+  klPrevious?: number[];
   logits?: Float32Array;
+}
+
+/** What `exit` reports at its evaluated position `position`, as an exit policy reads it. */
+export function exitSignalAt(exit: ExitResult, position: number): ExitSignal {
+  const signal: ExitSignal = {
+    afterLayer: exit.afterLayer,
+    token: exit.token[position],
+    prob: exit.prob[position],
+    margin: exit.margin[position],
+    entropy: exit.entropy[position],
+  };
+  if (exit.klPrevious) signal.klPrevious = exit.klPrevious[position];
+  return signal;
 }
 
 export interface SegmentStep {
@@ -495,6 +511,7 @@ function exitRow(exit: ExitOutput, row: number, positions: number, vocab: number
     prob: Array.from(exit.prob.subarray(from, to)),
     margin: Array.from(exit.margin.subarray(from, to)),
     entropy: Array.from(exit.entropy.subarray(from, to)),
+    klPrevious: exit.klPrevious && Array.from(exit.klPrevious.subarray(from, to)),
     logits: exit.logits?.slice(from * vocab, to * vocab),
   };
 }

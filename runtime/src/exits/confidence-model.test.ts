@@ -6,6 +6,7 @@ import {
   previousExitLayer,
   quadraticTermCount,
   quadraticTerms,
+  readsKlPrevious,
   withLearnedConfidence,
   type ConfidenceModel,
 } from "./confidence-model.ts";
@@ -36,6 +37,20 @@ describe("confidence features", () => {
     });
     const disagreeing = confidenceFeatures(exit3, { ...exit2, token: 6 });
     expect(disagreeing.slice(-3)).toEqual([0, 0, 0]);
+  });
+
+  it("add the KL divergence from the earlier exit and its log, when the model reads them", () => {
+    const names = confidenceFeatureNames(true, true);
+    expect(names.slice(0, -2)).toEqual(confidenceFeatureNames(true));
+    expect(names.slice(-2)).toEqual(["kl_previous", "log_kl_previous"]);
+    const features = confidenceFeatures({ ...exit3, klPrevious: 0.25 }, exit2, true);
+    expect(features).toHaveLength(names.length);
+    expect(features.slice(-2)).toEqual([0.25, Math.log(0.25 + 1e-6)]);
+    // Rounding can leave a KL of two near-equal distributions a little below zero.
+    expect(confidenceFeatures({ ...exit3, klPrevious: -1e-7 }, exit2, true).slice(-2)).toEqual([
+      0,
+      Math.log(1e-6),
+    ]);
   });
 
   it("stay finite at the edges: probability 1 and margin 0", () => {
@@ -86,6 +101,39 @@ describe("learned confidence", () => {
     expect(scored[0]).toBe(exit2);
     expect(scored[1].learned).toBe(learnedConfidence(model, signals));
     expect(exit3.learned).toBeUndefined();
+  });
+
+  describe("of a model that reads the KL divergence", () => {
+    const klNames = confidenceFeatureNames(true, true);
+    const klModel: ConfidenceModel = {
+      ...model,
+      features: klNames,
+      mean: klNames.map(() => 0),
+      scale: klNames.map(() => 1),
+      weights: Array.from({ length: quadraticTermCount(klNames.length) }, (_, i) => (i === 11 ? -2 : 0)),
+      bias: 1,
+    };
+
+    it("falls as the distribution moves between the two exits", () => {
+      const settled = learnedConfidence(klModel, [exit2, { ...exit3, klPrevious: 0.1 }]);
+      const moving = learnedConfidence(klModel, [exit2, { ...exit3, klPrevious: 2 }]);
+      expect(settled).toBeCloseTo(1 - 2 * 0.1, 12);
+      expect(moving).toBeLessThan(settled);
+    });
+
+    it("is −Infinity without the KL, or when the KL is from another exit than the model reads", () => {
+      expect(learnedConfidence(klModel, [exit2, exit3])).toBe(-Infinity);
+      // An exit between the two: the graph's KL at 4 is from 3, the model reads 2.
+      const exit4 = { ...exit3, afterLayer: 4, klPrevious: 0.1 };
+      const model4 = { ...klModel, afterLayer: 4, previousLayer: 2 };
+      expect(learnedConfidence(model4, [exit2, exit3, exit4])).toBe(-Infinity);
+      expect(learnedConfidence(model4, [exit2, exit4])).toBeCloseTo(1 - 0.2, 12);
+    });
+
+    it("is read from the model's feature names", () => {
+      expect(readsKlPrevious(klModel)).toBe(true);
+      expect(readsKlPrevious(model)).toBe(false);
+    });
   });
 
   it("reads the nearest earlier exit", () => {

@@ -6,7 +6,10 @@
  * away what the others know: on the demo model the linear terms alone answered 4.3 points
  * more tokens at 99% agreement than the best single metric, the products another 1.5
  * (CALM, Schuster et al. 2022, trains such a classifier on the exit's state; the state
- * itself added nothing here beyond these features, and the features cost no graph output).
+ * itself added nothing here beyond these features). Where the graph reports it, the KL
+ * divergence of the exit's distribution from the earlier exit's joins them: a distribution
+ * that stopped moving between two exits has settled (the feature CALM calls state
+ * propagation, measured on distributions rather than states).
  * Fitted by calibration (calibration/logistic-regression.ts), applied by the policy.
  */
 import type { ExitSignal } from "./exit-policy.ts";
@@ -37,34 +40,55 @@ const PREVIOUS_FEATURES = [
   "same_token*previous.prob",
 ];
 
-/** The feature names of an exit's model, with or without an earlier exit. */
-export function confidenceFeatureNames(withPrevious: boolean): string[] {
-  return withPrevious ? [...OWN_FEATURES, ...PREVIOUS_FEATURES] : [...OWN_FEATURES];
+/** How far the distribution moved since the earlier exit (ExitSignal.klPrevious). */
+const KL_FEATURES = ["kl_previous", "log_kl_previous"];
+
+/**
+ * The feature names of an exit's model: its own; with an earlier exit, that exit's too;
+ * with the KL divergence between them (when the graphs report it), that as well.
+ */
+export function confidenceFeatureNames(withPrevious: boolean, withKl = false): string[] {
+  if (!withPrevious) return [...OWN_FEATURES];
+  return withKl
+    ? [...OWN_FEATURES, ...PREVIOUS_FEATURES, ...KL_FEATURES]
+    : [...OWN_FEATURES, ...PREVIOUS_FEATURES];
+}
+
+/** Whether `model` reads the KL divergence from its earlier exit (models fitted before it existed do not). */
+export function readsKlPrevious(model: Pick<ConfidenceModel, "features">): boolean {
+  return model.features.includes(KL_FEATURES[0]);
 }
 
 // Probabilities near 1 and margins near 0 carry most of the ranking; logs spread them.
 const FLOOR = 1e-6;
 
-/** The features of `signal` (and of `previous`, the earlier exit, when the model reads one). */
-export function confidenceFeatures(signal: ExitSignal, previous?: ExitSignal): number[] {
-  const own = [
+/**
+ * The features of `signal` (and of `previous`, the earlier exit, when the model reads one;
+ * and `signal.klPrevious` with `withKl`, which must then be present).
+ */
+export function confidenceFeatures(signal: ExitSignal, previous?: ExitSignal, withKl = false): number[] {
+  // One array, pushed to: this runs for every token the edge decides.
+  const features = [
     signal.prob,
     signal.margin,
     signal.entropy,
     Math.log(Math.max(signal.margin, 0) + FLOOR),
     Math.log(Math.max(1 - signal.prob, 0) + FLOOR),
   ];
-  if (!previous) return own;
+  if (!previous) return features;
   const same = signal.token === previous.token ? 1 : 0;
-  return [
-    ...own,
+  features.push(
     previous.prob,
     previous.margin,
     previous.entropy,
     same,
     same * signal.margin,
     same * previous.prob,
-  ];
+  );
+  if (!withKl) return features;
+  const kl = Math.max(signal.klPrevious ?? NaN, 0);
+  features.push(kl, Math.log(kl + FLOOR));
+  return features;
 }
 
 /** Length of quadraticTerms' output for `count` features. */
@@ -96,9 +120,13 @@ export function learnedConfidence(model: ConfidenceModel, signals: ExitSignal[])
     previous = signals.find((s) => s.afterLayer === model.previousLayer);
     if (!previous) return -Infinity;
   }
+  const withKl = readsKlPrevious(model);
+  // The graph's KL is from its nearest earlier exit: it must be the one the model reads.
+  if (withKl && (signal.klPrevious === undefined || signals.some((s) => between(s, previous, signal))))
+    return -Infinity;
   // The weights over quadraticTerms(z), summed as the terms are formed: this runs for every
   // token the edge decides, and the expansion's array would be its main cost.
-  const z = standardized(confidenceFeatures(signal, previous), model.mean, model.scale);
+  const z = standardized(confidenceFeatures(signal, previous, withKl), model.mean, model.scale);
   const { weights } = model;
   let logit = model.bias;
   for (let i = 0; i < z.length; i++) logit += weights[i] * z[i];
@@ -107,6 +135,9 @@ export function learnedConfidence(model: ConfidenceModel, signals: ExitSignal[])
     for (let j = i; j < z.length; j++) logit += weights[term++] * z[i] * z[j];
   return Number.isNaN(logit) ? -Infinity : logit;
 }
+
+const between = (s: ExitSignal, lower: ExitSignal | undefined, upper: ExitSignal) =>
+  lower !== undefined && s.afterLayer > lower.afterLayer && s.afterLayer < upper.afterLayer;
 
 /** `signals` with `learned` set at every exit that has a model (copies; the input is left as it is). */
 export function withLearnedConfidence(signals: ExitSignal[], models: ConfidenceModel[]): ExitSignal[] {

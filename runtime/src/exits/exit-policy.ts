@@ -17,6 +17,11 @@ export interface ExitSignal {
   /** Entropy of the exit's distribution, in nats. */
   entropy: number;
   /**
+   * KL divergence, in nats, of this exit's distribution from the nearest earlier exit's
+   * (computed in the graph; absent at a graph's first exit).
+   */
+  klPrevious?: number;
+  /**
    * A calibrated confidence model's log-odds that `token` is the full model's: set by the
    * policy from its models (confidence-model.ts), never by the graph.
    */

@@ -22,7 +22,7 @@ import {
   InvalidArgumentError,
   UnavailableError,
 } from "@tandem/common";
-import type { SegmentSessions, SegmentStep } from "../engine/segment-sessions.ts";
+import { exitSignalAt, type SegmentSessions, type SegmentStep } from "../engine/segment-sessions.ts";
 import {
   GREEDY,
   answerFromHead,
@@ -582,13 +582,7 @@ export class SplitGenerator {
   }
 
   private signals(step: SegmentStep): ExitSignal[] {
-    return step.exits.map((e) => ({
-      afterLayer: e.afterLayer,
-      token: e.token[e.token.length - 1],
-      prob: e.prob[e.prob.length - 1],
-      margin: e.margin[e.margin.length - 1],
-      entropy: e.entropy[e.entropy.length - 1],
-    }));
+    return step.exits.map((e) => exitSignalAt(e, e.token.length - 1));
   }
 
   /** The token at this.positions answered at an exit of the edge. */

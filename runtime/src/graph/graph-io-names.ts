@@ -22,6 +22,8 @@
  *            hidden_after.K float [batch, seq, hidden] (hiddenTaps)
  *            exit.K.token int64, exit.K.prob / .margin / .entropy float [batch, positions]
  *                                                   (positions: 1, seq or head_positions)
+ *            exit.K.kl_previous float [batch, positions]  KL divergence from the nearest earlier
+ *                                                   exit of the graph (absent at its first exit)
  *            exit.K.logits float [batch, positions, vocab] (logits)
  *            expert_choices.L int64 [batch, seq, k]  (MoE layers)
  *            expert_weights.L float [batch, seq, k]  (host-routed MoE layer) the router's
@@ -42,7 +44,7 @@
  */
 
 /** What each exit head outputs, per row and evaluated position (logits only when asked for). */
-export type ExitOutputKind = "token" | "prob" | "margin" | "entropy" | "logits";
+export type ExitOutputKind = "token" | "prob" | "margin" | "entropy" | "kl_previous" | "logits";
 
 export const GRAPH_IO = Object.freeze({
   hiddenIn: "hidden_in",

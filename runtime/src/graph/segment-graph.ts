@@ -111,6 +111,8 @@ class SegmentGraphWriter {
   private readonly linearInitializers = new Map<string, string[]>();
   private readonly quantizedWeights = new Map<string, QuantizedWeight>();
   private readonly normInitializers = new Map<string, string>();
+  /** The last exit head written: its logits and log-sum-exp, which the next exit compares with. */
+  private previousExitHead?: { logits: string; logSumExp: string };
 
   constructor(
     private readonly config: ModelConfig,
@@ -1028,6 +1030,9 @@ class SegmentGraphWriter {
    *   logits ──► TopK(2) ─┬─► token (top-1 id)
    *                       └─► exp(top − logsumexp) ──► prob, margin = p1 − p2
    *   logits ──► logsumexp − Σ softmax·logits ──► entropy
+   *   logits, previous exit's logits ──► KL(this ‖ previous) ──► kl_previous
+   * The previous exit is the nearest earlier one in this graph (none for the first): how
+   * far the distribution moved since then says how settled it is (confidence-model.ts).
    */
   private exitHead(exit: ExitHeadSpec, x: string): void {
     const { b, config, spec } = this;
@@ -1127,6 +1132,31 @@ class SegmentGraphWriter {
     b.node("Squeeze", `${prefix}/entropy`, [entropy, squeezeAxis], {
       outputs: [b.output(GRAPH_IO.exitOutput(k, "entropy"), "float32", ["batch", positions])],
     });
+
+    const previous = this.previousExitHead;
+    if (previous) {
+      // KL(p‖q) = Σ p·(log p − log q) = Σ p·(logits − previous logits) − lse + previous lse.
+      const moved = b.op(
+        "ReduceSum",
+        `${prefix}/kl_previous/ReduceSum`,
+        [
+          b.op("Mul", `${prefix}/kl_previous/Mul`, [
+            probs,
+            b.op("Sub", `${prefix}/kl_previous/Sub`, [logits, previous.logits]),
+          ]),
+          squeezeAxis,
+        ],
+        { keepdims: 1 },
+      );
+      const kl = b.op("Add", `${prefix}/kl_previous/Add`, [
+        b.op("Sub", `${prefix}/kl_previous/Sub_lse`, [moved, logSumExp]),
+        previous.logSumExp,
+      ]);
+      b.node("Squeeze", `${prefix}/kl_previous`, [kl, squeezeAxis], {
+        outputs: [b.output(GRAPH_IO.exitOutput(k, "kl_previous"), "float32", ["batch", positions])],
+      });
+    }
+    this.previousExitHead = { logits, logSumExp };
 
     if (spec.logits)
       this.outputAlias(logits, GRAPH_IO.exitOutput(k, "logits"), ["batch", positions, config.vocabSize]);

@@ -75,6 +75,7 @@ function headRow(head: ExitResult, row: number, vocabSize: number): ExitResult {
     prob: [head.prob[row]],
     margin: [head.margin[row]],
     entropy: [head.entropy[row]],
+    klPrevious: head.klPrevious && [head.klPrevious[row]],
     logits: head.logits?.subarray(row * vocabSize, (row + 1) * vocabSize),
   };
 }
