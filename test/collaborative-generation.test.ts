@@ -250,6 +250,20 @@ describe("verified edge tokens (verify EXACT and ROLLBACK)", () => {
   });
 });
 
+describe("a learned-confidence override", () => {
+  it("is FAILED_PRECONDITION naming exit_policy.metric on an agent without a calibration, and the agent goes on", async () => {
+    const refused = await generate(edge.address, {
+      text: "hi",
+      exitPolicy: { metric: "CONFIDENCE_METRIC_LEARNED", threshold: 0.9 },
+    });
+    expect(refused.error?.code).toBe(grpc.status.FAILED_PRECONDITION);
+    expect(refused.error?.details).toMatch(/^exit_policy\.metric: .*calibration/);
+    const served = await generate(edge.address, { text: "hi", maxTokens: 3 });
+    expect(served.error).toBeUndefined();
+    expect(served.tokens).toHaveLength(3);
+  });
+});
+
 describe("bad requests get INVALID_ARGUMENT naming the field, and the agent goes on", () => {
   const cases: [string, object, RegExp][] = [
     ["max_tokens over the limit", { text: "hi", maxTokens: 100000 }, /max_tokens/],

@@ -404,6 +404,13 @@ describe("the OpenAI API on the edge agent, through the official client", () => 
       /\[0, 64\]/,
     ],
     [
+      "the learned confidence on an agent without a calibration",
+      { tandem: { exit_policy: { metric: "learned", threshold: 0.9 } } },
+      400,
+      "tandem.exit_policy.metric",
+      /needs the agent to run with a calibration/,
+    ],
+    [
       "stream_options without stream",
       { stream_options: { include_usage: true } },
       400,

@@ -236,6 +236,7 @@ export async function startEdgeAgent(
     autoPolicy,
     draftPolicy: draftPolicy ?? autoPolicy,
     exitLayers: exits.map((e) => e.afterLayer),
+    confidenceModels: calibration?.summary.confidence ?? [],
     apiKeys: config.apiKeys?.length ? new ApiKeys(config.apiKeys) : undefined,
     limits,
     metrics,

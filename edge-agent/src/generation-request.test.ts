@@ -4,7 +4,10 @@ import { FailedPreconditionError, InvalidArgumentError } from "@tandem/common";
 import {
   AlwaysDeferPolicy,
   AlwaysExitPolicy,
+  confidenceFeatureNames,
+  type ConfidenceModel,
   GREEDY,
+  quadraticTermCount,
   ThresholdExitPolicy,
   type ExitPolicy,
   type ModelConfig,
@@ -25,7 +28,17 @@ const DRAFT = new AlwaysExitPolicy();
 const SIGNAL = { afterLayer: 2, token: 1, prob: 0.5, margin: 0.1, entropy: 1 };
 const answersAtExit = (policy: ExitPolicy) => policy.decide([SIGNAL]).exit !== undefined;
 
-function context(cloud: boolean): RequestContext {
+/** A confidence model at the exit after 2 whose log-odds are 10·prob − 5 (0 at SIGNAL's prob 0.5). */
+const LEARNED: ConfidenceModel = {
+  afterLayer: 2,
+  features: confidenceFeatureNames(false),
+  mean: [0, 0, 0, 0, 0],
+  scale: [1, 1, 1, 1, 1],
+  weights: Array.from({ length: quadraticTermCount(5) }, (_, i) => (i === 0 ? 10 : 0)),
+  bias: -5,
+};
+
+function context(cloud: boolean, confidenceModels: ConfidenceModel[] = []): RequestContext {
   return {
     config: { vocabSize: 100, maxPositions: 512 } as ModelConfig,
     modelId: "m",
@@ -35,6 +48,7 @@ function context(cloud: boolean): RequestContext {
     autoPolicy: () => AUTO,
     draftPolicy: () => DRAFT,
     exitLayers: [2],
+    confidenceModels,
     limits: DEFAULT_REQUEST_LIMITS,
   };
 }
@@ -68,6 +82,32 @@ describe("a request's exit policy", () => {
     );
     expect(valid.policy()).toBeInstanceOf(ThresholdExitPolicy);
     expect(answersAtExit(valid.policy())).toBe(false);
+  });
+
+  it("may threshold the calibration's learned confidence, as a probability that the exit's token is the full model's", () => {
+    const at = (threshold: number) =>
+      validateRequest(
+        request({ exitPolicy: { metric: "learned", threshold } }),
+        context(true, [LEARNED]),
+        FIELDS,
+      ).policy();
+    // SIGNAL's learned log-odds are 0: a probability of 0.5.
+    expect(answersAtExit(at(0.4))).toBe(true);
+    expect(answersAtExit(at(0.6))).toBe(false);
+  });
+
+  it("refuses learned on an agent without confidence models, and a learned threshold outside (0, 1) or with an escalation rate, naming the field", () => {
+    const learned =
+      (exitPolicy: GenerationInput["exitPolicy"], models: ConfidenceModel[] = [LEARNED]) =>
+      () =>
+        validateRequest(request({ exitPolicy }), context(true, models), FIELDS);
+    expect(learned({ metric: "learned", threshold: 0.9 }, [])).toThrow(FailedPreconditionError);
+    expect(learned({ metric: "learned", threshold: 0.9 }, [])).toThrow(/^exit_policy\.metric: /);
+    for (const threshold of [0, 1, 2, NaN, undefined])
+      expect(learned({ metric: "learned", threshold })).toThrow(/^exit_policy\.threshold: .*\(0, 1\)/);
+    expect(learned({ metric: "learned", threshold: 0.9, targetEscalationRate: 0.3 })).toThrow(
+      /^exit_policy\.target_escalation_rate: /,
+    );
   });
 
   it("checks nothing with CLOUD_ONLY, and refuses verify with EDGE_ONLY or without a cloud, naming it", () => {

@@ -13,6 +13,8 @@ import {
   type ChatTemplate,
   DEFAULT_GENERATE_OPTIONS,
   type ConfidenceMetric,
+  type ConfidenceModel,
+  type ExitMetric,
   type ExitPolicy,
   MAX_TOP_LOGPROBS,
   MAX_DRAFT_TOKENS,
@@ -81,7 +83,7 @@ export interface GenerationInput {
   stop: string[];
   sampling: SamplingOptions;
   mode: string;
-  exitPolicy?: { metric?: ConfidenceMetric; threshold?: number; targetEscalationRate?: number };
+  exitPolicy?: { metric?: ExitMetric; threshold?: number; targetEscalationRate?: number };
   /** Report each token's log-probability and this many alternatives (0: the token's only). */
   topLogprobs?: number;
   /** A key of VERIFY_BY_NAME; undefined: VERIFY_NONE. */
@@ -133,6 +135,8 @@ export interface RequestContext {
   /** The policy of verified requests (verify EXACT or ROLLBACK) that do not override it. */
   draftPolicy: () => ExitPolicy;
   exitLayers: number[];
+  /** The calibration's confidence models, for a `learned` override (none without a calibration). */
+  confidenceModels: ConfidenceModel[];
   limits: RequestLimits;
 }
 
@@ -240,7 +244,9 @@ export function validateRequest(
   const verify = VERIFY_BY_NAME[verifyName];
   let policy = verify === "none" ? context.autoPolicy : context.draftPolicy;
   const override = input.exitPolicy;
-  if (override && (override.metric !== undefined || override.targetEscalationRate)) {
+  if (override?.metric === "learned") {
+    policy = learnedOverride(override, context, fields);
+  } else if (override && (override.metric !== undefined || override.targetEscalationRate)) {
     const metric: ConfidenceMetric = override.metric ?? "prob";
     const rate = override.targetEscalationRate ?? 0;
     const threshold = override.threshold ?? 0;
@@ -319,4 +325,40 @@ function validMessages(
       );
     return { role, content };
   });
+}
+
+/**
+ * A request's own threshold on the calibration's learned confidence: the probability that
+ * the exit's token is the full model's, at every exit with a model (the models score in
+ * log-odds, so the threshold is turned into those).
+ */
+function learnedOverride(
+  override: NonNullable<GenerationInput["exitPolicy"]>,
+  context: RequestContext,
+  fields: RequestFieldNames,
+): () => ExitPolicy {
+  const models = context.confidenceModels;
+  if (models.length === 0)
+    throw new FailedPreconditionError(
+      fieldName(fields.exitPolicy, "metric"),
+      "learned needs the agent to run with a calibration that has confidence models; this one has none",
+    );
+  if (override.targetEscalationRate)
+    throw new InvalidArgumentError(
+      fieldName(fields.exitPolicy, "target_escalation_rate"),
+      "applies to prob, margin and entropy; learned takes a threshold",
+    );
+  const probability = override.threshold ?? 0;
+  if (!(probability > 0 && probability < 1))
+    throw new InvalidArgumentError(
+      fieldName(fields.exitPolicy, "threshold"),
+      `learned takes a probability in (0, 1), got ${probability}`,
+    );
+  const logOdds = Math.log(probability / (1 - probability));
+  const rules = models.map((m) => ({
+    afterLayer: m.afterLayer,
+    metric: "learned" as const,
+    threshold: logOdds,
+  }));
+  return () => new ThresholdExitPolicy(rules, models);
 }

@@ -16,12 +16,7 @@ import {
   type ListModelsResponse,
   type ModelInfo,
 } from "@tandem/proto";
-import {
-  penaltyFromWire,
-  type ConfidenceMetric,
-  type TokenLogprobs,
-  type TokenSource,
-} from "@tandem/runtime";
+import { penaltyFromWire, type ExitMetric, type TokenLogprobs, type TokenSource } from "@tandem/runtime";
 import { InvalidArgumentError, type Logger } from "@tandem/common";
 import {
   type GenerationInput,
@@ -96,10 +91,11 @@ export const GRPC_FIELDS: RequestFieldNames = {
   maxDraftTokens: "max_draft_tokens",
 };
 
-const METRICS: Record<string, ConfidenceMetric> = {
+const METRICS: Record<string, ExitMetric> = {
   CONFIDENCE_METRIC_PROB: "prob",
   CONFIDENCE_METRIC_MARGIN: "margin",
   CONFIDENCE_METRIC_ENTROPY: "entropy",
+  CONFIDENCE_METRIC_LEARNED: "learned",
 };
 
 /** A GenerateRequest in the terms every API shares. */

@@ -28,7 +28,7 @@ import Fastify, {
 } from "fastify";
 import { status as GrpcStatus } from "@grpc/grpc-js";
 import { statusOf, whenWritable } from "@tandem/proto";
-import type { ChatMessage, ConfidenceMetric } from "@tandem/runtime";
+import type { ChatMessage } from "@tandem/runtime";
 import {
   CancelledError,
   FailedPreconditionError,
@@ -198,7 +198,7 @@ function commonInput(
     verify: `VERIFY_${(body.tandem?.verify ?? "none").toUpperCase()}`,
     maxDraftTokens: body.tandem?.max_draft_tokens,
     exitPolicy: policy && {
-      metric: policy.metric as ConfidenceMetric | undefined,
+      metric: policy.metric,
       threshold: policy.threshold,
       targetEscalationRate: policy.target_escalation_rate,
     },

@@ -21,7 +21,7 @@ const TANDEM_OPTIONS = z
     max_draft_tokens: z.int().optional(),
     exit_policy: z
       .object({
-        metric: z.enum(["prob", "margin", "entropy"]).optional(),
+        metric: z.enum(["prob", "margin", "entropy", "learned"]).optional(),
         threshold: z.number().optional(),
         target_escalation_rate: z.number().optional(),
       })

@@ -106,6 +106,7 @@ export {
   confidenceFeatureNames,
   confidenceFeatures,
   learnedConfidence,
+  quadraticTermCount,
   readsKlPrevious,
   type ConfidenceModel,
 } from "./exits/confidence-model.ts";

@@ -219,7 +219,8 @@ export const TANDEM_DESCRIPTOR = {
                 "CONFIDENCE_METRIC_UNSPECIFIED": 0,
                 "CONFIDENCE_METRIC_PROB": 1,
                 "CONFIDENCE_METRIC_MARGIN": 2,
-                "CONFIDENCE_METRIC_ENTROPY": 3
+                "CONFIDENCE_METRIC_ENTROPY": 3,
+                "CONFIDENCE_METRIC_LEARNED": 4
               }
             },
             "GenerateEvent": {

@@ -6,6 +6,10 @@ export const ConfidenceMetric = {
   CONFIDENCE_METRIC_PROB: 'CONFIDENCE_METRIC_PROB',
   CONFIDENCE_METRIC_MARGIN: 'CONFIDENCE_METRIC_MARGIN',
   CONFIDENCE_METRIC_ENTROPY: 'CONFIDENCE_METRIC_ENTROPY',
+  /**
+   * The agent's calibration's confidence models (FAILED_PRECONDITION on an agent without one).
+   */
+  CONFIDENCE_METRIC_LEARNED: 'CONFIDENCE_METRIC_LEARNED',
 } as const;
 
 export type ConfidenceMetric =
@@ -17,5 +21,10 @@ export type ConfidenceMetric =
   | 2
   | 'CONFIDENCE_METRIC_ENTROPY'
   | 3
+  /**
+   * The agent's calibration's confidence models (FAILED_PRECONDITION on an agent without one).
+   */
+  | 'CONFIDENCE_METRIC_LEARNED'
+  | 4
 
 export type ConfidenceMetric__Output = typeof ConfidenceMetric[keyof typeof ConfidenceMetric]

@@ -6,11 +6,13 @@ import type { ConfidenceMetric as _tandem_v1_ConfidenceMetric, ConfidenceMetric_
 export interface ExitPolicyOverride {
   'metric'?: (_tandem_v1_ConfidenceMetric);
   /**
-   * prob/margin: answer locally when the value is at least this; entropy: at most this.
+   * prob/margin: answer locally when the value is at least this; entropy: at most this;
+   * learned: the probability, in (0, 1), that the exit's token is the full model's.
    */
   'threshold'?: (number | string);
   /**
-   * When set (0 < rate < 1), thresholds adapt so about this share of tokens escalates.
+   * When set (0 < rate < 1), thresholds adapt so about this share of tokens escalates
+   * (prob, margin, entropy).
    */
   'targetEscalationRate'?: (number | string);
 }
@@ -18,11 +20,13 @@ export interface ExitPolicyOverride {
 export interface ExitPolicyOverride__Output {
   'metric': (_tandem_v1_ConfidenceMetric__Output);
   /**
-   * prob/margin: answer locally when the value is at least this; entropy: at most this.
+   * prob/margin: answer locally when the value is at least this; entropy: at most this;
+   * learned: the probability, in (0, 1), that the exit's token is the full model's.
    */
   'threshold': (number);
   /**
-   * When set (0 < rate < 1), thresholds adapt so about this share of tokens escalates.
+   * When set (0 < rate < 1), thresholds adapt so about this share of tokens escalates
+   * (prob, margin, entropy).
    */
   'targetEscalationRate': (number);
 }
