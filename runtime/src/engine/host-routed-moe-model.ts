@@ -100,16 +100,20 @@ export class HostRoutedMoeModel implements SegmentRunner {
         layers.push(
           await SegmentModel.load(checkpoint, piece({ fromLayer: layer, toLayer: layer + 1 }), options),
         );
-      // Each exit is a graph of its own, so the KL divergence between consecutive exits is
-      // computed here from their logits (run()), not in a graph.
+      // Each exit is a graph of its own, so the KL divergence between consecutive early exits
+      // is computed here from their logits (run()), not in a graph.
+      // (The final head reports no KL, so it needs no logits for one.)
       const exits = segmentExits(spec, checkpoint.config);
+      const early = (at: number) => at < checkpoint.config.numLayers;
+      const klFromLogits = exits.filter((e) => early(e.afterLayer)).length > 1;
       for (const exit of exits) {
         const at = exit.afterLayer;
+        const logits = spec.logits || (klFromLogits && early(at));
         heads.set(
           at,
           await SegmentModel.load(
             checkpoint,
-            piece({ fromLayer: at, toLayer: at, exits: [exit], logits: spec.logits || exits.length > 1 }),
+            piece({ fromLayer: at, toLayer: at, exits: [exit], logits }),
             options,
           ),
         );
@@ -190,12 +194,12 @@ export class HostRoutedMoeModel implements SegmentRunner {
     return { hidden: spec.outputHidden ? hidden : undefined, taps, exits: this.withKlPrevious(exits) };
   }
 
-  /** Each exit's kl_previous, as one graph would give it; logits only when the spec asks. */
+  /** Each early exit's kl_previous, as one graph would give it; logits only when the spec asks. */
   private withKlPrevious(exits: ExitOutput[]): ExitOutput[] {
     return exits.map((exit, i) => {
       const previous = exits[i - 1] as ExitOutput | undefined;
       const klPrevious =
-        previous?.logits && exit.logits
+        previous?.logits && exit.logits && exit.afterLayer < this.config.numLayers
           ? klDivergenceRows(exit.logits, previous.logits, this.config.vocabSize)
           : undefined;
       return { ...exit, klPrevious, logits: this.spec.logits ? exit.logits : undefined };

@@ -853,6 +853,24 @@ describe("exit heads", () => {
     }
   });
 
+  it("leave the final head without a KL divergence: no confidence model reads one there", async () => {
+    const checkpoint = checkpoints.get("tied embeddings, mistral")!;
+    const sessions = await sessionsFor(checkpoint, {
+      fromLayer: 0,
+      toLayer: checkpoint.config.numLayers,
+      exits: [{ afterLayer: 1 }, { afterLayer: 2 }],
+      finalHead: true,
+    });
+    sessions.open("s");
+    const step = await sessions.forward("s", { ids: PROMPT });
+    await sessions.model.release();
+    expect(step.exits.map((e) => [e.afterLayer, e.klPrevious !== undefined])).toEqual([
+      [1, false],
+      [2, true],
+      [checkpoint.config.numLayers, false],
+    ]);
+  });
+
   it("apply a linear exit map to the unit-RMS hidden state before the final norm and LM head", async () => {
     const checkpoint = checkpoints.get("llama gqa ratio 2")!;
     const h = checkpoint.config.hiddenSize;

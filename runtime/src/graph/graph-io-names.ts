@@ -23,7 +23,8 @@
  *            exit.K.token int64, exit.K.prob / .margin / .entropy float [batch, positions]
  *                                                   (positions: 1, seq or head_positions)
  *            exit.K.kl_previous float [batch, positions]  KL divergence from the nearest earlier
- *                                                   exit of the graph (absent at its first exit)
+ *                                                   exit of the graph (absent at its first exit
+ *                                                   and at the final head)
  *            exit.K.logits float [batch, positions, vocab] (logits)
  *            expert_choices.L int64 [batch, seq, k]  (MoE layers)
  *            expert_weights.L float [batch, seq, k]  (host-routed MoE layer) the router's

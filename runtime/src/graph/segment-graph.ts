@@ -1031,8 +1031,9 @@ class SegmentGraphWriter {
    *                       └─► exp(top − logsumexp) ──► prob, margin = p1 − p2
    *   logits ──► logsumexp − Σ softmax·logits ──► entropy
    *   logits, previous exit's logits ──► KL(this ‖ previous) ──► kl_previous
-   * The previous exit is the nearest earlier one in this graph (none for the first): how
-   * far the distribution moved since then says how settled it is (confidence-model.ts).
+   * The previous exit is the nearest earlier one in this graph (none for the first, and no
+   * KL at the final head): how far the distribution moved since then says how settled it
+   * is (confidence-model.ts).
    */
   private exitHead(exit: ExitHeadSpec, x: string): void {
     const { b, config, spec } = this;
@@ -1133,7 +1134,8 @@ class SegmentGraphWriter {
       outputs: [b.output(GRAPH_IO.exitOutput(k, "entropy"), "float32", ["batch", positions])],
     });
 
-    const previous = this.previousExitHead;
+    // The final head's own KL would be read by nothing: confidence models sit at early exits.
+    const previous = k < config.numLayers ? this.previousExitHead : undefined;
     if (previous) {
       // KL(p‖q) = Σ p·(log p − log q) = Σ p·(logits − previous logits) − lse + previous lse.
       const moved = b.op(
