@@ -103,21 +103,18 @@ export function searchThresholds(
   );
   const order = value.map((v) => Array.from(v.keys()).sort((a, b) => v[b] - v[a]));
 
-  /**
-   * Best rules for exits layers[i..] over the positions `remaining` marks (`count` of them)
-   * with `errorsLeft` mistakes allowed.
-   */
+  /** Best rules for exits layers[i..] over the positions `remaining` marks, with `errorsLeft` mistakes allowed. */
   const solve = (
     i: number,
     remaining: Uint8Array,
-    count: number,
     errorsLeft: number,
   ): { rules: ExitThreshold[]; answered: number } => {
-    if (i >= layers.length || count === 0) return { rules: layers.slice(i).map(never), answered: 0 };
+    if (i >= layers.length) return { rules: [], answered: 0 };
     const layer = layers[i];
     const v = value[i];
     const scored = order[i].filter((r) => remaining[r] === 1);
-    const skip = solve(i + 1, remaining, count, errorsLeft);
+    if (scored.length === 0) return { rules: layers.slice(i).map(never), answered: 0 };
+    const skip = solve(i + 1, remaining, errorsLeft);
     let best = { rules: [never(layer), ...skip.rules], answered: skip.answered };
     const isLast = i === layers.length - 1;
     const cuts = isLast ? scored.map((_, k) => k + 1) : quantileCuts(scored.length, candidates);
@@ -136,9 +133,7 @@ export function searchThresholds(
       // A threshold must separate: skip cuts inside a run of equal scores.
       if (cut < scored.length && v[scored[cut]] === v[scored[cut - 1]]) continue;
       const threshold = toThreshold(v[scored[cut - 1]], metric);
-      const later = rest
-        ? solve(i + 1, rest, scored.length - cut, errorsLeft - errors)
-        : { rules: [], answered: 0 };
+      const later = rest ? solve(i + 1, rest, errorsLeft - errors) : { rules: [], answered: 0 };
       if (cut + later.answered > best.answered)
         best = {
           rules: [{ afterLayer: layer, metric, threshold }, ...later.rules],
@@ -150,7 +145,7 @@ export function searchThresholds(
 
   // An exit that should never answer gets no rule (an infinite threshold would not survive JSON).
   const all = new Uint8Array(records.length).fill(1);
-  const rules = solve(0, all, records.length, budget).rules.filter((r) => Number.isFinite(r.threshold));
+  const rules = solve(0, all, budget).rules.filter((r) => Number.isFinite(r.threshold));
   return { rules, outcome: evaluatePolicy(records, rules) };
 }
 
