@@ -105,9 +105,20 @@ describe("a request's exit policy", () => {
     expect(learned({ metric: "learned", threshold: 0.9 }, [])).toThrow(/^exit_policy\.metric: /);
     for (const threshold of [0, 1, 2, NaN, undefined])
       expect(learned({ metric: "learned", threshold })).toThrow(/^exit_policy\.threshold: .*\(0, 1\)/);
-    expect(learned({ metric: "learned", threshold: 0.9, targetEscalationRate: 0.3 })).toThrow(
-      /^exit_policy\.target_escalation_rate: /,
-    );
+    for (const targetEscalationRate of [0.3, NaN])
+      expect(learned({ metric: "learned", threshold: 0.9, targetEscalationRate })).toThrow(
+        /^exit_policy\.target_escalation_rate: /,
+      );
+  });
+
+  it("refuses an escalation rate that is not a number, rather than ignoring it", () => {
+    for (const exitPolicy of [
+      { targetEscalationRate: NaN },
+      { metric: "margin" as const, targetEscalationRate: NaN },
+    ])
+      expect(() => validateRequest(request({ exitPolicy }), context(true), FIELDS)).toThrow(
+        /^exit_policy\.target_escalation_rate: must be in \(0, 1\)/,
+      );
   });
 
   it("checks nothing with CLOUD_ONLY, and refuses verify with EDGE_ONLY or without a cloud, naming it", () => {

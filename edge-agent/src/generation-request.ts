@@ -246,7 +246,7 @@ export function validateRequest(
   const override = input.exitPolicy;
   if (override?.metric === "learned") {
     policy = learnedOverride(override, context, fields);
-  } else if (override && (override.metric !== undefined || override.targetEscalationRate)) {
+  } else if (override && (override.metric !== undefined || (override.targetEscalationRate ?? 0) !== 0)) {
     const metric: ConfidenceMetric = override.metric ?? "prob";
     const rate = override.targetEscalationRate ?? 0;
     const threshold = override.threshold ?? 0;
@@ -343,7 +343,7 @@ function learnedOverride(
       fieldName(fields.exitPolicy, "metric"),
       "learned needs the agent to run with a calibration that has confidence models; this one has none",
     );
-  if (override.targetEscalationRate)
+  if ((override.targetEscalationRate ?? 0) !== 0)
     throw new InvalidArgumentError(
       fieldName(fields.exitPolicy, "target_escalation_rate"),
       "applies to prob, margin and entropy; learned takes a threshold",
@@ -355,10 +355,6 @@ function learnedOverride(
       `learned takes a probability in (0, 1), got ${probability}`,
     );
   const logOdds = Math.log(probability / (1 - probability));
-  const rules = models.map((m) => ({
-    afterLayer: m.afterLayer,
-    metric: "learned" as const,
-    threshold: logOdds,
-  }));
-  return () => new ThresholdExitPolicy(rules, models);
+  const layers = models.map((m) => m.afterLayer);
+  return () => ThresholdExitPolicy.uniform(layers, "learned", logOdds, models);
 }

@@ -92,9 +92,17 @@ export class ThresholdExitPolicy implements ExitPolicy {
     }
   }
 
-  /** The same metric and threshold at every exit. */
-  static uniform(exitLayers: number[], metric: ConfidenceMetric, threshold: number): ThresholdExitPolicy {
-    return new ThresholdExitPolicy(exitLayers.map((afterLayer) => ({ afterLayer, metric, threshold })));
+  /** The same metric and threshold at every exit (`learned` reads `confidence`'s models). */
+  static uniform(
+    exitLayers: number[],
+    metric: ExitMetric,
+    threshold: number,
+    confidence: ConfidenceModel[] = [],
+  ): ThresholdExitPolicy {
+    return new ThresholdExitPolicy(
+      exitLayers.map((afterLayer) => ({ afterLayer, metric, threshold })),
+      confidence,
+    );
   }
 
   decide(signals: ExitSignal[]): ExitDecision {
