@@ -7,6 +7,7 @@
  */
 import { FailedPreconditionError, InvalidArgumentError } from "@tandem/common";
 import type { ExitResult } from "../engine/segment-sessions.ts";
+import { logSumExp } from "../numeric/log-sum-exp.ts";
 
 export interface SamplingOptions {
   /** 0 means greedy. */
@@ -198,11 +199,7 @@ export interface TokenLogprobs {
 
 /** Log-softmax of `logits` at `token`, and the `top` most probable tokens (temperature 1, nothing cut). */
 export function logprobsOf(logits: Float32Array, token: number, top: number): TokenLogprobs {
-  let max = -Infinity;
-  for (let i = 0; i < logits.length; i++) if (logits[i] > max) max = logits[i];
-  let total = 0;
-  for (let i = 0; i < logits.length; i++) total += Math.exp(logits[i] - max);
-  const logZ = max + Math.log(total);
+  const logZ = logSumExp(logits);
   // A partial selection: `top` is small (≤ 20) against a vocabulary of 10⁴–10⁵.
   const best: number[] = [];
   for (let i = 0; i < logits.length && top > 0; i++) {

@@ -1,3 +1,5 @@
+import { logSumExp } from "./log-sum-exp.ts";
+
 /**
  * KL(softmax(p) ‖ softmax(q)) row by row, on the host: what a segment graph computes as an
  * exit's kl_previous (segment-graph.ts), for exits that sit in separate graphs (host-routed
@@ -17,12 +19,4 @@ export function klDivergenceRows(p: Float32Array, q: Float32Array, width: number
     out[r] = kl - lseP + lseQ;
   }
   return out;
-}
-
-function logSumExp(x: Float32Array, from: number, width: number): number {
-  let max = -Infinity;
-  for (let i = from; i < from + width; i++) if (x[i] > max) max = x[i];
-  let sum = 0;
-  for (let i = from; i < from + width; i++) sum += Math.exp(x[i] - max);
-  return max + Math.log(sum);
 }
