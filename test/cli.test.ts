@@ -240,7 +240,7 @@ describe("tandem inspect", () => {
     );
     expect(code).toBe(0);
     const inspection = JSON.parse(stdout) as CheckpointInspection;
-    expect(inspection).toMatchObject({ family: "llama", supported: true, reasons: [], attention: "fused" });
+    expect(inspection).toMatchObject({ family: "llama", supported: true, reasons: [] });
     expect(inspection.deployment).toEqual({
       exitLayers: [2, 3],
       recommendedSplit: 3,

@@ -93,13 +93,6 @@ function formatInspection(inspection: CheckpointInspection): string[] {
     "rope",
     `theta ${known(shape.ropeTheta)}, scaling ${known(shape.ropeScaling)}; context ${known(shape.maxPositions)} positions`,
   );
-  if (inspection.attention)
-    field(
-      "attention",
-      inspection.attention === "fused"
-        ? "fused (GroupQueryAttention)"
-        : `plain operators (head_dim ${known(shape.headDim)} is not a multiple of 16)`,
-    );
   if (weights) {
     const files = weights.files.length === 1 ? weights.files[0].name : `${weights.files.length} shards`;
     const dtypes = weights.dtypes

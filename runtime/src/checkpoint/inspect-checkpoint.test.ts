@@ -82,7 +82,7 @@ function writeJson(path: string, value: unknown): void {
 }
 
 describe("inspectCheckpoint: real models' shapes", () => {
-  it("SmolLM2-360M: family, shape, parameters, files, attention, and exact segment bytes per split and format", async () => {
+  it("SmolLM2-360M: family, shape, parameters, files, and exact segment bytes per split and format", async () => {
     const dir = writeHeaderOnlyCheckpoint("SmolLM2-360M");
     const inspection = await inspectCheckpoint(dir);
     expect(inspection).toMatchObject({
@@ -103,7 +103,6 @@ describe("inspectCheckpoint: real models' shapes", () => {
         ropeScaling: "none",
         maxPositions: 8192,
       },
-      attention: "fused",
       bosTokenId: 0,
       endTokenIds: [0],
       tokenizer: { tokenizerJson: false, tokenizerConfig: false },
@@ -200,7 +199,6 @@ describe("inspectCheckpoint: real models' shapes", () => {
       family: "qwen3",
       supported: true,
       shape: { hiddenSize: 1024, numHeads: 16, numKvHeads: 8, headDim: 128, numLayers: 28 },
-      attention: "fused",
     });
   });
 
@@ -261,13 +259,12 @@ describe("inspectCheckpoint: random checkpoints", () => {
     expect(inspection.memory!.splits.map((s) => s.split)).toEqual([1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3]);
   });
 
-  it("the plain-operator attention for a head size the fused kernel cannot take", async () => {
+  it("a head size that is no multiple of 16 (12) is supported", async () => {
     const dir = newDir("odd");
     await writeRandomCheckpoint(dir, ODD_HIDDEN);
     const inspection = await inspectCheckpoint(dir, { splits: [2], weightFormats: ["fp32"] });
     expect(inspection).toMatchObject({
       supported: true,
-      attention: "plain operators",
       shape: { headDim: 12 },
     });
     expect(inspection.tokenizer).toMatchObject({ promptPrefix: [], promptSuffix: [] });
@@ -352,7 +349,6 @@ describe("inspectCheckpoint: what Tandem does not run", () => {
       tokenizer: { tokenizerJson: true },
     });
     expect(inspection.memory).toBeUndefined();
-    expect(inspection.attention).toBeUndefined();
   });
 
   it("rope_scaling of a type not built: refused by name, the shape still read", async () => {

@@ -144,8 +144,6 @@ export interface CheckpointInspection {
   /** Why not, in the words loading would throw, in the order it would meet them. */
   reasons: string[];
   shape: ModelShape;
-  /** GroupQueryAttention, or the same attention in plain operators for head sizes it cannot take. */
-  attention?: "fused" | "plain operators";
   weights?: WeightFacts;
   /** config.json's bos_token_id. */
   bosTokenId?: number;
@@ -220,9 +218,6 @@ export async function inspectCheckpoint(
     deployment,
   };
   if (config) {
-    // Loaded on demand, as graph-cache.ts loads it: the graph writer is large.
-    const { fusedAttentionTakes } = await import("../graph/segment-graph.ts");
-    inspection.attention = fusedAttentionTakes(config) ? "fused" : "plain operators";
     inspection.memory = memoryEstimates(config, inspection.deployment, options);
   }
   return inspection;

@@ -9,9 +9,9 @@
  * past that row's length, where nothing reads them. A pool grows (a copy of its rows) only
  * when its longest row outgrows its capacity, in whole blocks of positions like a slot.
  *
- * Why rows and not pages: ONNX Runtime's CPU GroupQueryAttention reads each batch row's
- * past as one contiguous [kvHeads, capacity, headDim] block, so a paged cache would need a
- * gather of every page into such blocks on every step — the copy this layout avoids. The
+ * Why rows and not pages: the graph's attention reads each batch row's past as one
+ * contiguous [kvHeads, capacity, headDim] block (a MatMul operand), so a paged cache would
+ * need a gather of every page into such blocks on every step — the copy this layout avoids. The
  * price is room: every row of a pool has the capacity of its longest.
  */
 import { allocateKvSlot, copyKvRow, type KvShape, type KvSlot } from "./kv-slot.ts";

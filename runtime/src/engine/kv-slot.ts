@@ -38,8 +38,7 @@ export interface KvSlot {
 
 /**
  * Capacity of a slot that must hold `needed` positions: whole blocks, but never beyond
- * `limit`, the model's maxPositions (GroupQueryAttention refuses a cache longer than its
- * rotary tables).
+ * `limit`, the model's maxPositions (the graph's rotary tables hold that many positions).
  */
 export function kvCapacity(needed: number, limit: number): number {
   const blocks = Math.max(1, Math.ceil(needed / KV_BLOCK_POSITIONS));

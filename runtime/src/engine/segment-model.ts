@@ -133,11 +133,6 @@ export class SegmentModel implements SegmentRunner {
   readonly graphPath: string;
   /** MoE only: activations per (layer, expert) of this segment, since the last take. */
   private expertCounts?: Float64Array;
-  /**
-   * Per segment layer: whether its attention writes new positions into the slot itself
-   * (fused, present bound to past) or returns them for appendKv (plain operators).
-   */
-  private readonly inPlaceKv: boolean[];
 
   private constructor(
     private readonly session: ort.InferenceSession,
@@ -152,10 +147,6 @@ export class SegmentModel implements SegmentRunner {
     this.weightsHash = checkpoint.weightsHash;
     this.exitLayers = segmentExits(spec, checkpoint.config).map((e) => e.afterLayer);
     this.graphPath = graphPath;
-    const outputs = new Set(session.outputNames);
-    this.inPlaceKv = Array.from({ length: spec.toLayer - spec.fromLayer }, (_, i) =>
-      outputs.has(GRAPH_IO.presentKey(spec.fromLayer + i)),
-    );
     if (checkpoint.config.numExperts)
       this.expertCounts = new Float64Array((spec.toLayer - spec.fromLayer) * checkpoint.config.numExperts);
   }
@@ -214,12 +205,7 @@ export class SegmentModel implements SegmentRunner {
     const pastLength = Math.max(0, ...input.pastLengths);
     const kvShape = [batch, config.numKvHeads, kv.capacity, config.headDim];
     const feeds: Record<string, ort.Tensor> = {
-      [GRAPH_IO.seqlensK]: new ort.Tensor(
-        "int32",
-        Int32Array.from(input.pastLengths, (p) => p + seq - 1),
-        [batch],
-      ),
-      [GRAPH_IO.totalSequenceLength]: new ort.Tensor("int32", Int32Array.from([pastLength + seq]), []),
+      [GRAPH_IO.pastLengths]: new ort.Tensor("int64", BigInt64Array.from(input.pastLengths, BigInt), [batch]),
     };
     if (spec.positions === "tail" && this.exitLayers.length > 0) {
       const n = input.headPositions ?? 1;
@@ -238,24 +224,21 @@ export class SegmentModel implements SegmentRunner {
     feeds[GRAPH_IO.hiddenIn] = new ort.Tensor("float32", hidden, [batch, seq, config.hiddenSize]);
     for (let i = 0; i < this.layerCount; i++) {
       const layer = spec.fromLayer + i;
+      if (pastLength === 0) {
+        // Nothing to attend to in the past: one masked position instead of the slot's capacity.
+        const empty = new Float32Array(batch * config.numKvHeads * config.headDim);
+        const shape = [batch, config.numKvHeads, 1, config.headDim];
+        feeds[GRAPH_IO.pastKey(layer)] = new ort.Tensor("float32", empty, shape);
+        feeds[GRAPH_IO.pastValue(layer)] = new ort.Tensor("float32", empty, shape);
+        continue;
+      }
       feeds[GRAPH_IO.pastKey(layer)] = new ort.Tensor("float32", kv.layers[i].key, kvShape);
       feeds[GRAPH_IO.pastValue(layer)] = new ort.Tensor("float32", kv.layers[i].value, kvShape);
     }
 
-    // Every output is fetched; a fused layer's present cache is bound to its past's
-    // buffer, which the kernel then updates in place (past_present_share_buffer).
-    const fetches: Record<string, ort.Tensor | null> = {};
-    for (const name of this.session.outputNames) fetches[name] = null;
+    const results = await this.session.run(feeds);
     for (let i = 0; i < this.layerCount; i++) {
       const layer = spec.fromLayer + i;
-      if (!this.inPlaceKv[i]) continue;
-      fetches[GRAPH_IO.presentKey(layer)] = feeds[GRAPH_IO.pastKey(layer)];
-      fetches[GRAPH_IO.presentValue(layer)] = feeds[GRAPH_IO.pastValue(layer)];
-    }
-    const results = await this.session.run(feeds, fetches);
-    for (let i = 0; i < this.layerCount; i++) {
-      const layer = spec.fromLayer + i;
-      if (this.inPlaceKv[i]) continue;
       appendKv(
         kv,
         i,

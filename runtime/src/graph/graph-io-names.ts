@@ -6,18 +6,13 @@
  *
  *   inputs   hidden_in float [batch, seq, hidden]    the embedded tokens where fromLayer = 0
  *                                                   (the engine looks them up: embedding-table-layout.ts)
- *            seqlens_k int32 [batch]                 total length of each row minus one
- *            total_sequence_length int32 []          max total length over rows
+ *            past_lengths int64 [batch]              positions each row holds before the run
  *            past_key.L / past_value.L float [batch, kvHeads, past, headDim]
  *            head_positions int64 [1]              (positions "tail") how many of each row's
  *                                                   last positions the exits and head evaluate
- *   outputs  present_key.L / present_value.L float [batch, kvHeads, past, headDim]
- *                                                   (fused attention) the past with each row's
- *                                                   new positions written in: the engine binds
- *                                                   it to the past's own buffer
- *            new_key.L / new_value.L float [batch, kvHeads, seq, headDim]  (plain-operator
- *                                                   attention) the keys (rotated) and values of
- *                                                   each row's new positions, for the engine to append
+ *   outputs  new_key.L / new_value.L float [batch, kvHeads, seq, headDim]  the keys (rotated)
+ *                                                   and values of each row's new positions, for
+ *                                                   the engine to append to its cache
  *            hidden_out float [batch, seq, hidden]   (outputHidden)
  *            hidden_after.K float [batch, seq, hidden] (hiddenTaps)
  *            exit.K.token int64, exit.K.prob / .margin / .entropy float [batch, positions]
@@ -35,10 +30,9 @@
  * An expert graph (one expert of one layer, host-routed MoE) maps expert_in float [rows,
  * hidden] to expert_out float [rows, hidden]: the expert's SwiGLU, unweighted.
  * Rows of a batch may have different past lengths: past is right-padded (and may be longer
- * than any row: a cache with room) and row b's new keys belong at position
- * seqlens_k[b] - seq + 1 (GroupQueryAttention's convention). Either way no run hands back
- * a copy of a layer's whole cache: GroupQueryAttention writes into the buffer it reads
- * (present bound to past), the plain path returns only the new positions.
+ * than any row: a cache with room), row b's positions past_lengths[b] on are masked, and
+ * its new keys belong at position past_lengths[b]. No run hands back a copy of a layer's
+ * cache, only the new positions: onnxruntime-node copies every output it returns.
  *
  * A cached graph keeps the names it was built with and its cache key does not cover
  * them: changing a name needs a bump of SEGMENT_GRAPH_VERSION.
@@ -49,8 +43,7 @@ export type ExitOutputKind = "token" | "prob" | "margin" | "entropy" | "kl_previ
 
 export const GRAPH_IO = Object.freeze({
   hiddenIn: "hidden_in",
-  seqlensK: "seqlens_k",
-  totalSequenceLength: "total_sequence_length",
+  pastLengths: "past_lengths",
   headPositions: "head_positions",
   hiddenOut: "hidden_out",
   pastKey: (layer: number) => `past_key.${layer}` as const,
@@ -58,9 +51,6 @@ export const GRAPH_IO = Object.freeze({
   /** Keys of the positions a run adds, per row: what the caller appends to its cache. */
   newKey: (layer: number) => `new_key.${layer}` as const,
   newValue: (layer: number) => `new_value.${layer}` as const,
-  /** The cache with the run's positions written in (fused attention): bound to past_key's buffer. */
-  presentKey: (layer: number) => `present_key.${layer}` as const,
-  presentValue: (layer: number) => `present_value.${layer}` as const,
   /** The hidden state after `layers` decoder layers (a hidden tap). */
   hiddenAfter: (layers: number) => `hidden_after.${layers}` as const,
   /** The experts chosen per token in an MoE layer. */

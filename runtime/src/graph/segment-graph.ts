@@ -129,8 +129,7 @@ class SegmentGraphWriter {
   write(): SegmentGraph {
     const { b, config, spec } = this;
     const hidden = config.hiddenSize;
-    b.input(GRAPH_IO.seqlensK, "int32", ["batch"]);
-    b.input(GRAPH_IO.totalSequenceLength, "int32", []);
+    b.input(GRAPH_IO.pastLengths, "int64", ["batch"]);
     if (spec.positions === "tail" && this.exits.length > 0) b.input(GRAPH_IO.headPositions, "int64", [1]);
 
     // A segment from layer 0 starts from the embedded tokens too: the engine looks them up
@@ -283,46 +282,26 @@ class SegmentGraphWriter {
   }
 
   /**
-   * The positions of each row's new tokens, [batch, seq] int64: row b's seq positions
-   * start at seqlens_k[b] + 1 − seq. Built once from the inputs, shared by every layer.
+   * The positions of each row's new tokens, [batch, seq] int64: row b's start at
+   * past_lengths[b]. Built once from the inputs, shared by every layer.
    */
   private newPositions(x: string): NewPositions {
     const { b } = this;
     const prefix = "/model/new_positions";
     const seqLength = b.op("Shape", `${prefix}/seq`, [x], { start: 1, end: 2 });
-    const lastPosition = b.op("Cast", `${prefix}/last`, [GRAPH_IO.seqlensK], { to: 7 });
-    const first = b.op("Add", `${prefix}/first`, [
-      b.op("Sub", `${prefix}/first/Sub`, [lastPosition, seqLength]),
-      b.int64Constant([1]),
-    ]);
     const steps = b.op("Range", `${prefix}/steps`, [
       b.int64Constant([0], true),
       b.op("Squeeze", `${prefix}/seq/Squeeze`, [seqLength, b.int64Constant([0])]),
       b.int64Constant([1], true),
     ]);
     const positions = b.op("Add", `${prefix}/positions`, [
-      b.op("Unsqueeze", `${prefix}/first/Unsqueeze`, [first, b.int64Constant([1])]),
+      b.op("Unsqueeze", `${prefix}/first/Unsqueeze`, [GRAPH_IO.pastLengths, b.int64Constant([1])]),
       b.op("Unsqueeze", `${prefix}/steps/Unsqueeze`, [steps, b.int64Constant([0])]),
     ]);
     return { positions };
   }
 
-  /**
-   * Where each row's new positions sit in a cache, as a GatherElements/ScatterElements
-   * index over axis 2 of [batch, kvHeads, seq, headDim]. Built once, on first use.
-   */
-  private cacheIndex(positions: NewPositions): string {
-    const { b, config } = this;
-    return (positions.cacheIndex ??= b.op("Expand", "/model/new_positions/index", [
-      b.op("Unsqueeze", "/model/new_positions/positions/Unsqueeze", [
-        positions.positions,
-        b.int64Constant([1, 3]),
-      ]),
-      b.int64Constant([1, config.numKvHeads, 1, config.headDim]),
-    ]));
-  }
-
-  /** cos/sin tables [maxPositions, headDim/2] for GroupQueryAttention's rotary (HF rotate_half layout). */
+  /** cos/sin tables [maxPositions, headDim/2] for the rotary embedding (HF rotate_half layout). */
   private rotaryCaches(): RotaryCaches {
     const { headDim, maxPositions } = this.config;
     const half = headDim / 2;
@@ -345,7 +324,7 @@ class SegmentGraphWriter {
   }
 
   /*
-   *   x ──► RMSNorm ──► QKV MatMul (+bias) ──► GroupQueryAttention ──► o_proj ──► (+) ──► h
+   *   x ──► RMSNorm ──► QKV MatMul (+bias) ──► attention ──► o_proj ──► (+) ──► h
    *   └──────────────────────────────────────────────────────────────────────────┘
    *   h ──► RMSNorm ──► gate_up MatMul ──► Split ──► silu(gate)·up ──► down ──► (+) ──► out
    *   └──────────────────────────────────────────────────────────────────────────┘
@@ -383,23 +362,26 @@ class SegmentGraphWriter {
     ]);
     const qDim = config.numHeads * config.headDim;
     const kvDim = config.numKvHeads * config.headDim;
-    const splitQkv = (): string[] =>
-      b.node("Split", `${prefix}/attn/qkv_proj/Split`, [qkv, b.int64Constant([qDim, kvDim, kvDim])], {
-        outputs: 3,
-        attributes: { axis: -1 },
-      });
-    let query = qkv;
-    let key = "";
-    let value = "";
+    const [splitQuery, splitKey, value] = b.node(
+      "Split",
+      `${prefix}/attn/qkv_proj/Split`,
+      [qkv, b.int64Constant([qDim, kvDim, kvDim])],
+      { outputs: 3, attributes: { axis: -1 } },
+    );
+    let [query, key] = [splitQuery, splitKey];
     if (w.qNorm && w.kNorm) {
-      [query, key, value] = splitQkv();
       query = this.headNorm(`${prefix}/attn/q_norm`, query, w.qNorm, config.numHeads);
       key = this.headNorm(`${prefix}/attn/k_norm`, key, w.kNorm, config.numKvHeads);
     }
-    const fused = fusedAttentionTakes(config);
-    if (!fused && !key) [query, key, value] = splitQkv();
-    const inputs = [prefix, layer, [query, key, value], pastKey, pastValue, rotary] as const;
-    const attention = fused ? this.groupQueryAttention(...inputs) : this.plainAttention(...inputs, positions);
+    const attention = this.attention(
+      prefix,
+      layer,
+      [query, key, value],
+      pastKey,
+      pastValue,
+      rotary,
+      positions,
+    );
     const projected = this.linear(`${prefix}/attn/o_proj`, attention, asLinear(w.oProj));
     const afterAttention = b.op("Add", `${prefix}/attn/residual/Add`, [x, projected]);
 
@@ -416,53 +398,23 @@ class SegmentGraphWriter {
     return b.op("Add", `${prefix}/mlp/residual/Add`, [afterAttention, mlp]);
   }
 
-  /**
-   * ONNX Runtime's fused attention: rotary, the cache update and causal GQA in one kernel.
-   * `qkv` is the fused projection, or query/key/value apart (after Qwen3's norms).
-   */
-  private groupQueryAttention(
-    prefix: string,
-    layer: number,
-    qkv: readonly [string, string, string],
-    pastKey: string,
-    pastValue: string,
-    rotary: RotaryCaches,
-  ): string {
-    const { b, config } = this;
-    // The present cache is a graph output the engine binds to the past's own buffer, so
-    // the kernel writes each row's new positions in place (its shared-buffer mode) instead
-    // of copying the whole past into a new present every step.
-    const presentShape = ["batch", config.numKvHeads, "past", config.headDim];
-    const presentKey = b.output(GRAPH_IO.presentKey(layer), "float32", presentShape);
-    const presentValue = b.output(GRAPH_IO.presentValue(layer), "float32", presentShape);
-    const [attention] = b.node(
-      "GroupQueryAttention",
-      `${prefix}/attn/GroupQueryAttention`,
-      [...qkv, pastKey, pastValue, GRAPH_IO.seqlensK, GRAPH_IO.totalSequenceLength, rotary.cos, rotary.sin],
-      {
-        outputs: [`${prefix}/attn/GroupQueryAttention/output_0`, presentKey, presentValue],
-        domain: "com.microsoft",
-        attributes: {
-          num_heads: config.numHeads,
-          kv_num_heads: config.numKvHeads,
-          do_rotary: 1,
-          rotary_interleaved: 0,
-          scale: { float: 1 / Math.sqrt(config.headDim) },
-        },
-      },
-    );
-    return attention;
-  }
-
   /*
-   * The same attention in standard operators, for head sizes the fused kernel cannot take:
+   * Causal grouped-query attention that reads the cache where it lies:
    *   q, k ──► rotate_half rotary at each row's positions
-   *   present = past with the new keys/values scattered in at those positions
-   *   softmax(q·presentᵀ / √d, keys after a query's position masked) · present values
+   *   scores = [q·pastᵀ/√d (a row's own past only) | q·newᵀ/√d (keys not after the query)]
+   *   softmax(scores) · [past values | new values]
+   * and returns the new positions' keys and values for the engine to append (appendKv).
    * Query heads are grouped over their KV head ([batch, kvHeads, groups, seq, d]), so no
-   * KV head is copied.
+   * KV head is copied either.
+   *
+   * Why not ONNX Runtime's fused GroupQueryAttention, which updates the cache in place:
+   * onnxruntime-node copies every output of a run into a fresh JavaScript buffer, a
+   * present bound to the past's own buffer included. Its in-place cache therefore cost a
+   * copy of every layer's whole cache per decode step, into memory the process had to
+   * fault in — on the 110M model at 1,000 positions, decode steps of 16 ms instead of
+   * 4.5. Nothing here is as large as the cache but the scores. Any even head size works.
    */
-  private plainAttention(
+  private attention(
     prefix: string,
     layer: number,
     [query, key, value]: readonly [string, string, string],
@@ -475,33 +427,20 @@ class SegmentGraphWriter {
     const { numHeads, numKvHeads, headDim } = config;
     const groups = numHeads / numKvHeads;
     const p = `${prefix}/attn`;
-    const { cos, sin } = this.rotaryAtPositions(rotary, positions);
-    const rotated = (name: string, x: string, heads: number): string => {
-      const x4 = b.op("Reshape", `${p}/${name}/heads`, [x, b.int64Constant([0, 0, heads, headDim])]);
-      const half = headDim / 2;
-      const first = b.op("Slice", `${p}/${name}/first_half`, [
-        x4,
-        b.int64Constant([0]),
-        b.int64Constant([half]),
-        b.int64Constant([-1]),
+    // [batch, seq, heads·d] → the same, rotated (HF rotate_half layout), → [batch, seq, heads, d]
+    const rotated = (name: string, x: string, heads: number): string =>
+      b.op("Reshape", `${p}/${name}/heads`, [
+        b.node(
+          "RotaryEmbedding",
+          `${p}/${name}/RotaryEmbedding`,
+          [x, positions.positions, rotary.cos, rotary.sin],
+          {
+            domain: "com.microsoft",
+            attributes: { num_heads: heads, interleaved: 0 },
+          },
+        )[0],
+        b.int64Constant([0, 0, heads, headDim]),
       ]);
-      const second = b.op("Slice", `${p}/${name}/second_half`, [
-        x4,
-        b.int64Constant([half]),
-        b.int64Constant([headDim]),
-        b.int64Constant([-1]),
-      ]);
-      const rotatedHalf = b.op(
-        "Concat",
-        `${p}/${name}/rotate_half`,
-        [b.op("Neg", `${p}/${name}/Neg`, [second]), first],
-        { axis: -1 },
-      );
-      return b.op("Add", `${p}/${name}/rotary`, [
-        b.op("Mul", `${p}/${name}/cos`, [x4, cos]),
-        b.op("Mul", `${p}/${name}/sin`, [rotatedHalf, sin]),
-      ]);
-    };
     const toCacheLayout = [0, 2, 1, 3]; // [batch, seq, kvHeads, d] → [batch, kvHeads, seq, d]
     const newKvShape = ["batch", numKvHeads, "seq", headDim];
     const newKey = b.op("Transpose", `${p}/new_key/Transpose`, [rotated("key", key, numKvHeads)], {
@@ -516,31 +455,8 @@ class SegmentGraphWriter {
     this.outputAlias(newKey, GRAPH_IO.newKey(layer), newKvShape);
     this.outputAlias(newValue, GRAPH_IO.newValue(layer), newKvShape);
 
-    // The cache with room for the new positions, which land where each row's positions say
-    // (rows of a batch may hold different lengths; past holds the longest).
-    const index = this.cacheIndex(positions);
-    const present = (name: string, past: string, fresh: string): string =>
-      b.op(
-        "ScatterElements",
-        `${p}/${name}/Scatter`,
-        [
-          b.op("Concat", `${p}/${name}/Concat`, [past, b.op("Sub", `${p}/${name}/zeros`, [fresh, fresh])], {
-            axis: 2,
-          }),
-          index,
-          fresh,
-        ],
-        { axis: 2 },
-      );
-    const presentKey = b.op("Unsqueeze", `${p}/present_key/Unsqueeze`, [
-      present("present_key", pastKey, newKey),
-      b.int64Constant([2]),
-    ]); // [batch, kvHeads, 1, total, d]
-    const presentValue = b.op("Unsqueeze", `${p}/present_value/Unsqueeze`, [
-      present("present_value", pastValue, newValue),
-      b.int64Constant([2]),
-    ]);
-
+    // Scores against the past and against the new positions are computed apart and meet
+    // only in the softmax: the past is read where it lies, never copied into a present.
     const groupedQuery = b.op(
       "Transpose",
       `${p}/query/grouped`,
@@ -552,70 +468,109 @@ class SegmentGraphWriter {
       ],
       { perm: [0, 2, 3, 1, 4] },
     ); // [batch, kvHeads, groups, seq, d]
-    const scores = b.op("Mul", `${p}/scores/scale`, [
-      b.op("MatMul", `${p}/scores/MatMul`, [
-        groupedQuery,
-        b.op("Transpose", `${p}/present_key/Transpose`, [presentKey], { perm: [0, 1, 2, 4, 3] }),
-      ]),
-      b.floatConstant([1 / Math.sqrt(headDim)], true),
-    ]); // [batch, kvHeads, groups, seq, total]
+    const perKvHead = (name: string, x: string): string =>
+      b.op("Unsqueeze", `${p}/${name}/Unsqueeze`, [x, b.int64Constant([2])]); // [batch, kvHeads, 1, n, d]
+    // q·kᵀ/√d in one kernel: FusedMatMul reads the keys transposed, so none is copied.
+    const scores = (name: string, keys: string): string =>
+      b.op(
+        "FusedMatMul",
+        `${p}/${name}/FusedMatMul`,
+        [groupedQuery, perKvHead(name, keys)],
+        {
+          transB: 1,
+          alpha: { float: 1 / Math.sqrt(headDim) },
+        },
+        "com.microsoft",
+      );
+    const pastScores = b.op("Add", `${p}/past_scores/mask`, [
+      scores("past_key", pastKey),
+      this.pastMask(positions, pastKey),
+    ]); // [batch, kvHeads, groups, seq, capacity]
+    const newScores = b.op("Add", `${p}/new_scores/mask`, [
+      scores("new_key", newKey),
+      this.newMask(positions),
+    ]); // [batch, kvHeads, groups, seq, seq]
     const probs = b.op(
       "Softmax",
       `${p}/Softmax`,
-      [
-        b.op("Where", `${p}/causal_mask`, [
-          this.causalMask(positions, presentKey),
-          scores,
-          b.floatConstant([-3.4028234663852886e38], true),
-        ]),
-      ],
+      [b.op("Concat", `${p}/scores/Concat`, [pastScores, newScores], { axis: -1 })],
       { axis: -1 },
     );
-    const context = b.op("MatMul", `${p}/context/MatMul`, [probs, presentValue]);
+    const capacity = this.capacity(positions, pastKey);
+    const axis = b.int64Constant([-1]);
+    const pastProbs = b.op("Slice", `${p}/past_probs`, [probs, b.int64Constant([0]), capacity, axis]);
+    const newProbs = b.op("Slice", `${p}/new_probs`, [probs, capacity, b.int64Constant([2 ** 62]), axis]);
+    const context = b.op("Add", `${p}/context/Add`, [
+      b.op("MatMul", `${p}/context/past`, [pastProbs, perKvHead("past_value", pastValue)]),
+      b.op("MatMul", `${p}/context/new`, [newProbs, perKvHead("new_value", newValue)]),
+    ]); // [batch, kvHeads, groups, seq, d]
     return b.op("Reshape", `${p}/context/merge_heads`, [
       b.op("Transpose", `${p}/context/Transpose`, [context], { perm: [0, 3, 1, 2, 4] }),
       b.int64Constant([0, 0, numHeads * headDim]),
     ]);
   }
 
-  /** cos and sin at each new position, [batch, seq, 1, headDim] (both halves), built once. */
-  private rotaryAtPositions(rotary: RotaryCaches, positions: NewPositions): { cos: string; sin: string } {
-    const { b } = this;
-    const at = (name: string, table: string): string => {
-      const half = b.op("Gather", `/model/rotary/${name}/Gather`, [table, positions.positions]);
-      return b.op("Unsqueeze", `/model/rotary/${name}/Unsqueeze`, [
-        b.op("Concat", `/model/rotary/${name}/Concat`, [half, half], { axis: -1 }),
-        b.int64Constant([2]),
-      ]);
-    };
-    return (positions.rotary ??= { cos: at("cos", rotary.cos), sin: at("sin", rotary.sin) });
-  }
-
   /**
-   * True where a query may see a key, [batch, 1, 1, seq, total]: key position ≤ the query's
-   * position. Built once per graph (every layer's present has the same length).
+   * What masks a past score, added to it, [batch, 1, 1, 1, capacity]: 0 where the row's
+   * past position holds a key of its own (below its first new position), the lowest float
+   * elsewhere — a slot's tail (room for later tokens, or positions rolled back), whatever
+   * it holds. An addend rather than a Where: ONNX Runtime's broadcasting Add is several
+   * times faster. Built once per graph.
    */
-  private causalMask(positions: NewPositions, presentKey: string): string {
+  private pastMask(positions: NewPositions, pastKey: string): string {
     const { b } = this;
-    if (positions.causalMask) return positions.causalMask;
-    const prefix = "/model/causal_mask";
-    const total = b.op("Squeeze", `${prefix}/total`, [
-      b.op("Shape", `${prefix}/Shape`, [presentKey], { start: 3, end: 4 }),
+    if (positions.pastMask) return positions.pastMask;
+    const prefix = "/model/past_mask";
+    const capacity = b.op("Squeeze", `${prefix}/capacity`, [
+      this.capacity(positions, pastKey),
       b.int64Constant([0]),
     ]);
     const keyPositions = b.op("Range", `${prefix}/keys`, [
       b.int64Constant([0], true),
-      total,
+      capacity,
       b.int64Constant([1], true),
     ]);
-    const queryPositions = b.op("Unsqueeze", `${prefix}/queries`, [
-      positions.positions,
-      b.int64Constant([1, 2, 4]),
-    ]);
-    return (positions.causalMask = b.op("LessOrEqual", `${prefix}/LessOrEqual`, [
+    const visible = b.op("Less", `${prefix}/Less`, [
       keyPositions,
-      queryPositions,
-    ]));
+      b.op("Unsqueeze", `${prefix}/Unsqueeze`, [GRAPH_IO.pastLengths, b.int64Constant([1, 2, 3, 4])]),
+    ]);
+    return (positions.pastMask = this.maskAddend(prefix, visible));
+  }
+
+  /** Positions a past holds, room included, [1]: every layer's past has as many. Built once. */
+  private capacity(positions: NewPositions, pastKey: string): string {
+    return (positions.capacity ??= this.b.op("Shape", "/model/capacity", [pastKey], { start: 2, end: 3 }));
+  }
+
+  /** What masks a new score, added to it, [seq, seq]: 0 where the key is not after the query. Built once. */
+  private newMask(positions: NewPositions): string {
+    const { b } = this;
+    if (positions.newMask) return positions.newMask;
+    const prefix = "/model/new_mask";
+    const seq = b.op("Squeeze", `${prefix}/seq`, [
+      b.op("Shape", `${prefix}/Shape`, [positions.positions], { start: 1, end: 2 }),
+      b.int64Constant([0]),
+    ]);
+    const steps = b.op("Range", `${prefix}/steps`, [
+      b.int64Constant([0], true),
+      seq,
+      b.int64Constant([1], true),
+    ]);
+    const visible = b.op("LessOrEqual", `${prefix}/LessOrEqual`, [
+      steps,
+      b.op("Unsqueeze", `${prefix}/queries`, [steps, b.int64Constant([1])]),
+    ]);
+    return (positions.newMask = this.maskAddend(prefix, visible));
+  }
+
+  /** 0 where `visible`, the lowest float elsewhere: a softmax gives the latter no weight. */
+  private maskAddend(prefix: string, visible: string): string {
+    const { b } = this;
+    return b.op("Where", `${prefix}/addend`, [
+      visible,
+      b.floatConstant([0], true),
+      b.floatConstant([-3.4028234663852886e38], true),
+    ]);
   }
 
   /** Qwen3's per-head RMSNorm: x [batch, seq, heads·d] normalised over each head's d values. */
@@ -1194,13 +1149,6 @@ function releaseLayer(w: LayerWeights): void {
   for (const tensor of tensors) tensor?.release?.();
 }
 
-/** Where the fused GroupQueryAttention kernel can run a model's attention. */
-export function fusedAttentionTakes(config: ModelConfig): boolean {
-  // ONNX Runtime's CPU GroupQueryAttention requires a head size that is a multiple of 16;
-  // every Llama-family release uses 64 or 128.
-  return config.headDim % 16 === 0;
-}
-
 interface RotaryCaches {
   cos: string;
   sin: string;
@@ -1209,9 +1157,9 @@ interface RotaryCaches {
 /** Values derived from the new tokens' positions, each built once per graph when first needed. */
 interface NewPositions {
   positions: string;
-  cacheIndex?: string;
-  rotary?: { cos: string; sin: string };
-  causalMask?: string;
+  capacity?: string;
+  pastMask?: string;
+  newMask?: string;
 }
 
 function transpose(data: Float32Array, rows: number, cols: number): Float32Array {

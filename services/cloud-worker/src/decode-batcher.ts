@@ -6,7 +6,7 @@
  *   - then a chunk of the oldest catch-up frame (a frame of many positions: an edge's
  *     prompt or a context replay), as many positions as the step's token budget leaves, so
  *     a long frame delays the decoders by a chunk a step rather than by all of it.
- * ONNX Runtime's GroupQueryAttention takes one sequence length for every row of a call, so
+ * A segment run takes one sequence length for every row of a call, so
  * the chunk is a second call of the same step, not rows of the decode batch's.
  * One batched step reads the weights once for every session in it, which is what makes a
  * memory-bound decode cheaper per token under load.
