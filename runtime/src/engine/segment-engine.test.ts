@@ -23,9 +23,14 @@ import {
   type RandomCheckpointSpec,
 } from "../testing/random-checkpoint.ts";
 import { allocateKvSlot, KV_BLOCK_POSITIONS } from "./kv-slot.ts";
-import { SegmentModel } from "./segment-model.ts";
+import { SegmentModel, type SegmentRunner } from "./segment-model.ts";
 import { KvPool } from "./kv-pool.ts";
-import { SegmentSessions, type SegmentSessionsOptions, type SegmentStep } from "./segment-sessions.ts";
+import {
+  runChunks,
+  SegmentSessions,
+  type SegmentSessionsOptions,
+  type SegmentStep,
+} from "./segment-sessions.ts";
 
 const base = TINY_LLAMA;
 
@@ -400,6 +405,117 @@ describe("KV cache", () => {
       }
       for (const s of [single, batched]) await s.model.release();
     });
+});
+
+describe("a forward longer than runChunkTokens runs as consecutive calls", () => {
+  /** 70 positions: more than one block of the cache, and many runs of 8. */
+  const LONG_PROMPT = Array.from({ length: 70 }, (_, i) => (i * 37 + 11) % 256);
+
+  it("splits into runs of at most the chunk size, the last holding every position the head evaluates", () => {
+    expect(runChunks(70, 8, 1)).toEqual([
+      [0, 8],
+      [8, 16],
+      [16, 24],
+      [24, 32],
+      [32, 40],
+      [40, 48],
+      [48, 56],
+      [56, 64],
+      [64, 70],
+    ]);
+    expect(runChunks(16, 8, 1)).toEqual([
+      [0, 8],
+      [8, 16],
+    ]);
+    expect(runChunks(5, 8, 1)).toEqual([[0, 5]]);
+    expect(runChunks(20, 8, 11)).toEqual([
+      [0, 8],
+      [8, 9],
+      [9, 20],
+    ]);
+    expect(runChunks(20, 8, 20)).toEqual([[0, 20]]);
+  });
+
+  for (const [positions, headPositions] of [
+    ["all", undefined],
+    ["tail", 11],
+    ["last", undefined],
+  ] as const)
+    it(`gives what one call gives: hidden states, taps and exits at positions "${positions}", then the same decode`, async () => {
+      const checkpoint = checkpoints.get("llama gqa ratio 2")!;
+      const spec: Partial<SegmentSpec> & Pick<SegmentSpec, "fromLayer" | "toLayer"> = {
+        fromLayer: 0,
+        toLayer: 3,
+        exits: [{ afterLayer: 1 }, { afterLayer: 3 }],
+        finalHead: false,
+        positions,
+        logits: true,
+        outputHidden: true,
+        hiddenTaps: [1],
+      };
+      const whole = await sessionsFor(checkpoint, spec, { runChunkTokens: 4096 });
+      const chunked = await sessionsFor(checkpoint, spec, { runChunkTokens: 8 });
+      const steps: SegmentStep[][] = [];
+      for (const sessions of [whole, chunked]) {
+        sessions.open("s");
+        steps.push([
+          await sessions.forward("s", { ids: LONG_PROMPT, headPositions }),
+          await sessions.forward("s", { ids: [9] }),
+        ]);
+        expect(sessions.length("s")).toBe(LONG_PROMPT.length + 1);
+        await sessions.model.release();
+      }
+      for (let i = 0; i < 2; i++) {
+        const [a, b] = [steps[0][i], steps[1][i]];
+        expect([b.start, b.count]).toEqual([a.start, a.count]);
+        expect(maxAbsDiff(b.hidden!, a.hidden!)).toBeLessThanOrEqual(1e-5);
+        expect(maxAbsDiff(b.taps.get(1)!, a.taps.get(1)!)).toBeLessThanOrEqual(1e-5);
+        const [exitA, exitB] = [a.exits[1], b.exits[1]];
+        expect(exitB.token.length).toBe(i === 1 ? 1 : { all: 70, tail: 11, last: 1 }[positions]);
+        expect(exitB.token).toEqual(exitA.token);
+        expect(maxAbsDiff(exitB.logits!, exitA.logits!)).toBeLessThanOrEqual(1e-5);
+        expect(maxAbsDiff(exitB.prob, exitA.prob)).toBeLessThanOrEqual(1e-5);
+        expect(maxAbsDiff(exitB.klPrevious!, exitA.klPrevious!)).toBeLessThanOrEqual(1e-5);
+        expect(b.exits[0].token).toEqual(a.exits[0].token);
+      }
+    });
+
+  it("a call that fails part-way leaves the session where it was: the retry equals a fresh session", async () => {
+    const checkpoint = checkpoints.get("llama gqa ratio 2")!;
+    const model = await SegmentModel.load(
+      checkpoint,
+      segmentSpec({ fromLayer: 0, toLayer: 4, finalHead: true, logits: true }),
+      { cacheDir },
+    );
+    let runsBeforeFailure = Infinity;
+    const failing: SegmentRunner = {
+      config: model.config,
+      spec: model.spec,
+      weightsHash: model.weightsHash,
+      layerCount: model.layerCount,
+      exitLayers: model.exitLayers,
+      takeExpertCounts: () => model.takeExpertCounts(),
+      release: () => model.release(),
+      run: (input) => {
+        if (runsBeforeFailure-- <= 0) throw new InternalError("the runtime failed");
+        return model.run(input);
+      },
+    };
+    const sessions = new SegmentSessions(failing, { runChunkTokens: 8 });
+    sessions.open("s");
+    await sessions.forward("s", { ids: PROMPT });
+    runsBeforeFailure = 3;
+    await expect(sessions.forward("s", { ids: LONG_PROMPT })).rejects.toThrow(/the runtime failed/);
+    expect(sessions.length("s")).toBe(PROMPT.length);
+    runsBeforeFailure = Infinity;
+    const retried = await sessions.forward("s", { ids: LONG_PROMPT });
+    sessions.open("fresh");
+    await sessions.forward("fresh", { ids: PROMPT });
+    const fresh = await sessions.forward("fresh", { ids: LONG_PROMPT });
+    expect(retried.start).toBe(PROMPT.length);
+    expect(maxAbsDiff(retried.exits[0].logits!, fresh.exits[0].logits!)).toBe(0);
+    await model.release();
+  });
 });
 
 describe("KV cache growing past its blocks", () => {

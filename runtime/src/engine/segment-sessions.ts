@@ -68,6 +68,13 @@ export interface SegmentSessionsOptions {
   /** Largest chunk one forward accepts. @default 4096 */
   maxChunkTokens?: number;
   /**
+   * Most positions of one session a runtime call takes: a longer forward (a prompt) runs
+   * as consecutive calls of this many, whose attention scores (positions × cache) stay
+   * small enough for the processor's caches and whose activations stay bounded however
+   * long the prompt. The result is the same as one call's. @default 256
+   */
+  runChunkTokens?: number;
+  /**
    * Rows of each KV pool: the most sessions a batched step runs together with no copy of
    * their caches. A pool is allocated whole, so 1 (a slot per session) suits a device
    * with one session; a cloud worker uses its batch size. @default 1
@@ -75,7 +82,11 @@ export interface SegmentSessionsOptions {
   batchRows?: number;
 }
 
-export const DEFAULT_SEGMENT_SESSIONS_OPTIONS = { maxChunkTokens: 4096, batchRows: 1 } as const;
+export const DEFAULT_SEGMENT_SESSIONS_OPTIONS = {
+  maxChunkTokens: 4096,
+  runChunkTokens: 256,
+  batchRows: 1,
+} as const;
 
 interface SessionState {
   id: string;
@@ -89,6 +100,7 @@ export class SegmentSessions {
   private readonly sessions = new Map<string, SessionState>();
   private readonly pools: KvPool[] = [];
   private readonly maxChunkTokens: number;
+  private readonly runChunkTokens: number;
   private readonly batchRows: number;
   private readonly kvShape: KvShape;
   /** Tail of the queue of runs: calls run one at a time, in the order they were made. */
@@ -99,9 +111,15 @@ export class SegmentSessions {
     options: SegmentSessionsOptions = {},
   ) {
     this.maxChunkTokens = options.maxChunkTokens ?? DEFAULT_SEGMENT_SESSIONS_OPTIONS.maxChunkTokens;
+    this.runChunkTokens = options.runChunkTokens ?? DEFAULT_SEGMENT_SESSIONS_OPTIONS.runChunkTokens;
     this.batchRows = options.batchRows ?? DEFAULT_SEGMENT_SESSIONS_OPTIONS.batchRows;
     if (!Number.isInteger(this.batchRows) || this.batchRows < 1)
       throw new InvalidArgumentError("batchRows", `must be a positive integer, got ${this.batchRows}`);
+    if (!Number.isInteger(this.runChunkTokens) || this.runChunkTokens < 1)
+      throw new InvalidArgumentError(
+        "runChunkTokens",
+        `must be a positive integer, got ${this.runChunkTokens}`,
+      );
     this.kvShape = {
       layers: model.layerCount,
       kvHeads: model.config.numKvHeads,
@@ -199,15 +217,28 @@ export class SegmentSessions {
       // Checked again now: calls queued ahead of this one may have grown the session.
       this.checkRoom(state.length, count);
       this.place(state, state.length + count);
-      const [step] = await this.runRows(
-        state.pool!,
-        state.row,
-        state.row,
-        new Map([[state.row, input]]),
-        count,
-        input.headPositions,
-      );
-      return step!;
+      const start = state.length;
+      const headPositions = input.headPositions ?? 1;
+      const steps: SegmentStep[] = [];
+      try {
+        for (const [from, to] of runChunks(count, this.runChunkTokens, headPositions)) {
+          const last = to === count;
+          const [step] = await this.runRows(
+            state.pool!,
+            state.row,
+            state.row,
+            new Map([[state.row, sliceInput(input, from, to, this.model.config.hiddenSize)]]),
+            to - from,
+            last ? headPositions : 1,
+          );
+          steps.push(step!);
+        }
+      } catch (error) {
+        // A call that fails part-way leaves the session as it was before it.
+        state.length = start;
+        throw error;
+      }
+      return joinSteps(steps, this.model.spec.positions === "all");
     });
   }
 
@@ -500,6 +531,70 @@ export class SegmentSessions {
       );
     }
   }
+}
+
+/**
+ * [from, to) ranges of at most `size` positions covering `count`, except the last, which
+ * holds at least `tailPositions` (the positions the exits evaluate must be in one call).
+ */
+export function runChunks(count: number, size: number, tailPositions: number): [number, number][] {
+  const lastStart = Math.max(0, count - Math.max(tailPositions, ((count - 1) % size) + 1));
+  const chunks: [number, number][] = [];
+  for (let from = 0; from < lastStart; from += size) chunks.push([from, Math.min(from + size, lastStart)]);
+  chunks.push([lastStart, count]);
+  return chunks;
+}
+
+function sliceInput(input: SegmentInput, from: number, to: number, hiddenSize: number): SegmentInput {
+  if (from === 0 && to === inputLength(input)) return input;
+  return "ids" in input
+    ? { ids: input.ids.slice(from, to) }
+    : { hidden: input.hidden.subarray(from * hiddenSize, to * hiddenSize), count: to - from };
+}
+
+function inputLength(input: SegmentInput): number {
+  return "ids" in input ? input.ids.length : input.count;
+}
+
+/**
+ * One step for consecutive runs of a session: hidden states and taps joined; the exits of
+ * every position when the spec evaluates all, else the last run's (which held the tail).
+ */
+function joinSteps(steps: SegmentStep[], allPositions: boolean): SegmentStep {
+  if (steps.length === 1) return steps[0];
+  const last = steps[steps.length - 1];
+  const join = (parts: (Float32Array | undefined)[]): Float32Array | undefined =>
+    parts.every((part) => part) ? concatFloat32(parts as Float32Array[]) : undefined;
+  return {
+    start: steps[0].start,
+    count: steps.reduce((sum, step) => sum + step.count, 0),
+    hidden: join(steps.map((step) => step.hidden)),
+    taps: new Map([...last.taps.keys()].map((k) => [k, join(steps.map((step) => step.taps.get(k)))!])),
+    exits: !allPositions
+      ? last.exits
+      : last.exits.map((exit, e): ExitResult => {
+          const parts = steps.map((step) => step.exits[e]);
+          return {
+            afterLayer: exit.afterLayer,
+            token: parts.flatMap((part) => part.token),
+            prob: parts.flatMap((part) => part.prob),
+            margin: parts.flatMap((part) => part.margin),
+            entropy: parts.flatMap((part) => part.entropy),
+            klPrevious: exit.klPrevious && parts.flatMap((part) => part.klPrevious!),
+            logits: exit.logits && concatFloat32(parts.map((part) => part.logits!)),
+          };
+        }),
+  };
+}
+
+function concatFloat32(parts: Float32Array[]): Float32Array {
+  const out = new Float32Array(parts.reduce((sum, part) => sum + part.length, 0));
+  let offset = 0;
+  for (const part of parts) {
+    out.set(part, offset);
+    offset += part.length;
+  }
+  return out;
 }
 
 function exitRow(exit: ExitOutput, row: number, positions: number, vocab: number): ExitResult {
