@@ -326,6 +326,13 @@ describe.skipIf(process.env.TANDEM_CI_SECOND_PASS === "1")("tandem bench", () =>
           ["int4", "Q4_0"],
         ]);
         for (const a of anchor) expect(a.llama_cpp_decode_tokens_per_s).toBeGreaterThan(0);
+        // Both engines timed alike: a cold (warm-up) prefill apart, then the smoke run's one round.
+        type Timing = { cold_prefill_tokens_per_s: number; prefill_tokens_per_s_rounds: number[] };
+        for (const row of result.rows as (Timing & { llama_cpp: Timing })[])
+          for (const timing of [row, row.llama_cpp]) {
+            expect(timing.cold_prefill_tokens_per_s).toBeGreaterThan(0);
+            expect(timing.prefill_tokens_per_s_rounds).toHaveLength(1);
+          }
         // Quality on the trained demo model: each engine's formats against Tandem fp32.
         const quality = (result as { demo_model_quality?: { rows: Record<string, number | string>[] } })
           .demo_model_quality!.rows;

@@ -7,6 +7,8 @@
  * llama.cpp (node-llama-cpp's prebuilt CPU build, tools/llama-cpp/) on the same weights
  * written as GGUF — fp32 as F32, int8 as Q8_0, int4 as Q4_0 — same prompt, same threads.
  *
+ * Both engines are timed alike (prefill-decode-timing.ts): a warm-up of the whole prompt,
+ * then five rounds (one with --smoke), medians reported with each round's figure.
  * Each case runs in a child process so its RSS and thread pool are its own.
  * Usage: tandem bench runtime [--smoke]
  */
@@ -36,7 +38,7 @@ import { measureMemoryBandwidth } from "./memory-bandwidth.ts";
 import { ensureRealShapeCheckpoint, isRealModelName } from "./real-shape-checkpoints.ts";
 import { countParams, layerLinearParams } from "./model-arithmetic.ts";
 import { ensureSizedModel, isSizedModelName, SIZED_MODELS } from "./sized-models.ts";
-import { median } from "./statistics.ts";
+import { type PrefillDecodeTiming, timePrefillDecode } from "./prefill-decode-timing.ts";
 
 /** One measurement, run in a child process: Tandem's engine, or llama.cpp on a GGUF. */
 type Case = TandemCase | LlamaCppCase;
@@ -51,6 +53,8 @@ interface TandemCase {
   blockSize: number;
   promptTokens: number;
   decodeTokens: number;
+  /** Timed rounds after the warm-up (prefill-decode-timing.ts). */
+  rounds: number;
 }
 
 interface LlamaCppCase {
@@ -59,6 +63,7 @@ interface LlamaCppCase {
   threads: number;
   promptTokens: number;
   decodeTokens: number;
+  rounds: number;
 }
 
 /** The GGUF type llama.cpp runs for each of Tandem's weight formats. */
@@ -76,17 +81,12 @@ const GGUF_BITS: Record<GgufFileType, number> = { F32: 32, Q8_0: 8.5, Q4_0: 4.5 
 const benchPrompt = (length: number, vocabSize: number): number[] =>
   Array.from({ length }, (_, i) => (i * 7919 + 13) % vocabSize);
 
-interface CaseResult {
+interface CaseResult extends PrefillDecodeTiming {
   params: number;
   threads: number;
   weights: WeightFormat;
   /** Quantization block size (int8/int4; null for fp32). */
   block_size: number | null;
-  prompt_tokens: number;
-  prefill_tokens_per_s: number;
-  first_token_latency_ms: number;
-  decode_tokens_per_s: number;
-  decode_ms_p50: number;
   weight_bytes_per_token: number;
   rss_mb: number;
   graph_load_ms: number;
@@ -138,35 +138,28 @@ async function runCase(c: TandemCase): Promise<CaseResult> {
   const sessions = new SegmentSessions(model);
   const prompt = benchPrompt(c.promptTokens, checkpoint.config.vocabSize);
 
-  // Warm-up: the first run of a session allocates and packs weights.
-  sessions.open("warmup");
-  await sessions.forward("warmup", { ids: prompt.slice(0, 8) });
-  await sessions.forward("warmup", { ids: [1] });
-  sessions.release("warmup");
-
-  sessions.open("bench");
-  const prefillStart = performance.now();
-  let step = await sessions.forward("bench", { ids: prompt });
-  const prefillMs = performance.now() - prefillStart;
-  const stepMs: number[] = [];
-  for (let i = 0; i < c.decodeTokens; i++) {
-    const start = performance.now();
-    step = await sessions.forward("bench", { ids: [step.exits[0].token[0]] });
-    stepMs.push(performance.now() - start);
-  }
+  let session = 0;
+  const timing = await timePrefillDecode(
+    {
+      reset: async () => {
+        if (session > 0) sessions.release(`bench-${session}`);
+        sessions.open(`bench-${++session}`);
+      },
+      prefill: async (ids) =>
+        (await sessions.forward(`bench-${session}`, { ids: [...ids] })).exits[0].token[0],
+      decode: async (token) =>
+        (await sessions.forward(`bench-${session}`, { ids: [token] })).exits[0].token[0],
+    },
+    { prompt, decodeTokens: c.decodeTokens, rounds: c.rounds },
+  );
   const rssMb = process.memoryUsage().rss / 2 ** 20;
   await model.release();
-  const decodeSeconds = stepMs.reduce((a, b) => a + b, 0) / 1000;
   return {
     params: countParams(checkpoint.config),
     threads: c.threads,
     weights: c.weights,
     block_size: c.weights === "fp32" ? null : c.blockSize,
-    prompt_tokens: c.promptTokens,
-    prefill_tokens_per_s: c.promptTokens / (prefillMs / 1000),
-    first_token_latency_ms: prefillMs,
-    decode_tokens_per_s: c.decodeTokens / decodeSeconds,
-    decode_ms_p50: median(stepMs),
+    ...timing,
     weight_bytes_per_token: weightBytesPerToken(checkpoint.config, c.weights, c.blockSize),
     rss_mb: rssMb,
     graph_load_ms: graphLoadMs,
@@ -201,6 +194,7 @@ async function runLlamaCppCase(c: LlamaCppCase): Promise<LlamaCppMeasurement> {
     promptTokens: c.promptTokens,
     prompt: (vocabSize) => benchPrompt(c.promptTokens, vocabSize),
     decodeTokens: c.decodeTokens,
+    rounds: c.rounds,
   });
 }
 
@@ -326,6 +320,7 @@ export default async function runtimeBenchmark(options: BenchOptions<"runtime">)
   const threadCounts = options.smoke ? [1] : [1, 2];
   const promptTokens = options.smoke ? 16 : 128;
   const decodeTokens = options.smoke ? 8 : 64;
+  const rounds = options.smoke ? 1 : 5;
 
   const bandwidth = await measureMemoryBandwidth(options.smoke ? { bufferMb: 64, repeats: 2 } : {});
   process.stderr.write(`runtime bench: memory read bandwidth ${bandwidth.readGbPerS.toFixed(1)} GB/s\n`);
@@ -346,7 +341,7 @@ export default async function runtimeBenchmark(options: BenchOptions<"runtime">)
       for (const blockSize of weights === "fp32" ? [DEFAULT_QUANT_BLOCK_SIZE] : blockSizes) {
         const formatRows: { tandem: CaseResult; llamaCpp: LlamaCppMeasurement }[] = [];
         for (const threads of threadCounts) {
-          const shared = { threads, promptTokens, decodeTokens };
+          const shared = { threads, promptTokens, decodeTokens, rounds };
           const tandemCase: TandemCase = { engine: "tandem", modelDir, label, weights, blockSize, ...shared };
           const result = (await runChild(tandemCase)) as CaseResult;
           let llamaCpp = llamaCppRows.get(threads);

@@ -13,7 +13,7 @@ import { execFileSync } from "node:child_process";
 import { join } from "node:path";
 import { pathToFileURL } from "node:url";
 import { REPO_ROOT } from "../bench-paths.ts";
-import { median } from "../statistics.ts";
+import { type PrefillDecodeTiming, timePrefillDecode } from "../prefill-decode-timing.ts";
 
 export const ENSURE_NODE_LLAMA_CPP = join(REPO_ROOT, "tools", "llama-cpp", "ensure-node-llama-cpp.sh");
 
@@ -215,15 +215,9 @@ export async function llamaCppGreedy(
   return { tokens, firstLogits: first.logits! };
 }
 
-export interface LlamaCppMeasurement {
+export interface LlamaCppMeasurement extends PrefillDecodeTiming {
   engine: "llama.cpp";
   threads: number;
-  prompt_tokens: number;
-  prefill_tokens_per_s: number;
-  first_token_latency_ms: number;
-  decode_tokens: number;
-  decode_tokens_per_s: number;
-  decode_ms_p50: number;
   model_load_ms: number;
   rss_mb: number;
   kv_cache_type: KvCacheType;
@@ -231,8 +225,9 @@ export interface LlamaCppMeasurement {
 }
 
 /**
- * Times one case as runtime.bench.ts times Tandem's: a warm-up (8 prompt tokens, one
- * decode step), then the prompt in one call, then `decodeTokens` single-token calls.
+ * Times one case as runtime.bench.ts times Tandem's (prefill-decode-timing.ts): a warm-up
+ * of the whole prompt and one decode step, then `rounds` of the prompt in one call and
+ * `decodeTokens` single-token calls, the cache cleared before each.
  * Run it in a process of its own: llama.cpp's thread pool and memory then are the case's.
  */
 export async function measureLlamaCpp(
@@ -241,6 +236,8 @@ export async function measureLlamaCpp(
     /** The prompt's token ids for a vocabulary of `vocabSize`. */
     prompt: (vocabSize: number) => readonly number[];
     decodeTokens: number;
+    /** Timed rounds after the warm-up. @default 3 */
+    rounds?: number;
   },
 ): Promise<LlamaCppMeasurement> {
   const { decodeTokens } = options;
@@ -254,29 +251,18 @@ export async function measureLlamaCpp(
       throw new RangeError(
         `the prompt has ${prompt.length} tokens, not promptTokens ${options.promptTokens}`,
       );
-    const warm = await model.next(prompt.slice(0, 8));
-    await model.next([warm.token]);
-    await model.reset();
-
-    const prefillStart = performance.now();
-    let step = await model.next(prompt);
-    const prefillMs = performance.now() - prefillStart;
-    const stepMs: number[] = [];
-    for (let i = 0; i < decodeTokens; i++) {
-      const start = performance.now();
-      step = await model.next([step.token]);
-      stepMs.push(performance.now() - start);
-    }
-    const decodeSeconds = stepMs.reduce((a, b) => a + b, 0) / 1000;
+    const timing = await timePrefillDecode(
+      {
+        reset: () => model.reset(),
+        prefill: async (ids) => (await model.next(ids)).token,
+        decode: async (token) => (await model.next([token])).token,
+      },
+      { prompt, decodeTokens, rounds: options.rounds },
+    );
     return {
       engine: "llama.cpp",
       threads: options.threads,
-      prompt_tokens: prompt.length,
-      prefill_tokens_per_s: prompt.length / (prefillMs / 1000),
-      first_token_latency_ms: prefillMs,
-      decode_tokens: decodeTokens,
-      decode_tokens_per_s: decodeTokens / decodeSeconds,
-      decode_ms_p50: median(stepMs),
+      ...timing,
       model_load_ms: model.loadMs,
       rss_mb: process.memoryUsage().rss / 2 ** 20,
       kv_cache_type: options.kvCacheType ?? "F16",
