@@ -443,17 +443,21 @@ class SegmentGraphWriter {
       ]);
     const toCacheLayout = [0, 2, 1, 3]; // [batch, seq, kvHeads, d] → [batch, kvHeads, seq, d]
     const newKvShape = ["batch", numKvHeads, "seq", headDim];
-    const newKey = b.op("Transpose", `${p}/new_key/Transpose`, [rotated("key", key, numKvHeads)], {
-      perm: toCacheLayout,
+    // Written straight to the graph's outputs: an Identity per output would be one more
+    // operator run per layer and step (a few microseconds each, 24 a step at 12 layers).
+    const [newKey] = b.node("Transpose", `${p}/new_key/Transpose`, [rotated("key", key, numKvHeads)], {
+      attributes: { perm: toCacheLayout },
+      outputs: [b.output(GRAPH_IO.newKey(layer), "float32", newKvShape)],
     });
-    const newValue = b.op(
+    const [newValue] = b.node(
       "Transpose",
       `${p}/new_value/Transpose`,
       [b.op("Reshape", `${p}/value/heads`, [value, b.int64Constant([0, 0, numKvHeads, headDim])])],
-      { perm: toCacheLayout },
+      {
+        attributes: { perm: toCacheLayout },
+        outputs: [b.output(GRAPH_IO.newValue(layer), "float32", newKvShape)],
+      },
     );
-    this.outputAlias(newKey, GRAPH_IO.newKey(layer), newKvShape);
-    this.outputAlias(newValue, GRAPH_IO.newValue(layer), newKvShape);
 
     // Scores against the past and against the new positions are computed apart and meet
     // only in the softmax: the past is read where it lies, never copied into a present.
@@ -983,8 +987,8 @@ class SegmentGraphWriter {
   /*
    *   h ──► [last position] ──► [linear map | adapter] ──► final RMSNorm ──► LM head ──► logits
    *   logits ──► TopK(2) ─┬─► token (top-1 id)
-   *                       └─► exp(top − logsumexp) ──► prob, margin = p1 − p2
-   *   logits ──► logsumexp − Σ softmax·logits ──► entropy
+   *                       └─► softmax at the top two ──► prob, margin = p1 − p2
+   *   logits ──► logsumexp (= top logit − log p1) − Σ softmax·logits ──► entropy
    *   logits, previous exit's logits ──► KL(this ‖ previous) ──► kl_previous
    * The previous exit is the nearest earlier one in this graph (none for the first, and no
    * KL at the final head): how far the distribution moved since then says how settled it
@@ -1050,17 +1054,24 @@ class SegmentGraphWriter {
       outputs: 2,
       attributes: { axis: -1, largest: 1, sorted: 1 },
     });
-    const logSumExp = b.op("ReduceLogSumExp", `${prefix}/ReduceLogSumExp`, [logits], {
-      axes: [-1],
-      keepdims: 1,
-    });
-    const topProbs = b.op("Exp", `${prefix}/top_probs/Exp`, [
-      b.op("Sub", `${prefix}/top_probs/Sub`, [topValues, logSumExp]),
-    ]);
+    // The log-sum-exp from the softmax, not from ReduceLogSumExp: softmax's top
+    // probability is p1 = exp(x1 − lse), so lse = x1 − log p1. ONNX Runtime's
+    // ReduceLogSumExp runs on one thread at ~8 ns an element — 0.25 ms a step over a
+    // 32k vocabulary, as much as one layer's weights — where Softmax takes ~20 µs.
+    const probs = b.op("Softmax", `${prefix}/Softmax`, [logits], { axis: -1 });
+    const topProbs = b.op("GatherElements", `${prefix}/top_probs`, [probs, topIndices], { axis: -1 });
     const [p1, p2] = b.node("Split", `${prefix}/top_probs/Split`, [topProbs, b.int64Constant([1, 1])], {
       outputs: 2,
       attributes: { axis: -1 },
     });
+    const [top1Value] = b.node("Split", `${prefix}/top_values/Split`, [topValues, b.int64Constant([1, 1])], {
+      outputs: 2,
+      attributes: { axis: -1 },
+    });
+    const logSumExp = b.op("Sub", `${prefix}/log_sum_exp`, [
+      top1Value,
+      b.op("Log", `${prefix}/top_probs/Log`, [p1]),
+    ]);
     const squeezeAxis = b.int64Constant([-1]);
     b.node("Squeeze", `${prefix}/prob`, [p1, squeezeAxis], {
       outputs: [b.output(GRAPH_IO.exitOutput(k, "prob"), "float32", ["batch", positions])],
@@ -1077,7 +1088,6 @@ class SegmentGraphWriter {
       outputs: [b.output(GRAPH_IO.exitOutput(k, "token"), "int64", ["batch", positions])],
     });
 
-    const probs = b.op("Softmax", `${prefix}/entropy/Softmax`, [logits], { axis: -1 });
     const expected = b.op(
       "ReduceSum",
       `${prefix}/entropy/ReduceSum`,

@@ -210,7 +210,7 @@ export function validateHostMoePiece(spec: SegmentSpec, config: ModelConfig): vo
 }
 
 /** Bumped whenever the graph layout changes, so cached graphs from older builders are not reused. */
-export const SEGMENT_GRAPH_VERSION = 17;
+export const SEGMENT_GRAPH_VERSION = 18;
 
 /** The exits a segment reports, in order; the final head is the exit after the last layer. */
 export function segmentExits(spec: SegmentSpec, config: ModelConfig): ExitHeadSpec[] {
