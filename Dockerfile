@@ -14,11 +14,11 @@ RUN npm ci --no-audit --no-fund
 # Stage 2: production dependencies and compiled JavaScript only; no TypeScript at run time.
 FROM node:24-bookworm-slim
 WORKDIR /app
-# MALLOC_MMAP_THRESHOLD_: large blocks stay mmapped, so MoE experts a worker drops give
-# their memory back (runtime/src/engine/expert-cache.ts, FREED_MEMORY_ENV).
+# No MALLOC_MMAP_THRESHOLD_ here: the chart sets it on the workers that drop experts
+# (expertParallel; runtime/src/engine/expert-cache.ts, FREED_MEMORY_ENV), as it slows
+# every other process's prefill.
 ENV NODE_ENV=production \
-    ONNXRUNTIME_NODE_INSTALL=skip \
-    MALLOC_MMAP_THRESHOLD_=131072
+    ONNXRUNTIME_NODE_INSTALL=skip
 COPY --from=build /src/package.json /src/package-lock.json ./
 COPY --from=build /src/common/package.json common/
 COPY --from=build /src/proto/package.json proto/

@@ -49,7 +49,7 @@ let edge: RunningProcess;
 let mapVersion = 0;
 let mapRevision: number | undefined;
 
-// What the image and the edge's systemd unit set (FREED_MEMORY_ENV): a dropped expert's
+// What the chart sets on expertParallel workers (FREED_MEMORY_ENV): a dropped expert's
 // memory goes back to the system.
 const env = () => ({ TANDEM_CACHE_DIR: join(dir, "cache"), [FREED_MEMORY_ENV.name]: FREED_MEMORY_ENV.value });
 

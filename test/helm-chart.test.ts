@@ -14,7 +14,7 @@ import { environmentName, loadConfig, programSchema, type ConfigSchema } from "@
 import { BATCH_CONFIG_SCHEMA, BATCH_PROGRAM } from "@tandem/batch-worker";
 import { WORKER_CONFIG_SCHEMA, WORKER_PROGRAM } from "@tandem/cloud-worker";
 import { CONTROL_CONFIG_SCHEMA, CONTROL_PROGRAM } from "@tandem/control-plane";
-import { WEIGHT_FORMATS } from "@tandem/runtime";
+import { FREED_MEMORY_ENV, WEIGHT_FORMATS } from "@tandem/runtime";
 
 const ROOT = join(import.meta.dirname, "..");
 const CHART = join(ROOT, "charts", "tandem");
@@ -559,6 +559,8 @@ describe("the Helm chart", () => {
     expect(environmentOf(container)).toMatchObject({
       TANDEM_WORKER_EXPERT_PARALLEL: "true",
       TANDEM_WORKER_EXPERT_PORT: "50053",
+      // Dropped experts give their memory back, on these workers alone (it slows prefill).
+      [FREED_MEMORY_ENV.name]: FREED_MEMORY_ENV.value,
     });
     expect(container.ports).toContainEqual({ name: "experts", containerPort: 50053, protocol: "TCP" });
     // The Experts port takes the workers only; the devices' port keeps its peers.
@@ -587,6 +589,7 @@ describe("the Helm chart", () => {
     const plain = render("cloudWorker.tls.secretName=", "cloudWorker.insecure=true");
     const plainContainer = containerOf(plain, "StatefulSet", "cloud-worker");
     expect(environmentOf(plainContainer).TANDEM_WORKER_EXPERT_PARALLEL).toBeUndefined();
+    expect(environmentOf(plainContainer)[FREED_MEMORY_ENV.name]).toBeUndefined();
     expect((plainContainer.ports ?? []).some((p: { name: string }) => p.name === "experts")).toBe(false);
   });
 

@@ -153,7 +153,7 @@ export async function startEdgeAgent(
   if (config.expertBudgetMb !== undefined) {
     if (!checkpoint.config.numExperts)
       throw new InvalidArgumentError("expertBudgetMb", "applies to MoE models; this one is dense");
-    warnUnlessFreedMemoryReturned(log, "the systemd unit");
+    warnUnlessFreedMemoryReturned(log, "uncomment it in the systemd unit");
     // The experts run outside the graphs, from a cache under the budget (EdgeMoE).
     const hostRouted = await HostRoutedMoeModel.load(
       checkpoint,

@@ -27,23 +27,27 @@ import { DEFAULT_WEIGHT_FORMAT, WEIGHT_FORMATS, type WeightFormat } from "../gra
  * after the first expert is dropped the next ones are allocated in the heap, and a dropped
  * expert's memory stays in the process (measured: 8 experts of 3 MB dropped, RSS unchanged).
  * A fixed threshold, set in the environment before the process starts, keeps large blocks
- * mmapped and returned when freed. The Dockerfile and the edge's systemd unit set it.
+ * mmapped and returned when freed. It is set only for processes that drop experts (the
+ * chart's expertParallel workers; the edge's systemd unit has it commented out for
+ * expertBudgetMb): it slows everything else — every large block a run allocates is then
+ * mapped and unmapped afresh — measured at about a quarter of a dense model's prefill
+ * (110M and Llama-3.2-1B shapes, int4, two threads, seven interleaved pairs of processes).
  */
 export const FREED_MEMORY_ENV = { name: "MALLOC_MMAP_THRESHOLD_", value: "131072" } as const;
 
 /**
  * Warns, for a program about to drop experts, when they would not give their memory back
- * (FREED_MEMORY_ENV unset); `setBy` names what sets it in a deployment.
+ * (FREED_MEMORY_ENV unset); `howToSet` says where a deployment sets it.
  */
 export function warnUnlessFreedMemoryReturned(
   log: Logger,
-  setBy: string,
+  howToSet: string,
   env: NodeJS.ProcessEnv = process.env,
 ): void {
   if (env[FREED_MEMORY_ENV.name] !== undefined) return;
   log.warn(
     { env: `${FREED_MEMORY_ENV.name}=${FREED_MEMORY_ENV.value}` },
-    `experts this process drops will stay in its memory: start it with this variable (${setBy} sets it)`,
+    `experts this process drops will stay in its memory: start it with this variable (${howToSet})`,
   );
 }
 

@@ -151,7 +151,7 @@ export async function startCloudWorker(options: CloudWorkerOptions, log: Logger)
       throw new InvalidArgumentError("expertParallel", "applies to MoE models; this one is dense");
     // Over TLS a worker calls the others' Experts with its own certificate.
     if (options.tls) checkWorkerCertificate(options.tls.cert);
-    warnUnlessFreedMemoryReturned(log, "the image");
+    warnUnlessFreedMemoryReturned(log, "the chart sets it with expertParallel");
     expertParallelism = new ExpertParallelism(
       {
         workerId: options.workerId,
