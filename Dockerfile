@@ -16,9 +16,11 @@ FROM node:24-bookworm-slim
 WORKDIR /app
 # No MALLOC_MMAP_THRESHOLD_ here: the chart sets it on the workers that drop experts
 # (expertParallel; runtime/src/engine/expert-cache.ts, FREED_MEMORY_ENV), as it slows
-# every other process's prefill.
+# every other process's prefill. GLIBC_TUNABLES: malloc's large blocks in transparent huge
+# pages (runtime/src/engine/huge-pages.ts, HUGE_PAGES_ENV).
 ENV NODE_ENV=production \
-    ONNXRUNTIME_NODE_INSTALL=skip
+    ONNXRUNTIME_NODE_INSTALL=skip \
+    GLIBC_TUNABLES=glibc.malloc.hugetlb=1
 COPY --from=build /src/package.json /src/package-lock.json ./
 COPY --from=build /src/common/package.json common/
 COPY --from=build /src/proto/package.json proto/

@@ -7,7 +7,8 @@
  * llama.cpp (node-llama-cpp's prebuilt CPU build, tools/llama-cpp/) on the same weights
  * written as GGUF — fp32 as F32, int8 as Q8_0, int4 as Q4_0 — same prompt, same threads.
  *
- * Both engines are timed alike (prefill-decode-timing.ts): a warm-up of the whole prompt,
+ * Both engines are timed alike (prefill-decode-timing.ts), in the deployed environment
+ * (huge pages for malloc, HUGE_PAGES_ENV): a warm-up of the whole prompt,
  * then five rounds (one with --smoke), medians reported with each round's figure.
  * Each case runs in a child process so its RSS and thread pool are its own.
  * Usage: tandem bench runtime [--smoke]
@@ -19,6 +20,7 @@ import { promisify } from "node:util";
 import {
   DEFAULT_QUANT_BLOCK_SIZE,
   headWeightBytes,
+  HUGE_PAGES_ENV,
   loadCheckpoint,
   type ModelConfig,
   SegmentModel,
@@ -281,14 +283,22 @@ async function demoModelQuality(
   return rows;
 }
 
+/**
+ * The environment a case runs in: the deployed one (the image and the edge's unit set
+ * HUGE_PAGES_ENV), for both engines alike — llama.cpp's malloc'd buffers take huge pages too.
+ */
+function deployedEnvironment(): NodeJS.ProcessEnv {
+  const { name, value } = HUGE_PAGES_ENV;
+  const tunables = process.env[name];
+  return { ...process.env, [name]: tunables ? `${tunables}:${value}` : value };
+}
+
 /** Runs a case in a child process; the result is the last line it prints. */
 async function runChild(c: Case): Promise<unknown> {
   const { stdout } = await promisify(execFile)(
     process.execPath,
     [join(REPO_ROOT, "bin", "tandem.mjs"), "bench", "runtime", "--case", JSON.stringify(c)],
-    {
-      maxBuffer: 1 << 20,
-    },
+    { maxBuffer: 1 << 20, env: deployedEnvironment() },
   );
   const lines = stdout.trim().split("\n");
   return JSON.parse(lines[lines.length - 1]);

@@ -74,6 +74,7 @@ export {
   FREED_MEMORY_ENV,
   warnUnlessFreedMemoryReturned,
 } from "./engine/expert-cache.ts";
+export { HUGE_PAGES_ENV } from "./engine/huge-pages.ts";
 export { ExpertThreads } from "./engine/expert-threads.ts";
 export { RouterPredictor } from "./engine/expert-predictor.ts";
 export { KV_BLOCK_POSITIONS } from "./engine/kv-slot.ts";
