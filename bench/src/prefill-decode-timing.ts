@@ -4,12 +4,12 @@
  * then several rounds, each figure the median of its rounds with every round's value
  * kept for the spread.
  *
- * The warm-up runs the whole prompt, not a few tokens of it: the first run at a shape
- * grows an engine's buffers (ONNX Runtime's arena and memory pattern; llama.cpp reserves
- * its compute buffer at load), and on this machine that made a 128-token prefill 30–60%
- * slower than the ones after it. That first prefill is what a process's first request
- * costs, so it is reported beside the steady figure (`cold_prefill_tokens_per_s`), not
- * dropped.
+ * The warm-up runs the whole prompt, not a few tokens of it: an engine's first run at a
+ * shape allocates and first touches its buffers (in ONNX Runtime's profile the operators
+ * other than the matrix products took 3× their steady time there; llama.cpp reserves its
+ * compute buffer at load), and Tandem's first 128-token prefill ran at 36–80% of the steady
+ * figure. That first prefill is what a process's first request costs, so it is reported
+ * beside the steady figure (`cold_prefill_tokens_per_s`), not dropped.
  */
 import { median } from "./statistics.ts";
 

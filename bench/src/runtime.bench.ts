@@ -140,17 +140,15 @@ async function runCase(c: TandemCase): Promise<CaseResult> {
   const sessions = new SegmentSessions(model);
   const prompt = benchPrompt(c.promptTokens, checkpoint.config.vocabSize);
 
-  let session = 0;
   const timing = await timePrefillDecode(
     {
+      // A new session each round (release of one not open is a no-op): its cache starts empty.
       reset: async () => {
-        if (session > 0) sessions.release(`bench-${session}`);
-        sessions.open(`bench-${++session}`);
+        sessions.release("bench");
+        sessions.open("bench");
       },
-      prefill: async (ids) =>
-        (await sessions.forward(`bench-${session}`, { ids: [...ids] })).exits[0].token[0],
-      decode: async (token) =>
-        (await sessions.forward(`bench-${session}`, { ids: [token] })).exits[0].token[0],
+      prefill: async (ids) => (await sessions.forward("bench", { ids: [...ids] })).exits[0].token[0],
+      decode: async (token) => (await sessions.forward("bench", { ids: [token] })).exits[0].token[0],
     },
     { prompt, decodeTokens: c.decodeTokens, rounds: c.rounds },
   );
