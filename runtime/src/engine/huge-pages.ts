@@ -6,7 +6,7 @@
  * fewer pages, and a process's first runs fault in 512× fewer. Measured here in
  * interleaved pairs of processes (two threads): Llama-3.2-1B shape in int4, the median
  * decode step 5–18% shorter in six pairs of six, int8 shorter in two of three; 110M, the
- * cold (first) prefill 10–30% faster in six of six, steady figures within noise. The
+ * cold (first) prefill 10–40% faster in six of six, steady figures within noise. The
  * image and the edge's systemd unit set it; the `runtime` benchmark runs both engines
  * with it. Where the kernel's THP mode is "never", or the C library is not glibc, it does
  * nothing.
