@@ -20,7 +20,6 @@ import { promisify } from "node:util";
 import {
   DEFAULT_QUANT_BLOCK_SIZE,
   headWeightBytes,
-  HUGE_PAGES_ENV,
   loadCheckpoint,
   type ModelConfig,
   SegmentModel,
@@ -36,6 +35,7 @@ import { DEMO_HELDOUT_TEXT, DEMO_MODEL, REPO_ROOT } from "./bench-paths.ts";
 import { ensureCheckpointGguf } from "./llama-cpp/bench-gguf.ts";
 import type { GgufFileType } from "./llama-cpp/gguf-writer.ts";
 import { LlamaCppModel, type LlamaCppMeasurement, measureLlamaCpp } from "./llama-cpp/llama-cpp-runner.ts";
+import { deployedEnvironment } from "./deployed-environment.ts";
 import { measureMemoryBandwidth } from "./memory-bandwidth.ts";
 import { ensureRealShapeCheckpoint, isRealModelName } from "./real-shape-checkpoints.ts";
 import { countParams, layerLinearParams } from "./model-arithmetic.ts";
@@ -281,21 +281,12 @@ async function demoModelQuality(
   return rows;
 }
 
-/**
- * The environment a case runs in: the deployed one (the image and the edge's unit set
- * HUGE_PAGES_ENV), for both engines alike — llama.cpp's malloc'd buffers take huge pages too.
- */
-function deployedEnvironment(): NodeJS.ProcessEnv {
-  const { name, value } = HUGE_PAGES_ENV;
-  const tunables = process.env[name];
-  return { ...process.env, [name]: tunables ? `${tunables}:${value}` : value };
-}
-
 /** Runs a case in a child process; the result is the last line it prints. */
 async function runChild(c: Case): Promise<unknown> {
   const { stdout } = await promisify(execFile)(
     process.execPath,
     [join(REPO_ROOT, "bin", "tandem.mjs"), "bench", "runtime", "--case", JSON.stringify(c)],
+    // Both engines alike: llama.cpp's malloc'd buffers take huge pages too.
     { maxBuffer: 1 << 20, env: deployedEnvironment() },
   );
   const lines = stdout.trim().split("\n");
