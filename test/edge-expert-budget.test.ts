@@ -10,7 +10,7 @@ import pino from "pino";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { EDGE_CONFIG_SCHEMA, startEdgeAgent } from "@tandem/edge-agent";
 import { Registry } from "@tandem/common/metrics";
-import { calibrate, loadCheckpoint, Tokenizer, writeCalibration } from "@tandem/runtime";
+import { calibrate, FREED_MEMORY_ENV, loadCheckpoint, Tokenizer, writeCalibration } from "@tandem/runtime";
 import { generate, startProgram } from "@tandem/testkit";
 
 const MOE = join(import.meta.dirname, "..", "models", "tandem-demo-moe");
@@ -103,7 +103,7 @@ describe("an edge agent with an expert budget (models/tandem-demo-moe)", () => {
     const edge = await startProgram(
       "tandem-edge",
       { model: MOE, split: 3, exitLayers: "3", port: 0, expertBudgetMb: 13.5 / 4, expertThreads: 2 },
-      { TANDEM_CACHE_DIR: dir, MALLOC_MMAP_THRESHOLD_: "131072" },
+      { TANDEM_CACHE_DIR: dir, [FREED_MEMORY_ENV.name]: FREED_MEMORY_ENV.value },
     );
     try {
       const result = await generate(edge.address, { text: PROMPT, maxTokens: 24, mode: "MODE_EDGE_ONLY" });

@@ -280,8 +280,10 @@ describe("expert parallelism across three workers", () => {
     await untilHeld({ "ep-a": 0, "ep-b": 0, "ep-c": MAP_IDS });
     const expertBytes = 3 * 256 * 1024 * 4;
     const after = { b: rssBytes(processes.get("ep-b")!), c: rssBytes(processes.get("ep-c")!) };
-    // ep-b freed its 8 experts (24 MB); ep-c loaded them.
-    expect(before.b - after.b).toBeGreaterThan((MAP_IDS / 2) * expertBytes * 0.5);
+    // ep-b freed its 8 experts (24 MB of weights); ep-c loaded them. Measured on
+    // 2026-12-04: ep-b's RSS fell by 12.2 MB with FREED_MEMORY_ENV (at 128 KB and at
+    // 512 KB alike) and by −0.2 MB without it, so a quarter of the weights tells the two apart.
+    expect(before.b - after.b).toBeGreaterThan((MAP_IDS / 2) * expertBytes * 0.25);
     expect(after.c - before.c).toBeGreaterThan((MAP_IDS / 2) * expertBytes * 0.5);
   });
 

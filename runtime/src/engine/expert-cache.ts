@@ -27,13 +27,17 @@ import { DEFAULT_WEIGHT_FORMAT, WEIGHT_FORMATS, type WeightFormat } from "../gra
  * after the first expert is dropped the next ones are allocated in the heap, and a dropped
  * expert's memory stays in the process (measured: 8 experts of 3 MB dropped, RSS unchanged).
  * A fixed threshold, set in the environment before the process starts, keeps large blocks
- * mmapped and returned when freed. It is set only for processes that drop experts (the
- * chart's expertParallel workers; the edge's systemd unit has it commented out for
- * expertBudgetMb): it slows everything else — every large block a run allocates is then
- * mapped and unmapped afresh — measured at about a quarter of a dense model's prefill
- * (110M and Llama-3.2-1B shapes, int4, two threads, seven interleaved pairs of processes).
+ * mmapped and returned when freed. At 128 KB it also mapped and unmapped blocks of every
+ * run afresh: a dense Llama-3.2-1B-shaped int4 model (two threads, huge pages) faulted in
+ * ~12,000 pages per 128-token prefill and ~200 per decode step, and prefilled in 876–931 ms
+ * against 733–749 without it. At 512 KB its runs fault no more pages than without it
+ * (0–20 per prefill, 0–1 per step after the first; 110M the same) and prefill in 738–744
+ * ms, while an expert's weights — blocks of 512 KB and more at any real MoE size — still go
+ * back when dropped; smaller blocks stay in the heap for the next expert to reuse. It is
+ * set only for processes that drop experts (the chart's expertParallel workers; the
+ * edge's systemd unit has it commented out for expertBudgetMb).
  */
-export const FREED_MEMORY_ENV = { name: "MALLOC_MMAP_THRESHOLD_", value: "131072" } as const;
+export const FREED_MEMORY_ENV = { name: "MALLOC_MMAP_THRESHOLD_", value: "524288" } as const;
 
 /**
  * Warns, for a program about to drop experts, when they would not give their memory back
