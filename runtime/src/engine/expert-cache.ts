@@ -34,7 +34,7 @@ import { DEFAULT_WEIGHT_FORMAT, WEIGHT_FORMATS, type WeightFormat } from "../gra
  * (0–20 per prefill, 0–1 per step after the first; 110M the same) and prefill in 738–744
  * ms, while an expert's weights still go back when dropped where its matrices are 512 KB
  * or more (Qwen3-30B-A3B's 768 × 2048 in int4 is 0.8 MB; Granite-3.0-1B-A400M's 512 × 1024
- * is 0.25 MB and stays in the heap, reused by the next expert loaded). It is
+ * is 0.25 MB and stays in the heap, for the experts loaded after it to reuse). It is
  * set only for processes that drop experts (the chart's expertParallel workers; the
  * edge's systemd unit has it commented out for expertBudgetMb).
  */
