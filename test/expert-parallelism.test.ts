@@ -282,9 +282,10 @@ describe("expert parallelism across three workers", () => {
     const after = { b: rssBytes(processes.get("ep-b")!), c: rssBytes(processes.get("ep-c")!) };
     // ep-b freed its 8 experts (24 MB of weights); ep-c loaded them. Measured on
     // 2026-12-04: ep-b's RSS fell by 12.2 MB with FREED_MEMORY_ENV (at 128 KB and at
-    // 512 KB alike) and by −0.2 MB without it, so a quarter of the weights tells the two apart.
+    // 512 KB alike) and by −0.2 MB without it, ep-c's grew by 13.0–13.5 MB: a quarter of
+    // the weights tells freed from kept, loaded from not, with room for the noise.
     expect(before.b - after.b).toBeGreaterThan((MAP_IDS / 2) * expertBytes * 0.25);
-    expect(after.c - before.c).toBeGreaterThan((MAP_IDS / 2) * expertBytes * 0.5);
+    expect(after.c - before.c).toBeGreaterThan((MAP_IDS / 2) * expertBytes * 0.25);
   });
 
   it("loses an expert host mid-generation: its experts go to their other replica, or run where the session is; the output is the same", async () => {
