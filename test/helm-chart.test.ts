@@ -547,6 +547,23 @@ describe("the Helm chart", () => {
     expect(rendered).toContain(JSON.stringify({ name: "TANDEM_WORKER_WEIGHTS", value: "w8a8" }));
   });
 
+  it("passes the workers' quantization block size through, and refuses one the runtime would not take", () => {
+    const rendered = JSON.stringify(render("cloudWorker.weights=int4", "cloudWorker.quantBlockSize=64"));
+    expect(rendered).toContain(JSON.stringify({ name: "TANDEM_WORKER_QUANT_BLOCK_SIZE", value: "64" }));
+    const load = (size: string) => () =>
+      loadConfig(WORKER_CONFIG_SCHEMA, {
+        envPrefix: "TANDEM_WORKER",
+        env: {
+          TANDEM_WORKER_MODEL: "/models/m",
+          TANDEM_WORKER_SPLIT: "3",
+          TANDEM_WORKER_QUANT_BLOCK_SIZE: size,
+        },
+      });
+    expect(load("64")).not.toThrow();
+    expect(load("48")).toThrow(/^quantBlockSize: .*one of 16, 32, 64, 128, 256/);
+    expect(load("512")).toThrow(/^quantBlockSize: /);
+  });
+
   it("turns expert parallelism on, its Experts port reachable by the workers alone", () => {
     const manifests = render(
       "cloudWorker.tls.secretName=",
@@ -597,6 +614,7 @@ describe("the Helm chart", () => {
     const bad: [string, RegExp][] = [
       ["cloudWorker.split=0", /cloudWorker\/split.*minimum/],
       ["cloudWorker.weights=fp8", /cloudWorker\/weights/],
+      ["cloudWorker.quantBlockSize=48", /cloudWorker\/quantBlockSize/],
       ["nats.url=http://nats:4222", /nats\/url/],
       ["cluster=a:b", /cluster/],
       [`cluster=${"x".repeat(65)}`, /cluster.*maxLength/],

@@ -27,6 +27,7 @@ export type { ExitAdapterWeights } from "./checkpoint/exit-adapters.ts";
 // Segment graphs and the engine
 export {
   DEFAULT_QUANT_BLOCK_SIZE,
+  QUANT_BLOCK_SIZES,
   segmentSpec,
   WEIGHT_FORMATS,
   type ExitHeadSpec,

@@ -7,7 +7,12 @@ import { z } from "zod";
 import { DEFAULT_AGREEMENT_TARGET } from "./calibration/calibration-file.ts";
 import { DEFAULT_SEGMENT_MODEL_OPTIONS } from "./engine/segment-model.ts";
 import { DEFAULT_GENERATE_OPTIONS } from "./generation/split-generator.ts";
-import { DEFAULT_WEIGHT_FORMAT, WEIGHT_FORMATS } from "./graph/segment-spec.ts";
+import {
+  DEFAULT_QUANT_BLOCK_SIZE,
+  DEFAULT_WEIGHT_FORMAT,
+  QUANT_BLOCK_SIZES,
+  WEIGHT_FORMATS,
+} from "./graph/segment-spec.ts";
 
 export const RUNTIME_SETTINGS = {
   threads: z
@@ -16,6 +21,17 @@ export const RUNTIME_SETTINGS = {
     .default(DEFAULT_SEGMENT_MODEL_OPTIONS.threads)
     .meta({ description: "ONNX Runtime threads" }),
   weights: z.enum(WEIGHT_FORMATS).default(DEFAULT_WEIGHT_FORMAT).meta({ description: "weight format" }),
+  quantBlockSize: z
+    .int()
+    .min(QUANT_BLOCK_SIZES[0])
+    .max(QUANT_BLOCK_SIZES[QUANT_BLOCK_SIZES.length - 1])
+    .refine((n) => (QUANT_BLOCK_SIZES as readonly number[]).includes(n), {
+      message: `must be one of ${QUANT_BLOCK_SIZES.join(", ")} (MatMulNBits' block sizes)`,
+    })
+    .default(DEFAULT_QUANT_BLOCK_SIZE)
+    .meta({
+      description: `values per quantization block of int8 and int4 weights (w8a8: of its LM head), one of ${QUANT_BLOCK_SIZES.join(", ")}: larger blocks run faster and agree less (README: the \`runtime\` benchmark)`,
+    }),
   target: z
     .number()
     .gt(0)

@@ -3,15 +3,40 @@
  * the cloud worker's upper segment. A graph built ahead of time (the batch worker's
  * build-graphs job) is then exactly the one the programs find in the graph cache.
  */
-import { segmentSpec, type ExitHeadSpec, type SegmentSpec, type WeightFormat } from "./segment-spec.ts";
+import {
+  DEFAULT_QUANT_BLOCK_SIZE,
+  segmentSpec,
+  type ExitHeadSpec,
+  type SegmentSpec,
+  type WeightFormat,
+} from "./segment-spec.ts";
+
+/**
+ * The spec's block size, left out at the default: a graph built before the setting
+ * existed (or by a caller that never names it) keeps its cache key.
+ */
+function blockSizeOf(quantBlockSize: number | undefined): Pick<SegmentSpec, "quantBlockSize"> {
+  return quantBlockSize === undefined || quantBlockSize === DEFAULT_QUANT_BLOCK_SIZE
+    ? {}
+    : { quantBlockSize };
+}
 
 /** Layers [0, split) with the exits; hidden states out for escalation, logits for sampling at an exit. */
 export function edgeSegmentSpec(
   split: number,
   exits: ExitHeadSpec[],
   weightFormat: WeightFormat,
+  quantBlockSize?: number,
 ): SegmentSpec {
-  return segmentSpec({ fromLayer: 0, toLayer: split, exits, outputHidden: true, logits: true, weightFormat });
+  return segmentSpec({
+    fromLayer: 0,
+    toLayer: split,
+    exits,
+    outputHidden: true,
+    logits: true,
+    weightFormat,
+    ...blockSizeOf(quantBlockSize),
+  });
 }
 
 /**
@@ -19,7 +44,12 @@ export function edgeSegmentSpec(
  * head evaluates a tail of each frame of the frame's choosing, so the worker can check the
  * edge's tokens (verified decoding) in the run that extends its context.
  */
-export function cloudSegmentSpec(split: number, numLayers: number, weightFormat: WeightFormat): SegmentSpec {
+export function cloudSegmentSpec(
+  split: number,
+  numLayers: number,
+  weightFormat: WeightFormat,
+  quantBlockSize?: number,
+): SegmentSpec {
   return segmentSpec({
     fromLayer: split,
     toLayer: numLayers,
@@ -27,5 +57,6 @@ export function cloudSegmentSpec(split: number, numLayers: number, weightFormat:
     logits: true,
     positions: "tail",
     weightFormat,
+    ...blockSizeOf(quantBlockSize),
   });
 }

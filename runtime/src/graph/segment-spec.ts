@@ -87,6 +87,8 @@ export interface SegmentSpec {
 }
 
 export const DEFAULT_QUANT_BLOCK_SIZE = 32;
+/** The block sizes ONNX Runtime's MatMulNBits takes (its kernel refuses others at load). */
+export const QUANT_BLOCK_SIZES = [16, 32, 64, 128, 256] as const;
 
 /** A segment spec with everything optional filled in with defaults. */
 export function segmentSpec(
@@ -175,8 +177,11 @@ export function validateSegmentSpec(spec: SegmentSpec, config: ModelConfig): voi
   if (spec.moeExecution === "host" && !config.numExperts)
     throw new InvalidArgumentError("moeExecution", "host routing needs an MoE model, this one is dense");
   const blockSize = spec.quantBlockSize ?? DEFAULT_QUANT_BLOCK_SIZE;
-  if (!Number.isInteger(blockSize) || blockSize < 16 || (blockSize & (blockSize - 1)) !== 0) {
-    throw new InvalidArgumentError("quantBlockSize", `must be a power of two ≥ 16, got ${blockSize}`);
+  if (!(QUANT_BLOCK_SIZES as readonly number[]).includes(blockSize)) {
+    throw new InvalidArgumentError(
+      "quantBlockSize",
+      `must be one of ${QUANT_BLOCK_SIZES.join(", ")}, got ${blockSize}`,
+    );
   }
 }
 

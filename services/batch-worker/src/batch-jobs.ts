@@ -102,6 +102,7 @@ const BUILD_GRAPHS_JOB_SCHEMA = z
       .optional()
       .meta({ description: "plain exit heads, without a calibration" }),
     weights: RUNTIME_SETTINGS.weights,
+    quantBlockSize: RUNTIME_SETTINGS.quantBlockSize,
     cacheDir: path.optional().meta({ description: "graph cache directory (default: the worker's)" }),
   })
   .strict();

@@ -175,8 +175,8 @@ export async function runBuildGraphsJob(
   const weights = data.weights;
   const cacheDir = data.cacheDir ?? context.cacheDir ?? defaultGraphCacheDir();
   const specs = {
-    edge: edgeSegmentSpec(data.split, exits, weights),
-    cloud: cloudSegmentSpec(data.split, layers, weights),
+    edge: edgeSegmentSpec(data.split, exits, weights, data.quantBlockSize),
+    cloud: cloudSegmentSpec(data.split, layers, weights, data.quantBlockSize),
   };
   const cached = (spec: typeof specs.edge) => existsSync(segmentGraphPath(checkpoint, spec, cacheDir));
   const alreadyCached = { edge: cached(specs.edge), cloud: cached(specs.cloud) };

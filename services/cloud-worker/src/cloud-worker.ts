@@ -65,6 +65,8 @@ export interface CloudWorkerOptions {
   /** Positions one step runs (DecodeBatcherOptions.stepTokenBudget). @default 256 */
   stepTokenBudget?: number;
   weightFormat?: WeightFormat;
+  /** Values per quantization block of int8/int4 weights (SegmentSpec.quantBlockSize). @default 32 */
+  quantBlockSize?: number;
   /**
    * MoE: run experts where the expert map places them (this worker's in-process, others'
    * over Experts/Run) and hold only this worker's. With `tls`, Experts takes mutual TLS from
@@ -137,7 +139,7 @@ export async function startCloudWorker(options: CloudWorkerOptions, log: Logger)
       `must be in [1, ${layers - 1}] for a ${layers}-layer model, got ${options.split}`,
     );
   }
-  const spec = cloudSegmentSpec(options.split, layers, options.weightFormat ?? "fp32");
+  const spec = cloudSegmentSpec(options.split, layers, options.weightFormat ?? "fp32", options.quantBlockSize);
   const modelOptions = {
     threads: options.threads ?? 1,
     cacheDir: options.cacheDir,

@@ -31,6 +31,7 @@ export const WORKER_PROGRAM: ProgramDefinition<typeof WORKER_CONFIG_SCHEMA> = {
         maxBatch: config.maxBatch,
         stepTokenBudget: config.stepTokenBudget,
         weightFormat: config.weights,
+        quantBlockSize: config.quantBlockSize,
         expertParallel: config.expertParallel
           ? {
               port: config.expertPort,

@@ -48,6 +48,7 @@ export const WORKER_CONFIG_SCHEMA = z
         description: `positions one step runs: its decode batch plus a chunk (≥ ${MIN_PREFILL_CHUNK}) of a catch-up frame`,
       }),
     weights: RUNTIME_SETTINGS.weights,
+    quantBlockSize: RUNTIME_SETTINGS.quantBlockSize,
     natsUrl: z
       .string()
       .min(1)
