@@ -139,7 +139,12 @@ export async function startCloudWorker(options: CloudWorkerOptions, log: Logger)
       `must be in [1, ${layers - 1}] for a ${layers}-layer model, got ${options.split}`,
     );
   }
-  const spec = cloudSegmentSpec(options.split, layers, options.weightFormat ?? "fp32", options.quantBlockSize);
+  const spec = cloudSegmentSpec(
+    options.split,
+    layers,
+    options.weightFormat ?? "fp32",
+    options.quantBlockSize,
+  );
   const modelOptions = {
     threads: options.threads ?? 1,
     cacheDir: options.cacheDir,
