@@ -25,9 +25,12 @@ beforeAll(async () => {
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
 describe("quantBlockSize", () => {
-  it("is left out of the deployed specs at its default, so their graphs keep their cache keys", () => {
-    expect(edgeSegmentSpec(SPLIT, [], "int4", 32)).toEqual(edgeSegmentSpec(SPLIT, [], "int4"));
-    expect(cloudSegmentSpec(SPLIT, 4, "int8", 32)).toEqual(cloudSegmentSpec(SPLIT, 4, "int8"));
+  it("keys a graph at the default block size as one that leaves it out, so cached graphs stay valid", async () => {
+    const checkpoint = await loadCheckpoint(model);
+    const path = (spec: Parameters<typeof segmentGraphPath>[1]) => segmentGraphPath(checkpoint, spec, dir);
+    expect(path(edgeSegmentSpec(SPLIT, [], "int4", 32))).toBe(path(edgeSegmentSpec(SPLIT, [], "int4")));
+    expect(path(cloudSegmentSpec(SPLIT, 4, "int8", 32))).toBe(path(cloudSegmentSpec(SPLIT, 4, "int8")));
+    expect(path(edgeSegmentSpec(SPLIT, [], "int4", 64))).not.toBe(path(edgeSegmentSpec(SPLIT, [], "int4")));
     expect(edgeSegmentSpec(SPLIT, [], "int4", 64).quantBlockSize).toBe(64);
     expect(cloudSegmentSpec(SPLIT, 4, "int4", 128).quantBlockSize).toBe(128);
   });

@@ -3,23 +3,7 @@
  * the cloud worker's upper segment. A graph built ahead of time (the batch worker's
  * build-graphs job) is then exactly the one the programs find in the graph cache.
  */
-import {
-  DEFAULT_QUANT_BLOCK_SIZE,
-  segmentSpec,
-  type ExitHeadSpec,
-  type SegmentSpec,
-  type WeightFormat,
-} from "./segment-spec.ts";
-
-/**
- * The spec's block size, left out at the default: a graph built before the setting
- * existed (or by a caller that never names it) keeps its cache key.
- */
-function blockSizeOf(quantBlockSize: number | undefined): Pick<SegmentSpec, "quantBlockSize"> {
-  return quantBlockSize === undefined || quantBlockSize === DEFAULT_QUANT_BLOCK_SIZE
-    ? {}
-    : { quantBlockSize };
-}
+import { segmentSpec, type ExitHeadSpec, type SegmentSpec, type WeightFormat } from "./segment-spec.ts";
 
 /** Layers [0, split) with the exits; hidden states out for escalation, logits for sampling at an exit. */
 export function edgeSegmentSpec(
@@ -35,7 +19,7 @@ export function edgeSegmentSpec(
     outputHidden: true,
     logits: true,
     weightFormat,
-    ...blockSizeOf(quantBlockSize),
+    quantBlockSize,
   });
 }
 
@@ -57,6 +41,6 @@ export function cloudSegmentSpec(
     logits: true,
     positions: "tail",
     weightFormat,
-    ...blockSizeOf(quantBlockSize),
+    quantBlockSize,
   });
 }

@@ -31,14 +31,17 @@ export function defaultGraphCacheDir(): string {
 /**
  * A stable key: builder version, weights, and every field of the spec (exit maps by
  * content hash); for a segment with exits, the exit adapters' hash too (a segment without
- * exits runs none, so the same graph serves a checkpoint with or without them).
+ * exits runs none, so the same graph serves a checkpoint with or without them). A block
+ * size named at its default is the graph of a spec that leaves it out, and keeps that
+ * spec's key (the key graphs had before the programs took the setting).
  */
 export function segmentCacheKey(weightsHash: string, spec: SegmentSpec, exitAdaptersHash?: string): string {
   const hash = createHash("sha256");
   hash.update(`tandem-segment-v${SEGMENT_GRAPH_VERSION}\n${weightsHash}\n`);
   if (exitAdaptersHash && spec.exits.length > 0) hash.update(`exit adapters ${exitAdaptersHash}\n`);
-  const { exits, ...rest } = spec;
-  hash.update(JSON.stringify(rest, Object.keys(rest).sort()));
+  const { exits, quantBlockSize, ...rest } = spec;
+  const keyed = quantBlockSize === DEFAULT_QUANT_BLOCK_SIZE ? rest : { ...rest, quantBlockSize };
+  hash.update(JSON.stringify(keyed, Object.keys(keyed).sort()));
   for (const exit of [...exits].sort((a, b) => a.afterLayer - b.afterLayer)) {
     hash.update(`\nexit ${exit.afterLayer}`);
     if (exit.linearMap) {
