@@ -13,10 +13,7 @@
  * Each case runs in a child process so its RSS and thread pool are its own.
  * Usage: tandem bench runtime [--smoke]
  */
-import { execFile } from "node:child_process";
 import { readFileSync } from "node:fs";
-import { join } from "node:path";
-import { promisify } from "node:util";
 import {
   DEFAULT_QUANT_BLOCK_SIZE,
   headWeightBytes,
@@ -31,11 +28,11 @@ import {
 import { REAL_MODEL_CONFIGS, ReferenceModel } from "@tandem/runtime/testing";
 import { UsageError } from "@tandem/common";
 import type { BenchOptions, BenchResult } from "./bench-types.ts";
-import { DEMO_HELDOUT_TEXT, DEMO_MODEL, REPO_ROOT } from "./bench-paths.ts";
+import { DEMO_HELDOUT_TEXT, DEMO_MODEL } from "./bench-paths.ts";
 import { ensureCheckpointGguf } from "./llama-cpp/bench-gguf.ts";
 import type { GgufFileType } from "./llama-cpp/gguf-writer.ts";
 import { LlamaCppModel, type LlamaCppMeasurement, measureLlamaCpp } from "./llama-cpp/llama-cpp-runner.ts";
-import { deployedEnvironment } from "./deployed-environment.ts";
+import { runCaseProcess } from "./case-process.ts";
 import { measureMemoryBandwidth } from "./memory-bandwidth.ts";
 import { ensureRealShapeCheckpoint, isRealModelName } from "./real-shape-checkpoints.ts";
 import { countParams, layerLinearParams } from "./model-arithmetic.ts";
@@ -281,17 +278,8 @@ async function demoModelQuality(
   return rows;
 }
 
-/** Runs a case in a child process; the result is the last line it prints. */
-async function runChild(c: Case): Promise<unknown> {
-  const { stdout } = await promisify(execFile)(
-    process.execPath,
-    [join(REPO_ROOT, "bin", "tandem.mjs"), "bench", "runtime", "--case", JSON.stringify(c)],
-    // Both engines alike: llama.cpp's malloc'd buffers take huge pages too.
-    { maxBuffer: 1 << 20, env: deployedEnvironment() },
-  );
-  const lines = stdout.trim().split("\n");
-  return JSON.parse(lines[lines.length - 1]);
-}
+/** Runs a case in a child process of its own (case-process.ts). */
+const runChild = (c: Case): Promise<unknown> => runCaseProcess("runtime", c, 1 << 20);
 
 /** The model's directory, its checkpoint written first when missing: a size or a real shape. */
 async function ensureModel(label: string): Promise<string> {

@@ -11,15 +11,13 @@
  *   - greedy agreement of int8/int4 with fp32, teacher-forced over 256 positions.
  *
  * Each measurement runs in a child process so its RSS is its own, in the deployed
- * environment (huge pages for malloc, deployed-environment.ts).
+ * environment (huge pages for malloc, case-process.ts).
  * The trained demo model (`tandem-demo`) is the yardstick for agreement, measured on its
  * held-out text: random weights' next-token distributions are too flat for it to mean much.
  * Usage: tandem bench scale [--models Llama-3.2-1B,Qwen2.5-0.5B,tandem-demo] [--smoke]
  */
-import { execFile } from "node:child_process";
 import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync } from "node:fs";
 import { join } from "node:path";
-import { promisify } from "node:util";
 import {
   cloudSegmentSpec,
   edgeSegmentSpec,
@@ -42,7 +40,7 @@ import {
 import { UsageError } from "@tandem/common";
 import type { BenchOptions, BenchResult } from "./bench-types.ts";
 import { BENCH_MODELS_DIR, DEMO_HELDOUT_TEXT, DEMO_MODEL, REPO_ROOT } from "./bench-paths.ts";
-import { deployedEnvironment } from "./deployed-environment.ts";
+import { runCaseProcess } from "./case-process.ts";
 import { ensureRealShapeCheckpoint, isRealModelName } from "./real-shape-checkpoints.ts";
 import { tokenAgreement } from "./statistics.ts";
 
@@ -172,14 +170,9 @@ async function runCase(c: Case): Promise<CaseResult> {
   };
 }
 
+/** Runs a case in a child process of its own (case-process.ts). */
 async function runChild(c: Case): Promise<CaseResult> {
-  const { stdout } = await promisify(execFile)(
-    process.execPath,
-    [join(REPO_ROOT, "bin", "tandem.mjs"), "bench", "scale", "--case", JSON.stringify(c)],
-    { maxBuffer: 1 << 24, env: deployedEnvironment() },
-  );
-  const lines = stdout.trim().split("\n");
-  return JSON.parse(lines[lines.length - 1]) as CaseResult;
+  return (await runCaseProcess("scale", c, 1 << 24)) as CaseResult;
 }
 
 /** The checkpoint of `name`, written once into .cache (minutes for a billion parameters). */
