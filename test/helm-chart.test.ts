@@ -14,7 +14,7 @@ import { environmentName, loadConfig, programSchema, type ConfigSchema } from "@
 import { BATCH_CONFIG_SCHEMA, BATCH_PROGRAM } from "@tandem/batch-worker";
 import { WORKER_CONFIG_SCHEMA, WORKER_PROGRAM } from "@tandem/cloud-worker";
 import { CONTROL_CONFIG_SCHEMA, CONTROL_PROGRAM } from "@tandem/control-plane";
-import { FREED_MEMORY_ENV, WEIGHT_FORMATS } from "@tandem/runtime";
+import { FREED_MEMORY_ENV, QUANT_BLOCK_SIZES, WEIGHT_FORMATS } from "@tandem/runtime";
 
 const ROOT = join(import.meta.dirname, "..");
 const CHART = join(ROOT, "charts", "tandem");
@@ -548,6 +548,10 @@ describe("the Helm chart", () => {
   });
 
   it("passes the workers' quantization block size through, and refuses one the runtime would not take", () => {
+    const schema = JSON.parse(readFileSync(join(CHART, "values.schema.json"), "utf8")) as {
+      properties: { cloudWorker: { properties: { quantBlockSize: { enum: number[] } } } };
+    };
+    expect(schema.properties.cloudWorker.properties.quantBlockSize.enum).toEqual([...QUANT_BLOCK_SIZES]);
     const rendered = JSON.stringify(render("cloudWorker.weights=int4", "cloudWorker.quantBlockSize=64"));
     expect(rendered).toContain(JSON.stringify({ name: "TANDEM_WORKER_QUANT_BLOCK_SIZE", value: "64" }));
     const load = (size: string) => () =>

@@ -32,11 +32,12 @@ import { DEFAULT_WEIGHT_FORMAT, WEIGHT_FORMATS, type WeightFormat } from "../gra
  * ~12,000 pages per 128-token prefill and ~200 per decode step, and prefilled in 876–931 ms
  * against 733–749 without it. At 512 KB its runs fault no more pages than without it
  * (after the first prefill, 1–20 per prefill against 0–359 without, 0–1 per decode step
- * in both; 110M alike) and prefill in 738–744 ms, while an expert's weights still go back when dropped where its matrices are 512 KB
- * or more (Qwen3-30B-A3B's 768 × 2048 in int4 is 0.8 MB; Granite-3.0-1B-A400M's 512 × 1024
- * is 0.25 MB and stays in the heap, for the experts loaded after it to reuse). It is
- * set only for processes that drop experts (the chart's expertParallel workers; the
- * edge's systemd unit has it commented out for expertBudgetMb).
+ * in both; 110M alike) and prefill in 738–744 ms, while an expert's weights still go
+ * back when dropped where its matrices are 512 KB or more (Qwen3-30B-A3B's 768 × 2048 in
+ * int4 is 0.8 MB; Granite-3.0-1B-A400M's 512 × 1024 is 0.25 MB and stays in the heap, for
+ * the experts loaded after it to reuse). It is set only for processes that drop experts
+ * (the chart's expertParallel workers; the edge's systemd unit has it commented out for
+ * expertBudgetMb).
  */
 export const FREED_MEMORY_ENV = { name: "MALLOC_MMAP_THRESHOLD_", value: "524288" } as const;
 
