@@ -14,7 +14,7 @@ import { environmentName, loadConfig, programSchema, type ConfigSchema } from "@
 import { BATCH_CONFIG_SCHEMA, BATCH_PROGRAM } from "@tandem/batch-worker";
 import { WORKER_CONFIG_SCHEMA, WORKER_PROGRAM } from "@tandem/cloud-worker";
 import { CONTROL_CONFIG_SCHEMA, CONTROL_PROGRAM } from "@tandem/control-plane";
-import { FREED_MEMORY_ENV, QUANT_BLOCK_SIZES, WEIGHT_FORMATS } from "@tandem/runtime";
+import { FREED_MEMORY_ENV, INT4_HEAD_BITS, QUANT_BLOCK_SIZES, WEIGHT_FORMATS } from "@tandem/runtime";
 
 const ROOT = join(import.meta.dirname, "..");
 const CHART = join(ROOT, "charts", "tandem");
@@ -568,6 +568,29 @@ describe("the Helm chart", () => {
     expect(load("512")).toThrow(/^quantBlockSize: /);
   });
 
+  it("passes the workers' int4 head bits through (8 by default), and refuses others", () => {
+    const schema = JSON.parse(readFileSync(join(CHART, "values.schema.json"), "utf8")) as {
+      properties: { cloudWorker: { properties: { int4HeadBits: { enum: number[] } } } };
+    };
+    expect(schema.properties.cloudWorker.properties.int4HeadBits.enum).toEqual([...INT4_HEAD_BITS]);
+    expect(JSON.stringify(render("cloudWorker.weights=int4"))).toContain(
+      JSON.stringify({ name: "TANDEM_WORKER_INT4_HEAD_BITS", value: "8" }),
+    );
+    const rendered = JSON.stringify(render("cloudWorker.weights=int4", "cloudWorker.int4HeadBits=4"));
+    expect(rendered).toContain(JSON.stringify({ name: "TANDEM_WORKER_INT4_HEAD_BITS", value: "4" }));
+    const load = (bits: string) => () =>
+      loadConfig(WORKER_CONFIG_SCHEMA, {
+        envPrefix: "TANDEM_WORKER",
+        env: {
+          TANDEM_WORKER_MODEL: "/models/m",
+          TANDEM_WORKER_SPLIT: "3",
+          TANDEM_WORKER_INT4_HEAD_BITS: bits,
+        },
+      });
+    expect(load("4")).not.toThrow();
+    expect(load("6")).toThrow(/^int4HeadBits: /);
+  });
+
   it("turns expert parallelism on, its Experts port reachable by the workers alone", () => {
     const manifests = render(
       "cloudWorker.tls.secretName=",
@@ -619,6 +642,7 @@ describe("the Helm chart", () => {
       ["cloudWorker.split=0", /cloudWorker\/split.*minimum/],
       ["cloudWorker.weights=fp8", /cloudWorker\/weights/],
       ["cloudWorker.quantBlockSize=48", /cloudWorker\/quantBlockSize/],
+      ["cloudWorker.int4HeadBits=2", /cloudWorker\/int4HeadBits/],
       ["nats.url=http://nats:4222", /nats\/url/],
       ["cluster=a:b", /cluster/],
       [`cluster=${"x".repeat(65)}`, /cluster.*maxLength/],

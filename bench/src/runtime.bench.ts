@@ -97,14 +97,15 @@ function weightBytesPerToken(config: ModelConfig, format: WeightFormat, blockSiz
   const layerParams = numLayers * layerLinearParams(config, config.numExpertsPerToken ?? 1);
   const normParams = numLayers * 2 * h + h;
   // The layers by parameter count (w8a8: a byte per weight; its per-channel scales are
-  // under 0.2% more); the head as the graph stores it (8-bit blocks beside int8 and w8a8).
+  // under 0.2% more); the head as the graph stores it (8-bit blocks in every quantized format).
   const layerBytes =
     format === "fp32"
       ? layerParams * 4
       : format === "w8a8"
         ? layerParams
         : layerParams * ((format === "int8" ? 1 : 0.5) + 4 / blockSize);
-  const linearBytes = layerBytes + headWeightBytes(v, h, format, blockSize);
+  const linearBytes =
+    layerBytes + headWeightBytes(v, h, { weightFormat: format, quantBlockSize: blockSize, finalHead: true });
   return linearBytes + normParams * 4;
 }
 

@@ -141,7 +141,7 @@ export async function startEdgeAgent(
     cacheDir: options.cacheDir,
     onProgress: (progress: Progress) => log.info(progress, "building the segment graph"),
   };
-  const lowerSpec = edgeSegmentSpec(split, exits, config.weights, config.quantBlockSize);
+  const lowerSpec = edgeSegmentSpec(split, exits, config.weights, config);
   let lowerModel: SegmentRunner;
   /** With expertBudgetMb: the expert cache's counters, for the metrics. */
   let expertCacheStats: (() => ExpertCacheStats) | undefined;

@@ -132,6 +132,7 @@ export const EDGE_CONFIG_SCHEMA = z
     threads: RUNTIME_SETTINGS.threads,
     weights: RUNTIME_SETTINGS.weights.meta({ description: "weight format of the device segment" }),
     quantBlockSize: RUNTIME_SETTINGS.quantBlockSize,
+    int4HeadBits: RUNTIME_SETTINGS.int4HeadBits,
     expertColdWeights: z.enum(WEIGHT_FORMATS).optional().meta({
       description:
         "MoE with expertBudgetMb: format of the experts that carry the least traffic (beyond expertHotShare of their layer's activations in the calibration); the others keep `weights`",

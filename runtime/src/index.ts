@@ -27,6 +27,10 @@ export type { ExitAdapterWeights } from "./checkpoint/exit-adapters.ts";
 // Segment graphs and the engine
 export {
   DEFAULT_QUANT_BLOCK_SIZE,
+  defaultInt4HeadBits,
+  headBits,
+  INT4_HEAD_BITS,
+  type Int4HeadBits,
   QUANT_BLOCK_SIZES,
   segmentSpec,
   WEIGHT_FORMATS,
@@ -36,7 +40,7 @@ export {
   type SegmentSpec,
   type WeightFormat,
 } from "./graph/segment-spec.ts";
-export { cloudSegmentSpec, edgeSegmentSpec } from "./graph/deployment-specs.ts";
+export { cloudSegmentSpec, edgeSegmentSpec, type QuantizationOptions } from "./graph/deployment-specs.ts";
 export {
   headWeightBytes,
   kvBytesPerPosition,

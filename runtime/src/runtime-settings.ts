@@ -9,6 +9,7 @@ import { DEFAULT_SEGMENT_MODEL_OPTIONS } from "./engine/segment-model.ts";
 import { DEFAULT_GENERATE_OPTIONS } from "./generation/split-generator.ts";
 import {
   DEFAULT_QUANT_BLOCK_SIZE,
+  INT4_HEAD_BITS,
   DEFAULT_WEIGHT_FORMAT,
   QUANT_BLOCK_SIZES,
   WEIGHT_FORMATS,
@@ -32,6 +33,10 @@ export const RUNTIME_SETTINGS = {
     .meta({
       description: `values per quantization block of int8 and int4 weights (w8a8: of its LM head), one of ${QUANT_BLOCK_SIZES.join(", ")}: larger blocks run faster and agree less (README: the \`runtime\` benchmark)`,
     }),
+  int4HeadBits: z.literal(INT4_HEAD_BITS).optional().meta({
+    description:
+      "bits of the LM head of int4 weights, 4 or 8 (default: 8 where the segment has the model's final head, as llama-quantize keeps a Q4_0 file's head; 4 where only exits read it, evaluated once per exit per token)",
+  }),
   target: z
     .number()
     .gt(0)

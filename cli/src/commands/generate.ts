@@ -64,6 +64,8 @@ export const GENERATE_OPTIONS = z
         "exact: the cloud segment checks the edge's tokens before they are printed, so the text is the whole model's (needs --split)",
     }),
     weights: RUNTIME_SETTINGS.weights,
+    quantBlockSize: RUNTIME_SETTINGS.quantBlockSize,
+    int4HeadBits: RUNTIME_SETTINGS.int4HeadBits,
     threads: RUNTIME_SETTINGS.threads,
   })
   .strict();
@@ -97,6 +99,8 @@ export async function runGenerate(
     split,
     exits,
     weightFormat: request.weights,
+    quantBlockSize: request.quantBlockSize,
+    int4HeadBits: request.int4HeadBits,
     threads: request.threads,
     // A first run on a large checkpoint builds its graphs for minutes: say how far.
     onProgress: (progress) => console.error(formatProgress("model", progress)),

@@ -9,6 +9,7 @@ import { InvalidArgumentError, UsageError } from "@tandem/common";
 import {
   DEFAULT_INSPECT_CONTEXT,
   inspectCheckpoint,
+  RUNTIME_SETTINGS,
   WEIGHT_FORMATS,
   type CheckpointInspection,
   type SegmentEstimate,
@@ -24,6 +25,8 @@ const INSPECT_OPTIONS = z
       .enum(WEIGHT_FORMATS)
       .optional()
       .meta({ description: "estimate memory for this weight format only (default: each)" }),
+    quantBlockSize: RUNTIME_SETTINGS.quantBlockSize,
+    int4HeadBits: RUNTIME_SETTINGS.int4HeadBits,
     context: z
       .int()
       .min(1)
@@ -52,6 +55,7 @@ export const inspectCommand: CommandDefinition<typeof INSPECT_OPTIONS> = {
         splits: options.split === undefined ? undefined : [options.split],
         weightFormats: options.weights === undefined ? undefined : [options.weights],
         contextPositions: options.context,
+        quantization: { quantBlockSize: options.quantBlockSize, int4HeadBits: options.int4HeadBits },
       });
     } catch (error) {
       // A split the model does not have is a mistake on the command line: name the flag.

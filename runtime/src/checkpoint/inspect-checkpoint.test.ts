@@ -153,16 +153,28 @@ describe("inspectCheckpoint: real models' shapes", () => {
     // (a byte per value and an fp32 scale per block of 32), an int4 copy of the tied head,
     // 16 int4 layers (4 bits and an fp32 scale per 32 values) and the rotary caches.
     const edgeInt4 = memory.splits.find((s) => s.split === 16 && s.weightFormat === "int4")!.edge;
-    const int4 = (rows: number, cols: number) => (rows * cols * 5) / 8;
-    expect(edgeInt4.weightBytes).toBe(
-      (49152 * 960 * 36) / 32 +
-        8192 * 64 * 4 +
-        16 *
-          (2 * 960 * 4 + int4(960 + 2 * 320, 960) + int4(960, 960) + int4(2 * 2560, 960) + int4(960, 2560)) +
-        960 * 4 +
-        int4(49152, 960),
-    );
+    const int4 = (rows: number, cols: number, blockSize = 32) => rows * cols * (0.5 + 4 / blockSize);
+    const layers = (blockSize = 32) =>
+      16 *
+      (2 * 960 * 4 +
+        int4(960 + 2 * 320, 960, blockSize) +
+        int4(960, 960, blockSize) +
+        int4(2 * 2560, 960, blockSize) +
+        int4(960, 2560, blockSize));
+    const table = (blockSize = 32) => 49152 * 960 * (1 + 4 / blockSize);
+    expect(edgeInt4.weightBytes).toBe(table() + 8192 * 64 * 4 + layers() + 960 * 4 + int4(49152, 960));
     expect(memory.wholeModel.map((w) => w.weightFormat)).toEqual(["fp32", "int8", "w8a8", "int4"]);
+
+    // Asked for an 8-bit head, the edge's int4 head multiplies by the tied table, which it
+    // then holds, and keeps no copy of its own; a block size of 64 halves every scale.
+    const eightBitHead = await inspectCheckpoint(dir, {
+      splits: [16],
+      weightFormats: ["int4"],
+      quantization: { int4HeadBits: 8, quantBlockSize: 64 },
+    });
+    const edge = eightBitHead.memory!.splits[0].edge;
+    expect(edge.weightBytes).toBe(table(64) + 8192 * 64 * 4 + layers(64) + 960 * 4);
+    expect(edge.estimatedRssBytes).toBe(1.2 * edge.weightBytes + 2048 * 2 * 16 * 5 * 64 * 4 + 150 * 2 ** 20);
   });
 
   it("Llama-3.2-1B: llama3 rope scaling, described with its parameters; end tokens of generation_config.json too", async () => {

@@ -18,7 +18,7 @@ import { basename, join } from "node:path";
 import { CheckpointError, InvalidArgumentError, ModelConfigError, TandemError } from "@tandem/common";
 import { ChatTemplate } from "../tokenizer/chat-template.ts";
 import { Tokenizer, TOKENIZER_CONFIG_FILE } from "../tokenizer/tokenizer.ts";
-import { cloudSegmentSpec, edgeSegmentSpec } from "../graph/deployment-specs.ts";
+import { cloudSegmentSpec, edgeSegmentSpec, type QuantizationOptions } from "../graph/deployment-specs.ts";
 import { segmentSpec, WEIGHT_FORMATS, type SegmentSpec, type WeightFormat } from "../graph/segment-spec.ts";
 import { kvBytesPerPosition, segmentWeightBytes } from "../graph/segment-weight-bytes.ts";
 import { optionalTokenIds, parseModelConfig } from "./config-parser.ts";
@@ -50,6 +50,8 @@ export interface InspectOptions {
   weightFormats?: WeightFormat[];
   /** KV positions of one sequence in the RSS estimate. @default 2048, or the model's context if shorter */
   contextPositions?: number;
+  /** The quantized formats' block size and int4's head bits. @default SegmentSpec's */
+  quantization?: QuantizationOptions;
 }
 
 /** The model's shape: from the parsed config, or, where config.json is refused, what its keys say. */
@@ -294,8 +296,8 @@ function memoryEstimates(
       formats.map((format) => ({
         split,
         weightFormat: format,
-        edge: estimate(edgeSegmentSpec(split, edgeExits(split), format)),
-        worker: estimate(cloudSegmentSpec(split, layers, format)),
+        edge: estimate(edgeSegmentSpec(split, edgeExits(split), format, options.quantization)),
+        worker: estimate(cloudSegmentSpec(split, layers, format, options.quantization)),
       })),
     ),
   };

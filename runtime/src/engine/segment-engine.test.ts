@@ -1132,7 +1132,8 @@ describe("quantized weights (the embedding table in 8 bits, shared with a tied i
         expect(maxAbsDiff(logits, whole) / scale).toBeLessThan(format === "int4" ? 0.3 : 0.05);
         // The logits' RMS error relative to their RMS: what quantization controls (measured
         // on these shapes: int8 ~0.02; w8a8, its weights in 7 bits, up to 0.032; int4
-        // 0.20–0.22, and 0.23–0.26 with the symmetric 15-level grid the 16-level one replaced).
+        // 0.19–0.20 with its 8-bit head, 0.20–0.22 with a 4-bit one, and 0.23–0.26 with the
+        // symmetric 15-level grid the 16-level one replaced).
         let squaredError = 0;
         let squared = 0;
         whole.forEach((value, i) => {
@@ -1156,6 +1157,44 @@ describe("quantized weights (the embedding table in 8 bits, shared with a tied i
         }
         await sessions.model.release();
       });
+
+  it("int4 keeps its LM head in 8 bits unless asked for 4: the 8-bit head's logits are nearer fp32's", async () => {
+    const rmsError = (logits: Float32Array, whole: Float32Array) => {
+      let squaredError = 0;
+      let squared = 0;
+      whole.forEach((value, i) => {
+        squaredError += (logits[i] - value) ** 2;
+        squared += value ** 2;
+      });
+      return Math.sqrt(squaredError / squared);
+    };
+    for (const shape of shapes) {
+      const checkpoint = checkpoints.get(shape)!;
+      const whole = await fullLogits(checkpoint, PROMPT);
+      const errorWithHeadBits = async (int4HeadBits: 4 | 8 | undefined) => {
+        const sessions = await sessionsFor(checkpoint, {
+          fromLayer: 0,
+          toLayer: checkpoint.config.numLayers,
+          finalHead: true,
+          positions: "all",
+          logits: true,
+          weightFormat: "int4",
+          int4HeadBits,
+        });
+        sessions.open("s");
+        const logits = (await sessions.forward("s", { ids: PROMPT })).exits[0].logits!;
+        await sessions.model.release();
+        return rmsError(logits, whole);
+      };
+      const [byDefault, eight, four] = [
+        await errorWithHeadBits(undefined),
+        await errorWithHeadBits(8),
+        await errorWithHeadBits(4),
+      ];
+      expect(byDefault).toBe(eight);
+      expect(eight, shape).toBeLessThan(four);
+    }
+  });
 
   it("w8a8 quantizes activations per row: a row's logits do not depend on the rows batched with it", async () => {
     const checkpoint = checkpoints.get("llama gqa ratio 2")!;

@@ -7,7 +7,7 @@ import type { Checkpoint } from "../checkpoint/model-weights.ts";
 import { SegmentModel, type SegmentModelOptions } from "../engine/segment-model.ts";
 import { SegmentSessions } from "../engine/segment-sessions.ts";
 import { InvalidArgumentError } from "@tandem/common";
-import { cloudSegmentSpec, edgeSegmentSpec } from "../graph/deployment-specs.ts";
+import { cloudSegmentSpec, edgeSegmentSpec, type QuantizationOptions } from "../graph/deployment-specs.ts";
 import {
   DEFAULT_WEIGHT_FORMAT,
   segmentSpec,
@@ -15,7 +15,7 @@ import {
   type WeightFormat,
 } from "../graph/segment-spec.ts";
 
-export interface LocalSplitOptions extends SegmentModelOptions {
+export interface LocalSplitOptions extends SegmentModelOptions, QuantizationOptions {
   /** Layers on the lower side; the whole model when equal to numLayers. @default numLayers */
   split?: number;
   /** Exits on the lower side (afterLayer ≤ split). @default none */
@@ -41,6 +41,10 @@ export async function loadLocalSplit(
     throw new InvalidArgumentError("split", `must be an integer in [1, ${layers}], got ${split}`);
   }
   const weightFormat = options.weightFormat ?? DEFAULT_WEIGHT_FORMAT;
+  const quantization: QuantizationOptions = {
+    quantBlockSize: options.quantBlockSize,
+    int4HeadBits: options.int4HeadBits,
+  };
   const whole = split === layers;
   // The graphs the edge agent and the cloud worker load (with logits, so either side can
   // sample), or the whole model with its exits.
@@ -54,13 +58,18 @@ export async function loadLocalSplit(
           finalHead: true,
           logits: true,
           weightFormat,
+          ...quantization,
         })
-      : edgeSegmentSpec(split, options.exits ?? [], weightFormat),
+      : edgeSegmentSpec(split, options.exits ?? [], weightFormat, quantization),
     options,
   );
   const upperModel = whole
     ? undefined
-    : await SegmentModel.load(checkpoint, cloudSegmentSpec(split, layers, weightFormat), options);
+    : await SegmentModel.load(
+        checkpoint,
+        cloudSegmentSpec(split, layers, weightFormat, quantization),
+        options,
+      );
   // Both graphs are built (each decoding only its tensors, the shared ones once): the
   // decoded fp32 weights can go.
   checkpoint.releaseWeights?.();

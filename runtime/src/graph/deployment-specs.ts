@@ -5,12 +5,15 @@
  */
 import { segmentSpec, type ExitHeadSpec, type SegmentSpec, type WeightFormat } from "./segment-spec.ts";
 
+/** How a quantized format is laid out: block size, int4's head bits (defaults in SegmentSpec). */
+export type QuantizationOptions = Pick<SegmentSpec, "quantBlockSize" | "int4HeadBits">;
+
 /** Layers [0, split) with the exits; hidden states out for escalation, logits for sampling at an exit. */
 export function edgeSegmentSpec(
   split: number,
   exits: ExitHeadSpec[],
   weightFormat: WeightFormat,
-  quantBlockSize?: number,
+  quantization: QuantizationOptions = {},
 ): SegmentSpec {
   return segmentSpec({
     fromLayer: 0,
@@ -19,7 +22,8 @@ export function edgeSegmentSpec(
     outputHidden: true,
     logits: true,
     weightFormat,
-    quantBlockSize,
+    quantBlockSize: quantization.quantBlockSize,
+    int4HeadBits: quantization.int4HeadBits,
   });
 }
 
@@ -32,7 +36,7 @@ export function cloudSegmentSpec(
   split: number,
   numLayers: number,
   weightFormat: WeightFormat,
-  quantBlockSize?: number,
+  quantization: QuantizationOptions = {},
 ): SegmentSpec {
   return segmentSpec({
     fromLayer: split,
@@ -41,6 +45,7 @@ export function cloudSegmentSpec(
     logits: true,
     positions: "tail",
     weightFormat,
-    quantBlockSize,
+    quantBlockSize: quantization.quantBlockSize,
+    int4HeadBits: quantization.int4HeadBits,
   });
 }

@@ -15,6 +15,8 @@ import { EMBEDDING_LAYOUT_FILE } from "./embedding-table-layout.ts";
 import type { BuiltGraph, ExternalDataSink } from "./onnx-graph-builder.ts";
 import {
   DEFAULT_QUANT_BLOCK_SIZE,
+  defaultInt4HeadBits,
+  headBits,
   SEGMENT_GRAPH_VERSION,
   type SegmentSpec,
   type WeightFormat,
@@ -39,8 +41,14 @@ export function segmentCacheKey(weightsHash: string, spec: SegmentSpec, exitAdap
   const hash = createHash("sha256");
   hash.update(`tandem-segment-v${SEGMENT_GRAPH_VERSION}\n${weightsHash}\n`);
   if (exitAdaptersHash && spec.exits.length > 0) hash.update(`exit adapters ${exitAdaptersHash}\n`);
-  const { exits, quantBlockSize, ...rest } = spec;
-  const keyed = quantBlockSize === DEFAULT_QUANT_BLOCK_SIZE ? rest : { ...rest, quantBlockSize };
+  // A setting at its default keys as if left out, and int4's head bits only in int4: one
+  // graph, one key, however a caller spells its spec.
+  const { exits, quantBlockSize, int4HeadBits, ...rest } = spec;
+  const keyed = {
+    ...rest,
+    ...(quantBlockSize === DEFAULT_QUANT_BLOCK_SIZE ? {} : { quantBlockSize }),
+    ...(spec.weightFormat === "int4" && headBits(spec) !== defaultInt4HeadBits(spec) ? { int4HeadBits } : {}),
+  };
   hash.update(JSON.stringify(keyed, Object.keys(keyed).sort()));
   for (const exit of [...exits].sort((a, b) => a.afterLayer - b.afterLayer)) {
     hash.update(`\nexit ${exit.afterLayer}`);

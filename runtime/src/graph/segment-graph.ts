@@ -31,6 +31,7 @@ import {
 } from "../codec/hadamard-rotation.ts";
 import {
   DEFAULT_QUANT_BLOCK_SIZE,
+  headBits,
   segmentExits,
   segmentSpec,
   type ExitHeadSpec,
@@ -963,11 +964,10 @@ class SegmentGraphWriter {
     const { config } = this;
     const head = this.weights.lmHead;
     const prefix = "/model/lm_head";
-    // A quantized head is in MatMulNBits's blocks, w8a8's too: a tied one multiplies by
-    // the embedding table's own 8-bit bytes.
-    if (this.spec.weightFormat !== "fp32") {
-      return this.nbitsLinear(prefix, x, asLinear(head), this.spec.weightFormat === "int4" ? 4 : 8);
-    }
+    // A quantized head is in MatMulNBits's blocks, w8a8's too: a tied 8-bit one multiplies
+    // by the embedding table's own bytes.
+    if (this.spec.weightFormat !== "fp32")
+      return this.nbitsLinear(prefix, x, asLinear(head), headBits(this.spec));
     // Gemm with transB reads the [vocab, hidden] table as stored, so a tied LM head shares
     // the embedding table's bytes instead of keeping a transposed copy.
     const { b } = this;

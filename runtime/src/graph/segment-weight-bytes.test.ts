@@ -126,6 +126,8 @@ function specsOf(spec: RandomCheckpointSpec, format: WeightFormat): [string, Seg
         quantBlockSize: 16,
       }),
     ],
+    ["edge with its exits, an 8-bit int4 head", edgeSegmentSpec(split, exits, format, { int4HeadBits: 8 })],
+    ["worker, a 4-bit int4 head", cloudSegmentSpec(split, layers, format, { int4HeadBits: 4 })],
     [
       "middle layers, no head",
       segmentSpec({ fromLayer: 1, toLayer: layers, outputHidden: true, weightFormat: format }),
@@ -256,22 +258,27 @@ describe("segmentWeightBytes", () => {
       table8,
       table8,
     ]);
-    // Beside the final norm's 64 floats, the head is the table itself in fp32 and int8
-    // (which the process then holds); in int4 a copy, and the 8-bit table is read on demand.
+    // Beside the final norm's 64 floats, the head is the table itself in fp32, int8 and
+    // w8a8 (which the process then holds); the edge's int4 head, 4-bit by default where no
+    // final head reads it, is a copy, and the 8-bit table is read on demand.
     expect(edge("fp32").head).toBe(64 * 4);
     expect(edge("int8").head).toBe(64 * 4);
     expect(edge("w8a8").head).toBe(64 * 4);
     expect(edge("int4").head).toBe(64 * 4 + nbitsWeightBytes(300, 64, 4, 32));
-    expect(["fp32", "int8", "w8a8", "int4"].map((f) => edge(f as WeightFormat).readOnDemand)).toEqual([
-      0,
-      0,
-      0,
-      table8,
-    ]);
+    expect(WEIGHT_FORMATS.map((format) => edge(format).readOnDemand)).toEqual([0, 0, 0, table8]);
+    // An 8-bit int4 head shares the table like int8's.
+    const eightBitHead = segmentWeightBytes(
+      config,
+      edgeSegmentSpec(2, [{ afterLayer: 2 }], "int4", { int4HeadBits: 8 }),
+    );
+    expect(eightBitHead.head).toBe(64 * 4);
+    expect(eightBitHead.readOnDemand).toBe(0);
     // The worker has no table to share: its head is a copy in every format.
     expect(segmentWeightBytes(config, cloudSegmentSpec(2, 4, "fp32")).head).toBe(64 * 4 + 300 * 64 * 4);
     expect(segmentWeightBytes(config, cloudSegmentSpec(2, 4, "int8")).head).toBe(64 * 4 + table8);
     expect(segmentWeightBytes(config, cloudSegmentSpec(2, 4, "w8a8")).head).toBe(64 * 4 + table8);
+    // int4's final head is 8-bit by default.
+    expect(segmentWeightBytes(config, cloudSegmentSpec(2, 4, "int4")).head).toBe(64 * 4 + table8);
   });
 });
 
@@ -295,9 +302,24 @@ describe("headWeightBytes", () => {
     // The head keeps MatMulNBits's blocks: 4 blocks of 32 per row, the last padded.
     ["int8", 10 * 4 * (32 + 4)],
     ["w8a8", 10 * 4 * (32 + 4)],
-    ["int4", 10 * 4 * (16 + 4)],
-  ] as const)("%s, 10 rows × 97 columns: %i bytes", (format, bytes) => {
-    expect(headWeightBytes(10, 97, format, 32)).toBe(bytes);
+    ["int4", 10 * 4 * (32 + 4)],
+  ] as const)("%s with the final head, 10 rows × 97 columns: %i bytes", (format, bytes) => {
+    expect(headWeightBytes(10, 97, { weightFormat: format, finalHead: true })).toBe(bytes);
+  });
+
+  it("is 4-bit blocks for an int4 head of exits only or of 4 bits asked for; other formats ignore the setting", () => {
+    const fourBit = 10 * 4 * (16 + 4);
+    expect(headWeightBytes(10, 97, { weightFormat: "int4", finalHead: false })).toBe(fourBit);
+    expect(headWeightBytes(10, 97, { weightFormat: "int4", finalHead: true, int4HeadBits: 4 })).toBe(fourBit);
+    expect(headWeightBytes(10, 97, { weightFormat: "int4", finalHead: false, int4HeadBits: 8 })).toBe(
+      10 * 4 * (32 + 4),
+    );
+    expect(headWeightBytes(10, 97, { weightFormat: "int8", finalHead: true, int4HeadBits: 4 })).toBe(
+      10 * 4 * (32 + 4),
+    );
+    expect(
+      headWeightBytes(10, 97, { weightFormat: "int4", finalHead: true, int4HeadBits: 4, quantBlockSize: 64 }),
+    ).toBe(10 * 2 * (32 + 4));
   });
 });
 

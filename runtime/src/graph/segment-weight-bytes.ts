@@ -20,6 +20,7 @@ import { rotationBlock } from "../codec/hadamard-rotation.ts";
 import { W8A8_ROTATION_BLOCK } from "./channel-int8-quantizer.ts";
 import {
   DEFAULT_QUANT_BLOCK_SIZE,
+  headBits,
   segmentExits,
   type SegmentSpec,
   type WeightFormat,
@@ -98,15 +99,14 @@ export function segmentWeightBytes(
 
   // Every exit and the final head share one final norm and one LM head. A head tied to the
   // embedding reads the segment's own table where the table is in the head's format (fp32
-  // through Gemm transB; int8 through MatMulNBits, the table's blocks and scales as they
-  // are); in a segment without the table, or in int4 beside an 8-bit table, it is a copy
-  // of its own.
+  // through Gemm transB; 8 bits through MatMulNBits, the table's blocks and scales as they
+  // are); in a segment without the table, or a 4-bit int4 head beside the 8-bit table, it
+  // is a copy of its own.
   const exits = segmentExits(spec, config);
   let head = 0;
   const sharesTable =
-    exits.length > 0 && config.tieWordEmbeddings && spec.fromLayer === 0 && spec.weightFormat !== "int4";
-  if (exits.length > 0)
-    head = vector(h) + (sharesTable ? 0 : headWeightBytes(vocab, h, spec.weightFormat, blockSize));
+    exits.length > 0 && config.tieWordEmbeddings && spec.fromLayer === 0 && headBits(spec) === 8;
+  if (exits.length > 0) head = vector(h) + (sharesTable ? 0 : headWeightBytes(vocab, h, spec));
   const maps = exits.filter((exit) => exit.linearMap).length;
   // The maps are fp32 MatMuls in every format (calibration fits them in fp32), and their
   // unit-RMS norm takes a gamma of ones, written once.
@@ -159,12 +159,17 @@ export function linearWeightBytes(
 }
 
 /**
- * The bytes of the LM head: fp32 as stored, else MatMulNBits' blocks of 4 bits (int4) or
- * 8 (int8, w8a8) — the head keeps blocks in every quantized format (segment-graph.ts).
+ * The bytes of the LM head: fp32 as stored, else MatMulNBits' blocks of 8 bits, or of 4
+ * for an int4 head of 4 bits (headBits: by default where the segment has no final head) —
+ * the head keeps blocks in every quantized format (segment-graph.ts).
  */
-export function headWeightBytes(rows: number, cols: number, format: WeightFormat, blockSize: number): number {
-  if (format === "fp32") return rows * cols * FLOAT32_BYTES;
-  return nbitsWeightBytes(rows, cols, format === "int4" ? 4 : 8, blockSize);
+export function headWeightBytes(
+  rows: number,
+  cols: number,
+  spec: Pick<SegmentSpec, "weightFormat" | "quantBlockSize" | "int4HeadBits" | "finalHead">,
+): number {
+  if (spec.weightFormat === "fp32") return rows * cols * FLOAT32_BYTES;
+  return nbitsWeightBytes(rows, cols, headBits(spec), spec.quantBlockSize ?? DEFAULT_QUANT_BLOCK_SIZE);
 }
 
 /**

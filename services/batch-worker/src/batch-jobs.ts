@@ -103,6 +103,7 @@ const BUILD_GRAPHS_JOB_SCHEMA = z
       .meta({ description: "plain exit heads, without a calibration" }),
     weights: RUNTIME_SETTINGS.weights,
     quantBlockSize: RUNTIME_SETTINGS.quantBlockSize,
+    int4HeadBits: RUNTIME_SETTINGS.int4HeadBits,
     cacheDir: path.optional().meta({ description: "graph cache directory (default: the worker's)" }),
   })
   .strict();

@@ -175,8 +175,8 @@ export async function runBuildGraphsJob(
   const weights = data.weights;
   const cacheDir = data.cacheDir ?? context.cacheDir ?? defaultGraphCacheDir();
   const specs = {
-    edge: edgeSegmentSpec(data.split, exits, weights, data.quantBlockSize),
-    cloud: cloudSegmentSpec(data.split, layers, weights, data.quantBlockSize),
+    edge: edgeSegmentSpec(data.split, exits, weights, data),
+    cloud: cloudSegmentSpec(data.split, layers, weights, data),
   };
   const cached = (spec: typeof specs.edge) => existsSync(segmentGraphPath(checkpoint, spec, cacheDir));
   const alreadyCached = { edge: cached(specs.edge), cloud: cached(specs.cloud) };

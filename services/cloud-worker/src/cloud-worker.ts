@@ -16,6 +16,7 @@ import {
   DEFAULT_ESCALATION_LIMITS,
   cloudSegmentSpec,
   HostRoutedMoeModel,
+  type Int4HeadBits,
   loadCheckpoint,
   SegmentModel,
   type SegmentRunner,
@@ -67,6 +68,8 @@ export interface CloudWorkerOptions {
   weightFormat?: WeightFormat;
   /** Values per quantization block of int8/int4 weights (SegmentSpec.quantBlockSize). @default 32 */
   quantBlockSize?: number;
+  /** Bits of an int4 LM head (SegmentSpec.int4HeadBits). @default 8 */
+  int4HeadBits?: Int4HeadBits;
   /**
    * MoE: run experts where the expert map places them (this worker's in-process, others'
    * over Experts/Run) and hold only this worker's. With `tls`, Experts takes mutual TLS from
@@ -139,12 +142,7 @@ export async function startCloudWorker(options: CloudWorkerOptions, log: Logger)
       `must be in [1, ${layers - 1}] for a ${layers}-layer model, got ${options.split}`,
     );
   }
-  const spec = cloudSegmentSpec(
-    options.split,
-    layers,
-    options.weightFormat ?? "fp32",
-    options.quantBlockSize,
-  );
+  const spec = cloudSegmentSpec(options.split, layers, options.weightFormat ?? "fp32", options);
   const modelOptions = {
     threads: options.threads ?? 1,
     cacheDir: options.cacheDir,

@@ -32,6 +32,7 @@ export const WORKER_PROGRAM: ProgramDefinition<typeof WORKER_CONFIG_SCHEMA> = {
         stepTokenBudget: config.stepTokenBudget,
         weightFormat: config.weights,
         quantBlockSize: config.quantBlockSize,
+        int4HeadBits: config.int4HeadBits,
         expertParallel: config.expertParallel
           ? {
               port: config.expertPort,

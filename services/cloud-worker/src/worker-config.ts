@@ -49,6 +49,7 @@ export const WORKER_CONFIG_SCHEMA = z
       }),
     weights: RUNTIME_SETTINGS.weights,
     quantBlockSize: RUNTIME_SETTINGS.quantBlockSize,
+    int4HeadBits: RUNTIME_SETTINGS.int4HeadBits,
     natsUrl: z
       .string()
       .min(1)
