@@ -175,6 +175,13 @@ describe("inspectCheckpoint: real models' shapes", () => {
     const edge = eightBitHead.memory!.splits[0].edge;
     expect(edge.weightBytes).toBe(table(64) + 8192 * 64 * 4 + layers(64) + 960 * 4);
     expect(edge.estimatedRssBytes).toBe(1.2 * edge.weightBytes + 2048 * 2 * 16 * 5 * 64 * 4 + 150 * 2 ** 20);
+    // The whole model's row is quantized as asked too.
+    const wholeAt64 = segmentWeightBytes(
+      config,
+      segmentSpec({ fromLayer: 0, toLayer: 32, finalHead: true, weightFormat: "int4", quantBlockSize: 64 }),
+    ).total;
+    expect(eightBitHead.memory!.wholeModel[0].weightBytes).toBe(wholeAt64);
+    expect(wholeAt64).toBeLessThan(memory.wholeModel[3].weightBytes);
   });
 
   it("Llama-3.2-1B: llama3 rope scaling, described with its parameters; end tokens of generation_config.json too", async () => {

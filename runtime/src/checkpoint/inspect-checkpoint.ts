@@ -290,7 +290,15 @@ function memoryEstimates(
     contextPositions: context,
     formula: `estimated RSS = ${RSS_WEIGHT_FACTOR} × weight bytes held + KV of ${context} positions + ${RSS_ALLOWANCE_BYTES / 2 ** 20} MiB`,
     wholeModel: formats.map((format) =>
-      estimate(segmentSpec({ fromLayer: 0, toLayer: layers, finalHead: true, weightFormat: format })),
+      estimate(
+        segmentSpec({
+          fromLayer: 0,
+          toLayer: layers,
+          finalHead: true,
+          weightFormat: format,
+          ...options.quantization,
+        }),
+      ),
     ),
     splits: splits.flatMap((split) =>
       formats.map((format) => ({
