@@ -326,6 +326,8 @@ describe.skipIf(process.env.TANDEM_CI_SECOND_PASS === "1")("tandem bench", () =>
           ["int4", "Q4_0"],
         ]);
         for (const a of anchor) expect(a.llama_cpp_decode_tokens_per_s).toBeGreaterThan(0);
+        // int4 keeps its final head in 8 bits by default, as the Q4_0 file beside it does.
+        expect(anchor.map((a) => a.int4_head_bits)).toEqual([null, null, 8]);
         // Both engines timed alike: a cold (warm-up) prefill apart, then the smoke run's one round.
         type Timing = { cold_prefill_tokens_per_s: number; prefill_tokens_per_s_rounds: number[] };
         for (const row of result.rows as (Timing & { llama_cpp: Timing })[])
@@ -344,6 +346,7 @@ describe.skipIf(process.env.TANDEM_CI_SECOND_PASS === "1")("tandem bench", () =>
           "llama.cpp int4",
         ]);
         for (const q of quality) expect(q.agreement_with_fp32).toBeGreaterThan(0.5);
+        expect(quality.find((q) => q.engine === "tandem" && q.weights === "int4")!.int4_head_bits).toBe(8);
       }
       // Overheads measured by CPU time per token too, beside tokens/s.
       if (name === "api") {

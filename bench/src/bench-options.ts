@@ -5,7 +5,7 @@
  * load any.
  */
 import { z } from "zod";
-import { WEIGHT_FORMATS } from "@tandem/runtime";
+import { INT4_HEAD_BITS, WEIGHT_FORMATS } from "@tandem/runtime";
 
 /** Benchmarks that run each case in a child process pass it the case this way. */
 const CASE_OPTION = z
@@ -77,6 +77,10 @@ export const BENCH_OPTION_SCHEMAS = {
       blockSizes: z.array(z.int().min(16).max(256)).min(1).optional().meta({
         description:
           "Tandem's quantization block sizes to run int8/int4 at (w8a8: its LM head), each beside llama.cpp's Q8_0/Q4_0 (default 32, Q4_0's own)",
+      }),
+      int4HeadBits: z.array(z.literal(INT4_HEAD_BITS)).min(1).optional().meta({
+        description:
+          "bits of int4's LM head to run at (default 8, what a segment with the model's final head keeps, as Q4_0 files do; 4 is the edge's exits' head)",
       }),
       case: CASE_OPTION,
     })

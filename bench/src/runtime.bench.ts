@@ -11,12 +11,16 @@
  * (huge pages for malloc, HUGE_PAGES_ENV): a warm-up of the whole prompt,
  * then five rounds (one with --smoke), medians reported with each round's figure.
  * Each case runs in a child process so its RSS and thread pool are its own.
+ * int4 runs with its LM head in 8 bits by default, as llama.cpp's Q4_0 file keeps its head
+ * (--int4-head-bits 4,8 runs the edge's 4-bit head beside it).
  * Usage: tandem bench runtime [--smoke]
  */
 import { readFileSync } from "node:fs";
 import {
   DEFAULT_QUANT_BLOCK_SIZE,
+  defaultInt4HeadBits,
   headWeightBytes,
+  type Int4HeadBits,
   loadCheckpoint,
   type ModelConfig,
   SegmentModel,
@@ -50,6 +54,8 @@ interface TandemCase {
   weights: WeightFormat;
   /** Quantization block size of int8/int4 weights. */
   blockSize: number;
+  /** Bits of int4's LM head (ignored by the other formats). */
+  int4HeadBits: Int4HeadBits;
   promptTokens: number;
   decodeTokens: number;
   /** Timed rounds after the warm-up (prefill-decode-timing.ts). */
@@ -86,26 +92,37 @@ interface CaseResult extends PrefillDecodeTiming {
   weights: WeightFormat;
   /** Quantization block size (int8/int4; null for fp32). */
   block_size: number | null;
+  /** Bits of the LM head (int4; null for the other formats). */
+  int4_head_bits: Int4HeadBits | null;
   weight_bytes_per_token: number;
   rss_mb: number;
   graph_load_ms: number;
 }
 
+/** The quantization of a case: its block size and int4's head bits. */
+interface Quantization {
+  quantBlockSize: number;
+  int4HeadBits: Int4HeadBits;
+}
+
+/** The head bits a whole-model segment (it has the final head) keeps unless told. */
+const WHOLE_MODEL_INT4_HEAD_BITS = defaultInt4HeadBits({ finalHead: true });
+
 /** Bytes of weights a decode step reads: every linear layer and the LM head (not the embedding table). */
-function weightBytesPerToken(config: ModelConfig, format: WeightFormat, blockSize: number): number {
+function weightBytesPerToken(config: ModelConfig, format: WeightFormat, quantization: Quantization): number {
   const { hiddenSize: h, vocabSize: v, numLayers } = config;
   const layerParams = numLayers * layerLinearParams(config, config.numExpertsPerToken ?? 1);
   const normParams = numLayers * 2 * h + h;
   // The layers by parameter count (w8a8: a byte per weight; its per-channel scales are
-  // under 0.2% more); the head as the graph stores it (8-bit blocks in every quantized format).
+  // under 0.2% more); the head as the graph stores it.
   const layerBytes =
     format === "fp32"
       ? layerParams * 4
       : format === "w8a8"
         ? layerParams
-        : layerParams * ((format === "int8" ? 1 : 0.5) + 4 / blockSize);
+        : layerParams * ((format === "int8" ? 1 : 0.5) + 4 / quantization.quantBlockSize);
   const linearBytes =
-    layerBytes + headWeightBytes(v, h, { weightFormat: format, quantBlockSize: blockSize, finalHead: true });
+    layerBytes + headWeightBytes(v, h, { weightFormat: format, ...quantization, finalHead: true });
   return linearBytes + normParams * 4;
 }
 
@@ -113,7 +130,7 @@ function weightBytesPerToken(config: ModelConfig, format: WeightFormat, blockSiz
 function wholeModelSpec(
   config: ModelConfig,
   weightFormat: WeightFormat,
-  quantBlockSize: number,
+  quantization: Quantization,
   positions: "last" | "all",
 ) {
   return segmentSpec({
@@ -122,16 +139,17 @@ function wholeModelSpec(
     finalHead: true,
     positions,
     weightFormat,
-    quantBlockSize,
+    ...quantization,
   });
 }
 
 async function runCase(c: TandemCase): Promise<CaseResult> {
   const checkpoint = await loadCheckpoint(c.modelDir);
+  const quantization = { quantBlockSize: c.blockSize, int4HeadBits: c.int4HeadBits };
   const loadStart = performance.now();
   const model = await SegmentModel.load(
     checkpoint,
-    wholeModelSpec(checkpoint.config, c.weights, c.blockSize, "last"),
+    wholeModelSpec(checkpoint.config, c.weights, quantization, "last"),
     { threads: c.threads },
   );
   const graphLoadMs = performance.now() - loadStart;
@@ -157,8 +175,9 @@ async function runCase(c: TandemCase): Promise<CaseResult> {
     threads: c.threads,
     weights: c.weights,
     block_size: c.weights === "fp32" ? null : c.blockSize,
+    int4_head_bits: c.weights === "int4" ? c.int4HeadBits : null,
     ...timing,
-    weight_bytes_per_token: weightBytesPerToken(checkpoint.config, c.weights, c.blockSize),
+    weight_bytes_per_token: weightBytesPerToken(checkpoint.config, c.weights, quantization),
     rss_mb: rssMb,
     graph_load_ms: graphLoadMs,
   };
@@ -201,6 +220,8 @@ interface QualityRow {
   weights: WeightFormat;
   /** Tandem's quantization block size (int8/int4). */
   block_size?: number;
+  /** Bits of Tandem's int4 LM head. */
+  int4_head_bits?: Int4HeadBits;
   gguf_type?: GgufFileType;
   /** Bits per weight of the format's linear weights: values and their block scales. */
   bits_per_weight: number;
@@ -220,14 +241,15 @@ async function demoModelQuality(
   positions: number,
   formats: WeightFormat[],
   blockSizes: number[],
+  int4HeadBits: Int4HeadBits[],
 ): Promise<QualityRow[]> {
   const checkpoint = await loadCheckpoint(DEMO_MODEL);
   const text = readFileSync(DEMO_HELDOUT_TEXT, "utf8").slice(0, 40_000);
   const ids = (await Tokenizer.forCheckpoint(checkpoint)).encode(text).slice(0, positions);
-  const tandemTokens = async (weightFormat: WeightFormat, quantBlockSize: number): Promise<number[]> => {
+  const tandemTokens = async (weightFormat: WeightFormat, quantization: Quantization): Promise<number[]> => {
     const model = await SegmentModel.load(
       checkpoint,
-      wholeModelSpec(checkpoint.config, weightFormat, quantBlockSize, "all"),
+      wholeModelSpec(checkpoint.config, weightFormat, quantization, "all"),
       { threads: 2 },
     );
     try {
@@ -239,7 +261,10 @@ async function demoModelQuality(
       await model.release();
     }
   };
-  const reference = await tandemTokens("fp32", DEFAULT_QUANT_BLOCK_SIZE);
+  const reference = await tandemTokens("fp32", {
+    quantBlockSize: DEFAULT_QUANT_BLOCK_SIZE,
+    int4HeadBits: WHOLE_MODEL_INT4_HEAD_BITS,
+  });
   const agreement = (tokens: number[]) =>
     tokens.filter((token, i) => token === reference[i]).length / reference.length;
   // w8a8: a byte per weight, and one scale per output channel (a few hundredths of a bit).
@@ -248,13 +273,17 @@ async function demoModelQuality(
   const rows: QualityRow[] = [];
   for (const weights of formats) {
     for (const blockSize of weights === "fp32" ? [] : blockSizes)
-      rows.push({
-        engine: "tandem",
-        weights,
-        block_size: blockSize,
-        bits_per_weight: bits(weights, blockSize),
-        agreement_with_fp32: agreement(await tandemTokens(weights, blockSize)),
-      });
+      for (const headBits of headBitsToRun(weights, int4HeadBits))
+        rows.push({
+          engine: "tandem",
+          weights,
+          block_size: blockSize,
+          ...(weights === "int4" ? { int4_head_bits: headBits } : {}),
+          bits_per_weight: bits(weights, blockSize),
+          agreement_with_fp32: agreement(
+            await tandemTokens(weights, { quantBlockSize: blockSize, int4HeadBits: headBits }),
+          ),
+        });
     const ggufType = GGUF_TYPE_OF[weights];
     // int8 and w8a8 share Q8_0: one row for it.
     if (rows.some((row) => row.gguf_type === ggufType)) continue;
@@ -278,6 +307,10 @@ async function demoModelQuality(
   }
   return rows;
 }
+
+/** The head bits a format runs at: each asked for in int4, the one default elsewhere (unused there). */
+const headBitsToRun = (weights: WeightFormat, int4HeadBits: Int4HeadBits[]): Int4HeadBits[] =>
+  weights === "int4" ? int4HeadBits : [WHOLE_MODEL_INT4_HEAD_BITS];
 
 /** Runs a case in a child process of its own (case-process.ts). */
 const runChild = (c: Case): Promise<unknown> => runCaseProcess("runtime", c, 1 << 20);
@@ -305,6 +338,7 @@ export default async function runtimeBenchmark(options: BenchOptions<"runtime">)
   const formats: WeightFormat[] =
     options.options.formats ?? (options.smoke ? ["fp32", "w8a8", "int4"] : ["fp32", "int8", "w8a8", "int4"]);
   const blockSizes = options.options.blockSizes ?? [DEFAULT_QUANT_BLOCK_SIZE];
+  const int4HeadBits = options.options.int4HeadBits ?? [WHOLE_MODEL_INT4_HEAD_BITS];
   const threadCounts = options.smoke ? [1] : [1, 2];
   const promptTokens = options.smoke ? 16 : 128;
   const decodeTokens = options.smoke ? 8 : 64;
@@ -324,13 +358,29 @@ export default async function runtimeBenchmark(options: BenchOptions<"runtime">)
       referenceTokens > 0 ? await referenceDecode(modelDir, options.smoke ? 8 : 32, referenceTokens) : null;
     for (const weights of formats) {
       const gguf = await ensureCheckpointGguf(modelDir, GGUF_TYPE_OF[weights]);
-      // llama.cpp runs once per format and thread count; Tandem at each block size beside it.
+      // llama.cpp runs once per format and thread count; Tandem at each block size (int4: and
+      // head bits) beside it.
       const llamaCppRows = new Map<number, LlamaCppMeasurement>();
-      for (const blockSize of weights === "fp32" ? [DEFAULT_QUANT_BLOCK_SIZE] : blockSizes) {
+      const quantizations = (weights === "fp32" ? [DEFAULT_QUANT_BLOCK_SIZE] : blockSizes).flatMap(
+        (quantBlockSize) =>
+          headBitsToRun(weights, int4HeadBits).map((headBits) => ({
+            quantBlockSize,
+            int4HeadBits: headBits,
+          })),
+      );
+      for (const { quantBlockSize: blockSize, int4HeadBits: headBits } of quantizations) {
         const formatRows: { tandem: CaseResult; llamaCpp: LlamaCppMeasurement }[] = [];
         for (const threads of threadCounts) {
           const shared = { threads, promptTokens, decodeTokens, rounds };
-          const tandemCase: TandemCase = { engine: "tandem", modelDir, label, weights, blockSize, ...shared };
+          const tandemCase: TandemCase = {
+            engine: "tandem",
+            modelDir,
+            label,
+            weights,
+            blockSize,
+            int4HeadBits: headBits,
+            ...shared,
+          };
           const result = (await runChild(tandemCase)) as CaseResult;
           let llamaCpp = llamaCppRows.get(threads);
           if (!llamaCpp) {
@@ -362,6 +412,7 @@ export default async function runtimeBenchmark(options: BenchOptions<"runtime">)
           model: label,
           weights,
           block_size: weights === "fp32" ? null : blockSize,
+          int4_head_bits: weights === "int4" ? headBits : null,
           gguf_type: GGUF_TYPE_OF[weights],
           tandem_decode_tokens_per_s: tandemDecode,
           llama_cpp_decode_tokens_per_s: llamaCppDecode,
@@ -375,7 +426,7 @@ export default async function runtimeBenchmark(options: BenchOptions<"runtime">)
   }
   const qualityPositions = options.smoke ? 32 : 512;
   process.stderr.write(`runtime bench: quality on the demo model, ${qualityPositions} positions\n`);
-  const quality = await demoModelQuality(qualityPositions, formats, blockSizes);
+  const quality = await demoModelQuality(qualityPositions, formats, blockSizes, int4HeadBits);
   return {
     name: "runtime",
     memory_bandwidth_gb_s: bandwidth.readGbPerS,
