@@ -16,7 +16,13 @@ import { InvalidArgumentError } from "@tandem/common";
 import type { ModelConfig } from "../checkpoint/model-config.ts";
 import type { Checkpoint } from "../checkpoint/model-weights.ts";
 import { klDivergenceRows } from "../numeric/kl-divergence.ts";
-import { segmentExits, segmentSpec, type SegmentSpec, validateSegmentSpec } from "../graph/segment-spec.ts";
+import {
+  headBits,
+  segmentExits,
+  segmentSpec,
+  type SegmentSpec,
+  validateSegmentSpec,
+} from "../graph/segment-spec.ts";
 import { ExpertCache, type ExpertCacheOptions, type ExpertStore } from "./expert-cache.ts";
 import { RouterPredictor } from "./expert-predictor.ts";
 import { ExpertThreads } from "./expert-threads.ts";
@@ -113,7 +119,9 @@ export class HostRoutedMoeModel implements SegmentRunner {
           at,
           await SegmentModel.load(
             checkpoint,
-            piece({ fromLayer: at, toLayer: at, exits: [exit], logits }),
+            // A head piece has exits only: it takes the whole spec's head bits (int4: 8 for
+            // the final head by default), not an exits-only piece's default.
+            piece({ fromLayer: at, toLayer: at, exits: [exit], logits, int4HeadBits: headBits(spec) }),
             options,
           ),
         );

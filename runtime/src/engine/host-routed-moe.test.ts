@@ -230,6 +230,17 @@ describe("a host-routed MoE segment", () => {
     await budgeted.release();
   });
 
+  it("keeps an int4 model's final head in 8 bits as the one-graph segment does: the logits equal the int4 graph's", async () => {
+    const checkpoint = checkpoints.get(MIXTRAL)!;
+    const spec = { ...whole(checkpoint), weightFormat: "int4" as WeightFormat };
+    const host = await hostModel(checkpoint, spec);
+    const graph = await graphModel(checkpoint, spec);
+    expect(maxAbsDiff(await allLogits(host, PROMPT), await allLogits(graph, PROMPT))).toBeLessThanOrEqual(
+      1e-4,
+    );
+    await Promise.all([host.release(), graph.release()]);
+  });
+
   it("refuses a budget that cannot hold the experts one token needs, naming budgetBytes", async () => {
     const checkpoint = checkpoints.get(MIXTRAL)!;
     const error = await hostModel(checkpoint, whole(checkpoint), { budgetBytes: 1000 }).catch(
