@@ -182,6 +182,17 @@ function maxAbsDiff(a: ArrayLike<number>, b: ArrayLike<number>): number {
   return max;
 }
 
+/** The RMS of `got − want` relative to the RMS of `want`: what quantization controls. */
+function relativeRmsError(got: ArrayLike<number>, want: ArrayLike<number>): number {
+  let squaredError = 0;
+  let squared = 0;
+  for (let i = 0; i < want.length; i++) {
+    squaredError += (got[i] - want[i]) ** 2;
+    squared += want[i] ** 2;
+  }
+  return Math.sqrt(squaredError / squared);
+}
+
 /** Logits at every position of the whole model; `spec` overrides the segment's defaults. */
 async function fullLogits(
   checkpoint: Checkpoint,
@@ -1117,16 +1128,7 @@ describe("quantized weights (the embedding table in 8 bits, shared with a tied i
       it(`${format} logits stay close to fp32: ${shape}`, async () => {
         const checkpoint = checkpoints.get(shape)!;
         const whole = await fullLogits(checkpoint, PROMPT);
-        const sessions = await sessionsFor(checkpoint, {
-          fromLayer: 0,
-          toLayer: checkpoint.config.numLayers,
-          finalHead: true,
-          positions: "all",
-          logits: true,
-          weightFormat: format,
-        });
-        sessions.open("s");
-        const logits = (await sessions.forward("s", { ids: PROMPT })).exits[0].logits!;
+        const logits = await fullLogits(checkpoint, PROMPT, { weightFormat: format });
         const scale = Math.max(...Array.from(whole, Math.abs));
         // Relative to the largest logit: int8 within 5%, int4 within 30%.
         expect(maxAbsDiff(logits, whole) / scale).toBeLessThan(format === "int4" ? 0.3 : 0.05);
@@ -1134,13 +1136,7 @@ describe("quantized weights (the embedding table in 8 bits, shared with a tied i
         // on these shapes: int8 ~0.02; w8a8, its weights in 7 bits, up to 0.032; int4
         // 0.19–0.20 with its 8-bit head, 0.20–0.22 with a 4-bit one, and 0.23–0.26 with the
         // symmetric 15-level grid the 16-level one replaced).
-        let squaredError = 0;
-        let squared = 0;
-        whole.forEach((value, i) => {
-          squaredError += (logits[i] - value) ** 2;
-          squared += value ** 2;
-        });
-        expect(Math.sqrt(squaredError / squared)).toBeLessThan(
+        expect(relativeRmsError(logits, whole)).toBeLessThan(
           format === "int4" ? 0.225 : format === "w8a8" ? 0.035 : 0.03,
         );
         // Top-1 on a random model's near-flat distributions flips on small errors, so only
@@ -1155,37 +1151,14 @@ describe("quantized weights (the embedding table in 8 bits, shared with a tied i
           }
           expect(agreement / PROMPT.length).toBeGreaterThanOrEqual(0.9);
         }
-        await sessions.model.release();
       });
 
   it("int4 keeps its LM head in 8 bits unless asked for 4: the 8-bit head's logits are nearer fp32's", async () => {
-    const rmsError = (logits: Float32Array, whole: Float32Array) => {
-      let squaredError = 0;
-      let squared = 0;
-      whole.forEach((value, i) => {
-        squaredError += (logits[i] - value) ** 2;
-        squared += value ** 2;
-      });
-      return Math.sqrt(squaredError / squared);
-    };
     for (const shape of shapes) {
       const checkpoint = checkpoints.get(shape)!;
       const whole = await fullLogits(checkpoint, PROMPT);
-      const errorWithHeadBits = async (int4HeadBits: 4 | 8 | undefined) => {
-        const sessions = await sessionsFor(checkpoint, {
-          fromLayer: 0,
-          toLayer: checkpoint.config.numLayers,
-          finalHead: true,
-          positions: "all",
-          logits: true,
-          weightFormat: "int4",
-          int4HeadBits,
-        });
-        sessions.open("s");
-        const logits = (await sessions.forward("s", { ids: PROMPT })).exits[0].logits!;
-        await sessions.model.release();
-        return rmsError(logits, whole);
-      };
+      const errorWithHeadBits = async (int4HeadBits: 4 | 8 | undefined) =>
+        relativeRmsError(await fullLogits(checkpoint, PROMPT, { weightFormat: "int4", int4HeadBits }), whole);
       const [byDefault, eight, four] = [
         await errorWithHeadBits(undefined),
         await errorWithHeadBits(8),
