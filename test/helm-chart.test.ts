@@ -95,6 +95,13 @@ function environmentOf(container: Container): NodeJS.ProcessEnv {
   );
 }
 
+/** A worker's configuration from a model, a split and `env`, as a chart's variables would set it. */
+const loadWorkerConfig = (env: NodeJS.ProcessEnv) =>
+  loadConfig(WORKER_CONFIG_SCHEMA, {
+    envPrefix: "TANDEM_WORKER",
+    env: { TANDEM_WORKER_MODEL: "/models/m", TANDEM_WORKER_SPLIT: "3", ...env },
+  });
+
 describe("the Helm chart", () => {
   it("lints clean with helm --strict", () => {
     const lint = spawnSync(helm, ["lint", CHART, "--strict"], { encoding: "utf8" });
@@ -554,15 +561,7 @@ describe("the Helm chart", () => {
     expect(schema.properties.cloudWorker.properties.quantBlockSize.enum).toEqual([...QUANT_BLOCK_SIZES]);
     const rendered = JSON.stringify(render("cloudWorker.weights=int4", "cloudWorker.quantBlockSize=64"));
     expect(rendered).toContain(JSON.stringify({ name: "TANDEM_WORKER_QUANT_BLOCK_SIZE", value: "64" }));
-    const load = (size: string) => () =>
-      loadConfig(WORKER_CONFIG_SCHEMA, {
-        envPrefix: "TANDEM_WORKER",
-        env: {
-          TANDEM_WORKER_MODEL: "/models/m",
-          TANDEM_WORKER_SPLIT: "3",
-          TANDEM_WORKER_QUANT_BLOCK_SIZE: size,
-        },
-      });
+    const load = (size: string) => () => loadWorkerConfig({ TANDEM_WORKER_QUANT_BLOCK_SIZE: size });
     expect(load("64")).not.toThrow();
     expect(load("48")).toThrow(/^quantBlockSize: .*one of 16, 32, 64, 128, 256/);
     expect(load("512")).toThrow(/^quantBlockSize: /);
@@ -578,15 +577,7 @@ describe("the Helm chart", () => {
     );
     const rendered = JSON.stringify(render("cloudWorker.weights=int4", "cloudWorker.int4HeadBits=4"));
     expect(rendered).toContain(JSON.stringify({ name: "TANDEM_WORKER_INT4_HEAD_BITS", value: "4" }));
-    const load = (bits: string) => () =>
-      loadConfig(WORKER_CONFIG_SCHEMA, {
-        envPrefix: "TANDEM_WORKER",
-        env: {
-          TANDEM_WORKER_MODEL: "/models/m",
-          TANDEM_WORKER_SPLIT: "3",
-          TANDEM_WORKER_INT4_HEAD_BITS: bits,
-        },
-      });
+    const load = (bits: string) => () => loadWorkerConfig({ TANDEM_WORKER_INT4_HEAD_BITS: bits });
     expect(load("4")).not.toThrow();
     expect(load("6")).toThrow(/^int4HeadBits: /);
   });
