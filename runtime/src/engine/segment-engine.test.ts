@@ -1169,6 +1169,13 @@ describe("quantized weights (the embedding table in 8 bits, shared with a tied i
     }
   });
 
+  it("refuses int4 head bits MatMulNBits has no head for, naming int4HeadBits", async () => {
+    const checkpoint = checkpoints.get(shapes[0])!;
+    await expect(
+      fullLogits(checkpoint, PROMPT, { weightFormat: "int4", int4HeadBits: 2 as 4 }),
+    ).rejects.toThrow(/^int4HeadBits: must be one of 4, 8, got 2/);
+  });
+
   it("w8a8 quantizes activations per row: a row's logits do not depend on the rows batched with it", async () => {
     const checkpoint = checkpoints.get("llama gqa ratio 2")!;
     const { hiddenSize: h, numKvHeads, headDim } = checkpoint.config;

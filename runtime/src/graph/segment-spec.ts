@@ -211,7 +211,10 @@ export function validateSegmentSpec(spec: SegmentSpec, config: ModelConfig): voi
     );
   }
   if (spec.int4HeadBits !== undefined && !(INT4_HEAD_BITS as readonly number[]).includes(spec.int4HeadBits))
-    throw new InvalidArgumentError("int4HeadBits", `must be 4 or 8, got ${spec.int4HeadBits}`);
+    throw new InvalidArgumentError(
+      "int4HeadBits",
+      `must be one of ${INT4_HEAD_BITS.join(", ")}, got ${spec.int4HeadBits}`,
+    );
 }
 
 /**
