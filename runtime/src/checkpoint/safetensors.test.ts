@@ -1,4 +1,13 @@
-import { closeSync, ftruncateSync, mkdtempSync, openSync, rmSync, writeSync } from "node:fs";
+import {
+  closeSync,
+  existsSync,
+  ftruncateSync,
+  mkdtempSync,
+  openSync,
+  readFileSync,
+  rmSync,
+  writeSync,
+} from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
@@ -15,6 +24,8 @@ import {
   readSafetensors,
   SafetensorsFile,
   writeSafetensors,
+  writeSafetensorsStreaming,
+  type LazyTensorToWrite,
   type SafetensorsDtype,
   type TensorToWrite,
 } from "./safetensors.ts";
@@ -102,6 +113,43 @@ describe("safetensors round trip", () => {
     expect(() => encodeSafetensors([{ ...t, shape: [5, 6] }], "F16")).toThrow(
       /"w" has 24 values.*\[5, 6\] needs 30/,
     );
+  });
+});
+
+describe("writing a file a tensor at a time", () => {
+  /** TENSORS as lazy tensors, recording the order their values are made in. */
+  const lazy = (made: string[]): LazyTensorToWrite[] =>
+    TENSORS.map(({ name, shape, data }) => ({
+      name,
+      shape,
+      values: () => {
+        made.push(name);
+        return data;
+      },
+    }));
+
+  for (const dtype of ["F32", "BF16"] as const) {
+    it(`${dtype}: writes the bytes encodeSafetensors gives, making each tensor once, in file order`, async () => {
+      const path = join(dir, `streamed-${dtype}.safetensors`);
+      const made: string[] = [];
+      await writeSafetensorsStreaming(path, lazy(made), dtype);
+      expect(made).toEqual(TENSORS.map((t) => t.name));
+      expect(readFileSync(path).equals(encodeSafetensors(TENSORS, dtype))).toBe(true);
+    });
+  }
+
+  it("refuses a repeated name before making any values, and values that do not fill the shape", async () => {
+    const made: string[] = [];
+    const [first] = lazy(made);
+    await expect(
+      writeSafetensorsStreaming(join(dir, "repeated.safetensors"), [first, first], "F32"),
+    ).rejects.toThrow(InvalidArgumentError);
+    expect(made).toEqual([]);
+    const short = { name: "w", shape: [5, 6], values: () => new Float32Array(24) };
+    await expect(writeSafetensorsStreaming(join(dir, "short.safetensors"), [short], "F16")).rejects.toThrow(
+      /"w" has 24 values.*\[5, 6\] needs 30/,
+    );
+    expect(existsSync(join(dir, "repeated.safetensors"))).toBe(false);
   });
 });
 

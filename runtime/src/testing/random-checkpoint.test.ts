@@ -4,6 +4,7 @@ import { join } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
 import { InvalidArgumentError } from "@tandem/common";
 import { parseModelConfig } from "../checkpoint/config-parser.ts";
+import { encodeSafetensors } from "../checkpoint/safetensors.ts";
 import { Tokenizer } from "../tokenizer/tokenizer.ts";
 import {
   parameterCount,
@@ -63,6 +64,21 @@ describe("writeRandomCheckpoint", () => {
         .get("model-00001-of-00002.safetensors")
         ?.equals(a.get("model-00001-of-00002.safetensors") ?? Buffer.alloc(0)),
     ).toBe(false);
+  });
+
+  it("writes a tensor at a time the bytes the whole-checkpoint encoding gives, shards alike", async () => {
+    const spec: RandomCheckpointSpec = { ...TINY_MIXTRAL, dtype: "BF16" };
+    const whole = encodeSafetensors(randomCheckpointTensors(spec), "BF16");
+    expect(readFileSync(join(await write(spec), "model.safetensors")).equals(whole)).toBe(true);
+    // Shards hold consecutive runs of the same tensors, drawn from the same stream.
+    const sharded = await write({ ...spec, shards: 2 });
+    const tensors = randomCheckpointTensors(spec);
+    const half = Math.ceil(tensors.length / 2);
+    expect(
+      readFileSync(join(sharded, "model-00002-of-00002.safetensors")).equals(
+        encodeSafetensors(tensors.slice(half), "BF16"),
+      ),
+    ).toBe(true);
   });
 
   it("writes an index that maps every tensor to the shard holding it", async () => {

@@ -6,10 +6,16 @@
  */
 import { mkdir, writeFile } from "node:fs/promises";
 import { join } from "node:path";
-import { InvalidArgumentError } from "@tandem/common";
+import { InternalError, InvalidArgumentError } from "@tandem/common";
 import { hasQueryKeyNorm, type ModelArchitecture, type RopeScaling } from "../checkpoint/model-config.ts";
 import { isMoeArchitecture, moeTensorNames } from "../checkpoint/moe-layout.ts";
-import { encodeSafetensors, type SafetensorsDtype, type TensorToWrite } from "../checkpoint/safetensors.ts";
+import {
+  encodeSafetensors,
+  type LazyTensorToWrite,
+  type SafetensorsDtype,
+  type TensorToWrite,
+  writeSafetensorsStreaming,
+} from "../checkpoint/safetensors.ts";
 import {
   BOS_TOKEN_ID,
   BYTE_LEVEL_BASE_VOCAB,
@@ -160,25 +166,45 @@ function expertsPerTokenOf(spec: RandomCheckpointSpec): number {
  * rounding: tests compare loaded weights against these.
  */
 export function randomCheckpointTensors(spec: RandomCheckpointSpec): TensorToWrite[] {
+  return randomCheckpointPlan(spec).map(({ name, shape, values }) => ({ name, shape, data: values() }));
+}
+
+/**
+ * The same tensors, each drawn only when `values` is called: one seeded stream feeds them
+ * all, so the calls must come in file order, once each (anything else would silently give
+ * other weights, so it throws). What lets a checkpoint of many GB be written a tensor at a
+ * time.
+ */
+function randomCheckpointPlan(spec: RandomCheckpointSpec): LazyTensorToWrite[] {
   validateRandomCheckpointSpec(spec);
   const random = new SeededRandom(spec.seed);
   const { hiddenSize: h, intermediateSize: m, vocabSize: v, numHeads, numKvHeads } = spec;
   const headDim = headDimOf(spec);
   const scale = spec.initScale ?? 1;
-  const tensors: TensorToWrite[] = [];
+  const tensors: LazyTensorToWrite[] = [];
+  let drawn = 0;
+  const push = (name: string, shape: number[], mean: number, std: number) => {
+    const index = tensors.length;
+    const length = shape.reduce((x, y) => x * y, 1);
+    tensors.push({
+      name,
+      shape,
+      values: () => {
+        if (drawn !== index)
+          throw new InternalError(`random checkpoint: tensor ${index} (${name}) drawn out of order`);
+        drawn++;
+        return random.normal(length, mean, std);
+      },
+    });
+  };
   // The draw order below fixes every checkpoint's bytes: append new tensors, never reorder.
   const linear = (name: string, rows: number, cols: number) =>
-    tensors.push({ name, shape: [rows, cols], data: random.normal(rows * cols, 0, scale / Math.sqrt(cols)) });
-  const vector = (name: string, length: number, mean: number, std: number) =>
-    tensors.push({ name, shape: [length], data: random.normal(length, mean, std) });
+    push(name, [rows, cols], 0, scale / Math.sqrt(cols));
+  const vector = (name: string, length: number, mean: number, std: number) => push(name, [length], mean, std);
 
   // Embeddings ~ N(0, 1) like a trained model's after the first norm; tied heads then give
   // logits of standard deviation ~sqrt(hidden), i.e. confident predictions.
-  tensors.push({
-    name: "model.embed_tokens.weight",
-    shape: [v, h],
-    data: random.normal(v * h, 0, spec.embeddingStd ?? 1),
-  });
+  push("model.embed_tokens.weight", [v, h], 0, spec.embeddingStd ?? 1);
   for (let i = 0; i < spec.numLayers; i++) {
     const p = `model.layers.${i}`;
     vector(`${p}.input_layernorm.weight`, h, 1, 0.1);
@@ -280,7 +306,7 @@ const ARCHITECTURE_CLASS: Record<ModelArchitecture, string> = {
  * vocabulary has room for the 258 byte-level tokens, tokenizer.json.
  */
 export async function writeRandomCheckpoint(dir: string, spec: RandomCheckpointSpec): Promise<void> {
-  const tensors = randomCheckpointTensors(spec);
+  const tensors = randomCheckpointPlan(spec);
   const tokenizer = byteLevelTokenizerJson({ words: spec.tokenizerWords ?? [] });
   const tokenizerVocab = Object.keys((tokenizer.model as { vocab: object }).vocab).length;
   if (spec.tokenizerWords?.length && tokenizerVocab > spec.vocabSize)
@@ -296,7 +322,7 @@ export async function writeRandomCheckpoint(dir: string, spec: RandomCheckpointS
 
   const shards = spec.shards ?? 1;
   if (shards <= 1) {
-    await writeFile(join(dir, "model.safetensors"), encodeSafetensors(tensors, spec.dtype));
+    await writeSafetensorsStreaming(join(dir, "model.safetensors"), tensors, spec.dtype);
     return;
   }
   const weightMap: Record<string, string> = {};
@@ -307,8 +333,8 @@ export async function writeRandomCheckpoint(dir: string, spec: RandomCheckpointS
     const fileName = `model-${String(s + 1).padStart(5, "0")}-of-${String(shards).padStart(5, "0")}.safetensors`;
     const part = tensors.slice(s * perShard, (s + 1) * perShard);
     for (const t of part) weightMap[t.name] = fileName;
-    for (const t of part) totalSize += t.data.length * (spec.dtype === "F32" ? 4 : 2);
-    await writeFile(join(dir, fileName), encodeSafetensors(part, spec.dtype));
+    for (const t of part) totalSize += t.shape.reduce((x, y) => x * y, 1) * (spec.dtype === "F32" ? 4 : 2);
+    await writeSafetensorsStreaming(join(dir, fileName), part, spec.dtype);
   }
   await writeFile(
     join(dir, "model.safetensors.index.json"),
