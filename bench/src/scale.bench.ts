@@ -17,6 +17,7 @@
  * Usage: tandem bench scale [--models Llama-3.2-1B,Qwen2.5-0.5B,tandem-demo] [--smoke]
  */
 import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync } from "node:fs";
+import { totalmem } from "node:os";
 import { join } from "node:path";
 import {
   cloudSegmentSpec,
@@ -40,6 +41,7 @@ import {
 import { UsageError } from "@tandem/common";
 import type { BenchOptions, BenchResult } from "./bench-types.ts";
 import { BENCH_MODELS_DIR, DEMO_HELDOUT_TEXT, DEMO_MODEL, REPO_ROOT } from "./bench-paths.ts";
+import { caseTooBigReason } from "./case-memory.ts";
 import { runCaseProcess } from "./case-process.ts";
 import { ensureRealShapeCheckpoint, isRealModelName } from "./real-shape-checkpoints.ts";
 import { tokenAgreement } from "./statistics.ts";
@@ -214,6 +216,7 @@ export default async function scaleBenchmark(options: BenchOptions<"scale">): Pr
   const decodeTokens = smoke ? 4 : 32;
   const agreementPositions = smoke ? 16 : 256;
   const rows: Record<string, unknown>[] = [];
+  const skipped: { model: string; segment: SegmentKind; weights: WeightFormat; reason: string }[] = [];
   for (const name of models) {
     const modelDir = await ensureModel(name, smoke);
     const checkpointBytes = directoryBytes(modelDir);
@@ -238,6 +241,16 @@ export default async function scaleBenchmark(options: BenchOptions<"scale">): Pr
     ];
     let fp32Tokens: number[] | undefined;
     for (const { segment, weights, threads } of plan) {
+      // A case too big for this machine (a 7B model's fp32 whole: 30 GB) is named in
+      // `skipped` rather than run into swap or the OOM killer.
+      const reason = smoke
+        ? undefined
+        : caseTooBigReason(config, specFor(segment, config.numLayers, weights), totalmem());
+      if (reason) {
+        process.stderr.write(`scale bench: skipping ${name} ${segment} ${weights}: ${reason}\n`);
+        skipped.push({ model: name, segment, weights, reason });
+        continue;
+      }
       // A graph cache of its own, empty: the first load builds, the next ones find it.
       const cacheDir = join(GRAPHS_DIR, `${name.replace(/[^\w.-]+/g, "_")}-${segment}-${weights}`);
       rmSync(cacheDir, { recursive: true, force: true });
@@ -300,5 +313,6 @@ export default async function scaleBenchmark(options: BenchOptions<"scale">): Pr
     kv_block_positions: KV_BLOCK_POSITIONS,
     rss_target: `1.2 × graph weight bytes + KV + ${RSS_ALLOWANCE_MB} MB`,
     rows,
+    skipped,
   };
 }

@@ -5,6 +5,7 @@
  */
 export { ReferenceModel } from "./reference/reference-model.ts";
 export {
+  parameterCount,
   TINY_LLAMA,
   sizedLlamaSpec,
   writeRandomCheckpoint,
@@ -21,3 +22,5 @@ export {
   type RealModelName,
   type RealShapeOptions,
 } from "./testing/real-model-configs.ts";
+/** A config.json object as the runtime reads it: for tests that reason about real models' shapes. */
+export { parseModelConfig } from "./checkpoint/config-parser.ts";
