@@ -7,7 +7,7 @@
  * loads "mostly" produces garbage tokens much later, far from the cause.
  */
 import { closeSync, openSync, readSync } from "node:fs";
-import { type FileHandle, open, writeFile } from "node:fs/promises";
+import { type FileHandle, open } from "node:fs/promises";
 import { CheckpointError, InvalidArgumentError, TensorMismatchError, UnsupportedError } from "@tandem/common";
 import { bfloat16ToFloat32, float32ToBfloat16, float32ToHalf, halfToFloat32 } from "../numeric/float16.ts";
 
@@ -469,17 +469,19 @@ export function encodeSafetensors(
   return Buffer.concat([header, ...tensors.map((t) => encodeValues(t.name, t.shape, t.data, dtype))]);
 }
 
+/** Writes the bytes encodeSafetensors gives, a tensor at a time (writeSafetensorsStreaming). */
 export async function writeSafetensors(
   path: string,
   tensors: readonly TensorToWrite[],
   dtype: SafetensorsDtype,
   metadata?: Record<string, string>,
 ): Promise<void> {
-  await writeFile(path, encodeSafetensors(tensors, dtype, metadata));
+  const lazy = tensors.map(({ name, shape, data }) => ({ name, shape, values: () => data }));
+  await writeSafetensorsStreaming(path, lazy, dtype, metadata);
 }
 
 /**
- * Writes the same bytes as writeSafetensors, making each tensor's values only when its
+ * Writes the bytes encodeSafetensors gives, making each tensor's values only when its
  * turn comes and dropping them once written: memory holds one tensor, not the file. What
  * a 7B checkpoint (15 GB in BF16, 30 GB as fp32) needs on a machine of 24 GB.
  */
@@ -487,8 +489,9 @@ export async function writeSafetensorsStreaming(
   path: string,
   tensors: readonly LazyTensorToWrite[],
   dtype: SafetensorsDtype,
+  metadata?: Record<string, string>,
 ): Promise<void> {
-  const header = encodeHeader(tensors, dtype);
+  const header = encodeHeader(tensors, dtype, metadata);
   const file = await open(path, "w");
   try {
     await writeAll(file, header);
