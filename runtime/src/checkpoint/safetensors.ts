@@ -382,7 +382,8 @@ function isPlainObject(value: unknown): value is Record<string, unknown> {
   return typeof value === "object" && value !== null && !Array.isArray(value);
 }
 
-function elementCount(shape: readonly number[]): number {
+/** The values a tensor of `shape` holds (1 for a scalar's []). */
+export function elementCount(shape: readonly number[]): number {
   return shape.reduce((a, b) => a * b, 1);
 }
 

@@ -10,6 +10,7 @@ import { InternalError, InvalidArgumentError } from "@tandem/common";
 import { hasQueryKeyNorm, type ModelArchitecture, type RopeScaling } from "../checkpoint/model-config.ts";
 import { isMoeArchitecture, moeTensorNames } from "../checkpoint/moe-layout.ts";
 import {
+  elementCount,
   encodeSafetensors,
   type LazyTensorToWrite,
   type SafetensorsDtype,
@@ -185,7 +186,7 @@ function randomCheckpointPlan(spec: RandomCheckpointSpec): LazyTensorToWrite[] {
   let drawn = 0;
   const push = (name: string, shape: number[], mean: number, std: number) => {
     const index = tensors.length;
-    const length = shape.reduce((x, y) => x * y, 1);
+    const length = elementCount(shape);
     tensors.push({
       name,
       shape,
@@ -333,7 +334,7 @@ export async function writeRandomCheckpoint(dir: string, spec: RandomCheckpointS
     const fileName = `model-${String(s + 1).padStart(5, "0")}-of-${String(shards).padStart(5, "0")}.safetensors`;
     const part = tensors.slice(s * perShard, (s + 1) * perShard);
     for (const t of part) weightMap[t.name] = fileName;
-    for (const t of part) totalSize += t.shape.reduce((x, y) => x * y, 1) * (spec.dtype === "F32" ? 4 : 2);
+    for (const t of part) totalSize += elementCount(t.shape) * (spec.dtype === "F32" ? 4 : 2);
     await writeSafetensorsStreaming(join(dir, fileName), part, spec.dtype);
   }
   await writeFile(
@@ -344,7 +345,7 @@ export async function writeRandomCheckpoint(dir: string, spec: RandomCheckpointS
 
 /** Parameters of the model a spec describes (tied embeddings counted once). */
 export function parameterCount(spec: RandomCheckpointSpec): number {
-  return randomCheckpointShapes(spec).reduce((sum, shape) => sum + shape.reduce((a, b) => a * b, 1), 0);
+  return randomCheckpointShapes(spec).reduce((sum, shape) => sum + elementCount(shape), 0);
 }
 
 function randomCheckpointShapes(spec: RandomCheckpointSpec): number[][] {
