@@ -24,6 +24,8 @@ import {
   edgeSegmentSpec,
   KV_BLOCK_POSITIONS,
   loadCheckpoint,
+  RSS_ALLOWANCE_BYTES,
+  RSS_WEIGHT_FACTOR,
   SegmentModel,
   SegmentSessions,
   segmentGraphPath,
@@ -48,8 +50,6 @@ import { tokenAgreement } from "./statistics.ts";
 
 const GRAPHS_DIR = join(REPO_ROOT, ".cache", "scale-graphs");
 const DEFAULT_MODELS: string[] = ["Llama-3.2-1B", "Qwen2.5-0.5B", "tandem-demo"];
-/** What the memory target allows a process beyond its weights and KV: Node, ONNX Runtime, buffers. */
-const RSS_ALLOWANCE_MB = 150;
 
 type SegmentKind = "edge" | "worker" | "whole";
 
@@ -287,7 +287,9 @@ export default async function scaleBenchmark(options: BenchOptions<"scale">): Pr
           graph_weights_mb: mb(warm.graph_bytes),
           kv_mb: mb(warm.kv_bytes),
           rss_mb: oneDecimal(warm.rss_mb),
-          rss_target_mb: oneDecimal(1.2 * mb(warm.graph_bytes) + mb(warm.kv_bytes) + RSS_ALLOWANCE_MB),
+          rss_target_mb: oneDecimal(
+            RSS_WEIGHT_FACTOR * mb(warm.graph_bytes) + mb(warm.kv_bytes) + mb(RSS_ALLOWANCE_BYTES),
+          ),
           rss_after_cold_build_mb: oneDecimal(cold.rss_mb),
           peak_rss_cold_build_mb: oneDecimal(cold.peak_rss_mb),
           load_ms_cold: Math.round(cold.load_ms),
@@ -311,7 +313,7 @@ export default async function scaleBenchmark(options: BenchOptions<"scale">): Pr
     decode_tokens: decodeTokens,
     agreement_positions: agreementPositions,
     kv_block_positions: KV_BLOCK_POSITIONS,
-    rss_target: `1.2 × graph weight bytes + KV + ${RSS_ALLOWANCE_MB} MB`,
+    rss_target: `${RSS_WEIGHT_FACTOR} × graph weight bytes + KV + ${mb(RSS_ALLOWANCE_BYTES)} MB`,
     rows,
     skipped,
   };
