@@ -153,11 +153,17 @@ def main():
     os.makedirs(args.out, exist_ok=True)
     sizes = {"train": 0, "valid": 0}
     count = 0
-    with open(os.path.join(args.out, "train.txt"), "w") as train, open(os.path.join(args.out, "valid.txt"), "w") as valid:
-        for source in corpus["sources"]:
+    # Every source is listed before anything is written, and the splits are written under
+    # temporary names: a missing package must not leave empty train.txt/valid.txt behind,
+    # which ensure_corpus (train.py) would then take for a built corpus.
+    listed = [(source, documents(source)) for source in corpus["sources"]]
+    final = {split: os.path.join(args.out, f"{split}.txt") for split in sizes}
+    partial = {split: f"{path}.partial" for split, path in final.items()}
+    with open(partial["train"], "w") as train, open(partial["valid"], "w") as valid:
+        for source, docs in listed:
             name, kind = source[0], source[3]
             chars = 0
-            for rel, path in documents(source):
+            for rel, path in docs:
                 with open(path, encoding="utf-8", errors="replace") as f:
                     raw = f.read()
                 text = clean_rst(raw, version) if kind == "rst" else clean_html(raw)
@@ -174,6 +180,8 @@ def main():
                 count += 1
             if version > 1:
                 print(f"  {name} ({source[4]}): {chars} chars")
+    for split in sizes:
+        os.replace(partial[split], final[split])
     print(f"corpus {args.corpus}: {count} documents, train {sizes['train']} chars, valid {sizes['valid']} chars -> {args.out}")
 
 
