@@ -117,7 +117,7 @@ function formatInspection(inspection: CheckpointInspection): string[] {
       "problem" in deployment
         ? deployment.problem
         : `exits after ${deployment.exitLayers.join(", ")}; recommended split ${deployment.recommendedSplit}` +
-            adapterText(deployment.exitAdapterWidths),
+            adapterText(deployment.exitAdapterWidths, deployment.exitAdaptersAttending),
     );
 
   if (memory) {
@@ -189,8 +189,11 @@ function count(n: number): string {
 }
 
 /** "; exit adapters: after 2 (width 704), after 3 (width 704)", or nothing for plain exits. */
-function adapterText(widths: Record<string, number> | undefined): string {
+function adapterText(widths: Record<string, number> | undefined, attending: number[] = []): string {
   if (!widths) return "";
-  const adapters = Object.entries(widths).map(([layer, width]) => `after ${layer} (width ${width})`);
+  const adapters = Object.entries(widths).map(
+    ([layer, width]) =>
+      `after ${layer} (width ${width}${attending.includes(Number(layer)) ? ", attends" : ""})`,
+  );
   return `; exit adapters: ${adapters.join(", ")}`;
 }

@@ -14,6 +14,20 @@
  *   exit_adapters.K.mlp.up_proj.weight    [width, hidden]
  *   exit_adapters.K.mlp.down_proj.weight  [hidden, width]
  *
+ * An adapter may also attend, with a pre-norm attention half of its own before the MLP
+ * (a whole decoder layer on the exit's path, like EAGLE's draft layer), under
+ *
+ *   exit_adapters.K.input_layernorm.weight   [hidden]
+ *   exit_adapters.K.self_attn.q_proj.weight  [heads·headDim, hidden]
+ *   exit_adapters.K.self_attn.k_proj.weight  [kvHeads·headDim, hidden]
+ *   exit_adapters.K.self_attn.v_proj.weight  [kvHeads·headDim, hidden]
+ *   exit_adapters.K.self_attn.o_proj.weight  [hidden, heads·headDim]
+ *
+ * with the model's heads, KV heads and head size and its rotary embedding. Such an adapter
+ * keeps keys and values of its own for every position the exit has seen: the graph runs its
+ * attention at every new position and the engine keeps them beside the layers' cache
+ * (attention-adapters.ts). The five tensors come all together or not at all.
+ *
  * The width is each adapter's own (read from gate_proj's shape). Only the edge runs them,
  * so they stay out of the weights hash an edge and a worker agree on; their own hash
  * (Checkpoint.exitAdaptersHash) keys graphs with exits and calibrations, so those made
@@ -29,11 +43,36 @@ export interface ExitAdapterWeights {
   gateProj: WeightTensor; // [width, hidden]
   upProj: WeightTensor; // [width, hidden]
   downProj: WeightTensor; // [hidden, width]
+  /** The attention half, run before the MLP, when the adapter attends. */
+  attention?: ExitAdapterAttentionWeights;
 }
 
-const TENSOR_NAME =
-  /^exit_adapters\.(\d+)\.(norm\.weight|mlp\.gate_proj\.weight|mlp\.up_proj\.weight|mlp\.down_proj\.weight)$/;
-const PARTS = ["norm.weight", "mlp.gate_proj.weight", "mlp.up_proj.weight", "mlp.down_proj.weight"];
+export interface ExitAdapterAttentionWeights {
+  inputNorm: WeightTensor; // [hidden]
+  qProj: WeightTensor; // [heads·headDim, hidden]
+  kProj: WeightTensor; // [kvHeads·headDim, hidden]
+  vProj: WeightTensor; // [kvHeads·headDim, hidden]
+  oProj: WeightTensor; // [hidden, heads·headDim]
+}
+
+const MLP_PARTS = ["norm.weight", "mlp.gate_proj.weight", "mlp.up_proj.weight", "mlp.down_proj.weight"];
+const ATTENTION_PARTS = [
+  "input_layernorm.weight",
+  "self_attn.q_proj.weight",
+  "self_attn.k_proj.weight",
+  "self_attn.v_proj.weight",
+  "self_attn.o_proj.weight",
+];
+const PARTS = [...MLP_PARTS, ...ATTENTION_PARTS];
+const TENSOR_NAME = new RegExp(
+  `^exit_adapters\\.(\\d+)\\.(${PARTS.map((p) => p.replaceAll(".", "\\.")).join("|")})$`,
+);
+
+/** Every tensor of an adapter, attention included, for releasing them after a build. */
+export function exitAdapterTensors(adapter: ExitAdapterWeights): WeightTensor[] {
+  const { attention, ...mlp } = adapter;
+  return [...Object.values(mlp), ...(attention ? Object.values(attention) : [])];
+}
 
 /** An opened adapters file whose header has been checked against the model. */
 export interface ExitAdapterFile {
@@ -42,6 +81,8 @@ export interface ExitAdapterFile {
   layers: number[];
   /** Exit layer → its adapter's width. */
   widths: Map<number, number>;
+  /** Exit layers whose adapter attends (has the attention half), ascending. */
+  attending: number[];
   /** Each adapter's tensors, decoded by `tensor` (a lazy reader, or a header-only check). */
   weights(
     tensor: (file: SafetensorsFile, name: string, shape: number[]) => WeightTensor,
@@ -75,8 +116,12 @@ export async function openExitAdapters(path: string, config: ModelConfig): Promi
   }
   const layers = [...found.keys()].sort((a, b) => a - b);
   if (layers.length === 0) throw new CheckpointError(path, "holds no exit adapter");
+  const attending: number[] = [];
   for (const layer of layers) {
-    const missing = PARTS.filter((part) => !found.get(layer)!.has(part));
+    const parts = found.get(layer)!;
+    const attends = ATTENTION_PARTS.some((part) => parts.has(part));
+    if (attends) attending.push(layer);
+    const missing = (attends ? PARTS : MLP_PARTS).filter((part) => !parts.has(part));
     if (missing.length > 0)
       throw new CheckpointError(
         path,
@@ -84,6 +129,8 @@ export async function openExitAdapters(path: string, config: ModelConfig): Promi
       );
   }
   const h = config.hiddenSize;
+  const qDim = config.numHeads * config.headDim;
+  const kvDim = config.numKvHeads * config.headDim;
   const widthOf = (layer: number): number => {
     const name = `exit_adapters.${layer}.mlp.gate_proj.weight`;
     const shape = file.entry(name).shape;
@@ -107,6 +154,15 @@ export async function openExitAdapters(path: string, config: ModelConfig): Promi
             gateProj: tensor(file, `${p}.mlp.gate_proj.weight`, [width, h]),
             upProj: tensor(file, `${p}.mlp.up_proj.weight`, [width, h]),
             downProj: tensor(file, `${p}.mlp.down_proj.weight`, [h, width]),
+            attention: attending.includes(layer)
+              ? {
+                  inputNorm: tensor(file, `${p}.input_layernorm.weight`, [h]),
+                  qProj: tensor(file, `${p}.self_attn.q_proj.weight`, [qDim, h]),
+                  kProj: tensor(file, `${p}.self_attn.k_proj.weight`, [kvDim, h]),
+                  vProj: tensor(file, `${p}.self_attn.v_proj.weight`, [kvDim, h]),
+                  oProj: tensor(file, `${p}.self_attn.o_proj.weight`, [h, qDim]),
+                }
+              : undefined,
           },
         ];
       }),
@@ -116,5 +172,11 @@ export async function openExitAdapters(path: string, config: ModelConfig): Promi
     f.shapedEntry(name, shape);
     return { name, shape, data: new Float32Array(0) };
   });
-  return { file, layers, widths: new Map(layers.map((layer) => [layer, widthOf(layer)])), weights: read };
+  return {
+    file,
+    layers,
+    widths: new Map(layers.map((layer) => [layer, widthOf(layer)])),
+    attending,
+    weights: read,
+  };
 }

@@ -19,7 +19,13 @@ import { CheckpointError, InvalidArgumentError, ModelConfigError, TandemError } 
 import { ChatTemplate } from "../tokenizer/chat-template.ts";
 import { Tokenizer, TOKENIZER_CONFIG_FILE } from "../tokenizer/tokenizer.ts";
 import { cloudSegmentSpec, edgeSegmentSpec, type QuantizationOptions } from "../graph/deployment-specs.ts";
-import { segmentSpec, WEIGHT_FORMATS, type SegmentSpec, type WeightFormat } from "../graph/segment-spec.ts";
+import {
+  attendingExits,
+  segmentSpec,
+  WEIGHT_FORMATS,
+  type SegmentSpec,
+  type WeightFormat,
+} from "../graph/segment-spec.ts";
 import { kvBytesPerPosition, segmentWeightBytes } from "../graph/segment-weight-bytes.ts";
 import { optionalTokenIds, parseModelConfig } from "./config-parser.ts";
 import { readDeployment, type Deployment } from "./deployment-file.ts";
@@ -160,6 +166,8 @@ export interface CheckpointInspection {
         recommendedSplit: number;
         /** Exit layer (as a string) → the width of its adapter (exit-adapters.ts); absent: none. */
         exitAdapterWidths?: Record<string, number>;
+        /** The exit layers whose adapter attends (keeps a cache of its own); absent: none. */
+        exitAdaptersAttending?: number[];
       }
     | { problem: string };
   /** The memory estimates; absent when the config cannot be parsed. */
@@ -262,10 +270,14 @@ function memoryEstimates(
       ([layer, width]) => [Number(layer), width],
     ),
   );
+  const attending = new Set(
+    (deployment && "exitLayers" in deployment && deployment.exitAdaptersAttending) || [],
+  );
   const estimate = (spec: SegmentSpec): SegmentEstimate => {
-    const bytes = segmentWeightBytes(config, spec, adapterWidths);
+    const bytes = segmentWeightBytes(config, spec, adapterWidths, attending);
     const weightBytes = bytes.total;
-    const kvPerPosition = kvBytesPerPosition(config, spec.toLayer - spec.fromLayer);
+    const kvEntries = spec.toLayer - spec.fromLayer + attendingExits(spec, config, attending).length;
+    const kvPerPosition = kvBytesPerPosition(config, kvEntries);
     const exitLayers = [...spec.exits.map((e) => e.afterLayer), ...(spec.finalHead ? [layers] : [])];
     return {
       fromLayer: spec.fromLayer,
@@ -480,5 +492,6 @@ async function deploymentFacts(
   const path = deployment.exitAdaptersPath;
   const adapters = config && path ? await attempt(() => openExitAdapters(path, config)) : undefined;
   if (adapters) facts.exitAdapterWidths = Object.fromEntries(adapters.widths);
+  if (adapters && adapters.attending.length > 0) facts.exitAdaptersAttending = adapters.attending;
   return facts;
 }

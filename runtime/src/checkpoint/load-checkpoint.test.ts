@@ -418,6 +418,36 @@ describe("exit adapters named by tandem.json", () => {
     expect(error.message).toMatch(/exit-adapters\.safetensors: cannot be read/);
   });
 
+  it("an adapter that attends: loaded with its attention half; a half that is incomplete or of the wrong heads is refused by name", async () => {
+    const withAttending = async () => {
+      const dir = await checkpointDir(SMALL);
+      await writeRandomExitAdapters(dir, SMALL, { ...ADAPTERS, attending: ADAPTERS.layers });
+      return dir;
+    };
+    let dir = await withAttending();
+    const checkpoint = await loadCheckpoint(dir);
+    const attention = checkpoint.weights.exitAdapters!.get(1)!.attention!;
+    const qDim = SMALL.numHeads * (SMALL.hiddenSize / SMALL.numHeads);
+    expect(attention.qProj.shape).toEqual([qDim, SMALL.hiddenSize]);
+    expect(attention.oProj.shape).toEqual([SMALL.hiddenSize, qDim]);
+
+    editHeader(adapterFile(dir), (header) => delete header["exit_adapters.1.self_attn.v_proj.weight"]);
+    let error = await loadError(dir);
+    expect(error).toBeInstanceOf(CheckpointError);
+    expect(error.message).toMatch(
+      /the adapter of exit 1 has no "exit_adapters\.1\.self_attn\.v_proj\.weight"/,
+    );
+
+    dir = await withAttending();
+    editHeader(adapterFile(dir), (header) => {
+      const [rows, cols] = header["exit_adapters.1.self_attn.k_proj.weight"].shape;
+      header["exit_adapters.1.self_attn.k_proj.weight"].shape = [cols, rows];
+    });
+    error = await loadError(dir);
+    expect(error).toBeInstanceOf(TensorMismatchError);
+    expect(error.message).toMatch(/"exit_adapters\.1\.self_attn\.k_proj\.weight" has shape/);
+  });
+
   it("shapes that disagree with the model or with each other: TensorMismatchError naming the tensor", async () => {
     let dir = await withAdapters();
     editHeader(adapterFile(dir), (header) => {

@@ -17,6 +17,8 @@ import type { ModelConfig } from "../checkpoint/model-config.ts";
 import type { Checkpoint } from "../checkpoint/model-weights.ts";
 import { klDivergenceRows } from "../numeric/kl-divergence.ts";
 import {
+  attendingAdapterLayers,
+  attendingExits,
   headBits,
   segmentExits,
   segmentSpec,
@@ -96,6 +98,14 @@ export class HostRoutedMoeModel implements SegmentRunner {
         logits: spec.logits,
         ...partial,
       });
+    if (
+      attendingExits(spec, checkpoint.config, attendingAdapterLayers(checkpoint.weights.exitAdapters))
+        .length > 0
+    )
+      throw new InvalidArgumentError(
+        "exit_adapters",
+        "an exit adapter that attends needs its exit in the graph of the layers below it; a host-routed MoE model runs its exits apart",
+      );
     // One session per layer and per expert, each with its own thread pool: none may spin.
     options = { ...options, spinning: false };
     const layers: SegmentModel[] = [];
@@ -162,6 +172,11 @@ export class HostRoutedMoeModel implements SegmentRunner {
 
   get layerCount(): number {
     return this.spec.toLayer - this.spec.fromLayer;
+  }
+
+  /** Its layers' caches only: no exit of it attends (load refuses one). */
+  get kvEntryCount(): number {
+    return this.layerCount;
   }
 
   async run(input: SegmentRunInput): Promise<SegmentRunOutput> {

@@ -11,6 +11,7 @@ import type { Checkpoint } from "../checkpoint/model-weights.ts";
 import { InternalError, InvalidArgumentError, SessionNotFoundError, type Progress } from "@tandem/common";
 import { segmentSpec, type SegmentSpec } from "../graph/segment-spec.ts";
 import { ReferenceModel } from "../reference/reference-model.ts";
+import { ReferenceKvCache } from "../reference/reference-kv-cache.ts";
 import {
   ODD_HIDDEN,
   TINY_GQA4,
@@ -504,6 +505,7 @@ describe("a forward longer than runChunkTokens runs as consecutive calls", () =>
       spec: model.spec,
       weightsHash: model.weightsHash,
       layerCount: model.layerCount,
+      kvEntryCount: model.kvEntryCount,
       exitLayers: model.exitLayers,
       takeExpertCounts: () => model.takeExpertCounts(),
       release: () => model.release(),
@@ -1114,6 +1116,105 @@ describe("exit adapters (checkpoint/exit-adapters.ts)", () => {
       await fp32.model.release();
       await quantized.model.release();
     });
+});
+
+describe("exit adapters that attend (a decoder layer on the exit's path)", () => {
+  // Exit 2's adapter is an MLP only; exit 3's attends, with a cache of its own.
+  const adapters = { layers: [2, 3], width: 24, attending: [3], seed: 37 };
+  let checkpoint: Checkpoint;
+  beforeAll(async () => {
+    const dir = join(workDir, "tiny-with-attending-exit-adapter");
+    await writeRandomCheckpoint(dir, TINY_TIED);
+    await writeRandomExitAdapters(dir, TINY_TIED, adapters);
+    checkpoint = await loadCheckpoint(dir);
+  });
+
+  /** The reference's exit logits for `ids` appended to what `caches` hold. */
+  const referenceExits = (
+    reference: ReferenceModel,
+    caches: { layers: ReferenceKvCache; exits: ReferenceKvCache },
+    ids: number[],
+  ) => {
+    const { hiddenAfterLayer } = reference.forward({ ids }, 0, 3, caches.layers);
+    return [2, 3].map((k) => reference.exitHead(hiddenAfterLayer[k - 1], ids.length, k, caches.exits));
+  };
+
+  it("keep keys and values of their own after the layers', and match the reference at every position across a prefill and decode steps", async () => {
+    const sessions = await sessionsFor(checkpoint, {
+      fromLayer: 0,
+      toLayer: 3,
+      exits: [{ afterLayer: 2 }, { afterLayer: 3 }],
+      positions: "all",
+      logits: true,
+    });
+    expect(sessions.model.kvEntryCount).toBe(4);
+    const reference = new ReferenceModel(checkpoint.config, checkpoint.weights);
+    const caches = { layers: reference.newCache(), exits: reference.newCache() };
+    sessions.open("s");
+    // A prefill of 6 positions, then one token at a time: each step attends to the
+    // adapter's cache of the steps before it.
+    for (const chunk of [PROMPT.slice(0, 6), ...PROMPT.slice(6).map((id) => [id])]) {
+      const step = await sessions.forward("s", { ids: chunk });
+      const want = referenceExits(reference, caches, chunk);
+      step.exits.forEach((exit, i) =>
+        expect(maxAbsDiff(exit.logits!, want[i]), `exit ${exit.afterLayer}`).toBeLessThanOrEqual(1e-4),
+      );
+    }
+    // The adapter's attention matters: without its past, exit 3's last logits differ.
+    const alone = new ReferenceModel(checkpoint.config, checkpoint.weights);
+    const fresh = { layers: alone.newCache(), exits: alone.newCache() };
+    alone.forward({ ids: PROMPT.slice(0, -1) }, 0, 3, fresh.layers);
+    const withoutPast = referenceExits(alone, fresh, PROMPT.slice(-1))[1];
+    const withPast = referenceExits(
+      reference,
+      { layers: reference.newCache(), exits: reference.newCache() },
+      PROMPT,
+    )[1];
+    const vocab = checkpoint.config.vocabSize;
+    expect(maxAbsDiff(withoutPast, withPast.subarray(-vocab))).toBeGreaterThan(0.01);
+    await sessions.model.release();
+  });
+
+  it("roll back with the session: after a truncation the adapter attends to the kept positions only", async () => {
+    const sessions = await sessionsFor(checkpoint, {
+      fromLayer: 0,
+      toLayer: 3,
+      exits: [{ afterLayer: 2 }, { afterLayer: 3 }],
+      logits: true,
+    });
+    sessions.open("s");
+    await sessions.forward("s", { ids: PROMPT });
+    await sessions.truncate("s", 5);
+    const other = [9, 8, 7];
+    const step = await sessions.forward("s", { ids: other });
+    const reference = new ReferenceModel(checkpoint.config, checkpoint.weights);
+    const want = referenceExits(reference, { layers: reference.newCache(), exits: reference.newCache() }, [
+      ...PROMPT.slice(0, 5),
+      ...other,
+    ]);
+    const vocab = checkpoint.config.vocabSize;
+    step.exits.forEach((exit, i) =>
+      expect(maxAbsDiff(exit.logits!, want[i].subarray(-vocab))).toBeLessThanOrEqual(1e-4),
+    );
+    await sessions.model.release();
+  });
+
+  it("keep no cache where a calibrated linear map takes the adapter's place", async () => {
+    const h = checkpoint.config.hiddenSize;
+    const sessions = await sessionsFor(checkpoint, {
+      fromLayer: 0,
+      toLayer: 3,
+      exits: [{ afterLayer: 3, linearMap: { weight: new Float32Array(h * h), bias: new Float32Array(h) } }],
+    });
+    expect(sessions.model.kvEntryCount).toBe(3);
+    await sessions.model.release();
+  });
+
+  it("are refused by name by the reference without a cache for them", () => {
+    const reference = new ReferenceModel(checkpoint.config, checkpoint.weights);
+    const h = checkpoint.config.hiddenSize;
+    expect(() => reference.exitHead(new Float32Array(h), 1, 3)).toThrow(/exitCache/);
+  });
 });
 
 describe("quantized weights (the embedding table in 8 bits, shared with a tied int8 or w8a8 head)", () => {

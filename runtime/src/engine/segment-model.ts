@@ -13,6 +13,8 @@ import { EMBEDDING_LAYOUT_FILE, readEmbeddingLayout } from "../graph/embedding-t
 import { ensureSegmentGraph, SEGMENT_WEIGHTS_FILE } from "../graph/graph-cache.ts";
 import { GRAPH_IO } from "../graph/graph-io-names.ts";
 import {
+  attendingAdapterLayers,
+  attendingExits,
   segmentExits,
   type SegmentSpec,
   validateHostMoePiece,
@@ -118,6 +120,11 @@ export interface SegmentRunner {
   /** afterLayer of every exit the segment reports, ascending (the final head last). */
   readonly exitLayers: number[];
   readonly layerCount: number;
+  /**
+   * Entries of a session's KV slot: one per layer, then one per exit whose adapter attends
+   * (segment-spec.ts attendingExits), which keeps keys and values of its own.
+   */
+  readonly kvEntryCount: number;
   run(input: SegmentRunInput): Promise<SegmentRunOutput>;
   /** Expert activations per (layer − fromLayer)·numExperts + expert since the last call; undefined when dense. */
   takeExpertCounts(): number[] | undefined;
@@ -130,6 +137,8 @@ export class SegmentModel implements SegmentRunner {
   readonly weightsHash: string;
   /** afterLayer of every exit the segment reports, ascending (the final head last). */
   readonly exitLayers: number[];
+  /** The exits whose adapter attends, ascending: their caches follow the layers' in a slot. */
+  readonly attendingExitLayers: number[];
   readonly graphPath: string;
   /** MoE only: activations per (layer, expert) of this segment, since the last take. */
   private expertCounts?: Float64Array;
@@ -146,6 +155,11 @@ export class SegmentModel implements SegmentRunner {
     this.spec = spec;
     this.weightsHash = checkpoint.weightsHash;
     this.exitLayers = segmentExits(spec, checkpoint.config).map((e) => e.afterLayer);
+    this.attendingExitLayers = attendingExits(
+      spec,
+      checkpoint.config,
+      attendingAdapterLayers(checkpoint.weights.exitAdapters),
+    );
     this.graphPath = graphPath;
     if (checkpoint.config.numExperts)
       this.expertCounts = new Float64Array((spec.toLayer - spec.fromLayer) * checkpoint.config.numExperts);
@@ -198,6 +212,30 @@ export class SegmentModel implements SegmentRunner {
     return this.spec.toLayer - this.spec.fromLayer;
   }
 
+  get kvEntryCount(): number {
+    return this.layerCount + this.attendingExitLayers.length;
+  }
+
+  /** The graph's cache names of slot entry i: a layer's, then an attending exit's. */
+  private kvNames(i: number): { pastKey: string; pastValue: string; newKey: string; newValue: string } {
+    if (i < this.layerCount) {
+      const layer = this.spec.fromLayer + i;
+      return {
+        pastKey: GRAPH_IO.pastKey(layer),
+        pastValue: GRAPH_IO.pastValue(layer),
+        newKey: GRAPH_IO.newKey(layer),
+        newValue: GRAPH_IO.newValue(layer),
+      };
+    }
+    const exit = this.attendingExitLayers[i - this.layerCount];
+    return {
+      pastKey: GRAPH_IO.exitPastKey(exit),
+      pastValue: GRAPH_IO.exitPastValue(exit),
+      newKey: GRAPH_IO.exitNewKey(exit),
+      newValue: GRAPH_IO.exitNewValue(exit),
+    };
+  }
+
   async run(input: SegmentRunInput): Promise<SegmentRunOutput> {
     const { config, spec } = this;
     const { batch, seq, kv } = input;
@@ -222,28 +260,28 @@ export class SegmentModel implements SegmentRunner {
     }
     if (!hidden) throw new InternalError("segment starting after layer 0 needs hidden states");
     feeds[GRAPH_IO.hiddenIn] = new ort.Tensor("float32", hidden, [batch, seq, config.hiddenSize]);
-    for (let i = 0; i < this.layerCount; i++) {
-      const layer = spec.fromLayer + i;
+    for (let i = 0; i < this.kvEntryCount; i++) {
+      const names = this.kvNames(i);
       if (pastLength === 0) {
         // Nothing to attend to in the past: one masked position instead of the slot's capacity.
         const empty = new Float32Array(batch * config.numKvHeads * config.headDim);
         const shape = [batch, config.numKvHeads, 1, config.headDim];
-        feeds[GRAPH_IO.pastKey(layer)] = new ort.Tensor("float32", empty, shape);
-        feeds[GRAPH_IO.pastValue(layer)] = new ort.Tensor("float32", empty, shape);
+        feeds[names.pastKey] = new ort.Tensor("float32", empty, shape);
+        feeds[names.pastValue] = new ort.Tensor("float32", empty, shape);
         continue;
       }
-      feeds[GRAPH_IO.pastKey(layer)] = new ort.Tensor("float32", kv.layers[i].key, kvShape);
-      feeds[GRAPH_IO.pastValue(layer)] = new ort.Tensor("float32", kv.layers[i].value, kvShape);
+      feeds[names.pastKey] = new ort.Tensor("float32", kv.layers[i].key, kvShape);
+      feeds[names.pastValue] = new ort.Tensor("float32", kv.layers[i].value, kvShape);
     }
 
     const results = await this.session.run(feeds);
-    for (let i = 0; i < this.layerCount; i++) {
-      const layer = spec.fromLayer + i;
+    for (let i = 0; i < this.kvEntryCount; i++) {
+      const names = this.kvNames(i);
       appendKv(
         kv,
         i,
-        results[GRAPH_IO.newKey(layer)].data as Float32Array,
-        results[GRAPH_IO.newValue(layer)].data as Float32Array,
+        results[names.newKey].data as Float32Array,
+        results[names.newValue].data as Float32Array,
         input.pastLengths,
         seq,
         config.numKvHeads,
@@ -304,9 +342,9 @@ export class SegmentModel implements SegmentRunner {
   private checkKvSlot(kv: KvSlot, batch: number, seq: number, pastLengths: number[]): void {
     const { numKvHeads, headDim, maxPositions } = this.config;
     const size = batch * numKvHeads * kv.capacity * headDim;
-    if (kv.rows !== batch || kv.layers.length !== this.layerCount)
+    if (kv.rows !== batch || kv.layers.length !== this.kvEntryCount)
       throw new InternalError(
-        `KV slot of ${kv.rows} rows × ${kv.layers.length} layers for a batch of ${batch} × ${this.layerCount}`,
+        `KV slot of ${kv.rows} rows × ${kv.layers.length} entries for a batch of ${batch} × ${this.kvEntryCount}`,
       );
     if (!Number.isInteger(seq) || seq < 1)
       throw new InternalError(`seq must be a positive integer, got ${seq}`);

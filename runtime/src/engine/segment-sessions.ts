@@ -121,7 +121,7 @@ export class SegmentSessions {
         `must be a positive integer, got ${this.runChunkTokens}`,
       );
     this.kvShape = {
-      layers: model.layerCount,
+      layers: model.kvEntryCount,
       kvHeads: model.config.numKvHeads,
       headDim: model.config.headDim,
     };

@@ -8,11 +8,15 @@
  *                                                   (the engine looks them up: embedding-table-layout.ts)
  *            past_lengths int64 [batch]              positions each row holds before the run
  *            past_key.L / past_value.L float [batch, kvHeads, past, headDim]
+ *            exit.K.past_key / exit.K.past_value float [batch, kvHeads, past, headDim]
+ *                                                   the cache of exit K's adapter where it
+ *                                                   attends (exit-adapters.ts)
  *            head_positions int64 [1]              (positions "tail") how many of each row's
  *                                                   last positions the exits and head evaluate
  *   outputs  new_key.L / new_value.L float [batch, kvHeads, seq, headDim]  the keys (rotated)
  *                                                   and values of each row's new positions, for
  *                                                   the engine to append to its cache
+ *            exit.K.new_key / exit.K.new_value       the same for an attending exit adapter
  *            hidden_out float [batch, seq, hidden]   (outputHidden)
  *            hidden_after.K float [batch, seq, hidden] (hiddenTaps)
  *            exit.K.token int64, exit.K.prob / .margin / .entropy float [batch, positions]
@@ -63,6 +67,11 @@ export const GRAPH_IO = Object.freeze({
   moeResidual: (layer: number) => `moe_residual.${layer}` as const,
   expertIn: "expert_in",
   expertOut: "expert_out",
+  /** The cache of an exit adapter that attends (exit-adapters.ts): as a layer's, its own. */
+  exitPastKey: (afterLayer: number) => `exit.${afterLayer}.past_key` as const,
+  exitPastValue: (afterLayer: number) => `exit.${afterLayer}.past_value` as const,
+  exitNewKey: (afterLayer: number) => `exit.${afterLayer}.new_key` as const,
+  exitNewValue: (afterLayer: number) => `exit.${afterLayer}.new_value` as const,
   /** An output of the exit head after `afterLayer` layers (the final head: afterLayer = numLayers). */
   exitOutput: (afterLayer: number, kind: ExitOutputKind) => `exit.${afterLayer}.${kind}` as const,
 } as const);

@@ -8,6 +8,7 @@ import { InternalError, type ProgressListener } from "@tandem/common";
 import type { ModelConfig } from "../checkpoint/model-config.ts";
 import { rotaryInverseFrequencies } from "../checkpoint/rope-frequencies.ts";
 import type { LayerWeights, ModelWeights, WeightTensor } from "../checkpoint/model-weights.ts";
+import { exitAdapterTensors } from "../checkpoint/exit-adapters.ts";
 import { GRAPH_IO } from "./graph-io-names.ts";
 import type { EmbeddingTableLayout } from "./embedding-table-layout.ts";
 import {
@@ -161,11 +162,11 @@ class SegmentGraphWriter {
       if (spec.hiddenTaps.includes(after))
         this.outputAlias(x, GRAPH_IO.hiddenAfter(after), ["batch", "seq", hidden]);
       const exit = this.exits.find((e) => e.afterLayer === after);
-      if (exit) this.exitHead(exit, x);
+      if (exit) this.exitHead(exit, x, { rotary, positions });
     }
     if (spec.outputHidden) this.outputAlias(x, GRAPH_IO.hiddenOut, ["batch", "seq", hidden]);
     for (const adapter of this.weights.exitAdapters?.values() ?? [])
-      for (const tensor of Object.values(adapter)) tensor.release?.();
+      for (const tensor of exitAdapterTensors(adapter)) tensor.release?.();
     this.weights.lmHead.release?.();
     this.weights.finalNorm.release?.();
     return { ...b.build(), embedding: this.embeddingLayout };
@@ -336,9 +337,50 @@ class SegmentGraphWriter {
     rotary: RotaryCaches,
     positions: NewPositions,
   ): string | undefined {
-    const { b, config } = this;
+    const { b } = this;
     const w = this.weights.layers[layer];
     const prefix = `/model/layers.${layer}`;
+    const afterAttention = this.attentionHalf(
+      prefix,
+      x,
+      w,
+      {
+        pastKey: GRAPH_IO.pastKey(layer),
+        pastValue: GRAPH_IO.pastValue(layer),
+        newKey: GRAPH_IO.newKey(layer),
+        newValue: GRAPH_IO.newValue(layer),
+        qkvBias: `model.layers.${layer}.qkv_bias`,
+      },
+      rotary,
+      positions,
+    );
+
+    const normed2 = this.rmsNorm(`${prefix}/post_attention_layernorm`, afterAttention, w.postAttentionNorm);
+    if (w.experts && this.spec.moeExecution === "host") {
+      this.hostRoutedMoe(`${prefix}/block_sparse_moe`, afterAttention, normed2, w, layer);
+      return undefined;
+    }
+    const mlp = !w.experts
+      ? this.mlp(`${prefix}/mlp`, normed2, w)
+      : this.spec.moeExecution === "sparse"
+        ? this.sparseMoe(`${prefix}/block_sparse_moe`, normed2, w, layer)
+        : this.allExpertsMoe(`${prefix}/block_sparse_moe`, normed2, w, layer);
+    return b.op("Add", `${prefix}/mlp/residual/Add`, [afterAttention, mlp]);
+  }
+
+  /**
+   * A decoder layer's attention half, x + o_proj(attention(RMSNorm(x))), with the cache
+   * named by `names`: a layer's, or an attending exit adapter's (exitHead).
+   */
+  private attentionHalf(
+    prefix: string,
+    x: string,
+    w: AttentionHalfWeights,
+    names: AttentionNames,
+    rotary: RotaryCaches,
+    positions: NewPositions,
+  ): string {
+    const { b, config } = this;
     const normed = this.rmsNorm(`${prefix}/input_layernorm`, x, w.inputNorm);
 
     let qkv = this.linear(`${prefix}/attn/qkv_proj`, normed, concatRows([w.qProj, w.kProj, w.vProj]));
@@ -346,21 +388,12 @@ class SegmentGraphWriter {
       const bias = concatVectors([w.qBias, w.kBias, w.vBias]);
       qkv = b.op("Add", `${prefix}/attn/qkv_proj/BiasAdd`, [
         qkv,
-        b.initializer(`model.layers.${layer}.qkv_bias`, "float32", [bias.length], bias),
+        b.initializer(names.qkvBias, "float32", [bias.length], bias),
       ]);
     }
-    const pastKey = b.input(GRAPH_IO.pastKey(layer), "float32", [
-      "batch",
-      config.numKvHeads,
-      "past",
-      config.headDim,
-    ]);
-    const pastValue = b.input(GRAPH_IO.pastValue(layer), "float32", [
-      "batch",
-      config.numKvHeads,
-      "past",
-      config.headDim,
-    ]);
+    const cacheShape = ["batch", config.numKvHeads, "past", config.headDim];
+    const pastKey = b.input(names.pastKey, "float32", cacheShape);
+    const pastValue = b.input(names.pastValue, "float32", cacheShape);
     const qDim = config.numHeads * config.headDim;
     const kvDim = config.numKvHeads * config.headDim;
     const [splitQuery, splitKey, value] = b.node(
@@ -376,7 +409,7 @@ class SegmentGraphWriter {
     }
     const attention = this.attention(
       prefix,
-      layer,
+      names,
       [query, key, value],
       pastKey,
       pastValue,
@@ -384,19 +417,7 @@ class SegmentGraphWriter {
       positions,
     );
     const projected = this.linear(`${prefix}/attn/o_proj`, attention, asLinear(w.oProj));
-    const afterAttention = b.op("Add", `${prefix}/attn/residual/Add`, [x, projected]);
-
-    const normed2 = this.rmsNorm(`${prefix}/post_attention_layernorm`, afterAttention, w.postAttentionNorm);
-    if (w.experts && this.spec.moeExecution === "host") {
-      this.hostRoutedMoe(`${prefix}/block_sparse_moe`, afterAttention, normed2, w, layer);
-      return undefined;
-    }
-    const mlp = !w.experts
-      ? this.mlp(`${prefix}/mlp`, normed2, w)
-      : this.spec.moeExecution === "sparse"
-        ? this.sparseMoe(`${prefix}/block_sparse_moe`, normed2, w, layer)
-        : this.allExpertsMoe(`${prefix}/block_sparse_moe`, normed2, w, layer);
-    return b.op("Add", `${prefix}/mlp/residual/Add`, [afterAttention, mlp]);
+    return b.op("Add", `${prefix}/attn/residual/Add`, [x, projected]);
   }
 
   /*
@@ -417,7 +438,7 @@ class SegmentGraphWriter {
    */
   private attention(
     prefix: string,
-    layer: number,
+    names: Pick<AttentionNames, "newKey" | "newValue">,
     [query, key, value]: readonly [string, string, string],
     pastKey: string,
     pastValue: string,
@@ -448,7 +469,7 @@ class SegmentGraphWriter {
     // operator run per layer and step (a few microseconds each, 24 a step at 12 layers).
     const [newKey] = b.node("Transpose", `${p}/new_key/Transpose`, [rotated("key", key, numKvHeads)], {
       attributes: { perm: toCacheLayout },
-      outputs: [b.output(GRAPH_IO.newKey(layer), "float32", newKvShape)],
+      outputs: [b.output(names.newKey, "float32", newKvShape)],
     });
     const [newValue] = b.node(
       "Transpose",
@@ -456,7 +477,7 @@ class SegmentGraphWriter {
       [b.op("Reshape", `${p}/value/heads`, [value, b.int64Constant([0, 0, numKvHeads, headDim])])],
       {
         attributes: { perm: toCacheLayout },
-        outputs: [b.output(GRAPH_IO.newValue(layer), "float32", newKvShape)],
+        outputs: [b.output(names.newValue, "float32", newKvShape)],
       },
     );
 
@@ -994,11 +1015,36 @@ class SegmentGraphWriter {
    * KL at the final head): how far the distribution moved since then says how settled it
    * is (confidence-model.ts).
    */
-  private exitHead(exit: ExitHeadSpec, x: string): void {
+  private exitHead(
+    exit: ExitHeadSpec,
+    x: string,
+    attentionInputs?: { rotary: RotaryCaches; positions: NewPositions },
+  ): void {
     const { b, config, spec } = this;
     const k = exit.afterLayer;
     const prefix = `/exit.${k}`;
     let h = x;
+    const adapter = exit.linearMap ? undefined : this.weights.exitAdapters?.get(k);
+    if (adapter?.attention) {
+      // The adapter's attention runs at every new position, before the head keeps only
+      // the last ones: each position's keys and values go into the adapter's own cache.
+      if (!attentionInputs)
+        throw new InternalError(`exit ${k}: an attending exit adapter in a graph without layers`);
+      h = this.attentionHalf(
+        `${prefix}/adapter`,
+        h,
+        adapter.attention,
+        {
+          pastKey: GRAPH_IO.exitPastKey(k),
+          pastValue: GRAPH_IO.exitPastValue(k),
+          newKey: GRAPH_IO.exitNewKey(k),
+          newValue: GRAPH_IO.exitNewValue(k),
+          qkvBias: `exit_adapters.${k}.qkv_bias`,
+        },
+        attentionInputs.rotary,
+        attentionInputs.positions,
+      );
+    }
     if (spec.positions !== "all") {
       // The last position, or the last head_positions of each row (from −n to the end).
       const from =
@@ -1012,8 +1058,7 @@ class SegmentGraphWriter {
         b.int64Constant([1]),
       ]);
     }
-    const adapter = this.weights.exitAdapters?.get(k);
-    if (adapter && !exit.linearMap) {
+    if (adapter) {
       // The model's own exit block: h + SwiGLU(RMSNorm(h)), in the segment's weight format.
       const normed = this.rmsNorm(`${prefix}/adapter/norm`, h, adapter.norm);
       h = b.op("Add", `${prefix}/adapter/residual/Add`, [
@@ -1157,6 +1202,19 @@ function releaseLayer(w: LayerWeights): void {
     ...(w.experts ?? []).flatMap((e) => [e.gateProj, e.upProj, e.downProj]),
   ];
   for (const tensor of tensors) tensor?.release?.();
+}
+
+/** The weights of an attention half: a decoder layer's, or an attending exit adapter's. */
+type AttentionHalfWeights = Pick<LayerWeights, "inputNorm" | "qProj" | "kProj" | "vProj" | "oProj"> &
+  Partial<Pick<LayerWeights, "qBias" | "kBias" | "vBias" | "qNorm" | "kNorm">>;
+
+/** The graph names an attention half's cache goes by, and its fused q/k/v bias's. */
+interface AttentionNames {
+  pastKey: string;
+  pastValue: string;
+  newKey: string;
+  newValue: string;
+  qkvBias: string;
 }
 
 interface RotaryCaches {

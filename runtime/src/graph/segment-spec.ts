@@ -247,7 +247,30 @@ export function validateHostMoePiece(spec: SegmentSpec, config: ModelConfig): vo
 }
 
 /** Bumped whenever the graph layout changes, so cached graphs from older builders are not reused. */
-export const SEGMENT_GRAPH_VERSION = 19;
+export const SEGMENT_GRAPH_VERSION = 20;
+
+/**
+ * The exits of a segment graph whose adapter attends (exit-adapters.ts), ascending. Each
+ * keeps keys and values of its own, which the engine holds after the segment's layers' in
+ * a session's KV slot (entry layerCount + i for the i-th). An exit that runs a calibrated
+ * linear map instead of its adapter keeps none.
+ */
+export function attendingExits(
+  spec: SegmentSpec,
+  config: ModelConfig,
+  attendingAdapters: ReadonlySet<number>,
+): number[] {
+  return segmentExits(spec, config)
+    .filter((exit) => !exit.linearMap && attendingAdapters.has(exit.afterLayer))
+    .map((exit) => exit.afterLayer);
+}
+
+/** The exit layers whose adapter attends, from a checkpoint's adapters (none without). */
+export function attendingAdapterLayers(
+  adapters: ReadonlyMap<number, { attention?: unknown }> | undefined,
+): Set<number> {
+  return new Set([...(adapters ?? [])].filter(([, adapter]) => adapter.attention).map(([layer]) => layer));
+}
 
 /** The exits a segment reports, in order; the final head is the exit after the last layer. */
 export function segmentExits(spec: SegmentSpec, config: ModelConfig): ExitHeadSpec[] {

@@ -20,7 +20,13 @@ import { ONNX_SCHEMA } from "./onnx/generated/onnx-schema.ts";
 import type { EmbeddingTableLayout } from "./embedding-table-layout.ts";
 import { InMemoryExternalData } from "./onnx-graph-builder.ts";
 import { buildSegmentGraph } from "./segment-graph.ts";
-import { segmentSpec, WEIGHT_FORMATS, type SegmentSpec, type WeightFormat } from "./segment-spec.ts";
+import {
+  attendingAdapterLayers,
+  segmentSpec,
+  WEIGHT_FORMATS,
+  type SegmentSpec,
+  type WeightFormat,
+} from "./segment-spec.ts";
 import {
   headWeightBytes,
   kvBytesPerPosition,
@@ -193,16 +199,23 @@ describe("segmentWeightBytes", () => {
     }
   });
 
-  // Widths 24 (its own w8a8 rotation) and 112 (the layers' intermediate: rotation shared).
-  for (const width of [24, 112])
-    it(`counts exit adapters of width ${width} as the built graph holds them, in every format`, async () => {
-      const dir = join(workDir, `adapters-${width}`);
+  // Widths 24 (its own w8a8 rotation) and 112 (the layers' intermediate: rotation shared);
+  // the exit after 2 attending, or not.
+  for (const [width, attending] of [
+    [24, []],
+    [112, []],
+    [24, [2]],
+  ] as const)
+    it(`counts exit adapters of width ${width}${attending.length ? " (one attending)" : ""} as the built graph holds them, in every format`, async () => {
+      const dir = join(workDir, `adapters-${width}-${attending.join("-")}`);
       await writeRandomCheckpoint(dir, TINY_LLAMA);
-      await writeRandomExitAdapters(dir, TINY_LLAMA, { layers: [1, 2], width, seed: 3 });
+      await writeRandomExitAdapters(dir, TINY_LLAMA, { layers: [1, 2], width, attending, seed: 3 });
       const checkpoint = await loadCheckpoint(dir);
       const widths = new Map(
         [...checkpoint.weights.exitAdapters!].map(([layer, a]) => [layer, a.gateProj.shape[0]]),
       );
+      const attendingSet = attendingAdapterLayers(checkpoint.weights.exitAdapters);
+      expect([...attendingSet]).toEqual(attending);
       for (const format of WEIGHT_FORMATS)
         for (const [segment, spec] of [
           ["edge with both exits", edgeSegmentSpec(2, [{ afterLayer: 1 }, { afterLayer: 2 }], format)],
@@ -215,7 +228,7 @@ describe("segmentWeightBytes", () => {
             segmentSpec({ fromLayer: 1, toLayer: 2, exits: [{ afterLayer: 2 }], weightFormat: format }),
           ],
         ] as const) {
-          const bytes = segmentWeightBytes(checkpoint.config, spec, widths);
+          const bytes = segmentWeightBytes(checkpoint.config, spec, widths, attendingSet);
           expect(bytes.exitAdapters, `${format}, ${segment}`).toBeGreaterThan(0);
           expect({ format, segment, total: bytes.total }).toEqual({
             format,

@@ -59,11 +59,14 @@ export interface SegmentWeightBytes {
  * The bytes of every weight initializer `buildSegmentGraph(config, …, spec)` writes.
  * @param exitAdapterWidths exit layer → the width of its adapter, for a model with exit
  *   adapters (the widths are in their file's header). @default none
+ * @param attendingAdapters the exit layers whose adapter attends too (its attention half:
+ *   an input norm, q/k/v fused and o_proj, as a layer's). @default none
  */
 export function segmentWeightBytes(
   config: ModelConfig,
   spec: SegmentSpec,
   exitAdapterWidths: ReadonlyMap<number, number> = new Map(),
+  attendingAdapters: ReadonlySet<number> = new Set(),
 ): SegmentWeightBytes {
   const h = config.hiddenSize;
   const blockSize = spec.quantBlockSize ?? DEFAULT_QUANT_BLOCK_SIZE;
@@ -81,7 +84,8 @@ export function segmentWeightBytes(
   const kvRows = config.numKvHeads * config.headDim;
   const m = config.intermediateSize;
   // Fused q/k/v and gate/up projections: one weight each, so one set of scales per row.
-  let perLayer = 2 * vector(h) + linear(qRows + 2 * kvRows, h) + linear(h, qRows);
+  const attentionHalf = vector(h) + linear(qRows + 2 * kvRows, h) + linear(h, qRows);
+  let perLayer = vector(h) + attentionHalf;
   if (config.attentionBias) perLayer += vector(qRows + 2 * kvRows);
   if (config.queryKeyNorm) perLayer += 2 * vector(config.headDim);
   const expertMlp = linear(2 * m, h) + linear(h, m);
@@ -120,6 +124,7 @@ export function segmentWeightBytes(
     const width = exitAdapterWidths.get(exit.afterLayer);
     if (width === undefined || exit.linearMap) continue;
     exitAdapters += vector(h) + linear(2 * width, h) + linear(h, width);
+    if (attendingAdapters.has(exit.afterLayer)) exitAdapters += attentionHalf;
     // w8a8 rotates the adapter's down_proj input too; its signs and Hadamard matrix are
     // written once per width and block, shared with the layers' where they match.
     const block = rotationBlock(width, W8A8_ROTATION_BLOCK);
@@ -183,5 +188,6 @@ export function nbitsWeightBytes(rows: number, cols: number, bits: 4 | 8, blockS
 
 /** KV cache bytes per position over `layers` decoder layers: a key and a value per KV head, fp32. */
 export function kvBytesPerPosition(config: ModelConfig, layers: number): number {
+  // `layers`: the entries of a session's KV slot — an attending exit adapter's count too.
   return 2 * layers * config.numKvHeads * config.headDim * FLOAT32_BYTES;
 }

@@ -21,6 +21,10 @@ export interface ReferenceForwardResult {
   hiddenAfterLayer: Float32Array[];
 }
 
+/** The weights of an attention half: a decoder layer's, or an attending exit adapter's. */
+type AttentionHalfWeights = Pick<LayerWeights, "inputNorm" | "qProj" | "kProj" | "vProj" | "oProj"> &
+  Partial<Pick<LayerWeights, "qBias" | "kBias" | "vBias" | "qNorm" | "kNorm">>;
+
 /** Buffers reused across forwards; grown (never shrunk) to the largest chunk seen. */
 interface Scratch {
   tokens: number;
@@ -158,8 +162,17 @@ export class ReferenceModel {
    * The exit after `afterLayer` layers: its adapter where the model has one
    * (h + down(silu(gate(n)) · up(n)), n = RMSNorm(h)), then the final norm and LM head.
    * hidden [count, hidden] → logits [count, vocab].
+   *
+   * An adapter that attends runs its attention half first, over the positions it has seen:
+   * `exitCache` (from newCache()) holds them under the exit's layer number, and the
+   * `count` positions given are appended there, `exitCache.length(afterLayer)` onwards.
    */
-  exitHead(hidden: Float32Array, count: number, afterLayer: number): Float32Array {
+  exitHead(
+    hidden: Float32Array,
+    count: number,
+    afterLayer: number,
+    exitCache?: ReferenceKvCache,
+  ): Float32Array {
     const adapter = this.weights.exitAdapters?.get(afterLayer);
     if (!adapter) return this.head(hidden, count);
     const { hiddenSize: h, rmsNormEps } = this.config;
@@ -168,9 +181,20 @@ export class ReferenceModel {
         "hidden",
         `must be a Float32Array of count·hidden = ${count}·${h} values, got ${hidden?.length}`,
       );
+    let x = hidden;
+    if (adapter.attention) {
+      if (!(exitCache instanceof ReferenceKvCache) || exitCache.numLayers !== this.config.numLayers)
+        throw new InvalidArgumentError(
+          "exitCache",
+          `the adapter of exit ${afterLayer} attends: pass a cache made by newCache()`,
+        );
+      const base = exitCache.length(afterLayer);
+      this.reserve(count, base + count);
+      x = this.attentionHalf(adapter.attention, x, count, base, exitCache, afterLayer);
+    }
     const width = adapter.gateProj.shape[0];
     const normed = new Float32Array(count * h);
-    rmsNormRows(hidden, count, h, adapter.norm.data, rmsNormEps, normed);
+    rmsNormRows(x, count, h, adapter.norm.data, rmsNormEps, normed);
     const gate = new Float32Array(count * width);
     const up = new Float32Array(count * width);
     linear(normed, count, adapter.gateProj.data, h, width, gate);
@@ -178,7 +202,7 @@ export class ReferenceModel {
     siluMultiply(gate, up, count * width);
     const adapted = new Float32Array(count * h);
     linear(gate, count, adapter.downProj.data, width, h, adapted);
-    for (let i = 0; i < adapted.length; i++) adapted[i] += hidden[i];
+    for (let i = 0; i < adapted.length; i++) adapted[i] += x[i];
     return this.head(adapted, count);
   }
 
@@ -196,14 +220,37 @@ export class ReferenceModel {
     base: number,
     cache: ReferenceKvCache,
   ): Float32Array {
+    const { hiddenSize: h, rmsNormEps } = this.config;
+    const w = this.weights.layers[index];
+    const { normed, projected } = this.scratch;
+    const out = this.attentionHalf(w, x, n, base, cache, index);
+    rmsNormRows(out, n, h, w.postAttentionNorm.data, rmsNormEps, normed);
+    if (w.experts) this.sparseMlp(w, normed, n, projected);
+    else this.denseMlp(w.gateProj!.data, w.upProj!.data, w.downProj!.data, normed, n, projected);
+    for (let i = 0; i < n * h; i++) out[i] += projected[i];
+    return out;
+  }
+
+  /**
+   * x + o_proj(attention(RMSNorm(x))) on positions base .. base+n-1, their keys and values
+   * appended to `cache` under `cacheLayer` (a layer's number, or an attending exit's).
+   * Returns a new [n, hidden] array.
+   */
+  private attentionHalf(
+    w: AttentionHalfWeights,
+    x: Float32Array,
+    n: number,
+    base: number,
+    cache: ReferenceKvCache,
+    cacheLayer: number,
+  ): Float32Array {
     const { hiddenSize: h, numHeads, numKvHeads, rmsNormEps } = this.config;
     const { qDim, kvDim, scratch } = this;
-    const w = this.weights.layers[index];
     const { normed, q, attention, projected } = scratch;
 
     rmsNormRows(x, n, h, w.inputNorm.data, rmsNormEps, normed);
     linear(normed, n, w.qProj.data, h, qDim, q, w.qBias?.data);
-    const { keys, values } = cache.extend(index, base + n);
+    const { keys, values } = cache.extend(cacheLayer, base + n);
     const newKeys = keys.subarray(base * kvDim, (base + n) * kvDim);
     const newValues = values.subarray(base * kvDim, (base + n) * kvDim);
     linear(normed, n, w.kProj.data, h, kvDim, newKeys, w.kBias?.data);
@@ -223,10 +270,6 @@ export class ReferenceModel {
 
     const out = new Float32Array(n * h);
     for (let i = 0; i < n * h; i++) out[i] = x[i] + projected[i];
-    rmsNormRows(out, n, h, w.postAttentionNorm.data, rmsNormEps, normed);
-    if (w.experts) this.sparseMlp(w, normed, n, projected);
-    else this.denseMlp(w.gateProj!.data, w.upProj!.data, w.downProj!.data, normed, n, projected);
-    for (let i = 0; i < n * h; i++) out[i] += projected[i];
     return out;
   }
 

@@ -482,6 +482,8 @@ export interface RandomExitAdaptersSpec {
   layers: readonly number[];
   /** Each adapter's SwiGLU width. */
   width: number;
+  /** Exit layers (of `layers`) whose adapter attends too: its attention half, the model's heads. @default none */
+  attending?: readonly number[];
   seed: number;
   /** @default "F32" */
   dtype?: SafetensorsDtype;
@@ -511,6 +513,27 @@ export async function writeRandomExitAdapters(
     ] as const)
       tensors.push({
         name: `${p}.mlp.${name}.weight`,
+        shape: [rows, cols],
+        data: random.normal(rows * cols, 0, 1 / Math.sqrt(cols)),
+      });
+  }
+  // Drawn after every MLP half, so adapters without attention draw what they always did.
+  const headDim = headDimOf(model);
+  const qDim = model.numHeads * headDim;
+  const kvDim = model.numKvHeads * headDim;
+  for (const layer of spec.attending ?? []) {
+    if (!spec.layers.includes(layer))
+      throw new InvalidArgumentError("attending", `exit ${layer} is not one of the adapters' layers`);
+    const p = `exit_adapters.${layer}`;
+    tensors.push({ name: `${p}.input_layernorm.weight`, shape: [h], data: random.normal(h, 1, 0.1) });
+    for (const [name, rows, cols] of [
+      ["q_proj", qDim, h],
+      ["k_proj", kvDim, h],
+      ["v_proj", kvDim, h],
+      ["o_proj", h, qDim],
+    ] as const)
+      tensors.push({
+        name: `${p}.self_attn.${name}.weight`,
         shape: [rows, cols],
         data: random.normal(rows * cols, 0, 1 / Math.sqrt(cols)),
       });
