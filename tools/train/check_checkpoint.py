@@ -103,7 +103,8 @@ def softmax(x, axis=-1):
 def forward(c, w, ids, exit_layers=(), dtype=np.float32):
     """Logits [T, vocab] after each exit layer and after the last layer: {layers_run: logits}.
     An exit with an adapter in `w` (exit_adapters.K.*, from exit-adapters.safetensors) runs
-    it first: h + down(silu(gate(n)) * up(n)), n = RMSNorm(h)."""
+    it first: h + down(silu(gate(n)) * up(n)), n = RMSNorm(h), after its attention half
+    where it attends."""
     W = lambda name: w[name].astype(dtype)  # noqa: E731
     T = len(ids)
     h, heads, kv = c["hidden_size"], c["num_attention_heads"], c["num_key_value_heads"]
@@ -119,10 +120,8 @@ def forward(c, w, ids, exit_layers=(), dtype=np.float32):
     def head(x):
         return rms_norm(x, W("model.norm.weight"), eps) @ head_w.T
 
-    x = W("model.embed_tokens.weight")[np.asarray(ids)]
-    outputs = {}
-    for i in range(c["num_hidden_layers"]):
-        p = f"model.layers.{i}"
+    def attention_half(x, p):
+        """x + o_proj(attention(input_layernorm(x))) of the block whose tensors start with p."""
         a = rms_norm(x, W(f"{p}.input_layernorm.weight"), eps)
         q = (a @ W(f"{p}.self_attn.q_proj.weight").T).reshape(T, heads, d).transpose(1, 0, 2)
         k = (a @ W(f"{p}.self_attn.k_proj.weight").T).reshape(T, kv, d).transpose(1, 0, 2)
@@ -135,7 +134,13 @@ def forward(c, w, ids, exit_layers=(), dtype=np.float32):
             scores = (q[j] @ k[g].T) / np.sqrt(dtype(d))
             scores[causal] = -np.inf
             attn[j] = softmax(scores) @ v[g]
-        x = x + attn.transpose(1, 0, 2).reshape(T, heads * d) @ W(f"{p}.self_attn.o_proj.weight").T
+        return x + attn.transpose(1, 0, 2).reshape(T, heads * d) @ W(f"{p}.self_attn.o_proj.weight").T
+
+    x = W("model.embed_tokens.weight")[np.asarray(ids)]
+    outputs = {}
+    for i in range(c["num_hidden_layers"]):
+        p = f"model.layers.{i}"
+        x = attention_half(x, p)
         m = rms_norm(x, W(f"{p}.post_attention_layernorm.weight"), eps)
         if c["model_type"] == "mixtral":
             probs = softmax(m @ W(f"{p}.block_sparse_moe.gate.weight").T)  # over all experts
@@ -154,8 +159,10 @@ def forward(c, w, ids, exit_layers=(), dtype=np.float32):
         if i + 1 in exit_layers:
             a = f"exit_adapters.{i + 1}"
             if f"{a}.norm.weight" in w:
-                n = rms_norm(x, W(f"{a}.norm.weight"), eps)
-                outputs[i + 1] = head(x + (silu(n @ W(f"{a}.mlp.gate_proj.weight").T) * (n @ W(f"{a}.mlp.up_proj.weight").T)) @ W(f"{a}.mlp.down_proj.weight").T)
+                # An adapter that attends runs its attention half first.
+                y = attention_half(x, a) if f"{a}.self_attn.q_proj.weight" in w else x
+                n = rms_norm(y, W(f"{a}.norm.weight"), eps)
+                outputs[i + 1] = head(y + (silu(n @ W(f"{a}.mlp.gate_proj.weight").T) * (n @ W(f"{a}.mlp.up_proj.weight").T)) @ W(f"{a}.mlp.down_proj.weight").T)
             else:
                 outputs[i + 1] = head(x)
     outputs[c["num_hidden_layers"]] = head(x)
@@ -198,11 +205,18 @@ def check(model_dir):
         layers = sorted({int(n.split(".")[1]) for n in adapters})
         expect(all(1 <= k < c["num_hidden_layers"] for k in layers), f"{deployment['exit_adapters']}: adapters after {layers}, each an exit's layer (1..{c['num_hidden_layers'] - 1})")
         widths = {k: adapters[f"exit_adapters.{k}.mlp.gate_proj.weight"][1].shape[0] for k in layers}
+        attending = [k for k in layers if f"exit_adapters.{k}.self_attn.q_proj.weight" in adapters]
+        d = c.get("head_dim") or h // c["num_attention_heads"]
+        q_dim, kv_dim = c["num_attention_heads"] * d, c["num_key_value_heads"] * d
         want = {}
         for k in layers:
             want.update({f"exit_adapters.{k}.norm.weight": [h], f"exit_adapters.{k}.mlp.gate_proj.weight": [widths[k], h],
                          f"exit_adapters.{k}.mlp.up_proj.weight": [widths[k], h], f"exit_adapters.{k}.mlp.down_proj.weight": [h, widths[k]]})
-        expect({n: list(a.shape) for n, (_, a) in adapters.items()} == want, f"{deployment['exit_adapters']}: four tensors per adapter, shapes as the model's hidden size implies (widths {widths})")
+            if k in attending:
+                want.update({f"exit_adapters.{k}.input_layernorm.weight": [h], f"exit_adapters.{k}.self_attn.q_proj.weight": [q_dim, h],
+                             f"exit_adapters.{k}.self_attn.k_proj.weight": [kv_dim, h], f"exit_adapters.{k}.self_attn.v_proj.weight": [kv_dim, h],
+                             f"exit_adapters.{k}.self_attn.o_proj.weight": [h, q_dim]})
+        expect({n: list(a.shape) for n, (_, a) in adapters.items()} == want, f"{deployment['exit_adapters']}: four tensors per adapter, nine where it attends (after {attending}), shapes as the model's config implies (widths {widths})")
         expect(all(np.isfinite(a).all() for _, a in adapters.values()), f"{deployment['exit_adapters']}: all weights finite")
         weights.update({n: a for n, (_, a) in adapters.items()})
 

@@ -103,26 +103,60 @@ class SparseMoE(nn.Module):
 class ExitAdapter(nn.Module):
     """A pre-norm SwiGLU block with a residual, of the exit's own: x + mlp(norm(x)). The
     final layer never reads it, so training it moves nothing the full model computes.
-    down_proj starts at zero: an untrained adapter is the identity (the plain exit)."""
+    down_proj starts at zero: an untrained adapter is the identity (the plain exit).
 
-    def __init__(self, hidden, intermediate, eps):
+    With `attention` (the model's config), the adapter attends too, before its MLP: a whole
+    decoder layer on the exit's path, x + attn(input_layernorm(x)) first, with the model's
+    heads and rotary embedding (the runtime keeps its keys and values at the edge)."""
+
+    def __init__(self, hidden, intermediate, eps, attention=None):
         super().__init__()
         self.norm = RMSNorm(hidden, eps)
         self.mlp = MLP(hidden, intermediate)
         for linear in (self.mlp.gate_proj, self.mlp.up_proj):
             nn.init.normal_(linear.weight, std=0.02)
         nn.init.zeros_(self.mlp.down_proj.weight)
+        if attention is not None:
+            self.input_layernorm = RMSNorm(hidden, eps)
+            self.self_attn = Attention(attention)
+            for linear in (self.self_attn.q_proj, self.self_attn.k_proj, self.self_attn.v_proj):
+                nn.init.normal_(linear.weight, std=0.02)
+            nn.init.zeros_(self.self_attn.o_proj.weight)
 
-    def forward(self, x):
+    @property
+    def attends(self):
+        return hasattr(self, "self_attn")
+
+    @staticmethod
+    def from_layer(layer, config, intermediate):
+        """An attending adapter that starts as a copy of a decoder layer (the next one: the
+        exit then starts as the plain exit one layer deeper). Its MLP is copied when the
+        widths agree, else drawn as a fresh adapter's."""
+        adapter = ExitAdapter(config["hidden_size"], intermediate, config["rms_norm_eps"], attention=config)
+        with torch.no_grad():
+            adapter.input_layernorm.weight.copy_(layer.input_layernorm.weight)
+            adapter.self_attn.load_state_dict(layer.self_attn.state_dict())
+            adapter.norm.weight.copy_(layer.post_attention_layernorm.weight)
+            if intermediate == config["intermediate_size"]:
+                adapter.mlp.load_state_dict(layer.mlp.state_dict())
+        return adapter
+
+    def forward(self, x, cos=None, sin=None):
+        if self.attends:
+            x = x + self.self_attn(self.input_layernorm(x), cos, sin)
         return x + self.mlp(self.norm(x))
 
     def tensors(self, layer):
         """Its tensors under the names of exit-adapters.safetensors."""
         p = f"exit_adapters.{layer}"
-        return {
+        out = {
             f"{p}.norm.weight": self.norm.weight,
             **{f"{p}.mlp.{n}.weight": getattr(self.mlp, n).weight for n in ("gate_proj", "up_proj", "down_proj")},
         }
+        if self.attends:
+            out[f"{p}.input_layernorm.weight"] = self.input_layernorm.weight
+            out.update({f"{p}.self_attn.{n}.weight": getattr(self.self_attn, n).weight for n in ("q_proj", "k_proj", "v_proj", "o_proj")})
+        return out
 
 
 class DecoderLayer(nn.Module):
@@ -178,7 +212,7 @@ class CausalLM(nn.Module):
             if (i + 1) in exit_layers:
                 self.exit_states[i + 1] = x
                 adapter = self.exit_adapters[str(i + 1)] if str(i + 1) in self.exit_adapters else None
-                outputs[i + 1] = self.lm_head(self.norm(adapter(x) if adapter is not None else x))
+                outputs[i + 1] = self.lm_head(self.norm(adapter(x, cos, sin) if adapter is not None else x))
         outputs[len(self.layers)] = self.lm_head(self.norm(x))
         return outputs
 
@@ -187,7 +221,8 @@ class CausalLM(nn.Module):
         layers = sorted({int(name.split(".")[1]) for name in tensors if name.startswith("exit_adapters.")})
         for layer in layers:
             gate = tensors[f"exit_adapters.{layer}.mlp.gate_proj.weight"]
-            adapter = ExitAdapter(gate.shape[1], gate.shape[0], self.config["rms_norm_eps"])
+            attends = f"exit_adapters.{layer}.self_attn.q_proj.weight" in tensors
+            adapter = ExitAdapter(gate.shape[1], gate.shape[0], self.config["rms_norm_eps"], attention=self.config if attends else None)
             with torch.no_grad():
                 for name, value in adapter.tensors(layer).items():
                     value.copy_(tensors[name])

@@ -2,6 +2,10 @@
 
     /usr/bin/python3 tools/train/train_exit_adapters.py --model models/tandem-demo --steps 600
 
+With --attend K, exit K's adapter attends too: a whole decoder layer on the exit's path,
+started as a copy of the model's layer K (the next one) and trained like the others
+(model.ExitAdapter.from_layer; the runtime keeps its keys and values at the edge).
+
 Each exit gets a small block of its own (model.ExitAdapter: x + SwiGLU(RMSNorm(x))) between
 its hidden state and the shared final norm and LM head. Only the adapters learn, by
 self-distillation towards the final layer's distribution (KL(final ‖ exit), CALM / "Jump to
@@ -71,6 +75,9 @@ def main():
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--seq", type=int, default=128)
     parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--only", type=int, nargs="*", default=[], help="train only these exits' adapters; the others keep the ones the model's directory has")
+    parser.add_argument("--attend", type=int, nargs="*", default=[], help="exits whose adapter attends (a copy of the next layer to start)")
+    parser.add_argument("--attend-lr", type=float, default=1e-3, help="learning rate of the attending adapters (they start trained)")
     parser.add_argument("--warmup", type=int, default=50)
     parser.add_argument("--ce-weight", type=float, default=0.2, help="weight of the next-token loss beside the KL")
     parser.add_argument("--temperature", type=float, default=1.0)
@@ -87,30 +94,59 @@ def main():
         p.requires_grad_(False)
     hidden, final_layer = config["hidden_size"], config["num_hidden_layers"]
     width = args.intermediate or config["intermediate_size"]
-    adapters = {k: ExitAdapter(hidden, width, config["rms_norm_eps"]) for k in exits}
+    for option, layers in (("--only", args.only), ("--attend", args.attend)):
+        unknown = [k for k in layers if k not in exits]
+        if unknown:
+            parser.error(f"{option} {unknown}: not among the model's exits {exits}")
+    trained = args.only or exits
+    # The adapters of the exits not trained, as the directory has them (--only).
+    kept = {}
+    if args.only:
+        tandem = json.load(open(os.path.join(model_dir, "tandem.json")))
+        if "exit_adapters" not in tandem:
+            parser.error("--only keeps the other exits' adapters, but the model has none")
+        existing = read_safetensors(os.path.join(model_dir, tandem["exit_adapters"]))
+        kept = {n: v for n, v in existing.items() if int(n.split(".")[1]) not in trained}
+    adapters = {
+        k: ExitAdapter.from_layer(model.layers[k], config, width) if k in args.attend else ExitAdapter(hidden, width, config["rms_norm_eps"])
+        for k in trained
+    }
+    for adapter in adapters.values():
+        for p in adapter.parameters():
+            p.requires_grad_(True)
     params = [p for a in adapters.values() for p in a.parameters()]
-    log(f"exits {exits}: adapters of width {width}, {sum(p.numel() for p in params)} parameters")
+    log(f"exits {exits} (attending: {args.attend}): adapters of width {width}, {sum(p.numel() for p in params)} parameters")
 
     train_ids = encoded_split(model_dir, args.corpus, "train")
     valid_ids = encoded_split(model_dir, args.corpus, "valid")
     log(f"tokens: train {len(train_ids)}, valid {len(valid_ids)}")
-    optimizer = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.95), weight_decay=0.0)
+    groups = [
+        {"params": [p for k, a in adapters.items() for p in a.parameters() if (k in args.attend) == attends], "base_lr": lr}
+        for attends, lr in ((False, args.lr), (True, args.attend_lr))
+    ]
+    optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=args.lr, betas=(0.9, 0.95), weight_decay=0.0)
     rng = np.random.default_rng(args.seed)
     seq, batch = args.seq, args.batch
     start = time.time()
     for step in range(args.steps):
         scale = min(1.0, (step + 1) / args.warmup) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / args.steps)))
         for group in optimizer.param_groups:
-            group["lr"] = args.lr * scale
+            group["lr"] = group["base_lr"] * scale
         offsets = rng.integers(0, len(train_ids) - seq - 1, size=batch)
         x = torch.from_numpy(np.stack([train_ids[o:o + seq] for o in offsets]).astype(np.int64))
         y = torch.from_numpy(np.stack([train_ids[o + 1:o + seq + 1] for o in offsets]).astype(np.int64)).reshape(-1)
         with torch.no_grad():
             teacher = model(x, exits)[final_layer].reshape(-1, config["vocab_size"])
-            states = {k: model.exit_states[k].reshape(-1, hidden) for k in exits}
+            states = {k: model.exit_states[k] for k in trained}
         loss, parts = 0.0, {}
-        for k in exits:
-            student = model.lm_head(model.norm(adapters[k](states[k])))
+        for k in trained:
+            # A plain adapter works row by row (flattened as it always was); one that attends
+            # needs the sequence.
+            if k in args.attend:
+                adapted = adapters[k](states[k], model.cos[:seq], model.sin[:seq])
+            else:
+                adapted = adapters[k](states[k].reshape(-1, hidden))
+            student = model.lm_head(model.norm(adapted)).reshape(-1, config["vocab_size"])
             kl = distillation_loss(student, teacher, args.temperature)
             ce = F.cross_entropy(student, y)
             loss = loss + kl + args.ce_weight * ce
@@ -127,7 +163,7 @@ def main():
     out_dir = os.path.abspath(args.out) if args.out else model_dir
     if out_dir != model_dir:
         shutil.copytree(model_dir, out_dir, dirs_exist_ok=True)
-    tensors = {}
+    tensors = dict(kept)
     for k, adapter in adapters.items():
         tensors.update({name: value.detach() for name, value in adapter.tensors(k).items()})
     write_safetensors(os.path.join(out_dir, ADAPTERS_FILE), tensors, "F16")
@@ -138,11 +174,15 @@ def main():
     stats = {
         "exits": exits,
         "intermediate_size": width,
-        "parameters": sum(p.numel() for p in params),
+        "parameters": sum(v.numel() for v in tensors.values()),
+        "parameters_trained": sum(p.numel() for p in params),
         "steps": args.steps,
         "batch_size": batch,
         "sequence_length": seq,
         "learning_rate": args.lr,
+        "trained": trained,
+        "attending": args.attend,
+        "attending_learning_rate": args.attend_lr,
         "ce_weight": args.ce_weight,
         "temperature": args.temperature,
         "seed": args.seed,
