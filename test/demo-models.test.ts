@@ -55,6 +55,41 @@ describe("models/tandem-demo (dense)", () => {
   it("the ONNX engine reproduces PyTorch's logits from the shipped weights", () =>
     expectEngineMatchesPyTorch(DENSE));
 
+  it("its exits, through the shipped exit adapters, give PyTorch's argmax at every position, in one chunk or decoded one by one", async () => {
+    const reference = referenceOf(DENSE);
+    const checkpoint = await loadCheckpoint(DENSE);
+    const exitLayers = Object.keys(reference.exit_argmax).map(Number);
+    const edge = new SegmentSessions(
+      await SegmentModel.load(
+        checkpoint,
+        segmentSpec({
+          fromLayer: 0,
+          toLayer: Math.max(...exitLayers),
+          exits: exitLayers.map((afterLayer) => ({ afterLayer })),
+          positions: "tail",
+        }),
+      ),
+    );
+    const tokensByExit = (exits: { afterLayer: number; token: number[] }[]) =>
+      Object.fromEntries(exits.map((exit) => [String(exit.afterLayer), exit.token]));
+
+    edge.open("chunk");
+    const whole = await edge.forward("chunk", { ids: reference.ids, headPositions: reference.ids.length });
+    expect(tokensByExit(whole.exits)).toEqual(reference.exit_argmax);
+
+    // A prefix, then one position at a time: an adapter that attends reads its own cache.
+    edge.open("steps");
+    const prefix = 10;
+    const stepped = tokensByExit(
+      (await edge.forward("steps", { ids: reference.ids.slice(0, prefix), headPositions: prefix })).exits,
+    );
+    for (const id of reference.ids.slice(prefix)) {
+      const step = tokensByExit((await edge.forward("steps", { ids: [id] })).exits);
+      for (const layer of Object.keys(stepped)) stepped[layer].push(step[layer][0]);
+    }
+    expect(stepped).toEqual(reference.exit_argmax);
+  });
+
   it("generates readable text through the split with its exits", async () => {
     const deployment = JSON.parse(readFileSync(join(DENSE, "tandem.json"), "utf8")) as {
       exit_layers: number[];
