@@ -157,7 +157,8 @@ def main():
         optimizer.step()
         if (step + 1) % 50 == 0 or step == 0:
             detail = " ".join(f"exit{k} kl {kl:.3f} ce {ce:.3f}" for k, (kl, ce) in parts.items())
-            log(f"step {step + 1}/{args.steps} {detail} lr {args.lr * scale:.2e} {(time.time() - start) / (step + 1):.2f} s/step")
+            rates = " / ".join(f"{group['lr']:.2e}" for group in optimizer.param_groups)
+            log(f"step {step + 1}/{args.steps} {detail} lr {rates} {(time.time() - start) / (step + 1):.2f} s/step")
     wall = time.time() - start
 
     out_dir = os.path.abspath(args.out) if args.out else model_dir
