@@ -217,7 +217,7 @@ describe("tandem inspect", () => {
       /^ {2}shape {9}hidden 256, 6 layers, 8 heads over 4 KV heads of 32, .*vocab 4096, tied$/m,
     );
     expect(stdout).toMatch(
-      /^ {2}tandem\.json {3}exits after 2, 3; recommended split 3; exit adapters: after 2 \(width 704\), after 3 \(width 704\)$/m,
+      /^ {2}tandem\.json {3}exits after 2, 3; recommended split 3; exit adapters: after 2 \(width 704\), after 3 \(width 704, attends\)$/m,
     );
     expect(stdout).toContain(
       "memory per process: estimated RSS = 1.2 × weight bytes held + KV of 1024 positions + 150 MiB",
@@ -245,6 +245,7 @@ describe("tandem inspect", () => {
       exitLayers: [2, 3],
       recommendedSplit: 3,
       exitAdapterWidths: { "2": 704, "3": 704 },
+      exitAdaptersAttending: [3],
     });
     expect(inspection.memory!.splits).toHaveLength(1);
     expect(inspection.memory!.splits[0]).toMatchObject({

@@ -661,7 +661,13 @@ describe("the gRPC API's share of the same features", () => {
       const ids = [...prompt];
       for (let step = 0; step < steps; step++) {
         const { hiddenAfterLayer } = reference.forward({ ids }, 0, layers, reference.newCache());
-        const all = reference.exitHead(hiddenAfterLayer[hiddenAfterLayer.length - 1], ids.length, layers);
+        // A fresh exit cache each step, as the layers' (an attending adapter has one of its own).
+        const all = reference.exitHead(
+          hiddenAfterLayer[hiddenAfterLayer.length - 1],
+          ids.length,
+          layers,
+          reference.newCache(),
+        );
         const logits = Array.from(all.subarray((ids.length - 1) * vocab));
         if (p) {
           for (const id of new Set(ids))
