@@ -78,6 +78,7 @@ def main():
     parser.add_argument("--only", type=int, nargs="*", default=[], help="train only these exits' adapters; the others keep the ones the model's directory has")
     parser.add_argument("--attend", type=int, nargs="*", default=[], help="exits whose adapter attends (a copy of the next layer to start)")
     parser.add_argument("--attend-lr", type=float, default=1e-3, help="learning rate of the attending adapters (they start trained)")
+    parser.add_argument("--resume", action="store_true", help="start the trained exits' adapters from the ones the model's directory has (same kind) rather than afresh")
     parser.add_argument("--warmup", type=int, default=50)
     parser.add_argument("--ce-weight", type=float, default=0.2, help="weight of the next-token loss beside the KL")
     parser.add_argument("--temperature", type=float, default=1.0)
@@ -111,6 +112,21 @@ def main():
         k: ExitAdapter.from_layer(model.layers[k], config, width) if k in args.attend else ExitAdapter(hidden, width, config["rms_norm_eps"])
         for k in trained
     }
+    if args.resume:
+        # More steps on the shipped adapters (with another --seed, other batches): each
+        # trained exit must already have an adapter of the kind asked for.
+        tandem = json.load(open(os.path.join(model_dir, "tandem.json")))
+        if "exit_adapters" not in tandem:
+            parser.error("--resume continues the model's adapters, but it has none")
+        existing = read_safetensors(os.path.join(model_dir, tandem["exit_adapters"]))
+        for k, adapter in adapters.items():
+            wanted = adapter.tensors(k)
+            missing = [n for n, v in wanted.items() if n not in existing or tuple(existing[n].shape) != tuple(v.shape)]
+            if missing or any(n.startswith(f"exit_adapters.{k}.") and n not in wanted for n in existing):
+                parser.error(f"--resume: the exit after {k} has no adapter of this kind (--attend and --intermediate must match)")
+            with torch.no_grad():
+                for name, value in wanted.items():
+                    value.copy_(existing[name])
     for adapter in adapters.values():
         for p in adapter.parameters():
             p.requires_grad_(True)
@@ -187,6 +203,7 @@ def main():
         "ce_weight": args.ce_weight,
         "temperature": args.temperature,
         "seed": args.seed,
+        "resumed": args.resume,
         "corpus": args.corpus,
         "wall_minutes": round(wall / 60, 1),
         "command": " ".join(["tools/train/train_exit_adapters.py"] + sys.argv[1:]),
