@@ -65,6 +65,14 @@ def encoded_split(model_dir, corpus, split):
     return array
 
 
+def shipped_adapters(model_dir):
+    """The tensors of the exit adapters the model's directory has, or None without any."""
+    tandem = json.load(open(os.path.join(model_dir, "tandem.json")))
+    if "exit_adapters" not in tandem:
+        return None
+    return read_safetensors(os.path.join(model_dir, tandem["exit_adapters"]))
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--model", required=True, help="a trained model's directory (config.json, model.safetensors, tandem.json)")
@@ -100,14 +108,12 @@ def main():
         if unknown:
             parser.error(f"{option} {unknown}: not among the model's exits {exits}")
     trained = args.only or exits
+    existing = shipped_adapters(model_dir) if args.only or args.resume else None
+    for option, wanted in (("--only", args.only), ("--resume", args.resume)):
+        if wanted and existing is None:
+            parser.error(f"{option} needs the model's exit adapters, but it has none")
     # The adapters of the exits not trained, as the directory has them (--only).
-    kept = {}
-    if args.only:
-        tandem = json.load(open(os.path.join(model_dir, "tandem.json")))
-        if "exit_adapters" not in tandem:
-            parser.error("--only keeps the other exits' adapters, but the model has none")
-        existing = read_safetensors(os.path.join(model_dir, tandem["exit_adapters"]))
-        kept = {n: v for n, v in existing.items() if int(n.split(".")[1]) not in trained}
+    kept = {n: v for n, v in existing.items() if int(n.split(".")[1]) not in trained} if args.only else {}
     adapters = {
         k: ExitAdapter.from_layer(model.layers[k], config, width) if k in args.attend else ExitAdapter(hidden, width, config["rms_norm_eps"])
         for k in trained
@@ -115,14 +121,10 @@ def main():
     if args.resume:
         # More steps on the shipped adapters (with another --seed, other batches): each
         # trained exit must already have an adapter of the kind asked for.
-        tandem = json.load(open(os.path.join(model_dir, "tandem.json")))
-        if "exit_adapters" not in tandem:
-            parser.error("--resume continues the model's adapters, but it has none")
-        existing = read_safetensors(os.path.join(model_dir, tandem["exit_adapters"]))
         for k, adapter in adapters.items():
             wanted = adapter.tensors(k)
-            missing = [n for n, v in wanted.items() if n not in existing or tuple(existing[n].shape) != tuple(v.shape)]
-            if missing or any(n.startswith(f"exit_adapters.{k}.") and n not in wanted for n in existing):
+            shipped = {n for n in existing if n.startswith(f"exit_adapters.{k}.")}
+            if shipped != set(wanted) or any(existing[n].shape != v.shape for n, v in wanted.items()):
                 parser.error(f"--resume: the exit after {k} has no adapter of this kind (--attend and --intermediate must match)")
             with torch.no_grad():
                 for name, value in wanted.items():
