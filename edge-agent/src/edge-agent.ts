@@ -115,12 +115,15 @@ export async function startEdgeAgent(
   let thresholdPolicy: () => ExitPolicy;
   // Verified requests: the cloud checks what the edge answers, so it may answer more.
   let draftPolicy: (() => ExitPolicy) | undefined;
+  // The calibrated targets whose thresholds are used: the nearest at or above the configured ones.
+  let calibratedTargets: { target: number; draftTarget: number } | undefined;
   if (calibration) {
     exits = calibratedExitHeads(calibration);
     const calibrated = policyForTarget(calibration, config.target);
     thresholdPolicy = () => calibratedExitPolicy(calibration, calibrated);
     const draft = policyForTarget(calibration, config.draftTarget);
     draftPolicy = () => calibratedExitPolicy(calibration, draft);
+    calibratedTargets = { target: calibrated.targetAgreement, draftTarget: draft.targetAgreement };
   } else {
     const layersList = config.exitLayers ?? deployment?.exitLayers ?? [split];
     for (const l of layersList)
@@ -290,6 +293,7 @@ export async function startEdgeAgent(
       exits: exits.map((e) => e.afterLayer),
       cloud: config.natsUrl ? `placement map of cluster ${config.cluster}` : (config.cloudAddress ?? null),
       calibrated: Boolean(calibration),
+      calibratedTargets: calibratedTargets ?? null,
       chatTemplate: chatTemplate?.source ?? null,
     },
     "edge agent serving",
