@@ -29,7 +29,13 @@ function capturingLogger() {
 async function servingRecord(settings: { target?: number; draftTarget?: number }) {
   const { log, records } = capturingLogger();
   const edge = await startEdgeAgent(
-    EDGE_CONFIG_SCHEMA.parse({ model: MODEL, calibration: CALIBRATION, port: 0, httpAddress: "", ...settings }),
+    EDGE_CONFIG_SCHEMA.parse({
+      model: MODEL,
+      calibration: CALIBRATION,
+      port: 0,
+      httpAddress: "",
+      ...settings,
+    }),
     log,
   );
   await edge.close(0);
