@@ -60,6 +60,9 @@ function verifiedFigures(bySplit: Record<string, Awaited<ReturnType<typeof verif
     ),
     exact_mode_by_split: pick("exact"),
     rollback_by_split: pick("rollback"),
+    by_draft_limit_by_split: Object.fromEntries(
+      Object.entries(bySplit).map(([split, v]) => [split, v.by_draft_limit]),
+    ),
   };
 }
 

@@ -143,4 +143,13 @@ describe("a request's exit policy", () => {
       validateRequest(request({ verify: "VERIFY_EXACT", maxDraftTokens: 65 }), context(true), FIELDS),
     ).toThrow(/^max_draft_tokens: /);
   });
+
+  it("drafts up to 16 tokens per check with EXACT and streams up to 8 unchecked with ROLLBACK, unless the request says", () => {
+    const limit = (fields: object) => validateRequest(request(fields), context(true), FIELDS).maxDraftTokens;
+    expect(limit({ verify: "VERIFY_EXACT" })).toBe(16);
+    expect(limit({ verify: "VERIFY_EXACT", maxDraftTokens: 0 })).toBe(16);
+    expect(limit({ verify: "VERIFY_ROLLBACK" })).toBe(8);
+    expect(limit({ verify: "VERIFY_ROLLBACK", maxDraftTokens: 5 })).toBe(5);
+    expect(limit({ verify: "VERIFY_EXACT", maxDraftTokens: 64 })).toBe(64);
+  });
 });

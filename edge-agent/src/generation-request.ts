@@ -12,6 +12,7 @@ import {
   type ChatMessage,
   type ChatTemplate,
   DEFAULT_GENERATE_OPTIONS,
+  defaultMaxDraftTokens,
   type ConfidenceMetric,
   type ConfidenceModel,
   type ExitMetric,
@@ -276,11 +277,11 @@ export function validateRequest(
       fields.verify,
       "checking the edge's tokens needs a cloud worker, and this agent has none configured",
     );
-  const maxDraftTokens = input.maxDraftTokens || DEFAULT_GENERATE_OPTIONS.maxDraftTokens;
+  const maxDraftTokens = input.maxDraftTokens || defaultMaxDraftTokens(verify);
   if (!(Number.isInteger(maxDraftTokens) && maxDraftTokens >= 1 && maxDraftTokens <= MAX_DRAFT_TOKENS))
     throw new InvalidArgumentError(
       fields.maxDraftTokens,
-      `must be an integer in [0, ${MAX_DRAFT_TOKENS}] (0: ${DEFAULT_GENERATE_OPTIONS.maxDraftTokens}), got ${input.maxDraftTokens}`,
+      `must be an integer in [0, ${MAX_DRAFT_TOKENS}] (0: ${DEFAULT_GENERATE_OPTIONS.maxDraftTokens.exact} with EXACT, ${DEFAULT_GENERATE_OPTIONS.maxDraftTokens.rollback} with ROLLBACK), got ${input.maxDraftTokens}`,
     );
   return {
     ids,

@@ -152,6 +152,7 @@ export {
 } from "./generation/sampler.ts";
 export {
   DEFAULT_GENERATE_OPTIONS,
+  defaultMaxDraftTokens,
   MAX_DRAFT_TOKENS,
   SplitGenerator,
   VERIFY_MODES,

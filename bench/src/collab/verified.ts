@@ -21,6 +21,8 @@ import {
   policyForTarget,
   SplitGenerator,
   calibratedExitPolicy,
+  DEFAULT_GENERATE_OPTIONS,
+  defaultMaxDraftTokens,
   type VerifyMode,
 } from "@tandem/runtime";
 import { generate, startProgram } from "@tandem/testkit";
@@ -48,20 +50,55 @@ function standing(items: GenerationItem[]): number[] {
   return tokens;
 }
 
-/** In-process: what each verified mode leaves standing, how much it drafts and keeps, and the cloud's compute. */
+/** A way of decoding with verification that the in-process part measures. */
+interface Variant {
+  verify: VerifyMode;
+  maxDraftTokens: number;
+}
+
+/**
+ * The limits on drafts (max_draft_tokens) both verified modes are measured at: EXACT checks
+ * a run of drafts per round trip, ROLLBACK sends a check every so many unchecked tokens.
+ * Each mode's default (DEFAULT_GENERATE_OPTIONS.maxDraftTokens) is always among them.
+ */
+export const DRAFT_LIMITS = [
+  ...new Set([
+    4,
+    8,
+    16,
+    32,
+    DEFAULT_GENERATE_OPTIONS.maxDraftTokens.exact,
+    DEFAULT_GENERATE_OPTIONS.maxDraftTokens.rollback,
+  ]),
+].sort((a, b) => a - b);
+
+const variantName = (verify: VerifyMode, limit: number) => `${verify}-${limit}`;
+
+/**
+ * In-process: what each verified mode leaves standing at each of DRAFT_LIMITS, how much it
+ * drafts and keeps, and the cloud's compute.
+ */
 async function inProcess(ctx: Context, maxTokens: number) {
   const { checkpoint, calibration, split } = ctx;
   const whole = await loadLocalSplit(checkpoint);
   const local = await loadLocalSplit(checkpoint, { split, exits: calibratedExitHeads(calibration) });
   const draftPolicy = policyForTarget(calibration, DRAFT_TARGET);
+  const variants = new Map<string, Variant>(
+    VERIFIED.flatMap((verify) =>
+      DRAFT_LIMITS.map((maxDraftTokens): [string, Variant] => [
+        variantName(verify, maxDraftTokens),
+        { verify, maxDraftTokens },
+      ]),
+    ),
+  );
   try {
     const cloudOnly: number[][] = [];
     const runs = new Map<
-      VerifyMode,
+      string,
       { calls: RecordingUpper["calls"]; tokens: number[]; items: GenerationItem[] }[]
     >();
     const stats = new Map<
-      VerifyMode,
+      string,
       { drafted: number; accepted: number; rolledBack: number; escalations: number }
     >();
     for (const [i, prompt] of ctx.prompts.entries()) {
@@ -73,84 +110,98 @@ async function inProcess(ctx: Context, maxTokens: number) {
       const tokens: number[] = [];
       for await (const t of reference.tokens(prompt, { maxTokens })) tokens.push(t.token);
       cloudOnly.push(tokens);
-      for (const verify of VERIFIED) {
-        const recording = new RecordingUpper(new LocalUpperSegment(local.upper!, `${verify}-${i}`));
+      for (const [name, { verify, maxDraftTokens }] of variants) {
+        const recording = new RecordingUpper(new LocalUpperSegment(local.upper!, `${name}-${i}`));
         const generator = new SplitGenerator(
           local.lower,
           recording,
           calibratedExitPolicy(calibration, draftPolicy),
         );
         const items: GenerationItem[] = [];
-        for await (const item of generator.generate(prompt, { maxTokens, verify })) items.push(item);
+        for await (const item of generator.generate(prompt, { maxTokens, verify, maxDraftTokens }))
+          items.push(item);
         await recording.close();
         const s = generator.stats;
-        const total = stats.get(verify) ?? { drafted: 0, accepted: 0, rolledBack: 0, escalations: 0 };
-        stats.set(verify, {
+        const total = stats.get(name) ?? { drafted: 0, accepted: 0, rolledBack: 0, escalations: 0 };
+        stats.set(name, {
           drafted: total.drafted + s.draftedTokens,
           accepted: total.accepted + s.acceptedTokens,
           rolledBack: total.rolledBack + s.rolledBackTokens,
           escalations: total.escalations + s.escalations,
         });
-        runs.set(verify, [
-          ...(runs.get(verify) ?? []),
+        runs.set(name, [
+          ...(runs.get(name) ?? []),
           { calls: recording.calls, tokens: standing(items), items },
         ]);
       }
     }
     // The cloud's calls replayed back to back against the whole model decoding the same
     // prompts, interleaved in rounds (cloud-compute.ts says why).
-    const rounds = ctx.smoke ? 1 : 3;
-    const relative = new Map<VerifyMode, number[]>();
+    const rounds = ctx.smoke ? 1 : 5;
+    const relative = new Map<string, number[]>();
     for (let round = 0; round < rounds; round++) {
       let wholeMs = 0;
       let wholeTokens = 0;
-      const ms = new Map<VerifyMode, number>();
-      const tokens = new Map<VerifyMode, number>();
+      const ms = new Map<string, number>();
+      const tokens = new Map<string, number>();
       for (const [i, prompt] of ctx.prompts.entries()) {
         const generator = new SplitGenerator(whole.lower, undefined, new AlwaysExitPolicy());
         for await (const _ of generator.tokens(prompt, { maxTokens })) wholeTokens++;
         wholeMs += generator.stats.lowerMs;
-        for (const verify of VERIFIED) {
-          const run = runs.get(verify)![i];
+        for (const name of variants.keys()) {
+          const run = runs.get(name)![i];
           ms.set(
-            verify,
-            (ms.get(verify) ?? 0) + (await replay(local.upper!, run.calls, `v${round}.${i}.${verify}`)),
+            name,
+            (ms.get(name) ?? 0) + (await replay(local.upper!, run.calls, `v${round}.${i}.${name}`)),
           );
-          tokens.set(verify, (tokens.get(verify) ?? 0) + run.tokens.length);
+          tokens.set(name, (tokens.get(name) ?? 0) + run.tokens.length);
         }
       }
-      for (const verify of VERIFIED)
-        relative.set(verify, [
-          ...(relative.get(verify) ?? []),
-          ms.get(verify)! / tokens.get(verify)! / (wholeMs / wholeTokens),
+      for (const name of variants.keys())
+        relative.set(name, [
+          ...(relative.get(name) ?? []),
+          ms.get(name)! / tokens.get(name)! / (wholeMs / wholeTokens),
         ]);
     }
-    return Object.fromEntries(
-      VERIFIED.map((verify) => {
-        const s = stats.get(verify)!;
-        const tokens = runs.get(verify)!.reduce((n, r) => n + r.tokens.length, 0);
-        const agreements = runs.get(verify)!.map((r, i) => tokenAgreement(r.tokens, cloudOnly[i]));
-        return [
-          verify,
-          {
-            agreement_with_cloud_only: agreements.reduce((a, b) => a + b, 0) / agreements.length,
-            cloud_compute_saved: 1 - median(relative.get(verify)!),
-            cloud_compute_relative_per_round: relative.get(verify),
-            mean_accepted_per_round_trip: s.accepted / Math.max(1, s.escalations),
-            drafted_tokens: s.drafted,
-            accepted_tokens: s.accepted,
-            round_trips_per_token: s.escalations / tokens,
-            rollbacks_per_100_tokens:
-              (100 *
-                runs
-                  .get(verify)!
-                  .reduce((n, r) => n + r.items.filter((x) => x.kind === "rollback").length, 0)) /
-              tokens,
-            rolled_back_tokens: s.rolledBack,
-          },
-        ];
-      }),
-    );
+    const figures = (name: string) => {
+      const s = stats.get(name)!;
+      const tokens = runs.get(name)!.reduce((n, r) => n + r.tokens.length, 0);
+      const agreements = runs.get(name)!.map((r, i) => tokenAgreement(r.tokens, cloudOnly[i]));
+      return {
+        agreement_with_cloud_only: agreements.reduce((a, b) => a + b, 0) / agreements.length,
+        cloud_compute_saved: 1 - median(relative.get(name)!),
+        cloud_compute_relative_per_round: relative.get(name),
+        mean_accepted_per_round_trip: s.accepted / Math.max(1, s.escalations),
+        drafted_tokens: s.drafted,
+        accepted_tokens: s.accepted,
+        round_trips_per_token: s.escalations / tokens,
+        // What the cloud ran per token that stands, prompts excluded (deterministic, unlike
+        // its timed compute): positions carried in frames, rejected drafts included.
+        cloud_positions_per_token:
+          runs
+            .get(name)!
+            .reduce((n, r, i) => n + r.calls.reduce((m, c) => m + c.count, 0) - ctx.prompts[i].length, 0) /
+          tokens,
+        rollbacks_per_100_tokens:
+          (100 *
+            runs.get(name)!.reduce((n, r) => n + r.items.filter((x) => x.kind === "rollback").length, 0)) /
+          tokens,
+        rolled_back_tokens: s.rolledBack,
+      };
+    };
+    const byLimit = (verify: VerifyMode) =>
+      Object.fromEntries(
+        DRAFT_LIMITS.map((limit) => {
+          const { cloud_compute_relative_per_round: _, ...rest } = figures(variantName(verify, limit));
+          return [limit, rest];
+        }),
+      );
+    return {
+      draftPolicyTarget: draftPolicy.targetAgreement,
+      exact: figures(variantName("exact", defaultMaxDraftTokens("exact"))),
+      rollback: figures(variantName("rollback", defaultMaxDraftTokens("rollback"))),
+      byDraftLimit: { exact: byLimit("exact"), rollback: byLimit("rollback") },
+    };
   } finally {
     await whole.release();
     await local.release();
@@ -239,7 +290,9 @@ export async function verifiedDecoding(ctx: Context, maxTokens: number) {
     mean_latency_vs_cloud_only: link[verify].mean_ms_per_token / link.cloud_only.mean_ms_per_token,
   });
   return {
-    draft_policy_target: DRAFT_TARGET,
+    // The calibrated target whose thresholds drafted: the nearest at or above DRAFT_TARGET.
+    draft_policy_target: local.draftPolicyTarget,
+    by_draft_limit: local.byDraftLimit,
     cloud_only: link.cloud_only,
     exact: row("exact"),
     rollback: row("rollback"),

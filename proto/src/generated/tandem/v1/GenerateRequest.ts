@@ -48,7 +48,7 @@ export interface GenerateRequest {
   /**
    * VERIFY_EXACT: the most tokens the edge drafts before the cloud checks them;
    * VERIFY_ROLLBACK: the most it streams unchecked before it sends them for a check.
-   * 0 means 8; at most 64.
+   * 0 means 16 with VERIFY_EXACT, 8 with VERIFY_ROLLBACK; at most 64.
    */
   'maxDraftTokens'?: (number);
   'prompt'?: "text"|"tokenIds"|"messages";
@@ -94,7 +94,7 @@ export interface GenerateRequest__Output {
   /**
    * VERIFY_EXACT: the most tokens the edge drafts before the cloud checks them;
    * VERIFY_ROLLBACK: the most it streams unchecked before it sends them for a check.
-   * 0 means 8; at most 64.
+   * 0 means 16 with VERIFY_EXACT, 8 with VERIFY_ROLLBACK; at most 64.
    */
   'maxDraftTokens': (number);
   'prompt'?: "text"|"tokenIds"|"messages";
