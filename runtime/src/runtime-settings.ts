@@ -37,12 +37,10 @@ export const RUNTIME_SETTINGS = {
     description:
       "bits of the LM head of int4 weights, 4 or 8 (default: 8 where the segment has the model's final head, as llama-quantize keeps a Q4_0 file's head; 4 where only exits read it, evaluated once per exit per token)",
   }),
-  target: z
-    .number()
-    .gt(0)
-    .max(1)
-    .default(DEFAULT_AGREEMENT_TARGET)
-    .meta({ description: "agreement target whose calibrated thresholds to use" }),
+  target: z.number().gt(0).max(1).default(DEFAULT_AGREEMENT_TARGET).meta({
+    description:
+      "agreement target whose calibrated thresholds to use: those of the nearest target the calibration holds at or above it (its strictest when none is)",
+  }),
   maxTokens: z
     .int()
     .min(1)
