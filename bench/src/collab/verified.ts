@@ -3,13 +3,14 @@
  *   - in-process, on every prompt: agreement of the tokens that stand with cloud-only
  *     decoding (EXACT must be 1.0), edge tokens accepted per round trip, rollbacks per 100
  *     tokens, and the cloud's compute per generated token against a cloud-only deployment
- *     (the cloud's calls recorded and replayed back to back, as cloud-compute.ts times them);
+ *     (the cloud's calls recorded and replayed back to back, as cloud-compute.ts times them),
+ *     each mode at its default draft limit and at the others of DRAFT_LIMITS;
  *   - over the emulated link with real edge-agent and cloud-worker processes: per-token
  *     latency as the client sees it (p50 of the gaps between token events, and the mean
  *     time per token, first token included), against cloud-only on the same link.
  * The edge drafts with the calibrated policy of DRAFT_TARGET (the edge's `draftTarget`, its
- * default): checked tokens need not be right, so a laxer policy than AUTO's 99% drafts more
- * and is still exact.
+ * default; the nearest target the calibration holds at or above it): checked tokens need not
+ * be right, so a laxer policy than AUTO's 99% drafts more and is still exact.
  */
 import {
   AlwaysDeferPolicy,
