@@ -317,6 +317,20 @@ describe.skipIf(process.env.TANDEM_CI_SECOND_PASS === "1")("tandem bench", () =>
           expect(split.agreement_with_cloud_only_over_link).toBe(1);
           expect(split.mean_ms_per_token).toBeGreaterThan(0);
         }
+        // ... at every draft limit measured, and ROLLBACK with its rollbacks applied too.
+        const byLimit = (
+          result as {
+            by_draft_limit_by_split?: Record<string, Record<string, Record<string, Record<string, number>>>>;
+          }
+        ).by_draft_limit_by_split!;
+        for (const modes of Object.values(byLimit))
+          for (const mode of ["exact", "rollback"]) {
+            expect(Object.keys(modes[mode])).toEqual(["4", "8", "16", "32"]);
+            for (const figures of Object.values(modes[mode])) {
+              expect(figures.agreement_with_cloud_only).toBe(1);
+              expect(figures.cloud_positions_per_token).toBeGreaterThan(0);
+            }
+          }
       }
       // Side by side with llama.cpp on the same weights: a figure from each engine, per format.
       if (name === "runtime") {
