@@ -24,6 +24,7 @@ import {
   calibratedExitPolicy,
   DEFAULT_GENERATE_OPTIONS,
   defaultMaxDraftTokens,
+  type SplitGeneratorStats,
   type VerifyMode,
 } from "@tandem/runtime";
 import { generate, startProgram } from "@tandem/testkit";
@@ -75,6 +76,14 @@ export const DRAFT_LIMITS = [
 
 const variantName = (verify: VerifyMode, limit: number) => `${verify}-${limit}`;
 
+/** One prompt decoded by a variant: the cloud's calls, the tokens that stand, what was yielded, the generator's counts. */
+interface VariantRun {
+  calls: RecordingUpper["calls"];
+  tokens: number[];
+  items: GenerationItem[];
+  stats: SplitGeneratorStats;
+}
+
 /**
  * In-process: what each verified mode leaves standing at each of DRAFT_LIMITS, how much it
  * drafts and keeps, and the cloud's compute.
@@ -94,14 +103,8 @@ async function inProcess(ctx: Context, maxTokens: number) {
   );
   try {
     const cloudOnly: number[][] = [];
-    const runs = new Map<
-      string,
-      { calls: RecordingUpper["calls"]; tokens: number[]; items: GenerationItem[] }[]
-    >();
-    const stats = new Map<
-      string,
-      { drafted: number; accepted: number; rolledBack: number; escalations: number }
-    >();
+    // Per variant, one run per prompt.
+    const runs = new Map<string, VariantRun[]>();
     for (const [i, prompt] of ctx.prompts.entries()) {
       const reference = new SplitGenerator(
         local.lower,
@@ -122,29 +125,24 @@ async function inProcess(ctx: Context, maxTokens: number) {
         for await (const item of generator.generate(prompt, { maxTokens, verify, maxDraftTokens }))
           items.push(item);
         await recording.close();
-        const s = generator.stats;
-        const total = stats.get(name) ?? { drafted: 0, accepted: 0, rolledBack: 0, escalations: 0 };
-        stats.set(name, {
-          drafted: total.drafted + s.draftedTokens,
-          accepted: total.accepted + s.acceptedTokens,
-          rolledBack: total.rolledBack + s.rolledBackTokens,
-          escalations: total.escalations + s.escalations,
-        });
         runs.set(name, [
           ...(runs.get(name) ?? []),
-          { calls: recording.calls, tokens: standing(items), items },
+          { calls: recording.calls, tokens: standing(items), items, stats: generator.stats },
         ]);
       }
     }
     // The cloud's calls replayed back to back against the whole model decoding the same
     // prompts, interleaved in rounds (cloud-compute.ts says why).
+    // A count summed over `name`'s runs, prompt by prompt.
+    const total = (name: string, count: (run: VariantRun, prompt: number) => number) =>
+      runs.get(name)!.reduce((n, run, i) => n + count(run, i), 0);
+    const standingTokens = (name: string) => total(name, (r) => r.tokens.length);
     const rounds = ctx.smoke ? 1 : 5;
     const relative = new Map<string, number[]>();
     for (let round = 0; round < rounds; round++) {
       let wholeMs = 0;
       let wholeTokens = 0;
       const ms = new Map<string, number>();
-      const tokens = new Map<string, number>();
       for (const [i, prompt] of ctx.prompts.entries()) {
         const generator = new SplitGenerator(whole.lower, undefined, new AlwaysExitPolicy());
         for await (const _ of generator.tokens(prompt, { maxTokens })) wholeTokens++;
@@ -155,39 +153,34 @@ async function inProcess(ctx: Context, maxTokens: number) {
             name,
             (ms.get(name) ?? 0) + (await replay(local.upper!, run.calls, `v${round}.${i}.${name}`)),
           );
-          tokens.set(name, (tokens.get(name) ?? 0) + run.tokens.length);
         }
       }
       for (const name of variants.keys())
         relative.set(name, [
           ...(relative.get(name) ?? []),
-          ms.get(name)! / tokens.get(name)! / (wholeMs / wholeTokens),
+          ms.get(name)! / standingTokens(name) / (wholeMs / wholeTokens),
         ]);
     }
     const figures = (name: string) => {
-      const s = stats.get(name)!;
-      const tokens = runs.get(name)!.reduce((n, r) => n + r.tokens.length, 0);
+      const tokens = standingTokens(name);
+      const accepted = total(name, (r) => r.stats.acceptedTokens);
+      const escalations = total(name, (r) => r.stats.escalations);
       const agreements = runs.get(name)!.map((r, i) => tokenAgreement(r.tokens, cloudOnly[i]));
       return {
         agreement_with_cloud_only: agreements.reduce((a, b) => a + b, 0) / agreements.length,
         cloud_compute_saved: 1 - median(relative.get(name)!),
         cloud_compute_relative_per_round: relative.get(name),
-        mean_accepted_per_round_trip: s.accepted / Math.max(1, s.escalations),
-        drafted_tokens: s.drafted,
-        accepted_tokens: s.accepted,
-        round_trips_per_token: s.escalations / tokens,
+        mean_accepted_per_round_trip: accepted / Math.max(1, escalations),
+        drafted_tokens: total(name, (r) => r.stats.draftedTokens),
+        accepted_tokens: accepted,
+        round_trips_per_token: escalations / tokens,
         // What the cloud ran per token that stands, prompts excluded (deterministic, unlike
         // its timed compute): positions carried in frames, rejected drafts included.
         cloud_positions_per_token:
-          runs
-            .get(name)!
-            .reduce((n, r, i) => n + r.calls.reduce((m, c) => m + c.count, 0) - ctx.prompts[i].length, 0) /
-          tokens,
+          total(name, (r, i) => r.calls.reduce((m, c) => m + c.count, 0) - ctx.prompts[i].length) / tokens,
         rollbacks_per_100_tokens:
-          (100 *
-            runs.get(name)!.reduce((n, r) => n + r.items.filter((x) => x.kind === "rollback").length, 0)) /
-          tokens,
-        rolled_back_tokens: s.rolledBack,
+          (100 * total(name, (r) => r.items.filter((x) => x.kind === "rollback").length)) / tokens,
+        rolled_back_tokens: total(name, (r) => r.stats.rolledBackTokens),
       };
     };
     const byLimit = (verify: VerifyMode) =>
