@@ -127,7 +127,8 @@ export const DEFAULT_GENERATE_OPTIONS = {
   /**
    * Per verified mode. EXACT checks a run of drafts per round trip, and a longer run means
    * fewer trips: on the demo model at 3 of 6 layers, 16 cut them from 0.22 to 0.18 per
-   * token and saved more cloud time than 8 or 32 (the collab bench's by_draft_limit).
+   * token and saved more cloud time than 8; 32 saved about as much as 16 while the cloud
+   * ran more rejected drafts (the collab bench's by_draft_limit).
    * ROLLBACK's limit is how many tokens may stream unchecked, so how much text a rollback
    * can withdraw: it stays short.
    */
