@@ -4,7 +4,6 @@
  * and says which it took when it starts serving: a configured 0.9 that the calibration does
  * not hold drafts with the 0.95 thresholds, and the operator can see that.
  */
-import { Writable } from "node:stream";
 import { join } from "node:path";
 import { pino } from "pino";
 import { describe, expect, it } from "vitest";
@@ -14,20 +13,11 @@ import { readCalibration } from "@tandem/runtime";
 const MODEL = join(import.meta.dirname, "..", "models", "tandem-demo");
 const CALIBRATION = join(MODEL, "calibration.safetensors");
 
-/** The agent's log records, as the JSON objects pino writes. */
-function capturingLogger() {
-  const records: Record<string, unknown>[] = [];
-  const stream = new Writable({
-    write(chunk: Buffer, _encoding, done) {
-      for (const line of chunk.toString("utf8").split("\n").filter(Boolean)) records.push(JSON.parse(line));
-      done();
-    },
-  });
-  return { log: pino({ level: "info" }, stream), records };
-}
-
+/** The `edge agent serving` log record of an agent started on the demo model with `settings`. */
 async function servingRecord(settings: { target?: number; draftTarget?: number }) {
-  const { log, records } = capturingLogger();
+  // The agent's log records, as the JSON lines pino writes.
+  const lines: string[] = [];
+  const log = pino({ level: "info" }, { write: (line: string) => lines.push(line) });
   const edge = await startEdgeAgent(
     EDGE_CONFIG_SCHEMA.parse({
       model: MODEL,
@@ -39,7 +29,9 @@ async function servingRecord(settings: { target?: number; draftTarget?: number }
     log,
   );
   await edge.close(0);
-  return records.find((r) => r.msg === "edge agent serving")!;
+  return lines
+    .map((line) => JSON.parse(line) as Record<string, unknown>)
+    .find((r) => r.msg === "edge agent serving")!;
 }
 
 describe("the calibrated targets an edge agent uses", () => {
