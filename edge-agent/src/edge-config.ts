@@ -44,7 +44,7 @@ export const EDGE_CONFIG_SCHEMA = z
     target: RUNTIME_SETTINGS.target,
     draftTarget: z.number().gt(0).max(1).default(0.9).meta({
       description:
-        "requests with verify (EXACT, ROLLBACK): the agreement target whose calibrated thresholds decide which tokens the edge answers; laxer than target, since the cloud checks them; resolved as target is (the demo model's calibrations go down to 0.95, so the default drafts with 0.95's thresholds); the `edge agent serving` log line names both targets used (calibratedTargets)",
+        "requests with verify (EXACT, ROLLBACK): the agreement target whose calibrated thresholds decide which tokens the edge answers; laxer than target, since the cloud checks them; resolved as target is; the `edge agent serving` log line names both targets used (calibratedTargets)",
     }),
     split: z.int().min(1).optional().meta({
       description: "layers run on the device (default: the calibration's, else the model's tandem.json)",
