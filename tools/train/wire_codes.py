@@ -113,6 +113,7 @@ class TransformCode:
         self.dim = fit.shape[1]
         self.mean = fit.mean(0)
         self.weight = weight if weight is not None else torch.eye(self.dim, dtype=torch.float64)
+        self.unweight = torch.linalg.inv(self.weight)
         centred = (fit - self.mean) @ self.weight
         values, vectors = torch.linalg.eigh(centred.T @ centred / len(centred))
         order = values.argsort(descending=True)
@@ -158,7 +159,7 @@ class TransformCode:
 
     def decode(self, k, step, rms):
         c = torch.where(self.bits > 0, (k + 0.5) * step, torch.zeros_like(k)) * rms
-        return (c @ self.basis.T) @ torch.linalg.inv(self.weight) + self.mean
+        return (c @ self.basis.T) @ self.unweight + self.mean
 
     def round_trip(self, states, clamp=True):
         shape = states.shape
